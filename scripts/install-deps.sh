@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages hsmemu's build and tests need, when missing.
+# Usage: scripts/install-deps.sh [build|test]
+set -euo pipefail
+
+build_pkgs=(gcc make libc6-dev pkg-config)
+test_pkgs=(swtpm swtpm-tools)
+
+want=("${build_pkgs[@]}")
+if [ "${1:-test}" = test ]; then
+	want+=("${test_pkgs[@]}")
+fi
+
+missing=()
+for p in "${want[@]}"; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+		missing+=("$p")
+	fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "installing Debian packages: ${missing[*]}" >&2
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+	sudo="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
