@@ -1,0 +1,110 @@
+package tpmroot
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// SealedVersion is the current version of Sealed and its encoding.
+const SealedVersion = 1
+
+// Sealed is the master key wrapped by one TPM: what the keystore persists.
+// Nothing in it is secret in clear: the private area is encrypted and
+// integrity-protected under the SRK of the TPM that made it, and is useless
+// anywhere else.
+type Sealed struct {
+	Version  int    // SealedVersion
+	SRKName  []byte // TPM name of the SRK it was sealed under
+	Public   []byte // TPMT_PUBLIC of the master key
+	Private  []byte // TPM2B_PRIVATE contents: the wrapped sensitive area
+	DomainID []byte // escrow.DomainID of the master secret, 32 bytes
+}
+
+// The encoding:
+//
+//	"HSMK" | version u8 | srk name | public | private | domain id
+//
+// where each of the four fields is a big-endian u16 length and that many
+// bytes. Decoding accepts exactly what encoding produces: the current
+// version, every length within its bound, no trailing bytes.
+const sealedMagic = "HSMK"
+
+// Bounds on the fields. A name is a 2-byte hash algorithm and a digest
+// (64 bytes at most, SHA-512); the public and private areas of an HMAC key
+// are about a hundred bytes each, far under these caps.
+const (
+	maxNameLen     = 2 + 64
+	maxAreaLen     = 2048
+	domainIDLength = 32
+)
+
+// check validates field lengths and the version.
+func (s *Sealed) check() error {
+	switch {
+	case s.Version != SealedVersion:
+		return fmt.Errorf("version %d, want %d", s.Version, SealedVersion)
+	case len(s.SRKName) < 3 || len(s.SRKName) > maxNameLen:
+		return fmt.Errorf("%d-byte SRK name", len(s.SRKName))
+	case len(s.Public) == 0 || len(s.Public) > maxAreaLen:
+		return fmt.Errorf("%d-byte public area", len(s.Public))
+	case len(s.Private) == 0 || len(s.Private) > maxAreaLen:
+		return fmt.Errorf("%d-byte private area", len(s.Private))
+	case len(s.DomainID) != domainIDLength:
+		return fmt.Errorf("%d-byte domain id, want %d", len(s.DomainID), domainIDLength)
+	}
+	return nil
+}
+
+// MarshalBinary encodes s.
+func (s *Sealed) MarshalBinary() ([]byte, error) {
+	if err := s.check(); err != nil {
+		return nil, fmt.Errorf("tpmroot: marshalling sealed master key: %w", err)
+	}
+	fields := [][]byte{s.SRKName, s.Public, s.Private, s.DomainID}
+	n := len(sealedMagic) + 1
+	for _, f := range fields {
+		n += 2 + len(f)
+	}
+	b := make([]byte, 0, n)
+	b = append(b, sealedMagic...)
+	b = append(b, byte(s.Version))
+	for _, f := range fields {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(f)))
+		b = append(b, f...)
+	}
+	return b, nil
+}
+
+// UnmarshalBinary decodes what MarshalBinary encoded. It never panics, and
+// leaves s unchanged on error. The result does not alias data.
+func (s *Sealed) UnmarshalBinary(data []byte) error {
+	if len(data) < len(sealedMagic)+1 || string(data[:len(sealedMagic)]) != sealedMagic {
+		return errors.New("tpmroot: not a sealed master key")
+	}
+	v := Sealed{Version: int(data[len(sealedMagic)])}
+	if v.Version != SealedVersion {
+		return fmt.Errorf("tpmroot: sealed master key of version %d; this hsmemu reads version %d", v.Version, SealedVersion)
+	}
+	rest := data[len(sealedMagic)+1:]
+	for _, f := range []*[]byte{&v.SRKName, &v.Public, &v.Private, &v.DomainID} {
+		if len(rest) < 2 {
+			return errors.New("tpmroot: sealed master key truncated")
+		}
+		n := int(binary.BigEndian.Uint16(rest))
+		rest = rest[2:]
+		if len(rest) < n {
+			return errors.New("tpmroot: sealed master key truncated")
+		}
+		*f = append([]byte(nil), rest[:n]...)
+		rest = rest[n:]
+	}
+	if len(rest) != 0 {
+		return fmt.Errorf("tpmroot: %d trailing bytes after the sealed master key", len(rest))
+	}
+	if err := v.check(); err != nil {
+		return fmt.Errorf("tpmroot: sealed master key: %w", err)
+	}
+	*s = v
+	return nil
+}

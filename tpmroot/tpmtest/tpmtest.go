@@ -1,0 +1,106 @@
+// Package tpmtest gives tests a real TPM: a swtpm in a temporary directory.
+//
+// Without swtpm installed, tests that need it skip, except under CI=true,
+// where they fail: a suite that skips its real parts proves nothing.
+package tpmtest
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"hsmemu/tpmroot"
+	"hsmemu/tpmroot/internal/swtpm"
+)
+
+// startTimeout bounds starting swtpm and opening the TPM.
+const startTimeout = 30 * time.Second
+
+// Require skips the test when swtpm is not installed, or fails it when the
+// environment variable CI is "true".
+func Require(t testing.TB) {
+	t.Helper()
+	if _, err := exec.LookPath("swtpm"); err != nil {
+		const msg = "swtpm not found: install the Debian packages swtpm and swtpm-tools (apt-get install swtpm swtpm-tools)"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg + "; CI=true, and a suite that skips its real parts proves nothing")
+		}
+		t.Skip(msg)
+	}
+}
+
+// Start opens a managed swtpm whose state lives in a new t.TempDir(), and
+// closes it when the test ends.
+func Start(t testing.TB) *tpmroot.TPM {
+	t.Helper()
+	Require(t)
+	return Open(t, tpmroot.Spec{Kind: tpmroot.KindManaged, StateDir: t.TempDir()})
+}
+
+// Open opens the TPM spec names and closes it when the test ends. Closing
+// it earlier is fine.
+func Open(t testing.TB, spec tpmroot.Spec) *tpmroot.TPM {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	tpm, err := tpmroot.Open(ctx, spec)
+	if err != nil {
+		t.Fatalf("opening TPM %s: %v", spec, err)
+	}
+	t.Cleanup(func() {
+		if err := tpm.Close(); err != nil {
+			t.Errorf("closing TPM %s: %v", spec, err)
+		}
+	})
+	return tpm
+}
+
+// StartSocket runs a bare swtpm with its state in dir and returns its data
+// socket, for tpmroot.Spec{Kind: tpmroot.KindSwtpmSocket, Path: socketPath}
+// or "swtpm:unix:"+socketPath in a child process. The swtpm serves one
+// connection at a time and outlives each. stop sends TPM2_Shutdown(CLEAR),
+// so the state is saved cleanly, and stops swtpm; a test may call it and
+// then StartSocket again on the same dir to restart the TPM. stop is also
+// registered with t.Cleanup, and is idempotent.
+func StartSocket(t testing.TB, dir string) (socketPath string, stop func()) {
+	t.Helper()
+	Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	p, conn, err := swtpm.Start(ctx, swtpm.Config{Dir: dir})
+	if err != nil {
+		t.Fatalf("starting swtpm in %s: %v", dir, err)
+	}
+	conn.Close()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			if err := shutdown(p.SocketPath); err != nil {
+				t.Errorf("swtpm in %s: TPM2_Shutdown: %v", dir, err)
+			}
+			if err := p.Stop(5 * time.Second); err != nil {
+				t.Errorf("stopping swtpm in %s: %v", dir, err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return p.SocketPath, stop
+}
+
+// shutdown sends TPM2_Shutdown(CLEAR) on a fresh connection.
+func shutdown(socketPath string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	c, err := swtpm.Dial(ctx, socketPath)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = tpm2.Shutdown{ShutdownType: tpm2.TPMSUClear}.Execute(c)
+	return err
+}
