@@ -1,0 +1,357 @@
+package keystore
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// ObjectID is an object's row id: stable for the life of the object in this
+// keystore, and what the daemon's handles map to.
+type ObjectID int64
+
+// Object is a stored object, authenticated and opened. Objects returned by
+// the Store are shared with its cache and must not be modified.
+type Object struct {
+	ID      ObjectID
+	UUID    UUID
+	Token   UUID
+	Private bool
+	Attrs   Attributes
+	Secret  []byte // nil for objects without secret material
+}
+
+// SQLite integers are signed; CK_ULONG values are stored bit for bit.
+func u2i(v uint64) int64 { return int64(v) }
+
+// selectObject reads what an open needs: the object's identity, its
+// attributes and its seal. The indexed copies of attributes are Find's alone.
+const selectObject = `SELECT o.uuid, o.token_id, o.attrs, o.sealed FROM objects o WHERE o.id = ?`
+
+type objectRow struct {
+	id      int64
+	uuid    []byte
+	tokenID int64
+	attrs   []byte
+	sealed  []byte
+}
+
+func (r *objectRow) scan(row interface{ Scan(...any) error }) error {
+	return row.Scan(&r.uuid, &r.tokenID, &r.attrs, &r.sealed)
+}
+
+// decode parses the (not yet authenticated) identity and attributes.
+func (r *objectRow) decode() (Attributes, index, UUID, error) {
+	var u UUID
+	if len(r.uuid) != len(u) {
+		return nil, index{}, u, ErrTampered
+	}
+	copy(u[:], r.uuid)
+	attrs, err := DecodeAttributes(r.attrs)
+	if err != nil {
+		return nil, index{}, u, ErrTampered
+	}
+	ix, err := attrs.index()
+	if err != nil {
+		return nil, index{}, u, ErrTampered
+	}
+	return attrs, ix, u, nil
+}
+
+// Put seals secret (nil for objects without secret material) for a new object
+// with attrs on token, and commits it before returning.
+func (s *Store) Put(ctx context.Context, token UUID, attrs Attributes, secret []byte) (*Object, error) {
+	ix, err := attrs.index()
+	if err != nil {
+		return nil, err
+	}
+	ti, err := s.Token(ctx, token)
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.stateFor(ti)
+	if err != nil {
+		return nil, err
+	}
+	u, err := newUUID()
+	if err != nil {
+		return nil, err
+	}
+	enc := attrs.Encode()
+	s.mu.RLock()
+	sl := st.sealer()
+	s.mu.RUnlock()
+	sealed, err := sl.seal(u, ix.private, enc, secret)
+	if err != nil {
+		return nil, err
+	}
+	var keyType any
+	if ix.keyType != nil {
+		keyType = u2i(*ix.keyType)
+	}
+	epoch := s.cache.currentEpoch()
+	now := time.Now().Unix()
+	res, err := s.w.ExecContext(ctx, `INSERT INTO objects
+		(uuid, token_id, class, key_type, label, ckaid, private, attrs, sealed, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		u[:], ti.rowID, u2i(ix.class), keyType, ix.label, ix.id, ix.private, enc, sealed, now, now)
+	if err != nil {
+		return nil, fmt.Errorf("keystore: insert object: %w", err)
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return nil, err
+	}
+	// The cached copy must not alias the caller's slices.
+	stored, err := DecodeAttributes(enc)
+	if err != nil {
+		return nil, err
+	}
+	obj := &Object{ID: ObjectID(id), UUID: u, Token: token, Private: ix.private, Attrs: stored}
+	if len(secret) > 0 {
+		obj.Secret = bytes.Clone(secret)
+	}
+	s.cache.put(obj, epoch)
+	return obj, nil
+}
+
+// Open returns the object with its secret material unsealed. This is the hot
+// path: a cache hit costs a map lookup; a miss reads one row, checks it and
+// opens its seal. A private object needs its token logged in.
+func (s *Store) Open(ctx context.Context, id ObjectID) (*Object, error) {
+	if obj, ok := s.cache.get(id); ok {
+		return obj, nil
+	}
+	epoch := s.cache.currentEpoch()
+	r, err := s.readObject(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	obj, err := s.openRow(ctx, &r)
+	if err != nil {
+		return nil, err
+	}
+	s.cache.put(obj, epoch)
+	return obj, nil
+}
+
+// readObject is the miss path's one point read. It scans into RawBytes and
+// copies the attributes and the seal into one buffer: database/sql would
+// otherwise copy each column twice. The rows are closed before returning, so
+// the connection is back in the pool before anything else is read.
+func (s *Store) readObject(ctx context.Context, id ObjectID) (objectRow, error) {
+	r := objectRow{id: int64(id)}
+	rows, err := s.openStmt.QueryContext(ctx, int64(id))
+	if err != nil {
+		return r, fmt.Errorf("keystore: read object: %w", err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return r, fmt.Errorf("keystore: read object: %w", err)
+		}
+		return r, ErrNotFound
+	}
+	var u, attrs, sealed sql.RawBytes
+	if err := rows.Scan(&u, &r.tokenID, &attrs, &sealed); err != nil {
+		return r, fmt.Errorf("keystore: read object: %w", err)
+	}
+	buf := make([]byte, len(u)+len(attrs)+len(sealed))
+	n := copy(buf, u)
+	r.uuid = buf[:n:n]
+	n += copy(buf[n:], attrs)
+	r.attrs = buf[len(u):n:n]
+	copy(buf[n:], sealed)
+	r.sealed = buf[n:]
+	return r, rows.Close()
+}
+
+func (s *Store) openRow(ctx context.Context, r *objectRow) (*Object, error) {
+	attrs, ix, u, err := r.decode()
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.state(ctx, r.tokenID)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	sl := st.sealer()
+	s.mu.RUnlock()
+	var scratch [160]byte
+	secret, err := sl.open(u, ix.private, r.attrs, r.sealed, nil, scratch[:0])
+	if err != nil {
+		return nil, err
+	}
+	return &Object{ID: ObjectID(r.id), UUID: u, Token: st.uuid, Private: ix.private, Attrs: attrs, Secret: secret}, nil
+}
+
+// Update replaces an object's attributes, resealing its secret material so
+// the seal covers the new ones. The daemon decides which changes PKCS#11
+// allows; the keystore only makes them atomic and authenticated.
+func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes) error {
+	ix, err := attrs.index()
+	if err != nil {
+		return err
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("keystore: begin: %w", err)
+	}
+	defer tx.Rollback()
+	r := objectRow{id: int64(id)}
+	if err := r.scan(tx.QueryRowContext(ctx, selectObject, int64(id))); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		return fmt.Errorf("keystore: read object: %w", err)
+	}
+	old, err := s.openRow(ctx, &r)
+	if err != nil {
+		return err
+	}
+	st, err := s.state(ctx, r.tokenID)
+	if err != nil {
+		return err
+	}
+	if ix.private && len(old.Secret) > 0 && !old.Private {
+		// Becoming private moves the secret under the data key.
+		s.mu.RLock()
+		in := st.loggedIn()
+		s.mu.RUnlock()
+		if !in {
+			return ErrNotLoggedIn
+		}
+	}
+	enc := attrs.Encode()
+	s.mu.RLock()
+	sl := st.sealer()
+	s.mu.RUnlock()
+	sealed, err := sl.seal(old.UUID, ix.private, enc, old.Secret)
+	if err != nil {
+		return err
+	}
+	var keyType any
+	if ix.keyType != nil {
+		keyType = u2i(*ix.keyType)
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE objects SET class = ?, key_type = ?, label = ?, ckaid = ?, private = ?,
+		attrs = ?, sealed = ?, updated_at = ? WHERE id = ?`,
+		u2i(ix.class), keyType, ix.label, ix.id, ix.private, enc, sealed, time.Now().Unix(), int64(id))
+	if err != nil {
+		return fmt.Errorf("keystore: update object: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("keystore: commit: %w", err)
+	}
+	s.cache.remove(id)
+	return nil
+}
+
+// Delete removes an object.
+func (s *Store) Delete(ctx context.Context, id ObjectID) error {
+	res, err := s.w.ExecContext(ctx, "DELETE FROM objects WHERE id = ?", int64(id))
+	if err != nil {
+		return fmt.Errorf("keystore: delete object: %w", err)
+	}
+	s.cache.remove(id)
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// Filter selects objects of one token by their indexed attributes; nil
+// fields match anything. Matching on other attributes is the caller's.
+type Filter struct {
+	Class          *uint64
+	KeyType        *uint64
+	Label          []byte
+	ID             []byte
+	IncludePrivate bool
+}
+
+func (f *Filter) match(ix index) bool {
+	return (f.Class == nil || *f.Class == ix.class) &&
+		(f.KeyType == nil || ix.keyType != nil && *f.KeyType == *ix.keyType) &&
+		(f.Label == nil || ix.label != nil && bytes.Equal(f.Label, ix.label)) &&
+		(f.ID == nil || ix.id != nil && bytes.Equal(f.ID, ix.id)) &&
+		(f.IncludePrivate || !ix.private)
+}
+
+// Find returns the ids of a token's objects that match f, in creation order.
+// SQLite narrows the search on the indexed columns; each candidate's
+// attributes are then checked against the columns and the filter, so an
+// edited column gives ErrTampered rather than a wrong answer. (Open checks
+// the attributes themselves against the seal.)
+func (s *Store) Find(ctx context.Context, token UUID, f Filter) ([]ObjectID, error) {
+	var where []string
+	args := []any{token[:]}
+	if f.Class != nil {
+		where, args = append(where, "o.class = ?"), append(args, u2i(*f.Class))
+	}
+	if f.KeyType != nil {
+		where, args = append(where, "o.key_type = ?"), append(args, u2i(*f.KeyType))
+	}
+	if f.Label != nil {
+		where, args = append(where, "o.label = ?"), append(args, f.Label)
+	}
+	if f.ID != nil {
+		where, args = append(where, "o.ckaid = ?"), append(args, f.ID)
+	}
+	if !f.IncludePrivate {
+		where = append(where, "o.private = 0")
+	}
+	q := `SELECT o.id, o.class, o.key_type, o.label, o.ckaid, o.private, o.attrs
+		FROM objects o JOIN tokens t ON t.id = o.token_id WHERE t.uuid = ?`
+	if len(where) > 0 {
+		q += " AND " + strings.Join(where, " AND ")
+	}
+	rows, err := s.r.QueryContext(ctx, q+" ORDER BY o.id", args...)
+	if err != nil {
+		return nil, fmt.Errorf("keystore: find: %w", err)
+	}
+	defer rows.Close()
+	var ids []ObjectID
+	for rows.Next() {
+		var c indexColumns
+		var attrs sql.RawBytes
+		if err := rows.Scan(&c.id, &c.class, &c.keyType, &c.label, &c.ckaid, &c.private, &attrs); err != nil {
+			return nil, fmt.Errorf("keystore: find: %w", err)
+		}
+		a, err := DecodeAttributes(attrs)
+		if err != nil {
+			return nil, ErrTampered
+		}
+		ix, err := a.index()
+		if err != nil || !c.match(ix) || !f.match(ix) {
+			return nil, ErrTampered
+		}
+		ids = append(ids, ObjectID(c.id))
+	}
+	return ids, rows.Err()
+}
+
+// indexColumns are a row's indexed copies of its attributes.
+type indexColumns struct {
+	id      int64
+	class   int64
+	keyType sql.NullInt64
+	label   []byte
+	ckaid   []byte
+	private int64
+}
+
+// match reports whether the columns are a faithful copy of ix.
+func (c *indexColumns) match(ix index) bool {
+	return c.class == u2i(ix.class) &&
+		c.keyType.Valid == (ix.keyType != nil) &&
+		(ix.keyType == nil || c.keyType.Int64 == u2i(*ix.keyType)) &&
+		bytes.Equal(c.label, ix.label) && (c.label == nil) == (ix.label == nil) &&
+		bytes.Equal(c.ckaid, ix.id) && (c.ckaid == nil) == (ix.id == nil) &&
+		(c.private != 0) == ix.private
+}

@@ -1,0 +1,185 @@
+package keystore
+
+import (
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"golang.org/x/crypto/argon2"
+)
+
+// Role is who logs in: the security officer or the normal user. The values
+// are PKCS#11's CKU_SO and CKU_USER.
+type Role uint8
+
+const (
+	RoleSO   Role = 0
+	RoleUser Role = 1
+)
+
+func (r Role) String() string {
+	switch r {
+	case RoleSO:
+		return "SO"
+	case RoleUser:
+		return "user"
+	}
+	return fmt.Sprintf("role(%d)", uint8(r))
+}
+
+// Argon2Params are the Argon2id costs of one token's PIN records. They are
+// stored with each record, so a later change of defaults never locks anyone
+// out.
+type Argon2Params struct {
+	Time      uint32 // passes
+	MemoryKiB uint32
+	Threads   uint8
+}
+
+// DefaultArgon2 is RFC 9106's second recommended setting, with two lanes
+// for the two-core machines the daemon is sized for.
+var DefaultArgon2 = Argon2Params{Time: 3, MemoryKiB: 64 * 1024, Threads: 2}
+
+// Bounds on stored parameters, so that an edited database cannot make one
+// login allocate gigabytes or spin for minutes.
+const (
+	maxArgonTime   = 64
+	maxArgonMemory = 1 << 21 // 2 GiB in KiB
+	maxArgonLanes  = 16
+	maxPINLen      = 256
+)
+
+func (p Argon2Params) validate() error {
+	if p.Time == 0 || p.Time > maxArgonTime || p.Threads == 0 || p.Threads > maxArgonLanes ||
+		p.MemoryKiB < 8*uint32(p.Threads) || p.MemoryKiB > maxArgonMemory {
+		return fmt.Errorf("keystore: Argon2id parameters out of range (time %d, memory %d KiB, threads %d)", p.Time, p.MemoryKiB, p.Threads)
+	}
+	return nil
+}
+
+// ErrPINIncorrect: the PIN does not open the token data key.
+var ErrPINIncorrect = errors.New("keystore: PIN incorrect")
+
+// ErrPINLenRange: a PIN shorter than one byte or longer than the maximum.
+var ErrPINLenRange = fmt.Errorf("keystore: PIN length out of range 1..%d", maxPINLen)
+
+// ErrPINNotInitialized: the token has no user PIN yet (C_InitPIN not called).
+var ErrPINNotInitialized = errors.New("keystore: user PIN not initialized")
+
+// A PIN record wraps the token data key under a key derived from one PIN:
+//
+//	version u8 | time u32 | memory u32 | threads u8 | salt(16) | nonce(12) | sealed data key(32+16)
+//
+// The wrapping key is HKDF(KEK-derived PIN key, Argon2id(PIN, salt)); the
+// associated data binds the record to its token, role, data key generation
+// and Argon2id parameters, so a record cannot be moved or weakened.
+const (
+	pinRecordVersion = 1
+	pinSaltLen       = 16
+	pinRecordLen     = 1 + 4 + 4 + 1 + pinSaltLen + gcmNonceLen + 32 + gcmTagLen
+)
+
+type pinRecord struct {
+	params Argon2Params
+	salt   []byte
+	nonce  []byte
+	sealed []byte
+}
+
+func (r *pinRecord) marshal() []byte {
+	b := make([]byte, 0, pinRecordLen)
+	b = append(b, pinRecordVersion)
+	b = binary.BigEndian.AppendUint32(b, r.params.Time)
+	b = binary.BigEndian.AppendUint32(b, r.params.MemoryKiB)
+	b = append(b, r.params.Threads)
+	b = append(b, r.salt...)
+	b = append(b, r.nonce...)
+	return append(b, r.sealed...)
+}
+
+func parsePINRecord(b []byte) (*pinRecord, error) {
+	if len(b) != pinRecordLen || b[0] != pinRecordVersion {
+		return nil, ErrTampered
+	}
+	r := &pinRecord{params: Argon2Params{
+		Time:      binary.BigEndian.Uint32(b[1:]),
+		MemoryKiB: binary.BigEndian.Uint32(b[5:]),
+		Threads:   b[9],
+	}}
+	if r.params.validate() != nil {
+		return nil, ErrTampered
+	}
+	b = b[10:]
+	r.salt, b = b[:pinSaltLen], b[pinSaltLen:]
+	r.nonce, r.sealed = b[:gcmNonceLen], b[gcmNonceLen:]
+	return r, nil
+}
+
+func (r *pinRecord) aad(token UUID, role Role, dgen uint32) []byte {
+	aad := []byte("hsmemu/pin/v1")
+	aad = append(aad, token[:]...)
+	aad = append(aad, byte(role))
+	aad = binary.BigEndian.AppendUint32(aad, dgen)
+	return append(aad, r.marshal()[:10]...)
+}
+
+func pinWrapKey(pinKey, pin, salt []byte, p Argon2Params) ([]byte, error) {
+	if len(pin) == 0 || len(pin) > maxPINLen {
+		return nil, ErrPINLenRange
+	}
+	stretched := argon2.IDKey(pin, salt, p.Time, p.MemoryKiB, p.Threads, 32)
+	defer wipe(stretched)
+	return hkdf.Key(sha256.New, stretched, pinKey, "hsmemu/pin-wrap/v1", 32)
+}
+
+// wrapDataKey makes a PIN record holding dataKey for role.
+func wrapDataKey(keys *tokenKeys, token UUID, role Role, dgen uint32, pin, dataKey []byte, p Argon2Params) ([]byte, error) {
+	if err := p.validate(); err != nil {
+		return nil, err
+	}
+	r := &pinRecord{params: p, salt: make([]byte, pinSaltLen), nonce: make([]byte, gcmNonceLen)}
+	if _, err := rand.Read(r.salt); err != nil {
+		return nil, err
+	}
+	if _, err := rand.Read(r.nonce); err != nil {
+		return nil, err
+	}
+	k, err := pinWrapKey(keys.pinKey, pin, r.salt, p)
+	if err != nil {
+		return nil, err
+	}
+	defer wipe(k)
+	aead, err := newGCM(k)
+	if err != nil {
+		return nil, err
+	}
+	r.sealed = aead.Seal(nil, r.nonce, dataKey, r.aad(token, role, dgen))
+	return r.marshal(), nil
+}
+
+// unwrapDataKey opens a PIN record. A wrong PIN and an edited record look the
+// same to GCM; both are reported as ErrPINIncorrect, since that is what the
+// user can act on and the failure counter must count both.
+func unwrapDataKey(keys *tokenKeys, token UUID, role Role, dgen uint32, pin, record []byte) ([]byte, error) {
+	r, err := parsePINRecord(record)
+	if err != nil {
+		return nil, err
+	}
+	k, err := pinWrapKey(keys.pinKey, pin, r.salt, r.params)
+	if err != nil {
+		return nil, err
+	}
+	defer wipe(k)
+	aead, err := newGCM(k)
+	if err != nil {
+		return nil, err
+	}
+	dk, err := aead.Open(nil, r.nonce, r.sealed, r.aad(token, role, dgen))
+	if err != nil {
+		return nil, ErrPINIncorrect
+	}
+	return dk, nil
+}

@@ -1,0 +1,152 @@
+package keystore
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdh"
+	"crypto/rand"
+	"crypto/rsa"
+	"errors"
+	"path/filepath"
+	"testing"
+
+	"hsmemu/tpmroot"
+	"hsmemu/tpmroot/escrow"
+	"hsmemu/tpmroot/tpmtest"
+)
+
+// TestRecoveryIntoNewTPM provisions a keystore on TPM A with the master key
+// escrowed 2-of-3, then loses A: two custodians bring the domain into TPM B,
+// and everything sealed on A opens on B.
+func TestRecoveryIntoNewTPM(t *testing.T) {
+	t.Parallel()
+	tpmA := tpmtest.Start(t)
+	tpmB := tpmtest.Start(t)
+
+	x, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := ecdh.P256().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	privs := []crypto.PrivateKey{x, p, r}
+	custodians := []escrow.Custodian{
+		{Name: "alice", Key: x.PublicKey()},
+		{Name: "bob", Key: p.PublicKey()},
+		{Name: "carol", Key: &r.PublicKey},
+	}
+	prov, err := tpmA.Provision(tpmroot.ProvisionOptions{Custodians: custodians, Threshold: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !prov.Escrowed() || len(prov.Shares) != 3 {
+		t.Fatalf("escrowed=%v shares=%d", prov.Escrowed(), len(prov.Shares))
+	}
+	rootA, err := tpmA.Load(prov.Sealed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rootA.Close()
+	sealedA, _ := prov.Sealed.MarshalBinary()
+	meta, _ := prov.Escrow.MarshalBinary()
+
+	path := filepath.Join(t.TempDir(), "keystore.db")
+	s, err := Open(ctx, path, Options{Argon2: cheapArgon})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetRootRecord(ctx, &RootRecord{Sealed: sealedA, DomainID: rootA.DomainID(), Escrow: meta}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Attach(ctx, rootA, rootA.DomainID()); err != nil {
+		t.Fatal(err)
+	}
+	type stored struct {
+		id     ObjectID
+		token  UUID
+		secret []byte
+	}
+	var objs []stored
+	var tokens []UUID
+	for _, label := range []string{"one", "two"} {
+		ti := newToken(t, s, label)
+		tokens = append(tokens, ti.UUID)
+		if err := s.Login(ctx, ti.UUID, RoleUser, userPIN); err != nil {
+			t.Fatal(err)
+		}
+		for i, private := range []bool{true, false} {
+			secret := bytes.Repeat([]byte{byte(i + 1)}, 32)
+			obj, err := s.Put(ctx, ti.UUID, keyAttrs(t, label, private), secret)
+			if err != nil {
+				t.Fatal(err)
+			}
+			objs = append(objs, stored{obj.ID, ti.UUID, secret})
+		}
+	}
+	s.Close()
+
+	// TPM A is gone. TPM B cannot load A's master key.
+	var sealed tpmroot.Sealed
+	if err := sealed.UnmarshalBinary(sealedA); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tpmB.Load(&sealed); !errors.Is(err, tpmroot.ErrWrongTPM) {
+		t.Fatalf("load on another TPM: %v, want ErrWrongTPM", err)
+	}
+
+	decrypt := func(i int) *escrow.Share {
+		sh, err := escrow.DecryptShare(prov.Shares[i].File, privs[prov.Shares[i].Index-1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sh
+	}
+	if _, err := tpmB.Recover([]*escrow.Share{decrypt(0)}); !errors.Is(err, escrow.ErrNotEnoughShares) {
+		t.Fatalf("recover from one share: %v, want ErrNotEnoughShares", err)
+	}
+	sealedB, err := tpmB.Recover([]*escrow.Share{decrypt(0), decrypt(2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootB, err := tpmB.Load(sealedB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rootB.Close()
+	if !bytes.Equal(rootB.DomainID(), rootA.DomainID()) {
+		t.Fatal("recovered domain differs")
+	}
+
+	s, err = Open(ctx, path, Options{Argon2: cheapArgon})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	b, _ := sealedB.MarshalBinary()
+	if err := s.SetRootRecord(ctx, &RootRecord{Sealed: b, DomainID: rootB.DomainID(), Escrow: meta}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Attach(ctx, rootB, rootB.DomainID()); err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range tokens {
+		if err := s.Login(ctx, tok, RoleUser, userPIN); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, o := range objs {
+		got, err := s.Open(ctx, o.id)
+		if err != nil {
+			t.Fatalf("object %d after recovery: %v", o.id, err)
+		}
+		if !bytes.Equal(got.Secret, o.secret) {
+			t.Fatalf("object %d: wrong secret after recovery", o.id)
+		}
+	}
+}

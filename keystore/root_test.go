@@ -1,0 +1,107 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"hsmemu/tpmroot"
+)
+
+// The keystore's tests run against a real TPM: one managed swtpm for the
+// whole test binary, provisioned once. Every token derives its KEK from it.
+var shared struct {
+	once   sync.Once
+	dir    string
+	tpm    *tpmroot.TPM
+	root   *tpmroot.Root
+	sealed []byte
+	err    error
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(durabilityChild())
+	}
+	code := m.Run()
+	if shared.root != nil {
+		shared.root.Close()
+	}
+	if shared.tpm != nil {
+		shared.tpm.Close()
+	}
+	if shared.dir != "" {
+		os.RemoveAll(shared.dir)
+	}
+	os.Exit(code)
+}
+
+// needSwtpm skips a test when swtpm is not installed, except under CI, where
+// a suite that skips its real parts would prove nothing.
+func needSwtpm(t testing.TB, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if os.Getenv("CI") != "true" && errors.Is(err, tpmroot.ErrSwtpmMissing) {
+		t.Skipf("swtpm not available: %v", err)
+	}
+	t.Fatalf("TPM: %v", err)
+}
+
+// testRoot returns the shared TPM root and its sealed master key.
+func testRoot(t testing.TB) (*tpmroot.Root, []byte) {
+	t.Helper()
+	shared.once.Do(func() {
+		shared.dir, shared.err = os.MkdirTemp("", "keystore-tpm-")
+		if shared.err != nil {
+			return
+		}
+		spec := tpmroot.Spec{Kind: tpmroot.KindManaged, StateDir: shared.dir}
+		shared.tpm, shared.err = tpmroot.Open(context.Background(), spec)
+		if shared.err != nil {
+			return
+		}
+		p, err := shared.tpm.Provision(tpmroot.ProvisionOptions{})
+		if err != nil {
+			shared.err = err
+			return
+		}
+		if shared.sealed, shared.err = p.Sealed.MarshalBinary(); shared.err != nil {
+			return
+		}
+		shared.root, shared.err = shared.tpm.Load(p.Sealed)
+	})
+	needSwtpm(t, shared.err)
+	return shared.root, shared.sealed
+}
+
+// cheapArgon keeps PIN checks fast in tests; the production default is
+// exercised by TestDefaultArgon2.
+var cheapArgon = Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1}
+
+// newStore opens a fresh keystore attached to the shared TPM root.
+func newStore(t testing.TB, opts Options) (*Store, string) {
+	t.Helper()
+	root, sealed := testRoot(t)
+	if opts.Argon2 == (Argon2Params{}) {
+		opts.Argon2 = cheapArgon
+	}
+	path := filepath.Join(t.TempDir(), "keystore.db")
+	ctx := context.Background()
+	s, err := Open(ctx, path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.SetRootRecord(ctx, &RootRecord{Sealed: sealed, DomainID: root.DomainID()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Attach(ctx, root, root.DomainID()); err != nil {
+		t.Fatal(err)
+	}
+	return s, path
+}

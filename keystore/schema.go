@@ -1,0 +1,98 @@
+package keystore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// migrations are applied in order; PRAGMA user_version records how many have
+// run. Never edit one that has shipped: add another.
+var migrations = []string{
+	// 1: the root, tokens, objects and the audit log.
+	`
+CREATE TABLE root (
+	id         INTEGER PRIMARY KEY CHECK (id = 1),
+	sealed     BLOB NOT NULL,    -- the TPM-wrapped master key (tpmroot.Sealed)
+	domain_id  BLOB NOT NULL,    -- HMAC(master key, "hsmemu/domain/v1"): names the security domain
+	escrow     BLOB,             -- escrow metadata; NULL when the master key was not escrowed
+	created_at INTEGER NOT NULL,
+	updated_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE tokens (
+	id             INTEGER PRIMARY KEY AUTOINCREMENT,
+	uuid           BLOB NOT NULL UNIQUE CHECK (length(uuid) = 16),
+	label          TEXT NOT NULL UNIQUE,
+	serial         TEXT NOT NULL UNIQUE,
+	tier           INTEGER NOT NULL,
+	kek_generation INTEGER NOT NULL,
+	dk_generation  INTEGER NOT NULL,
+	so_pin         BLOB NOT NULL,
+	user_pin       BLOB,
+	so_failures    INTEGER NOT NULL DEFAULT 0,
+	user_failures  INTEGER NOT NULL DEFAULT 0,
+	mac            BLOB NOT NULL,    -- HMAC over the columns above that carry policy
+	created_at     INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE objects (
+	id         INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused: a stale handle must not find a new object
+	uuid       BLOB NOT NULL UNIQUE CHECK (length(uuid) = 16),
+	token_id   INTEGER NOT NULL REFERENCES tokens(id) ON DELETE CASCADE,
+	class      INTEGER NOT NULL,
+	key_type   INTEGER,
+	label      BLOB,
+	ckaid      BLOB,
+	private    INTEGER NOT NULL,
+	attrs      BLOB NOT NULL,        -- canonical attribute encoding
+	sealed     BLOB NOT NULL,        -- sealed secret material, or a tag
+	created_at INTEGER NOT NULL,
+	updated_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX objects_by_class ON objects (token_id, class, key_type, label);
+CREATE INDEX objects_by_label ON objects (token_id, label);
+CREATE INDEX objects_by_ckaid ON objects (token_id, ckaid);
+
+-- Reserved for the hash-chained audit log.
+CREATE TABLE audit_log (
+	seq       INTEGER PRIMARY KEY,
+	time      INTEGER NOT NULL,
+	actor     TEXT NOT NULL,
+	event     TEXT NOT NULL,
+	detail    TEXT NOT NULL,
+	prev_hash BLOB NOT NULL,
+	hash      BLOB NOT NULL
+) STRICT;
+`,
+}
+
+// SchemaVersion is the schema this build writes.
+var SchemaVersion = len(migrations)
+
+func migrate(ctx context.Context, db *sql.DB) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("keystore: begin migration: %w", err)
+	}
+	defer tx.Rollback()
+	var v int
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return fmt.Errorf("keystore: read schema version: %w", err)
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("keystore: database schema version %d is newer than this build's %d; upgrade hsmemu", v, len(migrations))
+	}
+	for i := v; i < len(migrations); i++ {
+		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+			return fmt.Errorf("keystore: migration %d: %w", i+1, err)
+		}
+	}
+	if v < len(migrations) {
+		// PRAGMA does not take parameters; the value is our own integer.
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", len(migrations))); err != nil {
+			return fmt.Errorf("keystore: set schema version: %w", err)
+		}
+	}
+	return tx.Commit()
+}

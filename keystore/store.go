@@ -1,0 +1,245 @@
+package keystore
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	_ "github.com/mattn/go-sqlite3" // registers the "sqlite3" driver
+)
+
+// Root derives key-encryption keys from the master key. tpmroot.Root is the
+// real one: TPM2_HMAC under a key that never leaves the TPM.
+type Root interface {
+	DeriveKEK(label []byte) ([]byte, error)
+}
+
+// Sentinel errors with a contract the daemon maps onto PKCS#11 return codes.
+var (
+	ErrNotProvisioned = errors.New("keystore: not provisioned (no master key recorded)")
+	ErrNoRoot         = errors.New("keystore: the TPM root is not attached")
+	ErrWrongDomain    = errors.New("keystore: the master key belongs to a different security domain than this keystore")
+	ErrNotFound       = errors.New("keystore: not found")
+	ErrNotLoggedIn    = errors.New("keystore: token not logged in")
+	ErrTokenExists    = errors.New("keystore: a token with that label exists")
+)
+
+// UUID identifies a token or an object for as long as it exists, across
+// backups and restores; handles and row ids are local.
+type UUID [16]byte
+
+func (u UUID) String() string { return hex.EncodeToString(u[:]) }
+
+func newUUID() (UUID, error) {
+	var u UUID
+	if _, err := rand.Read(u[:]); err != nil {
+		return u, err
+	}
+	u[6] = u[6]&0x0f | 0x40 // version 4
+	u[8] = u[8]&0x3f | 0x80 // RFC 4122 variant
+	return u, nil
+}
+
+// Options tune a Store. The zero value is the production setting.
+type Options struct {
+	// Argon2 is used for PIN records of tokens created by this Store.
+	// Zero means DefaultArgon2.
+	Argon2 Argon2Params
+	// CacheEntries bounds the cache of opened objects. Zero means 4096;
+	// negative disables the cache.
+	CacheEntries int
+	// Readers is the size of the reader connection pool. Zero means
+	// GOMAXPROCS + 2.
+	Readers int
+}
+
+// Store is a keystore: one SQLite file with one writer connection and a pool
+// of readers. All methods are safe for concurrent use.
+type Store struct {
+	w, r *sql.DB
+	opts Options
+
+	openStmt *sql.Stmt // the hot path's point read, prepared once
+
+	mu     sync.RWMutex
+	root   Root
+	tokens map[int64]*tokenState // by token row id
+
+	cache *cache
+}
+
+// Open opens (creating if needed) the keystore at path and brings its schema
+// up to date. No key is usable until Attach is given the TPM root.
+func Open(ctx context.Context, path string, opts Options) (*Store, error) {
+	if opts.Argon2 == (Argon2Params{}) {
+		opts.Argon2 = DefaultArgon2
+	}
+	if err := opts.Argon2.validate(); err != nil {
+		return nil, err
+	}
+	if opts.CacheEntries == 0 {
+		opts.CacheEntries = 4096
+	}
+	if opts.Readers <= 0 {
+		opts.Readers = runtime.GOMAXPROCS(0) + 2
+	}
+	// Create the file owner-only before SQLite does: its journal and WAL
+	// files take the database file's mode.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("keystore: %w", err)
+	}
+	f.Close()
+	// WAL lets readers run beside the writer; synchronous=FULL makes a
+	// commit durable before it returns; secure_delete overwrites freed
+	// pages, so a deleted key's sealed blob does not linger in the file.
+	q := url.Values{}
+	q.Set("_journal_mode", "WAL")
+	q.Set("_synchronous", "FULL")
+	q.Set("_foreign_keys", "on")
+	q.Set("_busy_timeout", "10000")
+	q.Set("_secure_delete", "on")
+	q.Set("_txlock", "immediate")
+	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
+	w, err := sql.Open("sqlite3", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("keystore: open %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	if err := migrate(ctx, w); err != nil {
+		w.Close()
+		return nil, err
+	}
+	q.Set("_query_only", "true")
+	q.Del("_txlock")
+	r, err := sql.Open("sqlite3", "file:"+(&url.URL{Path: path}).EscapedPath()+"?"+q.Encode())
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("keystore: open %s for reading: %w", path, err)
+	}
+	r.SetMaxOpenConns(opts.Readers)
+	r.SetMaxIdleConns(opts.Readers)
+	r.SetConnMaxLifetime(0)
+	s := &Store{w: w, r: r, opts: opts, tokens: map[int64]*tokenState{}, cache: newCache(opts.CacheEntries)}
+	s.openStmt, err = r.PrepareContext(ctx, selectObject)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("keystore: prepare: %w", err)
+	}
+	return s, nil
+}
+
+// Close logs every token out, wipes the keys held in memory and closes the
+// database.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	for id, t := range s.tokens {
+		t.wipe()
+		delete(s.tokens, id)
+	}
+	s.root = nil
+	s.mu.Unlock()
+	s.cache.purge(func(*Object) bool { return true })
+	if s.openStmt != nil {
+		s.openStmt.Close()
+	}
+	return errors.Join(s.r.Close(), s.w.Close())
+}
+
+// RootRecord is what the keystore keeps of the TPM root: the TPM-wrapped
+// master key and, when it was escrowed, the escrow metadata. Neither is
+// secret without the TPM.
+type RootRecord struct {
+	Sealed   []byte
+	DomainID []byte
+	Escrow   []byte // nil when not escrowed
+	Created  time.Time
+	Updated  time.Time
+}
+
+// RootRecord returns the stored root, or ErrNotProvisioned.
+func (s *Store) RootRecord(ctx context.Context) (*RootRecord, error) {
+	var rec RootRecord
+	var created, updated int64
+	err := s.r.QueryRowContext(ctx, "SELECT sealed, domain_id, escrow, created_at, updated_at FROM root WHERE id = 1").
+		Scan(&rec.Sealed, &rec.DomainID, &rec.Escrow, &created, &updated)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotProvisioned
+	}
+	if err != nil {
+		return nil, fmt.Errorf("keystore: read root: %w", err)
+	}
+	rec.Created, rec.Updated = time.Unix(created, 0), time.Unix(updated, 0)
+	return &rec, nil
+}
+
+// SetRootRecord records the root of a freshly provisioned keystore. It never
+// overwrites a root of another domain: a keystore provisioned once keeps its
+// domain for life. A root of the same domain (recovery into a new TPM, or a
+// re-wrap) replaces the TPM blobs.
+func (s *Store) SetRootRecord(ctx context.Context, rec *RootRecord) error {
+	if len(rec.Sealed) == 0 || len(rec.DomainID) == 0 {
+		return errors.New("keystore: root record without sealed key or domain id")
+	}
+	now := time.Now().Unix()
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("keystore: begin: %w", err)
+	}
+	defer tx.Rollback()
+	var domain []byte
+	err = tx.QueryRowContext(ctx, "SELECT domain_id FROM root WHERE id = 1").Scan(&domain)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		_, err = tx.ExecContext(ctx, "INSERT INTO root (id, sealed, domain_id, escrow, created_at, updated_at) VALUES (1, ?, ?, ?, ?, ?)",
+			rec.Sealed, rec.DomainID, rec.Escrow, now, now)
+	case err != nil:
+	case subtle.ConstantTimeCompare(domain, rec.DomainID) != 1:
+		return ErrWrongDomain
+	default:
+		_, err = tx.ExecContext(ctx, "UPDATE root SET sealed = ?, escrow = ?, updated_at = ? WHERE id = 1", rec.Sealed, rec.Escrow, now)
+	}
+	if err != nil {
+		return fmt.Errorf("keystore: write root: %w", err)
+	}
+	return tx.Commit()
+}
+
+// Attach makes the keys usable: root derives every token's KEK. domainID is
+// the root's own report of its domain and must match the stored one.
+func (s *Store) Attach(ctx context.Context, root Root, domainID []byte) error {
+	rec, err := s.RootRecord(ctx)
+	if err != nil {
+		return err
+	}
+	if subtle.ConstantTimeCompare(rec.DomainID, domainID) != 1 {
+		return ErrWrongDomain
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.root = root
+	return nil
+}
+
+// Check runs SQLite's integrity check and returns its verdict.
+func (s *Store) Check(ctx context.Context) error {
+	var res string
+	if err := s.w.QueryRowContext(ctx, "PRAGMA integrity_check").Scan(&res); err != nil {
+		return fmt.Errorf("keystore: integrity check: %w", err)
+	}
+	if res != "ok" {
+		return fmt.Errorf("keystore: integrity check: %s", res)
+	}
+	return nil
+}

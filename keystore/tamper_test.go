@@ -1,0 +1,280 @@
+package keystore
+
+import (
+	"bytes"
+	"database/sql"
+	"errors"
+	mrand "math/rand/v2"
+	"testing"
+)
+
+// rawDB opens the keystore file behind the Store's back, as an attacker with
+// write access to the state directory would.
+func rawDB(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite3", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func execSQL(t *testing.T, db *sql.DB, q string, args ...any) {
+	t.Helper()
+	if _, err := db.Exec(q, args...); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+}
+
+func column(t *testing.T, db *sql.DB, col string, id ObjectID) []byte {
+	t.Helper()
+	var b []byte
+	if err := db.QueryRow("SELECT "+col+" FROM objects WHERE id = ?", int64(id)).Scan(&b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// editAttr rewrites one attribute of a stored object, keeping the
+// encoding canonical, so only the seal can notice.
+func editAttr(t *testing.T, db *sql.DB, id ObjectID, typ uint64, v []byte) {
+	t.Helper()
+	attrs, err := DecodeAttributes(column(t, db, "attrs", id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range attrs {
+		if attrs[i].Type == typ {
+			attrs[i].Value = v
+		}
+	}
+	execSQL(t, db, "UPDATE objects SET attrs = ? WHERE id = ?", attrs.Encode(), int64(id))
+}
+
+func TestTamper(t *testing.T) {
+	t.Parallel()
+	type fixture struct {
+		db                    *sql.DB
+		pub, priv, tag, other ObjectID // other: an object on a second token
+		pubTwin               ObjectID // same attributes as pub
+	}
+	for _, tc := range []struct {
+		name   string
+		edit   func(t *testing.T, f fixture)
+		victim func(f fixture) ObjectID
+	}{
+		{"flip CKA_EXTRACTABLE of sealed key", func(t *testing.T, f fixture) { editAttr(t, f.db, f.priv, 0x162, Bool(false)) }, func(f fixture) ObjectID { return f.priv }},
+		{"flip CKA_SENSITIVE of public key", func(t *testing.T, f fixture) { editAttr(t, f.db, f.pub, 0x103, Bool(false)) }, func(f fixture) ObjectID { return f.pub }},
+		{"flip attribute of tagged object", func(t *testing.T, f fixture) { editAttr(t, f.db, f.tag, 0x162, Bool(false)) }, func(f fixture) ObjectID { return f.tag }},
+		{"relabel in attrs and column", func(t *testing.T, f fixture) {
+			editAttr(t, f.db, f.pub, AttrLabel, []byte("evil"))
+			execSQL(t, f.db, "UPDATE objects SET label = ? WHERE id = ?", []byte("evil"), int64(f.pub))
+		}, func(f fixture) ObjectID { return f.pub }},
+		{"make private object public", func(t *testing.T, f fixture) {
+			editAttr(t, f.db, f.priv, AttrPrivate, Bool(false))
+			execSQL(t, f.db, "UPDATE objects SET private = 0 WHERE id = ?", int64(f.priv))
+		}, func(f fixture) ObjectID { return f.priv }},
+		{"swap blobs between objects", func(t *testing.T, f fixture) {
+			execSQL(t, f.db, "UPDATE objects SET sealed = ? WHERE id = ?", column(t, f.db, "sealed", f.pubTwin), int64(f.pub))
+		}, func(f fixture) ObjectID { return f.pub }},
+		{"swap blobs between tokens", func(t *testing.T, f fixture) {
+			execSQL(t, f.db, "UPDATE objects SET sealed = ? WHERE id = ?", column(t, f.db, "sealed", f.other), int64(f.pub))
+		}, func(f fixture) ObjectID { return f.pub }},
+		{"move object to other token", func(t *testing.T, f fixture) {
+			execSQL(t, f.db, "UPDATE objects SET token_id = (SELECT token_id FROM objects WHERE id = ?) WHERE id = ?", int64(f.other), int64(f.pub))
+		}, func(f fixture) ObjectID { return f.pub }},
+		{"swap uuid", func(t *testing.T, f fixture) {
+			u := column(t, f.db, "uuid", f.pubTwin)
+			execSQL(t, f.db, "DELETE FROM objects WHERE id = ?", int64(f.pubTwin))
+			execSQL(t, f.db, "UPDATE objects SET uuid = ? WHERE id = ?", u, int64(f.pub))
+		}, func(f fixture) ObjectID { return f.pub }},
+		{"truncate blob", func(t *testing.T, f fixture) {
+			b := column(t, f.db, "sealed", f.priv)
+			execSQL(t, f.db, "UPDATE objects SET sealed = ? WHERE id = ?", b[:len(b)-1], int64(f.priv))
+		}, func(f fixture) ObjectID { return f.priv }},
+		{"truncate to header", func(t *testing.T, f fixture) {
+			b := column(t, f.db, "sealed", f.priv)
+			execSQL(t, f.db, "UPDATE objects SET sealed = ? WHERE id = ?", b[:sealHeaderLen], int64(f.priv))
+		}, func(f fixture) ObjectID { return f.priv }},
+		{"version byte", func(t *testing.T, f fixture) {
+			b := column(t, f.db, "sealed", f.pub)
+			b[0] = 2
+			execSQL(t, f.db, "UPDATE objects SET sealed = ? WHERE id = ?", b, int64(f.pub))
+		}, func(f fixture) ObjectID { return f.pub }},
+		{"kind byte", func(t *testing.T, f fixture) {
+			b := column(t, f.db, "sealed", f.priv)
+			b[1] = kindKEK
+			execSQL(t, f.db, "UPDATE objects SET sealed = ? WHERE id = ?", b, int64(f.priv))
+		}, func(f fixture) ObjectID { return f.priv }},
+		{"generation", func(t *testing.T, f fixture) {
+			b := column(t, f.db, "sealed", f.tag)
+			b[5] ^= 1
+			execSQL(t, f.db, "UPDATE objects SET sealed = ? WHERE id = ?", b, int64(f.tag))
+		}, func(f fixture) ObjectID { return f.tag }},
+		{"ciphertext bit", func(t *testing.T, f fixture) {
+			b := column(t, f.db, "sealed", f.pub)
+			b[len(b)-20] ^= 0x80
+			execSQL(t, f.db, "UPDATE objects SET sealed = ? WHERE id = ?", b, int64(f.pub))
+		}, func(f fixture) ObjectID { return f.pub }},
+		{"token tier", func(t *testing.T, f fixture) {
+			execSQL(t, f.db, "UPDATE tokens SET tier = ? WHERE id = (SELECT token_id FROM objects WHERE id = ?)", int(TierPremium), int64(f.pub))
+		}, func(f fixture) ObjectID { return f.pub }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s, path := newStore(t, Options{})
+			a := newToken(t, s, "a")
+			b := newToken(t, s, "b")
+			for _, tok := range []TokenInfo{a, b} {
+				if err := s.Login(ctx, tok.UUID, RoleUser, userPIN); err != nil {
+					t.Fatal(err)
+				}
+			}
+			put := func(tok TokenInfo, private bool, secret []byte) ObjectID {
+				obj, err := s.Put(ctx, tok.UUID, keyAttrs(t, "k", private), secret)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return obj.ID
+			}
+			secret := bytes.Repeat([]byte{0x5a}, 32)
+			f := fixture{
+				pub:     put(a, false, secret),
+				pubTwin: put(a, false, secret),
+				priv:    put(a, true, secret),
+				tag:     put(a, false, nil),
+				other:   put(b, false, secret),
+			}
+			root, _ := testRoot(t)
+			s.Close()
+			f.db = rawDB(t, path)
+			tc.edit(t, f)
+
+			s2, err := Open(ctx, path, Options{Argon2: cheapArgon})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s2.Close()
+			if err := s2.Attach(ctx, root, root.DomainID()); err != nil {
+				t.Fatal(err)
+			}
+			for _, tok := range []TokenInfo{a, b} {
+				if err := s2.Login(ctx, tok.UUID, RoleUser, userPIN); err != nil && !errors.Is(err, ErrTampered) {
+					t.Fatal(err)
+				}
+			}
+			id := tc.victim(f)
+			obj, err := s2.Open(ctx, id)
+			if !errors.Is(err, ErrTampered) {
+				t.Fatalf("open after edit: %v, want ErrTampered", err)
+			}
+			if obj != nil {
+				t.Fatal("material returned for a tampered object")
+			}
+		})
+	}
+}
+
+// TestTamperIndexColumns edits only the indexed copies of attributes. Open
+// never reads them, so it keeps returning the authenticated object; Find
+// checks them against the attributes and reports the edit.
+func TestTamperIndexColumns(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, set string
+		arg       any
+		private   bool
+	}{
+		{"label", "label = ?", []byte("evil"), false},
+		{"CKA_ID", "ckaid = ?", []byte{9}, false},
+		{"class", "class = ?", 3, false},
+		{"key type", "key_type = NULL", nil, false},
+		{"private", "private = 0", nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s, path := newStore(t, Options{})
+			ti := newToken(t, s, "a")
+			if err := s.Login(ctx, ti.UUID, RoleUser, userPIN); err != nil {
+				t.Fatal(err)
+			}
+			obj, err := s.Put(ctx, ti.UUID, keyAttrs(t, "k", tc.private), []byte("secret material of this key....."))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			db := rawDB(t, path)
+			args := []any{}
+			if tc.arg != nil {
+				args = append(args, tc.arg)
+			}
+			execSQL(t, db, "UPDATE objects SET "+tc.set+" WHERE id = ?", append(args, int64(obj.ID))...)
+
+			root, _ := testRoot(t)
+			s2, err := Open(ctx, path, Options{Argon2: cheapArgon})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s2.Close()
+			if err := s2.Attach(ctx, root, root.DomainID()); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s2.Find(ctx, ti.UUID, Filter{}); !errors.Is(err, ErrTampered) {
+				t.Fatalf("Find after edit: %v, want ErrTampered", err)
+			}
+			if !tc.private {
+				got, err := s2.Open(ctx, obj.ID)
+				if err != nil || !got.Attrs.Equal(obj.Attrs) {
+					t.Fatalf("Open after column edit: %v", err)
+				}
+			} else if _, err := s2.Open(ctx, obj.ID); !errors.Is(err, ErrNotLoggedIn) {
+				t.Fatalf("private object opened without login: %v", err)
+			}
+		})
+	}
+}
+
+// FuzzOpenMutatedBlob mutates a sealed blob and its attribute encoding: the
+// open must never succeed on anything but the original, and never panic.
+func FuzzOpenMutatedBlob(f *testing.F) {
+	keys, err := newTokenKeys(bytes.Repeat([]byte{1}, 32), 1)
+	if err != nil {
+		f.Fatal(err)
+	}
+	dk, _ := newGCM(bytes.Repeat([]byte{2}, 32))
+	// Fuzzing workers each run this setup: the nonces must come out the
+	// same in every one of them.
+	sl := sealer{token: UUID{1}, keys: keys, data: dk, dgen: 1, rand: mrand.NewChaCha8([32]byte{3})}
+	obj := UUID{2}
+	attrs := []byte("canonical attributes")
+	type orig struct {
+		private bool
+		blob    []byte
+	}
+	var origs []orig
+	for _, c := range []struct {
+		private bool
+		secret  []byte
+	}{{false, []byte("public secret")}, {true, []byte("private secret")}, {false, nil}} {
+		blob, err := sl.seal(obj, c.private, attrs, c.secret)
+		if err != nil {
+			f.Fatal(err)
+		}
+		origs = append(origs, orig{c.private, blob})
+		f.Add(c.private, blob, attrs)
+	}
+	f.Fuzz(func(t *testing.T, private bool, blob, a []byte) {
+		_, err := sl.open(obj, private, a, blob, nil, nil)
+		if err == nil {
+			for _, o := range origs {
+				// A tag does not depend on the private flag; the flag
+				// itself is one of the attributes the tag covers.
+				if (o.private == private || blob[1] == kindTag) && bytes.Equal(o.blob, blob) && bytes.Equal(a, attrs) {
+					return
+				}
+			}
+			t.Fatalf("mutated blob opened: private=%v blob=%x attrs=%q", private, blob, a)
+		}
+	})
+}
