@@ -1,0 +1,122 @@
+// Package daemon is hsmemu's server: the state directory it owns, and (in
+// time) the token engine behind the PKCS#11 module's socket.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"hsmemu/keystore"
+	"hsmemu/tpmroot"
+)
+
+// StateConfig says where the daemon's state lives and which TPM holds its
+// master key.
+type StateConfig struct {
+	Dir    string // state directory; created 0700 if missing
+	TPM    string // "managed", a device path, "swtpm:unix:PATH", or "" for the default
+	Logger *slog.Logger
+	Store  keystore.Options
+}
+
+// State is an opened state directory: the TPM, the master key loaded in it,
+// and the keystore attached to it.
+type State struct {
+	TPM   *tpmroot.TPM
+	Root  *tpmroot.Root
+	Store *keystore.Store
+	// Provisioned is true when this open created the domain.
+	Provisioned bool
+}
+
+// DatabaseName is the keystore's file name inside the state directory.
+const DatabaseName = "keystore.db"
+
+// OpenState opens the state directory, provisioning a new security domain in
+// the TPM when the keystore has none. A keystore provisioned on another TPM
+// is refused with tpmroot.ErrWrongTPM and left untouched.
+func OpenState(ctx context.Context, cfg StateConfig) (_ *State, err error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Dir == "" {
+		return nil, errors.New("no state directory given")
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	spec, err := tpmroot.ParseSpec(cfg.TPM, cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	st := &State{}
+	defer func() {
+		if err != nil {
+			st.Close()
+		}
+	}()
+	if st.TPM, err = tpmroot.Open(ctx, spec); err != nil {
+		return nil, err
+	}
+	info := st.TPM.Info()
+	log.Info("TPM opened", "kind", info.Kind, "manufacturer", info.Manufacturer)
+	if st.Store, err = keystore.Open(ctx, filepath.Join(cfg.Dir, DatabaseName), cfg.Store); err != nil {
+		return nil, err
+	}
+	rec, err := st.Store.RootRecord(ctx)
+	switch {
+	case errors.Is(err, keystore.ErrNotProvisioned):
+		p, err := st.TPM.Provision(tpmroot.ProvisionOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("provision master key: %w", err)
+		}
+		sealed, err := p.Sealed.MarshalBinary()
+		if err != nil {
+			return nil, err
+		}
+		if err := st.Store.SetRootRecord(ctx, &keystore.RootRecord{Sealed: sealed, DomainID: p.Sealed.DomainID}); err != nil {
+			return nil, err
+		}
+		st.Provisioned = true
+		log.Info("provisioned a new security domain", "domain", fmt.Sprintf("%x", p.Sealed.DomainID[:8]))
+		log.Warn("the master key is not escrowed to any custodian: if this TPM is lost, every key in this keystore is lost with it")
+		if st.Root, err = st.TPM.Load(p.Sealed); err != nil {
+			return nil, err
+		}
+	case err != nil:
+		return nil, err
+	default:
+		var sealed tpmroot.Sealed
+		if err := sealed.UnmarshalBinary(rec.Sealed); err != nil {
+			return nil, fmt.Errorf("read stored master key: %w", err)
+		}
+		if st.Root, err = st.TPM.Load(&sealed); err != nil {
+			return nil, err
+		}
+	}
+	if err := st.Store.Attach(ctx, st.Root, st.Root.DomainID()); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// Close closes the keystore, flushes the master key from the TPM and stops a
+// managed swtpm.
+func (s *State) Close() error {
+	var errs []error
+	if s.Store != nil {
+		errs = append(errs, s.Store.Close())
+	}
+	if s.Root != nil {
+		errs = append(errs, s.Root.Close())
+	}
+	if s.TPM != nil {
+		errs = append(errs, s.TPM.Close())
+	}
+	return errors.Join(errs...)
+}
