@@ -78,55 +78,55 @@ var Structs = map[string][]Field{
 type AttrKind int
 
 const (
-	AttrBytes     AttrKind = iota // raw bytes, unchanged (the default)
-	AttrUlong                     // one CK_ULONG
-	AttrBool                      // one CK_BBOOL
-	AttrUlongs                    // an array of CK_ULONG (CKA_ALLOWED_MECHANISMS)
-	AttrTemplate                  // an array of CK_ATTRIBUTE (CKA_WRAP_TEMPLATE, ...)
+	AttrBytes    AttrKind = iota // raw bytes, unchanged (the default)
+	AttrUlong                    // one CK_ULONG
+	AttrBool                     // one CK_BBOOL
+	AttrUlongs                   // an array of CK_ULONG (CKA_ALLOWED_MECHANISMS)
+	AttrTemplate                 // an array of CK_ATTRIBUTE (CKA_WRAP_TEMPLATE, ...)
 )
 
 // Attrs lists the attributes whose values are not plain bytes. Any type not
 // listed travels as raw bytes.
 var Attrs = map[uint64]AttrKind{
-	0x000: AttrUlong, // CKA_CLASS
-	0x001: AttrBool,  // CKA_TOKEN
-	0x002: AttrBool,  // CKA_PRIVATE
-	0x080: AttrUlong, // CKA_CERTIFICATE_TYPE
-	0x086: AttrBool,  // CKA_TRUSTED
-	0x087: AttrUlong, // CKA_CERTIFICATE_CATEGORY
-	0x088: AttrUlong, // CKA_JAVA_MIDP_SECURITY_DOMAIN
-	0x08C: AttrUlong, // CKA_NAME_HASH_ALGORITHM
-	0x100: AttrUlong, // CKA_KEY_TYPE
-	0x103: AttrBool,  // CKA_SENSITIVE
-	0x104: AttrBool,  // CKA_ENCRYPT
-	0x105: AttrBool,  // CKA_DECRYPT
-	0x106: AttrBool,  // CKA_WRAP
-	0x107: AttrBool,  // CKA_UNWRAP
-	0x108: AttrBool,  // CKA_SIGN
-	0x109: AttrBool,  // CKA_SIGN_RECOVER
-	0x10A: AttrBool,  // CKA_VERIFY
-	0x10B: AttrBool,  // CKA_VERIFY_RECOVER
-	0x10C: AttrBool,  // CKA_DERIVE
-	0x121: AttrUlong, // CKA_MODULUS_BITS
-	0x133: AttrUlong, // CKA_PRIME_BITS
-	0x134: AttrUlong, // CKA_SUBPRIME_BITS
-	0x160: AttrUlong, // CKA_VALUE_BITS
-	0x161: AttrUlong, // CKA_VALUE_LEN
-	0x162: AttrBool,  // CKA_EXTRACTABLE
-	0x163: AttrBool,  // CKA_LOCAL
-	0x164: AttrBool,  // CKA_NEVER_EXTRACTABLE
-	0x165: AttrBool,  // CKA_ALWAYS_SENSITIVE
-	0x166: AttrUlong, // CKA_KEY_GEN_MECHANISM
-	0x170: AttrBool,  // CKA_MODIFIABLE
-	0x171: AttrBool,  // CKA_COPYABLE
-	0x172: AttrBool,  // CKA_DESTROYABLE
-	0x202: AttrBool,  // CKA_ALWAYS_AUTHENTICATE
-	0x210: AttrBool,  // CKA_WRAP_WITH_TRUSTED
-	0x300: AttrUlong, // CKA_HW_FEATURE_TYPE
-	0x301: AttrBool,  // CKA_RESET_ON_INIT
-	0x302: AttrBool,  // CKA_HAS_RESET
-	0x500: AttrUlong, // CKA_MECHANISM_TYPE
-	0x601: AttrUlong, // CKA_PROFILE_ID
+	0x000:      AttrUlong,    // CKA_CLASS
+	0x001:      AttrBool,     // CKA_TOKEN
+	0x002:      AttrBool,     // CKA_PRIVATE
+	0x080:      AttrUlong,    // CKA_CERTIFICATE_TYPE
+	0x086:      AttrBool,     // CKA_TRUSTED
+	0x087:      AttrUlong,    // CKA_CERTIFICATE_CATEGORY
+	0x088:      AttrUlong,    // CKA_JAVA_MIDP_SECURITY_DOMAIN
+	0x08C:      AttrUlong,    // CKA_NAME_HASH_ALGORITHM
+	0x100:      AttrUlong,    // CKA_KEY_TYPE
+	0x103:      AttrBool,     // CKA_SENSITIVE
+	0x104:      AttrBool,     // CKA_ENCRYPT
+	0x105:      AttrBool,     // CKA_DECRYPT
+	0x106:      AttrBool,     // CKA_WRAP
+	0x107:      AttrBool,     // CKA_UNWRAP
+	0x108:      AttrBool,     // CKA_SIGN
+	0x109:      AttrBool,     // CKA_SIGN_RECOVER
+	0x10A:      AttrBool,     // CKA_VERIFY
+	0x10B:      AttrBool,     // CKA_VERIFY_RECOVER
+	0x10C:      AttrBool,     // CKA_DERIVE
+	0x121:      AttrUlong,    // CKA_MODULUS_BITS
+	0x133:      AttrUlong,    // CKA_PRIME_BITS
+	0x134:      AttrUlong,    // CKA_SUBPRIME_BITS
+	0x160:      AttrUlong,    // CKA_VALUE_BITS
+	0x161:      AttrUlong,    // CKA_VALUE_LEN
+	0x162:      AttrBool,     // CKA_EXTRACTABLE
+	0x163:      AttrBool,     // CKA_LOCAL
+	0x164:      AttrBool,     // CKA_NEVER_EXTRACTABLE
+	0x165:      AttrBool,     // CKA_ALWAYS_SENSITIVE
+	0x166:      AttrUlong,    // CKA_KEY_GEN_MECHANISM
+	0x170:      AttrBool,     // CKA_MODIFIABLE
+	0x171:      AttrBool,     // CKA_COPYABLE
+	0x172:      AttrBool,     // CKA_DESTROYABLE
+	0x202:      AttrBool,     // CKA_ALWAYS_AUTHENTICATE
+	0x210:      AttrBool,     // CKA_WRAP_WITH_TRUSTED
+	0x300:      AttrUlong,    // CKA_HW_FEATURE_TYPE
+	0x301:      AttrBool,     // CKA_RESET_ON_INIT
+	0x302:      AttrBool,     // CKA_HAS_RESET
+	0x500:      AttrUlong,    // CKA_MECHANISM_TYPE
+	0x601:      AttrUlong,    // CKA_PROFILE_ID
 	0x40000211: AttrTemplate, // CKA_WRAP_TEMPLATE
 	0x40000212: AttrTemplate, // CKA_UNWRAP_TEMPLATE
 	0x40000213: AttrTemplate, // CKA_DERIVE_TEMPLATE
@@ -200,23 +200,23 @@ type MechParam struct {
 // listed here whose caller passes a parameter anyway sends it as PBytes; the
 // daemon decides whether that is valid for the mechanism.
 var Mechanisms = map[uint64]MechParam{
-	0x00000009: {PStruct, "CK_RSA_PKCS_OAEP_PARAMS"},   // CKM_RSA_PKCS_OAEP
-	0x0000000D: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},    // CKM_RSA_PKCS_PSS
-	0x0000000E: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},    // CKM_SHA1_RSA_PKCS_PSS
-	0x00000043: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},    // CKM_SHA256_RSA_PKCS_PSS
-	0x00000044: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},    // CKM_SHA384_RSA_PKCS_PSS
-	0x00000045: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},    // CKM_SHA512_RSA_PKCS_PSS
-	0x00000047: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},    // CKM_SHA224_RSA_PKCS_PSS
+	0x00000009: {PStruct, "CK_RSA_PKCS_OAEP_PARAMS"},    // CKM_RSA_PKCS_OAEP
+	0x0000000D: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},     // CKM_RSA_PKCS_PSS
+	0x0000000E: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},     // CKM_SHA1_RSA_PKCS_PSS
+	0x00000043: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},     // CKM_SHA256_RSA_PKCS_PSS
+	0x00000044: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},     // CKM_SHA384_RSA_PKCS_PSS
+	0x00000045: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},     // CKM_SHA512_RSA_PKCS_PSS
+	0x00000047: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},     // CKM_SHA224_RSA_PKCS_PSS
 	0x00001054: {PStruct, "CK_RSA_AES_KEY_WRAP_PARAMS"}, // CKM_RSA_AES_KEY_WRAP
-	0x00001050: {PStruct, "CK_ECDH1_DERIVE_PARAMS"},    // CKM_ECDH1_DERIVE
-	0x00001057: {PStruct, "CK_EDDSA_PARAMS"},           // CKM_EDDSA
-	0x00001082: {PBytes, ""},                           // CKM_AES_CBC (IV)
-	0x00001085: {PBytes, ""},                           // CKM_AES_CBC_PAD (IV)
-	0x00001086: {PStruct, "CK_AES_CTR_PARAMS"},         // CKM_AES_CTR
-	0x00001087: {PStruct, "CK_GCM_PARAMS"},             // CKM_AES_GCM
-	0x00002109: {PBytes, ""},                           // CKM_AES_KEY_WRAP (optional IV)
-	0x0000210A: {PBytes, ""},                           // CKM_AES_KEY_WRAP_PAD (optional IV)
-	0x0000210B: {PBytes, ""},                           // CKM_AES_KEY_WRAP_KWP (optional IV)
-	0x0000402A: {PStruct, "CK_HKDF_PARAMS"},            // CKM_HKDF_DERIVE
-	0x0000402B: {PStruct, "CK_HKDF_PARAMS"},            // CKM_HKDF_DATA
+	0x00001050: {PStruct, "CK_ECDH1_DERIVE_PARAMS"},     // CKM_ECDH1_DERIVE
+	0x00001057: {PStruct, "CK_EDDSA_PARAMS"},            // CKM_EDDSA
+	0x00001082: {PBytes, ""},                            // CKM_AES_CBC (IV)
+	0x00001085: {PBytes, ""},                            // CKM_AES_CBC_PAD (IV)
+	0x00001086: {PStruct, "CK_AES_CTR_PARAMS"},          // CKM_AES_CTR
+	0x00001087: {PStruct, "CK_GCM_PARAMS"},              // CKM_AES_GCM
+	0x00002109: {PBytes, ""},                            // CKM_AES_KEY_WRAP (optional IV)
+	0x0000210A: {PBytes, ""},                            // CKM_AES_KEY_WRAP_PAD (optional IV)
+	0x0000210B: {PBytes, ""},                            // CKM_AES_KEY_WRAP_KWP (optional IV)
+	0x0000402A: {PStruct, "CK_HKDF_PARAMS"},             // CKM_HKDF_DERIVE
+	0x0000402B: {PStruct, "CK_HKDF_PARAMS"},             // CKM_HKDF_DATA
 }
