@@ -71,6 +71,14 @@ func OpenState(ctx context.Context, cfg StateConfig) (_ *State, err error) {
 	rec, err := st.Store.RootRecord(ctx)
 	switch {
 	case errors.Is(err, keystore.ErrNotProvisioned):
+		// A keystore with tokens but no root has lost its root record:
+		// a new domain would orphan every key in it.
+		if has, err := st.Store.HasTokens(ctx); err != nil || has {
+			if err == nil {
+				err = errors.New("the keystore holds tokens but no master key record; refusing to provision a new domain over them (restore the database from a backup)")
+			}
+			return nil, err
+		}
 		p, err := st.TPM.Provision(tpmroot.ProvisionOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("provision master key: %w", err)

@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"errors"
 	"os"
 	"path/filepath"
@@ -101,5 +102,31 @@ func TestStateWrongTPM(t *testing.T) {
 	}
 	if !bytes.Equal(after, db) {
 		t.Fatal("the keystore was modified by a refused open")
+	}
+}
+
+// TestStateLostRoot: a keystore whose root record is gone but whose tokens
+// remain is not provisioned anew.
+func TestStateLostRoot(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	st, err := openState(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Store.CreateToken(context.Background(), keystore.TokenSpec{Label: "t", Tier: keystore.TierStandard, SOPIN: []byte("so-pin")}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	db, err := sql.Open("sqlite3", "file:"+filepath.Join(dir, DatabaseName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("DELETE FROM root"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if _, err := openState(t, dir); err == nil {
+		t.Fatal("a keystore with tokens and no root was provisioned anew")
 	}
 }

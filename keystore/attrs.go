@@ -188,9 +188,10 @@ func (a Attributes) Equal(b Attributes) bool {
 // index holds what the keystore copies out of the attributes into indexed
 // columns, so that finding an object does not need to decode every row.
 type index struct {
-	class   uint64
-	keyType *uint64
-	label   []byte
+	class      uint64
+	keyType    uint64
+	hasKeyType bool
+	label      []byte
 	id      []byte
 	private bool
 }
@@ -205,15 +206,18 @@ func (a Attributes) index() (index, error) {
 		return ix, errors.New("keystore: object has no CKA_CLASS")
 	}
 	ix.class = class
-	kt, ok, err := a.Ulong(AttrKeyType)
+	ix.keyType, ix.hasKeyType, err = a.Ulong(AttrKeyType)
 	if err != nil {
 		return ix, err
 	}
-	if ok {
-		ix.keyType = &kt
+	// A present attribute with an empty value is an empty byte string, not
+	// an absent one: normalise so the indexed columns agree with a decode.
+	if ix.label, ok = a.Get(AttrLabel); ok && ix.label == nil {
+		ix.label = []byte{}
 	}
-	ix.label, _ = a.Get(AttrLabel)
-	ix.id, _ = a.Get(AttrID)
+	if ix.id, ok = a.Get(AttrID); ok && ix.id == nil {
+		ix.id = []byte{}
+	}
 	// PKCS#11 makes a missing CKA_PRIVATE mean TRUE for keys; the keystore
 	// takes the safe reading for every class and seals under the token data
 	// key unless the object says it is public.

@@ -61,8 +61,9 @@ func (c *cache) put(obj *Object, epoch uint64) {
 	if c.epoch.Load() != epoch {
 		return
 	}
-	if e, ok := c.m[obj.ID]; ok {
-		e.obj = obj
+	if _, ok := c.m[obj.ID]; ok {
+		// Entries are immutable once published (get reads obj without
+		// the lock), and a racing miss opened the same authenticated row.
 		return
 	}
 	e := &cacheEntry{obj: obj}

@@ -23,6 +23,8 @@ type Object struct {
 	Private bool
 	Attrs   Attributes
 	Secret  []byte // nil for objects without secret material
+
+	st *tokenState // the cache checks a private object's token is still logged in
 }
 
 // SQLite integers are signed; CK_ULONG values are stored bit for bit.
@@ -65,15 +67,18 @@ func (r *objectRow) decode() (Attributes, index, UUID, error) {
 // Put seals secret (nil for objects without secret material) for a new object
 // with attrs on token, and commits it before returning.
 func (s *Store) Put(ctx context.Context, token UUID, attrs Attributes, secret []byte) (*Object, error) {
-	ix, err := attrs.index()
+	// Work from the canonical encoding: what is sealed is exactly what a
+	// later open decodes, whatever order or aliasing the caller's slice had.
+	enc := attrs.Encode()
+	stored, err := DecodeAttributes(enc)
+	if err != nil {
+		return nil, fmt.Errorf("keystore: attributes not canonical (sorted, unique, bounded): %w", err)
+	}
+	ix, err := stored.index()
 	if err != nil {
 		return nil, err
 	}
-	ti, err := s.Token(ctx, token)
-	if err != nil {
-		return nil, err
-	}
-	st, err := s.stateFor(ti)
+	ti, st, err := s.token(ctx, s.r, "uuid = ?", token[:])
 	if err != nil {
 		return nil, err
 	}
@@ -81,7 +86,9 @@ func (s *Store) Put(ctx context.Context, token UUID, attrs Attributes, secret []
 	if err != nil {
 		return nil, err
 	}
-	enc := attrs.Encode()
+	// The epoch is read before the data key: a logout between the two
+	// then keeps this object out of the cache.
+	epoch := s.cache.currentEpoch()
 	s.mu.RLock()
 	sl := st.sealer()
 	s.mu.RUnlock()
@@ -89,29 +96,19 @@ func (s *Store) Put(ctx context.Context, token UUID, attrs Attributes, secret []
 	if err != nil {
 		return nil, err
 	}
-	var keyType any
-	if ix.keyType != nil {
-		keyType = u2i(*ix.keyType)
-	}
-	epoch := s.cache.currentEpoch()
 	now := time.Now().Unix()
 	res, err := s.w.ExecContext(ctx, `INSERT INTO objects
 		(uuid, token_id, class, key_type, label, ckaid, private, attrs, sealed, created_at, updated_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		u[:], ti.rowID, u2i(ix.class), keyType, ix.label, ix.id, ix.private, enc, sealed, now, now)
+		u[:], ti.ID, u2i(ix.class), ix.keyTypeColumn(), ix.label, ix.id, ix.private, enc, sealed, now, now)
 	if err != nil {
-		return nil, fmt.Errorf("keystore: insert object: %w", err)
+		return nil, s.dbErr("insert object", err)
 	}
 	id, err := res.LastInsertId()
 	if err != nil {
 		return nil, err
 	}
-	// The cached copy must not alias the caller's slices.
-	stored, err := DecodeAttributes(enc)
-	if err != nil {
-		return nil, err
-	}
-	obj := &Object{ID: ObjectID(id), UUID: u, Token: token, Private: ix.private, Attrs: stored}
+	obj := &Object{ID: ObjectID(id), UUID: u, Token: token, Private: ix.private, Attrs: stored, st: st}
 	if len(secret) > 0 {
 		obj.Secret = bytes.Clone(secret)
 	}
@@ -123,7 +120,7 @@ func (s *Store) Put(ctx context.Context, token UUID, attrs Attributes, secret []
 // path: a cache hit costs a map lookup; a miss reads one row, checks it and
 // opens its seal. A private object needs its token logged in.
 func (s *Store) Open(ctx context.Context, id ObjectID) (*Object, error) {
-	if obj, ok := s.cache.get(id); ok {
+	if obj, ok := s.cache.get(id); ok && (!obj.Private || obj.st.open.Load()) {
 		return obj, nil
 	}
 	epoch := s.cache.currentEpoch()
@@ -147,18 +144,18 @@ func (s *Store) readObject(ctx context.Context, id ObjectID) (objectRow, error) 
 	r := objectRow{id: int64(id)}
 	rows, err := s.openStmt.QueryContext(ctx, int64(id))
 	if err != nil {
-		return r, fmt.Errorf("keystore: read object: %w", err)
+		return r, s.dbErr("read object", err)
 	}
 	defer rows.Close()
 	if !rows.Next() {
 		if err := rows.Err(); err != nil {
-			return r, fmt.Errorf("keystore: read object: %w", err)
+			return r, s.dbErr("read object", err)
 		}
 		return r, ErrNotFound
 	}
 	var u, attrs, sealed sql.RawBytes
 	if err := rows.Scan(&u, &r.tokenID, &attrs, &sealed); err != nil {
-		return r, fmt.Errorf("keystore: read object: %w", err)
+		return r, s.dbErr("read object", err)
 	}
 	buf := make([]byte, len(u)+len(attrs)+len(sealed))
 	n := copy(buf, u)
@@ -187,20 +184,25 @@ func (s *Store) openRow(ctx context.Context, r *objectRow) (*Object, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Object{ID: ObjectID(r.id), UUID: u, Token: st.uuid, Private: ix.private, Attrs: attrs, Secret: secret}, nil
+	return &Object{ID: ObjectID(r.id), UUID: u, Token: st.uuid, Private: ix.private, Attrs: attrs, Secret: secret, st: st}, nil
 }
 
 // Update replaces an object's attributes, resealing its secret material so
 // the seal covers the new ones. The daemon decides which changes PKCS#11
 // allows; the keystore only makes them atomic and authenticated.
 func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes) error {
-	ix, err := attrs.index()
+	enc := attrs.Encode()
+	stored, err := DecodeAttributes(enc)
+	if err != nil {
+		return fmt.Errorf("keystore: attributes not canonical (sorted, unique, bounded): %w", err)
+	}
+	ix, err := stored.index()
 	if err != nil {
 		return err
 	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("keystore: begin: %w", err)
+		return s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
 	r := objectRow{id: int64(id)}
@@ -208,7 +210,7 @@ func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes) error
 		if errors.Is(err, sql.ErrNoRows) {
 			return ErrNotFound
 		}
-		return fmt.Errorf("keystore: read object: %w", err)
+		return s.dbErr("read object", err)
 	}
 	old, err := s.openRow(ctx, &r)
 	if err != nil {
@@ -218,16 +220,6 @@ func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes) error
 	if err != nil {
 		return err
 	}
-	if ix.private && len(old.Secret) > 0 && !old.Private {
-		// Becoming private moves the secret under the data key.
-		s.mu.RLock()
-		in := st.loggedIn()
-		s.mu.RUnlock()
-		if !in {
-			return ErrNotLoggedIn
-		}
-	}
-	enc := attrs.Encode()
 	s.mu.RLock()
 	sl := st.sealer()
 	s.mu.RUnlock()
@@ -235,18 +227,14 @@ func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes) error
 	if err != nil {
 		return err
 	}
-	var keyType any
-	if ix.keyType != nil {
-		keyType = u2i(*ix.keyType)
-	}
 	_, err = tx.ExecContext(ctx, `UPDATE objects SET class = ?, key_type = ?, label = ?, ckaid = ?, private = ?,
 		attrs = ?, sealed = ?, updated_at = ? WHERE id = ?`,
-		u2i(ix.class), keyType, ix.label, ix.id, ix.private, enc, sealed, time.Now().Unix(), int64(id))
+		u2i(ix.class), ix.keyTypeColumn(), ix.label, ix.id, ix.private, enc, sealed, time.Now().Unix(), int64(id))
 	if err != nil {
-		return fmt.Errorf("keystore: update object: %w", err)
+		return s.dbErr("update object", err)
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("keystore: commit: %w", err)
+		return s.dbErr("commit", err)
 	}
 	s.cache.remove(id)
 	return nil
@@ -256,7 +244,7 @@ func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes) error
 func (s *Store) Delete(ctx context.Context, id ObjectID) error {
 	res, err := s.w.ExecContext(ctx, "DELETE FROM objects WHERE id = ?", int64(id))
 	if err != nil {
-		return fmt.Errorf("keystore: delete object: %w", err)
+		return s.dbErr("delete object", err)
 	}
 	s.cache.remove(id)
 	if n, _ := res.RowsAffected(); n == 0 {
@@ -277,7 +265,7 @@ type Filter struct {
 
 func (f *Filter) match(ix index) bool {
 	return (f.Class == nil || *f.Class == ix.class) &&
-		(f.KeyType == nil || ix.keyType != nil && *f.KeyType == *ix.keyType) &&
+		(f.KeyType == nil || ix.hasKeyType && *f.KeyType == ix.keyType) &&
 		(f.Label == nil || ix.label != nil && bytes.Equal(f.Label, ix.label)) &&
 		(f.ID == nil || ix.id != nil && bytes.Equal(f.ID, ix.id)) &&
 		(f.IncludePrivate || !ix.private)
@@ -313,7 +301,7 @@ func (s *Store) Find(ctx context.Context, token UUID, f Filter) ([]ObjectID, err
 	}
 	rows, err := s.r.QueryContext(ctx, q+" ORDER BY o.id", args...)
 	if err != nil {
-		return nil, fmt.Errorf("keystore: find: %w", err)
+		return nil, s.dbErr("find", err)
 	}
 	defer rows.Close()
 	var ids []ObjectID
@@ -321,7 +309,7 @@ func (s *Store) Find(ctx context.Context, token UUID, f Filter) ([]ObjectID, err
 		var c indexColumns
 		var attrs sql.RawBytes
 		if err := rows.Scan(&c.id, &c.class, &c.keyType, &c.label, &c.ckaid, &c.private, &attrs); err != nil {
-			return nil, fmt.Errorf("keystore: find: %w", err)
+			return nil, s.dbErr("find", err)
 		}
 		a, err := DecodeAttributes(attrs)
 		if err != nil {
@@ -334,6 +322,14 @@ func (s *Store) Find(ctx context.Context, token UUID, f Filter) ([]ObjectID, err
 		ids = append(ids, ObjectID(c.id))
 	}
 	return ids, rows.Err()
+}
+
+// keyTypeColumn is the key_type column's value: NULL without CKA_KEY_TYPE.
+func (ix *index) keyTypeColumn() any {
+	if !ix.hasKeyType {
+		return nil
+	}
+	return u2i(ix.keyType)
 }
 
 // indexColumns are a row's indexed copies of its attributes.
@@ -349,8 +345,8 @@ type indexColumns struct {
 // match reports whether the columns are a faithful copy of ix.
 func (c *indexColumns) match(ix index) bool {
 	return c.class == u2i(ix.class) &&
-		c.keyType.Valid == (ix.keyType != nil) &&
-		(ix.keyType == nil || c.keyType.Int64 == u2i(*ix.keyType)) &&
+		c.keyType.Valid == ix.hasKeyType &&
+		(!ix.hasKeyType || c.keyType.Int64 == u2i(ix.keyType)) &&
 		bytes.Equal(c.label, ix.label) && (c.label == nil) == (ix.label == nil) &&
 		bytes.Equal(c.ckaid, ix.id) && (c.ckaid == nil) == (ix.id == nil) &&
 		(c.private != 0) == ix.private

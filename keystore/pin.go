@@ -43,11 +43,12 @@ type Argon2Params struct {
 // for the two-core machines the daemon is sized for.
 var DefaultArgon2 = Argon2Params{Time: 3, MemoryKiB: 64 * 1024, Threads: 2}
 
-// Bounds on stored parameters, so that an edited database cannot make one
-// login allocate gigabytes or spin for minutes.
+// Bounds on stored parameters. The token MAC covers the PIN records, so an
+// edited record is refused before Argon2 runs; these bounds are the second
+// line, should a record ever be read without that check.
 const (
-	maxArgonTime   = 64
-	maxArgonMemory = 1 << 21 // 2 GiB in KiB
+	maxArgonTime   = 16
+	maxArgonMemory = 1 << 20 // 1 GiB in KiB
 	maxArgonLanes  = 16
 	maxPINLen      = 256
 )

@@ -105,3 +105,22 @@ func newStore(t testing.TB, opts Options) (*Store, string) {
 	}
 	return s, path
 }
+
+// reopen opens a second Store on the same file, attached to the shared root:
+// its cache is cold, so every open is a real unseal.
+func reopen(t testing.TB, path string, opts Options) *Store {
+	t.Helper()
+	root, _ := testRoot(t)
+	if opts.Argon2 == (Argon2Params{}) {
+		opts.Argon2 = cheapArgon
+	}
+	s, err := Open(context.Background(), path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.Attach(context.Background(), root, root.DomainID()); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}

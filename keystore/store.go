@@ -31,6 +31,8 @@ var (
 	ErrNotFound       = errors.New("keystore: not found")
 	ErrNotLoggedIn    = errors.New("keystore: token not logged in")
 	ErrTokenExists    = errors.New("keystore: a token with that label exists")
+	ErrPINLocked      = errors.New("keystore: PIN locked after too many failed attempts")
+	ErrClosed         = errors.New("keystore: closed")
 )
 
 // UUID identifies a token or an object for as long as it exists, across
@@ -60,6 +62,9 @@ type Options struct {
 	// Readers is the size of the reader connection pool. Zero means
 	// GOMAXPROCS + 2.
 	Readers int
+	// MaxPINFailures locks a role after that many failed PIN checks in a
+	// row. Zero means 10.
+	MaxPINFailures int
 }
 
 // Store is a keystore: one SQLite file with one writer connection and a pool
@@ -71,6 +76,7 @@ type Store struct {
 	openStmt *sql.Stmt // the hot path's point read, prepared once
 
 	mu     sync.RWMutex
+	closed bool
 	root   Root
 	tokens map[int64]*tokenState // by token row id
 
@@ -89,6 +95,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if opts.CacheEntries == 0 {
 		opts.CacheEntries = 4096
 	}
+	if opts.MaxPINFailures <= 0 {
+		opts.MaxPINFailures = 10
+	}
 	if opts.Readers <= 0 {
 		opts.Readers = runtime.GOMAXPROCS(0) + 2
 	}
@@ -99,6 +108,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("keystore: %w", err)
 	}
 	f.Close()
+	if err := os.Chmod(path, 0o600); err != nil {
+		return nil, fmt.Errorf("keystore: %w", err)
+	}
 	// WAL lets readers run beside the writer; synchronous=FULL makes a
 	// commit durable before it returns; secure_delete overwrites freed
 	// pages, so a deleted key's sealed blob does not linger in the file.
@@ -144,6 +156,11 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 // database.
 func (s *Store) Close() error {
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
 	for id, t := range s.tokens {
 		t.wipe()
 		delete(s.tokens, id)
@@ -230,6 +247,30 @@ func (s *Store) Attach(ctx context.Context, root Root, domainID []byte) error {
 	defer s.mu.Unlock()
 	s.root = root
 	return nil
+}
+
+// dbErr wraps a database error, reporting ErrClosed for a closed Store.
+func (s *Store) dbErr(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	s.mu.RLock()
+	closed := s.closed
+	s.mu.RUnlock()
+	if closed {
+		return ErrClosed
+	}
+	return fmt.Errorf("keystore: %s: %w", what, err)
+}
+
+// HasTokens reports whether any token exists: a keystore with tokens but no
+// root record has lost its root, and must not be provisioned anew.
+func (s *Store) HasTokens(ctx context.Context) (bool, error) {
+	var n int
+	if err := s.r.QueryRowContext(ctx, "SELECT count(*) FROM tokens").Scan(&n); err != nil {
+		return false, s.dbErr("count tokens", err)
+	}
+	return n > 0, nil
 }
 
 // Check runs SQLite's integrity check and returns its verdict.

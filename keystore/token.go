@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	sqlite3 "github.com/mattn/go-sqlite3"
@@ -67,8 +68,10 @@ type TokenInfo struct {
 	KEKGeneration  uint32
 	DataGeneration uint32
 	Created        time.Time
+	// ID is the token's row id: stable for the token's life and never
+	// reused, so the daemon can use it as the token's slot id.
+	ID int64
 
-	rowID          int64
 	soPIN, userPIN []byte
 	mac            []byte
 }
@@ -80,10 +83,12 @@ type tokenState struct {
 	rowID   int64
 	uuid    UUID
 	keys    *tokenKeys
-	dataKey []byte
-	data    cipher.AEAD
-	dgen    uint32
-	role    Role
+	dataKey []byte      // guarded by Store.mu
+	data    cipher.AEAD // guarded by Store.mu
+	dgen    uint32      // guarded by Store.mu
+	// open mirrors data != nil for the cache's lock-free check that a
+	// cached private object's token is still logged in.
+	open atomic.Bool
 }
 
 func (t *tokenState) loggedIn() bool { return t.data != nil }
@@ -91,6 +96,7 @@ func (t *tokenState) loggedIn() bool { return t.data != nil }
 func (t *tokenState) logout() {
 	wipe(t.dataKey)
 	t.dataKey, t.data = nil, nil
+	t.open.Store(false)
 }
 
 func (t *tokenState) wipe() {
@@ -107,20 +113,31 @@ func kekLabel(token UUID, generation uint32) []byte {
 	return binary.BigEndian.AppendUint32(l, generation)
 }
 
-// tokenMAC authenticates the policy-bearing columns of a token row: moving a
-// token to another tier or generation in the database is detected.
-func tokenMAC(keys *tokenKeys, uuid UUID, label, serial string, tier Tier, kekGen, dataGen uint32) []byte {
+// tokenMAC authenticates every column of a token row but its row id and
+// creation time: tier, generations, label, serial, the failure counters and
+// both PIN records. Editing any of them alone is detected; replaying a
+// whole earlier row is not (see docs/keychain.md).
+func tokenMAC(keys *tokenKeys, ti *TokenInfo) []byte {
 	m := hmac.New(sha256.New, keys.macKey)
-	m.Write([]byte("hsmemu/token/v1"))
-	m.Write(uuid[:])
+	m.Write([]byte("hsmemu/token/v2"))
+	m.Write(ti.UUID[:])
 	var b []byte
-	b = append(b, byte(tier))
-	b = binary.BigEndian.AppendUint32(b, kekGen)
-	b = binary.BigEndian.AppendUint32(b, dataGen)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(label)))
-	b = append(b, label...)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(serial)))
-	b = append(b, serial...)
+	b = append(b, byte(ti.Tier))
+	b = binary.BigEndian.AppendUint32(b, ti.KEKGeneration)
+	b = binary.BigEndian.AppendUint32(b, ti.DataGeneration)
+	b = binary.BigEndian.AppendUint32(b, uint32(ti.SOFailures))
+	b = binary.BigEndian.AppendUint32(b, uint32(ti.UserFailures))
+	for _, f := range [][]byte{[]byte(ti.Label), []byte(ti.Serial), ti.soPIN} {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(f)))
+		b = append(b, f...)
+	}
+	if ti.userPIN == nil {
+		b = append(b, 0)
+	} else {
+		b = append(b, 1)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(ti.userPIN)))
+		b = append(b, ti.userPIN...)
+	}
 	m.Write(b)
 	return m.Sum(nil)
 }
@@ -128,6 +145,9 @@ func tokenMAC(keys *tokenKeys, uuid UUID, label, serial string, tier Tier, kekGe
 func (s *Store) rootOrErr() (Root, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
 	if s.root == nil {
 		return nil, ErrNoRoot
 	}
@@ -170,24 +190,24 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 	if _, err := rand.Read(dataKey); err != nil {
 		return TokenInfo{}, err
 	}
-	soRec, err := wrapDataKey(keys, uuid, RoleSO, dataGen, spec.SOPIN, dataKey, s.opts.Argon2)
-	if err != nil {
+	ti := TokenInfo{UUID: uuid, Label: spec.Label, Tier: spec.Tier, KEKGeneration: kekGen, DataGeneration: dataGen}
+	if ti.soPIN, err = wrapDataKey(keys, uuid, RoleSO, dataGen, spec.SOPIN, dataKey, s.opts.Argon2); err != nil {
 		return TokenInfo{}, err
 	}
-	var userRec []byte
 	if spec.UserPIN != nil {
-		if userRec, err = wrapDataKey(keys, uuid, RoleUser, dataGen, spec.UserPIN, dataKey, s.opts.Argon2); err != nil {
+		if ti.userPIN, err = wrapDataKey(keys, uuid, RoleUser, dataGen, spec.UserPIN, dataKey, s.opts.Argon2); err != nil {
 			return TokenInfo{}, err
 		}
 	}
 	// The serial is 16 characters, the width of CK_TOKEN_INFO.serialNumber.
-	serial := strings.ToUpper(uuid.String()[:16])
-	mac := tokenMAC(keys, uuid, spec.Label, serial, spec.Tier, kekGen, dataGen)
+	ti.Serial = strings.ToUpper(uuid.String()[:16])
+	ti.UserPINSet = ti.userPIN != nil
+	ti.mac = tokenMAC(keys, &ti)
 	now := time.Now()
 	res, err := s.w.ExecContext(ctx, `INSERT INTO tokens
 		(uuid, label, serial, tier, kek_generation, dk_generation, so_pin, user_pin, mac, created_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		uuid[:], spec.Label, serial, int(spec.Tier), kekGen, dataGen, soRec, userRec, mac, now.Unix())
+		uuid[:], ti.Label, ti.Serial, int(ti.Tier), kekGen, dataGen, ti.soPIN, ti.userPIN, ti.mac, now.Unix())
 	if err != nil {
 		var se sqlite3.Error
 		if errors.As(err, &se) && se.ExtendedCode == sqlite3.ErrConstraintUnique {
@@ -195,12 +215,11 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 		}
 		return TokenInfo{}, fmt.Errorf("keystore: insert token: %w", err)
 	}
-	id, err := res.LastInsertId()
-	if err != nil {
+	if ti.ID, err = res.LastInsertId(); err != nil {
 		return TokenInfo{}, err
 	}
-	return TokenInfo{UUID: uuid, Label: spec.Label, Serial: serial, Tier: spec.Tier, UserPINSet: userRec != nil,
-		KEKGeneration: kekGen, DataGeneration: dataGen, Created: time.Unix(now.Unix(), 0), rowID: id}, nil
+	ti.Created = time.Unix(now.Unix(), 0)
+	return ti, nil
 }
 
 const selectToken = `SELECT id, uuid, label, serial, tier, kek_generation, dk_generation,
@@ -211,7 +230,7 @@ func scanToken(row interface{ Scan(...any) error }) (TokenInfo, error) {
 	var uuid []byte
 	var tier int
 	var created int64
-	err := row.Scan(&ti.rowID, &uuid, &ti.Label, &ti.Serial, &tier, &ti.KEKGeneration, &ti.DataGeneration,
+	err := row.Scan(&ti.ID, &uuid, &ti.Label, &ti.Serial, &tier, &ti.KEKGeneration, &ti.DataGeneration,
 		&ti.soPIN, &ti.userPIN, &ti.SOFailures, &ti.UserFailures, &ti.mac, &created)
 	if err != nil {
 		return ti, err
@@ -226,51 +245,99 @@ func scanToken(row interface{ Scan(...any) error }) (TokenInfo, error) {
 	return ti, nil
 }
 
-// Tokens lists every token, in creation order.
+// Tokens lists every token, in creation order. Each row is authenticated.
 func (s *Store) Tokens(ctx context.Context) ([]TokenInfo, error) {
 	rows, err := s.r.QueryContext(ctx, selectToken+" ORDER BY id")
 	if err != nil {
-		return nil, fmt.Errorf("keystore: list tokens: %w", err)
+		return nil, s.dbErr("list tokens", err)
 	}
-	defer rows.Close()
 	var out []TokenInfo
 	for rows.Next() {
 		ti, err := scanToken(rows)
 		if err != nil {
+			rows.Close()
 			return nil, fmt.Errorf("keystore: list tokens: %w", err)
 		}
 		out = append(out, ti)
 	}
-	return out, rows.Err()
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return nil, s.dbErr("list tokens", err)
+	}
+	for i := range out {
+		if _, err := s.verify(&out[i]); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
-// Token returns the token with the given UUID.
+// Token returns the token with the given UUID, authenticated.
 func (s *Store) Token(ctx context.Context, uuid UUID) (TokenInfo, error) {
-	return s.tokenWhere(ctx, s.r, "uuid = ?", uuid[:])
+	ti, _, err := s.token(ctx, s.r, "uuid = ?", uuid[:])
+	return ti, err
 }
 
-// TokenByLabel returns the token with the given label.
+// TokenByLabel returns the token with the given label, authenticated.
 func (s *Store) TokenByLabel(ctx context.Context, label string) (TokenInfo, error) {
-	return s.tokenWhere(ctx, s.r, "label = ?", label)
+	ti, _, err := s.token(ctx, s.r, "label = ?", label)
+	return ti, err
 }
 
 type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
-func (s *Store) tokenWhere(ctx context.Context, q querier, where string, arg any) (TokenInfo, error) {
+// token reads one token row and authenticates it.
+func (s *Store) token(ctx context.Context, q querier, where string, arg any) (TokenInfo, *tokenState, error) {
 	ti, err := scanToken(q.QueryRowContext(ctx, selectToken+" WHERE "+where, arg))
 	if errors.Is(err, sql.ErrNoRows) {
-		return ti, ErrNotFound
+		return ti, nil, ErrNotFound
 	}
 	if err != nil {
-		return ti, fmt.Errorf("keystore: read token: %w", err)
+		return ti, nil, s.dbErr("read token", err)
 	}
-	return ti, nil
+	st, err := s.verify(&ti)
+	return ti, st, err
 }
 
-// state returns the in-memory state of a token, deriving its keys through
-// the root and authenticating its row the first time.
+// verify checks a token row's MAC, deriving the token's keys through the
+// root the first time the token is seen. Only a row that passes makes the
+// token's state known to the Store.
+func (s *Store) verify(ti *TokenInfo) (*tokenState, error) {
+	s.mu.RLock()
+	st, ok := s.tokens[ti.ID]
+	s.mu.RUnlock()
+	if ok {
+		if st.uuid != ti.UUID || st.keys.generation != ti.KEKGeneration || !hmac.Equal(tokenMAC(st.keys, ti), ti.mac) {
+			return nil, ErrTampered
+		}
+		return st, nil
+	}
+	keys, err := s.deriveKeys(ti.UUID, ti.KEKGeneration)
+	if err != nil {
+		return nil, err
+	}
+	if !hmac.Equal(tokenMAC(keys, ti), ti.mac) {
+		keys.wipe()
+		return nil, ErrTampered
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		keys.wipe()
+		return nil, ErrClosed
+	}
+	if st, ok := s.tokens[ti.ID]; ok {
+		keys.wipe()
+		return st, nil
+	}
+	st = &tokenState{rowID: ti.ID, uuid: ti.UUID, keys: keys, dgen: ti.DataGeneration}
+	s.tokens[ti.ID] = st
+	return st, nil
+}
+
+// state returns the in-memory state of the token with the given row id,
+// reading and authenticating its row the first time.
 func (s *Store) state(ctx context.Context, rowID int64) (*tokenState, error) {
 	s.mu.RLock()
 	t, ok := s.tokens[rowID]
@@ -278,79 +345,116 @@ func (s *Store) state(ctx context.Context, rowID int64) (*tokenState, error) {
 	if ok {
 		return t, nil
 	}
-	ti, err := s.tokenWhere(ctx, s.r, "id = ?", rowID)
-	if err != nil {
-		return nil, err
-	}
-	return s.stateFor(ti)
+	_, st, err := s.token(ctx, s.r, "id = ?", rowID)
+	return st, err
 }
 
-func (s *Store) stateFor(ti TokenInfo) (*tokenState, error) {
-	s.mu.RLock()
-	t, ok := s.tokens[ti.rowID]
-	s.mu.RUnlock()
-	if ok {
-		return t, nil
-	}
-	keys, err := s.deriveKeys(ti.UUID, ti.KEKGeneration)
+// updateToken changes a token row in one transaction: it reads the row,
+// authenticates it, lets change edit it, and writes it back with a new MAC.
+func (s *Store) updateToken(ctx context.Context, token UUID, change func(ti *TokenInfo) error) error {
+	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, err
+		return s.dbErr("begin", err)
 	}
-	want := tokenMAC(keys, ti.UUID, ti.Label, ti.Serial, ti.Tier, ti.KEKGeneration, ti.DataGeneration)
-	if !hmac.Equal(want, ti.mac) {
-		keys.wipe()
-		return nil, ErrTampered
+	defer tx.Rollback()
+	ti, st, err := s.token(ctx, tx, "uuid = ?", token[:])
+	if err != nil {
+		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if t, ok := s.tokens[ti.rowID]; ok {
-		keys.wipe()
-		return t, nil
+	if err := change(&ti); err != nil {
+		return err
 	}
-	t = &tokenState{rowID: ti.rowID, uuid: ti.UUID, keys: keys, dgen: ti.DataGeneration}
-	s.tokens[ti.rowID] = t
-	return t, nil
+	ti.UserPINSet = ti.userPIN != nil
+	ti.mac = tokenMAC(st.keys, &ti)
+	_, err = tx.ExecContext(ctx, `UPDATE tokens SET label = ?, tier = ?, dk_generation = ?, so_pin = ?, user_pin = ?,
+		so_failures = ?, user_failures = ?, mac = ? WHERE id = ?`,
+		ti.Label, int(ti.Tier), ti.DataGeneration, ti.soPIN, ti.userPIN, ti.SOFailures, ti.UserFailures, ti.mac, ti.ID)
+	if err != nil {
+		return s.dbErr("update token", err)
+	}
+	return s.dbErr("commit", tx.Commit())
 }
 
-func pinColumn(role Role) (string, string, error) {
+// pinRecord returns role's PIN record and failure count, and refuses a
+// locked role before any PIN is tried.
+func (s *Store) pinFor(ti *TokenInfo, role Role) ([]byte, error) {
+	var rec []byte
+	var failures int
 	switch role {
 	case RoleSO:
-		return "so_pin", "so_failures", nil
+		rec, failures = ti.soPIN, ti.SOFailures
 	case RoleUser:
-		return "user_pin", "user_failures", nil
-	}
-	return "", "", fmt.Errorf("keystore: unknown role %d", role)
-}
-
-// Login opens the token data key with pin. On success the token's private
-// objects become usable until Logout; a wrong PIN counts a failure.
-func (s *Store) Login(ctx context.Context, token UUID, role Role, pin []byte) error {
-	_, failCol, err := pinColumn(role)
-	if err != nil {
-		return err
-	}
-	ti, err := s.Token(ctx, token)
-	if err != nil {
-		return err
-	}
-	st, err := s.stateFor(ti)
-	if err != nil {
-		return err
-	}
-	rec, failures := ti.soPIN, ti.SOFailures
-	if role == RoleUser {
 		rec, failures = ti.userPIN, ti.UserFailures
+	default:
+		return nil, fmt.Errorf("keystore: unknown role %d", role)
 	}
 	if rec == nil {
-		return ErrPINNotInitialized
+		return nil, ErrPINNotInitialized
+	}
+	if failures >= s.opts.MaxPINFailures {
+		return nil, ErrPINLocked
+	}
+	return rec, nil
+}
+
+// countFailure records the outcome of a PIN check for role: a failure adds
+// one, a success after failures clears them.
+func (s *Store) countFailure(ctx context.Context, token UUID, role Role, failed bool) error {
+	return s.updateToken(ctx, token, func(ti *TokenInfo) error {
+		n := &ti.UserFailures
+		if role == RoleSO {
+			n = &ti.SOFailures
+		}
+		if failed {
+			*n++
+		} else {
+			*n = 0
+		}
+		return nil
+	})
+}
+
+// checkPIN opens the data key with pin for role, counting the outcome.
+func (s *Store) checkPIN(ctx context.Context, token UUID, role Role, pin []byte) (TokenInfo, *tokenState, []byte, error) {
+	ti, st, err := s.token(ctx, s.r, "uuid = ?", token[:])
+	if err != nil {
+		return ti, nil, nil, err
+	}
+	rec, err := s.pinFor(&ti, role)
+	if err != nil {
+		return ti, nil, nil, err
 	}
 	dk, err := unwrapDataKey(st.keys, token, role, ti.DataGeneration, pin, rec)
-	if errors.Is(err, ErrPINIncorrect) {
-		if _, uerr := s.w.ExecContext(ctx, "UPDATE tokens SET "+failCol+" = "+failCol+" + 1 WHERE id = ?", ti.rowID); uerr != nil {
-			return fmt.Errorf("keystore: count failed login: %w", uerr)
+	if errors.Is(err, ErrPINIncorrect) || errors.Is(err, ErrPINLenRange) {
+		if cerr := s.countFailure(ctx, token, role, true); cerr != nil {
+			return ti, nil, nil, cerr
 		}
-		return err
+		return ti, nil, nil, ErrPINIncorrect
 	}
+	if err != nil {
+		return ti, nil, nil, err
+	}
+	failures := ti.UserFailures
+	if role == RoleSO {
+		failures = ti.SOFailures
+	}
+	if failures != 0 {
+		if err := s.countFailure(ctx, token, role, false); err != nil {
+			wipe(dk)
+			return ti, nil, nil, err
+		}
+	}
+	return ti, st, dk, nil
+}
+
+// Login opens the token data key with role's PIN. On success the token's
+// private objects become usable until Logout. A wrong PIN counts a failure;
+// after Options.MaxPINFailures of them the role is locked (ErrPINLocked)
+// until the SO sets a new user PIN, or, for the SO, the administrator
+// recovers the token. Which roles may log in together is the daemon's rule:
+// the keystore only holds the data key, the same for both.
+func (s *Store) Login(ctx context.Context, token UUID, role Role, pin []byte) error {
+	ti, st, dk, err := s.checkPIN(ctx, token, role, pin)
 	if err != nil {
 		return err
 	}
@@ -359,16 +463,15 @@ func (s *Store) Login(ctx context.Context, token UUID, role Role, pin []byte) er
 		wipe(dk)
 		return err
 	}
-	if failures != 0 {
-		if _, err := s.w.ExecContext(ctx, "UPDATE tokens SET "+failCol+" = 0 WHERE id = ?", ti.rowID); err != nil {
-			wipe(dk)
-			return fmt.Errorf("keystore: reset failure count: %w", err)
-		}
-	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		wipe(dk)
+		return ErrClosed
+	}
 	st.logout()
-	st.dataKey, st.data, st.dgen, st.role = dk, aead, ti.DataGeneration, role
-	s.mu.Unlock()
+	st.dataKey, st.data, st.dgen = dk, aead, ti.DataGeneration
+	st.open.Store(true)
 	return nil
 }
 
@@ -385,91 +488,71 @@ func (s *Store) Logout(token UUID) {
 	s.cache.purge(func(o *Object) bool { return o.Token == token && o.Private })
 }
 
-// LoggedIn reports whether the token's data key is open, and for which role.
-func (s *Store) LoggedIn(token UUID) (Role, bool) {
+// LoggedIn reports whether the token's data key is open.
+func (s *Store) LoggedIn(token UUID) bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	for _, st := range s.tokens {
 		if st.uuid == token && st.loggedIn() {
-			return st.role, true
+			return true
 		}
 	}
-	return 0, false
+	return false
 }
 
-// SetPIN changes role's PIN from oldPIN to newPIN (C_SetPIN).
+// SetPIN changes role's PIN from oldPIN to newPIN (C_SetPIN). A wrong old
+// PIN counts as a failed login.
 func (s *Store) SetPIN(ctx context.Context, token UUID, role Role, oldPIN, newPIN []byte) error {
-	col, _, err := pinColumn(role)
-	if err != nil {
-		return err
-	}
-	ti, err := s.Token(ctx, token)
-	if err != nil {
-		return err
-	}
-	st, err := s.stateFor(ti)
-	if err != nil {
-		return err
-	}
-	rec := ti.soPIN
-	if role == RoleUser {
-		rec = ti.userPIN
-	}
-	if rec == nil {
-		return ErrPINNotInitialized
-	}
-	dk, err := unwrapDataKey(st.keys, token, role, ti.DataGeneration, oldPIN, rec)
+	ti, st, dk, err := s.checkPIN(ctx, token, role, oldPIN)
 	if err != nil {
 		return err
 	}
 	defer wipe(dk)
-	return s.writePIN(ctx, st, ti, col, role, newPIN, dk)
+	return s.writePIN(ctx, st, ti, role, newPIN, dk)
 }
 
-// InitPIN sets a new user PIN (C_InitPIN). The SO must be logged in: the
-// data key it opened is wrapped anew under the user PIN.
+// InitPIN sets a new user PIN (C_InitPIN), which also unlocks a locked user
+// PIN. The token must be logged in, so that its data key can be wrapped
+// under the new PIN; that it is the SO who is logged in is the daemon's rule.
 func (s *Store) InitPIN(ctx context.Context, token UUID, newUserPIN []byte) error {
-	ti, err := s.Token(ctx, token)
-	if err != nil {
-		return err
-	}
-	st, err := s.stateFor(ti)
+	ti, st, err := s.token(ctx, s.r, "uuid = ?", token[:])
 	if err != nil {
 		return err
 	}
 	s.mu.RLock()
 	dk := append([]byte(nil), st.dataKey...)
-	ok := st.loggedIn() && st.role == RoleSO
+	ok := st.loggedIn()
 	s.mu.RUnlock()
 	defer wipe(dk)
 	if !ok {
 		return ErrNotLoggedIn
 	}
-	return s.writePIN(ctx, st, ti, "user_pin", RoleUser, newUserPIN, dk)
+	return s.writePIN(ctx, st, ti, RoleUser, newUserPIN, dk)
 }
 
-func (s *Store) writePIN(ctx context.Context, st *tokenState, ti TokenInfo, col string, role Role, pin, dk []byte) error {
-	params := s.opts.Argon2
-	rec, err := wrapDataKey(st.keys, ti.UUID, role, ti.DataGeneration, pin, dk, params)
+func (s *Store) writePIN(ctx context.Context, st *tokenState, ti TokenInfo, role Role, pin, dk []byte) error {
+	rec, err := wrapDataKey(st.keys, ti.UUID, role, ti.DataGeneration, pin, dk, s.opts.Argon2)
 	if err != nil {
 		return err
 	}
-	failCol := "so_failures"
-	if role == RoleUser {
-		failCol = "user_failures"
-	}
-	_, err = s.w.ExecContext(ctx, "UPDATE tokens SET "+col+" = ?, "+failCol+" = 0 WHERE id = ? AND dk_generation = ?", rec, ti.rowID, ti.DataGeneration)
-	if err != nil {
-		return fmt.Errorf("keystore: write PIN record: %w", err)
-	}
-	return nil
+	return s.updateToken(ctx, ti.UUID, func(cur *TokenInfo) error {
+		if cur.DataGeneration != ti.DataGeneration {
+			return ErrTampered
+		}
+		if role == RoleSO {
+			cur.soPIN, cur.SOFailures = rec, 0
+		} else {
+			cur.userPIN, cur.UserFailures = rec, 0
+		}
+		return nil
+	})
 }
 
 // DeleteToken removes a token and every object on it.
 func (s *Store) DeleteToken(ctx context.Context, token UUID) error {
 	res, err := s.w.ExecContext(ctx, "DELETE FROM tokens WHERE uuid = ?", token[:])
 	if err != nil {
-		return fmt.Errorf("keystore: delete token: %w", err)
+		return s.dbErr("delete token", err)
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return ErrNotFound
