@@ -192,8 +192,8 @@ type index struct {
 	keyType    uint64
 	hasKeyType bool
 	label      []byte
-	id      []byte
-	private bool
+	id         []byte
+	private    bool
 }
 
 func (a Attributes) index() (index, error) {
