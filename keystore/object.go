@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -30,38 +31,54 @@ type Object struct {
 // SQLite integers are signed; CK_ULONG values are stored bit for bit.
 func u2i(v uint64) int64 { return int64(v) }
 
-// selectObject reads what an open needs: the object's identity, its
-// attributes and its seal. The indexed copies of attributes are Find's alone.
-const selectObject = `SELECT o.uuid, o.token_id, o.attrs, o.sealed FROM objects o WHERE o.id = ?`
+// selectObject reads what an open needs: the token and the record (the
+// object's identity, its attributes and its seal). The indexed copies of
+// attributes are Find's alone.
+const selectObject = `SELECT o.token_id, o.record FROM objects o WHERE o.id = ?`
 
 type objectRow struct {
 	id      int64
-	uuid    []byte
 	tokenID int64
+	uuid    UUID
 	attrs   []byte
 	sealed  []byte
 }
 
-func (r *objectRow) scan(row interface{ Scan(...any) error }) error {
-	return row.Scan(&r.uuid, &r.tokenID, &r.attrs, &r.sealed)
+// record encodes an object's stored record.
+func record(u UUID, attrs, sealed []byte) []byte {
+	b := make([]byte, 0, 20+len(attrs)+len(sealed))
+	b = append(b, u[:]...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(attrs)))
+	b = append(b, attrs...)
+	return append(b, sealed...)
 }
 
-// decode parses the (not yet authenticated) identity and attributes.
-func (r *objectRow) decode() (Attributes, index, UUID, error) {
-	var u UUID
-	if len(r.uuid) != len(u) {
-		return nil, index{}, u, ErrTampered
+// parseRecord splits a record; its parts alias rec.
+func (r *objectRow) parseRecord(rec []byte) error {
+	if len(rec) < 20 {
+		return ErrTampered
 	}
-	copy(u[:], r.uuid)
+	copy(r.uuid[:], rec)
+	n := binary.BigEndian.Uint32(rec[16:])
+	if uint64(n) > uint64(len(rec)-20) {
+		return ErrTampered
+	}
+	r.attrs = rec[20 : 20+n : 20+n]
+	r.sealed = rec[20+n:]
+	return nil
+}
+
+// decode parses the (not yet authenticated) attributes.
+func (r *objectRow) decode() (Attributes, index, error) {
 	attrs, err := DecodeAttributes(r.attrs)
 	if err != nil {
-		return nil, index{}, u, ErrTampered
+		return nil, index{}, ErrTampered
 	}
 	ix, err := attrs.index()
 	if err != nil {
-		return nil, index{}, u, ErrTampered
+		return nil, index{}, ErrTampered
 	}
-	return attrs, ix, u, nil
+	return attrs, ix, nil
 }
 
 // Put seals secret (nil for objects without secret material) for a new object
@@ -98,9 +115,9 @@ func (s *Store) Put(ctx context.Context, token UUID, attrs Attributes, secret []
 	}
 	now := time.Now().Unix()
 	res, err := s.w.ExecContext(ctx, `INSERT INTO objects
-		(uuid, token_id, class, key_type, label, ckaid, private, attrs, sealed, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		u[:], ti.ID, u2i(ix.class), ix.keyTypeColumn(), ix.label, ix.id, ix.private, enc, sealed, now, now)
+		(uuid, token_id, class, key_type, label, ckaid, private, record, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		u[:], ti.ID, u2i(ix.class), ix.keyTypeColumn(), ix.label, ix.id, ix.private, record(u, enc, sealed), now, now)
 	if err != nil {
 		return nil, s.dbErr("insert object", err)
 	}
@@ -137,9 +154,9 @@ func (s *Store) Open(ctx context.Context, id ObjectID) (*Object, error) {
 }
 
 // readObject is the miss path's one point read. It scans into RawBytes and
-// copies the attributes and the seal into one buffer: database/sql would
-// otherwise copy each column twice. The rows are closed before returning, so
-// the connection is back in the pool before anything else is read.
+// copies the record once: database/sql would otherwise copy it twice. The
+// rows are closed before returning, so the connection is back in the pool
+// before anything else is read.
 func (s *Store) readObject(ctx context.Context, id ObjectID) (objectRow, error) {
 	r := objectRow{id: int64(id)}
 	rows, err := s.openStmt.QueryContext(ctx, int64(id))
@@ -153,22 +170,20 @@ func (s *Store) readObject(ctx context.Context, id ObjectID) (objectRow, error) 
 		}
 		return r, ErrNotFound
 	}
-	var u, attrs, sealed sql.RawBytes
-	if err := rows.Scan(&u, &r.tokenID, &attrs, &sealed); err != nil {
+	var rec sql.RawBytes
+	if err := rows.Scan(&r.tokenID, &rec); err != nil {
 		return r, s.dbErr("read object", err)
 	}
-	buf := make([]byte, len(u)+len(attrs)+len(sealed))
-	n := copy(buf, u)
-	r.uuid = buf[:n:n]
-	n += copy(buf[n:], attrs)
-	r.attrs = buf[len(u):n:n]
-	copy(buf[n:], sealed)
-	r.sealed = buf[n:]
+	if err := r.parseRecord(bytes.Clone(rec)); err != nil {
+		return r, err
+	}
 	return r, rows.Close()
 }
 
+// openRow authenticates a row and opens its seal. The secret is decrypted
+// in place, so the returned object shares the row's one buffer.
 func (s *Store) openRow(ctx context.Context, r *objectRow) (*Object, error) {
-	attrs, ix, u, err := r.decode()
+	attrs, ix, err := r.decode()
 	if err != nil {
 		return nil, err
 	}
@@ -180,11 +195,11 @@ func (s *Store) openRow(ctx context.Context, r *objectRow) (*Object, error) {
 	sl := st.sealer()
 	s.mu.RUnlock()
 	var scratch [160]byte
-	secret, err := sl.open(u, ix.private, r.attrs, r.sealed, nil, scratch[:0])
+	secret, err := sl.open(r.uuid, ix.private, r.attrs, r.sealed, nil, scratch[:0])
 	if err != nil {
 		return nil, err
 	}
-	return &Object{ID: ObjectID(r.id), UUID: u, Token: st.uuid, Private: ix.private, Attrs: attrs, Secret: secret, st: st}, nil
+	return &Object{ID: ObjectID(r.id), UUID: r.uuid, Token: st.uuid, Private: ix.private, Attrs: attrs, Secret: secret, st: st}, nil
 }
 
 // Update replaces an object's attributes, resealing its secret material so
@@ -206,11 +221,15 @@ func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes) error
 	}
 	defer tx.Rollback()
 	r := objectRow{id: int64(id)}
-	if err := r.scan(tx.QueryRowContext(ctx, selectObject, int64(id))); err != nil {
+	var rec []byte
+	if err := tx.QueryRowContext(ctx, selectObject, int64(id)).Scan(&r.tokenID, &rec); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return ErrNotFound
 		}
 		return s.dbErr("read object", err)
+	}
+	if err := r.parseRecord(rec); err != nil {
+		return err
 	}
 	old, err := s.openRow(ctx, &r)
 	if err != nil {
@@ -228,8 +247,8 @@ func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes) error
 		return err
 	}
 	_, err = tx.ExecContext(ctx, `UPDATE objects SET class = ?, key_type = ?, label = ?, ckaid = ?, private = ?,
-		attrs = ?, sealed = ?, updated_at = ? WHERE id = ?`,
-		u2i(ix.class), ix.keyTypeColumn(), ix.label, ix.id, ix.private, enc, sealed, time.Now().Unix(), int64(id))
+		record = ?, updated_at = ? WHERE id = ?`,
+		u2i(ix.class), ix.keyTypeColumn(), ix.label, ix.id, ix.private, record(old.UUID, enc, sealed), time.Now().Unix(), int64(id))
 	if err != nil {
 		return s.dbErr("update object", err)
 	}
@@ -294,7 +313,7 @@ func (s *Store) Find(ctx context.Context, token UUID, f Filter) ([]ObjectID, err
 	if !f.IncludePrivate {
 		where = append(where, "o.private = 0")
 	}
-	q := `SELECT o.id, o.class, o.key_type, o.label, o.ckaid, o.private, o.attrs
+	q := `SELECT o.id, o.class, o.key_type, o.label, o.ckaid, o.private, o.record
 		FROM objects o JOIN tokens t ON t.id = o.token_id WHERE t.uuid = ?`
 	if len(where) > 0 {
 		q += " AND " + strings.Join(where, " AND ")
@@ -307,11 +326,15 @@ func (s *Store) Find(ctx context.Context, token UUID, f Filter) ([]ObjectID, err
 	var ids []ObjectID
 	for rows.Next() {
 		var c indexColumns
-		var attrs sql.RawBytes
-		if err := rows.Scan(&c.id, &c.class, &c.keyType, &c.label, &c.ckaid, &c.private, &attrs); err != nil {
+		var rec sql.RawBytes
+		if err := rows.Scan(&c.id, &c.class, &c.keyType, &c.label, &c.ckaid, &c.private, &rec); err != nil {
 			return nil, s.dbErr("find", err)
 		}
-		a, err := DecodeAttributes(attrs)
+		var r objectRow
+		if err := r.parseRecord(rec); err != nil {
+			return nil, err
+		}
+		a, err := DecodeAttributes(r.attrs)
 		if err != nil {
 			return nil, ErrTampered
 		}

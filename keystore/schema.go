@@ -45,8 +45,10 @@ CREATE TABLE objects (
 	label      BLOB,
 	ckaid      BLOB,
 	private    INTEGER NOT NULL,
-	attrs      BLOB NOT NULL,        -- canonical attribute encoding
-	sealed     BLOB NOT NULL,        -- sealed secret material, or a tag
+	-- record: uuid(16) | attrs length u32 | canonical attributes | seal.
+	-- One column, so the hot path reads two; the uuid, class, key_type,
+	-- label, ckaid and private columns are index copies for lookups.
+	record     BLOB NOT NULL,
 	created_at INTEGER NOT NULL,
 	updated_at INTEGER NOT NULL
 ) STRICT;

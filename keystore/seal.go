@@ -154,7 +154,8 @@ func (s *sealer) seal(object UUID, private bool, attrs, secret []byte) ([]byte, 
 }
 
 // open authenticates blob against its object and returns the secret material
-// (nil for a tagged object). scratch is reused for the associated data.
+// (nil for a tagged object), decrypted in place in blob, which it
+// overwrites. scratch is reused for the associated data.
 func (s *sealer) open(object UUID, private bool, attrs, blob []byte, mac hash.Hash, scratch []byte) ([]byte, error) {
 	if len(blob) < sealHeaderLen || blob[0] != sealVersion {
 		return nil, ErrTampered
@@ -203,7 +204,9 @@ func (s *sealer) open(object UUID, private bool, attrs, blob []byte, mac hash.Ha
 	if len(body) < gcmNonceLen+gcmTagLen {
 		return nil, ErrTampered
 	}
-	pt, err := aead.Open(nil, body[:gcmNonceLen], body[gcmNonceLen:], aad)
+	// Decrypt in place: the blob is the caller's own copy.
+	ct := body[gcmNonceLen:]
+	pt, err := aead.Open(ct[:0], body[:gcmNonceLen], ct, aad)
 	if err != nil {
 		return nil, ErrTampered
 	}

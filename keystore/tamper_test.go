@@ -27,20 +27,38 @@ func execSQL(t *testing.T, db *sql.DB, q string, args ...any) {
 	}
 }
 
-func column(t *testing.T, db *sql.DB, col string, id ObjectID) []byte {
+// getRecord reads an object's record column, split into its parts.
+func getRecord(t *testing.T, db *sql.DB, id ObjectID) (UUID, []byte, []byte) {
 	t.Helper()
-	var b []byte
-	if err := db.QueryRow("SELECT "+col+" FROM objects WHERE id = ?", int64(id)).Scan(&b); err != nil {
+	var rec []byte
+	if err := db.QueryRow("SELECT record FROM objects WHERE id = ?", int64(id)).Scan(&rec); err != nil {
 		t.Fatal(err)
 	}
-	return b
+	var r objectRow
+	if err := r.parseRecord(rec); err != nil {
+		t.Fatal(err)
+	}
+	return r.uuid, r.attrs, r.sealed
+}
+
+func setRecord(t *testing.T, db *sql.DB, id ObjectID, u UUID, attrs, sealed []byte) {
+	t.Helper()
+	execSQL(t, db, "UPDATE objects SET record = ? WHERE id = ?", record(u, attrs, sealed), int64(id))
+}
+
+// editSealed applies edit to an object's seal.
+func editSealed(t *testing.T, db *sql.DB, id ObjectID, edit func([]byte) []byte) {
+	t.Helper()
+	u, attrs, sealed := getRecord(t, db, id)
+	setRecord(t, db, id, u, attrs, edit(sealed))
 }
 
 // editAttr rewrites one attribute of a stored object, keeping the
 // encoding canonical, so only the seal can notice.
 func editAttr(t *testing.T, db *sql.DB, id ObjectID, typ uint64, v []byte) {
 	t.Helper()
-	attrs, err := DecodeAttributes(column(t, db, "attrs", id))
+	u, enc, sealed := getRecord(t, db, id)
+	attrs, err := DecodeAttributes(enc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +67,7 @@ func editAttr(t *testing.T, db *sql.DB, id ObjectID, typ uint64, v []byte) {
 			attrs[i].Value = v
 		}
 	}
-	execSQL(t, db, "UPDATE objects SET attrs = ? WHERE id = ?", attrs.Encode(), int64(id))
+	setRecord(t, db, id, u, attrs.Encode(), sealed)
 }
 
 func TestTamper(t *testing.T) {
@@ -76,46 +94,45 @@ func TestTamper(t *testing.T) {
 			execSQL(t, f.db, "UPDATE objects SET private = 0 WHERE id = ?", int64(f.priv))
 		}, func(f fixture) ObjectID { return f.priv }},
 		{"swap blobs between objects", func(t *testing.T, f fixture) {
-			execSQL(t, f.db, "UPDATE objects SET sealed = ? WHERE id = ?", column(t, f.db, "sealed", f.pubTwin), int64(f.pub))
+			_, _, twin := getRecord(t, f.db, f.pubTwin)
+			editSealed(t, f.db, f.pub, func([]byte) []byte { return twin })
 		}, func(f fixture) ObjectID { return f.pub }},
 		{"swap blobs between tokens", func(t *testing.T, f fixture) {
-			execSQL(t, f.db, "UPDATE objects SET sealed = ? WHERE id = ?", column(t, f.db, "sealed", f.other), int64(f.pub))
+			_, _, other := getRecord(t, f.db, f.other)
+			editSealed(t, f.db, f.pub, func([]byte) []byte { return other })
 		}, func(f fixture) ObjectID { return f.pub }},
 		{"move object to other token", func(t *testing.T, f fixture) {
 			execSQL(t, f.db, "UPDATE objects SET token_id = (SELECT token_id FROM objects WHERE id = ?) WHERE id = ?", int64(f.other), int64(f.pub))
 		}, func(f fixture) ObjectID { return f.pub }},
 		{"swap uuid", func(t *testing.T, f fixture) {
-			u := column(t, f.db, "uuid", f.pubTwin)
-			execSQL(t, f.db, "DELETE FROM objects WHERE id = ?", int64(f.pubTwin))
-			execSQL(t, f.db, "UPDATE objects SET uuid = ? WHERE id = ?", u, int64(f.pub))
+			twin, _, _ := getRecord(t, f.db, f.pubTwin)
+			_, attrs, sealed := getRecord(t, f.db, f.pub)
+			setRecord(t, f.db, f.pub, twin, attrs, sealed)
 		}, func(f fixture) ObjectID { return f.pub }},
 		{"truncate blob", func(t *testing.T, f fixture) {
-			b := column(t, f.db, "sealed", f.priv)
-			execSQL(t, f.db, "UPDATE objects SET sealed = ? WHERE id = ?", b[:len(b)-1], int64(f.priv))
+			editSealed(t, f.db, f.priv, func(b []byte) []byte { return b[:len(b)-1] })
 		}, func(f fixture) ObjectID { return f.priv }},
 		{"truncate to header", func(t *testing.T, f fixture) {
-			b := column(t, f.db, "sealed", f.priv)
-			execSQL(t, f.db, "UPDATE objects SET sealed = ? WHERE id = ?", b[:sealHeaderLen], int64(f.priv))
+			editSealed(t, f.db, f.priv, func(b []byte) []byte { return b[:sealHeaderLen] })
 		}, func(f fixture) ObjectID { return f.priv }},
+		{"truncate record", func(t *testing.T, f fixture) {
+			execSQL(t, f.db, "UPDATE objects SET record = substr(record, 1, 19) WHERE id = ?", int64(f.priv))
+		}, func(f fixture) ObjectID { return f.priv }},
+		{"attribute length beyond record", func(t *testing.T, f fixture) {
+			u, attrs, _ := getRecord(t, f.db, f.pub)
+			execSQL(t, f.db, "UPDATE objects SET record = ? WHERE id = ?", record(u, attrs, nil)[:20+len(attrs)-1], int64(f.pub))
+		}, func(f fixture) ObjectID { return f.pub }},
 		{"version byte", func(t *testing.T, f fixture) {
-			b := column(t, f.db, "sealed", f.pub)
-			b[0] = 2
-			execSQL(t, f.db, "UPDATE objects SET sealed = ? WHERE id = ?", b, int64(f.pub))
+			editSealed(t, f.db, f.pub, func(b []byte) []byte { b[0] = 2; return b })
 		}, func(f fixture) ObjectID { return f.pub }},
 		{"kind byte", func(t *testing.T, f fixture) {
-			b := column(t, f.db, "sealed", f.priv)
-			b[1] = kindKEK
-			execSQL(t, f.db, "UPDATE objects SET sealed = ? WHERE id = ?", b, int64(f.priv))
+			editSealed(t, f.db, f.priv, func(b []byte) []byte { b[1] = kindKEK; return b })
 		}, func(f fixture) ObjectID { return f.priv }},
 		{"generation", func(t *testing.T, f fixture) {
-			b := column(t, f.db, "sealed", f.tag)
-			b[5] ^= 1
-			execSQL(t, f.db, "UPDATE objects SET sealed = ? WHERE id = ?", b, int64(f.tag))
+			editSealed(t, f.db, f.tag, func(b []byte) []byte { b[5] ^= 1; return b })
 		}, func(f fixture) ObjectID { return f.tag }},
 		{"ciphertext bit", func(t *testing.T, f fixture) {
-			b := column(t, f.db, "sealed", f.pub)
-			b[len(b)-20] ^= 0x80
-			execSQL(t, f.db, "UPDATE objects SET sealed = ? WHERE id = ?", b, int64(f.pub))
+			editSealed(t, f.db, f.pub, func(b []byte) []byte { b[len(b)-20] ^= 0x80; return b })
 		}, func(f fixture) ObjectID { return f.pub }},
 		{"token tier", func(t *testing.T, f fixture) {
 			execSQL(t, f.db, "UPDATE tokens SET tier = ? WHERE id = (SELECT token_id FROM objects WHERE id = ?)", int(TierPremium), int64(f.pub))
@@ -265,7 +282,7 @@ func FuzzOpenMutatedBlob(f *testing.F) {
 		f.Add(c.private, blob, attrs)
 	}
 	f.Fuzz(func(t *testing.T, private bool, blob, a []byte) {
-		_, err := sl.open(obj, private, a, blob, nil, nil)
+		_, err := sl.open(obj, private, a, bytes.Clone(blob), nil, nil)
 		if err == nil {
 			for _, o := range origs {
 				// A tag does not depend on the private flag; the flag
