@@ -69,7 +69,7 @@ func TestConcurrentReadersAndWriter(t *testing.T) {
 		ids[i].Store(int64(obj.ID))
 		written.Add(1)
 		if i > 0 && i%5 == 0 {
-			if err := s.Update(ctx, ObjectID(ids[i-1].Load()), keyAttrs(t, "updated", (i-1)%2 == 0)); err != nil {
+			if err := s.Update(ctx, ObjectID(ids[i-1].Load()), keyAttrs(t, "updated", (i-1)%2 == 0), nil); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -142,3 +142,38 @@ func TestClosedStore(t *testing.T) {
 		t.Fatalf("Login after Close: %v", err)
 	}
 }
+
+func TestReinit(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, Options{})
+	ti := newToken(t, s, "old")
+	if err := s.Login(ctx, ti.UUID, RoleUser, userPIN); err != nil {
+		t.Fatal(err)
+	}
+	obj, err := s.Put(ctx, ti.UUID, keyAttrs(t, "k", true), []byte("0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reinit(ctx, ti.UUID, []byte("wrong"), "new"); !errors.Is(err, ErrPINIncorrect) {
+		t.Fatalf("reinit with a wrong SO PIN: %v", err)
+	}
+	if err := s.Reinit(ctx, ti.UUID, soPIN, "new"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Token(ctx, ti.UUID)
+	if err != nil || got.Label != "new" || got.UserPINSet || got.DataGeneration != 2 {
+		t.Fatalf("after reinit: %+v %v", got, err)
+	}
+	if _, err := s.Open(ctx, obj.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("object survived reinit: %v", err)
+	}
+	if err := s.Login(ctx, ti.UUID, RoleUser, userPIN); !errors.Is(err, ErrPINNotInitialized) {
+		t.Fatalf("user PIN survived reinit: %v", err)
+	}
+	if err := s.Login(ctx, ti.UUID, RoleSO, soPIN); err != nil {
+		t.Fatalf("SO PIN after reinit: %v", err)
+	}
+	if _, err := s.Put(ctx, ti.UUID, keyAttrs(t, "k", true), []byte("0123456789abcdef")); err != nil {
+		t.Fatalf("put after reinit: %v", err)
+	}
+}

@@ -202,10 +202,11 @@ func (s *Store) openRow(ctx context.Context, r *objectRow) (*Object, error) {
 	return &Object{ID: ObjectID(r.id), UUID: r.uuid, Token: st.uuid, Private: ix.private, Attrs: attrs, Secret: secret, st: st}, nil
 }
 
-// Update replaces an object's attributes, resealing its secret material so
-// the seal covers the new ones. The daemon decides which changes PKCS#11
-// allows; the keystore only makes them atomic and authenticated.
-func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes) error {
+// Update replaces an object's attributes and, when secret is not nil, its
+// secret material, resealing so the seal covers the new attributes. The
+// daemon decides which changes PKCS#11 allows; the keystore only makes them
+// atomic and authenticated.
+func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes, secret []byte) error {
 	enc := attrs.Encode()
 	stored, err := DecodeAttributes(enc)
 	if err != nil {
@@ -242,7 +243,10 @@ func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes) error
 	s.mu.RLock()
 	sl := st.sealer()
 	s.mu.RUnlock()
-	sealed, err := sl.seal(old.UUID, ix.private, enc, old.Secret)
+	if secret == nil {
+		secret = old.Secret
+	}
+	sealed, err := sl.seal(old.UUID, ix.private, enc, secret)
 	if err != nil {
 		return err
 	}

@@ -232,7 +232,7 @@ func TestObjects(t *testing.T) {
 	if _, err := s.Open(ctx, pub.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Update(ctx, pub.ID, keyAttrs(t, "renamed", false)); err != nil {
+	if err := s.Update(ctx, pub.ID, keyAttrs(t, "renamed", false), nil); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.Open(ctx, pub.ID)
@@ -243,7 +243,7 @@ func TestObjects(t *testing.T) {
 		t.Fatalf("after update: label %q", l)
 	}
 	// Turning a public object private needs the data key.
-	if err := s.Update(ctx, pub.ID, keyAttrs(t, "renamed", true)); !errors.Is(err, ErrNotLoggedIn) {
+	if err := s.Update(ctx, pub.ID, keyAttrs(t, "renamed", true), nil); !errors.Is(err, ErrNotLoggedIn) {
 		t.Fatalf("make private without login: %v", err)
 	}
 	if err := s.Delete(ctx, pub.ID); err != nil {

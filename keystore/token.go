@@ -283,6 +283,12 @@ func (s *Store) TokenByLabel(ctx context.Context, label string) (TokenInfo, erro
 	return ti, err
 }
 
+// TokenByID returns the token with the given row id, authenticated.
+func (s *Store) TokenByID(ctx context.Context, id int64) (TokenInfo, error) {
+	ti, _, err := s.token(ctx, s.r, "id = ?", id)
+	return ti, err
+}
+
 type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
@@ -546,6 +552,66 @@ func (s *Store) writePIN(ctx context.Context, st *tokenState, ti TokenInfo, role
 		}
 		return nil
 	})
+}
+
+// Reinit re-initialises a token (C_InitToken on an initialised token): the
+// SO PIN must be right; every object is destroyed, the user PIN removed,
+// the label replaced, and a new data key, wrapped under the same SO PIN,
+// replaces the old one, so nothing sealed before can be opened again.
+func (s *Store) Reinit(ctx context.Context, token UUID, soPIN []byte, label string) error {
+	if label == "" || len(label) > 32 {
+		return fmt.Errorf("keystore: token label must be 1..32 bytes, got %d", len(label))
+	}
+	ti, st, dk, err := s.checkPIN(ctx, token, RoleSO, soPIN)
+	if err != nil {
+		return err
+	}
+	wipe(dk)
+	fresh := make([]byte, 32)
+	defer wipe(fresh)
+	if _, err := rand.Read(fresh); err != nil {
+		return err
+	}
+	rec, err := wrapDataKey(st.keys, token, RoleSO, ti.DataGeneration+1, soPIN, fresh, s.opts.Argon2)
+	if err != nil {
+		return err
+	}
+	s.Logout(token)
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return s.dbErr("begin", err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, "DELETE FROM objects WHERE token_id = ?", ti.ID); err != nil {
+		return s.dbErr("delete objects", err)
+	}
+	cur, _, err := s.token(ctx, tx, "uuid = ?", token[:])
+	if err != nil {
+		return err
+	}
+	if cur.DataGeneration != ti.DataGeneration {
+		return ErrTampered
+	}
+	cur.Label, cur.DataGeneration = label, ti.DataGeneration+1
+	cur.soPIN, cur.userPIN, cur.SOFailures, cur.UserFailures = rec, nil, 0, 0
+	cur.mac = tokenMAC(st.keys, &cur)
+	_, err = tx.ExecContext(ctx, `UPDATE tokens SET label = ?, dk_generation = ?, so_pin = ?, user_pin = NULL,
+		so_failures = 0, user_failures = 0, mac = ? WHERE id = ?`, cur.Label, cur.DataGeneration, cur.soPIN, cur.mac, cur.ID)
+	if err != nil {
+		var se sqlite3.Error
+		if errors.As(err, &se) && se.ExtendedCode == sqlite3.ErrConstraintUnique {
+			return ErrTokenExists
+		}
+		return s.dbErr("reinit token", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return s.dbErr("commit", err)
+	}
+	s.mu.Lock()
+	st.dgen = cur.DataGeneration
+	s.mu.Unlock()
+	s.cache.purge(func(o *Object) bool { return o.Token == token })
+	return nil
 }
 
 // DeleteToken removes a token and every object on it.
