@@ -1,20 +1,23 @@
 package cli
 
 import (
-	"context"
 	"fmt"
 	"os/signal"
+	"os/user"
+	"path/filepath"
+	"strconv"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
 
 	"hsmemu/daemon"
+	"hsmemu/keystore"
 )
 
 func serveCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "serve",
-		Usage: "run the daemon: open (or provision) the state directory and hold the keystore",
+		Usage: "run the daemon: open (or provision) the state directory and serve the PKCS#11 module",
 		Description: `The first start on an empty state directory provisions a new master key
 in the TPM and says so; later starts open it. Without --tpm the daemon uses
 /dev/tpmrm0 when present, else a swtpm it starts and stops itself, with its
@@ -25,26 +28,49 @@ Example:
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "state-dir", Usage: "state directory", EnvVars: []string{"HSMEMU_STATE_DIR"}, Value: defaultStateDir()},
 			&cli.StringFlag{Name: "tpm", Usage: "managed, a device path such as /dev/tpmrm0, or swtpm:unix:PATH", EnvVars: []string{"HSMEMU_TPM"}},
+			&cli.StringFlag{Name: "socket", Usage: "the module's socket (default: STATE-DIR/hsmemu.sock)", EnvVars: []string{"HSMEMU_SOCKET"}},
+			&cli.StringFlag{Name: "socket-group", Usage: "a group whose members may connect (the socket is then 0660)"},
+			&cli.StringFlag{Name: "default-tier", Usage: "tier of tokens created by C_InitToken: standard or premium", Value: "standard"},
 		},
 		Action: func(c *cli.Context) error {
 			log := logger(c)
+			tier, err := keystore.ParseTier(c.String("default-tier"))
+			if err != nil {
+				return cli.Exit("hsmemu serve: --default-tier: "+err.Error(), 2)
+			}
+			group := -1
+			if g := c.String("socket-group"); g != "" {
+				grp, err := user.LookupGroup(g)
+				if err != nil {
+					return cli.Exit("hsmemu serve: --socket-group: "+err.Error(), 2)
+				}
+				if group, err = strconv.Atoi(grp.Gid); err != nil {
+					return cli.Exit("hsmemu serve: --socket-group: "+err.Error(), 2)
+				}
+			}
+			dir := c.String("state-dir")
+			sock := c.String("socket")
+			if sock == "" {
+				sock = filepath.Join(dir, "hsmemu.sock")
+			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: c.String("state-dir"), TPM: c.String("tpm"), Logger: log})
+			st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), Logger: log})
 			if err != nil {
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
 			}
-			toks, err := st.Store.Tokens(ctx)
+			defer st.Close()
+			srvCfg := daemon.ServerConfig{Group: group}
+			ln, err := daemon.Listen(sock, srvCfg)
 			if err != nil {
-				st.Close()
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
 			}
-			log.Info("keystore open", "state_dir", c.String("state-dir"), "tokens", len(toks))
-			<-ctx.Done()
-			log.Info("shutting down")
-			if err := st.Close(); err != nil && err != context.Canceled {
-				return cli.Exit(fmt.Sprintf("hsmemu serve: close: %v", err), 1)
+			eng := daemon.NewEngine(st.Store, log, daemon.EngineConfig{DefaultTier: tier})
+			log.Info("serving", "socket", sock, "state_dir", dir)
+			if err := daemon.NewServer(eng, log, srvCfg).Serve(ctx, ln); err != nil {
+				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
 			}
+			log.Info("stopped")
 			return nil
 		},
 	}

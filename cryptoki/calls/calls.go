@@ -56,6 +56,11 @@ const (
 	// Reserved is a parameter that must be NULL (C_WaitForSlotEvent's
 	// pReserved); anything else gets CKR_ARGUMENTS_BAD.
 	Reserved
+	// OutFilled is an output buffer whose length the caller fixes and the
+	// daemon fills completely: (CK_BYTE_PTR p, CK_ULONG len), as in
+	// C_GenerateRandom. There is no size query. Request: u64 length;
+	// reply: bytes of exactly that length.
+	OutFilled
 )
 
 // Arg is one argument of a call, spanning one or more C parameters.
@@ -163,7 +168,7 @@ var Table = []Call{
 	{62, "C_UnwrapKey", Forwarded, 2, []Arg{sess(), mech(), key("unwrappingKey"), in("wrappedKey"), tmpl("template"), outU("key", "CK_OBJECT_HANDLE")}},
 	{63, "C_DeriveKey", Forwarded, 2, []Arg{sess(), mech(), key("baseKey"), tmpl("template"), outU("key", "CK_OBJECT_HANDLE")}},
 	{64, "C_SeedRandom", Forwarded, 2, []Arg{sess(), in("seed")}},
-	{65, "C_GenerateRandom", Forwarded, 2, []Arg{sess(), {Name: "randomData", Kind: OutBytes}}},
+	{65, "C_GenerateRandom", Forwarded, 2, []Arg{sess(), {Name: "randomData", Kind: OutFilled}}},
 	{66, "C_GetFunctionStatus", Local, 2, []Arg{sess()}},
 	{67, "C_CancelFunction", Local, 2, []Arg{sess()}},
 	{68, "C_WaitForSlotEvent", Forwarded, 2, []Arg{u("flags", "CK_FLAGS"), outU("slot", "CK_SLOT_ID"), {Name: "reserved", Kind: Reserved, CType: "CK_VOID_PTR"}}},

@@ -1,0 +1,175 @@
+package wire
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hsmemu/cryptoki/ck"
+	"io"
+)
+
+// Frame layouts (docs/protocol.md, "Frames"); the u32 length counts the
+// bytes after itself.
+//
+//	request: length u32 | request id u32 | call u32 | arguments
+//	reply:   length u32 | request id u32 | rv u64 | has-results u8 | results
+const (
+	requestHeader = 4 + 4     // id, call
+	replyHeader   = 4 + 8 + 1 // id, rv, has-results
+)
+
+// Request is one decoded request frame. Body aliases the buffer ReadRequest
+// returned, and is valid until that buffer is reused.
+type Request struct {
+	ID   uint32
+	Call uint32
+	Body []byte
+}
+
+// Reply is one decoded reply frame. Results is nil when has-results is 0,
+// and otherwise aliases the buffer ReadReply returned.
+type Reply struct {
+	ID         uint32
+	RV         uint64
+	HasResults bool
+	Results    []byte
+}
+
+// String prints the request's shape: its body may hold a PIN.
+func (q Request) String() string {
+	return fmt.Sprintf("request %d call %d, %d bytes", q.ID, q.Call, len(q.Body))
+}
+
+// GoString is String.
+func (q Request) GoString() string { return q.String() }
+
+// MarshalJSON refuses: the body may be secret.
+func (q Request) MarshalJSON() ([]byte, error) { return nil, errNoJSON }
+
+// String prints the reply's shape: its results may hold key material.
+func (p Reply) String() string {
+	if !p.HasResults {
+		return fmt.Sprintf("reply %d rv %#x", p.ID, p.RV)
+	}
+	return fmt.Sprintf("reply %d rv %#x, %d bytes of results", p.ID, p.RV, len(p.Results))
+}
+
+// GoString is String.
+func (p Reply) GoString() string { return p.String() }
+
+// MarshalJSON refuses: the results may be secret.
+func (p Reply) MarshalJSON() ([]byte, error) { return nil, errNoJSON }
+
+// ReadRequest reads one request frame from r into buf, growing it when
+// needed, and returns the request and the buffer to pass to the next call,
+// so that a connection reads without allocating once its buffer is large
+// enough (a daemon may drop a buffer that grew past what it wants to keep
+// per connection). The request's Body aliases the returned buffer.
+//
+// It returns io.EOF when the peer closed the connection between frames.
+// Every error (io.EOF included) means the connection must be closed: a
+// frame's length of less than the header or over MaxFrame is ErrFrame, and
+// is refused before anything is allocated for it.
+func ReadRequest(r *bufio.Reader, buf []byte) (Request, []byte, error) {
+	buf, err := readFrame(r, buf, requestHeader)
+	if err != nil {
+		return Request{}, buf, err
+	}
+	return Request{
+		ID:   binary.BigEndian.Uint32(buf),
+		Call: binary.BigEndian.Uint32(buf[4:]),
+		Body: buf[requestHeader:],
+	}, buf, nil
+}
+
+// AppendRequest appends a request frame to dst (client side). The body must
+// be at most MaxFrame-8 bytes (AppendArgs makes sure of it); the daemon
+// closes the connection on a larger one.
+func AppendRequest(dst []byte, id, call uint32, body []byte) []byte {
+	dst = appendU32(dst, uint32(requestHeader+len(body)))
+	dst = appendU32(dst, id)
+	dst = appendU32(dst, call)
+	return append(dst, body...)
+}
+
+// AppendReply appends a reply frame to dst. results nil means has-results
+// 0 (use HasResults to decide); a non-nil results, even empty, is sent with
+// has-results 1. A reply that would exceed MaxFrame (an output grown past
+// the cap) is sent as ck.CKR_DEVICE_MEMORY without results instead.
+func AppendReply(dst []byte, id uint32, rv uint64, results []byte) []byte {
+	if len(results) > MaxFrame-replyHeader {
+		rv, results = ck.CKR_DEVICE_MEMORY, nil
+	}
+	dst = appendU32(dst, uint32(replyHeader+len(results)))
+	dst = appendU32(dst, id)
+	dst = appendU64(dst, rv)
+	if results == nil {
+		return append(dst, 0)
+	}
+	dst = append(dst, 1)
+	return append(dst, results...)
+}
+
+// ReadReply reads one reply frame (client side), as ReadRequest reads a
+// request. A has-results byte other than 0 or 1, or bytes after a 0, is
+// ErrFrame.
+func ReadReply(r *bufio.Reader, buf []byte) (Reply, []byte, error) {
+	buf, err := readFrame(r, buf, replyHeader)
+	if err != nil {
+		return Reply{}, buf, err
+	}
+	p := Reply{ID: binary.BigEndian.Uint32(buf), RV: binary.BigEndian.Uint64(buf[4:])}
+	switch has := buf[12]; {
+	case has == 1:
+		p.HasResults, p.Results = true, buf[replyHeader:]
+	case has != 0:
+		return Reply{}, buf, fmt.Errorf("%w: has-results byte %d", ErrFrame, has)
+	case len(buf) != replyHeader:
+		return Reply{}, buf, fmt.Errorf("%w: %d bytes of results with has-results 0", ErrFrame, len(buf)-replyHeader)
+	}
+	return p, buf, nil
+}
+
+// growStep is how much a frame's buffer grows ahead of the bytes that
+// arrived, so that a peer declaring a large frame and sending little costs
+// little memory.
+const growStep = 64 << 10
+
+// readFrame reads a length-prefixed frame's content (after the length) of at
+// least minLen bytes into buf and returns buf holding exactly it.
+func readFrame(r *bufio.Reader, buf []byte, minLen int) ([]byte, error) {
+	if cap(buf) < 4 {
+		buf = make([]byte, 0, 512)
+	}
+	hdr := buf[:4]
+	if _, err := io.ReadFull(r, hdr); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return buf[:0], fmt.Errorf("%w: truncated length: %w", ErrFrame, err)
+		}
+		return buf[:0], err // io.EOF between frames, or the connection's error
+	}
+	n := binary.BigEndian.Uint32(hdr)
+	if n < uint32(minLen) || n > MaxFrame {
+		return buf[:0], fmt.Errorf("%w: frame length %d outside [%d, %d]", ErrFrame, n, minLen, MaxFrame)
+	}
+	size := int(n)
+	buf = buf[:0]
+	for len(buf) < size {
+		if len(buf) == cap(buf) {
+			next := min(max(2*cap(buf), growStep), size)
+			grown := make([]byte, len(buf), next)
+			copy(grown, buf)
+			buf = grown
+		}
+		end := min(cap(buf), size)
+		if _, err := io.ReadFull(r, buf[len(buf):end]); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				err = fmt.Errorf("%w: truncated frame: %w", ErrFrame, io.ErrUnexpectedEOF)
+			}
+			return buf[:0], err
+		}
+		buf = buf[:end]
+	}
+	return buf, nil
+}

@@ -1,0 +1,99 @@
+package wire
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// Connection setup (docs/protocol.md, "Connection").
+const (
+	// Version is the protocol version this package speaks.
+	Version = 1
+
+	// HelloSize and HelloReplySize are the sizes of the two messages.
+	HelloSize      = 32
+	HelloReplySize = 8
+
+	// Hello reply statuses. After a non-zero one the daemon closes.
+	StatusOK      = 0 // accepted
+	StatusVersion = 1 // version not supported; the reply carries the daemon's highest
+	StatusRefused = 2 // peer not allowed, or application id of another process
+)
+
+// magic opens both the hello and its reply.
+const magic = "HSMU"
+
+// Hello is the client's first message on a connection:
+//
+//	"HSMU" | version u16 | flags u16 | application id [16] | pid u32 | reserved u32
+//
+// ReadHello checks only the magic; the daemon judges the version, flags
+// (0 today) and reserved (0) and answers with a status.
+type Hello struct {
+	Version  uint16
+	Flags    uint16
+	AppID    [16]byte
+	PID      uint32
+	Reserved uint32
+}
+
+// Marshal returns the hello's 32 bytes.
+func (h Hello) Marshal() []byte {
+	b := make([]byte, 0, HelloSize)
+	b = append(b, magic...)
+	b = binary.BigEndian.AppendUint16(b, h.Version)
+	b = binary.BigEndian.AppendUint16(b, h.Flags)
+	b = append(b, h.AppID[:]...)
+	b = binary.BigEndian.AppendUint32(b, h.PID)
+	return binary.BigEndian.AppendUint32(b, h.Reserved)
+}
+
+// ReadHello reads a hello. A wrong magic is ErrFrame; a short read is
+// io.EOF or io.ErrUnexpectedEOF.
+func ReadHello(r io.Reader) (Hello, error) {
+	var b [HelloSize]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return Hello{}, err
+	}
+	if string(b[:4]) != magic {
+		return Hello{}, fmt.Errorf("%w: hello magic %q", ErrFrame, b[:4])
+	}
+	h := Hello{
+		Version:  binary.BigEndian.Uint16(b[4:]),
+		Flags:    binary.BigEndian.Uint16(b[6:]),
+		PID:      binary.BigEndian.Uint32(b[24:]),
+		Reserved: binary.BigEndian.Uint32(b[28:]),
+	}
+	copy(h.AppID[:], b[8:24])
+	return h, nil
+}
+
+// HelloReply is the daemon's answer to a hello:
+//
+//	"HSMU" | version u16 | status u16
+type HelloReply struct {
+	Version uint16
+	Status  uint16
+}
+
+// Marshal returns the reply's 8 bytes.
+func (h HelloReply) Marshal() []byte {
+	b := make([]byte, 0, HelloReplySize)
+	b = append(b, magic...)
+	b = binary.BigEndian.AppendUint16(b, h.Version)
+	return binary.BigEndian.AppendUint16(b, h.Status)
+}
+
+// ReadHelloReply reads a hello reply (client side). A wrong magic is
+// ErrFrame.
+func ReadHelloReply(r io.Reader) (HelloReply, error) {
+	var b [HelloReplySize]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return HelloReply{}, err
+	}
+	if string(b[:4]) != magic {
+		return HelloReply{}, fmt.Errorf("%w: hello reply magic %q", ErrFrame, b[:4])
+	}
+	return HelloReply{Version: binary.BigEndian.Uint16(b[4:]), Status: binary.BigEndian.Uint16(b[6:])}, nil
+}

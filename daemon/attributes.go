@@ -1,0 +1,346 @@
+package daemon
+
+import (
+	"bytes"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/keystore"
+)
+
+// The attribute rules of the PKCS#11 specification, as data: which
+// attributes each class has, their types and defaults, and the footnotes of
+// the specification's tables (required on create, never settable,
+// modifiable, sensitive, one-way). One routine per operation enforces them
+// (checkCreate, checkCopy, checkSet, readAttr); no attribute has a code path
+// of its own.
+
+type vkind uint8
+
+const (
+	vBytes vkind = iota
+	vBool
+	vUlong
+	vDate   // CK_DATE: 8 ASCII digits, or empty
+	vUlongs // CK_ULONG array
+	vAttrs  // CK_ATTRIBUTE array
+)
+
+type flag uint16
+
+const (
+	fRequired  flag = 1 << iota // must be given to C_CreateObject
+	fNever                      // set by the token only: never in a template
+	fModify                     // may change after creation (C_SetAttributeValue, C_CopyObject)
+	fSecret                     // kept sealed apart from the other attributes
+	fSensitive                  // unreadable while CKA_SENSITIVE or !CKA_EXTRACTABLE
+	fToTrue                     // may only change FALSE to TRUE
+	fToFalse                    // may only change TRUE to FALSE
+	fSOTrue                     // only the SO may set it TRUE
+)
+
+// class masks
+type cmask uint8
+
+const (
+	mData cmask = 1 << iota
+	mCert
+	mPub
+	mPriv
+	mSecret
+	mAll  = mData | mCert | mPub | mPriv | mSecret
+	mKeys = mPub | mPriv | mSecret
+)
+
+func classMask(class uint64) cmask {
+	switch class {
+	case ck.CKO_DATA:
+		return mData
+	case ck.CKO_CERTIFICATE:
+		return mCert
+	case ck.CKO_PUBLIC_KEY:
+		return mPub
+	case ck.CKO_PRIVATE_KEY:
+		return mPriv
+	case ck.CKO_SECRET_KEY:
+		return mSecret
+	}
+	return 0
+}
+
+type rule struct {
+	kind     vkind
+	classes  cmask
+	keyTypes []uint64 // nil: every key type (or not a key)
+	flags    flag
+	def      []byte // default stored when absent; nil: absent
+}
+
+var (
+	vTrue  = []byte{1}
+	vFalse = []byte{0}
+	vEmpty = []byte{}
+)
+
+func ulong(v uint64) []byte { return keystore.Ulong(v) }
+
+var (
+	rsa     = []uint64{ck.CKK_RSA}
+	ecLike  = []uint64{ck.CKK_EC, ck.CKK_EC_EDWARDS}
+	secrets = []uint64{ck.CKK_AES, ck.CKK_GENERIC_SECRET}
+)
+
+// rules is the table. Defaults that depend on the class (CKA_PRIVATE) or on
+// how the object came to be (CKA_LOCAL and friends) are filled by the
+// operations, not here.
+var rules = map[uint64]rule{
+	// Common to all objects.
+	ck.CKA_CLASS:       {kind: vUlong, classes: mAll, flags: fRequired},
+	ck.CKA_TOKEN:       {kind: vBool, classes: mAll, def: vFalse},
+	ck.CKA_PRIVATE:     {kind: vBool, classes: mAll},
+	ck.CKA_MODIFIABLE:  {kind: vBool, classes: mAll, def: vTrue},
+	ck.CKA_COPYABLE:    {kind: vBool, classes: mAll, flags: fToFalse | fModify, def: vTrue},
+	ck.CKA_DESTROYABLE: {kind: vBool, classes: mAll, flags: fToFalse | fModify, def: vTrue},
+	ck.CKA_LABEL:       {kind: vBytes, classes: mAll, flags: fModify, def: vEmpty},
+
+	// Data objects.
+	ck.CKA_APPLICATION: {kind: vBytes, classes: mData, flags: fModify, def: vEmpty},
+	ck.CKA_OBJECT_ID:   {kind: vBytes, classes: mData, flags: fModify, def: vEmpty},
+	// CKA_VALUE: data objects (sealed, readable), certificates (public),
+	// secret keys and EC/Edwards private keys (sealed, sensitive). Its
+	// per-class handling is in valueRule.
+	ck.CKA_VALUE: {kind: vBytes, classes: mData | mCert | mPriv | mSecret},
+
+	// Certificates (X.509).
+	ck.CKA_CERTIFICATE_TYPE:           {kind: vUlong, classes: mCert, flags: fRequired},
+	ck.CKA_TRUSTED:                    {kind: vBool, classes: mCert | mPub | mSecret, flags: fModify | fSOTrue, def: vFalse},
+	ck.CKA_CERTIFICATE_CATEGORY:       {kind: vUlong, classes: mCert, def: ulong(0)},
+	ck.CKA_CHECK_VALUE:                {kind: vBytes, classes: mCert | mSecret},
+	ck.CKA_START_DATE:                 {kind: vDate, classes: mCert | mKeys, flags: fModify, def: vEmpty},
+	ck.CKA_END_DATE:                   {kind: vDate, classes: mCert | mKeys, flags: fModify, def: vEmpty},
+	ck.CKA_PUBLIC_KEY_INFO:            {kind: vBytes, classes: mCert | mPub | mPriv, def: vEmpty},
+	ck.CKA_SUBJECT:                    {kind: vBytes, classes: mCert | mPub | mPriv, flags: fModify, def: vEmpty},
+	ck.CKA_ID:                         {kind: vBytes, classes: mCert | mKeys, flags: fModify, def: vEmpty},
+	ck.CKA_ISSUER:                     {kind: vBytes, classes: mCert, flags: fModify, def: vEmpty},
+	ck.CKA_SERIAL_NUMBER:              {kind: vBytes, classes: mCert, flags: fModify, def: vEmpty},
+	ck.CKA_URL:                        {kind: vBytes, classes: mCert, def: vEmpty},
+	ck.CKA_HASH_OF_SUBJECT_PUBLIC_KEY: {kind: vBytes, classes: mCert, def: vEmpty},
+	ck.CKA_HASH_OF_ISSUER_PUBLIC_KEY:  {kind: vBytes, classes: mCert, def: vEmpty},
+	ck.CKA_JAVA_MIDP_SECURITY_DOMAIN:  {kind: vUlong, classes: mCert, def: ulong(0)},
+	ck.CKA_NAME_HASH_ALGORITHM:        {kind: vUlong, classes: mCert, def: ulong(ck.CKM_SHA_1)},
+
+	// Keys.
+	ck.CKA_KEY_TYPE:            {kind: vUlong, classes: mKeys, flags: fRequired},
+	ck.CKA_DERIVE:              {kind: vBool, classes: mKeys, flags: fModify, def: vFalse},
+	ck.CKA_LOCAL:               {kind: vBool, classes: mKeys, flags: fNever},
+	ck.CKA_KEY_GEN_MECHANISM:   {kind: vUlong, classes: mKeys, flags: fNever},
+	ck.CKA_ALLOWED_MECHANISMS:  {kind: vUlongs, classes: mKeys, def: vEmpty},
+	ck.CKA_ENCRYPT:             {kind: vBool, classes: mPub | mSecret, flags: fModify, def: vTrue},
+	ck.CKA_VERIFY:              {kind: vBool, classes: mPub | mSecret, flags: fModify, def: vTrue},
+	ck.CKA_VERIFY_RECOVER:      {kind: vBool, classes: mPub, flags: fModify, def: vTrue},
+	ck.CKA_WRAP:                {kind: vBool, classes: mPub | mSecret, flags: fModify, def: vTrue},
+	ck.CKA_WRAP_TEMPLATE:       {kind: vAttrs, classes: mPub | mSecret},
+	ck.CKA_DECRYPT:             {kind: vBool, classes: mPriv | mSecret, flags: fModify, def: vTrue},
+	ck.CKA_SIGN:                {kind: vBool, classes: mPriv | mSecret, flags: fModify, def: vTrue},
+	ck.CKA_SIGN_RECOVER:        {kind: vBool, classes: mPriv, flags: fModify, def: vTrue},
+	ck.CKA_UNWRAP:              {kind: vBool, classes: mPriv | mSecret, flags: fModify, def: vTrue},
+	ck.CKA_UNWRAP_TEMPLATE:     {kind: vAttrs, classes: mPriv | mSecret},
+	ck.CKA_DERIVE_TEMPLATE:     {kind: vAttrs, classes: mPriv | mSecret},
+	ck.CKA_SENSITIVE:           {kind: vBool, classes: mPriv | mSecret, flags: fModify | fToTrue, def: vFalse},
+	ck.CKA_EXTRACTABLE:         {kind: vBool, classes: mPriv | mSecret, flags: fModify | fToFalse, def: vTrue},
+	ck.CKA_ALWAYS_SENSITIVE:    {kind: vBool, classes: mPriv | mSecret, flags: fNever},
+	ck.CKA_NEVER_EXTRACTABLE:   {kind: vBool, classes: mPriv | mSecret, flags: fNever},
+	ck.CKA_WRAP_WITH_TRUSTED:   {kind: vBool, classes: mPriv | mSecret, flags: fModify | fToTrue, def: vFalse},
+	ck.CKA_ALWAYS_AUTHENTICATE: {kind: vBool, classes: mPriv, def: vFalse},
+	ck.CKA_VALUE_LEN:           {kind: vUlong, classes: mSecret, keyTypes: secrets},
+
+	// RSA.
+	ck.CKA_MODULUS:          {kind: vBytes, classes: mPub | mPriv, keyTypes: rsa, flags: fRequired},
+	ck.CKA_MODULUS_BITS:     {kind: vUlong, classes: mPub, keyTypes: rsa},
+	ck.CKA_PUBLIC_EXPONENT:  {kind: vBytes, classes: mPub | mPriv, keyTypes: rsa},
+	ck.CKA_PRIVATE_EXPONENT: {kind: vBytes, classes: mPriv, keyTypes: rsa, flags: fRequired | fSecret | fSensitive},
+	ck.CKA_PRIME_1:          {kind: vBytes, classes: mPriv, keyTypes: rsa, flags: fSecret | fSensitive},
+	ck.CKA_PRIME_2:          {kind: vBytes, classes: mPriv, keyTypes: rsa, flags: fSecret | fSensitive},
+	ck.CKA_EXPONENT_1:       {kind: vBytes, classes: mPriv, keyTypes: rsa, flags: fSecret | fSensitive},
+	ck.CKA_EXPONENT_2:       {kind: vBytes, classes: mPriv, keyTypes: rsa, flags: fSecret | fSensitive},
+	ck.CKA_COEFFICIENT:      {kind: vBytes, classes: mPriv, keyTypes: rsa, flags: fSecret | fSensitive},
+
+	// EC and Edwards curves.
+	ck.CKA_EC_PARAMS: {kind: vBytes, classes: mPub | mPriv, keyTypes: ecLike, flags: fRequired},
+	ck.CKA_EC_POINT:  {kind: vBytes, classes: mPub, keyTypes: ecLike, flags: fRequired},
+}
+
+// ruleFor returns the rule of attribute t on an object of the given class
+// and key type, and whether the object has that attribute at all.
+func ruleFor(t uint64, class, keyType uint64) (rule, bool) {
+	r, ok := rules[t]
+	if !ok || r.classes&classMask(class) == 0 {
+		return rule{}, false
+	}
+	if r.keyTypes != nil {
+		found := false
+		for _, k := range r.keyTypes {
+			found = found || k == keyType
+		}
+		if !found {
+			return rule{}, false
+		}
+	}
+	if t == ck.CKA_VALUE {
+		r = valueRule(class, keyType, r)
+		if r.classes == 0 {
+			return rule{}, false
+		}
+	}
+	return r, true
+}
+
+// valueRule is CKA_VALUE's rule, which differs by class.
+func valueRule(class, keyType uint64, r rule) rule {
+	switch class {
+	case ck.CKO_DATA:
+		r.flags = fModify | fSecret
+		r.def = vEmpty
+	case ck.CKO_CERTIFICATE:
+		r.flags = fRequired
+	case ck.CKO_SECRET_KEY:
+		r.flags = fRequired | fSecret | fSensitive
+	case ck.CKO_PRIVATE_KEY:
+		if keyType != ck.CKK_EC && keyType != ck.CKK_EC_EDWARDS {
+			r.classes = 0
+		}
+		r.flags = fRequired | fSecret | fSensitive
+	}
+	return r
+}
+
+// checkValue validates one attribute value against its kind.
+func checkValue(r rule, v []byte) error {
+	switch r.kind {
+	case vBool:
+		if len(v) != 1 || v[0] > 1 {
+			return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+		}
+	case vUlong:
+		if len(v) != 8 {
+			return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+		}
+	case vUlongs:
+		if len(v)%8 != 0 {
+			return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+		}
+	case vDate:
+		if len(v) != 0 && len(v) != 8 {
+			return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+		}
+		for _, c := range v {
+			if c < '0' || c > '9' {
+				return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			}
+		}
+	case vAttrs:
+		if _, err := keystore.DecodeAttributes(v); err != nil {
+			return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+		}
+	}
+	return nil
+}
+
+func isTrue(v []byte) bool { return len(v) == 1 && v[0] == 1 }
+
+// object is the engine's view of an object: its ordinary attributes and,
+// apart, the sealed ones (key material, a data object's value).
+type object struct {
+	attrs  keystore.Attributes
+	secret keystore.Attributes
+}
+
+func (o *object) class() uint64 {
+	v, _, _ := o.attrs.Ulong(ck.CKA_CLASS)
+	return v
+}
+
+func (o *object) keyType() uint64 {
+	v, ok, _ := o.attrs.Ulong(ck.CKA_KEY_TYPE)
+	if !ok {
+		return ^uint64(0)
+	}
+	return v
+}
+
+func (o *object) bool(t uint64) bool {
+	v, _ := o.attrs.Get(t)
+	return isTrue(v)
+}
+
+// get returns an attribute's stored value, from either part.
+func (o *object) get(t uint64) ([]byte, bool) {
+	if v, ok := o.attrs.Get(t); ok {
+		return v, true
+	}
+	return o.secret.Get(t)
+}
+
+// readAttr applies the specification's rules for one attribute of
+// C_GetAttributeValue: its value, or the CK_RV that says why not.
+func (o *object) readAttr(t uint64) ([]byte, uint64) {
+	r, ok := ruleFor(t, o.class(), o.keyType())
+	if !ok {
+		return nil, ck.CKR_ATTRIBUTE_TYPE_INVALID
+	}
+	if r.flags&fSensitive != 0 && (o.bool(ck.CKA_SENSITIVE) || !o.bool(ck.CKA_EXTRACTABLE)) {
+		return nil, ck.CKR_ATTRIBUTE_SENSITIVE
+	}
+	v, ok := o.get(t)
+	if !ok {
+		// The object may have this attribute but holds no value for it
+		// (e.g. CKA_CHECK_VALUE never computed).
+		return nil, ck.CKR_ATTRIBUTE_TYPE_INVALID
+	}
+	return v, ck.CKR_OK
+}
+
+// matches reports whether the object matches a search template. An
+// attribute the caller could not read never matches.
+func (o *object) matches(tmpl []keystore.Attribute) bool {
+	for _, a := range tmpl {
+		v, code := o.readAttr(a.Type)
+		if code != ck.CKR_OK || !bytes.Equal(v, a.Value) {
+			return false
+		}
+	}
+	return true
+}
+
+// split sorts a full set of attributes into the object's two parts.
+func split(all map[uint64][]byte, class, keyType uint64) (*object, error) {
+	var attrs, secret []keystore.Attribute
+	for t, v := range all {
+		r, _ := ruleFor(t, class, keyType)
+		if r.flags&fSecret != 0 {
+			secret = append(secret, keystore.Attribute{Type: t, Value: v})
+		} else {
+			attrs = append(attrs, keystore.Attribute{Type: t, Value: v})
+		}
+	}
+	a, err := keystore.NewAttributes(attrs...)
+	if err != nil {
+		return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+	}
+	s, err := keystore.NewAttributes(secret...)
+	if err != nil {
+		return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+	}
+	return &object{attrs: a, secret: s}, nil
+}
+
+// all returns every attribute of the object in one map, for edits.
+func (o *object) all() map[uint64][]byte {
+	m := make(map[uint64][]byte, len(o.attrs)+len(o.secret))
+	for _, a := range o.attrs {
+		m[a.Type] = a.Value
+	}
+	for _, a := range o.secret {
+		m[a.Type] = a.Value
+	}
+	return m
+}

@@ -1,0 +1,230 @@
+package daemon
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/keystore"
+)
+
+// EngineConfig tunes the token engine.
+type EngineConfig struct {
+	// DefaultTier is the tier of tokens created through C_InitToken.
+	DefaultTier keystore.Tier
+	// MaxSessions bounds one application's open sessions. Zero means 1024.
+	MaxSessions int
+	// MaxPINFailures is where a role locks; it must match the keystore's
+	// Options.MaxPINFailures. Zero means 10.
+	MaxPINFailures int
+	// FailureDelay is the delay after the first failed login of a role;
+	// each further failure doubles it, up to MaxFailureDelay. Zero means
+	// 200 ms; negative disables the delay (tests).
+	FailureDelay    time.Duration
+	MaxFailureDelay time.Duration
+}
+
+// PIN lengths the tokens accept (CK_TOKEN_INFO ulMinPinLen, ulMaxPinLen).
+const (
+	minPINLen = 4
+	maxPINLen = 255
+)
+
+// Engine is the token engine: slots, tokens, sessions, login state and
+// objects, over one keystore. It is a value; several can run in one
+// process (tests do).
+//
+// Locks: an App's mu may be held while taking Engine.mu, never the other
+// way round.
+type Engine struct {
+	store *keystore.Store
+	log   *slog.Logger
+	cfg   EngineConfig
+
+	mu     sync.Mutex
+	apps   map[AppID]*App
+	logins map[keystore.UUID]*tokenLogin // per token: who holds its data key open
+}
+
+// tokenLogin serialises PIN checks on one token and counts the
+// applications logged in to it: the keystore's data key stays open while
+// any is.
+type tokenLogin struct {
+	attempt  sync.Mutex // held across a PIN check and its delay
+	apps     int        // guarded by Engine.mu
+	lastFail [2]time.Time
+}
+
+// NewEngine returns an engine over store.
+func NewEngine(store *keystore.Store, log *slog.Logger, cfg EngineConfig) *Engine {
+	if cfg.DefaultTier == 0 {
+		cfg.DefaultTier = keystore.TierStandard
+	}
+	if cfg.MaxSessions <= 0 {
+		cfg.MaxSessions = 1024
+	}
+	if cfg.MaxPINFailures <= 0 {
+		cfg.MaxPINFailures = 10
+	}
+	if cfg.FailureDelay == 0 {
+		cfg.FailureDelay = 200 * time.Millisecond
+	}
+	if cfg.MaxFailureDelay <= 0 {
+		cfg.MaxFailureDelay = 5 * time.Second
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Engine{store: store, log: log, cfg: cfg, apps: map[AppID]*App{}, logins: map[keystore.UUID]*tokenLogin{}}
+}
+
+// AppID identifies an application: every connection of one initialised
+// PKCS#11 client carries the same id.
+type AppID [16]byte
+
+// App is one application's state: its sessions, its object handles, and
+// its login state per token, shared by all its sessions.
+type App struct {
+	ID  AppID
+	PID int32
+	UID uint32
+
+	conns int // guarded by Engine.mu
+
+	mu          sync.Mutex
+	sessions    map[uint64]*session
+	nextSession uint64
+	handles     map[uint64]*handle
+	byObject    map[keystore.ObjectID]uint64
+	nextHandle  uint64
+	login       map[keystore.UUID]keystore.Role // the role logged in, per token
+}
+
+// handle is what an object handle refers to: a token object in the
+// keystore, or a session object held here.
+type handle struct {
+	token keystore.UUID
+	id    keystore.ObjectID // token objects
+	mem   *sessionObject    // session objects
+}
+
+type sessionObject struct {
+	obj     *object
+	owner   uint64 // the session that created it
+	private bool
+}
+
+// Attach registers a connection of application id from the given process.
+// A known id from another process is refused.
+func (e *Engine) Attach(id AppID, pid int32, uid uint32) (*App, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	app, ok := e.apps[id]
+	if ok {
+		if app.PID != pid || app.UID != uid {
+			return nil, false
+		}
+	} else {
+		app = &App{ID: id, PID: pid, UID: uid,
+			sessions: map[uint64]*session{}, handles: map[uint64]*handle{},
+			byObject: map[keystore.ObjectID]uint64{}, login: map[keystore.UUID]keystore.Role{}}
+		e.apps[id] = app
+	}
+	app.conns++
+	return app, true
+}
+
+// Detach drops a connection; the application ends with its last one, as if
+// it had called C_Finalize: its sessions close and its logins end.
+func (e *Engine) Detach(app *App) {
+	e.mu.Lock()
+	app.conns--
+	last := app.conns == 0
+	if last && e.apps[app.ID] == app {
+		delete(e.apps, app.ID)
+	}
+	e.mu.Unlock()
+	if !last {
+		return
+	}
+	app.mu.Lock()
+	var ids []uint64
+	for h := range app.sessions {
+		ids = append(ids, h)
+	}
+	app.mu.Unlock()
+	for _, h := range ids {
+		e.CloseSession(context.Background(), app, h)
+	}
+}
+
+// noteLogin records that app logged in to token as role.
+func (e *Engine) noteLogin(app *App, token keystore.UUID, role keystore.Role) {
+	app.login[token] = role
+	e.mu.Lock()
+	e.loginOf(token).apps++
+	e.mu.Unlock()
+}
+
+// noteLogout ends app's login to token; the last one out closes the token.
+func (e *Engine) noteLogout(app *App, token keystore.UUID) {
+	if _, ok := app.login[token]; !ok {
+		return
+	}
+	delete(app.login, token)
+	e.mu.Lock()
+	tl := e.loginOf(token)
+	tl.apps--
+	last := tl.apps <= 0
+	e.mu.Unlock()
+	if last {
+		e.store.Logout(token)
+	}
+}
+
+// loginOf returns a token's login record. Engine.mu is held.
+func (e *Engine) loginOf(token keystore.UUID) *tokenLogin {
+	tl, ok := e.logins[token]
+	if !ok {
+		tl = &tokenLogin{}
+		e.logins[token] = tl
+	}
+	return tl
+}
+
+// failureDelay is how long a role waits after n failures in a row.
+func (e *Engine) failureDelay(n int) time.Duration {
+	if e.cfg.FailureDelay < 0 || n <= 0 {
+		return 0
+	}
+	d := e.cfg.FailureDelay
+	for i := 1; i < n && d < e.cfg.MaxFailureDelay; i++ {
+		d *= 2
+	}
+	return min(d, e.cfg.MaxFailureDelay)
+}
+
+// pinFlags are CK_TOKEN_INFO's PIN counter flags for a token's failures.
+func (e *Engine) pinFlags(ti keystore.TokenInfo) uint64 {
+	var f uint64
+	max := e.cfg.MaxPINFailures
+	switch n := ti.UserFailures; {
+	case n >= max:
+		f |= ck.CKF_USER_PIN_LOCKED
+	case n == max-1:
+		f |= ck.CKF_USER_PIN_FINAL_TRY | ck.CKF_USER_PIN_COUNT_LOW
+	case n > 0:
+		f |= ck.CKF_USER_PIN_COUNT_LOW
+	}
+	switch n := ti.SOFailures; {
+	case n >= max:
+		f |= ck.CKF_SO_PIN_LOCKED
+	case n == max-1:
+		f |= ck.CKF_SO_PIN_FINAL_TRY | ck.CKF_SO_PIN_COUNT_LOW
+	case n > 0:
+		f |= ck.CKF_SO_PIN_COUNT_LOW
+	}
+	return f
+}

@@ -1,0 +1,438 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
+	"hsmemu/keystore"
+)
+
+// Objects. Token objects live in the keystore, their key material sealed;
+// session objects live here, with the application, until the session that
+// created them closes. Handles are per application: a handle means nothing
+// to another process.
+
+// maxRandom bounds one C_GenerateRandom.
+const maxRandom = 1 << 20
+
+// userIn reports whether app's user is logged in on s's token: only then
+// are private objects visible.
+func (app *App) userIn(s *session) bool {
+	r, in := app.role(s)
+	return in && r == keystore.RoleUser
+}
+
+// newHandle returns app's handle for a token object, the same one each time.
+// App.mu is held.
+func (app *App) tokenHandle(token keystore.UUID, id keystore.ObjectID) uint64 {
+	if h, ok := app.byObject[id]; ok {
+		return h
+	}
+	app.nextHandle++
+	h := app.nextHandle
+	app.handles[h] = &handle{token: token, id: id}
+	app.byObject[id] = h
+	return h
+}
+
+// memHandle returns a new handle for a session object. App.mu is held.
+func (app *App) memHandle(token keystore.UUID, mem *sessionObject) uint64 {
+	app.nextHandle++
+	h := app.nextHandle
+	app.handles[h] = &handle{token: token, mem: mem}
+	return h
+}
+
+// dropHandle forgets a handle. App.mu is held.
+func (app *App) dropHandle(h uint64) {
+	if ref, ok := app.handles[h]; ok {
+		delete(app.handles, h)
+		if ref.mem == nil {
+			delete(app.byObject, ref.id)
+		}
+	}
+}
+
+// fromStore turns a keystore object into the engine's view.
+func fromStore(obj *keystore.Object) (*object, error) {
+	o := &object{attrs: obj.Attrs}
+	if len(obj.Secret) > 0 {
+		sec, err := keystore.DecodeAttributes(obj.Secret)
+		if err != nil {
+			return nil, keystore.ErrTampered
+		}
+		o.secret = sec
+	}
+	return o, nil
+}
+
+// resolve finds the object behind handle oh for a call on session s: it
+// must be app's, on s's token, and visible to app's login state.
+func (e *Engine) resolve(ctx context.Context, app *App, s *session, oh uint64) (*handle, *object, error) {
+	app.mu.Lock()
+	ref, ok := app.handles[oh]
+	app.mu.Unlock()
+	if !ok || ref.token != s.token {
+		return nil, nil, rv(ck.CKR_OBJECT_HANDLE_INVALID)
+	}
+	user := app.userIn(s)
+	if ref.mem != nil {
+		if ref.mem.private && !user {
+			return nil, nil, rv(ck.CKR_OBJECT_HANDLE_INVALID)
+		}
+		app.mu.Lock()
+		o := ref.mem.obj
+		app.mu.Unlock()
+		return ref, o, nil
+	}
+	obj, err := e.store.Open(ctx, ref.id)
+	if errors.Is(err, keystore.ErrNotFound) || errors.Is(err, keystore.ErrNotLoggedIn) {
+		return nil, nil, rv(ck.CKR_OBJECT_HANDLE_INVALID)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if obj.Private && !user {
+		// The token's data key may be open for another application.
+		return nil, nil, rv(ck.CKR_OBJECT_HANDLE_INVALID)
+	}
+	o, err := fromStore(obj)
+	return ref, o, err
+}
+
+// keep creates an object from its full attribute set, in the keystore or
+// in memory as CKA_TOKEN says, and returns its new handle.
+func (e *Engine) keep(ctx context.Context, app *App, s *session, m map[uint64][]byte, class, kt uint64) (uint64, error) {
+	token, private := isTrue(m[ck.CKA_TOKEN]), isTrue(m[ck.CKA_PRIVATE])
+	if token && !s.rw {
+		return 0, rv(ck.CKR_SESSION_READ_ONLY)
+	}
+	if private && !app.userIn(s) {
+		return 0, rv(ck.CKR_USER_NOT_LOGGED_IN)
+	}
+	o, err := split(m, class, kt)
+	if err != nil {
+		return 0, err
+	}
+	if !token {
+		app.mu.Lock()
+		defer app.mu.Unlock()
+		if _, ok := app.sessions[s.handle]; !ok {
+			return 0, rv(ck.CKR_SESSION_CLOSED)
+		}
+		return app.memHandle(s.token, &sessionObject{obj: o, owner: s.handle, private: private}), nil
+	}
+	var secret []byte
+	if len(o.secret) > 0 {
+		secret = o.secret.Encode()
+	}
+	obj, err := e.store.Put(ctx, s.token, o.attrs, secret)
+	if err != nil {
+		return 0, err
+	}
+	app.mu.Lock()
+	defer app.mu.Unlock()
+	return app.tokenHandle(s.token, obj.ID), nil
+}
+
+// CreateObject creates an object from a template.
+func (e *Engine) CreateObject(ctx context.Context, app *App, h uint64, tmpl []attr) (uint64, error) {
+	s, err := app.session(h)
+	if err != nil {
+		return 0, err
+	}
+	role, in := app.role(s)
+	m, class, kt, err := checkCreate(tmpl, in && role == keystore.RoleSO)
+	if err != nil {
+		return 0, err
+	}
+	return e.keep(ctx, app, s, m, class, kt)
+}
+
+// CopyObject copies an object, changing what the template says, within the
+// rules: nothing loosens (sensitive stays sensitive, unextractable stays
+// unextractable, a private key stays private).
+func (e *Engine) CopyObject(ctx context.Context, app *App, h, oh uint64, tmpl []attr) (uint64, error) {
+	s, err := app.session(h)
+	if err != nil {
+		return 0, err
+	}
+	_, o, err := e.resolve(ctx, app, s, oh)
+	if err != nil {
+		return 0, err
+	}
+	role, in := app.role(s)
+	m, err := checkChange(o, tmpl, in && role == keystore.RoleSO, true)
+	if err != nil {
+		return 0, err
+	}
+	return e.keep(ctx, app, s, m, o.class(), o.keyType())
+}
+
+// DestroyObject destroys an object.
+func (e *Engine) DestroyObject(ctx context.Context, app *App, h, oh uint64) error {
+	s, err := app.session(h)
+	if err != nil {
+		return err
+	}
+	ref, o, err := e.resolve(ctx, app, s, oh)
+	if err != nil {
+		return err
+	}
+	if !o.bool(ck.CKA_DESTROYABLE) {
+		return rv(ck.CKR_ACTION_PROHIBITED)
+	}
+	if ref.mem == nil {
+		if !s.rw {
+			return rv(ck.CKR_SESSION_READ_ONLY)
+		}
+		if err := e.store.Delete(ctx, ref.id); err != nil && !errors.Is(err, keystore.ErrNotFound) {
+			return err
+		}
+	}
+	app.mu.Lock()
+	app.dropHandle(oh)
+	app.mu.Unlock()
+	return nil
+}
+
+// ObjectSize is the size the object takes in the keystore.
+func (e *Engine) ObjectSize(ctx context.Context, app *App, h, oh uint64) (uint64, error) {
+	s, err := app.session(h)
+	if err != nil {
+		return 0, err
+	}
+	_, o, err := e.resolve(ctx, app, s, oh)
+	if err != nil {
+		return 0, err
+	}
+	return uint64(len(o.attrs.Encode()) + len(o.secret.Encode())), nil
+}
+
+// GetAttributes answers C_GetAttributeValue: every attribute gets its own
+// outcome, and the call's CK_RV is the worst of them.
+func (e *Engine) GetAttributes(ctx context.Context, app *App, h, oh uint64, qs []wire.Query) ([]wire.Answer, uint64, error) {
+	s, err := app.session(h)
+	if err != nil {
+		return nil, 0, err
+	}
+	_, o, err := e.resolve(ctx, app, s, oh)
+	if err != nil {
+		return nil, 0, err
+	}
+	answers := make([]wire.Answer, len(qs))
+	var sensitive, invalid, small bool
+	for i, q := range qs {
+		v, code := o.readAttr(q.Type)
+		if code == ck.CKR_OK {
+			if r, _ := ruleFor(q.Type, o.class(), o.keyType()); r.kind == vAttrs {
+				// Nested templates do not travel back yet.
+				code = ck.CKR_ATTRIBUTE_TYPE_INVALID
+			}
+		}
+		switch {
+		case code == ck.CKR_ATTRIBUTE_SENSITIVE:
+			sensitive = true
+			answers[i].Length = ck.CK_UNAVAILABLE_INFORMATION
+		case code != ck.CKR_OK:
+			invalid = true
+			answers[i].Length = ck.CK_UNAVAILABLE_INFORMATION
+		case !q.Present:
+			answers[i].Length = uint64(len(v))
+		case q.Capacity < uint64(len(v)):
+			small = true
+			answers[i].Length = ck.CK_UNAVAILABLE_INFORMATION
+		default:
+			answers[i].Length = uint64(len(v))
+			if v == nil {
+				v = vEmpty
+			}
+			answers[i].Value = v
+		}
+	}
+	switch {
+	case sensitive:
+		return answers, ck.CKR_ATTRIBUTE_SENSITIVE, nil
+	case invalid:
+		return answers, ck.CKR_ATTRIBUTE_TYPE_INVALID, nil
+	case small:
+		return answers, ck.CKR_BUFFER_TOO_SMALL, nil
+	}
+	return answers, ck.CKR_OK, nil
+}
+
+// SetAttributes changes attributes of an object, within the rules.
+func (e *Engine) SetAttributes(ctx context.Context, app *App, h, oh uint64, tmpl []attr) error {
+	s, err := app.session(h)
+	if err != nil {
+		return err
+	}
+	ref, o, err := e.resolve(ctx, app, s, oh)
+	if err != nil {
+		return err
+	}
+	if ref.mem == nil && !s.rw {
+		return rv(ck.CKR_SESSION_READ_ONLY)
+	}
+	role, in := app.role(s)
+	m, err := checkChange(o, tmpl, in && role == keystore.RoleSO, false)
+	if err != nil {
+		return err
+	}
+	n, err := split(m, o.class(), o.keyType())
+	if err != nil {
+		return err
+	}
+	if ref.mem != nil {
+		app.mu.Lock()
+		ref.mem.obj = n
+		app.mu.Unlock()
+		return nil
+	}
+	var secret []byte
+	if len(n.secret) > 0 {
+		secret = n.secret.Encode()
+	}
+	return e.store.Update(ctx, ref.id, n.attrs, secret)
+}
+
+// findOp is a search in progress: its results are fixed when it starts.
+type findOp struct {
+	handles []uint64
+}
+
+// FindObjectsInit starts a search: the keystore narrows it on its indexed
+// attributes, and every candidate is matched against the whole template.
+func (e *Engine) FindObjectsInit(ctx context.Context, app *App, h uint64, tmpl []attr) error {
+	s, err := app.session(h)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.find != nil {
+		return rv(ck.CKR_OPERATION_ACTIVE)
+	}
+	user := app.userIn(s)
+	f := keystore.Filter{IncludePrivate: user}
+	for _, a := range tmpl {
+		switch a.Type {
+		case ck.CKA_CLASS, ck.CKA_KEY_TYPE:
+			if len(a.Value) != 8 {
+				s.find = &findOp{} // matches nothing
+				return nil
+			}
+			v := ulongOf(a.Value)
+			if a.Type == ck.CKA_CLASS {
+				f.Class = &v
+			} else {
+				f.KeyType = &v
+			}
+		case ck.CKA_LABEL:
+			f.Label = nonNil(a.Value)
+		case ck.CKA_ID:
+			f.ID = nonNil(a.Value)
+		}
+	}
+	ids, err := e.store.Find(ctx, s.token, f)
+	if err != nil {
+		return err
+	}
+	op := &findOp{}
+	for _, id := range ids {
+		obj, err := e.store.Open(ctx, id)
+		if errors.Is(err, keystore.ErrNotFound) || errors.Is(err, keystore.ErrNotLoggedIn) {
+			continue // deleted meanwhile, or not this application's to see
+		}
+		if err != nil {
+			return err
+		}
+		if obj.Private && !user {
+			continue
+		}
+		o, err := fromStore(obj)
+		if err != nil {
+			return err
+		}
+		if o.matches(tmpl) {
+			app.mu.Lock()
+			op.handles = append(op.handles, app.tokenHandle(s.token, id))
+			app.mu.Unlock()
+		}
+	}
+	app.mu.Lock()
+	for oh, ref := range app.handles {
+		if ref.mem != nil && ref.token == s.token && (user || !ref.mem.private) && ref.mem.obj.matches(tmpl) {
+			op.handles = append(op.handles, oh)
+		}
+	}
+	app.mu.Unlock()
+	s.find = op
+	return nil
+}
+
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return vEmpty
+	}
+	return b
+}
+
+// FindObjects returns up to max more results.
+func (e *Engine) FindObjects(ctx context.Context, app *App, h, max uint64) ([]uint64, error) {
+	s, err := app.session(h)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.find == nil {
+		return nil, rv(ck.CKR_OPERATION_NOT_INITIALIZED)
+	}
+	n := min(uint64(len(s.find.handles)), max)
+	out := s.find.handles[:n:n]
+	s.find.handles = s.find.handles[n:]
+	return out, nil
+}
+
+// FindObjectsFinal ends a search.
+func (e *Engine) FindObjectsFinal(ctx context.Context, app *App, h uint64) error {
+	s, err := app.session(h)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.find == nil {
+		return rv(ck.CKR_OPERATION_NOT_INITIALIZED)
+	}
+	s.find = nil
+	return nil
+}
+
+// GenerateRandom returns n random bytes from the operating system's CSPRNG.
+func (e *Engine) GenerateRandom(ctx context.Context, app *App, h, n uint64) ([]byte, error) {
+	if _, err := app.session(h); err != nil {
+		return nil, err
+	}
+	if n > maxRandom {
+		return nil, rv(ck.CKR_ARGUMENTS_BAD)
+	}
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// SeedRandom: the token's generator is the operating system's, which takes
+// no seed from a client.
+func (e *Engine) SeedRandom(ctx context.Context, app *App, h uint64) error {
+	if _, err := app.session(h); err != nil {
+		return err
+	}
+	return rv(ck.CKR_RANDOM_SEED_NOT_SUPPORTED)
+}

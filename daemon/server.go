@@ -1,0 +1,247 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"hsmemu/cryptoki/calls"
+	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
+)
+
+// ServerConfig says who may connect.
+type ServerConfig struct {
+	// Group, when not negative, is the socket's group: the socket is then
+	// 0660 and members of the group may connect. Otherwise it is 0600.
+	Group int
+	// AllowUIDs are the users allowed besides the daemon's own and root.
+	AllowUIDs []uint32
+}
+
+// Server accepts the module's connections on a Unix socket and serves
+// them with an Engine.
+type Server struct {
+	eng *Engine
+	log *slog.Logger
+	cfg ServerConfig
+
+	mu    sync.Mutex
+	conns map[*net.UnixConn]struct{}
+	wg    sync.WaitGroup
+}
+
+// NewServer returns a server for eng.
+func NewServer(eng *Engine, log *slog.Logger, cfg ServerConfig) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{eng: eng, log: log, cfg: cfg, conns: map[*net.UnixConn]struct{}{}}
+}
+
+// Listen creates the socket at path, owner-only (or group-shared). A stale
+// socket from a daemon that died is replaced; a live one is an error.
+func Listen(path string, cfg ServerConfig) (*net.UnixListener, error) {
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another daemon is serving %s", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket: %w", err)
+	}
+	// Create it with no access for anyone but the owner, then open it up
+	// to the group if asked: there is no moment when it is wider.
+	old := syscall.Umask(0o177)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	ln.SetUnlinkOnClose(true)
+	if cfg.Group >= 0 {
+		if err := os.Chown(path, -1, cfg.Group); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("socket group: %w", err)
+		}
+		if err := os.Chmod(path, 0o660); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("socket mode: %w", err)
+		}
+	}
+	return ln, nil
+}
+
+// Serve accepts connections until ctx ends, then stops accepting, lets the
+// calls in flight finish, and returns once every connection is closed.
+func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
+	go func() {
+		<-ctx.Done()
+		ln.Close()
+		s.mu.Lock()
+		for c := range s.conns {
+			// Wake a connection blocked reading its next request; one
+			// in the middle of a call finishes it first.
+			c.SetReadDeadline(time.Now())
+		}
+		s.mu.Unlock()
+	}()
+	defer s.wg.Wait()
+	for {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		s.mu.Lock()
+		if ctx.Err() != nil {
+			s.mu.Unlock()
+			c.Close()
+			return nil
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(ctx, c)
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+			c.Close()
+		}()
+	}
+}
+
+// peer returns the connecting process's credentials.
+func peer(c *net.UnixConn) (*syscall.Ucred, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *syscall.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	return cred, cerr
+}
+
+func (s *Server) allowed(uid uint32) bool {
+	return uid == 0 || uid == uint32(os.Getuid()) || slices.Contains(s.cfg.AllowUIDs, uid)
+}
+
+func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
+	cred, err := peer(c)
+	if err != nil {
+		s.log.Warn("connection refused: no peer credentials", "err", err)
+		return
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	hello, err := wire.ReadHello(c)
+	if err != nil {
+		s.log.Debug("connection closed before its hello", "pid", cred.Pid, "err", err)
+		return
+	}
+	reply := wire.HelloReply{Version: wire.Version, Status: wire.StatusOK}
+	var app *App
+	switch {
+	case hello.Version != wire.Version:
+		reply.Status = wire.StatusVersion
+	case !s.allowed(cred.Uid):
+		reply.Status = wire.StatusRefused
+		s.log.Warn("connection refused: user not allowed", "uid", cred.Uid, "pid", cred.Pid)
+	default:
+		var ok bool
+		if app, ok = s.eng.Attach(AppID(hello.AppID), cred.Pid, cred.Uid); !ok {
+			reply.Status = wire.StatusRefused
+			s.log.Warn("connection refused: application id of another process", "pid", cred.Pid)
+		}
+	}
+	if _, err := c.Write(reply.Marshal()); err != nil || reply.Status != wire.StatusOK {
+		if app != nil {
+			s.eng.Detach(app)
+		}
+		return
+	}
+	defer s.eng.Detach(app)
+	c.SetReadDeadline(time.Time{})
+	if ctx.Err() != nil {
+		return
+	}
+
+	r := bufio.NewReaderSize(c, 64<<10)
+	w := bufio.NewWriterSize(c, 64<<10)
+	var buf, out []byte
+	var args wire.Args
+	res := &wire.Results{}
+	for {
+		req, b, err := wire.ReadRequest(r, buf)
+		buf = b
+		if err != nil {
+			if !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, net.ErrClosed) && !isEOF(err) {
+				s.log.Warn("closing connection: bad frame", "pid", cred.Pid, "err", err)
+			}
+			return
+		}
+		code, results := s.call(ctx, app, req, &args, res)
+		out = wire.AppendReply(out[:0], req.ID, code, results)
+		if _, err := w.Write(out); err != nil {
+			return
+		}
+		if r.Buffered() == 0 {
+			if err := w.Flush(); err != nil {
+				return
+			}
+		}
+		if ctx.Err() != nil {
+			w.Flush()
+			return
+		}
+	}
+}
+
+// isEOF reports a peer that went away, which is how connections end.
+func isEOF(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
+}
+
+// call decodes and serves one request. A panic in serving it is a bug: it
+// is logged and answered CKR_GENERAL_ERROR, and the daemon goes on.
+func (s *Server) call(ctx context.Context, app *App, req wire.Request, args *wire.Args, res *wire.Results) (code uint64, results []byte) {
+	c, ok := calls.ByID(req.Call)
+	if !ok || c.Mode != calls.Forwarded {
+		return ck.CKR_FUNCTION_NOT_SUPPORTED, nil
+	}
+	if err := args.Decode(c, req.Body); err != nil {
+		return ck.CKR_ARGUMENTS_BAD, nil
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("internal error serving a call", "call", c.Name, "panic", fmt.Sprint(p))
+			code, results = ck.CKR_GENERAL_ERROR, nil
+		}
+	}()
+	res.Reset(c)
+	code = s.eng.Dispatch(ctx, app, args, res)
+	if wire.HasResults(c, code) {
+		results = res.Finish()
+	}
+	return code, results
+}

@@ -1,0 +1,162 @@
+package daemon
+
+import (
+	"bufio"
+	"encoding/binary"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"hsmemu/cryptoki/calls"
+	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
+	"hsmemu/keystore"
+)
+
+func TestSocketMode(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, EngineConfig{})
+	fi, err := os.Stat(d.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("socket mode %v, want 0600 socket", fi.Mode())
+	}
+	// A second daemon on the same socket is refused, not a silent takeover.
+	if _, err := Listen(d.sock, ServerConfig{Group: -1}); err == nil {
+		t.Fatal("second Listen on a live socket succeeded")
+	}
+}
+
+// rawConn is a connection past its hello, for sending frames by hand.
+func rawConn(t *testing.T, d *testDaemon) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("unix", d.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	c.Write(wire.Hello{Version: wire.Version, AppID: [16]byte{9}}.Marshal())
+	if r, err := wire.ReadHelloReply(c); err != nil || r.Status != wire.StatusOK {
+		t.Fatalf("hello: %+v %v", r, err)
+	}
+	return c, bufio.NewReader(c)
+}
+
+func TestBadRequests(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, EngineConfig{})
+	c, r := rawConn(t, d)
+	send := func(call uint32, body []byte) wire.Reply {
+		t.Helper()
+		if _, err := c.Write(wire.AppendRequest(nil, 7, call, body)); err != nil {
+			t.Fatal(err)
+		}
+		rep, _, err := wire.ReadReply(r, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep
+	}
+	init, _ := calls.ByName("C_Initialize")
+	slotList, _ := calls.ByName("C_GetSlotList")
+	for _, tc := range []struct {
+		name string
+		call uint32
+		body []byte
+		want uint64
+	}{
+		{"unknown call", 9999, nil, ck.CKR_FUNCTION_NOT_SUPPORTED},
+		{"local call", init.ID, nil, ck.CKR_FUNCTION_NOT_SUPPORTED},
+		{"truncated arguments", slotList.ID, []byte{1}, ck.CKR_ARGUMENTS_BAD},
+		{"trailing bytes", slotList.ID, []byte{1, 1, 0, 0, 0, 0, 0, 0, 0, 4, 0}, ck.CKR_ARGUMENTS_BAD},
+	} {
+		if rep := send(tc.call, tc.body); rep.RV != tc.want || rep.HasResults {
+			t.Errorf("%s: rv %#x results %v, want %#x", tc.name, rep.RV, rep.HasResults, tc.want)
+		}
+	}
+	// The connection is still good after all that.
+	if rep := send(slotList.ID, []byte{1, 1, 0, 0, 0, 0, 0, 0, 0, 4}); rep.RV != ck.CKR_OK {
+		t.Fatalf("good request after bad ones: %#x", rep.RV)
+	}
+
+	// A frame over the cap closes the connection, without the daemon
+	// reading (or allocating) what it announced.
+	var huge [4]byte
+	binary.BigEndian.PutUint32(huge[:], 1<<30)
+	c.Write(huge[:])
+	if _, err := r.ReadByte(); err != io.EOF {
+		t.Fatalf("after an oversized frame: %v, want EOF", err)
+	}
+	// The daemon serves others as before.
+	cl := d.dial(t)
+	cl.slots()
+}
+
+func TestHelloRefusals(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, EngineConfig{})
+	c, err := net.Dial("unix", d.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write(wire.Hello{Version: 99}.Marshal())
+	rep, err := wire.ReadHelloReply(c)
+	if err != nil || rep.Status != wire.StatusVersion || rep.Version != wire.Version {
+		t.Fatalf("version 99: %+v %v", rep, err)
+	}
+	// An application id bound to this process is refused to another.
+	app := AppID{1, 2, 3}
+	if _, ok := d.eng.Attach(app, 1, 0); !ok {
+		t.Fatal("attach")
+	}
+	c2, err := net.Dial("unix", d.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.Write(wire.Hello{Version: wire.Version, AppID: app}.Marshal())
+	if rep, err := wire.ReadHelloReply(c2); err != nil || rep.Status != wire.StatusRefused {
+		t.Fatalf("stolen application id: %+v %v", rep, err)
+	}
+}
+
+// FuzzCreateTemplate feeds arbitrary templates to the creation rules: they
+// never panic, and whatever they accept splits into attributes that
+// encode canonically.
+func FuzzCreateTemplate(f *testing.F) {
+	enc := func(attrs []attr) []byte {
+		a := keystore.Attributes(attrs)
+		return a.Encode()
+	}
+	f.Add(enc([]attr{{Type: ck.CKA_CLASS, Value: keystore.Ulong(ck.CKO_DATA)}, {Type: ck.CKA_VALUE, Value: []byte("v")}}), false)
+	f.Add(enc([]attr{{Type: ck.CKA_CLASS, Value: keystore.Ulong(ck.CKO_SECRET_KEY)}, {Type: ck.CKA_KEY_TYPE, Value: keystore.Ulong(ck.CKK_AES)}, {Type: ck.CKA_VALUE, Value: make([]byte, 16)}}), true)
+	f.Add(enc([]attr{{Type: ck.CKA_CLASS, Value: keystore.Ulong(ck.CKO_PUBLIC_KEY)}, {Type: ck.CKA_KEY_TYPE, Value: keystore.Ulong(ck.CKK_RSA)}, {Type: ck.CKA_MODULUS, Value: []byte{0xc1, 0}}, {Type: ck.CKA_PUBLIC_EXPONENT, Value: []byte{1, 0, 1}}}), false)
+	f.Fuzz(func(t *testing.T, b []byte, so bool) {
+		tmpl, err := keystore.DecodeAttributes(b)
+		if err != nil {
+			return
+		}
+		m, class, kt, err := checkCreate(tmpl, so)
+		if err != nil {
+			return
+		}
+		o, err := split(m, class, kt)
+		if err != nil {
+			t.Fatalf("accepted template does not split: %v", err)
+		}
+		for _, part := range []keystore.Attributes{o.attrs, o.secret} {
+			if _, err := keystore.DecodeAttributes(part.Encode()); err != nil {
+				t.Fatalf("accepted template does not encode: %v", err)
+			}
+		}
+		if o.class() != class {
+			t.Fatalf("class %#x stored as %#x", class, o.class())
+		}
+	})
+}

@@ -1,0 +1,327 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
+	"hsmemu/keystore"
+)
+
+// session is one PKCS#11 session. Its own lock guards the operation in
+// progress; the App's lock guards the tables.
+type session struct {
+	handle uint64
+	slot   uint64
+	token  keystore.UUID
+	rw     bool
+
+	mu   sync.Mutex
+	find *findOp
+}
+
+// session looks up a session handle of app.
+func (app *App) session(h uint64) (*session, error) {
+	app.mu.Lock()
+	defer app.mu.Unlock()
+	s, ok := app.sessions[h]
+	if !ok {
+		return nil, rv(ck.CKR_SESSION_HANDLE_INVALID)
+	}
+	return s, nil
+}
+
+// role returns who app is logged in as on s's token, if anyone.
+func (app *App) role(s *session) (keystore.Role, bool) {
+	app.mu.Lock()
+	defer app.mu.Unlock()
+	r, ok := app.login[s.token]
+	return r, ok
+}
+
+// OpenSession opens a session on the token in slot.
+func (e *Engine) OpenSession(ctx context.Context, app *App, slot, flags uint64) (uint64, error) {
+	if flags&ck.CKF_SERIAL_SESSION == 0 {
+		return 0, rv(ck.CKR_SESSION_PARALLEL_NOT_SUPPORTED)
+	}
+	ti, err := e.token(ctx, slot)
+	if err != nil {
+		return 0, err
+	}
+	rw := flags&ck.CKF_RW_SESSION != 0
+	app.mu.Lock()
+	defer app.mu.Unlock()
+	if r, ok := app.login[ti.UUID]; ok && r == keystore.RoleSO && !rw {
+		return 0, rv(ck.CKR_SESSION_READ_WRITE_SO_EXISTS)
+	}
+	if len(app.sessions) >= e.cfg.MaxSessions {
+		return 0, rv(ck.CKR_SESSION_COUNT)
+	}
+	app.nextSession++
+	h := app.nextSession
+	app.sessions[h] = &session{handle: h, slot: slot, token: ti.UUID, rw: rw}
+	return h, nil
+}
+
+// CloseSession closes a session: its session objects go with it, and the
+// application's login on the token ends with its last session there.
+func (e *Engine) CloseSession(ctx context.Context, app *App, h uint64) error {
+	app.mu.Lock()
+	s, ok := app.sessions[h]
+	if !ok {
+		app.mu.Unlock()
+		return rv(ck.CKR_SESSION_HANDLE_INVALID)
+	}
+	delete(app.sessions, h)
+	for oh, ref := range app.handles {
+		if ref.mem != nil && ref.mem.owner == h {
+			delete(app.handles, oh)
+		}
+	}
+	last := true
+	for _, other := range app.sessions {
+		if other.token == s.token {
+			last = false
+		}
+	}
+	if last {
+		e.noteLogout(app, s.token)
+	}
+	app.mu.Unlock()
+	return nil
+}
+
+// CloseAllSessions closes every session of app on the token in slot.
+func (e *Engine) CloseAllSessions(ctx context.Context, app *App, slot uint64) error {
+	ti, err := e.token(ctx, slot)
+	if err != nil {
+		return err
+	}
+	app.mu.Lock()
+	var hs []uint64
+	for h, s := range app.sessions {
+		if s.token == ti.UUID {
+			hs = append(hs, h)
+		}
+	}
+	app.mu.Unlock()
+	for _, h := range hs {
+		e.CloseSession(ctx, app, h)
+	}
+	return nil
+}
+
+// SessionInfo describes a session; its state follows the application's
+// login on the token.
+func (e *Engine) SessionInfo(ctx context.Context, app *App, h uint64) (*wire.SessionInfo, error) {
+	s, err := app.session(h)
+	if err != nil {
+		return nil, err
+	}
+	info := &wire.SessionInfo{SlotID: s.slot, Flags: ck.CKF_SERIAL_SESSION}
+	if s.rw {
+		info.Flags |= ck.CKF_RW_SESSION
+	}
+	role, in := app.role(s)
+	switch {
+	case in && role == keystore.RoleSO:
+		info.State = ck.CKS_RW_SO_FUNCTIONS
+	case in && s.rw:
+		info.State = ck.CKS_RW_USER_FUNCTIONS
+	case in:
+		info.State = ck.CKS_RO_USER_FUNCTIONS
+	case s.rw:
+		info.State = ck.CKS_RW_PUBLIC_SESSION
+	default:
+		info.State = ck.CKS_RO_PUBLIC_SESSION
+	}
+	return info, nil
+}
+
+// Login logs app in to the session's token.
+func (e *Engine) Login(ctx context.Context, app *App, h, userType uint64, pin []byte, pinNull bool) error {
+	s, err := app.session(h)
+	if err != nil {
+		return err
+	}
+	var role keystore.Role
+	switch userType {
+	case ck.CKU_SO:
+		role = keystore.RoleSO
+	case ck.CKU_USER:
+		role = keystore.RoleUser
+	case ck.CKU_CONTEXT_SPECIFIC:
+		if _, in := app.role(s); !in {
+			return rv(ck.CKR_USER_NOT_LOGGED_IN)
+		}
+		// No operation needs re-authentication until a key with
+		// CKA_ALWAYS_AUTHENTICATE is in use.
+		return rv(ck.CKR_OPERATION_NOT_INITIALIZED)
+	default:
+		return rv(ck.CKR_USER_TYPE_INVALID)
+	}
+	if pinNull {
+		// No protected authentication path.
+		return rv(ck.CKR_ARGUMENTS_BAD)
+	}
+	app.mu.Lock()
+	if cur, in := app.login[s.token]; in {
+		app.mu.Unlock()
+		if cur == role {
+			return rv(ck.CKR_USER_ALREADY_LOGGED_IN)
+		}
+		return rv(ck.CKR_USER_ANOTHER_ALREADY_LOGGED_IN)
+	}
+	if role == keystore.RoleSO {
+		for _, o := range app.sessions {
+			if o.token == s.token && !o.rw {
+				app.mu.Unlock()
+				return rv(ck.CKR_SESSION_READ_ONLY_EXISTS)
+			}
+		}
+	}
+	app.mu.Unlock()
+
+	tl := e.tokenLogin(s.token)
+	tl.attempt.Lock()
+	defer tl.attempt.Unlock()
+	if err := e.waitAfterFailures(ctx, tl, role, s.token); err != nil {
+		return err
+	}
+	err = e.store.Login(ctx, s.token, role, pin)
+	if errors.Is(err, keystore.ErrPINIncorrect) {
+		e.afterFailure(tl, role, s.token)
+		return err
+	}
+	if errors.Is(err, keystore.ErrPINLocked) {
+		e.log.Warn("login refused: PIN locked", "token", s.token.String(), "role", role.String(), "pid", app.PID)
+	}
+	if err != nil {
+		return err
+	}
+	app.mu.Lock()
+	defer app.mu.Unlock()
+	if _, ok := app.sessions[h]; !ok {
+		// The session closed while the PIN was checked.
+		e.loginRace(s.token)
+		return rv(ck.CKR_SESSION_CLOSED)
+	}
+	if _, in := app.login[s.token]; in {
+		e.loginRace(s.token)
+		return rv(ck.CKR_USER_ALREADY_LOGGED_IN)
+	}
+	e.noteLogin(app, s.token, role)
+	return nil
+}
+
+// loginRace closes the data key a lost login race opened, unless another
+// application holds it. App.mu is held.
+func (e *Engine) loginRace(token keystore.UUID) {
+	e.mu.Lock()
+	none := e.loginOf(token).apps <= 0
+	e.mu.Unlock()
+	if none {
+		e.store.Logout(token)
+	}
+}
+
+// waitAfterFailures holds a PIN check back until the delay that the role's
+// failures so far have earned has passed.
+func (e *Engine) waitAfterFailures(ctx context.Context, tl *tokenLogin, role keystore.Role, token keystore.UUID) error {
+	ti, err := e.store.Token(ctx, token)
+	if err != nil {
+		return err
+	}
+	n := ti.UserFailures
+	if role == keystore.RoleSO {
+		n = ti.SOFailures
+	}
+	wait := time.Until(tl.lastFail[role].Add(e.failureDelay(n)))
+	if wait <= 0 {
+		return nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// afterFailure records a failed PIN check. tl.attempt is held.
+func (e *Engine) afterFailure(tl *tokenLogin, role keystore.Role, token keystore.UUID) {
+	tl.lastFail[role] = time.Now()
+	e.log.Warn("PIN incorrect", "token", token.String(), "role", role.String())
+}
+
+// Logout ends app's login on the session's token.
+func (e *Engine) Logout(ctx context.Context, app *App, h uint64) error {
+	s, err := app.session(h)
+	if err != nil {
+		return err
+	}
+	app.mu.Lock()
+	defer app.mu.Unlock()
+	if _, in := app.login[s.token]; !in {
+		return rv(ck.CKR_USER_NOT_LOGGED_IN)
+	}
+	e.noteLogout(app, s.token)
+	return nil
+}
+
+// InitPIN sets the user PIN; the SO must be logged in, in a R/W session.
+func (e *Engine) InitPIN(ctx context.Context, app *App, h uint64, pin []byte) error {
+	s, err := app.session(h)
+	if err != nil {
+		return err
+	}
+	if role, in := app.role(s); !in || role != keystore.RoleSO || !s.rw {
+		return rv(ck.CKR_USER_NOT_LOGGED_IN)
+	}
+	if len(pin) < minPINLen || len(pin) > maxPINLen {
+		return rv(ck.CKR_PIN_LEN_RANGE)
+	}
+	if err := e.store.InitPIN(ctx, s.token, pin); err != nil {
+		return err
+	}
+	e.log.Info("user PIN set by the SO", "token", s.token.String())
+	return nil
+}
+
+// SetPIN changes the PIN of whoever is logged in (the user's when no one
+// is), in a R/W session.
+func (e *Engine) SetPIN(ctx context.Context, app *App, h uint64, oldPIN, newPIN []byte) error {
+	s, err := app.session(h)
+	if err != nil {
+		return err
+	}
+	if !s.rw {
+		return rv(ck.CKR_SESSION_READ_ONLY)
+	}
+	if len(newPIN) < minPINLen || len(newPIN) > maxPINLen {
+		return rv(ck.CKR_PIN_LEN_RANGE)
+	}
+	role := keystore.RoleUser
+	if r, in := app.role(s); in {
+		role = r
+	}
+	tl := e.tokenLogin(s.token)
+	tl.attempt.Lock()
+	defer tl.attempt.Unlock()
+	if err := e.waitAfterFailures(ctx, tl, role, s.token); err != nil {
+		return err
+	}
+	err = e.store.SetPIN(ctx, s.token, role, oldPIN, newPIN)
+	if errors.Is(err, keystore.ErrPINIncorrect) {
+		e.afterFailure(tl, role, s.token)
+	}
+	if err == nil {
+		e.log.Info("PIN changed", "token", s.token.String(), "role", role.String())
+	}
+	return err
+}

@@ -1,0 +1,198 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
+	"hsmemu/keystore"
+)
+
+// Slots. Slot 0 always holds a fresh, uninitialised token: C_InitToken on
+// it creates a new token, which appears in a slot of its own. A token's
+// slot id is its keystore row id, stable across restarts and never reused.
+
+const freeSlot = 0
+
+var version = wire.CKVersion{Major: 0, Minor: 1}
+
+// SlotList returns the slot ids (every slot has a token present).
+func (e *Engine) SlotList(ctx context.Context) ([]uint64, error) {
+	toks, err := e.store.Tokens(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ids := []uint64{freeSlot}
+	for _, t := range toks {
+		ids = append(ids, uint64(t.ID))
+	}
+	return ids, nil
+}
+
+// token returns the token in a slot; slot 0's is uninitialised.
+func (e *Engine) token(ctx context.Context, slot uint64) (keystore.TokenInfo, error) {
+	if slot == freeSlot {
+		return keystore.TokenInfo{}, rv(ck.CKR_TOKEN_NOT_RECOGNIZED)
+	}
+	if slot > 1<<62 {
+		return keystore.TokenInfo{}, rv(ck.CKR_SLOT_ID_INVALID)
+	}
+	ti, err := e.store.TokenByID(ctx, int64(slot))
+	if errors.Is(err, keystore.ErrNotFound) {
+		return ti, rv(ck.CKR_SLOT_ID_INVALID)
+	}
+	return ti, err
+}
+
+// SlotInfo describes a slot.
+func (e *Engine) SlotInfo(ctx context.Context, slot uint64) (*wire.SlotInfo, error) {
+	if slot != freeSlot {
+		if _, err := e.token(ctx, slot); err != nil {
+			return nil, err
+		}
+	}
+	return &wire.SlotInfo{
+		SlotDescription: fmt.Sprintf("hsmemu slot %d", slot),
+		ManufacturerID:  "hsmemu",
+		Flags:           ck.CKF_TOKEN_PRESENT,
+		HardwareVersion: version,
+		FirmwareVersion: version,
+	}, nil
+}
+
+// TokenInfo describes the token in a slot.
+func (e *Engine) TokenInfo(ctx context.Context, slot uint64) (*wire.TokenInfo, error) {
+	info := &wire.TokenInfo{
+		ManufacturerID:     "hsmemu",
+		Model:              "hsmemu",
+		Flags:              ck.CKF_RNG | ck.CKF_LOGIN_REQUIRED,
+		MaxSessionCount:    ck.CK_EFFECTIVELY_INFINITE,
+		MaxRwSessionCount:  ck.CK_EFFECTIVELY_INFINITE,
+		MaxPinLen:          maxPINLen,
+		MinPinLen:          minPINLen,
+		TotalPublicMemory:  ck.CK_UNAVAILABLE_INFORMATION,
+		FreePublicMemory:   ck.CK_UNAVAILABLE_INFORMATION,
+		TotalPrivateMemory: ck.CK_UNAVAILABLE_INFORMATION,
+		FreePrivateMemory:  ck.CK_UNAVAILABLE_INFORMATION,
+		HardwareVersion:    version,
+		FirmwareVersion:    version,
+	}
+	if slot == freeSlot {
+		return info, nil
+	}
+	ti, err := e.token(ctx, slot)
+	if err != nil {
+		return nil, err
+	}
+	info.Label = ti.Label
+	info.Model = "hsmemu " + ti.Tier.String()
+	info.SerialNumber = ti.Serial
+	info.Flags |= ck.CKF_TOKEN_INITIALIZED | e.pinFlags(ti)
+	if ti.UserPINSet {
+		info.Flags |= ck.CKF_USER_PIN_INITIALIZED
+	}
+	info.SessionCount, info.RwSessionCount = e.sessionCounts(ti.UUID)
+	return info, nil
+}
+
+// sessionCounts counts the open sessions on a token, over all applications.
+func (e *Engine) sessionCounts(token keystore.UUID) (all, rw uint64) {
+	e.mu.Lock()
+	apps := make([]*App, 0, len(e.apps))
+	for _, a := range e.apps {
+		apps = append(apps, a)
+	}
+	e.mu.Unlock()
+	for _, a := range apps {
+		a.mu.Lock()
+		for _, s := range a.sessions {
+			if s.token == token {
+				all++
+				if s.rw {
+					rw++
+				}
+			}
+		}
+		a.mu.Unlock()
+	}
+	return all, rw
+}
+
+// blankLabel reads a CK_TOKEN_INFO label: 32 bytes, blank padded.
+func blankLabel(label []byte) string {
+	return string(bytes.TrimRight(label, " \x00"))
+}
+
+// InitToken initialises the token in a slot: on slot 0 it creates a new
+// token; on an initialised token it checks the SO PIN and re-initialises
+// it, destroying its objects.
+func (e *Engine) InitToken(ctx context.Context, slot uint64, pin, label []byte) error {
+	if len(pin) < minPINLen || len(pin) > maxPINLen {
+		return rv(ck.CKR_PIN_LEN_RANGE)
+	}
+	name := blankLabel(label)
+	if name == "" {
+		e.log.Info("C_InitToken refused: an empty label cannot name a token")
+		return rv(ck.CKR_ARGUMENTS_BAD)
+	}
+	if slot == freeSlot {
+		ti, err := e.store.CreateToken(ctx, keystore.TokenSpec{Label: name, Tier: e.cfg.DefaultTier, SOPIN: pin})
+		if errors.Is(err, keystore.ErrTokenExists) {
+			e.log.Info("C_InitToken refused: the label is already in use", "label", name)
+			return rv(ck.CKR_ARGUMENTS_BAD)
+		}
+		if err != nil {
+			return err
+		}
+		e.log.Info("token created", "label", name, "slot", ti.ID, "tier", ti.Tier.String())
+		return nil
+	}
+	ti, err := e.token(ctx, slot)
+	if err != nil {
+		return err
+	}
+	if all, _ := e.sessionCounts(ti.UUID); all > 0 {
+		return rv(ck.CKR_SESSION_EXISTS)
+	}
+	tl := e.tokenLogin(ti.UUID)
+	tl.attempt.Lock()
+	defer tl.attempt.Unlock()
+	err = e.store.Reinit(ctx, ti.UUID, pin, name)
+	if errors.Is(err, keystore.ErrPINIncorrect) {
+		e.afterFailure(tl, keystore.RoleSO, ti.UUID)
+	}
+	if errors.Is(err, keystore.ErrTokenExists) {
+		return rv(ck.CKR_ARGUMENTS_BAD)
+	}
+	if err == nil {
+		e.log.Info("token re-initialised", "label", name, "slot", slot)
+	}
+	return err
+}
+
+func (e *Engine) tokenLogin(token keystore.UUID) *tokenLogin {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.loginOf(token)
+}
+
+// MechanismList returns the mechanisms a slot's token implements.
+func (e *Engine) MechanismList(ctx context.Context, slot uint64) ([]uint64, error) {
+	if slot != freeSlot {
+		if _, err := e.token(ctx, slot); err != nil {
+			return nil, err
+		}
+	}
+	return nil, nil
+}
+
+// MechanismInfo describes one mechanism.
+func (e *Engine) MechanismInfo(ctx context.Context, slot, mech uint64) (*wire.MechanismInfo, error) {
+	if _, err := e.MechanismList(ctx, slot); err != nil {
+		return nil, err
+	}
+	return nil, rv(ck.CKR_MECHANISM_INVALID)
+}

@@ -1,0 +1,248 @@
+package daemon
+
+import (
+	"math/big"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/keystore"
+)
+
+// attr is one attribute of a caller's template, as the engine receives it.
+type attr = keystore.Attribute
+
+// toMap turns a template into a map, refusing a type given twice.
+func toMap(tmpl []attr) (map[uint64][]byte, error) {
+	m := make(map[uint64][]byte, len(tmpl))
+	for _, a := range tmpl {
+		if _, dup := m[a.Type]; dup {
+			return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+		}
+		v := a.Value
+		if v == nil {
+			v = vEmpty
+		}
+		m[a.Type] = v
+	}
+	return m, nil
+}
+
+func ulongOf(v []byte) uint64 {
+	if len(v) != 8 {
+		return ^uint64(0)
+	}
+	var x uint64
+	for _, b := range v {
+		x = x<<8 | uint64(b)
+	}
+	return x
+}
+
+// supportedKeyTypes are the key types objects may have, by class.
+func keyTypeSupported(class, kt uint64) bool {
+	switch class {
+	case ck.CKO_SECRET_KEY:
+		return kt == ck.CKK_AES || kt == ck.CKK_GENERIC_SECRET
+	case ck.CKO_PUBLIC_KEY, ck.CKO_PRIVATE_KEY:
+		return kt == ck.CKK_RSA || kt == ck.CKK_EC || kt == ck.CKK_EC_EDWARDS
+	}
+	return false
+}
+
+// checkCreate validates a C_CreateObject template and returns the object's
+// full set of attributes, defaults and computed values included.
+func checkCreate(tmpl []attr, so bool) (map[uint64][]byte, uint64, uint64, error) {
+	m, err := toMap(tmpl)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	cv, ok := m[ck.CKA_CLASS]
+	if !ok {
+		return nil, 0, 0, rv(ck.CKR_TEMPLATE_INCOMPLETE)
+	}
+	if len(cv) != 8 {
+		return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+	}
+	class := ulongOf(cv)
+	cm := classMask(class)
+	if cm == 0 {
+		return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+	}
+	kt := ^uint64(0)
+	if cm&mKeys != 0 {
+		v, ok := m[ck.CKA_KEY_TYPE]
+		if !ok {
+			return nil, 0, 0, rv(ck.CKR_TEMPLATE_INCOMPLETE)
+		}
+		if kt = ulongOf(v); !keyTypeSupported(class, kt) {
+			return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+		}
+	}
+	for t, v := range m {
+		r, ok := ruleFor(t, class, kt)
+		if !ok {
+			return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_TYPE_INVALID)
+		}
+		if r.flags&fNever != 0 || t == ck.CKA_VALUE_LEN || t == ck.CKA_MODULUS_BITS {
+			// Computed by the token from the key material.
+			return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_READ_ONLY)
+		}
+		if err := checkValue(r, v); err != nil {
+			return nil, 0, 0, err
+		}
+		if r.flags&fSOTrue != 0 && isTrue(v) && !so {
+			return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_READ_ONLY)
+		}
+	}
+	for t := range rules {
+		if r, ok := ruleFor(t, class, kt); ok && r.flags&fRequired != 0 {
+			if _, ok := m[t]; !ok {
+				return nil, 0, 0, rv(ck.CKR_TEMPLATE_INCOMPLETE)
+			}
+		}
+	}
+	if err := checkMaterial(m, class, kt); err != nil {
+		return nil, 0, 0, err
+	}
+	fillDefaults(m, class, kt)
+	// An object created from clear material was never sensitive, and was
+	// extractable the moment the caller held it.
+	if cm&(mPriv|mSecret) != 0 {
+		m[ck.CKA_ALWAYS_SENSITIVE] = vFalse
+		m[ck.CKA_NEVER_EXTRACTABLE] = vFalse
+	}
+	if cm&mKeys != 0 {
+		m[ck.CKA_LOCAL] = vFalse
+		m[ck.CKA_KEY_GEN_MECHANISM] = ulong(ck.CK_UNAVAILABLE_INFORMATION)
+	}
+	return m, class, kt, nil
+}
+
+// fillDefaults adds every attribute the class has a default for.
+func fillDefaults(m map[uint64][]byte, class, kt uint64) {
+	for t := range rules {
+		r, ok := ruleFor(t, class, kt)
+		if !ok || r.def == nil {
+			continue
+		}
+		if _, ok := m[t]; !ok {
+			m[t] = r.def
+		}
+	}
+	if _, ok := m[ck.CKA_PRIVATE]; !ok {
+		// Keys that hold secrets are private unless said otherwise.
+		m[ck.CKA_PRIVATE] = keystore.Bool(class == ck.CKO_PRIVATE_KEY || class == ck.CKO_SECRET_KEY)
+	}
+}
+
+// checkMaterial checks what the class and key type demand of the values.
+func checkMaterial(m map[uint64][]byte, class, kt uint64) error {
+	switch class {
+	case ck.CKO_CERTIFICATE:
+		if ulongOf(m[ck.CKA_CERTIFICATE_TYPE]) != ck.CKC_X_509 {
+			return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+		}
+		if _, ok := m[ck.CKA_SUBJECT]; !ok {
+			return rv(ck.CKR_TEMPLATE_INCOMPLETE)
+		}
+	case ck.CKO_SECRET_KEY:
+		v := m[ck.CKA_VALUE]
+		switch kt {
+		case ck.CKK_AES:
+			if len(v) != 16 && len(v) != 24 && len(v) != 32 {
+				return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			}
+		case ck.CKK_GENERIC_SECRET:
+			if len(v) == 0 {
+				return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			}
+		}
+		m[ck.CKA_VALUE_LEN] = ulong(uint64(len(v)))
+	case ck.CKO_PUBLIC_KEY, ck.CKO_PRIVATE_KEY:
+		if kt == ck.CKK_RSA {
+			n := m[ck.CKA_MODULUS]
+			if len(n) == 0 {
+				return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			}
+			if class == ck.CKO_PUBLIC_KEY {
+				if _, ok := m[ck.CKA_PUBLIC_EXPONENT]; !ok {
+					return rv(ck.CKR_TEMPLATE_INCOMPLETE)
+				}
+				m[ck.CKA_MODULUS_BITS] = ulong(uint64(new(big.Int).SetBytes(n).BitLen()))
+			}
+		}
+		if kt == ck.CKK_EC || kt == ck.CKK_EC_EDWARDS {
+			if len(m[ck.CKA_EC_PARAMS]) == 0 {
+				return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			}
+			if class == ck.CKO_PRIVATE_KEY && len(m[ck.CKA_VALUE]) == 0 {
+				return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			}
+		}
+	}
+	return nil
+}
+
+// checkChange validates a change of existing attributes, by
+// C_SetAttributeValue (copy false) or in a C_CopyObject template (copy
+// true), and returns the object's new attributes.
+func checkChange(o *object, tmpl []attr, so, copy bool) (map[uint64][]byte, error) {
+	if copy && !o.bool(ck.CKA_COPYABLE) {
+		return nil, rv(ck.CKR_ACTION_PROHIBITED)
+	}
+	if !copy && !o.bool(ck.CKA_MODIFIABLE) {
+		return nil, rv(ck.CKR_ACTION_PROHIBITED)
+	}
+	changes, err := toMap(tmpl)
+	if err != nil {
+		return nil, err
+	}
+	class, kt := o.class(), o.keyType()
+	m := o.all()
+	for t, v := range changes {
+		r, ok := ruleFor(t, class, kt)
+		if !ok {
+			return nil, rv(ck.CKR_ATTRIBUTE_TYPE_INVALID)
+		}
+		if err := checkValue(r, v); err != nil {
+			return nil, err
+		}
+		old := m[t]
+		allowed := r.flags&fModify != 0
+		if copy {
+			switch t {
+			case ck.CKA_TOKEN:
+				allowed = true
+			case ck.CKA_MODIFIABLE:
+				allowed, r.flags = true, r.flags|fToFalse
+			case ck.CKA_PRIVATE:
+				// A key that was private stays private.
+				allowed = true
+				if class == ck.CKO_PRIVATE_KEY || class == ck.CKO_SECRET_KEY {
+					r.flags |= fToTrue
+				}
+			}
+		}
+		if !allowed {
+			return nil, rv(ck.CKR_ATTRIBUTE_READ_ONLY)
+		}
+		if r.flags&fToTrue != 0 && isTrue(old) && !isTrue(v) {
+			return nil, rv(ck.CKR_ATTRIBUTE_READ_ONLY)
+		}
+		if r.flags&fToFalse != 0 && !isTrue(old) && isTrue(v) {
+			return nil, rv(ck.CKR_ATTRIBUTE_READ_ONLY)
+		}
+		if r.flags&fSOTrue != 0 && isTrue(v) && !isTrue(old) && !so {
+			return nil, rv(ck.CKR_ATTRIBUTE_READ_ONLY)
+		}
+		m[t] = v
+	}
+	// Once sensitive, always-sensitive can only have stayed as it was;
+	// once extractable, never-extractable turns false for good.
+	if isTrue(m[ck.CKA_ALWAYS_SENSITIVE]) && !isTrue(m[ck.CKA_SENSITIVE]) {
+		m[ck.CKA_ALWAYS_SENSITIVE] = vFalse
+	}
+	if isTrue(m[ck.CKA_NEVER_EXTRACTABLE]) && isTrue(m[ck.CKA_EXTRACTABLE]) {
+		m[ck.CKA_NEVER_EXTRACTABLE] = vFalse
+	}
+	return m, nil
+}
