@@ -6,12 +6,60 @@ BIN     := bin
 GOFLAGS ?=
 export CGO_ENABLED := 1
 
-.PHONY: all build deps test-deps test vet race fuzz bench run clean
+.PHONY: all build deps test-deps test vet race fuzz bench run clean module test-module
 
 all: build
 
-build: deps
+build: deps module
 	$(GO) build $(GOFLAGS) -o $(BIN)/hsmemu ./cmd/hsmemu
+
+# ---- The PKCS#11 module (cryptoki/module) ----
+# cmd/p11gen writes the stubs, function lists and codecs from the call table
+# (cryptoki/calls) into $(GEN); they are rebuilt when the table or the
+# generator changes, and never committed.
+CC      ?= gcc
+GEN     := build/p11
+P11_CFLAGS = $(shell pkg-config --cflags p11-kit-1)
+MODULE_CFLAGS = -std=gnu11 -Wall -Wextra -Werror -fPIC -shared -pthread -fvisibility=hidden \
+	$(P11_CFLAGS) -Icryptoki/module -I$(GEN)
+MODULE_SRC := $(wildcard cryptoki/module/*.c)
+MODULE_HDR := $(wildcard cryptoki/module/*.h)
+GEN_SRC    := $(GEN)/stubs.c $(GEN)/codec.c $(GEN)/lists.c
+P11GEN_SRC := $(wildcard cmd/p11gen/*.go cryptoki/calls/*.go)
+ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+module: $(BIN)/hsmemu-pkcs11.so
+
+$(GEN)/.stamp: $(P11GEN_SRC)
+	$(GO) run $(GOFLAGS) ./cmd/p11gen -o $(GEN)
+	@touch $@
+
+$(BIN)/hsmemu-pkcs11.so: $(MODULE_SRC) $(MODULE_HDR) $(GEN)/.stamp
+	@mkdir -p $(BIN)
+	$(CC) $(MODULE_CFLAGS) -O2 -o $@ $(MODULE_SRC) $(GEN_SRC)
+
+$(BIN)/hsmemu-pkcs11-asan.so: $(MODULE_SRC) $(MODULE_HDR) $(GEN)/.stamp
+	@mkdir -p $(BIN)
+	$(CC) $(MODULE_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ $(MODULE_SRC) $(GEN_SRC)
+
+# The C tests need no daemon. The ASan/UBSan test program is built with the
+# sanitizers too, so it loads the sanitized module without LD_PRELOAD.
+TEST_CFLAGS = -std=gnu11 -Wall -Wextra -Werror -pthread $(P11_CFLAGS) -Icryptoki/module \
+	-Icryptoki/module/test -I$(GEN)
+TEST_SRC := cryptoki/module/test/module_test.c $(GEN)/argcases.c
+
+build/module-test: $(TEST_SRC) cryptoki/module/test/test.h $(MODULE_HDR) $(GEN)/.stamp
+	$(CC) $(TEST_CFLAGS) -O1 -g -o $@ $(TEST_SRC) -ldl
+
+build/module-test-asan: $(TEST_SRC) cryptoki/module/test/test.h $(MODULE_HDR) $(GEN)/.stamp
+	$(CC) $(TEST_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ $(TEST_SRC) -ldl
+
+test-module: $(BIN)/hsmemu-pkcs11.so $(BIN)/hsmemu-pkcs11-asan.so build/module-test build/module-test-asan
+	@cryptoki/module/test/check-exports.sh $(BIN)/hsmemu-pkcs11.so
+	@cryptoki/module/test/check-exports.sh $(BIN)/hsmemu-pkcs11-asan.so
+	build/module-test $(BIN)/hsmemu-pkcs11.so
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		build/module-test-asan $(BIN)/hsmemu-pkcs11-asan.so
 
 deps:
 	@scripts/install-deps.sh build
@@ -23,8 +71,8 @@ vet:
 	$(GO) vet ./...
 
 # Every test, with the race detector, against real swtpm instances that the
-# tests start and stop themselves.
-test: test-deps build vet
+# tests start and stop themselves; and the module's C tests.
+test: test-deps build vet test-module
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed on:"; gofmt -l .; exit 1; }
 	$(GO) test -race -timeout 15m ./...
 
@@ -46,4 +94,4 @@ run: build test-deps
 	$(BIN)/hsmemu serve
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) build

@@ -3,7 +3,7 @@
 # Usage: scripts/install-deps.sh [build|test]
 set -euo pipefail
 
-build_pkgs=(gcc make libc6-dev pkg-config)
+build_pkgs=(gcc make libc6-dev pkg-config libp11-kit-dev)
 test_pkgs=(swtpm swtpm-tools)
 
 want=("${build_pkgs[@]}")

@@ -1,0 +1,245 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"hsmemu/cryptoki/calls"
+)
+
+// genStubs writes one C function per forwarded call. Each one:
+//
+//  1. returns CKR_CRYPTOKI_NOT_INITIALIZED unless the library is
+//     initialised in this process (hsm_entry);
+//  2. refuses NULL pointers the specification does not allow, NULL data
+//     with a non-zero length, a NULL template with a non-zero count and a
+//     non-NULL reserved pointer, with CKR_ARGUMENTS_BAD;
+//  3. encodes its arguments (docs/protocol.md) and runs the call;
+//  4. without a daemon, gives the call's offline answer;
+//  5. decodes the whole reply into locals and checks it against the
+//     caller's buffers, and only then writes the outputs, so a malformed
+//     reply (CKR_DEVICE_ERROR) never leaves half-written outputs.
+func genStubs(e *emitter) error {
+	e.p("#include <string.h>")
+	e.p("")
+	e.p("#include \"p11gen.h\"")
+	for _, c := range forwarded() {
+		if err := genStub(e, c); err != nil {
+			return fmt.Errorf("%s: %w", c.Name, err)
+		}
+	}
+	return nil
+}
+
+func genStub(e *emitter, c *calls.Call) error {
+	e.p("")
+	e.p("/* %s: call %d. */", c.Name, c.ID)
+	e.p("CK_RV %s(%s)", c.Name, prototype(c))
+	e.p("{")
+	e.p("\thsm_call c;")
+	e.p("\tCK_RV rv = hsm_entry();")
+	e.p("")
+	e.p("\tif (rv != CKR_OK)")
+	e.p("\t\treturn rv;")
+	for _, a := range c.Args {
+		genCheck(e, a)
+	}
+	e.p("")
+	e.p("\thsm_call_init(&c, %d);", c.ID)
+	for _, a := range c.Args {
+		genEncode(e, a)
+	}
+	if c.Name == "C_WaitForSlotEvent" {
+		e.p("\tif (!(flags & CKF_DONT_BLOCK))")
+		e.p("\t\tc.timeout_ms = 0; /* blocks until an event, or C_Finalize */")
+	}
+	e.p("")
+	e.p("\tswitch (hsm_call_run(&c)) {")
+	e.p("\tcase HSM_OFFLINE:")
+	off, err := offlineKind(c)
+	if err != nil {
+		return err
+	}
+	switch off {
+	case offSession:
+		e.p("\t\trv = CKR_SESSION_HANDLE_INVALID;")
+	case offSlot:
+		e.p("\t\trv = hsm_offline_slot(%s);", c.Args[0].Name)
+	case offSlotList:
+		e.p("\t\trv = hsm_offline_slot_list(%s, %s, %s_count);", c.Args[0].Name, c.Args[1].Name, c.Args[1].Name)
+	case offSlotInfo:
+		e.p("\t\trv = hsm_offline_slot_info(%s, %s);", c.Args[0].Name, c.Args[1].Name)
+	case offWait:
+		e.p("\t\trv = hsm_offline_wait(%s);", c.Args[0].Name)
+	}
+	e.p("\t\tgoto out;")
+	e.p("\tcase HSM_FAILED:")
+	e.p("\t\trv = c.rv;")
+	e.p("\t\tgoto out;")
+	e.p("\tcase HSM_REPLIED:")
+	e.p("\t\tbreak;")
+	e.p("\t}")
+	e.p("\trv = c.rv;")
+
+	var outs []calls.Arg
+	for _, a := range c.Args {
+		if isOutput(a.Kind) {
+			outs = append(outs, a)
+		}
+	}
+	if len(outs) == 0 {
+		e.p("\tif (c.has_results && !hsm_get_end(&c.res))")
+		e.p("\t\trv = CKR_DEVICE_ERROR;")
+	} else {
+		e.p("\tif (!c.has_results) {")
+		e.p("\t\tif (rv == CKR_OK)")
+		e.p("\t\t\trv = CKR_DEVICE_ERROR; /* CKR_OK always carries results */")
+		e.p("\t\tgoto out;")
+		e.p("\t}")
+		e.p("\t{")
+		for _, a := range outs {
+			genDecode(e, a)
+		}
+		conds := []string{"!hsm_get_end(&c.res)"}
+		for _, a := range outs {
+			if chk := outCheck(a); chk != "" {
+				conds = append(conds, "!("+chk+")")
+			}
+		}
+		e.p("\t\tif (%s) {", strings.Join(conds, " ||\n\t\t    "))
+		e.p("\t\t\trv = CKR_DEVICE_ERROR;")
+		e.p("\t\t\tgoto out;")
+		e.p("\t\t}")
+		for _, a := range outs {
+			genCommit(e, a)
+		}
+		e.p("\t}")
+	}
+	e.p("out:")
+	e.p("\thsm_call_end(&c);")
+	e.p("\treturn rv;")
+	e.p("}")
+	return nil
+}
+
+// genCheck writes the argument checks that precede any encoding.
+func genCheck(e *emitter, a calls.Arg) {
+	n := a.Name
+	bad := func(cond string) {
+		e.p("\tif (%s)", cond)
+		e.p("\t\treturn CKR_ARGUMENTS_BAD;")
+	}
+	switch a.Kind {
+	case calls.Bytes, calls.OutFilled:
+		bad(fmt.Sprintf("%s == NULL && %s_len != 0", n, n))
+	case calls.Label, calls.Mechanism, calls.OutUlong, calls.OutStruct:
+		bad(fmt.Sprintf("%s == NULL", n))
+	case calls.Template, calls.AttrQuery:
+		bad(fmt.Sprintf("%s == NULL && %s_count != 0", n, n))
+	case calls.OutBytes:
+		bad(fmt.Sprintf("%s_len == NULL", n))
+	case calls.OutUlongs:
+		bad(fmt.Sprintf("%s_count == NULL", n))
+	case calls.OutHandles:
+		bad(fmt.Sprintf("%s_count == NULL || (%s == NULL && %s_max != 0)", n, n, n))
+	case calls.Reserved:
+		bad(fmt.Sprintf("%s != NULL", n))
+	case calls.Ignored:
+		e.p("\t(void)%s;", n)
+	}
+}
+
+// genEncode writes an argument into the request (docs/protocol.md, "Values").
+func genEncode(e *emitter, a calls.Arg) {
+	n := a.Name
+	switch a.Kind {
+	case calls.Ulong:
+		e.p("\thsm_put_u64(&c.req, (uint64_t)%s);", n)
+	case calls.Byte:
+		e.p("\thsm_put_u8(&c.req, (uint8_t)%s);", n)
+	case calls.Bytes:
+		e.p("\thsm_put_bytes(&c.req, %s, %s_len);", n, n)
+	case calls.Label:
+		e.p("\thsm_put_bytes(&c.req, %s, 32);", n)
+	case calls.Template:
+		e.p("\thsm_put_template(&c.req, %s, %s_count);", n, n)
+	case calls.AttrQuery:
+		e.p("\thsm_put_query(&c.req, %s, %s_count);", n, n)
+	case calls.Mechanism:
+		e.p("\thsm_put_mechanism(&c.req, %s);", n)
+	case calls.OutBytes:
+		e.p("\thsm_put_outspec(&c.req, %s != NULL, *%s_len);", n, n)
+	case calls.OutUlongs:
+		e.p("\thsm_put_outspec(&c.req, %s != NULL, *%s_count);", n, n)
+	case calls.OutHandles:
+		e.p("\thsm_put_u64(&c.req, (uint64_t)%s_max);", n)
+	case calls.OutFilled:
+		e.p("\tif (%s_len > HSM_MAX_BYTES)", n)
+		e.p("\t\thsm_fail(&c.req, CKR_ARGUMENTS_BAD); /* the reply could not carry it */")
+		e.p("\thsm_put_u64(&c.req, (uint64_t)%s_len);", n)
+	}
+}
+
+// genDecode reads an output from the reply into locals named o_<name>.
+func genDecode(e *emitter, a calls.Arg) {
+	n := a.Name
+	switch a.Kind {
+	case calls.OutUlong:
+		e.p("\t\tCK_ULONG o_%s = hsm_get_ulong(&c.res);", n)
+	case calls.OutBytes:
+		e.p("\t\thsm_outbytes o_%s;", n)
+		e.p("\t\thsm_get_outbytes(&c.res, &o_%s);", n)
+	case calls.OutUlongs:
+		e.p("\t\thsm_outulongs o_%s;", n)
+		e.p("\t\thsm_get_outulongs(&c.res, &o_%s);", n)
+	case calls.OutHandles:
+		e.p("\t\thsm_outulongs o_%s;", n)
+		e.p("\t\thsm_get_ulongs(&c.res, &o_%s);", n)
+	case calls.AttrQuery:
+		e.p("\t\thsm_answers o_%s;", n)
+		e.p("\t\thsm_get_answers(&c.res, &o_%s, %s, %s_count);", n, n, n)
+	case calls.OutStruct:
+		e.p("\t\t%s o_%s;", a.Struct, n)
+		e.p("\t\thsm_dec_%s(&c.res, &o_%s);", a.Struct, n)
+	case calls.OutFilled:
+		e.p("\t\tuint32_t o_%s_n;", n)
+		e.p("\t\tint o_%s_null;", n)
+		e.p("\t\tconst uint8_t *o_%s = hsm_get_bytes(&c.res, &o_%s_n, &o_%s_null);", n, n, n)
+	}
+}
+
+// outCheck is the condition under which a decoded output fits the caller.
+func outCheck(a calls.Arg) string {
+	n := a.Name
+	switch a.Kind {
+	case calls.OutBytes:
+		return fmt.Sprintf("hsm_outbytes_ok(&o_%s, %s, *%s_len)", n, n, n)
+	case calls.OutUlongs:
+		return fmt.Sprintf("hsm_outulongs_ok(&o_%s, %s, *%s_count)", n, n, n)
+	case calls.OutHandles:
+		return fmt.Sprintf("hsm_outulongs_ok(&o_%s, %s, %s_max)", n, n, n)
+	case calls.OutFilled:
+		return fmt.Sprintf("!o_%s_null && o_%s_n == %s_len", n, n, n)
+	}
+	return ""
+}
+
+// genCommit writes a checked output to the caller.
+func genCommit(e *emitter, a calls.Arg) {
+	n := a.Name
+	switch a.Kind {
+	case calls.OutUlong:
+		e.p("\t\t*%s = (%s)o_%s;", n, a.CType, n)
+	case calls.OutBytes:
+		e.p("\t\thsm_outbytes_commit(&o_%s, %s, %s_len);", n, n, n)
+	case calls.OutUlongs, calls.OutHandles:
+		e.p("\t\thsm_outulongs_commit(&o_%s, %s, %s_count);", n, n, n)
+	case calls.AttrQuery:
+		e.p("\t\trv = hsm_answers_commit(&o_%s, %s, %s_count, rv);", n, n, n)
+	case calls.OutStruct:
+		e.p("\t\t*%s = o_%s;", n, n)
+	case calls.OutFilled:
+		e.p("\t\tif (o_%s_n > 0)", n)
+		e.p("\t\t\tmemcpy(%s, o_%s, o_%s_n);", n, n, n)
+	}
+}

@@ -1,0 +1,261 @@
+/*
+ * buf.c: the protocol's values (docs/protocol.md, "Values"), encoded into a
+ * growing request buffer and decoded from a reply with a bound on every
+ * length. Encoding errors are sticky in hsm_wbuf.err and decoding errors in
+ * hsm_rbuf.bad, so a stub encodes or decodes everything and checks once.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "hsm.h"
+
+void hsm_fail(hsm_wbuf *w, CK_RV rv)
+{
+	if (w->err == CKR_OK)
+		w->err = rv;
+}
+
+static int grow(hsm_wbuf *w, size_t n)
+{
+	if (w->err != CKR_OK)
+		return 0;
+	/* A request longer than a frame may be is refused here, as the daemon
+	 * would refuse it: the caller's arguments are too big to carry. */
+	if (n > HSM_MAX_FRAME || w->len > HSM_MAX_FRAME + 4 - n) {
+		hsm_fail(w, CKR_ARGUMENTS_BAD);
+		return 0;
+	}
+	if (w->len + n <= w->cap)
+		return 1;
+	size_t cap = w->cap ? w->cap : 256;
+	while (cap < w->len + n)
+		cap *= 2;
+	uint8_t *p = realloc(w->p, cap);
+	if (p == NULL) {
+		hsm_fail(w, CKR_HOST_MEMORY);
+		return 0;
+	}
+	w->p = p;
+	w->cap = cap;
+	return 1;
+}
+
+void hsm_put_raw(hsm_wbuf *w, const void *p, size_t n)
+{
+	if (n == 0 || !grow(w, n))
+		return;
+	memcpy(w->p + w->len, p, n);
+	w->len += n;
+}
+
+void hsm_put_u8(hsm_wbuf *w, uint8_t v)
+{
+	hsm_put_raw(w, &v, 1);
+}
+
+void hsm_put_u16(hsm_wbuf *w, uint16_t v)
+{
+	uint8_t b[2] = {(uint8_t)(v >> 8), (uint8_t)v};
+	hsm_put_raw(w, b, 2);
+}
+
+void hsm_put_u32(hsm_wbuf *w, uint32_t v)
+{
+	uint8_t b[4];
+	hsm_put_be32(b, v);
+	hsm_put_raw(w, b, 4);
+}
+
+void hsm_put_u64(hsm_wbuf *w, uint64_t v)
+{
+	uint8_t b[8];
+	hsm_put_be64(b, v);
+	hsm_put_raw(w, b, 8);
+}
+
+static void put_bytes(hsm_wbuf *w, const void *p, CK_ULONG n, CK_RV bad)
+{
+	if (p == NULL) {
+		if (n != 0)
+			hsm_fail(w, bad);
+		hsm_put_u32(w, HSM_NULL32);
+		return;
+	}
+	if (n > HSM_MAX_BYTES) {
+		hsm_fail(w, CKR_ARGUMENTS_BAD);
+		return;
+	}
+	hsm_put_u32(w, (uint32_t)n);
+	hsm_put_raw(w, p, n);
+}
+
+void hsm_put_bytes(hsm_wbuf *w, const void *p, CK_ULONG n)
+{
+	put_bytes(w, p, n, CKR_ARGUMENTS_BAD);
+}
+
+void hsm_put_param_bytes(hsm_wbuf *w, const void *p, CK_ULONG n)
+{
+	put_bytes(w, p, n, CKR_MECHANISM_PARAM_INVALID);
+}
+
+void hsm_put_outspec(hsm_wbuf *w, int present, CK_ULONG capacity)
+{
+	hsm_put_u8(w, present ? 1 : 0);
+	hsm_put_u64(w, capacity);
+}
+
+const uint8_t *hsm_get_raw(hsm_rbuf *r, size_t n)
+{
+	if (r->bad || n > r->len - r->off) {
+		r->bad = 1;
+		return NULL;
+	}
+	const uint8_t *p = r->p + r->off;
+	r->off += n;
+	return p;
+}
+
+void hsm_get_raw_into(hsm_rbuf *r, void *dst, size_t n)
+{
+	const uint8_t *p = hsm_get_raw(r, n);
+	if (p != NULL)
+		memcpy(dst, p, n);
+	else
+		memset(dst, 0, n);
+}
+
+uint8_t hsm_get_u8(hsm_rbuf *r)
+{
+	const uint8_t *p = hsm_get_raw(r, 1);
+	return p ? p[0] : 0;
+}
+
+uint32_t hsm_get_u32(hsm_rbuf *r)
+{
+	const uint8_t *p = hsm_get_raw(r, 4);
+	return p ? hsm_be32(p) : 0;
+}
+
+uint64_t hsm_get_u64(hsm_rbuf *r)
+{
+	const uint8_t *p = hsm_get_raw(r, 8);
+	return p ? hsm_be64(p) : 0;
+}
+
+CK_ULONG hsm_get_ulong(hsm_rbuf *r)
+{
+	uint64_t v = hsm_get_u64(r);
+	if (v == HSM_UNAVAILABLE64)
+		return CK_UNAVAILABLE_INFORMATION;
+	if (!hsm_fits_ulong(v)) {
+		r->bad = 1;
+		return 0;
+	}
+	return (CK_ULONG)v;
+}
+
+const uint8_t *hsm_get_bytes(hsm_rbuf *r, uint32_t *n, int *isnull)
+{
+	uint32_t len = hsm_get_u32(r);
+	*n = 0;
+	*isnull = 0;
+	if (r->bad)
+		return NULL;
+	if (len == HSM_NULL32) {
+		*isnull = 1;
+		return NULL;
+	}
+	if (len > HSM_MAX_BYTES) {
+		r->bad = 1;
+		return NULL;
+	}
+	const uint8_t *p = hsm_get_raw(r, len);
+	if (p != NULL)
+		*n = len;
+	return p;
+}
+
+int hsm_get_end(const hsm_rbuf *r)
+{
+	return !r->bad && r->off == r->len;
+}
+
+void hsm_get_outbytes(hsm_rbuf *r, hsm_outbytes *o)
+{
+	int isnull;
+	o->len = hsm_get_u64(r);
+	o->data = hsm_get_bytes(r, &o->n, &isnull);
+	if (!isnull && o->data == NULL && !r->bad)
+		o->data = r->p + r->off; /* an empty, non-NULL value */
+}
+
+int hsm_outbytes_ok(const hsm_outbytes *o, const void *buf, CK_ULONG cap)
+{
+	if (!hsm_fits_ulong(o->len) || o->len == HSM_UNAVAILABLE64)
+		return 0;
+	if (o->data == NULL)
+		return 1;
+	/* Data came: the caller had a buffer, and it holds all of it. */
+	return buf != NULL && o->n == o->len && o->len <= cap;
+}
+
+void hsm_outbytes_commit(const hsm_outbytes *o, void *buf, CK_ULONG_PTR len)
+{
+	*len = (CK_ULONG)o->len;
+	if (o->data != NULL && o->n > 0)
+		memcpy(buf, o->data, o->n);
+}
+
+static void get_ulongs(hsm_rbuf *r, hsm_outulongs *o)
+{
+	uint32_t n = hsm_get_u32(r);
+	o->items = NULL;
+	o->n = 0;
+	if (r->bad || n == HSM_NULL32)
+		return;
+	if (n > HSM_MAX_ULONGS) {
+		r->bad = 1;
+		return;
+	}
+	o->items = hsm_get_raw(r, (size_t)n * 8);
+	if (o->items != NULL)
+		o->n = n;
+}
+
+void hsm_get_outulongs(hsm_rbuf *r, hsm_outulongs *o)
+{
+	o->count = hsm_get_u64(r);
+	get_ulongs(r, o);
+}
+
+void hsm_get_ulongs(hsm_rbuf *r, hsm_outulongs *o)
+{
+	get_ulongs(r, o);
+	o->count = o->n;
+	if (o->items == NULL)
+		r->bad = 1; /* a list is required here */
+}
+
+int hsm_outulongs_ok(const hsm_outulongs *o, const void *list, CK_ULONG cap)
+{
+	if (!hsm_fits_ulong(o->count) || o->count == HSM_UNAVAILABLE64)
+		return 0;
+	if (o->items == NULL)
+		return 1;
+	if (list == NULL || o->n != o->count || o->count > cap)
+		return 0;
+	for (uint32_t i = 0; i < o->n; i++)
+		if (!hsm_fits_ulong(hsm_be64(o->items + 8 * (size_t)i)))
+			return 0;
+	return 1;
+}
+
+void hsm_outulongs_commit(const hsm_outulongs *o, CK_ULONG *list, CK_ULONG_PTR count)
+{
+	*count = (CK_ULONG)o->count;
+	if (o->items == NULL)
+		return;
+	for (uint32_t i = 0; i < o->n; i++)
+		list[i] = (CK_ULONG)hsm_be64(o->items + 8 * (size_t)i);
+}

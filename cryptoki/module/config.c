@@ -1,0 +1,179 @@
+/*
+ * config.c: where the daemon listens (docs/protocol.md, "Connection").
+ *
+ *   1. HSMEMU_SOCKET;
+ *   2. the "socket = PATH" line of the configuration file: HSMEMU_CONFIG,
+ *      else $XDG_CONFIG_HOME/hsmemu/module.conf, else
+ *      ~/.config/hsmemu/module.conf;
+ *   3. $XDG_DATA_HOME/hsmemu/hsmemu.sock, else
+ *      ~/.local/share/hsmemu/hsmemu.sock.
+ *
+ * The file may also say "timeout = SECONDS": how long a call waits for its
+ * reply before it fails with CKR_DEVICE_ERROR (default 60; 0 waits forever).
+ * Lines are "key = value"; blank lines and lines starting with '#' are
+ * skipped; unknown keys are ignored. Environment variables are read with
+ * secure_getenv, so a set-id program ignores them.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "hsm.h"
+
+#define DEFAULT_TIMEOUT_MS 60000
+#define MAX_CONFIG 65536
+
+static const char *env(const char *name)
+{
+	const char *v = secure_getenv(name);
+	return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
+/* home returns the user's home directory into buf, or NULL. */
+static const char *home(char *buf, size_t n)
+{
+	const char *h = env("HOME");
+	if (h != NULL)
+		return h;
+	struct passwd pw, *res = NULL;
+	if (getpwuid_r(getuid(), &pw, buf, n, &res) != 0 || res == NULL || res->pw_dir == NULL)
+		return NULL;
+	return res->pw_dir;
+}
+
+/* join writes a + b into out; 0 when it does not fit. */
+static int join(char *out, size_t n, const char *a, const char *b)
+{
+	int k = snprintf(out, n, "%s%s", a, b);
+	return k > 0 && (size_t)k < n;
+}
+
+/* xdg_path builds $VAR/rel, or $HOME/fallback/rel; XDG variables that are
+ * not absolute paths are ignored, as the XDG base directory rules say. */
+static int xdg_path(char *out, size_t n, const char *var, const char *fallback, const char *rel)
+{
+	const char *base = env(var);
+	if (base != NULL && base[0] == '/') {
+		char tmp[4096];
+		return join(tmp, sizeof tmp, base, "/") && join(out, n, tmp, rel);
+	}
+	char pwbuf[4096], tmp[4096];
+	const char *h = home(pwbuf, sizeof pwbuf);
+	if (h == NULL)
+		return 0;
+	return snprintf(tmp, sizeof tmp, "%s/%s/", h, fallback) < (int)sizeof tmp &&
+	       join(out, n, tmp, rel);
+}
+
+static char *trim(char *s)
+{
+	while (*s == ' ' || *s == '\t')
+		s++;
+	char *e = s + strlen(s);
+	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
+		*--e = '\0';
+	return s;
+}
+
+/* set_socket stores a path, expanding a leading "~/"; a path that does not
+ * fit sun_path leaves the socket empty (no daemon). */
+static void set_socket(hsm_config *cfg, const char *path)
+{
+	cfg->socket[0] = '\0';
+	if (path[0] == '~' && path[1] == '/') {
+		char pwbuf[4096];
+		const char *h = home(pwbuf, sizeof pwbuf);
+		if (h == NULL || !join(cfg->socket, sizeof cfg->socket, h, path + 1))
+			cfg->socket[0] = '\0';
+		return;
+	}
+	if (!join(cfg->socket, sizeof cfg->socket, path, ""))
+		cfg->socket[0] = '\0';
+}
+
+/* read_file reads a small file into a NUL-terminated heap buffer. */
+static char *read_file(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0)
+		return NULL;
+	char *buf = malloc(MAX_CONFIG + 1);
+	size_t n = 0;
+	while (buf != NULL && n < MAX_CONFIG) {
+		ssize_t k = read(fd, buf + n, MAX_CONFIG - n);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			break;
+		n += (size_t)k;
+	}
+	close(fd);
+	if (buf != NULL)
+		buf[n] = '\0';
+	return buf;
+}
+
+/* parse_config reads "key = value" lines; returns whether a socket was set. */
+static int parse_config(hsm_config *cfg, char *text)
+{
+	int have_socket = 0;
+	for (char *line = text, *next; line != NULL; line = next) {
+		next = strchr(line, '\n');
+		if (next != NULL)
+			*next++ = '\0';
+		char *l = trim(line);
+		if (l[0] == '\0' || l[0] == '#')
+			continue;
+		char *eq = strchr(l, '=');
+		if (eq == NULL)
+			continue;
+		*eq = '\0';
+		char *key = trim(l), *val = trim(eq + 1);
+		if (strcmp(key, "socket") == 0 && val[0] != '\0') {
+			set_socket(cfg, val);
+			have_socket = 1;
+		} else if (strcmp(key, "timeout") == 0) {
+			char *end;
+			errno = 0;
+			long s = strtol(val, &end, 10);
+			if (errno == 0 && *end == '\0' && s >= 0 && s <= 86400)
+				cfg->timeout_ms = (int)s * 1000;
+		}
+	}
+	return have_socket;
+}
+
+void hsm_config_load(hsm_config *cfg)
+{
+	char path[4096];
+	int have_socket = 0;
+
+	cfg->socket[0] = '\0';
+	cfg->timeout_ms = DEFAULT_TIMEOUT_MS;
+
+	const char *file = env("HSMEMU_CONFIG");
+	if (file == NULL && xdg_path(path, sizeof path, "XDG_CONFIG_HOME", ".config", "hsmemu/module.conf"))
+		file = path;
+	if (file != NULL) {
+		char *text = read_file(file);
+		if (text != NULL) {
+			have_socket = parse_config(cfg, text);
+			free(text);
+		}
+	}
+
+	const char *sock = env("HSMEMU_SOCKET");
+	if (sock != NULL) {
+		set_socket(cfg, sock);
+		return;
+	}
+	if (have_socket)
+		return;
+	if (xdg_path(path, sizeof path, "XDG_DATA_HOME", ".local/share", "hsmemu/hsmemu.sock"))
+		set_socket(cfg, path);
+}

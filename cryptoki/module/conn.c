@@ -1,0 +1,215 @@
+/*
+ * conn.c: one connection to the daemon: dial and hello, send a frame, read
+ * a frame. Sockets are close-on-exec and non-blocking; every wait is a
+ * poll() with a deadline, so a daemon that stopped answering costs a call
+ * its timeout, never the application a hang. Writes use MSG_NOSIGNAL: a
+ * daemon that went away is EPIPE, not SIGPIPE.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hsm.h"
+
+#define HELLO_TIMEOUT_MS 5000
+#define POLL_SLICE_MS 250 /* how often a waiting call looks at the epoch */
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* wait_fd polls fd for events until the deadline (< 0: none), giving up
+ * early when the library's epoch moves (C_Finalize). */
+static enum hsm_io wait_fd(int fd, short events, long long deadline, unsigned long epoch)
+{
+	for (;;) {
+		int slice = POLL_SLICE_MS;
+		if (deadline >= 0) {
+			long long left = deadline - now_ms();
+			if (left <= 0)
+				return HSM_IO_TIMEOUT;
+			if (left < slice)
+				slice = (int)left;
+		}
+		struct pollfd p = {.fd = fd, .events = events};
+		int k = poll(&p, 1, slice);
+		if (k < 0 && errno != EINTR)
+			return HSM_IO_BROKEN;
+		if (k > 0)
+			return HSM_IO_OK; /* readable, writable, or hung up: the I/O says */
+		if (epoch != 0 && hsm_epoch() != epoch)
+			return HSM_IO_FINALIZED;
+	}
+}
+
+static enum hsm_io send_all(int fd, const uint8_t *p, size_t n, long long deadline, unsigned long epoch)
+{
+	while (n > 0) {
+		ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+		if (k > 0) {
+			p += k;
+			n -= (size_t)k;
+			continue;
+		}
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			enum hsm_io io = wait_fd(fd, POLLOUT, deadline, epoch);
+			if (io != HSM_IO_OK)
+				return io;
+			continue;
+		}
+		return HSM_IO_BROKEN; /* EPIPE, ECONNRESET, ... */
+	}
+	return HSM_IO_OK;
+}
+
+static enum hsm_io recv_all(int fd, uint8_t *p, size_t n, long long deadline, unsigned long epoch)
+{
+	while (n > 0) {
+		ssize_t k = recv(fd, p, n, 0);
+		if (k > 0) {
+			p += k;
+			n -= (size_t)k;
+			continue;
+		}
+		if (k == 0)
+			return HSM_IO_BROKEN; /* EOF: the daemon closed */
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			enum hsm_io io = wait_fd(fd, POLLIN, deadline, epoch);
+			if (io != HSM_IO_OK)
+				return io;
+			continue;
+		}
+		return HSM_IO_BROKEN;
+	}
+	return HSM_IO_OK;
+}
+
+static enum hsm_io hello(int fd)
+{
+	uint8_t h[32], r[8];
+	memcpy(h, "HSMU", 4);
+	h[4] = 0, h[5] = 1; /* version 1 */
+	h[6] = 0, h[7] = 0; /* flags */
+	memcpy(h + 8, hsm_app_id(), 16);
+	hsm_put_be32(h + 24, (uint32_t)getpid());
+	hsm_put_be32(h + 28, 0);
+
+	long long deadline = now_ms() + HELLO_TIMEOUT_MS;
+	if (send_all(fd, h, sizeof h, deadline, 0) != HSM_IO_OK)
+		return HSM_IO_UNAVAILABLE;
+	if (recv_all(fd, r, sizeof r, deadline, 0) != HSM_IO_OK)
+		return HSM_IO_UNAVAILABLE;
+	/* Not our daemon, a version it does not speak, or refused: as if no
+	 * daemon ran. */
+	if (memcmp(r, "HSMU", 4) != 0 || r[4] != 0 || r[5] != 1 || r[6] != 0 || r[7] != 0)
+		return HSM_IO_UNAVAILABLE;
+	return HSM_IO_OK;
+}
+
+enum hsm_io hsm_conn_dial(int *out)
+{
+	const hsm_config *cfg = hsm_config_get();
+	struct sockaddr_un sa;
+
+	if (cfg->socket[0] == '\0')
+		return HSM_IO_UNAVAILABLE;
+	memset(&sa, 0, sizeof sa);
+	sa.sun_family = AF_UNIX;
+	memcpy(sa.sun_path, cfg->socket, sizeof sa.sun_path);
+
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return errno == ENOMEM || errno == ENOBUFS ? HSM_IO_NOMEM : HSM_IO_UNAVAILABLE;
+
+	/* A Unix socket connects at once or fails; EAGAIN means the daemon's
+	 * backlog is full for now, so try again shortly, within the hello's
+	 * deadline. */
+	long long deadline = now_ms() + HELLO_TIMEOUT_MS;
+	for (;;) {
+		if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+			break;
+		if (errno == EINTR)
+			continue;
+		if (errno == EINPROGRESS) {
+			int err = 0;
+			socklen_t len = sizeof err;
+			if (wait_fd(fd, POLLOUT, deadline, 0) != HSM_IO_OK ||
+			    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
+				close(fd);
+				return HSM_IO_UNAVAILABLE;
+			}
+			break;
+		}
+		if (errno == EAGAIN && now_ms() < deadline) {
+			struct timespec ts = {0, 10 * 1000 * 1000};
+			nanosleep(&ts, NULL);
+			continue;
+		}
+		close(fd);
+		return HSM_IO_UNAVAILABLE;
+	}
+	enum hsm_io io = hello(fd);
+	if (io != HSM_IO_OK) {
+		close(fd);
+		return io;
+	}
+	*out = fd;
+	return HSM_IO_OK;
+}
+
+enum hsm_io hsm_conn_send(int fd, const uint8_t *p, size_t n, unsigned long epoch)
+{
+	const hsm_config *cfg = hsm_config_get();
+	long long deadline = cfg->timeout_ms > 0 ? now_ms() + cfg->timeout_ms : -1;
+	return send_all(fd, p, n, deadline, epoch);
+}
+
+enum hsm_io hsm_conn_recv_frame(int fd, uint8_t **frame, uint32_t *len, int timeout_ms,
+				unsigned long epoch)
+{
+	long long deadline = timeout_ms > 0 ? now_ms() + timeout_ms : -1;
+	uint8_t h[4];
+	enum hsm_io io = recv_all(fd, h, 4, deadline, epoch);
+	if (io != HSM_IO_OK)
+		return io;
+	uint32_t n = hsm_be32(h);
+	/* request id u32, rv u64, has-results u8 at least; 16 MiB at most. */
+	if (n < 13 || n > HSM_MAX_FRAME)
+		return HSM_IO_MALFORMED;
+	uint8_t *p = malloc(n);
+	if (p == NULL)
+		return HSM_IO_NOMEM;
+	io = recv_all(fd, p, n, deadline, epoch);
+	if (io != HSM_IO_OK) {
+		free(p);
+		return io;
+	}
+	*frame = p;
+	*len = n;
+	return HSM_IO_OK;
+}
+
+/* hsm_conn_stale says whether an idle connection has something to read
+ * (EOF, a reset, or bytes no request asked for): it cannot carry a call. */
+int hsm_conn_stale(int fd)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	int k;
+	do
+		k = poll(&p, 1, 0);
+	while (k < 0 && errno == EINTR);
+	return k != 0;
+}

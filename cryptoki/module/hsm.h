@@ -1,0 +1,254 @@
+/*
+ * hsm.h: the runtime of hsmemu's PKCS#11 module, shared by the hand-written
+ * sources in cryptoki/module and the stubs cmd/p11gen generates.
+ *
+ * A generated stub checks the library state (hsm_entry), validates its
+ * arguments, encodes them into an hsm_call's request (hsm_put_*), runs the
+ * call (hsm_call_run) and decodes the reply (hsm_get_*) into its outputs.
+ * The wire format is docs/protocol.md.
+ */
+#ifndef HSMEMU_HSM_H
+#define HSMEMU_HSM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "p11compat.h"
+
+#define HSM_EXPORT __attribute__((visibility("default")))
+
+/* Limits of docs/protocol.md. */
+#define HSM_MAX_FRAME (16u << 20)      /* bytes after a frame's length */
+#define HSM_MAX_BYTES (16u << 20)      /* one bytes value */
+#define HSM_MAX_ULONGS (1u << 20)      /* items of one ulongs value */
+#define HSM_MAX_TEMPLATE 4096u         /* attributes of one template or query */
+#define HSM_MAX_NESTING 1              /* a template may hold templates, they may not */
+#define HSM_NULL32 0xFFFFFFFFu         /* length or count meaning NULL */
+#define HSM_UNAVAILABLE64 UINT64_MAX   /* CK_UNAVAILABLE_INFORMATION on the wire */
+
+/* ---- state.c: initialisation, fork generations ---- */
+
+/* hsm_entry is the first thing every entry point but C_Initialize,
+ * C_GetFunctionList, C_GetInterfaceList and C_GetInterface does: CKR_OK when
+ * the library is initialised in this process, CKR_CRYPTOKI_NOT_INITIALIZED
+ * otherwise (including in a forked child that has not called C_Initialize). */
+CK_RV hsm_entry(void);
+
+/* hsm_epoch is the number of the current initialisation; it changes at every
+ * C_Initialize and C_Finalize. A call that sees it change while it waits
+ * gives up with CKR_CRYPTOKI_NOT_INITIALIZED. */
+unsigned long hsm_epoch(void);
+
+/* The application id of this initialisation (16 bytes). */
+const uint8_t *hsm_app_id(void);
+
+/* ---- lock.c: the mutex CK_C_INITIALIZE_ARGS asks for ---- */
+
+typedef struct hsm_mutex hsm_mutex;
+CK_RV hsm_locking_configure(const CK_C_INITIALIZE_ARGS *args);
+CK_RV hsm_mutex_new(hsm_mutex **m);
+void hsm_mutex_free(hsm_mutex *m);
+void hsm_mutex_abandon(hsm_mutex *m);
+void hsm_lock(hsm_mutex *m);
+void hsm_unlock(hsm_mutex *m);
+
+/* ---- config.c: where the daemon is ---- */
+
+typedef struct hsm_config {
+	char socket[108];   /* sun_path; empty when no usable path was found */
+	int timeout_ms;     /* how long a call waits for its reply; 0: forever */
+} hsm_config;
+
+/* hsm_config_load resolves the socket path (HSMEMU_SOCKET, the
+ * configuration file, the default) into cfg. It never fails: an unusable
+ * path leaves cfg->socket empty and the module acts as if no daemon ran. */
+void hsm_config_load(hsm_config *cfg);
+const hsm_config *hsm_config_get(void);
+
+/* ---- buf.c: encoding and decoding ---- */
+
+typedef struct hsm_wbuf {
+	uint8_t *p;
+	size_t len, cap;
+	CK_RV err;          /* first error while encoding; CKR_OK otherwise */
+} hsm_wbuf;
+
+typedef struct hsm_rbuf {
+	const uint8_t *p;
+	size_t len, off;
+	int bad;            /* the reply did not decode */
+} hsm_rbuf;
+
+void hsm_fail(hsm_wbuf *w, CK_RV rv);
+void hsm_put_raw(hsm_wbuf *w, const void *p, size_t n);
+void hsm_put_u8(hsm_wbuf *w, uint8_t v);
+void hsm_put_u16(hsm_wbuf *w, uint16_t v);
+void hsm_put_u32(hsm_wbuf *w, uint32_t v);
+void hsm_put_u64(hsm_wbuf *w, uint64_t v);
+/* bytes: NULL with a non-zero length fails with CKR_ARGUMENTS_BAD. */
+void hsm_put_bytes(hsm_wbuf *w, const void *p, CK_ULONG n);
+/* bytes inside a mechanism parameter: the same, but CKR_MECHANISM_PARAM_INVALID. */
+void hsm_put_param_bytes(hsm_wbuf *w, const void *p, CK_ULONG n);
+void hsm_put_outspec(hsm_wbuf *w, int present, CK_ULONG capacity);
+
+uint8_t hsm_get_u8(hsm_rbuf *r);
+uint32_t hsm_get_u32(hsm_rbuf *r);
+uint64_t hsm_get_u64(hsm_rbuf *r);
+const uint8_t *hsm_get_raw(hsm_rbuf *r, size_t n);
+void hsm_get_raw_into(hsm_rbuf *r, void *dst, size_t n);
+/* A u64 that must be a CK_ULONG; HSM_UNAVAILABLE64 becomes CK_UNAVAILABLE_INFORMATION. */
+CK_ULONG hsm_get_ulong(hsm_rbuf *r);
+/* bytes: *isnull set for the NULL marker; *n bounded by HSM_MAX_BYTES. */
+const uint8_t *hsm_get_bytes(hsm_rbuf *r, uint32_t *n, int *isnull);
+/* hsm_get_end: the reply decoded and nothing is left over. */
+int hsm_get_end(const hsm_rbuf *r);
+
+static inline uint64_t hsm_be64(const uint8_t *p)
+{
+	return ((uint64_t)p[0] << 56) | ((uint64_t)p[1] << 48) | ((uint64_t)p[2] << 40) |
+	       ((uint64_t)p[3] << 32) | ((uint64_t)p[4] << 24) | ((uint64_t)p[5] << 16) |
+	       ((uint64_t)p[6] << 8) | (uint64_t)p[7];
+}
+
+static inline uint32_t hsm_be32(const uint8_t *p)
+{
+	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+static inline void hsm_put_be64(uint8_t *p, uint64_t v)
+{
+	for (int i = 7; i >= 0; i--, v >>= 8)
+		p[i] = (uint8_t)v;
+}
+
+static inline void hsm_put_be32(uint8_t *p, uint32_t v)
+{
+	for (int i = 3; i >= 0; i--, v >>= 8)
+		p[i] = (uint8_t)v;
+}
+
+/* hsm_fits_ulong: v is representable as a host CK_ULONG. */
+static inline int hsm_fits_ulong(uint64_t v)
+{
+	return (uint64_t)(CK_ULONG)v == v;
+}
+
+/* ---- outputs under the size-query convention (buf.c) ---- */
+
+typedef struct hsm_outbytes {
+	uint64_t len;           /* the length the daemon reports */
+	const uint8_t *data;    /* the data, or NULL when only the length came */
+	uint32_t n;
+} hsm_outbytes;
+
+void hsm_get_outbytes(hsm_rbuf *r, hsm_outbytes *o);
+/* The reply fits what the caller asked: buf and cap are the caller's. */
+int hsm_outbytes_ok(const hsm_outbytes *o, const void *buf, CK_ULONG cap);
+void hsm_outbytes_commit(const hsm_outbytes *o, void *buf, CK_ULONG_PTR len);
+
+typedef struct hsm_outulongs {
+	uint64_t count;         /* the count the daemon reports */
+	const uint8_t *items;   /* count x u64, or NULL when only the count came */
+	uint32_t n;
+} hsm_outulongs;
+
+void hsm_get_outulongs(hsm_rbuf *r, hsm_outulongs *o);
+/* ulongs (no leading count), as C_FindObjects' reply. */
+void hsm_get_ulongs(hsm_rbuf *r, hsm_outulongs *o);
+int hsm_outulongs_ok(const hsm_outulongs *o, const void *list, CK_ULONG cap);
+void hsm_outulongs_commit(const hsm_outulongs *o, CK_ULONG *list, CK_ULONG_PTR count);
+
+/* ---- attrs.c: templates, queries, answers ---- */
+
+enum { HSM_ATTR_BYTES, HSM_ATTR_ULONG, HSM_ATTR_BOOL, HSM_ATTR_ULONGS, HSM_ATTR_TEMPLATE };
+
+void hsm_put_template(hsm_wbuf *w, const CK_ATTRIBUTE *t, CK_ULONG n);
+void hsm_put_query(hsm_wbuf *w, const CK_ATTRIBUTE *t, CK_ULONG n);
+
+/* hsm_answers: C_GetAttributeValue's reply. hsm_get_answers checks it
+ * against the caller's template without writing anything; commit then
+ * writes every attribute's length and value. */
+typedef struct hsm_answers {
+	hsm_rbuf at;            /* the reader positioned at the answers */
+} hsm_answers;
+
+void hsm_get_answers(hsm_rbuf *r, hsm_answers *a, const CK_ATTRIBUTE *t, CK_ULONG n);
+/* commit returns the rv to report: rv, or CKR_BUFFER_TOO_SMALL when a value
+ * nested in a template did not fit the caller's buffer. */
+CK_RV hsm_answers_commit(const hsm_answers *a, CK_ATTRIBUTE *t, CK_ULONG n, CK_RV rv);
+
+/* ---- generated (cmd/p11gen): attribute kinds, mechanisms, structures ---- */
+
+int hsm_attr_kind(CK_ATTRIBUTE_TYPE type);
+void hsm_put_mechanism(hsm_wbuf *w, const CK_MECHANISM *m);
+
+/* ---- call.c: one call to the daemon ---- */
+
+typedef struct hsm_call {
+	hsm_wbuf req;           /* the request frame, header first */
+	uint8_t *reply;         /* the reply frame (after its length) */
+	hsm_rbuf res;           /* the results, when has_results */
+	CK_RV rv;               /* the daemon's rv, or the local failure */
+	int has_results;
+	int timeout_ms;         /* how long to wait for the reply; 0: forever */
+} hsm_call;
+
+enum hsm_outcome {
+	HSM_REPLIED,            /* the daemon answered: rv, has_results, res */
+	HSM_OFFLINE,            /* no daemon: the stub gives its offline answer */
+	HSM_FAILED,             /* a local failure: rv says which */
+};
+
+void hsm_call_init(hsm_call *c, uint32_t call);
+enum hsm_outcome hsm_call_run(hsm_call *c);
+void hsm_call_end(hsm_call *c);
+
+/* ---- offline.c: the answers while no daemon runs ---- */
+
+CK_RV hsm_offline_slot_list(CK_BBOOL token_present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count);
+CK_RV hsm_offline_slot_info(CK_SLOT_ID slot, CK_SLOT_INFO *info);
+CK_RV hsm_offline_slot(CK_SLOT_ID slot);
+CK_RV hsm_offline_wait(CK_FLAGS flags);
+
+/* ---- conn.c and pool.c: connections to the daemon ---- */
+
+typedef struct hsm_conn hsm_conn;
+
+enum hsm_io {
+	HSM_IO_OK,
+	HSM_IO_UNAVAILABLE,     /* no daemon: connect failed or the hello was refused */
+	HSM_IO_BROKEN,          /* EOF, reset, broken pipe: CKR_DEVICE_REMOVED */
+	HSM_IO_MALFORMED,       /* the peer broke the protocol: CKR_DEVICE_ERROR */
+	HSM_IO_TIMEOUT,         /* no reply in time: CKR_DEVICE_ERROR */
+	HSM_IO_FINALIZED,       /* C_Finalize ran meanwhile */
+	HSM_IO_NOMEM,
+};
+
+/* conn.c */
+enum hsm_io hsm_conn_dial(int *fd);
+enum hsm_io hsm_conn_send(int fd, const uint8_t *p, size_t n, unsigned long epoch);
+enum hsm_io hsm_conn_recv_frame(int fd, uint8_t **frame, uint32_t *len, int timeout_ms,
+				unsigned long epoch);
+int hsm_conn_stale(int fd);
+
+/* pool.c */
+struct hsm_conn {
+	int fd;
+	uint32_t next_id;
+	unsigned long epoch;
+	int state;
+};
+
+CK_RV hsm_pool_init(void);
+void hsm_pool_finalize(void);
+void hsm_pool_forget_inherited(void);
+enum hsm_io hsm_pool_get(hsm_conn **c);
+void hsm_pool_put(hsm_conn *c, int reusable);
+
+/* ---- local.c: the function lists (generated) ---- */
+
+extern CK_FUNCTION_LIST hsm_function_list;
+extern CK_FUNCTION_LIST_3_0 hsm_function_list_3_0;
+CK_RV hsm_GetInfo30(CK_INFO_PTR pInfo);
+
+#endif /* HSMEMU_HSM_H */

@@ -1,0 +1,192 @@
+/*
+ * pool.c: a small pool of connections to the daemon, all carrying the same
+ * application id, so that calls from many threads proceed in parallel.
+ *
+ * The pool is a fixed array of HSM_POOL_MAX slots. A call takes an idle
+ * connection, or a free slot into which it dials a new one, and gives it
+ * back when its reply is read; when all slots are busy it waits a little and
+ * looks again. The mutex guards only the slots' states: it is never held
+ * while dialling, sending or receiving, and since it may be the
+ * application's (CK_C_INITIALIZE_ARGS callbacks, which have no condition
+ * variable) waiting is a short sleep, not a condition wait.
+ *
+ * A connection that broke, or whose reply did not decode, is closed and its
+ * slot freed; the next call dials again. C_Finalize closes the idle ones and
+ * bumps the epoch; busy ones are closed by their callers when they come
+ * back to a pool of another epoch. A forked child forgets everything it
+ * inherited (hsm_pool_forget_inherited): it closes the descriptors, never
+ * shuts them down, because the parent's connections are the same sockets.
+ */
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hsm.h"
+
+#define HSM_POOL_MAX 32
+
+enum { SLOT_FREE, SLOT_IDLE, SLOT_BUSY };
+
+static struct {
+	hsm_mutex *mu;
+	int ready;
+	unsigned long epoch;
+	hsm_conn slot[HSM_POOL_MAX];
+} pool;
+
+/* A slot's state is read and written atomically: a busy slot belongs to its
+ * caller alone, who may free it without the mutex when it comes back to a
+ * pool of a later epoch (its mutex may be gone). Under the mutex, others
+ * only move slots between free, idle and busy. */
+static int state(const hsm_conn *c)
+{
+	return __atomic_load_n(&c->state, __ATOMIC_ACQUIRE);
+}
+
+static void set_state(hsm_conn *c, int s)
+{
+	__atomic_store_n(&c->state, s, __ATOMIC_RELEASE);
+}
+
+CK_RV hsm_pool_init(void)
+{
+	hsm_mutex *mu;
+	CK_RV rv = hsm_mutex_new(&mu);
+	if (rv != CKR_OK)
+		return rv;
+	if (!pool.ready) {
+		for (int i = 0; i < HSM_POOL_MAX; i++) {
+			pool.slot[i].fd = -1;
+			set_state(&pool.slot[i], SLOT_FREE);
+		}
+		pool.ready = 1;
+	}
+	pool.mu = mu;
+	/* The epoch C_Initialize is starting (state.c bumps it next). */
+	__atomic_store_n(&pool.epoch, hsm_epoch() + 1, __ATOMIC_RELEASE);
+	return CKR_OK;
+}
+
+void hsm_pool_finalize(void)
+{
+	hsm_lock(pool.mu);
+	__atomic_store_n(&pool.epoch, hsm_epoch(), __ATOMIC_RELEASE);
+	for (int i = 0; i < HSM_POOL_MAX; i++) {
+		hsm_conn *c = &pool.slot[i];
+		if (state(c) == SLOT_IDLE) {
+			close(c->fd);
+			c->fd = -1;
+			set_state(c, SLOT_FREE);
+		}
+	}
+	hsm_unlock(pool.mu);
+	/* Calls still in flight (a C_WaitForSlotEvent) free their slots
+	 * without it. */
+	hsm_mutex_free(pool.mu);
+	pool.mu = NULL;
+}
+
+void hsm_pool_forget_inherited(void)
+{
+	/* The child has one thread; the mutex may be held by a thread that
+	 * only existed in the parent, so it is abandoned, not taken. */
+	for (int i = 0; i < HSM_POOL_MAX && pool.ready; i++) {
+		if (pool.slot[i].fd >= 0)
+			close(pool.slot[i].fd);
+		pool.slot[i].fd = -1;
+		set_state(&pool.slot[i], SLOT_FREE);
+	}
+	if (pool.mu != NULL)
+		hsm_mutex_abandon(pool.mu);
+	pool.mu = NULL;
+}
+
+static void nap(int *us)
+{
+	struct timespec ts = {0, (long)*us * 1000};
+	nanosleep(&ts, NULL);
+	if (*us < 5000)
+		*us *= 2;
+}
+
+enum hsm_io hsm_pool_get(hsm_conn **out)
+{
+	unsigned long epoch = hsm_epoch();
+	int us = 50;
+
+	for (;;) {
+		hsm_conn *idle = NULL, *fresh = NULL;
+		hsm_mutex *mu = pool.mu;
+		if (mu == NULL || hsm_entry() != CKR_OK || hsm_epoch() != epoch)
+			return HSM_IO_FINALIZED;
+		hsm_lock(mu);
+		for (int i = 0; i < HSM_POOL_MAX && idle == NULL; i++) {
+			int s = state(&pool.slot[i]);
+			if (s == SLOT_IDLE)
+				idle = &pool.slot[i];
+			else if (s == SLOT_FREE && fresh == NULL)
+				fresh = &pool.slot[i];
+		}
+		hsm_conn *c = idle ? idle : fresh;
+		if (c != NULL) {
+			c->epoch = epoch;
+			set_state(c, SLOT_BUSY);
+		}
+		hsm_unlock(mu);
+
+		if (c == NULL) {
+			nap(&us); /* every slot busy */
+			continue;
+		}
+		if (idle != NULL) {
+			/* The daemon may have closed it since (a restart): then it
+			 * is stale, and a fresh dial serves this call instead. */
+			if (!hsm_conn_stale(c->fd)) {
+				*out = c;
+				return HSM_IO_OK;
+			}
+			hsm_pool_put(c, 0);
+			continue;
+		}
+		int fd;
+		enum hsm_io io = hsm_conn_dial(&fd);
+		if (io != HSM_IO_OK) {
+			hsm_pool_put(c, 0);
+			return io;
+		}
+		c->fd = fd;
+		c->next_id = 1;
+		*out = c;
+		return HSM_IO_OK;
+	}
+}
+
+void hsm_pool_put(hsm_conn *c, int reusable)
+{
+	/* A slot of an earlier epoch (C_Finalize ran meanwhile) is freed
+	 * without the mutex, which may be gone. */
+	int current = c->epoch == __atomic_load_n(&pool.epoch, __ATOMIC_ACQUIRE) && hsm_entry() == CKR_OK;
+	if (!reusable || !current) {
+		if (c->fd >= 0)
+			close(c->fd);
+		c->fd = -1;
+		set_state(c, SLOT_FREE);
+		return;
+	}
+	/* Becoming idle is done under the mutex, so that C_Finalize, which
+	 * closes idle connections under it, cannot miss this one. (C_Finalize
+	 * may not run concurrently with calls other than C_WaitForSlotEvent,
+	 * and that one never comes back reusable once it sees the epoch
+	 * change, so the mutex is there.) */
+	hsm_mutex *mu = pool.mu;
+	hsm_lock(mu);
+	if (c->epoch == __atomic_load_n(&pool.epoch, __ATOMIC_ACQUIRE)) {
+		set_state(c, SLOT_IDLE);
+	} else {
+		close(c->fd);
+		c->fd = -1;
+		set_state(c, SLOT_FREE);
+	}
+	hsm_unlock(mu);
+}

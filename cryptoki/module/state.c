@@ -1,0 +1,200 @@
+/*
+ * state.c: C_Initialize, C_Finalize and the library's life across fork().
+ *
+ * Loading the module does nothing: no constructor, no thread, no socket.
+ * C_Initialize checks its arguments, draws the application id, reads where
+ * the daemon is, and returns; it never connects. The first call that needs
+ * the daemon dials it (pool.c).
+ *
+ * Fork: a pthread_atfork child handler, registered once at the first
+ * C_Initialize, bumps fork_generation. Every entry point compares it with
+ * the generation it was initialised in, so a child answers
+ * CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize, which closes the
+ * sockets the child inherited (close, never shutdown: the parent still uses
+ * them) and starts afresh with a new application id. The parent is unaffected.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "hsm.h"
+
+/* init_mu serialises C_Initialize and C_Finalize. It is never held across
+ * I/O, so the atfork prepare handler may take it to hand the child a mutex
+ * in a known state. */
+static pthread_mutex_t init_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static unsigned long fork_generation; /* bumped in each child */
+static unsigned long init_generation; /* fork_generation at C_Initialize */
+static int initialized;
+static unsigned long epoch; /* bumped at C_Initialize and C_Finalize */
+static uint8_t app_id[16];
+static hsm_config config;
+
+static void atfork_prepare(void)
+{
+	pthread_mutex_lock(&init_mu);
+}
+
+static void atfork_parent(void)
+{
+	pthread_mutex_unlock(&init_mu);
+}
+
+static void atfork_child(void)
+{
+	/* One thread exists here. */
+	__atomic_add_fetch(&fork_generation, 1, __ATOMIC_SEQ_CST);
+	pthread_mutex_unlock(&init_mu);
+}
+
+static void register_atfork(void)
+{
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+CK_RV hsm_entry(void)
+{
+	if (!__atomic_load_n(&initialized, __ATOMIC_ACQUIRE))
+		return CKR_CRYPTOKI_NOT_INITIALIZED;
+	if (__atomic_load_n(&init_generation, __ATOMIC_ACQUIRE) !=
+	    __atomic_load_n(&fork_generation, __ATOMIC_ACQUIRE))
+		return CKR_CRYPTOKI_NOT_INITIALIZED;
+	return CKR_OK;
+}
+
+unsigned long hsm_epoch(void)
+{
+	return __atomic_load_n(&epoch, __ATOMIC_ACQUIRE);
+}
+
+const uint8_t *hsm_app_id(void)
+{
+	return app_id;
+}
+
+const hsm_config *hsm_config_get(void)
+{
+	return &config;
+}
+
+static int read_urandom(uint8_t *p, size_t n)
+{
+	int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	while (n > 0) {
+		ssize_t k = read(fd, p, n);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0) {
+			close(fd);
+			return -1;
+		}
+		p += k;
+		n -= (size_t)k;
+	}
+	close(fd);
+	return 0;
+}
+
+static CK_RV draw_app_id(uint8_t *id, size_t n)
+{
+	size_t got = 0;
+	while (got < n) {
+		ssize_t k = getrandom(id + got, n - got, 0);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return read_urandom(id, n) == 0 ? CKR_OK : CKR_FUNCTION_FAILED;
+		got += (size_t)k;
+	}
+	return CKR_OK;
+}
+
+/* check_init_args applies PKCS#11's rules for CK_C_INITIALIZE_ARGS. */
+static CK_RV check_init_args(const CK_C_INITIALIZE_ARGS *a)
+{
+	if (a == NULL)
+		return CKR_OK;
+	if (a->pReserved != NULL)
+		return CKR_ARGUMENTS_BAD;
+	int supplied = (a->CreateMutex != NULL) + (a->DestroyMutex != NULL) +
+		       (a->LockMutex != NULL) + (a->UnlockMutex != NULL);
+	if (supplied != 0 && supplied != 4)
+		return CKR_ARGUMENTS_BAD;
+	return CKR_OK;
+}
+
+CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
+{
+	const CK_C_INITIALIZE_ARGS *args = pInitArgs;
+	CK_RV rv = check_init_args(args);
+	if (rv != CKR_OK)
+		return rv;
+
+	pthread_mutex_lock(&init_mu);
+	pthread_once(&atfork_once, register_atfork);
+
+	int stale = initialized && init_generation != __atomic_load_n(&fork_generation, __ATOMIC_SEQ_CST);
+	if (initialized && !stale) {
+		pthread_mutex_unlock(&init_mu);
+		return CKR_CRYPTOKI_ALREADY_INITIALIZED;
+	}
+	if (stale) {
+		/* A forked child: the parent's connections are not ours. */
+		hsm_pool_forget_inherited();
+		__atomic_store_n(&initialized, 0, __ATOMIC_RELEASE);
+	}
+
+	uint8_t id[16];
+	rv = draw_app_id(id, sizeof id);
+	if (rv == CKR_OK)
+		rv = hsm_locking_configure(args);
+	if (rv == CKR_OK)
+		rv = hsm_pool_init();
+	if (rv != CKR_OK) {
+		pthread_mutex_unlock(&init_mu);
+		return rv;
+	}
+	memcpy(app_id, id, sizeof app_id);
+	hsm_config_load(&config);
+	__atomic_add_fetch(&epoch, 1, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&init_generation, __atomic_load_n(&fork_generation, __ATOMIC_SEQ_CST),
+			 __ATOMIC_RELEASE);
+	__atomic_store_n(&initialized, 1, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&init_mu);
+	return CKR_OK;
+}
+
+CK_RV C_Finalize(CK_VOID_PTR pReserved)
+{
+	if (pReserved != NULL)
+		return CKR_ARGUMENTS_BAD;
+
+	pthread_mutex_lock(&init_mu);
+	if (!initialized) {
+		pthread_mutex_unlock(&init_mu);
+		return CKR_CRYPTOKI_NOT_INITIALIZED;
+	}
+	if (init_generation != __atomic_load_n(&fork_generation, __ATOMIC_SEQ_CST)) {
+		/* A forked child that never initialised: drop what it inherited. */
+		hsm_pool_forget_inherited();
+		__atomic_store_n(&initialized, 0, __ATOMIC_RELEASE);
+		pthread_mutex_unlock(&init_mu);
+		return CKR_CRYPTOKI_NOT_INITIALIZED;
+	}
+	/* New calls fail from here; calls in flight see the epoch change and
+	 * give up (a blocked C_WaitForSlotEvent among them). */
+	__atomic_store_n(&initialized, 0, __ATOMIC_RELEASE);
+	__atomic_add_fetch(&epoch, 1, __ATOMIC_SEQ_CST);
+	hsm_pool_finalize();
+	memset(app_id, 0, sizeof app_id);
+	pthread_mutex_unlock(&init_mu);
+	return CKR_OK;
+}
