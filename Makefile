@@ -6,7 +6,7 @@ BIN     := bin
 GOFLAGS ?=
 export CGO_ENABLED := 1
 
-.PHONY: all build deps test-deps test vet race fuzz bench run clean module test-module
+.PHONY: all build deps test-deps test vet race fuzz fuzz-short bench run clean module test-module
 
 all: build
 
@@ -75,6 +75,15 @@ vet:
 test: test-deps build vet test-module
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed on:"; gofmt -l .; exit 1; }
 	$(GO) test -race -timeout 15m ./...
+	@$(MAKE) --no-print-directory fuzz-short
+
+# The decoders and the attribute rules face the socket: fuzz them a little
+# on every run (longer: FUZZTIME=10m make fuzz).
+FUZZ_SHORT ?= 10s
+fuzz-short:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeArgs$$' -fuzztime $(FUZZ_SHORT) ./cryptoki/wire/
+	$(GO) test -run '^$$' -fuzz '^FuzzReadRequest$$' -fuzztime $(FUZZ_SHORT) ./cryptoki/wire/
+	$(GO) test -run '^$$' -fuzz '^FuzzCreateTemplate$$' -fuzztime $(FUZZ_SHORT) ./daemon/
 
 # Short fuzzing runs of every fuzz target (longer: FUZZTIME=10m make fuzz).
 FUZZTIME ?= 20s
@@ -90,7 +99,12 @@ fuzz: test-deps
 bench: test-deps
 	$(GO) test -run '^$$' -bench 'Open|Seal|Floor' -benchmem ./keystore/
 
+# The daemon in the foreground on its defaults: a managed swtpm and the
+# keystore under ~/.local/share/hsmemu, with the module's socket there too.
 run: build test-deps
+	@echo "module: $(CURDIR)/$(BIN)/hsmemu-pkcs11.so"
+	@echo "try, in another shell: pkcs11-tool --module $(CURDIR)/$(BIN)/hsmemu-pkcs11.so -L"
+	@echo "(apt-get install opensc for pkcs11-tool); stop the daemon with Ctrl-C"
 	$(BIN)/hsmemu serve
 
 clean:

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -30,7 +31,12 @@ Example:
 			&cli.StringFlag{Name: "tpm", Usage: "managed, a device path such as /dev/tpmrm0, or swtpm:unix:PATH", EnvVars: []string{"HSMEMU_TPM"}},
 			&cli.StringFlag{Name: "socket", Usage: "the module's socket (default: STATE-DIR/hsmemu.sock)", EnvVars: []string{"HSMEMU_SOCKET"}},
 			&cli.StringFlag{Name: "socket-group", Usage: "a group whose members may connect (the socket is then 0660)"},
+			&cli.UintSliceFlag{Name: "allow-uid", Usage: "a user id allowed to connect besides the daemon's own and root (repeatable)"},
 			&cli.StringFlag{Name: "default-tier", Usage: "tier of tokens created by C_InitToken: standard or premium", Value: "standard"},
+			&cli.UintFlag{Name: "pin-kdf-time", Usage: "Argon2id passes for the PINs of new tokens", Value: uint(keystore.DefaultArgon2.Time)},
+			&cli.UintFlag{Name: "pin-kdf-memory", Usage: "Argon2id memory in KiB for the PINs of new tokens", Value: uint(keystore.DefaultArgon2.MemoryKiB)},
+			&cli.DurationFlag{Name: "pin-failure-delay", Usage: "delay after a wrong PIN, doubling with each further one (0 disables)", Value: 200 * time.Millisecond},
+			&cli.IntFlag{Name: "pin-max-failures", Usage: "wrong PINs in a row that lock a role", Value: 10},
 		},
 		Action: func(c *cli.Context) error {
 			log := logger(c)
@@ -55,17 +61,30 @@ Example:
 			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), Logger: log})
+			argon := keystore.Argon2Params{Time: uint32(c.Uint("pin-kdf-time")), MemoryKiB: uint32(c.Uint("pin-kdf-memory")), Threads: keystore.DefaultArgon2.Threads}
+			maxFail := c.Int("pin-max-failures")
+			if maxFail < 1 {
+				return cli.Exit("hsmemu serve: --pin-max-failures must be at least 1", 2)
+			}
+			delay := c.Duration("pin-failure-delay")
+			if delay <= 0 {
+				delay = -1
+			}
+			st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), Logger: log,
+				Store: keystore.Options{Argon2: argon, MaxPINFailures: maxFail}})
 			if err != nil {
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
 			}
 			defer st.Close()
 			srvCfg := daemon.ServerConfig{Group: group}
+			for _, uid := range c.UintSlice("allow-uid") {
+				srvCfg.AllowUIDs = append(srvCfg.AllowUIDs, uint32(uid))
+			}
 			ln, err := daemon.Listen(sock, srvCfg)
 			if err != nil {
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
 			}
-			eng := daemon.NewEngine(st.Store, log, daemon.EngineConfig{DefaultTier: tier})
+			eng := daemon.NewEngine(st.Store, log, daemon.EngineConfig{DefaultTier: tier, MaxPINFailures: maxFail, FailureDelay: delay})
 			log.Info("serving", "socket", sock, "state_dir", dir)
 			if err := daemon.NewServer(eng, log, srvCfg).Serve(ctx, ln); err != nil {
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
