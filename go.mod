@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/google/go-tpm v0.9.8
 	github.com/mattn/go-sqlite3 v1.14.53
+	github.com/miekg/pkcs11 v1.1.2
 	github.com/urfave/cli/v2 v2.27.7
 	golang.org/x/crypto v0.59.0
 )
