@@ -4,8 +4,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -43,47 +46,91 @@ func BenchmarkRoundTripModuleRandom32(b *testing.B) {
 }
 
 // BenchmarkRoundTripBareSocket is a bare request and reply of the same
-// sizes over a Unix socket to a Go server: the floor of every call.
+// sizes over a Unix socket to a server in another process: the floor of
+// every call. Both ends do blocking reads and writes on their descriptors,
+// as the module and the daemon do.
 func BenchmarkRoundTripBareSocket(b *testing.B) {
 	dir, err := os.MkdirTemp("", "hsb")
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	ln, err := net.Listen("unix", filepath.Join(dir, "s"))
-	if err != nil {
+	sock := filepath.Join(dir, "s")
+	srv := exec.Command(os.Args[0], "-test.run=^TestEchoServer$")
+	srv.Env = append(os.Environ(), echoEnv+"="+sock)
+	srv.Stderr = os.Stderr
+	if err := srv.Start(); err != nil {
 		b.Fatal(err)
 	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	var c net.Conn
+	for i := 0; ; i++ {
+		if c, err = net.Dial("unix", sock); err == nil {
+			break
 		}
-		defer c.Close()
-		req, rep := make([]byte, randomRequest), make([]byte, randomReply)
-		for {
-			if _, err := io.ReadFull(c, req); err != nil {
-				return
-			}
-			if _, err := c.Write(rep); err != nil {
-				return
-			}
+		if i > 500 {
+			b.Fatal(err)
 		}
-	}()
-	c, err := net.Dial("unix", filepath.Join(dir, "s"))
-	if err != nil {
-		b.Fatal(err)
+		time.Sleep(10 * time.Millisecond)
 	}
 	defer c.Close()
+	fd, err := blockingFd(c)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer fd.Close()
 	req, rep := make([]byte, randomRequest), make([]byte, randomReply)
 	b.ResetTimer()
 	for b.Loop() {
-		if _, err := c.Write(req); err != nil {
+		if _, err := fd.Write(req); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := io.ReadFull(c, rep); err != nil {
+		if _, err := io.ReadFull(fd, rep); err != nil {
 			b.Fatal(err)
 		}
 	}
+}
+
+const echoEnv = "HSMEMU_E2E_ECHO"
+
+// TestEchoServer is BenchmarkRoundTripBareSocket's server process.
+func TestEchoServer(t *testing.T) {
+	sock := os.Getenv(echoEnv)
+	if sock == "" {
+		t.Skip("only as the bare round trip's server")
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := blockingFd(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, rep := make([]byte, randomRequest), make([]byte, randomReply)
+	for {
+		if _, err := io.ReadFull(fd, req); err != nil {
+			return
+		}
+		if _, err := fd.Write(rep); err != nil {
+			return
+		}
+	}
+}
+
+// blockingFd returns a blocking duplicate of a connection's descriptor.
+func blockingFd(c net.Conn) (*os.File, error) {
+	f, err := c.(*net.UnixConn).File()
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.SetNonblock(int(f.Fd()), false); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }

@@ -1,12 +1,16 @@
 /*
  * conn.c: one connection to the daemon: dial and hello, send a frame, read
- * a frame. Sockets are close-on-exec and non-blocking; every wait is a
- * poll() with a deadline, so a daemon that stopped answering costs a call
- * its timeout, never the application a hang. Writes use MSG_NOSIGNAL: a
- * daemon that went away is EPIPE, not SIGPIPE.
+ * a frame. Sockets are close-on-exec. The dial and the hello run
+ * non-blocking, every wait a poll() with a deadline. After the hello the
+ * socket turns blocking with kernel timeouts (SO_RCVTIMEO, SO_SNDTIMEO) of
+ * one slice: a call is then one send() and, most often, one recv(), and a
+ * daemon that stopped answering still costs a call its timeout, never the
+ * application a hang. Writes use MSG_NOSIGNAL: a daemon that went away is
+ * EPIPE, not SIGPIPE.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +55,27 @@ static enum hsm_io wait_fd(int fd, short events, long long deadline, unsigned lo
 	}
 }
 
+/* slice_over is what a blocking socket's EAGAIN means: one slice of its
+ * kernel timeout went by. Give up at the deadline or on C_Finalize. */
+static enum hsm_io slice_over(long long deadline, unsigned long epoch)
+{
+	if (deadline >= 0 && now_ms() >= deadline)
+		return HSM_IO_TIMEOUT;
+	if (epoch != 0 && hsm_epoch() != epoch)
+		return HSM_IO_FINALIZED;
+	return HSM_IO_OK;
+}
+
+/* wait_more waits for fd after EAGAIN: a poll on a non-blocking socket, or
+ * nothing more on a blocking one, whose recv or send already waited. */
+static enum hsm_io wait_more(int fd, short events, long long deadline, unsigned long epoch)
+{
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0 && !(fl & O_NONBLOCK))
+		return slice_over(deadline, epoch);
+	return wait_fd(fd, events, deadline, epoch);
+}
+
 static enum hsm_io send_all(int fd, const uint8_t *p, size_t n, long long deadline, unsigned long epoch)
 {
 	while (n > 0) {
@@ -63,7 +88,7 @@ static enum hsm_io send_all(int fd, const uint8_t *p, size_t n, long long deadli
 		if (k < 0 && errno == EINTR)
 			continue;
 		if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			enum hsm_io io = wait_fd(fd, POLLOUT, deadline, epoch);
+			enum hsm_io io = wait_more(fd, POLLOUT, deadline, epoch);
 			if (io != HSM_IO_OK)
 				return io;
 			continue;
@@ -73,13 +98,16 @@ static enum hsm_io send_all(int fd, const uint8_t *p, size_t n, long long deadli
 	return HSM_IO_OK;
 }
 
-static enum hsm_io recv_all(int fd, uint8_t *p, size_t n, long long deadline, unsigned long epoch)
+/* recv_some reads at least min and at most cap bytes into p; *got says how
+ * many came. */
+static enum hsm_io recv_some(int fd, uint8_t *p, size_t min, size_t cap, size_t *got,
+			     long long deadline, unsigned long epoch)
 {
-	while (n > 0) {
-		ssize_t k = recv(fd, p, n, 0);
+	size_t have = 0;
+	while (have < min) {
+		ssize_t k = recv(fd, p + have, cap - have, 0);
 		if (k > 0) {
-			p += k;
-			n -= (size_t)k;
+			have += (size_t)k;
 			continue;
 		}
 		if (k == 0)
@@ -87,14 +115,21 @@ static enum hsm_io recv_all(int fd, uint8_t *p, size_t n, long long deadline, un
 		if (errno == EINTR)
 			continue;
 		if (errno == EAGAIN || errno == EWOULDBLOCK) {
-			enum hsm_io io = wait_fd(fd, POLLIN, deadline, epoch);
+			enum hsm_io io = wait_more(fd, POLLIN, deadline, epoch);
 			if (io != HSM_IO_OK)
 				return io;
 			continue;
 		}
 		return HSM_IO_BROKEN;
 	}
+	*got = have;
 	return HSM_IO_OK;
+}
+
+static enum hsm_io recv_all(int fd, uint8_t *p, size_t n, long long deadline, unsigned long epoch)
+{
+	size_t got;
+	return recv_some(fd, p, n, n, &got, deadline, epoch);
 }
 
 static enum hsm_io hello(int fd)
@@ -166,6 +201,15 @@ enum hsm_io hsm_conn_dial(int *out)
 		close(fd);
 		return io;
 	}
+	/* From here on, blocking with one slice of kernel timeout. */
+	struct timeval slice = {0, POLL_SLICE_MS * 1000};
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &slice, sizeof slice) != 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &slice, sizeof slice) != 0) {
+		close(fd);
+		return HSM_IO_UNAVAILABLE;
+	}
 	*out = fd;
 	return HSM_IO_OK;
 }
@@ -177,22 +221,31 @@ enum hsm_io hsm_conn_send(int fd, const uint8_t *p, size_t n, unsigned long epoc
 	return send_all(fd, p, n, deadline, epoch);
 }
 
+/* A reply that fits here arrives with one recv(); a larger one takes a
+ * second for the rest. */
+#define FIRST_READ 4096
+
 enum hsm_io hsm_conn_recv_frame(int fd, uint8_t **frame, uint32_t *len, int timeout_ms,
 				unsigned long epoch)
 {
 	long long deadline = timeout_ms > 0 ? now_ms() + timeout_ms : -1;
-	uint8_t h[4];
-	enum hsm_io io = recv_all(fd, h, 4, deadline, epoch);
+	uint8_t first[FIRST_READ];
+	size_t have;
+	/* At least the length; whatever else has come with it. */
+	enum hsm_io io = recv_some(fd, first, 4, sizeof first, &have, deadline, epoch);
 	if (io != HSM_IO_OK)
 		return io;
-	uint32_t n = hsm_be32(h);
+	uint32_t n = hsm_be32(first);
 	/* request id u32, rv u64, has-results u8 at least; 16 MiB at most. */
 	if (n < 13 || n > HSM_MAX_FRAME)
 		return HSM_IO_MALFORMED;
+	if (have - 4 > n)
+		return HSM_IO_MALFORMED; /* bytes past the reply: nothing asked for them */
 	uint8_t *p = malloc(n);
 	if (p == NULL)
 		return HSM_IO_NOMEM;
-	io = recv_all(fd, p, n, deadline, epoch);
+	memcpy(p, first + 4, have - 4);
+	io = recv_all(fd, p + (have - 4), n - (have - 4), deadline, epoch);
 	if (io != HSM_IO_OK) {
 		free(p);
 		return io;
