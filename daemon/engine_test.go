@@ -349,3 +349,25 @@ func TestAppSharedAcrossConnections(t *testing.T) {
 		t.Fatalf("second connection of the application sees state %d", info.State)
 	}
 }
+
+func TestTemplateAttributes(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, EngineConfig{})
+	cl := d.dial(t)
+	slot := cl.newToken("tmpl")
+	h := cl.open(slot, true)
+	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(testUserPIN))
+	wrap := wire.Attribute{Type: ck.CKA_WRAP_TEMPLATE, Nested: []wire.Attribute{
+		AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AB(ck.CKA_SENSITIVE, true),
+	}}
+	key := cl.create(h, append(aesKey("wrapper", true, false), wrap)...)
+	out := cl.must(ck.CKR_OK, "C_GetAttributeValue", U(h), U(key), Q(wire.Query{Type: ck.CKA_WRAP_TEMPLATE}))
+	if out[2].Answers[0].Length != 2 {
+		t.Fatalf("template size query: %+v", out[2].Answers[0])
+	}
+	cl.must(ck.CKR_BUFFER_TOO_SMALL, "C_GetAttributeValue", U(h), U(key), Q(wire.Query{Type: ck.CKA_WRAP_TEMPLATE, Present: true, Capacity: 1}))
+	out = cl.must(ck.CKR_OK, "C_GetAttributeValue", U(h), U(key), Q(wire.Query{Type: ck.CKA_WRAP_TEMPLATE, Present: true, Capacity: 2}))
+	if a := out[2].Answers[0]; a.Length != 2 || len(a.Value) == 0 {
+		t.Fatalf("template value: %+v", a)
+	}
+}

@@ -229,8 +229,10 @@ func (e *Engine) GetAttributes(ctx context.Context, app *App, h, oh uint64, qs [
 		v, code := o.readAttr(q.Type)
 		if code == ck.CKR_OK {
 			if r, _ := ruleFor(q.Type, o.class(), o.keyType()); r.kind == vAttrs {
-				// Nested templates do not travel back yet.
-				code = ck.CKR_ATTRIBUTE_TYPE_INVALID
+				// A template attribute's length is its number of
+				// attributes, and its value travels as a template.
+				answers[i], small = templateAnswer(q, v, small)
+				continue
 			}
 		}
 		switch {
@@ -262,6 +264,31 @@ func (e *Engine) GetAttributes(ctx context.Context, app *App, h, oh uint64, qs [
 		return answers, ck.CKR_BUFFER_TOO_SMALL, nil
 	}
 	return answers, ck.CKR_OK, nil
+}
+
+// templateAnswer answers a query for a template attribute stored as a
+// canonical attribute encoding.
+func templateAnswer(q wire.Query, stored []byte, small bool) (wire.Answer, bool) {
+	attrs, err := keystore.DecodeAttributes(stored)
+	if err != nil {
+		attrs = nil
+	}
+	n := uint64(len(attrs))
+	switch {
+	case !q.Present:
+		return wire.Answer{Length: n}, small
+	case q.Capacity < n:
+		return wire.Answer{Length: ck.CK_UNAVAILABLE_INFORMATION}, true
+	}
+	nested := make([]wire.Attribute, len(attrs))
+	for i, a := range attrs {
+		nested[i] = wire.Attribute{Type: a.Type, Value: nonNil(a.Value)}
+	}
+	v, err := wire.EncodeTemplate(nested)
+	if err != nil {
+		return wire.Answer{Length: ck.CK_UNAVAILABLE_INFORMATION}, true
+	}
+	return wire.Answer{Length: n, Value: v}, small
 }
 
 // SetAttributes changes attributes of an object, within the rules.

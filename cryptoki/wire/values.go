@@ -213,7 +213,7 @@ func (r *reader) answers() []Answer {
 			break
 		}
 		if !null {
-			if uint64(len(v)) != a[i].Length {
+			if uint64(len(v)) != a[i].Length && !isTemplateAnswer(a[i].Length, v) {
 				r.fail("answer of length %d with %d bytes", a[i].Length, len(v))
 				break
 			}
@@ -229,7 +229,7 @@ func checkAnswers(a []Answer) error {
 		return fmt.Errorf("wire: %d answers over %d", len(a), MaxAttrs)
 	}
 	for _, x := range a {
-		if x.Value != nil && uint64(len(x.Value)) != x.Length {
+		if x.Value != nil && uint64(len(x.Value)) != x.Length && !isTemplateAnswer(x.Length, x.Value) {
 			return fmt.Errorf("wire: answer of length %d with %d bytes", x.Length, len(x.Value))
 		}
 		if err := checkBytes(x.Value, x.Value == nil, "answer value"); err != nil {
@@ -237,6 +237,23 @@ func checkAnswers(a []Answer) error {
 		}
 	}
 	return nil
+}
+
+// EncodeTemplate encodes the value of a template attribute's answer
+// (docs/protocol.md, "Attribute values"): a template whose count is the
+// answer's length, holding no further template.
+func EncodeTemplate(attrs []Attribute) ([]byte, error) {
+	return appendTemplate(nil, attrs, true)
+}
+
+// isTemplateAnswer reports whether v is the value of a template attribute's
+// answer of the given length: the one exception to a value being exactly
+// as long as its length. The answer does not name its type, so the bytes
+// themselves must be a template of that many attributes, and nothing more.
+func isTemplateAnswer(length uint64, v []byte) bool {
+	r := reader{b: v}
+	attrs := r.template(true)
+	return r.done() == nil && uint64(len(attrs)) == length
 }
 
 func appendAnswers(b []byte, a []Answer) []byte {
