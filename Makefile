@@ -6,11 +6,11 @@ BIN     := bin
 GOFLAGS ?=
 export CGO_ENABLED := 1
 
-.PHONY: all build deps test-deps test vet race fuzz fuzz-short bench run clean module test-module
+.PHONY: all build deps test-deps test vet race fuzz fuzz-short bench run clean module test-module e2e-programs
 
 all: build
 
-build: deps module
+build: deps module e2e-programs
 	$(GO) build $(GOFLAGS) -o $(BIN)/hsmemu ./cmd/hsmemu
 
 # ---- The PKCS#11 module (cryptoki/module) ----
@@ -60,6 +60,23 @@ test-module: $(BIN)/hsmemu-pkcs11.so $(BIN)/hsmemu-pkcs11-asan.so build/module-t
 	build/module-test $(BIN)/hsmemu-pkcs11.so
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		build/module-test-asan $(BIN)/hsmemu-pkcs11-asan.so
+
+# ---- The end-to-end C program (cryptoki/e2e/c) ----
+# It loads the module and talks to a real daemon that cryptoki/e2e's Go
+# tests start (ctest_test.go), so it is built here and run by `go test`.
+# Like build/module-test-asan, the copy that loads the ASan/UBSan module is
+# built with the sanitizers itself.
+E2E_CFLAGS = -std=gnu11 -Wall -Wextra -Werror -pthread $(P11_CFLAGS)
+
+e2e-programs: build/e2e build/e2e-asan $(BIN)/hsmemu-pkcs11-asan.so
+
+build/e2e: cryptoki/e2e/c/e2e.c
+	@mkdir -p build
+	$(CC) $(E2E_CFLAGS) -O1 -g -o $@ $< -ldl
+
+build/e2e-asan: cryptoki/e2e/c/e2e.c
+	@mkdir -p build
+	$(CC) $(E2E_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ $< -ldl
 
 deps:
 	@scripts/install-deps.sh build

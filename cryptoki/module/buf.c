@@ -243,7 +243,9 @@ int hsm_outulongs_ok(const hsm_outulongs *o, const void *list, CK_ULONG cap)
 		return 0;
 	if (o->items == NULL)
 		return 1;
-	if (list == NULL || o->n != o->count || o->count > cap)
+	/* Items came: the caller has room for all of them. An empty list
+	 * needs none: C_FindObjects(s, NULL, 0, &n) is valid. */
+	if ((list == NULL && o->n != 0) || o->n != o->count || o->count > cap)
 		return 0;
 	for (uint32_t i = 0; i < o->n; i++)
 		if (!hsm_fits_ulong(hsm_be64(o->items + 8 * (size_t)i)))

@@ -1,0 +1,189 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The C end-to-end program, cryptoki/e2e/c/e2e.c, built by `make build`
+// into build/e2e and, with the sanitizers, build/e2e-asan. It loads the
+// module, talks to the daemon this test starts, and asks this test to
+// restart, kill and start the daemon through its stdin and stdout.
+
+// ctestTimeout bounds one run of the program; its own alarm ends a section
+// that hangs well before.
+const ctestTimeout = 3 * time.Minute
+
+// ctestSections are the sections every run must report, in order.
+var ctestSections = []string{"setup", "fork", "threads", "badargs", "restart"}
+
+var (
+	ctestSummary = regexp.MustCompile(`(?m)^e2e: (\d+) passed, (\d+) failed$`)
+	ctestSection = regexp.MustCompile(`(?m)^SECTION (\w+): (\d+) passed, (\d+) failed in ([0-9.]+)s$`)
+	ctestThreads = regexp.MustCompile(`(?m)^threads: .*$`)
+)
+
+// ctestNeedBuilt returns the path of a built file under the repository root, or
+// skips (fails under CI) when it is missing.
+func ctestNeedBuilt(t *testing.T, rel string) string {
+	t.Helper()
+	a := need(t)
+	p := filepath.Join(a.root, rel)
+	if _, err := os.Stat(p); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s not built (run make build): %v", rel, err)
+		}
+		t.Skipf("%s not built (run make build): %v", rel, err)
+	}
+	return p
+}
+
+// TestCProgram runs the C program against a fresh daemon with the module,
+// then the sanitized program with the ASan/UBSan module.
+func TestCProgram(t *testing.T) {
+	a := need(t)
+	runs := []struct {
+		name, prog, module string
+		env                []string
+	}{
+		{"normal", "build/e2e", a.module, nil},
+		{"asan", "build/e2e-asan", a.asanModule, []string{
+			"ASAN_OPTIONS=detect_leaks=1:abort_on_error=1",
+			"UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1",
+		}},
+	}
+	for _, r := range runs {
+		t.Run(r.name, func(t *testing.T) {
+			prog := ctestNeedBuilt(t, r.prog)
+			module := ctestNeedBuilt(t, strings.TrimPrefix(r.module, a.root+string(filepath.Separator)))
+			runCProgram(t, prog, module, r.env)
+		})
+	}
+}
+
+func runCProgram(t *testing.T, prog, module string, env []string) {
+	var d *daemonProc
+	// Registered first, so it runs after the daemon's own cleanup has
+	// stopped it and its log is no longer written.
+	t.Cleanup(func() {
+		if t.Failed() && d != nil && d.log != nil {
+			t.Logf("daemon log (last start):\n%s", d.log)
+		}
+	})
+	d = startDaemon(t)
+
+	cmd := exec.Command(prog, module)
+	cmd.Env = append(d.env(), env...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := false
+	t.Cleanup(func() {
+		if !waited {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	timer := time.AfterFunc(ctestTimeout, func() { cmd.Process.Kill() })
+	defer timer.Stop()
+
+	// Read the program's output on the test's goroutine, which is the one
+	// that may restart the daemon (the harness calls t.Fatal).
+	var out strings.Builder
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		line := sc.Text()
+		out.WriteString(line + "\n")
+		switch line {
+		case "RESTART":
+			d.restart()
+		case "KILL":
+			d.kill()
+		case "START":
+			ctestStartAgain(t, d)
+		default:
+			continue
+		}
+		if _, err := io.WriteString(stdin, "OK\n"); err != nil {
+			t.Errorf("answering %s: %v", line, err)
+		}
+	}
+	err = cmd.Wait()
+	waited = true
+	elapsed := time.Since(start)
+	output := out.String()
+	if err != nil || t.Failed() {
+		t.Errorf("%s %s: %v after %v\nstdout:\n%s\nstderr:\n%s", filepath.Base(prog), filepath.Base(module),
+			err, elapsed.Round(time.Millisecond), output, stderr.String())
+		return
+	}
+	for _, s := range []string{"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"} {
+		if strings.Contains(stderr.String(), s) {
+			t.Errorf("sanitizer report on stderr:\n%s", stderr.String())
+		}
+	}
+	if strings.Contains(output, "FAIL") {
+		t.Errorf("failures in the output:\n%s", output)
+	}
+
+	m := ctestSummary.FindStringSubmatch(output)
+	if m == nil {
+		t.Fatalf("no summary line in the output:\n%s", output)
+	}
+	passed, _ := strconv.Atoi(m[1])
+	failed, _ := strconv.Atoi(m[2])
+	if failed != 0 || passed < 250 {
+		t.Errorf("%d passed, %d failed; want at least 250 passed and none failed\n%s", passed, failed, output)
+	}
+	var got []string
+	for _, s := range ctestSection.FindAllStringSubmatch(output, -1) {
+		got = append(got, s[1])
+		if s[3] != "0" {
+			t.Errorf("section %s: %s failed", s[1], s[3])
+		}
+		t.Logf("section %-8s %4s passed in %ss", s[1], s[2], s[4])
+	}
+	if strings.Join(got, " ") != strings.Join(ctestSections, " ") {
+		t.Errorf("sections run: %v, want %v\n%s", got, ctestSections, output)
+	}
+	t.Logf("%s; %s; %d checks in %v", filepath.Base(prog), ctestThreads.FindString(output), passed,
+		elapsed.Round(time.Millisecond))
+}
+
+// ctestStartAgain starts a killed daemon again. Its managed swtpm leaves when
+// it sees the old daemon's connection drop; until then a new daemon finds
+// the TPM busy and exits, and is retried.
+func ctestStartAgain(t *testing.T, d *daemonProc) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := d.tryStart()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
