@@ -193,6 +193,10 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 		return
 	}
 	defer raw.Close()
+	// Close the poller's descriptor: its epoll registration follows the
+	// socket, not the descriptor, and would otherwise wake an idle thread
+	// of the runtime for every request that arrives.
+	c.Close()
 	s.mu.Lock()
 	stopping := s.stopping
 	s.conns[c] = raw
