@@ -84,7 +84,7 @@ var (
 func ulong(v uint64) []byte { return keystore.Ulong(v) }
 
 var (
-	rsa     = []uint64{ck.CKK_RSA}
+	rsaKeys = []uint64{ck.CKK_RSA}
 	ecLike  = []uint64{ck.CKK_EC, ck.CKK_EC_EDWARDS}
 	secrets = []uint64{ck.CKK_AES, ck.CKK_GENERIC_SECRET}
 )
@@ -154,15 +154,15 @@ var rules = map[uint64]rule{
 	ck.CKA_VALUE_LEN:           {kind: vUlong, classes: mSecret, keyTypes: secrets},
 
 	// RSA.
-	ck.CKA_MODULUS:          {kind: vBytes, classes: mPub | mPriv, keyTypes: rsa, flags: fRequired},
-	ck.CKA_MODULUS_BITS:     {kind: vUlong, classes: mPub, keyTypes: rsa},
-	ck.CKA_PUBLIC_EXPONENT:  {kind: vBytes, classes: mPub | mPriv, keyTypes: rsa},
-	ck.CKA_PRIVATE_EXPONENT: {kind: vBytes, classes: mPriv, keyTypes: rsa, flags: fRequired | fSecret | fSensitive},
-	ck.CKA_PRIME_1:          {kind: vBytes, classes: mPriv, keyTypes: rsa, flags: fSecret | fSensitive},
-	ck.CKA_PRIME_2:          {kind: vBytes, classes: mPriv, keyTypes: rsa, flags: fSecret | fSensitive},
-	ck.CKA_EXPONENT_1:       {kind: vBytes, classes: mPriv, keyTypes: rsa, flags: fSecret | fSensitive},
-	ck.CKA_EXPONENT_2:       {kind: vBytes, classes: mPriv, keyTypes: rsa, flags: fSecret | fSensitive},
-	ck.CKA_COEFFICIENT:      {kind: vBytes, classes: mPriv, keyTypes: rsa, flags: fSecret | fSensitive},
+	ck.CKA_MODULUS:          {kind: vBytes, classes: mPub | mPriv, keyTypes: rsaKeys, flags: fRequired},
+	ck.CKA_MODULUS_BITS:     {kind: vUlong, classes: mPub, keyTypes: rsaKeys},
+	ck.CKA_PUBLIC_EXPONENT:  {kind: vBytes, classes: mPub | mPriv, keyTypes: rsaKeys},
+	ck.CKA_PRIVATE_EXPONENT: {kind: vBytes, classes: mPriv, keyTypes: rsaKeys, flags: fRequired | fSecret | fSensitive},
+	ck.CKA_PRIME_1:          {kind: vBytes, classes: mPriv, keyTypes: rsaKeys, flags: fSecret | fSensitive},
+	ck.CKA_PRIME_2:          {kind: vBytes, classes: mPriv, keyTypes: rsaKeys, flags: fSecret | fSensitive},
+	ck.CKA_EXPONENT_1:       {kind: vBytes, classes: mPriv, keyTypes: rsaKeys, flags: fSecret | fSensitive},
+	ck.CKA_EXPONENT_2:       {kind: vBytes, classes: mPriv, keyTypes: rsaKeys, flags: fSecret | fSensitive},
+	ck.CKA_COEFFICIENT:      {kind: vBytes, classes: mPriv, keyTypes: rsaKeys, flags: fSecret | fSensitive},
 
 	// EC and Edwards curves.
 	ck.CKA_EC_PARAMS: {kind: vBytes, classes: mPub | mPriv, keyTypes: ecLike, flags: fRequired},

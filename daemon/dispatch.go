@@ -212,23 +212,83 @@ func (e *Engine) dispatch(ctx context.Context, app *App, a *wire.Args, r *wire.R
 	case "C_SeedRandom":
 		return ck.CKR_OK, e.SeedRandom(ctx, app, a.Ulong(0))
 	}
+	if code, handled, err := e.dispatchOps(ctx, app, a, r); handled {
+		return code, err
+	}
 	return e.noMechanisms(app, c, a)
 }
 
-// noMechanisms answers the cryptographic calls while the token implements
-// no mechanism: an Init names a mechanism the token does not have, and
+// opOf maps the Init calls to their kind of operation.
+var opOf = map[string]opKind{
+	"C_EncryptInit": opEncrypt, "C_DecryptInit": opDecrypt, "C_DigestInit": opDigest,
+	"C_SignInit": opSign, "C_VerifyInit": opVerify,
+}
+
+// dispatchOps serves the calls of operations in progress.
+func (e *Engine) dispatchOps(ctx context.Context, app *App, a *wire.Args, r *wire.Results) (code uint64, handled bool, err error) {
+	h := func() uint64 { return a.Ulong(0) }
+	in := func(i int) []byte { b, _ := a.Bytes(i); return b }
+	switch name := a.Call().Name; name {
+	case "C_EncryptInit", "C_DecryptInit", "C_SignInit", "C_VerifyInit":
+		return ck.CKR_OK, true, e.OpInit(ctx, app, h(), opOf[name], a.Mechanism(1), a.Ulong(2))
+	case "C_DigestInit":
+		return ck.CKR_OK, true, e.OpInit(ctx, app, h(), opDigest, a.Mechanism(1), 0)
+	case "C_Encrypt":
+		code, err = e.Crypt(app, h(), opEncrypt, in(1), a.Out(2), r)
+		return code, true, err
+	case "C_Decrypt":
+		code, err = e.Crypt(app, h(), opDecrypt, in(1), a.Out(2), r)
+		return code, true, err
+	case "C_EncryptUpdate":
+		code, err = e.CryptUpdate(app, h(), opEncrypt, in(1), a.Out(2), r)
+		return code, true, err
+	case "C_DecryptUpdate":
+		code, err = e.CryptUpdate(app, h(), opDecrypt, in(1), a.Out(2), r)
+		return code, true, err
+	case "C_EncryptFinal":
+		code, err = e.CryptFinal(app, h(), opEncrypt, a.Out(1), r)
+		return code, true, err
+	case "C_DecryptFinal":
+		code, err = e.CryptFinal(app, h(), opDecrypt, a.Out(1), r)
+		return code, true, err
+	case "C_Digest":
+		code, err = e.Digest(app, h(), in(1), a.Out(2), r)
+		return code, true, err
+	case "C_DigestUpdate":
+		return ck.CKR_OK, true, e.DigestUpdate(app, h(), in(1))
+	case "C_DigestKey":
+		return ck.CKR_OK, true, e.DigestKey(ctx, app, h(), a.Ulong(1))
+	case "C_DigestFinal":
+		code, err = e.DigestFinal(app, h(), a.Out(1), r)
+		return code, true, err
+	case "C_Sign":
+		code, err = e.Sign(app, h(), in(1), a.Out(2), r)
+		return code, true, err
+	case "C_SignUpdate":
+		return ck.CKR_OK, true, e.SignVerifyUpdate(app, h(), opSign, in(1))
+	case "C_SignFinal":
+		code, err = e.SignFinal(app, h(), a.Out(1), r)
+		return code, true, err
+	case "C_Verify":
+		return ck.CKR_OK, true, e.Verify(app, h(), in(1), in(2))
+	case "C_VerifyUpdate":
+		return ck.CKR_OK, true, e.SignVerifyUpdate(app, h(), opVerify, in(1))
+	case "C_VerifyFinal":
+		return ck.CKR_OK, true, e.VerifyFinal(app, h(), in(1))
+	}
+	return 0, false, nil
+}
+
+// noMechanisms answers the cryptographic calls no mechanism implements
+// yet: an Init names a mechanism the token does not have for it, and
 // nothing can be in progress. Everything else is not supported.
 func (e *Engine) noMechanisms(app *App, c *calls.Call, a *wire.Args) (uint64, error) {
 	code := uint64(ck.CKR_FUNCTION_NOT_SUPPORTED)
 	switch c.Name {
-	case "C_EncryptInit", "C_DecryptInit", "C_DigestInit", "C_SignInit", "C_SignRecoverInit",
-		"C_VerifyInit", "C_VerifyRecoverInit", "C_GenerateKey", "C_GenerateKeyPair",
+	case "C_SignRecoverInit", "C_VerifyRecoverInit", "C_GenerateKey", "C_GenerateKeyPair",
 		"C_WrapKey", "C_UnwrapKey", "C_DeriveKey":
 		code = ck.CKR_MECHANISM_INVALID
-	case "C_Encrypt", "C_EncryptUpdate", "C_EncryptFinal", "C_Decrypt", "C_DecryptUpdate", "C_DecryptFinal",
-		"C_Digest", "C_DigestUpdate", "C_DigestKey", "C_DigestFinal", "C_Sign", "C_SignUpdate", "C_SignFinal",
-		"C_SignRecover", "C_Verify", "C_VerifyUpdate", "C_VerifyFinal", "C_VerifyRecover",
-		"C_DigestEncryptUpdate", "C_DecryptDigestUpdate", "C_SignEncryptUpdate", "C_DecryptVerifyUpdate":
+	case "C_SignRecover", "C_VerifyRecover":
 		code = ck.CKR_OPERATION_NOT_INITIALIZED
 	default:
 		return code, nil

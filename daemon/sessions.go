@@ -21,6 +21,7 @@ type session struct {
 
 	mu   sync.Mutex
 	find *findOp
+	ops  [opKinds]*operation
 }
 
 // session looks up a session handle of app.

@@ -178,21 +178,3 @@ func (e *Engine) tokenLogin(token keystore.UUID) *tokenLogin {
 	defer e.mu.Unlock()
 	return e.loginOf(token)
 }
-
-// MechanismList returns the mechanisms a slot's token implements.
-func (e *Engine) MechanismList(ctx context.Context, slot uint64) ([]uint64, error) {
-	if slot != freeSlot {
-		if _, err := e.token(ctx, slot); err != nil {
-			return nil, err
-		}
-	}
-	return nil, nil
-}
-
-// MechanismInfo describes one mechanism.
-func (e *Engine) MechanismInfo(ctx context.Context, slot, mech uint64) (*wire.MechanismInfo, error) {
-	if _, err := e.MechanismList(ctx, slot); err != nil {
-		return nil, err
-	}
-	return nil, rv(ck.CKR_MECHANISM_INVALID)
-}

@@ -1,0 +1,226 @@
+package daemon
+
+import (
+	"crypto/ecdh"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"encoding/asn1"
+	"math/big"
+
+	"hsmemu/cryptoki/ck"
+)
+
+// key is an object as a mechanism sees it: its attributes and its
+// material, parsed on demand.
+type key struct {
+	obj     *object
+	class   uint64
+	keyType uint64
+}
+
+func newKey(o *object) *key { return &key{obj: o, class: o.class(), keyType: o.keyType()} }
+
+// value is a secret key's CKA_VALUE.
+func (k *key) value() []byte {
+	v, _ := k.obj.get(ck.CKA_VALUE)
+	return v
+}
+
+func (k *key) bigAttr(t uint64) *big.Int {
+	v, _ := k.obj.get(t)
+	return new(big.Int).SetBytes(v)
+}
+
+var errKeyBroken = rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+
+// rsaPublic returns an RSA key's public half (of a public or private key).
+func (k *key) rsaPublic() (*rsa.PublicKey, error) {
+	if k.keyType != ck.CKK_RSA {
+		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+	}
+	n, e := k.bigAttr(ck.CKA_MODULUS), k.bigAttr(ck.CKA_PUBLIC_EXPONENT)
+	if n.Sign() == 0 || !e.IsInt64() || e.Int64() < 3 || e.Int64() > 1<<31-1 {
+		return nil, errKeyBroken
+	}
+	return &rsa.PublicKey{N: n, E: int(e.Int64())}, nil
+}
+
+// rsaPrivate returns an RSA private key, with its CRT values when the
+// object has its primes.
+func (k *key) rsaPrivate() (*rsa.PrivateKey, error) {
+	if k.keyType != ck.CKK_RSA || k.class != ck.CKO_PRIVATE_KEY {
+		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+	}
+	pub, err := k.rsaPublic()
+	if err != nil {
+		return nil, err
+	}
+	priv := &rsa.PrivateKey{PublicKey: *pub, D: k.bigAttr(ck.CKA_PRIVATE_EXPONENT)}
+	p, q := k.bigAttr(ck.CKA_PRIME_1), k.bigAttr(ck.CKA_PRIME_2)
+	if p.Sign() > 0 && q.Sign() > 0 {
+		priv.Primes = []*big.Int{p, q}
+	}
+	if err := priv.Validate(); err != nil {
+		return nil, errKeyBroken
+	}
+	priv.Precompute()
+	return priv, nil
+}
+
+// curves maps the DER OIDs of the named curves hsmemu supports.
+var (
+	oidP256    = asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7}
+	oidP384    = asn1.ObjectIdentifier{1, 3, 132, 0, 34}
+	oidP521    = asn1.ObjectIdentifier{1, 3, 132, 0, 35}
+	oidEd25519 = asn1.ObjectIdentifier{1, 3, 101, 112}
+)
+
+// curveOf reads CKA_EC_PARAMS: a DER OID, or a PrintableString naming the
+// curve (PKCS#11 3.0 allows both for Edwards curves).
+func (k *key) ecParams() (asn1.ObjectIdentifier, string, error) {
+	v, _ := k.obj.get(ck.CKA_EC_PARAMS)
+	return parseECParams(v)
+}
+
+func parseECParams(v []byte) (asn1.ObjectIdentifier, string, error) {
+	var oid asn1.ObjectIdentifier
+	if rest, err := asn1.Unmarshal(v, &oid); err == nil && len(rest) == 0 {
+		return oid, "", nil
+	}
+	var name string
+	if rest, err := asn1.UnmarshalWithParams(v, &name, "printable"); err == nil && len(rest) == 0 {
+		return nil, name, nil
+	}
+	return nil, "", rv(ck.CKR_DOMAIN_PARAMS_INVALID)
+}
+
+// ellipticCurve returns the NIST curve of a key's CKA_EC_PARAMS.
+func ellipticCurve(oid asn1.ObjectIdentifier, name string) (elliptic.Curve, bool) {
+	switch {
+	case oid.Equal(oidP256) || name == "prime256v1" || name == "secp256r1":
+		return elliptic.P256(), true
+	case oid.Equal(oidP384) || name == "secp384r1":
+		return elliptic.P384(), true
+	case oid.Equal(oidP521) || name == "secp521r1":
+		return elliptic.P521(), true
+	}
+	return nil, false
+}
+
+func isEd25519(oid asn1.ObjectIdentifier, name string) bool {
+	return oid.Equal(oidEd25519) || name == "edwards25519" || name == "ed25519"
+}
+
+// ecPoint reads CKA_EC_POINT: a DER OCTET STRING around the point, as the
+// specification says, or (as some clients send) the bare point.
+func ecPoint(v []byte) []byte {
+	var raw []byte
+	if rest, err := asn1.Unmarshal(v, &raw); err == nil && len(rest) == 0 {
+		return raw
+	}
+	return v
+}
+
+// ecdsaPublic returns an EC key's public key (of a public key object).
+func (k *key) ecdsaPublic() (*ecdsa.PublicKey, error) {
+	if k.keyType != ck.CKK_EC {
+		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+	}
+	oid, name, err := k.ecParams()
+	if err != nil {
+		return nil, err
+	}
+	c, ok := ellipticCurve(oid, name)
+	if !ok {
+		return nil, rv(ck.CKR_CURVE_NOT_SUPPORTED)
+	}
+	v, _ := k.obj.get(ck.CKA_EC_POINT)
+	pub, err := ecdsa.ParseUncompressedPublicKey(c, ecPoint(v))
+	if err != nil {
+		return nil, errKeyBroken
+	}
+	return pub, nil
+}
+
+// ecdsaPrivate returns an EC private key.
+func (k *key) ecdsaPrivate() (*ecdsa.PrivateKey, error) {
+	if k.keyType != ck.CKK_EC || k.class != ck.CKO_PRIVATE_KEY {
+		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+	}
+	oid, name, err := k.ecParams()
+	if err != nil {
+		return nil, err
+	}
+	c, ok := ellipticCurve(oid, name)
+	if !ok {
+		return nil, rv(ck.CKR_CURVE_NOT_SUPPORTED)
+	}
+	// CKA_VALUE is the private scalar, big-endian; pad it to the curve's
+	// size, as some writers drop leading zeros.
+	d := k.value()
+	size := (c.Params().BitSize + 7) / 8
+	if len(d) == 0 || len(d) > size {
+		return nil, errKeyBroken
+	}
+	padded := make([]byte, size)
+	copy(padded[size-len(d):], d)
+	priv, err := ecdsa.ParseRawPrivateKey(c, padded)
+	if err != nil {
+		return nil, errKeyBroken
+	}
+	return priv, nil
+}
+
+// ecdhPrivate returns an EC private key for key agreement.
+func (k *key) ecdhPrivate() (*ecdh.PrivateKey, error) {
+	priv, err := k.ecdsaPrivate()
+	if err != nil {
+		return nil, err
+	}
+	d, err := priv.ECDH()
+	if err != nil {
+		return nil, errKeyBroken
+	}
+	return d, nil
+}
+
+// ed25519Private returns an Edwards private key (CKA_VALUE is its seed).
+func (k *key) ed25519Private() (ed25519.PrivateKey, error) {
+	if k.keyType != ck.CKK_EC_EDWARDS || k.class != ck.CKO_PRIVATE_KEY {
+		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+	}
+	oid, name, err := k.ecParams()
+	if err != nil {
+		return nil, err
+	}
+	if !isEd25519(oid, name) {
+		return nil, rv(ck.CKR_CURVE_NOT_SUPPORTED)
+	}
+	seed := k.value()
+	if len(seed) != ed25519.SeedSize {
+		return nil, errKeyBroken
+	}
+	return ed25519.NewKeyFromSeed(seed), nil
+}
+
+// ed25519Public returns an Edwards public key.
+func (k *key) ed25519Public() (ed25519.PublicKey, error) {
+	if k.keyType != ck.CKK_EC_EDWARDS {
+		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+	}
+	oid, name, err := k.ecParams()
+	if err != nil {
+		return nil, err
+	}
+	if !isEd25519(oid, name) {
+		return nil, rv(ck.CKR_CURVE_NOT_SUPPORTED)
+	}
+	v, _ := k.obj.get(ck.CKA_EC_POINT)
+	p := ecPoint(v)
+	if len(p) != ed25519.PublicKeySize {
+		return nil, errKeyBroken
+	}
+	return ed25519.PublicKey(p), nil
+}

@@ -1,0 +1,393 @@
+package daemon
+
+import (
+	"context"
+	"slices"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
+)
+
+// Operations in sessions. A session holds at most one operation of each
+// kind. The rules of the specification, kept here once for every
+// mechanism:
+//   - an Init while one is active is CKR_OPERATION_ACTIVE;
+//   - an error ends the operation, except CKR_BUFFER_TOO_SMALL and a
+//     size query (NULL output), which keep it alive with its output kept,
+//     so the second call returns exactly what the first one measured;
+//   - the single-part call and the Final end it.
+
+type opKind int
+
+const (
+	opEncrypt opKind = iota
+	opDecrypt
+	opDigest
+	opSign
+	opVerify
+	opKinds
+)
+
+// operation is one operation in progress.
+type operation struct {
+	mech    uint64
+	cipher  cipherOp
+	signer  signOp
+	digest  digestOp
+	pending []byte // output measured by a size query, not yet delivered
+	hasPend bool
+	parts   bool // Update was called: the single-part call is refused
+}
+
+// usage is the attribute a key needs for each kind of operation.
+var usage = [opKinds]uint64{
+	opEncrypt: ck.CKA_ENCRYPT,
+	opDecrypt: ck.CKA_DECRYPT,
+	opSign:    ck.CKA_SIGN,
+	opVerify:  ck.CKA_VERIFY,
+}
+
+// allowed checks CKA_ALLOWED_MECHANISMS.
+func (k *key) allows(mech uint64) bool {
+	v, ok := k.obj.attrs.Get(ck.CKA_ALLOWED_MECHANISMS)
+	if !ok || len(v) == 0 {
+		return true
+	}
+	for i := 0; i+8 <= len(v); i += 8 {
+		if ulongOf(v[i:i+8]) == mech {
+			return true
+		}
+	}
+	return false
+}
+
+// useKey resolves a key handle for an operation with mechanism m: the
+// object must be a key of a type m takes, permitted to do it.
+func (e *Engine) useKey(ctx context.Context, app *App, s *session, h uint64, m *mechanism, typ uint64, need uint64) (*key, error) {
+	_, o, err := e.resolve(ctx, app, s, h)
+	if err != nil {
+		if c, _ := rvOf(err); c == ck.CKR_OBJECT_HANDLE_INVALID {
+			return nil, rv(ck.CKR_KEY_HANDLE_INVALID)
+		}
+		return nil, err
+	}
+	k := newKey(o)
+	if classMask(k.class)&mKeys == 0 || !slices.Contains(m.keyTypes, k.keyType) {
+		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+	}
+	if need != 0 && !o.bool(need) {
+		return nil, rv(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
+	}
+	if !k.allows(typ) {
+		return nil, rv(ck.CKR_MECHANISM_INVALID)
+	}
+	return k, nil
+}
+
+// OpInit starts an operation of the given kind with a mechanism and,
+// except for digests, a key.
+func (e *Engine) OpInit(ctx context.Context, app *App, h uint64, kind opKind, wm *wire.Mechanism, keyHandle uint64) error {
+	s, err := app.session(h)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	active := s.ops[kind] != nil
+	s.mu.Unlock()
+	if active {
+		return rv(ck.CKR_OPERATION_ACTIVE)
+	}
+	m, ok := mechanisms[wm.Type]
+	if !ok {
+		return rv(ck.CKR_MECHANISM_INVALID)
+	}
+	op := &operation{mech: wm.Type}
+	if kind == opDigest {
+		if m.digest == nil {
+			return rv(ck.CKR_MECHANISM_INVALID)
+		}
+		if op.digest, err = m.digest(wm); err != nil {
+			return err
+		}
+	} else {
+		var ctor func(*key, *wire.Mechanism) (cipherOp, error)
+		var sctor func(*key, *wire.Mechanism) (signOp, error)
+		switch kind {
+		case opEncrypt:
+			ctor = m.encrypt
+		case opDecrypt:
+			ctor = m.decrypt
+		case opSign:
+			sctor = m.sign
+		case opVerify:
+			sctor = m.verify
+		}
+		if ctor == nil && sctor == nil {
+			return rv(ck.CKR_MECHANISM_INVALID)
+		}
+		k, err := e.useKey(ctx, app, s, keyHandle, m, wm.Type, usage[kind])
+		if err != nil {
+			return err
+		}
+		if ctor != nil {
+			op.cipher, err = ctor(k, wm)
+		} else {
+			op.signer, err = sctor(k, wm)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ops[kind] != nil {
+		return rv(ck.CKR_OPERATION_ACTIVE)
+	}
+	s.ops[kind] = op
+	return nil
+}
+
+// withOp runs f on the session's operation of the given kind, ending the
+// operation when f says so or fails.
+func withOp(app *App, h uint64, kind opKind, f func(op *operation) (end bool, err error)) error {
+	s, err := app.session(h)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	op := s.ops[kind]
+	if op == nil {
+		return rv(ck.CKR_OPERATION_NOT_INITIALIZED)
+	}
+	end, err := f(op)
+	if end || err != nil {
+		s.ops[kind] = nil
+	}
+	return err
+}
+
+// deliver applies the size-query convention to an output: it keeps the
+// output while the caller only measured it, and reports whether the caller
+// got it (which ends a single-part call or a Final).
+func deliver(op *operation, out wire.OutSpec, data []byte, r *wire.Results) (delivered bool, code uint64) {
+	code = r.OutBytes(out, data)
+	if code == ck.CKR_OK && out.Present {
+		op.pending, op.hasPend = nil, false
+		return true, code
+	}
+	op.pending, op.hasPend = data, true
+	return false, code
+}
+
+// output computes an operation's output once: a repeated call after a size
+// query gets the kept output.
+func (op *operation) output(compute func() ([]byte, error)) ([]byte, error) {
+	if op.hasPend {
+		return op.pending, nil
+	}
+	return compute()
+}
+
+// Crypt is C_Encrypt or C_Decrypt: the whole input in one call.
+func (e *Engine) Crypt(app *App, h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results) (uint64, error) {
+	var code uint64
+	err := withOp(app, h, kind, func(op *operation) (bool, error) {
+		if op.parts {
+			return true, rv(ck.CKR_OPERATION_ACTIVE)
+		}
+		data, err := op.output(func() ([]byte, error) {
+			if one, ok := op.cipher.(oneShot); ok {
+				return one.One(in)
+			}
+			a, err := op.cipher.Update(in)
+			if err != nil {
+				return nil, err
+			}
+			b, err := op.cipher.Final()
+			return append(a, b...), err
+		})
+		if err != nil {
+			return true, err
+		}
+		var done bool
+		done, code = deliver(op, out, data, r)
+		return done, nil
+	})
+	return code, err
+}
+
+// CryptUpdate is C_EncryptUpdate or C_DecryptUpdate.
+func (e *Engine) CryptUpdate(app *App, h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results) (uint64, error) {
+	var code uint64
+	err := withOp(app, h, kind, func(op *operation) (bool, error) {
+		data, err := op.output(func() ([]byte, error) { return op.cipher.Update(in) })
+		if err != nil {
+			return true, err
+		}
+		op.parts = true
+		_, code = deliver(op, out, data, r)
+		return false, nil
+	})
+	return code, err
+}
+
+// CryptFinal is C_EncryptFinal or C_DecryptFinal.
+func (e *Engine) CryptFinal(app *App, h uint64, kind opKind, out wire.OutSpec, r *wire.Results) (uint64, error) {
+	var code uint64
+	err := withOp(app, h, kind, func(op *operation) (bool, error) {
+		data, err := op.output(op.cipher.Final)
+		if err != nil {
+			return true, err
+		}
+		var done bool
+		done, code = deliver(op, out, data, r)
+		return done, nil
+	})
+	return code, err
+}
+
+// Digest is C_Digest.
+func (e *Engine) Digest(app *App, h uint64, in []byte, out wire.OutSpec, r *wire.Results) (uint64, error) {
+	var code uint64
+	err := withOp(app, h, opDigest, func(op *operation) (bool, error) {
+		if op.parts {
+			return true, rv(ck.CKR_OPERATION_ACTIVE)
+		}
+		data, _ := op.output(func() ([]byte, error) {
+			op.digest.Update(in)
+			return op.digest.Sum(), nil
+		})
+		var done bool
+		done, code = deliver(op, out, data, r)
+		return done, nil
+	})
+	return code, err
+}
+
+// DigestUpdate is C_DigestUpdate.
+func (e *Engine) DigestUpdate(app *App, h uint64, in []byte) error {
+	return withOp(app, h, opDigest, func(op *operation) (bool, error) {
+		if op.hasPend {
+			return true, rv(ck.CKR_OPERATION_ACTIVE)
+		}
+		op.parts = true
+		op.digest.Update(in)
+		return false, nil
+	})
+}
+
+// DigestKey is C_DigestKey: a secret key's value goes into the digest,
+// never out of the token.
+func (e *Engine) DigestKey(ctx context.Context, app *App, h, keyHandle uint64) error {
+	s, err := app.session(h)
+	if err != nil {
+		return err
+	}
+	_, o, err := e.resolve(ctx, app, s, keyHandle)
+	if err != nil {
+		if c, _ := rvOf(err); c == ck.CKR_OBJECT_HANDLE_INVALID {
+			return rv(ck.CKR_KEY_HANDLE_INVALID)
+		}
+		return err
+	}
+	if o.class() != ck.CKO_SECRET_KEY {
+		return rv(ck.CKR_KEY_INDIGESTIBLE)
+	}
+	v, _ := o.get(ck.CKA_VALUE)
+	return withOp(app, h, opDigest, func(op *operation) (bool, error) {
+		op.parts = true
+		op.digest.Update(v)
+		return false, nil
+	})
+}
+
+// DigestFinal is C_DigestFinal.
+func (e *Engine) DigestFinal(app *App, h uint64, out wire.OutSpec, r *wire.Results) (uint64, error) {
+	var code uint64
+	err := withOp(app, h, opDigest, func(op *operation) (bool, error) {
+		data, _ := op.output(func() ([]byte, error) { return op.digest.Sum(), nil })
+		var done bool
+		done, code = deliver(op, out, data, r)
+		return done, nil
+	})
+	return code, err
+}
+
+// Sign is C_Sign.
+func (e *Engine) Sign(app *App, h uint64, in []byte, out wire.OutSpec, r *wire.Results) (uint64, error) {
+	var code uint64
+	err := withOp(app, h, opSign, func(op *operation) (bool, error) {
+		if op.parts {
+			return true, rv(ck.CKR_OPERATION_ACTIVE)
+		}
+		data, err := op.output(func() ([]byte, error) {
+			if err := op.signer.Update(in); err != nil {
+				return nil, err
+			}
+			return op.signer.Sign()
+		})
+		if err != nil {
+			return true, err
+		}
+		var done bool
+		done, code = deliver(op, out, data, r)
+		return done, nil
+	})
+	return code, err
+}
+
+// SignVerifyUpdate is C_SignUpdate or C_VerifyUpdate.
+func (e *Engine) SignVerifyUpdate(app *App, h uint64, kind opKind, in []byte) error {
+	return withOp(app, h, kind, func(op *operation) (bool, error) {
+		if _, single := op.signer.(singlePartOnly); single {
+			return true, rv(ck.CKR_FUNCTION_NOT_SUPPORTED)
+		}
+		if op.hasPend {
+			return true, rv(ck.CKR_OPERATION_ACTIVE)
+		}
+		op.parts = true
+		return false, op.signer.Update(in)
+	})
+}
+
+// SignFinal is C_SignFinal.
+func (e *Engine) SignFinal(app *App, h uint64, out wire.OutSpec, r *wire.Results) (uint64, error) {
+	var code uint64
+	err := withOp(app, h, opSign, func(op *operation) (bool, error) {
+		if _, single := op.signer.(singlePartOnly); single {
+			return true, rv(ck.CKR_FUNCTION_NOT_SUPPORTED)
+		}
+		data, err := op.output(op.signer.Sign)
+		if err != nil {
+			return true, err
+		}
+		var done bool
+		done, code = deliver(op, out, data, r)
+		return done, nil
+	})
+	return code, err
+}
+
+// Verify is C_Verify; VerifyFinal is C_VerifyFinal. Both end the
+// operation, whatever the outcome.
+func (e *Engine) Verify(app *App, h uint64, in, sig []byte) error {
+	return withOp(app, h, opVerify, func(op *operation) (bool, error) {
+		if op.parts {
+			return true, rv(ck.CKR_OPERATION_ACTIVE)
+		}
+		if err := op.signer.Update(in); err != nil {
+			return true, err
+		}
+		return true, op.signer.Verify(sig)
+	})
+}
+
+func (e *Engine) VerifyFinal(app *App, h uint64, sig []byte) error {
+	return withOp(app, h, opVerify, func(op *operation) (bool, error) {
+		if _, single := op.signer.(singlePartOnly); single {
+			return true, rv(ck.CKR_FUNCTION_NOT_SUPPORTED)
+		}
+		return true, op.signer.Verify(sig)
+	})
+}
