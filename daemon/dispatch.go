@@ -273,6 +273,54 @@ func (e *Engine) dispatchOps(ctx context.Context, app *App, a *wire.Args, r *wir
 		return ck.CKR_OK, true, e.Verify(app, h(), in(1), in(2))
 	case "C_VerifyUpdate":
 		return ck.CKR_OK, true, e.SignVerifyUpdate(app, h(), opVerify, in(1))
+	case "C_GenerateKey":
+		t, err := templ(a.Template(2))
+		if err != nil {
+			return 0, true, err
+		}
+		kh, err := e.GenerateKey(ctx, app, h(), a.Mechanism(1), t)
+		if err == nil {
+			r.Ulong(kh)
+		}
+		return ck.CKR_OK, true, err
+	case "C_GenerateKeyPair":
+		pt, err := templ(a.Template(2))
+		if err != nil {
+			return 0, true, err
+		}
+		vt, err := templ(a.Template(3))
+		if err != nil {
+			return 0, true, err
+		}
+		ph, vh, err := e.GenerateKeyPair(ctx, app, h(), a.Mechanism(1), pt, vt)
+		if err == nil {
+			r.Ulong(ph)
+			r.Ulong(vh)
+		}
+		return ck.CKR_OK, true, err
+	case "C_WrapKey":
+		code, err = e.WrapKey(ctx, app, h(), a.Mechanism(1), a.Ulong(2), a.Ulong(3), a.Out(4), r)
+		return code, true, err
+	case "C_UnwrapKey":
+		t, err := templ(a.Template(4))
+		if err != nil {
+			return 0, true, err
+		}
+		kh, err := e.UnwrapKey(ctx, app, h(), a.Mechanism(1), a.Ulong(2), in(3), t)
+		if err == nil {
+			r.Ulong(kh)
+		}
+		return ck.CKR_OK, true, err
+	case "C_DeriveKey":
+		t, err := templ(a.Template(3))
+		if err != nil {
+			return 0, true, err
+		}
+		kh, err := e.DeriveKey(ctx, app, h(), a.Mechanism(1), a.Ulong(2), t)
+		if err == nil {
+			r.Ulong(kh)
+		}
+		return ck.CKR_OK, true, err
 	case "C_VerifyFinal":
 		return ck.CKR_OK, true, e.VerifyFinal(app, h(), in(1))
 	}
@@ -285,8 +333,7 @@ func (e *Engine) dispatchOps(ctx context.Context, app *App, a *wire.Args, r *wir
 func (e *Engine) noMechanisms(app *App, c *calls.Call, a *wire.Args) (uint64, error) {
 	code := uint64(ck.CKR_FUNCTION_NOT_SUPPORTED)
 	switch c.Name {
-	case "C_SignRecoverInit", "C_VerifyRecoverInit", "C_GenerateKey", "C_GenerateKeyPair",
-		"C_WrapKey", "C_UnwrapKey", "C_DeriveKey":
+	case "C_SignRecoverInit", "C_VerifyRecoverInit":
 		code = ck.CKR_MECHANISM_INVALID
 	case "C_SignRecover", "C_VerifyRecover":
 		code = ck.CKR_OPERATION_NOT_INITIALIZED

@@ -224,3 +224,63 @@ func (k *key) ed25519Public() (ed25519.PublicKey, error) {
 	}
 	return ed25519.PublicKey(p), nil
 }
+
+// oidDER encodes a curve's OID as CKA_EC_PARAMS.
+func oidDER(oid asn1.ObjectIdentifier) []byte {
+	b, _ := asn1.Marshal(oid)
+	return b
+}
+
+// curveOID returns the OID of a NIST curve.
+func curveOID(c elliptic.Curve) (asn1.ObjectIdentifier, bool) {
+	switch c {
+	case elliptic.P256():
+		return oidP256, true
+	case elliptic.P384():
+		return oidP384, true
+	case elliptic.P521():
+		return oidP521, true
+	}
+	return nil, false
+}
+
+// privateKeyAttrs turns a parsed private key into a private key object's
+// attributes, and says its key type.
+func privateKeyAttrs(priv any) (map[uint64][]byte, uint64, error) {
+	switch k := priv.(type) {
+	case *rsa.PrivateKey:
+		if len(k.Primes) != 2 {
+			return nil, 0, rv(ck.CKR_WRAPPED_KEY_INVALID)
+		}
+		k.Precompute()
+		return map[uint64][]byte{
+			ck.CKA_MODULUS:          k.N.Bytes(),
+			ck.CKA_PUBLIC_EXPONENT:  big.NewInt(int64(k.E)).Bytes(),
+			ck.CKA_PRIVATE_EXPONENT: k.D.Bytes(),
+			ck.CKA_PRIME_1:          k.Primes[0].Bytes(),
+			ck.CKA_PRIME_2:          k.Primes[1].Bytes(),
+			ck.CKA_EXPONENT_1:       k.Precomputed.Dp.Bytes(),
+			ck.CKA_EXPONENT_2:       k.Precomputed.Dq.Bytes(),
+			ck.CKA_COEFFICIENT:      k.Precomputed.Qinv.Bytes(),
+		}, ck.CKK_RSA, nil
+	case *ecdsa.PrivateKey:
+		oid, ok := curveOID(k.Curve)
+		if !ok {
+			return nil, 0, rv(ck.CKR_CURVE_NOT_SUPPORTED)
+		}
+		d, err := k.Bytes()
+		if err != nil {
+			return nil, 0, rv(ck.CKR_WRAPPED_KEY_INVALID)
+		}
+		return map[uint64][]byte{ck.CKA_EC_PARAMS: oidDER(oid), ck.CKA_VALUE: d}, ck.CKK_EC, nil
+	case ed25519.PrivateKey:
+		return map[uint64][]byte{ck.CKA_EC_PARAMS: oidDER(oidEd25519), ck.CKA_VALUE: k.Seed()}, ck.CKK_EC_EDWARDS, nil
+	}
+	return nil, 0, rv(ck.CKR_WRAPPED_KEY_INVALID)
+}
+
+// pointDER wraps an EC point in the DER OCTET STRING CKA_EC_POINT holds.
+func pointDER(p []byte) []byte {
+	b, _ := asn1.Marshal(p)
+	return b
+}

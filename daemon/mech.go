@@ -67,6 +67,8 @@ type mechanism struct {
 	verify  func(k *key, m *wire.Mechanism) (signOp, error)
 	digest  func(m *wire.Mechanism) (digestOp, error)
 
+	// genKeyType is the key type generate and generatePair make.
+	genKeyType uint64
 	// generate makes a secret key's material for the validated template
 	// (CKA_VALUE_LEN and the like are in it) and returns the attributes to
 	// add, CKA_VALUE among them.

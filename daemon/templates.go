@@ -48,12 +48,55 @@ func keyTypeSupported(class, kt uint64) bool {
 	return false
 }
 
+// origin is how an object comes to be: it decides which attributes a
+// template may hold and what CKA_LOCAL and its kin say.
+type origin int
+
+const (
+	originCreate   origin = iota // C_CreateObject: the caller gives the material
+	originGenerate               // C_GenerateKey(Pair): the token makes it
+	originUnwrap                 // C_UnwrapKey: it comes wrapped
+	originDerive                 // C_DeriveKey: the token derives it
+)
+
+// isMaterial reports whether an attribute is key material or computed from
+// it: only C_CreateObject may give it.
+func isMaterial(t, class uint64) bool {
+	switch t {
+	case ck.CKA_MODULUS, ck.CKA_PRIVATE_EXPONENT, ck.CKA_PRIME_1, ck.CKA_PRIME_2,
+		ck.CKA_EXPONENT_1, ck.CKA_EXPONENT_2, ck.CKA_COEFFICIENT, ck.CKA_EC_POINT:
+		return true
+	case ck.CKA_VALUE:
+		return class == ck.CKO_SECRET_KEY || class == ck.CKO_PRIVATE_KEY
+	case ck.CKA_PUBLIC_EXPONENT:
+		return class == ck.CKO_PRIVATE_KEY
+	}
+	return false
+}
+
 // checkCreate validates a C_CreateObject template and returns the object's
 // full set of attributes, defaults and computed values included.
 func checkCreate(tmpl []attr, so bool) (map[uint64][]byte, uint64, uint64, error) {
+	m, class, kt, err := checkTemplate(tmpl, so, originCreate, 0, 0)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	if err := completeObject(m, class, kt, originCreate, 0, nil); err != nil {
+		return nil, 0, 0, err
+	}
+	return m, class, kt, nil
+}
+
+// checkTemplate validates a template for an object of the given origin;
+// defClass and defKeyType fill a missing CKA_CLASS or CKA_KEY_TYPE (0:
+// none). The material comes later, then completeObject.
+func checkTemplate(tmpl []attr, so bool, org origin, defClass, defKeyType uint64) (map[uint64][]byte, uint64, uint64, error) {
 	m, err := toMap(tmpl)
 	if err != nil {
 		return nil, 0, 0, err
+	}
+	if _, ok := m[ck.CKA_CLASS]; !ok && org != originCreate {
+		m[ck.CKA_CLASS] = ulong(defClass)
 	}
 	cv, ok := m[ck.CKA_CLASS]
 	if !ok {
@@ -64,11 +107,17 @@ func checkCreate(tmpl []attr, so bool) (map[uint64][]byte, uint64, uint64, error
 	}
 	class := ulongOf(cv)
 	cm := classMask(class)
-	if cm == 0 {
+	if cm == 0 || (org != originCreate && cm&mKeys == 0) {
 		return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+	}
+	if defClass != 0 && class != defClass {
+		return nil, 0, 0, rv(ck.CKR_TEMPLATE_INCONSISTENT)
 	}
 	kt := ^uint64(0)
 	if cm&mKeys != 0 {
+		if _, ok := m[ck.CKA_KEY_TYPE]; !ok && defKeyType != 0 {
+			m[ck.CKA_KEY_TYPE] = ulong(defKeyType)
+		}
 		v, ok := m[ck.CKA_KEY_TYPE]
 		if !ok {
 			return nil, 0, 0, rv(ck.CKR_TEMPLATE_INCOMPLETE)
@@ -76,15 +125,23 @@ func checkCreate(tmpl []attr, so bool) (map[uint64][]byte, uint64, uint64, error
 		if kt = ulongOf(v); !keyTypeSupported(class, kt) {
 			return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 		}
+		if defKeyType != 0 && kt != defKeyType {
+			return nil, 0, 0, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+		}
 	}
 	for t, v := range m {
 		r, ok := ruleFor(t, class, kt)
 		if !ok {
 			return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_TYPE_INVALID)
 		}
-		if r.flags&fNever != 0 || t == ck.CKA_VALUE_LEN || t == ck.CKA_MODULUS_BITS {
+		switch {
+		case r.flags&fNever != 0:
+			return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_READ_ONLY)
+		case org == originCreate && (t == ck.CKA_VALUE_LEN || t == ck.CKA_MODULUS_BITS):
 			// Computed by the token from the key material.
 			return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_READ_ONLY)
+		case org != originCreate && isMaterial(t, class):
+			return nil, 0, 0, rv(ck.CKR_TEMPLATE_INCONSISTENT)
 		}
 		if err := checkValue(r, v); err != nil {
 			return nil, 0, 0, err
@@ -93,28 +150,52 @@ func checkCreate(tmpl []attr, so bool) (map[uint64][]byte, uint64, uint64, error
 			return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_READ_ONLY)
 		}
 	}
+	return m, class, kt, nil
+}
+
+// completeObject finishes an object once its material is in m: the
+// required attributes, what the key type demands of the material, the
+// defaults, and what its origin says of it. mech is the generating
+// mechanism; base, for a derived key, the key it came from.
+func completeObject(m map[uint64][]byte, class, kt uint64, org origin, mech uint64, base *object) error {
 	for t := range rules {
 		if r, ok := ruleFor(t, class, kt); ok && r.flags&fRequired != 0 {
 			if _, ok := m[t]; !ok {
-				return nil, 0, 0, rv(ck.CKR_TEMPLATE_INCOMPLETE)
+				return rv(ck.CKR_TEMPLATE_INCOMPLETE)
 			}
 		}
 	}
 	if err := checkMaterial(m, class, kt); err != nil {
-		return nil, 0, 0, err
+		return err
 	}
 	fillDefaults(m, class, kt)
-	// An object created from clear material was never sensitive, and was
-	// extractable the moment the caller held it.
+	cm := classMask(class)
+	if cm&mKeys == 0 {
+		return nil
+	}
+	m[ck.CKA_LOCAL] = keystore.Bool(org == originGenerate)
+	m[ck.CKA_KEY_GEN_MECHANISM] = ulong(ck.CK_UNAVAILABLE_INFORMATION)
+	if org == originGenerate {
+		m[ck.CKA_KEY_GEN_MECHANISM] = ulong(mech)
+	}
 	if cm&(mPriv|mSecret) != 0 {
-		m[ck.CKA_ALWAYS_SENSITIVE] = vFalse
-		m[ck.CKA_NEVER_EXTRACTABLE] = vFalse
+		sensitive, extractable := isTrue(m[ck.CKA_SENSITIVE]), isTrue(m[ck.CKA_EXTRACTABLE])
+		switch org {
+		case originGenerate:
+			// Made inside: sensitive and unextractable from the start if
+			// the template says so.
+			m[ck.CKA_ALWAYS_SENSITIVE] = keystore.Bool(sensitive)
+			m[ck.CKA_NEVER_EXTRACTABLE] = keystore.Bool(!extractable)
+		case originDerive:
+			m[ck.CKA_ALWAYS_SENSITIVE] = keystore.Bool(sensitive && base != nil && base.bool(ck.CKA_ALWAYS_SENSITIVE))
+			m[ck.CKA_NEVER_EXTRACTABLE] = keystore.Bool(!extractable && base != nil && base.bool(ck.CKA_NEVER_EXTRACTABLE))
+		default:
+			// Its material was in someone's hands, in clear or wrapped.
+			m[ck.CKA_ALWAYS_SENSITIVE] = vFalse
+			m[ck.CKA_NEVER_EXTRACTABLE] = vFalse
+		}
 	}
-	if cm&mKeys != 0 {
-		m[ck.CKA_LOCAL] = vFalse
-		m[ck.CKA_KEY_GEN_MECHANISM] = ulong(ck.CK_UNAVAILABLE_INFORMATION)
-	}
-	return m, class, kt, nil
+	return nil
 }
 
 // fillDefaults adds every attribute the class has a default for.

@@ -1,0 +1,306 @@
+package daemon
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
+	"hsmemu/keystore"
+)
+
+// Key generation, wrapping, unwrapping and derivation: the engine's side.
+// The mechanism makes or transforms the material; the engine checks the
+// templates, the keys' permissions and the wrapping policy, and stores the
+// result like any other object.
+
+// addAll merges a mechanism's attributes into a template's.
+func addAll(m, add map[uint64][]byte) {
+	for t, v := range add {
+		m[t] = v
+	}
+}
+
+func (e *Engine) isSO(app *App, s *session) bool {
+	r, in := app.role(s)
+	return in && r == keystore.RoleSO
+}
+
+// GenerateKey makes a secret key.
+func (e *Engine) GenerateKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, tmpl []attr) (uint64, error) {
+	s, err := app.session(h)
+	if err != nil {
+		return 0, err
+	}
+	mech, ok := mechanisms[wm.Type]
+	if !ok || mech.generate == nil {
+		return 0, rv(ck.CKR_MECHANISM_INVALID)
+	}
+	m, class, kt, err := checkTemplate(tmpl, e.isSO(app, s), originGenerate, ck.CKO_SECRET_KEY, mech.genKeyType)
+	if err != nil {
+		return 0, err
+	}
+	add, err := mech.generate(wm, m)
+	if err != nil {
+		return 0, err
+	}
+	addAll(m, add)
+	if err := completeObject(m, class, kt, originGenerate, wm.Type, nil); err != nil {
+		return 0, err
+	}
+	return e.keep(ctx, app, s, m, class, kt)
+}
+
+// GenerateKeyPair makes a public and a private key.
+func (e *Engine) GenerateKeyPair(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, pubTmpl, privTmpl []attr) (uint64, uint64, error) {
+	s, err := app.session(h)
+	if err != nil {
+		return 0, 0, err
+	}
+	mech, ok := mechanisms[wm.Type]
+	if !ok || mech.generatePair == nil {
+		return 0, 0, rv(ck.CKR_MECHANISM_INVALID)
+	}
+	so := e.isSO(app, s)
+	pub, pc, pkt, err := checkTemplate(pubTmpl, so, originGenerate, ck.CKO_PUBLIC_KEY, mech.genKeyType)
+	if err != nil {
+		return 0, 0, err
+	}
+	priv, vc, vkt, err := checkTemplate(privTmpl, so, originGenerate, ck.CKO_PRIVATE_KEY, mech.genKeyType)
+	if err != nil {
+		return 0, 0, err
+	}
+	pubAdd, privAdd, err := mech.generatePair(wm, pub, priv)
+	if err != nil {
+		return 0, 0, err
+	}
+	addAll(pub, pubAdd)
+	addAll(priv, privAdd)
+	if err := completeObject(pub, pc, pkt, originGenerate, wm.Type, nil); err != nil {
+		return 0, 0, err
+	}
+	if err := completeObject(priv, vc, vkt, originGenerate, wm.Type, nil); err != nil {
+		return 0, 0, err
+	}
+	ph, err := e.keep(ctx, app, s, pub, pc, pkt)
+	if err != nil {
+		return 0, 0, err
+	}
+	vh, err := e.keep(ctx, app, s, priv, vc, vkt)
+	if err != nil {
+		// Do not leave half a pair behind.
+		e.DestroyObject(ctx, app, h, ph)
+		return 0, 0, err
+	}
+	return ph, vh, nil
+}
+
+// encodeKey is what a wrap encrypts: a secret key's value, or a private
+// key as PKCS#8.
+func encodeKey(k *key) ([]byte, error) {
+	switch k.class {
+	case ck.CKO_SECRET_KEY:
+		return k.value(), nil
+	case ck.CKO_PRIVATE_KEY:
+		var priv any
+		var err error
+		switch k.keyType {
+		case ck.CKK_RSA:
+			priv, err = k.rsaPrivate()
+		case ck.CKK_EC:
+			priv, err = k.ecdsaPrivate()
+		case ck.CKK_EC_EDWARDS:
+			priv, err = k.ed25519Private()
+		default:
+			return nil, rv(ck.CKR_KEY_NOT_WRAPPABLE)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return x509.MarshalPKCS8PrivateKey(priv)
+	}
+	return nil, rv(ck.CKR_KEY_NOT_WRAPPABLE)
+}
+
+// WrapKey wraps a key under another, within the wrapping policy: the key
+// must be extractable; one with CKA_WRAP_WITH_TRUSTED only under a trusted
+// key; and the wrapping key's CKA_WRAP_TEMPLATE, if any, must match it.
+func (e *Engine) WrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, wrappingHandle, keyHandle uint64, out wire.OutSpec, r *wire.Results) (uint64, error) {
+	s, err := app.session(h)
+	if err != nil {
+		return 0, err
+	}
+	mech, ok := mechanisms[wm.Type]
+	if !ok || mech.wrap == nil {
+		return 0, rv(ck.CKR_MECHANISM_INVALID)
+	}
+	wk, err := e.useKey(ctx, app, s, wrappingHandle, mech, wm.Type, ck.CKA_WRAP)
+	if err != nil {
+		return 0, wrappingErr(err, ck.CKR_WRAPPING_KEY_HANDLE_INVALID, ck.CKR_WRAPPING_KEY_TYPE_INCONSISTENT)
+	}
+	_, o, err := e.resolve(ctx, app, s, keyHandle)
+	if err != nil {
+		return 0, wrappingErr(err, ck.CKR_KEY_HANDLE_INVALID, 0)
+	}
+	k := newKey(o)
+	if classMask(k.class)&(mSecret|mPriv) == 0 {
+		return 0, rv(ck.CKR_KEY_NOT_WRAPPABLE)
+	}
+	if !o.bool(ck.CKA_EXTRACTABLE) {
+		e.log.Warn("wrap refused: the key is not extractable", "pid", app.PID)
+		return 0, rv(ck.CKR_KEY_UNEXTRACTABLE)
+	}
+	if o.bool(ck.CKA_WRAP_WITH_TRUSTED) && !wk.obj.bool(ck.CKA_TRUSTED) {
+		return 0, rv(ck.CKR_KEY_NOT_WRAPPABLE)
+	}
+	if t, ok := wk.obj.attrs.Get(ck.CKA_WRAP_TEMPLATE); ok && len(t) > 0 {
+		want, err := keystore.DecodeAttributes(t)
+		if err != nil || !o.matches(want) {
+			return 0, rv(ck.CKR_KEY_NOT_WRAPPABLE)
+		}
+	}
+	enc, err := encodeKey(k)
+	if err != nil {
+		return 0, err
+	}
+	wrapped, err := mech.wrap(wk, wm, enc)
+	wipe(enc)
+	if err != nil {
+		return 0, err
+	}
+	return r.OutBytes(out, wrapped), nil
+}
+
+// wrappingErr renames a key lookup's errors for the key's role in a wrap.
+func wrappingErr(err error, handle, keyType uint64) error {
+	code, _ := rvOf(err)
+	switch {
+	case code == ck.CKR_KEY_HANDLE_INVALID || code == ck.CKR_OBJECT_HANDLE_INVALID:
+		return rv(handle)
+	case code == ck.CKR_KEY_TYPE_INCONSISTENT && keyType != 0:
+		return rv(keyType)
+	}
+	return err
+}
+
+func wipe(b []byte) { clear(b) }
+
+// UnwrapKey unwraps a key into a new object described by the template.
+func (e *Engine) UnwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, unwrappingHandle uint64, wrapped []byte, tmpl []attr) (uint64, error) {
+	s, err := app.session(h)
+	if err != nil {
+		return 0, err
+	}
+	mech, ok := mechanisms[wm.Type]
+	if !ok || mech.unwrap == nil {
+		return 0, rv(ck.CKR_MECHANISM_INVALID)
+	}
+	uk, err := e.useKey(ctx, app, s, unwrappingHandle, mech, wm.Type, ck.CKA_UNWRAP)
+	if err != nil {
+		return 0, wrappingErr(err, ck.CKR_UNWRAPPING_KEY_HANDLE_INVALID, ck.CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT)
+	}
+	m, class, kt, err := checkTemplate(tmpl, e.isSO(app, s), originUnwrap, 0, 0)
+	if err != nil {
+		return 0, err
+	}
+	// The unwrapping key's CKA_UNWRAP_TEMPLATE is imposed on the new key.
+	if t, ok := uk.obj.attrs.Get(ck.CKA_UNWRAP_TEMPLATE); ok && len(t) > 0 {
+		imposed, err := keystore.DecodeAttributes(t)
+		if err != nil {
+			return 0, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+		}
+		for _, a := range imposed {
+			if v, ok := m[a.Type]; ok && string(v) != string(a.Value) {
+				return 0, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+			}
+			m[a.Type] = a.Value
+		}
+	}
+	plain, err := mech.unwrap(uk, wm, wrapped)
+	if err != nil {
+		return 0, err
+	}
+	defer wipe(plain)
+	add, err := decodeKey(plain, class, kt, m)
+	if err != nil {
+		return 0, err
+	}
+	for t, v := range add {
+		if given, ok := m[t]; ok && string(given) != string(v) {
+			return 0, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+		}
+	}
+	addAll(m, add)
+	if err := completeObject(m, class, kt, originUnwrap, 0, nil); err != nil {
+		return 0, err
+	}
+	return e.keep(ctx, app, s, m, class, kt)
+}
+
+// decodeKey turns an unwrapped encoding into the new key's material.
+func decodeKey(plain []byte, class, kt uint64, m map[uint64][]byte) (map[uint64][]byte, error) {
+	switch class {
+	case ck.CKO_SECRET_KEY:
+		v := append([]byte(nil), plain...)
+		if want, ok := m[ck.CKA_VALUE_LEN]; ok && ulongOf(want) != uint64(len(v)) {
+			return nil, rv(ck.CKR_WRAPPED_KEY_INVALID)
+		}
+		return map[uint64][]byte{ck.CKA_VALUE: v}, nil
+	case ck.CKO_PRIVATE_KEY:
+		priv, err := x509.ParsePKCS8PrivateKey(plain)
+		if err != nil {
+			return nil, rv(ck.CKR_WRAPPED_KEY_INVALID)
+		}
+		add, gotType, err := privateKeyAttrs(priv)
+		if err != nil {
+			return nil, err
+		}
+		if gotType != kt {
+			return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+		}
+		return add, nil
+	}
+	return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+}
+
+// DeriveKey derives a secret key from a base key.
+func (e *Engine) DeriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, baseHandle uint64, tmpl []attr) (uint64, error) {
+	s, err := app.session(h)
+	if err != nil {
+		return 0, err
+	}
+	mech, ok := mechanisms[wm.Type]
+	if !ok || mech.derive == nil {
+		return 0, rv(ck.CKR_MECHANISM_INVALID)
+	}
+	base, err := e.useKey(ctx, app, s, baseHandle, mech, wm.Type, ck.CKA_DERIVE)
+	if err != nil {
+		return 0, err
+	}
+	m, class, kt, err := checkTemplate(tmpl, e.isSO(app, s), originDerive, ck.CKO_SECRET_KEY, 0)
+	if errors.Is(err, rv(ck.CKR_TEMPLATE_INCOMPLETE)) {
+		// No key type: a generic secret.
+		tmpl = append(tmpl, attr{Type: ck.CKA_KEY_TYPE, Value: ulong(ck.CKK_GENERIC_SECRET)})
+		m, class, kt, err = checkTemplate(tmpl, e.isSO(app, s), originDerive, ck.CKO_SECRET_KEY, 0)
+	}
+	if err != nil {
+		return 0, err
+	}
+	length := 0
+	if v, ok := m[ck.CKA_VALUE_LEN]; ok {
+		length = int(ulongOf(v))
+	}
+	if kt == ck.CKK_AES && length == 0 {
+		return 0, rv(ck.CKR_TEMPLATE_INCOMPLETE)
+	}
+	value, err := mech.derive(base, wm, length)
+	if err != nil {
+		return 0, err
+	}
+	m[ck.CKA_VALUE] = value
+	if err := completeObject(m, class, kt, originDerive, 0, base.obj); err != nil {
+		return 0, err
+	}
+	return e.keep(ctx, app, s, m, class, kt)
+}
