@@ -94,6 +94,8 @@ func buildMechanisms() map[uint64]*mechanism {
 	t := map[uint64]*mechanism{}
 	for _, family := range []func() map[uint64]*mechanism{
 		digestMechanisms,
+		symmetricMechanisms,
+		asymmetricMechanisms,
 	} {
 		for typ, m := range family() {
 			if _, dup := t[typ]; dup {
