@@ -152,6 +152,8 @@ var rules = map[uint64]rule{
 	ck.CKA_WRAP_WITH_TRUSTED:   {kind: vBool, classes: mPriv | mSecret, flags: fModify | fToTrue, def: vFalse},
 	ck.CKA_ALWAYS_AUTHENTICATE: {kind: vBool, classes: mPriv, def: vFalse},
 	ck.CKA_VALUE_LEN:           {kind: vUlong, classes: mSecret, keyTypes: secrets},
+	// The protection level: set when the key is made, never changed.
+	ck.CKA_HSMEMU_PROTECTION: {kind: vUlong, classes: mPriv | mSecret},
 
 	// RSA.
 	ck.CKA_MODULUS:          {kind: vBytes, classes: mPub | mPriv, keyTypes: rsaKeys, flags: fRequired},

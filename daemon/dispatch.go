@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"errors"
 
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
@@ -18,8 +19,12 @@ func (e *Engine) Dispatch(ctx context.Context, app *App, a *wire.Args, r *wire.R
 	if err != nil {
 		var known bool
 		code, known = rvOf(err)
-		if !known {
+		var r *refused
+		switch {
+		case !known:
 			e.log.Error("call failed", "call", a.Call().Name, "pid", app.PID, "err", err)
+		case errors.As(err, &r):
+			e.log.Info("call refused", "call", a.Call().Name, "pid", app.PID, "why", r.why)
 		}
 	}
 	return code

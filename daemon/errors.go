@@ -23,11 +23,14 @@ func rv(v uint64) error { return rvError(v) }
 // CKR_DEVICE_ERROR; the caller logs them.
 func rvOf(err error) (uint64, bool) {
 	var e rvError
+	var r *refused
 	switch {
 	case err == nil:
 		return ck.CKR_OK, true
 	case errors.As(err, &e):
 		return uint64(e), true
+	case errors.As(err, &r):
+		return r.code, true
 	case errors.Is(err, keystore.ErrPINIncorrect):
 		return ck.CKR_PIN_INCORRECT, true
 	case errors.Is(err, keystore.ErrPINLocked):

@@ -33,6 +33,10 @@ func (e *Engine) GenerateKey(ctx context.Context, app *App, h uint64, wm *wire.M
 	if err != nil {
 		return 0, err
 	}
+	tier, err := e.tierOf(ctx, s)
+	if err != nil {
+		return 0, err
+	}
 	mech, ok := mechanisms[wm.Type]
 	if !ok || mech.generate == nil {
 		return 0, rv(ck.CKR_MECHANISM_INVALID)
@@ -46,7 +50,7 @@ func (e *Engine) GenerateKey(ctx context.Context, app *App, h uint64, wm *wire.M
 		return 0, err
 	}
 	addAll(m, add)
-	if err := completeObject(m, class, kt, originGenerate, wm.Type, nil); err != nil {
+	if err := completeObject(m, class, kt, originGenerate, wm.Type, nil, tier); err != nil {
 		return 0, err
 	}
 	return e.keep(ctx, app, s, m, class, kt)
@@ -55,6 +59,10 @@ func (e *Engine) GenerateKey(ctx context.Context, app *App, h uint64, wm *wire.M
 // GenerateKeyPair makes a public and a private key.
 func (e *Engine) GenerateKeyPair(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, pubTmpl, privTmpl []attr) (uint64, uint64, error) {
 	s, err := app.session(h)
+	if err != nil {
+		return 0, 0, err
+	}
+	tier, err := e.tierOf(ctx, s)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -77,10 +85,10 @@ func (e *Engine) GenerateKeyPair(ctx context.Context, app *App, h uint64, wm *wi
 	}
 	addAll(pub, pubAdd)
 	addAll(priv, privAdd)
-	if err := completeObject(pub, pc, pkt, originGenerate, wm.Type, nil); err != nil {
+	if err := completeObject(pub, pc, pkt, originGenerate, wm.Type, nil, tier); err != nil {
 		return 0, 0, err
 	}
-	if err := completeObject(priv, vc, vkt, originGenerate, wm.Type, nil); err != nil {
+	if err := completeObject(priv, vc, vkt, originGenerate, wm.Type, nil, tier); err != nil {
 		return 0, 0, err
 	}
 	ph, err := e.keep(ctx, app, s, pub, pc, pkt)
@@ -192,6 +200,10 @@ func (e *Engine) UnwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if err != nil {
 		return 0, err
 	}
+	tier, err := e.tierOf(ctx, s)
+	if err != nil {
+		return 0, err
+	}
 	mech, ok := mechanisms[wm.Type]
 	if !ok || mech.unwrap == nil {
 		return 0, rv(ck.CKR_MECHANISM_INVALID)
@@ -232,7 +244,7 @@ func (e *Engine) UnwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 		}
 	}
 	addAll(m, add)
-	if err := completeObject(m, class, kt, originUnwrap, 0, nil); err != nil {
+	if err := completeObject(m, class, kt, originUnwrap, 0, nil, tier); err != nil {
 		return 0, err
 	}
 	return e.keep(ctx, app, s, m, class, kt)
@@ -270,6 +282,10 @@ func (e *Engine) DeriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if err != nil {
 		return 0, err
 	}
+	tier, err := e.tierOf(ctx, s)
+	if err != nil {
+		return 0, err
+	}
 	mech, ok := mechanisms[wm.Type]
 	if !ok || mech.derive == nil {
 		return 0, rv(ck.CKR_MECHANISM_INVALID)
@@ -299,7 +315,7 @@ func (e *Engine) DeriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 		return 0, err
 	}
 	m[ck.CKA_VALUE] = value
-	if err := completeObject(m, class, kt, originDerive, 0, base.obj); err != nil {
+	if err := completeObject(m, class, kt, originDerive, 0, base.obj, tier); err != nil {
 		return 0, err
 	}
 	return e.keep(ctx, app, s, m, class, kt)

@@ -144,8 +144,12 @@ func (e *Engine) CreateObject(ctx context.Context, app *App, h uint64, tmpl []at
 	if err != nil {
 		return 0, err
 	}
+	tier, err := e.tierOf(ctx, s)
+	if err != nil {
+		return 0, err
+	}
 	role, in := app.role(s)
-	m, class, kt, err := checkCreate(tmpl, in && role == keystore.RoleSO)
+	m, class, kt, err := checkCreate(tmpl, in && role == keystore.RoleSO, tier)
 	if err != nil {
 		return 0, err
 	}

@@ -142,7 +142,7 @@ func FuzzCreateTemplate(f *testing.F) {
 		if err != nil {
 			return
 		}
-		m, class, kt, err := checkCreate(tmpl, so)
+		m, class, kt, err := checkCreate(tmpl, so, keystore.TierStandard)
 		if err != nil {
 			return
 		}

@@ -76,12 +76,12 @@ func isMaterial(t, class uint64) bool {
 
 // checkCreate validates a C_CreateObject template and returns the object's
 // full set of attributes, defaults and computed values included.
-func checkCreate(tmpl []attr, so bool) (map[uint64][]byte, uint64, uint64, error) {
+func checkCreate(tmpl []attr, so bool, tier keystore.Tier) (map[uint64][]byte, uint64, uint64, error) {
 	m, class, kt, err := checkTemplate(tmpl, so, originCreate, 0, 0)
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	if err := completeObject(m, class, kt, originCreate, 0, nil); err != nil {
+	if err := completeObject(m, class, kt, originCreate, 0, nil, tier); err != nil {
 		return nil, 0, 0, err
 	}
 	return m, class, kt, nil
@@ -157,7 +157,12 @@ func checkTemplate(tmpl []attr, so bool, org origin, defClass, defKeyType uint64
 // required attributes, what the key type demands of the material, the
 // defaults, and what its origin says of it. mech is the generating
 // mechanism; base, for a derived key, the key it came from.
-func completeObject(m map[uint64][]byte, class, kt uint64, org origin, mech uint64, base *object) error {
+func completeObject(m map[uint64][]byte, class, kt uint64, org origin, mech uint64, base *object, tier keystore.Tier) error {
+	if classMask(class)&(mPriv|mSecret) != 0 {
+		if err := protect(m, tier); err != nil {
+			return err
+		}
+	}
 	for t := range rules {
 		if r, ok := ruleFor(t, class, kt); ok && r.flags&fRequired != 0 {
 			if _, ok := m[t]; !ok {

@@ -131,6 +131,7 @@ var Attrs = map[uint64]AttrKind{
 	0x40000212: AttrTemplate, // CKA_UNWRAP_TEMPLATE
 	0x40000213: AttrTemplate, // CKA_DERIVE_TEMPLATE
 	0x40000600: AttrUlongs,   // CKA_ALLOWED_MECHANISMS
+	0xC8530001: AttrUlong,    // CKA_HSMEMU_PROTECTION (vendor defined)
 }
 
 // Params are the mechanism parameter structures, by C type name.

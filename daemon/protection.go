@@ -1,0 +1,64 @@
+package daemon
+
+import (
+	"context"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/keystore"
+)
+
+// Key protection and tiers. A secret or private key is software-protected
+// or HSM-protected (CKA_HSMEMU_PROTECTION). An HSM-protected key is
+// CKA_SENSITIVE and not CKA_EXTRACTABLE for life: its value is never
+// returned and never wrapped. Only premium tokens hold them, and there keys
+// are HSM-protected unless the template asks otherwise: by asking for
+// software protection, or for a key that is not sensitive or extractable.
+
+// refused is a refusal whose reason is worth a log line: the CK_RV alone
+// would leave the caller guessing.
+type refused struct {
+	code uint64
+	why  string
+}
+
+func (r *refused) Error() string { return r.why }
+
+// protect decides a new key's protection from its template (before the
+// defaults fill it) and the token's tier.
+func protect(m map[uint64][]byte, tier keystore.Tier) error {
+	p, given := m[ck.CKA_HSMEMU_PROTECTION]
+	sens, sensGiven := m[ck.CKA_SENSITIVE]
+	extr, extrGiven := m[ck.CKA_EXTRACTABLE]
+	looseAsked := (sensGiven && !isTrue(sens)) || (extrGiven && isTrue(extr))
+	level := uint64(ck.CKP_HSMEMU_SOFTWARE)
+	switch {
+	case given:
+		level = ulongOf(p)
+		if level != ck.CKP_HSMEMU_SOFTWARE && level != ck.CKP_HSMEMU_HSM {
+			return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+		}
+		if level == ck.CKP_HSMEMU_HSM && tier != keystore.TierPremium {
+			return &refused{ck.CKR_TEMPLATE_INCONSISTENT, "an HSM-protected key needs a premium token; this token is " + tier.String()}
+		}
+		if level == ck.CKP_HSMEMU_HSM && looseAsked {
+			return &refused{ck.CKR_TEMPLATE_INCONSISTENT, "an HSM-protected key is sensitive and not extractable; the template asks otherwise"}
+		}
+	case tier == keystore.TierPremium && !looseAsked:
+		level = ck.CKP_HSMEMU_HSM
+	}
+	m[ck.CKA_HSMEMU_PROTECTION] = ulong(level)
+	if level == ck.CKP_HSMEMU_HSM {
+		m[ck.CKA_SENSITIVE] = vTrue
+		m[ck.CKA_EXTRACTABLE] = vFalse
+	}
+	return nil
+}
+
+// tierOf returns the tier of a session's token.
+func (e *Engine) tierOf(ctx context.Context, s *session) (keystore.Tier, error) {
+	ti, err := e.store.Token(ctx, s.token)
+	if err != nil {
+		return 0, err
+	}
+	return ti.Tier, nil
+}

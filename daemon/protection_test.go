@@ -1,0 +1,105 @@
+package daemon
+
+import (
+	"bytes"
+	"testing"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
+	"hsmemu/keystore"
+)
+
+func aesKeyBare(label string) []wire.Attribute {
+	return []wire.Attribute{
+		AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES), AB(ck.CKA_TOKEN, true),
+		A(ck.CKA_LABEL, []byte(label)), A(ck.CKA_VALUE, bytes.Repeat([]byte{0x22}, 32)),
+	}
+}
+
+func protection(t *testing.T, cl *client, h, obj uint64) uint64 {
+	t.Helper()
+	rv, ans := cl.get(h, obj, ck.CKA_HSMEMU_PROTECTION, ck.CKA_SENSITIVE, ck.CKA_EXTRACTABLE)
+	if rv != ck.CKR_OK {
+		t.Fatalf("protection attributes: %#x", rv)
+	}
+	p := ulongOf(ans[0].Value)
+	if p == ck.CKP_HSMEMU_HSM && (ans[1].Value[0] != 1 || ans[2].Value[0] != 0) {
+		t.Fatalf("an HSM-protected key is sensitive %d, extractable %d", ans[1].Value[0], ans[2].Value[0])
+	}
+	return p
+}
+
+func TestPremiumTier(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, EngineConfig{DefaultTier: keystore.TierPremium})
+	cl := d.dial(t)
+	slot := cl.newToken("premium")
+	h := cl.open(slot, true)
+	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(testUserPIN))
+
+	// By default a premium token's keys are HSM-protected.
+	hsm := cl.create(h, aesKeyBare("hsm")...)
+	if p := protection(t, cl, h, hsm); p != ck.CKP_HSMEMU_HSM {
+		t.Fatalf("default protection on premium: %d", p)
+	}
+	if rv, _ := cl.get(h, hsm, ck.CKA_VALUE); rv != ck.CKR_ATTRIBUTE_SENSITIVE {
+		t.Fatalf("HSM-protected value: %#x", rv)
+	}
+	for _, tc := range []struct {
+		name string
+		call string
+		set  []wire.Attribute
+	}{
+		{"set extractable", "C_SetAttributeValue", []wire.Attribute{AB(ck.CKA_EXTRACTABLE, true)}},
+		{"set not sensitive", "C_SetAttributeValue", []wire.Attribute{AB(ck.CKA_SENSITIVE, false)}},
+		{"set software", "C_SetAttributeValue", []wire.Attribute{AU(ck.CKA_HSMEMU_PROTECTION, ck.CKP_HSMEMU_SOFTWARE)}},
+	} {
+		if got, _ := cl.call(tc.call, U(h), U(hsm), T(tc.set...)); got != ck.CKR_ATTRIBUTE_READ_ONLY {
+			t.Errorf("%s: %#x, want CKR_ATTRIBUTE_READ_ONLY", tc.name, got)
+		}
+	}
+	cl.must(ck.CKR_ATTRIBUTE_READ_ONLY, "C_CopyObject", U(h), U(hsm), T(AB(ck.CKA_EXTRACTABLE, true)), none())
+	cl.must(ck.CKR_ATTRIBUTE_READ_ONLY, "C_CopyObject", U(h), U(hsm), T(AU(ck.CKA_HSMEMU_PROTECTION, ck.CKP_HSMEMU_SOFTWARE)), none())
+	cp := cl.must(ck.CKR_OK, "C_CopyObject", U(h), U(hsm), T(A(ck.CKA_LABEL, []byte("copy"))), none())[3].Ulong
+	if p := protection(t, cl, h, cp); p != ck.CKP_HSMEMU_HSM {
+		t.Fatalf("copy of an HSM-protected key: protection %d", p)
+	}
+
+	// A template that asks for an exportable key gets software protection.
+	soft := cl.create(h, append(aesKeyBare("soft"), AB(ck.CKA_EXTRACTABLE, true))...)
+	if p := protection(t, cl, h, soft); p != ck.CKP_HSMEMU_SOFTWARE {
+		t.Fatalf("extractable key on premium: protection %d", p)
+	}
+	soft2 := cl.create(h, append(aesKeyBare("soft2"), AU(ck.CKA_HSMEMU_PROTECTION, ck.CKP_HSMEMU_SOFTWARE))...)
+	if p := protection(t, cl, h, soft2); p != ck.CKP_HSMEMU_SOFTWARE {
+		t.Fatalf("software asked on premium: protection %d", p)
+	}
+	// HSM protection with an exportable template is inconsistent.
+	cl.must(ck.CKR_TEMPLATE_INCONSISTENT, "C_CreateObject", U(h),
+		T(append(aesKeyBare("bad"), AU(ck.CKA_HSMEMU_PROTECTION, ck.CKP_HSMEMU_HSM), AB(ck.CKA_SENSITIVE, false))...), none())
+	cl.must(ck.CKR_ATTRIBUTE_VALUE_INVALID, "C_CreateObject", U(h),
+		T(append(aesKeyBare("bad"), AU(ck.CKA_HSMEMU_PROTECTION, 7))...), none())
+	// Data objects have no protection level.
+	data := cl.create(h, dataObject("d", true, true, "v")...)
+	if rv, _ := cl.get(h, data, ck.CKA_HSMEMU_PROTECTION); rv != ck.CKR_ATTRIBUTE_TYPE_INVALID {
+		t.Fatalf("protection of a data object: %#x", rv)
+	}
+}
+
+func TestStandardTierRefusesHSMKeys(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, EngineConfig{})
+	cl := d.dial(t)
+	slot := cl.newToken("standard")
+	h := cl.open(slot, true)
+	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(testUserPIN))
+	cl.must(ck.CKR_TEMPLATE_INCONSISTENT, "C_CreateObject", U(h),
+		T(append(aesKeyBare("hsm"), AU(ck.CKA_HSMEMU_PROTECTION, ck.CKP_HSMEMU_HSM))...), none())
+	k := cl.create(h, aesKeyBare("default")...)
+	if p := protection(t, cl, h, k); p != ck.CKP_HSMEMU_SOFTWARE {
+		t.Fatalf("default protection on standard: %d", p)
+	}
+	if rv, ans := cl.get(h, k, ck.CKA_VALUE); rv != ck.CKR_OK || len(ans[0].Value) != 32 {
+		t.Fatalf("a standard, non-sensitive key's value: %#x", rv)
+	}
+}
