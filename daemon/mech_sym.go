@@ -1,6 +1,151 @@
 package daemon
 
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"maps"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
+)
+
+// Secret-key mechanisms. The family is split by what the mechanisms do:
+//   - mech_aes.go: AES key generation and the cipher modes ECB, CBC,
+//     CBC_PAD, CTR and GCM, plus generic secret key generation;
+//   - mech_mac.go: HMAC over SHA-1 and SHA-2, and AES-CMAC;
+//   - mech_aeskw.go: AES key wrap (RFC 3394) and key wrap with padding
+//     (RFC 5649), and CBC_PAD as a wrapping mechanism;
+//   - mech_hkdf.go: HKDF key derivation.
+//
+// Sizes in CK_MECHANISM_INFO follow the specification: bytes for AES
+// mechanisms, bits for those taking generic secret keys (HMAC, HKDF and
+// generic secret key generation).
+
 // symmetricMechanisms lists the secret-key mechanisms.
 func symmetricMechanisms() map[uint64]*mechanism {
-	return map[uint64]*mechanism{}
+	t := map[uint64]*mechanism{}
+	for _, part := range []map[uint64]*mechanism{
+		aesMechanisms(),
+		macMechanisms(),
+		keyWrapMechanisms(),
+		hkdfMechanisms(),
+	} {
+		for typ := range part {
+			if _, dup := t[typ]; dup {
+				panic("daemon: internal error: symmetric mechanism listed twice")
+			}
+		}
+		maps.Copy(t, part)
+	}
+	return t
+}
+
+// Key sizes in CK_MECHANISM_INFO.
+const (
+	aesMinBytes = 16
+	aesMaxBytes = 32
+	// maxGenericBytes bounds generic secret keys hsmemu makes or uses:
+	// 64 KiB is far beyond any HMAC or HKDF key worth having.
+	maxGenericBytes = 64 << 10
+)
+
+var (
+	aesOnly     = []uint64{ck.CKK_AES}
+	genericOnly = []uint64{ck.CKK_GENERIC_SECRET}
+	anySecret   = []uint64{ck.CKK_GENERIC_SECRET, ck.CKK_AES}
+)
+
+// maxBuffered bounds what a buffering operation (GCM, key wrap used to
+// encrypt) holds across C_*Update calls: four of the largest frames.
+const maxBuffered = 4 * wire.MaxBytes
+
+// aesInfo is the mechanism information of an AES mechanism.
+func aesInfo(flags uint64) wire.MechanismInfo {
+	return wire.MechanismInfo{MinKeySize: aesMinBytes, MaxKeySize: aesMaxBytes, Flags: flags}
+}
+
+// aesBlock returns the AES cipher of a key's value.
+func aesBlock(k *key) (cipher.Block, error) {
+	if k.keyType != ck.CKK_AES {
+		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+	}
+	b, err := aes.NewCipher(k.value())
+	if err != nil {
+		return nil, rv(ck.CKR_KEY_SIZE_RANGE)
+	}
+	return b, nil
+}
+
+// bytesParam returns a byte-string parameter of exactly size bytes.
+func bytesParam(m *wire.Mechanism, size int) ([]byte, error) {
+	if !m.Present || len(m.Param.Bytes) != size {
+		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+	}
+	return m.Param.Bytes, nil
+}
+
+// optionalParam returns a byte-string parameter of exactly size bytes, or
+// def when there is none.
+func optionalParam(m *wire.Mechanism, size int, def []byte) ([]byte, error) {
+	if !m.Present {
+		return def, nil
+	}
+	return bytesParam(m, size)
+}
+
+// paramErr turns a typed parameter accessor's error into the CK_RV.
+func paramErr(err error) error {
+	if err != nil {
+		return rv(ck.CKR_MECHANISM_PARAM_INVALID)
+	}
+	return nil
+}
+
+// lenErr is the error for an input of the wrong length: the plaintext's
+// on encryption, the ciphertext's on decryption.
+func lenErr(decrypt bool) error {
+	if decrypt {
+		return rv(ck.CKR_ENCRYPTED_DATA_LEN_RANGE)
+	}
+	return rv(ck.CKR_DATA_LEN_RANGE)
+}
+
+// buffer collects a buffering operation's input, within maxBuffered.
+type buffer struct {
+	buf     []byte
+	decrypt bool
+}
+
+func (b *buffer) add(in []byte) error {
+	if len(b.buf)+len(in) > maxBuffered {
+		return lenErr(b.decrypt)
+	}
+	b.buf = append(b.buf, in...)
+	return nil
+}
+
+// take returns what was collected and forgets it; the caller wipes it.
+func (b *buffer) take() []byte {
+	v := b.buf
+	b.buf = nil
+	return v
+}
+
+// oneShotCipher turns a single-part cipher function into a cipherOp whose
+// multi-part form buffers everything and computes at Final: the output of
+// GCM and key wrap depends on the whole input, and a decryption must not
+// release any plaintext before it is authenticated.
+type oneShotCipher struct {
+	buffer
+	one func(in []byte) ([]byte, error)
+}
+
+func (c *oneShotCipher) One(in []byte) ([]byte, error) { return c.one(in) }
+
+func (c *oneShotCipher) Update(in []byte) ([]byte, error) { return nil, c.add(in) }
+
+func (c *oneShotCipher) Final() ([]byte, error) {
+	in := c.take()
+	defer wipe(in)
+	return c.one(in)
 }

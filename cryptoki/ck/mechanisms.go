@@ -30,3 +30,11 @@ const (
 	CKM_SHA3_384 = 0x2C0
 	CKM_SHA3_512 = 0x2D0
 )
+
+// HKDF salt types (CK_HKDF_PARAMS.ulSaltType), PKCS#11 3.0; the system
+// header does not define them.
+const (
+	CKF_HKDF_SALT_NULL = 0x1
+	CKF_HKDF_SALT_DATA = 0x2
+	CKF_HKDF_SALT_KEY  = 0x4
+)
