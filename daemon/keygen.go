@@ -109,7 +109,8 @@ func (e *Engine) GenerateKeyPair(ctx context.Context, app *App, h uint64, wm *wi
 func encodeKey(k *key) ([]byte, error) {
 	switch k.class {
 	case ck.CKO_SECRET_KEY:
-		return k.value(), nil
+		// A copy: the caller wipes it, and the value is the object's own.
+		return append([]byte(nil), k.value()...), nil
 	case ck.CKO_PRIVATE_KEY:
 		var priv any
 		var err error
@@ -212,7 +213,7 @@ func (e *Engine) UnwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if err != nil {
 		return 0, wrappingErr(err, ck.CKR_UNWRAPPING_KEY_HANDLE_INVALID, ck.CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT)
 	}
-	m, class, kt, err := checkTemplate(tmpl, e.isSO(app, s), originUnwrap, 0, 0)
+	m, class, kt, err := checkTemplate(tmpl, e.isSO(app, s), originUnwrap, 0, noKeyType)
 	if err != nil {
 		return 0, err
 	}
@@ -294,11 +295,11 @@ func (e *Engine) DeriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if err != nil {
 		return 0, err
 	}
-	m, class, kt, err := checkTemplate(tmpl, e.isSO(app, s), originDerive, ck.CKO_SECRET_KEY, 0)
+	m, class, kt, err := checkTemplate(tmpl, e.isSO(app, s), originDerive, ck.CKO_SECRET_KEY, noKeyType)
 	if errors.Is(err, rv(ck.CKR_TEMPLATE_INCOMPLETE)) {
 		// No key type: a generic secret.
 		tmpl = append(tmpl, attr{Type: ck.CKA_KEY_TYPE, Value: ulong(ck.CKK_GENERIC_SECRET)})
-		m, class, kt, err = checkTemplate(tmpl, e.isSO(app, s), originDerive, ck.CKO_SECRET_KEY, 0)
+		m, class, kt, err = checkTemplate(tmpl, e.isSO(app, s), originDerive, ck.CKO_SECRET_KEY, noKeyType)
 	}
 	if err != nil {
 		return 0, err

@@ -61,11 +61,19 @@ func (k *key) rsaPrivate() (*rsa.PrivateKey, error) {
 	p, q := k.bigAttr(ck.CKA_PRIME_1), k.bigAttr(ck.CKA_PRIME_2)
 	if p.Sign() > 0 && q.Sign() > 0 {
 		priv.Primes = []*big.Int{p, q}
+		// The object's CRT values spare crypto/rsa computing them again;
+		// it checks them against the rest.
+		dp, dq, qinv := k.bigAttr(ck.CKA_EXPONENT_1), k.bigAttr(ck.CKA_EXPONENT_2), k.bigAttr(ck.CKA_COEFFICIENT)
+		if dp.Sign() > 0 && dq.Sign() > 0 && qinv.Sign() > 0 {
+			priv.Precomputed = rsa.PrecomputedValues{Dp: dp, Dq: dq, Qinv: qinv}
+		}
 	}
+	// Precompute first: Validate then finds the key checked, where the
+	// other order builds and checks it twice.
+	priv.Precompute()
 	if err := priv.Validate(); err != nil {
 		return nil, errKeyBroken
 	}
-	priv.Precompute()
 	return priv, nil
 }
 

@@ -77,7 +77,7 @@ func isMaterial(t, class uint64) bool {
 // checkCreate validates a C_CreateObject template and returns the object's
 // full set of attributes, defaults and computed values included.
 func checkCreate(tmpl []attr, so bool, tier keystore.Tier) (map[uint64][]byte, uint64, uint64, error) {
-	m, class, kt, err := checkTemplate(tmpl, so, originCreate, 0, 0)
+	m, class, kt, err := checkTemplate(tmpl, so, originCreate, 0, noKeyType)
 	if err != nil {
 		return nil, 0, 0, err
 	}
@@ -87,9 +87,13 @@ func checkCreate(tmpl []attr, so bool, tier keystore.Tier) (map[uint64][]byte, u
 	return m, class, kt, nil
 }
 
+// noKeyType is checkTemplate's "no default key type": 0 cannot say it,
+// since CKK_RSA is 0.
+const noKeyType = ^uint64(0)
+
 // checkTemplate validates a template for an object of the given origin;
-// defClass and defKeyType fill a missing CKA_CLASS or CKA_KEY_TYPE (0:
-// none). The material comes later, then completeObject.
+// defClass and defKeyType fill a missing CKA_CLASS or CKA_KEY_TYPE (0,
+// noKeyType: none). The material comes later, then completeObject.
 func checkTemplate(tmpl []attr, so bool, org origin, defClass, defKeyType uint64) (map[uint64][]byte, uint64, uint64, error) {
 	m, err := toMap(tmpl)
 	if err != nil {
@@ -115,7 +119,7 @@ func checkTemplate(tmpl []attr, so bool, org origin, defClass, defKeyType uint64
 	}
 	kt := ^uint64(0)
 	if cm&mKeys != 0 {
-		if _, ok := m[ck.CKA_KEY_TYPE]; !ok && defKeyType != 0 {
+		if _, ok := m[ck.CKA_KEY_TYPE]; !ok && defKeyType != noKeyType {
 			m[ck.CKA_KEY_TYPE] = ulong(defKeyType)
 		}
 		v, ok := m[ck.CKA_KEY_TYPE]
@@ -125,7 +129,7 @@ func checkTemplate(tmpl []attr, so bool, org origin, defClass, defKeyType uint64
 		if kt = ulongOf(v); !keyTypeSupported(class, kt) {
 			return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 		}
-		if defKeyType != 0 && kt != defKeyType {
+		if defKeyType != noKeyType && kt != defKeyType {
 			return nil, 0, 0, rv(ck.CKR_TEMPLATE_INCONSISTENT)
 		}
 	}

@@ -1,0 +1,328 @@
+package daemon
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdh"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/asn1"
+	"math/big"
+	"testing"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
+)
+
+// Elliptic-curve mechanisms through the daemon's socket.
+
+func TestECMechanisms(t *testing.T) {
+	t.Parallel()
+	s := newAsymSession(t)
+	h := s.h
+
+	// EC pairs: one per curve, their private keys sensitive; one more on
+	// P-256, readable, extractable and able to derive.
+	var ecPairs []ecPair
+	var p256 ecPair
+	var goP256 *ecdsa.PrivateKey
+	s.run(t, "ec generate", func(t *testing.T) {
+		for _, tc := range []struct {
+			params []byte
+			curve  elliptic.Curve
+		}{
+			{ecP256Params, elliptic.P256()},
+			{printableName("secp384r1"), elliptic.P384()},
+			{ecP521Params, elliptic.P521()},
+		} {
+			pub, priv := s.genPair(mech(ck.CKM_EC_KEY_PAIR_GEN),
+				[]wire.Attribute{A(ck.CKA_EC_PARAMS, tc.params)},
+				[]wire.Attribute{AB(ck.CKA_SENSITIVE, true)})
+			s.checkGenerated(pub, ck.CKM_EC_KEY_PAIR_GEN)
+			s.checkGenerated(priv, ck.CKM_EC_KEY_PAIR_GEN)
+			if rv, _ := s.get(h, priv, ck.CKA_VALUE); rv != ck.CKR_ATTRIBUTE_SENSITIVE {
+				t.Errorf("%s: sensitive CKA_VALUE: %#x", tc.curve.Params().Name, rv)
+			}
+			if !bytes.Equal(s.attr(priv, ck.CKA_EC_PARAMS), tc.params) {
+				t.Errorf("%s: the private key's CKA_EC_PARAMS differ", tc.curve.Params().Name)
+			}
+			if !isTrue(s.attr(priv, ck.CKA_ALWAYS_SENSITIVE)) || isTrue(s.attr(priv, ck.CKA_NEVER_EXTRACTABLE)) == isTrue(s.attr(priv, ck.CKA_EXTRACTABLE)) {
+				t.Errorf("%s: CKA_ALWAYS_SENSITIVE / CKA_NEVER_EXTRACTABLE", tc.curve.Params().Name)
+			}
+			ecPairs = append(ecPairs, ecPair{pub, priv, tc.curve, s.ecPublicOf(pub, tc.curve)})
+		}
+		p256, goP256 = s.readableP256()
+
+		// Curves the token does not have, and parameters that are none.
+		for _, tc := range []struct {
+			params []byte
+			want   uint64
+		}{
+			{oidDER(asn1.ObjectIdentifier{1, 3, 132, 0, 10}), ck.CKR_CURVE_NOT_SUPPORTED}, // secp256k1
+			{edParams, ck.CKR_CURVE_NOT_SUPPORTED},
+			{[]byte{0x06, 0x01}, ck.CKR_DOMAIN_PARAMS_INVALID},
+		} {
+			s.must(tc.want, "C_GenerateKeyPair", U(h), mech(ck.CKM_EC_KEY_PAIR_GEN), T(A(ck.CKA_EC_PARAMS, tc.params)), T(), none(), none())
+		}
+		s.must(ck.CKR_TEMPLATE_INCOMPLETE, "C_GenerateKeyPair", U(h), mech(ck.CKM_EC_KEY_PAIR_GEN), T(), T(), none(), none())
+		s.must(ck.CKR_TEMPLATE_INCONSISTENT, "C_GenerateKeyPair", U(h), mech(ck.CKM_EC_KEY_PAIR_GEN),
+			T(A(ck.CKA_EC_PARAMS, ecP256Params)), T(A(ck.CKA_EC_PARAMS, ecP384Params)), none(), none())
+	})
+	if goP256 == nil {
+		t.Fatal("no EC keys")
+	}
+
+	s.run(t, "ecdsa", func(t *testing.T) {
+		for _, p := range append(ecPairs, p256) {
+			size := (p.curve.Params().N.BitLen() + 7) / 8
+			for _, tc := range []struct {
+				mech uint64
+				h    crypto.Hash
+			}{
+				{ck.CKM_ECDSA, 0},
+				{ck.CKM_ECDSA_SHA1, crypto.SHA1},
+				{ck.CKM_ECDSA_SHA224, crypto.SHA224},
+				{ck.CKM_ECDSA_SHA256, crypto.SHA256},
+				{ck.CKM_ECDSA_SHA384, crypto.SHA384},
+				{ck.CKM_ECDSA_SHA512, crypto.SHA512},
+			} {
+				name := p.curve.Params().Name
+				in, d := asymMsg, []byte(nil)
+				if tc.h == 0 {
+					// CKM_ECDSA signs a digest the caller made.
+					sum := sha512.Sum384(asymMsg)
+					in, d = sum[:], sum[:]
+				} else {
+					hh := tc.h.New()
+					hh.Write(asymMsg)
+					d = hh.Sum(nil)
+				}
+				sig := s.sign(p.priv, mech(tc.mech), in)
+				if len(sig) != 2*size {
+					t.Fatalf("%s %#x: signature of %d bytes, want %d", name, tc.mech, len(sig), 2*size)
+				}
+				if r, ss := rawECDSA(sig); !ecdsa.Verify(p.goPub, d, r, ss) {
+					t.Errorf("%s %#x: Go does not verify the token's signature", name, tc.mech)
+				}
+				if rv := s.verify(p.pub, mech(tc.mech), in, sig); rv != ck.CKR_OK {
+					t.Errorf("%s %#x: the token does not verify its signature: %#x", name, tc.mech, rv)
+				}
+				if rv := s.verify(p.pub, mech(tc.mech), in, flipBit(sig)); rv != ck.CKR_SIGNATURE_INVALID {
+					t.Errorf("%s %#x: tampered signature: %#x", name, tc.mech, rv)
+				}
+				if rv := s.verify(p.pub, mech(tc.mech), in, append(sig, 0)); rv != ck.CKR_SIGNATURE_LEN_RANGE {
+					t.Errorf("%s %#x: long signature: %#x", name, tc.mech, rv)
+				}
+				if tc.h == 0 {
+					continue
+				}
+				parts := s.signParts(p.priv, mech(tc.mech), asymMsg)
+				if r, ss := rawECDSA(parts); !ecdsa.Verify(p.goPub, d, r, ss) {
+					t.Errorf("%s %#x: multi-part signature does not verify", name, tc.mech)
+				}
+				if rv := s.verifyParts(p.pub, mech(tc.mech), asymMsg, sig); rv != ck.CKR_OK {
+					t.Errorf("%s %#x: multi-part verification: %#x", name, tc.mech, rv)
+				}
+			}
+		}
+		// Go's signatures verify on the token.
+		d := sha256.Sum256(asymMsg)
+		r, ss, _ := ecdsa.Sign(rand.Reader, goP256, d[:])
+		sig := append(r.FillBytes(make([]byte, 32)), ss.FillBytes(make([]byte, 32))...)
+		if rv := s.verify(p256.pub, mech(ck.CKM_ECDSA_SHA256), asymMsg, sig); rv != ck.CKR_OK {
+			t.Errorf("Go's ECDSA signature: %#x", rv)
+		}
+
+		// The size query: the signature is made once, and the call that
+		// takes it gets the one measured. ECDSA signatures are random, so
+		// only the kept one verifies against the first call's input; the
+		// second call's input is not signed again.
+		s.must(ck.CKR_OK, "C_SignInit", U(h), mech(ck.CKM_ECDSA_SHA256), U(p256.priv))
+		if n := s.must(ck.CKR_OK, "C_Sign", U(h), B(asymMsg), SizeQuery())[2].Length; n != 64 {
+			t.Fatalf("size query: %d", n)
+		}
+		if n := s.must(ck.CKR_BUFFER_TOO_SMALL, "C_Sign", U(h), B(asymMsg), Out(63))[2].Length; n != 64 {
+			t.Fatalf("short buffer: %d", n)
+		}
+		kept := bytes.Clone(s.must(ck.CKR_OK, "C_Sign", U(h), B([]byte("other data")), Out(64))[2].Bytes)
+		if r, ss := rawECDSA(kept); !ecdsa.Verify(p256.goPub, d[:], r, ss) {
+			t.Error("the signature delivered after the size query is not the one measured")
+		}
+
+		// Single-part only, and no parameter.
+		s.must(ck.CKR_OK, "C_SignInit", U(h), mech(ck.CKM_ECDSA), U(p256.priv))
+		s.must(ck.CKR_FUNCTION_NOT_SUPPORTED, "C_SignUpdate", U(h), B(asymMsg))
+		s.must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Sign", U(h), B(asymMsg), Out(64))
+		s.must(ck.CKR_OK, "C_VerifyInit", U(h), mech(ck.CKM_ECDSA), U(p256.pub))
+		s.must(ck.CKR_FUNCTION_NOT_SUPPORTED, "C_VerifyUpdate", U(h), B(asymMsg))
+		s.must(ck.CKR_MECHANISM_PARAM_INVALID, "C_SignInit", U(h), bytesMech(ck.CKM_ECDSA_SHA256), U(p256.priv))
+	})
+
+	s.run(t, "key usage", func(t *testing.T) {
+		// A private key that may not sign; a public key asked to sign; a key
+		// of another type.
+		_, noSign := s.genPair(mech(ck.CKM_EC_KEY_PAIR_GEN),
+			[]wire.Attribute{A(ck.CKA_EC_PARAMS, ecP256Params)}, []wire.Attribute{AB(ck.CKA_SIGN, false)})
+		s.must(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, "C_SignInit", U(h), mech(ck.CKM_ECDSA_SHA256), U(noSign))
+		if rv, _ := s.call("C_SignInit", U(h), mech(ck.CKM_ECDSA_SHA256), U(p256.pub)); rv != ck.CKR_KEY_FUNCTION_NOT_PERMITTED && rv != ck.CKR_KEY_TYPE_INCONSISTENT {
+			t.Errorf("signing with a public key: %#x", rv)
+		}
+		s.must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_SignInit", U(h), mech(ck.CKM_EDDSA), U(p256.priv))
+		s.must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_SignInit", U(h), mech(ck.CKM_SHA256_RSA_PKCS), U(p256.priv))
+		// CKA_ALLOWED_MECHANISMS.
+		_, only := s.genPair(mech(ck.CKM_EC_KEY_PAIR_GEN),
+			[]wire.Attribute{A(ck.CKA_EC_PARAMS, ecP256Params)},
+			[]wire.Attribute{A(ck.CKA_ALLOWED_MECHANISMS, ulong(ck.CKM_ECDSA_SHA256))})
+		s.sign(only, mech(ck.CKM_ECDSA_SHA256), asymMsg)
+		s.must(ck.CKR_MECHANISM_INVALID, "C_SignInit", U(h), mech(ck.CKM_ECDSA), U(only))
+		// A key without CKA_DERIVE.
+		s.must(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, "C_DeriveKey", U(h),
+			withParam(ck.CKM_ECDH1_DERIVE, wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: s.attr(p256.pub, ck.CKA_EC_POINT)}.Param()),
+			U(ecPairs[0].priv), T(AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_GENERIC_SECRET)), none())
+	})
+
+	s.run(t, "eddsa", func(t *testing.T) {
+		for _, params := range [][]byte{edParams, printableName("edwards25519")} {
+			pub, priv := s.genPair(mech(ck.CKM_EC_EDWARDS_KEY_PAIR_GEN),
+				[]wire.Attribute{A(ck.CKA_EC_PARAMS, params)}, []wire.Attribute{AB(ck.CKA_SENSITIVE, true)})
+			s.checkGenerated(priv, ck.CKM_EC_EDWARDS_KEY_PAIR_GEN)
+			if rv, _ := s.get(h, priv, ck.CKA_VALUE); rv != ck.CKR_ATTRIBUTE_SENSITIVE {
+				t.Errorf("sensitive CKA_VALUE: %#x", rv)
+			}
+			var raw []byte
+			if rest, err := asn1.Unmarshal(s.attr(pub, ck.CKA_EC_POINT), &raw); err != nil || len(rest) > 0 || len(raw) != ed25519.PublicKeySize {
+				t.Fatalf("CKA_EC_POINT: %x", s.attr(pub, ck.CKA_EC_POINT))
+			}
+			goPub := ed25519.PublicKey(raw)
+			for _, tc := range []struct {
+				name string
+				m    wire.Value
+				opts ed25519.Options
+			}{
+				{"Ed25519", mech(ck.CKM_EDDSA), ed25519.Options{}},
+				{"Ed25519ctx", withParam(ck.CKM_EDDSA, wire.EdDSAParams{ContextData: []byte("ctx")}.Param()), ed25519.Options{Context: "ctx"}},
+				{"Ed25519ph", withParam(ck.CKM_EDDSA, wire.EdDSAParams{PHFlag: true}.Param()), ed25519.Options{Hash: crypto.SHA512}},
+				{"Ed25519ph ctx", withParam(ck.CKM_EDDSA, wire.EdDSAParams{PHFlag: true, ContextData: []byte("c")}.Param()), ed25519.Options{Hash: crypto.SHA512, Context: "c"}},
+			} {
+				sig := s.sign(priv, tc.m, asymMsg)
+				in := asymMsg
+				if tc.opts.Hash == crypto.SHA512 {
+					d := sha512.Sum512(asymMsg)
+					in = d[:]
+				}
+				if err := ed25519.VerifyWithOptions(goPub, in, sig, &tc.opts); err != nil {
+					t.Errorf("%s: Go does not verify the token's signature: %v", tc.name, err)
+				}
+				if rv := s.verify(pub, tc.m, asymMsg, sig); rv != ck.CKR_OK {
+					t.Errorf("%s: the token does not verify its signature: %#x", tc.name, rv)
+				}
+				if rv := s.verify(pub, tc.m, asymMsg, flipBit(sig)); rv != ck.CKR_SIGNATURE_INVALID {
+					t.Errorf("%s: tampered: %#x", tc.name, rv)
+				}
+				if rv := s.verify(pub, tc.m, asymMsg, sig[:63]); rv != ck.CKR_SIGNATURE_LEN_RANGE {
+					t.Errorf("%s: short: %#x", tc.name, rv)
+				}
+			}
+			// Pure Ed25519 is deterministic: the same as Go's.
+			if sig := s.sign(priv, mech(ck.CKM_EDDSA), asymMsg); !ed25519.Verify(goPub, asymMsg, sig) {
+				t.Error("pure Ed25519")
+			}
+			s.must(ck.CKR_OK, "C_SignInit", U(h), mech(ck.CKM_EDDSA), U(priv))
+			s.must(ck.CKR_FUNCTION_NOT_SUPPORTED, "C_SignUpdate", U(h), B(asymMsg))
+			s.must(ck.CKR_MECHANISM_PARAM_INVALID, "C_SignInit", U(h), withParam(ck.CKM_EDDSA, wire.EdDSAParams{ContextData: make([]byte, 256)}.Param()), U(priv))
+		}
+		s.must(ck.CKR_CURVE_NOT_SUPPORTED, "C_GenerateKeyPair", U(h), mech(ck.CKM_EC_EDWARDS_KEY_PAIR_GEN), T(A(ck.CKA_EC_PARAMS, ecP256Params)), T(), none(), none())
+	})
+
+	s.run(t, "ecdh", func(t *testing.T) {
+		genericT := func(extra ...wire.Attribute) wire.Value {
+			return T(append([]wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_GENERIC_SECRET),
+				AB(ck.CKA_SENSITIVE, false), AB(ck.CKA_EXTRACTABLE, true)}, extra...)...)
+		}
+		derive := func(base uint64, p wire.ECDH1DeriveParams, tmpl wire.Value) []byte {
+			t.Helper()
+			k := s.must(ck.CKR_OK, "C_DeriveKey", U(h), withParam(ck.CKM_ECDH1_DERIVE, p.Param()), U(base), tmpl, none())[4].Ulong
+			return s.attr(k, ck.CKA_VALUE)
+		}
+		// A second token key on P-256, able to derive.
+		bPub, bPriv := s.genPair(mech(ck.CKM_EC_KEY_PAIR_GEN),
+			[]wire.Attribute{A(ck.CKA_EC_PARAMS, ecP256Params)}, []wire.Attribute{AB(ck.CKA_DERIVE, true)})
+		aPoint, bPoint := s.attr(p256.pub, ck.CKA_EC_POINT), s.attr(bPub, ck.CKA_EC_POINT)
+		ab := derive(p256.priv, wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: bPoint}, genericT())
+		// The peer's point bare, not in its OCTET STRING.
+		ba := derive(bPriv, wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: ecPoint(aPoint)}, genericT())
+		if len(ab) != 32 || !bytes.Equal(ab, ba) {
+			t.Fatalf("the two sides derive %x and %x", ab, ba)
+		}
+		// The same as Go's crypto/ecdh.
+		goA, _ := goP256.ECDH()
+		goB, err := ecdh.P256().NewPublicKey(ecPoint(bPoint))
+		if err != nil {
+			t.Fatal(err)
+		}
+		z, _ := goA.ECDH(goB)
+		if !bytes.Equal(z, ab) {
+			t.Fatalf("ECDH: token %x, Go %x", ab, z)
+		}
+		// And with a Go key as the peer.
+		goC, _ := ecdh.P256().GenerateKey(rand.Reader)
+		goAPub, _ := goP256.PublicKey.ECDH()
+		zc, _ := goC.ECDH(goAPub)
+		if got := derive(p256.priv, wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: goC.PublicKey().Bytes()}, genericT()); !bytes.Equal(got, zc) {
+			t.Fatalf("ECDH with Go's key: %x, want %x", got, zc)
+		}
+		// CKD_NULL cut to the length asked: the leading bytes.
+		if got := derive(p256.priv, wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: bPoint}, genericT(AU(ck.CKA_VALUE_LEN, 16))); !bytes.Equal(got, z[:16]) {
+			t.Fatalf("CKD_NULL to 16 bytes: %x", got)
+		}
+		// The X9.63 KDFs, with shared data.
+		shared := []byte("shared info")
+		for _, tc := range []struct {
+			kdf uint64
+			h   crypto.Hash
+		}{{ck.CKD_SHA1_KDF, crypto.SHA1}, {ck.CKD_SHA256_KDF, crypto.SHA256}, {ck.CKD_SHA512_KDF, crypto.SHA512}} {
+			want := testX963(tc.h, z, shared, 48)
+			if got := derive(bPriv, wire.ECDH1DeriveParams{KDF: tc.kdf, SharedData: shared, PublicData: aPoint}, genericT(AU(ck.CKA_VALUE_LEN, 48))); !bytes.Equal(got, want) {
+				t.Errorf("KDF %#x: %x, want %x", tc.kdf, got, want)
+			}
+		}
+		// An AES key through the KDF.
+		k := s.must(ck.CKR_OK, "C_DeriveKey", U(h), withParam(ck.CKM_ECDH1_DERIVE, wire.ECDH1DeriveParams{KDF: ck.CKD_SHA256_KDF, PublicData: bPoint}.Param()), U(p256.priv),
+			T(AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES), AU(ck.CKA_VALUE_LEN, 32), AB(ck.CKA_SENSITIVE, true)), none())[4].Ulong
+		if n := ulongOf(s.attr(k, ck.CKA_VALUE_LEN)); n != 32 {
+			t.Errorf("derived AES key: CKA_VALUE_LEN %d", n)
+		}
+		// Refusals.
+		for _, tc := range []struct {
+			name string
+			p    wire.ECDH1DeriveParams
+			tmpl wire.Value
+			want uint64
+		}{
+			{"longer than the secret", wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: bPoint}, genericT(AU(ck.CKA_VALUE_LEN, 33)), ck.CKR_KEY_SIZE_RANGE},
+			{"shared data without a KDF", wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, SharedData: shared, PublicData: bPoint}, genericT(), ck.CKR_MECHANISM_PARAM_INVALID},
+			{"unknown KDF", wire.ECDH1DeriveParams{KDF: 0x77, PublicData: bPoint}, genericT(), ck.CKR_MECHANISM_PARAM_INVALID},
+			{"point off the curve", wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: append([]byte{4}, make([]byte, 64)...)}, genericT(), ck.CKR_MECHANISM_PARAM_INVALID},
+			{"point of another curve", wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: s.attr(ecPairs[1].pub, ck.CKA_EC_POINT)}, genericT(), ck.CKR_MECHANISM_PARAM_INVALID},
+		} {
+			if rv, _ := s.call("C_DeriveKey", U(h), withParam(ck.CKM_ECDH1_DERIVE, tc.p.Param()), U(p256.priv), tc.tmpl, none()); rv != tc.want {
+				t.Errorf("%s: %#x, want %#x", tc.name, rv, tc.want)
+			}
+		}
+		s.must(ck.CKR_MECHANISM_PARAM_INVALID, "C_DeriveKey", U(h), mech(ck.CKM_ECDH1_DERIVE), U(p256.priv), genericT(), none())
+	})
+
+	s.run(t, "openssl", func(t *testing.T) {
+		sig := s.sign(p256.priv, mech(ck.CKM_ECDSA_SHA256), asymMsg)
+		r, ss := rawECDSA(sig)
+		der, err := asn1.Marshal(struct{ R, S *big.Int }{r, ss})
+		if err != nil {
+			t.Fatal(err)
+		}
+		opensslVerify(t, p256.goPub, der, asymMsg)
+	})
+}

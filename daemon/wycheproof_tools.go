@@ -1,0 +1,8 @@
+//go:build tools
+
+package daemon
+
+// The Wycheproof test vectors are read from their module by the tests
+// (wycheproof_test.go); this import, never built, keeps the module in
+// go.mod.
+import _ "github.com/c2sp/wycheproof"
