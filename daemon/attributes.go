@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bytes"
+	"sync"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/keystore"
@@ -254,6 +255,41 @@ func isTrue(v []byte) bool { return len(v) == 1 && v[0] == 1 }
 type object struct {
 	attrs  keystore.Attributes
 	secret keystore.Attributes
+
+	// parsed keeps the key material parsed for mechanisms (an RSA private
+	// key with its CRT values, an EC scalar and its public point), so an
+	// operation's Init does not parse it again. Objects never change: an
+	// edit makes a new one.
+	mu     sync.Mutex
+	parsed map[string]parsedKey
+}
+
+type parsedKey struct {
+	key any
+	err error
+}
+
+// memo returns what parse returns, parsing once per object and kind.
+// The lock is not held while parsing: one parse may need another (an RSA
+// private key its public half), and two racing parses agree.
+func (o *object) memo(kind string, parse func() (any, error)) (any, error) {
+	o.mu.Lock()
+	p, ok := o.parsed[kind]
+	o.mu.Unlock()
+	if ok {
+		return p.key, p.err
+	}
+	k, err := parse()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if p, ok := o.parsed[kind]; ok {
+		return p.key, p.err
+	}
+	if o.parsed == nil {
+		o.parsed = map[string]parsedKey{}
+	}
+	o.parsed[kind] = parsedKey{k, err}
+	return k, err
 }
 
 func (o *object) class() uint64 {

@@ -37,6 +37,14 @@ var errKeyBroken = rv(ck.CKR_KEY_TYPE_INCONSISTENT)
 
 // rsaPublic returns an RSA key's public half (of a public or private key).
 func (k *key) rsaPublic() (*rsa.PublicKey, error) {
+	v, err := k.obj.memo("rsaPublic", func() (any, error) { return k.parseRsaPublic() })
+	if err != nil {
+		return nil, err
+	}
+	return v.(*rsa.PublicKey), nil
+}
+
+func (k *key) parseRsaPublic() (*rsa.PublicKey, error) {
 	if k.keyType != ck.CKK_RSA {
 		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
@@ -50,6 +58,14 @@ func (k *key) rsaPublic() (*rsa.PublicKey, error) {
 // rsaPrivate returns an RSA private key, with its CRT values when the
 // object has its primes.
 func (k *key) rsaPrivate() (*rsa.PrivateKey, error) {
+	v, err := k.obj.memo("rsaPrivate", func() (any, error) { return k.parseRsaPrivate() })
+	if err != nil {
+		return nil, err
+	}
+	return v.(*rsa.PrivateKey), nil
+}
+
+func (k *key) parseRsaPrivate() (*rsa.PrivateKey, error) {
 	if k.keyType != ck.CKK_RSA || k.class != ck.CKO_PRIVATE_KEY {
 		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
@@ -133,6 +149,14 @@ func ecPoint(v []byte) []byte {
 
 // ecdsaPublic returns an EC key's public key (of a public key object).
 func (k *key) ecdsaPublic() (*ecdsa.PublicKey, error) {
+	v, err := k.obj.memo("ecdsaPublic", func() (any, error) { return k.parseEcdsaPublic() })
+	if err != nil {
+		return nil, err
+	}
+	return v.(*ecdsa.PublicKey), nil
+}
+
+func (k *key) parseEcdsaPublic() (*ecdsa.PublicKey, error) {
 	if k.keyType != ck.CKK_EC {
 		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
@@ -154,6 +178,14 @@ func (k *key) ecdsaPublic() (*ecdsa.PublicKey, error) {
 
 // ecdsaPrivate returns an EC private key.
 func (k *key) ecdsaPrivate() (*ecdsa.PrivateKey, error) {
+	v, err := k.obj.memo("ecdsaPrivate", func() (any, error) { return k.parseEcdsaPrivate() })
+	if err != nil {
+		return nil, err
+	}
+	return v.(*ecdsa.PrivateKey), nil
+}
+
+func (k *key) parseEcdsaPrivate() (*ecdsa.PrivateKey, error) {
 	if k.keyType != ck.CKK_EC || k.class != ck.CKO_PRIVATE_KEY {
 		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
@@ -183,6 +215,14 @@ func (k *key) ecdsaPrivate() (*ecdsa.PrivateKey, error) {
 
 // ecdhPrivate returns an EC private key for key agreement.
 func (k *key) ecdhPrivate() (*ecdh.PrivateKey, error) {
+	v, err := k.obj.memo("ecdhPrivate", func() (any, error) { return k.parseEcdhPrivate() })
+	if err != nil {
+		return nil, err
+	}
+	return v.(*ecdh.PrivateKey), nil
+}
+
+func (k *key) parseEcdhPrivate() (*ecdh.PrivateKey, error) {
 	priv, err := k.ecdsaPrivate()
 	if err != nil {
 		return nil, err
@@ -196,6 +236,14 @@ func (k *key) ecdhPrivate() (*ecdh.PrivateKey, error) {
 
 // ed25519Private returns an Edwards private key (CKA_VALUE is its seed).
 func (k *key) ed25519Private() (ed25519.PrivateKey, error) {
+	v, err := k.obj.memo("ed25519Private", func() (any, error) { return k.parseEd25519Private() })
+	if err != nil {
+		return nil, err
+	}
+	return v.(ed25519.PrivateKey), nil
+}
+
+func (k *key) parseEd25519Private() (ed25519.PrivateKey, error) {
 	if k.keyType != ck.CKK_EC_EDWARDS || k.class != ck.CKO_PRIVATE_KEY {
 		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
@@ -215,6 +263,14 @@ func (k *key) ed25519Private() (ed25519.PrivateKey, error) {
 
 // ed25519Public returns an Edwards public key.
 func (k *key) ed25519Public() (ed25519.PublicKey, error) {
+	v, err := k.obj.memo("ed25519Public", func() (any, error) { return k.parseEd25519Public() })
+	if err != nil {
+		return nil, err
+	}
+	return v.(ed25519.PublicKey), nil
+}
+
+func (k *key) parseEd25519Public() (ed25519.PublicKey, error) {
 	if k.keyType != ck.CKK_EC_EDWARDS {
 		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}

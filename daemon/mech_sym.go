@@ -64,16 +64,24 @@ func aesInfo(flags uint64) wire.MechanismInfo {
 	return wire.MechanismInfo{MinKeySize: aesMinBytes, MaxKeySize: aesMaxBytes, Flags: flags}
 }
 
-// aesBlock returns the AES cipher of a key's value.
+// aesBlock returns the AES cipher of a key's value. The key schedule is
+// kept with the object, like any parsed key: a cipher.Block is safe for
+// concurrent use.
 func aesBlock(k *key) (cipher.Block, error) {
 	if k.keyType != ck.CKK_AES {
 		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
-	b, err := aes.NewCipher(k.value())
+	b, err := k.obj.memo("aes", func() (any, error) {
+		b, err := aes.NewCipher(k.value())
+		if err != nil {
+			return nil, rv(ck.CKR_KEY_SIZE_RANGE)
+		}
+		return b, nil
+	})
 	if err != nil {
-		return nil, rv(ck.CKR_KEY_SIZE_RANGE)
+		return nil, err
 	}
-	return b, nil
+	return b.(cipher.Block), nil
 }
 
 // bytesParam returns a byte-string parameter of exactly size bytes.

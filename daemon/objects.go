@@ -58,6 +58,11 @@ func (app *App) dropHandle(h uint64) {
 
 // fromStore turns a keystore object into the engine's view.
 func fromStore(obj *keystore.Object) (*object, error) {
+	// The view is kept with the stored object, so a cached key is parsed
+	// once, not on every use.
+	if v, ok := obj.Memo.Load().(*object); ok {
+		return v, nil
+	}
 	o := &object{attrs: obj.Attrs}
 	if len(obj.Secret) > 0 {
 		sec, err := keystore.DecodeAttributes(obj.Secret)
@@ -66,6 +71,7 @@ func fromStore(obj *keystore.Object) (*object, error) {
 		}
 		o.secret = sec
 	}
+	obj.Memo.Store(o)
 	return o, nil
 }
 

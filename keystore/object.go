@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -24,6 +25,12 @@ type Object struct {
 	Private bool
 	Attrs   Attributes
 	Secret  []byte // nil for objects without secret material
+
+	// Memo is for the Store's user: a view it derives from the object
+	// (parsed attributes, a parsed key), kept with it in the cache. An
+	// Object never changes, so neither does what is derived from it; an
+	// update makes a new Object.
+	Memo atomic.Value
 
 	st *tokenState // the cache checks a private object's token is still logged in
 }
