@@ -384,6 +384,12 @@ func (e *Engine) FindObjectsInit(ctx context.Context, app *App, h uint64, tmpl [
 		if errors.Is(err, keystore.ErrNotFound) || errors.Is(err, keystore.ErrNotLoggedIn) {
 			continue // deleted meanwhile, or not this application's to see
 		}
+		if errors.Is(err, keystore.ErrTampered) {
+			// An edited object is unusable, and says so, loudly; the
+			// token's other objects stay usable.
+			e.log.Error("a stored object failed authentication and is left out", "token", s.token.String(), "object", int64(id))
+			continue
+		}
 		if err != nil {
 			return err
 		}

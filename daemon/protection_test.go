@@ -2,8 +2,12 @@ package daemon
 
 import (
 	"bytes"
+	"database/sql"
+	"encoding/binary"
+	"path/filepath"
 	"testing"
 
+	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	"hsmemu/keystore"
@@ -101,5 +105,75 @@ func TestStandardTierRefusesHSMKeys(t *testing.T) {
 	}
 	if rv, ans := cl.get(h, k, ck.CKA_VALUE); rv != ck.CKR_OK || len(ans[0].Value) != 32 {
 		t.Fatalf("a standard, non-sensitive key's value: %#x", rv)
+	}
+}
+
+// TestHSMKeyNeverLeaves: an HSM-protected key is not wrapped, and a
+// database edit that makes it extractable makes it unusable, never
+// exportable.
+func TestHSMKeyNeverLeaves(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, EngineConfig{DefaultTier: keystore.TierPremium})
+	cl := d.dial(t)
+	slot := cl.newToken("vault")
+	h := cl.open(slot, true)
+	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(testUserPIN))
+	hsm := cl.create(h, aesKeyBare("hsm")...)
+	kek := cl.create(h, AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES), AB(ck.CKA_TOKEN, true),
+		A(ck.CKA_LABEL, []byte("kek")), A(ck.CKA_VALUE, bytes.Repeat([]byte{0x33}, 32)),
+		AU(ck.CKA_HSMEMU_PROTECTION, ck.CKP_HSMEMU_SOFTWARE), AB(ck.CKA_WRAP, true))
+	cl.must(ck.CKR_KEY_UNEXTRACTABLE, "C_WrapKey", U(h), mech(ck.CKM_AES_KEY_WRAP_KWP), U(kek), U(hsm), SizeQuery())
+	// It can still be used: an HSM-protected key is for use, not export.
+	iv := bytes.Repeat([]byte{1}, 16)
+	cl.must(ck.CKR_OK, "C_EncryptInit", U(h), wire.Value{Mechanism: &wire.Mechanism{Type: ck.CKM_AES_CBC_PAD, Present: true, Param: wire.Param{Kind: calls.PBytes, Bytes: iv}}}, U(hsm))
+	cl.must(ck.CKR_OK, "C_Encrypt", U(h), S("plaintext"), Out(64))
+
+	// Flip CKA_EXTRACTABLE in the database, behind the daemon's back.
+	d.stop()
+	db, err := sql.Open("sqlite3", "file:"+filepath.Join(d.dir, DatabaseName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	var rec []byte
+	if err := db.QueryRow("SELECT id, record FROM objects WHERE label = ?", []byte("hsm")).Scan(&id, &rec); err != nil {
+		t.Fatal(err)
+	}
+	// The record is uuid(16) | attrs length u32 | attributes | seal.
+	n := binary.BigEndian.Uint32(rec[16:])
+	attrs, err := keystore.DecodeAttributes(rec[20 : 20+n])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range attrs {
+		switch attrs[i].Type {
+		case ck.CKA_EXTRACTABLE:
+			attrs[i].Value = []byte{1}
+		case ck.CKA_SENSITIVE:
+			attrs[i].Value = []byte{0}
+		}
+	}
+	enc := attrs.Encode()
+	edited := append(append(append([]byte{}, rec[:16]...), binary.BigEndian.AppendUint32(nil, uint32(len(enc)))...), enc...)
+	edited = append(edited, rec[20+n:]...)
+	if _, err := db.Exec("UPDATE objects SET record = ? WHERE id = ?", edited, id); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	d.start(t, EngineConfig{DefaultTier: keystore.TierPremium})
+	cl = d.dial(t)
+	h = cl.open(slot, true)
+	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(testUserPIN))
+	if got := cl.find(h, A(ck.CKA_LABEL, []byte("hsm"))); len(got) != 0 {
+		t.Fatalf("the edited key was found: %v", got)
+	}
+	// Even through a handle obtained before the edit was noticed, the
+	// value never comes out.
+	all := cl.find(h, AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY))
+	for _, obj := range all {
+		if rv, ans := cl.get(h, obj, ck.CKA_VALUE); rv == ck.CKR_OK && len(ans[0].Value) == 32 && bytes.Equal(ans[0].Value, bytes.Repeat([]byte{0x22}, 32)) {
+			t.Fatal("the HSM-protected key's value came out after the edit")
+		}
 	}
 }

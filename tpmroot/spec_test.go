@@ -93,8 +93,10 @@ func TestManagedInUse(t *testing.T) {
 		second.Close()
 		t.Fatal("a second managed Open on the same state directory succeeded")
 	}
-	if !errors.Is(err, tpmroot.ErrTPMInUse) || time.Since(start) > 2*time.Second {
-		t.Errorf("second Open: err = %v after %v; want ErrTPMInUse at once", err, time.Since(start))
+	// Not a hang: at most the two seconds' grace given to a swtpm on its
+	// way out, and then the error.
+	if !errors.Is(err, tpmroot.ErrTPMInUse) || time.Since(start) > 5*time.Second {
+		t.Errorf("second Open: err = %v after %v; want ErrTPMInUse within seconds", err, time.Since(start))
 	}
 	t.Logf("second Open: %v", err)
 	if _, err := first.Provision(tpmroot.ProvisionOptions{}); err != nil {

@@ -288,15 +288,30 @@ func lockDir(dir string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening swtpm lock: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
+	// A swtpm that was just stopped may hold the lock a moment longer
+	// (its exit and the release race with the caller's next start): give
+	// it that moment before calling the directory in use.
+	deadline := time.Now().Add(lockGrace)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("locking %s: %w", dir, err)
+		}
+		if time.Now().After(deadline) {
+			f.Close()
 			return nil, fmt.Errorf("%w: a swtpm started by hsmemu is already serving %s", ErrInUse, dir)
 		}
-		return nil, fmt.Errorf("locking %s: %w", dir, err)
+		time.Sleep(20 * time.Millisecond)
 	}
-	return f, nil
 }
+
+// lockGrace is how long lockDir waits for a lock held by a swtpm that is
+// on its way out.
+const lockGrace = 2 * time.Second
 
 // swtpmLockHolder reports whether a process holds swtpm's own lock on dir,
 // and which. swtpm takes a POSIX write lock on dir/.lock; F_GETLK asks
