@@ -37,6 +37,9 @@ type operation struct {
 	pending []byte // output measured by a size query, not yet delivered
 	hasPend bool
 	parts   bool // Update was called: the single-part call is refused
+	// needAuth: the key has CKA_ALWAYS_AUTHENTICATE, and the user has not
+	// yet given the PIN for this operation (C_Login, CKU_CONTEXT_SPECIFIC).
+	needAuth bool
 }
 
 // usage is the attribute a key needs for each kind of operation.
@@ -134,6 +137,7 @@ func (e *Engine) OpInit(ctx context.Context, app *App, h uint64, kind opKind, wm
 		} else {
 			op.signer, err = sctor(k, wm)
 		}
+		op.needAuth = k.class == ck.CKO_PRIVATE_KEY && k.obj.bool(ck.CKA_ALWAYS_AUTHENTICATE)
 		if err != nil {
 			return err
 		}
@@ -160,11 +164,39 @@ func withOp(app *App, h uint64, kind opKind, f func(op *operation) (end bool, er
 	if op == nil {
 		return rv(ck.CKR_OPERATION_NOT_INITIALIZED)
 	}
+	if op.needAuth {
+		// The key wants its PIN again, for this operation, first.
+		s.ops[kind] = nil
+		return rv(ck.CKR_USER_NOT_LOGGED_IN)
+	}
 	end, err := f(op)
 	if end || err != nil {
 		s.ops[kind] = nil
 	}
 	return err
+}
+
+// contextLogin clears the need for the PIN of the session's operation on
+// a CKA_ALWAYS_AUTHENTICATE key, once check has accepted the PIN.
+func contextLogin(s *session, check func() error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var waiting []*operation
+	for _, op := range s.ops {
+		if op != nil && op.needAuth {
+			waiting = append(waiting, op)
+		}
+	}
+	if len(waiting) == 0 {
+		return rv(ck.CKR_OPERATION_NOT_INITIALIZED)
+	}
+	if err := check(); err != nil {
+		return err
+	}
+	for _, op := range waiting {
+		op.needAuth = false
+	}
+	return nil
 }
 
 // deliver applies the size-query convention to an output: it keeps the

@@ -177,3 +177,38 @@ func TestHSMKeyNeverLeaves(t *testing.T) {
 		}
 	}
 }
+
+// TestAlwaysAuthenticate: a key with CKA_ALWAYS_AUTHENTICATE wants the PIN
+// again (CKU_CONTEXT_SPECIFIC) for every operation.
+func TestAlwaysAuthenticate(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, EngineConfig{})
+	cl := d.dial(t)
+	slot := cl.newToken("piv")
+	h := cl.open(slot, true)
+	cl.must(ck.CKR_USER_NOT_LOGGED_IN, "C_Login", U(h), U(ck.CKU_CONTEXT_SPECIFIC), S(testUserPIN))
+	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(testUserPIN))
+	cl.must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Login", U(h), U(ck.CKU_CONTEXT_SPECIFIC), S(testUserPIN))
+	edParams := []byte{0x06, 0x03, 0x2b, 0x65, 0x70}
+	out := cl.must(ck.CKR_OK, "C_GenerateKeyPair", U(h), mech(ck.CKM_EC_EDWARDS_KEY_PAIR_GEN),
+		T(A(ck.CKA_EC_PARAMS, edParams)), T(AB(ck.CKA_ALWAYS_AUTHENTICATE, true), AB(ck.CKA_TOKEN, false)), none(), none())
+	priv := out[5].Ulong
+	sign := func() uint64 {
+		cl.must(ck.CKR_OK, "C_SignInit", U(h), mech(ck.CKM_EDDSA), U(priv))
+		rv, _ := cl.call("C_Sign", U(h), S("message"), Out(64))
+		return rv
+	}
+	// Without the PIN again: refused, and the operation is over.
+	if rv := sign(); rv != ck.CKR_USER_NOT_LOGGED_IN {
+		t.Fatalf("sign without context login: %#x", rv)
+	}
+	cl.must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Sign", U(h), S("message"), Out(64))
+	// With it: one operation.
+	cl.must(ck.CKR_OK, "C_SignInit", U(h), mech(ck.CKM_EDDSA), U(priv))
+	cl.must(ck.CKR_PIN_INCORRECT, "C_Login", U(h), U(ck.CKU_CONTEXT_SPECIFIC), S("wrong-pin"))
+	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_CONTEXT_SPECIFIC), S(testUserPIN))
+	cl.must(ck.CKR_OK, "C_Sign", U(h), S("message"), Out(64))
+	if rv := sign(); rv != ck.CKR_USER_NOT_LOGGED_IN {
+		t.Fatalf("second operation without context login: %#x", rv)
+	}
+}

@@ -155,12 +155,27 @@ func (e *Engine) Login(ctx context.Context, app *App, h, userType uint64, pin []
 	case ck.CKU_USER:
 		role = keystore.RoleUser
 	case ck.CKU_CONTEXT_SPECIFIC:
-		if _, in := app.role(s); !in {
+		// The user, logged in, gives the PIN again for an operation on a
+		// key with CKA_ALWAYS_AUTHENTICATE.
+		if r, in := app.role(s); !in || r != keystore.RoleUser {
 			return rv(ck.CKR_USER_NOT_LOGGED_IN)
 		}
-		// No operation needs re-authentication until a key with
-		// CKA_ALWAYS_AUTHENTICATE is in use.
-		return rv(ck.CKR_OPERATION_NOT_INITIALIZED)
+		if pinNull {
+			return rv(ck.CKR_ARGUMENTS_BAD)
+		}
+		return contextLogin(s, func() error {
+			tl := e.tokenLogin(s.token)
+			tl.attempt.Lock()
+			defer tl.attempt.Unlock()
+			if err := e.waitAfterFailures(ctx, tl, keystore.RoleUser, s.token); err != nil {
+				return err
+			}
+			err := e.store.Login(ctx, s.token, keystore.RoleUser, pin)
+			if errors.Is(err, keystore.ErrPINIncorrect) {
+				e.afterFailure(tl, keystore.RoleUser, s.token)
+			}
+			return err
+		})
 	default:
 		return rv(ck.CKR_USER_TYPE_INVALID)
 	}
