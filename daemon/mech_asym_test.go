@@ -283,7 +283,13 @@ func TestRSAMechanisms(t *testing.T) {
 		s.must(ck.CKR_KEY_SIZE_RANGE, "C_GenerateKeyPair", U(h), mech(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), T(AU(ck.CKA_MODULUS_BITS, 1024)), T(), none(), none())
 		s.must(ck.CKR_KEY_SIZE_RANGE, "C_GenerateKeyPair", U(h), mech(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), T(AU(ck.CKA_MODULUS_BITS, 16384)), T(), none(), none())
 		s.must(ck.CKR_ATTRIBUTE_VALUE_INVALID, "C_GenerateKeyPair", U(h), mech(ck.CKM_RSA_PKCS_KEY_PAIR_GEN),
-			T(AU(ck.CKA_MODULUS_BITS, 2048), A(ck.CKA_PUBLIC_EXPONENT, []byte{3})), T(), none(), none())
+			T(AU(ck.CKA_MODULUS_BITS, 2048), A(ck.CKA_PUBLIC_EXPONENT, []byte{4})), T(), none(), none())
+		// A public exponent other than 65537 is honoured.
+		p3, _ := s.genPair(mech(ck.CKM_RSA_PKCS_KEY_PAIR_GEN),
+			[]wire.Attribute{AU(ck.CKA_MODULUS_BITS, 2048), A(ck.CKA_PUBLIC_EXPONENT, []byte{3})}, []wire.Attribute{})
+		if pub := s.rsaPublicOf(p3); pub.E != 3 || pub.N.BitLen() != 2048 {
+			t.Fatalf("exponent 3 asked: %d bits, e %d", pub.N.BitLen(), pub.E)
+		}
 
 		rsaPub, rsaPriv = s.genPair(mech(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), pubT, privT)
 		s.checkGenerated(rsaPub, ck.CKM_RSA_PKCS_KEY_PAIR_GEN)

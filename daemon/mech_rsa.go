@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/subtle"
+	"errors"
 	"math/big"
 
 	"hsmemu/cryptoki/ck"
@@ -95,9 +96,7 @@ func rsaMechanisms() map[uint64]*mechanism {
 }
 
 // rsaGeneratePair makes an RSA key pair of the public template's
-// CKA_MODULUS_BITS. crypto/rsa only makes keys with the public exponent
-// 65537, so a template asking for another one is refused rather than
-// silently given 65537.
+// CKA_MODULUS_BITS and CKA_PUBLIC_EXPONENT (default 65537).
 func rsaGeneratePair(m *wire.Mechanism, pub, priv map[uint64][]byte) (map[uint64][]byte, map[uint64][]byte, error) {
 	if m.Present {
 		return nil, nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
@@ -110,10 +109,22 @@ func rsaGeneratePair(m *wire.Mechanism, pub, priv map[uint64][]byte) (map[uint64
 	if bits < rsaGenMinBits || bits > rsaGenMaxBits {
 		return nil, nil, rv(ck.CKR_KEY_SIZE_RANGE)
 	}
-	if e, ok := pub[ck.CKA_PUBLIC_EXPONENT]; ok && new(big.Int).SetBytes(e).Cmp(big.NewInt(65537)) != 0 {
-		return nil, nil, rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+	e := int64(65537)
+	if v, ok := pub[ck.CKA_PUBLIC_EXPONENT]; ok {
+		x := new(big.Int).SetBytes(v)
+		// Odd, at least 3, and small enough for crypto/rsa's int.
+		if x.Bit(0) == 0 || x.Cmp(big.NewInt(3)) < 0 || x.BitLen() > 31 {
+			return nil, nil, rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+		}
+		e = x.Int64()
 	}
-	k, err := rsa.GenerateKey(rand.Reader, int(bits))
+	var k *rsa.PrivateKey
+	var err error
+	if e == 65537 {
+		k, err = rsa.GenerateKey(rand.Reader, int(bits))
+	} else {
+		k, err = rsaGenerateWithExponent(int(bits), int(e))
+	}
 	if err != nil {
 		return nil, nil, rv(ck.CKR_FUNCTION_FAILED)
 	}
@@ -126,6 +137,46 @@ func rsaGeneratePair(m *wire.Mechanism, pub, priv map[uint64][]byte) (map[uint64
 		ck.CKA_PUBLIC_EXPONENT: bytes.Clone(privAdd[ck.CKA_PUBLIC_EXPONENT]),
 	}
 	return pubAdd, privAdd, nil
+}
+
+// rsaGenerateWithExponent makes an RSA key with a public exponent other
+// than 65537, which crypto/rsa does not offer: two primes of half the size
+// each, until their product has exactly the size asked and the exponent is
+// invertible modulo lcm(p-1, q-1).
+func rsaGenerateWithExponent(bits, e int) (*rsa.PrivateKey, error) {
+	one := big.NewInt(1)
+	E := big.NewInt(int64(e))
+	for tries := 0; tries < 1000; tries++ {
+		p, err := rand.Prime(rand.Reader, bits-bits/2)
+		if err != nil {
+			return nil, err
+		}
+		q, err := rand.Prime(rand.Reader, bits/2)
+		if err != nil {
+			return nil, err
+		}
+		if p.Cmp(q) == 0 {
+			continue
+		}
+		n := new(big.Int).Mul(p, q)
+		if n.BitLen() != bits {
+			continue
+		}
+		pm1, qm1 := new(big.Int).Sub(p, one), new(big.Int).Sub(q, one)
+		g := new(big.Int).GCD(nil, nil, pm1, qm1)
+		lambda := new(big.Int).Div(new(big.Int).Mul(pm1, qm1), g)
+		d := new(big.Int).ModInverse(E, lambda)
+		if d == nil {
+			continue
+		}
+		k := &rsa.PrivateKey{PublicKey: rsa.PublicKey{N: n, E: e}, D: d, Primes: []*big.Int{p, q}}
+		k.Precompute()
+		if k.Validate() != nil {
+			continue
+		}
+		return k, nil
+	}
+	return nil, errors.New("rsa: no key found with that exponent")
 }
 
 // rsaPublicKey returns a key's RSA public key, within the sizes hsmemu
