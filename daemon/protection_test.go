@@ -212,3 +212,32 @@ func TestAlwaysAuthenticate(t *testing.T) {
 		t.Fatalf("second operation without context login: %#x", rv)
 	}
 }
+
+// TestWrapTemplates: a wrapping key's CKA_WRAP_TEMPLATE limits what it
+// wraps; an unwrapping key's CKA_UNWRAP_TEMPLATE is imposed on what it
+// unwraps.
+func TestWrapTemplates(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, EngineConfig{})
+	cl := d.dial(t)
+	slot := cl.newToken("templates")
+	h := cl.open(slot, true)
+	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(testUserPIN))
+	aes := func(label string, value byte, extra ...wire.Attribute) uint64 {
+		return cl.create(h, append([]wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES),
+			A(ck.CKA_LABEL, []byte(label)), A(ck.CKA_VALUE, bytes.Repeat([]byte{value}, 32))}, extra...)...)
+	}
+	kek := aes("kek", 1, wire.Attribute{Type: ck.CKA_WRAP_TEMPLATE, Nested: []wire.Attribute{A(ck.CKA_LABEL, []byte("ok"))}},
+		wire.Attribute{Type: ck.CKA_UNWRAP_TEMPLATE, Nested: []wire.Attribute{AB(ck.CKA_SENSITIVE, true)}})
+	ok, no := aes("ok", 2), aes("no", 3)
+	kwp := mech(ck.CKM_AES_KEY_WRAP_KWP)
+	cl.must(ck.CKR_KEY_NOT_WRAPPABLE, "C_WrapKey", U(h), kwp, U(kek), U(no), SizeQuery())
+	wrapped := append([]byte(nil), cl.must(ck.CKR_OK, "C_WrapKey", U(h), kwp, U(kek), U(ok), Out(256))[4].Bytes...)
+
+	unwrapT := []wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES), A(ck.CKA_LABEL, []byte("back"))}
+	cl.must(ck.CKR_TEMPLATE_INCONSISTENT, "C_UnwrapKey", U(h), kwp, U(kek), B(wrapped), T(append(unwrapT, AB(ck.CKA_SENSITIVE, false))...), none())
+	back := cl.must(ck.CKR_OK, "C_UnwrapKey", U(h), kwp, U(kek), B(wrapped), T(unwrapT...), none())[5].Ulong
+	if rv, ans := cl.get(h, back, ck.CKA_SENSITIVE, ck.CKA_VALUE); rv != ck.CKR_ATTRIBUTE_SENSITIVE || ans[0].Value[0] != 1 {
+		t.Fatalf("unwrapped key: %#x, sensitive %v", rv, ans[0].Value)
+	}
+}
