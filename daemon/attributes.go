@@ -310,6 +310,12 @@ func (o *object) bool(t uint64) bool {
 	return isTrue(v)
 }
 
+// attrsGet returns an ordinary attribute's value, or nil.
+func (o *object) attrsGet(t uint64) []byte {
+	v, _ := o.attrs.Get(t)
+	return v
+}
+
 // get returns an attribute's stored value, from either part.
 func (o *object) get(t uint64) ([]byte, bool) {
 	if v, ok := o.attrs.Get(t); ok {

@@ -36,8 +36,8 @@ const (
 // objects, over one keystore. It is a value; several can run in one
 // process (tests do).
 //
-// Locks: an App's mu may be held while taking Engine.mu, never the other
-// way round.
+// Locks, in the order they may nest: a token's login attempt lock, an
+// App's mu, a session's mu, Engine.mu.
 type Engine struct {
 	store *keystore.Store
 	log   *slog.Logger
@@ -160,20 +160,18 @@ func (e *Engine) Detach(app *App) {
 	}
 }
 
-// noteLogin records that app logged in to token as role.
-func (e *Engine) noteLogin(app *App, token keystore.UUID, role keystore.Role) {
-	app.login[token] = role
+// reserveLogin counts an application in on a token before its PIN is
+// checked: a logout racing with the check then cannot close the data key
+// the check is about to open.
+func (e *Engine) reserveLogin(token keystore.UUID) {
 	e.mu.Lock()
 	e.loginOf(token).apps++
 	e.mu.Unlock()
 }
 
-// noteLogout ends app's login to token; the last one out closes the token.
-func (e *Engine) noteLogout(app *App, token keystore.UUID) {
-	if _, ok := app.login[token]; !ok {
-		return
-	}
-	delete(app.login, token)
+// releaseLogin undoes reserveLogin, or ends a login; the last one out
+// closes the token's data key.
+func (e *Engine) releaseLogin(token keystore.UUID) {
 	e.mu.Lock()
 	tl := e.loginOf(token)
 	tl.apps--
@@ -182,6 +180,27 @@ func (e *Engine) noteLogout(app *App, token keystore.UUID) {
 	if last {
 		e.store.Logout(token)
 	}
+}
+
+// noteLogout ends app's login to token; the last one out closes the token.
+func (e *Engine) noteLogout(app *App, token keystore.UUID) {
+	if _, ok := app.login[token]; !ok {
+		return
+	}
+	delete(app.login, token)
+	// Operations on private keys and private session objects end with the
+	// login that made them usable.
+	for _, s := range app.sessions {
+		if s.token == token {
+			s.endPrivateOps()
+		}
+	}
+	for h, ref := range app.handles {
+		if ref.token == token && ref.mem != nil && ref.mem.private {
+			delete(app.handles, h)
+		}
+	}
+	e.releaseLogin(token)
 }
 
 // loginOf returns a token's login record. Engine.mu is held.

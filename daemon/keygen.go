@@ -1,9 +1,11 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
+	"slices"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
@@ -213,22 +215,17 @@ func (e *Engine) UnwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if err != nil {
 		return 0, wrappingErr(err, ck.CKR_UNWRAPPING_KEY_HANDLE_INVALID, ck.CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT)
 	}
+	if uk.needsContextLogin() {
+		return 0, rv(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
+	}
+	// The unwrapping key's CKA_UNWRAP_TEMPLATE is imposed on the new key,
+	// before the template is checked, so every rule applies to it too.
+	if tmpl, err = impose(tmpl, uk.obj, ck.CKA_UNWRAP_TEMPLATE); err != nil {
+		return 0, err
+	}
 	m, class, kt, err := checkTemplate(tmpl, e.isSO(app, s), originUnwrap, 0, noKeyType)
 	if err != nil {
 		return 0, err
-	}
-	// The unwrapping key's CKA_UNWRAP_TEMPLATE is imposed on the new key.
-	if t, ok := uk.obj.attrs.Get(ck.CKA_UNWRAP_TEMPLATE); ok && len(t) > 0 {
-		imposed, err := keystore.DecodeAttributes(t)
-		if err != nil {
-			return 0, rv(ck.CKR_TEMPLATE_INCONSISTENT)
-		}
-		for _, a := range imposed {
-			if v, ok := m[a.Type]; ok && string(v) != string(a.Value) {
-				return 0, rv(ck.CKR_TEMPLATE_INCONSISTENT)
-			}
-			m[a.Type] = a.Value
-		}
 	}
 	plain, err := mech.unwrap(uk, wm, wrapped)
 	if err != nil {
@@ -249,6 +246,37 @@ func (e *Engine) UnwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 		return 0, err
 	}
 	return e.keep(ctx, app, s, m, class, kt)
+}
+
+// maxDerivedKey bounds a derived key's length.
+const maxDerivedKey = 64 << 10
+
+// impose adds a key's template attribute (CKA_UNWRAP_TEMPLATE,
+// CKA_DERIVE_TEMPLATE) to a caller's template: a value the caller gives
+// differently is CKR_TEMPLATE_INCONSISTENT.
+func impose(tmpl []attr, o *object, t uint64) ([]attr, error) {
+	v, ok := o.attrs.Get(t)
+	if !ok || len(v) == 0 {
+		return tmpl, nil
+	}
+	imposed, err := keystore.DecodeAttributes(v)
+	if err != nil {
+		return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+	}
+	out := slices.Clone(tmpl)
+outer:
+	for _, a := range imposed {
+		for _, c := range tmpl {
+			if c.Type == a.Type {
+				if !bytes.Equal(c.Value, a.Value) {
+					return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+				}
+				continue outer
+			}
+		}
+		out = append(out, attr{Type: a.Type, Value: a.Value})
+	}
+	return out, nil
 }
 
 // decodeKey turns an unwrapped encoding into the new key's material.
@@ -295,6 +323,12 @@ func (e *Engine) DeriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if err != nil {
 		return 0, err
 	}
+	if base.needsContextLogin() {
+		return 0, rv(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
+	}
+	if tmpl, err = impose(tmpl, base.obj, ck.CKA_DERIVE_TEMPLATE); err != nil {
+		return 0, err
+	}
 	m, class, kt, err := checkTemplate(tmpl, e.isSO(app, s), originDerive, ck.CKO_SECRET_KEY, noKeyType)
 	if errors.Is(err, rv(ck.CKR_TEMPLATE_INCOMPLETE)) {
 		// No key type: a generic secret.
@@ -306,7 +340,11 @@ func (e *Engine) DeriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	}
 	length := 0
 	if v, ok := m[ck.CKA_VALUE_LEN]; ok {
-		length = int(ulongOf(v))
+		n := ulongOf(v)
+		if n > maxDerivedKey {
+			return 0, rv(ck.CKR_KEY_SIZE_RANGE)
+		}
+		length = int(n)
 	}
 	if kt == ck.CKK_AES && length == 0 {
 		return 0, rv(ck.CKR_TEMPLATE_INCOMPLETE)

@@ -22,6 +22,12 @@ type key struct {
 
 func newKey(o *object) *key { return &key{obj: o, class: o.class(), keyType: o.keyType()} }
 
+// needsContextLogin reports a private key that wants the PIN again for
+// each use: only operations started with an Init can take that login.
+func (k *key) needsContextLogin() bool {
+	return k.class == ck.CKO_PRIVATE_KEY && k.obj.bool(ck.CKA_ALWAYS_AUTHENTICATE)
+}
+
 // value is a secret key's CKA_VALUE.
 func (k *key) value() []byte {
 	v, _ := k.obj.get(ck.CKA_VALUE)

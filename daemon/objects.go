@@ -348,9 +348,12 @@ func (e *Engine) FindObjectsInit(ctx context.Context, app *App, h uint64, tmpl [
 	if err != nil {
 		return err
 	}
+	// The session's lock is not held while the search runs: it would
+	// come before App.mu, which the search takes.
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.find != nil {
+	active := s.find != nil
+	s.mu.Unlock()
+	if active {
 		return rv(ck.CKR_OPERATION_ACTIVE)
 	}
 	user := app.userIn(s)
@@ -359,8 +362,7 @@ func (e *Engine) FindObjectsInit(ctx context.Context, app *App, h uint64, tmpl [
 		switch a.Type {
 		case ck.CKA_CLASS, ck.CKA_KEY_TYPE:
 			if len(a.Value) != 8 {
-				s.find = &findOp{} // matches nothing
-				return nil
+				return s.startFind(&findOp{}) // matches nothing
 			}
 			v := ulongOf(a.Value)
 			if a.Type == ck.CKA_CLASS {
@@ -413,6 +415,16 @@ func (e *Engine) FindObjectsInit(ctx context.Context, app *App, h uint64, tmpl [
 		}
 	}
 	app.mu.Unlock()
+	return s.startFind(op)
+}
+
+// startFind makes op the session's search, unless one started meanwhile.
+func (s *session) startFind(op *findOp) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.find != nil {
+		return rv(ck.CKR_OPERATION_ACTIVE)
+	}
 	s.find = op
 	return nil
 }
@@ -435,7 +447,7 @@ func (e *Engine) FindObjects(ctx context.Context, app *App, h, max uint64) ([]ui
 	if s.find == nil {
 		return nil, rv(ck.CKR_OPERATION_NOT_INITIALIZED)
 	}
-	n := min(uint64(len(s.find.handles)), max)
+	n := min(uint64(len(s.find.handles)), max, wire.MaxUlongs)
 	out := s.find.handles[:n:n]
 	s.find.handles = s.find.handles[n:]
 	return out, nil

@@ -40,6 +40,19 @@ type operation struct {
 	// needAuth: the key has CKA_ALWAYS_AUTHENTICATE, and the user has not
 	// yet given the PIN for this operation (C_Login, CKU_CONTEXT_SPECIFIC).
 	needAuth bool
+	// private: the key is private; the operation ends at logout.
+	private bool
+}
+
+// endPrivateOps ends the session's operations on private keys.
+func (s *session) endPrivateOps() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, op := range s.ops {
+		if op != nil && op.private {
+			s.ops[i] = nil
+		}
+	}
 }
 
 // usage is the attribute a key needs for each kind of operation.
@@ -137,7 +150,8 @@ func (e *Engine) OpInit(ctx context.Context, app *App, h uint64, kind opKind, wm
 		} else {
 			op.signer, err = sctor(k, wm)
 		}
-		op.needAuth = k.class == ck.CKO_PRIVATE_KEY && k.obj.bool(ck.CKA_ALWAYS_AUTHENTICATE)
+		op.needAuth = k.needsContextLogin()
+		op.private = k.obj.bool(ck.CKA_PRIVATE)
 		if err != nil {
 			return err
 		}
@@ -176,23 +190,27 @@ func withOp(app *App, h uint64, kind opKind, f func(op *operation) (end bool, er
 	return err
 }
 
-// contextLogin clears the need for the PIN of the session's operation on
-// a CKA_ALWAYS_AUTHENTICATE key, once check has accepted the PIN.
+// contextLogin clears the need for the PIN of the session's operations on
+// a CKA_ALWAYS_AUTHENTICATE key, once check has accepted the PIN. The
+// session's lock is not held during the check, which waits on the token's
+// login lock.
 func contextLogin(s *session, check func() error) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	var waiting []*operation
 	for _, op := range s.ops {
 		if op != nil && op.needAuth {
 			waiting = append(waiting, op)
 		}
 	}
+	s.mu.Unlock()
 	if len(waiting) == 0 {
 		return rv(ck.CKR_OPERATION_NOT_INITIALIZED)
 	}
 	if err := check(); err != nil {
 		return err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, op := range waiting {
 		op.needAuth = false
 	}
@@ -323,7 +341,8 @@ func (e *Engine) DigestKey(ctx context.Context, app *App, h, keyHandle uint64) e
 		}
 		return err
 	}
-	if o.class() != ck.CKO_SECRET_KEY {
+	// An HSM-protected key gives nothing of itself, not even a digest.
+	if o.class() != ck.CKO_SECRET_KEY || ulongOf(o.attrsGet(ck.CKA_HSMEMU_PROTECTION)) == ck.CKP_HSMEMU_HSM {
 		return rv(ck.CKR_KEY_INDIGESTIBLE)
 	}
 	v, _ := o.get(ck.CKA_VALUE)

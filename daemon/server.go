@@ -98,6 +98,16 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 			}
 		}
 		s.mu.Unlock()
+		// A client that does not read its replies must not hold the
+		// daemon up: after a grace period, its connection is cut.
+		time.Sleep(stopGrace)
+		s.mu.Lock()
+		for _, raw := range s.conns {
+			if raw != nil {
+				raw.cut()
+			}
+		}
+		s.mu.Unlock()
 	}()
 	defer s.wg.Wait()
 	for {
@@ -117,6 +127,14 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 			s.mu.Unlock()
 			c.Close()
 			return nil
+		}
+		if len(s.conns) >= maxConns {
+			// Each connection holds a thread while it waits: refuse more
+			// than the daemon can hold.
+			s.mu.Unlock()
+			s.log.Warn("connection refused: too many connections", "limit", maxConns)
+			c.Close()
+			continue
 		}
 		s.conns[c] = nil
 		s.wg.Add(1)
@@ -294,6 +312,16 @@ func (c *fdConn) Write(p []byte) (int, error) {
 
 // stopReading ends a blocked read with EOF; replies still go out.
 func (c *fdConn) stopReading() { syscall.Shutdown(c.fd, syscall.SHUT_RD) }
+
+// cut ends a connection both ways, unblocking a stuck write.
+func (c *fdConn) cut() { syscall.Shutdown(c.fd, syscall.SHUT_RDWR) }
+
+const (
+	// maxConns bounds the connections the daemon serves at once.
+	maxConns = 1024
+	// stopGrace is how long a stopping daemon waits for replies to be read.
+	stopGrace = 5 * time.Second
+)
 
 func (c *fdConn) Close() error { return c.f.Close() }
 

@@ -207,41 +207,31 @@ func (e *Engine) Login(ctx context.Context, app *App, h, userType uint64, pin []
 	if err := e.waitAfterFailures(ctx, tl, role, s.token); err != nil {
 		return err
 	}
+	e.reserveLogin(s.token)
 	err = e.store.Login(ctx, s.token, role, pin)
 	if errors.Is(err, keystore.ErrPINIncorrect) {
 		e.afterFailure(tl, role, s.token)
-		return err
 	}
 	if errors.Is(err, keystore.ErrPINLocked) {
 		e.log.Warn("login refused: PIN locked", "token", s.token.String(), "role", role.String(), "pid", app.PID)
 	}
 	if err != nil {
+		e.releaseLogin(s.token)
 		return err
 	}
 	app.mu.Lock()
 	defer app.mu.Unlock()
 	if _, ok := app.sessions[h]; !ok {
 		// The session closed while the PIN was checked.
-		e.loginRace(s.token)
+		e.releaseLogin(s.token)
 		return rv(ck.CKR_SESSION_CLOSED)
 	}
 	if _, in := app.login[s.token]; in {
-		e.loginRace(s.token)
+		e.releaseLogin(s.token)
 		return rv(ck.CKR_USER_ALREADY_LOGGED_IN)
 	}
-	e.noteLogin(app, s.token, role)
+	app.login[s.token] = role
 	return nil
-}
-
-// loginRace closes the data key a lost login race opened, unless another
-// application holds it. App.mu is held.
-func (e *Engine) loginRace(token keystore.UUID) {
-	e.mu.Lock()
-	none := e.loginOf(token).apps <= 0
-	e.mu.Unlock()
-	if none {
-		e.store.Logout(token)
-	}
 }
 
 // waitAfterFailures holds a PIN check back until the delay that the role's

@@ -160,6 +160,10 @@ func (e *Engine) InitToken(ctx context.Context, slot uint64, pin, label []byte) 
 	tl := e.tokenLogin(ti.UUID)
 	tl.attempt.Lock()
 	defer tl.attempt.Unlock()
+	// The SO PIN is checked here as at login: the same delays apply.
+	if err := e.waitAfterFailures(ctx, tl, keystore.RoleSO, ti.UUID); err != nil {
+		return err
+	}
 	err = e.store.Reinit(ctx, ti.UUID, pin, name)
 	if errors.Is(err, keystore.ErrPINIncorrect) {
 		e.afterFailure(tl, keystore.RoleSO, ti.UUID)

@@ -153,8 +153,36 @@ func checkTemplate(tmpl []attr, so bool, org origin, defClass, defKeyType uint64
 		if r.flags&fSOTrue != 0 && isTrue(v) && !so {
 			return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_READ_ONLY)
 		}
+		if r.kind == vAttrs {
+			if err := checkNested(v, so); err != nil {
+				return nil, 0, 0, err
+			}
+		}
 	}
 	return m, class, kt, nil
+}
+
+// checkNested holds a template attribute (CKA_WRAP_TEMPLATE and kin) to
+// what its owner could set: it will be imposed on keys unwrapped or derived
+// later, so it may not carry what only the token, or only the SO, sets.
+func checkNested(v []byte, so bool) error {
+	nested, err := keystore.DecodeAttributes(v)
+	if err != nil {
+		return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+	}
+	for _, a := range nested {
+		r, ok := rules[a.Type]
+		if !ok || r.flags&fNever != 0 || r.kind == vAttrs {
+			return rv(ck.CKR_TEMPLATE_INCONSISTENT)
+		}
+		if err := checkValue(r, a.Value); err != nil {
+			return err
+		}
+		if r.flags&fSOTrue != 0 && isTrue(a.Value) && !so {
+			return rv(ck.CKR_ATTRIBUTE_READ_ONLY)
+		}
+	}
+	return nil
 }
 
 // completeObject finishes an object once its material is in m: the
