@@ -241,3 +241,37 @@ func TestWrapTemplates(t *testing.T) {
 		t.Fatalf("unwrapped key: %#x, sensitive %v", rv, ans[0].Value)
 	}
 }
+
+// TestTemplatesCannotSmuggle: a user cannot make a trusted key through an
+// unwrap template, and a base key's derive template binds derived keys.
+func TestTemplatesCannotSmuggle(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, EngineConfig{})
+	cl := d.dial(t)
+	slot := cl.newToken("smuggle")
+	h := cl.open(slot, true)
+	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(testUserPIN))
+	secret := func(extra ...wire.Attribute) []wire.Attribute {
+		return append([]wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES),
+			A(ck.CKA_VALUE, bytes.Repeat([]byte{7}, 32))}, extra...)
+	}
+	// CKA_TRUSTED in a nested template is the SO's, like CKA_TRUSTED itself.
+	cl.must(ck.CKR_ATTRIBUTE_READ_ONLY, "C_CreateObject", U(h),
+		T(secret(wire.Attribute{Type: ck.CKA_UNWRAP_TEMPLATE, Nested: []wire.Attribute{AB(ck.CKA_TRUSTED, true)}})...), none())
+	cl.must(ck.CKR_TEMPLATE_INCONSISTENT, "C_CreateObject", U(h),
+		T(secret(wire.Attribute{Type: ck.CKA_UNWRAP_TEMPLATE, Nested: []wire.Attribute{AB(ck.CKA_LOCAL, true)}})...), none())
+
+	// A derive template binds what is derived from the key.
+	base := cl.create(h, AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_GENERIC_SECRET),
+		A(ck.CKA_VALUE, bytes.Repeat([]byte{9}, 32)), AB(ck.CKA_DERIVE, true),
+		wire.Attribute{Type: ck.CKA_DERIVE_TEMPLATE, Nested: []wire.Attribute{AB(ck.CKA_SENSITIVE, true), AB(ck.CKA_EXTRACTABLE, false)}})
+	hkdf := wire.Value{Mechanism: &wire.Mechanism{Type: ck.CKM_HKDF_DERIVE, Present: true, Param: wire.HKDFParams{
+		Extract: true, Expand: true, PRFHashMechanism: ck.CKM_SHA256, SaltType: ck.CKF_HKDF_SALT_NULL, Info: []byte("info")}.Param()}}
+	cl.must(ck.CKR_TEMPLATE_INCONSISTENT, "C_DeriveKey", U(h), hkdf, U(base),
+		T(AU(ck.CKA_VALUE_LEN, 32), AB(ck.CKA_SENSITIVE, false)), none())
+	derived := cl.must(ck.CKR_OK, "C_DeriveKey", U(h), hkdf, U(base), T(AU(ck.CKA_VALUE_LEN, 32)), none())[4].Ulong
+	if rv, _ := cl.get(h, derived, ck.CKA_VALUE); rv != ck.CKR_ATTRIBUTE_SENSITIVE {
+		t.Fatalf("a key derived under a sensitive derive template: value rv %#x", rv)
+	}
+	cl.must(ck.CKR_KEY_SIZE_RANGE, "C_DeriveKey", U(h), hkdf, U(base), T(AU(ck.CKA_VALUE_LEN, 1<<63)), none())
+}
