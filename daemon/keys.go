@@ -28,6 +28,30 @@ func (k *key) needsContextLogin() bool {
 	return k.class == ck.CKO_PRIVATE_KEY && k.obj.bool(ck.CKA_ALWAYS_AUTHENTICATE)
 }
 
+// memoKey parses a key's material once per object and kind (see
+// object.memo).
+func memoKey[T any](k *key, kind string, parse func() (T, error)) (T, error) {
+	v, err := k.obj.memo(kind, func() (any, error) { return parse() })
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return v.(T), nil
+}
+
+// nistCurve returns the NIST curve of an EC key's CKA_EC_PARAMS.
+func (k *key) nistCurve() (elliptic.Curve, error) {
+	oid, name, err := k.ecParams()
+	if err != nil {
+		return nil, err
+	}
+	c, ok := ellipticCurve(oid, name)
+	if !ok {
+		return nil, rv(ck.CKR_CURVE_NOT_SUPPORTED)
+	}
+	return c, nil
+}
+
 // value is a secret key's CKA_VALUE.
 func (k *key) value() []byte {
 	v, _ := k.obj.get(ck.CKA_VALUE)
@@ -42,13 +66,7 @@ func (k *key) bigAttr(t uint64) *big.Int {
 var errKeyBroken = rv(ck.CKR_KEY_TYPE_INCONSISTENT)
 
 // rsaPublic returns an RSA key's public half (of a public or private key).
-func (k *key) rsaPublic() (*rsa.PublicKey, error) {
-	v, err := k.obj.memo("rsaPublic", func() (any, error) { return k.parseRsaPublic() })
-	if err != nil {
-		return nil, err
-	}
-	return v.(*rsa.PublicKey), nil
-}
+func (k *key) rsaPublic() (*rsa.PublicKey, error) { return memoKey(k, "rsaPublic", k.parseRsaPublic) }
 
 func (k *key) parseRsaPublic() (*rsa.PublicKey, error) {
 	if k.keyType != ck.CKK_RSA {
@@ -64,11 +82,7 @@ func (k *key) parseRsaPublic() (*rsa.PublicKey, error) {
 // rsaPrivate returns an RSA private key, with its CRT values when the
 // object has its primes.
 func (k *key) rsaPrivate() (*rsa.PrivateKey, error) {
-	v, err := k.obj.memo("rsaPrivate", func() (any, error) { return k.parseRsaPrivate() })
-	if err != nil {
-		return nil, err
-	}
-	return v.(*rsa.PrivateKey), nil
+	return memoKey(k, "rsaPrivate", k.parseRsaPrivate)
 }
 
 func (k *key) parseRsaPrivate() (*rsa.PrivateKey, error) {
@@ -155,24 +169,16 @@ func ecPoint(v []byte) []byte {
 
 // ecdsaPublic returns an EC key's public key (of a public key object).
 func (k *key) ecdsaPublic() (*ecdsa.PublicKey, error) {
-	v, err := k.obj.memo("ecdsaPublic", func() (any, error) { return k.parseEcdsaPublic() })
-	if err != nil {
-		return nil, err
-	}
-	return v.(*ecdsa.PublicKey), nil
+	return memoKey(k, "ecdsaPublic", k.parseEcdsaPublic)
 }
 
 func (k *key) parseEcdsaPublic() (*ecdsa.PublicKey, error) {
 	if k.keyType != ck.CKK_EC {
 		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
-	oid, name, err := k.ecParams()
+	c, err := k.nistCurve()
 	if err != nil {
 		return nil, err
-	}
-	c, ok := ellipticCurve(oid, name)
-	if !ok {
-		return nil, rv(ck.CKR_CURVE_NOT_SUPPORTED)
 	}
 	v, _ := k.obj.get(ck.CKA_EC_POINT)
 	pub, err := ecdsa.ParseUncompressedPublicKey(c, ecPoint(v))
@@ -184,24 +190,16 @@ func (k *key) parseEcdsaPublic() (*ecdsa.PublicKey, error) {
 
 // ecdsaPrivate returns an EC private key.
 func (k *key) ecdsaPrivate() (*ecdsa.PrivateKey, error) {
-	v, err := k.obj.memo("ecdsaPrivate", func() (any, error) { return k.parseEcdsaPrivate() })
-	if err != nil {
-		return nil, err
-	}
-	return v.(*ecdsa.PrivateKey), nil
+	return memoKey(k, "ecdsaPrivate", k.parseEcdsaPrivate)
 }
 
 func (k *key) parseEcdsaPrivate() (*ecdsa.PrivateKey, error) {
 	if k.keyType != ck.CKK_EC || k.class != ck.CKO_PRIVATE_KEY {
 		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
-	oid, name, err := k.ecParams()
+	c, err := k.nistCurve()
 	if err != nil {
 		return nil, err
-	}
-	c, ok := ellipticCurve(oid, name)
-	if !ok {
-		return nil, rv(ck.CKR_CURVE_NOT_SUPPORTED)
 	}
 	// CKA_VALUE is the private scalar, big-endian; pad it to the curve's
 	// size, as some writers drop leading zeros.
@@ -221,11 +219,7 @@ func (k *key) parseEcdsaPrivate() (*ecdsa.PrivateKey, error) {
 
 // ecdhPrivate returns an EC private key for key agreement.
 func (k *key) ecdhPrivate() (*ecdh.PrivateKey, error) {
-	v, err := k.obj.memo("ecdhPrivate", func() (any, error) { return k.parseEcdhPrivate() })
-	if err != nil {
-		return nil, err
-	}
-	return v.(*ecdh.PrivateKey), nil
+	return memoKey(k, "ecdhPrivate", k.parseEcdhPrivate)
 }
 
 func (k *key) parseEcdhPrivate() (*ecdh.PrivateKey, error) {
@@ -242,11 +236,7 @@ func (k *key) parseEcdhPrivate() (*ecdh.PrivateKey, error) {
 
 // ed25519Private returns an Edwards private key (CKA_VALUE is its seed).
 func (k *key) ed25519Private() (ed25519.PrivateKey, error) {
-	v, err := k.obj.memo("ed25519Private", func() (any, error) { return k.parseEd25519Private() })
-	if err != nil {
-		return nil, err
-	}
-	return v.(ed25519.PrivateKey), nil
+	return memoKey(k, "ed25519Private", k.parseEd25519Private)
 }
 
 func (k *key) parseEd25519Private() (ed25519.PrivateKey, error) {
@@ -269,11 +259,7 @@ func (k *key) parseEd25519Private() (ed25519.PrivateKey, error) {
 
 // ed25519Public returns an Edwards public key.
 func (k *key) ed25519Public() (ed25519.PublicKey, error) {
-	v, err := k.obj.memo("ed25519Public", func() (any, error) { return k.parseEd25519Public() })
-	if err != nil {
-		return nil, err
-	}
-	return v.(ed25519.PublicKey), nil
+	return memoKey(k, "ed25519Public", k.parseEd25519Public)
 }
 
 func (k *key) parseEd25519Public() (ed25519.PublicKey, error) {
