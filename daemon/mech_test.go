@@ -78,3 +78,17 @@ func TestDigests(t *testing.T) {
 	cl.must(ck.CKR_MECHANISM_PARAM_INVALID, "C_DigestInit", U(h), wire.Value{Mechanism: &wire.Mechanism{Type: ck.CKM_SHA256, Present: true, Param: wire.Param{Kind: calls.PBytes, Bytes: []byte{1}}}})
 	cl.must(ck.CKR_MECHANISM_INVALID, "C_DigestInit", U(h), mech(ck.CKM_MD5))
 }
+
+// TestKeptOutputGoesToItsCall: an output measured by one call is not handed
+// to another.
+func TestKeptOutputGoesToItsCall(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, EngineConfig{})
+	cl := d.dial(t)
+	slot := cl.newToken("kept")
+	h := cl.open(slot, false)
+	cl.must(ck.CKR_OK, "C_DigestInit", U(h), mech(ck.CKM_SHA256))
+	cl.must(ck.CKR_OK, "C_Digest", U(h), S("abc"), SizeQuery())
+	cl.must(ck.CKR_OPERATION_ACTIVE, "C_DigestFinal", U(h), Out(64))
+	cl.must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Digest", U(h), S("abc"), Out(64))
+}

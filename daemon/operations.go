@@ -36,7 +36,8 @@ type operation struct {
 	digest  digestOp
 	pending []byte // output measured by a size query, not yet delivered
 	hasPend bool
-	parts   bool // Update was called: the single-part call is refused
+	pendFor callKind // which call measured the kept output
+	parts   bool     // Update was called: the single-part call is refused
 	// needAuth: the key has CKA_ALWAYS_AUTHENTICATE, and the user has not
 	// yet given the PIN for this operation (C_Login, CKU_CONTEXT_SPECIFIC).
 	needAuth bool
@@ -230,12 +231,27 @@ func deliver(op *operation, out wire.OutSpec, data []byte, r *wire.Results) (del
 	return false, code
 }
 
+// callKind is the call that measured an output: the kept output goes only
+// to the same call again.
+type callKind int
+
+const (
+	callOne callKind = iota + 1
+	callUpdate
+	callFinal
+)
+
 // output computes an operation's output once: a repeated call after a size
-// query gets the kept output.
-func (op *operation) output(compute func() ([]byte, error)) ([]byte, error) {
+// query gets the kept output. Another call in between is a misuse that ends
+// the operation.
+func (op *operation) output(call callKind, compute func() ([]byte, error)) ([]byte, error) {
 	if op.hasPend {
+		if op.pendFor != call {
+			return nil, rv(ck.CKR_OPERATION_ACTIVE)
+		}
 		return op.pending, nil
 	}
+	op.pendFor = call
 	return compute()
 }
 
@@ -246,7 +262,7 @@ func (e *Engine) Crypt(app *App, h uint64, kind opKind, in []byte, out wire.OutS
 		if op.parts {
 			return true, rv(ck.CKR_OPERATION_ACTIVE)
 		}
-		data, err := op.output(func() ([]byte, error) {
+		data, err := op.output(callOne, func() ([]byte, error) {
 			if one, ok := op.cipher.(oneShot); ok {
 				return one.One(in)
 			}
@@ -271,7 +287,7 @@ func (e *Engine) Crypt(app *App, h uint64, kind opKind, in []byte, out wire.OutS
 func (e *Engine) CryptUpdate(app *App, h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results) (uint64, error) {
 	var code uint64
 	err := withOp(app, h, kind, func(op *operation) (bool, error) {
-		data, err := op.output(func() ([]byte, error) { return op.cipher.Update(in) })
+		data, err := op.output(callUpdate, func() ([]byte, error) { return op.cipher.Update(in) })
 		if err != nil {
 			return true, err
 		}
@@ -286,7 +302,7 @@ func (e *Engine) CryptUpdate(app *App, h uint64, kind opKind, in []byte, out wir
 func (e *Engine) CryptFinal(app *App, h uint64, kind opKind, out wire.OutSpec, r *wire.Results) (uint64, error) {
 	var code uint64
 	err := withOp(app, h, kind, func(op *operation) (bool, error) {
-		data, err := op.output(op.cipher.Final)
+		data, err := op.output(callFinal, op.cipher.Final)
 		if err != nil {
 			return true, err
 		}
@@ -304,10 +320,13 @@ func (e *Engine) Digest(app *App, h uint64, in []byte, out wire.OutSpec, r *wire
 		if op.parts {
 			return true, rv(ck.CKR_OPERATION_ACTIVE)
 		}
-		data, _ := op.output(func() ([]byte, error) {
+		data, err := op.output(callOne, func() ([]byte, error) {
 			op.digest.Update(in)
 			return op.digest.Sum(), nil
 		})
+		if err != nil {
+			return true, err
+		}
 		var done bool
 		done, code = deliver(op, out, data, r)
 		return done, nil
@@ -357,7 +376,10 @@ func (e *Engine) DigestKey(ctx context.Context, app *App, h, keyHandle uint64) e
 func (e *Engine) DigestFinal(app *App, h uint64, out wire.OutSpec, r *wire.Results) (uint64, error) {
 	var code uint64
 	err := withOp(app, h, opDigest, func(op *operation) (bool, error) {
-		data, _ := op.output(func() ([]byte, error) { return op.digest.Sum(), nil })
+		data, err := op.output(callFinal, func() ([]byte, error) { return op.digest.Sum(), nil })
+		if err != nil {
+			return true, err
+		}
 		var done bool
 		done, code = deliver(op, out, data, r)
 		return done, nil
@@ -372,7 +394,7 @@ func (e *Engine) Sign(app *App, h uint64, in []byte, out wire.OutSpec, r *wire.R
 		if op.parts {
 			return true, rv(ck.CKR_OPERATION_ACTIVE)
 		}
-		data, err := op.output(func() ([]byte, error) {
+		data, err := op.output(callOne, func() ([]byte, error) {
 			if err := op.signer.Update(in); err != nil {
 				return nil, err
 			}
@@ -409,7 +431,7 @@ func (e *Engine) SignFinal(app *App, h uint64, out wire.OutSpec, r *wire.Results
 		if _, single := op.signer.(singlePartOnly); single {
 			return true, rv(ck.CKR_FUNCTION_NOT_SUPPORTED)
 		}
-		data, err := op.output(op.signer.Sign)
+		data, err := op.output(callFinal, op.signer.Sign)
 		if err != nil {
 			return true, err
 		}
