@@ -246,7 +246,9 @@ const (
 // the operation.
 func (op *operation) output(call callKind, compute func() ([]byte, error)) ([]byte, error) {
 	if op.hasPend {
-		if op.pendFor != call {
+		// Some clients fetch a single-part call's measured output with
+		// the Final (OpenSC's pkcs11-tool does); that much is accepted.
+		if op.pendFor != call && !(op.pendFor == callOne && call == callFinal) {
 			return nil, rv(ck.CKR_OPERATION_ACTIVE)
 		}
 		return op.pending, nil
