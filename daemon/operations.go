@@ -257,83 +257,78 @@ func (op *operation) output(call callKind, compute func() ([]byte, error)) ([]by
 	return compute()
 }
 
-// Crypt is C_Encrypt or C_Decrypt: the whole input in one call.
-func (e *Engine) Crypt(app *App, h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results) (uint64, error) {
+// produce runs a call that returns output on the session's operation of
+// this kind, under the size-query convention. A single-part call refuses
+// an operation already fed in parts, and a single-part-only mechanism
+// refuses every other call; an update feeds the operation and never ends
+// it, while a single-part call or a Final ends it once its output is
+// delivered.
+func produce(app *App, h uint64, kind opKind, call callKind, out wire.OutSpec, r *wire.Results, compute func(op *operation) ([]byte, error)) (uint64, error) {
 	var code uint64
 	err := withOp(app, h, kind, func(op *operation) (bool, error) {
-		if op.parts {
+		switch {
+		case call == callOne && op.parts:
 			return true, rv(ck.CKR_OPERATION_ACTIVE)
+		case call != callOne && op.singlePart():
+			return true, rv(ck.CKR_FUNCTION_NOT_SUPPORTED)
 		}
-		data, err := op.output(callOne, func() ([]byte, error) {
-			if one, ok := op.cipher.(oneShot); ok {
-				return one.One(in)
-			}
-			a, err := op.cipher.Update(in)
-			if err != nil {
-				return nil, err
-			}
-			b, err := op.cipher.Final()
-			return append(a, b...), err
-		})
+		data, err := op.output(call, func() ([]byte, error) { return compute(op) })
 		if err != nil {
 			return true, err
 		}
-		var done bool
-		done, code = deliver(op, out, data, r)
-		return done, nil
+		var delivered bool
+		delivered, code = deliver(op, out, data, r)
+		if call == callUpdate {
+			op.parts = true
+			return false, nil
+		}
+		return delivered, nil
 	})
 	return code, err
+}
+
+// singlePart reports whether the operation's mechanism takes its input in
+// one call only.
+func (op *operation) singlePart() bool {
+	_, single := op.signer.(singlePartOnly)
+	return single
+}
+
+// Crypt is C_Encrypt or C_Decrypt: the whole input in one call.
+func (e *Engine) Crypt(app *App, h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results) (uint64, error) {
+	return produce(app, h, kind, callOne, out, r, func(op *operation) ([]byte, error) {
+		if one, ok := op.cipher.(oneShot); ok {
+			return one.One(in)
+		}
+		a, err := op.cipher.Update(in)
+		if err != nil {
+			return nil, err
+		}
+		b, err := op.cipher.Final()
+		return append(a, b...), err
+	})
 }
 
 // CryptUpdate is C_EncryptUpdate or C_DecryptUpdate.
 func (e *Engine) CryptUpdate(app *App, h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results) (uint64, error) {
-	var code uint64
-	err := withOp(app, h, kind, func(op *operation) (bool, error) {
-		data, err := op.output(callUpdate, func() ([]byte, error) { return op.cipher.Update(in) })
-		if err != nil {
-			return true, err
-		}
-		op.parts = true
-		_, code = deliver(op, out, data, r)
-		return false, nil
+	return produce(app, h, kind, callUpdate, out, r, func(op *operation) ([]byte, error) {
+		return op.cipher.Update(in)
 	})
-	return code, err
 }
 
 // CryptFinal is C_EncryptFinal or C_DecryptFinal.
 func (e *Engine) CryptFinal(app *App, h uint64, kind opKind, out wire.OutSpec, r *wire.Results) (uint64, error) {
-	var code uint64
-	err := withOp(app, h, kind, func(op *operation) (bool, error) {
-		data, err := op.output(callFinal, op.cipher.Final)
-		if err != nil {
-			return true, err
-		}
-		var done bool
-		done, code = deliver(op, out, data, r)
-		return done, nil
+	return produce(app, h, kind, callFinal, out, r, func(op *operation) ([]byte, error) {
+		return op.cipher.Final()
 	})
-	return code, err
 }
 
 // Digest is C_Digest.
 func (e *Engine) Digest(app *App, h uint64, in []byte, out wire.OutSpec, r *wire.Results) (uint64, error) {
-	var code uint64
-	err := withOp(app, h, opDigest, func(op *operation) (bool, error) {
-		if op.parts {
-			return true, rv(ck.CKR_OPERATION_ACTIVE)
-		}
-		data, err := op.output(callOne, func() ([]byte, error) {
-			op.digest.Update(in)
-			return op.digest.Sum(), nil
-		})
-		if err != nil {
-			return true, err
-		}
-		var done bool
-		done, code = deliver(op, out, data, r)
-		return done, nil
+	return produce(app, h, opDigest, callOne, out, r, func(op *operation) ([]byte, error) {
+		op.digest.Update(in)
+		return op.digest.Sum(), nil
 	})
-	return code, err
 }
 
 // DigestUpdate is C_DigestUpdate.
@@ -376,46 +371,25 @@ func (e *Engine) DigestKey(ctx context.Context, app *App, h, keyHandle uint64) e
 
 // DigestFinal is C_DigestFinal.
 func (e *Engine) DigestFinal(app *App, h uint64, out wire.OutSpec, r *wire.Results) (uint64, error) {
-	var code uint64
-	err := withOp(app, h, opDigest, func(op *operation) (bool, error) {
-		data, err := op.output(callFinal, func() ([]byte, error) { return op.digest.Sum(), nil })
-		if err != nil {
-			return true, err
-		}
-		var done bool
-		done, code = deliver(op, out, data, r)
-		return done, nil
+	return produce(app, h, opDigest, callFinal, out, r, func(op *operation) ([]byte, error) {
+		return op.digest.Sum(), nil
 	})
-	return code, err
 }
 
 // Sign is C_Sign.
 func (e *Engine) Sign(app *App, h uint64, in []byte, out wire.OutSpec, r *wire.Results) (uint64, error) {
-	var code uint64
-	err := withOp(app, h, opSign, func(op *operation) (bool, error) {
-		if op.parts {
-			return true, rv(ck.CKR_OPERATION_ACTIVE)
+	return produce(app, h, opSign, callOne, out, r, func(op *operation) ([]byte, error) {
+		if err := op.signer.Update(in); err != nil {
+			return nil, err
 		}
-		data, err := op.output(callOne, func() ([]byte, error) {
-			if err := op.signer.Update(in); err != nil {
-				return nil, err
-			}
-			return op.signer.Sign()
-		})
-		if err != nil {
-			return true, err
-		}
-		var done bool
-		done, code = deliver(op, out, data, r)
-		return done, nil
+		return op.signer.Sign()
 	})
-	return code, err
 }
 
 // SignVerifyUpdate is C_SignUpdate or C_VerifyUpdate.
 func (e *Engine) SignVerifyUpdate(app *App, h uint64, kind opKind, in []byte) error {
 	return withOp(app, h, kind, func(op *operation) (bool, error) {
-		if _, single := op.signer.(singlePartOnly); single {
+		if op.singlePart() {
 			return true, rv(ck.CKR_FUNCTION_NOT_SUPPORTED)
 		}
 		if op.hasPend {
@@ -428,20 +402,9 @@ func (e *Engine) SignVerifyUpdate(app *App, h uint64, kind opKind, in []byte) er
 
 // SignFinal is C_SignFinal.
 func (e *Engine) SignFinal(app *App, h uint64, out wire.OutSpec, r *wire.Results) (uint64, error) {
-	var code uint64
-	err := withOp(app, h, opSign, func(op *operation) (bool, error) {
-		if _, single := op.signer.(singlePartOnly); single {
-			return true, rv(ck.CKR_FUNCTION_NOT_SUPPORTED)
-		}
-		data, err := op.output(callFinal, op.signer.Sign)
-		if err != nil {
-			return true, err
-		}
-		var done bool
-		done, code = deliver(op, out, data, r)
-		return done, nil
+	return produce(app, h, opSign, callFinal, out, r, func(op *operation) ([]byte, error) {
+		return op.signer.Sign()
 	})
-	return code, err
 }
 
 // Verify is C_Verify; VerifyFinal is C_VerifyFinal. Both end the
@@ -460,7 +423,7 @@ func (e *Engine) Verify(app *App, h uint64, in, sig []byte) error {
 
 func (e *Engine) VerifyFinal(app *App, h uint64, sig []byte) error {
 	return withOp(app, h, opVerify, func(op *operation) (bool, error) {
-		if _, single := op.signer.(singlePartOnly); single {
+		if op.singlePart() {
 			return true, rv(ck.CKR_FUNCTION_NOT_SUPPORTED)
 		}
 		return true, op.signer.Verify(sig)
