@@ -93,9 +93,19 @@ func (r *Results) Ulong(v uint64) {
 // for a buffer shorter than data, the length and no data and returns
 // ck.CKR_BUFFER_TOO_SMALL; otherwise the length and the data, ck.CKR_OK. In the
 // first two cases an operation in progress stays alive.
-func (r *Results) OutBytes(spec OutSpec, data []byte) (rv uint64) {
+func (r *Results) OutBytes(spec OutSpec, data []byte) uint64 {
 	r.expect(calls.OutBytes)
-	n := uint64(len(data))
+	if rv, fits := r.outLength(spec, uint64(len(data))); !fits {
+		return rv
+	}
+	r.buf = appendBytes(r.buf, data, false)
+	return ck.CKR_OK
+}
+
+// outLength writes an output's length and, when the caller's buffer is
+// NULL or too short, the empty data that follows it with the code to
+// return; fits says the data is to follow instead.
+func (r *Results) outLength(spec OutSpec, n uint64) (rv uint64, fits bool) {
 	r.buf = appendU64(r.buf, n)
 	switch {
 	case !spec.Present:
@@ -103,33 +113,24 @@ func (r *Results) OutBytes(spec OutSpec, data []byte) (rv uint64) {
 	case spec.Capacity < n:
 		rv = ck.CKR_BUFFER_TOO_SMALL
 	default:
-		r.buf = appendBytes(r.buf, data, false)
-		return ck.CKR_OK
+		return ck.CKR_OK, true
 	}
 	r.buf = appendU32(r.buf, nullLen)
-	return rv
+	return rv, false
 }
 
 // OutUlongs supplies an OutUlongs output under the size-query convention,
 // as OutBytes does, with the capacity counted in items.
-func (r *Results) OutUlongs(spec OutSpec, items []uint64) (rv uint64) {
+func (r *Results) OutUlongs(spec OutSpec, items []uint64) uint64 {
 	r.expect(calls.OutUlongs)
 	if len(items) > MaxUlongs {
 		panic(fmt.Sprintf("wire: internal error: %d items over %d", len(items), MaxUlongs))
 	}
-	n := uint64(len(items))
-	r.buf = appendU64(r.buf, n)
-	switch {
-	case !spec.Present:
-		rv = ck.CKR_OK
-	case spec.Capacity < n:
-		rv = ck.CKR_BUFFER_TOO_SMALL
-	default:
-		r.buf = appendUlongs(r.buf, items, false)
-		return ck.CKR_OK
+	if rv, fits := r.outLength(spec, uint64(len(items))); !fits {
+		return rv
 	}
-	r.buf = appendU32(r.buf, nullLen)
-	return rv
+	r.buf = appendUlongs(r.buf, items, false)
+	return ck.CKR_OK
 }
 
 // Filled supplies an OutFilled output: exactly as many bytes as the
