@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
@@ -127,13 +128,20 @@ func (r *pinRecord) aad(token UUID, role Role, dgen uint32) []byte {
 	return append(aad, r.marshal()[:10]...)
 }
 
-func pinWrapKey(pinKey, pin, salt []byte, p Argon2Params) ([]byte, error) {
+// pinAEAD is the cipher of a PIN record: AES-GCM under HKDF(pinKey,
+// Argon2id(pin, salt)). The derived key is wiped once the cipher holds it.
+func pinAEAD(pinKey, pin, salt []byte, p Argon2Params) (cipher.AEAD, error) {
 	if len(pin) == 0 || len(pin) > maxPINLen {
 		return nil, ErrPINLenRange
 	}
 	stretched := argon2.IDKey(pin, salt, p.Time, p.MemoryKiB, p.Threads, 32)
 	defer wipe(stretched)
-	return hkdf.Key(sha256.New, stretched, pinKey, "hsmemu/pin-wrap/v1", 32)
+	k, err := hkdf.Key(sha256.New, stretched, pinKey, "hsmemu/pin-wrap/v1", 32)
+	if err != nil {
+		return nil, err
+	}
+	defer wipe(k)
+	return newGCM(k)
 }
 
 // wrapDataKey makes a PIN record holding dataKey for role.
@@ -148,12 +156,7 @@ func wrapDataKey(keys *tokenKeys, token UUID, role Role, dgen uint32, pin, dataK
 	if _, err := rand.Read(r.nonce); err != nil {
 		return nil, err
 	}
-	k, err := pinWrapKey(keys.pinKey, pin, r.salt, p)
-	if err != nil {
-		return nil, err
-	}
-	defer wipe(k)
-	aead, err := newGCM(k)
+	aead, err := pinAEAD(keys.pinKey, pin, r.salt, p)
 	if err != nil {
 		return nil, err
 	}
@@ -169,12 +172,7 @@ func unwrapDataKey(keys *tokenKeys, token UUID, role Role, dgen uint32, pin, rec
 	if err != nil {
 		return nil, err
 	}
-	k, err := pinWrapKey(keys.pinKey, pin, r.salt, r.params)
-	if err != nil {
-		return nil, err
-	}
-	defer wipe(k)
-	aead, err := newGCM(k)
+	aead, err := pinAEAD(keys.pinKey, pin, r.salt, r.params)
 	if err != nil {
 		return nil, err
 	}
