@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"maps"
 	"slices"
 
 	"hsmemu/cryptoki/ck"
@@ -16,18 +17,6 @@ import (
 // The mechanism makes or transforms the material; the engine checks the
 // templates, the keys' permissions and the wrapping policy, and stores the
 // result like any other object.
-
-// addAll merges a mechanism's attributes into a template's.
-func addAll(m, add map[uint64][]byte) {
-	for t, v := range add {
-		m[t] = v
-	}
-}
-
-func (e *Engine) isSO(app *App, s *session) bool {
-	r, in := app.role(s)
-	return in && r == keystore.RoleSO
-}
 
 // GenerateKey makes a secret key.
 func (e *Engine) GenerateKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, tmpl []attr) (uint64, error) {
@@ -43,7 +32,7 @@ func (e *Engine) GenerateKey(ctx context.Context, app *App, h uint64, wm *wire.M
 	if !ok || mech.generate == nil {
 		return 0, rv(ck.CKR_MECHANISM_INVALID)
 	}
-	m, class, kt, err := checkTemplate(tmpl, e.isSO(app, s), originGenerate, ck.CKO_SECRET_KEY, mech.genKeyType)
+	m, class, kt, err := checkTemplate(tmpl, app.isSO(s), originGenerate, ck.CKO_SECRET_KEY, mech.genKeyType)
 	if err != nil {
 		return 0, err
 	}
@@ -51,7 +40,7 @@ func (e *Engine) GenerateKey(ctx context.Context, app *App, h uint64, wm *wire.M
 	if err != nil {
 		return 0, err
 	}
-	addAll(m, add)
+	maps.Copy(m, add)
 	if err := completeObject(m, class, kt, originGenerate, wm.Type, nil, tier); err != nil {
 		return 0, err
 	}
@@ -72,7 +61,7 @@ func (e *Engine) GenerateKeyPair(ctx context.Context, app *App, h uint64, wm *wi
 	if !ok || mech.generatePair == nil {
 		return 0, 0, rv(ck.CKR_MECHANISM_INVALID)
 	}
-	so := e.isSO(app, s)
+	so := app.isSO(s)
 	pub, pc, pkt, err := checkTemplate(pubTmpl, so, originGenerate, ck.CKO_PUBLIC_KEY, mech.genKeyType)
 	if err != nil {
 		return 0, 0, err
@@ -85,8 +74,8 @@ func (e *Engine) GenerateKeyPair(ctx context.Context, app *App, h uint64, wm *wi
 	if err != nil {
 		return 0, 0, err
 	}
-	addAll(pub, pubAdd)
-	addAll(priv, privAdd)
+	maps.Copy(pub, pubAdd)
+	maps.Copy(priv, privAdd)
 	if err := completeObject(pub, pc, pkt, originGenerate, wm.Type, nil, tier); err != nil {
 		return 0, 0, err
 	}
@@ -223,7 +212,7 @@ func (e *Engine) UnwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if tmpl, err = impose(tmpl, uk.obj, ck.CKA_UNWRAP_TEMPLATE); err != nil {
 		return 0, err
 	}
-	m, class, kt, err := checkTemplate(tmpl, e.isSO(app, s), originUnwrap, 0, noKeyType)
+	m, class, kt, err := checkTemplate(tmpl, app.isSO(s), originUnwrap, 0, noKeyType)
 	if err != nil {
 		return 0, err
 	}
@@ -241,7 +230,7 @@ func (e *Engine) UnwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 			return 0, rv(ck.CKR_TEMPLATE_INCONSISTENT)
 		}
 	}
-	addAll(m, add)
+	maps.Copy(m, add)
 	if err := completeObject(m, class, kt, originUnwrap, 0, nil, tier); err != nil {
 		return 0, err
 	}
@@ -329,11 +318,12 @@ func (e *Engine) DeriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if tmpl, err = impose(tmpl, base.obj, ck.CKA_DERIVE_TEMPLATE); err != nil {
 		return 0, err
 	}
-	m, class, kt, err := checkTemplate(tmpl, e.isSO(app, s), originDerive, ck.CKO_SECRET_KEY, noKeyType)
+	so := app.isSO(s)
+	m, class, kt, err := checkTemplate(tmpl, so, originDerive, ck.CKO_SECRET_KEY, noKeyType)
 	if errors.Is(err, rv(ck.CKR_TEMPLATE_INCOMPLETE)) {
 		// No key type: a generic secret.
 		tmpl = append(tmpl, attr{Type: ck.CKA_KEY_TYPE, Value: ulong(ck.CKK_GENERIC_SECRET)})
-		m, class, kt, err = checkTemplate(tmpl, e.isSO(app, s), originDerive, ck.CKO_SECRET_KEY, noKeyType)
+		m, class, kt, err = checkTemplate(tmpl, so, originDerive, ck.CKO_SECRET_KEY, noKeyType)
 	}
 	if err != nil {
 		return 0, err

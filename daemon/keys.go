@@ -121,7 +121,7 @@ var (
 	oidEd25519 = asn1.ObjectIdentifier{1, 3, 101, 112}
 )
 
-// curveOf reads CKA_EC_PARAMS: a DER OID, or a PrintableString naming the
+// ecParams reads CKA_EC_PARAMS: a DER OID, or a PrintableString naming the
 // curve (PKCS#11 3.0 allows both for Edwards curves).
 func (k *key) ecParams() (asn1.ObjectIdentifier, string, error) {
 	v, _ := k.obj.get(ck.CKA_EC_PARAMS)
@@ -151,6 +151,18 @@ func ellipticCurve(oid asn1.ObjectIdentifier, name string) (elliptic.Curve, bool
 		return elliptic.P521(), true
 	}
 	return nil, false
+}
+
+// checkEd25519 accepts an Edwards key only on the curve this token has.
+func (k *key) checkEd25519() error {
+	oid, name, err := k.ecParams()
+	if err != nil {
+		return err
+	}
+	if !isEd25519(oid, name) {
+		return rv(ck.CKR_CURVE_NOT_SUPPORTED)
+	}
+	return nil
 }
 
 func isEd25519(oid asn1.ObjectIdentifier, name string) bool {
@@ -243,12 +255,8 @@ func (k *key) parseEd25519Private() (ed25519.PrivateKey, error) {
 	if k.keyType != ck.CKK_EC_EDWARDS || k.class != ck.CKO_PRIVATE_KEY {
 		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
-	oid, name, err := k.ecParams()
-	if err != nil {
+	if err := k.checkEd25519(); err != nil {
 		return nil, err
-	}
-	if !isEd25519(oid, name) {
-		return nil, rv(ck.CKR_CURVE_NOT_SUPPORTED)
 	}
 	seed := k.value()
 	if len(seed) != ed25519.SeedSize {
@@ -266,12 +274,8 @@ func (k *key) parseEd25519Public() (ed25519.PublicKey, error) {
 	if k.keyType != ck.CKK_EC_EDWARDS {
 		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
-	oid, name, err := k.ecParams()
-	if err != nil {
+	if err := k.checkEd25519(); err != nil {
 		return nil, err
-	}
-	if !isEd25519(oid, name) {
-		return nil, rv(ck.CKR_CURVE_NOT_SUPPORTED)
 	}
 	v, _ := k.obj.get(ck.CKA_EC_POINT)
 	p := ecPoint(v)

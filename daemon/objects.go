@@ -154,8 +154,7 @@ func (e *Engine) CreateObject(ctx context.Context, app *App, h uint64, tmpl []at
 	if err != nil {
 		return 0, err
 	}
-	role, in := app.role(s)
-	m, class, kt, err := checkCreate(tmpl, in && role == keystore.RoleSO, tier)
+	m, class, kt, err := checkCreate(tmpl, app.isSO(s), tier)
 	if err != nil {
 		return 0, err
 	}
@@ -174,8 +173,7 @@ func (e *Engine) CopyObject(ctx context.Context, app *App, h, oh uint64, tmpl []
 	if err != nil {
 		return 0, err
 	}
-	role, in := app.role(s)
-	m, err := checkChange(o, tmpl, in && role == keystore.RoleSO, true)
+	m, err := checkChange(o, tmpl, app.isSO(s), true)
 	if err != nil {
 		return 0, err
 	}
@@ -314,8 +312,7 @@ func (e *Engine) SetAttributes(ctx context.Context, app *App, h, oh uint64, tmpl
 	if ref.mem == nil && !s.rw {
 		return rv(ck.CKR_SESSION_READ_ONLY)
 	}
-	role, in := app.role(s)
-	m, err := checkChange(o, tmpl, in && role == keystore.RoleSO, false)
+	m, err := checkChange(o, tmpl, app.isSO(s), false)
 	if err != nil {
 		return err
 	}

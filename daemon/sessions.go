@@ -43,6 +43,13 @@ func (app *App) role(s *session) (keystore.Role, bool) {
 	return r, ok
 }
 
+// isSO reports whether app is logged in as the security officer on s's
+// token.
+func (app *App) isSO(s *session) bool {
+	r, in := app.role(s)
+	return in && r == keystore.RoleSO
+}
+
 // OpenSession opens a session on the token in slot.
 func (e *Engine) OpenSession(ctx context.Context, app *App, slot, flags uint64) (uint64, error) {
 	if flags&ck.CKF_SERIAL_SESSION == 0 {
