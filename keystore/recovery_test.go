@@ -2,10 +2,6 @@ package keystore
 
 import (
 	"bytes"
-	"crypto"
-	"crypto/ecdh"
-	"crypto/rand"
-	"crypto/rsa"
 	"errors"
 	"path/filepath"
 	"testing"
@@ -23,24 +19,7 @@ func TestRecoveryIntoNewTPM(t *testing.T) {
 	tpmA := tpmtest.Start(t)
 	tpmB := tpmtest.Start(t)
 
-	x, err := ecdh.X25519().GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := ecdh.P256().GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	privs := []crypto.PrivateKey{x, p, r}
-	custodians := []escrow.Custodian{
-		{Name: "alice", Key: x.PublicKey()},
-		{Name: "bob", Key: p.PublicKey()},
-		{Name: "carol", Key: &r.PublicKey},
-	}
+	custodians, privs := tpmtest.Custodians(t)
 	prov, err := tpmA.Provision(tpmroot.ProvisionOptions{Custodians: custodians, Threshold: 2})
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +80,7 @@ func TestRecoveryIntoNewTPM(t *testing.T) {
 	}
 
 	decrypt := func(i int) *escrow.Share {
-		sh, err := escrow.DecryptShare(prov.Shares[i].File, privs[prov.Shares[i].Index-1])
+		sh, err := escrow.DecryptShare(prov.Shares[i].File, privs[prov.Shares[i].Custodian])
 		if err != nil {
 			t.Fatal(err)
 		}

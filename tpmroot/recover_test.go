@@ -2,10 +2,8 @@ package tpmroot_test
 
 import (
 	"bytes"
-	"crypto"
 	"crypto/ecdh"
 	"crypto/rand"
-	"crypto/rsa"
 	"errors"
 	"testing"
 
@@ -19,24 +17,7 @@ import (
 // shares: B derives A's KEKs.
 func TestEscrowRecover(t *testing.T) {
 	t.Parallel()
-	x25519, err := ecdh.X25519().GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p256, err := ecdh.P256().GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	privs := map[string]crypto.PrivateKey{"alice": x25519, "bob": p256, "carol": rsaKey}
-	custodians := []escrow.Custodian{
-		{Name: "alice", Key: x25519.PublicKey()},
-		{Name: "bob", Key: p256.PublicKey()},
-		{Name: "carol", Key: &rsaKey.PublicKey},
-	}
+	custodians, privs := tpmtest.Custodians(t)
 
 	a, b := tpmtest.Start(t), tpmtest.Start(t)
 	p, err := a.Provision(tpmroot.ProvisionOptions{Custodians: custodians, Threshold: 2})

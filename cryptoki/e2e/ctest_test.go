@@ -120,7 +120,7 @@ func runCProgram(t *testing.T, prog, module string, env []string) {
 		case "KILL":
 			d.kill()
 		case "START":
-			ctestStartAgain(t, d)
+			d.startAgain()
 		default:
 			continue
 		}
@@ -168,22 +168,4 @@ func runCProgram(t *testing.T, prog, module string, env []string) {
 	}
 	t.Logf("%s; %s; %d checks in %v", filepath.Base(prog), ctestThreads.FindString(output), passed,
 		elapsed.Round(time.Millisecond))
-}
-
-// ctestStartAgain starts a killed daemon again. Its managed swtpm leaves when
-// it sees the old daemon's connection drop; until then a new daemon finds
-// the TPM busy and exits, and is retried.
-func ctestStartAgain(t *testing.T, d *daemonProc) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		err := d.tryStart()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }

@@ -167,12 +167,18 @@ func (d *daemonProc) kill() {
 	d.cmd = nil
 }
 
-// restart kills the daemon and starts it again on the same state. The
-// old daemon's managed swtpm leaves when it sees its connection drop; until
-// it has, the new daemon finds the TPM in use and exits, and is retried.
+// restart kills the daemon and starts it again on the same state.
 func (d *daemonProc) restart() {
 	d.t.Helper()
 	d.kill()
+	d.startAgain()
+}
+
+// startAgain starts a killed daemon again on the same state. The old
+// daemon's managed swtpm leaves when it sees its connection drop; until it
+// has, the new daemon finds the TPM in use and exits, and is retried.
+func (d *daemonProc) startAgain() {
+	d.t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		err := d.tryStart()

@@ -6,6 +6,10 @@ package tpmtest
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdh"
+	"crypto/rand"
+	"crypto/rsa"
 	"os"
 	"os/exec"
 	"sync"
@@ -15,6 +19,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"hsmemu/tpmroot"
+	"hsmemu/tpmroot/escrow"
 	"hsmemu/tpmroot/internal/swtpm"
 )
 
@@ -103,4 +108,29 @@ func shutdown(socketPath string) error {
 	defer c.Close()
 	_, err = tpm2.Shutdown{ShutdownType: tpm2.TPMSUClear}.Execute(c)
 	return err
+}
+
+// Custodians returns three escrow custodians, one for each kind of key
+// escrow takes (alice X25519, bob P-256, carol RSA-2048), with their
+// private keys by name.
+func Custodians(t testing.TB) ([]escrow.Custodian, map[string]crypto.PrivateKey) {
+	t.Helper()
+	x25519, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p256, err := ecdh.P256().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []escrow.Custodian{
+			{Name: "alice", Key: x25519.PublicKey()},
+			{Name: "bob", Key: p256.PublicKey()},
+			{Name: "carol", Key: &rsaKey.PublicKey},
+		},
+		map[string]crypto.PrivateKey{"alice": x25519, "bob": p256, "carol": rsaKey}
 }
