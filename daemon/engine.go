@@ -46,7 +46,16 @@ type Engine struct {
 	mu     sync.Mutex
 	apps   map[AppID]*App
 	logins map[keystore.UUID]*tokenLogin // per token: who holds its data key open
+
+	// quit ends the waits after wrong PINs when the daemon stops; calls
+	// themselves run with contexts that are never cancelled.
+	quit     chan struct{}
+	quitOnce sync.Once
 }
+
+// Interrupt ends every wait after a wrong PIN (the call returns
+// CKR_FUNCTION_CANCELED); the daemon calls it when it starts to stop.
+func (e *Engine) Interrupt() { e.quitOnce.Do(func() { close(e.quit) }) }
 
 // tokenLogin serialises PIN checks on one token and counts the
 // applications logged in to it: the keystore's data key stays open while
@@ -77,7 +86,7 @@ func NewEngine(store *keystore.Store, log *slog.Logger, cfg EngineConfig) *Engin
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Engine{store: store, log: log, cfg: cfg, apps: map[AppID]*App{}, logins: map[keystore.UUID]*tokenLogin{}}
+	return &Engine{store: store, log: log, cfg: cfg, apps: map[AppID]*App{}, logins: map[keystore.UUID]*tokenLogin{}, quit: make(chan struct{})}
 }
 
 // AppID identifies an application: every connection of one initialised

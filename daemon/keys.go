@@ -201,6 +201,27 @@ func (k *key) parseEcdsaPublic() (*ecdsa.PublicKey, error) {
 }
 
 // ecdsaPrivate returns an EC private key.
+// ecdsaScalar is the key for signing with precomputed nonces
+// (ecdsa_nonces.go).
+func (k *key) ecdsaScalar() (*ecScalar, error) {
+	return memoKey(k, "ecdsaScalar", func() (*ecScalar, error) {
+		priv, err := k.ecdsaPrivate()
+		if err != nil {
+			return nil, err
+		}
+		d, err := priv.Bytes()
+		if err != nil {
+			return nil, errKeyBroken
+		}
+		defer clear(d)
+		sc, err := newECScalar(priv.Curve, d)
+		if err != nil {
+			return nil, errKeyBroken
+		}
+		return sc, nil
+	})
+}
+
 func (k *key) ecdsaPrivate() (*ecdsa.PrivateKey, error) {
 	return memoKey(k, "ecdsaPrivate", k.parseEcdsaPrivate)
 }

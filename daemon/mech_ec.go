@@ -166,19 +166,15 @@ func ecdsaSigner(k *key, m *wire.Mechanism, h crypto.Hash) (signOp, error) {
 	if m.Present {
 		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
-	priv, err := k.ecdsaPrivate()
+	priv, err := k.ecdsaScalar()
 	if err != nil {
 		return nil, err
 	}
-	size := ecSize(priv.Curve)
 	return newSigner(h, func(in []byte) ([]byte, error) {
-		r, s, err := ecdsa.Sign(rand.Reader, priv, in)
+		sig, err := priv.curve.sign(priv.d, in)
 		if err != nil {
 			return nil, rv(ck.CKR_FUNCTION_FAILED)
 		}
-		sig := make([]byte, 2*size)
-		r.FillBytes(sig[:size])
-		s.FillBytes(sig[size:])
 		return sig, nil
 	}, nil), nil
 }

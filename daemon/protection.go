@@ -54,11 +54,17 @@ func protect(m map[uint64][]byte, tier keystore.Tier) error {
 	return nil
 }
 
-// tierOf returns the tier of a session's token.
+// tierOf returns the tier of a session's token. A token's tier is fixed
+// when it is made, so the session keeps it after the first authenticated
+// read instead of reading the token row at every key it creates.
 func (e *Engine) tierOf(ctx context.Context, s *session) (keystore.Tier, error) {
+	if t := s.tier.Load(); t != 0 {
+		return keystore.Tier(t), nil
+	}
 	ti, err := e.store.Token(ctx, s.token)
 	if err != nil {
 		return 0, err
 	}
+	s.tier.Store(uint32(ti.Tier))
 	return ti.Tier, nil
 }

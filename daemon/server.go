@@ -87,6 +87,7 @@ func Listen(path string, cfg ServerConfig) (*net.UnixListener, error) {
 func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 	go func() {
 		<-ctx.Done()
+		s.eng.Interrupt()
 		ln.Close()
 		s.mu.Lock()
 		s.stopping = true
@@ -226,6 +227,10 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 
 	r := bufio.NewReaderSize(raw, 64<<10)
 	w := bufio.NewWriterSize(raw, 64<<10)
+	// A call in flight runs to its end when the daemon stops (the loop
+	// checks ctx between calls), and a context that cannot be cancelled
+	// spares database/sql a watcher goroutine per query.
+	callCtx := context.WithoutCancel(ctx)
 	var buf, out []byte
 	var args wire.Args
 	res := &wire.Results{}
@@ -246,7 +251,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 			}
 			return
 		}
-		code, results := s.call(ctx, app, req, &args, res)
+		code, results := s.call(callCtx, app, req, &args, res)
 		out = wire.AppendReply(out[:0], req.ID, code, results)
 		if _, err := w.Write(out); err != nil {
 			return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"hsmemu/cryptoki/ck"
@@ -18,6 +19,8 @@ type session struct {
 	slot   uint64
 	token  keystore.UUID
 	rw     bool
+
+	tier atomic.Uint32 // the token's keystore.Tier once read; 0 before
 
 	mu   sync.Mutex
 	find *findOp
@@ -263,6 +266,8 @@ func (e *Engine) waitAfterFailures(ctx context.Context, tl *tokenLogin, role key
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-e.quit:
+		return rv(ck.CKR_FUNCTION_CANCELED)
 	}
 }
 

@@ -1,0 +1,254 @@
+package daemon
+
+import (
+	"crypto/ecdh"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"math/big"
+	"sync"
+
+	"filippo.io/bigmod"
+)
+
+// ECDSA signing with precomputed nonces. Of an ECDSA signature's cost,
+// nearly all is the nonce's part, which does not depend on the key or the
+// message: R = k·G, r = R.x mod n and k⁻¹ mod n. A background goroutine
+// per curve keeps a pool of those, so a signature is then two modular
+// multiplications and an addition: s = k⁻¹·(e + r·d) mod n. Each nonce is
+// taken from the pool once and wiped after use; when the pool is empty the
+// signer makes one inline, the same way.
+//
+// Everything on secrets is constant-time: the base multiplication is
+// crypto/ecdh's, the scalar arithmetic filippo.io/bigmod's (Go's own
+// crypto/internal/fips140/bigmod, published). The one variable-time step,
+// the modular inverse, works on k·b for a fresh random b, which is uniform
+// and independent of k; multiplying its inverse by b gives k⁻¹.
+
+// nonceCurve is one curve's parameters and pool.
+type nonceCurve struct {
+	ecdh  ecdh.Curve
+	n     *bigmod.Modulus
+	nBig  *big.Int
+	size  int // bytes of a scalar
+	coord int // bytes of a coordinate
+
+	start sync.Once
+	mu    sync.Mutex
+	ready []*nonce
+	kick  chan struct{} // wakes the filler; it then fills the pool up
+}
+
+// nonce is one precomputed nonce: k⁻¹ mod n and r.
+type nonce struct {
+	kinv *bigmod.Nat
+	r    *bigmod.Nat
+}
+
+// noncePoolSize bounds the precomputed nonces per curve: enough to ride
+// out a burst, small enough to fill in a fraction of a second. The filler
+// is woken only when the pool falls below noncePoolLow, and then fills it
+// up in one go: waking it at every signature would cost a thread wake-up
+// per call, about what the nonce itself costs.
+const (
+	noncePoolSize = 512
+	noncePoolLow  = noncePoolSize / 2
+)
+
+var (
+	nonceP256 = newNonceCurve(ecdh.P256(), elliptic.P256())
+	nonceP384 = newNonceCurve(ecdh.P384(), elliptic.P384())
+	nonceP521 = newNonceCurve(ecdh.P521(), elliptic.P521())
+)
+
+func newNonceCurve(e ecdh.Curve, c elliptic.Curve) *nonceCurve {
+	p := c.Params()
+	n, err := bigmod.NewModulus(p.N.Bytes())
+	if err != nil {
+		panic(err)
+	}
+	return &nonceCurve{ecdh: e, n: n, nBig: p.N, size: (p.N.BitLen() + 7) / 8, coord: (p.BitSize + 7) / 8,
+		kick: make(chan struct{}, 1)}
+}
+
+// nonceCurveOf returns the pool of a NIST curve.
+func nonceCurveOf(c elliptic.Curve) (*nonceCurve, bool) {
+	switch c {
+	case elliptic.P256():
+		return nonceP256, true
+	case elliptic.P384():
+		return nonceP384, true
+	case elliptic.P521():
+		return nonceP521, true
+	}
+	return nil, false
+}
+
+// randomScalar returns a uniform scalar in [1, n-1].
+func (c *nonceCurve) randomScalar() (*bigmod.Nat, []byte, error) {
+	b := make([]byte, c.size)
+	excess := c.size*8 - c.n.BitLen()
+	for range 100 {
+		if _, err := rand.Read(b); err != nil {
+			return nil, nil, err
+		}
+		b[0] &= 0xff >> excess
+		k, err := bigmod.NewNat().SetBytes(b, c.n)
+		if err != nil || k.IsZero() == 1 {
+			continue // at least n, or zero: draw again
+		}
+		return k, b, nil
+	}
+	return nil, nil, errors.New("ecdsa: no scalar in 100 draws")
+}
+
+// make computes one nonce.
+func (c *nonceCurve) make() (*nonce, error) {
+	for {
+		k, kb, err := c.randomScalar()
+		if err != nil {
+			return nil, err
+		}
+		priv, err := c.ecdh.NewPrivateKey(kb)
+		clear(kb)
+		if err != nil {
+			return nil, err
+		}
+		point := priv.PublicKey().Bytes() // 04 || x || y
+		r, err := bigmod.NewNat().SetOverflowingBytes(point[1:1+c.coord], c.n)
+		if err != nil {
+			return nil, err
+		}
+		if r.IsZero() == 1 {
+			continue
+		}
+		blind, _, err := c.randomScalar()
+		if err != nil {
+			return nil, err
+		}
+		kb2 := bigmod.NewNat().ExpandFor(c.n).Add(k, c.n) // 0 + k
+		kb2.Mul(blind, c.n)                               // k·b
+		inv := new(big.Int).ModInverse(new(big.Int).SetBytes(kb2.Bytes(c.n)), c.nBig)
+		wipeNat(k)
+		if inv == nil {
+			continue // k·b = 0 cannot happen for k, b in [1, n-1]; be safe
+		}
+		kinv, err := bigmod.NewNat().SetBytes(inv.FillBytes(make([]byte, c.size)), c.n)
+		if err != nil {
+			return nil, err
+		}
+		kinv.Mul(blind, c.n) // (k·b)⁻¹·b = k⁻¹
+		return &nonce{kinv: kinv, r: r}, nil
+	}
+}
+
+// take returns a nonce from the pool, or a fresh one if it is empty, and
+// starts the curve's filler on first use.
+func (c *nonceCurve) take() (*nonce, error) {
+	c.start.Do(func() { go c.fill() })
+	c.mu.Lock()
+	var nc *nonce
+	if n := len(c.ready); n > 0 {
+		nc = c.ready[n-1]
+		c.ready[n-1] = nil
+		c.ready = c.ready[:n-1]
+	}
+	low := len(c.ready) < noncePoolLow
+	c.mu.Unlock()
+	if low {
+		select {
+		case c.kick <- struct{}{}:
+		default: // already kicked
+		}
+	}
+	if nc != nil {
+		return nc, nil
+	}
+	return c.make()
+}
+
+// put adds a nonce to the pool unless it is full.
+func (c *nonceCurve) put(nc *nonce) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.ready) >= noncePoolSize {
+		return false
+	}
+	c.ready = append(c.ready, nc)
+	return true
+}
+
+// fill fills the pool up each time it is kicked, and otherwise sleeps.
+func (c *nonceCurve) fill() {
+	for range c.kick {
+		for {
+			nc, err := c.make()
+			if err != nil {
+				break
+			}
+			if !c.put(nc) {
+				wipeNat(nc.kinv)
+				break
+			}
+		}
+	}
+}
+
+// hashToNat converts a digest to an integer mod n as SEC 1 says: its
+// leftmost bits, as many as n has, then reduced.
+func (c *nonceCurve) hashToNat(hash []byte) (*bigmod.Nat, error) {
+	if len(hash) > c.size {
+		hash = hash[:c.size]
+	}
+	// Shifting drops the bits beyond n's length: only P-521 has any.
+	if excess := len(hash)*8 - c.n.BitLen(); excess > 0 {
+		hash = new(big.Int).Rsh(new(big.Int).SetBytes(hash), uint(excess)).FillBytes(make([]byte, len(hash)))
+	}
+	return bigmod.NewNat().SetOverflowingBytes(hash, c.n)
+}
+
+// sign makes r || s with private scalar d over digest hash.
+func (c *nonceCurve) sign(d *bigmod.Nat, hash []byte) ([]byte, error) {
+	e, err := c.hashToNat(hash)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		nc, err := c.take()
+		if err != nil {
+			return nil, err
+		}
+		s := bigmod.NewNat().ExpandFor(c.n).Add(nc.r, c.n) // 0 + r
+		s.Mul(d, c.n)                                      // r·d
+		s.Add(e, c.n)                                      // e + r·d
+		s.Mul(nc.kinv, c.n)                                // k⁻¹·(e + r·d)
+		r := nc.r.Bytes(c.n)
+		wipeNat(nc.kinv)
+		if s.IsZero() == 1 {
+			continue
+		}
+		return append(r, s.Bytes(c.n)...), nil
+	}
+}
+
+// wipeNat zeroes a scalar in place.
+func wipeNat(x *bigmod.Nat) { clear(x.Bits()) }
+
+// ecScalar is an EC private key ready for sign: its curve's pool and its
+// scalar.
+type ecScalar struct {
+	curve *nonceCurve
+	d     *bigmod.Nat
+}
+
+func newECScalar(c elliptic.Curve, d []byte) (*ecScalar, error) {
+	nc, ok := nonceCurveOf(c)
+	if !ok {
+		return nil, errors.New("ecdsa: not a NIST curve")
+	}
+	x, err := bigmod.NewNat().SetBytes(d, nc.n)
+	if err != nil || x.IsZero() == 1 {
+		return nil, errors.New("ecdsa: private scalar out of range")
+	}
+	return &ecScalar{curve: nc, d: x}, nil
+}

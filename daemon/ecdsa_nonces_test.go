@@ -1,0 +1,103 @@
+package daemon
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"math/big"
+	"testing"
+)
+
+// Signatures made with pooled and inline nonces verify with Go's ECDSA,
+// for every curve and digest length (shorter, equal and longer than the
+// order, which exercises the truncation of P-521's digests), and no two
+// share an r (a reused nonce would give away the key).
+func TestECDSANonceSignatures(t *testing.T) {
+	for _, c := range []elliptic.Curve{elliptic.P256(), elliptic.P384(), elliptic.P521()} {
+		t.Run(c.Params().Name, func(t *testing.T) {
+			priv, err := ecdsa.GenerateKey(c, rand.Reader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, _ := priv.Bytes()
+			sc, err := newECScalar(c, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			size := sc.curve.size
+			seen := map[string]bool{}
+			for i := range 120 {
+				digest := make([]byte, []int{20, 32, 48, 64, 66, 1}[i%6])
+				rand.Read(digest)
+				var sig []byte
+				if i%2 == 0 {
+					sig, err = sc.curve.sign(sc.d, digest) // from the pool once it fills
+				} else {
+					nc, err2 := sc.curve.make() // inline, as when the pool is empty
+					if err2 != nil {
+						t.Fatal(err2)
+					}
+					sc.curve.put(nc) // the next take may get this one
+					sig, err = sc.curve.sign(sc.d, digest)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(sig) != 2*size {
+					t.Fatalf("signature of %d bytes, want %d", len(sig), 2*size)
+				}
+				r, s := new(big.Int).SetBytes(sig[:size]), new(big.Int).SetBytes(sig[size:])
+				if !ecdsa.Verify(&priv.PublicKey, digest, r, s) {
+					t.Fatalf("signature %d over a %d-byte digest does not verify", i, len(digest))
+				}
+				if seen[string(sig[:size])] {
+					t.Fatal("two signatures share r: a nonce was used twice")
+				}
+				seen[string(sig[:size])] = true
+			}
+		})
+	}
+}
+
+// A signature by a wrong scalar does not verify: the test above could not
+// pass with a signer that ignored the key.
+func TestECDSANonceWrongKey(t *testing.T) {
+	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	d, _ := other.Bytes()
+	sc, err := newECScalar(elliptic.P256(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := make([]byte, 32)
+	sig, err := sc.curve.sign(sc.d, digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ecdsa.Verify(&priv.PublicKey, digest, new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])) {
+		t.Fatal("a signature by another key verified")
+	}
+}
+
+func TestECDSANonceBadScalar(t *testing.T) {
+	n := elliptic.P256().Params().N
+	for _, d := range [][]byte{make([]byte, 32), n.Bytes(), new(big.Int).Add(n, big.NewInt(1)).Bytes()} {
+		if _, err := newECScalar(elliptic.P256(), d); err == nil {
+			t.Fatalf("scalar %x accepted", d)
+		}
+	}
+}
+
+// BenchmarkMechECDSANonceSign is a P-256 signature with the pool kept
+// full, beside BenchmarkMechECDSAP256Sign's engine path.
+func BenchmarkMechECDSANonceSign(b *testing.B) {
+	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	d, _ := priv.Bytes()
+	sc, _ := newECScalar(elliptic.P256(), d)
+	digest := make([]byte, 32)
+	for b.Loop() {
+		if _, err := sc.curve.sign(sc.d, digest); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
