@@ -37,6 +37,7 @@ Example:
 			&cli.UintFlag{Name: "pin-kdf-memory", Usage: "Argon2id memory in KiB for the PINs of new tokens", Value: uint(keystore.DefaultArgon2.MemoryKiB)},
 			&cli.DurationFlag{Name: "pin-failure-delay", Usage: "delay after a wrong PIN, doubling with each further one (0 disables)", Value: 200 * time.Millisecond},
 			&cli.IntFlag{Name: "pin-max-failures", Usage: "wrong PINs in a row that lock a role", Value: 10},
+			&cli.StringFlag{Name: "pprof", Usage: "serve Go's profiler (net/http/pprof) on this loopback address, e.g. 127.0.0.1:6060"},
 		},
 		Action: func(c *cli.Context) error {
 			log := logger(c)
@@ -76,6 +77,11 @@ Example:
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
 			}
 			defer st.Close()
+			if addr := c.String("pprof"); addr != "" {
+				if err := serveProfiler(ctx, addr, log); err != nil {
+					return cli.Exit("hsmemu serve: --pprof: "+err.Error(), 2)
+				}
+			}
 			srvCfg := daemon.ServerConfig{Group: group}
 			for _, uid := range c.UintSlice("allow-uid") {
 				srvCfg.AllowUIDs = append(srvCfg.AllowUIDs, uint32(uid))
