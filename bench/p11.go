@@ -1,0 +1,327 @@
+package bench
+
+/*
+#cgo pkg-config: p11-kit-1
+#cgo LDFLAGS: -ldl
+#include <stdlib.h>
+#include "p11.h"
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"unsafe"
+
+	"github.com/miekg/pkcs11"
+)
+
+// module is one PKCS#11 module loaded into this process.
+type module struct {
+	path string
+	name string
+	m    C.bm_module
+	slot C.CK_SLOT_ID
+}
+
+// rvError is a PKCS#11 return code as an error.
+type rvError uint
+
+func (e rvError) Error() string { return strings.TrimPrefix(pkcs11.Error(e).Error(), "pkcs11: ") }
+
+// is reports whether err is the return code rv.
+func is(err error, rv uint) bool {
+	var e rvError
+	return errors.As(err, &e) && uint(e) == rv
+}
+
+func ok(rv C.CK_RV) error {
+	if rv == C.CKR_OK {
+		return nil
+	}
+	return rvError(rv)
+}
+
+func loadModule(path string) (*module, error) {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var buf [512]C.char
+	m := &module{path: path, name: filepath.Base(path)}
+	if C.bm_load(cpath, &m.m, &buf[0], C.size_t(len(buf))) != 0 {
+		return nil, fmt.Errorf("load %s: %s", path, C.GoString(&buf[0]))
+	}
+	if err := ok(C.bm_initialize(&m.m)); err != nil {
+		C.bm_unload(&m.m)
+		return nil, fmt.Errorf("%s: C_Initialize: %w", path, err)
+	}
+	return m, nil
+}
+
+func (m *module) close() {
+	C.bm_finalize(&m.m)
+	// The module stays mapped: a library's threads or atexit handlers may
+	// still refer to it, and the process is about to end anyway.
+}
+
+// slotID names a slot of a module.
+type slotID = C.CK_SLOT_ID
+
+// slotInfo is what the harness needs to know of a slot.
+type slotInfo struct {
+	id          C.CK_SLOT_ID
+	label       string
+	initialized bool
+	present     bool
+}
+
+func (m *module) slots() ([]slotInfo, error) {
+	var n C.CK_ULONG
+	if err := ok(C.bm_slots(&m.m, nil, &n)); err != nil {
+		return nil, fmt.Errorf("C_GetSlotList: %w", err)
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	ids := make([]C.CK_SLOT_ID, n)
+	if err := ok(C.bm_slots(&m.m, &ids[0], &n)); err != nil {
+		return nil, fmt.Errorf("C_GetSlotList: %w", err)
+	}
+	var out []slotInfo
+	for _, id := range ids[:n] {
+		var ti C.CK_TOKEN_INFO
+		s := slotInfo{id: id}
+		if C.bm_token_info(&m.m, id, &ti) == C.CKR_OK {
+			s.present = true
+			s.label = strings.TrimRight(C.GoStringN((*C.char)(unsafe.Pointer(&ti.label[0])), 32), " \x00")
+			s.initialized = ti.flags&C.CKF_TOKEN_INITIALIZED != 0
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// mechFlags returns the flags of a mechanism on the chosen slot, or false
+// when the module does not offer it.
+func (m *module) mechFlags(mech uint) (uint, bool) {
+	var mi C.CK_MECHANISM_INFO
+	if C.bm_mech_info(&m.m, m.slot, C.CK_MECHANISM_TYPE(mech), &mi) != C.CKR_OK {
+		return 0, false
+	}
+	return uint(mi.flags), true
+}
+
+func (m *module) initToken(slot C.CK_SLOT_ID, soPIN, label string) error {
+	var l [32]byte
+	for i := range l {
+		l[i] = ' '
+	}
+	copy(l[:], label)
+	p := C.CBytes([]byte(soPIN))
+	defer C.free(p)
+	lp := C.CBytes(l[:])
+	defer C.free(lp)
+	return ok(C.bm_init_token(&m.m, slot, (*C.CK_UTF8CHAR)(p), C.CK_ULONG(len(soPIN)), (*C.CK_UTF8CHAR)(lp)))
+}
+
+type session C.CK_SESSION_HANDLE
+
+func (m *module) open() (session, error) {
+	var h C.CK_SESSION_HANDLE
+	if err := ok(C.bm_open(&m.m, m.slot, &h)); err != nil {
+		return 0, fmt.Errorf("C_OpenSession: %w", err)
+	}
+	return session(h), nil
+}
+
+func (m *module) closeSession(s session) { C.bm_close(&m.m, C.CK_SESSION_HANDLE(s)) }
+
+func (m *module) login(s session, user uint, pin string) error {
+	p := C.CBytes([]byte(pin))
+	defer C.free(p)
+	return ok(C.bm_login(&m.m, C.CK_SESSION_HANDLE(s), C.CK_USER_TYPE(user), (*C.CK_UTF8CHAR)(p), C.CK_ULONG(len(pin))))
+}
+
+func (m *module) logout(s session) error { return ok(C.bm_logout(&m.m, C.CK_SESSION_HANDLE(s))) }
+
+func (m *module) initPIN(s session, pin string) error {
+	p := C.CBytes([]byte(pin))
+	defer C.free(p)
+	return ok(C.bm_init_pin(&m.m, C.CK_SESSION_HANDLE(s), (*C.CK_UTF8CHAR)(p), C.CK_ULONG(len(pin))))
+}
+
+// attr is one template attribute, before it is laid out in C memory.
+type attr struct {
+	typ uint
+	val []byte
+}
+
+func boolAttr(t uint, v bool) attr {
+	if v {
+		return attr{t, []byte{1}}
+	}
+	return attr{t, []byte{0}}
+}
+
+func ulongAttr(t uint, v uint) attr {
+	b := make([]byte, C.sizeof_CK_ULONG)
+	*(*C.CK_ULONG)(unsafe.Pointer(&b[0])) = C.CK_ULONG(v)
+	return attr{t, b}
+}
+
+func bytesAttr(t uint, v []byte) attr { return attr{t, v} }
+
+// template is a CK_ATTRIBUTE array and its values in C memory, so it may
+// be handed to the module on any call, measured or not.
+type template struct {
+	p    *C.CK_ATTRIBUTE
+	n    C.CK_ULONG
+	vals []unsafe.Pointer
+}
+
+func newTemplate(attrs ...attr) *template {
+	t := &template{n: C.CK_ULONG(len(attrs))}
+	if len(attrs) == 0 {
+		return t
+	}
+	t.p = (*C.CK_ATTRIBUTE)(C.calloc(C.size_t(len(attrs)), C.sizeof_CK_ATTRIBUTE))
+	arr := unsafe.Slice(t.p, len(attrs))
+	for i, a := range attrs {
+		arr[i]._type = C.CK_ATTRIBUTE_TYPE(a.typ)
+		if len(a.val) > 0 {
+			v := C.CBytes(a.val)
+			t.vals = append(t.vals, v)
+			arr[i].pValue = v
+		}
+		arr[i].ulValueLen = C.CK_ULONG(len(a.val))
+	}
+	return t
+}
+
+func (t *template) free() {
+	if t == nil {
+		return
+	}
+	for _, v := range t.vals {
+		C.free(v)
+	}
+	C.free(unsafe.Pointer(t.p))
+	t.p, t.vals = nil, nil
+}
+
+// mechanism is a CK_MECHANISM in C memory.
+type mechanism struct{ p *C.CK_MECHANISM }
+
+func newMech(typ uint, param []byte) mechanism {
+	var pp unsafe.Pointer
+	if len(param) > 0 {
+		pp = unsafe.Pointer(&param[0])
+	}
+	return mechanism{C.bm_mech_new(C.CK_MECHANISM_TYPE(typ), pp, C.CK_ULONG(len(param)))}
+}
+
+func newGCMMech(ivLen, tagBits int) mechanism {
+	return mechanism{C.bm_mech_gcm(C.CK_ULONG(ivLen), C.CK_ULONG(tagBits))}
+}
+
+func (m mechanism) nextIV() { C.bm_gcm_next_iv(m.p) }
+func (m mechanism) free()   { C.bm_mech_free(m.p) }
+
+type object C.CK_OBJECT_HANDLE
+
+func (m *module) generateKey(s session, mech mechanism, t *template) (object, error) {
+	var k C.CK_OBJECT_HANDLE
+	err := ok(C.bm_generate_key(&m.m, C.CK_SESSION_HANDLE(s), mech.p, t.p, t.n, &k))
+	return object(k), err
+}
+
+func (m *module) generateKeyPair(s session, mech mechanism, pub, priv *template) (object, object, error) {
+	var pk, sk C.CK_OBJECT_HANDLE
+	err := ok(C.bm_generate_key_pair(&m.m, C.CK_SESSION_HANDLE(s), mech.p, pub.p, pub.n, priv.p, priv.n, &pk, &sk))
+	return object(pk), object(sk), err
+}
+
+func (m *module) create(s session, t *template) (object, error) {
+	var o C.CK_OBJECT_HANDLE
+	err := ok(C.bm_create(&m.m, C.CK_SESSION_HANDLE(s), t.p, t.n, &o))
+	return object(o), err
+}
+
+func (m *module) destroy(s session, o object) error {
+	return ok(C.bm_destroy(&m.m, C.CK_SESSION_HANDLE(s), C.CK_OBJECT_HANDLE(o)))
+}
+
+// find returns up to max objects matching t.
+func (m *module) find(s session, t *template, max int) ([]object, error) {
+	objs := make([]C.CK_OBJECT_HANDLE, max)
+	var n C.CK_ULONG
+	if err := ok(C.bm_find(&m.m, C.CK_SESSION_HANDLE(s), t.p, t.n, &objs[0], C.CK_ULONG(max), &n)); err != nil {
+		return nil, err
+	}
+	out := make([]object, n)
+	for i := range out {
+		out[i] = object(objs[i])
+	}
+	return out, nil
+}
+
+// The measured calls. Buffers are Go memory holding no pointers, which cgo
+// lets a C call use for its duration.
+
+func ptr(b []byte) *C.uchar {
+	if len(b) == 0 {
+		return nil
+	}
+	return (*C.uchar)(unsafe.Pointer(&b[0]))
+}
+
+func (m *module) wrap(s session, mech mechanism, wrapping, key object, out []byte) (int, error) {
+	n := C.CK_ULONG(len(out))
+	err := ok(C.bm_wrap(&m.m, C.CK_SESSION_HANDLE(s), mech.p, C.CK_OBJECT_HANDLE(wrapping), C.CK_OBJECT_HANDLE(key), ptr(out), &n))
+	return int(n), err
+}
+
+func (m *module) unwrap(s session, mech mechanism, unwrapping object, in []byte, t *template) (object, error) {
+	var k C.CK_OBJECT_HANDLE
+	err := ok(C.bm_unwrap(&m.m, C.CK_SESSION_HANDLE(s), mech.p, C.CK_OBJECT_HANDLE(unwrapping), ptr(in), C.CK_ULONG(len(in)), t.p, t.n, &k))
+	return object(k), err
+}
+
+func (m *module) sign(s session, mech mechanism, key object, data, sig []byte) (int, error) {
+	n := C.CK_ULONG(len(sig))
+	err := ok(C.bm_sign(&m.m, C.CK_SESSION_HANDLE(s), mech.p, C.CK_OBJECT_HANDLE(key), ptr(data), C.CK_ULONG(len(data)), ptr(sig), &n))
+	return int(n), err
+}
+
+func (m *module) verify(s session, mech mechanism, key object, data, sig []byte) error {
+	return ok(C.bm_verify(&m.m, C.CK_SESSION_HANDLE(s), mech.p, C.CK_OBJECT_HANDLE(key), ptr(data), C.CK_ULONG(len(data)), ptr(sig), C.CK_ULONG(len(sig))))
+}
+
+func (m *module) encrypt(s session, mech mechanism, key object, data, out []byte) (int, error) {
+	n := C.CK_ULONG(len(out))
+	err := ok(C.bm_encrypt(&m.m, C.CK_SESSION_HANDLE(s), mech.p, C.CK_OBJECT_HANDLE(key), ptr(data), C.CK_ULONG(len(data)), ptr(out), &n))
+	return int(n), err
+}
+
+func (m *module) digest(s session, mech mechanism, data, out []byte) (int, error) {
+	n := C.CK_ULONG(len(out))
+	err := ok(C.bm_digest(&m.m, C.CK_SESSION_HANDLE(s), mech.p, ptr(data), C.CK_ULONG(len(data)), ptr(out), &n))
+	return int(n), err
+}
+
+func (m *module) random(s session, out []byte) error {
+	return ok(C.bm_random(&m.m, C.CK_SESSION_HANDLE(s), ptr(out), C.CK_ULONG(len(out))))
+}
+
+// loginLogout takes a C copy of the PIN made once by the caller.
+func (m *module) loginLogout(s session, pin unsafe.Pointer, n int) error {
+	return ok(C.bm_login_logout(&m.m, C.CK_SESSION_HANDLE(s), (*C.CK_UTF8CHAR)(pin), C.CK_ULONG(n)))
+}
+
+func (m *module) generateDestroy(s session, mech mechanism, t *template) error {
+	return ok(C.bm_generate_destroy(&m.m, C.CK_SESSION_HANDLE(s), mech.p, t.p, t.n))
+}
+
+func cBytes(b []byte) unsafe.Pointer { return C.CBytes(b) }
+func cFree(p unsafe.Pointer)         { C.free(p) }

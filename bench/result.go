@@ -1,0 +1,64 @@
+package bench
+
+import "time"
+
+// Cell is what one run measured for one operation on one module at one
+// concurrency.
+type Cell struct {
+	Ops     uint64        // operations completed in the window
+	Active  time.Duration // the workers' measuring time (their mean)
+	OpsPerS float64       // sum over workers of ops/active time
+	Latency *Histogram    // every operation's latency, all workers merged
+}
+
+// Result is one operation x module x concurrency over all runs.
+type Result struct {
+	Op          string  `json:"op"`
+	Module      string  `json:"module"` // the name shown: the module's file name, made unique
+	ModulePath  string  `json:"module_path"`
+	Concurrency int     `json:"concurrency"`
+	Status      string  `json:"status"`              // "ok", "unsupported" or "failed"
+	Reason      string  `json:"reason,omitempty"`    // why unsupported or failed
+	Mechanism   string  `json:"mechanism,omitempty"` // the mechanism used where the op could choose
+	Runs        int     `json:"runs"`                // runs measured
+	OpsPerS     float64 `json:"ops_per_s"`           // median over runs
+	OpsPerSMin  float64 `json:"ops_per_s_min"`
+	OpsPerSMax  float64 `json:"ops_per_s_max"`
+	P50         Micros  `json:"p50_us"` // median over runs of each run's p50
+	P99         Micros  `json:"p99_us"`
+	Ratio       float64 `json:"ratio,omitempty"` // OpsPerS / the baseline module's, same op and concurrency; 0 when either is missing
+	// FloorRatio is P50 over the bare socket round trip's p50 times the
+	// PKCS#11 calls the op makes: how close a module that crosses a
+	// process boundary comes to the cost of crossing it. Concurrency 1 only.
+	FloorRatio float64 `json:"floor_ratio,omitempty"`
+
+	cells []Cell
+}
+
+// Micros is a duration shown and encoded in microseconds.
+type Micros time.Duration
+
+// Report is a whole run of the harness: what was asked and what came out.
+type Report struct {
+	Started     time.Time     `json:"started"`
+	Host        string        `json:"host"`
+	CPUs        int           `json:"cpus"`
+	Duration    time.Duration `json:"-"`
+	Runs        int           `json:"runs"`
+	Modules     []string      `json:"modules"` // names, baseline first
+	Concurrency []int         `json:"concurrency"`
+	Setup       []SetupNote   `json:"setup,omitempty"` // e.g. populate time of the find objects
+	// Floor is a bare request and reply of 28 and 53 bytes over a Unix
+	// socket to another process, measured in the same runs: the least any
+	// call to a module in another process can cost.
+	Floor   *Result  `json:"floor,omitempty"`
+	Results []Result `json:"results"`
+}
+
+// SetupNote records something the harness did before measuring, such as
+// populating the objects for find, and how long it took.
+type SetupNote struct {
+	Module string `json:"module"`
+	What   string `json:"what"`
+	Took   Micros `json:"took_us"`
+}

@@ -1,0 +1,130 @@
+package bench
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/pkcs11"
+)
+
+// offered fakes C_GetMechanismInfo from a table of mechanism flags.
+func offered(table map[uint]uint) func(uint) (uint, bool) {
+	return func(m uint) (uint, bool) {
+		f, ok := table[m]
+		return f, ok
+	}
+}
+
+func opNamed(t *testing.T, name string) *op {
+	for i := range ops {
+		if ops[i].name == name {
+			return &ops[i]
+		}
+	}
+	t.Fatalf("no op %q", name)
+	return nil
+}
+
+func TestCheckOpChoosesFirstOffered(t *testing.T) {
+	wrap := opNamed(t, "wrap")
+	gen := map[uint]uint{pkcs11.CKM_AES_KEY_GEN: pkcs11.CKF_GENERATE}
+	cases := []struct {
+		name   string
+		table  map[uint]uint
+		chosen uint
+		why    string
+	}{
+		{"KWP first", map[uint]uint{ckmKWP: pkcs11.CKF_WRAP, ckmKWPad: pkcs11.CKF_WRAP, ckmKW: pkcs11.CKF_WRAP}, ckmKWP, ""},
+		{"the older name", map[uint]uint{ckmKWPad: pkcs11.CKF_WRAP, ckmKW: pkcs11.CKF_WRAP}, ckmKWPad, ""},
+		{"plain KW last", map[uint]uint{ckmKW: pkcs11.CKF_WRAP | pkcs11.CKF_UNWRAP}, ckmKW, ""},
+		{"offered without the wrap flag", map[uint]uint{ckmKWP: pkcs11.CKF_ENCRYPT}, 0, "offers none of CKM_AES_KEY_WRAP_KWP"},
+		{"none", map[uint]uint{}, 0, "offers none of"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tbl := map[uint]uint{}
+			for k, v := range gen {
+				tbl[k] = v
+			}
+			for k, v := range c.table {
+				tbl[k] = v
+			}
+			chosen, why := checkOp(wrap, offered(tbl))
+			if chosen != c.chosen || !strings.Contains(why, c.why) || (c.why == "") != (why == "") {
+				t.Fatalf("checkOp = %#x, %q; want %#x, %q", chosen, why, c.chosen, c.why)
+			}
+		})
+	}
+}
+
+func TestCheckOpNeeds(t *testing.T) {
+	ed := opNamed(t, "sign-ed25519")
+	if _, why := checkOp(ed, offered(map[uint]uint{ckmEdGen: pkcs11.CKF_GENERATE_KEY_PAIR})); !strings.Contains(why, "CKM_EDDSA for sign") {
+		t.Fatalf("missing CKM_EDDSA: %q", why)
+	}
+	if _, why := checkOp(ed, offered(map[uint]uint{ckmEdGen: pkcs11.CKF_GENERATE_KEY_PAIR, ckmEdDSA: pkcs11.CKF_VERIFY})); why == "" {
+		t.Fatal("CKM_EDDSA without CKF_SIGN accepted")
+	}
+	if _, why := checkOp(ed, offered(map[uint]uint{ckmEdGen: pkcs11.CKF_GENERATE_KEY_PAIR, ckmEdDSA: pkcs11.CKF_SIGN | pkcs11.CKF_VERIFY})); why != "" {
+		t.Fatalf("refused: %q", why)
+	}
+	// An op with no mechanism needs runs anywhere.
+	if _, why := checkOp(opNamed(t, "random-32"), offered(nil)); why != "" {
+		t.Fatalf("random-32 refused: %q", why)
+	}
+}
+
+func TestTurnRotates(t *testing.T) {
+	firsts := map[int]bool{}
+	for run := range 3 {
+		order := turn(3, run)
+		sorted := slices.Sorted(slices.Values(order))
+		if !slices.Equal(sorted, []int{0, 1, 2}) {
+			t.Fatalf("run %d order %v is not every module once", run, order)
+		}
+		firsts[order[0]] = true
+	}
+	if len(firsts) != 3 {
+		t.Fatalf("over 3 runs, %d different modules went first; want 3", len(firsts))
+	}
+}
+
+func TestOptionsDefaults(t *testing.T) {
+	o := Options{Modules: []string{"x.so"}}
+	if err := o.defaults(); err != nil {
+		t.Fatal(err)
+	}
+	if o.Token == "" || o.Duration != 2*time.Second || o.Runs != 1 || !slices.Equal(o.Concurrency, []int{1}) {
+		t.Fatalf("defaults: %+v", o)
+	}
+	for _, bad := range []Options{
+		{},
+		{Modules: []string{"x.so"}, Concurrency: []int{0}},
+		{Modules: []string{"x.so"}, Ops: []string{"teleport"}},
+		{Modules: []string{"x.so"}, Objects: -1},
+	} {
+		if err := bad.defaults(); err == nil {
+			t.Fatalf("accepted %+v", bad)
+		}
+	}
+}
+
+// Every op is described and named once; login runs last, after the ops
+// whose keys it would otherwise leave logged out.
+func TestOpsTable(t *testing.T) {
+	seen := map[string]bool{}
+	for _, o := range ops {
+		if o.what == "" || o.prepare == nil || seen[o.name] {
+			t.Fatalf("op %q: described %v, prepared %v, repeated %v", o.name, o.what != "", o.prepare != nil, seen[o.name])
+		}
+		seen[o.name] = true
+	}
+	if ops[len(ops)-1].name != "login" {
+		t.Fatal("login is not the last op")
+	}
+	if len(ops) != 13 {
+		t.Fatalf("%d ops, want the 13 the harness promises", len(ops))
+	}
+}

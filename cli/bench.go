@@ -1,0 +1,155 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"hsmemu/bench"
+)
+
+func benchCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "bench",
+		Usage: "measure PKCS#11 modules side by side, or the daemon's in-process hot path",
+		Description: `Every module named with --module is measured in the same run, interleaved,
+so the ratios hold on a noisy machine; the first module is the baseline of
+the ratio column. Operations a module lacks are reported as unsupported.
+
+Operations (--op, default all):
+` + opList() + `
+Examples:
+  hsmemu bench --module bin/hsmemu-pkcs11.so --module /usr/lib/softhsm/libsofthsm2.so --setup
+  hsmemu bench --module bin/hsmemu-pkcs11.so --op wrap --op unwrap --concurrency 1,2 --runs 5
+  hsmemu bench --module bin/hsmemu-pkcs11.so --json > run.json
+  hsmemu bench hotpath`,
+		Flags: []cli.Flag{
+			&cli.StringSliceFlag{Name: "module", Usage: "a PKCS#11 module to measure (repeat for more; the first is the baseline)"},
+			&cli.StringFlag{Name: "token", Value: "hsmemu-bench", Usage: "label of the token to use"},
+			&cli.StringFlag{Name: "pin", Value: "1234", Usage: "the token's user PIN", EnvVars: []string{"HSMEMU_BENCH_PIN"}},
+			&cli.StringFlag{Name: "so-pin", Value: "12345678", Usage: "the token's SO PIN, for --setup", EnvVars: []string{"HSMEMU_BENCH_SO_PIN"}},
+			&cli.BoolFlag{Name: "setup", Usage: "create the token (C_InitToken, C_InitPIN) where it is missing"},
+			&cli.StringSliceFlag{Name: "op", Usage: "an operation to measure (repeat for more; default all)"},
+			&cli.StringFlag{Name: "concurrency", Value: "1", Usage: "comma-separated worker counts, each worker its own session"},
+			&cli.DurationFlag{Name: "duration", Value: 2e9, Usage: "measuring window of each operation, module and concurrency in each run"},
+			&cli.DurationFlag{Name: "warmup", Value: 2e8, Usage: "unmeasured calls before each window"},
+			&cli.IntFlag{Name: "runs", Value: 3, Usage: "runs; the median is reported, with the min and max"},
+			&cli.IntFlag{Name: "objects", Value: 10000, Usage: "token objects that find searches among (populated once)"},
+			&cli.BoolFlag{Name: "json", Usage: "print JSON, one object per operation, module and concurrency"},
+			&cli.BoolFlag{Name: "csv", Usage: "print CSV"},
+			&cli.StringFlag{Name: "chart", Usage: "also draw ops/s per operation for each module into this SVG file"},
+		},
+		Subcommands: []*cli.Command{hotpathCommand()},
+		Action: func(c *cli.Context) error {
+			if c.Bool("json") && c.Bool("csv") {
+				return cli.Exit("choose one of --json and --csv", 2)
+			}
+			conc, err := parseInts(c.String("concurrency"))
+			if err != nil {
+				return cli.Exit(fmt.Sprintf("--concurrency: %v", err), 2)
+			}
+			opt := bench.Options{
+				Modules: c.StringSlice("module"), Token: c.String("token"), PIN: c.String("pin"), SOPIN: c.String("so-pin"),
+				Setup: c.Bool("setup"), Ops: c.StringSlice("op"), Concurrency: conc, Duration: c.Duration("duration"),
+				Warmup: c.Duration("warmup"), Runs: c.Int("runs"), Objects: c.Int("objects"),
+			}
+			if bench.IsTerminal(os.Stderr) {
+				opt.Progress = os.Stderr
+			}
+			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			rep, err := bench.Run(ctx, opt)
+			if err != nil {
+				return cli.Exit("bench: "+err.Error(), 1)
+			}
+			switch {
+			case c.Bool("json"):
+				err = bench.WriteJSON(os.Stdout, rep)
+			case c.Bool("csv"):
+				err = bench.WriteCSV(os.Stdout, rep)
+			default:
+				err = bench.WriteTable(os.Stdout, rep)
+			}
+			if err != nil {
+				return err
+			}
+			if path := c.String("chart"); path != "" {
+				f, err := os.Create(path)
+				if err != nil {
+					return cli.Exit("--chart: "+err.Error(), 1)
+				}
+				if err := bench.WriteSVG(f, rep); err != nil {
+					f.Close()
+					return err
+				}
+				return f.Close()
+			}
+			return nil
+		},
+	}
+}
+
+func opList() string {
+	var b strings.Builder
+	d := bench.OpDescriptions()
+	for _, name := range bench.OpNames() {
+		fmt.Fprintf(&b, "  %-19s %s\n", name, d[name])
+	}
+	return b.String()
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a positive whole number", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func hotpathCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "hotpath",
+		Usage: "measure the keystore's in-process hot path beside its floors and a bare Unix-socket round trip",
+		Description: `Opens a scratch keystore on a TPM (a managed swtpm by default), then measures,
+interleaved and from this one binary: opening a stored AES-256 key warm (in the
+cache) and cold (from SQLite), sealing one (a committed write), a bare AES-256-GCM
+open and a bare SQLite point read (the floors), and a bare request and reply
+over a Unix socket to another process (the floor of every module call).
+
+Examples:
+  hsmemu bench hotpath
+  hsmemu bench hotpath --count 10 --json`,
+		Flags: []cli.Flag{
+			&cli.IntFlag{Name: "count", Value: 5, Usage: "repetitions of each measurement; the median is reported"},
+			&cli.StringFlag{Name: "tpm", Value: "managed", Usage: "the TPM for the scratch keystore, as `hsmemu serve --tpm` takes it"},
+			&cli.StringFlag{Name: "scratch-dir", Usage: "where to make the scratch state directory (default: the system's temporary directory)"},
+			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+			&cli.BoolFlag{Name: "quick", Usage: "a smoke test: a few hundred iterations of each, timed by hand; not a measurement"},
+		},
+		Action: func(c *cli.Context) error {
+			opt := bench.HotpathOptions{StateDir: c.String("scratch-dir"), TPM: c.String("tpm"), Count: c.Int("count"), Quick: c.Bool("quick")}
+			if bench.IsTerminal(os.Stderr) {
+				opt.Progress = os.Stderr
+			}
+			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			rs, err := bench.Hotpath(ctx, opt)
+			if err != nil {
+				return cli.Exit("bench hotpath: "+err.Error(), 1)
+			}
+			if c.Bool("json") {
+				return bench.WriteHotpathJSON(os.Stdout, rs)
+			}
+			return bench.WriteHotpathTable(os.Stdout, rs)
+		},
+	}
+}
