@@ -37,6 +37,7 @@ Example:
 			&cli.UintFlag{Name: "pin-kdf-memory", Usage: "Argon2id memory in KiB for the PINs of new tokens", Value: uint(keystore.DefaultArgon2.MemoryKiB)},
 			&cli.DurationFlag{Name: "pin-failure-delay", Usage: "delay after a wrong PIN, doubling with each further one (0 disables)", Value: 200 * time.Millisecond},
 			&cli.IntFlag{Name: "pin-max-failures", Usage: "wrong PINs in a row that lock a role", Value: 10},
+			&cli.DurationFlag{Name: "pin-cache-ttl", Usage: "how long a PIN that opened its token is remembered after its last use, sparing later logins the Argon2id stretch (0 never)", Value: 15 * time.Minute},
 			&cli.StringFlag{Name: "pprof", Usage: "serve Go's profiler (net/http/pprof) on this loopback address, e.g. 127.0.0.1:6060"},
 		},
 		Action: func(c *cli.Context) error {
@@ -72,7 +73,7 @@ Example:
 				delay = -1
 			}
 			st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), Logger: log,
-				Store: keystore.Options{Argon2: argon, MaxPINFailures: maxFail}})
+				Store: keystore.Options{Argon2: argon, MaxPINFailures: maxFail, PINCacheTTL: pinCacheTTL(c.Duration("pin-cache-ttl"))}})
 			if err != nil {
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
 			}
@@ -99,4 +100,12 @@ Example:
 			return nil
 		},
 	}
+}
+
+// pinCacheTTL maps the flag's 0 (never) to the keystore's negative.
+func pinCacheTTL(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }

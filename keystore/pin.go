@@ -134,8 +134,18 @@ func pinAEAD(pinKey, pin, salt []byte, p Argon2Params) (cipher.AEAD, error) {
 	if len(pin) == 0 || len(pin) > maxPINLen {
 		return nil, ErrPINLenRange
 	}
-	stretched := argon2.IDKey(pin, salt, p.Time, p.MemoryKiB, p.Threads, 32)
+	stretched := stretch(pin, salt, p)
 	defer wipe(stretched)
+	return stretchedAEAD(pinKey, stretched)
+}
+
+// stretch is Argon2id of a PIN; a variable so that tests can count it.
+var stretch = func(pin, salt []byte, p Argon2Params) []byte {
+	return argon2.IDKey(pin, salt, p.Time, p.MemoryKiB, p.Threads, 32)
+}
+
+// stretchedAEAD is pinAEAD's cipher from the stretched PIN.
+func stretchedAEAD(pinKey, stretched []byte) (cipher.AEAD, error) {
 	k, err := hkdf.Key(sha256.New, stretched, pinKey, "hsmemu/pin-wrap/v1", 32)
 	if err != nil {
 		return nil, err
@@ -167,18 +177,44 @@ func wrapDataKey(keys *tokenKeys, token UUID, role Role, dgen uint32, pin, dataK
 // unwrapDataKey opens a PIN record. A wrong PIN and an edited record look the
 // same to GCM; both are reported as ErrPINIncorrect, since that is what the
 // user can act on and the failure counter must count both.
-func unwrapDataKey(keys *tokenKeys, token UUID, role Role, dgen uint32, pin, record []byte) ([]byte, error) {
+//
+// A PIN that opened this record before is found in cache (when not nil)
+// and its stretch skipped; the record must still open under it.
+func unwrapDataKey(keys *tokenKeys, token UUID, role Role, dgen uint32, pin, record []byte, cache *stretchCache) ([]byte, error) {
 	r, err := parsePINRecord(record)
 	if err != nil {
 		return nil, err
 	}
-	aead, err := pinAEAD(keys.pinKey, pin, r.salt, r.params)
-	if err != nil {
-		return nil, err
+	if len(pin) == 0 || len(pin) > maxPINLen {
+		return nil, ErrPINLenRange
 	}
-	dk, err := aead.Open(nil, r.nonce, r.sealed, r.aad(token, role, dgen))
+	open := func(stretched []byte) ([]byte, error) {
+		aead, err := stretchedAEAD(keys.pinKey, stretched)
+		if err != nil {
+			return nil, err
+		}
+		return aead.Open(nil, r.nonce, r.sealed, r.aad(token, role, dgen))
+	}
+	var id [32]byte
+	if cache != nil {
+		id = cache.id(r.salt, r.params, pin)
+		if st, ok := cache.get(id); ok {
+			dk, err := open(st)
+			wipe(st)
+			if err == nil {
+				return dk, nil
+			}
+			cache.drop(id) // the record changed under it: check in full
+		}
+	}
+	st := stretch(pin, r.salt, r.params)
+	defer wipe(st)
+	dk, err := open(st)
 	if err != nil {
 		return nil, ErrPINIncorrect
+	}
+	if cache != nil {
+		cache.put(id, st)
 	}
 	return dk, nil
 }

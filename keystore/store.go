@@ -65,6 +65,10 @@ type Options struct {
 	// MaxPINFailures locks a role after that many failed PIN checks in a
 	// row. Zero means 10.
 	MaxPINFailures int
+	// PINCacheTTL is how long a PIN that opened its record is remembered
+	// after its last use, sparing the next login with it the Argon2id
+	// stretch (see stretchCache). Zero means 15 minutes; negative, never.
+	PINCacheTTL time.Duration
 }
 
 // Store is a keystore: one SQLite file with one writer connection and a pool
@@ -81,6 +85,7 @@ type Store struct {
 	tokens map[int64]*tokenState // by token row id
 
 	cache *cache
+	pins  *stretchCache
 }
 
 // Open opens (creating if needed) the keystore at path and brings its schema
@@ -97,6 +102,9 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 	if opts.MaxPINFailures <= 0 {
 		opts.MaxPINFailures = 10
+	}
+	if opts.PINCacheTTL == 0 {
+		opts.PINCacheTTL = 15 * time.Minute
 	}
 	if opts.Readers <= 0 {
 		opts.Readers = runtime.GOMAXPROCS(0) + 2
@@ -143,7 +151,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	r.SetMaxOpenConns(opts.Readers)
 	r.SetMaxIdleConns(opts.Readers)
 	r.SetConnMaxLifetime(0)
-	s := &Store{w: w, r: r, opts: opts, tokens: map[int64]*tokenState{}, cache: newCache(opts.CacheEntries)}
+	s := &Store{w: w, r: r, opts: opts, tokens: map[int64]*tokenState{}, cache: newCache(opts.CacheEntries), pins: newStretchCache(opts.PINCacheTTL)}
 	s.openStmt, err = r.PrepareContext(ctx, selectObject)
 	if err != nil {
 		s.Close()
@@ -168,6 +176,7 @@ func (s *Store) Close() error {
 	s.root = nil
 	s.mu.Unlock()
 	s.cache.purge(func(*Object) bool { return true })
+	s.pins.clear()
 	if s.openStmt != nil {
 		s.openStmt.Close()
 	}

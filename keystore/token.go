@@ -430,7 +430,7 @@ func (s *Store) checkPIN(ctx context.Context, token UUID, role Role, pin []byte)
 	if err != nil {
 		return ti, nil, nil, err
 	}
-	dk, err := unwrapDataKey(st.keys, token, role, ti.DataGeneration, pin, rec)
+	dk, err := unwrapDataKey(st.keys, token, role, ti.DataGeneration, pin, rec, s.pins)
 	if errors.Is(err, ErrPINIncorrect) || errors.Is(err, ErrPINLenRange) {
 		if cerr := s.countFailure(ctx, token, role, true); cerr != nil {
 			return ti, nil, nil, cerr
