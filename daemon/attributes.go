@@ -2,7 +2,10 @@ package daemon
 
 import (
 	"bytes"
+	"cmp"
+	"slices"
 	"sync"
+	"sync/atomic"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/keystore"
@@ -174,6 +177,41 @@ var rules = map[uint64]rule{
 
 // ruleFor returns the rule of attribute t on an object of the given class
 // and key type, and whether the object has that attribute at all.
+// typedRule is a rule with its attribute type.
+type typedRule struct {
+	t    uint64
+	rule rule
+}
+
+// rulesOf lists the rules that apply to an object of class and keyType,
+// made once per pair: creating an object walks them twice.
+func rulesOf(class, keyType uint64) []typedRule {
+	k := [2]uint64{class, keyType}
+	if v, ok := rulesByKind.Load(k); ok {
+		return v.([]typedRule)
+	}
+	var out []typedRule
+	for t := range rules {
+		if r, ok := ruleFor(t, class, keyType); ok {
+			out = append(out, typedRule{t, r})
+		}
+	}
+	slices.SortFunc(out, func(a, b typedRule) int { return cmp.Compare(a.t, b.t) })
+	if rulesCached.Add(1) <= maxRulesCached {
+		rulesByKind.Store(k, out)
+	}
+	return out
+}
+
+// rulesByKind caches rulesOf. Classes and key types come from callers'
+// templates, so it keeps the first maxRulesCached pairs and no more.
+var (
+	rulesByKind sync.Map
+	rulesCached atomic.Int64
+)
+
+const maxRulesCached = 256
+
 func ruleFor(t uint64, class, keyType uint64) (rule, bool) {
 	r, ok := rules[t]
 	if !ok || r.classes&classMask(class) == 0 {

@@ -12,7 +12,9 @@ type attr = keystore.Attribute
 
 // toMap turns a template into a map, refusing a type given twice.
 func toMap(tmpl []attr) (map[uint64][]byte, error) {
-	m := make(map[uint64][]byte, len(tmpl))
+	// Room for the defaults an object gets, so that filling them in
+	// does not grow the map again and again.
+	m := make(map[uint64][]byte, len(tmpl)+48)
 	for _, a := range tmpl {
 		if _, dup := m[a.Type]; dup {
 			return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
@@ -195,9 +197,9 @@ func completeObject(m map[uint64][]byte, class, kt uint64, org origin, mech uint
 			return err
 		}
 	}
-	for t := range rules {
-		if r, ok := ruleFor(t, class, kt); ok && r.flags&fRequired != 0 {
-			if _, ok := m[t]; !ok {
+	for _, tr := range rulesOf(class, kt) {
+		if tr.rule.flags&fRequired != 0 {
+			if _, ok := m[tr.t]; !ok {
 				return rv(ck.CKR_TEMPLATE_INCOMPLETE)
 			}
 		}
@@ -237,13 +239,12 @@ func completeObject(m map[uint64][]byte, class, kt uint64, org origin, mech uint
 
 // fillDefaults adds every attribute the class has a default for.
 func fillDefaults(m map[uint64][]byte, class, kt uint64) {
-	for t := range rules {
-		r, ok := ruleFor(t, class, kt)
-		if !ok || r.def == nil {
+	for _, tr := range rulesOf(class, kt) {
+		if tr.rule.def == nil {
 			continue
 		}
-		if _, ok := m[t]; !ok {
-			m[t] = r.def
+		if _, ok := m[tr.t]; !ok {
+			m[tr.t] = tr.rule.def
 		}
 	}
 	if _, ok := m[ck.CKA_PRIVATE]; !ok {
