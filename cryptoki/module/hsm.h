@@ -237,6 +237,7 @@ struct hsm_conn {
 	uint32_t next_id;
 	unsigned long epoch;
 	int state;
+	long long idle_since; /* CLOCK_MONOTONIC ns when it last became idle */
 };
 
 CK_RV hsm_pool_init(void);

@@ -25,6 +25,14 @@
 #include "hsm.h"
 
 #define HSM_POOL_MAX 32
+#define HSM_FRESH_NS (20LL * 1000 * 1000)
+
+static long long mono_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
 
 enum { SLOT_FREE, SLOT_IDLE, SLOT_BUSY };
 
@@ -141,8 +149,14 @@ enum hsm_io hsm_pool_get(hsm_conn **out)
 		}
 		if (idle != NULL) {
 			/* The daemon may have closed it since (a restart): then it
-			 * is stale, and a fresh dial serves this call instead. */
-			if (!hsm_conn_stale(c->fd)) {
+			 * is stale, and a fresh dial serves this call instead. A
+			 * connection idle for less than HSM_FRESH_NS is not
+			 * checked: no daemon stops and starts again that fast, so
+			 * if it is broken the daemon is down and the call fails as
+			 * it would on a fresh dial (CKR_DEVICE_REMOVED). That
+			 * spares a back-to-back call, such as C_Sign after
+			 * C_SignInit, a system call. */
+			if (mono_ns() - c->idle_since < HSM_FRESH_NS || !hsm_conn_stale(c->fd)) {
 				*out = c;
 				return HSM_IO_OK;
 			}
@@ -182,6 +196,7 @@ void hsm_pool_put(hsm_conn *c, int reusable)
 	hsm_mutex *mu = pool.mu;
 	hsm_lock(mu);
 	if (c->epoch == __atomic_load_n(&pool.epoch, __ATOMIC_ACQUIRE)) {
+		c->idle_since = mono_ns();
 		set_state(c, SLOT_IDLE);
 	} else {
 		close(c->fd);
