@@ -48,3 +48,12 @@ func rvOf(err error) (uint64, bool) {
 	}
 	return ck.CKR_DEVICE_ERROR, false
 }
+
+// asRV keeps an error that is a CK_RV and makes any other fallback.
+func asRV(err error, fallback uint64) error {
+	var e rvError
+	if errors.As(err, &e) {
+		return e
+	}
+	return rv(fallback)
+}

@@ -214,17 +214,17 @@ func rsaPKCS1Signer(hashMech uint64) (sign, verify func(*key, *wire.Mechanism) (
 		if m.Present {
 			return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
 		}
-		priv, err := rsaPrivateKey(k)
+		sk, err := k.rsaSigning()
 		if err != nil {
 			return nil, err
 		}
 		return newSigner(h, func(in []byte) ([]byte, error) {
-			if h == 0 && len(in) > priv.Size()-11 {
+			if h == 0 && len(in) > sk.priv.Size()-11 {
 				return nil, rv(ck.CKR_DATA_LEN_RANGE)
 			}
-			sig, err := rsa.SignPKCS1v15(nil, priv, h, in)
+			sig, err := sk.signPKCS1v15(h, in)
 			if err != nil {
-				return nil, rv(ck.CKR_FUNCTION_FAILED)
+				return nil, asRV(err, ck.CKR_FUNCTION_FAILED)
 			}
 			return sig, nil
 		}, nil), nil
@@ -280,30 +280,28 @@ func pssParams(m *wire.Mechanism, hashMech uint64, pub *rsa.PublicKey) (crypto.H
 // input's digest by hashMech, or (hashMech 0, CKM_RSA_PKCS_PSS) over the
 // input as given, which must be a digest of the parameter's hash.
 //
-// crypto/rsa signs with a salt of at least one byte (its salt length 0
-// means "as long as fits"), so signing with sLen 0 is refused
-// (CKR_MECHANISM_PARAM_INVALID); verifying with sLen 0 is done here.
+// Signing encodes PSS here (rsa_sign.go), so any salt length the key
+// allows works, an empty one too; verifying with sLen 0 is done here too.
 func rsaPSSSigner(hashMech uint64) (sign, verify func(*key, *wire.Mechanism) (signOp, error)) {
 	sign = func(k *key, m *wire.Mechanism) (signOp, error) {
-		priv, err := rsaPrivateKey(k)
+		sk, err := k.rsaSigning()
 		if err != nil {
 			return nil, err
 		}
-		h, salt, err := pssParams(m, hashMech, &priv.PublicKey)
+		h, salt, err := pssParams(m, hashMech, &sk.priv.PublicKey)
 		if err != nil {
 			return nil, err
 		}
-		if salt == 0 {
+		if salt == 0 && sk.raw == nil {
 			return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
 		}
-		opts := &rsa.PSSOptions{SaltLength: salt, Hash: h}
 		return newSigner(sigHashes[hashMech], func(in []byte) ([]byte, error) {
 			if len(in) != h.Size() {
 				return nil, rv(ck.CKR_DATA_LEN_RANGE)
 			}
-			sig, err := rsa.SignPSS(rand.Reader, priv, h, in, opts)
+			sig, err := sk.signPSS(h, in, salt)
 			if err != nil {
-				return nil, rv(ck.CKR_FUNCTION_FAILED)
+				return nil, asRV(err, ck.CKR_FUNCTION_FAILED)
 			}
 			return sig, nil
 		}, nil), nil

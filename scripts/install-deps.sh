@@ -3,7 +3,7 @@
 # Usage: scripts/install-deps.sh [build|test]
 set -euo pipefail
 
-build_pkgs=(gcc make libc6-dev pkg-config libp11-kit-dev)
+build_pkgs=(gcc make libc6-dev pkg-config libp11-kit-dev libssl-dev)
 test_pkgs=(swtpm swtpm-tools opensc gnutls-bin openssl libengine-pkcs11-openssl p11-kit openssh-client softhsm2)
 
 want=("${build_pkgs[@]}")
