@@ -106,6 +106,7 @@ type App struct {
 	sessions    map[uint64]*session
 	nextSession uint64
 	handles     map[uint64]*handle
+	memHandles  map[uint64]*handle // the session objects' entries of handles, which find and close walk
 	byObject    map[keystore.ObjectID]uint64
 	nextHandle  uint64
 	login       map[keystore.UUID]keystore.Role // the role logged in, per token
@@ -137,7 +138,7 @@ func (e *Engine) Attach(id AppID, pid int32, uid uint32) (*App, bool) {
 		}
 	} else {
 		app = &App{ID: id, PID: pid, UID: uid,
-			sessions: map[uint64]*session{}, handles: map[uint64]*handle{},
+			sessions: map[uint64]*session{}, handles: map[uint64]*handle{}, memHandles: map[uint64]*handle{},
 			byObject: map[keystore.ObjectID]uint64{}, login: map[keystore.UUID]keystore.Role{}}
 		e.apps[id] = app
 	}
@@ -204,9 +205,9 @@ func (e *Engine) noteLogout(app *App, token keystore.UUID) {
 			s.endPrivateOps()
 		}
 	}
-	for h, ref := range app.handles {
-		if ref.token == token && ref.mem != nil && ref.mem.private {
-			delete(app.handles, h)
+	for h, ref := range app.memHandles {
+		if ref.token == token && ref.mem.private {
+			app.dropHandle(h)
 		}
 	}
 	e.releaseLogin(token)

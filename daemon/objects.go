@@ -42,7 +42,9 @@ func (app *App) tokenHandle(token keystore.UUID, id keystore.ObjectID) uint64 {
 func (app *App) memHandle(token keystore.UUID, mem *sessionObject) uint64 {
 	app.nextHandle++
 	h := app.nextHandle
-	app.handles[h] = &handle{token: token, mem: mem}
+	ref := &handle{token: token, mem: mem}
+	app.handles[h] = ref
+	app.memHandles[h] = ref
 	return h
 }
 
@@ -52,6 +54,8 @@ func (app *App) dropHandle(h uint64) {
 		delete(app.handles, h)
 		if ref.mem == nil {
 			delete(app.byObject, ref.id)
+		} else {
+			delete(app.memHandles, h)
 		}
 	}
 }
@@ -406,8 +410,8 @@ func (e *Engine) FindObjectsInit(ctx context.Context, app *App, h uint64, tmpl [
 		}
 	}
 	app.mu.Lock()
-	for oh, ref := range app.handles {
-		if ref.mem != nil && ref.token == s.token && (user || !ref.mem.private) && ref.mem.obj.matches(tmpl) {
+	for oh, ref := range app.memHandles {
+		if ref.token == s.token && (user || !ref.mem.private) && ref.mem.obj.matches(tmpl) {
 			op.handles = append(op.handles, oh)
 		}
 	}

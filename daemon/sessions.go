@@ -87,9 +87,9 @@ func (e *Engine) CloseSession(ctx context.Context, app *App, h uint64) error {
 		return rv(ck.CKR_SESSION_HANDLE_INVALID)
 	}
 	delete(app.sessions, h)
-	for oh, ref := range app.handles {
-		if ref.mem != nil && ref.mem.owner == h {
-			delete(app.handles, oh)
+	for oh, ref := range app.memHandles {
+		if ref.mem.owner == h {
+			app.dropHandle(oh)
 		}
 	}
 	last := true

@@ -308,28 +308,28 @@ func (f *Filter) match(ix index) bool {
 // the attributes themselves against the seal.)
 func (s *Store) Find(ctx context.Context, token UUID, f Filter) ([]ObjectID, error) {
 	var where []string
+	var shape int // which conditions the query has: one prepared statement per shape
 	args := []any{token[:]}
 	if f.Class != nil {
-		where, args = append(where, "o.class = ?"), append(args, u2i(*f.Class))
+		where, args, shape = append(where, "o.class = ?"), append(args, u2i(*f.Class)), shape|1
 	}
 	if f.KeyType != nil {
-		where, args = append(where, "o.key_type = ?"), append(args, u2i(*f.KeyType))
+		where, args, shape = append(where, "o.key_type = ?"), append(args, u2i(*f.KeyType)), shape|2
 	}
 	if f.Label != nil {
-		where, args = append(where, "o.label = ?"), append(args, f.Label)
+		where, args, shape = append(where, "o.label = ?"), append(args, f.Label), shape|4
 	}
 	if f.ID != nil {
-		where, args = append(where, "o.ckaid = ?"), append(args, f.ID)
+		where, args, shape = append(where, "o.ckaid = ?"), append(args, f.ID), shape|8
 	}
 	if !f.IncludePrivate {
-		where = append(where, "o.private = 0")
+		where, shape = append(where, "o.private = 0"), shape|16
 	}
-	q := `SELECT o.id, o.class, o.key_type, o.label, o.ckaid, o.private, o.record
-		FROM objects o JOIN tokens t ON t.id = o.token_id WHERE t.uuid = ?`
-	if len(where) > 0 {
-		q += " AND " + strings.Join(where, " AND ")
+	stmt, err := s.findStmt(ctx, shape, where)
+	if err != nil {
+		return nil, err
 	}
-	rows, err := s.r.QueryContext(ctx, q+" ORDER BY o.id", args...)
+	rows, err := stmt.QueryContext(ctx, args...)
 	if err != nil {
 		return nil, s.dbErr("find", err)
 	}
@@ -384,4 +384,38 @@ func (c *indexColumns) match(ix index) bool {
 		bytes.Equal(c.label, ix.label) && (c.label == nil) == (ix.label == nil) &&
 		bytes.Equal(c.ckaid, ix.id) && (c.ckaid == nil) == (ix.id == nil) &&
 		(c.private != 0) == ix.private
+}
+
+// findStmt returns the prepared find query of a shape (the conditions it
+// has), preparing it on first use: preparing the join costs more than
+// running it.
+func (s *Store) findStmt(ctx context.Context, shape int, where []string) (*sql.Stmt, error) {
+	if st, ok := s.finds.Load(shape); ok {
+		return st.(*sql.Stmt), nil
+	}
+	// A label or an id picks out a few objects; SQLite, with no statistics
+	// to go on, may instead walk the class index over every object of the
+	// class (a search by class and label among 10,000 data objects: 250 us
+	// against 5), so the index is named.
+	from := "objects o"
+	switch {
+	case shape&4 != 0:
+		from = "objects o INDEXED BY objects_by_label"
+	case shape&8 != 0:
+		from = "objects o INDEXED BY objects_by_ckaid"
+	}
+	q := `SELECT o.id, o.class, o.key_type, o.label, o.ckaid, o.private, o.record
+		FROM ` + from + ` JOIN tokens t ON t.id = o.token_id WHERE t.uuid = ?`
+	if len(where) > 0 {
+		q += " AND " + strings.Join(where, " AND ")
+	}
+	st, err := s.r.PrepareContext(ctx, q+" ORDER BY o.id")
+	if err != nil {
+		return nil, s.dbErr("find", err)
+	}
+	if prev, loaded := s.finds.LoadOrStore(shape, st); loaded {
+		st.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return st, nil
 }

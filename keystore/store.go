@@ -78,6 +78,7 @@ type Store struct {
 	opts Options
 
 	openStmt *sql.Stmt // the hot path's point read, prepared once
+	finds    sync.Map  // find queries by shape (Find): int -> *sql.Stmt
 
 	mu     sync.RWMutex
 	closed bool
@@ -177,6 +178,10 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 	s.cache.purge(func(*Object) bool { return true })
 	s.pins.clear()
+	s.finds.Range(func(_, st any) bool {
+		st.(*sql.Stmt).Close()
+		return true
+	})
 	if s.openStmt != nil {
 		s.openStmt.Close()
 	}
