@@ -2,9 +2,11 @@ package cli
 
 import (
 	"fmt"
+	"os"
 	"os/signal"
 	"os/user"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"syscall"
 	"time"
@@ -63,6 +65,7 @@ Example:
 			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			tuneRuntime()
 			argon := keystore.Argon2Params{Time: uint32(c.Uint("pin-kdf-time")), MemoryKiB: uint32(c.Uint("pin-kdf-memory")), Threads: keystore.DefaultArgon2.Threads}
 			maxFail := c.Int("pin-max-failures")
 			if maxFail < 1 {
@@ -108,4 +111,16 @@ func pinCacheTTL(d time.Duration) time.Duration {
 		return -1
 	}
 	return d
+}
+
+// tuneRuntime lets the heap grow to nine times what is live between
+// collections, unless GOGC says otherwise. The daemon's live heap is a few
+// megabytes and every call allocates a little, so at the default a busy
+// daemon collects several times a second, and each collection's pauses
+// and background marking land on calls in flight (measured: ECDSA
+// signatures through the module 20-23k/s at GOGC=100, 26-27k/s at 800).
+func tuneRuntime() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(800)
+	}
 }

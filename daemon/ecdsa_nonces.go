@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"math/big"
+	"runtime"
 	"sync"
 
 	"filippo.io/bigmod"
@@ -178,10 +179,17 @@ func (c *nonceCurve) put(nc *nonce) bool {
 	return true
 }
 
-// fill fills the pool up each time it is kicked, and otherwise sleeps.
+// fill fills the pool up each time it is kicked, and otherwise sleeps. It
+// yields every few nonces (about every 100 us): filling the pool takes
+// milliseconds, and a goroutine that computes holds its P until the
+// runtime preempts it, 10 ms on, while a connection whose read returned
+// with every P busy waits for one.
 func (c *nonceCurve) fill() {
 	for range c.kick {
-		for {
+		for i := 1; ; i++ {
+			if i%8 == 0 {
+				runtime.Gosched()
+			}
 			nc, err := c.make()
 			if err != nil {
 				break
