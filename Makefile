@@ -112,9 +112,10 @@ fuzz: test-deps
 	  done; \
 	done
 
-# The keystore's hot path beside its floors, in one run.
-bench: test-deps
-	$(GO) test -run '^$$' -bench 'Open|Seal|Floor' -benchmem ./keystore/
+# The keystore's hot path beside its floors and a bare socket round trip,
+# in one run of the built binary.
+bench: build test-deps
+	$(BIN)/hsmemu bench hotpath
 
 # The daemon in the foreground on its defaults: a managed swtpm and the
 # keystore under ~/.local/share/hsmemu, with the module's socket there too.

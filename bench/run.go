@@ -211,6 +211,9 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 						switch {
 						case errors.As(err, &unsup):
 							r.Status, r.Reason = "unsupported", unsup.Error()
+						case is(err, pkcs11.CKR_FUNCTION_NOT_SUPPORTED) || is(err, pkcs11.CKR_MECHANISM_INVALID):
+							// Offered in C_GetMechanismInfo, refused when used.
+							r.Status, r.Reason = "unsupported", "refused when measured: "+err.Error()
 						case err != nil:
 							r.Status, r.Reason = "failed", err.Error()
 						default:
@@ -360,9 +363,12 @@ func openTarget(path string, opt Options, nSessions int, sel []*op) (*target, []
 		if o.name == "find" && opt.Objects > 0 {
 			start := time.Now()
 			made, err := populateFind(m, t.sessions[0], opt.Objects)
-			if err != nil {
+			switch {
+			case err != nil && refusal(err):
+				t.missing[o.name] = "the module does not create the data objects find searches among: " + err.Error()
+			case err != nil:
 				t.broken[o.name] = err.Error()
-			} else if made {
+			case made:
 				notes = append(notes, SetupNote{What: fmt.Sprintf("populated %d objects for find", opt.Objects), Took: Micros(time.Since(start))})
 			}
 		}
@@ -499,6 +505,19 @@ func (t *target) release() {
 	t.m.close()
 }
 
+// refusal reports a return code by which a module says it does not do
+// something (as opposed to failing at it).
+func refusal(err error) bool {
+	for _, code := range []uint{pkcs11.CKR_MECHANISM_INVALID, pkcs11.CKR_FUNCTION_NOT_SUPPORTED,
+		pkcs11.CKR_ATTRIBUTE_VALUE_INVALID, pkcs11.CKR_TEMPLATE_INCONSISTENT, pkcs11.CKR_CURVE_NOT_SUPPORTED,
+		pkcs11.CKR_KEY_SIZE_RANGE, pkcs11.CKR_MECHANISM_PARAM_INVALID, pkcs11.CKR_ATTRIBUTE_TYPE_INVALID} {
+		if is(err, code) {
+			return true
+		}
+	}
+	return false
+}
+
 // prepare makes an op ready on this module once.
 func (t *target) prepare(o *op, opt Options) (*prepared, error) {
 	if p, ok := t.prepared[o.name]; ok {
@@ -510,12 +529,8 @@ func (t *target) prepare(o *op, opt Options) (*prepared, error) {
 		if errors.As(err, &unsup) {
 			return nil, err
 		}
-		for _, code := range []uint{pkcs11.CKR_MECHANISM_INVALID, pkcs11.CKR_FUNCTION_NOT_SUPPORTED,
-			pkcs11.CKR_ATTRIBUTE_VALUE_INVALID, pkcs11.CKR_TEMPLATE_INCONSISTENT, pkcs11.CKR_CURVE_NOT_SUPPORTED,
-			pkcs11.CKR_KEY_SIZE_RANGE, pkcs11.CKR_MECHANISM_PARAM_INVALID, pkcs11.CKR_ATTRIBUTE_TYPE_INVALID} {
-			if is(err, code) {
-				return nil, errUnsupported("preparing: " + err.Error())
-			}
+		if refusal(err) {
+			return nil, errUnsupported("preparing: " + err.Error())
 		}
 		return nil, fmt.Errorf("preparing: %w", err)
 	}

@@ -128,3 +128,18 @@ func TestOpsTable(t *testing.T) {
 		t.Fatalf("%d ops, want the 13 the harness promises", len(ops))
 	}
 }
+
+// A module that says it does not do something is unsupported; one that
+// fails at it is not.
+func TestRefusal(t *testing.T) {
+	for _, code := range []uint{pkcs11.CKR_FUNCTION_NOT_SUPPORTED, pkcs11.CKR_MECHANISM_INVALID, pkcs11.CKR_CURVE_NOT_SUPPORTED} {
+		if !refusal(rvError(code)) {
+			t.Errorf("%#x is not a refusal", code)
+		}
+	}
+	for _, code := range []uint{pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_GENERAL_ERROR, pkcs11.CKR_OBJECT_HANDLE_INVALID} {
+		if refusal(rvError(code)) {
+			t.Errorf("%#x is a refusal", code)
+		}
+	}
+}
