@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/wire"
@@ -290,14 +291,25 @@ func TestDisconnectMidCallReconnects(t *testing.T) {
 		t.Fatalf("next call: %v, %d; want a new connection", rv, n)
 	}
 	// A daemon that restarts between calls: the idle connection is seen to
-	// be stale and a new one carries the call.
+	// be stale and a new one carries the call. (A connection idle for less
+	// than 20 ms is not checked: no daemon restarts that fast.)
 	p.DropAll()
+	time.Sleep(30 * time.Millisecond)
 	if rv, n, _ := m.SlotList(0, true); rv != 0 || n != 1 {
 		t.Fatalf("after a restart: %v, %d", rv, n)
 	}
+	// Within 20 ms of its last call, a connection broken meanwhile fails
+	// the call as a dead daemon would, and the next call dials again.
+	p.DropAll()
+	if rv, _, _ := m.SlotList(0, true); rv != ck.CKR_DEVICE_REMOVED {
+		t.Fatalf("a just-used connection broken: %v, want CKR_DEVICE_REMOVED", rv)
+	}
+	if rv, n, _ := m.SlotList(0, true); rv != 0 || n != 1 {
+		t.Fatalf("the call after: %v, %d", rv, n)
+	}
 	h := p.Hellos()
-	if len(h) != 3 {
-		t.Fatalf("%d connections, want 3", len(h))
+	if len(h) != 4 {
+		t.Fatalf("%d connections, want 4", len(h))
 	}
 	for _, x := range h[1:] {
 		if x.AppID != h[0].AppID {
