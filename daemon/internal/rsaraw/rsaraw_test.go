@@ -89,3 +89,17 @@ func BenchmarkGoSignPKCS1v15_2048(b *testing.B) {
 		rsa.SignPKCS1v15(nil, priv, 5, d) // crypto.SHA256
 	}
 }
+
+func BenchmarkPrivate2048Parallel(b *testing.B) {
+	priv, _ := rsa.GenerateKey(rand.Reader, 2048)
+	k, _ := New(priv)
+	b.RunParallel(func(pb *testing.PB) {
+		in := make([]byte, k.Size())
+		in[5] = 1
+		for pb.Next() {
+			if _, err := k.Private(in); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
