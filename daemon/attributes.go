@@ -395,13 +395,29 @@ func (o *object) matches(tmpl []keystore.Attribute) bool {
 
 // split sorts a full set of attributes into the object's two parts.
 func split(all map[uint64][]byte, class, keyType uint64) (*object, error) {
-	var attrs, secret []keystore.Attribute
-	for t, v := range all {
-		r, _ := ruleFor(t, class, keyType)
-		if r.flags&fSecret != 0 {
-			secret = append(secret, keystore.Attribute{Type: t, Value: v})
+	attrs := make([]keystore.Attribute, 0, len(all))
+	var secret []keystore.Attribute
+	// The rules are sorted by type, so walking them yields the attributes
+	// in the order NewAttributes wants; any attribute without a rule (none
+	// gets this far today) is picked up after.
+	seen := 0
+	for _, tr := range rulesOf(class, keyType) {
+		v, ok := all[tr.t]
+		if !ok {
+			continue
+		}
+		seen++
+		if tr.rule.flags&fSecret != 0 {
+			secret = append(secret, keystore.Attribute{Type: tr.t, Value: v})
 		} else {
-			attrs = append(attrs, keystore.Attribute{Type: t, Value: v})
+			attrs = append(attrs, keystore.Attribute{Type: tr.t, Value: v})
+		}
+	}
+	if seen < len(all) {
+		for t, v := range all {
+			if _, ok := ruleFor(t, class, keyType); !ok {
+				attrs = append(attrs, keystore.Attribute{Type: t, Value: v})
+			}
 		}
 	}
 	a, err := keystore.NewAttributes(attrs...)
