@@ -14,22 +14,25 @@ import (
 // which is the whole cost of a login (tens to hundreds of milliseconds,
 // by design). An entry is found by a keyed hash of the record's salt and
 // parameters and the PIN, under a key made at random for this process, so
-// neither the PIN nor a hash an attacker could test guesses against is
-// kept. It holds the stretched key only; the record still has to open
-// under it, so a stale entry (the PIN was changed: a new salt) is never
-// found, and one that no longer opens is dropped and the full check runs.
-// Wrong PINs never enter.
+// the PIN itself is not kept. It holds the stretched key only; the record
+// still has to open under it, so a stale entry (the PIN was changed: a new
+// salt) is never found, and one that no longer opens is dropped and the
+// full check runs. Wrong PINs never enter.
 //
-// What it costs: for the TTL after a login, the stretched key of that PIN
-// is in the daemon's memory even when no one is logged in, where without
-// it only the PIN's record on disk would be. Options.PINCacheTTL sets the
-// TTL (negative: no cache).
+// What it costs, for the TTL after a login (and up to a quarter of it
+// more, until the sweeper runs): anyone who reads the daemon's memory gets
+// the stretched key, which with the record on disk opens the token's data
+// key, and also the HMAC key, with which the entry ids test PIN guesses at
+// HMAC speed rather than Argon2id's. Without the cache, a memory image
+// taken while no one is logged in holds neither. Options.PINCacheTTL sets
+// the TTL (negative: no cache).
 type stretchCache struct {
 	key [32]byte
 	ttl time.Duration
 
 	mu      sync.Mutex
 	entries map[[32]byte]*stretchEntry
+	stop    chan struct{} // ends the sweeper
 }
 
 type stretchEntry struct {
@@ -44,11 +47,38 @@ func newStretchCache(ttl time.Duration) *stretchCache {
 	if ttl <= 0 {
 		return nil
 	}
-	c := &stretchCache{ttl: ttl, entries: map[[32]byte]*stretchEntry{}}
+	c := &stretchCache{ttl: ttl, entries: map[[32]byte]*stretchEntry{}, stop: make(chan struct{})}
 	if _, err := rand.Read(c.key[:]); err != nil {
 		return nil
 	}
+	go c.sweeper()
 	return c
+}
+
+// sweeper wipes expired entries every quarter TTL, so an entry no one uses
+// again is gone within 1.25 TTLs of its last use.
+func (c *stretchCache) sweeper() {
+	t := time.NewTicker(max(c.ttl/4, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+			c.sweep()
+		}
+	}
+}
+
+func (c *stretchCache) sweep() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	for k, e := range c.entries {
+		if now.Sub(e.used) > c.ttl {
+			c.dropLocked(k)
+		}
+	}
 }
 
 // id names the entry of pin for a record with salt and p.
@@ -93,14 +123,10 @@ func (c *stretchCache) put(id [32]byte, stretched []byte) {
 	if c == nil {
 		return
 	}
+	c.sweep() // expired ones first
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := time.Now()
-	for k, e := range c.entries { // expired ones first
-		if now.Sub(e.used) > c.ttl {
-			c.dropLocked(k)
-		}
-	}
 	if len(c.entries) >= stretchCacheMax {
 		var oldest [32]byte
 		var at time.Time
@@ -130,7 +156,7 @@ func (c *stretchCache) dropLocked(id [32]byte) {
 	}
 }
 
-// clear wipes every entry (the store is closing).
+// clear wipes every entry and stops the sweeper (the store is closing).
 func (c *stretchCache) clear() {
 	if c == nil {
 		return
@@ -140,4 +166,10 @@ func (c *stretchCache) clear() {
 	for id := range c.entries {
 		c.dropLocked(id)
 	}
+	select {
+	case <-c.stop:
+	default:
+		close(c.stop)
+	}
+	clear(c.key[:])
 }

@@ -112,3 +112,25 @@ func TestStretchCacheBound(t *testing.T) {
 		t.Fatal("the oldest entry survived")
 	}
 }
+
+// An entry no one uses again is wiped by the sweeper, not only when looked
+// up: within 1.25 TTLs of its last use.
+func TestStretchCacheSweeps(t *testing.T) {
+	c := newStretchCache(40 * time.Millisecond)
+	defer c.clear()
+	id := c.id([]byte("salt"), DefaultArgon2, []byte("pin"))
+	c.put(id, []byte{1, 2, 3})
+	c.mu.Lock()
+	stretched := c.entries[id].stretched
+	c.mu.Unlock()
+	time.Sleep(120 * time.Millisecond)
+	c.mu.Lock()
+	n := len(c.entries)
+	c.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d entries left after 3 TTLs", n)
+	}
+	if stretched[0] != 0 || stretched[1] != 0 || stretched[2] != 0 {
+		t.Fatal("the expired entry's stretched key was not wiped")
+	}
+}
