@@ -20,6 +20,14 @@ import (
 // taken from the pool once and wiped after use; when the pool is empty the
 // signer makes one inline, the same way.
 //
+// The nonces are random (crypto/rand), not hedged with the key and the
+// message as crypto/ecdsa's are: they are made before either is known. So
+// a copy of a running daemon's memory (a VM snapshot restored twice, a
+// cloned machine) would sign with the same pooled nonces twice, and two
+// signatures by one key with one nonce give the key away. Do not run a
+// daemon from a restored snapshot of a running one; restart it instead,
+// which starts with an empty pool.
+//
 // Everything on secrets is constant-time: the base multiplication is
 // crypto/ecdh's, the scalar arithmetic filippo.io/bigmod's (Go's own
 // crypto/internal/fips140/bigmod, published). The one variable-time step,
@@ -103,44 +111,64 @@ func (c *nonceCurve) randomScalar() (*bigmod.Nat, []byte, error) {
 	return nil, nil, errors.New("ecdsa: no scalar in 100 draws")
 }
 
-// make computes one nonce.
+// make computes one nonce. Every intermediate that, with a signature,
+// would give k or k⁻¹ away is wiped before it returns, on every path; the
+// one copy it cannot reach is the scalar crypto/ecdh keeps inside its
+// private key value, which becomes garbage at once.
 func (c *nonceCurve) make() (*nonce, error) {
 	for {
-		k, kb, err := c.randomScalar()
-		if err != nil {
-			return nil, err
+		nc, retry, err := c.makeOnce()
+		if err != nil || !retry {
+			return nc, err
 		}
-		priv, err := c.ecdh.NewPrivateKey(kb)
-		clear(kb)
-		if err != nil {
-			return nil, err
-		}
-		point := priv.PublicKey().Bytes() // 04 || x || y
-		r, err := bigmod.NewNat().SetOverflowingBytes(point[1:1+c.coord], c.n)
-		if err != nil {
-			return nil, err
-		}
-		if r.IsZero() == 1 {
-			continue
-		}
-		blind, _, err := c.randomScalar()
-		if err != nil {
-			return nil, err
-		}
-		kb2 := bigmod.NewNat().ExpandFor(c.n).Add(k, c.n) // 0 + k
-		kb2.Mul(blind, c.n)                               // k·b
-		inv := new(big.Int).ModInverse(new(big.Int).SetBytes(kb2.Bytes(c.n)), c.nBig)
-		wipeNat(k)
-		if inv == nil {
-			continue // k·b = 0 cannot happen for k, b in [1, n-1]; be safe
-		}
-		kinv, err := bigmod.NewNat().SetBytes(inv.FillBytes(make([]byte, c.size)), c.n)
-		if err != nil {
-			return nil, err
-		}
-		kinv.Mul(blind, c.n) // (k·b)⁻¹·b = k⁻¹
-		return &nonce{kinv: kinv, r: r}, nil
 	}
+}
+
+func (c *nonceCurve) makeOnce() (_ *nonce, retry bool, err error) {
+	k, kb, err := c.randomScalar()
+	if err != nil {
+		return nil, false, err
+	}
+	defer wipeNat(k)
+	priv, err := c.ecdh.NewPrivateKey(kb)
+	clear(kb)
+	if err != nil {
+		return nil, false, err
+	}
+	point := priv.PublicKey().Bytes() // 04 || x || y
+	r, err := bigmod.NewNat().SetOverflowingBytes(point[1:1+c.coord], c.n)
+	if err != nil {
+		return nil, false, err
+	}
+	if r.IsZero() == 1 {
+		return nil, true, nil
+	}
+	blind, bb, err := c.randomScalar()
+	if err != nil {
+		return nil, false, err
+	}
+	clear(bb)
+	defer wipeNat(blind)
+	kb2 := bigmod.NewNat().ExpandFor(c.n).Add(k, c.n) // 0 + k
+	defer wipeNat(kb2)
+	kb2.Mul(blind, c.n) // k·b
+	kbBytes := kb2.Bytes(c.n)
+	defer clear(kbBytes)
+	kbInt := new(big.Int).SetBytes(kbBytes)
+	defer clear(kbInt.Bits())
+	inv := new(big.Int).ModInverse(kbInt, c.nBig)
+	if inv == nil {
+		return nil, true, nil // k·b = 0 cannot happen for k, b in [1, n-1]; be safe
+	}
+	defer clear(inv.Bits())
+	invBytes := inv.FillBytes(make([]byte, c.size))
+	defer clear(invBytes)
+	kinv, err := bigmod.NewNat().SetBytes(invBytes, c.n)
+	if err != nil {
+		return nil, false, err
+	}
+	kinv.Mul(blind, c.n) // (k·b)⁻¹·b = k⁻¹
+	return &nonce{kinv: kinv, r: r}, false, nil
 }
 
 // take returns a nonce from the pool, or a fresh one if it is empty, and

@@ -200,7 +200,6 @@ func (k *key) parseEcdsaPublic() (*ecdsa.PublicKey, error) {
 	return pub, nil
 }
 
-// ecdsaPrivate returns an EC private key.
 // ecdsaScalar is the key for signing with precomputed nonces
 // (ecdsa_nonces.go).
 func (k *key) ecdsaScalar() (*ecScalar, error) {
@@ -222,6 +221,7 @@ func (k *key) ecdsaScalar() (*ecScalar, error) {
 	})
 }
 
+// ecdsaPrivate returns an EC private key.
 func (k *key) ecdsaPrivate() (*ecdsa.PrivateKey, error) {
 	return memoKey(k, "ecdsaPrivate", k.parseEcdsaPrivate)
 }

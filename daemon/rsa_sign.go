@@ -4,7 +4,6 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
-	"errors"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/daemon/internal/rsaraw"
@@ -104,18 +103,6 @@ func (k *key) rsaSigning() (*rsaSigningKey, error) {
 	})
 }
 
-// private applies the private key to an encoded message of the modulus'
-// size.
-func (sk *rsaSigningKey) private(em []byte) ([]byte, error) {
-	if sk.raw != nil {
-		return sk.raw.Private(em)
-	}
-	// crypto/rsa has no raw operation; the bare big-number one would not
-	// be constant-time, so without OpenSSL's copy the callers use
-	// crypto/rsa's own signing instead (signPKCS1v15, signPSS).
-	return nil, errors.New("no raw RSA")
-}
-
 func (sk *rsaSigningKey) signPKCS1v15(h crypto.Hash, in []byte) ([]byte, error) {
 	k := sk.priv.Size()
 	em, err := emsaPKCS1v15(h, in, k)
@@ -125,7 +112,7 @@ func (sk *rsaSigningKey) signPKCS1v15(h crypto.Hash, in []byte) ([]byte, error) 
 	if sk.raw == nil {
 		return rsa.SignPKCS1v15(nil, sk.priv, h, in)
 	}
-	return sk.private(em)
+	return sk.raw.Private(em)
 }
 
 func (sk *rsaSigningKey) signPSS(h crypto.Hash, mHash []byte, saltLen int) ([]byte, error) {
@@ -139,8 +126,5 @@ func (sk *rsaSigningKey) signPSS(h crypto.Hash, mHash []byte, saltLen int) ([]by
 	if err != nil {
 		return nil, err
 	}
-	return sk.private(em)
+	return sk.raw.Private(em)
 }
-
-// newRawForTest is rsaraw.New, for tests in this package.
-var newRawForTest = rsaraw.New

@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"testing"
+
+	"hsmemu/daemon/internal/rsaraw"
 )
 
 // Signatures made with OpenSSL's private operation and the encodings here
@@ -21,7 +23,7 @@ func TestRSASigningEncodings(t *testing.T) {
 			t.Fatal(err)
 		}
 		sk := &rsaSigningKey{priv: priv}
-		raw, err := newRawForTest(priv)
+		raw, err := rsaraw.New(priv)
 		if err != nil {
 			t.Fatal(err)
 		}
