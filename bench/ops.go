@@ -89,7 +89,10 @@ func mechName(m uint) string {
 
 // The keys the ops use are token objects, as a keystore's keys are; they
 // carry this label, and the harness destroys them when it ends.
-var keyLabel = []byte("hsmemu-bench-key")
+var (
+	keyLabel      = []byte("hsmemu-bench-key")
+	generateLabel = []byte("hsmemu-bench-generate") // generate-aes-256's keys, destroyed as made
+)
 
 // aesKey is an AES-256 token key for the given uses.
 func aesKey(e *opEnv, extractable bool, uses ...uint) (object, error) {
@@ -448,7 +451,7 @@ var ops = []op{
 						boolAttr(pkcs11.CKA_TOKEN, true),
 						boolAttr(pkcs11.CKA_PRIVATE, true),
 						boolAttr(pkcs11.CKA_ENCRYPT, true),
-						bytesAttr(pkcs11.CKA_LABEL, []byte("hsmemu-bench-generate")),
+						bytesAttr(pkcs11.CKA_LABEL, generateLabel),
 					)
 					m := newMech(pkcs11.CKM_AES_KEY_GEN, nil)
 					return worker{
@@ -494,13 +497,14 @@ func prepareFind(e *opEnv) (*prepared, error) {
 	return &prepared{
 		worker: func() (worker, error) {
 			var i int
+			stride := findStride(e.objects)
 			ts := make([]*template, e.objects)
 			for n := range ts {
 				ts[n] = newTemplate(ulongAttr(pkcs11.CKA_CLASS, pkcs11.CKO_DATA), bytesAttr(pkcs11.CKA_LABEL, findLabel(n)))
 			}
 			return worker{
 				do: func(s session) (bool, error) {
-					i = (i + 7919) % len(ts) // a stride prime to any count, so no label repeats soon
+					i = (i + stride) % len(ts)
 					found, err := e.m.find(s, ts[i], 2)
 					if err != nil {
 						return false, err
@@ -526,11 +530,11 @@ func prepareFind(e *opEnv) (*prepared, error) {
 func populateFind(m *module, s session, n int) (bool, error) {
 	app := newTemplate(ulongAttr(pkcs11.CKA_CLASS, pkcs11.CKO_DATA), bytesAttr(pkcs11.CKA_APPLICATION, []byte(findApp)))
 	defer app.free()
-	have, err := m.find(s, app, n+1)
+	have, err := m.findAll(s, app)
 	if err != nil {
 		return false, fmt.Errorf("count the bench objects: %w", err)
 	}
-	if len(have) == n {
+	if len(have) == n && hasSampleLabels(m, s, n) {
 		return false, nil
 	}
 	for _, o := range have {
@@ -555,6 +559,32 @@ func populateFind(m *module, s session, n int) (bool, error) {
 		}
 	}
 	return true, nil
+}
+
+// hasSampleLabels samples the labels find looks for (the first, the middle
+// and the last; a search costs SoftHSMv2 a pass over every object): each
+// must be there once, or the token is populated again.
+func hasSampleLabels(m *module, s session, n int) bool {
+	for _, i := range []int{0, n / 2, n - 1} {
+		t := newTemplate(ulongAttr(pkcs11.CKA_CLASS, pkcs11.CKO_DATA), bytesAttr(pkcs11.CKA_LABEL, findLabel(i)))
+		found, err := m.find(s, t, 2)
+		t.free()
+		if err != nil || len(found) != 1 {
+			return false
+		}
+	}
+	return true
+}
+
+// findStride is a step through n labels that visits each of them before
+// any repeats: a prime that does not divide n.
+func findStride(n int) int {
+	for _, p := range []int{7919, 7907, 7901} {
+		if n%p != 0 {
+			return p
+		}
+	}
+	return 1
 }
 
 // errUnsupported marks an op a module cannot run, which is not a failure.

@@ -108,6 +108,18 @@ CK_RV bm_destroy(bm_module *m, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj)
 	return m->f->C_DestroyObject(h, obj);
 }
 
+CK_RV bm_find_init(bm_module *m, CK_SESSION_HANDLE h, CK_ATTRIBUTE *t, CK_ULONG n)
+{
+	return m->f->C_FindObjectsInit(h, t, n);
+}
+
+CK_RV bm_find_next(bm_module *m, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE *objs, CK_ULONG max, CK_ULONG *count)
+{
+	return m->f->C_FindObjects(h, objs, max, count);
+}
+
+CK_RV bm_find_final(bm_module *m, CK_SESSION_HANDLE h) { return m->f->C_FindObjectsFinal(h); }
+
 CK_RV bm_find(bm_module *m, CK_SESSION_HANDLE h, CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *objs, CK_ULONG max, CK_ULONG *count)
 {
 	CK_RV rv = m->f->C_FindObjectsInit(h, t, n);
@@ -219,7 +231,15 @@ CK_MECHANISM *bm_mech_gcm(CK_ULONG ivlen, CK_ULONG tagbits)
 	return m;
 }
 
-/* A fresh IV for each encryption under the same key: a counter. */
+void bm_gcm_set_iv(CK_MECHANISM *mech, const unsigned char *iv, CK_ULONG len)
+{
+	CK_GCM_PARAMS *p = mech->pParameter;
+	memcpy(p->pIv, iv, len < p->ulIvLen ? len : p->ulIvLen);
+}
+
+/* A fresh IV for each encryption under the same key: a counter, from a
+ * random start per worker (bm_gcm_set_iv), so that no two workers, cells
+ * or runs use one IV twice under the bench's key. */
 void bm_gcm_next_iv(CK_MECHANISM *mech)
 {
 	CK_GCM_PARAMS *p = mech->pParameter;

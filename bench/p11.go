@@ -221,8 +221,13 @@ func newMech(typ uint, param []byte) mechanism {
 	return mechanism{C.bm_mech_new(C.CK_MECHANISM_TYPE(typ), pp, C.CK_ULONG(len(param)))}
 }
 
+// newGCMMech makes AES-GCM parameters with a random IV, counted up by
+// nextIV before each encryption.
 func newGCMMech(ivLen, tagBits int) mechanism {
-	return mechanism{C.bm_mech_gcm(C.CK_ULONG(ivLen), C.CK_ULONG(tagBits))}
+	m := mechanism{C.bm_mech_gcm(C.CK_ULONG(ivLen), C.CK_ULONG(tagBits))}
+	iv := randomBytes(ivLen)
+	C.bm_gcm_set_iv(m.p, ptr(iv), C.CK_ULONG(len(iv)))
+	return m
 }
 
 func (m mechanism) nextIV() { C.bm_gcm_next_iv(m.p) }
@@ -264,6 +269,29 @@ func (m *module) find(s session, t *template, max int) ([]object, error) {
 		out[i] = object(objs[i])
 	}
 	return out, nil
+}
+
+// findAll returns every object matching t.
+func (m *module) findAll(s session, t *template) ([]object, error) {
+	const batch = 256
+	objs := make([]C.CK_OBJECT_HANDLE, batch)
+	if err := ok(C.bm_find_init(&m.m, C.CK_SESSION_HANDLE(s), t.p, t.n)); err != nil {
+		return nil, err
+	}
+	defer C.bm_find_final(&m.m, C.CK_SESSION_HANDLE(s))
+	var out []object
+	for {
+		var n C.CK_ULONG
+		if err := ok(C.bm_find_next(&m.m, C.CK_SESSION_HANDLE(s), &objs[0], batch, &n)); err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return out, nil
+		}
+		for _, o := range objs[:n] {
+			out = append(out, object(o))
+		}
+	}
 }
 
 // The measured calls. Buffers are Go memory holding no pointers, which cgo

@@ -33,6 +33,9 @@ CK_RV bm_generate_key_pair(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech
 			   CK_ATTRIBUTE *priv, CK_ULONG npriv, CK_OBJECT_HANDLE *pubkey, CK_OBJECT_HANDLE *privkey);
 CK_RV bm_create(bm_module *m, CK_SESSION_HANDLE h, CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *obj);
 CK_RV bm_destroy(bm_module *m, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj);
+CK_RV bm_find_init(bm_module *m, CK_SESSION_HANDLE h, CK_ATTRIBUTE *t, CK_ULONG n);
+CK_RV bm_find_next(bm_module *m, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE *objs, CK_ULONG max, CK_ULONG *count);
+CK_RV bm_find_final(bm_module *m, CK_SESSION_HANDLE h);
 CK_RV bm_find(bm_module *m, CK_SESSION_HANDLE h, CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *objs, CK_ULONG max, CK_ULONG *count);
 
 /* The measured operations. */
@@ -53,9 +56,10 @@ CK_RV bm_login_logout(bm_module *m, CK_SESSION_HANDLE h, const CK_UTF8CHAR *pin,
 CK_RV bm_generate_destroy(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_ATTRIBUTE *t, CK_ULONG n);
 
 /* A mechanism in C memory, its parameter copied; bm_mech_gcm makes
- * CK_GCM_PARAMS whose IV bm_gcm_next_iv counts up. */
+ * CK_GCM_PARAMS whose IV bm_gcm_set_iv sets and bm_gcm_next_iv counts up. */
 CK_MECHANISM *bm_mech_new(CK_MECHANISM_TYPE type, const void *param, CK_ULONG len);
 CK_MECHANISM *bm_mech_gcm(CK_ULONG ivlen, CK_ULONG tagbits);
+void bm_gcm_set_iv(CK_MECHANISM *mech, const unsigned char *iv, CK_ULONG len);
 void bm_gcm_next_iv(CK_MECHANISM *mech);
 void bm_mech_free(CK_MECHANISM *mech);
 

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -55,6 +56,9 @@ func (o *Options) defaults() error {
 	}
 	if o.Token == "" {
 		o.Token = "hsmemu-bench"
+	}
+	if len(o.Token) > 32 || strings.TrimRight(o.Token, " ") != o.Token {
+		return fmt.Errorf("token label %q: at most 32 bytes, no trailing spaces (CK_TOKEN_INFO's label field)", o.Token)
 	}
 	if len(o.Concurrency) == 0 {
 		o.Concurrency = []int{1}
@@ -354,6 +358,20 @@ func openTarget(path string, opt Options, nSessions int, sel []*op) (*target, []
 	if err := m.login(t.sessions[0], pkcs11.CKU_USER, opt.PIN); err != nil && !is(err, pkcs11.CKR_USER_ALREADY_LOGGED_IN) {
 		return fail(fmt.Errorf("C_Login: %w", err))
 	}
+	// Keys an earlier run could not destroy (it was killed, say) go now.
+	for _, label := range [][]byte{keyLabel, generateLabel} {
+		lt := newTemplate(bytesAttr(pkcs11.CKA_LABEL, label))
+		left, err := m.findAll(t.sessions[0], lt)
+		lt.free()
+		if err == nil {
+			for _, o := range left {
+				m.destroy(t.sessions[0], o)
+			}
+			if len(left) > 0 {
+				notes = append(notes, SetupNote{What: fmt.Sprintf("removed %d keys an earlier run left (%s)", len(left), label)})
+			}
+		}
+	}
 	for _, o := range sel {
 		if mech, why := checkOp(o, m.mechFlags); why != "" {
 			t.missing[o.name] = why
@@ -555,12 +573,7 @@ func (t *target) measure(o *op, c int, opt Options) (Cell, error) {
 			return Cell{}, fmt.Errorf("C_Logout before measuring login: %w", err)
 		}
 	}
-	workers := make([]worker, c)
-	for i := range workers {
-		if workers[i], err = p.worker(); err != nil {
-			return Cell{}, err
-		}
-	}
+	workers := make([]worker, 0, c)
 	defer func() {
 		for _, w := range workers {
 			if w.tidy != nil {
@@ -571,6 +584,13 @@ func (t *target) measure(o *op, c int, opt Options) (Cell, error) {
 			}
 		}
 	}()
+	for range c {
+		w, err := p.worker()
+		if err != nil {
+			return Cell{}, err
+		}
+		workers = append(workers, w)
+	}
 	type out struct {
 		n      uint64
 		active time.Duration
@@ -580,25 +600,45 @@ func (t *target) measure(o *op, c int, opt Options) (Cell, error) {
 	outs := make([]out, c)
 	var wg sync.WaitGroup
 	start := make(chan struct{})
+	warm, window := newPhase(c), newPhase(c)
 	for i := range workers {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
 			w, s := workers[i], t.sessions[i]
 			<-start
-			loop := func(d time.Duration, h *Histogram) (uint64, time.Duration, error) {
+			// loop runs the op until the phase's time is up. Time spent
+			// yielding or tidying is not the op's: it is left out of the
+			// latencies and the active time, and the window is extended
+			// by it. Tidying pauses every worker at once, so that none
+			// measures unwraps against another's burst of destroys.
+			loop := func(ph *phase, d time.Duration, h *Histogram) (uint64, time.Duration, error) {
+				defer ph.leave()
 				var n uint64
 				var paused time.Duration
 				begin := time.Now()
 				end := begin.Add(d)
 				now := begin
+				pause := func(f func() error) error {
+					err := f()
+					after := time.Now()
+					paused += after.Sub(now)
+					end = end.Add(after.Sub(now))
+					now = after
+					return err
+				}
 				for now.Before(end) {
 					if n%64 == 63 {
 						// A goroutine that lives in cgo calls never passes
 						// through the scheduler; after 10 ms the runtime
 						// starts taking its P at every call, which costs
 						// the client a thread hand-off per call.
-						runtime.Gosched()
+						pause(func() error { runtime.Gosched(); return nil })
+					}
+					if ph.tidyAsked() {
+						if err := pause(func() error { return ph.tidyTogether(func() error { return w.tidy(s) }) }); err != nil {
+							return n, 0, err
+						}
 					}
 					tidy, err := w.do(s)
 					after := time.Now()
@@ -611,25 +651,22 @@ func (t *target) measure(o *op, c int, opt Options) (Cell, error) {
 					n++
 					now = after
 					if tidy {
-						if err := w.tidy(s); err != nil {
-							return n, 0, err
-						}
-						after = time.Now()
-						paused += after.Sub(now)
-						end = end.Add(after.Sub(now))
-						now = after
+						ph.askTidy()
 					}
 				}
 				return n, now.Sub(begin) - paused, nil
 			}
 			if opt.Warmup > 0 {
-				if _, _, err := loop(opt.Warmup, nil); err != nil {
+				if _, _, err := loop(warm, opt.Warmup, nil); err != nil {
+					window.leave()
 					outs[i].err = err
 					return
 				}
+			} else {
+				warm.leave()
 			}
 			h := NewHistogram()
-			n, active, err := loop(opt.Duration, h)
+			n, active, err := loop(window, opt.Duration, h)
 			outs[i] = out{n: n, active: active, h: h, err: err}
 		}(i)
 	}
@@ -650,4 +687,67 @@ func (t *target) measure(o *op, c int, opt Options) (Cell, error) {
 	}
 	cell.Active = active / time.Duration(c)
 	return cell, nil
+}
+
+// phase is one measuring stretch of a cell's workers (the warm-up, the
+// window), with the barrier by which they tidy up together.
+type phase struct {
+	ask atomic.Bool
+
+	mu    sync.Mutex
+	cond  *sync.Cond
+	n     int // workers still in the phase
+	count int // arrived at the barrier
+	gen   int
+}
+
+func newPhase(n int) *phase {
+	p := &phase{n: n}
+	p.cond = sync.NewCond(&p.mu)
+	return p
+}
+
+func (p *phase) askTidy()        { p.ask.Store(true) }
+func (p *phase) tidyAsked() bool { return p.ask.Load() }
+
+// tidyTogether waits until every worker still in the phase has stopped,
+// runs f, and waits again until all have tidied before any goes on.
+func (p *phase) tidyTogether(f func() error) error {
+	p.wait()
+	p.ask.Store(false)
+	err := f()
+	p.wait()
+	return err
+}
+
+// wait is a barrier over the workers still in the phase.
+func (p *phase) wait() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	g := p.gen
+	p.count++
+	if p.releaseLocked() {
+		return
+	}
+	for g == p.gen {
+		p.cond.Wait()
+	}
+}
+
+// leave takes a worker whose time is up out of the barrier.
+func (p *phase) leave() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.n--
+	p.releaseLocked()
+}
+
+func (p *phase) releaseLocked() bool {
+	if p.count == 0 || p.count < p.n {
+		return false
+	}
+	p.count = 0
+	p.gen++
+	p.cond.Broadcast()
+	return true
 }
