@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"hsmemu/cryptoki/unixfd"
 )
 
 // The socket-roundtrip benchmark's server is this same binary, re-executed
@@ -116,34 +118,11 @@ type echoFd struct {
 	closed bool
 }
 
-// echoBlockingFd duplicates c's descriptor and puts it in blocking mode.
-// The duplicate is made with fcntl inside SyscallConn().Control, not with
-// UnixConn.File, which would register it with the runtime's poller
-// (edge-triggered, until closed) so that every request and reply would
-// wake an idle scheduler thread. The caller closes c next; blocking mode
-// belongs to the open file description, which c shares.
+// echoBlockingFd duplicates c's descriptor in blocking mode, out of the
+// runtime's poller (unixfd.DupBlocking); the caller closes c next.
 func echoBlockingFd(c *net.UnixConn) (*echoFd, error) {
-	raw, err := c.SyscallConn()
+	fd, err := unixfd.DupBlocking(c)
 	if err != nil {
-		return nil, err
-	}
-	fd := -1
-	var derr error
-	if err := raw.Control(func(s uintptr) {
-		r, _, errno := syscall.Syscall(syscall.SYS_FCNTL, s, syscall.F_DUPFD_CLOEXEC, 0)
-		if errno != 0 {
-			derr = errno
-			return
-		}
-		fd = int(r)
-	}); err != nil {
-		return nil, err
-	}
-	if derr != nil {
-		return nil, fmt.Errorf("duplicate connection descriptor: %w", derr)
-	}
-	if err := syscall.SetNonblock(fd, false); err != nil {
-		syscall.Close(fd)
 		return nil, err
 	}
 	return &echoFd{fd: fd}, nil

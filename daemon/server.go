@@ -17,6 +17,7 @@ import (
 
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/unixfd"
 	"hsmemu/cryptoki/wire"
 )
 
@@ -276,11 +277,8 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 // in read holds an OS thread, which the module's small connection pools
 // keep few.
 //
-// The descriptor is a raw duplicate that the runtime never sees. One made
-// by net.UnixConn.File would be registered with the poller (edge-triggered,
-// readable and writable) until closed, so every request and every reply
-// would wake an idle thread into the scheduler for nothing: measured, that
-// doubled the round trip on a two-core machine.
+// The descriptor is a raw duplicate that the runtime never sees
+// (unixfd.DupBlocking says why that matters).
 type fdConn struct {
 	fd int
 
@@ -289,29 +287,8 @@ type fdConn struct {
 }
 
 func newFdConn(c *net.UnixConn) (*fdConn, error) {
-	raw, err := c.SyscallConn()
+	fd, err := unixfd.DupBlocking(c)
 	if err != nil {
-		return nil, err
-	}
-	fd := -1
-	var derr error
-	if err := raw.Control(func(s uintptr) {
-		r, _, errno := syscall.Syscall(syscall.SYS_FCNTL, s, syscall.F_DUPFD_CLOEXEC, 0)
-		if errno != 0 {
-			derr = errno
-			return
-		}
-		fd = int(r)
-	}); err != nil {
-		return nil, err
-	}
-	if derr != nil {
-		return nil, fmt.Errorf("duplicate connection descriptor: %w", derr)
-	}
-	// Blocking mode belongs to the open file, shared with c, which the
-	// caller closes next.
-	if err := syscall.SetNonblock(fd, false); err != nil {
-		syscall.Close(fd)
 		return nil, err
 	}
 	return &fdConn{fd: fd}, nil
