@@ -120,6 +120,18 @@ func aesKey(e *opEnv, extractable bool, uses ...uint) (object, error) {
 	return k, nil
 }
 
+// wrapKeys makes the wrapping key and the extractable key it wraps.
+func wrapKeys(e *opEnv) (kek, key object, err error) {
+	if kek, err = aesKey(e, false, pkcs11.CKA_WRAP, pkcs11.CKA_UNWRAP); err != nil {
+		return 0, 0, err
+	}
+	if key, err = aesKey(e, true, pkcs11.CKA_ENCRYPT); err != nil {
+		e.m.destroy(e.s, kek)
+		return 0, 0, err
+	}
+	return kek, key, nil
+}
+
 // keyPair makes a token key pair for signing.
 func keyPair(e *opEnv, mech uint, pub []attr) (object, object, error) {
 	pubT := newTemplate(append(pub, boolAttr(pkcs11.CKA_TOKEN, true), boolAttr(pkcs11.CKA_VERIFY, true),
@@ -203,13 +215,8 @@ var ops = []op{
 		choose: []mechNeed{{ckmKWP, pkcs11.CKF_WRAP}, {ckmKWPad, pkcs11.CKF_WRAP}, {ckmKW, pkcs11.CKF_WRAP}},
 		needs:  []mechNeed{{pkcs11.CKM_AES_KEY_GEN, pkcs11.CKF_GENERATE}},
 		prepare: func(e *opEnv) (*prepared, error) {
-			kek, err := aesKey(e, false, pkcs11.CKA_WRAP, pkcs11.CKA_UNWRAP)
+			kek, key, err := wrapKeys(e)
 			if err != nil {
-				return nil, err
-			}
-			key, err := aesKey(e, true, pkcs11.CKA_ENCRYPT)
-			if err != nil {
-				e.m.destroy(e.s, kek)
 				return nil, err
 			}
 			m := newMech(e.mech, nil)
@@ -232,13 +239,8 @@ var ops = []op{
 		choose: []mechNeed{{ckmKWP, pkcs11.CKF_UNWRAP}, {ckmKWPad, pkcs11.CKF_UNWRAP}, {ckmKW, pkcs11.CKF_UNWRAP}},
 		needs:  []mechNeed{{pkcs11.CKM_AES_KEY_GEN, pkcs11.CKF_GENERATE}},
 		prepare: func(e *opEnv) (*prepared, error) {
-			kek, err := aesKey(e, false, pkcs11.CKA_WRAP, pkcs11.CKA_UNWRAP)
+			kek, key, err := wrapKeys(e)
 			if err != nil {
-				return nil, err
-			}
-			key, err := aesKey(e, true, pkcs11.CKA_ENCRYPT)
-			if err != nil {
-				e.m.destroy(e.s, kek)
 				return nil, err
 			}
 			m := newMech(e.mech, nil)
