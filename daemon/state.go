@@ -12,6 +12,7 @@ import (
 
 	"hsmemu/keystore"
 	"hsmemu/tpmroot"
+	"hsmemu/tpmroot/escrow"
 )
 
 // StateConfig says where the daemon's state lives and which TPM holds its
@@ -21,7 +22,17 @@ type StateConfig struct {
 	TPM    string // "managed", a device path, "swtpm:unix:PATH", or "" for the default
 	Logger *slog.Logger
 	Store  keystore.Options
+	// Escrow says to whom a new master key is split, when this open
+	// provisions the domain; zero means to no one.
+	Escrow tpmroot.ProvisionOptions
+	// ProvisionOnly refuses a state directory that already holds a domain
+	// (ErrAlreadyProvisioned) instead of opening it: `hsmemu init`.
+	ProvisionOnly bool
 }
+
+// ErrAlreadyProvisioned is OpenState's answer, with ProvisionOnly, for a
+// state directory that already holds a security domain.
+var ErrAlreadyProvisioned = errors.New("the state directory already holds a security domain")
 
 // State is an opened state directory: the TPM, the master key loaded in it,
 // and the keystore attached to it.
@@ -31,6 +42,9 @@ type State struct {
 	Store *keystore.Store
 	// Provisioned is true when this open created the domain.
 	Provisioned bool
+	// Shares are the custodians' encrypted shares of a domain this open
+	// created with escrow, for the caller to hand out; nil otherwise.
+	Shares []escrow.EncryptedShare
 }
 
 // DatabaseName is the keystore's file name inside the state directory.
@@ -79,7 +93,7 @@ func OpenState(ctx context.Context, cfg StateConfig) (_ *State, err error) {
 			}
 			return nil, err
 		}
-		p, err := st.TPM.Provision(tpmroot.ProvisionOptions{})
+		p, err := st.TPM.Provision(cfg.Escrow)
 		if err != nil {
 			return nil, fmt.Errorf("provision master key: %w", err)
 		}
@@ -87,17 +101,30 @@ func OpenState(ctx context.Context, cfg StateConfig) (_ *State, err error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := st.Store.SetRootRecord(ctx, &keystore.RootRecord{Sealed: sealed, DomainID: p.Sealed.DomainID}); err != nil {
+		rec := &keystore.RootRecord{Sealed: sealed, DomainID: p.Sealed.DomainID}
+		if p.Escrowed() {
+			if rec.Escrow, err = p.Escrow.MarshalBinary(); err != nil {
+				return nil, err
+			}
+			st.Shares = p.Shares
+		}
+		if err := st.Store.SetRootRecord(ctx, rec); err != nil {
 			return nil, err
 		}
 		st.Provisioned = true
 		log.Info("provisioned a new security domain", "domain", fmt.Sprintf("%x", p.Sealed.DomainID[:8]))
-		log.Warn("the master key is not escrowed to any custodian: if this TPM is lost, every key in this keystore is lost with it")
+		if p.Escrowed() {
+			log.Info("master key escrowed", "custodians", len(p.Shares), "threshold", cfg.Escrow.Threshold)
+		} else {
+			log.Warn("the master key is not escrowed to any custodian: if this TPM is lost, every key in this keystore is lost with it")
+		}
 		if st.Root, err = st.TPM.Load(p.Sealed); err != nil {
 			return nil, err
 		}
 	case err != nil:
 		return nil, err
+	case cfg.ProvisionOnly:
+		return nil, ErrAlreadyProvisioned
 	default:
 		var sealed tpmroot.Sealed
 		if err := sealed.UnmarshalBinary(rec.Sealed); err != nil {

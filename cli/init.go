@@ -1,0 +1,168 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"hsmemu/daemon"
+	"hsmemu/tpmroot"
+	"hsmemu/tpmroot/escrow"
+)
+
+func initCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "init",
+		Usage: "provision a state directory: a new master key in the TPM, escrowed M-of-N to custodians",
+		Description: `Creates the security domain of a new state directory: a master key inside
+the TPM and an empty keystore. With custodians, the master key is split so
+that any --threshold of them can recreate it in another TPM; one encrypted
+share per custodian is written to --shares-dir as NAME.share, where NAME is
+the custodian's key file name without its extension. A share opens only
+with its custodian's private key, so it may be stored and sent in clear.
+
+Without custodians the master key is not escrowed: if this TPM is lost,
+cleared or (for swtpm) its state directory deleted, every key in the
+keystore is lost with it. 'hsmemu serve' on an empty state directory
+provisions the same way, without custodians.
+
+Custodian keys are public keys in PEM (openssl pkey -pubout): RSA of 2048
+bits or more, EC P-256, P-384 or P-521, or X25519.
+
+Exit codes: 0 done; 1 failed (nothing provisioned unless it says so);
+2 bad usage; 3 the state directory already holds a domain.
+
+Examples:
+  hsmemu init --state-dir /var/lib/hsmemu --custodian alice.pem --custodian bob.pem --custodian carol.pem --threshold 2
+  hsmemu init --state-dir /tmp/try --tpm managed`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "state-dir", Usage: "state directory", EnvVars: []string{"HSMEMU_STATE_DIR"}, Value: defaultStateDir()},
+			&cli.StringFlag{Name: "tpm", Usage: "managed, a device path such as /dev/tpmrm0, or swtpm:unix:PATH", EnvVars: []string{"HSMEMU_TPM"}},
+			&cli.StringSliceFlag{Name: "custodian", Usage: "a custodian's public key, PEM (repeat for each)"},
+			&cli.IntFlag{Name: "threshold", Usage: "how many custodians' shares recreate the master key"},
+			&cli.StringFlag{Name: "shares-dir", Value: ".", Usage: "where to write the custodians' shares"},
+			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
+		},
+		Action: runInit,
+	}
+}
+
+// initResult is what init reports.
+type initResult struct {
+	StateDir     string       `json:"state_dir"`
+	TPM          string       `json:"tpm"`
+	Manufacturer string       `json:"manufacturer"`
+	Domain       string       `json:"domain"`
+	Escrowed     bool         `json:"escrowed"`
+	Threshold    int          `json:"threshold,omitempty"`
+	Shares       []shareWrite `json:"shares,omitempty"`
+}
+
+type shareWrite struct {
+	Custodian   string `json:"custodian"`
+	Fingerprint string `json:"fingerprint"`
+	Index       int    `json:"index"`
+	File        string `json:"file"`
+}
+
+func runInit(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return cli.Exit("hsmemu init: unexpected arguments "+strings.Join(c.Args().Slice(), " ")+" (custodians go with --custodian)", 2)
+	}
+	var custodians []escrow.Custodian
+	for _, path := range c.StringSlice("custodian") {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return cli.Exit("hsmemu init: --custodian: "+err.Error(), 2)
+		}
+		name := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+		cu, err := escrow.ParseCustodianPEM(name, b)
+		if err != nil {
+			return cli.Exit(fmt.Sprintf("hsmemu init: --custodian %s: %v", path, err), 2)
+		}
+		custodians = append(custodians, cu)
+	}
+	threshold := c.Int("threshold")
+	switch {
+	case len(custodians) == 0 && threshold != 0:
+		return cli.Exit("hsmemu init: --threshold without --custodian: name the custodians whose shares it counts", 2)
+	case len(custodians) > 0 && (threshold < 1 || threshold > len(custodians)):
+		return cli.Exit(fmt.Sprintf("hsmemu init: --threshold must be 1 to %d: how many of the %d custodians' shares recreate the master key", len(custodians), len(custodians)), 2)
+	}
+	// Where the shares go is checked before anything is provisioned: a
+	// domain whose shares could not be written would be escrowed to no one.
+	dir := c.String("shares-dir")
+	paths := make([]string, len(custodians))
+	for i, cu := range custodians {
+		paths[i] = filepath.Join(dir, cu.Name+".share")
+		if _, err := os.Stat(paths[i]); err == nil {
+			return cli.Exit(fmt.Sprintf("hsmemu init: %s exists; move it away or choose another --shares-dir", paths[i]), 2)
+		}
+	}
+	if len(custodians) > 0 {
+		if err := checkWritable(dir); err != nil {
+			return cli.Exit("hsmemu init: --shares-dir: "+err.Error(), 2)
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	stateDir := c.String("state-dir")
+	st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: stateDir, TPM: c.String("tpm"), Logger: slog.New(slog.DiscardHandler), // init says what matters itself
+		Escrow: tpmroot.ProvisionOptions{Custodians: custodians, Threshold: threshold}, ProvisionOnly: true})
+	if errors.Is(err, daemon.ErrAlreadyProvisioned) {
+		return cli.Exit(fmt.Sprintf("hsmemu init: %s already holds a security domain; nothing was changed ('hsmemu serve' opens it)", stateDir), 3)
+	}
+	if err != nil {
+		return cli.Exit("hsmemu init: "+err.Error(), 1)
+	}
+	defer st.Close()
+	info := st.TPM.Info()
+	res := initResult{StateDir: stateDir, TPM: info.Kind, Manufacturer: info.Manufacturer,
+		Domain: fmt.Sprintf("%x", st.Root.DomainID()), Escrowed: len(st.Shares) > 0}
+	if res.Escrowed {
+		res.Threshold = threshold
+	}
+	for i, sh := range st.Shares {
+		if err := os.WriteFile(paths[i], sh.File, 0o600); err != nil {
+			return cli.Exit(fmt.Sprintf("hsmemu init: the domain is provisioned, but writing %s failed: %v; the shares not written are lost, so start again on a new state directory", paths[i], err), 1)
+		}
+		res.Shares = append(res.Shares, shareWrite{Custodian: sh.Custodian, Fingerprint: sh.Fingerprint, Index: int(sh.Index), File: paths[i]})
+	}
+	if c.Bool("json") {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	w := c.App.Writer
+	fmt.Fprintf(w, "provisioned security domain %s in %s (TPM %s, %s)\n", res.Domain, stateDir, info.Kind, info.Manufacturer)
+	if !res.Escrowed {
+		fmt.Fprintln(c.App.ErrWriter, "WARNING: the master key is not escrowed to any custodian: if this TPM is lost, every key in this keystore is lost with it. Use --custodian and --threshold to escrow it.")
+		return nil
+	}
+	fmt.Fprintf(w, "escrowed: any %d of these %d custodians' shares recreate it:\n", threshold, len(res.Shares))
+	for _, s := range res.Shares {
+		fmt.Fprintf(w, "  share %d for %s (key %s): %s\n", s.Index, s.Custodian, s.Fingerprint, s.File)
+	}
+	fmt.Fprintln(w, "give each share to its custodian; a share opens only with that custodian's private key")
+	return nil
+}
+
+// checkWritable makes sure a file can be created in dir.
+func checkWritable(dir string) error {
+	f, err := os.CreateTemp(dir, ".hsmemu-write-check-*")
+	if err != nil {
+		return err
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
+}
