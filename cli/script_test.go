@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"crypto/ecdh"
 	"crypto/rand"
 	"crypto/x509"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"hsmemu/daemon"
+	"hsmemu/keystore"
 	"hsmemu/tpmroot/escrow"
 	"hsmemu/tpmroot/tpmtest"
 )
@@ -36,6 +39,8 @@ func TestScripts(t *testing.T) {
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"genkey":    cmdGenkey,
 			"openshare": cmdOpenshare,
+			"putkey":    cmdPutkey,
+			"getkey":    cmdGetkey,
 		},
 	})
 }
@@ -82,4 +87,69 @@ func cmdOpenshare(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(err)
 	defer sh.Wipe()
 	fmt.Fprintf(ts.Stdout(), "index %d threshold %d domain %x\n", sh.Index, sh.Threshold, sh.DomainID)
+}
+
+// The token and key the recovery script stores and reads back.
+var (
+	scriptUserPIN = []byte("user-pin-1234")
+	scriptSecret  = []byte("0123456789abcdef0123456789abcdef")
+)
+
+// putkey STATE-DIR stores an AES key in a new token of the keystore there,
+// through the daemon's own state opening (its managed swtpm included).
+func cmdPutkey(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: putkey STATE-DIR")
+	}
+	ctx := context.Background()
+	st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: ts.MkAbs(args[0]), TPM: "managed"})
+	ts.Check(err)
+	defer st.Close()
+	ti, err := st.Store.CreateToken(ctx, keystore.TokenSpec{Label: "recovered", Tier: keystore.TierStandard,
+		SOPIN: []byte("so-pin-12345678"), UserPIN: scriptUserPIN})
+	ts.Check(err)
+	ts.Check(st.Store.Login(ctx, ti.UUID, keystore.RoleUser, scriptUserPIN))
+	attrs, err := keystore.NewAttributes(
+		keystore.Attribute{Type: keystore.AttrClass, Value: keystore.Ulong(4)},
+		keystore.Attribute{Type: keystore.AttrKeyType, Value: keystore.Ulong(0x1f)},
+		keystore.Attribute{Type: keystore.AttrToken, Value: keystore.Bool(true)},
+		keystore.Attribute{Type: keystore.AttrPrivate, Value: keystore.Bool(true)},
+		keystore.Attribute{Type: keystore.AttrLabel, Value: []byte("k")},
+	)
+	ts.Check(err)
+	_, err = st.Store.Put(ctx, ti.UUID, attrs, scriptSecret)
+	ts.Check(err)
+}
+
+// getkey STATE-DIR opens that key again and checks its value; with !,
+// checks that the state directory does not open.
+func cmdGetkey(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 1 {
+		ts.Fatalf("usage: getkey STATE-DIR")
+	}
+	ctx := context.Background()
+	st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: ts.MkAbs(args[0]), TPM: "managed"})
+	if neg {
+		if err == nil {
+			st.Close()
+			ts.Fatalf("%s opened", args[0])
+		}
+		return
+	}
+	ts.Check(err)
+	defer st.Close()
+	ti, err := st.Store.TokenByLabel(ctx, "recovered")
+	ts.Check(err)
+	ts.Check(st.Store.Login(ctx, ti.UUID, keystore.RoleUser, scriptUserPIN))
+	ids, err := st.Store.Find(ctx, ti.UUID, keystore.Filter{IncludePrivate: true, Label: []byte("k")})
+	ts.Check(err)
+	if len(ids) != 1 {
+		ts.Fatalf("%d keys labelled k", len(ids))
+	}
+	obj, err := st.Store.Open(ctx, ids[0])
+	ts.Check(err)
+	if string(obj.Secret) != string(scriptSecret) {
+		ts.Fatalf("the key's value changed")
+	}
+	fmt.Fprintln(ts.Stdout(), "key opened, value intact")
 }

@@ -3,6 +3,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -154,4 +155,70 @@ func (s *State) Close() error {
 		errs = append(errs, s.TPM.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// RecoverState makes cfg.Dir, which must hold no keystore, the home of the
+// security domain of the keystore at from: it copies that keystore in and
+// recreates its master key in cfg.Dir's TPM from custodians' decrypted
+// shares. The shares must be of the keystore's own domain. After it,
+// OpenState on cfg.Dir opens every object the old keystore held.
+func RecoverState(ctx context.Context, cfg StateConfig, from string, shares []*escrow.Share) (domain []byte, err error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("no state directory given")
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	dst := filepath.Join(cfg.Dir, DatabaseName)
+	if _, err := os.Stat(dst); err == nil {
+		return nil, ErrAlreadyProvisioned
+	}
+	if err := keystore.CopyFile(ctx, from, dst); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			for _, suffix := range []string{"", "-wal", "-shm"} {
+				os.Remove(dst + suffix)
+			}
+		}
+	}()
+	store, err := keystore.Open(ctx, dst, cfg.Store)
+	if err != nil {
+		return nil, err
+	}
+	defer store.Close()
+	rec, err := store.RootRecord(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("the keystore to recover: %w", err)
+	}
+	for _, sh := range shares {
+		if !bytes.Equal(sh.DomainID, rec.DomainID) {
+			return nil, fmt.Errorf("a share of domain %x is not of this keystore's domain %x", sh.DomainID[:8], rec.DomainID[:8])
+		}
+	}
+	spec, err := tpmroot.ParseSpec(cfg.TPM, cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	tpm, err := tpmroot.Open(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	defer tpm.Close()
+	sealed, err := tpm.Recover(shares)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(sealed.DomainID, rec.DomainID) {
+		return nil, errors.New("the shares recreate another domain than the keystore's")
+	}
+	b, err := sealed.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	if err := store.SetRootRecord(ctx, &keystore.RootRecord{Sealed: b, DomainID: rec.DomainID, Escrow: rec.Escrow}); err != nil {
+		return nil, err
+	}
+	return rec.DomainID, nil
 }

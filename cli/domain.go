@@ -1,0 +1,110 @@
+package cli
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"hsmemu/daemon"
+	"hsmemu/tpmroot/escrow"
+)
+
+func domainCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "domain",
+		Usage: "the security domain: recover it into a new TPM",
+		Subcommands: []*cli.Command{{
+			Name:  "recover",
+			Usage: "recreate a keystore's master key in the TPM of a new state directory from custodians' shares",
+			Description: `Copies the keystore --from (a keystore.db, consistently, even while a daemon
+uses it) into the new --state-dir and recreates its master key in that state
+directory's TPM from at least the threshold of custodians' shares, each
+given as SHARE:KEY, the share file and its custodian's private key (PEM,
+PKCS#8). The shares must belong to the keystore's domain. 'hsmemu serve'
+on the new state directory then opens every key the old keystore held.
+
+Exit codes: 0 done; 1 failed (the new state directory is left without a
+keystore); 2 bad usage; 3 the new state directory already holds a keystore.
+
+Example:
+  hsmemu domain recover --state-dir /var/lib/hsmemu-new --from /backup/keystore.db \
+    --share alice.share:alice.key --share bob.share:bob.key`,
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "state-dir", Usage: "the new state directory", EnvVars: []string{"HSMEMU_STATE_DIR"}, Value: defaultStateDir()},
+				&cli.StringFlag{Name: "tpm", Usage: "managed, a device path such as /dev/tpmrm0, or swtpm:unix:PATH", EnvVars: []string{"HSMEMU_TPM"}},
+				&cli.StringFlag{Name: "from", Usage: "the keystore to recover (a keystore.db)", Required: true},
+				&cli.StringSliceFlag{Name: "share", Usage: "SHARE:KEY, a custodian's share file and private key (repeat for each)"},
+			},
+			Action: runRecover,
+		}},
+	}
+}
+
+func runRecover(c *cli.Context) error {
+	var shares []*escrow.Share
+	defer func() {
+		for _, s := range shares {
+			s.Wipe()
+		}
+	}()
+	for _, arg := range c.StringSlice("share") {
+		file, key, ok := strings.Cut(arg, ":")
+		if !ok {
+			return cli.Exit(fmt.Sprintf("hsmemu domain recover: --share %s: give SHARE:KEY, the share file and its custodian's private key", arg), 2)
+		}
+		sh, err := openShare(file, key)
+		if err != nil {
+			return cli.Exit(fmt.Sprintf("hsmemu domain recover: --share %s: %v", file, err), 2)
+		}
+		shares = append(shares, sh)
+	}
+	if len(shares) == 0 {
+		return cli.Exit("hsmemu domain recover: no --share: give the threshold of custodians' shares as SHARE:KEY", 2)
+	}
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	dir := c.String("state-dir")
+	domain, err := daemon.RecoverState(ctx, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), Logger: slog.New(slog.DiscardHandler)},
+		c.String("from"), shares)
+	switch {
+	case errors.Is(err, daemon.ErrAlreadyProvisioned):
+		return cli.Exit(fmt.Sprintf("hsmemu domain recover: %s already holds a keystore; recover into a new state directory", dir), 3)
+	case errors.Is(err, escrow.ErrNotEnoughShares):
+		return cli.Exit(fmt.Sprintf("hsmemu domain recover: %v: give more custodians' shares", err), 1)
+	case err != nil:
+		return cli.Exit("hsmemu domain recover: "+err.Error(), 1)
+	}
+	fmt.Fprintf(c.App.Writer, "recovered security domain %x into %s from %d shares; 'hsmemu serve --state-dir %s' opens it\n", domain, dir, len(shares), dir)
+	return nil
+}
+
+// openShare decrypts a share file with its custodian's PKCS#8 private key.
+func openShare(file, keyFile string) (*escrow.Share, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	kb, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(kb)
+	block, _ := pem.Decode(kb)
+	if block == nil {
+		return nil, fmt.Errorf("%s: no PEM private key", keyFile)
+	}
+	defer clear(block.Bytes)
+	priv, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", keyFile, err)
+	}
+	return escrow.DecryptShare(b, priv)
+}

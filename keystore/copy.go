@@ -1,0 +1,34 @@
+package keystore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+)
+
+// CopyFile writes a consistent copy of the keystore at src to dst, which
+// must not exist: SQLite's VACUUM INTO, run on a read-only connection, so
+// the copy is one committed state of src even while a daemon writes to it.
+// What it copies is as protected as src: sealed objects and PIN records.
+func CopyFile(ctx context.Context, src, dst string) error {
+	if _, err := os.Stat(dst); err == nil {
+		return fmt.Errorf("keystore: %s exists", dst)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if _, err := os.Stat(src); err != nil {
+		return fmt.Errorf("keystore: %w", err)
+	}
+	db, err := sql.Open("sqlite3", "file:"+src+"?mode=ro&_busy_timeout=10000")
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, "VACUUM INTO ?", dst); err != nil {
+		os.Remove(dst)
+		return fmt.Errorf("keystore: copy %s: %w", src, err)
+	}
+	return os.Chmod(dst, 0o600)
+}
