@@ -7,8 +7,10 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"net"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
 
@@ -41,6 +43,7 @@ func TestScripts(t *testing.T) {
 			"openshare": cmdOpenshare,
 			"putkey":    cmdPutkey,
 			"getkey":    cmdGetkey,
+			"waitsock":  cmdWaitsock,
 		},
 	})
 }
@@ -152,4 +155,20 @@ func cmdGetkey(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("the key's value changed")
 	}
 	fmt.Fprintln(ts.Stdout(), "key opened, value intact")
+}
+
+// waitsock PATH waits up to 30 s for a daemon to answer on a socket.
+func cmdWaitsock(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: waitsock PATH")
+	}
+	path := ts.MkAbs(args[0])
+	for range 300 {
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ts.Fatalf("nothing answers on %s", args[0])
 }

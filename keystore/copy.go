@@ -32,3 +32,25 @@ func CopyFile(ctx context.Context, src, dst string) error {
 	}
 	return os.Chmod(dst, 0o600)
 }
+
+// DomainOf reads the domain id a keystore file's root record names,
+// without opening it as a store (nothing is written next to it).
+func DomainOf(ctx context.Context, path string) ([]byte, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("keystore: %w", err)
+	}
+	db, err := sql.Open("sqlite3", "file:"+path+"?mode=ro&_busy_timeout=10000")
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	var domain []byte
+	err = db.QueryRowContext(ctx, "SELECT domain_id FROM root WHERE id = 1").Scan(&domain)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotProvisioned
+	}
+	if err != nil {
+		return nil, fmt.Errorf("keystore: %s is not a keystore: %w", path, err)
+	}
+	return domain, nil
+}

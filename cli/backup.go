@@ -1,0 +1,151 @@
+package cli
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"hsmemu/daemon"
+	"hsmemu/keystore"
+)
+
+func backupCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "backup",
+		Usage:     "write a consistent copy of the whole keystore, while the daemon runs",
+		ArgsUsage: "FILE",
+		Description: `Copies the state directory's keystore to FILE (SQLite's VACUUM INTO on a
+read-only connection: one committed state, even while the daemon writes).
+The copy is as protected as the keystore: every secret in it is sealed under
+the TPM's master key, so it opens only in this security domain, on this TPM
+or on one recovered from the custodians' shares.
+
+Exit codes: 0 done; 1 failed; 2 bad usage.
+
+Example:
+  hsmemu backup --state-dir /var/lib/hsmemu /backup/keystore-$(date +%F).db`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "state-dir", Usage: "state directory", EnvVars: []string{"HSMEMU_STATE_DIR"}, Value: defaultStateDir()},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return cli.Exit("hsmemu backup: give the FILE to write", 2)
+			}
+			dst := c.Args().First()
+			src := filepath.Join(c.String("state-dir"), daemon.DatabaseName)
+			domain, err := keystore.DomainOf(c.Context, src)
+			if err != nil {
+				return cli.Exit("hsmemu backup: "+err.Error(), 1)
+			}
+			if err := keystore.CopyFile(c.Context, src, dst); err != nil {
+				return cli.Exit("hsmemu backup: "+err.Error(), 1)
+			}
+			fi, _ := os.Stat(dst)
+			fmt.Fprintf(c.App.Writer, "backed up the keystore of domain %x to %s (%d bytes)\n", domain, dst, fi.Size())
+			return nil
+		},
+	}
+}
+
+func restoreCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "restore",
+		Usage:     "bring a keystore backup back into a stopped daemon's state directory",
+		ArgsUsage: "FILE",
+		Description: `Replaces the state directory's keystore with the backup FILE. The daemon must
+be stopped (its socket must not answer). A backup of another security domain
+than the keystore it replaces is refused. The keystore it replaces is kept
+beside it as keystore.db.replaced-TIME. The restored keystore must open with
+the state directory's TPM, or the old one is put back.
+
+Exit codes: 0 done; 1 failed (the state directory is as it was); 2 bad usage;
+3 the daemon is running.
+
+Example:
+  hsmemu restore --state-dir /var/lib/hsmemu /backup/keystore-2026-11-27.db`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "state-dir", Usage: "state directory", EnvVars: []string{"HSMEMU_STATE_DIR"}, Value: defaultStateDir()},
+			&cli.StringFlag{Name: "tpm", Usage: "managed, a device path such as /dev/tpmrm0, or swtpm:unix:PATH", EnvVars: []string{"HSMEMU_TPM"}},
+			&cli.StringFlag{Name: "socket", Usage: "the daemon's socket (default: STATE-DIR/hsmemu.sock)", EnvVars: []string{"HSMEMU_SOCKET"}},
+		},
+		Action: runRestore,
+	}
+}
+
+func runRestore(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return cli.Exit("hsmemu restore: give the backup FILE to restore", 2)
+	}
+	src := c.Args().First()
+	dir := c.String("state-dir")
+	sock := c.String("socket")
+	if sock == "" {
+		sock = filepath.Join(dir, "hsmemu.sock")
+	}
+	if conn, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+		conn.Close()
+		return cli.Exit("hsmemu restore: the daemon is running on "+sock+"; stop it first", 3)
+	}
+	domain, err := keystore.DomainOf(c.Context, src)
+	if err != nil {
+		return cli.Exit("hsmemu restore: the backup: "+err.Error(), 1)
+	}
+	db := filepath.Join(dir, daemon.DatabaseName)
+	current, err := keystore.DomainOf(c.Context, db)
+	switch {
+	case err == nil && !bytes.Equal(current, domain):
+		return cli.Exit(fmt.Sprintf("hsmemu restore: the backup is of domain %x, the state directory's keystore of %x; nothing was changed", domain[:8], current[:8]), 1)
+	case err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, keystore.ErrNotProvisioned):
+		return cli.Exit("hsmemu restore: the current keystore: "+err.Error(), 1)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return cli.Exit("hsmemu restore: "+err.Error(), 1)
+	}
+	// The replaced keystore is moved aside whole (its WAL too) and put back
+	// if the restored one does not open.
+	aside := fmt.Sprintf("%s.replaced-%s", db, time.Now().UTC().Format("20060102T150405Z"))
+	moved := map[string]string{}
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		if _, err := os.Stat(db + suffix); err == nil {
+			if err := os.Rename(db+suffix, aside+suffix); err != nil {
+				putBack(moved)
+				return cli.Exit("hsmemu restore: "+err.Error(), 1)
+			}
+			moved[aside+suffix] = db + suffix
+		}
+	}
+	fail := func(err error) error {
+		for _, suffix := range []string{"", "-wal", "-shm"} {
+			os.Remove(db + suffix)
+		}
+		putBack(moved)
+		return cli.Exit("hsmemu restore: "+err.Error()+"; the state directory is as it was", 1)
+	}
+	if err := keystore.CopyFile(c.Context, src, db); err != nil {
+		return fail(err)
+	}
+	st, err := daemon.OpenState(c.Context, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return fail(fmt.Errorf("the restored keystore does not open here: %w", err))
+	}
+	st.Close()
+	fmt.Fprintf(c.App.Writer, "restored the keystore of domain %x into %s", domain, dir)
+	if len(moved) > 0 {
+		fmt.Fprintf(c.App.Writer, "; the one it replaced is %s", aside)
+	}
+	fmt.Fprintln(c.App.Writer)
+	return nil
+}
+
+func putBack(moved map[string]string) {
+	for from, to := range moved {
+		os.Rename(from, to)
+	}
+}
