@@ -6,7 +6,7 @@ BIN     := bin
 GOFLAGS ?=
 export CGO_ENABLED := 1
 
-.PHONY: all build deps test-deps test vet race fuzz fuzz-short bench run clean module test-module e2e-programs
+.PHONY: all build deps test-deps test vet race fuzz fuzz-short bench run clean module test-module e2e-programs install
 
 all: build
 
@@ -124,6 +124,26 @@ run: build test-deps
 	@echo "try, in another shell: pkcs11-tool --module $(CURDIR)/$(BIN)/hsmemu-pkcs11.so -L"
 	@echo "(apt-get install opensc for pkcs11-tool); stop the daemon with Ctrl-C"
 	$(BIN)/hsmemu serve
+
+# ---- Installing on a machine ----
+# make install [PREFIX=/usr/local] [DESTDIR=]: the binary, the module, its
+# p11-kit registration and a hardened systemd unit (packaging/).
+PREFIX     ?= /usr/local
+BINDIR     := $(PREFIX)/bin
+MODULEDIR  := $(PREFIX)/lib/hsmemu
+DOCDIR     := $(PREFIX)/share/doc/hsmemu
+P11KITDIR  := $(PREFIX)/share/p11-kit/modules
+UNITDIR    := $(PREFIX)/lib/systemd/system
+SUBST      := sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@MODULEDIR@|$(MODULEDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g'
+
+install: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MODULEDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(P11KITDIR) $(DESTDIR)$(UNITDIR)
+	install -m 0755 $(BIN)/hsmemu $(DESTDIR)$(BINDIR)/hsmemu
+	install -m 0644 $(BIN)/hsmemu-pkcs11.so $(DESTDIR)$(MODULEDIR)/hsmemu-pkcs11.so
+	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	$(SUBST) packaging/hsmemu.module.in > $(DESTDIR)$(P11KITDIR)/hsmemu.module
+	$(SUBST) packaging/hsmemu.service.in > $(DESTDIR)$(UNITDIR)/hsmemu.service
+	chmod 0644 $(DESTDIR)$(P11KITDIR)/hsmemu.module $(DESTDIR)$(UNITDIR)/hsmemu.service
 
 clean:
 	rm -rf $(BIN) build

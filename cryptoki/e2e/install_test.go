@@ -1,0 +1,63 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestMakeInstall installs under a scratch PREFIX and checks what a machine
+// gets: the binary, the module, a p11-kit registration naming the installed
+// module, and a systemd unit with the hardening the daemon relies on, which
+// systemd-analyze accepts where it is installed.
+func TestMakeInstall(t *testing.T) {
+	a := need(t)
+	prefix := t.TempDir()
+	cmd := exec.Command("make", "-C", a.root, "install", "PREFIX="+prefix)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make install: %v\n%s", err, out)
+	}
+	bin := filepath.Join(prefix, "bin", "hsmemu")
+	if out, err := exec.Command(bin, "--version").CombinedOutput(); err != nil || !strings.Contains(string(out), "hsmemu") {
+		t.Fatalf("installed hsmemu --version: %v: %s", err, out)
+	}
+	mod, err := os.ReadFile(filepath.Join(prefix, "share", "p11-kit", "modules", "hsmemu.module"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var modulePath string
+	for sc := bufio.NewScanner(bytes.NewReader(mod)); sc.Scan(); {
+		if v, ok := strings.CutPrefix(sc.Text(), "module:"); ok {
+			modulePath = strings.TrimSpace(v)
+		}
+	}
+	if modulePath != filepath.Join(prefix, "lib", "hsmemu", "hsmemu-pkcs11.so") {
+		t.Fatalf("the p11-kit file names module %q", modulePath)
+	}
+	if fi, err := os.Stat(modulePath); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Fatalf("installed module: %v, %v", fi, err)
+	}
+	unitPath := filepath.Join(prefix, "lib", "systemd", "system", "hsmemu.service")
+	unit, err := os.ReadFile(unitPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"ExecStart=" + bin + " serve ",
+		"NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "LimitCORE=0",
+		"MemoryDenyWriteExecute=yes", "StateDirectory=hsmemu", "RuntimeDirectory=hsmemu",
+	} {
+		if !strings.Contains(string(unit), want) {
+			t.Errorf("the unit lacks %q", want)
+		}
+	}
+	if sa, err := exec.LookPath("systemd-analyze"); err == nil {
+		if out, err := exec.Command(sa, "verify", unitPath).CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
+			t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+		}
+	}
+}
