@@ -134,16 +134,19 @@ MODULEDIR  := $(PREFIX)/lib/hsmemu
 DOCDIR     := $(PREFIX)/share/doc/hsmemu
 P11KITDIR  := $(PREFIX)/share/p11-kit/modules
 UNITDIR    := $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
 SUBST      := sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@MODULEDIR@|$(MODULEDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g'
 
 install: build
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MODULEDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(P11KITDIR) $(DESTDIR)$(UNITDIR)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MODULEDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(P11KITDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/hsmemu
 	install -m 0755 $(BIN)/hsmemu $(DESTDIR)$(BINDIR)/hsmemu
 	install -m 0644 $(BIN)/hsmemu-pkcs11.so $(DESTDIR)$(MODULEDIR)/hsmemu-pkcs11.so
 	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	$(SUBST) packaging/hsmemu.module.in > $(DESTDIR)$(P11KITDIR)/hsmemu.module
 	$(SUBST) packaging/hsmemu.service.in > $(DESTDIR)$(UNITDIR)/hsmemu.service
 	chmod 0644 $(DESTDIR)$(P11KITDIR)/hsmemu.module $(DESTDIR)$(UNITDIR)/hsmemu.service
+	@# The module's system configuration (the module reads /etc/hsmemu/module.conf), kept if edited.
+	test -e $(DESTDIR)$(SYSCONFDIR)/hsmemu/module.conf || install -m 0644 packaging/module.conf.in $(DESTDIR)$(SYSCONFDIR)/hsmemu/module.conf
 
 clean:
 	rm -rf $(BIN) build

@@ -17,7 +17,7 @@ import (
 func TestMakeInstall(t *testing.T) {
 	a := need(t)
 	prefix := t.TempDir()
-	cmd := exec.Command("make", "-C", a.root, "install", "PREFIX="+prefix)
+	cmd := exec.Command("make", "-C", a.root, "install", "PREFIX="+prefix, "SYSCONFDIR="+filepath.Join(prefix, "etc"))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("make install: %v\n%s", err, out)
 	}
@@ -40,6 +40,10 @@ func TestMakeInstall(t *testing.T) {
 	}
 	if fi, err := os.Stat(modulePath); err != nil || fi.Mode().Perm() != 0o644 {
 		t.Fatalf("installed module: %v, %v", fi, err)
+	}
+	conf, err := os.ReadFile(filepath.Join(prefix, "etc", "hsmemu", "module.conf"))
+	if err != nil || !strings.Contains(string(conf), "socket = /run/hsmemu/hsmemu.sock") {
+		t.Fatalf("the module's system config: %v\n%s", err, conf)
 	}
 	unitPath := filepath.Join(prefix, "lib", "systemd", "system", "hsmemu.service")
 	unit, err := os.ReadFile(unitPath)

@@ -4,7 +4,9 @@
  *   1. HSMEMU_SOCKET;
  *   2. the "socket = PATH" line of the configuration file: HSMEMU_CONFIG,
  *      else $XDG_CONFIG_HOME/hsmemu/module.conf, else
- *      ~/.config/hsmemu/module.conf;
+ *      ~/.config/hsmemu/module.conf; where the user has none of these,
+ *      the system's, /etc/hsmemu/module.conf (HSMEMU_SYSTEM_CONFIG names
+ *      another), which `make install` writes for the system daemon;
  *   3. $XDG_DATA_HOME/hsmemu/hsmemu.sock, else
  *      ~/.local/share/hsmemu/hsmemu.sock.
  *
@@ -26,6 +28,7 @@
 #include "hsm.h"
 
 #define DEFAULT_TIMEOUT_MS 60000
+#define HSM_SYSTEM_CONFIG "/etc/hsmemu/module.conf"
 #define MAX_CONFIG 65536
 
 static const char *env(const char *name)
@@ -159,12 +162,15 @@ void hsm_config_load(hsm_config *cfg)
 	const char *file = env("HSMEMU_CONFIG");
 	if (file == NULL && xdg_path(path, sizeof path, "XDG_CONFIG_HOME", ".config", "hsmemu/module.conf"))
 		file = path;
-	if (file != NULL) {
-		char *text = read_file(file);
-		if (text != NULL) {
-			have_socket = parse_config(cfg, text);
-			free(text);
-		}
+	char *text = file != NULL ? read_file(file) : NULL;
+	if (text == NULL) {
+		/* No user file: the system's, where the system daemon is. */
+		const char *sys = env("HSMEMU_SYSTEM_CONFIG");
+		text = read_file(sys != NULL ? sys : HSM_SYSTEM_CONFIG);
+	}
+	if (text != NULL) {
+		have_socket = parse_config(cfg, text);
+		free(text);
 	}
 
 	const char *sock = env("HSMEMU_SOCKET");

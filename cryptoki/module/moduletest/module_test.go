@@ -531,6 +531,8 @@ func TestDiscovery(t *testing.T) {
 			t.Setenv(v, "")
 		}
 		t.Setenv("HOME", t.TempDir())
+		// Whatever this machine's /etc says stays out of the tests.
+		t.Setenv("HSMEMU_SYSTEM_CONFIG", filepath.Join(t.TempDir(), "none.conf"))
 	}
 	writeConf := func(t *testing.T, path, body string) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -578,6 +580,27 @@ func TestDiscovery(t *testing.T) {
 		writeConf(t, filepath.Join(os.Getenv("HOME"), ".config", "hsmemu", "module.conf"), "socket = "+p.Path+"\n")
 		if !reached(t, p) {
 			t.Error("socket from ~/.config/hsmemu/module.conf not used")
+		}
+	})
+	t.Run("system config where the user has none", func(t *testing.T) {
+		clear(t)
+		p := Listen(t, handler)
+		sys := filepath.Join(t.TempDir(), "module.conf")
+		writeConf(t, sys, "socket = "+p.Path+"\n")
+		t.Setenv("HSMEMU_SYSTEM_CONFIG", sys)
+		if !reached(t, p) {
+			t.Error("socket from the system config not used")
+		}
+	})
+	t.Run("the user's config wins over the system's", func(t *testing.T) {
+		clear(t)
+		p := Listen(t, handler)
+		sys := filepath.Join(t.TempDir(), "module.conf")
+		writeConf(t, sys, "socket = /nonexistent/system.sock\n")
+		t.Setenv("HSMEMU_SYSTEM_CONFIG", sys)
+		writeConf(t, filepath.Join(os.Getenv("HOME"), ".config", "hsmemu", "module.conf"), "socket = "+p.Path+"\n")
+		if !reached(t, p) {
+			t.Error("the user's config lost to the system's")
 		}
 	})
 	t.Run("XDG_DATA_HOME default", func(t *testing.T) {
