@@ -22,7 +22,8 @@ func New() *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"HSMEMU_LOG_LEVEL"}},
 		},
-		Commands: []*cli.Command{serveCommand(), initCommand(), domainCommand(), backupCommand(), restoreCommand(), benchCommand()},
+		Commands:             []*cli.Command{serveCommand(), initCommand(), domainCommand(), backupCommand(), restoreCommand(), benchCommand(), completionCommand()},
+		EnableBashCompletion: true,
 	}
 }
 
