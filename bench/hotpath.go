@@ -173,10 +173,10 @@ func Hotpath(ctx context.Context, opts HotpathOptions) (_ []HotpathResult, err e
 		rs[i] = HotpathResult{
 			Name:        bm.name,
 			What:        bm.what,
-			NsPerOp:     hpMedian(ns[i]),
+			NsPerOp:     median(ns[i]),
 			NsMin:       slices.Min(ns[i]),
 			NsMax:       slices.Max(ns[i]),
-			AllocsPerOp: int64(math.Round(hpMedian(allocs[i]))),
+			AllocsPerOp: int64(math.Round(median(allocs[i]))),
 		}
 		byName[bm.name] = &rs[i]
 	}
@@ -466,19 +466,6 @@ func (e *hpEnv) close() error {
 		errs = append(errs, e.st.Close())
 	}
 	return errors.Join(errs...)
-}
-
-// hpMedian is the median of xs, which it sorts.
-func hpMedian(xs []float64) float64 {
-	slices.Sort(xs)
-	n := len(xs)
-	if n == 0 {
-		return 0
-	}
-	if n%2 == 1 {
-		return xs[n/2]
-	}
-	return (xs[n/2-1] + xs[n/2]) / 2
 }
 
 // hpFmtNs formats a time in nanoseconds: one decimal below 10 µs.
