@@ -285,34 +285,16 @@ func (f *floorProbe) close() {
 	os.RemoveAll(f.dir)
 }
 
-// measure times single round trips for the warm-up and the window, as a
-// worker times a module's calls.
+// measure times single round trips for the warm-up and the window, the
+// way a worker times a module's calls (timeOp).
 func (f *floorProbe) measure(opt Options) (Cell, error) {
 	req, rep := make([]byte, echoRequest), make([]byte, echoReply)
-	loop := func(d time.Duration, h *Histogram) (uint64, time.Duration, error) {
-		var n uint64
-		begin := time.Now()
-		now := begin
-		for end := begin.Add(d); now.Before(end); n++ {
-			if n%64 == 63 {
-				runtime.Gosched()
-			}
-			if err := f.c.roundTrips(1, req, rep); err != nil {
-				return n, 0, err
-			}
-			after := time.Now()
-			if h != nil {
-				h.Record(after.Sub(now))
-			}
-			now = after
-		}
-		return n, now.Sub(begin), nil
-	}
-	if _, _, err := loop(opt.Warmup, nil); err != nil {
+	w := worker{do: func(session) (bool, error) { return false, f.c.roundTrips(1, req, rep) }}
+	if _, _, err := timeOp(newPhase(1), w, 0, opt.Warmup, nil); err != nil {
 		return Cell{}, err
 	}
 	h := NewHistogram()
-	n, active, err := loop(opt.Duration, h)
+	n, active, err := timeOp(newPhase(1), w, 0, opt.Duration, h)
 	if err != nil {
 		return Cell{}, err
 	}
@@ -607,66 +589,13 @@ func (t *target) measure(o *op, c int, opt Options) (Cell, error) {
 			defer wg.Done()
 			w, s := workers[i], t.sessions[i]
 			<-start
-			// loop runs the op until the phase's time is up. Time spent
-			// yielding or tidying is not the op's: it is left out of the
-			// latencies and the active time, and the window is extended
-			// by it. Tidying pauses every worker at once, so that none
-			// measures unwraps against another's burst of destroys.
-			loop := func(ph *phase, d time.Duration, h *Histogram) (uint64, time.Duration, error) {
-				defer ph.leave()
-				var n uint64
-				var paused time.Duration
-				begin := time.Now()
-				end := begin.Add(d)
-				now := begin
-				pause := func(f func() error) error {
-					err := f()
-					after := time.Now()
-					paused += after.Sub(now)
-					end = end.Add(after.Sub(now))
-					now = after
-					return err
-				}
-				for now.Before(end) {
-					if n%64 == 63 {
-						// A goroutine that lives in cgo calls never passes
-						// through the scheduler; after 10 ms the runtime
-						// starts taking its P at every call, which costs
-						// the client a thread hand-off per call.
-						pause(func() error { runtime.Gosched(); return nil })
-					}
-					if ph.tidyAsked() {
-						if err := pause(func() error { return ph.tidyTogether(func() error { return w.tidy(s) }) }); err != nil {
-							return n, 0, err
-						}
-					}
-					tidy, err := w.do(s)
-					after := time.Now()
-					if err != nil {
-						return n, 0, err
-					}
-					if h != nil {
-						h.Record(after.Sub(now))
-					}
-					n++
-					now = after
-					if tidy {
-						ph.askTidy()
-					}
-				}
-				return n, now.Sub(begin) - paused, nil
-			}
-			if opt.Warmup > 0 {
-				if _, _, err := loop(warm, opt.Warmup, nil); err != nil {
-					window.leave()
-					outs[i].err = err
-					return
-				}
-			} else {
-				warm.leave()
+			if _, _, err := timeOp(warm, w, s, opt.Warmup, nil); err != nil {
+				window.leave()
+				outs[i].err = err
+				return
 			}
 			h := NewHistogram()
-			n, active, err := loop(window, opt.Duration, h)
+			n, active, err := timeOp(window, w, s, opt.Duration, h)
 			outs[i] = out{n: n, active: active, h: h, err: err}
 		}(i)
 	}
@@ -687,6 +616,57 @@ func (t *target) measure(o *op, c int, opt Options) (Cell, error) {
 	}
 	cell.Active = active / time.Duration(c)
 	return cell, nil
+}
+
+// timeOp runs w's op in session s until d has passed, recording each
+// latency in h (nil: none), and returns the ops done and the time they
+// took. Time spent yielding or tidying is not the op's: it is left out of
+// the latencies and the active time, and the window is extended by it.
+// Tidying pauses every worker of the phase at once, so that none measures
+// unwraps against another's burst of destroys.
+func timeOp(ph *phase, w worker, s session, d time.Duration, h *Histogram) (uint64, time.Duration, error) {
+	defer ph.leave()
+	var n uint64
+	var paused time.Duration
+	begin := time.Now()
+	end := begin.Add(d)
+	now := begin
+	pause := func(f func() error) error {
+		err := f()
+		after := time.Now()
+		paused += after.Sub(now)
+		end = end.Add(after.Sub(now))
+		now = after
+		return err
+	}
+	for now.Before(end) {
+		if n%64 == 63 {
+			// A goroutine that lives in cgo calls or blocking system
+			// calls never passes through the scheduler; after 10 ms the
+			// runtime starts taking its P at every call, which costs a
+			// thread hand-off per call.
+			pause(func() error { runtime.Gosched(); return nil })
+		}
+		if ph.tidyAsked() {
+			if err := pause(func() error { return ph.tidyTogether(func() error { return w.tidy(s) }) }); err != nil {
+				return n, 0, err
+			}
+		}
+		tidy, err := w.do(s)
+		after := time.Now()
+		if err != nil {
+			return n, 0, err
+		}
+		if h != nil {
+			h.Record(after.Sub(now))
+		}
+		n++
+		now = after
+		if tidy {
+			ph.askTidy()
+		}
+	}
+	return n, now.Sub(begin) - paused, nil
 }
 
 // phase is one measuring stretch of a cell's workers (the warm-up, the
