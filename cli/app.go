@@ -35,6 +35,17 @@ func logger(c *cli.Context) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }
 
+// stateDirFlag is --state-dir, as every command that works on a state
+// directory takes it.
+func stateDirFlag(usage string) cli.Flag {
+	return &cli.StringFlag{Name: "state-dir", Usage: usage, EnvVars: []string{"HSMEMU_STATE_DIR"}, Value: defaultStateDir()}
+}
+
+// tpmFlag is --tpm, as every command that opens the TPM takes it.
+func tpmFlag() cli.Flag {
+	return &cli.StringFlag{Name: "tpm", Usage: "managed, a device path such as /dev/tpmrm0, or swtpm:unix:PATH", EnvVars: []string{"HSMEMU_TPM"}}
+}
+
 // defaultStateDir is $XDG_DATA_HOME/hsmemu, else ~/.local/share/hsmemu.
 func defaultStateDir() string {
 	if d := os.Getenv("XDG_DATA_HOME"); d != "" {

@@ -32,7 +32,7 @@ Exit codes: 0 done; 1 failed; 2 bad usage.
 Example:
   hsmemu backup --state-dir /var/lib/hsmemu /backup/keystore-$(date +%F).db`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "state-dir", Usage: "state directory", EnvVars: []string{"HSMEMU_STATE_DIR"}, Value: defaultStateDir()},
+			stateDirFlag("state directory"),
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -71,8 +71,8 @@ Exit codes: 0 done; 1 failed (the state directory is as it was); 2 bad usage;
 Example:
   hsmemu restore --state-dir /var/lib/hsmemu /backup/keystore-2026-11-27.db`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "state-dir", Usage: "state directory", EnvVars: []string{"HSMEMU_STATE_DIR"}, Value: defaultStateDir()},
-			&cli.StringFlag{Name: "tpm", Usage: "managed, a device path such as /dev/tpmrm0, or swtpm:unix:PATH", EnvVars: []string{"HSMEMU_TPM"}},
+			stateDirFlag("state directory"),
+			tpmFlag(),
 			&cli.StringFlag{Name: "socket", Usage: "the daemon's socket (default: STATE-DIR/hsmemu.sock)", EnvVars: []string{"HSMEMU_SOCKET"}},
 		},
 		Action: runRestore,

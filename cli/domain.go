@@ -38,8 +38,8 @@ Example:
   hsmemu domain recover --state-dir /var/lib/hsmemu-new --from /backup/keystore.db \
     --share alice.share:alice.key --share bob.share:bob.key`,
 			Flags: []cli.Flag{
-				&cli.StringFlag{Name: "state-dir", Usage: "the new state directory", EnvVars: []string{"HSMEMU_STATE_DIR"}, Value: defaultStateDir()},
-				&cli.StringFlag{Name: "tpm", Usage: "managed, a device path such as /dev/tpmrm0, or swtpm:unix:PATH", EnvVars: []string{"HSMEMU_TPM"}},
+				stateDirFlag("the new state directory"),
+				tpmFlag(),
 				&cli.StringFlag{Name: "from", Usage: "the keystore to recover (a keystore.db)", Required: true},
 				&cli.StringSliceFlag{Name: "share", Usage: "SHARE:KEY, a custodian's share file and private key (repeat for each)"},
 			},

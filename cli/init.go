@@ -44,8 +44,8 @@ Examples:
   hsmemu init --state-dir /var/lib/hsmemu --custodian alice.pem --custodian bob.pem --custodian carol.pem --threshold 2
   hsmemu init --state-dir /tmp/try --tpm managed`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "state-dir", Usage: "state directory", EnvVars: []string{"HSMEMU_STATE_DIR"}, Value: defaultStateDir()},
-			&cli.StringFlag{Name: "tpm", Usage: "managed, a device path such as /dev/tpmrm0, or swtpm:unix:PATH", EnvVars: []string{"HSMEMU_TPM"}},
+			stateDirFlag("state directory"),
+			tpmFlag(),
 			&cli.StringSliceFlag{Name: "custodian", Usage: "a custodian's public key, PEM (repeat for each)"},
 			&cli.IntFlag{Name: "threshold", Usage: "how many custodians' shares recreate the master key"},
 			&cli.StringFlag{Name: "shares-dir", Value: ".", Usage: "where to write the custodians' shares"},

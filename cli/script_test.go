@@ -16,7 +16,6 @@ import (
 
 	"hsmemu/daemon"
 	"hsmemu/keystore"
-	"hsmemu/tpmroot/escrow"
 	"hsmemu/tpmroot/tpmtest"
 )
 
@@ -64,23 +63,13 @@ func cmdGenkey(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(os.WriteFile(ts.MkAbs(args[0]+".pem"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644))
 }
 
-// openshare SHARE KEY opens a share with a custodian's private key and
-// prints what it holds, never its value.
+// openshare SHARE KEY opens a share with a custodian's private key, as
+// domain recover does, and prints what it holds, never its value.
 func cmdOpenshare(ts *testscript.TestScript, neg bool, args []string) {
 	if len(args) != 2 {
 		ts.Fatalf("usage: openshare SHARE KEY")
 	}
-	file, err := os.ReadFile(ts.MkAbs(args[0]))
-	ts.Check(err)
-	keyPEM, err := os.ReadFile(ts.MkAbs(args[1]))
-	ts.Check(err)
-	block, _ := pem.Decode(keyPEM)
-	if block == nil {
-		ts.Fatalf("%s: no PEM", args[1])
-	}
-	priv, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	ts.Check(err)
-	sh, err := escrow.DecryptShare(file, priv)
+	sh, err := openShare(ts.MkAbs(args[0]), ts.MkAbs(args[1]))
 	if neg {
 		if err == nil {
 			ts.Fatalf("%s opened with %s", args[0], args[1])

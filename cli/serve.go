@@ -29,8 +29,8 @@ state under the state directory.
 Example:
    hsmemu serve --state-dir /var/lib/hsmemu --tpm managed`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "state-dir", Usage: "state directory", EnvVars: []string{"HSMEMU_STATE_DIR"}, Value: defaultStateDir()},
-			&cli.StringFlag{Name: "tpm", Usage: "managed, a device path such as /dev/tpmrm0, or swtpm:unix:PATH", EnvVars: []string{"HSMEMU_TPM"}},
+			stateDirFlag("state directory"),
+			tpmFlag(),
 			&cli.StringFlag{Name: "socket", Usage: "the module's socket (default: STATE-DIR/hsmemu.sock)", EnvVars: []string{"HSMEMU_SOCKET"}},
 			&cli.StringFlag{Name: "socket-group", Usage: "a group whose members may connect (the socket is then 0660)"},
 			&cli.UintSliceFlag{Name: "allow-uid", Usage: "a user id allowed to connect besides the daemon's own and root (repeatable)"},
