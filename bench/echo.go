@@ -129,37 +129,13 @@ func echoBlockingFd(c *net.UnixConn) (*echoFd, error) {
 }
 
 func (f *echoFd) readFull(p []byte) error {
-	for done := 0; done < len(p); {
-		n, err := syscall.Read(f.fd, p[done:])
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			if done == 0 {
-				return io.EOF
-			}
-			return io.ErrUnexpectedEOF
-		}
-		done += n
-	}
-	return nil
+	_, err := io.ReadFull(unixfd.FD(f.fd), p)
+	return err
 }
 
 func (f *echoFd) writeFull(p []byte) error {
-	for done := 0; done < len(p); {
-		n, err := syscall.Write(f.fd, p[done:])
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		done += n
-	}
-	return nil
+	_, err := unixfd.FD(f.fd).Write(p)
+	return err
 }
 
 func (f *echoFd) Close() error {

@@ -294,36 +294,8 @@ func newFdConn(c *net.UnixConn) (*fdConn, error) {
 	return &fdConn{fd: fd}, nil
 }
 
-func (c *fdConn) Read(p []byte) (int, error) {
-	for {
-		n, err := syscall.Read(c.fd, p)
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			return 0, err
-		}
-		if n == 0 {
-			return 0, io.EOF
-		}
-		return n, nil
-	}
-}
-
-func (c *fdConn) Write(p []byte) (int, error) {
-	done := 0
-	for done < len(p) {
-		n, err := syscall.Write(c.fd, p[done:])
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			return done, err
-		}
-		done += n
-	}
-	return done, nil
-}
+func (c *fdConn) Read(p []byte) (int, error)  { return unixfd.FD(c.fd).Read(p) }
+func (c *fdConn) Write(p []byte) (int, error) { return unixfd.FD(c.fd).Write(p) }
 
 // stopReading ends a blocked read with EOF; replies still go out.
 func (c *fdConn) stopReading() { c.shutdown(syscall.SHUT_RD) }

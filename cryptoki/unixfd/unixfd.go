@@ -5,6 +5,7 @@ package unixfd
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"syscall"
 )
@@ -43,4 +44,42 @@ func DupBlocking(c *net.UnixConn) (int, error) {
 		return -1, err
 	}
 	return fd, nil
+}
+
+// FD is a blocking descriptor as an io.Reader and io.Writer: each call one
+// system call (or a few, for a write the kernel takes in parts), retried
+// when a signal interrupts it.
+type FD int
+
+// Read reads what is there, at most len(p); a closed peer is io.EOF.
+func (fd FD) Read(p []byte) (int, error) {
+	for {
+		n, err := syscall.Read(int(fd), p)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if n == 0 && len(p) > 0 {
+			return 0, io.EOF
+		}
+		return n, nil
+	}
+}
+
+// Write writes all of p.
+func (fd FD) Write(p []byte) (int, error) {
+	done := 0
+	for done < len(p) {
+		n, err := syscall.Write(int(fd), p[done:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return done, err
+		}
+		done += n
+	}
+	return done, nil
 }

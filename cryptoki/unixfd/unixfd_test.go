@@ -1,6 +1,8 @@
 package unixfd
 
 import (
+	"bytes"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -95,3 +97,25 @@ func watched(t *testing.T, fd int) bool {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// FD reads and writes whole, and a closed peer reads as io.EOF.
+func TestFDReadWrite(t *testing.T) {
+	pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := FD(pair[0]), FD(pair[1])
+	defer syscall.Close(int(a))
+	msg := bytes.Repeat([]byte("x"), 100000) // more than one write's worth
+	go func() {
+		b.Write(msg)
+		syscall.Close(int(b))
+	}()
+	got, err := io.ReadAll(a)
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("read %d bytes, %v; want %d", len(got), err, len(msg))
+	}
+	if n, err := a.Read(make([]byte, 4)); n != 0 || err != io.EOF {
+		t.Fatalf("after close: %d, %v; want io.EOF", n, err)
+	}
+}
