@@ -18,10 +18,7 @@ func CopyFile(ctx context.Context, src, dst string) error {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if _, err := os.Stat(src); err != nil {
-		return fmt.Errorf("keystore: %w", err)
-	}
-	db, err := sql.Open("sqlite3", "file:"+src+"?mode=ro&_busy_timeout=10000")
+	db, err := openReadOnly(src)
 	if err != nil {
 		return err
 	}
@@ -36,10 +33,7 @@ func CopyFile(ctx context.Context, src, dst string) error {
 // DomainOf reads the domain id a keystore file's root record names,
 // without opening it as a store (nothing is written next to it).
 func DomainOf(ctx context.Context, path string) ([]byte, error) {
-	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("keystore: %w", err)
-	}
-	db, err := sql.Open("sqlite3", "file:"+path+"?mode=ro&_busy_timeout=10000")
+	db, err := openReadOnly(path)
 	if err != nil {
 		return nil, err
 	}
@@ -53,4 +47,13 @@ func DomainOf(ctx context.Context, path string) ([]byte, error) {
 		return nil, fmt.Errorf("keystore: %s is not a keystore: %w", path, err)
 	}
 	return domain, nil
+}
+
+// openReadOnly opens an existing keystore file read-only: nothing is
+// created or written next to it.
+func openReadOnly(path string) (*sql.DB, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("keystore: %w", err)
+	}
+	return sql.Open("sqlite3", "file:"+path+"?mode=ro&_busy_timeout=10000")
 }
