@@ -80,8 +80,9 @@ func TestPkcs11Tool(t *testing.T) {
 	tool := needTool(t, "pkcs11-tool", "opensc")
 	// Real PIN hashing (the daemon's defaults; later flags win): a login
 	// then takes long enough that --test-threads' threads end before the
-	// main thread, which otherwise sleeps 30 s for them.
-	d := startDaemon(t, "--pin-kdf-time", "3", "--pin-kdf-memory", "65536")
+	// main thread, which otherwise sleeps 30 s for them. Every login: the
+	// PIN cache, which would make all but the first fast, is off.
+	d := startDaemon(t, "--pin-kdf-time", "3", "--pin-kdf-memory", "65536", "--pin-cache-ttl", "0")
 	env := d.env()
 	const (
 		label  = "p11tool-token"
