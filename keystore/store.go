@@ -87,6 +87,9 @@ type Store struct {
 
 	cache *cache
 	pins  *stretchCache
+
+	auditK    []byte // the audit chain's key, derived on first use; guarded by mu
+	auditHead int64  // the newest audit record this Store wrote; guarded by mu
 }
 
 // Open opens (creating if needed) the keystore at path and brings its schema
@@ -175,6 +178,8 @@ func (s *Store) Close() error {
 		delete(s.tokens, id)
 	}
 	s.root = nil
+	wipe(s.auditK)
+	s.auditK = nil
 	s.mu.Unlock()
 	s.cache.purge(func(*Object) bool { return true })
 	s.pins.clear()

@@ -1,0 +1,288 @@
+package keystore
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// The audit log is a hash chain in the keystore's audit_log table: each
+// record's hash is an HMAC, under a key the TPM root derives, over the
+// previous record's hash and the record's own content. Without the TPM no
+// one can write a record that verifies, so an edited record fails its own
+// hash, and a deleted or reordered one breaks the link from its successor.
+// What the chain cannot show by itself is the loss of its newest records
+// (the table rolled back to an earlier, consistent state): the daemon
+// compares with the newest record it wrote itself, and `audit verify`
+// prints the head for the administrator to keep elsewhere.
+
+// auditLabel names the audit key among the root's derivations.
+var auditLabel = []byte("hsmemu/audit/v1")
+
+// AuditActor says who did something: the peer process and, when the event
+// concerns a token, the token and the role acting on it.
+type AuditActor struct {
+	UID   uint32 `json:"uid"`
+	PID   int32  `json:"pid"`
+	Token string `json:"token,omitempty"` // the token's label
+	Role  string `json:"role,omitempty"`  // so, user, admin
+}
+
+// AuditRecord is one entry of the audit log. Detail never holds a secret:
+// labels, ids, mechanisms, outcomes.
+type AuditRecord struct {
+	Seq      int64             `json:"seq"`
+	Time     time.Time         `json:"time"`
+	Actor    AuditActor        `json:"actor"`
+	Event    string            `json:"event"`
+	Detail   map[string]string `json:"detail,omitempty"`
+	PrevHash []byte            `json:"prev_hash"`
+	Hash     []byte            `json:"hash"`
+}
+
+// auditRow is a record as stored: actor and detail as JSON text, which is
+// what the hash covers.
+type auditRow struct {
+	seq            int64
+	time           int64 // unix nanoseconds
+	actor, event   string
+	detail         string
+	prevHash, hash []byte
+}
+
+func (r *auditRow) record() (AuditRecord, error) {
+	rec := AuditRecord{Seq: r.seq, Time: time.Unix(0, r.time), Event: r.event, PrevHash: r.prevHash, Hash: r.hash}
+	if err := json.Unmarshal([]byte(r.actor), &rec.Actor); err != nil {
+		return rec, fmt.Errorf("keystore: audit record %d: actor: %w", r.seq, err)
+	}
+	if r.detail != "" && r.detail != "null" {
+		if err := json.Unmarshal([]byte(r.detail), &rec.Detail); err != nil {
+			return rec, fmt.Errorf("keystore: audit record %d: detail: %w", r.seq, err)
+		}
+	}
+	return rec, nil
+}
+
+// auditHash is HMAC-SHA256(key, prev_hash | time | actor | event | detail),
+// each variable part length-prefixed. The sequence number is not covered:
+// it is the order, which the links check.
+func auditHash(key []byte, r *auditRow) []byte {
+	m := hmac.New(sha256.New, key)
+	var b [8]byte
+	field := func(p []byte) {
+		binary.BigEndian.PutUint32(b[:4], uint32(len(p)))
+		m.Write(b[:4])
+		m.Write(p)
+	}
+	field(r.prevHash)
+	binary.BigEndian.PutUint64(b[:], uint64(r.time))
+	m.Write(b[:])
+	field([]byte(r.actor))
+	field([]byte(r.event))
+	field([]byte(r.detail))
+	return m.Sum(nil)
+}
+
+// genesis is the previous hash of the first record.
+var genesis = make([]byte, sha256.Size)
+
+// auditKey returns the audit chain's key, deriving it once.
+func (s *Store) auditKey() ([]byte, error) {
+	s.mu.RLock()
+	k := s.auditK
+	s.mu.RUnlock()
+	if k != nil {
+		return k, nil
+	}
+	root, err := s.rootOrErr()
+	if err != nil {
+		return nil, err
+	}
+	k, err = root.DeriveKEK(auditLabel)
+	if err != nil {
+		return nil, fmt.Errorf("keystore: derive audit key: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		wipe(k)
+		return nil, ErrClosed
+	}
+	if s.auditK == nil {
+		s.auditK = k
+	}
+	return s.auditK, nil
+}
+
+// Audit appends a record to the audit log, durably, before it returns.
+func (s *Store) Audit(ctx context.Context, actor AuditActor, event string, detail map[string]string) (AuditRecord, error) {
+	key, err := s.auditKey()
+	if err != nil {
+		return AuditRecord{}, err
+	}
+	a, err := json.Marshal(actor)
+	if err != nil {
+		return AuditRecord{}, err
+	}
+	d := []byte("{}")
+	if len(detail) > 0 {
+		if d, err = json.Marshal(detail); err != nil {
+			return AuditRecord{}, err
+		}
+	}
+	row := auditRow{time: time.Now().UnixNano(), actor: string(a), event: event, detail: string(d)}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return AuditRecord{}, s.dbErr("begin", err)
+	}
+	defer tx.Rollback()
+	err = tx.QueryRowContext(ctx, "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").Scan(&row.seq, &row.prevHash)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		row.seq, row.prevHash = 0, genesis
+	case err != nil:
+		return AuditRecord{}, s.dbErr("read audit head", err)
+	}
+	row.seq++
+	row.hash = auditHash(key, &row)
+	if _, err := tx.ExecContext(ctx, "INSERT INTO audit_log (seq, time, actor, event, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+		row.seq, row.time, row.actor, row.event, row.detail, row.prevHash, row.hash); err != nil {
+		return AuditRecord{}, s.dbErr("append audit record", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return AuditRecord{}, s.dbErr("commit audit record", err)
+	}
+	s.mu.Lock()
+	if row.seq > s.auditHead {
+		s.auditHead = row.seq
+	}
+	s.mu.Unlock()
+	return row.record()
+}
+
+// AuditRecords returns up to limit records with seq > after, oldest first.
+// A limit of zero or less means all of them.
+func (s *Store) AuditRecords(ctx context.Context, after int64, limit int) ([]AuditRecord, error) {
+	if limit <= 0 {
+		limit = -1
+	}
+	rows, err := s.r.QueryContext(ctx, "SELECT seq, time, actor, event, detail, prev_hash, hash FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", after, limit)
+	if err != nil {
+		return nil, s.dbErr("read audit log", err)
+	}
+	defer rows.Close()
+	var out []AuditRecord
+	for rows.Next() {
+		var r auditRow
+		if err := rows.Scan(&r.seq, &r.time, &r.actor, &r.event, &r.detail, &r.prevHash, &r.hash); err != nil {
+			return nil, s.dbErr("read audit log", err)
+		}
+		rec, err := r.record()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rec)
+	}
+	return out, s.dbErr("read audit log", rows.Err())
+}
+
+// AuditTail returns the newest n records, oldest first.
+func (s *Store) AuditTail(ctx context.Context, n int) ([]AuditRecord, error) {
+	var last int64
+	if err := s.r.QueryRowContext(ctx, "SELECT coalesce(max(seq), 0) FROM audit_log").Scan(&last); err != nil {
+		return nil, s.dbErr("read audit head", err)
+	}
+	return s.AuditRecords(ctx, max(0, last-int64(n)), n)
+}
+
+// AuditReport is the outcome of walking the chain.
+type AuditReport struct {
+	Records int64  `json:"records"`
+	Head    []byte `json:"head,omitempty"` // the newest record's hash
+	HeadSeq int64  `json:"head_seq"`
+	// OK is false when the chain is broken; then BadSeq is the first record
+	// found wrong (or, for records lost at the end, the newest one left)
+	// and Problem says what is wrong with it.
+	OK      bool   `json:"ok"`
+	BadSeq  int64  `json:"bad_seq,omitempty"`
+	Problem string `json:"problem,omitempty"`
+}
+
+// VerifyAudit walks the whole chain and reports the first record that was
+// edited, deleted or moved, and records lost at the end that this Store
+// wrote itself.
+func (s *Store) VerifyAudit(ctx context.Context) (AuditReport, error) {
+	key, err := s.auditKey()
+	if err != nil {
+		return AuditReport{}, err
+	}
+	rows, err := s.r.QueryContext(ctx, "SELECT seq, time, actor, event, detail, prev_hash, hash FROM audit_log ORDER BY seq")
+	if err != nil {
+		return AuditReport{}, s.dbErr("read audit log", err)
+	}
+	defer rows.Close()
+	// Every record's link is kept, so that a break can be told apart: a
+	// record whose predecessor appears elsewhere was moved; one whose
+	// predecessor appears nowhere follows a deletion.
+	var all []auditRow
+	for rows.Next() {
+		var r auditRow
+		if err := rows.Scan(&r.seq, &r.time, &r.actor, &r.event, &r.detail, &r.prevHash, &r.hash); err != nil {
+			return AuditReport{}, s.dbErr("read audit log", err)
+		}
+		all = append(all, r)
+	}
+	if err := rows.Err(); err != nil {
+		return AuditReport{}, s.dbErr("read audit log", err)
+	}
+	rep := AuditReport{Records: int64(len(all)), OK: true}
+	bad := func(seq int64, problem string) (AuditReport, error) {
+		rep.OK, rep.BadSeq, rep.Problem = false, seq, problem
+		return rep, nil
+	}
+	// First pass: each record against its own hash.
+	for i := range all {
+		r := &all[i]
+		if !hmac.Equal(auditHash(key, r), r.hash) {
+			return bad(r.seq, fmt.Sprintf("record %d was edited: its content does not match its hash", r.seq))
+		}
+	}
+	// Second pass: each record linked to the one before it.
+	prev, prevSeq := genesis, int64(0)
+	for i := range all {
+		r := &all[i]
+		if !bytes.Equal(r.prevHash, prev) {
+			for j := range all {
+				if bytes.Equal(all[j].hash, r.prevHash) {
+					return bad(r.seq, fmt.Sprintf("records were reordered: record %d belongs after record %d", r.seq, all[j].seq))
+				}
+			}
+			if r.seq != prevSeq+1 {
+				return bad(r.seq, fmt.Sprintf("records deleted: %d to %d are missing before record %d", prevSeq+1, r.seq-1, r.seq))
+			}
+			return bad(r.seq, fmt.Sprintf("a record was deleted before record %d (the rest were renumbered)", r.seq))
+		}
+		if r.seq != prevSeq+1 {
+			return bad(r.seq, fmt.Sprintf("record %d follows record %d: the sequence was edited", r.seq, prevSeq))
+		}
+		prev, prevSeq = r.hash, r.seq
+	}
+	rep.HeadSeq = prevSeq
+	if prevSeq > 0 {
+		rep.Head = prev
+	}
+	s.mu.RLock()
+	head := s.auditHead
+	s.mu.RUnlock()
+	if prevSeq < head {
+		return bad(prevSeq, fmt.Sprintf("records %d to %d, written by this daemon, are missing from the end", prevSeq+1, head))
+	}
+	return rep, nil
+}

@@ -1,0 +1,123 @@
+package keystore
+
+import (
+	"database/sql"
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// auditN appends n records.
+func auditN(t *testing.T, s *Store, n int) {
+	t.Helper()
+	for i := range n {
+		if _, err := s.Audit(ctx, AuditActor{UID: 1000, PID: 42, Token: "t", Role: "user"}, "login", map[string]string{"n": fmt.Sprint(i + 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestAuditChain(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, Options{})
+	rep, err := s.VerifyAudit(ctx)
+	if err != nil || !rep.OK || rep.Records != 0 || rep.Head != nil {
+		t.Fatalf("empty log: %+v %v", rep, err)
+	}
+	auditN(t, s, 5)
+	rep, err = s.VerifyAudit(ctx)
+	if err != nil || !rep.OK || rep.Records != 5 || rep.HeadSeq != 5 || len(rep.Head) != 32 {
+		t.Fatalf("intact log: %+v %v", rep, err)
+	}
+	tail, err := s.AuditTail(ctx, 2)
+	if err != nil || len(tail) != 2 || tail[0].Seq != 4 || tail[1].Seq != 5 || tail[1].Detail["n"] != "5" || tail[1].Actor.UID != 1000 {
+		t.Fatalf("tail: %+v %v", tail, err)
+	}
+	if string(tail[1].PrevHash) != string(tail[0].Hash) {
+		t.Fatal("record 5 does not link to record 4")
+	}
+	all, err := s.AuditRecords(ctx, 0, 0)
+	if err != nil || len(all) != 5 || string(all[0].PrevHash) != string(genesis) {
+		t.Fatalf("all: %d %v", len(all), err)
+	}
+}
+
+func TestAuditVerifyCatchesTampering(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name   string
+		edit   func(t *testing.T, db *sql.DB)
+		badSeq int64
+		want   string
+	}{
+		{"edited event", func(t *testing.T, db *sql.DB) {
+			execSQL(t, db, "UPDATE audit_log SET event = 'logout' WHERE seq = 3")
+		}, 3, "record 3 was edited"},
+		{"edited detail", func(t *testing.T, db *sql.DB) {
+			execSQL(t, db, `UPDATE audit_log SET detail = '{"n":"99"}' WHERE seq = 2`)
+		}, 2, "record 2 was edited"},
+		{"edited time", func(t *testing.T, db *sql.DB) {
+			execSQL(t, db, "UPDATE audit_log SET time = time + 1 WHERE seq = 4")
+		}, 4, "record 4 was edited"},
+		{"deleted", func(t *testing.T, db *sql.DB) {
+			execSQL(t, db, "DELETE FROM audit_log WHERE seq = 3")
+		}, 4, "3 to 3 are missing before record 4"},
+		{"deleted first", func(t *testing.T, db *sql.DB) {
+			execSQL(t, db, "DELETE FROM audit_log WHERE seq = 1")
+		}, 2, "1 to 1 are missing"},
+		{"deleted and renumbered", func(t *testing.T, db *sql.DB) {
+			execSQL(t, db, "DELETE FROM audit_log WHERE seq = 2")
+			for _, q := range []string{"UPDATE audit_log SET seq = 2 WHERE seq = 3", "UPDATE audit_log SET seq = 3 WHERE seq = 4", "UPDATE audit_log SET seq = 4 WHERE seq = 5"} {
+				execSQL(t, db, q)
+			}
+		}, 2, "a record was deleted before record 2"},
+		{"reordered", func(t *testing.T, db *sql.DB) {
+			execSQL(t, db, "UPDATE audit_log SET seq = 100 WHERE seq = 2")
+			execSQL(t, db, "UPDATE audit_log SET seq = 2 WHERE seq = 3")
+			execSQL(t, db, "UPDATE audit_log SET seq = 3 WHERE seq = 100")
+		}, 2, "reordered: record 2 belongs after record 3"},
+		{"tail deleted", func(t *testing.T, db *sql.DB) {
+			execSQL(t, db, "DELETE FROM audit_log WHERE seq >= 4")
+		}, 3, "records 4 to 5, written by this daemon, are missing from the end"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			s, path := newStore(t, Options{})
+			auditN(t, s, 5)
+			c.edit(t, rawDB(t, path))
+			rep, err := s.VerifyAudit(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.OK || rep.BadSeq != c.badSeq || !strings.Contains(rep.Problem, c.want) {
+				t.Fatalf("report %+v, want bad seq %d with %q", rep, c.badSeq, c.want)
+			}
+		})
+	}
+}
+
+// TestAuditForgedRecord: a record computed without the TPM's key does not
+// verify, even when it links correctly.
+func TestAuditForgedRecord(t *testing.T) {
+	t.Parallel()
+	s, path := newStore(t, Options{})
+	auditN(t, s, 2)
+	recs, err := s.AuditRecords(ctx, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := auditRow{seq: 3, time: 1, actor: `{"uid":0,"pid":1}`, event: "login", detail: "{}", prevHash: recs[1].Hash}
+	forged.hash = auditHash(make([]byte, 32), &forged)
+	execSQL(t, rawDB(t, path), "INSERT INTO audit_log (seq, time, actor, event, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+		forged.seq, forged.time, forged.actor, forged.event, forged.detail, forged.prevHash, forged.hash)
+	rep, err := s.VerifyAudit(ctx)
+	if err != nil || rep.OK || rep.BadSeq != 3 {
+		t.Fatalf("forged record: %+v %v", rep, err)
+	}
+	// A second Store (another daemon's lifetime) sees the same chain.
+	s2 := reopen(t, path, Options{})
+	if rep2, err := s2.VerifyAudit(ctx); err != nil || rep2.BadSeq != 3 {
+		t.Fatalf("reopened: %+v %v", rep2, err)
+	}
+}
