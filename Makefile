@@ -101,6 +101,7 @@ fuzz-short:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeArgs$$' -fuzztime $(FUZZ_SHORT) ./cryptoki/wire/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadRequest$$' -fuzztime $(FUZZ_SHORT) ./cryptoki/wire/
 	$(GO) test -run '^$$' -fuzz '^FuzzCreateTemplate$$' -fuzztime $(FUZZ_SHORT) ./daemon/
+	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime $(FUZZ_SHORT) ./daemon/adminapi/
 
 # Short fuzzing runs of every fuzz target (longer: FUZZTIME=10m make fuzz).
 FUZZTIME ?= 20s

@@ -26,6 +26,9 @@ func (e *Engine) Dispatch(ctx context.Context, app *App, a *wire.Args, r *wire.R
 		case errors.As(err, &r):
 			e.log.Info("call refused", "call", a.Call().Name, "pid", app.PID, "why", r.why)
 		}
+		if errors.Is(err, keystore.ErrTampered) {
+			e.audit(ctx, actor(app, ""), keystore.UUID{}, "tamper.detected", map[string]string{"call": a.Call().Name})
+		}
 	}
 	return code
 }
@@ -111,7 +114,7 @@ func (e *Engine) dispatch(ctx context.Context, app *App, a *wire.Args, r *wire.R
 		if null || lnull {
 			return ck.CKR_ARGUMENTS_BAD, nil
 		}
-		return ck.CKR_OK, e.InitToken(ctx, a.Ulong(0), pin, label)
+		return ck.CKR_OK, e.InitToken(ctx, app, a.Ulong(0), pin, label)
 	case "C_InitPIN":
 		pin, null := a.Bytes(1)
 		if null {

@@ -44,7 +44,7 @@ func (e *Engine) GenerateKey(ctx context.Context, app *App, h uint64, wm *wire.M
 	if err := completeObject(m, class, kt, originGenerate, wm.Type, nil, tier); err != nil {
 		return 0, err
 	}
-	return e.keep(ctx, app, s, m, class, kt)
+	return e.keep(ctx, app, s, "generate", m, class, kt)
 }
 
 // GenerateKeyPair makes a public and a private key.
@@ -82,11 +82,11 @@ func (e *Engine) GenerateKeyPair(ctx context.Context, app *App, h uint64, wm *wi
 	if err := completeObject(priv, vc, vkt, originGenerate, wm.Type, nil, tier); err != nil {
 		return 0, 0, err
 	}
-	ph, err := e.keep(ctx, app, s, pub, pc, pkt)
+	ph, err := e.keep(ctx, app, s, "generate", pub, pc, pkt)
 	if err != nil {
 		return 0, 0, err
 	}
-	vh, err := e.keep(ctx, app, s, priv, vc, vkt)
+	vh, err := e.keep(ctx, app, s, "generate", priv, vc, vkt)
 	if err != nil {
 		// Do not leave half a pair behind.
 		e.DestroyObject(ctx, app, h, ph)
@@ -149,6 +149,10 @@ func (e *Engine) WrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mecha
 	}
 	if !o.bool(ck.CKA_EXTRACTABLE) {
 		e.log.Warn("wrap refused: the key is not extractable", "pid", app.PID)
+		detail := objectDetail(keystore.UUID{}, k.class, o.all())
+		delete(detail, "object")
+		detail["call"] = "C_WrapKey"
+		e.audit(ctx, actor(app, sessionRole(app, s)), s.token, "export.refused", detail)
 		return 0, rv(ck.CKR_KEY_UNEXTRACTABLE)
 	}
 	if o.bool(ck.CKA_WRAP_WITH_TRUSTED) && !wk.obj.bool(ck.CKA_TRUSTED) {
@@ -234,7 +238,7 @@ func (e *Engine) UnwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if err := completeObject(m, class, kt, originUnwrap, 0, nil, tier); err != nil {
 		return 0, err
 	}
-	return e.keep(ctx, app, s, m, class, kt)
+	return e.keep(ctx, app, s, "unwrap", m, class, kt)
 }
 
 // maxDerivedKey bounds a derived key's length.
@@ -347,5 +351,5 @@ func (e *Engine) DeriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if err := completeObject(m, class, kt, originDerive, 0, base.obj, tier); err != nil {
 		return 0, err
 	}
-	return e.keep(ctx, app, s, m, class, kt)
+	return e.keep(ctx, app, s, "derive", m, class, kt)
 }

@@ -114,8 +114,10 @@ func (e *Engine) resolve(ctx context.Context, app *App, s *session, oh uint64) (
 }
 
 // keep creates an object from its full attribute set, in the keystore or
-// in memory as CKA_TOKEN says, and returns its new handle.
-func (e *Engine) keep(ctx context.Context, app *App, s *session, m map[uint64][]byte, class, kt uint64) (uint64, error) {
+// in memory as CKA_TOKEN says, and returns its new handle. verb says how
+// it came to be (generate, import, unwrap, derive, copy), for the audit
+// log, which records token objects.
+func (e *Engine) keep(ctx context.Context, app *App, s *session, verb string, m map[uint64][]byte, class, kt uint64) (uint64, error) {
 	token, private := isTrue(m[ck.CKA_TOKEN]), isTrue(m[ck.CKA_PRIVATE])
 	if token && !s.rw {
 		return 0, rv(ck.CKR_SESSION_READ_ONLY)
@@ -143,6 +145,10 @@ func (e *Engine) keep(ctx context.Context, app *App, s *session, m map[uint64][]
 	if err != nil {
 		return 0, err
 	}
+	if verb == "import" && class != ck.CKO_SECRET_KEY && class != ck.CKO_PRIVATE_KEY && class != ck.CKO_PUBLIC_KEY {
+		verb = "create"
+	}
+	e.audit(ctx, actor(app, sessionRole(app, s)), s.token, objectEvent(class, verb), objectDetail(obj.UUID, class, m))
 	app.mu.Lock()
 	defer app.mu.Unlock()
 	return app.tokenHandle(s.token, obj.ID), nil
@@ -162,7 +168,7 @@ func (e *Engine) CreateObject(ctx context.Context, app *App, h uint64, tmpl []at
 	if err != nil {
 		return 0, err
 	}
-	return e.keep(ctx, app, s, m, class, kt)
+	return e.keep(ctx, app, s, "import", m, class, kt)
 }
 
 // CopyObject copies an object, changing what the template says, within the
@@ -181,7 +187,7 @@ func (e *Engine) CopyObject(ctx context.Context, app *App, h, oh uint64, tmpl []
 	if err != nil {
 		return 0, err
 	}
-	return e.keep(ctx, app, s, m, o.class(), o.keyType())
+	return e.keep(ctx, app, s, "copy", m, o.class(), o.keyType())
 }
 
 // DestroyObject destroys an object.
@@ -201,9 +207,14 @@ func (e *Engine) DestroyObject(ctx context.Context, app *App, h, oh uint64) erro
 		if !s.rw {
 			return rv(ck.CKR_SESSION_READ_ONLY)
 		}
+		var uuid keystore.UUID
+		if stored, err := e.store.Open(ctx, ref.id); err == nil {
+			uuid = stored.UUID
+		}
 		if err := e.store.Delete(ctx, ref.id); err != nil && !errors.Is(err, keystore.ErrNotFound) {
 			return err
 		}
+		e.audit(ctx, actor(app, sessionRole(app, s)), s.token, objectEvent(o.class(), "destroy"), objectDetail(uuid, o.class(), o.all()))
 	}
 	app.mu.Lock()
 	app.dropHandle(oh)

@@ -28,6 +28,8 @@ type ServerConfig struct {
 	Group int
 	// AllowUIDs are the users allowed besides the daemon's own and root.
 	AllowUIDs []uint32
+	// Admin is what the daemon reports of itself on admin connections.
+	Admin AdminInfo
 }
 
 // Server accepts the module's connections on a Unix socket and serves
@@ -36,6 +38,8 @@ type Server struct {
 	eng *Engine
 	log *slog.Logger
 	cfg ServerConfig
+
+	started time.Time
 
 	mu       sync.Mutex
 	stopping bool
@@ -48,7 +52,7 @@ func NewServer(eng *Engine, log *slog.Logger, cfg ServerConfig) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{eng: eng, log: log, cfg: cfg, conns: map[*net.UnixConn]*fdConn{}}
+	return &Server{eng: eng, log: log, cfg: cfg, started: time.Now(), conns: map[*net.UnixConn]*fdConn{}}
 }
 
 // Listen creates the socket at path, owner-only (or group-shared). A stale
@@ -105,9 +109,12 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 		// daemon up: after a grace period, its connection is cut.
 		time.Sleep(stopGrace)
 		s.mu.Lock()
-		for _, raw := range s.conns {
+		for c, raw := range s.conns {
 			if raw != nil {
 				raw.cut()
+			} else {
+				// An admin connection, or one still in its hello.
+				c.Close()
 			}
 		}
 		s.mu.Unlock()
@@ -190,6 +197,19 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 	switch {
 	case hello.Version != wire.Version:
 		reply.Status = wire.StatusVersion
+	case hello.Flags == wire.FlagAdmin:
+		if !adminAllowed(cred.Uid) {
+			reply.Status = wire.StatusRefused
+			s.log.Warn("admin connection refused: only the daemon's user and root administer it", "uid", cred.Uid, "pid", cred.Pid)
+		}
+		if _, err := c.Write(reply.Marshal()); err != nil || reply.Status != wire.StatusOK {
+			return
+		}
+		s.serveAdmin(ctx, c, cred)
+		return
+	case hello.Flags != 0:
+		reply.Status = wire.StatusRefused
+		s.log.Warn("connection refused: unknown hello flags", "flags", hello.Flags, "pid", cred.Pid)
 	case !s.allowed(cred.Uid):
 		reply.Status = wire.StatusRefused
 		s.log.Warn("connection refused: user not allowed", "uid", cred.Uid, "pid", cred.Pid)

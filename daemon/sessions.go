@@ -174,15 +174,11 @@ func (e *Engine) Login(ctx context.Context, app *App, h, userType uint64, pin []
 			return rv(ck.CKR_ARGUMENTS_BAD)
 		}
 		return contextLogin(s, func() error {
-			tl := e.tokenLogin(s.token)
-			tl.attempt.Lock()
-			defer tl.attempt.Unlock()
-			if err := e.waitAfterFailures(ctx, tl, keystore.RoleUser, s.token); err != nil {
-				return err
-			}
-			err := e.store.Login(ctx, s.token, keystore.RoleUser, pin)
+			err := e.pinAttempt(ctx, s.token, keystore.RoleUser, func() error {
+				return e.store.Login(ctx, s.token, keystore.RoleUser, pin)
+			})
 			if errors.Is(err, keystore.ErrPINIncorrect) {
-				e.afterFailure(tl, keystore.RoleUser, s.token)
+				e.auditPINFailure(ctx, actor(app, "user"), s.token, keystore.RoleUser, "login.failure")
 			}
 			return err
 		})
@@ -219,11 +215,17 @@ func (e *Engine) Login(ctx context.Context, app *App, h, userType uint64, pin []
 	}
 	e.reserveLogin(s.token)
 	err = e.store.Login(ctx, s.token, role, pin)
+	who := actor(app, roleName(role))
 	if errors.Is(err, keystore.ErrPINIncorrect) {
 		e.afterFailure(tl, role, s.token)
+		e.auditPINFailure(ctx, who, s.token, role, "login.failure")
 	}
 	if errors.Is(err, keystore.ErrPINLocked) {
 		e.log.Warn("login refused: PIN locked", "token", s.token.String(), "role", role.String(), "pid", app.PID)
+		e.audit(ctx, who, s.token, "login.locked", nil)
+	}
+	if err == nil {
+		e.audit(ctx, who, s.token, "login.success", nil)
 	}
 	if err != nil {
 		e.releaseLogin(s.token)
@@ -271,6 +273,23 @@ func (e *Engine) waitAfterFailures(ctx context.Context, tl *tokenLogin, role key
 	}
 }
 
+// pinAttempt runs check, a check of role's PIN on the token, under the
+// token's attempt lock and after the delay earned by earlier failures, and
+// starts the next delay when the PIN was wrong.
+func (e *Engine) pinAttempt(ctx context.Context, token keystore.UUID, role keystore.Role, check func() error) error {
+	tl := e.tokenLogin(token)
+	tl.attempt.Lock()
+	defer tl.attempt.Unlock()
+	if err := e.waitAfterFailures(ctx, tl, role, token); err != nil {
+		return err
+	}
+	err := check()
+	if errors.Is(err, keystore.ErrPINIncorrect) {
+		e.afterFailure(tl, role, token)
+	}
+	return err
+}
+
 // afterFailure records a failed PIN check. tl.attempt is held.
 func (e *Engine) afterFailure(tl *tokenLogin, role keystore.Role, token keystore.UUID) {
 	tl.lastFail[role] = time.Now()
@@ -308,6 +327,7 @@ func (e *Engine) InitPIN(ctx context.Context, app *App, h uint64, pin []byte) er
 		return err
 	}
 	e.log.Info("user PIN set by the SO", "token", s.token.String())
+	e.audit(ctx, actor(app, "so"), s.token, "pin.init", map[string]string{"role": "user"})
 	return nil
 }
 
@@ -328,18 +348,16 @@ func (e *Engine) SetPIN(ctx context.Context, app *App, h uint64, oldPIN, newPIN 
 	if r, in := app.role(s); in {
 		role = r
 	}
-	tl := e.tokenLogin(s.token)
-	tl.attempt.Lock()
-	defer tl.attempt.Unlock()
-	if err := e.waitAfterFailures(ctx, tl, role, s.token); err != nil {
-		return err
-	}
-	err = e.store.SetPIN(ctx, s.token, role, oldPIN, newPIN)
+	err = e.pinAttempt(ctx, s.token, role, func() error {
+		return e.store.SetPIN(ctx, s.token, role, oldPIN, newPIN)
+	})
+	who := actor(app, sessionRole(app, s))
 	if errors.Is(err, keystore.ErrPINIncorrect) {
-		e.afterFailure(tl, role, s.token)
+		e.auditPINFailure(ctx, who, s.token, role, "pin.change.failure")
 	}
 	if err == nil {
 		e.log.Info("PIN changed", "token", s.token.String(), "role", role.String())
+		e.audit(ctx, who, s.token, "pin.change", map[string]string{"role": roleName(role)})
 	}
 	return err
 }

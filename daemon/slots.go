@@ -129,7 +129,7 @@ func blankLabel(label []byte) string {
 // InitToken initialises the token in a slot: on slot 0 it creates a new
 // token; on an initialised token it checks the SO PIN and re-initialises
 // it, destroying its objects.
-func (e *Engine) InitToken(ctx context.Context, slot uint64, pin, label []byte) error {
+func (e *Engine) InitToken(ctx context.Context, app *App, slot uint64, pin, label []byte) error {
 	if len(pin) < minPINLen || len(pin) > maxPINLen {
 		return rv(ck.CKR_PIN_LEN_RANGE)
 	}
@@ -148,6 +148,7 @@ func (e *Engine) InitToken(ctx context.Context, slot uint64, pin, label []byte) 
 			return err
 		}
 		e.log.Info("token created", "label", name, "slot", ti.ID, "tier", ti.Tier.String())
+		e.audit(ctx, actor(app, ""), ti.UUID, "token.create", map[string]string{"tier": ti.Tier.String(), "slot": fmt.Sprint(ti.ID), "via": "C_InitToken"})
 		return nil
 	}
 	ti, err := e.token(ctx, slot)
@@ -157,22 +158,19 @@ func (e *Engine) InitToken(ctx context.Context, slot uint64, pin, label []byte) 
 	if all, _ := e.sessionCounts(ti.UUID); all > 0 {
 		return rv(ck.CKR_SESSION_EXISTS)
 	}
-	tl := e.tokenLogin(ti.UUID)
-	tl.attempt.Lock()
-	defer tl.attempt.Unlock()
 	// The SO PIN is checked here as at login: the same delays apply.
-	if err := e.waitAfterFailures(ctx, tl, keystore.RoleSO, ti.UUID); err != nil {
-		return err
-	}
-	err = e.store.Reinit(ctx, ti.UUID, pin, name)
+	err = e.pinAttempt(ctx, ti.UUID, keystore.RoleSO, func() error {
+		return e.store.Reinit(ctx, ti.UUID, pin, name)
+	})
 	if errors.Is(err, keystore.ErrPINIncorrect) {
-		e.afterFailure(tl, keystore.RoleSO, ti.UUID)
+		e.auditPINFailure(ctx, actor(app, "so"), ti.UUID, keystore.RoleSO, "token.reinit.failure")
 	}
 	if errors.Is(err, keystore.ErrTokenExists) {
 		return rv(ck.CKR_ARGUMENTS_BAD)
 	}
 	if err == nil {
 		e.log.Info("token re-initialised", "label", name, "slot", slot)
+		e.audit(ctx, actor(app, "so"), ti.UUID, "token.reinit", map[string]string{"old_label": ti.Label, "slot": fmt.Sprint(slot)})
 	}
 	return err
 }

@@ -19,6 +19,11 @@ const (
 	StatusOK      = 0 // accepted
 	StatusVersion = 1 // version not supported; the reply carries the daemon's highest
 	StatusRefused = 2 // peer not allowed, or application id of another process
+
+	// FlagAdmin in a hello opens an administrator's connection, which
+	// speaks the admin protocol (daemon/adminapi) instead of PKCS#11
+	// calls. Other flags are refused.
+	FlagAdmin = 1
 )
 
 // magic opens both the hello and its reply.
@@ -29,7 +34,7 @@ const magic = "HSMU"
 //	"HSMU" | version u16 | flags u16 | application id [16] | pid u32 | reserved u32
 //
 // ReadHello checks only the magic; the daemon judges the version, flags
-// (0 today) and reserved (0) and answers with a status.
+// (FlagAdmin or 0) and reserved (0) and answers with a status.
 type Hello struct {
 	Version  uint16
 	Flags    uint16

@@ -1,0 +1,283 @@
+// Package adminapi is the administrator's protocol: what `hsmemu <command>`
+// sends the daemon over its socket, and the client that sends it.
+//
+// An admin connection opens with the module's hello (cryptoki/wire) with
+// the admin flag set; the daemon accepts it only from its own user or root.
+// Then each request and reply is one frame, a u32 big-endian length and
+// that many bytes of JSON, at most MaxFrame. Admin calls are rare and
+// small, so JSON's cost does not matter and its shapes stay readable.
+// docs/protocol.md ("Admin connections") describes it.
+package adminapi
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// MaxFrame bounds a frame's JSON, both ways.
+const MaxFrame = 1 << 20
+
+// Request is one admin call.
+type Request struct {
+	Op   string          `json:"op"`
+	Args json.RawMessage `json:"args,omitempty"`
+}
+
+// Reply is the daemon's answer: a result, or an error.
+type Reply struct {
+	Result json.RawMessage `json:"result,omitempty"`
+	Error  *Error          `json:"error,omitempty"`
+}
+
+// Error is a refused or failed admin call. Code is one of the Code*
+// constants; Message says what happened and, where it can, what to do.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Error codes.
+const (
+	CodeBadRequest   = "bad-request"   // malformed or unknown call
+	CodeNotFound     = "not-found"     // no such token, record, ...
+	CodeExists       = "exists"        // the name is taken
+	CodeInUse        = "in-use"        // sessions are open on the token
+	CodePINIncorrect = "pin-incorrect" // a PIN was wrong; the failure was counted
+	CodePINLocked    = "pin-locked"    // too many wrong PINs
+	CodePINInvalid   = "pin-invalid"   // a new PIN of the wrong length
+	CodeTampered     = "tampered"      // the keystore failed an integrity check
+	CodeInternal     = "internal"      // the daemon's fault; its log says more
+)
+
+// Errorf returns an *Error.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// ErrFrame is a frame that breaks the protocol: too long, or not JSON.
+var ErrFrame = errors.New("adminapi: malformed frame")
+
+// WriteFrame writes v as one frame.
+func WriteFrame(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if len(b) > MaxFrame {
+		return fmt.Errorf("%w: %d bytes, over %d", ErrFrame, len(b), MaxFrame)
+	}
+	buf := make([]byte, 4, 4+len(b))
+	binary.BigEndian.PutUint32(buf, uint32(len(b)))
+	_, err = w.Write(append(buf, b...))
+	return err
+}
+
+// ReadFrame reads one frame into v. A length over MaxFrame is refused
+// before anything is read or allocated.
+func ReadFrame(r io.Reader, v any) error {
+	var h [4]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return err
+	}
+	n := binary.BigEndian.Uint32(h[:])
+	if n > MaxFrame {
+		return fmt.Errorf("%w: length %d over %d", ErrFrame, n, MaxFrame)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	return DecodeJSON(b, v)
+}
+
+// DecodeJSON decodes exactly one JSON value, refusing unknown fields, so a
+// misspelt argument is an error rather than a default.
+func DecodeJSON(b []byte, v any) error {
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	if err := d.Decode(v); err != nil {
+		return fmt.Errorf("%w: %v", ErrFrame, err)
+	}
+	if d.More() {
+		return fmt.Errorf("%w: trailing data", ErrFrame)
+	}
+	return nil
+}
+
+// The calls, their arguments and their results. PINs are []byte, which
+// JSON carries as base64, so they can be wiped after use.
+const (
+	OpStatus      = "status"
+	OpTokenCreate = "token.create"
+	OpTokenList   = "token.list"
+	OpTokenShow   = "token.show"
+	OpTokenDelete = "token.delete"
+	OpPINChange   = "pin.change"
+	OpPINReset    = "pin.reset"
+	OpPINUnlock   = "pin.unlock"
+	OpAuditTail   = "audit.tail"
+	OpAuditRange  = "audit.range"
+	OpAuditVerify = "audit.verify"
+)
+
+// Status is the answer to OpStatus.
+type Status struct {
+	Version   string    `json:"version"`
+	Started   time.Time `json:"started"`
+	UptimeSec float64   `json:"uptime_seconds"`
+	TPM       TPMInfo   `json:"tpm"`
+	// Domain is the security domain's id; its first 8 bytes in hex are
+	// the root fingerprint shown to people.
+	Domain   Hex       `json:"domain"`
+	Escrowed bool      `json:"escrowed"`
+	Tokens   []Token   `json:"tokens"`
+	Apps     int       `json:"applications"`
+	Sessions int       `json:"sessions"`
+	Audit    AuditHead `json:"audit"`
+}
+
+// TPMInfo says which TPM holds the master key.
+type TPMInfo struct {
+	Kind         string `json:"kind"`
+	Path         string `json:"path,omitempty"`
+	Manufacturer string `json:"manufacturer"`
+	Vendor       string `json:"vendor,omitempty"`
+	Firmware     string `json:"firmware,omitempty"`
+}
+
+// AuditHead is the newest record of the audit log.
+type AuditHead struct {
+	Records int64 `json:"records"`
+	Head    Hex   `json:"head,omitempty"`
+}
+
+// Token describes a token. It holds nothing secret.
+type Token struct {
+	Label        string    `json:"label"`
+	Slot         int64     `json:"slot"`
+	Serial       string    `json:"serial"`
+	Tier         string    `json:"tier"`
+	UUID         string    `json:"uuid"`
+	Created      time.Time `json:"created"`
+	Objects      int64     `json:"objects"`
+	UserPINSet   bool      `json:"user_pin_set"`
+	SOFailures   int       `json:"so_failures"`
+	UserFailures int       `json:"user_failures"`
+	SOLocked     bool      `json:"so_locked"`
+	UserLocked   bool      `json:"user_locked"`
+	Sessions     int       `json:"sessions"`
+	LoggedIn     bool      `json:"logged_in"`
+}
+
+// TokenCreate creates a token. Without UserPIN the user PIN awaits
+// C_InitPIN or `pin reset`.
+type TokenCreate struct {
+	Label   string `json:"label"`
+	Tier    string `json:"tier"`
+	SOPIN   []byte `json:"so_pin"`
+	UserPIN []byte `json:"user_pin,omitempty"`
+}
+
+// TokenRef names a token.
+type TokenRef struct {
+	Label string `json:"label"`
+}
+
+// TokenDelete deletes a token and all its objects, with its SO PIN.
+type TokenDelete struct {
+	Label string `json:"label"`
+	SOPIN []byte `json:"so_pin"`
+}
+
+// PINChange changes Role's PIN ("user" or "so") from Old to New.
+type PINChange struct {
+	Label string `json:"label"`
+	Role  string `json:"role"`
+	Old   []byte `json:"old_pin"`
+	New   []byte `json:"new_pin"`
+}
+
+// PINReset sets a new user PIN with the SO PIN; it also unlocks a locked
+// user PIN.
+type PINReset struct {
+	Label string `json:"label"`
+	SOPIN []byte `json:"so_pin"`
+	New   []byte `json:"new_pin"`
+}
+
+// PINUnlock clears Role's failure count. The user's needs the SO PIN; the
+// SO's is the administrator's recovery path and needs only the peer
+// credentials an admin connection already has.
+type PINUnlock struct {
+	Label string `json:"label"`
+	Role  string `json:"role"`
+	SOPIN []byte `json:"so_pin,omitempty"`
+}
+
+// AuditTail asks for the newest N records.
+type AuditTail struct {
+	N int `json:"n"`
+}
+
+// AuditRange asks for up to Limit records after sequence number After
+// (all of them when Limit is 0).
+type AuditRange struct {
+	After int64 `json:"after"`
+	Limit int   `json:"limit"`
+}
+
+// AuditRecord is one record of the audit log.
+type AuditRecord struct {
+	Seq      int64             `json:"seq"`
+	Time     time.Time         `json:"time"`
+	Actor    AuditActor        `json:"actor"`
+	Event    string            `json:"event"`
+	Detail   map[string]string `json:"detail,omitempty"`
+	PrevHash Hex               `json:"prev_hash"`
+	Hash     Hex               `json:"hash"`
+}
+
+// AuditActor says who acted.
+type AuditActor struct {
+	UID   uint32 `json:"uid"`
+	PID   int32  `json:"pid"`
+	Token string `json:"token,omitempty"`
+	Role  string `json:"role,omitempty"`
+}
+
+// AuditVerify is the outcome of walking the chain.
+type AuditVerify struct {
+	OK      bool   `json:"ok"`
+	Records int64  `json:"records"`
+	HeadSeq int64  `json:"head_seq"`
+	Head    Hex    `json:"head,omitempty"`
+	BadSeq  int64  `json:"bad_seq,omitempty"`
+	Problem string `json:"problem,omitempty"`
+}
+
+// Hex is bytes that JSON carries as a hex string: hashes and ids, which
+// people compare by eye.
+type Hex []byte
+
+// MarshalText implements encoding.TextMarshaler.
+func (h Hex) MarshalText() ([]byte, error) {
+	return []byte(hex.EncodeToString(h)), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (h *Hex) UnmarshalText(b []byte) error {
+	v, err := hex.DecodeString(string(b))
+	*h = v
+	return err
+}

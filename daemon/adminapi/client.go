@@ -1,0 +1,92 @@
+package adminapi
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"hsmemu/cryptoki/wire"
+)
+
+// ErrNoDaemon is Dial's error when nothing answers on the socket.
+var ErrNoDaemon = errors.New("no daemon answers")
+
+// Client is an admin connection.
+type Client struct {
+	c       net.Conn
+	timeout time.Duration
+}
+
+// Dial opens an admin connection to the daemon at the socket path.
+func Dial(path string) (*Client, error) {
+	c, err := net.DialTimeout("unix", path, 5*time.Second)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("%w on %s: start it with `hsmemu serve`, or name its socket with --socket", ErrNoDaemon, path)
+		}
+		return nil, fmt.Errorf("connect to %s: %w", path, err)
+	}
+	h := wire.Hello{Version: wire.Version, Flags: wire.FlagAdmin, PID: uint32(os.Getpid())}
+	rand.Read(h.AppID[:])
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(h.Marshal()); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("connect to %s: %w", path, err)
+	}
+	r, err := wire.ReadHelloReply(c)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("connect to %s: %w", path, err)
+	}
+	switch r.Status {
+	case wire.StatusOK:
+	case wire.StatusRefused:
+		c.Close()
+		return nil, fmt.Errorf("the daemon on %s refused an admin connection: run this as the daemon's user or root", path)
+	default:
+		c.Close()
+		return nil, fmt.Errorf("the daemon on %s speaks protocol version %d, this command %d: use the hsmemu that runs it", path, r.Version, wire.Version)
+	}
+	c.SetDeadline(time.Time{})
+	return &Client{c: c, timeout: 5 * time.Minute}, nil
+}
+
+// Close closes the connection.
+func (cl *Client) Close() error { return cl.c.Close() }
+
+// Call sends op with args and decodes the result into result (which may be
+// nil). A refusal by the daemon is an *Error.
+func (cl *Client) Call(op string, args, result any) error {
+	req := Request{Op: op}
+	if args != nil {
+		b, err := json.Marshal(args)
+		if err != nil {
+			return err
+		}
+		req.Args = b
+		defer clear(b) // it may hold PINs
+	}
+	cl.c.SetDeadline(time.Now().Add(cl.timeout))
+	defer cl.c.SetDeadline(time.Time{})
+	if err := WriteFrame(cl.c, req); err != nil {
+		return fmt.Errorf("send %s: %w", op, err)
+	}
+	var rep Reply
+	if err := ReadFrame(cl.c, &rep); err != nil {
+		return fmt.Errorf("read the reply to %s: %w", op, err)
+	}
+	if rep.Error != nil {
+		return rep.Error
+	}
+	if result != nil {
+		if err := json.Unmarshal(rep.Result, result); err != nil {
+			return fmt.Errorf("read the reply to %s: %w", op, err)
+		}
+	}
+	return nil
+}

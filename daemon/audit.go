@@ -1,0 +1,109 @@
+package daemon
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/keystore"
+)
+
+// Security-relevant events go to the keystore's hash-chained audit log
+// (keystore/audit.go). Event names are dotted, subject first. Token
+// objects' keys are audited from birth to destruction; session objects,
+// which die with their session and are a hot path for some clients (an
+// ECDH secret per TLS handshake), are not. Reads of sensitive attributes,
+// which clients such as pkcs11-tool make by the dozen, are refused but not
+// audited; a refused export of an unextractable key is.
+
+// actor is an application's process acting in a role ("" when no one is
+// logged in).
+func actor(app *App, role string) keystore.AuditActor {
+	return keystore.AuditActor{UID: app.UID, PID: app.PID, Role: role}
+}
+
+// roleName names a role as the audit log and the admin protocol do.
+func roleName(r keystore.Role) string {
+	if r == keystore.RoleSO {
+		return "so"
+	}
+	return "user"
+}
+
+// sessionRole is the role logged in to the session's token, or "".
+func sessionRole(app *App, s *session) string {
+	if r, in := app.role(s); in {
+		return roleName(r)
+	}
+	return ""
+}
+
+// audit appends a record. A record that cannot be written is logged as an
+// error; the call it records has already happened.
+func (e *Engine) audit(ctx context.Context, who keystore.AuditActor, token keystore.UUID, event string, detail map[string]string) {
+	if token != (keystore.UUID{}) && who.Token == "" {
+		if ti, err := e.store.Token(ctx, token); err == nil {
+			who.Token = ti.Label
+		} else {
+			who.Token = token.String()
+		}
+	}
+	if _, err := e.store.Audit(ctx, who, event, detail); err != nil {
+		e.log.Error("audit record not written", "event", event, "err", err)
+	}
+}
+
+// auditPINFailure records a wrong PIN and, when it locked the role, the
+// lockout.
+func (e *Engine) auditPINFailure(ctx context.Context, who keystore.AuditActor, token keystore.UUID, role keystore.Role, event string) {
+	e.audit(ctx, who, token, event, map[string]string{"role": roleName(role)})
+	if ti, err := e.store.Token(ctx, token); err == nil && e.store.Locked(ti, role) {
+		e.log.Warn("PIN locked after too many failures", "token", ti.Label, "role", role.String())
+		e.audit(ctx, who, token, "pin.lockout", map[string]string{"role": roleName(role)})
+	}
+}
+
+// objectEvent names what happened to an object: key.* for keys,
+// object.* for the other classes.
+func objectEvent(class uint64, verb string) string {
+	switch class {
+	case ck.CKO_SECRET_KEY, ck.CKO_PRIVATE_KEY, ck.CKO_PUBLIC_KEY:
+		return "key." + verb
+	}
+	return "object." + verb
+}
+
+// className is a class's name for the audit log.
+func className(class uint64) string {
+	switch class {
+	case ck.CKO_DATA:
+		return "data"
+	case ck.CKO_CERTIFICATE:
+		return "certificate"
+	case ck.CKO_PUBLIC_KEY:
+		return "public-key"
+	case ck.CKO_PRIVATE_KEY:
+		return "private-key"
+	case ck.CKO_SECRET_KEY:
+		return "secret-key"
+	}
+	return "other"
+}
+
+// objectDetail describes an object for the audit log: its identity, class,
+// key type, label and CKA_ID, never a value.
+func objectDetail(uuid keystore.UUID, class uint64, m map[uint64][]byte) map[string]string {
+	d := map[string]string{"object": uuid.String(), "class": className(class)}
+	if kt, ok := m[ck.CKA_KEY_TYPE]; ok && len(kt) == 8 {
+		d["key_type"] = fmt.Sprintf("0x%x", binary.BigEndian.Uint64(kt))
+	}
+	if l, ok := m[ck.CKA_LABEL]; ok && len(l) > 0 {
+		d["label"] = string(l)
+	}
+	if id, ok := m[ck.CKA_ID]; ok && len(id) > 0 {
+		d["id"] = hex.EncodeToString(id)
+	}
+	return d
+}
