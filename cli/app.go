@@ -1,4 +1,4 @@
-// Package cli is hsmemu's command line: the daemon and, in time, the
+// Package cli is hsmemu's command line: the daemon and the
 // administrator's commands, built on urfave/cli.
 package cli
 
@@ -22,7 +22,8 @@ func New() *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"HSMEMU_LOG_LEVEL"}},
 		},
-		Commands:             []*cli.Command{serveCommand(), initCommand(), domainCommand(), backupCommand(), restoreCommand(), benchCommand(), completionCommand()},
+		Commands: []*cli.Command{serveCommand(), initCommand(), statusCommand(), tokenCommand(), pinCommand(), auditCommand(),
+			domainCommand(), backupCommand(), restoreCommand(), benchCommand(), completionCommand()},
 		EnableBashCompletion: true,
 	}
 }

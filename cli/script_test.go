@@ -5,10 +5,14 @@ import (
 	"crypto/ecdh"
 	"crypto/rand"
 	"crypto/x509"
+	"database/sql"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"strconv"
 	"testing"
 	"time"
 
@@ -43,6 +47,8 @@ func TestScripts(t *testing.T) {
 			"putkey":    cmdPutkey,
 			"getkey":    cmdGetkey,
 			"waitsock":  cmdWaitsock,
+			"exits":     cmdExits,
+			"sqlexec":   cmdSQLExec,
 		},
 	})
 }
@@ -160,4 +166,42 @@ func cmdWaitsock(ts *testscript.TestScript, neg bool, args []string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	ts.Fatalf("nothing answers on %s", args[0])
+}
+
+// exits CODE PROGRAM ARGS... runs a program as exec does and checks its
+// exit code, which `! exec` cannot.
+func cmdExits(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 {
+		ts.Fatalf("usage: exits CODE PROGRAM ARGS...")
+	}
+	want, err := strconv.Atoi(args[0])
+	ts.Check(err)
+	err = ts.Exec(args[1], args[2:]...)
+	got := 0
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		got = ee.ExitCode()
+	case err != nil:
+		ts.Fatalf("%s: %v", args[1], err)
+	}
+	if got != want {
+		ts.Fatalf("%s exited %d, want %d", args[1], got, want)
+	}
+}
+
+// sqlexec DB STATEMENT... runs SQL statements on a keystore file behind
+// the daemon's back, as someone editing it would.
+func cmdSQLExec(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 {
+		ts.Fatalf("usage: sqlexec DB STATEMENT...")
+	}
+	db, err := sql.Open("sqlite3", "file:"+ts.MkAbs(args[0])+"?_busy_timeout=10000")
+	ts.Check(err)
+	defer db.Close()
+	for _, q := range args[1:] {
+		if _, err := db.Exec(q); err != nil {
+			ts.Fatalf("%s: %v", q, err)
+		}
+	}
 }

@@ -1,0 +1,191 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"hsmemu/daemon/adminapi"
+)
+
+// Exit codes of the commands that talk to the daemon (docs/admin.md).
+const (
+	exitError    = 1 // the daemon is not there, or failed
+	exitUsage    = 2 // bad flags or arguments
+	exitConflict = 3 // the name is taken, or the token is in use
+	exitNotFound = 4 // no such token or record
+	exitAuth     = 5 // a PIN was wrong, or is locked
+	exitTampered = 6 // the keystore or its audit log failed verification
+)
+
+// adminFlags are the flags every command on the running daemon takes.
+func adminFlags(extra ...cli.Flag) []cli.Flag {
+	return append([]cli.Flag{
+		stateDirFlag("the daemon's state directory, where its socket is by default"),
+		&cli.StringFlag{Name: "socket", Usage: "the daemon's socket (default: STATE-DIR/hsmemu.sock)", EnvVars: []string{"HSMEMU_SOCKET"}},
+		&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
+	}, extra...)
+}
+
+// socketPath is --socket, else STATE-DIR/hsmemu.sock.
+func socketPath(c *cli.Context) string {
+	if s := c.String("socket"); s != "" {
+		return s
+	}
+	return filepath.Join(c.String("state-dir"), "hsmemu.sock")
+}
+
+// adminCall opens an admin connection, makes one call and closes it. An
+// error comes back as a cli.Exit with the documented code, prefixed by
+// the command's name.
+func adminCall(c *cli.Context, op string, args, result any) error {
+	cl, err := adminapi.Dial(socketPath(c))
+	if err != nil {
+		return cli.Exit(commandName(c)+": "+err.Error(), exitError)
+	}
+	defer cl.Close()
+	if err := cl.Call(op, args, result); err != nil {
+		return adminExit(c, err)
+	}
+	return nil
+}
+
+// adminExit maps a daemon's refusal onto an exit code.
+func adminExit(c *cli.Context, err error) error {
+	code := exitError
+	var ae *adminapi.Error
+	if errors.As(err, &ae) {
+		switch ae.Code {
+		case adminapi.CodeBadRequest, adminapi.CodePINInvalid:
+			code = exitUsage
+		case adminapi.CodeExists, adminapi.CodeInUse:
+			code = exitConflict
+		case adminapi.CodeNotFound:
+			code = exitNotFound
+		case adminapi.CodePINIncorrect, adminapi.CodePINLocked:
+			code = exitAuth
+		case adminapi.CodeTampered:
+			code = exitTampered
+		}
+	}
+	return cli.Exit(commandName(c)+": "+err.Error(), code)
+}
+
+// commandName is "hsmemu token create" and the like.
+func commandName(c *cli.Context) string {
+	names := []string{}
+	lineage := c.Lineage()
+	for _, l := range lineage[:len(lineage)-1] { // the last is the application
+		if l.Command != nil && l.Command.Name != "" {
+			names = append([]string{l.Command.Name}, names...)
+		}
+	}
+	return strings.Join(append([]string{"hsmemu"}, names...), " ")
+}
+
+// printJSON writes v indented, for --json.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// A PIN comes from a file (--NAME-file), an environment variable, or a
+// prompt on the terminal without echo; never from the command line, where
+// other users see it in the process list.
+type pinSource struct {
+	flag   string // e.g. "so-pin": the flag is --so-pin-file
+	env    string // e.g. HSMEMU_SO_PIN
+	prompt string // e.g. "SO PIN"
+}
+
+var (
+	soPIN      = pinSource{"so-pin", "HSMEMU_SO_PIN", "SO PIN"}
+	userPIN    = pinSource{"user-pin", "HSMEMU_USER_PIN", "user PIN"}
+	oldPIN     = pinSource{"old-pin", "HSMEMU_OLD_PIN", "current PIN"}
+	newPIN     = pinSource{"new-pin", "HSMEMU_NEW_PIN", "new PIN"}
+	newUserPIN = pinSource{"new-pin", "HSMEMU_NEW_PIN", "new user PIN"}
+)
+
+func (p pinSource) fileFlag() cli.Flag {
+	return &cli.StringFlag{Name: p.flag + "-file", Usage: "read the " + p.prompt + " from this file (first line), or set " + p.env + "; without either it is asked for"}
+}
+
+// read returns the PIN. confirm asks twice at a prompt (for a new PIN).
+// optional returns nil when no file and no variable gives it and stdin is
+// not a terminal.
+func (p pinSource) read(c *cli.Context, confirm bool) ([]byte, error) {
+	if f := c.String(p.flag + "-file"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("--%s-file: %w", p.flag, err)
+		}
+		line, _, _ := strings.Cut(string(b), "\n")
+		clear(b)
+		return []byte(strings.TrimSuffix(line, "\r")), nil
+	}
+	if v, ok := os.LookupEnv(p.env); ok {
+		return []byte(v), nil
+	}
+	fd := int(os.Stdin.Fd())
+	if !term.IsTerminal(fd) {
+		return nil, fmt.Errorf("no %s: give --%s-file or set %s (stdin is not a terminal to ask on)", p.prompt, p.flag, p.env)
+	}
+	ask := func(prompt string) ([]byte, error) {
+		fmt.Fprintf(os.Stderr, "%s: ", prompt)
+		b, err := term.ReadPassword(fd)
+		fmt.Fprintln(os.Stderr)
+		return b, err
+	}
+	pin, err := ask(p.prompt)
+	if err != nil {
+		return nil, err
+	}
+	if confirm {
+		again, err := ask(p.prompt + " again")
+		if err != nil {
+			clear(pin)
+			return nil, err
+		}
+		same := string(again) == string(pin)
+		clear(again)
+		if !same {
+			clear(pin)
+			return nil, errors.New("the two entries differ")
+		}
+	}
+	return pin, nil
+}
+
+// readPIN is read with the command's name on its error, as a usage error.
+func readPIN(c *cli.Context, p pinSource, confirm bool) ([]byte, error) {
+	pin, err := p.read(c, confirm)
+	if err != nil {
+		return nil, cli.Exit(commandName(c)+": "+err.Error(), exitUsage)
+	}
+	return pin, nil
+}
+
+// readOptionalPIN is readPIN for a PIN that may be left unset: with no
+// file, no variable and no terminal it is nil, and at a prompt an empty
+// entry leaves it unset.
+func readOptionalPIN(c *cli.Context, p pinSource) ([]byte, error) {
+	if c.String(p.flag+"-file") == "" && os.Getenv(p.env) == "" && !term.IsTerminal(int(os.Stdin.Fd())) {
+		return nil, nil
+	}
+	if c.String(p.flag+"-file") == "" && os.Getenv(p.env) == "" {
+		p.prompt += " (empty: set it later)"
+	}
+	pin, err := readPIN(c, p, true)
+	if len(pin) == 0 {
+		return nil, err
+	}
+	return pin, err
+}

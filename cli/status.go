@@ -1,0 +1,57 @@
+package cli
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"hsmemu/daemon/adminapi"
+)
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "what the running daemon holds: its TPM, its domain, its tokens",
+		Description: `Examples:
+   hsmemu status
+   hsmemu status --json
+
+Exit codes: 0 done, 1 the daemon failed or is not running.`,
+		Flags: adminFlags(),
+		Action: func(c *cli.Context) error {
+			var st adminapi.Status
+			if err := adminCall(c, adminapi.OpStatus, nil, &st); err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, st)
+			}
+			w := c.App.Writer
+			fmt.Fprintf(w, "hsmemu %s, up %s (since %s)\n", st.Version, (time.Duration(st.UptimeSec) * time.Second).String(), st.Started.UTC().Format(time.RFC3339))
+			tpm := st.TPM.Kind
+			if st.TPM.Path != "" {
+				tpm += " " + st.TPM.Path
+			}
+			fmt.Fprintf(w, "TPM:       %s, manufacturer %s", tpm, st.TPM.Manufacturer)
+			if st.TPM.Firmware != "" {
+				fmt.Fprintf(w, ", firmware %s", st.TPM.Firmware)
+			}
+			fmt.Fprintln(w)
+			fp := st.Domain
+			if len(fp) > 8 {
+				fp = fp[:8]
+			}
+			escrow := "not escrowed: the keys die with this TPM"
+			if st.Escrowed {
+				escrow = "escrowed to custodians"
+			}
+			fmt.Fprintf(w, "root:      fingerprint %x (domain %x), %s\n", fp, st.Domain, escrow)
+			fmt.Fprintf(w, "clients:   %d applications, %d sessions\n", st.Apps, st.Sessions)
+			fmt.Fprintf(w, "audit log: %d records\n", st.Audit.Records)
+			fmt.Fprintln(w)
+			printTokens(w, st.Tokens)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,263 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"hsmemu/daemon/adminapi"
+)
+
+func tokenCommand() *cli.Command {
+	labelFlag := &cli.StringFlag{Name: "label", Usage: "the token's label", Required: true}
+	return &cli.Command{
+		Name:  "token",
+		Usage: "create, list, show and delete the running daemon's tokens",
+		Description: `Token commands act on the running daemon through its socket, as its own
+user or root. PINs come from a file (--so-pin-file ...), an environment
+variable (HSMEMU_SO_PIN, HSMEMU_USER_PIN) or a prompt, never from the
+command line.
+
+Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage,
+3 the label is taken or the token is in use, 4 no such token, 5 a PIN is
+wrong or locked.`,
+		Subcommands: []*cli.Command{
+			{
+				Name:  "create",
+				Usage: "create a token",
+				Description: `Example:
+   HSMEMU_SO_PIN=... HSMEMU_USER_PIN=... hsmemu token create --label signing --tier premium
+
+Without a user PIN the token's user PIN awaits ` + "`hsmemu pin reset`" + ` or C_InitPIN.`,
+				Flags: adminFlags(labelFlag,
+					&cli.StringFlag{Name: "tier", Usage: "standard (secrets, software-protected keys) or premium (also HSM-protected keys)", Value: "standard"},
+					soPIN.fileFlag(), userPIN.fileFlag()),
+				Action: func(c *cli.Context) error {
+					so, err := readPIN(c, soPIN, true)
+					if err != nil {
+						return err
+					}
+					defer clear(so)
+					user, err := readOptionalPIN(c, userPIN)
+					if err != nil {
+						return err
+					}
+					defer clear(user)
+					var t adminapi.Token
+					if err := adminCall(c, adminapi.OpTokenCreate, adminapi.TokenCreate{Label: c.String("label"), Tier: c.String("tier"), SOPIN: so, UserPIN: user}, &t); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, t)
+					}
+					fmt.Fprintf(c.App.Writer, "created %s token %q in slot %d (serial %s)\n", t.Tier, t.Label, t.Slot, t.Serial)
+					if !t.UserPINSet {
+						fmt.Fprintf(c.App.Writer, "its user PIN is not set: `hsmemu pin reset --label %s` sets it with the SO PIN\n", t.Label)
+					}
+					return nil
+				},
+			},
+			{
+				Name:  "list",
+				Usage: "list the tokens",
+				Flags: adminFlags(),
+				Action: func(c *cli.Context) error {
+					var ts []adminapi.Token
+					if err := adminCall(c, adminapi.OpTokenList, nil, &ts); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, ts)
+					}
+					printTokens(c.App.Writer, ts)
+					return nil
+				},
+			},
+			{
+				Name:  "show",
+				Usage: "show one token",
+				Flags: adminFlags(labelFlag),
+				Action: func(c *cli.Context) error {
+					var t adminapi.Token
+					if err := adminCall(c, adminapi.OpTokenShow, adminapi.TokenRef{Label: c.String("label")}, &t); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, t)
+					}
+					printToken(c.App.Writer, t)
+					return nil
+				},
+			},
+			{
+				Name:  "delete",
+				Usage: "delete a token and every object on it, with its SO PIN",
+				Description: `Refused while any application has a session on the token. What is
+deleted cannot be brought back except from a backup.
+
+Example:
+   hsmemu token delete --label old --so-pin-file so.pin`,
+				Flags: adminFlags(labelFlag, soPIN.fileFlag()),
+				Action: func(c *cli.Context) error {
+					so, err := readPIN(c, soPIN, false)
+					if err != nil {
+						return err
+					}
+					defer clear(so)
+					if err := adminCall(c, adminapi.OpTokenDelete, adminapi.TokenDelete{Label: c.String("label"), SOPIN: so}, nil); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, map[string]string{"deleted": c.String("label")})
+					}
+					fmt.Fprintf(c.App.Writer, "deleted token %q\n", c.String("label"))
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func lockState(failures int, locked bool) string {
+	switch {
+	case locked:
+		return "LOCKED"
+	case failures > 0:
+		return fmt.Sprintf("%d failures", failures)
+	}
+	return "ok"
+}
+
+func printTokens(w io.Writer, ts []adminapi.Token) {
+	if len(ts) == 0 {
+		fmt.Fprintln(w, "no tokens (`hsmemu token create` makes one)")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SLOT\tLABEL\tTIER\tSERIAL\tOBJECTS\tSESSIONS\tSO PIN\tUSER PIN")
+	for _, t := range ts {
+		user := lockState(t.UserFailures, t.UserLocked)
+		if !t.UserPINSet {
+			user = "not set"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", t.Slot, t.Label, t.Tier, t.Serial, t.Objects, t.Sessions, lockState(t.SOFailures, t.SOLocked), user)
+	}
+	tw.Flush()
+}
+
+func printToken(w io.Writer, t adminapi.Token) {
+	user := lockState(t.UserFailures, t.UserLocked)
+	if !t.UserPINSet {
+		user = "not set"
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "label:\t%s\n", t.Label)
+	fmt.Fprintf(tw, "slot:\t%d\n", t.Slot)
+	fmt.Fprintf(tw, "tier:\t%s\n", t.Tier)
+	fmt.Fprintf(tw, "serial:\t%s\n", t.Serial)
+	fmt.Fprintf(tw, "uuid:\t%s\n", t.UUID)
+	fmt.Fprintf(tw, "created:\t%s\n", t.Created.UTC().Format(time.RFC3339))
+	fmt.Fprintf(tw, "objects:\t%d\n", t.Objects)
+	fmt.Fprintf(tw, "sessions:\t%d\n", t.Sessions)
+	fmt.Fprintf(tw, "logged in:\t%v\n", t.LoggedIn)
+	fmt.Fprintf(tw, "SO PIN:\t%s\n", lockState(t.SOFailures, t.SOLocked))
+	fmt.Fprintf(tw, "user PIN:\t%s\n", user)
+	tw.Flush()
+}
+
+func pinCommand() *cli.Command {
+	labelFlag := &cli.StringFlag{Name: "label", Usage: "the token's label", Required: true}
+	roleFlag := &cli.StringFlag{Name: "role", Usage: "user or so", Value: "user"}
+	return &cli.Command{
+		Name:  "pin",
+		Usage: "change, reset and unlock a token's PINs",
+		Description: `Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage (a new
+PIN must be 4 to 255 bytes), 4 no such token, 5 a PIN is wrong or locked.`,
+		Subcommands: []*cli.Command{
+			{
+				Name:  "change",
+				Usage: "change the user's or the SO's PIN, giving the current one",
+				Description: `Example:
+   hsmemu pin change --label signing --role user --old-pin-file old --new-pin-file new`,
+				Flags: adminFlags(labelFlag, roleFlag, oldPIN.fileFlag(), newPIN.fileFlag()),
+				Action: func(c *cli.Context) error {
+					old, err := readPIN(c, oldPIN, false)
+					if err != nil {
+						return err
+					}
+					defer clear(old)
+					nw, err := readPIN(c, newPIN, true)
+					if err != nil {
+						return err
+					}
+					defer clear(nw)
+					if err := adminCall(c, adminapi.OpPINChange, adminapi.PINChange{Label: c.String("label"), Role: c.String("role"), Old: old, New: nw}, nil); err != nil {
+						return err
+					}
+					return done(c, fmt.Sprintf("changed the %s PIN of token %q", c.String("role"), c.String("label")))
+				},
+			},
+			{
+				Name:  "reset",
+				Usage: "set a new user PIN with the SO PIN (also unlocks a locked user PIN)",
+				Description: `Example:
+   hsmemu pin reset --label signing --so-pin-file so.pin --new-pin-file user.pin`,
+				Flags: adminFlags(labelFlag, soPIN.fileFlag(), newUserPIN.fileFlag()),
+				Action: func(c *cli.Context) error {
+					so, err := readPIN(c, soPIN, false)
+					if err != nil {
+						return err
+					}
+					defer clear(so)
+					nw, err := readPIN(c, newUserPIN, true)
+					if err != nil {
+						return err
+					}
+					defer clear(nw)
+					if err := adminCall(c, adminapi.OpPINReset, adminapi.PINReset{Label: c.String("label"), SOPIN: so, New: nw}, nil); err != nil {
+						return err
+					}
+					return done(c, fmt.Sprintf("set a new user PIN on token %q", c.String("label")))
+				},
+			},
+			{
+				Name:  "unlock",
+				Usage: "clear a locked PIN's failure count, keeping the PIN",
+				Description: `The user's PIN is unlocked with the SO PIN. The SO's own PIN is unlocked by
+the administrator alone (the daemon's user or root, who hold the TPM the
+keys depend on).
+
+Examples:
+   hsmemu pin unlock --label signing --role user --so-pin-file so.pin
+   hsmemu pin unlock --label signing --role so`,
+				Flags: adminFlags(labelFlag, roleFlag, soPIN.fileFlag()),
+				Action: func(c *cli.Context) error {
+					var so []byte
+					if c.String("role") == "user" {
+						var err error
+						if so, err = readPIN(c, soPIN, false); err != nil {
+							return err
+						}
+						defer clear(so)
+					}
+					if err := adminCall(c, adminapi.OpPINUnlock, adminapi.PINUnlock{Label: c.String("label"), Role: c.String("role"), SOPIN: so}, nil); err != nil {
+						return err
+					}
+					return done(c, fmt.Sprintf("unlocked the %s PIN of token %q", c.String("role"), c.String("label")))
+				},
+			},
+		},
+	}
+}
+
+// done reports a command that has no result but its success.
+func done(c *cli.Context, msg string) error {
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, map[string]string{"done": msg})
+	}
+	fmt.Fprintln(c.App.Writer, msg)
+	return nil
+}
