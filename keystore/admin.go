@@ -49,9 +49,10 @@ func (s *Store) Locked(ti TokenInfo, role Role) bool {
 	return ti.UserFailures >= s.opts.MaxPINFailures
 }
 
-// ObjectCounts returns how many objects each token holds, by token row id.
+// ObjectCounts returns how many live objects each token holds, by token
+// row id.
 func (s *Store) ObjectCounts(ctx context.Context) (map[int64]int64, error) {
-	rows, err := s.r.QueryContext(ctx, "SELECT token_id, count(*) FROM objects GROUP BY token_id")
+	rows, err := s.r.QueryContext(ctx, "SELECT token_id, count(*) FROM objects WHERE deleted_at IS NULL GROUP BY token_id")
 	if err != nil {
 		return nil, s.dbErr("count objects", err)
 	}

@@ -41,7 +41,7 @@ func u2i(v uint64) int64 { return int64(v) }
 // selectObject reads what an open needs: the token and the record (the
 // object's identity, its attributes and its seal). The indexed copies of
 // attributes are Find's alone.
-const selectObject = `SELECT o.token_id, o.record FROM objects o WHERE o.id = ?`
+const selectObject = `SELECT o.token_id, o.record FROM objects o WHERE o.id = ? AND o.deleted_at IS NULL`
 
 type objectRow struct {
 	id      int64
@@ -405,7 +405,7 @@ func (s *Store) findStmt(ctx context.Context, shape int, where []string) (*sql.S
 		from = "objects o INDEXED BY objects_by_ckaid"
 	}
 	q := `SELECT o.id, o.class, o.key_type, o.label, o.ckaid, o.private, o.record
-		FROM ` + from + ` JOIN tokens t ON t.id = o.token_id WHERE t.uuid = ?`
+		FROM ` + from + ` JOIN tokens t ON t.id = o.token_id WHERE t.uuid = ? AND o.deleted_at IS NULL`
 	if len(where) > 0 {
 		q += " AND " + strings.Join(where, " AND ")
 	}

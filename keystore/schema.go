@@ -67,6 +67,15 @@ CREATE TABLE audit_log (
 	hash      BLOB NOT NULL
 ) STRICT;
 `,
+	// 2: soft delete. A token's retention and purge protection are policy,
+	// authenticated by the token row's MAC; an object's deletion time is
+	// not (whoever can write the file can delete the row outright).
+	`
+ALTER TABLE tokens ADD COLUMN retention_days INTEGER NOT NULL DEFAULT 90;
+ALTER TABLE tokens ADD COLUMN purge_protection INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE objects ADD COLUMN deleted_at INTEGER; -- unix seconds; NULL while the object lives
+CREATE INDEX objects_deleted ON objects (deleted_at) WHERE deleted_at IS NOT NULL;
+`,
 }
 
 // SchemaVersion is the schema this build writes.

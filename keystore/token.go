@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"cmp"
 	"context"
 	"crypto/cipher"
 	"crypto/hmac"
@@ -68,6 +69,12 @@ type TokenInfo struct {
 	KEKGeneration  uint32
 	DataGeneration uint32
 	Created        time.Time
+	// RetentionDays is how long a deleted object is kept, recoverable,
+	// before it is purged; 0 deletes at once. PurgeProtection, once on,
+	// refuses every purge before the retention ends, and cannot be
+	// turned off.
+	RetentionDays   int
+	PurgeProtection bool
 	// ID is the token's row id: stable for the token's life and never
 	// reused, so the daemon can use it as the token's slot id.
 	ID int64
@@ -138,9 +145,24 @@ func tokenMAC(keys *tokenKeys, ti *TokenInfo) []byte {
 		b = binary.BigEndian.AppendUint32(b, uint32(len(ti.userPIN)))
 		b = append(b, ti.userPIN...)
 	}
+	// The deletion policy came with schema 2. It is covered only when it
+	// is not the default, so rows written before still verify; a policy
+	// edited back to the default changes what is covered, and fails too.
+	if ti.RetentionDays != DefaultRetentionDays || ti.PurgeProtection {
+		b = append(b, "policy"...)
+		b = binary.BigEndian.AppendUint32(b, uint32(ti.RetentionDays))
+		if ti.PurgeProtection {
+			b = append(b, 1)
+		} else {
+			b = append(b, 0)
+		}
+	}
 	m.Write(b)
 	return m.Sum(nil)
 }
+
+// DefaultRetentionDays is a new token's retention of deleted objects.
+const DefaultRetentionDays = 90
 
 func (s *Store) rootOrErr() (Root, error) {
 	s.mu.RLock()
@@ -190,7 +212,7 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 	if _, err := rand.Read(dataKey); err != nil {
 		return TokenInfo{}, err
 	}
-	ti := TokenInfo{UUID: uuid, Label: spec.Label, Tier: spec.Tier, KEKGeneration: kekGen, DataGeneration: dataGen}
+	ti := TokenInfo{UUID: uuid, Label: spec.Label, Tier: spec.Tier, KEKGeneration: kekGen, DataGeneration: dataGen, RetentionDays: DefaultRetentionDays}
 	if ti.soPIN, err = wrapDataKey(keys, uuid, RoleSO, dataGen, spec.SOPIN, dataKey, s.opts.Argon2); err != nil {
 		return TokenInfo{}, err
 	}
@@ -205,9 +227,9 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 	ti.mac = tokenMAC(keys, &ti)
 	now := time.Now()
 	res, err := s.w.ExecContext(ctx, `INSERT INTO tokens
-		(uuid, label, serial, tier, kek_generation, dk_generation, so_pin, user_pin, mac, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		uuid[:], ti.Label, ti.Serial, int(ti.Tier), kekGen, dataGen, ti.soPIN, ti.userPIN, ti.mac, now.Unix())
+		(uuid, label, serial, tier, kek_generation, dk_generation, so_pin, user_pin, mac, created_at, retention_days)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		uuid[:], ti.Label, ti.Serial, int(ti.Tier), kekGen, dataGen, ti.soPIN, ti.userPIN, ti.mac, now.Unix(), ti.RetentionDays)
 	if err != nil {
 		var se sqlite3.Error
 		if errors.As(err, &se) && se.ExtendedCode == sqlite3.ErrConstraintUnique {
@@ -223,7 +245,7 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 }
 
 const selectToken = `SELECT id, uuid, label, serial, tier, kek_generation, dk_generation,
-	so_pin, user_pin, so_failures, user_failures, mac, created_at FROM tokens`
+	so_pin, user_pin, so_failures, user_failures, mac, created_at, retention_days, purge_protection FROM tokens`
 
 func scanToken(row interface{ Scan(...any) error }) (TokenInfo, error) {
 	var ti TokenInfo
@@ -231,7 +253,7 @@ func scanToken(row interface{ Scan(...any) error }) (TokenInfo, error) {
 	var tier int
 	var created int64
 	err := row.Scan(&ti.ID, &uuid, &ti.Label, &ti.Serial, &tier, &ti.KEKGeneration, &ti.DataGeneration,
-		&ti.soPIN, &ti.userPIN, &ti.SOFailures, &ti.UserFailures, &ti.mac, &created)
+		&ti.soPIN, &ti.userPIN, &ti.SOFailures, &ti.UserFailures, &ti.mac, &created, &ti.RetentionDays, &ti.PurgeProtection)
 	if err != nil {
 		return ti, err
 	}
@@ -373,8 +395,9 @@ func (s *Store) updateToken(ctx context.Context, token UUID, change func(ti *Tok
 	ti.UserPINSet = ti.userPIN != nil
 	ti.mac = tokenMAC(st.keys, &ti)
 	_, err = tx.ExecContext(ctx, `UPDATE tokens SET label = ?, tier = ?, dk_generation = ?, so_pin = ?, user_pin = ?,
-		so_failures = ?, user_failures = ?, mac = ? WHERE id = ?`,
-		ti.Label, int(ti.Tier), ti.DataGeneration, ti.soPIN, ti.userPIN, ti.SOFailures, ti.UserFailures, ti.mac, ti.ID)
+		so_failures = ?, user_failures = ?, mac = ?, retention_days = ?, purge_protection = ? WHERE id = ?`,
+		ti.Label, int(ti.Tier), ti.DataGeneration, ti.soPIN, ti.userPIN, ti.SOFailures, ti.UserFailures, ti.mac,
+		ti.RetentionDays, ti.PurgeProtection, ti.ID)
 	if err != nil {
 		return s.dbErr("update token", err)
 	}
@@ -582,6 +605,11 @@ func (s *Store) Reinit(ctx context.Context, token UUID, soPIN []byte, label stri
 		return s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
+	if ti.PurgeProtection {
+		if held, err := holdsObjects(ctx, tx, ti.ID); err != nil || held {
+			return cmp.Or(s.dbErr("count objects", err), ErrPurgeProtected)
+		}
+	}
 	if _, err := tx.ExecContext(ctx, "DELETE FROM objects WHERE token_id = ?", ti.ID); err != nil {
 		return s.dbErr("delete objects", err)
 	}
@@ -614,14 +642,28 @@ func (s *Store) Reinit(ctx context.Context, token UUID, soPIN []byte, label stri
 	return nil
 }
 
-// DeleteToken removes a token and every object on it.
+// DeleteToken removes a token and every object on it. A token with purge
+// protection is removed only once it holds no object, live or deleted.
 func (s *Store) DeleteToken(ctx context.Context, token UUID) error {
-	res, err := s.w.ExecContext(ctx, "DELETE FROM tokens WHERE uuid = ?", token[:])
+	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
+		return s.dbErr("begin", err)
+	}
+	defer tx.Rollback()
+	ti, _, err := s.token(ctx, tx, "uuid = ?", token[:])
+	if err != nil {
+		return err
+	}
+	if ti.PurgeProtection {
+		if held, err := holdsObjects(ctx, tx, ti.ID); err != nil || held {
+			return cmp.Or(s.dbErr("count objects", err), ErrPurgeProtected)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, "DELETE FROM tokens WHERE id = ?", ti.ID); err != nil {
 		return s.dbErr("delete token", err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return ErrNotFound
+	if err := tx.Commit(); err != nil {
+		return s.dbErr("commit", err)
 	}
 	s.mu.Lock()
 	for id, st := range s.tokens {

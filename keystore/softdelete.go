@@ -1,0 +1,203 @@
+package keystore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Soft delete, as cloud key vaults have it: a deleted object is hidden
+// from every lookup but kept, recoverable, for its token's retention
+// period, then purged. Purge protection, once on, refuses every purge
+// before that, and the token's deletion or re-initialisation while it
+// holds any object, live or deleted.
+
+// ErrPurgeProtected refuses a purge, or a token's deletion, that purge
+// protection forbids.
+var ErrPurgeProtected = errors.New("keystore: the token has purge protection")
+
+// Deleted describes a deleted object awaiting its purge.
+type Deleted struct {
+	ID         ObjectID
+	UUID       UUID
+	Token      UUID
+	Class      uint64
+	KeyType    *uint64
+	Label      []byte
+	CKAID      []byte
+	Private    bool
+	DeletedAt  time.Time
+	PurgeAfter time.Time
+}
+
+// SoftDelete hides an object, to be purged after the token's retention
+// (at once when it is 0). It reports whether the object was kept.
+func (s *Store) SoftDelete(ctx context.Context, id ObjectID) (kept bool, err error) {
+	var days int
+	err = s.r.QueryRowContext(ctx, `SELECT t.retention_days FROM objects o JOIN tokens t ON t.id = o.token_id
+		WHERE o.id = ? AND o.deleted_at IS NULL`, int64(id)).Scan(&days)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, ErrNotFound
+	}
+	if err != nil {
+		return false, s.dbErr("read retention", err)
+	}
+	if days <= 0 {
+		return false, s.Delete(ctx, id)
+	}
+	res, err := s.w.ExecContext(ctx, "UPDATE objects SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL", time.Now().Unix(), int64(id))
+	if err != nil {
+		return false, s.dbErr("delete object", err)
+	}
+	s.cache.remove(id)
+	if n, _ := res.RowsAffected(); n == 0 {
+		return false, ErrNotFound
+	}
+	return true, nil
+}
+
+// DeletedObjects lists a token's deleted objects, oldest deletion first.
+func (s *Store) DeletedObjects(ctx context.Context, token UUID) ([]Deleted, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT o.id, o.uuid, o.class, o.key_type, o.label, o.ckaid, o.private, o.deleted_at, t.retention_days
+		FROM objects o JOIN tokens t ON t.id = o.token_id WHERE t.uuid = ? AND o.deleted_at IS NOT NULL ORDER BY o.deleted_at, o.id`, token[:])
+	if err != nil {
+		return nil, s.dbErr("list deleted objects", err)
+	}
+	defer rows.Close()
+	var out []Deleted
+	for rows.Next() {
+		var d Deleted
+		var id, class, at int64
+		var kt sql.NullInt64
+		var uuid []byte
+		var days int
+		if err := rows.Scan(&id, &uuid, &class, &kt, &d.Label, &d.CKAID, &d.Private, &at, &days); err != nil {
+			return nil, s.dbErr("list deleted objects", err)
+		}
+		if len(uuid) != len(d.UUID) {
+			return nil, ErrTampered
+		}
+		d.ID, d.Token, d.Class = ObjectID(id), token, uint64(class)
+		copy(d.UUID[:], uuid)
+		if kt.Valid {
+			v := uint64(kt.Int64)
+			d.KeyType = &v
+		}
+		d.DeletedAt = time.Unix(at, 0)
+		d.PurgeAfter = d.DeletedAt.Add(time.Duration(days) * 24 * time.Hour)
+		out = append(out, d)
+	}
+	return out, s.dbErr("list deleted objects", rows.Err())
+}
+
+// Recover brings a deleted object back.
+func (s *Store) Recover(ctx context.Context, token UUID, object UUID) (ObjectID, error) {
+	var id int64
+	err := s.w.QueryRowContext(ctx, `UPDATE objects SET deleted_at = NULL
+		WHERE uuid = ? AND deleted_at IS NOT NULL AND token_id = (SELECT id FROM tokens WHERE uuid = ?) RETURNING id`,
+		object[:], token[:]).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, ErrNotFound
+	}
+	if err != nil {
+		return 0, s.dbErr("recover object", err)
+	}
+	return ObjectID(id), nil
+}
+
+// Purge removes a deleted object for good, unless the token has purge
+// protection.
+func (s *Store) Purge(ctx context.Context, token UUID, object UUID) error {
+	ti, err := s.Token(ctx, token)
+	if err != nil {
+		return err
+	}
+	if ti.PurgeProtection {
+		return ErrPurgeProtected
+	}
+	res, err := s.w.ExecContext(ctx, "DELETE FROM objects WHERE uuid = ? AND token_id = ? AND deleted_at IS NOT NULL", object[:], ti.ID)
+	if err != nil {
+		return s.dbErr("purge object", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// PurgeExpired removes every deleted object whose retention ended before
+// now, and returns what it removed.
+func (s *Store) PurgeExpired(ctx context.Context, now time.Time) ([]Deleted, error) {
+	tokens, err := s.Tokens(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var purged []Deleted
+	for _, ti := range tokens {
+		del, err := s.DeletedObjects(ctx, ti.UUID)
+		if err != nil {
+			return purged, err
+		}
+		for _, d := range del {
+			if d.PurgeAfter.After(now) {
+				break // oldest first: the rest are younger
+			}
+			res, err := s.w.ExecContext(ctx, "DELETE FROM objects WHERE id = ? AND deleted_at IS NOT NULL", int64(d.ID))
+			if err != nil {
+				return purged, s.dbErr("purge object", err)
+			}
+			if n, _ := res.RowsAffected(); n == 1 {
+				purged = append(purged, d)
+			}
+		}
+	}
+	return purged, nil
+}
+
+// MaxRetentionDays bounds a token's retention.
+const MaxRetentionDays = 3650
+
+// SetPolicy sets a token's retention and purge protection. Purge
+// protection cannot be turned off, nor the retention shortened while it
+// is on; it needs a retention of at least MinProtectedRetentionDays.
+func (s *Store) SetPolicy(ctx context.Context, token UUID, retentionDays *int, purgeProtection *bool) error {
+	return s.updateToken(ctx, token, func(ti *TokenInfo) error {
+		days, protect := ti.RetentionDays, ti.PurgeProtection
+		if retentionDays != nil {
+			days = *retentionDays
+		}
+		if purgeProtection != nil {
+			protect = *purgeProtection
+		}
+		switch {
+		case days < 0 || days > MaxRetentionDays:
+			return &PolicyError{fmt.Sprintf("retention must be 0 to %d days", MaxRetentionDays)}
+		case ti.PurgeProtection && !protect:
+			return &PolicyError{"purge protection, once on, cannot be turned off"}
+		case ti.PurgeProtection && days < ti.RetentionDays:
+			return &PolicyError{fmt.Sprintf("under purge protection the retention can only grow (it is %d days)", ti.RetentionDays)}
+		case protect && days < MinProtectedRetentionDays:
+			return &PolicyError{fmt.Sprintf("purge protection needs a retention of at least %d days", MinProtectedRetentionDays)}
+		}
+		ti.RetentionDays, ti.PurgeProtection = days, protect
+		return nil
+	})
+}
+
+// MinProtectedRetentionDays is the shortest retention purge protection
+// accepts.
+const MinProtectedRetentionDays = 7
+
+// PolicyError is a policy change the rules refuse; Reason says which rule.
+type PolicyError struct{ Reason string }
+
+func (e *PolicyError) Error() string { return "keystore: policy refused: " + e.Reason }
+
+// holdsObjects reports whether a token holds any object, live or deleted.
+func holdsObjects(ctx context.Context, q querier, tokenID int64) (bool, error) {
+	var n int
+	err := q.QueryRowContext(ctx, "SELECT count(*) FROM (SELECT 1 FROM objects WHERE token_id = ? LIMIT 1)", tokenID).Scan(&n)
+	return n > 0, err
+}

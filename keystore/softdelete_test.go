@@ -1,0 +1,143 @@
+package keystore
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestSoftDelete(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, Options{})
+	ti := newToken(t, s, "soft")
+	if ti.RetentionDays != DefaultRetentionDays || ti.PurgeProtection {
+		t.Fatalf("new token's policy: %d days, protection %v", ti.RetentionDays, ti.PurgeProtection)
+	}
+	obj, err := s.Put(ctx, ti.UUID, keyAttrs(t, "k", false), []byte("secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, err := s.SoftDelete(ctx, obj.ID)
+	if err != nil || !kept {
+		t.Fatalf("soft delete: %v %v", kept, err)
+	}
+	if _, err := s.Open(ctx, obj.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("open deleted: %v", err)
+	}
+	if ids, err := s.Find(ctx, ti.UUID, Filter{Label: []byte("k")}); err != nil || len(ids) != 0 {
+		t.Fatalf("find deleted: %v %v", ids, err)
+	}
+	if _, err := s.SoftDelete(ctx, obj.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("delete twice: %v", err)
+	}
+	counts, _ := s.ObjectCounts(ctx)
+	if counts[ti.ID] != 0 {
+		t.Fatalf("deleted object counted: %v", counts)
+	}
+	del, err := s.DeletedObjects(ctx, ti.UUID)
+	if err != nil || len(del) != 1 || del[0].UUID != obj.UUID || string(del[0].Label) != "k" ||
+		del[0].PurgeAfter.Sub(del[0].DeletedAt) != 90*24*time.Hour {
+		t.Fatalf("deleted list: %+v %v", del, err)
+	}
+	// Not yet expired: kept.
+	if purged, err := s.PurgeExpired(ctx, time.Now()); err != nil || len(purged) != 0 {
+		t.Fatalf("purge expired early: %v %v", purged, err)
+	}
+	id, err := s.Recover(ctx, ti.UUID, obj.UUID)
+	if err != nil || id != obj.ID {
+		t.Fatalf("recover: %v %v", id, err)
+	}
+	if got, err := s.Open(ctx, obj.ID); err != nil || string(got.Secret) != "secret" {
+		t.Fatalf("open recovered: %v", err)
+	}
+	if _, err := s.Recover(ctx, ti.UUID, obj.UUID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("recover a live object: %v", err)
+	}
+	// Purge: only a deleted object; then it is gone.
+	if err := s.Purge(ctx, ti.UUID, obj.UUID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("purge a live object: %v", err)
+	}
+	s.SoftDelete(ctx, obj.ID)
+	if err := s.Purge(ctx, ti.UUID, obj.UUID); err != nil {
+		t.Fatal(err)
+	}
+	if del, _ := s.DeletedObjects(ctx, ti.UUID); len(del) != 0 {
+		t.Fatalf("purged object still listed: %+v", del)
+	}
+	// Expiry: a deleted object past its retention is purged.
+	obj2, _ := s.Put(ctx, ti.UUID, keyAttrs(t, "k2", false), []byte("x"))
+	s.SoftDelete(ctx, obj2.ID)
+	if purged, err := s.PurgeExpired(ctx, time.Now().Add(91*24*time.Hour)); err != nil || len(purged) != 1 || purged[0].UUID != obj2.UUID {
+		t.Fatalf("purge expired: %+v %v", purged, err)
+	}
+	// Retention 0 deletes at once.
+	zero := 0
+	if err := s.SetPolicy(ctx, ti.UUID, &zero, nil); err != nil {
+		t.Fatal(err)
+	}
+	obj3, _ := s.Put(ctx, ti.UUID, keyAttrs(t, "k3", false), []byte("x"))
+	if kept, err := s.SoftDelete(ctx, obj3.ID); err != nil || kept {
+		t.Fatalf("delete with no retention: %v %v", kept, err)
+	}
+	if del, _ := s.DeletedObjects(ctx, ti.UUID); len(del) != 0 {
+		t.Fatalf("kept with no retention: %+v", del)
+	}
+}
+
+func TestPurgeProtection(t *testing.T) {
+	t.Parallel()
+	s, path := newStore(t, Options{})
+	ti := newToken(t, s, "protected")
+	on, off := true, false
+	three, thirty, sixty := 3, 30, 60
+	if err := s.SetPolicy(ctx, ti.UUID, &three, &on); !isPolicy(err) {
+		t.Fatalf("protection with 3 days: %v", err)
+	}
+	if err := s.SetPolicy(ctx, ti.UUID, &sixty, &on); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		days *int
+		prot *bool
+	}{{nil, &off}, {&thirty, nil}} {
+		if err := s.SetPolicy(ctx, ti.UUID, c.days, c.prot); !isPolicy(err) {
+			t.Fatalf("loosening protection: %v", err)
+		}
+	}
+	ninety := 90
+	if err := s.SetPolicy(ctx, ti.UUID, &ninety, nil); err != nil {
+		t.Fatalf("growing retention: %v", err)
+	}
+	obj, _ := s.Put(ctx, ti.UUID, keyAttrs(t, "k", false), []byte("x"))
+	s.SoftDelete(ctx, obj.ID)
+	if err := s.Purge(ctx, ti.UUID, obj.UUID); !errors.Is(err, ErrPurgeProtected) {
+		t.Fatalf("purge under protection: %v", err)
+	}
+	if err := s.DeleteToken(ctx, ti.UUID); !errors.Is(err, ErrPurgeProtected) {
+		t.Fatalf("delete token under protection: %v", err)
+	}
+	if err := s.Reinit(ctx, ti.UUID, soPIN, "again"); !errors.Is(err, ErrPurgeProtected) {
+		t.Fatalf("reinit under protection: %v", err)
+	}
+	// Expiry still purges under protection; then the token can go.
+	if purged, err := s.PurgeExpired(ctx, time.Now().Add(91*24*time.Hour)); err != nil || len(purged) != 1 {
+		t.Fatalf("purge expired under protection: %v %v", purged, err)
+	}
+	// Editing the policy in the database is tampering, even back to the
+	// defaults.
+	db := rawDB(t, path)
+	execSQL(t, db, "UPDATE tokens SET purge_protection = 0, retention_days = 90 WHERE id = ?", ti.ID)
+	s2 := reopen(t, path, Options{})
+	if _, err := s2.Token(ctx, ti.UUID); !errors.Is(err, ErrTampered) {
+		t.Fatalf("policy edited: %v", err)
+	}
+	execSQL(t, db, "UPDATE tokens SET purge_protection = 1, retention_days = 90 WHERE id = ?", ti.ID)
+	if err := s.DeleteToken(ctx, ti.UUID); err != nil {
+		t.Fatalf("delete an empty protected token: %v", err)
+	}
+}
+
+func isPolicy(err error) bool {
+	var pe *PolicyError
+	return errors.As(err, &pe)
+}
