@@ -100,6 +100,9 @@ Example:
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
 			}
 			eng := daemon.NewEngine(st.Store, log, daemon.EngineConfig{DefaultTier: tier, MaxPINFailures: maxFail, FailureDelay: delay})
+			// Deleted objects whose retention has ended are purged at
+			// start and then hourly.
+			go eng.RunPurger(ctx, time.Hour)
 			log.Info("serving", "socket", sock, "state_dir", dir)
 			if err := daemon.NewServer(eng, log, srvCfg).Serve(ctx, ln); err != nil {
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)

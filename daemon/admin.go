@@ -136,6 +136,45 @@ func (s *Server) adminCall(ctx context.Context, who keystore.AuditActor, req adm
 		}
 	case adminapi.OpAuditVerify:
 		result, err = a.auditVerify(ctx)
+	case adminapi.OpTokenSet:
+		var args adminapi.TokenSet
+		if err = decodeArgs(req, &args); err == nil {
+			result, err = a.tokenSet(ctx, args)
+		}
+	case adminapi.OpKeyList:
+		var args adminapi.KeyList
+		if err = decodeArgs(req, &args); err == nil {
+			result, err = a.keyList(ctx, args)
+		}
+	case adminapi.OpKeyShow, adminapi.OpKeyDelete, adminapi.OpKeyRecover, adminapi.OpKeyExportPublic:
+		var args adminapi.KeyRef
+		if err = decodeArgs(req, &args); err == nil {
+			switch req.Op {
+			case adminapi.OpKeyShow:
+				result, err = a.keyShow(ctx, args)
+			case adminapi.OpKeyDelete:
+				result, err = a.keyDelete(ctx, args)
+			case adminapi.OpKeyRecover:
+				result, err = a.keyRecover(ctx, args)
+			default:
+				result, err = a.keyExportPublic(ctx, args)
+			}
+		}
+	case adminapi.OpKeyGenerate:
+		var args adminapi.KeyGenerate
+		if err = decodeArgs(req, &args); err == nil {
+			result, err = a.keyGenerate(ctx, args)
+		}
+	case adminapi.OpKeyImport:
+		var args adminapi.KeyImport
+		if err = decodeArgs(req, &args); err == nil {
+			result, err = a.keyImport(ctx, args)
+		}
+	case adminapi.OpKeyPurge:
+		var args adminapi.KeyPurge
+		if err = decodeArgs(req, &args); err == nil {
+			result, err = a.keyPurge(ctx, args)
+		}
 	default:
 		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "unknown admin call %q: this daemon may be older than the command", req.Op)
 	}
@@ -163,6 +202,7 @@ func decodeArgs(req adminapi.Request, v any) error {
 func (s *Server) adminErr(op string, err error) *adminapi.Error {
 	var ae *adminapi.Error
 	var code rvError
+	var ref *refused
 	switch {
 	case errors.As(err, &ae):
 		return ae
@@ -176,11 +216,28 @@ func (s *Server) adminErr(op string, err error) *adminapi.Error {
 		return adminapi.Errorf(adminapi.CodePINLocked, "the PIN is locked after too many failures: `hsmemu pin unlock` or `pin reset` clears it")
 	case errors.Is(err, keystore.ErrPINNotInitialized):
 		return adminapi.Errorf(adminapi.CodeNotFound, "the user PIN is not set: `hsmemu pin reset` sets it with the SO PIN")
+	case errors.Is(err, keystore.ErrPurgeProtected):
+		return adminapi.Errorf(adminapi.CodeRefused, "the token has purge protection: it holds objects, live or deleted, whose retention has not ended")
 	case errors.Is(err, keystore.ErrTampered):
 		s.log.Error("admin call: keystore integrity check failed", "op", op, "err", err)
 		return adminapi.Errorf(adminapi.CodeTampered, "the keystore failed an integrity check (see the daemon's log and `hsmemu audit verify`)")
-	case errors.As(err, &code) && uint64(code) == ck.CKR_FUNCTION_CANCELED:
-		return adminapi.Errorf(adminapi.CodeInternal, "the daemon is stopping")
+	case errors.As(err, &ref):
+		return adminapi.Errorf(adminapi.CodeRefused, "refused: %s", ref.why)
+	case errors.As(err, &code):
+		switch uint64(code) {
+		case ck.CKR_FUNCTION_CANCELED:
+			return adminapi.Errorf(adminapi.CodeInternal, "the daemon is stopping")
+		case ck.CKR_PIN_INCORRECT:
+			return adminapi.Errorf(adminapi.CodePINIncorrect, "the PIN is incorrect; the failure was counted")
+		case ck.CKR_PIN_LOCKED:
+			return adminapi.Errorf(adminapi.CodePINLocked, "the PIN is locked after too many failures: `hsmemu pin unlock` or `pin reset` clears it")
+		case ck.CKR_USER_PIN_NOT_INITIALIZED:
+			return adminapi.Errorf(adminapi.CodeNotFound, "the user PIN is not set: `hsmemu pin reset` sets it with the SO PIN")
+		case ck.CKR_TEMPLATE_INCONSISTENT, ck.CKR_TEMPLATE_INCOMPLETE, ck.CKR_ATTRIBUTE_VALUE_INVALID,
+			ck.CKR_ATTRIBUTE_TYPE_INVALID, ck.CKR_CURVE_NOT_SUPPORTED, ck.CKR_KEY_SIZE_RANGE:
+			return adminapi.Errorf(adminapi.CodeBadRequest, "the token refused the key's attributes (CK_RV 0x%x)", uint64(code))
+		}
+		return adminapi.Errorf(adminapi.CodeRefused, "refused by the token (CK_RV 0x%x)", uint64(code))
 	}
 	s.log.Error("admin call failed", "op", op, "err", err)
 	return adminapi.Errorf(adminapi.CodeInternal, "internal error; the daemon's log says more")
@@ -223,6 +280,7 @@ func (a *adminOps) token(ti keystore.TokenInfo, objects int64) adminapi.Token {
 		SOFailures: ti.SOFailures, UserFailures: ti.UserFailures,
 		SOLocked: a.e.store.Locked(ti, keystore.RoleSO), UserLocked: a.e.store.Locked(ti, keystore.RoleUser),
 		Sessions: int(all), LoggedIn: a.e.store.LoggedIn(ti.UUID),
+		RetentionDays: ti.RetentionDays, PurgeProtection: ti.PurgeProtection,
 	}
 }
 

@@ -43,6 +43,9 @@ func rvOf(err error) (uint64, bool) {
 		return ck.CKR_USER_NOT_LOGGED_IN, true
 	case errors.Is(err, keystore.ErrNotFound):
 		return ck.CKR_OBJECT_HANDLE_INVALID, true
+	case errors.Is(err, keystore.ErrPurgeProtected):
+		// C_InitToken on a token whose objects purge protection keeps.
+		return ck.CKR_ACTION_PROHIBITED, true
 	case errors.Is(err, context.Canceled):
 		return ck.CKR_FUNCTION_CANCELED, true
 	}

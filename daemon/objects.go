@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
@@ -211,10 +212,15 @@ func (e *Engine) DestroyObject(ctx context.Context, app *App, h, oh uint64) erro
 		if stored, err := e.store.Open(ctx, ref.id); err == nil {
 			uuid = stored.UUID
 		}
-		if err := e.store.Delete(ctx, ref.id); err != nil && !errors.Is(err, keystore.ErrNotFound) {
+		// A token object is kept, recoverable by the administrator, for
+		// its token's retention period (docs/tokens.md, "Deleting").
+		kept, err := e.store.SoftDelete(ctx, ref.id)
+		if err != nil && !errors.Is(err, keystore.ErrNotFound) {
 			return err
 		}
-		e.audit(ctx, actor(app, sessionRole(app, s)), s.token, objectEvent(o.class(), "destroy"), objectDetail(uuid, o.class(), o.all()))
+		detail := objectDetail(uuid, o.class(), o.all())
+		detail["kept"] = fmt.Sprint(kept)
+		e.audit(ctx, actor(app, sessionRole(app, s)), s.token, objectEvent(o.class(), "destroy"), detail)
 	}
 	app.mu.Lock()
 	app.dropHandle(oh)

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 )
 
@@ -54,6 +55,8 @@ const (
 	CodePINLocked    = "pin-locked"    // too many wrong PINs
 	CodePINInvalid   = "pin-invalid"   // a new PIN of the wrong length
 	CodeTampered     = "tampered"      // the keystore failed an integrity check
+	CodeAmbiguous    = "ambiguous"     // a name matches several keys
+	CodeRefused      = "refused"       // a policy forbids it (purge protection, CKA_DESTROYABLE)
 	CodeInternal     = "internal"      // the daemon's fault; its log says more
 )
 
@@ -129,6 +132,16 @@ const (
 	OpAuditTail   = "audit.tail"
 	OpAuditRange  = "audit.range"
 	OpAuditVerify = "audit.verify"
+	OpTokenSet    = "token.set"
+
+	OpKeyList         = "key.list"
+	OpKeyShow         = "key.show"
+	OpKeyExportPublic = "key.export-public"
+	OpKeyDelete       = "key.delete"
+	OpKeyRecover      = "key.recover"
+	OpKeyPurge        = "key.purge"
+	OpKeyGenerate     = "key.generate"
+	OpKeyImport       = "key.import"
 )
 
 // Status is the answer to OpStatus.
@@ -178,6 +191,132 @@ type Token struct {
 	UserLocked   bool      `json:"user_locked"`
 	Sessions     int       `json:"sessions"`
 	LoggedIn     bool      `json:"logged_in"`
+	// RetentionDays is how long deleted objects are kept, recoverable.
+	RetentionDays   int  `json:"retention_days"`
+	PurgeProtection bool `json:"purge_protection"`
+}
+
+// TokenSet changes a token's deletion policy, with its SO PIN; a nil
+// field is left as it is.
+type TokenSet struct {
+	Label           string `json:"label"`
+	SOPIN           []byte `json:"so_pin"`
+	RetentionDays   *int   `json:"retention_days,omitempty"`
+	PurgeProtection *bool  `json:"purge_protection,omitempty"`
+}
+
+// KeySelector names a key of a token by label, uuid or CKA_ID (hex); the
+// names given must all match. A key pair (a private and a public key of
+// one type and CKA_ID) counts as one key.
+type KeySelector struct {
+	Key  string `json:"key,omitempty"`
+	UUID string `json:"uuid,omitempty"`
+	ID   string `json:"id,omitempty"`
+}
+
+func (k KeySelector) String() string {
+	var parts []string
+	if k.Key != "" {
+		parts = append(parts, fmt.Sprintf("label %q", k.Key))
+	}
+	if k.UUID != "" {
+		parts = append(parts, "uuid "+k.UUID)
+	}
+	if k.ID != "" {
+		parts = append(parts, "id "+k.ID)
+	}
+	if len(parts) == 0 {
+		return "(no name)"
+	}
+	return strings.Join(parts, " and ")
+}
+
+// KeyRef names a key, acting as the token's user.
+type KeyRef struct {
+	Token   string `json:"token"`
+	UserPIN []byte `json:"user_pin"`
+	KeySelector
+}
+
+// KeyOptions describe a new key. Usage defaults by type; Protection is
+// "hsm", "software", or "" for the token's default (HSM on a premium
+// token); an HSM-protected key is never extractable. ID is hex; without it
+// a random one is made, shared by a pair's halves.
+type KeyOptions struct {
+	Label       string   `json:"label"`
+	ID          string   `json:"id,omitempty"`
+	Usage       []string `json:"usage,omitempty"`
+	Protection  string   `json:"protection,omitempty"`
+	Extractable bool     `json:"extractable,omitempty"`
+}
+
+// KeyGenerate makes a key in the token, as its user: Type is aes-128,
+// aes-192, aes-256, generic-256, rsa-2048, rsa-3072, rsa-4096, ec-p256,
+// ec-p384, ec-p521 or ed25519.
+type KeyGenerate struct {
+	Token   string `json:"token"`
+	UserPIN []byte `json:"user_pin"`
+	Type    string `json:"type"`
+	KeyOptions
+}
+
+// KeyImport stores existing key material in the token, as its user:
+// Material is PEM (PKCS#8, PKCS#1, SEC1 or a public key) or PKCS#8 DER,
+// or raw bytes with Type "aes" or "generic". A private key comes with
+// its public half.
+type KeyImport struct {
+	Token    string `json:"token"`
+	UserPIN  []byte `json:"user_pin"`
+	Type     string `json:"type,omitempty"`
+	Material []byte `json:"material"`
+	KeyOptions
+}
+
+// KeyList lists a token's keys, or its deleted keys.
+type KeyList struct {
+	Token   string `json:"token"`
+	UserPIN []byte `json:"user_pin"`
+	Deleted bool   `json:"deleted,omitempty"`
+}
+
+// KeyPurge removes deleted keys for good, with the SO PIN.
+type KeyPurge struct {
+	Token string `json:"token"`
+	SOPIN []byte `json:"so_pin"`
+	KeySelector
+}
+
+// Key describes a key object. Nothing in it is secret.
+type Key struct {
+	UUID        string   `json:"uuid"`
+	Class       string   `json:"class"`
+	KeyType     string   `json:"key_type"`
+	Label       string   `json:"label,omitempty"`
+	ID          string   `json:"id,omitempty"`
+	Private     bool     `json:"private"`
+	Bits        int      `json:"bits,omitempty"`
+	Protection  string   `json:"protection,omitempty"` // software or hsm; none for public keys
+	Usage       []string `json:"usage,omitempty"`
+	Fingerprint string   `json:"fingerprint,omitempty"` // sha256 of the public key's SubjectPublicKeyInfo
+	// Attributes and PublicPEM come with show.
+	Attributes map[string]string `json:"attributes,omitempty"`
+	PublicPEM  string            `json:"public_pem,omitempty"`
+	// DeletedAt and PurgeAfter are set for a deleted key.
+	DeletedAt  *time.Time `json:"deleted_at,omitempty"`
+	PurgeAfter *time.Time `json:"purge_after,omitempty"`
+}
+
+// KeyDeleted is what key.delete did.
+type KeyDeleted struct {
+	Keys       []Key     `json:"keys"`
+	Kept       bool      `json:"kept"` // false: the token keeps nothing (retention 0)
+	PurgeAfter time.Time `json:"purge_after,omitempty"`
+}
+
+// PublicKey is a key's public half.
+type PublicKey struct {
+	PEM         string `json:"pem"`
+	Fingerprint string `json:"fingerprint"`
 }
 
 // TokenCreate creates a token. Without UserPIN the user PIN awaits

@@ -1,0 +1,371 @@
+package daemon
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"maps"
+	"math/big"
+	"slices"
+	"strings"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
+	"hsmemu/daemon/adminapi"
+	"hsmemu/keystore"
+)
+
+// The administrator's key generation and import go through the same
+// engine calls an application makes (C_GenerateKey, C_GenerateKeyPair,
+// C_CreateObject), in the administrator's own session, so every attribute
+// rule, the token's tier and the audit log apply as they would to a
+// client.
+
+// keySpec is what a key type names: its mechanism, and its size or curve.
+type keySpec struct {
+	mech    uint64
+	keyType uint64
+	bits    int    // AES, generic secret, RSA
+	params  []byte // EC, Edwards: CKA_EC_PARAMS
+	usage   []string
+}
+
+// keyTypes are the types `key generate` makes.
+var keyTypes = map[string]keySpec{
+	"aes-128":     {mech: ck.CKM_AES_KEY_GEN, keyType: ck.CKK_AES, bits: 128, usage: []string{"encrypt", "decrypt", "wrap", "unwrap"}},
+	"aes-192":     {mech: ck.CKM_AES_KEY_GEN, keyType: ck.CKK_AES, bits: 192, usage: []string{"encrypt", "decrypt", "wrap", "unwrap"}},
+	"aes-256":     {mech: ck.CKM_AES_KEY_GEN, keyType: ck.CKK_AES, bits: 256, usage: []string{"encrypt", "decrypt", "wrap", "unwrap"}},
+	"generic-256": {mech: ck.CKM_GENERIC_SECRET_KEY_GEN, keyType: ck.CKK_GENERIC_SECRET, bits: 256, usage: []string{"sign", "verify", "derive"}},
+	"rsa-2048":    {mech: ck.CKM_RSA_PKCS_KEY_PAIR_GEN, keyType: ck.CKK_RSA, bits: 2048, usage: []string{"sign", "verify"}},
+	"rsa-3072":    {mech: ck.CKM_RSA_PKCS_KEY_PAIR_GEN, keyType: ck.CKK_RSA, bits: 3072, usage: []string{"sign", "verify"}},
+	"rsa-4096":    {mech: ck.CKM_RSA_PKCS_KEY_PAIR_GEN, keyType: ck.CKK_RSA, bits: 4096, usage: []string{"sign", "verify"}},
+	"ec-p256":     {mech: ck.CKM_EC_KEY_PAIR_GEN, keyType: ck.CKK_EC, params: oidDER(oidP256), usage: []string{"sign", "verify"}},
+	"ec-p384":     {mech: ck.CKM_EC_KEY_PAIR_GEN, keyType: ck.CKK_EC, params: oidDER(oidP384), usage: []string{"sign", "verify"}},
+	"ec-p521":     {mech: ck.CKM_EC_KEY_PAIR_GEN, keyType: ck.CKK_EC, params: oidDER(oidP521), usage: []string{"sign", "verify"}},
+	"ed25519":     {mech: ck.CKM_EC_EDWARDS_KEY_PAIR_GEN, keyType: ck.CKK_EC_EDWARDS, params: oidDER(oidEd25519), usage: []string{"sign", "verify"}},
+}
+
+// KeyTypeNames lists the types `key generate` takes.
+func KeyTypeNames() []string {
+	var out []string
+	for k := range keyTypes {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// usageFlags maps a usage name to its attribute, and which half of a pair
+// carries it.
+var usageFlags = map[string]struct {
+	t   uint64
+	pub bool // a public key has it; the rest belong to private keys
+}{
+	"encrypt": {t: ck.CKA_ENCRYPT, pub: true},
+	"decrypt": {t: ck.CKA_DECRYPT},
+	"sign":    {t: ck.CKA_SIGN},
+	"verify":  {t: ck.CKA_VERIFY, pub: true},
+	"wrap":    {t: ck.CKA_WRAP, pub: true},
+	"unwrap":  {t: ck.CKA_UNWRAP},
+	"derive":  {t: ck.CKA_DERIVE},
+}
+
+// keyTemplates builds the templates of a new key from the admin's
+// options: the secret key's (or the private half's) and the public half's.
+func keyTemplates(opts adminapi.KeyOptions, usage []string) (secret, public []attr, err error) {
+	if len(opts.Usage) > 0 {
+		usage = opts.Usage
+	}
+	id := []byte(nil)
+	if opts.ID != "" {
+		if id, err = hex.DecodeString(opts.ID); err != nil {
+			return nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "--id takes hex: %v", err)
+		}
+	} else {
+		// A pair's halves share a CKA_ID, which is how clients (OpenSSL,
+		// OpenSSH, pkcs11-tool) match them: make one.
+		id = make([]byte, 8)
+		rand.Read(id)
+	}
+	common := []attr{
+		{Type: ck.CKA_TOKEN, Value: vTrue},
+		{Type: ck.CKA_LABEL, Value: []byte(opts.Label)},
+		{Type: ck.CKA_ID, Value: id},
+	}
+	secret = append(slices.Clone(common), attr{Type: ck.CKA_PRIVATE, Value: vTrue})
+	public = append(slices.Clone(common), attr{Type: ck.CKA_PRIVATE, Value: vFalse})
+	for _, u := range usage {
+		if _, ok := usageFlags[u]; !ok {
+			return nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "unknown usage %q: want encrypt, decrypt, sign, verify, wrap, unwrap or derive", u)
+		}
+	}
+	// Every usage flag is set, true or false, so that what the key may do
+	// is what was asked, not the token's defaults.
+	for _, name := range slices.Sorted(maps.Keys(usageFlags)) {
+		f := usageFlags[name]
+		v := vFalse
+		if slices.Contains(usage, name) {
+			v = vTrue
+		}
+		secret = append(secret, attr{Type: f.t, Value: v})
+		if f.pub {
+			public = append(public, attr{Type: f.t, Value: v})
+		}
+	}
+	switch opts.Protection {
+	case "":
+	case "hsm":
+		secret = append(secret, attr{Type: ck.CKA_HSMEMU_PROTECTION, Value: ulong(ck.CKP_HSMEMU_HSM)})
+	case "software":
+		secret = append(secret, attr{Type: ck.CKA_HSMEMU_PROTECTION, Value: ulong(ck.CKP_HSMEMU_SOFTWARE)})
+	default:
+		return nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "unknown protection %q: want hsm or software", opts.Protection)
+	}
+	if opts.Extractable {
+		secret = append(secret, attr{Type: ck.CKA_EXTRACTABLE, Value: vTrue})
+	} else {
+		secret = append(secret, attr{Type: ck.CKA_EXTRACTABLE, Value: vFalse})
+	}
+	return secret, public, nil
+}
+
+// pairPrivate reduces a secret-key template to a private key's: a private
+// key has no encrypt, verify or wrap.
+func pairPrivate(t []attr) []attr {
+	return slices.DeleteFunc(slices.Clone(t), func(a attr) bool {
+		return a.Type == ck.CKA_ENCRYPT || a.Type == ck.CKA_VERIFY || a.Type == ck.CKA_WRAP
+	})
+}
+
+// created describes the objects behind new handles.
+func (a *adminOps) created(ctx context.Context, app *App, handles ...uint64) ([]adminapi.Key, error) {
+	var out []adminapi.Key
+	for _, h := range handles {
+		app.mu.Lock()
+		ref, ok := app.handles[h]
+		app.mu.Unlock()
+		if !ok || ref.mem != nil {
+			return nil, errors.New("admin: a created key has no token object")
+		}
+		stored, err := a.e.store.Open(ctx, ref.id)
+		if err != nil {
+			return nil, err
+		}
+		o, err := fromStore(stored)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, describe(found{id: ref.id, uuid: stored.UUID, obj: o}, false))
+	}
+	return out, nil
+}
+
+func (a *adminOps) keyGenerate(ctx context.Context, args adminapi.KeyGenerate) ([]adminapi.Key, error) {
+	defer clear(args.UserPIN)
+	spec, ok := keyTypes[strings.ToLower(args.Type)]
+	if !ok {
+		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "unknown key type %q: want one of %s", args.Type, strings.Join(KeyTypeNames(), ", "))
+	}
+	if args.Label == "" {
+		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "a new key needs a label")
+	}
+	secret, public, err := keyTemplates(args.KeyOptions, spec.usage)
+	if err != nil {
+		return nil, err
+	}
+	var out []adminapi.Key
+	err = a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, app *App, h uint64) error {
+		m := &wire.Mechanism{Type: spec.mech}
+		switch spec.keyType {
+		case ck.CKK_AES, ck.CKK_GENERIC_SECRET:
+			secret = append(secret, attr{Type: ck.CKA_VALUE_LEN, Value: ulong(uint64(spec.bits / 8))})
+			kh, err := a.e.GenerateKey(ctx, app, h, m, secret)
+			if err != nil {
+				return err
+			}
+			out, err = a.created(ctx, app, kh)
+			return err
+		case ck.CKK_RSA:
+			public = append(public, attr{Type: ck.CKA_MODULUS_BITS, Value: ulong(uint64(spec.bits))},
+				attr{Type: ck.CKA_PUBLIC_EXPONENT, Value: []byte{1, 0, 1}})
+		default:
+			public = append(public, attr{Type: ck.CKA_EC_PARAMS, Value: spec.params})
+		}
+		ph, vh, err := a.e.GenerateKeyPair(ctx, app, h, m, public, pairPrivate(secret))
+		if err != nil {
+			return err
+		}
+		out, err = a.created(ctx, app, vh, ph)
+		return err
+	})
+	return out, err
+}
+
+// parseImport reads key material: a PEM block (PKCS#8, PKCS#1, SEC1, or a
+// public key), DER PKCS#8, or, with type aes or generic, raw bytes.
+func parseImport(material []byte, typ string) (priv, pub any, raw []byte, err error) {
+	switch strings.ToLower(typ) {
+	case "aes", "generic":
+		return nil, nil, material, nil
+	case "":
+	default:
+		return nil, nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "--type for raw material is aes or generic, not %q (PEM and PKCS#8 say their own type)", typ)
+	}
+	der := material
+	blockType := "PRIVATE KEY"
+	if b, _ := pem.Decode(material); b != nil {
+		der, blockType = b.Bytes, b.Type
+		defer clear(b.Bytes)
+	}
+	switch blockType {
+	case "PRIVATE KEY":
+		priv, err = x509.ParsePKCS8PrivateKey(der)
+	case "RSA PRIVATE KEY":
+		priv, err = x509.ParsePKCS1PrivateKey(der)
+	case "EC PRIVATE KEY":
+		priv, err = x509.ParseECPrivateKey(der)
+	case "PUBLIC KEY":
+		pub, err = x509.ParsePKIXPublicKey(der)
+		if err != nil {
+			return nil, nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "the public key does not parse: %v", err)
+		}
+		return nil, pub, nil, nil
+	case "RSA PUBLIC KEY":
+		pub, err = x509.ParsePKCS1PublicKey(der)
+		if err != nil {
+			return nil, nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "the public key does not parse: %v", err)
+		}
+		return nil, pub, nil, nil
+	default:
+		return nil, nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "a PEM block of type %q is not a key hsmemu imports", blockType)
+	}
+	if err != nil {
+		// Never echo the parser's view of secret material beyond its kind.
+		return nil, nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "the private key does not parse as %s (give PEM, PKCS#8 DER, or raw bytes with --type aes)", blockType)
+	}
+	switch k := priv.(type) {
+	case *rsa.PrivateKey:
+		pub = &k.PublicKey
+	case *ecdsa.PrivateKey:
+		pub = &k.PublicKey
+	case ed25519.PrivateKey:
+		pub = k.Public()
+	default:
+		return nil, nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "a %T key is not one hsmemu holds (RSA, EC P-256/384/521, Ed25519)", priv)
+	}
+	return priv, pub, nil, nil
+}
+
+// publicKeyAttrs turns a public key into a public key object's attributes.
+func publicKeyAttrs(pub any) (map[uint64][]byte, uint64, error) {
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		return map[uint64][]byte{ck.CKA_MODULUS: k.N.Bytes(), ck.CKA_PUBLIC_EXPONENT: big.NewInt(int64(k.E)).Bytes()}, ck.CKK_RSA, nil
+	case *ecdsa.PublicKey:
+		oid, ok := curveOID(k.Curve)
+		if !ok {
+			return nil, 0, adminapi.Errorf(adminapi.CodeBadRequest, "the curve is not one hsmemu supports (P-256, P-384, P-521)")
+		}
+		point, err := k.Bytes()
+		if err != nil {
+			return nil, 0, err
+		}
+		return map[uint64][]byte{ck.CKA_EC_PARAMS: oidDER(oid), ck.CKA_EC_POINT: pointDER(point)}, ck.CKK_EC, nil
+	case ed25519.PublicKey:
+		return map[uint64][]byte{ck.CKA_EC_PARAMS: oidDER(oidEd25519), ck.CKA_EC_POINT: pointDER(k)}, ck.CKK_EC_EDWARDS, nil
+	}
+	return nil, 0, adminapi.Errorf(adminapi.CodeBadRequest, "a %T public key is not one hsmemu holds", pub)
+}
+
+// withMaterial adds the class, key type and material to a template.
+func withMaterial(t []attr, class, kt uint64, m map[uint64][]byte) []attr {
+	t = append(t, attr{Type: ck.CKA_CLASS, Value: ulong(class)}, attr{Type: ck.CKA_KEY_TYPE, Value: ulong(kt)})
+	for _, typ := range slices.Sorted(maps.Keys(m)) {
+		t = append(t, attr{Type: typ, Value: m[typ]})
+	}
+	return t
+}
+
+func (a *adminOps) keyImport(ctx context.Context, args adminapi.KeyImport) ([]adminapi.Key, error) {
+	defer clear(args.UserPIN)
+	defer clear(args.Material)
+	if args.Label == "" {
+		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "an imported key needs a label")
+	}
+	priv, pub, raw, err := parseImport(args.Material, args.Type)
+	if err != nil {
+		return nil, err
+	}
+	var out []adminapi.Key
+	err = a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, app *App, h uint64) error {
+		switch {
+		case raw != nil:
+			kt, usage := uint64(ck.CKK_AES), keyTypes["aes-256"].usage
+			if strings.EqualFold(args.Type, "generic") {
+				kt, usage = ck.CKK_GENERIC_SECRET, keyTypes["generic-256"].usage
+			} else if n := len(raw); n != 16 && n != 24 && n != 32 {
+				return adminapi.Errorf(adminapi.CodeBadRequest, "a raw AES key is 16, 24 or 32 bytes, not %d", n)
+			}
+			secret, _, err := keyTemplates(args.KeyOptions, usage)
+			if err != nil {
+				return err
+			}
+			kh, err := a.e.CreateObject(ctx, app, h, withMaterial(secret, ck.CKO_SECRET_KEY, kt, map[uint64][]byte{ck.CKA_VALUE: raw}))
+			if err != nil {
+				return err
+			}
+			out, err = a.created(ctx, app, kh)
+			return err
+		case priv == nil:
+			pm, kt, err := publicKeyAttrs(pub)
+			if err != nil {
+				return err
+			}
+			_, public, err := keyTemplates(args.KeyOptions, []string{"verify"})
+			if err != nil {
+				return err
+			}
+			ph, err := a.e.CreateObject(ctx, app, h, withMaterial(public, ck.CKO_PUBLIC_KEY, kt, pm))
+			if err != nil {
+				return err
+			}
+			out, err = a.created(ctx, app, ph)
+			return err
+		}
+		vm, kt, err := privateKeyAttrs(priv)
+		if err != nil {
+			return adminapi.Errorf(adminapi.CodeBadRequest, "the private key cannot be held (RSA with two primes, EC P-256/384/521, Ed25519)")
+		}
+		defer func() {
+			for _, v := range vm {
+				clear(v)
+			}
+		}()
+		pm, _, err := publicKeyAttrs(pub)
+		if err != nil {
+			return err
+		}
+		secret, public, err := keyTemplates(args.KeyOptions, []string{"sign", "verify"})
+		if err != nil {
+			return err
+		}
+		vh, err := a.e.CreateObject(ctx, app, h, withMaterial(pairPrivate(secret), ck.CKO_PRIVATE_KEY, kt, vm))
+		if err != nil {
+			return err
+		}
+		ph, err := a.e.CreateObject(ctx, app, h, withMaterial(public, ck.CKO_PUBLIC_KEY, kt, pm))
+		if err != nil {
+			a.e.DestroyObject(ctx, app, h, vh)
+			return err
+		}
+		out, err = a.created(ctx, app, vh, ph)
+		return err
+	})
+	return out, err
+}

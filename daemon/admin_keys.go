@@ -1,0 +1,534 @@
+package daemon
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/daemon/adminapi"
+	"hsmemu/keystore"
+)
+
+// The administrator's key calls: list, show, export the public half,
+// delete (softly), recover and purge. They act as the token's user, with
+// its PIN, which opens the token for the call only: the login is counted
+// like an application's, so it never closes the token under one.
+
+// asUser opens the token as its user for the length of f: as an
+// application of the administrator's own, with one read-write session,
+// logged in with the user PIN like any other (the same failure count,
+// delays and audit records), and ended when f returns.
+func (a *adminOps) asUser(ctx context.Context, label string, pin []byte, f func(ti keystore.TokenInfo, app *App, h uint64) error) error {
+	ti, err := a.lookup(ctx, label)
+	if err != nil {
+		return err
+	}
+	var id AppID
+	if _, err := rand.Read(id[:]); err != nil {
+		return err
+	}
+	app, _ := a.e.Attach(id, a.who.PID, a.who.UID)
+	defer a.e.Detach(app)
+	h, err := a.e.OpenSession(ctx, app, uint64(ti.ID), ck.CKF_SERIAL_SESSION|ck.CKF_RW_SESSION)
+	if err != nil {
+		return err
+	}
+	if err := a.e.Login(ctx, app, h, ck.CKU_USER, pin, false); err != nil {
+		return err
+	}
+	return f(ti, app, h)
+}
+
+// found is a live key object the admin selected.
+type found struct {
+	id   keystore.ObjectID
+	uuid keystore.UUID
+	obj  *object
+}
+
+func isKeyClass(c uint64) bool {
+	return c == ck.CKO_SECRET_KEY || c == ck.CKO_PRIVATE_KEY || c == ck.CKO_PUBLIC_KEY
+}
+
+// liveKeys returns the token's key objects that ref names (all of them for
+// an empty ref). The token is open.
+func (a *adminOps) liveKeys(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]found, error) {
+	f := keystore.Filter{IncludePrivate: true}
+	if ref.Key != "" {
+		f.Label = []byte(ref.Key)
+	}
+	if ref.ID != "" {
+		id, err := hex.DecodeString(ref.ID)
+		if err != nil {
+			return nil, adminapi.Errorf(adminapi.CodeBadRequest, "--id takes hex: %v", err)
+		}
+		f.ID = id
+	}
+	ids, err := a.e.store.Find(ctx, ti.UUID, f)
+	if err != nil {
+		return nil, err
+	}
+	var out []found
+	for _, id := range ids {
+		stored, err := a.e.store.Open(ctx, id)
+		if errors.Is(err, keystore.ErrNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		o, err := fromStore(stored)
+		if err != nil {
+			return nil, err
+		}
+		if !isKeyClass(o.class()) || ref.UUID != "" && stored.UUID.String() != ref.UUID {
+			continue
+		}
+		out = append(out, found{id: id, uuid: stored.UUID, obj: o})
+	}
+	return out, nil
+}
+
+// one narrows a selection to one key: one object, or the two halves of a
+// key pair (a private and a public key of one type with one CKA_ID).
+func one[T any](sel []T, ref adminapi.KeySelector, class func(T) uint64, pairOf func(a, b T) bool) ([]T, error) {
+	switch {
+	case len(sel) == 0:
+		return nil, adminapi.Errorf(adminapi.CodeNotFound, "no key matches %s (`hsmemu key list` lists them)", ref.String())
+	case len(sel) == 1:
+		return sel, nil
+	case len(sel) == 2 && class(sel[0]) != class(sel[1]) && pairOf(sel[0], sel[1]):
+		return sel, nil
+	}
+	return nil, adminapi.Errorf(adminapi.CodeAmbiguous, "%d keys match %s: name one with --uuid (`hsmemu key list` shows them)", len(sel), ref.String())
+}
+
+func pairOfLive(x, y found) bool {
+	cx, cy := x.obj.class(), y.obj.class()
+	if !(cx == ck.CKO_PRIVATE_KEY && cy == ck.CKO_PUBLIC_KEY || cx == ck.CKO_PUBLIC_KEY && cy == ck.CKO_PRIVATE_KEY) {
+		return false
+	}
+	ix, _ := x.obj.get(ck.CKA_ID)
+	iy, _ := y.obj.get(ck.CKA_ID)
+	return x.obj.keyType() == y.obj.keyType() && string(ix) == string(iy)
+}
+
+func pairOfDeleted(x, y keystore.Deleted) bool {
+	if !(x.Class == ck.CKO_PRIVATE_KEY && y.Class == ck.CKO_PUBLIC_KEY || x.Class == ck.CKO_PUBLIC_KEY && y.Class == ck.CKO_PRIVATE_KEY) {
+		return false
+	}
+	return x.KeyType != nil && y.KeyType != nil && *x.KeyType == *y.KeyType && string(x.CKAID) == string(y.CKAID)
+}
+
+// keyTypeName names a key type for people.
+func keyTypeName(kt uint64) string {
+	switch kt {
+	case ck.CKK_AES:
+		return "AES"
+	case ck.CKK_GENERIC_SECRET:
+		return "generic-secret"
+	case ck.CKK_RSA:
+		return "RSA"
+	case ck.CKK_EC:
+		return "EC"
+	case ck.CKK_EC_EDWARDS:
+		return "EC-Edwards"
+	}
+	return fmt.Sprintf("0x%x", kt)
+}
+
+// publicKeyOf is a key's public half, for asymmetric keys.
+func publicKeyOf(k *key) (crypto.PublicKey, error) {
+	switch {
+	case k.keyType == ck.CKK_RSA:
+		return k.rsaPublic()
+	case k.keyType == ck.CKK_EC && k.class == ck.CKO_PUBLIC_KEY:
+		return k.ecdsaPublic()
+	case k.keyType == ck.CKK_EC:
+		priv, err := k.ecdsaPrivate()
+		if err != nil {
+			return nil, err
+		}
+		return priv.Public(), nil
+	case k.keyType == ck.CKK_EC_EDWARDS && k.class == ck.CKO_PUBLIC_KEY:
+		return k.ed25519Public()
+	case k.keyType == ck.CKK_EC_EDWARDS:
+		priv, err := k.ed25519Private()
+		if err != nil {
+			return nil, err
+		}
+		return priv.Public(), nil
+	}
+	return nil, adminapi.Errorf(adminapi.CodeBadRequest, "a %s key has no public half", keyTypeName(k.keyType))
+}
+
+// keyBits is a key's size in bits, 0 when unknown.
+func keyBits(k *key) int {
+	switch k.keyType {
+	case ck.CKK_AES, ck.CKK_GENERIC_SECRET:
+		if v, ok := k.obj.get(ck.CKA_VALUE_LEN); ok && len(v) == 8 {
+			return int(ulongOf(v)) * 8
+		}
+		return len(k.value()) * 8
+	case ck.CKK_RSA:
+		if pub, err := k.rsaPublic(); err == nil {
+			return pub.N.BitLen()
+		}
+	case ck.CKK_EC:
+		if c, err := k.nistCurve(); err == nil {
+			return c.Params().BitSize
+		}
+	case ck.CKK_EC_EDWARDS:
+		return 255
+	}
+	return 0
+}
+
+// boolAttrs are the flags `key show` prints, by name.
+var boolAttrs = []struct {
+	t    uint64
+	name string
+}{
+	{ck.CKA_TOKEN, "token"}, {ck.CKA_PRIVATE, "private"}, {ck.CKA_MODIFIABLE, "modifiable"},
+	{ck.CKA_COPYABLE, "copyable"}, {ck.CKA_DESTROYABLE, "destroyable"},
+	{ck.CKA_SENSITIVE, "sensitive"}, {ck.CKA_EXTRACTABLE, "extractable"},
+	{ck.CKA_ALWAYS_SENSITIVE, "always-sensitive"}, {ck.CKA_NEVER_EXTRACTABLE, "never-extractable"},
+	{ck.CKA_LOCAL, "local"}, {ck.CKA_TRUSTED, "trusted"}, {ck.CKA_WRAP_WITH_TRUSTED, "wrap-with-trusted"},
+	{ck.CKA_ALWAYS_AUTHENTICATE, "always-authenticate"},
+	{ck.CKA_ENCRYPT, "encrypt"}, {ck.CKA_DECRYPT, "decrypt"}, {ck.CKA_SIGN, "sign"}, {ck.CKA_VERIFY, "verify"},
+	{ck.CKA_WRAP, "wrap"}, {ck.CKA_UNWRAP, "unwrap"}, {ck.CKA_DERIVE, "derive"},
+}
+
+// usageAttrs are the flags that say what a key may do.
+var usageAttrs = []uint64{ck.CKA_ENCRYPT, ck.CKA_DECRYPT, ck.CKA_SIGN, ck.CKA_VERIFY, ck.CKA_WRAP, ck.CKA_UNWRAP, ck.CKA_DERIVE}
+
+// describe is the admin's view of a live key object; full adds the
+// attributes and the public key.
+func describe(f found, full bool) adminapi.Key {
+	o := f.obj
+	k := newKey(o)
+	out := adminapi.Key{
+		UUID: f.uuid.String(), Class: className(o.class()), KeyType: keyTypeName(o.keyType()),
+		Private: o.bool(ck.CKA_PRIVATE), Bits: keyBits(k),
+	}
+	if l, ok := o.get(ck.CKA_LABEL); ok {
+		out.Label = string(l)
+	}
+	if id, ok := o.get(ck.CKA_ID); ok {
+		out.ID = hex.EncodeToString(id)
+	}
+	if o.class() != ck.CKO_PUBLIC_KEY {
+		out.Protection = "software"
+		if ulongOf(o.attrsGet(ck.CKA_HSMEMU_PROTECTION)) == ck.CKP_HSMEMU_HSM {
+			out.Protection = "hsm"
+		}
+	}
+	for _, a := range boolAttrs {
+		if !slices.Contains(usageAttrs, a.t) {
+			continue
+		}
+		if o.bool(a.t) {
+			out.Usage = append(out.Usage, a.name)
+		}
+	}
+	if pub, err := publicKeyOf(k); err == nil {
+		if der, err := x509.MarshalPKIXPublicKey(pub); err == nil {
+			sum := sha256.Sum256(der)
+			out.Fingerprint = "sha256:" + hex.EncodeToString(sum[:])
+			if full {
+				out.PublicPEM = string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+			}
+		}
+	}
+	if full {
+		out.Attributes = map[string]string{}
+		for _, a := range boolAttrs {
+			if v, ok := o.get(a.t); ok && len(v) == 1 {
+				out.Attributes[a.name] = fmt.Sprint(v[0] != 0)
+			}
+		}
+		if v, ok := o.get(ck.CKA_KEY_GEN_MECHANISM); ok && len(v) == 8 {
+			out.Attributes["key-gen-mechanism"] = fmt.Sprintf("0x%x", ulongOf(v))
+		}
+		if v, ok := o.get(ck.CKA_ALLOWED_MECHANISMS); ok && len(v) > 0 {
+			var ms []string
+			for i := 0; i+8 <= len(v); i += 8 {
+				ms = append(ms, fmt.Sprintf("0x%x", ulongOf(v[i:i+8])))
+			}
+			out.Attributes["allowed-mechanisms"] = fmt.Sprint(ms)
+		}
+	}
+	return out
+}
+
+func describeDeleted(d keystore.Deleted) adminapi.Key {
+	out := adminapi.Key{UUID: d.UUID.String(), Class: className(d.Class), Label: string(d.Label), ID: hex.EncodeToString(d.CKAID), Private: d.Private}
+	if d.KeyType != nil {
+		out.KeyType = keyTypeName(*d.KeyType)
+	}
+	at, after := d.DeletedAt, d.PurgeAfter
+	out.DeletedAt, out.PurgeAfter = &at, &after
+	return out
+}
+
+func (a *adminOps) keyList(ctx context.Context, args adminapi.KeyList) ([]adminapi.Key, error) {
+	defer clear(args.UserPIN)
+	out := []adminapi.Key{}
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+		if args.Deleted {
+			del, err := a.e.store.DeletedObjects(ctx, ti.UUID)
+			for _, d := range del {
+				if isKeyClass(d.Class) {
+					out = append(out, describeDeleted(d))
+				}
+			}
+			return err
+		}
+		keys, err := a.liveKeys(ctx, ti, adminapi.KeySelector{})
+		for _, f := range keys {
+			out = append(out, describe(f, false))
+		}
+		return err
+	})
+	return out, err
+}
+
+func (a *adminOps) keyShow(ctx context.Context, args adminapi.KeyRef) ([]adminapi.Key, error) {
+	defer clear(args.UserPIN)
+	var out []adminapi.Key
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+		sel, err := a.liveKeys(ctx, ti, args.KeySelector)
+		if err != nil {
+			return err
+		}
+		sel, err = one(sel, args.KeySelector, func(f found) uint64 { return f.obj.class() }, pairOfLive)
+		for _, f := range sel {
+			out = append(out, describe(f, true))
+		}
+		return err
+	})
+	return out, err
+}
+
+func (a *adminOps) keyDelete(ctx context.Context, args adminapi.KeyRef) (*adminapi.KeyDeleted, error) {
+	defer clear(args.UserPIN)
+	res := &adminapi.KeyDeleted{}
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+		sel, err := a.liveKeys(ctx, ti, args.KeySelector)
+		if err != nil {
+			return err
+		}
+		if sel, err = one(sel, args.KeySelector, func(f found) uint64 { return f.obj.class() }, pairOfLive); err != nil {
+			return err
+		}
+		for _, f := range sel {
+			if !f.obj.bool(ck.CKA_DESTROYABLE) {
+				return adminapi.Errorf(adminapi.CodeRefused, "key %s is not destroyable (CKA_DESTROYABLE is false)", f.uuid)
+			}
+		}
+		for _, f := range sel {
+			kept, err := a.e.store.SoftDelete(ctx, f.id)
+			if err != nil {
+				return err
+			}
+			res.Kept = kept
+			res.Keys = append(res.Keys, describe(f, false))
+			detail := objectDetail(f.uuid, f.obj.class(), f.obj.all())
+			detail["kept"] = fmt.Sprint(kept)
+			a.e.audit(ctx, a.who, ti.UUID, "key.delete", detail)
+		}
+		if kept := ti.RetentionDays; res.Kept {
+			res.PurgeAfter = time.Now().Add(time.Duration(kept) * 24 * time.Hour)
+		}
+		return nil
+	})
+	return res, err
+}
+
+// deletedKeys selects among a token's deleted keys.
+func (a *adminOps) deletedKeys(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]keystore.Deleted, error) {
+	del, err := a.e.store.DeletedObjects(ctx, ti.UUID)
+	if err != nil {
+		return nil, err
+	}
+	var sel []keystore.Deleted
+	for _, d := range del {
+		switch {
+		case !isKeyClass(d.Class),
+			ref.Key != "" && string(d.Label) != ref.Key,
+			ref.ID != "" && hex.EncodeToString(d.CKAID) != ref.ID,
+			ref.UUID != "" && d.UUID.String() != ref.UUID:
+			continue
+		}
+		sel = append(sel, d)
+	}
+	return one(sel, ref, func(d keystore.Deleted) uint64 { return d.Class }, pairOfDeleted)
+}
+
+func (a *adminOps) keyRecover(ctx context.Context, args adminapi.KeyRef) ([]adminapi.Key, error) {
+	defer clear(args.UserPIN)
+	var out []adminapi.Key
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+		sel, err := a.deletedKeys(ctx, ti, args.KeySelector)
+		if err != nil {
+			return err
+		}
+		for _, d := range sel {
+			if _, err := a.e.store.Recover(ctx, ti.UUID, d.UUID); err != nil {
+				return err
+			}
+			out = append(out, describeDeleted(d))
+			a.e.audit(ctx, a.who, ti.UUID, "key.recover", deletedDetail(d))
+		}
+		return nil
+	})
+	for i := range out {
+		out[i].DeletedAt, out[i].PurgeAfter = nil, nil
+	}
+	return out, err
+}
+
+func deletedDetail(d keystore.Deleted) map[string]string {
+	detail := map[string]string{"object": d.UUID.String(), "class": className(d.Class)}
+	if len(d.Label) > 0 {
+		detail["label"] = string(d.Label)
+	}
+	if len(d.CKAID) > 0 {
+		detail["id"] = hex.EncodeToString(d.CKAID)
+	}
+	return detail
+}
+
+// keyPurge removes deleted keys for good, with the SO PIN: it is the one
+// key call that cannot be undone.
+func (a *adminOps) keyPurge(ctx context.Context, args adminapi.KeyPurge) ([]adminapi.Key, error) {
+	defer clear(args.SOPIN)
+	ti, err := a.lookup(ctx, args.Token)
+	if err != nil {
+		return nil, err
+	}
+	err = a.soCheck(ctx, ti, "key.purge", func() error {
+		return a.e.store.CheckPIN(ctx, ti.UUID, keystore.RoleSO, args.SOPIN)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if ti.PurgeProtection {
+		a.e.audit(ctx, a.who, ti.UUID, "key.purge.refused", map[string]string{"why": "purge protection"})
+		return nil, adminapi.Errorf(adminapi.CodeRefused, "token %q has purge protection: deleted keys are purged only when their %d days of retention end", ti.Label, ti.RetentionDays)
+	}
+	sel, err := a.deletedKeys(ctx, ti, args.KeySelector)
+	if err != nil {
+		return nil, err
+	}
+	var out []adminapi.Key
+	for _, d := range sel {
+		if err := a.e.store.Purge(ctx, ti.UUID, d.UUID); err != nil {
+			return out, err
+		}
+		out = append(out, describeDeleted(d))
+		a.e.audit(ctx, a.who, ti.UUID, "key.purge", deletedDetail(d))
+	}
+	return out, nil
+}
+
+func (a *adminOps) keyExportPublic(ctx context.Context, args adminapi.KeyRef) (*adminapi.PublicKey, error) {
+	defer clear(args.UserPIN)
+	var out *adminapi.PublicKey
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+		sel, err := a.liveKeys(ctx, ti, args.KeySelector)
+		if err != nil {
+			return err
+		}
+		if sel, err = one(sel, args.KeySelector, func(f found) uint64 { return f.obj.class() }, pairOfLive); err != nil {
+			return err
+		}
+		pub, err := publicKeyOf(newKey(sel[0].obj))
+		if err != nil {
+			return err
+		}
+		der, err := x509.MarshalPKIXPublicKey(pub)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(der)
+		out = &adminapi.PublicKey{PEM: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), Fingerprint: "sha256:" + hex.EncodeToString(sum[:])}
+		return nil
+	})
+	return out, err
+}
+
+func (a *adminOps) tokenSet(ctx context.Context, args adminapi.TokenSet) (*adminapi.Token, error) {
+	defer clear(args.SOPIN)
+	ti, err := a.lookup(ctx, args.Label)
+	if err != nil {
+		return nil, err
+	}
+	err = a.soCheck(ctx, ti, "token.set", func() error {
+		if err := a.e.store.CheckPIN(ctx, ti.UUID, keystore.RoleSO, args.SOPIN); err != nil {
+			return err
+		}
+		return a.e.store.SetPolicy(ctx, ti.UUID, args.RetentionDays, args.PurgeProtection)
+	})
+	var pe *keystore.PolicyError
+	if errors.As(err, &pe) {
+		return nil, adminapi.Errorf(adminapi.CodeRefused, "%s", pe.Reason)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if ti, err = a.e.store.Token(ctx, ti.UUID); err != nil {
+		return nil, err
+	}
+	a.e.audit(ctx, a.who, ti.UUID, "token.set", map[string]string{"retention_days": fmt.Sprint(ti.RetentionDays), "purge_protection": fmt.Sprint(ti.PurgeProtection)})
+	counts, err := a.e.store.ObjectCounts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	t := a.token(ti, counts[ti.ID])
+	return &t, nil
+}
+
+// PurgeExpired purges the deleted objects whose retention has ended, and
+// audits each. The daemon runs it at start and then every interval.
+func (e *Engine) PurgeExpired(ctx context.Context) {
+	purged, err := e.store.PurgeExpired(ctx, time.Now())
+	if err != nil {
+		e.log.Error("purging expired deleted objects", "err", err)
+	}
+	who := keystore.AuditActor{UID: uint32(os.Getuid()), PID: int32(os.Getpid()), Role: "daemon"}
+	for _, d := range purged {
+		detail := deletedDetail(d)
+		detail["why"] = "retention ended"
+		e.audit(ctx, who, d.Token, objectEvent(d.Class, "purge"), detail)
+	}
+	if len(purged) > 0 {
+		e.log.Info("purged deleted objects whose retention ended", "count", len(purged))
+	}
+}
+
+// RunPurger purges expired deleted objects now and every interval until
+// ctx ends.
+func (e *Engine) RunPurger(ctx context.Context, every time.Duration) {
+	e.PurgeExpired(context.WithoutCancel(ctx))
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			e.PurgeExpired(context.WithoutCancel(ctx))
+		}
+	}
+}
