@@ -19,7 +19,7 @@ import (
 const (
 	exitError    = 1 // the daemon is not there, or failed
 	exitUsage    = 2 // bad flags or arguments
-	exitConflict = 3 // the name is taken, or the token is in use
+	exitConflict = 3 // the name is taken or ambiguous, the token in use, or a policy refuses
 	exitNotFound = 4 // no such token or record
 	exitAuth     = 5 // a PIN was wrong, or is locked
 	exitTampered = 6 // the keystore or its audit log failed verification
@@ -65,7 +65,7 @@ func adminExit(c *cli.Context, err error) error {
 		switch ae.Code {
 		case adminapi.CodeBadRequest, adminapi.CodePINInvalid:
 			code = exitUsage
-		case adminapi.CodeExists, adminapi.CodeInUse:
+		case adminapi.CodeExists, adminapi.CodeInUse, adminapi.CodeAmbiguous, adminapi.CodeRefused:
 			code = exitConflict
 		case adminapi.CodeNotFound:
 			code = exitNotFound
@@ -81,13 +81,12 @@ func adminExit(c *cli.Context, err error) error {
 // commandName is "hsmemu token create" and the like.
 func commandName(c *cli.Context) string {
 	names := []string{}
-	lineage := c.Lineage()
-	for _, l := range lineage[:len(lineage)-1] { // the last is the application
-		if l.Command != nil && l.Command.Name != "" {
+	for _, l := range c.Lineage() {
+		if l.Command != nil && l.Command.Name != "" && l.Command.Name != c.App.Name {
 			names = append([]string{l.Command.Name}, names...)
 		}
 	}
-	return strings.Join(append([]string{"hsmemu"}, names...), " ")
+	return strings.Join(append([]string{c.App.Name}, names...), " ")
 }
 
 // printJSON writes v indented, for --json.

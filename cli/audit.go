@@ -187,9 +187,11 @@ func actorString(a adminapi.AuditActor) string {
 	return s
 }
 
+func sortedKeys(m map[string]string) []string { return slices.Sorted(maps.Keys(m)) }
+
 func detailString(d map[string]string) string {
 	var parts []string
-	for _, k := range slices.Sorted(maps.Keys(d)) {
+	for _, k := range sortedKeys(d) {
 		parts = append(parts, k+"="+strconv.Quote(d[k]))
 	}
 	return strings.Join(parts, " ")
@@ -204,7 +206,7 @@ func printRecord(w io.Writer, r adminapi.AuditRecord) {
 	fmt.Fprintf(w, "time:      %s\n", r.Time.UTC().Format(time.RFC3339Nano))
 	fmt.Fprintf(w, "event:     %s\n", r.Event)
 	fmt.Fprintf(w, "actor:     %s\n", actorString(r.Actor))
-	for _, k := range slices.Sorted(maps.Keys(r.Detail)) {
+	for _, k := range sortedKeys(r.Detail) {
 		fmt.Fprintf(w, "  %s: %s\n", k, r.Detail[k])
 	}
 	fmt.Fprintf(w, "prev hash: %x\n", r.PrevHash)

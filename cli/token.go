@@ -93,6 +93,55 @@ Without a user PIN the token's user PIN awaits ` + "`hsmemu pin reset`" + ` or C
 				},
 			},
 			{
+				Name:  "set",
+				Usage: "set a token's deletion policy, with its SO PIN",
+				Description: `--retention-days is how long deleted keys and secrets are kept,
+recoverable, before they are purged (0 to 3650; 0 deletes at once).
+--purge-protection, once on, refuses every purge before the retention ends,
+and a token's deletion while it holds anything; it cannot be turned off,
+needs at least 7 days of retention, and from then on the retention can only
+grow.
+
+Example:
+   hsmemu token set --label signing --retention-days 30 --purge-protection`,
+				Flags: adminFlags(labelFlag,
+					&cli.IntFlag{Name: "retention-days", Usage: "days deleted objects are kept"},
+					&cli.BoolFlag{Name: "purge-protection", Usage: "turn purge protection on, for good"},
+					soPIN.fileFlag()),
+				Action: func(c *cli.Context) error {
+					args := adminapi.TokenSet{Label: c.String("label")}
+					if c.IsSet("retention-days") {
+						d := c.Int("retention-days")
+						args.RetentionDays = &d
+					}
+					if c.IsSet("purge-protection") {
+						if !c.Bool("purge-protection") {
+							return cli.Exit("hsmemu token set: purge protection cannot be turned off", exitUsage)
+						}
+						on := true
+						args.PurgeProtection = &on
+					}
+					if args.RetentionDays == nil && args.PurgeProtection == nil {
+						return cli.Exit("hsmemu token set: nothing to set: give --retention-days or --purge-protection", exitUsage)
+					}
+					so, err := readPIN(c, soPIN, false)
+					if err != nil {
+						return err
+					}
+					defer clear(so)
+					args.SOPIN = so
+					var t adminapi.Token
+					if err := adminCall(c, adminapi.OpTokenSet, args, &t); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, t)
+					}
+					fmt.Fprintf(c.App.Writer, "token %q keeps deleted objects %d days; purge protection %s\n", t.Label, t.RetentionDays, onOff(t.PurgeProtection))
+					return nil
+				},
+			},
+			{
 				Name:  "delete",
 				Usage: "delete a token and every object on it, with its SO PIN",
 				Description: `Refused while any application has a session on the token. What is
@@ -165,7 +214,16 @@ func printToken(w io.Writer, t adminapi.Token) {
 	fmt.Fprintf(tw, "logged in:\t%v\n", t.LoggedIn)
 	fmt.Fprintf(tw, "SO PIN:\t%s\n", lockState(t.SOFailures, t.SOLocked))
 	fmt.Fprintf(tw, "user PIN:\t%s\n", user)
+	fmt.Fprintf(tw, "retention:\t%d days\n", t.RetentionDays)
+	fmt.Fprintf(tw, "purge protection:\t%s\n", onOff(t.PurgeProtection))
 	tw.Flush()
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }
 
 func pinCommand() *cli.Command {

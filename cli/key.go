@@ -1,0 +1,404 @@
+package cli
+
+import (
+	"cmp"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"hsmemu/daemon"
+	"hsmemu/daemon/adminapi"
+)
+
+// keySelectorFlags name a key: by label, uuid or CKA_ID.
+func keySelectorFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+		&cli.StringFlag{Name: "key", Usage: "the key's label (CKA_LABEL)"},
+		&cli.StringFlag{Name: "uuid", Usage: "the key's uuid, as `key list` shows it"},
+		&cli.StringFlag{Name: "id", Usage: "the key's CKA_ID, in hex"},
+	}
+}
+
+func keySelector(c *cli.Context) (adminapi.KeySelector, error) {
+	sel := adminapi.KeySelector{Key: c.String("key"), UUID: strings.ToLower(c.String("uuid")), ID: strings.ToLower(c.String("id"))}
+	if sel == (adminapi.KeySelector{}) {
+		return sel, cli.Exit(commandName(c)+": name the key with --key LABEL, --uuid UUID or --id HEX", exitUsage)
+	}
+	return sel, nil
+}
+
+// keyRef reads the selector and the user PIN.
+func keyRef(c *cli.Context) (adminapi.KeyRef, error) {
+	sel, err := keySelector(c)
+	if err != nil {
+		return adminapi.KeyRef{}, err
+	}
+	pin, err := readPIN(c, userPIN, false)
+	if err != nil {
+		return adminapi.KeyRef{}, err
+	}
+	return adminapi.KeyRef{Token: c.String("token"), UserPIN: pin, KeySelector: sel}, nil
+}
+
+const keyExitCodes = `Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage,
+3 the name matches several keys, or a policy refuses (purge protection,
+CKA_DESTROYABLE false), 4 no such token or key, 5 a PIN is wrong or locked.`
+
+func keyCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "key",
+		Usage: "list, show, export, delete, recover and purge a token's keys",
+		Description: `Key commands act as the token's user, with the user PIN (--user-pin-file or
+HSMEMU_USER_PIN, else a prompt); purge takes the SO PIN. A key is named by
+its label (--key), uuid (--uuid) or CKA_ID (--id); a key pair, a private
+and a public key of one type and CKA_ID, counts as one key.
+
+A deleted key is kept, recoverable, for the token's retention period
+(default 90 days, ` + "`hsmemu token set --retention-days`" + `), then purged. Purge
+protection (` + "`hsmemu token set --purge-protection`" + `), once on, refuses every
+purge before the retention ends and cannot be turned off.
+
+` + keyExitCodes,
+		Subcommands: []*cli.Command{
+			{
+				Name:  "generate",
+				Usage: "generate a key in the token",
+				Description: `--type is one of ` + strings.Join(daemon.KeyTypeNames(), ", ") + `.
+On a premium token the key is HSM-protected (never exported in clear)
+unless --protection software says otherwise.
+
+Examples:
+   hsmemu key generate --token signing --type ec-p256 --key tls
+   hsmemu key generate --token signing --type aes-256 --key kek --usage wrap,unwrap`,
+				Flags: adminFlags(append(newKeyFlags(), &cli.StringFlag{Name: "type", Usage: "the key's type and size", Required: true})...),
+				Action: func(c *cli.Context) error {
+					opts, err := keyOptions(c)
+					if err != nil {
+						return err
+					}
+					pin, err := readPIN(c, userPIN, false)
+					if err != nil {
+						return err
+					}
+					defer clear(pin)
+					var keys []adminapi.Key
+					if err := adminCall(c, adminapi.OpKeyGenerate, adminapi.KeyGenerate{Token: c.String("token"), UserPIN: pin, Type: c.String("type"), KeyOptions: opts}, &keys); err != nil {
+						return err
+					}
+					return printMade(c, "generated", keys)
+				},
+			},
+			{
+				Name:  "import",
+				Usage: "store an existing key in the token",
+				Description: `The key is read from --in (a file, or - for stdin): PEM (PKCS#8, PKCS#1,
+SEC1, or a public key) or PKCS#8 DER; raw bytes with --type aes (16, 24 or
+32 bytes) or --type generic. A private key is stored with its public half.
+On a premium token it becomes HSM-protected unless --protection software
+says otherwise; either way the token holds it from now on, so destroy the
+file if it was the only other copy.
+
+Examples:
+   hsmemu key import --token signing --key web --in web.key.pem
+   head -c 32 /dev/urandom | hsmemu key import --token signing --key kek --type aes --in -`,
+				Flags: adminFlags(append(newKeyFlags(),
+					&cli.StringFlag{Name: "in", Usage: "the key file, or - for stdin", Required: true},
+					&cli.StringFlag{Name: "type", Usage: "for raw material: aes or generic"})...),
+				Action: func(c *cli.Context) error {
+					opts, err := keyOptions(c)
+					if err != nil {
+						return err
+					}
+					var material []byte
+					if in := c.String("in"); in == "-" {
+						material, err = io.ReadAll(io.LimitReader(os.Stdin, 1<<19))
+					} else {
+						material, err = os.ReadFile(in)
+					}
+					if err != nil {
+						return cli.Exit(commandName(c)+": --in: "+err.Error(), exitUsage)
+					}
+					defer clear(material)
+					pin, err := readPIN(c, userPIN, false)
+					if err != nil {
+						return err
+					}
+					defer clear(pin)
+					var keys []adminapi.Key
+					if err := adminCall(c, adminapi.OpKeyImport, adminapi.KeyImport{Token: c.String("token"), UserPIN: pin, Type: c.String("type"), Material: material, KeyOptions: opts}, &keys); err != nil {
+						return err
+					}
+					return printMade(c, "imported", keys)
+				},
+			},
+			{
+				Name:  "list",
+				Usage: "list the token's keys (--deleted: the deleted ones, with when they are purged)",
+				Description: `Examples:
+   hsmemu key list --token signing
+   hsmemu key list --token signing --deleted --json`,
+				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+					&cli.BoolFlag{Name: "deleted", Usage: "list the deleted keys"}, userPIN.fileFlag()),
+				Action: func(c *cli.Context) error {
+					pin, err := readPIN(c, userPIN, false)
+					if err != nil {
+						return err
+					}
+					defer clear(pin)
+					var keys []adminapi.Key
+					if err := adminCall(c, adminapi.OpKeyList, adminapi.KeyList{Token: c.String("token"), UserPIN: pin, Deleted: c.Bool("deleted")}, &keys); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, keys)
+					}
+					printKeys(c.App.Writer, keys, c.Bool("deleted"))
+					return nil
+				},
+			},
+			{
+				Name:  "show",
+				Usage: "show a key: attributes, protection level, public-key fingerprint",
+				Description: `Example:
+   hsmemu key show --token signing --key tls`,
+				Flags: adminFlags(append(keySelectorFlags(), userPIN.fileFlag())...),
+				Action: func(c *cli.Context) error {
+					ref, err := keyRef(c)
+					if err != nil {
+						return err
+					}
+					defer clear(ref.UserPIN)
+					var keys []adminapi.Key
+					if err := adminCall(c, adminapi.OpKeyShow, ref, &keys); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, keys)
+					}
+					for i, k := range keys {
+						if i > 0 {
+							fmt.Fprintln(c.App.Writer)
+						}
+						printKey(c.App.Writer, k)
+					}
+					return nil
+				},
+			},
+			{
+				Name:  "export-public",
+				Usage: "write a key's public half as PEM (SubjectPublicKeyInfo)",
+				Description: `Example:
+   hsmemu key export-public --token signing --key tls --out tls.pub.pem`,
+				Flags: adminFlags(append(keySelectorFlags(), userPIN.fileFlag(),
+					&cli.StringFlag{Name: "out", Usage: "write to this file instead of stdout"})...),
+				Action: func(c *cli.Context) error {
+					ref, err := keyRef(c)
+					if err != nil {
+						return err
+					}
+					defer clear(ref.UserPIN)
+					var pub adminapi.PublicKey
+					if err := adminCall(c, adminapi.OpKeyExportPublic, ref, &pub); err != nil {
+						return err
+					}
+					if out := c.String("out"); out != "" {
+						if err := os.WriteFile(out, []byte(pub.PEM), 0o644); err != nil {
+							return cli.Exit(commandName(c)+": "+err.Error(), exitError)
+						}
+						return done(c, fmt.Sprintf("wrote the public key (%s) to %s", pub.Fingerprint, out))
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, pub)
+					}
+					fmt.Fprint(c.App.Writer, pub.PEM)
+					return nil
+				},
+			},
+			{
+				Name:  "delete",
+				Usage: "delete a key, kept recoverable for the token's retention period",
+				Description: `Example:
+   hsmemu key delete --token signing --key old-tls`,
+				Flags: adminFlags(append(keySelectorFlags(), userPIN.fileFlag())...),
+				Action: func(c *cli.Context) error {
+					ref, err := keyRef(c)
+					if err != nil {
+						return err
+					}
+					defer clear(ref.UserPIN)
+					var res adminapi.KeyDeleted
+					if err := adminCall(c, adminapi.OpKeyDelete, ref, &res); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, res)
+					}
+					for _, k := range res.Keys {
+						fmt.Fprintf(c.App.Writer, "deleted %s %s %q (%s)\n", k.KeyType, k.Class, k.Label, k.UUID)
+					}
+					if res.Kept {
+						fmt.Fprintf(c.App.Writer, "recoverable with `hsmemu key recover` until %s\n", res.PurgeAfter.UTC().Format(time.RFC3339))
+					} else {
+						fmt.Fprintln(c.App.Writer, "the token keeps no deleted keys (retention 0): it is gone")
+					}
+					return nil
+				},
+			},
+			{
+				Name:  "recover",
+				Usage: "bring a deleted key back",
+				Description: `Example:
+   hsmemu key recover --token signing --key old-tls`,
+				Flags: adminFlags(append(keySelectorFlags(), userPIN.fileFlag())...),
+				Action: func(c *cli.Context) error {
+					ref, err := keyRef(c)
+					if err != nil {
+						return err
+					}
+					defer clear(ref.UserPIN)
+					var keys []adminapi.Key
+					if err := adminCall(c, adminapi.OpKeyRecover, ref, &keys); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, keys)
+					}
+					for _, k := range keys {
+						fmt.Fprintf(c.App.Writer, "recovered %s %s %q (%s)\n", k.KeyType, k.Class, k.Label, k.UUID)
+					}
+					return nil
+				},
+			},
+			{
+				Name:  "purge",
+				Usage: "remove a deleted key for good, with the SO PIN (refused under purge protection)",
+				Description: `Example:
+   hsmemu key purge --token signing --uuid 5f0c... --so-pin-file so.pin`,
+				Flags: adminFlags(append(keySelectorFlags(), soPIN.fileFlag())...),
+				Action: func(c *cli.Context) error {
+					sel, err := keySelector(c)
+					if err != nil {
+						return err
+					}
+					so, err := readPIN(c, soPIN, false)
+					if err != nil {
+						return err
+					}
+					defer clear(so)
+					var keys []adminapi.Key
+					if err := adminCall(c, adminapi.OpKeyPurge, adminapi.KeyPurge{Token: c.String("token"), SOPIN: so, KeySelector: sel}, &keys); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, keys)
+					}
+					for _, k := range keys {
+						fmt.Fprintf(c.App.Writer, "purged %s %s %q (%s)\n", k.KeyType, k.Class, k.Label, k.UUID)
+					}
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func printKeys(w io.Writer, keys []adminapi.Key, deleted bool) {
+	if len(keys) == 0 {
+		if deleted {
+			fmt.Fprintln(w, "no deleted keys")
+		} else {
+			fmt.Fprintln(w, "no keys")
+		}
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if deleted {
+		fmt.Fprintln(tw, "UUID\tCLASS\tTYPE\tLABEL\tID\tDELETED\tPURGED AFTER")
+		for _, k := range keys {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.UUID, k.Class, k.KeyType, k.Label, k.ID,
+				k.DeletedAt.UTC().Format(time.RFC3339), k.PurgeAfter.UTC().Format(time.RFC3339))
+		}
+	} else {
+		fmt.Fprintln(tw, "UUID\tCLASS\tTYPE\tBITS\tLABEL\tID\tPROTECTION\tUSAGE")
+		for _, k := range keys {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", k.UUID, k.Class, k.KeyType, k.Bits, k.Label, k.ID,
+				cmp.Or(k.Protection, "-"), cmp.Or(strings.Join(k.Usage, ","), "-"))
+		}
+	}
+	tw.Flush()
+}
+
+func printKey(w io.Writer, k adminapi.Key) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "uuid:\t%s\n", k.UUID)
+	fmt.Fprintf(tw, "class:\t%s\n", k.Class)
+	fmt.Fprintf(tw, "type:\t%s\n", k.KeyType)
+	if k.Bits > 0 {
+		fmt.Fprintf(tw, "bits:\t%d\n", k.Bits)
+	}
+	fmt.Fprintf(tw, "label:\t%s\n", k.Label)
+	fmt.Fprintf(tw, "id:\t%s\n", k.ID)
+	if k.Protection != "" {
+		fmt.Fprintf(tw, "protection:\t%s\n", k.Protection)
+	}
+	if k.Fingerprint != "" {
+		fmt.Fprintf(tw, "fingerprint:\t%s\n", k.Fingerprint)
+	}
+	for _, name := range sortedKeys(k.Attributes) {
+		fmt.Fprintf(tw, "%s:\t%s\n", name, k.Attributes[name])
+	}
+	tw.Flush()
+	if k.PublicPEM != "" {
+		fmt.Fprint(w, k.PublicPEM)
+	}
+}
+
+// newKeyFlags describe a key to make.
+func newKeyFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+		&cli.StringFlag{Name: "key", Usage: "the new key's label (CKA_LABEL)", Required: true},
+		&cli.StringFlag{Name: "id", Usage: "its CKA_ID in hex (default: random, shared by a pair's halves)"},
+		&cli.StringFlag{Name: "usage", Usage: "comma-separated: encrypt, decrypt, sign, verify, wrap, unwrap, derive (default by type)"},
+		&cli.StringFlag{Name: "protection", Usage: "hsm or software (default: hsm on a premium token, software on a standard one)"},
+		&cli.BoolFlag{Name: "extractable", Usage: "let the key be wrapped out (software protection only)"},
+		userPIN.fileFlag(),
+	}
+}
+
+func keyOptions(c *cli.Context) (adminapi.KeyOptions, error) {
+	opts := adminapi.KeyOptions{Label: c.String("key"), ID: strings.ToLower(c.String("id")), Protection: c.String("protection"), Extractable: c.Bool("extractable")}
+	if u := c.String("usage"); u != "" {
+		for _, p := range strings.Split(u, ",") {
+			opts.Usage = append(opts.Usage, strings.TrimSpace(p))
+		}
+	}
+	if opts.Extractable && opts.Protection == "hsm" {
+		return opts, cli.Exit(commandName(c)+": an HSM-protected key is never extractable", exitUsage)
+	}
+	return opts, nil
+}
+
+// printMade reports new keys.
+func printMade(c *cli.Context, verb string, keys []adminapi.Key) error {
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, keys)
+	}
+	for _, k := range keys {
+		fmt.Fprintf(c.App.Writer, "%s %s %s %q (%s)", verb, k.KeyType, k.Class, k.Label, k.UUID)
+		if k.Protection != "" {
+			fmt.Fprintf(c.App.Writer, ", %s-protected", k.Protection)
+		}
+		if k.Fingerprint != "" {
+			fmt.Fprintf(c.App.Writer, ", %s", k.Fingerprint)
+		}
+		fmt.Fprintln(c.App.Writer)
+	}
+	return nil
+}
