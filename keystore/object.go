@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	sqlite3 "github.com/mattn/go-sqlite3"
 )
 
 // ObjectID is an object's row id: stable for the life of the object in this
@@ -91,6 +93,31 @@ func (r *objectRow) decode() (Attributes, index, error) {
 // Put seals secret (nil for objects without secret material) for a new object
 // with attrs on token, and commits it before returning.
 func (s *Store) Put(ctx context.Context, token UUID, attrs Attributes, secret []byte) (*Object, error) {
+	u, err := newUUID()
+	if err != nil {
+		return nil, err
+	}
+	return s.put(ctx, token, u, attrs, secret)
+}
+
+// PutAs is Put for an object that keeps the identity it had: a key
+// restored from a backup. An object with that uuid, live or deleted, is
+// ErrObjectExists.
+func (s *Store) PutAs(ctx context.Context, token, object UUID, attrs Attributes, secret []byte) (*Object, error) {
+	var n int
+	if err := s.r.QueryRowContext(ctx, "SELECT count(*) FROM objects WHERE uuid = ?", object[:]).Scan(&n); err != nil {
+		return nil, s.dbErr("look up object", err)
+	}
+	if n > 0 {
+		return nil, ErrObjectExists
+	}
+	return s.put(ctx, token, object, attrs, secret)
+}
+
+// ErrObjectExists is PutAs's error for a uuid in use.
+var ErrObjectExists = errors.New("keystore: an object with that uuid exists")
+
+func (s *Store) put(ctx context.Context, token, u UUID, attrs Attributes, secret []byte) (*Object, error) {
 	// Work from the canonical encoding: what is sealed is exactly what a
 	// later open decodes, whatever order or aliasing the caller's slice had.
 	enc := attrs.Encode()
@@ -103,10 +130,6 @@ func (s *Store) Put(ctx context.Context, token UUID, attrs Attributes, secret []
 		return nil, err
 	}
 	ti, st, err := s.token(ctx, s.r, "uuid = ?", token[:])
-	if err != nil {
-		return nil, err
-	}
-	u, err := newUUID()
 	if err != nil {
 		return nil, err
 	}
@@ -125,6 +148,10 @@ func (s *Store) Put(ctx context.Context, token UUID, attrs Attributes, secret []
 		(uuid, token_id, class, key_type, label, ckaid, private, record, created_at, updated_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		u[:], ti.ID, u2i(ix.class), ix.keyTypeColumn(), ix.label, ix.id, ix.private, record(u, enc, sealed), now, now)
+	var se sqlite3.Error
+	if errors.As(err, &se) && se.ExtendedCode == sqlite3.ErrConstraintUnique {
+		return nil, ErrObjectExists
+	}
 	if err != nil {
 		return nil, s.dbErr("insert object", err)
 	}

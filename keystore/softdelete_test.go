@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"bytes"
 	"errors"
 	"testing"
 	"time"
@@ -140,4 +141,68 @@ func TestPurgeProtection(t *testing.T) {
 func isPolicy(err error) bool {
 	var pe *PolicyError
 	return errors.As(err, &pe)
+}
+
+func TestKeyBackup(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, Options{})
+	ti := newToken(t, s, "kb")
+	if err := s.Login(ctx, ti.UUID, RoleUser, userPIN); err != nil {
+		t.Fatal(err)
+	}
+	obj, err := s.Put(ctx, ti.UUID, keyAttrs(t, "k", true), []byte("material"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := s.SealKeyBackup(ctx, []BackupObject{{UUID: obj.UUID, Attrs: obj.Attrs, Secret: obj.Secret}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(blob, []byte("material")) {
+		t.Fatal("the backup holds the material in clear")
+	}
+	// The uuid is taken while the object lives, even deleted.
+	if _, err := s.PutAs(ctx, ti.UUID, obj.UUID, obj.Attrs, obj.Secret); !errors.Is(err, ErrObjectExists) {
+		t.Fatalf("restore over a live object: %v", err)
+	}
+	s.SoftDelete(ctx, obj.ID)
+	if _, err := s.PutAs(ctx, ti.UUID, obj.UUID, obj.Attrs, obj.Secret); !errors.Is(err, ErrObjectExists) {
+		t.Fatalf("restore over a deleted object: %v", err)
+	}
+	if err := s.Purge(ctx, ti.UUID, obj.UUID); err != nil {
+		t.Fatal(err)
+	}
+	objs, err := s.OpenKeyBackup(ctx, blob)
+	if err != nil || len(objs) != 1 || objs[0].UUID != obj.UUID || string(objs[0].Secret) != "material" {
+		t.Fatalf("open: %+v %v", objs, err)
+	}
+	back, err := s.PutAs(ctx, ti.UUID, objs[0].UUID, objs[0].Attrs, objs[0].Secret)
+	if err != nil || back.UUID != obj.UUID {
+		t.Fatalf("restore: %v", err)
+	}
+	got, err := s.Open(ctx, back.ID)
+	if err != nil || string(got.Secret) != "material" || !bytes.Equal(got.Attrs.Encode(), obj.Attrs.Encode()) {
+		t.Fatalf("restored object: %v %q %v", err, got.Secret, bytes.Equal(got.Attrs.Encode(), obj.Attrs.Encode()))
+	}
+	// Every altered byte is refused.
+	for i := range blob {
+		bad := bytes.Clone(blob)
+		bad[i] ^= 1
+		if _, err := s.OpenKeyBackup(ctx, bad); err == nil {
+			t.Fatalf("a backup with byte %d flipped opened", i)
+		}
+	}
+	if _, err := s.OpenKeyBackup(ctx, blob[:len(blob)-1]); !errors.Is(err, ErrNotKeyBackup) {
+		t.Fatalf("truncated: %v", err)
+	}
+}
+
+func FuzzParseBackup(f *testing.F) {
+	f.Add([]byte{0, 0, 0, 1})
+	f.Fuzz(func(t *testing.T, p []byte) {
+		objs, err := parseBackup(p)
+		if err == nil && (len(objs) < 1 || len(objs) > maxBackupObjects) {
+			t.Fatalf("%d objects", len(objs))
+		}
+	})
 }
