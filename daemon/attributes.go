@@ -109,6 +109,13 @@ var rules = map[uint64]rule{
 	// Data objects.
 	ck.CKA_APPLICATION: {kind: vBytes, classes: mData, flags: fModify, def: vEmpty},
 	ck.CKA_OBJECT_ID:   {kind: vBytes, classes: mData, flags: fModify, def: vEmpty},
+	// A version of a secret (docs/tokens.md, "Secrets"). Its number and
+	// birth are fixed; whether it is enabled and when it expires change.
+	ck.CKA_HSMEMU_SECRET_VERSION:      {kind: vUlong, classes: mData},
+	ck.CKA_HSMEMU_SECRET_ENABLED:      {kind: vBool, classes: mData, flags: fModify},
+	ck.CKA_HSMEMU_SECRET_EXPIRES:      {kind: vUlong, classes: mData, flags: fModify},
+	ck.CKA_HSMEMU_SECRET_CONTENT_TYPE: {kind: vBytes, classes: mData, flags: fModify},
+	ck.CKA_HSMEMU_SECRET_CREATED:      {kind: vUlong, classes: mData},
 	// CKA_VALUE: data objects (sealed, readable), certificates (public),
 	// secret keys and EC/Edwards private keys (sealed, sensitive). Its
 	// per-class handling is in valueRule.

@@ -132,6 +132,10 @@ var Attrs = map[uint64]AttrKind{
 	0x40000213: AttrTemplate, // CKA_DERIVE_TEMPLATE
 	0x40000600: AttrUlongs,   // CKA_ALLOWED_MECHANISMS
 	0xC8530001: AttrUlong,    // CKA_HSMEMU_PROTECTION (vendor defined)
+	0xC8530002: AttrUlong,    // CKA_HSMEMU_SECRET_VERSION
+	0xC8530003: AttrBool,     // CKA_HSMEMU_SECRET_ENABLED
+	0xC8530004: AttrUlong,    // CKA_HSMEMU_SECRET_EXPIRES
+	0xC8530006: AttrUlong,    // CKA_HSMEMU_SECRET_CREATED
 }
 
 // Params are the mechanism parameter structures, by C type name.

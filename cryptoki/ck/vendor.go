@@ -1,7 +1,10 @@
 package ck
 
-// hsmemu's vendor-defined attribute: a key's protection level, as cloud key
-// vaults report it. Its value is a CK_ULONG.
+// hsmemu's vendor-defined attributes. CKA_HSMEMU_PROTECTION is a key's
+// protection level, as cloud key vaults report it (a CK_ULONG); the
+// CKA_HSMEMU_SECRET_* attributes describe a version of a secret, a
+// private data object whose CKA_APPLICATION is SecretApplication
+// (docs/tokens.md, "Secrets").
 const (
 	CKA_HSMEMU_PROTECTION = CKA_VENDOR_DEFINED | 0x48530001
 
@@ -13,3 +16,21 @@ const (
 	// for life. Premium tokens only.
 	CKP_HSMEMU_HSM = 2
 )
+
+const (
+	// CKA_HSMEMU_SECRET_VERSION: the version's number, from 1 (CK_ULONG).
+	CKA_HSMEMU_SECRET_VERSION = CKA_VENDOR_DEFINED | 0x48530002
+	// CKA_HSMEMU_SECRET_ENABLED: whether the version may be read (CK_BBOOL).
+	CKA_HSMEMU_SECRET_ENABLED = CKA_VENDOR_DEFINED | 0x48530003
+	// CKA_HSMEMU_SECRET_EXPIRES: when the version stops being readable, in
+	// seconds since 1970; 0 for never (CK_ULONG).
+	CKA_HSMEMU_SECRET_EXPIRES = CKA_VENDOR_DEFINED | 0x48530004
+	// CKA_HSMEMU_SECRET_CONTENT_TYPE: a media type, e.g. "text/plain".
+	CKA_HSMEMU_SECRET_CONTENT_TYPE = CKA_VENDOR_DEFINED | 0x48530005
+	// CKA_HSMEMU_SECRET_CREATED: when the version was set, in seconds
+	// since 1970 (CK_ULONG).
+	CKA_HSMEMU_SECRET_CREATED = CKA_VENDOR_DEFINED | 0x48530006
+)
+
+// SecretApplication is the CKA_APPLICATION of a secret's data objects.
+const SecretApplication = "hsmemu/secret"
