@@ -276,6 +276,69 @@ Examples:
 				},
 			},
 			{
+				Name:  "backup",
+				Usage: "write a key (a secret key, or both halves of a pair) to a backup only this security domain restores",
+				Description: `The backup is opaque and encrypted under a key derived from the TPM-rooted
+domain: it restores into this keystore, a restored copy of it, or one
+recovered from the custodians' shares, and nowhere else. An HSM-protected
+key stays HSM-protected.
+
+Example:
+   hsmemu key backup --token signing --key tls --out tls.hsmkey`,
+				Flags: adminFlags(append(keySelectorFlags(), userPIN.fileFlag(),
+					&cli.StringFlag{Name: "out", Usage: "the backup file to write (mode 0600)", Required: true})...),
+				Action: func(c *cli.Context) error {
+					ref, err := keyRef(c)
+					if err != nil {
+						return err
+					}
+					defer clear(ref.UserPIN)
+					var res adminapi.KeyBackup
+					if err := adminCall(c, adminapi.OpKeyBackup, ref, &res); err != nil {
+						return err
+					}
+					out := c.String("out")
+					if err := os.WriteFile(out, res.Blob, 0o600); err != nil {
+						return cli.Exit(commandName(c)+": "+err.Error(), exitError)
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, map[string]any{"keys": res.Keys, "file": out})
+					}
+					for _, k := range res.Keys {
+						fmt.Fprintf(c.App.Writer, "backed up %s %s %q (%s)\n", k.KeyType, k.Class, k.Label, k.UUID)
+					}
+					fmt.Fprintf(c.App.Writer, "to %s\n", out)
+					return nil
+				},
+			},
+			{
+				Name:  "restore",
+				Usage: "bring a key back from its backup, into a keystore of the same security domain",
+				Description: `The key comes back with the identity and attributes it had; a key that
+still exists (live or deleted) must be recovered or purged first.
+
+Example:
+   hsmemu key restore --token signing --in tls.hsmkey`,
+				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+					&cli.StringFlag{Name: "in", Usage: "the backup file", Required: true}, userPIN.fileFlag()),
+				Action: func(c *cli.Context) error {
+					blob, err := os.ReadFile(c.String("in"))
+					if err != nil {
+						return cli.Exit(commandName(c)+": --in: "+err.Error(), exitUsage)
+					}
+					pin, err := readPIN(c, userPIN, false)
+					if err != nil {
+						return err
+					}
+					defer clear(pin)
+					var keys []adminapi.Key
+					if err := adminCall(c, adminapi.OpKeyRestore, adminapi.KeyRestore{Token: c.String("token"), UserPIN: pin, Blob: blob}, &keys); err != nil {
+						return err
+					}
+					return printMade(c, "restored", keys)
+				},
+			},
+			{
 				Name:  "purge",
 				Usage: "remove a deleted key for good, with the SO PIN (refused under purge protection)",
 				Description: `Example:

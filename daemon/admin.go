@@ -146,7 +146,12 @@ func (s *Server) adminCall(ctx context.Context, who keystore.AuditActor, req adm
 		if err = decodeArgs(req, &args); err == nil {
 			result, err = a.keyList(ctx, args)
 		}
-	case adminapi.OpKeyShow, adminapi.OpKeyDelete, adminapi.OpKeyRecover, adminapi.OpKeyExportPublic:
+	case adminapi.OpKeyRestore:
+		var args adminapi.KeyRestore
+		if err = decodeArgs(req, &args); err == nil {
+			result, err = a.keyRestore(ctx, args)
+		}
+	case adminapi.OpKeyShow, adminapi.OpKeyDelete, adminapi.OpKeyRecover, adminapi.OpKeyExportPublic, adminapi.OpKeyBackup:
 		var args adminapi.KeyRef
 		if err = decodeArgs(req, &args); err == nil {
 			switch req.Op {
@@ -156,6 +161,8 @@ func (s *Server) adminCall(ctx context.Context, who keystore.AuditActor, req adm
 				result, err = a.keyDelete(ctx, args)
 			case adminapi.OpKeyRecover:
 				result, err = a.keyRecover(ctx, args)
+			case adminapi.OpKeyBackup:
+				result, err = a.keyBackup(ctx, args)
 			default:
 				result, err = a.keyExportPublic(ctx, args)
 			}
@@ -169,6 +176,38 @@ func (s *Server) adminCall(ctx context.Context, who keystore.AuditActor, req adm
 		var args adminapi.KeyImport
 		if err = decodeArgs(req, &args); err == nil {
 			result, err = a.keyImport(ctx, args)
+		}
+	case adminapi.OpSecretSet:
+		var args adminapi.SecretSet
+		if err = decodeArgs(req, &args); err == nil {
+			result, err = a.secretSet(ctx, args)
+		}
+	case adminapi.OpSecretGet:
+		var args adminapi.SecretGet
+		if err = decodeArgs(req, &args); err == nil {
+			result, err = a.secretGet(ctx, args)
+		}
+	case adminapi.OpSecretList:
+		var args adminapi.SecretList
+		if err = decodeArgs(req, &args); err == nil {
+			result, err = a.secretList(ctx, args)
+		}
+	case adminapi.OpSecretVersions, adminapi.OpSecretDelete, adminapi.OpSecretRecover:
+		var args adminapi.SecretRef
+		if err = decodeArgs(req, &args); err == nil {
+			switch req.Op {
+			case adminapi.OpSecretVersions:
+				result, err = a.secretVersionsOp(ctx, args)
+			case adminapi.OpSecretDelete:
+				result, err = a.secretDelete(ctx, args)
+			default:
+				result, err = a.secretRecover(ctx, args)
+			}
+		}
+	case adminapi.OpSecretPurge:
+		var args adminapi.SecretPurge
+		if err = decodeArgs(req, &args); err == nil {
+			result, err = a.secretPurge(ctx, args)
 		}
 	case adminapi.OpKeyPurge:
 		var args adminapi.KeyPurge

@@ -532,3 +532,92 @@ func (e *Engine) RunPurger(ctx context.Context, every time.Duration) {
 		}
 	}
 }
+
+// keyBackup writes one key (a secret key, or a pair) into a backup blob
+// only this security domain opens (keystore/keybackup.go).
+func (a *adminOps) keyBackup(ctx context.Context, args adminapi.KeyRef) (*adminapi.KeyBackup, error) {
+	defer clear(args.UserPIN)
+	var out *adminapi.KeyBackup
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+		sel, err := a.liveKeys(ctx, ti, args.KeySelector)
+		if err != nil {
+			return err
+		}
+		if sel, err = one(sel, args.KeySelector, func(f found) uint64 { return f.obj.class() }, pairOfLive); err != nil {
+			return err
+		}
+		var objs []keystore.BackupObject
+		res := &adminapi.KeyBackup{}
+		for _, f := range sel {
+			stored, err := a.e.store.Open(ctx, f.id)
+			if err != nil {
+				return err
+			}
+			objs = append(objs, keystore.BackupObject{UUID: stored.UUID, Attrs: stored.Attrs, Secret: stored.Secret})
+			res.Keys = append(res.Keys, describe(f, false))
+		}
+		if res.Blob, err = a.e.store.SealKeyBackup(ctx, objs); err != nil {
+			return err
+		}
+		for _, f := range sel {
+			a.e.audit(ctx, a.who, ti.UUID, "key.backup", objectDetail(f.uuid, f.obj.class(), f.obj.all()))
+		}
+		out = res
+		return nil
+	})
+	return out, err
+}
+
+// keyRestore brings a key back from a backup blob of this domain, with
+// the identity and attributes it had: an HSM-protected key stays so, and
+// only a premium token takes one.
+func (a *adminOps) keyRestore(ctx context.Context, args adminapi.KeyRestore) ([]adminapi.Key, error) {
+	defer clear(args.UserPIN)
+	var out []adminapi.Key
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+		objs, err := a.e.store.OpenKeyBackup(ctx, args.Blob)
+		var de *keystore.BackupDomainError
+		switch {
+		case errors.As(err, &de):
+			a.e.audit(ctx, a.who, ti.UUID, "key.restore.refused", map[string]string{"why": "another security domain", "domain": hex.EncodeToString(de.Backup)})
+			return adminapi.Errorf(adminapi.CodeRefused, "the backup is of security domain %x, this keystore's is %x: it restores only in its own domain", de.Backup[:8], de.Keystore[:8])
+		case errors.Is(err, keystore.ErrNotKeyBackup):
+			return adminapi.Errorf(adminapi.CodeBadRequest, "not a key backup of hsmemu, or altered")
+		case err != nil:
+			return err
+		}
+		defer func() {
+			for _, o := range objs {
+				clear(o.Secret)
+			}
+		}()
+		for _, o := range objs {
+			p, ok := o.Attrs.Get(ck.CKA_HSMEMU_PROTECTION)
+			if ok && ulongOf(p) == ck.CKP_HSMEMU_HSM && ti.Tier != keystore.TierPremium {
+				return adminapi.Errorf(adminapi.CodeRefused, "the backup holds an HSM-protected key, which only a premium token keeps; token %q is %s", ti.Label, ti.Tier)
+			}
+		}
+		var made []keystore.ObjectID
+		for _, o := range objs {
+			stored, err := a.e.store.PutAs(ctx, ti.UUID, o.UUID, o.Attrs, o.Secret)
+			if errors.Is(err, keystore.ErrObjectExists) {
+				for _, id := range made {
+					a.e.store.Delete(ctx, id)
+				}
+				return adminapi.Errorf(adminapi.CodeExists, "key %s exists in this keystore (live or deleted): recover or purge it first", o.UUID)
+			}
+			if err != nil {
+				return err
+			}
+			made = append(made, stored.ID)
+			v, err := fromStore(stored)
+			if err != nil {
+				return err
+			}
+			out = append(out, describe(found{id: stored.ID, uuid: stored.UUID, obj: v}, false))
+			a.e.audit(ctx, a.who, ti.UUID, "key.restore", objectDetail(stored.UUID, v.class(), v.all()))
+		}
+		return nil
+	})
+	return out, err
+}

@@ -220,3 +220,92 @@ func TestAdminKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestAdminKeyBackup: a key backup restores into its own domain, with its
+// identity and protection, and nowhere else.
+func TestAdminKeyBackup(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, EngineConfig{})
+	other := startDaemon(t, EngineConfig{})
+	so, user := []byte("bk-so-123"), []byte("bk-user-123")
+	a, b := adminDial(t, d), adminDial(t, other)
+	for _, c := range []*adminapi.Client{a, b} {
+		for _, tk := range []adminapi.TokenCreate{{Label: "prem", Tier: "premium"}, {Label: "std", Tier: "standard"}} {
+			tk.SOPIN, tk.UserPIN = so, user
+			if err := c.Call(adminapi.OpTokenCreate, tk, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var made []adminapi.Key
+	if err := a.Call(adminapi.OpKeyGenerate, adminapi.KeyGenerate{Token: "prem", UserPIN: user, Type: "ec-p256", KeyOptions: adminapi.KeyOptions{Label: "tls"}}, &made); err != nil {
+		t.Fatal(err)
+	}
+	ref := adminapi.KeyRef{Token: "prem", UserPIN: user, KeySelector: adminapi.KeySelector{Key: "tls"}}
+	var bk adminapi.KeyBackup
+	if err := a.Call(adminapi.OpKeyBackup, ref, &bk); err != nil || len(bk.Keys) != 2 || len(bk.Blob) == 0 {
+		t.Fatalf("backup: %+v %v", bk.Keys, err)
+	}
+	restore := func(c *adminapi.Client, token string, blob []byte) ([]adminapi.Key, error) {
+		var keys []adminapi.Key
+		err := c.Call(adminapi.OpKeyRestore, adminapi.KeyRestore{Token: token, UserPIN: user, Blob: blob}, &keys)
+		return keys, err
+	}
+	if _, err := restore(a, "prem", bk.Blob); code(t, err) != adminapi.CodeExists {
+		t.Fatalf("restore over the live key: %v", err)
+	}
+	if _, err := restore(b, "prem", bk.Blob); code(t, err) != adminapi.CodeRefused {
+		t.Fatalf("restore into another domain: %v", err)
+	}
+	if _, err := restore(a, "std", bk.Blob); code(t, err) != adminapi.CodeRefused {
+		t.Fatalf("restore an HSM-protected key into a standard token: %v", err)
+	}
+	bad := slices.Clone(bk.Blob)
+	bad[len(bad)-1] ^= 1
+	if _, err := restore(a, "prem", bad); code(t, err) != adminapi.CodeBadRequest {
+		t.Fatalf("restore an altered backup: %v", err)
+	}
+	// Lost for good, then restored: the same key, still HSM-protected,
+	// still signing for the same public key.
+	if err := a.Call(adminapi.OpKeyDelete, ref, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Call(adminapi.OpKeyPurge, adminapi.KeyPurge{Token: "prem", SOPIN: so, KeySelector: ref.KeySelector}, nil); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := restore(a, "prem", bk.Blob)
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("restore: %+v %v", keys, err)
+	}
+	for i, k := range keys {
+		want := made[0]
+		if k.Class == "public-key" {
+			want = made[1]
+		}
+		if k.UUID != want.UUID || k.Fingerprint != want.Fingerprint || k.Protection != want.Protection {
+			t.Fatalf("restored key %d: %+v, was %+v", i, k, want)
+		}
+	}
+	var tok adminapi.Token
+	a.Call(adminapi.OpTokenShow, adminapi.TokenRef{Label: "prem"}, &tok)
+	cl := d.dial(t)
+	h := cl.open(uint64(tok.Slot), true)
+	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(string(user)))
+	var priv uint64
+	for _, o := range cl.find(h, A(ck.CKA_LABEL, []byte("tls"))) {
+		if rv, ans := cl.get(h, o, ck.CKA_CLASS); rv == ck.CKR_OK && ulongOf(ans[0].Value) == ck.CKO_PRIVATE_KEY {
+			priv = o
+		}
+	}
+	cl.must(ck.CKR_OK, "C_SignInit", U(h), mech(ck.CKM_ECDSA), U(priv))
+	cl.must(ck.CKR_OK, "C_Sign", U(h), B(make([]byte, 32)), Out(128))
+	if rv, ans := cl.get(h, priv, ck.CKA_VALUE, ck.CKA_HSMEMU_PROTECTION); rv != ck.CKR_ATTRIBUTE_SENSITIVE || ulongOf(ans[1].Value) != ck.CKP_HSMEMU_HSM {
+		t.Fatalf("restored key's value: %#x %+v", rv, ans)
+	}
+	if got := events(t, d, string(user)); !slices.Contains(got, "key.backup") || !slices.Contains(got, "key.restore") {
+		t.Fatalf("backup and restore not audited: %v", got)
+	}
+	if got := events(t, other); !slices.Contains(got, "key.restore.refused") {
+		t.Fatalf("refused restore not audited: %v", got)
+	}
+}

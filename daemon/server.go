@@ -40,6 +40,8 @@ type Server struct {
 	cfg ServerConfig
 
 	started time.Time
+	// secretMu orders the admin calls that number a secret's versions.
+	secretMu sync.Mutex
 
 	mu       sync.Mutex
 	stopping bool

@@ -142,6 +142,16 @@ const (
 	OpKeyPurge        = "key.purge"
 	OpKeyGenerate     = "key.generate"
 	OpKeyImport       = "key.import"
+	OpKeyBackup       = "key.backup"
+	OpKeyRestore      = "key.restore"
+
+	OpSecretSet      = "secret.set"
+	OpSecretGet      = "secret.get"
+	OpSecretList     = "secret.list"
+	OpSecretVersions = "secret.versions"
+	OpSecretDelete   = "secret.delete"
+	OpSecretRecover  = "secret.recover"
+	OpSecretPurge    = "secret.purge"
 )
 
 // Status is the answer to OpStatus.
@@ -419,4 +429,94 @@ func (h *Hex) UnmarshalText(b []byte) error {
 	v, err := hex.DecodeString(string(b))
 	*h = v
 	return err
+}
+
+// SecretSet adds a version to a secret (making the secret if it is new),
+// as the token's user. Expires is in seconds since 1970, 0 for never.
+type SecretSet struct {
+	Token       string `json:"token"`
+	UserPIN     []byte `json:"user_pin"`
+	Name        string `json:"name"`
+	Value       []byte `json:"value"`
+	ContentType string `json:"content_type,omitempty"`
+	Expires     int64  `json:"expires,omitempty"`
+	Disabled    bool   `json:"disabled,omitempty"`
+}
+
+// SecretGet reads a version of a secret: Version, or the newest when 0.
+type SecretGet struct {
+	Token   string `json:"token"`
+	UserPIN []byte `json:"user_pin"`
+	Name    string `json:"name"`
+	Version int64  `json:"version,omitempty"`
+}
+
+// SecretRef names a secret, acting as the token's user.
+type SecretRef struct {
+	Token   string `json:"token"`
+	UserPIN []byte `json:"user_pin"`
+	Name    string `json:"name"`
+}
+
+// SecretList lists a token's secrets, or its deleted ones.
+type SecretList struct {
+	Token   string `json:"token"`
+	UserPIN []byte `json:"user_pin"`
+	Deleted bool   `json:"deleted,omitempty"`
+}
+
+// SecretPurge removes a deleted secret for good, with the SO PIN.
+type SecretPurge struct {
+	Token string `json:"token"`
+	SOPIN []byte `json:"so_pin"`
+	Name  string `json:"name"`
+}
+
+// SecretVersion describes a version of a secret, without its value.
+type SecretVersion struct {
+	Name        string     `json:"name"`
+	Version     int64      `json:"version"`
+	UUID        string     `json:"uuid"`
+	Created     time.Time  `json:"created"`
+	Enabled     bool       `json:"enabled"`
+	Expires     *time.Time `json:"expires,omitempty"`
+	ContentType string     `json:"content_type,omitempty"`
+}
+
+// SecretValue is a version with its value.
+type SecretValue struct {
+	SecretVersion
+	Value []byte `json:"value"`
+}
+
+// Secret describes a secret by its newest version; a deleted one by when
+// it was deleted and will be purged.
+type Secret struct {
+	Name       string        `json:"name"`
+	Current    SecretVersion `json:"current"`
+	Versions   int           `json:"versions"`
+	DeletedAt  *time.Time    `json:"deleted_at,omitempty"`
+	PurgeAfter *time.Time    `json:"purge_after,omitempty"`
+}
+
+// SecretDeleted is what a secret's delete, recover or purge did.
+type SecretDeleted struct {
+	Name       string    `json:"name"`
+	Versions   int       `json:"versions"`
+	Kept       bool      `json:"kept,omitempty"`
+	PurgeAfter time.Time `json:"purge_after,omitempty"`
+}
+
+// KeyBackup is a key's backup: an opaque blob only a keystore of the same
+// security domain opens.
+type KeyBackup struct {
+	Keys []Key  `json:"keys"`
+	Blob []byte `json:"blob"`
+}
+
+// KeyRestore brings a key back from a backup blob, as the token's user.
+type KeyRestore struct {
+	Token   string `json:"token"`
+	UserPIN []byte `json:"user_pin"`
+	Blob    []byte `json:"blob"`
 }

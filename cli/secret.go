@@ -1,0 +1,302 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"hsmemu/daemon"
+	"hsmemu/daemon/adminapi"
+)
+
+func secretFlags(extra ...cli.Flag) []cli.Flag {
+	return adminFlags(append([]cli.Flag{
+		&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+		&cli.StringFlag{Name: "name", Usage: "the secret's name", Required: true},
+		userPIN.fileFlag(),
+	}, extra...)...)
+}
+
+func secretRef(c *cli.Context) (adminapi.SecretRef, error) {
+	pin, err := readPIN(c, userPIN, false)
+	return adminapi.SecretRef{Token: c.String("token"), UserPIN: pin, Name: c.String("name")}, err
+}
+
+// readValue reads a secret's value from --in (a file, or - for stdin), or
+// from stdin when it is not a terminal: never from the command line.
+func readValue(c *cli.Context) ([]byte, error) {
+	in := c.String("in")
+	if in == "" {
+		if term.IsTerminal(int(os.Stdin.Fd())) {
+			return nil, cli.Exit(commandName(c)+": give the value with --in FILE, or on stdin (never on the command line)", exitUsage)
+		}
+		in = "-"
+	}
+	var v []byte
+	var err error
+	if in == "-" {
+		v, err = io.ReadAll(io.LimitReader(os.Stdin, daemon.MaxSecretSize+1))
+	} else {
+		v, err = os.ReadFile(in)
+	}
+	if err != nil {
+		return nil, cli.Exit(commandName(c)+": --in: "+err.Error(), exitUsage)
+	}
+	if len(v) > daemon.MaxSecretSize {
+		clear(v)
+		return nil, cli.Exit(fmt.Sprintf("%s: a secret's value is at most %d bytes", commandName(c), daemon.MaxSecretSize), exitUsage)
+	}
+	return v, nil
+}
+
+// parseExpiry reads --expires: an RFC 3339 time, or a duration from now.
+func parseExpiry(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t.Unix(), nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("--expires takes a time (2027-01-31T00:00:00Z) or a duration from now (720h), not %q", s)
+	}
+	return time.Now().Add(d).Unix(), nil
+}
+
+func secretCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "secret",
+		Usage: "set, get, list and delete a token's secrets, with versions",
+		Description: `A secret is a named value with versions, each a private data object of the
+token (so PKCS#11 clients logged in as the user read it too), with a content
+type, an enabled flag and an expiry. Secret commands act as the token's user
+(--user-pin-file or HSMEMU_USER_PIN, else a prompt); purge takes the SO PIN.
+Values come from a file or stdin, never from the command line. A deleted
+secret is kept, recoverable, for the token's retention period.
+
+Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage,
+3 refused (the version is disabled or expired, the secret is deleted, purge
+protection), 4 no such token, secret or version, 5 a PIN is wrong or locked.`,
+		Subcommands: []*cli.Command{
+			{
+				Name:  "set",
+				Usage: "add a version (the first makes the secret)",
+				Description: `Examples:
+   hsmemu secret set --token app --name db-password --in password.txt
+   printf %s "$VALUE" | hsmemu secret set --token app --name api-key --content-type text/plain --expires 720h`,
+				Flags: secretFlags(
+					&cli.StringFlag{Name: "in", Usage: "read the value from this file, or - for stdin (default: stdin)"},
+					&cli.StringFlag{Name: "content-type", Usage: "a media type for the value, e.g. text/plain"},
+					&cli.StringFlag{Name: "expires", Usage: "when the version stops being readable: a time (RFC 3339) or a duration from now"},
+					&cli.BoolFlag{Name: "disabled", Usage: "store the version disabled"}),
+				Action: func(c *cli.Context) error {
+					exp, err := parseExpiry(c.String("expires"))
+					if err != nil {
+						return cli.Exit(commandName(c)+": "+err.Error(), exitUsage)
+					}
+					value, err := readValue(c)
+					if err != nil {
+						return err
+					}
+					defer clear(value)
+					ref, err := secretRef(c)
+					if err != nil {
+						return err
+					}
+					defer clear(ref.UserPIN)
+					var v adminapi.SecretVersion
+					args := adminapi.SecretSet{Token: ref.Token, UserPIN: ref.UserPIN, Name: ref.Name, Value: value,
+						ContentType: c.String("content-type"), Expires: exp, Disabled: c.Bool("disabled")}
+					if err := adminCall(c, adminapi.OpSecretSet, args, &v); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, v)
+					}
+					fmt.Fprintf(c.App.Writer, "set version %d of secret %q\n", v.Version, v.Name)
+					return nil
+				},
+			},
+			{
+				Name:  "get",
+				Usage: "write a version's value (the newest unless --version)",
+				Description: `The value goes to stdout (or --out) as it was stored; --json wraps it,
+base64-encoded, with the version's details.
+
+Examples:
+   hsmemu secret get --token app --name db-password
+   hsmemu secret get --token app --name db-password --version 2 --out old.txt`,
+				Flags: secretFlags(
+					&cli.Int64Flag{Name: "version", Usage: "the version to read (default: the newest)"},
+					&cli.StringFlag{Name: "out", Usage: "write the value to this file (mode 0600) instead of stdout"}),
+				Action: func(c *cli.Context) error {
+					ref, err := secretRef(c)
+					if err != nil {
+						return err
+					}
+					defer clear(ref.UserPIN)
+					var v adminapi.SecretValue
+					if err := adminCall(c, adminapi.OpSecretGet, adminapi.SecretGet{Token: ref.Token, UserPIN: ref.UserPIN, Name: ref.Name, Version: c.Int64("version")}, &v); err != nil {
+						return err
+					}
+					defer clear(v.Value)
+					if out := c.String("out"); out != "" {
+						if err := os.WriteFile(out, v.Value, 0o600); err != nil {
+							return cli.Exit(commandName(c)+": "+err.Error(), exitError)
+						}
+						return nil
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, v)
+					}
+					_, err = c.App.Writer.Write(v.Value)
+					return err
+				},
+			},
+			{
+				Name:  "list",
+				Usage: "list the token's secrets (--deleted: the deleted ones)",
+				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+					&cli.BoolFlag{Name: "deleted", Usage: "list the deleted secrets"}, userPIN.fileFlag()),
+				Action: func(c *cli.Context) error {
+					pin, err := readPIN(c, userPIN, false)
+					if err != nil {
+						return err
+					}
+					defer clear(pin)
+					var ss []adminapi.Secret
+					if err := adminCall(c, adminapi.OpSecretList, adminapi.SecretList{Token: c.String("token"), UserPIN: pin, Deleted: c.Bool("deleted")}, &ss); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, ss)
+					}
+					printSecrets(c.App.Writer, ss, c.Bool("deleted"))
+					return nil
+				},
+			},
+			{
+				Name:  "versions",
+				Usage: "list a secret's versions",
+				Flags: secretFlags(),
+				Action: func(c *cli.Context) error {
+					ref, err := secretRef(c)
+					if err != nil {
+						return err
+					}
+					defer clear(ref.UserPIN)
+					var vs []adminapi.SecretVersion
+					if err := adminCall(c, adminapi.OpSecretVersions, ref, &vs); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, vs)
+					}
+					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "VERSION\tCREATED\tENABLED\tEXPIRES\tCONTENT TYPE")
+					for _, v := range vs {
+						fmt.Fprintf(tw, "%d\t%s\t%v\t%s\t%s\n", v.Version, v.Created.Format(time.RFC3339), v.Enabled, expiry(v.Expires), v.ContentType)
+					}
+					return tw.Flush()
+				},
+			},
+			{
+				Name:  "delete",
+				Usage: "delete a secret, every version, kept recoverable for the token's retention period",
+				Flags: secretFlags(),
+				Action: func(c *cli.Context) error {
+					ref, err := secretRef(c)
+					if err != nil {
+						return err
+					}
+					defer clear(ref.UserPIN)
+					var res adminapi.SecretDeleted
+					if err := adminCall(c, adminapi.OpSecretDelete, ref, &res); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, res)
+					}
+					fmt.Fprintf(c.App.Writer, "deleted secret %q (%d versions)\n", res.Name, res.Versions)
+					if res.Kept {
+						fmt.Fprintf(c.App.Writer, "recoverable with `hsmemu secret recover` until %s\n", res.PurgeAfter.UTC().Format(time.RFC3339))
+					}
+					return nil
+				},
+			},
+			{
+				Name:  "recover",
+				Usage: "bring a deleted secret back, every version",
+				Flags: secretFlags(),
+				Action: func(c *cli.Context) error {
+					ref, err := secretRef(c)
+					if err != nil {
+						return err
+					}
+					defer clear(ref.UserPIN)
+					var res adminapi.SecretDeleted
+					if err := adminCall(c, adminapi.OpSecretRecover, ref, &res); err != nil {
+						return err
+					}
+					return done(c, fmt.Sprintf("recovered secret %q (%d versions)", res.Name, res.Versions))
+				},
+			},
+			{
+				Name:  "purge",
+				Usage: "remove a deleted secret for good, with the SO PIN (refused under purge protection)",
+				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+					&cli.StringFlag{Name: "name", Usage: "the secret's name", Required: true}, soPIN.fileFlag()),
+				Action: func(c *cli.Context) error {
+					so, err := readPIN(c, soPIN, false)
+					if err != nil {
+						return err
+					}
+					defer clear(so)
+					var res adminapi.SecretDeleted
+					if err := adminCall(c, adminapi.OpSecretPurge, adminapi.SecretPurge{Token: c.String("token"), SOPIN: so, Name: c.String("name")}, &res); err != nil {
+						return err
+					}
+					return done(c, fmt.Sprintf("purged secret %q (%d versions)", res.Name, res.Versions))
+				},
+			},
+		},
+	}
+}
+
+func expiry(t *time.Time) string {
+	if t == nil {
+		return "never"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func printSecrets(w io.Writer, ss []adminapi.Secret, deleted bool) {
+	if len(ss) == 0 {
+		if deleted {
+			fmt.Fprintln(w, "no deleted secrets")
+		} else {
+			fmt.Fprintln(w, "no secrets")
+		}
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if deleted {
+		fmt.Fprintln(tw, "NAME\tVERSIONS\tDELETED\tPURGED AFTER")
+		for _, s := range ss {
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", s.Name, s.Versions, s.DeletedAt.UTC().Format(time.RFC3339), s.PurgeAfter.UTC().Format(time.RFC3339))
+		}
+	} else {
+		fmt.Fprintln(tw, "NAME\tVERSION\tVERSIONS\tENABLED\tEXPIRES\tCONTENT TYPE")
+		for _, s := range ss {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%v\t%s\t%s\n", s.Name, strconv.FormatInt(s.Current.Version, 10), s.Versions, s.Current.Enabled, expiry(s.Current.Expires), s.Current.ContentType)
+		}
+	}
+	tw.Flush()
+}

@@ -1,0 +1,388 @@
+package daemon
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/daemon/adminapi"
+	"hsmemu/keystore"
+)
+
+// Secrets, as cloud key vaults keep them: named values with versions. Each
+// version is a private token data object (docs/tokens.md, "Secrets"), so a
+// PKCS#11 client logged in as the user reads them too; the admin calls add
+// the versioning, the enabled flag and the expiry on top.
+
+// MaxSecretSize bounds a secret's value: it travels in one admin frame.
+const MaxSecretSize = 512 << 10
+
+// secretVersion is one version as found in the token.
+type secretVersion struct {
+	id   keystore.ObjectID
+	uuid keystore.UUID
+	obj  *object
+}
+
+func (v secretVersion) number() int64 {
+	return int64(ulongOf(v.obj.attrsGet(ck.CKA_HSMEMU_SECRET_VERSION)))
+}
+
+func (v secretVersion) info(name string) adminapi.SecretVersion {
+	o := v.obj
+	out := adminapi.SecretVersion{Name: name, Version: v.number(), UUID: v.uuid.String(),
+		Enabled: o.bool(ck.CKA_HSMEMU_SECRET_ENABLED), ContentType: string(o.attrsGet(ck.CKA_HSMEMU_SECRET_CONTENT_TYPE))}
+	if c := ulongOf(o.attrsGet(ck.CKA_HSMEMU_SECRET_CREATED)); c > 0 {
+		out.Created = time.Unix(int64(c), 0).UTC()
+	}
+	if e := ulongOf(o.attrsGet(ck.CKA_HSMEMU_SECRET_EXPIRES)); e > 0 {
+		t := time.Unix(int64(e), 0).UTC()
+		out.Expires = &t
+	}
+	return out
+}
+
+// secretVersions returns a secret's live versions, oldest first; every
+// secret's when name is "".
+func (a *adminOps) secretVersions(ctx context.Context, ti keystore.TokenInfo, name string) ([]secretVersion, error) {
+	class := uint64(ck.CKO_DATA)
+	f := keystore.Filter{Class: &class, IncludePrivate: true}
+	if name != "" {
+		f.Label = []byte(name)
+	}
+	ids, err := a.e.store.Find(ctx, ti.UUID, f)
+	if err != nil {
+		return nil, err
+	}
+	var out []secretVersion
+	for _, id := range ids {
+		stored, err := a.e.store.Open(ctx, id)
+		if err != nil {
+			continue // deleted meanwhile
+		}
+		o, err := fromStore(stored)
+		if err != nil {
+			return nil, err
+		}
+		if string(o.attrsGet(ck.CKA_APPLICATION)) != ck.SecretApplication {
+			continue
+		}
+		out = append(out, secretVersion{id: id, uuid: stored.UUID, obj: o})
+	}
+	slices.SortFunc(out, func(x, y secretVersion) int {
+		return cmp.Or(bytes.Compare(x.obj.attrsGet(ck.CKA_LABEL), y.obj.attrsGet(ck.CKA_LABEL)), cmp.Compare(x.number(), y.number()))
+	})
+	return out, nil
+}
+
+func checkSecretName(name string) error {
+	if name == "" || len(name) > 127 {
+		return adminapi.Errorf(adminapi.CodeBadRequest, "a secret's name is 1 to 127 bytes, not %d", len(name))
+	}
+	return nil
+}
+
+func (a *adminOps) secretSet(ctx context.Context, args adminapi.SecretSet) (*adminapi.SecretVersion, error) {
+	defer clear(args.UserPIN)
+	defer clear(args.Value)
+	if err := checkSecretName(args.Name); err != nil {
+		return nil, err
+	}
+	if len(args.Value) > MaxSecretSize {
+		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "a secret's value is at most %d bytes, not %d", MaxSecretSize, len(args.Value))
+	}
+	if args.Expires < 0 || args.Expires > 0 && args.Expires <= time.Now().Unix() {
+		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "the expiry must be in the future")
+	}
+	var out *adminapi.SecretVersion
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, app *App, h uint64) error {
+		// One writer of versions at a time, so two sets never make the
+		// same version number.
+		a.s.secretMu.Lock()
+		defer a.s.secretMu.Unlock()
+		vs, err := a.secretVersions(ctx, ti, args.Name)
+		if err != nil {
+			return err
+		}
+		next := int64(1)
+		if len(vs) > 0 {
+			next = vs[len(vs)-1].number() + 1
+		}
+		// Deleted versions keep their numbers: a new version never reuses
+		// one that `secret recover` could bring back.
+		del, err := a.e.store.DeletedObjects(ctx, ti.UUID)
+		if err != nil {
+			return err
+		}
+		for _, d := range del {
+			if d.Class == ck.CKO_DATA && string(d.Label) == args.Name {
+				return adminapi.Errorf(adminapi.CodeRefused, "secret %q is deleted: recover it (`hsmemu secret recover`) or purge it before setting it again", args.Name)
+			}
+		}
+		enabled := vTrue
+		if args.Disabled {
+			enabled = vFalse
+		}
+		tmpl := []attr{
+			{Type: ck.CKA_CLASS, Value: ulong(ck.CKO_DATA)},
+			{Type: ck.CKA_TOKEN, Value: vTrue},
+			{Type: ck.CKA_PRIVATE, Value: vTrue},
+			{Type: ck.CKA_LABEL, Value: []byte(args.Name)},
+			{Type: ck.CKA_APPLICATION, Value: []byte(ck.SecretApplication)},
+			{Type: ck.CKA_VALUE, Value: args.Value},
+			{Type: ck.CKA_HSMEMU_SECRET_VERSION, Value: ulong(uint64(next))},
+			{Type: ck.CKA_HSMEMU_SECRET_ENABLED, Value: enabled},
+			{Type: ck.CKA_HSMEMU_SECRET_EXPIRES, Value: ulong(uint64(args.Expires))},
+			{Type: ck.CKA_HSMEMU_SECRET_CONTENT_TYPE, Value: []byte(args.ContentType)},
+			{Type: ck.CKA_HSMEMU_SECRET_CREATED, Value: ulong(uint64(time.Now().Unix()))},
+		}
+		oh, err := a.e.CreateObject(ctx, app, h, tmpl)
+		if err != nil {
+			return err
+		}
+		app.mu.Lock()
+		ref := app.handles[oh]
+		app.mu.Unlock()
+		stored, err := a.e.store.Open(ctx, ref.id)
+		if err != nil {
+			return err
+		}
+		o, err := fromStore(stored)
+		if err != nil {
+			return err
+		}
+		v := secretVersion{id: ref.id, uuid: stored.UUID, obj: o}.info(args.Name)
+		out = &v
+		a.e.audit(ctx, a.who, ti.UUID, "secret.set", map[string]string{"name": args.Name, "version": fmt.Sprint(next), "object": stored.UUID.String()})
+		return nil
+	})
+	return out, err
+}
+
+// pick finds a version: the given number, or the newest.
+func pick(vs []secretVersion, name string, version int64) (secretVersion, error) {
+	if len(vs) == 0 {
+		return secretVersion{}, adminapi.Errorf(adminapi.CodeNotFound, "no secret is named %q (`hsmemu secret list` lists them)", name)
+	}
+	if version == 0 {
+		return vs[len(vs)-1], nil
+	}
+	for _, v := range vs {
+		if v.number() == version {
+			return v, nil
+		}
+	}
+	return secretVersion{}, adminapi.Errorf(adminapi.CodeNotFound, "secret %q has no version %d (`hsmemu secret versions` lists them)", name, version)
+}
+
+func (a *adminOps) secretGet(ctx context.Context, args adminapi.SecretGet) (*adminapi.SecretValue, error) {
+	defer clear(args.UserPIN)
+	var out *adminapi.SecretValue
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+		vs, err := a.secretVersions(ctx, ti, args.Name)
+		if err != nil {
+			return err
+		}
+		v, err := pick(vs, args.Name, args.Version)
+		if err != nil {
+			return err
+		}
+		info := v.info(args.Name)
+		detail := map[string]string{"name": args.Name, "version": fmt.Sprint(info.Version)}
+		switch {
+		case !info.Enabled:
+			detail["refused"] = "disabled"
+			a.e.audit(ctx, a.who, ti.UUID, "secret.get.refused", detail)
+			return adminapi.Errorf(adminapi.CodeRefused, "version %d of secret %q is disabled", info.Version, args.Name)
+		case info.Expires != nil && !info.Expires.After(time.Now()):
+			detail["refused"] = "expired"
+			a.e.audit(ctx, a.who, ti.UUID, "secret.get.refused", detail)
+			return adminapi.Errorf(adminapi.CodeRefused, "version %d of secret %q expired at %s", info.Version, args.Name, info.Expires.Format(time.RFC3339))
+		}
+		value, _ := v.obj.get(ck.CKA_VALUE)
+		out = &adminapi.SecretValue{SecretVersion: info, Value: bytes.Clone(value)}
+		a.e.audit(ctx, a.who, ti.UUID, "secret.get", detail)
+		return nil
+	})
+	return out, err
+}
+
+func (a *adminOps) secretList(ctx context.Context, args adminapi.SecretList) ([]adminapi.Secret, error) {
+	defer clear(args.UserPIN)
+	out := []adminapi.Secret{}
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+		if args.Deleted {
+			del, err := a.e.store.DeletedObjects(ctx, ti.UUID)
+			if err != nil {
+				return err
+			}
+			byName := map[string]*adminapi.Secret{}
+			var names []string
+			for _, d := range del {
+				if d.Class != ck.CKO_DATA {
+					continue
+				}
+				n := string(d.Label)
+				s, ok := byName[n]
+				if !ok {
+					at, after := d.DeletedAt, d.PurgeAfter
+					s = &adminapi.Secret{Name: n, DeletedAt: &at, PurgeAfter: &after}
+					byName[n] = s
+					names = append(names, n)
+				}
+				s.Versions++
+			}
+			for _, n := range names {
+				out = append(out, *byName[n])
+			}
+			return nil
+		}
+		vs, err := a.secretVersions(ctx, ti, "")
+		if err != nil {
+			return err
+		}
+		for i, v := range vs {
+			name := string(v.obj.attrsGet(ck.CKA_LABEL))
+			if i+1 < len(vs) && string(vs[i+1].obj.attrsGet(ck.CKA_LABEL)) == name {
+				continue // not the newest
+			}
+			n := 0
+			for _, w := range vs {
+				if string(w.obj.attrsGet(ck.CKA_LABEL)) == name {
+					n++
+				}
+			}
+			out = append(out, adminapi.Secret{Name: name, Current: v.info(name), Versions: n})
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (a *adminOps) secretVersionsOp(ctx context.Context, args adminapi.SecretRef) ([]adminapi.SecretVersion, error) {
+	defer clear(args.UserPIN)
+	var out []adminapi.SecretVersion
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+		vs, err := a.secretVersions(ctx, ti, args.Name)
+		if err != nil {
+			return err
+		}
+		if len(vs) == 0 {
+			return adminapi.Errorf(adminapi.CodeNotFound, "no secret is named %q (`hsmemu secret list` lists them)", args.Name)
+		}
+		for _, v := range vs {
+			out = append(out, v.info(args.Name))
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (a *adminOps) secretDelete(ctx context.Context, args adminapi.SecretRef) (*adminapi.SecretDeleted, error) {
+	defer clear(args.UserPIN)
+	res := &adminapi.SecretDeleted{Name: args.Name}
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+		vs, err := a.secretVersions(ctx, ti, args.Name)
+		if err != nil {
+			return err
+		}
+		if len(vs) == 0 {
+			return adminapi.Errorf(adminapi.CodeNotFound, "no secret is named %q (`hsmemu secret list` lists them)", args.Name)
+		}
+		for _, v := range vs {
+			kept, err := a.e.store.SoftDelete(ctx, v.id)
+			if err != nil {
+				return err
+			}
+			res.Versions++
+			res.Kept = kept
+		}
+		if res.Kept {
+			res.PurgeAfter = time.Now().Add(time.Duration(ti.RetentionDays) * 24 * time.Hour)
+		}
+		a.e.audit(ctx, a.who, ti.UUID, "secret.delete", map[string]string{"name": args.Name, "versions": fmt.Sprint(res.Versions), "kept": fmt.Sprint(res.Kept)})
+		return nil
+	})
+	return res, err
+}
+
+// deletedSecret returns the deleted versions of a secret.
+func (a *adminOps) deletedSecret(ctx context.Context, ti keystore.TokenInfo, name string) ([]keystore.Deleted, error) {
+	del, err := a.e.store.DeletedObjects(ctx, ti.UUID)
+	if err != nil {
+		return nil, err
+	}
+	var out []keystore.Deleted
+	for _, d := range del {
+		if d.Class == ck.CKO_DATA && string(d.Label) == name {
+			out = append(out, d)
+		}
+	}
+	if len(out) == 0 {
+		return nil, adminapi.Errorf(adminapi.CodeNotFound, "no deleted secret is named %q (`hsmemu secret list --deleted` lists them)", name)
+	}
+	return out, nil
+}
+
+func (a *adminOps) secretRecover(ctx context.Context, args adminapi.SecretRef) (*adminapi.SecretDeleted, error) {
+	defer clear(args.UserPIN)
+	res := &adminapi.SecretDeleted{Name: args.Name}
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+		a.s.secretMu.Lock()
+		defer a.s.secretMu.Unlock()
+		del, err := a.deletedSecret(ctx, ti, args.Name)
+		if err != nil {
+			return err
+		}
+		if vs, err := a.secretVersions(ctx, ti, args.Name); err != nil || len(vs) > 0 {
+			if err == nil {
+				err = adminapi.Errorf(adminapi.CodeExists, "a live secret is named %q: delete it first", args.Name)
+			}
+			return err
+		}
+		for _, d := range del {
+			if _, err := a.e.store.Recover(ctx, ti.UUID, d.UUID); err != nil {
+				return err
+			}
+			res.Versions++
+		}
+		a.e.audit(ctx, a.who, ti.UUID, "secret.recover", map[string]string{"name": args.Name, "versions": fmt.Sprint(res.Versions)})
+		return nil
+	})
+	return res, err
+}
+
+func (a *adminOps) secretPurge(ctx context.Context, args adminapi.SecretPurge) (*adminapi.SecretDeleted, error) {
+	defer clear(args.SOPIN)
+	ti, err := a.lookup(ctx, args.Token)
+	if err != nil {
+		return nil, err
+	}
+	err = a.soCheck(ctx, ti, "secret.purge", func() error {
+		return a.e.store.CheckPIN(ctx, ti.UUID, keystore.RoleSO, args.SOPIN)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if ti.PurgeProtection {
+		a.e.audit(ctx, a.who, ti.UUID, "secret.purge.refused", map[string]string{"name": args.Name, "why": "purge protection"})
+		return nil, adminapi.Errorf(adminapi.CodeRefused, "token %q has purge protection: deleted secrets are purged only when their %d days of retention end", ti.Label, ti.RetentionDays)
+	}
+	del, err := a.deletedSecret(ctx, ti, args.Name)
+	if err != nil {
+		return nil, err
+	}
+	res := &adminapi.SecretDeleted{Name: args.Name}
+	for _, d := range del {
+		if err := a.e.store.Purge(ctx, ti.UUID, d.UUID); err != nil {
+			return nil, err
+		}
+		res.Versions++
+	}
+	a.e.audit(ctx, a.who, ti.UUID, "secret.purge", map[string]string{"name": args.Name, "versions": fmt.Sprint(res.Versions)})
+	return res, nil
+}
