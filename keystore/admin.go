@@ -20,6 +20,8 @@ func (s *Store) CheckPIN(ctx context.Context, token UUID, role Role, pin []byte)
 // ResetUserPIN sets a new user PIN with the SO PIN, which also unlocks a
 // locked user PIN. A wrong SO PIN counts as an SO failure.
 func (s *Store) ResetUserPIN(ctx context.Context, token UUID, soPIN, newUserPIN []byte) error {
+	s.rot.RLock()
+	defer s.rot.RUnlock()
 	ti, st, dk, err := s.checkPIN(ctx, token, RoleSO, soPIN)
 	if err != nil {
 		return err

@@ -118,6 +118,8 @@ func (s *Store) PutAs(ctx context.Context, token, object UUID, attrs Attributes,
 var ErrObjectExists = errors.New("keystore: an object with that uuid exists")
 
 func (s *Store) put(ctx context.Context, token, u UUID, attrs Attributes, secret []byte) (*Object, error) {
+	s.rot.RLock()
+	defer s.rot.RUnlock()
 	// Work from the canonical encoding: what is sealed is exactly what a
 	// later open decodes, whatever order or aliasing the caller's slice had.
 	enc := attrs.Encode()
@@ -180,6 +182,19 @@ func (s *Store) Open(ctx context.Context, id ObjectID) (*Object, error) {
 		return nil, err
 	}
 	obj, err := s.openRow(ctx, &r)
+	for try := 0; try < 3 && (errors.Is(err, errNewerKeys) || errors.Is(err, errStaleRow)); try++ {
+		// A data key rotation raced with this open: wait for it to end,
+		// then open the row as it now is (a stale row is read again; the
+		// seal of a newer one was left intact by the generation check).
+		s.rot.RLock()
+		s.rot.RUnlock()
+		if errors.Is(err, errStaleRow) {
+			if r, err = s.readObject(ctx, id); err != nil {
+				return nil, err
+			}
+		}
+		obj, err = s.openRow(ctx, &r)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -241,6 +256,8 @@ func (s *Store) openRow(ctx context.Context, r *objectRow) (*Object, error) {
 // daemon decides which changes PKCS#11 allows; the keystore only makes them
 // atomic and authenticated.
 func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes, secret []byte) error {
+	s.rot.RLock()
+	defer s.rot.RUnlock()
 	enc := attrs.Encode()
 	stored, err := DecodeAttributes(enc)
 	if err != nil {

@@ -115,6 +115,16 @@ type sealer struct {
 	rand  io.Reader // nonces; nil means crypto/rand
 }
 
+// A blob sealed under another data key generation than the sealer's is
+// tampering, or a race with a data key rotation: a row read before the
+// rotation committed (errStaleRow), or keys taken before it installed the
+// new key (errNewerKeys). Open retries both; to anyone else they are
+// ErrTampered.
+var (
+	errStaleRow  = fmt.Errorf("%w: sealed under an older data key", ErrTampered)
+	errNewerKeys = fmt.Errorf("%w: sealed under a newer data key", ErrTampered)
+)
+
 // seal protects secret (which may be empty: then the object gets a tag) for
 // object with the given canonical attribute encoding.
 func (s *sealer) seal(object UUID, private bool, attrs, secret []byte) ([]byte, error) {
@@ -180,8 +190,11 @@ func (s *sealer) open(object UUID, private bool, attrs, blob []byte, mac hash.Ha
 		if s.data == nil {
 			return nil, ErrNotLoggedIn
 		}
-		if gen != s.dgen {
-			return nil, ErrTampered
+		switch {
+		case gen < s.dgen:
+			return nil, errStaleRow
+		case gen > s.dgen:
+			return nil, errNewerKeys
 		}
 		aead = s.data
 	default:

@@ -88,6 +88,11 @@ type Store struct {
 	cache *cache
 	pins  *stretchCache
 
+	// rot orders data key rotations (held) against everything that seals
+	// under a token's data key or installs one (read-held): a seal made
+	// with the old key must not land after the rotation re-sealed the rest.
+	rot sync.RWMutex
+
 	auditK    []byte // the audit chain's key, derived on first use; guarded by mu
 	auditHead int64  // the newest audit record this Store wrote; guarded by mu
 }

@@ -483,6 +483,8 @@ func (s *Store) checkPIN(ctx context.Context, token UUID, role Role, pin []byte)
 // recovers the token. Which roles may log in together is the daemon's rule:
 // the keystore only holds the data key, the same for both.
 func (s *Store) Login(ctx context.Context, token UUID, role Role, pin []byte) error {
+	s.rot.RLock()
+	defer s.rot.RUnlock()
 	ti, st, dk, err := s.checkPIN(ctx, token, role, pin)
 	if err != nil {
 		return err
@@ -532,6 +534,8 @@ func (s *Store) LoggedIn(token UUID) bool {
 // SetPIN changes role's PIN from oldPIN to newPIN (C_SetPIN). A wrong old
 // PIN counts as a failed login.
 func (s *Store) SetPIN(ctx context.Context, token UUID, role Role, oldPIN, newPIN []byte) error {
+	s.rot.RLock()
+	defer s.rot.RUnlock()
 	ti, st, dk, err := s.checkPIN(ctx, token, role, oldPIN)
 	if err != nil {
 		return err
@@ -544,6 +548,8 @@ func (s *Store) SetPIN(ctx context.Context, token UUID, role Role, oldPIN, newPI
 // PIN. The token must be logged in, so that its data key can be wrapped
 // under the new PIN; that it is the SO who is logged in is the daemon's rule.
 func (s *Store) InitPIN(ctx context.Context, token UUID, newUserPIN []byte) error {
+	s.rot.RLock()
+	defer s.rot.RUnlock()
 	ti, st, err := s.token(ctx, s.r, "uuid = ?", token[:])
 	if err != nil {
 		return err
@@ -582,6 +588,8 @@ func (s *Store) writePIN(ctx context.Context, st *tokenState, ti TokenInfo, role
 // the label replaced, and a new data key, wrapped under the same SO PIN,
 // replaces the old one, so nothing sealed before can be opened again.
 func (s *Store) Reinit(ctx context.Context, token UUID, soPIN []byte, label string) error {
+	s.rot.RLock()
+	defer s.rot.RUnlock()
 	if label == "" || len(label) > 32 {
 		return fmt.Errorf("keystore: token label must be 1..32 bytes, got %d", len(label))
 	}

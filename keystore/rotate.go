@@ -1,0 +1,164 @@
+package keystore
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrUserPINNeeded refuses a data key rotation without the user PIN of a
+// token that has one: the new key must be wrapped under it.
+var ErrUserPINNeeded = errors.New("keystore: the token's user PIN is needed to rotate its data key")
+
+// RotateDataKey replaces a token's data key with a new random one, online.
+// Every object sealed under the old key (private objects with secret
+// material, deleted ones included) is opened and sealed again under the
+// new one, and the key is wrapped anew under the SO PIN and, when set, the
+// user PIN: both are needed, since the keystore never holds a PIN, only
+// what each unwraps. Everything is one transaction, so an interruption
+// leaves the old key in force and nothing half done.
+//
+// Applications keep working: reads go on during the rotation (a row read
+// before the commit is read again);
+// writes under the data key, logins and PIN changes wait for it. progress,
+// when not nil, is told how many of the objects are done.
+func (s *Store) RotateDataKey(ctx context.Context, token UUID, soPIN, userPIN []byte, progress func(done, total int)) (resealed int, err error) {
+	s.rot.Lock()
+	defer s.rot.Unlock()
+	ti, st, dk, err := s.checkPIN(ctx, token, RoleSO, soPIN)
+	if err != nil {
+		return 0, err
+	}
+	defer wipe(dk)
+	if ti.UserPINSet {
+		if userPIN == nil {
+			return 0, ErrUserPINNeeded
+		}
+		_, _, udk, err := s.checkPIN(ctx, token, RoleUser, userPIN)
+		if err != nil {
+			return 0, err
+		}
+		same := subtle.ConstantTimeCompare(udk, dk) == 1
+		wipe(udk)
+		if !same {
+			return 0, ErrTampered
+		}
+	}
+	fresh := make([]byte, 32)
+	installed := false
+	defer func() {
+		if !installed {
+			wipe(fresh)
+		}
+	}()
+	if _, err := rand.Read(fresh); err != nil {
+		return 0, err
+	}
+	oldData, err := newGCM(dk)
+	if err != nil {
+		return 0, err
+	}
+	newData, err := newGCM(fresh)
+	if err != nil {
+		return 0, err
+	}
+	gen := ti.DataGeneration + 1
+	// The PIN records first: Argon2id is slow, and needs no lock on the
+	// database.
+	soRec, err := wrapDataKey(st.keys, token, RoleSO, gen, soPIN, fresh, s.opts.Argon2)
+	if err != nil {
+		return 0, err
+	}
+	var userRec []byte
+	if ti.UserPINSet {
+		if userRec, err = wrapDataKey(st.keys, token, RoleUser, gen, userPIN, fresh, s.opts.Argon2); err != nil {
+			return 0, err
+		}
+	}
+
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, s.dbErr("begin", err)
+	}
+	defer tx.Rollback()
+	rows, err := tx.QueryContext(ctx, "SELECT id, record FROM objects WHERE token_id = ? AND private = 1", ti.ID)
+	if err != nil {
+		return 0, s.dbErr("read objects", err)
+	}
+	var todo []objectRow
+	for rows.Next() {
+		var r objectRow
+		var rec []byte
+		if err := rows.Scan(&r.id, &rec); err != nil {
+			rows.Close()
+			return 0, s.dbErr("read objects", err)
+		}
+		if err := r.parseRecord(rec); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		if len(r.sealed) > 1 && r.sealed[1] == kindData {
+			todo = append(todo, r)
+		}
+	}
+	if err := rows.Close(); err != nil {
+		return 0, s.dbErr("read objects", err)
+	}
+	now := time.Now().Unix()
+	from := sealer{token: token, keys: st.keys, data: oldData, dgen: ti.DataGeneration}
+	to := sealer{token: token, keys: st.keys, data: newData, dgen: gen}
+	for i := range todo {
+		r := &todo[i]
+		secret, err := from.open(r.uuid, true, r.attrs, r.sealed, nil, nil)
+		if err != nil {
+			return 0, fmt.Errorf("keystore: rotate: object %s: %w", r.uuid, err)
+		}
+		sealed, err := to.seal(r.uuid, true, r.attrs, secret)
+		wipe(secret)
+		if err != nil {
+			return 0, err
+		}
+		if _, err := tx.ExecContext(ctx, "UPDATE objects SET record = ?, updated_at = ? WHERE id = ?", record(r.uuid, r.attrs, sealed), now, r.id); err != nil {
+			return 0, s.dbErr("reseal object", err)
+		}
+		if progress != nil {
+			progress(i+1, len(todo))
+		}
+	}
+	cur, _, err := s.token(ctx, tx, "uuid = ?", token[:])
+	if err != nil {
+		return 0, err
+	}
+	if cur.DataGeneration != ti.DataGeneration {
+		return 0, ErrTampered
+	}
+	cur.DataGeneration, cur.soPIN = gen, soRec
+	if ti.UserPINSet {
+		cur.userPIN = userRec
+	}
+	cur.SOFailures, cur.UserFailures = 0, 0
+	cur.UserPINSet = cur.userPIN != nil
+	cur.mac = tokenMAC(st.keys, &cur)
+	if _, err := tx.ExecContext(ctx, `UPDATE tokens SET dk_generation = ?, so_pin = ?, user_pin = ?, so_failures = 0, user_failures = 0, mac = ? WHERE id = ?`,
+		cur.DataGeneration, cur.soPIN, cur.userPIN, cur.mac, cur.ID); err != nil {
+		return 0, s.dbErr("update token", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, s.dbErr("commit", err)
+	}
+	// The new key takes over where the old one was open. A reader that
+	// fetched a row before the commit reads it again (Open).
+	s.mu.Lock()
+	if st.loggedIn() {
+		wipe(st.dataKey)
+		st.dataKey, st.data = fresh, newData
+		st.open.Store(true)
+		installed = true
+	}
+	st.dgen = gen
+	s.mu.Unlock()
+	return len(todo), nil
+}
