@@ -22,7 +22,7 @@ func New() *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"HSMEMU_LOG_LEVEL"}},
 		},
-		Commands: []*cli.Command{serveCommand(), initCommand(), statusCommand(), tokenCommand(), keyCommand(), secretCommand(), pinCommand(), auditCommand(),
+		Commands: []*cli.Command{serveCommand(), initCommand(), statusCommand(), tokenCommand(), keyCommand(), secretCommand(), pinCommand(), rotateCommand(), auditCommand(),
 			domainCommand(), backupCommand(), restoreCommand(), benchCommand(), completionCommand()},
 		EnableBashCompletion: true,
 	}

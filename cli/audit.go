@@ -30,8 +30,10 @@ Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage,
 4 no such record, 6 the log failed verification.`,
 		Subcommands: []*cli.Command{
 			{
-				Name:      "tail",
-				Usage:     "print the newest records",
+				Name:  "tail",
+				Usage: "print the newest records",
+				Description: `Example:
+   hsmemu audit tail -n 50`,
 				ArgsUsage: " ",
 				Flags:     adminFlags(&cli.IntFlag{Name: "n", Usage: "how many records", Value: 20}),
 				Action: func(c *cli.Context) error {

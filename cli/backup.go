@@ -33,6 +33,7 @@ Example:
   hsmemu backup --state-dir /var/lib/hsmemu /backup/keystore-$(date +%F).db`,
 		Flags: []cli.Flag{
 			stateDirFlag("state directory"),
+			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -48,6 +49,9 @@ Example:
 				return cli.Exit("hsmemu backup: "+err.Error(), 1)
 			}
 			fi, _ := os.Stat(dst)
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, map[string]any{"domain": fmt.Sprintf("%x", domain), "file": dst, "bytes": fi.Size()})
+			}
 			fmt.Fprintf(c.App.Writer, "backed up the keystore of domain %x to %s (%d bytes)\n", domain, dst, fi.Size())
 			return nil
 		},
@@ -74,6 +78,7 @@ Example:
 			stateDirFlag("state directory"),
 			tpmFlag(),
 			&cli.StringFlag{Name: "socket", Usage: "the daemon's socket (default: STATE-DIR/hsmemu.sock)", EnvVars: []string{"HSMEMU_SOCKET"}},
+			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
 		},
 		Action: runRestore,
 	}
@@ -136,6 +141,13 @@ func runRestore(c *cli.Context) error {
 		return fail(fmt.Errorf("the restored keystore does not open here: %w", err))
 	}
 	st.Close()
+	if c.Bool("json") {
+		res := map[string]any{"domain": fmt.Sprintf("%x", domain), "state_dir": dir}
+		if len(moved) > 0 {
+			res["replaced"] = aside
+		}
+		return printJSON(c.App.Writer, res)
+	}
 	fmt.Fprintf(c.App.Writer, "restored the keystore of domain %x into %s", domain, dir)
 	if len(moved) > 0 {
 		fmt.Fprintf(c.App.Writer, "; the one it replaced is %s", aside)

@@ -42,6 +42,7 @@ Example:
 				tpmFlag(),
 				&cli.StringFlag{Name: "from", Usage: "the keystore to recover (a keystore.db)", Required: true},
 				&cli.StringSliceFlag{Name: "share", Usage: "SHARE:KEY, a custodian's share file and private key (repeat for each)"},
+				&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
 			},
 			Action: runRecover,
 		}},
@@ -81,6 +82,9 @@ func runRecover(c *cli.Context) error {
 		return cli.Exit(fmt.Sprintf("hsmemu domain recover: %v: give more custodians' shares", err), 1)
 	case err != nil:
 		return cli.Exit("hsmemu domain recover: "+err.Error(), 1)
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, map[string]any{"domain": fmt.Sprintf("%x", domain), "state_dir": dir, "shares": len(shares)})
 	}
 	fmt.Fprintf(c.App.Writer, "recovered security domain %x into %s from %d shares; 'hsmemu serve --state-dir %s' opens it\n", domain, dir, len(shares), dir)
 	return nil

@@ -163,6 +163,8 @@ Examples:
 			{
 				Name:  "list",
 				Usage: "list the token's secrets (--deleted: the deleted ones)",
+				Description: `Example:
+   hsmemu secret list --token app --deleted`,
 				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
 					&cli.BoolFlag{Name: "deleted", Usage: "list the deleted secrets"}, userPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
@@ -185,6 +187,8 @@ Examples:
 			{
 				Name:  "versions",
 				Usage: "list a secret's versions",
+				Description: `Example:
+   hsmemu secret versions --token app --name db-password`,
 				Flags: secretFlags(),
 				Action: func(c *cli.Context) error {
 					ref, err := secretRef(c)
@@ -210,6 +214,8 @@ Examples:
 			{
 				Name:  "delete",
 				Usage: "delete a secret, every version, kept recoverable for the token's retention period",
+				Description: `Example:
+   hsmemu secret delete --token app --name old-password`,
 				Flags: secretFlags(),
 				Action: func(c *cli.Context) error {
 					ref, err := secretRef(c)
@@ -234,6 +240,8 @@ Examples:
 			{
 				Name:  "recover",
 				Usage: "bring a deleted secret back, every version",
+				Description: `Example:
+   hsmemu secret recover --token app --name old-password`,
 				Flags: secretFlags(),
 				Action: func(c *cli.Context) error {
 					ref, err := secretRef(c)
@@ -251,6 +259,8 @@ Examples:
 			{
 				Name:  "purge",
 				Usage: "remove a deleted secret for good, with the SO PIN (refused under purge protection)",
+				Description: `Example:
+   hsmemu secret purge --token app --name old-password --so-pin-file so.pin`,
 				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
 					&cli.StringFlag{Name: "name", Usage: "the secret's name", Required: true}, soPIN.fileFlag()),
 				Action: func(c *cli.Context) error {

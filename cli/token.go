@@ -63,6 +63,8 @@ Without a user PIN the token's user PIN awaits ` + "`hsmemu pin reset`" + ` or C
 			{
 				Name:  "list",
 				Usage: "list the tokens",
+				Description: `Example:
+   hsmemu token list --json`,
 				Flags: adminFlags(),
 				Action: func(c *cli.Context) error {
 					var ts []adminapi.Token
@@ -79,6 +81,8 @@ Without a user PIN the token's user PIN awaits ` + "`hsmemu pin reset`" + ` or C
 			{
 				Name:  "show",
 				Usage: "show one token",
+				Description: `Example:
+   hsmemu token show --label signing`,
 				Flags: adminFlags(labelFlag),
 				Action: func(c *cli.Context) error {
 					var t adminapi.Token

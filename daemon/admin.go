@@ -50,7 +50,17 @@ func (s *Server) serveAdmin(ctx context.Context, c *net.UnixConn, cred *syscall.
 			return
 		}
 		c.SetReadDeadline(time.Time{})
-		result, aerr := s.adminCall(context.WithoutCancel(ctx), who, req)
+		// Progress reports go out at most every 100 ms; one that cannot be
+		// sent is dropped (the reply will say whether the call worked).
+		var last time.Time
+		progress := func(done, total int) {
+			if now := time.Now(); now.Sub(last) >= 100*time.Millisecond || done == total {
+				last = now
+				c.SetWriteDeadline(now.Add(time.Second))
+				adminapi.WriteFrame(c, adminapi.Reply{Progress: &adminapi.Progress{Done: done, Total: total}})
+			}
+		}
+		result, aerr := s.adminCall(context.WithoutCancel(ctx), who, req, progress)
 		rep := adminapi.Reply{Error: aerr}
 		if aerr == nil && result != nil {
 			b, err := json.Marshal(result)
@@ -72,14 +82,14 @@ func (s *Server) serveAdmin(ctx context.Context, c *net.UnixConn, cred *syscall.
 
 // adminCall decodes and serves one admin call. A panic is a bug: logged
 // and answered as internal, and the daemon goes on.
-func (s *Server) adminCall(ctx context.Context, who keystore.AuditActor, req adminapi.Request) (result any, aerr *adminapi.Error) {
+func (s *Server) adminCall(ctx context.Context, who keystore.AuditActor, req adminapi.Request, progress func(done, total int)) (result any, aerr *adminapi.Error) {
 	defer func() {
 		if p := recover(); p != nil {
 			s.log.Error("internal error serving an admin call", "op", req.Op, "panic", fmt.Sprint(p))
 			result, aerr = nil, adminapi.Errorf(adminapi.CodeInternal, "internal error; the daemon's log says more")
 		}
 	}()
-	a := &adminOps{s: s, e: s.eng, who: who}
+	a := &adminOps{s: s, e: s.eng, who: who, progress: progress}
 	var err error
 	switch req.Op {
 	case adminapi.OpStatus:
@@ -209,6 +219,11 @@ func (s *Server) adminCall(ctx context.Context, who keystore.AuditActor, req adm
 		if err = decodeArgs(req, &args); err == nil {
 			result, err = a.secretPurge(ctx, args)
 		}
+	case adminapi.OpRotateToken:
+		var args adminapi.RotateToken
+		if err = decodeArgs(req, &args); err == nil {
+			result, err = a.rotateToken(ctx, args)
+		}
 	case adminapi.OpKeyPurge:
 		var args adminapi.KeyPurge
 		if err = decodeArgs(req, &args); err == nil {
@@ -255,6 +270,8 @@ func (s *Server) adminErr(op string, err error) *adminapi.Error {
 		return adminapi.Errorf(adminapi.CodePINLocked, "the PIN is locked after too many failures: `hsmemu pin unlock` or `pin reset` clears it")
 	case errors.Is(err, keystore.ErrPINNotInitialized):
 		return adminapi.Errorf(adminapi.CodeNotFound, "the user PIN is not set: `hsmemu pin reset` sets it with the SO PIN")
+	case errors.Is(err, keystore.ErrUserPINNeeded):
+		return adminapi.Errorf(adminapi.CodeBadRequest, "the token has a user PIN: give it too, the new data key is wrapped under it")
 	case errors.Is(err, keystore.ErrPurgeProtected):
 		return adminapi.Errorf(adminapi.CodeRefused, "the token has purge protection: it holds objects, live or deleted, whose retention has not ended")
 	case errors.Is(err, keystore.ErrTampered):
@@ -284,9 +301,10 @@ func (s *Server) adminErr(op string, err error) *adminapi.Error {
 
 // adminOps are the admin calls, acting as who.
 type adminOps struct {
-	s   *Server
-	e   *Engine
-	who keystore.AuditActor
+	s        *Server
+	e        *Engine
+	who      keystore.AuditActor
+	progress func(done, total int) // reports a long call's progress to the client
 }
 
 func (a *adminOps) status(ctx context.Context) (*adminapi.Status, error) {
@@ -585,4 +603,29 @@ func (e *Engine) clearDelay(token keystore.UUID, role keystore.Role) {
 	tl.attempt.Lock()
 	tl.lastFail[role] = time.Time{}
 	tl.attempt.Unlock()
+}
+
+func (a *adminOps) rotateToken(ctx context.Context, args adminapi.RotateToken) (*adminapi.Rotated, error) {
+	defer clear(args.SOPIN)
+	defer clear(args.UserPIN)
+	ti, err := a.lookup(ctx, args.Label)
+	if err != nil {
+		return nil, err
+	}
+	var n int
+	err = a.soCheck(ctx, ti, "rotate.token", func() error {
+		var err error
+		n, err = a.e.store.RotateDataKey(ctx, ti.UUID, args.SOPIN, args.UserPIN, a.progress)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	after, err := a.e.store.Token(ctx, ti.UUID)
+	if err != nil {
+		return nil, err
+	}
+	a.e.log.Info("token data key rotated", "label", ti.Label, "resealed", n, "generation", after.DataGeneration)
+	a.e.audit(ctx, a.who, ti.UUID, "rotate.token", map[string]string{"resealed": fmt.Sprint(n), "data_generation": fmt.Sprint(after.DataGeneration)})
+	return &adminapi.Rotated{Label: ti.Label, Resealed: n, DataGeneration: after.DataGeneration}, nil
 }

@@ -30,10 +30,18 @@ type Request struct {
 	Args json.RawMessage `json:"args,omitempty"`
 }
 
-// Reply is the daemon's answer: a result, or an error.
+// Reply is the daemon's answer: a result, or an error. A long call sends
+// replies with only Progress first; the last reply has no Progress.
 type Reply struct {
-	Result json.RawMessage `json:"result,omitempty"`
-	Error  *Error          `json:"error,omitempty"`
+	Result   json.RawMessage `json:"result,omitempty"`
+	Error    *Error          `json:"error,omitempty"`
+	Progress *Progress       `json:"progress,omitempty"`
+}
+
+// Progress is how far a long call has come.
+type Progress struct {
+	Done  int `json:"done"`
+	Total int `json:"total"`
 }
 
 // Error is a refused or failed admin call. Code is one of the Code*
@@ -152,6 +160,8 @@ const (
 	OpSecretDelete   = "secret.delete"
 	OpSecretRecover  = "secret.recover"
 	OpSecretPurge    = "secret.purge"
+
+	OpRotateToken = "rotate.token"
 )
 
 // Status is the answer to OpStatus.
@@ -519,4 +529,19 @@ type KeyRestore struct {
 	Token   string `json:"token"`
 	UserPIN []byte `json:"user_pin"`
 	Blob    []byte `json:"blob"`
+}
+
+// RotateToken replaces a token's data key, with its SO PIN and, when the
+// token has one, its user PIN (the new key is wrapped under both).
+type RotateToken struct {
+	Label   string `json:"label"`
+	SOPIN   []byte `json:"so_pin"`
+	UserPIN []byte `json:"user_pin,omitempty"`
+}
+
+// Rotated is what a rotation did.
+type Rotated struct {
+	Label          string `json:"label"`
+	Resealed       int    `json:"resealed"`
+	DataGeneration uint32 `json:"data_generation"`
 }

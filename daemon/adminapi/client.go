@@ -62,6 +62,12 @@ func (cl *Client) Close() error { return cl.c.Close() }
 // Call sends op with args and decodes the result into result (which may be
 // nil). A refusal by the daemon is an *Error.
 func (cl *Client) Call(op string, args, result any) error {
+	return cl.CallProgress(op, args, result, nil)
+}
+
+// CallProgress is Call for a long call: progress, when not nil, is told
+// each progress report the daemon sends before its reply.
+func (cl *Client) CallProgress(op string, args, result any, progress func(Progress)) error {
 	req := Request{Op: op}
 	if args != nil {
 		b, err := json.Marshal(args)
@@ -77,8 +83,18 @@ func (cl *Client) Call(op string, args, result any) error {
 		return fmt.Errorf("send %s: %w", op, err)
 	}
 	var rep Reply
-	if err := ReadFrame(cl.c, &rep); err != nil {
-		return fmt.Errorf("read the reply to %s: %w", op, err)
+	for {
+		rep = Reply{}
+		if err := ReadFrame(cl.c, &rep); err != nil {
+			return fmt.Errorf("read the reply to %s: %w", op, err)
+		}
+		if rep.Progress == nil {
+			break
+		}
+		if progress != nil {
+			progress(*rep.Progress)
+		}
+		cl.c.SetDeadline(time.Now().Add(cl.timeout))
 	}
 	if rep.Error != nil {
 		return rep.Error
