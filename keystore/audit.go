@@ -20,8 +20,9 @@ import (
 // hash, and a deleted or reordered one breaks the link from its successor.
 // What the chain cannot show by itself is the loss of its newest records
 // (the table rolled back to an earlier, consistent state): the daemon
-// compares with the newest record it wrote itself, and `audit verify`
-// prints the head for the administrator to keep elsewhere.
+// compares with the newest record it wrote itself (at every append and at
+// every verification), and `audit verify` prints the head for the
+// administrator to keep elsewhere.
 
 // auditLabel names the audit key among the root's derivations.
 var auditLabel = []byte("hsmemu/audit/v1")
@@ -93,11 +94,17 @@ func auditHash(key []byte, r *auditRow) []byte {
 // genesis is the previous hash of the first record.
 var genesis = make([]byte, sha256.Size)
 
-// auditKey returns the audit chain's key, deriving it once.
+// auditKey returns a copy of the audit chain's key, derived once, for the
+// caller to wipe: the Store's own is wiped when it closes, maybe while a
+// record is being written.
 func (s *Store) auditKey() ([]byte, error) {
 	s.mu.RLock()
-	k := s.auditK
+	k := bytes.Clone(s.auditK)
+	closed := s.closed
 	s.mu.RUnlock()
+	if closed {
+		return nil, ErrClosed
+	}
 	if k != nil {
 		return k, nil
 	}
@@ -116,9 +123,9 @@ func (s *Store) auditKey() ([]byte, error) {
 		return nil, ErrClosed
 	}
 	if s.auditK == nil {
-		s.auditK = k
+		s.auditK = bytes.Clone(k)
 	}
-	return s.auditK, nil
+	return k, nil
 }
 
 // Audit appends a record to the audit log, durably, before it returns.
@@ -127,6 +134,7 @@ func (s *Store) Audit(ctx context.Context, actor AuditActor, event string, detai
 	if err != nil {
 		return AuditRecord{}, err
 	}
+	defer wipe(key)
 	a, err := json.Marshal(actor)
 	if err != nil {
 		return AuditRecord{}, err
@@ -150,6 +158,15 @@ func (s *Store) Audit(ctx context.Context, actor AuditActor, event string, detai
 	case err != nil:
 		return AuditRecord{}, s.dbErr("read audit head", err)
 	}
+	// The newest record must be the one this Store last wrote: anything
+	// else means records were removed or replaced at the end, which the
+	// chain alone cannot show. The new record is written all the same; the
+	// loss is reported by VerifyAudit.
+	s.mu.Lock()
+	if s.auditHead > 0 && s.auditLost == "" && (row.seq != s.auditHead || !bytes.Equal(row.prevHash, s.auditHeadHash)) {
+		s.auditLost = fmt.Sprintf("the log ended at record %d when this daemon had written up to record %d: records were removed or replaced at the end", row.seq, s.auditHead)
+	}
+	s.mu.Unlock()
 	row.seq++
 	row.hash = auditHash(key, &row)
 	if _, err := tx.ExecContext(ctx, "INSERT INTO audit_log (seq, time, actor, event, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -160,9 +177,7 @@ func (s *Store) Audit(ctx context.Context, actor AuditActor, event string, detai
 		return AuditRecord{}, s.dbErr("commit audit record", err)
 	}
 	s.mu.Lock()
-	if row.seq > s.auditHead {
-		s.auditHead = row.seq
-	}
+	s.auditHead, s.auditHeadHash = row.seq, row.hash
 	s.mu.Unlock()
 	return row.record()
 }
@@ -223,6 +238,7 @@ func (s *Store) VerifyAudit(ctx context.Context) (AuditReport, error) {
 	if err != nil {
 		return AuditReport{}, err
 	}
+	defer wipe(key)
 	rows, err := s.r.QueryContext(ctx, "SELECT seq, time, actor, event, detail, prev_hash, hash FROM audit_log ORDER BY seq")
 	if err != nil {
 		return AuditReport{}, s.dbErr("read audit log", err)
@@ -279,10 +295,16 @@ func (s *Store) VerifyAudit(ctx context.Context) (AuditReport, error) {
 		rep.Head = prev
 	}
 	s.mu.RLock()
-	head := s.auditHead
+	head, headHash, lost := s.auditHead, s.auditHeadHash, s.auditLost
 	s.mu.RUnlock()
-	if prevSeq < head {
+	switch {
+	case lost != "":
+		return bad(prevSeq, lost)
+	case prevSeq < head:
 		return bad(prevSeq, fmt.Sprintf("records %d to %d, written by this daemon, are missing from the end", prevSeq+1, head))
+	case head > 0 && !bytes.Equal(all[head-1].hash, headHash):
+		// all is in sequence here: record head is all[head-1].
+		return bad(head, fmt.Sprintf("record %d is not the one this daemon wrote: records were replaced at the end", head))
 	}
 	return rep, nil
 }

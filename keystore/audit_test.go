@@ -121,3 +121,26 @@ func TestAuditForgedRecord(t *testing.T) {
 		t.Fatalf("reopened: %+v %v", rep2, err)
 	}
 }
+
+// TestAuditTailReplaced: records removed from the end and replaced by new
+// ones chain cleanly, but the Store that wrote the removed ones notices at
+// its next append.
+func TestAuditTailReplaced(t *testing.T) {
+	t.Parallel()
+	s, path := newStore(t, Options{})
+	auditN(t, s, 5)
+	execSQL(t, rawDB(t, path), "DELETE FROM audit_log WHERE seq >= 4")
+	auditN(t, s, 2) // records 4 and 5 again, chained to record 3
+	rep, err := s.VerifyAudit(ctx)
+	if err != nil || rep.OK || !strings.Contains(rep.Problem, "the log ended at record 3 when this daemon had written up to record 5") {
+		t.Fatalf("tail replaced: %+v %v", rep, err)
+	}
+	// Replaced in place, with the count unchanged, is caught too.
+	s2, path2 := newStore(t, Options{})
+	auditN(t, s2, 3)
+	db := rawDB(t, path2)
+	execSQL(t, db, "UPDATE audit_log SET hash = (SELECT hash FROM audit_log WHERE seq = 1) WHERE seq = 3")
+	if rep, err := s2.VerifyAudit(ctx); err != nil || rep.OK {
+		t.Fatalf("head replaced: %+v %v", rep, err)
+	}
+}

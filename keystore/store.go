@@ -93,8 +93,10 @@ type Store struct {
 	// with the old key must not land after the rotation re-sealed the rest.
 	rot sync.RWMutex
 
-	auditK    []byte // the audit chain's key, derived on first use; guarded by mu
-	auditHead int64  // the newest audit record this Store wrote; guarded by mu
+	auditK        []byte // the audit chain's key, derived on first use; guarded by mu
+	auditHead     int64  // the newest audit record this Store wrote; guarded by mu
+	auditHeadHash []byte // and its hash; guarded by mu
+	auditLost     string // the first loss at the end of the log seen on an append; guarded by mu
 }
 
 // Open opens (creating if needed) the keystore at path and brings its schema
