@@ -102,7 +102,14 @@ Example:
 			eng := daemon.NewEngine(st.Store, log, daemon.EngineConfig{DefaultTier: tier, MaxPINFailures: maxFail, FailureDelay: delay})
 			// Deleted objects whose retention has ended are purged at
 			// start and then hourly.
-			go eng.RunPurger(ctx, time.Hour)
+			purger := make(chan struct{})
+			go func() {
+				defer close(purger)
+				eng.RunPurger(ctx, time.Hour)
+			}()
+			// The purger writes audit records: it ends before the keystore
+			// closes (deferred above, so run after this).
+			defer func() { <-purger }()
 			log.Info("serving", "socket", sock, "state_dir", dir)
 			if err := daemon.NewServer(eng, log, srvCfg).Serve(ctx, ln); err != nil {
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)

@@ -61,6 +61,7 @@ func (s *Server) serveAdmin(ctx context.Context, c *net.UnixConn, cred *syscall.
 			}
 		}
 		result, aerr := s.adminCall(context.WithoutCancel(ctx), who, req, progress)
+		clear(req.Args) // the arguments' JSON, PINs included
 		rep := adminapi.Reply{Error: aerr}
 		if aerr == nil && result != nil {
 			b, err := json.Marshal(result)
@@ -71,7 +72,12 @@ func (s *Server) serveAdmin(ctx context.Context, c *net.UnixConn, cred *syscall.
 			}
 		}
 		c.SetWriteDeadline(time.Now().Add(time.Minute))
-		if err := adminapi.WriteFrame(c, rep); err != nil {
+		err = adminapi.WriteFrame(c, rep)
+		if errors.Is(err, adminapi.ErrFrame) {
+			err = adminapi.WriteFrame(c, adminapi.Reply{Error: adminapi.Errorf(adminapi.CodeInternal, "the reply is over the protocol's %d bytes", adminapi.MaxFrame)})
+		}
+		clear(rep.Result)
+		if err != nil {
 			if !errors.Is(err, io.EOF) {
 				s.log.Debug("admin connection: reply not sent", "pid", cred.Pid, "err", err)
 			}
@@ -611,6 +617,21 @@ func (a *adminOps) rotateToken(ctx context.Context, args adminapi.RotateToken) (
 	ti, err := a.lookup(ctx, args.Label)
 	if err != nil {
 		return nil, err
+	}
+	// The user PIN is checked first, as the user's: its own count, delays
+	// and audit record.
+	if ti.UserPINSet && args.UserPIN != nil {
+		err := a.e.pinAttempt(ctx, ti.UUID, keystore.RoleUser, func() error {
+			return a.e.store.CheckPIN(ctx, ti.UUID, keystore.RoleUser, args.UserPIN)
+		})
+		if errors.Is(err, keystore.ErrPINIncorrect) {
+			who := a.who
+			who.Role = "admin as user"
+			a.e.auditPINFailure(ctx, who, ti.UUID, keystore.RoleUser, "rotate.token.failure")
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
 	var n int
 	err = a.soCheck(ctx, ti, "rotate.token", func() error {

@@ -113,6 +113,15 @@ func one[T any](sel []T, ref adminapi.KeySelector, class func(T) uint64, pairOf 
 	return nil, adminapi.Errorf(adminapi.CodeAmbiguous, "%d keys match %s: name one with --uuid (`hsmemu key list` shows them)", len(sel), ref.String())
 }
 
+// liveKey is the one live key ref names (liveKeys narrowed by one).
+func (a *adminOps) liveKey(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]found, error) {
+	sel, err := a.liveKeys(ctx, ti, ref)
+	if err != nil {
+		return nil, err
+	}
+	return one(sel, ref, func(f found) uint64 { return f.obj.class() }, pairOfLive)
+}
+
 func pairOfLive(x, y found) bool {
 	cx, cy := x.obj.class(), y.obj.class()
 	if !(cx == ck.CKO_PRIVATE_KEY && cy == ck.CKO_PUBLIC_KEY || cx == ck.CKO_PUBLIC_KEY && cy == ck.CKO_PRIVATE_KEY) {
@@ -307,11 +316,7 @@ func (a *adminOps) keyShow(ctx context.Context, args adminapi.KeyRef) ([]adminap
 	defer clear(args.UserPIN)
 	var out []adminapi.Key
 	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
-		sel, err := a.liveKeys(ctx, ti, args.KeySelector)
-		if err != nil {
-			return err
-		}
-		sel, err = one(sel, args.KeySelector, func(f found) uint64 { return f.obj.class() }, pairOfLive)
+		sel, err := a.liveKey(ctx, ti, args.KeySelector)
 		for _, f := range sel {
 			out = append(out, describe(f, true))
 		}
@@ -324,11 +329,8 @@ func (a *adminOps) keyDelete(ctx context.Context, args adminapi.KeyRef) (*admina
 	defer clear(args.UserPIN)
 	res := &adminapi.KeyDeleted{}
 	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
-		sel, err := a.liveKeys(ctx, ti, args.KeySelector)
+		sel, err := a.liveKey(ctx, ti, args.KeySelector)
 		if err != nil {
-			return err
-		}
-		if sel, err = one(sel, args.KeySelector, func(f found) uint64 { return f.obj.class() }, pairOfLive); err != nil {
 			return err
 		}
 		for _, f := range sel {
@@ -446,11 +448,8 @@ func (a *adminOps) keyExportPublic(ctx context.Context, args adminapi.KeyRef) (*
 	defer clear(args.UserPIN)
 	var out *adminapi.PublicKey
 	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
-		sel, err := a.liveKeys(ctx, ti, args.KeySelector)
+		sel, err := a.liveKey(ctx, ti, args.KeySelector)
 		if err != nil {
-			return err
-		}
-		if sel, err = one(sel, args.KeySelector, func(f found) uint64 { return f.obj.class() }, pairOfLive); err != nil {
 			return err
 		}
 		pub, err := publicKeyOf(newKey(sel[0].obj))
@@ -539,11 +538,8 @@ func (a *adminOps) keyBackup(ctx context.Context, args adminapi.KeyRef) (*admina
 	defer clear(args.UserPIN)
 	var out *adminapi.KeyBackup
 	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
-		sel, err := a.liveKeys(ctx, ti, args.KeySelector)
+		sel, err := a.liveKey(ctx, ti, args.KeySelector)
 		if err != nil {
-			return err
-		}
-		if sel, err = one(sel, args.KeySelector, func(f found) uint64 { return f.obj.class() }, pairOfLive); err != nil {
 			return err
 		}
 		var objs []keystore.BackupObject
@@ -597,19 +593,26 @@ func (a *adminOps) keyRestore(ctx context.Context, args adminapi.KeyRestore) ([]
 				return adminapi.Errorf(adminapi.CodeRefused, "the backup holds an HSM-protected key, which only a premium token keeps; token %q is %s", ti.Label, ti.Tier)
 			}
 		}
-		var made []keystore.ObjectID
+		// All of the key or none of it: a pair is never left half restored.
+		var made []*keystore.Object
+		defer func() {
+			if len(made) < len(objs) {
+				for _, m := range made {
+					a.e.store.Delete(ctx, m.ID)
+				}
+			}
+		}()
 		for _, o := range objs {
 			stored, err := a.e.store.PutAs(ctx, ti.UUID, o.UUID, o.Attrs, o.Secret)
 			if errors.Is(err, keystore.ErrObjectExists) {
-				for _, id := range made {
-					a.e.store.Delete(ctx, id)
-				}
 				return adminapi.Errorf(adminapi.CodeExists, "key %s exists in this keystore (live or deleted): recover or purge it first", o.UUID)
 			}
 			if err != nil {
 				return err
 			}
-			made = append(made, stored.ID)
+			made = append(made, stored)
+		}
+		for _, stored := range made {
 			v, err := fromStore(stored)
 			if err != nil {
 				return err

@@ -119,7 +119,7 @@ func (a *adminOps) secretSet(ctx context.Context, args adminapi.SecretSet) (*adm
 			return err
 		}
 		for _, d := range del {
-			if d.Class == ck.CKO_DATA && string(d.Label) == args.Name {
+			if isDeletedSecret(d, args.Name) {
 				return adminapi.Errorf(adminapi.CodeRefused, "secret %q is deleted: recover it (`hsmemu secret recover`) or purge it before setting it again", args.Name)
 			}
 		}
@@ -223,7 +223,7 @@ func (a *adminOps) secretList(ctx context.Context, args adminapi.SecretList) ([]
 			byName := map[string]*adminapi.Secret{}
 			var names []string
 			for _, d := range del {
-				if d.Class != ck.CKO_DATA {
+				if !isDeletedSecret(d, "") {
 					continue
 				}
 				n := string(d.Label)
@@ -286,6 +286,8 @@ func (a *adminOps) secretDelete(ctx context.Context, args adminapi.SecretRef) (*
 	defer clear(args.UserPIN)
 	res := &adminapi.SecretDeleted{Name: args.Name}
 	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+		a.s.secretMu.Lock()
+		defer a.s.secretMu.Unlock()
 		vs, err := a.secretVersions(ctx, ti, args.Name)
 		if err != nil {
 			return err
@@ -310,6 +312,14 @@ func (a *adminOps) secretDelete(ctx context.Context, args adminapi.SecretRef) (*
 	return res, err
 }
 
+// isDeletedSecret reports whether a deleted object is a version of the
+// named secret (of any secret, for ""): a data object of the secrets'
+// application, not another data object that shares the label.
+func isDeletedSecret(d keystore.Deleted, name string) bool {
+	app, _ := d.Attrs.Get(ck.CKA_APPLICATION)
+	return d.Class == ck.CKO_DATA && string(app) == ck.SecretApplication && (name == "" || string(d.Label) == name)
+}
+
 // deletedSecret returns the deleted versions of a secret.
 func (a *adminOps) deletedSecret(ctx context.Context, ti keystore.TokenInfo, name string) ([]keystore.Deleted, error) {
 	del, err := a.e.store.DeletedObjects(ctx, ti.UUID)
@@ -318,7 +328,7 @@ func (a *adminOps) deletedSecret(ctx context.Context, ti keystore.TokenInfo, nam
 	}
 	var out []keystore.Deleted
 	for _, d := range del {
-		if d.Class == ck.CKO_DATA && string(d.Label) == name {
+		if isDeletedSecret(d, name) {
 			out = append(out, d)
 		}
 	}

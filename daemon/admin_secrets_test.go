@@ -88,6 +88,23 @@ func TestAdminSecrets(t *testing.T) {
 	if _, err := get("db", 0); code(t, err) != adminapi.CodeRefused {
 		t.Fatalf("get an expired version: %v", err)
 	}
+	// A client's own data object, deleted, is not a secret of that name.
+	plain := cl.create(h, dataObject("plain", true, true, "not a secret")...)
+	cl.must(ck.CKR_OK, "C_DestroyObject", U(h), U(plain))
+	if _, err := set("plain", "now a secret", nil); err != nil {
+		t.Fatalf("set over a deleted data object's label: %v", err)
+	}
+	var deleted []adminapi.Secret
+	if err := a.Call(adminapi.OpSecretList, adminapi.SecretList{Token: "app", UserPIN: user, Deleted: true}, &deleted); err != nil || len(deleted) != 0 {
+		t.Fatalf("deleted secrets: %+v %v", deleted, err)
+	}
+	a.Call(adminapi.OpSecretDelete, adminapi.SecretRef{Token: "app", UserPIN: user, Name: "plain"}, nil)
+	if err := a.Call(adminapi.OpSecretPurge, adminapi.SecretPurge{Token: "app", SOPIN: so, Name: "plain"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if del, _ := d.st.Store.DeletedObjects(ctx, keystoreUUID(t, d, "app")); len(del) != 1 {
+		t.Fatalf("the client's deleted data object went with the secret's purge: %d left", len(del))
+	}
 
 	// List, versions, delete, recover, purge.
 	var list []adminapi.Secret
@@ -132,4 +149,13 @@ func TestAdminSecrets(t *testing.T) {
 			t.Errorf("no %s in the audit log", e)
 		}
 	}
+}
+
+func keystoreUUID(t *testing.T, d *testDaemon, label string) keystore.UUID {
+	t.Helper()
+	ti, err := d.st.Store.TokenByLabel(ctx, label)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ti.UUID
 }

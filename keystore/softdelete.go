@@ -30,6 +30,10 @@ type Deleted struct {
 	Private    bool
 	DeletedAt  time.Time
 	PurgeAfter time.Time
+	// Attrs are the object's attributes as stored: not authenticated
+	// until the object is recovered and opened, so good for choosing
+	// among deleted objects, never for trusting one.
+	Attrs Attributes
 }
 
 // SoftDelete hides an object, to be purged after the token's retention
@@ -60,7 +64,7 @@ func (s *Store) SoftDelete(ctx context.Context, id ObjectID) (kept bool, err err
 
 // DeletedObjects lists a token's deleted objects, oldest deletion first.
 func (s *Store) DeletedObjects(ctx context.Context, token UUID) ([]Deleted, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT o.id, o.uuid, o.class, o.key_type, o.label, o.ckaid, o.private, o.deleted_at, t.retention_days
+	rows, err := s.r.QueryContext(ctx, `SELECT o.id, o.uuid, o.class, o.key_type, o.label, o.ckaid, o.private, o.deleted_at, t.retention_days, o.record
 		FROM objects o JOIN tokens t ON t.id = o.token_id WHERE t.uuid = ? AND o.deleted_at IS NOT NULL ORDER BY o.deleted_at, o.id`, token[:])
 	if err != nil {
 		return nil, s.dbErr("list deleted objects", err)
@@ -73,8 +77,16 @@ func (s *Store) DeletedObjects(ctx context.Context, token UUID) ([]Deleted, erro
 		var kt sql.NullInt64
 		var uuid []byte
 		var days int
-		if err := rows.Scan(&id, &uuid, &class, &kt, &d.Label, &d.CKAID, &d.Private, &at, &days); err != nil {
+		var rec []byte
+		if err := rows.Scan(&id, &uuid, &class, &kt, &d.Label, &d.CKAID, &d.Private, &at, &days, &rec); err != nil {
 			return nil, s.dbErr("list deleted objects", err)
+		}
+		var r objectRow
+		if err := r.parseRecord(rec); err != nil {
+			return nil, err
+		}
+		if d.Attrs, err = DecodeAttributes(r.attrs); err != nil {
+			return nil, ErrTampered
 		}
 		if len(uuid) != len(d.UUID) {
 			return nil, ErrTampered

@@ -21,8 +21,9 @@ import (
 	"time"
 )
 
-// MaxFrame bounds a frame's JSON, both ways.
-const MaxFrame = 1 << 20
+// MaxFrame bounds a frame's JSON, both ways, as the PKCS#11 protocol
+// bounds its frames: a listing of thousands of keys fits.
+const MaxFrame = 16 << 20
 
 // Request is one admin call.
 type Request struct {
@@ -76,18 +77,22 @@ func Errorf(code, format string, args ...any) *Error {
 // ErrFrame is a frame that breaks the protocol: too long, or not JSON.
 var ErrFrame = errors.New("adminapi: malformed frame")
 
-// WriteFrame writes v as one frame.
+// WriteFrame writes v as one frame. The buffers it fills are wiped after
+// the write, since a frame may carry PINs or a secret's value.
 func WriteFrame(w io.Writer, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
+	defer clear(b)
 	if len(b) > MaxFrame {
 		return fmt.Errorf("%w: %d bytes, over %d", ErrFrame, len(b), MaxFrame)
 	}
 	buf := make([]byte, 4, 4+len(b))
 	binary.BigEndian.PutUint32(buf, uint32(len(b)))
-	_, err = w.Write(append(buf, b...))
+	buf = append(buf, b...)
+	defer clear(buf)
+	_, err = w.Write(buf)
 	return err
 }
 
@@ -103,6 +108,7 @@ func ReadFrame(r io.Reader, v any) error {
 		return fmt.Errorf("%w: length %d over %d", ErrFrame, n, MaxFrame)
 	}
 	b := make([]byte, n)
+	defer clear(b) // it may carry PINs or a secret's value
 	if _, err := io.ReadFull(r, b); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
