@@ -12,6 +12,8 @@ import (
 // CheckPIN checks role's PIN without logging in, counting the outcome as
 // a login would.
 func (s *Store) CheckPIN(ctx context.Context, token UUID, role Role, pin []byte) error {
+	s.rot.RLock()
+	defer s.rot.RUnlock()
 	_, _, dk, err := s.checkPIN(ctx, token, role, pin)
 	wipe(dk)
 	return err
@@ -33,6 +35,8 @@ func (s *Store) ResetUserPIN(ctx context.Context, token UUID, soPIN, newUserPIN 
 // ClearFailures sets role's count of failed PIN checks to zero, unlocking
 // a locked role without changing its PIN.
 func (s *Store) ClearFailures(ctx context.Context, token UUID, role Role) error {
+	s.rot.RLock()
+	defer s.rot.RUnlock()
 	return s.updateToken(ctx, token, func(ti *TokenInfo) error {
 		if role == RoleSO {
 			ti.SOFailures = 0

@@ -97,7 +97,7 @@ var genesis = make([]byte, sha256.Size)
 // auditKey returns a copy of the audit chain's key, derived once, for the
 // caller to wipe: the Store's own is wiped when it closes, maybe while a
 // record is being written.
-func (s *Store) auditKey() ([]byte, error) {
+func (s *Store) auditKey(ctx context.Context) ([]byte, error) {
 	s.mu.RLock()
 	k := bytes.Clone(s.auditK)
 	closed := s.closed
@@ -108,13 +108,9 @@ func (s *Store) auditKey() ([]byte, error) {
 	if k != nil {
 		return k, nil
 	}
-	root, err := s.rootOrErr()
+	k, err := s.domainKey(ctx, auditLabel)
 	if err != nil {
 		return nil, err
-	}
-	k, err = root.DeriveKEK(auditLabel)
-	if err != nil {
-		return nil, fmt.Errorf("keystore: derive audit key: %w", err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -130,7 +126,7 @@ func (s *Store) auditKey() ([]byte, error) {
 
 // Audit appends a record to the audit log, durably, before it returns.
 func (s *Store) Audit(ctx context.Context, actor AuditActor, event string, detail map[string]string) (AuditRecord, error) {
-	key, err := s.auditKey()
+	key, err := s.auditKey(ctx)
 	if err != nil {
 		return AuditRecord{}, err
 	}
@@ -234,7 +230,7 @@ type AuditReport struct {
 // edited, deleted or moved, and records lost at the end that this Store
 // wrote itself.
 func (s *Store) VerifyAudit(ctx context.Context) (AuditReport, error) {
-	key, err := s.auditKey()
+	key, err := s.auditKey(ctx)
 	if err != nil {
 		return AuditReport{}, err
 	}

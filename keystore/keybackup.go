@@ -47,14 +47,10 @@ func (e *BackupDomainError) Error() string {
 	return fmt.Sprintf("keystore: the backup is of security domain %x, this keystore's is %x", e.Backup[:min(8, len(e.Backup))], e.Keystore[:min(8, len(e.Keystore))])
 }
 
-func (s *Store) backupAEAD() (cipher.AEAD, error) {
-	root, err := s.rootOrErr()
+func (s *Store) backupAEAD(ctx context.Context) (cipher.AEAD, error) {
+	k, err := s.domainKey(ctx, keyBackupLabel)
 	if err != nil {
 		return nil, err
-	}
-	k, err := root.DeriveKEK(keyBackupLabel)
-	if err != nil {
-		return nil, fmt.Errorf("keystore: derive backup key: %w", err)
 	}
 	defer wipe(k)
 	return newGCM(k)
@@ -69,7 +65,7 @@ func (s *Store) SealKeyBackup(ctx context.Context, objs []BackupObject) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	a, err := s.backupAEAD()
+	a, err := s.backupAEAD(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +108,7 @@ func (s *Store) OpenKeyBackup(ctx context.Context, blob []byte) ([]BackupObject,
 	if subtle.ConstantTimeCompare(domain, rec.DomainID) != 1 {
 		return nil, &BackupDomainError{Backup: domain, Keystore: rec.DomainID}
 	}
-	a, err := s.backupAEAD()
+	a, err := s.backupAEAD(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -73,51 +73,69 @@ var ErrPINNotInitialized = errors.New("keystore: user PIN not initialized")
 
 // A PIN record wraps the token data key under a key derived from one PIN:
 //
-//	version u8 | time u32 | memory u32 | threads u8 | salt(16) | nonce(12) | sealed data key(32+16)
+//	version u8 (2) | KEK generation u32 | time u32 | memory u32 | threads u8 | salt(16) | nonce(12) | sealed data key(32+16)
 //
-// The wrapping key is HKDF(KEK-derived PIN key, Argon2id(PIN, salt)); the
-// associated data binds the record to its token, role, data key generation
-// and Argon2id parameters, so a record cannot be moved or weakened.
+// The wrapping key is HKDF(PIN key of that KEK generation, Argon2id(PIN,
+// salt)); the associated data binds the record to its token, role, data key
+// generation, KEK generation and Argon2id parameters, so a record cannot be
+// moved or weakened. A record of version 1 (written before master key
+// rotation existed) has no KEK generation field: it is under generation 1.
 const (
-	pinRecordVersion = 1
+	pinRecordVersion = 2
 	pinSaltLen       = 16
-	pinRecordLen     = 1 + 4 + 4 + 1 + pinSaltLen + gcmNonceLen + 32 + gcmTagLen
+	pinRecordLen     = 1 + 4 + 4 + 4 + 1 + pinSaltLen + gcmNonceLen + 32 + gcmTagLen
+	pinRecordLenV1   = pinRecordLen - 4
 )
 
 type pinRecord struct {
+	gen    uint32 // the KEK generation whose PIN key wraps it
 	params Argon2Params
 	salt   []byte
 	nonce  []byte
 	sealed []byte
+	header []byte // the bytes before the salt, as stored
 }
 
 func (r *pinRecord) marshal() []byte {
 	b := make([]byte, 0, pinRecordLen)
 	b = append(b, pinRecordVersion)
+	b = binary.BigEndian.AppendUint32(b, r.gen)
 	b = binary.BigEndian.AppendUint32(b, r.params.Time)
 	b = binary.BigEndian.AppendUint32(b, r.params.MemoryKiB)
 	b = append(b, r.params.Threads)
+	r.header = b[:len(b):len(b)]
 	b = append(b, r.salt...)
 	b = append(b, r.nonce...)
 	return append(b, r.sealed...)
 }
 
 func parsePINRecord(b []byte) (*pinRecord, error) {
-	if len(b) != pinRecordLen || b[0] != pinRecordVersion {
+	r := &pinRecord{}
+	switch {
+	case len(b) == pinRecordLen && b[0] == pinRecordVersion:
+		r.gen, r.header, b = binary.BigEndian.Uint32(b[1:]), b[:14], b[5:]
+	case len(b) == pinRecordLenV1 && b[0] == 1:
+		r.gen, r.header, b = 1, b[:10], b[1:]
+	default:
 		return nil, ErrTampered
 	}
-	r := &pinRecord{params: Argon2Params{
-		Time:      binary.BigEndian.Uint32(b[1:]),
-		MemoryKiB: binary.BigEndian.Uint32(b[5:]),
-		Threads:   b[9],
-	}}
+	r.params = Argon2Params{Time: binary.BigEndian.Uint32(b), MemoryKiB: binary.BigEndian.Uint32(b[4:]), Threads: b[8]}
 	if r.params.validate() != nil {
 		return nil, ErrTampered
 	}
-	b = b[10:]
+	b = b[9:]
 	r.salt, b = b[:pinSaltLen], b[pinSaltLen:]
 	r.nonce, r.sealed = b[:gcmNonceLen], b[gcmNonceLen:]
 	return r, nil
+}
+
+// recordGen returns the KEK generation a stored PIN record is under.
+func recordGen(record []byte) (uint32, bool) {
+	r, err := parsePINRecord(record)
+	if err != nil {
+		return 0, false
+	}
+	return r.gen, true
 }
 
 func (r *pinRecord) aad(token UUID, role Role, dgen uint32) []byte {
@@ -125,7 +143,7 @@ func (r *pinRecord) aad(token UUID, role Role, dgen uint32) []byte {
 	aad = append(aad, token[:]...)
 	aad = append(aad, byte(role))
 	aad = binary.BigEndian.AppendUint32(aad, dgen)
-	return append(aad, r.marshal()[:10]...)
+	return append(aad, r.header...)
 }
 
 // pinAEAD is the cipher of a PIN record: AES-GCM under HKDF(pinKey,
@@ -159,7 +177,7 @@ func wrapDataKey(keys *tokenKeys, token UUID, role Role, dgen uint32, pin, dataK
 	if err := p.validate(); err != nil {
 		return nil, err
 	}
-	r := &pinRecord{params: p, salt: make([]byte, pinSaltLen), nonce: make([]byte, gcmNonceLen)}
+	r := &pinRecord{gen: keys.generation, params: p, salt: make([]byte, pinSaltLen), nonce: make([]byte, gcmNonceLen)}
 	if _, err := rand.Read(r.salt); err != nil {
 		return nil, err
 	}
@@ -170,6 +188,7 @@ func wrapDataKey(keys *tokenKeys, token UUID, role Role, dgen uint32, pin, dataK
 	if err != nil {
 		return nil, err
 	}
+	r.marshal() // sets the header the associated data covers
 	r.sealed = aead.Seal(nil, r.nonce, dataKey, r.aad(token, role, dgen))
 	return r.marshal(), nil
 }
@@ -188,8 +207,12 @@ func unwrapDataKey(keys *tokenKeys, token UUID, role Role, dgen uint32, pin, rec
 	if len(pin) == 0 || len(pin) > maxPINLen {
 		return nil, ErrPINLenRange
 	}
+	pinKey, ok := keys.pinKeyFor(r.gen)
+	if !ok {
+		return nil, ErrTampered
+	}
 	open := func(stretched []byte) ([]byte, error) {
-		aead, err := stretchedAEAD(keys.pinKey, stretched)
+		aead, err := stretchedAEAD(pinKey, stretched)
 		if err != nil {
 			return nil, err
 		}

@@ -124,3 +124,6 @@ func reopen(t testing.TB, path string, opts Options) *Store {
 	}
 	return s
 }
+
+// tpmrootOptions provisions without escrow.
+func tpmrootOptions() tpmroot.ProvisionOptions { return tpmroot.ProvisionOptions{} }

@@ -141,9 +141,11 @@ func (s *Store) RotateDataKey(ctx context.Context, token UUID, soPIN, userPIN []
 	}
 	cur.SOFailures, cur.UserFailures = 0, 0
 	cur.UserPINSet = cur.userPIN != nil
+	pruneLegacy(&cur, st.keys.generation)
 	cur.mac = tokenMAC(st.keys, &cur)
-	if _, err := tx.ExecContext(ctx, `UPDATE tokens SET dk_generation = ?, so_pin = ?, user_pin = ?, so_failures = 0, user_failures = 0, mac = ? WHERE id = ?`,
-		cur.DataGeneration, cur.soPIN, cur.userPIN, cur.mac, cur.ID); err != nil {
+	if _, err := tx.ExecContext(ctx, `UPDATE tokens SET dk_generation = ?, so_pin = ?, user_pin = ?, so_failures = 0, user_failures = 0,
+		legacy_pin_keys = ?, mac = ? WHERE id = ?`,
+		cur.DataGeneration, cur.soPIN, cur.userPIN, cur.legacyPINKeys, cur.mac, cur.ID); err != nil {
 		return 0, s.dbErr("update token", err)
 	}
 	if err := tx.Commit(); err != nil {

@@ -76,6 +76,28 @@ ALTER TABLE tokens ADD COLUMN purge_protection INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE objects ADD COLUMN deleted_at INTEGER; -- unix seconds; NULL while the object lives
 CREATE INDEX objects_deleted ON objects (deleted_at) WHERE deleted_at IS NOT NULL;
 `,
+	// 3: master key rotation. The root keeps its master key's generation
+	// and, once rotated, that key's own domain proof (the domain id stays
+	// the first key's); a rotation in progress keeps the next key beside
+	// it. Each token says which master derives its KEK and keeps, wrapped,
+	// the PIN keys of earlier KEKs its PIN records are still under. Keys
+	// the domain must keep across rotations (the audit chain's, the key
+	// backups') are carried wrapped under each master in turn.
+	`
+ALTER TABLE root ADD COLUMN master_generation INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE root ADD COLUMN master_proof BLOB;
+ALTER TABLE root ADD COLUMN next_sealed BLOB;
+ALTER TABLE root ADD COLUMN next_proof BLOB;
+ALTER TABLE root ADD COLUMN next_escrow BLOB;
+ALTER TABLE tokens ADD COLUMN master_generation INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE tokens ADD COLUMN legacy_pin_keys BLOB;
+CREATE TABLE carried (
+	label             BLOB NOT NULL,
+	master_generation INTEGER NOT NULL,
+	sealed            BLOB NOT NULL,
+	PRIMARY KEY (label, master_generation)
+) STRICT;
+`,
 }
 
 // SchemaVersion is the schema this build writes.

@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
@@ -64,6 +65,9 @@ type tokenKeys struct {
 	seal       cipher.AEAD // AES-256-GCM for public objects' secrets
 	macKey     []byte      // HMAC-SHA256 key for tags
 	pinKey     []byte      // input to the PIN wrapping keys
+	// legacy are the PIN keys of earlier KEK generations that PIN records
+	// written before a master key rotation are still under, by generation.
+	legacy map[uint32][]byte
 }
 
 func newTokenKeys(kek []byte, generation uint32) (*tokenKeys, error) {
@@ -95,6 +99,63 @@ func newTokenKeys(kek []byte, generation uint32) (*tokenKeys, error) {
 func (k *tokenKeys) wipe() {
 	wipe(k.macKey)
 	wipe(k.pinKey)
+	for _, l := range k.legacy {
+		wipe(l)
+	}
+}
+
+// pinKeyFor returns the PIN key of a KEK generation: this one's, or a
+// legacy one.
+func (k *tokenKeys) pinKeyFor(gen uint32) ([]byte, bool) {
+	if gen == k.generation {
+		return k.pinKey, true
+	}
+	l, ok := k.legacy[gen]
+	return l, ok
+}
+
+// The legacy PIN keys are stored sealed under the KEK's seal key:
+//
+//	nonce (12) | GCM(count u8 | per key: generation u32 | key (32)), aad "hsmemu/legacy-pin/v1" | token uuid | KEK generation
+func legacyAAD(token UUID, gen uint32) []byte {
+	aad := append([]byte("hsmemu/legacy-pin/v1"), token[:]...)
+	return binary.BigEndian.AppendUint32(aad, gen)
+}
+
+func (k *tokenKeys) sealLegacy(token UUID) ([]byte, error) {
+	if len(k.legacy) == 0 {
+		return nil, nil
+	}
+	plain := []byte{byte(len(k.legacy))}
+	for gen, key := range k.legacy {
+		plain = binary.BigEndian.AppendUint32(plain, gen)
+		plain = append(plain, key...)
+	}
+	defer wipe(plain)
+	nonce := make([]byte, gcmNonceLen)
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	return k.seal.Seal(nonce, nonce, plain, legacyAAD(token, k.generation)), nil
+}
+
+func (k *tokenKeys) openLegacy(token UUID, blob []byte) error {
+	if blob == nil {
+		return nil
+	}
+	if len(blob) < gcmNonceLen+gcmTagLen {
+		return ErrTampered
+	}
+	plain, err := k.seal.Open(nil, blob[:gcmNonceLen], blob[gcmNonceLen:], legacyAAD(token, k.generation))
+	if err != nil || len(plain) < 1 || len(plain) != 1+int(plain[0])*36 {
+		return ErrTampered
+	}
+	defer wipe(plain)
+	k.legacy = map[uint32][]byte{}
+	for p := plain[1:]; len(p) > 0; p = p[36:] {
+		k.legacy[binary.BigEndian.Uint32(p)] = bytes.Clone(p[4:36])
+	}
+	return nil
 }
 
 func newGCM(key []byte) (cipher.AEAD, error) {
@@ -115,10 +176,10 @@ type sealer struct {
 	rand  io.Reader // nonces; nil means crypto/rand
 }
 
-// A blob sealed under another data key generation than the sealer's is
-// tampering, or a race with a data key rotation: a row read before the
-// rotation committed (errStaleRow), or keys taken before it installed the
-// new key (errNewerKeys). Open retries both; to anyone else they are
+// A blob sealed under another generation of key than the sealer's (data
+// key, or KEK) is tampering, or a race with a rotation: a row read before
+// the rotation committed (errStaleRow), or keys taken before it installed
+// the new ones (errNewerKeys). Open retries both; to anyone else they are
 // ErrTampered.
 var (
 	errStaleRow  = fmt.Errorf("%w: sealed under an older data key", ErrTampered)
@@ -174,15 +235,18 @@ func (s *sealer) open(object UUID, private bool, attrs, blob []byte, mac hash.Ha
 	gen := binary.BigEndian.Uint32(blob[2:])
 	var aead cipher.AEAD
 	switch kind {
-	case kindTag:
-		if gen != s.keys.generation || len(blob) != sealHeaderLen+macTagLen {
+	case kindTag, kindKEK:
+		switch {
+		case kind == kindTag && len(blob) != sealHeaderLen+macTagLen, kind == kindKEK && private:
 			return nil, ErrTampered
+		case gen < s.keys.generation:
+			return nil, errStaleRow
+		case gen > s.keys.generation:
+			return nil, errNewerKeys
 		}
-	case kindKEK:
-		if private || gen != s.keys.generation {
-			return nil, ErrTampered
+		if kind == kindKEK {
+			aead = s.keys.seal
 		}
-		aead = s.keys.seal
 	case kindData:
 		if !private {
 			return nil, ErrTampered

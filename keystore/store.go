@@ -80,17 +80,20 @@ type Store struct {
 	openStmt *sql.Stmt // the hot path's point read, prepared once
 	finds    sync.Map  // find queries by shape (Find): int -> *sql.Stmt
 
-	mu     sync.RWMutex
-	closed bool
-	root   Root
-	tokens map[int64]*tokenState // by token row id
+	mu        sync.RWMutex
+	closed    bool
+	roots     map[uint32]Root       // by master generation: the current one, and the next during a rotation
+	masterGen uint32                // the current master's generation
+	tokens    map[int64]*tokenState // by token row id
 
 	cache *cache
 	pins  *stretchCache
 
-	// rot orders data key rotations (held) against everything that seals
-	// under a token's data key or installs one (read-held): a seal made
-	// with the old key must not land after the rotation re-sealed the rest.
+	// rot orders rotations (held: a token's data key, the master key)
+	// against everything that seals, writes a token row or installs a key
+	// (read-held): a seal made with an old key must not land after the
+	// rotation resealed the rest. Reads do not take it: they retry a row
+	// that raced with a rotation.
 	rot sync.RWMutex
 
 	auditK        []byte // the audit chain's key, derived on first use; guarded by mu
@@ -162,7 +165,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	r.SetMaxOpenConns(opts.Readers)
 	r.SetMaxIdleConns(opts.Readers)
 	r.SetConnMaxLifetime(0)
-	s := &Store{w: w, r: r, opts: opts, tokens: map[int64]*tokenState{}, cache: newCache(opts.CacheEntries), pins: newStretchCache(opts.PINCacheTTL)}
+	s := &Store{w: w, r: r, opts: opts, tokens: map[int64]*tokenState{}, roots: map[uint32]Root{}, cache: newCache(opts.CacheEntries), pins: newStretchCache(opts.PINCacheTTL)}
 	s.openStmt, err = r.PrepareContext(ctx, selectObject)
 	if err != nil {
 		s.Close()
@@ -184,7 +187,7 @@ func (s *Store) Close() error {
 		t.wipe()
 		delete(s.tokens, id)
 	}
-	s.root = nil
+	clear(s.roots)
 	wipe(s.auditK)
 	s.auditK = nil
 	s.mu.Unlock()
@@ -204,24 +207,47 @@ func (s *Store) Close() error {
 // master key and, when it was escrowed, the escrow metadata. Neither is
 // secret without the TPM.
 type RootRecord struct {
-	Sealed   []byte
+	Sealed []byte
+	// DomainID names the security domain for life: the first master key's
+	// TPM2_HMAC(master, "hsmemu/domain/v1").
 	DomainID []byte
-	Escrow   []byte // nil when not escrowed
-	Created  time.Time
-	Updated  time.Time
+	// Proof is the current master key's own TPM2_HMAC(master,
+	// "hsmemu/domain/v1"): DomainID until the first rotation.
+	Proof            []byte
+	MasterGeneration uint32
+	Escrow           []byte // nil when not escrowed
+	// Next is the master key a rotation in progress moves to.
+	Next    *NextMaster
+	Created time.Time
+	Updated time.Time
+}
+
+// NextMaster is the master key a rotation in progress moves to.
+type NextMaster struct {
+	Sealed []byte
+	Proof  []byte
+	Escrow []byte // nil when not escrowed
 }
 
 // RootRecord returns the stored root, or ErrNotProvisioned.
 func (s *Store) RootRecord(ctx context.Context) (*RootRecord, error) {
 	var rec RootRecord
 	var created, updated int64
-	err := s.r.QueryRowContext(ctx, "SELECT sealed, domain_id, escrow, created_at, updated_at FROM root WHERE id = 1").
-		Scan(&rec.Sealed, &rec.DomainID, &rec.Escrow, &created, &updated)
+	var next NextMaster
+	err := s.r.QueryRowContext(ctx, `SELECT sealed, domain_id, escrow, created_at, updated_at, master_generation, master_proof,
+		next_sealed, next_proof, next_escrow FROM root WHERE id = 1`).
+		Scan(&rec.Sealed, &rec.DomainID, &rec.Escrow, &created, &updated, &rec.MasterGeneration, &rec.Proof, &next.Sealed, &next.Proof, &next.Escrow)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotProvisioned
 	}
 	if err != nil {
 		return nil, fmt.Errorf("keystore: read root: %w", err)
+	}
+	if rec.Proof == nil {
+		rec.Proof = rec.DomainID
+	}
+	if next.Sealed != nil {
+		rec.Next = &next
 	}
 	rec.Created, rec.Updated = time.Unix(created, 0), time.Unix(updated, 0)
 	return &rec, nil
@@ -230,7 +256,8 @@ func (s *Store) RootRecord(ctx context.Context) (*RootRecord, error) {
 // SetRootRecord records the root of a freshly provisioned keystore. It never
 // overwrites a root of another domain: a keystore provisioned once keeps its
 // domain for life. A root of the same domain (recovery into a new TPM, or a
-// re-wrap) replaces the TPM blobs.
+// re-wrap) replaces the TPM blobs; its Proof must be the stored one (the
+// same master key), or nil for the first.
 func (s *Store) SetRootRecord(ctx context.Context, rec *RootRecord) error {
 	if len(rec.Sealed) == 0 || len(rec.DomainID) == 0 {
 		return errors.New("keystore: root record without sealed key or domain id")
@@ -241,14 +268,16 @@ func (s *Store) SetRootRecord(ctx context.Context, rec *RootRecord) error {
 		return fmt.Errorf("keystore: begin: %w", err)
 	}
 	defer tx.Rollback()
-	var domain []byte
-	err = tx.QueryRowContext(ctx, "SELECT domain_id FROM root WHERE id = 1").Scan(&domain)
+	var domain, proof []byte
+	err = tx.QueryRowContext(ctx, "SELECT domain_id, coalesce(master_proof, domain_id) FROM root WHERE id = 1").Scan(&domain, &proof)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		_, err = tx.ExecContext(ctx, "INSERT INTO root (id, sealed, domain_id, escrow, created_at, updated_at) VALUES (1, ?, ?, ?, ?, ?)",
 			rec.Sealed, rec.DomainID, rec.Escrow, now, now)
 	case err != nil:
 	case subtle.ConstantTimeCompare(domain, rec.DomainID) != 1:
+		return ErrWrongDomain
+	case rec.Proof != nil && subtle.ConstantTimeCompare(proof, rec.Proof) != 1:
 		return ErrWrongDomain
 	default:
 		_, err = tx.ExecContext(ctx, "UPDATE root SET sealed = ?, escrow = ?, updated_at = ? WHERE id = 1", rec.Sealed, rec.Escrow, now)
@@ -259,19 +288,21 @@ func (s *Store) SetRootRecord(ctx context.Context, rec *RootRecord) error {
 	return tx.Commit()
 }
 
-// Attach makes the keys usable: root derives every token's KEK. domainID is
-// the root's own report of its domain and must match the stored one.
-func (s *Store) Attach(ctx context.Context, root Root, domainID []byte) error {
+// Attach makes the keys usable: root, the current master key, derives
+// every token's KEK. proof is the root's own report of its domain
+// (TPM2_HMAC(master, "hsmemu/domain/v1")) and must match the stored one.
+func (s *Store) Attach(ctx context.Context, root Root, proof []byte) error {
 	rec, err := s.RootRecord(ctx)
 	if err != nil {
 		return err
 	}
-	if subtle.ConstantTimeCompare(rec.DomainID, domainID) != 1 {
+	if subtle.ConstantTimeCompare(rec.Proof, proof) != 1 {
 		return ErrWrongDomain
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.root = root
+	s.roots[rec.MasterGeneration] = root
+	s.masterGen = rec.MasterGeneration
 	return nil
 }
 

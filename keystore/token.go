@@ -75,11 +75,14 @@ type TokenInfo struct {
 	// turned off.
 	RetentionDays   int
 	PurgeProtection bool
+	// MasterGeneration says which master key derives the token's KEK.
+	MasterGeneration uint32
 	// ID is the token's row id: stable for the token's life and never
 	// reused, so the daemon can use it as the token's slot id.
 	ID int64
 
 	soPIN, userPIN []byte
+	legacyPINKeys  []byte // sealed PIN keys of earlier KEKs (legacyPINKeys), or nil
 	mac            []byte
 }
 
@@ -121,8 +124,9 @@ func kekLabel(token UUID, generation uint32) []byte {
 }
 
 // tokenMAC authenticates every column of a token row but its row id and
-// creation time: tier, generations, label, serial, the failure counters and
-// both PIN records. Editing any of them alone is detected; replaying a
+// creation time: tier, generations (data key, KEK, master key), label,
+// serial, the failure counters, both PIN records, the legacy PIN keys and
+// the deletion policy. Editing any of them alone is detected; replaying a
 // whole earlier row is not (see docs/keychain.md).
 func tokenMAC(keys *tokenKeys, ti *TokenInfo) []byte {
 	m := hmac.New(sha256.New, keys.macKey)
@@ -157,6 +161,18 @@ func tokenMAC(keys *tokenKeys, ti *TokenInfo) []byte {
 			b = append(b, 0)
 		}
 	}
+	// The master key generation and the PIN keys of earlier KEKs came with
+	// master key rotation, covered the same way: only once they differ
+	// from what every row had before (generation 1, no legacy keys).
+	if ti.MasterGeneration > 1 {
+		b = append(b, "master"...)
+		b = binary.BigEndian.AppendUint32(b, ti.MasterGeneration)
+	}
+	if ti.legacyPINKeys != nil {
+		b = append(b, "legacy"...)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(ti.legacyPINKeys)))
+		b = append(b, ti.legacyPINKeys...)
+	}
 	m.Write(b)
 	return m.Sum(nil)
 }
@@ -167,17 +183,27 @@ const DefaultRetentionDays = 90
 func (s *Store) rootOrErr() (Root, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	return s.rootLocked(s.masterGen)
+}
+
+// rootLocked returns the master key of a generation. s.mu is held.
+func (s *Store) rootLocked(gen uint32) (Root, error) {
 	if s.closed {
 		return nil, ErrClosed
 	}
-	if s.root == nil {
+	r, ok := s.roots[gen]
+	if !ok {
 		return nil, ErrNoRoot
 	}
-	return s.root, nil
+	return r, nil
 }
 
-func (s *Store) deriveKeys(uuid UUID, gen uint32) (*tokenKeys, error) {
-	root, err := s.rootOrErr()
+// deriveKeys derives a token's keys from its KEK of generation gen, which
+// the master key of generation masterGen derives.
+func (s *Store) deriveKeys(uuid UUID, gen, masterGen uint32) (*tokenKeys, error) {
+	s.mu.RLock()
+	root, err := s.rootLocked(masterGen)
+	s.mu.RUnlock()
 	if err != nil {
 		return nil, err
 	}
@@ -191,6 +217,8 @@ func (s *Store) deriveKeys(uuid UUID, gen uint32) (*tokenKeys, error) {
 
 // CreateToken creates a token with a fresh data key wrapped under its PINs.
 func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, error) {
+	s.rot.RLock()
+	defer s.rot.RUnlock()
 	if spec.Label == "" || len(spec.Label) > 32 {
 		return TokenInfo{}, fmt.Errorf("keystore: token label must be 1..32 bytes, got %d", len(spec.Label))
 	}
@@ -202,7 +230,10 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 		return TokenInfo{}, err
 	}
 	const kekGen, dataGen = 1, 1
-	keys, err := s.deriveKeys(uuid, kekGen)
+	s.mu.RLock()
+	masterGen := s.masterGen
+	s.mu.RUnlock()
+	keys, err := s.deriveKeys(uuid, kekGen, masterGen)
 	if err != nil {
 		return TokenInfo{}, err
 	}
@@ -212,7 +243,7 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 	if _, err := rand.Read(dataKey); err != nil {
 		return TokenInfo{}, err
 	}
-	ti := TokenInfo{UUID: uuid, Label: spec.Label, Tier: spec.Tier, KEKGeneration: kekGen, DataGeneration: dataGen, RetentionDays: DefaultRetentionDays}
+	ti := TokenInfo{UUID: uuid, Label: spec.Label, Tier: spec.Tier, KEKGeneration: kekGen, DataGeneration: dataGen, RetentionDays: DefaultRetentionDays, MasterGeneration: masterGen}
 	if ti.soPIN, err = wrapDataKey(keys, uuid, RoleSO, dataGen, spec.SOPIN, dataKey, s.opts.Argon2); err != nil {
 		return TokenInfo{}, err
 	}
@@ -227,9 +258,9 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 	ti.mac = tokenMAC(keys, &ti)
 	now := time.Now()
 	res, err := s.w.ExecContext(ctx, `INSERT INTO tokens
-		(uuid, label, serial, tier, kek_generation, dk_generation, so_pin, user_pin, mac, created_at, retention_days)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		uuid[:], ti.Label, ti.Serial, int(ti.Tier), kekGen, dataGen, ti.soPIN, ti.userPIN, ti.mac, now.Unix(), ti.RetentionDays)
+		(uuid, label, serial, tier, kek_generation, dk_generation, so_pin, user_pin, mac, created_at, retention_days, master_generation)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		uuid[:], ti.Label, ti.Serial, int(ti.Tier), kekGen, dataGen, ti.soPIN, ti.userPIN, ti.mac, now.Unix(), ti.RetentionDays, masterGen)
 	if err != nil {
 		var se sqlite3.Error
 		if errors.As(err, &se) && se.ExtendedCode == sqlite3.ErrConstraintUnique {
@@ -245,7 +276,8 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 }
 
 const selectToken = `SELECT id, uuid, label, serial, tier, kek_generation, dk_generation,
-	so_pin, user_pin, so_failures, user_failures, mac, created_at, retention_days, purge_protection FROM tokens`
+	so_pin, user_pin, so_failures, user_failures, mac, created_at, retention_days, purge_protection,
+	master_generation, legacy_pin_keys FROM tokens`
 
 func scanToken(row interface{ Scan(...any) error }) (TokenInfo, error) {
 	var ti TokenInfo
@@ -253,7 +285,8 @@ func scanToken(row interface{ Scan(...any) error }) (TokenInfo, error) {
 	var tier int
 	var created int64
 	err := row.Scan(&ti.ID, &uuid, &ti.Label, &ti.Serial, &tier, &ti.KEKGeneration, &ti.DataGeneration,
-		&ti.soPIN, &ti.userPIN, &ti.SOFailures, &ti.UserFailures, &ti.mac, &created, &ti.RetentionDays, &ti.PurgeProtection)
+		&ti.soPIN, &ti.userPIN, &ti.SOFailures, &ti.UserFailures, &ti.mac, &created, &ti.RetentionDays, &ti.PurgeProtection,
+		&ti.MasterGeneration, &ti.legacyPINKeys)
 	if err != nil {
 		return ti, err
 	}
@@ -269,6 +302,18 @@ func scanToken(row interface{ Scan(...any) error }) (TokenInfo, error) {
 
 // Tokens lists every token, in creation order. Each row is authenticated.
 func (s *Store) Tokens(ctx context.Context) ([]TokenInfo, error) {
+	for try := 0; ; try++ {
+		out, err := s.tokens1(ctx)
+		if try < rekeyRetries && ctx.Err() == nil && (errors.Is(err, errStaleRow) || errors.Is(err, errNewerKeys)) {
+			// A token was rekeyed under the listing: list again.
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		return out, err
+	}
+}
+
+func (s *Store) tokens1(ctx context.Context) ([]TokenInfo, error) {
 	rows, err := s.r.QueryContext(ctx, selectToken+" ORDER BY id")
 	if err != nil {
 		return nil, s.dbErr("list tokens", err)
@@ -315,18 +360,30 @@ type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
-// token reads one token row and authenticates it.
+// token reads one token row and authenticates it. A row that raced with
+// a master key rotation (read before it rekeyed the token, or verified
+// before its new keys were installed) is read again, a little later.
 func (s *Store) token(ctx context.Context, q querier, where string, arg any) (TokenInfo, *tokenState, error) {
-	ti, err := scanToken(q.QueryRowContext(ctx, selectToken+" WHERE "+where, arg))
-	if errors.Is(err, sql.ErrNoRows) {
-		return ti, nil, ErrNotFound
+	for try := 0; ; try++ {
+		ti, err := scanToken(q.QueryRowContext(ctx, selectToken+" WHERE "+where, arg))
+		if errors.Is(err, sql.ErrNoRows) {
+			return ti, nil, ErrNotFound
+		}
+		if err != nil {
+			return ti, nil, s.dbErr("read token", err)
+		}
+		st, err := s.verify(&ti)
+		if try < rekeyRetries && ctx.Err() == nil && (errors.Is(err, errStaleRow) || errors.Is(err, errNewerKeys)) {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		return ti, st, err
 	}
-	if err != nil {
-		return ti, nil, s.dbErr("read token", err)
-	}
-	st, err := s.verify(&ti)
-	return ti, st, err
 }
+
+// rekeyRetries bounds how often a read that raced with a rotation is
+// made again: a token is rekeyed in milliseconds.
+const rekeyRetries = 2000
 
 // verify checks a token row's MAC, deriving the token's keys through the
 // root the first time the token is seen. Only a row that passes makes the
@@ -334,20 +391,35 @@ func (s *Store) token(ctx context.Context, q querier, where string, arg any) (To
 func (s *Store) verify(ti *TokenInfo) (*tokenState, error) {
 	s.mu.RLock()
 	st, ok := s.tokens[ti.ID]
+	var keys *tokenKeys
+	if ok {
+		keys = st.keys
+	}
 	s.mu.RUnlock()
 	if ok {
-		if st.uuid != ti.UUID || st.keys.generation != ti.KEKGeneration || !hmac.Equal(tokenMAC(st.keys, ti), ti.mac) {
+		switch {
+		case st.uuid != ti.UUID:
+			return nil, ErrTampered
+		case ti.KEKGeneration < keys.generation:
+			return nil, errStaleRow // read before a master key rotation rekeyed it
+		case ti.KEKGeneration > keys.generation:
+			return nil, errNewerKeys // rekeyed, the new keys not yet installed
+		case !hmac.Equal(tokenMAC(keys, ti), ti.mac):
 			return nil, ErrTampered
 		}
 		return st, nil
 	}
-	keys, err := s.deriveKeys(ti.UUID, ti.KEKGeneration)
+	keys, err := s.deriveKeys(ti.UUID, ti.KEKGeneration, ti.MasterGeneration)
 	if err != nil {
 		return nil, err
 	}
 	if !hmac.Equal(tokenMAC(keys, ti), ti.mac) {
 		keys.wipe()
 		return nil, ErrTampered
+	}
+	if err := keys.openLegacy(ti.UUID, ti.legacyPINKeys); err != nil {
+		keys.wipe()
+		return nil, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -395,9 +467,9 @@ func (s *Store) updateToken(ctx context.Context, token UUID, change func(ti *Tok
 	ti.UserPINSet = ti.userPIN != nil
 	ti.mac = tokenMAC(st.keys, &ti)
 	_, err = tx.ExecContext(ctx, `UPDATE tokens SET label = ?, tier = ?, dk_generation = ?, so_pin = ?, user_pin = ?,
-		so_failures = ?, user_failures = ?, mac = ?, retention_days = ?, purge_protection = ? WHERE id = ?`,
+		so_failures = ?, user_failures = ?, mac = ?, retention_days = ?, purge_protection = ?, legacy_pin_keys = ? WHERE id = ?`,
 		ti.Label, int(ti.Tier), ti.DataGeneration, ti.soPIN, ti.userPIN, ti.SOFailures, ti.UserFailures, ti.mac,
-		ti.RetentionDays, ti.PurgeProtection, ti.ID)
+		ti.RetentionDays, ti.PurgeProtection, ti.legacyPINKeys, ti.ID)
 	if err != nil {
 		return s.dbErr("update token", err)
 	}
@@ -462,6 +534,16 @@ func (s *Store) checkPIN(ctx context.Context, token UUID, role Role, pin []byte)
 	}
 	if err != nil {
 		return ti, nil, nil, err
+	}
+	if g, ok := recordGen(rec); ok && g != st.keys.generation {
+		// The record is still under the PIN key of a KEK a master key
+		// rotation replaced: now that the PIN is at hand, wrap the data
+		// key under the current one (which also clears the count).
+		if err := s.writePIN(ctx, st, ti, role, pin, dk); err != nil {
+			wipe(dk)
+			return ti, nil, nil, err
+		}
+		return ti, st, dk, nil
 	}
 	failures := ti.UserFailures
 	if role == RoleSO {
@@ -570,7 +652,8 @@ func (s *Store) writePIN(ctx context.Context, st *tokenState, ti TokenInfo, role
 	if err != nil {
 		return err
 	}
-	return s.updateToken(ctx, ti.UUID, func(cur *TokenInfo) error {
+	pruned := false
+	err = s.updateToken(ctx, ti.UUID, func(cur *TokenInfo) error {
 		if cur.DataGeneration != ti.DataGeneration {
 			return ErrTampered
 		}
@@ -579,8 +662,32 @@ func (s *Store) writePIN(ctx context.Context, st *tokenState, ti TokenInfo, role
 		} else {
 			cur.userPIN, cur.UserFailures = rec, 0
 		}
+		had := cur.legacyPINKeys != nil
+		pruneLegacy(cur, st.keys.generation)
+		pruned = had && cur.legacyPINKeys == nil
 		return nil
 	})
+	if err == nil && pruned {
+		// The keys stop serving: keys without them take their place (a
+		// reader may still hold the old ones, so they are dropped, not
+		// wiped).
+		s.mu.Lock()
+		k := *st.keys
+		k.legacy = nil
+		st.keys = &k
+		s.mu.Unlock()
+	}
+	return err
+}
+
+// pruneLegacy drops the legacy PIN keys once no PIN record is under one.
+func pruneLegacy(ti *TokenInfo, gen uint32) {
+	for _, rec := range [][]byte{ti.soPIN, ti.userPIN} {
+		if g, ok := recordGen(rec); rec != nil && (!ok || g != gen) {
+			return
+		}
+	}
+	ti.legacyPINKeys = nil
 }
 
 // Reinit re-initialises a token (C_InitToken on an initialised token): the
@@ -629,10 +736,10 @@ func (s *Store) Reinit(ctx context.Context, token UUID, soPIN []byte, label stri
 		return ErrTampered
 	}
 	cur.Label, cur.DataGeneration = label, ti.DataGeneration+1
-	cur.soPIN, cur.userPIN, cur.SOFailures, cur.UserFailures = rec, nil, 0, 0
+	cur.soPIN, cur.userPIN, cur.SOFailures, cur.UserFailures, cur.legacyPINKeys = rec, nil, 0, 0, nil
 	cur.mac = tokenMAC(st.keys, &cur)
 	_, err = tx.ExecContext(ctx, `UPDATE tokens SET label = ?, dk_generation = ?, so_pin = ?, user_pin = NULL,
-		so_failures = 0, user_failures = 0, mac = ? WHERE id = ?`, cur.Label, cur.DataGeneration, cur.soPIN, cur.mac, cur.ID)
+		so_failures = 0, user_failures = 0, legacy_pin_keys = NULL, mac = ? WHERE id = ?`, cur.Label, cur.DataGeneration, cur.soPIN, cur.mac, cur.ID)
 	if err != nil {
 		var se sqlite3.Error
 		if errors.As(err, &se) && se.ExtendedCode == sqlite3.ErrConstraintUnique {
@@ -653,6 +760,8 @@ func (s *Store) Reinit(ctx context.Context, token UUID, soPIN []byte, label stri
 // DeleteToken removes a token and every object on it. A token with purge
 // protection is removed only once it holds no object, live or deleted.
 func (s *Store) DeleteToken(ctx context.Context, token UUID) error {
+	s.rot.RLock()
+	defer s.rot.RUnlock()
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return s.dbErr("begin", err)

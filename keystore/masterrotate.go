@@ -1,0 +1,386 @@
+package keystore
+
+import (
+	"context"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/subtle"
+	"database/sql"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Master key rotation. A new master key is made in the TPM and recorded
+// beside the current one (BeginMasterRotation); then every token is
+// rekeyed, one transaction each: a new KEK at the next generation, derived
+// from the new master, reseals its public objects and retags its
+// secret-less ones, and authenticates its row. Private objects are under
+// the token's data key, which does not change. The PIN records are under
+// a key mixed from the KEK's PIN key and the stretched PIN, and no PIN is
+// at hand: the old PIN key is kept, sealed under the new KEK, until each
+// role's next successful PIN check rewraps its record under the new one.
+// The keys the domain keeps for life (the audit chain's, the key
+// backups') are carried, sealed under the new master. Last, the root
+// record switches to the new master. An interrupted rotation is resumed:
+// tokens already rekeyed are skipped.
+
+// ErrRotationPending is BeginMasterRotation's error when a rotation is
+// already under way: resume it instead.
+var ErrRotationPending = errors.New("keystore: a master key rotation is already under way")
+
+// ErrNoRotation is RotateMaster's error when no rotation was begun.
+var ErrNoRotation = errors.New("keystore: no master key rotation under way")
+
+var carryLabel = []byte("hsmemu/carry/v1")
+
+// carriedLabels are the keys the domain keeps across master rotations.
+var carriedLabels = [][]byte{auditLabel, keyBackupLabel}
+
+func carryAEAD(root Root) (cipher.AEAD, error) {
+	k, err := root.DeriveKEK(carryLabel)
+	if err != nil {
+		return nil, fmt.Errorf("keystore: derive carry key: %w", err)
+	}
+	defer wipe(k)
+	return newGCM(k)
+}
+
+func carryAAD(label []byte, gen uint32) []byte {
+	aad := append([]byte("hsmemu/carried/v1"), byte(len(label)))
+	aad = append(aad, label...)
+	return binary.BigEndian.AppendUint32(aad, gen)
+}
+
+// domainKey returns a key the domain keeps for life: carried, sealed under
+// the current master, once a master rotation happened; derived from the
+// master (TPM2_HMAC) before.
+func (s *Store) domainKey(ctx context.Context, label []byte) ([]byte, error) {
+	s.mu.RLock()
+	gen := s.masterGen
+	root, err := s.rootLocked(gen)
+	s.mu.RUnlock()
+	if err != nil {
+		return nil, err
+	}
+	var sealed []byte
+	err = s.r.QueryRowContext(ctx, "SELECT sealed FROM carried WHERE label = ? AND master_generation = ?", label, gen).Scan(&sealed)
+	if errors.Is(err, sql.ErrNoRows) {
+		if gen > 1 {
+			// Every rotation carries the key: one missing was deleted.
+			return nil, ErrTampered
+		}
+		k, err := root.DeriveKEK(label)
+		if err != nil {
+			return nil, fmt.Errorf("keystore: derive %s: %w", label, err)
+		}
+		return k, nil
+	}
+	if err != nil {
+		return nil, s.dbErr("read carried key", err)
+	}
+	a, err := carryAEAD(root)
+	if err != nil {
+		return nil, err
+	}
+	if len(sealed) < gcmNonceLen+gcmTagLen {
+		return nil, ErrTampered
+	}
+	k, err := a.Open(nil, sealed[:gcmNonceLen], sealed[gcmNonceLen:], carryAAD(label, gen))
+	if err != nil {
+		return nil, ErrTampered
+	}
+	return k, nil
+}
+
+// BeginMasterRotation records the master key a rotation moves to (made in
+// the TPM by the caller), and ErrRotationPending if one is under way.
+func (s *Store) BeginMasterRotation(ctx context.Context, next *NextMaster) error {
+	if next == nil || len(next.Sealed) == 0 || len(next.Proof) == 0 {
+		return errors.New("keystore: a next master key needs its sealed blob and its proof")
+	}
+	res, err := s.w.ExecContext(ctx, "UPDATE root SET next_sealed = ?, next_proof = ?, next_escrow = ?, updated_at = ? WHERE id = 1 AND next_sealed IS NULL",
+		next.Sealed, next.Proof, next.Escrow, time.Now().Unix())
+	if err != nil {
+		return s.dbErr("begin master rotation", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrRotationPending
+	}
+	return nil
+}
+
+// AttachNext makes the master key of a rotation under way usable; proof is
+// its own report of its domain proof, which must be the recorded one.
+func (s *Store) AttachNext(ctx context.Context, root Root, proof []byte) error {
+	rec, err := s.RootRecord(ctx)
+	if err != nil {
+		return err
+	}
+	if rec.Next == nil {
+		return ErrNoRotation
+	}
+	if subtle.ConstantTimeCompare(rec.Next.Proof, proof) != 1 {
+		return ErrWrongDomain
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.roots[rec.MasterGeneration+1] = root
+	return nil
+}
+
+// RotateMaster completes the rotation under way: it carries the domain's
+// keys, rekeys every token not yet rekeyed, and switches the root record
+// to the new master. It returns the generation of the master key it
+// replaced, which the caller may now flush from the TPM. progress, when
+// not nil, is told how many tokens are done.
+func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)) (uint32, error) {
+	s.rot.Lock()
+	defer s.rot.Unlock()
+	rec, err := s.RootRecord(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if rec.Next == nil {
+		return 0, ErrNoRotation
+	}
+	oldGen, nextGen := rec.MasterGeneration, rec.MasterGeneration+1
+	s.mu.RLock()
+	next, err := s.rootLocked(nextGen)
+	s.mu.RUnlock()
+	if err != nil {
+		return 0, err
+	}
+	carry, err := carryAEAD(next)
+	if err != nil {
+		return 0, err
+	}
+	for _, label := range carriedLabels {
+		k, err := s.domainKey(ctx, label)
+		if err != nil {
+			return 0, err
+		}
+		nonce := make([]byte, gcmNonceLen)
+		if _, err := rand.Read(nonce); err != nil {
+			wipe(k)
+			return 0, err
+		}
+		sealed := carry.Seal(nonce, nonce, k, carryAAD(label, nextGen))
+		wipe(k)
+		if _, err := s.w.ExecContext(ctx, "INSERT OR REPLACE INTO carried (label, master_generation, sealed) VALUES (?, ?, ?)", label, nextGen, sealed); err != nil {
+			return 0, s.dbErr("carry a domain key", err)
+		}
+	}
+	tokens, err := s.Tokens(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for i, ti := range tokens {
+		if ti.MasterGeneration != nextGen {
+			if err := s.rekeyToken(ctx, ti, next, nextGen); err != nil {
+				return 0, fmt.Errorf("keystore: rekey token %q: %w", ti.Label, err)
+			}
+		}
+		if progress != nil {
+			progress(i+1, len(tokens))
+		}
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, s.dbErr("begin", err)
+	}
+	defer tx.Rollback()
+	// The new generation is in force in memory before the switch commits,
+	// and back out if it does not: a carried key is never looked up under
+	// a generation whose rows the switch has deleted.
+	s.mu.Lock()
+	s.masterGen = nextGen
+	s.mu.Unlock()
+	committed := false
+	defer func() {
+		if !committed {
+			s.mu.Lock()
+			s.masterGen = oldGen
+			s.mu.Unlock()
+		}
+	}()
+	if _, err := tx.ExecContext(ctx, `UPDATE root SET sealed = next_sealed, master_proof = next_proof, escrow = next_escrow,
+		master_generation = ?, next_sealed = NULL, next_proof = NULL, next_escrow = NULL, updated_at = ? WHERE id = 1`, nextGen, time.Now().Unix()); err != nil {
+		return 0, s.dbErr("switch master key", err)
+	}
+	if _, err := tx.ExecContext(ctx, "DELETE FROM carried WHERE master_generation < ?", nextGen); err != nil {
+		return 0, s.dbErr("drop old carried keys", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, s.dbErr("commit", err)
+	}
+	committed = true
+	s.mu.Lock()
+	delete(s.roots, oldGen)
+	s.mu.Unlock()
+	return oldGen, nil
+}
+
+// rekeyToken moves a token to a new KEK derived from the next master key.
+// s.rot is held.
+func (s *Store) rekeyToken(ctx context.Context, ti TokenInfo, next Root, nextGen uint32) error {
+	st, err := s.state(ctx, ti.ID)
+	if err != nil {
+		return err
+	}
+	s.mu.RLock()
+	old := st.keys
+	s.mu.RUnlock()
+	gen := ti.KEKGeneration + 1
+	kek, err := next.DeriveKEK(kekLabel(ti.UUID, gen))
+	if err != nil {
+		return fmt.Errorf("derive KEK: %w", err)
+	}
+	keys, err := newTokenKeys(kek, gen)
+	wipe(kek)
+	if err != nil {
+		return err
+	}
+	installed := false
+	defer func() {
+		if !installed {
+			keys.wipe()
+		}
+	}()
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return s.dbErr("begin", err)
+	}
+	defer tx.Rollback()
+	rows, err := tx.QueryContext(ctx, "SELECT id, record FROM objects WHERE token_id = ?", ti.ID)
+	if err != nil {
+		return s.dbErr("read objects", err)
+	}
+	var todo []objectRow
+	for rows.Next() {
+		var r objectRow
+		var rec []byte
+		if err := rows.Scan(&r.id, &rec); err != nil {
+			rows.Close()
+			return s.dbErr("read objects", err)
+		}
+		if err := r.parseRecord(rec); err != nil {
+			rows.Close()
+			return err
+		}
+		if len(r.sealed) > 1 && r.sealed[1] != kindData {
+			todo = append(todo, r)
+		}
+	}
+	if err := rows.Close(); err != nil {
+		return s.dbErr("read objects", err)
+	}
+	from := sealer{token: ti.UUID, keys: old}
+	to := sealer{token: ti.UUID, keys: keys}
+	now := time.Now().Unix()
+	for i := range todo {
+		r := &todo[i]
+		_, ix, err := r.decode()
+		if err != nil {
+			return err
+		}
+		secret, err := from.open(r.uuid, ix.private, r.attrs, r.sealed, nil, nil)
+		if err != nil {
+			return fmt.Errorf("object %s: %w", r.uuid, err)
+		}
+		sealed, err := to.seal(r.uuid, ix.private, r.attrs, secret)
+		wipe(secret)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, "UPDATE objects SET record = ?, updated_at = ? WHERE id = ?", record(r.uuid, r.attrs, sealed), now, r.id); err != nil {
+			return s.dbErr("reseal object", err)
+		}
+	}
+	cur, _, err := s.token(ctx, tx, "id = ?", ti.ID)
+	if err != nil {
+		return err
+	}
+	if cur.KEKGeneration != ti.KEKGeneration || cur.DataGeneration != ti.DataGeneration {
+		return ErrTampered
+	}
+	// The PIN keys the records are under stay, sealed under the new KEK.
+	keys.legacy = map[uint32][]byte{}
+	for _, rec := range [][]byte{cur.soPIN, cur.userPIN} {
+		if rec == nil {
+			continue
+		}
+		g, ok := recordGen(rec)
+		pk, ok2 := old.pinKeyFor(g)
+		if !ok || !ok2 {
+			return ErrTampered
+		}
+		keys.legacy[g] = append([]byte(nil), pk...)
+	}
+	legacy, err := keys.sealLegacy(ti.UUID)
+	if err != nil {
+		return err
+	}
+	cur.KEKGeneration, cur.MasterGeneration, cur.legacyPINKeys = gen, nextGen, legacy
+	cur.mac = tokenMAC(keys, &cur)
+	if _, err := tx.ExecContext(ctx, "UPDATE tokens SET kek_generation = ?, master_generation = ?, legacy_pin_keys = ?, mac = ? WHERE id = ?",
+		cur.KEKGeneration, cur.MasterGeneration, cur.legacyPINKeys, cur.mac, cur.ID); err != nil {
+		return s.dbErr("rekey token", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return s.dbErr("commit", err)
+	}
+	// The old keys are dropped, not wiped: a reader may still hold them,
+	// and will read its row again when they no longer match it.
+	s.mu.Lock()
+	st.keys = keys
+	s.mu.Unlock()
+	installed = true
+	return nil
+}
+
+// ErrRotationStarted refuses to abort a rotation that has begun moving
+// tokens: it can only be finished.
+var ErrRotationStarted = errors.New("keystore: the master key rotation has begun moving tokens; finish it")
+
+// RotationStarted reports whether the rotation under way has begun moving
+// the keystore (RotateMaster ran, and stopped before the end).
+func (s *Store) RotationStarted(ctx context.Context) (bool, error) {
+	rec, err := s.RootRecord(ctx)
+	if err != nil || rec.Next == nil {
+		return false, err
+	}
+	var n int
+	err = s.r.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM carried WHERE master_generation = ?) +
+		(SELECT count(*) FROM tokens WHERE master_generation = ?)`, rec.MasterGeneration+1, rec.MasterGeneration+1).Scan(&n)
+	return n > 0, s.dbErr("read rotation state", err)
+}
+
+// AbortMasterRotation forgets a rotation that has not begun moving the
+// keystore, and detaches its master key, which the caller may flush.
+func (s *Store) AbortMasterRotation(ctx context.Context) error {
+	s.rot.Lock()
+	defer s.rot.Unlock()
+	started, err := s.RotationStarted(ctx)
+	if err != nil {
+		return err
+	}
+	if started {
+		return ErrRotationStarted
+	}
+	rec, err := s.RootRecord(ctx)
+	if err != nil {
+		return err
+	}
+	if rec.Next == nil {
+		return ErrNoRotation
+	}
+	if _, err := s.w.ExecContext(ctx, "UPDATE root SET next_sealed = NULL, next_proof = NULL, next_escrow = NULL, updated_at = ? WHERE id = 1", time.Now().Unix()); err != nil {
+		return s.dbErr("abort master rotation", err)
+	}
+	s.mu.Lock()
+	delete(s.roots, rec.MasterGeneration+1)
+	s.mu.Unlock()
+	return nil
+}
