@@ -132,7 +132,7 @@ func runInit(c *cli.Context) error {
 		res.Threshold = threshold
 	}
 	for i, sh := range st.Shares {
-		if err := os.WriteFile(paths[i], sh.File, 0o600); err != nil {
+		if err := writeDurably(paths[i], sh.File); err != nil {
 			return cli.Exit(fmt.Sprintf("hsmemu init: the domain is provisioned, but writing %s failed: %v; the shares not written are lost, so start again on a new state directory", paths[i], err), 1)
 		}
 		res.Shares = append(res.Shares, shareWrite{Custodian: sh.Custodian, Fingerprint: sh.Fingerprint, Index: int(sh.Index), File: paths[i]})
@@ -165,4 +165,30 @@ func checkWritable(dir string) error {
 	name := f.Name()
 	f.Close()
 	return os.Remove(name)
+}
+
+// writeDurably writes a file and makes it and its directory entry durable
+// before returning: a share is the custodians' only copy of a master key.
+func writeDurably(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -14,10 +15,43 @@ import (
 func rotateCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "rotate",
-		Usage: "rotate a token's data key while clients keep working",
+		Usage: "rotate the master key or a token's data key while clients keep working",
 		Description: `Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage,
 4 no such token, 5 a PIN is wrong or locked.`,
 		Subcommands: []*cli.Command{
+			{
+				Name:  "master",
+				Usage: "make a new master key in the TPM and move every token to it, while clients keep working",
+				Description: `A new master key is made in the TPM; every token gets a new KEK derived
+from it, its public objects are resealed and its row authenticated anew,
+and the root record switches to the new key, which is then the only one
+the keystore needs. No PIN is needed: each PIN record is rewrapped under
+the new KEK at its role's next login. The domain's id, its audit chain and
+its key backups carry over.
+
+An escrowed domain's new master key must be escrowed too: give the
+custodians (--custodian, --threshold) as to ` + "`hsmemu init`" + `; their new shares are
+written to --shares-dir as NAME.gN.share (N the new key's generation)
+before the keystore moves to the key. Shares of earlier master keys are
+void from then on. A rotation interrupted while moving the keystore is
+finished by --resume, or by the daemon's next start; one begun and not yet
+moving it (say, its shares could not be written) is forgotten by --abort.
+
+Examples:
+   hsmemu rotate master
+   hsmemu rotate master --custodian alice.pem --custodian bob.pem --custodian carol.pem --threshold 2 --shares-dir shares
+   hsmemu rotate master --resume
+
+Exit codes: 0 done, 1 failed (see the message for what now), 2 usage, 3 a
+rotation is under way (finish it with --resume) or cannot be aborted.`,
+				Flags: adminFlags(
+					&cli.StringSliceFlag{Name: "custodian", Usage: "a custodian's public key, PEM (repeat for each)"},
+					&cli.IntFlag{Name: "threshold", Usage: "how many custodians' shares recreate the new master key"},
+					&cli.StringFlag{Name: "shares-dir", Value: ".", Usage: "where to write the custodians' new shares"},
+					&cli.BoolFlag{Name: "resume", Usage: "finish a rotation under way"},
+					&cli.BoolFlag{Name: "abort", Usage: "forget a rotation begun that has not begun moving the keystore"}),
+				Action: runRotateMaster,
+			},
 			{
 				Name:  "token",
 				Usage: "replace a token's data key, resealing every object under it",
@@ -91,4 +125,84 @@ func (b *progressBar) end() {
 	if b.drawn {
 		fmt.Fprintln(os.Stderr)
 	}
+}
+
+func runRotateMaster(c *cli.Context) error {
+	var args adminapi.RotateMasterBegin
+	for _, path := range c.StringSlice("custodian") {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return cli.Exit("hsmemu rotate master: --custodian: "+err.Error(), exitUsage)
+		}
+		args.Custodians = append(args.Custodians, adminapi.CustodianKey{Name: strings.TrimSuffix(filepath.Base(path), filepath.Ext(path)), PEM: b})
+	}
+	args.Threshold = c.Int("threshold")
+	if c.Bool("abort") {
+		if err := adminCall(c, adminapi.OpRotateMasterAbort, nil, nil); err != nil {
+			return err
+		}
+		return done(c, "the master key rotation is forgotten; the current master key stays")
+	}
+	if c.Bool("resume") && len(args.Custodians) > 0 {
+		return cli.Exit("hsmemu rotate master: --resume finishes a rotation whose shares were written when it began: give no custodians", exitUsage)
+	}
+	cl, err := adminapi.Dial(socketPath(c))
+	if err != nil {
+		return cli.Exit(commandName(c)+": "+err.Error(), exitError)
+	}
+	defer cl.Close()
+	var begun adminapi.MasterBegun
+	if !c.Bool("resume") {
+		// Where the shares go is checked before the key is made.
+		var st adminapi.Status
+		if err := cl.Call(adminapi.OpStatus, nil, &st); err != nil {
+			return adminExit(c, err)
+		}
+		dir := c.String("shares-dir")
+		for _, cu := range args.Custodians {
+			p := filepath.Join(dir, fmt.Sprintf("%s.g%d.share", cu.Name, st.MasterGeneration+1))
+			if _, err := os.Stat(p); err == nil {
+				return cli.Exit(fmt.Sprintf("hsmemu rotate master: %s exists; move it away or choose another --shares-dir", p), exitUsage)
+			}
+		}
+		if len(args.Custodians) > 0 {
+			if err := checkWritable(dir); err != nil {
+				return cli.Exit("hsmemu rotate master: --shares-dir: "+err.Error(), exitUsage)
+			}
+		}
+		if err := cl.Call(adminapi.OpRotateMasterBegin, args, &begun); err != nil {
+			return adminExit(c, err)
+		}
+		for _, sh := range begun.Shares {
+			p := filepath.Join(dir, fmt.Sprintf("%s.g%d.share", sh.Custodian, begun.Generation))
+			if err := writeDurably(p, sh.File); err != nil {
+				// No key becomes the master before its shares exist.
+				msg := fmt.Sprintf("hsmemu rotate master: writing %s failed: %v; ", p, err)
+				if aerr := cl.Call(adminapi.OpRotateMasterAbort, nil, nil); aerr != nil {
+					msg += "and the rotation could not be forgotten (" + aerr.Error() + "): run `hsmemu rotate master --abort`"
+				} else {
+					msg += "the rotation is forgotten, the current master key stays"
+				}
+				return cli.Exit(msg, exitError)
+			}
+			if !c.Bool("json") {
+				fmt.Fprintf(c.App.Writer, "share %d for %s (key %s): %s\n", sh.Index, sh.Custodian, sh.Fingerprint, p)
+			}
+		}
+	}
+	bar := newProgressBar(c)
+	var done adminapi.MasterRotated
+	err = cl.CallProgress(adminapi.OpRotateMasterFinish, nil, &done, bar.show)
+	bar.end()
+	if err != nil {
+		return adminExit(c, err)
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, map[string]any{"generation": done.Generation, "shares": begun.Shares})
+	}
+	fmt.Fprintf(c.App.Writer, "the keystore is under master key generation %d; the old master key is flushed from the TPM\n", done.Generation)
+	if len(begun.Shares) > 0 {
+		fmt.Fprintln(c.App.Writer, "give each new share to its custodian; shares of earlier master keys no longer recover this keystore")
+	}
+	return nil
 }

@@ -86,12 +86,7 @@ Example:
 					return cli.Exit("hsmemu serve: --pprof: "+err.Error(), 2)
 				}
 			}
-			rec, err := st.Store.RootRecord(ctx)
-			if err != nil {
-				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
-			}
-			srvCfg := daemon.ServerConfig{Group: group, Admin: daemon.AdminInfo{Version: Version, TPM: st.TPM.Info(),
-				DomainID: st.Root.DomainID(), Escrowed: rec.Escrow != nil}}
+			srvCfg := daemon.ServerConfig{Group: group, Admin: daemon.AdminInfo{Version: Version, TPM: st.TPM.Info(), State: st}}
 			for _, uid := range c.UintSlice("allow-uid") {
 				srvCfg.AllowUIDs = append(srvCfg.AllowUIDs, uint32(uid))
 			}

@@ -47,6 +47,11 @@ Exit codes: 0 done, 1 the daemon failed or is not running.`,
 				escrow = "escrowed to custodians"
 			}
 			fmt.Fprintf(w, "root:      fingerprint %x (domain %x), %s\n", fp, st.Domain, escrow)
+			pending := ""
+			if st.RotationPending {
+				pending = ", a rotation under way (`hsmemu rotate master --resume` finishes it)"
+			}
+			fmt.Fprintf(w, "master:    generation %d%s\n", st.MasterGeneration, pending)
 			fmt.Fprintf(w, "clients:   %d applications, %d sessions\n", st.Apps, st.Sessions)
 			fmt.Fprintf(w, "audit log: %d records\n", st.Audit.Records)
 			fmt.Fprintln(w)

@@ -15,14 +15,15 @@ import (
 	"hsmemu/daemon/adminapi"
 	"hsmemu/keystore"
 	"hsmemu/tpmroot"
+	"hsmemu/tpmroot/escrow"
 )
 
-// AdminInfo is what the daemon reports of itself to `hsmemu status`.
+// AdminInfo is what the daemon reports of itself to `hsmemu status`, and
+// the state directory the master key rotation works on.
 type AdminInfo struct {
-	Version  string
-	TPM      tpmroot.Info
-	DomainID []byte
-	Escrowed bool
+	Version string
+	TPM     tpmroot.Info
+	State   *State // nil: master key rotation is not offered
 }
 
 // adminIdle is how long an admin connection may wait between calls.
@@ -230,6 +231,15 @@ func (s *Server) adminCall(ctx context.Context, who keystore.AuditActor, req adm
 		if err = decodeArgs(req, &args); err == nil {
 			result, err = a.rotateToken(ctx, args)
 		}
+	case adminapi.OpRotateMasterBegin:
+		var args adminapi.RotateMasterBegin
+		if err = decodeArgs(req, &args); err == nil {
+			result, err = a.rotateMasterBegin(ctx, args)
+		}
+	case adminapi.OpRotateMasterFinish:
+		result, err = a.rotateMasterFinish(ctx)
+	case adminapi.OpRotateMasterAbort:
+		err = a.rotateMasterAbort(ctx)
 	case adminapi.OpKeyPurge:
 		var args adminapi.KeyPurge
 		if err = decodeArgs(req, &args); err == nil {
@@ -276,6 +286,14 @@ func (s *Server) adminErr(op string, err error) *adminapi.Error {
 		return adminapi.Errorf(adminapi.CodePINLocked, "the PIN is locked after too many failures: `hsmemu pin unlock` or `pin reset` clears it")
 	case errors.Is(err, keystore.ErrPINNotInitialized):
 		return adminapi.Errorf(adminapi.CodeNotFound, "the user PIN is not set: `hsmemu pin reset` sets it with the SO PIN")
+	case errors.Is(err, keystore.ErrRotationPending):
+		return adminapi.Errorf(adminapi.CodeInUse, "a master key rotation is under way: `hsmemu rotate master --resume` finishes it")
+	case errors.Is(err, keystore.ErrNoRotation):
+		return adminapi.Errorf(adminapi.CodeNotFound, "no master key rotation is under way")
+	case errors.Is(err, keystore.ErrRotationStarted):
+		return adminapi.Errorf(adminapi.CodeRefused, "the master key rotation has begun moving tokens: `hsmemu rotate master --resume` finishes it")
+	case errors.Is(err, ErrEscrowNeeded):
+		return adminapi.Errorf(adminapi.CodeBadRequest, "%v", err)
 	case errors.Is(err, keystore.ErrUserPINNeeded):
 		return adminapi.Errorf(adminapi.CodeBadRequest, "the token has a user PIN: give it too, the new data key is wrapped under it")
 	case errors.Is(err, keystore.ErrPurgeProtected):
@@ -321,10 +339,12 @@ func (a *adminOps) status(ctx context.Context) (*adminapi.Status, error) {
 		UptimeSec: time.Since(a.s.started).Seconds(),
 		TPM: adminapi.TPMInfo{Kind: info.TPM.Kind, Path: info.TPM.Path, Manufacturer: info.TPM.Manufacturer,
 			Vendor: info.TPM.VendorString, Firmware: info.TPM.FirmwareVersion},
-		Domain:   info.DomainID,
-		Escrowed: info.Escrowed,
 	}
-	var err error
+	rec, err := a.e.store.RootRecord(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st.Domain, st.Escrowed, st.MasterGeneration, st.RotationPending = rec.DomainID, rec.Escrow != nil, rec.MasterGeneration, rec.Next != nil
 	if st.Tokens, err = a.tokenList(ctx); err != nil {
 		return nil, err
 	}
@@ -649,4 +669,61 @@ func (a *adminOps) rotateToken(ctx context.Context, args adminapi.RotateToken) (
 	a.e.log.Info("token data key rotated", "label", ti.Label, "resealed", n, "generation", after.DataGeneration)
 	a.e.audit(ctx, a.who, ti.UUID, "rotate.token", map[string]string{"resealed": fmt.Sprint(n), "data_generation": fmt.Sprint(after.DataGeneration)})
 	return &adminapi.Rotated{Label: ti.Label, Resealed: n, DataGeneration: after.DataGeneration}, nil
+}
+
+func (a *adminOps) rotateMasterBegin(ctx context.Context, args adminapi.RotateMasterBegin) (*adminapi.MasterBegun, error) {
+	st := a.s.cfg.Admin.State
+	if st == nil {
+		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "this daemon does not rotate its master key")
+	}
+	var opts tpmroot.ProvisionOptions
+	for _, c := range args.Custodians {
+		cu, err := escrow.ParseCustodianPEM(c.Name, c.PEM)
+		if err != nil {
+			return nil, adminapi.Errorf(adminapi.CodeBadRequest, "%v", err)
+		}
+		opts.Custodians = append(opts.Custodians, cu)
+	}
+	opts.Threshold = args.Threshold
+	if len(opts.Custodians) > 0 && (opts.Threshold < 1 || opts.Threshold > len(opts.Custodians)) {
+		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "the threshold must be 1 to %d", len(opts.Custodians))
+	}
+	gen, shares, err := st.BeginMasterRotation(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	res := &adminapi.MasterBegun{Generation: gen}
+	for _, sh := range shares {
+		res.Shares = append(res.Shares, adminapi.Share{Custodian: sh.Custodian, Fingerprint: sh.Fingerprint, Index: int(sh.Index), File: sh.File})
+	}
+	a.e.log.Info("master key rotation begun", "generation", gen, "custodians", len(shares))
+	a.e.audit(ctx, a.who, keystore.UUID{}, "rotate.master.begin", map[string]string{"generation": fmt.Sprint(gen), "custodians": fmt.Sprint(len(shares)), "threshold": fmt.Sprint(opts.Threshold)})
+	return res, nil
+}
+
+func (a *adminOps) rotateMasterFinish(ctx context.Context) (*adminapi.MasterRotated, error) {
+	st := a.s.cfg.Admin.State
+	if st == nil {
+		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "this daemon does not rotate its master key")
+	}
+	gen, err := st.FinishMasterRotation(ctx, a.progress)
+	if err != nil {
+		return nil, err
+	}
+	a.e.log.Info("master key rotated", "generation", gen)
+	a.e.audit(ctx, a.who, keystore.UUID{}, "rotate.master", map[string]string{"generation": fmt.Sprint(gen)})
+	return &adminapi.MasterRotated{Generation: gen}, nil
+}
+
+func (a *adminOps) rotateMasterAbort(ctx context.Context) error {
+	st := a.s.cfg.Admin.State
+	if st == nil {
+		return adminapi.Errorf(adminapi.CodeBadRequest, "this daemon does not rotate its master key")
+	}
+	if err := st.AbortMasterRotation(ctx); err != nil {
+		return err
+	}
+	a.e.log.Info("master key rotation aborted")
+	a.e.audit(ctx, a.who, keystore.UUID{}, "rotate.master.abort", nil)
+	return nil
 }

@@ -66,7 +66,9 @@ func (d *testDaemon) start(t testing.TB, cfg EngineConfig) {
 	d.eng = NewEngine(st.Store, nil, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- NewServer(d.eng, nil, ServerConfig{Group: -1}).Serve(ctx, ln) }()
+	go func() {
+		done <- NewServer(d.eng, nil, ServerConfig{Group: -1, Admin: AdminInfo{State: st}}).Serve(ctx, ln)
+	}()
 	stopped := false
 	d.stop = func() {
 		if stopped {

@@ -127,3 +127,199 @@ func TestRotateTokenWhileSigning(t *testing.T) {
 	cl.must(ck.CKR_OK, "C_SignInit", U(h), mech(ck.CKM_ECDSA), U(priv))
 	cl.must(ck.CKR_OK, "C_Sign", U(h), B(make([]byte, 32)), Out(128))
 }
+
+// TestRotateMasterWhileSigning: the master key is rotated while a client
+// signs, another writes private objects and a third reads a public one; no
+// call fails, and after a restart the new master alone opens everything,
+// both PINs log in, the audit chain verifies, and a key backup made before
+// the rotation restores.
+func TestRotateMasterWhileSigning(t *testing.T) {
+	d := startDaemon(t, EngineConfig{})
+	a := adminDial(t, d)
+	so, user := []byte("mrot-so-12"), []byte("mrot-user-12")
+	var tok adminapi.Token
+	if err := a.Call(adminapi.OpTokenCreate, adminapi.TokenCreate{Label: "m", Tier: "premium", SOPIN: so, UserPIN: user}, &tok); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Call(adminapi.OpKeyGenerate, adminapi.KeyGenerate{Token: "m", UserPIN: user, Type: "ec-p256", KeyOptions: adminapi.KeyOptions{Label: "signer"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Call(adminapi.OpSecretSet, adminapi.SecretSet{Token: "m", UserPIN: user, Name: "s", Value: []byte("secret-value-1")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var bk adminapi.KeyBackup
+	if err := a.Call(adminapi.OpKeyBackup, adminapi.KeyRef{Token: "m", UserPIN: user, KeySelector: adminapi.KeySelector{Key: "signer"}}, &bk); err != nil {
+		t.Fatal(err)
+	}
+	slot := uint64(tok.Slot)
+	signer := d.dial(t)
+	hs := signer.open(slot, true)
+	signer.must(ck.CKR_OK, "C_Login", U(hs), U(ck.CKU_USER), S(string(user)))
+	signer.create(hs, dataObject("public", true, false, "public-value")...)
+	priv := signer.find(hs, AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY), A(ck.CKA_LABEL, []byte("signer")))[0]
+	writer := d.dial(t)
+	hw := writer.open(slot, true)
+	writer.must(ck.CKR_OK, "C_Login", U(hw), U(ck.CKU_USER), S(string(user)))
+	reader := d.dial(t)
+	hr := reader.open(slot, false)
+	publicR := reader.find(hr, A(ck.CKA_LABEL, []byte("public")))[0]
+
+	// Begun and aborted: nothing changes.
+	var begun adminapi.MasterBegun
+	if err := a.Call(adminapi.OpRotateMasterBegin, adminapi.RotateMasterBegin{}, &begun); err != nil || begun.Generation != 2 {
+		t.Fatalf("begin: %+v %v", begun, err)
+	}
+	if err := a.Call(adminapi.OpRotateMasterBegin, adminapi.RotateMasterBegin{}, nil); code(t, err) != adminapi.CodeInUse {
+		t.Fatalf("begin twice: %v", err)
+	}
+	if err := a.Call(adminapi.OpRotateMasterAbort, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Call(adminapi.OpRotateMasterFinish, nil, nil); code(t, err) != adminapi.CodeNotFound {
+		t.Fatalf("finish after abort: %v", err)
+	}
+
+	var stop atomic.Bool
+	var signatures, writes, reads atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		for !stop.Load() {
+			if rv, _ := signer.call("C_SignInit", U(hs), mech(ck.CKM_ECDSA), U(priv)); rv != ck.CKR_OK {
+				t.Errorf("C_SignInit during the rotation: %#x", rv)
+				return
+			}
+			if rv, _ := signer.call("C_Sign", U(hs), B(make([]byte, 32)), Out(128)); rv != ck.CKR_OK {
+				t.Errorf("C_Sign during the rotation: %#x", rv)
+				return
+			}
+			signatures.Add(1)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for n := 0; !stop.Load(); n++ {
+			if rv, _ := writer.call("C_CreateObject", U(hw), T(dataObject(fmt.Sprint("w", n), true, n%2 == 0, fmt.Sprint("written-", n))...), none()); rv != ck.CKR_OK {
+				t.Errorf("C_CreateObject during the rotation: %#x", rv)
+				return
+			}
+			writes.Add(1)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for !stop.Load() {
+			if rv, ans := reader.get(hr, publicR, ck.CKA_VALUE); rv != ck.CKR_OK || string(ans[0].Value) != "public-value" {
+				t.Errorf("read during the rotation: %#x", rv)
+				return
+			}
+			if rv, _ := reader.call("C_GetTokenInfo", U(slot), none()); rv != ck.CKR_OK {
+				t.Errorf("C_GetTokenInfo during the rotation: %#x", rv)
+				return
+			}
+			reads.Add(1)
+		}
+	}()
+	if err := a.Call(adminapi.OpRotateMasterBegin, adminapi.RotateMasterBegin{}, &begun); err != nil {
+		t.Fatal(err)
+	}
+	var reports int
+	var rotated adminapi.MasterRotated
+	err := a.CallProgress(adminapi.OpRotateMasterFinish, nil, &rotated, func(adminapi.Progress) { reports++ })
+	stop.Store(true)
+	wg.Wait()
+	if err != nil || rotated.Generation != 2 || reports == 0 {
+		t.Fatalf("finish: %+v, %d reports, %v", rotated, reports, err)
+	}
+	if t.Failed() {
+		return
+	}
+	t.Logf("%d signatures, %d writes, %d reads during the master key rotation", signatures.Load(), writes.Load(), reads.Load())
+	var st adminapi.Status
+	if err := a.Call(adminapi.OpStatus, nil, &st); err != nil || st.MasterGeneration != 2 || st.RotationPending {
+		t.Fatalf("status: %+v %v", st, err)
+	}
+
+	// A restart: the new master alone.
+	a.Close()
+	d.stop()
+	d.start(t, EngineConfig{})
+	a = adminDial(t, d)
+	rec, err := d.st.Store.RootRecord(ctx)
+	if err != nil || rec.MasterGeneration != 2 || string(rec.Proof) != string(d.st.Root.DomainID()) || string(rec.DomainID) == string(rec.Proof) {
+		t.Fatalf("root record: %+v %v", rec, err)
+	}
+	var v adminapi.SecretValue
+	if err := a.Call(adminapi.OpSecretGet, adminapi.SecretGet{Token: "m", UserPIN: user, Name: "s"}, &v); err != nil || string(v.Value) != "secret-value-1" {
+		t.Fatalf("secret after the rotation: %v", err)
+	}
+	cl := d.dial(t)
+	h := cl.open(slot, true)
+	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_SO), S(string(so)))
+	cl.must(ck.CKR_OK, "C_Logout", U(h))
+	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(string(user)))
+	if n := len(cl.find(h, AU(ck.CKA_CLASS, ck.CKO_DATA))); n < int(writes.Load())+2 {
+		t.Fatalf("%d data objects after the rotation, want at least %d", n, writes.Load()+2)
+	}
+	for _, o := range cl.find(h, AU(ck.CKA_CLASS, ck.CKO_DATA)) {
+		if rv, _ := cl.get(h, o, ck.CKA_VALUE); rv != ck.CKR_OK {
+			t.Fatalf("data object after the rotation: %#x", rv)
+		}
+	}
+	priv = cl.find(h, AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY))[0]
+	cl.must(ck.CKR_OK, "C_SignInit", U(h), mech(ck.CKM_ECDSA), U(priv))
+	cl.must(ck.CKR_OK, "C_Sign", U(h), B(make([]byte, 32)), Out(128))
+	var v2 adminapi.AuditVerify
+	if err := a.Call(adminapi.OpAuditVerify, nil, &v2); err != nil || !v2.OK {
+		t.Fatalf("audit across the rotation: %+v %v", v2, err)
+	}
+	ref := adminapi.KeyRef{Token: "m", UserPIN: user, KeySelector: adminapi.KeySelector{Key: "signer"}}
+	a.Call(adminapi.OpKeyDelete, ref, nil)
+	if err := a.Call(adminapi.OpKeyPurge, adminapi.KeyPurge{Token: "m", SOPIN: so, KeySelector: ref.KeySelector}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Call(adminapi.OpKeyRestore, adminapi.KeyRestore{Token: "m", UserPIN: user, Blob: bk.Blob}, nil); err != nil {
+		t.Fatalf("restore a backup from before the rotation: %v", err)
+	}
+
+	// A second rotation, with key backups and audit records written
+	// through it: each backup opens afterwards, and the chain holds.
+	b := adminDial(t, d)
+	var blobs [][]byte
+	stop.Store(false)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for !stop.Load() {
+			var kb adminapi.KeyBackup
+			if err := b.Call(adminapi.OpKeyBackup, ref, &kb); err != nil {
+				t.Errorf("key backup during the rotation: %v", err)
+				return
+			}
+			blobs = append(blobs, kb.Blob)
+		}
+	}()
+	if err := a.Call(adminapi.OpRotateMasterBegin, adminapi.RotateMasterBegin{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Call(adminapi.OpRotateMasterFinish, nil, &rotated); err != nil || rotated.Generation != 3 {
+		t.Fatalf("second rotation: %+v %v", rotated, err)
+	}
+	stop.Store(true)
+	wg.Wait()
+	var kb adminapi.KeyBackup
+	if err := b.Call(adminapi.OpKeyBackup, ref, &kb); err != nil {
+		t.Fatal(err)
+	}
+	blobs = append(blobs, kb.Blob)
+	for i, blob := range blobs {
+		// Every backup opens: the key exists, so the restore stops there.
+		if err := a.Call(adminapi.OpKeyRestore, adminapi.KeyRestore{Token: "m", UserPIN: user, Blob: blob}, nil); code(t, err) != adminapi.CodeExists {
+			t.Fatalf("backup %d of %d after the second rotation: %v", i+1, len(blobs), err)
+		}
+	}
+	if err := a.Call(adminapi.OpAuditVerify, nil, &v2); err != nil || !v2.OK {
+		t.Fatalf("audit across two rotations: %+v %v", v2, err)
+	}
+}

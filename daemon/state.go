@@ -46,6 +46,8 @@ type State struct {
 	// Shares are the custodians' encrypted shares of a domain this open
 	// created with escrow, for the caller to hand out; nil otherwise.
 	Shares []escrow.EncryptedShare
+
+	next *tpmroot.Root // the master key a rotation under way moves to
 }
 
 // DatabaseName is the keystore's file name inside the state directory.
@@ -138,6 +140,26 @@ func OpenState(ctx context.Context, cfg StateConfig) (_ *State, err error) {
 	if err := st.Store.Attach(ctx, st.Root, st.Root.DomainID()); err != nil {
 		return nil, err
 	}
+	started, err := st.Store.RotationStarted(ctx)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case started:
+		// A master key rotation was interrupted while moving the
+		// keystore: finish it before serving, so that the old master key
+		// is needed no longer.
+		log.Warn("finishing an interrupted master key rotation")
+		if _, err := st.FinishMasterRotation(ctx, nil); err != nil {
+			// Both master keys stay loaded: every token opens under the
+			// one it is at, and the daemon serves.
+			log.Error("the interrupted master key rotation did not finish; `hsmemu rotate master --resume` tries again", "err", err)
+		} else {
+			log.Info("master key rotation finished")
+		}
+	case rec != nil && rec.Next != nil:
+		log.Warn("a master key rotation was begun and not finished: `hsmemu rotate master --resume` finishes it, `--abort` forgets it")
+	}
 	return st, nil
 }
 
@@ -150,6 +172,9 @@ func (s *State) Close() error {
 	}
 	if s.Root != nil {
 		errs = append(errs, s.Root.Close())
+	}
+	if s.next != nil {
+		errs = append(errs, s.next.Close())
 	}
 	if s.TPM != nil {
 		errs = append(errs, s.TPM.Close())
@@ -192,8 +217,31 @@ func RecoverState(ctx context.Context, cfg StateConfig, from string, shares []*e
 	if err != nil {
 		return nil, fmt.Errorf("the keystore to recover: %w", err)
 	}
+	if rec.Next != nil {
+		started, err := store.RotationStarted(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if started {
+			return nil, errors.New("the keystore was copied while a master key rotation was moving it: recover from a copy taken before or after the rotation")
+		}
+		// Begun and never moving anything: the current master key's
+		// shares recover it, and the rotation is forgotten.
+		if err := store.AbortMasterRotation(ctx); err != nil {
+			return nil, err
+		}
+		if rec, err = store.RootRecord(ctx); err != nil {
+			return nil, err
+		}
+	}
+	// A share splits one master key: the current one's proof must match
+	// (the domain id names the first master key of the domain).
 	for _, sh := range shares {
-		if !bytes.Equal(sh.DomainID, rec.DomainID) {
+		switch {
+		case bytes.Equal(sh.DomainID, rec.Proof):
+		case rec.MasterGeneration > 1:
+			return nil, fmt.Errorf("a share of master key %x is not of this keystore's current master key %x (generation %d): shares of a master key before a rotation are void", sh.DomainID[:8], rec.Proof[:8], rec.MasterGeneration)
+		default:
 			return nil, fmt.Errorf("a share of domain %x is not of this keystore's domain %x", sh.DomainID[:8], rec.DomainID[:8])
 		}
 	}
@@ -210,14 +258,14 @@ func RecoverState(ctx context.Context, cfg StateConfig, from string, shares []*e
 	if err != nil {
 		return nil, err
 	}
-	if !bytes.Equal(sealed.DomainID, rec.DomainID) {
-		return nil, errors.New("the shares recreate another domain than the keystore's")
+	if !bytes.Equal(sealed.DomainID, rec.Proof) {
+		return nil, errors.New("the shares recreate another master key than the keystore's")
 	}
 	b, err := sealed.MarshalBinary()
 	if err != nil {
 		return nil, err
 	}
-	if err := store.SetRootRecord(ctx, &keystore.RootRecord{Sealed: b, DomainID: rec.DomainID, Escrow: rec.Escrow}); err != nil {
+	if err := store.SetRootRecord(ctx, &keystore.RootRecord{Sealed: b, DomainID: rec.DomainID, Proof: rec.Proof, Escrow: rec.Escrow}); err != nil {
 		return nil, err
 	}
 	return rec.DomainID, nil

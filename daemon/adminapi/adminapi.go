@@ -167,7 +167,10 @@ const (
 	OpSecretRecover  = "secret.recover"
 	OpSecretPurge    = "secret.purge"
 
-	OpRotateToken = "rotate.token"
+	OpRotateToken        = "rotate.token"
+	OpRotateMasterBegin  = "rotate.master.begin"
+	OpRotateMasterFinish = "rotate.master.finish"
+	OpRotateMasterAbort  = "rotate.master.abort"
 )
 
 // Status is the answer to OpStatus.
@@ -178,12 +181,16 @@ type Status struct {
 	TPM       TPMInfo   `json:"tpm"`
 	// Domain is the security domain's id; its first 8 bytes in hex are
 	// the root fingerprint shown to people.
-	Domain   Hex       `json:"domain"`
-	Escrowed bool      `json:"escrowed"`
-	Tokens   []Token   `json:"tokens"`
-	Apps     int       `json:"applications"`
-	Sessions int       `json:"sessions"`
-	Audit    AuditHead `json:"audit"`
+	Domain   Hex  `json:"domain"`
+	Escrowed bool `json:"escrowed"`
+	// MasterGeneration counts the domain's master keys: 1 until the first
+	// rotation. RotationPending is true while one is under way.
+	MasterGeneration uint32    `json:"master_generation"`
+	RotationPending  bool      `json:"rotation_pending,omitempty"`
+	Tokens           []Token   `json:"tokens"`
+	Apps             int       `json:"applications"`
+	Sessions         int       `json:"sessions"`
+	Audit            AuditHead `json:"audit"`
 }
 
 // TPMInfo says which TPM holds the master key.
@@ -550,4 +557,36 @@ type Rotated struct {
 	Label          string `json:"label"`
 	Resealed       int    `json:"resealed"`
 	DataGeneration uint32 `json:"data_generation"`
+}
+
+// RotateMasterBegin makes a new master key in the TPM, split to these
+// custodians when given (required for an escrowed domain).
+type RotateMasterBegin struct {
+	Custodians []CustodianKey `json:"custodians,omitempty"`
+	Threshold  int            `json:"threshold,omitempty"`
+}
+
+// CustodianKey is a custodian's public key, PEM, as `hsmemu init` takes it.
+type CustodianKey struct {
+	Name string `json:"name"`
+	PEM  []byte `json:"pem"`
+}
+
+// MasterBegun is the new master key's generation and its shares.
+type MasterBegun struct {
+	Generation uint32  `json:"generation"`
+	Shares     []Share `json:"shares,omitempty"`
+}
+
+// Share is one custodian's encrypted share of a master key.
+type Share struct {
+	Custodian   string `json:"custodian"`
+	Fingerprint string `json:"fingerprint"`
+	Index       int    `json:"index"`
+	File        []byte `json:"file"` // the PEM block to hand to the custodian
+}
+
+// MasterRotated is the generation of the master key now in force.
+type MasterRotated struct {
+	Generation uint32 `json:"generation"`
 }

@@ -40,7 +40,7 @@ func FuzzReadFrame(f *testing.F) {
 				continue
 			}
 			// The daemon decodes the arguments into one of these.
-			for _, v := range []any{&TokenCreate{}, &TokenRef{}, &TokenDelete{}, &PINChange{}, &PINReset{}, &PINUnlock{}, &AuditTail{}, &AuditRange{}, &TokenSet{}, &KeyRef{}, &KeyList{}, &KeyPurge{}, &KeyGenerate{}, &KeyImport{}, &SecretSet{}, &SecretGet{}, &SecretRef{}, &SecretList{}, &SecretPurge{}, &KeyRestore{}, &RotateToken{}} {
+			for _, v := range []any{&TokenCreate{}, &TokenRef{}, &TokenDelete{}, &PINChange{}, &PINReset{}, &PINUnlock{}, &AuditTail{}, &AuditRange{}, &TokenSet{}, &KeyRef{}, &KeyList{}, &KeyPurge{}, &KeyGenerate{}, &KeyImport{}, &SecretSet{}, &SecretGet{}, &SecretRef{}, &SecretList{}, &SecretPurge{}, &KeyRestore{}, &RotateToken{}, &RotateMasterBegin{}} {
 				if err := DecodeJSON(req.Args, v); err != nil && !errors.Is(err, ErrFrame) {
 					t.Fatalf("args error %v is not ErrFrame", err)
 				}

@@ -1,0 +1,130 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"hsmemu/keystore"
+	"hsmemu/tpmroot"
+	"hsmemu/tpmroot/escrow"
+)
+
+// A master key rotation has two steps. BeginMasterRotation makes the new
+// master key in the TPM (split to custodians when the domain is
+// escrowed), records it beside the current one and returns the shares;
+// FinishMasterRotation moves every token to it online
+// (keystore.RotateMaster) and flushes the old one. Between the two, the
+// administrator's command writes the shares out, so that no new master key
+// becomes the only one before its shares exist. An unfinished rotation is
+// finished by the next FinishMasterRotation or the daemon's next start.
+
+// ErrEscrowNeeded refuses to rotate an escrowed domain's master key
+// without custodians: the new key would die with this TPM.
+var ErrEscrowNeeded = errors.New("the domain's master key is escrowed: give the custodians (and threshold) the new master key is split to")
+
+// rotateMu keeps one master key rotation step at a time per process.
+var rotateMu sync.Mutex
+
+// BeginMasterRotation makes and records the next master key and returns
+// its generation and, with custodians, their shares of it.
+// keystore.ErrRotationPending means one is under way: finish it.
+func (s *State) BeginMasterRotation(ctx context.Context, esc tpmroot.ProvisionOptions) (uint32, []escrow.EncryptedShare, error) {
+	rotateMu.Lock()
+	defer rotateMu.Unlock()
+	rec, err := s.Store.RootRecord(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	if rec.Next != nil {
+		return 0, nil, keystore.ErrRotationPending
+	}
+	if rec.Escrow != nil && len(esc.Custodians) == 0 {
+		return 0, nil, ErrEscrowNeeded
+	}
+	p, err := s.TPM.Provision(esc)
+	if err != nil {
+		return 0, nil, fmt.Errorf("make the new master key: %w", err)
+	}
+	nm := &keystore.NextMaster{Proof: p.Sealed.DomainID}
+	if nm.Sealed, err = p.Sealed.MarshalBinary(); err != nil {
+		return 0, nil, err
+	}
+	if p.Escrowed() {
+		if nm.Escrow, err = p.Escrow.MarshalBinary(); err != nil {
+			return 0, nil, err
+		}
+	}
+	next, err := s.TPM.Load(p.Sealed)
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := s.Store.BeginMasterRotation(ctx, nm); err != nil {
+		next.Close()
+		return 0, nil, err
+	}
+	if err := s.Store.AttachNext(ctx, next, next.DomainID()); err != nil {
+		next.Close()
+		return 0, nil, err
+	}
+	s.next = next
+	return rec.MasterGeneration + 1, p.Shares, nil
+}
+
+// FinishMasterRotation moves the keystore to the master key a rotation
+// recorded, and flushes the old one. progress, when not nil, is told how
+// many tokens are done. keystore.ErrNoRotation means none is under way.
+func (s *State) FinishMasterRotation(ctx context.Context, progress func(done, total int)) (uint32, error) {
+	rotateMu.Lock()
+	defer rotateMu.Unlock()
+	rec, err := s.Store.RootRecord(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if rec.Next == nil {
+		return 0, keystore.ErrNoRotation
+	}
+	if s.next == nil {
+		// Begun by another run of the daemon.
+		var sealed tpmroot.Sealed
+		if err := sealed.UnmarshalBinary(rec.Next.Sealed); err != nil {
+			return 0, fmt.Errorf("read the next master key: %w", err)
+		}
+		next, err := s.TPM.Load(&sealed)
+		if err != nil {
+			return 0, fmt.Errorf("load the next master key: %w", err)
+		}
+		if err := s.Store.AttachNext(ctx, next, next.DomainID()); err != nil {
+			next.Close()
+			return 0, err
+		}
+		s.next = next
+	}
+	if _, err := s.Store.RotateMaster(ctx, progress); err != nil {
+		// The next master key stays loaded and attached: the rotation is
+		// finished by the next call, or the daemon's next start.
+		return 0, err
+	}
+	old := s.Root
+	s.Root, s.next = s.next, nil
+	if old != nil {
+		old.Close()
+	}
+	return rec.MasterGeneration + 1, nil
+}
+
+// AbortMasterRotation forgets a rotation begun and not yet moving the
+// keystore (keystore.ErrRotationStarted otherwise), and flushes its key.
+func (s *State) AbortMasterRotation(ctx context.Context) error {
+	rotateMu.Lock()
+	defer rotateMu.Unlock()
+	if err := s.Store.AbortMasterRotation(ctx); err != nil {
+		return err
+	}
+	if s.next != nil {
+		s.next.Close()
+		s.next = nil
+	}
+	return nil
+}
