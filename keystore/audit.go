@@ -14,7 +14,8 @@ import (
 )
 
 // The audit log is a hash chain in the keystore's audit_log table: each
-// record's hash is an HMAC, under a key the TPM root derives, over the
+// record's hash is an HMAC, under a key of the domain (the first master
+// key derives the first; each master key rotation starts a new one), over the
 // previous record's hash and the record's own content. Without the TPM no
 // one can write a record that verifies, so an edited record fails its own
 // hash, and a deleted or reordered one breaks the link from its successor.
@@ -94,12 +95,17 @@ func auditHash(key []byte, r *auditRow) []byte {
 // genesis is the previous hash of the first record.
 var genesis = make([]byte, sha256.Size)
 
-// auditKey returns a copy of the audit chain's key, derived once, for the
-// caller to wipe: the Store's own is wiped when it closes, maybe while a
-// record is being written.
-func (s *Store) auditKey(ctx context.Context) ([]byte, error) {
+// auditKey returns a copy of the key of an epoch of the audit chain, for
+// the caller to wipe. Epoch 1 is the domain's first master key's; each
+// master key rotation starts the next epoch with a fresh key (masterrotate.go).
+// The current epoch's key is kept: the Store's copy is wiped when it
+// closes, maybe while a record is being written.
+func (s *Store) auditKey(ctx context.Context, epoch uint32) ([]byte, error) {
 	s.mu.RLock()
-	k := bytes.Clone(s.auditK)
+	var k []byte
+	if s.auditEpoch == epoch {
+		k = bytes.Clone(s.auditK)
+	}
 	closed := s.closed
 	s.mu.RUnlock()
 	if closed {
@@ -108,7 +114,7 @@ func (s *Store) auditKey(ctx context.Context) ([]byte, error) {
 	if k != nil {
 		return k, nil
 	}
-	k, err := s.domainKey(ctx, auditLabel)
+	k, err := s.domainKey(ctx, epochLabel(auditLabel, epoch))
 	if err != nil {
 		return nil, err
 	}
@@ -118,15 +124,78 @@ func (s *Store) auditKey(ctx context.Context) ([]byte, error) {
 		wipe(k)
 		return nil, ErrClosed
 	}
-	if s.auditK == nil {
-		s.auditK = bytes.Clone(k)
+	if epoch == s.masterGen {
+		wipe(s.auditK)
+		s.auditK, s.auditEpoch = bytes.Clone(k), epoch
 	}
 	return k, nil
 }
 
+// auditEpochs returns, for each epoch of the audit chain, its key and the
+// first record under it, in order. The caller wipes the keys.
+func (s *Store) auditEpochs(ctx context.Context) ([]auditEpoch, error) {
+	s.mu.RLock()
+	cur := s.masterGen
+	s.mu.RUnlock()
+	var out []auditEpoch
+	for e := uint32(1); e <= cur; e++ {
+		ep := auditEpoch{epoch: e, from: 1}
+		if e > 1 {
+			from, err := s.domainKey(ctx, auditFromLabel(e))
+			if err != nil {
+				wipeEpochs(out)
+				return nil, err
+			}
+			if len(from) != 8 {
+				wipeEpochs(out)
+				return nil, ErrTampered
+			}
+			ep.from = int64(binary.BigEndian.Uint64(from))
+		}
+		k, err := s.auditKey(ctx, e)
+		if err != nil {
+			wipeEpochs(out)
+			return nil, err
+		}
+		ep.key = k
+		out = append(out, ep)
+	}
+	return out, nil
+}
+
+type auditEpoch struct {
+	epoch uint32
+	from  int64 // the first record under this epoch's key
+	key   []byte
+}
+
+func wipeEpochs(eps []auditEpoch) {
+	for _, e := range eps {
+		wipe(e.key)
+	}
+}
+
+// keyFor returns the key a record of sequence seq is under.
+func keyFor(eps []auditEpoch, seq int64) []byte {
+	k := eps[0].key
+	for _, e := range eps[1:] {
+		if seq >= e.from {
+			k = e.key
+		}
+	}
+	return k
+}
+
 // Audit appends a record to the audit log, durably, before it returns.
 func (s *Store) Audit(ctx context.Context, actor AuditActor, event string, detail map[string]string) (AuditRecord, error) {
-	key, err := s.auditKey(ctx)
+	// One append at a time, and none while a master key rotation moves the
+	// chain to its next epoch: a record's key and its place go together.
+	s.auditMu.Lock()
+	defer s.auditMu.Unlock()
+	s.mu.RLock()
+	epoch := s.masterGen
+	s.mu.RUnlock()
+	key, err := s.auditKey(ctx, epoch)
 	if err != nil {
 		return AuditRecord{}, err
 	}
@@ -230,11 +299,11 @@ type AuditReport struct {
 // edited, deleted or moved, and records lost at the end that this Store
 // wrote itself.
 func (s *Store) VerifyAudit(ctx context.Context) (AuditReport, error) {
-	key, err := s.auditKey(ctx)
+	eps, err := s.auditEpochs(ctx)
 	if err != nil {
 		return AuditReport{}, err
 	}
-	defer wipe(key)
+	defer wipeEpochs(eps)
 	rows, err := s.r.QueryContext(ctx, "SELECT seq, time, actor, event, detail, prev_hash, hash FROM audit_log ORDER BY seq")
 	if err != nil {
 		return AuditReport{}, s.dbErr("read audit log", err)
@@ -262,7 +331,7 @@ func (s *Store) VerifyAudit(ctx context.Context) (AuditReport, error) {
 	// First pass: each record against its own hash.
 	for i := range all {
 		r := &all[i]
-		if !hmac.Equal(auditHash(key, r), r.hash) {
+		if !hmac.Equal(auditHash(keyFor(eps, r.seq), r), r.hash) {
 			return bad(r.seq, fmt.Sprintf("record %d was edited: its content does not match its hash", r.seq))
 		}
 	}

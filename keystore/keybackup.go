@@ -18,12 +18,17 @@ import (
 // it; the attributes come back unchanged, so an HSM-protected key stays
 // HSM-protected.
 //
-//	"HSMUKB1\x00" | domain id u8-length-prefixed | nonce (12) | AES-256-GCM(plaintext)
+//	"HSMUKB2\x00" | domain id u8-length-prefixed | key epoch u32 | nonce (12) | AES-256-GCM(plaintext)
 //	plaintext: count u32 | per object: uuid (16) | attrs len u32 | attrs | secret len u32 | secret
 //
-// The header is the GCM's additional data.
+// The header is the GCM's additional data. The key is the backup key of
+// the epoch (one per master key, masterrotate.go) the backup was made in;
+// "HSMUKB1\x00" blobs, without the epoch field, are of epoch 1.
 
-const keyBackupMagic = "HSMUKB1\x00"
+const (
+	keyBackupMagic   = "HSMUKB2\x00"
+	keyBackupMagicV1 = "HSMUKB1\x00"
+)
 
 var keyBackupLabel = []byte("hsmemu/key-backup/v1")
 
@@ -47,8 +52,8 @@ func (e *BackupDomainError) Error() string {
 	return fmt.Sprintf("keystore: the backup is of security domain %x, this keystore's is %x", e.Backup[:min(8, len(e.Backup))], e.Keystore[:min(8, len(e.Keystore))])
 }
 
-func (s *Store) backupAEAD(ctx context.Context) (cipher.AEAD, error) {
-	k, err := s.domainKey(ctx, keyBackupLabel)
+func (s *Store) backupAEAD(ctx context.Context, epoch uint32) (cipher.AEAD, error) {
+	k, err := s.domainKey(ctx, epochLabel(keyBackupLabel, epoch))
 	if err != nil {
 		return nil, err
 	}
@@ -65,12 +70,16 @@ func (s *Store) SealKeyBackup(ctx context.Context, objs []BackupObject) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	a, err := s.backupAEAD(ctx)
+	s.mu.RLock()
+	epoch := s.masterGen
+	s.mu.RUnlock()
+	a, err := s.backupAEAD(ctx, epoch)
 	if err != nil {
 		return nil, err
 	}
 	header := append([]byte(keyBackupMagic), byte(len(rec.DomainID)))
 	header = append(header, rec.DomainID...)
+	header = binary.BigEndian.AppendUint32(header, epoch)
 	var plain []byte
 	plain = binary.BigEndian.AppendUint32(plain, uint32(len(objs)))
 	for _, o := range objs {
@@ -92,15 +101,28 @@ func (s *Store) SealKeyBackup(ctx context.Context, objs []BackupObject) ([]byte,
 
 // OpenKeyBackup opens a backup blob made in this security domain.
 func (s *Store) OpenKeyBackup(ctx context.Context, blob []byte) ([]BackupObject, error) {
-	if len(blob) < len(keyBackupMagic)+1 || string(blob[:len(keyBackupMagic)]) != keyBackupMagic {
+	if len(blob) < len(keyBackupMagic)+1 {
+		return nil, ErrNotKeyBackup
+	}
+	var epochLen int
+	switch string(blob[:len(keyBackupMagic)]) {
+	case keyBackupMagic:
+		epochLen = 4
+	case keyBackupMagicV1:
+	default:
 		return nil, ErrNotKeyBackup
 	}
 	n := int(blob[len(keyBackupMagic)])
-	hl := len(keyBackupMagic) + 1 + n
+	dl := len(keyBackupMagic) + 1 + n
+	hl := dl + epochLen
 	if len(blob) < hl+12+16 {
 		return nil, ErrNotKeyBackup
 	}
-	header, domain := blob[:hl], blob[len(keyBackupMagic)+1:hl]
+	header, domain := blob[:hl], blob[len(keyBackupMagic)+1:dl]
+	epoch := uint32(1)
+	if epochLen > 0 {
+		epoch = binary.BigEndian.Uint32(blob[dl:hl])
+	}
 	rec, err := s.RootRecord(ctx)
 	if err != nil {
 		return nil, err
@@ -108,7 +130,13 @@ func (s *Store) OpenKeyBackup(ctx context.Context, blob []byte) ([]BackupObject,
 	if subtle.ConstantTimeCompare(domain, rec.DomainID) != 1 {
 		return nil, &BackupDomainError{Backup: domain, Keystore: rec.DomainID}
 	}
-	a, err := s.backupAEAD(ctx)
+	s.mu.RLock()
+	cur := s.masterGen
+	s.mu.RUnlock()
+	if epoch < 1 || epoch > cur {
+		return nil, ErrNotKeyBackup
+	}
+	a, err := s.backupAEAD(ctx, epoch)
 	if err != nil {
 		return nil, err
 	}

@@ -35,8 +35,29 @@ var ErrNoRotation = errors.New("keystore: no master key rotation under way")
 
 var carryLabel = []byte("hsmemu/carry/v1")
 
-// carriedLabels are the keys the domain keeps across master rotations.
-var carriedLabels = [][]byte{auditLabel, keyBackupLabel}
+// The domain's keys come in epochs, one per master key: epoch 1's are
+// derived from the first master key (TPM2_HMAC(master, label)); each
+// rotation makes fresh random ones for the next epoch, so a master key
+// given up (its shares, say) derives none of the later keys. Older epochs'
+// keys are carried for what they protect: the audit records before the
+// rotation, the key backups made before it.
+
+// epochLabel names a domain key of an epoch: the bare label for epoch 1.
+func epochLabel(base []byte, epoch uint32) []byte {
+	if epoch == 1 {
+		return base
+	}
+	l := append(append([]byte(nil), base...), 0)
+	return binary.BigEndian.AppendUint32(l, epoch)
+}
+
+// auditFromLabel names the first audit record of an epoch (from 2).
+func auditFromLabel(epoch uint32) []byte {
+	return binary.BigEndian.AppendUint32([]byte("hsmemu/audit-from/v1\x00"), epoch)
+}
+
+// firstEpochLabels are the domain keys the first master key derives.
+var firstEpochLabels = [][]byte{auditLabel, keyBackupLabel}
 
 func carryAEAD(root Root) (cipher.AEAD, error) {
 	k, err := root.DeriveKEK(carryLabel)
@@ -156,20 +177,46 @@ func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)
 	if err != nil {
 		return 0, err
 	}
-	for _, label := range carriedLabels {
+	put := func(q interface {
+		ExecContext(context.Context, string, ...any) (sql.Result, error)
+	}, label, value []byte) error {
+		nonce := make([]byte, gcmNonceLen)
+		if _, err := rand.Read(nonce); err != nil {
+			return err
+		}
+		sealed := carry.Seal(nonce, nonce, value, carryAAD(label, nextGen))
+		_, err := q.ExecContext(ctx, "INSERT OR REPLACE INTO carried (label, master_generation, sealed) VALUES (?, ?, ?)", label, nextGen, sealed)
+		return s.dbErr("carry a domain key", err)
+	}
+	// Every key of the domain so far, under the next master key.
+	labels := firstEpochLabels
+	if oldGen > 1 {
+		if labels, err = s.carriedLabels(ctx, oldGen); err != nil {
+			return 0, err
+		}
+	}
+	for _, label := range labels {
 		k, err := s.domainKey(ctx, label)
 		if err != nil {
 			return 0, err
 		}
-		nonce := make([]byte, gcmNonceLen)
-		if _, err := rand.Read(nonce); err != nil {
-			wipe(k)
+		err = put(s.w, label, k)
+		wipe(k)
+		if err != nil {
 			return 0, err
 		}
-		sealed := carry.Seal(nonce, nonce, k, carryAAD(label, nextGen))
+	}
+	// And the next epoch's, fresh. (A resumed rotation makes them again:
+	// nothing uses them before the switch.)
+	for _, base := range firstEpochLabels {
+		k := make([]byte, 32)
+		if _, err := rand.Read(k); err != nil {
+			return 0, err
+		}
+		err := put(s.w, epochLabel(base, nextGen), k)
 		wipe(k)
-		if _, err := s.w.ExecContext(ctx, "INSERT OR REPLACE INTO carried (label, master_generation, sealed) VALUES (?, ?, ?)", label, nextGen, sealed); err != nil {
-			return 0, s.dbErr("carry a domain key", err)
+		if err != nil {
+			return 0, err
 		}
 	}
 	tokens, err := s.Tokens(ctx)
@@ -186,11 +233,23 @@ func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)
 			progress(i+1, len(tokens))
 		}
 	}
+	// The audit chain moves to the next epoch with the switch: no record
+	// is appended between them, and the first one after is under the new
+	// key.
+	s.auditMu.Lock()
+	defer s.auditMu.Unlock()
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
+	var from int64
+	if err := tx.QueryRowContext(ctx, "SELECT coalesce(max(seq), 0) + 1 FROM audit_log").Scan(&from); err != nil {
+		return 0, s.dbErr("read audit head", err)
+	}
+	if err := put(tx, auditFromLabel(nextGen), binary.BigEndian.AppendUint64(nil, uint64(from))); err != nil {
+		return 0, err
+	}
 	// The new generation is in force in memory before the switch commits,
 	// and back out if it does not: a carried key is never looked up under
 	// a generation whose rows the switch has deleted.
@@ -383,4 +442,22 @@ func (s *Store) AbortMasterRotation(ctx context.Context) error {
 	delete(s.roots, rec.MasterGeneration+1)
 	s.mu.Unlock()
 	return nil
+}
+
+// carriedLabels lists the domain keys carried under a master generation.
+func (s *Store) carriedLabels(ctx context.Context, gen uint32) ([][]byte, error) {
+	rows, err := s.r.QueryContext(ctx, "SELECT label FROM carried WHERE master_generation = ? ORDER BY label", gen)
+	if err != nil {
+		return nil, s.dbErr("list carried keys", err)
+	}
+	defer rows.Close()
+	var out [][]byte
+	for rows.Next() {
+		var l []byte
+		if err := rows.Scan(&l); err != nil {
+			return nil, s.dbErr("list carried keys", err)
+		}
+		out = append(out, l)
+	}
+	return out, s.dbErr("list carried keys", rows.Err())
 }

@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"encoding/json"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -97,6 +98,31 @@ func TestRotateMaster(t *testing.T) {
 	auditN(t, s, 2)
 	if rep, err := s.VerifyAudit(ctx); err != nil || !rep.OK || rep.Records != 5 {
 		t.Fatalf("audit across the rotation: %+v %v", rep, err)
+	}
+	// The first master key derives nothing of the new epoch: not the audit
+	// key of the records after the rotation, not the key of a backup made
+	// after it.
+	oldAudit, _ := old.DeriveKEK(auditLabel)
+	recs, _ := s.AuditRecords(ctx, 3, 0)
+	r4 := auditRow{seq: recs[0].Seq, time: recs[0].Time.UnixNano(), event: recs[0].Event, prevHash: recs[0].PrevHash}
+	a4, _ := json.Marshal(recs[0].Actor)
+	d4, _ := json.Marshal(recs[0].Detail)
+	r4.actor, r4.detail = string(a4), string(d4)
+	if string(auditHash(oldAudit, &r4)) == string(recs[0].Hash) {
+		t.Fatal("a record after the rotation is under the first master key's audit key")
+	}
+	later, err := s.SealKeyBackup(ctx, []BackupObject{{UUID: priv.UUID, Attrs: priv.Attrs, Secret: priv.Secret}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldBackup, _ := old.DeriveKEK(keyBackupLabel)
+	aead, _ := newGCM(oldBackup)
+	hl := len(keyBackupMagic) + 1 + len(rec.DomainID) + 4
+	if _, err := aead.Open(nil, later[hl:hl+gcmNonceLen], later[hl+gcmNonceLen:], later[:hl]); err == nil {
+		t.Fatal("a backup made after the rotation opens with the first master key's backup key")
+	}
+	if _, err := s.OpenKeyBackup(ctx, later); err != nil {
+		t.Fatalf("a backup made after the rotation: %v", err)
 	}
 
 	// A cold Store with the new master alone.

@@ -96,10 +96,12 @@ type Store struct {
 	// that raced with a rotation.
 	rot sync.RWMutex
 
-	auditK        []byte // the audit chain's key, derived on first use; guarded by mu
-	auditHead     int64  // the newest audit record this Store wrote; guarded by mu
-	auditHeadHash []byte // and its hash; guarded by mu
-	auditLost     string // the first loss at the end of the log seen on an append; guarded by mu
+	auditMu       sync.Mutex // orders appends to the audit log against a master key rotation's switch
+	auditK        []byte     // the current epoch's audit key, once used; guarded by mu
+	auditEpoch    uint32     // its epoch; guarded by mu
+	auditHead     int64      // the newest audit record this Store wrote; guarded by mu
+	auditHeadHash []byte     // and its hash; guarded by mu
+	auditLost     string     // the first loss at the end of the log seen on an append; guarded by mu
 }
 
 // Open opens (creating if needed) the keystore at path and brings its schema
