@@ -49,6 +49,7 @@ func TestScripts(t *testing.T) {
 			"waitsock":  cmdWaitsock,
 			"exits":     cmdExits,
 			"sqlexec":   cmdSQLExec,
+			"signloop":  cmdSignloop,
 		},
 	})
 }
