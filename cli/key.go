@@ -266,13 +266,7 @@ Examples:
 					if err := adminCall(c, adminapi.OpKeyRecover, ref, &keys); err != nil {
 						return err
 					}
-					if c.Bool("json") {
-						return printJSON(c.App.Writer, keys)
-					}
-					for _, k := range keys {
-						fmt.Fprintf(c.App.Writer, "recovered %s %s %q (%s)\n", k.KeyType, k.Class, k.Label, k.UUID)
-					}
-					return nil
+					return printMade(c, "recovered", keys)
 				},
 			},
 			{

@@ -79,6 +79,10 @@ func (a *adminOps) secretVersions(ctx context.Context, ti keystore.TokenInfo, na
 	return out, nil
 }
 
+func noSecret(name string) error {
+	return adminapi.Errorf(adminapi.CodeNotFound, "no secret is named %q (`hsmemu secret list` lists them)", name)
+}
+
 func checkSecretName(name string) error {
 	if name == "" || len(name) > 127 {
 		return adminapi.Errorf(adminapi.CodeBadRequest, "a secret's name is 1 to 127 bytes, not %d", len(name))
@@ -166,7 +170,7 @@ func (a *adminOps) secretSet(ctx context.Context, args adminapi.SecretSet) (*adm
 // pick finds a version: the given number, or the newest.
 func pick(vs []secretVersion, name string, version int64) (secretVersion, error) {
 	if len(vs) == 0 {
-		return secretVersion{}, adminapi.Errorf(adminapi.CodeNotFound, "no secret is named %q (`hsmemu secret list` lists them)", name)
+		return secretVersion{}, noSecret(name)
 	}
 	if version == 0 {
 		return vs[len(vs)-1], nil
@@ -272,7 +276,7 @@ func (a *adminOps) secretVersionsOp(ctx context.Context, args adminapi.SecretRef
 			return err
 		}
 		if len(vs) == 0 {
-			return adminapi.Errorf(adminapi.CodeNotFound, "no secret is named %q (`hsmemu secret list` lists them)", args.Name)
+			return noSecret(args.Name)
 		}
 		for _, v := range vs {
 			out = append(out, v.info(args.Name))
@@ -293,7 +297,7 @@ func (a *adminOps) secretDelete(ctx context.Context, args adminapi.SecretRef) (*
 			return err
 		}
 		if len(vs) == 0 {
-			return adminapi.Errorf(adminapi.CodeNotFound, "no secret is named %q (`hsmemu secret list` lists them)", args.Name)
+			return noSecret(args.Name)
 		}
 		for _, v := range vs {
 			kept, err := a.e.store.SoftDelete(ctx, v.id)
