@@ -114,6 +114,10 @@ func (s *Store) PutAs(ctx context.Context, token, object UUID, attrs Attributes,
 	return s.put(ctx, token, object, attrs, secret)
 }
 
+// openRetries bounds how often Open takes a row or keys again after a
+// race with a rotation, a millisecond apart.
+const openRetries = 100
+
 // ErrObjectExists is PutAs's error for a uuid in use.
 var ErrObjectExists = errors.New("keystore: an object with that uuid exists")
 
@@ -182,12 +186,15 @@ func (s *Store) Open(ctx context.Context, id ObjectID) (*Object, error) {
 		return nil, err
 	}
 	obj, err := s.openRow(ctx, &r)
-	for try := 0; try < 3 && (errors.Is(err, errNewerKeys) || errors.Is(err, errStaleRow)); try++ {
-		// A data key rotation raced with this open: wait for it to end,
-		// then open the row as it now is (a stale row is read again; the
-		// seal of a newer one was left intact by the generation check).
-		s.rot.RLock()
-		s.rot.RUnlock()
+	for try := 0; try < openRetries && ctx.Err() == nil && (errors.Is(err, errNewerKeys) || errors.Is(err, errStaleRow)); try++ {
+		// A rotation raced with this open. A stale row was rewritten by a
+		// commit whose keys are installed: read it again. Keys older than
+		// the row are about to be replaced (the rotation installs them
+		// right after its commit): take them again, a moment later. The
+		// generation check left the seal intact either way.
+		if try > 0 {
+			time.Sleep(time.Millisecond)
+		}
 		if errors.Is(err, errStaleRow) {
 			if r, err = s.readObject(ctx, id); err != nil {
 				return nil, err
