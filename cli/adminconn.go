@@ -42,16 +42,32 @@ func socketPath(c *cli.Context) string {
 	return filepath.Join(c.String("state-dir"), "hsmemu.sock")
 }
 
+// dialAdmin opens an admin connection; a failure comes back as the
+// command's error.
+func dialAdmin(c *cli.Context) (*adminapi.Client, error) {
+	cl, err := adminapi.Dial(socketPath(c))
+	if err != nil {
+		return nil, cli.Exit(commandName(c)+": "+err.Error(), exitError)
+	}
+	return cl, nil
+}
+
 // adminCall opens an admin connection, makes one call and closes it. An
 // error comes back as a cli.Exit with the documented code, prefixed by
 // the command's name.
 func adminCall(c *cli.Context, op string, args, result any) error {
-	cl, err := adminapi.Dial(socketPath(c))
+	return adminCallProgress(c, op, args, result, nil)
+}
+
+// adminCallProgress is adminCall for a long call, whose progress reports
+// go to progress.
+func adminCallProgress(c *cli.Context, op string, args, result any, progress func(adminapi.Progress)) error {
+	cl, err := dialAdmin(c)
 	if err != nil {
-		return cli.Exit(commandName(c)+": "+err.Error(), exitError)
+		return err
 	}
 	defer cl.Close()
-	if err := cl.Call(op, args, result); err != nil {
+	if err := cl.CallProgress(op, args, result, progress); err != nil {
 		return adminExit(c, err)
 	}
 	return nil
@@ -187,4 +203,13 @@ func readOptionalPIN(c *cli.Context, p pinSource) ([]byte, error) {
 		return nil, err
 	}
 	return pin, err
+}
+
+// readIn reads --in: a file, or stdin for "-", of which it reads at most
+// limit bytes.
+func readIn(in string, limit int64) ([]byte, error) {
+	if in == "-" {
+		return io.ReadAll(io.LimitReader(os.Stdin, limit))
+	}
+	return os.ReadFile(in)
 }

@@ -101,9 +101,9 @@ Examples:
    hsmemu audit export --json --after 1000 > audit.jsonl`,
 				Flags: adminFlags(&cli.Int64Flag{Name: "after", Usage: "only records after this sequence number"}),
 				Action: func(c *cli.Context) error {
-					cl, err := adminapi.Dial(socketPath(c))
+					cl, err := dialAdmin(c)
 					if err != nil {
-						return cli.Exit(commandName(c)+": "+err.Error(), exitError)
+						return err
 					}
 					defer cl.Close()
 					enc := json.NewEncoder(c.App.Writer)
@@ -141,9 +141,9 @@ func runAuditVerify(c *cli.Context) error {
 			return cli.Exit("hsmemu audit verify: --expect-head takes SEQ:HASH as verify printed it", exitUsage)
 		}
 	}
-	cl, err := adminapi.Dial(socketPath(c))
+	cl, err := dialAdmin(c)
 	if err != nil {
-		return cli.Exit("hsmemu audit verify: "+err.Error(), exitError)
+		return err
 	}
 	defer cl.Close()
 	var rep adminapi.AuditVerify

@@ -46,6 +46,18 @@ func keyRef(c *cli.Context) (adminapi.KeyRef, error) {
 	return adminapi.KeyRef{Token: c.String("token"), UserPIN: pin, KeySelector: sel}, nil
 }
 
+// callWithKeyRef names the key, reads the user PIN, and makes op with
+// them, for the key commands that take nothing else.
+func callWithKeyRef[T any](c *cli.Context, op string) (T, error) {
+	var res T
+	ref, err := keyRef(c)
+	if err != nil {
+		return res, err
+	}
+	defer clear(ref.UserPIN)
+	return res, adminCall(c, op, ref, &res)
+}
+
 const keyExitCodes = `Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage,
 3 the name matches several keys, or a policy refuses (purge protection,
 CKA_DESTROYABLE false), 4 no such token or key, 5 a PIN is wrong or locked.`
@@ -115,12 +127,7 @@ Examples:
 					if err != nil {
 						return err
 					}
-					var material []byte
-					if in := c.String("in"); in == "-" {
-						material, err = io.ReadAll(io.LimitReader(os.Stdin, 1<<19))
-					} else {
-						material, err = os.ReadFile(in)
-					}
+					material, err := readIn(c.String("in"), 1<<19)
 					if err != nil {
 						return cli.Exit(commandName(c)+": --in: "+err.Error(), exitUsage)
 					}
@@ -169,13 +176,8 @@ Examples:
    hsmemu key show --token signing --key tls`,
 				Flags: adminFlags(append(keySelectorFlags(), userPIN.fileFlag())...),
 				Action: func(c *cli.Context) error {
-					ref, err := keyRef(c)
+					keys, err := callWithKeyRef[[]adminapi.Key](c, adminapi.OpKeyShow)
 					if err != nil {
-						return err
-					}
-					defer clear(ref.UserPIN)
-					var keys []adminapi.Key
-					if err := adminCall(c, adminapi.OpKeyShow, ref, &keys); err != nil {
 						return err
 					}
 					if c.Bool("json") {
@@ -198,13 +200,8 @@ Examples:
 				Flags: adminFlags(append(keySelectorFlags(), userPIN.fileFlag(),
 					&cli.StringFlag{Name: "out", Usage: "write to this file instead of stdout"})...),
 				Action: func(c *cli.Context) error {
-					ref, err := keyRef(c)
+					pub, err := callWithKeyRef[adminapi.PublicKey](c, adminapi.OpKeyExportPublic)
 					if err != nil {
-						return err
-					}
-					defer clear(ref.UserPIN)
-					var pub adminapi.PublicKey
-					if err := adminCall(c, adminapi.OpKeyExportPublic, ref, &pub); err != nil {
 						return err
 					}
 					if out := c.String("out"); out != "" {
@@ -227,13 +224,8 @@ Examples:
    hsmemu key delete --token signing --key old-tls`,
 				Flags: adminFlags(append(keySelectorFlags(), userPIN.fileFlag())...),
 				Action: func(c *cli.Context) error {
-					ref, err := keyRef(c)
+					res, err := callWithKeyRef[adminapi.KeyDeleted](c, adminapi.OpKeyDelete)
 					if err != nil {
-						return err
-					}
-					defer clear(ref.UserPIN)
-					var res adminapi.KeyDeleted
-					if err := adminCall(c, adminapi.OpKeyDelete, ref, &res); err != nil {
 						return err
 					}
 					if c.Bool("json") {
@@ -257,13 +249,8 @@ Examples:
    hsmemu key recover --token signing --key old-tls`,
 				Flags: adminFlags(append(keySelectorFlags(), userPIN.fileFlag())...),
 				Action: func(c *cli.Context) error {
-					ref, err := keyRef(c)
+					keys, err := callWithKeyRef[[]adminapi.Key](c, adminapi.OpKeyRecover)
 					if err != nil {
-						return err
-					}
-					defer clear(ref.UserPIN)
-					var keys []adminapi.Key
-					if err := adminCall(c, adminapi.OpKeyRecover, ref, &keys); err != nil {
 						return err
 					}
 					return printMade(c, "recovered", keys)
@@ -282,13 +269,8 @@ Example:
 				Flags: adminFlags(append(keySelectorFlags(), userPIN.fileFlag(),
 					&cli.StringFlag{Name: "out", Usage: "the backup file to write (mode 0600)", Required: true})...),
 				Action: func(c *cli.Context) error {
-					ref, err := keyRef(c)
+					res, err := callWithKeyRef[adminapi.KeyBackup](c, adminapi.OpKeyBackup)
 					if err != nil {
-						return err
-					}
-					defer clear(ref.UserPIN)
-					var res adminapi.KeyBackup
-					if err := adminCall(c, adminapi.OpKeyBackup, ref, &res); err != nil {
 						return err
 					}
 					out := c.String("out")

@@ -77,17 +77,12 @@ Example:
 						return err
 					}
 					defer clear(user)
-					cl, err := adminapi.Dial(socketPath(c))
-					if err != nil {
-						return cli.Exit(commandName(c)+": "+err.Error(), exitError)
-					}
-					defer cl.Close()
 					bar := newProgressBar(c)
 					var res adminapi.Rotated
-					err = cl.CallProgress(adminapi.OpRotateToken, adminapi.RotateToken{Label: c.String("label"), SOPIN: so, UserPIN: user}, &res, bar.show)
+					err = adminCallProgress(c, adminapi.OpRotateToken, adminapi.RotateToken{Label: c.String("label"), SOPIN: so, UserPIN: user}, &res, bar.show)
 					bar.end()
 					if err != nil {
-						return adminExit(c, err)
+						return err
 					}
 					if c.Bool("json") {
 						return printJSON(c.App.Writer, res)
@@ -146,9 +141,9 @@ func runRotateMaster(c *cli.Context) error {
 	if c.Bool("resume") && len(args.Custodians) > 0 {
 		return cli.Exit("hsmemu rotate master: --resume finishes a rotation whose shares were written when it began: give no custodians", exitUsage)
 	}
-	cl, err := adminapi.Dial(socketPath(c))
+	cl, err := dialAdmin(c)
 	if err != nil {
-		return cli.Exit(commandName(c)+": "+err.Error(), exitError)
+		return err
 	}
 	defer cl.Close()
 	var begun adminapi.MasterBegun

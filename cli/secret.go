@@ -28,6 +28,18 @@ func secretRef(c *cli.Context) (adminapi.SecretRef, error) {
 	return adminapi.SecretRef{Token: c.String("token"), UserPIN: pin, Name: c.String("name")}, err
 }
 
+// callWithSecretRef names the secret, reads the user PIN, and makes op
+// with them, for the secret commands that take nothing else.
+func callWithSecretRef[T any](c *cli.Context, op string) (T, error) {
+	var res T
+	ref, err := secretRef(c)
+	if err != nil {
+		return res, err
+	}
+	defer clear(ref.UserPIN)
+	return res, adminCall(c, op, ref, &res)
+}
+
 // readValue reads a secret's value from --in (a file, or - for stdin), or
 // from stdin when it is not a terminal: never from the command line.
 func readValue(c *cli.Context) ([]byte, error) {
@@ -38,13 +50,7 @@ func readValue(c *cli.Context) ([]byte, error) {
 		}
 		in = "-"
 	}
-	var v []byte
-	var err error
-	if in == "-" {
-		v, err = io.ReadAll(io.LimitReader(os.Stdin, daemon.MaxSecretSize+1))
-	} else {
-		v, err = os.ReadFile(in)
-	}
+	v, err := readIn(in, daemon.MaxSecretSize+1)
 	if err != nil {
 		return nil, cli.Exit(commandName(c)+": --in: "+err.Error(), exitUsage)
 	}
@@ -191,13 +197,8 @@ Examples:
    hsmemu secret versions --token app --name db-password`,
 				Flags: secretFlags(),
 				Action: func(c *cli.Context) error {
-					ref, err := secretRef(c)
+					vs, err := callWithSecretRef[[]adminapi.SecretVersion](c, adminapi.OpSecretVersions)
 					if err != nil {
-						return err
-					}
-					defer clear(ref.UserPIN)
-					var vs []adminapi.SecretVersion
-					if err := adminCall(c, adminapi.OpSecretVersions, ref, &vs); err != nil {
 						return err
 					}
 					if c.Bool("json") {
@@ -218,13 +219,8 @@ Examples:
    hsmemu secret delete --token app --name old-password`,
 				Flags: secretFlags(),
 				Action: func(c *cli.Context) error {
-					ref, err := secretRef(c)
+					res, err := callWithSecretRef[adminapi.SecretDeleted](c, adminapi.OpSecretDelete)
 					if err != nil {
-						return err
-					}
-					defer clear(ref.UserPIN)
-					var res adminapi.SecretDeleted
-					if err := adminCall(c, adminapi.OpSecretDelete, ref, &res); err != nil {
 						return err
 					}
 					if c.Bool("json") {
@@ -244,13 +240,8 @@ Examples:
    hsmemu secret recover --token app --name old-password`,
 				Flags: secretFlags(),
 				Action: func(c *cli.Context) error {
-					ref, err := secretRef(c)
+					res, err := callWithSecretRef[adminapi.SecretDeleted](c, adminapi.OpSecretRecover)
 					if err != nil {
-						return err
-					}
-					defer clear(ref.UserPIN)
-					var res adminapi.SecretDeleted
-					if err := adminCall(c, adminapi.OpSecretRecover, ref, &res); err != nil {
 						return err
 					}
 					return done(c, fmt.Sprintf("recovered secret %q (%d versions)", res.Name, res.Versions))
