@@ -480,19 +480,18 @@ func (s *Store) updateToken(ctx context.Context, token UUID, change func(ti *Tok
 // locked role before any PIN is tried.
 func (s *Store) pinFor(ti *TokenInfo, role Role) ([]byte, error) {
 	var rec []byte
-	var failures int
 	switch role {
 	case RoleSO:
-		rec, failures = ti.soPIN, ti.SOFailures
+		rec = ti.soPIN
 	case RoleUser:
-		rec, failures = ti.userPIN, ti.UserFailures
+		rec = ti.userPIN
 	default:
 		return nil, fmt.Errorf("keystore: unknown role %d", role)
 	}
 	if rec == nil {
 		return nil, ErrPINNotInitialized
 	}
-	if failures >= s.opts.MaxPINFailures {
+	if s.Locked(*ti, role) {
 		return nil, ErrPINLocked
 	}
 	return rec, nil
