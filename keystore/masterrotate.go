@@ -312,50 +312,12 @@ func (s *Store) rekeyToken(ctx context.Context, ti TokenInfo, next Root, nextGen
 		return s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, "SELECT id, record FROM objects WHERE token_id = ?", ti.ID)
-	if err != nil {
-		return s.dbErr("read objects", err)
-	}
-	var todo []objectRow
-	for rows.Next() {
-		var r objectRow
-		var rec []byte
-		if err := rows.Scan(&r.id, &rec); err != nil {
-			rows.Close()
-			return s.dbErr("read objects", err)
-		}
-		if err := r.parseRecord(rec); err != nil {
-			rows.Close()
-			return err
-		}
-		if len(r.sealed) > 1 && r.sealed[1] != kindData {
-			todo = append(todo, r)
-		}
-	}
-	if err := rows.Close(); err != nil {
-		return s.dbErr("read objects", err)
-	}
-	from := sealer{token: ti.UUID, keys: old}
-	to := sealer{token: ti.UUID, keys: keys}
-	now := time.Now().Unix()
-	for i := range todo {
-		r := &todo[i]
-		_, ix, err := r.decode()
-		if err != nil {
-			return err
-		}
-		secret, err := from.open(r.uuid, ix.private, r.attrs, r.sealed, nil, nil)
-		if err != nil {
-			return fmt.Errorf("object %s: %w", r.uuid, err)
-		}
-		sealed, err := to.seal(r.uuid, ix.private, r.attrs, secret)
-		wipe(secret)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, "UPDATE objects SET record = ?, updated_at = ? WHERE id = ?", record(r.uuid, r.attrs, sealed), now, r.id); err != nil {
-			return s.dbErr("reseal object", err)
-		}
+	// Public objects' secrets are under the KEK's seal key and secret-less
+	// objects under its MAC key; private objects' are under the data key,
+	// which stays.
+	from, to := sealer{token: ti.UUID, keys: old}, sealer{token: ti.UUID, keys: keys}
+	if _, err := s.reseal(ctx, tx, ti.ID, func(kind byte) bool { return kind != kindData }, from, to, nil); err != nil {
+		return err
 	}
 	cur, _, err := s.token(ctx, tx, "id = ?", ti.ID)
 	if err != nil {

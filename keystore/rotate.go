@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
+	"database/sql"
 	"errors"
 	"fmt"
 	"time"
@@ -84,49 +85,11 @@ func (s *Store) RotateDataKey(ctx context.Context, token UUID, soPIN, userPIN []
 		return 0, s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, "SELECT id, record FROM objects WHERE token_id = ? AND private = 1", ti.ID)
-	if err != nil {
-		return 0, s.dbErr("read objects", err)
-	}
-	var todo []objectRow
-	for rows.Next() {
-		var r objectRow
-		var rec []byte
-		if err := rows.Scan(&r.id, &rec); err != nil {
-			rows.Close()
-			return 0, s.dbErr("read objects", err)
-		}
-		if err := r.parseRecord(rec); err != nil {
-			rows.Close()
-			return 0, err
-		}
-		if len(r.sealed) > 1 && r.sealed[1] == kindData {
-			todo = append(todo, r)
-		}
-	}
-	if err := rows.Close(); err != nil {
-		return 0, s.dbErr("read objects", err)
-	}
-	now := time.Now().Unix()
 	from := sealer{token: token, keys: st.keys, data: oldData, dgen: ti.DataGeneration}
 	to := sealer{token: token, keys: st.keys, data: newData, dgen: gen}
-	for i := range todo {
-		r := &todo[i]
-		secret, err := from.open(r.uuid, true, r.attrs, r.sealed, nil, nil)
-		if err != nil {
-			return 0, fmt.Errorf("keystore: rotate: object %s: %w", r.uuid, err)
-		}
-		sealed, err := to.seal(r.uuid, true, r.attrs, secret)
-		wipe(secret)
-		if err != nil {
-			return 0, err
-		}
-		if _, err := tx.ExecContext(ctx, "UPDATE objects SET record = ?, updated_at = ? WHERE id = ?", record(r.uuid, r.attrs, sealed), now, r.id); err != nil {
-			return 0, s.dbErr("reseal object", err)
-		}
-		if progress != nil {
-			progress(i+1, len(todo))
-		}
+	n, err := s.reseal(ctx, tx, ti.ID, func(kind byte) bool { return kind == kindData }, from, to, progress)
+	if err != nil {
+		return 0, err
 	}
 	cur, _, err := s.token(ctx, tx, "uuid = ?", token[:])
 	if err != nil {
@@ -162,5 +125,59 @@ func (s *Store) RotateDataKey(ctx context.Context, token UUID, soPIN, userPIN []
 	}
 	st.dgen = gen
 	s.mu.Unlock()
+	return n, nil
+}
+
+// reseal opens, in tx, every object of a token sealed with a kind that
+// kinds picks, with from, and seals it again with to: a rotation's one
+// pass over the token's objects, deleted ones included. progress, when
+// not nil, is told how many are done.
+func (s *Store) reseal(ctx context.Context, tx *sql.Tx, tokenID int64, kinds func(kind byte) bool, from, to sealer, progress func(done, total int)) (int, error) {
+	rows, err := tx.QueryContext(ctx, "SELECT id, record FROM objects WHERE token_id = ?", tokenID)
+	if err != nil {
+		return 0, s.dbErr("read objects", err)
+	}
+	var todo []objectRow
+	for rows.Next() {
+		var r objectRow
+		var rec []byte
+		if err := rows.Scan(&r.id, &rec); err != nil {
+			rows.Close()
+			return 0, s.dbErr("read objects", err)
+		}
+		if err := r.parseRecord(rec); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		if len(r.sealed) > 1 && kinds(r.sealed[1]) {
+			todo = append(todo, r)
+		}
+	}
+	if err := rows.Close(); err != nil {
+		return 0, s.dbErr("read objects", err)
+	}
+	now := time.Now().Unix()
+	for i := range todo {
+		r := &todo[i]
+		_, ix, err := r.decode()
+		if err != nil {
+			return 0, err
+		}
+		secret, err := from.open(r.uuid, ix.private, r.attrs, r.sealed, nil, nil)
+		if err != nil {
+			return 0, fmt.Errorf("keystore: reseal object %s: %w", r.uuid, err)
+		}
+		sealed, err := to.seal(r.uuid, ix.private, r.attrs, secret)
+		wipe(secret)
+		if err != nil {
+			return 0, err
+		}
+		if _, err := tx.ExecContext(ctx, "UPDATE objects SET record = ?, updated_at = ? WHERE id = ?", record(r.uuid, r.attrs, sealed), now, r.id); err != nil {
+			return 0, s.dbErr("reseal object", err)
+		}
+		if progress != nil {
+			progress(i+1, len(todo))
+		}
+	}
 	return len(todo), nil
 }
