@@ -8,6 +8,8 @@ import (
 	"math/big"
 	"runtime"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"filippo.io/bigmod"
 )
@@ -46,6 +48,9 @@ type nonceCurve struct {
 	mu    sync.Mutex
 	ready []*nonce
 	kick  chan struct{} // wakes the filler; it then fills the pool up
+	// lastDry is when a signer last found the pool empty and woke the
+	// filler (time.Now().UnixNano()).
+	lastDry atomic.Int64
 }
 
 // nonce is one precomputed nonce: k⁻¹ mod n and r.
@@ -59,9 +64,20 @@ type nonce struct {
 // is woken only when the pool falls below noncePoolLow, and then fills it
 // up in one go: waking it at every signature would cost a thread wake-up
 // per call, about what the nonce itself costs.
+//
+// When the signers take nonces faster than the filler makes them, every
+// core is busy signing, and the filler only competes with them for the
+// runtime's Ps: a connection whose read returned then waits for a P the
+// filler holds, and its thread sleeps and is woken again. So the filler
+// stops when the pool has stayed empty while it filled (nonceDryRun
+// nonces in a row), and a signer that finds the pool empty makes its own
+// nonce and wakes the filler again only after nonceDryPause: once the
+// load drops and a core is free, the pool fills again.
 const (
 	noncePoolSize = 512
 	noncePoolLow  = noncePoolSize / 2
+	nonceDryRun   = 16
+	nonceDryPause = 20 * time.Millisecond
 )
 
 var (
@@ -184,6 +200,13 @@ func (c *nonceCurve) take() (*nonce, error) {
 	}
 	low := len(c.ready) < noncePoolLow
 	c.mu.Unlock()
+	if nc == nil {
+		// Dry: the signers outpace the filler. Wake it now and then.
+		now := time.Now().UnixNano()
+		if last := c.lastDry.Load(); now-last < int64(nonceDryPause) || !c.lastDry.CompareAndSwap(last, now) {
+			low = false
+		}
+	}
 	if low {
 		select {
 		case c.kick <- struct{}{}:
@@ -196,24 +219,28 @@ func (c *nonceCurve) take() (*nonce, error) {
 	return c.make()
 }
 
-// put adds a nonce to the pool unless it is full.
-func (c *nonceCurve) put(nc *nonce) bool {
+// put adds a nonce to the pool unless it is full, and says how many
+// nonces the pool held before.
+func (c *nonceCurve) put(nc *nonce) (had int, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.ready) >= noncePoolSize {
-		return false
+	had = len(c.ready)
+	if had >= noncePoolSize {
+		return had, false
 	}
 	c.ready = append(c.ready, nc)
-	return true
+	return had, true
 }
 
 // fill fills the pool up each time it is kicked, and otherwise sleeps. It
 // yields every few nonces (about every 100 us): filling the pool takes
 // milliseconds, and a goroutine that computes holds its P until the
 // runtime preempts it, 10 ms on, while a connection whose read returned
-// with every P busy waits for one.
+// with every P busy waits for one. It gives up when the pool stays empty
+// while it fills: the signers outpace it (noncePoolSize says why).
 func (c *nonceCurve) fill() {
 	for range c.kick {
+		dry := 0
 		for i := 1; ; i++ {
 			if i%8 == 0 {
 				runtime.Gosched()
@@ -222,8 +249,15 @@ func (c *nonceCurve) fill() {
 			if err != nil {
 				break
 			}
-			if !c.put(nc) {
+			had, ok := c.put(nc)
+			if !ok {
 				wipeNat(nc.kinv)
+				break
+			}
+			if dry = dry + 1; had > 0 {
+				dry = 0
+			}
+			if dry >= nonceDryRun {
 				break
 			}
 		}
