@@ -86,11 +86,12 @@ func (d *testDaemon) start(t testing.TB, cfg EngineConfig) {
 
 // client is one application: one connection with its own application id.
 type client struct {
-	t   testing.TB
-	c   net.Conn
-	r   *bufio.Reader
-	id  uint32
-	buf []byte
+	t    testing.TB
+	c    net.Conn
+	r    *bufio.Reader
+	id   uint32
+	buf  []byte
+	idle bool // the last reply's idle flag
 }
 
 func (d *testDaemon) dial(t testing.TB) *client {
@@ -102,16 +103,22 @@ func (d *testDaemon) dial(t testing.TB) *client {
 
 func (d *testDaemon) dialAs(t testing.TB, app [16]byte) *client {
 	t.Helper()
+	return d.dialVersion(t, app, wire.Version)
+}
+
+// dialVersion connects speaking protocol version v.
+func (d *testDaemon) dialVersion(t testing.TB, app [16]byte, v uint16) *client {
+	t.Helper()
 	c, err := net.Dial("unix", d.sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	if _, err := c.Write(wire.Hello{Version: wire.Version, AppID: app, PID: uint32(os.Getpid())}.Marshal()); err != nil {
+	if _, err := c.Write(wire.Hello{Version: v, AppID: app, PID: uint32(os.Getpid())}.Marshal()); err != nil {
 		t.Fatal(err)
 	}
 	reply, err := wire.ReadHelloReply(c)
-	if err != nil || reply.Status != wire.StatusOK {
+	if err != nil || reply.Status != wire.StatusOK || reply.Version != v {
 		t.Fatalf("hello: %+v %v", reply, err)
 	}
 	return &client{t: t, c: c, r: bufio.NewReader(c)}
@@ -142,6 +149,7 @@ func (cl *client) call(name string, vals ...wire.Value) (uint64, []wire.Value) {
 	if rep.ID != cl.id {
 		cl.t.Fatalf("%s: reply id %d, want %d", name, rep.ID, cl.id)
 	}
+	cl.idle = rep.Idle
 	if !rep.HasResults {
 		return rep.RV, nil
 	}

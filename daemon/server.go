@@ -195,9 +195,12 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 		return
 	}
 	reply := wire.HelloReply{Version: wire.Version, Status: wire.StatusOK}
+	if hello.Version >= wire.MinVersion && hello.Version <= wire.Version {
+		reply.Version = hello.Version // the version this connection speaks
+	}
 	var app *App
 	switch {
-	case hello.Version != wire.Version:
+	case hello.Version < wire.MinVersion || hello.Version > wire.Version:
 		reply.Status = wire.StatusVersion
 	case hello.Flags == wire.FlagAdmin:
 		if !adminAllowed(cred.Uid) {
@@ -229,6 +232,8 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 		return
 	}
 	defer s.eng.Detach(app)
+	// A version 1 module has no idle flag in its replies.
+	sayIdle := hello.Version >= 2
 	c.SetReadDeadline(time.Time{})
 	raw, err := newFdConn(c)
 	if err != nil {
@@ -274,8 +279,8 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 			}
 			return
 		}
-		code, results := s.call(callCtx, app, req, &args, res)
-		out = wire.AppendReply(out[:0], req.ID, code, results)
+		code, results, idle := s.call(callCtx, app, req, &args, res)
+		out = wire.AppendReplyIdle(out[:0], req.ID, code, results, idle && sayIdle)
 		if _, err := w.Write(out); err != nil {
 			return
 		}
@@ -362,18 +367,18 @@ func isEOF(err error) bool {
 
 // call decodes and serves one request. A panic in serving it is a bug: it
 // is logged and answered CKR_GENERAL_ERROR, and the daemon goes on.
-func (s *Server) call(ctx context.Context, app *App, req wire.Request, args *wire.Args, res *wire.Results) (code uint64, results []byte) {
+func (s *Server) call(ctx context.Context, app *App, req wire.Request, args *wire.Args, res *wire.Results) (code uint64, results []byte, idle bool) {
 	c, ok := calls.ByID(req.Call)
 	if !ok || c.Mode != calls.Forwarded {
-		return ck.CKR_FUNCTION_NOT_SUPPORTED, nil
+		return ck.CKR_FUNCTION_NOT_SUPPORTED, nil, false
 	}
 	if err := args.Decode(c, req.Body); err != nil {
-		return ck.CKR_ARGUMENTS_BAD, nil
+		return ck.CKR_ARGUMENTS_BAD, nil, false
 	}
 	defer func() {
 		if p := recover(); p != nil {
 			s.log.Error("internal error serving a call", "call", c.Name, "panic", fmt.Sprint(p))
-			code, results = ck.CKR_GENERAL_ERROR, nil
+			code, results, idle = ck.CKR_GENERAL_ERROR, nil, false
 		}
 	}()
 	res.Reset(c)
@@ -381,5 +386,17 @@ func (s *Server) call(ctx context.Context, app *App, req wire.Request, args *wir
 	if wire.HasResults(c, code) {
 		results = res.Finish()
 	}
-	return code, results
+	if onSession[c.ID] {
+		idle = app.sessionIdle(args.Ulong(0))
+	}
+	return code, results, idle
 }
+
+// onSession[id]: call id's first argument is a session.
+var onSession = func() []bool {
+	on := make([]bool, len(calls.Table)+1)
+	for i := range calls.Table {
+		on[calls.Table[i].ID] = calls.OnSession(&calls.Table[i])
+	}
+	return on
+}()

@@ -27,6 +27,25 @@ type session struct {
 	ops  [opKinds]*operation
 }
 
+// sessionIdle says whether session h of app exists and has no
+// operation in progress (the reply's idle flag, docs/protocol.md).
+func (app *App) sessionIdle(h uint64) bool {
+	app.mu.Lock()
+	s, ok := app.sessions[h]
+	app.mu.Unlock()
+	if !ok {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, op := range s.ops {
+		if op != nil {
+			return false
+		}
+	}
+	return true
+}
+
 // session looks up a session handle of app.
 func (app *App) session(h uint64) (*session, error) {
 	app.mu.Lock()

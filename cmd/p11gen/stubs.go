@@ -49,6 +49,7 @@ func genStub(e *emitter, c *calls.Call) error {
 	for _, a := range c.Args {
 		genEncode(e, a)
 	}
+	genRole(e, c)
 	if c.Name == "C_WaitForSlotEvent" {
 		e.p("\tif (!(flags & CKF_DONT_BLOCK))")
 		e.p("\t\tc.timeout_ms = 0; /* blocks until an event, or C_Finalize */")
@@ -120,6 +121,37 @@ func genStub(e *emitter, c *calls.Call) error {
 	e.p("\treturn rv;")
 	e.p("}")
 	return nil
+}
+
+// genRole writes what the call is to deferred Inits (calls.RoleOf,
+// cryptoki/module/defer.c). An Init's shape is its mechanism, byte strings
+// only by their length, and its key.
+func genRole(e *emitter, c *calls.Call) {
+	r := calls.RoleOf(c)
+	if calls.OnSession(c) {
+		e.p("\tc.on_session = 1;")
+		e.p("\tc.session = (uint64_t)session;")
+	}
+	if r.Starts != 0 {
+		e.p("\tc.starts = %d;", r.Starts)
+		for _, a := range c.Args[1:] {
+			switch a.Kind {
+			case calls.Mechanism:
+				e.p("\thsm_call_shape(&c, %s);", a.Name)
+			case calls.Ulong:
+				e.p("\thsm_put_u64(&c.shape, (uint64_t)%s);", a.Name)
+			}
+		}
+	}
+	if r.Continues != 0 {
+		e.p("\tc.continues = %d;", r.Continues)
+	}
+	if r.Mutates {
+		e.p("\tc.mutates = 1;")
+	}
+	if r.Closes {
+		e.p("\tc.closes = 1;")
+	}
 }
 
 // genCheck writes the argument checks that precede any encoding.

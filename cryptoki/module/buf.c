@@ -86,7 +86,8 @@ static void put_bytes(hsm_wbuf *w, const void *p, CK_ULONG n, CK_RV bad)
 		return;
 	}
 	hsm_put_u32(w, (uint32_t)n);
-	hsm_put_raw(w, p, n);
+	if (!w->strip || bad != CKR_MECHANISM_PARAM_INVALID)
+		hsm_put_raw(w, p, n);
 }
 
 void hsm_put_bytes(hsm_wbuf *w, const void *p, CK_ULONG n)

@@ -136,7 +136,7 @@ static enum hsm_io hello(int fd)
 {
 	uint8_t h[32], r[8];
 	memcpy(h, "HSMU", 4);
-	h[4] = 0, h[5] = 1; /* version 1 */
+	h[4] = 0, h[5] = 2; /* version 2 */
 	h[6] = 0, h[7] = 0; /* flags */
 	memcpy(h + 8, hsm_app_id(), 16);
 	hsm_put_be32(h + 24, (uint32_t)getpid());
@@ -149,7 +149,7 @@ static enum hsm_io hello(int fd)
 		return HSM_IO_UNAVAILABLE;
 	/* Not our daemon, a version it does not speak, or refused: as if no
 	 * daemon ran. */
-	if (memcmp(r, "HSMU", 4) != 0 || r[4] != 0 || r[5] != 1 || r[6] != 0 || r[7] != 0)
+	if (memcmp(r, "HSMU", 4) != 0 || r[4] != 0 || r[5] != 2 || r[6] != 0 || r[7] != 0)
 		return HSM_IO_UNAVAILABLE;
 	return HSM_IO_OK;
 }
@@ -225,34 +225,58 @@ enum hsm_io hsm_conn_send(int fd, const uint8_t *p, size_t n, unsigned long epoc
  * second for the rest. */
 #define FIRST_READ 4096
 
-enum hsm_io hsm_conn_recv_frame(int fd, uint8_t **frame, uint32_t *len, int timeout_ms,
-				unsigned long epoch)
+enum hsm_io hsm_conn_recv_frames(int fd, int n, uint8_t **frames, uint32_t *lens, int timeout_ms,
+				 unsigned long epoch)
 {
 	long long deadline = timeout_ms > 0 ? now_ms() + timeout_ms : -1;
-	uint8_t first[FIRST_READ];
-	size_t have;
-	/* At least the length; whatever else has come with it. */
-	enum hsm_io io = recv_some(fd, first, 4, sizeof first, &have, deadline, epoch);
-	if (io != HSM_IO_OK)
-		return io;
-	uint32_t n = hsm_be32(first);
-	/* request id u32, rv u64, has-results u8 at least; 16 MiB at most. */
-	if (n < 13 || n > HSM_MAX_FRAME)
-		return HSM_IO_MALFORMED;
-	if (have - 4 > n)
-		return HSM_IO_MALFORMED; /* bytes past the reply: nothing asked for them */
-	uint8_t *p = malloc(n);
-	if (p == NULL)
-		return HSM_IO_NOMEM;
-	memcpy(p, first + 4, have - 4);
-	io = recv_all(fd, p + (have - 4), n - (have - 4), deadline, epoch);
-	if (io != HSM_IO_OK) {
-		free(p);
-		return io;
+	uint8_t buf[FIRST_READ];
+	size_t have = 0, off = 0; /* buf[off:have] came and is not yet used */
+	enum hsm_io io = HSM_IO_OK;
+	int i;
+
+	for (i = 0; i < n; i++)
+		frames[i] = NULL;
+	for (i = 0; i < n; i++) {
+		if (have - off < 4) {
+			/* At least the length; whatever else has come with it. */
+			memmove(buf, buf + off, have - off);
+			have -= off;
+			off = 0;
+			size_t got;
+			io = recv_some(fd, buf + have, 4 - have, sizeof buf - have, &got, deadline, epoch);
+			if (io != HSM_IO_OK)
+				break;
+			have += got;
+		}
+		uint32_t len = hsm_be32(buf + off);
+		off += 4;
+		/* request id u32, rv u64, flags u8 at least; 16 MiB at most. */
+		if (len < 13 || len > HSM_MAX_FRAME) {
+			io = HSM_IO_MALFORMED;
+			break;
+		}
+		uint8_t *p = malloc(len);
+		if (p == NULL) {
+			io = HSM_IO_NOMEM;
+			break;
+		}
+		size_t take = have - off < len ? have - off : len;
+		memcpy(p, buf + off, take);
+		off += take;
+		frames[i] = p;
+		lens[i] = len;
+		io = recv_all(fd, p + take, len - take, deadline, epoch);
+		if (io != HSM_IO_OK)
+			break;
 	}
-	*frame = p;
-	*len = n;
-	return HSM_IO_OK;
+	if (io == HSM_IO_OK && off != have)
+		io = HSM_IO_MALFORMED; /* bytes past the replies: nothing asked for them */
+	if (io != HSM_IO_OK)
+		for (i = 0; i < n; i++) {
+			free(frames[i]);
+			frames[i] = NULL;
+		}
+	return io;
 }
 
 /* hsm_conn_stale says whether an idle connection has something to read

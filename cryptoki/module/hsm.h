@@ -71,6 +71,7 @@ typedef struct hsm_wbuf {
 	uint8_t *p;
 	size_t len, cap;
 	CK_RV err;          /* first error while encoding; CKR_OK otherwise */
+	int strip;          /* mechanism parameters' byte strings as their lengths only */
 } hsm_wbuf;
 
 typedef struct hsm_rbuf {
@@ -190,7 +191,17 @@ typedef struct hsm_call {
 	hsm_rbuf res;           /* the results, when has_results */
 	CK_RV rv;               /* the daemon's rv, or the local failure */
 	int has_results;
+	int idle;               /* the reply's idle flag */
 	int timeout_ms;         /* how long to wait for the reply; 0: forever */
+
+	/* What the call is to deferred Inits (defer.c), from calls.RoleOf. */
+	int on_session;         /* the first argument is a session: */
+	uint64_t session;       /* this one */
+	unsigned starts;        /* an Init of these operation kinds */
+	unsigned continues;     /* carries on an operation of these kinds */
+	int mutates;            /* may destroy or change objects, end logins or sessions */
+	int closes;             /* ends its session */
+	hsm_wbuf shape;         /* an Init's mechanism (byte strings as lengths) and key */
 } hsm_call;
 
 enum hsm_outcome {
@@ -200,8 +211,48 @@ enum hsm_outcome {
 };
 
 void hsm_call_init(hsm_call *c, uint32_t call);
+/* hsm_call_shape records an Init's mechanism for defer.c's memory of
+ * accepted Inits; the stub then adds the key handle to c->shape. */
+void hsm_call_shape(hsm_call *c, const CK_MECHANISM *m);
 enum hsm_outcome hsm_call_run(hsm_call *c);
 void hsm_call_end(hsm_call *c);
+
+/* hsm_exchange sends n request frames (headers reserved, as hsm_call_init
+ * makes them) in one write on one connection and reads their n replies.
+ * For each: rv, idle and, when it has results, the reply frame (after its
+ * length) in replies[i], which the caller frees; NULL otherwise. */
+enum hsm_io hsm_exchange(hsm_wbuf **reqs, int n, CK_RV *rv, int *idle, uint8_t **replies,
+			 uint32_t *lens, int timeout_ms);
+
+/* ---- defer.c: Inits that travel with the next call ---- */
+
+/* The state of the deferred Inits of one call in flight. */
+typedef struct hsm_carry {
+	uint8_t *init;          /* a deferred Init sent ahead of the call, or NULL */
+	size_t init_len;
+	unsigned kind;          /* its operation kind */
+	unsigned long gen;      /* defer.c's generation when the call left */
+	int flushed;            /* a mutating call: Inits are held back meanwhile */
+} hsm_carry;
+
+CK_RV hsm_defer_init(void);
+void hsm_defer_finalize(void);
+void hsm_defer_forget_inherited(void);
+/* A new connection: the daemon may have restarted, so what it accepted
+ * before and its sessions' states are forgotten (not the deferred Inits). */
+void hsm_defer_reconnected(void);
+/* hsm_defer_hold: c is an Init the daemon accepted before, on an idle
+ * session; it is kept (c->req taken) to go with the session's next call.
+ * 1 when held. */
+int hsm_defer_hold(hsm_call *c);
+/* hsm_defer_begin, before c is sent: a mutating call first sends every
+ * deferred Init; a call on a session takes that session's deferred Init
+ * into k. Returns CKR_OK, or the rv of a deferred Init that failed, which
+ * c, continuing its operation, reports instead of being sent. */
+CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k);
+/* hsm_defer_end, after: replied says whether the replies came, init_rv is
+ * the carried Init's. */
+void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv);
 
 /* ---- offline.c: the answers while no daemon runs ---- */
 
@@ -227,8 +278,9 @@ enum hsm_io {
 /* conn.c */
 enum hsm_io hsm_conn_dial(int *fd);
 enum hsm_io hsm_conn_send(int fd, const uint8_t *p, size_t n, unsigned long epoch);
-enum hsm_io hsm_conn_recv_frame(int fd, uint8_t **frame, uint32_t *len, int timeout_ms,
-				unsigned long epoch);
+/* hsm_conn_recv_frames reads n reply frames (each after its length). */
+enum hsm_io hsm_conn_recv_frames(int fd, int n, uint8_t **frames, uint32_t *lens, int timeout_ms,
+				 unsigned long epoch);
 int hsm_conn_stale(int fd);
 
 /* pool.c */

@@ -171,6 +171,7 @@ enum hsm_io hsm_pool_get(hsm_conn **out)
 		}
 		c->fd = fd;
 		c->next_id = 1;
+		hsm_defer_reconnected();
 		*out = c;
 		return HSM_IO_OK;
 	}

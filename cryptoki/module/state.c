@@ -149,6 +149,7 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 	if (stale) {
 		/* A forked child: the parent's connections are not ours. */
 		hsm_pool_forget_inherited();
+		hsm_defer_forget_inherited();
 		__atomic_store_n(&initialized, 0, __ATOMIC_RELEASE);
 	}
 
@@ -158,6 +159,8 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 		rv = hsm_locking_configure(args);
 	if (rv == CKR_OK)
 		rv = hsm_pool_init();
+	if (rv == CKR_OK)
+		rv = hsm_defer_init();
 	if (rv != CKR_OK) {
 		pthread_mutex_unlock(&init_mu);
 		return rv;
@@ -185,6 +188,7 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
 	if (init_generation != __atomic_load_n(&fork_generation, __ATOMIC_SEQ_CST)) {
 		/* A forked child that never initialised: drop what it inherited. */
 		hsm_pool_forget_inherited();
+		hsm_defer_forget_inherited();
 		__atomic_store_n(&initialized, 0, __ATOMIC_RELEASE);
 		pthread_mutex_unlock(&init_mu);
 		return CKR_CRYPTOKI_NOT_INITIALIZED;
@@ -194,6 +198,7 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
 	__atomic_store_n(&initialized, 0, __ATOMIC_RELEASE);
 	__atomic_add_fetch(&epoch, 1, __ATOMIC_SEQ_CST);
 	hsm_pool_finalize();
+	hsm_defer_finalize();
 	memset(app_id, 0, sizeof app_id);
 	pthread_mutex_unlock(&init_mu);
 	return CKR_OK;

@@ -13,10 +13,19 @@ import (
 // bytes after itself.
 //
 //	request: length u32 | request id u32 | call u32 | arguments
-//	reply:   length u32 | request id u32 | rv u64 | has-results u8 | results
+//	reply:   length u32 | request id u32 | rv u64 | flags u8 | results
+//
+// The reply's flags: bit 0 has-results; bit 1 (version 2) idle, the
+// session the call named has no operation in progress after it.
 const (
 	requestHeader = 4 + 4     // id, call
-	replyHeader   = 4 + 8 + 1 // id, rv, has-results
+	replyHeader   = 4 + 8 + 1 // id, rv, flags
+)
+
+// Reply flags.
+const (
+	replyHasResults = 1
+	replyIdle       = 2
 )
 
 // Request is one decoded request frame. Body aliases the buffer ReadRequest
@@ -34,6 +43,7 @@ type Reply struct {
 	RV         uint64
 	HasResults bool
 	Results    []byte
+	Idle       bool // the session the call named has no operation in progress
 }
 
 // String prints the request's shape: its body may hold a PIN.
@@ -98,33 +108,45 @@ func AppendRequest(dst []byte, id, call uint32, body []byte) []byte {
 // has-results 1. A reply that would exceed MaxFrame (an output grown past
 // the cap) is sent as ck.CKR_DEVICE_MEMORY without results instead.
 func AppendReply(dst []byte, id uint32, rv uint64, results []byte) []byte {
+	return AppendReplyIdle(dst, id, rv, results, false)
+}
+
+// AppendReplyIdle is AppendReply with the idle flag of protocol version 2:
+// the session the call named has no operation in progress after it.
+func AppendReplyIdle(dst []byte, id uint32, rv uint64, results []byte, idle bool) []byte {
 	if len(results) > MaxFrame-replyHeader {
 		rv, results = ck.CKR_DEVICE_MEMORY, nil
 	}
 	dst = appendU32(dst, uint32(replyHeader+len(results)))
 	dst = appendU32(dst, id)
 	dst = appendU64(dst, rv)
-	if results == nil {
-		return append(dst, 0)
+	var flags byte
+	if idle {
+		flags |= replyIdle
 	}
-	dst = append(dst, 1)
+	if results == nil {
+		return append(dst, flags)
+	}
+	dst = append(dst, flags|replyHasResults)
 	return append(dst, results...)
 }
 
 // ReadReply reads one reply frame (client side), as ReadRequest reads a
-// request. A has-results byte other than 0 or 1, or bytes after a 0, is
-// ErrFrame.
+// request. A flags byte with bits other than has-results and idle, or
+// results without has-results, is ErrFrame.
 func ReadReply(r *bufio.Reader, buf []byte) (Reply, []byte, error) {
 	buf, err := readFrame(r, buf, replyHeader)
 	if err != nil {
 		return Reply{}, buf, err
 	}
 	p := Reply{ID: binary.BigEndian.Uint32(buf), RV: binary.BigEndian.Uint64(buf[4:])}
-	switch has := buf[12]; {
-	case has == 1:
+	flags := buf[12]
+	p.Idle = flags&replyIdle != 0
+	switch {
+	case flags&^(replyHasResults|replyIdle) != 0:
+		return Reply{}, buf, fmt.Errorf("%w: reply flags %#x", ErrFrame, flags)
+	case flags&replyHasResults != 0:
 		p.HasResults, p.Results = true, buf[replyHeader:]
-	case has != 0:
-		return Reply{}, buf, fmt.Errorf("%w: has-results byte %d", ErrFrame, has)
 	case len(buf) != replyHeader:
 		return Reply{}, buf, fmt.Errorf("%w: %d bytes of results with has-results 0", ErrFrame, len(buf)-replyHeader)
 	}

@@ -39,7 +39,11 @@ func TestFrameRoundTrip(t *testing.T) {
 	stream = AppendReply(stream, 7, ck.CKR_OK, []byte{})
 	stream = AppendReply(stream, 8, ck.CKR_PIN_INCORRECT, nil)
 	stream = AppendReply(stream, 9, ck.CKR_BUFFER_TOO_SMALL, []byte("results"))
-	want := []Reply{{7, ck.CKR_OK, true, []byte{}}, {8, ck.CKR_PIN_INCORRECT, false, nil}, {9, ck.CKR_BUFFER_TOO_SMALL, true, []byte("results")}}
+	stream = AppendReplyIdle(stream, 10, ck.CKR_OK, []byte("sig"), true)
+	stream = AppendReplyIdle(stream, 11, ck.CKR_KEY_HANDLE_INVALID, nil, true)
+	want := []Reply{{7, ck.CKR_OK, true, []byte{}, false}, {8, ck.CKR_PIN_INCORRECT, false, nil, false},
+		{9, ck.CKR_BUFFER_TOO_SMALL, true, []byte("results"), false},
+		{10, ck.CKR_OK, true, []byte("sig"), true}, {11, ck.CKR_KEY_HANDLE_INVALID, false, nil, true}}
 	r = bufio.NewReader(bytes.NewReader(stream))
 	for _, w := range want {
 		var p Reply
@@ -48,7 +52,7 @@ func TestFrameRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if p.ID != w.ID || p.RV != w.RV || p.HasResults != w.HasResults || !bytes.Equal(p.Results, w.Results) ||
+		if p.ID != w.ID || p.RV != w.RV || p.HasResults != w.HasResults || p.Idle != w.Idle || !bytes.Equal(p.Results, w.Results) ||
 			(p.Results == nil) != (w.Results == nil) {
 			t.Fatalf("got %v, want %v", p, w)
 		}
@@ -67,6 +71,11 @@ func TestFrameLayout(t *testing.T) {
 	want = []byte{0, 0, 0, 14, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 1, 0x50, 1, 0xEE}
 	if !bytes.Equal(got, want) {
 		t.Fatalf("reply %x", got)
+	}
+	got = AppendReplyIdle(nil, 5, 0x150, nil, true)
+	want = []byte{0, 0, 0, 13, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 1, 0x50, 2}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("idle reply %x", got)
 	}
 }
 
@@ -88,7 +97,8 @@ func TestReadFrameRefuses(t *testing.T) {
 		{"truncated body", false, append(u32(20), make([]byte, 10)...), ErrFrame},
 		{"header only", false, u32(100), ErrFrame},
 		{"reply short", true, append(u32(12), make([]byte, 12)...), ErrFrame},
-		{"reply has-results 2", true, append(u32(13), append(make([]byte, 12), 2)...), ErrFrame},
+		{"reply flags 4", true, append(u32(13), append(make([]byte, 12), 4)...), ErrFrame},
+		{"reply idle with results but no has-results", true, append(u32(14), append(make([]byte, 12), 2, 0)...), ErrFrame},
 		{"reply results without has-results", true, append(u32(14), make([]byte, 14)...), ErrFrame},
 		{"reply over the cap", true, u32(MaxFrame + 1), ErrFrame},
 	}
@@ -190,7 +200,7 @@ func TestHello(t *testing.T) {
 	h := Hello{Version: Version, Flags: 0, PID: 0x01020304}
 	copy(h.AppID[:], "0123456789abcdef")
 	b := h.Marshal()
-	want := append([]byte("HSMU\x00\x01\x00\x000123456789abcdef"), 1, 2, 3, 4, 0, 0, 0, 0)
+	want := append([]byte("HSMU\x00\x02\x00\x000123456789abcdef"), 1, 2, 3, 4, 0, 0, 0, 0)
 	if !bytes.Equal(b, want) || len(b) != HelloSize {
 		t.Fatalf("hello %q", b)
 	}
@@ -209,7 +219,7 @@ func TestHello(t *testing.T) {
 
 	hr := HelloReply{Version: Version, Status: StatusVersion}
 	b = hr.Marshal()
-	if !bytes.Equal(b, []byte("HSMU\x00\x01\x00\x01")) || len(b) != HelloReplySize {
+	if !bytes.Equal(b, []byte("HSMU\x00\x02\x00\x01")) || len(b) != HelloReplySize {
 		t.Fatalf("reply %q", b)
 	}
 	if got, err := ReadHelloReply(bytes.NewReader(b)); err != nil || got != hr {

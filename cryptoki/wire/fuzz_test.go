@@ -221,7 +221,7 @@ func FuzzReadReply(f *testing.F) {
 			if err != nil {
 				return nil, buf, err
 			}
-			return AppendReply(nil, p.ID, p.RV, p.Results), buf, nil
+			return AppendReplyIdle(nil, p.ID, p.RV, p.Results, p.Idle), buf, nil
 		})
 	})
 }

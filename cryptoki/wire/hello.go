@@ -8,8 +8,11 @@ import (
 
 // Connection setup (docs/protocol.md, "Connection").
 const (
-	// Version is the protocol version this package speaks.
-	Version = 1
+	// Version is the protocol version this package speaks, MinVersion the
+	// oldest the daemon still serves. Version 2 added the reply's idle
+	// flag.
+	Version    = 2
+	MinVersion = 1
 
 	// HelloSize and HelloReplySize are the sizes of the two messages.
 	HelloSize      = 32

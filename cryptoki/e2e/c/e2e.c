@@ -704,7 +704,7 @@ static void *worker_main(void *arg)
 		return NULL;
 	w->calls = 0;
 	for (int i = 0; w->calls < CALLS_PER_THREAD; i++) {
-		switch (i % 7) {
+		switch (i % 8) {
 		case 0:
 			memset(rnd, 0, sizeof rnd);
 			if (TOK(f->C_GenerateRandom(s, rnd, sizeof rnd))) {
@@ -775,6 +775,27 @@ static void *worker_main(void *arg)
 			if (TOK(f->C_GetAttributeValue(s, priv, &a, 1)))
 				TCHK(a.ulValueLen == strlen(priv_value) && memcmp(buf, priv_value, a.ulValueLen) == 0,
 				     "value of the private object");
+			break;
+		}
+		case 7: {
+			/* Digests: from the second on, the module defers each
+			 * C_DigestInit to travel with the C_Digest (or its size
+			 * query), while other threads destroy objects (case 4),
+			 * which sends deferred Inits first. */
+			static const CK_BYTE abc_sha256[32] = {
+				0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40,
+				0xde, 0x5d, 0xae, 0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17,
+				0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
+			CK_MECHANISM m = {CKM_SHA256, NULL, 0};
+			CK_BYTE abc[3] = {'a', 'b', 'c'}, md[64];
+			if (TOK(f->C_DigestInit(s, &m))) {
+				n = 0;
+				if ((i / 8) % 2 == 0 && TOK(f->C_Digest(s, abc, 3, NULL, &n)))
+					TCHK(n == 32, "digest size query: %lu", n);
+				n = sizeof md;
+				if (TOK(f->C_Digest(s, abc, 3, md, &n)))
+					TCHK(n == 32 && memcmp(md, abc_sha256, 32) == 0, "SHA-256 of abc");
+			}
 			break;
 		}
 		}

@@ -112,8 +112,8 @@ func TestSlotListSizeQuery(t *testing.T) {
 			t.Errorf("request %d: outspec %+v, want %+v", i, specs[i], want[i])
 		}
 	}
-	if h := p.Hellos(); len(h) != 1 || h[0].Version != 1 || h[0].PID != uint32(os.Getpid()) || h[0].AppID == [16]byte{} {
-		t.Errorf("hellos %+v: want one, version 1, our pid, an application id", h)
+	if h := p.Hellos(); len(h) != 1 || h[0].Version != wire.Version || h[0].PID != uint32(os.Getpid()) || h[0].AppID == [16]byte{} {
+		t.Errorf("hellos %+v: want one, the current version, our pid, an application id", h)
 	}
 }
 

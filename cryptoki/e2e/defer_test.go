@@ -1,0 +1,310 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/miekg/pkcs11"
+)
+
+// The module defers an Init the daemon accepted before to travel with the
+// session's next call (docs/protocol.md, "Deferred Init"). These tests
+// check that a client sees what it saw without deferral, and where the
+// documented difference lies.
+
+const destroyEnv = "HSMEMU_E2E_DESTROY" // slot:label, for TestDeferDestroyChild
+
+// hmacKey creates a token HMAC key with a known value.
+func hmacKey(t *testing.T, p *pkcs11.Ctx, h pkcs11.SessionHandle, label string, value []byte) pkcs11.ObjectHandle {
+	t.Helper()
+	k, err := p.CreateObject(h, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE, value),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func hmacOf(key, data []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write(data)
+	return m.Sum(nil)
+}
+
+var hmacMech = []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}
+
+// daemonReads is the number of read system calls the daemon has made
+// (/proc/PID/io), or -1 when it cannot be read.
+func daemonReads(d *daemonProc) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", d.cmd.Process.Pid))
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "syscr: "); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return -1
+}
+
+func TestDeferredInit(t *testing.T) {
+	p, d := withModule(t)
+	slot := newToken(t, p, "defer")
+	h, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Login(h, pkcs11.CKU_USER, userPIN); err != nil {
+		t.Fatal(err)
+	}
+	value := []byte("0123456789abcdef0123456789abcdef")
+	k := hmacKey(t, p, h, "mac", value)
+
+	sign := func(data []byte) ([]byte, error) {
+		if err := p.SignInit(h, hmacMech, k); err != nil {
+			return nil, fmt.Errorf("SignInit: %w", err)
+		}
+		return p.Sign(h, data)
+	}
+
+	// The first Init goes alone; the next ones travel with C_Sign.
+	for i := range 5 {
+		data := []byte(fmt.Sprint("message ", i))
+		got, err := sign(data)
+		if err != nil || !bytes.Equal(got, hmacOf(value, data)) {
+			t.Fatalf("signature %d: %x %v", i, got, err)
+		}
+	}
+
+	// They do travel with it. miekg/pkcs11's Sign asks for the length
+	// first, so a signature is three calls: with the Init deferred, the
+	// daemon reads twice per signature, not three times.
+	if before := daemonReads(d); before >= 0 {
+		for i := range 200 {
+			if _, err := sign([]byte{byte(i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := daemonReads(d) - before; n >= 500 {
+			t.Errorf("the daemon read %d times for 200 SignInit and Sign pairs: the Inits were not deferred", n)
+		}
+	}
+
+	// A second Init while one waits is refused, as it would be at once,
+	// and the first one's operation goes on.
+	if err := p.SignInit(h, hmacMech, k); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.SignInit(h, hmacMech, k); !is(err, pkcs11.CKR_OPERATION_ACTIVE) {
+		t.Fatalf("second SignInit: %v, want CKR_OPERATION_ACTIVE", err)
+	}
+	if got, err := p.Sign(h, []byte("after")); err != nil || !bytes.Equal(got, hmacOf(value, []byte("after"))) {
+		t.Fatalf("sign after the refused Init: %x %v", got, err)
+	}
+
+	// A multi-part operation after a deferred Init.
+	if err := p.SignInit(h, hmacMech, k); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.SignUpdate(h, []byte("in ")); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.SignUpdate(h, []byte("parts")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := p.SignFinal(h); err != nil || !bytes.Equal(got, hmacOf(value, []byte("in parts"))) {
+		t.Fatalf("multi-part after a deferred Init: %x %v", got, err)
+	}
+
+	// A key the Init never accepted before is checked at once.
+	if err := p.SignInit(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, k+1000); !is(err, pkcs11.CKR_KEY_HANDLE_INVALID) {
+		t.Fatalf("SignInit with an unknown key: %v", err)
+	}
+}
+
+// Within one application, a mutating call runs after the Inits that
+// returned before it, as without deferral: the same sequence gives the same
+// results on a key whose Init goes alone (the first) and on one whose Init
+// is deferred.
+func TestDeferredInitThenMutation(t *testing.T) {
+	p, _ := withModule(t)
+	slot := newToken(t, p, "defer-mutate")
+	open := func() pkcs11.SessionHandle {
+		h, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	a, b := open(), open()
+	if err := p.Login(a, pkcs11.CKU_USER, userPIN); err != nil {
+		t.Fatal(err)
+	}
+	value := []byte("fedcba9876543210fedcba9876543210")
+
+	// run: SignInit on session a, then mutate on session b, then Sign on a.
+	run := func(k pkcs11.ObjectHandle, mutate func() error) (string, error) {
+		if err := p.SignInit(a, hmacMech, k); err != nil {
+			return "", err
+		}
+		if err := mutate(); err != nil {
+			return "", err
+		}
+		sig, err := p.Sign(a, []byte("data"))
+		if err == nil && !bytes.Equal(sig, hmacOf(value, []byte("data"))) {
+			return "", fmt.Errorf("wrong signature %x", sig)
+		}
+		return fmt.Sprint(err), nil
+	}
+	warm := func(k pkcs11.ObjectHandle) {
+		if err := p.SignInit(a, hmacMech, k); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Sign(a, []byte("warm")); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	for _, tc := range []struct {
+		name   string
+		mutate func(k pkcs11.ObjectHandle) error
+	}{
+		{"destroy", func(k pkcs11.ObjectHandle) error { return p.DestroyObject(b, k) }},
+		{"set attribute", func(k pkcs11.ObjectHandle) error {
+			return p.SetAttributeValue(b, k, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_SIGN, false)})
+		}},
+	} {
+		alone := hmacKey(t, p, a, tc.name+" alone", value)
+		want, err := run(alone, func() error { return tc.mutate(alone) })
+		if err != nil {
+			t.Fatalf("%s, Init alone: %v", tc.name, err)
+		}
+		deferred := hmacKey(t, p, a, tc.name+" deferred", value)
+		warm(deferred)
+		got, err := run(deferred, func() error { return tc.mutate(deferred) })
+		if err != nil {
+			t.Fatalf("%s, Init deferred: %v", tc.name, err)
+		}
+		if got != want {
+			t.Errorf("%s: Sign after a deferred Init gave %s, after an Init alone %s", tc.name, got, want)
+		}
+	}
+
+	// Logout ends operations on private keys, whenever their Init left.
+	k := hmacKey(t, p, a, "logout", value)
+	warm(k)
+	if err := p.SignInit(a, hmacMech, k); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Logout(b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Sign(a, []byte("data")); err == nil {
+		t.Fatal("Sign after logout succeeded")
+	}
+}
+
+// Another application destroying the key between a deferred Init and its
+// Sign is the one case that differs: the Init, sent with the Sign, fails
+// then, and the Sign reports its rv. A call that does not continue the
+// operation goes through, and the next one that does reports it.
+func TestDeferredInitKeyDestroyedElsewhere(t *testing.T) {
+	if os.Getenv(destroyEnv) != "" {
+		t.Skip("runs in the parent")
+	}
+	p, d := withModule(t)
+	slot := newToken(t, p, "defer-elsewhere")
+	h, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Login(h, pkcs11.CKU_USER, userPIN); err != nil {
+		t.Fatal(err)
+	}
+	value := []byte("00112233445566778899aabbccddeeff")
+	destroyElsewhere := func(label string) {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestDeferDestroyChild$", "-test.v")
+		cmd.Env = append(d.env(), fmt.Sprintf("%s=%d:%s", destroyEnv, slot, label))
+		if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "PASS") {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
+	}
+
+	for _, between := range []bool{false, true} {
+		label := fmt.Sprint("elsewhere ", between)
+		k := hmacKey(t, p, h, label, value)
+		if err := p.SignInit(h, hmacMech, k); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Sign(h, []byte("warm")); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.SignInit(h, hmacMech, k); err != nil {
+			t.Fatal(err)
+		}
+		destroyElsewhere(label)
+		if between {
+			if _, err := p.GetSessionInfo(h); err != nil {
+				t.Fatalf("GetSessionInfo between: %v", err)
+			}
+		}
+		if _, err := p.Sign(h, []byte("data")); !is(err, pkcs11.CKR_KEY_HANDLE_INVALID) {
+			t.Fatalf("Sign after the key went (call between: %v): %v, want CKR_KEY_HANDLE_INVALID", between, err)
+		}
+		// The operation is over: a new Init starts one.
+		other := hmacKey(t, p, h, label+" next", value)
+		if err := p.SignInit(h, hmacMech, other); err != nil {
+			t.Fatalf("SignInit after: %v", err)
+		}
+		if got, err := p.Sign(h, []byte("next")); err != nil || !bytes.Equal(got, hmacOf(value, []byte("next"))) {
+			t.Fatalf("Sign after: %x %v", got, err)
+		}
+	}
+}
+
+// TestDeferDestroyChild is the other application of
+// TestDeferredInitKeyDestroyedElsewhere: it destroys the key labelled so.
+func TestDeferDestroyChild(t *testing.T) {
+	spec := os.Getenv(destroyEnv)
+	if spec == "" {
+		t.Skip("only as TestDeferredInitKeyDestroyedElsewhere's child")
+	}
+	slotStr, label, _ := strings.Cut(spec, ":")
+	slot, _ := strconv.Atoi(slotStr)
+	p := pkcs11.New(need(t).module)
+	if err := p.Initialize(); err != nil {
+		t.Fatal(err)
+	}
+	defer p.Destroy()
+	defer p.Finalize()
+	h, err := p.OpenSession(uint(slot), pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Login(h, pkcs11.CKU_USER, userPIN); err != nil {
+		t.Fatal(err)
+	}
+	objs := find(t, p, h, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
+	if len(objs) != 1 {
+		t.Fatalf("found %d keys labelled %q", len(objs), label)
+	}
+	if err := p.DestroyObject(h, objs[0]); err != nil {
+		t.Fatal(err)
+	}
+}
