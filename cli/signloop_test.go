@@ -41,7 +41,7 @@ func dialP11(sock string) (*p11, error) {
 		c.Close()
 		return nil, err
 	}
-	if r, err := wire.ReadHelloReply(c); err != nil || r.Status != wire.StatusOK {
+	if r, err := wire.ReadHelloReply(c); err != nil || !r.Accepted() {
 		c.Close()
 		return nil, fmt.Errorf("hello: %+v %v", r, err)
 	}

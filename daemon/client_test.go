@@ -118,7 +118,7 @@ func (d *testDaemon) dialVersion(t testing.TB, app [16]byte, v uint16) *client {
 		t.Fatal(err)
 	}
 	reply, err := wire.ReadHelloReply(c)
-	if err != nil || reply.Status != wire.StatusOK || reply.Version != v {
+	if err != nil || !reply.Accepted() || reply.Version != v {
 		t.Fatalf("hello: %+v %v", reply, err)
 	}
 	return &client{t: t, c: c, r: bufio.NewReader(c)}

@@ -129,12 +129,20 @@ type sessionObject struct {
 // Attach registers a connection of application id from the given process.
 // A known id from another process is refused.
 func (e *Engine) Attach(id AppID, pid int32, uid uint32) (*App, bool) {
+	app, _, ok := e.AttachConn(id, pid, uid)
+	return app, ok
+}
+
+// AttachConn is Attach, and says whether the application is new: it had
+// no connection, so no sessions or logins (those of an earlier life of the
+// same id ended with its last connection).
+func (e *Engine) AttachConn(id AppID, pid int32, uid uint32) (app *App, fresh, ok bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	app, ok := e.apps[id]
-	if ok {
+	app, found := e.apps[id]
+	if found {
 		if app.PID != pid || app.UID != uid {
-			return nil, false
+			return nil, false, false
 		}
 	} else {
 		app = &App{ID: id, PID: pid, UID: uid,
@@ -143,7 +151,7 @@ func (e *Engine) Attach(id AppID, pid int32, uid uint32) (*App, bool) {
 		e.apps[id] = app
 	}
 	app.conns++
-	return app, true
+	return app, !found, true
 }
 
 // Detach drops a connection; the application ends with its last one, as if

@@ -207,7 +207,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 			reply.Status = wire.StatusRefused
 			s.log.Warn("admin connection refused: only the daemon's user and root administer it", "uid", cred.Uid, "pid", cred.Pid)
 		}
-		if _, err := c.Write(reply.Marshal()); err != nil || reply.Status != wire.StatusOK {
+		if _, err := c.Write(reply.Marshal()); err != nil || !reply.Accepted() {
 			return
 		}
 		s.serveAdmin(ctx, c, cred)
@@ -219,13 +219,15 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 		reply.Status = wire.StatusRefused
 		s.log.Warn("connection refused: user not allowed", "uid", cred.Uid, "pid", cred.Pid)
 	default:
-		var ok bool
-		if app, ok = s.eng.Attach(AppID(hello.AppID), cred.Pid, cred.Uid); !ok {
+		var fresh, ok bool
+		if app, fresh, ok = s.eng.AttachConn(AppID(hello.AppID), cred.Pid, cred.Uid); !ok {
 			reply.Status = wire.StatusRefused
 			s.log.Warn("connection refused: application id of another process", "pid", cred.Pid)
+		} else if !fresh && hello.Version >= 2 {
+			reply.Status = wire.StatusJoined
 		}
 	}
-	if _, err := c.Write(reply.Marshal()); err != nil || reply.Status != wire.StatusOK {
+	if _, err := c.Write(reply.Marshal()); err != nil || !reply.Accepted() {
 		if app != nil {
 			s.eng.Detach(app)
 		}

@@ -41,7 +41,7 @@ func rawConn(t *testing.T, d *testDaemon) (net.Conn, *bufio.Reader) {
 	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(20 * time.Second))
 	c.Write(wire.Hello{Version: wire.Version, AppID: [16]byte{9}}.Marshal())
-	if r, err := wire.ReadHelloReply(c); err != nil || r.Status != wire.StatusOK {
+	if r, err := wire.ReadHelloReply(c); err != nil || !r.Accepted() {
 		t.Fatalf("hello: %+v %v", r, err)
 	}
 	return c, bufio.NewReader(c)
@@ -182,6 +182,42 @@ func TestReplyIdleFlag(t *testing.T) {
 		if rv != ck.CKR_OK || old.idle {
 			t.Errorf("version 1, %s: rv %#x idle %v, want no idle flag", name, rv, old.idle)
 		}
+	}
+}
+
+// A version 2 hello's status says whether the application starts afresh
+// (StatusOK) or joins its other connections (StatusJoined); version 1
+// hellos are answered StatusOK either way.
+func TestHelloJoined(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, EngineConfig{})
+	hello := func(app [16]byte, v uint16) (net.Conn, wire.HelloReply) {
+		c, err := net.Dial("unix", d.sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.Write(wire.Hello{Version: v, AppID: app, PID: uint32(os.Getpid())}.Marshal())
+		r, err := wire.ReadHelloReply(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, r
+	}
+	app := [16]byte{0x7a}
+	first, r := hello(app, 2)
+	if r.Status != wire.StatusOK || r.Version != 2 {
+		t.Fatalf("first connection: %+v, want status OK", r)
+	}
+	if _, r := hello(app, 2); r.Status != wire.StatusJoined {
+		t.Fatalf("second connection: %+v, want status joined", r)
+	}
+	if _, r := hello(app, 1); r.Status != wire.StatusOK || r.Version != 1 {
+		t.Fatalf("version 1 connection: %+v, want status OK, version 1", r)
+	}
+	first.Close()
+	if _, r := hello([16]byte{0x7b}, 2); r.Status != wire.StatusOK {
+		t.Fatalf("another application: %+v, want status OK", r)
 	}
 }
 

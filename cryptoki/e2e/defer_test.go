@@ -206,17 +206,189 @@ func TestDeferredInitThenMutation(t *testing.T) {
 		}
 	}
 
-	// Logout ends operations on private keys, whenever their Init left.
-	k := hmacKey(t, p, a, "logout", value)
+	// Logout ends operations on private keys, whenever their Init left:
+	// the same rv as after an Init that went alone.
+	signAfterLogout := func(k pkcs11.ObjectHandle) string {
+		if err := p.SignInit(a, hmacMech, k); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Logout(b); err != nil {
+			t.Fatal(err)
+		}
+		_, err := p.Sign(a, []byte("data"))
+		if err := p.Login(b, pkcs11.CKU_USER, userPIN); err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprint(err)
+	}
+	want := signAfterLogout(hmacKey(t, p, a, "logout alone", value))
+	k := hmacKey(t, p, a, "logout deferred", value)
 	warm(k)
+	if got := signAfterLogout(k); got != want || want == "<nil>" {
+		t.Errorf("Sign after logout: %s after a deferred Init, %s after an Init alone", got, want)
+	}
+
+	// After a mutating call, an Init the daemon accepted before is
+	// checked again at once: a destroyed key, or a private key after
+	// logout, is refused by the Init itself.
+	initAfter := func(k pkcs11.ObjectHandle, mutate func() error) string {
+		if err := mutate(); err != nil {
+			t.Fatal(err)
+		}
+		err := p.SignInit(a, hmacMech, k)
+		if err == nil {
+			p.Sign(a, []byte("end it"))
+		}
+		return fmt.Sprint(err)
+	}
+	for _, tc := range []struct {
+		name           string
+		mutate, repair func(k pkcs11.ObjectHandle) error
+	}{
+		{"destroy", func(k pkcs11.ObjectHandle) error { return p.DestroyObject(b, k) }, nil},
+		{"logout", func(pkcs11.ObjectHandle) error { return p.Logout(b) },
+			func(pkcs11.ObjectHandle) error { return p.Login(b, pkcs11.CKU_USER, userPIN) }},
+	} {
+		cold := hmacKey(t, p, a, tc.name+" cold", value)
+		want := initAfter(cold, func() error { return tc.mutate(cold) })
+		if tc.repair != nil {
+			tc.repair(cold)
+		}
+		warmed := hmacKey(t, p, a, tc.name+" warm", value)
+		warm(warmed)
+		got := initAfter(warmed, func() error { return tc.mutate(warmed) })
+		if tc.repair != nil {
+			tc.repair(warmed)
+		}
+		if got != want || want == "<nil>" {
+			t.Errorf("SignInit after %s: %s on a key accepted before, %s on one never used", tc.name, got, want)
+		}
+	}
+}
+
+// An Init is held back only on a session the daemon said was idle, and only
+// for the session the daemon accepted it on.
+func TestDeferredInitOnlyWhereAccepted(t *testing.T) {
+	p, _ := withModule(t)
+	slotA := newToken(t, p, "defer-a")
+	slotB := newToken(t, p, "defer-b")
+	open := func(slot uint) pkcs11.SessionHandle {
+		h, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	a, a2, b := open(slotA), open(slotA), open(slotB)
+	for _, h := range []pkcs11.SessionHandle{a, b} {
+		if err := p.Login(h, pkcs11.CKU_USER, userPIN); err != nil {
+			t.Fatal(err)
+		}
+	}
+	value := []byte("0123456789abcdef0123456789abcdef")
+	k := hmacKey(t, p, a, "a's key", value)
+	for range 2 {
+		if err := p.SignInit(a, hmacMech, k); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Sign(a, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// A session of the other token: the key is not one of its objects.
+	if _, err := p.GetSessionInfo(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.SignInit(b, hmacMech, k); !is(err, pkcs11.CKR_KEY_HANDLE_INVALID) {
+		t.Fatalf("SignInit on the other token's session: %v, want CKR_KEY_HANDLE_INVALID", err)
+	}
+
+	// Another session of the same token is checked the first time too,
+	// then held back like a's.
+	if _, err := p.GetSessionInfo(a2); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := p.SignInit(a2, hmacMech, k); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := p.Sign(a2, []byte("y")); err != nil || !bytes.Equal(got, hmacOf(value, []byte("y"))) {
+			t.Fatalf("sign on a2: %x %v", got, err)
+		}
+	}
+
+	// An operation in progress: the session is not idle, so a second
+	// Init goes to the daemon and is refused.
 	if err := p.SignInit(a, hmacMech, k); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Logout(b); err != nil {
+	if err := p.SignUpdate(a, []byte("part")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.Sign(a, []byte("data")); err == nil {
-		t.Fatal("Sign after logout succeeded")
+	if err := p.SignInit(a, hmacMech, k); !is(err, pkcs11.CKR_OPERATION_ACTIVE) {
+		t.Fatalf("SignInit during a multi-part operation: %v, want CKR_OPERATION_ACTIVE", err)
+	}
+	if got, err := p.SignFinal(a); err != nil || !bytes.Equal(got, hmacOf(value, []byte("part"))) {
+		t.Fatalf("SignFinal: %x %v", got, err)
+	}
+}
+
+// A daemon that restarts knows nothing of the application's sessions, and
+// their handles come back naming others: an Init held back before the
+// restart never runs after it.
+func TestDeferredInitAcrossRestart(t *testing.T) {
+	p, d := withModule(t)
+	slot := newToken(t, p, "defer-restart")
+	login := func() pkcs11.SessionHandle {
+		h, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Login(h, pkcs11.CKU_USER, userPIN); err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	h := login()
+	first, second := []byte("first key 0123456789abcdef012345"), []byte("second key 0123456789abcdef01234")
+	hmacKey(t, p, h, "first", first)
+	kb := hmacKey(t, p, h, "second", second)
+	for range 2 {
+		if err := p.SignInit(h, hmacMech, kb); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Sign(h, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.SignInit(h, hmacMech, kb); err != nil { // held back
+		t.Fatal(err)
+	}
+	d.restart()
+
+	// The application starts again: a session to find its keys in, found
+	// in the other order, so that the held Init's key handle now names the
+	// first key; then sessions until one has the old number.
+	h1 := login()
+	if got := find(t, p, h1, pkcs11.NewAttribute(pkcs11.CKA_LABEL, "second")); len(got) != 1 || got[0] == kb {
+		t.Fatalf("second key found as %v, held Init's key %d", got, kb)
+	}
+	if got := find(t, p, h1, pkcs11.NewAttribute(pkcs11.CKA_LABEL, "first")); len(got) != 1 || got[0] != kb {
+		t.Fatalf("first key found as %v, want the held Init's key handle %d", got, kb)
+	}
+	h2 := h1
+	for i := 0; h2 != h && i < 8; i++ {
+		var err error
+		if h2, err = p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h2 != h {
+		t.Fatalf("no new session took the number %d", h)
+	}
+	if got, err := p.Sign(h, []byte("data")); err == nil {
+		t.Fatalf("Sign after the restart returned a MAC (under the first key: %v)", bytes.Equal(got, hmacOf(first, []byte("data"))))
 	}
 }
 

@@ -33,12 +33,15 @@ void hsm_call_init(hsm_call *c, uint32_t call)
 void hsm_call_shape(hsm_call *c, const CK_MECHANISM *m)
 {
 	c->shape.strip = 1;
+	hsm_put_u64(&c->shape, c->session);
 	hsm_put_mechanism(&c->shape, m);
 }
 
-static CK_RV io_rv(enum hsm_io io)
+CK_RV hsm_io_rv(enum hsm_io io)
 {
 	switch (io) {
+	case HSM_IO_STALE:
+		return CKR_SESSION_HANDLE_INVALID;
 	case HSM_IO_BROKEN:
 		return CKR_DEVICE_REMOVED;
 	case HSM_IO_FINALIZED:
@@ -78,12 +81,17 @@ static enum hsm_io send_frames(hsm_conn *conn, hsm_wbuf **reqs, int n, uint32_t 
 }
 
 enum hsm_io hsm_exchange(hsm_wbuf **reqs, int n, CK_RV *rv, int *idle, uint8_t **replies,
-			 uint32_t *lens, int timeout_ms)
+			 uint32_t *lens, int timeout_ms, unsigned long app_gen)
 {
 	hsm_conn *conn;
 	enum hsm_io io = hsm_pool_get(&conn);
 	if (io != HSM_IO_OK)
 		return io;
+	/* The connection's dial may have found the application gone. */
+	if (app_gen != 0 && hsm_defer_app_gen() != app_gen) {
+		hsm_pool_put(conn, 1);
+		return HSM_IO_STALE;
+	}
 
 	uint32_t ids[2];
 	uint8_t *frames[2] = {NULL, NULL};
@@ -137,7 +145,7 @@ enum hsm_outcome hsm_call_run(hsm_call *c)
 	hsm_carry k;
 	CK_RV failed = hsm_defer_begin(c, &k);
 	if (failed != CKR_OK) {
-		hsm_defer_end(c, &k, 0, CKR_OK);
+		hsm_defer_end(c, &k, 0, CKR_OK, failed);
 		c->rv = failed;
 		return HSM_FAILED;
 	}
@@ -151,7 +159,7 @@ enum hsm_outcome hsm_call_run(hsm_call *c)
 	uint8_t *replies[2] = {NULL, NULL};
 	uint32_t lens[2] = {0, 0};
 	hsm_wbuf **mine = n == 2 ? reqs : reqs + 1;
-	enum hsm_io io = hsm_exchange(mine, n, rv, idle, replies, lens, c->timeout_ms);
+	enum hsm_io io = hsm_exchange(mine, n, rv, idle, replies, lens, c->timeout_ms, n == 2 ? k.app_gen : 0);
 	int replied = io == HSM_IO_OK;
 	CK_RV init_rv = n == 2 && replied ? rv[0] : CKR_OK;
 	if (n == 2)
@@ -168,12 +176,12 @@ enum hsm_outcome hsm_call_run(hsm_call *c)
 			c->res.bad = 0;
 		}
 	}
-	hsm_defer_end(c, &k, replied, init_rv);
+	hsm_defer_end(c, &k, replied, init_rv, hsm_io_rv(io));
 
 	if (io == HSM_IO_UNAVAILABLE)
 		return HSM_OFFLINE;
 	if (!replied) {
-		c->rv = io_rv(io);
+		c->rv = hsm_io_rv(io);
 		return HSM_FAILED;
 	}
 	/* A deferred Init that failed is what a call continuing its

@@ -132,11 +132,16 @@ static enum hsm_io recv_all(int fd, uint8_t *p, size_t n, long long deadline, un
 	return recv_some(fd, p, n, n, &got, deadline, epoch);
 }
 
-static enum hsm_io hello(int fd)
+/* hello opens the connection speaking version 2, or 1 for a daemon that
+ * speaks no more (*version says which). *fresh: the daemon holds nothing
+ * of this application from before (version 1 cannot say, so yes). A
+ * daemon that wants version 1 closes the connection: HSM_IO_BROKEN then
+ * asks for a new one. */
+static enum hsm_io hello(int fd, int *version, int *fresh)
 {
 	uint8_t h[32], r[8];
 	memcpy(h, "HSMU", 4);
-	h[4] = 0, h[5] = 2; /* version 2 */
+	h[4] = 0, h[5] = (uint8_t)*version;
 	h[6] = 0, h[7] = 0; /* flags */
 	memcpy(h + 8, hsm_app_id(), 16);
 	hsm_put_be32(h + 24, (uint32_t)getpid());
@@ -147,24 +152,23 @@ static enum hsm_io hello(int fd)
 		return HSM_IO_UNAVAILABLE;
 	if (recv_all(fd, r, sizeof r, deadline, 0) != HSM_IO_OK)
 		return HSM_IO_UNAVAILABLE;
-	/* Not our daemon, a version it does not speak, or refused: as if no
-	 * daemon ran. */
-	if (memcmp(r, "HSMU", 4) != 0 || r[4] != 0 || r[5] != 2 || r[6] != 0 || r[7] != 0)
+	if (memcmp(r, "HSMU", 4) != 0 || r[4] != 0 || r[6] != 0)
+		return HSM_IO_UNAVAILABLE; /* not our daemon */
+	/* Status 1, version not supported, names the daemon's highest. */
+	if (r[7] == 1 && *version == 2 && r[5] == 1) {
+		*version = 1;
+		return HSM_IO_BROKEN;
+	}
+	/* A version we did not ask for, or refused: as if no daemon ran. */
+	if (r[5] != *version || !(r[7] == 0 || (r[7] == 3 && *version == 2)))
 		return HSM_IO_UNAVAILABLE;
+	*fresh = r[7] == 0;
 	return HSM_IO_OK;
 }
 
-enum hsm_io hsm_conn_dial(int *out)
+/* connect_fd connects a new non-blocking socket to the daemon. */
+static enum hsm_io connect_fd(const struct sockaddr_un *sa, int *out)
 {
-	const hsm_config *cfg = hsm_config_get();
-	struct sockaddr_un sa;
-
-	if (cfg->socket[0] == '\0')
-		return HSM_IO_UNAVAILABLE;
-	memset(&sa, 0, sizeof sa);
-	sa.sun_family = AF_UNIX;
-	memcpy(sa.sun_path, cfg->socket, sizeof sa.sun_path);
-
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return errno == ENOMEM || errno == ENOBUFS ? HSM_IO_NOMEM : HSM_IO_UNAVAILABLE;
@@ -174,7 +178,7 @@ enum hsm_io hsm_conn_dial(int *out)
 	 * deadline. */
 	long long deadline = now_ms() + HELLO_TIMEOUT_MS;
 	for (;;) {
-		if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+		if (connect(fd, (const struct sockaddr *)sa, sizeof *sa) == 0)
 			break;
 		if (errno == EINTR)
 			continue;
@@ -196,10 +200,34 @@ enum hsm_io hsm_conn_dial(int *out)
 		close(fd);
 		return HSM_IO_UNAVAILABLE;
 	}
-	enum hsm_io io = hello(fd);
-	if (io != HSM_IO_OK) {
+	*out = fd;
+	return HSM_IO_OK;
+}
+
+enum hsm_io hsm_conn_dial(int *out, int *fresh)
+{
+	const hsm_config *cfg = hsm_config_get();
+	struct sockaddr_un sa;
+
+	if (cfg->socket[0] == '\0')
+		return HSM_IO_UNAVAILABLE;
+	memset(&sa, 0, sizeof sa);
+	sa.sun_family = AF_UNIX;
+	memcpy(sa.sun_path, cfg->socket, sizeof sa.sun_path);
+
+	int fd, version = 2;
+	enum hsm_io io;
+	for (;;) {
+		io = connect_fd(&sa, &fd);
+		if (io != HSM_IO_OK)
+			return io;
+		io = hello(fd, &version, fresh);
+		if (io == HSM_IO_OK)
+			break;
 		close(fd);
-		return io;
+		if (io != HSM_IO_BROKEN)
+			return io;
+		/* A daemon of version 1: again, speaking it. */
 	}
 	/* From here on, blocking with one slice of kernel timeout. */
 	struct timeval slice = {0, POLL_SLICE_MS * 1000};

@@ -3,23 +3,32 @@
  * "Deferred Init").
  *
  * A signature is two calls, C_SignInit and C_Sign, and each was a round
- * trip to the daemon. An Init the daemon accepted before (the same kind,
- * mechanism and key: defer.c remembers them, parameters' byte strings such
- * as an IV only by their length), on a session the daemon last said had no
- * operation in progress, is not sent: the stub returns CKR_OK, and the
- * Init's request goes out with the session's next call, in the same write,
- * its reply read with that call's. The daemon still checks everything, in
- * order. What moves is only where a failure shows: an Init that the
- * daemon refuses then (its key destroyed by another application
- * meanwhile, say) fails the call that continues its operation with the
- * Init's rv, or, when the next call does not continue it, the one that
- * next does.
+ * trip to the daemon. An Init the daemon accepted before (the same
+ * session, kind, mechanism and key: defer.c remembers them, byte strings
+ * inside a parameter structure, such as GCM's IV, only by their length),
+ * on a session the daemon last said had no operation in progress, is not
+ * sent: the stub returns CKR_OK, and the Init's request goes out with the
+ * session's next call, in the same write, its reply read with that call's.
+ * The daemon still checks everything, in order. What moves is only where
+ * a failure shows: an Init that the daemon refuses then (its key destroyed
+ * by another application meanwhile, say) fails the call that continues
+ * its operation with the Init's rv, or, when the next call does not
+ * continue it, the one that next does.
  *
- * Within the application nothing else moves: a call that may destroy or
- * change objects or end logins or sessions (calls.Role.Mutates) first
- * waits for deferred Inits already on their way, sends the others, and
- * forgets every accepted Init, so it runs after every Init that returned
- * before it started, as without deferral.
+ * Within the application nothing else moves:
+ *  - a call that may destroy or change objects or end logins or sessions
+ *    (calls.Role.Mutates) waits until no deferred Init is on its way,
+ *    sends the held ones, and forgets every accepted Init at its start and
+ *    at its end, so it runs after every Init that returned before it
+ *    started, and an Init accepted while it ran is checked again;
+ *  - calls on a session whose deferred Init is on its way wait for it, so
+ *    two threads sharing a session keep their order;
+ *  - a session counts as idle only from a reply to a call that was alone
+ *    on its session while it ran;
+ *  - a daemon that holds nothing of the application (it restarted, or
+ *    every connection broke) turns the held Inits into
+ *    CKR_SESSION_HANDLE_INVALID: the sessions they name are gone, and
+ *    their numbers may come back naming others.
  *
  * The state is one table under one mutex, never held across I/O. Sessions
  * past the table's size, or Inits past the memory's, are simply sent.
@@ -31,15 +40,17 @@
 
 #include "hsm.h"
 
-#define SESS_MAX 128  /* sessions whose state is kept */
-#define ACCEPT_MAX 64 /* accepted Inits remembered */
-#define SHAPE_MAX 192 /* the longest Init shape remembered */
+#define SESS_MAX 128   /* sessions whose state is kept */
+#define ACCEPT_MAX 128 /* accepted Inits remembered */
+#define SHAPE_MAX 200  /* the longest Init shape remembered */
 
 typedef struct {
 	uint64_t handle;
 	int used;
-	int idle;            /* the daemon's last word: no operation in progress */
-	int flushing;        /* a mutating call is sending the deferred Init */
+	int idle;            /* the daemon's word: no operation in progress */
+	unsigned long seq;   /* calls begun on the session */
+	int calls;           /* calls on the session in flight */
+	int busy;            /* its deferred Init is on its way: other calls wait */
 	uint8_t *init;       /* the deferred Init's request frame, or NULL */
 	size_t init_len;
 	unsigned init_kind;
@@ -57,10 +68,11 @@ static struct {
 	hsm_mutex *mu;
 	sess s[SESS_MAX];
 	accepted a[ACCEPT_MAX];
-	int na, next;
-	unsigned long gen; /* bumped whenever the accepted Inits are forgotten */
-	int inflight;      /* deferred Inits on their way with a call */
-	int mutating;      /* mutating calls under way: nothing is deferred */
+	unsigned na, next;
+	unsigned long gen;     /* bumped whenever the accepted Inits are forgotten */
+	unsigned long app_gen; /* bumped when the daemon's application starts afresh */
+	int travelling;        /* deferred Inits taken from the table, not yet answered */
+	int mutating;          /* mutating calls under way: nothing is deferred */
 } d;
 
 static void nap(void)
@@ -77,7 +89,8 @@ static void drop_all(void)
 	}
 	d.na = d.next = 0;
 	d.gen++;
-	d.inflight = d.mutating = 0;
+	d.app_gen++;
+	d.travelling = d.mutating = 0;
 }
 
 CK_RV hsm_defer_init(void)
@@ -121,7 +134,7 @@ static sess *find(uint64_t h)
 }
 
 /* add makes room for session h: a free entry, or one that holds nothing
- * but its idle flag. NULL when every entry is in use. */
+ * but an idle flag. NULL when every entry is in use. */
 static sess *add(uint64_t h)
 {
 	sess *spare = NULL;
@@ -131,7 +144,7 @@ static sess *add(uint64_t h)
 			spare = e;
 			break;
 		}
-		if (spare == NULL && e->init == NULL && !e->flushing && e->failed == CKR_OK)
+		if (spare == NULL && e->init == NULL && !e->busy && e->calls == 0 && e->failed == CKR_OK)
 			spare = e;
 	}
 	if (spare != NULL) {
@@ -144,7 +157,7 @@ static sess *add(uint64_t h)
 
 static int is_accepted(unsigned kind, const hsm_wbuf *shape)
 {
-	for (int i = 0; i < d.na; i++)
+	for (unsigned i = 0; i < d.na; i++)
 		if (d.a[i].kind == kind && d.a[i].len == shape->len && memcmp(d.a[i].shape, shape->p, shape->len) == 0)
 			return 1;
 	return 0;
@@ -154,7 +167,13 @@ static void accept(unsigned kind, const hsm_wbuf *shape)
 {
 	if (is_accepted(kind, shape))
 		return;
-	accepted *a = d.na < ACCEPT_MAX ? &d.a[d.na++] : &d.a[d.next++ % ACCEPT_MAX];
+	accepted *a;
+	if (d.na < ACCEPT_MAX) {
+		a = &d.a[d.na++];
+	} else {
+		a = &d.a[d.next];
+		d.next = (d.next + 1) % ACCEPT_MAX;
+	}
 	a->kind = kind;
 	a->len = shape->len;
 	memcpy(a->shape, shape->p, shape->len);
@@ -166,27 +185,45 @@ static void forget_accepted(void)
 	d.gen++;
 }
 
-void hsm_defer_reconnected(void)
+static int shape_ok(const hsm_call *c)
+{
+	return c->shape.err == CKR_OK && c->shape.len > 0 && c->shape.len <= SHAPE_MAX;
+}
+
+void hsm_defer_app_fresh(void)
 {
 	if (d.mu == NULL)
 		return;
 	hsm_lock(d.mu);
+	for (int i = 0; i < SESS_MAX; i++) {
+		sess *e = &d.s[i];
+		if (e->init != NULL) {
+			free(e->init);
+			e->init = NULL;
+			e->failed = CKR_SESSION_HANDLE_INVALID;
+			e->failed_kind = e->init_kind;
+		}
+		e->idle = 0;
+	}
 	forget_accepted();
-	for (int i = 0; i < SESS_MAX; i++)
-		d.s[i].idle = 0;
+	d.app_gen++;
 	hsm_unlock(d.mu);
+}
+
+unsigned long hsm_defer_app_gen(void)
+{
+	return __atomic_load_n(&d.app_gen, __ATOMIC_ACQUIRE);
 }
 
 int hsm_defer_hold(hsm_call *c)
 {
-	if (!c->on_session || c->shape.err != CKR_OK || c->shape.len == 0 || c->shape.len > SHAPE_MAX ||
-	    d.mu == NULL)
+	if (!c->on_session || !shape_ok(c) || d.mu == NULL)
 		return 0;
 	int held = 0;
 	hsm_lock(d.mu);
 	sess *e = find(c->session);
-	if (d.mutating == 0 && e != NULL && e->idle && e->init == NULL && !e->flushing && e->failed == CKR_OK &&
-	    is_accepted(c->starts, &c->shape)) {
+	if (d.mutating == 0 && e != NULL && e->idle && e->calls == 0 && !e->busy && e->init == NULL &&
+	    e->failed == CKR_OK && is_accepted(c->starts, &c->shape)) {
 		hsm_put_be32(c->req.p, (uint32_t)(c->req.len - 4));
 		e->init = c->req.p;
 		e->init_len = c->req.len;
@@ -199,8 +236,9 @@ int hsm_defer_hold(hsm_call *c)
 	return held;
 }
 
-/* flush sends every deferred Init of the application on its own, once
- * none is on its way with a call, and records the daemon's answers. */
+/* flush sends every held Init of the application on its own, once none is
+ * on its way (with a call, or in another mutating call's flush), and
+ * records the daemon's answers. */
 static void flush(void)
 {
 	hsm_wbuf reqs[SESS_MAX];
@@ -210,11 +248,12 @@ static void flush(void)
 
 	for (;;) {
 		hsm_lock(d.mu);
-		if (d.inflight == 0)
+		if (d.travelling == 0)
 			break;
 		hsm_unlock(d.mu);
 		nap();
 	}
+	unsigned long app_gen = d.app_gen;
 	for (int i = 0; i < SESS_MAX; i++) {
 		sess *e = &d.s[i];
 		if (!e->used || e->init == NULL)
@@ -224,7 +263,8 @@ static void flush(void)
 		kinds[n] = e->init_kind;
 		n++;
 		e->init = NULL;
-		e->flushing = 1;
+		e->busy = 1;
+		d.travelling++;
 	}
 	hsm_unlock(d.mu);
 
@@ -234,15 +274,16 @@ static void flush(void)
 		int idle = 0;
 		uint8_t *reply = NULL;
 		uint32_t len = 0;
-		enum hsm_io io = hsm_exchange(&r, 1, &rv, &idle, &reply, &len, hsm_config_get()->timeout_ms);
+		enum hsm_io io = hsm_exchange(&r, 1, &rv, &idle, &reply, &len, hsm_config_get()->timeout_ms, app_gen);
 		free(reply);
 		free(r->p);
 		if (io != HSM_IO_OK)
-			rv = io == HSM_IO_BROKEN ? CKR_DEVICE_REMOVED : CKR_DEVICE_ERROR;
+			rv = hsm_io_rv(io);
 		hsm_lock(d.mu);
+		d.travelling--;
 		sess *e = find(handles[i]);
 		if (e != NULL) {
-			e->flushing = 0;
+			e->busy = 0;
 			e->idle = 0;
 			if (rv != CKR_OK) {
 				e->failed = rv;
@@ -256,14 +297,20 @@ static void flush(void)
 CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k)
 {
 	memset(k, 0, sizeof *k);
-	if (d.mu == NULL)
+	/* Calls that touch neither a session nor objects leave the state
+	 * alone: C_WaitForSlotEvent, which C_Finalize may overtake, among
+	 * them. */
+	if (d.mu == NULL || (!c->on_session && !c->mutates)) {
+		k->skip = 1;
 		return CKR_OK;
+	}
+	k->epoch = hsm_epoch();
 	if (c->mutates) {
 		hsm_lock(d.mu);
 		d.mutating++;
 		forget_accepted();
 		hsm_unlock(d.mu);
-		k->flushed = 1;
+		k->mutating = 1;
 		flush();
 	}
 	if (!c->on_session) {
@@ -274,76 +321,95 @@ CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k)
 	}
 	for (;;) {
 		hsm_lock(d.mu);
-		k->gen = d.gen;
 		sess *e = find(c->session);
-		if (e == NULL) {
-			hsm_unlock(d.mu);
-			return CKR_OK;
-		}
-		if (e->flushing) {
+		if (e != NULL && e->busy) {
 			hsm_unlock(d.mu);
 			nap();
 			continue;
 		}
+		if (e == NULL)
+			e = add(c->session);
+		k->gen = d.gen;
 		CK_RV rv = CKR_OK;
-		if (c->starts || c->continues)
-			e->idle = 0; /* the reply says again */
-		if (e->init != NULL) {
-			k->init = e->init;
-			k->init_len = e->init_len;
-			k->kind = e->init_kind;
-			e->init = NULL;
-			d.inflight++;
-		} else if (e->failed != CKR_OK && (e->failed_kind & (c->continues | c->starts))) {
-			/* Continued: report it. A new Init of its kind: the daemon
-			 * has no operation of it; let the Init speak. */
-			if (c->continues & e->failed_kind)
-				rv = e->failed;
-			e->failed = CKR_OK;
+		if (e != NULL) {
+			k->tracked = 1;
+			k->alone = e->calls == 0;
+			k->seq = ++e->seq;
+			e->calls++;
+			if (c->starts || c->continues)
+				e->idle = 0; /* the reply says again */
+			if (e->init != NULL) {
+				k->init = e->init;
+				k->init_len = e->init_len;
+				k->kind = e->init_kind;
+				k->app_gen = d.app_gen;
+				e->init = NULL;
+				e->busy = 1;
+				d.travelling++;
+			} else if (e->failed != CKR_OK && (e->failed_kind & (c->continues | c->starts))) {
+				/* Continued: report it. A new Init of its kind: the
+				 * daemon has no operation of it; let the Init speak. */
+				if (c->continues & e->failed_kind)
+					rv = e->failed;
+				e->failed = CKR_OK;
+			}
 		}
 		hsm_unlock(d.mu);
 		return rv;
 	}
 }
 
-void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv)
+void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv, CK_RV io_rv)
 {
+	int carried = k->init != NULL;
 	free(k->init);
-	if (d.mu == NULL)
+	k->init = NULL;
+	/* A call that outlived C_Finalize belongs to a table that is gone. */
+	if (k->skip || d.mu == NULL || hsm_epoch() != k->epoch)
 		return;
 	hsm_lock(d.mu);
-	if (k->init != NULL)
-		d.inflight--;
-	k->init = NULL;
-	if (k->flushed)
+	if (carried)
+		d.travelling--;
+	if (k->mutating) {
 		d.mutating--;
+		forget_accepted(); /* Inits accepted while it ran */
+	}
 	if (c->mutates && !c->on_session) {
 		/* C_CloseAllSessions, C_InitToken: the sessions' states go. */
-		for (int i = 0; i < SESS_MAX; i++)
-			if (d.s[i].init == NULL && !d.s[i].flushing)
-				memset(&d.s[i], 0, sizeof d.s[i]);
-	} else if (c->on_session) {
-		sess *e = find(c->session);
-		if (c->closes && replied && c->rv == CKR_OK) {
-			if (e != NULL && e->init == NULL && !e->flushing)
+		for (int i = 0; i < SESS_MAX; i++) {
+			sess *e = &d.s[i];
+			if (e->init == NULL && !e->busy && e->calls == 0)
 				memset(e, 0, sizeof *e);
-		} else if (replied) {
-			if (e == NULL && c->idle)
-				e = add(c->session);
-			if (e != NULL) {
-				e->idle = c->idle;
-				if (init_rv != CKR_OK && !(c->continues & k->kind)) {
-					e->failed = init_rv;
-					e->failed_kind = k->kind;
-				}
-			}
-		} else if (e != NULL) {
+		}
+	}
+	sess *e = k->tracked ? find(c->session) : NULL;
+	if (e != NULL) {
+		e->calls--;
+		if (carried)
+			e->busy = 0;
+		if (c->closes && replied && c->rv == CKR_OK && e->calls == 0 && e->init == NULL) {
+			memset(e, 0, sizeof *e);
+			e = NULL;
+		}
+	}
+	if (e != NULL) {
+		/* Idle only from a call that was alone on its session. */
+		if (!replied || !c->idle)
 			e->idle = 0;
+		else if (k->alone && e->seq == k->seq)
+			e->idle = 1;
+		/* A refused deferred Init that this call neither continued
+		 * nor replaced: the next call that continues it reports it. */
+		if (carried && !((c->continues | c->starts) & k->kind)) {
+			CK_RV rv = replied ? init_rv : io_rv;
+			if (rv != CKR_OK) {
+				e->failed = rv;
+				e->failed_kind = k->kind;
+			}
 		}
 	}
 	/* An Init the daemon accepted, with nothing forgotten meanwhile. */
-	if (c->starts && replied && c->rv == CKR_OK && k->gen == d.gen && c->shape.err == CKR_OK &&
-	    c->shape.len > 0 && c->shape.len <= SHAPE_MAX)
+	if (c->starts && replied && c->rv == CKR_OK && k->gen == d.gen && shape_ok(c))
 		accept(c->starts, &c->shape);
 	hsm_unlock(d.mu);
 }

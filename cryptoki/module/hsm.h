@@ -220,9 +220,13 @@ void hsm_call_end(hsm_call *c);
 /* hsm_exchange sends n request frames (headers reserved, as hsm_call_init
  * makes them) in one write on one connection and reads their n replies.
  * For each: rv, idle and, when it has results, the reply frame (after its
- * length) in replies[i], which the caller frees; NULL otherwise. */
+ * length) in replies[i], which the caller frees; NULL otherwise. A request
+ * held for the daemon's application app_gen (0: any) is not sent to a
+ * later one: HSM_IO_STALE. */
 enum hsm_io hsm_exchange(hsm_wbuf **reqs, int n, CK_RV *rv, int *idle, uint8_t **replies,
-			 uint32_t *lens, int timeout_ms);
+			 uint32_t *lens, int timeout_ms, unsigned long app_gen);
+/* The CK_RV of a failed exchange. */
+CK_RV hsm_io_rv(enum hsm_io io);
 
 /* ---- defer.c: Inits that travel with the next call ---- */
 
@@ -231,28 +235,35 @@ typedef struct hsm_carry {
 	uint8_t *init;          /* a deferred Init sent ahead of the call, or NULL */
 	size_t init_len;
 	unsigned kind;          /* its operation kind */
-	unsigned long gen;      /* defer.c's generation when the call left */
-	int flushed;            /* a mutating call: Inits are held back meanwhile */
+	unsigned long app_gen;  /* the daemon's application it was held for */
+	unsigned long gen;      /* the accepted Inits' generation when the call left */
+	unsigned long epoch;    /* hsm_epoch() when the call left */
+	unsigned long seq;      /* the call's number on its session */
+	int skip;               /* the call touches no session and no object */
+	int tracked;            /* its session has an entry in the table */
+	int alone;              /* no other call was in flight on its session */
+	int mutating;           /* a mutating call: nothing is held meanwhile */
 } hsm_carry;
 
 CK_RV hsm_defer_init(void);
 void hsm_defer_finalize(void);
 void hsm_defer_forget_inherited(void);
-/* A new connection: the daemon may have restarted, so what it accepted
- * before and its sessions' states are forgotten (not the deferred Inits). */
-void hsm_defer_reconnected(void);
+/* The daemon holds nothing of this application (a new connection's hello
+ * said so): held Inits name sessions that are gone. */
+void hsm_defer_app_fresh(void);
+unsigned long hsm_defer_app_gen(void);
 /* hsm_defer_hold: c is an Init the daemon accepted before, on an idle
  * session; it is kept (c->req taken) to go with the session's next call.
  * 1 when held. */
 int hsm_defer_hold(hsm_call *c);
 /* hsm_defer_begin, before c is sent: a mutating call first sends every
- * deferred Init; a call on a session takes that session's deferred Init
- * into k. Returns CKR_OK, or the rv of a deferred Init that failed, which
- * c, continuing its operation, reports instead of being sent. */
+ * held Init; a call on a session takes that session's held Init into k.
+ * Returns CKR_OK, or the rv of a deferred Init that failed, which c,
+ * continuing its operation, reports instead of being sent. */
 CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k);
 /* hsm_defer_end, after: replied says whether the replies came, init_rv is
- * the carried Init's. */
-void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv);
+ * the carried Init's, io_rv the call's failure when they did not. */
+void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv, CK_RV io_rv);
 
 /* ---- offline.c: the answers while no daemon runs ---- */
 
@@ -273,10 +284,13 @@ enum hsm_io {
 	HSM_IO_TIMEOUT,         /* no reply in time: CKR_DEVICE_ERROR */
 	HSM_IO_FINALIZED,       /* C_Finalize ran meanwhile */
 	HSM_IO_NOMEM,
+	HSM_IO_STALE,           /* a deferred Init for an application the daemon no longer has */
 };
 
 /* conn.c */
-enum hsm_io hsm_conn_dial(int *fd);
+/* hsm_conn_dial: *fresh says the daemon holds nothing of this
+ * application from before (no sessions, no logins). */
+enum hsm_io hsm_conn_dial(int *fd, int *fresh);
 enum hsm_io hsm_conn_send(int fd, const uint8_t *p, size_t n, unsigned long epoch);
 /* hsm_conn_recv_frames reads n reply frames (each after its length). */
 enum hsm_io hsm_conn_recv_frames(int fd, int n, uint8_t **frames, uint32_t *lens, int timeout_ms,

@@ -163,15 +163,16 @@ enum hsm_io hsm_pool_get(hsm_conn **out)
 			hsm_pool_put(c, 0);
 			continue;
 		}
-		int fd;
-		enum hsm_io io = hsm_conn_dial(&fd);
+		int fd, app_fresh = 0;
+		enum hsm_io io = hsm_conn_dial(&fd, &app_fresh);
 		if (io != HSM_IO_OK) {
 			hsm_pool_put(c, 0);
 			return io;
 		}
 		c->fd = fd;
 		c->next_id = 1;
-		hsm_defer_reconnected();
+		if (app_fresh)
+			hsm_defer_app_fresh();
 		*out = c;
 		return HSM_IO_OK;
 	}

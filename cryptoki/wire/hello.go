@@ -22,6 +22,10 @@ const (
 	StatusOK      = 0 // accepted
 	StatusVersion = 1 // version not supported; the reply carries the daemon's highest
 	StatusRefused = 2 // peer not allowed, or application id of another process
+	// StatusJoined (version 2) is accepted, too: the application already
+	// had connections, and its sessions and logins go on. StatusOK then
+	// means the application starts afresh, with none.
+	StatusJoined = 3
 
 	// FlagAdmin in a hello opens an administrator's connection, which
 	// speaks the admin protocol (daemon/adminapi) instead of PKCS#11
@@ -83,6 +87,11 @@ func ReadHello(r io.Reader) (Hello, error) {
 type HelloReply struct {
 	Version uint16
 	Status  uint16
+}
+
+// Accepted says whether the daemon took the connection.
+func (r HelloReply) Accepted() bool {
+	return r.Status == StatusOK || r.Status == StatusJoined
 }
 
 // Marshal returns the reply's 8 bytes.

@@ -778,10 +778,9 @@ static void *worker_main(void *arg)
 			break;
 		}
 		case 7: {
-			/* Digests: from the second on, the module defers each
-			 * C_DigestInit to travel with the C_Digest (or its size
-			 * query), while other threads destroy objects (case 4),
-			 * which sends deferred Inits first. */
+			/* Digests: the module may hold a C_DigestInit back to
+			 * travel with the C_Digest (or its size query), while
+			 * other threads make mutating calls (case 4). */
 			static const CK_BYTE abc_sha256[32] = {
 				0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40,
 				0xde, 0x5d, 0xae, 0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17,

@@ -117,6 +117,26 @@ func TestSlotListSizeQuery(t *testing.T) {
 	}
 }
 
+// A daemon of protocol version 1 refuses the module's version 2 hello; the
+// module dials again speaking version 1, and is served.
+func TestVersion1Daemon(t *testing.T) {
+	m, p := session(t, func(q Req) Resp {
+		if q.Call.Name != "C_GetSlotList" {
+			return Resp{RV: ck.CKR_FUNCTION_NOT_SUPPORTED}
+		}
+		spec := q.Args.Out(1)
+		return Reply("C_GetSlotList", func(r *wire.Results) uint64 { return r.OutUlongs(spec, []uint64{4, 5}) })
+	})
+	p.SpeakUpTo(1)
+	if rv, n, list := m.SlotList(2, false); rv != 0 || n != 2 || list[0] != 4 || list[1] != 5 {
+		t.Fatalf("slot list from a version 1 daemon: rv %v, %d %v", rv, n, list)
+	}
+	h := p.Hellos()
+	if len(h) != 2 || h[0].Version != 2 || h[1].Version != 1 {
+		t.Fatalf("hellos %+v: want version 2, then version 1", h)
+	}
+}
+
 func TestTokenInfo(t *testing.T) {
 	m, _ := session(t, func(q Req) Resp {
 		if q.Args.Ulong(0) != 7 {

@@ -42,6 +42,7 @@ type Peer struct {
 	ln     *net.UnixListener
 	handle Handler
 	status uint16 // hello status to answer
+	newest uint16 // the newest protocol version it speaks; 0: wire.Version
 
 	mu     sync.Mutex
 	hellos []wire.Hello
@@ -72,6 +73,14 @@ func (p *Peer) Refuse(s uint16) {
 }
 
 // Hellos returns the hellos received so far, one per connection.
+// SpeakUpTo makes the peer answer a hello of a later version than v as a
+// daemon of version v does: version not supported.
+func (p *Peer) SpeakUpTo(v uint16) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.newest = v
+}
+
 func (p *Peer) Hellos() []wire.Hello {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -124,9 +133,16 @@ func (p *Peer) conn(c net.Conn) {
 	p.mu.Lock()
 	p.hellos = append(p.hellos, h)
 	n := len(p.hellos)
-	status := p.status
+	status, newest := p.status, p.newest
 	p.mu.Unlock()
-	if _, err := c.Write(wire.HelloReply{Version: wire.Version, Status: status}.Marshal()); err != nil || status != wire.StatusOK {
+	if newest == 0 {
+		newest = wire.Version
+	}
+	version := h.Version
+	if version > newest {
+		version, status = newest, wire.StatusVersion
+	}
+	if _, err := c.Write(wire.HelloReply{Version: version, Status: status}.Marshal()); err != nil || status != wire.StatusOK {
 		return
 	}
 	r := bufio.NewReader(c)
