@@ -209,15 +209,34 @@ func TestHelloJoined(t *testing.T) {
 	if r.Status != wire.StatusOK || r.Version != 2 {
 		t.Fatalf("first connection: %+v, want status OK", r)
 	}
-	if _, r := hello(app, 2); r.Status != wire.StatusJoined {
+	second, r := hello(app, 2)
+	if r.Status != wire.StatusJoined {
 		t.Fatalf("second connection: %+v, want status joined", r)
 	}
-	if _, r := hello(app, 1); r.Status != wire.StatusOK || r.Version != 1 {
+	old, r := hello(app, 1)
+	if r.Status != wire.StatusOK || r.Version != 1 {
 		t.Fatalf("version 1 connection: %+v, want status OK, version 1", r)
 	}
-	first.Close()
+	conns := []net.Conn{second, old}
 	if _, r := hello([16]byte{0x7b}, 2); r.Status != wire.StatusOK {
 		t.Fatalf("another application: %+v, want status OK", r)
+	}
+	// Once its last connection has gone, the application starts afresh.
+	first.Close()
+	for _, c := range conns {
+		c.Close()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, r := hello(app, 2)
+		c.Close()
+		if r.Status == wire.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after its connections closed, the application still joins: %+v", r)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

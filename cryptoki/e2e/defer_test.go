@@ -387,8 +387,10 @@ func TestDeferredInitAcrossRestart(t *testing.T) {
 	if h2 != h {
 		t.Fatalf("no new session took the number %d", h)
 	}
-	if got, err := p.Sign(h, []byte("data")); err == nil {
-		t.Fatalf("Sign after the restart returned a MAC (under the first key: %v)", bytes.Equal(got, hmacOf(first, []byte("data"))))
+	// The new session h has no operation, whatever the old one had.
+	if got, err := p.Sign(h, []byte("data")); !is(err, pkcs11.CKR_OPERATION_NOT_INITIALIZED) {
+		t.Fatalf("Sign after the restart: %v, want CKR_OPERATION_NOT_INITIALIZED (a MAC under the first key: %v)",
+			err, err == nil && bytes.Equal(got, hmacOf(first, []byte("data"))))
 	}
 }
 
@@ -418,9 +420,13 @@ func TestDeferredInitKeyDestroyedElsewhere(t *testing.T) {
 		}
 	}
 
-	for _, between := range []bool{false, true} {
-		label := fmt.Sprint("elsewhere ", between)
+	// The next call after the key went: C_Sign, which the refusal is
+	// reported to; C_GetSessionInfo, after which C_Sign reports it; or a
+	// new C_SignInit, which replaces the refused one.
+	for _, next := range []string{"sign", "between", "init"} {
+		label := "elsewhere " + next
 		k := hmacKey(t, p, h, label, value)
+		other := hmacKey(t, p, h, label+" next", value)
 		if err := p.SignInit(h, hmacMech, k); err != nil {
 			t.Fatal(err)
 		}
@@ -431,16 +437,24 @@ func TestDeferredInitKeyDestroyedElsewhere(t *testing.T) {
 			t.Fatal(err)
 		}
 		destroyElsewhere(label)
-		if between {
+		if next == "init" {
+			if err := p.SignInit(h, hmacMech, other); err != nil {
+				t.Fatalf("SignInit replacing the refused one: %v", err)
+			}
+			if got, err := p.Sign(h, []byte("next")); err != nil || !bytes.Equal(got, hmacOf(value, []byte("next"))) {
+				t.Fatalf("Sign after the replacing Init: %x %v", got, err)
+			}
+			continue
+		}
+		if next == "between" {
 			if _, err := p.GetSessionInfo(h); err != nil {
 				t.Fatalf("GetSessionInfo between: %v", err)
 			}
 		}
 		if _, err := p.Sign(h, []byte("data")); !is(err, pkcs11.CKR_KEY_HANDLE_INVALID) {
-			t.Fatalf("Sign after the key went (call between: %v): %v, want CKR_KEY_HANDLE_INVALID", between, err)
+			t.Fatalf("Sign after the key went (%s): %v, want CKR_KEY_HANDLE_INVALID", next, err)
 		}
 		// The operation is over: a new Init starts one.
-		other := hmacKey(t, p, h, label+" next", value)
 		if err := p.SignInit(h, hmacMech, other); err != nil {
 			t.Fatalf("SignInit after: %v", err)
 		}

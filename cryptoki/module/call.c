@@ -106,7 +106,8 @@ enum hsm_io hsm_exchange(hsm_wbuf **reqs, int n, CK_RV *rv, int *idle, uint8_t *
 		const uint8_t *f = frames[i];
 		uint8_t flags = f[12];
 		uint64_t v = hsm_be64(f + 4);
-		if (hsm_be32(f) != ids[i] || flags > (REPLY_RESULTS | REPLY_IDLE) ||
+		uint8_t allowed = conn->version >= 2 ? (REPLY_RESULTS | REPLY_IDLE) : REPLY_RESULTS;
+		if (hsm_be32(f) != ids[i] || (flags & ~allowed) != 0 ||
 		    (!(flags & REPLY_RESULTS) && lens[i] != 13) || !hsm_fits_ulong(v)) {
 			io = HSM_IO_MALFORMED;
 			break;
@@ -145,7 +146,7 @@ enum hsm_outcome hsm_call_run(hsm_call *c)
 	hsm_carry k;
 	CK_RV failed = hsm_defer_begin(c, &k);
 	if (failed != CKR_OK) {
-		hsm_defer_end(c, &k, 0, CKR_OK, failed);
+		hsm_defer_end(c, &k, 0, CKR_OK);
 		c->rv = failed;
 		return HSM_FAILED;
 	}
@@ -160,6 +161,13 @@ enum hsm_outcome hsm_call_run(hsm_call *c)
 	uint32_t lens[2] = {0, 0};
 	hsm_wbuf **mine = n == 2 ? reqs : reqs + 1;
 	enum hsm_io io = hsm_exchange(mine, n, rv, idle, replies, lens, c->timeout_ms, n == 2 ? k.app_gen : 0);
+	if (io == HSM_IO_STALE) {
+		/* The held Init's session went with the daemon's application:
+		 * the Init is dropped, the call goes alone. */
+		n = 1;
+		mine = reqs + 1;
+		io = hsm_exchange(mine, 1, rv, idle, replies, lens, c->timeout_ms, 0);
+	}
 	int replied = io == HSM_IO_OK;
 	CK_RV init_rv = n == 2 && replied ? rv[0] : CKR_OK;
 	if (n == 2)
@@ -176,7 +184,7 @@ enum hsm_outcome hsm_call_run(hsm_call *c)
 			c->res.bad = 0;
 		}
 	}
-	hsm_defer_end(c, &k, replied, init_rv, hsm_io_rv(io));
+	hsm_defer_end(c, &k, replied, init_rv);
 
 	if (io == HSM_IO_UNAVAILABLE)
 		return HSM_OFFLINE;

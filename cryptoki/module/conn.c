@@ -204,7 +204,12 @@ static enum hsm_io connect_fd(const struct sockaddr_un *sa, int *out)
 	return HSM_IO_OK;
 }
 
-enum hsm_io hsm_conn_dial(int *out, int *fresh)
+/* The version to open with: 2, or 1 once a daemon asked for it; kept for
+ * the life of the process, so each dial to a version 1 daemon costs one
+ * hello. */
+static int dial_version = 2;
+
+enum hsm_io hsm_conn_dial(int *out, int *fresh, int *version_out)
 {
 	const hsm_config *cfg = hsm_config_get();
 	struct sockaddr_un sa;
@@ -215,7 +220,7 @@ enum hsm_io hsm_conn_dial(int *out, int *fresh)
 	sa.sun_family = AF_UNIX;
 	memcpy(sa.sun_path, cfg->socket, sizeof sa.sun_path);
 
-	int fd, version = 2;
+	int fd, version = __atomic_load_n(&dial_version, __ATOMIC_RELAXED);
 	enum hsm_io io;
 	for (;;) {
 		io = connect_fd(&sa, &fd);
@@ -228,7 +233,9 @@ enum hsm_io hsm_conn_dial(int *out, int *fresh)
 		if (io != HSM_IO_BROKEN)
 			return io;
 		/* A daemon of version 1: again, speaking it. */
+		__atomic_store_n(&dial_version, version, __ATOMIC_RELAXED);
 	}
+	*version_out = version;
 	/* From here on, blocking with one slice of kernel timeout. */
 	struct timeval slice = {0, POLL_SLICE_MS * 1000};
 	int fl = fcntl(fd, F_GETFL);

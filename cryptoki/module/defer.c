@@ -26,9 +26,11 @@
  *  - a session counts as idle only from a reply to a call that was alone
  *    on its session while it ran;
  *  - a daemon that holds nothing of the application (it restarted, or
- *    every connection broke) turns the held Inits into
- *    CKR_SESSION_HANDLE_INVALID: the sessions they name are gone, and
- *    their numbers may come back naming others.
+ *    every connection broke) drops the held Inits and every session's
+ *    state: the sessions they name are gone, and their numbers may come
+ *    back naming others;
+ *  - an Init whose exchange failed may or may not have run: nothing is
+ *    recorded, and the next call asks the daemon.
  *
  * The state is one table under one mutex, never held across I/O. Sessions
  * past the table's size, or Inits past the memory's, are simply sent.
@@ -75,10 +77,15 @@ static struct {
 	int mutating;          /* mutating calls under way: nothing is deferred */
 } d;
 
-static void nap(void)
+/* nap waits a little, longer each time (us: from 50 us to 1 ms). */
+static void nap(long *us)
 {
-	struct timespec ts = {0, 50 * 1000};
+	if (*us == 0)
+		*us = 50;
+	struct timespec ts = {0, *us * 1000};
 	nanosleep(&ts, NULL);
+	if (*us < 1000)
+		*us *= 2;
 }
 
 static void drop_all(void)
@@ -134,19 +141,28 @@ static sess *find(uint64_t h)
 }
 
 /* add makes room for session h: a free entry, or one that holds nothing
- * but an idle flag. NULL when every entry is in use. */
+ * but an idle flag, or last a refusal not yet reported (whose session may
+ * be long gone). NULL when every entry is in use. */
 static sess *add(uint64_t h)
 {
-	sess *spare = NULL;
+	sess *spare = NULL, *last = NULL;
 	for (int i = 0; i < SESS_MAX; i++) {
 		sess *e = &d.s[i];
 		if (!e->used) {
 			spare = e;
 			break;
 		}
-		if (spare == NULL && e->init == NULL && !e->busy && e->calls == 0 && e->failed == CKR_OK)
-			spare = e;
+		if (e->init != NULL || e->busy || e->calls != 0)
+			continue;
+		if (e->failed == CKR_OK) {
+			if (spare == NULL)
+				spare = e;
+		} else if (last == NULL) {
+			last = e;
+		}
 	}
+	if (spare == NULL)
+		spare = last;
 	if (spare != NULL) {
 		memset(spare, 0, sizeof *spare);
 		spare->used = 1;
@@ -197,13 +213,12 @@ void hsm_defer_app_fresh(void)
 	hsm_lock(d.mu);
 	for (int i = 0; i < SESS_MAX; i++) {
 		sess *e = &d.s[i];
-		if (e->init != NULL) {
-			free(e->init);
-			e->init = NULL;
-			e->failed = CKR_SESSION_HANDLE_INVALID;
-			e->failed_kind = e->init_kind;
-		}
+		free(e->init);
+		e->init = NULL;
+		e->failed = CKR_OK;
 		e->idle = 0;
+		if (!e->busy && e->calls == 0)
+			memset(e, 0, sizeof *e);
 	}
 	forget_accepted();
 	d.app_gen++;
@@ -245,13 +260,14 @@ static void flush(void)
 	uint64_t handles[SESS_MAX];
 	unsigned kinds[SESS_MAX];
 	int n = 0;
+	long us = 0;
 
 	for (;;) {
 		hsm_lock(d.mu);
 		if (d.travelling == 0)
 			break;
 		hsm_unlock(d.mu);
-		nap();
+		nap(&us);
 	}
 	unsigned long app_gen = d.app_gen;
 	for (int i = 0; i < SESS_MAX; i++) {
@@ -277,15 +293,14 @@ static void flush(void)
 		enum hsm_io io = hsm_exchange(&r, 1, &rv, &idle, &reply, &len, hsm_config_get()->timeout_ms, app_gen);
 		free(reply);
 		free(r->p);
-		if (io != HSM_IO_OK)
-			rv = hsm_io_rv(io);
 		hsm_lock(d.mu);
 		d.travelling--;
 		sess *e = find(handles[i]);
 		if (e != NULL) {
 			e->busy = 0;
 			e->idle = 0;
-			if (rv != CKR_OK) {
+			/* Refused: recorded. No answer: it may have run. */
+			if (io == HSM_IO_OK && rv != CKR_OK) {
 				e->failed = rv;
 				e->failed_kind = kinds[i];
 			}
@@ -319,12 +334,13 @@ CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k)
 		hsm_unlock(d.mu);
 		return CKR_OK;
 	}
+	long us = 0;
 	for (;;) {
 		hsm_lock(d.mu);
 		sess *e = find(c->session);
 		if (e != NULL && e->busy) {
 			hsm_unlock(d.mu);
-			nap();
+			nap(&us);
 			continue;
 		}
 		if (e == NULL)
@@ -359,7 +375,7 @@ CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k)
 	}
 }
 
-void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv, CK_RV io_rv)
+void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv)
 {
 	int carried = k->init != NULL;
 	free(k->init);
@@ -374,12 +390,16 @@ void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv, CK_RV 
 		d.mutating--;
 		forget_accepted(); /* Inits accepted while it ran */
 	}
-	if (c->mutates && !c->on_session) {
-		/* C_CloseAllSessions, C_InitToken: the sessions' states go. */
+	if (c->mutates && !c->on_session && replied && c->rv == CKR_OK) {
+		/* C_CloseAllSessions, C_InitToken: the slot's sessions end.
+		 * The table does not know their slots: every idle state goes,
+		 * and refusals not yet reported stay. */
 		for (int i = 0; i < SESS_MAX; i++) {
 			sess *e = &d.s[i];
-			if (e->init == NULL && !e->busy && e->calls == 0)
+			if (e->init == NULL && !e->busy && e->calls == 0 && e->failed == CKR_OK)
 				memset(e, 0, sizeof *e);
+			else
+				e->idle = 0;
 		}
 	}
 	sess *e = k->tracked ? find(c->session) : NULL;
@@ -400,12 +420,9 @@ void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv, CK_RV 
 			e->idle = 1;
 		/* A refused deferred Init that this call neither continued
 		 * nor replaced: the next call that continues it reports it. */
-		if (carried && !((c->continues | c->starts) & k->kind)) {
-			CK_RV rv = replied ? init_rv : io_rv;
-			if (rv != CKR_OK) {
-				e->failed = rv;
-				e->failed_kind = k->kind;
-			}
+		if (carried && replied && init_rv != CKR_OK && !((c->continues | c->starts) & k->kind)) {
+			e->failed = init_rv;
+			e->failed_kind = k->kind;
 		}
 	}
 	/* An Init the daemon accepted, with nothing forgotten meanwhile. */

@@ -262,8 +262,8 @@ int hsm_defer_hold(hsm_call *c);
  * continuing its operation, reports instead of being sent. */
 CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k);
 /* hsm_defer_end, after: replied says whether the replies came, init_rv is
- * the carried Init's, io_rv the call's failure when they did not. */
-void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv, CK_RV io_rv);
+ * the carried Init's. */
+void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv);
 
 /* ---- offline.c: the answers while no daemon runs ---- */
 
@@ -290,7 +290,7 @@ enum hsm_io {
 /* conn.c */
 /* hsm_conn_dial: *fresh says the daemon holds nothing of this
  * application from before (no sessions, no logins). */
-enum hsm_io hsm_conn_dial(int *fd, int *fresh);
+enum hsm_io hsm_conn_dial(int *fd, int *fresh, int *version);
 enum hsm_io hsm_conn_send(int fd, const uint8_t *p, size_t n, unsigned long epoch);
 /* hsm_conn_recv_frames reads n reply frames (each after its length). */
 enum hsm_io hsm_conn_recv_frames(int fd, int n, uint8_t **frames, uint32_t *lens, int timeout_ms,
@@ -304,11 +304,13 @@ struct hsm_conn {
 	unsigned long epoch;
 	int state;
 	long long idle_since; /* CLOCK_MONOTONIC ns when it last became idle */
+	int version;          /* the protocol version it speaks */
 };
 
 CK_RV hsm_pool_init(void);
 void hsm_pool_finalize(void);
 void hsm_pool_forget_inherited(void);
+void hsm_pool_atfork_child(void);
 enum hsm_io hsm_pool_get(hsm_conn **c);
 void hsm_pool_put(hsm_conn *c, int reusable);
 

@@ -18,6 +18,7 @@
  * shuts them down, because the parent's connections are the same sockets.
  */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
@@ -110,6 +111,20 @@ void hsm_pool_forget_inherited(void)
 	pool.mu = NULL;
 }
 
+/* dial_mu serialises dials with what their hellos say: a connection that
+ * joins the daemon's application (hello status 3) never enters the pool
+ * before the dial that found the application fresh (status 0) has dropped
+ * the deferred Inits of the old one (defer.c). Dials are rare, and all go
+ * to the same daemon. A pthread mutex, reset in a forked child, since it is
+ * held across the dial, where no application callback may be. */
+static pthread_mutex_t dial_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void hsm_pool_atfork_child(void)
+{
+	pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+	dial_mu = fresh;
+}
+
 static void nap(int *us)
 {
 	struct timespec ts = {0, (long)*us * 1000};
@@ -163,16 +178,20 @@ enum hsm_io hsm_pool_get(hsm_conn **out)
 			hsm_pool_put(c, 0);
 			continue;
 		}
-		int fd, app_fresh = 0;
-		enum hsm_io io = hsm_conn_dial(&fd, &app_fresh);
+		int fd, app_fresh = 0, version = 0;
+		pthread_mutex_lock(&dial_mu);
+		enum hsm_io io = hsm_conn_dial(&fd, &app_fresh, &version);
+		/* Not for a C_WaitForSlotEvent that C_Finalize overtook. */
+		if (io == HSM_IO_OK && app_fresh && hsm_entry() == CKR_OK && hsm_epoch() == epoch)
+			hsm_defer_app_fresh();
+		pthread_mutex_unlock(&dial_mu);
 		if (io != HSM_IO_OK) {
 			hsm_pool_put(c, 0);
 			return io;
 		}
 		c->fd = fd;
 		c->next_id = 1;
-		if (app_fresh)
-			hsm_defer_app_fresh();
+		c->version = version;
 		*out = c;
 		return HSM_IO_OK;
 	}

@@ -50,6 +50,7 @@ static void atfork_child(void)
 {
 	/* One thread exists here. */
 	__atomic_add_fetch(&fork_generation, 1, __ATOMIC_SEQ_CST);
+	hsm_pool_atfork_child();
 	pthread_mutex_unlock(&init_mu);
 }
 

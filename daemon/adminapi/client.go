@@ -22,26 +22,17 @@ type Client struct {
 	timeout time.Duration
 }
 
-// Dial opens an admin connection to the daemon at the socket path.
+// Dial opens an admin connection to the daemon at the socket path. The
+// admin protocol is the same in every protocol version, so a daemon that
+// speaks an older one is spoken to in it.
 func Dial(path string) (*Client, error) {
-	c, err := net.DialTimeout("unix", path, 5*time.Second)
-	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("%w on %s: start it with `hsmemu serve`, or name its socket with --socket", ErrNoDaemon, path)
-		}
-		return nil, fmt.Errorf("connect to %s: %w", path, err)
-	}
-	h := wire.Hello{Version: wire.Version, Flags: wire.FlagAdmin, PID: uint32(os.Getpid())}
-	rand.Read(h.AppID[:])
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write(h.Marshal()); err != nil {
+	c, r, err := dialVersion(path, wire.Version)
+	if err == nil && r.Status == wire.StatusVersion && r.Version >= wire.MinVersion && r.Version < wire.Version {
 		c.Close()
-		return nil, fmt.Errorf("connect to %s: %w", path, err)
+		c, r, err = dialVersion(path, r.Version)
 	}
-	r, err := wire.ReadHelloReply(c)
 	if err != nil {
-		c.Close()
-		return nil, fmt.Errorf("connect to %s: %w", path, err)
+		return nil, err
 	}
 	switch r.Status {
 	case wire.StatusOK:
@@ -54,6 +45,30 @@ func Dial(path string) (*Client, error) {
 	}
 	c.SetDeadline(time.Time{})
 	return &Client{c: c, timeout: 5 * time.Minute}, nil
+}
+
+// dialVersion connects and sends an admin hello of version v.
+func dialVersion(path string, v uint16) (net.Conn, wire.HelloReply, error) {
+	c, err := net.DialTimeout("unix", path, 5*time.Second)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, wire.HelloReply{}, fmt.Errorf("%w on %s: start it with `hsmemu serve`, or name its socket with --socket", ErrNoDaemon, path)
+		}
+		return nil, wire.HelloReply{}, fmt.Errorf("connect to %s: %w", path, err)
+	}
+	h := wire.Hello{Version: v, Flags: wire.FlagAdmin, PID: uint32(os.Getpid())}
+	rand.Read(h.AppID[:])
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(h.Marshal()); err != nil {
+		c.Close()
+		return nil, wire.HelloReply{}, fmt.Errorf("connect to %s: %w", path, err)
+	}
+	r, err := wire.ReadHelloReply(c)
+	if err != nil {
+		c.Close()
+		return nil, wire.HelloReply{}, fmt.Errorf("connect to %s: %w", path, err)
+	}
+	return c, r, nil
 }
 
 // Close closes the connection.
