@@ -9,7 +9,10 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -492,5 +495,111 @@ func TestDeferDestroyChild(t *testing.T) {
 	}
 	if err := p.DestroyObject(h, objs[0]); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Threads sharing sessions, with another thread looking at those sessions
+// and another making mutating calls: every signature is right and no call
+// fails. Calls on a session whose held Init is on its way wait for it, so a
+// thread's C_Sign never overtakes the Init another thread's call carries.
+func TestDeferredInitThreads(t *testing.T) {
+	p, _ := withModule(t)
+	slot := newToken(t, p, "defer-threads")
+	open := func() pkcs11.SessionHandle {
+		h, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	shared := []pkcs11.SessionHandle{open(), open()}
+	own := open()
+	if err := p.Login(own, pkcs11.CKU_USER, userPIN); err != nil {
+		t.Fatal(err)
+	}
+	value := []byte("threads threads threads threads!")
+	k := hmacKey(t, p, own, "threads", value)
+
+	stop := make(chan struct{})
+	errs := make(chan error, 16)
+	var wg sync.WaitGroup
+	var locks [2]sync.Mutex
+	signs := atomic.Int64{}
+	// Signers: two per shared session, taking turns on it.
+	for w := range 4 {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			h, mu := shared[w%2], &locks[w%2]
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				data := []byte(fmt.Sprint(w, " ", i))
+				mu.Lock()
+				err := p.SignInit(h, hmacMech, k)
+				var got []byte
+				if err == nil {
+					got, err = p.Sign(h, data)
+				}
+				mu.Unlock()
+				if err != nil || !bytes.Equal(got, hmacOf(value, data)) {
+					errs <- fmt.Errorf("signer %d, signature %d: %x %v", w, i, got, err)
+					return
+				}
+				signs.Add(1)
+			}
+		}(w)
+	}
+	// A reader of the shared sessions, between the signers' calls.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := p.GetSessionInfo(shared[i%2]); err != nil {
+				errs <- fmt.Errorf("GetSessionInfo: %v", err)
+				return
+			}
+		}
+	}()
+	// A writer: objects created, changed and destroyed on its own session.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			o, err := p.CreateObject(own, dataObject(fmt.Sprint("scratch ", i), false, false, []byte("x")))
+			if err == nil {
+				err = p.SetAttributeValue(own, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, []byte("y"))})
+			}
+			if err == nil {
+				err = p.DestroyObject(own, o)
+			}
+			if err != nil {
+				errs <- fmt.Errorf("writer: %v", err)
+				return
+			}
+		}
+	}()
+	time.Sleep(1500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if signs.Load() < 100 {
+		t.Errorf("%d signatures in 1.5 s", signs.Load())
 	}
 }
