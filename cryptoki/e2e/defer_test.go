@@ -42,6 +42,22 @@ func hmacKey(t *testing.T, p *pkcs11.Ctx, h pkcs11.SessionHandle, label string, 
 	return k
 }
 
+// rwSession opens a read-write session on slot; login logs the
+// application in through it (once per application: the login is shared).
+func rwSession(t *testing.T, p *pkcs11.Ctx, slot uint, login bool) pkcs11.SessionHandle {
+	t.Helper()
+	h, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if login {
+		if err := p.Login(h, pkcs11.CKU_USER, userPIN); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return h
+}
+
 func hmacOf(key, data []byte) []byte {
 	m := hmac.New(sha256.New, key)
 	m.Write(data)
@@ -69,13 +85,7 @@ func daemonReads(d *daemonProc) int {
 func TestDeferredInit(t *testing.T) {
 	p, d := withModule(t)
 	slot := newToken(t, p, "defer")
-	h, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Login(h, pkcs11.CKU_USER, userPIN); err != nil {
-		t.Fatal(err)
-	}
+	h := rwSession(t, p, slot, true)
 	value := []byte("0123456789abcdef0123456789abcdef")
 	k := hmacKey(t, p, h, "mac", value)
 
@@ -148,13 +158,7 @@ func TestDeferredInit(t *testing.T) {
 func TestDeferredInitThenMutation(t *testing.T) {
 	p, _ := withModule(t)
 	slot := newToken(t, p, "defer-mutate")
-	open := func() pkcs11.SessionHandle {
-		h, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return h
-	}
+	open := func() pkcs11.SessionHandle { return rwSession(t, p, slot, false) }
 	a, b := open(), open()
 	if err := p.Login(a, pkcs11.CKU_USER, userPIN); err != nil {
 		t.Fatal(err)
@@ -275,13 +279,7 @@ func TestDeferredInitOnlyWhereAccepted(t *testing.T) {
 	p, _ := withModule(t)
 	slotA := newToken(t, p, "defer-a")
 	slotB := newToken(t, p, "defer-b")
-	open := func(slot uint) pkcs11.SessionHandle {
-		h, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return h
-	}
+	open := func(slot uint) pkcs11.SessionHandle { return rwSession(t, p, slot, false) }
 	a, a2, b := open(slotA), open(slotA), open(slotB)
 	for _, h := range []pkcs11.SessionHandle{a, b} {
 		if err := p.Login(h, pkcs11.CKU_USER, userPIN); err != nil {
@@ -343,16 +341,7 @@ func TestDeferredInitOnlyWhereAccepted(t *testing.T) {
 func TestDeferredInitAcrossRestart(t *testing.T) {
 	p, d := withModule(t)
 	slot := newToken(t, p, "defer-restart")
-	login := func() pkcs11.SessionHandle {
-		h, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := p.Login(h, pkcs11.CKU_USER, userPIN); err != nil {
-			t.Fatal(err)
-		}
-		return h
-	}
+	login := func() pkcs11.SessionHandle { return rwSession(t, p, slot, true) }
 	h := login()
 	first, second := []byte("first key 0123456789abcdef012345"), []byte("second key 0123456789abcdef01234")
 	hmacKey(t, p, h, "first", first)
@@ -382,10 +371,7 @@ func TestDeferredInitAcrossRestart(t *testing.T) {
 	}
 	h2 := h1
 	for i := 0; h2 != h && i < 8; i++ {
-		var err error
-		if h2, err = p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION); err != nil {
-			t.Fatal(err)
-		}
+		h2 = rwSession(t, p, slot, false)
 	}
 	if h2 != h {
 		t.Fatalf("no new session took the number %d", h)
@@ -407,13 +393,7 @@ func TestDeferredInitKeyDestroyedElsewhere(t *testing.T) {
 	}
 	p, d := withModule(t)
 	slot := newToken(t, p, "defer-elsewhere")
-	h, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Login(h, pkcs11.CKU_USER, userPIN); err != nil {
-		t.Fatal(err)
-	}
+	h := rwSession(t, p, slot, true)
 	value := []byte("00112233445566778899aabbccddeeff")
 	destroyElsewhere := func(label string) {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestDeferDestroyChild$", "-test.v")
@@ -482,13 +462,7 @@ func TestDeferDestroyChild(t *testing.T) {
 	}
 	defer p.Destroy()
 	defer p.Finalize()
-	h, err := p.OpenSession(uint(slot), pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Login(h, pkcs11.CKU_USER, userPIN); err != nil {
-		t.Fatal(err)
-	}
+	h := rwSession(t, p, uint(slot), true)
 	objs := find(t, p, h, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
 	if len(objs) != 1 {
 		t.Fatalf("found %d keys labelled %q", len(objs), label)
@@ -505,13 +479,7 @@ func TestDeferDestroyChild(t *testing.T) {
 func TestDeferredInitThreads(t *testing.T) {
 	p, _ := withModule(t)
 	slot := newToken(t, p, "defer-threads")
-	open := func() pkcs11.SessionHandle {
-		h, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return h
-	}
+	open := func() pkcs11.SessionHandle { return rwSession(t, p, slot, false) }
 	shared := []pkcs11.SessionHandle{open(), open()}
 	own := open()
 	if err := p.Login(own, pkcs11.CKU_USER, userPIN); err != nil {
