@@ -58,6 +58,18 @@ func rwSession(t *testing.T, p *pkcs11.Ctx, slot uint, login bool) pkcs11.Sessio
 	return h
 }
 
+// mustSign makes a MAC with C_SignInit and C_Sign and checks it against
+// the key's value.
+func mustSign(t *testing.T, p *pkcs11.Ctx, h pkcs11.SessionHandle, k pkcs11.ObjectHandle, value, data []byte) {
+	t.Helper()
+	if err := p.SignInit(h, hmacMech, k); err != nil {
+		t.Fatalf("SignInit: %v", err)
+	}
+	if got, err := p.Sign(h, data); err != nil || !bytes.Equal(got, hmacOf(value, data)) {
+		t.Fatalf("Sign: %x %v", got, err)
+	}
+}
+
 func hmacOf(key, data []byte) []byte {
 	m := hmac.New(sha256.New, key)
 	m.Write(data)
@@ -311,12 +323,7 @@ func TestDeferredInitOnlyWhereAccepted(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 2 {
-		if err := p.SignInit(a2, hmacMech, k); err != nil {
-			t.Fatal(err)
-		}
-		if got, err := p.Sign(a2, []byte("y")); err != nil || !bytes.Equal(got, hmacOf(value, []byte("y"))) {
-			t.Fatalf("sign on a2: %x %v", got, err)
-		}
+		mustSign(t, p, a2, k, value, []byte("y"))
 	}
 
 	// An operation in progress: the session is not idle, so a second
@@ -421,12 +428,7 @@ func TestDeferredInitKeyDestroyedElsewhere(t *testing.T) {
 		}
 		destroyElsewhere(label)
 		if next == "init" {
-			if err := p.SignInit(h, hmacMech, other); err != nil {
-				t.Fatalf("SignInit replacing the refused one: %v", err)
-			}
-			if got, err := p.Sign(h, []byte("next")); err != nil || !bytes.Equal(got, hmacOf(value, []byte("next"))) {
-				t.Fatalf("Sign after the replacing Init: %x %v", got, err)
-			}
+			mustSign(t, p, h, other, value, []byte("next"))
 			continue
 		}
 		if next == "between" {
@@ -438,12 +440,7 @@ func TestDeferredInitKeyDestroyedElsewhere(t *testing.T) {
 			t.Fatalf("Sign after the key went (%s): %v, want CKR_KEY_HANDLE_INVALID", next, err)
 		}
 		// The operation is over: a new Init starts one.
-		if err := p.SignInit(h, hmacMech, other); err != nil {
-			t.Fatalf("SignInit after: %v", err)
-		}
-		if got, err := p.Sign(h, []byte("next")); err != nil || !bytes.Equal(got, hmacOf(value, []byte("next"))) {
-			t.Fatalf("Sign after: %x %v", got, err)
-		}
+		mustSign(t, p, h, other, value, []byte("next"))
 	}
 }
 
@@ -481,85 +478,74 @@ func TestDeferredInitThreads(t *testing.T) {
 	slot := newToken(t, p, "defer-threads")
 	open := func() pkcs11.SessionHandle { return rwSession(t, p, slot, false) }
 	shared := []pkcs11.SessionHandle{open(), open()}
-	own := open()
-	if err := p.Login(own, pkcs11.CKU_USER, userPIN); err != nil {
-		t.Fatal(err)
-	}
+	own := rwSession(t, p, slot, true)
 	value := []byte("threads threads threads threads!")
 	k := hmacKey(t, p, own, "threads", value)
 
 	stop := make(chan struct{})
 	errs := make(chan error, 16)
 	var wg sync.WaitGroup
-	var locks [2]sync.Mutex
-	signs := atomic.Int64{}
-	// Signers: two per shared session, taking turns on it.
-	for w := range 4 {
+	// spawn runs step(0), step(1), ... on a goroutine until stop or an
+	// error.
+	spawn := func(step func(i int) error) {
 		wg.Add(1)
-		go func(w int) {
+		go func() {
 			defer wg.Done()
-			h, mu := shared[w%2], &locks[w%2]
 			for i := 0; ; i++ {
 				select {
 				case <-stop:
 					return
 				default:
 				}
-				data := []byte(fmt.Sprint(w, " ", i))
-				mu.Lock()
-				err := p.SignInit(h, hmacMech, k)
-				var got []byte
-				if err == nil {
-					got, err = p.Sign(h, data)
-				}
-				mu.Unlock()
-				if err != nil || !bytes.Equal(got, hmacOf(value, data)) {
-					errs <- fmt.Errorf("signer %d, signature %d: %x %v", w, i, got, err)
+				if err := step(i); err != nil {
+					errs <- err
 					return
 				}
-				signs.Add(1)
 			}
-		}(w)
+		}()
+	}
+	var locks [2]sync.Mutex
+	signs := atomic.Int64{}
+	// Signers: two per shared session, taking turns on it.
+	for w := range 4 {
+		h, mu := shared[w%2], &locks[w%2]
+		spawn(func(i int) error {
+			data := []byte(fmt.Sprint(w, " ", i))
+			mu.Lock()
+			err := p.SignInit(h, hmacMech, k)
+			var got []byte
+			if err == nil {
+				got, err = p.Sign(h, data)
+			}
+			mu.Unlock()
+			if err != nil || !bytes.Equal(got, hmacOf(value, data)) {
+				return fmt.Errorf("signer %d, signature %d: %x %v", w, i, got, err)
+			}
+			signs.Add(1)
+			return nil
+		})
 	}
 	// A reader of the shared sessions, between the signers' calls.
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if _, err := p.GetSessionInfo(shared[i%2]); err != nil {
-				errs <- fmt.Errorf("GetSessionInfo: %v", err)
-				return
-			}
+	spawn(func(i int) error {
+		if _, err := p.GetSessionInfo(shared[i%2]); err != nil {
+			return fmt.Errorf("GetSessionInfo: %v", err)
 		}
-	}()
+		return nil
+	})
 	// A writer: objects created, changed and destroyed on its own session.
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			o, err := p.CreateObject(own, dataObject(fmt.Sprint("scratch ", i), false, false, []byte("x")))
-			if err == nil {
-				err = p.SetAttributeValue(own, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, []byte("y"))})
-			}
-			if err == nil {
-				err = p.DestroyObject(own, o)
-			}
-			if err != nil {
-				errs <- fmt.Errorf("writer: %v", err)
-				return
-			}
+	spawn(func(i int) error {
+		o, err := p.CreateObject(own, dataObject(fmt.Sprint("scratch ", i), false, false, []byte("x")))
+		if err == nil {
+			err = p.SetAttributeValue(own, o, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, []byte("y"))})
 		}
-	}()
+		if err == nil {
+			err = p.DestroyObject(own, o)
+		}
+		if err != nil {
+			return fmt.Errorf("writer: %v", err)
+		}
+		return nil
+	})
 	time.Sleep(1500 * time.Millisecond)
 	close(stop)
 	wg.Wait()
