@@ -1,0 +1,39 @@
+package daemon
+
+import "testing"
+
+func TestProcsPerConnection(t *testing.T) {
+	var asked []int
+	p := &procs{base: 2, set: 2, apply: func(n int) { asked = append(asked, n) }}
+	p.add(1)
+	p.add(1)
+	p.add(-1)
+	p.add(-1)
+	want := []int{3, 4, 3, 2}
+	if len(asked) != len(want) {
+		t.Fatalf("asked for %v, want %v", asked, want)
+	}
+	for i := range want {
+		if asked[i] != want[i] {
+			t.Fatalf("asked for %v, want %v", asked, want)
+		}
+	}
+
+	// Past procsMax connections, no more Ps.
+	asked = nil
+	for range procsMax + 5 {
+		p.add(1)
+	}
+	if got := asked[len(asked)-1]; got != 2+procsMax || len(asked) != procsMax {
+		t.Fatalf("after %d connections: %d requests, last %d; want %d, last %d", procsMax+5, len(asked), got, procsMax, 2+procsMax)
+	}
+
+	// GOMAXPROCS set in the environment is left as it is.
+	asked = nil
+	fixed := &procs{base: 2, set: 2, fixed: true, apply: func(n int) { asked = append(asked, n) }}
+	fixed.add(1)
+	fixed.add(-1)
+	if len(asked) != 0 {
+		t.Fatalf("with GOMAXPROCS fixed, asked for %v", asked)
+	}
+}
