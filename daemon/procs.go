@@ -32,6 +32,10 @@ type procs struct {
 // procsMax bounds the Ps asked for beyond the cores'.
 const procsMax = 64
 
+// connProcs counts the connections of every server in the process: the
+// Ps are the process's.
+var connProcs = newProcs()
+
 func newProcs() *procs {
 	_, fixed := os.LookupEnv("GOMAXPROCS")
 	n := runtime.GOMAXPROCS(0)

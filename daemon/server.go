@@ -47,7 +47,6 @@ type Server struct {
 	stopping bool
 	conns    map[*net.UnixConn]*fdConn // the raw side, once past the hello
 	wg       sync.WaitGroup
-	procs    *procs
 }
 
 // NewServer returns a server for eng.
@@ -55,7 +54,7 @@ func NewServer(eng *Engine, log *slog.Logger, cfg ServerConfig) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{eng: eng, log: log, cfg: cfg, started: time.Now(), conns: map[*net.UnixConn]*fdConn{}, procs: newProcs()}
+	return &Server{eng: eng, log: log, cfg: cfg, started: time.Now(), conns: map[*net.UnixConn]*fdConn{}}
 }
 
 // Listen creates the socket at path, owner-only (or group-shared). A stale
@@ -256,8 +255,8 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 		return
 	}
 
-	s.procs.add(1)
-	defer s.procs.add(-1)
+	connProcs.add(1)
+	defer connProcs.add(-1)
 	r := bufio.NewReaderSize(raw, 64<<10)
 	w := bufio.NewWriterSize(raw, 64<<10)
 	// A call in flight runs to its end when the daemon stops (the loop
