@@ -29,8 +29,12 @@ type procs struct {
 	apply func(n int)
 }
 
-// procsMax bounds the Ps asked for beyond the cores'.
-const procsMax = 64
+// procsPerCore bounds the Ps asked for beyond the cores': four per core.
+// The runtime runs a quarter of its Ps as garbage collection workers
+// while it marks, so Ps far beyond the cores would crowd the connections
+// out during a collection; and past a few connections per core, the
+// operating system's scheduler is the limit anyway.
+const procsPerCore = 4
 
 // connProcs counts the connections of every server in the process: the
 // Ps are the process's.
@@ -52,7 +56,7 @@ func (p *procs) add(delta int) {
 	if p.fixed {
 		return
 	}
-	want := p.base + min(p.conns, procsMax)
+	want := p.base + min(p.conns, procsPerCore*p.base)
 	if want != p.set {
 		p.apply(want)
 		p.set = want

@@ -19,13 +19,14 @@ func TestProcsPerConnection(t *testing.T) {
 		}
 	}
 
-	// Past procsMax connections, no more Ps.
+	// Past procsPerCore connections per core, no more Ps.
 	asked = nil
-	for range procsMax + 5 {
+	extra := procsPerCore * 2
+	for range extra + 5 {
 		p.add(1)
 	}
-	if got := asked[len(asked)-1]; got != 2+procsMax || len(asked) != procsMax {
-		t.Fatalf("after %d connections: %d requests, last %d; want %d, last %d", procsMax+5, len(asked), got, procsMax, 2+procsMax)
+	if got := asked[len(asked)-1]; got != 2+extra || len(asked) != extra {
+		t.Fatalf("after %d connections: %d requests, last %d; want %d, last %d", extra+5, len(asked), got, extra, 2+extra)
 	}
 
 	// GOMAXPROCS set in the environment is left as it is.
