@@ -18,8 +18,9 @@ import (
 // free: measured on 2 cores, ECDSA signatures at concurrency 2 went from
 // 36-39k/s with 2 Ps to 52-54k/s with 4 or more, and RSA-2048 from 4.6-4.8k
 // to 5.1-5.5k/s. So the server asks for the cores' Ps plus one per
-// connection; the threads are there anyway, blocked, and the scheduler of
-// the operating system shares the cores among those that run.
+// connection (up to procsPerCore per core); the threads are there anyway,
+// blocked, and the scheduler of the operating system shares the cores
+// among those that run.
 type procs struct {
 	mu    sync.Mutex
 	base  int  // the Ps the runtime chose for the cores
