@@ -118,6 +118,10 @@ void hsm_pool_forget_inherited(void)
  * to the same daemon. A pthread mutex, reset in a forked child, since it is
  * held across the dial, where no application callback may be. */
 static pthread_mutex_t dial_mu = PTHREAD_MUTEX_INITIALIZER;
+/* Dials that found no daemon. A thread that queued for dial_mu while one
+ * failed fails too, at once, rather than waiting out a hello timeout of
+ * its own behind each one before it. */
+static unsigned long dial_failures;
 
 void hsm_pool_atfork_child(void)
 {
@@ -179,8 +183,16 @@ enum hsm_io hsm_pool_get(hsm_conn **out)
 			continue;
 		}
 		int fd, app_fresh = 0, version = 0;
+		unsigned long failures = __atomic_load_n(&dial_failures, __ATOMIC_ACQUIRE);
 		pthread_mutex_lock(&dial_mu);
+		if (__atomic_load_n(&dial_failures, __ATOMIC_ACQUIRE) != failures) {
+			pthread_mutex_unlock(&dial_mu);
+			hsm_pool_put(c, 0);
+			return HSM_IO_UNAVAILABLE;
+		}
 		enum hsm_io io = hsm_conn_dial(&fd, &app_fresh, &version);
+		if (io == HSM_IO_UNAVAILABLE)
+			__atomic_add_fetch(&dial_failures, 1, __ATOMIC_RELEASE);
 		/* Not for a C_WaitForSlotEvent that C_Finalize overtook. */
 		if (io == HSM_IO_OK && app_fresh && hsm_entry() == CKR_OK && hsm_epoch() == epoch)
 			hsm_defer_app_fresh();

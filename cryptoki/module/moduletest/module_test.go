@@ -137,6 +137,26 @@ func TestVersion1Daemon(t *testing.T) {
 	}
 }
 
+// A daemon that accepts and never answers costs the calls that wait to
+// dial it one hello timeout together, not one each in turn: when a dial
+// fails, the threads queued behind it fail at once.
+func TestHungDaemonDialsOnce(t *testing.T) {
+	m, p := session(t, func(Req) Resp { return Resp{RV: ck.CKR_FUNCTION_NOT_SUPPORTED} })
+	p.Mute()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.SlotList(4, false) // the offline answer, once no daemon answers
+		}()
+	}
+	wg.Wait()
+	if h := p.Hellos(); len(h) != 1 {
+		t.Fatalf("%d hellos from 4 waiting calls, want 1", len(h))
+	}
+}
+
 func TestTokenInfo(t *testing.T) {
 	m, _ := session(t, func(q Req) Resp {
 		if q.Args.Ulong(0) != 7 {

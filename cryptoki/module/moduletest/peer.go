@@ -43,6 +43,7 @@ type Peer struct {
 	handle Handler
 	status uint16 // hello status to answer
 	newest uint16 // the newest protocol version it speaks; 0: wire.Version
+	mute   bool   // never answer a hello
 
 	mu     sync.Mutex
 	hellos []wire.Hello
@@ -73,6 +74,14 @@ func (p *Peer) Refuse(s uint16) {
 }
 
 // Hellos returns the hellos received so far, one per connection.
+// Mute makes the peer read hellos and never answer them, as a daemon
+// that hangs.
+func (p *Peer) Mute() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.mute = true
+}
+
 // SpeakUpTo makes the peer answer a hello of a later version than v as a
 // daemon of version v does: version not supported.
 func (p *Peer) SpeakUpTo(v uint16) {
@@ -133,8 +142,12 @@ func (p *Peer) conn(c net.Conn) {
 	p.mu.Lock()
 	p.hellos = append(p.hellos, h)
 	n := len(p.hellos)
-	status, newest := p.status, p.newest
+	status, newest, mute := p.status, p.newest, p.mute
 	p.mu.Unlock()
+	if mute {
+		io.Copy(io.Discard, c) // until the client gives up and closes
+		return
+	}
 	if newest == 0 {
 		newest = wire.Version
 	}
