@@ -608,12 +608,7 @@ func (a *adminOps) auditVerify(ctx context.Context) (*adminapi.AuditVerify, erro
 // counts returns how many applications are attached and how many sessions
 // they hold.
 func (e *Engine) counts() (apps, sessions int) {
-	e.mu.Lock()
-	list := make([]*App, 0, len(e.apps))
-	for _, app := range e.apps {
-		list = append(list, app)
-	}
-	e.mu.Unlock()
+	list := e.appList()
 	for _, app := range list {
 		app.mu.Lock()
 		sessions += len(app.sessions)

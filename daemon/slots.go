@@ -98,15 +98,20 @@ func (e *Engine) TokenInfo(ctx context.Context, slot uint64) (*wire.TokenInfo, e
 	return info, nil
 }
 
-// sessionCounts counts the open sessions on a token, over all applications.
-func (e *Engine) sessionCounts(token keystore.UUID) (all, rw uint64) {
+// appList returns the attached applications, as they are now.
+func (e *Engine) appList() []*App {
 	e.mu.Lock()
+	defer e.mu.Unlock()
 	apps := make([]*App, 0, len(e.apps))
 	for _, a := range e.apps {
 		apps = append(apps, a)
 	}
-	e.mu.Unlock()
-	for _, a := range apps {
+	return apps
+}
+
+// sessionCounts counts the open sessions on a token, over all applications.
+func (e *Engine) sessionCounts(token keystore.UUID) (all, rw uint64) {
+	for _, a := range e.appList() {
 		a.mu.Lock()
 		for _, s := range a.sessions {
 			if s.token == token {
