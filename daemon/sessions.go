@@ -30,10 +30,8 @@ type session struct {
 // sessionIdle says whether session h of app exists and has no
 // operation in progress (the reply's idle flag, docs/protocol.md).
 func (app *App) sessionIdle(h uint64) bool {
-	app.mu.Lock()
-	s, ok := app.sessions[h]
-	app.mu.Unlock()
-	if !ok {
+	s, err := app.session(h)
+	if err != nil {
 		return false
 	}
 	s.mu.Lock()
