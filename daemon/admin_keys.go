@@ -411,23 +411,36 @@ func deletedDetail(d keystore.Deleted) map[string]string {
 	return detail
 }
 
+// purgeGate opens a purge (event "key.purge" or "secret.purge") of a
+// token's deleted objects (what: "keys", "secrets"): the SO PIN, checked
+// as a login's, and no purge protection. A refusal is audited with
+// detail.
+func (a *adminOps) purgeGate(ctx context.Context, token string, soPIN []byte, event, what string, detail map[string]string) (keystore.TokenInfo, error) {
+	ti, err := a.lookup(ctx, token)
+	if err != nil {
+		return ti, err
+	}
+	err = a.soCheck(ctx, ti, event, func() error {
+		return a.e.store.CheckPIN(ctx, ti.UUID, keystore.RoleSO, soPIN)
+	})
+	if err != nil {
+		return ti, err
+	}
+	if ti.PurgeProtection {
+		detail["why"] = "purge protection"
+		a.e.audit(ctx, a.who, ti.UUID, event+".refused", detail)
+		return ti, adminapi.Errorf(adminapi.CodeRefused, "token %q has purge protection: deleted %s are purged only when their %d days of retention end", ti.Label, what, ti.RetentionDays)
+	}
+	return ti, nil
+}
+
 // keyPurge removes deleted keys for good, with the SO PIN: it is the one
 // key call that cannot be undone.
 func (a *adminOps) keyPurge(ctx context.Context, args adminapi.KeyPurge) ([]adminapi.Key, error) {
 	defer clear(args.SOPIN)
-	ti, err := a.lookup(ctx, args.Token)
+	ti, err := a.purgeGate(ctx, args.Token, args.SOPIN, "key.purge", "keys", map[string]string{})
 	if err != nil {
 		return nil, err
-	}
-	err = a.soCheck(ctx, ti, "key.purge", func() error {
-		return a.e.store.CheckPIN(ctx, ti.UUID, keystore.RoleSO, args.SOPIN)
-	})
-	if err != nil {
-		return nil, err
-	}
-	if ti.PurgeProtection {
-		a.e.audit(ctx, a.who, ti.UUID, "key.purge.refused", map[string]string{"why": "purge protection"})
-		return nil, adminapi.Errorf(adminapi.CodeRefused, "token %q has purge protection: deleted keys are purged only when their %d days of retention end", ti.Label, ti.RetentionDays)
 	}
 	sel, err := a.deletedKeys(ctx, ti, args.KeySelector)
 	if err != nil {

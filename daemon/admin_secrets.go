@@ -372,19 +372,9 @@ func (a *adminOps) secretRecover(ctx context.Context, args adminapi.SecretRef) (
 
 func (a *adminOps) secretPurge(ctx context.Context, args adminapi.SecretPurge) (*adminapi.SecretDeleted, error) {
 	defer clear(args.SOPIN)
-	ti, err := a.lookup(ctx, args.Token)
+	ti, err := a.purgeGate(ctx, args.Token, args.SOPIN, "secret.purge", "secrets", map[string]string{"name": args.Name})
 	if err != nil {
 		return nil, err
-	}
-	err = a.soCheck(ctx, ti, "secret.purge", func() error {
-		return a.e.store.CheckPIN(ctx, ti.UUID, keystore.RoleSO, args.SOPIN)
-	})
-	if err != nil {
-		return nil, err
-	}
-	if ti.PurgeProtection {
-		a.e.audit(ctx, a.who, ti.UUID, "secret.purge.refused", map[string]string{"name": args.Name, "why": "purge protection"})
-		return nil, adminapi.Errorf(adminapi.CodeRefused, "token %q has purge protection: deleted secrets are purged only when their %d days of retention end", ti.Label, ti.RetentionDays)
 	}
 	del, err := a.deletedSecret(ctx, ti, args.Name)
 	if err != nil {
