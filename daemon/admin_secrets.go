@@ -83,6 +83,15 @@ func noSecret(name string) error {
 	return adminapi.Errorf(adminapi.CodeNotFound, "no secret is named %q (`hsmemu secret list` lists them)", name)
 }
 
+// liveSecret returns the versions of a secret that exists.
+func (a *adminOps) liveSecret(ctx context.Context, ti keystore.TokenInfo, name string) ([]secretVersion, error) {
+	vs, err := a.secretVersions(ctx, ti, name)
+	if err == nil && len(vs) == 0 {
+		err = noSecret(name)
+	}
+	return vs, err
+}
+
 func checkSecretName(name string) error {
 	if name == "" || len(name) > 127 {
 		return adminapi.Errorf(adminapi.CodeBadRequest, "a secret's name is 1 to 127 bytes, not %d", len(name))
@@ -271,12 +280,9 @@ func (a *adminOps) secretVersionsOp(ctx context.Context, args adminapi.SecretRef
 	defer clear(args.UserPIN)
 	var out []adminapi.SecretVersion
 	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
-		vs, err := a.secretVersions(ctx, ti, args.Name)
+		vs, err := a.liveSecret(ctx, ti, args.Name)
 		if err != nil {
 			return err
-		}
-		if len(vs) == 0 {
-			return noSecret(args.Name)
 		}
 		for _, v := range vs {
 			out = append(out, v.info(args.Name))
@@ -292,12 +298,9 @@ func (a *adminOps) secretDelete(ctx context.Context, args adminapi.SecretRef) (*
 	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
 		a.s.secretMu.Lock()
 		defer a.s.secretMu.Unlock()
-		vs, err := a.secretVersions(ctx, ti, args.Name)
+		vs, err := a.liveSecret(ctx, ti, args.Name)
 		if err != nil {
 			return err
-		}
-		if len(vs) == 0 {
-			return noSecret(args.Name)
 		}
 		for _, v := range vs {
 			kept, err := a.e.store.SoftDelete(ctx, v.id)
