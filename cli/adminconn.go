@@ -205,6 +205,19 @@ func readOptionalPIN(c *cli.Context, p pinSource) ([]byte, error) {
 	return pin, err
 }
 
+// readTokenPINs reads a token's SO PIN (confirmed at a prompt when
+// confirmSO) and its optional user PIN; the caller wipes both.
+func readTokenPINs(c *cli.Context, confirmSO bool) (so, user []byte, err error) {
+	if so, err = readPIN(c, soPIN, confirmSO); err != nil {
+		return nil, nil, err
+	}
+	if user, err = readOptionalPIN(c, userPIN); err != nil {
+		clear(so)
+		return nil, nil, err
+	}
+	return so, user, nil
+}
+
 // readIn reads --in: a file, or stdin for "-", of which it reads at most
 // limit bytes.
 func readIn(in string, limit int64) ([]byte, error) {

@@ -67,15 +67,11 @@ Example:
    hsmemu rotate token --label signing --so-pin-file so.pin --user-pin-file user.pin`,
 				Flags: adminFlags(&cli.StringFlag{Name: "label", Usage: "the token's label", Required: true}, soPIN.fileFlag(), userPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
-					so, err := readPIN(c, soPIN, false)
+					so, user, err := readTokenPINs(c, false)
 					if err != nil {
 						return err
 					}
 					defer clear(so)
-					user, err := readOptionalPIN(c, userPIN)
-					if err != nil {
-						return err
-					}
 					defer clear(user)
 					bar := newProgressBar(c)
 					var res adminapi.Rotated

@@ -36,15 +36,11 @@ Without a user PIN the token's user PIN awaits ` + "`hsmemu pin reset`" + ` or C
 					&cli.StringFlag{Name: "tier", Usage: "standard (secrets, software-protected keys) or premium (also HSM-protected keys)", Value: "standard"},
 					soPIN.fileFlag(), userPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
-					so, err := readPIN(c, soPIN, true)
+					so, user, err := readTokenPINs(c, true)
 					if err != nil {
 						return err
 					}
 					defer clear(so)
-					user, err := readOptionalPIN(c, userPIN)
-					if err != nil {
-						return err
-					}
 					defer clear(user)
 					var t adminapi.Token
 					if err := adminCall(c, adminapi.OpTokenCreate, adminapi.TokenCreate{Label: c.String("label"), Tier: c.String("tier"), SOPIN: so, UserPIN: user}, &t); err != nil {
