@@ -37,11 +37,9 @@ void hsm_call_shape(hsm_call *c, const CK_MECHANISM *m)
 	hsm_put_mechanism(&c->shape, m);
 }
 
-CK_RV hsm_io_rv(enum hsm_io io)
+static CK_RV io_rv(enum hsm_io io)
 {
 	switch (io) {
-	case HSM_IO_STALE:
-		return CKR_SESSION_HANDLE_INVALID;
 	case HSM_IO_BROKEN:
 		return CKR_DEVICE_REMOVED;
 	case HSM_IO_FINALIZED:
@@ -189,7 +187,7 @@ enum hsm_outcome hsm_call_run(hsm_call *c)
 	if (io == HSM_IO_UNAVAILABLE)
 		return HSM_OFFLINE;
 	if (!replied) {
-		c->rv = hsm_io_rv(io);
+		c->rv = io_rv(io);
 		return HSM_FAILED;
 	}
 	/* A deferred Init that failed is what a call continuing its

@@ -328,12 +328,8 @@ CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k)
 		k->mutating = 1;
 		flush();
 	}
-	if (!c->on_session) {
-		hsm_lock(d.mu);
-		k->gen = d.gen;
-		hsm_unlock(d.mu);
-		return CKR_OK;
-	}
+	if (!c->on_session)
+		return CKR_OK; /* an Init, the one user of k->gen, is on a session */
 	long us = 0;
 	for (;;) {
 		hsm_lock(d.mu);

@@ -225,8 +225,6 @@ void hsm_call_end(hsm_call *c);
  * later one: HSM_IO_STALE. */
 enum hsm_io hsm_exchange(hsm_wbuf **reqs, int n, CK_RV *rv, int *idle, uint8_t **replies,
 			 uint32_t *lens, int timeout_ms, unsigned long app_gen);
-/* The CK_RV of a failed exchange. */
-CK_RV hsm_io_rv(enum hsm_io io);
 
 /* ---- defer.c: Inits that travel with the next call ---- */
 
