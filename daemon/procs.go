@@ -104,11 +104,7 @@ func (p *procs) run() {
 			p.apply(want)
 			p.set = want
 		}
-		if p.want() != p.set {
-			select {
-			case p.wake <- struct{}{}:
-			default:
-			}
-		}
+		// Every change of the count wakes the loop, so one that came
+		// meanwhile is applied on the next turn.
 	}
 }
