@@ -283,8 +283,8 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 			}
 			return
 		}
-		code, results, idle := s.call(callCtx, app, req, &args, res)
-		out = wire.AppendReplyIdle(out[:0], req.ID, code, results, idle && sayIdle)
+		code, results, idle := s.call(callCtx, app, req, &args, res, sayIdle)
+		out = wire.AppendReplyIdle(out[:0], req.ID, code, results, idle)
 		if _, err := w.Write(out); err != nil {
 			return
 		}
@@ -369,9 +369,10 @@ func isEOF(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
 }
 
-// call decodes and serves one request. A panic in serving it is a bug: it
+// call decodes and serves one request, and with sayIdle says whether the
+// session it named is idle after it. A panic in serving it is a bug: it
 // is logged and answered CKR_GENERAL_ERROR, and the daemon goes on.
-func (s *Server) call(ctx context.Context, app *App, req wire.Request, args *wire.Args, res *wire.Results) (code uint64, results []byte, idle bool) {
+func (s *Server) call(ctx context.Context, app *App, req wire.Request, args *wire.Args, res *wire.Results, sayIdle bool) (code uint64, results []byte, idle bool) {
 	c, ok := calls.ByID(req.Call)
 	if !ok || c.Mode != calls.Forwarded {
 		return ck.CKR_FUNCTION_NOT_SUPPORTED, nil, false
@@ -390,7 +391,7 @@ func (s *Server) call(ctx context.Context, app *App, req wire.Request, args *wir
 	if wire.HasResults(c, code) {
 		results = res.Finish()
 	}
-	if onSession[c.ID] {
+	if sayIdle && onSession[c.ID] {
 		idle = app.sessionIdle(args.Ulong(0))
 	}
 	return code, results, idle
