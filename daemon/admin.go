@@ -271,8 +271,8 @@ func decodeArgs(req adminapi.Request, v any) error {
 // daemon's fault.
 func (s *Server) adminErr(op string, err error) *adminapi.Error {
 	var ae *adminapi.Error
-	var code rvError
-	var ref *refused
+	var code ck.Error
+	why, reasoned := ck.Reason(err)
 	switch {
 	case errors.As(err, &ae):
 		return ae
@@ -301,8 +301,8 @@ func (s *Server) adminErr(op string, err error) *adminapi.Error {
 	case errors.Is(err, keystore.ErrTampered):
 		s.log.Error("admin call: keystore integrity check failed", "op", op, "err", err)
 		return adminapi.Errorf(adminapi.CodeTampered, "the keystore failed an integrity check (see the daemon's log and `hsmemu audit verify`)")
-	case errors.As(err, &ref):
-		return adminapi.Errorf(adminapi.CodeRefused, "refused: %s", ref.why)
+	case reasoned:
+		return adminapi.Errorf(adminapi.CodeRefused, "refused: %s", why)
 	case errors.As(err, &code):
 		switch uint64(code) {
 		case ck.CKR_FUNCTION_CANCELED:

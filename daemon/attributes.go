@@ -266,28 +266,28 @@ func checkValue(r rule, v []byte) error {
 	switch r.kind {
 	case vBool:
 		if len(v) != 1 || v[0] > 1 {
-			return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 		}
 	case vUlong:
 		if len(v) != 8 {
-			return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 		}
 	case vUlongs:
 		if len(v)%8 != 0 {
-			return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 		}
 	case vDate:
 		if len(v) != 0 && len(v) != 8 {
-			return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 		}
 		for _, c := range v {
 			if c < '0' || c > '9' {
-				return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+				return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 			}
 		}
 	case vAttrs:
 		if _, err := keystore.DecodeAttributes(v); err != nil {
-			return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 		}
 	}
 	return nil
@@ -429,11 +429,11 @@ func split(all map[uint64][]byte, class, keyType uint64) (*object, error) {
 	}
 	a, err := keystore.NewAttributes(attrs...)
 	if err != nil {
-		return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+		return nil, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 	}
 	s, err := keystore.NewAttributes(secret...)
 	if err != nil {
-		return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+		return nil, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 	}
 	return &object{attrs: a, secret: s}, nil
 }

@@ -15,16 +15,14 @@ import (
 // CK_RV carries results (wire.HasResults), they are in r. This is the one
 // place errors become CK_RVs.
 func (e *Engine) Dispatch(ctx context.Context, app *App, a *wire.Args, r *wire.Results) uint64 {
-	code, err := e.dispatch(ctx, app, a, r)
-	if err != nil {
+	code := uint64(ck.CKR_OK)
+	if err := handlers[a.Call().ID](e, ctx, app, a, r); err != nil {
 		var known bool
 		code, known = rvOf(err)
-		var r *refused
-		switch {
-		case !known:
+		if !known {
 			e.log.Error("call failed", "call", a.Call().Name, "pid", app.PID, "err", err)
-		case errors.As(err, &r):
-			e.log.Info("call refused", "call", a.Call().Name, "pid", app.PID, "why", r.why)
+		} else if why, ok := ck.Reason(err); ok {
+			e.log.Info("call refused", "call", a.Call().Name, "pid", app.PID, "why", why)
 		}
 		if errors.Is(err, keystore.ErrTampered) {
 			e.audit(ctx, actor(app, ""), keystore.UUID{}, "tamper.detected", map[string]string{"call": a.Call().Name})
@@ -49,12 +47,12 @@ func templ(in []wire.Attribute) ([]attr, error) {
 			}
 			attrs, err := keystore.NewAttributes(nested...)
 			if err != nil {
-				return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+				return nil, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 			}
 			out[i].Value = attrs.Encode()
 		case a.Null:
 			if len(a.Value) != 0 {
-				return nil, rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+				return nil, ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 			}
 			out[i].Value = vEmpty
 		default:
@@ -67,289 +65,424 @@ func templ(in []wire.Attribute) ([]attr, error) {
 	return out, nil
 }
 
-func (e *Engine) dispatch(ctx context.Context, app *App, a *wire.Args, r *wire.Results) (uint64, error) {
-	c := a.Call()
-	switch c.Name {
-	case "C_GetSlotList":
-		ids, err := e.SlotList(ctx)
-		if err != nil {
-			return 0, err
+// handler serves one call: its arguments are in a, its results go into r,
+// and an error is its CK_RV (a CK_RV that carries results, such as
+// CKR_BUFFER_TOO_SMALL, with them in r).
+type handler func(e *Engine, ctx context.Context, app *App, a *wire.Args, r *wire.Results) error
+
+// handlers is the dispatch table, indexed by the call ids of
+// cryptoki/calls. It is built once, from handlerOf; building it checks
+// that every call the module forwards has a handler and that every handler
+// names a forwarded call, so a misspelt name stops the daemon's tests, not
+// a client.
+var handlers = buildHandlers(handlerOf)
+
+func buildHandlers(byName map[string]handler) []handler {
+	t := make([]handler, len(calls.Table)+1)
+	for name, h := range byName {
+		c, ok := calls.ByName(name)
+		if !ok || c.Mode != calls.Forwarded {
+			panic("daemon: internal error: a handler for " + name + ", which the module does not forward")
 		}
-		return r.OutUlongs(a.Out(1), ids), nil
-	case "C_GetSlotInfo":
-		info, err := e.SlotInfo(ctx, a.Ulong(0))
-		if err != nil {
-			return 0, err
+		t[c.ID] = h
+	}
+	for i := range calls.Table {
+		if c := &calls.Table[i]; c.Mode == calls.Forwarded && t[c.ID] == nil {
+			panic("daemon: internal error: no handler for " + c.Name)
 		}
+	}
+	return t
+}
+
+// handlerOf names each forwarded call's handler.
+var handlerOf = map[string]handler{
+	"C_GetSlotList":         (*Engine).cGetSlotList,
+	"C_GetSlotInfo":         (*Engine).cGetSlotInfo,
+	"C_GetTokenInfo":        (*Engine).cGetTokenInfo,
+	"C_GetMechanismList":    (*Engine).cGetMechanismList,
+	"C_GetMechanismInfo":    (*Engine).cGetMechanismInfo,
+	"C_WaitForSlotEvent":    (*Engine).cWaitForSlotEvent,
+	"C_InitToken":           (*Engine).cInitToken,
+	"C_InitPIN":             (*Engine).cInitPIN,
+	"C_SetPIN":              (*Engine).cSetPIN,
+	"C_OpenSession":         (*Engine).cOpenSession,
+	"C_CloseSession":        (*Engine).cCloseSession,
+	"C_CloseAllSessions":    (*Engine).cCloseAllSessions,
+	"C_GetSessionInfo":      (*Engine).cGetSessionInfo,
+	"C_GetOperationState":   notSupported,
+	"C_SetOperationState":   notSupported,
+	"C_Login":               (*Engine).cLogin,
+	"C_LoginUser":           notSupported,
+	"C_Logout":              (*Engine).cLogout,
+	"C_SessionCancel":       notSupported,
+	"C_CreateObject":        (*Engine).cCreateObject,
+	"C_CopyObject":          (*Engine).cCopyObject,
+	"C_DestroyObject":       (*Engine).cDestroyObject,
+	"C_GetObjectSize":       (*Engine).cGetObjectSize,
+	"C_GetAttributeValue":   (*Engine).cGetAttributeValue,
+	"C_SetAttributeValue":   (*Engine).cSetAttributeValue,
+	"C_FindObjectsInit":     (*Engine).cFindObjectsInit,
+	"C_FindObjects":         (*Engine).cFindObjects,
+	"C_FindObjectsFinal":    (*Engine).cFindObjectsFinal,
+	"C_EncryptInit":         opInit(opEncrypt),
+	"C_Encrypt":             crypt(opEncrypt),
+	"C_EncryptUpdate":       cryptUpdate(opEncrypt),
+	"C_EncryptFinal":        cryptFinal(opEncrypt),
+	"C_DecryptInit":         opInit(opDecrypt),
+	"C_Decrypt":             crypt(opDecrypt),
+	"C_DecryptUpdate":       cryptUpdate(opDecrypt),
+	"C_DecryptFinal":        cryptFinal(opDecrypt),
+	"C_DigestInit":          (*Engine).cDigestInit,
+	"C_Digest":              (*Engine).cDigest,
+	"C_DigestUpdate":        (*Engine).cDigestUpdate,
+	"C_DigestKey":           (*Engine).cDigestKey,
+	"C_DigestFinal":         (*Engine).cDigestFinal,
+	"C_SignInit":            opInit(opSign),
+	"C_Sign":                (*Engine).cSign,
+	"C_SignUpdate":          signVerifyUpdate(opSign),
+	"C_SignFinal":           (*Engine).cSignFinal,
+	"C_SignRecoverInit":     noMechanism,
+	"C_SignRecover":         notInitialized,
+	"C_VerifyInit":          opInit(opVerify),
+	"C_Verify":              (*Engine).cVerify,
+	"C_VerifyUpdate":        signVerifyUpdate(opVerify),
+	"C_VerifyFinal":         (*Engine).cVerifyFinal,
+	"C_VerifyRecoverInit":   noMechanism,
+	"C_VerifyRecover":       notInitialized,
+	"C_DigestEncryptUpdate": notSupported,
+	"C_DecryptDigestUpdate": notSupported,
+	"C_SignEncryptUpdate":   notSupported,
+	"C_DecryptVerifyUpdate": notSupported,
+	"C_GenerateKey":         (*Engine).cGenerateKey,
+	"C_GenerateKeyPair":     (*Engine).cGenerateKeyPair,
+	"C_WrapKey":             (*Engine).cWrapKey,
+	"C_UnwrapKey":           (*Engine).cUnwrapKey,
+	"C_DeriveKey":           (*Engine).cDeriveKey,
+	"C_SeedRandom":          (*Engine).cSeedRandom,
+	"C_GenerateRandom":      (*Engine).cGenerateRandom,
+}
+
+// in is a byte-string argument; a NULL one reads as empty.
+func in(a *wire.Args, i int) []byte {
+	b, _ := a.Bytes(i)
+	return b
+}
+
+func (e *Engine) cGetSlotList(ctx context.Context, _ *App, a *wire.Args, r *wire.Results) error {
+	ids, err := e.SlotList(ctx)
+	if err != nil {
+		return err
+	}
+	return ck.Err(r.OutUlongs(a.Out(1), ids))
+}
+
+func (e *Engine) cGetSlotInfo(ctx context.Context, _ *App, a *wire.Args, r *wire.Results) error {
+	info, err := e.SlotInfo(ctx, a.Ulong(0))
+	if err == nil {
 		r.Struct(info)
-		return ck.CKR_OK, nil
-	case "C_GetTokenInfo":
-		info, err := e.TokenInfo(ctx, a.Ulong(0))
-		if err != nil {
-			return 0, err
-		}
+	}
+	return err
+}
+
+func (e *Engine) cGetTokenInfo(ctx context.Context, _ *App, a *wire.Args, r *wire.Results) error {
+	info, err := e.TokenInfo(ctx, a.Ulong(0))
+	if err == nil {
 		r.Struct(info)
-		return ck.CKR_OK, nil
-	case "C_GetMechanismList":
-		list, err := e.MechanismList(ctx, a.Ulong(0))
-		if err != nil {
-			return 0, err
-		}
-		return r.OutUlongs(a.Out(1), list), nil
-	case "C_GetMechanismInfo":
-		info, err := e.MechanismInfo(ctx, a.Ulong(0), a.Ulong(1))
-		if err != nil {
-			return 0, err
-		}
+	}
+	return err
+}
+
+func (e *Engine) cGetMechanismList(ctx context.Context, _ *App, a *wire.Args, r *wire.Results) error {
+	list, err := e.MechanismList(ctx, a.Ulong(0))
+	if err != nil {
+		return err
+	}
+	return ck.Err(r.OutUlongs(a.Out(1), list))
+}
+
+func (e *Engine) cGetMechanismInfo(ctx context.Context, _ *App, a *wire.Args, r *wire.Results) error {
+	info, err := e.MechanismInfo(ctx, a.Ulong(0), a.Ulong(1))
+	if err == nil {
 		r.Struct(info)
-		return ck.CKR_OK, nil
-	case "C_WaitForSlotEvent":
-		if a.Ulong(0)&ck.CKF_DONT_BLOCK != 0 {
-			return ck.CKR_NO_EVENT, nil
-		}
-		return ck.CKR_FUNCTION_NOT_SUPPORTED, nil
-	case "C_InitToken":
-		pin, null := a.Bytes(1)
-		label, lnull := a.Label(2)
-		if null || lnull {
-			return ck.CKR_ARGUMENTS_BAD, nil
-		}
-		return ck.CKR_OK, e.InitToken(ctx, app, a.Ulong(0), pin, label)
-	case "C_InitPIN":
-		pin, null := a.Bytes(1)
-		if null {
-			return ck.CKR_ARGUMENTS_BAD, nil
-		}
-		return ck.CKR_OK, e.InitPIN(ctx, app, a.Ulong(0), pin)
-	case "C_SetPIN":
-		old, n1 := a.Bytes(1)
-		nw, n2 := a.Bytes(2)
-		if n1 || n2 {
-			return ck.CKR_ARGUMENTS_BAD, nil
-		}
-		return ck.CKR_OK, e.SetPIN(ctx, app, a.Ulong(0), old, nw)
-	case "C_OpenSession":
-		h, err := e.OpenSession(ctx, app, a.Ulong(0), a.Ulong(1))
-		if err != nil {
-			return 0, err
-		}
+	}
+	return err
+}
+
+// cWaitForSlotEvent: slots never change under a client (a token created
+// by C_InitToken or the administrator appears in the next slot list), so
+// there is no event to report and none to wait for.
+func (e *Engine) cWaitForSlotEvent(_ context.Context, _ *App, a *wire.Args, _ *wire.Results) error {
+	if a.Ulong(0)&ck.CKF_DONT_BLOCK != 0 {
+		return ck.Error(ck.CKR_NO_EVENT)
+	}
+	return ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED)
+}
+
+func (e *Engine) cInitToken(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	pin, null := a.Bytes(1)
+	label, lnull := a.Label(2)
+	if null || lnull {
+		return ck.Error(ck.CKR_ARGUMENTS_BAD)
+	}
+	return e.InitToken(ctx, app, a.Ulong(0), pin, label)
+}
+
+func (e *Engine) cInitPIN(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	pin, null := a.Bytes(1)
+	if null {
+		return ck.Error(ck.CKR_ARGUMENTS_BAD)
+	}
+	return e.InitPIN(ctx, app, a.Ulong(0), pin)
+}
+
+func (e *Engine) cSetPIN(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	old, n1 := a.Bytes(1)
+	nw, n2 := a.Bytes(2)
+	if n1 || n2 {
+		return ck.Error(ck.CKR_ARGUMENTS_BAD)
+	}
+	return e.SetPIN(ctx, app, a.Ulong(0), old, nw)
+}
+
+func (e *Engine) cOpenSession(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	h, err := e.OpenSession(ctx, app, a.Ulong(0), a.Ulong(1))
+	if err == nil {
 		r.Ulong(h)
-		return ck.CKR_OK, nil
-	case "C_CloseSession":
-		return ck.CKR_OK, e.CloseSession(ctx, app, a.Ulong(0))
-	case "C_CloseAllSessions":
-		return ck.CKR_OK, e.CloseAllSessions(ctx, app, a.Ulong(0))
-	case "C_GetSessionInfo":
-		info, err := e.SessionInfo(ctx, app, a.Ulong(0))
-		if err != nil {
-			return 0, err
-		}
+	}
+	return err
+}
+
+func (e *Engine) cCloseSession(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	return e.CloseSession(ctx, app, a.Ulong(0))
+}
+
+func (e *Engine) cCloseAllSessions(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	return e.CloseAllSessions(ctx, app, a.Ulong(0))
+}
+
+func (e *Engine) cGetSessionInfo(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	info, err := e.SessionInfo(ctx, app, a.Ulong(0))
+	if err == nil {
 		r.Struct(info)
-		return ck.CKR_OK, nil
-	case "C_Login":
-		pin, null := a.Bytes(2)
-		return ck.CKR_OK, e.Login(ctx, app, a.Ulong(0), a.Ulong(1), pin, null)
-	case "C_Logout":
-		return ck.CKR_OK, e.Logout(ctx, app, a.Ulong(0))
-	case "C_CreateObject":
-		t, err := templ(a.Template(1))
-		if err != nil {
-			return 0, err
-		}
-		h, err := e.CreateObject(ctx, app, a.Ulong(0), t)
-		if err != nil {
-			return 0, err
-		}
+	}
+	return err
+}
+
+func (e *Engine) cLogin(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	pin, null := a.Bytes(2)
+	return e.Login(ctx, app, a.Ulong(0), a.Ulong(1), pin, null)
+}
+
+func (e *Engine) cLogout(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	return e.Logout(ctx, app, a.Ulong(0))
+}
+
+// newObject serves the calls that make one object from a template (the
+// template's argument index) and return its handle.
+func newObject(ti int, r *wire.Results, a *wire.Args, create func(t []attr) (uint64, error)) error {
+	t, err := templ(a.Template(ti))
+	if err != nil {
+		return err
+	}
+	h, err := create(t)
+	if err == nil {
 		r.Ulong(h)
-		return ck.CKR_OK, nil
-	case "C_CopyObject":
-		t, err := templ(a.Template(2))
-		if err != nil {
-			return 0, err
-		}
-		h, err := e.CopyObject(ctx, app, a.Ulong(0), a.Ulong(1), t)
-		if err != nil {
-			return 0, err
-		}
-		r.Ulong(h)
-		return ck.CKR_OK, nil
-	case "C_DestroyObject":
-		return ck.CKR_OK, e.DestroyObject(ctx, app, a.Ulong(0), a.Ulong(1))
-	case "C_GetObjectSize":
-		n, err := e.ObjectSize(ctx, app, a.Ulong(0), a.Ulong(1))
-		if err != nil {
-			return 0, err
-		}
+	}
+	return err
+}
+
+func (e *Engine) cCreateObject(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	return newObject(1, r, a, func(t []attr) (uint64, error) { return e.CreateObject(ctx, app, a.Ulong(0), t) })
+}
+
+func (e *Engine) cCopyObject(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	return newObject(2, r, a, func(t []attr) (uint64, error) { return e.CopyObject(ctx, app, a.Ulong(0), a.Ulong(1), t) })
+}
+
+func (e *Engine) cDestroyObject(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	return e.DestroyObject(ctx, app, a.Ulong(0), a.Ulong(1))
+}
+
+func (e *Engine) cGetObjectSize(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	n, err := e.ObjectSize(ctx, app, a.Ulong(0), a.Ulong(1))
+	if err == nil {
 		r.Ulong(n)
-		return ck.CKR_OK, nil
-	case "C_GetAttributeValue":
-		answers, code, err := e.GetAttributes(ctx, app, a.Ulong(0), a.Ulong(1), a.Query(2))
-		if err != nil {
-			return 0, err
-		}
+	}
+	return err
+}
+
+func (e *Engine) cGetAttributeValue(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	answers, err := e.GetAttributes(ctx, app, a.Ulong(0), a.Ulong(1), a.Query(2))
+	if answers != nil {
 		r.Answers(answers)
-		return code, nil
-	case "C_SetAttributeValue":
-		t, err := templ(a.Template(2))
-		if err != nil {
-			return 0, err
-		}
-		return ck.CKR_OK, e.SetAttributes(ctx, app, a.Ulong(0), a.Ulong(1), t)
-	case "C_FindObjectsInit":
-		t, err := templ(a.Template(1))
-		if err != nil {
-			return 0, err
-		}
-		return ck.CKR_OK, e.FindObjectsInit(ctx, app, a.Ulong(0), t)
-	case "C_FindObjects":
-		hs, err := e.FindObjects(ctx, app, a.Ulong(0), a.Max(1))
-		if err != nil {
-			return 0, err
-		}
+	}
+	return err
+}
+
+func (e *Engine) cSetAttributeValue(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	t, err := templ(a.Template(2))
+	if err != nil {
+		return err
+	}
+	return e.SetAttributes(ctx, app, a.Ulong(0), a.Ulong(1), t)
+}
+
+func (e *Engine) cFindObjectsInit(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	t, err := templ(a.Template(1))
+	if err != nil {
+		return err
+	}
+	return e.FindObjectsInit(ctx, app, a.Ulong(0), t)
+}
+
+func (e *Engine) cFindObjects(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	hs, err := e.FindObjects(ctx, app, a.Ulong(0), a.Max(1))
+	if err == nil {
 		r.Handles(hs)
-		return ck.CKR_OK, nil
-	case "C_FindObjectsFinal":
-		return ck.CKR_OK, e.FindObjectsFinal(ctx, app, a.Ulong(0))
-	case "C_GenerateRandom":
-		b, err := e.GenerateRandom(ctx, app, a.Ulong(0), a.Filled(1))
-		if err != nil {
-			return 0, err
-		}
+	}
+	return err
+}
+
+func (e *Engine) cFindObjectsFinal(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	return e.FindObjectsFinal(ctx, app, a.Ulong(0))
+}
+
+// opInit serves the Init calls that take a key.
+func opInit(kind opKind) handler {
+	return func(e *Engine, ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+		return e.OpInit(ctx, app, a.Ulong(0), kind, a.Mechanism(1), a.Ulong(2))
+	}
+}
+
+func crypt(kind opKind) handler {
+	return func(e *Engine, _ context.Context, app *App, a *wire.Args, r *wire.Results) error {
+		return e.Crypt(app, a.Ulong(0), kind, in(a, 1), a.Out(2), r)
+	}
+}
+
+func cryptUpdate(kind opKind) handler {
+	return func(e *Engine, _ context.Context, app *App, a *wire.Args, r *wire.Results) error {
+		return e.CryptUpdate(app, a.Ulong(0), kind, in(a, 1), a.Out(2), r)
+	}
+}
+
+func cryptFinal(kind opKind) handler {
+	return func(e *Engine, _ context.Context, app *App, a *wire.Args, r *wire.Results) error {
+		return e.CryptFinal(app, a.Ulong(0), kind, a.Out(1), r)
+	}
+}
+
+func signVerifyUpdate(kind opKind) handler {
+	return func(e *Engine, _ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+		return e.SignVerifyUpdate(app, a.Ulong(0), kind, in(a, 1))
+	}
+}
+
+func (e *Engine) cDigestInit(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	return e.OpInit(ctx, app, a.Ulong(0), opDigest, a.Mechanism(1), 0)
+}
+
+func (e *Engine) cDigest(_ context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	return e.Digest(app, a.Ulong(0), in(a, 1), a.Out(2), r)
+}
+
+func (e *Engine) cDigestUpdate(_ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	return e.DigestUpdate(app, a.Ulong(0), in(a, 1))
+}
+
+func (e *Engine) cDigestKey(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	return e.DigestKey(ctx, app, a.Ulong(0), a.Ulong(1))
+}
+
+func (e *Engine) cDigestFinal(_ context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	return e.DigestFinal(app, a.Ulong(0), a.Out(1), r)
+}
+
+func (e *Engine) cSign(_ context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	return e.Sign(app, a.Ulong(0), in(a, 1), a.Out(2), r)
+}
+
+func (e *Engine) cSignFinal(_ context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	return e.SignFinal(app, a.Ulong(0), a.Out(1), r)
+}
+
+func (e *Engine) cVerify(_ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	return e.Verify(app, a.Ulong(0), in(a, 1), in(a, 2))
+}
+
+func (e *Engine) cVerifyFinal(_ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	return e.VerifyFinal(app, a.Ulong(0), in(a, 1))
+}
+
+func (e *Engine) cGenerateKey(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	return newObject(2, r, a, func(t []attr) (uint64, error) { return e.GenerateKey(ctx, app, a.Ulong(0), a.Mechanism(1), t) })
+}
+
+func (e *Engine) cGenerateKeyPair(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	pt, err := templ(a.Template(2))
+	if err != nil {
+		return err
+	}
+	vt, err := templ(a.Template(3))
+	if err != nil {
+		return err
+	}
+	ph, vh, err := e.GenerateKeyPair(ctx, app, a.Ulong(0), a.Mechanism(1), pt, vt)
+	if err == nil {
+		r.Ulong(ph)
+		r.Ulong(vh)
+	}
+	return err
+}
+
+func (e *Engine) cWrapKey(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	return e.WrapKey(ctx, app, a.Ulong(0), a.Mechanism(1), a.Ulong(2), a.Ulong(3), a.Out(4), r)
+}
+
+func (e *Engine) cUnwrapKey(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	return newObject(4, r, a, func(t []attr) (uint64, error) {
+		return e.UnwrapKey(ctx, app, a.Ulong(0), a.Mechanism(1), a.Ulong(2), in(a, 3), t)
+	})
+}
+
+func (e *Engine) cDeriveKey(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	return newObject(3, r, a, func(t []attr) (uint64, error) {
+		return e.DeriveKey(ctx, app, a.Ulong(0), a.Mechanism(1), a.Ulong(2), t)
+	})
+}
+
+func (e *Engine) cSeedRandom(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	return e.SeedRandom(ctx, app, a.Ulong(0))
+}
+
+func (e *Engine) cGenerateRandom(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	b, err := e.GenerateRandom(ctx, app, a.Ulong(0), a.Filled(1))
+	if err == nil {
 		r.Filled(b)
-		return ck.CKR_OK, nil
-	case "C_SeedRandom":
-		return ck.CKR_OK, e.SeedRandom(ctx, app, a.Ulong(0))
 	}
-	if code, handled, err := e.dispatchOps(ctx, app, a, r); handled {
-		return code, err
-	}
-	return e.noMechanisms(app, c, a)
+	return err
 }
 
-// opOf maps the Init calls to their kind of operation.
-var opOf = map[string]opKind{
-	"C_EncryptInit": opEncrypt, "C_DecryptInit": opDecrypt, "C_DigestInit": opDigest,
-	"C_SignInit": opSign, "C_VerifyInit": opVerify,
+// notSupported answers the calls the token does not implement.
+func notSupported(*Engine, context.Context, *App, *wire.Args, *wire.Results) error {
+	return ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED)
 }
 
-// dispatchOps serves the calls of operations in progress.
-func (e *Engine) dispatchOps(ctx context.Context, app *App, a *wire.Args, r *wire.Results) (code uint64, handled bool, err error) {
-	h := func() uint64 { return a.Ulong(0) }
-	in := func(i int) []byte { b, _ := a.Bytes(i); return b }
-	switch name := a.Call().Name; name {
-	case "C_EncryptInit", "C_DecryptInit", "C_SignInit", "C_VerifyInit":
-		return ck.CKR_OK, true, e.OpInit(ctx, app, h(), opOf[name], a.Mechanism(1), a.Ulong(2))
-	case "C_DigestInit":
-		return ck.CKR_OK, true, e.OpInit(ctx, app, h(), opDigest, a.Mechanism(1), 0)
-	case "C_Encrypt":
-		code, err = e.Crypt(app, h(), opEncrypt, in(1), a.Out(2), r)
-		return code, true, err
-	case "C_Decrypt":
-		code, err = e.Crypt(app, h(), opDecrypt, in(1), a.Out(2), r)
-		return code, true, err
-	case "C_EncryptUpdate":
-		code, err = e.CryptUpdate(app, h(), opEncrypt, in(1), a.Out(2), r)
-		return code, true, err
-	case "C_DecryptUpdate":
-		code, err = e.CryptUpdate(app, h(), opDecrypt, in(1), a.Out(2), r)
-		return code, true, err
-	case "C_EncryptFinal":
-		code, err = e.CryptFinal(app, h(), opEncrypt, a.Out(1), r)
-		return code, true, err
-	case "C_DecryptFinal":
-		code, err = e.CryptFinal(app, h(), opDecrypt, a.Out(1), r)
-		return code, true, err
-	case "C_Digest":
-		code, err = e.Digest(app, h(), in(1), a.Out(2), r)
-		return code, true, err
-	case "C_DigestUpdate":
-		return ck.CKR_OK, true, e.DigestUpdate(app, h(), in(1))
-	case "C_DigestKey":
-		return ck.CKR_OK, true, e.DigestKey(ctx, app, h(), a.Ulong(1))
-	case "C_DigestFinal":
-		code, err = e.DigestFinal(app, h(), a.Out(1), r)
-		return code, true, err
-	case "C_Sign":
-		code, err = e.Sign(app, h(), in(1), a.Out(2), r)
-		return code, true, err
-	case "C_SignUpdate":
-		return ck.CKR_OK, true, e.SignVerifyUpdate(app, h(), opSign, in(1))
-	case "C_SignFinal":
-		code, err = e.SignFinal(app, h(), a.Out(1), r)
-		return code, true, err
-	case "C_Verify":
-		return ck.CKR_OK, true, e.Verify(app, h(), in(1), in(2))
-	case "C_VerifyUpdate":
-		return ck.CKR_OK, true, e.SignVerifyUpdate(app, h(), opVerify, in(1))
-	case "C_GenerateKey":
-		t, err := templ(a.Template(2))
-		if err != nil {
-			return 0, true, err
-		}
-		kh, err := e.GenerateKey(ctx, app, h(), a.Mechanism(1), t)
-		if err == nil {
-			r.Ulong(kh)
-		}
-		return ck.CKR_OK, true, err
-	case "C_GenerateKeyPair":
-		pt, err := templ(a.Template(2))
-		if err != nil {
-			return 0, true, err
-		}
-		vt, err := templ(a.Template(3))
-		if err != nil {
-			return 0, true, err
-		}
-		ph, vh, err := e.GenerateKeyPair(ctx, app, h(), a.Mechanism(1), pt, vt)
-		if err == nil {
-			r.Ulong(ph)
-			r.Ulong(vh)
-		}
-		return ck.CKR_OK, true, err
-	case "C_WrapKey":
-		code, err = e.WrapKey(ctx, app, h(), a.Mechanism(1), a.Ulong(2), a.Ulong(3), a.Out(4), r)
-		return code, true, err
-	case "C_UnwrapKey":
-		t, err := templ(a.Template(4))
-		if err != nil {
-			return 0, true, err
-		}
-		kh, err := e.UnwrapKey(ctx, app, h(), a.Mechanism(1), a.Ulong(2), in(3), t)
-		if err == nil {
-			r.Ulong(kh)
-		}
-		return ck.CKR_OK, true, err
-	case "C_DeriveKey":
-		t, err := templ(a.Template(3))
-		if err != nil {
-			return 0, true, err
-		}
-		kh, err := e.DeriveKey(ctx, app, h(), a.Mechanism(1), a.Ulong(2), t)
-		if err == nil {
-			r.Ulong(kh)
-		}
-		return ck.CKR_OK, true, err
-	case "C_VerifyFinal":
-		return ck.CKR_OK, true, e.VerifyFinal(app, h(), in(1))
-	}
-	return 0, false, nil
-}
-
-// noMechanisms answers the cryptographic calls no mechanism implements
-// yet: an Init names a mechanism the token does not have for it, and
-// nothing can be in progress. Everything else is not supported.
-func (e *Engine) noMechanisms(app *App, c *calls.Call, a *wire.Args) (uint64, error) {
-	code := uint64(ck.CKR_FUNCTION_NOT_SUPPORTED)
-	switch c.Name {
-	case "C_SignRecoverInit", "C_VerifyRecoverInit":
-		code = ck.CKR_MECHANISM_INVALID
-	case "C_SignRecover", "C_VerifyRecover":
-		code = ck.CKR_OPERATION_NOT_INITIALIZED
-	default:
-		return code, nil
-	}
+// noMechanism answers the Inits of operations no mechanism here does
+// (C_SignRecoverInit, C_VerifyRecoverInit): the session is checked, and
+// any mechanism is one the token does not have for them.
+func noMechanism(_ *Engine, _ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
 	if _, err := app.session(a.Ulong(0)); err != nil {
-		return 0, err
+		return err
 	}
-	return code, nil
+	return ck.Error(ck.CKR_MECHANISM_INVALID)
+}
+
+// notInitialized answers the calls of those operations: none can have
+// started.
+func notInitialized(_ *Engine, _ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	if _, err := app.session(a.Ulong(0)); err != nil {
+		return err
+	}
+	return ck.Error(ck.CKR_OPERATION_NOT_INITIALIZED)
 }

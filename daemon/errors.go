@@ -3,34 +3,20 @@ package daemon
 import (
 	"context"
 	"errors"
-	"fmt"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/keystore"
 )
 
-// rvError is a PKCS#11 return value as a Go error. Every engine function
-// returns errors; dispatch maps them to a CK_RV exactly once (rvOf).
-type rvError uint64
-
-func (e rvError) Error() string { return fmt.Sprintf("CK_RV 0x%x", uint64(e)) }
-
-// rv returns the error for a CK_RV.
-func rv(v uint64) error { return rvError(v) }
-
-// rvOf maps an error to the CK_RV the caller sees. Errors that carry no
-// CK_RV of their own are the daemon's fault or the store's, and become
+// rvOf maps an error to the CK_RV the caller sees. A ck.Error is its own
+// answer; the keystore's sentinel errors have theirs. Errors that carry no
+// CK_RV are the daemon's fault or the store's, and become
 // CKR_DEVICE_ERROR; the caller logs them.
 func rvOf(err error) (uint64, bool) {
-	var e rvError
-	var r *refused
+	if code, ok := ck.RVOf(err); ok {
+		return code, true
+	}
 	switch {
-	case err == nil:
-		return ck.CKR_OK, true
-	case errors.As(err, &e):
-		return uint64(e), true
-	case errors.As(err, &r):
-		return r.code, true
 	case errors.Is(err, keystore.ErrPINIncorrect):
 		return ck.CKR_PIN_INCORRECT, true
 	case errors.Is(err, keystore.ErrPINLocked):
@@ -54,9 +40,8 @@ func rvOf(err error) (uint64, bool) {
 
 // asRV keeps an error that is a CK_RV and makes any other fallback.
 func asRV(err error, fallback uint64) error {
-	var e rvError
-	if errors.As(err, &e) {
-		return e
+	if _, ok := ck.RVOf(err); ok {
+		return err
 	}
-	return rv(fallback)
+	return ck.Error(fallback)
 }

@@ -30,7 +30,7 @@ func (e *Engine) GenerateKey(ctx context.Context, app *App, h uint64, wm *wire.M
 	}
 	mech, ok := mechanisms[wm.Type]
 	if !ok || mech.generate == nil {
-		return 0, rv(ck.CKR_MECHANISM_INVALID)
+		return 0, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
 	m, class, kt, err := checkTemplate(tmpl, app.isSO(s), originGenerate, ck.CKO_SECRET_KEY, mech.genKeyType)
 	if err != nil {
@@ -59,7 +59,7 @@ func (e *Engine) GenerateKeyPair(ctx context.Context, app *App, h uint64, wm *wi
 	}
 	mech, ok := mechanisms[wm.Type]
 	if !ok || mech.generatePair == nil {
-		return 0, 0, rv(ck.CKR_MECHANISM_INVALID)
+		return 0, 0, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
 	so := app.isSO(s)
 	pub, pc, pkt, err := checkTemplate(pubTmpl, so, originGenerate, ck.CKO_PUBLIC_KEY, mech.genKeyType)
@@ -113,39 +113,39 @@ func encodeKey(k *key) ([]byte, error) {
 		case ck.CKK_EC_EDWARDS:
 			priv, err = k.ed25519Private()
 		default:
-			return nil, rv(ck.CKR_KEY_NOT_WRAPPABLE)
+			return nil, ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
 		}
 		if err != nil {
 			return nil, err
 		}
 		return x509.MarshalPKCS8PrivateKey(priv)
 	}
-	return nil, rv(ck.CKR_KEY_NOT_WRAPPABLE)
+	return nil, ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
 }
 
 // WrapKey wraps a key under another, within the wrapping policy: the key
 // must be extractable; one with CKA_WRAP_WITH_TRUSTED only under a trusted
 // key; and the wrapping key's CKA_WRAP_TEMPLATE, if any, must match it.
-func (e *Engine) WrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, wrappingHandle, keyHandle uint64, out wire.OutSpec, r *wire.Results) (uint64, error) {
+func (e *Engine) WrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, wrappingHandle, keyHandle uint64, out wire.OutSpec, r *wire.Results) error {
 	s, err := app.session(h)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	mech, ok := mechanisms[wm.Type]
 	if !ok || mech.wrap == nil {
-		return 0, rv(ck.CKR_MECHANISM_INVALID)
+		return ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
 	wk, err := e.useKey(ctx, app, s, wrappingHandle, mech, wm.Type, ck.CKA_WRAP)
 	if err != nil {
-		return 0, wrappingErr(err, ck.CKR_WRAPPING_KEY_HANDLE_INVALID, ck.CKR_WRAPPING_KEY_TYPE_INCONSISTENT)
+		return wrappingErr(err, ck.CKR_WRAPPING_KEY_HANDLE_INVALID, ck.CKR_WRAPPING_KEY_TYPE_INCONSISTENT)
 	}
 	_, o, err := e.resolve(ctx, app, s, keyHandle)
 	if err != nil {
-		return 0, wrappingErr(err, ck.CKR_KEY_HANDLE_INVALID, 0)
+		return wrappingErr(err, ck.CKR_KEY_HANDLE_INVALID, 0)
 	}
 	k := newKey(o)
 	if classMask(k.class)&(mSecret|mPriv) == 0 {
-		return 0, rv(ck.CKR_KEY_NOT_WRAPPABLE)
+		return ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
 	}
 	if !o.bool(ck.CKA_EXTRACTABLE) {
 		e.log.Warn("wrap refused: the key is not extractable", "pid", app.PID)
@@ -153,27 +153,27 @@ func (e *Engine) WrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mecha
 		delete(detail, "object")
 		detail["call"] = "C_WrapKey"
 		e.audit(ctx, actor(app, sessionRole(app, s)), s.token, "export.refused", detail)
-		return 0, rv(ck.CKR_KEY_UNEXTRACTABLE)
+		return ck.Error(ck.CKR_KEY_UNEXTRACTABLE)
 	}
 	if o.bool(ck.CKA_WRAP_WITH_TRUSTED) && !wk.obj.bool(ck.CKA_TRUSTED) {
-		return 0, rv(ck.CKR_KEY_NOT_WRAPPABLE)
+		return ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
 	}
 	if t, ok := wk.obj.attrs.Get(ck.CKA_WRAP_TEMPLATE); ok && len(t) > 0 {
 		want, err := keystore.DecodeAttributes(t)
 		if err != nil || !o.matches(want) {
-			return 0, rv(ck.CKR_KEY_NOT_WRAPPABLE)
+			return ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
 		}
 	}
 	enc, err := encodeKey(k)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	wrapped, err := mech.wrap(wk, wm, enc)
 	wipe(enc)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	return r.OutBytes(out, wrapped), nil
+	return ck.Err(r.OutBytes(out, wrapped))
 }
 
 // wrappingErr renames a key lookup's errors for the key's role in a wrap.
@@ -181,9 +181,9 @@ func wrappingErr(err error, handle, keyType uint64) error {
 	code, _ := rvOf(err)
 	switch {
 	case code == ck.CKR_KEY_HANDLE_INVALID || code == ck.CKR_OBJECT_HANDLE_INVALID:
-		return rv(handle)
+		return ck.Error(handle)
 	case code == ck.CKR_KEY_TYPE_INCONSISTENT && keyType != 0:
-		return rv(keyType)
+		return ck.Error(keyType)
 	}
 	return err
 }
@@ -202,14 +202,14 @@ func (e *Engine) UnwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	}
 	mech, ok := mechanisms[wm.Type]
 	if !ok || mech.unwrap == nil {
-		return 0, rv(ck.CKR_MECHANISM_INVALID)
+		return 0, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
 	uk, err := e.useKey(ctx, app, s, unwrappingHandle, mech, wm.Type, ck.CKA_UNWRAP)
 	if err != nil {
 		return 0, wrappingErr(err, ck.CKR_UNWRAPPING_KEY_HANDLE_INVALID, ck.CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT)
 	}
 	if uk.needsContextLogin() {
-		return 0, rv(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
+		return 0, ck.Error(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
 	}
 	// The unwrapping key's CKA_UNWRAP_TEMPLATE is imposed on the new key,
 	// before the template is checked, so every rule applies to it too.
@@ -231,7 +231,7 @@ func (e *Engine) UnwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	}
 	for t, v := range add {
 		if given, ok := m[t]; ok && string(given) != string(v) {
-			return 0, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+			return 0, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 		}
 	}
 	maps.Copy(m, add)
@@ -254,7 +254,7 @@ func impose(tmpl []attr, o *object, t uint64) ([]attr, error) {
 	}
 	imposed, err := keystore.DecodeAttributes(v)
 	if err != nil {
-		return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+		return nil, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 	}
 	out := slices.Clone(tmpl)
 outer:
@@ -262,7 +262,7 @@ outer:
 		for _, c := range tmpl {
 			if c.Type == a.Type {
 				if !bytes.Equal(c.Value, a.Value) {
-					return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+					return nil, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 				}
 				continue outer
 			}
@@ -278,24 +278,24 @@ func decodeKey(plain []byte, class, kt uint64, m map[uint64][]byte) (map[uint64]
 	case ck.CKO_SECRET_KEY:
 		v := append([]byte(nil), plain...)
 		if want, ok := m[ck.CKA_VALUE_LEN]; ok && ulongOf(want) != uint64(len(v)) {
-			return nil, rv(ck.CKR_WRAPPED_KEY_INVALID)
+			return nil, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
 		}
 		return map[uint64][]byte{ck.CKA_VALUE: v}, nil
 	case ck.CKO_PRIVATE_KEY:
 		priv, err := x509.ParsePKCS8PrivateKey(plain)
 		if err != nil {
-			return nil, rv(ck.CKR_WRAPPED_KEY_INVALID)
+			return nil, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
 		}
 		add, gotType, err := privateKeyAttrs(priv)
 		if err != nil {
 			return nil, err
 		}
 		if gotType != kt {
-			return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+			return nil, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 		}
 		return add, nil
 	}
-	return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+	return nil, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 }
 
 // DeriveKey derives a secret key from a base key.
@@ -310,21 +310,21 @@ func (e *Engine) DeriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	}
 	mech, ok := mechanisms[wm.Type]
 	if !ok || mech.derive == nil {
-		return 0, rv(ck.CKR_MECHANISM_INVALID)
+		return 0, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
 	base, err := e.useKey(ctx, app, s, baseHandle, mech, wm.Type, ck.CKA_DERIVE)
 	if err != nil {
 		return 0, err
 	}
 	if base.needsContextLogin() {
-		return 0, rv(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
+		return 0, ck.Error(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
 	}
 	if tmpl, err = impose(tmpl, base.obj, ck.CKA_DERIVE_TEMPLATE); err != nil {
 		return 0, err
 	}
 	so := app.isSO(s)
 	m, class, kt, err := checkTemplate(tmpl, so, originDerive, ck.CKO_SECRET_KEY, noKeyType)
-	if errors.Is(err, rv(ck.CKR_TEMPLATE_INCOMPLETE)) {
+	if errors.Is(err, ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)) {
 		// No key type: a generic secret.
 		tmpl = append(tmpl, attr{Type: ck.CKA_KEY_TYPE, Value: ulong(ck.CKK_GENERIC_SECRET)})
 		m, class, kt, err = checkTemplate(tmpl, so, originDerive, ck.CKO_SECRET_KEY, noKeyType)
@@ -336,12 +336,12 @@ func (e *Engine) DeriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if v, ok := m[ck.CKA_VALUE_LEN]; ok {
 		n := ulongOf(v)
 		if n > maxDerivedKey {
-			return 0, rv(ck.CKR_KEY_SIZE_RANGE)
+			return 0, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 		}
 		length = int(n)
 	}
 	if kt == ck.CKK_AES && length == 0 {
-		return 0, rv(ck.CKR_TEMPLATE_INCOMPLETE)
+		return 0, ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
 	}
 	value, err := mech.derive(base, wm, length)
 	if err != nil {

@@ -47,7 +47,7 @@ func (k *key) nistCurve() (elliptic.Curve, error) {
 	}
 	c, ok := ellipticCurve(oid, name)
 	if !ok {
-		return nil, rv(ck.CKR_CURVE_NOT_SUPPORTED)
+		return nil, ck.Error(ck.CKR_CURVE_NOT_SUPPORTED)
 	}
 	return c, nil
 }
@@ -63,14 +63,14 @@ func (k *key) bigAttr(t uint64) *big.Int {
 	return new(big.Int).SetBytes(v)
 }
 
-var errKeyBroken = rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+var errKeyBroken = ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 
 // rsaPublic returns an RSA key's public half (of a public or private key).
 func (k *key) rsaPublic() (*rsa.PublicKey, error) { return memoKey(k, "rsaPublic", k.parseRsaPublic) }
 
 func (k *key) parseRsaPublic() (*rsa.PublicKey, error) {
 	if k.keyType != ck.CKK_RSA {
-		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
 	n, e := k.bigAttr(ck.CKA_MODULUS), k.bigAttr(ck.CKA_PUBLIC_EXPONENT)
 	if n.Sign() == 0 || !e.IsInt64() || e.Int64() < 3 || e.Int64() > 1<<31-1 {
@@ -87,7 +87,7 @@ func (k *key) rsaPrivate() (*rsa.PrivateKey, error) {
 
 func (k *key) parseRsaPrivate() (*rsa.PrivateKey, error) {
 	if k.keyType != ck.CKK_RSA || k.class != ck.CKO_PRIVATE_KEY {
-		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
 	pub, err := k.rsaPublic()
 	if err != nil {
@@ -137,7 +137,7 @@ func parseECParams(v []byte) (asn1.ObjectIdentifier, string, error) {
 	if rest, err := asn1.UnmarshalWithParams(v, &name, "printable"); err == nil && len(rest) == 0 {
 		return nil, name, nil
 	}
-	return nil, "", rv(ck.CKR_DOMAIN_PARAMS_INVALID)
+	return nil, "", ck.Error(ck.CKR_DOMAIN_PARAMS_INVALID)
 }
 
 // ellipticCurve returns the NIST curve of a key's CKA_EC_PARAMS.
@@ -160,7 +160,7 @@ func (k *key) checkEd25519() error {
 		return err
 	}
 	if !isEd25519(oid, name) {
-		return rv(ck.CKR_CURVE_NOT_SUPPORTED)
+		return ck.Error(ck.CKR_CURVE_NOT_SUPPORTED)
 	}
 	return nil
 }
@@ -186,7 +186,7 @@ func (k *key) ecdsaPublic() (*ecdsa.PublicKey, error) {
 
 func (k *key) parseEcdsaPublic() (*ecdsa.PublicKey, error) {
 	if k.keyType != ck.CKK_EC {
-		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
 	c, err := k.nistCurve()
 	if err != nil {
@@ -228,7 +228,7 @@ func (k *key) ecdsaPrivate() (*ecdsa.PrivateKey, error) {
 
 func (k *key) parseEcdsaPrivate() (*ecdsa.PrivateKey, error) {
 	if k.keyType != ck.CKK_EC || k.class != ck.CKO_PRIVATE_KEY {
-		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
 	c, err := k.nistCurve()
 	if err != nil {
@@ -274,7 +274,7 @@ func (k *key) ed25519Private() (ed25519.PrivateKey, error) {
 
 func (k *key) parseEd25519Private() (ed25519.PrivateKey, error) {
 	if k.keyType != ck.CKK_EC_EDWARDS || k.class != ck.CKO_PRIVATE_KEY {
-		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
 	if err := k.checkEd25519(); err != nil {
 		return nil, err
@@ -293,7 +293,7 @@ func (k *key) ed25519Public() (ed25519.PublicKey, error) {
 
 func (k *key) parseEd25519Public() (ed25519.PublicKey, error) {
 	if k.keyType != ck.CKK_EC_EDWARDS {
-		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
 	if err := k.checkEd25519(); err != nil {
 		return nil, err
@@ -331,7 +331,7 @@ func privateKeyAttrs(priv any) (map[uint64][]byte, uint64, error) {
 	switch k := priv.(type) {
 	case *rsa.PrivateKey:
 		if len(k.Primes) != 2 {
-			return nil, 0, rv(ck.CKR_WRAPPED_KEY_INVALID)
+			return nil, 0, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
 		}
 		k.Precompute()
 		return map[uint64][]byte{
@@ -347,17 +347,17 @@ func privateKeyAttrs(priv any) (map[uint64][]byte, uint64, error) {
 	case *ecdsa.PrivateKey:
 		oid, ok := curveOID(k.Curve)
 		if !ok {
-			return nil, 0, rv(ck.CKR_CURVE_NOT_SUPPORTED)
+			return nil, 0, ck.Error(ck.CKR_CURVE_NOT_SUPPORTED)
 		}
 		d, err := k.Bytes()
 		if err != nil {
-			return nil, 0, rv(ck.CKR_WRAPPED_KEY_INVALID)
+			return nil, 0, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
 		}
 		return map[uint64][]byte{ck.CKA_EC_PARAMS: oidDER(oid), ck.CKA_VALUE: d}, ck.CKK_EC, nil
 	case ed25519.PrivateKey:
 		return map[uint64][]byte{ck.CKA_EC_PARAMS: oidDER(oidEd25519), ck.CKA_VALUE: k.Seed()}, ck.CKK_EC_EDWARDS, nil
 	}
-	return nil, 0, rv(ck.CKR_WRAPPED_KEY_INVALID)
+	return nil, 0, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
 }
 
 // pointDER wraps an EC point in the DER OCTET STRING CKA_EC_POINT holds.

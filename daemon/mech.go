@@ -131,7 +131,7 @@ func (e *Engine) MechanismInfo(ctx context.Context, slot, typ uint64) (*wire.Mec
 	}
 	m, ok := mechanisms[typ]
 	if !ok {
-		return nil, rv(ck.CKR_MECHANISM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
 	info := m.info
 	return &info, nil

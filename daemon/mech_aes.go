@@ -62,10 +62,10 @@ func aesMechanisms() map[uint64]*mechanism {
 func valueLen(tmpl map[uint64][]byte) (uint64, error) {
 	v, ok := tmpl[ck.CKA_VALUE_LEN]
 	if !ok {
-		return 0, rv(ck.CKR_TEMPLATE_INCOMPLETE)
+		return 0, ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
 	}
 	if len(v) != 8 {
-		return 0, rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+		return 0, ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 	}
 	return ulongOf(v), nil
 }
@@ -85,7 +85,7 @@ func generateAES(m *wire.Mechanism, tmpl map[uint64][]byte) (map[uint64][]byte, 
 		return nil, err
 	}
 	if n != 16 && n != 24 && n != 32 {
-		return nil, rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+		return nil, ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 	}
 	return randomValue(int(n))
 }
@@ -99,9 +99,9 @@ func generateGeneric(m *wire.Mechanism, tmpl map[uint64][]byte) (map[uint64][]by
 	case err != nil:
 		return nil, err
 	case n == 0:
-		return nil, rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+		return nil, ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 	case n > maxGenericBytes:
-		return nil, rv(ck.CKR_KEY_SIZE_RANGE)
+		return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 	}
 	return randomValue(int(n))
 }
@@ -186,14 +186,14 @@ func (op *blockOp) Final() ([]byte, error) {
 		return padEncrypt(op.mode, op.buf), nil
 	}
 	if len(op.buf) != bs {
-		return nil, rv(ck.CKR_ENCRYPTED_DATA_LEN_RANGE)
+		return nil, ck.Error(ck.CKR_ENCRYPTED_DATA_LEN_RANGE)
 	}
 	last := make([]byte, bs)
 	op.mode.CryptBlocks(last, op.buf)
 	n, ok := unpad(last)
 	if !ok {
 		wipe(last)
-		return nil, rv(ck.CKR_ENCRYPTED_DATA_INVALID)
+		return nil, ck.Error(ck.CKR_ENCRYPTED_DATA_INVALID)
 	}
 	return last[:n], nil
 }
@@ -267,14 +267,14 @@ func newCTROp(k *key, m *wire.Mechanism, decrypt bool) (*ctrOp, error) {
 		return nil, err
 	}
 	if !m.Present {
-		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	p, err := m.Param.CTRParams()
 	if err != nil {
 		return nil, paramErr(err)
 	}
 	if p.CounterBits < 1 || p.CounterBits > 128 {
-		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	// Values left: 2^bits minus the counter's start.
 	bits := uint(p.CounterBits)
@@ -316,7 +316,7 @@ func newGCMOp(k *key, m *wire.Mechanism, decrypt bool) (*oneShotCipher, error) {
 		return nil, err
 	}
 	if !m.Present {
-		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	p, err := m.Param.GCMParams()
 	if err != nil {
@@ -326,11 +326,11 @@ func newGCMOp(k *key, m *wire.Mechanism, decrypt bool) (*oneShotCipher, error) {
 	// the IV's length says it all.
 	if len(p.IV) < 1 || len(p.IV) > gcmMaxIV ||
 		p.TagBits < gcmMinTagBits || p.TagBits > 128 || p.TagBits%8 != 0 {
-		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	aead, err := newGCM(b, len(p.IV), int(p.TagBits/8))
 	if err != nil {
-		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	iv := append([]byte(nil), p.IV...)
 	aad := append([]byte(nil), p.AAD...)
@@ -341,11 +341,11 @@ func newGCMOp(k *key, m *wire.Mechanism, decrypt bool) (*oneShotCipher, error) {
 	}
 	op.one = func(in []byte) ([]byte, error) {
 		if len(in) < aead.Overhead() {
-			return nil, rv(ck.CKR_ENCRYPTED_DATA_LEN_RANGE)
+			return nil, ck.Error(ck.CKR_ENCRYPTED_DATA_LEN_RANGE)
 		}
 		out, err := aead.Open(nil, iv, in, aad)
 		if err != nil {
-			return nil, rv(ck.CKR_ENCRYPTED_DATA_INVALID)
+			return nil, ck.Error(ck.CKR_ENCRYPTED_DATA_INVALID)
 		}
 		if out == nil {
 			out = []byte{}
@@ -407,4 +407,4 @@ func (g truncGCM) Open(dst, nonce, ciphertext, aad []byte) ([]byte, error) {
 	return append(dst, plain...), nil
 }
 
-var errOpen = rv(ck.CKR_ENCRYPTED_DATA_INVALID)
+var errOpen = ck.Error(ck.CKR_ENCRYPTED_DATA_INVALID)

@@ -81,9 +81,9 @@ func mapErr(err error, lenRV, badRV uint64) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, errWrapLen):
-		return rv(lenRV)
+		return ck.Error(lenRV)
 	}
-	return rv(badRV)
+	return ck.Error(badRV)
 }
 
 func (w keyWrap) mechanism() *mechanism {
@@ -159,13 +159,13 @@ func cbcPadUnwrap(k *key, m *wire.Mechanism, wrapped []byte) ([]byte, error) {
 		return nil, err
 	}
 	if len(wrapped) == 0 || len(wrapped)%16 != 0 {
-		return nil, rv(ck.CKR_WRAPPED_KEY_LEN_RANGE)
+		return nil, ck.Error(ck.CKR_WRAPPED_KEY_LEN_RANGE)
 	}
 	a, _ := op.Update(wrapped)
 	b, err := op.Final()
 	if err != nil {
 		wipe(a)
-		return nil, rv(ck.CKR_WRAPPED_KEY_INVALID)
+		return nil, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
 	}
 	return append(a, b...), nil
 }

@@ -84,14 +84,14 @@ func (s *signer) input() []byte {
 
 func (s *signer) Sign() ([]byte, error) {
 	if s.sign == nil {
-		return nil, rv(ck.CKR_GENERAL_ERROR)
+		return nil, ck.Error(ck.CKR_GENERAL_ERROR)
 	}
 	return s.sign(s.input())
 }
 
 func (s *signer) Verify(sig []byte) error {
 	if s.verify == nil {
-		return rv(ck.CKR_GENERAL_ERROR)
+		return ck.Error(ck.CKR_GENERAL_ERROR)
 	}
 	return s.verify(s.input(), sig)
 }
@@ -114,7 +114,7 @@ func newSigner(h crypto.Hash, sign func([]byte) ([]byte, error), verify func(in,
 // mechParamErr turns a typed parameter accessor's error into the CK_RV.
 func mechParamErr(err error) error {
 	if err != nil {
-		return rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	return nil
 }

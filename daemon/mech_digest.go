@@ -34,7 +34,7 @@ var hashes = map[uint64]func() hash.Hash{
 // noParam refuses a parameter where a mechanism takes none.
 func noParam(m *wire.Mechanism) error {
 	if m.Present {
-		return rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	return nil
 }

@@ -88,10 +88,10 @@ func ecMechanisms() map[uint64]*mechanism {
 func ecParamsOf(pub, priv map[uint64][]byte) ([]byte, error) {
 	params, ok := pub[ck.CKA_EC_PARAMS]
 	if !ok {
-		return nil, rv(ck.CKR_TEMPLATE_INCOMPLETE)
+		return nil, ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
 	}
 	if pv, ok := priv[ck.CKA_EC_PARAMS]; ok && !bytes.Equal(pv, params) {
-		return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+		return nil, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 	}
 	return params, nil
 }
@@ -99,7 +99,7 @@ func ecParamsOf(pub, priv map[uint64][]byte) ([]byte, error) {
 // ecGeneratePair makes a key pair on the NIST curve CKA_EC_PARAMS names.
 func ecGeneratePair(m *wire.Mechanism, pub, priv map[uint64][]byte) (map[uint64][]byte, map[uint64][]byte, error) {
 	if m.Present {
-		return nil, nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	params, err := ecParamsOf(pub, priv)
 	if err != nil {
@@ -111,19 +111,19 @@ func ecGeneratePair(m *wire.Mechanism, pub, priv map[uint64][]byte) (map[uint64]
 	}
 	c, ok := ellipticCurve(oid, name)
 	if !ok {
-		return nil, nil, rv(ck.CKR_CURVE_NOT_SUPPORTED)
+		return nil, nil, ck.Error(ck.CKR_CURVE_NOT_SUPPORTED)
 	}
 	k, err := ecdsa.GenerateKey(c, rand.Reader)
 	if err != nil {
-		return nil, nil, rv(ck.CKR_FUNCTION_FAILED)
+		return nil, nil, ck.Error(ck.CKR_FUNCTION_FAILED)
 	}
 	point, err := k.PublicKey.Bytes()
 	if err != nil {
-		return nil, nil, rv(ck.CKR_FUNCTION_FAILED)
+		return nil, nil, ck.Error(ck.CKR_FUNCTION_FAILED)
 	}
 	d, err := k.Bytes()
 	if err != nil {
-		return nil, nil, rv(ck.CKR_FUNCTION_FAILED)
+		return nil, nil, ck.Error(ck.CKR_FUNCTION_FAILED)
 	}
 	return map[uint64][]byte{ck.CKA_EC_POINT: pointDER(point)},
 		map[uint64][]byte{ck.CKA_EC_PARAMS: bytes.Clone(params), ck.CKA_VALUE: d}, nil
@@ -133,7 +133,7 @@ func ecGeneratePair(m *wire.Mechanism, pub, priv map[uint64][]byte) (map[uint64]
 // key (32 bytes, in a DER OCTET STRING), CKA_VALUE the private seed.
 func edGeneratePair(m *wire.Mechanism, pub, priv map[uint64][]byte) (map[uint64][]byte, map[uint64][]byte, error) {
 	if m.Present {
-		return nil, nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	params, err := ecParamsOf(pub, priv)
 	if err != nil {
@@ -144,11 +144,11 @@ func edGeneratePair(m *wire.Mechanism, pub, priv map[uint64][]byte) (map[uint64]
 		return nil, nil, err
 	}
 	if !isEd25519(oid, name) {
-		return nil, nil, rv(ck.CKR_CURVE_NOT_SUPPORTED)
+		return nil, nil, ck.Error(ck.CKR_CURVE_NOT_SUPPORTED)
 	}
 	pk, sk, err := ed25519.GenerateKey(nil)
 	if err != nil {
-		return nil, nil, rv(ck.CKR_FUNCTION_FAILED)
+		return nil, nil, ck.Error(ck.CKR_FUNCTION_FAILED)
 	}
 	seed := bytes.Clone(sk.Seed())
 	clear(sk)
@@ -164,7 +164,7 @@ func ecSize(c elliptic.Curve) int { return (c.Params().N.BitLen() + 7) / 8 }
 // of the order's size, as the specification says (not DER).
 func ecdsaSigner(k *key, m *wire.Mechanism, h crypto.Hash) (signOp, error) {
 	if m.Present {
-		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	priv, err := k.ecdsaScalar()
 	if err != nil {
@@ -173,7 +173,7 @@ func ecdsaSigner(k *key, m *wire.Mechanism, h crypto.Hash) (signOp, error) {
 	return newSigner(h, func(in []byte) ([]byte, error) {
 		sig, err := priv.curve.sign(priv.d, in)
 		if err != nil {
-			return nil, rv(ck.CKR_FUNCTION_FAILED)
+			return nil, ck.Error(ck.CKR_FUNCTION_FAILED)
 		}
 		return sig, nil
 	}, nil), nil
@@ -181,7 +181,7 @@ func ecdsaSigner(k *key, m *wire.Mechanism, h crypto.Hash) (signOp, error) {
 
 func ecdsaVerifier(k *key, m *wire.Mechanism, h crypto.Hash) (signOp, error) {
 	if m.Present {
-		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	pub, err := k.ecdsaPublic()
 	if err != nil {
@@ -190,12 +190,12 @@ func ecdsaVerifier(k *key, m *wire.Mechanism, h crypto.Hash) (signOp, error) {
 	size := ecSize(pub.Curve)
 	return newSigner(h, nil, func(in, sig []byte) error {
 		if len(sig) != 2*size {
-			return rv(ck.CKR_SIGNATURE_LEN_RANGE)
+			return ck.Error(ck.CKR_SIGNATURE_LEN_RANGE)
 		}
 		r := new(big.Int).SetBytes(sig[:size])
 		s := new(big.Int).SetBytes(sig[size:])
 		if !ecdsa.Verify(pub, in, r, s) {
-			return rv(ck.CKR_SIGNATURE_INVALID)
+			return ck.Error(ck.CKR_SIGNATURE_INVALID)
 		}
 		return nil
 	}), nil
@@ -215,7 +215,7 @@ func eddsaOptions(m *wire.Mechanism) (*ed25519.Options, error) {
 		return nil, mechParamErr(err)
 	}
 	if len(p.ContextData) > 255 {
-		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	o := &ed25519.Options{Context: string(p.ContextData)}
 	if p.PHFlag {
@@ -249,7 +249,7 @@ func eddsaSign(k *key, m *wire.Mechanism) (signOp, error) {
 		}
 		sig, err := priv.Sign(nil, eddsaInput(o, in), o)
 		if err != nil {
-			return nil, rv(ck.CKR_FUNCTION_FAILED)
+			return nil, ck.Error(ck.CKR_FUNCTION_FAILED)
 		}
 		return sig, nil
 	}, nil), nil
@@ -266,10 +266,10 @@ func eddsaVerify(k *key, m *wire.Mechanism) (signOp, error) {
 	}
 	return newSigner(0, nil, func(in, sig []byte) error {
 		if len(sig) != ed25519.SignatureSize {
-			return rv(ck.CKR_SIGNATURE_LEN_RANGE)
+			return ck.Error(ck.CKR_SIGNATURE_LEN_RANGE)
 		}
 		if ed25519.VerifyWithOptions(pub, eddsaInput(o, in), sig, o) != nil {
-			return rv(ck.CKR_SIGNATURE_INVALID)
+			return ck.Error(ck.CKR_SIGNATURE_INVALID)
 		}
 		return nil
 	}), nil
@@ -295,7 +295,7 @@ var x963KDFs = map[uint64]crypto.Hash{
 // when the template gives none.
 func ecdhDerive(base *key, m *wire.Mechanism, length int) ([]byte, error) {
 	if !m.Present {
-		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	p, err := m.Param.ECDH1DeriveParams()
 	if err != nil {
@@ -303,7 +303,7 @@ func ecdhDerive(base *key, m *wire.Mechanism, length int) ([]byte, error) {
 	}
 	kdf, isKDF := x963KDFs[p.KDF]
 	if !isKDF && (p.KDF != ck.CKD_NULL || len(p.SharedData) > 0) {
-		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	priv, err := base.ecdhPrivate()
 	if err != nil {
@@ -311,11 +311,11 @@ func ecdhDerive(base *key, m *wire.Mechanism, length int) ([]byte, error) {
 	}
 	peer, err := priv.Curve().NewPublicKey(peerPoint(p.PublicData, priv))
 	if err != nil {
-		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	z, err := priv.ECDH(peer)
 	if err != nil {
-		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	defer wipe(z)
 	if length == 0 {
@@ -323,12 +323,12 @@ func ecdhDerive(base *key, m *wire.Mechanism, length int) ([]byte, error) {
 	}
 	if !isKDF {
 		if length > len(z) {
-			return nil, rv(ck.CKR_KEY_SIZE_RANGE)
+			return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 		}
 		return bytes.Clone(z[:length]), nil
 	}
 	if length > maxDerived {
-		return nil, rv(ck.CKR_KEY_SIZE_RANGE)
+		return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 	}
 	return x963KDF(kdf, z, p.SharedData, length), nil
 }

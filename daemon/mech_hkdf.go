@@ -41,29 +41,29 @@ var hkdfHashes = map[uint64]bool{
 
 func deriveHKDF(base *key, m *wire.Mechanism, length int) ([]byte, error) {
 	if !m.Present {
-		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	p, err := m.Param.HKDFParams()
 	if err != nil {
 		return nil, paramErr(err)
 	}
 	if (!p.Extract && !p.Expand) || !hkdfHashes[p.PRFHashMechanism] {
-		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	h := hashes[p.PRFHashMechanism]
 	size := h().Size()
 	ikm := base.value()
 	if len(ikm) == 0 || len(ikm) > maxGenericBytes {
-		return nil, rv(ck.CKR_KEY_SIZE_RANGE)
+		return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 	}
 	if !p.Expand {
 		if length != 0 && length != size {
-			return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+			return nil, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 		}
 	} else if length == 0 {
-		return nil, rv(ck.CKR_TEMPLATE_INCOMPLETE)
+		return nil, ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
 	} else if length > 255*size {
-		return nil, rv(ck.CKR_KEY_SIZE_RANGE)
+		return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 	}
 
 	prk := ikm
@@ -74,18 +74,18 @@ func deriveHKDF(base *key, m *wire.Mechanism, length int) ([]byte, error) {
 			// RFC 5869: a string of hash-length zeros, which is what
 			// crypto/hkdf uses for a nil salt.
 			if len(p.Salt) != 0 {
-				return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+				return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 			}
 		case ck.CKF_HKDF_SALT_DATA:
 			if len(p.Salt) == 0 {
-				return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+				return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 			}
 			salt = p.Salt
 		default: // CKF_HKDF_SALT_KEY included: see above
-			return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+			return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 		}
 		if prk, err = hkdf.Extract(h, ikm, salt); err != nil {
-			return nil, rv(ck.CKR_FUNCTION_FAILED)
+			return nil, ck.Error(ck.CKR_FUNCTION_FAILED)
 		}
 		if !p.Expand {
 			return prk, nil
@@ -94,7 +94,7 @@ func deriveHKDF(base *key, m *wire.Mechanism, length int) ([]byte, error) {
 	}
 	out, err := hkdf.Expand(h, prk, string(p.Info), length)
 	if err != nil {
-		return nil, rv(ck.CKR_KEY_SIZE_RANGE)
+		return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 	}
 	return out, nil
 }

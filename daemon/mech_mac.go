@@ -59,7 +59,7 @@ func newHMAC(k *key, m *wire.Mechanism, h func() hash.Hash) (signOp, error) {
 	}
 	v := k.value()
 	if len(v) == 0 || len(v) > maxGenericBytes {
-		return nil, rv(ck.CKR_KEY_SIZE_RANGE)
+		return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 	}
 	return &macOp{h: hmac.New(h, v)}, nil
 }
@@ -74,10 +74,10 @@ func (op *macOp) Sign() ([]byte, error) { return op.h.Sum(nil), nil }
 
 func (op *macOp) Verify(sig []byte) error {
 	if len(sig) != op.h.Size() {
-		return rv(ck.CKR_SIGNATURE_LEN_RANGE)
+		return ck.Error(ck.CKR_SIGNATURE_LEN_RANGE)
 	}
 	if !hmac.Equal(op.h.Sum(nil), sig) {
-		return rv(ck.CKR_SIGNATURE_INVALID)
+		return ck.Error(ck.CKR_SIGNATURE_INVALID)
 	}
 	return nil
 }

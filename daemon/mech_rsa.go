@@ -99,22 +99,22 @@ func rsaMechanisms() map[uint64]*mechanism {
 // CKA_MODULUS_BITS and CKA_PUBLIC_EXPONENT (default 65537).
 func rsaGeneratePair(m *wire.Mechanism, pub, priv map[uint64][]byte) (map[uint64][]byte, map[uint64][]byte, error) {
 	if m.Present {
-		return nil, nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	bv, ok := pub[ck.CKA_MODULUS_BITS]
 	if !ok {
-		return nil, nil, rv(ck.CKR_TEMPLATE_INCOMPLETE)
+		return nil, nil, ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
 	}
 	bits := ulongOf(bv)
 	if bits < rsaGenMinBits || bits > rsaGenMaxBits {
-		return nil, nil, rv(ck.CKR_KEY_SIZE_RANGE)
+		return nil, nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 	}
 	e := int64(65537)
 	if v, ok := pub[ck.CKA_PUBLIC_EXPONENT]; ok {
 		x := new(big.Int).SetBytes(v)
 		// Odd, at least 3, and small enough for crypto/rsa's int.
 		if x.Bit(0) == 0 || x.Cmp(big.NewInt(3)) < 0 || x.BitLen() > 31 {
-			return nil, nil, rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			return nil, nil, ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 		}
 		e = x.Int64()
 	}
@@ -126,7 +126,7 @@ func rsaGeneratePair(m *wire.Mechanism, pub, priv map[uint64][]byte) (map[uint64
 		k, err = rsaGenerateWithExponent(int(bits), int(e))
 	}
 	if err != nil {
-		return nil, nil, rv(ck.CKR_FUNCTION_FAILED)
+		return nil, nil, ck.Error(ck.CKR_FUNCTION_FAILED)
 	}
 	privAdd, _, err := privateKeyAttrs(k)
 	if err != nil {
@@ -187,7 +187,7 @@ func rsaPublicKey(k *key) (*rsa.PublicKey, error) {
 		return nil, err
 	}
 	if b := pub.N.BitLen(); b < rsaMinBits || b > rsaMaxBits {
-		return nil, rv(ck.CKR_KEY_SIZE_RANGE)
+		return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 	}
 	return pub, nil
 }
@@ -196,7 +196,7 @@ func rsaPublicKey(k *key) (*rsa.PublicKey, error) {
 // takes.
 func rsaPrivateKey(k *key) (*rsa.PrivateKey, error) {
 	if k.class != ck.CKO_PRIVATE_KEY {
-		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
 	if _, err := rsaPublicKey(k); err != nil {
 		return nil, err
@@ -212,7 +212,7 @@ func rsaPKCS1Signer(hashMech uint64) (sign, verify func(*key, *wire.Mechanism) (
 	h := sigHashes[hashMech]
 	sign = func(k *key, m *wire.Mechanism) (signOp, error) {
 		if m.Present {
-			return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+			return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 		}
 		sk, err := k.rsaSigning()
 		if err != nil {
@@ -220,7 +220,7 @@ func rsaPKCS1Signer(hashMech uint64) (sign, verify func(*key, *wire.Mechanism) (
 		}
 		return newSigner(h, func(in []byte) ([]byte, error) {
 			if h == 0 && len(in) > sk.priv.Size()-11 {
-				return nil, rv(ck.CKR_DATA_LEN_RANGE)
+				return nil, ck.Error(ck.CKR_DATA_LEN_RANGE)
 			}
 			sig, err := sk.signPKCS1v15(h, in)
 			if err != nil {
@@ -231,7 +231,7 @@ func rsaPKCS1Signer(hashMech uint64) (sign, verify func(*key, *wire.Mechanism) (
 	}
 	verify = func(k *key, m *wire.Mechanism) (signOp, error) {
 		if m.Present {
-			return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+			return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 		}
 		pub, err := rsaPublicKey(k)
 		if err != nil {
@@ -239,13 +239,13 @@ func rsaPKCS1Signer(hashMech uint64) (sign, verify func(*key, *wire.Mechanism) (
 		}
 		return newSigner(h, nil, func(in, sig []byte) error {
 			if h == 0 && len(in) > pub.Size()-11 {
-				return rv(ck.CKR_DATA_LEN_RANGE)
+				return ck.Error(ck.CKR_DATA_LEN_RANGE)
 			}
 			if len(sig) != pub.Size() {
-				return rv(ck.CKR_SIGNATURE_LEN_RANGE)
+				return ck.Error(ck.CKR_SIGNATURE_LEN_RANGE)
 			}
 			if rsa.VerifyPKCS1v15(pub, h, in, sig) != nil {
-				return rv(ck.CKR_SIGNATURE_INVALID)
+				return ck.Error(ck.CKR_SIGNATURE_INVALID)
 			}
 			return nil
 		}), nil
@@ -258,7 +258,7 @@ func rsaPKCS1Signer(hashMech uint64) (sign, verify func(*key, *wire.Mechanism) (
 // over the same hash (crypto/rsa has no other), and a salt that fits.
 func pssParams(m *wire.Mechanism, hashMech uint64, pub *rsa.PublicKey) (crypto.Hash, int, error) {
 	if !m.Present {
-		return 0, 0, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return 0, 0, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	p, err := m.Param.PSSParams()
 	if err != nil {
@@ -266,12 +266,12 @@ func pssParams(m *wire.Mechanism, hashMech uint64, pub *rsa.PublicKey) (crypto.H
 	}
 	h, ok := sigHashes[p.HashAlg]
 	if !ok || (hashMech != 0 && p.HashAlg != hashMech) || mgfHashes[p.MGF] != h {
-		return 0, 0, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return 0, 0, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	// RFC 8017, 9.1.1: emLen >= hLen + sLen + 2.
 	emLen := (pub.N.BitLen() - 1 + 7) / 8
 	if p.SaltLen > uint64(emLen) || int(p.SaltLen) > emLen-h.Size()-2 {
-		return 0, 0, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return 0, 0, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	return h, int(p.SaltLen), nil
 }
@@ -293,11 +293,11 @@ func rsaPSSSigner(hashMech uint64) (sign, verify func(*key, *wire.Mechanism) (si
 			return nil, err
 		}
 		if salt == 0 && sk.raw == nil {
-			return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+			return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 		}
 		return newSigner(sigHashes[hashMech], func(in []byte) ([]byte, error) {
 			if len(in) != h.Size() {
-				return nil, rv(ck.CKR_DATA_LEN_RANGE)
+				return nil, ck.Error(ck.CKR_DATA_LEN_RANGE)
 			}
 			sig, err := sk.signPSS(h, in, salt)
 			if err != nil {
@@ -317,7 +317,7 @@ func rsaPSSSigner(hashMech uint64) (sign, verify func(*key, *wire.Mechanism) (si
 		}
 		return newSigner(sigHashes[hashMech], nil, func(in, sig []byte) error {
 			if len(in) != h.Size() {
-				return rv(ck.CKR_DATA_LEN_RANGE)
+				return ck.Error(ck.CKR_DATA_LEN_RANGE)
 			}
 			return verifyPSS(pub, h, in, sig, salt)
 		}), nil
@@ -328,7 +328,7 @@ func rsaPSSSigner(hashMech uint64) (sign, verify func(*key, *wire.Mechanism) (si
 // verifyPSS checks a PSS signature with exactly the given salt length.
 func verifyPSS(pub *rsa.PublicKey, h crypto.Hash, digest, sig []byte, salt int) error {
 	if len(sig) != pub.Size() {
-		return rv(ck.CKR_SIGNATURE_LEN_RANGE)
+		return ck.Error(ck.CKR_SIGNATURE_LEN_RANGE)
 	}
 	var err error
 	if salt == 0 {
@@ -337,12 +337,12 @@ func verifyPSS(pub *rsa.PublicKey, h crypto.Hash, digest, sig []byte, salt int) 
 		err = rsa.VerifyPSS(pub, h, digest, sig, &rsa.PSSOptions{SaltLength: salt})
 	}
 	if err != nil {
-		return rv(ck.CKR_SIGNATURE_INVALID)
+		return ck.Error(ck.CKR_SIGNATURE_INVALID)
 	}
 	return nil
 }
 
-var errBadSignature = rv(ck.CKR_SIGNATURE_INVALID)
+var errBadSignature = ck.Error(ck.CKR_SIGNATURE_INVALID)
 
 // verifyPSSNoSalt is RFC 8017's RSASSA-PSS-VERIFY (8.1.2, with
 // EMSA-PSS-VERIFY of 9.1.2) for an empty salt, which crypto/rsa cannot
@@ -419,12 +419,12 @@ type rsaScheme struct {
 func schemeOf(m *wire.Mechanism, p rsaPadding) (rsaScheme, error) {
 	if p == rsaPKCS1v15 {
 		if m.Present {
-			return rsaScheme{}, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+			return rsaScheme{}, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 		}
 		return rsaScheme{}, nil
 	}
 	if !m.Present {
-		return rsaScheme{}, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return rsaScheme{}, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	p2, err := m.Param.OAEPParams()
 	if err != nil {
@@ -441,13 +441,13 @@ func oaepOptions(p wire.OAEPParams) (*rsa.OAEPOptions, error) {
 	h, ok := sigHashes[p.HashAlg]
 	mgf, mok := mgfHashes[p.MGF]
 	if !ok || !mok {
-		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	switch {
 	case p.Source == ck.CKZ_DATA_SPECIFIED:
 	case p.Source == 0 && len(p.SourceData) == 0:
 	default:
-		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	return &rsa.OAEPOptions{Hash: h, MGFHash: mgf, Label: append([]byte(nil), p.SourceData...)}, nil
 }
@@ -490,8 +490,8 @@ type rsaCipher struct {
 }
 
 func (c rsaCipher) One(in []byte) ([]byte, error) { return c.one(in) }
-func (rsaCipher) Update([]byte) ([]byte, error)   { return nil, rv(ck.CKR_FUNCTION_NOT_SUPPORTED) }
-func (rsaCipher) Final() ([]byte, error)          { return nil, rv(ck.CKR_FUNCTION_NOT_SUPPORTED) }
+func (rsaCipher) Update([]byte) ([]byte, error)   { return nil, ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED) }
+func (rsaCipher) Final() ([]byte, error)          { return nil, ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED) }
 
 func rsaCipherOp(k *key, m *wire.Mechanism, p rsaPadding, decrypt bool) (cipherOp, error) {
 	s, err := schemeOf(m, p)
@@ -504,15 +504,15 @@ func rsaCipherOp(k *key, m *wire.Mechanism, p rsaPadding, decrypt bool) (cipherO
 			return nil, err
 		}
 		if s.maxPlain(pub.Size()) < 0 {
-			return nil, rv(ck.CKR_KEY_SIZE_RANGE)
+			return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 		}
 		return rsaCipher{func(in []byte) ([]byte, error) {
 			if len(in) > s.maxPlain(pub.Size()) {
-				return nil, rv(ck.CKR_DATA_LEN_RANGE)
+				return nil, ck.Error(ck.CKR_DATA_LEN_RANGE)
 			}
 			out, err := s.encrypt(pub, in)
 			if err != nil {
-				return nil, rv(ck.CKR_FUNCTION_FAILED)
+				return nil, ck.Error(ck.CKR_FUNCTION_FAILED)
 			}
 			return out, nil
 		}}, nil
@@ -522,15 +522,15 @@ func rsaCipherOp(k *key, m *wire.Mechanism, p rsaPadding, decrypt bool) (cipherO
 		return nil, err
 	}
 	if s.maxPlain(priv.Size()) < 0 {
-		return nil, rv(ck.CKR_KEY_SIZE_RANGE)
+		return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 	}
 	return rsaCipher{func(in []byte) ([]byte, error) {
 		if len(in) != priv.Size() {
-			return nil, rv(ck.CKR_ENCRYPTED_DATA_LEN_RANGE)
+			return nil, ck.Error(ck.CKR_ENCRYPTED_DATA_LEN_RANGE)
 		}
 		out, ok := s.decrypt(priv, in)
 		if !ok {
-			return nil, rv(ck.CKR_ENCRYPTED_DATA_INVALID)
+			return nil, ck.Error(ck.CKR_ENCRYPTED_DATA_INVALID)
 		}
 		return out, nil
 	}}, nil
@@ -548,11 +548,11 @@ func rsaWrap(w *key, m *wire.Mechanism, p rsaPadding, enc []byte) ([]byte, error
 	}
 	if len(enc) > s.maxPlain(pub.Size()) {
 		// A private key's PKCS#8 never fits: CKM_RSA_AES_KEY_WRAP does.
-		return nil, rv(ck.CKR_KEY_SIZE_RANGE)
+		return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 	}
 	out, err := s.encrypt(pub, enc)
 	if err != nil {
-		return nil, rv(ck.CKR_FUNCTION_FAILED)
+		return nil, ck.Error(ck.CKR_FUNCTION_FAILED)
 	}
 	return out, nil
 }
@@ -568,11 +568,11 @@ func rsaUnwrap(u *key, m *wire.Mechanism, p rsaPadding, wrapped []byte) ([]byte,
 		return nil, wrapKeyErr(err, ck.CKR_UNWRAPPING_KEY_SIZE_RANGE)
 	}
 	if len(wrapped) != priv.Size() {
-		return nil, rv(ck.CKR_WRAPPED_KEY_LEN_RANGE)
+		return nil, ck.Error(ck.CKR_WRAPPED_KEY_LEN_RANGE)
 	}
 	out, ok := s.decrypt(priv, wrapped)
 	if !ok {
-		return nil, rv(ck.CKR_WRAPPED_KEY_INVALID)
+		return nil, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
 	}
 	return out, nil
 }
@@ -580,7 +580,7 @@ func rsaUnwrap(u *key, m *wire.Mechanism, p rsaPadding, wrapped []byte) ([]byte,
 // wrapKeyErr names a wrapping key's size error for its role.
 func wrapKeyErr(err error, sizeCode uint64) error {
 	if c, _ := rvOf(err); c == ck.CKR_KEY_SIZE_RANGE {
-		return rv(sizeCode)
+		return ck.Error(sizeCode)
 	}
 	return err
 }
@@ -588,14 +588,14 @@ func wrapKeyErr(err error, sizeCode uint64) error {
 // rsaAESParams reads CK_RSA_AES_KEY_WRAP_PARAMS.
 func rsaAESParams(m *wire.Mechanism) (int, rsaScheme, error) {
 	if !m.Present {
-		return 0, rsaScheme{}, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return 0, rsaScheme{}, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	p, err := m.Param.RSAAESKeyWrapParams()
 	if err != nil {
 		return 0, rsaScheme{}, mechParamErr(err)
 	}
 	if p.OAEP == nil || (p.AESKeyBits != 128 && p.AESKeyBits != 192 && p.AESKeyBits != 256) {
-		return 0, rsaScheme{}, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return 0, rsaScheme{}, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	opts, err := oaepOptions(*p.OAEP)
 	if err != nil {
@@ -617,18 +617,18 @@ func rsaAESWrap(w *key, m *wire.Mechanism, enc []byte) ([]byte, error) {
 		return nil, wrapKeyErr(err, ck.CKR_WRAPPING_KEY_SIZE_RANGE)
 	}
 	if s.maxPlain(pub.Size()) < n {
-		return nil, rv(ck.CKR_WRAPPING_KEY_SIZE_RANGE)
+		return nil, ck.Error(ck.CKR_WRAPPING_KEY_SIZE_RANGE)
 	}
 	kek := make([]byte, n)
 	defer wipe(kek)
 	rand.Read(kek)
 	first, err := s.encrypt(pub, kek)
 	if err != nil {
-		return nil, rv(ck.CKR_FUNCTION_FAILED)
+		return nil, ck.Error(ck.CKR_FUNCTION_FAILED)
 	}
 	b, err := aes.NewCipher(kek)
 	if err != nil {
-		return nil, rv(ck.CKR_FUNCTION_FAILED)
+		return nil, ck.Error(ck.CKR_FUNCTION_FAILED)
 	}
 	return append(first, kwpWrap(b, kwpDefaultIV, enc)...), nil
 }
@@ -645,20 +645,20 @@ func rsaAESUnwrap(u *key, m *wire.Mechanism, wrapped []byte) ([]byte, error) {
 	}
 	k := priv.Size()
 	if len(wrapped) < k+16 || (len(wrapped)-k)%8 != 0 {
-		return nil, rv(ck.CKR_WRAPPED_KEY_LEN_RANGE)
+		return nil, ck.Error(ck.CKR_WRAPPED_KEY_LEN_RANGE)
 	}
 	kek, ok := s.decrypt(priv, wrapped[:k])
 	defer wipe(kek)
 	if !ok || len(kek) != n {
-		return nil, rv(ck.CKR_WRAPPED_KEY_INVALID)
+		return nil, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
 	}
 	b, err := aes.NewCipher(kek)
 	if err != nil {
-		return nil, rv(ck.CKR_WRAPPED_KEY_INVALID)
+		return nil, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
 	}
 	plain, err := kwpUnwrap(b, kwpDefaultIV, wrapped[k:])
 	if err != nil {
-		return nil, rv(ck.CKR_WRAPPED_KEY_INVALID)
+		return nil, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
 	}
 	return plain, nil
 }

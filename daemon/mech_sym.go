@@ -69,12 +69,12 @@ func aesInfo(flags uint64) wire.MechanismInfo {
 // concurrent use.
 func aesBlock(k *key) (cipher.Block, error) {
 	if k.keyType != ck.CKK_AES {
-		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
 	b, err := k.obj.memo("aes", func() (any, error) {
 		b, err := aes.NewCipher(k.value())
 		if err != nil {
-			return nil, rv(ck.CKR_KEY_SIZE_RANGE)
+			return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 		}
 		return b, nil
 	})
@@ -87,7 +87,7 @@ func aesBlock(k *key) (cipher.Block, error) {
 // bytesParam returns a byte-string parameter of exactly size bytes.
 func bytesParam(m *wire.Mechanism, size int) ([]byte, error) {
 	if !m.Present || len(m.Param.Bytes) != size {
-		return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	return m.Param.Bytes, nil
 }
@@ -104,7 +104,7 @@ func optionalParam(m *wire.Mechanism, size int, def []byte) ([]byte, error) {
 // paramErr turns a typed parameter accessor's error into the CK_RV.
 func paramErr(err error) error {
 	if err != nil {
-		return rv(ck.CKR_MECHANISM_PARAM_INVALID)
+		return ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	return nil
 }
@@ -113,9 +113,9 @@ func paramErr(err error) error {
 // on encryption, the ciphertext's on decryption.
 func lenErr(decrypt bool) error {
 	if decrypt {
-		return rv(ck.CKR_ENCRYPTED_DATA_LEN_RANGE)
+		return ck.Error(ck.CKR_ENCRYPTED_DATA_LEN_RANGE)
 	}
-	return rv(ck.CKR_DATA_LEN_RANGE)
+	return ck.Error(ck.CKR_DATA_LEN_RANGE)
 }
 
 // buffer collects a buffering operation's input, within maxBuffered.

@@ -87,12 +87,12 @@ func (e *Engine) resolve(ctx context.Context, app *App, s *session, oh uint64) (
 	ref, ok := app.handles[oh]
 	app.mu.Unlock()
 	if !ok || ref.token != s.token {
-		return nil, nil, rv(ck.CKR_OBJECT_HANDLE_INVALID)
+		return nil, nil, ck.Error(ck.CKR_OBJECT_HANDLE_INVALID)
 	}
 	user := app.userIn(s)
 	if ref.mem != nil {
 		if ref.mem.private && !user {
-			return nil, nil, rv(ck.CKR_OBJECT_HANDLE_INVALID)
+			return nil, nil, ck.Error(ck.CKR_OBJECT_HANDLE_INVALID)
 		}
 		app.mu.Lock()
 		o := ref.mem.obj
@@ -101,14 +101,14 @@ func (e *Engine) resolve(ctx context.Context, app *App, s *session, oh uint64) (
 	}
 	obj, err := e.store.Open(ctx, ref.id)
 	if errors.Is(err, keystore.ErrNotFound) || errors.Is(err, keystore.ErrNotLoggedIn) {
-		return nil, nil, rv(ck.CKR_OBJECT_HANDLE_INVALID)
+		return nil, nil, ck.Error(ck.CKR_OBJECT_HANDLE_INVALID)
 	}
 	if err != nil {
 		return nil, nil, err
 	}
 	if obj.Private && !user {
 		// The token's data key may be open for another application.
-		return nil, nil, rv(ck.CKR_OBJECT_HANDLE_INVALID)
+		return nil, nil, ck.Error(ck.CKR_OBJECT_HANDLE_INVALID)
 	}
 	o, err := fromStore(obj)
 	return ref, o, err
@@ -121,10 +121,10 @@ func (e *Engine) resolve(ctx context.Context, app *App, s *session, oh uint64) (
 func (e *Engine) keep(ctx context.Context, app *App, s *session, verb string, m map[uint64][]byte, class, kt uint64) (uint64, error) {
 	token, private := isTrue(m[ck.CKA_TOKEN]), isTrue(m[ck.CKA_PRIVATE])
 	if token && !s.rw {
-		return 0, rv(ck.CKR_SESSION_READ_ONLY)
+		return 0, ck.Error(ck.CKR_SESSION_READ_ONLY)
 	}
 	if private && !app.userIn(s) {
-		return 0, rv(ck.CKR_USER_NOT_LOGGED_IN)
+		return 0, ck.Error(ck.CKR_USER_NOT_LOGGED_IN)
 	}
 	o, err := split(m, class, kt)
 	if err != nil {
@@ -134,7 +134,7 @@ func (e *Engine) keep(ctx context.Context, app *App, s *session, verb string, m 
 		app.mu.Lock()
 		defer app.mu.Unlock()
 		if _, ok := app.sessions[s.handle]; !ok {
-			return 0, rv(ck.CKR_SESSION_CLOSED)
+			return 0, ck.Error(ck.CKR_SESSION_CLOSED)
 		}
 		return app.memHandle(s.token, &sessionObject{obj: o, owner: s.handle, private: private}), nil
 	}
@@ -202,11 +202,11 @@ func (e *Engine) DestroyObject(ctx context.Context, app *App, h, oh uint64) erro
 		return err
 	}
 	if !o.bool(ck.CKA_DESTROYABLE) {
-		return rv(ck.CKR_ACTION_PROHIBITED)
+		return ck.Error(ck.CKR_ACTION_PROHIBITED)
 	}
 	if ref.mem == nil {
 		if !s.rw {
-			return rv(ck.CKR_SESSION_READ_ONLY)
+			return ck.Error(ck.CKR_SESSION_READ_ONLY)
 		}
 		var uuid keystore.UUID
 		if stored, err := e.store.Open(ctx, ref.id); err == nil {
@@ -242,15 +242,17 @@ func (e *Engine) ObjectSize(ctx context.Context, app *App, h, oh uint64) (uint64
 }
 
 // GetAttributes answers C_GetAttributeValue: every attribute gets its own
-// outcome, and the call's CK_RV is the worst of them.
-func (e *Engine) GetAttributes(ctx context.Context, app *App, h, oh uint64, qs []wire.Query) ([]wire.Answer, uint64, error) {
+// outcome, and the call's CK_RV is the worst of them. The answers are
+// returned with CKR_ATTRIBUTE_SENSITIVE, CKR_ATTRIBUTE_TYPE_INVALID and
+// CKR_BUFFER_TOO_SMALL too, as the specification asks.
+func (e *Engine) GetAttributes(ctx context.Context, app *App, h, oh uint64, qs []wire.Query) ([]wire.Answer, error) {
 	s, err := app.session(h)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	_, o, err := e.resolve(ctx, app, s, oh)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	answers := make([]wire.Answer, len(qs))
 	var sensitive, invalid, small bool
@@ -286,13 +288,13 @@ func (e *Engine) GetAttributes(ctx context.Context, app *App, h, oh uint64, qs [
 	}
 	switch {
 	case sensitive:
-		return answers, ck.CKR_ATTRIBUTE_SENSITIVE, nil
+		return answers, ck.Error(ck.CKR_ATTRIBUTE_SENSITIVE)
 	case invalid:
-		return answers, ck.CKR_ATTRIBUTE_TYPE_INVALID, nil
+		return answers, ck.Error(ck.CKR_ATTRIBUTE_TYPE_INVALID)
 	case small:
-		return answers, ck.CKR_BUFFER_TOO_SMALL, nil
+		return answers, ck.Error(ck.CKR_BUFFER_TOO_SMALL)
 	}
-	return answers, ck.CKR_OK, nil
+	return answers, nil
 }
 
 // templateAnswer answers a query for a template attribute stored as a
@@ -331,7 +333,7 @@ func (e *Engine) SetAttributes(ctx context.Context, app *App, h, oh uint64, tmpl
 		return err
 	}
 	if ref.mem == nil && !s.rw {
-		return rv(ck.CKR_SESSION_READ_ONLY)
+		return ck.Error(ck.CKR_SESSION_READ_ONLY)
 	}
 	m, err := checkChange(o, tmpl, app.isSO(s), false)
 	if err != nil {
@@ -372,7 +374,7 @@ func (e *Engine) FindObjectsInit(ctx context.Context, app *App, h uint64, tmpl [
 	active := s.find != nil
 	s.mu.Unlock()
 	if active {
-		return rv(ck.CKR_OPERATION_ACTIVE)
+		return ck.Error(ck.CKR_OPERATION_ACTIVE)
 	}
 	user := app.userIn(s)
 	f := keystore.Filter{IncludePrivate: user}
@@ -441,7 +443,7 @@ func (s *session) startFind(op *findOp) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.find != nil {
-		return rv(ck.CKR_OPERATION_ACTIVE)
+		return ck.Error(ck.CKR_OPERATION_ACTIVE)
 	}
 	s.find = op
 	return nil
@@ -463,7 +465,7 @@ func (e *Engine) FindObjects(ctx context.Context, app *App, h, max uint64) ([]ui
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.find == nil {
-		return nil, rv(ck.CKR_OPERATION_NOT_INITIALIZED)
+		return nil, ck.Error(ck.CKR_OPERATION_NOT_INITIALIZED)
 	}
 	n := min(uint64(len(s.find.handles)), max, wire.MaxUlongs)
 	out := s.find.handles[:n:n]
@@ -480,7 +482,7 @@ func (e *Engine) FindObjectsFinal(ctx context.Context, app *App, h uint64) error
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.find == nil {
-		return rv(ck.CKR_OPERATION_NOT_INITIALIZED)
+		return ck.Error(ck.CKR_OPERATION_NOT_INITIALIZED)
 	}
 	s.find = nil
 	return nil
@@ -492,7 +494,7 @@ func (e *Engine) GenerateRandom(ctx context.Context, app *App, h, n uint64) ([]b
 		return nil, err
 	}
 	if n > maxRandom {
-		return nil, rv(ck.CKR_ARGUMENTS_BAD)
+		return nil, ck.Error(ck.CKR_ARGUMENTS_BAD)
 	}
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -507,5 +509,5 @@ func (e *Engine) SeedRandom(ctx context.Context, app *App, h uint64) error {
 	if _, err := app.session(h); err != nil {
 		return err
 	}
-	return rv(ck.CKR_RANDOM_SEED_NOT_SUPPORTED)
+	return ck.Error(ck.CKR_RANDOM_SEED_NOT_SUPPORTED)
 }

@@ -84,19 +84,19 @@ func (e *Engine) useKey(ctx context.Context, app *App, s *session, h uint64, m *
 	_, o, err := e.resolve(ctx, app, s, h)
 	if err != nil {
 		if c, _ := rvOf(err); c == ck.CKR_OBJECT_HANDLE_INVALID {
-			return nil, rv(ck.CKR_KEY_HANDLE_INVALID)
+			return nil, ck.Error(ck.CKR_KEY_HANDLE_INVALID)
 		}
 		return nil, err
 	}
 	k := newKey(o)
 	if classMask(k.class)&mKeys == 0 || !slices.Contains(m.keyTypes, k.keyType) {
-		return nil, rv(ck.CKR_KEY_TYPE_INCONSISTENT)
+		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
 	if need != 0 && !o.bool(need) {
-		return nil, rv(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
+		return nil, ck.Error(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
 	}
 	if !k.allows(typ) {
-		return nil, rv(ck.CKR_MECHANISM_INVALID)
+		return nil, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
 	return k, nil
 }
@@ -112,16 +112,16 @@ func (e *Engine) OpInit(ctx context.Context, app *App, h uint64, kind opKind, wm
 	active := s.ops[kind] != nil
 	s.mu.Unlock()
 	if active {
-		return rv(ck.CKR_OPERATION_ACTIVE)
+		return ck.Error(ck.CKR_OPERATION_ACTIVE)
 	}
 	m, ok := mechanisms[wm.Type]
 	if !ok {
-		return rv(ck.CKR_MECHANISM_INVALID)
+		return ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
 	op := &operation{mech: wm.Type}
 	if kind == opDigest {
 		if m.digest == nil {
-			return rv(ck.CKR_MECHANISM_INVALID)
+			return ck.Error(ck.CKR_MECHANISM_INVALID)
 		}
 		if op.digest, err = m.digest(wm); err != nil {
 			return err
@@ -140,7 +140,7 @@ func (e *Engine) OpInit(ctx context.Context, app *App, h uint64, kind opKind, wm
 			sctor = m.verify
 		}
 		if ctor == nil && sctor == nil {
-			return rv(ck.CKR_MECHANISM_INVALID)
+			return ck.Error(ck.CKR_MECHANISM_INVALID)
 		}
 		k, err := e.useKey(ctx, app, s, keyHandle, m, wm.Type, usage[kind])
 		if err != nil {
@@ -160,7 +160,7 @@ func (e *Engine) OpInit(ctx context.Context, app *App, h uint64, kind opKind, wm
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ops[kind] != nil {
-		return rv(ck.CKR_OPERATION_ACTIVE)
+		return ck.Error(ck.CKR_OPERATION_ACTIVE)
 	}
 	s.ops[kind] = op
 	return nil
@@ -177,12 +177,12 @@ func withOp(app *App, h uint64, kind opKind, f func(op *operation) (end bool, er
 	defer s.mu.Unlock()
 	op := s.ops[kind]
 	if op == nil {
-		return rv(ck.CKR_OPERATION_NOT_INITIALIZED)
+		return ck.Error(ck.CKR_OPERATION_NOT_INITIALIZED)
 	}
 	if op.needAuth {
 		// The key wants its PIN again, for this operation, first.
 		s.ops[kind] = nil
-		return rv(ck.CKR_USER_NOT_LOGGED_IN)
+		return ck.Error(ck.CKR_USER_NOT_LOGGED_IN)
 	}
 	end, err := f(op)
 	if end || err != nil {
@@ -205,7 +205,7 @@ func contextLogin(s *session, check func() error) error {
 	}
 	s.mu.Unlock()
 	if len(waiting) == 0 {
-		return rv(ck.CKR_OPERATION_NOT_INITIALIZED)
+		return ck.Error(ck.CKR_OPERATION_NOT_INITIALIZED)
 	}
 	if err := check(); err != nil {
 		return err
@@ -249,7 +249,7 @@ func (op *operation) output(call callKind, compute func() ([]byte, error)) ([]by
 		// Some clients fetch a single-part call's measured output with
 		// the Final (OpenSC's pkcs11-tool does); that much is accepted.
 		if op.pendFor != call && !(op.pendFor == callOne && call == callFinal) {
-			return nil, rv(ck.CKR_OPERATION_ACTIVE)
+			return nil, ck.Error(ck.CKR_OPERATION_ACTIVE)
 		}
 		return op.pending, nil
 	}
@@ -263,14 +263,14 @@ func (op *operation) output(call callKind, compute func() ([]byte, error)) ([]by
 // refuses every other call; an update feeds the operation and never ends
 // it, while a single-part call or a Final ends it once its output is
 // delivered.
-func produce(app *App, h uint64, kind opKind, call callKind, out wire.OutSpec, r *wire.Results, compute func(op *operation) ([]byte, error)) (uint64, error) {
+func produce(app *App, h uint64, kind opKind, call callKind, out wire.OutSpec, r *wire.Results, compute func(op *operation) ([]byte, error)) error {
 	var code uint64
 	err := withOp(app, h, kind, func(op *operation) (bool, error) {
 		switch {
 		case call == callOne && op.parts:
-			return true, rv(ck.CKR_OPERATION_ACTIVE)
+			return true, ck.Error(ck.CKR_OPERATION_ACTIVE)
 		case call != callOne && op.singlePart():
-			return true, rv(ck.CKR_FUNCTION_NOT_SUPPORTED)
+			return true, ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED)
 		}
 		data, err := op.output(call, func() ([]byte, error) { return compute(op) })
 		if err != nil {
@@ -284,7 +284,11 @@ func produce(app *App, h uint64, kind opKind, call callKind, out wire.OutSpec, r
 		}
 		return delivered, nil
 	})
-	return code, err
+	if err != nil {
+		return err
+	}
+	// CKR_BUFFER_TOO_SMALL: the operation stays, its output kept.
+	return ck.Err(code)
 }
 
 // singlePart reports whether the operation's mechanism takes its input in
@@ -295,7 +299,7 @@ func (op *operation) singlePart() bool {
 }
 
 // Crypt is C_Encrypt or C_Decrypt: the whole input in one call.
-func (e *Engine) Crypt(app *App, h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results) (uint64, error) {
+func (e *Engine) Crypt(app *App, h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results) error {
 	return produce(app, h, kind, callOne, out, r, func(op *operation) ([]byte, error) {
 		if one, ok := op.cipher.(oneShot); ok {
 			return one.One(in)
@@ -310,21 +314,21 @@ func (e *Engine) Crypt(app *App, h uint64, kind opKind, in []byte, out wire.OutS
 }
 
 // CryptUpdate is C_EncryptUpdate or C_DecryptUpdate.
-func (e *Engine) CryptUpdate(app *App, h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results) (uint64, error) {
+func (e *Engine) CryptUpdate(app *App, h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results) error {
 	return produce(app, h, kind, callUpdate, out, r, func(op *operation) ([]byte, error) {
 		return op.cipher.Update(in)
 	})
 }
 
 // CryptFinal is C_EncryptFinal or C_DecryptFinal.
-func (e *Engine) CryptFinal(app *App, h uint64, kind opKind, out wire.OutSpec, r *wire.Results) (uint64, error) {
+func (e *Engine) CryptFinal(app *App, h uint64, kind opKind, out wire.OutSpec, r *wire.Results) error {
 	return produce(app, h, kind, callFinal, out, r, func(op *operation) ([]byte, error) {
 		return op.cipher.Final()
 	})
 }
 
 // Digest is C_Digest.
-func (e *Engine) Digest(app *App, h uint64, in []byte, out wire.OutSpec, r *wire.Results) (uint64, error) {
+func (e *Engine) Digest(app *App, h uint64, in []byte, out wire.OutSpec, r *wire.Results) error {
 	return produce(app, h, opDigest, callOne, out, r, func(op *operation) ([]byte, error) {
 		op.digest.Update(in)
 		return op.digest.Sum(), nil
@@ -335,7 +339,7 @@ func (e *Engine) Digest(app *App, h uint64, in []byte, out wire.OutSpec, r *wire
 func (e *Engine) DigestUpdate(app *App, h uint64, in []byte) error {
 	return withOp(app, h, opDigest, func(op *operation) (bool, error) {
 		if op.hasPend {
-			return true, rv(ck.CKR_OPERATION_ACTIVE)
+			return true, ck.Error(ck.CKR_OPERATION_ACTIVE)
 		}
 		op.parts = true
 		op.digest.Update(in)
@@ -353,13 +357,13 @@ func (e *Engine) DigestKey(ctx context.Context, app *App, h, keyHandle uint64) e
 	_, o, err := e.resolve(ctx, app, s, keyHandle)
 	if err != nil {
 		if c, _ := rvOf(err); c == ck.CKR_OBJECT_HANDLE_INVALID {
-			return rv(ck.CKR_KEY_HANDLE_INVALID)
+			return ck.Error(ck.CKR_KEY_HANDLE_INVALID)
 		}
 		return err
 	}
 	// An HSM-protected key gives nothing of itself, not even a digest.
 	if o.class() != ck.CKO_SECRET_KEY || ulongOf(o.attrsGet(ck.CKA_HSMEMU_PROTECTION)) == ck.CKP_HSMEMU_HSM {
-		return rv(ck.CKR_KEY_INDIGESTIBLE)
+		return ck.Error(ck.CKR_KEY_INDIGESTIBLE)
 	}
 	v, _ := o.get(ck.CKA_VALUE)
 	return withOp(app, h, opDigest, func(op *operation) (bool, error) {
@@ -370,14 +374,14 @@ func (e *Engine) DigestKey(ctx context.Context, app *App, h, keyHandle uint64) e
 }
 
 // DigestFinal is C_DigestFinal.
-func (e *Engine) DigestFinal(app *App, h uint64, out wire.OutSpec, r *wire.Results) (uint64, error) {
+func (e *Engine) DigestFinal(app *App, h uint64, out wire.OutSpec, r *wire.Results) error {
 	return produce(app, h, opDigest, callFinal, out, r, func(op *operation) ([]byte, error) {
 		return op.digest.Sum(), nil
 	})
 }
 
 // Sign is C_Sign.
-func (e *Engine) Sign(app *App, h uint64, in []byte, out wire.OutSpec, r *wire.Results) (uint64, error) {
+func (e *Engine) Sign(app *App, h uint64, in []byte, out wire.OutSpec, r *wire.Results) error {
 	return produce(app, h, opSign, callOne, out, r, func(op *operation) ([]byte, error) {
 		if err := op.signer.Update(in); err != nil {
 			return nil, err
@@ -390,10 +394,10 @@ func (e *Engine) Sign(app *App, h uint64, in []byte, out wire.OutSpec, r *wire.R
 func (e *Engine) SignVerifyUpdate(app *App, h uint64, kind opKind, in []byte) error {
 	return withOp(app, h, kind, func(op *operation) (bool, error) {
 		if op.singlePart() {
-			return true, rv(ck.CKR_FUNCTION_NOT_SUPPORTED)
+			return true, ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED)
 		}
 		if op.hasPend {
-			return true, rv(ck.CKR_OPERATION_ACTIVE)
+			return true, ck.Error(ck.CKR_OPERATION_ACTIVE)
 		}
 		op.parts = true
 		return false, op.signer.Update(in)
@@ -401,7 +405,7 @@ func (e *Engine) SignVerifyUpdate(app *App, h uint64, kind opKind, in []byte) er
 }
 
 // SignFinal is C_SignFinal.
-func (e *Engine) SignFinal(app *App, h uint64, out wire.OutSpec, r *wire.Results) (uint64, error) {
+func (e *Engine) SignFinal(app *App, h uint64, out wire.OutSpec, r *wire.Results) error {
 	return produce(app, h, opSign, callFinal, out, r, func(op *operation) ([]byte, error) {
 		return op.signer.Sign()
 	})
@@ -412,7 +416,7 @@ func (e *Engine) SignFinal(app *App, h uint64, out wire.OutSpec, r *wire.Results
 func (e *Engine) Verify(app *App, h uint64, in, sig []byte) error {
 	return withOp(app, h, opVerify, func(op *operation) (bool, error) {
 		if op.parts {
-			return true, rv(ck.CKR_OPERATION_ACTIVE)
+			return true, ck.Error(ck.CKR_OPERATION_ACTIVE)
 		}
 		if err := op.signer.Update(in); err != nil {
 			return true, err
@@ -424,7 +428,7 @@ func (e *Engine) Verify(app *App, h uint64, in, sig []byte) error {
 func (e *Engine) VerifyFinal(app *App, h uint64, sig []byte) error {
 	return withOp(app, h, opVerify, func(op *operation) (bool, error) {
 		if op.singlePart() {
-			return true, rv(ck.CKR_FUNCTION_NOT_SUPPORTED)
+			return true, ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED)
 		}
 		return true, op.signer.Verify(sig)
 	})

@@ -14,15 +14,6 @@ import (
 // are HSM-protected unless the template asks otherwise: by asking for
 // software protection, or for a key that is not sensitive or extractable.
 
-// refused is a refusal whose reason is worth a log line: the CK_RV alone
-// would leave the caller guessing.
-type refused struct {
-	code uint64
-	why  string
-}
-
-func (r *refused) Error() string { return r.why }
-
 // protect decides a new key's protection from its template (before the
 // defaults fill it) and the token's tier.
 func protect(m map[uint64][]byte, tier keystore.Tier) error {
@@ -35,13 +26,13 @@ func protect(m map[uint64][]byte, tier keystore.Tier) error {
 	case given:
 		level = ulongOf(p)
 		if level != ck.CKP_HSMEMU_SOFTWARE && level != ck.CKP_HSMEMU_HSM {
-			return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 		}
 		if level == ck.CKP_HSMEMU_HSM && tier != keystore.TierPremium {
-			return &refused{ck.CKR_TEMPLATE_INCONSISTENT, "an HSM-protected key needs a premium token; this token is " + tier.String()}
+			return ck.Errorf(ck.CKR_TEMPLATE_INCONSISTENT, "an HSM-protected key needs a premium token; this token is %s", tier)
 		}
 		if level == ck.CKP_HSMEMU_HSM && looseAsked {
-			return &refused{ck.CKR_TEMPLATE_INCONSISTENT, "an HSM-protected key is sensitive and not extractable; the template asks otherwise"}
+			return ck.Errorf(ck.CKR_TEMPLATE_INCONSISTENT, "an HSM-protected key is sensitive and not extractable; the template asks otherwise")
 		}
 	case tier == keystore.TierPremium && !looseAsked:
 		level = ck.CKP_HSMEMU_HSM

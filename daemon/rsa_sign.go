@@ -31,12 +31,12 @@ func emsaPKCS1v15(h crypto.Hash, in []byte, k int) ([]byte, error) {
 	if h != 0 {
 		prefix, ok := digestInfoPrefix[h]
 		if !ok || len(in) != h.Size() {
-			return nil, rv(ck.CKR_DATA_LEN_RANGE)
+			return nil, ck.Error(ck.CKR_DATA_LEN_RANGE)
 		}
 		t = append(append(make([]byte, 0, len(prefix)+len(in)), prefix...), in...)
 	}
 	if len(t)+11 > k {
-		return nil, rv(ck.CKR_DATA_LEN_RANGE)
+		return nil, ck.Error(ck.CKR_DATA_LEN_RANGE)
 	}
 	em := make([]byte, k)
 	em[1] = 1
@@ -54,7 +54,7 @@ func emsaPSS(h crypto.Hash, mHash []byte, saltLen, modBits, k int) ([]byte, erro
 	emBits := modBits - 1
 	emLen := (emBits + 7) / 8
 	if len(mHash) != hLen || emLen < hLen+saltLen+2 {
-		return nil, rv(ck.CKR_DATA_LEN_RANGE)
+		return nil, ck.Error(ck.CKR_DATA_LEN_RANGE)
 	}
 	salt := make([]byte, saltLen)
 	if _, err := rand.Read(salt); err != nil {
@@ -118,7 +118,7 @@ func (sk *rsaSigningKey) signPKCS1v15(h crypto.Hash, in []byte) ([]byte, error) 
 func (sk *rsaSigningKey) signPSS(h crypto.Hash, mHash []byte, saltLen int) ([]byte, error) {
 	if sk.raw == nil {
 		if saltLen == 0 {
-			return nil, rv(ck.CKR_MECHANISM_PARAM_INVALID) // crypto/rsa reads 0 as "as long as fits"
+			return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID) // crypto/rsa reads 0 as "as long as fits"
 		}
 		return rsa.SignPSS(rand.Reader, sk.priv, h, mHash, &rsa.PSSOptions{SaltLength: saltLen, Hash: h})
 	}

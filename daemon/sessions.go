@@ -50,7 +50,7 @@ func (app *App) session(h uint64) (*session, error) {
 	defer app.mu.Unlock()
 	s, ok := app.sessions[h]
 	if !ok {
-		return nil, rv(ck.CKR_SESSION_HANDLE_INVALID)
+		return nil, ck.Error(ck.CKR_SESSION_HANDLE_INVALID)
 	}
 	return s, nil
 }
@@ -73,7 +73,7 @@ func (app *App) isSO(s *session) bool {
 // OpenSession opens a session on the token in slot.
 func (e *Engine) OpenSession(ctx context.Context, app *App, slot, flags uint64) (uint64, error) {
 	if flags&ck.CKF_SERIAL_SESSION == 0 {
-		return 0, rv(ck.CKR_SESSION_PARALLEL_NOT_SUPPORTED)
+		return 0, ck.Error(ck.CKR_SESSION_PARALLEL_NOT_SUPPORTED)
 	}
 	ti, err := e.token(ctx, slot)
 	if err != nil {
@@ -83,10 +83,10 @@ func (e *Engine) OpenSession(ctx context.Context, app *App, slot, flags uint64) 
 	app.mu.Lock()
 	defer app.mu.Unlock()
 	if r, ok := app.login[ti.UUID]; ok && r == keystore.RoleSO && !rw {
-		return 0, rv(ck.CKR_SESSION_READ_WRITE_SO_EXISTS)
+		return 0, ck.Error(ck.CKR_SESSION_READ_WRITE_SO_EXISTS)
 	}
 	if len(app.sessions) >= e.cfg.MaxSessions {
-		return 0, rv(ck.CKR_SESSION_COUNT)
+		return 0, ck.Error(ck.CKR_SESSION_COUNT)
 	}
 	app.nextSession++
 	h := app.nextSession
@@ -101,7 +101,7 @@ func (e *Engine) CloseSession(ctx context.Context, app *App, h uint64) error {
 	s, ok := app.sessions[h]
 	if !ok {
 		app.mu.Unlock()
-		return rv(ck.CKR_SESSION_HANDLE_INVALID)
+		return ck.Error(ck.CKR_SESSION_HANDLE_INVALID)
 	}
 	delete(app.sessions, h)
 	for oh, ref := range app.memHandles {
@@ -185,10 +185,10 @@ func (e *Engine) Login(ctx context.Context, app *App, h, userType uint64, pin []
 		// The user, logged in, gives the PIN again for an operation on a
 		// key with CKA_ALWAYS_AUTHENTICATE.
 		if r, in := app.role(s); !in || r != keystore.RoleUser {
-			return rv(ck.CKR_USER_NOT_LOGGED_IN)
+			return ck.Error(ck.CKR_USER_NOT_LOGGED_IN)
 		}
 		if pinNull {
-			return rv(ck.CKR_ARGUMENTS_BAD)
+			return ck.Error(ck.CKR_ARGUMENTS_BAD)
 		}
 		return contextLogin(s, func() error {
 			err := e.pinAttempt(ctx, s.token, keystore.RoleUser, func() error {
@@ -200,25 +200,25 @@ func (e *Engine) Login(ctx context.Context, app *App, h, userType uint64, pin []
 			return err
 		})
 	default:
-		return rv(ck.CKR_USER_TYPE_INVALID)
+		return ck.Error(ck.CKR_USER_TYPE_INVALID)
 	}
 	if pinNull {
 		// No protected authentication path.
-		return rv(ck.CKR_ARGUMENTS_BAD)
+		return ck.Error(ck.CKR_ARGUMENTS_BAD)
 	}
 	app.mu.Lock()
 	if cur, in := app.login[s.token]; in {
 		app.mu.Unlock()
 		if cur == role {
-			return rv(ck.CKR_USER_ALREADY_LOGGED_IN)
+			return ck.Error(ck.CKR_USER_ALREADY_LOGGED_IN)
 		}
-		return rv(ck.CKR_USER_ANOTHER_ALREADY_LOGGED_IN)
+		return ck.Error(ck.CKR_USER_ANOTHER_ALREADY_LOGGED_IN)
 	}
 	if role == keystore.RoleSO {
 		for _, o := range app.sessions {
 			if o.token == s.token && !o.rw {
 				app.mu.Unlock()
-				return rv(ck.CKR_SESSION_READ_ONLY_EXISTS)
+				return ck.Error(ck.CKR_SESSION_READ_ONLY_EXISTS)
 			}
 		}
 	}
@@ -253,11 +253,11 @@ func (e *Engine) Login(ctx context.Context, app *App, h, userType uint64, pin []
 	if _, ok := app.sessions[h]; !ok {
 		// The session closed while the PIN was checked.
 		e.releaseLogin(s.token)
-		return rv(ck.CKR_SESSION_CLOSED)
+		return ck.Error(ck.CKR_SESSION_CLOSED)
 	}
 	if _, in := app.login[s.token]; in {
 		e.releaseLogin(s.token)
-		return rv(ck.CKR_USER_ALREADY_LOGGED_IN)
+		return ck.Error(ck.CKR_USER_ALREADY_LOGGED_IN)
 	}
 	app.login[s.token] = role
 	return nil
@@ -286,7 +286,7 @@ func (e *Engine) waitAfterFailures(ctx context.Context, tl *tokenLogin, role key
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-e.quit:
-		return rv(ck.CKR_FUNCTION_CANCELED)
+		return ck.Error(ck.CKR_FUNCTION_CANCELED)
 	}
 }
 
@@ -322,7 +322,7 @@ func (e *Engine) Logout(ctx context.Context, app *App, h uint64) error {
 	app.mu.Lock()
 	defer app.mu.Unlock()
 	if _, in := app.login[s.token]; !in {
-		return rv(ck.CKR_USER_NOT_LOGGED_IN)
+		return ck.Error(ck.CKR_USER_NOT_LOGGED_IN)
 	}
 	e.noteLogout(app, s.token)
 	return nil
@@ -335,10 +335,10 @@ func (e *Engine) InitPIN(ctx context.Context, app *App, h uint64, pin []byte) er
 		return err
 	}
 	if role, in := app.role(s); !in || role != keystore.RoleSO || !s.rw {
-		return rv(ck.CKR_USER_NOT_LOGGED_IN)
+		return ck.Error(ck.CKR_USER_NOT_LOGGED_IN)
 	}
 	if len(pin) < minPINLen || len(pin) > maxPINLen {
-		return rv(ck.CKR_PIN_LEN_RANGE)
+		return ck.Error(ck.CKR_PIN_LEN_RANGE)
 	}
 	if err := e.store.InitPIN(ctx, s.token, pin); err != nil {
 		return err
@@ -356,10 +356,10 @@ func (e *Engine) SetPIN(ctx context.Context, app *App, h uint64, oldPIN, newPIN 
 		return err
 	}
 	if !s.rw {
-		return rv(ck.CKR_SESSION_READ_ONLY)
+		return ck.Error(ck.CKR_SESSION_READ_ONLY)
 	}
 	if len(newPIN) < minPINLen || len(newPIN) > maxPINLen {
-		return rv(ck.CKR_PIN_LEN_RANGE)
+		return ck.Error(ck.CKR_PIN_LEN_RANGE)
 	}
 	role := keystore.RoleUser
 	if r, in := app.role(s); in {

@@ -35,14 +35,14 @@ func (e *Engine) SlotList(ctx context.Context) ([]uint64, error) {
 // token returns the token in a slot; slot 0's is uninitialised.
 func (e *Engine) token(ctx context.Context, slot uint64) (keystore.TokenInfo, error) {
 	if slot == freeSlot {
-		return keystore.TokenInfo{}, rv(ck.CKR_TOKEN_NOT_RECOGNIZED)
+		return keystore.TokenInfo{}, ck.Error(ck.CKR_TOKEN_NOT_RECOGNIZED)
 	}
 	if slot > 1<<62 {
-		return keystore.TokenInfo{}, rv(ck.CKR_SLOT_ID_INVALID)
+		return keystore.TokenInfo{}, ck.Error(ck.CKR_SLOT_ID_INVALID)
 	}
 	ti, err := e.store.TokenByID(ctx, int64(slot))
 	if errors.Is(err, keystore.ErrNotFound) {
-		return ti, rv(ck.CKR_SLOT_ID_INVALID)
+		return ti, ck.Error(ck.CKR_SLOT_ID_INVALID)
 	}
 	return ti, err
 }
@@ -136,18 +136,18 @@ func blankLabel(label []byte) string {
 // it, destroying its objects.
 func (e *Engine) InitToken(ctx context.Context, app *App, slot uint64, pin, label []byte) error {
 	if len(pin) < minPINLen || len(pin) > maxPINLen {
-		return rv(ck.CKR_PIN_LEN_RANGE)
+		return ck.Error(ck.CKR_PIN_LEN_RANGE)
 	}
 	name := blankLabel(label)
 	if name == "" {
 		e.log.Info("C_InitToken refused: an empty label cannot name a token")
-		return rv(ck.CKR_ARGUMENTS_BAD)
+		return ck.Error(ck.CKR_ARGUMENTS_BAD)
 	}
 	if slot == freeSlot {
 		ti, err := e.store.CreateToken(ctx, keystore.TokenSpec{Label: name, Tier: e.cfg.DefaultTier, SOPIN: pin})
 		if errors.Is(err, keystore.ErrTokenExists) {
 			e.log.Info("C_InitToken refused: the label is already in use", "label", name)
-			return rv(ck.CKR_ARGUMENTS_BAD)
+			return ck.Error(ck.CKR_ARGUMENTS_BAD)
 		}
 		if err != nil {
 			return err
@@ -161,7 +161,7 @@ func (e *Engine) InitToken(ctx context.Context, app *App, slot uint64, pin, labe
 		return err
 	}
 	if all, _ := e.sessionCounts(ti.UUID); all > 0 {
-		return rv(ck.CKR_SESSION_EXISTS)
+		return ck.Error(ck.CKR_SESSION_EXISTS)
 	}
 	// The SO PIN is checked here as at login: the same delays apply.
 	err = e.pinAttempt(ctx, ti.UUID, keystore.RoleSO, func() error {
@@ -171,7 +171,7 @@ func (e *Engine) InitToken(ctx context.Context, app *App, slot uint64, pin, labe
 		e.auditPINFailure(ctx, actor(app, "so"), ti.UUID, keystore.RoleSO, "token.reinit.failure")
 	}
 	if errors.Is(err, keystore.ErrTokenExists) {
-		return rv(ck.CKR_ARGUMENTS_BAD)
+		return ck.Error(ck.CKR_ARGUMENTS_BAD)
 	}
 	if err == nil {
 		e.log.Info("token re-initialised", "label", name, "slot", slot)

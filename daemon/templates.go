@@ -17,7 +17,7 @@ func toMap(tmpl []attr) (map[uint64][]byte, error) {
 	m := make(map[uint64][]byte, len(tmpl)+48)
 	for _, a := range tmpl {
 		if _, dup := m[a.Type]; dup {
-			return nil, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+			return nil, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 		}
 		v := a.Value
 		if v == nil {
@@ -106,18 +106,18 @@ func checkTemplate(tmpl []attr, so bool, org origin, defClass, defKeyType uint64
 	}
 	cv, ok := m[ck.CKA_CLASS]
 	if !ok {
-		return nil, 0, 0, rv(ck.CKR_TEMPLATE_INCOMPLETE)
+		return nil, 0, 0, ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
 	}
 	if len(cv) != 8 {
-		return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+		return nil, 0, 0, ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 	}
 	class := ulongOf(cv)
 	cm := classMask(class)
 	if cm == 0 || (org != originCreate && cm&mKeys == 0) {
-		return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+		return nil, 0, 0, ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 	}
 	if defClass != 0 && class != defClass {
-		return nil, 0, 0, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+		return nil, 0, 0, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 	}
 	kt := ^uint64(0)
 	if cm&mKeys != 0 {
@@ -126,34 +126,34 @@ func checkTemplate(tmpl []attr, so bool, org origin, defClass, defKeyType uint64
 		}
 		v, ok := m[ck.CKA_KEY_TYPE]
 		if !ok {
-			return nil, 0, 0, rv(ck.CKR_TEMPLATE_INCOMPLETE)
+			return nil, 0, 0, ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
 		}
 		if kt = ulongOf(v); !keyTypeSupported(class, kt) {
-			return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			return nil, 0, 0, ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 		}
 		if defKeyType != noKeyType && kt != defKeyType {
-			return nil, 0, 0, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+			return nil, 0, 0, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 		}
 	}
 	for t, v := range m {
 		r, ok := ruleFor(t, class, kt)
 		if !ok {
-			return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_TYPE_INVALID)
+			return nil, 0, 0, ck.Error(ck.CKR_ATTRIBUTE_TYPE_INVALID)
 		}
 		switch {
 		case r.flags&fNever != 0:
-			return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_READ_ONLY)
+			return nil, 0, 0, ck.Error(ck.CKR_ATTRIBUTE_READ_ONLY)
 		case org == originCreate && (t == ck.CKA_VALUE_LEN || t == ck.CKA_MODULUS_BITS):
 			// Computed by the token from the key material.
-			return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_READ_ONLY)
+			return nil, 0, 0, ck.Error(ck.CKR_ATTRIBUTE_READ_ONLY)
 		case org != originCreate && isMaterial(t, class):
-			return nil, 0, 0, rv(ck.CKR_TEMPLATE_INCONSISTENT)
+			return nil, 0, 0, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 		}
 		if err := checkValue(r, v); err != nil {
 			return nil, 0, 0, err
 		}
 		if r.flags&fSOTrue != 0 && isTrue(v) && !so {
-			return nil, 0, 0, rv(ck.CKR_ATTRIBUTE_READ_ONLY)
+			return nil, 0, 0, ck.Error(ck.CKR_ATTRIBUTE_READ_ONLY)
 		}
 		if r.kind == vAttrs {
 			if err := checkNested(v, so); err != nil {
@@ -170,18 +170,18 @@ func checkTemplate(tmpl []attr, so bool, org origin, defClass, defKeyType uint64
 func checkNested(v []byte, so bool) error {
 	nested, err := keystore.DecodeAttributes(v)
 	if err != nil {
-		return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+		return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 	}
 	for _, a := range nested {
 		r, ok := rules[a.Type]
 		if !ok || r.flags&fNever != 0 || r.kind == vAttrs {
-			return rv(ck.CKR_TEMPLATE_INCONSISTENT)
+			return ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 		}
 		if err := checkValue(r, a.Value); err != nil {
 			return err
 		}
 		if r.flags&fSOTrue != 0 && isTrue(a.Value) && !so {
-			return rv(ck.CKR_ATTRIBUTE_READ_ONLY)
+			return ck.Error(ck.CKR_ATTRIBUTE_READ_ONLY)
 		}
 	}
 	return nil
@@ -200,7 +200,7 @@ func completeObject(m map[uint64][]byte, class, kt uint64, org origin, mech uint
 	for _, tr := range rulesOf(class, kt) {
 		if tr.rule.flags&fRequired != 0 {
 			if _, ok := m[tr.t]; !ok {
-				return rv(ck.CKR_TEMPLATE_INCOMPLETE)
+				return ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
 			}
 		}
 	}
@@ -258,21 +258,21 @@ func checkMaterial(m map[uint64][]byte, class, kt uint64) error {
 	switch class {
 	case ck.CKO_CERTIFICATE:
 		if ulongOf(m[ck.CKA_CERTIFICATE_TYPE]) != ck.CKC_X_509 {
-			return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 		}
 		if _, ok := m[ck.CKA_SUBJECT]; !ok {
-			return rv(ck.CKR_TEMPLATE_INCOMPLETE)
+			return ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
 		}
 	case ck.CKO_SECRET_KEY:
 		v := m[ck.CKA_VALUE]
 		switch kt {
 		case ck.CKK_AES:
 			if len(v) != 16 && len(v) != 24 && len(v) != 32 {
-				return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+				return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 			}
 		case ck.CKK_GENERIC_SECRET:
 			if len(v) == 0 {
-				return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+				return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 			}
 		}
 		m[ck.CKA_VALUE_LEN] = ulong(uint64(len(v)))
@@ -280,21 +280,21 @@ func checkMaterial(m map[uint64][]byte, class, kt uint64) error {
 		if kt == ck.CKK_RSA {
 			n := m[ck.CKA_MODULUS]
 			if len(n) == 0 {
-				return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+				return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 			}
 			if class == ck.CKO_PUBLIC_KEY {
 				if _, ok := m[ck.CKA_PUBLIC_EXPONENT]; !ok {
-					return rv(ck.CKR_TEMPLATE_INCOMPLETE)
+					return ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
 				}
 				m[ck.CKA_MODULUS_BITS] = ulong(uint64(new(big.Int).SetBytes(n).BitLen()))
 			}
 		}
 		if kt == ck.CKK_EC || kt == ck.CKK_EC_EDWARDS {
 			if len(m[ck.CKA_EC_PARAMS]) == 0 {
-				return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+				return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 			}
 			if class == ck.CKO_PRIVATE_KEY && len(m[ck.CKA_VALUE]) == 0 {
-				return rv(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+				return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 			}
 		}
 	}
@@ -306,10 +306,10 @@ func checkMaterial(m map[uint64][]byte, class, kt uint64) error {
 // true), and returns the object's new attributes.
 func checkChange(o *object, tmpl []attr, so, copy bool) (map[uint64][]byte, error) {
 	if copy && !o.bool(ck.CKA_COPYABLE) {
-		return nil, rv(ck.CKR_ACTION_PROHIBITED)
+		return nil, ck.Error(ck.CKR_ACTION_PROHIBITED)
 	}
 	if !copy && !o.bool(ck.CKA_MODIFIABLE) {
-		return nil, rv(ck.CKR_ACTION_PROHIBITED)
+		return nil, ck.Error(ck.CKR_ACTION_PROHIBITED)
 	}
 	changes, err := toMap(tmpl)
 	if err != nil {
@@ -320,7 +320,7 @@ func checkChange(o *object, tmpl []attr, so, copy bool) (map[uint64][]byte, erro
 	for t, v := range changes {
 		r, ok := ruleFor(t, class, kt)
 		if !ok {
-			return nil, rv(ck.CKR_ATTRIBUTE_TYPE_INVALID)
+			return nil, ck.Error(ck.CKR_ATTRIBUTE_TYPE_INVALID)
 		}
 		if err := checkValue(r, v); err != nil {
 			return nil, err
@@ -342,16 +342,16 @@ func checkChange(o *object, tmpl []attr, so, copy bool) (map[uint64][]byte, erro
 			}
 		}
 		if !allowed {
-			return nil, rv(ck.CKR_ATTRIBUTE_READ_ONLY)
+			return nil, ck.Error(ck.CKR_ATTRIBUTE_READ_ONLY)
 		}
 		if r.flags&fToTrue != 0 && isTrue(old) && !isTrue(v) {
-			return nil, rv(ck.CKR_ATTRIBUTE_READ_ONLY)
+			return nil, ck.Error(ck.CKR_ATTRIBUTE_READ_ONLY)
 		}
 		if r.flags&fToFalse != 0 && !isTrue(old) && isTrue(v) {
-			return nil, rv(ck.CKR_ATTRIBUTE_READ_ONLY)
+			return nil, ck.Error(ck.CKR_ATTRIBUTE_READ_ONLY)
 		}
 		if r.flags&fSOTrue != 0 && isTrue(v) && !isTrue(old) && !so {
-			return nil, rv(ck.CKR_ATTRIBUTE_READ_ONLY)
+			return nil, ck.Error(ck.CKR_ATTRIBUTE_READ_ONLY)
 		}
 		m[t] = v
 	}
