@@ -57,6 +57,7 @@ build/module-test-asan: $(TEST_SRC) cryptoki/module/test/test.h $(MODULE_HDR) $(
 test-module: $(BIN)/hsmemu-pkcs11.so $(BIN)/hsmemu-pkcs11-asan.so build/module-test build/module-test-asan
 	@cryptoki/module/test/check-exports.sh $(BIN)/hsmemu-pkcs11.so
 	@cryptoki/module/test/check-exports.sh $(BIN)/hsmemu-pkcs11-asan.so
+	@cryptoki/module/test/check-layers.sh
 	build/module-test $(BIN)/hsmemu-pkcs11.so
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		build/module-test-asan $(BIN)/hsmemu-pkcs11-asan.so

@@ -1,10 +1,10 @@
 /*
  * call.c: one call to the daemon. A stub encodes its arguments after the
- * frame header hsm_call_init reserves; hsm_call_run takes a connection from
- * the pool, sends the request, reads the reply and checks its framing; the
- * stub then decodes the results. Nothing of a reply is trusted: its length
- * is capped (16 MiB), its request id must be ours, and any framing error
- * discards the connection and fails the call with CKR_DEVICE_ERROR.
+ * frame header hsm_call_init reserves; hsm_call_run sends the request and
+ * reads its reply through exchange.c, which also checks the reply's
+ * framing, and turns a failed exchange into the call's rv (a broken
+ * connection CKR_DEVICE_REMOVED, a malformed reply or a timeout
+ * CKR_DEVICE_ERROR); the stub then decodes the results.
  *
  * An Init may instead be held back to travel with its session's next call
  * (defer.c); then that call sends two requests in one write and reads two
@@ -14,10 +14,6 @@
 #include <string.h>
 
 #include "hsm.h"
-
-/* Reply flags (docs/protocol.md, "Frames"). */
-#define REPLY_RESULTS 1
-#define REPLY_IDLE 2
 
 void hsm_call_init(hsm_call *c, uint32_t call)
 {
@@ -49,84 +45,6 @@ static CK_RV io_rv(enum hsm_io io)
 	default:
 		return CKR_DEVICE_ERROR;
 	}
-}
-
-/* send_frames numbers the frames and sends them in one write. */
-static enum hsm_io send_frames(hsm_conn *conn, hsm_wbuf **reqs, int n, uint32_t *ids)
-{
-	size_t total = 0;
-	for (int i = 0; i < n; i++) {
-		ids[i] = conn->next_id++;
-		if (conn->next_id == 0)
-			conn->next_id = 1;
-		hsm_put_be32(reqs[i]->p, (uint32_t)(reqs[i]->len - 4));
-		hsm_put_be32(reqs[i]->p + 4, ids[i]);
-		total += reqs[i]->len;
-	}
-	if (n == 1)
-		return hsm_conn_send(conn->fd, reqs[0]->p, reqs[0]->len, conn->epoch);
-	uint8_t *all = malloc(total);
-	if (all == NULL)
-		return HSM_IO_NOMEM;
-	size_t off = 0;
-	for (int i = 0; i < n; i++) {
-		memcpy(all + off, reqs[i]->p, reqs[i]->len);
-		off += reqs[i]->len;
-	}
-	enum hsm_io io = hsm_conn_send(conn->fd, all, total, conn->epoch);
-	free(all);
-	return io;
-}
-
-enum hsm_io hsm_exchange(hsm_wbuf **reqs, int n, CK_RV *rv, int *idle, uint8_t **replies,
-			 uint32_t *lens, int timeout_ms, unsigned long app_gen)
-{
-	hsm_conn *conn;
-	enum hsm_io io = hsm_pool_get(&conn);
-	if (io != HSM_IO_OK)
-		return io;
-	/* The connection's dial may have found the application gone. */
-	if (app_gen != 0 && hsm_defer_app_gen() != app_gen) {
-		hsm_pool_put(conn, 1);
-		return HSM_IO_STALE;
-	}
-
-	uint32_t ids[2];
-	uint8_t *frames[2] = {NULL, NULL};
-	if (n < 1 || n > 2) {
-		hsm_pool_put(conn, 1);
-		return HSM_IO_NOMEM;
-	}
-	io = send_frames(conn, reqs, n, ids);
-	if (io == HSM_IO_OK)
-		io = hsm_conn_recv_frames(conn->fd, n, frames, lens, timeout_ms, conn->epoch);
-	for (int i = 0; io == HSM_IO_OK && i < n; i++) {
-		const uint8_t *f = frames[i];
-		uint8_t flags = f[12];
-		uint64_t v = hsm_be64(f + 4);
-		uint8_t allowed = conn->version >= 2 ? (REPLY_RESULTS | REPLY_IDLE) : REPLY_RESULTS;
-		if (hsm_be32(f) != ids[i] || (flags & ~allowed) != 0 ||
-		    (!(flags & REPLY_RESULTS) && lens[i] != 13) || !hsm_fits_ulong(v)) {
-			io = HSM_IO_MALFORMED;
-			break;
-		}
-		rv[i] = (CK_RV)v;
-		idle[i] = (flags & REPLY_IDLE) != 0;
-		replies[i] = NULL;
-		if (flags & REPLY_RESULTS) {
-			replies[i] = frames[i];
-			frames[i] = NULL;
-		}
-	}
-	for (int i = 0; i < n; i++)
-		free(frames[i]);
-	hsm_pool_put(conn, io == HSM_IO_OK);
-	if (io != HSM_IO_OK)
-		for (int i = 0; i < n; i++) {
-			free(replies[i]);
-			replies[i] = NULL;
-		}
-	return io;
 }
 
 enum hsm_outcome hsm_call_run(hsm_call *c)

@@ -28,12 +28,16 @@
  *  - a daemon that holds nothing of the application (it restarted, or
  *    every connection broke) drops the held Inits and every session's
  *    state: the sessions they name are gone, and their numbers may come
- *    back naming others;
+ *    back naming others (pool.c runs app_fresh, its fresh hook, under its
+ *    dial lock; exchange.c's application generation stops an Init already
+ *    taken from being sent);
  *  - an Init whose exchange failed may or may not have run: nothing is
  *    recorded, and the next call asks the daemon.
  *
  * The state is one table under one mutex, never held across I/O. Sessions
- * past the table's size, or Inits past the memory's, are simply sent.
+ * past the table's size, or Inits past the memory's, are simply sent. The
+ * Inits go out through exchange.c, below this file; nothing below calls
+ * into it but through the pool's hook.
  */
 #define _GNU_SOURCE
 #include <stdlib.h>
@@ -72,10 +76,12 @@ static struct {
 	accepted a[ACCEPT_MAX];
 	unsigned na, next;
 	unsigned long gen;     /* bumped whenever the accepted Inits are forgotten */
-	unsigned long app_gen; /* bumped when the daemon's application starts afresh */
 	int travelling;        /* deferred Inits taken from the table, not yet answered */
 	int mutating;          /* mutating calls under way: nothing is deferred */
 } d;
+/* The daemon's application generation lives in exchange.c, which checks
+ * it before sending a held Init; this file moves it with the table (under
+ * d.mu, at C_Initialize, in a child) and reads it under d.mu. */
 
 /* nap waits a little, longer each time (us: from 50 us to 1 ms). */
 static void nap(long *us)
@@ -96,9 +102,11 @@ static void drop_all(void)
 	}
 	d.na = d.next = 0;
 	d.gen++;
-	d.app_gen++;
+	hsm_exchange_app_next();
 	d.travelling = d.mutating = 0;
 }
+
+static void app_fresh(void);
 
 CK_RV hsm_defer_init(void)
 {
@@ -108,6 +116,8 @@ CK_RV hsm_defer_init(void)
 		return rv;
 	drop_all();
 	d.mu = mu;
+	/* Stays registered: with d.mu NULL (finalized) it does nothing. */
+	hsm_pool_on_fresh(app_fresh);
 	return CKR_OK;
 }
 
@@ -206,7 +216,11 @@ static int shape_ok(const hsm_call *c)
 	return c->shape.err == CKR_OK && c->shape.len > 0 && c->shape.len <= SHAPE_MAX;
 }
 
-void hsm_defer_app_fresh(void)
+/* app_fresh is the pool's fresh hook: a new connection's hello said the
+ * daemon holds nothing of this application, so held Inits name sessions
+ * that are gone. The pool runs it under its dial lock, before the
+ * connection is used, so no connection joins the new application first. */
+static void app_fresh(void)
 {
 	if (d.mu == NULL)
 		return;
@@ -221,13 +235,8 @@ void hsm_defer_app_fresh(void)
 			memset(e, 0, sizeof *e);
 	}
 	forget_accepted();
-	d.app_gen++;
+	hsm_exchange_app_next();
 	hsm_unlock(d.mu);
-}
-
-unsigned long hsm_defer_app_gen(void)
-{
-	return __atomic_load_n(&d.app_gen, __ATOMIC_ACQUIRE);
 }
 
 int hsm_defer_hold(hsm_call *c)
@@ -269,7 +278,7 @@ static void flush(void)
 		hsm_unlock(d.mu);
 		nap(&us);
 	}
-	unsigned long app_gen = d.app_gen;
+	unsigned long app_gen = hsm_exchange_app_gen();
 	for (int i = 0; i < SESS_MAX; i++) {
 		sess *e = &d.s[i];
 		if (!e->used || e->init == NULL)
@@ -354,7 +363,7 @@ CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k)
 				k->init = e->init;
 				k->init_len = e->init_len;
 				k->kind = e->init_kind;
-				k->app_gen = d.app_gen;
+				k->app_gen = hsm_exchange_app_gen();
 				e->init = NULL;
 				e->busy = 1;
 				d.travelling++;

@@ -183,92 +183,27 @@ CK_RV hsm_answers_commit(const hsm_answers *a, CK_ATTRIBUTE *t, CK_ULONG n, CK_R
 int hsm_attr_kind(CK_ATTRIBUTE_TYPE type);
 void hsm_put_mechanism(hsm_wbuf *w, const CK_MECHANISM *m);
 
-/* ---- call.c: one call to the daemon ---- */
-
-typedef struct hsm_call {
-	hsm_wbuf req;           /* the request frame, header first */
-	uint8_t *reply;         /* the reply frame (after its length) */
-	hsm_rbuf res;           /* the results, when has_results */
-	CK_RV rv;               /* the daemon's rv, or the local failure */
-	int has_results;
-	int idle;               /* the reply's idle flag */
-	int timeout_ms;         /* how long to wait for the reply; 0: forever */
-
-	/* What the call is to deferred Inits (defer.c), from calls.RoleOf. */
-	int on_session;         /* the first argument is a session: */
-	uint64_t session;       /* this one */
-	unsigned starts;        /* an Init of these operation kinds */
-	unsigned continues;     /* carries on an operation of these kinds */
-	int mutates;            /* may destroy or change objects, end logins or sessions */
-	int closes;             /* ends its session */
-	hsm_wbuf shape;         /* an Init's mechanism (byte strings as lengths) and key */
-} hsm_call;
-
-enum hsm_outcome {
-	HSM_REPLIED,            /* the daemon answered: rv, has_results, res */
-	HSM_OFFLINE,            /* no daemon: the stub gives its offline answer */
-	HSM_FAILED,             /* a local failure: rv says which */
-};
-
-void hsm_call_init(hsm_call *c, uint32_t call);
-/* hsm_call_shape records an Init's mechanism for defer.c's memory of
- * accepted Inits; the stub then adds the key handle to c->shape. */
-void hsm_call_shape(hsm_call *c, const CK_MECHANISM *m);
-enum hsm_outcome hsm_call_run(hsm_call *c);
-void hsm_call_end(hsm_call *c);
-
-/* hsm_exchange sends n request frames (headers reserved, as hsm_call_init
- * makes them) in one write on one connection and reads their n replies.
- * For each: rv, idle and, when it has results, the reply frame (after its
- * length) in replies[i], which the caller frees; NULL otherwise. A request
- * held for the daemon's application app_gen (0: any) is not sent to a
- * later one: HSM_IO_STALE. */
-enum hsm_io hsm_exchange(hsm_wbuf **reqs, int n, CK_RV *rv, int *idle, uint8_t **replies,
-			 uint32_t *lens, int timeout_ms, unsigned long app_gen);
-
-/* ---- defer.c: Inits that travel with the next call ---- */
-
-/* The state of the deferred Inits of one call in flight. */
-typedef struct hsm_carry {
-	uint8_t *init;          /* a deferred Init sent ahead of the call, or NULL */
-	size_t init_len;
-	unsigned kind;          /* its operation kind */
-	unsigned long app_gen;  /* the daemon's application it was held for */
-	unsigned long gen;      /* the accepted Inits' generation when the call left */
-	unsigned long epoch;    /* hsm_epoch() when the call left */
-	unsigned long seq;      /* the call's number on its session */
-	int skip;               /* the call touches no session and no object */
-	int tracked;            /* its session has an entry in the table */
-	int alone;              /* no other call was in flight on its session */
-	int mutating;           /* a mutating call: nothing is held meanwhile */
-} hsm_carry;
-
-CK_RV hsm_defer_init(void);
-void hsm_defer_finalize(void);
-void hsm_defer_forget_inherited(void);
-/* The daemon holds nothing of this application (a new connection's hello
- * said so): held Inits name sessions that are gone. */
-void hsm_defer_app_fresh(void);
-unsigned long hsm_defer_app_gen(void);
-/* hsm_defer_hold: c is an Init the daemon accepted before, on an idle
- * session; it is kept (c->req taken) to go with the session's next call.
- * 1 when held. */
-int hsm_defer_hold(hsm_call *c);
-/* hsm_defer_begin, before c is sent: a mutating call first sends every
- * held Init; a call on a session takes that session's held Init into k.
- * Returns CKR_OK, or the rv of a deferred Init that failed, which c,
- * continuing its operation, reports instead of being sent. */
-CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k);
-/* hsm_defer_end, after: replied says whether the replies came, init_rv is
- * the carried Init's. */
-void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv);
-
 /* ---- offline.c: the answers while no daemon runs ---- */
 
 CK_RV hsm_offline_slot_list(CK_BBOOL token_present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count);
 CK_RV hsm_offline_slot_info(CK_SLOT_ID slot, CK_SLOT_INFO *info);
 CK_RV hsm_offline_slot(CK_SLOT_ID slot);
 CK_RV hsm_offline_wait(CK_FLAGS flags);
+
+/* ---- the way to the daemon: five files in layers ----
+ *
+ *   call.c      one call: role, deferred Init ahead, rv of a failed exchange
+ *   defer.c     deferred Inits: which to hold, which to carry, the flush
+ *   exchange.c  one or two frames on a pooled connection, replies checked
+ *   pool.c      the connections: take, give back, dial
+ *   conn.c      one connection: dial and hello, send, receive
+ *
+ * Each calls only files below it, not only the next one (call.c sends
+ * through exchange.c; defer.c registers its hook with pool.c). The one way
+ * up is that hook (hsm_pool_on_fresh). hsm_call is declared before defer.c
+ * because defer.c reads a call's role, not because it calls call.c.
+ * test/check-layers.sh checks the object files' symbols.
+ */
 
 /* ---- conn.c and pool.c: connections to the daemon ---- */
 
@@ -311,6 +246,95 @@ void hsm_pool_forget_inherited(void);
 void hsm_pool_atfork_child(void);
 enum hsm_io hsm_pool_get(hsm_conn **c);
 void hsm_pool_put(hsm_conn *c, int reusable);
+/* hsm_pool_on_fresh registers what to run when a dial's hello says the
+ * daemon holds nothing of this application from before: the pool's one
+ * way to tell the layers above (defer.c registers at C_Initialize). It
+ * runs under the pool's dial lock, before the new connection carries a
+ * call and before any other dial. */
+void hsm_pool_on_fresh(void (*fn)(void));
+
+/* ---- exchange.c: frames and their replies on one pooled connection ---- */
+
+/* hsm_exchange sends n request frames (headers reserved, as hsm_call_init
+ * makes them) in one write on one connection and reads their n replies.
+ * For each: rv, idle and, when it has results, the reply frame (after its
+ * length) in replies[i], which the caller frees; NULL otherwise. A request
+ * held for the daemon's application app_gen (0: any) is not sent to a
+ * later one: HSM_IO_STALE. */
+enum hsm_io hsm_exchange(hsm_wbuf **reqs, int n, CK_RV *rv, int *idle, uint8_t **replies,
+			 uint32_t *lens, int timeout_ms, unsigned long app_gen);
+/* The daemon's application generation that hsm_exchange checks: defer.c
+ * reads it when it hands out a held Init, and moves it on when the daemon's
+ * application starts afresh and whenever it drops its whole table. */
+unsigned long hsm_exchange_app_gen(void);
+void hsm_exchange_app_next(void);
+
+/* ---- call.c: one call to the daemon ---- */
+
+typedef struct hsm_call {
+	hsm_wbuf req;           /* the request frame, header first */
+	uint8_t *reply;         /* the reply frame (after its length) */
+	hsm_rbuf res;           /* the results, when has_results */
+	CK_RV rv;               /* the daemon's rv, or the local failure */
+	int has_results;
+	int idle;               /* the reply's idle flag */
+	int timeout_ms;         /* how long to wait for the reply; 0: forever */
+
+	/* What the call is to deferred Inits (defer.c), from calls.RoleOf. */
+	int on_session;         /* the first argument is a session: */
+	uint64_t session;       /* this one */
+	unsigned starts;        /* an Init of these operation kinds */
+	unsigned continues;     /* carries on an operation of these kinds */
+	int mutates;            /* may destroy or change objects, end logins or sessions */
+	int closes;             /* ends its session */
+	hsm_wbuf shape;         /* an Init's mechanism (byte strings as lengths) and key */
+} hsm_call;
+
+enum hsm_outcome {
+	HSM_REPLIED,            /* the daemon answered: rv, has_results, res */
+	HSM_OFFLINE,            /* no daemon: the stub gives its offline answer */
+	HSM_FAILED,             /* a local failure: rv says which */
+};
+
+void hsm_call_init(hsm_call *c, uint32_t call);
+/* hsm_call_shape records an Init's mechanism for defer.c's memory of
+ * accepted Inits; the stub then adds the key handle to c->shape. */
+void hsm_call_shape(hsm_call *c, const CK_MECHANISM *m);
+enum hsm_outcome hsm_call_run(hsm_call *c);
+void hsm_call_end(hsm_call *c);
+
+/* ---- defer.c: Inits that travel with the next call ---- */
+
+/* The state of the deferred Inits of one call in flight. */
+typedef struct hsm_carry {
+	uint8_t *init;          /* a deferred Init sent ahead of the call, or NULL */
+	size_t init_len;
+	unsigned kind;          /* its operation kind */
+	unsigned long app_gen;  /* the daemon's application it was held for */
+	unsigned long gen;      /* the accepted Inits' generation when the call left */
+	unsigned long epoch;    /* hsm_epoch() when the call left */
+	unsigned long seq;      /* the call's number on its session */
+	int skip;               /* the call touches no session and no object */
+	int tracked;            /* its session has an entry in the table */
+	int alone;              /* no other call was in flight on its session */
+	int mutating;           /* a mutating call: nothing is held meanwhile */
+} hsm_carry;
+
+CK_RV hsm_defer_init(void);
+void hsm_defer_finalize(void);
+void hsm_defer_forget_inherited(void);
+/* hsm_defer_hold: c is an Init the daemon accepted before, on an idle
+ * session; it is kept (c->req taken) to go with the session's next call.
+ * 1 when held. */
+int hsm_defer_hold(hsm_call *c);
+/* hsm_defer_begin, before c is sent: a mutating call first sends every
+ * held Init; a call on a session takes that session's held Init into k.
+ * Returns CKR_OK, or the rv of a deferred Init that failed, which c,
+ * continuing its operation, reports instead of being sent. */
+CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k);
+/* hsm_defer_end, after: replied says whether the replies came, init_rv is
+ * the carried Init's. */
+void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv);
 
 /* ---- local.c: the function lists (generated) ---- */
 

@@ -16,6 +16,10 @@
  * back to a pool of another epoch. A forked child forgets everything it
  * inherited (hsm_pool_forget_inherited): it closes the descriptors, never
  * shuts them down, because the parent's connections are the same sockets.
+ *
+ * The pool never calls up into exchange.c, defer.c or call.c: when a dial
+ * finds that the daemon holds nothing of this application, it runs the
+ * hook registered with hsm_pool_on_fresh (defer.c's drops the held Inits).
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -113,15 +117,25 @@ void hsm_pool_forget_inherited(void)
 
 /* dial_mu serialises dials with what their hellos say: a connection that
  * joins the daemon's application (hello status 3) never enters the pool
- * before the dial that found the application fresh (status 0) has dropped
- * the deferred Inits of the old one (defer.c). Dials are rare, and all go
- * to the same daemon. A pthread mutex, reset in a forked child, since it is
- * held across the dial, where no application callback may be. */
+ * before the dial that found the application fresh (status 0) has run the
+ * fresh hook, which drops the deferred Inits of the old one (defer.c).
+ * Dials are rare, and all go to the same daemon. A pthread mutex, reset in
+ * a forked child, since it is held across the dial, where no application
+ * callback may be. */
 static pthread_mutex_t dial_mu = PTHREAD_MUTEX_INITIALIZER;
 /* Dials that found no daemon. A thread that queued for dial_mu while one
  * failed fails too, at once, rather than waiting out a hello timeout of
  * its own behind each one before it. */
 static unsigned long dial_failures;
+
+/* on_fresh is run under dial_mu by the dial whose hello found the
+ * application fresh. Set at C_Initialize (hsm_defer_init) and kept. */
+static void (*on_fresh)(void);
+
+void hsm_pool_on_fresh(void (*fn)(void))
+{
+	__atomic_store_n(&on_fresh, fn, __ATOMIC_RELEASE);
+}
 
 void hsm_pool_atfork_child(void)
 {
@@ -194,8 +208,9 @@ enum hsm_io hsm_pool_get(hsm_conn **out)
 		if (io == HSM_IO_UNAVAILABLE)
 			__atomic_add_fetch(&dial_failures, 1, __ATOMIC_RELEASE);
 		/* Not for a C_WaitForSlotEvent that C_Finalize overtook. */
-		if (io == HSM_IO_OK && app_fresh && hsm_entry() == CKR_OK && hsm_epoch() == epoch)
-			hsm_defer_app_fresh();
+		void (*hook)(void) = __atomic_load_n(&on_fresh, __ATOMIC_ACQUIRE);
+		if (io == HSM_IO_OK && app_fresh && hsm_entry() == CKR_OK && hsm_epoch() == epoch && hook != NULL)
+			hook();
 		pthread_mutex_unlock(&dial_mu);
 		if (io != HSM_IO_OK) {
 			hsm_pool_put(c, 0);
