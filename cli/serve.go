@@ -95,6 +95,7 @@ Example:
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
 			}
 			eng := daemon.NewEngine(st.Store, log, daemon.EngineConfig{DefaultTier: tier, MaxPINFailures: maxFail, FailureDelay: delay})
+			defer eng.Close()
 			// Deleted objects whose retention has ended are purged at
 			// start and then hourly.
 			purger := make(chan struct{})

@@ -11,13 +11,13 @@ import (
 	"encoding/pem"
 	"errors"
 	"maps"
-	"math/big"
 	"slices"
 	"strings"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	"hsmemu/daemon/adminapi"
+	"hsmemu/daemon/mech"
 	"hsmemu/keystore"
 )
 
@@ -45,10 +45,10 @@ var keyTypes = map[string]keySpec{
 	"rsa-2048":    {mech: ck.CKM_RSA_PKCS_KEY_PAIR_GEN, keyType: ck.CKK_RSA, bits: 2048, usage: []string{"sign", "verify"}},
 	"rsa-3072":    {mech: ck.CKM_RSA_PKCS_KEY_PAIR_GEN, keyType: ck.CKK_RSA, bits: 3072, usage: []string{"sign", "verify"}},
 	"rsa-4096":    {mech: ck.CKM_RSA_PKCS_KEY_PAIR_GEN, keyType: ck.CKK_RSA, bits: 4096, usage: []string{"sign", "verify"}},
-	"ec-p256":     {mech: ck.CKM_EC_KEY_PAIR_GEN, keyType: ck.CKK_EC, params: oidDER(oidP256), usage: []string{"sign", "verify"}},
-	"ec-p384":     {mech: ck.CKM_EC_KEY_PAIR_GEN, keyType: ck.CKK_EC, params: oidDER(oidP384), usage: []string{"sign", "verify"}},
-	"ec-p521":     {mech: ck.CKM_EC_KEY_PAIR_GEN, keyType: ck.CKK_EC, params: oidDER(oidP521), usage: []string{"sign", "verify"}},
-	"ed25519":     {mech: ck.CKM_EC_EDWARDS_KEY_PAIR_GEN, keyType: ck.CKK_EC_EDWARDS, params: oidDER(oidEd25519), usage: []string{"sign", "verify"}},
+	"ec-p256":     {mech: ck.CKM_EC_KEY_PAIR_GEN, keyType: ck.CKK_EC, params: mech.ECParams("P-256"), usage: []string{"sign", "verify"}},
+	"ec-p384":     {mech: ck.CKM_EC_KEY_PAIR_GEN, keyType: ck.CKK_EC, params: mech.ECParams("P-384"), usage: []string{"sign", "verify"}},
+	"ec-p521":     {mech: ck.CKM_EC_KEY_PAIR_GEN, keyType: ck.CKK_EC, params: mech.ECParams("P-521"), usage: []string{"sign", "verify"}},
+	"ed25519":     {mech: ck.CKM_EC_EDWARDS_KEY_PAIR_GEN, keyType: ck.CKK_EC_EDWARDS, params: mech.ECParams("Ed25519"), usage: []string{"sign", "verify"}},
 }
 
 // KeyTypeNames lists the types `key generate` takes.
@@ -264,23 +264,14 @@ func parseImport(material []byte, typ string) (priv, pub any, raw []byte, err er
 
 // publicKeyAttrs turns a public key into a public key object's attributes.
 func publicKeyAttrs(pub any) (map[uint64][]byte, uint64, error) {
-	switch k := pub.(type) {
-	case *rsa.PublicKey:
-		return map[uint64][]byte{ck.CKA_MODULUS: k.N.Bytes(), ck.CKA_PUBLIC_EXPONENT: big.NewInt(int64(k.E)).Bytes()}, ck.CKK_RSA, nil
-	case *ecdsa.PublicKey:
-		oid, ok := curveOID(k.Curve)
-		if !ok {
-			return nil, 0, adminapi.Errorf(adminapi.CodeBadRequest, "the curve is not one hsmemu supports (P-256, P-384, P-521)")
-		}
-		point, err := k.Bytes()
-		if err != nil {
-			return nil, 0, err
-		}
-		return map[uint64][]byte{ck.CKA_EC_PARAMS: oidDER(oid), ck.CKA_EC_POINT: pointDER(point)}, ck.CKK_EC, nil
-	case ed25519.PublicKey:
-		return map[uint64][]byte{ck.CKA_EC_PARAMS: oidDER(oidEd25519), ck.CKA_EC_POINT: pointDER(k)}, ck.CKK_EC_EDWARDS, nil
+	m, kt, err := mech.PublicKeyAttrs(pub)
+	switch {
+	case errors.Is(err, ck.Error(ck.CKR_CURVE_NOT_SUPPORTED)):
+		return nil, 0, adminapi.Errorf(adminapi.CodeBadRequest, "the curve is not one hsmemu supports (P-256, P-384, P-521)")
+	case err != nil:
+		return nil, 0, adminapi.Errorf(adminapi.CodeBadRequest, "a %T public key is not one hsmemu holds", pub)
 	}
-	return nil, 0, adminapi.Errorf(adminapi.CodeBadRequest, "a %T public key is not one hsmemu holds", pub)
+	return m, kt, nil
 }
 
 // withMaterial adds the class, key type and material to a template.
@@ -338,7 +329,7 @@ func (a *adminOps) keyImport(ctx context.Context, args adminapi.KeyImport) ([]ad
 			out, err = a.created(ctx, app, ph)
 			return err
 		}
-		vm, kt, err := privateKeyAttrs(priv)
+		vm, kt, err := mech.PrivateKeyAttrs(priv)
 		if err != nil {
 			return adminapi.Errorf(adminapi.CodeBadRequest, "the private key cannot be held (RSA with two primes, EC P-256/384/521, Ed25519)")
 		}

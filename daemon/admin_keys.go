@@ -16,6 +16,7 @@ import (
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/daemon/adminapi"
+	"hsmemu/daemon/mech"
 	"hsmemu/keystore"
 )
 
@@ -91,7 +92,7 @@ func (a *adminOps) liveKeys(ctx context.Context, ti keystore.TokenInfo, ref admi
 		if err != nil {
 			return nil, err
 		}
-		if !isKeyClass(o.class()) || ref.UUID != "" && stored.UUID.String() != ref.UUID {
+		if !isKeyClass(o.Class()) || ref.UUID != "" && stored.UUID.String() != ref.UUID {
 			continue
 		}
 		out = append(out, found{id: id, uuid: stored.UUID, obj: o})
@@ -119,17 +120,17 @@ func (a *adminOps) liveKey(ctx context.Context, ti keystore.TokenInfo, ref admin
 	if err != nil {
 		return nil, err
 	}
-	return one(sel, ref, func(f found) uint64 { return f.obj.class() }, pairOfLive)
+	return one(sel, ref, func(f found) uint64 { return f.obj.Class() }, pairOfLive)
 }
 
 func pairOfLive(x, y found) bool {
-	cx, cy := x.obj.class(), y.obj.class()
+	cx, cy := x.obj.Class(), y.obj.Class()
 	if !(cx == ck.CKO_PRIVATE_KEY && cy == ck.CKO_PUBLIC_KEY || cx == ck.CKO_PUBLIC_KEY && cy == ck.CKO_PRIVATE_KEY) {
 		return false
 	}
-	ix, _ := x.obj.get(ck.CKA_ID)
-	iy, _ := y.obj.get(ck.CKA_ID)
-	return x.obj.keyType() == y.obj.keyType() && string(ix) == string(iy)
+	ix, _ := x.obj.Attr(ck.CKA_ID)
+	iy, _ := y.obj.Attr(ck.CKA_ID)
+	return x.obj.KeyType() == y.obj.KeyType() && string(ix) == string(iy)
 }
 
 func pairOfDeleted(x, y keystore.Deleted) bool {
@@ -157,50 +158,11 @@ func keyTypeName(kt uint64) string {
 }
 
 // publicKeyOf is a key's public half, for asymmetric keys.
-func publicKeyOf(k *key) (crypto.PublicKey, error) {
-	switch {
-	case k.keyType == ck.CKK_RSA:
-		return k.rsaPublic()
-	case k.keyType == ck.CKK_EC && k.class == ck.CKO_PUBLIC_KEY:
-		return k.ecdsaPublic()
-	case k.keyType == ck.CKK_EC:
-		priv, err := k.ecdsaPrivate()
-		if err != nil {
-			return nil, err
-		}
-		return priv.Public(), nil
-	case k.keyType == ck.CKK_EC_EDWARDS && k.class == ck.CKO_PUBLIC_KEY:
-		return k.ed25519Public()
-	case k.keyType == ck.CKK_EC_EDWARDS:
-		priv, err := k.ed25519Private()
-		if err != nil {
-			return nil, err
-		}
-		return priv.Public(), nil
+func publicKeyOf(o *object) (crypto.PublicKey, error) {
+	if o.Class() == ck.CKO_SECRET_KEY {
+		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "a %s key has no public half", keyTypeName(o.KeyType()))
 	}
-	return nil, adminapi.Errorf(adminapi.CodeBadRequest, "a %s key has no public half", keyTypeName(k.keyType))
-}
-
-// keyBits is a key's size in bits, 0 when unknown.
-func keyBits(k *key) int {
-	switch k.keyType {
-	case ck.CKK_AES, ck.CKK_GENERIC_SECRET:
-		if v, ok := k.obj.get(ck.CKA_VALUE_LEN); ok && len(v) == 8 {
-			return int(ulongOf(v)) * 8
-		}
-		return len(k.value()) * 8
-	case ck.CKK_RSA:
-		if pub, err := k.rsaPublic(); err == nil {
-			return pub.N.BitLen()
-		}
-	case ck.CKK_EC:
-		if c, err := k.nistCurve(); err == nil {
-			return c.Params().BitSize
-		}
-	case ck.CKK_EC_EDWARDS:
-		return 255
-	}
-	return 0
+	return mech.PublicKey(o)
 }
 
 // boolAttrs are the flags `key show` prints, by name.
@@ -225,18 +187,17 @@ var usageAttrs = []uint64{ck.CKA_ENCRYPT, ck.CKA_DECRYPT, ck.CKA_SIGN, ck.CKA_VE
 // attributes and the public key.
 func describe(f found, full bool) adminapi.Key {
 	o := f.obj
-	k := newKey(o)
 	out := adminapi.Key{
-		UUID: f.uuid.String(), Class: className(o.class()), KeyType: keyTypeName(o.keyType()),
-		Private: o.bool(ck.CKA_PRIVATE), Bits: keyBits(k),
+		UUID: f.uuid.String(), Class: className(o.Class()), KeyType: keyTypeName(o.KeyType()),
+		Private: o.bool(ck.CKA_PRIVATE), Bits: mech.KeyBits(o),
 	}
-	if l, ok := o.get(ck.CKA_LABEL); ok {
+	if l, ok := o.Attr(ck.CKA_LABEL); ok {
 		out.Label = string(l)
 	}
-	if id, ok := o.get(ck.CKA_ID); ok {
+	if id, ok := o.Attr(ck.CKA_ID); ok {
 		out.ID = hex.EncodeToString(id)
 	}
-	if o.class() != ck.CKO_PUBLIC_KEY {
+	if o.Class() != ck.CKO_PUBLIC_KEY {
 		out.Protection = "software"
 		if ulongOf(o.attrsGet(ck.CKA_HSMEMU_PROTECTION)) == ck.CKP_HSMEMU_HSM {
 			out.Protection = "hsm"
@@ -250,7 +211,7 @@ func describe(f found, full bool) adminapi.Key {
 			out.Usage = append(out.Usage, a.name)
 		}
 	}
-	if pub, err := publicKeyOf(k); err == nil {
+	if pub, err := publicKeyOf(o); err == nil {
 		if der, err := x509.MarshalPKIXPublicKey(pub); err == nil {
 			sum := sha256.Sum256(der)
 			out.Fingerprint = "sha256:" + hex.EncodeToString(sum[:])
@@ -262,14 +223,14 @@ func describe(f found, full bool) adminapi.Key {
 	if full {
 		out.Attributes = map[string]string{}
 		for _, a := range boolAttrs {
-			if v, ok := o.get(a.t); ok && len(v) == 1 {
+			if v, ok := o.Attr(a.t); ok && len(v) == 1 {
 				out.Attributes[a.name] = fmt.Sprint(v[0] != 0)
 			}
 		}
-		if v, ok := o.get(ck.CKA_KEY_GEN_MECHANISM); ok && len(v) == 8 {
+		if v, ok := o.Attr(ck.CKA_KEY_GEN_MECHANISM); ok && len(v) == 8 {
 			out.Attributes["key-gen-mechanism"] = fmt.Sprintf("0x%x", ulongOf(v))
 		}
-		if v, ok := o.get(ck.CKA_ALLOWED_MECHANISMS); ok && len(v) > 0 {
+		if v, ok := o.Attr(ck.CKA_ALLOWED_MECHANISMS); ok && len(v) > 0 {
 			var ms []string
 			for i := 0; i+8 <= len(v); i += 8 {
 				ms = append(ms, fmt.Sprintf("0x%x", ulongOf(v[i:i+8])))
@@ -345,7 +306,7 @@ func (a *adminOps) keyDelete(ctx context.Context, args adminapi.KeyRef) (*admina
 			}
 			res.Kept = kept
 			res.Keys = append(res.Keys, describe(f, false))
-			detail := objectDetail(f.uuid, f.obj.class(), f.obj.all())
+			detail := objectDetail(f.uuid, f.obj.Class(), f.obj.all())
 			detail["kept"] = fmt.Sprint(kept)
 			a.e.audit(ctx, a.who, ti.UUID, "key.delete", detail)
 		}
@@ -465,7 +426,7 @@ func (a *adminOps) keyExportPublic(ctx context.Context, args adminapi.KeyRef) (*
 		if err != nil {
 			return err
 		}
-		pub, err := publicKeyOf(newKey(sel[0].obj))
+		pub, err := publicKeyOf(sel[0].obj)
 		if err != nil {
 			return err
 		}
@@ -569,7 +530,7 @@ func (a *adminOps) keyBackup(ctx context.Context, args adminapi.KeyRef) (*admina
 			return err
 		}
 		for _, f := range sel {
-			a.e.audit(ctx, a.who, ti.UUID, "key.backup", objectDetail(f.uuid, f.obj.class(), f.obj.all()))
+			a.e.audit(ctx, a.who, ti.UUID, "key.backup", objectDetail(f.uuid, f.obj.Class(), f.obj.all()))
 		}
 		out = res
 		return nil
@@ -631,7 +592,7 @@ func (a *adminOps) keyRestore(ctx context.Context, args adminapi.KeyRestore) ([]
 				return err
 			}
 			out = append(out, describe(found{id: stored.ID, uuid: stored.UUID, obj: v}, false))
-			a.e.audit(ctx, a.who, ti.UUID, "key.restore", objectDetail(stored.UUID, v.class(), v.all()))
+			a.e.audit(ctx, a.who, ti.UUID, "key.restore", objectDetail(stored.UUID, v.Class(), v.all()))
 		}
 		return nil
 	})

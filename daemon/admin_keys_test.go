@@ -297,7 +297,7 @@ func TestAdminKeyBackup(t *testing.T) {
 			priv = o
 		}
 	}
-	cl.must(ck.CKR_OK, "C_SignInit", U(h), mech(ck.CKM_ECDSA), U(priv))
+	cl.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(ck.CKM_ECDSA), U(priv))
 	cl.must(ck.CKR_OK, "C_Sign", U(h), B(make([]byte, 32)), Out(128))
 	if rv, ans := cl.get(h, priv, ck.CKA_VALUE, ck.CKA_HSMEMU_PROTECTION); rv != ck.CKR_ATTRIBUTE_SENSITIVE || ulongOf(ans[1].Value) != ck.CKP_HSMEMU_HSM {
 		t.Fatalf("restored key's value: %#x %+v", rv, ans)

@@ -216,7 +216,7 @@ func (a *adminOps) secretGet(ctx context.Context, args adminapi.SecretGet) (*adm
 			a.e.audit(ctx, a.who, ti.UUID, "secret.get.refused", detail)
 			return adminapi.Errorf(adminapi.CodeRefused, "version %d of secret %q expired at %s", info.Version, args.Name, info.Expires.Format(time.RFC3339))
 		}
-		value, _ := v.obj.get(ck.CKA_VALUE)
+		value, _ := v.obj.Attr(ck.CKA_VALUE)
 		out = &adminapi.SecretValue{SecretVersion: info, Value: bytes.Clone(value)}
 		a.e.audit(ctx, a.who, ti.UUID, "secret.get", detail)
 		return nil

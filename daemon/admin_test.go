@@ -51,13 +51,13 @@ func TestAuditEvents(t *testing.T) {
 	cl.must(ck.CKR_PIN_INCORRECT, "C_Login", U(h), U(ck.CKU_USER), S("wrong-pin-1"))
 	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(testUserPIN))
 
-	aes := cl.must(ck.CKR_OK, "C_GenerateKey", U(h), mech(ck.CKM_AES_KEY_GEN),
+	aes := cl.must(ck.CKR_OK, "C_GenerateKey", U(h), mechArg(ck.CKM_AES_KEY_GEN),
 		T(AU(ck.CKA_VALUE_LEN, 32), AB(ck.CKA_TOKEN, true), A(ck.CKA_LABEL, []byte("kek")), AB(ck.CKA_WRAP, true)), none())[3].Ulong
-	locked := cl.must(ck.CKR_OK, "C_GenerateKey", U(h), mech(ck.CKM_AES_KEY_GEN),
+	locked := cl.must(ck.CKR_OK, "C_GenerateKey", U(h), mechArg(ck.CKM_AES_KEY_GEN),
 		T(AU(ck.CKA_VALUE_LEN, 32), AB(ck.CKA_TOKEN, true), A(ck.CKA_LABEL, []byte("locked")), AB(ck.CKA_EXTRACTABLE, false)), none())[3].Ulong
 	// A session key leaves no record.
-	cl.must(ck.CKR_OK, "C_GenerateKey", U(h), mech(ck.CKM_AES_KEY_GEN), T(AU(ck.CKA_VALUE_LEN, 16)), none())
-	cl.must(ck.CKR_KEY_UNEXTRACTABLE, "C_WrapKey", U(h), mech(ck.CKM_AES_KEY_WRAP_KWP), U(aes), U(locked), Out(1024))
+	cl.must(ck.CKR_OK, "C_GenerateKey", U(h), mechArg(ck.CKM_AES_KEY_GEN), T(AU(ck.CKA_VALUE_LEN, 16)), none())
+	cl.must(ck.CKR_KEY_UNEXTRACTABLE, "C_WrapKey", U(h), mechArg(ck.CKM_AES_KEY_WRAP_KWP), U(aes), U(locked), Out(1024))
 	cl.must(ck.CKR_OK, "C_DestroyObject", U(h), U(locked))
 	cl.must(ck.CKR_OK, "C_Logout", U(h))
 	for range 3 {

@@ -314,10 +314,11 @@ type parsedKey struct {
 	err error
 }
 
-// memo returns what parse returns, parsing once per object and kind.
-// The lock is not held while parsing: one parse may need another (an RSA
-// private key its public half), and two racing parses agree.
-func (o *object) memo(kind string, parse func() (any, error)) (any, error) {
+// Memo returns what parse returns, parsing once per object and kind
+// (mech.Key). The lock is not held while parsing: one parse may need
+// another (an RSA private key its public half), and two racing parses
+// agree.
+func (o *object) Memo(kind string, parse func() (any, error)) (any, error) {
 	o.mu.Lock()
 	p, ok := o.parsed[kind]
 	o.mu.Unlock()
@@ -337,12 +338,15 @@ func (o *object) memo(kind string, parse func() (any, error)) (any, error) {
 	return k, err
 }
 
-func (o *object) class() uint64 {
+// Class is the object's CKA_CLASS.
+func (o *object) Class() uint64 {
 	v, _, _ := o.attrs.Ulong(ck.CKA_CLASS)
 	return v
 }
 
-func (o *object) keyType() uint64 {
+// KeyType is a key's CKA_KEY_TYPE, all ones for an object that is not a
+// key.
+func (o *object) KeyType() uint64 {
 	v, ok, _ := o.attrs.Ulong(ck.CKA_KEY_TYPE)
 	if !ok {
 		return ^uint64(0)
@@ -361,8 +365,8 @@ func (o *object) attrsGet(t uint64) []byte {
 	return v
 }
 
-// get returns an attribute's stored value, from either part.
-func (o *object) get(t uint64) ([]byte, bool) {
+// Attr returns an attribute's stored value, from either part (mech.Key).
+func (o *object) Attr(t uint64) ([]byte, bool) {
 	if v, ok := o.attrs.Get(t); ok {
 		return v, true
 	}
@@ -372,14 +376,14 @@ func (o *object) get(t uint64) ([]byte, bool) {
 // readAttr applies the specification's rules for one attribute of
 // C_GetAttributeValue: its value, or the CK_RV that says why not.
 func (o *object) readAttr(t uint64) ([]byte, uint64) {
-	r, ok := ruleFor(t, o.class(), o.keyType())
+	r, ok := ruleFor(t, o.Class(), o.KeyType())
 	if !ok {
 		return nil, ck.CKR_ATTRIBUTE_TYPE_INVALID
 	}
 	if r.flags&fSensitive != 0 && (o.bool(ck.CKA_SENSITIVE) || !o.bool(ck.CKA_EXTRACTABLE)) {
 		return nil, ck.CKR_ATTRIBUTE_SENSITIVE
 	}
-	v, ok := o.get(t)
+	v, ok := o.Attr(t)
 	if !ok {
 		// The object may have this attribute but holds no value for it
 		// (e.g. CKA_CHECK_VALUE never computed).

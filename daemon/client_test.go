@@ -79,6 +79,7 @@ func (d *testDaemon) start(t testing.TB, cfg EngineConfig) {
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
 		}
+		d.eng.Close()
 		st.Close()
 	}
 	t.Cleanup(d.stop)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"hsmemu/cryptoki/ck"
+	"hsmemu/daemon/mech"
 	"hsmemu/keystore"
 )
 
@@ -42,6 +43,7 @@ type Engine struct {
 	store *keystore.Store
 	log   *slog.Logger
 	cfg   EngineConfig
+	mechs *mech.Table
 
 	mu     sync.Mutex
 	apps   map[AppID]*App
@@ -86,8 +88,13 @@ func NewEngine(store *keystore.Store, log *slog.Logger, cfg EngineConfig) *Engin
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Engine{store: store, log: log, cfg: cfg, apps: map[AppID]*App{}, logins: map[keystore.UUID]*tokenLogin{}, quit: make(chan struct{})}
+	return &Engine{store: store, log: log, cfg: cfg, mechs: mech.New(),
+		apps: map[AppID]*App{}, logins: map[keystore.UUID]*tokenLogin{}, quit: make(chan struct{})}
 }
+
+// Close stops the engine's background work (the mechanisms' nonce
+// fillers). The daemon closes it after its server has stopped.
+func (e *Engine) Close() { e.mechs.Close() }
 
 // AppID identifies an application: every connection of one initialised
 // PKCS#11 client carries the same id.

@@ -3,13 +3,13 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"crypto/x509"
 	"errors"
 	"maps"
 	"slices"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	"hsmemu/daemon/mech"
 	"hsmemu/keystore"
 )
 
@@ -28,15 +28,15 @@ func (e *Engine) GenerateKey(ctx context.Context, app *App, h uint64, wm *wire.M
 	if err != nil {
 		return 0, err
 	}
-	mech, ok := mechanisms[wm.Type]
-	if !ok || mech.generate == nil {
+	mc, ok := e.mechs.Get(wm.Type)
+	if !ok || !mc.Does(mech.Generate) {
 		return 0, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
-	m, class, kt, err := checkTemplate(tmpl, app.isSO(s), originGenerate, ck.CKO_SECRET_KEY, mech.genKeyType)
+	m, class, kt, err := checkTemplate(tmpl, app.isSO(s), originGenerate, ck.CKO_SECRET_KEY, mc.GenKeyType())
 	if err != nil {
 		return 0, err
 	}
-	add, err := mech.generate(wm, m)
+	add, err := mc.Generate(wm, m)
 	if err != nil {
 		return 0, err
 	}
@@ -57,20 +57,20 @@ func (e *Engine) GenerateKeyPair(ctx context.Context, app *App, h uint64, wm *wi
 	if err != nil {
 		return 0, 0, err
 	}
-	mech, ok := mechanisms[wm.Type]
-	if !ok || mech.generatePair == nil {
+	mc, ok := e.mechs.Get(wm.Type)
+	if !ok || !mc.Does(mech.GeneratePair) {
 		return 0, 0, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
 	so := app.isSO(s)
-	pub, pc, pkt, err := checkTemplate(pubTmpl, so, originGenerate, ck.CKO_PUBLIC_KEY, mech.genKeyType)
+	pub, pc, pkt, err := checkTemplate(pubTmpl, so, originGenerate, ck.CKO_PUBLIC_KEY, mc.GenKeyType())
 	if err != nil {
 		return 0, 0, err
 	}
-	priv, vc, vkt, err := checkTemplate(privTmpl, so, originGenerate, ck.CKO_PRIVATE_KEY, mech.genKeyType)
+	priv, vc, vkt, err := checkTemplate(privTmpl, so, originGenerate, ck.CKO_PRIVATE_KEY, mc.GenKeyType())
 	if err != nil {
 		return 0, 0, err
 	}
-	pubAdd, privAdd, err := mech.generatePair(wm, pub, priv)
+	pubAdd, privAdd, err := mc.GeneratePair(wm, pub, priv)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -95,34 +95,6 @@ func (e *Engine) GenerateKeyPair(ctx context.Context, app *App, h uint64, wm *wi
 	return ph, vh, nil
 }
 
-// encodeKey is what a wrap encrypts: a secret key's value, or a private
-// key as PKCS#8.
-func encodeKey(k *key) ([]byte, error) {
-	switch k.class {
-	case ck.CKO_SECRET_KEY:
-		// A copy: the caller wipes it, and the value is the object's own.
-		return append([]byte(nil), k.value()...), nil
-	case ck.CKO_PRIVATE_KEY:
-		var priv any
-		var err error
-		switch k.keyType {
-		case ck.CKK_RSA:
-			priv, err = k.rsaPrivate()
-		case ck.CKK_EC:
-			priv, err = k.ecdsaPrivate()
-		case ck.CKK_EC_EDWARDS:
-			priv, err = k.ed25519Private()
-		default:
-			return nil, ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
-		}
-		if err != nil {
-			return nil, err
-		}
-		return x509.MarshalPKCS8PrivateKey(priv)
-	}
-	return nil, ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
-}
-
 // WrapKey wraps a key under another, within the wrapping policy: the key
 // must be extractable; one with CKA_WRAP_WITH_TRUSTED only under a trusted
 // key; and the wrapping key's CKA_WRAP_TEMPLATE, if any, must match it.
@@ -131,11 +103,11 @@ func (e *Engine) WrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mecha
 	if err != nil {
 		return err
 	}
-	mech, ok := mechanisms[wm.Type]
-	if !ok || mech.wrap == nil {
+	mc, ok := e.mechs.Get(wm.Type)
+	if !ok || !mc.Does(mech.Wrap) {
 		return ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
-	wk, err := e.useKey(ctx, app, s, wrappingHandle, mech, wm.Type, ck.CKA_WRAP)
+	wk, err := e.useKey(ctx, app, s, wrappingHandle, mc, wm.Type, ck.CKA_WRAP)
 	if err != nil {
 		return wrappingErr(err, ck.CKR_WRAPPING_KEY_HANDLE_INVALID, ck.CKR_WRAPPING_KEY_TYPE_INCONSISTENT)
 	}
@@ -143,32 +115,31 @@ func (e *Engine) WrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mecha
 	if err != nil {
 		return wrappingErr(err, ck.CKR_KEY_HANDLE_INVALID, 0)
 	}
-	k := newKey(o)
-	if classMask(k.class)&(mSecret|mPriv) == 0 {
+	if classMask(o.Class())&(mSecret|mPriv) == 0 {
 		return ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
 	}
 	if !o.bool(ck.CKA_EXTRACTABLE) {
 		e.log.Warn("wrap refused: the key is not extractable", "pid", app.PID)
-		detail := objectDetail(keystore.UUID{}, k.class, o.all())
+		detail := objectDetail(keystore.UUID{}, o.Class(), o.all())
 		delete(detail, "object")
 		detail["call"] = "C_WrapKey"
 		e.audit(ctx, actor(app, sessionRole(app, s)), s.token, "export.refused", detail)
 		return ck.Error(ck.CKR_KEY_UNEXTRACTABLE)
 	}
-	if o.bool(ck.CKA_WRAP_WITH_TRUSTED) && !wk.obj.bool(ck.CKA_TRUSTED) {
+	if o.bool(ck.CKA_WRAP_WITH_TRUSTED) && !wk.bool(ck.CKA_TRUSTED) {
 		return ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
 	}
-	if t, ok := wk.obj.attrs.Get(ck.CKA_WRAP_TEMPLATE); ok && len(t) > 0 {
+	if t, ok := wk.attrs.Get(ck.CKA_WRAP_TEMPLATE); ok && len(t) > 0 {
 		want, err := keystore.DecodeAttributes(t)
 		if err != nil || !o.matches(want) {
 			return ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
 		}
 	}
-	enc, err := encodeKey(k)
+	enc, err := mech.EncodeKey(o)
 	if err != nil {
 		return err
 	}
-	wrapped, err := mech.wrap(wk, wm, enc)
+	wrapped, err := mc.Wrap(wk, wm, enc)
 	wipe(enc)
 	if err != nil {
 		return err
@@ -200,11 +171,11 @@ func (e *Engine) UnwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if err != nil {
 		return 0, err
 	}
-	mech, ok := mechanisms[wm.Type]
-	if !ok || mech.unwrap == nil {
+	mc, ok := e.mechs.Get(wm.Type)
+	if !ok || !mc.Does(mech.Unwrap) {
 		return 0, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
-	uk, err := e.useKey(ctx, app, s, unwrappingHandle, mech, wm.Type, ck.CKA_UNWRAP)
+	uk, err := e.useKey(ctx, app, s, unwrappingHandle, mc, wm.Type, ck.CKA_UNWRAP)
 	if err != nil {
 		return 0, wrappingErr(err, ck.CKR_UNWRAPPING_KEY_HANDLE_INVALID, ck.CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT)
 	}
@@ -213,19 +184,19 @@ func (e *Engine) UnwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	}
 	// The unwrapping key's CKA_UNWRAP_TEMPLATE is imposed on the new key,
 	// before the template is checked, so every rule applies to it too.
-	if tmpl, err = impose(tmpl, uk.obj, ck.CKA_UNWRAP_TEMPLATE); err != nil {
+	if tmpl, err = impose(tmpl, uk, ck.CKA_UNWRAP_TEMPLATE); err != nil {
 		return 0, err
 	}
 	m, class, kt, err := checkTemplate(tmpl, app.isSO(s), originUnwrap, 0, noKeyType)
 	if err != nil {
 		return 0, err
 	}
-	plain, err := mech.unwrap(uk, wm, wrapped)
+	plain, err := mc.Unwrap(uk, wm, wrapped)
 	if err != nil {
 		return 0, err
 	}
 	defer wipe(plain)
-	add, err := decodeKey(plain, class, kt, m)
+	add, err := mech.DecodeKey(plain, class, kt, m)
 	if err != nil {
 		return 0, err
 	}
@@ -272,32 +243,6 @@ outer:
 	return out, nil
 }
 
-// decodeKey turns an unwrapped encoding into the new key's material.
-func decodeKey(plain []byte, class, kt uint64, m map[uint64][]byte) (map[uint64][]byte, error) {
-	switch class {
-	case ck.CKO_SECRET_KEY:
-		v := append([]byte(nil), plain...)
-		if want, ok := m[ck.CKA_VALUE_LEN]; ok && ulongOf(want) != uint64(len(v)) {
-			return nil, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
-		}
-		return map[uint64][]byte{ck.CKA_VALUE: v}, nil
-	case ck.CKO_PRIVATE_KEY:
-		priv, err := x509.ParsePKCS8PrivateKey(plain)
-		if err != nil {
-			return nil, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
-		}
-		add, gotType, err := privateKeyAttrs(priv)
-		if err != nil {
-			return nil, err
-		}
-		if gotType != kt {
-			return nil, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
-		}
-		return add, nil
-	}
-	return nil, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
-}
-
 // DeriveKey derives a secret key from a base key.
 func (e *Engine) DeriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, baseHandle uint64, tmpl []attr) (uint64, error) {
 	s, err := app.session(h)
@@ -308,18 +253,18 @@ func (e *Engine) DeriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if err != nil {
 		return 0, err
 	}
-	mech, ok := mechanisms[wm.Type]
-	if !ok || mech.derive == nil {
+	mc, ok := e.mechs.Get(wm.Type)
+	if !ok || !mc.Does(mech.Derive) {
 		return 0, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
-	base, err := e.useKey(ctx, app, s, baseHandle, mech, wm.Type, ck.CKA_DERIVE)
+	base, err := e.useKey(ctx, app, s, baseHandle, mc, wm.Type, ck.CKA_DERIVE)
 	if err != nil {
 		return 0, err
 	}
 	if base.needsContextLogin() {
 		return 0, ck.Error(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
 	}
-	if tmpl, err = impose(tmpl, base.obj, ck.CKA_DERIVE_TEMPLATE); err != nil {
+	if tmpl, err = impose(tmpl, base, ck.CKA_DERIVE_TEMPLATE); err != nil {
 		return 0, err
 	}
 	so := app.isSO(s)
@@ -343,12 +288,12 @@ func (e *Engine) DeriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if kt == ck.CKK_AES && length == 0 {
 		return 0, ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
 	}
-	value, err := mech.derive(base, wm, length)
+	value, err := mc.Derive(base, wm, length)
 	if err != nil {
 		return 0, err
 	}
 	m[ck.CKA_VALUE] = value
-	if err := completeObject(m, class, kt, originDerive, 0, base.obj, tier); err != nil {
+	if err := completeObject(m, class, kt, originDerive, 0, base, tier); err != nil {
 		return 0, err
 	}
 	return e.keep(ctx, app, s, "derive", m, class, kt)

@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"crypto"
+	"crypto/aes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -10,13 +11,20 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/asn1"
+	"encoding/binary"
+	"encoding/pem"
 	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	"hsmemu/daemon/mech"
 )
 
 // Public-key mechanisms through the daemon's socket: keys made by the
@@ -198,10 +206,10 @@ func digestInfo(d []byte) []byte {
 }
 
 var (
-	ecP256Params = oidDER(oidP256)
-	ecP384Params = oidDER(oidP384)
-	ecP521Params = oidDER(oidP521)
-	edParams     = oidDER(oidEd25519)
+	ecP256Params = mech.ECParams("P-256")
+	ecP384Params = mech.ECParams("P-384")
+	ecP521Params = mech.ECParams("P-521")
+	edParams     = mech.ECParams("Ed25519")
 )
 
 func printableName(s string) []byte {
@@ -225,7 +233,7 @@ type ecPair struct {
 // Go reads it from CKA_VALUE.
 func (s *asymSession) readableP256() (ecPair, *ecdsa.PrivateKey) {
 	s.t.Helper()
-	pub, priv := s.genPair(mech(ck.CKM_EC_KEY_PAIR_GEN),
+	pub, priv := s.genPair(mechArg(ck.CKM_EC_KEY_PAIR_GEN),
 		[]wire.Attribute{A(ck.CKA_EC_PARAMS, ecP256Params)},
 		[]wire.Attribute{AB(ck.CKA_SENSITIVE, false), AB(ck.CKA_EXTRACTABLE, true), AB(ck.CKA_DERIVE, true)})
 	p := ecPair{pub, priv, elliptic.P256(), s.ecPublicOf(pub, elliptic.P256())}
@@ -279,19 +287,19 @@ func TestRSAMechanisms(t *testing.T) {
 		pubT := []wire.Attribute{AU(ck.CKA_MODULUS_BITS, 2048), A(ck.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}), AB(ck.CKA_TOKEN, true), A(ck.CKA_LABEL, []byte("rsa"))}
 		privT := []wire.Attribute{AB(ck.CKA_TOKEN, true), AB(ck.CKA_SENSITIVE, false), AB(ck.CKA_EXTRACTABLE, true)}
 		// Refused before any key is made.
-		s.must(ck.CKR_TEMPLATE_INCOMPLETE, "C_GenerateKeyPair", U(h), mech(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), T(pubT[1:]...), T(privT...), none(), none())
-		s.must(ck.CKR_KEY_SIZE_RANGE, "C_GenerateKeyPair", U(h), mech(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), T(AU(ck.CKA_MODULUS_BITS, 1024)), T(), none(), none())
-		s.must(ck.CKR_KEY_SIZE_RANGE, "C_GenerateKeyPair", U(h), mech(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), T(AU(ck.CKA_MODULUS_BITS, 16384)), T(), none(), none())
-		s.must(ck.CKR_ATTRIBUTE_VALUE_INVALID, "C_GenerateKeyPair", U(h), mech(ck.CKM_RSA_PKCS_KEY_PAIR_GEN),
+		s.must(ck.CKR_TEMPLATE_INCOMPLETE, "C_GenerateKeyPair", U(h), mechArg(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), T(pubT[1:]...), T(privT...), none(), none())
+		s.must(ck.CKR_KEY_SIZE_RANGE, "C_GenerateKeyPair", U(h), mechArg(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), T(AU(ck.CKA_MODULUS_BITS, 1024)), T(), none(), none())
+		s.must(ck.CKR_KEY_SIZE_RANGE, "C_GenerateKeyPair", U(h), mechArg(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), T(AU(ck.CKA_MODULUS_BITS, 16384)), T(), none(), none())
+		s.must(ck.CKR_ATTRIBUTE_VALUE_INVALID, "C_GenerateKeyPair", U(h), mechArg(ck.CKM_RSA_PKCS_KEY_PAIR_GEN),
 			T(AU(ck.CKA_MODULUS_BITS, 2048), A(ck.CKA_PUBLIC_EXPONENT, []byte{4})), T(), none(), none())
 		// A public exponent other than 65537 is honoured.
-		p3, _ := s.genPair(mech(ck.CKM_RSA_PKCS_KEY_PAIR_GEN),
+		p3, _ := s.genPair(mechArg(ck.CKM_RSA_PKCS_KEY_PAIR_GEN),
 			[]wire.Attribute{AU(ck.CKA_MODULUS_BITS, 2048), A(ck.CKA_PUBLIC_EXPONENT, []byte{3})}, []wire.Attribute{})
 		if pub := s.rsaPublicOf(p3); pub.E != 3 || pub.N.BitLen() != 2048 {
 			t.Fatalf("exponent 3 asked: %d bits, e %d", pub.N.BitLen(), pub.E)
 		}
 
-		rsaPub, rsaPriv = s.genPair(mech(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), pubT, privT)
+		rsaPub, rsaPriv = s.genPair(mechArg(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), pubT, privT)
 		s.checkGenerated(rsaPub, ck.CKM_RSA_PKCS_KEY_PAIR_GEN)
 		s.checkGenerated(rsaPriv, ck.CKM_RSA_PKCS_KEY_PAIR_GEN)
 		if bits := ulongOf(s.attr(rsaPub, ck.CKA_MODULUS_BITS)); bits != 2048 {
@@ -327,12 +335,12 @@ func TestRSAMechanisms(t *testing.T) {
 			pss   bool
 			input []byte // for the single-part mechanisms
 		}{
-			{"RSA_PKCS", mech(ck.CKM_RSA_PKCS), crypto.SHA256, false, digestInfo(digest[:])},
-			{"SHA1_RSA_PKCS", mech(ck.CKM_SHA1_RSA_PKCS), crypto.SHA1, false, nil},
-			{"SHA224_RSA_PKCS", mech(ck.CKM_SHA224_RSA_PKCS), crypto.SHA224, false, nil},
-			{"SHA256_RSA_PKCS", mech(ck.CKM_SHA256_RSA_PKCS), crypto.SHA256, false, nil},
-			{"SHA384_RSA_PKCS", mech(ck.CKM_SHA384_RSA_PKCS), crypto.SHA384, false, nil},
-			{"SHA512_RSA_PKCS", mech(ck.CKM_SHA512_RSA_PKCS), crypto.SHA512, false, nil},
+			{"RSA_PKCS", mechArg(ck.CKM_RSA_PKCS), crypto.SHA256, false, digestInfo(digest[:])},
+			{"SHA1_RSA_PKCS", mechArg(ck.CKM_SHA1_RSA_PKCS), crypto.SHA1, false, nil},
+			{"SHA224_RSA_PKCS", mechArg(ck.CKM_SHA224_RSA_PKCS), crypto.SHA224, false, nil},
+			{"SHA256_RSA_PKCS", mechArg(ck.CKM_SHA256_RSA_PKCS), crypto.SHA256, false, nil},
+			{"SHA384_RSA_PKCS", mechArg(ck.CKM_SHA384_RSA_PKCS), crypto.SHA384, false, nil},
+			{"SHA512_RSA_PKCS", mechArg(ck.CKM_SHA512_RSA_PKCS), crypto.SHA512, false, nil},
 			{"RSA_PKCS_PSS", pssMech(ck.CKM_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA256, 32), crypto.SHA256, true, digest[:]},
 			{"SHA1_RSA_PKCS_PSS", pssMech(ck.CKM_SHA1_RSA_PKCS_PSS, ck.CKM_SHA_1, ck.CKG_MGF1_SHA1, 20), crypto.SHA1, true, nil},
 			{"SHA224_RSA_PKCS_PSS", pssMech(ck.CKM_SHA224_RSA_PKCS_PSS, ck.CKM_SHA224, ck.CKG_MGF1_SHA224, 28), crypto.SHA224, true, nil},
@@ -403,7 +411,7 @@ func TestRSAMechanisms(t *testing.T) {
 			name string
 			m    wire.Value
 		}{
-			{"PSS without parameter", mech(ck.CKM_SHA256_RSA_PKCS_PSS)},
+			{"PSS without parameter", mechArg(ck.CKM_SHA256_RSA_PKCS_PSS)},
 			{"PSS MGF of another hash", pssMech(ck.CKM_SHA256_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA1, 32)},
 			{"PSS hash not the mechanism's", pssMech(ck.CKM_SHA256_RSA_PKCS_PSS, ck.CKM_SHA384, ck.CKG_MGF1_SHA384, 32)},
 			{"PSS salt too long", pssMech(ck.CKM_SHA256_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA256, 256-32-1)},
@@ -416,7 +424,7 @@ func TestRSAMechanisms(t *testing.T) {
 		// Raw inputs of the wrong size.
 		s.must(ck.CKR_OK, "C_SignInit", U(h), pssMech(ck.CKM_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA256, 32), U(rsaPriv))
 		s.must(ck.CKR_DATA_LEN_RANGE, "C_Sign", U(h), B(digest[:20]), Out(512))
-		s.must(ck.CKR_OK, "C_SignInit", U(h), mech(ck.CKM_RSA_PKCS), U(rsaPriv))
+		s.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(ck.CKM_RSA_PKCS), U(rsaPriv))
 		s.must(ck.CKR_DATA_LEN_RANGE, "C_Sign", U(h), B(make([]byte, 256-10)), Out(512))
 		// Verifying with an empty salt works: Go cannot make such a
 		// signature, so the test makes one from the private key.
@@ -434,7 +442,9 @@ func TestRSAMechanisms(t *testing.T) {
 		if !bytes.Equal(sig1, sig2) {
 			t.Error("PSS with an empty salt is not deterministic")
 		}
-		if err := verifyPSS(&goRSA.PublicKey, crypto.SHA256, digest[:], sig1, 0); err != nil {
+		// Go's verifier with PSSSaltLengthAuto accepts any salt length,
+		// none included.
+		if err := rsa.VerifyPSS(&goRSA.PublicKey, crypto.SHA256, digest[:], sig1, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto}); err != nil {
 			t.Errorf("the token's empty-salt PSS signature: %v", err)
 		}
 	})
@@ -446,7 +456,7 @@ func TestRSAMechanisms(t *testing.T) {
 			m    wire.Value
 			opts *rsa.OAEPOptions // nil: PKCS#1 v1.5
 		}{
-			{"PKCS#1 v1.5", mech(ck.CKM_RSA_PKCS), nil},
+			{"PKCS#1 v1.5", mechArg(ck.CKM_RSA_PKCS), nil},
 			{"OAEP SHA-1", oaepMech(ck.CKM_SHA_1, ck.CKG_MGF1_SHA1, nil), &rsa.OAEPOptions{Hash: crypto.SHA1}},
 			{"OAEP SHA-1 label", oaepMech(ck.CKM_SHA_1, ck.CKG_MGF1_SHA1, []byte("label")), &rsa.OAEPOptions{Hash: crypto.SHA1, Label: []byte("label")}},
 			{"OAEP SHA-256", oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, nil), &rsa.OAEPOptions{Hash: crypto.SHA256}},
@@ -488,13 +498,13 @@ func TestRSAMechanisms(t *testing.T) {
 		s.cryptErr(ck.CKR_ENCRYPTED_DATA_INVALID, "Decrypt", rsaPriv, oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, []byte("two")), ct)
 		// Too long to encrypt.
 		s.cryptErr(ck.CKR_DATA_LEN_RANGE, "Encrypt", rsaPub, oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, nil), make([]byte, 256-2*32-1))
-		s.cryptErr(ck.CKR_DATA_LEN_RANGE, "Encrypt", rsaPub, mech(ck.CKM_RSA_PKCS), make([]byte, 256-10))
+		s.cryptErr(ck.CKR_DATA_LEN_RANGE, "Encrypt", rsaPub, mechArg(ck.CKM_RSA_PKCS), make([]byte, 256-10))
 		// Single-part only; parameters checked.
-		s.must(ck.CKR_OK, "C_EncryptInit", U(h), mech(ck.CKM_RSA_PKCS), U(rsaPub))
+		s.must(ck.CKR_OK, "C_EncryptInit", U(h), mechArg(ck.CKM_RSA_PKCS), U(rsaPub))
 		s.must(ck.CKR_FUNCTION_NOT_SUPPORTED, "C_EncryptUpdate", U(h), B(secret), Out(512))
 		s.must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Encrypt", U(h), B(secret), Out(512))
 		for _, bad := range []wire.Value{
-			mech(ck.CKM_RSA_PKCS_OAEP),
+			mechArg(ck.CKM_RSA_PKCS_OAEP),
 			oaepMech(ck.CKM_MD5, ck.CKG_MGF1_SHA1, nil),
 			oaepMech(ck.CKM_SHA256, 0x99, nil),
 			withParam(ck.CKM_RSA_PKCS_OAEP, wire.OAEPParams{HashAlg: ck.CKM_SHA256, MGF: ck.CKG_MGF1_SHA256, Source: 2}.Param()),
@@ -520,19 +530,20 @@ func TestRSAMechanisms(t *testing.T) {
 		aes := s.create(h, aesKey("wrapped", false, true)...)
 		aesValue := s.attr(aes, ck.CKA_VALUE)
 		unwrapT := T(AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES), AB(ck.CKA_EXTRACTABLE, true), AB(ck.CKA_SENSITIVE, false))
-		for _, m := range []wire.Value{oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, []byte("wrap")), oaepMech(ck.CKM_SHA_1, ck.CKG_MGF1_SHA1, nil), mech(ck.CKM_RSA_PKCS)} {
+		for _, tc := range []struct {
+			m    wire.Value
+			opts crypto.DecrypterOpts // Go's view of the same mechanism; nil: PKCS#1 v1.5
+		}{
+			{m: oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, []byte("wrap")), opts: &rsa.OAEPOptions{Hash: crypto.SHA256, Label: []byte("wrap")}},
+			{m: oaepMech(ck.CKM_SHA_1, ck.CKG_MGF1_SHA1, nil), opts: &rsa.OAEPOptions{Hash: crypto.SHA1}},
+			{m: mechArg(ck.CKM_RSA_PKCS)},
+		} {
+			m := tc.m
 			wrapped := bytes.Clone(s.must(ck.CKR_OK, "C_WrapKey", U(h), m, U(rsaPub), U(aes), Out(1024))[4].Bytes)
 			if len(wrapped) != 256 {
 				t.Fatalf("wrapped AES key: %d bytes", len(wrapped))
 			}
-			var plain []byte
-			if p := m.Mechanism.Param; m.Mechanism.Present {
-				o, _ := p.OAEPParams()
-				opts, _ := oaepOptions(o)
-				plain, _ = goRSA.Decrypt(nil, wrapped, opts)
-			} else {
-				plain, _ = goRSA.Decrypt(nil, wrapped, nil)
-			}
+			plain, _ := goRSA.Decrypt(nil, wrapped, tc.opts)
 			if !bytes.Equal(plain, aesValue) {
 				t.Errorf("Go unwraps %x", plain)
 			}
@@ -544,7 +555,7 @@ func TestRSAMechanisms(t *testing.T) {
 			s.must(ck.CKR_WRAPPED_KEY_LEN_RANGE, "C_UnwrapKey", U(h), m, U(rsaPriv), B(wrapped[1:]), unwrapT, none())
 		}
 		// The private key cannot wrap, nor the public key unwrap.
-		s.must(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, "C_WrapKey", U(h), mech(ck.CKM_RSA_PKCS), U(rsaPriv), U(aes), Out(1024))
+		s.must(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, "C_WrapKey", U(h), mechArg(ck.CKM_RSA_PKCS), U(rsaPriv), U(aes), Out(1024))
 		// An RSA private key's PKCS#8 does not fit in one RSA block.
 		s.must(ck.CKR_KEY_SIZE_RANGE, "C_WrapKey", U(h), oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, nil), U(rsaPub), U(rsaPriv), Out(4096))
 
@@ -566,7 +577,7 @@ func TestRSAMechanisms(t *testing.T) {
 		if v := s.attr(k, ck.CKA_LOCAL); isTrue(v) {
 			t.Error("an unwrapped key is not local")
 		}
-		sig := s.sign(k, mech(ck.CKM_ECDSA_SHA256), asymMsg)
+		sig := s.sign(k, mechArg(ck.CKM_ECDSA_SHA256), asymMsg)
 		d := sha256.Sum256(asymMsg)
 		if r, ss := rawECDSA(sig); !ecdsa.Verify(p256.goPub, d[:], r, ss) {
 			t.Error("the unwrapped key's signature does not verify")
@@ -575,7 +586,7 @@ func TestRSAMechanisms(t *testing.T) {
 		wrappedRSA := bytes.Clone(s.must(ck.CKR_OK, "C_WrapKey", U(h), rsaAES, U(rsaPub), U(rsaPriv), Out(4096))[4].Bytes)
 		rk := s.must(ck.CKR_OK, "C_UnwrapKey", U(h), rsaAES, U(rsaPriv), B(wrappedRSA),
 			T(AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_RSA)), none())[5].Ulong
-		sig = s.sign(rk, mech(ck.CKM_SHA256_RSA_PKCS), asymMsg)
+		sig = s.sign(rk, mechArg(ck.CKM_SHA256_RSA_PKCS), asymMsg)
 		if err := rsa.VerifyPKCS1v15(&goRSA.PublicKey, crypto.SHA256, d[:], sig); err != nil {
 			t.Errorf("the unwrapped RSA key: %v", err)
 		}
@@ -595,17 +606,17 @@ func TestRSAMechanisms(t *testing.T) {
 		}
 		// A sensitive but extractable key still wraps; an unextractable
 		// one does not.
-		_, sensitive := s.genPair(mech(ck.CKM_EC_KEY_PAIR_GEN),
+		_, sensitive := s.genPair(mechArg(ck.CKM_EC_KEY_PAIR_GEN),
 			[]wire.Attribute{A(ck.CKA_EC_PARAMS, ecP256Params)}, []wire.Attribute{AB(ck.CKA_SENSITIVE, true)})
 		s.must(ck.CKR_OK, "C_WrapKey", U(h), rsaAES, U(rsaPub), U(sensitive), Out(4096))
-		_, locked := s.genPair(mech(ck.CKM_EC_KEY_PAIR_GEN),
+		_, locked := s.genPair(mechArg(ck.CKM_EC_KEY_PAIR_GEN),
 			[]wire.Attribute{A(ck.CKA_EC_PARAMS, ecP256Params)}, []wire.Attribute{AB(ck.CKA_EXTRACTABLE, false)})
 		s.must(ck.CKR_KEY_UNEXTRACTABLE, "C_WrapKey", U(h), rsaAES, U(rsaPub), U(locked), Out(4096))
 	})
 
 	s.run(t, "openssl", func(t *testing.T) {
 		d := sha256.Sum256(asymMsg)
-		sig := s.sign(rsaPriv, mech(ck.CKM_SHA256_RSA_PKCS), asymMsg)
+		sig := s.sign(rsaPriv, mechArg(ck.CKM_SHA256_RSA_PKCS), asymMsg)
 		if err := rsa.VerifyPKCS1v15(&goRSA.PublicKey, crypto.SHA256, d[:], sig); err != nil {
 			t.Fatal(err)
 		}
@@ -639,7 +650,7 @@ func pssNoSalt(t *testing.T, priv *rsa.PrivateKey, digest []byte) []byte {
 	hv := hh.Sum(nil)
 	db := make([]byte, emLen-len(hv)-1)
 	db[len(db)-1] = 1
-	mask := mgf1(crypto.SHA256, hv, len(db))
+	mask := testMGF1(hv, len(db))
 	for i := range db {
 		db[i] ^= mask[i]
 	}
@@ -647,4 +658,98 @@ func pssNoSalt(t *testing.T, priv *rsa.PrivateKey, digest []byte) []byte {
 	em := append(append(db, hv...), 0xbc)
 	s := new(big.Int).Exp(new(big.Int).SetBytes(em), priv.D, priv.N)
 	return s.FillBytes(make([]byte, priv.Size()))
+}
+
+// testKWPUnwrap is RFC 5649's unwrap, written again from the RFC for the
+// test, apart from the token's.
+func testKWPUnwrap(t *testing.T, kek, c []byte) []byte {
+	t.Helper()
+	b, err := aes.NewCipher(kek)
+	if err != nil || len(c) < 24 || len(c)%8 != 0 {
+		t.Fatalf("KWP: %d bytes, %v", len(c), err)
+	}
+	n := len(c)/8 - 1
+	a := bytes.Clone(c[:8])
+	r := bytes.Clone(c[8:])
+	blk := make([]byte, 16)
+	for j := 5; j >= 0; j-- {
+		for i := n; i >= 1; i-- {
+			binary.BigEndian.PutUint64(blk, binary.BigEndian.Uint64(a)^uint64(n*j+i))
+			copy(blk[8:], r[8*(i-1):8*i])
+			b.Decrypt(blk, blk)
+			copy(a, blk[:8])
+			copy(r[8*(i-1):8*i], blk[8:])
+		}
+	}
+	mli := int(binary.BigEndian.Uint32(a[4:]))
+	if !bytes.Equal(a[:4], []byte{0xA6, 0x59, 0x59, 0xA6}) || mli > len(r) || mli <= len(r)-8 {
+		t.Fatalf("KWP: integrity check failed (%x)", a)
+	}
+	return r[:mli]
+}
+
+// opensslVerify checks a SHA-256 signature with openssl: the public key
+// as PEM, the signature as openssl takes it (DER for ECDSA).
+func opensslVerify(t *testing.T, pub crypto.PublicKey, sig, msg []byte) {
+	t.Helper()
+	bin, err := exec.LookPath("openssl")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("openssl is not installed")
+		}
+		t.Skip("openssl is not installed")
+	}
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	files := map[string][]byte{
+		"pub.pem": pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}),
+		"sig":     sig,
+		"bad":     flipBit(sig),
+		"msg":     msg,
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	verify := func(sigFile string) (string, error) {
+		cmd := exec.Command(bin, "dgst", "-sha256", "-verify", "pub.pem", "-signature", sigFile, "msg")
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := verify("sig"); err != nil || !strings.Contains(out, "Verified OK") {
+		t.Fatalf("openssl does not verify the token's signature: %v\n%s", err, out)
+	}
+	if out, err := verify("bad"); err == nil {
+		t.Fatalf("openssl verifies a tampered signature:\n%s", out)
+	}
+}
+
+// oidDER encodes an OID as CKA_EC_PARAMS.
+func oidDER(oid asn1.ObjectIdentifier) []byte {
+	b, err := asn1.Marshal(oid)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// ecCurveFlags are what CK_MECHANISM_INFO says of the NIST curves: over
+// prime fields, named, with uncompressed points.
+const ecCurveFlags = ck.CKF_EC_F_P | ck.CKF_EC_NAMEDCURVE | ck.CKF_EC_UNCOMPRESS
+
+// testMGF1 is RFC 8017's MGF1 over SHA-256, written again for the tests.
+func testMGF1(seed []byte, n int) []byte {
+	var out []byte
+	for c := uint32(0); len(out) < n; c++ {
+		h := sha256.New()
+		h.Write(seed)
+		h.Write([]byte{byte(c >> 24), byte(c >> 16), byte(c >> 8), byte(c)})
+		out = h.Sum(out)
+	}
+	return out[:n]
 }

@@ -13,6 +13,7 @@ import (
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	"hsmemu/daemon/mech/mechtest"
 )
 
 // The secret-key mechanisms through the daemon's socket: known answers
@@ -165,7 +166,7 @@ func TestSymKeyGeneration(t *testing.T) {
 	_, cl, _, h := symUser(t)
 	gen := func(want uint64, m uint64, attrs ...wire.Attribute) uint64 {
 		t.Helper()
-		out := cl.must(want, "C_GenerateKey", U(h), mech(m), T(attrs...), none())
+		out := cl.must(want, "C_GenerateKey", U(h), mechArg(m), T(attrs...), none())
 		if out == nil {
 			return 0
 		}
@@ -224,12 +225,12 @@ func TestSymKeyGeneration(t *testing.T) {
 		{"generic of no bytes", ck.CKM_GENERIC_SECRET_KEY_GEN, ck.CKR_ATTRIBUTE_VALUE_INVALID, []wire.Attribute{AU(ck.CKA_VALUE_LEN, 0)}},
 		{"generic too long", ck.CKM_GENERIC_SECRET_KEY_GEN, ck.CKR_KEY_SIZE_RANGE, []wire.Attribute{AU(ck.CKA_VALUE_LEN, 1<<20)}},
 	} {
-		if rv, _ := cl.call("C_GenerateKey", U(h), mech(c.mech), T(c.attrs...), none()); rv != c.want {
+		if rv, _ := cl.call("C_GenerateKey", U(h), mechArg(c.mech), T(c.attrs...), none()); rv != c.want {
 			t.Errorf("%s: %#x, want %#x", c.name, rv, c.want)
 		}
 	}
 	cl.must(ck.CKR_MECHANISM_PARAM_INVALID, "C_GenerateKey", U(h), mechIV(ck.CKM_AES_KEY_GEN, []byte{1}), T(AU(ck.CKA_VALUE_LEN, 16)), none())
-	cl.must(ck.CKR_MECHANISM_INVALID, "C_GenerateKey", U(h), mech(ck.CKM_AES_CBC), T(AU(ck.CKA_VALUE_LEN, 16)), none())
+	cl.must(ck.CKR_MECHANISM_INVALID, "C_GenerateKey", U(h), mechArg(ck.CKM_AES_CBC), T(AU(ck.CKA_VALUE_LEN, 16)), none())
 }
 
 // NIST SP 800-38A, F.1.1, F.2.1, F.5.1: AES-128.
@@ -248,7 +249,7 @@ func TestAESKnownAnswers(t *testing.T) {
 		m    wire.Value
 		ct   []byte
 	}{
-		{"ECB", mech(ck.CKM_AES_ECB), hx(`3ad77bb40d7a3660a89ecaf32466ef97 f5d3d58503b9699de785895a96fdbaaf
+		{"ECB", mechArg(ck.CKM_AES_ECB), hx(`3ad77bb40d7a3660a89ecaf32466ef97 f5d3d58503b9699de785895a96fdbaaf
 			43b1cd7f598ece23881b00e3ed030688 7b0c785e27e8ad3f8223207104725dd4`)},
 		{"CBC", mechIV(ck.CKM_AES_CBC, hx("000102030405060708090a0b0c0d0e0f")), hx(`7649abac8119b246cee98e9b12e9197d
 			5086cb9b507219ee95db113a917678b2 73bed6b8e3c1743b7116e69e22229516 3ff1caa1681fac09120eca307586e1a7`)},
@@ -287,7 +288,7 @@ func TestAESKnownAnswers(t *testing.T) {
 
 	// A few Wycheproof vectors, among them IVs of 8 and 16 bytes.
 	n := 0
-	for _, g := range loadWycheproof(t, "aes_gcm_test.json").TestGroups {
+	for _, g := range mechtest.Wycheproof(t, "aes_gcm_test.json").TestGroups {
 		if g.TagSize < 96 {
 			continue
 		}
@@ -326,15 +327,15 @@ type cipherCase struct {
 func cipherCases() []cipherCase {
 	iv16 := hx("000102030405060708090a0b0c0d0e0f")
 	return []cipherCase{
-		{"ECB", mech(ck.CKM_AES_ECB), 160},
+		{"ECB", mechArg(ck.CKM_AES_ECB), 160},
 		{"CBC", mechIV(ck.CKM_AES_CBC, iv16), 160},
 		{"CBC_PAD", mechIV(ck.CKM_AES_CBC_PAD, iv16), 161},
 		{"CBC_PAD whole blocks", mechIV(ck.CKM_AES_CBC_PAD, iv16), 160},
 		{"CTR", ctrMech(32, iv16), 161},
 		{"GCM", gcmMech(iv16[:12], []byte("aad"), 128), 161},
 		{"GCM 8-byte IV, 104-bit tag", gcmMech(iv16[:8], []byte("aad"), 104), 161},
-		{"KW", mech(ck.CKM_AES_KEY_WRAP), 160},
-		{"KWP", mech(ck.CKM_AES_KEY_WRAP_KWP), 161},
+		{"KW", mechArg(ck.CKM_AES_KEY_WRAP), 160},
+		{"KWP", mechArg(ck.CKM_AES_KEY_WRAP_KWP), 161},
 	}
 }
 
@@ -507,7 +508,7 @@ func TestGCMTamper(t *testing.T) {
 		name string
 		m    wire.Value
 	}{
-		{"no parameter", mech(ck.CKM_AES_GCM)},
+		{"no parameter", mechArg(ck.CKM_AES_GCM)},
 		{"a 64-bit tag", gcmMech(make([]byte, 12), nil, 64)},
 		{"a 100-bit tag", gcmMech(make([]byte, 12), nil, 100)},
 		{"a 136-bit tag", gcmMech(make([]byte, 12), nil, 136)},
@@ -546,18 +547,18 @@ func TestBlockModeErrors(t *testing.T) {
 		in      []byte
 		want    uint64
 	}{
-		{"ECB, partial block", false, mech(ck.CKM_AES_ECB), make([]byte, 17), ck.CKR_DATA_LEN_RANGE},
-		{"ECB decrypt, partial block", true, mech(ck.CKM_AES_ECB), make([]byte, 15), ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
+		{"ECB, partial block", false, mechArg(ck.CKM_AES_ECB), make([]byte, 17), ck.CKR_DATA_LEN_RANGE},
+		{"ECB decrypt, partial block", true, mechArg(ck.CKM_AES_ECB), make([]byte, 15), ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
 		{"CBC, partial block", false, mechIV(ck.CKM_AES_CBC, iv), make([]byte, 31), ck.CKR_DATA_LEN_RANGE},
 		{"CBC decrypt, partial block", true, mechIV(ck.CKM_AES_CBC, iv), make([]byte, 33), ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
 		{"CBC_PAD decrypt, partial block", true, mechIV(ck.CKM_AES_CBC_PAD, iv), make([]byte, 31), ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
 		{"CBC_PAD decrypt, nothing", true, mechIV(ck.CKM_AES_CBC_PAD, iv), nil, ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
-		{"KW, not semiblocks", false, mech(ck.CKM_AES_KEY_WRAP), make([]byte, 20), ck.CKR_DATA_LEN_RANGE},
-		{"KW, one semiblock", false, mech(ck.CKM_AES_KEY_WRAP), make([]byte, 8), ck.CKR_DATA_LEN_RANGE},
-		{"KW decrypt, bad", true, mech(ck.CKM_AES_KEY_WRAP), make([]byte, 24), ck.CKR_ENCRYPTED_DATA_INVALID},
-		{"KWP, nothing", false, mech(ck.CKM_AES_KEY_WRAP_KWP), nil, ck.CKR_DATA_LEN_RANGE},
-		{"KWP decrypt, bad", true, mech(ck.CKM_AES_KEY_WRAP_KWP), make([]byte, 16), ck.CKR_ENCRYPTED_DATA_INVALID},
-		{"KWP decrypt, short", true, mech(ck.CKM_AES_KEY_WRAP_KWP), make([]byte, 8), ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
+		{"KW, not semiblocks", false, mechArg(ck.CKM_AES_KEY_WRAP), make([]byte, 20), ck.CKR_DATA_LEN_RANGE},
+		{"KW, one semiblock", false, mechArg(ck.CKM_AES_KEY_WRAP), make([]byte, 8), ck.CKR_DATA_LEN_RANGE},
+		{"KW decrypt, bad", true, mechArg(ck.CKM_AES_KEY_WRAP), make([]byte, 24), ck.CKR_ENCRYPTED_DATA_INVALID},
+		{"KWP, nothing", false, mechArg(ck.CKM_AES_KEY_WRAP_KWP), nil, ck.CKR_DATA_LEN_RANGE},
+		{"KWP decrypt, bad", true, mechArg(ck.CKM_AES_KEY_WRAP_KWP), make([]byte, 16), ck.CKR_ENCRYPTED_DATA_INVALID},
+		{"KWP decrypt, short", true, mechArg(ck.CKM_AES_KEY_WRAP_KWP), make([]byte, 8), ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
 	} {
 		init, one := "C_EncryptInit", "C_Encrypt"
 		if c.decrypt {
@@ -573,11 +574,11 @@ func TestBlockModeErrors(t *testing.T) {
 		name string
 		m    wire.Value
 	}{
-		{"CBC without an IV", mech(ck.CKM_AES_CBC)},
+		{"CBC without an IV", mechArg(ck.CKM_AES_CBC)},
 		{"CBC with an 8-byte IV", mechIV(ck.CKM_AES_CBC, make([]byte, 8))},
 		{"CBC_PAD with a 17-byte IV", mechIV(ck.CKM_AES_CBC_PAD, make([]byte, 17))},
 		{"ECB with a parameter", mechIV(ck.CKM_AES_ECB, make([]byte, 16))},
-		{"CTR without parameter", mech(ck.CKM_AES_CTR)},
+		{"CTR without parameter", mechArg(ck.CKM_AES_CTR)},
 		{"CTR counter of 0 bits", ctrMech(0, iv)},
 		{"CTR counter of 129 bits", ctrMech(129, iv)},
 		{"KW with a 16-byte IV", mechIV(ck.CKM_AES_KEY_WRAP, make([]byte, 16))},
@@ -628,28 +629,28 @@ func TestSymKeyPolicy(t *testing.T) {
 	ak := cl.secret(h, ck.CKK_AES, make([]byte, 16))
 
 	cl.must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_EncryptInit", U(h), mechIV(ck.CKM_AES_CBC, iv), U(generic))
-	cl.must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_SignInit", U(h), mech(ck.CKM_AES_CMAC), U(generic))
+	cl.must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_SignInit", U(h), mechArg(ck.CKM_AES_CMAC), U(generic))
 	cl.must(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, "C_EncryptInit", U(h), mechIV(ck.CKM_AES_CBC, iv), U(noEncrypt))
 	cl.must(ck.CKR_OK, "C_DecryptInit", U(h), mechIV(ck.CKM_AES_CBC, iv), U(noEncrypt))
 	cl.must(ck.CKR_OK, "C_Decrypt", U(h), B(make([]byte, 16)), Out(16))
-	cl.must(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, "C_SignInit", U(h), mech(ck.CKM_SHA256_HMAC), U(noSign))
-	cl.must(ck.CKR_OK, "C_VerifyInit", U(h), mech(ck.CKM_SHA256_HMAC), U(noSign))
+	cl.must(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, "C_SignInit", U(h), mechArg(ck.CKM_SHA256_HMAC), U(noSign))
+	cl.must(ck.CKR_OK, "C_VerifyInit", U(h), mechArg(ck.CKM_SHA256_HMAC), U(noSign))
 	cl.must(ck.CKR_SIGNATURE_LEN_RANGE, "C_Verify", U(h), S("data"), S("sig"))
 	cl.must(ck.CKR_MECHANISM_INVALID, "C_EncryptInit", U(h), mechIV(ck.CKM_AES_CBC, iv), U(onlyGCM))
 	cl.must(ck.CKR_OK, "C_EncryptInit", U(h), gcmMech(iv[:12], nil, 128), U(onlyGCM))
 	cl.must(ck.CKR_OK, "C_Encrypt", U(h), S("data"), Out(64))
 	// HMAC takes AES keys as well as generic secrets; a parameter is refused.
-	cl.must(ck.CKR_OK, "C_SignInit", U(h), mech(ck.CKM_SHA384_HMAC), U(ak))
-	cl.must(ck.CKR_OPERATION_ACTIVE, "C_SignInit", U(h), mech(ck.CKM_SHA384_HMAC), U(ak))
+	cl.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(ck.CKM_SHA384_HMAC), U(ak))
+	cl.must(ck.CKR_OPERATION_ACTIVE, "C_SignInit", U(h), mechArg(ck.CKM_SHA384_HMAC), U(ak))
 	if mac := cl.must(ck.CKR_OK, "C_Sign", U(h), S("data"), Out(64)); len(mac[2].Bytes) != 48 {
 		t.Fatalf("HMAC-SHA384 with an AES key: %d bytes", len(mac[2].Bytes))
 	}
 	cl.must(ck.CKR_MECHANISM_PARAM_INVALID, "C_VerifyInit", U(h), wire.Value{Mechanism: &wire.Mechanism{
 		Type: ck.CKM_SHA256_HMAC, Present: true, Param: wire.Param{Kind: calls.PBytes, Bytes: []byte{32}}}}, U(ak))
 	// Mechanisms that do not do what is asked.
-	cl.must(ck.CKR_MECHANISM_INVALID, "C_SignInit", U(h), mech(ck.CKM_AES_ECB), U(ak))
-	cl.must(ck.CKR_MECHANISM_INVALID, "C_EncryptInit", U(h), mech(ck.CKM_SHA256_HMAC), U(ak))
-	cl.must(ck.CKR_MECHANISM_INVALID, "C_WrapKey", U(h), mech(ck.CKM_AES_ECB), U(ak), U(ak), Out(64))
+	cl.must(ck.CKR_MECHANISM_INVALID, "C_SignInit", U(h), mechArg(ck.CKM_AES_ECB), U(ak))
+	cl.must(ck.CKR_MECHANISM_INVALID, "C_EncryptInit", U(h), mechArg(ck.CKM_SHA256_HMAC), U(ak))
+	cl.must(ck.CKR_MECHANISM_INVALID, "C_WrapKey", U(h), mechArg(ck.CKM_AES_ECB), U(ak), U(ak), Out(64))
 }
 
 func TestMACKnownAnswers(t *testing.T) {
@@ -657,7 +658,7 @@ func TestMACKnownAnswers(t *testing.T) {
 	_, cl, _, h := symUser(t)
 	sign := func(m uint64, k uint64, data []byte, parts int) []byte {
 		t.Helper()
-		cl.must(ck.CKR_OK, "C_SignInit", U(h), mech(m), U(k))
+		cl.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(m), U(k))
 		if parts == 0 {
 			return bytes.Clone(cl.must(ck.CKR_OK, "C_Sign", U(h), B(data), Out(64))[2].Bytes)
 		}
@@ -670,7 +671,7 @@ func TestMACKnownAnswers(t *testing.T) {
 	}
 	verify := func(want uint64, m uint64, k uint64, data, sig []byte, parts bool) {
 		t.Helper()
-		cl.must(ck.CKR_OK, "C_VerifyInit", U(h), mech(m), U(k))
+		cl.must(ck.CKR_OK, "C_VerifyInit", U(h), mechArg(m), U(k))
 		if !parts {
 			cl.must(want, "C_Verify", U(h), B(data), B(sig))
 			return
@@ -742,7 +743,7 @@ func TestMACKnownAnswers(t *testing.T) {
 	}
 
 	// The size query on C_Sign keeps the operation and its MAC.
-	cl.must(ck.CKR_OK, "C_SignInit", U(h), mech(ck.CKM_SHA256_HMAC), U(jefe))
+	cl.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(ck.CKM_SHA256_HMAC), U(jefe))
 	if q := cl.must(ck.CKR_OK, "C_Sign", U(h), B(what), SizeQuery()); q[2].Length != 32 {
 		t.Fatalf("HMAC size query: %d", q[2].Length)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	"hsmemu/daemon/mech/mechtest"
 )
 
 // Key wrapping and derivation through the socket.
@@ -66,10 +67,10 @@ func TestKeyWrapKnownAnswers(t *testing.T) {
 	} {
 		kek := cl.secret(h, ck.CKK_AES, c.kek)
 		k := cl.secret(h, c.kt, c.key)
-		if got := cl.wrapKey(ck.CKR_OK, h, mech(c.m), kek, k); !bytes.Equal(got, c.wrapped) {
+		if got := cl.wrapKey(ck.CKR_OK, h, mechArg(c.m), kek, k); !bytes.Equal(got, c.wrapped) {
 			t.Errorf("%s: wrapped %x", c.name, got)
 		}
-		u := cl.unwrapKey(ck.CKR_OK, h, mech(c.m), kek, c.wrapped, readable(c.kt)...)
+		u := cl.unwrapKey(ck.CKR_OK, h, mechArg(c.m), kek, c.wrapped, readable(c.kt)...)
 		if got := cl.value(h, u); !bytes.Equal(got, c.key) {
 			t.Errorf("%s: unwrapped %x", c.name, got)
 		}
@@ -78,18 +79,18 @@ func TestKeyWrapKnownAnswers(t *testing.T) {
 			t.Errorf("%s: an unwrapped key says %+v", c.name, ans)
 		}
 		// The same as an encryption mechanism.
-		if got := cl.crypt(false, h, mech(c.m), kek, c.key); !bytes.Equal(got, c.wrapped) {
+		if got := cl.crypt(false, h, mechArg(c.m), kek, c.key); !bytes.Equal(got, c.wrapped) {
 			t.Errorf("%s: encrypted %x", c.name, got)
 		}
-		if got := cl.crypt(true, h, mech(c.m), kek, c.wrapped); !bytes.Equal(got, c.key) {
+		if got := cl.crypt(true, h, mechArg(c.m), kek, c.wrapped); !bytes.Equal(got, c.key) {
 			t.Errorf("%s: decrypted %x", c.name, got)
 		}
 		// Tampered with, cut, or under another IV: refused.
 		bad := slices.Clone(c.wrapped)
 		bad[len(bad)-1] ^= 1
-		cl.unwrapKey(ck.CKR_WRAPPED_KEY_INVALID, h, mech(c.m), kek, bad, readable(c.kt)...)
-		cl.unwrapKey(ck.CKR_WRAPPED_KEY_LEN_RANGE, h, mech(c.m), kek, c.wrapped[:len(c.wrapped)-1], readable(c.kt)...)
-		cl.unwrapKey(ck.CKR_WRAPPED_KEY_LEN_RANGE, h, mech(c.m), kek, c.wrapped[:8], readable(c.kt)...)
+		cl.unwrapKey(ck.CKR_WRAPPED_KEY_INVALID, h, mechArg(c.m), kek, bad, readable(c.kt)...)
+		cl.unwrapKey(ck.CKR_WRAPPED_KEY_LEN_RANGE, h, mechArg(c.m), kek, c.wrapped[:len(c.wrapped)-1], readable(c.kt)...)
+		cl.unwrapKey(ck.CKR_WRAPPED_KEY_LEN_RANGE, h, mechArg(c.m), kek, c.wrapped[:8], readable(c.kt)...)
 		iv := []byte{1, 2, 3, 4, 5, 6, 7, 8}
 		if c.m != ck.CKM_AES_KEY_WRAP {
 			iv = iv[:4]
@@ -98,7 +99,7 @@ func TestKeyWrapKnownAnswers(t *testing.T) {
 		if bytes.Equal(other, c.wrapped) {
 			t.Errorf("%s: the IV parameter changes nothing", c.name)
 		}
-		cl.unwrapKey(ck.CKR_WRAPPED_KEY_INVALID, h, mech(c.m), kek, other, readable(c.kt)...)
+		cl.unwrapKey(ck.CKR_WRAPPED_KEY_INVALID, h, mechArg(c.m), kek, other, readable(c.kt)...)
 		u = cl.unwrapKey(ck.CKR_OK, h, mechIV(c.m, iv), kek, other, readable(c.kt)...)
 		if got := cl.value(h, u); !bytes.Equal(got, c.key) {
 			t.Errorf("%s: unwrapped with an IV %x", c.name, got)
@@ -108,26 +109,26 @@ func TestKeyWrapKnownAnswers(t *testing.T) {
 	// KW does not wrap a key that is not whole semiblocks.
 	kek := cl.secret(h, ck.CKK_AES, kek128)
 	odd := cl.secret(h, ck.CKK_GENERIC_SECRET, make([]byte, 20))
-	cl.wrapKey(ck.CKR_KEY_SIZE_RANGE, h, mech(ck.CKM_AES_KEY_WRAP), kek, odd)
+	cl.wrapKey(ck.CKR_KEY_SIZE_RANGE, h, mechArg(ck.CKM_AES_KEY_WRAP), kek, odd)
 
 	// The size query on C_WrapKey.
 	aes256 := cl.secret(h, ck.CKK_AES, bytes.Repeat([]byte{0x42}, 32))
-	q := cl.must(ck.CKR_OK, "C_WrapKey", U(h), mech(ck.CKM_AES_KEY_WRAP_KWP), U(kek), U(aes256), SizeQuery())
+	q := cl.must(ck.CKR_OK, "C_WrapKey", U(h), mechArg(ck.CKM_AES_KEY_WRAP_KWP), U(kek), U(aes256), SizeQuery())
 	if q[4].Length != 40 {
 		t.Fatalf("KWP size query: %d", q[4].Length)
 	}
-	cl.must(ck.CKR_BUFFER_TOO_SMALL, "C_WrapKey", U(h), mech(ck.CKM_AES_KEY_WRAP_KWP), U(kek), U(aes256), Out(39))
+	cl.must(ck.CKR_BUFFER_TOO_SMALL, "C_WrapKey", U(h), mechArg(ck.CKM_AES_KEY_WRAP_KWP), U(kek), U(aes256), Out(39))
 
 	// A few Wycheproof KWP vectors as encryption.
 	n := 0
-	for _, g := range loadWycheproof(t, "aes_kwp_test.json").TestGroups {
+	for _, g := range mechtest.Wycheproof(t, "aes_kwp_test.json").TestGroups {
 		for _, v := range g.Tests {
 			if v.TcID%17 != 0 {
 				continue
 			}
 			n++
 			k := cl.secret(h, ck.CKK_AES, v.Key)
-			cl.must(ck.CKR_OK, "C_DecryptInit", U(h), mech(ck.CKM_AES_KEY_WRAP_KWP), U(k))
+			cl.must(ck.CKR_OK, "C_DecryptInit", U(h), mechArg(ck.CKM_AES_KEY_WRAP_KWP), U(k))
 			rv, out := cl.call("C_Decrypt", U(h), B(v.CT), Out(uint64(len(v.CT))))
 			switch {
 			case v.Result == "invalid" && rv == ck.CKR_OK:
@@ -164,7 +165,7 @@ func TestCBCPadWrap(t *testing.T) {
 	bad[31] ^= 1
 	cl.unwrapKey(ck.CKR_WRAPPED_KEY_INVALID, h, m, kek, bad, readable(ck.CKK_AES)...)
 	cl.unwrapKey(ck.CKR_WRAPPED_KEY_LEN_RANGE, h, m, kek, wrapped[:40], readable(ck.CKK_AES)...)
-	cl.wrapKey(ck.CKR_MECHANISM_PARAM_INVALID, h, mech(ck.CKM_AES_CBC_PAD), kek, k)
+	cl.wrapKey(ck.CKR_MECHANISM_PARAM_INVALID, h, mechArg(ck.CKM_AES_CBC_PAD), kek, k)
 	// Unwrapped with a length the template contradicts.
 	cl.unwrapKey(ck.CKR_WRAPPED_KEY_INVALID, h, m, kek, wrapped, readable(ck.CKK_GENERIC_SECRET, AU(ck.CKA_VALUE_LEN, 16))...)
 }
@@ -191,7 +192,7 @@ func TestWrapPolicy(t *testing.T) {
 	}
 	trusted := found[0]
 	kek := cl.secret(h, ck.CKK_AES, bytes.Repeat([]byte{2}, 32))
-	kw := mech(ck.CKM_AES_KEY_WRAP_KWP)
+	kw := mechArg(ck.CKM_AES_KEY_WRAP_KWP)
 
 	unextractable := cl.secret(h, ck.CKK_AES, make([]byte, 16), AB(ck.CKA_EXTRACTABLE, false))
 	cl.wrapKey(ck.CKR_KEY_UNEXTRACTABLE, h, kw, kek, unextractable)
@@ -210,7 +211,7 @@ func TestWrapPolicy(t *testing.T) {
 	cl.wrapKey(ck.CKR_WRAPPING_KEY_TYPE_INCONSISTENT, h, kw, generic, plain)
 	cl.unwrapKey(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, h, kw, noWrap, wrapped, readable(ck.CKK_AES)...)
 	cl.unwrapKey(ck.CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT, h, kw, generic, wrapped, readable(ck.CKK_AES)...)
-	cl.wrapKey(ck.CKR_MECHANISM_INVALID, h, mech(ck.CKM_AES_GCM), kek, plain)
+	cl.wrapKey(ck.CKR_MECHANISM_INVALID, h, mechArg(ck.CKM_AES_GCM), kek, plain)
 }
 
 // RFC 5869 appendix A.1, A.3 and A.4.
@@ -275,7 +276,7 @@ func TestHKDFKnownAnswers(t *testing.T) {
 	if got := cl.value(h, ak); !bytes.Equal(got, rfc5869OKM1[:32]) {
 		t.Fatalf("derived AES key %x", got)
 	}
-	cl.crypt(false, h, mech(ck.CKM_AES_ECB), ak, make([]byte, 16))
+	cl.crypt(false, h, mechArg(ck.CKM_AES_ECB), ak, make([]byte, 16))
 	derive(ck.CKR_TEMPLATE_INCOMPLETE, hkdfMech(full), base1, readable(ck.CKK_AES)...)
 	derive(ck.CKR_ATTRIBUTE_VALUE_INVALID, hkdfMech(full), base1, readable(ck.CKK_AES, AU(ck.CKA_VALUE_LEN, 20))...)
 
@@ -291,7 +292,7 @@ func TestHKDFKnownAnswers(t *testing.T) {
 		tmpl []wire.Attribute
 		want uint64
 	}{
-		{"no parameter", mech(ck.CKM_HKDF_DERIVE), gen42, ck.CKR_MECHANISM_PARAM_INVALID},
+		{"no parameter", mechArg(ck.CKM_HKDF_DERIVE), gen42, ck.CKR_MECHANISM_PARAM_INVALID},
 		{"neither extract nor expand", with(func(p *wire.HKDFParams) { p.Extract, p.Expand = false, false }), gen42, ck.CKR_MECHANISM_PARAM_INVALID},
 		{"MD5", with(func(p *wire.HKDFParams) { p.PRFHashMechanism = ck.CKM_MD5 }), gen42, ck.CKR_MECHANISM_PARAM_INVALID},
 		{"an HMAC for a hash", with(func(p *wire.HKDFParams) { p.PRFHashMechanism = ck.CKM_SHA256_HMAC }), gen42, ck.CKR_MECHANISM_PARAM_INVALID},

@@ -12,7 +12,7 @@ import (
 	"hsmemu/cryptoki/wire"
 )
 
-func mech(t uint64) wire.Value { return wire.Value{Mechanism: &wire.Mechanism{Type: t}} }
+func mechArg(t uint64) wire.Value { return wire.Value{Mechanism: &wire.Mechanism{Type: t}} }
 
 func TestDigests(t *testing.T) {
 	t.Parallel()
@@ -33,8 +33,8 @@ func TestDigests(t *testing.T) {
 
 	abc := sha256.Sum256([]byte("abc"))
 	// The size query keeps the operation, and the result, alive.
-	cl.must(ck.CKR_OK, "C_DigestInit", U(h), mech(ck.CKM_SHA256))
-	cl.must(ck.CKR_OPERATION_ACTIVE, "C_DigestInit", U(h), mech(ck.CKM_SHA256))
+	cl.must(ck.CKR_OK, "C_DigestInit", U(h), mechArg(ck.CKM_SHA256))
+	cl.must(ck.CKR_OPERATION_ACTIVE, "C_DigestInit", U(h), mechArg(ck.CKM_SHA256))
 	out := cl.must(ck.CKR_OK, "C_Digest", U(h), S("abc"), SizeQuery())
 	if out[2].Length != 32 || out[2].Bytes != nil {
 		t.Fatalf("size query: %+v", out[2])
@@ -47,11 +47,11 @@ func TestDigests(t *testing.T) {
 	cl.must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Digest", U(h), S("abc"), Out(64))
 
 	// Multi-part, SHA3.
-	cl.must(ck.CKR_OK, "C_DigestInit", U(h), mech(ck.CKM_SHA3_256))
+	cl.must(ck.CKR_OK, "C_DigestInit", U(h), mechArg(ck.CKM_SHA3_256))
 	cl.must(ck.CKR_OK, "C_DigestUpdate", U(h), S("a"))
 	cl.must(ck.CKR_OK, "C_DigestUpdate", U(h), S("bc"))
 	cl.must(ck.CKR_OPERATION_ACTIVE, "C_Digest", U(h), S("x"), Out(64))
-	cl.must(ck.CKR_OK, "C_DigestInit", U(h), mech(ck.CKM_SHA3_256))
+	cl.must(ck.CKR_OK, "C_DigestInit", U(h), mechArg(ck.CKM_SHA3_256))
 	cl.must(ck.CKR_OK, "C_DigestUpdate", U(h), S("abc"))
 	out = cl.must(ck.CKR_OK, "C_DigestFinal", U(h), Out(64))
 	want := sha3.Sum256([]byte("abc"))
@@ -63,7 +63,7 @@ func TestDigests(t *testing.T) {
 	rw := cl.open(slot, true)
 	cl.must(ck.CKR_OK, "C_Login", U(rw), U(ck.CKU_USER), S(testUserPIN))
 	key := cl.create(rw, aesKey("k", true, false)...)
-	cl.must(ck.CKR_OK, "C_DigestInit", U(rw), mech(ck.CKM_SHA256))
+	cl.must(ck.CKR_OK, "C_DigestInit", U(rw), mechArg(ck.CKM_SHA256))
 	cl.must(ck.CKR_OK, "C_DigestKey", U(rw), U(key))
 	out = cl.must(ck.CKR_OK, "C_DigestFinal", U(rw), Out(64))
 	kv := sha256.Sum256(bytes.Repeat([]byte{0x11}, 32))
@@ -71,12 +71,12 @@ func TestDigests(t *testing.T) {
 		t.Fatalf("digest of the key: %x", out[1].Bytes)
 	}
 	data := cl.create(rw, dataObject("d", false, false, "v")...)
-	cl.must(ck.CKR_OK, "C_DigestInit", U(rw), mech(ck.CKM_SHA256))
+	cl.must(ck.CKR_OK, "C_DigestInit", U(rw), mechArg(ck.CKM_SHA256))
 	cl.must(ck.CKR_KEY_INDIGESTIBLE, "C_DigestKey", U(rw), U(data))
 
 	// A parameter where none is taken; an unknown mechanism.
 	cl.must(ck.CKR_MECHANISM_PARAM_INVALID, "C_DigestInit", U(h), wire.Value{Mechanism: &wire.Mechanism{Type: ck.CKM_SHA256, Present: true, Param: wire.Param{Kind: calls.PBytes, Bytes: []byte{1}}}})
-	cl.must(ck.CKR_MECHANISM_INVALID, "C_DigestInit", U(h), mech(ck.CKM_MD5))
+	cl.must(ck.CKR_MECHANISM_INVALID, "C_DigestInit", U(h), mechArg(ck.CKM_MD5))
 }
 
 // TestKeptOutputGoesToItsCall: an output measured by one call is not handed
@@ -87,7 +87,7 @@ func TestKeptOutputGoesToItsCall(t *testing.T) {
 	cl := d.dial(t)
 	slot := cl.newToken("kept")
 	h := cl.open(slot, false)
-	cl.must(ck.CKR_OK, "C_DigestInit", U(h), mech(ck.CKM_SHA256))
+	cl.must(ck.CKR_OK, "C_DigestInit", U(h), mechArg(ck.CKM_SHA256))
 	cl.must(ck.CKR_OK, "C_DigestUpdate", U(h), S("abc"))
 	cl.must(ck.CKR_OK, "C_DigestFinal", U(h), SizeQuery())
 	cl.must(ck.CKR_OPERATION_ACTIVE, "C_Digest", U(h), S("abc"), Out(64))

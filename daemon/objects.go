@@ -188,7 +188,7 @@ func (e *Engine) CopyObject(ctx context.Context, app *App, h, oh uint64, tmpl []
 	if err != nil {
 		return 0, err
 	}
-	return e.keep(ctx, app, s, "copy", m, o.class(), o.keyType())
+	return e.keep(ctx, app, s, "copy", m, o.Class(), o.KeyType())
 }
 
 // DestroyObject destroys an object.
@@ -218,9 +218,9 @@ func (e *Engine) DestroyObject(ctx context.Context, app *App, h, oh uint64) erro
 		if err != nil && !errors.Is(err, keystore.ErrNotFound) {
 			return err
 		}
-		detail := objectDetail(uuid, o.class(), o.all())
+		detail := objectDetail(uuid, o.Class(), o.all())
 		detail["kept"] = fmt.Sprint(kept)
-		e.audit(ctx, actor(app, sessionRole(app, s)), s.token, objectEvent(o.class(), "destroy"), detail)
+		e.audit(ctx, actor(app, sessionRole(app, s)), s.token, objectEvent(o.Class(), "destroy"), detail)
 	}
 	app.mu.Lock()
 	app.dropHandle(oh)
@@ -259,7 +259,7 @@ func (e *Engine) GetAttributes(ctx context.Context, app *App, h, oh uint64, qs [
 	for i, q := range qs {
 		v, code := o.readAttr(q.Type)
 		if code == ck.CKR_OK {
-			if r, _ := ruleFor(q.Type, o.class(), o.keyType()); r.kind == vAttrs {
+			if r, _ := ruleFor(q.Type, o.Class(), o.KeyType()); r.kind == vAttrs {
 				// A template attribute's length is its number of
 				// attributes, and its value travels as a template.
 				answers[i], small = templateAnswer(q, v, small)
@@ -339,7 +339,7 @@ func (e *Engine) SetAttributes(ctx context.Context, app *App, h, oh uint64, tmpl
 	if err != nil {
 		return err
 	}
-	n, err := split(m, o.class(), o.keyType())
+	n, err := split(m, o.Class(), o.KeyType())
 	if err != nil {
 		return err
 	}

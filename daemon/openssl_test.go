@@ -74,7 +74,7 @@ func TestOpenSSLCrossCheck(t *testing.T) {
 
 	// RSA-OAEP with SHA-256: a software key, readable, so openssl can hold
 	// its private half too.
-	out := cl.must(ck.CKR_OK, "C_GenerateKeyPair", U(h), mech(ck.CKM_RSA_PKCS_KEY_PAIR_GEN),
+	out := cl.must(ck.CKR_OK, "C_GenerateKeyPair", U(h), mechArg(ck.CKM_RSA_PKCS_KEY_PAIR_GEN),
 		T(AU(ck.CKA_MODULUS_BITS, 2048)), T(AB(ck.CKA_SENSITIVE, false), AB(ck.CKA_EXTRACTABLE, true)), none(), none())
 	pubH, privH := out[4].Ulong, out[5].Ulong
 	types := []uint64{ck.CKA_MODULUS, ck.CKA_PUBLIC_EXPONENT, ck.CKA_PRIVATE_EXPONENT, ck.CKA_PRIME_1, ck.CKA_PRIME_2}

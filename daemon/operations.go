@@ -2,10 +2,10 @@ package daemon
 
 import (
 	"context"
-	"slices"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	"hsmemu/daemon/mech"
 )
 
 // Operations in sessions. A session holds at most one operation of each
@@ -31,9 +31,9 @@ const (
 // operation is one operation in progress.
 type operation struct {
 	mech    uint64
-	cipher  cipherOp
-	signer  signOp
-	digest  digestOp
+	cipher  mech.CipherOp
+	signer  mech.SignOp
+	digest  mech.DigestOp
 	pending []byte // output measured by a size query, not yet delivered
 	hasPend bool
 	pendFor callKind // which call measured the kept output
@@ -56,6 +56,15 @@ func (s *session) endPrivateOps() {
 	}
 }
 
+// funcOf is what a mechanism must do for each kind of operation.
+var funcOf = [opKinds]mech.Func{
+	opEncrypt: mech.Encrypt,
+	opDecrypt: mech.Decrypt,
+	opDigest:  mech.Digest,
+	opSign:    mech.Sign,
+	opVerify:  mech.Verify,
+}
+
 // usage is the attribute a key needs for each kind of operation.
 var usage = [opKinds]uint64{
 	opEncrypt: ck.CKA_ENCRYPT,
@@ -64,14 +73,20 @@ var usage = [opKinds]uint64{
 	opVerify:  ck.CKA_VERIFY,
 }
 
-// allowed checks CKA_ALLOWED_MECHANISMS.
-func (k *key) allows(mech uint64) bool {
-	v, ok := k.obj.attrs.Get(ck.CKA_ALLOWED_MECHANISMS)
+// needsContextLogin reports a private key that wants the PIN again for
+// each use: only operations started with an Init can take that login.
+func (o *object) needsContextLogin() bool {
+	return o.Class() == ck.CKO_PRIVATE_KEY && o.bool(ck.CKA_ALWAYS_AUTHENTICATE)
+}
+
+// allows checks CKA_ALLOWED_MECHANISMS.
+func (o *object) allows(typ uint64) bool {
+	v, ok := o.attrs.Get(ck.CKA_ALLOWED_MECHANISMS)
 	if !ok || len(v) == 0 {
 		return true
 	}
 	for i := 0; i+8 <= len(v); i += 8 {
-		if ulongOf(v[i:i+8]) == mech {
+		if ulongOf(v[i:i+8]) == typ {
 			return true
 		}
 	}
@@ -80,7 +95,7 @@ func (k *key) allows(mech uint64) bool {
 
 // useKey resolves a key handle for an operation with mechanism m: the
 // object must be a key of a type m takes, permitted to do it.
-func (e *Engine) useKey(ctx context.Context, app *App, s *session, h uint64, m *mechanism, typ uint64, need uint64) (*key, error) {
+func (e *Engine) useKey(ctx context.Context, app *App, s *session, h uint64, m *mech.Mechanism, typ uint64, need uint64) (*object, error) {
 	_, o, err := e.resolve(ctx, app, s, h)
 	if err != nil {
 		if c, _ := rvOf(err); c == ck.CKR_OBJECT_HANDLE_INVALID {
@@ -88,17 +103,16 @@ func (e *Engine) useKey(ctx context.Context, app *App, s *session, h uint64, m *
 		}
 		return nil, err
 	}
-	k := newKey(o)
-	if classMask(k.class)&mKeys == 0 || !slices.Contains(m.keyTypes, k.keyType) {
+	if classMask(o.Class())&mKeys == 0 || !m.Takes(o.KeyType()) {
 		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
 	if need != 0 && !o.bool(need) {
 		return nil, ck.Error(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
 	}
-	if !k.allows(typ) {
+	if !o.allows(typ) {
 		return nil, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
-	return k, nil
+	return o, nil
 }
 
 // OpInit starts an operation of the given kind with a mechanism and,
@@ -114,45 +128,32 @@ func (e *Engine) OpInit(ctx context.Context, app *App, h uint64, kind opKind, wm
 	if active {
 		return ck.Error(ck.CKR_OPERATION_ACTIVE)
 	}
-	m, ok := mechanisms[wm.Type]
-	if !ok {
+	m, ok := e.mechs.Get(wm.Type)
+	if !ok || !m.Does(funcOf[kind]) {
 		return ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
 	op := &operation{mech: wm.Type}
 	if kind == opDigest {
-		if m.digest == nil {
-			return ck.Error(ck.CKR_MECHANISM_INVALID)
-		}
-		if op.digest, err = m.digest(wm); err != nil {
+		if op.digest, err = m.Digest(wm); err != nil {
 			return err
 		}
 	} else {
-		var ctor func(*key, *wire.Mechanism) (cipherOp, error)
-		var sctor func(*key, *wire.Mechanism) (signOp, error)
-		switch kind {
-		case opEncrypt:
-			ctor = m.encrypt
-		case opDecrypt:
-			ctor = m.decrypt
-		case opSign:
-			sctor = m.sign
-		case opVerify:
-			sctor = m.verify
-		}
-		if ctor == nil && sctor == nil {
-			return ck.Error(ck.CKR_MECHANISM_INVALID)
-		}
 		k, err := e.useKey(ctx, app, s, keyHandle, m, wm.Type, usage[kind])
 		if err != nil {
 			return err
 		}
-		if ctor != nil {
-			op.cipher, err = ctor(k, wm)
-		} else {
-			op.signer, err = sctor(k, wm)
+		switch kind {
+		case opEncrypt:
+			op.cipher, err = m.Encrypt(k, wm)
+		case opDecrypt:
+			op.cipher, err = m.Decrypt(k, wm)
+		case opSign:
+			op.signer, err = m.Sign(k, wm)
+		case opVerify:
+			op.signer, err = m.Verify(k, wm)
 		}
 		op.needAuth = k.needsContextLogin()
-		op.private = k.obj.bool(ck.CKA_PRIVATE)
+		op.private = k.bool(ck.CKA_PRIVATE)
 		if err != nil {
 			return err
 		}
@@ -294,14 +295,14 @@ func produce(app *App, h uint64, kind opKind, call callKind, out wire.OutSpec, r
 // singlePart reports whether the operation's mechanism takes its input in
 // one call only.
 func (op *operation) singlePart() bool {
-	_, single := op.signer.(singlePartOnly)
+	_, single := op.signer.(mech.SinglePartOnly)
 	return single
 }
 
 // Crypt is C_Encrypt or C_Decrypt: the whole input in one call.
 func (e *Engine) Crypt(app *App, h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results) error {
 	return produce(app, h, kind, callOne, out, r, func(op *operation) ([]byte, error) {
-		if one, ok := op.cipher.(oneShot); ok {
+		if one, ok := op.cipher.(mech.OneShot); ok {
 			return one.One(in)
 		}
 		a, err := op.cipher.Update(in)
@@ -362,10 +363,10 @@ func (e *Engine) DigestKey(ctx context.Context, app *App, h, keyHandle uint64) e
 		return err
 	}
 	// An HSM-protected key gives nothing of itself, not even a digest.
-	if o.class() != ck.CKO_SECRET_KEY || ulongOf(o.attrsGet(ck.CKA_HSMEMU_PROTECTION)) == ck.CKP_HSMEMU_HSM {
+	if o.Class() != ck.CKO_SECRET_KEY || ulongOf(o.attrsGet(ck.CKA_HSMEMU_PROTECTION)) == ck.CKP_HSMEMU_HSM {
 		return ck.Error(ck.CKR_KEY_INDIGESTIBLE)
 	}
-	v, _ := o.get(ck.CKA_VALUE)
+	v, _ := o.Attr(ck.CKA_VALUE)
 	return withOp(app, h, opDigest, func(op *operation) (bool, error) {
 		op.parts = true
 		op.digest.Update(v)

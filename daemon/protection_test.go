@@ -122,7 +122,7 @@ func TestHSMKeyNeverLeaves(t *testing.T) {
 	kek := cl.create(h, AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES), AB(ck.CKA_TOKEN, true),
 		A(ck.CKA_LABEL, []byte("kek")), A(ck.CKA_VALUE, bytes.Repeat([]byte{0x33}, 32)),
 		AU(ck.CKA_HSMEMU_PROTECTION, ck.CKP_HSMEMU_SOFTWARE), AB(ck.CKA_WRAP, true))
-	cl.must(ck.CKR_KEY_UNEXTRACTABLE, "C_WrapKey", U(h), mech(ck.CKM_AES_KEY_WRAP_KWP), U(kek), U(hsm), SizeQuery())
+	cl.must(ck.CKR_KEY_UNEXTRACTABLE, "C_WrapKey", U(h), mechArg(ck.CKM_AES_KEY_WRAP_KWP), U(kek), U(hsm), SizeQuery())
 	// It can still be used: an HSM-protected key is for use, not export.
 	iv := bytes.Repeat([]byte{1}, 16)
 	cl.must(ck.CKR_OK, "C_EncryptInit", U(h), wire.Value{Mechanism: &wire.Mechanism{Type: ck.CKM_AES_CBC_PAD, Present: true, Param: wire.Param{Kind: calls.PBytes, Bytes: iv}}}, U(hsm))
@@ -190,11 +190,11 @@ func TestAlwaysAuthenticate(t *testing.T) {
 	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(testUserPIN))
 	cl.must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Login", U(h), U(ck.CKU_CONTEXT_SPECIFIC), S(testUserPIN))
 	edParams := []byte{0x06, 0x03, 0x2b, 0x65, 0x70}
-	out := cl.must(ck.CKR_OK, "C_GenerateKeyPair", U(h), mech(ck.CKM_EC_EDWARDS_KEY_PAIR_GEN),
+	out := cl.must(ck.CKR_OK, "C_GenerateKeyPair", U(h), mechArg(ck.CKM_EC_EDWARDS_KEY_PAIR_GEN),
 		T(A(ck.CKA_EC_PARAMS, edParams)), T(AB(ck.CKA_ALWAYS_AUTHENTICATE, true), AB(ck.CKA_TOKEN, false)), none(), none())
 	priv := out[5].Ulong
 	sign := func() uint64 {
-		cl.must(ck.CKR_OK, "C_SignInit", U(h), mech(ck.CKM_EDDSA), U(priv))
+		cl.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(ck.CKM_EDDSA), U(priv))
 		rv, _ := cl.call("C_Sign", U(h), S("message"), Out(64))
 		return rv
 	}
@@ -204,7 +204,7 @@ func TestAlwaysAuthenticate(t *testing.T) {
 	}
 	cl.must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Sign", U(h), S("message"), Out(64))
 	// With it: one operation.
-	cl.must(ck.CKR_OK, "C_SignInit", U(h), mech(ck.CKM_EDDSA), U(priv))
+	cl.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(ck.CKM_EDDSA), U(priv))
 	cl.must(ck.CKR_PIN_INCORRECT, "C_Login", U(h), U(ck.CKU_CONTEXT_SPECIFIC), S("wrong-pin"))
 	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_CONTEXT_SPECIFIC), S(testUserPIN))
 	cl.must(ck.CKR_OK, "C_Sign", U(h), S("message"), Out(64))
@@ -230,7 +230,7 @@ func TestWrapTemplates(t *testing.T) {
 	kek := aes("kek", 1, wire.Attribute{Type: ck.CKA_WRAP_TEMPLATE, Nested: []wire.Attribute{A(ck.CKA_LABEL, []byte("ok"))}},
 		wire.Attribute{Type: ck.CKA_UNWRAP_TEMPLATE, Nested: []wire.Attribute{AB(ck.CKA_SENSITIVE, true)}})
 	ok, no := aes("ok", 2), aes("no", 3)
-	kwp := mech(ck.CKM_AES_KEY_WRAP_KWP)
+	kwp := mechArg(ck.CKM_AES_KEY_WRAP_KWP)
 	cl.must(ck.CKR_KEY_NOT_WRAPPABLE, "C_WrapKey", U(h), kwp, U(kek), U(no), SizeQuery())
 	wrapped := append([]byte(nil), cl.must(ck.CKR_OK, "C_WrapKey", U(h), kwp, U(kek), U(ok), Out(256))[4].Bytes...)
 

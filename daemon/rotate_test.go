@@ -47,7 +47,7 @@ func TestRotateTokenWhileSigning(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for !stop.Load() {
-			if rv, _ := signer.call("C_SignInit", U(hs), mech(ck.CKM_ECDSA), U(priv)); rv != ck.CKR_OK {
+			if rv, _ := signer.call("C_SignInit", U(hs), mechArg(ck.CKM_ECDSA), U(priv)); rv != ck.CKR_OK {
 				t.Errorf("C_SignInit during rotation: %#x", rv)
 				return
 			}
@@ -124,7 +124,7 @@ func TestRotateTokenWhileSigning(t *testing.T) {
 		}
 	}
 	priv = cl.find(h, AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY))[0]
-	cl.must(ck.CKR_OK, "C_SignInit", U(h), mech(ck.CKM_ECDSA), U(priv))
+	cl.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(ck.CKM_ECDSA), U(priv))
 	cl.must(ck.CKR_OK, "C_Sign", U(h), B(make([]byte, 32)), Out(128))
 }
 
@@ -186,7 +186,7 @@ func TestRotateMasterWhileSigning(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for !stop.Load() {
-			if rv, _ := signer.call("C_SignInit", U(hs), mech(ck.CKM_ECDSA), U(priv)); rv != ck.CKR_OK {
+			if rv, _ := signer.call("C_SignInit", U(hs), mechArg(ck.CKM_ECDSA), U(priv)); rv != ck.CKR_OK {
 				t.Errorf("C_SignInit during the rotation: %#x", rv)
 				return
 			}
@@ -268,7 +268,7 @@ func TestRotateMasterWhileSigning(t *testing.T) {
 		}
 	}
 	priv = cl.find(h, AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY))[0]
-	cl.must(ck.CKR_OK, "C_SignInit", U(h), mech(ck.CKM_ECDSA), U(priv))
+	cl.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(ck.CKM_ECDSA), U(priv))
 	cl.must(ck.CKR_OK, "C_Sign", U(h), B(make([]byte, 32)), Out(128))
 	var v2 adminapi.AuditVerify
 	if err := a.Call(adminapi.OpAuditVerify, nil, &v2); err != nil || !v2.OK {

@@ -269,8 +269,8 @@ func FuzzCreateTemplate(f *testing.F) {
 				t.Fatalf("accepted template does not encode: %v", err)
 			}
 		}
-		if o.class() != class {
-			t.Fatalf("class %#x stored as %#x", class, o.class())
+		if o.Class() != class {
+			t.Fatalf("class %#x stored as %#x", class, o.Class())
 		}
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
@@ -184,4 +185,29 @@ func (e *Engine) tokenLogin(token keystore.UUID) *tokenLogin {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.loginOf(token)
+}
+
+// MechanismList returns the mechanisms a slot's token implements, sorted.
+func (e *Engine) MechanismList(ctx context.Context, slot uint64) ([]uint64, error) {
+	if slot != freeSlot {
+		if _, err := e.token(ctx, slot); err != nil {
+			return nil, err
+		}
+	}
+	return slices.Clone(e.mechs.Types()), nil
+}
+
+// MechanismInfo describes one mechanism.
+func (e *Engine) MechanismInfo(ctx context.Context, slot, typ uint64) (*wire.MechanismInfo, error) {
+	if slot != freeSlot {
+		if _, err := e.token(ctx, slot); err != nil {
+			return nil, err
+		}
+	}
+	m, ok := e.mechs.Get(typ)
+	if !ok {
+		return nil, ck.Error(ck.CKR_MECHANISM_INVALID)
+	}
+	info := m.Info()
+	return &info, nil
 }

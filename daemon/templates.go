@@ -315,7 +315,7 @@ func checkChange(o *object, tmpl []attr, so, copy bool) (map[uint64][]byte, erro
 	if err != nil {
 		return nil, err
 	}
-	class, kt := o.class(), o.keyType()
+	class, kt := o.Class(), o.KeyType()
 	m := o.all()
 	for t, v := range changes {
 		r, ok := ruleFor(t, class, kt)

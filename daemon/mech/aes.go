@@ -1,4 +1,4 @@
-package daemon
+package mech
 
 import (
 	"crypto/cipher"
@@ -14,15 +14,15 @@ import (
 // padding, CTR and GCM; and generic secret key generation, which has no
 // better home.
 
-func aesMechanisms() map[uint64]*mechanism {
-	block := func(mode blockMode) *mechanism {
-		e := &mechanism{
+func aesMechanisms() map[uint64]*Mechanism {
+	block := func(mode blockMode) *Mechanism {
+		e := &Mechanism{
 			info: aesInfo(ck.CKF_ENCRYPT | ck.CKF_DECRYPT), keyTypes: aesOnly,
-			encrypt: func(k *key, m *wire.Mechanism) (cipherOp, error) { return newBlockOp(k, m, mode, false) },
-			decrypt: func(k *key, m *wire.Mechanism) (cipherOp, error) { return newBlockOp(k, m, mode, true) },
+			encrypt: func(k Key, m *wire.Mechanism) (CipherOp, error) { return newBlockOp(k, m, mode, false) },
+			decrypt: func(k Key, m *wire.Mechanism) (CipherOp, error) { return newBlockOp(k, m, mode, true) },
 		}
 		if mode == modeCBCPad {
-			// CBC_PAD also wraps keys (mech_aeskw.go). ECB and CBC could
+			// CBC_PAD also wraps keys (aeskw.go). ECB and CBC could
 			// too, zero-padded, but the padding would become part of the
 			// unwrapped key: they are not offered for wrapping.
 			e.info.Flags |= ck.CKF_WRAP | ck.CKF_UNWRAP
@@ -30,7 +30,7 @@ func aesMechanisms() map[uint64]*mechanism {
 		}
 		return e
 	}
-	return map[uint64]*mechanism{
+	return map[uint64]*Mechanism{
 		ck.CKM_AES_KEY_GEN: {
 			info: aesInfo(ck.CKF_GENERATE), genKeyType: ck.CKK_AES,
 			generate: generateAES,
@@ -45,13 +45,13 @@ func aesMechanisms() map[uint64]*mechanism {
 		ck.CKM_AES_CBC_PAD: block(modeCBCPad),
 		ck.CKM_AES_CTR: {
 			info: aesInfo(ck.CKF_ENCRYPT | ck.CKF_DECRYPT), keyTypes: aesOnly,
-			encrypt: func(k *key, m *wire.Mechanism) (cipherOp, error) { return newCTROp(k, m, false) },
-			decrypt: func(k *key, m *wire.Mechanism) (cipherOp, error) { return newCTROp(k, m, true) },
+			encrypt: func(k Key, m *wire.Mechanism) (CipherOp, error) { return newCTROp(k, m, false) },
+			decrypt: func(k Key, m *wire.Mechanism) (CipherOp, error) { return newCTROp(k, m, true) },
 		},
 		ck.CKM_AES_GCM: {
 			info: aesInfo(ck.CKF_ENCRYPT | ck.CKF_DECRYPT), keyTypes: aesOnly,
-			encrypt: func(k *key, m *wire.Mechanism) (cipherOp, error) { return newGCMOp(k, m, false) },
-			decrypt: func(k *key, m *wire.Mechanism) (cipherOp, error) { return newGCMOp(k, m, true) },
+			encrypt: func(k Key, m *wire.Mechanism) (CipherOp, error) { return newGCMOp(k, m, false) },
+			decrypt: func(k Key, m *wire.Mechanism) (CipherOp, error) { return newGCMOp(k, m, true) },
 		},
 	}
 }
@@ -126,7 +126,7 @@ type blockOp struct {
 	buf     []byte // input not yet processed: less than a block (a block for CBC_PAD decryption)
 }
 
-func newBlockOp(k *key, m *wire.Mechanism, mode blockMode, decrypt bool) (*blockOp, error) {
+func newBlockOp(k Key, m *wire.Mechanism, mode blockMode, decrypt bool) (*blockOp, error) {
 	b, err := aesBlock(k)
 	if err != nil {
 		return nil, err
@@ -237,7 +237,7 @@ func (e ecb) BlockSize() int { return e.b.BlockSize() }
 func (e ecb) CryptBlocks(dst, src []byte) {
 	bs := e.b.BlockSize()
 	if len(src)%bs != 0 || len(dst) < len(src) {
-		panic("daemon: internal error: ECB on partial blocks")
+		panic("mech: internal error: ECB on partial blocks")
 	}
 	for i := 0; i < len(src); i += bs {
 		if e.decrypt {
@@ -261,7 +261,7 @@ type ctrOp struct {
 	decrypt bool
 }
 
-func newCTROp(k *key, m *wire.Mechanism, decrypt bool) (*ctrOp, error) {
+func newCTROp(k Key, m *wire.Mechanism, decrypt bool) (*ctrOp, error) {
 	b, err := aesBlock(k)
 	if err != nil {
 		return nil, err
@@ -310,7 +310,7 @@ const (
 	gcmMinTagBits = 96  // shorter tags (32, 64) are refused: see docs
 )
 
-func newGCMOp(k *key, m *wire.Mechanism, decrypt bool) (*oneShotCipher, error) {
+func newGCMOp(k Key, m *wire.Mechanism, decrypt bool) (*oneShotCipher, error) {
 	b, err := aesBlock(k)
 	if err != nil {
 		return nil, err

@@ -1,4 +1,4 @@
-package daemon
+package mech
 
 import (
 	"crypto/cipher"
@@ -60,7 +60,7 @@ func (w keyWrap) open(b cipher.Block, iv, in []byte) ([]byte, error) {
 
 // setup returns the cipher and the IV: the parameter, when given, is 8
 // bytes for KW and 4 for KWP (the constant half of its AIV).
-func (w keyWrap) setup(k *key, m *wire.Mechanism) (cipher.Block, []byte, error) {
+func (w keyWrap) setup(k Key, m *wire.Mechanism) (cipher.Block, []byte, error) {
 	b, err := aesBlock(k)
 	if err != nil {
 		return nil, nil, err
@@ -86,12 +86,12 @@ func mapErr(err error, lenRV, badRV uint64) error {
 	return ck.Error(badRV)
 }
 
-func (w keyWrap) mechanism() *mechanism {
-	return &mechanism{
+func (w keyWrap) mechanism() *Mechanism {
+	return &Mechanism{
 		info: aesInfo(ck.CKF_ENCRYPT | ck.CKF_DECRYPT | ck.CKF_WRAP | ck.CKF_UNWRAP), keyTypes: aesOnly,
-		encrypt: func(k *key, m *wire.Mechanism) (cipherOp, error) { return w.cipher(k, m, false) },
-		decrypt: func(k *key, m *wire.Mechanism) (cipherOp, error) { return w.cipher(k, m, true) },
-		wrap: func(k *key, m *wire.Mechanism, enc []byte) ([]byte, error) {
+		encrypt: func(k Key, m *wire.Mechanism) (CipherOp, error) { return w.cipher(k, m, false) },
+		decrypt: func(k Key, m *wire.Mechanism) (CipherOp, error) { return w.cipher(k, m, true) },
+		wrap: func(k Key, m *wire.Mechanism, enc []byte) ([]byte, error) {
 			b, iv, err := w.setup(k, m)
 			if err != nil {
 				return nil, err
@@ -99,7 +99,7 @@ func (w keyWrap) mechanism() *mechanism {
 			out, err := w.seal(b, iv, enc)
 			return out, mapErr(err, ck.CKR_KEY_SIZE_RANGE, ck.CKR_GENERAL_ERROR)
 		},
-		unwrap: func(k *key, m *wire.Mechanism, wrapped []byte) ([]byte, error) {
+		unwrap: func(k Key, m *wire.Mechanism, wrapped []byte) ([]byte, error) {
 			b, iv, err := w.setup(k, m)
 			if err != nil {
 				return nil, err
@@ -112,7 +112,7 @@ func (w keyWrap) mechanism() *mechanism {
 
 // cipher is KW or KWP as an encryption mechanism: single-part in the
 // specification; a multi-part call buffers and computes at Final.
-func (w keyWrap) cipher(k *key, m *wire.Mechanism, decrypt bool) (cipherOp, error) {
+func (w keyWrap) cipher(k Key, m *wire.Mechanism, decrypt bool) (CipherOp, error) {
 	b, iv, err := w.setup(k, m)
 	if err != nil {
 		return nil, err
@@ -132,8 +132,8 @@ func (w keyWrap) cipher(k *key, m *wire.Mechanism, decrypt bool) (cipherOp, erro
 	return op, nil
 }
 
-func keyWrapMechanisms() map[uint64]*mechanism {
-	return map[uint64]*mechanism{
+func keyWrapMechanisms() map[uint64]*Mechanism {
+	return map[uint64]*Mechanism{
 		ck.CKM_AES_KEY_WRAP:     keyWrap{}.mechanism(),
 		ck.CKM_AES_KEY_WRAP_KWP: keyWrap{padded: true}.mechanism(),
 		ck.CKM_AES_KEY_WRAP_PAD: keyWrap{padded: true}.mechanism(),
@@ -141,9 +141,9 @@ func keyWrapMechanisms() map[uint64]*mechanism {
 }
 
 // cbcPadWrap and cbcPadUnwrap make CKM_AES_CBC_PAD a wrapping mechanism
-// (its table entry is with the other block modes, in mech_aes.go): the
+// (its table entry is with the other block modes, in aes.go): the
 // key's encoding, PKCS#7-padded, in CBC under the IV parameter.
-func cbcPadWrap(k *key, m *wire.Mechanism, enc []byte) ([]byte, error) {
+func cbcPadWrap(k Key, m *wire.Mechanism, enc []byte) ([]byte, error) {
 	op, err := newBlockOp(k, m, modeCBCPad, false)
 	if err != nil {
 		return nil, err
@@ -153,7 +153,7 @@ func cbcPadWrap(k *key, m *wire.Mechanism, enc []byte) ([]byte, error) {
 	return append(a, b...), nil
 }
 
-func cbcPadUnwrap(k *key, m *wire.Mechanism, wrapped []byte) ([]byte, error) {
+func cbcPadUnwrap(k Key, m *wire.Mechanism, wrapped []byte) ([]byte, error) {
 	op, err := newBlockOp(k, m, modeCBCPad, true)
 	if err != nil {
 		return nil, err

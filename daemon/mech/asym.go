@@ -1,4 +1,4 @@
-package daemon
+package mech
 
 import (
 	"crypto"
@@ -8,9 +8,9 @@ import (
 )
 
 // Public-key mechanisms. The family is split by key type:
-//   - mech_rsa.go: RSA key pairs, PKCS#1 v1.5 and PSS signatures, PKCS#1
+//   - rsa.go: RSA key pairs, PKCS#1 v1.5 and PSS signatures, PKCS#1
 //     v1.5 and OAEP encryption and key wrap, and RSA-AES key wrap;
-//   - mech_ec.go: key pairs on the NIST curves and Ed25519, ECDSA, EdDSA
+//   - ec.go: key pairs on the NIST curves and Ed25519, ECDSA, EdDSA
 //     and ECDH.
 //
 // This file holds what they share: the hash tables of their parameters,
@@ -20,11 +20,11 @@ import (
 // RSA (the modulus) and EC (the order of the curve's base point).
 
 // asymmetricMechanisms lists the public-key mechanisms.
-func asymmetricMechanisms() map[uint64]*mechanism {
+func asymmetricMechanisms(nonces *noncePools) map[uint64]*Mechanism {
 	t := rsaMechanisms()
-	for typ, m := range ecMechanisms() {
+	for typ, m := range ecMechanisms(nonces) {
 		if _, dup := t[typ]; dup {
-			panic("daemon: internal error: asymmetric mechanism listed twice")
+			panic("mech: internal error: asymmetric mechanism listed twice")
 		}
 		t[typ] = m
 	}
@@ -104,7 +104,7 @@ func (*singleSigner) singlePart() {}
 
 // newSigner returns a signature operation: hashed with h, or single-part
 // on the whole input when h is 0.
-func newSigner(h crypto.Hash, sign func([]byte) ([]byte, error), verify func(in, sig []byte) error) signOp {
+func newSigner(h crypto.Hash, sign func([]byte) ([]byte, error), verify func(in, sig []byte) error) SignOp {
 	if h == 0 {
 		return &singleSigner{signer{sign: sign, verify: verify}}
 	}

@@ -1,4 +1,4 @@
-package daemon
+package mech
 
 import (
 	"crypto/sha1"
@@ -39,12 +39,12 @@ func noParam(m *wire.Mechanism) error {
 	return nil
 }
 
-func digestMechanisms() map[uint64]*mechanism {
-	t := map[uint64]*mechanism{}
+func digestMechanisms() map[uint64]*Mechanism {
+	t := map[uint64]*Mechanism{}
 	for typ, h := range hashes {
-		t[typ] = &mechanism{
+		t[typ] = &Mechanism{
 			info: wire.MechanismInfo{Flags: ck.CKF_DIGEST},
-			digest: func(m *wire.Mechanism) (digestOp, error) {
+			digest: func(m *wire.Mechanism) (DigestOp, error) {
 				if err := noParam(m); err != nil {
 					return nil, err
 				}

@@ -1,4 +1,4 @@
-package daemon
+package mech
 
 import (
 	"bytes"
@@ -44,9 +44,9 @@ func edInfo(flags uint64) wire.MechanismInfo {
 	return wire.MechanismInfo{MinKeySize: edBits, MaxKeySize: edBits, Flags: flags | ck.CKF_EC_NAMEDCURVE}
 }
 
-func ecMechanisms() map[uint64]*mechanism {
+func ecMechanisms(nonces *noncePools) map[uint64]*Mechanism {
 	signVerify := uint64(ck.CKF_SIGN | ck.CKF_VERIFY)
-	t := map[uint64]*mechanism{
+	t := map[uint64]*Mechanism{
 		ck.CKM_EC_KEY_PAIR_GEN: {
 			info:         ecInfo(ck.CKF_GENERATE_KEY_PAIR),
 			genKeyType:   ck.CKK_EC,
@@ -72,11 +72,11 @@ func ecMechanisms() map[uint64]*mechanism {
 		ck.CKM_ECDSA_SHA384: crypto.SHA384,
 		ck.CKM_ECDSA_SHA512: crypto.SHA512,
 	} {
-		t[typ] = &mechanism{
+		t[typ] = &Mechanism{
 			info:     ecInfo(signVerify),
 			keyTypes: ecOnly,
-			sign:     func(k *key, m *wire.Mechanism) (signOp, error) { return ecdsaSigner(k, m, h) },
-			verify:   func(k *key, m *wire.Mechanism) (signOp, error) { return ecdsaVerifier(k, m, h) },
+			sign:     func(k Key, m *wire.Mechanism) (SignOp, error) { return ecdsaSigner(nonces, k, m, h) },
+			verify:   func(k Key, m *wire.Mechanism) (SignOp, error) { return ecdsaVerifier(k, m, h) },
 		}
 	}
 	return t
@@ -162,16 +162,17 @@ func ecSize(c elliptic.Curve) int { return (c.Params().N.BitLen() + 7) / 8 }
 // ecdsaSigner signs the input's digest by h, or (h 0, CKM_ECDSA) the
 // input as given, a digest the caller made. The signature is r || s, each
 // of the order's size, as the specification says (not DER).
-func ecdsaSigner(k *key, m *wire.Mechanism, h crypto.Hash) (signOp, error) {
+func ecdsaSigner(nonces *noncePools, k Key, m *wire.Mechanism, h crypto.Hash) (SignOp, error) {
 	if m.Present {
 		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
-	priv, err := k.ecdsaScalar()
+	priv, err := ecdsaScalar(k)
 	if err != nil {
 		return nil, err
 	}
+	pool := nonces.of(priv.curve)
 	return newSigner(h, func(in []byte) ([]byte, error) {
-		sig, err := priv.curve.sign(priv.d, in)
+		sig, err := pool.sign(priv.d, in)
 		if err != nil {
 			return nil, ck.Error(ck.CKR_FUNCTION_FAILED)
 		}
@@ -179,11 +180,11 @@ func ecdsaSigner(k *key, m *wire.Mechanism, h crypto.Hash) (signOp, error) {
 	}, nil), nil
 }
 
-func ecdsaVerifier(k *key, m *wire.Mechanism, h crypto.Hash) (signOp, error) {
+func ecdsaVerifier(k Key, m *wire.Mechanism, h crypto.Hash) (SignOp, error) {
 	if m.Present {
 		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
-	pub, err := k.ecdsaPublic()
+	pub, err := ecdsaPublic(k)
 	if err != nil {
 		return nil, err
 	}
@@ -234,12 +235,12 @@ func eddsaInput(o *ed25519.Options, msg []byte) []byte {
 	return msg
 }
 
-func eddsaSign(k *key, m *wire.Mechanism) (signOp, error) {
+func eddsaSign(k Key, m *wire.Mechanism) (SignOp, error) {
 	o, err := eddsaOptions(m)
 	if err != nil {
 		return nil, err
 	}
-	priv, err := k.ed25519Private()
+	priv, err := ed25519Private(k)
 	if err != nil {
 		return nil, err
 	}
@@ -255,12 +256,12 @@ func eddsaSign(k *key, m *wire.Mechanism) (signOp, error) {
 	}, nil), nil
 }
 
-func eddsaVerify(k *key, m *wire.Mechanism) (signOp, error) {
+func eddsaVerify(k Key, m *wire.Mechanism) (SignOp, error) {
 	o, err := eddsaOptions(m)
 	if err != nil {
 		return nil, err
 	}
-	pub, err := k.ed25519Public()
+	pub, err := ed25519Public(k)
 	if err != nil {
 		return nil, err
 	}
@@ -293,7 +294,7 @@ var x963KDFs = map[uint64]crypto.Hash{
 // its leading bytes when the key asks for fewer) or through the ANSI
 // X9.63 KDF with the shared data. The derived length is the key's, or Z's
 // when the template gives none.
-func ecdhDerive(base *key, m *wire.Mechanism, length int) ([]byte, error) {
+func ecdhDerive(base Key, m *wire.Mechanism, length int) ([]byte, error) {
 	if !m.Present {
 		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
@@ -305,7 +306,7 @@ func ecdhDerive(base *key, m *wire.Mechanism, length int) ([]byte, error) {
 	if !isKDF && (p.KDF != ck.CKD_NULL || len(p.SharedData) > 0) {
 		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
-	priv, err := base.ecdhPrivate()
+	priv, err := ecdhPrivate(base)
 	if err != nil {
 		return nil, err
 	}

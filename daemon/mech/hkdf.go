@@ -1,4 +1,4 @@
-package daemon
+package mech
 
 import (
 	"crypto/hkdf"
@@ -23,8 +23,8 @@ import (
 // with expand, the template must say it (CKA_VALUE_LEN, or an AES key's),
 // up to 255 hash lengths.
 
-func hkdfMechanisms() map[uint64]*mechanism {
-	return map[uint64]*mechanism{
+func hkdfMechanisms() map[uint64]*Mechanism {
+	return map[uint64]*Mechanism{
 		ck.CKM_HKDF_DERIVE: {
 			info:     wire.MechanismInfo{MinKeySize: 8, MaxKeySize: 8 * maxGenericBytes, Flags: ck.CKF_DERIVE},
 			keyTypes: genericOnly,
@@ -39,7 +39,7 @@ var hkdfHashes = map[uint64]bool{
 	ck.CKM_SHA3_256: true, ck.CKM_SHA3_384: true, ck.CKM_SHA3_512: true,
 }
 
-func deriveHKDF(base *key, m *wire.Mechanism, length int) ([]byte, error) {
+func deriveHKDF(base Key, m *wire.Mechanism, length int) ([]byte, error) {
 	if !m.Present {
 		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
@@ -52,7 +52,7 @@ func deriveHKDF(base *key, m *wire.Mechanism, length int) ([]byte, error) {
 	}
 	h := hashes[p.PRFHashMechanism]
 	size := h().Size()
-	ikm := base.value()
+	ikm := value(base)
 	if len(ikm) == 0 || len(ikm) > maxGenericBytes {
 		return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 	}

@@ -1,4 +1,4 @@
-package daemon
+package mech
 
 import (
 	"crypto/ecdh"
@@ -12,26 +12,28 @@ import (
 	"hsmemu/cryptoki/ck"
 )
 
-// key is an object as a mechanism sees it: its attributes and its
-// material, parsed on demand.
-type key struct {
-	obj     *object
-	class   uint64
-	keyType uint64
+// Key is a key object as a mechanism sees it. The token engine hands a
+// mechanism the key only once it has checked that the caller may use it
+// for this (its class, CKA_SIGN and kin, CKA_ALLOWED_MECHANISMS): a
+// mechanism reads what it needs, sensitive values included, and never
+// decides who may do what.
+type Key interface {
+	// Class is the key's CKA_CLASS; KeyType its CKA_KEY_TYPE.
+	Class() uint64
+	KeyType() uint64
+	// Attr returns an attribute's stored value, sealed ones (CKA_VALUE,
+	// CKA_PRIVATE_EXPONENT, ...) included.
+	Attr(t uint64) ([]byte, bool)
+	// Memo returns what parse returns, calling it at most once per key
+	// and kind in the common case: a parsed RSA key with its CRT values,
+	// an AES key schedule. Objects never change (an edit makes a new
+	// one), so what is kept stays right for the key's life.
+	Memo(kind string, parse func() (any, error)) (any, error)
 }
 
-func newKey(o *object) *key { return &key{obj: o, class: o.class(), keyType: o.keyType()} }
-
-// needsContextLogin reports a private key that wants the PIN again for
-// each use: only operations started with an Init can take that login.
-func (k *key) needsContextLogin() bool {
-	return k.class == ck.CKO_PRIVATE_KEY && k.obj.bool(ck.CKA_ALWAYS_AUTHENTICATE)
-}
-
-// memoKey parses a key's material once per object and kind (see
-// object.memo).
-func memoKey[T any](k *key, kind string, parse func() (T, error)) (T, error) {
-	v, err := k.obj.memo(kind, func() (any, error) { return parse() })
+// memoKey parses a key's material once per key and kind (Key.Memo), typed.
+func memoKey[T any](k Key, kind string, parse func(Key) (T, error)) (T, error) {
+	v, err := k.Memo(kind, func() (any, error) { return parse(k) })
 	if err != nil {
 		var zero T
 		return zero, err
@@ -39,9 +41,15 @@ func memoKey[T any](k *key, kind string, parse func() (T, error)) (T, error) {
 	return v.(T), nil
 }
 
+// value is a secret key's CKA_VALUE (a private EC or Edwards key's too).
+func value(k Key) []byte {
+	v, _ := k.Attr(ck.CKA_VALUE)
+	return v
+}
+
 // nistCurve returns the NIST curve of an EC key's CKA_EC_PARAMS.
-func (k *key) nistCurve() (elliptic.Curve, error) {
-	oid, name, err := k.ecParams()
+func nistCurve(k Key) (elliptic.Curve, error) {
+	oid, name, err := ecParams(k)
 	if err != nil {
 		return nil, err
 	}
@@ -52,27 +60,21 @@ func (k *key) nistCurve() (elliptic.Curve, error) {
 	return c, nil
 }
 
-// value is a secret key's CKA_VALUE.
-func (k *key) value() []byte {
-	v, _ := k.obj.get(ck.CKA_VALUE)
-	return v
-}
-
-func (k *key) bigAttr(t uint64) *big.Int {
-	v, _ := k.obj.get(t)
+func bigAttr(k Key, t uint64) *big.Int {
+	v, _ := k.Attr(t)
 	return new(big.Int).SetBytes(v)
 }
 
 var errKeyBroken = ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 
 // rsaPublic returns an RSA key's public half (of a public or private key).
-func (k *key) rsaPublic() (*rsa.PublicKey, error) { return memoKey(k, "rsaPublic", k.parseRsaPublic) }
+func rsaPublic(k Key) (*rsa.PublicKey, error) { return memoKey(k, "rsaPublic", parseRsaPublic) }
 
-func (k *key) parseRsaPublic() (*rsa.PublicKey, error) {
-	if k.keyType != ck.CKK_RSA {
+func parseRsaPublic(k Key) (*rsa.PublicKey, error) {
+	if k.KeyType() != ck.CKK_RSA {
 		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
-	n, e := k.bigAttr(ck.CKA_MODULUS), k.bigAttr(ck.CKA_PUBLIC_EXPONENT)
+	n, e := bigAttr(k, ck.CKA_MODULUS), bigAttr(k, ck.CKA_PUBLIC_EXPONENT)
 	if n.Sign() == 0 || !e.IsInt64() || e.Int64() < 3 || e.Int64() > 1<<31-1 {
 		return nil, errKeyBroken
 	}
@@ -81,25 +83,25 @@ func (k *key) parseRsaPublic() (*rsa.PublicKey, error) {
 
 // rsaPrivate returns an RSA private key, with its CRT values when the
 // object has its primes.
-func (k *key) rsaPrivate() (*rsa.PrivateKey, error) {
-	return memoKey(k, "rsaPrivate", k.parseRsaPrivate)
+func rsaPrivate(k Key) (*rsa.PrivateKey, error) {
+	return memoKey(k, "rsaPrivate", parseRsaPrivate)
 }
 
-func (k *key) parseRsaPrivate() (*rsa.PrivateKey, error) {
-	if k.keyType != ck.CKK_RSA || k.class != ck.CKO_PRIVATE_KEY {
+func parseRsaPrivate(k Key) (*rsa.PrivateKey, error) {
+	if k.KeyType() != ck.CKK_RSA || k.Class() != ck.CKO_PRIVATE_KEY {
 		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
-	pub, err := k.rsaPublic()
+	pub, err := rsaPublic(k)
 	if err != nil {
 		return nil, err
 	}
-	priv := &rsa.PrivateKey{PublicKey: *pub, D: k.bigAttr(ck.CKA_PRIVATE_EXPONENT)}
-	p, q := k.bigAttr(ck.CKA_PRIME_1), k.bigAttr(ck.CKA_PRIME_2)
+	priv := &rsa.PrivateKey{PublicKey: *pub, D: bigAttr(k, ck.CKA_PRIVATE_EXPONENT)}
+	p, q := bigAttr(k, ck.CKA_PRIME_1), bigAttr(k, ck.CKA_PRIME_2)
 	if p.Sign() > 0 && q.Sign() > 0 {
 		priv.Primes = []*big.Int{p, q}
 		// The object's CRT values spare crypto/rsa computing them again;
 		// it checks them against the rest.
-		dp, dq, qinv := k.bigAttr(ck.CKA_EXPONENT_1), k.bigAttr(ck.CKA_EXPONENT_2), k.bigAttr(ck.CKA_COEFFICIENT)
+		dp, dq, qinv := bigAttr(k, ck.CKA_EXPONENT_1), bigAttr(k, ck.CKA_EXPONENT_2), bigAttr(k, ck.CKA_COEFFICIENT)
 		if dp.Sign() > 0 && dq.Sign() > 0 && qinv.Sign() > 0 {
 			priv.Precomputed = rsa.PrecomputedValues{Dp: dp, Dq: dq, Qinv: qinv}
 		}
@@ -123,8 +125,8 @@ var (
 
 // ecParams reads CKA_EC_PARAMS: a DER OID, or a PrintableString naming the
 // curve (PKCS#11 3.0 allows both for Edwards curves).
-func (k *key) ecParams() (asn1.ObjectIdentifier, string, error) {
-	v, _ := k.obj.get(ck.CKA_EC_PARAMS)
+func ecParams(k Key) (asn1.ObjectIdentifier, string, error) {
+	v, _ := k.Attr(ck.CKA_EC_PARAMS)
 	return parseECParams(v)
 }
 
@@ -154,8 +156,8 @@ func ellipticCurve(oid asn1.ObjectIdentifier, name string) (elliptic.Curve, bool
 }
 
 // checkEd25519 accepts an Edwards key only on the curve this token has.
-func (k *key) checkEd25519() error {
-	oid, name, err := k.ecParams()
+func checkEd25519(k Key) error {
+	oid, name, err := ecParams(k)
 	if err != nil {
 		return err
 	}
@@ -180,19 +182,19 @@ func ecPoint(v []byte) []byte {
 }
 
 // ecdsaPublic returns an EC key's public key (of a public key object).
-func (k *key) ecdsaPublic() (*ecdsa.PublicKey, error) {
-	return memoKey(k, "ecdsaPublic", k.parseEcdsaPublic)
+func ecdsaPublic(k Key) (*ecdsa.PublicKey, error) {
+	return memoKey(k, "ecdsaPublic", parseEcdsaPublic)
 }
 
-func (k *key) parseEcdsaPublic() (*ecdsa.PublicKey, error) {
-	if k.keyType != ck.CKK_EC {
+func parseEcdsaPublic(k Key) (*ecdsa.PublicKey, error) {
+	if k.KeyType() != ck.CKK_EC {
 		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
-	c, err := k.nistCurve()
+	c, err := nistCurve(k)
 	if err != nil {
 		return nil, err
 	}
-	v, _ := k.obj.get(ck.CKA_EC_POINT)
+	v, _ := k.Attr(ck.CKA_EC_POINT)
 	pub, err := ecdsa.ParseUncompressedPublicKey(c, ecPoint(v))
 	if err != nil {
 		return nil, errKeyBroken
@@ -201,10 +203,10 @@ func (k *key) parseEcdsaPublic() (*ecdsa.PublicKey, error) {
 }
 
 // ecdsaScalar is the key for signing with precomputed nonces
-// (ecdsa_nonces.go).
-func (k *key) ecdsaScalar() (*ecScalar, error) {
-	return memoKey(k, "ecdsaScalar", func() (*ecScalar, error) {
-		priv, err := k.ecdsaPrivate()
+// (nonces.go).
+func ecdsaScalar(k Key) (*ecScalar, error) {
+	return memoKey(k, "ecdsaScalar", func(k Key) (*ecScalar, error) {
+		priv, err := ecdsaPrivate(k)
 		if err != nil {
 			return nil, err
 		}
@@ -222,21 +224,21 @@ func (k *key) ecdsaScalar() (*ecScalar, error) {
 }
 
 // ecdsaPrivate returns an EC private key.
-func (k *key) ecdsaPrivate() (*ecdsa.PrivateKey, error) {
-	return memoKey(k, "ecdsaPrivate", k.parseEcdsaPrivate)
+func ecdsaPrivate(k Key) (*ecdsa.PrivateKey, error) {
+	return memoKey(k, "ecdsaPrivate", parseEcdsaPrivate)
 }
 
-func (k *key) parseEcdsaPrivate() (*ecdsa.PrivateKey, error) {
-	if k.keyType != ck.CKK_EC || k.class != ck.CKO_PRIVATE_KEY {
+func parseEcdsaPrivate(k Key) (*ecdsa.PrivateKey, error) {
+	if k.KeyType() != ck.CKK_EC || k.Class() != ck.CKO_PRIVATE_KEY {
 		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
-	c, err := k.nistCurve()
+	c, err := nistCurve(k)
 	if err != nil {
 		return nil, err
 	}
 	// CKA_VALUE is the private scalar, big-endian; pad it to the curve's
 	// size, as some writers drop leading zeros.
-	d := k.value()
+	d := value(k)
 	size := (c.Params().BitSize + 7) / 8
 	if len(d) == 0 || len(d) > size {
 		return nil, errKeyBroken
@@ -251,12 +253,12 @@ func (k *key) parseEcdsaPrivate() (*ecdsa.PrivateKey, error) {
 }
 
 // ecdhPrivate returns an EC private key for key agreement.
-func (k *key) ecdhPrivate() (*ecdh.PrivateKey, error) {
-	return memoKey(k, "ecdhPrivate", k.parseEcdhPrivate)
+func ecdhPrivate(k Key) (*ecdh.PrivateKey, error) {
+	return memoKey(k, "ecdhPrivate", parseEcdhPrivate)
 }
 
-func (k *key) parseEcdhPrivate() (*ecdh.PrivateKey, error) {
-	priv, err := k.ecdsaPrivate()
+func parseEcdhPrivate(k Key) (*ecdh.PrivateKey, error) {
+	priv, err := ecdsaPrivate(k)
 	if err != nil {
 		return nil, err
 	}
@@ -268,18 +270,18 @@ func (k *key) parseEcdhPrivate() (*ecdh.PrivateKey, error) {
 }
 
 // ed25519Private returns an Edwards private key (CKA_VALUE is its seed).
-func (k *key) ed25519Private() (ed25519.PrivateKey, error) {
-	return memoKey(k, "ed25519Private", k.parseEd25519Private)
+func ed25519Private(k Key) (ed25519.PrivateKey, error) {
+	return memoKey(k, "ed25519Private", parseEd25519Private)
 }
 
-func (k *key) parseEd25519Private() (ed25519.PrivateKey, error) {
-	if k.keyType != ck.CKK_EC_EDWARDS || k.class != ck.CKO_PRIVATE_KEY {
+func parseEd25519Private(k Key) (ed25519.PrivateKey, error) {
+	if k.KeyType() != ck.CKK_EC_EDWARDS || k.Class() != ck.CKO_PRIVATE_KEY {
 		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
-	if err := k.checkEd25519(); err != nil {
+	if err := checkEd25519(k); err != nil {
 		return nil, err
 	}
-	seed := k.value()
+	seed := value(k)
 	if len(seed) != ed25519.SeedSize {
 		return nil, errKeyBroken
 	}
@@ -287,81 +289,21 @@ func (k *key) parseEd25519Private() (ed25519.PrivateKey, error) {
 }
 
 // ed25519Public returns an Edwards public key.
-func (k *key) ed25519Public() (ed25519.PublicKey, error) {
-	return memoKey(k, "ed25519Public", k.parseEd25519Public)
+func ed25519Public(k Key) (ed25519.PublicKey, error) {
+	return memoKey(k, "ed25519Public", parseEd25519Public)
 }
 
-func (k *key) parseEd25519Public() (ed25519.PublicKey, error) {
-	if k.keyType != ck.CKK_EC_EDWARDS {
+func parseEd25519Public(k Key) (ed25519.PublicKey, error) {
+	if k.KeyType() != ck.CKK_EC_EDWARDS {
 		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
-	if err := k.checkEd25519(); err != nil {
+	if err := checkEd25519(k); err != nil {
 		return nil, err
 	}
-	v, _ := k.obj.get(ck.CKA_EC_POINT)
+	v, _ := k.Attr(ck.CKA_EC_POINT)
 	p := ecPoint(v)
 	if len(p) != ed25519.PublicKeySize {
 		return nil, errKeyBroken
 	}
 	return ed25519.PublicKey(p), nil
-}
-
-// oidDER encodes a curve's OID as CKA_EC_PARAMS.
-func oidDER(oid asn1.ObjectIdentifier) []byte {
-	b, _ := asn1.Marshal(oid)
-	return b
-}
-
-// curveOID returns the OID of a NIST curve.
-func curveOID(c elliptic.Curve) (asn1.ObjectIdentifier, bool) {
-	switch c {
-	case elliptic.P256():
-		return oidP256, true
-	case elliptic.P384():
-		return oidP384, true
-	case elliptic.P521():
-		return oidP521, true
-	}
-	return nil, false
-}
-
-// privateKeyAttrs turns a parsed private key into a private key object's
-// attributes, and says its key type.
-func privateKeyAttrs(priv any) (map[uint64][]byte, uint64, error) {
-	switch k := priv.(type) {
-	case *rsa.PrivateKey:
-		if len(k.Primes) != 2 {
-			return nil, 0, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
-		}
-		k.Precompute()
-		return map[uint64][]byte{
-			ck.CKA_MODULUS:          k.N.Bytes(),
-			ck.CKA_PUBLIC_EXPONENT:  big.NewInt(int64(k.E)).Bytes(),
-			ck.CKA_PRIVATE_EXPONENT: k.D.Bytes(),
-			ck.CKA_PRIME_1:          k.Primes[0].Bytes(),
-			ck.CKA_PRIME_2:          k.Primes[1].Bytes(),
-			ck.CKA_EXPONENT_1:       k.Precomputed.Dp.Bytes(),
-			ck.CKA_EXPONENT_2:       k.Precomputed.Dq.Bytes(),
-			ck.CKA_COEFFICIENT:      k.Precomputed.Qinv.Bytes(),
-		}, ck.CKK_RSA, nil
-	case *ecdsa.PrivateKey:
-		oid, ok := curveOID(k.Curve)
-		if !ok {
-			return nil, 0, ck.Error(ck.CKR_CURVE_NOT_SUPPORTED)
-		}
-		d, err := k.Bytes()
-		if err != nil {
-			return nil, 0, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
-		}
-		return map[uint64][]byte{ck.CKA_EC_PARAMS: oidDER(oid), ck.CKA_VALUE: d}, ck.CKK_EC, nil
-	case ed25519.PrivateKey:
-		return map[uint64][]byte{ck.CKA_EC_PARAMS: oidDER(oidEd25519), ck.CKA_VALUE: k.Seed()}, ck.CKK_EC_EDWARDS, nil
-	}
-	return nil, 0, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
-}
-
-// pointDER wraps an EC point in the DER OCTET STRING CKA_EC_POINT holds.
-func pointDER(p []byte) []byte {
-	b, _ := asn1.Marshal(p)
-	return b
 }

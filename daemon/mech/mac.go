@@ -1,4 +1,4 @@
-package daemon
+package mech
 
 import (
 	"crypto/cipher"
@@ -15,8 +15,8 @@ import (
 // MAC whose length is a CK_ULONG parameter) are not offered: the protocol
 // table does not carry their parameter.
 
-func macMechanisms() map[uint64]*mechanism {
-	t := map[uint64]*mechanism{}
+func macMechanisms() map[uint64]*Mechanism {
+	t := map[uint64]*Mechanism{}
 	for typ, h := range map[uint64]uint64{
 		ck.CKM_SHA_1_HMAC:  ck.CKM_SHA_1,
 		ck.CKM_SHA224_HMAC: ck.CKM_SHA224,
@@ -25,8 +25,8 @@ func macMechanisms() map[uint64]*mechanism {
 		ck.CKM_SHA512_HMAC: ck.CKM_SHA512,
 	} {
 		newHash := hashes[h]
-		ctor := func(k *key, m *wire.Mechanism) (signOp, error) { return newHMAC(k, m, newHash) }
-		t[typ] = &mechanism{
+		ctor := func(k Key, m *wire.Mechanism) (SignOp, error) { return newHMAC(k, m, newHash) }
+		t[typ] = &Mechanism{
 			// Generic secret key sizes, in bits. PKCS#11 names generic
 			// secret keys for HMAC; AES keys are taken too, as other
 			// tokens do.
@@ -36,7 +36,7 @@ func macMechanisms() map[uint64]*mechanism {
 			verify:   ctor,
 		}
 	}
-	cmacCtor := func(k *key, m *wire.Mechanism) (signOp, error) {
+	cmacCtor := func(k Key, m *wire.Mechanism) (SignOp, error) {
 		if err := noParam(m); err != nil {
 			return nil, err
 		}
@@ -46,25 +46,25 @@ func macMechanisms() map[uint64]*mechanism {
 		}
 		return &macOp{h: newCMAC(b)}, nil
 	}
-	t[ck.CKM_AES_CMAC] = &mechanism{
+	t[ck.CKM_AES_CMAC] = &Mechanism{
 		info: aesInfo(ck.CKF_SIGN | ck.CKF_VERIFY), keyTypes: aesOnly,
 		sign: cmacCtor, verify: cmacCtor,
 	}
 	return t
 }
 
-func newHMAC(k *key, m *wire.Mechanism, h func() hash.Hash) (signOp, error) {
+func newHMAC(k Key, m *wire.Mechanism, h func() hash.Hash) (SignOp, error) {
 	if err := noParam(m); err != nil {
 		return nil, err
 	}
-	v := k.value()
+	v := value(k)
 	if len(v) == 0 || len(v) > maxGenericBytes {
 		return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 	}
 	return &macOp{h: hmac.New(h, v)}, nil
 }
 
-// macOp is a MAC as a signOp: Sign returns the whole MAC; Verify compares
+// macOp is a MAC as a SignOp: Sign returns the whole MAC; Verify compares
 // in constant time.
 type macOp struct{ h hash.Hash }
 

@@ -1,38 +1,29 @@
-package daemon
+package mech
 
 import (
-	"context"
 	"slices"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 )
 
-// Mechanisms. Each one is an entry of a table: what it is good for
-// (C_GetMechanismInfo), which key types it takes, and constructors for the
-// operations it implements. The engine does everything around them once:
-// sessions and their operation slots, key lookup and usage checks
-// (CKA_SIGN, CKA_ALLOWED_MECHANISMS, ...), the size-query convention, and
-// ending an operation when the specification says it ends. A mechanism only
-// computes.
-
-// cipherOp is an encryption or decryption in progress.
-type cipherOp interface {
+// CipherOp is an encryption or decryption in progress.
+type CipherOp interface {
 	// Update takes one part and returns what output it completes.
 	Update(in []byte) ([]byte, error)
 	// Final returns the last output.
 	Final() ([]byte, error)
 }
 
-// oneShot is implemented by cipher operations whose single-part form is
+// OneShot is implemented by cipher operations whose single-part form is
 // not Update then Final (GCM, RSA): C_Encrypt and C_Decrypt use it when
 // present.
-type oneShot interface {
+type OneShot interface {
 	One(in []byte) ([]byte, error)
 }
 
-// signOp is a signature, MAC or verification in progress.
-type signOp interface {
+// SignOp is a signature, MAC or verification in progress.
+type SignOp interface {
 	Update(in []byte) error
 	// Sign returns the signature (or MAC) of everything given.
 	Sign() ([]byte, error)
@@ -41,31 +32,48 @@ type signOp interface {
 	Verify(sig []byte) error
 }
 
-// singlePartOnly is implemented by sign operations that take their input
+// SinglePartOnly is implemented by sign operations that take their input
 // in one call only, as the specification lists them (raw RSA, ECDSA
 // without a hash, EdDSA): C_SignUpdate and C_VerifyUpdate on them are
 // CKR_FUNCTION_NOT_SUPPORTED, and end the operation.
-type singlePartOnly interface {
+type SinglePartOnly interface {
 	singlePart()
 }
 
-// digestOp is a digest in progress.
-type digestOp interface {
+// DigestOp is a digest in progress.
+type DigestOp interface {
 	Update(in []byte)
 	Sum() []byte
 }
 
-// mechanism is one entry of the table. A nil constructor means the
-// mechanism does not do that.
-type mechanism struct {
+// Func is something a mechanism can do.
+type Func int
+
+const (
+	Encrypt Func = iota
+	Decrypt
+	Sign
+	Verify
+	Digest
+	Generate
+	GeneratePair
+	Wrap
+	Unwrap
+	Derive
+)
+
+// Mechanism is one entry of the table. A nil constructor means the
+// mechanism does not do that; its method then answers
+// CKR_MECHANISM_INVALID.
+type Mechanism struct {
 	info     wire.MechanismInfo
 	keyTypes []uint64 // key types Init accepts; nil: no key (digests)
 
-	encrypt func(k *key, m *wire.Mechanism) (cipherOp, error)
-	decrypt func(k *key, m *wire.Mechanism) (cipherOp, error)
-	sign    func(k *key, m *wire.Mechanism) (signOp, error)
-	verify  func(k *key, m *wire.Mechanism) (signOp, error)
-	digest  func(m *wire.Mechanism) (digestOp, error)
+	encrypt func(k Key, m *wire.Mechanism) (CipherOp, error)
+	decrypt func(k Key, m *wire.Mechanism) (CipherOp, error)
+	sign    func(k Key, m *wire.Mechanism) (SignOp, error)
+	verify  func(k Key, m *wire.Mechanism) (SignOp, error)
+	digest  func(m *wire.Mechanism) (DigestOp, error)
 
 	// genKeyType is the key type generate and generatePair make.
 	genKeyType uint64
@@ -78,61 +86,175 @@ type mechanism struct {
 	generatePair func(m *wire.Mechanism, pub, priv map[uint64][]byte) (pubAdd, privAdd map[uint64][]byte, err error)
 	// wrap encrypts a key's encoding (a secret key's value, a private
 	// key's PKCS#8) under the wrapping key; unwrap decrypts it.
-	wrap   func(wrapping *key, m *wire.Mechanism, encoded []byte) ([]byte, error)
-	unwrap func(unwrapping *key, m *wire.Mechanism, wrapped []byte) ([]byte, error)
+	wrap   func(wrapping Key, m *wire.Mechanism, encoded []byte) ([]byte, error)
+	unwrap func(unwrapping Key, m *wire.Mechanism, wrapped []byte) ([]byte, error)
 	// derive returns the new key's value, of the length asked (0: the
 	// mechanism's natural length).
-	derive func(base *key, m *wire.Mechanism, length int) ([]byte, error)
+	derive func(base Key, m *wire.Mechanism, length int) ([]byte, error)
 }
 
-// mechanisms is the table, by mechanism type. Each family adds its own
-// entries in its file (mech_*.go) through a table function, so the table
-// is built once, in one place, with no global state changed at run time.
-var mechanisms = buildMechanisms()
+// Info is what C_GetMechanismInfo reports.
+func (m *Mechanism) Info() wire.MechanismInfo { return m.info }
 
-func buildMechanisms() map[uint64]*mechanism {
-	t := map[uint64]*mechanism{}
-	for _, family := range []func() map[uint64]*mechanism{
+// Takes reports whether an operation's key may be of key type kt.
+func (m *Mechanism) Takes(kt uint64) bool { return slices.Contains(m.keyTypes, kt) }
+
+// GenKeyType is the key type Generate and GeneratePair make.
+func (m *Mechanism) GenKeyType() uint64 { return m.genKeyType }
+
+// Does reports whether the mechanism does f.
+func (m *Mechanism) Does(f Func) bool {
+	switch f {
+	case Encrypt:
+		return m.encrypt != nil
+	case Decrypt:
+		return m.decrypt != nil
+	case Sign:
+		return m.sign != nil
+	case Verify:
+		return m.verify != nil
+	case Digest:
+		return m.digest != nil
+	case Generate:
+		return m.generate != nil
+	case GeneratePair:
+		return m.generatePair != nil
+	case Wrap:
+		return m.wrap != nil
+	case Unwrap:
+		return m.unwrap != nil
+	case Derive:
+		return m.derive != nil
+	}
+	return false
+}
+
+var errNotThis = ck.Error(ck.CKR_MECHANISM_INVALID)
+
+// Encrypt starts an encryption with key k and the call's mechanism p.
+func (m *Mechanism) Encrypt(k Key, p *wire.Mechanism) (CipherOp, error) {
+	if m.encrypt == nil {
+		return nil, errNotThis
+	}
+	return m.encrypt(k, p)
+}
+
+// Decrypt starts a decryption.
+func (m *Mechanism) Decrypt(k Key, p *wire.Mechanism) (CipherOp, error) {
+	if m.decrypt == nil {
+		return nil, errNotThis
+	}
+	return m.decrypt(k, p)
+}
+
+// Sign starts a signature (or a MAC).
+func (m *Mechanism) Sign(k Key, p *wire.Mechanism) (SignOp, error) {
+	if m.sign == nil {
+		return nil, errNotThis
+	}
+	return m.sign(k, p)
+}
+
+// Verify starts a verification.
+func (m *Mechanism) Verify(k Key, p *wire.Mechanism) (SignOp, error) {
+	if m.verify == nil {
+		return nil, errNotThis
+	}
+	return m.verify(k, p)
+}
+
+// Digest starts a digest.
+func (m *Mechanism) Digest(p *wire.Mechanism) (DigestOp, error) {
+	if m.digest == nil {
+		return nil, errNotThis
+	}
+	return m.digest(p)
+}
+
+// Generate makes a secret key's material for a checked template and
+// returns the attributes to add to it.
+func (m *Mechanism) Generate(p *wire.Mechanism, tmpl map[uint64][]byte) (map[uint64][]byte, error) {
+	if m.generate == nil {
+		return nil, errNotThis
+	}
+	return m.generate(p, tmpl)
+}
+
+// GeneratePair makes a key pair for checked templates and returns the
+// attributes to add to each half.
+func (m *Mechanism) GeneratePair(p *wire.Mechanism, pub, priv map[uint64][]byte) (pubAdd, privAdd map[uint64][]byte, err error) {
+	if m.generatePair == nil {
+		return nil, nil, errNotThis
+	}
+	return m.generatePair(p, pub, priv)
+}
+
+// Wrap encrypts a key's encoding (EncodeKey) under wrapping.
+func (m *Mechanism) Wrap(wrapping Key, p *wire.Mechanism, encoded []byte) ([]byte, error) {
+	if m.wrap == nil {
+		return nil, errNotThis
+	}
+	return m.wrap(wrapping, p, encoded)
+}
+
+// Unwrap decrypts a wrapped key's encoding; the caller wipes it.
+func (m *Mechanism) Unwrap(unwrapping Key, p *wire.Mechanism, wrapped []byte) ([]byte, error) {
+	if m.unwrap == nil {
+		return nil, errNotThis
+	}
+	return m.unwrap(unwrapping, p, wrapped)
+}
+
+// Derive returns a new key's value from base, of length bytes (0: the
+// mechanism's natural length).
+func (m *Mechanism) Derive(base Key, p *wire.Mechanism, length int) ([]byte, error) {
+	if m.derive == nil {
+		return nil, errNotThis
+	}
+	return m.derive(base, p, length)
+}
+
+// Table is every mechanism, by type, with what they own: the ECDSA nonce
+// pools and their fillers. It is a value: an engine makes one and closes
+// it when it stops, and tests run as many as they like.
+type Table struct {
+	byType map[uint64]*Mechanism
+	types  []uint64 // sorted
+	nonces *noncePools
+}
+
+// New builds the table. Each family adds its own entries in its file
+// through a table function, so the table is built once, in one place, with
+// no global state changed at run time.
+func New() *Table {
+	t := &Table{byType: map[uint64]*Mechanism{}, nonces: newNoncePools()}
+	for _, family := range []func() map[uint64]*Mechanism{
 		digestMechanisms,
 		symmetricMechanisms,
-		asymmetricMechanisms,
+		func() map[uint64]*Mechanism { return asymmetricMechanisms(t.nonces) },
 	} {
 		for typ, m := range family() {
-			if _, dup := t[typ]; dup {
-				panic("daemon: internal error: mechanism listed twice")
+			if _, dup := t.byType[typ]; dup {
+				panic("mech: internal error: mechanism listed twice")
 			}
-			t[typ] = m
+			t.byType[typ] = m
+			t.types = append(t.types, typ)
 		}
 	}
+	slices.Sort(t.types)
 	return t
 }
 
-// MechanismList returns the mechanisms a slot's token implements, sorted.
-func (e *Engine) MechanismList(ctx context.Context, slot uint64) ([]uint64, error) {
-	if slot != freeSlot {
-		if _, err := e.token(ctx, slot); err != nil {
-			return nil, err
-		}
-	}
-	list := make([]uint64, 0, len(mechanisms))
-	for t := range mechanisms {
-		list = append(list, t)
-	}
-	slices.Sort(list)
-	return list, nil
+// Close stops the table's background work (the nonce fillers). The
+// mechanisms keep working, more slowly.
+func (t *Table) Close() { t.nonces.close() }
+
+// Get returns the mechanism of type typ.
+func (t *Table) Get(typ uint64) (*Mechanism, bool) {
+	m, ok := t.byType[typ]
+	return m, ok
 }
 
-// MechanismInfo describes one mechanism.
-func (e *Engine) MechanismInfo(ctx context.Context, slot, typ uint64) (*wire.MechanismInfo, error) {
-	if slot != freeSlot {
-		if _, err := e.token(ctx, slot); err != nil {
-			return nil, err
-		}
-	}
-	m, ok := mechanisms[typ]
-	if !ok {
-		return nil, ck.Error(ck.CKR_MECHANISM_INVALID)
-	}
-	info := m.info
-	return &info, nil
-}
+// Types lists the mechanism types, sorted. The slice is the table's: do
+// not change it.
+func (t *Table) Types() []uint64 { return t.types }

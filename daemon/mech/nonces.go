@@ -1,4 +1,4 @@
-package daemon
+package mech
 
 import (
 	"crypto/ecdh"
@@ -20,7 +20,8 @@ import (
 // per curve keeps a pool of those, so a signature is then two modular
 // multiplications and an addition: s = k⁻¹·(e + r·d) mod n. Each nonce is
 // taken from the pool once and wiped after use; when the pool is empty the
-// signer makes one inline, the same way.
+// signer makes one inline, the same way. The pools belong to a Table,
+// whose Close stops their goroutines.
 //
 // The nonces are random (crypto/rand), not hedged with the key and the
 // message as crypto/ecdsa's are: they are made before either is known. So
@@ -36,13 +37,20 @@ import (
 // the modular inverse, works on k·b for a fresh random b, which is uniform
 // and independent of k; multiplying its inverse by b gives k⁻¹.
 
-// nonceCurve is one curve's parameters and pool.
+// nonceCurve is one curve's parameters: immutable, shared by every pool.
 type nonceCurve struct {
 	ecdh  ecdh.Curve
 	n     *bigmod.Modulus
 	nBig  *big.Int
 	size  int // bytes of a scalar
 	coord int // bytes of a coordinate
+}
+
+// noncePool is one curve's precomputed nonces and the goroutine that
+// fills them, owned by a Table: Close stops it.
+type noncePool struct {
+	*nonceCurve
+	done <-chan struct{} // closed when the Table closes
 
 	start sync.Once
 	mu    sync.Mutex
@@ -80,10 +88,11 @@ const (
 	nonceDryPause = 20 * time.Millisecond
 )
 
+// The NIST curves' parameters.
 var (
-	nonceP256 = newNonceCurve(ecdh.P256(), elliptic.P256())
-	nonceP384 = newNonceCurve(ecdh.P384(), elliptic.P384())
-	nonceP521 = newNonceCurve(ecdh.P521(), elliptic.P521())
+	curveP256 = newNonceCurve(ecdh.P256(), elliptic.P256())
+	curveP384 = newNonceCurve(ecdh.P384(), elliptic.P384())
+	curveP521 = newNonceCurve(ecdh.P521(), elliptic.P521())
 )
 
 func newNonceCurve(e ecdh.Curve, c elliptic.Curve) *nonceCurve {
@@ -92,22 +101,42 @@ func newNonceCurve(e ecdh.Curve, c elliptic.Curve) *nonceCurve {
 	if err != nil {
 		panic(err)
 	}
-	return &nonceCurve{ecdh: e, n: n, nBig: p.N, size: (p.N.BitLen() + 7) / 8, coord: (p.BitSize + 7) / 8,
-		kick: make(chan struct{}, 1)}
+	return &nonceCurve{ecdh: e, n: n, nBig: p.N, size: (p.N.BitLen() + 7) / 8, coord: (p.BitSize + 7) / 8}
 }
 
-// nonceCurveOf returns the pool of a NIST curve.
+// nonceCurveOf returns the parameters of a NIST curve.
 func nonceCurveOf(c elliptic.Curve) (*nonceCurve, bool) {
 	switch c {
 	case elliptic.P256():
-		return nonceP256, true
+		return curveP256, true
 	case elliptic.P384():
-		return nonceP384, true
+		return curveP384, true
 	case elliptic.P521():
-		return nonceP521, true
+		return curveP521, true
 	}
 	return nil, false
 }
+
+// noncePools are a Table's pools, one per curve. Their fillers start on
+// a curve's first signature and stop when the Table closes.
+type noncePools struct {
+	byCurve map[*nonceCurve]*noncePool
+	done    chan struct{}
+	once    sync.Once
+}
+
+func newNoncePools() *noncePools {
+	ps := &noncePools{byCurve: map[*nonceCurve]*noncePool{}, done: make(chan struct{})}
+	for _, c := range []*nonceCurve{curveP256, curveP384, curveP521} {
+		ps.byCurve[c] = &noncePool{nonceCurve: c, done: ps.done, kick: make(chan struct{}, 1)}
+	}
+	return ps
+}
+
+func (ps *noncePools) of(c *nonceCurve) *noncePool { return ps.byCurve[c] }
+
+// close stops the fillers; signatures go on, each making its own nonce.
+func (ps *noncePools) close() { ps.once.Do(func() { close(ps.done) }) }
 
 // randomScalar returns a uniform scalar in [1, n-1].
 func (c *nonceCurve) randomScalar() (*bigmod.Nat, []byte, error) {
@@ -189,7 +218,7 @@ func (c *nonceCurve) makeOnce() (_ *nonce, retry bool, err error) {
 
 // take returns a nonce from the pool, or a fresh one if it is empty, and
 // starts the curve's filler on first use.
-func (c *nonceCurve) take() (*nonce, error) {
+func (c *noncePool) take() (*nonce, error) {
 	c.start.Do(func() { go c.fill() })
 	c.mu.Lock()
 	var nc *nonce
@@ -221,7 +250,7 @@ func (c *nonceCurve) take() (*nonce, error) {
 
 // put adds a nonce to the pool unless it is full, and says how many
 // nonces the pool held before.
-func (c *nonceCurve) put(nc *nonce) (had int, ok bool) {
+func (c *noncePool) put(nc *nonce) (had int, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	had = len(c.ready)
@@ -238,11 +267,21 @@ func (c *nonceCurve) put(nc *nonce) (had int, ok bool) {
 // runtime preempts it, 10 ms on, while a connection whose read returned
 // with every P busy waits for one. It gives up when the pool stays empty
 // while it fills: the signers outpace it (noncePoolSize says why).
-func (c *nonceCurve) fill() {
-	for range c.kick {
+func (c *noncePool) fill() {
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-c.kick:
+		}
 		dry := 0
 		for i := 1; ; i++ {
 			if i%8 == 0 {
+				select {
+				case <-c.done:
+					return
+				default:
+				}
 				runtime.Gosched()
 			}
 			nc, err := c.make()
@@ -278,7 +317,7 @@ func (c *nonceCurve) hashToNat(hash []byte) (*bigmod.Nat, error) {
 }
 
 // sign makes r || s with private scalar d over digest hash.
-func (c *nonceCurve) sign(d *bigmod.Nat, hash []byte) ([]byte, error) {
+func (c *noncePool) sign(d *bigmod.Nat, hash []byte) ([]byte, error) {
 	e, err := c.hashToNat(hash)
 	if err != nil {
 		return nil, err
@@ -304,8 +343,7 @@ func (c *nonceCurve) sign(d *bigmod.Nat, hash []byte) ([]byte, error) {
 // wipeNat zeroes a scalar in place.
 func wipeNat(x *bigmod.Nat) { clear(x.Bits()) }
 
-// ecScalar is an EC private key ready for sign: its curve's pool and its
-// scalar.
+// ecScalar is an EC private key ready for sign: its curve and its scalar.
 type ecScalar struct {
 	curve *nonceCurve
 	d     *bigmod.Nat

@@ -1,4 +1,4 @@
-package daemon
+package mech
 
 import (
 	"bytes"
@@ -17,7 +17,7 @@ import (
 // RSA: key pairs, PKCS#1 v1.5 and PSS signatures, PKCS#1 v1.5 and OAEP
 // encryption and key wrap, and RSA-AES key wrap. The primitives are
 // crypto/rsa's, and for RSA-AES the symmetric family's AES key wrap with
-// padding (mech_aeskw.go); this file maps the specification's parameters
+// padding (aeskw.go); this file maps the specification's parameters
 // onto them.
 
 // Modulus sizes, in bits. crypto/rsa refuses keys under 1024 bits, and
@@ -36,11 +36,11 @@ func rsaInfo(flags uint64) wire.MechanismInfo {
 	return wire.MechanismInfo{MinKeySize: rsaMinBits, MaxKeySize: rsaMaxBits, Flags: flags}
 }
 
-func rsaMechanisms() map[uint64]*mechanism {
+func rsaMechanisms() map[uint64]*Mechanism {
 	signVerify := uint64(ck.CKF_SIGN | ck.CKF_VERIFY)
 	pkcsSign, pkcsVerify := rsaPKCS1Signer(0)
 	pssSign, pssVerify := rsaPSSSigner(0)
-	t := map[uint64]*mechanism{
+	t := map[uint64]*Mechanism{
 		ck.CKM_RSA_PKCS_KEY_PAIR_GEN: {
 			info:         wire.MechanismInfo{MinKeySize: rsaGenMinBits, MaxKeySize: rsaGenMaxBits, Flags: ck.CKF_GENERATE_KEY_PAIR},
 			genKeyType:   ck.CKK_RSA,
@@ -49,20 +49,20 @@ func rsaMechanisms() map[uint64]*mechanism {
 		ck.CKM_RSA_PKCS: {
 			info:     rsaInfo(ck.CKF_ENCRYPT | ck.CKF_DECRYPT | signVerify | ck.CKF_WRAP | ck.CKF_UNWRAP),
 			keyTypes: rsaOnly,
-			encrypt:  func(k *key, m *wire.Mechanism) (cipherOp, error) { return rsaCipherOp(k, m, rsaPKCS1v15, false) },
-			decrypt:  func(k *key, m *wire.Mechanism) (cipherOp, error) { return rsaCipherOp(k, m, rsaPKCS1v15, true) },
+			encrypt:  func(k Key, m *wire.Mechanism) (CipherOp, error) { return rsaCipherOp(k, m, rsaPKCS1v15, false) },
+			decrypt:  func(k Key, m *wire.Mechanism) (CipherOp, error) { return rsaCipherOp(k, m, rsaPKCS1v15, true) },
 			sign:     pkcsSign,
 			verify:   pkcsVerify,
-			wrap:     func(w *key, m *wire.Mechanism, enc []byte) ([]byte, error) { return rsaWrap(w, m, rsaPKCS1v15, enc) },
-			unwrap:   func(u *key, m *wire.Mechanism, wr []byte) ([]byte, error) { return rsaUnwrap(u, m, rsaPKCS1v15, wr) },
+			wrap:     func(w Key, m *wire.Mechanism, enc []byte) ([]byte, error) { return rsaWrap(w, m, rsaPKCS1v15, enc) },
+			unwrap:   func(u Key, m *wire.Mechanism, wr []byte) ([]byte, error) { return rsaUnwrap(u, m, rsaPKCS1v15, wr) },
 		},
 		ck.CKM_RSA_PKCS_OAEP: {
 			info:     rsaInfo(ck.CKF_ENCRYPT | ck.CKF_DECRYPT | ck.CKF_WRAP | ck.CKF_UNWRAP),
 			keyTypes: rsaOnly,
-			encrypt:  func(k *key, m *wire.Mechanism) (cipherOp, error) { return rsaCipherOp(k, m, rsaOAEP, false) },
-			decrypt:  func(k *key, m *wire.Mechanism) (cipherOp, error) { return rsaCipherOp(k, m, rsaOAEP, true) },
-			wrap:     func(w *key, m *wire.Mechanism, enc []byte) ([]byte, error) { return rsaWrap(w, m, rsaOAEP, enc) },
-			unwrap:   func(u *key, m *wire.Mechanism, wr []byte) ([]byte, error) { return rsaUnwrap(u, m, rsaOAEP, wr) },
+			encrypt:  func(k Key, m *wire.Mechanism) (CipherOp, error) { return rsaCipherOp(k, m, rsaOAEP, false) },
+			decrypt:  func(k Key, m *wire.Mechanism) (CipherOp, error) { return rsaCipherOp(k, m, rsaOAEP, true) },
+			wrap:     func(w Key, m *wire.Mechanism, enc []byte) ([]byte, error) { return rsaWrap(w, m, rsaOAEP, enc) },
+			unwrap:   func(u Key, m *wire.Mechanism, wr []byte) ([]byte, error) { return rsaUnwrap(u, m, rsaOAEP, wr) },
 		},
 		ck.CKM_RSA_PKCS_PSS: {info: rsaInfo(signVerify), keyTypes: rsaOnly, sign: pssSign, verify: pssVerify},
 		ck.CKM_RSA_AES_KEY_WRAP: {
@@ -80,7 +80,7 @@ func rsaMechanisms() map[uint64]*mechanism {
 		ck.CKM_SHA512_RSA_PKCS: ck.CKM_SHA512,
 	} {
 		sign, verify := rsaPKCS1Signer(h)
-		t[typ] = &mechanism{info: rsaInfo(signVerify), keyTypes: rsaOnly, sign: sign, verify: verify}
+		t[typ] = &Mechanism{info: rsaInfo(signVerify), keyTypes: rsaOnly, sign: sign, verify: verify}
 	}
 	for typ, h := range map[uint64]uint64{
 		ck.CKM_SHA1_RSA_PKCS_PSS:   ck.CKM_SHA_1,
@@ -90,7 +90,7 @@ func rsaMechanisms() map[uint64]*mechanism {
 		ck.CKM_SHA512_RSA_PKCS_PSS: ck.CKM_SHA512,
 	} {
 		sign, verify := rsaPSSSigner(h)
-		t[typ] = &mechanism{info: rsaInfo(signVerify), keyTypes: rsaOnly, sign: sign, verify: verify}
+		t[typ] = &Mechanism{info: rsaInfo(signVerify), keyTypes: rsaOnly, sign: sign, verify: verify}
 	}
 	return t
 }
@@ -128,7 +128,7 @@ func rsaGeneratePair(m *wire.Mechanism, pub, priv map[uint64][]byte) (map[uint64
 	if err != nil {
 		return nil, nil, ck.Error(ck.CKR_FUNCTION_FAILED)
 	}
-	privAdd, _, err := privateKeyAttrs(k)
+	privAdd, _, err := PrivateKeyAttrs(k)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -181,8 +181,8 @@ func rsaGenerateWithExponent(bits, e int) (*rsa.PrivateKey, error) {
 
 // rsaPublicKey returns a key's RSA public key, within the sizes hsmemu
 // takes.
-func rsaPublicKey(k *key) (*rsa.PublicKey, error) {
-	pub, err := k.rsaPublic()
+func rsaPublicKey(k Key) (*rsa.PublicKey, error) {
+	pub, err := rsaPublic(k)
 	if err != nil {
 		return nil, err
 	}
@@ -194,27 +194,27 @@ func rsaPublicKey(k *key) (*rsa.PublicKey, error) {
 
 // rsaPrivateKey returns a private key's RSA key, within the sizes hsmemu
 // takes.
-func rsaPrivateKey(k *key) (*rsa.PrivateKey, error) {
-	if k.class != ck.CKO_PRIVATE_KEY {
+func rsaPrivateKey(k Key) (*rsa.PrivateKey, error) {
+	if k.Class() != ck.CKO_PRIVATE_KEY {
 		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
 	if _, err := rsaPublicKey(k); err != nil {
 		return nil, err
 	}
-	return k.rsaPrivate()
+	return rsaPrivate(k)
 }
 
 // rsaPKCS1Signer returns the constructors of a PKCS#1 v1.5 signature:
 // over the input's digest by the digest mechanism hashMech, or (hashMech
 // 0, CKM_RSA_PKCS) over the input as given, which the caller has made a
 // DigestInfo.
-func rsaPKCS1Signer(hashMech uint64) (sign, verify func(*key, *wire.Mechanism) (signOp, error)) {
+func rsaPKCS1Signer(hashMech uint64) (sign, verify func(Key, *wire.Mechanism) (SignOp, error)) {
 	h := sigHashes[hashMech]
-	sign = func(k *key, m *wire.Mechanism) (signOp, error) {
+	sign = func(k Key, m *wire.Mechanism) (SignOp, error) {
 		if m.Present {
 			return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 		}
-		sk, err := k.rsaSigning()
+		sk, err := rsaSigning(k)
 		if err != nil {
 			return nil, err
 		}
@@ -229,7 +229,7 @@ func rsaPKCS1Signer(hashMech uint64) (sign, verify func(*key, *wire.Mechanism) (
 			return sig, nil
 		}, nil), nil
 	}
-	verify = func(k *key, m *wire.Mechanism) (signOp, error) {
+	verify = func(k Key, m *wire.Mechanism) (SignOp, error) {
 		if m.Present {
 			return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 		}
@@ -280,11 +280,11 @@ func pssParams(m *wire.Mechanism, hashMech uint64, pub *rsa.PublicKey) (crypto.H
 // input's digest by hashMech, or (hashMech 0, CKM_RSA_PKCS_PSS) over the
 // input as given, which must be a digest of the parameter's hash.
 //
-// Signing encodes PSS here (rsa_sign.go), so any salt length the key
+// Signing encodes PSS here (rsasign.go), so any salt length the key
 // allows works, an empty one too; verifying with sLen 0 is done here too.
-func rsaPSSSigner(hashMech uint64) (sign, verify func(*key, *wire.Mechanism) (signOp, error)) {
-	sign = func(k *key, m *wire.Mechanism) (signOp, error) {
-		sk, err := k.rsaSigning()
+func rsaPSSSigner(hashMech uint64) (sign, verify func(Key, *wire.Mechanism) (SignOp, error)) {
+	sign = func(k Key, m *wire.Mechanism) (SignOp, error) {
+		sk, err := rsaSigning(k)
 		if err != nil {
 			return nil, err
 		}
@@ -306,7 +306,7 @@ func rsaPSSSigner(hashMech uint64) (sign, verify func(*key, *wire.Mechanism) (si
 			return sig, nil
 		}, nil), nil
 	}
-	verify = func(k *key, m *wire.Mechanism) (signOp, error) {
+	verify = func(k Key, m *wire.Mechanism) (SignOp, error) {
 		pub, err := rsaPublicKey(k)
 		if err != nil {
 			return nil, err
@@ -493,7 +493,7 @@ func (c rsaCipher) One(in []byte) ([]byte, error) { return c.one(in) }
 func (rsaCipher) Update([]byte) ([]byte, error)   { return nil, ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED) }
 func (rsaCipher) Final() ([]byte, error)          { return nil, ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED) }
 
-func rsaCipherOp(k *key, m *wire.Mechanism, p rsaPadding, decrypt bool) (cipherOp, error) {
+func rsaCipherOp(k Key, m *wire.Mechanism, p rsaPadding, decrypt bool) (CipherOp, error) {
 	s, err := schemeOf(m, p)
 	if err != nil {
 		return nil, err
@@ -537,7 +537,7 @@ func rsaCipherOp(k *key, m *wire.Mechanism, p rsaPadding, decrypt bool) (cipherO
 }
 
 // rsaWrap encrypts a key's encoding under an RSA public key.
-func rsaWrap(w *key, m *wire.Mechanism, p rsaPadding, enc []byte) ([]byte, error) {
+func rsaWrap(w Key, m *wire.Mechanism, p rsaPadding, enc []byte) ([]byte, error) {
 	s, err := schemeOf(m, p)
 	if err != nil {
 		return nil, err
@@ -558,7 +558,7 @@ func rsaWrap(w *key, m *wire.Mechanism, p rsaPadding, enc []byte) ([]byte, error
 }
 
 // rsaUnwrap decrypts a wrapped key with an RSA private key.
-func rsaUnwrap(u *key, m *wire.Mechanism, p rsaPadding, wrapped []byte) ([]byte, error) {
+func rsaUnwrap(u Key, m *wire.Mechanism, p rsaPadding, wrapped []byte) ([]byte, error) {
 	s, err := schemeOf(m, p)
 	if err != nil {
 		return nil, err
@@ -579,7 +579,7 @@ func rsaUnwrap(u *key, m *wire.Mechanism, p rsaPadding, wrapped []byte) ([]byte,
 
 // wrapKeyErr names a wrapping key's size error for its role.
 func wrapKeyErr(err error, sizeCode uint64) error {
-	if c, _ := rvOf(err); c == ck.CKR_KEY_SIZE_RANGE {
+	if errors.Is(err, ck.Error(ck.CKR_KEY_SIZE_RANGE)) {
 		return ck.Error(sizeCode)
 	}
 	return err
@@ -607,7 +607,7 @@ func rsaAESParams(m *wire.Mechanism) (int, rsaScheme, error) {
 // rsaAESWrap is CKM_RSA_AES_KEY_WRAP (PKCS#11 3.0, 2.1.21): a fresh AES
 // key wrapped with OAEP under the RSA key, followed by the target wrapped
 // under that AES key with AES key wrap with padding.
-func rsaAESWrap(w *key, m *wire.Mechanism, enc []byte) ([]byte, error) {
+func rsaAESWrap(w Key, m *wire.Mechanism, enc []byte) ([]byte, error) {
 	n, s, err := rsaAESParams(m)
 	if err != nil {
 		return nil, err
@@ -634,7 +634,7 @@ func rsaAESWrap(w *key, m *wire.Mechanism, enc []byte) ([]byte, error) {
 }
 
 // rsaAESUnwrap undoes rsaAESWrap.
-func rsaAESUnwrap(u *key, m *wire.Mechanism, wrapped []byte) ([]byte, error) {
+func rsaAESUnwrap(u Key, m *wire.Mechanism, wrapped []byte) ([]byte, error) {
 	n, s, err := rsaAESParams(m)
 	if err != nil {
 		return nil, err

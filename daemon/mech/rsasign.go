@@ -1,4 +1,4 @@
-package daemon
+package mech
 
 import (
 	"crypto"
@@ -6,7 +6,7 @@ import (
 	"crypto/rsa"
 
 	"hsmemu/cryptoki/ck"
-	"hsmemu/daemon/internal/rsaraw"
+	"hsmemu/daemon/mech/internal/rsaraw"
 )
 
 // RSA signatures are encoded here (RFC 8017, EMSA-PKCS1-v1_5 and
@@ -89,8 +89,8 @@ type rsaSigningKey struct {
 	raw  *rsaraw.Key // nil: sign with crypto/rsa
 }
 
-func (k *key) rsaSigning() (*rsaSigningKey, error) {
-	return memoKey(k, "rsaSigning", func() (*rsaSigningKey, error) {
+func rsaSigning(k Key) (*rsaSigningKey, error) {
+	return memoKey(k, "rsaSigning", func(k Key) (*rsaSigningKey, error) {
 		priv, err := rsaPrivateKey(k)
 		if err != nil {
 			return nil, err

@@ -1,4 +1,4 @@
-package daemon
+package mech
 
 import (
 	"crypto/aes"
@@ -10,21 +10,21 @@ import (
 )
 
 // Secret-key mechanisms. The family is split by what the mechanisms do:
-//   - mech_aes.go: AES key generation and the cipher modes ECB, CBC,
+//   - aes.go: AES key generation and the cipher modes ECB, CBC,
 //     CBC_PAD, CTR and GCM, plus generic secret key generation;
-//   - mech_mac.go: HMAC over SHA-1 and SHA-2, and AES-CMAC;
-//   - mech_aeskw.go: AES key wrap (RFC 3394) and key wrap with padding
+//   - mac.go: HMAC over SHA-1 and SHA-2, and AES-CMAC;
+//   - aeskw.go: AES key wrap (RFC 3394) and key wrap with padding
 //     (RFC 5649), and CBC_PAD as a wrapping mechanism;
-//   - mech_hkdf.go: HKDF key derivation.
+//   - hkdf.go: HKDF key derivation.
 //
 // Sizes in CK_MECHANISM_INFO follow the specification: bytes for AES
 // mechanisms, bits for those taking generic secret keys (HMAC, HKDF and
 // generic secret key generation).
 
 // symmetricMechanisms lists the secret-key mechanisms.
-func symmetricMechanisms() map[uint64]*mechanism {
-	t := map[uint64]*mechanism{}
-	for _, part := range []map[uint64]*mechanism{
+func symmetricMechanisms() map[uint64]*Mechanism {
+	t := map[uint64]*Mechanism{}
+	for _, part := range []map[uint64]*Mechanism{
 		aesMechanisms(),
 		macMechanisms(),
 		keyWrapMechanisms(),
@@ -32,7 +32,7 @@ func symmetricMechanisms() map[uint64]*mechanism {
 	} {
 		for typ := range part {
 			if _, dup := t[typ]; dup {
-				panic("daemon: internal error: symmetric mechanism listed twice")
+				panic("mech: internal error: symmetric mechanism listed twice")
 			}
 		}
 		maps.Copy(t, part)
@@ -67,12 +67,12 @@ func aesInfo(flags uint64) wire.MechanismInfo {
 // aesBlock returns the AES cipher of a key's value. The key schedule is
 // kept with the object, like any parsed key: a cipher.Block is safe for
 // concurrent use.
-func aesBlock(k *key) (cipher.Block, error) {
-	if k.keyType != ck.CKK_AES {
+func aesBlock(k Key) (cipher.Block, error) {
+	if k.KeyType() != ck.CKK_AES {
 		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
-	b, err := k.obj.memo("aes", func() (any, error) {
-		b, err := aes.NewCipher(k.value())
+	b, err := k.Memo("aes", func() (any, error) {
+		b, err := aes.NewCipher(value(k))
 		if err != nil {
 			return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 		}
@@ -139,7 +139,7 @@ func (b *buffer) take() []byte {
 	return v
 }
 
-// oneShotCipher turns a single-part cipher function into a cipherOp whose
+// oneShotCipher turns a single-part cipher function into a CipherOp whose
 // multi-part form buffers everything and computes at Final: the output of
 // GCM and key wrap depends on the whole input, and a decryption must not
 // release any plaintext before it is authenticated.

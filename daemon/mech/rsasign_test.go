@@ -1,4 +1,4 @@
-package daemon
+package mech
 
 import (
 	"bytes"
@@ -7,7 +7,7 @@ import (
 	"crypto/rsa"
 	"testing"
 
-	"hsmemu/daemon/internal/rsaraw"
+	"hsmemu/daemon/mech/internal/rsaraw"
 )
 
 // Signatures made with OpenSSL's private operation and the encodings here

@@ -1,4 +1,4 @@
-package daemon
+package mech
 
 import (
 	"crypto"
@@ -21,7 +21,7 @@ import (
 // the standard library's call on a key parsed once.
 
 // benchSign runs a mechanism's sign constructor, input and signature.
-func benchSign(b *testing.B, k *key, m *wire.Mechanism, in []byte) {
+func benchSign(b *testing.B, k Key, m *wire.Mechanism, in []byte) {
 	b.Helper()
 	sign := mechanisms[m.Type].sign
 	for b.Loop() {
@@ -40,7 +40,7 @@ func benchSign(b *testing.B, k *key, m *wire.Mechanism, in []byte) {
 
 func BenchmarkMechECDSAP256Sign(b *testing.B) {
 	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	attrs, kt, err := privateKeyAttrs(priv)
+	attrs, kt, err := PrivateKeyAttrs(priv)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func BenchmarkMechECDSAP256Sign(b *testing.B) {
 	})
 	b.Run("parse", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := k.ecdsaPrivate(); err != nil {
+			if _, err := ecdsaPrivate(k); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -77,7 +77,7 @@ func BenchmarkMechRSA2048SignSHA256PKCS(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	attrs, kt, err := privateKeyAttrs(priv)
+	attrs, kt, err := PrivateKeyAttrs(priv)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func BenchmarkMechRSA2048SignSHA256PKCS(b *testing.B) {
 	})
 	b.Run("parse", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := k.rsaPrivate(); err != nil {
+			if _, err := rsaPrivate(k); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -105,7 +105,7 @@ func BenchmarkMechRSA2048SignSHA256PKCS(b *testing.B) {
 
 func BenchmarkMechEd25519Sign(b *testing.B) {
 	_, priv, _ := ed25519.GenerateKey(nil)
-	attrs, kt, err := privateKeyAttrs(priv)
+	attrs, kt, err := PrivateKeyAttrs(priv)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func BenchmarkMechEd25519Sign(b *testing.B) {
 	})
 	b.Run("parse", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := k.ed25519Private(); err != nil {
+			if _, err := ed25519Private(k); err != nil {
 				b.Fatal(err)
 			}
 		}

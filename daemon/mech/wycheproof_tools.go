@@ -1,6 +1,6 @@
 //go:build tools
 
-package daemon
+package mech
 
 // The Wycheproof test vectors are read from their module by the tests
 // (wycheproof_test.go); this import, never built, keeps the module in

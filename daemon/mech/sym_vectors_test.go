@@ -1,4 +1,4 @@
-package daemon
+package mech
 
 import (
 	"bytes"
@@ -6,104 +6,22 @@ import (
 	"crypto/cipher"
 	"crypto/hmac"
 	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"testing"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
-	"hsmemu/keystore"
+	"hsmemu/daemon/mech/mechtest"
 )
 
 // Wycheproof against the secret-key mechanisms in process, through the
 // mechanism table (the same constructors the engine calls), and the
 // benchmarks of those mechanisms beside the bare standard library.
 
-// wpHex is a Wycheproof hex string.
-type wpHex []byte
-
-func (h *wpHex) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return err
-	}
-	v, err := hex.DecodeString(s)
-	*h = v
-	return err
-}
-
-type wpFile struct {
-	Algorithm     string    `json:"algorithm"`
-	NumberOfTests int       `json:"numberOfTests"`
-	TestGroups    []wpGroup `json:"testGroups"`
-}
-
-type wpGroup struct {
-	IVSize  int      `json:"ivSize"`  // bits
-	KeySize int      `json:"keySize"` // bits
-	TagSize int      `json:"tagSize"` // bits
-	Tests   []wpTest `json:"tests"`
-}
-
-type wpTest struct {
-	TcID   int    `json:"tcId"`
-	Result string `json:"result"` // valid, invalid or acceptable
-	Key    wpHex  `json:"key"`
-	IV     wpHex  `json:"iv"`
-	AAD    wpHex  `json:"aad"`
-	Msg    wpHex  `json:"msg"`
-	CT     wpHex  `json:"ct"`
-	Tag    wpHex  `json:"tag"`
-	IKM    wpHex  `json:"ikm"`
-	Salt   wpHex  `json:"salt"`
-	Info   wpHex  `json:"info"`
-	Size   int    `json:"size"`
-	OKM    wpHex  `json:"okm"`
-}
-
-// loadWycheproof reads a vector file of the Wycheproof module.
-func loadWycheproof(t testing.TB, name string) *wpFile {
-	t.Helper()
-	b := wycheproofFile(t, name)
-	var f wpFile
-	if err := json.Unmarshal(b, &f); err != nil {
-		t.Fatalf("%s: %v", name, err)
-	}
-	n := 0
-	for _, g := range f.TestGroups {
-		n += len(g.Tests)
-	}
-	if n != f.NumberOfTests || n == 0 {
-		t.Fatalf("%s: %d tests, the file says %d", name, n, f.NumberOfTests)
-	}
-	return &f
-}
-
-// testSecret is a secret key object as the engine would hand it to a
-// mechanism.
-func testSecret(t testing.TB, kt uint64, value []byte) *key {
-	t.Helper()
-	attrs, err := keystore.NewAttributes(
-		keystore.Attribute{Type: ck.CKA_CLASS, Value: ulong(ck.CKO_SECRET_KEY)},
-		keystore.Attribute{Type: ck.CKA_KEY_TYPE, Value: ulong(kt)},
-		keystore.Attribute{Type: ck.CKA_VALUE, Value: value},
-	)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return newKey(&object{attrs: attrs})
-}
-
-func codeOf(err error) uint64 {
-	c, _ := rvOf(err)
-	return c
-}
-
 // runCipher runs a cipher operation single-part (One if it has it) or in
 // parts of the given size.
-func runCipher(op cipherOp, in []byte, part int) ([]byte, error) {
+func runCipher(op CipherOp, in []byte, part int) ([]byte, error) {
 	if part == 0 {
-		if one, ok := op.(oneShot); ok {
+		if one, ok := op.(OneShot); ok {
 			return one.One(in)
 		}
 		part = len(in) + 1
@@ -126,7 +44,7 @@ func TestWycheproofAESGCM(t *testing.T) {
 	t.Parallel()
 	entry := mechanisms[ck.CKM_AES_GCM]
 	ran := 0
-	for _, g := range loadWycheproof(t, "aes_gcm_test.json").TestGroups {
+	for _, g := range mechtest.Wycheproof(t, "aes_gcm_test.json").TestGroups {
 		for _, v := range g.Tests {
 			k := testSecret(t, ck.CKK_AES, v.Key)
 			m := &wire.Mechanism{Type: ck.CKM_AES_GCM, Present: true,
@@ -184,7 +102,7 @@ func TestWycheproofKeyWrap(t *testing.T) {
 		entry := mechanisms[c.mech]
 		m := &wire.Mechanism{Type: c.mech}
 		ran := 0
-		for _, g := range loadWycheproof(t, c.file).TestGroups {
+		for _, g := range mechtest.Wycheproof(t, c.file).TestGroups {
 			for _, v := range g.Tests {
 				k := testSecret(t, ck.CKK_AES, v.Key)
 				if len(v.Key) != 16 && len(v.Key) != 24 && len(v.Key) != 32 {
@@ -242,7 +160,7 @@ func TestWycheproofMACs(t *testing.T) {
 		entry := mechanisms[c.mech]
 		m := &wire.Mechanism{Type: c.mech}
 		ran := 0
-		for _, g := range loadWycheproof(t, c.file).TestGroups {
+		for _, g := range mechtest.Wycheproof(t, c.file).TestGroups {
 			for _, v := range g.Tests {
 				k := testSecret(t, c.kt, v.Key)
 				s, err := entry.sign(k, m)
@@ -279,7 +197,7 @@ func TestWycheproofMACs(t *testing.T) {
 func TestWycheproofHKDF(t *testing.T) {
 	t.Parallel()
 	ran := 0
-	for _, g := range loadWycheproof(t, "hkdf_sha256_test.json").TestGroups {
+	for _, g := range mechtest.Wycheproof(t, "hkdf_sha256_test.json").TestGroups {
 		for _, v := range g.Tests {
 			if len(v.IKM) == 0 {
 				continue // a generic secret key is never empty
@@ -309,15 +227,15 @@ func TestWycheproofHKDF(t *testing.T) {
 // generation), which the known answers exercise only through the MAC.
 func TestCMACSubkeys(t *testing.T) {
 	t.Parallel()
-	b, _ := aes.NewCipher(sp38aKey)
+	b, _ := aes.NewCipher(mechtest.Hex("2b7e151628aed2a6abf7158809cf4f3c")) // SP 800-38A's key
 	c := newCMAC(b)
-	if !bytes.Equal(c.k1[:], hx("fbeed618357133667c85e08f7236a8de")) || !bytes.Equal(c.k2[:], hx("f7ddac306ae266ccf90bc11ee46d513b")) {
+	if !bytes.Equal(c.k1[:], mechtest.Hex("fbeed618357133667c85e08f7236a8de")) || !bytes.Equal(c.k2[:], mechtest.Hex("f7ddac306ae266ccf90bc11ee46d513b")) {
 		t.Fatalf("K1 %x, K2 %x", c.k1, c.k2)
 	}
 	// Reset starts over.
 	c.Write([]byte("something"))
 	c.Reset()
-	if got := c.Sum(nil); !bytes.Equal(got, hx("bb1d6929e95937287fa37d129b756746")) {
+	if got := c.Sum(nil); !bytes.Equal(got, mechtest.Hex("bb1d6929e95937287fa37d129b756746")) {
 		t.Fatalf("after Reset: %x", got)
 	}
 }
@@ -342,7 +260,7 @@ func BenchmarkMechGCMEncrypt1K(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			op.(oneShot).One(data)
+			op.(OneShot).One(data)
 		}
 	})
 	b.Run("bare-with-setup", func(b *testing.B) {

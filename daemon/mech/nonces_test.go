@@ -1,11 +1,15 @@
-package daemon
+package mech
 
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"fmt"
 	"math/big"
+	"runtime"
+	"strings"
 	"testing"
+	"time"
 )
 
 // Signatures made with pooled and inline nonces verify with Go's ECDSA,
@@ -24,6 +28,9 @@ func TestECDSANonceSignatures(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			pool := newNoncePools()
+			defer pool.close()
+			p := pool.of(sc.curve)
 			size := sc.curve.size
 			seen := map[string]bool{}
 			for i := range 120 {
@@ -31,14 +38,14 @@ func TestECDSANonceSignatures(t *testing.T) {
 				rand.Read(digest)
 				var sig []byte
 				if i%2 == 0 {
-					sig, err = sc.curve.sign(sc.d, digest) // from the pool once it fills
+					sig, err = p.sign(sc.d, digest) // from the pool once it fills
 				} else {
 					nc, err2 := sc.curve.make() // inline, as when the pool is empty
 					if err2 != nil {
 						t.Fatal(err2)
 					}
-					sc.curve.put(nc) // the next take may get this one
-					sig, err = sc.curve.sign(sc.d, digest)
+					p.put(nc) // the next take may get this one
+					sig, err = p.sign(sc.d, digest)
 				}
 				if err != nil {
 					t.Fatal(err)
@@ -69,8 +76,10 @@ func TestECDSANonceWrongKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pool := newNoncePools()
+	defer pool.close()
 	digest := make([]byte, 32)
-	sig, err := sc.curve.sign(sc.d, digest)
+	sig, err := pool.of(sc.curve).sign(sc.d, digest)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,10 +103,58 @@ func BenchmarkMechECDSANonceSign(b *testing.B) {
 	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	d, _ := priv.Bytes()
 	sc, _ := newECScalar(elliptic.P256(), d)
+	pool := newNoncePools()
+	defer pool.close()
+	p := pool.of(sc.curve)
 	digest := make([]byte, 32)
 	for b.Loop() {
-		if _, err := sc.curve.sign(sc.d, digest); err != nil {
+		if _, err := p.sign(sc.d, digest); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestNoncePoolsClose: closing a table's pools ends their fillers, and
+// signing goes on with inline nonces.
+func TestNoncePoolsClose(t *testing.T) {
+	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	d, _ := priv.Bytes()
+	sc, err := newECScalar(elliptic.P256(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := newNoncePools()
+	p := pool.of(sc.curve)
+	digest := make([]byte, 32)
+	if _, err := p.sign(sc.d, digest); err != nil { // starts the filler
+		t.Fatal(err)
+	}
+	// fillers counts the goroutines running this pool's filler.
+	fillers := func() int {
+		buf := make([]byte, 1<<20)
+		n := runtime.Stack(buf, true)
+		return strings.Count(string(buf[:n]), fmt.Sprintf("(*noncePool).fill(%p", p))
+	}
+	// waitFor polls until n fillers run.
+	waitFor := func(n int, what string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for fillers() != n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d fillers %s, want %d", fillers(), what, n)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitFor(1, "after the first signature")
+	pool.close()
+	pool.close() // twice is fine
+	waitFor(0, "after close")
+	sig, err := p.sign(sc.d, digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ecdsa.Verify(&priv.PublicKey, digest, new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])) {
+		t.Fatal("a signature after close does not verify")
 	}
 }

@@ -1,0 +1,48 @@
+package mech
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+
+	"hsmemu/internal/testenv"
+)
+
+// TestDependencies holds the package to its rule: the call table, the
+// codec and the constants, the standard library and crypto libraries;
+// nothing of the token engine, the keystore, the TPM or the daemon. Its
+// tests, too, need none of them.
+func TestDependencies(t *testing.T) {
+	t.Parallel()
+	goTool := testenv.Command(t, "go", "golang")
+	allowed := map[string]bool{
+		"hsmemu/daemon/mech":                 true,
+		"hsmemu/daemon/mech/internal/rsaraw": true,
+		"hsmemu/daemon/mech/mechtest":        true, // tests only
+		"hsmemu/internal/testenv":            true, // tests only
+		"hsmemu/cryptoki/wire":               true,
+		"hsmemu/cryptoki/calls":              true,
+		"hsmemu/cryptoki/ck":                 true,
+		"filippo.io/bigmod":                  true,
+		"golang.org/x/sys/cpu":               true,
+	}
+	for _, test := range []bool{false, true} {
+		args := []string{"list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}"}
+		if test {
+			args = append(args, "-test")
+		}
+		out, err := exec.Command(goTool, append(args, ".")...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("go list: %v\n%s", err, out)
+		}
+		for _, p := range strings.Fields(string(out)) {
+			p, _, _ = strings.Cut(p, " ") // "pkg [pkg.test]"
+			if p == "hsmemu/daemon/mech.test" || strings.HasPrefix(p, "[") {
+				continue
+			}
+			if !allowed[p] {
+				t.Errorf("hsmemu/daemon/mech depends on %s (tests: %v)", p, test)
+			}
+		}
+	}
+}
