@@ -104,7 +104,7 @@ FUZZ_SHORT ?= 200000x
 fuzz-short:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeArgs$$' -fuzztime $(FUZZ_SHORT) ./cryptoki/wire/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadRequest$$' -fuzztime $(FUZZ_SHORT) ./cryptoki/wire/
-	$(GO) test -run '^$$' -fuzz '^FuzzCreateTemplate$$' -fuzztime $(FUZZ_SHORT) ./daemon/
+	$(GO) test -run '^$$' -fuzz '^FuzzCreateTemplate$$' -fuzztime $(FUZZ_SHORT) ./daemon/token/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime $(FUZZ_SHORT) ./daemon/adminapi/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseBackup$$' -fuzztime $(FUZZ_SHORT) ./keystore/
 

@@ -11,7 +11,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"hsmemu/daemon"
+	"hsmemu/daemon/admin"
 	"hsmemu/daemon/adminapi"
 )
 
@@ -81,7 +81,7 @@ purge before the retention ends and cannot be turned off.
 			{
 				Name:  "generate",
 				Usage: "generate a key in the token",
-				Description: `--type is one of ` + strings.Join(daemon.KeyTypeNames(), ", ") + `.
+				Description: `--type is one of ` + strings.Join(admin.KeyTypeNames(), ", ") + `.
 On a premium token the key is HSM-protected (never exported in clear)
 unless --protection software says otherwise.
 

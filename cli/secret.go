@@ -11,7 +11,6 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
-	"hsmemu/daemon"
 	"hsmemu/daemon/adminapi"
 )
 
@@ -50,13 +49,13 @@ func readValue(c *cli.Context) ([]byte, error) {
 		}
 		in = "-"
 	}
-	v, err := readIn(in, daemon.MaxSecretSize+1)
+	v, err := readIn(in, adminapi.MaxSecretSize+1)
 	if err != nil {
 		return nil, cli.Exit(commandName(c)+": --in: "+err.Error(), exitUsage)
 	}
-	if len(v) > daemon.MaxSecretSize {
+	if len(v) > adminapi.MaxSecretSize {
 		clear(v)
-		return nil, cli.Exit(fmt.Sprintf("%s: a secret's value is at most %d bytes", commandName(c), daemon.MaxSecretSize), exitUsage)
+		return nil, cli.Exit(fmt.Sprintf("%s: a secret's value is at most %d bytes", commandName(c), adminapi.MaxSecretSize), exitUsage)
 	}
 	return v, nil
 }

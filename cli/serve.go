@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"hsmemu/daemon"
+	"hsmemu/daemon/token"
 	"hsmemu/keystore"
 )
 
@@ -86,7 +87,7 @@ Example:
 					return cli.Exit("hsmemu serve: --pprof: "+err.Error(), 2)
 				}
 			}
-			srvCfg := daemon.ServerConfig{Group: group, Admin: daemon.AdminInfo{Version: Version, TPM: st.TPM.Info(), State: st}}
+			srvCfg := daemon.ServerConfig{Group: group}
 			for _, uid := range c.UintSlice("allow-uid") {
 				srvCfg.AllowUIDs = append(srvCfg.AllowUIDs, uint32(uid))
 			}
@@ -94,20 +95,15 @@ Example:
 			if err != nil {
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
 			}
-			eng := daemon.NewEngine(st.Store, log, daemon.EngineConfig{DefaultTier: tier, MaxPINFailures: maxFail, FailureDelay: delay})
-			defer eng.Close()
 			// Deleted objects whose retention has ended are purged at
 			// start and then hourly.
-			purger := make(chan struct{})
-			go func() {
-				defer close(purger)
-				eng.RunPurger(ctx, time.Hour)
-			}()
-			// The purger writes audit records: it ends before the keystore
-			// closes (deferred above, so run after this).
-			defer func() { <-purger }()
+			d := daemon.New(st, log, daemon.Config{
+				Engine:  token.Config{DefaultTier: tier, MaxPINFailures: maxFail, FailureDelay: delay},
+				Server:  srvCfg,
+				Version: Version,
+			})
 			log.Info("serving", "socket", sock, "state_dir", dir)
-			if err := daemon.NewServer(eng, log, srvCfg).Serve(ctx, ln); err != nil {
+			if err := d.Serve(ctx, ln); err != nil {
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
 			}
 			log.Info("stopped")

@@ -15,6 +15,7 @@ import (
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/daemon/adminapi"
+	"hsmemu/daemon/token"
 )
 
 func fingerprint(t *testing.T, pub any) string {
@@ -32,7 +33,7 @@ func fingerprint(t *testing.T, pub any) string {
 // client of the same token sees.
 func TestAdminKeys(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	a := adminDial(t, d)
 	so, user := []byte("keys-so-1"), []byte("keys-user-1")
 	var prem, std adminapi.Token
@@ -225,8 +226,8 @@ func TestAdminKeys(t *testing.T) {
 // identity and protection, and nowhere else.
 func TestAdminKeyBackup(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
-	other := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
+	other := startDaemon(t, token.Config{})
 	so, user := []byte("bk-so-123"), []byte("bk-user-123")
 	a, b := adminDial(t, d), adminDial(t, other)
 	for _, c := range []*adminapi.Client{a, b} {

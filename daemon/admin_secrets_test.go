@@ -7,6 +7,7 @@ import (
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/daemon/adminapi"
+	"hsmemu/daemon/token"
 	"hsmemu/keystore"
 )
 
@@ -14,7 +15,7 @@ import (
 // PKCS#11 client of the token sees of a secret.
 func TestAdminSecrets(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	a := adminDial(t, d)
 	so, user := []byte("sec-so-12"), []byte("sec-user-12")
 	var tok adminapi.Token
@@ -62,7 +63,7 @@ func TestAdminSecrets(t *testing.T) {
 	if _, err := set("x", "y", func(s *adminapi.SecretSet) { s.Expires = 1 }); code(t, err) != adminapi.CodeBadRequest {
 		t.Fatalf("set already expired: %v", err)
 	}
-	if _, err := set("big", string(make([]byte, MaxSecretSize+1)), nil); code(t, err) != adminapi.CodeBadRequest {
+	if _, err := set("big", string(make([]byte, adminapi.MaxSecretSize+1)), nil); code(t, err) != adminapi.CodeBadRequest {
 		t.Fatalf("set too big: %v", err)
 	}
 

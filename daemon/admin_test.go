@@ -17,6 +17,7 @@ import (
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	"hsmemu/daemon/adminapi"
+	"hsmemu/daemon/token"
 )
 
 // events returns the audit log's event names, oldest first, and fails the
@@ -44,7 +45,7 @@ func events(t *testing.T, d *testDaemon, secrets ...string) []string {
 // checks the log has them, in order, with no PIN in any.
 func TestAuditEvents(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{MaxPINFailures: 3})
+	d := startDaemon(t, token.Config{MaxPINFailures: 3})
 	cl := d.dial(t)
 	slot := cl.newToken("audited")
 	h := cl.open(slot, true)
@@ -114,7 +115,7 @@ func code(t *testing.T, err error) string {
 
 func TestAdminTokens(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{MaxPINFailures: 2})
+	d := startDaemon(t, token.Config{MaxPINFailures: 2})
 	a := adminDial(t, d)
 	so, user := []byte("admin-so-1"), []byte("admin-user-1")
 
@@ -233,7 +234,7 @@ func TestAdminTokens(t *testing.T) {
 // never a crash; a frame over the cap closes the connection.
 func TestAdminBadRequests(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	a := adminDial(t, d)
 	if got := code(t, a.Call("nonsense", nil, nil)); got != adminapi.CodeBadRequest {
 		t.Fatalf("unknown op: %q", got)
@@ -286,7 +287,7 @@ func TestAdminBadRequests(t *testing.T) {
 // leaves a tamper record.
 func TestAuditTamperRecorded(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
 	slot := cl.newToken("tamper")
 	ti, err := d.st.Store.TokenByID(ctx, int64(slot))

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"net"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	"hsmemu/daemon/token"
 	"hsmemu/keystore"
 	"hsmemu/tpmroot"
 )
@@ -25,11 +27,11 @@ import (
 type testDaemon struct {
 	dir, sock string
 	st        *State
-	eng       *Engine
+	eng       *token.Engine
 	stop      func()
 }
 
-func startDaemon(t testing.TB, cfg EngineConfig) *testDaemon {
+func startDaemon(t testing.TB, cfg token.Config) *testDaemon {
 	t.Helper()
 	// Unix socket paths are short: keep the directory short too.
 	dir, err := os.MkdirTemp("", "hsd")
@@ -42,7 +44,7 @@ func startDaemon(t testing.TB, cfg EngineConfig) *testDaemon {
 	return d
 }
 
-func (d *testDaemon) start(t testing.TB, cfg EngineConfig) {
+func (d *testDaemon) start(t testing.TB, cfg token.Config) {
 	t.Helper()
 	st, err := OpenState(context.Background(), StateConfig{
 		Dir: d.dir, TPM: "managed",
@@ -63,11 +65,12 @@ func (d *testDaemon) start(t testing.TB, cfg EngineConfig) {
 		t.Fatal(err)
 	}
 	d.st = st
-	d.eng = NewEngine(st.Store, nil, cfg)
+	dm := New(st, nil, Config{Engine: cfg, Server: ServerConfig{Group: -1}})
+	d.eng = dm.Engine()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- NewServer(d.eng, nil, ServerConfig{Group: -1, Admin: AdminInfo{State: st}}).Serve(ctx, ln)
+		done <- dm.Serve(ctx, ln)
 	}()
 	stopped := false
 	d.stop = func() {
@@ -79,7 +82,6 @@ func (d *testDaemon) start(t testing.TB, cfg EngineConfig) {
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
 		}
-		d.eng.Close()
 		st.Close()
 	}
 	t.Cleanup(d.stop)
@@ -274,3 +276,16 @@ func (cl *client) find(h uint64, attrs ...wire.Attribute) []uint64 {
 	cl.must(ck.CKR_OK, "C_FindObjectsFinal", U(h))
 	return all
 }
+
+// ulongOf reads a CK_ULONG attribute value.
+func ulongOf(v []byte) uint64 {
+	if len(v) != 8 {
+		return ^uint64(0)
+	}
+	return binary.BigEndian.Uint64(v)
+}
+
+func isTrue(v []byte) bool { return len(v) == 1 && v[0] == 1 }
+
+// freeSlot is the slot of the uninitialised token.
+const freeSlot = 0

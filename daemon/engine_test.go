@@ -7,11 +7,12 @@ import (
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	"hsmemu/daemon/token"
 )
 
 func TestSlotsAndTokens(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
 	if got := cl.slots(); len(got) != 1 || got[0] != 0 {
 		t.Fatalf("fresh daemon slots = %v, want [0]", got)
@@ -32,7 +33,7 @@ func TestSlotsAndTokens(t *testing.T) {
 	cl.must(ck.CKR_BUFFER_TOO_SMALL, "C_GetSlotList", wire.Value{Byte: 1}, Out(1))
 	info := cl.tokenInfo(slot)
 	want := uint64(ck.CKF_RNG | ck.CKF_LOGIN_REQUIRED | ck.CKF_TOKEN_INITIALIZED | ck.CKF_USER_PIN_INITIALIZED)
-	if info.Flags != want || info.Label != wire.Pad("alpha", 32) || info.MinPinLen != minPINLen {
+	if info.Flags != want || info.Label != wire.Pad("alpha", 32) || info.MinPinLen != token.MinPINLen {
 		t.Fatalf("token info: flags %#x label %q", info.Flags, info.Label)
 	}
 	cl.must(ck.CKR_SLOT_ID_INVALID, "C_GetTokenInfo", U(slot+100), none())
@@ -40,7 +41,7 @@ func TestSlotsAndTokens(t *testing.T) {
 
 	// Slot ids survive a restart of the daemon.
 	d.stop()
-	d.start(t, EngineConfig{})
+	d.start(t, token.Config{})
 	cl = d.dial(t)
 	if got := cl.slots(); len(got) != 2 || got[1] != slot {
 		t.Fatalf("slots after restart = %v, want [0 %d]", got, slot)
@@ -52,7 +53,7 @@ func TestSlotsAndTokens(t *testing.T) {
 
 func TestLoginRules(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{MaxPINFailures: 3})
+	d := startDaemon(t, token.Config{MaxPINFailures: 3})
 	cl := d.dial(t)
 	slot := cl.newToken("login")
 	ro := cl.open(slot, false)
@@ -141,7 +142,7 @@ func aesKey(label string, sensitive, extractable bool) []wire.Attribute {
 
 func TestObjects(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
 	slot := cl.newToken("objects")
 	ro := cl.open(slot, false)
@@ -252,7 +253,7 @@ func TestObjects(t *testing.T) {
 
 func TestVisibility(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	a := d.dial(t)
 	slot := a.newToken("vis")
 	ha := a.open(slot, true)
@@ -293,7 +294,7 @@ func TestVisibility(t *testing.T) {
 
 func TestFindAmongMany(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
 	slot := cl.newToken("many")
 	h := cl.open(slot, true)
@@ -316,7 +317,7 @@ func TestFindAmongMany(t *testing.T) {
 
 func TestRandomAndUnsupported(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
 	slot := cl.newToken("rand")
 	h := cl.open(slot, false)
@@ -336,7 +337,7 @@ func TestRandomAndUnsupported(t *testing.T) {
 // from the same process shares the login state across connections.
 func TestAppSharedAcrossConnections(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	var id [16]byte
 	id[0] = 42
 	c1 := d.dialAs(t, id)
@@ -352,7 +353,7 @@ func TestAppSharedAcrossConnections(t *testing.T) {
 
 func TestTemplateAttributes(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
 	slot := cl.newToken("tmpl")
 	h := cl.open(slot, true)

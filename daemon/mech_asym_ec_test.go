@@ -16,6 +16,7 @@ import (
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	"hsmemu/keystore"
 )
 
 // Elliptic-curve mechanisms through the daemon's socket.
@@ -176,7 +177,7 @@ func TestECMechanisms(t *testing.T) {
 		// CKA_ALLOWED_MECHANISMS.
 		_, only := s.genPair(mechArg(ck.CKM_EC_KEY_PAIR_GEN),
 			[]wire.Attribute{A(ck.CKA_EC_PARAMS, ecP256Params)},
-			[]wire.Attribute{A(ck.CKA_ALLOWED_MECHANISMS, ulong(ck.CKM_ECDSA_SHA256))})
+			[]wire.Attribute{A(ck.CKA_ALLOWED_MECHANISMS, keystore.Ulong(ck.CKM_ECDSA_SHA256))})
 		s.sign(only, mechArg(ck.CKM_ECDSA_SHA256), asymMsg)
 		s.must(ck.CKR_MECHANISM_INVALID, "C_SignInit", U(h), mechArg(ck.CKM_ECDSA), U(only))
 		// A key without CKA_DERIVE.

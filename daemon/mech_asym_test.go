@@ -25,6 +25,7 @@ import (
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	"hsmemu/daemon/mech"
+	"hsmemu/daemon/token"
 )
 
 // Public-key mechanisms through the daemon's socket: keys made by the
@@ -64,7 +65,7 @@ type asymSession struct {
 }
 
 func newAsymSession(t *testing.T) *asymSession {
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
 	slot := cl.newToken("asym")
 	h := cl.open(slot, true)

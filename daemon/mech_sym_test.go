@@ -14,6 +14,8 @@ import (
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	"hsmemu/daemon/mech/mechtest"
+	"hsmemu/daemon/token"
+	"hsmemu/keystore"
 )
 
 // The secret-key mechanisms through the daemon's socket: known answers
@@ -34,7 +36,7 @@ func hx(s string) []byte {
 // logged in on a read-write session.
 func symUser(t *testing.T) (*testDaemon, *client, uint64, uint64) {
 	t.Helper()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
 	slot := cl.newToken("sym")
 	h := cl.open(slot, true)
@@ -625,7 +627,7 @@ func TestSymKeyPolicy(t *testing.T) {
 	generic := cl.secret(h, ck.CKK_GENERIC_SECRET, make([]byte, 32))
 	noEncrypt := cl.secret(h, ck.CKK_AES, make([]byte, 32), AB(ck.CKA_ENCRYPT, false))
 	noSign := cl.secret(h, ck.CKK_GENERIC_SECRET, make([]byte, 32), AB(ck.CKA_SIGN, false))
-	onlyGCM := cl.secret(h, ck.CKK_AES, make([]byte, 32), A(ck.CKA_ALLOWED_MECHANISMS, ulong(ck.CKM_AES_GCM)))
+	onlyGCM := cl.secret(h, ck.CKK_AES, make([]byte, 32), A(ck.CKA_ALLOWED_MECHANISMS, keystore.Ulong(ck.CKM_AES_GCM)))
 	ak := cl.secret(h, ck.CKK_AES, make([]byte, 16))
 
 	cl.must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_EncryptInit", U(h), mechIV(ck.CKM_AES_CBC, iv), U(generic))

@@ -8,6 +8,7 @@ import (
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	"hsmemu/daemon/mech/mechtest"
+	"hsmemu/daemon/token"
 )
 
 // Key wrapping and derivation through the socket.
@@ -172,7 +173,7 @@ func TestCBCPadWrap(t *testing.T) {
 
 func TestWrapPolicy(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
 	slot := cl.newToken("wrap policy")
 

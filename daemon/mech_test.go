@@ -10,13 +10,14 @@ import (
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	"hsmemu/daemon/token"
 )
 
 func mechArg(t uint64) wire.Value { return wire.Value{Mechanism: &wire.Mechanism{Type: t}} }
 
 func TestDigests(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
 	slot := cl.newToken("digest")
 	h := cl.open(slot, false)
@@ -83,7 +84,7 @@ func TestDigests(t *testing.T) {
 // to another.
 func TestKeptOutputGoesToItsCall(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
 	slot := cl.newToken("kept")
 	h := cl.open(slot, false)

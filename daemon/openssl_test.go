@@ -15,6 +15,7 @@ import (
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	"hsmemu/daemon/token"
 )
 
 // needOpenSSL returns the openssl binary, or skips (fails under CI=true).
@@ -35,7 +36,7 @@ func needOpenSSL(t *testing.T) string {
 func TestOpenSSLCrossCheck(t *testing.T) {
 	t.Parallel()
 	openssl := needOpenSSL(t)
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
 	slot := cl.newToken("openssl")
 	h := cl.open(slot, true)

@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"hsmemu/cryptoki/wire"
+	"hsmemu/daemon/admin"
+	"hsmemu/daemon/token"
 )
 
 // peerEnv makes the test binary a client run as another user: it says
@@ -55,7 +57,7 @@ func TestAdminPeerCredentials(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("needs root, to run a client as another user")
 	}
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	dir, err := os.MkdirTemp("", "hsp")
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +94,9 @@ func TestAdminPeerCredentials(t *testing.T) {
 		os.Chmod(sock, 0o666)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		go func() { done <- NewServer(d.eng, nil, cfg).Serve(ctx, ln) }()
+		go func() {
+			done <- NewServer(d.eng, admin.New(d.eng, d.st.Store, nil, admin.Config{}), nil, cfg).Serve(ctx, ln)
+		}()
 		defer func() {
 			cancel()
 			<-done

@@ -10,6 +10,7 @@ import (
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	"hsmemu/daemon/token"
 	"hsmemu/keystore"
 )
 
@@ -35,7 +36,7 @@ func protection(t *testing.T, cl *client, h, obj uint64) uint64 {
 
 func TestPremiumTier(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{DefaultTier: keystore.TierPremium})
+	d := startDaemon(t, token.Config{DefaultTier: keystore.TierPremium})
 	cl := d.dial(t)
 	slot := cl.newToken("premium")
 	h := cl.open(slot, true)
@@ -92,7 +93,7 @@ func TestPremiumTier(t *testing.T) {
 
 func TestStandardTierRefusesHSMKeys(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
 	slot := cl.newToken("standard")
 	h := cl.open(slot, true)
@@ -113,7 +114,7 @@ func TestStandardTierRefusesHSMKeys(t *testing.T) {
 // exportable.
 func TestHSMKeyNeverLeaves(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{DefaultTier: keystore.TierPremium})
+	d := startDaemon(t, token.Config{DefaultTier: keystore.TierPremium})
 	cl := d.dial(t)
 	slot := cl.newToken("vault")
 	h := cl.open(slot, true)
@@ -161,7 +162,7 @@ func TestHSMKeyNeverLeaves(t *testing.T) {
 	}
 	db.Close()
 
-	d.start(t, EngineConfig{DefaultTier: keystore.TierPremium})
+	d.start(t, token.Config{DefaultTier: keystore.TierPremium})
 	cl = d.dial(t)
 	h = cl.open(slot, true)
 	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(testUserPIN))
@@ -182,7 +183,7 @@ func TestHSMKeyNeverLeaves(t *testing.T) {
 // again (CKU_CONTEXT_SPECIFIC) for every operation.
 func TestAlwaysAuthenticate(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
 	slot := cl.newToken("piv")
 	h := cl.open(slot, true)
@@ -218,7 +219,7 @@ func TestAlwaysAuthenticate(t *testing.T) {
 // unwraps.
 func TestWrapTemplates(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
 	slot := cl.newToken("templates")
 	h := cl.open(slot, true)
@@ -246,7 +247,7 @@ func TestWrapTemplates(t *testing.T) {
 // unwrap template, and a base key's derive template binds derived keys.
 func TestTemplatesCannotSmuggle(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
 	slot := cl.newToken("smuggle")
 	h := cl.open(slot, true)

@@ -8,6 +8,7 @@ import (
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/daemon/adminapi"
+	"hsmemu/daemon/token"
 )
 
 // TestRotateTokenWhileSigning: a client signs in a loop, and another
@@ -15,7 +16,7 @@ import (
 // again and again: no call fails, and after a restart every object opens
 // and both PINs log in.
 func TestRotateTokenWhileSigning(t *testing.T) {
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	a := adminDial(t, d)
 	so, user := []byte("rot-so-123"), []byte("rot-user-123")
 	var tok adminapi.Token
@@ -101,7 +102,7 @@ func TestRotateTokenWhileSigning(t *testing.T) {
 	// A cold daemon opens everything with the new key.
 	a.Close()
 	d.stop()
-	d.start(t, EngineConfig{})
+	d.start(t, token.Config{})
 	a = adminDial(t, d)
 	for i := range 20 {
 		var v adminapi.SecretValue
@@ -134,7 +135,7 @@ func TestRotateTokenWhileSigning(t *testing.T) {
 // both PINs log in, the audit chain verifies, and a key backup made before
 // the rotation restores.
 func TestRotateMasterWhileSigning(t *testing.T) {
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	a := adminDial(t, d)
 	so, user := []byte("mrot-so-12"), []byte("mrot-user-12")
 	var tok adminapi.Token
@@ -244,7 +245,7 @@ func TestRotateMasterWhileSigning(t *testing.T) {
 	// A restart: the new master alone.
 	a.Close()
 	d.stop()
-	d.start(t, EngineConfig{})
+	d.start(t, token.Config{})
 	a = adminDial(t, d)
 	rec, err := d.st.Store.RootRecord(ctx)
 	if err != nil || rec.MasterGeneration != 2 || string(rec.Proof) != string(d.st.Root.DomainID()) || string(rec.DomainID) == string(rec.Proof) {

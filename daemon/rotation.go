@@ -2,10 +2,10 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 
+	"hsmemu/daemon/admin"
 	"hsmemu/keystore"
 	"hsmemu/tpmroot"
 	"hsmemu/tpmroot/escrow"
@@ -19,10 +19,6 @@ import (
 // administrator's command writes the shares out, so that no new master key
 // becomes the only one before its shares exist. An unfinished rotation is
 // finished by the next FinishMasterRotation or the daemon's next start.
-
-// ErrEscrowNeeded refuses to rotate an escrowed domain's master key
-// without custodians: the new key would die with this TPM.
-var ErrEscrowNeeded = errors.New("the domain's master key is escrowed: give the custodians (and threshold) the new master key is split to")
 
 // rotateMu keeps one master key rotation step at a time per process.
 var rotateMu sync.Mutex
@@ -41,7 +37,7 @@ func (s *State) BeginMasterRotation(ctx context.Context, esc tpmroot.ProvisionOp
 		return 0, nil, keystore.ErrRotationPending
 	}
 	if rec.Escrow != nil && len(esc.Custodians) == 0 {
-		return 0, nil, ErrEscrowNeeded
+		return 0, nil, admin.ErrEscrowNeeded
 	}
 	p, err := s.TPM.Provision(esc)
 	if err != nil {

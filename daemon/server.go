@@ -19,6 +19,8 @@ import (
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/unixfd"
 	"hsmemu/cryptoki/wire"
+	"hsmemu/daemon/admin"
+	"hsmemu/daemon/token"
 )
 
 // ServerConfig says who may connect.
@@ -28,20 +30,15 @@ type ServerConfig struct {
 	Group int
 	// AllowUIDs are the users allowed besides the daemon's own and root.
 	AllowUIDs []uint32
-	// Admin is what the daemon reports of itself on admin connections.
-	Admin AdminInfo
 }
 
-// Server accepts the module's connections on a Unix socket and serves
-// them with an Engine.
+// Server accepts connections on a Unix socket: the module's, served by the
+// token engine, and the administrator's, served by the admin handler.
 type Server struct {
-	eng *Engine
-	log *slog.Logger
-	cfg ServerConfig
-
-	started time.Time
-	// secretMu orders the admin calls that number a secret's versions.
-	secretMu sync.Mutex
+	eng   *token.Engine
+	admin *admin.Handler
+	log   *slog.Logger
+	cfg   ServerConfig
 
 	mu       sync.Mutex
 	stopping bool
@@ -49,12 +46,12 @@ type Server struct {
 	wg       sync.WaitGroup
 }
 
-// NewServer returns a server for eng.
-func NewServer(eng *Engine, log *slog.Logger, cfg ServerConfig) *Server {
+// NewServer returns a server for eng and adm.
+func NewServer(eng *token.Engine, adm *admin.Handler, log *slog.Logger, cfg ServerConfig) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{eng: eng, log: log, cfg: cfg, started: time.Now(), conns: map[*net.UnixConn]*fdConn{}}
+	return &Server{eng: eng, admin: adm, log: log, cfg: cfg, conns: map[*net.UnixConn]*fdConn{}}
 }
 
 // Listen creates the socket at path, owner-only (or group-shared). A stale
@@ -198,7 +195,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 	if hello.Version >= wire.MinVersion && hello.Version <= wire.Version {
 		reply.Version = hello.Version // the version this connection speaks
 	}
-	var app *App
+	var app *token.App
 	switch {
 	case hello.Version < wire.MinVersion || hello.Version > wire.Version:
 		reply.Status = wire.StatusVersion
@@ -220,7 +217,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 		s.log.Warn("connection refused: user not allowed", "uid", cred.Uid, "pid", cred.Pid)
 	default:
 		var fresh, ok bool
-		if app, fresh, ok = s.eng.AttachConn(AppID(hello.AppID), cred.Pid, cred.Uid); !ok {
+		if app, fresh, ok = s.eng.AttachConn(token.AppID(hello.AppID), cred.Pid, cred.Uid); !ok {
 			reply.Status = wire.StatusRefused
 			s.log.Warn("connection refused: application id of another process", "pid", cred.Pid)
 		} else if !fresh && hello.Version >= 2 {
@@ -372,7 +369,7 @@ func isEOF(err error) bool {
 // call decodes and serves one request, and with sayIdle says whether the
 // session it named is idle after it. A panic in serving it is a bug: it
 // is logged and answered CKR_GENERAL_ERROR, and the daemon goes on.
-func (s *Server) call(ctx context.Context, app *App, req wire.Request, args *wire.Args, res *wire.Results, sayIdle bool) (code uint64, results []byte, idle bool) {
+func (s *Server) call(ctx context.Context, app *token.App, req wire.Request, args *wire.Args, res *wire.Results, sayIdle bool) (code uint64, results []byte, idle bool) {
 	c, ok := calls.ByID(req.Call)
 	if !ok || c.Mode != calls.Forwarded {
 		return ck.CKR_FUNCTION_NOT_SUPPORTED, nil, false
@@ -392,7 +389,7 @@ func (s *Server) call(ctx context.Context, app *App, req wire.Request, args *wir
 		results = res.Finish()
 	}
 	if sayIdle && onSession[c.ID] {
-		idle = app.sessionIdle(args.Ulong(0))
+		idle = app.SessionIdle(args.Ulong(0))
 	}
 	return code, results, idle
 }

@@ -12,12 +12,12 @@ import (
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
-	"hsmemu/keystore"
+	"hsmemu/daemon/token"
 )
 
 func TestSocketMode(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	fi, err := os.Stat(d.sock)
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +49,7 @@ func rawConn(t *testing.T, d *testDaemon) (net.Conn, *bufio.Reader) {
 
 func TestBadRequests(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	c, r := rawConn(t, d)
 	send := func(call uint32, body []byte) wire.Reply {
 		t.Helper()
@@ -99,7 +99,7 @@ func TestBadRequests(t *testing.T) {
 
 func TestHelloRefusals(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	c, err := net.Dial("unix", d.sock)
 	if err != nil {
 		t.Fatal(err)
@@ -111,7 +111,7 @@ func TestHelloRefusals(t *testing.T) {
 		t.Fatalf("version 99: %+v %v", rep, err)
 	}
 	// An application id bound to this process is refused to another.
-	app := AppID{1, 2, 3}
+	app := token.AppID{1, 2, 3}
 	if _, ok := d.eng.Attach(app, 1, 0); !ok {
 		t.Fatal("attach")
 	}
@@ -131,7 +131,7 @@ func TestHelloRefusals(t *testing.T) {
 // it.
 func TestReplyIdleFlag(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
 	slot := cl.newToken("idle")
 	h := cl.open(slot, false)
@@ -190,7 +190,7 @@ func TestReplyIdleFlag(t *testing.T) {
 // hellos are answered StatusOK either way.
 func TestHelloJoined(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, EngineConfig{})
+	d := startDaemon(t, token.Config{})
 	hello := func(app [16]byte, v uint16) (net.Conn, wire.HelloReply) {
 		c, err := net.Dial("unix", d.sock)
 		if err != nil {
@@ -238,39 +238,4 @@ func TestHelloJoined(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// FuzzCreateTemplate feeds arbitrary templates to the creation rules: they
-// never panic, and whatever they accept splits into attributes that
-// encode canonically.
-func FuzzCreateTemplate(f *testing.F) {
-	enc := func(attrs []attr) []byte {
-		a := keystore.Attributes(attrs)
-		return a.Encode()
-	}
-	f.Add(enc([]attr{{Type: ck.CKA_CLASS, Value: keystore.Ulong(ck.CKO_DATA)}, {Type: ck.CKA_VALUE, Value: []byte("v")}}), false)
-	f.Add(enc([]attr{{Type: ck.CKA_CLASS, Value: keystore.Ulong(ck.CKO_SECRET_KEY)}, {Type: ck.CKA_KEY_TYPE, Value: keystore.Ulong(ck.CKK_AES)}, {Type: ck.CKA_VALUE, Value: make([]byte, 16)}}), true)
-	f.Add(enc([]attr{{Type: ck.CKA_CLASS, Value: keystore.Ulong(ck.CKO_PUBLIC_KEY)}, {Type: ck.CKA_KEY_TYPE, Value: keystore.Ulong(ck.CKK_RSA)}, {Type: ck.CKA_MODULUS, Value: []byte{0xc1, 0}}, {Type: ck.CKA_PUBLIC_EXPONENT, Value: []byte{1, 0, 1}}}), false)
-	f.Fuzz(func(t *testing.T, b []byte, so bool) {
-		tmpl, err := keystore.DecodeAttributes(b)
-		if err != nil {
-			return
-		}
-		m, class, kt, err := checkCreate(tmpl, so, keystore.TierStandard)
-		if err != nil {
-			return
-		}
-		o, err := split(m, class, kt)
-		if err != nil {
-			t.Fatalf("accepted template does not split: %v", err)
-		}
-		for _, part := range []keystore.Attributes{o.attrs, o.secret} {
-			if _, err := keystore.DecodeAttributes(part.Encode()); err != nil {
-				t.Fatalf("accepted template does not encode: %v", err)
-			}
-		}
-		if o.Class() != class {
-			t.Fatalf("class %#x stored as %#x", class, o.Class())
-		}
-	})
 }

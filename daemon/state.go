@@ -1,5 +1,3 @@
-// Package daemon is hsmemu's server: the state directory it owns, and (in
-// time) the token engine behind the PKCS#11 module's socket.
 package daemon
 
 import (

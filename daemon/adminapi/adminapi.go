@@ -25,6 +25,9 @@ import (
 // bounds its frames: a listing of thousands of keys fits.
 const MaxFrame = 16 << 20
 
+// MaxSecretSize bounds a secret's value: it travels in one admin frame.
+const MaxSecretSize = 512 << 10
+
 // Request is one admin call.
 type Request struct {
 	Op   string          `json:"op"`

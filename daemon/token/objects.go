@@ -1,4 +1,4 @@
-package daemon
+package token
 
 import (
 	"context"
@@ -61,14 +61,14 @@ func (app *App) dropHandle(h uint64) {
 	}
 }
 
-// fromStore turns a keystore object into the engine's view.
-func fromStore(obj *keystore.Object) (*object, error) {
+// View turns a keystore object into the engine's view.
+func View(obj *keystore.Object) (*Object, error) {
 	// The view is kept with the stored object, so a cached key is parsed
 	// once, not on every use.
-	if v, ok := obj.Memo.Load().(*object); ok {
+	if v, ok := obj.Memo.Load().(*Object); ok {
 		return v, nil
 	}
-	o := &object{attrs: obj.Attrs}
+	o := &Object{attrs: obj.Attrs}
 	if len(obj.Secret) > 0 {
 		sec, err := keystore.DecodeAttributes(obj.Secret)
 		if err != nil {
@@ -82,7 +82,7 @@ func fromStore(obj *keystore.Object) (*object, error) {
 
 // resolve finds the object behind handle oh for a call on session s: it
 // must be app's, on s's token, and visible to app's login state.
-func (e *Engine) resolve(ctx context.Context, app *App, s *session, oh uint64) (*handle, *object, error) {
+func (e *Engine) resolve(ctx context.Context, app *App, s *session, oh uint64) (*handle, *Object, error) {
 	app.mu.Lock()
 	ref, ok := app.handles[oh]
 	app.mu.Unlock()
@@ -110,7 +110,7 @@ func (e *Engine) resolve(ctx context.Context, app *App, s *session, oh uint64) (
 		// The token's data key may be open for another application.
 		return nil, nil, ck.Error(ck.CKR_OBJECT_HANDLE_INVALID)
 	}
-	o, err := fromStore(obj)
+	o, err := View(obj)
 	return ref, o, err
 }
 
@@ -149,14 +149,14 @@ func (e *Engine) keep(ctx context.Context, app *App, s *session, verb string, m 
 	if verb == "import" && class != ck.CKO_SECRET_KEY && class != ck.CKO_PRIVATE_KEY && class != ck.CKO_PUBLIC_KEY {
 		verb = "create"
 	}
-	e.audit(ctx, actor(app, sessionRole(app, s)), s.token, objectEvent(class, verb), objectDetail(obj.UUID, class, m))
+	e.audit(ctx, actor(app, sessionRole(app, s)), s.token, ObjectEvent(class, verb), ObjectDetail(obj.UUID, class, m))
 	app.mu.Lock()
 	defer app.mu.Unlock()
 	return app.tokenHandle(s.token, obj.ID), nil
 }
 
-// CreateObject creates an object from a template.
-func (e *Engine) CreateObject(ctx context.Context, app *App, h uint64, tmpl []attr) (uint64, error) {
+// createObject creates an object from a template.
+func (e *Engine) createObject(ctx context.Context, app *App, h uint64, tmpl []attr) (uint64, error) {
 	s, err := app.session(h)
 	if err != nil {
 		return 0, err
@@ -172,10 +172,10 @@ func (e *Engine) CreateObject(ctx context.Context, app *App, h uint64, tmpl []at
 	return e.keep(ctx, app, s, "import", m, class, kt)
 }
 
-// CopyObject copies an object, changing what the template says, within the
+// copyObject copies an object, changing what the template says, within the
 // rules: nothing loosens (sensitive stays sensitive, unextractable stays
 // unextractable, a private key stays private).
-func (e *Engine) CopyObject(ctx context.Context, app *App, h, oh uint64, tmpl []attr) (uint64, error) {
+func (e *Engine) copyObject(ctx context.Context, app *App, h, oh uint64, tmpl []attr) (uint64, error) {
 	s, err := app.session(h)
 	if err != nil {
 		return 0, err
@@ -191,8 +191,8 @@ func (e *Engine) CopyObject(ctx context.Context, app *App, h, oh uint64, tmpl []
 	return e.keep(ctx, app, s, "copy", m, o.Class(), o.KeyType())
 }
 
-// DestroyObject destroys an object.
-func (e *Engine) DestroyObject(ctx context.Context, app *App, h, oh uint64) error {
+// destroyObject destroys an object.
+func (e *Engine) destroyObject(ctx context.Context, app *App, h, oh uint64) error {
 	s, err := app.session(h)
 	if err != nil {
 		return err
@@ -201,7 +201,7 @@ func (e *Engine) DestroyObject(ctx context.Context, app *App, h, oh uint64) erro
 	if err != nil {
 		return err
 	}
-	if !o.bool(ck.CKA_DESTROYABLE) {
+	if !o.Bool(ck.CKA_DESTROYABLE) {
 		return ck.Error(ck.CKR_ACTION_PROHIBITED)
 	}
 	if ref.mem == nil {
@@ -218,9 +218,9 @@ func (e *Engine) DestroyObject(ctx context.Context, app *App, h, oh uint64) erro
 		if err != nil && !errors.Is(err, keystore.ErrNotFound) {
 			return err
 		}
-		detail := objectDetail(uuid, o.Class(), o.all())
+		detail := ObjectDetail(uuid, o.Class(), o.All())
 		detail["kept"] = fmt.Sprint(kept)
-		e.audit(ctx, actor(app, sessionRole(app, s)), s.token, objectEvent(o.Class(), "destroy"), detail)
+		e.audit(ctx, actor(app, sessionRole(app, s)), s.token, ObjectEvent(o.Class(), "destroy"), detail)
 	}
 	app.mu.Lock()
 	app.dropHandle(oh)
@@ -228,8 +228,8 @@ func (e *Engine) DestroyObject(ctx context.Context, app *App, h, oh uint64) erro
 	return nil
 }
 
-// ObjectSize is the size the object takes in the keystore.
-func (e *Engine) ObjectSize(ctx context.Context, app *App, h, oh uint64) (uint64, error) {
+// objectSize is the size the object takes in the keystore.
+func (e *Engine) objectSize(ctx context.Context, app *App, h, oh uint64) (uint64, error) {
 	s, err := app.session(h)
 	if err != nil {
 		return 0, err
@@ -241,11 +241,11 @@ func (e *Engine) ObjectSize(ctx context.Context, app *App, h, oh uint64) (uint64
 	return uint64(len(o.attrs.Encode()) + len(o.secret.Encode())), nil
 }
 
-// GetAttributes answers C_GetAttributeValue: every attribute gets its own
+// getAttributes answers C_GetAttributeValue: every attribute gets its own
 // outcome, and the call's CK_RV is the worst of them. The answers are
 // returned with CKR_ATTRIBUTE_SENSITIVE, CKR_ATTRIBUTE_TYPE_INVALID and
 // CKR_BUFFER_TOO_SMALL too, as the specification asks.
-func (e *Engine) GetAttributes(ctx context.Context, app *App, h, oh uint64, qs []wire.Query) ([]wire.Answer, error) {
+func (e *Engine) getAttributes(ctx context.Context, app *App, h, oh uint64, qs []wire.Query) ([]wire.Answer, error) {
 	s, err := app.session(h)
 	if err != nil {
 		return nil, err
@@ -322,8 +322,8 @@ func templateAnswer(q wire.Query, stored []byte, small bool) (wire.Answer, bool)
 	return wire.Answer{Length: n, Value: v}, small
 }
 
-// SetAttributes changes attributes of an object, within the rules.
-func (e *Engine) SetAttributes(ctx context.Context, app *App, h, oh uint64, tmpl []attr) error {
+// setAttributes changes attributes of an object, within the rules.
+func (e *Engine) setAttributes(ctx context.Context, app *App, h, oh uint64, tmpl []attr) error {
 	s, err := app.session(h)
 	if err != nil {
 		return err
@@ -361,9 +361,9 @@ type findOp struct {
 	handles []uint64
 }
 
-// FindObjectsInit starts a search: the keystore narrows it on its indexed
+// findObjectsInit starts a search: the keystore narrows it on its indexed
 // attributes, and every candidate is matched against the whole template.
-func (e *Engine) FindObjectsInit(ctx context.Context, app *App, h uint64, tmpl []attr) error {
+func (e *Engine) findObjectsInit(ctx context.Context, app *App, h uint64, tmpl []attr) error {
 	s, err := app.session(h)
 	if err != nil {
 		return err
@@ -418,7 +418,7 @@ func (e *Engine) FindObjectsInit(ctx context.Context, app *App, h uint64, tmpl [
 		if obj.Private && !user {
 			continue
 		}
-		o, err := fromStore(obj)
+		o, err := View(obj)
 		if err != nil {
 			return err
 		}
@@ -456,8 +456,8 @@ func nonNil(b []byte) []byte {
 	return b
 }
 
-// FindObjects returns up to max more results.
-func (e *Engine) FindObjects(ctx context.Context, app *App, h, max uint64) ([]uint64, error) {
+// findObjects returns up to max more results.
+func (e *Engine) findObjects(ctx context.Context, app *App, h, max uint64) ([]uint64, error) {
 	s, err := app.session(h)
 	if err != nil {
 		return nil, err
@@ -473,8 +473,8 @@ func (e *Engine) FindObjects(ctx context.Context, app *App, h, max uint64) ([]ui
 	return out, nil
 }
 
-// FindObjectsFinal ends a search.
-func (e *Engine) FindObjectsFinal(ctx context.Context, app *App, h uint64) error {
+// findObjectsFinal ends a search.
+func (e *Engine) findObjectsFinal(ctx context.Context, app *App, h uint64) error {
 	s, err := app.session(h)
 	if err != nil {
 		return err
@@ -488,8 +488,8 @@ func (e *Engine) FindObjectsFinal(ctx context.Context, app *App, h uint64) error
 	return nil
 }
 
-// GenerateRandom returns n random bytes from the operating system's CSPRNG.
-func (e *Engine) GenerateRandom(ctx context.Context, app *App, h, n uint64) ([]byte, error) {
+// generateRandom returns n random bytes from the operating system's CSPRNG.
+func (e *Engine) generateRandom(ctx context.Context, app *App, h, n uint64) ([]byte, error) {
 	if _, err := app.session(h); err != nil {
 		return nil, err
 	}
@@ -505,7 +505,7 @@ func (e *Engine) GenerateRandom(ctx context.Context, app *App, h, n uint64) ([]b
 
 // SeedRandom: the token's generator is the operating system's, which takes
 // no seed from a client.
-func (e *Engine) SeedRandom(ctx context.Context, app *App, h uint64) error {
+func (e *Engine) seedRandom(ctx context.Context, app *App, h uint64) error {
 	if _, err := app.session(h); err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package daemon
+package token
 
 import (
 	"context"
@@ -75,12 +75,12 @@ var usage = [opKinds]uint64{
 
 // needsContextLogin reports a private key that wants the PIN again for
 // each use: only operations started with an Init can take that login.
-func (o *object) needsContextLogin() bool {
-	return o.Class() == ck.CKO_PRIVATE_KEY && o.bool(ck.CKA_ALWAYS_AUTHENTICATE)
+func (o *Object) needsContextLogin() bool {
+	return o.Class() == ck.CKO_PRIVATE_KEY && o.Bool(ck.CKA_ALWAYS_AUTHENTICATE)
 }
 
 // allows checks CKA_ALLOWED_MECHANISMS.
-func (o *object) allows(typ uint64) bool {
+func (o *Object) allows(typ uint64) bool {
 	v, ok := o.attrs.Get(ck.CKA_ALLOWED_MECHANISMS)
 	if !ok || len(v) == 0 {
 		return true
@@ -95,7 +95,7 @@ func (o *object) allows(typ uint64) bool {
 
 // useKey resolves a key handle for an operation with mechanism m: the
 // object must be a key of a type m takes, permitted to do it.
-func (e *Engine) useKey(ctx context.Context, app *App, s *session, h uint64, m *mech.Mechanism, typ uint64, need uint64) (*object, error) {
+func (e *Engine) useKey(ctx context.Context, app *App, s *session, h uint64, m *mech.Mechanism, typ uint64, need uint64) (*Object, error) {
 	_, o, err := e.resolve(ctx, app, s, h)
 	if err != nil {
 		if c, _ := rvOf(err); c == ck.CKR_OBJECT_HANDLE_INVALID {
@@ -106,7 +106,7 @@ func (e *Engine) useKey(ctx context.Context, app *App, s *session, h uint64, m *
 	if classMask(o.Class())&mKeys == 0 || !m.Takes(o.KeyType()) {
 		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
-	if need != 0 && !o.bool(need) {
+	if need != 0 && !o.Bool(need) {
 		return nil, ck.Error(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
 	}
 	if !o.allows(typ) {
@@ -115,9 +115,9 @@ func (e *Engine) useKey(ctx context.Context, app *App, s *session, h uint64, m *
 	return o, nil
 }
 
-// OpInit starts an operation of the given kind with a mechanism and,
+// opInit starts an operation of the given kind with a mechanism and,
 // except for digests, a key.
-func (e *Engine) OpInit(ctx context.Context, app *App, h uint64, kind opKind, wm *wire.Mechanism, keyHandle uint64) error {
+func (e *Engine) opInit(ctx context.Context, app *App, h uint64, kind opKind, wm *wire.Mechanism, keyHandle uint64) error {
 	s, err := app.session(h)
 	if err != nil {
 		return err
@@ -153,7 +153,7 @@ func (e *Engine) OpInit(ctx context.Context, app *App, h uint64, kind opKind, wm
 			op.signer, err = m.Verify(k, wm)
 		}
 		op.needAuth = k.needsContextLogin()
-		op.private = k.bool(ck.CKA_PRIVATE)
+		op.private = k.Bool(ck.CKA_PRIVATE)
 		if err != nil {
 			return err
 		}
@@ -299,8 +299,8 @@ func (op *operation) singlePart() bool {
 	return single
 }
 
-// Crypt is C_Encrypt or C_Decrypt: the whole input in one call.
-func (e *Engine) Crypt(app *App, h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results) error {
+// crypt is C_Encrypt or C_Decrypt: the whole input in one call.
+func (app *App) crypt(h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results) error {
 	return produce(app, h, kind, callOne, out, r, func(op *operation) ([]byte, error) {
 		if one, ok := op.cipher.(mech.OneShot); ok {
 			return one.One(in)
@@ -314,30 +314,30 @@ func (e *Engine) Crypt(app *App, h uint64, kind opKind, in []byte, out wire.OutS
 	})
 }
 
-// CryptUpdate is C_EncryptUpdate or C_DecryptUpdate.
-func (e *Engine) CryptUpdate(app *App, h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results) error {
+// cryptUpdate is C_EncryptUpdate or C_DecryptUpdate.
+func (app *App) cryptUpdate(h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results) error {
 	return produce(app, h, kind, callUpdate, out, r, func(op *operation) ([]byte, error) {
 		return op.cipher.Update(in)
 	})
 }
 
-// CryptFinal is C_EncryptFinal or C_DecryptFinal.
-func (e *Engine) CryptFinal(app *App, h uint64, kind opKind, out wire.OutSpec, r *wire.Results) error {
+// cryptFinal is C_EncryptFinal or C_DecryptFinal.
+func (app *App) cryptFinal(h uint64, kind opKind, out wire.OutSpec, r *wire.Results) error {
 	return produce(app, h, kind, callFinal, out, r, func(op *operation) ([]byte, error) {
 		return op.cipher.Final()
 	})
 }
 
-// Digest is C_Digest.
-func (e *Engine) Digest(app *App, h uint64, in []byte, out wire.OutSpec, r *wire.Results) error {
+// digest is C_Digest.
+func (app *App) digest(h uint64, in []byte, out wire.OutSpec, r *wire.Results) error {
 	return produce(app, h, opDigest, callOne, out, r, func(op *operation) ([]byte, error) {
 		op.digest.Update(in)
 		return op.digest.Sum(), nil
 	})
 }
 
-// DigestUpdate is C_DigestUpdate.
-func (e *Engine) DigestUpdate(app *App, h uint64, in []byte) error {
+// digestUpdate is C_DigestUpdate.
+func (app *App) digestUpdate(h uint64, in []byte) error {
 	return withOp(app, h, opDigest, func(op *operation) (bool, error) {
 		if op.hasPend {
 			return true, ck.Error(ck.CKR_OPERATION_ACTIVE)
@@ -348,9 +348,9 @@ func (e *Engine) DigestUpdate(app *App, h uint64, in []byte) error {
 	})
 }
 
-// DigestKey is C_DigestKey: a secret key's value goes into the digest,
+// digestKey is C_DigestKey: a secret key's value goes into the digest,
 // never out of the token.
-func (e *Engine) DigestKey(ctx context.Context, app *App, h, keyHandle uint64) error {
+func (e *Engine) digestKey(ctx context.Context, app *App, h, keyHandle uint64) error {
 	s, err := app.session(h)
 	if err != nil {
 		return err
@@ -374,15 +374,15 @@ func (e *Engine) DigestKey(ctx context.Context, app *App, h, keyHandle uint64) e
 	})
 }
 
-// DigestFinal is C_DigestFinal.
-func (e *Engine) DigestFinal(app *App, h uint64, out wire.OutSpec, r *wire.Results) error {
+// digestFinal is C_DigestFinal.
+func (app *App) digestFinal(h uint64, out wire.OutSpec, r *wire.Results) error {
 	return produce(app, h, opDigest, callFinal, out, r, func(op *operation) ([]byte, error) {
 		return op.digest.Sum(), nil
 	})
 }
 
-// Sign is C_Sign.
-func (e *Engine) Sign(app *App, h uint64, in []byte, out wire.OutSpec, r *wire.Results) error {
+// sign is C_Sign.
+func (app *App) sign(h uint64, in []byte, out wire.OutSpec, r *wire.Results) error {
 	return produce(app, h, opSign, callOne, out, r, func(op *operation) ([]byte, error) {
 		if err := op.signer.Update(in); err != nil {
 			return nil, err
@@ -391,8 +391,8 @@ func (e *Engine) Sign(app *App, h uint64, in []byte, out wire.OutSpec, r *wire.R
 	})
 }
 
-// SignVerifyUpdate is C_SignUpdate or C_VerifyUpdate.
-func (e *Engine) SignVerifyUpdate(app *App, h uint64, kind opKind, in []byte) error {
+// signVerifyUpdate is C_SignUpdate or C_VerifyUpdate.
+func (app *App) signVerifyUpdate(h uint64, kind opKind, in []byte) error {
 	return withOp(app, h, kind, func(op *operation) (bool, error) {
 		if op.singlePart() {
 			return true, ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED)
@@ -405,16 +405,16 @@ func (e *Engine) SignVerifyUpdate(app *App, h uint64, kind opKind, in []byte) er
 	})
 }
 
-// SignFinal is C_SignFinal.
-func (e *Engine) SignFinal(app *App, h uint64, out wire.OutSpec, r *wire.Results) error {
+// signFinal is C_SignFinal.
+func (app *App) signFinal(h uint64, out wire.OutSpec, r *wire.Results) error {
 	return produce(app, h, opSign, callFinal, out, r, func(op *operation) ([]byte, error) {
 		return op.signer.Sign()
 	})
 }
 
-// Verify is C_Verify; VerifyFinal is C_VerifyFinal. Both end the
+// verify is C_Verify; VerifyFinal is C_VerifyFinal. Both end the
 // operation, whatever the outcome.
-func (e *Engine) Verify(app *App, h uint64, in, sig []byte) error {
+func (app *App) verify(h uint64, in, sig []byte) error {
 	return withOp(app, h, opVerify, func(op *operation) (bool, error) {
 		if op.parts {
 			return true, ck.Error(ck.CKR_OPERATION_ACTIVE)
@@ -426,7 +426,7 @@ func (e *Engine) Verify(app *App, h uint64, in, sig []byte) error {
 	})
 }
 
-func (e *Engine) VerifyFinal(app *App, h uint64, sig []byte) error {
+func (app *App) verifyFinal(h uint64, sig []byte) error {
 	return withOp(app, h, opVerify, func(op *operation) (bool, error) {
 		if op.singlePart() {
 			return true, ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED)

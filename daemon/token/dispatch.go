@@ -1,4 +1,4 @@
-package daemon
+package token
 
 import (
 	"bytes"
@@ -82,13 +82,13 @@ func buildHandlers(byName map[string]handler) []handler {
 	for name, h := range byName {
 		c, ok := calls.ByName(name)
 		if !ok || c.Mode != calls.Forwarded {
-			panic("daemon: internal error: a handler for " + name + ", which the module does not forward")
+			panic("token: internal error: a handler for " + name + ", which the module does not forward")
 		}
 		t[c.ID] = h
 	}
 	for i := range calls.Table {
 		if c := &calls.Table[i]; c.Mode == calls.Forwarded && t[c.ID] == nil {
-			panic("daemon: internal error: no handler for " + c.Name)
+			panic("token: internal error: no handler for " + c.Name)
 		}
 	}
 	return t
@@ -169,7 +169,7 @@ func in(a *wire.Args, i int) []byte {
 }
 
 func (e *Engine) cGetSlotList(ctx context.Context, _ *App, a *wire.Args, r *wire.Results) error {
-	ids, err := e.SlotList(ctx)
+	ids, err := e.slotList(ctx)
 	if err != nil {
 		return err
 	}
@@ -177,7 +177,7 @@ func (e *Engine) cGetSlotList(ctx context.Context, _ *App, a *wire.Args, r *wire
 }
 
 func (e *Engine) cGetSlotInfo(ctx context.Context, _ *App, a *wire.Args, r *wire.Results) error {
-	info, err := e.SlotInfo(ctx, a.Ulong(0))
+	info, err := e.slotInfo(ctx, a.Ulong(0))
 	if err == nil {
 		r.Struct(info)
 	}
@@ -185,7 +185,7 @@ func (e *Engine) cGetSlotInfo(ctx context.Context, _ *App, a *wire.Args, r *wire
 }
 
 func (e *Engine) cGetTokenInfo(ctx context.Context, _ *App, a *wire.Args, r *wire.Results) error {
-	info, err := e.TokenInfo(ctx, a.Ulong(0))
+	info, err := e.tokenInfo(ctx, a.Ulong(0))
 	if err == nil {
 		r.Struct(info)
 	}
@@ -193,7 +193,7 @@ func (e *Engine) cGetTokenInfo(ctx context.Context, _ *App, a *wire.Args, r *wir
 }
 
 func (e *Engine) cGetMechanismList(ctx context.Context, _ *App, a *wire.Args, r *wire.Results) error {
-	list, err := e.MechanismList(ctx, a.Ulong(0))
+	list, err := e.mechanismList(ctx, a.Ulong(0))
 	if err != nil {
 		return err
 	}
@@ -201,7 +201,7 @@ func (e *Engine) cGetMechanismList(ctx context.Context, _ *App, a *wire.Args, r 
 }
 
 func (e *Engine) cGetMechanismInfo(ctx context.Context, _ *App, a *wire.Args, r *wire.Results) error {
-	info, err := e.MechanismInfo(ctx, a.Ulong(0), a.Ulong(1))
+	info, err := e.mechanismInfo(ctx, a.Ulong(0), a.Ulong(1))
 	if err == nil {
 		r.Struct(info)
 	}
@@ -224,7 +224,7 @@ func (e *Engine) cInitToken(ctx context.Context, app *App, a *wire.Args, _ *wire
 	if null || lnull {
 		return ck.Error(ck.CKR_ARGUMENTS_BAD)
 	}
-	return e.InitToken(ctx, app, a.Ulong(0), pin, label)
+	return e.initToken(ctx, app, a.Ulong(0), pin, label)
 }
 
 func (e *Engine) cInitPIN(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
@@ -232,7 +232,7 @@ func (e *Engine) cInitPIN(ctx context.Context, app *App, a *wire.Args, _ *wire.R
 	if null {
 		return ck.Error(ck.CKR_ARGUMENTS_BAD)
 	}
-	return e.InitPIN(ctx, app, a.Ulong(0), pin)
+	return e.initPIN(ctx, app, a.Ulong(0), pin)
 }
 
 func (e *Engine) cSetPIN(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
@@ -241,11 +241,11 @@ func (e *Engine) cSetPIN(ctx context.Context, app *App, a *wire.Args, _ *wire.Re
 	if n1 || n2 {
 		return ck.Error(ck.CKR_ARGUMENTS_BAD)
 	}
-	return e.SetPIN(ctx, app, a.Ulong(0), old, nw)
+	return e.setPIN(ctx, app, a.Ulong(0), old, nw)
 }
 
 func (e *Engine) cOpenSession(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
-	h, err := e.OpenSession(ctx, app, a.Ulong(0), a.Ulong(1))
+	h, err := e.openSession(ctx, app, a.Ulong(0), a.Ulong(1))
 	if err == nil {
 		r.Ulong(h)
 	}
@@ -253,15 +253,15 @@ func (e *Engine) cOpenSession(ctx context.Context, app *App, a *wire.Args, r *wi
 }
 
 func (e *Engine) cCloseSession(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
-	return e.CloseSession(ctx, app, a.Ulong(0))
+	return e.closeSession(ctx, app, a.Ulong(0))
 }
 
 func (e *Engine) cCloseAllSessions(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
-	return e.CloseAllSessions(ctx, app, a.Ulong(0))
+	return e.closeAllSessions(ctx, app, a.Ulong(0))
 }
 
 func (e *Engine) cGetSessionInfo(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
-	info, err := e.SessionInfo(ctx, app, a.Ulong(0))
+	info, err := e.sessionInfo(ctx, app, a.Ulong(0))
 	if err == nil {
 		r.Struct(info)
 	}
@@ -270,11 +270,11 @@ func (e *Engine) cGetSessionInfo(ctx context.Context, app *App, a *wire.Args, r 
 
 func (e *Engine) cLogin(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
 	pin, null := a.Bytes(2)
-	return e.Login(ctx, app, a.Ulong(0), a.Ulong(1), pin, null)
+	return e.login(ctx, app, a.Ulong(0), a.Ulong(1), pin, null)
 }
 
 func (e *Engine) cLogout(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
-	return e.Logout(ctx, app, a.Ulong(0))
+	return e.logout(ctx, app, a.Ulong(0))
 }
 
 // newObject serves the calls that make one object from a template (the
@@ -292,19 +292,19 @@ func newObject(ti int, r *wire.Results, a *wire.Args, create func(t []attr) (uin
 }
 
 func (e *Engine) cCreateObject(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
-	return newObject(1, r, a, func(t []attr) (uint64, error) { return e.CreateObject(ctx, app, a.Ulong(0), t) })
+	return newObject(1, r, a, func(t []attr) (uint64, error) { return e.createObject(ctx, app, a.Ulong(0), t) })
 }
 
 func (e *Engine) cCopyObject(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
-	return newObject(2, r, a, func(t []attr) (uint64, error) { return e.CopyObject(ctx, app, a.Ulong(0), a.Ulong(1), t) })
+	return newObject(2, r, a, func(t []attr) (uint64, error) { return e.copyObject(ctx, app, a.Ulong(0), a.Ulong(1), t) })
 }
 
 func (e *Engine) cDestroyObject(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
-	return e.DestroyObject(ctx, app, a.Ulong(0), a.Ulong(1))
+	return e.destroyObject(ctx, app, a.Ulong(0), a.Ulong(1))
 }
 
 func (e *Engine) cGetObjectSize(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
-	n, err := e.ObjectSize(ctx, app, a.Ulong(0), a.Ulong(1))
+	n, err := e.objectSize(ctx, app, a.Ulong(0), a.Ulong(1))
 	if err == nil {
 		r.Ulong(n)
 	}
@@ -312,7 +312,7 @@ func (e *Engine) cGetObjectSize(ctx context.Context, app *App, a *wire.Args, r *
 }
 
 func (e *Engine) cGetAttributeValue(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
-	answers, err := e.GetAttributes(ctx, app, a.Ulong(0), a.Ulong(1), a.Query(2))
+	answers, err := e.getAttributes(ctx, app, a.Ulong(0), a.Ulong(1), a.Query(2))
 	if answers != nil {
 		r.Answers(answers)
 	}
@@ -324,7 +324,7 @@ func (e *Engine) cSetAttributeValue(ctx context.Context, app *App, a *wire.Args,
 	if err != nil {
 		return err
 	}
-	return e.SetAttributes(ctx, app, a.Ulong(0), a.Ulong(1), t)
+	return e.setAttributes(ctx, app, a.Ulong(0), a.Ulong(1), t)
 }
 
 func (e *Engine) cFindObjectsInit(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
@@ -332,11 +332,11 @@ func (e *Engine) cFindObjectsInit(ctx context.Context, app *App, a *wire.Args, _
 	if err != nil {
 		return err
 	}
-	return e.FindObjectsInit(ctx, app, a.Ulong(0), t)
+	return e.findObjectsInit(ctx, app, a.Ulong(0), t)
 }
 
 func (e *Engine) cFindObjects(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
-	hs, err := e.FindObjects(ctx, app, a.Ulong(0), a.Max(1))
+	hs, err := e.findObjects(ctx, app, a.Ulong(0), a.Max(1))
 	if err == nil {
 		r.Handles(hs)
 	}
@@ -344,78 +344,78 @@ func (e *Engine) cFindObjects(ctx context.Context, app *App, a *wire.Args, r *wi
 }
 
 func (e *Engine) cFindObjectsFinal(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
-	return e.FindObjectsFinal(ctx, app, a.Ulong(0))
+	return e.findObjectsFinal(ctx, app, a.Ulong(0))
 }
 
 // opInit serves the Init calls that take a key.
 func opInit(kind opKind) handler {
 	return func(e *Engine, ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
-		return e.OpInit(ctx, app, a.Ulong(0), kind, a.Mechanism(1), a.Ulong(2))
+		return e.opInit(ctx, app, a.Ulong(0), kind, a.Mechanism(1), a.Ulong(2))
 	}
 }
 
 func crypt(kind opKind) handler {
 	return func(e *Engine, _ context.Context, app *App, a *wire.Args, r *wire.Results) error {
-		return e.Crypt(app, a.Ulong(0), kind, in(a, 1), a.Out(2), r)
+		return app.crypt(a.Ulong(0), kind, in(a, 1), a.Out(2), r)
 	}
 }
 
 func cryptUpdate(kind opKind) handler {
 	return func(e *Engine, _ context.Context, app *App, a *wire.Args, r *wire.Results) error {
-		return e.CryptUpdate(app, a.Ulong(0), kind, in(a, 1), a.Out(2), r)
+		return app.cryptUpdate(a.Ulong(0), kind, in(a, 1), a.Out(2), r)
 	}
 }
 
 func cryptFinal(kind opKind) handler {
 	return func(e *Engine, _ context.Context, app *App, a *wire.Args, r *wire.Results) error {
-		return e.CryptFinal(app, a.Ulong(0), kind, a.Out(1), r)
+		return app.cryptFinal(a.Ulong(0), kind, a.Out(1), r)
 	}
 }
 
 func signVerifyUpdate(kind opKind) handler {
 	return func(e *Engine, _ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
-		return e.SignVerifyUpdate(app, a.Ulong(0), kind, in(a, 1))
+		return app.signVerifyUpdate(a.Ulong(0), kind, in(a, 1))
 	}
 }
 
 func (e *Engine) cDigestInit(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
-	return e.OpInit(ctx, app, a.Ulong(0), opDigest, a.Mechanism(1), 0)
+	return e.opInit(ctx, app, a.Ulong(0), opDigest, a.Mechanism(1), 0)
 }
 
 func (e *Engine) cDigest(_ context.Context, app *App, a *wire.Args, r *wire.Results) error {
-	return e.Digest(app, a.Ulong(0), in(a, 1), a.Out(2), r)
+	return app.digest(a.Ulong(0), in(a, 1), a.Out(2), r)
 }
 
 func (e *Engine) cDigestUpdate(_ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
-	return e.DigestUpdate(app, a.Ulong(0), in(a, 1))
+	return app.digestUpdate(a.Ulong(0), in(a, 1))
 }
 
 func (e *Engine) cDigestKey(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
-	return e.DigestKey(ctx, app, a.Ulong(0), a.Ulong(1))
+	return e.digestKey(ctx, app, a.Ulong(0), a.Ulong(1))
 }
 
 func (e *Engine) cDigestFinal(_ context.Context, app *App, a *wire.Args, r *wire.Results) error {
-	return e.DigestFinal(app, a.Ulong(0), a.Out(1), r)
+	return app.digestFinal(a.Ulong(0), a.Out(1), r)
 }
 
 func (e *Engine) cSign(_ context.Context, app *App, a *wire.Args, r *wire.Results) error {
-	return e.Sign(app, a.Ulong(0), in(a, 1), a.Out(2), r)
+	return app.sign(a.Ulong(0), in(a, 1), a.Out(2), r)
 }
 
 func (e *Engine) cSignFinal(_ context.Context, app *App, a *wire.Args, r *wire.Results) error {
-	return e.SignFinal(app, a.Ulong(0), a.Out(1), r)
+	return app.signFinal(a.Ulong(0), a.Out(1), r)
 }
 
 func (e *Engine) cVerify(_ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
-	return e.Verify(app, a.Ulong(0), in(a, 1), in(a, 2))
+	return app.verify(a.Ulong(0), in(a, 1), in(a, 2))
 }
 
 func (e *Engine) cVerifyFinal(_ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
-	return e.VerifyFinal(app, a.Ulong(0), in(a, 1))
+	return app.verifyFinal(a.Ulong(0), in(a, 1))
 }
 
 func (e *Engine) cGenerateKey(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
-	return newObject(2, r, a, func(t []attr) (uint64, error) { return e.GenerateKey(ctx, app, a.Ulong(0), a.Mechanism(1), t) })
+	return newObject(2, r, a, func(t []attr) (uint64, error) { return e.generateKey(ctx, app, a.Ulong(0), a.Mechanism(1), t) })
 }
 
 func (e *Engine) cGenerateKeyPair(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
@@ -427,7 +427,7 @@ func (e *Engine) cGenerateKeyPair(ctx context.Context, app *App, a *wire.Args, r
 	if err != nil {
 		return err
 	}
-	ph, vh, err := e.GenerateKeyPair(ctx, app, a.Ulong(0), a.Mechanism(1), pt, vt)
+	ph, vh, err := e.generateKeyPair(ctx, app, a.Ulong(0), a.Mechanism(1), pt, vt)
 	if err == nil {
 		r.Ulong(ph)
 		r.Ulong(vh)
@@ -436,27 +436,27 @@ func (e *Engine) cGenerateKeyPair(ctx context.Context, app *App, a *wire.Args, r
 }
 
 func (e *Engine) cWrapKey(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
-	return e.WrapKey(ctx, app, a.Ulong(0), a.Mechanism(1), a.Ulong(2), a.Ulong(3), a.Out(4), r)
+	return e.wrapKey(ctx, app, a.Ulong(0), a.Mechanism(1), a.Ulong(2), a.Ulong(3), a.Out(4), r)
 }
 
 func (e *Engine) cUnwrapKey(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
 	return newObject(4, r, a, func(t []attr) (uint64, error) {
-		return e.UnwrapKey(ctx, app, a.Ulong(0), a.Mechanism(1), a.Ulong(2), in(a, 3), t)
+		return e.unwrapKey(ctx, app, a.Ulong(0), a.Mechanism(1), a.Ulong(2), in(a, 3), t)
 	})
 }
 
 func (e *Engine) cDeriveKey(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
 	return newObject(3, r, a, func(t []attr) (uint64, error) {
-		return e.DeriveKey(ctx, app, a.Ulong(0), a.Mechanism(1), a.Ulong(2), t)
+		return e.deriveKey(ctx, app, a.Ulong(0), a.Mechanism(1), a.Ulong(2), t)
 	})
 }
 
 func (e *Engine) cSeedRandom(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
-	return e.SeedRandom(ctx, app, a.Ulong(0))
+	return e.seedRandom(ctx, app, a.Ulong(0))
 }
 
 func (e *Engine) cGenerateRandom(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
-	b, err := e.GenerateRandom(ctx, app, a.Ulong(0), a.Filled(1))
+	b, err := e.generateRandom(ctx, app, a.Ulong(0), a.Filled(1))
 	if err == nil {
 		r.Filled(b)
 	}

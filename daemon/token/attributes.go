@@ -1,4 +1,4 @@
-package daemon
+package token
 
 import (
 	"bytes"
@@ -295,9 +295,10 @@ func checkValue(r rule, v []byte) error {
 
 func isTrue(v []byte) bool { return len(v) == 1 && v[0] == 1 }
 
-// object is the engine's view of an object: its ordinary attributes and,
-// apart, the sealed ones (key material, a data object's value).
-type object struct {
+// Object is the engine's view of an object: its ordinary attributes and,
+// apart, the sealed ones (key material, a data object's value). It is the
+// mech.Key a mechanism gets.
+type Object struct {
 	attrs  keystore.Attributes
 	secret keystore.Attributes
 
@@ -318,7 +319,7 @@ type parsedKey struct {
 // (mech.Key). The lock is not held while parsing: one parse may need
 // another (an RSA private key its public half), and two racing parses
 // agree.
-func (o *object) Memo(kind string, parse func() (any, error)) (any, error) {
+func (o *Object) Memo(kind string, parse func() (any, error)) (any, error) {
 	o.mu.Lock()
 	p, ok := o.parsed[kind]
 	o.mu.Unlock()
@@ -339,14 +340,14 @@ func (o *object) Memo(kind string, parse func() (any, error)) (any, error) {
 }
 
 // Class is the object's CKA_CLASS.
-func (o *object) Class() uint64 {
+func (o *Object) Class() uint64 {
 	v, _, _ := o.attrs.Ulong(ck.CKA_CLASS)
 	return v
 }
 
 // KeyType is a key's CKA_KEY_TYPE, all ones for an object that is not a
 // key.
-func (o *object) KeyType() uint64 {
+func (o *Object) KeyType() uint64 {
 	v, ok, _ := o.attrs.Ulong(ck.CKA_KEY_TYPE)
 	if !ok {
 		return ^uint64(0)
@@ -354,19 +355,20 @@ func (o *object) KeyType() uint64 {
 	return v
 }
 
-func (o *object) bool(t uint64) bool {
+// Bool reads a CK_BBOOL attribute: true only when it is there and true.
+func (o *Object) Bool(t uint64) bool {
 	v, _ := o.attrs.Get(t)
 	return isTrue(v)
 }
 
 // attrsGet returns an ordinary attribute's value, or nil.
-func (o *object) attrsGet(t uint64) []byte {
+func (o *Object) attrsGet(t uint64) []byte {
 	v, _ := o.attrs.Get(t)
 	return v
 }
 
 // Attr returns an attribute's stored value, from either part (mech.Key).
-func (o *object) Attr(t uint64) ([]byte, bool) {
+func (o *Object) Attr(t uint64) ([]byte, bool) {
 	if v, ok := o.attrs.Get(t); ok {
 		return v, true
 	}
@@ -375,12 +377,12 @@ func (o *object) Attr(t uint64) ([]byte, bool) {
 
 // readAttr applies the specification's rules for one attribute of
 // C_GetAttributeValue: its value, or the CK_RV that says why not.
-func (o *object) readAttr(t uint64) ([]byte, uint64) {
+func (o *Object) readAttr(t uint64) ([]byte, uint64) {
 	r, ok := ruleFor(t, o.Class(), o.KeyType())
 	if !ok {
 		return nil, ck.CKR_ATTRIBUTE_TYPE_INVALID
 	}
-	if r.flags&fSensitive != 0 && (o.bool(ck.CKA_SENSITIVE) || !o.bool(ck.CKA_EXTRACTABLE)) {
+	if r.flags&fSensitive != 0 && (o.Bool(ck.CKA_SENSITIVE) || !o.Bool(ck.CKA_EXTRACTABLE)) {
 		return nil, ck.CKR_ATTRIBUTE_SENSITIVE
 	}
 	v, ok := o.Attr(t)
@@ -394,7 +396,7 @@ func (o *object) readAttr(t uint64) ([]byte, uint64) {
 
 // matches reports whether the object matches a search template. An
 // attribute the caller could not read never matches.
-func (o *object) matches(tmpl []keystore.Attribute) bool {
+func (o *Object) matches(tmpl []keystore.Attribute) bool {
 	for _, a := range tmpl {
 		v, code := o.readAttr(a.Type)
 		if code != ck.CKR_OK || !bytes.Equal(v, a.Value) {
@@ -405,7 +407,7 @@ func (o *object) matches(tmpl []keystore.Attribute) bool {
 }
 
 // split sorts a full set of attributes into the object's two parts.
-func split(all map[uint64][]byte, class, keyType uint64) (*object, error) {
+func split(all map[uint64][]byte, class, keyType uint64) (*Object, error) {
 	attrs := make([]keystore.Attribute, 0, len(all))
 	var secret []keystore.Attribute
 	// The rules are sorted by type, so walking them yields the attributes
@@ -439,11 +441,11 @@ func split(all map[uint64][]byte, class, keyType uint64) (*object, error) {
 	if err != nil {
 		return nil, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 	}
-	return &object{attrs: a, secret: s}, nil
+	return &Object{attrs: a, secret: s}, nil
 }
 
-// all returns every attribute of the object in one map, for edits.
-func (o *object) all() map[uint64][]byte {
+// All returns every attribute of the object in one map, for edits.
+func (o *Object) All() map[uint64][]byte {
 	m := make(map[uint64][]byte, len(o.attrs)+len(o.secret))
 	for _, a := range o.attrs {
 		m[a.Type] = a.Value

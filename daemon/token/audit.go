@@ -1,4 +1,4 @@
-package daemon
+package token
 
 import (
 	"context"
@@ -24,8 +24,8 @@ func actor(app *App, role string) keystore.AuditActor {
 	return keystore.AuditActor{UID: app.UID, PID: app.PID, Role: role}
 }
 
-// roleName names a role as the audit log and the admin protocol do.
-func roleName(r keystore.Role) string {
+// RoleName names a role as the audit log and the admin protocol do.
+func RoleName(r keystore.Role) string {
 	if r == keystore.RoleSO {
 		return "so"
 	}
@@ -35,7 +35,7 @@ func roleName(r keystore.Role) string {
 // sessionRole is the role logged in to the session's token, or "".
 func sessionRole(app *App, s *session) string {
 	if r, in := app.role(s); in {
-		return roleName(r)
+		return RoleName(r)
 	}
 	return ""
 }
@@ -58,16 +58,16 @@ func (e *Engine) audit(ctx context.Context, who keystore.AuditActor, token keyst
 // auditPINFailure records a wrong PIN and, when it locked the role, the
 // lockout.
 func (e *Engine) auditPINFailure(ctx context.Context, who keystore.AuditActor, token keystore.UUID, role keystore.Role, event string) {
-	e.audit(ctx, who, token, event, map[string]string{"role": roleName(role)})
+	e.audit(ctx, who, token, event, map[string]string{"role": RoleName(role)})
 	if ti, err := e.store.Token(ctx, token); err == nil && e.store.Locked(ti, role) {
 		e.log.Warn("PIN locked after too many failures", "token", ti.Label, "role", role.String())
-		e.audit(ctx, who, token, "pin.lockout", map[string]string{"role": roleName(role)})
+		e.audit(ctx, who, token, "pin.lockout", map[string]string{"role": RoleName(role)})
 	}
 }
 
-// objectEvent names what happened to an object: key.* for keys,
+// ObjectEvent names what happened to an object: key.* for keys,
 // object.* for the other classes.
-func objectEvent(class uint64, verb string) string {
+func ObjectEvent(class uint64, verb string) string {
 	switch class {
 	case ck.CKO_SECRET_KEY, ck.CKO_PRIVATE_KEY, ck.CKO_PUBLIC_KEY:
 		return "key." + verb
@@ -75,8 +75,8 @@ func objectEvent(class uint64, verb string) string {
 	return "object." + verb
 }
 
-// className is a class's name for the audit log.
-func className(class uint64) string {
+// ClassName is a class's name for the audit log.
+func ClassName(class uint64) string {
 	switch class {
 	case ck.CKO_DATA:
 		return "data"
@@ -92,10 +92,10 @@ func className(class uint64) string {
 	return "other"
 }
 
-// objectDetail describes an object for the audit log: its identity, class,
+// ObjectDetail describes an object for the audit log: its identity, class,
 // key type, label and CKA_ID, never a value.
-func objectDetail(uuid keystore.UUID, class uint64, m map[uint64][]byte) map[string]string {
-	d := map[string]string{"object": uuid.String(), "class": className(class)}
+func ObjectDetail(uuid keystore.UUID, class uint64, m map[uint64][]byte) map[string]string {
+	d := map[string]string{"object": uuid.String(), "class": ClassName(class)}
 	if kt, ok := m[ck.CKA_KEY_TYPE]; ok && len(kt) == 8 {
 		d["key_type"] = fmt.Sprintf("0x%x", binary.BigEndian.Uint64(kt))
 	}
@@ -106,4 +106,17 @@ func objectDetail(uuid keystore.UUID, class uint64, m map[uint64][]byte) map[str
 		d["id"] = hex.EncodeToString(id)
 	}
 	return d
+}
+
+// DeletedDetail describes a deleted object for the audit log, as
+// ObjectDetail does a live one.
+func DeletedDetail(d keystore.Deleted) map[string]string {
+	detail := map[string]string{"object": d.UUID.String(), "class": ClassName(d.Class)}
+	if len(d.Label) > 0 {
+		detail["label"] = string(d.Label)
+	}
+	if len(d.CKAID) > 0 {
+		detail["id"] = hex.EncodeToString(d.CKAID)
+	}
+	return detail
 }

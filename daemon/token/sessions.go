@@ -1,4 +1,4 @@
-package daemon
+package token
 
 import (
 	"context"
@@ -27,9 +27,9 @@ type session struct {
 	ops  [opKinds]*operation
 }
 
-// sessionIdle says whether session h of app exists and has no
+// SessionIdle says whether session h of app exists and has no
 // operation in progress (the reply's idle flag, docs/protocol.md).
-func (app *App) sessionIdle(h uint64) bool {
+func (app *App) SessionIdle(h uint64) bool {
 	s, err := app.session(h)
 	if err != nil {
 		return false
@@ -70,8 +70,8 @@ func (app *App) isSO(s *session) bool {
 	return in && r == keystore.RoleSO
 }
 
-// OpenSession opens a session on the token in slot.
-func (e *Engine) OpenSession(ctx context.Context, app *App, slot, flags uint64) (uint64, error) {
+// openSession opens a session on the token in slot.
+func (e *Engine) openSession(ctx context.Context, app *App, slot, flags uint64) (uint64, error) {
 	if flags&ck.CKF_SERIAL_SESSION == 0 {
 		return 0, ck.Error(ck.CKR_SESSION_PARALLEL_NOT_SUPPORTED)
 	}
@@ -94,9 +94,9 @@ func (e *Engine) OpenSession(ctx context.Context, app *App, slot, flags uint64) 
 	return h, nil
 }
 
-// CloseSession closes a session: its session objects go with it, and the
+// closeSession closes a session: its session objects go with it, and the
 // application's login on the token ends with its last session there.
-func (e *Engine) CloseSession(ctx context.Context, app *App, h uint64) error {
+func (e *Engine) closeSession(ctx context.Context, app *App, h uint64) error {
 	app.mu.Lock()
 	s, ok := app.sessions[h]
 	if !ok {
@@ -122,8 +122,8 @@ func (e *Engine) CloseSession(ctx context.Context, app *App, h uint64) error {
 	return nil
 }
 
-// CloseAllSessions closes every session of app on the token in slot.
-func (e *Engine) CloseAllSessions(ctx context.Context, app *App, slot uint64) error {
+// closeAllSessions closes every session of app on the token in slot.
+func (e *Engine) closeAllSessions(ctx context.Context, app *App, slot uint64) error {
 	ti, err := e.token(ctx, slot)
 	if err != nil {
 		return err
@@ -137,14 +137,14 @@ func (e *Engine) CloseAllSessions(ctx context.Context, app *App, slot uint64) er
 	}
 	app.mu.Unlock()
 	for _, h := range hs {
-		e.CloseSession(ctx, app, h)
+		e.closeSession(ctx, app, h)
 	}
 	return nil
 }
 
-// SessionInfo describes a session; its state follows the application's
+// sessionInfo describes a session; its state follows the application's
 // login on the token.
-func (e *Engine) SessionInfo(ctx context.Context, app *App, h uint64) (*wire.SessionInfo, error) {
+func (e *Engine) sessionInfo(ctx context.Context, app *App, h uint64) (*wire.SessionInfo, error) {
 	s, err := app.session(h)
 	if err != nil {
 		return nil, err
@@ -169,8 +169,8 @@ func (e *Engine) SessionInfo(ctx context.Context, app *App, h uint64) (*wire.Ses
 	return info, nil
 }
 
-// Login logs app in to the session's token.
-func (e *Engine) Login(ctx context.Context, app *App, h, userType uint64, pin []byte, pinNull bool) error {
+// login logs app in to the session's token.
+func (e *Engine) login(ctx context.Context, app *App, h, userType uint64, pin []byte, pinNull bool) error {
 	s, err := app.session(h)
 	if err != nil {
 		return err
@@ -232,7 +232,7 @@ func (e *Engine) Login(ctx context.Context, app *App, h, userType uint64, pin []
 	}
 	e.reserveLogin(s.token)
 	err = e.store.Login(ctx, s.token, role, pin)
-	who := actor(app, roleName(role))
+	who := actor(app, RoleName(role))
 	if errors.Is(err, keystore.ErrPINIncorrect) {
 		e.afterFailure(tl, role, s.token)
 		e.auditPINFailure(ctx, who, s.token, role, "login.failure")
@@ -313,8 +313,8 @@ func (e *Engine) afterFailure(tl *tokenLogin, role keystore.Role, token keystore
 	e.log.Warn("PIN incorrect", "token", token.String(), "role", role.String())
 }
 
-// Logout ends app's login on the session's token.
-func (e *Engine) Logout(ctx context.Context, app *App, h uint64) error {
+// logout ends app's login on the session's token.
+func (e *Engine) logout(ctx context.Context, app *App, h uint64) error {
 	s, err := app.session(h)
 	if err != nil {
 		return err
@@ -328,8 +328,8 @@ func (e *Engine) Logout(ctx context.Context, app *App, h uint64) error {
 	return nil
 }
 
-// InitPIN sets the user PIN; the SO must be logged in, in a R/W session.
-func (e *Engine) InitPIN(ctx context.Context, app *App, h uint64, pin []byte) error {
+// initPIN sets the user PIN; the SO must be logged in, in a R/W session.
+func (e *Engine) initPIN(ctx context.Context, app *App, h uint64, pin []byte) error {
 	s, err := app.session(h)
 	if err != nil {
 		return err
@@ -337,7 +337,7 @@ func (e *Engine) InitPIN(ctx context.Context, app *App, h uint64, pin []byte) er
 	if role, in := app.role(s); !in || role != keystore.RoleSO || !s.rw {
 		return ck.Error(ck.CKR_USER_NOT_LOGGED_IN)
 	}
-	if len(pin) < minPINLen || len(pin) > maxPINLen {
+	if len(pin) < MinPINLen || len(pin) > MaxPINLen {
 		return ck.Error(ck.CKR_PIN_LEN_RANGE)
 	}
 	if err := e.store.InitPIN(ctx, s.token, pin); err != nil {
@@ -348,9 +348,9 @@ func (e *Engine) InitPIN(ctx context.Context, app *App, h uint64, pin []byte) er
 	return nil
 }
 
-// SetPIN changes the PIN of whoever is logged in (the user's when no one
+// setPIN changes the PIN of whoever is logged in (the user's when no one
 // is), in a R/W session.
-func (e *Engine) SetPIN(ctx context.Context, app *App, h uint64, oldPIN, newPIN []byte) error {
+func (e *Engine) setPIN(ctx context.Context, app *App, h uint64, oldPIN, newPIN []byte) error {
 	s, err := app.session(h)
 	if err != nil {
 		return err
@@ -358,7 +358,7 @@ func (e *Engine) SetPIN(ctx context.Context, app *App, h uint64, oldPIN, newPIN 
 	if !s.rw {
 		return ck.Error(ck.CKR_SESSION_READ_ONLY)
 	}
-	if len(newPIN) < minPINLen || len(newPIN) > maxPINLen {
+	if len(newPIN) < MinPINLen || len(newPIN) > MaxPINLen {
 		return ck.Error(ck.CKR_PIN_LEN_RANGE)
 	}
 	role := keystore.RoleUser
@@ -374,7 +374,7 @@ func (e *Engine) SetPIN(ctx context.Context, app *App, h uint64, oldPIN, newPIN 
 	}
 	if err == nil {
 		e.log.Info("PIN changed", "token", s.token.String(), "role", role.String())
-		e.audit(ctx, who, s.token, "pin.change", map[string]string{"role": roleName(role)})
+		e.audit(ctx, who, s.token, "pin.change", map[string]string{"role": RoleName(role)})
 	}
 	return err
 }

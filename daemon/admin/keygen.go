@@ -1,4 +1,4 @@
-package daemon
+package admin
 
 import (
 	"context"
@@ -18,6 +18,7 @@ import (
 	"hsmemu/cryptoki/wire"
 	"hsmemu/daemon/adminapi"
 	"hsmemu/daemon/mech"
+	"hsmemu/daemon/token"
 	"hsmemu/keystore"
 )
 
@@ -78,7 +79,7 @@ var usageFlags = map[string]struct {
 
 // keyTemplates builds the templates of a new key from the admin's
 // options: the secret key's (or the private half's) and the public half's.
-func keyTemplates(opts adminapi.KeyOptions, usage []string) (secret, public []attr, err error) {
+func keyTemplates(opts adminapi.KeyOptions, usage []string) (secret, public []keystore.Attribute, err error) {
 	if len(opts.Usage) > 0 {
 		usage = opts.Usage
 	}
@@ -93,13 +94,13 @@ func keyTemplates(opts adminapi.KeyOptions, usage []string) (secret, public []at
 		id = make([]byte, 8)
 		rand.Read(id)
 	}
-	common := []attr{
-		{Type: ck.CKA_TOKEN, Value: vTrue},
+	common := []keystore.Attribute{
+		{Type: ck.CKA_TOKEN, Value: keystore.Bool(true)},
 		{Type: ck.CKA_LABEL, Value: []byte(opts.Label)},
 		{Type: ck.CKA_ID, Value: id},
 	}
-	secret = append(slices.Clone(common), attr{Type: ck.CKA_PRIVATE, Value: vTrue})
-	public = append(slices.Clone(common), attr{Type: ck.CKA_PRIVATE, Value: vFalse})
+	secret = append(slices.Clone(common), keystore.Attribute{Type: ck.CKA_PRIVATE, Value: keystore.Bool(true)})
+	public = append(slices.Clone(common), keystore.Attribute{Type: ck.CKA_PRIVATE, Value: keystore.Bool(false)})
 	for _, u := range usage {
 		if _, ok := usageFlags[u]; !ok {
 			return nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "unknown usage %q: want encrypt, decrypt, sign, verify, wrap, unwrap or derive", u)
@@ -109,65 +110,58 @@ func keyTemplates(opts adminapi.KeyOptions, usage []string) (secret, public []at
 	// is what was asked, not the token's defaults.
 	for _, name := range slices.Sorted(maps.Keys(usageFlags)) {
 		f := usageFlags[name]
-		v := vFalse
+		v := keystore.Bool(false)
 		if slices.Contains(usage, name) {
-			v = vTrue
+			v = keystore.Bool(true)
 		}
-		secret = append(secret, attr{Type: f.t, Value: v})
+		secret = append(secret, keystore.Attribute{Type: f.t, Value: v})
 		if f.pub {
-			public = append(public, attr{Type: f.t, Value: v})
+			public = append(public, keystore.Attribute{Type: f.t, Value: v})
 		}
 	}
 	switch opts.Protection {
 	case "":
 	case "hsm":
-		secret = append(secret, attr{Type: ck.CKA_HSMEMU_PROTECTION, Value: ulong(ck.CKP_HSMEMU_HSM)})
+		secret = append(secret, keystore.Attribute{Type: ck.CKA_HSMEMU_PROTECTION, Value: keystore.Ulong(ck.CKP_HSMEMU_HSM)})
 	case "software":
-		secret = append(secret, attr{Type: ck.CKA_HSMEMU_PROTECTION, Value: ulong(ck.CKP_HSMEMU_SOFTWARE)})
+		secret = append(secret, keystore.Attribute{Type: ck.CKA_HSMEMU_PROTECTION, Value: keystore.Ulong(ck.CKP_HSMEMU_SOFTWARE)})
 	default:
 		return nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "unknown protection %q: want hsm or software", opts.Protection)
 	}
 	if opts.Extractable {
-		secret = append(secret, attr{Type: ck.CKA_EXTRACTABLE, Value: vTrue})
+		secret = append(secret, keystore.Attribute{Type: ck.CKA_EXTRACTABLE, Value: keystore.Bool(true)})
 	} else {
-		secret = append(secret, attr{Type: ck.CKA_EXTRACTABLE, Value: vFalse})
+		secret = append(secret, keystore.Attribute{Type: ck.CKA_EXTRACTABLE, Value: keystore.Bool(false)})
 	}
 	return secret, public, nil
 }
 
 // pairPrivate reduces a secret-key template to a private key's: a private
 // key has no encrypt, verify or wrap.
-func pairPrivate(t []attr) []attr {
-	return slices.DeleteFunc(slices.Clone(t), func(a attr) bool {
+func pairPrivate(t []keystore.Attribute) []keystore.Attribute {
+	return slices.DeleteFunc(slices.Clone(t), func(a keystore.Attribute) bool {
 		return a.Type == ck.CKA_ENCRYPT || a.Type == ck.CKA_VERIFY || a.Type == ck.CKA_WRAP
 	})
 }
 
 // created describes the objects behind new handles.
-func (a *adminOps) created(ctx context.Context, app *App, handles ...uint64) ([]adminapi.Key, error) {
+func (a *call) created(ctx context.Context, u *token.UserSession, handles ...uint64) ([]adminapi.Key, error) {
 	var out []adminapi.Key
 	for _, h := range handles {
-		app.mu.Lock()
-		ref, ok := app.handles[h]
-		app.mu.Unlock()
-		if !ok || ref.mem != nil {
-			return nil, errors.New("admin: a created key has no token object")
-		}
-		stored, err := a.e.store.Open(ctx, ref.id)
+		stored, err := u.Stored(ctx, h)
 		if err != nil {
 			return nil, err
 		}
-		o, err := fromStore(stored)
+		o, err := token.View(stored)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, describe(found{id: ref.id, uuid: stored.UUID, obj: o}, false))
+		out = append(out, describe(found{id: stored.ID, uuid: stored.UUID, obj: o}, false))
 	}
 	return out, nil
 }
 
-func (a *adminOps) keyGenerate(ctx context.Context, args adminapi.KeyGenerate) ([]adminapi.Key, error) {
-	defer clear(args.UserPIN)
+func (a *call) keyGenerate(ctx context.Context, args adminapi.KeyGenerate) ([]adminapi.Key, error) {
 	spec, ok := keyTypes[strings.ToLower(args.Type)]
 	if !ok {
 		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "unknown key type %q: want one of %s", args.Type, strings.Join(KeyTypeNames(), ", "))
@@ -180,28 +174,28 @@ func (a *adminOps) keyGenerate(ctx context.Context, args adminapi.KeyGenerate) (
 		return nil, err
 	}
 	var out []adminapi.Key
-	err = a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, app *App, h uint64) error {
+	err = a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, u *token.UserSession) error {
 		m := &wire.Mechanism{Type: spec.mech}
 		switch spec.keyType {
 		case ck.CKK_AES, ck.CKK_GENERIC_SECRET:
-			secret = append(secret, attr{Type: ck.CKA_VALUE_LEN, Value: ulong(uint64(spec.bits / 8))})
-			kh, err := a.e.GenerateKey(ctx, app, h, m, secret)
+			secret = append(secret, keystore.Attribute{Type: ck.CKA_VALUE_LEN, Value: keystore.Ulong(uint64(spec.bits / 8))})
+			kh, err := u.GenerateKey(ctx, m, secret)
 			if err != nil {
 				return err
 			}
-			out, err = a.created(ctx, app, kh)
+			out, err = a.created(ctx, u, kh)
 			return err
 		case ck.CKK_RSA:
-			public = append(public, attr{Type: ck.CKA_MODULUS_BITS, Value: ulong(uint64(spec.bits))},
-				attr{Type: ck.CKA_PUBLIC_EXPONENT, Value: []byte{1, 0, 1}})
+			public = append(public, keystore.Attribute{Type: ck.CKA_MODULUS_BITS, Value: keystore.Ulong(uint64(spec.bits))},
+				keystore.Attribute{Type: ck.CKA_PUBLIC_EXPONENT, Value: []byte{1, 0, 1}})
 		default:
-			public = append(public, attr{Type: ck.CKA_EC_PARAMS, Value: spec.params})
+			public = append(public, keystore.Attribute{Type: ck.CKA_EC_PARAMS, Value: spec.params})
 		}
-		ph, vh, err := a.e.GenerateKeyPair(ctx, app, h, m, public, pairPrivate(secret))
+		ph, vh, err := u.GenerateKeyPair(ctx, m, public, pairPrivate(secret))
 		if err != nil {
 			return err
 		}
-		out, err = a.created(ctx, app, vh, ph)
+		out, err = a.created(ctx, u, vh, ph)
 		return err
 	})
 	return out, err
@@ -275,17 +269,15 @@ func publicKeyAttrs(pub any) (map[uint64][]byte, uint64, error) {
 }
 
 // withMaterial adds the class, key type and material to a template.
-func withMaterial(t []attr, class, kt uint64, m map[uint64][]byte) []attr {
-	t = append(t, attr{Type: ck.CKA_CLASS, Value: ulong(class)}, attr{Type: ck.CKA_KEY_TYPE, Value: ulong(kt)})
+func withMaterial(t []keystore.Attribute, class, kt uint64, m map[uint64][]byte) []keystore.Attribute {
+	t = append(t, keystore.Attribute{Type: ck.CKA_CLASS, Value: keystore.Ulong(class)}, keystore.Attribute{Type: ck.CKA_KEY_TYPE, Value: keystore.Ulong(kt)})
 	for _, typ := range slices.Sorted(maps.Keys(m)) {
-		t = append(t, attr{Type: typ, Value: m[typ]})
+		t = append(t, keystore.Attribute{Type: typ, Value: m[typ]})
 	}
 	return t
 }
 
-func (a *adminOps) keyImport(ctx context.Context, args adminapi.KeyImport) ([]adminapi.Key, error) {
-	defer clear(args.UserPIN)
-	defer clear(args.Material)
+func (a *call) keyImport(ctx context.Context, args adminapi.KeyImport) ([]adminapi.Key, error) {
 	if args.Label == "" {
 		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "an imported key needs a label")
 	}
@@ -294,7 +286,7 @@ func (a *adminOps) keyImport(ctx context.Context, args adminapi.KeyImport) ([]ad
 		return nil, err
 	}
 	var out []adminapi.Key
-	err = a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, app *App, h uint64) error {
+	err = a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, u *token.UserSession) error {
 		switch {
 		case raw != nil:
 			kt, usage := uint64(ck.CKK_AES), keyTypes["aes-256"].usage
@@ -307,11 +299,11 @@ func (a *adminOps) keyImport(ctx context.Context, args adminapi.KeyImport) ([]ad
 			if err != nil {
 				return err
 			}
-			kh, err := a.e.CreateObject(ctx, app, h, withMaterial(secret, ck.CKO_SECRET_KEY, kt, map[uint64][]byte{ck.CKA_VALUE: raw}))
+			kh, err := u.CreateObject(ctx, withMaterial(secret, ck.CKO_SECRET_KEY, kt, map[uint64][]byte{ck.CKA_VALUE: raw}))
 			if err != nil {
 				return err
 			}
-			out, err = a.created(ctx, app, kh)
+			out, err = a.created(ctx, u, kh)
 			return err
 		case priv == nil:
 			pm, kt, err := publicKeyAttrs(pub)
@@ -322,11 +314,11 @@ func (a *adminOps) keyImport(ctx context.Context, args adminapi.KeyImport) ([]ad
 			if err != nil {
 				return err
 			}
-			ph, err := a.e.CreateObject(ctx, app, h, withMaterial(public, ck.CKO_PUBLIC_KEY, kt, pm))
+			ph, err := u.CreateObject(ctx, withMaterial(public, ck.CKO_PUBLIC_KEY, kt, pm))
 			if err != nil {
 				return err
 			}
-			out, err = a.created(ctx, app, ph)
+			out, err = a.created(ctx, u, ph)
 			return err
 		}
 		vm, kt, err := mech.PrivateKeyAttrs(priv)
@@ -346,16 +338,16 @@ func (a *adminOps) keyImport(ctx context.Context, args adminapi.KeyImport) ([]ad
 		if err != nil {
 			return err
 		}
-		vh, err := a.e.CreateObject(ctx, app, h, withMaterial(pairPrivate(secret), ck.CKO_PRIVATE_KEY, kt, vm))
+		vh, err := u.CreateObject(ctx, withMaterial(pairPrivate(secret), ck.CKO_PRIVATE_KEY, kt, vm))
 		if err != nil {
 			return err
 		}
-		ph, err := a.e.CreateObject(ctx, app, h, withMaterial(public, ck.CKO_PUBLIC_KEY, kt, pm))
+		ph, err := u.CreateObject(ctx, withMaterial(public, ck.CKO_PUBLIC_KEY, kt, pm))
 		if err != nil {
-			a.e.DestroyObject(ctx, app, h, vh)
+			u.DestroyObject(ctx, vh)
 			return err
 		}
-		out, err = a.created(ctx, app, vh, ph)
+		out, err = a.created(ctx, u, vh, ph)
 		return err
 	})
 	return out, err

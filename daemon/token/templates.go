@@ -1,4 +1,4 @@
-package daemon
+package token
 
 import (
 	"math/big"
@@ -191,7 +191,7 @@ func checkNested(v []byte, so bool) error {
 // required attributes, what the key type demands of the material, the
 // defaults, and what its origin says of it. mech is the generating
 // mechanism; base, for a derived key, the key it came from.
-func completeObject(m map[uint64][]byte, class, kt uint64, org origin, mech uint64, base *object, tier keystore.Tier) error {
+func completeObject(m map[uint64][]byte, class, kt uint64, org origin, mech uint64, base *Object, tier keystore.Tier) error {
 	if classMask(class)&(mPriv|mSecret) != 0 {
 		if err := protect(m, tier); err != nil {
 			return err
@@ -226,8 +226,8 @@ func completeObject(m map[uint64][]byte, class, kt uint64, org origin, mech uint
 			m[ck.CKA_ALWAYS_SENSITIVE] = keystore.Bool(sensitive)
 			m[ck.CKA_NEVER_EXTRACTABLE] = keystore.Bool(!extractable)
 		case originDerive:
-			m[ck.CKA_ALWAYS_SENSITIVE] = keystore.Bool(sensitive && base != nil && base.bool(ck.CKA_ALWAYS_SENSITIVE))
-			m[ck.CKA_NEVER_EXTRACTABLE] = keystore.Bool(!extractable && base != nil && base.bool(ck.CKA_NEVER_EXTRACTABLE))
+			m[ck.CKA_ALWAYS_SENSITIVE] = keystore.Bool(sensitive && base != nil && base.Bool(ck.CKA_ALWAYS_SENSITIVE))
+			m[ck.CKA_NEVER_EXTRACTABLE] = keystore.Bool(!extractable && base != nil && base.Bool(ck.CKA_NEVER_EXTRACTABLE))
 		default:
 			// Its material was in someone's hands, in clear or wrapped.
 			m[ck.CKA_ALWAYS_SENSITIVE] = vFalse
@@ -304,11 +304,11 @@ func checkMaterial(m map[uint64][]byte, class, kt uint64) error {
 // checkChange validates a change of existing attributes, by
 // C_SetAttributeValue (copy false) or in a C_CopyObject template (copy
 // true), and returns the object's new attributes.
-func checkChange(o *object, tmpl []attr, so, copy bool) (map[uint64][]byte, error) {
-	if copy && !o.bool(ck.CKA_COPYABLE) {
+func checkChange(o *Object, tmpl []attr, so, copy bool) (map[uint64][]byte, error) {
+	if copy && !o.Bool(ck.CKA_COPYABLE) {
 		return nil, ck.Error(ck.CKR_ACTION_PROHIBITED)
 	}
-	if !copy && !o.bool(ck.CKA_MODIFIABLE) {
+	if !copy && !o.Bool(ck.CKA_MODIFIABLE) {
 		return nil, ck.Error(ck.CKR_ACTION_PROHIBITED)
 	}
 	changes, err := toMap(tmpl)
@@ -316,7 +316,7 @@ func checkChange(o *object, tmpl []attr, so, copy bool) (map[uint64][]byte, erro
 		return nil, err
 	}
 	class, kt := o.Class(), o.KeyType()
-	m := o.all()
+	m := o.All()
 	for t, v := range changes {
 		r, ok := ruleFor(t, class, kt)
 		if !ok {

@@ -1,4 +1,4 @@
-package daemon
+package token
 
 import (
 	"context"
@@ -11,8 +11,8 @@ import (
 	"hsmemu/keystore"
 )
 
-// EngineConfig tunes the token engine.
-type EngineConfig struct {
+// Config tunes the token engine.
+type Config struct {
 	// DefaultTier is the tier of tokens created through C_InitToken.
 	DefaultTier keystore.Tier
 	// MaxSessions bounds one application's open sessions. Zero means 1024.
@@ -29,8 +29,8 @@ type EngineConfig struct {
 
 // PIN lengths the tokens accept (CK_TOKEN_INFO ulMinPinLen, ulMaxPinLen).
 const (
-	minPINLen = 4
-	maxPINLen = 255
+	MinPINLen = 4
+	MaxPINLen = 255
 )
 
 // Engine is the token engine: slots, tokens, sessions, login state and
@@ -40,9 +40,9 @@ const (
 // Locks, in the order they may nest: a token's login attempt lock, an
 // App's mu, a session's mu, Engine.mu.
 type Engine struct {
-	store *keystore.Store
+	store Store
 	log   *slog.Logger
-	cfg   EngineConfig
+	cfg   Config
 	mechs *mech.Table
 
 	mu     sync.Mutex
@@ -69,7 +69,7 @@ type tokenLogin struct {
 }
 
 // NewEngine returns an engine over store.
-func NewEngine(store *keystore.Store, log *slog.Logger, cfg EngineConfig) *Engine {
+func New(store Store, log *slog.Logger, cfg Config) *Engine {
 	if cfg.DefaultTier == 0 {
 		cfg.DefaultTier = keystore.TierStandard
 	}
@@ -128,7 +128,7 @@ type handle struct {
 }
 
 type sessionObject struct {
-	obj     *object
+	obj     *Object
 	owner   uint64 // the session that created it
 	private bool
 }
@@ -181,7 +181,7 @@ func (e *Engine) Detach(app *App) {
 	}
 	app.mu.Unlock()
 	for _, h := range ids {
-		e.CloseSession(context.Background(), app, h)
+		e.closeSession(context.Background(), app, h)
 	}
 }
 

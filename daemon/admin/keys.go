@@ -1,22 +1,22 @@
-package daemon
+package admin
 
 import (
 	"context"
 	"crypto"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"time"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/daemon/adminapi"
 	"hsmemu/daemon/mech"
+	"hsmemu/daemon/token"
 	"hsmemu/keystore"
 )
 
@@ -25,36 +25,22 @@ import (
 // its PIN, which opens the token for the call only: the login is counted
 // like an application's, so it never closes the token under one.
 
-// asUser opens the token as its user for the length of f: as an
-// application of the administrator's own, with one read-write session,
-// logged in with the user PIN like any other (the same failure count,
-// delays and audit records), and ended when f returns.
-func (a *adminOps) asUser(ctx context.Context, label string, pin []byte, f func(ti keystore.TokenInfo, app *App, h uint64) error) error {
+// asUser opens the token as its user for the length of f (token.Engine's
+// AsUser): the administrator's own application, logged in with the user
+// PIN like any other.
+func (a *call) asUser(ctx context.Context, label string, pin []byte, f func(ti keystore.TokenInfo, u *token.UserSession) error) error {
 	ti, err := a.lookup(ctx, label)
 	if err != nil {
 		return err
 	}
-	var id AppID
-	if _, err := rand.Read(id[:]); err != nil {
-		return err
-	}
-	app, _ := a.e.Attach(id, a.who.PID, a.who.UID)
-	defer a.e.Detach(app)
-	h, err := a.e.OpenSession(ctx, app, uint64(ti.ID), ck.CKF_SERIAL_SESSION|ck.CKF_RW_SESSION)
-	if err != nil {
-		return err
-	}
-	if err := a.e.Login(ctx, app, h, ck.CKU_USER, pin, false); err != nil {
-		return err
-	}
-	return f(ti, app, h)
+	return a.eng.AsUser(ctx, ti, a.who, pin, func(u *token.UserSession) error { return f(ti, u) })
 }
 
 // found is a live key object the admin selected.
 type found struct {
 	id   keystore.ObjectID
 	uuid keystore.UUID
-	obj  *object
+	obj  *token.Object
 }
 
 func isKeyClass(c uint64) bool {
@@ -63,7 +49,7 @@ func isKeyClass(c uint64) bool {
 
 // liveKeys returns the token's key objects that ref names (all of them for
 // an empty ref). The token is open.
-func (a *adminOps) liveKeys(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]found, error) {
+func (a *call) liveKeys(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]found, error) {
 	f := keystore.Filter{IncludePrivate: true}
 	if ref.Key != "" {
 		f.Label = []byte(ref.Key)
@@ -75,20 +61,20 @@ func (a *adminOps) liveKeys(ctx context.Context, ti keystore.TokenInfo, ref admi
 		}
 		f.ID = id
 	}
-	ids, err := a.e.store.Find(ctx, ti.UUID, f)
+	ids, err := a.store.Find(ctx, ti.UUID, f)
 	if err != nil {
 		return nil, err
 	}
 	var out []found
 	for _, id := range ids {
-		stored, err := a.e.store.Open(ctx, id)
+		stored, err := a.store.Open(ctx, id)
 		if errors.Is(err, keystore.ErrNotFound) {
 			continue // deleted meanwhile
 		}
 		if err != nil {
 			return nil, err
 		}
-		o, err := fromStore(stored)
+		o, err := token.View(stored)
 		if err != nil {
 			return nil, err
 		}
@@ -115,7 +101,7 @@ func one[T any](sel []T, ref adminapi.KeySelector, class func(T) uint64, pairOf 
 }
 
 // liveKey is the one live key ref names (liveKeys narrowed by one).
-func (a *adminOps) liveKey(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]found, error) {
+func (a *call) liveKey(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]found, error) {
 	sel, err := a.liveKeys(ctx, ti, ref)
 	if err != nil {
 		return nil, err
@@ -158,7 +144,7 @@ func keyTypeName(kt uint64) string {
 }
 
 // publicKeyOf is a key's public half, for asymmetric keys.
-func publicKeyOf(o *object) (crypto.PublicKey, error) {
+func publicKeyOf(o *token.Object) (crypto.PublicKey, error) {
 	if o.Class() == ck.CKO_SECRET_KEY {
 		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "a %s key has no public half", keyTypeName(o.KeyType()))
 	}
@@ -188,8 +174,8 @@ var usageAttrs = []uint64{ck.CKA_ENCRYPT, ck.CKA_DECRYPT, ck.CKA_SIGN, ck.CKA_VE
 func describe(f found, full bool) adminapi.Key {
 	o := f.obj
 	out := adminapi.Key{
-		UUID: f.uuid.String(), Class: className(o.Class()), KeyType: keyTypeName(o.KeyType()),
-		Private: o.bool(ck.CKA_PRIVATE), Bits: mech.KeyBits(o),
+		UUID: f.uuid.String(), Class: token.ClassName(o.Class()), KeyType: keyTypeName(o.KeyType()),
+		Private: o.Bool(ck.CKA_PRIVATE), Bits: mech.KeyBits(o),
 	}
 	if l, ok := o.Attr(ck.CKA_LABEL); ok {
 		out.Label = string(l)
@@ -199,7 +185,7 @@ func describe(f found, full bool) adminapi.Key {
 	}
 	if o.Class() != ck.CKO_PUBLIC_KEY {
 		out.Protection = "software"
-		if ulongOf(o.attrsGet(ck.CKA_HSMEMU_PROTECTION)) == ck.CKP_HSMEMU_HSM {
+		if ulongOf(attrValue(o, ck.CKA_HSMEMU_PROTECTION)) == ck.CKP_HSMEMU_HSM {
 			out.Protection = "hsm"
 		}
 	}
@@ -207,7 +193,7 @@ func describe(f found, full bool) adminapi.Key {
 		if !slices.Contains(usageAttrs, a.t) {
 			continue
 		}
-		if o.bool(a.t) {
+		if o.Bool(a.t) {
 			out.Usage = append(out.Usage, a.name)
 		}
 	}
@@ -242,7 +228,7 @@ func describe(f found, full bool) adminapi.Key {
 }
 
 func describeDeleted(d keystore.Deleted) adminapi.Key {
-	out := adminapi.Key{UUID: d.UUID.String(), Class: className(d.Class), Label: string(d.Label), ID: hex.EncodeToString(d.CKAID), Private: d.Private}
+	out := adminapi.Key{UUID: d.UUID.String(), Class: token.ClassName(d.Class), Label: string(d.Label), ID: hex.EncodeToString(d.CKAID), Private: d.Private}
 	if d.KeyType != nil {
 		out.KeyType = keyTypeName(*d.KeyType)
 	}
@@ -251,12 +237,11 @@ func describeDeleted(d keystore.Deleted) adminapi.Key {
 	return out
 }
 
-func (a *adminOps) keyList(ctx context.Context, args adminapi.KeyList) ([]adminapi.Key, error) {
-	defer clear(args.UserPIN)
+func (a *call) keyList(ctx context.Context, args adminapi.KeyList) ([]adminapi.Key, error) {
 	out := []adminapi.Key{}
-	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *token.UserSession) error {
 		if args.Deleted {
-			del, err := a.e.store.DeletedObjects(ctx, ti.UUID)
+			del, err := a.store.DeletedObjects(ctx, ti.UUID)
 			for _, d := range del {
 				if isKeyClass(d.Class) {
 					out = append(out, describeDeleted(d))
@@ -273,10 +258,9 @@ func (a *adminOps) keyList(ctx context.Context, args adminapi.KeyList) ([]admina
 	return out, err
 }
 
-func (a *adminOps) keyShow(ctx context.Context, args adminapi.KeyRef) ([]adminapi.Key, error) {
-	defer clear(args.UserPIN)
+func (a *call) keyShow(ctx context.Context, args adminapi.KeyRef) ([]adminapi.Key, error) {
 	var out []adminapi.Key
-	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *token.UserSession) error {
 		sel, err := a.liveKey(ctx, ti, args.KeySelector)
 		for _, f := range sel {
 			out = append(out, describe(f, true))
@@ -286,29 +270,28 @@ func (a *adminOps) keyShow(ctx context.Context, args adminapi.KeyRef) ([]adminap
 	return out, err
 }
 
-func (a *adminOps) keyDelete(ctx context.Context, args adminapi.KeyRef) (*adminapi.KeyDeleted, error) {
-	defer clear(args.UserPIN)
+func (a *call) keyDelete(ctx context.Context, args adminapi.KeyRef) (*adminapi.KeyDeleted, error) {
 	res := &adminapi.KeyDeleted{}
-	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *token.UserSession) error {
 		sel, err := a.liveKey(ctx, ti, args.KeySelector)
 		if err != nil {
 			return err
 		}
 		for _, f := range sel {
-			if !f.obj.bool(ck.CKA_DESTROYABLE) {
+			if !f.obj.Bool(ck.CKA_DESTROYABLE) {
 				return adminapi.Errorf(adminapi.CodeRefused, "key %s is not destroyable (CKA_DESTROYABLE is false)", f.uuid)
 			}
 		}
 		for _, f := range sel {
-			kept, err := a.e.store.SoftDelete(ctx, f.id)
+			kept, err := a.store.SoftDelete(ctx, f.id)
 			if err != nil {
 				return err
 			}
 			res.Kept = kept
 			res.Keys = append(res.Keys, describe(f, false))
-			detail := objectDetail(f.uuid, f.obj.Class(), f.obj.all())
+			detail := token.ObjectDetail(f.uuid, f.obj.Class(), f.obj.All())
 			detail["kept"] = fmt.Sprint(kept)
-			a.e.audit(ctx, a.who, ti.UUID, "key.delete", detail)
+			a.eng.Audit(ctx, a.who, ti.UUID, "key.delete", detail)
 		}
 		if kept := ti.RetentionDays; res.Kept {
 			res.PurgeAfter = time.Now().Add(time.Duration(kept) * 24 * time.Hour)
@@ -319,8 +302,8 @@ func (a *adminOps) keyDelete(ctx context.Context, args adminapi.KeyRef) (*admina
 }
 
 // deletedKeys selects among a token's deleted keys.
-func (a *adminOps) deletedKeys(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]keystore.Deleted, error) {
-	del, err := a.e.store.DeletedObjects(ctx, ti.UUID)
+func (a *call) deletedKeys(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]keystore.Deleted, error) {
+	del, err := a.store.DeletedObjects(ctx, ti.UUID)
 	if err != nil {
 		return nil, err
 	}
@@ -338,20 +321,19 @@ func (a *adminOps) deletedKeys(ctx context.Context, ti keystore.TokenInfo, ref a
 	return one(sel, ref, func(d keystore.Deleted) uint64 { return d.Class }, pairOfDeleted)
 }
 
-func (a *adminOps) keyRecover(ctx context.Context, args adminapi.KeyRef) ([]adminapi.Key, error) {
-	defer clear(args.UserPIN)
+func (a *call) keyRecover(ctx context.Context, args adminapi.KeyRef) ([]adminapi.Key, error) {
 	var out []adminapi.Key
-	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *token.UserSession) error {
 		sel, err := a.deletedKeys(ctx, ti, args.KeySelector)
 		if err != nil {
 			return err
 		}
 		for _, d := range sel {
-			if _, err := a.e.store.Recover(ctx, ti.UUID, d.UUID); err != nil {
+			if _, err := a.store.Recover(ctx, ti.UUID, d.UUID); err != nil {
 				return err
 			}
 			out = append(out, describeDeleted(d))
-			a.e.audit(ctx, a.who, ti.UUID, "key.recover", deletedDetail(d))
+			a.eng.Audit(ctx, a.who, ti.UUID, "key.recover", token.DeletedDetail(d))
 		}
 		return nil
 	})
@@ -361,35 +343,24 @@ func (a *adminOps) keyRecover(ctx context.Context, args adminapi.KeyRef) ([]admi
 	return out, err
 }
 
-func deletedDetail(d keystore.Deleted) map[string]string {
-	detail := map[string]string{"object": d.UUID.String(), "class": className(d.Class)}
-	if len(d.Label) > 0 {
-		detail["label"] = string(d.Label)
-	}
-	if len(d.CKAID) > 0 {
-		detail["id"] = hex.EncodeToString(d.CKAID)
-	}
-	return detail
-}
-
 // purgeGate opens a purge (event "key.purge" or "secret.purge") of a
 // token's deleted objects (what: "keys", "secrets"): the SO PIN, checked
 // as a login's, and no purge protection. A refusal is audited with
 // detail.
-func (a *adminOps) purgeGate(ctx context.Context, token string, soPIN []byte, event, what string, detail map[string]string) (keystore.TokenInfo, error) {
+func (a *call) purgeGate(ctx context.Context, token string, soPIN []byte, event, what string, detail map[string]string) (keystore.TokenInfo, error) {
 	ti, err := a.lookup(ctx, token)
 	if err != nil {
 		return ti, err
 	}
 	err = a.soCheck(ctx, ti, event, func() error {
-		return a.e.store.CheckPIN(ctx, ti.UUID, keystore.RoleSO, soPIN)
+		return a.store.CheckPIN(ctx, ti.UUID, keystore.RoleSO, soPIN)
 	})
 	if err != nil {
 		return ti, err
 	}
 	if ti.PurgeProtection {
 		detail["why"] = "purge protection"
-		a.e.audit(ctx, a.who, ti.UUID, event+".refused", detail)
+		a.eng.Audit(ctx, a.who, ti.UUID, event+".refused", detail)
 		return ti, adminapi.Errorf(adminapi.CodeRefused, "token %q has purge protection: deleted %s are purged only when their %d days of retention end", ti.Label, what, ti.RetentionDays)
 	}
 	return ti, nil
@@ -397,8 +368,7 @@ func (a *adminOps) purgeGate(ctx context.Context, token string, soPIN []byte, ev
 
 // keyPurge removes deleted keys for good, with the SO PIN: it is the one
 // key call that cannot be undone.
-func (a *adminOps) keyPurge(ctx context.Context, args adminapi.KeyPurge) ([]adminapi.Key, error) {
-	defer clear(args.SOPIN)
+func (a *call) keyPurge(ctx context.Context, args adminapi.KeyPurge) ([]adminapi.Key, error) {
 	ti, err := a.purgeGate(ctx, args.Token, args.SOPIN, "key.purge", "keys", map[string]string{})
 	if err != nil {
 		return nil, err
@@ -409,19 +379,18 @@ func (a *adminOps) keyPurge(ctx context.Context, args adminapi.KeyPurge) ([]admi
 	}
 	var out []adminapi.Key
 	for _, d := range sel {
-		if err := a.e.store.Purge(ctx, ti.UUID, d.UUID); err != nil {
+		if err := a.store.Purge(ctx, ti.UUID, d.UUID); err != nil {
 			return out, err
 		}
 		out = append(out, describeDeleted(d))
-		a.e.audit(ctx, a.who, ti.UUID, "key.purge", deletedDetail(d))
+		a.eng.Audit(ctx, a.who, ti.UUID, "key.purge", token.DeletedDetail(d))
 	}
 	return out, nil
 }
 
-func (a *adminOps) keyExportPublic(ctx context.Context, args adminapi.KeyRef) (*adminapi.PublicKey, error) {
-	defer clear(args.UserPIN)
+func (a *call) keyExportPublic(ctx context.Context, args adminapi.KeyRef) (*adminapi.PublicKey, error) {
 	var out *adminapi.PublicKey
-	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *token.UserSession) error {
 		sel, err := a.liveKey(ctx, ti, args.KeySelector)
 		if err != nil {
 			return err
@@ -441,17 +410,16 @@ func (a *adminOps) keyExportPublic(ctx context.Context, args adminapi.KeyRef) (*
 	return out, err
 }
 
-func (a *adminOps) tokenSet(ctx context.Context, args adminapi.TokenSet) (*adminapi.Token, error) {
-	defer clear(args.SOPIN)
+func (a *call) tokenSet(ctx context.Context, args adminapi.TokenSet) (*adminapi.Token, error) {
 	ti, err := a.lookup(ctx, args.Label)
 	if err != nil {
 		return nil, err
 	}
 	err = a.soCheck(ctx, ti, "token.set", func() error {
-		if err := a.e.store.CheckPIN(ctx, ti.UUID, keystore.RoleSO, args.SOPIN); err != nil {
+		if err := a.store.CheckPIN(ctx, ti.UUID, keystore.RoleSO, args.SOPIN); err != nil {
 			return err
 		}
-		return a.e.store.SetPolicy(ctx, ti.UUID, args.RetentionDays, args.PurgeProtection)
+		return a.store.SetPolicy(ctx, ti.UUID, args.RetentionDays, args.PurgeProtection)
 	})
 	var pe *keystore.PolicyError
 	if errors.As(err, &pe) {
@@ -460,11 +428,11 @@ func (a *adminOps) tokenSet(ctx context.Context, args adminapi.TokenSet) (*admin
 	if err != nil {
 		return nil, err
 	}
-	if ti, err = a.e.store.Token(ctx, ti.UUID); err != nil {
+	if ti, err = a.store.Token(ctx, ti.UUID); err != nil {
 		return nil, err
 	}
-	a.e.audit(ctx, a.who, ti.UUID, "token.set", map[string]string{"retention_days": fmt.Sprint(ti.RetentionDays), "purge_protection": fmt.Sprint(ti.PurgeProtection)})
-	counts, err := a.e.store.ObjectCounts(ctx)
+	a.eng.Audit(ctx, a.who, ti.UUID, "token.set", map[string]string{"retention_days": fmt.Sprint(ti.RetentionDays), "purge_protection": fmt.Sprint(ti.PurgeProtection)})
+	counts, err := a.store.ObjectCounts(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -472,46 +440,11 @@ func (a *adminOps) tokenSet(ctx context.Context, args adminapi.TokenSet) (*admin
 	return &t, nil
 }
 
-// PurgeExpired purges the deleted objects whose retention has ended, and
-// audits each. The daemon runs it at start and then every interval.
-func (e *Engine) PurgeExpired(ctx context.Context) {
-	purged, err := e.store.PurgeExpired(ctx, time.Now())
-	if err != nil {
-		e.log.Error("purging expired deleted objects", "err", err)
-	}
-	who := keystore.AuditActor{UID: uint32(os.Getuid()), PID: int32(os.Getpid()), Role: "daemon"}
-	for _, d := range purged {
-		detail := deletedDetail(d)
-		detail["why"] = "retention ended"
-		e.audit(ctx, who, d.Token, objectEvent(d.Class, "purge"), detail)
-	}
-	if len(purged) > 0 {
-		e.log.Info("purged deleted objects whose retention ended", "count", len(purged))
-	}
-}
-
-// RunPurger purges expired deleted objects now and every interval until
-// ctx ends.
-func (e *Engine) RunPurger(ctx context.Context, every time.Duration) {
-	e.PurgeExpired(context.WithoutCancel(ctx))
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			e.PurgeExpired(context.WithoutCancel(ctx))
-		}
-	}
-}
-
 // keyBackup writes one key (a secret key, or a pair) into a backup blob
 // only this security domain opens (keystore/keybackup.go).
-func (a *adminOps) keyBackup(ctx context.Context, args adminapi.KeyRef) (*adminapi.KeyBackup, error) {
-	defer clear(args.UserPIN)
+func (a *call) keyBackup(ctx context.Context, args adminapi.KeyRef) (*adminapi.KeyBackup, error) {
 	var out *adminapi.KeyBackup
-	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *token.UserSession) error {
 		sel, err := a.liveKey(ctx, ti, args.KeySelector)
 		if err != nil {
 			return err
@@ -519,18 +452,18 @@ func (a *adminOps) keyBackup(ctx context.Context, args adminapi.KeyRef) (*admina
 		var objs []keystore.BackupObject
 		res := &adminapi.KeyBackup{}
 		for _, f := range sel {
-			stored, err := a.e.store.Open(ctx, f.id)
+			stored, err := a.store.Open(ctx, f.id)
 			if err != nil {
 				return err
 			}
 			objs = append(objs, keystore.BackupObject{UUID: stored.UUID, Attrs: stored.Attrs, Secret: stored.Secret})
 			res.Keys = append(res.Keys, describe(f, false))
 		}
-		if res.Blob, err = a.e.store.SealKeyBackup(ctx, objs); err != nil {
+		if res.Blob, err = a.store.SealKeyBackup(ctx, objs); err != nil {
 			return err
 		}
 		for _, f := range sel {
-			a.e.audit(ctx, a.who, ti.UUID, "key.backup", objectDetail(f.uuid, f.obj.Class(), f.obj.all()))
+			a.eng.Audit(ctx, a.who, ti.UUID, "key.backup", token.ObjectDetail(f.uuid, f.obj.Class(), f.obj.All()))
 		}
 		out = res
 		return nil
@@ -541,15 +474,14 @@ func (a *adminOps) keyBackup(ctx context.Context, args adminapi.KeyRef) (*admina
 // keyRestore brings a key back from a backup blob of this domain, with
 // the identity and attributes it had: an HSM-protected key stays so, and
 // only a premium token takes one.
-func (a *adminOps) keyRestore(ctx context.Context, args adminapi.KeyRestore) ([]adminapi.Key, error) {
-	defer clear(args.UserPIN)
+func (a *call) keyRestore(ctx context.Context, args adminapi.KeyRestore) ([]adminapi.Key, error) {
 	var out []adminapi.Key
-	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
-		objs, err := a.e.store.OpenKeyBackup(ctx, args.Blob)
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *token.UserSession) error {
+		objs, err := a.store.OpenKeyBackup(ctx, args.Blob)
 		var de *keystore.BackupDomainError
 		switch {
 		case errors.As(err, &de):
-			a.e.audit(ctx, a.who, ti.UUID, "key.restore.refused", map[string]string{"why": "another security domain", "domain": hex.EncodeToString(de.Backup)})
+			a.eng.Audit(ctx, a.who, ti.UUID, "key.restore.refused", map[string]string{"why": "another security domain", "domain": hex.EncodeToString(de.Backup)})
 			return adminapi.Errorf(adminapi.CodeRefused, "the backup is of security domain %x, this keystore's is %x: it restores only in its own domain", de.Backup[:8], de.Keystore[:8])
 		case errors.Is(err, keystore.ErrNotKeyBackup):
 			return adminapi.Errorf(adminapi.CodeBadRequest, "not a key backup of hsmemu, or altered")
@@ -572,12 +504,12 @@ func (a *adminOps) keyRestore(ctx context.Context, args adminapi.KeyRestore) ([]
 		defer func() {
 			if len(made) < len(objs) {
 				for _, m := range made {
-					a.e.store.Delete(ctx, m.ID)
+					a.store.Delete(ctx, m.ID)
 				}
 			}
 		}()
 		for _, o := range objs {
-			stored, err := a.e.store.PutAs(ctx, ti.UUID, o.UUID, o.Attrs, o.Secret)
+			stored, err := a.store.PutAs(ctx, ti.UUID, o.UUID, o.Attrs, o.Secret)
 			if errors.Is(err, keystore.ErrObjectExists) {
 				return adminapi.Errorf(adminapi.CodeExists, "key %s exists in this keystore (live or deleted): recover or purge it first", o.UUID)
 			}
@@ -587,14 +519,29 @@ func (a *adminOps) keyRestore(ctx context.Context, args adminapi.KeyRestore) ([]
 			made = append(made, stored)
 		}
 		for _, stored := range made {
-			v, err := fromStore(stored)
+			v, err := token.View(stored)
 			if err != nil {
 				return err
 			}
 			out = append(out, describe(found{id: stored.ID, uuid: stored.UUID, obj: v}, false))
-			a.e.audit(ctx, a.who, ti.UUID, "key.restore", objectDetail(stored.UUID, v.Class(), v.all()))
+			a.eng.Audit(ctx, a.who, ti.UUID, "key.restore", token.ObjectDetail(stored.UUID, v.Class(), v.All()))
 		}
 		return nil
 	})
 	return out, err
+}
+
+// attrValue is an attribute's value, or nil.
+func attrValue(o *token.Object, t uint64) []byte {
+	v, _ := o.Attr(t)
+	return v
+}
+
+// ulongOf reads a CK_ULONG attribute value; anything but 8 bytes reads as
+// all ones.
+func ulongOf(v []byte) uint64 {
+	if len(v) != 8 {
+		return ^uint64(0)
+	}
+	return binary.BigEndian.Uint64(v)
 }

@@ -1,4 +1,4 @@
-package daemon
+package admin
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/daemon/adminapi"
+	"hsmemu/daemon/token"
 	"hsmemu/keystore"
 )
 
@@ -18,28 +19,25 @@ import (
 // PKCS#11 client logged in as the user reads them too; the admin calls add
 // the versioning, the enabled flag and the expiry on top.
 
-// MaxSecretSize bounds a secret's value: it travels in one admin frame.
-const MaxSecretSize = 512 << 10
-
 // secretVersion is one version as found in the token.
 type secretVersion struct {
 	id   keystore.ObjectID
 	uuid keystore.UUID
-	obj  *object
+	obj  *token.Object
 }
 
 func (v secretVersion) number() int64 {
-	return int64(ulongOf(v.obj.attrsGet(ck.CKA_HSMEMU_SECRET_VERSION)))
+	return int64(ulongOf(attrValue(v.obj, ck.CKA_HSMEMU_SECRET_VERSION)))
 }
 
 func (v secretVersion) info(name string) adminapi.SecretVersion {
 	o := v.obj
 	out := adminapi.SecretVersion{Name: name, Version: v.number(), UUID: v.uuid.String(),
-		Enabled: o.bool(ck.CKA_HSMEMU_SECRET_ENABLED), ContentType: string(o.attrsGet(ck.CKA_HSMEMU_SECRET_CONTENT_TYPE))}
-	if c := ulongOf(o.attrsGet(ck.CKA_HSMEMU_SECRET_CREATED)); c > 0 {
+		Enabled: o.Bool(ck.CKA_HSMEMU_SECRET_ENABLED), ContentType: string(attrValue(o, ck.CKA_HSMEMU_SECRET_CONTENT_TYPE))}
+	if c := ulongOf(attrValue(o, ck.CKA_HSMEMU_SECRET_CREATED)); c > 0 {
 		out.Created = time.Unix(int64(c), 0).UTC()
 	}
-	if e := ulongOf(o.attrsGet(ck.CKA_HSMEMU_SECRET_EXPIRES)); e > 0 {
+	if e := ulongOf(attrValue(o, ck.CKA_HSMEMU_SECRET_EXPIRES)); e > 0 {
 		t := time.Unix(int64(e), 0).UTC()
 		out.Expires = &t
 	}
@@ -48,33 +46,33 @@ func (v secretVersion) info(name string) adminapi.SecretVersion {
 
 // secretVersions returns a secret's live versions, oldest first; every
 // secret's when name is "".
-func (a *adminOps) secretVersions(ctx context.Context, ti keystore.TokenInfo, name string) ([]secretVersion, error) {
+func (a *call) secretVersions(ctx context.Context, ti keystore.TokenInfo, name string) ([]secretVersion, error) {
 	class := uint64(ck.CKO_DATA)
 	f := keystore.Filter{Class: &class, IncludePrivate: true}
 	if name != "" {
 		f.Label = []byte(name)
 	}
-	ids, err := a.e.store.Find(ctx, ti.UUID, f)
+	ids, err := a.store.Find(ctx, ti.UUID, f)
 	if err != nil {
 		return nil, err
 	}
 	var out []secretVersion
 	for _, id := range ids {
-		stored, err := a.e.store.Open(ctx, id)
+		stored, err := a.store.Open(ctx, id)
 		if err != nil {
 			continue // deleted meanwhile
 		}
-		o, err := fromStore(stored)
+		o, err := token.View(stored)
 		if err != nil {
 			return nil, err
 		}
-		if string(o.attrsGet(ck.CKA_APPLICATION)) != ck.SecretApplication {
+		if string(attrValue(o, ck.CKA_APPLICATION)) != ck.SecretApplication {
 			continue
 		}
 		out = append(out, secretVersion{id: id, uuid: stored.UUID, obj: o})
 	}
 	slices.SortFunc(out, func(x, y secretVersion) int {
-		return cmp.Or(bytes.Compare(x.obj.attrsGet(ck.CKA_LABEL), y.obj.attrsGet(ck.CKA_LABEL)), cmp.Compare(x.number(), y.number()))
+		return cmp.Or(bytes.Compare(attrValue(x.obj, ck.CKA_LABEL), attrValue(y.obj, ck.CKA_LABEL)), cmp.Compare(x.number(), y.number()))
 	})
 	return out, nil
 }
@@ -84,7 +82,7 @@ func noSecret(name string) error {
 }
 
 // liveSecret returns the versions of a secret that exists.
-func (a *adminOps) liveSecret(ctx context.Context, ti keystore.TokenInfo, name string) ([]secretVersion, error) {
+func (a *call) liveSecret(ctx context.Context, ti keystore.TokenInfo, name string) ([]secretVersion, error) {
 	vs, err := a.secretVersions(ctx, ti, name)
 	if err == nil && len(vs) == 0 {
 		err = noSecret(name)
@@ -99,24 +97,22 @@ func checkSecretName(name string) error {
 	return nil
 }
 
-func (a *adminOps) secretSet(ctx context.Context, args adminapi.SecretSet) (*adminapi.SecretVersion, error) {
-	defer clear(args.UserPIN)
-	defer clear(args.Value)
+func (a *call) secretSet(ctx context.Context, args adminapi.SecretSet) (*adminapi.SecretVersion, error) {
 	if err := checkSecretName(args.Name); err != nil {
 		return nil, err
 	}
-	if len(args.Value) > MaxSecretSize {
-		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "a secret's value is at most %d bytes, not %d", MaxSecretSize, len(args.Value))
+	if len(args.Value) > adminapi.MaxSecretSize {
+		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "a secret's value is at most %d bytes, not %d", adminapi.MaxSecretSize, len(args.Value))
 	}
 	if args.Expires < 0 || args.Expires > 0 && args.Expires <= time.Now().Unix() {
 		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "the expiry must be in the future")
 	}
 	var out *adminapi.SecretVersion
-	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, app *App, h uint64) error {
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, u *token.UserSession) error {
 		// One writer of versions at a time, so two sets never make the
 		// same version number.
-		a.s.secretMu.Lock()
-		defer a.s.secretMu.Unlock()
+		a.h.secretMu.Lock()
+		defer a.h.secretMu.Unlock()
 		vs, err := a.secretVersions(ctx, ti, args.Name)
 		if err != nil {
 			return err
@@ -127,7 +123,7 @@ func (a *adminOps) secretSet(ctx context.Context, args adminapi.SecretSet) (*adm
 		}
 		// Deleted versions keep their numbers: a new version never reuses
 		// one that `secret recover` could bring back.
-		del, err := a.e.store.DeletedObjects(ctx, ti.UUID)
+		del, err := a.store.DeletedObjects(ctx, ti.UUID)
 		if err != nil {
 			return err
 		}
@@ -136,41 +132,38 @@ func (a *adminOps) secretSet(ctx context.Context, args adminapi.SecretSet) (*adm
 				return adminapi.Errorf(adminapi.CodeRefused, "secret %q is deleted: recover it (`hsmemu secret recover`) or purge it before setting it again", args.Name)
 			}
 		}
-		enabled := vTrue
+		enabled := keystore.Bool(true)
 		if args.Disabled {
-			enabled = vFalse
+			enabled = keystore.Bool(false)
 		}
-		tmpl := []attr{
-			{Type: ck.CKA_CLASS, Value: ulong(ck.CKO_DATA)},
-			{Type: ck.CKA_TOKEN, Value: vTrue},
-			{Type: ck.CKA_PRIVATE, Value: vTrue},
+		tmpl := []keystore.Attribute{
+			{Type: ck.CKA_CLASS, Value: keystore.Ulong(ck.CKO_DATA)},
+			{Type: ck.CKA_TOKEN, Value: keystore.Bool(true)},
+			{Type: ck.CKA_PRIVATE, Value: keystore.Bool(true)},
 			{Type: ck.CKA_LABEL, Value: []byte(args.Name)},
 			{Type: ck.CKA_APPLICATION, Value: []byte(ck.SecretApplication)},
 			{Type: ck.CKA_VALUE, Value: args.Value},
-			{Type: ck.CKA_HSMEMU_SECRET_VERSION, Value: ulong(uint64(next))},
+			{Type: ck.CKA_HSMEMU_SECRET_VERSION, Value: keystore.Ulong(uint64(next))},
 			{Type: ck.CKA_HSMEMU_SECRET_ENABLED, Value: enabled},
-			{Type: ck.CKA_HSMEMU_SECRET_EXPIRES, Value: ulong(uint64(args.Expires))},
+			{Type: ck.CKA_HSMEMU_SECRET_EXPIRES, Value: keystore.Ulong(uint64(args.Expires))},
 			{Type: ck.CKA_HSMEMU_SECRET_CONTENT_TYPE, Value: []byte(args.ContentType)},
-			{Type: ck.CKA_HSMEMU_SECRET_CREATED, Value: ulong(uint64(time.Now().Unix()))},
+			{Type: ck.CKA_HSMEMU_SECRET_CREATED, Value: keystore.Ulong(uint64(time.Now().Unix()))},
 		}
-		oh, err := a.e.CreateObject(ctx, app, h, tmpl)
+		oh, err := u.CreateObject(ctx, tmpl)
 		if err != nil {
 			return err
 		}
-		app.mu.Lock()
-		ref := app.handles[oh]
-		app.mu.Unlock()
-		stored, err := a.e.store.Open(ctx, ref.id)
+		stored, err := u.Stored(ctx, oh)
 		if err != nil {
 			return err
 		}
-		o, err := fromStore(stored)
+		o, err := token.View(stored)
 		if err != nil {
 			return err
 		}
-		v := secretVersion{id: ref.id, uuid: stored.UUID, obj: o}.info(args.Name)
+		v := secretVersion{id: stored.ID, uuid: stored.UUID, obj: o}.info(args.Name)
 		out = &v
-		a.e.audit(ctx, a.who, ti.UUID, "secret.set", map[string]string{"name": args.Name, "version": fmt.Sprint(next), "object": stored.UUID.String()})
+		a.eng.Audit(ctx, a.who, ti.UUID, "secret.set", map[string]string{"name": args.Name, "version": fmt.Sprint(next), "object": stored.UUID.String()})
 		return nil
 	})
 	return out, err
@@ -192,10 +185,9 @@ func pick(vs []secretVersion, name string, version int64) (secretVersion, error)
 	return secretVersion{}, adminapi.Errorf(adminapi.CodeNotFound, "secret %q has no version %d (`hsmemu secret versions` lists them)", name, version)
 }
 
-func (a *adminOps) secretGet(ctx context.Context, args adminapi.SecretGet) (*adminapi.SecretValue, error) {
-	defer clear(args.UserPIN)
+func (a *call) secretGet(ctx context.Context, args adminapi.SecretGet) (*adminapi.SecretValue, error) {
 	var out *adminapi.SecretValue
-	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *token.UserSession) error {
 		vs, err := a.secretVersions(ctx, ti, args.Name)
 		if err != nil {
 			return err
@@ -209,27 +201,26 @@ func (a *adminOps) secretGet(ctx context.Context, args adminapi.SecretGet) (*adm
 		switch {
 		case !info.Enabled:
 			detail["refused"] = "disabled"
-			a.e.audit(ctx, a.who, ti.UUID, "secret.get.refused", detail)
+			a.eng.Audit(ctx, a.who, ti.UUID, "secret.get.refused", detail)
 			return adminapi.Errorf(adminapi.CodeRefused, "version %d of secret %q is disabled", info.Version, args.Name)
 		case info.Expires != nil && !info.Expires.After(time.Now()):
 			detail["refused"] = "expired"
-			a.e.audit(ctx, a.who, ti.UUID, "secret.get.refused", detail)
+			a.eng.Audit(ctx, a.who, ti.UUID, "secret.get.refused", detail)
 			return adminapi.Errorf(adminapi.CodeRefused, "version %d of secret %q expired at %s", info.Version, args.Name, info.Expires.Format(time.RFC3339))
 		}
 		value, _ := v.obj.Attr(ck.CKA_VALUE)
 		out = &adminapi.SecretValue{SecretVersion: info, Value: bytes.Clone(value)}
-		a.e.audit(ctx, a.who, ti.UUID, "secret.get", detail)
+		a.eng.Audit(ctx, a.who, ti.UUID, "secret.get", detail)
 		return nil
 	})
 	return out, err
 }
 
-func (a *adminOps) secretList(ctx context.Context, args adminapi.SecretList) ([]adminapi.Secret, error) {
-	defer clear(args.UserPIN)
+func (a *call) secretList(ctx context.Context, args adminapi.SecretList) ([]adminapi.Secret, error) {
 	out := []adminapi.Secret{}
-	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *token.UserSession) error {
 		if args.Deleted {
-			del, err := a.e.store.DeletedObjects(ctx, ti.UUID)
+			del, err := a.store.DeletedObjects(ctx, ti.UUID)
 			if err != nil {
 				return err
 			}
@@ -259,13 +250,13 @@ func (a *adminOps) secretList(ctx context.Context, args adminapi.SecretList) ([]
 			return err
 		}
 		for i, v := range vs {
-			name := string(v.obj.attrsGet(ck.CKA_LABEL))
-			if i+1 < len(vs) && string(vs[i+1].obj.attrsGet(ck.CKA_LABEL)) == name {
+			name := string(attrValue(v.obj, ck.CKA_LABEL))
+			if i+1 < len(vs) && string(attrValue(vs[i+1].obj, ck.CKA_LABEL)) == name {
 				continue // not the newest
 			}
 			n := 0
 			for _, w := range vs {
-				if string(w.obj.attrsGet(ck.CKA_LABEL)) == name {
+				if string(attrValue(w.obj, ck.CKA_LABEL)) == name {
 					n++
 				}
 			}
@@ -276,10 +267,9 @@ func (a *adminOps) secretList(ctx context.Context, args adminapi.SecretList) ([]
 	return out, err
 }
 
-func (a *adminOps) secretVersionsOp(ctx context.Context, args adminapi.SecretRef) ([]adminapi.SecretVersion, error) {
-	defer clear(args.UserPIN)
+func (a *call) secretVersionsOp(ctx context.Context, args adminapi.SecretRef) ([]adminapi.SecretVersion, error) {
 	var out []adminapi.SecretVersion
-	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *token.UserSession) error {
 		vs, err := a.liveSecret(ctx, ti, args.Name)
 		if err != nil {
 			return err
@@ -292,18 +282,17 @@ func (a *adminOps) secretVersionsOp(ctx context.Context, args adminapi.SecretRef
 	return out, err
 }
 
-func (a *adminOps) secretDelete(ctx context.Context, args adminapi.SecretRef) (*adminapi.SecretDeleted, error) {
-	defer clear(args.UserPIN)
+func (a *call) secretDelete(ctx context.Context, args adminapi.SecretRef) (*adminapi.SecretDeleted, error) {
 	res := &adminapi.SecretDeleted{Name: args.Name}
-	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
-		a.s.secretMu.Lock()
-		defer a.s.secretMu.Unlock()
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *token.UserSession) error {
+		a.h.secretMu.Lock()
+		defer a.h.secretMu.Unlock()
 		vs, err := a.liveSecret(ctx, ti, args.Name)
 		if err != nil {
 			return err
 		}
 		for _, v := range vs {
-			kept, err := a.e.store.SoftDelete(ctx, v.id)
+			kept, err := a.store.SoftDelete(ctx, v.id)
 			if err != nil {
 				return err
 			}
@@ -313,7 +302,7 @@ func (a *adminOps) secretDelete(ctx context.Context, args adminapi.SecretRef) (*
 		if res.Kept {
 			res.PurgeAfter = time.Now().Add(time.Duration(ti.RetentionDays) * 24 * time.Hour)
 		}
-		a.e.audit(ctx, a.who, ti.UUID, "secret.delete", map[string]string{"name": args.Name, "versions": fmt.Sprint(res.Versions), "kept": fmt.Sprint(res.Kept)})
+		a.eng.Audit(ctx, a.who, ti.UUID, "secret.delete", map[string]string{"name": args.Name, "versions": fmt.Sprint(res.Versions), "kept": fmt.Sprint(res.Kept)})
 		return nil
 	})
 	return res, err
@@ -328,8 +317,8 @@ func isDeletedSecret(d keystore.Deleted, name string) bool {
 }
 
 // deletedSecret returns the deleted versions of a secret.
-func (a *adminOps) deletedSecret(ctx context.Context, ti keystore.TokenInfo, name string) ([]keystore.Deleted, error) {
-	del, err := a.e.store.DeletedObjects(ctx, ti.UUID)
+func (a *call) deletedSecret(ctx context.Context, ti keystore.TokenInfo, name string) ([]keystore.Deleted, error) {
+	del, err := a.store.DeletedObjects(ctx, ti.UUID)
 	if err != nil {
 		return nil, err
 	}
@@ -345,12 +334,11 @@ func (a *adminOps) deletedSecret(ctx context.Context, ti keystore.TokenInfo, nam
 	return out, nil
 }
 
-func (a *adminOps) secretRecover(ctx context.Context, args adminapi.SecretRef) (*adminapi.SecretDeleted, error) {
-	defer clear(args.UserPIN)
+func (a *call) secretRecover(ctx context.Context, args adminapi.SecretRef) (*adminapi.SecretDeleted, error) {
 	res := &adminapi.SecretDeleted{Name: args.Name}
-	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *App, _ uint64) error {
-		a.s.secretMu.Lock()
-		defer a.s.secretMu.Unlock()
+	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *token.UserSession) error {
+		a.h.secretMu.Lock()
+		defer a.h.secretMu.Unlock()
 		del, err := a.deletedSecret(ctx, ti, args.Name)
 		if err != nil {
 			return err
@@ -362,19 +350,18 @@ func (a *adminOps) secretRecover(ctx context.Context, args adminapi.SecretRef) (
 			return err
 		}
 		for _, d := range del {
-			if _, err := a.e.store.Recover(ctx, ti.UUID, d.UUID); err != nil {
+			if _, err := a.store.Recover(ctx, ti.UUID, d.UUID); err != nil {
 				return err
 			}
 			res.Versions++
 		}
-		a.e.audit(ctx, a.who, ti.UUID, "secret.recover", map[string]string{"name": args.Name, "versions": fmt.Sprint(res.Versions)})
+		a.eng.Audit(ctx, a.who, ti.UUID, "secret.recover", map[string]string{"name": args.Name, "versions": fmt.Sprint(res.Versions)})
 		return nil
 	})
 	return res, err
 }
 
-func (a *adminOps) secretPurge(ctx context.Context, args adminapi.SecretPurge) (*adminapi.SecretDeleted, error) {
-	defer clear(args.SOPIN)
+func (a *call) secretPurge(ctx context.Context, args adminapi.SecretPurge) (*adminapi.SecretDeleted, error) {
 	ti, err := a.purgeGate(ctx, args.Token, args.SOPIN, "secret.purge", "secrets", map[string]string{"name": args.Name})
 	if err != nil {
 		return nil, err
@@ -385,11 +372,11 @@ func (a *adminOps) secretPurge(ctx context.Context, args adminapi.SecretPurge) (
 	}
 	res := &adminapi.SecretDeleted{Name: args.Name}
 	for _, d := range del {
-		if err := a.e.store.Purge(ctx, ti.UUID, d.UUID); err != nil {
+		if err := a.store.Purge(ctx, ti.UUID, d.UUID); err != nil {
 			return nil, err
 		}
 		res.Versions++
 	}
-	a.e.audit(ctx, a.who, ti.UUID, "secret.purge", map[string]string{"name": args.Name, "versions": fmt.Sprint(res.Versions)})
+	a.eng.Audit(ctx, a.who, ti.UUID, "secret.purge", map[string]string{"name": args.Name, "versions": fmt.Sprint(res.Versions)})
 	return res, nil
 }

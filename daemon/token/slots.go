@@ -1,4 +1,4 @@
-package daemon
+package token
 
 import (
 	"bytes"
@@ -20,8 +20,8 @@ const freeSlot = 0
 
 var version = wire.CKVersion{Major: 0, Minor: 1}
 
-// SlotList returns the slot ids (every slot has a token present).
-func (e *Engine) SlotList(ctx context.Context) ([]uint64, error) {
+// slotList returns the slot ids (every slot has a token present).
+func (e *Engine) slotList(ctx context.Context) ([]uint64, error) {
 	toks, err := e.store.Tokens(ctx)
 	if err != nil {
 		return nil, err
@@ -48,8 +48,8 @@ func (e *Engine) token(ctx context.Context, slot uint64) (keystore.TokenInfo, er
 	return ti, err
 }
 
-// SlotInfo describes a slot.
-func (e *Engine) SlotInfo(ctx context.Context, slot uint64) (*wire.SlotInfo, error) {
+// slotInfo describes a slot.
+func (e *Engine) slotInfo(ctx context.Context, slot uint64) (*wire.SlotInfo, error) {
 	if slot != freeSlot {
 		if _, err := e.token(ctx, slot); err != nil {
 			return nil, err
@@ -64,16 +64,16 @@ func (e *Engine) SlotInfo(ctx context.Context, slot uint64) (*wire.SlotInfo, err
 	}, nil
 }
 
-// TokenInfo describes the token in a slot.
-func (e *Engine) TokenInfo(ctx context.Context, slot uint64) (*wire.TokenInfo, error) {
+// tokenInfo describes the token in a slot.
+func (e *Engine) tokenInfo(ctx context.Context, slot uint64) (*wire.TokenInfo, error) {
 	info := &wire.TokenInfo{
 		ManufacturerID:     "hsmemu",
 		Model:              "hsmemu",
 		Flags:              ck.CKF_RNG | ck.CKF_LOGIN_REQUIRED,
 		MaxSessionCount:    ck.CK_EFFECTIVELY_INFINITE,
 		MaxRwSessionCount:  ck.CK_EFFECTIVELY_INFINITE,
-		MaxPinLen:          maxPINLen,
-		MinPinLen:          minPINLen,
+		MaxPinLen:          MaxPINLen,
+		MinPinLen:          MinPINLen,
 		TotalPublicMemory:  ck.CK_UNAVAILABLE_INFORMATION,
 		FreePublicMemory:   ck.CK_UNAVAILABLE_INFORMATION,
 		TotalPrivateMemory: ck.CK_UNAVAILABLE_INFORMATION,
@@ -132,11 +132,11 @@ func blankLabel(label []byte) string {
 	return string(bytes.TrimRight(label, " \x00"))
 }
 
-// InitToken initialises the token in a slot: on slot 0 it creates a new
+// initToken initialises the token in a slot: on slot 0 it creates a new
 // token; on an initialised token it checks the SO PIN and re-initialises
 // it, destroying its objects.
-func (e *Engine) InitToken(ctx context.Context, app *App, slot uint64, pin, label []byte) error {
-	if len(pin) < minPINLen || len(pin) > maxPINLen {
+func (e *Engine) initToken(ctx context.Context, app *App, slot uint64, pin, label []byte) error {
+	if len(pin) < MinPINLen || len(pin) > MaxPINLen {
 		return ck.Error(ck.CKR_PIN_LEN_RANGE)
 	}
 	name := blankLabel(label)
@@ -187,8 +187,8 @@ func (e *Engine) tokenLogin(token keystore.UUID) *tokenLogin {
 	return e.loginOf(token)
 }
 
-// MechanismList returns the mechanisms a slot's token implements, sorted.
-func (e *Engine) MechanismList(ctx context.Context, slot uint64) ([]uint64, error) {
+// mechanismList returns the mechanisms a slot's token implements, sorted.
+func (e *Engine) mechanismList(ctx context.Context, slot uint64) ([]uint64, error) {
 	if slot != freeSlot {
 		if _, err := e.token(ctx, slot); err != nil {
 			return nil, err
@@ -197,8 +197,8 @@ func (e *Engine) MechanismList(ctx context.Context, slot uint64) ([]uint64, erro
 	return slices.Clone(e.mechs.Types()), nil
 }
 
-// MechanismInfo describes one mechanism.
-func (e *Engine) MechanismInfo(ctx context.Context, slot, typ uint64) (*wire.MechanismInfo, error) {
+// mechanismInfo describes one mechanism.
+func (e *Engine) mechanismInfo(ctx context.Context, slot, typ uint64) (*wire.MechanismInfo, error) {
 	if slot != freeSlot {
 		if _, err := e.token(ctx, slot); err != nil {
 			return nil, err

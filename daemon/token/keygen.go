@@ -1,4 +1,4 @@
-package daemon
+package token
 
 import (
 	"bytes"
@@ -18,8 +18,8 @@ import (
 // templates, the keys' permissions and the wrapping policy, and stores the
 // result like any other object.
 
-// GenerateKey makes a secret key.
-func (e *Engine) GenerateKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, tmpl []attr) (uint64, error) {
+// generateKey makes a secret key.
+func (e *Engine) generateKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, tmpl []attr) (uint64, error) {
 	s, err := app.session(h)
 	if err != nil {
 		return 0, err
@@ -47,8 +47,8 @@ func (e *Engine) GenerateKey(ctx context.Context, app *App, h uint64, wm *wire.M
 	return e.keep(ctx, app, s, "generate", m, class, kt)
 }
 
-// GenerateKeyPair makes a public and a private key.
-func (e *Engine) GenerateKeyPair(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, pubTmpl, privTmpl []attr) (uint64, uint64, error) {
+// generateKeyPair makes a public and a private key.
+func (e *Engine) generateKeyPair(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, pubTmpl, privTmpl []attr) (uint64, uint64, error) {
 	s, err := app.session(h)
 	if err != nil {
 		return 0, 0, err
@@ -89,16 +89,16 @@ func (e *Engine) GenerateKeyPair(ctx context.Context, app *App, h uint64, wm *wi
 	vh, err := e.keep(ctx, app, s, "generate", priv, vc, vkt)
 	if err != nil {
 		// Do not leave half a pair behind.
-		e.DestroyObject(ctx, app, h, ph)
+		e.destroyObject(ctx, app, h, ph)
 		return 0, 0, err
 	}
 	return ph, vh, nil
 }
 
-// WrapKey wraps a key under another, within the wrapping policy: the key
+// wrapKey wraps a key under another, within the wrapping policy: the key
 // must be extractable; one with CKA_WRAP_WITH_TRUSTED only under a trusted
 // key; and the wrapping key's CKA_WRAP_TEMPLATE, if any, must match it.
-func (e *Engine) WrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, wrappingHandle, keyHandle uint64, out wire.OutSpec, r *wire.Results) error {
+func (e *Engine) wrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, wrappingHandle, keyHandle uint64, out wire.OutSpec, r *wire.Results) error {
 	s, err := app.session(h)
 	if err != nil {
 		return err
@@ -118,15 +118,15 @@ func (e *Engine) WrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mecha
 	if classMask(o.Class())&(mSecret|mPriv) == 0 {
 		return ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
 	}
-	if !o.bool(ck.CKA_EXTRACTABLE) {
+	if !o.Bool(ck.CKA_EXTRACTABLE) {
 		e.log.Warn("wrap refused: the key is not extractable", "pid", app.PID)
-		detail := objectDetail(keystore.UUID{}, o.Class(), o.all())
+		detail := ObjectDetail(keystore.UUID{}, o.Class(), o.All())
 		delete(detail, "object")
 		detail["call"] = "C_WrapKey"
 		e.audit(ctx, actor(app, sessionRole(app, s)), s.token, "export.refused", detail)
 		return ck.Error(ck.CKR_KEY_UNEXTRACTABLE)
 	}
-	if o.bool(ck.CKA_WRAP_WITH_TRUSTED) && !wk.bool(ck.CKA_TRUSTED) {
+	if o.Bool(ck.CKA_WRAP_WITH_TRUSTED) && !wk.Bool(ck.CKA_TRUSTED) {
 		return ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
 	}
 	if t, ok := wk.attrs.Get(ck.CKA_WRAP_TEMPLATE); ok && len(t) > 0 {
@@ -161,8 +161,8 @@ func wrappingErr(err error, handle, keyType uint64) error {
 
 func wipe(b []byte) { clear(b) }
 
-// UnwrapKey unwraps a key into a new object described by the template.
-func (e *Engine) UnwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, unwrappingHandle uint64, wrapped []byte, tmpl []attr) (uint64, error) {
+// unwrapKey unwraps a key into a new object described by the template.
+func (e *Engine) unwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, unwrappingHandle uint64, wrapped []byte, tmpl []attr) (uint64, error) {
 	s, err := app.session(h)
 	if err != nil {
 		return 0, err
@@ -218,7 +218,7 @@ const maxDerivedKey = 64 << 10
 // impose adds a key's template attribute (CKA_UNWRAP_TEMPLATE,
 // CKA_DERIVE_TEMPLATE) to a caller's template: a value the caller gives
 // differently is CKR_TEMPLATE_INCONSISTENT.
-func impose(tmpl []attr, o *object, t uint64) ([]attr, error) {
+func impose(tmpl []attr, o *Object, t uint64) ([]attr, error) {
 	v, ok := o.attrs.Get(t)
 	if !ok || len(v) == 0 {
 		return tmpl, nil
@@ -243,8 +243,8 @@ outer:
 	return out, nil
 }
 
-// DeriveKey derives a secret key from a base key.
-func (e *Engine) DeriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, baseHandle uint64, tmpl []attr) (uint64, error) {
+// deriveKey derives a secret key from a base key.
+func (e *Engine) deriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, baseHandle uint64, tmpl []attr) (uint64, error) {
 	s, err := app.session(h)
 	if err != nil {
 		return 0, err

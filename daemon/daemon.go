@@ -1,0 +1,85 @@
+// Package daemon is hsmemu's daemon, put together: the state directory it
+// owns (State: the TPM, the master key in it, the keystore), the socket
+// it listens on (Server), and the three parts that serve what arrives
+// there:
+//   - daemon/token, the token engine: applications, sessions, objects,
+//     the attribute rules, login, and every PKCS#11 call the module
+//     forwards, dispatched by the call table's ids;
+//   - daemon/mech, every mechanism, pure over a key's attributes, which
+//     the engine calls;
+//   - daemon/admin, the administrator's calls, which use the engine
+//     through its small exported API and the keystore.
+//
+// This package only composes them and runs the connections; it holds no
+// PKCS#11 semantics. docs/architecture.md follows one call through all of
+// them.
+package daemon
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"time"
+
+	"hsmemu/daemon/admin"
+	"hsmemu/daemon/token"
+	"hsmemu/tpmroot"
+)
+
+// Config is how the daemon serves its state directory.
+type Config struct {
+	Engine token.Config
+	Server ServerConfig
+	// Version is what `hsmemu status` reports.
+	Version string
+	// PurgeEvery is how often deleted objects whose retention ended are
+	// purged (and once at start); zero means hourly.
+	PurgeEvery time.Duration
+}
+
+// Daemon is one daemon over an opened state directory.
+type Daemon struct {
+	st    *State
+	log   *slog.Logger
+	cfg   Config
+	eng   *token.Engine
+	admin *admin.Handler
+}
+
+// New puts a daemon together over st. Serve runs it.
+func New(st *State, log *slog.Logger, cfg Config) *Daemon {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.PurgeEvery <= 0 {
+		cfg.PurgeEvery = time.Hour
+	}
+	eng := token.New(st.Store, log, cfg.Engine)
+	info := tpmroot.Info{}
+	if st.TPM != nil {
+		info = st.TPM.Info()
+	}
+	adm := admin.New(eng, st.Store, log, admin.Config{Version: cfg.Version, TPM: info, Started: time.Now(), Rotator: st})
+	return &Daemon{st: st, log: log, cfg: cfg, eng: eng, admin: adm}
+}
+
+// Engine is the daemon's token engine.
+func (d *Daemon) Engine() *token.Engine { return d.eng }
+
+// Serve serves ln until ctx ends (Server.Serve says how it stops), with
+// the purger of expired deleted objects beside it, and closes the engine
+// once both are done. The state directory stays open: its owner closes it.
+func (d *Daemon) Serve(ctx context.Context, ln *net.UnixListener) error {
+	purger := make(chan struct{})
+	go func() {
+		defer close(purger)
+		d.eng.RunPurger(ctx, d.cfg.PurgeEvery)
+	}()
+	// The purger writes audit records: it ends before the engine closes
+	// and the caller closes the keystore.
+	defer func() {
+		<-purger
+		d.eng.Close()
+	}()
+	return NewServer(d.eng, d.admin, d.log, d.cfg.Server).Serve(ctx, ln)
+}
