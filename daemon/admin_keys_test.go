@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"slices"
 	"testing"
 
@@ -148,16 +149,16 @@ func TestAdminKeys(t *testing.T) {
 	// A client of the token sees the keys; one it destroys is kept, and
 	// the administrator recovers it.
 	cl := d.dial(t)
-	h := cl.open(uint64(prem.Slot), true)
-	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(string(user)))
-	found := cl.find(h, A(ck.CKA_LABEL, []byte("ec-p256")))
+	h := cl.Open(uint64(prem.Slot), true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(string(user)))
+	found := cl.Find(h, A(ck.CKA_LABEL, []byte("ec-p256")))
 	if len(found) != 2 {
 		t.Fatalf("client finds %d objects labelled ec-p256", len(found))
 	}
 	for _, o := range found {
-		cl.must(ck.CKR_OK, "C_DestroyObject", U(h), U(o))
+		cl.Must(ck.CKR_OK, "C_DestroyObject", U(h), U(o))
 	}
-	if n := len(cl.find(h, A(ck.CKA_LABEL, []byte("ec-p256")))); n != 0 {
+	if n := len(cl.Find(h, A(ck.CKA_LABEL, []byte("ec-p256")))); n != 0 {
 		t.Fatalf("destroyed key still found: %d", n)
 	}
 	var deleted []adminapi.Key
@@ -168,7 +169,7 @@ func TestAdminKeys(t *testing.T) {
 	if err := a.Call(adminapi.OpKeyRecover, ref, nil); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(cl.find(h, A(ck.CKA_LABEL, []byte("ec-p256")))); n != 2 {
+	if n := len(cl.Find(h, A(ck.CKA_LABEL, []byte("ec-p256")))); n != 2 {
 		t.Fatalf("recovered key found %d times", n)
 	}
 	// Admin delete, then purge with the SO PIN.
@@ -204,15 +205,15 @@ func TestAdminKeys(t *testing.T) {
 	if err := a.Call(adminapi.OpKeyPurge, adminapi.KeyPurge{Token: "prem", SOPIN: so, KeySelector: ed.KeySelector}, nil); code(t, err) != adminapi.CodeRefused {
 		t.Fatalf("purge under protection: %v", err)
 	}
-	cl.must(ck.CKR_OK, "C_Logout", U(h))
-	cl.must(ck.CKR_OK, "C_CloseSession", U(h))
+	cl.Must(ck.CKR_OK, "C_Logout", U(h))
+	cl.Must(ck.CKR_OK, "C_CloseSession", U(h))
 	if err := a.Call(adminapi.OpTokenDelete, adminapi.TokenDelete{Label: "prem", SOPIN: so}, nil); code(t, err) != adminapi.CodeRefused {
 		t.Fatalf("delete a protected token: %v", err)
 	}
-	h = cl.open(uint64(prem.Slot), true)
-	cl.must(ck.CKR_SESSION_EXISTS, "C_InitToken", U(uint64(prem.Slot)), S(string(so)), label32("prem"))
-	cl.must(ck.CKR_OK, "C_CloseSession", U(h))
-	cl.must(ck.CKR_ACTION_PROHIBITED, "C_InitToken", U(uint64(prem.Slot)), S(string(so)), label32("prem"))
+	h = cl.Open(uint64(prem.Slot), true)
+	cl.Must(ck.CKR_SESSION_EXISTS, "C_InitToken", U(uint64(prem.Slot)), S(string(so)), Label32("prem"))
+	cl.Must(ck.CKR_OK, "C_CloseSession", U(h))
+	cl.Must(ck.CKR_ACTION_PROHIBITED, "C_InitToken", U(uint64(prem.Slot)), S(string(so)), Label32("prem"))
 
 	got2 := events(t, d, string(so), string(user))
 	for _, e := range []string{"key.generate", "key.import", "key.destroy", "key.recover", "key.delete", "key.purge", "key.purge.refused", "token.set"} {
@@ -290,17 +291,17 @@ func TestAdminKeyBackup(t *testing.T) {
 	var tok adminapi.Token
 	a.Call(adminapi.OpTokenShow, adminapi.TokenRef{Label: "prem"}, &tok)
 	cl := d.dial(t)
-	h := cl.open(uint64(tok.Slot), true)
-	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(string(user)))
+	h := cl.Open(uint64(tok.Slot), true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(string(user)))
 	var priv uint64
-	for _, o := range cl.find(h, A(ck.CKA_LABEL, []byte("tls"))) {
-		if rv, ans := cl.get(h, o, ck.CKA_CLASS); rv == ck.CKR_OK && ulongOf(ans[0].Value) == ck.CKO_PRIVATE_KEY {
+	for _, o := range cl.Find(h, A(ck.CKA_LABEL, []byte("tls"))) {
+		if rv, ans := cl.Get(h, o, ck.CKA_CLASS); rv == ck.CKR_OK && UlongOf(ans[0].Value) == ck.CKO_PRIVATE_KEY {
 			priv = o
 		}
 	}
-	cl.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(ck.CKM_ECDSA), U(priv))
-	cl.must(ck.CKR_OK, "C_Sign", U(h), B(make([]byte, 32)), Out(128))
-	if rv, ans := cl.get(h, priv, ck.CKA_VALUE, ck.CKA_HSMEMU_PROTECTION); rv != ck.CKR_ATTRIBUTE_SENSITIVE || ulongOf(ans[1].Value) != ck.CKP_HSMEMU_HSM {
+	cl.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_ECDSA), U(priv))
+	cl.Must(ck.CKR_OK, "C_Sign", U(h), B(make([]byte, 32)), Out(128))
+	if rv, ans := cl.Get(h, priv, ck.CKA_VALUE, ck.CKA_HSMEMU_PROTECTION); rv != ck.CKR_ATTRIBUTE_SENSITIVE || UlongOf(ans[1].Value) != ck.CKP_HSMEMU_HSM {
 		t.Fatalf("restored key's value: %#x %+v", rv, ans)
 	}
 	if got := events(t, d, string(user)); !slices.Contains(got, "key.backup") || !slices.Contains(got, "key.restore") {

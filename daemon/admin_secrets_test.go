@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bytes"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"testing"
 	"time"
 
@@ -70,28 +71,28 @@ func TestAdminSecrets(t *testing.T) {
 	// A PKCS#11 client sees the versions as private data objects, reads
 	// their value and attributes, and can expire one.
 	cl := d.dial(t)
-	h := cl.open(uint64(tok.Slot), true)
-	if n := len(cl.find(h, A(ck.CKA_LABEL, []byte("db")))); n != 0 {
+	h := cl.Open(uint64(tok.Slot), true)
+	if n := len(cl.Find(h, A(ck.CKA_LABEL, []byte("db")))); n != 0 {
 		t.Fatalf("a public session finds %d private versions", n)
 	}
-	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(string(user)))
-	objs := cl.find(h, AU(ck.CKA_CLASS, ck.CKO_DATA), A(ck.CKA_LABEL, []byte("db")), A(ck.CKA_APPLICATION, []byte(ck.SecretApplication)))
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(string(user)))
+	objs := cl.Find(h, AU(ck.CKA_CLASS, ck.CKO_DATA), A(ck.CKA_LABEL, []byte("db")), A(ck.CKA_APPLICATION, []byte(ck.SecretApplication)))
 	if len(objs) != 3 {
 		t.Fatalf("client finds %d versions", len(objs))
 	}
-	rv, ans := cl.get(h, objs[1], ck.CKA_VALUE, ck.CKA_HSMEMU_SECRET_VERSION, ck.CKA_HSMEMU_SECRET_ENABLED)
+	rv, ans := cl.Get(h, objs[1], ck.CKA_VALUE, ck.CKA_HSMEMU_SECRET_VERSION, ck.CKA_HSMEMU_SECRET_ENABLED)
 	if rv != ck.CKR_OK || string(ans[0].Value) != "s3cr3t-two" || !bytes.Equal(ans[1].Value, keystore.Ulong(2)) || !bytes.Equal(ans[2].Value, keystore.Bool(true)) {
 		t.Fatalf("client reads version 2: %#x %+v", rv, ans)
 	}
 	past := uint64(time.Now().Add(-time.Minute).Unix())
-	cl.must(ck.CKR_OK, "C_SetAttributeValue", U(h), U(objs[2]), T(AU(ck.CKA_HSMEMU_SECRET_EXPIRES, past)))
-	cl.must(ck.CKR_ATTRIBUTE_READ_ONLY, "C_SetAttributeValue", U(h), U(objs[2]), T(AU(ck.CKA_HSMEMU_SECRET_VERSION, 9)))
+	cl.Must(ck.CKR_OK, "C_SetAttributeValue", U(h), U(objs[2]), T(AU(ck.CKA_HSMEMU_SECRET_EXPIRES, past)))
+	cl.Must(ck.CKR_ATTRIBUTE_READ_ONLY, "C_SetAttributeValue", U(h), U(objs[2]), T(AU(ck.CKA_HSMEMU_SECRET_VERSION, 9)))
 	if _, err := get("db", 0); code(t, err) != adminapi.CodeRefused {
 		t.Fatalf("get an expired version: %v", err)
 	}
 	// A client's own data object, deleted, is not a secret of that name.
-	plain := cl.create(h, dataObject("plain", true, true, "not a secret")...)
-	cl.must(ck.CKR_OK, "C_DestroyObject", U(h), U(plain))
+	plain := cl.Create(h, DataObject("plain", true, true, "not a secret")...)
+	cl.Must(ck.CKR_OK, "C_DestroyObject", U(h), U(plain))
 	if _, err := set("plain", "now a secret", nil); err != nil {
 		t.Fatalf("set over a deleted data object's label: %v", err)
 	}
@@ -121,7 +122,7 @@ func TestAdminSecrets(t *testing.T) {
 	if err := a.Call(adminapi.OpSecretDelete, ref, nil); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(cl.find(h, A(ck.CKA_LABEL, []byte("db")))); n != 0 {
+	if n := len(cl.Find(h, A(ck.CKA_LABEL, []byte("db")))); n != 0 {
 		t.Fatalf("client finds %d versions of a deleted secret", n)
 	}
 	if _, err := set("db", "new", nil); code(t, err) != adminapi.CodeRefused {

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"net"
 	"os"
 	"path/filepath"
@@ -47,26 +48,26 @@ func TestAuditEvents(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t, token.Config{MaxPINFailures: 3})
 	cl := d.dial(t)
-	slot := cl.newToken("audited")
-	h := cl.open(slot, true)
-	cl.must(ck.CKR_PIN_INCORRECT, "C_Login", U(h), U(ck.CKU_USER), S("wrong-pin-1"))
-	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(testUserPIN))
+	slot := cl.NewToken("audited")
+	h := cl.Open(slot, true)
+	cl.Must(ck.CKR_PIN_INCORRECT, "C_Login", U(h), U(ck.CKU_USER), S("wrong-pin-1"))
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
 
-	aes := cl.must(ck.CKR_OK, "C_GenerateKey", U(h), mechArg(ck.CKM_AES_KEY_GEN),
-		T(AU(ck.CKA_VALUE_LEN, 32), AB(ck.CKA_TOKEN, true), A(ck.CKA_LABEL, []byte("kek")), AB(ck.CKA_WRAP, true)), none())[3].Ulong
-	locked := cl.must(ck.CKR_OK, "C_GenerateKey", U(h), mechArg(ck.CKM_AES_KEY_GEN),
-		T(AU(ck.CKA_VALUE_LEN, 32), AB(ck.CKA_TOKEN, true), A(ck.CKA_LABEL, []byte("locked")), AB(ck.CKA_EXTRACTABLE, false)), none())[3].Ulong
+	aes := cl.Must(ck.CKR_OK, "C_GenerateKey", U(h), M(ck.CKM_AES_KEY_GEN),
+		T(AU(ck.CKA_VALUE_LEN, 32), AB(ck.CKA_TOKEN, true), A(ck.CKA_LABEL, []byte("kek")), AB(ck.CKA_WRAP, true)), None())[3].Ulong
+	locked := cl.Must(ck.CKR_OK, "C_GenerateKey", U(h), M(ck.CKM_AES_KEY_GEN),
+		T(AU(ck.CKA_VALUE_LEN, 32), AB(ck.CKA_TOKEN, true), A(ck.CKA_LABEL, []byte("locked")), AB(ck.CKA_EXTRACTABLE, false)), None())[3].Ulong
 	// A session key leaves no record.
-	cl.must(ck.CKR_OK, "C_GenerateKey", U(h), mechArg(ck.CKM_AES_KEY_GEN), T(AU(ck.CKA_VALUE_LEN, 16)), none())
-	cl.must(ck.CKR_KEY_UNEXTRACTABLE, "C_WrapKey", U(h), mechArg(ck.CKM_AES_KEY_WRAP_KWP), U(aes), U(locked), Out(1024))
-	cl.must(ck.CKR_OK, "C_DestroyObject", U(h), U(locked))
-	cl.must(ck.CKR_OK, "C_Logout", U(h))
+	cl.Must(ck.CKR_OK, "C_GenerateKey", U(h), M(ck.CKM_AES_KEY_GEN), T(AU(ck.CKA_VALUE_LEN, 16)), None())
+	cl.Must(ck.CKR_KEY_UNEXTRACTABLE, "C_WrapKey", U(h), M(ck.CKM_AES_KEY_WRAP_KWP), U(aes), U(locked), Out(1024))
+	cl.Must(ck.CKR_OK, "C_DestroyObject", U(h), U(locked))
+	cl.Must(ck.CKR_OK, "C_Logout", U(h))
 	for range 3 {
-		cl.must(ck.CKR_PIN_INCORRECT, "C_Login", U(h), U(ck.CKU_USER), S("wrong-pin-2"))
+		cl.Must(ck.CKR_PIN_INCORRECT, "C_Login", U(h), U(ck.CKU_USER), S("wrong-pin-2"))
 	}
-	cl.must(ck.CKR_PIN_LOCKED, "C_Login", U(h), U(ck.CKU_USER), S(testUserPIN))
+	cl.Must(ck.CKR_PIN_LOCKED, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
 
-	got := events(t, d, testSOPIN, testUserPIN, "wrong-pin")
+	got := events(t, d, SOPIN, UserPIN, "wrong-pin")
 	want := []string{"token.create", "login.success", "pin.init",
 		"login.failure", "login.success", "key.generate", "key.generate", "export.refused", "key.destroy",
 		"login.failure", "login.failure", "login.failure", "pin.lockout", "login.locked"}
@@ -143,8 +144,8 @@ func TestAdminTokens(t *testing.T) {
 
 	// The module sees the token the admin made, and logs in with its PIN.
 	cl := d.dial(t)
-	h := cl.open(uint64(tok.Slot), true)
-	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(string(user)))
+	h := cl.Open(uint64(tok.Slot), true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(string(user)))
 
 	var shown adminapi.Token
 	if err := a.Call(adminapi.OpTokenShow, adminapi.TokenRef{Label: "vault"}, &shown); err != nil {
@@ -165,7 +166,7 @@ func TestAdminTokens(t *testing.T) {
 	if got := code(t, a.Call(adminapi.OpTokenDelete, adminapi.TokenDelete{Label: "vault", SOPIN: so}, nil)); got != adminapi.CodeInUse {
 		t.Fatalf("delete in use: %q", got)
 	}
-	cl.must(ck.CKR_OK, "C_CloseSession", U(h))
+	cl.Must(ck.CKR_OK, "C_CloseSession", U(h))
 
 	// PINs: a wrong old PIN counts; two lock the user; the SO unlocks
 	// without changing it; reset replaces it.
@@ -190,10 +191,10 @@ func TestAdminTokens(t *testing.T) {
 	if err := a.Call(adminapi.OpPINReset, adminapi.PINReset{Label: "vault", SOPIN: so, New: reset}, nil); err != nil {
 		t.Fatal(err)
 	}
-	h = cl.open(uint64(tok.Slot), false)
-	cl.must(ck.CKR_PIN_INCORRECT, "C_Login", U(h), U(ck.CKU_USER), S(string(newUser)))
-	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(string(reset)))
-	cl.must(ck.CKR_OK, "C_CloseSession", U(h))
+	h = cl.Open(uint64(tok.Slot), false)
+	cl.Must(ck.CKR_PIN_INCORRECT, "C_Login", U(h), U(ck.CKU_USER), S(string(newUser)))
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(string(reset)))
+	cl.Must(ck.CKR_OK, "C_CloseSession", U(h))
 
 	// The SO locked out is unlocked by the administrator alone.
 	for range 2 {
@@ -289,7 +290,7 @@ func TestAuditTamperRecorded(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
-	slot := cl.newToken("tamper")
+	slot := cl.NewToken("tamper")
 	ti, err := d.st.Store.TokenByID(ctx, int64(slot))
 	if err != nil {
 		t.Fatal(err)
@@ -299,7 +300,7 @@ func TestAuditTamperRecorded(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.st.Store.Logout(ti.UUID)
-	if rv, _ := cl.call("C_OpenSession", U(slot), U(ck.CKF_SERIAL_SESSION), none(), none(), none()); rv != ck.CKR_DEVICE_ERROR {
+	if rv, _ := cl.Call("C_OpenSession", U(slot), U(ck.CKF_SERIAL_SESSION), None(), None(), None()); rv != ck.CKR_DEVICE_ERROR {
 		t.Fatalf("C_OpenSession on an edited token row: %#x", rv)
 	}
 	got := events(t, d)

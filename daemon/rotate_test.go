@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -34,12 +35,12 @@ func TestRotateTokenWhileSigning(t *testing.T) {
 	slot := uint64(tok.Slot)
 
 	signer := d.dial(t)
-	hs := signer.open(slot, false)
-	signer.must(ck.CKR_OK, "C_Login", U(hs), U(ck.CKU_USER), S(string(user)))
-	priv := signer.find(hs, AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY), A(ck.CKA_LABEL, []byte("signer")))[0]
+	hs := signer.Open(slot, false)
+	signer.Must(ck.CKR_OK, "C_Login", U(hs), U(ck.CKU_USER), S(string(user)))
+	priv := signer.Find(hs, AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY), A(ck.CKA_LABEL, []byte("signer")))[0]
 	writer := d.dial(t)
-	hw := writer.open(slot, true)
-	writer.must(ck.CKR_OK, "C_Login", U(hw), U(ck.CKU_USER), S(string(user)))
+	hw := writer.Open(slot, true)
+	writer.Must(ck.CKR_OK, "C_Login", U(hw), U(ck.CKU_USER), S(string(user)))
 
 	var stop atomic.Bool
 	var signatures, writes atomic.Int64
@@ -48,11 +49,11 @@ func TestRotateTokenWhileSigning(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for !stop.Load() {
-			if rv, _ := signer.call("C_SignInit", U(hs), mechArg(ck.CKM_ECDSA), U(priv)); rv != ck.CKR_OK {
+			if rv, _ := signer.Call("C_SignInit", U(hs), M(ck.CKM_ECDSA), U(priv)); rv != ck.CKR_OK {
 				t.Errorf("C_SignInit during rotation: %#x", rv)
 				return
 			}
-			if rv, _ := signer.call("C_Sign", U(hs), B(make([]byte, 32)), Out(128)); rv != ck.CKR_OK {
+			if rv, _ := signer.Call("C_Sign", U(hs), B(make([]byte, 32)), Out(128)); rv != ck.CKR_OK {
 				t.Errorf("C_Sign during rotation: %#x", rv)
 				return
 			}
@@ -62,12 +63,12 @@ func TestRotateTokenWhileSigning(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for n := 0; !stop.Load(); n++ {
-			rv, out := writer.call("C_CreateObject", U(hw), T(dataObject(fmt.Sprint("w", n), true, true, fmt.Sprint("written-", n))...), none())
+			rv, out := writer.Call("C_CreateObject", U(hw), T(DataObject(fmt.Sprint("w", n), true, true, fmt.Sprint("written-", n))...), None())
 			if rv != ck.CKR_OK {
 				t.Errorf("C_CreateObject during rotation: %#x", rv)
 				return
 			}
-			if rv, ans := writer.get(hw, out[2].Ulong, ck.CKA_VALUE); rv != ck.CKR_OK || string(ans[0].Value) != fmt.Sprint("written-", n) {
+			if rv, ans := writer.Get(hw, out[2].Ulong, ck.CKA_VALUE); rv != ck.CKR_OK || string(ans[0].Value) != fmt.Sprint("written-", n) {
 				t.Errorf("read back during rotation: %#x", rv)
 				return
 			}
@@ -111,22 +112,22 @@ func TestRotateTokenWhileSigning(t *testing.T) {
 		}
 	}
 	cl := d.dial(t)
-	h := cl.open(slot, true)
-	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_SO), S(string(so)))
-	cl.must(ck.CKR_OK, "C_Logout", U(h))
-	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(string(user)))
-	objs := cl.find(h, AU(ck.CKA_CLASS, ck.CKO_DATA))
+	h := cl.Open(slot, true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_SO), S(string(so)))
+	cl.Must(ck.CKR_OK, "C_Logout", U(h))
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(string(user)))
+	objs := cl.Find(h, AU(ck.CKA_CLASS, ck.CKO_DATA))
 	if len(objs) != 20+int(writes.Load()) {
 		t.Fatalf("%d data objects after restart, want %d", len(objs), 20+writes.Load())
 	}
 	for _, o := range objs {
-		if rv, _ := cl.get(h, o, ck.CKA_VALUE); rv != ck.CKR_OK {
+		if rv, _ := cl.Get(h, o, ck.CKA_VALUE); rv != ck.CKR_OK {
 			t.Fatalf("data object after restart: %#x", rv)
 		}
 	}
-	priv = cl.find(h, AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY))[0]
-	cl.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(ck.CKM_ECDSA), U(priv))
-	cl.must(ck.CKR_OK, "C_Sign", U(h), B(make([]byte, 32)), Out(128))
+	priv = cl.Find(h, AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY))[0]
+	cl.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_ECDSA), U(priv))
+	cl.Must(ck.CKR_OK, "C_Sign", U(h), B(make([]byte, 32)), Out(128))
 }
 
 // TestRotateMasterWhileSigning: the master key is rotated while a client
@@ -154,16 +155,16 @@ func TestRotateMasterWhileSigning(t *testing.T) {
 	}
 	slot := uint64(tok.Slot)
 	signer := d.dial(t)
-	hs := signer.open(slot, true)
-	signer.must(ck.CKR_OK, "C_Login", U(hs), U(ck.CKU_USER), S(string(user)))
-	signer.create(hs, dataObject("public", true, false, "public-value")...)
-	priv := signer.find(hs, AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY), A(ck.CKA_LABEL, []byte("signer")))[0]
+	hs := signer.Open(slot, true)
+	signer.Must(ck.CKR_OK, "C_Login", U(hs), U(ck.CKU_USER), S(string(user)))
+	signer.Create(hs, DataObject("public", true, false, "public-value")...)
+	priv := signer.Find(hs, AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY), A(ck.CKA_LABEL, []byte("signer")))[0]
 	writer := d.dial(t)
-	hw := writer.open(slot, true)
-	writer.must(ck.CKR_OK, "C_Login", U(hw), U(ck.CKU_USER), S(string(user)))
+	hw := writer.Open(slot, true)
+	writer.Must(ck.CKR_OK, "C_Login", U(hw), U(ck.CKU_USER), S(string(user)))
 	reader := d.dial(t)
-	hr := reader.open(slot, false)
-	publicR := reader.find(hr, A(ck.CKA_LABEL, []byte("public")))[0]
+	hr := reader.Open(slot, false)
+	publicR := reader.Find(hr, A(ck.CKA_LABEL, []byte("public")))[0]
 
 	// Begun and aborted: nothing changes.
 	var begun adminapi.MasterBegun
@@ -187,11 +188,11 @@ func TestRotateMasterWhileSigning(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for !stop.Load() {
-			if rv, _ := signer.call("C_SignInit", U(hs), mechArg(ck.CKM_ECDSA), U(priv)); rv != ck.CKR_OK {
+			if rv, _ := signer.Call("C_SignInit", U(hs), M(ck.CKM_ECDSA), U(priv)); rv != ck.CKR_OK {
 				t.Errorf("C_SignInit during the rotation: %#x", rv)
 				return
 			}
-			if rv, _ := signer.call("C_Sign", U(hs), B(make([]byte, 32)), Out(128)); rv != ck.CKR_OK {
+			if rv, _ := signer.Call("C_Sign", U(hs), B(make([]byte, 32)), Out(128)); rv != ck.CKR_OK {
 				t.Errorf("C_Sign during the rotation: %#x", rv)
 				return
 			}
@@ -201,7 +202,7 @@ func TestRotateMasterWhileSigning(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for n := 0; !stop.Load(); n++ {
-			if rv, _ := writer.call("C_CreateObject", U(hw), T(dataObject(fmt.Sprint("w", n), true, n%2 == 0, fmt.Sprint("written-", n))...), none()); rv != ck.CKR_OK {
+			if rv, _ := writer.Call("C_CreateObject", U(hw), T(DataObject(fmt.Sprint("w", n), true, n%2 == 0, fmt.Sprint("written-", n))...), None()); rv != ck.CKR_OK {
 				t.Errorf("C_CreateObject during the rotation: %#x", rv)
 				return
 			}
@@ -211,11 +212,11 @@ func TestRotateMasterWhileSigning(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for !stop.Load() {
-			if rv, ans := reader.get(hr, publicR, ck.CKA_VALUE); rv != ck.CKR_OK || string(ans[0].Value) != "public-value" {
+			if rv, ans := reader.Get(hr, publicR, ck.CKA_VALUE); rv != ck.CKR_OK || string(ans[0].Value) != "public-value" {
 				t.Errorf("read during the rotation: %#x", rv)
 				return
 			}
-			if rv, _ := reader.call("C_GetTokenInfo", U(slot), none()); rv != ck.CKR_OK {
+			if rv, _ := reader.Call("C_GetTokenInfo", U(slot), None()); rv != ck.CKR_OK {
 				t.Errorf("C_GetTokenInfo during the rotation: %#x", rv)
 				return
 			}
@@ -256,21 +257,21 @@ func TestRotateMasterWhileSigning(t *testing.T) {
 		t.Fatalf("secret after the rotation: %v", err)
 	}
 	cl := d.dial(t)
-	h := cl.open(slot, true)
-	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_SO), S(string(so)))
-	cl.must(ck.CKR_OK, "C_Logout", U(h))
-	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(string(user)))
-	if n := len(cl.find(h, AU(ck.CKA_CLASS, ck.CKO_DATA))); n < int(writes.Load())+2 {
+	h := cl.Open(slot, true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_SO), S(string(so)))
+	cl.Must(ck.CKR_OK, "C_Logout", U(h))
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(string(user)))
+	if n := len(cl.Find(h, AU(ck.CKA_CLASS, ck.CKO_DATA))); n < int(writes.Load())+2 {
 		t.Fatalf("%d data objects after the rotation, want at least %d", n, writes.Load()+2)
 	}
-	for _, o := range cl.find(h, AU(ck.CKA_CLASS, ck.CKO_DATA)) {
-		if rv, _ := cl.get(h, o, ck.CKA_VALUE); rv != ck.CKR_OK {
+	for _, o := range cl.Find(h, AU(ck.CKA_CLASS, ck.CKO_DATA)) {
+		if rv, _ := cl.Get(h, o, ck.CKA_VALUE); rv != ck.CKR_OK {
 			t.Fatalf("data object after the rotation: %#x", rv)
 		}
 	}
-	priv = cl.find(h, AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY))[0]
-	cl.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(ck.CKM_ECDSA), U(priv))
-	cl.must(ck.CKR_OK, "C_Sign", U(h), B(make([]byte, 32)), Out(128))
+	priv = cl.Find(h, AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY))[0]
+	cl.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_ECDSA), U(priv))
+	cl.Must(ck.CKR_OK, "C_Sign", U(h), B(make([]byte, 32)), Out(128))
 	var v2 adminapi.AuditVerify
 	if err := a.Call(adminapi.OpAuditVerify, nil, &v2); err != nil || !v2.OK {
 		t.Fatalf("audit across the rotation: %+v %v", v2, err)

@@ -3,6 +3,7 @@ package daemon
 import (
 	"bufio"
 	"encoding/binary"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"io"
 	"net"
 	"os"
@@ -94,7 +95,7 @@ func TestBadRequests(t *testing.T) {
 	}
 	// The daemon serves others as before.
 	cl := d.dial(t)
-	cl.slots()
+	cl.Slots()
 }
 
 func TestHelloRefusals(t *testing.T) {
@@ -133,54 +134,54 @@ func TestReplyIdleFlag(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t, token.Config{})
 	cl := d.dial(t)
-	slot := cl.newToken("idle")
-	h := cl.open(slot, false)
+	slot := cl.NewToken("idle")
+	h := cl.Open(slot, false)
 	sha := wire.Value{Mechanism: &wire.Mechanism{Type: ck.CKM_SHA256}}
 	steps := []struct {
 		name string
 		call func() uint64
 		idle bool
 	}{
-		{"C_GetSessionInfo", func() uint64 { rv, _ := cl.call("C_GetSessionInfo", U(h), none()); return rv }, true},
-		{"C_DigestInit", func() uint64 { rv, _ := cl.call("C_DigestInit", U(h), sha); return rv }, false},
-		{"C_Digest size query", func() uint64 { rv, _ := cl.call("C_Digest", U(h), S("abc"), SizeQuery()); return rv }, false},
-		{"C_Digest", func() uint64 { rv, _ := cl.call("C_Digest", U(h), S("abc"), Out(32)); return rv }, true},
-		{"C_DigestInit again", func() uint64 { rv, _ := cl.call("C_DigestInit", U(h), sha); return rv }, false},
-		{"C_DigestUpdate", func() uint64 { rv, _ := cl.call("C_DigestUpdate", U(h), S("abc")); return rv }, false},
-		{"C_DigestFinal", func() uint64 { rv, _ := cl.call("C_DigestFinal", U(h), Out(32)); return rv }, true},
+		{"C_GetSessionInfo", func() uint64 { rv, _ := cl.Call("C_GetSessionInfo", U(h), None()); return rv }, true},
+		{"C_DigestInit", func() uint64 { rv, _ := cl.Call("C_DigestInit", U(h), sha); return rv }, false},
+		{"C_Digest size query", func() uint64 { rv, _ := cl.Call("C_Digest", U(h), S("abc"), SizeQuery()); return rv }, false},
+		{"C_Digest", func() uint64 { rv, _ := cl.Call("C_Digest", U(h), S("abc"), Out(32)); return rv }, true},
+		{"C_DigestInit again", func() uint64 { rv, _ := cl.Call("C_DigestInit", U(h), sha); return rv }, false},
+		{"C_DigestUpdate", func() uint64 { rv, _ := cl.Call("C_DigestUpdate", U(h), S("abc")); return rv }, false},
+		{"C_DigestFinal", func() uint64 { rv, _ := cl.Call("C_DigestFinal", U(h), Out(32)); return rv }, true},
 		{"C_Digest without an Init", func() uint64 {
-			if rv, _ := cl.call("C_Digest", U(h), S("abc"), Out(32)); rv != ck.CKR_OPERATION_NOT_INITIALIZED {
+			if rv, _ := cl.Call("C_Digest", U(h), S("abc"), Out(32)); rv != ck.CKR_OPERATION_NOT_INITIALIZED {
 				return rv
 			}
 			return ck.CKR_OK
 		}, true},
 		{"C_GetSessionInfo on no session", func() uint64 {
-			if rv, _ := cl.call("C_GetSessionInfo", U(h+100), none()); rv != ck.CKR_SESSION_HANDLE_INVALID {
+			if rv, _ := cl.Call("C_GetSessionInfo", U(h+100), None()); rv != ck.CKR_SESSION_HANDLE_INVALID {
 				return rv
 			}
 			return ck.CKR_OK
 		}, false},
 	}
 	for _, s := range steps {
-		if rv := s.call(); rv != ck.CKR_OK || cl.idle != s.idle {
-			t.Errorf("%s: rv %#x idle %v, want idle %v", s.name, rv, cl.idle, s.idle)
+		if rv := s.call(); rv != ck.CKR_OK || cl.Idle != s.idle {
+			t.Errorf("%s: rv %#x idle %v, want idle %v", s.name, rv, cl.Idle, s.idle)
 		}
 	}
 
 	old := d.dialVersion(t, [16]byte{0x51}, 1)
-	h1 := old.open(slot, false)
+	h1 := old.Open(slot, false)
 	for _, name := range []string{"C_GetSessionInfo", "C_DigestInit", "C_Digest"} {
 		var rv uint64
 		switch name {
 		case "C_GetSessionInfo":
-			rv, _ = old.call(name, U(h1), none())
+			rv, _ = old.Call(name, U(h1), None())
 		case "C_DigestInit":
-			rv, _ = old.call(name, U(h1), sha)
+			rv, _ = old.Call(name, U(h1), sha)
 		case "C_Digest":
-			rv, _ = old.call(name, U(h1), S("abc"), Out(32))
+			rv, _ = old.Call(name, U(h1), S("abc"), Out(32))
 		}
-		if rv != ck.CKR_OK || old.idle {
-			t.Errorf("version 1, %s: rv %#x idle %v, want no idle flag", name, rv, old.idle)
+		if rv != ck.CKR_OK || old.Idle {
+			t.Errorf("version 1, %s: rv %#x idle %v, want no idle flag", name, rv, old.Idle)
 		}
 	}
 }

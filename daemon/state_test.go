@@ -11,19 +11,17 @@ import (
 
 	"hsmemu/keystore"
 	"hsmemu/tpmroot"
+	"hsmemu/tpmroot/tpmtest"
 )
 
 func openState(t *testing.T, dir string) (*State, error) {
 	t.Helper()
-	st, err := OpenState(context.Background(), StateConfig{
+	tpmtest.Require(t)
+	return OpenState(context.Background(), StateConfig{
 		Dir:   dir,
 		TPM:   "managed",
 		Store: keystore.Options{Argon2: keystore.Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1}},
 	})
-	if errors.Is(err, tpmroot.ErrSwtpmMissing) && os.Getenv("CI") != "true" {
-		t.Skipf("swtpm not available: %v", err)
-	}
-	return st, err
 }
 
 // TestStateProvisionThenOpen: the first open of an empty state directory

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"hsmemu/internal/testenv"
 	"hsmemu/tpmroot"
 )
 
@@ -46,8 +47,8 @@ func needSwtpm(t testing.TB, err error) {
 	if err == nil {
 		return
 	}
-	if os.Getenv("CI") != "true" && errors.Is(err, tpmroot.ErrSwtpmMissing) {
-		t.Skipf("swtpm not available: %v", err)
+	if errors.Is(err, tpmroot.ErrSwtpmMissing) {
+		testenv.Missing(t, "swtpm not available: %v", err)
 	}
 	t.Fatalf("TPM: %v", err)
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"hsmemu/internal/testenv"
 	"io"
 	"os"
 	"os/exec"
@@ -39,10 +40,7 @@ func ctestNeedBuilt(t *testing.T, rel string) string {
 	a := need(t)
 	p := filepath.Join(a.root, rel)
 	if _, err := os.Stat(p); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s not built (run make build): %v", rel, err)
-		}
-		t.Skipf("%s not built (run make build): %v", rel, err)
+		testenv.Missing(t, "%s not built (run make build): %v", rel, err)
 	}
 	return p
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"hsmemu/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,14 +26,7 @@ const toolTimeout = 60 * time.Second
 // CI) without it.
 func needTool(t *testing.T, name, pkg string) string {
 	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s not installed (apt-get install %s): %v", name, pkg, err)
-		}
-		t.Skipf("%s not installed (apt-get install %s): %v", name, pkg, err)
-	}
-	return p
+	return testenv.Command(t, name, pkg)
 }
 
 // toolRun runs a tool with env and returns its combined output and exit

@@ -1,7 +1,7 @@
 package wire
 
 import (
-	"os"
+	"hsmemu/internal/testenv"
 	"os/exec"
 	"strings"
 	"testing"
@@ -11,13 +11,7 @@ import (
 // the call table and the constants, nothing of the daemon, the keystore, or any module.
 func TestDependencies(t *testing.T) {
 	t.Parallel()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("no go tool on PATH")
-		}
-		t.Skip("no go tool on PATH")
-	}
+	goTool := testenv.Command(t, "go", "golang")
 	out, err := exec.Command(goTool, "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", ".").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go list: %v\n%s", err, out)

@@ -10,14 +10,13 @@ import (
 	"crypto/ecdh"
 	"crypto/rand"
 	"crypto/rsa"
-	"os"
-	"os/exec"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
 
+	"hsmemu/internal/testenv"
 	"hsmemu/tpmroot"
 	"hsmemu/tpmroot/escrow"
 	"hsmemu/tpmroot/internal/swtpm"
@@ -30,13 +29,7 @@ const startTimeout = 30 * time.Second
 // environment variable CI is "true".
 func Require(t testing.TB) {
 	t.Helper()
-	if _, err := exec.LookPath("swtpm"); err != nil {
-		const msg = "swtpm not found: install the Debian packages swtpm and swtpm-tools (apt-get install swtpm swtpm-tools)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg + "; CI=true, and a suite that skips its real parts proves nothing")
-		}
-		t.Skip(msg)
-	}
+	testenv.Command(t, "swtpm", "swtpm and swtpm-tools")
 }
 
 // Start opens a managed swtpm whose state lives in a new t.TempDir(), and

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"hsmemu/cryptoki/ck"
+	"hsmemu/internal/testenv"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -51,10 +52,7 @@ func module(t *testing.T) *Module {
 		mod, loadErr = Load(path)
 	})
 	if loadErr != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("module: %v (make module builds it)", loadErr)
-		}
-		t.Skipf("module: %v (make module builds it)", loadErr)
+		testenv.Missing(t, "module: %v (make module builds it)", loadErr)
 	}
 	return mod
 }

@@ -1,4 +1,4 @@
-package daemon
+package token
 
 import (
 	"bytes"
@@ -13,6 +13,8 @@ import (
 	"encoding/asn1"
 	"encoding/binary"
 	"encoding/pem"
+	. "hsmemu/cryptoki/wire/wiretest"
+	"hsmemu/internal/testenv"
 	"math/big"
 	"os"
 	"os/exec"
@@ -25,17 +27,11 @@ import (
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	"hsmemu/daemon/mech"
-	"hsmemu/daemon/token"
 )
 
-// Public-key mechanisms through the daemon's socket: keys made by the
+// Public-key mechanisms through the engine's calls: keys made by the
 // token, checked against the standard library (and openssl) from their
 // public attributes.
-
-// withParam is a mechanism with a structured parameter.
-func withParam(t uint64, p wire.Param) wire.Value {
-	return wire.Value{Mechanism: &wire.Mechanism{Type: t, Present: true, Param: p}}
-}
 
 // bytesMech is a mechanism with a parameter where it takes none.
 func bytesMech(t uint64) wire.Value {
@@ -43,7 +39,7 @@ func bytesMech(t uint64) wire.Value {
 }
 
 func pssMech(t, hashAlg, mgf, sLen uint64) wire.Value {
-	return withParam(t, wire.PSSParams{HashAlg: hashAlg, MGF: mgf, SaltLen: sLen}.Param())
+	return MP(t, wire.PSSParams{HashAlg: hashAlg, MGF: mgf, SaltLen: sLen}.Param())
 }
 
 func oaepParams(hashAlg, mgf uint64, label []byte) wire.OAEPParams {
@@ -55,7 +51,7 @@ func oaepParams(hashAlg, mgf uint64, label []byte) wire.OAEPParams {
 }
 
 func oaepMech(hashAlg, mgf uint64, label []byte) wire.Value {
-	return withParam(ck.CKM_RSA_PKCS_OAEP, oaepParams(hashAlg, mgf, label).Param())
+	return MP(ck.CKM_RSA_PKCS_OAEP, oaepParams(hashAlg, mgf, label).Param())
 }
 
 // asymSession is a logged-in read-write session on a fresh token.
@@ -65,27 +61,27 @@ type asymSession struct {
 }
 
 func newAsymSession(t *testing.T) *asymSession {
-	d := startDaemon(t, token.Config{})
+	d := startEngine(t, Config{})
 	cl := d.dial(t)
-	slot := cl.newToken("asym")
-	h := cl.open(slot, true)
-	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(testUserPIN))
+	slot := cl.NewToken("asym")
+	h := cl.Open(slot, true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
 	return &asymSession{cl, h}
 }
 
 // run runs a subtest whose calls fail it, not the parent.
 func (s *asymSession) run(t *testing.T, name string, f func(t *testing.T)) {
 	t.Run(name, func(t *testing.T) {
-		old := s.t
-		s.t = t
-		defer func() { s.t = old }()
+		old := s.T
+		s.T = t
+		defer func() { s.T = old }()
 		f(t)
 	})
 }
 
 func (s *asymSession) genPair(m wire.Value, pub, priv []wire.Attribute) (uint64, uint64) {
-	s.t.Helper()
-	out := s.must(ck.CKR_OK, "C_GenerateKeyPair", U(s.h), m, T(pub...), T(priv...), none(), none())
+	s.T.Helper()
+	out := s.Must(ck.CKR_OK, "C_GenerateKeyPair", U(s.h), m, T(pub...), T(priv...), None(), None())
 	return out[4].Ulong, out[5].Ulong
 }
 
@@ -93,59 +89,59 @@ func (s *asymSession) genPair(m wire.Value, pub, priv []wire.Attribute) (uint64,
 // here it returns a copy: what a call returns points into the client's
 // reply buffer, which the next call overwrites.
 func (s *asymSession) attr(obj, typ uint64) []byte {
-	s.t.Helper()
-	rv, ans := s.get(s.h, obj, typ)
+	s.T.Helper()
+	rv, ans := s.Get(s.h, obj, typ)
 	if rv != ck.CKR_OK {
-		s.t.Fatalf("attribute %#x of %d: %#x", typ, obj, rv)
+		s.T.Fatalf("attribute %#x of %d: %#x", typ, obj, rv)
 	}
 	return bytes.Clone(ans[0].Value)
 }
 
 func (s *asymSession) sign(key uint64, m wire.Value, data []byte) []byte {
-	s.t.Helper()
-	s.must(ck.CKR_OK, "C_SignInit", U(s.h), m, U(key))
-	return bytes.Clone(s.must(ck.CKR_OK, "C_Sign", U(s.h), B(data), Out(2048))[2].Bytes)
+	s.T.Helper()
+	s.Must(ck.CKR_OK, "C_SignInit", U(s.h), m, U(key))
+	return bytes.Clone(s.Must(ck.CKR_OK, "C_Sign", U(s.h), B(data), Out(2048))[2].Bytes)
 }
 
 // signParts signs data given in two parts.
 func (s *asymSession) signParts(key uint64, m wire.Value, data []byte) []byte {
-	s.t.Helper()
-	s.must(ck.CKR_OK, "C_SignInit", U(s.h), m, U(key))
-	s.must(ck.CKR_OK, "C_SignUpdate", U(s.h), B(data[:len(data)/2]))
-	s.must(ck.CKR_OK, "C_SignUpdate", U(s.h), B(data[len(data)/2:]))
-	return bytes.Clone(s.must(ck.CKR_OK, "C_SignFinal", U(s.h), Out(2048))[1].Bytes)
+	s.T.Helper()
+	s.Must(ck.CKR_OK, "C_SignInit", U(s.h), m, U(key))
+	s.Must(ck.CKR_OK, "C_SignUpdate", U(s.h), B(data[:len(data)/2]))
+	s.Must(ck.CKR_OK, "C_SignUpdate", U(s.h), B(data[len(data)/2:]))
+	return bytes.Clone(s.Must(ck.CKR_OK, "C_SignFinal", U(s.h), Out(2048))[1].Bytes)
 }
 
 // verify returns C_Verify's answer.
 func (s *asymSession) verify(key uint64, m wire.Value, data, sig []byte) uint64 {
-	s.t.Helper()
-	s.must(ck.CKR_OK, "C_VerifyInit", U(s.h), m, U(key))
-	rv, _ := s.call("C_Verify", U(s.h), B(data), B(sig))
+	s.T.Helper()
+	s.Must(ck.CKR_OK, "C_VerifyInit", U(s.h), m, U(key))
+	rv, _ := s.Call("C_Verify", U(s.h), B(data), B(sig))
 	return rv
 }
 
 func (s *asymSession) verifyParts(key uint64, m wire.Value, data, sig []byte) uint64 {
-	s.t.Helper()
-	s.must(ck.CKR_OK, "C_VerifyInit", U(s.h), m, U(key))
-	s.must(ck.CKR_OK, "C_VerifyUpdate", U(s.h), B(data[:len(data)/2]))
-	s.must(ck.CKR_OK, "C_VerifyUpdate", U(s.h), B(data[len(data)/2:]))
-	rv, _ := s.call("C_VerifyFinal", U(s.h), B(sig))
+	s.T.Helper()
+	s.Must(ck.CKR_OK, "C_VerifyInit", U(s.h), m, U(key))
+	s.Must(ck.CKR_OK, "C_VerifyUpdate", U(s.h), B(data[:len(data)/2]))
+	s.Must(ck.CKR_OK, "C_VerifyUpdate", U(s.h), B(data[len(data)/2:]))
+	rv, _ := s.Call("C_VerifyFinal", U(s.h), B(sig))
 	return rv
 }
 
 func (s *asymSession) cryptOne(op string, key uint64, m wire.Value, in []byte) []byte {
-	s.t.Helper()
-	s.must(ck.CKR_OK, "C_"+op+"Init", U(s.h), m, U(key))
-	return bytes.Clone(s.must(ck.CKR_OK, "C_"+op, U(s.h), B(in), Out(4096))[2].Bytes)
+	s.T.Helper()
+	s.Must(ck.CKR_OK, "C_"+op+"Init", U(s.h), m, U(key))
+	return bytes.Clone(s.Must(ck.CKR_OK, "C_"+op, U(s.h), B(in), Out(4096))[2].Bytes)
 }
 
 // cryptErr expects a single-part encryption or decryption to fail.
 func (s *asymSession) cryptErr(want uint64, op string, key uint64, m wire.Value, in []byte) {
-	s.t.Helper()
-	s.must(ck.CKR_OK, "C_"+op+"Init", U(s.h), m, U(key))
-	s.must(want, "C_"+op, U(s.h), B(in), Out(4096))
+	s.T.Helper()
+	s.Must(ck.CKR_OK, "C_"+op+"Init", U(s.h), m, U(key))
+	s.Must(want, "C_"+op, U(s.h), B(in), Out(4096))
 	// The failure ended the operation.
-	s.must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_"+op, U(s.h), B(in), Out(4096))
+	s.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_"+op, U(s.h), B(in), Out(4096))
 }
 
 // flipBit returns sig with one bit flipped.
@@ -157,7 +153,7 @@ func flipBit(sig []byte) []byte {
 
 // rsaPublicOf reads an RSA public key from its attributes.
 func (s *asymSession) rsaPublicOf(obj uint64) *rsa.PublicKey {
-	s.t.Helper()
+	s.T.Helper()
 	n := new(big.Int).SetBytes(s.attr(obj, ck.CKA_MODULUS))
 	e := new(big.Int).SetBytes(s.attr(obj, ck.CKA_PUBLIC_EXPONENT))
 	return &rsa.PublicKey{N: n, E: int(e.Int64())}
@@ -166,30 +162,30 @@ func (s *asymSession) rsaPublicOf(obj uint64) *rsa.PublicKey {
 // ecPublicOf reads an EC public key from CKA_EC_POINT, checking that it is
 // the DER OCTET STRING of an uncompressed point.
 func (s *asymSession) ecPublicOf(obj uint64, c elliptic.Curve) *ecdsa.PublicKey {
-	s.t.Helper()
+	s.T.Helper()
 	v := s.attr(obj, ck.CKA_EC_POINT)
 	var raw []byte
 	if rest, err := asn1.Unmarshal(v, &raw); err != nil || len(rest) != 0 {
-		s.t.Fatalf("CKA_EC_POINT is not a DER OCTET STRING: %x", v)
+		s.T.Fatalf("CKA_EC_POINT is not a DER OCTET STRING: %x", v)
 	}
 	size := (c.Params().BitSize + 7) / 8
 	if len(raw) != 1+2*size || raw[0] != 4 {
-		s.t.Fatalf("CKA_EC_POINT holds %x, not an uncompressed point", raw)
+		s.T.Fatalf("CKA_EC_POINT holds %x, not an uncompressed point", raw)
 	}
 	pub, err := ecdsa.ParseUncompressedPublicKey(c, raw)
 	if err != nil {
-		s.t.Fatal(err)
+		s.T.Fatal(err)
 	}
 	return pub
 }
 
 func (s *asymSession) checkGenerated(obj, mech uint64) {
-	s.t.Helper()
+	s.T.Helper()
 	if v := s.attr(obj, ck.CKA_LOCAL); !isTrue(v) {
-		s.t.Errorf("object %d: CKA_LOCAL %x", obj, v)
+		s.T.Errorf("object %d: CKA_LOCAL %x", obj, v)
 	}
 	if v := ulongOf(s.attr(obj, ck.CKA_KEY_GEN_MECHANISM)); v != mech {
-		s.t.Errorf("object %d: CKA_KEY_GEN_MECHANISM %#x, want %#x", obj, v, mech)
+		s.T.Errorf("object %d: CKA_KEY_GEN_MECHANISM %#x, want %#x", obj, v, mech)
 	}
 }
 
@@ -233,14 +229,14 @@ type ecPair struct {
 // extractable and able to derive, and returns it with the private key as
 // Go reads it from CKA_VALUE.
 func (s *asymSession) readableP256() (ecPair, *ecdsa.PrivateKey) {
-	s.t.Helper()
-	pub, priv := s.genPair(mechArg(ck.CKM_EC_KEY_PAIR_GEN),
+	s.T.Helper()
+	pub, priv := s.genPair(M(ck.CKM_EC_KEY_PAIR_GEN),
 		[]wire.Attribute{A(ck.CKA_EC_PARAMS, ecP256Params)},
 		[]wire.Attribute{AB(ck.CKA_SENSITIVE, false), AB(ck.CKA_EXTRACTABLE, true), AB(ck.CKA_DERIVE, true)})
 	p := ecPair{pub, priv, elliptic.P256(), s.ecPublicOf(pub, elliptic.P256())}
 	goPriv, err := ecdsa.ParseRawPrivateKey(elliptic.P256(), s.attr(priv, ck.CKA_VALUE))
 	if err != nil || !goPriv.PublicKey.Equal(p.goPub) {
-		s.t.Fatalf("CKA_VALUE is not the public key's scalar: %v", err)
+		s.T.Fatalf("CKA_VALUE is not the public key's scalar: %v", err)
 	}
 	return p, goPriv
 }
@@ -270,7 +266,7 @@ func TestRSAMechanisms(t *testing.T) {
 			{ck.CKM_EC_EDWARDS_KEY_PAIR_GEN, 255, 255, ck.CKF_GENERATE_KEY_PAIR | ck.CKF_EC_NAMEDCURVE},
 			{ck.CKM_EDDSA, 255, 255, ck.CKF_SIGN | ck.CKF_VERIFY | ck.CKF_EC_NAMEDCURVE},
 		} {
-			info := s.must(ck.CKR_OK, "C_GetMechanismInfo", U(freeSlot), U(tc.mech), none())[2].Struct.(*wire.MechanismInfo)
+			info := s.Must(ck.CKR_OK, "C_GetMechanismInfo", U(freeSlot), U(tc.mech), None())[2].Struct.(*wire.MechanismInfo)
 			if info.MinKeySize != tc.min || info.MaxKeySize != tc.max || info.Flags != tc.flags {
 				t.Errorf("mechanism %#x: %+v", tc.mech, info)
 			}
@@ -288,19 +284,19 @@ func TestRSAMechanisms(t *testing.T) {
 		pubT := []wire.Attribute{AU(ck.CKA_MODULUS_BITS, 2048), A(ck.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}), AB(ck.CKA_TOKEN, true), A(ck.CKA_LABEL, []byte("rsa"))}
 		privT := []wire.Attribute{AB(ck.CKA_TOKEN, true), AB(ck.CKA_SENSITIVE, false), AB(ck.CKA_EXTRACTABLE, true)}
 		// Refused before any key is made.
-		s.must(ck.CKR_TEMPLATE_INCOMPLETE, "C_GenerateKeyPair", U(h), mechArg(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), T(pubT[1:]...), T(privT...), none(), none())
-		s.must(ck.CKR_KEY_SIZE_RANGE, "C_GenerateKeyPair", U(h), mechArg(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), T(AU(ck.CKA_MODULUS_BITS, 1024)), T(), none(), none())
-		s.must(ck.CKR_KEY_SIZE_RANGE, "C_GenerateKeyPair", U(h), mechArg(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), T(AU(ck.CKA_MODULUS_BITS, 16384)), T(), none(), none())
-		s.must(ck.CKR_ATTRIBUTE_VALUE_INVALID, "C_GenerateKeyPair", U(h), mechArg(ck.CKM_RSA_PKCS_KEY_PAIR_GEN),
-			T(AU(ck.CKA_MODULUS_BITS, 2048), A(ck.CKA_PUBLIC_EXPONENT, []byte{4})), T(), none(), none())
+		s.Must(ck.CKR_TEMPLATE_INCOMPLETE, "C_GenerateKeyPair", U(h), M(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), T(pubT[1:]...), T(privT...), None(), None())
+		s.Must(ck.CKR_KEY_SIZE_RANGE, "C_GenerateKeyPair", U(h), M(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), T(AU(ck.CKA_MODULUS_BITS, 1024)), T(), None(), None())
+		s.Must(ck.CKR_KEY_SIZE_RANGE, "C_GenerateKeyPair", U(h), M(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), T(AU(ck.CKA_MODULUS_BITS, 16384)), T(), None(), None())
+		s.Must(ck.CKR_ATTRIBUTE_VALUE_INVALID, "C_GenerateKeyPair", U(h), M(ck.CKM_RSA_PKCS_KEY_PAIR_GEN),
+			T(AU(ck.CKA_MODULUS_BITS, 2048), A(ck.CKA_PUBLIC_EXPONENT, []byte{4})), T(), None(), None())
 		// A public exponent other than 65537 is honoured.
-		p3, _ := s.genPair(mechArg(ck.CKM_RSA_PKCS_KEY_PAIR_GEN),
+		p3, _ := s.genPair(M(ck.CKM_RSA_PKCS_KEY_PAIR_GEN),
 			[]wire.Attribute{AU(ck.CKA_MODULUS_BITS, 2048), A(ck.CKA_PUBLIC_EXPONENT, []byte{3})}, []wire.Attribute{})
 		if pub := s.rsaPublicOf(p3); pub.E != 3 || pub.N.BitLen() != 2048 {
 			t.Fatalf("exponent 3 asked: %d bits, e %d", pub.N.BitLen(), pub.E)
 		}
 
-		rsaPub, rsaPriv = s.genPair(mechArg(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), pubT, privT)
+		rsaPub, rsaPriv = s.genPair(M(ck.CKM_RSA_PKCS_KEY_PAIR_GEN), pubT, privT)
 		s.checkGenerated(rsaPub, ck.CKM_RSA_PKCS_KEY_PAIR_GEN)
 		s.checkGenerated(rsaPriv, ck.CKM_RSA_PKCS_KEY_PAIR_GEN)
 		if bits := ulongOf(s.attr(rsaPub, ck.CKA_MODULUS_BITS)); bits != 2048 {
@@ -336,12 +332,12 @@ func TestRSAMechanisms(t *testing.T) {
 			pss   bool
 			input []byte // for the single-part mechanisms
 		}{
-			{"RSA_PKCS", mechArg(ck.CKM_RSA_PKCS), crypto.SHA256, false, digestInfo(digest[:])},
-			{"SHA1_RSA_PKCS", mechArg(ck.CKM_SHA1_RSA_PKCS), crypto.SHA1, false, nil},
-			{"SHA224_RSA_PKCS", mechArg(ck.CKM_SHA224_RSA_PKCS), crypto.SHA224, false, nil},
-			{"SHA256_RSA_PKCS", mechArg(ck.CKM_SHA256_RSA_PKCS), crypto.SHA256, false, nil},
-			{"SHA384_RSA_PKCS", mechArg(ck.CKM_SHA384_RSA_PKCS), crypto.SHA384, false, nil},
-			{"SHA512_RSA_PKCS", mechArg(ck.CKM_SHA512_RSA_PKCS), crypto.SHA512, false, nil},
+			{"RSA_PKCS", M(ck.CKM_RSA_PKCS), crypto.SHA256, false, digestInfo(digest[:])},
+			{"SHA1_RSA_PKCS", M(ck.CKM_SHA1_RSA_PKCS), crypto.SHA1, false, nil},
+			{"SHA224_RSA_PKCS", M(ck.CKM_SHA224_RSA_PKCS), crypto.SHA224, false, nil},
+			{"SHA256_RSA_PKCS", M(ck.CKM_SHA256_RSA_PKCS), crypto.SHA256, false, nil},
+			{"SHA384_RSA_PKCS", M(ck.CKM_SHA384_RSA_PKCS), crypto.SHA384, false, nil},
+			{"SHA512_RSA_PKCS", M(ck.CKM_SHA512_RSA_PKCS), crypto.SHA512, false, nil},
 			{"RSA_PKCS_PSS", pssMech(ck.CKM_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA256, 32), crypto.SHA256, true, digest[:]},
 			{"SHA1_RSA_PKCS_PSS", pssMech(ck.CKM_SHA1_RSA_PKCS_PSS, ck.CKM_SHA_1, ck.CKG_MGF1_SHA1, 20), crypto.SHA1, true, nil},
 			{"SHA224_RSA_PKCS_PSS", pssMech(ck.CKM_SHA224_RSA_PKCS_PSS, ck.CKM_SHA224, ck.CKG_MGF1_SHA224, 28), crypto.SHA224, true, nil},
@@ -377,9 +373,9 @@ func TestRSAMechanisms(t *testing.T) {
 			}
 			if tc.input != nil {
 				// Single-part only.
-				s.must(ck.CKR_OK, "C_SignInit", U(h), tc.m, U(rsaPriv))
-				s.must(ck.CKR_FUNCTION_NOT_SUPPORTED, "C_SignUpdate", U(h), B(in))
-				s.must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Sign", U(h), B(in), Out(512))
+				s.Must(ck.CKR_OK, "C_SignInit", U(h), tc.m, U(rsaPriv))
+				s.Must(ck.CKR_FUNCTION_NOT_SUPPORTED, "C_SignUpdate", U(h), B(in))
+				s.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Sign", U(h), B(in), Out(512))
 				continue
 			}
 			// Multi-part: the same signature (PKCS#1 v1.5 is
@@ -412,21 +408,21 @@ func TestRSAMechanisms(t *testing.T) {
 			name string
 			m    wire.Value
 		}{
-			{"PSS without parameter", mechArg(ck.CKM_SHA256_RSA_PKCS_PSS)},
+			{"PSS without parameter", M(ck.CKM_SHA256_RSA_PKCS_PSS)},
 			{"PSS MGF of another hash", pssMech(ck.CKM_SHA256_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA1, 32)},
 			{"PSS hash not the mechanism's", pssMech(ck.CKM_SHA256_RSA_PKCS_PSS, ck.CKM_SHA384, ck.CKG_MGF1_SHA384, 32)},
 			{"PSS salt too long", pssMech(ck.CKM_SHA256_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA256, 256-32-1)},
 			{"PKCS#1 v1.5 with a parameter", bytesMech(ck.CKM_SHA256_RSA_PKCS)},
 		} {
-			if rv, _ := s.call("C_SignInit", U(h), tc.m, U(rsaPriv)); rv != ck.CKR_MECHANISM_PARAM_INVALID {
+			if rv, _ := s.Call("C_SignInit", U(h), tc.m, U(rsaPriv)); rv != ck.CKR_MECHANISM_PARAM_INVALID {
 				t.Errorf("%s: %#x", tc.name, rv)
 			}
 		}
 		// Raw inputs of the wrong size.
-		s.must(ck.CKR_OK, "C_SignInit", U(h), pssMech(ck.CKM_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA256, 32), U(rsaPriv))
-		s.must(ck.CKR_DATA_LEN_RANGE, "C_Sign", U(h), B(digest[:20]), Out(512))
-		s.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(ck.CKM_RSA_PKCS), U(rsaPriv))
-		s.must(ck.CKR_DATA_LEN_RANGE, "C_Sign", U(h), B(make([]byte, 256-10)), Out(512))
+		s.Must(ck.CKR_OK, "C_SignInit", U(h), pssMech(ck.CKM_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA256, 32), U(rsaPriv))
+		s.Must(ck.CKR_DATA_LEN_RANGE, "C_Sign", U(h), B(digest[:20]), Out(512))
+		s.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_RSA_PKCS), U(rsaPriv))
+		s.Must(ck.CKR_DATA_LEN_RANGE, "C_Sign", U(h), B(make([]byte, 256-10)), Out(512))
 		// Verifying with an empty salt works: Go cannot make such a
 		// signature, so the test makes one from the private key.
 		sig := pssNoSalt(t, goRSA, digest[:])
@@ -457,7 +453,7 @@ func TestRSAMechanisms(t *testing.T) {
 			m    wire.Value
 			opts *rsa.OAEPOptions // nil: PKCS#1 v1.5
 		}{
-			{"PKCS#1 v1.5", mechArg(ck.CKM_RSA_PKCS), nil},
+			{"PKCS#1 v1.5", M(ck.CKM_RSA_PKCS), nil},
 			{"OAEP SHA-1", oaepMech(ck.CKM_SHA_1, ck.CKG_MGF1_SHA1, nil), &rsa.OAEPOptions{Hash: crypto.SHA1}},
 			{"OAEP SHA-1 label", oaepMech(ck.CKM_SHA_1, ck.CKG_MGF1_SHA1, []byte("label")), &rsa.OAEPOptions{Hash: crypto.SHA1, Label: []byte("label")}},
 			{"OAEP SHA-256", oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, nil), &rsa.OAEPOptions{Hash: crypto.SHA256}},
@@ -499,28 +495,28 @@ func TestRSAMechanisms(t *testing.T) {
 		s.cryptErr(ck.CKR_ENCRYPTED_DATA_INVALID, "Decrypt", rsaPriv, oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, []byte("two")), ct)
 		// Too long to encrypt.
 		s.cryptErr(ck.CKR_DATA_LEN_RANGE, "Encrypt", rsaPub, oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, nil), make([]byte, 256-2*32-1))
-		s.cryptErr(ck.CKR_DATA_LEN_RANGE, "Encrypt", rsaPub, mechArg(ck.CKM_RSA_PKCS), make([]byte, 256-10))
+		s.cryptErr(ck.CKR_DATA_LEN_RANGE, "Encrypt", rsaPub, M(ck.CKM_RSA_PKCS), make([]byte, 256-10))
 		// Single-part only; parameters checked.
-		s.must(ck.CKR_OK, "C_EncryptInit", U(h), mechArg(ck.CKM_RSA_PKCS), U(rsaPub))
-		s.must(ck.CKR_FUNCTION_NOT_SUPPORTED, "C_EncryptUpdate", U(h), B(secret), Out(512))
-		s.must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Encrypt", U(h), B(secret), Out(512))
+		s.Must(ck.CKR_OK, "C_EncryptInit", U(h), M(ck.CKM_RSA_PKCS), U(rsaPub))
+		s.Must(ck.CKR_FUNCTION_NOT_SUPPORTED, "C_EncryptUpdate", U(h), B(secret), Out(512))
+		s.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Encrypt", U(h), B(secret), Out(512))
 		for _, bad := range []wire.Value{
-			mechArg(ck.CKM_RSA_PKCS_OAEP),
+			M(ck.CKM_RSA_PKCS_OAEP),
 			oaepMech(ck.CKM_MD5, ck.CKG_MGF1_SHA1, nil),
 			oaepMech(ck.CKM_SHA256, 0x99, nil),
-			withParam(ck.CKM_RSA_PKCS_OAEP, wire.OAEPParams{HashAlg: ck.CKM_SHA256, MGF: ck.CKG_MGF1_SHA256, Source: 2}.Param()),
+			MP(ck.CKM_RSA_PKCS_OAEP, wire.OAEPParams{HashAlg: ck.CKM_SHA256, MGF: ck.CKG_MGF1_SHA256, Source: 2}.Param()),
 		} {
-			if rv, _ := s.call("C_EncryptInit", U(h), bad, U(rsaPub)); rv != ck.CKR_MECHANISM_PARAM_INVALID {
+			if rv, _ := s.Call("C_EncryptInit", U(h), bad, U(rsaPub)); rv != ck.CKR_MECHANISM_PARAM_INVALID {
 				t.Errorf("OAEP parameter %+v: %#x", bad.Mechanism.Param, rv)
 			}
 		}
 		// The size query keeps the plaintext for the second call.
 		ct, _ = rsa.EncryptOAEP(sha256.New(), rand.Reader, &goRSA.PublicKey, secret, nil)
-		s.must(ck.CKR_OK, "C_DecryptInit", U(h), oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, nil), U(rsaPriv))
-		if n := s.must(ck.CKR_OK, "C_Decrypt", U(h), B(ct), SizeQuery())[2].Length; n != uint64(len(secret)) {
+		s.Must(ck.CKR_OK, "C_DecryptInit", U(h), oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, nil), U(rsaPriv))
+		if n := s.Must(ck.CKR_OK, "C_Decrypt", U(h), B(ct), SizeQuery())[2].Length; n != uint64(len(secret)) {
 			t.Errorf("size query: %d", n)
 		}
-		if pt := bytes.Clone(s.must(ck.CKR_OK, "C_Decrypt", U(h), B(ct), Out(512))[2].Bytes); !bytes.Equal(pt, secret) {
+		if pt := bytes.Clone(s.Must(ck.CKR_OK, "C_Decrypt", U(h), B(ct), Out(512))[2].Bytes); !bytes.Equal(pt, secret) {
 			t.Errorf("after the size query: %q", pt)
 		}
 	})
@@ -528,7 +524,7 @@ func TestRSAMechanisms(t *testing.T) {
 	s.run(t, "wrap", func(t *testing.T) {
 		p256, goP256 := s.readableP256()
 		// An AES key under RSA-OAEP and PKCS#1 v1.5.
-		aes := s.create(h, aesKey("wrapped", false, true)...)
+		aes := s.Create(h, AESKey("wrapped", false, true)...)
 		aesValue := s.attr(aes, ck.CKA_VALUE)
 		unwrapT := T(AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES), AB(ck.CKA_EXTRACTABLE, true), AB(ck.CKA_SENSITIVE, false))
 		for _, tc := range []struct {
@@ -537,10 +533,10 @@ func TestRSAMechanisms(t *testing.T) {
 		}{
 			{m: oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, []byte("wrap")), opts: &rsa.OAEPOptions{Hash: crypto.SHA256, Label: []byte("wrap")}},
 			{m: oaepMech(ck.CKM_SHA_1, ck.CKG_MGF1_SHA1, nil), opts: &rsa.OAEPOptions{Hash: crypto.SHA1}},
-			{m: mechArg(ck.CKM_RSA_PKCS)},
+			{m: M(ck.CKM_RSA_PKCS)},
 		} {
 			m := tc.m
-			wrapped := bytes.Clone(s.must(ck.CKR_OK, "C_WrapKey", U(h), m, U(rsaPub), U(aes), Out(1024))[4].Bytes)
+			wrapped := bytes.Clone(s.Must(ck.CKR_OK, "C_WrapKey", U(h), m, U(rsaPub), U(aes), Out(1024))[4].Bytes)
 			if len(wrapped) != 256 {
 				t.Fatalf("wrapped AES key: %d bytes", len(wrapped))
 			}
@@ -548,21 +544,21 @@ func TestRSAMechanisms(t *testing.T) {
 			if !bytes.Equal(plain, aesValue) {
 				t.Errorf("Go unwraps %x", plain)
 			}
-			k := s.must(ck.CKR_OK, "C_UnwrapKey", U(h), m, U(rsaPriv), B(wrapped), unwrapT, none())[5].Ulong
+			k := s.Must(ck.CKR_OK, "C_UnwrapKey", U(h), m, U(rsaPriv), B(wrapped), unwrapT, None())[5].Ulong
 			if v := s.attr(k, ck.CKA_VALUE); !bytes.Equal(v, aesValue) {
 				t.Errorf("unwrapped AES key: %x", v)
 			}
-			s.must(ck.CKR_WRAPPED_KEY_INVALID, "C_UnwrapKey", U(h), m, U(rsaPriv), B(flipBit(wrapped)), unwrapT, none())
-			s.must(ck.CKR_WRAPPED_KEY_LEN_RANGE, "C_UnwrapKey", U(h), m, U(rsaPriv), B(wrapped[1:]), unwrapT, none())
+			s.Must(ck.CKR_WRAPPED_KEY_INVALID, "C_UnwrapKey", U(h), m, U(rsaPriv), B(flipBit(wrapped)), unwrapT, None())
+			s.Must(ck.CKR_WRAPPED_KEY_LEN_RANGE, "C_UnwrapKey", U(h), m, U(rsaPriv), B(wrapped[1:]), unwrapT, None())
 		}
 		// The private key cannot wrap, nor the public key unwrap.
-		s.must(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, "C_WrapKey", U(h), mechArg(ck.CKM_RSA_PKCS), U(rsaPriv), U(aes), Out(1024))
+		s.Must(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, "C_WrapKey", U(h), M(ck.CKM_RSA_PKCS), U(rsaPriv), U(aes), Out(1024))
 		// An RSA private key's PKCS#8 does not fit in one RSA block.
-		s.must(ck.CKR_KEY_SIZE_RANGE, "C_WrapKey", U(h), oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, nil), U(rsaPub), U(rsaPriv), Out(4096))
+		s.Must(ck.CKR_KEY_SIZE_RANGE, "C_WrapKey", U(h), oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, nil), U(rsaPub), U(rsaPriv), Out(4096))
 
 		// An EC private key under RSA-AES key wrap, unwrapped, then used.
-		rsaAES := withParam(ck.CKM_RSA_AES_KEY_WRAP, wire.RSAAESKeyWrapParams{AESKeyBits: 256, OAEP: &wire.OAEPParams{HashAlg: ck.CKM_SHA256, MGF: ck.CKG_MGF1_SHA256}}.Param())
-		wrapped := bytes.Clone(s.must(ck.CKR_OK, "C_WrapKey", U(h), rsaAES, U(rsaPub), U(p256.priv), Out(4096))[4].Bytes)
+		rsaAES := MP(ck.CKM_RSA_AES_KEY_WRAP, wire.RSAAESKeyWrapParams{AESKeyBits: 256, OAEP: &wire.OAEPParams{HashAlg: ck.CKM_SHA256, MGF: ck.CKG_MGF1_SHA256}}.Param())
+		wrapped := bytes.Clone(s.Must(ck.CKR_OK, "C_WrapKey", U(h), rsaAES, U(rsaPub), U(p256.priv), Out(4096))[4].Bytes)
 		// Go reads it: OAEP, then RFC 5649.
 		kek, err := goRSA.Decrypt(nil, wrapped[:256], &rsa.OAEPOptions{Hash: crypto.SHA256})
 		if err != nil || len(kek) != 32 {
@@ -574,50 +570,50 @@ func TestRSAMechanisms(t *testing.T) {
 			t.Fatalf("the wrapped private key: %v", err)
 		}
 		ecT := T(AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_EC), AB(ck.CKA_SIGN, true), A(ck.CKA_LABEL, []byte("unwrapped")))
-		k := s.must(ck.CKR_OK, "C_UnwrapKey", U(h), rsaAES, U(rsaPriv), B(wrapped), ecT, none())[5].Ulong
+		k := s.Must(ck.CKR_OK, "C_UnwrapKey", U(h), rsaAES, U(rsaPriv), B(wrapped), ecT, None())[5].Ulong
 		if v := s.attr(k, ck.CKA_LOCAL); isTrue(v) {
 			t.Error("an unwrapped key is not local")
 		}
-		sig := s.sign(k, mechArg(ck.CKM_ECDSA_SHA256), asymMsg)
+		sig := s.sign(k, M(ck.CKM_ECDSA_SHA256), asymMsg)
 		d := sha256.Sum256(asymMsg)
 		if r, ss := rawECDSA(sig); !ecdsa.Verify(p256.goPub, d[:], r, ss) {
 			t.Error("the unwrapped key's signature does not verify")
 		}
 		// The RSA private key itself fits under RSA-AES.
-		wrappedRSA := bytes.Clone(s.must(ck.CKR_OK, "C_WrapKey", U(h), rsaAES, U(rsaPub), U(rsaPriv), Out(4096))[4].Bytes)
-		rk := s.must(ck.CKR_OK, "C_UnwrapKey", U(h), rsaAES, U(rsaPriv), B(wrappedRSA),
-			T(AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_RSA)), none())[5].Ulong
-		sig = s.sign(rk, mechArg(ck.CKM_SHA256_RSA_PKCS), asymMsg)
+		wrappedRSA := bytes.Clone(s.Must(ck.CKR_OK, "C_WrapKey", U(h), rsaAES, U(rsaPub), U(rsaPriv), Out(4096))[4].Bytes)
+		rk := s.Must(ck.CKR_OK, "C_UnwrapKey", U(h), rsaAES, U(rsaPriv), B(wrappedRSA),
+			T(AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_RSA)), None())[5].Ulong
+		sig = s.sign(rk, M(ck.CKM_SHA256_RSA_PKCS), asymMsg)
 		if err := rsa.VerifyPKCS1v15(&goRSA.PublicKey, crypto.SHA256, d[:], sig); err != nil {
 			t.Errorf("the unwrapped RSA key: %v", err)
 		}
 		// Broken blobs and parameters.
-		s.must(ck.CKR_WRAPPED_KEY_INVALID, "C_UnwrapKey", U(h), rsaAES, U(rsaPriv), B(flipBit(wrapped)), ecT, none())
+		s.Must(ck.CKR_WRAPPED_KEY_INVALID, "C_UnwrapKey", U(h), rsaAES, U(rsaPriv), B(flipBit(wrapped)), ecT, None())
 		bad := slices.Clone(wrapped)
 		bad[len(bad)-1] ^= 1
-		s.must(ck.CKR_WRAPPED_KEY_INVALID, "C_UnwrapKey", U(h), rsaAES, U(rsaPriv), B(bad), ecT, none())
-		s.must(ck.CKR_WRAPPED_KEY_LEN_RANGE, "C_UnwrapKey", U(h), rsaAES, U(rsaPriv), B(wrapped[:260]), ecT, none())
-		rsaAES128 := withParam(ck.CKM_RSA_AES_KEY_WRAP, wire.RSAAESKeyWrapParams{AESKeyBits: 128, OAEP: &wire.OAEPParams{HashAlg: ck.CKM_SHA256, MGF: ck.CKG_MGF1_SHA256}}.Param())
-		s.must(ck.CKR_WRAPPED_KEY_INVALID, "C_UnwrapKey", U(h), rsaAES128, U(rsaPriv), B(wrapped), ecT, none())
+		s.Must(ck.CKR_WRAPPED_KEY_INVALID, "C_UnwrapKey", U(h), rsaAES, U(rsaPriv), B(bad), ecT, None())
+		s.Must(ck.CKR_WRAPPED_KEY_LEN_RANGE, "C_UnwrapKey", U(h), rsaAES, U(rsaPriv), B(wrapped[:260]), ecT, None())
+		rsaAES128 := MP(ck.CKM_RSA_AES_KEY_WRAP, wire.RSAAESKeyWrapParams{AESKeyBits: 128, OAEP: &wire.OAEPParams{HashAlg: ck.CKM_SHA256, MGF: ck.CKG_MGF1_SHA256}}.Param())
+		s.Must(ck.CKR_WRAPPED_KEY_INVALID, "C_UnwrapKey", U(h), rsaAES128, U(rsaPriv), B(wrapped), ecT, None())
 		for _, p := range []wire.RSAAESKeyWrapParams{
 			{AESKeyBits: 256},
 			{AESKeyBits: 100, OAEP: &wire.OAEPParams{HashAlg: ck.CKM_SHA256, MGF: ck.CKG_MGF1_SHA256}},
 		} {
-			s.must(ck.CKR_MECHANISM_PARAM_INVALID, "C_WrapKey", U(h), withParam(ck.CKM_RSA_AES_KEY_WRAP, p.Param()), U(rsaPub), U(p256.priv), Out(4096))
+			s.Must(ck.CKR_MECHANISM_PARAM_INVALID, "C_WrapKey", U(h), MP(ck.CKM_RSA_AES_KEY_WRAP, p.Param()), U(rsaPub), U(p256.priv), Out(4096))
 		}
 		// A sensitive but extractable key still wraps; an unextractable
 		// one does not.
-		_, sensitive := s.genPair(mechArg(ck.CKM_EC_KEY_PAIR_GEN),
+		_, sensitive := s.genPair(M(ck.CKM_EC_KEY_PAIR_GEN),
 			[]wire.Attribute{A(ck.CKA_EC_PARAMS, ecP256Params)}, []wire.Attribute{AB(ck.CKA_SENSITIVE, true)})
-		s.must(ck.CKR_OK, "C_WrapKey", U(h), rsaAES, U(rsaPub), U(sensitive), Out(4096))
-		_, locked := s.genPair(mechArg(ck.CKM_EC_KEY_PAIR_GEN),
+		s.Must(ck.CKR_OK, "C_WrapKey", U(h), rsaAES, U(rsaPub), U(sensitive), Out(4096))
+		_, locked := s.genPair(M(ck.CKM_EC_KEY_PAIR_GEN),
 			[]wire.Attribute{A(ck.CKA_EC_PARAMS, ecP256Params)}, []wire.Attribute{AB(ck.CKA_EXTRACTABLE, false)})
-		s.must(ck.CKR_KEY_UNEXTRACTABLE, "C_WrapKey", U(h), rsaAES, U(rsaPub), U(locked), Out(4096))
+		s.Must(ck.CKR_KEY_UNEXTRACTABLE, "C_WrapKey", U(h), rsaAES, U(rsaPub), U(locked), Out(4096))
 	})
 
 	s.run(t, "openssl", func(t *testing.T) {
 		d := sha256.Sum256(asymMsg)
-		sig := s.sign(rsaPriv, mechArg(ck.CKM_SHA256_RSA_PKCS), asymMsg)
+		sig := s.sign(rsaPriv, M(ck.CKM_SHA256_RSA_PKCS), asymMsg)
 		if err := rsa.VerifyPKCS1v15(&goRSA.PublicKey, crypto.SHA256, d[:], sig); err != nil {
 			t.Fatal(err)
 		}
@@ -693,13 +689,7 @@ func testKWPUnwrap(t *testing.T, kek, c []byte) []byte {
 // as PEM, the signature as openssl takes it (DER for ECDSA).
 func opensslVerify(t *testing.T, pub crypto.PublicKey, sig, msg []byte) {
 	t.Helper()
-	bin, err := exec.LookPath("openssl")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("openssl is not installed")
-		}
-		t.Skip("openssl is not installed")
-	}
+	bin := testenv.Command(t, "openssl", "openssl")
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
 		t.Fatal(err)

@@ -1,17 +1,17 @@
-package daemon
+package token
 
 import (
 	"bytes"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"slices"
 	"testing"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	"hsmemu/daemon/mech/mechtest"
-	"hsmemu/daemon/token"
 )
 
-// Key wrapping and derivation through the socket.
+// Key wrapping and derivation through the engine's calls.
 
 // unwrapped is the template of a key unwrapped or derived so the test can
 // read its value.
@@ -20,8 +20,8 @@ func readable(kt uint64, extra ...wire.Attribute) []wire.Attribute {
 }
 
 func (cl *client) wrapKey(want uint64, h uint64, m wire.Value, kek, k uint64) []byte {
-	cl.t.Helper()
-	out := cl.must(want, "C_WrapKey", U(h), m, U(kek), U(k), Out(4096))
+	cl.T.Helper()
+	out := cl.Must(want, "C_WrapKey", U(h), m, U(kek), U(k), Out(4096))
 	if out == nil {
 		return nil
 	}
@@ -29,8 +29,8 @@ func (cl *client) wrapKey(want uint64, h uint64, m wire.Value, kek, k uint64) []
 }
 
 func (cl *client) unwrapKey(want uint64, h uint64, m wire.Value, kek uint64, wrapped []byte, tmpl ...wire.Attribute) uint64 {
-	cl.t.Helper()
-	out := cl.must(want, "C_UnwrapKey", U(h), m, U(kek), B(wrapped), T(tmpl...), none())
+	cl.T.Helper()
+	out := cl.Must(want, "C_UnwrapKey", U(h), m, U(kek), B(wrapped), T(tmpl...), None())
 	if out == nil {
 		return 0
 	}
@@ -68,30 +68,30 @@ func TestKeyWrapKnownAnswers(t *testing.T) {
 	} {
 		kek := cl.secret(h, ck.CKK_AES, c.kek)
 		k := cl.secret(h, c.kt, c.key)
-		if got := cl.wrapKey(ck.CKR_OK, h, mechArg(c.m), kek, k); !bytes.Equal(got, c.wrapped) {
+		if got := cl.wrapKey(ck.CKR_OK, h, M(c.m), kek, k); !bytes.Equal(got, c.wrapped) {
 			t.Errorf("%s: wrapped %x", c.name, got)
 		}
-		u := cl.unwrapKey(ck.CKR_OK, h, mechArg(c.m), kek, c.wrapped, readable(c.kt)...)
+		u := cl.unwrapKey(ck.CKR_OK, h, M(c.m), kek, c.wrapped, readable(c.kt)...)
 		if got := cl.value(h, u); !bytes.Equal(got, c.key) {
 			t.Errorf("%s: unwrapped %x", c.name, got)
 		}
-		_, ans := cl.get(h, u, ck.CKA_LOCAL, ck.CKA_ALWAYS_SENSITIVE, ck.CKA_NEVER_EXTRACTABLE)
+		_, ans := cl.Get(h, u, ck.CKA_LOCAL, ck.CKA_ALWAYS_SENSITIVE, ck.CKA_NEVER_EXTRACTABLE)
 		if ans[0].Value[0] != 0 || ans[1].Value[0] != 0 || ans[2].Value[0] != 0 {
 			t.Errorf("%s: an unwrapped key says %+v", c.name, ans)
 		}
 		// The same as an encryption mechanism.
-		if got := cl.crypt(false, h, mechArg(c.m), kek, c.key); !bytes.Equal(got, c.wrapped) {
+		if got := cl.crypt(false, h, M(c.m), kek, c.key); !bytes.Equal(got, c.wrapped) {
 			t.Errorf("%s: encrypted %x", c.name, got)
 		}
-		if got := cl.crypt(true, h, mechArg(c.m), kek, c.wrapped); !bytes.Equal(got, c.key) {
+		if got := cl.crypt(true, h, M(c.m), kek, c.wrapped); !bytes.Equal(got, c.key) {
 			t.Errorf("%s: decrypted %x", c.name, got)
 		}
 		// Tampered with, cut, or under another IV: refused.
 		bad := slices.Clone(c.wrapped)
 		bad[len(bad)-1] ^= 1
-		cl.unwrapKey(ck.CKR_WRAPPED_KEY_INVALID, h, mechArg(c.m), kek, bad, readable(c.kt)...)
-		cl.unwrapKey(ck.CKR_WRAPPED_KEY_LEN_RANGE, h, mechArg(c.m), kek, c.wrapped[:len(c.wrapped)-1], readable(c.kt)...)
-		cl.unwrapKey(ck.CKR_WRAPPED_KEY_LEN_RANGE, h, mechArg(c.m), kek, c.wrapped[:8], readable(c.kt)...)
+		cl.unwrapKey(ck.CKR_WRAPPED_KEY_INVALID, h, M(c.m), kek, bad, readable(c.kt)...)
+		cl.unwrapKey(ck.CKR_WRAPPED_KEY_LEN_RANGE, h, M(c.m), kek, c.wrapped[:len(c.wrapped)-1], readable(c.kt)...)
+		cl.unwrapKey(ck.CKR_WRAPPED_KEY_LEN_RANGE, h, M(c.m), kek, c.wrapped[:8], readable(c.kt)...)
 		iv := []byte{1, 2, 3, 4, 5, 6, 7, 8}
 		if c.m != ck.CKM_AES_KEY_WRAP {
 			iv = iv[:4]
@@ -100,7 +100,7 @@ func TestKeyWrapKnownAnswers(t *testing.T) {
 		if bytes.Equal(other, c.wrapped) {
 			t.Errorf("%s: the IV parameter changes nothing", c.name)
 		}
-		cl.unwrapKey(ck.CKR_WRAPPED_KEY_INVALID, h, mechArg(c.m), kek, other, readable(c.kt)...)
+		cl.unwrapKey(ck.CKR_WRAPPED_KEY_INVALID, h, M(c.m), kek, other, readable(c.kt)...)
 		u = cl.unwrapKey(ck.CKR_OK, h, mechIV(c.m, iv), kek, other, readable(c.kt)...)
 		if got := cl.value(h, u); !bytes.Equal(got, c.key) {
 			t.Errorf("%s: unwrapped with an IV %x", c.name, got)
@@ -110,15 +110,15 @@ func TestKeyWrapKnownAnswers(t *testing.T) {
 	// KW does not wrap a key that is not whole semiblocks.
 	kek := cl.secret(h, ck.CKK_AES, kek128)
 	odd := cl.secret(h, ck.CKK_GENERIC_SECRET, make([]byte, 20))
-	cl.wrapKey(ck.CKR_KEY_SIZE_RANGE, h, mechArg(ck.CKM_AES_KEY_WRAP), kek, odd)
+	cl.wrapKey(ck.CKR_KEY_SIZE_RANGE, h, M(ck.CKM_AES_KEY_WRAP), kek, odd)
 
 	// The size query on C_WrapKey.
 	aes256 := cl.secret(h, ck.CKK_AES, bytes.Repeat([]byte{0x42}, 32))
-	q := cl.must(ck.CKR_OK, "C_WrapKey", U(h), mechArg(ck.CKM_AES_KEY_WRAP_KWP), U(kek), U(aes256), SizeQuery())
+	q := cl.Must(ck.CKR_OK, "C_WrapKey", U(h), M(ck.CKM_AES_KEY_WRAP_KWP), U(kek), U(aes256), SizeQuery())
 	if q[4].Length != 40 {
 		t.Fatalf("KWP size query: %d", q[4].Length)
 	}
-	cl.must(ck.CKR_BUFFER_TOO_SMALL, "C_WrapKey", U(h), mechArg(ck.CKM_AES_KEY_WRAP_KWP), U(kek), U(aes256), Out(39))
+	cl.Must(ck.CKR_BUFFER_TOO_SMALL, "C_WrapKey", U(h), M(ck.CKM_AES_KEY_WRAP_KWP), U(kek), U(aes256), Out(39))
 
 	// A few Wycheproof KWP vectors as encryption.
 	n := 0
@@ -129,8 +129,8 @@ func TestKeyWrapKnownAnswers(t *testing.T) {
 			}
 			n++
 			k := cl.secret(h, ck.CKK_AES, v.Key)
-			cl.must(ck.CKR_OK, "C_DecryptInit", U(h), mechArg(ck.CKM_AES_KEY_WRAP_KWP), U(k))
-			rv, out := cl.call("C_Decrypt", U(h), B(v.CT), Out(uint64(len(v.CT))))
+			cl.Must(ck.CKR_OK, "C_DecryptInit", U(h), M(ck.CKM_AES_KEY_WRAP_KWP), U(k))
+			rv, out := cl.Call("C_Decrypt", U(h), B(v.CT), Out(uint64(len(v.CT))))
 			switch {
 			case v.Result == "invalid" && rv == ck.CKR_OK:
 				t.Errorf("Wycheproof KWP %d: an invalid vector unwraps", v.TcID)
@@ -140,7 +140,7 @@ func TestKeyWrapKnownAnswers(t *testing.T) {
 		}
 	}
 	if n < 10 {
-		t.Fatalf("only %d Wycheproof vectors through the socket", n)
+		t.Fatalf("only %d Wycheproof vectors through the engine", n)
 	}
 }
 
@@ -166,34 +166,34 @@ func TestCBCPadWrap(t *testing.T) {
 	bad[31] ^= 1
 	cl.unwrapKey(ck.CKR_WRAPPED_KEY_INVALID, h, m, kek, bad, readable(ck.CKK_AES)...)
 	cl.unwrapKey(ck.CKR_WRAPPED_KEY_LEN_RANGE, h, m, kek, wrapped[:40], readable(ck.CKK_AES)...)
-	cl.wrapKey(ck.CKR_MECHANISM_PARAM_INVALID, h, mechArg(ck.CKM_AES_CBC_PAD), kek, k)
+	cl.wrapKey(ck.CKR_MECHANISM_PARAM_INVALID, h, M(ck.CKM_AES_CBC_PAD), kek, k)
 	// Unwrapped with a length the template contradicts.
 	cl.unwrapKey(ck.CKR_WRAPPED_KEY_INVALID, h, m, kek, wrapped, readable(ck.CKK_GENERIC_SECRET, AU(ck.CKA_VALUE_LEN, 16))...)
 }
 
 func TestWrapPolicy(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t, token.Config{})
+	d := startEngine(t, Config{})
 	cl := d.dial(t)
-	slot := cl.newToken("wrap policy")
+	slot := cl.NewToken("wrap policy")
 
 	// The SO makes a trusted wrapping key (public, so the user sees it).
 	so := d.dial(t)
-	sh := so.open(slot, true)
-	so.must(ck.CKR_OK, "C_Login", U(sh), U(ck.CKU_SO), S(testSOPIN))
-	so.create(sh, secretTmpl(ck.CKK_AES, bytes.Repeat([]byte{1}, 32),
+	sh := so.Open(slot, true)
+	so.Must(ck.CKR_OK, "C_Login", U(sh), U(ck.CKU_SO), S(SOPIN))
+	so.Create(sh, secretTmpl(ck.CKK_AES, bytes.Repeat([]byte{1}, 32),
 		AB(ck.CKA_TOKEN, true), AB(ck.CKA_PRIVATE, false), AB(ck.CKA_TRUSTED, true), A(ck.CKA_LABEL, []byte("trusted kek")))...)
-	so.must(ck.CKR_OK, "C_Logout", U(sh))
+	so.Must(ck.CKR_OK, "C_Logout", U(sh))
 
-	h := cl.open(slot, true)
-	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(testUserPIN))
-	found := cl.find(h, A(ck.CKA_LABEL, []byte("trusted kek")))
+	h := cl.Open(slot, true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
+	found := cl.Find(h, A(ck.CKA_LABEL, []byte("trusted kek")))
 	if len(found) != 1 {
 		t.Fatalf("trusted key: %v", found)
 	}
 	trusted := found[0]
 	kek := cl.secret(h, ck.CKK_AES, bytes.Repeat([]byte{2}, 32))
-	kw := mechArg(ck.CKM_AES_KEY_WRAP_KWP)
+	kw := M(ck.CKM_AES_KEY_WRAP_KWP)
 
 	unextractable := cl.secret(h, ck.CKK_AES, make([]byte, 16), AB(ck.CKA_EXTRACTABLE, false))
 	cl.wrapKey(ck.CKR_KEY_UNEXTRACTABLE, h, kw, kek, unextractable)
@@ -212,7 +212,7 @@ func TestWrapPolicy(t *testing.T) {
 	cl.wrapKey(ck.CKR_WRAPPING_KEY_TYPE_INCONSISTENT, h, kw, generic, plain)
 	cl.unwrapKey(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, h, kw, noWrap, wrapped, readable(ck.CKK_AES)...)
 	cl.unwrapKey(ck.CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT, h, kw, generic, wrapped, readable(ck.CKK_AES)...)
-	cl.wrapKey(ck.CKR_MECHANISM_INVALID, h, mechArg(ck.CKM_AES_GCM), kek, plain)
+	cl.wrapKey(ck.CKR_MECHANISM_INVALID, h, M(ck.CKM_AES_GCM), kek, plain)
 }
 
 // RFC 5869 appendix A.1, A.3 and A.4.
@@ -224,14 +224,14 @@ var (
 	rfc5869OKM1  = hx("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865")
 )
 
-func hkdfMech(p wire.HKDFParams) wire.Value { return mechP(ck.CKM_HKDF_DERIVE, p.Param()) }
+func hkdfMech(p wire.HKDFParams) wire.Value { return MP(ck.CKM_HKDF_DERIVE, p.Param()) }
 
 func TestHKDFKnownAnswers(t *testing.T) {
 	t.Parallel()
 	_, cl, _, h := symUser(t)
 	derive := func(want uint64, m wire.Value, base uint64, tmpl ...wire.Attribute) uint64 {
 		t.Helper()
-		out := cl.must(want, "C_DeriveKey", U(h), m, U(base), T(tmpl...), none())
+		out := cl.Must(want, "C_DeriveKey", U(h), m, U(base), T(tmpl...), None())
 		if out == nil {
 			return 0
 		}
@@ -277,7 +277,7 @@ func TestHKDFKnownAnswers(t *testing.T) {
 	if got := cl.value(h, ak); !bytes.Equal(got, rfc5869OKM1[:32]) {
 		t.Fatalf("derived AES key %x", got)
 	}
-	cl.crypt(false, h, mechArg(ck.CKM_AES_ECB), ak, make([]byte, 16))
+	cl.crypt(false, h, M(ck.CKM_AES_ECB), ak, make([]byte, 16))
 	derive(ck.CKR_TEMPLATE_INCOMPLETE, hkdfMech(full), base1, readable(ck.CKK_AES)...)
 	derive(ck.CKR_ATTRIBUTE_VALUE_INVALID, hkdfMech(full), base1, readable(ck.CKK_AES, AU(ck.CKA_VALUE_LEN, 20))...)
 
@@ -293,7 +293,7 @@ func TestHKDFKnownAnswers(t *testing.T) {
 		tmpl []wire.Attribute
 		want uint64
 	}{
-		{"no parameter", mechArg(ck.CKM_HKDF_DERIVE), gen42, ck.CKR_MECHANISM_PARAM_INVALID},
+		{"no parameter", M(ck.CKM_HKDF_DERIVE), gen42, ck.CKR_MECHANISM_PARAM_INVALID},
 		{"neither extract nor expand", with(func(p *wire.HKDFParams) { p.Extract, p.Expand = false, false }), gen42, ck.CKR_MECHANISM_PARAM_INVALID},
 		{"MD5", with(func(p *wire.HKDFParams) { p.PRFHashMechanism = ck.CKM_MD5 }), gen42, ck.CKR_MECHANISM_PARAM_INVALID},
 		{"an HMAC for a hash", with(func(p *wire.HKDFParams) { p.PRFHashMechanism = ck.CKM_SHA256_HMAC }), gen42, ck.CKR_MECHANISM_PARAM_INVALID},
@@ -305,7 +305,7 @@ func TestHKDFKnownAnswers(t *testing.T) {
 		{"expand too long", hkdfMech(full), readable(ck.CKK_GENERIC_SECRET, AU(ck.CKA_VALUE_LEN, 255*32+1)), ck.CKR_KEY_SIZE_RANGE},
 		{"extract to another length", with(func(p *wire.HKDFParams) { p.Expand = false }), readable(ck.CKK_GENERIC_SECRET, AU(ck.CKA_VALUE_LEN, 16)), ck.CKR_TEMPLATE_INCONSISTENT},
 	} {
-		if rv, _ := cl.call("C_DeriveKey", U(h), c.m, U(base1), T(c.tmpl...), none()); rv != c.want {
+		if rv, _ := cl.Call("C_DeriveKey", U(h), c.m, U(base1), T(c.tmpl...), None()); rv != c.want {
 			t.Errorf("%s: %#x, want %#x", c.name, rv, c.want)
 		}
 	}

@@ -1,4 +1,4 @@
-package daemon
+package token
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/asn1"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"math/big"
 	"testing"
 
@@ -19,7 +20,7 @@ import (
 	"hsmemu/keystore"
 )
 
-// Elliptic-curve mechanisms through the daemon's socket.
+// Elliptic-curve mechanisms through the engine's calls.
 
 func TestECMechanisms(t *testing.T) {
 	t.Parallel()
@@ -40,12 +41,12 @@ func TestECMechanisms(t *testing.T) {
 			{printableName("secp384r1"), elliptic.P384()},
 			{ecP521Params, elliptic.P521()},
 		} {
-			pub, priv := s.genPair(mechArg(ck.CKM_EC_KEY_PAIR_GEN),
+			pub, priv := s.genPair(M(ck.CKM_EC_KEY_PAIR_GEN),
 				[]wire.Attribute{A(ck.CKA_EC_PARAMS, tc.params)},
 				[]wire.Attribute{AB(ck.CKA_SENSITIVE, true)})
 			s.checkGenerated(pub, ck.CKM_EC_KEY_PAIR_GEN)
 			s.checkGenerated(priv, ck.CKM_EC_KEY_PAIR_GEN)
-			if rv, _ := s.get(h, priv, ck.CKA_VALUE); rv != ck.CKR_ATTRIBUTE_SENSITIVE {
+			if rv, _ := s.Get(h, priv, ck.CKA_VALUE); rv != ck.CKR_ATTRIBUTE_SENSITIVE {
 				t.Errorf("%s: sensitive CKA_VALUE: %#x", tc.curve.Params().Name, rv)
 			}
 			if !bytes.Equal(s.attr(priv, ck.CKA_EC_PARAMS), tc.params) {
@@ -67,11 +68,11 @@ func TestECMechanisms(t *testing.T) {
 			{edParams, ck.CKR_CURVE_NOT_SUPPORTED},
 			{[]byte{0x06, 0x01}, ck.CKR_DOMAIN_PARAMS_INVALID},
 		} {
-			s.must(tc.want, "C_GenerateKeyPair", U(h), mechArg(ck.CKM_EC_KEY_PAIR_GEN), T(A(ck.CKA_EC_PARAMS, tc.params)), T(), none(), none())
+			s.Must(tc.want, "C_GenerateKeyPair", U(h), M(ck.CKM_EC_KEY_PAIR_GEN), T(A(ck.CKA_EC_PARAMS, tc.params)), T(), None(), None())
 		}
-		s.must(ck.CKR_TEMPLATE_INCOMPLETE, "C_GenerateKeyPair", U(h), mechArg(ck.CKM_EC_KEY_PAIR_GEN), T(), T(), none(), none())
-		s.must(ck.CKR_TEMPLATE_INCONSISTENT, "C_GenerateKeyPair", U(h), mechArg(ck.CKM_EC_KEY_PAIR_GEN),
-			T(A(ck.CKA_EC_PARAMS, ecP256Params)), T(A(ck.CKA_EC_PARAMS, ecP384Params)), none(), none())
+		s.Must(ck.CKR_TEMPLATE_INCOMPLETE, "C_GenerateKeyPair", U(h), M(ck.CKM_EC_KEY_PAIR_GEN), T(), T(), None(), None())
+		s.Must(ck.CKR_TEMPLATE_INCONSISTENT, "C_GenerateKeyPair", U(h), M(ck.CKM_EC_KEY_PAIR_GEN),
+			T(A(ck.CKA_EC_PARAMS, ecP256Params)), T(A(ck.CKA_EC_PARAMS, ecP384Params)), None(), None())
 	})
 	if goP256 == nil {
 		t.Fatal("no EC keys")
@@ -102,30 +103,30 @@ func TestECMechanisms(t *testing.T) {
 					hh.Write(asymMsg)
 					d = hh.Sum(nil)
 				}
-				sig := s.sign(p.priv, mechArg(tc.mech), in)
+				sig := s.sign(p.priv, M(tc.mech), in)
 				if len(sig) != 2*size {
 					t.Fatalf("%s %#x: signature of %d bytes, want %d", name, tc.mech, len(sig), 2*size)
 				}
 				if r, ss := rawECDSA(sig); !ecdsa.Verify(p.goPub, d, r, ss) {
 					t.Errorf("%s %#x: Go does not verify the token's signature", name, tc.mech)
 				}
-				if rv := s.verify(p.pub, mechArg(tc.mech), in, sig); rv != ck.CKR_OK {
+				if rv := s.verify(p.pub, M(tc.mech), in, sig); rv != ck.CKR_OK {
 					t.Errorf("%s %#x: the token does not verify its signature: %#x", name, tc.mech, rv)
 				}
-				if rv := s.verify(p.pub, mechArg(tc.mech), in, flipBit(sig)); rv != ck.CKR_SIGNATURE_INVALID {
+				if rv := s.verify(p.pub, M(tc.mech), in, flipBit(sig)); rv != ck.CKR_SIGNATURE_INVALID {
 					t.Errorf("%s %#x: tampered signature: %#x", name, tc.mech, rv)
 				}
-				if rv := s.verify(p.pub, mechArg(tc.mech), in, append(sig, 0)); rv != ck.CKR_SIGNATURE_LEN_RANGE {
+				if rv := s.verify(p.pub, M(tc.mech), in, append(sig, 0)); rv != ck.CKR_SIGNATURE_LEN_RANGE {
 					t.Errorf("%s %#x: long signature: %#x", name, tc.mech, rv)
 				}
 				if tc.h == 0 {
 					continue
 				}
-				parts := s.signParts(p.priv, mechArg(tc.mech), asymMsg)
+				parts := s.signParts(p.priv, M(tc.mech), asymMsg)
 				if r, ss := rawECDSA(parts); !ecdsa.Verify(p.goPub, d, r, ss) {
 					t.Errorf("%s %#x: multi-part signature does not verify", name, tc.mech)
 				}
-				if rv := s.verifyParts(p.pub, mechArg(tc.mech), asymMsg, sig); rv != ck.CKR_OK {
+				if rv := s.verifyParts(p.pub, M(tc.mech), asymMsg, sig); rv != ck.CKR_OK {
 					t.Errorf("%s %#x: multi-part verification: %#x", name, tc.mech, rv)
 				}
 			}
@@ -134,7 +135,7 @@ func TestECMechanisms(t *testing.T) {
 		d := sha256.Sum256(asymMsg)
 		r, ss, _ := ecdsa.Sign(rand.Reader, goP256, d[:])
 		sig := append(r.FillBytes(make([]byte, 32)), ss.FillBytes(make([]byte, 32))...)
-		if rv := s.verify(p256.pub, mechArg(ck.CKM_ECDSA_SHA256), asymMsg, sig); rv != ck.CKR_OK {
+		if rv := s.verify(p256.pub, M(ck.CKM_ECDSA_SHA256), asymMsg, sig); rv != ck.CKR_OK {
 			t.Errorf("Go's ECDSA signature: %#x", rv)
 		}
 
@@ -142,56 +143,56 @@ func TestECMechanisms(t *testing.T) {
 		// takes it gets the one measured. ECDSA signatures are random, so
 		// only the kept one verifies against the first call's input; the
 		// second call's input is not signed again.
-		s.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(ck.CKM_ECDSA_SHA256), U(p256.priv))
-		if n := s.must(ck.CKR_OK, "C_Sign", U(h), B(asymMsg), SizeQuery())[2].Length; n != 64 {
+		s.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_ECDSA_SHA256), U(p256.priv))
+		if n := s.Must(ck.CKR_OK, "C_Sign", U(h), B(asymMsg), SizeQuery())[2].Length; n != 64 {
 			t.Fatalf("size query: %d", n)
 		}
-		if n := s.must(ck.CKR_BUFFER_TOO_SMALL, "C_Sign", U(h), B(asymMsg), Out(63))[2].Length; n != 64 {
+		if n := s.Must(ck.CKR_BUFFER_TOO_SMALL, "C_Sign", U(h), B(asymMsg), Out(63))[2].Length; n != 64 {
 			t.Fatalf("short buffer: %d", n)
 		}
-		kept := bytes.Clone(s.must(ck.CKR_OK, "C_Sign", U(h), B([]byte("other data")), Out(64))[2].Bytes)
+		kept := bytes.Clone(s.Must(ck.CKR_OK, "C_Sign", U(h), B([]byte("other data")), Out(64))[2].Bytes)
 		if r, ss := rawECDSA(kept); !ecdsa.Verify(p256.goPub, d[:], r, ss) {
 			t.Error("the signature delivered after the size query is not the one measured")
 		}
 
 		// Single-part only, and no parameter.
-		s.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(ck.CKM_ECDSA), U(p256.priv))
-		s.must(ck.CKR_FUNCTION_NOT_SUPPORTED, "C_SignUpdate", U(h), B(asymMsg))
-		s.must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Sign", U(h), B(asymMsg), Out(64))
-		s.must(ck.CKR_OK, "C_VerifyInit", U(h), mechArg(ck.CKM_ECDSA), U(p256.pub))
-		s.must(ck.CKR_FUNCTION_NOT_SUPPORTED, "C_VerifyUpdate", U(h), B(asymMsg))
-		s.must(ck.CKR_MECHANISM_PARAM_INVALID, "C_SignInit", U(h), bytesMech(ck.CKM_ECDSA_SHA256), U(p256.priv))
+		s.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_ECDSA), U(p256.priv))
+		s.Must(ck.CKR_FUNCTION_NOT_SUPPORTED, "C_SignUpdate", U(h), B(asymMsg))
+		s.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Sign", U(h), B(asymMsg), Out(64))
+		s.Must(ck.CKR_OK, "C_VerifyInit", U(h), M(ck.CKM_ECDSA), U(p256.pub))
+		s.Must(ck.CKR_FUNCTION_NOT_SUPPORTED, "C_VerifyUpdate", U(h), B(asymMsg))
+		s.Must(ck.CKR_MECHANISM_PARAM_INVALID, "C_SignInit", U(h), bytesMech(ck.CKM_ECDSA_SHA256), U(p256.priv))
 	})
 
 	s.run(t, "key usage", func(t *testing.T) {
 		// A private key that may not sign; a public key asked to sign; a key
 		// of another type.
-		_, noSign := s.genPair(mechArg(ck.CKM_EC_KEY_PAIR_GEN),
+		_, noSign := s.genPair(M(ck.CKM_EC_KEY_PAIR_GEN),
 			[]wire.Attribute{A(ck.CKA_EC_PARAMS, ecP256Params)}, []wire.Attribute{AB(ck.CKA_SIGN, false)})
-		s.must(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, "C_SignInit", U(h), mechArg(ck.CKM_ECDSA_SHA256), U(noSign))
-		if rv, _ := s.call("C_SignInit", U(h), mechArg(ck.CKM_ECDSA_SHA256), U(p256.pub)); rv != ck.CKR_KEY_FUNCTION_NOT_PERMITTED && rv != ck.CKR_KEY_TYPE_INCONSISTENT {
+		s.Must(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, "C_SignInit", U(h), M(ck.CKM_ECDSA_SHA256), U(noSign))
+		if rv, _ := s.Call("C_SignInit", U(h), M(ck.CKM_ECDSA_SHA256), U(p256.pub)); rv != ck.CKR_KEY_FUNCTION_NOT_PERMITTED && rv != ck.CKR_KEY_TYPE_INCONSISTENT {
 			t.Errorf("signing with a public key: %#x", rv)
 		}
-		s.must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_SignInit", U(h), mechArg(ck.CKM_EDDSA), U(p256.priv))
-		s.must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_SignInit", U(h), mechArg(ck.CKM_SHA256_RSA_PKCS), U(p256.priv))
+		s.Must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_SignInit", U(h), M(ck.CKM_EDDSA), U(p256.priv))
+		s.Must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_SignInit", U(h), M(ck.CKM_SHA256_RSA_PKCS), U(p256.priv))
 		// CKA_ALLOWED_MECHANISMS.
-		_, only := s.genPair(mechArg(ck.CKM_EC_KEY_PAIR_GEN),
+		_, only := s.genPair(M(ck.CKM_EC_KEY_PAIR_GEN),
 			[]wire.Attribute{A(ck.CKA_EC_PARAMS, ecP256Params)},
 			[]wire.Attribute{A(ck.CKA_ALLOWED_MECHANISMS, keystore.Ulong(ck.CKM_ECDSA_SHA256))})
-		s.sign(only, mechArg(ck.CKM_ECDSA_SHA256), asymMsg)
-		s.must(ck.CKR_MECHANISM_INVALID, "C_SignInit", U(h), mechArg(ck.CKM_ECDSA), U(only))
+		s.sign(only, M(ck.CKM_ECDSA_SHA256), asymMsg)
+		s.Must(ck.CKR_MECHANISM_INVALID, "C_SignInit", U(h), M(ck.CKM_ECDSA), U(only))
 		// A key without CKA_DERIVE.
-		s.must(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, "C_DeriveKey", U(h),
-			withParam(ck.CKM_ECDH1_DERIVE, wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: s.attr(p256.pub, ck.CKA_EC_POINT)}.Param()),
-			U(ecPairs[0].priv), T(AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_GENERIC_SECRET)), none())
+		s.Must(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, "C_DeriveKey", U(h),
+			MP(ck.CKM_ECDH1_DERIVE, wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: s.attr(p256.pub, ck.CKA_EC_POINT)}.Param()),
+			U(ecPairs[0].priv), T(AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_GENERIC_SECRET)), None())
 	})
 
 	s.run(t, "eddsa", func(t *testing.T) {
 		for _, params := range [][]byte{edParams, printableName("edwards25519")} {
-			pub, priv := s.genPair(mechArg(ck.CKM_EC_EDWARDS_KEY_PAIR_GEN),
+			pub, priv := s.genPair(M(ck.CKM_EC_EDWARDS_KEY_PAIR_GEN),
 				[]wire.Attribute{A(ck.CKA_EC_PARAMS, params)}, []wire.Attribute{AB(ck.CKA_SENSITIVE, true)})
 			s.checkGenerated(priv, ck.CKM_EC_EDWARDS_KEY_PAIR_GEN)
-			if rv, _ := s.get(h, priv, ck.CKA_VALUE); rv != ck.CKR_ATTRIBUTE_SENSITIVE {
+			if rv, _ := s.Get(h, priv, ck.CKA_VALUE); rv != ck.CKR_ATTRIBUTE_SENSITIVE {
 				t.Errorf("sensitive CKA_VALUE: %#x", rv)
 			}
 			var raw []byte
@@ -204,10 +205,10 @@ func TestECMechanisms(t *testing.T) {
 				m    wire.Value
 				opts ed25519.Options
 			}{
-				{"Ed25519", mechArg(ck.CKM_EDDSA), ed25519.Options{}},
-				{"Ed25519ctx", withParam(ck.CKM_EDDSA, wire.EdDSAParams{ContextData: []byte("ctx")}.Param()), ed25519.Options{Context: "ctx"}},
-				{"Ed25519ph", withParam(ck.CKM_EDDSA, wire.EdDSAParams{PHFlag: true}.Param()), ed25519.Options{Hash: crypto.SHA512}},
-				{"Ed25519ph ctx", withParam(ck.CKM_EDDSA, wire.EdDSAParams{PHFlag: true, ContextData: []byte("c")}.Param()), ed25519.Options{Hash: crypto.SHA512, Context: "c"}},
+				{"Ed25519", M(ck.CKM_EDDSA), ed25519.Options{}},
+				{"Ed25519ctx", MP(ck.CKM_EDDSA, wire.EdDSAParams{ContextData: []byte("ctx")}.Param()), ed25519.Options{Context: "ctx"}},
+				{"Ed25519ph", MP(ck.CKM_EDDSA, wire.EdDSAParams{PHFlag: true}.Param()), ed25519.Options{Hash: crypto.SHA512}},
+				{"Ed25519ph ctx", MP(ck.CKM_EDDSA, wire.EdDSAParams{PHFlag: true, ContextData: []byte("c")}.Param()), ed25519.Options{Hash: crypto.SHA512, Context: "c"}},
 			} {
 				sig := s.sign(priv, tc.m, asymMsg)
 				in := asymMsg
@@ -229,14 +230,14 @@ func TestECMechanisms(t *testing.T) {
 				}
 			}
 			// Pure Ed25519 is deterministic: the same as Go's.
-			if sig := s.sign(priv, mechArg(ck.CKM_EDDSA), asymMsg); !ed25519.Verify(goPub, asymMsg, sig) {
+			if sig := s.sign(priv, M(ck.CKM_EDDSA), asymMsg); !ed25519.Verify(goPub, asymMsg, sig) {
 				t.Error("pure Ed25519")
 			}
-			s.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(ck.CKM_EDDSA), U(priv))
-			s.must(ck.CKR_FUNCTION_NOT_SUPPORTED, "C_SignUpdate", U(h), B(asymMsg))
-			s.must(ck.CKR_MECHANISM_PARAM_INVALID, "C_SignInit", U(h), withParam(ck.CKM_EDDSA, wire.EdDSAParams{ContextData: make([]byte, 256)}.Param()), U(priv))
+			s.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_EDDSA), U(priv))
+			s.Must(ck.CKR_FUNCTION_NOT_SUPPORTED, "C_SignUpdate", U(h), B(asymMsg))
+			s.Must(ck.CKR_MECHANISM_PARAM_INVALID, "C_SignInit", U(h), MP(ck.CKM_EDDSA, wire.EdDSAParams{ContextData: make([]byte, 256)}.Param()), U(priv))
 		}
-		s.must(ck.CKR_CURVE_NOT_SUPPORTED, "C_GenerateKeyPair", U(h), mechArg(ck.CKM_EC_EDWARDS_KEY_PAIR_GEN), T(A(ck.CKA_EC_PARAMS, ecP256Params)), T(), none(), none())
+		s.Must(ck.CKR_CURVE_NOT_SUPPORTED, "C_GenerateKeyPair", U(h), M(ck.CKM_EC_EDWARDS_KEY_PAIR_GEN), T(A(ck.CKA_EC_PARAMS, ecP256Params)), T(), None(), None())
 	})
 
 	s.run(t, "ecdh", func(t *testing.T) {
@@ -246,11 +247,11 @@ func TestECMechanisms(t *testing.T) {
 		}
 		derive := func(base uint64, p wire.ECDH1DeriveParams, tmpl wire.Value) []byte {
 			t.Helper()
-			k := s.must(ck.CKR_OK, "C_DeriveKey", U(h), withParam(ck.CKM_ECDH1_DERIVE, p.Param()), U(base), tmpl, none())[4].Ulong
+			k := s.Must(ck.CKR_OK, "C_DeriveKey", U(h), MP(ck.CKM_ECDH1_DERIVE, p.Param()), U(base), tmpl, None())[4].Ulong
 			return s.attr(k, ck.CKA_VALUE)
 		}
 		// A second token key on P-256, able to derive.
-		bPub, bPriv := s.genPair(mechArg(ck.CKM_EC_KEY_PAIR_GEN),
+		bPub, bPriv := s.genPair(M(ck.CKM_EC_KEY_PAIR_GEN),
 			[]wire.Attribute{A(ck.CKA_EC_PARAMS, ecP256Params)}, []wire.Attribute{AB(ck.CKA_DERIVE, true)})
 		aPoint, bPoint := s.attr(p256.pub, ck.CKA_EC_POINT), s.attr(bPub, ck.CKA_EC_POINT)
 		ab := derive(p256.priv, wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: bPoint}, genericT())
@@ -292,8 +293,8 @@ func TestECMechanisms(t *testing.T) {
 			}
 		}
 		// An AES key through the KDF.
-		k := s.must(ck.CKR_OK, "C_DeriveKey", U(h), withParam(ck.CKM_ECDH1_DERIVE, wire.ECDH1DeriveParams{KDF: ck.CKD_SHA256_KDF, PublicData: bPoint}.Param()), U(p256.priv),
-			T(AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES), AU(ck.CKA_VALUE_LEN, 32), AB(ck.CKA_SENSITIVE, true)), none())[4].Ulong
+		k := s.Must(ck.CKR_OK, "C_DeriveKey", U(h), MP(ck.CKM_ECDH1_DERIVE, wire.ECDH1DeriveParams{KDF: ck.CKD_SHA256_KDF, PublicData: bPoint}.Param()), U(p256.priv),
+			T(AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES), AU(ck.CKA_VALUE_LEN, 32), AB(ck.CKA_SENSITIVE, true)), None())[4].Ulong
 		if n := ulongOf(s.attr(k, ck.CKA_VALUE_LEN)); n != 32 {
 			t.Errorf("derived AES key: CKA_VALUE_LEN %d", n)
 		}
@@ -310,15 +311,15 @@ func TestECMechanisms(t *testing.T) {
 			{"point off the curve", wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: append([]byte{4}, make([]byte, 64)...)}, genericT(), ck.CKR_MECHANISM_PARAM_INVALID},
 			{"point of another curve", wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: s.attr(ecPairs[1].pub, ck.CKA_EC_POINT)}, genericT(), ck.CKR_MECHANISM_PARAM_INVALID},
 		} {
-			if rv, _ := s.call("C_DeriveKey", U(h), withParam(ck.CKM_ECDH1_DERIVE, tc.p.Param()), U(p256.priv), tc.tmpl, none()); rv != tc.want {
+			if rv, _ := s.Call("C_DeriveKey", U(h), MP(ck.CKM_ECDH1_DERIVE, tc.p.Param()), U(p256.priv), tc.tmpl, None()); rv != tc.want {
 				t.Errorf("%s: %#x, want %#x", tc.name, rv, tc.want)
 			}
 		}
-		s.must(ck.CKR_MECHANISM_PARAM_INVALID, "C_DeriveKey", U(h), mechArg(ck.CKM_ECDH1_DERIVE), U(p256.priv), genericT(), none())
+		s.Must(ck.CKR_MECHANISM_PARAM_INVALID, "C_DeriveKey", U(h), M(ck.CKM_ECDH1_DERIVE), U(p256.priv), genericT(), None())
 	})
 
 	s.run(t, "openssl", func(t *testing.T) {
-		sig := s.sign(p256.priv, mechArg(ck.CKM_ECDSA_SHA256), asymMsg)
+		sig := s.sign(p256.priv, M(ck.CKM_ECDSA_SHA256), asymMsg)
 		r, ss := rawECDSA(sig)
 		der, err := asn1.Marshal(struct{ R, S *big.Int }{r, ss})
 		if err != nil {

@@ -1,4 +1,4 @@
-package daemon
+package token
 
 import (
 	"bytes"
@@ -6,6 +6,8 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
+	. "hsmemu/cryptoki/wire/wiretest"
+	"hsmemu/internal/testenv"
 	"math/big"
 	"os"
 	"os/exec"
@@ -15,20 +17,12 @@ import (
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
-	"hsmemu/daemon/token"
 )
 
 // needOpenSSL returns the openssl binary, or skips (fails under CI=true).
 func needOpenSSL(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("openssl")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("openssl not installed")
-		}
-		t.Skip("openssl not installed")
-	}
-	return p
+	return testenv.Command(t, "openssl", "openssl")
 }
 
 // TestOpenSSLCrossCheck: what openssl encrypts the token decrypts, and the
@@ -36,11 +30,11 @@ func needOpenSSL(t *testing.T) string {
 func TestOpenSSLCrossCheck(t *testing.T) {
 	t.Parallel()
 	openssl := needOpenSSL(t)
-	d := startDaemon(t, token.Config{})
+	d := startEngine(t, Config{})
 	cl := d.dial(t)
-	slot := cl.newToken("openssl")
-	h := cl.open(slot, true)
-	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(testUserPIN))
+	slot := cl.NewToken("openssl")
+	h := cl.Open(slot, true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
 	dir := t.TempDir()
 	run := func(stdin []byte, args ...string) []byte {
 		t.Helper()
@@ -60,26 +54,26 @@ func TestOpenSSLCrossCheck(t *testing.T) {
 	// AES-256-CBC with PKCS#7 padding is CKM_AES_CBC_PAD.
 	key := bytes.Repeat([]byte{0x5c}, 32)
 	iv := bytes.Repeat([]byte{0xa7}, 16)
-	aes := cl.create(h, AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES), A(ck.CKA_VALUE, key))
+	aes := cl.Create(h, AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES), A(ck.CKA_VALUE, key))
 	cbcPad := wire.Value{Mechanism: &wire.Mechanism{Type: ck.CKM_AES_CBC_PAD, Present: true, Param: wire.Param{Kind: calls.PBytes, Bytes: iv}}}
 	sslCT := run(msg, "enc", "-aes-256-cbc", "-K", hex.EncodeToString(key), "-iv", hex.EncodeToString(iv))
-	cl.must(ck.CKR_OK, "C_DecryptInit", U(h), cbcPad, U(aes))
-	if got := copyOut(cl.must(ck.CKR_OK, "C_Decrypt", U(h), B(sslCT), Out(256))[2].Bytes); !bytes.Equal(got, msg) {
+	cl.Must(ck.CKR_OK, "C_DecryptInit", U(h), cbcPad, U(aes))
+	if got := copyOut(cl.Must(ck.CKR_OK, "C_Decrypt", U(h), B(sslCT), Out(256))[2].Bytes); !bytes.Equal(got, msg) {
 		t.Fatalf("the token decrypts openssl's AES-CBC as %q", got)
 	}
-	cl.must(ck.CKR_OK, "C_EncryptInit", U(h), cbcPad, U(aes))
-	tokCT := copyOut(cl.must(ck.CKR_OK, "C_Encrypt", U(h), B(msg), Out(256))[2].Bytes)
+	cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), cbcPad, U(aes))
+	tokCT := copyOut(cl.Must(ck.CKR_OK, "C_Encrypt", U(h), B(msg), Out(256))[2].Bytes)
 	if got := run(tokCT, "enc", "-d", "-aes-256-cbc", "-K", hex.EncodeToString(key), "-iv", hex.EncodeToString(iv)); !bytes.Equal(got, msg) {
 		t.Fatalf("openssl decrypts the token's AES-CBC as %q", got)
 	}
 
 	// RSA-OAEP with SHA-256: a software key, readable, so openssl can hold
 	// its private half too.
-	out := cl.must(ck.CKR_OK, "C_GenerateKeyPair", U(h), mechArg(ck.CKM_RSA_PKCS_KEY_PAIR_GEN),
-		T(AU(ck.CKA_MODULUS_BITS, 2048)), T(AB(ck.CKA_SENSITIVE, false), AB(ck.CKA_EXTRACTABLE, true)), none(), none())
+	out := cl.Must(ck.CKR_OK, "C_GenerateKeyPair", U(h), M(ck.CKM_RSA_PKCS_KEY_PAIR_GEN),
+		T(AU(ck.CKA_MODULUS_BITS, 2048)), T(AB(ck.CKA_SENSITIVE, false), AB(ck.CKA_EXTRACTABLE, true)), None(), None())
 	pubH, privH := out[4].Ulong, out[5].Ulong
 	types := []uint64{ck.CKA_MODULUS, ck.CKA_PUBLIC_EXPONENT, ck.CKA_PRIVATE_EXPONENT, ck.CKA_PRIME_1, ck.CKA_PRIME_2}
-	rvc, ans := cl.get(h, privH, types...)
+	rvc, ans := cl.Get(h, privH, types...)
 	if rvc != ck.CKR_OK {
 		t.Fatalf("reading the RSA key: %#x", rvc)
 	}
@@ -103,12 +97,12 @@ func TestOpenSSLCrossCheck(t *testing.T) {
 		Param: wire.OAEPParams{HashAlg: ck.CKM_SHA256, MGF: ck.CKG_MGF1_SHA256, Source: ck.CKZ_DATA_SPECIFIED}.Param()}}
 
 	sslRSA := run(msg, append([]string{"pkeyutl", "-encrypt", "-pubin", "-inkey", pubPEM}, oaepOpts...)...)
-	cl.must(ck.CKR_OK, "C_DecryptInit", U(h), oaep, U(privH))
-	if got := copyOut(cl.must(ck.CKR_OK, "C_Decrypt", U(h), B(sslRSA), Out(512))[2].Bytes); !bytes.Equal(got, msg) {
+	cl.Must(ck.CKR_OK, "C_DecryptInit", U(h), oaep, U(privH))
+	if got := copyOut(cl.Must(ck.CKR_OK, "C_Decrypt", U(h), B(sslRSA), Out(512))[2].Bytes); !bytes.Equal(got, msg) {
 		t.Fatalf("the token decrypts openssl's OAEP as %q", got)
 	}
-	cl.must(ck.CKR_OK, "C_EncryptInit", U(h), oaep, U(pubH))
-	tokRSA := copyOut(cl.must(ck.CKR_OK, "C_Encrypt", U(h), B(msg), Out(512))[2].Bytes)
+	cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), oaep, U(pubH))
+	tokRSA := copyOut(cl.Must(ck.CKR_OK, "C_Encrypt", U(h), B(msg), Out(512))[2].Bytes)
 	if got := run(tokRSA, append([]string{"pkeyutl", "-decrypt", "-inkey", keyPEM}, oaepOpts...)...); !bytes.Equal(got, msg) {
 		t.Fatalf("openssl decrypts the token's OAEP as %q", got)
 	}

@@ -1,8 +1,9 @@
-package daemon
+package token
 
 import (
 	"bytes"
 	"fmt"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"testing"
 
 	"hsmemu/cryptoki/ck"
@@ -33,15 +34,15 @@ func TestKeyWrapCAVPThroughDaemon(t *testing.T) {
 			switch {
 			case !file.Decrypt:
 				k := cl.secret(h, ck.CKK_GENERIC_SECRET, r.P, AB(ck.CKA_EXTRACTABLE, true))
-				if got := cl.wrapKey(ck.CKR_OK, h, mechArg(m), kek, k); !bytes.Equal(got, r.C) {
+				if got := cl.wrapKey(ck.CKR_OK, h, M(m), kek, k); !bytes.Equal(got, r.C) {
 					t.Errorf("%s COUNT %s (%s bits): C_WrapKey gave %x", file.Name, r.Count, r.PtLen, got)
 				}
 			case r.Fail:
-				if rv, _ := cl.call("C_UnwrapKey", U(h), mechArg(m), U(kek), B(r.C), T(readable(ck.CKK_GENERIC_SECRET)...), none()); rv != ck.CKR_WRAPPED_KEY_INVALID {
+				if rv, _ := cl.Call("C_UnwrapKey", U(h), M(m), U(kek), B(r.C), T(readable(ck.CKK_GENERIC_SECRET)...), None()); rv != ck.CKR_WRAPPED_KEY_INVALID {
 					t.Errorf("%s COUNT %s: C_UnwrapKey of a bad wrap gave %#x", file.Name, r.Count, rv)
 				}
 			default:
-				u := cl.unwrapKey(ck.CKR_OK, h, mechArg(m), kek, r.C, readable(ck.CKK_GENERIC_SECRET)...)
+				u := cl.unwrapKey(ck.CKR_OK, h, M(m), kek, r.C, readable(ck.CKK_GENERIC_SECRET)...)
 				if got := cl.value(h, u); !bytes.Equal(got, r.P) {
 					t.Errorf("%s COUNT %s (%s bits): C_UnwrapKey gave %x", file.Name, r.Count, r.PtLen, got)
 				}

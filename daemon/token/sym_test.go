@@ -1,4 +1,4 @@
-package daemon
+package token
 
 import (
 	"bytes"
@@ -6,6 +6,7 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"encoding/hex"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"slices"
 	"strings"
 	"testing"
@@ -14,11 +15,10 @@ import (
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	"hsmemu/daemon/mech/mechtest"
-	"hsmemu/daemon/token"
 	"hsmemu/keystore"
 )
 
-// The secret-key mechanisms through the daemon's socket: known answers
+// The secret-key mechanisms through the engine's calls: known answers
 // from the standards, multi-part against single-part, the size-query
 // convention, and the refusals. mech_sym_inproc_test.go runs Wycheproof
 // against the implementations in process, and the benchmarks.
@@ -34,21 +34,21 @@ func hx(s string) []byte {
 
 // symUser starts a daemon with a token and returns a client with the user
 // logged in on a read-write session.
-func symUser(t *testing.T) (*testDaemon, *client, uint64, uint64) {
+func symUser(t *testing.T) (*testEngine, *client, uint64, uint64) {
 	t.Helper()
-	d := startDaemon(t, token.Config{})
+	d := startEngine(t, Config{})
 	cl := d.dial(t)
-	slot := cl.newToken("sym")
-	h := cl.open(slot, true)
-	cl.must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(testUserPIN))
+	slot := cl.NewToken("sym")
+	h := cl.Open(slot, true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
 	return d, cl, slot, h
 }
 
 // secret creates a session secret key; extra attributes replace the
 // defaults of the same type.
 func (cl *client) secret(h, kt uint64, value []byte, extra ...wire.Attribute) uint64 {
-	cl.t.Helper()
-	return cl.create(h, secretTmpl(kt, value, extra...)...)
+	cl.T.Helper()
+	return cl.Create(h, secretTmpl(kt, value, extra...)...)
 }
 
 func secretTmpl(kt uint64, value []byte, extra ...wire.Attribute) []wire.Attribute {
@@ -67,66 +67,62 @@ func secretTmpl(kt uint64, value []byte, extra ...wire.Attribute) []wire.Attribu
 
 // value reads a key's CKA_VALUE, which must be readable.
 func (cl *client) value(h, obj uint64) []byte {
-	cl.t.Helper()
-	rv, ans := cl.get(h, obj, ck.CKA_VALUE)
+	cl.T.Helper()
+	rv, ans := cl.Get(h, obj, ck.CKA_VALUE)
 	if rv != ck.CKR_OK {
-		cl.t.Fatalf("CKA_VALUE: %#x", rv)
+		cl.T.Fatalf("CKA_VALUE: %#x", rv)
 	}
 	return bytes.Clone(ans[0].Value)
 }
 
-func mechP(typ uint64, p wire.Param) wire.Value {
-	return wire.Value{Mechanism: &wire.Mechanism{Type: typ, Present: true, Param: p}}
-}
-
 func mechIV(typ uint64, iv []byte) wire.Value {
-	return mechP(typ, wire.Param{Kind: calls.PBytes, Bytes: iv})
+	return MP(typ, wire.Param{Kind: calls.PBytes, Bytes: iv})
 }
 
 func gcmMech(iv, aad []byte, tagBits uint64) wire.Value {
-	return mechP(ck.CKM_AES_GCM, wire.GCMParams{IV: iv, IVBits: uint64(len(iv)) * 8, AAD: aad, TagBits: tagBits}.Param())
+	return MP(ck.CKM_AES_GCM, wire.GCMParams{IV: iv, IVBits: uint64(len(iv)) * 8, AAD: aad, TagBits: tagBits}.Param())
 }
 
 func ctrMech(bits uint64, cb []byte) wire.Value {
 	p := wire.CTRParams{CounterBits: bits}
 	copy(p.CB[:], cb)
-	return mechP(ck.CKM_AES_CTR, p.Param())
+	return MP(ck.CKM_AES_CTR, p.Param())
 }
 
 // crypt is C_EncryptInit then C_Encrypt (or the decryption), which must
 // succeed.
 func (cl *client) crypt(decrypt bool, h uint64, m wire.Value, key uint64, in []byte) []byte {
-	cl.t.Helper()
+	cl.T.Helper()
 	init, one := "C_EncryptInit", "C_Encrypt"
 	if decrypt {
 		init, one = "C_DecryptInit", "C_Decrypt"
 	}
-	cl.must(ck.CKR_OK, init, U(h), m, U(key))
-	return bytes.Clone(cl.must(ck.CKR_OK, one, U(h), B(in), Out(uint64(len(in))+64))[2].Bytes)
+	cl.Must(ck.CKR_OK, init, U(h), m, U(key))
+	return bytes.Clone(cl.Must(ck.CKR_OK, one, U(h), B(in), Out(uint64(len(in))+64))[2].Bytes)
 }
 
 // cryptParts is the same in parts of the given sizes (cycling), checking
 // each part's output against what is expected of the mode.
 func (cl *client) cryptParts(decrypt bool, h uint64, m wire.Value, key uint64, in []byte, sizes []int) []byte {
-	cl.t.Helper()
+	cl.T.Helper()
 	init, update, final := "C_EncryptInit", "C_EncryptUpdate", "C_EncryptFinal"
 	if decrypt {
 		init, update, final = "C_DecryptInit", "C_DecryptUpdate", "C_DecryptFinal"
 	}
-	cl.must(ck.CKR_OK, init, U(h), m, U(key))
+	cl.Must(ck.CKR_OK, init, U(h), m, U(key))
 	var all []byte
 	for i := 0; len(in) > 0; i++ {
 		n := min(sizes[i%len(sizes)], len(in))
-		all = append(all, bytes.Clone(cl.must(ck.CKR_OK, update, U(h), B(in[:n]), Out(uint64(n)+64))[2].Bytes)...)
+		all = append(all, bytes.Clone(cl.Must(ck.CKR_OK, update, U(h), B(in[:n]), Out(uint64(n)+64))[2].Bytes)...)
 		in = in[n:]
 	}
-	return append(all, bytes.Clone(cl.must(ck.CKR_OK, final, U(h), Out(1<<20))[1].Bytes)...)
+	return append(all, bytes.Clone(cl.Must(ck.CKR_OK, final, U(h), Out(1<<20))[1].Bytes)...)
 }
 
 func TestSymMechanismInfo(t *testing.T) {
 	t.Parallel()
 	_, cl, slot, _ := symUser(t)
-	list := cl.must(ck.CKR_OK, "C_GetMechanismList", U(slot), Out(256))[1].Ulongs
+	list := cl.Must(ck.CKR_OK, "C_GetMechanismList", U(slot), Out(256))[1].Ulongs
 	enc, wrap := uint64(ck.CKF_ENCRYPT|ck.CKF_DECRYPT), uint64(ck.CKF_WRAP|ck.CKF_UNWRAP)
 	mac := uint64(ck.CKF_SIGN | ck.CKF_VERIFY)
 	for _, c := range []struct {
@@ -156,7 +152,7 @@ func TestSymMechanismInfo(t *testing.T) {
 			t.Errorf("mechanism %#x not listed", c.mech)
 			continue
 		}
-		info := cl.must(ck.CKR_OK, "C_GetMechanismInfo", U(slot), U(c.mech), none())[2].Struct.(*wire.MechanismInfo)
+		info := cl.Must(ck.CKR_OK, "C_GetMechanismInfo", U(slot), U(c.mech), None())[2].Struct.(*wire.MechanismInfo)
 		if *info != (wire.MechanismInfo{MinKeySize: c.min, MaxKeySize: c.max, Flags: c.flags}) {
 			t.Errorf("mechanism %#x: info %+v", c.mech, info)
 		}
@@ -168,14 +164,14 @@ func TestSymKeyGeneration(t *testing.T) {
 	_, cl, _, h := symUser(t)
 	gen := func(want uint64, m uint64, attrs ...wire.Attribute) uint64 {
 		t.Helper()
-		out := cl.must(want, "C_GenerateKey", U(h), mechArg(m), T(attrs...), none())
+		out := cl.Must(want, "C_GenerateKey", U(h), M(m), T(attrs...), None())
 		if out == nil {
 			return 0
 		}
 		return out[3].Ulong
 	}
 	k := gen(ck.CKR_OK, ck.CKM_AES_KEY_GEN, AU(ck.CKA_VALUE_LEN, 32), AB(ck.CKA_SENSITIVE, true), AB(ck.CKA_EXTRACTABLE, false))
-	rv, ans := cl.get(h, k, ck.CKA_KEY_TYPE, ck.CKA_VALUE_LEN, ck.CKA_LOCAL, ck.CKA_KEY_GEN_MECHANISM,
+	rv, ans := cl.Get(h, k, ck.CKA_KEY_TYPE, ck.CKA_VALUE_LEN, ck.CKA_LOCAL, ck.CKA_KEY_GEN_MECHANISM,
 		ck.CKA_ALWAYS_SENSITIVE, ck.CKA_NEVER_EXTRACTABLE, ck.CKA_CLASS)
 	if rv != ck.CKR_OK {
 		t.Fatalf("attributes: %#x", rv)
@@ -185,7 +181,7 @@ func TestSymKeyGeneration(t *testing.T) {
 		ulongOf(ans[6].Value) != ck.CKO_SECRET_KEY {
 		t.Fatalf("generated AES key: %+v", ans)
 	}
-	if rv, _ := cl.get(h, k, ck.CKA_VALUE); rv != ck.CKR_ATTRIBUTE_SENSITIVE {
+	if rv, _ := cl.Get(h, k, ck.CKA_VALUE); rv != ck.CKR_ATTRIBUTE_SENSITIVE {
 		t.Fatalf("value of a sensitive key: %#x", rv)
 	}
 	// It works: a GCM round trip.
@@ -198,7 +194,7 @@ func TestSymKeyGeneration(t *testing.T) {
 	// Extractable and not sensitive: neither flag set; the value readable.
 	for _, n := range []uint64{16, 24} {
 		k = gen(ck.CKR_OK, ck.CKM_AES_KEY_GEN, AU(ck.CKA_VALUE_LEN, n), AB(ck.CKA_SENSITIVE, false), AB(ck.CKA_EXTRACTABLE, true))
-		_, ans = cl.get(h, k, ck.CKA_ALWAYS_SENSITIVE, ck.CKA_NEVER_EXTRACTABLE)
+		_, ans = cl.Get(h, k, ck.CKA_ALWAYS_SENSITIVE, ck.CKA_NEVER_EXTRACTABLE)
 		if ans[0].Value[0] != 0 || ans[1].Value[0] != 0 || len(cl.value(h, k)) != int(n) {
 			t.Fatalf("AES-%d: %+v", n*8, ans)
 		}
@@ -207,7 +203,7 @@ func TestSymKeyGeneration(t *testing.T) {
 	if v := cl.value(h, g); len(v) != 48 || bytes.Equal(v, make([]byte, 48)) {
 		t.Fatalf("generic secret %x", v)
 	}
-	_, ans = cl.get(h, g, ck.CKA_KEY_TYPE, ck.CKA_KEY_GEN_MECHANISM)
+	_, ans = cl.Get(h, g, ck.CKA_KEY_TYPE, ck.CKA_KEY_GEN_MECHANISM)
 	if ulongOf(ans[0].Value) != ck.CKK_GENERIC_SECRET || ulongOf(ans[1].Value) != ck.CKM_GENERIC_SECRET_KEY_GEN {
 		t.Fatalf("generic secret: %+v", ans)
 	}
@@ -227,12 +223,12 @@ func TestSymKeyGeneration(t *testing.T) {
 		{"generic of no bytes", ck.CKM_GENERIC_SECRET_KEY_GEN, ck.CKR_ATTRIBUTE_VALUE_INVALID, []wire.Attribute{AU(ck.CKA_VALUE_LEN, 0)}},
 		{"generic too long", ck.CKM_GENERIC_SECRET_KEY_GEN, ck.CKR_KEY_SIZE_RANGE, []wire.Attribute{AU(ck.CKA_VALUE_LEN, 1<<20)}},
 	} {
-		if rv, _ := cl.call("C_GenerateKey", U(h), mechArg(c.mech), T(c.attrs...), none()); rv != c.want {
+		if rv, _ := cl.Call("C_GenerateKey", U(h), M(c.mech), T(c.attrs...), None()); rv != c.want {
 			t.Errorf("%s: %#x, want %#x", c.name, rv, c.want)
 		}
 	}
-	cl.must(ck.CKR_MECHANISM_PARAM_INVALID, "C_GenerateKey", U(h), mechIV(ck.CKM_AES_KEY_GEN, []byte{1}), T(AU(ck.CKA_VALUE_LEN, 16)), none())
-	cl.must(ck.CKR_MECHANISM_INVALID, "C_GenerateKey", U(h), mechArg(ck.CKM_AES_CBC), T(AU(ck.CKA_VALUE_LEN, 16)), none())
+	cl.Must(ck.CKR_MECHANISM_PARAM_INVALID, "C_GenerateKey", U(h), mechIV(ck.CKM_AES_KEY_GEN, []byte{1}), T(AU(ck.CKA_VALUE_LEN, 16)), None())
+	cl.Must(ck.CKR_MECHANISM_INVALID, "C_GenerateKey", U(h), M(ck.CKM_AES_CBC), T(AU(ck.CKA_VALUE_LEN, 16)), None())
 }
 
 // NIST SP 800-38A, F.1.1, F.2.1, F.5.1: AES-128.
@@ -251,7 +247,7 @@ func TestAESKnownAnswers(t *testing.T) {
 		m    wire.Value
 		ct   []byte
 	}{
-		{"ECB", mechArg(ck.CKM_AES_ECB), hx(`3ad77bb40d7a3660a89ecaf32466ef97 f5d3d58503b9699de785895a96fdbaaf
+		{"ECB", M(ck.CKM_AES_ECB), hx(`3ad77bb40d7a3660a89ecaf32466ef97 f5d3d58503b9699de785895a96fdbaaf
 			43b1cd7f598ece23881b00e3ed030688 7b0c785e27e8ad3f8223207104725dd4`)},
 		{"CBC", mechIV(ck.CKM_AES_CBC, hx("000102030405060708090a0b0c0d0e0f")), hx(`7649abac8119b246cee98e9b12e9197d
 			5086cb9b507219ee95db113a917678b2 73bed6b8e3c1743b7116e69e22229516 3ff1caa1681fac09120eca307586e1a7`)},
@@ -302,9 +298,9 @@ func TestAESKnownAnswers(t *testing.T) {
 			k := cl.secret(h, ck.CKK_AES, v.Key)
 			m := gcmMech(v.IV, v.AAD, uint64(g.TagSize))
 			sealed := append(slices.Clip(v.CT), v.Tag...)
-			rv, out := cl.call("C_DecryptInit", U(h), m, U(k))
+			rv, out := cl.Call("C_DecryptInit", U(h), m, U(k))
 			if rv == ck.CKR_OK {
-				rv, out = cl.call("C_Decrypt", U(h), B(sealed), Out(uint64(len(sealed))))
+				rv, out = cl.Call("C_Decrypt", U(h), B(sealed), Out(uint64(len(sealed))))
 			}
 			switch {
 			case v.Result == "invalid" && rv == ck.CKR_OK:
@@ -315,7 +311,7 @@ func TestAESKnownAnswers(t *testing.T) {
 		}
 	}
 	if n < 10 {
-		t.Fatalf("only %d Wycheproof vectors through the socket", n)
+		t.Fatalf("only %d Wycheproof vectors through the engine", n)
 	}
 }
 
@@ -329,15 +325,15 @@ type cipherCase struct {
 func cipherCases() []cipherCase {
 	iv16 := hx("000102030405060708090a0b0c0d0e0f")
 	return []cipherCase{
-		{"ECB", mechArg(ck.CKM_AES_ECB), 160},
+		{"ECB", M(ck.CKM_AES_ECB), 160},
 		{"CBC", mechIV(ck.CKM_AES_CBC, iv16), 160},
 		{"CBC_PAD", mechIV(ck.CKM_AES_CBC_PAD, iv16), 161},
 		{"CBC_PAD whole blocks", mechIV(ck.CKM_AES_CBC_PAD, iv16), 160},
 		{"CTR", ctrMech(32, iv16), 161},
 		{"GCM", gcmMech(iv16[:12], []byte("aad"), 128), 161},
 		{"GCM 8-byte IV, 104-bit tag", gcmMech(iv16[:8], []byte("aad"), 104), 161},
-		{"KW", mechArg(ck.CKM_AES_KEY_WRAP), 160},
-		{"KWP", mechArg(ck.CKM_AES_KEY_WRAP_KWP), 161},
+		{"KW", M(ck.CKM_AES_KEY_WRAP), 160},
+		{"KWP", M(ck.CKM_AES_KEY_WRAP_KWP), 161},
 	}
 }
 
@@ -366,40 +362,40 @@ func TestCipherMultiPart(t *testing.T) {
 	// last back; GCM decryption releases nothing before the tag is checked.
 	iv := hx("000102030405060708090a0b0c0d0e0f")
 	update := func(name string, in []byte) []byte {
-		return bytes.Clone(cl.must(ck.CKR_OK, name, U(h), B(in), Out(1024))[2].Bytes)
+		return bytes.Clone(cl.Must(ck.CKR_OK, name, U(h), B(in), Out(1024))[2].Bytes)
 	}
-	cl.must(ck.CKR_OK, "C_EncryptInit", U(h), mechIV(ck.CKM_AES_CBC, iv), U(k))
+	cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), mechIV(ck.CKM_AES_CBC, iv), U(k))
 	if a, b := update("C_EncryptUpdate", make([]byte, 15)), update("C_EncryptUpdate", make([]byte, 2)); len(a) != 0 || len(b) != 16 {
 		t.Fatalf("CBC updates: %d then %d bytes", len(a), len(b))
 	}
-	cl.must(ck.CKR_DATA_LEN_RANGE, "C_EncryptFinal", U(h), Out(64))
-	cl.must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_EncryptFinal", U(h), Out(64))
+	cl.Must(ck.CKR_DATA_LEN_RANGE, "C_EncryptFinal", U(h), Out(64))
+	cl.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_EncryptFinal", U(h), Out(64))
 
 	ct := cl.crypt(false, h, mechIV(ck.CKM_AES_CBC_PAD, iv), k, make([]byte, 32)) // and a block of padding
-	cl.must(ck.CKR_OK, "C_DecryptInit", U(h), mechIV(ck.CKM_AES_CBC_PAD, iv), U(k))
+	cl.Must(ck.CKR_OK, "C_DecryptInit", U(h), mechIV(ck.CKM_AES_CBC_PAD, iv), U(k))
 	if a, b := update("C_DecryptUpdate", ct[:16]), update("C_DecryptUpdate", ct[16:]); len(a) != 0 || len(b) != 32 {
 		t.Fatalf("CBC_PAD decrypt updates: %d then %d bytes", len(a), len(b))
 	}
 	// The block held back was all padding.
-	if last := bytes.Clone(cl.must(ck.CKR_OK, "C_DecryptFinal", U(h), Out(64))[1].Bytes); len(last) != 0 {
+	if last := bytes.Clone(cl.Must(ck.CKR_OK, "C_DecryptFinal", U(h), Out(64))[1].Bytes); len(last) != 0 {
 		t.Fatalf("CBC_PAD decrypt final: %d bytes", len(last))
 	}
 
 	gm := gcmMech(iv[:12], nil, 128)
 	ct = cl.crypt(false, h, gm, k, make([]byte, 40))
-	cl.must(ck.CKR_OK, "C_DecryptInit", U(h), gm, U(k))
+	cl.Must(ck.CKR_OK, "C_DecryptInit", U(h), gm, U(k))
 	for _, part := range [][]byte{ct[:20], ct[20:50], ct[50:]} {
 		if out := update("C_DecryptUpdate", part); len(out) != 0 {
 			t.Fatalf("GCM decrypt update released %d bytes", len(out))
 		}
 	}
-	if last := bytes.Clone(cl.must(ck.CKR_OK, "C_DecryptFinal", U(h), Out(64))[1].Bytes); !bytes.Equal(last, make([]byte, 40)) {
+	if last := bytes.Clone(cl.Must(ck.CKR_OK, "C_DecryptFinal", U(h), Out(64))[1].Bytes); !bytes.Equal(last, make([]byte, 40)) {
 		t.Fatalf("GCM decrypt final: %x", last)
 	}
 	// The single-part call after an Update is refused, and ends it.
-	cl.must(ck.CKR_OK, "C_EncryptInit", U(h), gm, U(k))
+	cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), gm, U(k))
 	update("C_EncryptUpdate", []byte("x"))
-	cl.must(ck.CKR_OPERATION_ACTIVE, "C_Encrypt", U(h), S("x"), Out(64))
+	cl.Must(ck.CKR_OPERATION_ACTIVE, "C_Encrypt", U(h), S("x"), Out(64))
 }
 
 func TestCipherSizeQuery(t *testing.T) {
@@ -412,52 +408,52 @@ func TestCipherSizeQuery(t *testing.T) {
 		want := cl.crypt(false, h, m, k, plain)
 
 		// C_Encrypt: NULL, too small, exact.
-		cl.must(ck.CKR_OK, "C_EncryptInit", U(h), m, U(k))
-		q := cl.must(ck.CKR_OK, "C_Encrypt", U(h), B(plain), SizeQuery())
+		cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), m, U(k))
+		q := cl.Must(ck.CKR_OK, "C_Encrypt", U(h), B(plain), SizeQuery())
 		if q[2].Length != uint64(len(want)) || q[2].Bytes != nil {
 			t.Fatalf("size query: %+v, want %d", q[2], len(want))
 		}
-		cl.must(ck.CKR_BUFFER_TOO_SMALL, "C_Encrypt", U(h), B(plain), Out(q[2].Length-1))
-		if got := bytes.Clone(cl.must(ck.CKR_OK, "C_Encrypt", U(h), B(plain), Out(q[2].Length))[2].Bytes); !bytes.Equal(got, want) {
+		cl.Must(ck.CKR_BUFFER_TOO_SMALL, "C_Encrypt", U(h), B(plain), Out(q[2].Length-1))
+		if got := bytes.Clone(cl.Must(ck.CKR_OK, "C_Encrypt", U(h), B(plain), Out(q[2].Length))[2].Bytes); !bytes.Equal(got, want) {
 			t.Fatalf("C_Encrypt after the size query: %x", got)
 		}
-		cl.must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Encrypt", U(h), B(plain), Out(64))
+		cl.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Encrypt", U(h), B(plain), Out(64))
 
 		// C_EncryptUpdate then C_EncryptFinal, each measured first.
-		cl.must(ck.CKR_OK, "C_EncryptInit", U(h), m, U(k))
-		q = cl.must(ck.CKR_OK, "C_EncryptUpdate", U(h), B(plain), SizeQuery())
-		got := bytes.Clone(cl.must(ck.CKR_OK, "C_EncryptUpdate", U(h), B(plain), Out(q[2].Length))[2].Bytes)
+		cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), m, U(k))
+		q = cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), B(plain), SizeQuery())
+		got := bytes.Clone(cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), B(plain), Out(q[2].Length))[2].Bytes)
 		if uint64(len(got)) != q[2].Length {
 			t.Fatalf("C_EncryptUpdate: %d bytes, measured %d", len(got), q[2].Length)
 		}
-		fq := cl.must(ck.CKR_OK, "C_EncryptFinal", U(h), SizeQuery())
+		fq := cl.Must(ck.CKR_OK, "C_EncryptFinal", U(h), SizeQuery())
 		if fq[1].Length > 0 {
-			cl.must(ck.CKR_BUFFER_TOO_SMALL, "C_EncryptFinal", U(h), Out(fq[1].Length-1))
+			cl.Must(ck.CKR_BUFFER_TOO_SMALL, "C_EncryptFinal", U(h), Out(fq[1].Length-1))
 		}
-		got = append(got, bytes.Clone(cl.must(ck.CKR_OK, "C_EncryptFinal", U(h), Out(fq[1].Length))[1].Bytes)...)
+		got = append(got, bytes.Clone(cl.Must(ck.CKR_OK, "C_EncryptFinal", U(h), Out(fq[1].Length))[1].Bytes)...)
 		if !bytes.Equal(got, want) {
 			t.Fatalf("in parts after size queries: %x", got)
 		}
 
 		// C_Decrypt and C_DecryptFinal.
-		cl.must(ck.CKR_OK, "C_DecryptInit", U(h), m, U(k))
-		q = cl.must(ck.CKR_OK, "C_Decrypt", U(h), B(want), SizeQuery())
+		cl.Must(ck.CKR_OK, "C_DecryptInit", U(h), m, U(k))
+		q = cl.Must(ck.CKR_OK, "C_Decrypt", U(h), B(want), SizeQuery())
 		if q[2].Length != uint64(len(plain)) {
 			t.Fatalf("decrypt size query: %d", q[2].Length)
 		}
-		cl.must(ck.CKR_BUFFER_TOO_SMALL, "C_Decrypt", U(h), B(want), Out(3))
-		if got := bytes.Clone(cl.must(ck.CKR_OK, "C_Decrypt", U(h), B(want), Out(q[2].Length))[2].Bytes); !bytes.Equal(got, plain) {
+		cl.Must(ck.CKR_BUFFER_TOO_SMALL, "C_Decrypt", U(h), B(want), Out(3))
+		if got := bytes.Clone(cl.Must(ck.CKR_OK, "C_Decrypt", U(h), B(want), Out(q[2].Length))[2].Bytes); !bytes.Equal(got, plain) {
 			t.Fatalf("C_Decrypt: %q", got)
 		}
-		cl.must(ck.CKR_OK, "C_DecryptInit", U(h), m, U(k))
-		got = bytes.Clone(cl.must(ck.CKR_OK, "C_DecryptUpdate", U(h), B(want), Out(1024))[2].Bytes)
-		fq = cl.must(ck.CKR_OK, "C_DecryptFinal", U(h), SizeQuery())
-		cl.must(ck.CKR_BUFFER_TOO_SMALL, "C_DecryptFinal", U(h), Out(fq[1].Length-1))
-		got = append(got, bytes.Clone(cl.must(ck.CKR_OK, "C_DecryptFinal", U(h), Out(fq[1].Length))[1].Bytes)...)
+		cl.Must(ck.CKR_OK, "C_DecryptInit", U(h), m, U(k))
+		got = bytes.Clone(cl.Must(ck.CKR_OK, "C_DecryptUpdate", U(h), B(want), Out(1024))[2].Bytes)
+		fq = cl.Must(ck.CKR_OK, "C_DecryptFinal", U(h), SizeQuery())
+		cl.Must(ck.CKR_BUFFER_TOO_SMALL, "C_DecryptFinal", U(h), Out(fq[1].Length-1))
+		got = append(got, bytes.Clone(cl.Must(ck.CKR_OK, "C_DecryptFinal", U(h), Out(fq[1].Length))[1].Bytes)...)
 		if !bytes.Equal(got, plain) {
 			t.Fatalf("decryption in parts after size queries: %q", got)
 		}
-		cl.must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_DecryptFinal", U(h), Out(64))
+		cl.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_DecryptFinal", U(h), Out(64))
 	}
 }
 
@@ -488,17 +484,17 @@ func TestGCMTamper(t *testing.T) {
 				{"shorter than the tag", sealed[:bits/8-1], aad, ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
 			} {
 				m := gcmMech(iv, c.aad, bits)
-				cl.must(ck.CKR_OK, "C_DecryptInit", U(h), m, U(k))
-				if rv, out := cl.call("C_Decrypt", U(h), B(c.in), Out(1024)); rv != c.wantR || (out != nil && len(out[2].Bytes) > 0) {
+				cl.Must(ck.CKR_OK, "C_DecryptInit", U(h), m, U(k))
+				if rv, out := cl.Call("C_Decrypt", U(h), B(c.in), Out(1024)); rv != c.wantR || (out != nil && len(out[2].Bytes) > 0) {
 					t.Errorf("IV %d, tag %d, %s: %#x", len(iv), bits, c.name, rv)
 				}
-				cl.must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Decrypt", U(h), B(c.in), Out(1024))
+				cl.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Decrypt", U(h), B(c.in), Out(1024))
 				// In parts: nothing comes out, and Final fails.
-				cl.must(ck.CKR_OK, "C_DecryptInit", U(h), m, U(k))
-				if out := cl.must(ck.CKR_OK, "C_DecryptUpdate", U(h), B(c.in), Out(1024)); len(out[2].Bytes) != 0 {
+				cl.Must(ck.CKR_OK, "C_DecryptInit", U(h), m, U(k))
+				if out := cl.Must(ck.CKR_OK, "C_DecryptUpdate", U(h), B(c.in), Out(1024)); len(out[2].Bytes) != 0 {
 					t.Errorf("%s: an update released plaintext", c.name)
 				}
-				if rv, out := cl.call("C_DecryptFinal", U(h), Out(1024)); rv != c.wantR || (out != nil && len(out[1].Bytes) > 0) {
+				if rv, out := cl.Call("C_DecryptFinal", U(h), Out(1024)); rv != c.wantR || (out != nil && len(out[1].Bytes) > 0) {
 					t.Errorf("IV %d, tag %d, %s in parts: %#x", len(iv), bits, c.name, rv)
 				}
 			}
@@ -510,14 +506,14 @@ func TestGCMTamper(t *testing.T) {
 		name string
 		m    wire.Value
 	}{
-		{"no parameter", mechArg(ck.CKM_AES_GCM)},
+		{"no parameter", M(ck.CKM_AES_GCM)},
 		{"a 64-bit tag", gcmMech(make([]byte, 12), nil, 64)},
 		{"a 100-bit tag", gcmMech(make([]byte, 12), nil, 100)},
 		{"a 136-bit tag", gcmMech(make([]byte, 12), nil, 136)},
 		{"no IV", gcmMech(nil, nil, 128)},
 		{"a 257-byte IV", gcmMech(make([]byte, 257), nil, 128)},
 	} {
-		if rv, _ := cl.call("C_EncryptInit", U(h), c.m, U(k)); rv != ck.CKR_MECHANISM_PARAM_INVALID {
+		if rv, _ := cl.Call("C_EncryptInit", U(h), c.m, U(k)); rv != ck.CKR_MECHANISM_PARAM_INVALID {
 			t.Errorf("%s: %#x", c.name, rv)
 		}
 	}
@@ -533,8 +529,8 @@ func TestBlockModeErrors(t *testing.T) {
 	// no valid padding (0, 17, or 2 after a byte that is not 2).
 	for _, last := range [][]byte{append(make([]byte, 15), 0), append(make([]byte, 15), 17), append(make([]byte, 14), 1, 2)} {
 		ct := cl.crypt(false, h, mechIV(ck.CKM_AES_CBC, iv), k, append(make([]byte, 16), last...))
-		cl.must(ck.CKR_OK, "C_DecryptInit", U(h), mechIV(ck.CKM_AES_CBC_PAD, iv), U(k))
-		cl.must(ck.CKR_ENCRYPTED_DATA_INVALID, "C_Decrypt", U(h), B(ct), Out(64))
+		cl.Must(ck.CKR_OK, "C_DecryptInit", U(h), mechIV(ck.CKM_AES_CBC_PAD, iv), U(k))
+		cl.Must(ck.CKR_ENCRYPTED_DATA_INVALID, "C_Decrypt", U(h), B(ct), Out(64))
 	}
 	// A whole block of padding (16 × 0x10) is valid, and yields nothing.
 	ct := cl.crypt(false, h, mechIV(ck.CKM_AES_CBC, iv), k, bytes.Repeat([]byte{16}, 16))
@@ -549,25 +545,25 @@ func TestBlockModeErrors(t *testing.T) {
 		in      []byte
 		want    uint64
 	}{
-		{"ECB, partial block", false, mechArg(ck.CKM_AES_ECB), make([]byte, 17), ck.CKR_DATA_LEN_RANGE},
-		{"ECB decrypt, partial block", true, mechArg(ck.CKM_AES_ECB), make([]byte, 15), ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
+		{"ECB, partial block", false, M(ck.CKM_AES_ECB), make([]byte, 17), ck.CKR_DATA_LEN_RANGE},
+		{"ECB decrypt, partial block", true, M(ck.CKM_AES_ECB), make([]byte, 15), ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
 		{"CBC, partial block", false, mechIV(ck.CKM_AES_CBC, iv), make([]byte, 31), ck.CKR_DATA_LEN_RANGE},
 		{"CBC decrypt, partial block", true, mechIV(ck.CKM_AES_CBC, iv), make([]byte, 33), ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
 		{"CBC_PAD decrypt, partial block", true, mechIV(ck.CKM_AES_CBC_PAD, iv), make([]byte, 31), ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
 		{"CBC_PAD decrypt, nothing", true, mechIV(ck.CKM_AES_CBC_PAD, iv), nil, ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
-		{"KW, not semiblocks", false, mechArg(ck.CKM_AES_KEY_WRAP), make([]byte, 20), ck.CKR_DATA_LEN_RANGE},
-		{"KW, one semiblock", false, mechArg(ck.CKM_AES_KEY_WRAP), make([]byte, 8), ck.CKR_DATA_LEN_RANGE},
-		{"KW decrypt, bad", true, mechArg(ck.CKM_AES_KEY_WRAP), make([]byte, 24), ck.CKR_ENCRYPTED_DATA_INVALID},
-		{"KWP, nothing", false, mechArg(ck.CKM_AES_KEY_WRAP_KWP), nil, ck.CKR_DATA_LEN_RANGE},
-		{"KWP decrypt, bad", true, mechArg(ck.CKM_AES_KEY_WRAP_KWP), make([]byte, 16), ck.CKR_ENCRYPTED_DATA_INVALID},
-		{"KWP decrypt, short", true, mechArg(ck.CKM_AES_KEY_WRAP_KWP), make([]byte, 8), ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
+		{"KW, not semiblocks", false, M(ck.CKM_AES_KEY_WRAP), make([]byte, 20), ck.CKR_DATA_LEN_RANGE},
+		{"KW, one semiblock", false, M(ck.CKM_AES_KEY_WRAP), make([]byte, 8), ck.CKR_DATA_LEN_RANGE},
+		{"KW decrypt, bad", true, M(ck.CKM_AES_KEY_WRAP), make([]byte, 24), ck.CKR_ENCRYPTED_DATA_INVALID},
+		{"KWP, nothing", false, M(ck.CKM_AES_KEY_WRAP_KWP), nil, ck.CKR_DATA_LEN_RANGE},
+		{"KWP decrypt, bad", true, M(ck.CKM_AES_KEY_WRAP_KWP), make([]byte, 16), ck.CKR_ENCRYPTED_DATA_INVALID},
+		{"KWP decrypt, short", true, M(ck.CKM_AES_KEY_WRAP_KWP), make([]byte, 8), ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
 	} {
 		init, one := "C_EncryptInit", "C_Encrypt"
 		if c.decrypt {
 			init, one = "C_DecryptInit", "C_Decrypt"
 		}
-		cl.must(ck.CKR_OK, init, U(h), c.m, U(k))
-		if rv, _ := cl.call(one, U(h), B(c.in), Out(1024)); rv != c.want {
+		cl.Must(ck.CKR_OK, init, U(h), c.m, U(k))
+		if rv, _ := cl.Call(one, U(h), B(c.in), Out(1024)); rv != c.want {
 			t.Errorf("%s: %#x, want %#x", c.name, rv, c.want)
 		}
 	}
@@ -576,17 +572,17 @@ func TestBlockModeErrors(t *testing.T) {
 		name string
 		m    wire.Value
 	}{
-		{"CBC without an IV", mechArg(ck.CKM_AES_CBC)},
+		{"CBC without an IV", M(ck.CKM_AES_CBC)},
 		{"CBC with an 8-byte IV", mechIV(ck.CKM_AES_CBC, make([]byte, 8))},
 		{"CBC_PAD with a 17-byte IV", mechIV(ck.CKM_AES_CBC_PAD, make([]byte, 17))},
 		{"ECB with a parameter", mechIV(ck.CKM_AES_ECB, make([]byte, 16))},
-		{"CTR without parameter", mechArg(ck.CKM_AES_CTR)},
+		{"CTR without parameter", M(ck.CKM_AES_CTR)},
 		{"CTR counter of 0 bits", ctrMech(0, iv)},
 		{"CTR counter of 129 bits", ctrMech(129, iv)},
 		{"KW with a 16-byte IV", mechIV(ck.CKM_AES_KEY_WRAP, make([]byte, 16))},
 		{"KWP with an 8-byte IV", mechIV(ck.CKM_AES_KEY_WRAP_KWP, make([]byte, 8))},
 	} {
-		if rv, _ := cl.call("C_EncryptInit", U(h), c.m, U(k)); rv != ck.CKR_MECHANISM_PARAM_INVALID {
+		if rv, _ := cl.Call("C_EncryptInit", U(h), c.m, U(k)); rv != ck.CKR_MECHANISM_PARAM_INVALID {
 			t.Errorf("%s: %#x", c.name, rv)
 		}
 	}
@@ -605,19 +601,19 @@ func TestCTRCounterWrap(t *testing.T) {
 	if !bytes.Equal(ct, want) {
 		t.Fatalf("CTR before the wrap: %x", ct)
 	}
-	cl.must(ck.CKR_OK, "C_EncryptInit", U(h), ctrMech(8, cb), U(k))
-	cl.must(ck.CKR_DATA_LEN_RANGE, "C_Encrypt", U(h), B(make([]byte, 33)), Out(64))
-	cl.must(ck.CKR_OK, "C_DecryptInit", U(h), ctrMech(8, cb), U(k))
-	cl.must(ck.CKR_ENCRYPTED_DATA_LEN_RANGE, "C_Decrypt", U(h), B(make([]byte, 33)), Out(64))
+	cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), ctrMech(8, cb), U(k))
+	cl.Must(ck.CKR_DATA_LEN_RANGE, "C_Encrypt", U(h), B(make([]byte, 33)), Out(64))
+	cl.Must(ck.CKR_OK, "C_DecryptInit", U(h), ctrMech(8, cb), U(k))
+	cl.Must(ck.CKR_ENCRYPTED_DATA_LEN_RANGE, "C_Decrypt", U(h), B(make([]byte, 33)), Out(64))
 	// In parts, the same limit counts across them.
-	cl.must(ck.CKR_OK, "C_EncryptInit", U(h), ctrMech(8, cb), U(k))
-	cl.must(ck.CKR_OK, "C_EncryptUpdate", U(h), B(make([]byte, 17)), Out(64))
-	cl.must(ck.CKR_OK, "C_EncryptUpdate", U(h), B(make([]byte, 15)), Out(64))
-	cl.must(ck.CKR_DATA_LEN_RANGE, "C_EncryptUpdate", U(h), B(make([]byte, 1)), Out(64))
+	cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), ctrMech(8, cb), U(k))
+	cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), B(make([]byte, 17)), Out(64))
+	cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), B(make([]byte, 15)), Out(64))
+	cl.Must(ck.CKR_DATA_LEN_RANGE, "C_EncryptUpdate", U(h), B(make([]byte, 1)), Out(64))
 	// A 128-bit counter at its last value has one block left.
-	cl.must(ck.CKR_OK, "C_EncryptInit", U(h), ctrMech(128, bytes.Repeat([]byte{0xff}, 16)), U(k))
-	cl.must(ck.CKR_OK, "C_EncryptUpdate", U(h), B(make([]byte, 16)), Out(64))
-	cl.must(ck.CKR_DATA_LEN_RANGE, "C_EncryptUpdate", U(h), B(make([]byte, 1)), Out(64))
+	cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), ctrMech(128, bytes.Repeat([]byte{0xff}, 16)), U(k))
+	cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), B(make([]byte, 16)), Out(64))
+	cl.Must(ck.CKR_DATA_LEN_RANGE, "C_EncryptUpdate", U(h), B(make([]byte, 1)), Out(64))
 }
 
 func TestSymKeyPolicy(t *testing.T) {
@@ -630,29 +626,29 @@ func TestSymKeyPolicy(t *testing.T) {
 	onlyGCM := cl.secret(h, ck.CKK_AES, make([]byte, 32), A(ck.CKA_ALLOWED_MECHANISMS, keystore.Ulong(ck.CKM_AES_GCM)))
 	ak := cl.secret(h, ck.CKK_AES, make([]byte, 16))
 
-	cl.must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_EncryptInit", U(h), mechIV(ck.CKM_AES_CBC, iv), U(generic))
-	cl.must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_SignInit", U(h), mechArg(ck.CKM_AES_CMAC), U(generic))
-	cl.must(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, "C_EncryptInit", U(h), mechIV(ck.CKM_AES_CBC, iv), U(noEncrypt))
-	cl.must(ck.CKR_OK, "C_DecryptInit", U(h), mechIV(ck.CKM_AES_CBC, iv), U(noEncrypt))
-	cl.must(ck.CKR_OK, "C_Decrypt", U(h), B(make([]byte, 16)), Out(16))
-	cl.must(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, "C_SignInit", U(h), mechArg(ck.CKM_SHA256_HMAC), U(noSign))
-	cl.must(ck.CKR_OK, "C_VerifyInit", U(h), mechArg(ck.CKM_SHA256_HMAC), U(noSign))
-	cl.must(ck.CKR_SIGNATURE_LEN_RANGE, "C_Verify", U(h), S("data"), S("sig"))
-	cl.must(ck.CKR_MECHANISM_INVALID, "C_EncryptInit", U(h), mechIV(ck.CKM_AES_CBC, iv), U(onlyGCM))
-	cl.must(ck.CKR_OK, "C_EncryptInit", U(h), gcmMech(iv[:12], nil, 128), U(onlyGCM))
-	cl.must(ck.CKR_OK, "C_Encrypt", U(h), S("data"), Out(64))
+	cl.Must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_EncryptInit", U(h), mechIV(ck.CKM_AES_CBC, iv), U(generic))
+	cl.Must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_SignInit", U(h), M(ck.CKM_AES_CMAC), U(generic))
+	cl.Must(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, "C_EncryptInit", U(h), mechIV(ck.CKM_AES_CBC, iv), U(noEncrypt))
+	cl.Must(ck.CKR_OK, "C_DecryptInit", U(h), mechIV(ck.CKM_AES_CBC, iv), U(noEncrypt))
+	cl.Must(ck.CKR_OK, "C_Decrypt", U(h), B(make([]byte, 16)), Out(16))
+	cl.Must(ck.CKR_KEY_FUNCTION_NOT_PERMITTED, "C_SignInit", U(h), M(ck.CKM_SHA256_HMAC), U(noSign))
+	cl.Must(ck.CKR_OK, "C_VerifyInit", U(h), M(ck.CKM_SHA256_HMAC), U(noSign))
+	cl.Must(ck.CKR_SIGNATURE_LEN_RANGE, "C_Verify", U(h), S("data"), S("sig"))
+	cl.Must(ck.CKR_MECHANISM_INVALID, "C_EncryptInit", U(h), mechIV(ck.CKM_AES_CBC, iv), U(onlyGCM))
+	cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), gcmMech(iv[:12], nil, 128), U(onlyGCM))
+	cl.Must(ck.CKR_OK, "C_Encrypt", U(h), S("data"), Out(64))
 	// HMAC takes AES keys as well as generic secrets; a parameter is refused.
-	cl.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(ck.CKM_SHA384_HMAC), U(ak))
-	cl.must(ck.CKR_OPERATION_ACTIVE, "C_SignInit", U(h), mechArg(ck.CKM_SHA384_HMAC), U(ak))
-	if mac := cl.must(ck.CKR_OK, "C_Sign", U(h), S("data"), Out(64)); len(mac[2].Bytes) != 48 {
+	cl.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_SHA384_HMAC), U(ak))
+	cl.Must(ck.CKR_OPERATION_ACTIVE, "C_SignInit", U(h), M(ck.CKM_SHA384_HMAC), U(ak))
+	if mac := cl.Must(ck.CKR_OK, "C_Sign", U(h), S("data"), Out(64)); len(mac[2].Bytes) != 48 {
 		t.Fatalf("HMAC-SHA384 with an AES key: %d bytes", len(mac[2].Bytes))
 	}
-	cl.must(ck.CKR_MECHANISM_PARAM_INVALID, "C_VerifyInit", U(h), wire.Value{Mechanism: &wire.Mechanism{
+	cl.Must(ck.CKR_MECHANISM_PARAM_INVALID, "C_VerifyInit", U(h), wire.Value{Mechanism: &wire.Mechanism{
 		Type: ck.CKM_SHA256_HMAC, Present: true, Param: wire.Param{Kind: calls.PBytes, Bytes: []byte{32}}}}, U(ak))
 	// Mechanisms that do not do what is asked.
-	cl.must(ck.CKR_MECHANISM_INVALID, "C_SignInit", U(h), mechArg(ck.CKM_AES_ECB), U(ak))
-	cl.must(ck.CKR_MECHANISM_INVALID, "C_EncryptInit", U(h), mechArg(ck.CKM_SHA256_HMAC), U(ak))
-	cl.must(ck.CKR_MECHANISM_INVALID, "C_WrapKey", U(h), mechArg(ck.CKM_AES_ECB), U(ak), U(ak), Out(64))
+	cl.Must(ck.CKR_MECHANISM_INVALID, "C_SignInit", U(h), M(ck.CKM_AES_ECB), U(ak))
+	cl.Must(ck.CKR_MECHANISM_INVALID, "C_EncryptInit", U(h), M(ck.CKM_SHA256_HMAC), U(ak))
+	cl.Must(ck.CKR_MECHANISM_INVALID, "C_WrapKey", U(h), M(ck.CKM_AES_ECB), U(ak), U(ak), Out(64))
 }
 
 func TestMACKnownAnswers(t *testing.T) {
@@ -660,27 +656,27 @@ func TestMACKnownAnswers(t *testing.T) {
 	_, cl, _, h := symUser(t)
 	sign := func(m uint64, k uint64, data []byte, parts int) []byte {
 		t.Helper()
-		cl.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(m), U(k))
+		cl.Must(ck.CKR_OK, "C_SignInit", U(h), M(m), U(k))
 		if parts == 0 {
-			return bytes.Clone(cl.must(ck.CKR_OK, "C_Sign", U(h), B(data), Out(64))[2].Bytes)
+			return bytes.Clone(cl.Must(ck.CKR_OK, "C_Sign", U(h), B(data), Out(64))[2].Bytes)
 		}
 		for len(data) > 0 {
 			n := min(parts, len(data))
-			cl.must(ck.CKR_OK, "C_SignUpdate", U(h), B(data[:n]))
+			cl.Must(ck.CKR_OK, "C_SignUpdate", U(h), B(data[:n]))
 			data = data[n:]
 		}
-		return bytes.Clone(cl.must(ck.CKR_OK, "C_SignFinal", U(h), Out(64))[1].Bytes)
+		return bytes.Clone(cl.Must(ck.CKR_OK, "C_SignFinal", U(h), Out(64))[1].Bytes)
 	}
 	verify := func(want uint64, m uint64, k uint64, data, sig []byte, parts bool) {
 		t.Helper()
-		cl.must(ck.CKR_OK, "C_VerifyInit", U(h), mechArg(m), U(k))
+		cl.Must(ck.CKR_OK, "C_VerifyInit", U(h), M(m), U(k))
 		if !parts {
-			cl.must(want, "C_Verify", U(h), B(data), B(sig))
+			cl.Must(want, "C_Verify", U(h), B(data), B(sig))
 			return
 		}
-		cl.must(ck.CKR_OK, "C_VerifyUpdate", U(h), B(data[:len(data)/2]))
-		cl.must(ck.CKR_OK, "C_VerifyUpdate", U(h), B(data[len(data)/2:]))
-		cl.must(want, "C_VerifyFinal", U(h), B(sig))
+		cl.Must(ck.CKR_OK, "C_VerifyUpdate", U(h), B(data[:len(data)/2]))
+		cl.Must(ck.CKR_OK, "C_VerifyUpdate", U(h), B(data[len(data)/2:]))
+		cl.Must(want, "C_VerifyFinal", U(h), B(sig))
 	}
 
 	// RFC 4231 test cases 1, 2 and 6 (and RFC 2202's first for SHA-1).
@@ -745,12 +741,12 @@ func TestMACKnownAnswers(t *testing.T) {
 	}
 
 	// The size query on C_Sign keeps the operation and its MAC.
-	cl.must(ck.CKR_OK, "C_SignInit", U(h), mechArg(ck.CKM_SHA256_HMAC), U(jefe))
-	if q := cl.must(ck.CKR_OK, "C_Sign", U(h), B(what), SizeQuery()); q[2].Length != 32 {
+	cl.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_SHA256_HMAC), U(jefe))
+	if q := cl.Must(ck.CKR_OK, "C_Sign", U(h), B(what), SizeQuery()); q[2].Length != 32 {
 		t.Fatalf("HMAC size query: %d", q[2].Length)
 	}
-	cl.must(ck.CKR_BUFFER_TOO_SMALL, "C_Sign", U(h), B(what), Out(31))
-	if got := bytes.Clone(cl.must(ck.CKR_OK, "C_Sign", U(h), B(what), Out(32))[2].Bytes); !bytes.Equal(got, hx("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")) {
+	cl.Must(ck.CKR_BUFFER_TOO_SMALL, "C_Sign", U(h), B(what), Out(31))
+	if got := bytes.Clone(cl.Must(ck.CKR_OK, "C_Sign", U(h), B(what), Out(32))[2].Bytes); !bytes.Equal(got, hx("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")) {
 		t.Fatalf("HMAC after the size query: %x", got)
 	}
 }
