@@ -85,7 +85,7 @@ func TestHistogramTwoSpikes(t *testing.T) {
 	for _, c := range []struct {
 		q    float64
 		want time.Duration
-	}{{0.01, fast}, {0.5, fast}, {0.9, fast}, {0.901, slow}, {0.99, slow}, {1, slow}} {
+	}{{q: 0.01, want: fast}, {q: 0.5, want: fast}, {q: 0.9, want: fast}, {q: 0.901, want: slow}, {q: 0.99, want: slow}, {q: 1, want: slow}} {
 		if got := h.Quantile(c.q); relErr(got, c.want) > histTol {
 			t.Errorf("Quantile(%v) = %v, want %v", c.q, got, c.want)
 		}

@@ -130,8 +130,8 @@ func TestHotpathQuick(t *testing.T) {
 		versus string
 		floor  float64
 	}{
-		HotpathOpenWarm: {"floor-gcm", byName[HotpathFloorGCM].NsPerOp},
-		HotpathOpenCold: {"floor-gcm+floor-sqlite", byName[HotpathFloorGCM].NsPerOp + byName[HotpathFloorSQLite].NsPerOp},
+		HotpathOpenWarm: {versus: "floor-gcm", floor: byName[HotpathFloorGCM].NsPerOp},
+		HotpathOpenCold: {versus: "floor-gcm+floor-sqlite", floor: byName[HotpathFloorGCM].NsPerOp + byName[HotpathFloorSQLite].NsPerOp},
 	}
 	for _, r := range rs {
 		w, ok := ratios[r.Name]
@@ -227,7 +227,7 @@ func TestHotpathMedian(t *testing.T) {
 	for _, c := range []struct {
 		in   []float64
 		want float64
-	}{{[]float64{3}, 3}, {[]float64{5, 1, 3}, 3}, {[]float64{4, 1, 3, 2}, 2.5}} {
+	}{{in: []float64{3}, want: 3}, {in: []float64{5, 1, 3}, want: 3}, {in: []float64{4, 1, 3, 2}, want: 2.5}} {
 		if got := median(c.in); got != c.want {
 			t.Errorf("median(%v) = %v, want %v", c.in, got, c.want)
 		}

@@ -110,10 +110,10 @@ func TestFmtDuration(t *testing.T) {
 		d    time.Duration
 		want string
 	}{
-		{0, "0ns"}, {812, "812ns"}, {999, "999ns"}, {1000, "1.00us"},
-		{1234, "1.23us"}, {9999, "10.0us"}, {45678, "45.7us"},
-		{999499, "999us"}, {999500, "1.00ms"}, {1234567890, "1.23s"},
-		{time.Hour, "3600s"},
+		{d: 0, want: "0ns"}, {d: 812, want: "812ns"}, {d: 999, want: "999ns"}, {d: 1000, want: "1.00us"},
+		{d: 1234, want: "1.23us"}, {d: 9999, want: "10.0us"}, {d: 45678, want: "45.7us"},
+		{d: 999499, want: "999us"}, {d: 999500, want: "1.00ms"}, {d: 1234567890, want: "1.23s"},
+		{d: time.Hour, want: "3600s"},
 	} {
 		if got := fmtDuration(c.d); got != c.want {
 			t.Errorf("fmtDuration(%d) = %q, want %q", c.d, got, c.want)
@@ -122,7 +122,7 @@ func TestFmtDuration(t *testing.T) {
 	for _, c := range []struct {
 		x    float64
 		want string
-	}{{0.5, "0.50"}, {19.4, "19.4"}, {19432, "19.4k"}, {999.6, "1.00k"}, {1.5e6, "1.50M"}} {
+	}{{x: 0.5, want: "0.50"}, {x: 19.4, want: "19.4"}, {x: 19432, want: "19.4k"}, {x: 999.6, want: "1.00k"}, {x: 1.5e6, want: "1.50M"}} {
 		if got := fmtRate(c.x); got != c.want {
 			t.Errorf("fmtRate(%v) = %q, want %q", c.x, got, c.want)
 		}
@@ -134,8 +134,8 @@ func TestMicrosJSON(t *testing.T) {
 		m    Micros
 		want string
 	}{
-		{0, "0"}, {1, "0.001"}, {1500, "1.5"}, {123456, "123.456"},
-		{-1500, "-1.5"}, {Micros(time.Second), "1000000"}, {Micros(time.Hour + 7), "3600000000.007"},
+		{m: 0, want: "0"}, {m: 1, want: "0.001"}, {m: 1500, want: "1.5"}, {m: 123456, want: "123.456"},
+		{m: -1500, want: "-1.5"}, {m: Micros(time.Second), want: "1000000"}, {m: Micros(time.Hour + 7), want: "3600000000.007"},
 	} {
 		b, err := json.Marshal(c.m)
 		if err != nil || string(b) != c.want {

@@ -11,12 +11,12 @@ func TestMedian(t *testing.T) {
 		xs   []float64
 		want float64
 	}{
-		{nil, 0},
-		{[]float64{7}, 7},
-		{[]float64{3, 1, 2}, 2},
-		{[]float64{9, 1, 5, 3, 7}, 5},
-		{[]float64{4, 1}, 2.5},
-		{[]float64{10, 1, 4, 2}, 3},
+		{xs: nil, want: 0},
+		{xs: []float64{7}, want: 7},
+		{xs: []float64{3, 1, 2}, want: 2},
+		{xs: []float64{9, 1, 5, 3, 7}, want: 5},
+		{xs: []float64{4, 1}, want: 2.5},
+		{xs: []float64{10, 1, 4, 2}, want: 3},
 	} {
 		in := slices.Clone(c.xs)
 		if got := median(in); got != c.want {

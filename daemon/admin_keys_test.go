@@ -91,11 +91,11 @@ func TestAdminKeys(t *testing.T) {
 		pub        any
 		objects    int
 	}{
-		{"imp-ec", "", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: ecDER}), &ecKey.PublicKey, 2},
-		{"imp-rsa", "", pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rsaKey)}), &rsaKey.PublicKey, 2},
-		{"imp-ed", "", edDER, edKey.Public(), 2},
-		{"imp-pub", "", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), &rsaKey.PublicKey, 1},
-		{"imp-aes", "aes", make([]byte, 32), nil, 1},
+		{label: "imp-ec", typ: "", material: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: ecDER}), pub: &ecKey.PublicKey, objects: 2},
+		{label: "imp-rsa", typ: "", material: pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rsaKey)}), pub: &rsaKey.PublicKey, objects: 2},
+		{label: "imp-ed", typ: "", material: edDER, pub: edKey.Public(), objects: 2},
+		{label: "imp-pub", typ: "", material: pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), pub: &rsaKey.PublicKey, objects: 1},
+		{label: "imp-aes", typ: "aes", material: make([]byte, 32), pub: nil, objects: 1},
 	}
 	for _, im := range imports {
 		var keys []adminapi.Key

@@ -131,11 +131,11 @@ func TestAdminTokens(t *testing.T) {
 		args adminapi.TokenCreate
 		want string
 	}{
-		{adminapi.TokenCreate{Label: "vault", Tier: "standard", SOPIN: so}, adminapi.CodeExists},
-		{adminapi.TokenCreate{Label: "x", Tier: "gold", SOPIN: so}, adminapi.CodeBadRequest},
-		{adminapi.TokenCreate{Label: "", Tier: "standard", SOPIN: so}, adminapi.CodeBadRequest},
-		{adminapi.TokenCreate{Label: strings.Repeat("l", 33), Tier: "standard", SOPIN: so}, adminapi.CodeBadRequest},
-		{adminapi.TokenCreate{Label: "x", Tier: "standard", SOPIN: []byte("abc")}, adminapi.CodePINInvalid},
+		{args: adminapi.TokenCreate{Label: "vault", Tier: "standard", SOPIN: so}, want: adminapi.CodeExists},
+		{args: adminapi.TokenCreate{Label: "x", Tier: "gold", SOPIN: so}, want: adminapi.CodeBadRequest},
+		{args: adminapi.TokenCreate{Label: "", Tier: "standard", SOPIN: so}, want: adminapi.CodeBadRequest},
+		{args: adminapi.TokenCreate{Label: strings.Repeat("l", 33), Tier: "standard", SOPIN: so}, want: adminapi.CodeBadRequest},
+		{args: adminapi.TokenCreate{Label: "x", Tier: "standard", SOPIN: []byte("abc")}, want: adminapi.CodePINInvalid},
 	} {
 		if got := code(t, a.Call(adminapi.OpTokenCreate, c.args, nil)); got != c.want {
 			t.Errorf("create %q/%q: %q, want %q", c.args.Label, c.args.Tier, got, c.want)

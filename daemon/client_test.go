@@ -95,5 +95,5 @@ func (d *testDaemon) dialAs(t testing.TB, app [16]byte) *client {
 // dialVersion connects speaking protocol version v.
 func (d *testDaemon) dialVersion(t testing.TB, app [16]byte, v uint16) *client {
 	t.Helper()
-	return &client{wiretest.DialClientAs(t, d.sock, app, v)}
+	return &client{Client: wiretest.DialClientAs(t, d.sock, app, v)}
 }

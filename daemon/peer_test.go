@@ -32,7 +32,7 @@ func peerChild(sock string) int {
 	for _, h := range []struct {
 		name  string
 		flags uint16
-	}{{"pkcs11", 0}, {"admin", wire.FlagAdmin}} {
+	}{{name: "pkcs11", flags: 0}, {name: "admin", flags: wire.FlagAdmin}} {
 		c, err := net.Dial("unix", sock)
 		if err != nil {
 			fmt.Printf("%s=dial-failed ", h.name)

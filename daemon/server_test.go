@@ -71,10 +71,10 @@ func TestBadRequests(t *testing.T) {
 		body []byte
 		want uint64
 	}{
-		{"unknown call", 9999, nil, ck.CKR_FUNCTION_NOT_SUPPORTED},
-		{"local call", init.ID, nil, ck.CKR_FUNCTION_NOT_SUPPORTED},
-		{"truncated arguments", slotList.ID, []byte{1}, ck.CKR_ARGUMENTS_BAD},
-		{"trailing bytes", slotList.ID, []byte{1, 1, 0, 0, 0, 0, 0, 0, 0, 4, 0}, ck.CKR_ARGUMENTS_BAD},
+		{name: "unknown call", call: 9999, body: nil, want: ck.CKR_FUNCTION_NOT_SUPPORTED},
+		{name: "local call", call: init.ID, body: nil, want: ck.CKR_FUNCTION_NOT_SUPPORTED},
+		{name: "truncated arguments", call: slotList.ID, body: []byte{1}, want: ck.CKR_ARGUMENTS_BAD},
+		{name: "trailing bytes", call: slotList.ID, body: []byte{1, 1, 0, 0, 0, 0, 0, 0, 0, 4, 0}, want: ck.CKR_ARGUMENTS_BAD},
 	} {
 		if rep := send(tc.call, tc.body); rep.RV != tc.want || rep.HasResults {
 			t.Errorf("%s: rv %#x results %v, want %#x", tc.name, rep.RV, rep.HasResults, tc.want)
@@ -142,25 +142,25 @@ func TestReplyIdleFlag(t *testing.T) {
 		call func() uint64
 		idle bool
 	}{
-		{"C_GetSessionInfo", func() uint64 { rv, _ := cl.Call("C_GetSessionInfo", U(h), None()); return rv }, true},
-		{"C_DigestInit", func() uint64 { rv, _ := cl.Call("C_DigestInit", U(h), sha); return rv }, false},
-		{"C_Digest size query", func() uint64 { rv, _ := cl.Call("C_Digest", U(h), S("abc"), SizeQuery()); return rv }, false},
-		{"C_Digest", func() uint64 { rv, _ := cl.Call("C_Digest", U(h), S("abc"), Out(32)); return rv }, true},
-		{"C_DigestInit again", func() uint64 { rv, _ := cl.Call("C_DigestInit", U(h), sha); return rv }, false},
-		{"C_DigestUpdate", func() uint64 { rv, _ := cl.Call("C_DigestUpdate", U(h), S("abc")); return rv }, false},
-		{"C_DigestFinal", func() uint64 { rv, _ := cl.Call("C_DigestFinal", U(h), Out(32)); return rv }, true},
-		{"C_Digest without an Init", func() uint64 {
+		{name: "C_GetSessionInfo", call: func() uint64 { rv, _ := cl.Call("C_GetSessionInfo", U(h), None()); return rv }, idle: true},
+		{name: "C_DigestInit", call: func() uint64 { rv, _ := cl.Call("C_DigestInit", U(h), sha); return rv }, idle: false},
+		{name: "C_Digest size query", call: func() uint64 { rv, _ := cl.Call("C_Digest", U(h), S("abc"), SizeQuery()); return rv }, idle: false},
+		{name: "C_Digest", call: func() uint64 { rv, _ := cl.Call("C_Digest", U(h), S("abc"), Out(32)); return rv }, idle: true},
+		{name: "C_DigestInit again", call: func() uint64 { rv, _ := cl.Call("C_DigestInit", U(h), sha); return rv }, idle: false},
+		{name: "C_DigestUpdate", call: func() uint64 { rv, _ := cl.Call("C_DigestUpdate", U(h), S("abc")); return rv }, idle: false},
+		{name: "C_DigestFinal", call: func() uint64 { rv, _ := cl.Call("C_DigestFinal", U(h), Out(32)); return rv }, idle: true},
+		{name: "C_Digest without an Init", call: func() uint64 {
 			if rv, _ := cl.Call("C_Digest", U(h), S("abc"), Out(32)); rv != ck.CKR_OPERATION_NOT_INITIALIZED {
 				return rv
 			}
 			return ck.CKR_OK
-		}, true},
-		{"C_GetSessionInfo on no session", func() uint64 {
+		}, idle: true},
+		{name: "C_GetSessionInfo on no session", call: func() uint64 {
 			if rv, _ := cl.Call("C_GetSessionInfo", U(h+100), None()); rv != ck.CKR_SESSION_HANDLE_INVALID {
 				return rv
 			}
 			return ck.CKR_OK
-		}, false},
+		}, idle: false},
 	}
 	for _, s := range steps {
 		if rv := s.call(); rv != ck.CKR_OK || cl.Idle != s.idle {

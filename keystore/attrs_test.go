@@ -9,9 +9,9 @@ import (
 func TestAttributesCanonical(t *testing.T) {
 	t.Parallel()
 	a, err := NewAttributes(
-		Attribute{AttrLabel, []byte("k")},
-		Attribute{AttrClass, Ulong(4)},
-		Attribute{AttrID, []byte{}},
+		Attribute{Type: AttrLabel, Value: []byte("k")},
+		Attribute{Type: AttrClass, Value: Ulong(4)},
+		Attribute{Type: AttrID, Value: []byte{}},
 	)
 	if err != nil {
 		t.Fatal(err)
@@ -27,7 +27,7 @@ func TestAttributesCanonical(t *testing.T) {
 	if !a.Equal(b) || !bytes.Equal(b.Encode(), enc) {
 		t.Fatal("round trip changed the attributes")
 	}
-	if _, err := NewAttributes(Attribute{1, nil}, Attribute{1, nil}); err == nil {
+	if _, err := NewAttributes(Attribute{Type: 1, Value: nil}, Attribute{Type: 1, Value: nil}); err == nil {
 		t.Fatal("duplicate type accepted")
 	}
 }
@@ -45,15 +45,15 @@ func TestDecodeAttributesRejects(t *testing.T) {
 		name string
 		b    []byte
 	}{
-		{"empty", nil},
-		{"short count", []byte{0, 0}},
-		{"count beyond data", count(3)},
-		{"huge count", count(1 << 31)},
-		{"unsorted", cat(count(2), one(3, nil), one(1, nil))},
-		{"duplicate", cat(count(2), one(1, nil), one(1, nil))},
-		{"trailing", cat(count(1), one(1, nil), []byte{0})},
-		{"length beyond data", cat(count(1), one(1, nil)[:8], []byte{0, 0, 0, 9})},
-		{"huge length", cat(count(1), one(1, nil)[:8], []byte{0xff, 0xff, 0xff, 0xff})},
+		{name: "empty", b: nil},
+		{name: "short count", b: []byte{0, 0}},
+		{name: "count beyond data", b: count(3)},
+		{name: "huge count", b: count(1 << 31)},
+		{name: "unsorted", b: cat(count(2), one(3, nil), one(1, nil))},
+		{name: "duplicate", b: cat(count(2), one(1, nil), one(1, nil))},
+		{name: "trailing", b: cat(count(1), one(1, nil), []byte{0})},
+		{name: "length beyond data", b: cat(count(1), one(1, nil)[:8], []byte{0, 0, 0, 9})},
+		{name: "huge length", b: cat(count(1), one(1, nil)[:8], []byte{0xff, 0xff, 0xff, 0xff})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := DecodeAttributes(tc.b); err == nil {
@@ -66,9 +66,9 @@ func TestDecodeAttributesRejects(t *testing.T) {
 func TestAttributeAccessors(t *testing.T) {
 	t.Parallel()
 	a, _ := NewAttributes(
-		Attribute{AttrClass, Ulong(3)},
-		Attribute{AttrPrivate, Bool(false)},
-		Attribute{AttrKeyType, []byte{1, 2}},
+		Attribute{Type: AttrClass, Value: Ulong(3)},
+		Attribute{Type: AttrPrivate, Value: Bool(false)},
+		Attribute{Type: AttrKeyType, Value: []byte{1, 2}},
 	)
 	if v, ok, err := a.Ulong(AttrClass); v != 3 || !ok || err != nil {
 		t.Fatalf("Ulong = %d %v %v", v, ok, err)
@@ -88,7 +88,7 @@ func TestAttributeAccessors(t *testing.T) {
 // byte: there is exactly one encoding of a set of attributes, which is what
 // makes its hash a binding.
 func FuzzDecodeAttributes(f *testing.F) {
-	a, _ := NewAttributes(Attribute{AttrClass, Ulong(4)}, Attribute{AttrLabel, []byte("key")})
+	a, _ := NewAttributes(Attribute{Type: AttrClass, Value: Ulong(4)}, Attribute{Type: AttrLabel, Value: []byte("key")})
 	f.Add(a.Encode())
 	f.Add([]byte{0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -50,35 +50,35 @@ func TestAuditVerifyCatchesTampering(t *testing.T) {
 		badSeq int64
 		want   string
 	}{
-		{"edited event", func(t *testing.T, db *sql.DB) {
+		{name: "edited event", edit: func(t *testing.T, db *sql.DB) {
 			execSQL(t, db, "UPDATE audit_log SET event = 'logout' WHERE seq = 3")
-		}, 3, "record 3 was edited"},
-		{"edited detail", func(t *testing.T, db *sql.DB) {
+		}, badSeq: 3, want: "record 3 was edited"},
+		{name: "edited detail", edit: func(t *testing.T, db *sql.DB) {
 			execSQL(t, db, `UPDATE audit_log SET detail = '{"n":"99"}' WHERE seq = 2`)
-		}, 2, "record 2 was edited"},
-		{"edited time", func(t *testing.T, db *sql.DB) {
+		}, badSeq: 2, want: "record 2 was edited"},
+		{name: "edited time", edit: func(t *testing.T, db *sql.DB) {
 			execSQL(t, db, "UPDATE audit_log SET time = time + 1 WHERE seq = 4")
-		}, 4, "record 4 was edited"},
-		{"deleted", func(t *testing.T, db *sql.DB) {
+		}, badSeq: 4, want: "record 4 was edited"},
+		{name: "deleted", edit: func(t *testing.T, db *sql.DB) {
 			execSQL(t, db, "DELETE FROM audit_log WHERE seq = 3")
-		}, 4, "3 to 3 are missing before record 4"},
-		{"deleted first", func(t *testing.T, db *sql.DB) {
+		}, badSeq: 4, want: "3 to 3 are missing before record 4"},
+		{name: "deleted first", edit: func(t *testing.T, db *sql.DB) {
 			execSQL(t, db, "DELETE FROM audit_log WHERE seq = 1")
-		}, 2, "1 to 1 are missing"},
-		{"deleted and renumbered", func(t *testing.T, db *sql.DB) {
+		}, badSeq: 2, want: "1 to 1 are missing"},
+		{name: "deleted and renumbered", edit: func(t *testing.T, db *sql.DB) {
 			execSQL(t, db, "DELETE FROM audit_log WHERE seq = 2")
 			for _, q := range []string{"UPDATE audit_log SET seq = 2 WHERE seq = 3", "UPDATE audit_log SET seq = 3 WHERE seq = 4", "UPDATE audit_log SET seq = 4 WHERE seq = 5"} {
 				execSQL(t, db, q)
 			}
-		}, 2, "a record was deleted before record 2"},
-		{"reordered", func(t *testing.T, db *sql.DB) {
+		}, badSeq: 2, want: "a record was deleted before record 2"},
+		{name: "reordered", edit: func(t *testing.T, db *sql.DB) {
 			execSQL(t, db, "UPDATE audit_log SET seq = 100 WHERE seq = 2")
 			execSQL(t, db, "UPDATE audit_log SET seq = 2 WHERE seq = 3")
 			execSQL(t, db, "UPDATE audit_log SET seq = 3 WHERE seq = 100")
-		}, 2, "reordered: record 2 belongs after record 3"},
-		{"tail deleted", func(t *testing.T, db *sql.DB) {
+		}, badSeq: 2, want: "reordered: record 2 belongs after record 3"},
+		{name: "tail deleted", edit: func(t *testing.T, db *sql.DB) {
 			execSQL(t, db, "DELETE FROM audit_log WHERE seq >= 4")
-		}, 3, "records 4 to 5, written by this daemon, are missing from the end"},
+		}, badSeq: 3, want: "records 4 to 5, written by this daemon, are missing from the end"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

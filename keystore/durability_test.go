@@ -70,9 +70,9 @@ func durabilityChild() int {
 	}
 	for i := 0; ; i++ {
 		attrs, err := NewAttributes(
-			Attribute{AttrClass, Ulong(4)},
-			Attribute{AttrPrivate, Bool(i%2 == 0)},
-			Attribute{AttrLabel, []byte(strconv.Itoa(i))},
+			Attribute{Type: AttrClass, Value: Ulong(4)},
+			Attribute{Type: AttrPrivate, Value: Bool(i%2 == 0)},
+			Attribute{Type: AttrLabel, Value: []byte(strconv.Itoa(i))},
 		)
 		if err != nil {
 			return fail(err)

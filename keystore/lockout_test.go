@@ -47,12 +47,12 @@ func TestLockout(t *testing.T) {
 func TestTamperTokenRow(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct{ name, set string }{
-		{"tier", "tier = 2"},
-		{"label", "label = 'evil'"},
-		{"failure counter", "user_failures = 0"},
-		{"swap PIN records", "so_pin = user_pin, user_pin = so_pin"},
-		{"drop user PIN", "user_pin = NULL"},
-		{"data generation", "dk_generation = 2"},
+		{name: "tier", set: "tier = 2"},
+		{name: "label", set: "label = 'evil'"},
+		{name: "failure counter", set: "user_failures = 0"},
+		{name: "swap PIN records", set: "so_pin = user_pin, user_pin = so_pin"},
+		{name: "drop user PIN", set: "user_pin = NULL"},
+		{name: "data generation", set: "dk_generation = 2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -107,12 +107,12 @@ func TestPutRefusesNonCanonical(t *testing.T) {
 	t.Parallel()
 	s, _ := newStore(t, Options{})
 	ti := newToken(t, s, "canon")
-	unsorted := Attributes{{AttrLabel, []byte("x")}, {AttrClass, Ulong(4)}, {AttrPrivate, Bool(false)}}
+	unsorted := Attributes{{Type: AttrLabel, Value: []byte("x")}, {Type: AttrClass, Value: Ulong(4)}, {Type: AttrPrivate, Value: Bool(false)}}
 	if _, err := s.Put(ctx, ti.UUID, unsorted, []byte("secret")); err == nil {
 		t.Fatal("unsorted attributes accepted")
 	}
 	// An empty label is a label: Find must still work after storing it.
-	a, _ := NewAttributes(Attribute{AttrClass, Ulong(0)}, Attribute{AttrPrivate, Bool(false)}, Attribute{AttrLabel, nil})
+	a, _ := NewAttributes(Attribute{Type: AttrClass, Value: Ulong(0)}, Attribute{Type: AttrPrivate, Value: Bool(false)}, Attribute{Type: AttrLabel, Value: nil})
 	obj, err := s.Put(ctx, ti.UUID, a, []byte("v"))
 	if err != nil {
 		t.Fatal(err)

@@ -149,7 +149,7 @@ func TestRotateMaster(t *testing.T) {
 	for _, r := range []struct {
 		role Role
 		pin  []byte
-	}{{RoleUser, userPIN}, {RoleSO, soPIN}} {
+	}{{role: RoleUser, pin: userPIN}, {role: RoleSO, pin: soPIN}} {
 		if err := s2.Login(ctx, ti.UUID, r.role, r.pin); err != nil {
 			t.Fatalf("login as %v after the rotation: %v", r.role, err)
 		}

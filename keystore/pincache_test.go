@@ -77,7 +77,7 @@ func TestPINCacheExpiresAndCanBeOff(t *testing.T) {
 	for _, c := range []struct {
 		ttl  time.Duration
 		want int64
-	}{{time.Nanosecond, 3}, {-1, 3}, {time.Hour, 1}} {
+	}{{ttl: time.Nanosecond, want: 3}, {ttl: -1, want: 3}, {ttl: time.Hour, want: 1}} {
 		s, _ := newStore(t, Options{PINCacheTTL: c.ttl})
 		ti := newToken(t, s, "ttl")
 		n := countStretches(t)

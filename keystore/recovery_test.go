@@ -65,7 +65,7 @@ func TestRecoveryIntoNewTPM(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			objs = append(objs, stored{obj.ID, ti.UUID, secret})
+			objs = append(objs, stored{id: obj.ID, token: ti.UUID, secret: secret})
 		}
 	}
 	s.Close()

@@ -93,7 +93,7 @@ func TestRotateDataKey(t *testing.T) {
 	for _, pin := range []struct {
 		role Role
 		pin  []byte
-	}{{RoleSO, soPIN}, {RoleUser, userPIN}} {
+	}{{role: RoleSO, pin: soPIN}, {role: RoleUser, pin: userPIN}} {
 		if err := s2.Login(ctx, ti.UUID, pin.role, pin.pin); err != nil {
 			t.Fatalf("login as %v after rotation: %v", pin.role, err)
 		}

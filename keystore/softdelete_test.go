@@ -100,7 +100,7 @@ func TestPurgeProtection(t *testing.T) {
 	for _, c := range []struct {
 		days *int
 		prot *bool
-	}{{nil, &off}, {&thirty, nil}} {
+	}{{days: nil, prot: &off}, {days: &thirty, prot: nil}} {
 		if err := s.SetPolicy(ctx, ti.UUID, c.days, c.prot); !isPolicy(err) {
 			t.Fatalf("loosening protection: %v", err)
 		}

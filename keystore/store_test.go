@@ -28,14 +28,14 @@ func newToken(t testing.TB, s *Store, label string) TokenInfo {
 func keyAttrs(t testing.TB, label string, private bool) Attributes {
 	t.Helper()
 	a, err := NewAttributes(
-		Attribute{AttrClass, Ulong(4)},      // CKO_SECRET_KEY
-		Attribute{AttrKeyType, Ulong(0x1f)}, // CKK_AES
-		Attribute{AttrToken, Bool(true)},
-		Attribute{AttrPrivate, Bool(private)},
-		Attribute{AttrLabel, []byte(label)},
-		Attribute{AttrID, []byte{1, 2, 3}},
-		Attribute{0x162, Bool(true)}, // CKA_EXTRACTABLE
-		Attribute{0x103, Bool(true)}, // CKA_SENSITIVE
+		Attribute{Type: AttrClass, Value: Ulong(4)},      // CKO_SECRET_KEY
+		Attribute{Type: AttrKeyType, Value: Ulong(0x1f)}, // CKK_AES
+		Attribute{Type: AttrToken, Value: Bool(true)},
+		Attribute{Type: AttrPrivate, Value: Bool(private)},
+		Attribute{Type: AttrLabel, Value: []byte(label)},
+		Attribute{Type: AttrID, Value: []byte{1, 2, 3}},
+		Attribute{Type: 0x162, Value: Bool(true)}, // CKA_EXTRACTABLE
+		Attribute{Type: 0x103, Value: Bool(true)}, // CKA_SENSITIVE
 	)
 	if err != nil {
 		t.Fatal(err)
@@ -207,12 +207,12 @@ func TestObjects(t *testing.T) {
 		f    Filter
 		want []ObjectID
 	}{
-		{"all public", Filter{}, []ObjectID{pub.ID, tagged.ID}},
-		{"all", Filter{IncludePrivate: true}, []ObjectID{pub.ID, priv.ID, tagged.ID}},
-		{"label", Filter{Label: []byte("priv"), IncludePrivate: true}, []ObjectID{priv.ID}},
-		{"label hidden", Filter{Label: []byte("priv")}, nil},
-		{"class and id", Filter{Class: &class, ID: []byte{1, 2, 3}}, []ObjectID{pub.ID, tagged.ID}},
-		{"no match", Filter{ID: []byte{9}}, nil},
+		{name: "all public", f: Filter{}, want: []ObjectID{pub.ID, tagged.ID}},
+		{name: "all", f: Filter{IncludePrivate: true}, want: []ObjectID{pub.ID, priv.ID, tagged.ID}},
+		{name: "label", f: Filter{Label: []byte("priv"), IncludePrivate: true}, want: []ObjectID{priv.ID}},
+		{name: "label hidden", f: Filter{Label: []byte("priv")}, want: nil},
+		{name: "class and id", f: Filter{Class: &class, ID: []byte{1, 2, 3}}, want: []ObjectID{pub.ID, tagged.ID}},
+		{name: "no match", f: Filter{ID: []byte{9}}, want: nil},
 	} {
 		got, err := s.Find(ctx, ti.UUID, tc.f)
 		if err != nil {

@@ -82,61 +82,61 @@ func TestTamper(t *testing.T) {
 		edit   func(t *testing.T, f fixture)
 		victim func(f fixture) ObjectID
 	}{
-		{"flip CKA_EXTRACTABLE of sealed key", func(t *testing.T, f fixture) { editAttr(t, f.db, f.priv, 0x162, Bool(false)) }, func(f fixture) ObjectID { return f.priv }},
-		{"flip CKA_SENSITIVE of public key", func(t *testing.T, f fixture) { editAttr(t, f.db, f.pub, 0x103, Bool(false)) }, func(f fixture) ObjectID { return f.pub }},
-		{"flip attribute of tagged object", func(t *testing.T, f fixture) { editAttr(t, f.db, f.tag, 0x162, Bool(false)) }, func(f fixture) ObjectID { return f.tag }},
-		{"relabel in attrs and column", func(t *testing.T, f fixture) {
+		{name: "flip CKA_EXTRACTABLE of sealed key", edit: func(t *testing.T, f fixture) { editAttr(t, f.db, f.priv, 0x162, Bool(false)) }, victim: func(f fixture) ObjectID { return f.priv }},
+		{name: "flip CKA_SENSITIVE of public key", edit: func(t *testing.T, f fixture) { editAttr(t, f.db, f.pub, 0x103, Bool(false)) }, victim: func(f fixture) ObjectID { return f.pub }},
+		{name: "flip attribute of tagged object", edit: func(t *testing.T, f fixture) { editAttr(t, f.db, f.tag, 0x162, Bool(false)) }, victim: func(f fixture) ObjectID { return f.tag }},
+		{name: "relabel in attrs and column", edit: func(t *testing.T, f fixture) {
 			editAttr(t, f.db, f.pub, AttrLabel, []byte("evil"))
 			execSQL(t, f.db, "UPDATE objects SET label = ? WHERE id = ?", []byte("evil"), int64(f.pub))
-		}, func(f fixture) ObjectID { return f.pub }},
-		{"make private object public", func(t *testing.T, f fixture) {
+		}, victim: func(f fixture) ObjectID { return f.pub }},
+		{name: "make private object public", edit: func(t *testing.T, f fixture) {
 			editAttr(t, f.db, f.priv, AttrPrivate, Bool(false))
 			execSQL(t, f.db, "UPDATE objects SET private = 0 WHERE id = ?", int64(f.priv))
-		}, func(f fixture) ObjectID { return f.priv }},
-		{"swap blobs between objects", func(t *testing.T, f fixture) {
+		}, victim: func(f fixture) ObjectID { return f.priv }},
+		{name: "swap blobs between objects", edit: func(t *testing.T, f fixture) {
 			_, _, twin := getRecord(t, f.db, f.pubTwin)
 			editSealed(t, f.db, f.pub, func([]byte) []byte { return twin })
-		}, func(f fixture) ObjectID { return f.pub }},
-		{"swap blobs between tokens", func(t *testing.T, f fixture) {
+		}, victim: func(f fixture) ObjectID { return f.pub }},
+		{name: "swap blobs between tokens", edit: func(t *testing.T, f fixture) {
 			_, _, other := getRecord(t, f.db, f.other)
 			editSealed(t, f.db, f.pub, func([]byte) []byte { return other })
-		}, func(f fixture) ObjectID { return f.pub }},
-		{"move object to other token", func(t *testing.T, f fixture) {
+		}, victim: func(f fixture) ObjectID { return f.pub }},
+		{name: "move object to other token", edit: func(t *testing.T, f fixture) {
 			execSQL(t, f.db, "UPDATE objects SET token_id = (SELECT token_id FROM objects WHERE id = ?) WHERE id = ?", int64(f.other), int64(f.pub))
-		}, func(f fixture) ObjectID { return f.pub }},
-		{"swap uuid", func(t *testing.T, f fixture) {
+		}, victim: func(f fixture) ObjectID { return f.pub }},
+		{name: "swap uuid", edit: func(t *testing.T, f fixture) {
 			twin, _, _ := getRecord(t, f.db, f.pubTwin)
 			_, attrs, sealed := getRecord(t, f.db, f.pub)
 			setRecord(t, f.db, f.pub, twin, attrs, sealed)
-		}, func(f fixture) ObjectID { return f.pub }},
-		{"truncate blob", func(t *testing.T, f fixture) {
+		}, victim: func(f fixture) ObjectID { return f.pub }},
+		{name: "truncate blob", edit: func(t *testing.T, f fixture) {
 			editSealed(t, f.db, f.priv, func(b []byte) []byte { return b[:len(b)-1] })
-		}, func(f fixture) ObjectID { return f.priv }},
-		{"truncate to header", func(t *testing.T, f fixture) {
+		}, victim: func(f fixture) ObjectID { return f.priv }},
+		{name: "truncate to header", edit: func(t *testing.T, f fixture) {
 			editSealed(t, f.db, f.priv, func(b []byte) []byte { return b[:sealHeaderLen] })
-		}, func(f fixture) ObjectID { return f.priv }},
-		{"truncate record", func(t *testing.T, f fixture) {
+		}, victim: func(f fixture) ObjectID { return f.priv }},
+		{name: "truncate record", edit: func(t *testing.T, f fixture) {
 			execSQL(t, f.db, "UPDATE objects SET record = substr(record, 1, 19) WHERE id = ?", int64(f.priv))
-		}, func(f fixture) ObjectID { return f.priv }},
-		{"attribute length beyond record", func(t *testing.T, f fixture) {
+		}, victim: func(f fixture) ObjectID { return f.priv }},
+		{name: "attribute length beyond record", edit: func(t *testing.T, f fixture) {
 			u, attrs, _ := getRecord(t, f.db, f.pub)
 			execSQL(t, f.db, "UPDATE objects SET record = ? WHERE id = ?", record(u, attrs, nil)[:20+len(attrs)-1], int64(f.pub))
-		}, func(f fixture) ObjectID { return f.pub }},
-		{"version byte", func(t *testing.T, f fixture) {
+		}, victim: func(f fixture) ObjectID { return f.pub }},
+		{name: "version byte", edit: func(t *testing.T, f fixture) {
 			editSealed(t, f.db, f.pub, func(b []byte) []byte { b[0] = 2; return b })
-		}, func(f fixture) ObjectID { return f.pub }},
-		{"kind byte", func(t *testing.T, f fixture) {
+		}, victim: func(f fixture) ObjectID { return f.pub }},
+		{name: "kind byte", edit: func(t *testing.T, f fixture) {
 			editSealed(t, f.db, f.priv, func(b []byte) []byte { b[1] = kindKEK; return b })
-		}, func(f fixture) ObjectID { return f.priv }},
-		{"generation", func(t *testing.T, f fixture) {
+		}, victim: func(f fixture) ObjectID { return f.priv }},
+		{name: "generation", edit: func(t *testing.T, f fixture) {
 			editSealed(t, f.db, f.tag, func(b []byte) []byte { b[5] ^= 1; return b })
-		}, func(f fixture) ObjectID { return f.tag }},
-		{"ciphertext bit", func(t *testing.T, f fixture) {
+		}, victim: func(f fixture) ObjectID { return f.tag }},
+		{name: "ciphertext bit", edit: func(t *testing.T, f fixture) {
 			editSealed(t, f.db, f.pub, func(b []byte) []byte { b[len(b)-20] ^= 0x80; return b })
-		}, func(f fixture) ObjectID { return f.pub }},
-		{"token tier", func(t *testing.T, f fixture) {
+		}, victim: func(f fixture) ObjectID { return f.pub }},
+		{name: "token tier", edit: func(t *testing.T, f fixture) {
 			execSQL(t, f.db, "UPDATE tokens SET tier = ? WHERE id = (SELECT token_id FROM objects WHERE id = ?)", int(TierPremium), int64(f.pub))
-		}, func(f fixture) ObjectID { return f.pub }},
+		}, victim: func(f fixture) ObjectID { return f.pub }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -203,11 +203,11 @@ func TestTamperIndexColumns(t *testing.T) {
 		arg       any
 		private   bool
 	}{
-		{"label", "label = ?", []byte("evil"), false},
-		{"CKA_ID", "ckaid = ?", []byte{9}, false},
-		{"class", "class = ?", 3, false},
-		{"key type", "key_type = NULL", nil, false},
-		{"private", "private = 0", nil, true},
+		{name: "label", set: "label = ?", arg: []byte("evil"), private: false},
+		{name: "CKA_ID", set: "ckaid = ?", arg: []byte{9}, private: false},
+		{name: "class", set: "class = ?", arg: 3, private: false},
+		{name: "key type", set: "key_type = NULL", arg: nil, private: false},
+		{name: "private", set: "private = 0", arg: nil, private: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -273,12 +273,12 @@ func FuzzOpenMutatedBlob(f *testing.F) {
 	for _, c := range []struct {
 		private bool
 		secret  []byte
-	}{{false, []byte("public secret")}, {true, []byte("private secret")}, {false, nil}} {
+	}{{private: false, secret: []byte("public secret")}, {private: true, secret: []byte("private secret")}, {private: false, secret: nil}} {
 		blob, err := sl.seal(obj, c.private, attrs, c.secret)
 		if err != nil {
 			f.Fatal(err)
 		}
-		origs = append(origs, orig{c.private, blob})
+		origs = append(origs, orig{private: c.private, blob: blob})
 		f.Add(c.private, blob, attrs)
 	}
 	f.Fuzz(func(t *testing.T, private bool, blob, a []byte) {

@@ -162,11 +162,11 @@ func TestBenchHarnessErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"bench", "--module", a.module, "--op", "teleport"}, "unknown op"},
-		{[]string{"bench", "--module", a.module, "--token", "nosuch"}, "--setup"},
-		{[]string{"bench"}, "no module"},
-		{[]string{"bench", "--module", "/nonexistent.so"}, "nonexistent"},
-		{[]string{"bench", "--module", a.module, "--concurrency", "1,x"}, "--concurrency"},
+		{args: []string{"bench", "--module", a.module, "--op", "teleport"}, want: "unknown op"},
+		{args: []string{"bench", "--module", a.module, "--token", "nosuch"}, want: "--setup"},
+		{args: []string{"bench"}, want: "no module"},
+		{args: []string{"bench", "--module", "/nonexistent.so"}, want: "nonexistent"},
+		{args: []string{"bench", "--module", a.module, "--concurrency", "1,x"}, want: "--concurrency"},
 	} {
 		cmd := exec.Command(a.daemon, c.args...)
 		cmd.Env = d.env()

@@ -139,9 +139,9 @@ func clientExec(t *testing.T, o execOpts, tool string, args ...string) execResul
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
-		return execResult{stdout.String(), stderr.String(), out.String(), 0}
+		return execResult{stdout: stdout.String(), stderr: stderr.String(), mixed: out.String(), code: 0}
 	case errors.As(err, &ee) && ee.Exited():
-		return execResult{stdout.String(), stderr.String(), out.String(), ee.ExitCode()}
+		return execResult{stdout: stdout.String(), stderr: stderr.String(), mixed: out.String(), code: ee.ExitCode()}
 	}
 	t.Fatalf("%s: %v\n%s", cmdline(tool, args...), err, out.String())
 	return execResult{}
@@ -318,8 +318,8 @@ func (c *clientToken) publicKey(t *testing.T, id string) (crypto.PublicKey, stri
 
 // clientKeys are the token's two key pairs.
 var clientKeys = []struct{ name, label, id string }{
-	{"EC P-256", "ec", "02"},
-	{"RSA-2048", "rsa", "01"},
+	{name: "EC P-256", label: "ec", id: "02"},
+	{name: "RSA-2048", label: "rsa", id: "01"},
 }
 
 // pkcs11ToolFailure matches what pkcs11-tool prints when a test or a call
@@ -580,9 +580,9 @@ CN = hsmemu
 					enc  func() ([]byte, error)
 					opts []string
 				}{
-					{"PKCS#1 v1.5", func() ([]byte, error) { return rsa.EncryptPKCS1v15(rand.Reader, rsaPub, secret) }, nil},
-					{"OAEP SHA-256", func() ([]byte, error) { return rsa.EncryptOAEP(sha256.New(), rand.Reader, rsaPub, secret, nil) },
-						[]string{"-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256", "-pkeyopt", "rsa_mgf1_md:sha256"}},
+					{name: "PKCS#1 v1.5", enc: func() ([]byte, error) { return rsa.EncryptPKCS1v15(rand.Reader, rsaPub, secret) }, opts: nil},
+					{name: "OAEP SHA-256", enc: func() ([]byte, error) { return rsa.EncryptOAEP(sha256.New(), rand.Reader, rsaPub, secret, nil) },
+						opts: []string{"-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256", "-pkeyopt", "rsa_mgf1_md:sha256"}},
 				} {
 					ct, err := dec.enc()
 					if err != nil {
@@ -623,8 +623,8 @@ CN = hsmemu
 			// A TLS server whose key stays on the token, and clients that
 			// trust only its certificate.
 			handshakes := []tlsCase{
-				{"TLS 1.3", []string{"-tls1_3"}, []string{`(?m)^New, TLSv1\.3, Cipher is TLS_`}},
-				{"TLS 1.2", []string{"-tls1_2"}, []string{`(?m)^New, TLSv1\.2, Cipher is ECDHE-`}},
+				{name: "TLS 1.3", args: []string{"-tls1_3"}, want: []string{`(?m)^New, TLSv1\.3, Cipher is TLS_`}},
+				{name: "TLS 1.2", args: []string{"-tls1_2"}, want: []string{`(?m)^New, TLSv1\.2, Cipher is ECDHE-`}},
 			}
 			if k.label == "ec" {
 				for i := range handshakes {
@@ -635,8 +635,8 @@ CN = hsmemu
 					handshakes[i].want = append(handshakes[i].want, `(?m)^Peer signature type: RSA-PSS$`)
 				}
 				// And PKCS#1 v1.5 signatures, which TLS 1.2 still allows.
-				handshakes = append(handshakes, tlsCase{"TLS 1.2 PKCS#1 v1.5", []string{"-tls1_2", "-sigalgs", "RSA+SHA256"},
-					[]string{`(?m)^New, TLSv1\.2, Cipher is ECDHE-RSA-`, `(?m)^Peer signature type: RSA$`}})
+				handshakes = append(handshakes, tlsCase{name: "TLS 1.2 PKCS#1 v1.5", args: []string{"-tls1_2", "-sigalgs", "RSA+SHA256"},
+					want: []string{`(?m)^New, TLSv1\.2, Cipher is ECDHE-RSA-`, `(?m)^Peer signature type: RSA$`}})
 			}
 			port := opensslServer(t, openssl, o, uri, certPath, len(handshakes))
 			for _, h := range handshakes {
@@ -842,7 +842,7 @@ func TestClientsGnuTLS(t *testing.T) {
 		var objs []object
 		re := regexp.MustCompile(`(?m)^Object \d+:\n\s+URL: (\S+)\n\s+Type: (.*)\n\s+Label: (.*)$`)
 		for _, m := range re.FindAllStringSubmatch(out, -1) {
-			objs = append(objs, object{m[1], m[2], m[3]})
+			objs = append(objs, object{url: m[1], typ: m[2], label: m[3]})
 		}
 		return objs
 	}
@@ -866,12 +866,12 @@ func TestClientsGnuTLS(t *testing.T) {
 		}
 	}
 	public := []object{
-		{"id=%01;object=rsa;type=public", "Public key (RSA-2048)", "rsa"},
-		{"id=%02;object=ec;type=public", "Public key (EC/ECDSA-SECP256R1)", "ec"},
+		{url: "id=%01;object=rsa;type=public", typ: "Public key (RSA-2048)", label: "rsa"},
+		{url: "id=%02;object=ec;type=public", typ: "Public key (EC/ECDSA-SECP256R1)", label: "ec"},
 	}
 	private := []object{
-		{"id=%01;object=rsa;type=private", "Private key (RSA-2048)", "rsa"},
-		{"id=%02;object=ec;type=private", "Private key (EC/ECDSA-SECP256R1)", "ec"},
+		{url: "id=%01;object=rsa;type=private", typ: "Private key (RSA-2048)", label: "rsa"},
+		{url: "id=%02;object=ec;type=private", typ: "Private key (EC/ECDSA-SECP256R1)", label: "ec"},
 	}
 
 	out := mustRun(t, "p11tool --list-all --login", execOpts{env: loginEnv}, p11tool, "--provider", c.a.module,
@@ -881,9 +881,9 @@ func TestClientsGnuTLS(t *testing.T) {
 	wantObjects(t, "p11tool --list-all without login", out, public)
 
 	for _, ts := range []struct{ name, label, params, alg string }{
-		{"EC P-256", "ec", "", "ECDSA-SHA256"},
-		{"RSA-2048", "rsa", "", "RSA-SHA256"},
-		{"RSA-2048 PSS", "rsa", "RSA-PSS", "RSA-PSS-SHA256"},
+		{name: "EC P-256", label: "ec", params: "", alg: "ECDSA-SHA256"},
+		{name: "RSA-2048", label: "rsa", params: "", alg: "RSA-SHA256"},
+		{name: "RSA-2048 PSS", label: "rsa", params: "RSA-PSS", alg: "RSA-PSS-SHA256"},
 	} {
 		t.Run(ts.name, func(t *testing.T) {
 			args := []string{"--provider", c.a.module, "--test-sign", "--login",

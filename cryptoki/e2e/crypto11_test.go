@@ -51,10 +51,10 @@ func TestCrypto11TLS(t *testing.T) {
 		signer  crypto.Signer
 		version uint16
 	}{
-		{"ECDSA P-256 TLS 1.3", ec, tls.VersionTLS13},
-		{"ECDSA P-256 TLS 1.2", ec, tls.VersionTLS12},
-		{"RSA-2048 TLS 1.3 (PSS)", rsaKey, tls.VersionTLS13},
-		{"RSA-2048 TLS 1.2", rsaKey, tls.VersionTLS12},
+		{name: "ECDSA P-256 TLS 1.3", signer: ec, version: tls.VersionTLS13},
+		{name: "ECDSA P-256 TLS 1.2", signer: ec, version: tls.VersionTLS12},
+		{name: "RSA-2048 TLS 1.3 (PSS)", signer: rsaKey, version: tls.VersionTLS13},
+		{name: "RSA-2048 TLS 1.2", signer: rsaKey, version: tls.VersionTLS12},
 	} {
 		t.Run(tc.name, func(t *testing.T) { handshake(t, tc.signer, tc.version) })
 	}

@@ -53,8 +53,8 @@ func TestCProgram(t *testing.T) {
 		name, prog, module string
 		env                []string
 	}{
-		{"normal", "build/e2e", a.module, nil},
-		{"asan", "build/e2e-asan", a.asanModule, []string{
+		{name: "normal", prog: "build/e2e", module: a.module, env: nil},
+		{name: "asan", prog: "build/e2e-asan", module: a.asanModule, env: []string{
 			"ASAN_OPTIONS=detect_leaks=1:abort_on_error=1",
 			"UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1",
 		}},

@@ -204,8 +204,8 @@ func TestDeferredInitThenMutation(t *testing.T) {
 		name   string
 		mutate func(k pkcs11.ObjectHandle) error
 	}{
-		{"destroy", func(k pkcs11.ObjectHandle) error { return p.DestroyObject(b, k) }},
-		{"set attribute", func(k pkcs11.ObjectHandle) error {
+		{name: "destroy", mutate: func(k pkcs11.ObjectHandle) error { return p.DestroyObject(b, k) }},
+		{name: "set attribute", mutate: func(k pkcs11.ObjectHandle) error {
 			return p.SetAttributeValue(b, k, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_SIGN, false)})
 		}},
 	} {
@@ -264,9 +264,9 @@ func TestDeferredInitThenMutation(t *testing.T) {
 		name           string
 		mutate, repair func(k pkcs11.ObjectHandle) error
 	}{
-		{"destroy", func(k pkcs11.ObjectHandle) error { return p.DestroyObject(b, k) }, nil},
-		{"logout", func(pkcs11.ObjectHandle) error { return p.Logout(b) },
-			func(pkcs11.ObjectHandle) error { return p.Login(b, pkcs11.CKU_USER, userPIN) }},
+		{name: "destroy", mutate: func(k pkcs11.ObjectHandle) error { return p.DestroyObject(b, k) }, repair: nil},
+		{name: "logout", mutate: func(pkcs11.ObjectHandle) error { return p.Logout(b) },
+			repair: func(pkcs11.ObjectHandle) error { return p.Login(b, pkcs11.CKU_USER, userPIN) }},
 	} {
 		cold := hmacKey(t, p, a, tc.name+" cold", value)
 		want := initAfter(cold, func() error { return tc.mutate(cold) })

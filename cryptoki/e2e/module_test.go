@@ -260,14 +260,14 @@ func TestModuleObjects(t *testing.T) {
 		set  *pkcs11.Attribute
 		want uint // 0: success
 	}{
-		{"sensitive back to false", key, pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, false), pkcs11.CKR_ATTRIBUTE_READ_ONLY},
-		{"extractable again", key, pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true), pkcs11.CKR_ATTRIBUTE_READ_ONLY},
-		{"never extractable", key, pkcs11.NewAttribute(pkcs11.CKA_NEVER_EXTRACTABLE, true), pkcs11.CKR_ATTRIBUTE_READ_ONLY},
-		{"relabel", key, pkcs11.NewAttribute(pkcs11.CKA_LABEL, "renamed"), 0},
-		{"usage flag", key, pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false), 0},
-		{"key type", key, pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET), pkcs11.CKR_ATTRIBUTE_READ_ONLY},
-		{"data value", secret, pkcs11.NewAttribute(pkcs11.CKA_VALUE, "new value"), 0},
-		{"key attribute on data", secret, pkcs11.NewAttribute(pkcs11.CKA_SIGN, true), pkcs11.CKR_ATTRIBUTE_TYPE_INVALID},
+		{name: "sensitive back to false", obj: key, set: pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, false), want: pkcs11.CKR_ATTRIBUTE_READ_ONLY},
+		{name: "extractable again", obj: key, set: pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true), want: pkcs11.CKR_ATTRIBUTE_READ_ONLY},
+		{name: "never extractable", obj: key, set: pkcs11.NewAttribute(pkcs11.CKA_NEVER_EXTRACTABLE, true), want: pkcs11.CKR_ATTRIBUTE_READ_ONLY},
+		{name: "relabel", obj: key, set: pkcs11.NewAttribute(pkcs11.CKA_LABEL, "renamed"), want: 0},
+		{name: "usage flag", obj: key, set: pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false), want: 0},
+		{name: "key type", obj: key, set: pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET), want: pkcs11.CKR_ATTRIBUTE_READ_ONLY},
+		{name: "data value", obj: secret, set: pkcs11.NewAttribute(pkcs11.CKA_VALUE, "new value"), want: 0},
+		{name: "key attribute on data", obj: secret, set: pkcs11.NewAttribute(pkcs11.CKA_SIGN, true), want: pkcs11.CKR_ATTRIBUTE_TYPE_INVALID},
 	} {
 		err := p.SetAttributeValue(rw, tc.obj, []*pkcs11.Attribute{tc.set})
 		if (tc.want == 0 && err != nil) || (tc.want != 0 && !is(err, tc.want)) {

@@ -96,28 +96,28 @@ func TestArgsRefused(t *testing.T) {
 		call string
 		body []byte
 	}{
-		{"bytes over cap", "C_SeedRandom", cat(session, u32(MaxBytes+1))},
-		{"bytes over input", "C_SeedRandom", cat(session, u32(10), []byte("short"))},
-		{"label short", "C_InitToken", cat(u64(0), u32(nullLen), u32(3), []byte("abc"))},
-		{"label long", "C_InitToken", cat(u64(0), u32(nullLen), u32(33), bytes.Repeat([]byte{' '}, 33))},
-		{"outspec presence 2", "C_Sign", cat(session, u32(0), []byte{2}, u64(32))},
-		{"filled over cap", "C_GenerateRandom", cat(session, u64(MaxBytes+1))},
-		{"template over cap", "C_FindObjectsInit", cat(session, u32(MaxAttrs+1))},
-		{"template count over input", "C_FindObjectsInit", cat(session, u32(MaxAttrs))},
-		{"template NULL marker", "C_FindObjectsInit", cat(session, u32(nullLen))},
-		{"nested presence 2", "C_FindObjectsInit", cat(session, u32(1), u64(ck.CKA_WRAP_TEMPLATE), []byte{2})},
-		{"nested too deep", "C_FindObjectsInit", cat(session, u32(1), u64(ck.CKA_WRAP_TEMPLATE), []byte{1},
+		{name: "bytes over cap", call: "C_SeedRandom", body: cat(session, u32(MaxBytes+1))},
+		{name: "bytes over input", call: "C_SeedRandom", body: cat(session, u32(10), []byte("short"))},
+		{name: "label short", call: "C_InitToken", body: cat(u64(0), u32(nullLen), u32(3), []byte("abc"))},
+		{name: "label long", call: "C_InitToken", body: cat(u64(0), u32(nullLen), u32(33), bytes.Repeat([]byte{' '}, 33))},
+		{name: "outspec presence 2", call: "C_Sign", body: cat(session, u32(0), []byte{2}, u64(32))},
+		{name: "filled over cap", call: "C_GenerateRandom", body: cat(session, u64(MaxBytes+1))},
+		{name: "template over cap", call: "C_FindObjectsInit", body: cat(session, u32(MaxAttrs+1))},
+		{name: "template count over input", call: "C_FindObjectsInit", body: cat(session, u32(MaxAttrs))},
+		{name: "template NULL marker", call: "C_FindObjectsInit", body: cat(session, u32(nullLen))},
+		{name: "nested presence 2", call: "C_FindObjectsInit", body: cat(session, u32(1), u64(ck.CKA_WRAP_TEMPLATE), []byte{2})},
+		{name: "nested too deep", call: "C_FindObjectsInit", body: cat(session, u32(1), u64(ck.CKA_WRAP_TEMPLATE), []byte{1},
 			u32(1), u64(ck.CKA_UNWRAP_TEMPLATE), []byte{0})},
-		{"query over cap", "C_GetAttributeValue", cat(session, u64(2), u32(MaxAttrs+1))},
-		{"query presence 2", "C_GetAttributeValue", cat(session, u64(2), u32(1), u64(ck.CKA_VALUE), []byte{2}, u64(0))},
-		{"mechanism presence 2", "C_DigestInit", cat(session, u64(ck.CKM_SHA256), []byte{2})},
-		{"mechanism empty bytes param", "C_EncryptInit", cat(session, u64(ck.CKM_AES_CBC), []byte{1}, u32(0), u64(2))},
-		{"mechanism NULL bytes param", "C_EncryptInit", cat(session, u64(ck.CKM_AES_CBC), []byte{1}, u32(nullLen), u64(2))},
-		{"unlisted empty param", "C_DigestInit", cat(session, u64(ck.CKM_SHA256), []byte{1}, u32(0))},
-		{"struct truncated", "C_SignInit", cat(session, u64(ck.CKM_RSA_PKCS_PSS), []byte{1}, u64(ck.CKM_SHA256), u64(2))},
-		{"nested struct presence 2", "C_WrapKey", cat(session, u64(ck.CKM_RSA_AES_KEY_WRAP), []byte{1}, u64(256), []byte{2})},
-		{"struct bytes over cap", "C_EncryptInit", cat(session, u64(ck.CKM_AES_GCM), []byte{1}, u32(MaxBytes+1))},
-		{"empty body", "C_CloseSession", nil},
+		{name: "query over cap", call: "C_GetAttributeValue", body: cat(session, u64(2), u32(MaxAttrs+1))},
+		{name: "query presence 2", call: "C_GetAttributeValue", body: cat(session, u64(2), u32(1), u64(ck.CKA_VALUE), []byte{2}, u64(0))},
+		{name: "mechanism presence 2", call: "C_DigestInit", body: cat(session, u64(ck.CKM_SHA256), []byte{2})},
+		{name: "mechanism empty bytes param", call: "C_EncryptInit", body: cat(session, u64(ck.CKM_AES_CBC), []byte{1}, u32(0), u64(2))},
+		{name: "mechanism NULL bytes param", call: "C_EncryptInit", body: cat(session, u64(ck.CKM_AES_CBC), []byte{1}, u32(nullLen), u64(2))},
+		{name: "unlisted empty param", call: "C_DigestInit", body: cat(session, u64(ck.CKM_SHA256), []byte{1}, u32(0))},
+		{name: "struct truncated", call: "C_SignInit", body: cat(session, u64(ck.CKM_RSA_PKCS_PSS), []byte{1}, u64(ck.CKM_SHA256), u64(2))},
+		{name: "nested struct presence 2", call: "C_WrapKey", body: cat(session, u64(ck.CKM_RSA_AES_KEY_WRAP), []byte{1}, u64(256), []byte{2})},
+		{name: "struct bytes over cap", call: "C_EncryptInit", body: cat(session, u64(ck.CKM_AES_GCM), []byte{1}, u32(MaxBytes+1))},
+		{name: "empty body", call: "C_CloseSession", body: nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -156,7 +156,7 @@ func TestArgsNullIsNotEmpty(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		pin  Value
-	}{{"null", Value{Null: true}}, {"empty", Value{Bytes: []byte{}}}, {"nil-means-empty", Value{}}} {
+	}{{name: "null", pin: Value{Null: true}}, {name: "empty", pin: Value{Bytes: []byte{}}}, {name: "nil-means-empty", pin: Value{}}} {
 		body, err := EncodeArgs(c, []Value{{Ulong: 1}, {Ulong: 1}, tt.pin})
 		if err != nil {
 			t.Fatal(err)
@@ -246,17 +246,17 @@ func TestEncodeArgsRefuses(t *testing.T) {
 		call string
 		vals []Value
 	}{
-		{"count", "C_CloseSession", []Value{{}, {}}},
-		{"kind", "C_CloseSession", []Value{{Kind: calls.Bytes}}},
-		{"label", "C_InitToken", []Value{{}, {Null: true}, {Bytes: []byte("short")}}},
-		{"nil mechanism", "C_DigestInit", []Value{{}, {}}},
-		{"param of another struct", "C_EncryptInit", []Value{{}, {Mechanism: gcm}, {}}},
-		{"empty bytes param", "C_EncryptInit", []Value{{}, {Mechanism: &Mechanism{Type: ck.CKM_AES_CBC, Present: true, Param: Param{Kind: calls.PBytes}}}, {}}},
-		{"nested too deep", "C_CreateObject", []Value{{}, {Template: nested}, {}}},
-		{"template with bytes", "C_CreateObject", []Value{{}, {Template: []Attribute{{Type: ck.CKA_WRAP_TEMPLATE, Value: []byte{1}}}}, {}}},
-		{"bytes with template", "C_CreateObject", []Value{{}, {Template: []Attribute{{Type: ck.CKA_LABEL, Nested: []Attribute{}}}}, {}}},
-		{"too many attributes", "C_CreateObject", []Value{{}, {Template: make([]Attribute, MaxAttrs+1)}, {}}},
-		{"over a frame", "C_SeedRandom", []Value{{}, {Bytes: make([]byte, MaxFrame-8)}}},
+		{name: "count", call: "C_CloseSession", vals: []Value{{}, {}}},
+		{name: "kind", call: "C_CloseSession", vals: []Value{{Kind: calls.Bytes}}},
+		{name: "label", call: "C_InitToken", vals: []Value{{}, {Null: true}, {Bytes: []byte("short")}}},
+		{name: "nil mechanism", call: "C_DigestInit", vals: []Value{{}, {}}},
+		{name: "param of another struct", call: "C_EncryptInit", vals: []Value{{}, {Mechanism: gcm}, {}}},
+		{name: "empty bytes param", call: "C_EncryptInit", vals: []Value{{}, {Mechanism: &Mechanism{Type: ck.CKM_AES_CBC, Present: true, Param: Param{Kind: calls.PBytes}}}, {}}},
+		{name: "nested too deep", call: "C_CreateObject", vals: []Value{{}, {Template: nested}, {}}},
+		{name: "template with bytes", call: "C_CreateObject", vals: []Value{{}, {Template: []Attribute{{Type: ck.CKA_WRAP_TEMPLATE, Value: []byte{1}}}}, {}}},
+		{name: "bytes with template", call: "C_CreateObject", vals: []Value{{}, {Template: []Attribute{{Type: ck.CKA_LABEL, Nested: []Attribute{}}}}, {}}},
+		{name: "too many attributes", call: "C_CreateObject", vals: []Value{{}, {Template: make([]Attribute, MaxAttrs+1)}, {}}},
+		{name: "over a frame", call: "C_SeedRandom", vals: []Value{{}, {Bytes: make([]byte, MaxFrame-8)}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -25,12 +25,12 @@ var signature = bytes.Repeat([]byte{0x5A}, 64)
 func hotCalls(tb testing.TB) []hotCall {
 	random := bytes.Repeat([]byte{0xA5}, 32)
 	return []hotCall{
-		{"C_GenerateRandom", []Value{{Ulong: 1}, {Ulong: 32}}, func(a *Args, r *Results) uint64 {
+		{name: "C_GenerateRandom", vals: []Value{{Ulong: 1}, {Ulong: 32}}, serve: func(a *Args, r *Results) uint64 {
 			r.Filled(random[:a.Filled(1)])
 			return ck.CKR_OK
 		}},
-		{"C_Sign", []Value{{Ulong: 1}, {Bytes: bytes.Repeat([]byte{1}, 32)}, {Out: OutSpec{true, 64}}},
-			func(a *Args, r *Results) uint64 {
+		{name: "C_Sign", vals: []Value{{Ulong: 1}, {Bytes: bytes.Repeat([]byte{1}, 32)}, {Out: OutSpec{Present: true, Capacity: 64}}},
+			serve: func(a *Args, r *Results) uint64 {
 				data, _ := a.Bytes(1)
 				if len(data) != 32 {
 					panic("data")

@@ -106,16 +106,16 @@ func sampleArg(arg *calls.Arg, variant int) Value {
 	case calls.Mechanism:
 		v.Mechanism = sampleMechanism(variant)
 	case calls.OutBytes, calls.OutUlongs:
-		v.Out = [variants]OutSpec{{true, 256}, {false, 0}, {false, 1<<64 - 1}}[variant]
+		v.Out = [variants]OutSpec{{Present: true, Capacity: 256}, {Present: false, Capacity: 0}, {Present: false, Capacity: 1<<64 - 1}}[variant]
 	case calls.OutHandles:
 		v.Ulong = [variants]uint64{16, 0, 1 << 40}[variant]
 	case calls.OutFilled:
 		v.Ulong = [variants]uint64{32, 0, MaxBytes}[variant]
 	case calls.AttrQuery:
 		v.Query = [variants][]Query{
-			{{ck.CKA_VALUE, true, 32}, {ck.CKA_CLASS, false, 0}, {ck.CKA_LABEL, true, 0}},
+			{{Type: ck.CKA_VALUE, Present: true, Capacity: 32}, {Type: ck.CKA_CLASS, Present: false, Capacity: 0}, {Type: ck.CKA_LABEL, Present: true, Capacity: 0}},
 			nil,
-			{{ck.CKA_WRAP_TEMPLATE, true, 4}, {ck.CKA_ALLOWED_MECHANISMS, false, 1<<64 - 1}},
+			{{Type: ck.CKA_WRAP_TEMPLATE, Present: true, Capacity: 4}, {Type: ck.CKA_ALLOWED_MECHANISMS, Present: false, Capacity: 1<<64 - 1}},
 		}[variant]
 	}
 	return v
@@ -188,7 +188,7 @@ func argCases() []argCase {
 			for i := range c.Args {
 				vals[i] = sampleArg(&c.Args[i], variant)
 			}
-			cases = append(cases, argCase{c.Name + "/" + variantNames[variant], c, vals})
+			cases = append(cases, argCase{name: c.Name + "/" + variantNames[variant], call: c, vals: vals})
 		}
 	}
 	c, _ := calls.ByName("C_EncryptInit")
@@ -200,7 +200,7 @@ func argCases() []argCase {
 	sort.Strings(names)
 	for _, n := range names {
 		vals := []Value{{Ulong: 1}, {Mechanism: mechs[n]}, {Ulong: 2}}
-		cases = append(cases, argCase{"C_EncryptInit/mechanism/" + n, c, vals})
+		cases = append(cases, argCase{name: "C_EncryptInit/mechanism/" + n, call: c, vals: vals})
 	}
 	return cases
 }
@@ -218,7 +218,7 @@ func sampleStruct(ctype string, variant int) Struct {
 		case *uint64:
 			*p = uint64(i+1) * 0x0101010101
 		case *CKVersion:
-			*p = CKVersion{byte(i), byte(i + 1)}
+			*p = CKVersion{Major: byte(i), Minor: byte(i + 1)}
 		case *string:
 			*p = fmt.Sprintf("field %d", i)
 		}
@@ -256,9 +256,9 @@ func sampleOutput(arg *calls.Arg, variant int) Value {
 		v.Bytes = [variants][]byte{[]byte("random"), {}, {0}}[variant]
 	case calls.AttrQuery:
 		v.Answers = [variants][]Answer{
-			{{32, bytes.Repeat([]byte{9}, 32)}, {ck.CK_UNAVAILABLE_INFORMATION, nil}, {0, []byte{}}},
+			{{Length: 32, Value: bytes.Repeat([]byte{9}, 32)}, {Length: ck.CK_UNAVAILABLE_INFORMATION, Value: nil}, {Length: 0, Value: []byte{}}},
 			{},
-			{{8, nil}},
+			{{Length: 8, Value: nil}},
 		}[variant]
 	case calls.OutStruct:
 		v.Struct = sampleStruct(arg.Struct, variant)
@@ -274,7 +274,7 @@ func resultCases() []resultCase {
 			for i := range c.Args {
 				vals[i] = sampleOutput(&c.Args[i], variant)
 			}
-			cases = append(cases, resultCase{c.Name + "/" + variantNames[variant], c, ck.CKR_OK, vals})
+			cases = append(cases, resultCase{name: c.Name + "/" + variantNames[variant], call: c, rv: ck.CKR_OK, vals: vals})
 		}
 	}
 	// The size-query replies of ck.CKR_BUFFER_TOO_SMALL, and C_GetAttributeValue's
@@ -285,12 +285,12 @@ func resultCases() []resultCase {
 		for i := range c.Args {
 			vals[i] = sampleOutput(&c.Args[i], 1)
 		}
-		cases = append(cases, resultCase{name + "/too-small", c, ck.CKR_BUFFER_TOO_SMALL, vals})
+		cases = append(cases, resultCase{name: name + "/too-small", call: c, rv: ck.CKR_BUFFER_TOO_SMALL, vals: vals})
 	}
 	c, _ := calls.ByName("C_GetAttributeValue")
 	for _, rv := range []uint64{ck.CKR_ATTRIBUTE_SENSITIVE, ck.CKR_ATTRIBUTE_TYPE_INVALID, ck.CKR_BUFFER_TOO_SMALL} {
 		vals := []Value{{}, {}, sampleOutput(&c.Args[2], 0)}
-		cases = append(cases, resultCase{fmt.Sprintf("C_GetAttributeValue/rv-%#x", rv), c, rv, vals})
+		cases = append(cases, resultCase{name: fmt.Sprintf("C_GetAttributeValue/rv-%#x", rv), call: c, rv: rv, vals: vals})
 	}
 	return cases
 }

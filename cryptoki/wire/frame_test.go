@@ -41,9 +41,9 @@ func TestFrameRoundTrip(t *testing.T) {
 	stream = AppendReply(stream, 9, ck.CKR_BUFFER_TOO_SMALL, []byte("results"))
 	stream = AppendReplyIdle(stream, 10, ck.CKR_OK, []byte("sig"), true)
 	stream = AppendReplyIdle(stream, 11, ck.CKR_KEY_HANDLE_INVALID, nil, true)
-	want := []Reply{{7, ck.CKR_OK, true, []byte{}, false}, {8, ck.CKR_PIN_INCORRECT, false, nil, false},
-		{9, ck.CKR_BUFFER_TOO_SMALL, true, []byte("results"), false},
-		{10, ck.CKR_OK, true, []byte("sig"), true}, {11, ck.CKR_KEY_HANDLE_INVALID, false, nil, true}}
+	want := []Reply{{ID: 7, RV: ck.CKR_OK, HasResults: true, Results: []byte{}, Idle: false}, {ID: 8, RV: ck.CKR_PIN_INCORRECT, HasResults: false, Results: nil, Idle: false},
+		{ID: 9, RV: ck.CKR_BUFFER_TOO_SMALL, HasResults: true, Results: []byte("results"), Idle: false},
+		{ID: 10, RV: ck.CKR_OK, HasResults: true, Results: []byte("sig"), Idle: true}, {ID: 11, RV: ck.CKR_KEY_HANDLE_INVALID, HasResults: false, Results: nil, Idle: true}}
 	r = bufio.NewReader(bytes.NewReader(stream))
 	for _, w := range want {
 		var p Reply
@@ -88,19 +88,19 @@ func TestReadFrameRefuses(t *testing.T) {
 		in    []byte
 		want  error
 	}{
-		{"empty stream", false, nil, io.EOF},
-		{"truncated length", false, []byte{0, 0}, ErrFrame},
-		{"zero length", false, u32(0), ErrFrame},
-		{"short length", false, append(u32(7), make([]byte, 7)...), ErrFrame},
-		{"over the cap", false, u32(MaxFrame + 1), ErrFrame},
-		{"huge", false, u32(0xFFFFFFFF), ErrFrame},
-		{"truncated body", false, append(u32(20), make([]byte, 10)...), ErrFrame},
-		{"header only", false, u32(100), ErrFrame},
-		{"reply short", true, append(u32(12), make([]byte, 12)...), ErrFrame},
-		{"reply flags 4", true, append(u32(13), append(make([]byte, 12), 4)...), ErrFrame},
-		{"reply idle with results but no has-results", true, append(u32(14), append(make([]byte, 12), 2, 0)...), ErrFrame},
-		{"reply results without has-results", true, append(u32(14), make([]byte, 14)...), ErrFrame},
-		{"reply over the cap", true, u32(MaxFrame + 1), ErrFrame},
+		{name: "empty stream", reply: false, in: nil, want: io.EOF},
+		{name: "truncated length", reply: false, in: []byte{0, 0}, want: ErrFrame},
+		{name: "zero length", reply: false, in: u32(0), want: ErrFrame},
+		{name: "short length", reply: false, in: append(u32(7), make([]byte, 7)...), want: ErrFrame},
+		{name: "over the cap", reply: false, in: u32(MaxFrame + 1), want: ErrFrame},
+		{name: "huge", reply: false, in: u32(0xFFFFFFFF), want: ErrFrame},
+		{name: "truncated body", reply: false, in: append(u32(20), make([]byte, 10)...), want: ErrFrame},
+		{name: "header only", reply: false, in: u32(100), want: ErrFrame},
+		{name: "reply short", reply: true, in: append(u32(12), make([]byte, 12)...), want: ErrFrame},
+		{name: "reply flags 4", reply: true, in: append(u32(13), append(make([]byte, 12), 4)...), want: ErrFrame},
+		{name: "reply idle with results but no has-results", reply: true, in: append(u32(14), append(make([]byte, 12), 2, 0)...), want: ErrFrame},
+		{name: "reply results without has-results", reply: true, in: append(u32(14), make([]byte, 14)...), want: ErrFrame},
+		{name: "reply over the cap", reply: true, in: u32(MaxFrame + 1), want: ErrFrame},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -128,8 +128,8 @@ func TestReadFrameMemory(t *testing.T) {
 		n     uint32
 		limit uint64
 	}{
-		{"over the cap", 0xFFFFFFFF, 4 << 10},
-		{"at the cap, 100 bytes sent", MaxFrame, growStep + 8<<10},
+		{name: "over the cap", n: 0xFFFFFFFF, limit: 4 << 10},
+		{name: "at the cap, 100 bytes sent", n: MaxFrame, limit: growStep + 8<<10},
 	} {
 		in := append(appendU32(nil, tt.n), make([]byte, 100)...)
 		r := bufio.NewReader(bytes.NewReader(in))

@@ -56,12 +56,12 @@ func TestSizeQuery(t *testing.T) {
 		rv       uint64
 		withData bool
 	}{
-		{"null", OutSpec{Present: false, Capacity: 1 << 20}, ck.CKR_OK, false},
-		{"null-zero", OutSpec{}, ck.CKR_OK, false},
-		{"empty", OutSpec{Present: true, Capacity: 0}, ck.CKR_BUFFER_TOO_SMALL, false},
-		{"short-by-one", OutSpec{Present: true, Capacity: 2}, ck.CKR_BUFFER_TOO_SMALL, false},
-		{"exact", OutSpec{Present: true, Capacity: 3}, ck.CKR_OK, true},
-		{"larger", OutSpec{Present: true, Capacity: 1<<64 - 1}, ck.CKR_OK, true},
+		{name: "null", spec: OutSpec{Present: false, Capacity: 1 << 20}, rv: ck.CKR_OK, withData: false},
+		{name: "null-zero", spec: OutSpec{}, rv: ck.CKR_OK, withData: false},
+		{name: "empty", spec: OutSpec{Present: true, Capacity: 0}, rv: ck.CKR_BUFFER_TOO_SMALL, withData: false},
+		{name: "short-by-one", spec: OutSpec{Present: true, Capacity: 2}, rv: ck.CKR_BUFFER_TOO_SMALL, withData: false},
+		{name: "exact", spec: OutSpec{Present: true, Capacity: 3}, rv: ck.CKR_OK, withData: true},
+		{name: "larger", spec: OutSpec{Present: true, Capacity: 1<<64 - 1}, rv: ck.CKR_OK, withData: true},
 	}
 	for _, tt := range tests {
 		t.Run("bytes/"+tt.name, func(t *testing.T) {
@@ -109,23 +109,23 @@ func TestSizeQuery(t *testing.T) {
 func TestResultsBuilder(t *testing.T) {
 	t.Parallel()
 	token := &TokenInfo{Label: "tok", ManufacturerID: "hsmemu", Flags: 0x40D, MaxPinLen: 64,
-		HardwareVersion: CKVersion{1, 0}, UTCTime: "2026010112000000"}
+		HardwareVersion: CKVersion{Major: 1, Minor: 0}, UTCTime: "2026010112000000"}
 	tests := []struct {
 		call  string
 		build func(r *Results)
 		vals  []Value
 	}{
-		{"C_CloseSession", func(r *Results) {}, []Value{{}}},
-		{"C_OpenSession", func(r *Results) { r.Ulong(42) }, []Value{{}, {}, {}, {}, {Ulong: 42}}},
-		{"C_GenerateKeyPair", func(r *Results) { r.Ulong(1); r.Ulong(2) },
-			[]Value{{}, {}, {}, {}, {Ulong: 1}, {Ulong: 2}}},
-		{"C_GetTokenInfo", func(r *Results) { r.Struct(token) }, []Value{{}, {Struct: token}}},
-		{"C_FindObjects", func(r *Results) { r.Handles([]uint64{5, 6}) }, []Value{{}, {Ulongs: []uint64{5, 6}}}},
-		{"C_FindObjects", func(r *Results) { r.Handles(nil) }, []Value{{}, {Ulongs: []uint64{}}}},
-		{"C_GenerateRandom", func(r *Results) { r.Filled([]byte("abcd")) }, []Value{{}, {Bytes: []byte("abcd")}}},
-		{"C_GetAttributeValue", func(r *Results) {
-			r.Answers([]Answer{{3, []byte("abc")}, {ck.CK_UNAVAILABLE_INFORMATION, nil}})
-		}, []Value{{}, {}, {Answers: []Answer{{3, []byte("abc")}, {ck.CK_UNAVAILABLE_INFORMATION, nil}}}}},
+		{call: "C_CloseSession", build: func(r *Results) {}, vals: []Value{{}}},
+		{call: "C_OpenSession", build: func(r *Results) { r.Ulong(42) }, vals: []Value{{}, {}, {}, {}, {Ulong: 42}}},
+		{call: "C_GenerateKeyPair", build: func(r *Results) { r.Ulong(1); r.Ulong(2) },
+			vals: []Value{{}, {}, {}, {}, {Ulong: 1}, {Ulong: 2}}},
+		{call: "C_GetTokenInfo", build: func(r *Results) { r.Struct(token) }, vals: []Value{{}, {Struct: token}}},
+		{call: "C_FindObjects", build: func(r *Results) { r.Handles([]uint64{5, 6}) }, vals: []Value{{}, {Ulongs: []uint64{5, 6}}}},
+		{call: "C_FindObjects", build: func(r *Results) { r.Handles(nil) }, vals: []Value{{}, {Ulongs: []uint64{}}}},
+		{call: "C_GenerateRandom", build: func(r *Results) { r.Filled([]byte("abcd")) }, vals: []Value{{}, {Bytes: []byte("abcd")}}},
+		{call: "C_GetAttributeValue", build: func(r *Results) {
+			r.Answers([]Answer{{Length: 3, Value: []byte("abc")}, {Length: ck.CK_UNAVAILABLE_INFORMATION, Value: nil}})
+		}, vals: []Value{{}, {}, {Answers: []Answer{{Length: 3, Value: []byte("abc")}, {Length: ck.CK_UNAVAILABLE_INFORMATION, Value: nil}}}}},
 	}
 	var r Results // reused across calls
 	for _, tt := range tests {
@@ -153,7 +153,7 @@ func TestResultsAppendReply(t *testing.T) {
 	for _, tt := range []struct {
 		spec OutSpec
 		has  bool
-	}{{OutSpec{}, true}, {OutSpec{true, 1}, true}, {OutSpec{true, 64}, true}} {
+	}{{spec: OutSpec{}, has: true}, {spec: OutSpec{Present: true, Capacity: 1}, has: true}, {spec: OutSpec{Present: true, Capacity: 64}, has: true}} {
 		r.Reset(c)
 		rv := r.OutBytes(tt.spec, []byte("sig"))
 		p, _, err := ReadReply(bufio.NewReader(bytes.NewReader(r.AppendReply(nil, 9, rv))), nil)
@@ -176,14 +176,14 @@ func TestResultsMisusePanics(t *testing.T) {
 		call  string
 		build func(r *Results)
 	}{
-		"wrong kind":     {"C_OpenSession", func(r *Results) { r.OutBytes(OutSpec{}, nil) }},
-		"too many":       {"C_OpenSession", func(r *Results) { r.Ulong(1); r.Ulong(2) }},
-		"none expected":  {"C_CloseSession", func(r *Results) { r.Ulong(1) }},
-		"missing":        {"C_GenerateKeyPair", func(r *Results) { r.Ulong(1); r.Finish() }},
-		"wrong struct":   {"C_GetTokenInfo", func(r *Results) { r.Struct(&SlotInfo{}) }},
-		"bad answer":     {"C_GetAttributeValue", func(r *Results) { r.Answers([]Answer{{Length: 2, Value: []byte{1}}}) }},
-		"too many items": {"C_FindObjects", func(r *Results) { r.Handles(make([]uint64, MaxUlongs+1)) }},
-		"no call":        {"", func(r *Results) { r.Finish() }},
+		"wrong kind":     {call: "C_OpenSession", build: func(r *Results) { r.OutBytes(OutSpec{}, nil) }},
+		"too many":       {call: "C_OpenSession", build: func(r *Results) { r.Ulong(1); r.Ulong(2) }},
+		"none expected":  {call: "C_CloseSession", build: func(r *Results) { r.Ulong(1) }},
+		"missing":        {call: "C_GenerateKeyPair", build: func(r *Results) { r.Ulong(1); r.Finish() }},
+		"wrong struct":   {call: "C_GetTokenInfo", build: func(r *Results) { r.Struct(&SlotInfo{}) }},
+		"bad answer":     {call: "C_GetAttributeValue", build: func(r *Results) { r.Answers([]Answer{{Length: 2, Value: []byte{1}}}) }},
+		"too many items": {call: "C_FindObjects", build: func(r *Results) { r.Handles(make([]uint64, MaxUlongs+1)) }},
+		"no call":        {call: "", build: func(r *Results) { r.Finish() }},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -213,17 +213,17 @@ func TestDecodeResultsRefuses(t *testing.T) {
 		rv   uint64
 		body []byte
 	}{
-		{"rv without results", "C_Sign", ck.CKR_KEY_HANDLE_INVALID, nil},
-		{"sensitive outside GetAttributeValue", "C_Sign", ck.CKR_ATTRIBUTE_SENSITIVE, cat(be(0), u32(nullLen))},
-		{"length disagrees", "C_Sign", ck.CKR_OK, cat(be(3), u32(2), []byte("ab"))},
-		{"data with too-small", "C_Sign", ck.CKR_BUFFER_TOO_SMALL, cat(be(2), u32(2), []byte("ab"))},
-		{"count disagrees", "C_GetSlotList", ck.CKR_OK, cat(be(2), u32(1), be(7))},
-		{"ulongs over cap", "C_GetSlotList", ck.CKR_OK, cat(be(2), u32(MaxUlongs+1))},
-		{"NULL handles", "C_FindObjects", ck.CKR_OK, u32(nullLen)},
-		{"NULL filled", "C_GenerateRandom", ck.CKR_OK, u32(nullLen)},
-		{"answer disagrees", "C_GetAttributeValue", ck.CKR_OK, cat(u32(1), be(4), u32(3), []byte("abc"))},
-		{"answers over cap", "C_GetAttributeValue", ck.CKR_OK, u32(MaxAttrs + 1)},
-		{"struct short", "C_GetSessionInfo", ck.CKR_OK, cat(be(1), be(2), be(3))},
+		{name: "rv without results", call: "C_Sign", rv: ck.CKR_KEY_HANDLE_INVALID, body: nil},
+		{name: "sensitive outside GetAttributeValue", call: "C_Sign", rv: ck.CKR_ATTRIBUTE_SENSITIVE, body: cat(be(0), u32(nullLen))},
+		{name: "length disagrees", call: "C_Sign", rv: ck.CKR_OK, body: cat(be(3), u32(2), []byte("ab"))},
+		{name: "data with too-small", call: "C_Sign", rv: ck.CKR_BUFFER_TOO_SMALL, body: cat(be(2), u32(2), []byte("ab"))},
+		{name: "count disagrees", call: "C_GetSlotList", rv: ck.CKR_OK, body: cat(be(2), u32(1), be(7))},
+		{name: "ulongs over cap", call: "C_GetSlotList", rv: ck.CKR_OK, body: cat(be(2), u32(MaxUlongs+1))},
+		{name: "NULL handles", call: "C_FindObjects", rv: ck.CKR_OK, body: u32(nullLen)},
+		{name: "NULL filled", call: "C_GenerateRandom", rv: ck.CKR_OK, body: u32(nullLen)},
+		{name: "answer disagrees", call: "C_GetAttributeValue", rv: ck.CKR_OK, body: cat(u32(1), be(4), u32(3), []byte("abc"))},
+		{name: "answers over cap", call: "C_GetAttributeValue", rv: ck.CKR_OK, body: u32(MaxAttrs + 1)},
+		{name: "struct short", call: "C_GetSessionInfo", rv: ck.CKR_OK, body: cat(be(1), be(2), be(3))},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -246,9 +246,9 @@ func TestHasResults(t *testing.T) {
 		rv   uint64
 		want bool
 	}{
-		{sign, ck.CKR_OK, true}, {sign, ck.CKR_BUFFER_TOO_SMALL, true}, {sign, ck.CKR_ATTRIBUTE_SENSITIVE, false},
-		{sign, ck.CKR_GENERAL_ERROR, false}, {get, ck.CKR_ATTRIBUTE_SENSITIVE, true},
-		{get, ck.CKR_ATTRIBUTE_TYPE_INVALID, true}, {get, ck.CKR_OBJECT_HANDLE_INVALID, false},
+		{c: sign, rv: ck.CKR_OK, want: true}, {c: sign, rv: ck.CKR_BUFFER_TOO_SMALL, want: true}, {c: sign, rv: ck.CKR_ATTRIBUTE_SENSITIVE, want: false},
+		{c: sign, rv: ck.CKR_GENERAL_ERROR, want: false}, {c: get, rv: ck.CKR_ATTRIBUTE_SENSITIVE, want: true},
+		{c: get, rv: ck.CKR_ATTRIBUTE_TYPE_INVALID, want: true}, {c: get, rv: ck.CKR_OBJECT_HANDLE_INVALID, want: false},
 	} {
 		if got := HasResults(tt.c, tt.rv); got != tt.want {
 			t.Errorf("%s rv %#x: %v", tt.c.Name, tt.rv, got)
@@ -265,9 +265,9 @@ func TestAnswerFor(t *testing.T) {
 		want Answer
 		rv   uint64
 	}{
-		{"null", Query{Capacity: 1}, Answer{Length: 5}, ck.CKR_OK},
-		{"short", Query{Present: true, Capacity: 4}, Answer{Length: ck.CK_UNAVAILABLE_INFORMATION}, ck.CKR_BUFFER_TOO_SMALL},
-		{"exact", Query{Present: true, Capacity: 5}, Answer{Length: 5, Value: v}, ck.CKR_OK},
+		{name: "null", q: Query{Capacity: 1}, want: Answer{Length: 5}, rv: ck.CKR_OK},
+		{name: "short", q: Query{Present: true, Capacity: 4}, want: Answer{Length: ck.CK_UNAVAILABLE_INFORMATION}, rv: ck.CKR_BUFFER_TOO_SMALL},
+		{name: "exact", q: Query{Present: true, Capacity: 5}, want: Answer{Length: 5, Value: v}, rv: ck.CKR_OK},
 	} {
 		got, rv := AnswerFor(tt.q, v)
 		if rv != tt.rv || got.Length != tt.want.Length || !bytes.Equal(got.Value, tt.want.Value) || (got.Value == nil) != (tt.want.Value == nil) {

@@ -95,14 +95,14 @@ func TestPad(t *testing.T) {
 		n    int
 		want string
 	}{
-		{"", 4, "    "},
-		{"ab", 4, "ab  "},
-		{"abcd", 4, "abcd"},
-		{"abcdef", 4, "abcd"},
-		{"aé", 2, "a "},   // é is two bytes: cut before it, then padded
-		{"ééé", 5, "éé "}, // never half a character
-		{"x", 0, ""},
-		{"x", -1, ""},
+		{s: "", n: 4, want: "    "},
+		{s: "ab", n: 4, want: "ab  "},
+		{s: "abcd", n: 4, want: "abcd"},
+		{s: "abcdef", n: 4, want: "abcd"},
+		{s: "aé", n: 2, want: "a "},   // é is two bytes: cut before it, then padded
+		{s: "ééé", n: 5, want: "éé "}, // never half a character
+		{s: "x", n: 0, want: ""},
+		{s: "x", n: -1, want: ""},
 	} {
 		if got := Pad(tt.s, tt.n); got != tt.want {
 			t.Errorf("Pad(%q, %d) = %q, want %q", tt.s, tt.n, got, tt.want)

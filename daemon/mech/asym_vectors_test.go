@@ -45,11 +45,11 @@ func verifyOnce(k Key, m *wire.Mechanism, msg, sig []byte) error {
 // wpHashes name the hashes Wycheproof uses: the digest mechanism, the
 // hash-and-sign ECDSA and PSS mechanisms, and MGF1 over it.
 var wpHashes = map[string]struct{ digest, ecdsa, pss, mgf uint64 }{
-	"SHA-1":   {ck.CKM_SHA_1, ck.CKM_ECDSA_SHA1, ck.CKM_SHA1_RSA_PKCS_PSS, ck.CKG_MGF1_SHA1},
-	"SHA-224": {ck.CKM_SHA224, ck.CKM_ECDSA_SHA224, ck.CKM_SHA224_RSA_PKCS_PSS, ck.CKG_MGF1_SHA224},
-	"SHA-256": {ck.CKM_SHA256, ck.CKM_ECDSA_SHA256, ck.CKM_SHA256_RSA_PKCS_PSS, ck.CKG_MGF1_SHA256},
-	"SHA-384": {ck.CKM_SHA384, ck.CKM_ECDSA_SHA384, ck.CKM_SHA384_RSA_PKCS_PSS, ck.CKG_MGF1_SHA384},
-	"SHA-512": {ck.CKM_SHA512, ck.CKM_ECDSA_SHA512, ck.CKM_SHA512_RSA_PKCS_PSS, ck.CKG_MGF1_SHA512},
+	"SHA-1":   {digest: ck.CKM_SHA_1, ecdsa: ck.CKM_ECDSA_SHA1, pss: ck.CKM_SHA1_RSA_PKCS_PSS, mgf: ck.CKG_MGF1_SHA1},
+	"SHA-224": {digest: ck.CKM_SHA224, ecdsa: ck.CKM_ECDSA_SHA224, pss: ck.CKM_SHA224_RSA_PKCS_PSS, mgf: ck.CKG_MGF1_SHA224},
+	"SHA-256": {digest: ck.CKM_SHA256, ecdsa: ck.CKM_ECDSA_SHA256, pss: ck.CKM_SHA256_RSA_PKCS_PSS, mgf: ck.CKG_MGF1_SHA256},
+	"SHA-384": {digest: ck.CKM_SHA384, ecdsa: ck.CKM_ECDSA_SHA384, pss: ck.CKM_SHA384_RSA_PKCS_PSS, mgf: ck.CKG_MGF1_SHA384},
+	"SHA-512": {digest: ck.CKM_SHA512, ecdsa: ck.CKM_ECDSA_SHA512, pss: ck.CKM_SHA512_RSA_PKCS_PSS, mgf: ck.CKG_MGF1_SHA512},
 }
 
 func TestWycheproofECDSA(t *testing.T) {
@@ -58,9 +58,9 @@ func TestWycheproofECDSA(t *testing.T) {
 		file   string
 		params []byte
 	}{
-		{"ecdsa_secp256r1_sha256_p1363_test.json", ECParams("P-256")},
-		{"ecdsa_secp384r1_sha384_p1363_test.json", oidDER(oidP384)},
-		{"ecdsa_secp521r1_sha512_p1363_test.json", oidDER(oidP521)},
+		{file: "ecdsa_secp256r1_sha256_p1363_test.json", params: ECParams("P-256")},
+		{file: "ecdsa_secp384r1_sha384_p1363_test.json", params: oidDER(oidP384)},
+		{file: "ecdsa_secp521r1_sha512_p1363_test.json", params: oidDER(oidP521)},
 	} {
 		v := mechtest.Wycheproof(t, tc.file)
 		n := 0

@@ -45,7 +45,7 @@ func (k *testKey) Memo(kind string, parse func() (any, error)) (any, error) {
 	if k.memo == nil {
 		k.memo = map[string]testMemo{}
 	}
-	k.memo[kind] = testMemo{v, err}
+	k.memo[kind] = testMemo{v: v, err: err}
 	return v, err
 }
 

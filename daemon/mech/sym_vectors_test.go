@@ -95,9 +95,9 @@ func TestWycheproofKeyWrap(t *testing.T) {
 		file string
 		mech uint64
 	}{
-		{"aes_wrap_test.json", ck.CKM_AES_KEY_WRAP},
-		{"aes_kwp_test.json", ck.CKM_AES_KEY_WRAP_KWP},
-		{"aes_kwp_test.json", ck.CKM_AES_KEY_WRAP_PAD},
+		{file: "aes_wrap_test.json", mech: ck.CKM_AES_KEY_WRAP},
+		{file: "aes_kwp_test.json", mech: ck.CKM_AES_KEY_WRAP_KWP},
+		{file: "aes_kwp_test.json", mech: ck.CKM_AES_KEY_WRAP_PAD},
 	} {
 		entry := mechanisms[c.mech]
 		m := &wire.Mechanism{Type: c.mech}
@@ -154,8 +154,8 @@ func TestWycheproofMACs(t *testing.T) {
 		mech uint64
 		kt   uint64
 	}{
-		{"aes_cmac_test.json", ck.CKM_AES_CMAC, ck.CKK_AES},
-		{"hmac_sha256_test.json", ck.CKM_SHA256_HMAC, ck.CKK_GENERIC_SECRET},
+		{file: "aes_cmac_test.json", mech: ck.CKM_AES_CMAC, kt: ck.CKK_AES},
+		{file: "hmac_sha256_test.json", mech: ck.CKM_SHA256_HMAC, kt: ck.CKK_GENERIC_SECRET},
 	} {
 		entry := mechanisms[c.mech]
 		m := &wire.Mechanism{Type: c.mech}

@@ -37,9 +37,9 @@ func TestECMechanisms(t *testing.T) {
 			params []byte
 			curve  elliptic.Curve
 		}{
-			{ecP256Params, elliptic.P256()},
-			{printableName("secp384r1"), elliptic.P384()},
-			{ecP521Params, elliptic.P521()},
+			{params: ecP256Params, curve: elliptic.P256()},
+			{params: printableName("secp384r1"), curve: elliptic.P384()},
+			{params: ecP521Params, curve: elliptic.P521()},
 		} {
 			pub, priv := s.genPair(M(ck.CKM_EC_KEY_PAIR_GEN),
 				[]wire.Attribute{A(ck.CKA_EC_PARAMS, tc.params)},
@@ -55,7 +55,7 @@ func TestECMechanisms(t *testing.T) {
 			if !isTrue(s.attr(priv, ck.CKA_ALWAYS_SENSITIVE)) || isTrue(s.attr(priv, ck.CKA_NEVER_EXTRACTABLE)) == isTrue(s.attr(priv, ck.CKA_EXTRACTABLE)) {
 				t.Errorf("%s: CKA_ALWAYS_SENSITIVE / CKA_NEVER_EXTRACTABLE", tc.curve.Params().Name)
 			}
-			ecPairs = append(ecPairs, ecPair{pub, priv, tc.curve, s.ecPublicOf(pub, tc.curve)})
+			ecPairs = append(ecPairs, ecPair{pub: pub, priv: priv, curve: tc.curve, goPub: s.ecPublicOf(pub, tc.curve)})
 		}
 		p256, goP256 = s.readableP256()
 
@@ -64,9 +64,9 @@ func TestECMechanisms(t *testing.T) {
 			params []byte
 			want   uint64
 		}{
-			{oidDER(asn1.ObjectIdentifier{1, 3, 132, 0, 10}), ck.CKR_CURVE_NOT_SUPPORTED}, // secp256k1
-			{edParams, ck.CKR_CURVE_NOT_SUPPORTED},
-			{[]byte{0x06, 0x01}, ck.CKR_DOMAIN_PARAMS_INVALID},
+			{params: oidDER(asn1.ObjectIdentifier{1, 3, 132, 0, 10}), want: ck.CKR_CURVE_NOT_SUPPORTED}, // secp256k1
+			{params: edParams, want: ck.CKR_CURVE_NOT_SUPPORTED},
+			{params: []byte{0x06, 0x01}, want: ck.CKR_DOMAIN_PARAMS_INVALID},
 		} {
 			s.Must(tc.want, "C_GenerateKeyPair", U(h), M(ck.CKM_EC_KEY_PAIR_GEN), T(A(ck.CKA_EC_PARAMS, tc.params)), T(), None(), None())
 		}
@@ -85,12 +85,12 @@ func TestECMechanisms(t *testing.T) {
 				mech uint64
 				h    crypto.Hash
 			}{
-				{ck.CKM_ECDSA, 0},
-				{ck.CKM_ECDSA_SHA1, crypto.SHA1},
-				{ck.CKM_ECDSA_SHA224, crypto.SHA224},
-				{ck.CKM_ECDSA_SHA256, crypto.SHA256},
-				{ck.CKM_ECDSA_SHA384, crypto.SHA384},
-				{ck.CKM_ECDSA_SHA512, crypto.SHA512},
+				{mech: ck.CKM_ECDSA, h: 0},
+				{mech: ck.CKM_ECDSA_SHA1, h: crypto.SHA1},
+				{mech: ck.CKM_ECDSA_SHA224, h: crypto.SHA224},
+				{mech: ck.CKM_ECDSA_SHA256, h: crypto.SHA256},
+				{mech: ck.CKM_ECDSA_SHA384, h: crypto.SHA384},
+				{mech: ck.CKM_ECDSA_SHA512, h: crypto.SHA512},
 			} {
 				name := p.curve.Params().Name
 				in, d := asymMsg, []byte(nil)
@@ -205,10 +205,10 @@ func TestECMechanisms(t *testing.T) {
 				m    wire.Value
 				opts ed25519.Options
 			}{
-				{"Ed25519", M(ck.CKM_EDDSA), ed25519.Options{}},
-				{"Ed25519ctx", MP(ck.CKM_EDDSA, wire.EdDSAParams{ContextData: []byte("ctx")}.Param()), ed25519.Options{Context: "ctx"}},
-				{"Ed25519ph", MP(ck.CKM_EDDSA, wire.EdDSAParams{PHFlag: true}.Param()), ed25519.Options{Hash: crypto.SHA512}},
-				{"Ed25519ph ctx", MP(ck.CKM_EDDSA, wire.EdDSAParams{PHFlag: true, ContextData: []byte("c")}.Param()), ed25519.Options{Hash: crypto.SHA512, Context: "c"}},
+				{name: "Ed25519", m: M(ck.CKM_EDDSA), opts: ed25519.Options{}},
+				{name: "Ed25519ctx", m: MP(ck.CKM_EDDSA, wire.EdDSAParams{ContextData: []byte("ctx")}.Param()), opts: ed25519.Options{Context: "ctx"}},
+				{name: "Ed25519ph", m: MP(ck.CKM_EDDSA, wire.EdDSAParams{PHFlag: true}.Param()), opts: ed25519.Options{Hash: crypto.SHA512}},
+				{name: "Ed25519ph ctx", m: MP(ck.CKM_EDDSA, wire.EdDSAParams{PHFlag: true, ContextData: []byte("c")}.Param()), opts: ed25519.Options{Hash: crypto.SHA512, Context: "c"}},
 			} {
 				sig := s.sign(priv, tc.m, asymMsg)
 				in := asymMsg
@@ -286,7 +286,7 @@ func TestECMechanisms(t *testing.T) {
 		for _, tc := range []struct {
 			kdf uint64
 			h   crypto.Hash
-		}{{ck.CKD_SHA1_KDF, crypto.SHA1}, {ck.CKD_SHA256_KDF, crypto.SHA256}, {ck.CKD_SHA512_KDF, crypto.SHA512}} {
+		}{{kdf: ck.CKD_SHA1_KDF, h: crypto.SHA1}, {kdf: ck.CKD_SHA256_KDF, h: crypto.SHA256}, {kdf: ck.CKD_SHA512_KDF, h: crypto.SHA512}} {
 			want := testX963(tc.h, z, shared, 48)
 			if got := derive(bPriv, wire.ECDH1DeriveParams{KDF: tc.kdf, SharedData: shared, PublicData: aPoint}, genericT(AU(ck.CKA_VALUE_LEN, 48))); !bytes.Equal(got, want) {
 				t.Errorf("KDF %#x: %x, want %x", tc.kdf, got, want)
@@ -305,11 +305,11 @@ func TestECMechanisms(t *testing.T) {
 			tmpl wire.Value
 			want uint64
 		}{
-			{"longer than the secret", wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: bPoint}, genericT(AU(ck.CKA_VALUE_LEN, 33)), ck.CKR_KEY_SIZE_RANGE},
-			{"shared data without a KDF", wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, SharedData: shared, PublicData: bPoint}, genericT(), ck.CKR_MECHANISM_PARAM_INVALID},
-			{"unknown KDF", wire.ECDH1DeriveParams{KDF: 0x77, PublicData: bPoint}, genericT(), ck.CKR_MECHANISM_PARAM_INVALID},
-			{"point off the curve", wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: append([]byte{4}, make([]byte, 64)...)}, genericT(), ck.CKR_MECHANISM_PARAM_INVALID},
-			{"point of another curve", wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: s.attr(ecPairs[1].pub, ck.CKA_EC_POINT)}, genericT(), ck.CKR_MECHANISM_PARAM_INVALID},
+			{name: "longer than the secret", p: wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: bPoint}, tmpl: genericT(AU(ck.CKA_VALUE_LEN, 33)), want: ck.CKR_KEY_SIZE_RANGE},
+			{name: "shared data without a KDF", p: wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, SharedData: shared, PublicData: bPoint}, tmpl: genericT(), want: ck.CKR_MECHANISM_PARAM_INVALID},
+			{name: "unknown KDF", p: wire.ECDH1DeriveParams{KDF: 0x77, PublicData: bPoint}, tmpl: genericT(), want: ck.CKR_MECHANISM_PARAM_INVALID},
+			{name: "point off the curve", p: wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: append([]byte{4}, make([]byte, 64)...)}, tmpl: genericT(), want: ck.CKR_MECHANISM_PARAM_INVALID},
+			{name: "point of another curve", p: wire.ECDH1DeriveParams{KDF: ck.CKD_NULL, PublicData: s.attr(ecPairs[1].pub, ck.CKA_EC_POINT)}, tmpl: genericT(), want: ck.CKR_MECHANISM_PARAM_INVALID},
 		} {
 			if rv, _ := s.Call("C_DeriveKey", U(h), MP(ck.CKM_ECDH1_DERIVE, tc.p.Param()), U(p256.priv), tc.tmpl, None()); rv != tc.want {
 				t.Errorf("%s: %#x, want %#x", tc.name, rv, tc.want)
@@ -321,7 +321,7 @@ func TestECMechanisms(t *testing.T) {
 	s.run(t, "openssl", func(t *testing.T) {
 		sig := s.sign(p256.priv, M(ck.CKM_ECDSA_SHA256), asymMsg)
 		r, ss := rawECDSA(sig)
-		der, err := asn1.Marshal(struct{ R, S *big.Int }{r, ss})
+		der, err := asn1.Marshal(struct{ R, S *big.Int }{R: r, S: ss})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -173,17 +173,17 @@ func TestObjects(t *testing.T) {
 		set  []wire.Attribute
 		want uint64
 	}{
-		{"sensitive back to false", sensitive, []wire.Attribute{AB(ck.CKA_SENSITIVE, false)}, ck.CKR_ATTRIBUTE_READ_ONLY},
-		{"clear to sensitive", clear, []wire.Attribute{AB(ck.CKA_SENSITIVE, true)}, ck.CKR_OK},
-		{"unextractable", clear, []wire.Attribute{AB(ck.CKA_EXTRACTABLE, false)}, ck.CKR_OK},
-		{"extractable again", clear, []wire.Attribute{AB(ck.CKA_EXTRACTABLE, true)}, ck.CKR_ATTRIBUTE_READ_ONLY},
-		{"local", clear, []wire.Attribute{AB(ck.CKA_LOCAL, true)}, ck.CKR_ATTRIBUTE_READ_ONLY},
-		{"key type", clear, []wire.Attribute{AU(ck.CKA_KEY_TYPE, ck.CKK_GENERIC_SECRET)}, ck.CKR_ATTRIBUTE_READ_ONLY},
-		{"trusted by the user", clear, []wire.Attribute{AB(ck.CKA_TRUSTED, true)}, ck.CKR_ATTRIBUTE_READ_ONLY},
-		{"relabel", clear, []wire.Attribute{A(ck.CKA_LABEL, []byte("renamed"))}, ck.CKR_OK},
-		{"bad bool", clear, []wire.Attribute{A(ck.CKA_ENCRYPT, []byte{2})}, ck.CKR_ATTRIBUTE_VALUE_INVALID},
-		{"foreign attribute", pub, []wire.Attribute{AB(ck.CKA_SIGN, true)}, ck.CKR_ATTRIBUTE_TYPE_INVALID},
-		{"data value", pub, []wire.Attribute{A(ck.CKA_VALUE, []byte("changed"))}, ck.CKR_OK},
+		{name: "sensitive back to false", obj: sensitive, set: []wire.Attribute{AB(ck.CKA_SENSITIVE, false)}, want: ck.CKR_ATTRIBUTE_READ_ONLY},
+		{name: "clear to sensitive", obj: clear, set: []wire.Attribute{AB(ck.CKA_SENSITIVE, true)}, want: ck.CKR_OK},
+		{name: "unextractable", obj: clear, set: []wire.Attribute{AB(ck.CKA_EXTRACTABLE, false)}, want: ck.CKR_OK},
+		{name: "extractable again", obj: clear, set: []wire.Attribute{AB(ck.CKA_EXTRACTABLE, true)}, want: ck.CKR_ATTRIBUTE_READ_ONLY},
+		{name: "local", obj: clear, set: []wire.Attribute{AB(ck.CKA_LOCAL, true)}, want: ck.CKR_ATTRIBUTE_READ_ONLY},
+		{name: "key type", obj: clear, set: []wire.Attribute{AU(ck.CKA_KEY_TYPE, ck.CKK_GENERIC_SECRET)}, want: ck.CKR_ATTRIBUTE_READ_ONLY},
+		{name: "trusted by the user", obj: clear, set: []wire.Attribute{AB(ck.CKA_TRUSTED, true)}, want: ck.CKR_ATTRIBUTE_READ_ONLY},
+		{name: "relabel", obj: clear, set: []wire.Attribute{A(ck.CKA_LABEL, []byte("renamed"))}, want: ck.CKR_OK},
+		{name: "bad bool", obj: clear, set: []wire.Attribute{A(ck.CKA_ENCRYPT, []byte{2})}, want: ck.CKR_ATTRIBUTE_VALUE_INVALID},
+		{name: "foreign attribute", obj: pub, set: []wire.Attribute{AB(ck.CKA_SIGN, true)}, want: ck.CKR_ATTRIBUTE_TYPE_INVALID},
+		{name: "data value", obj: pub, set: []wire.Attribute{A(ck.CKA_VALUE, []byte("changed"))}, want: ck.CKR_OK},
 	} {
 		if got, _ := cl.Call("C_SetAttributeValue", U(rw), U(tc.obj), T(tc.set...)); got != tc.want {
 			t.Errorf("%s: %#x, want %#x", tc.name, got, tc.want)
@@ -214,16 +214,16 @@ func TestObjects(t *testing.T) {
 		attrs []wire.Attribute
 		want  uint64
 	}{
-		{"no class", []wire.Attribute{A(ck.CKA_LABEL, []byte("x"))}, ck.CKR_TEMPLATE_INCOMPLETE},
-		{"no key type", []wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), A(ck.CKA_VALUE, make([]byte, 16))}, ck.CKR_TEMPLATE_INCOMPLETE},
-		{"no key value", []wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES)}, ck.CKR_TEMPLATE_INCOMPLETE},
-		{"AES key of 17 bytes", []wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES), A(ck.CKA_VALUE, make([]byte, 17))}, ck.CKR_ATTRIBUTE_VALUE_INVALID},
-		{"CKA_LOCAL given", append(AESKey("x", true, false), AB(ck.CKA_LOCAL, true)), ck.CKR_ATTRIBUTE_READ_ONLY},
-		{"class of 4 bytes", []wire.Attribute{A(ck.CKA_CLASS, []byte{0, 0, 0, 0})}, ck.CKR_ATTRIBUTE_VALUE_INVALID},
-		{"unknown class", []wire.Attribute{AU(ck.CKA_CLASS, 0x1234)}, ck.CKR_ATTRIBUTE_VALUE_INVALID},
-		{"attribute twice", []wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_DATA), AU(ck.CKA_CLASS, ck.CKO_DATA)}, ck.CKR_TEMPLATE_INCONSISTENT},
-		{"certificate without subject", []wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_CERTIFICATE), AU(ck.CKA_CERTIFICATE_TYPE, ck.CKC_X_509), A(ck.CKA_VALUE, []byte("der"))}, ck.CKR_TEMPLATE_INCOMPLETE},
-		{"key attribute on data", append(DataObject("x", false, false, "v"), AB(ck.CKA_SIGN, true)), ck.CKR_ATTRIBUTE_TYPE_INVALID},
+		{name: "no class", attrs: []wire.Attribute{A(ck.CKA_LABEL, []byte("x"))}, want: ck.CKR_TEMPLATE_INCOMPLETE},
+		{name: "no key type", attrs: []wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), A(ck.CKA_VALUE, make([]byte, 16))}, want: ck.CKR_TEMPLATE_INCOMPLETE},
+		{name: "no key value", attrs: []wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES)}, want: ck.CKR_TEMPLATE_INCOMPLETE},
+		{name: "AES key of 17 bytes", attrs: []wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES), A(ck.CKA_VALUE, make([]byte, 17))}, want: ck.CKR_ATTRIBUTE_VALUE_INVALID},
+		{name: "CKA_LOCAL given", attrs: append(AESKey("x", true, false), AB(ck.CKA_LOCAL, true)), want: ck.CKR_ATTRIBUTE_READ_ONLY},
+		{name: "class of 4 bytes", attrs: []wire.Attribute{A(ck.CKA_CLASS, []byte{0, 0, 0, 0})}, want: ck.CKR_ATTRIBUTE_VALUE_INVALID},
+		{name: "unknown class", attrs: []wire.Attribute{AU(ck.CKA_CLASS, 0x1234)}, want: ck.CKR_ATTRIBUTE_VALUE_INVALID},
+		{name: "attribute twice", attrs: []wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_DATA), AU(ck.CKA_CLASS, ck.CKO_DATA)}, want: ck.CKR_TEMPLATE_INCONSISTENT},
+		{name: "certificate without subject", attrs: []wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_CERTIFICATE), AU(ck.CKA_CERTIFICATE_TYPE, ck.CKC_X_509), A(ck.CKA_VALUE, []byte("der"))}, want: ck.CKR_TEMPLATE_INCOMPLETE},
+		{name: "key attribute on data", attrs: append(DataObject("x", false, false, "v"), AB(ck.CKA_SIGN, true)), want: ck.CKR_ATTRIBUTE_TYPE_INVALID},
 	} {
 		if got, _ := cl.Call("C_CreateObject", U(rw), T(tc.attrs...), None()); got != tc.want {
 			t.Errorf("create %s: %#x, want %#x", tc.name, got, tc.want)

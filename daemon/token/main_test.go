@@ -147,7 +147,7 @@ func (d *testEngine) dialAs(t testing.TB, app [16]byte) *client {
 	}
 	eng := d.eng
 	t.Cleanup(func() { eng.Detach(a) })
-	return &client{wiretest.NewClient(t, &inProcess{eng: eng, app: a, res: &wire.Results{}})}
+	return &client{Client: wiretest.NewClient(t, &inProcess{eng: eng, app: a, res: &wire.Results{}})}
 }
 
 // inProcess serves a request with Dispatch, as the server's connection

@@ -54,9 +54,9 @@ func TestPremiumTier(t *testing.T) {
 		call string
 		set  []wire.Attribute
 	}{
-		{"set extractable", "C_SetAttributeValue", []wire.Attribute{AB(ck.CKA_EXTRACTABLE, true)}},
-		{"set not sensitive", "C_SetAttributeValue", []wire.Attribute{AB(ck.CKA_SENSITIVE, false)}},
-		{"set software", "C_SetAttributeValue", []wire.Attribute{AU(ck.CKA_HSMEMU_PROTECTION, ck.CKP_HSMEMU_SOFTWARE)}},
+		{name: "set extractable", call: "C_SetAttributeValue", set: []wire.Attribute{AB(ck.CKA_EXTRACTABLE, true)}},
+		{name: "set not sensitive", call: "C_SetAttributeValue", set: []wire.Attribute{AB(ck.CKA_SENSITIVE, false)}},
+		{name: "set software", call: "C_SetAttributeValue", set: []wire.Attribute{AU(ck.CKA_HSMEMU_PROTECTION, ck.CKP_HSMEMU_SOFTWARE)}},
 	} {
 		if got, _ := cl.Call(tc.call, U(h), U(hsm), T(tc.set...)); got != ck.CKR_ATTRIBUTE_READ_ONLY {
 			t.Errorf("%s: %#x, want CKR_ATTRIBUTE_READ_ONLY", tc.name, got)

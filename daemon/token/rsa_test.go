@@ -66,7 +66,7 @@ func newAsymSession(t *testing.T) *asymSession {
 	slot := cl.NewToken("asym")
 	h := cl.Open(slot, true)
 	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
-	return &asymSession{cl, h}
+	return &asymSession{client: cl, h: h}
 }
 
 // run runs a subtest whose calls fail it, not the parent.
@@ -233,7 +233,7 @@ func (s *asymSession) readableP256() (ecPair, *ecdsa.PrivateKey) {
 	pub, priv := s.genPair(M(ck.CKM_EC_KEY_PAIR_GEN),
 		[]wire.Attribute{A(ck.CKA_EC_PARAMS, ecP256Params)},
 		[]wire.Attribute{AB(ck.CKA_SENSITIVE, false), AB(ck.CKA_EXTRACTABLE, true), AB(ck.CKA_DERIVE, true)})
-	p := ecPair{pub, priv, elliptic.P256(), s.ecPublicOf(pub, elliptic.P256())}
+	p := ecPair{pub: pub, priv: priv, curve: elliptic.P256(), goPub: s.ecPublicOf(pub, elliptic.P256())}
 	goPriv, err := ecdsa.ParseRawPrivateKey(elliptic.P256(), s.attr(priv, ck.CKA_VALUE))
 	if err != nil || !goPriv.PublicKey.Equal(p.goPub) {
 		s.T.Fatalf("CKA_VALUE is not the public key's scalar: %v", err)
@@ -255,16 +255,16 @@ func TestRSAMechanisms(t *testing.T) {
 			min, max uint64
 			flags    uint64
 		}{
-			{ck.CKM_RSA_PKCS_KEY_PAIR_GEN, 2048, 8192, ck.CKF_GENERATE_KEY_PAIR},
-			{ck.CKM_RSA_PKCS, 1024, 16384, ck.CKF_ENCRYPT | ck.CKF_DECRYPT | ck.CKF_SIGN | ck.CKF_VERIFY | ck.CKF_WRAP | ck.CKF_UNWRAP},
-			{ck.CKM_RSA_PKCS_OAEP, 1024, 16384, ck.CKF_ENCRYPT | ck.CKF_DECRYPT | ck.CKF_WRAP | ck.CKF_UNWRAP},
-			{ck.CKM_SHA256_RSA_PKCS_PSS, 1024, 16384, ck.CKF_SIGN | ck.CKF_VERIFY},
-			{ck.CKM_RSA_AES_KEY_WRAP, 1024, 16384, ck.CKF_WRAP | ck.CKF_UNWRAP},
-			{ck.CKM_EC_KEY_PAIR_GEN, 256, 521, ck.CKF_GENERATE_KEY_PAIR | ecCurveFlags},
-			{ck.CKM_ECDSA_SHA256, 256, 521, ck.CKF_SIGN | ck.CKF_VERIFY | ecCurveFlags},
-			{ck.CKM_ECDH1_DERIVE, 256, 521, ck.CKF_DERIVE | ecCurveFlags},
-			{ck.CKM_EC_EDWARDS_KEY_PAIR_GEN, 255, 255, ck.CKF_GENERATE_KEY_PAIR | ck.CKF_EC_NAMEDCURVE},
-			{ck.CKM_EDDSA, 255, 255, ck.CKF_SIGN | ck.CKF_VERIFY | ck.CKF_EC_NAMEDCURVE},
+			{mech: ck.CKM_RSA_PKCS_KEY_PAIR_GEN, min: 2048, max: 8192, flags: ck.CKF_GENERATE_KEY_PAIR},
+			{mech: ck.CKM_RSA_PKCS, min: 1024, max: 16384, flags: ck.CKF_ENCRYPT | ck.CKF_DECRYPT | ck.CKF_SIGN | ck.CKF_VERIFY | ck.CKF_WRAP | ck.CKF_UNWRAP},
+			{mech: ck.CKM_RSA_PKCS_OAEP, min: 1024, max: 16384, flags: ck.CKF_ENCRYPT | ck.CKF_DECRYPT | ck.CKF_WRAP | ck.CKF_UNWRAP},
+			{mech: ck.CKM_SHA256_RSA_PKCS_PSS, min: 1024, max: 16384, flags: ck.CKF_SIGN | ck.CKF_VERIFY},
+			{mech: ck.CKM_RSA_AES_KEY_WRAP, min: 1024, max: 16384, flags: ck.CKF_WRAP | ck.CKF_UNWRAP},
+			{mech: ck.CKM_EC_KEY_PAIR_GEN, min: 256, max: 521, flags: ck.CKF_GENERATE_KEY_PAIR | ecCurveFlags},
+			{mech: ck.CKM_ECDSA_SHA256, min: 256, max: 521, flags: ck.CKF_SIGN | ck.CKF_VERIFY | ecCurveFlags},
+			{mech: ck.CKM_ECDH1_DERIVE, min: 256, max: 521, flags: ck.CKF_DERIVE | ecCurveFlags},
+			{mech: ck.CKM_EC_EDWARDS_KEY_PAIR_GEN, min: 255, max: 255, flags: ck.CKF_GENERATE_KEY_PAIR | ck.CKF_EC_NAMEDCURVE},
+			{mech: ck.CKM_EDDSA, min: 255, max: 255, flags: ck.CKF_SIGN | ck.CKF_VERIFY | ck.CKF_EC_NAMEDCURVE},
 		} {
 			info := s.Must(ck.CKR_OK, "C_GetMechanismInfo", U(freeSlot), U(tc.mech), None())[2].Struct.(*wire.MechanismInfo)
 			if info.MinKeySize != tc.min || info.MaxKeySize != tc.max || info.Flags != tc.flags {
@@ -332,18 +332,18 @@ func TestRSAMechanisms(t *testing.T) {
 			pss   bool
 			input []byte // for the single-part mechanisms
 		}{
-			{"RSA_PKCS", M(ck.CKM_RSA_PKCS), crypto.SHA256, false, digestInfo(digest[:])},
-			{"SHA1_RSA_PKCS", M(ck.CKM_SHA1_RSA_PKCS), crypto.SHA1, false, nil},
-			{"SHA224_RSA_PKCS", M(ck.CKM_SHA224_RSA_PKCS), crypto.SHA224, false, nil},
-			{"SHA256_RSA_PKCS", M(ck.CKM_SHA256_RSA_PKCS), crypto.SHA256, false, nil},
-			{"SHA384_RSA_PKCS", M(ck.CKM_SHA384_RSA_PKCS), crypto.SHA384, false, nil},
-			{"SHA512_RSA_PKCS", M(ck.CKM_SHA512_RSA_PKCS), crypto.SHA512, false, nil},
-			{"RSA_PKCS_PSS", pssMech(ck.CKM_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA256, 32), crypto.SHA256, true, digest[:]},
-			{"SHA1_RSA_PKCS_PSS", pssMech(ck.CKM_SHA1_RSA_PKCS_PSS, ck.CKM_SHA_1, ck.CKG_MGF1_SHA1, 20), crypto.SHA1, true, nil},
-			{"SHA224_RSA_PKCS_PSS", pssMech(ck.CKM_SHA224_RSA_PKCS_PSS, ck.CKM_SHA224, ck.CKG_MGF1_SHA224, 28), crypto.SHA224, true, nil},
-			{"SHA256_RSA_PKCS_PSS", pssMech(ck.CKM_SHA256_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA256, 32), crypto.SHA256, true, nil},
-			{"SHA384_RSA_PKCS_PSS", pssMech(ck.CKM_SHA384_RSA_PKCS_PSS, ck.CKM_SHA384, ck.CKG_MGF1_SHA384, 48), crypto.SHA384, true, nil},
-			{"SHA512_RSA_PKCS_PSS", pssMech(ck.CKM_SHA512_RSA_PKCS_PSS, ck.CKM_SHA512, ck.CKG_MGF1_SHA512, 1), crypto.SHA512, true, nil},
+			{name: "RSA_PKCS", m: M(ck.CKM_RSA_PKCS), h: crypto.SHA256, pss: false, input: digestInfo(digest[:])},
+			{name: "SHA1_RSA_PKCS", m: M(ck.CKM_SHA1_RSA_PKCS), h: crypto.SHA1, pss: false, input: nil},
+			{name: "SHA224_RSA_PKCS", m: M(ck.CKM_SHA224_RSA_PKCS), h: crypto.SHA224, pss: false, input: nil},
+			{name: "SHA256_RSA_PKCS", m: M(ck.CKM_SHA256_RSA_PKCS), h: crypto.SHA256, pss: false, input: nil},
+			{name: "SHA384_RSA_PKCS", m: M(ck.CKM_SHA384_RSA_PKCS), h: crypto.SHA384, pss: false, input: nil},
+			{name: "SHA512_RSA_PKCS", m: M(ck.CKM_SHA512_RSA_PKCS), h: crypto.SHA512, pss: false, input: nil},
+			{name: "RSA_PKCS_PSS", m: pssMech(ck.CKM_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA256, 32), h: crypto.SHA256, pss: true, input: digest[:]},
+			{name: "SHA1_RSA_PKCS_PSS", m: pssMech(ck.CKM_SHA1_RSA_PKCS_PSS, ck.CKM_SHA_1, ck.CKG_MGF1_SHA1, 20), h: crypto.SHA1, pss: true, input: nil},
+			{name: "SHA224_RSA_PKCS_PSS", m: pssMech(ck.CKM_SHA224_RSA_PKCS_PSS, ck.CKM_SHA224, ck.CKG_MGF1_SHA224, 28), h: crypto.SHA224, pss: true, input: nil},
+			{name: "SHA256_RSA_PKCS_PSS", m: pssMech(ck.CKM_SHA256_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA256, 32), h: crypto.SHA256, pss: true, input: nil},
+			{name: "SHA384_RSA_PKCS_PSS", m: pssMech(ck.CKM_SHA384_RSA_PKCS_PSS, ck.CKM_SHA384, ck.CKG_MGF1_SHA384, 48), h: crypto.SHA384, pss: true, input: nil},
+			{name: "SHA512_RSA_PKCS_PSS", m: pssMech(ck.CKM_SHA512_RSA_PKCS_PSS, ck.CKM_SHA512, ck.CKG_MGF1_SHA512, 1), h: crypto.SHA512, pss: true, input: nil},
 		} {
 			in := tc.input
 			if in == nil {
@@ -408,11 +408,11 @@ func TestRSAMechanisms(t *testing.T) {
 			name string
 			m    wire.Value
 		}{
-			{"PSS without parameter", M(ck.CKM_SHA256_RSA_PKCS_PSS)},
-			{"PSS MGF of another hash", pssMech(ck.CKM_SHA256_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA1, 32)},
-			{"PSS hash not the mechanism's", pssMech(ck.CKM_SHA256_RSA_PKCS_PSS, ck.CKM_SHA384, ck.CKG_MGF1_SHA384, 32)},
-			{"PSS salt too long", pssMech(ck.CKM_SHA256_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA256, 256-32-1)},
-			{"PKCS#1 v1.5 with a parameter", bytesMech(ck.CKM_SHA256_RSA_PKCS)},
+			{name: "PSS without parameter", m: M(ck.CKM_SHA256_RSA_PKCS_PSS)},
+			{name: "PSS MGF of another hash", m: pssMech(ck.CKM_SHA256_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA1, 32)},
+			{name: "PSS hash not the mechanism's", m: pssMech(ck.CKM_SHA256_RSA_PKCS_PSS, ck.CKM_SHA384, ck.CKG_MGF1_SHA384, 32)},
+			{name: "PSS salt too long", m: pssMech(ck.CKM_SHA256_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA256, 256-32-1)},
+			{name: "PKCS#1 v1.5 with a parameter", m: bytesMech(ck.CKM_SHA256_RSA_PKCS)},
 		} {
 			if rv, _ := s.Call("C_SignInit", U(h), tc.m, U(rsaPriv)); rv != ck.CKR_MECHANISM_PARAM_INVALID {
 				t.Errorf("%s: %#x", tc.name, rv)
@@ -453,13 +453,13 @@ func TestRSAMechanisms(t *testing.T) {
 			m    wire.Value
 			opts *rsa.OAEPOptions // nil: PKCS#1 v1.5
 		}{
-			{"PKCS#1 v1.5", M(ck.CKM_RSA_PKCS), nil},
-			{"OAEP SHA-1", oaepMech(ck.CKM_SHA_1, ck.CKG_MGF1_SHA1, nil), &rsa.OAEPOptions{Hash: crypto.SHA1}},
-			{"OAEP SHA-1 label", oaepMech(ck.CKM_SHA_1, ck.CKG_MGF1_SHA1, []byte("label")), &rsa.OAEPOptions{Hash: crypto.SHA1, Label: []byte("label")}},
-			{"OAEP SHA-256", oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, nil), &rsa.OAEPOptions{Hash: crypto.SHA256}},
-			{"OAEP SHA-256 label", oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, []byte("label")), &rsa.OAEPOptions{Hash: crypto.SHA256, Label: []byte("label")}},
-			{"OAEP SHA-256 MGF1-SHA-1", oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA1, nil), &rsa.OAEPOptions{Hash: crypto.SHA256, MGFHash: crypto.SHA1}},
-			{"OAEP SHA-512 MGF1-SHA-256 label", oaepMech(ck.CKM_SHA512, ck.CKG_MGF1_SHA256, []byte("l")), &rsa.OAEPOptions{Hash: crypto.SHA512, MGFHash: crypto.SHA256, Label: []byte("l")}},
+			{name: "PKCS#1 v1.5", m: M(ck.CKM_RSA_PKCS), opts: nil},
+			{name: "OAEP SHA-1", m: oaepMech(ck.CKM_SHA_1, ck.CKG_MGF1_SHA1, nil), opts: &rsa.OAEPOptions{Hash: crypto.SHA1}},
+			{name: "OAEP SHA-1 label", m: oaepMech(ck.CKM_SHA_1, ck.CKG_MGF1_SHA1, []byte("label")), opts: &rsa.OAEPOptions{Hash: crypto.SHA1, Label: []byte("label")}},
+			{name: "OAEP SHA-256", m: oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, nil), opts: &rsa.OAEPOptions{Hash: crypto.SHA256}},
+			{name: "OAEP SHA-256 label", m: oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA256, []byte("label")), opts: &rsa.OAEPOptions{Hash: crypto.SHA256, Label: []byte("label")}},
+			{name: "OAEP SHA-256 MGF1-SHA-1", m: oaepMech(ck.CKM_SHA256, ck.CKG_MGF1_SHA1, nil), opts: &rsa.OAEPOptions{Hash: crypto.SHA256, MGFHash: crypto.SHA1}},
+			{name: "OAEP SHA-512 MGF1-SHA-256 label", m: oaepMech(ck.CKM_SHA512, ck.CKG_MGF1_SHA256, []byte("l")), opts: &rsa.OAEPOptions{Hash: crypto.SHA512, MGFHash: crypto.SHA256, Label: []byte("l")}},
 		} {
 			// Go encrypts, the token decrypts.
 			var ct []byte

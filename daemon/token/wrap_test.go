@@ -52,19 +52,19 @@ func TestKeyWrapKnownAnswers(t *testing.T) {
 		wrapped []byte
 	}{
 		// RFC 3394 sections 4.1, 4.3 and 4.6.
-		{"KW 128 under 128", ck.CKM_AES_KEY_WRAP, kek128, ck.CKK_AES, hx("00112233445566778899AABBCCDDEEFF"),
-			hx("1FA68B0A8112B447 AEF34BD8FB5A7B82 9D3E862371D2CFE5")},
-		{"KW 128 under 256", ck.CKM_AES_KEY_WRAP, kek256, ck.CKK_AES, hx("00112233445566778899AABBCCDDEEFF"),
-			hx("64E8C3F9CE0F5BA2 63E9777905818A2A 93C8191E7D6E8AE7")},
-		{"KW 256 under 256", ck.CKM_AES_KEY_WRAP, kek256, ck.CKK_AES, hx("00112233445566778899AABBCCDDEEFF000102030405060708090A0B0C0D0E0F"),
-			hx("28C9F404C4B810F4 CBCCB35CFB87F826 3F5786E2D80ED326 CBC7F0E71A99F43B FB988B9B7A02DD21")},
+		{name: "KW 128 under 128", m: ck.CKM_AES_KEY_WRAP, kek: kek128, kt: ck.CKK_AES, key: hx("00112233445566778899AABBCCDDEEFF"),
+			wrapped: hx("1FA68B0A8112B447 AEF34BD8FB5A7B82 9D3E862371D2CFE5")},
+		{name: "KW 128 under 256", m: ck.CKM_AES_KEY_WRAP, kek: kek256, kt: ck.CKK_AES, key: hx("00112233445566778899AABBCCDDEEFF"),
+			wrapped: hx("64E8C3F9CE0F5BA2 63E9777905818A2A 93C8191E7D6E8AE7")},
+		{name: "KW 256 under 256", m: ck.CKM_AES_KEY_WRAP, kek: kek256, kt: ck.CKK_AES, key: hx("00112233445566778899AABBCCDDEEFF000102030405060708090A0B0C0D0E0F"),
+			wrapped: hx("28C9F404C4B810F4 CBCCB35CFB87F826 3F5786E2D80ED326 CBC7F0E71A99F43B FB988B9B7A02DD21")},
 		// RFC 5649 section 6, under both names.
-		{"KWP 20 bytes", ck.CKM_AES_KEY_WRAP_KWP, kek192, ck.CKK_GENERIC_SECRET, hx("c37b7e6492584340 bed1220780894115 5068f738"),
-			hx("138bdeaa9b8fa7fc 61f97742e72248ee 5ae6ae5360d1ae6a 5f54f373fa543b6a")},
-		{"KWP 7 bytes", ck.CKM_AES_KEY_WRAP_KWP, kek192, ck.CKK_GENERIC_SECRET, hx("466f7250617369"),
-			hx("afbeb0f07dfbf541 9200f2ccb50bb24f")},
-		{"KW_PAD 20 bytes", ck.CKM_AES_KEY_WRAP_PAD, kek192, ck.CKK_GENERIC_SECRET, hx("c37b7e6492584340 bed1220780894115 5068f738"),
-			hx("138bdeaa9b8fa7fc 61f97742e72248ee 5ae6ae5360d1ae6a 5f54f373fa543b6a")},
+		{name: "KWP 20 bytes", m: ck.CKM_AES_KEY_WRAP_KWP, kek: kek192, kt: ck.CKK_GENERIC_SECRET, key: hx("c37b7e6492584340 bed1220780894115 5068f738"),
+			wrapped: hx("138bdeaa9b8fa7fc 61f97742e72248ee 5ae6ae5360d1ae6a 5f54f373fa543b6a")},
+		{name: "KWP 7 bytes", m: ck.CKM_AES_KEY_WRAP_KWP, kek: kek192, kt: ck.CKK_GENERIC_SECRET, key: hx("466f7250617369"),
+			wrapped: hx("afbeb0f07dfbf541 9200f2ccb50bb24f")},
+		{name: "KW_PAD 20 bytes", m: ck.CKM_AES_KEY_WRAP_PAD, kek: kek192, kt: ck.CKK_GENERIC_SECRET, key: hx("c37b7e6492584340 bed1220780894115 5068f738"),
+			wrapped: hx("138bdeaa9b8fa7fc 61f97742e72248ee 5ae6ae5360d1ae6a 5f54f373fa543b6a")},
 	} {
 		kek := cl.secret(h, ck.CKK_AES, c.kek)
 		k := cl.secret(h, c.kt, c.key)
@@ -246,19 +246,19 @@ func TestHKDFKnownAnswers(t *testing.T) {
 		n    uint64
 		want []byte
 	}{
-		{"A.1", rfc5869IKM1, wire.HKDFParams{Extract: true, Expand: true, PRFHashMechanism: ck.CKM_SHA256,
-			SaltType: ck.CKF_HKDF_SALT_DATA, Salt: rfc5869Salt1, Info: rfc5869Info1}, 42, rfc5869OKM1},
-		{"A.1 extract", rfc5869IKM1, wire.HKDFParams{Extract: true, PRFHashMechanism: ck.CKM_SHA256,
-			SaltType: ck.CKF_HKDF_SALT_DATA, Salt: rfc5869Salt1}, 0, rfc5869PRK1},
-		{"A.1 extract, length given", rfc5869IKM1, wire.HKDFParams{Extract: true, PRFHashMechanism: ck.CKM_SHA256,
-			SaltType: ck.CKF_HKDF_SALT_DATA, Salt: rfc5869Salt1}, 32, rfc5869PRK1},
-		{"A.1 expand", rfc5869PRK1, wire.HKDFParams{Expand: true, PRFHashMechanism: ck.CKM_SHA256, Info: rfc5869Info1}, 42, rfc5869OKM1},
-		{"A.3", rfc5869IKM1, wire.HKDFParams{Extract: true, Expand: true, PRFHashMechanism: ck.CKM_SHA256,
-			SaltType: ck.CKF_HKDF_SALT_NULL}, 42,
-			hx("8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8")},
-		{"A.4", bytes.Repeat([]byte{0x0b}, 11), wire.HKDFParams{Extract: true, Expand: true, PRFHashMechanism: ck.CKM_SHA_1,
-			SaltType: ck.CKF_HKDF_SALT_DATA, Salt: rfc5869Salt1, Info: rfc5869Info1}, 42,
-			hx("085a01ea1b10f36933068b56efa5ad81a4f14b822f5b091568a9cdd4f155fda2c22e422478d305f3f896")},
+		{name: "A.1", ikm: rfc5869IKM1, p: wire.HKDFParams{Extract: true, Expand: true, PRFHashMechanism: ck.CKM_SHA256,
+			SaltType: ck.CKF_HKDF_SALT_DATA, Salt: rfc5869Salt1, Info: rfc5869Info1}, n: 42, want: rfc5869OKM1},
+		{name: "A.1 extract", ikm: rfc5869IKM1, p: wire.HKDFParams{Extract: true, PRFHashMechanism: ck.CKM_SHA256,
+			SaltType: ck.CKF_HKDF_SALT_DATA, Salt: rfc5869Salt1}, n: 0, want: rfc5869PRK1},
+		{name: "A.1 extract, length given", ikm: rfc5869IKM1, p: wire.HKDFParams{Extract: true, PRFHashMechanism: ck.CKM_SHA256,
+			SaltType: ck.CKF_HKDF_SALT_DATA, Salt: rfc5869Salt1}, n: 32, want: rfc5869PRK1},
+		{name: "A.1 expand", ikm: rfc5869PRK1, p: wire.HKDFParams{Expand: true, PRFHashMechanism: ck.CKM_SHA256, Info: rfc5869Info1}, n: 42, want: rfc5869OKM1},
+		{name: "A.3", ikm: rfc5869IKM1, p: wire.HKDFParams{Extract: true, Expand: true, PRFHashMechanism: ck.CKM_SHA256,
+			SaltType: ck.CKF_HKDF_SALT_NULL}, n: 42,
+			want: hx("8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8")},
+		{name: "A.4", ikm: bytes.Repeat([]byte{0x0b}, 11), p: wire.HKDFParams{Extract: true, Expand: true, PRFHashMechanism: ck.CKM_SHA_1,
+			SaltType: ck.CKF_HKDF_SALT_DATA, Salt: rfc5869Salt1, Info: rfc5869Info1}, n: 42,
+			want: hx("085a01ea1b10f36933068b56efa5ad81a4f14b822f5b091568a9cdd4f155fda2c22e422478d305f3f896")},
 	} {
 		base := cl.secret(h, ck.CKK_GENERIC_SECRET, c.ikm, canDerive)
 		tmpl := readable(ck.CKK_GENERIC_SECRET)
@@ -293,17 +293,17 @@ func TestHKDFKnownAnswers(t *testing.T) {
 		tmpl []wire.Attribute
 		want uint64
 	}{
-		{"no parameter", M(ck.CKM_HKDF_DERIVE), gen42, ck.CKR_MECHANISM_PARAM_INVALID},
-		{"neither extract nor expand", with(func(p *wire.HKDFParams) { p.Extract, p.Expand = false, false }), gen42, ck.CKR_MECHANISM_PARAM_INVALID},
-		{"MD5", with(func(p *wire.HKDFParams) { p.PRFHashMechanism = ck.CKM_MD5 }), gen42, ck.CKR_MECHANISM_PARAM_INVALID},
-		{"an HMAC for a hash", with(func(p *wire.HKDFParams) { p.PRFHashMechanism = ck.CKM_SHA256_HMAC }), gen42, ck.CKR_MECHANISM_PARAM_INVALID},
-		{"a salt key", with(func(p *wire.HKDFParams) { p.SaltType, p.Salt, p.SaltKey = ck.CKF_HKDF_SALT_KEY, nil, base1 }), gen42, ck.CKR_MECHANISM_PARAM_INVALID},
-		{"salt data missing", with(func(p *wire.HKDFParams) { p.Salt = nil }), gen42, ck.CKR_MECHANISM_PARAM_INVALID},
-		{"a null salt given", with(func(p *wire.HKDFParams) { p.SaltType = ck.CKF_HKDF_SALT_NULL }), gen42, ck.CKR_MECHANISM_PARAM_INVALID},
-		{"an unknown salt type", with(func(p *wire.HKDFParams) { p.SaltType = 8 }), gen42, ck.CKR_MECHANISM_PARAM_INVALID},
-		{"expand without a length", hkdfMech(full), readable(ck.CKK_GENERIC_SECRET), ck.CKR_TEMPLATE_INCOMPLETE},
-		{"expand too long", hkdfMech(full), readable(ck.CKK_GENERIC_SECRET, AU(ck.CKA_VALUE_LEN, 255*32+1)), ck.CKR_KEY_SIZE_RANGE},
-		{"extract to another length", with(func(p *wire.HKDFParams) { p.Expand = false }), readable(ck.CKK_GENERIC_SECRET, AU(ck.CKA_VALUE_LEN, 16)), ck.CKR_TEMPLATE_INCONSISTENT},
+		{name: "no parameter", m: M(ck.CKM_HKDF_DERIVE), tmpl: gen42, want: ck.CKR_MECHANISM_PARAM_INVALID},
+		{name: "neither extract nor expand", m: with(func(p *wire.HKDFParams) { p.Extract, p.Expand = false, false }), tmpl: gen42, want: ck.CKR_MECHANISM_PARAM_INVALID},
+		{name: "MD5", m: with(func(p *wire.HKDFParams) { p.PRFHashMechanism = ck.CKM_MD5 }), tmpl: gen42, want: ck.CKR_MECHANISM_PARAM_INVALID},
+		{name: "an HMAC for a hash", m: with(func(p *wire.HKDFParams) { p.PRFHashMechanism = ck.CKM_SHA256_HMAC }), tmpl: gen42, want: ck.CKR_MECHANISM_PARAM_INVALID},
+		{name: "a salt key", m: with(func(p *wire.HKDFParams) { p.SaltType, p.Salt, p.SaltKey = ck.CKF_HKDF_SALT_KEY, nil, base1 }), tmpl: gen42, want: ck.CKR_MECHANISM_PARAM_INVALID},
+		{name: "salt data missing", m: with(func(p *wire.HKDFParams) { p.Salt = nil }), tmpl: gen42, want: ck.CKR_MECHANISM_PARAM_INVALID},
+		{name: "a null salt given", m: with(func(p *wire.HKDFParams) { p.SaltType = ck.CKF_HKDF_SALT_NULL }), tmpl: gen42, want: ck.CKR_MECHANISM_PARAM_INVALID},
+		{name: "an unknown salt type", m: with(func(p *wire.HKDFParams) { p.SaltType = 8 }), tmpl: gen42, want: ck.CKR_MECHANISM_PARAM_INVALID},
+		{name: "expand without a length", m: hkdfMech(full), tmpl: readable(ck.CKK_GENERIC_SECRET), want: ck.CKR_TEMPLATE_INCOMPLETE},
+		{name: "expand too long", m: hkdfMech(full), tmpl: readable(ck.CKK_GENERIC_SECRET, AU(ck.CKA_VALUE_LEN, 255*32+1)), want: ck.CKR_KEY_SIZE_RANGE},
+		{name: "extract to another length", m: with(func(p *wire.HKDFParams) { p.Expand = false }), tmpl: readable(ck.CKK_GENERIC_SECRET, AU(ck.CKA_VALUE_LEN, 16)), want: ck.CKR_TEMPLATE_INCONSISTENT},
 	} {
 		if rv, _ := cl.Call("C_DeriveKey", U(h), c.m, U(base1), T(c.tmpl...), None()); rv != c.want {
 			t.Errorf("%s: %#x, want %#x", c.name, rv, c.want)

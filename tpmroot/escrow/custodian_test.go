@@ -123,9 +123,9 @@ func TestFingerprint(t *testing.T) {
 		name string
 		want string
 	}{
-		{"x25519", "SHA256:fCMCgzEPYYWiZIRaf3/zFcLw8kukCtY3IYGChD+fmpQ"},
-		{"p256", "SHA256:2ZxQqZQ+sOvQBTy0ws7RiAawdacv4D3pCo55ot+dRU8"},
-		{"rsa2048", "SHA256:wbtxgjwpP+bye9cYzFe9hL+vMI+pVRPNqFODQMphYcY"},
+		{name: "x25519", want: "SHA256:fCMCgzEPYYWiZIRaf3/zFcLw8kukCtY3IYGChD+fmpQ"},
+		{name: "p256", want: "SHA256:2ZxQqZQ+sOvQBTy0ws7RiAawdacv4D3pCo55ot+dRU8"},
+		{name: "rsa2048", want: "SHA256:wbtxgjwpP+bye9cYzFe9hL+vMI+pVRPNqFODQMphYcY"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -157,14 +157,14 @@ func TestCheckFingerprint(t *testing.T) {
 		fp   string
 		ok   bool
 	}{
-		{"good", good, true},
-		{"empty", "", false},
-		{"no prefix", strings.Repeat("A", 50), false},
-		{"padded", good + "=", false},
-		{"short", good[:len(good)-1], false},
-		{"bad alphabet", good[:len(good)-1] + "_", false},
-		{"non-zero trailing bits", good[:len(good)-1] + "B", false},
-		{"md5", "MD5:" + strings.Repeat("A", 46), false},
+		{name: "good", fp: good, ok: true},
+		{name: "empty", fp: "", ok: false},
+		{name: "no prefix", fp: strings.Repeat("A", 50), ok: false},
+		{name: "padded", fp: good + "=", ok: false},
+		{name: "short", fp: good[:len(good)-1], ok: false},
+		{name: "bad alphabet", fp: good[:len(good)-1] + "_", ok: false},
+		{name: "non-zero trailing bits", fp: good[:len(good)-1] + "B", ok: false},
+		{name: "md5", fp: "MD5:" + strings.Repeat("A", 46), ok: false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -34,17 +34,17 @@ func TestSplitDecryptCombine(t *testing.T) {
 		name  string
 		pairs func(t *testing.T) []keyPair
 	}{
-		{"rsa-x25519-p256", func(t *testing.T) []keyPair {
+		{name: "rsa-x25519-p256", pairs: func(t *testing.T) []keyPair {
 			return []keyPair{rsaPair(t, "alice"), ecdhPair(t, "bob", ecdh.X25519()), ecdhPair(t, "carol", ecdh.P256())}
 		}},
-		{"p384-p521-ecdsa", func(t *testing.T) []keyPair {
+		{name: "p384-p521-ecdsa", pairs: func(t *testing.T) []keyPair {
 			return []keyPair{ecdhPair(t, "dave", ecdh.P384()), ecdhPair(t, "erin", ecdh.P521()), ecdsaPair(t, "frank")}
 		}},
-		{"opaque-keys", func(t *testing.T) []keyPair {
+		{name: "opaque-keys", pairs: func(t *testing.T) []keyPair {
 			r, x, p := rsaPair(t, "rsa token"), ecdhPair(t, "x25519 token", ecdh.X25519()), ecdhPair(t, "p256 token", ecdh.P256())
-			x.priv = opaqueECDH{x.priv.(ecdh.KeyExchanger)}
-			p.priv = opaqueECDH{p.priv.(ecdh.KeyExchanger)}
-			r.priv = opaqueRSA{r.priv.(*rsa.PrivateKey)}
+			x.priv = opaqueECDH{KeyExchanger: x.priv.(ecdh.KeyExchanger)}
+			p.priv = opaqueECDH{KeyExchanger: p.priv.(ecdh.KeyExchanger)}
+			r.priv = opaqueRSA{Decrypter: r.priv.(*rsa.PrivateKey)}
 			return []keyPair{r, x, p}
 		}},
 	}
@@ -66,7 +66,7 @@ func TestSplitDecryptCombine(t *testing.T) {
 				if f.Custodian != c.Name || f.Fingerprint != c.Fingerprint() || f.Index != byte(i+1) {
 					t.Errorf("share %d: got %s %s %d", i, f.Custodian, f.Fingerprint, f.Index)
 				}
-				if meta.Custodians[i] != (CustodianInfo{c.Name, c.Fingerprint(), byte(i + 1)}) {
+				if meta.Custodians[i] != (CustodianInfo{Name: c.Name, Fingerprint: c.Fingerprint(), Index: byte(i + 1)}) {
 					t.Errorf("metadata custodian %d: %+v", i, meta.Custodians[i])
 				}
 				if bytes.Contains(f.File, secret) || bytes.Contains(f.File, []byte(hex.EncodeToString(secret))) {
@@ -168,29 +168,29 @@ func TestDecryptShareTampered(t *testing.T) {
 			file []byte
 			want error // nil: any error
 		}{
-			{"domain", editHeader(t, f.File, hdrDomain, other), nil},
-			{"index", editHeader(t, f.File, hdrIndex, "7"), nil},
-			{"threshold", editHeader(t, f.File, hdrThreshold, "1"), nil},
-			{"custodian", editHeader(t, f.File, hdrCustodian, "mallory"), nil},
-			{"version", editHeader(t, f.File, hdrVersion, "2"), nil},
-			{"algorithm", editHeader(t, f.File, hdrAlgorithm, algP384), ErrIncorrectKey},
-			{"extra header", editHeader(t, f.File, "Comment", "hello"), nil},
-			{"missing header", editHeader(t, f.File, hdrIndex, ""), nil},
-			{"non-canonical index", editHeader(t, f.File, hdrIndex, "0"+strconv.Itoa(int(f.Index))), nil},
-			{"upper-case domain", editHeader(t, f.File, hdrDomain, strings.ToUpper(domain)), nil},
-			{"fingerprint of nobody", editHeader(t, f.File, hdrFingerprint, "SHA256:"+strings.Repeat("A", 43)), ErrIncorrectKey},
-			{"flip first byte", editBody(t, f.File, func(b []byte) []byte { b[0] ^= 1; return b }), nil},
-			{"flip middle byte", editBody(t, f.File, func(b []byte) []byte { b[len(b)/2] ^= 0x80; return b }), nil},
-			{"flip last byte", editBody(t, f.File, func(b []byte) []byte { b[len(b)-1] ^= 1; return b }), nil},
-			{"truncated", editBody(t, f.File, func(b []byte) []byte { return b[:len(b)-1] }), nil},
-			{"extended", editBody(t, f.File, func(b []byte) []byte { return append(b, 0) }), nil},
-			{"empty body", editBody(t, f.File, func(b []byte) []byte { return nil }), nil},
-			{"leading text", append([]byte("note\n"), f.File...), nil},
-			{"second block", append(bytes.Clone(f.File), f.File...), nil},
-			{"rewrapped", bytes.Replace(f.File, []byte("\n\n"), []byte("\n\n\n"), 1), nil},
-			{"other block type", bytes.ReplaceAll(f.File, []byte(shareBlockType), []byte("PUBLIC KEY")), nil},
-			{"empty", nil, nil},
-			{"huge", bytes.Repeat([]byte{'A'}, maxShareFile+1), nil},
+			{name: "domain", file: editHeader(t, f.File, hdrDomain, other), want: nil},
+			{name: "index", file: editHeader(t, f.File, hdrIndex, "7"), want: nil},
+			{name: "threshold", file: editHeader(t, f.File, hdrThreshold, "1"), want: nil},
+			{name: "custodian", file: editHeader(t, f.File, hdrCustodian, "mallory"), want: nil},
+			{name: "version", file: editHeader(t, f.File, hdrVersion, "2"), want: nil},
+			{name: "algorithm", file: editHeader(t, f.File, hdrAlgorithm, algP384), want: ErrIncorrectKey},
+			{name: "extra header", file: editHeader(t, f.File, "Comment", "hello"), want: nil},
+			{name: "missing header", file: editHeader(t, f.File, hdrIndex, ""), want: nil},
+			{name: "non-canonical index", file: editHeader(t, f.File, hdrIndex, "0"+strconv.Itoa(int(f.Index))), want: nil},
+			{name: "upper-case domain", file: editHeader(t, f.File, hdrDomain, strings.ToUpper(domain)), want: nil},
+			{name: "fingerprint of nobody", file: editHeader(t, f.File, hdrFingerprint, "SHA256:"+strings.Repeat("A", 43)), want: ErrIncorrectKey},
+			{name: "flip first byte", file: editBody(t, f.File, func(b []byte) []byte { b[0] ^= 1; return b }), want: nil},
+			{name: "flip middle byte", file: editBody(t, f.File, func(b []byte) []byte { b[len(b)/2] ^= 0x80; return b }), want: nil},
+			{name: "flip last byte", file: editBody(t, f.File, func(b []byte) []byte { b[len(b)-1] ^= 1; return b }), want: nil},
+			{name: "truncated", file: editBody(t, f.File, func(b []byte) []byte { return b[:len(b)-1] }), want: nil},
+			{name: "extended", file: editBody(t, f.File, func(b []byte) []byte { return append(b, 0) }), want: nil},
+			{name: "empty body", file: editBody(t, f.File, func(b []byte) []byte { return nil }), want: nil},
+			{name: "leading text", file: append([]byte("note\n"), f.File...), want: nil},
+			{name: "second block", file: append(bytes.Clone(f.File), f.File...), want: nil},
+			{name: "rewrapped", file: bytes.Replace(f.File, []byte("\n\n"), []byte("\n\n\n"), 1), want: nil},
+			{name: "other block type", file: bytes.ReplaceAll(f.File, []byte(shareBlockType), []byte("PUBLIC KEY")), want: nil},
+			{name: "empty", file: nil, want: nil},
+			{name: "huge", file: bytes.Repeat([]byte{'A'}, maxShareFile+1), want: nil},
 		}
 		for _, tt := range tests {
 			t.Run(fmt.Sprintf("share%d/%s", i+1, tt.name), func(t *testing.T) {
@@ -219,9 +219,9 @@ func TestDecryptShareTolerated(t *testing.T) {
 		name string
 		file []byte
 	}{
-		{"crlf", bytes.ReplaceAll(f, []byte("\n"), []byte("\r\n"))},
-		{"surrounding white space", append(append([]byte("\n  \n"), f...), "\n\n"...)},
-		{"no final newline", bytes.TrimSuffix(f, []byte("\n"))},
+		{name: "crlf", file: bytes.ReplaceAll(f, []byte("\n"), []byte("\r\n"))},
+		{name: "surrounding white space", file: append(append([]byte("\n  \n"), f...), "\n\n"...)},
+		{name: "no final newline", file: bytes.TrimSuffix(f, []byte("\n"))},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -266,20 +266,20 @@ func TestCombineMismatch(t *testing.T) {
 		shares []*Share
 		want   error
 	}{
-		{"other domain", []*Share{a0, b1}, ErrShareMismatch},
-		{"corrupted value", []*Share{a0, corrupt(a1)}, ErrShareMismatch},
-		{"one corrupted of three", []*Share{a0, a1, corrupt(a2)}, ErrShareMismatch},
-		{"duplicate", []*Share{a0, a0}, ErrShareMismatch},
-		{"threshold differs", []*Share{a0, retag(a1, func(s *Share) { s.Threshold = 3 })}, ErrShareMismatch},
-		{"domain relabelled", []*Share{a0, retag(b1, func(s *Share) { s.DomainID = a0.DomainID })}, ErrShareMismatch},
-		{"index relabelled", []*Share{a0, retag(a1, func(s *Share) { s.Index = 3 })}, ErrShareMismatch},
-		{"none", nil, ErrNotEnoughShares},
-		{"one", []*Share{a2}, ErrNotEnoughShares},
-		{"nil share", []*Share{a0, nil}, nil},
-		{"short value", []*Share{a0, retag(a1, func(s *Share) { s.Value = s.Value[:31] })}, nil},
-		{"short domain", []*Share{a0, retag(a1, func(s *Share) { s.DomainID = s.DomainID[:31] })}, nil},
-		{"index zero", []*Share{a0, retag(a1, func(s *Share) { s.Index = 0 })}, nil},
-		{"threshold zero", []*Share{retag(a0, func(s *Share) { s.Threshold = 0 })}, nil},
+		{name: "other domain", shares: []*Share{a0, b1}, want: ErrShareMismatch},
+		{name: "corrupted value", shares: []*Share{a0, corrupt(a1)}, want: ErrShareMismatch},
+		{name: "one corrupted of three", shares: []*Share{a0, a1, corrupt(a2)}, want: ErrShareMismatch},
+		{name: "duplicate", shares: []*Share{a0, a0}, want: ErrShareMismatch},
+		{name: "threshold differs", shares: []*Share{a0, retag(a1, func(s *Share) { s.Threshold = 3 })}, want: ErrShareMismatch},
+		{name: "domain relabelled", shares: []*Share{a0, retag(b1, func(s *Share) { s.DomainID = a0.DomainID })}, want: ErrShareMismatch},
+		{name: "index relabelled", shares: []*Share{a0, retag(a1, func(s *Share) { s.Index = 3 })}, want: ErrShareMismatch},
+		{name: "none", shares: nil, want: ErrNotEnoughShares},
+		{name: "one", shares: []*Share{a2}, want: ErrNotEnoughShares},
+		{name: "nil share", shares: []*Share{a0, nil}, want: nil},
+		{name: "short value", shares: []*Share{a0, retag(a1, func(s *Share) { s.Value = s.Value[:31] })}, want: nil},
+		{name: "short domain", shares: []*Share{a0, retag(a1, func(s *Share) { s.DomainID = s.DomainID[:31] })}, want: nil},
+		{name: "index zero", shares: []*Share{a0, retag(a1, func(s *Share) { s.Index = 0 })}, want: nil},
+		{name: "threshold zero", shares: []*Share{retag(a0, func(s *Share) { s.Threshold = 0 })}, want: nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -311,10 +311,10 @@ func TestSplitErrors(t *testing.T) {
 	x := ecdhPair(t, "x", ecdh.X25519()).custodian
 	y := ecdhPair(t, "y", ecdh.P256()).custodian
 	edPub, _, _ := ed25519.GenerateKey(rand.Reader)
-	small := Custodian{"small", mustParsePKIX(t, readTestdata(t, "rsa1024.pub"))}
+	small := Custodian{Name: "small", Key: mustParsePKIX(t, readTestdata(t, "rsa1024.pub"))}
 	many := make([]Custodian, 256)
 	for i := range many {
-		many[i] = Custodian{fmt.Sprint("c", i), x.Key}
+		many[i] = Custodian{Name: fmt.Sprint("c", i), Key: x.Key}
 	}
 	secret := testSecret(t)
 	tests := []struct {
@@ -324,20 +324,20 @@ func TestSplitErrors(t *testing.T) {
 		custodians []Custodian
 		rnd        io.Reader
 	}{
-		{"short secret", secret[:31], 1, []Custodian{x}, nil},
-		{"long secret", append(bytes.Clone(secret), 0), 1, []Custodian{x}, nil},
-		{"threshold zero", secret, 0, []Custodian{x, y}, nil},
-		{"threshold above n", secret, 3, []Custodian{x, y}, nil},
-		{"no custodians", secret, 1, nil, nil},
-		{"256 custodians", secret, 2, many, nil},
-		{"duplicate name", secret, 1, []Custodian{x, {x.Name, y.Key}}, nil},
-		{"duplicate key", secret, 1, []Custodian{x, {"other", x.Key}}, nil},
-		{"ed25519", secret, 1, []Custodian{x, {"ed", edPub}}, nil},
-		{"rsa-1024", secret, 1, []Custodian{x, small}, nil},
-		{"nil key", secret, 1, []Custodian{x, {"nil", nil}}, nil},
-		{"empty name", secret, 1, []Custodian{x, {"", y.Key}}, nil},
-		{"newline in name", secret, 1, []Custodian{x, {"a\nb", y.Key}}, nil},
-		{"short randomness", secret, 2, []Custodian{x, y}, bytes.NewReader(make([]byte, 8))},
+		{name: "short secret", secret: secret[:31], threshold: 1, custodians: []Custodian{x}, rnd: nil},
+		{name: "long secret", secret: append(bytes.Clone(secret), 0), threshold: 1, custodians: []Custodian{x}, rnd: nil},
+		{name: "threshold zero", secret: secret, threshold: 0, custodians: []Custodian{x, y}, rnd: nil},
+		{name: "threshold above n", secret: secret, threshold: 3, custodians: []Custodian{x, y}, rnd: nil},
+		{name: "no custodians", secret: secret, threshold: 1, custodians: nil, rnd: nil},
+		{name: "256 custodians", secret: secret, threshold: 2, custodians: many, rnd: nil},
+		{name: "duplicate name", secret: secret, threshold: 1, custodians: []Custodian{x, {Name: x.Name, Key: y.Key}}, rnd: nil},
+		{name: "duplicate key", secret: secret, threshold: 1, custodians: []Custodian{x, {Name: "other", Key: x.Key}}, rnd: nil},
+		{name: "ed25519", secret: secret, threshold: 1, custodians: []Custodian{x, {Name: "ed", Key: edPub}}, rnd: nil},
+		{name: "rsa-1024", secret: secret, threshold: 1, custodians: []Custodian{x, small}, rnd: nil},
+		{name: "nil key", secret: secret, threshold: 1, custodians: []Custodian{x, {Name: "nil", Key: nil}}, rnd: nil},
+		{name: "empty name", secret: secret, threshold: 1, custodians: []Custodian{x, {Name: "", Key: y.Key}}, rnd: nil},
+		{name: "newline in name", secret: secret, threshold: 1, custodians: []Custodian{x, {Name: "a\nb", Key: y.Key}}, rnd: nil},
+		{name: "short randomness", secret: secret, threshold: 2, custodians: []Custodian{x, y}, rnd: bytes.NewReader(make([]byte, 8))},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -358,7 +358,7 @@ func TestShareRedacted(t *testing.T) {
 	s := &Share{DomainID: make([]byte, 32), Threshold: 2, Index: 1, Value: bytes.Repeat([]byte{0xab}, 32)}
 	for _, out := range []string{
 		fmt.Sprint(s), fmt.Sprintf("%v", *s), fmt.Sprintf("%+v", s), fmt.Sprintf("%#v", s),
-		fmt.Sprintf("%+v", struct{ S Share }{*s}),
+		fmt.Sprintf("%+v", struct{ S Share }{S: *s}),
 	} {
 		if strings.Contains(out, "abab") || strings.Contains(out, "171") {
 			t.Errorf("share printed its value: %s", out)

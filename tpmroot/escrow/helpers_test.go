@@ -34,7 +34,7 @@ func rsaPair(t testing.TB, name string) keyPair {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return keyPair{Custodian{name, &k.PublicKey}, k}
+	return keyPair{custodian: Custodian{Name: name, Key: &k.PublicKey}, priv: k}
 }
 
 func ecdhPair(t testing.TB, name string, curve ecdh.Curve) keyPair {
@@ -43,7 +43,7 @@ func ecdhPair(t testing.TB, name string, curve ecdh.Curve) keyPair {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return keyPair{Custodian{name, k.PublicKey()}, k}
+	return keyPair{custodian: Custodian{Name: name, Key: k.PublicKey()}, priv: k}
 }
 
 // ecdsaPair returns a custodian whose private key is an *ecdsa.PrivateKey, as
@@ -58,7 +58,7 @@ func ecdsaPair(t testing.TB, name string) keyPair {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return keyPair{Custodian{name, pub}, k}
+	return keyPair{custodian: Custodian{Name: name, Key: pub}, priv: k}
 }
 
 // opaqueECDH hides an *ecdh.PrivateKey behind the ecdh.KeyExchanger

@@ -13,9 +13,9 @@ func testMetadata() Metadata {
 		Threshold: 2,
 		DomainID:  DomainID([]byte("hsmemu escrow test vector secret")),
 		Custodians: []CustodianInfo{
-			{"x25519", "SHA256:fCMCgzEPYYWiZIRaf3/zFcLw8kukCtY3IYGChD+fmpQ", 1},
-			{"p256", "SHA256:2ZxQqZQ+sOvQBTy0ws7RiAawdacv4D3pCo55ot+dRU8", 2},
-			{"rsa2048", "SHA256:wbtxgjwpP+bye9cYzFe9hL+vMI+pVRPNqFODQMphYcY", 3},
+			{Name: "x25519", Fingerprint: "SHA256:fCMCgzEPYYWiZIRaf3/zFcLw8kukCtY3IYGChD+fmpQ", Index: 1},
+			{Name: "p256", Fingerprint: "SHA256:2ZxQqZQ+sOvQBTy0ws7RiAawdacv4D3pCo55ot+dRU8", Index: 2},
+			{Name: "rsa2048", Fingerprint: "SHA256:wbtxgjwpP+bye9cYzFe9hL+vMI+pVRPNqFODQMphYcY", Index: 3},
 		},
 	}
 }
@@ -56,24 +56,24 @@ func TestMetadataRejected(t *testing.T) {
 		name string
 		data []byte
 	}{
-		{"empty", nil},
-		{"not json", []byte("version=1")},
-		{"version 2", edit(`"version": 1`, `"version": 2`)},
-		{"threshold 0", edit(`"threshold": 2`, `"threshold": 0`)},
-		{"threshold above n", edit(`"threshold": 2`, `"threshold": 4`)},
-		{"short domain", edit(`"domain_id": "`, `"domain_id": "00`)},
-		{"domain not hex", edit(`"domain_id": "`, `"domain_id": "zz`)},
-		{"index 0", edit(`"index": 1`, `"index": 0`)},
-		{"index 256", edit(`"index": 1`, `"index": 256`)},
-		{"duplicate index", edit(`"index": 1`, `"index": 2`)},
-		{"duplicate name", edit(`"name": "p256"`, `"name": "x25519"`)},
-		{"duplicate key", edit(`wbtxgjwpP+bye9cYzFe9hL+vMI+pVRPNqFODQMphYcY`, `2ZxQqZQ+sOvQBTy0ws7RiAawdacv4D3pCo55ot+dRU8`)},
-		{"bad fingerprint", edit(`SHA256:wbtx`, `SHA1:wbtx`)},
-		{"bad name", edit(`"name": "p256"`, `"name": "p256\n"`)},
-		{"unknown field", edit(`"version": 1`, `"version": 1, "secret": "x"`)},
-		{"trailing data", append(bytes.Clone(good), "{}"...)},
-		{"no custodians", []byte(`{"version":1,"threshold":1,"domain_id":"` + strings.Repeat("00", 32) + `","custodians":[]}`)},
-		{"huge", append(bytes.Clone(good), bytes.Repeat([]byte(" "), maxMetadata)...)},
+		{name: "empty", data: nil},
+		{name: "not json", data: []byte("version=1")},
+		{name: "version 2", data: edit(`"version": 1`, `"version": 2`)},
+		{name: "threshold 0", data: edit(`"threshold": 2`, `"threshold": 0`)},
+		{name: "threshold above n", data: edit(`"threshold": 2`, `"threshold": 4`)},
+		{name: "short domain", data: edit(`"domain_id": "`, `"domain_id": "00`)},
+		{name: "domain not hex", data: edit(`"domain_id": "`, `"domain_id": "zz`)},
+		{name: "index 0", data: edit(`"index": 1`, `"index": 0`)},
+		{name: "index 256", data: edit(`"index": 1`, `"index": 256`)},
+		{name: "duplicate index", data: edit(`"index": 1`, `"index": 2`)},
+		{name: "duplicate name", data: edit(`"name": "p256"`, `"name": "x25519"`)},
+		{name: "duplicate key", data: edit(`wbtxgjwpP+bye9cYzFe9hL+vMI+pVRPNqFODQMphYcY`, `2ZxQqZQ+sOvQBTy0ws7RiAawdacv4D3pCo55ot+dRU8`)},
+		{name: "bad fingerprint", data: edit(`SHA256:wbtx`, `SHA1:wbtx`)},
+		{name: "bad name", data: edit(`"name": "p256"`, `"name": "p256\n"`)},
+		{name: "unknown field", data: edit(`"version": 1`, `"version": 1, "secret": "x"`)},
+		{name: "trailing data", data: append(bytes.Clone(good), "{}"...)},
+		{name: "no custodians", data: []byte(`{"version":1,"threshold":1,"domain_id":"` + strings.Repeat("00", 32) + `","custodians":[]}`)},
+		{name: "huge", data: append(bytes.Clone(good), bytes.Repeat([]byte(" "), maxMetadata)...)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
