@@ -11,11 +11,11 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"hsmemu/cryptoki/ck"
+	"os"
 	"path/filepath"
 	"strings"
 	"unsafe"
-
-	"github.com/miekg/pkcs11"
 )
 
 // module is one PKCS#11 module loaded into this process.
@@ -26,25 +26,32 @@ type module struct {
 	slot C.CK_SLOT_ID
 }
 
-// rvError is a PKCS#11 return code as an error.
-type rvError uint
-
-func (e rvError) Error() string { return strings.TrimPrefix(pkcs11.Error(e).Error(), "pkcs11: ") }
-
 // is reports whether err is the return code rv.
-func is(err error, rv uint) bool {
-	var e rvError
-	return errors.As(err, &e) && uint(e) == rv
-}
+func is(err error, rv uint) bool { return errors.Is(err, ck.Error(rv)) }
 
-func ok(rv C.CK_RV) error {
-	if rv == C.CKR_OK {
-		return nil
+// ok is a module's return code as an error: nil for CKR_OK.
+func ok(rv C.CK_RV) error { return ck.Err(uint64(rv)) }
+
+// loadModule loads and initialises a module. The spec is its path,
+// optionally followed by ",socket=PATH": the daemon socket an hsmemu
+// module is to use, set as HSMEMU_SOCKET while it initialises (where it
+// reads it), so two daemons can be measured side by side in one run.
+func loadModule(spec string) (*module, error) {
+	path, socket, err := parseModuleSpec(spec)
+	if err != nil {
+		return nil, err
 	}
-	return rvError(rv)
-}
-
-func loadModule(path string) (*module, error) {
+	if socket != "" {
+		old, had := os.LookupEnv("HSMEMU_SOCKET")
+		os.Setenv("HSMEMU_SOCKET", socket) // with cgo, the C environment too
+		defer func() {
+			if had {
+				os.Setenv("HSMEMU_SOCKET", old)
+			} else {
+				os.Unsetenv("HSMEMU_SOCKET")
+			}
+		}()
+	}
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	var buf [512]C.char
@@ -57,6 +64,19 @@ func loadModule(path string) (*module, error) {
 		return nil, fmt.Errorf("%s: C_Initialize: %w", path, err)
 	}
 	return m, nil
+}
+
+// parseModuleSpec splits "PATH[,socket=SOCKET]".
+func parseModuleSpec(spec string) (path, socket string, err error) {
+	path, opt, found := strings.Cut(spec, ",")
+	if !found {
+		return path, "", nil
+	}
+	socket, ok := strings.CutPrefix(opt, "socket=")
+	if !ok || socket == "" {
+		return "", "", fmt.Errorf("module %q: after the path, only socket=PATH is understood", spec)
+	}
+	return path, socket, nil
 }
 
 func (m *module) close() {

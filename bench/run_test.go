@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"hsmemu/cryptoki/ck"
 	"slices"
 	"strings"
 	"testing"
@@ -36,11 +37,11 @@ func TestCheckOpChoosesFirstOffered(t *testing.T) {
 		chosen uint
 		why    string
 	}{
-		{"KWP first", map[uint]uint{ckmKWP: pkcs11.CKF_WRAP, ckmKWPad: pkcs11.CKF_WRAP, ckmKW: pkcs11.CKF_WRAP}, ckmKWP, ""},
-		{"the older name", map[uint]uint{ckmKWPad: pkcs11.CKF_WRAP, ckmKW: pkcs11.CKF_WRAP}, ckmKWPad, ""},
-		{"plain KW last", map[uint]uint{ckmKW: pkcs11.CKF_WRAP | pkcs11.CKF_UNWRAP}, ckmKW, ""},
-		{"offered without the wrap flag", map[uint]uint{ckmKWP: pkcs11.CKF_ENCRYPT}, 0, "offers none of CKM_AES_KEY_WRAP_KWP"},
-		{"none", map[uint]uint{}, 0, "offers none of"},
+		{name: "KWP first", table: map[uint]uint{ckmKWP: pkcs11.CKF_WRAP, ckmKWPad: pkcs11.CKF_WRAP, ckmKW: pkcs11.CKF_WRAP}, chosen: ckmKWP, why: ""},
+		{name: "the older name", table: map[uint]uint{ckmKWPad: pkcs11.CKF_WRAP, ckmKW: pkcs11.CKF_WRAP}, chosen: ckmKWPad, why: ""},
+		{name: "plain KW last", table: map[uint]uint{ckmKW: pkcs11.CKF_WRAP | pkcs11.CKF_UNWRAP}, chosen: ckmKW, why: ""},
+		{name: "offered without the wrap flag", table: map[uint]uint{ckmKWP: pkcs11.CKF_ENCRYPT}, chosen: 0, why: "offers none of CKM_AES_KEY_WRAP_KWP"},
+		{name: "none", table: map[uint]uint{}, chosen: 0, why: "offers none of"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -133,13 +134,31 @@ func TestOpsTable(t *testing.T) {
 // fails at it is not.
 func TestRefusal(t *testing.T) {
 	for _, code := range []uint{pkcs11.CKR_FUNCTION_NOT_SUPPORTED, pkcs11.CKR_MECHANISM_INVALID, pkcs11.CKR_CURVE_NOT_SUPPORTED} {
-		if !refusal(rvError(code)) {
+		if !refusal(ck.Error(code)) {
 			t.Errorf("%#x is not a refusal", code)
 		}
 	}
 	for _, code := range []uint{pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_GENERAL_ERROR, pkcs11.CKR_OBJECT_HANDLE_INVALID} {
-		if refusal(rvError(code)) {
+		if refusal(ck.Error(code)) {
 			t.Errorf("%#x is a refusal", code)
+		}
+	}
+}
+
+func TestParseModuleSpec(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		spec, path, socket string
+		bad                bool
+	}{
+		{spec: "bin/hsmemu-pkcs11.so", path: "bin/hsmemu-pkcs11.so"},
+		{spec: "old.so,socket=/tmp/old.sock", path: "old.so", socket: "/tmp/old.sock"},
+		{spec: "old.so,socket=", bad: true},
+		{spec: "old.so,sock=/tmp/x", bad: true},
+	} {
+		path, socket, err := parseModuleSpec(c.spec)
+		if (err != nil) != c.bad || path != c.path || socket != c.socket {
+			t.Errorf("parseModuleSpec(%q) = %q, %q, %v", c.spec, path, socket, err)
 		}
 	}
 }

@@ -103,6 +103,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hsmemu/cryptoki/ck"
 	"unsafe"
 )
 
@@ -126,10 +127,8 @@ func Load(path string) (*Module, error) {
 	return &Module{f: f}, nil
 }
 
-// RV is a CK_RV.
-type RV uint64
-
-func (rv RV) Error() string { return fmt.Sprintf("CK_RV %#x", uint64(rv)) }
+// RV is a CK_RV: ck.Error, which names it in test messages.
+type RV = ck.Error
 
 func (m *Module) Initialize() RV { return RV(C.mt_initialize(m.f)) }
 func (m *Module) Finalize() RV   { return RV(C.mt_finalize(m.f)) }
