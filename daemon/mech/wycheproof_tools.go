@@ -3,6 +3,6 @@
 package mech
 
 // The Wycheproof test vectors are read from their module by the tests
-// (wycheproof_test.go); this import, never built, keeps the module in
-// go.mod.
+// (mechtest.WycheproofFile); this import, never built, keeps the module
+// in go.mod.
 import _ "github.com/c2sp/wycheproof"

@@ -5,10 +5,8 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
-	"encoding/hex"
 	. "hsmemu/cryptoki/wire/wiretest"
 	"slices"
-	"strings"
 	"testing"
 
 	"hsmemu/cryptoki/calls"
@@ -20,17 +18,11 @@ import (
 
 // The secret-key mechanisms through the engine's calls: known answers
 // from the standards, multi-part against single-part, the size-query
-// convention, and the refusals. mech_sym_inproc_test.go runs Wycheproof
-// against the implementations in process, and the benchmarks.
+// convention, and the refusals. daemon/mech runs all of Wycheproof
+// against the mechanisms themselves, and the benchmarks.
 
 // hx decodes hex written with spaces, as the RFCs print it.
-func hx(s string) []byte {
-	b, err := hex.DecodeString(strings.Join(strings.Fields(s), ""))
-	if err != nil {
-		panic(err)
-	}
-	return b
-}
+var hx = mechtest.Hex
 
 // symUser starts a daemon with a token and returns a client with the user
 // logged in on a read-write session.
@@ -130,23 +122,23 @@ func TestSymMechanismInfo(t *testing.T) {
 		min, max uint64
 		flags    uint64
 	}{
-		{ck.CKM_AES_KEY_GEN, 16, 32, ck.CKF_GENERATE},
-		{ck.CKM_GENERIC_SECRET_KEY_GEN, 8, 8 << 16, ck.CKF_GENERATE},
-		{ck.CKM_AES_ECB, 16, 32, enc},
-		{ck.CKM_AES_CBC, 16, 32, enc},
-		{ck.CKM_AES_CBC_PAD, 16, 32, enc | wrap},
-		{ck.CKM_AES_CTR, 16, 32, enc},
-		{ck.CKM_AES_GCM, 16, 32, enc},
-		{ck.CKM_AES_KEY_WRAP, 16, 32, enc | wrap},
-		{ck.CKM_AES_KEY_WRAP_KWP, 16, 32, enc | wrap},
-		{ck.CKM_AES_KEY_WRAP_PAD, 16, 32, enc | wrap},
-		{ck.CKM_AES_CMAC, 16, 32, mac},
-		{ck.CKM_SHA_1_HMAC, 8, 8 << 16, mac},
-		{ck.CKM_SHA224_HMAC, 8, 8 << 16, mac},
-		{ck.CKM_SHA256_HMAC, 8, 8 << 16, mac},
-		{ck.CKM_SHA384_HMAC, 8, 8 << 16, mac},
-		{ck.CKM_SHA512_HMAC, 8, 8 << 16, mac},
-		{ck.CKM_HKDF_DERIVE, 8, 8 << 16, ck.CKF_DERIVE},
+		{mech: ck.CKM_AES_KEY_GEN, min: 16, max: 32, flags: ck.CKF_GENERATE},
+		{mech: ck.CKM_GENERIC_SECRET_KEY_GEN, min: 8, max: 8 << 16, flags: ck.CKF_GENERATE},
+		{mech: ck.CKM_AES_ECB, min: 16, max: 32, flags: enc},
+		{mech: ck.CKM_AES_CBC, min: 16, max: 32, flags: enc},
+		{mech: ck.CKM_AES_CBC_PAD, min: 16, max: 32, flags: enc | wrap},
+		{mech: ck.CKM_AES_CTR, min: 16, max: 32, flags: enc},
+		{mech: ck.CKM_AES_GCM, min: 16, max: 32, flags: enc},
+		{mech: ck.CKM_AES_KEY_WRAP, min: 16, max: 32, flags: enc | wrap},
+		{mech: ck.CKM_AES_KEY_WRAP_KWP, min: 16, max: 32, flags: enc | wrap},
+		{mech: ck.CKM_AES_KEY_WRAP_PAD, min: 16, max: 32, flags: enc | wrap},
+		{mech: ck.CKM_AES_CMAC, min: 16, max: 32, flags: mac},
+		{mech: ck.CKM_SHA_1_HMAC, min: 8, max: 8 << 16, flags: mac},
+		{mech: ck.CKM_SHA224_HMAC, min: 8, max: 8 << 16, flags: mac},
+		{mech: ck.CKM_SHA256_HMAC, min: 8, max: 8 << 16, flags: mac},
+		{mech: ck.CKM_SHA384_HMAC, min: 8, max: 8 << 16, flags: mac},
+		{mech: ck.CKM_SHA512_HMAC, min: 8, max: 8 << 16, flags: mac},
+		{mech: ck.CKM_HKDF_DERIVE, min: 8, max: 8 << 16, flags: ck.CKF_DERIVE},
 	} {
 		if !slices.Contains(list, c.mech) {
 			t.Errorf("mechanism %#x not listed", c.mech)
@@ -214,14 +206,14 @@ func TestSymKeyGeneration(t *testing.T) {
 		want  uint64
 		attrs []wire.Attribute
 	}{
-		{"AES without a length", ck.CKM_AES_KEY_GEN, ck.CKR_TEMPLATE_INCOMPLETE, nil},
-		{"AES of 20 bytes", ck.CKM_AES_KEY_GEN, ck.CKR_ATTRIBUTE_VALUE_INVALID, []wire.Attribute{AU(ck.CKA_VALUE_LEN, 20)}},
-		{"AES of no bytes", ck.CKM_AES_KEY_GEN, ck.CKR_ATTRIBUTE_VALUE_INVALID, []wire.Attribute{AU(ck.CKA_VALUE_LEN, 0)}},
-		{"AES with a value", ck.CKM_AES_KEY_GEN, ck.CKR_TEMPLATE_INCONSISTENT, []wire.Attribute{AU(ck.CKA_VALUE_LEN, 16), A(ck.CKA_VALUE, make([]byte, 16))}},
-		{"AES gen of a generic secret", ck.CKM_AES_KEY_GEN, ck.CKR_TEMPLATE_INCONSISTENT, []wire.Attribute{AU(ck.CKA_VALUE_LEN, 16), AU(ck.CKA_KEY_TYPE, ck.CKK_GENERIC_SECRET)}},
-		{"generic without a length", ck.CKM_GENERIC_SECRET_KEY_GEN, ck.CKR_TEMPLATE_INCOMPLETE, nil},
-		{"generic of no bytes", ck.CKM_GENERIC_SECRET_KEY_GEN, ck.CKR_ATTRIBUTE_VALUE_INVALID, []wire.Attribute{AU(ck.CKA_VALUE_LEN, 0)}},
-		{"generic too long", ck.CKM_GENERIC_SECRET_KEY_GEN, ck.CKR_KEY_SIZE_RANGE, []wire.Attribute{AU(ck.CKA_VALUE_LEN, 1<<20)}},
+		{name: "AES without a length", mech: ck.CKM_AES_KEY_GEN, want: ck.CKR_TEMPLATE_INCOMPLETE, attrs: nil},
+		{name: "AES of 20 bytes", mech: ck.CKM_AES_KEY_GEN, want: ck.CKR_ATTRIBUTE_VALUE_INVALID, attrs: []wire.Attribute{AU(ck.CKA_VALUE_LEN, 20)}},
+		{name: "AES of no bytes", mech: ck.CKM_AES_KEY_GEN, want: ck.CKR_ATTRIBUTE_VALUE_INVALID, attrs: []wire.Attribute{AU(ck.CKA_VALUE_LEN, 0)}},
+		{name: "AES with a value", mech: ck.CKM_AES_KEY_GEN, want: ck.CKR_TEMPLATE_INCONSISTENT, attrs: []wire.Attribute{AU(ck.CKA_VALUE_LEN, 16), A(ck.CKA_VALUE, make([]byte, 16))}},
+		{name: "AES gen of a generic secret", mech: ck.CKM_AES_KEY_GEN, want: ck.CKR_TEMPLATE_INCONSISTENT, attrs: []wire.Attribute{AU(ck.CKA_VALUE_LEN, 16), AU(ck.CKA_KEY_TYPE, ck.CKK_GENERIC_SECRET)}},
+		{name: "generic without a length", mech: ck.CKM_GENERIC_SECRET_KEY_GEN, want: ck.CKR_TEMPLATE_INCOMPLETE, attrs: nil},
+		{name: "generic of no bytes", mech: ck.CKM_GENERIC_SECRET_KEY_GEN, want: ck.CKR_ATTRIBUTE_VALUE_INVALID, attrs: []wire.Attribute{AU(ck.CKA_VALUE_LEN, 0)}},
+		{name: "generic too long", mech: ck.CKM_GENERIC_SECRET_KEY_GEN, want: ck.CKR_KEY_SIZE_RANGE, attrs: []wire.Attribute{AU(ck.CKA_VALUE_LEN, 1<<20)}},
 	} {
 		if rv, _ := cl.Call("C_GenerateKey", U(h), M(c.mech), T(c.attrs...), None()); rv != c.want {
 			t.Errorf("%s: %#x, want %#x", c.name, rv, c.want)
@@ -247,14 +239,14 @@ func TestAESKnownAnswers(t *testing.T) {
 		m    wire.Value
 		ct   []byte
 	}{
-		{"ECB", M(ck.CKM_AES_ECB), hx(`3ad77bb40d7a3660a89ecaf32466ef97 f5d3d58503b9699de785895a96fdbaaf
+		{name: "ECB", m: M(ck.CKM_AES_ECB), ct: hx(`3ad77bb40d7a3660a89ecaf32466ef97 f5d3d58503b9699de785895a96fdbaaf
 			43b1cd7f598ece23881b00e3ed030688 7b0c785e27e8ad3f8223207104725dd4`)},
-		{"CBC", mechIV(ck.CKM_AES_CBC, hx("000102030405060708090a0b0c0d0e0f")), hx(`7649abac8119b246cee98e9b12e9197d
+		{name: "CBC", m: mechIV(ck.CKM_AES_CBC, hx("000102030405060708090a0b0c0d0e0f")), ct: hx(`7649abac8119b246cee98e9b12e9197d
 			5086cb9b507219ee95db113a917678b2 73bed6b8e3c1743b7116e69e22229516 3ff1caa1681fac09120eca307586e1a7`)},
-		{"CTR", ctrMech(128, hx("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")), hx(`874d6191b620e3261bef6864990db6ce
+		{name: "CTR", m: ctrMech(128, hx("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")), ct: hx(`874d6191b620e3261bef6864990db6ce
 			9806f66b7970fdff8617187bb9fffdff 5ae4df3edbd5d35e5b4f09020db03eab 1e031dda2fbe03d1792170a0f3009cee`)},
 		// CTR's counter is the low 64 bits here; the data does not wrap it.
-		{"CTR 64-bit counter", ctrMech(64, hx("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")), hx(`874d6191b620e3261bef6864990db6ce
+		{name: "CTR 64-bit counter", m: ctrMech(64, hx("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")), ct: hx(`874d6191b620e3261bef6864990db6ce
 			9806f66b7970fdff8617187bb9fffdff 5ae4df3edbd5d35e5b4f09020db03eab 1e031dda2fbe03d1792170a0f3009cee`)},
 	} {
 		if got := cl.crypt(false, h, c.m, k, sp38aPlain); !bytes.Equal(got, c.ct) {
@@ -325,15 +317,15 @@ type cipherCase struct {
 func cipherCases() []cipherCase {
 	iv16 := hx("000102030405060708090a0b0c0d0e0f")
 	return []cipherCase{
-		{"ECB", M(ck.CKM_AES_ECB), 160},
-		{"CBC", mechIV(ck.CKM_AES_CBC, iv16), 160},
-		{"CBC_PAD", mechIV(ck.CKM_AES_CBC_PAD, iv16), 161},
-		{"CBC_PAD whole blocks", mechIV(ck.CKM_AES_CBC_PAD, iv16), 160},
-		{"CTR", ctrMech(32, iv16), 161},
-		{"GCM", gcmMech(iv16[:12], []byte("aad"), 128), 161},
-		{"GCM 8-byte IV, 104-bit tag", gcmMech(iv16[:8], []byte("aad"), 104), 161},
-		{"KW", M(ck.CKM_AES_KEY_WRAP), 160},
-		{"KWP", M(ck.CKM_AES_KEY_WRAP_KWP), 161},
+		{name: "ECB", m: M(ck.CKM_AES_ECB), n: 160},
+		{name: "CBC", m: mechIV(ck.CKM_AES_CBC, iv16), n: 160},
+		{name: "CBC_PAD", m: mechIV(ck.CKM_AES_CBC_PAD, iv16), n: 161},
+		{name: "CBC_PAD whole blocks", m: mechIV(ck.CKM_AES_CBC_PAD, iv16), n: 160},
+		{name: "CTR", m: ctrMech(32, iv16), n: 161},
+		{name: "GCM", m: gcmMech(iv16[:12], []byte("aad"), 128), n: 161},
+		{name: "GCM 8-byte IV, 104-bit tag", m: gcmMech(iv16[:8], []byte("aad"), 104), n: 161},
+		{name: "KW", m: M(ck.CKM_AES_KEY_WRAP), n: 160},
+		{name: "KWP", m: M(ck.CKM_AES_KEY_WRAP_KWP), n: 161},
 	}
 }
 
@@ -477,11 +469,11 @@ func TestGCMTamper(t *testing.T) {
 				aad   []byte
 				wantR uint64
 			}{
-				{"tag", flip(len(sealed) - 1), aad, ck.CKR_ENCRYPTED_DATA_INVALID},
-				{"ciphertext", flip(0), aad, ck.CKR_ENCRYPTED_DATA_INVALID},
-				{"AAD", sealed, []byte("heades"), ck.CKR_ENCRYPTED_DATA_INVALID},
-				{"no AAD", sealed, nil, ck.CKR_ENCRYPTED_DATA_INVALID},
-				{"shorter than the tag", sealed[:bits/8-1], aad, ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
+				{name: "tag", in: flip(len(sealed) - 1), aad: aad, wantR: ck.CKR_ENCRYPTED_DATA_INVALID},
+				{name: "ciphertext", in: flip(0), aad: aad, wantR: ck.CKR_ENCRYPTED_DATA_INVALID},
+				{name: "AAD", in: sealed, aad: []byte("heades"), wantR: ck.CKR_ENCRYPTED_DATA_INVALID},
+				{name: "no AAD", in: sealed, aad: nil, wantR: ck.CKR_ENCRYPTED_DATA_INVALID},
+				{name: "shorter than the tag", in: sealed[:bits/8-1], aad: aad, wantR: ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
 			} {
 				m := gcmMech(iv, c.aad, bits)
 				cl.Must(ck.CKR_OK, "C_DecryptInit", U(h), m, U(k))
@@ -506,12 +498,12 @@ func TestGCMTamper(t *testing.T) {
 		name string
 		m    wire.Value
 	}{
-		{"no parameter", M(ck.CKM_AES_GCM)},
-		{"a 64-bit tag", gcmMech(make([]byte, 12), nil, 64)},
-		{"a 100-bit tag", gcmMech(make([]byte, 12), nil, 100)},
-		{"a 136-bit tag", gcmMech(make([]byte, 12), nil, 136)},
-		{"no IV", gcmMech(nil, nil, 128)},
-		{"a 257-byte IV", gcmMech(make([]byte, 257), nil, 128)},
+		{name: "no parameter", m: M(ck.CKM_AES_GCM)},
+		{name: "a 64-bit tag", m: gcmMech(make([]byte, 12), nil, 64)},
+		{name: "a 100-bit tag", m: gcmMech(make([]byte, 12), nil, 100)},
+		{name: "a 136-bit tag", m: gcmMech(make([]byte, 12), nil, 136)},
+		{name: "no IV", m: gcmMech(nil, nil, 128)},
+		{name: "a 257-byte IV", m: gcmMech(make([]byte, 257), nil, 128)},
 	} {
 		if rv, _ := cl.Call("C_EncryptInit", U(h), c.m, U(k)); rv != ck.CKR_MECHANISM_PARAM_INVALID {
 			t.Errorf("%s: %#x", c.name, rv)
@@ -545,18 +537,18 @@ func TestBlockModeErrors(t *testing.T) {
 		in      []byte
 		want    uint64
 	}{
-		{"ECB, partial block", false, M(ck.CKM_AES_ECB), make([]byte, 17), ck.CKR_DATA_LEN_RANGE},
-		{"ECB decrypt, partial block", true, M(ck.CKM_AES_ECB), make([]byte, 15), ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
-		{"CBC, partial block", false, mechIV(ck.CKM_AES_CBC, iv), make([]byte, 31), ck.CKR_DATA_LEN_RANGE},
-		{"CBC decrypt, partial block", true, mechIV(ck.CKM_AES_CBC, iv), make([]byte, 33), ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
-		{"CBC_PAD decrypt, partial block", true, mechIV(ck.CKM_AES_CBC_PAD, iv), make([]byte, 31), ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
-		{"CBC_PAD decrypt, nothing", true, mechIV(ck.CKM_AES_CBC_PAD, iv), nil, ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
-		{"KW, not semiblocks", false, M(ck.CKM_AES_KEY_WRAP), make([]byte, 20), ck.CKR_DATA_LEN_RANGE},
-		{"KW, one semiblock", false, M(ck.CKM_AES_KEY_WRAP), make([]byte, 8), ck.CKR_DATA_LEN_RANGE},
-		{"KW decrypt, bad", true, M(ck.CKM_AES_KEY_WRAP), make([]byte, 24), ck.CKR_ENCRYPTED_DATA_INVALID},
-		{"KWP, nothing", false, M(ck.CKM_AES_KEY_WRAP_KWP), nil, ck.CKR_DATA_LEN_RANGE},
-		{"KWP decrypt, bad", true, M(ck.CKM_AES_KEY_WRAP_KWP), make([]byte, 16), ck.CKR_ENCRYPTED_DATA_INVALID},
-		{"KWP decrypt, short", true, M(ck.CKM_AES_KEY_WRAP_KWP), make([]byte, 8), ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
+		{name: "ECB, partial block", decrypt: false, m: M(ck.CKM_AES_ECB), in: make([]byte, 17), want: ck.CKR_DATA_LEN_RANGE},
+		{name: "ECB decrypt, partial block", decrypt: true, m: M(ck.CKM_AES_ECB), in: make([]byte, 15), want: ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
+		{name: "CBC, partial block", decrypt: false, m: mechIV(ck.CKM_AES_CBC, iv), in: make([]byte, 31), want: ck.CKR_DATA_LEN_RANGE},
+		{name: "CBC decrypt, partial block", decrypt: true, m: mechIV(ck.CKM_AES_CBC, iv), in: make([]byte, 33), want: ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
+		{name: "CBC_PAD decrypt, partial block", decrypt: true, m: mechIV(ck.CKM_AES_CBC_PAD, iv), in: make([]byte, 31), want: ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
+		{name: "CBC_PAD decrypt, nothing", decrypt: true, m: mechIV(ck.CKM_AES_CBC_PAD, iv), in: nil, want: ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
+		{name: "KW, not semiblocks", decrypt: false, m: M(ck.CKM_AES_KEY_WRAP), in: make([]byte, 20), want: ck.CKR_DATA_LEN_RANGE},
+		{name: "KW, one semiblock", decrypt: false, m: M(ck.CKM_AES_KEY_WRAP), in: make([]byte, 8), want: ck.CKR_DATA_LEN_RANGE},
+		{name: "KW decrypt, bad", decrypt: true, m: M(ck.CKM_AES_KEY_WRAP), in: make([]byte, 24), want: ck.CKR_ENCRYPTED_DATA_INVALID},
+		{name: "KWP, nothing", decrypt: false, m: M(ck.CKM_AES_KEY_WRAP_KWP), in: nil, want: ck.CKR_DATA_LEN_RANGE},
+		{name: "KWP decrypt, bad", decrypt: true, m: M(ck.CKM_AES_KEY_WRAP_KWP), in: make([]byte, 16), want: ck.CKR_ENCRYPTED_DATA_INVALID},
+		{name: "KWP decrypt, short", decrypt: true, m: M(ck.CKM_AES_KEY_WRAP_KWP), in: make([]byte, 8), want: ck.CKR_ENCRYPTED_DATA_LEN_RANGE},
 	} {
 		init, one := "C_EncryptInit", "C_Encrypt"
 		if c.decrypt {
@@ -572,15 +564,15 @@ func TestBlockModeErrors(t *testing.T) {
 		name string
 		m    wire.Value
 	}{
-		{"CBC without an IV", M(ck.CKM_AES_CBC)},
-		{"CBC with an 8-byte IV", mechIV(ck.CKM_AES_CBC, make([]byte, 8))},
-		{"CBC_PAD with a 17-byte IV", mechIV(ck.CKM_AES_CBC_PAD, make([]byte, 17))},
-		{"ECB with a parameter", mechIV(ck.CKM_AES_ECB, make([]byte, 16))},
-		{"CTR without parameter", M(ck.CKM_AES_CTR)},
-		{"CTR counter of 0 bits", ctrMech(0, iv)},
-		{"CTR counter of 129 bits", ctrMech(129, iv)},
-		{"KW with a 16-byte IV", mechIV(ck.CKM_AES_KEY_WRAP, make([]byte, 16))},
-		{"KWP with an 8-byte IV", mechIV(ck.CKM_AES_KEY_WRAP_KWP, make([]byte, 8))},
+		{name: "CBC without an IV", m: M(ck.CKM_AES_CBC)},
+		{name: "CBC with an 8-byte IV", m: mechIV(ck.CKM_AES_CBC, make([]byte, 8))},
+		{name: "CBC_PAD with a 17-byte IV", m: mechIV(ck.CKM_AES_CBC_PAD, make([]byte, 17))},
+		{name: "ECB with a parameter", m: mechIV(ck.CKM_AES_ECB, make([]byte, 16))},
+		{name: "CTR without parameter", m: M(ck.CKM_AES_CTR)},
+		{name: "CTR counter of 0 bits", m: ctrMech(0, iv)},
+		{name: "CTR counter of 129 bits", m: ctrMech(129, iv)},
+		{name: "KW with a 16-byte IV", m: mechIV(ck.CKM_AES_KEY_WRAP, make([]byte, 16))},
+		{name: "KWP with an 8-byte IV", m: mechIV(ck.CKM_AES_KEY_WRAP_KWP, make([]byte, 8))},
 	} {
 		if rv, _ := cl.Call("C_EncryptInit", U(h), c.m, U(k)); rv != ck.CKR_MECHANISM_PARAM_INVALID {
 			t.Errorf("%s: %#x", c.name, rv)
@@ -692,17 +684,17 @@ func TestMACKnownAnswers(t *testing.T) {
 		data []byte
 		mac  []byte
 	}{
-		{"SHA-1 case 1", ck.CKM_SHA_1_HMAC, key1, []byte("Hi There"), hx("b617318655057264e28bc0b6fb378c8ef146be00")},
-		{"SHA-224 case 1", ck.CKM_SHA224_HMAC, key1, []byte("Hi There"), hx("896fb1128abbdf196832107cd49df33f47b4b1169912ba4f53684b22")},
-		{"SHA-256 case 1", ck.CKM_SHA256_HMAC, key1, []byte("Hi There"), hx("b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7")},
-		{"SHA-384 case 1", ck.CKM_SHA384_HMAC, key1, []byte("Hi There"), hx(`afd03944d84895626b0825f4ab46907f15f9dadbe4101ec682aa034c7cebc59c
+		{name: "SHA-1 case 1", m: ck.CKM_SHA_1_HMAC, k: key1, data: []byte("Hi There"), mac: hx("b617318655057264e28bc0b6fb378c8ef146be00")},
+		{name: "SHA-224 case 1", m: ck.CKM_SHA224_HMAC, k: key1, data: []byte("Hi There"), mac: hx("896fb1128abbdf196832107cd49df33f47b4b1169912ba4f53684b22")},
+		{name: "SHA-256 case 1", m: ck.CKM_SHA256_HMAC, k: key1, data: []byte("Hi There"), mac: hx("b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7")},
+		{name: "SHA-384 case 1", m: ck.CKM_SHA384_HMAC, k: key1, data: []byte("Hi There"), mac: hx(`afd03944d84895626b0825f4ab46907f15f9dadbe4101ec682aa034c7cebc59c
 			faea9ea9076ede7f4af152e8b2fa9cb6`)},
-		{"SHA-512 case 1", ck.CKM_SHA512_HMAC, key1, []byte("Hi There"), hx(`87aa7cdea5ef619d4ff0b4241a1d6cb02379f4e2ce4ec2787ad0b30545e17cde
+		{name: "SHA-512 case 1", m: ck.CKM_SHA512_HMAC, k: key1, data: []byte("Hi There"), mac: hx(`87aa7cdea5ef619d4ff0b4241a1d6cb02379f4e2ce4ec2787ad0b30545e17cde
 			daa833b7d6b8a702038b274eaea3f4e4be9d914eeb61f1702e696c203a126854`)},
-		{"SHA-256 case 2", ck.CKM_SHA256_HMAC, jefe, what, hx("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")},
-		{"SHA-512 case 2", ck.CKM_SHA512_HMAC, jefe, what, hx(`164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea250554
+		{name: "SHA-256 case 2", m: ck.CKM_SHA256_HMAC, k: jefe, data: what, mac: hx("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")},
+		{name: "SHA-512 case 2", m: ck.CKM_SHA512_HMAC, k: jefe, data: what, mac: hx(`164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea250554
 			9758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737`)},
-		{"SHA-256 case 6", ck.CKM_SHA256_HMAC, long, largeKey, hx("60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")},
+		{name: "SHA-256 case 6", m: ck.CKM_SHA256_HMAC, k: long, data: largeKey, mac: hx("60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")},
 	} {
 		for _, parts := range []int{0, 1, 5} {
 			if got := sign(c.m, c.k, c.data, parts); !bytes.Equal(got, c.mac) {
@@ -725,10 +717,10 @@ func TestMACKnownAnswers(t *testing.T) {
 		n   int
 		mac []byte
 	}{
-		{0, hx("bb1d6929e95937287fa37d129b756746")},
-		{16, hx("070a16b46b4d4144f79bdd9dd04a287c")},
-		{40, hx("dfa66747de9ae63030ca32611497c827")},
-		{64, hx("51f0bebf7e3b9d92fc49741779363cfe")},
+		{n: 0, mac: hx("bb1d6929e95937287fa37d129b756746")},
+		{n: 16, mac: hx("070a16b46b4d4144f79bdd9dd04a287c")},
+		{n: 40, mac: hx("dfa66747de9ae63030ca32611497c827")},
+		{n: 64, mac: hx("51f0bebf7e3b9d92fc49741779363cfe")},
 	} {
 		for _, parts := range []int{0, 1, 15, 16, 17} {
 			if got := sign(ck.CKM_AES_CMAC, cmacKey, sp38aPlain[:c.n], parts); !bytes.Equal(got, c.mac) {
