@@ -33,9 +33,9 @@ func is(err error, rv uint) bool { return errors.Is(err, ck.Error(rv)) }
 func ok(rv C.CK_RV) error { return ck.Err(uint64(rv)) }
 
 // loadModule loads and initialises a module. The spec is its path,
-// optionally followed by ",socket=PATH": the daemon socket an hsmemu
-// module is to use, set as HSMEMU_SOCKET while it initialises (where it
-// reads it), so two daemons can be measured side by side in one run.
+// optionally followed by "@SOCKET": the daemon socket an hsmemu module is
+// to use, set as HSMEMU_SOCKET while it initialises (where it reads it),
+// so two daemons can be measured side by side in one run.
 func loadModule(spec string) (*module, error) {
 	path, socket, err := parseModuleSpec(spec)
 	if err != nil {
@@ -66,15 +66,19 @@ func loadModule(spec string) (*module, error) {
 	return m, nil
 }
 
-// parseModuleSpec splits "PATH[,socket=SOCKET]".
+// parseModuleSpec splits "PATH[@SOCKET]". A spec that names an existing
+// file is a path, '@' and all.
 func parseModuleSpec(spec string) (path, socket string, err error) {
-	path, opt, found := strings.Cut(spec, ",")
-	if !found {
-		return path, "", nil
+	i := strings.LastIndexByte(spec, '@')
+	if i < 0 {
+		return spec, "", nil
 	}
-	socket, ok := strings.CutPrefix(opt, "socket=")
-	if !ok || socket == "" {
-		return "", "", fmt.Errorf("module %q: after the path, only socket=PATH is understood", spec)
+	if _, err := os.Stat(spec); err == nil {
+		return spec, "", nil
+	}
+	path, socket = spec[:i], spec[i+1:]
+	if path == "" || socket == "" {
+		return "", "", fmt.Errorf("module %q: want PATH or PATH@SOCKET", spec)
 	}
 	return path, socket, nil
 }

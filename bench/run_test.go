@@ -2,6 +2,8 @@ package bench
 
 import (
 	"hsmemu/cryptoki/ck"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -147,14 +149,20 @@ func TestRefusal(t *testing.T) {
 
 func TestParseModuleSpec(t *testing.T) {
 	t.Parallel()
+	odd := filepath.Join(t.TempDir(), "mod@v1.so") // a real file with an '@'
+	if err := os.WriteFile(odd, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		spec, path, socket string
 		bad                bool
 	}{
 		{spec: "bin/hsmemu-pkcs11.so", path: "bin/hsmemu-pkcs11.so"},
-		{spec: "old.so,socket=/tmp/old.sock", path: "old.so", socket: "/tmp/old.sock"},
-		{spec: "old.so,socket=", bad: true},
-		{spec: "old.so,sock=/tmp/x", bad: true},
+		{spec: "old.so@/tmp/old.sock", path: "old.so", socket: "/tmp/old.sock"},
+		{spec: odd, path: odd},
+		{spec: odd + "@/tmp/s", path: odd, socket: "/tmp/s"},
+		{spec: "old.so@", bad: true},
+		{spec: "@/tmp/s", bad: true},
 	} {
 		path, socket, err := parseModuleSpec(c.spec)
 		if (err != nil) != c.bad || path != c.path || socket != c.socket {

@@ -27,10 +27,10 @@ Examples:
   hsmemu bench --module bin/hsmemu-pkcs11.so --module /usr/lib/softhsm/libsofthsm2.so --setup
   hsmemu bench --module bin/hsmemu-pkcs11.so --op wrap --op unwrap --concurrency 1,2 --runs 5
   hsmemu bench --module bin/hsmemu-pkcs11.so --json > run.json
-  hsmemu bench --module old/hsmemu-pkcs11.so,socket=/tmp/old.sock --module bin/hsmemu-pkcs11.so,socket=/tmp/new.sock --setup
+  hsmemu bench --module old/hsmemu-pkcs11.so@/tmp/old.sock --module bin/hsmemu-pkcs11.so@/tmp/new.sock --setup
   hsmemu bench hotpath`,
 		Flags: []cli.Flag{
-			&cli.StringSliceFlag{Name: "module", Usage: "a PKCS#11 module to measure, `PATH[,socket=SOCKET]` (repeat for more; the first is the baseline; socket= points an hsmemu module at its daemon)"},
+			&cli.StringSliceFlag{Name: "module", Usage: "a PKCS#11 module to measure, `PATH[@SOCKET]` (repeat for more; the first is the baseline; @SOCKET points an hsmemu module at its daemon)"},
 			&cli.StringFlag{Name: "token", Value: "hsmemu-bench", Usage: "label of the token to use"},
 			&cli.StringFlag{Name: "pin", Value: "1234", Usage: "the token's user PIN", EnvVars: []string{"HSMEMU_BENCH_PIN"}},
 			&cli.StringFlag{Name: "so-pin", Value: "12345678", Usage: "the token's SO PIN, for --setup", EnvVars: []string{"HSMEMU_BENCH_SO_PIN"}},
