@@ -204,10 +204,13 @@ static enum hsm_io connect_fd(const struct sockaddr_un *sa, int *out)
 	return HSM_IO_OK;
 }
 
-/* The version to open with: 2, or 1 once a daemon asked for it; kept for
- * the life of the process, so each dial to a version 1 daemon costs one
- * hello. */
+/* The version to open with: 2, or 1 once a daemon asked for it; kept
+ * until the next C_Initialize (hsm_conn_init), so each dial to a version 1
+ * daemon costs one hello, and a re-initialised application tries the
+ * newest version again. */
 static int dial_version = 2;
+
+void hsm_conn_init(void) { __atomic_store_n(&dial_version, 2, __ATOMIC_RELAXED); }
 
 enum hsm_io hsm_conn_dial(int *out, int *fresh, int *version_out)
 {

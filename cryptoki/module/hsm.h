@@ -221,6 +221,8 @@ enum hsm_io {
 };
 
 /* conn.c */
+/* hsm_conn_init forgets a version 1 daemon met before (C_Initialize). */
+void hsm_conn_init(void);
 /* hsm_conn_dial: *fresh says the daemon holds nothing of this
  * application from before (no sessions, no logins). */
 enum hsm_io hsm_conn_dial(int *fd, int *fresh, int *version);

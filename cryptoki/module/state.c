@@ -160,12 +160,16 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 		rv = hsm_locking_configure(args);
 	if (rv == CKR_OK)
 		rv = hsm_pool_init();
-	if (rv == CKR_OK)
+	if (rv == CKR_OK) {
 		rv = hsm_defer_init();
+		if (rv != CKR_OK)
+			hsm_pool_finalize(); /* its mutex, made above, is not leaked */
+	}
 	if (rv != CKR_OK) {
 		pthread_mutex_unlock(&init_mu);
 		return rv;
 	}
+	hsm_conn_init();
 	memcpy(app_id, id, sizeof app_id);
 	hsm_config_load(&config);
 	__atomic_add_fetch(&epoch, 1, __ATOMIC_SEQ_CST);
