@@ -11,11 +11,12 @@ import "C"
 import (
 	"errors"
 	"fmt"
-	"hsmemu/cryptoki/ck"
 	"os"
 	"path/filepath"
 	"strings"
 	"unsafe"
+
+	"hsmemu/cryptoki/ck"
 )
 
 // module is one PKCS#11 module loaded into this process.

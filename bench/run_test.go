@@ -1,13 +1,14 @@
 package bench
 
 import (
-	"hsmemu/cryptoki/ck"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"hsmemu/cryptoki/ck"
 
 	"github.com/miekg/pkcs11"
 )

@@ -10,11 +10,11 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
-	. "hsmemu/cryptoki/wire/wiretest"
 	"slices"
 	"testing"
 
 	"hsmemu/cryptoki/ck"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"hsmemu/daemon/adminapi"
 	"hsmemu/daemon/token"
 )

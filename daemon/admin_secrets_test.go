@@ -2,11 +2,11 @@ package daemon
 
 import (
 	"bytes"
-	. "hsmemu/cryptoki/wire/wiretest"
 	"testing"
 	"time"
 
 	"hsmemu/cryptoki/ck"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"hsmemu/daemon/adminapi"
 	"hsmemu/daemon/token"
 	"hsmemu/keystore"

@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	. "hsmemu/cryptoki/wire/wiretest"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"hsmemu/daemon/adminapi"
 	"hsmemu/daemon/token"
 )

@@ -2,12 +2,12 @@ package daemon
 
 import (
 	"fmt"
-	. "hsmemu/cryptoki/wire/wiretest"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	"hsmemu/cryptoki/ck"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"hsmemu/daemon/adminapi"
 	"hsmemu/daemon/token"
 )

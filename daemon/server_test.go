@@ -3,7 +3,6 @@ package daemon
 import (
 	"bufio"
 	"encoding/binary"
-	. "hsmemu/cryptoki/wire/wiretest"
 	"io"
 	"net"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"hsmemu/daemon/token"
 )
 

@@ -3,9 +3,10 @@ package tpmroot
 import (
 	"bytes"
 	"context"
-	"hsmemu/internal/testenv"
 	"sync"
 	"testing"
+
+	"hsmemu/internal/testenv"
 
 	"github.com/google/go-tpm/tpm2/transport"
 )

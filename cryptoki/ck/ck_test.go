@@ -6,12 +6,13 @@ import (
 	"go/parser"
 	"go/token"
 	"go/types"
-	"hsmemu/internal/testenv"
 	"os"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+
+	"hsmemu/internal/testenv"
 )
 
 // pkcs11H is the PKCS#11 header of p11-kit's development package, which the

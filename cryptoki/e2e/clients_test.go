@@ -13,7 +13,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"hsmemu/internal/testenv"
 	"io"
 	"net"
 	"os"
@@ -28,6 +27,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"hsmemu/internal/testenv"
 
 	"golang.org/x/crypto/ssh"
 )

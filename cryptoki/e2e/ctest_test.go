@@ -3,7 +3,6 @@ package e2e
 import (
 	"bufio"
 	"bytes"
-	"hsmemu/internal/testenv"
 	"io"
 	"os"
 	"os/exec"
@@ -13,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"hsmemu/internal/testenv"
 )
 
 // The C end-to-end program, cryptoki/e2e/c/e2e.c, built by `make build`

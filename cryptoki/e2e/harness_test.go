@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"hsmemu/internal/testenv"
 	"net"
 	"os"
 	"os/exec"
@@ -18,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"hsmemu/internal/testenv"
 )
 
 // paths of the built artefacts, found from the repository root.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"hsmemu/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"hsmemu/internal/testenv"
 )
 
 // OpenSC's pkcs11-tool and GnuTLS's p11tool, real clients, drive the

@@ -3,9 +3,10 @@ package wire
 import (
 	"bytes"
 	"errors"
-	"hsmemu/cryptoki/ck"
 	"strings"
 	"testing"
+
+	"hsmemu/cryptoki/ck"
 
 	"hsmemu/cryptoki/calls"
 )

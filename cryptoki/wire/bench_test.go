@@ -3,8 +3,9 @@ package wire
 import (
 	"bufio"
 	"bytes"
-	"hsmemu/cryptoki/ck"
 	"testing"
+
+	"hsmemu/cryptoki/ck"
 
 	"hsmemu/cryptoki/calls"
 )

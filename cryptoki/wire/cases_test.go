@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"hsmemu/cryptoki/ck"
 	"slices"
 	"sort"
 	"testing"
+
+	"hsmemu/cryptoki/ck"
 
 	"hsmemu/cryptoki/calls"
 )

@@ -1,10 +1,11 @@
 package wire
 
 import (
-	"hsmemu/internal/testenv"
 	"os/exec"
 	"strings"
 	"testing"
+
+	"hsmemu/internal/testenv"
 )
 
 // TestDependencies holds the package to its rule: the standard library and

@@ -5,8 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hsmemu/cryptoki/ck"
 	"io"
+
+	"hsmemu/cryptoki/ck"
 )
 
 // Frame layouts (docs/protocol.md, "Frames"); the u32 length counts the

@@ -4,11 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
-	"hsmemu/cryptoki/ck"
 	"io"
 	"runtime"
 	"strings"
 	"testing"
+
+	"hsmemu/cryptoki/ck"
 )
 
 func TestFrameRoundTrip(t *testing.T) {

@@ -4,9 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
-	"hsmemu/cryptoki/ck"
 	"io"
 	"testing"
+
+	"hsmemu/cryptoki/ck"
 
 	"hsmemu/cryptoki/calls"
 )

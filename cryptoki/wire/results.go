@@ -2,6 +2,7 @@ package wire
 
 import (
 	"fmt"
+
 	"hsmemu/cryptoki/ck"
 
 	"hsmemu/cryptoki/calls"

@@ -4,9 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
-	"hsmemu/cryptoki/ck"
 	"strings"
 	"testing"
+
+	"hsmemu/cryptoki/ck"
 
 	"hsmemu/cryptoki/calls"
 )

@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"fmt"
+
 	"hsmemu/cryptoki/ck"
 
 	"hsmemu/cryptoki/calls"

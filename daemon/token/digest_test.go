@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"crypto/sha3"
-	. "hsmemu/cryptoki/wire/wiretest"
 	"slices"
 	"testing"
 
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	. "hsmemu/cryptoki/wire/wiretest"
 )
 
 func TestDigests(t *testing.T) {

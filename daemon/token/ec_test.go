@@ -11,12 +11,12 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/asn1"
-	. "hsmemu/cryptoki/wire/wiretest"
 	"math/big"
 	"testing"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"hsmemu/keystore"
 )
 

@@ -3,11 +3,11 @@ package token
 import (
 	"bytes"
 	"fmt"
-	. "hsmemu/cryptoki/wire/wiretest"
 	"testing"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	. "hsmemu/cryptoki/wire/wiretest"
 )
 
 func TestSlotsAndTokens(t *testing.T) {

@@ -6,13 +6,14 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
-	. "hsmemu/cryptoki/wire/wiretest"
-	"hsmemu/internal/testenv"
 	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	. "hsmemu/cryptoki/wire/wiretest"
+	"hsmemu/internal/testenv"
 
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"database/sql"
 	"encoding/binary"
-	. "hsmemu/cryptoki/wire/wiretest"
 	"testing"
 
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"hsmemu/keystore"
 )
 

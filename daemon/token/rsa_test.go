@@ -13,8 +13,6 @@ import (
 	"encoding/asn1"
 	"encoding/binary"
 	"encoding/pem"
-	. "hsmemu/cryptoki/wire/wiretest"
-	"hsmemu/internal/testenv"
 	"math/big"
 	"os"
 	"os/exec"
@@ -22,6 +20,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	. "hsmemu/cryptoki/wire/wiretest"
+	"hsmemu/internal/testenv"
 
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"

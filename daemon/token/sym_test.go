@@ -5,13 +5,13 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
-	. "hsmemu/cryptoki/wire/wiretest"
 	"slices"
 	"testing"
 
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"hsmemu/daemon/mech/mechtest"
 	"hsmemu/keystore"
 )

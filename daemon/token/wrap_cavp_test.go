@@ -3,10 +3,10 @@ package token
 import (
 	"bytes"
 	"fmt"
-	. "hsmemu/cryptoki/wire/wiretest"
 	"testing"
 
 	"hsmemu/cryptoki/ck"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"hsmemu/daemon/mech/mechtest"
 )
 

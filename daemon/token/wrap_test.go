@@ -2,12 +2,12 @@ package token
 
 import (
 	"bytes"
-	. "hsmemu/cryptoki/wire/wiretest"
 	"slices"
 	"testing"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"hsmemu/daemon/mech/mechtest"
 )
 

@@ -103,8 +103,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hsmemu/cryptoki/ck"
 	"unsafe"
+
+	"hsmemu/cryptoki/ck"
 )
 
 // Module is the dlopened C module.

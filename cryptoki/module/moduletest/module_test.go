@@ -5,8 +5,6 @@ package moduletest
 import (
 	"bytes"
 	"encoding/binary"
-	"hsmemu/cryptoki/ck"
-	"hsmemu/internal/testenv"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -14,6 +12,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/internal/testenv"
 
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/wire"

@@ -3,12 +3,13 @@ package moduletest
 import (
 	"bufio"
 	"errors"
-	"hsmemu/cryptoki/ck"
 	"io"
 	"net"
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"hsmemu/cryptoki/ck"
 
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/wire"

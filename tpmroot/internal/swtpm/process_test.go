@@ -3,13 +3,14 @@ package swtpm
 import (
 	"context"
 	"errors"
-	"hsmemu/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"hsmemu/internal/testenv"
 )
 
 func requireSwtpm(t *testing.T) string {
