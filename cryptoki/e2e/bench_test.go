@@ -34,8 +34,7 @@ func BenchmarkRoundTripModuleRandom32(b *testing.B) {
 	if err := p.InitToken(0, soPIN, "bench"); err != nil {
 		b.Fatal(err)
 	}
-	slots, _ := p.GetSlotList(true)
-	h, err := p.OpenSession(slots[len(slots)-1], pkcs11.CKF_SERIAL_SESSION)
+	h, err := p.OpenSession(slotOf(b, p, "bench"), pkcs11.CKF_SERIAL_SESSION)
 	if err != nil {
 		b.Fatal(err)
 	}

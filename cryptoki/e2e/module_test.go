@@ -42,20 +42,29 @@ func withModule(t testing.TB, daemonArgs ...string) (*pkcs11.Ctx, *daemonProc) {
 
 func is(err error, rv uint) bool { return errors.Is(err, pkcs11.Error(rv)) }
 
+// slotOf returns the slot of the token labelled label.
+func slotOf(t testing.TB, p *pkcs11.Ctx, label string) uint {
+	t.Helper()
+	slots, err := p.GetSlotList(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range slots {
+		if info, err := p.GetTokenInfo(s); err == nil && strings.TrimRight(info.Label, " ") == label {
+			return s
+		}
+	}
+	t.Fatalf("no slot holds the token labelled %q (slots %v)", label, slots)
+	return 0
+}
+
 // newToken initialises a token on slot 0 and sets its user PIN.
 func newToken(t *testing.T, p *pkcs11.Ctx, label string) uint {
 	t.Helper()
 	if err := p.InitToken(0, soPIN, label); err != nil {
 		t.Fatal(err)
 	}
-	slots, err := p.GetSlotList(true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	slot := slots[len(slots)-1]
-	if info, err := p.GetTokenInfo(slot); err != nil || strings.TrimRight(info.Label, " ") != label {
-		t.Fatalf("new slot %d: %+v %v", slot, info, err)
-	}
+	slot := slotOf(t, p, label)
 	h, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	if err != nil {
 		t.Fatal(err)

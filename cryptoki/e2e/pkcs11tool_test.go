@@ -56,14 +56,18 @@ func toolRun(t *testing.T, env []string, tool string, args ...string) (string, i
 }
 
 // p11Slot finds the slot whose token has the label in `pkcs11-tool -L`
-// output, and returns its id and its block of lines.
+// output, and returns its id (what --slot takes; the number after "Slot"
+// is its place in the list) and its block of lines.
 func p11Slot(out, label string) (string, string, bool) {
 	blocks := regexp.MustCompile(`(?m)^Slot `).Split(out, -1)
 	for _, b := range blocks {
 		if regexp.MustCompile(`(?m)^\s+token label\s+: ` + regexp.QuoteMeta(label) + `$`).MatchString(b) {
-			m := regexp.MustCompile(`^(\d+) \(0x[0-9a-f]+\)`).FindStringSubmatch(b)
-			if m != nil {
-				return m[1], b, true
+			m := regexp.MustCompile(`^\d+ \((0x[0-9a-f]+)\)`).FindStringSubmatch(b)
+			if m == nil {
+				continue
+			}
+			if id, err := strconv.ParseUint(m[1], 0, 64); err == nil {
+				return strconv.FormatUint(id, 10), b, true
 			}
 		}
 	}
@@ -112,7 +116,9 @@ func TestPkcs11Tool(t *testing.T) {
 			}
 		}
 	}
-	slot0 := `(?m)^Slot 0 \(0x0\): hsmemu slot 0\n\s+token state:\s+uninitialized$`
+	// pkcs11-tool numbers slots by their place in the list: the free slot
+	// (id 0) is listed last.
+	slot0 := `(?m)^Slot \d+ \(0x0\): hsmemu slot 0\n\s+token state:\s+uninitialized\n(\z|\n)`
 
 	out := step("list slots", 0, "-L")
 	has("list slots", out, slot0)
@@ -164,6 +170,10 @@ func TestPkcs11Tool(t *testing.T) {
 	dataD := `(?m)^Data object \d+\n\s+label:\s+'D'$`
 	out = step("list objects after login", 0, append(user, "--list-objects")...)
 	has("list objects after login", out, dataD, `(?m)^\s+flags:.*\bprivate\b`)
+	// Without --slot, pkcs11-tool takes the first slot with a token: the
+	// initialised one, the free slot being listed last.
+	out = step("list objects, no slot named", 0, "--login", "--pin", pin, "--list-objects")
+	has("list objects, no slot named", out, dataD)
 	out = step("list objects without login", 0, "--slot", slot, "--list-objects")
 	hasNot("list objects without login", out, `'D'`)
 	out = step("read object without login", 1, "--slot", slot, "--read-object", "--type", "data", "--label", "D",

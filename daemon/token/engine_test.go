@@ -3,6 +3,7 @@ package token
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"testing"
 
 	"hsmemu/cryptoki/ck"
@@ -39,12 +40,17 @@ func TestSlotsAndTokens(t *testing.T) {
 	cl.Must(ck.CKR_SLOT_ID_INVALID, "C_GetTokenInfo", U(slot+100), None())
 	cl.Must(ck.CKR_SESSION_PARALLEL_NOT_SUPPORTED, "C_OpenSession", U(slot), U(0), None(), None(), None())
 
-	// Slot ids survive a restart of the daemon.
+	// The initialised tokens come first, in the order they were made,
+	// the free slot last; and slot ids survive a restart of the daemon.
+	second := cl.NewToken("beta")
+	if got := cl.Slots(); !slices.Equal(got, []uint64{slot, second, 0}) {
+		t.Fatalf("slots = %v, want [%d %d 0]", got, slot, second)
+	}
 	d.stop()
 	d.start(t, Config{})
 	cl = d.dial(t)
-	if got := cl.Slots(); len(got) != 2 || got[1] != slot {
-		t.Fatalf("slots after restart = %v, want [0 %d]", got, slot)
+	if got := cl.Slots(); !slices.Equal(got, []uint64{slot, second, 0}) {
+		t.Fatalf("slots after restart = %v, want [%d %d 0]", got, slot, second)
 	}
 	if cl.TokenInfo(slot).Label != wire.Pad("alpha", 32) {
 		t.Fatal("token lost its label across a restart")

@@ -15,6 +15,11 @@ import (
 // Slots. Slot 0 always holds a fresh, uninitialised token: C_InitToken on
 // it creates a new token, which appears in a slot of its own. A token's
 // slot id is its keystore row id, stable across restarts and never reused.
+//
+// The slot list names the initialised tokens first, in the order they
+// were made, and the free slot last, as SoftHSMv2 does: clients that take
+// "the first slot with a token" (many test programs, p11-kit's server
+// given a token URI) then get a token they can open a session on.
 
 const freeSlot = 0
 
@@ -26,11 +31,11 @@ func (e *Engine) slotList(ctx context.Context) ([]uint64, error) {
 	if err != nil {
 		return nil, err
 	}
-	ids := []uint64{freeSlot}
+	ids := make([]uint64, 0, len(toks)+1)
 	for _, t := range toks {
 		ids = append(ids, uint64(t.ID))
 	}
-	return ids, nil
+	return append(ids, freeSlot), nil
 }
 
 // token returns the token in a slot; slot 0's is uninitialised.

@@ -347,7 +347,7 @@ static void test_setup(void)
 	CHECK(n >= 1, "slot count %lu", n);
 	n = 64;
 	OK(f->C_GetSlotList(CK_FALSE, list, &n));
-	CHECK(n == n0 && list[0] == 0, "slot list of %lu starts with %lu", n, n ? list[0] : 99);
+	CHECK(n == n0 && list[n - 1] == 0, "slot list of %lu ends with %lu, not the free slot 0", n, n ? list[n - 1] : 99);
 	CK_SLOT_INFO si;
 	OK(f->C_GetSlotInfo(0, &si));
 	CHECK(si.flags & CKF_TOKEN_PRESENT, "slot 0 has its fresh token");

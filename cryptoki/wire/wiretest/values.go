@@ -3,6 +3,7 @@ package wiretest
 import (
 	"bytes"
 	"encoding/binary"
+	"slices"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
@@ -99,7 +100,12 @@ func (cl *Client) NewToken(label string) uint64 {
 	if len(after) != len(before)+1 {
 		cl.T.Fatalf("slots %v after InitToken, before %v", after, before)
 	}
-	slot := after[len(after)-1]
+	var slot uint64
+	for _, s := range after {
+		if !slices.Contains(before, s) {
+			slot = s
+		}
+	}
 	h := cl.Open(slot, true)
 	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_SO), S(SOPIN))
 	cl.Must(ck.CKR_OK, "C_InitPIN", U(h), S(UserPIN))
