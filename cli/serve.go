@@ -40,6 +40,7 @@ Example:
 			&cli.UintFlag{Name: "pin-kdf-memory", Usage: "Argon2id memory in KiB for the PINs of new tokens", Value: uint(keystore.DefaultArgon2.MemoryKiB)},
 			&cli.DurationFlag{Name: "pin-failure-delay", Usage: "delay after a wrong PIN, doubling with each further one (0 disables)", Value: 200 * time.Millisecond},
 			&cli.IntFlag{Name: "pin-max-failures", Usage: "wrong PINs in a row that lock a role", Value: 10},
+			&cli.IntFlag{Name: "max-sessions", Usage: "sessions one application may have open at once (CK_TOKEN_INFO's ulMaxSessionCount)", Value: token.DefaultMaxSessions},
 			&cli.DurationFlag{Name: "pin-cache-ttl", Usage: "how long a PIN that opened its token is remembered after its last use, sparing later logins the Argon2id stretch (0 never)", Value: 15 * time.Minute},
 			&cli.StringFlag{Name: "pprof", Usage: "serve Go's profiler (net/http/pprof) on this loopback address, e.g. 127.0.0.1:6060"},
 		},
@@ -72,6 +73,10 @@ Example:
 			if maxFail < 1 {
 				return cli.Exit("hsmemu serve: --pin-max-failures must be at least 1", 2)
 			}
+			maxSessions := c.Int("max-sessions")
+			if maxSessions < 1 || maxSessions > 1<<24 {
+				return cli.Exit("hsmemu serve: --max-sessions must be 1 to 16777216", 2)
+			}
 			delay := c.Duration("pin-failure-delay")
 			if delay <= 0 {
 				delay = -1
@@ -98,7 +103,7 @@ Example:
 			// Deleted objects whose retention has ended are purged at
 			// start and then hourly.
 			d := daemon.New(st, log, daemon.Config{
-				Engine:  token.Config{DefaultTier: tier, MaxPINFailures: maxFail, FailureDelay: delay},
+				Engine:  token.Config{DefaultTier: tier, MaxPINFailures: maxFail, FailureDelay: delay, MaxSessions: maxSessions},
 				Server:  srvCfg,
 				Version: Version,
 			})

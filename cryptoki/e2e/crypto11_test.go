@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto"
+	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -12,6 +13,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"errors"
 	"io"
 	"math/big"
 	"net"
@@ -175,3 +177,87 @@ const (
 	ckmEdwardsKeyPairGen = 0x1055
 	ckmEdDSA             = 0x1057
 )
+
+// TestCrypto11SessionPool: crypto11's pool hands out never-used slots
+// first, so one context signing 8,192 times from 32 goroutines opens its
+// full 1,023 sessions; with 50 more left open by other contexts of the
+// same process (one application to the daemon), every signature must
+// still come back, and verify. A token that allows fewer sessions than
+// that answers CKR_SESSION_COUNT (the daemon's cap was 1,024), and
+// crypto11 then fails or hangs its callers: the test gives up after two
+// minutes.
+func TestCrypto11SessionPool(t *testing.T) {
+	p, _ := withModule(t)
+	newToken(t, p, "pool")
+	p.Finalize()
+	configure := func() *crypto11.Context {
+		t.Helper()
+		ctx, err := crypto11.Configure(&crypto11.Config{Path: need(t).module, TokenLabel: "pool", Pin: userPIN})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ctx.Close() })
+		return ctx
+	}
+	main := configure()
+	key, err := main.GenerateECDSAKeyPairWithLabel([]byte("pool1"), []byte("pool key"), elliptic.P256())
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte("signed by the pool"))
+	// Other contexts: each signature takes a never-used slot, so 25
+	// signatures leave 25 sessions open, twice.
+	for range 2 {
+		other := configure()
+		k, err := other.FindKeyPair([]byte("pool1"), nil)
+		if err != nil || k == nil {
+			t.Fatalf("the key through another context: %v", err)
+		}
+		for range 25 {
+			if _, err := k.Sign(rand.Reader, digest[:], crypto.SHA256); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	const workers, each = 32, 256
+	errs := make(chan error, workers)
+	for range workers {
+		go func() {
+			for range each {
+				sig, err := key.Sign(rand.Reader, digest[:], crypto.SHA256)
+				if err == nil && !ecdsa.VerifyASN1(key.Public().(*ecdsa.PublicKey), digest[:], sig) {
+					err = errors.New("a signature does not verify")
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	timeout := time.After(2 * time.Minute)
+	for range workers {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-timeout:
+			t.Fatal("signers still blocked after two minutes: the pool is starved of sessions")
+		}
+	}
+	// The pool did open its sessions: the token counts them. (The module
+	// is crypto11's now, initialised: this context only asks.)
+	q := pkcs11.New(need(t).module)
+	if err := q.Initialize(); err != nil && !is(err, pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		t.Fatal(err)
+	}
+	info, err := q.GetTokenInfo(slotOf(t, q, "pool"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.SessionCount < 1000+50 {
+		t.Fatalf("the token counts %d sessions; the contexts should hold over 1,050", info.SessionCount)
+	}
+}

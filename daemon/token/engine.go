@@ -15,7 +15,9 @@ import (
 type Config struct {
 	// DefaultTier is the tier of tokens created through C_InitToken.
 	DefaultTier keystore.Tier
-	// MaxSessions bounds one application's open sessions. Zero means 1024.
+	// MaxSessions bounds one application's open sessions, read-only and
+	// read-write alike; CK_TOKEN_INFO reports it. Zero means
+	// DefaultMaxSessions.
 	MaxSessions int
 	// MaxPINFailures is where a role locks; it must match the keystore's
 	// Options.MaxPINFailures. Zero means 10.
@@ -26,6 +28,12 @@ type Config struct {
 	FailureDelay    time.Duration
 	MaxFailureDelay time.Duration
 }
+
+// DefaultMaxSessions is how many sessions one application may have open
+// at once, unless configured otherwise. Pools such as crypto11's open up
+// to a thousand per context, and a process may hold several contexts; a
+// session costs the daemon a few hundred bytes (BenchmarkSessionMemory).
+const DefaultMaxSessions = 65536
 
 // PIN lengths the tokens accept (CK_TOKEN_INFO ulMinPinLen, ulMaxPinLen).
 const (
@@ -74,7 +82,7 @@ func New(store Store, log *slog.Logger, cfg Config) *Engine {
 		cfg.DefaultTier = keystore.TierStandard
 	}
 	if cfg.MaxSessions <= 0 {
-		cfg.MaxSessions = 1024
+		cfg.MaxSessions = DefaultMaxSessions
 	}
 	if cfg.MaxPINFailures <= 0 {
 		cfg.MaxPINFailures = 10

@@ -2,7 +2,9 @@ package token
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"runtime"
 	"slices"
 	"testing"
 
@@ -362,4 +364,62 @@ func TestTemplateAttributes(t *testing.T) {
 	if a := out[2].Answers[0]; a.Length != 2 || len(a.Value) == 0 {
 		t.Fatalf("template value: %+v", a)
 	}
+}
+
+// TestSessionLimit: an application may hold MaxSessions sessions, read-only
+// and read-write alike; CK_TOKEN_INFO says so; one more is
+// CKR_SESSION_COUNT until one closes; another application has its own.
+func TestSessionLimit(t *testing.T) {
+	t.Parallel()
+	const max = 5
+	d := startEngine(t, Config{MaxSessions: max})
+	cl := d.dial(t)
+	slot := cl.NewToken("limit")
+	info := cl.TokenInfo(slot)
+	if info.MaxSessionCount != max || info.MaxRwSessionCount != max {
+		t.Fatalf("token info: max sessions %d, read-write %d; want %d", info.MaxSessionCount, info.MaxRwSessionCount, max)
+	}
+	var hs []uint64
+	for i := range max {
+		hs = append(hs, cl.Open(slot, i%2 == 0))
+	}
+	cl.Must(ck.CKR_SESSION_COUNT, "C_OpenSession", U(slot), U(ck.CKF_SERIAL_SESSION), None(), None(), None())
+	cl.Must(ck.CKR_SESSION_COUNT, "C_OpenSession", U(slot), U(ck.CKF_SERIAL_SESSION|ck.CKF_RW_SESSION), None(), None(), None())
+	d.dial(t).Open(slot, false) // another application's count is its own
+	cl.Must(ck.CKR_OK, "C_CloseSession", U(hs[0]))
+	cl.Open(slot, true)
+	if got := cl.TokenInfo(slot).SessionCount; got != max+1 {
+		t.Fatalf("the token counts %d sessions, want %d", got, max+1)
+	}
+}
+
+// BenchmarkSessionMemory reports what an open session costs the daemon:
+// the heap held per session, over 10,000 sessions of one application.
+func BenchmarkSessionMemory(b *testing.B) {
+	d := startEngine(b, Config{})
+	cl := d.dial(b)
+	slot := cl.NewToken("memory")
+	app := d.eng.appList()[0]
+	const n = 10000
+	var perSession float64
+	for b.Loop() {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		hs := make([]uint64, 0, n)
+		for range n {
+			h, err := d.eng.openSession(context.Background(), app, slot, ck.CKF_SERIAL_SESSION)
+			if err != nil {
+				b.Fatal(err)
+			}
+			hs = append(hs, h)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		perSession = float64(after.HeapAlloc-before.HeapAlloc) / n
+		for _, h := range hs {
+			d.eng.closeSession(context.Background(), app, h)
+		}
+	}
+	b.ReportMetric(perSession, "bytes/session")
 }
