@@ -41,8 +41,14 @@ func genArgCases(e *emitter) error {
 			emitCase(e, c, -1, "slot 7", "phase ? CKR_SLOT_ID_INVALID : CKR_CRYPTOKI_NOT_INITIALIZED", "7")
 		}
 		for i, a := range c.Args {
+			bad := "phase ? CKR_ARGUMENTS_BAD : CKR_CRYPTOKI_NOT_INITIALIZED"
+			if a.Kind == calls.Mechanism && calls.RoleOf(c).Starts != 0 {
+				// An Init with no mechanism ends its operation, through
+				// C_SessionCancel: with no daemon, no session is valid.
+				bad = "phase ? CKR_SESSION_HANDLE_INVALID : CKR_CRYPTOKI_NOT_INITIALIZED"
+			}
 			for v := range badVariants(a) {
-				emitCase(e, c, i, fmt.Sprintf("bad %s #%d", a.Name, v), "phase ? CKR_ARGUMENTS_BAD : CKR_CRYPTOKI_NOT_INITIALIZED", fmt.Sprint(v))
+				emitCase(e, c, i, fmt.Sprintf("bad %s #%d", a.Name, v), bad, fmt.Sprint(v))
 			}
 		}
 	}

@@ -42,7 +42,7 @@ func genStub(e *emitter, c *calls.Call) error {
 	e.p("\tif (rv != CKR_OK)")
 	e.p("\t\treturn rv;")
 	for _, a := range c.Args {
-		genCheck(e, a)
+		genCheck(e, c, a)
 	}
 	e.p("")
 	e.p("\thsm_call_init(&c, %d);", c.ID)
@@ -145,6 +145,8 @@ func genRole(e *emitter, c *calls.Call) {
 	}
 	if r.Continues != 0 {
 		e.p("\tc.continues = %d;", r.Continues)
+		e.p("\tc.cancel_call = %d;", cancelCall().ID)
+		e.p("\tc.cancel_flags = %#x;", calls.CancelFlags(r.Continues))
 	}
 	if r.Mutates {
 		e.p("\tc.mutates = 1;")
@@ -154,17 +156,33 @@ func genRole(e *emitter, c *calls.Call) {
 	}
 }
 
-// genCheck writes the argument checks that precede any encoding.
-func genCheck(e *emitter, a calls.Arg) {
+// genCheck writes the argument checks that precede any encoding. A call
+// that continues an operation ends it when it refuses its arguments
+// (5.2: every error but CKR_BUFFER_TOO_SMALL ends the operation); an Init
+// given a NULL mechanism ends its kind of operation (3.0), through
+// C_SessionCancel.
+func genCheck(e *emitter, c *calls.Call, a calls.Arg) {
 	n := a.Name
+	r := calls.RoleOf(c)
+	fail := "CKR_ARGUMENTS_BAD"
+	if r.Continues != 0 {
+		fail = fmt.Sprintf("hsm_call_abandon(session, %d, %d, %#x, CKR_ARGUMENTS_BAD)", cancelCall().ID, r.Continues, calls.CancelFlags(r.Continues))
+	}
 	bad := func(cond string) {
 		e.p("\tif (%s)", cond)
-		e.p("\t\treturn CKR_ARGUMENTS_BAD;")
+		e.p("\t\treturn %s;", fail)
 	}
 	switch a.Kind {
 	case calls.Bytes, calls.OutFilled:
 		bad(fmt.Sprintf("%s == NULL && %s_len != 0", n, n))
-	case calls.Label, calls.Mechanism, calls.OutUlong, calls.OutStruct:
+	case calls.Mechanism:
+		if r.Starts != 0 {
+			e.p("\tif (%s == NULL) /* ends an operation of its kind */", n)
+			e.p("\t\treturn hsm_call_cancel(session, %d, %d, %#x);", cancelCall().ID, r.Starts, calls.CancelFlags(r.Starts))
+			return
+		}
+		bad(fmt.Sprintf("%s == NULL", n))
+	case calls.Label, calls.OutUlong, calls.OutStruct:
 		bad(fmt.Sprintf("%s == NULL", n))
 	case calls.Template, calls.AttrQuery:
 		bad(fmt.Sprintf("%s == NULL && %s_count != 0", n, n))
@@ -179,6 +197,15 @@ func genCheck(e *emitter, a calls.Arg) {
 	case calls.Ignored:
 		e.p("\t(void)%s;", n)
 	}
+}
+
+// cancelCall is C_SessionCancel, which ends operations.
+func cancelCall() *calls.Call {
+	c, ok := calls.ByName("C_SessionCancel")
+	if !ok || c.Mode != calls.Forwarded {
+		panic("p11gen: C_SessionCancel is not forwarded")
+	}
+	return c
 }
 
 // genEncode writes an argument into the request (docs/protocol.md, "Values").

@@ -1,5 +1,7 @@
 package calls
 
+import "hsmemu/cryptoki/ck"
+
 // OpKinds is a set of the cryptographic operations a session can have in
 // progress, one of each kind at a time.
 type OpKinds uint8
@@ -10,7 +12,25 @@ const (
 	OpDigest
 	OpSign
 	OpVerify
+	OpSignRecover
+	OpVerifyRecover
 )
+
+// CancelFlags are the C_SessionCancel flags (CK_MECHANISM_INFO's) that name
+// the operations of kinds k.
+func CancelFlags(k OpKinds) uint64 {
+	var f uint64
+	for kind, flag := range map[OpKinds]uint64{
+		OpEncrypt: ck.CKF_ENCRYPT, OpDecrypt: ck.CKF_DECRYPT, OpDigest: ck.CKF_DIGEST,
+		OpSign: ck.CKF_SIGN, OpVerify: ck.CKF_VERIFY,
+		OpSignRecover: ck.CKF_SIGN_RECOVER, OpVerifyRecover: ck.CKF_VERIFY_RECOVER,
+	} {
+		if k&kind != 0 {
+			f |= flag
+		}
+	}
+	return f
+}
 
 // Role is what a call does to a session's operations and to what an
 // earlier Init checked. The module defers an Init the daemon accepted
@@ -33,6 +53,10 @@ var roles = map[string]Role{
 	"C_DigestInit":  {Starts: OpDigest},
 	"C_SignInit":    {Starts: OpSign},
 	"C_VerifyInit":  {Starts: OpVerify},
+	// No mechanism here does these; the daemon refuses their Inits, so
+	// they are never deferred.
+	"C_SignRecoverInit":   {Starts: OpSignRecover},
+	"C_VerifyRecoverInit": {Starts: OpVerifyRecover},
 
 	"C_Encrypt":             {Continues: OpEncrypt},
 	"C_EncryptUpdate":       {Continues: OpEncrypt},
@@ -50,6 +74,8 @@ var roles = map[string]Role{
 	"C_Verify":              {Continues: OpVerify},
 	"C_VerifyUpdate":        {Continues: OpVerify},
 	"C_VerifyFinal":         {Continues: OpVerify},
+	"C_SignRecover":         {Continues: OpSignRecover},
+	"C_VerifyRecover":       {Continues: OpVerifyRecover},
 	"C_DigestEncryptUpdate": {Continues: OpDigest | OpEncrypt},
 	"C_DecryptDigestUpdate": {Continues: OpDecrypt | OpDigest},
 	"C_SignEncryptUpdate":   {Continues: OpSign | OpEncrypt},

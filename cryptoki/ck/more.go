@@ -158,6 +158,7 @@ const (
 	CKF_EXCLUDE_PIN                    = 0x10
 	CKF_USER_FRIENDLY_OTP              = 0x20
 	CKF_HW                             = 0x1
+	CKF_FIND_OBJECTS                   = 0x40 // 3.0: C_SessionCancel only
 	CKF_ENCRYPT                        = 0x100
 	CKF_DECRYPT                        = 0x200
 	CKF_DIGEST                         = 0x400

@@ -386,8 +386,23 @@ func TestClientsPkcs11ToolSelfTests(t *testing.T) {
 				r.code, r.mixed)
 		}
 		out := c.pkcs11tool(t, "--test-ec", append([]string{"--session-rw"}, args...)...)
-		if bad := pkcs11ToolFailures(out); len(bad) > 0 {
-			t.Fatalf("pkcs11-tool --test-ec reports failures:\n%s\noutput:\n%s", strings.Join(bad, "\n"), out)
+		// pkcs11-tool 0.23 fetches the signature that a C_Sign length
+		// query measured with C_SignFinal, which mixes the single-part and
+		// multi-part forms; the specification refuses that, as hsmemu
+		// does (CKR_OPERATION_ACTIVE) and SoftHSMv2 (whose --test-ec
+		// fails there too). Every other line must be clean.
+		signFinal := "warning: PKCS11 function C_SignFinal failed: rv = CKR_OPERATION_ACTIVE (0x90)"
+		var bad []string
+		seen := false
+		for _, l := range pkcs11ToolFailures(out) {
+			if strings.TrimSpace(l) == signFinal {
+				seen = true
+				continue
+			}
+			bad = append(bad, l)
+		}
+		if len(bad) > 0 || !seen {
+			t.Fatalf("pkcs11-tool --test-ec: failures %q, the known C_SignFinal refusal seen: %v\noutput:\n%s", bad, seen, out)
 		}
 		wantMatch(t, "--test-ec", out, `\*\*\* Generating EC key pair \*\*\*`,
 			`\*\*\* Changing the CKA_ID of private and public key into one of 20 bytes \*\*\*`,

@@ -9,6 +9,11 @@
  * An Init may instead be held back to travel with its session's next call
  * (defer.c); then that call sends two requests in one write and reads two
  * replies.
+ *
+ * A call that continues an operation and fails here, before the daemon
+ * saw it (a NULL length pointer, data too long for a frame), ends its
+ * operation as the specification says every error but CKR_BUFFER_TOO_SMALL
+ * does: the module sends C_SessionCancel for it (hsm_call_abandon).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +56,9 @@ enum hsm_outcome hsm_call_run(hsm_call *c)
 {
 	if (c->req.err != CKR_OK) {
 		c->rv = c->req.err;
+		if (c->cancel_call != 0)
+			hsm_call_abandon((CK_SESSION_HANDLE)c->session, c->cancel_call, c->continues, c->cancel_flags,
+					 c->rv);
 		return HSM_FAILED;
 	}
 	if (c->starts && hsm_defer_hold(c)) {
@@ -126,4 +134,25 @@ void hsm_call_end(hsm_call *c)
 	c->req.p = NULL;
 	c->reply = NULL;
 	c->shape.p = NULL;
+}
+
+CK_RV hsm_call_cancel(CK_SESSION_HANDLE session, uint32_t call, unsigned kinds, uint64_t flags)
+{
+	/* A deferred Init the daemon refused left no operation to end. */
+	hsm_defer_forget_failed((uint64_t)session, kinds);
+	hsm_call c;
+	hsm_call_init(&c, call);
+	hsm_put_u64(&c.req, (uint64_t)session);
+	hsm_put_u64(&c.req, flags);
+	c.on_session = 1;
+	c.session = (uint64_t)session;
+	CK_RV rv = hsm_call_run(&c) == HSM_OFFLINE ? CKR_SESSION_HANDLE_INVALID : c.rv;
+	hsm_call_end(&c);
+	return rv;
+}
+
+CK_RV hsm_call_abandon(CK_SESSION_HANDLE session, uint32_t call, unsigned kinds, uint64_t flags, CK_RV rv)
+{
+	(void)hsm_call_cancel(session, call, kinds, flags);
+	return rv;
 }

@@ -435,3 +435,14 @@ void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv)
 		accept(c->starts, &c->shape);
 	hsm_unlock(d.mu);
 }
+
+void hsm_defer_forget_failed(uint64_t session, unsigned kinds)
+{
+	if (d.mu == NULL)
+		return;
+	hsm_lock(d.mu);
+	sess *e = find(session);
+	if (e != NULL && (e->failed_kind & kinds))
+		e->failed = CKR_OK;
+	hsm_unlock(d.mu);
+}

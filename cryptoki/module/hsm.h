@@ -290,6 +290,12 @@ typedef struct hsm_call {
 	int mutates;            /* may destroy or change objects, end logins or sessions */
 	int closes;             /* ends its session */
 	hsm_wbuf shape;         /* an Init's mechanism (byte strings as lengths) and key */
+
+	/* A call that continues an operation ends it when it fails in the
+	 * module (5.2): C_SessionCancel, call number cancel_call, with these
+	 * flags. 0: the call continues none. */
+	uint32_t cancel_call;
+	uint64_t cancel_flags;
 } hsm_call;
 
 enum hsm_outcome {
@@ -304,6 +310,14 @@ void hsm_call_init(hsm_call *c, uint32_t call);
 void hsm_call_shape(hsm_call *c, const CK_MECHANISM *m);
 enum hsm_outcome hsm_call_run(hsm_call *c);
 void hsm_call_end(hsm_call *c);
+/* hsm_call_cancel sends C_SessionCancel(session, flags), call number call,
+ * for operations of kinds: what an Init with a NULL mechanism does (it
+ * ends its operation, 3.0), a held Init of them included. Its rv. */
+CK_RV hsm_call_cancel(CK_SESSION_HANDLE session, uint32_t call, unsigned kinds, uint64_t flags);
+/* hsm_call_abandon ends the operations of a call the module refused
+ * before sending it (a NULL length pointer, say): every error but
+ * CKR_BUFFER_TOO_SMALL ends the operation (5.2). Returns rv. */
+CK_RV hsm_call_abandon(CK_SESSION_HANDLE session, uint32_t call, unsigned kinds, uint64_t flags, CK_RV rv);
 
 /* ---- defer.c: Inits that travel with the next call ---- */
 
@@ -337,6 +351,10 @@ CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k);
 /* hsm_defer_end, after: replied says whether the replies came, init_rv is
  * the carried Init's. */
 void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv);
+/* hsm_defer_forget_failed forgets a deferred Init of kinds the daemon
+ * refused and no call has reported yet: its operation is being ended, and
+ * there is none. */
+void hsm_defer_forget_failed(uint64_t session, unsigned kinds);
 
 /* ---- local.c: the function lists (generated) ---- */
 

@@ -114,7 +114,7 @@ var handlerOf = map[string]handler{
 	"C_Login":               (*Engine).cLogin,
 	"C_LoginUser":           notSupported,
 	"C_Logout":              (*Engine).cLogout,
-	"C_SessionCancel":       notSupported,
+	"C_SessionCancel":       (*Engine).cSessionCancel,
 	"C_CreateObject":        (*Engine).cCreateObject,
 	"C_CopyObject":          (*Engine).cCopyObject,
 	"C_DestroyObject":       (*Engine).cDestroyObject,
@@ -266,6 +266,10 @@ func (e *Engine) cGetSessionInfo(ctx context.Context, app *App, a *wire.Args, r 
 		r.Struct(info)
 	}
 	return err
+}
+
+func (e *Engine) cSessionCancel(_ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	return app.sessionCancel(a.Ulong(0), a.Ulong(1))
 }
 
 func (e *Engine) cLogin(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {

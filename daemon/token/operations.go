@@ -65,6 +65,39 @@ var funcOf = [opKinds]mech.Func{
 	opVerify:  mech.Verify,
 }
 
+// cancelFlag is the C_SessionCancel flag that names each kind of operation.
+var cancelFlag = [opKinds]uint64{
+	opEncrypt: ck.CKF_ENCRYPT,
+	opDecrypt: ck.CKF_DECRYPT,
+	opDigest:  ck.CKF_DIGEST,
+	opSign:    ck.CKF_SIGN,
+	opVerify:  ck.CKF_VERIFY,
+}
+
+// sessionCancel is C_SessionCancel: it ends the session's operations the
+// flags name (CKF_ENCRYPT, ..., CKF_FIND_OBJECTS). A flag for an operation
+// not in progress, or one no mechanism here has (recovery, messages), is
+// ignored, as the specification says; so nothing ever fails to cancel. The
+// module sends it too when it refuses a call's arguments itself (an error
+// ends the operation, 5.2) and for an Init given no mechanism (3.0).
+func (app *App) sessionCancel(h, flags uint64) error {
+	s, err := app.session(h)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for kind, f := range cancelFlag {
+		if flags&f != 0 {
+			s.ops[kind] = nil
+		}
+	}
+	if flags&ck.CKF_FIND_OBJECTS != 0 {
+		s.find = nil
+	}
+	return nil
+}
+
 // usage is the attribute a key needs for each kind of operation.
 var usage = [opKinds]uint64{
 	opEncrypt: ck.CKA_ENCRYPT,
@@ -243,13 +276,14 @@ const (
 )
 
 // output computes an operation's output once: a repeated call after a size
-// query gets the kept output. Another call in between is a misuse that ends
-// the operation.
+// query gets the kept output. Another call in between mixes the
+// single-part and multi-part forms, which the specification forbids
+// (C_Encrypt "cannot be used to terminate a multi-part operation", nor the
+// Final a single-part one): CKR_OPERATION_ACTIVE, which ends the
+// operation.
 func (op *operation) output(call callKind, compute func() ([]byte, error)) ([]byte, error) {
 	if op.hasPend {
-		// Some clients fetch a single-part call's measured output with
-		// the Final (OpenSC's pkcs11-tool does); that much is accepted.
-		if op.pendFor != call && !(op.pendFor == callOne && call == callFinal) {
+		if op.pendFor != call {
 			return nil, ck.Error(ck.CKR_OPERATION_ACTIVE)
 		}
 		return op.pending, nil
