@@ -94,6 +94,15 @@ func genParams(e *emitter) error {
 				if f.LenOf == "" {
 					return fmt.Errorf("%s.%s: no length member", s, f.Name)
 				}
+				if f.LenBits {
+					// The length counts bits: whole bytes only.
+					e.p("\tif (p->%s %% 8 != 0) {", f.LenOf)
+					e.p("\t\thsm_fail(w, CKR_MECHANISM_PARAM_INVALID);")
+					e.p("\t\treturn;")
+					e.p("\t}")
+					e.p("\thsm_put_param_bytes(w, p->%s, p->%s / 8);", f.Name, f.LenOf)
+					break
+				}
 				e.p("\thsm_put_param_bytes(w, p->%s, p->%s);", f.Name, f.LenOf)
 			case calls.FStruct:
 				e.p("\tif (p->%s == NULL) {", f.Name)

@@ -15,11 +15,16 @@ const (
 
 // Field is one member of a structure, in C declaration order.
 type Field struct {
-	Name   string // C member name; for FBytes the pointer member
-	Kind   FieldKind
-	Size   int    // FChars: width in bytes
-	LenOf  string // FBytes: the C member holding the length
-	Struct string // FStruct: the nested structure's name in Params
+	Name  string // C member name; for FBytes the pointer member
+	Kind  FieldKind
+	Size  int    // FChars: width in bytes
+	LenOf string // FBytes: the C member holding the length
+	// LenBits says LenOf counts bits, not bytes (CK_CHACHA20_PARAMS): the
+	// module sends the whole bytes it covers and refuses a count that is
+	// not a multiple of 8 (CKR_MECHANISM_PARAM_INVALID). The wire carries
+	// bytes either way.
+	LenBits bool
+	Struct  string // FStruct: the nested structure's name in Params
 }
 
 // Structs are the fixed structures the daemon fills (OutStruct), encoded
@@ -174,6 +179,17 @@ var Params = map[string][]Field{
 		{Name: "phFlag", Kind: FByte},
 		{Name: "pContextData", Kind: FBytes, LenOf: "ulContextDataLen"},
 	},
+	"CK_CHACHA20_PARAMS": {
+		{Name: "pBlockCounter", Kind: FBytes, LenOf: "blockCounterBits", LenBits: true},
+		{Name: "pNonce", Kind: FBytes, LenOf: "ulNonceBits", LenBits: true},
+	},
+	// ulNonceLen counts bytes, as NSS, OpenJDK and kryoptic read it; the
+	// specification's text says bits, its member's name and every
+	// implementation bytes.
+	"CK_SALSA20_CHACHA20_POLY1305_PARAMS": {
+		{Name: "pNonce", Kind: FBytes, LenOf: "ulNonceLen"},
+		{Name: "pAAD", Kind: FBytes, LenOf: "ulAADLen"},
+	},
 	"CK_HKDF_PARAMS": {
 		{Name: "bExtract", Kind: FByte},
 		{Name: "bExpand", Kind: FByte},
@@ -205,23 +221,33 @@ type MechParam struct {
 // listed here whose caller passes a parameter anyway sends it as PBytes; the
 // daemon decides whether that is valid for the mechanism.
 var Mechanisms = map[uint64]MechParam{
-	0x00000009: {PStruct, "CK_RSA_PKCS_OAEP_PARAMS"},    // CKM_RSA_PKCS_OAEP
-	0x0000000D: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},     // CKM_RSA_PKCS_PSS
-	0x0000000E: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},     // CKM_SHA1_RSA_PKCS_PSS
-	0x00000043: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},     // CKM_SHA256_RSA_PKCS_PSS
-	0x00000044: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},     // CKM_SHA384_RSA_PKCS_PSS
-	0x00000045: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},     // CKM_SHA512_RSA_PKCS_PSS
-	0x00000047: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},     // CKM_SHA224_RSA_PKCS_PSS
-	0x00001054: {PStruct, "CK_RSA_AES_KEY_WRAP_PARAMS"}, // CKM_RSA_AES_KEY_WRAP
-	0x00001050: {PStruct, "CK_ECDH1_DERIVE_PARAMS"},     // CKM_ECDH1_DERIVE
-	0x00001057: {PStruct, "CK_EDDSA_PARAMS"},            // CKM_EDDSA
-	0x00001082: {PBytes, ""},                            // CKM_AES_CBC (IV)
-	0x00001085: {PBytes, ""},                            // CKM_AES_CBC_PAD (IV)
-	0x00001086: {PStruct, "CK_AES_CTR_PARAMS"},          // CKM_AES_CTR
-	0x00001087: {PStruct, "CK_GCM_PARAMS"},              // CKM_AES_GCM
-	0x00002109: {PBytes, ""},                            // CKM_AES_KEY_WRAP (optional IV)
-	0x0000210A: {PBytes, ""},                            // CKM_AES_KEY_WRAP_PAD (optional IV)
-	0x0000210B: {PBytes, ""},                            // CKM_AES_KEY_WRAP_KWP (optional IV)
-	0x0000402A: {PStruct, "CK_HKDF_PARAMS"},             // CKM_HKDF_DERIVE
-	0x0000402B: {PStruct, "CK_HKDF_PARAMS"},             // CKM_HKDF_DATA
+	0x00000009: {PStruct, "CK_RSA_PKCS_OAEP_PARAMS"},             // CKM_RSA_PKCS_OAEP
+	0x0000000D: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},              // CKM_RSA_PKCS_PSS
+	0x0000000E: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},              // CKM_SHA1_RSA_PKCS_PSS
+	0x00000043: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},              // CKM_SHA256_RSA_PKCS_PSS
+	0x00000044: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},              // CKM_SHA384_RSA_PKCS_PSS
+	0x00000045: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},              // CKM_SHA512_RSA_PKCS_PSS
+	0x00000047: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},              // CKM_SHA224_RSA_PKCS_PSS
+	0x00000063: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},              // CKM_SHA3_256_RSA_PKCS_PSS
+	0x00000064: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},              // CKM_SHA3_384_RSA_PKCS_PSS
+	0x00000065: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},              // CKM_SHA3_512_RSA_PKCS_PSS
+	0x00000067: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},              // CKM_SHA3_224_RSA_PKCS_PSS
+	0x00000122: {PBytes, ""},                                     // CKM_DES_CBC (IV)
+	0x00000125: {PBytes, ""},                                     // CKM_DES_CBC_PAD (IV)
+	0x00000133: {PBytes, ""},                                     // CKM_DES3_CBC (IV)
+	0x00000136: {PBytes, ""},                                     // CKM_DES3_CBC_PAD (IV)
+	0x00001054: {PStruct, "CK_RSA_AES_KEY_WRAP_PARAMS"},          // CKM_RSA_AES_KEY_WRAP
+	0x00001050: {PStruct, "CK_ECDH1_DERIVE_PARAMS"},              // CKM_ECDH1_DERIVE
+	0x00001057: {PStruct, "CK_EDDSA_PARAMS"},                     // CKM_EDDSA
+	0x00001082: {PBytes, ""},                                     // CKM_AES_CBC (IV)
+	0x00001085: {PBytes, ""},                                     // CKM_AES_CBC_PAD (IV)
+	0x00001086: {PStruct, "CK_AES_CTR_PARAMS"},                   // CKM_AES_CTR
+	0x00001087: {PStruct, "CK_GCM_PARAMS"},                       // CKM_AES_GCM
+	0x00001226: {PStruct, "CK_CHACHA20_PARAMS"},                  // CKM_CHACHA20
+	0x00002109: {PBytes, ""},                                     // CKM_AES_KEY_WRAP (optional IV)
+	0x0000210A: {PBytes, ""},                                     // CKM_AES_KEY_WRAP_PAD (optional IV)
+	0x0000210B: {PBytes, ""},                                     // CKM_AES_KEY_WRAP_KWP (optional IV)
+	0x00004021: {PStruct, "CK_SALSA20_CHACHA20_POLY1305_PARAMS"}, // CKM_CHACHA20_POLY1305
+	0x0000402A: {PStruct, "CK_HKDF_PARAMS"},                      // CKM_HKDF_DERIVE
+	0x0000402B: {PStruct, "CK_HKDF_PARAMS"},                      // CKM_HKDF_DATA
 }

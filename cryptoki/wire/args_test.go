@@ -272,14 +272,16 @@ func TestEncodeArgsRefuses(t *testing.T) {
 func TestParamAccessors(t *testing.T) {
 	t.Parallel()
 	structs := map[string]func(p *Param) (any, error){
-		"CK_GCM_PARAMS":              func(p *Param) (any, error) { return p.GCMParams() },
-		"CK_AES_CTR_PARAMS":          func(p *Param) (any, error) { return p.CTRParams() },
-		"CK_RSA_PKCS_OAEP_PARAMS":    func(p *Param) (any, error) { return p.OAEPParams() },
-		"CK_RSA_PKCS_PSS_PARAMS":     func(p *Param) (any, error) { return p.PSSParams() },
-		"CK_ECDH1_DERIVE_PARAMS":     func(p *Param) (any, error) { return p.ECDH1DeriveParams() },
-		"CK_RSA_AES_KEY_WRAP_PARAMS": func(p *Param) (any, error) { return p.RSAAESKeyWrapParams() },
-		"CK_EDDSA_PARAMS":            func(p *Param) (any, error) { return p.EdDSAParams() },
-		"CK_HKDF_PARAMS":             func(p *Param) (any, error) { return p.HKDFParams() },
+		"CK_GCM_PARAMS":                       func(p *Param) (any, error) { return p.GCMParams() },
+		"CK_AES_CTR_PARAMS":                   func(p *Param) (any, error) { return p.CTRParams() },
+		"CK_RSA_PKCS_OAEP_PARAMS":             func(p *Param) (any, error) { return p.OAEPParams() },
+		"CK_RSA_PKCS_PSS_PARAMS":              func(p *Param) (any, error) { return p.PSSParams() },
+		"CK_ECDH1_DERIVE_PARAMS":              func(p *Param) (any, error) { return p.ECDH1DeriveParams() },
+		"CK_RSA_AES_KEY_WRAP_PARAMS":          func(p *Param) (any, error) { return p.RSAAESKeyWrapParams() },
+		"CK_EDDSA_PARAMS":                     func(p *Param) (any, error) { return p.EdDSAParams() },
+		"CK_HKDF_PARAMS":                      func(p *Param) (any, error) { return p.HKDFParams() },
+		"CK_CHACHA20_PARAMS":                  func(p *Param) (any, error) { return p.ChaCha20Params() },
+		"CK_SALSA20_CHACHA20_POLY1305_PARAMS": func(p *Param) (any, error) { return p.ChaCha20Poly1305Params() },
 	}
 	for name := range calls.Params {
 		if structs[name] == nil {

@@ -167,6 +167,10 @@ func sampleParam(ctype string) Param {
 	case "CK_HKDF_PARAMS":
 		return HKDFParams{Extract: true, Expand: true, PRFHashMechanism: ck.CKM_SHA256, SaltType: 2,
 			Salt: []byte("salt"), SaltKey: 0, Info: []byte("info")}.Param()
+	case "CK_CHACHA20_PARAMS":
+		return ChaCha20Params{BlockCounter: []byte{1, 0, 0, 0}, Nonce: []byte("0123456789ab")}.Param()
+	case "CK_SALSA20_CHACHA20_POLY1305_PARAMS":
+		return ChaCha20Poly1305Params{Nonce: []byte("0123456789ab"), AAD: nil}.Param()
 	}
 	panic("no sample for " + ctype)
 }

@@ -81,6 +81,8 @@ func touch(a *Args) {
 			p.RSAAESKeyWrapParams()
 			p.EdDSAParams()
 			p.HKDFParams()
+			p.ChaCha20Params()
+			p.ChaCha20Poly1305Params()
 		case calls.OutBytes, calls.OutUlongs:
 			a.Out(i)
 		case calls.OutHandles:

@@ -268,6 +268,20 @@ type EdDSAParams struct {
 	ContextData []byte
 }
 
+// ChaCha20Params is CK_CHACHA20_PARAMS. The module carries the block
+// counter and the nonce as whole bytes: their lengths are
+// 8*len(BlockCounter) and 8*len(Nonce) bits.
+type ChaCha20Params struct {
+	BlockCounter []byte
+	Nonce        []byte
+}
+
+// ChaCha20Poly1305Params is CK_SALSA20_CHACHA20_POLY1305_PARAMS.
+type ChaCha20Poly1305Params struct {
+	Nonce []byte
+	AAD   []byte
+}
+
 // HKDFParams is CK_HKDF_PARAMS.
 type HKDFParams struct {
 	Extract          bool
@@ -386,6 +400,25 @@ func (p *Param) EdDSAParams() (EdDSAParams, error) {
 	return EdDSAParams{PHFlag: fs.bool("phFlag"), ContextData: fs.bytes("pContextData")}, nil
 }
 
+// ChaCha20Params returns the parameter as CK_CHACHA20_PARAMS.
+func (p *Param) ChaCha20Params() (ChaCha20Params, error) {
+	fs, err := p.structure("CK_CHACHA20_PARAMS")
+	if err != nil {
+		return ChaCha20Params{}, err
+	}
+	return ChaCha20Params{BlockCounter: fs.bytes("pBlockCounter"), Nonce: fs.bytes("pNonce")}, nil
+}
+
+// ChaCha20Poly1305Params returns the parameter as
+// CK_SALSA20_CHACHA20_POLY1305_PARAMS.
+func (p *Param) ChaCha20Poly1305Params() (ChaCha20Poly1305Params, error) {
+	fs, err := p.structure("CK_SALSA20_CHACHA20_POLY1305_PARAMS")
+	if err != nil {
+		return ChaCha20Poly1305Params{}, err
+	}
+	return ChaCha20Poly1305Params{Nonce: fs.bytes("pNonce"), AAD: fs.bytes("pAAD")}, nil
+}
+
 // HKDFParams returns the parameter as CK_HKDF_PARAMS.
 func (p *Param) HKDFParams() (HKDFParams, error) {
 	fs, err := p.structure("CK_HKDF_PARAMS")
@@ -459,6 +492,16 @@ func (p RSAAESKeyWrapParams) Param() Param {
 // Param returns p in generic form.
 func (p EdDSAParams) Param() Param {
 	return structParam("CK_EDDSA_PARAMS", fbool("phFlag", p.PHFlag), fb("pContextData", p.ContextData))
+}
+
+// Param returns p in generic form.
+func (p ChaCha20Params) Param() Param {
+	return structParam("CK_CHACHA20_PARAMS", fb("pBlockCounter", p.BlockCounter), fb("pNonce", p.Nonce))
+}
+
+// Param returns p in generic form.
+func (p ChaCha20Poly1305Params) Param() Param {
+	return structParam("CK_SALSA20_CHACHA20_POLY1305_PARAMS", fb("pNonce", p.Nonce), fb("pAAD", p.AAD))
 }
 
 // Param returns p in generic form.
