@@ -192,6 +192,15 @@ func (s *Store) Audit(ctx context.Context, actor AuditActor, event string, detai
 	// chain to its next epoch: a record's key and its place go together.
 	s.auditMu.Lock()
 	defer s.auditMu.Unlock()
+	// Integrity failures met since the last append are recorded first.
+	if err := s.auditTamperLocked(ctx); err != nil {
+		return AuditRecord{}, err
+	}
+	return s.appendAudit(ctx, actor, event, detail)
+}
+
+// appendAudit appends one record; auditMu is held.
+func (s *Store) appendAudit(ctx context.Context, actor AuditActor, event string, detail map[string]string) (AuditRecord, error) {
 	s.mu.RLock()
 	epoch := s.masterGen
 	s.mu.RUnlock()

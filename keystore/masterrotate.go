@@ -224,6 +224,12 @@ func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)
 		return 0, err
 	}
 	for i, ti := range tokens {
+		if ti.Tampered != nil {
+			// Moving on without it would leave it under a master key
+			// about to be flushed: the rotation waits for it to be dealt
+			// with (restored from a backup, or deleted).
+			return 0, fmt.Errorf("keystore: the token in row %d cannot be rekeyed: %w", ti.ID, ti.Tampered)
+		}
 		if ti.MasterGeneration != nextGen {
 			if err := s.rekeyToken(ctx, ti, next, nextGen); err != nil {
 				return 0, fmt.Errorf("keystore: rekey token %q: %w", ti.Label, err)

@@ -43,7 +43,7 @@ func u2i(v uint64) int64 { return int64(v) }
 // selectObject reads what an open needs: the token and the record (the
 // object's identity, its attributes and its seal). The indexed copies of
 // attributes are Find's alone.
-const selectObject = `SELECT o.token_id, o.record FROM objects o WHERE o.id = ? AND o.deleted_at IS NULL`
+const selectObject = `SELECT o.token_id, o.uuid, o.record FROM objects o WHERE o.id = ? AND o.deleted_at IS NULL`
 
 type objectRow struct {
 	id      int64
@@ -183,6 +183,7 @@ func (s *Store) Open(ctx context.Context, id ObjectID) (*Object, error) {
 	epoch := s.cache.currentEpoch()
 	r, err := s.readObject(ctx, id)
 	if err != nil {
+		s.noteTamper(err)
 		return nil, err
 	}
 	obj, err := s.openRow(ctx, &r)
@@ -197,12 +198,25 @@ func (s *Store) Open(ctx context.Context, id ObjectID) (*Object, error) {
 		}
 		if errors.Is(err, errStaleRow) {
 			if r, err = s.readObject(ctx, id); err != nil {
+				s.noteTamper(err)
 				return nil, err
 			}
 		}
 		obj, err = s.openRow(ctx, &r)
 	}
+	if errors.Is(err, errStaleRow) || errors.Is(err, errNewerKeys) {
+		// Still out of step after the retries: a seal whose generation
+		// no rotation explains.
+		err = tampered("object", r.uuid, r.id, "generation")
+	}
 	if err != nil {
+		if errors.Is(err, ErrTampered) {
+			var te *TamperError
+			if !errors.As(err, &te) {
+				err = tampered("object", r.uuid, r.id, "seal")
+			}
+			s.noteTamper(err)
+		}
 		return nil, err
 	}
 	s.cache.put(obj, epoch)
@@ -226,12 +240,18 @@ func (s *Store) readObject(ctx context.Context, id ObjectID) (objectRow, error) 
 		}
 		return r, ErrNotFound
 	}
-	var rec sql.RawBytes
-	if err := rows.Scan(&r.tokenID, &rec); err != nil {
+	var uuid, rec sql.RawBytes
+	if err := rows.Scan(&r.tokenID, &uuid, &rec); err != nil {
 		return r, s.dbErr("read object", err)
 	}
 	if err := r.parseRecord(bytes.Clone(rec)); err != nil {
-		return r, err
+		return r, tampered("object", UUID{}, r.id, "record")
+	}
+	// The uuid column is an index copy, unique per row; the sealed record
+	// holds the uuid its seal is bound to. A row copied under a new id and
+	// uuid column (two handles on one key) fails here.
+	if !bytes.Equal(uuid, r.uuid[:]) {
+		return r, tampered("object", r.uuid, r.id, "uuid column")
 	}
 	return r, rows.Close()
 }
@@ -280,15 +300,18 @@ func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes, secre
 	}
 	defer tx.Rollback()
 	r := objectRow{id: int64(id)}
-	var rec []byte
-	if err := tx.QueryRowContext(ctx, selectObject, int64(id)).Scan(&r.tokenID, &rec); err != nil {
+	var uuid, rec []byte
+	if err := tx.QueryRowContext(ctx, selectObject, int64(id)).Scan(&r.tokenID, &uuid, &rec); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return ErrNotFound
 		}
 		return s.dbErr("read object", err)
 	}
 	if err := r.parseRecord(rec); err != nil {
-		return err
+		return tampered("object", UUID{}, r.id, "record")
+	}
+	if !bytes.Equal(uuid, r.uuid[:]) {
+		return tampered("object", r.uuid, r.id, "uuid column")
 	}
 	old, err := s.openRow(ctx, &r)
 	if err != nil {
@@ -355,8 +378,8 @@ func (f *Filter) match(ix index) bool {
 // Find returns the ids of a token's objects that match f, in creation order.
 // SQLite narrows the search on the indexed columns; each candidate's
 // attributes are then checked against the columns and the filter, so an
-// edited column gives ErrTampered rather than a wrong answer. (Open checks
-// the attributes themselves against the seal.)
+// edited column never gives a wrong answer: the row is left out and noted
+// as tampered. (Open checks the attributes themselves against the seal.)
 func (s *Store) Find(ctx context.Context, token UUID, f Filter) ([]ObjectID, error) {
 	var where []string
 	var shape int // which conditions the query has: one prepared statement per shape
@@ -388,23 +411,34 @@ func (s *Store) Find(ctx context.Context, token UUID, f Filter) ([]ObjectID, err
 	var ids []ObjectID
 	for rows.Next() {
 		var c indexColumns
-		var rec sql.RawBytes
-		if err := rows.Scan(&c.id, &c.class, &c.keyType, &c.label, &c.ckaid, &c.private, &rec); err != nil {
+		var uuid, rec sql.RawBytes
+		if err := rows.Scan(&c.id, &c.class, &c.keyType, &c.label, &c.ckaid, &c.private, &uuid, &rec); err != nil {
 			return nil, s.dbErr("find", err)
 		}
+		// A row that fails is left out, and noted: it takes down itself
+		// alone, not the search.
 		var r objectRow
 		if err := r.parseRecord(rec); err != nil {
-			return nil, err
+			s.noteTamper(tampered("object", UUID{}, c.id, "record"))
+			continue
+		}
+		if !bytes.Equal(uuid, r.uuid[:]) {
+			s.noteTamper(tampered("object", r.uuid, c.id, "uuid column"))
+			continue
 		}
 		a, err := DecodeAttributes(r.attrs)
 		if err != nil {
-			return nil, ErrTampered
+			s.noteTamper(tampered("object", r.uuid, c.id, "record"))
+			continue
 		}
 		ix, err := a.index()
-		if err != nil || !c.match(ix) || !f.match(ix) {
-			return nil, ErrTampered
+		if err != nil || !c.match(ix) {
+			s.noteTamper(tampered("object", r.uuid, c.id, "index"))
+			continue
 		}
-		ids = append(ids, ObjectID(c.id))
+		if f.match(ix) {
+			ids = append(ids, ObjectID(c.id))
+		}
 	}
 	return ids, rows.Err()
 }
@@ -455,7 +489,7 @@ func (s *Store) findStmt(ctx context.Context, shape int, where []string) (*sql.S
 	case shape&8 != 0:
 		from = "objects o INDEXED BY objects_by_ckaid"
 	}
-	q := `SELECT o.id, o.class, o.key_type, o.label, o.ckaid, o.private, o.record
+	q := `SELECT o.id, o.class, o.key_type, o.label, o.ckaid, o.private, o.uuid, o.record
 		FROM ` + from + ` JOIN tokens t ON t.id = o.token_id WHERE t.uuid = ? AND o.deleted_at IS NULL`
 	if len(where) > 0 {
 		q += " AND " + strings.Join(where, " AND ")

@@ -98,23 +98,102 @@ CREATE TABLE carried (
 	PRIMARY KEY (label, master_generation)
 ) STRICT;
 `,
+	// 4: range checks in the schema. The token row is rebuilt with a CHECK
+	// on every value its MAC covers, the same ranges scanToken enforces
+	// (checkTokenRange), so no write of ours stores a value a read would
+	// refuse. They guard against our own mistakes, not an attacker, who
+	// can drop them: reads still check. Rows already out of range are
+	// copied as they are (migrate ignores CHECKs while it runs), to be
+	// reported as tampered rather than fail the migration. The id
+	// sequence is kept, so a deleted token's slot id is never reused.
+	`
+CREATE TABLE tokens_new (
+	id                INTEGER PRIMARY KEY AUTOINCREMENT,
+	uuid              BLOB NOT NULL UNIQUE CHECK (length(uuid) = 16),
+	label             TEXT NOT NULL UNIQUE CHECK (length(CAST(label AS BLOB)) BETWEEN 1 AND 32),
+	serial            TEXT NOT NULL UNIQUE,
+	tier              INTEGER NOT NULL CHECK (tier IN (1, 2)),
+	kek_generation    INTEGER NOT NULL CHECK (kek_generation BETWEEN 1 AND 4294967295),
+	dk_generation     INTEGER NOT NULL CHECK (dk_generation BETWEEN 1 AND 4294967295),
+	so_pin            BLOB NOT NULL,
+	user_pin          BLOB,
+	so_failures       INTEGER NOT NULL DEFAULT 0 CHECK (so_failures BETWEEN 0 AND 1048576),
+	user_failures     INTEGER NOT NULL DEFAULT 0 CHECK (user_failures BETWEEN 0 AND 1048576),
+	mac               BLOB NOT NULL CHECK (length(mac) = 32),
+	created_at        INTEGER NOT NULL,
+	retention_days    INTEGER NOT NULL DEFAULT 90 CHECK (retention_days BETWEEN 0 AND 3650),
+	purge_protection  INTEGER NOT NULL DEFAULT 0 CHECK (purge_protection IN (0, 1)),
+	master_generation INTEGER NOT NULL DEFAULT 1 CHECK (master_generation BETWEEN 1 AND 4294967295),
+	legacy_pin_keys   BLOB
+) STRICT;
+INSERT INTO tokens_new (id, uuid, label, serial, tier, kek_generation, dk_generation, so_pin, user_pin,
+	so_failures, user_failures, mac, created_at, retention_days, purge_protection, master_generation, legacy_pin_keys)
+SELECT id, uuid, label, serial, tier, kek_generation, dk_generation, so_pin, user_pin,
+	so_failures, user_failures, mac, created_at, retention_days, purge_protection, master_generation, legacy_pin_keys
+FROM tokens;
+CREATE TEMP TABLE token_seq AS SELECT seq FROM sqlite_sequence WHERE name = 'tokens';
+DROP TABLE tokens;
+ALTER TABLE tokens_new RENAME TO tokens;
+DELETE FROM sqlite_sequence WHERE name = 'tokens';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'tokens', max(seq) FROM
+	(SELECT seq FROM temp.token_seq UNION ALL SELECT max(id) AS seq FROM tokens) HAVING max(seq) IS NOT NULL;
+DROP TABLE temp.token_seq;
+`,
 }
+
+// migrationsWithoutFKs are the migrations that rebuild a table other
+// tables refer to: dropping the old one with foreign keys on would cascade
+// to the rows that refer to it.
+var migrationsWithoutFKs = map[int]bool{4: true}
 
 // SchemaVersion is the schema this build writes.
 var SchemaVersion = len(migrations)
 
-func migrate(ctx context.Context, db *sql.DB) error {
-	tx, err := db.BeginTx(ctx, nil)
+// migrate brings the schema up to date in one transaction, on a
+// connection of its own: foreign keys are off while it runs (SQLite
+// ignores the pragma inside a transaction, so it is set before) and CHECK
+// constraints are not enforced on the rows it copies; both are on again
+// once it ends. Rows that refer to a missing token are left to the reads
+// that meet them, like any other edit of the file.
+func migrate(ctx context.Context, db *sql.DB) (err error) {
+	conn, err := db.Conn(ctx)
 	if err != nil {
 		return fmt.Errorf("keystore: begin migration: %w", err)
 	}
-	defer tx.Rollback()
+	defer conn.Close()
 	var v int
-	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+	if err := conn.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
 		return fmt.Errorf("keystore: read schema version: %w", err)
 	}
 	if v > len(migrations) {
 		return fmt.Errorf("keystore: database schema version %d is newer than this build's %d; upgrade hsmemu", v, len(migrations))
+	}
+	if v == len(migrations) {
+		return nil
+	}
+	rebuild := false
+	for i := v; i < len(migrations); i++ {
+		rebuild = rebuild || migrationsWithoutFKs[i+1]
+	}
+	if rebuild {
+		if _, err := conn.ExecContext(ctx, "PRAGMA foreign_keys = OFF; PRAGMA ignore_check_constraints = ON"); err != nil {
+			return fmt.Errorf("keystore: prepare migration: %w", err)
+		}
+		defer func() {
+			_, rerr := conn.ExecContext(context.Background(), "PRAGMA foreign_keys = ON; PRAGMA ignore_check_constraints = OFF")
+			if err == nil && rerr != nil {
+				err = fmt.Errorf("keystore: finish migration: %w", rerr)
+			}
+		}()
+	}
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("keystore: begin migration: %w", err)
+	}
+	defer tx.Rollback()
+	// Read again under the write lock: another process may have migrated.
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return fmt.Errorf("keystore: read schema version: %w", err)
 	}
 	for i := v; i < len(migrations); i++ {
 		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {

@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -39,16 +40,21 @@ type Deleted struct {
 // SoftDelete hides an object, to be purged after the token's retention
 // (at once when it is 0). It reports whether the object was kept.
 func (s *Store) SoftDelete(ctx context.Context, id ObjectID) (kept bool, err error) {
-	var days int
-	err = s.r.QueryRowContext(ctx, `SELECT t.retention_days FROM objects o JOIN tokens t ON t.id = o.token_id
-		WHERE o.id = ? AND o.deleted_at IS NULL`, int64(id)).Scan(&days)
+	var tokenID int64
+	err = s.r.QueryRowContext(ctx, `SELECT token_id FROM objects WHERE id = ? AND deleted_at IS NULL`, int64(id)).Scan(&tokenID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, ErrNotFound
 	}
 	if err != nil {
-		return false, s.dbErr("read retention", err)
+		return false, s.dbErr("read object", err)
 	}
-	if days <= 0 {
+	// The retention is policy: read from the authenticated token row,
+	// never from the column alone.
+	ti, err := s.TokenByID(ctx, tokenID)
+	if err != nil {
+		return false, err
+	}
+	if ti.RetentionDays <= 0 {
 		return false, s.Delete(ctx, id)
 	}
 	res, err := s.w.ExecContext(ctx, "UPDATE objects SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL", time.Now().Unix(), int64(id))
@@ -64,8 +70,12 @@ func (s *Store) SoftDelete(ctx context.Context, id ObjectID) (kept bool, err err
 
 // DeletedObjects lists a token's deleted objects, oldest deletion first.
 func (s *Store) DeletedObjects(ctx context.Context, token UUID) ([]Deleted, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT o.id, o.uuid, o.class, o.key_type, o.label, o.ckaid, o.private, o.deleted_at, t.retention_days, o.record
-		FROM objects o JOIN tokens t ON t.id = o.token_id WHERE t.uuid = ? AND o.deleted_at IS NOT NULL ORDER BY o.deleted_at, o.id`, token[:])
+	ti, err := s.Token(ctx, token) // its retention, authenticated
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT o.id, o.uuid, o.class, o.key_type, o.label, o.ckaid, o.private, o.deleted_at, o.record
+		FROM objects o WHERE o.token_id = ? AND o.deleted_at IS NOT NULL ORDER BY o.deleted_at, o.id`, ti.ID)
 	if err != nil {
 		return nil, s.dbErr("list deleted objects", err)
 	}
@@ -76,20 +86,23 @@ func (s *Store) DeletedObjects(ctx context.Context, token UUID) ([]Deleted, erro
 		var id, class, at int64
 		var kt sql.NullInt64
 		var uuid []byte
-		var days int
 		var rec []byte
-		if err := rows.Scan(&id, &uuid, &class, &kt, &d.Label, &d.CKAID, &d.Private, &at, &days, &rec); err != nil {
+		if err := rows.Scan(&id, &uuid, &class, &kt, &d.Label, &d.CKAID, &d.Private, &at, &rec); err != nil {
 			return nil, s.dbErr("list deleted objects", err)
 		}
+		// A row that fails is left out, and noted, as Find does.
 		var r objectRow
 		if err := r.parseRecord(rec); err != nil {
-			return nil, err
+			s.noteTamper(tampered("object", UUID{}, id, "record"))
+			continue
+		}
+		if !bytes.Equal(uuid, r.uuid[:]) {
+			s.noteTamper(tampered("object", r.uuid, id, "uuid column"))
+			continue
 		}
 		if d.Attrs, err = DecodeAttributes(r.attrs); err != nil {
-			return nil, ErrTampered
-		}
-		if len(uuid) != len(d.UUID) {
-			return nil, ErrTampered
+			s.noteTamper(tampered("object", r.uuid, id, "record"))
+			continue
 		}
 		d.ID, d.Token, d.Class = ObjectID(id), token, uint64(class)
 		copy(d.UUID[:], uuid)
@@ -98,7 +111,7 @@ func (s *Store) DeletedObjects(ctx context.Context, token UUID) ([]Deleted, erro
 			d.KeyType = &v
 		}
 		d.DeletedAt = time.Unix(at, 0)
-		d.PurgeAfter = d.DeletedAt.Add(time.Duration(days) * 24 * time.Hour)
+		d.PurgeAfter = d.DeletedAt.Add(time.Duration(ti.RetentionDays) * 24 * time.Hour)
 		out = append(out, d)
 	}
 	return out, s.dbErr("list deleted objects", rows.Err())
@@ -148,7 +161,13 @@ func (s *Store) PurgeExpired(ctx context.Context, now time.Time) ([]Deleted, err
 	}
 	var purged []Deleted
 	for _, ti := range tokens {
+		if ti.Tampered != nil {
+			continue // its retention cannot be trusted: nothing of it is purged
+		}
 		del, err := s.DeletedObjects(ctx, ti.UUID)
+		if errors.Is(err, ErrTampered) {
+			continue
+		}
 		if err != nil {
 			return purged, err
 		}

@@ -102,6 +102,8 @@ type Store struct {
 	auditHead     int64      // the newest audit record this Store wrote; guarded by mu
 	auditHeadHash []byte     // and its hash; guarded by mu
 	auditLost     string     // the first loss at the end of the log seen on an append; guarded by mu
+
+	tamper tamperLog // integrity failures met, to audit once each
 }
 
 // Open opens (creating if needed) the keystore at path and brings its schema
