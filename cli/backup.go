@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -67,10 +68,12 @@ func restoreCommand() *cli.Command {
 be stopped (its socket must not answer). A backup of another security domain
 than the keystore it replaces is refused. The keystore it replaces is kept
 beside it as keystore.db.replaced-TIME. The restored keystore must open with
-the state directory's TPM, or the old one is put back.
+the state directory's TPM, and every token row in it must pass its integrity
+check, or the old one is put back.
 
 Exit codes: 0 done; 1 failed (the state directory is as it was); 2 bad usage;
-3 the daemon is running.
+3 the daemon is running; 6 a token row in the backup failed its integrity
+check (the state directory is as it was).
 
 Example:
   hsmemu restore --state-dir /var/lib/hsmemu /backup/keystore-2026-11-27.db`,
@@ -126,19 +129,30 @@ func runRestore(c *cli.Context) error {
 			moved[aside+suffix] = db + suffix
 		}
 	}
-	fail := func(err error) error {
+	failWith := func(msg string, code int) error {
 		for _, suffix := range []string{"", "-wal", "-shm"} {
 			os.Remove(db + suffix)
 		}
 		putBack(moved)
-		return cli.Exit("hsmemu restore: "+err.Error()+"; the state directory is as it was", 1)
+		return cli.Exit("hsmemu restore: "+msg+"; the state directory is as it was", code)
 	}
+	fail := func(err error) error { return failWith(err.Error(), 1) }
 	if err := keystore.CopyFile(c.Context, src, db); err != nil {
 		return fail(err)
 	}
 	st, err := daemon.OpenState(c.Context, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return fail(fmt.Errorf("the restored keystore does not open here: %w", err))
+	}
+	if len(st.Tampered) > 0 {
+		// A backup is restored whole or not at all: one whose token rows
+		// were edited (a failure counter, a retention) is not one to trust.
+		slots := make([]string, len(st.Tampered))
+		for i, ti := range st.Tampered {
+			slots[i] = fmt.Sprintf("slot %d (%s)", ti.ID, keystore.TamperWhat(ti.Tampered))
+		}
+		st.Close()
+		return failWith(fmt.Sprintf("the backup's token rows failed their integrity check: %s", strings.Join(slots, ", ")), exitTampered)
 	}
 	st.Close()
 	if c.Bool("json") {

@@ -200,6 +200,7 @@ func cmdSQLExec(ts *testscript.TestScript, neg bool, args []string) {
 	db, err := sql.Open("sqlite3", "file:"+ts.MkAbs(args[0])+"?_busy_timeout=10000")
 	ts.Check(err)
 	defer db.Close()
+	db.SetMaxOpenConns(1) // a PRAGMA holds for the statements after it
 	for _, q := range args[1:] {
 		if _, err := db.Exec(q); err != nil {
 			ts.Fatalf("%s: %v", q, err)

@@ -54,6 +54,11 @@ Exit codes: 0 done, 1 the daemon failed or is not running.`,
 			fmt.Fprintf(w, "master:    generation %d%s\n", st.MasterGeneration, pending)
 			fmt.Fprintf(w, "clients:   %d applications, %d sessions\n", st.Apps, st.Sessions)
 			fmt.Fprintf(w, "audit log: %d records\n", st.Audit.Records)
+			if st.TamperDetected > 0 {
+				fmt.Fprintf(w, "integrity: %d failures detected; the audit log's tamper.detected records name them\n", st.TamperDetected)
+			} else {
+				fmt.Fprintln(w, "integrity: no failures detected")
+			}
 			fmt.Fprintln(w)
 			printTokens(w, st.Tokens)
 			return nil

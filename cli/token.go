@@ -188,6 +188,12 @@ func printTokens(w io.Writer, ts []adminapi.Token) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SLOT\tLABEL\tTIER\tSERIAL\tOBJECTS\tSESSIONS\tSO PIN\tUSER PIN")
 	for _, t := range ts {
+		if t.Tampered != "" {
+			// The row failed its integrity check: nothing in it is
+			// believed, not even the label, which is quoted as read.
+			fmt.Fprintf(tw, "%d\t%q\tTAMPERED (%s)\t-\t-\t-\t-\t-\n", t.Slot, t.Label, t.Tampered)
+			continue
+		}
 		user := lockState(t.UserFailures, t.UserLocked)
 		if !t.UserPINSet {
 			user = "not set"

@@ -44,6 +44,9 @@ type State struct {
 	// Shares are the custodians' encrypted shares of a domain this open
 	// created with escrow, for the caller to hand out; nil otherwise.
 	Shares []escrow.EncryptedShare
+	// Tampered are the tokens whose rows failed their integrity check at
+	// open: listed in their slots, unusable, each recorded in the audit log.
+	Tampered []keystore.TokenInfo
 
 	next *tpmroot.Root // the master key a rotation under way moves to
 }
@@ -158,7 +161,36 @@ func OpenState(ctx context.Context, cfg StateConfig) (_ *State, err error) {
 	case rec != nil && rec.Next != nil:
 		log.Warn("a master key rotation was begun and not finished: `hsmemu rotate master --resume` finishes it, `--abort` forgets it")
 	}
+	if n, err := st.Store.UpgradeMACs(ctx); err != nil {
+		return nil, fmt.Errorf("rewrite token MACs in the current form: %w", err)
+	} else if n > 0 {
+		log.Info("token rows rewritten under the current MAC form", "tokens", n)
+	}
+	if st.Tampered, err = tamperedTokens(ctx, st.Store); err != nil {
+		return nil, err
+	}
+	for _, ti := range st.Tampered {
+		log.Error("a token row failed its integrity check: the token is listed but unusable", "slot", ti.ID, "err", ti.Tampered)
+	}
+	if err := st.Store.AuditTamper(ctx); err != nil {
+		return nil, err
+	}
 	return st, nil
+}
+
+// tamperedTokens lists the tokens whose rows fail their integrity check.
+func tamperedTokens(ctx context.Context, store *keystore.Store) ([]keystore.TokenInfo, error) {
+	list, err := store.Tokens(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []keystore.TokenInfo
+	for _, ti := range list {
+		if ti.Tampered != nil {
+			out = append(out, ti)
+		}
+	}
+	return out, nil
 }
 
 // Close closes the keystore, flushes the master key from the TPM and stops a

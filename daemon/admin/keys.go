@@ -71,10 +71,16 @@ func (a *call) liveKeys(ctx context.Context, ti keystore.TokenInfo, ref adminapi
 		if errors.Is(err, keystore.ErrNotFound) {
 			continue // deleted meanwhile
 		}
+		if errors.Is(err, keystore.ErrTampered) {
+			continue // unusable, and recorded: the token's other keys are not
+		}
 		if err != nil {
 			return nil, err
 		}
 		o, err := token.View(stored)
+		if errors.Is(err, keystore.ErrTampered) {
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -60,11 +60,11 @@ func (a *call) secretVersions(ctx context.Context, ti keystore.TokenInfo, name s
 	for _, id := range ids {
 		stored, err := a.store.Open(ctx, id)
 		if err != nil {
-			continue // deleted meanwhile
+			continue // deleted meanwhile, or tampered (and recorded)
 		}
 		o, err := token.View(stored)
 		if err != nil {
-			return nil, err
+			continue
 		}
 		if string(attrValue(o, ck.CKA_APPLICATION)) != ck.SecretApplication {
 			continue

@@ -31,6 +31,13 @@ func (a *call) status(ctx context.Context, _ noArgs) (*adminapi.Status, error) {
 		return nil, err
 	}
 	st.Apps, st.Sessions = a.eng.Counts()
+	// Failures the listing above met are recorded before they are counted.
+	if err := a.store.AuditTamper(ctx); err != nil {
+		return nil, err
+	}
+	if st.TamperDetected, err = a.store.TamperCount(ctx); err != nil {
+		return nil, err
+	}
 	if st.Audit.Records, st.Audit.Head, err = a.store.AuditHead(ctx); err != nil {
 		return nil, err
 	}
@@ -38,6 +45,13 @@ func (a *call) status(ctx context.Context, _ noArgs) (*adminapi.Status, error) {
 }
 
 func (a *call) token(ti keystore.TokenInfo, objects int64) adminapi.Token {
+	if ti.Tampered != nil {
+		t := adminapi.Token{Slot: ti.ID, Label: ti.Label, Tampered: keystore.TamperWhat(ti.Tampered)}
+		if ti.UUID != (keystore.UUID{}) {
+			t.UUID = ti.UUID.String()
+		}
+		return t
+	}
 	all, _ := a.eng.SessionCounts(ti.UUID)
 	return adminapi.Token{
 		Label: ti.Label, Slot: ti.ID, Serial: ti.Serial, Tier: ti.Tier.String(), UUID: ti.UUID.String(),

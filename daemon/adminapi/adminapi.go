@@ -194,6 +194,9 @@ type Status struct {
 	Apps             int       `json:"applications"`
 	Sessions         int       `json:"sessions"`
 	Audit            AuditHead `json:"audit"`
+	// TamperDetected counts the audit log's tamper.detected records: the
+	// integrity failures the daemon met, each counted once.
+	TamperDetected int64 `json:"tamper_detected"`
 }
 
 // TPMInfo says which TPM holds the master key.
@@ -230,6 +233,10 @@ type Token struct {
 	// RetentionDays is how long deleted objects are kept, recoverable.
 	RetentionDays   int  `json:"retention_days"`
 	PurgeProtection bool `json:"purge_protection"`
+	// Tampered, when set, says what of the token's row failed its
+	// integrity check ("mac", "range", ...): the token is unusable, and of
+	// the fields above only Slot, and UUID when not empty, are believed.
+	Tampered string `json:"tampered,omitempty"`
 }
 
 // TokenSet changes a token's deletion policy, with its SO PIN; a nil

@@ -24,9 +24,15 @@ func (e *Engine) Dispatch(ctx context.Context, app *App, a *wire.Args, r *wire.R
 		} else if why, ok := ck.Reason(err); ok {
 			e.log.Info("call refused", "call", a.Call().Name, "pid", app.PID, "why", why)
 		}
-		if errors.Is(err, keystore.ErrTampered) {
+		if errors.Is(err, keystore.ErrTampered) && keystore.TamperWhat(err) == "" {
+			// Not a row the keystore named (it records those itself).
 			e.audit(ctx, actor(app, ""), keystore.UUID{}, "tamper.detected", map[string]string{"call": a.Call().Name})
 		}
+	}
+	// Integrity failures the call met, returned or skipped (a bad object
+	// left out of a find, a bad token row in the slot list), once each.
+	if err := e.store.AuditTamper(ctx); err != nil {
+		e.log.Error("tamper record not written", "err", err)
 	}
 	return code
 }

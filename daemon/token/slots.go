@@ -56,7 +56,8 @@ func (e *Engine) token(ctx context.Context, slot uint64) (keystore.TokenInfo, er
 // slotInfo describes a slot.
 func (e *Engine) slotInfo(ctx context.Context, slot uint64) (*wire.SlotInfo, error) {
 	if slot != freeSlot {
-		if _, err := e.token(ctx, slot); err != nil {
+		// A tampered token is present, and says so in its token info.
+		if _, err := e.token(ctx, slot); err != nil && !errors.Is(err, keystore.ErrTampered) {
 			return nil, err
 		}
 	}
@@ -90,6 +91,16 @@ func (e *Engine) tokenInfo(ctx context.Context, slot uint64) (*wire.TokenInfo, e
 		return info, nil
 	}
 	ti, err := e.token(ctx, slot)
+	if errors.Is(err, keystore.ErrTampered) {
+		// Present but unusable: its row failed authentication, so none of
+		// it is believed. Every call on it but this and C_GetSlotInfo is
+		// CKR_DEVICE_ERROR; the label says why, both PINs are locked and
+		// the token is write protected, for clients that read flags.
+		info.Label = fmt.Sprintf("TAMPERED slot %d", slot)
+		info.Model = "hsmemu tampered"
+		info.Flags = ck.CKF_TOKEN_INITIALIZED | ck.CKF_WRITE_PROTECTED | ck.CKF_SO_PIN_LOCKED | ck.CKF_USER_PIN_LOCKED
+		return info, nil
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -33,6 +33,9 @@ type Store interface {
 	PurgeExpired(ctx context.Context, now time.Time) ([]keystore.Deleted, error)
 
 	Audit(ctx context.Context, actor keystore.AuditActor, event string, detail map[string]string) (keystore.AuditRecord, error)
+	// AuditTamper records the integrity failures the reads above met and
+	// skipped (or returned) since it was last called, once each.
+	AuditTamper(ctx context.Context) error
 }
 
 var _ Store = (*keystore.Store)(nil)
