@@ -56,8 +56,11 @@ func TestStartBesideForeignSwtpm(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// swtpm listens before it takes its lock: wait for both, as a swtpm
+	// that has been serving for a while has them.
 	for {
-		if _, err := os.Stat(sock); err == nil {
+		_, err := os.Stat(sock)
+		if _, held := swtpmLockHolder(dir); held && err == nil {
 			break
 		}
 		if ctx.Err() != nil {
