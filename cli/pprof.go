@@ -3,28 +3,44 @@ package cli
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
+	"strings"
+	"syscall"
 	"time"
 )
 
-// serveProfiler serves net/http/pprof on a loopback address until ctx
-// ends. Profiles show code paths and sizes, never key material, but they
-// are still the daemon's insides: only loopback is accepted.
-func serveProfiler(ctx context.Context, addr string, log *slog.Logger) error {
-	host, _, err := net.SplitHostPort(addr)
+// serveProfiler serves net/http/pprof on a Unix socket at path, created
+// 0600: only the daemon's own user (and root) may read its goroutine
+// stacks, heap and CPU profiles. Profiles hold no key material, but they
+// are the daemon's insides, so no TCP address is accepted, loopback
+// included (any local user can reach loopback).
+//
+//	curl --unix-socket PATH http://hsmemu/debug/pprof/goroutine?debug=1
+//	curl --unix-socket PATH -o cpu.pprof 'http://hsmemu/debug/pprof/profile?seconds=10'
+//	go tool pprof cpu.pprof
+func serveProfiler(ctx context.Context, path string, log *slog.Logger) error {
+	if err := checkProfilerPath(path); err != nil {
+		return err
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("something is serving %s already", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	old := syscall.Umask(0o177) // created 0600, never wider for a moment
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	syscall.Umask(old)
 	if err != nil {
 		return err
 	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return errors.New("the profiler listens on loopback only (127.0.0.1:PORT or [::1]:PORT)")
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
+	ln.SetUnlinkOnClose(true)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -37,6 +53,15 @@ func serveProfiler(ctx context.Context, addr string, log *slog.Logger) error {
 		<-ctx.Done()
 		srv.Close()
 	}()
-	log.Info("profiler listening", "addr", ln.Addr().String())
+	log.Info("profiler listening", "socket", path)
+	return nil
+}
+
+// checkProfilerPath refuses what is not a socket path, a TCP address
+// above all: serve checks it before it opens anything.
+func checkProfilerPath(path string) error {
+	if !strings.Contains(path, "/") {
+		return fmt.Errorf("%q is not a socket path: the profiler listens on a Unix socket only (e.g. /run/hsmemu/pprof.sock or ./pprof.sock), never TCP", path)
+	}
 	return nil
 }

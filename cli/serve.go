@@ -15,6 +15,7 @@ import (
 
 	"hsmemu/daemon"
 	"hsmemu/daemon/token"
+	"hsmemu/internal/harden"
 	"hsmemu/keystore"
 )
 
@@ -42,10 +43,30 @@ Example:
 			&cli.IntFlag{Name: "pin-max-failures", Usage: "wrong PINs in a row that lock a role", Value: 10},
 			&cli.IntFlag{Name: "max-sessions", Usage: "sessions one application may have open at once (CK_TOKEN_INFO's ulMaxSessionCount)", Value: token.DefaultMaxSessions},
 			&cli.DurationFlag{Name: "pin-cache-ttl", Usage: "how long a PIN that opened its token is remembered after its last use, sparing later logins the Argon2id stretch (0 never)", Value: 15 * time.Minute},
-			&cli.StringFlag{Name: "pprof", Usage: "serve Go's profiler (net/http/pprof) on this loopback address, e.g. 127.0.0.1:6060"},
+			&cli.StringFlag{Name: "pprof", Usage: "serve Go's profiler (net/http/pprof) on a Unix socket at this path, created 0600 (curl --unix-socket PATH http://x/debug/pprof/)"},
+			&cli.StringFlag{Name: "lock-memory", Usage: "lock the daemon's memory out of swap: auto (when RLIMIT_MEMLOCK is unlimited or the process has CAP_IPC_LOCK; otherwise say why not), require (refuse to start unlocked), off", Value: "auto"},
 		},
 		Action: func(c *cli.Context) error {
 			log := logger(c)
+			lockMode, err := harden.ParseLockMode(c.String("lock-memory"))
+			if err != nil {
+				return cli.Exit("hsmemu serve: --lock-memory: "+err.Error(), 2)
+			}
+			if p := c.String("pprof"); p != "" {
+				if err := checkProfilerPath(p); err != nil {
+					return cli.Exit("hsmemu serve: --pprof: "+err.Error(), 2)
+				}
+			}
+			// First of all, before any key is in memory: no core dumps,
+			// no ptrace by the same user, memory locked.
+			hard, err := harden.Process(lockMode)
+			if err != nil {
+				return cli.Exit("hsmemu serve: "+err.Error(), 1)
+			}
+			if hard.NotLocked != "" {
+				log.Warn("memory is not locked: " + hard.NotLocked)
+			}
+			log.Info("process hardened", "core_dumps", "off", "ptrace", "off", "memory_locked", hard.Locked)
 			tier, err := keystore.ParseTier(c.String("default-tier"))
 			if err != nil {
 				return cli.Exit("hsmemu serve: --default-tier: "+err.Error(), 2)
