@@ -141,6 +141,7 @@ DOCDIR     := $(PREFIX)/share/doc/hsmemu
 P11KITDIR  := $(PREFIX)/share/p11-kit/modules
 UNITDIR    := $(PREFIX)/lib/systemd/system
 SYSCONFDIR ?= /etc
+USERROOT   ?= /
 SUBST      := sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@MODULEDIR@|$(MODULEDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g'
 
 install: build
@@ -153,6 +154,13 @@ install: build
 	chmod 0644 $(DESTDIR)$(P11KITDIR)/hsmemu.module $(DESTDIR)$(UNITDIR)/hsmemu.service
 	@# The module's system configuration (the module reads /etc/hsmemu/module.conf), kept if edited.
 	test -e $(DESTDIR)$(SYSCONFDIR)/hsmemu/module.conf || install -m 0644 packaging/module.conf.in $(DESTDIR)$(SYSCONFDIR)/hsmemu/module.conf
+	@# The unit runs the daemon as the hsmemu user; members of the hsmemu group
+	@# may use its socket. A staged install (DESTDIR) leaves accounts to its package.
+	@if [ -n "$(DESTDIR)" ] || [ "$$(id -u)" != 0 ]; then \
+		echo "create the daemon's user and group as root: scripts/add-system-user.sh"; \
+	else \
+		scripts/add-system-user.sh $(USERROOT); \
+	fi
 
 clean:
 	rm -rf $(BIN) build

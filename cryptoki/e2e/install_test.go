@@ -17,9 +17,31 @@ import (
 func TestMakeInstall(t *testing.T) {
 	a := need(t)
 	prefix := t.TempDir()
-	cmd := exec.Command("make", "-C", a.root, "install", "PREFIX="+prefix, "SYSCONFDIR="+filepath.Join(prefix, "etc"))
-	if out, err := cmd.CombinedOutput(); err != nil {
+	// The accounts go into a scratch root's /etc, never this machine's.
+	users := t.TempDir()
+	os.MkdirAll(filepath.Join(users, "etc"), 0o755)
+	for name, content := range map[string]string{
+		"passwd": "root:x:0:0:root:/root:/bin/bash\n", "group": "root:x:0:\ntss:x:901:\n",
+		"shadow": "root:*:19000:0:99999:7:::\n", "gshadow": "root:*::\ntss:!::\n",
+	} {
+		if err := os.WriteFile(filepath.Join(users, "etc", name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command("make", "-C", a.root, "install", "PREFIX="+prefix, "SYSCONFDIR="+filepath.Join(prefix, "etc"), "USERROOT="+users)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
 		t.Fatalf("make install: %v\n%s", err, out)
+	}
+	if os.Geteuid() == 0 {
+		passwd, _ := os.ReadFile(filepath.Join(users, "etc", "passwd"))
+		group, _ := os.ReadFile(filepath.Join(users, "etc", "group"))
+		if !strings.Contains(string(passwd), "\nhsmemu:x:") || !strings.Contains(string(passwd), ":/var/lib/hsmemu:/usr/sbin/nologin") ||
+			!strings.Contains(string(group), "\nhsmemu:x:") || !strings.Contains(string(group), "tss:x:901:hsmemu") {
+			t.Errorf("make install's accounts:\n%s\n%s", passwd, group)
+		}
+	} else if !strings.Contains(string(out), "scripts/add-system-user.sh") {
+		t.Errorf("make install as a user does not say how to create the daemon's user:\n%s", out)
 	}
 	bin := filepath.Join(prefix, "bin", "hsmemu")
 	if out, err := exec.Command(bin, "--version").CombinedOutput(); err != nil || !strings.Contains(string(out), "hsmemu") {
@@ -54,6 +76,7 @@ func TestMakeInstall(t *testing.T) {
 		"ExecStart=" + bin + " serve ",
 		"NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "LimitCORE=0",
 		"MemoryDenyWriteExecute=yes", "StateDirectory=hsmemu", "RuntimeDirectory=hsmemu",
+		"User=hsmemu", "Group=hsmemu", "--socket-group hsmemu", "LimitMEMLOCK=infinity",
 	} {
 		if !strings.Contains(string(unit), want) {
 			t.Errorf("the unit lacks %q", want)
