@@ -23,7 +23,7 @@ func New() *cli.App {
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"HSMEMU_LOG_LEVEL"}},
 		},
 		Commands: []*cli.Command{serveCommand(), initCommand(), statusCommand(), tokenCommand(), keyCommand(), secretCommand(), pinCommand(), rotateCommand(), auditCommand(),
-			domainCommand(), backupCommand(), restoreCommand(), benchCommand(), completionCommand()},
+			domainCommand(), backupCommand(), restoreCommand(), tpmCommand(), benchCommand(), completionCommand()},
 		EnableBashCompletion: true,
 	}
 }
@@ -45,6 +45,31 @@ func stateDirFlag(usage string) cli.Flag {
 // tpmFlag is --tpm, as every command that opens the TPM takes it.
 func tpmFlag() cli.Flag {
 	return &cli.StringFlag{Name: "tpm", Usage: "managed, a device path such as /dev/tpmrm0, or swtpm:unix:PATH", EnvVars: []string{"HSMEMU_TPM"}}
+}
+
+// tpmStateKeyFlag names the key a managed swtpm's state is encrypted under.
+func tpmStateKeyFlag() cli.Flag {
+	return &cli.StringFlag{Name: "tpm-state-key", EnvVars: []string{"HSMEMU_TPM_STATE_KEY"},
+		Usage: "the file (64 hex digits, mode 0600, outside the state directory) of the key a managed swtpm's state is encrypted under; default: the service's tpm-state-key credential, if any"}
+}
+
+// tpmStateKey is --tpm-state-key, or the systemd credential tpm-state-key
+// (LoadCredential=tpm-state-key:FILE in the unit) when the flag is unset.
+func tpmStateKey(c *cli.Context) string {
+	if k := c.String("tpm-state-key"); k != "" {
+		return k
+	}
+	if d := os.Getenv("CREDENTIALS_DIRECTORY"); d != "" {
+		if p := filepath.Join(d, "tpm-state-key"); fileExists(p) {
+			return p
+		}
+	}
+	return ""
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // defaultStateDir is $XDG_DATA_HOME/hsmemu, else ~/.local/share/hsmemu.

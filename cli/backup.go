@@ -80,6 +80,7 @@ Example:
 		Flags: []cli.Flag{
 			stateDirFlag("state directory"),
 			tpmFlag(),
+			tpmStateKeyFlag(),
 			&cli.StringFlag{Name: "socket", Usage: "the daemon's socket (default: STATE-DIR/hsmemu.sock)", EnvVars: []string{"HSMEMU_SOCKET"}},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
 		},
@@ -140,7 +141,7 @@ func runRestore(c *cli.Context) error {
 	if err := keystore.CopyFile(c.Context, src, db); err != nil {
 		return fail(err)
 	}
-	st, err := daemon.OpenState(c.Context, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), Logger: slog.New(slog.DiscardHandler)})
+	st, err := daemon.OpenState(c.Context, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return fail(fmt.Errorf("the restored keystore does not open here: %w", err))
 	}

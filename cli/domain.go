@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"hsmemu/daemon"
+	"hsmemu/tpmroot"
 	"hsmemu/tpmroot/escrow"
 )
 
@@ -40,6 +41,7 @@ Example:
 			Flags: []cli.Flag{
 				stateDirFlag("the new state directory"),
 				tpmFlag(),
+				tpmStateKeyFlag(),
 				&cli.StringFlag{Name: "from", Usage: "the keystore to recover (a keystore.db)", Required: true},
 				&cli.StringSliceFlag{Name: "share", Usage: "SHARE:KEY, a custodian's share file and private key (repeat for each)"},
 				&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
@@ -73,8 +75,20 @@ func runRecover(c *cli.Context) error {
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	dir := c.String("state-dir")
-	domain, err := daemon.RecoverState(ctx, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), Logger: slog.New(slog.DiscardHandler)},
+	key := tpmStateKey(c)
+	newKey := false
+	if key != "" && !fileExists(key) {
+		// A new state directory's swtpm, encrypted from its first write.
+		if err := tpmroot.NewStateKey(key, dir); err != nil {
+			return cli.Exit("hsmemu domain recover: --tpm-state-key: "+err.Error(), 2)
+		}
+		newKey = true
+	}
+	domain, err := daemon.RecoverState(ctx, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), TPMStateKey: key, Logger: slog.New(slog.DiscardHandler)},
 		c.String("from"), shares)
+	if err != nil && newKey {
+		tpmroot.RemoveStateKey(key)
+	}
 	switch {
 	case errors.Is(err, daemon.ErrAlreadyProvisioned):
 		return cli.Exit(fmt.Sprintf("hsmemu domain recover: %s already holds a keystore; recover into a new state directory", dir), 3)

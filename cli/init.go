@@ -37,6 +37,12 @@ provisions the same way, without custodians.
 Custodian keys are public keys in PEM (openssl pkey -pubout): RSA of 2048
 bits or more, EC P-256, P-384 or P-521, or X25519.
 
+With a managed swtpm, --tpm-state-key FILE keeps the swtpm's state (the
+TPM's seeds, and so the master key) encrypted under the key in FILE, which
+init creates if it does not exist (32 random bytes in hex, mode 0600). Keep
+FILE outside the state directory: a copy of the directory without it opens
+nothing. Every later command on the state directory needs the same FILE.
+
 Exit codes: 0 done; 1 failed (nothing provisioned unless it says so);
 2 bad usage; 3 the state directory already holds a domain.
 
@@ -46,6 +52,7 @@ Examples:
 		Flags: []cli.Flag{
 			stateDirFlag("state directory"),
 			tpmFlag(),
+			tpmStateKeyFlag(),
 			&cli.StringSliceFlag{Name: "custodian", Usage: "a custodian's public key, PEM (repeat for each)"},
 			&cli.IntFlag{Name: "threshold", Usage: "how many custodians' shares recreate the master key"},
 			&cli.StringFlag{Name: "shares-dir", Value: ".", Usage: "where to write the custodians' shares"},
@@ -116,8 +123,19 @@ func runInit(c *cli.Context) error {
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	stateDir := c.String("state-dir")
+	key := tpmStateKey(c)
+	newKey := false
+	if key != "" && !fileExists(key) {
+		if err := tpmroot.NewStateKey(key, stateDir); err != nil {
+			return cli.Exit("hsmemu init: --tpm-state-key: "+err.Error(), 2)
+		}
+		newKey = true
+	}
 	st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: stateDir, TPM: c.String("tpm"), Logger: slog.New(slog.DiscardHandler), // init says what matters itself
-		Escrow: tpmroot.ProvisionOptions{Custodians: custodians, Threshold: threshold}, ProvisionOnly: true})
+		Escrow: tpmroot.ProvisionOptions{Custodians: custodians, Threshold: threshold}, ProvisionOnly: true, TPMStateKey: key})
+	if err != nil && newKey {
+		tpmroot.RemoveStateKey(key) // it encrypts nothing
+	}
 	if errors.Is(err, daemon.ErrAlreadyProvisioned) {
 		return cli.Exit(fmt.Sprintf("hsmemu init: %s already holds a security domain; nothing was changed ('hsmemu serve' opens it)", stateDir), 3)
 	}

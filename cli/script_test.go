@@ -94,14 +94,24 @@ var (
 	scriptSecret  = []byte("0123456789abcdef0123456789abcdef")
 )
 
-// putkey STATE-DIR stores an AES key in a new token of the keystore there,
-// through the daemon's own state opening (its managed swtpm included).
+// stateConfig is STATE-DIR [TPM-STATE-KEY] as a managed state.
+func stateConfig(ts *testscript.TestScript, args []string) daemon.StateConfig {
+	cfg := daemon.StateConfig{Dir: ts.MkAbs(args[0]), TPM: "managed"}
+	if len(args) > 1 {
+		cfg.TPMStateKey = ts.MkAbs(args[1])
+	}
+	return cfg
+}
+
+// putkey STATE-DIR [TPM-STATE-KEY] stores an AES key in a new token of the
+// keystore there, through the daemon's own state opening (its managed
+// swtpm included).
 func cmdPutkey(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) != 1 {
-		ts.Fatalf("usage: putkey STATE-DIR")
+	if neg || len(args) < 1 || len(args) > 2 {
+		ts.Fatalf("usage: putkey STATE-DIR [TPM-STATE-KEY]")
 	}
 	ctx := context.Background()
-	st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: ts.MkAbs(args[0]), TPM: "managed"})
+	st, err := daemon.OpenState(ctx, stateConfig(ts, args))
 	ts.Check(err)
 	defer st.Close()
 	ti, err := st.Store.CreateToken(ctx, keystore.TokenSpec{Label: "recovered", Tier: keystore.TierStandard,
@@ -120,19 +130,21 @@ func cmdPutkey(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(err)
 }
 
-// getkey STATE-DIR opens that key again and checks its value; with !,
-// checks that the state directory does not open.
+// getkey STATE-DIR [TPM-STATE-KEY] opens that key again and checks its
+// value; with !, checks that the state directory does not open, and
+// prints why.
 func cmdGetkey(ts *testscript.TestScript, neg bool, args []string) {
-	if len(args) != 1 {
-		ts.Fatalf("usage: getkey STATE-DIR")
+	if len(args) < 1 || len(args) > 2 {
+		ts.Fatalf("usage: getkey STATE-DIR [TPM-STATE-KEY]")
 	}
 	ctx := context.Background()
-	st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: ts.MkAbs(args[0]), TPM: "managed"})
+	st, err := daemon.OpenState(ctx, stateConfig(ts, args))
 	if neg {
 		if err == nil {
 			st.Close()
 			ts.Fatalf("%s opened", args[0])
 		}
+		fmt.Fprintln(ts.Stdout(), "not opened:", err)
 		return
 	}
 	ts.Check(err)

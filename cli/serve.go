@@ -17,6 +17,7 @@ import (
 	"hsmemu/daemon/token"
 	"hsmemu/internal/harden"
 	"hsmemu/keystore"
+	"hsmemu/tpmroot"
 )
 
 func serveCommand() *cli.Command {
@@ -33,6 +34,7 @@ Example:
 		Flags: []cli.Flag{
 			stateDirFlag("state directory"),
 			tpmFlag(),
+			tpmStateKeyFlag(),
 			&cli.StringFlag{Name: "socket", Usage: "the module's socket (default: STATE-DIR/hsmemu.sock)", EnvVars: []string{"HSMEMU_SOCKET"}},
 			&cli.StringFlag{Name: "socket-group", Usage: "a group whose members may connect (the socket is then 0660)"},
 			&cli.UintSliceFlag{Name: "allow-uid", Usage: "a user id allowed to connect besides the daemon's own and root (repeatable)"},
@@ -102,12 +104,20 @@ Example:
 			if delay <= 0 {
 				delay = -1
 			}
-			st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), Logger: log,
+			st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c), Logger: log,
 				Store: keystore.Options{Argon2: argon, MaxPINFailures: maxFail, PINCacheTTL: pinCacheTTL(c.Duration("pin-cache-ttl"))}})
 			if err != nil {
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
 			}
 			defer st.Close()
+			if st.Spec.Kind == tpmroot.KindManaged {
+				if st.Spec.StateKey == "" {
+					log.Warn("the managed swtpm's state is not encrypted: a copy of the state directory is a copy of the TPM, " +
+						"with which PINs can be guessed offline and every key opened; `hsmemu tpm encrypt-state --tpm-state-key FILE` encrypts it")
+				} else {
+					log.Info("the managed swtpm's state is encrypted", "key", st.Spec.StateKey)
+				}
+			}
 			if addr := c.String("pprof"); addr != "" {
 				if err := serveProfiler(ctx, addr, log); err != nil {
 					return cli.Exit("hsmemu serve: --pprof: "+err.Error(), 2)

@@ -27,6 +27,24 @@ type StateConfig struct {
 	// ProvisionOnly refuses a state directory that already holds a domain
 	// (ErrAlreadyProvisioned) instead of opening it: `hsmemu init`.
 	ProvisionOnly bool
+	// TPMStateKey is the file of the key a managed swtpm's state is
+	// encrypted under (tpmroot.Spec.StateKey); empty for none.
+	TPMStateKey string
+}
+
+// tpmSpec is cfg's TPM, with its state key.
+func (cfg StateConfig) tpmSpec() (tpmroot.Spec, error) {
+	spec, err := tpmroot.ParseSpec(cfg.TPM, cfg.Dir)
+	if err != nil {
+		return spec, err
+	}
+	if cfg.TPMStateKey != "" {
+		if spec.Kind != tpmroot.KindManaged {
+			return spec, fmt.Errorf("a TPM state key is for a managed swtpm's state, not for %s (a TPM keeps its own state)", spec)
+		}
+		spec.StateKey = cfg.TPMStateKey
+	}
+	return spec, nil
 }
 
 // ErrAlreadyProvisioned is OpenState's answer, with ProvisionOnly, for a
@@ -36,6 +54,7 @@ var ErrAlreadyProvisioned = errors.New("the state directory already holds a secu
 // State is an opened state directory: the TPM, the master key loaded in it,
 // and the keystore attached to it.
 type State struct {
+	Spec  tpmroot.Spec // the TPM asked for, with a managed swtpm's state key
 	TPM   *tpmroot.TPM
 	Root  *tpmroot.Root
 	Store *keystore.Store
@@ -68,11 +87,11 @@ func OpenState(ctx context.Context, cfg StateConfig) (_ *State, err error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
-	spec, err := tpmroot.ParseSpec(cfg.TPM, cfg.Dir)
+	spec, err := cfg.tpmSpec()
 	if err != nil {
 		return nil, err
 	}
-	st := &State{}
+	st := &State{Spec: spec}
 	defer func() {
 		if err != nil {
 			st.Close()
@@ -275,7 +294,7 @@ func RecoverState(ctx context.Context, cfg StateConfig, from string, shares []*e
 			return nil, fmt.Errorf("a share of domain %x is not of this keystore's domain %x", sh.DomainID[:8], rec.DomainID[:8])
 		}
 	}
-	spec, err := tpmroot.ParseSpec(cfg.TPM, cfg.Dir)
+	spec, err := cfg.tpmSpec()
 	if err != nil {
 		return nil, err
 	}

@@ -50,6 +50,9 @@ type Spec struct {
 	// StateDir is the daemon's state directory; a managed swtpm keeps its
 	// state, socket and log in StateDir/swtpm.
 	StateDir string
+	// StateKey, for a managed swtpm, is the file of the key its state is
+	// encrypted under (outside StateDir); empty for an unencrypted state.
+	StateKey string
 }
 
 // String returns the spec in ParseSpec's syntax.

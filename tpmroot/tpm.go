@@ -96,6 +96,7 @@ func open(ctx context.Context, spec Spec, opts openOptions) (_ *TPM, err error) 
 			Dir:              spec.swtpmDir(),
 			SearchPath:       opts.swtpmSearchPath,
 			ExitOnDisconnect: true,
+			KeyFile:          spec.StateKey,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("tpmroot: managed swtpm: %w", err)
@@ -111,6 +112,13 @@ func open(ctx context.Context, spec Spec, opts openOptions) (_ *TPM, err error) 
 	}()
 
 	if err := t.readInfo(); err != nil {
+		if t.proc != nil {
+			// swtpm listens before it reads its state: a state it could
+			// not read shows here, as its exit.
+			if why := t.proc.ExitReason(time.Second); why != nil {
+				return nil, fmt.Errorf("tpmroot: managed swtpm: %w", why)
+			}
+		}
 		return nil, err
 	}
 	if spec.Kind == KindSwtpmSocket {

@@ -64,6 +64,10 @@ type Config struct {
 	ExitOnDisconnect bool
 	// StartTimeout bounds the wait for the socket; zero means 10 s.
 	StartTimeout time.Duration
+	// KeyFile, when set, is the state key (statekey.go): swtpm keeps its
+	// state encrypted under it. A state is opened with the key it was
+	// encrypted under, and an unencrypted one with none.
+	KeyFile string
 }
 
 // A Process is a running swtpm.
@@ -125,6 +129,14 @@ func Start(ctx context.Context, cfg Config) (_ *Process, _ *Conn, err error) {
 	if pid, held := swtpmLockHolder(dir); held {
 		return nil, nil, fmt.Errorf("%w: swtpm process %d is serving %s; stop it, or use it with --tpm swtpm:unix:%s", ErrInUse, pid, dir, sock)
 	}
+	if cfg.KeyFile != "" {
+		if err := CheckKeyFile(cfg.KeyFile, filepath.Dir(dir)); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := checkStateKey(dir, cfg.KeyFile); err != nil {
+		return nil, nil, err
+	}
 	// No swtpm owns the directory, so socket files here are leftovers.
 	for _, name := range []string{SocketName, CtrlName} {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -149,6 +161,9 @@ func Start(ctx context.Context, cfg Config) (_ *Process, _ *Conn, err error) {
 	}
 	if cfg.ExitOnDisconnect {
 		args = append(args, "--terminate")
+	}
+	if cfg.KeyFile != "" {
+		args = append(args, keyArgs(cfg.KeyFile)...)
 	}
 	fmt.Fprintf(logf, "--- %s hsmemu: starting %s %s\n", time.Now().UTC().Format(time.RFC3339), bin, strings.Join(args, " "))
 
@@ -197,6 +212,9 @@ func (p *Process) connect(ctx context.Context, timeout time.Duration) (*Conn, er
 		}
 		select {
 		case <-p.done:
+			if why := p.ExitReason(0); errors.Is(why, ErrWrongStateKey) {
+				return nil, why
+			}
 			return nil, fmt.Errorf("swtpm exited before opening its socket (%v); the end of %s:\n%s", p.waitErr, p.logPath, p.LogTail())
 		case <-ctx.Done():
 			return nil, fmt.Errorf("waiting for swtpm's socket: %w", ctx.Err())
@@ -206,6 +224,32 @@ func (p *Process) connect(ctx context.Context, timeout time.Duration) (*Conn, er
 		}
 		delay = min(2*delay, 100*time.Millisecond)
 	}
+}
+
+// ExitReason waits up to wait for swtpm to exit and says why it did: nil
+// while it runs; ErrWrongStateKey when it could not authenticate its
+// encrypted state; otherwise its exit status and the end of its log.
+func (p *Process) ExitReason(wait time.Duration) error {
+	select {
+	case <-p.done:
+	default:
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-p.done:
+		case <-t.C:
+			return nil
+		}
+	}
+	tail := p.LogTail()
+	this := tail // this start's lines: after the last line Start wrote
+	if i := strings.LastIndex(tail, " hsmemu: starting "); i >= 0 {
+		this = tail[i:]
+	}
+	if strings.Contains(this, "Verification of HMAC failed") {
+		return ErrWrongStateKey
+	}
+	return fmt.Errorf("swtpm exited (%v); the end of %s:\n%s", p.waitErr, p.logPath, tail)
 }
 
 // Exited is closed once swtpm has exited.
