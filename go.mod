@@ -6,6 +6,8 @@ require (
 	filippo.io/bigmod v0.1.0
 	github.com/ThalesGroup/crypto11 v1.6.2
 	github.com/c2sp/wycheproof v0.0.0-20260902155932-3fa63dd0344a
+	github.com/cloudflare/circl v1.6.5
+	github.com/decred/dcrd/dcrec/secp256k1/v4 v4.4.1
 	github.com/google/go-tpm v0.9.8
 	github.com/mattn/go-sqlite3 v1.14.53
 	github.com/miekg/pkcs11 v1.1.2

@@ -44,6 +44,7 @@ Example:
 			&cli.DurationFlag{Name: "pin-failure-delay", Usage: "delay after a wrong PIN, doubling with each further one (0 disables)", Value: 200 * time.Millisecond},
 			&cli.IntFlag{Name: "pin-max-failures", Usage: "wrong PINs in a row that lock a role", Value: 10},
 			&cli.IntFlag{Name: "max-sessions", Usage: "sessions one application may have open at once (CK_TOKEN_INFO's ulMaxSessionCount)", Value: token.DefaultMaxSessions},
+			&cli.BoolFlag{Name: "legacy-algorithms", Usage: "enable the legacy algorithms on tokens that are not premium: single and triple DES, DSA, RSA keys of 1024 bits, SHA-1 in new signatures (docs/mechanisms.md)"},
 			&cli.DurationFlag{Name: "pin-cache-ttl", Usage: "how long a PIN that opened its token is remembered after its last use, sparing later logins the Argon2id stretch (0 never)", Value: 15 * time.Minute},
 			&cli.StringFlag{Name: "pprof", Usage: "serve Go's profiler (net/http/pprof) on a Unix socket at this path, created 0600 (curl --unix-socket PATH http://x/debug/pprof/)"},
 			&cli.StringFlag{Name: "lock-memory", Usage: "lock the daemon's memory out of swap: auto (when RLIMIT_MEMLOCK is unlimited or the process has CAP_IPC_LOCK; otherwise say why not), require (refuse to start unlocked), off", Value: "auto"},
@@ -134,10 +135,14 @@ Example:
 			// Deleted objects whose retention has ended are purged at
 			// start and then hourly.
 			d := daemon.New(st, log, daemon.Config{
-				Engine:  token.Config{DefaultTier: tier, MaxPINFailures: maxFail, FailureDelay: delay, MaxSessions: maxSessions},
+				Engine: token.Config{DefaultTier: tier, MaxPINFailures: maxFail, FailureDelay: delay, MaxSessions: maxSessions,
+					LegacyAlgorithms: c.Bool("legacy-algorithms")},
 				Server:  srvCfg,
 				Version: Version,
 			})
+			if c.Bool("legacy-algorithms") {
+				log.Warn("legacy algorithms enabled on tokens that are not premium: DES, triple DES, DSA, RSA-1024, SHA-1 signatures")
+			}
 			log.Info("serving", "socket", sock, "state_dir", dir)
 			if err := d.Serve(ctx, ln); err != nil {
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)

@@ -348,8 +348,9 @@ func TestClientsPkcs11ToolSelfTests(t *testing.T) {
 	t.Parallel()
 	// Real PIN hashing (the daemon's defaults) on every login, the PIN
 	// cache off: the main thread's login then outlasts --test-threads'
-	// thread, as in TestPkcs11Tool.
-	c := newClientToken(t, "selftests", true, "--pin-kdf-time", "3", "--pin-kdf-memory", "65536", "--pin-cache-ttl", "0")
+	// thread, as in TestPkcs11Tool. --test-ec signs with CKM_ECDSA_SHA1,
+	// which only the legacy policy lets sign (docs/mechanisms.md).
+	c := newClientToken(t, "selftests", true, "--pin-kdf-time", "3", "--pin-kdf-memory", "65536", "--pin-cache-ttl", "0", "--legacy-algorithms")
 	rsaObject := `(?m)^Private Key Object; RSA\s*\n\s+label:\s+rsa\n\s+ID:\s+01$`
 	ecObject := `(?m)^Private Key Object; EC\s*\n\s+label:\s+ec\n\s+ID:\s+02$`
 

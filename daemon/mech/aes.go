@@ -14,21 +14,27 @@ import (
 // padding, CTR and GCM; and generic secret key generation, which has no
 // better home.
 
+// blockModeMechanism is ECB, CBC or CBC_PAD over the block cipher of
+// keys of the given types: AES here, DES and triple DES in des.go.
+func blockModeMechanism(info wire.MechanismInfo, keyTypes []uint64, blk blockOf, mode blockMode) *Mechanism {
+	e := &Mechanism{
+		info: info, keyTypes: keyTypes,
+		encrypt: func(k Key, m *wire.Mechanism) (CipherOp, error) { return newBlockOp(blk, k, m, mode, false) },
+		decrypt: func(k Key, m *wire.Mechanism) (CipherOp, error) { return newBlockOp(blk, k, m, mode, true) },
+	}
+	if mode == modeCBCPad {
+		// CBC_PAD also wraps keys (aeskw.go). ECB and CBC could
+		// too, zero-padded, but the padding would become part of the
+		// unwrapped key: they are not offered for wrapping.
+		e.info.Flags |= ck.CKF_WRAP | ck.CKF_UNWRAP
+		e.wrap, e.unwrap = cbcPadWrapper(blk)
+	}
+	return e
+}
+
 func aesMechanisms() map[uint64]*Mechanism {
 	block := func(mode blockMode) *Mechanism {
-		e := &Mechanism{
-			info: aesInfo(ck.CKF_ENCRYPT | ck.CKF_DECRYPT), keyTypes: aesOnly,
-			encrypt: func(k Key, m *wire.Mechanism) (CipherOp, error) { return newBlockOp(k, m, mode, false) },
-			decrypt: func(k Key, m *wire.Mechanism) (CipherOp, error) { return newBlockOp(k, m, mode, true) },
-		}
-		if mode == modeCBCPad {
-			// CBC_PAD also wraps keys (aeskw.go). ECB and CBC could
-			// too, zero-padded, but the padding would become part of the
-			// unwrapped key: they are not offered for wrapping.
-			e.info.Flags |= ck.CKF_WRAP | ck.CKF_UNWRAP
-			e.wrap, e.unwrap = cbcPadWrap, cbcPadUnwrap
-		}
-		return e
+		return blockModeMechanism(aesInfo(ck.CKF_ENCRYPT|ck.CKF_DECRYPT), aesOnly, aesBlock, mode)
 	}
 	return map[uint64]*Mechanism{
 		ck.CKM_AES_KEY_GEN: {
@@ -116,6 +122,9 @@ const (
 	modeCBCPad
 )
 
+// blockOf returns the block cipher of a key, checking its type.
+type blockOf func(Key) (cipher.Block, error)
+
 // blockOp is ECB, CBC or CBC_PAD, either way. Update returns every whole
 // block it can; a CBC_PAD decryption keeps the last whole block back,
 // since only Final knows it is the last and may strip its padding.
@@ -126,8 +135,8 @@ type blockOp struct {
 	buf     []byte // input not yet processed: less than a block (a block for CBC_PAD decryption)
 }
 
-func newBlockOp(k Key, m *wire.Mechanism, mode blockMode, decrypt bool) (*blockOp, error) {
-	b, err := aesBlock(k)
+func newBlockOp(blk blockOf, k Key, m *wire.Mechanism, mode blockMode, decrypt bool) (*blockOp, error) {
+	b, err := blk(k)
 	if err != nil {
 		return nil, err
 	}
@@ -152,7 +161,7 @@ func newBlockOp(k Key, m *wire.Mechanism, mode blockMode, decrypt bool) (*blockO
 }
 
 func (op *blockOp) Update(in []byte) ([]byte, error) {
-	const bs = 16
+	bs := op.mode.BlockSize()
 	total := len(op.buf) + len(in)
 	keep := total % bs
 	if keep == 0 && total > 0 && op.pad && op.decrypt {
@@ -174,7 +183,7 @@ func (op *blockOp) Update(in []byte) ([]byte, error) {
 }
 
 func (op *blockOp) Final() ([]byte, error) {
-	const bs = 16
+	bs := op.mode.BlockSize()
 	defer func() { wipe(op.buf); op.buf = nil }()
 	switch {
 	case !op.pad:
@@ -200,7 +209,7 @@ func (op *blockOp) Final() ([]byte, error) {
 
 // padEncrypt encrypts the last, partial block with its PKCS#7 padding.
 func padEncrypt(mode cipher.BlockMode, rest []byte) []byte {
-	const bs = 16
+	bs := mode.BlockSize()
 	last := make([]byte, bs)
 	copy(last, rest)
 	p := bs - len(rest)
@@ -226,7 +235,7 @@ func unpad(last []byte) (int, bool) {
 	return bs - p, good == 1
 }
 
-// ecb is AES-ECB as a cipher.BlockMode: each block on its own.
+// ecb is ECB as a cipher.BlockMode: each block on its own.
 type ecb struct {
 	b       cipher.Block
 	decrypt bool

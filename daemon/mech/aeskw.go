@@ -140,34 +140,37 @@ func keyWrapMechanisms() map[uint64]*Mechanism {
 	}
 }
 
-// cbcPadWrap and cbcPadUnwrap make CKM_AES_CBC_PAD a wrapping mechanism
-// (its table entry is with the other block modes, in aes.go): the
-// key's encoding, PKCS#7-padded, in CBC under the IV parameter.
-func cbcPadWrap(k Key, m *wire.Mechanism, enc []byte) ([]byte, error) {
-	op, err := newBlockOp(k, m, modeCBCPad, false)
-	if err != nil {
-		return nil, err
+// cbcPadWrapper makes CBC_PAD over the block cipher blk a wrapping
+// mechanism (the table entries are with the other block modes, aes.go
+// and des.go): the key's encoding, PKCS#7-padded, in CBC under the IV
+// parameter.
+func cbcPadWrapper(blk blockOf) (wrap func(Key, *wire.Mechanism, []byte) ([]byte, error), unwrap func(Key, *wire.Mechanism, []byte) ([]byte, error)) {
+	wrap = func(k Key, m *wire.Mechanism, enc []byte) ([]byte, error) {
+		op, err := newBlockOp(blk, k, m, modeCBCPad, false)
+		if err != nil {
+			return nil, err
+		}
+		a, _ := op.Update(enc)
+		b, _ := op.Final()
+		return append(a, b...), nil
 	}
-	a, _ := op.Update(enc)
-	b, _ := op.Final()
-	return append(a, b...), nil
-}
-
-func cbcPadUnwrap(k Key, m *wire.Mechanism, wrapped []byte) ([]byte, error) {
-	op, err := newBlockOp(k, m, modeCBCPad, true)
-	if err != nil {
-		return nil, err
+	unwrap = func(k Key, m *wire.Mechanism, wrapped []byte) ([]byte, error) {
+		op, err := newBlockOp(blk, k, m, modeCBCPad, true)
+		if err != nil {
+			return nil, err
+		}
+		if bs := op.mode.BlockSize(); len(wrapped) == 0 || len(wrapped)%bs != 0 {
+			return nil, ck.Error(ck.CKR_WRAPPED_KEY_LEN_RANGE)
+		}
+		a, _ := op.Update(wrapped)
+		b, err := op.Final()
+		if err != nil {
+			wipe(a)
+			return nil, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
+		}
+		return append(a, b...), nil
 	}
-	if len(wrapped) == 0 || len(wrapped)%16 != 0 {
-		return nil, ck.Error(ck.CKR_WRAPPED_KEY_LEN_RANGE)
-	}
-	a, _ := op.Update(wrapped)
-	b, err := op.Final()
-	if err != nil {
-		wipe(a)
-		return nil, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
-	}
-	return append(a, b...), nil
+	return wrap, unwrap
 }
 
 // kwWrap is W of SP 800-38F (RFC 3394 2.2.1, index form): p is n ≥ 2

@@ -8,25 +8,27 @@ import (
 )
 
 // Public-key mechanisms. The family is split by key type:
-//   - rsa.go: RSA key pairs, PKCS#1 v1.5 and PSS signatures, PKCS#1
-//     v1.5 and OAEP encryption and key wrap, and RSA-AES key wrap;
-//   - ec.go: key pairs on the NIST curves and Ed25519, ECDSA, EdDSA
-//     and ECDH.
+//   - rsa.go and rsasign.go: RSA key pairs, PKCS#1 v1.5 and PSS
+//     signatures, PKCS#1 v1.5 and OAEP encryption and key wrap, and
+//     RSA-AES key wrap;
+//   - ec.go, secp256k1.go and montgomery.go: key pairs on the short
+//     Weierstrass curves (P-224 to P-521, secp256k1), Ed25519 and Ed448,
+//     X25519 and X448; ECDSA, EdDSA and ECDH;
+//   - dsa.go: DSA key pairs, domain parameters and signatures, in legacy
+//     tables only.
 //
 // This file holds what they share: the hash tables of their parameters,
 // and the signature operation that feeds a key's primitive.
 //
 // Sizes in CK_MECHANISM_INFO are in bits, as the specification says for
-// RSA (the modulus) and EC (the order of the curve's base point).
+// RSA (the modulus), EC (the order of the curve's base point, or the
+// curve's size for Edwards and Montgomery curves) and DSA (the prime).
 
 // asymmetricMechanisms lists the public-key mechanisms.
-func asymmetricMechanisms(nonces *noncePools) map[uint64]*Mechanism {
-	t := rsaMechanisms()
-	for typ, m := range ecMechanisms(nonces) {
-		if _, dup := t[typ]; dup {
-			panic("mech: internal error: asymmetric mechanism listed twice")
-		}
-		t[typ] = m
+func asymmetricMechanisms(p policy) map[uint64]*Mechanism {
+	t := merge(rsaMechanisms(p), ecMechanisms(p))
+	if p.legacy {
+		merge(t, dsaMechanisms())
 	}
 	return t
 }
@@ -35,21 +37,29 @@ func asymmetricMechanisms(nonces *noncePools) map[uint64]*Mechanism {
 // name (CK_RSA_PKCS_PSS_PARAMS.hashAlg, CK_RSA_PKCS_OAEP_PARAMS.hashAlg),
 // as crypto.Hash.
 var sigHashes = map[uint64]crypto.Hash{
-	ck.CKM_SHA_1:  crypto.SHA1,
-	ck.CKM_SHA224: crypto.SHA224,
-	ck.CKM_SHA256: crypto.SHA256,
-	ck.CKM_SHA384: crypto.SHA384,
-	ck.CKM_SHA512: crypto.SHA512,
+	ck.CKM_SHA_1:    crypto.SHA1,
+	ck.CKM_SHA224:   crypto.SHA224,
+	ck.CKM_SHA256:   crypto.SHA256,
+	ck.CKM_SHA384:   crypto.SHA384,
+	ck.CKM_SHA512:   crypto.SHA512,
+	ck.CKM_SHA3_224: crypto.SHA3_224,
+	ck.CKM_SHA3_256: crypto.SHA3_256,
+	ck.CKM_SHA3_384: crypto.SHA3_384,
+	ck.CKM_SHA3_512: crypto.SHA3_512,
 }
 
 // mgfHashes are the mask generation functions (CKG_MGF1_*), by the hash
 // they use.
 var mgfHashes = map[uint64]crypto.Hash{
-	ck.CKG_MGF1_SHA1:   crypto.SHA1,
-	ck.CKG_MGF1_SHA224: crypto.SHA224,
-	ck.CKG_MGF1_SHA256: crypto.SHA256,
-	ck.CKG_MGF1_SHA384: crypto.SHA384,
-	ck.CKG_MGF1_SHA512: crypto.SHA512,
+	ck.CKG_MGF1_SHA1:     crypto.SHA1,
+	ck.CKG_MGF1_SHA224:   crypto.SHA224,
+	ck.CKG_MGF1_SHA256:   crypto.SHA256,
+	ck.CKG_MGF1_SHA384:   crypto.SHA384,
+	ck.CKG_MGF1_SHA512:   crypto.SHA512,
+	ck.CKG_MGF1_SHA3_224: crypto.SHA3_224,
+	ck.CKG_MGF1_SHA3_256: crypto.SHA3_256,
+	ck.CKG_MGF1_SHA3_384: crypto.SHA3_384,
+	ck.CKG_MGF1_SHA3_512: crypto.SHA3_512,
 }
 
 // signer is a public-key signature or verification in progress. It takes

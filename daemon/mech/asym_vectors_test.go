@@ -178,7 +178,11 @@ func TestWycheproofRSAOAEP(t *testing.T) {
 			for _, vt := range g.Tests {
 				p := wire.OAEPParams{HashAlg: hs.digest, MGF: mg.mgf, Source: ck.CKZ_DATA_SPECIFIED, SourceData: vt.Label}
 				m := &wire.Mechanism{Type: ck.CKM_RSA_PKCS_OAEP, Present: true, Param: p.Param()}
-				op, err := mechanisms[m.Type].decrypt(k, m)
+				table := mechanisms
+				if new(big.Int).SetBytes(pk.Modulus).BitLen() < rsaMinBits {
+					table = legacyMechanisms // 1024-bit keys
+				}
+				op, err := table[m.Type].decrypt(k, m)
 				if err != nil {
 					t.Fatalf("%s #%d: %v", file, vt.TcID, err)
 				}

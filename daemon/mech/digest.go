@@ -11,7 +11,8 @@ import (
 	"hsmemu/cryptoki/wire"
 )
 
-// Digests: SHA-1, SHA-2 and SHA-3, single- and multi-part, and C_DigestKey.
+// Digests: SHA-1, SHA-2 (SHA-512/224 and SHA-512/256 among them) and
+// SHA-3, single- and multi-part, and C_DigestKey.
 
 type hashDigest struct{ h hash.Hash }
 
@@ -21,14 +22,17 @@ func (d hashDigest) Sum() []byte      { return d.h.Sum(nil) }
 // hashes are the digest mechanisms and their constructors; the signature
 // families use them too.
 var hashes = map[uint64]func() hash.Hash{
-	ck.CKM_SHA_1:    sha1.New,
-	ck.CKM_SHA224:   sha256.New224,
-	ck.CKM_SHA256:   sha256.New,
-	ck.CKM_SHA384:   sha512.New384,
-	ck.CKM_SHA512:   sha512.New,
-	ck.CKM_SHA3_256: func() hash.Hash { return sha3.New256() },
-	ck.CKM_SHA3_384: func() hash.Hash { return sha3.New384() },
-	ck.CKM_SHA3_512: func() hash.Hash { return sha3.New512() },
+	ck.CKM_SHA_1:      sha1.New,
+	ck.CKM_SHA224:     sha256.New224,
+	ck.CKM_SHA256:     sha256.New,
+	ck.CKM_SHA384:     sha512.New384,
+	ck.CKM_SHA512:     sha512.New,
+	ck.CKM_SHA512_224: sha512.New512_224,
+	ck.CKM_SHA512_256: sha512.New512_256,
+	ck.CKM_SHA3_224:   func() hash.Hash { return sha3.New224() },
+	ck.CKM_SHA3_256:   func() hash.Hash { return sha3.New256() },
+	ck.CKM_SHA3_384:   func() hash.Hash { return sha3.New384() },
+	ck.CKM_SHA3_512:   func() hash.Hash { return sha3.New512() },
 }
 
 // noParam refuses a parameter where a mechanism takes none.
@@ -39,7 +43,7 @@ func noParam(m *wire.Mechanism) error {
 	return nil
 }
 
-func digestMechanisms() map[uint64]*Mechanism {
+func digestMechanisms(policy) map[uint64]*Mechanism {
 	t := map[uint64]*Mechanism{}
 	for typ, h := range hashes {
 		t[typ] = &Mechanism{

@@ -2,6 +2,7 @@ package mech
 
 import (
 	"crypto"
+	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -21,14 +22,20 @@ import (
 // Curves hsmemu holds, named as `hsmemu key generate` names them, with
 // their CKA_EC_PARAMS: a DER OID.
 var curveParams = map[string]asn1.ObjectIdentifier{
-	"P-256":   oidP256,
-	"P-384":   oidP384,
-	"P-521":   oidP521,
-	"Ed25519": oidEd25519,
+	"P-224":     oidP224,
+	"P-256":     oidP256,
+	"P-384":     oidP384,
+	"P-521":     oidP521,
+	"secp256k1": oidSecp256k1,
+	"Ed25519":   oidEd25519,
+	"Ed448":     oidEd448,
+	"X25519":    oidX25519,
+	"X448":      oidX448,
 }
 
-// ECParams returns the CKA_EC_PARAMS of a curve by name ("P-256",
-// "P-384", "P-521", "Ed25519"), or nil.
+// ECParams returns the CKA_EC_PARAMS of a curve by name ("P-224",
+// "P-256", "P-384", "P-521", "secp256k1", "Ed25519", "Ed448", "X25519",
+// "X448"), or nil.
 func ECParams(curve string) []byte {
 	oid, ok := curveParams[curve]
 	if !ok {
@@ -46,6 +53,8 @@ func oidDER(oid asn1.ObjectIdentifier) []byte {
 // curveOID returns the OID of a NIST curve.
 func curveOID(c elliptic.Curve) (asn1.ObjectIdentifier, bool) {
 	switch c {
+	case elliptic.P224():
+		return oidP224, true
 	case elliptic.P256():
 		return oidP256, true
 	case elliptic.P384():
@@ -87,6 +96,11 @@ func PrivateKeyAttrs(priv any) (map[uint64][]byte, uint64, error) {
 		return map[uint64][]byte{ck.CKA_EC_PARAMS: oidDER(oid), ck.CKA_VALUE: d}, ck.CKK_EC, nil
 	case ed25519.PrivateKey:
 		return map[uint64][]byte{ck.CKA_EC_PARAMS: oidDER(oidEd25519), ck.CKA_VALUE: k.Seed()}, ck.CKK_EC_EDWARDS, nil
+	case *ecdh.PrivateKey:
+		if k.Curve() != ecdh.X25519() {
+			return nil, 0, ck.Error(ck.CKR_CURVE_NOT_SUPPORTED)
+		}
+		return map[uint64][]byte{ck.CKA_EC_PARAMS: oidDER(oidX25519), ck.CKA_VALUE: k.Bytes()}, ck.CKK_EC_MONTGOMERY, nil
 	}
 	return nil, 0, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
 }
@@ -116,12 +130,18 @@ func PublicKeyAttrs(pub any) (map[uint64][]byte, uint64, error) {
 		return map[uint64][]byte{ck.CKA_EC_PARAMS: oidDER(oid), ck.CKA_EC_POINT: pointDER(point)}, ck.CKK_EC, nil
 	case ed25519.PublicKey:
 		return map[uint64][]byte{ck.CKA_EC_PARAMS: oidDER(oidEd25519), ck.CKA_EC_POINT: pointDER(k)}, ck.CKK_EC_EDWARDS, nil
+	case *ecdh.PublicKey:
+		if k.Curve() != ecdh.X25519() {
+			return nil, 0, ck.Error(ck.CKR_CURVE_NOT_SUPPORTED)
+		}
+		return map[uint64][]byte{ck.CKA_EC_PARAMS: oidDER(oidX25519), ck.CKA_EC_POINT: pointDER(k.Bytes())}, ck.CKK_EC_MONTGOMERY, nil
 	}
 	return nil, 0, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 }
 
 // EncodeKey is what a wrap encrypts: a secret key's value, or a private
-// key as PKCS#8. The caller wipes it.
+// key as PKCS#8. The caller wipes it. Private keys x509 cannot encode
+// (DSA, secp256k1, Ed448, X448) are CKR_KEY_NOT_WRAPPABLE.
 func EncodeKey(k Key) ([]byte, error) {
 	switch k.Class() {
 	case ck.CKO_SECRET_KEY:
@@ -134,9 +154,20 @@ func EncodeKey(k Key) ([]byte, error) {
 		case ck.CKK_RSA:
 			priv, err = rsaPrivate(k)
 		case ck.CKK_EC:
+			if _, k256, werr := weierstrass(k); werr != nil || k256 {
+				return nil, ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
+			}
 			priv, err = ecdsaPrivate(k)
 		case ck.CKK_EC_EDWARDS:
+			if c, _ := edwardsOf(k); c != curve25519 {
+				return nil, ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
+			}
 			priv, err = ed25519Private(k)
+		case ck.CKK_EC_MONTGOMERY:
+			if c, _ := montgomeryOf(k); c != curve25519 {
+				return nil, ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
+			}
+			priv, err = x25519Private(k)
 		default:
 			return nil, ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
 		}
@@ -177,49 +208,90 @@ func DecodeKey(plain []byte, class, kt uint64, tmpl map[uint64][]byte) (map[uint
 }
 
 // PublicKey is an asymmetric key's public half, of a public or a private
-// key object; a secret key has none (CKR_KEY_TYPE_INCONSISTENT).
+// key object: a crypto/rsa, crypto/ecdsa, crypto/ed25519 or crypto/ecdh
+// key, or for the curves the standard library lacks the library's own
+// (*secp256k1.PublicKey, ed448.PublicKey, an X448 key's 56 bytes) and for
+// DSA a *dsa.PublicKey. A secret key has none (CKR_KEY_TYPE_INCONSISTENT).
 func PublicKey(k Key) (crypto.PublicKey, error) {
-	switch {
-	case k.KeyType() == ck.CKK_RSA:
+	switch k.KeyType() {
+	case ck.CKK_RSA:
 		return rsaPublic(k)
-	case k.KeyType() == ck.CKK_EC && k.Class() == ck.CKO_PUBLIC_KEY:
-		return ecdsaPublic(k)
-	case k.KeyType() == ck.CKK_EC:
-		priv, err := ecdsaPrivate(k)
+	case ck.CKK_EC:
+		_, k256, err := weierstrass(k)
 		if err != nil {
 			return nil, err
 		}
-		return priv.Public(), nil
-	case k.KeyType() == ck.CKK_EC_EDWARDS && k.Class() == ck.CKO_PUBLIC_KEY:
-		return ed25519Public(k)
-	case k.KeyType() == ck.CKK_EC_EDWARDS:
-		priv, err := ed25519Private(k)
+		if k256 {
+			return k256Public(k)
+		}
+		return ecdsaPublicOf(k)
+	case ck.CKK_EC_EDWARDS:
+		c, err := edwardsOf(k)
 		if err != nil {
 			return nil, err
 		}
-		return priv.Public(), nil
+		if c == curve448 {
+			return ed448PublicOf(k)
+		}
+		return ed25519PublicOf(k)
+	case ck.CKK_EC_MONTGOMERY:
+		p, c, err := montgomeryPublic(k)
+		if err != nil {
+			return nil, err
+		}
+		if c == curve25519 {
+			return ecdh.X25519().NewPublicKey(p)
+		}
+		return p, nil
+	case ck.CKK_DSA:
+		if k.Class() == ck.CKO_PRIVATE_KEY {
+			priv, err := dsaPrivate(k)
+			if err != nil {
+				return nil, err
+			}
+			return &priv.PublicKey, nil
+		}
+		return dsaPublic(k)
 	}
 	return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 }
 
-// KeyBits is a key's size in bits, 0 when unknown.
+// KeyBits is a key's size in bits, 0 when unknown: a secret key's
+// length, an RSA modulus's, a DSA prime's, an EC curve's order's (255 or
+// 448 for Edwards and Montgomery curves).
 func KeyBits(k Key) int {
 	switch k.KeyType() {
-	case ck.CKK_AES, ck.CKK_GENERIC_SECRET:
-		if v, ok := k.Attr(ck.CKA_VALUE_LEN); ok && len(v) == 8 {
-			return int(ulongOf(v)) * 8
-		}
-		return len(value(k)) * 8
 	case ck.CKK_RSA:
 		if pub, err := rsaPublic(k); err == nil {
 			return pub.N.BitLen()
 		}
+	case ck.CKK_DSA:
+		if p, ok := k.Attr(ck.CKA_PRIME); ok {
+			return new(big.Int).SetBytes(p).BitLen()
+		}
 	case ck.CKK_EC:
-		if c, err := nistCurve(k); err == nil {
+		c, k256, err := weierstrass(k)
+		switch {
+		case err != nil:
+		case k256:
+			return 256
+		default:
 			return c.Params().BitSize
 		}
 	case ck.CKK_EC_EDWARDS:
-		return 255
+		c, _ := edwardsOf(k)
+		return c
+	case ck.CKK_EC_MONTGOMERY:
+		c, _ := montgomeryOf(k)
+		return c
+	default:
+		if k.Class() != ck.CKO_SECRET_KEY {
+			return 0
+		}
+		if v, ok := k.Attr(ck.CKA_VALUE_LEN); ok && len(v) == 8 {
+			return int(ulongOf(v)) * 8
+		}
+		return len(value(k)) * 8
 	}
 	return 0
 }

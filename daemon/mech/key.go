@@ -9,6 +9,8 @@ import (
 	"encoding/asn1"
 	"math/big"
 
+	"github.com/cloudflare/circl/sign/ed448"
+
 	"hsmemu/cryptoki/ck"
 )
 
@@ -115,12 +117,20 @@ func parseRsaPrivate(k Key) (*rsa.PrivateKey, error) {
 	return priv, nil
 }
 
-// curves maps the DER OIDs of the named curves hsmemu supports.
+// The DER OIDs of the named curves hsmemu supports: the short
+// Weierstrass curves of CKK_EC, the Edwards curves of CKK_EC_EDWARDS
+// (RFC 8410's EdDSA algorithms) and the Montgomery curves of
+// CKK_EC_MONTGOMERY (RFC 8410's ECDH algorithms).
 var (
-	oidP256    = asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7}
-	oidP384    = asn1.ObjectIdentifier{1, 3, 132, 0, 34}
-	oidP521    = asn1.ObjectIdentifier{1, 3, 132, 0, 35}
-	oidEd25519 = asn1.ObjectIdentifier{1, 3, 101, 112}
+	oidP224      = asn1.ObjectIdentifier{1, 3, 132, 0, 33}
+	oidP256      = asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7}
+	oidP384      = asn1.ObjectIdentifier{1, 3, 132, 0, 34}
+	oidP521      = asn1.ObjectIdentifier{1, 3, 132, 0, 35}
+	oidSecp256k1 = asn1.ObjectIdentifier{1, 3, 132, 0, 10}
+	oidX25519    = asn1.ObjectIdentifier{1, 3, 101, 110}
+	oidX448      = asn1.ObjectIdentifier{1, 3, 101, 111}
+	oidEd25519   = asn1.ObjectIdentifier{1, 3, 101, 112}
+	oidEd448     = asn1.ObjectIdentifier{1, 3, 101, 113}
 )
 
 // ecParams reads CKA_EC_PARAMS: a DER OID, or a PrintableString naming the
@@ -145,6 +155,8 @@ func parseECParams(v []byte) (asn1.ObjectIdentifier, string, error) {
 // ellipticCurve returns the NIST curve of a key's CKA_EC_PARAMS.
 func ellipticCurve(oid asn1.ObjectIdentifier, name string) (elliptic.Curve, bool) {
 	switch {
+	case oid.Equal(oidP224) || name == "secp224r1":
+		return elliptic.P224(), true
 	case oid.Equal(oidP256) || name == "prime256v1" || name == "secp256r1":
 		return elliptic.P256(), true
 	case oid.Equal(oidP384) || name == "secp384r1":
@@ -155,20 +167,81 @@ func ellipticCurve(oid asn1.ObjectIdentifier, name string) (elliptic.Curve, bool
 	return nil, false
 }
 
-// checkEd25519 accepts an Edwards key only on the curve this token has.
-func checkEd25519(k Key) error {
-	oid, name, err := ecParams(k)
-	if err != nil {
-		return err
-	}
-	if !isEd25519(oid, name) {
-		return ck.Error(ck.CKR_CURVE_NOT_SUPPORTED)
-	}
-	return nil
+func isSecp256k1(oid asn1.ObjectIdentifier, name string) bool {
+	return oid.Equal(oidSecp256k1) || name == "secp256k1"
 }
 
-func isEd25519(oid asn1.ObjectIdentifier, name string) bool {
-	return oid.Equal(oidEd25519) || name == "edwards25519" || name == "ed25519"
+// weierstrass says which curve a CKK_EC key is on: one of crypto/ecdsa's
+// (P-224, P-256, P-384, P-521), or secp256k1 (secp256k1.go).
+func weierstrass(k Key) (c elliptic.Curve, k256 bool, err error) {
+	oid, name, err := ecParams(k)
+	if err != nil {
+		return nil, false, err
+	}
+	if isSecp256k1(oid, name) {
+		return nil, true, nil
+	}
+	c, ok := ellipticCurve(oid, name)
+	if !ok {
+		return nil, false, ck.Error(ck.CKR_CURVE_NOT_SUPPORTED)
+	}
+	return c, false, nil
+}
+
+// Edwards and Montgomery curves, by their size in bits as CK_MECHANISM_INFO
+// counts them: 255 (edwards25519, curve25519) or 448.
+const (
+	curve25519 = 255
+	curve448   = 448
+)
+
+// edwardsCurve names the Edwards curve of CKA_EC_PARAMS, by OID (RFC 8410)
+// or name (RFC 8032), or 0.
+func edwardsCurve(oid asn1.ObjectIdentifier, name string) int {
+	switch {
+	case oid.Equal(oidEd25519) || name == "edwards25519" || name == "ed25519":
+		return curve25519
+	case oid.Equal(oidEd448) || name == "edwards448" || name == "ed448":
+		return curve448
+	}
+	return 0
+}
+
+// montgomeryCurve names the Montgomery curve of CKA_EC_PARAMS, by OID
+// (RFC 8410) or name (RFC 7748), or 0.
+func montgomeryCurve(oid asn1.ObjectIdentifier, name string) int {
+	switch {
+	case oid.Equal(oidX25519) || name == "curve25519" || name == "x25519":
+		return curve25519
+	case oid.Equal(oidX448) || name == "curve448" || name == "x448":
+		return curve448
+	}
+	return 0
+}
+
+// edwardsOf is the Edwards curve of a key, or CKR_CURVE_NOT_SUPPORTED.
+func edwardsOf(k Key) (int, error) {
+	oid, name, err := ecParams(k)
+	if err != nil {
+		return 0, err
+	}
+	if c := edwardsCurve(oid, name); c != 0 {
+		return c, nil
+	}
+	return 0, ck.Error(ck.CKR_CURVE_NOT_SUPPORTED)
+}
+
+// montgomeryOf is the Montgomery curve of a key, or
+// CKR_CURVE_NOT_SUPPORTED.
+func montgomeryOf(k Key) (int, error) {
+	oid, name, err := ecParams(k)
+	if err != nil {
+		return 0, err
+	}
+	if c := montgomeryCurve(oid, name); c != 0 {
+		return c, nil
+	}
+	return 0, ck.Error(ck.CKR_CURVE_NOT_SUPPORTED)
 }
 
 // ecPoint reads CKA_EC_POINT: a DER OCTET STRING around the point, as the
@@ -179,6 +252,20 @@ func ecPoint(v []byte) []byte {
 		return raw
 	}
 	return v
+}
+
+// pointOfSize reads a point or public key of a known size n, bare or in a
+// DER OCTET STRING. The bare form is recognised by its size first: the
+// DER parse alone would mistake some bare keys for an OCTET STRING.
+func pointOfSize(v []byte, n int) ([]byte, bool) {
+	if len(v) == n {
+		return v, true
+	}
+	var raw []byte
+	if rest, err := asn1.Unmarshal(v, &raw); err == nil && len(rest) == 0 && len(raw) == n {
+		return raw, true
+	}
+	return nil, false
 }
 
 // ecdsaPublic returns an EC key's public key (of a public key object).
@@ -278,8 +365,8 @@ func parseEd25519Private(k Key) (ed25519.PrivateKey, error) {
 	if k.KeyType() != ck.CKK_EC_EDWARDS || k.Class() != ck.CKO_PRIVATE_KEY {
 		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
-	if err := checkEd25519(k); err != nil {
-		return nil, err
+	if c, err := edwardsOf(k); err != nil || c != curve25519 {
+		return nil, ck.Error(ck.CKR_CURVE_NOT_SUPPORTED)
 	}
 	seed := value(k)
 	if len(seed) != ed25519.SeedSize {
@@ -297,13 +384,49 @@ func parseEd25519Public(k Key) (ed25519.PublicKey, error) {
 	if k.KeyType() != ck.CKK_EC_EDWARDS {
 		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
-	if err := checkEd25519(k); err != nil {
-		return nil, err
+	if c, err := edwardsOf(k); err != nil || c != curve25519 {
+		return nil, ck.Error(ck.CKR_CURVE_NOT_SUPPORTED)
 	}
 	v, _ := k.Attr(ck.CKA_EC_POINT)
-	p := ecPoint(v)
-	if len(p) != ed25519.PublicKeySize {
+	p, ok := pointOfSize(v, ed25519.PublicKeySize)
+	if !ok {
 		return nil, errKeyBroken
 	}
 	return ed25519.PublicKey(p), nil
+}
+
+// ed448Private returns an Ed448 private key (CKA_VALUE is its 57-byte
+// seed).
+func ed448Private(k Key) (ed448.PrivateKey, error) {
+	return memoKey(k, "ed448Private", func(k Key) (ed448.PrivateKey, error) {
+		if k.KeyType() != ck.CKK_EC_EDWARDS || k.Class() != ck.CKO_PRIVATE_KEY {
+			return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
+		}
+		if c, err := edwardsOf(k); err != nil || c != curve448 {
+			return nil, ck.Error(ck.CKR_CURVE_NOT_SUPPORTED)
+		}
+		seed := value(k)
+		if len(seed) != ed448.SeedSize {
+			return nil, errKeyBroken
+		}
+		return ed448.NewKeyFromSeed(seed), nil
+	})
+}
+
+// ed448Public returns an Ed448 public key (57 bytes in CKA_EC_POINT).
+func ed448Public(k Key) (ed448.PublicKey, error) {
+	return memoKey(k, "ed448Public", func(k Key) (ed448.PublicKey, error) {
+		if k.KeyType() != ck.CKK_EC_EDWARDS {
+			return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
+		}
+		if c, err := edwardsOf(k); err != nil || c != curve448 {
+			return nil, ck.Error(ck.CKR_CURVE_NOT_SUPPORTED)
+		}
+		v, _ := k.Attr(ck.CKA_EC_POINT)
+		p, ok := pointOfSize(v, ed448.PublicKeySize)
+		if !ok {
+			return nil, errKeyBroken
+		}
+		return ed448.PublicKey(p), nil
+	})
 }

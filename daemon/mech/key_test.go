@@ -72,9 +72,14 @@ func testTable(t testing.TB) *Table {
 	return tb
 }
 
-// mechanisms is a table shared by the tests that only look mechanisms up:
+// sharedTable is a table shared by the tests that only look mechanisms
+// up, and mechanisms and legacyMechanisms its modern and legacy entries:
 // its nonce fillers live as long as the test binary.
-var mechanisms = New().byType
+var (
+	sharedTable      = New()
+	mechanisms       = sharedTable.byType
+	legacyMechanisms = sharedTable.WithLegacy().byType
+)
 
 func codeOf(err error) uint64 {
 	c, _ := ck.RVOf(err)

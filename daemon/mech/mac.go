@@ -10,30 +10,49 @@ import (
 	"hsmemu/cryptoki/wire"
 )
 
-// MACs: HMAC over SHA-1 and SHA-2, and AES-CMAC, as sign and verify
-// operations, single- and multi-part. The _GENERAL variants (a truncated
-// MAC whose length is a CK_ULONG parameter) are not offered: the protocol
-// table does not carry their parameter.
+// MACs: HMAC over SHA-1, SHA-2 and SHA-3, and AES-CMAC (DES3-CMAC is in
+// des.go), as sign and verify operations, single- and multi-part; and the
+// HMAC key generation mechanisms of PKCS#11 3.0. The _GENERAL variants (a
+// truncated MAC whose length is a CK_ULONG parameter) are not offered:
+// the protocol table does not carry their parameter.
+
+// hmacs are the HMAC mechanisms: the digest they use, the key type of
+// their own (besides generic secrets), and that key type's generation
+// mechanism.
+var hmacs = map[uint64]struct{ hash, keyType, keyGen uint64 }{
+	ck.CKM_SHA_1_HMAC:      {ck.CKM_SHA_1, ck.CKK_SHA_1_HMAC, ck.CKM_SHA_1_KEY_GEN},
+	ck.CKM_SHA224_HMAC:     {ck.CKM_SHA224, ck.CKK_SHA224_HMAC, ck.CKM_SHA224_KEY_GEN},
+	ck.CKM_SHA256_HMAC:     {ck.CKM_SHA256, ck.CKK_SHA256_HMAC, ck.CKM_SHA256_KEY_GEN},
+	ck.CKM_SHA384_HMAC:     {ck.CKM_SHA384, ck.CKK_SHA384_HMAC, ck.CKM_SHA384_KEY_GEN},
+	ck.CKM_SHA512_HMAC:     {ck.CKM_SHA512, ck.CKK_SHA512_HMAC, ck.CKM_SHA512_KEY_GEN},
+	ck.CKM_SHA512_224_HMAC: {ck.CKM_SHA512_224, ck.CKK_SHA512_224_HMAC, ck.CKM_SHA512_224_KEY_GEN},
+	ck.CKM_SHA512_256_HMAC: {ck.CKM_SHA512_256, ck.CKK_SHA512_256_HMAC, ck.CKM_SHA512_256_KEY_GEN},
+	ck.CKM_SHA3_224_HMAC:   {ck.CKM_SHA3_224, ck.CKK_SHA3_224_HMAC, ck.CKM_SHA3_224_KEY_GEN},
+	ck.CKM_SHA3_256_HMAC:   {ck.CKM_SHA3_256, ck.CKK_SHA3_256_HMAC, ck.CKM_SHA3_256_KEY_GEN},
+	ck.CKM_SHA3_384_HMAC:   {ck.CKM_SHA3_384, ck.CKK_SHA3_384_HMAC, ck.CKM_SHA3_384_KEY_GEN},
+	ck.CKM_SHA3_512_HMAC:   {ck.CKM_SHA3_512, ck.CKK_SHA3_512_HMAC, ck.CKM_SHA3_512_KEY_GEN},
+}
 
 func macMechanisms() map[uint64]*Mechanism {
 	t := map[uint64]*Mechanism{}
-	for typ, h := range map[uint64]uint64{
-		ck.CKM_SHA_1_HMAC:  ck.CKM_SHA_1,
-		ck.CKM_SHA224_HMAC: ck.CKM_SHA224,
-		ck.CKM_SHA256_HMAC: ck.CKM_SHA256,
-		ck.CKM_SHA384_HMAC: ck.CKM_SHA384,
-		ck.CKM_SHA512_HMAC: ck.CKM_SHA512,
-	} {
-		newHash := hashes[h]
+	for typ, hm := range hmacs {
+		newHash := hashes[hm.hash]
 		ctor := func(k Key, m *wire.Mechanism) (SignOp, error) { return newHMAC(k, m, newHash) }
 		t[typ] = &Mechanism{
-			// Generic secret key sizes, in bits. PKCS#11 names generic
-			// secret keys for HMAC; AES keys are taken too, as other
-			// tokens do.
+			// Generic secret key sizes, in bits. A key is a generic
+			// secret or of the HMAC's own key type (PKCS#11 3.0,
+			// "HMAC mechanisms"), nothing else: an AES key is
+			// CKR_KEY_TYPE_INCONSISTENT.
 			info:     wire.MechanismInfo{MinKeySize: 8, MaxKeySize: 8 * maxGenericBytes, Flags: ck.CKF_SIGN | ck.CKF_VERIFY},
-			keyTypes: anySecret,
+			keyTypes: []uint64{ck.CKK_GENERIC_SECRET, hm.keyType},
 			sign:     ctor,
 			verify:   ctor,
+		}
+		// Its key generation: CKA_VALUE_LEN bytes, sizes in bytes.
+		t[hm.keyGen] = &Mechanism{
+			info:       wire.MechanismInfo{MinKeySize: 1, MaxKeySize: maxGenericBytes, Flags: ck.CKF_GENERATE},
+			genKeyType: hm.keyType,
+			generate:   generateGeneric,
 		}
 	}
 	cmacCtor := func(k Key, m *wire.Mechanism) (SignOp, error) {
@@ -82,54 +101,63 @@ func (op *macOp) Verify(sig []byte) error {
 	return nil
 }
 
-// cmac is AES-CMAC (NIST SP 800-38B, RFC 4493) as a hash.Hash. It keeps
-// the last block of input back until Sum, which alone knows it is the last
-// and so whether it takes subkey K1 (a whole block) or K2 (padded).
+// cmac is CMAC (NIST SP 800-38B; RFC 4493 for AES) over a 128-bit or
+// 64-bit block cipher, as a hash.Hash. It keeps the last block of input
+// back until Sum, which alone knows it is the last and so whether it
+// takes subkey K1 (a whole block) or K2 (padded).
 type cmac struct {
 	b      cipher.Block
-	k1, k2 [16]byte
-	x      [16]byte // the chaining value
-	buf    [16]byte // pending input: the last block seen, maybe partial
-	n      int      // bytes in buf
+	k1, k2 []byte
+	x      []byte // the chaining value
+	buf    []byte // pending input: the last block seen, maybe partial
+	n      int    // bytes in buf
 }
 
 func newCMAC(b cipher.Block) *cmac {
-	c := &cmac{b: b}
-	// L = AES(K, 0^128); K1 = L·x, K2 = K1·x in GF(2^128).
-	var l [16]byte
-	b.Encrypt(l[:], l[:])
-	double(&c.k1, &l)
-	double(&c.k2, &c.k1)
-	clear(l[:])
+	bs := b.BlockSize()
+	c := &cmac{b: b, k1: make([]byte, bs), k2: make([]byte, bs), x: make([]byte, bs), buf: make([]byte, bs)}
+	// L = E(K, 0); K1 = L·x, K2 = K1·x in GF(2^b).
+	l := make([]byte, bs)
+	b.Encrypt(l, l)
+	double(c.k1, l)
+	double(c.k2, c.k1)
+	clear(l)
 	return c
 }
 
-// double multiplies by x in GF(2^128) with the polynomial x^128 + x^7 +
-// x^2 + x + 1, in constant time.
-func double(dst, src *[16]byte) {
+// double multiplies by x in GF(2^128), with the polynomial x^128 + x^7 +
+// x^2 + x + 1, or in GF(2^64), with x^64 + x^4 + x^3 + x + 1, in constant
+// time.
+func double(dst, src []byte) {
+	rb := 0x87
+	if len(src) == 8 {
+		rb = 0x1b
+	}
+	n := len(src)
 	carry := src[0] >> 7
-	for i := 0; i < 15; i++ {
+	for i := 0; i < n-1; i++ {
 		dst[i] = src[i]<<1 | src[i+1]>>7
 	}
-	dst[15] = src[15]<<1 ^ byte(subtle.ConstantTimeSelect(int(carry), 0x87, 0))
+	dst[n-1] = src[n-1]<<1 ^ byte(subtle.ConstantTimeSelect(int(carry), rb, 0))
 }
 
-func (c *cmac) Size() int      { return 16 }
-func (c *cmac) BlockSize() int { return 16 }
+func (c *cmac) Size() int      { return len(c.x) }
+func (c *cmac) BlockSize() int { return len(c.x) }
 
 func (c *cmac) Reset() {
-	clear(c.x[:])
-	clear(c.buf[:])
+	clear(c.x)
+	clear(c.buf)
 	c.n = 0
 }
 
 func (c *cmac) Write(p []byte) (int, error) {
 	written := len(p)
+	bs := len(c.buf)
 	for len(p) > 0 {
-		if c.n == 16 {
+		if c.n == bs {
 			// A full block followed by more input: not the last one.
-			subtle.XORBytes(c.x[:], c.x[:], c.buf[:])
-			c.b.Encrypt(c.x[:], c.x[:])
+			subtle.XORBytes(c.x, c.x, c.buf)
+			c.b.Encrypt(c.x, c.x)
 			c.n = 0
 		}
 		k := copy(c.buf[c.n:], p)
@@ -140,15 +168,16 @@ func (c *cmac) Write(p []byte) (int, error) {
 }
 
 func (c *cmac) Sum(in []byte) []byte {
-	var last [16]byte
-	copy(last[:], c.buf[:c.n])
-	if c.n == 16 {
-		subtle.XORBytes(last[:], last[:], c.k1[:])
+	bs := len(c.buf)
+	last := make([]byte, bs)
+	copy(last, c.buf[:c.n])
+	if c.n == bs {
+		subtle.XORBytes(last, last, c.k1)
 	} else {
 		last[c.n] = 0x80
-		subtle.XORBytes(last[:], last[:], c.k2[:])
+		subtle.XORBytes(last, last, c.k2)
 	}
-	subtle.XORBytes(last[:], last[:], c.x[:])
-	c.b.Encrypt(last[:], last[:])
-	return append(in, last[:]...)
+	subtle.XORBytes(last, last, c.x)
+	c.b.Encrypt(last, last)
+	return append(in, last...)
 }

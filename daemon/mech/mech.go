@@ -75,8 +75,11 @@ type Mechanism struct {
 	verify  func(k Key, m *wire.Mechanism) (SignOp, error)
 	digest  func(m *wire.Mechanism) (DigestOp, error)
 
-	// genKeyType is the key type generate and generatePair make.
+	// genKeyType is the key type generate and generatePair make;
+	// genClass the class generate makes, a secret key unless set
+	// (CKO_DOMAIN_PARAMETERS for DSA's parameter generation).
 	genKeyType uint64
+	genClass   uint64
 	// generate makes a secret key's material for the validated template
 	// (CKA_VALUE_LEN and the like are in it) and returns the attributes to
 	// add, CKA_VALUE among them.
@@ -101,6 +104,14 @@ func (m *Mechanism) Takes(kt uint64) bool { return slices.Contains(m.keyTypes, k
 
 // GenKeyType is the key type Generate and GeneratePair make.
 func (m *Mechanism) GenKeyType() uint64 { return m.genKeyType }
+
+// GenClass is the class of the object Generate makes.
+func (m *Mechanism) GenClass() uint64 {
+	if m.genClass == 0 {
+		return ck.CKO_SECRET_KEY
+	}
+	return m.genClass
+}
 
 // Does reports whether the mechanism does f.
 func (m *Mechanism) Does(f Func) bool {
@@ -217,23 +228,52 @@ func (m *Mechanism) Derive(base Key, p *wire.Mechanism, length int) ([]byte, err
 // Table is every mechanism, by type, with what they own: the ECDSA nonce
 // pools and their fillers. It is a value: an engine makes one and closes
 // it when it stops, and tests run as many as they like.
+//
+// A table is modern (New) or legacy (Table.WithLegacy). The legacy one
+// holds the same mechanisms and the legacy algorithms besides: single
+// and triple DES, DSA, RSA keys of 1024 bits, and SHA-1 in new
+// signatures. The modern one refuses RSA keys under 2048 bits
+// (CKR_KEY_SIZE_RANGE) and only verifies with the SHA-1 signature
+// mechanisms, whose CK_MECHANISM_INFO says so.
 type Table struct {
 	byType map[uint64]*Mechanism
 	types  []uint64 // sorted
 	nonces *noncePools
+	legacy bool
+	owner  bool // Close stops the nonce fillers: the table that made them
 }
 
-// New builds the table. Each family adds its own entries in its file
-// through a table function, so the table is built once, in one place, with
-// no global state changed at run time.
+// policy is what the families build their mechanisms for.
+type policy struct {
+	// legacy: the legacy algorithms are in, and SHA-1 signs.
+	legacy bool
+	nonces *noncePools
+}
+
+// New builds the modern table. Each family adds its own entries in its
+// file through a table function, so the table is built once, in one
+// place, with no global state changed at run time.
 func New() *Table {
-	t := &Table{byType: map[uint64]*Mechanism{}, nonces: newNoncePools()}
-	for _, family := range []func() map[uint64]*Mechanism{
+	t := build(policy{nonces: newNoncePools()})
+	t.owner = true
+	return t
+}
+
+// WithLegacy returns a legacy table: t's mechanisms and the legacy ones.
+// It shares t's background work (the nonce pools): closing t stops it,
+// and the legacy table's own Close does nothing.
+func (t *Table) WithLegacy() *Table {
+	return build(policy{legacy: true, nonces: t.nonces})
+}
+
+func build(p policy) *Table {
+	t := &Table{byType: map[uint64]*Mechanism{}, nonces: p.nonces, legacy: p.legacy}
+	for _, family := range []func(policy) map[uint64]*Mechanism{
 		digestMechanisms,
 		symmetricMechanisms,
-		func() map[uint64]*Mechanism { return asymmetricMechanisms(t.nonces) },
+		asymmetricMechanisms,
 	} {
-		for typ, m := range family() {
+		for typ, m := range family(p) {
 			if _, dup := t.byType[typ]; dup {
 				panic("mech: internal error: mechanism listed twice")
 			}
@@ -245,9 +285,16 @@ func New() *Table {
 	return t
 }
 
-// Close stops the table's background work (the nonce fillers). The
-// mechanisms keep working, more slowly.
-func (t *Table) Close() { t.nonces.close() }
+// Legacy reports whether the table holds the legacy algorithms.
+func (t *Table) Legacy() bool { return t.legacy }
+
+// Close stops the table's background work (the nonce fillers), if it
+// owns it. The mechanisms keep working, more slowly.
+func (t *Table) Close() {
+	if t.owner {
+		t.nonces.close()
+	}
+}
 
 // Get returns the mechanism of type typ.
 func (t *Table) Get(typ uint64) (*Mechanism, bool) {
@@ -258,3 +305,16 @@ func (t *Table) Get(typ uint64) (*Mechanism, bool) {
 // Types lists the mechanism types, sorted. The slice is the table's: do
 // not change it.
 func (t *Table) Types() []uint64 { return t.types }
+
+// merge adds the parts' mechanisms to t, refusing a type listed twice.
+func merge(t map[uint64]*Mechanism, parts ...map[uint64]*Mechanism) map[uint64]*Mechanism {
+	for _, part := range parts {
+		for typ, m := range part {
+			if _, dup := t[typ]; dup {
+				panic("mech: internal error: mechanism listed twice")
+			}
+			t[typ] = m
+		}
+	}
+	return t
+}

@@ -20,84 +20,114 @@ import (
 // padding (aeskw.go); this file maps the specification's parameters
 // onto them.
 
-// Modulus sizes, in bits. crypto/rsa refuses keys under 1024 bits, and
-// hsmemu makes none under 2048; the upper bounds keep one operation (or
-// one key generation) from holding the daemon for seconds.
+// Modulus sizes, in bits. A modern table takes keys of 2048 bits and up
+// for every use; a legacy one (Table.WithLegacy) 1024 and up, and makes
+// them too. The upper bounds keep one operation (or one key generation)
+// from holding the daemon for seconds.
 const (
-	rsaMinBits    = 1024
-	rsaMaxBits    = 16384
-	rsaGenMinBits = 2048
-	rsaGenMaxBits = 8192
+	rsaMinBits       = 2048
+	rsaLegacyMinBits = 1024
+	rsaMaxBits       = 16384
+	rsaGenMaxBits    = 8192
 )
 
 var rsaOnly = []uint64{ck.CKK_RSA}
 
-func rsaInfo(flags uint64) wire.MechanismInfo {
-	return wire.MechanismInfo{MinKeySize: rsaMinBits, MaxKeySize: rsaMaxBits, Flags: flags}
+// rsaPolicy is what a table's RSA mechanisms allow: the smallest modulus,
+// and whether SHA-1 signs (CKM_SHA1_RSA_PKCS, CKM_SHA1_RSA_PKCS_PSS and
+// PSS with a SHA-1 hashAlg); without it they only verify.
+type rsaPolicy struct {
+	minBits  int
+	sha1Sign bool
 }
 
-func rsaMechanisms() map[uint64]*Mechanism {
+func (r rsaPolicy) info(flags uint64) wire.MechanismInfo {
+	return wire.MechanismInfo{MinKeySize: uint64(r.minBits), MaxKeySize: rsaMaxBits, Flags: flags}
+}
+
+func rsaMechanisms(p policy) map[uint64]*Mechanism {
+	r := rsaPolicy{minBits: rsaMinBits}
+	if p.legacy {
+		r = rsaPolicy{minBits: rsaLegacyMinBits, sha1Sign: true}
+	}
 	signVerify := uint64(ck.CKF_SIGN | ck.CKF_VERIFY)
-	pkcsSign, pkcsVerify := rsaPKCS1Signer(0)
-	pssSign, pssVerify := rsaPSSSigner(0)
+	pkcsSign, pkcsVerify := r.pkcs1Signer(0)
+	pssSign, pssVerify := r.pssSigner(0)
 	t := map[uint64]*Mechanism{
 		ck.CKM_RSA_PKCS_KEY_PAIR_GEN: {
-			info:         wire.MechanismInfo{MinKeySize: rsaGenMinBits, MaxKeySize: rsaGenMaxBits, Flags: ck.CKF_GENERATE_KEY_PAIR},
+			info:         wire.MechanismInfo{MinKeySize: uint64(r.minBits), MaxKeySize: rsaGenMaxBits, Flags: ck.CKF_GENERATE_KEY_PAIR},
 			genKeyType:   ck.CKK_RSA,
-			generatePair: rsaGeneratePair,
+			generatePair: r.generatePair,
 		},
 		ck.CKM_RSA_PKCS: {
-			info:     rsaInfo(ck.CKF_ENCRYPT | ck.CKF_DECRYPT | signVerify | ck.CKF_WRAP | ck.CKF_UNWRAP),
+			info:     r.info(ck.CKF_ENCRYPT | ck.CKF_DECRYPT | signVerify | ck.CKF_WRAP | ck.CKF_UNWRAP),
 			keyTypes: rsaOnly,
-			encrypt:  func(k Key, m *wire.Mechanism) (CipherOp, error) { return rsaCipherOp(k, m, rsaPKCS1v15, false) },
-			decrypt:  func(k Key, m *wire.Mechanism) (CipherOp, error) { return rsaCipherOp(k, m, rsaPKCS1v15, true) },
+			encrypt:  func(k Key, m *wire.Mechanism) (CipherOp, error) { return r.cipherOp(k, m, rsaPKCS1v15, false) },
+			decrypt:  func(k Key, m *wire.Mechanism) (CipherOp, error) { return r.cipherOp(k, m, rsaPKCS1v15, true) },
 			sign:     pkcsSign,
 			verify:   pkcsVerify,
-			wrap:     func(w Key, m *wire.Mechanism, enc []byte) ([]byte, error) { return rsaWrap(w, m, rsaPKCS1v15, enc) },
-			unwrap:   func(u Key, m *wire.Mechanism, wr []byte) ([]byte, error) { return rsaUnwrap(u, m, rsaPKCS1v15, wr) },
+			wrap:     func(w Key, m *wire.Mechanism, enc []byte) ([]byte, error) { return r.wrap(w, m, rsaPKCS1v15, enc) },
+			unwrap:   func(u Key, m *wire.Mechanism, wr []byte) ([]byte, error) { return r.unwrap(u, m, rsaPKCS1v15, wr) },
 		},
 		ck.CKM_RSA_PKCS_OAEP: {
-			info:     rsaInfo(ck.CKF_ENCRYPT | ck.CKF_DECRYPT | ck.CKF_WRAP | ck.CKF_UNWRAP),
+			info:     r.info(ck.CKF_ENCRYPT | ck.CKF_DECRYPT | ck.CKF_WRAP | ck.CKF_UNWRAP),
 			keyTypes: rsaOnly,
-			encrypt:  func(k Key, m *wire.Mechanism) (CipherOp, error) { return rsaCipherOp(k, m, rsaOAEP, false) },
-			decrypt:  func(k Key, m *wire.Mechanism) (CipherOp, error) { return rsaCipherOp(k, m, rsaOAEP, true) },
-			wrap:     func(w Key, m *wire.Mechanism, enc []byte) ([]byte, error) { return rsaWrap(w, m, rsaOAEP, enc) },
-			unwrap:   func(u Key, m *wire.Mechanism, wr []byte) ([]byte, error) { return rsaUnwrap(u, m, rsaOAEP, wr) },
+			encrypt:  func(k Key, m *wire.Mechanism) (CipherOp, error) { return r.cipherOp(k, m, rsaOAEP, false) },
+			decrypt:  func(k Key, m *wire.Mechanism) (CipherOp, error) { return r.cipherOp(k, m, rsaOAEP, true) },
+			wrap:     func(w Key, m *wire.Mechanism, enc []byte) ([]byte, error) { return r.wrap(w, m, rsaOAEP, enc) },
+			unwrap:   func(u Key, m *wire.Mechanism, wr []byte) ([]byte, error) { return r.unwrap(u, m, rsaOAEP, wr) },
 		},
-		ck.CKM_RSA_PKCS_PSS: {info: rsaInfo(signVerify), keyTypes: rsaOnly, sign: pssSign, verify: pssVerify},
+		ck.CKM_RSA_PKCS_PSS: {info: r.info(signVerify), keyTypes: rsaOnly, sign: pssSign, verify: pssVerify},
 		ck.CKM_RSA_AES_KEY_WRAP: {
-			info:     rsaInfo(ck.CKF_WRAP | ck.CKF_UNWRAP),
+			info:     r.info(ck.CKF_WRAP | ck.CKF_UNWRAP),
 			keyTypes: rsaOnly,
-			wrap:     rsaAESWrap,
-			unwrap:   rsaAESUnwrap,
+			wrap:     r.aesWrap,
+			unwrap:   r.aesUnwrap,
 		},
 	}
 	for typ, h := range map[uint64]uint64{
-		ck.CKM_SHA1_RSA_PKCS:   ck.CKM_SHA_1,
-		ck.CKM_SHA224_RSA_PKCS: ck.CKM_SHA224,
-		ck.CKM_SHA256_RSA_PKCS: ck.CKM_SHA256,
-		ck.CKM_SHA384_RSA_PKCS: ck.CKM_SHA384,
-		ck.CKM_SHA512_RSA_PKCS: ck.CKM_SHA512,
+		ck.CKM_SHA1_RSA_PKCS:     ck.CKM_SHA_1,
+		ck.CKM_SHA224_RSA_PKCS:   ck.CKM_SHA224,
+		ck.CKM_SHA256_RSA_PKCS:   ck.CKM_SHA256,
+		ck.CKM_SHA384_RSA_PKCS:   ck.CKM_SHA384,
+		ck.CKM_SHA512_RSA_PKCS:   ck.CKM_SHA512,
+		ck.CKM_SHA3_224_RSA_PKCS: ck.CKM_SHA3_224,
+		ck.CKM_SHA3_256_RSA_PKCS: ck.CKM_SHA3_256,
+		ck.CKM_SHA3_384_RSA_PKCS: ck.CKM_SHA3_384,
+		ck.CKM_SHA3_512_RSA_PKCS: ck.CKM_SHA3_512,
 	} {
-		sign, verify := rsaPKCS1Signer(h)
-		t[typ] = &Mechanism{info: rsaInfo(signVerify), keyTypes: rsaOnly, sign: sign, verify: verify}
+		sign, verify := r.pkcs1Signer(h)
+		t[typ] = r.hashed(h, sign, verify)
 	}
 	for typ, h := range map[uint64]uint64{
-		ck.CKM_SHA1_RSA_PKCS_PSS:   ck.CKM_SHA_1,
-		ck.CKM_SHA224_RSA_PKCS_PSS: ck.CKM_SHA224,
-		ck.CKM_SHA256_RSA_PKCS_PSS: ck.CKM_SHA256,
-		ck.CKM_SHA384_RSA_PKCS_PSS: ck.CKM_SHA384,
-		ck.CKM_SHA512_RSA_PKCS_PSS: ck.CKM_SHA512,
+		ck.CKM_SHA1_RSA_PKCS_PSS:     ck.CKM_SHA_1,
+		ck.CKM_SHA224_RSA_PKCS_PSS:   ck.CKM_SHA224,
+		ck.CKM_SHA256_RSA_PKCS_PSS:   ck.CKM_SHA256,
+		ck.CKM_SHA384_RSA_PKCS_PSS:   ck.CKM_SHA384,
+		ck.CKM_SHA512_RSA_PKCS_PSS:   ck.CKM_SHA512,
+		ck.CKM_SHA3_224_RSA_PKCS_PSS: ck.CKM_SHA3_224,
+		ck.CKM_SHA3_256_RSA_PKCS_PSS: ck.CKM_SHA3_256,
+		ck.CKM_SHA3_384_RSA_PKCS_PSS: ck.CKM_SHA3_384,
+		ck.CKM_SHA3_512_RSA_PKCS_PSS: ck.CKM_SHA3_512,
 	} {
-		sign, verify := rsaPSSSigner(h)
-		t[typ] = &Mechanism{info: rsaInfo(signVerify), keyTypes: rsaOnly, sign: sign, verify: verify}
+		sign, verify := r.pssSigner(h)
+		t[typ] = r.hashed(h, sign, verify)
 	}
 	return t
 }
 
-// rsaGeneratePair makes an RSA key pair of the public template's
+// hashed is a hash-and-sign mechanism's entry: over SHA-1 without the
+// legacy policy, it only verifies.
+func (r rsaPolicy) hashed(h uint64, sign, verify func(Key, *wire.Mechanism) (SignOp, error)) *Mechanism {
+	if h == ck.CKM_SHA_1 && !r.sha1Sign {
+		return &Mechanism{info: r.info(ck.CKF_VERIFY), keyTypes: rsaOnly, verify: verify}
+	}
+	return &Mechanism{info: r.info(ck.CKF_SIGN | ck.CKF_VERIFY), keyTypes: rsaOnly, sign: sign, verify: verify}
+}
+
+// generatePair makes an RSA key pair of the public template's
 // CKA_MODULUS_BITS and CKA_PUBLIC_EXPONENT (default 65537).
-func rsaGeneratePair(m *wire.Mechanism, pub, priv map[uint64][]byte) (map[uint64][]byte, map[uint64][]byte, error) {
+func (r rsaPolicy) generatePair(m *wire.Mechanism, pub, priv map[uint64][]byte) (map[uint64][]byte, map[uint64][]byte, error) {
 	if m.Present {
 		return nil, nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
@@ -106,7 +136,7 @@ func rsaGeneratePair(m *wire.Mechanism, pub, priv map[uint64][]byte) (map[uint64
 		return nil, nil, ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
 	}
 	bits := ulongOf(bv)
-	if bits < rsaGenMinBits || bits > rsaGenMaxBits {
+	if bits < uint64(r.minBits) || bits > rsaGenMaxBits {
 		return nil, nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 	}
 	e := int64(65537)
@@ -179,42 +209,51 @@ func rsaGenerateWithExponent(bits, e int) (*rsa.PrivateKey, error) {
 	return nil, errors.New("rsa: no key found with that exponent")
 }
 
-// rsaPublicKey returns a key's RSA public key, within the sizes hsmemu
+// publicKey returns a key's RSA public key, within the sizes the policy
 // takes.
-func rsaPublicKey(k Key) (*rsa.PublicKey, error) {
+func (r rsaPolicy) publicKey(k Key) (*rsa.PublicKey, error) {
 	pub, err := rsaPublic(k)
 	if err != nil {
 		return nil, err
 	}
-	if b := pub.N.BitLen(); b < rsaMinBits || b > rsaMaxBits {
+	if b := pub.N.BitLen(); b < r.minBits || b > rsaMaxBits {
 		return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 	}
 	return pub, nil
 }
 
-// rsaPrivateKey returns a private key's RSA key, within the sizes hsmemu
+// privateKey returns a private key's RSA key, within the sizes the policy
 // takes.
-func rsaPrivateKey(k Key) (*rsa.PrivateKey, error) {
+func (r rsaPolicy) privateKey(k Key) (*rsa.PrivateKey, error) {
 	if k.Class() != ck.CKO_PRIVATE_KEY {
 		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
-	if _, err := rsaPublicKey(k); err != nil {
+	if _, err := r.publicKey(k); err != nil {
 		return nil, err
 	}
 	return rsaPrivate(k)
 }
 
-// rsaPKCS1Signer returns the constructors of a PKCS#1 v1.5 signature:
+// signingKey returns a private key ready to sign, within the sizes the
+// policy takes.
+func (r rsaPolicy) signingKey(k Key) (*rsaSigningKey, error) {
+	if _, err := r.privateKey(k); err != nil {
+		return nil, err
+	}
+	return rsaSigning(k)
+}
+
+// pkcs1Signer returns the constructors of a PKCS#1 v1.5 signature:
 // over the input's digest by the digest mechanism hashMech, or (hashMech
 // 0, CKM_RSA_PKCS) over the input as given, which the caller has made a
 // DigestInfo.
-func rsaPKCS1Signer(hashMech uint64) (sign, verify func(Key, *wire.Mechanism) (SignOp, error)) {
+func (r rsaPolicy) pkcs1Signer(hashMech uint64) (sign, verify func(Key, *wire.Mechanism) (SignOp, error)) {
 	h := sigHashes[hashMech]
 	sign = func(k Key, m *wire.Mechanism) (SignOp, error) {
 		if m.Present {
 			return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 		}
-		sk, err := rsaSigning(k)
+		sk, err := r.signingKey(k)
 		if err != nil {
 			return nil, err
 		}
@@ -233,7 +272,7 @@ func rsaPKCS1Signer(hashMech uint64) (sign, verify func(Key, *wire.Mechanism) (S
 		if m.Present {
 			return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 		}
-		pub, err := rsaPublicKey(k)
+		pub, err := r.publicKey(k)
 		if err != nil {
 			return nil, err
 		}
@@ -276,21 +315,25 @@ func pssParams(m *wire.Mechanism, hashMech uint64, pub *rsa.PublicKey) (crypto.H
 	return h, int(p.SaltLen), nil
 }
 
-// rsaPSSSigner returns the constructors of a PSS signature: over the
+// pssSigner returns the constructors of a PSS signature: over the
 // input's digest by hashMech, or (hashMech 0, CKM_RSA_PKCS_PSS) over the
 // input as given, which must be a digest of the parameter's hash.
 //
 // Signing encodes PSS here (rsasign.go), so any salt length the key
 // allows works, an empty one too; verifying with sLen 0 is done here too.
-func rsaPSSSigner(hashMech uint64) (sign, verify func(Key, *wire.Mechanism) (SignOp, error)) {
+func (r rsaPolicy) pssSigner(hashMech uint64) (sign, verify func(Key, *wire.Mechanism) (SignOp, error)) {
 	sign = func(k Key, m *wire.Mechanism) (SignOp, error) {
-		sk, err := rsaSigning(k)
+		sk, err := r.signingKey(k)
 		if err != nil {
 			return nil, err
 		}
 		h, salt, err := pssParams(m, hashMech, &sk.priv.PublicKey)
 		if err != nil {
 			return nil, err
+		}
+		if h == crypto.SHA1 && !r.sha1Sign {
+			// SHA-1 in new signatures is legacy.
+			return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 		}
 		if salt == 0 && sk.raw == nil {
 			return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
@@ -307,7 +350,7 @@ func rsaPSSSigner(hashMech uint64) (sign, verify func(Key, *wire.Mechanism) (Sig
 		}, nil), nil
 	}
 	verify = func(k Key, m *wire.Mechanism) (SignOp, error) {
-		pub, err := rsaPublicKey(k)
+		pub, err := r.publicKey(k)
 		if err != nil {
 			return nil, err
 		}
@@ -493,13 +536,13 @@ func (c rsaCipher) One(in []byte) ([]byte, error) { return c.one(in) }
 func (rsaCipher) Update([]byte) ([]byte, error)   { return nil, ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED) }
 func (rsaCipher) Final() ([]byte, error)          { return nil, ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED) }
 
-func rsaCipherOp(k Key, m *wire.Mechanism, p rsaPadding, decrypt bool) (CipherOp, error) {
+func (r rsaPolicy) cipherOp(k Key, m *wire.Mechanism, p rsaPadding, decrypt bool) (CipherOp, error) {
 	s, err := schemeOf(m, p)
 	if err != nil {
 		return nil, err
 	}
 	if !decrypt {
-		pub, err := rsaPublicKey(k)
+		pub, err := r.publicKey(k)
 		if err != nil {
 			return nil, err
 		}
@@ -517,7 +560,7 @@ func rsaCipherOp(k Key, m *wire.Mechanism, p rsaPadding, decrypt bool) (CipherOp
 			return out, nil
 		}}, nil
 	}
-	priv, err := rsaPrivateKey(k)
+	priv, err := r.privateKey(k)
 	if err != nil {
 		return nil, err
 	}
@@ -536,13 +579,13 @@ func rsaCipherOp(k Key, m *wire.Mechanism, p rsaPadding, decrypt bool) (CipherOp
 	}}, nil
 }
 
-// rsaWrap encrypts a key's encoding under an RSA public key.
-func rsaWrap(w Key, m *wire.Mechanism, p rsaPadding, enc []byte) ([]byte, error) {
+// wrap encrypts a key's encoding under an RSA public key.
+func (r rsaPolicy) wrap(w Key, m *wire.Mechanism, p rsaPadding, enc []byte) ([]byte, error) {
 	s, err := schemeOf(m, p)
 	if err != nil {
 		return nil, err
 	}
-	pub, err := rsaPublicKey(w)
+	pub, err := r.publicKey(w)
 	if err != nil {
 		return nil, wrapKeyErr(err, ck.CKR_WRAPPING_KEY_SIZE_RANGE)
 	}
@@ -557,13 +600,13 @@ func rsaWrap(w Key, m *wire.Mechanism, p rsaPadding, enc []byte) ([]byte, error)
 	return out, nil
 }
 
-// rsaUnwrap decrypts a wrapped key with an RSA private key.
-func rsaUnwrap(u Key, m *wire.Mechanism, p rsaPadding, wrapped []byte) ([]byte, error) {
+// unwrap decrypts a wrapped key with an RSA private key.
+func (r rsaPolicy) unwrap(u Key, m *wire.Mechanism, p rsaPadding, wrapped []byte) ([]byte, error) {
 	s, err := schemeOf(m, p)
 	if err != nil {
 		return nil, err
 	}
-	priv, err := rsaPrivateKey(u)
+	priv, err := r.privateKey(u)
 	if err != nil {
 		return nil, wrapKeyErr(err, ck.CKR_UNWRAPPING_KEY_SIZE_RANGE)
 	}
@@ -604,15 +647,15 @@ func rsaAESParams(m *wire.Mechanism) (int, rsaScheme, error) {
 	return int(p.AESKeyBits / 8), rsaScheme{oaep: opts}, nil
 }
 
-// rsaAESWrap is CKM_RSA_AES_KEY_WRAP (PKCS#11 3.0, 2.1.21): a fresh AES
+// aesWrap is CKM_RSA_AES_KEY_WRAP (PKCS#11 3.0, 2.1.21): a fresh AES
 // key wrapped with OAEP under the RSA key, followed by the target wrapped
 // under that AES key with AES key wrap with padding.
-func rsaAESWrap(w Key, m *wire.Mechanism, enc []byte) ([]byte, error) {
+func (r rsaPolicy) aesWrap(w Key, m *wire.Mechanism, enc []byte) ([]byte, error) {
 	n, s, err := rsaAESParams(m)
 	if err != nil {
 		return nil, err
 	}
-	pub, err := rsaPublicKey(w)
+	pub, err := r.publicKey(w)
 	if err != nil {
 		return nil, wrapKeyErr(err, ck.CKR_WRAPPING_KEY_SIZE_RANGE)
 	}
@@ -633,13 +676,13 @@ func rsaAESWrap(w Key, m *wire.Mechanism, enc []byte) ([]byte, error) {
 	return append(first, kwpWrap(b, kwpDefaultIV, enc)...), nil
 }
 
-// rsaAESUnwrap undoes rsaAESWrap.
-func rsaAESUnwrap(u Key, m *wire.Mechanism, wrapped []byte) ([]byte, error) {
+// aesUnwrap undoes aesWrap.
+func (r rsaPolicy) aesUnwrap(u Key, m *wire.Mechanism, wrapped []byte) ([]byte, error) {
 	n, s, err := rsaAESParams(m)
 	if err != nil {
 		return nil, err
 	}
-	priv, err := rsaPrivateKey(u)
+	priv, err := r.privateKey(u)
 	if err != nil {
 		return nil, wrapKeyErr(err, ck.CKR_UNWRAPPING_KEY_SIZE_RANGE)
 	}

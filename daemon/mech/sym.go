@@ -3,7 +3,6 @@ package mech
 import (
 	"crypto/aes"
 	"crypto/cipher"
-	"maps"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
@@ -12,30 +11,32 @@ import (
 // Secret-key mechanisms. The family is split by what the mechanisms do:
 //   - aes.go: AES key generation and the cipher modes ECB, CBC,
 //     CBC_PAD, CTR and GCM, plus generic secret key generation;
-//   - mac.go: HMAC over SHA-1 and SHA-2, and AES-CMAC;
+//   - des.go: single and triple DES (legacy tables only): key
+//     generation, ECB, CBC, CBC_PAD and CMAC;
+//   - chacha.go: ChaCha20 key generation, the stream cipher, and
+//     ChaCha20-Poly1305;
+//   - mac.go: HMAC over SHA-1, SHA-2 and SHA-3 with their key
+//     generation, and AES-CMAC;
 //   - aeskw.go: AES key wrap (RFC 3394) and key wrap with padding
 //     (RFC 5649), and CBC_PAD as a wrapping mechanism;
 //   - hkdf.go: HKDF key derivation.
 //
-// Sizes in CK_MECHANISM_INFO follow the specification: bytes for AES
-// mechanisms, bits for those taking generic secret keys (HMAC, HKDF and
-// generic secret key generation).
+// Sizes in CK_MECHANISM_INFO follow the specification: bytes for AES,
+// DES, HMAC key generation and ChaCha20 key generation, bits for those
+// taking generic secret keys (HMAC, HKDF and generic secret key
+// generation) and for ChaCha20's ciphers.
 
 // symmetricMechanisms lists the secret-key mechanisms.
-func symmetricMechanisms() map[uint64]*Mechanism {
-	t := map[uint64]*Mechanism{}
-	for _, part := range []map[uint64]*Mechanism{
+func symmetricMechanisms(p policy) map[uint64]*Mechanism {
+	t := merge(map[uint64]*Mechanism{},
 		aesMechanisms(),
+		chachaMechanisms(),
 		macMechanisms(),
 		keyWrapMechanisms(),
 		hkdfMechanisms(),
-	} {
-		for typ := range part {
-			if _, dup := t[typ]; dup {
-				panic("mech: internal error: symmetric mechanism listed twice")
-			}
-		}
-		maps.Copy(t, part)
+	)
+	if p.legacy {
+		merge(t, desMechanisms())
 	}
 	return t
 }
@@ -52,7 +53,6 @@ const (
 var (
 	aesOnly     = []uint64{ck.CKK_AES}
 	genericOnly = []uint64{ck.CKK_GENERIC_SECRET}
-	anySecret   = []uint64{ck.CKK_GENERIC_SECRET, ck.CKK_AES}
 )
 
 // maxBuffered bounds what a buffering operation (GCM, key wrap used to

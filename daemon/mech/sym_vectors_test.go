@@ -144,7 +144,9 @@ func TestWycheproofKeyWrap(t *testing.T) {
 	}
 }
 
-// TestWycheproofMACs runs AES-CMAC and HMAC-SHA256. Vectors with a
+// TestWycheproofMACs runs AES-CMAC and HMAC over SHA-1, SHA-2 and
+// SHA-3, with generic secret keys and with the HMACs' own key types
+// (the HMACs' strictness about key types is TestHMACKeyTypes). Vectors with a
 // truncated tag check the MAC's first bytes (the mechanisms make whole
 // MACs, the _GENERAL variants not being offered).
 func TestWycheproofMACs(t *testing.T) {
@@ -156,7 +158,20 @@ func TestWycheproofMACs(t *testing.T) {
 	}{
 		{file: "aes_cmac_test.json", mech: ck.CKM_AES_CMAC, kt: ck.CKK_AES},
 		{file: "hmac_sha256_test.json", mech: ck.CKM_SHA256_HMAC, kt: ck.CKK_GENERIC_SECRET},
+		{file: "hmac_sha1_test.json", mech: ck.CKM_SHA_1_HMAC, kt: ck.CKK_SHA_1_HMAC},
+		{file: "hmac_sha224_test.json", mech: ck.CKM_SHA224_HMAC, kt: ck.CKK_SHA224_HMAC},
+		{file: "hmac_sha384_test.json", mech: ck.CKM_SHA384_HMAC, kt: ck.CKK_GENERIC_SECRET},
+		{file: "hmac_sha512_test.json", mech: ck.CKM_SHA512_HMAC, kt: ck.CKK_SHA512_HMAC},
+		{file: "hmac_sha512_224_test.json", mech: ck.CKM_SHA512_224_HMAC, kt: ck.CKK_SHA512_224_HMAC},
+		{file: "hmac_sha512_256_test.json", mech: ck.CKM_SHA512_256_HMAC, kt: ck.CKK_GENERIC_SECRET},
+		{file: "hmac_sha3_224_test.json", mech: ck.CKM_SHA3_224_HMAC, kt: ck.CKK_SHA3_224_HMAC},
+		{file: "hmac_sha3_256_test.json", mech: ck.CKM_SHA3_256_HMAC, kt: ck.CKK_GENERIC_SECRET},
+		{file: "hmac_sha3_384_test.json", mech: ck.CKM_SHA3_384_HMAC, kt: ck.CKK_SHA3_384_HMAC},
+		{file: "hmac_sha3_512_test.json", mech: ck.CKM_SHA3_512_HMAC, kt: ck.CKK_SHA3_512_HMAC},
 	} {
+		if !mechanisms[c.mech].Takes(c.kt) {
+			t.Fatalf("%#x does not take key type %#x", c.mech, c.kt)
+		}
 		entry := mechanisms[c.mech]
 		m := &wire.Mechanism{Type: c.mech}
 		ran := 0

@@ -51,8 +51,9 @@ const (
 	mPub
 	mPriv
 	mSecret
-	mAll  = mData | mCert | mPub | mPriv | mSecret
-	mKeys = mPub | mPriv | mSecret
+	mDomain // domain parameters (DSA's)
+	mAll    = mData | mCert | mPub | mPriv | mSecret | mDomain
+	mKeys   = mPub | mPriv | mSecret
 )
 
 func classMask(class uint64) cmask {
@@ -67,6 +68,8 @@ func classMask(class uint64) cmask {
 		return mPriv
 	case ck.CKO_SECRET_KEY:
 		return mSecret
+	case ck.CKO_DOMAIN_PARAMETERS:
+		return mDomain
 	}
 	return 0
 }
@@ -89,8 +92,18 @@ func ulong(v uint64) []byte { return keystore.Ulong(v) }
 
 var (
 	rsaKeys = []uint64{ck.CKK_RSA}
-	ecLike  = []uint64{ck.CKK_EC, ck.CKK_EC_EDWARDS}
-	secrets = []uint64{ck.CKK_AES, ck.CKK_GENERIC_SECRET}
+	dsaKeys = []uint64{ck.CKK_DSA}
+	ecLike  = []uint64{ck.CKK_EC, ck.CKK_EC_EDWARDS, ck.CKK_EC_MONTGOMERY}
+	// hmacKeys are the HMAC key types of PKCS#11 3.0.
+	hmacKeys = []uint64{
+		ck.CKK_SHA_1_HMAC, ck.CKK_SHA224_HMAC, ck.CKK_SHA256_HMAC, ck.CKK_SHA384_HMAC, ck.CKK_SHA512_HMAC,
+		ck.CKK_SHA512_224_HMAC, ck.CKK_SHA512_256_HMAC,
+		ck.CKK_SHA3_224_HMAC, ck.CKK_SHA3_256_HMAC, ck.CKK_SHA3_384_HMAC, ck.CKK_SHA3_512_HMAC,
+	}
+	// withLen are the secret key types with a CKA_VALUE_LEN: all but the
+	// DES keys, whose length their type says.
+	withLen = append([]uint64{ck.CKK_AES, ck.CKK_GENERIC_SECRET, ck.CKK_CHACHA20}, hmacKeys...)
+	desKeys = []uint64{ck.CKK_DES, ck.CKK_DES2, ck.CKK_DES3}
 )
 
 // rules is the table. Defaults that depend on the class (CKA_PRIVATE) or on
@@ -117,9 +130,10 @@ var rules = map[uint64]rule{
 	ck.CKA_HSMEMU_SECRET_CONTENT_TYPE: {kind: vBytes, classes: mData, flags: fModify},
 	ck.CKA_HSMEMU_SECRET_CREATED:      {kind: vUlong, classes: mData},
 	// CKA_VALUE: data objects (sealed, readable), certificates (public),
-	// secret keys and EC/Edwards private keys (sealed, sensitive). Its
-	// per-class handling is in valueRule.
-	ck.CKA_VALUE: {kind: vBytes, classes: mData | mCert | mPriv | mSecret},
+	// secret keys and EC, Edwards, Montgomery and DSA private keys
+	// (sealed, sensitive), DSA public keys (public). Its per-class
+	// handling is in valueRule.
+	ck.CKA_VALUE: {kind: vBytes, classes: mData | mCert | mPub | mPriv | mSecret},
 
 	// Certificates (X.509).
 	ck.CKA_CERTIFICATE_TYPE:           {kind: vUlong, classes: mCert, flags: fRequired},
@@ -140,9 +154,9 @@ var rules = map[uint64]rule{
 	ck.CKA_NAME_HASH_ALGORITHM:        {kind: vUlong, classes: mCert, def: ulong(ck.CKM_SHA_1)},
 
 	// Keys.
-	ck.CKA_KEY_TYPE:            {kind: vUlong, classes: mKeys, flags: fRequired},
+	ck.CKA_KEY_TYPE:            {kind: vUlong, classes: mKeys | mDomain, flags: fRequired},
 	ck.CKA_DERIVE:              {kind: vBool, classes: mKeys, flags: fModify, def: vFalse},
-	ck.CKA_LOCAL:               {kind: vBool, classes: mKeys, flags: fNever},
+	ck.CKA_LOCAL:               {kind: vBool, classes: mKeys | mDomain, flags: fNever},
 	ck.CKA_KEY_GEN_MECHANISM:   {kind: vUlong, classes: mKeys, flags: fNever},
 	ck.CKA_ALLOWED_MECHANISMS:  {kind: vUlongs, classes: mKeys, def: vEmpty},
 	ck.CKA_ENCRYPT:             {kind: vBool, classes: mPub | mSecret, flags: fModify, def: vTrue},
@@ -162,7 +176,7 @@ var rules = map[uint64]rule{
 	ck.CKA_NEVER_EXTRACTABLE:   {kind: vBool, classes: mPriv | mSecret, flags: fNever},
 	ck.CKA_WRAP_WITH_TRUSTED:   {kind: vBool, classes: mPriv | mSecret, flags: fModify | fToTrue, def: vFalse},
 	ck.CKA_ALWAYS_AUTHENTICATE: {kind: vBool, classes: mPriv, def: vFalse},
-	ck.CKA_VALUE_LEN:           {kind: vUlong, classes: mSecret, keyTypes: secrets},
+	ck.CKA_VALUE_LEN:           {kind: vUlong, classes: mSecret, keyTypes: withLen},
 	// The protection level: set when the key is made, never changed.
 	ck.CKA_HSMEMU_PROTECTION: {kind: vUlong, classes: mPriv | mSecret},
 
@@ -177,7 +191,17 @@ var rules = map[uint64]rule{
 	ck.CKA_EXPONENT_2:       {kind: vBytes, classes: mPriv, keyTypes: rsaKeys, flags: fSecret | fSensitive},
 	ck.CKA_COEFFICIENT:      {kind: vBytes, classes: mPriv, keyTypes: rsaKeys, flags: fSecret | fSensitive},
 
-	// EC and Edwards curves.
+	// DSA: the domain parameters of keys and of domain parameter
+	// objects. CKA_PRIME_BITS and CKA_SUBPRIME_BITS say what
+	// CKM_DSA_PARAMETER_GEN makes; the token computes them for a created
+	// object.
+	ck.CKA_PRIME:         {kind: vBytes, classes: mPub | mPriv | mDomain, keyTypes: dsaKeys, flags: fRequired},
+	ck.CKA_SUBPRIME:      {kind: vBytes, classes: mPub | mPriv | mDomain, keyTypes: dsaKeys, flags: fRequired},
+	ck.CKA_BASE:          {kind: vBytes, classes: mPub | mPriv | mDomain, keyTypes: dsaKeys, flags: fRequired},
+	ck.CKA_PRIME_BITS:    {kind: vUlong, classes: mDomain, keyTypes: dsaKeys},
+	ck.CKA_SUBPRIME_BITS: {kind: vUlong, classes: mDomain, keyTypes: dsaKeys},
+
+	// EC, Edwards and Montgomery curves.
 	ck.CKA_EC_PARAMS: {kind: vBytes, classes: mPub | mPriv, keyTypes: ecLike, flags: fRequired},
 	ck.CKA_EC_POINT:  {kind: vBytes, classes: mPub, keyTypes: ecLike, flags: fRequired},
 }
@@ -253,10 +277,18 @@ func valueRule(class, keyType uint64, r rule) rule {
 	case ck.CKO_SECRET_KEY:
 		r.flags = fRequired | fSecret | fSensitive
 	case ck.CKO_PRIVATE_KEY:
-		if keyType != ck.CKK_EC && keyType != ck.CKK_EC_EDWARDS {
+		switch keyType {
+		case ck.CKK_EC, ck.CKK_EC_EDWARDS, ck.CKK_EC_MONTGOMERY, ck.CKK_DSA:
+		default:
 			r.classes = 0
 		}
 		r.flags = fRequired | fSecret | fSensitive
+	case ck.CKO_PUBLIC_KEY:
+		// A DSA public key's y.
+		if keyType != ck.CKK_DSA {
+			r.classes = 0
+		}
+		r.flags = fRequired
 	}
 	return r
 }

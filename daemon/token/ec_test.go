@@ -64,7 +64,7 @@ func TestECMechanisms(t *testing.T) {
 			params []byte
 			want   uint64
 		}{
-			{params: oidDER(asn1.ObjectIdentifier{1, 3, 132, 0, 10}), want: ck.CKR_CURVE_NOT_SUPPORTED}, // secp256k1
+			{params: oidDER(asn1.ObjectIdentifier{1, 3, 36, 3, 3, 2, 8, 1, 1, 7}), want: ck.CKR_CURVE_NOT_SUPPORTED}, // brainpoolP256r1
 			{params: edParams, want: ck.CKR_CURVE_NOT_SUPPORTED},
 			{params: []byte{0x06, 0x01}, want: ck.CKR_DOMAIN_PARAMS_INVALID},
 		} {
@@ -86,11 +86,12 @@ func TestECMechanisms(t *testing.T) {
 				h    crypto.Hash
 			}{
 				{mech: ck.CKM_ECDSA, h: 0},
-				{mech: ck.CKM_ECDSA_SHA1, h: crypto.SHA1},
 				{mech: ck.CKM_ECDSA_SHA224, h: crypto.SHA224},
 				{mech: ck.CKM_ECDSA_SHA256, h: crypto.SHA256},
 				{mech: ck.CKM_ECDSA_SHA384, h: crypto.SHA384},
 				{mech: ck.CKM_ECDSA_SHA512, h: crypto.SHA512},
+				{mech: ck.CKM_ECDSA_SHA3_256, h: crypto.SHA3_256},
+				{mech: ck.CKM_ECDSA_SHA3_512, h: crypto.SHA3_512},
 			} {
 				name := p.curve.Params().Name
 				in, d := asymMsg, []byte(nil)

@@ -27,6 +27,10 @@ type Config struct {
 	// 200 ms; negative disables the delay (tests).
 	FailureDelay    time.Duration
 	MaxFailureDelay time.Duration
+	// LegacyAlgorithms enables the legacy algorithms (single and triple
+	// DES, DSA, RSA keys of 1024 bits, SHA-1 in new signatures) on tokens
+	// that are not premium: `hsmemu serve --legacy-algorithms`.
+	LegacyAlgorithms bool
 }
 
 // DefaultMaxSessions is how many sessions one application may have open
@@ -51,7 +55,11 @@ type Engine struct {
 	store Store
 	log   *slog.Logger
 	cfg   Config
-	mechs *mech.Table
+	// mechs is the modern mechanism table; legacy, with the legacy
+	// policy, the legacy one (mech.Table.WithLegacy), which shares its
+	// background work. A token's table is mechsFor(its tier).
+	mechs  *mech.Table
+	legacy *mech.Table
 
 	mu     sync.Mutex
 	apps   map[AppID]*App
@@ -96,12 +104,17 @@ func New(store Store, log *slog.Logger, cfg Config) *Engine {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Engine{store: store, log: log, cfg: cfg, mechs: mech.New(),
+	e := &Engine{store: store, log: log, cfg: cfg, mechs: mech.New(),
 		apps: map[AppID]*App{}, logins: map[keystore.UUID]*tokenLogin{}, quit: make(chan struct{})}
+	if cfg.LegacyAlgorithms {
+		e.legacy = e.mechs.WithLegacy()
+	}
+	return e
 }
 
 // Close stops the engine's background work (the mechanisms' nonce
-// fillers). The daemon closes it after its server has stopped.
+// fillers, which the legacy table shares). The daemon closes it after its
+// server has stopped.
 func (e *Engine) Close() { e.mechs.Close() }
 
 // AppID identifies an application: every connection of one initialised

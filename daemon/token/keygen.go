@@ -24,15 +24,16 @@ func (e *Engine) generateKey(ctx context.Context, app *App, h uint64, wm *wire.M
 	if err != nil {
 		return 0, err
 	}
-	tier, err := e.tierOf(ctx, s)
+	pol, err := e.tierOf(ctx, s)
 	if err != nil {
 		return 0, err
 	}
-	mc, ok := e.mechs.Get(wm.Type)
+	mc, ok := pol.mechs.Get(wm.Type)
 	if !ok || !mc.Does(mech.Generate) {
 		return 0, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
-	m, class, kt, err := checkTemplate(tmpl, app.isSO(s), originGenerate, ck.CKO_SECRET_KEY, mc.GenKeyType())
+	// A secret key, or DSA's domain parameters.
+	m, class, kt, err := checkTemplate(tmpl, app.isSO(s), pol.legacy(), originGenerate, mc.GenClass(), mc.GenKeyType())
 	if err != nil {
 		return 0, err
 	}
@@ -41,7 +42,7 @@ func (e *Engine) generateKey(ctx context.Context, app *App, h uint64, wm *wire.M
 		return 0, err
 	}
 	maps.Copy(m, add)
-	if err := completeObject(m, class, kt, originGenerate, wm.Type, nil, tier); err != nil {
+	if err := completeObject(m, class, kt, originGenerate, wm.Type, nil, pol); err != nil {
 		return 0, err
 	}
 	return e.keep(ctx, app, s, "generate", m, class, kt)
@@ -53,20 +54,20 @@ func (e *Engine) generateKeyPair(ctx context.Context, app *App, h uint64, wm *wi
 	if err != nil {
 		return 0, 0, err
 	}
-	tier, err := e.tierOf(ctx, s)
+	pol, err := e.tierOf(ctx, s)
 	if err != nil {
 		return 0, 0, err
 	}
-	mc, ok := e.mechs.Get(wm.Type)
+	mc, ok := pol.mechs.Get(wm.Type)
 	if !ok || !mc.Does(mech.GeneratePair) {
 		return 0, 0, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
 	so := app.isSO(s)
-	pub, pc, pkt, err := checkTemplate(pubTmpl, so, originGenerate, ck.CKO_PUBLIC_KEY, mc.GenKeyType())
+	pub, pc, pkt, err := checkTemplate(pubTmpl, so, pol.legacy(), originGenerate, ck.CKO_PUBLIC_KEY, mc.GenKeyType())
 	if err != nil {
 		return 0, 0, err
 	}
-	priv, vc, vkt, err := checkTemplate(privTmpl, so, originGenerate, ck.CKO_PRIVATE_KEY, mc.GenKeyType())
+	priv, vc, vkt, err := checkTemplate(privTmpl, so, pol.legacy(), originGenerate, ck.CKO_PRIVATE_KEY, mc.GenKeyType())
 	if err != nil {
 		return 0, 0, err
 	}
@@ -76,10 +77,10 @@ func (e *Engine) generateKeyPair(ctx context.Context, app *App, h uint64, wm *wi
 	}
 	maps.Copy(pub, pubAdd)
 	maps.Copy(priv, privAdd)
-	if err := completeObject(pub, pc, pkt, originGenerate, wm.Type, nil, tier); err != nil {
+	if err := completeObject(pub, pc, pkt, originGenerate, wm.Type, nil, pol); err != nil {
 		return 0, 0, err
 	}
-	if err := completeObject(priv, vc, vkt, originGenerate, wm.Type, nil, tier); err != nil {
+	if err := completeObject(priv, vc, vkt, originGenerate, wm.Type, nil, pol); err != nil {
 		return 0, 0, err
 	}
 	ph, err := e.keep(ctx, app, s, "generate", pub, pc, pkt)
@@ -103,7 +104,11 @@ func (e *Engine) wrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mecha
 	if err != nil {
 		return err
 	}
-	mc, ok := e.mechs.Get(wm.Type)
+	mechs, err := e.mechsOf(ctx, s)
+	if err != nil {
+		return err
+	}
+	mc, ok := mechs.Get(wm.Type)
 	if !ok || !mc.Does(mech.Wrap) {
 		return ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
@@ -167,11 +172,11 @@ func (e *Engine) unwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if err != nil {
 		return 0, err
 	}
-	tier, err := e.tierOf(ctx, s)
+	pol, err := e.tierOf(ctx, s)
 	if err != nil {
 		return 0, err
 	}
-	mc, ok := e.mechs.Get(wm.Type)
+	mc, ok := pol.mechs.Get(wm.Type)
 	if !ok || !mc.Does(mech.Unwrap) {
 		return 0, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
@@ -187,7 +192,7 @@ func (e *Engine) unwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if tmpl, err = impose(tmpl, uk, ck.CKA_UNWRAP_TEMPLATE); err != nil {
 		return 0, err
 	}
-	m, class, kt, err := checkTemplate(tmpl, app.isSO(s), originUnwrap, 0, noKeyType)
+	m, class, kt, err := checkTemplate(tmpl, app.isSO(s), pol.legacy(), originUnwrap, 0, noKeyType)
 	if err != nil {
 		return 0, err
 	}
@@ -206,7 +211,7 @@ func (e *Engine) unwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 		}
 	}
 	maps.Copy(m, add)
-	if err := completeObject(m, class, kt, originUnwrap, 0, nil, tier); err != nil {
+	if err := completeObject(m, class, kt, originUnwrap, 0, nil, pol); err != nil {
 		return 0, err
 	}
 	return e.keep(ctx, app, s, "unwrap", m, class, kt)
@@ -249,11 +254,11 @@ func (e *Engine) deriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if err != nil {
 		return 0, err
 	}
-	tier, err := e.tierOf(ctx, s)
+	pol, err := e.tierOf(ctx, s)
 	if err != nil {
 		return 0, err
 	}
-	mc, ok := e.mechs.Get(wm.Type)
+	mc, ok := pol.mechs.Get(wm.Type)
 	if !ok || !mc.Does(mech.Derive) {
 		return 0, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
@@ -268,11 +273,11 @@ func (e *Engine) deriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 		return 0, err
 	}
 	so := app.isSO(s)
-	m, class, kt, err := checkTemplate(tmpl, so, originDerive, ck.CKO_SECRET_KEY, noKeyType)
+	m, class, kt, err := checkTemplate(tmpl, so, pol.legacy(), originDerive, ck.CKO_SECRET_KEY, noKeyType)
 	if errors.Is(err, ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)) {
 		// No key type: a generic secret.
 		tmpl = append(tmpl, attr{Type: ck.CKA_KEY_TYPE, Value: ulong(ck.CKK_GENERIC_SECRET)})
-		m, class, kt, err = checkTemplate(tmpl, so, originDerive, ck.CKO_SECRET_KEY, noKeyType)
+		m, class, kt, err = checkTemplate(tmpl, so, pol.legacy(), originDerive, ck.CKO_SECRET_KEY, noKeyType)
 	}
 	if err != nil {
 		return 0, err
@@ -285,15 +290,26 @@ func (e *Engine) deriveKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 		}
 		length = int(n)
 	}
-	if kt == ck.CKK_AES && length == 0 {
+	// Key types of a fixed length say it themselves (DES, DES2, DES3 and
+	// ChaCha20 keys have no CKA_VALUE_LEN).
+	switch {
+	case kt == ck.CKK_CHACHA20 && length == 0:
+		length = 32
+	case desKeyLen(kt) != 0:
+		length = desKeyLen(kt)
+	case kt == ck.CKK_AES && length == 0:
 		return 0, ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
 	}
 	value, err := mc.Derive(base, wm, length)
 	if err != nil {
 		return 0, err
 	}
+	if desKeyLen(kt) != 0 {
+		// A derived DES key gets its parity bits set, as DES keys have.
+		mech.SetDESParity(value)
+	}
 	m[ck.CKA_VALUE] = value
-	if err := completeObject(m, class, kt, originDerive, 0, base, tier); err != nil {
+	if err := completeObject(m, class, kt, originDerive, 0, base, pol); err != nil {
 		return 0, err
 	}
 	return e.keep(ctx, app, s, "derive", m, class, kt)

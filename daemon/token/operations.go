@@ -161,7 +161,11 @@ func (e *Engine) opInit(ctx context.Context, app *App, h uint64, kind opKind, wm
 	if active {
 		return ck.Error(ck.CKR_OPERATION_ACTIVE)
 	}
-	m, ok := e.mechs.Get(wm.Type)
+	mechs, err := e.mechsOf(ctx, s)
+	if err != nil {
+		return err
+	}
+	m, ok := mechs.Get(wm.Type)
 	if !ok || !m.Does(funcOf[kind]) {
 		return ck.Error(ck.CKR_MECHANISM_INVALID)
 	}

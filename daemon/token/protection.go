@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"hsmemu/cryptoki/ck"
+	"hsmemu/daemon/mech"
 	"hsmemu/keystore"
 )
 
@@ -45,17 +46,60 @@ func protect(m map[uint64][]byte, tier keystore.Tier) error {
 	return nil
 }
 
-// tierOf returns the tier of a session's token. A token's tier is fixed
-// when it is made, so the session keeps it after the first authenticated
-// read instead of reading the token row at every key it creates.
-func (e *Engine) tierOf(ctx context.Context, s *session) (keystore.Tier, error) {
+// tierOf returns the policy of a session's token: its tier and its
+// mechanism table. A token's tier is fixed when it is made, so the session
+// keeps it after the first authenticated read instead of reading the
+// token row at every key it creates.
+func (e *Engine) tierOf(ctx context.Context, s *session) (policy, error) {
 	if t := s.tier.Load(); t != 0 {
-		return keystore.Tier(t), nil
+		return e.policyOf(keystore.Tier(t)), nil
 	}
 	ti, err := e.store.Token(ctx, s.token)
 	if err != nil {
-		return 0, err
+		return policy{}, err
 	}
 	s.tier.Store(uint32(ti.Tier))
-	return ti.Tier, nil
+	return e.policyOf(ti.Tier), nil
+}
+
+// policyOf is the policy of a token of the given tier.
+func (e *Engine) policyOf(tier keystore.Tier) policy {
+	return policy{tier: tier, mechs: e.mechsFor(tier)}
+}
+
+// mechsFor is the mechanism table of a token of the given tier: the
+// legacy one when the daemon runs with the legacy policy and the token is
+// not premium, which never allows the legacy algorithms.
+func (e *Engine) mechsFor(tier keystore.Tier) *mech.Table {
+	if e.legacy != nil && tier != keystore.TierPremium {
+		return e.legacy
+	}
+	return e.mechs
+}
+
+// mechsOf is the mechanism table of a session's token. Without the
+// legacy policy every token has the modern table, and the token's tier
+// is not read.
+func (e *Engine) mechsOf(ctx context.Context, s *session) (*mech.Table, error) {
+	if e.legacy == nil {
+		return e.mechs, nil
+	}
+	pol, err := e.tierOf(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	return pol.mechs, nil
+}
+
+// slotMechs is the mechanism table of a slot's token; the free slot's is
+// that of the tier C_InitToken gives new tokens.
+func (e *Engine) slotMechs(ctx context.Context, slot uint64) (*mech.Table, error) {
+	if slot == freeSlot {
+		return e.mechsFor(e.cfg.DefaultTier), nil
+	}
+	ti, err := e.token(ctx, slot)
+	if err != nil {
+		return nil, err
+	}
+	return e.mechsFor(ti.Tier), nil
 }

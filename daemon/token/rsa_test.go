@@ -257,15 +257,20 @@ func TestRSAMechanisms(t *testing.T) {
 			flags    uint64
 		}{
 			{mech: ck.CKM_RSA_PKCS_KEY_PAIR_GEN, min: 2048, max: 8192, flags: ck.CKF_GENERATE_KEY_PAIR},
-			{mech: ck.CKM_RSA_PKCS, min: 1024, max: 16384, flags: ck.CKF_ENCRYPT | ck.CKF_DECRYPT | ck.CKF_SIGN | ck.CKF_VERIFY | ck.CKF_WRAP | ck.CKF_UNWRAP},
-			{mech: ck.CKM_RSA_PKCS_OAEP, min: 1024, max: 16384, flags: ck.CKF_ENCRYPT | ck.CKF_DECRYPT | ck.CKF_WRAP | ck.CKF_UNWRAP},
-			{mech: ck.CKM_SHA256_RSA_PKCS_PSS, min: 1024, max: 16384, flags: ck.CKF_SIGN | ck.CKF_VERIFY},
-			{mech: ck.CKM_RSA_AES_KEY_WRAP, min: 1024, max: 16384, flags: ck.CKF_WRAP | ck.CKF_UNWRAP},
-			{mech: ck.CKM_EC_KEY_PAIR_GEN, min: 256, max: 521, flags: ck.CKF_GENERATE_KEY_PAIR | ecCurveFlags},
-			{mech: ck.CKM_ECDSA_SHA256, min: 256, max: 521, flags: ck.CKF_SIGN | ck.CKF_VERIFY | ecCurveFlags},
-			{mech: ck.CKM_ECDH1_DERIVE, min: 256, max: 521, flags: ck.CKF_DERIVE | ecCurveFlags},
-			{mech: ck.CKM_EC_EDWARDS_KEY_PAIR_GEN, min: 255, max: 255, flags: ck.CKF_GENERATE_KEY_PAIR | ck.CKF_EC_NAMEDCURVE},
-			{mech: ck.CKM_EDDSA, min: 255, max: 255, flags: ck.CKF_SIGN | ck.CKF_VERIFY | ck.CKF_EC_NAMEDCURVE},
+			{mech: ck.CKM_RSA_PKCS, min: 2048, max: 16384, flags: ck.CKF_ENCRYPT | ck.CKF_DECRYPT | ck.CKF_SIGN | ck.CKF_VERIFY | ck.CKF_WRAP | ck.CKF_UNWRAP},
+			{mech: ck.CKM_RSA_PKCS_OAEP, min: 2048, max: 16384, flags: ck.CKF_ENCRYPT | ck.CKF_DECRYPT | ck.CKF_WRAP | ck.CKF_UNWRAP},
+			{mech: ck.CKM_SHA256_RSA_PKCS_PSS, min: 2048, max: 16384, flags: ck.CKF_SIGN | ck.CKF_VERIFY},
+			{mech: ck.CKM_SHA3_256_RSA_PKCS_PSS, min: 2048, max: 16384, flags: ck.CKF_SIGN | ck.CKF_VERIFY},
+			{mech: ck.CKM_SHA1_RSA_PKCS, min: 2048, max: 16384, flags: ck.CKF_VERIFY},
+			{mech: ck.CKM_SHA1_RSA_PKCS_PSS, min: 2048, max: 16384, flags: ck.CKF_VERIFY},
+			{mech: ck.CKM_RSA_AES_KEY_WRAP, min: 2048, max: 16384, flags: ck.CKF_WRAP | ck.CKF_UNWRAP},
+			{mech: ck.CKM_EC_KEY_PAIR_GEN, min: 224, max: 521, flags: ck.CKF_GENERATE_KEY_PAIR | ecCurveFlags},
+			{mech: ck.CKM_ECDSA_SHA256, min: 224, max: 521, flags: ck.CKF_SIGN | ck.CKF_VERIFY | ecCurveFlags},
+			{mech: ck.CKM_ECDSA_SHA1, min: 224, max: 521, flags: ck.CKF_VERIFY | ecCurveFlags},
+			{mech: ck.CKM_ECDH1_DERIVE, min: 224, max: 521, flags: ck.CKF_DERIVE | ecCurveFlags},
+			{mech: ck.CKM_EC_EDWARDS_KEY_PAIR_GEN, min: 255, max: 448, flags: ck.CKF_GENERATE_KEY_PAIR | ck.CKF_EC_NAMEDCURVE},
+			{mech: ck.CKM_EC_MONTGOMERY_KEY_PAIR_GEN, min: 255, max: 448, flags: ck.CKF_GENERATE_KEY_PAIR | ck.CKF_EC_NAMEDCURVE},
+			{mech: ck.CKM_EDDSA, min: 255, max: 448, flags: ck.CKF_SIGN | ck.CKF_VERIFY | ck.CKF_EC_NAMEDCURVE},
 		} {
 			info := s.Must(ck.CKR_OK, "C_GetMechanismInfo", U(freeSlot), U(tc.mech), None())[2].Struct.(*wire.MechanismInfo)
 			if info.MinKeySize != tc.min || info.MaxKeySize != tc.max || info.Flags != tc.flags {
@@ -334,13 +339,13 @@ func TestRSAMechanisms(t *testing.T) {
 			input []byte // for the single-part mechanisms
 		}{
 			{name: "RSA_PKCS", m: M(ck.CKM_RSA_PKCS), h: crypto.SHA256, pss: false, input: digestInfo(digest[:])},
-			{name: "SHA1_RSA_PKCS", m: M(ck.CKM_SHA1_RSA_PKCS), h: crypto.SHA1, pss: false, input: nil},
 			{name: "SHA224_RSA_PKCS", m: M(ck.CKM_SHA224_RSA_PKCS), h: crypto.SHA224, pss: false, input: nil},
 			{name: "SHA256_RSA_PKCS", m: M(ck.CKM_SHA256_RSA_PKCS), h: crypto.SHA256, pss: false, input: nil},
 			{name: "SHA384_RSA_PKCS", m: M(ck.CKM_SHA384_RSA_PKCS), h: crypto.SHA384, pss: false, input: nil},
 			{name: "SHA512_RSA_PKCS", m: M(ck.CKM_SHA512_RSA_PKCS), h: crypto.SHA512, pss: false, input: nil},
 			{name: "RSA_PKCS_PSS", m: pssMech(ck.CKM_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA256, 32), h: crypto.SHA256, pss: true, input: digest[:]},
-			{name: "SHA1_RSA_PKCS_PSS", m: pssMech(ck.CKM_SHA1_RSA_PKCS_PSS, ck.CKM_SHA_1, ck.CKG_MGF1_SHA1, 20), h: crypto.SHA1, pss: true, input: nil},
+			{name: "SHA3_256_RSA_PKCS", m: M(ck.CKM_SHA3_256_RSA_PKCS), h: crypto.SHA3_256, pss: false, input: nil},
+			{name: "SHA3_384_RSA_PKCS_PSS", m: pssMech(ck.CKM_SHA3_384_RSA_PKCS_PSS, ck.CKM_SHA3_384, ck.CKG_MGF1_SHA3_384, 48), h: crypto.SHA3_384, pss: true, input: nil},
 			{name: "SHA224_RSA_PKCS_PSS", m: pssMech(ck.CKM_SHA224_RSA_PKCS_PSS, ck.CKM_SHA224, ck.CKG_MGF1_SHA224, 28), h: crypto.SHA224, pss: true, input: nil},
 			{name: "SHA256_RSA_PKCS_PSS", m: pssMech(ck.CKM_SHA256_RSA_PKCS_PSS, ck.CKM_SHA256, ck.CKG_MGF1_SHA256, 32), h: crypto.SHA256, pss: true, input: nil},
 			{name: "SHA384_RSA_PKCS_PSS", m: pssMech(ck.CKM_SHA384_RSA_PKCS_PSS, ck.CKM_SHA384, ck.CKG_MGF1_SHA384, 48), h: crypto.SHA384, pss: true, input: nil},

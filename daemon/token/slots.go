@@ -205,22 +205,20 @@ func (e *Engine) tokenLogin(token keystore.UUID) *tokenLogin {
 
 // mechanismList returns the mechanisms a slot's token implements, sorted.
 func (e *Engine) mechanismList(ctx context.Context, slot uint64) ([]uint64, error) {
-	if slot != freeSlot {
-		if _, err := e.token(ctx, slot); err != nil {
-			return nil, err
-		}
+	mechs, err := e.slotMechs(ctx, slot)
+	if err != nil {
+		return nil, err
 	}
-	return slices.Clone(e.mechs.Types()), nil
+	return slices.Clone(mechs.Types()), nil
 }
 
 // mechanismInfo describes one mechanism.
 func (e *Engine) mechanismInfo(ctx context.Context, slot, typ uint64) (*wire.MechanismInfo, error) {
-	if slot != freeSlot {
-		if _, err := e.token(ctx, slot); err != nil {
-			return nil, err
-		}
+	mechs, err := e.slotMechs(ctx, slot)
+	if err != nil {
+		return nil, err
 	}
-	m, ok := e.mechs.Get(typ)
+	m, ok := mechs.Get(typ)
 	if !ok {
 		return nil, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}

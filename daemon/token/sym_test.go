@@ -629,14 +629,21 @@ func TestSymKeyPolicy(t *testing.T) {
 	cl.Must(ck.CKR_MECHANISM_INVALID, "C_EncryptInit", U(h), mechIV(ck.CKM_AES_CBC, iv), U(onlyGCM))
 	cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), gcmMech(iv[:12], nil, 128), U(onlyGCM))
 	cl.Must(ck.CKR_OK, "C_Encrypt", U(h), S("data"), Out(64))
-	// HMAC takes AES keys as well as generic secrets; a parameter is refused.
-	cl.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_SHA384_HMAC), U(ak))
-	cl.Must(ck.CKR_OPERATION_ACTIVE, "C_SignInit", U(h), M(ck.CKM_SHA384_HMAC), U(ak))
+	// HMAC takes generic secrets and its own key type, not AES keys (nor
+	// another HMAC's key type); a parameter is refused.
+	cl.Must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_SignInit", U(h), M(ck.CKM_SHA384_HMAC), U(ak))
+	cl.Must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_VerifyInit", U(h), M(ck.CKM_SHA256_HMAC), U(ak))
+	hk := cl.secret(h, ck.CKK_SHA384_HMAC, bytes.Repeat([]byte{5}, 48))
+	cl.Must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_SignInit", U(h), M(ck.CKM_SHA256_HMAC), U(hk))
+	cl.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_SHA384_HMAC), U(hk))
+	cl.Must(ck.CKR_OPERATION_ACTIVE, "C_SignInit", U(h), M(ck.CKM_SHA384_HMAC), U(hk))
 	if mac := cl.Must(ck.CKR_OK, "C_Sign", U(h), S("data"), Out(64)); len(mac[2].Bytes) != 48 {
-		t.Fatalf("HMAC-SHA384 with an AES key: %d bytes", len(mac[2].Bytes))
+		t.Fatalf("HMAC-SHA384 with a CKK_SHA384_HMAC key: %d bytes", len(mac[2].Bytes))
 	}
+	cl.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_SHA384_HMAC), U(generic))
+	cl.Must(ck.CKR_OK, "C_Sign", U(h), S("data"), Out(64))
 	cl.Must(ck.CKR_MECHANISM_PARAM_INVALID, "C_VerifyInit", U(h), wire.Value{Mechanism: &wire.Mechanism{
-		Type: ck.CKM_SHA256_HMAC, Present: true, Param: wire.Param{Kind: calls.PBytes, Bytes: []byte{32}}}}, U(ak))
+		Type: ck.CKM_SHA256_HMAC, Present: true, Param: wire.Param{Kind: calls.PBytes, Bytes: []byte{32}}}}, U(generic))
 	// Mechanisms that do not do what is asked.
 	cl.Must(ck.CKR_MECHANISM_INVALID, "C_SignInit", U(h), M(ck.CKM_AES_ECB), U(ak))
 	cl.Must(ck.CKR_MECHANISM_INVALID, "C_EncryptInit", U(h), M(ck.CKM_SHA256_HMAC), U(ak))

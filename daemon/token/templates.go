@@ -2,8 +2,10 @@ package token
 
 import (
 	"math/big"
+	"slices"
 
 	"hsmemu/cryptoki/ck"
+	"hsmemu/daemon/mech"
 	"hsmemu/keystore"
 )
 
@@ -39,13 +41,30 @@ func ulongOf(v []byte) uint64 {
 	return x
 }
 
-// supportedKeyTypes are the key types objects may have, by class.
-func keyTypeSupported(class, kt uint64) bool {
+// keyTypeSupported says which key types objects of a class may have. The
+// legacy ones (single and triple DES, DSA) need a token whose mechanism
+// table has them (docs/mechanisms.md, "The legacy policy"); elsewhere a
+// template naming them is CKR_ATTRIBUTE_VALUE_INVALID.
+func keyTypeSupported(class, kt uint64, legacy bool) bool {
 	switch class {
 	case ck.CKO_SECRET_KEY:
-		return kt == ck.CKK_AES || kt == ck.CKK_GENERIC_SECRET
+		switch {
+		case kt == ck.CKK_AES || kt == ck.CKK_GENERIC_SECRET || kt == ck.CKK_CHACHA20:
+			return true
+		case slices.Contains(hmacKeys, kt):
+			return true
+		case slices.Contains(desKeys, kt):
+			return legacy
+		}
 	case ck.CKO_PUBLIC_KEY, ck.CKO_PRIVATE_KEY:
-		return kt == ck.CKK_RSA || kt == ck.CKK_EC || kt == ck.CKK_EC_EDWARDS
+		switch kt {
+		case ck.CKK_RSA, ck.CKK_EC, ck.CKK_EC_EDWARDS, ck.CKK_EC_MONTGOMERY:
+			return true
+		case ck.CKK_DSA:
+			return legacy
+		}
+	case ck.CKO_DOMAIN_PARAMETERS:
+		return kt == ck.CKK_DSA && legacy
 	}
 	return false
 }
@@ -69,21 +88,38 @@ func isMaterial(t, class uint64) bool {
 		ck.CKA_EXPONENT_1, ck.CKA_EXPONENT_2, ck.CKA_COEFFICIENT, ck.CKA_EC_POINT:
 		return true
 	case ck.CKA_VALUE:
-		return class == ck.CKO_SECRET_KEY || class == ck.CKO_PRIVATE_KEY
+		return class == ck.CKO_SECRET_KEY || class == ck.CKO_PRIVATE_KEY || class == ck.CKO_PUBLIC_KEY
 	case ck.CKA_PUBLIC_EXPONENT:
 		return class == ck.CKO_PRIVATE_KEY
+	case ck.CKA_PRIME, ck.CKA_SUBPRIME, ck.CKA_BASE:
+		// A DSA public key's template gives the domain parameters a
+		// key pair is generated on; the private key and domain
+		// parameters get them from the mechanism.
+		return class == ck.CKO_PRIVATE_KEY || class == ck.CKO_DOMAIN_PARAMETERS
 	}
 	return false
 }
 
+// policy is what a token allows on this daemon: its tier (which decides
+// keys' protection) and its mechanism table (the legacy one for a token
+// of the standard tier when the daemon runs with the legacy policy).
+type policy struct {
+	tier  keystore.Tier
+	mechs *mech.Table
+}
+
+// legacy reports whether the token takes the legacy algorithms' key
+// types.
+func (p policy) legacy() bool { return p.mechs != nil && p.mechs.Legacy() }
+
 // checkCreate validates a C_CreateObject template and returns the object's
 // full set of attributes, defaults and computed values included.
-func checkCreate(tmpl []attr, so bool, tier keystore.Tier) (map[uint64][]byte, uint64, uint64, error) {
-	m, class, kt, err := checkTemplate(tmpl, so, originCreate, 0, noKeyType)
+func checkCreate(tmpl []attr, so bool, pol policy) (map[uint64][]byte, uint64, uint64, error) {
+	m, class, kt, err := checkTemplate(tmpl, so, pol.legacy(), originCreate, 0, noKeyType)
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	if err := completeObject(m, class, kt, originCreate, 0, nil, tier); err != nil {
+	if err := completeObject(m, class, kt, originCreate, 0, nil, pol); err != nil {
 		return nil, 0, 0, err
 	}
 	return m, class, kt, nil
@@ -93,10 +129,11 @@ func checkCreate(tmpl []attr, so bool, tier keystore.Tier) (map[uint64][]byte, u
 // since CKK_RSA is 0.
 const noKeyType = ^uint64(0)
 
-// checkTemplate validates a template for an object of the given origin;
-// defClass and defKeyType fill a missing CKA_CLASS or CKA_KEY_TYPE (0,
-// noKeyType: none). The material comes later, then completeObject.
-func checkTemplate(tmpl []attr, so bool, org origin, defClass, defKeyType uint64) (map[uint64][]byte, uint64, uint64, error) {
+// checkTemplate validates a template for an object of the given origin,
+// on a token that takes the legacy key types or not; defClass and
+// defKeyType fill a missing CKA_CLASS or CKA_KEY_TYPE (0, noKeyType:
+// none). The material comes later, then completeObject.
+func checkTemplate(tmpl []attr, so, legacy bool, org origin, defClass, defKeyType uint64) (map[uint64][]byte, uint64, uint64, error) {
 	m, err := toMap(tmpl)
 	if err != nil {
 		return nil, 0, 0, err
@@ -113,14 +150,14 @@ func checkTemplate(tmpl []attr, so bool, org origin, defClass, defKeyType uint64
 	}
 	class := ulongOf(cv)
 	cm := classMask(class)
-	if cm == 0 || (org != originCreate && cm&mKeys == 0) {
+	if cm == 0 || (org != originCreate && cm&(mKeys|mDomain) == 0) {
 		return nil, 0, 0, ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 	}
 	if defClass != 0 && class != defClass {
 		return nil, 0, 0, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 	}
 	kt := ^uint64(0)
-	if cm&mKeys != 0 {
+	if cm&(mKeys|mDomain) != 0 {
 		if _, ok := m[ck.CKA_KEY_TYPE]; !ok && defKeyType != noKeyType {
 			m[ck.CKA_KEY_TYPE] = ulong(defKeyType)
 		}
@@ -128,7 +165,7 @@ func checkTemplate(tmpl []attr, so bool, org origin, defClass, defKeyType uint64
 		if !ok {
 			return nil, 0, 0, ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
 		}
-		if kt = ulongOf(v); !keyTypeSupported(class, kt) {
+		if kt = ulongOf(v); !keyTypeSupported(class, kt, legacy) {
 			return nil, 0, 0, ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 		}
 		if defKeyType != noKeyType && kt != defKeyType {
@@ -143,7 +180,7 @@ func checkTemplate(tmpl []attr, so bool, org origin, defClass, defKeyType uint64
 		switch {
 		case r.flags&fNever != 0:
 			return nil, 0, 0, ck.Error(ck.CKR_ATTRIBUTE_READ_ONLY)
-		case org == originCreate && (t == ck.CKA_VALUE_LEN || t == ck.CKA_MODULUS_BITS):
+		case org == originCreate && (t == ck.CKA_VALUE_LEN || t == ck.CKA_MODULUS_BITS || t == ck.CKA_PRIME_BITS || t == ck.CKA_SUBPRIME_BITS):
 			// Computed by the token from the key material.
 			return nil, 0, 0, ck.Error(ck.CKR_ATTRIBUTE_READ_ONLY)
 		case org != originCreate && isMaterial(t, class):
@@ -191,9 +228,9 @@ func checkNested(v []byte, so bool) error {
 // required attributes, what the key type demands of the material, the
 // defaults, and what its origin says of it. mech is the generating
 // mechanism; base, for a derived key, the key it came from.
-func completeObject(m map[uint64][]byte, class, kt uint64, org origin, mech uint64, base *Object, tier keystore.Tier) error {
+func completeObject(m map[uint64][]byte, class, kt uint64, org origin, mech uint64, base *Object, pol policy) error {
 	if classMask(class)&(mPriv|mSecret) != 0 {
-		if err := protect(m, tier); err != nil {
+		if err := protect(m, pol.tier); err != nil {
 			return err
 		}
 	}
@@ -209,10 +246,13 @@ func completeObject(m map[uint64][]byte, class, kt uint64, org origin, mech uint
 	}
 	fillDefaults(m, class, kt)
 	cm := classMask(class)
-	if cm&mKeys == 0 {
+	if cm&(mKeys|mDomain) == 0 {
 		return nil
 	}
 	m[ck.CKA_LOCAL] = keystore.Bool(org == originGenerate)
+	if cm == mDomain {
+		return nil
+	}
 	m[ck.CKA_KEY_GEN_MECHANISM] = ulong(ck.CK_UNAVAILABLE_INFORMATION)
 	if org == originGenerate {
 		m[ck.CKA_KEY_GEN_MECHANISM] = ulong(mech)
@@ -270,12 +310,33 @@ func checkMaterial(m map[uint64][]byte, class, kt uint64) error {
 			if len(v) != 16 && len(v) != 24 && len(v) != 32 {
 				return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 			}
-		case ck.CKK_GENERIC_SECRET:
+		case ck.CKK_CHACHA20:
+			if len(v) != 32 {
+				return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			}
+		case ck.CKK_DES, ck.CKK_DES2, ck.CKK_DES3:
+			// Each DES key with its parity bits set: the
+			// specification refuses others on create and unwrap.
+			if n := desKeyLen(kt); len(v) != n || !mech.DESParityOK(v) {
+				return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			}
+		default: // generic secrets and HMAC keys
 			if len(v) == 0 {
 				return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 			}
 		}
-		m[ck.CKA_VALUE_LEN] = ulong(uint64(len(v)))
+		if slices.Contains(withLen, kt) {
+			m[ck.CKA_VALUE_LEN] = ulong(uint64(len(v)))
+		}
+	case ck.CKO_DOMAIN_PARAMETERS:
+		if kt == ck.CKK_DSA {
+			p, q := m[ck.CKA_PRIME], m[ck.CKA_SUBPRIME]
+			if len(p) == 0 || len(q) == 0 || len(m[ck.CKA_BASE]) == 0 {
+				return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			}
+			m[ck.CKA_PRIME_BITS] = ulong(uint64(new(big.Int).SetBytes(p).BitLen()))
+			m[ck.CKA_SUBPRIME_BITS] = ulong(uint64(new(big.Int).SetBytes(q).BitLen()))
+		}
 	case ck.CKO_PUBLIC_KEY, ck.CKO_PRIVATE_KEY:
 		if kt == ck.CKK_RSA {
 			n := m[ck.CKA_MODULUS]
@@ -289,12 +350,19 @@ func checkMaterial(m map[uint64][]byte, class, kt uint64) error {
 				m[ck.CKA_MODULUS_BITS] = ulong(uint64(new(big.Int).SetBytes(n).BitLen()))
 			}
 		}
-		if kt == ck.CKK_EC || kt == ck.CKK_EC_EDWARDS {
+		if slices.Contains(ecLike, kt) {
 			if len(m[ck.CKA_EC_PARAMS]) == 0 {
 				return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 			}
 			if class == ck.CKO_PRIVATE_KEY && len(m[ck.CKA_VALUE]) == 0 {
 				return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+			}
+		}
+		if kt == ck.CKK_DSA {
+			for _, t := range []uint64{ck.CKA_PRIME, ck.CKA_SUBPRIME, ck.CKA_BASE, ck.CKA_VALUE} {
+				if len(m[t]) == 0 {
+					return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+				}
 			}
 		}
 	}
@@ -364,4 +432,17 @@ func checkChange(o *Object, tmpl []attr, so, copy bool) (map[uint64][]byte, erro
 		m[ck.CKA_NEVER_EXTRACTABLE] = vFalse
 	}
 	return m, nil
+}
+
+// desKeyLen is the length of a DES key type's value.
+func desKeyLen(kt uint64) int {
+	switch kt {
+	case ck.CKK_DES:
+		return 8
+	case ck.CKK_DES2:
+		return 16
+	case ck.CKK_DES3:
+		return 24
+	}
+	return 0
 }

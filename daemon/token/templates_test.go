@@ -23,7 +23,7 @@ func FuzzCreateTemplate(f *testing.F) {
 		if err != nil {
 			return
 		}
-		m, class, kt, err := checkCreate(tmpl, so, keystore.TierStandard)
+		m, class, kt, err := checkCreate(tmpl, so, policy{tier: keystore.TierStandard})
 		if err != nil {
 			return
 		}

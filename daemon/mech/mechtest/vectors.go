@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -175,13 +176,22 @@ type Group struct {
 	Mgf       string `json:"mgf"`
 	MgfSha    string `json:"mgfSha"`
 	SLen      uint64 `json:"sLen"`
+	Curve     string `json:"curve"`    // ECDH and XDH files
+	Encoding  string `json:"encoding"` // ECDH files: the public key's
 	PublicKey struct {
 		Modulus        HexBytes `json:"modulus"`
 		PublicExponent HexBytes `json:"publicExponent"`
 		Uncompressed   HexBytes `json:"uncompressed"`
 		Pk             HexBytes `json:"pk"`
+		Curve          string   `json:"curve"`
+		// DSA.
+		P HexBytes `json:"p"`
+		Q HexBytes `json:"q"`
+		G HexBytes `json:"g"`
+		Y HexBytes `json:"y"`
 	} `json:"publicKey"`
-	PrivateKey struct {
+	PrivateKeyPkcs8 HexBytes `json:"privateKeyPkcs8"` // signature generation files
+	PrivateKey      struct {
 		Modulus         HexBytes `json:"modulus"`
 		PublicExponent  HexBytes `json:"publicExponent"`
 		PrivateExponent HexBytes `json:"privateExponent"`
@@ -214,6 +224,7 @@ type Test struct {
 	Public  HexBytes `json:"public"`
 	Private HexBytes `json:"private"`
 	Shared  HexBytes `json:"shared"`
+	Flags   []string `json:"flags"`
 }
 
 // Wycheproof reads a Wycheproof file and checks it holds the number of
@@ -232,4 +243,186 @@ func Wycheproof(t testing.TB, name string) *Vectors {
 		t.Fatalf("%s: %d tests, the file says %d", name, n, v.NumberOfTests)
 	}
 	return &v
+}
+
+// CAVPDir holds the NIST CAVP files Debian ships in the package
+// python3-cryptography-vectors, which the test setup installs.
+const CAVPDir = "/usr/lib/python3/dist-packages/cryptography_vectors"
+
+// TDESRecord is one record of a CAVP triple-DES file (TDESVS): the three
+// DES keys (equal for the single-DES records of the known-answer files),
+// the IV of a CBC file, and the plaintext and ciphertext.
+type TDESRecord struct {
+	Count      string
+	Decrypt    bool // from the file's [DECRYPT] section
+	Keys       [3][]byte
+	IV         []byte
+	Plain, CT  []byte
+	File       string
+	ThreeEqual bool // the file gave one key (KEYs): single DES
+}
+
+// TDESFiles are the ECB and CBC files of the triple-DES vectors: the
+// multi-block messages (MMT, 1 to 3 keys) and the known-answer tests. The
+// CBC-I files (interleaved CBC) are not PKCS#11's.
+func TDESFiles() []string {
+	var out []string
+	for _, mode := range []string{"ECB", "CBC"} {
+		for _, kind := range []string{"MMT1", "MMT2", "MMT3", "invperm", "permop", "subtab", "varkey", "vartext"} {
+			out = append(out, filepath.Join("ciphers/3DES", mode, "T"+mode+kind+".rsp"))
+		}
+	}
+	return out
+}
+
+// LoadTDES reads a CAVP triple-DES file (a path under CAVPDir).
+func LoadTDES(t testing.TB, name string) []TDESRecord {
+	t.Helper()
+	f, err := os.Open(filepath.Join(CAVPDir, name))
+	if errors.Is(err, os.ErrNotExist) {
+		testenv.Missing(t, "NIST CAVP triple-DES vectors not installed (Debian package python3-cryptography-vectors): %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []TDESRecord
+	var cur *TDESRecord
+	decrypt := false
+	s := bufio.NewScanner(f)
+	s.Buffer(make([]byte, 1<<16), 1<<20)
+	for s.Scan() {
+		line := strings.TrimSpace(s.Text())
+		key, val, _ := strings.Cut(line, "=")
+		key, val = strings.TrimSpace(key), strings.TrimSpace(val)
+		switch {
+		case line == "[ENCRYPT]":
+			decrypt = false
+		case line == "[DECRYPT]":
+			decrypt = true
+		case key == "COUNT":
+			out = append(out, TDESRecord{Count: val, Decrypt: decrypt, File: name})
+			cur = &out[len(out)-1]
+		case cur == nil:
+		case key == "KEYs":
+			k := Hex(val)
+			cur.Keys, cur.ThreeEqual = [3][]byte{k, k, k}, true
+		case key == "KEY1":
+			cur.Keys[0] = Hex(val)
+		case key == "KEY2":
+			cur.Keys[1] = Hex(val)
+		case key == "KEY3":
+			cur.Keys[2] = Hex(val)
+		case key == "IV":
+			cur.IV = Hex(val)
+		case key == "PLAINTEXT":
+			cur.Plain = Hex(val)
+		case key == "CIPHERTEXT":
+			cur.CT = Hex(val)
+		}
+	}
+	if err := s.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(out) == 0 {
+		t.Fatalf("%s: no records", name)
+	}
+	return out
+}
+
+// CMACRecord is one record of the triple-DES CMAC file (SP 800-38B's
+// examples): the three DES keys, the message and the MAC.
+type CMACRecord struct {
+	Count        string
+	Keys         [3][]byte
+	Message, MAC []byte
+}
+
+// LoadTDESCMAC reads CMAC/nist-800-38b-3des.txt.
+func LoadTDESCMAC(t testing.TB) []CMACRecord {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(CAVPDir, "CMAC/nist-800-38b-3des.txt"))
+	if errors.Is(err, os.ErrNotExist) {
+		testenv.Missing(t, "NIST triple-DES CMAC vectors not installed (Debian package python3-cryptography-vectors): %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []CMACRecord
+	var cur *CMACRecord
+	for _, line := range strings.Split(string(b), "\n") {
+		key, val, _ := strings.Cut(strings.TrimSpace(line), "=")
+		key, val = strings.TrimSpace(key), strings.TrimSpace(val)
+		switch {
+		case key == "COUNT":
+			out = append(out, CMACRecord{Count: val})
+			cur = &out[len(out)-1]
+		case cur == nil:
+		case key == "KEY1":
+			cur.Keys[0] = Hex(val)
+		case key == "KEY2":
+			cur.Keys[1] = Hex(val)
+		case key == "KEY3":
+			cur.Keys[2] = Hex(val)
+		case key == "MESSAGE":
+			cur.Message = Hex(val)
+		case key == "OUTPUT":
+			cur.MAC = Hex(val)
+		}
+	}
+	if len(out) == 0 {
+		t.Fatal("nist-800-38b-3des.txt: no records")
+	}
+	return out
+}
+
+// ChaChaRecord is one record of RFC 7539's ChaCha20 vectors as
+// ciphers/ChaCha20/rfc7539.txt gives them.
+type ChaChaRecord struct {
+	Count             string
+	Key, Nonce        []byte
+	Counter           uint32
+	Plain, Ciphertext []byte
+}
+
+// LoadChaCha20 reads ciphers/ChaCha20/rfc7539.txt.
+func LoadChaCha20(t testing.TB) []ChaChaRecord {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(CAVPDir, "ciphers/ChaCha20/rfc7539.txt"))
+	if errors.Is(err, os.ErrNotExist) {
+		testenv.Missing(t, "RFC 7539 ChaCha20 vectors not installed (Debian package python3-cryptography-vectors): %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []ChaChaRecord
+	var cur *ChaChaRecord
+	for _, line := range strings.Split(string(b), "\n") {
+		key, val, _ := strings.Cut(strings.TrimSpace(line), "=")
+		key, val = strings.TrimSpace(key), strings.TrimSpace(val)
+		switch {
+		case key == "COUNT":
+			out = append(out, ChaChaRecord{Count: val})
+			cur = &out[len(out)-1]
+		case cur == nil:
+		case key == "KEY":
+			cur.Key = Hex(val)
+		case key == "NONCE":
+			cur.Nonce = Hex(val)
+		case key == "INITIAL_BLOCK_COUNTER":
+			n, err := strconv.ParseUint(val, 10, 32)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cur.Counter = uint32(n)
+		case key == "PLAINTEXT":
+			cur.Plain = Hex(val)
+		case key == "CIPHERTEXT":
+			cur.Ciphertext = Hex(val)
+		}
+	}
+	if len(out) == 0 {
+		t.Fatal("rfc7539.txt: no records")
+	}
+	return out
 }
