@@ -69,6 +69,10 @@ type Arg struct {
 	Kind   Kind
 	CType  string // C type of a Ulong/Byte/OutUlong/Ignored/Reserved parameter
 	Struct string // OutStruct: name of the structure in Structs
+	// Short marks a Bytes argument that is never data, a PIN or a user
+	// name: the daemon bounds it far below the data arguments
+	// (wire.MaxShortBytes).
+	Short bool
 }
 
 // Mode says who answers a call.
@@ -93,6 +97,7 @@ func u(name, ctype string) Arg    { return Arg{Name: name, Kind: Ulong, CType: c
 func sess() Arg                   { return u("session", "CK_SESSION_HANDLE") }
 func key(name string) Arg         { return u(name, "CK_OBJECT_HANDLE") }
 func in(name string) Arg          { return Arg{Name: name, Kind: Bytes} }
+func pin(name string) Arg         { return Arg{Name: name, Kind: Bytes, Short: true} }
 func out(name string) Arg         { return Arg{Name: name, Kind: OutBytes} }
 func outU(name, ctype string) Arg { return Arg{Name: name, Kind: OutUlong, CType: ctype} }
 func tmpl(name string) Arg        { return Arg{Name: name, Kind: Template} }
@@ -110,9 +115,9 @@ var Table = []Call{
 	{7, "C_GetTokenInfo", Forwarded, 2, []Arg{u("slotID", "CK_SLOT_ID"), outS("info", "CK_TOKEN_INFO")}},
 	{8, "C_GetMechanismList", Forwarded, 2, []Arg{u("slotID", "CK_SLOT_ID"), {Name: "mechanismList", Kind: OutUlongs}}},
 	{9, "C_GetMechanismInfo", Forwarded, 2, []Arg{u("slotID", "CK_SLOT_ID"), u("type", "CK_MECHANISM_TYPE"), outS("info", "CK_MECHANISM_INFO")}},
-	{10, "C_InitToken", Forwarded, 2, []Arg{u("slotID", "CK_SLOT_ID"), in("pin"), {Name: "label", Kind: Label}}},
-	{11, "C_InitPIN", Forwarded, 2, []Arg{sess(), in("pin")}},
-	{12, "C_SetPIN", Forwarded, 2, []Arg{sess(), in("oldPin"), in("newPin")}},
+	{10, "C_InitToken", Forwarded, 2, []Arg{u("slotID", "CK_SLOT_ID"), pin("pin"), {Name: "label", Kind: Label}}},
+	{11, "C_InitPIN", Forwarded, 2, []Arg{sess(), pin("pin")}},
+	{12, "C_SetPIN", Forwarded, 2, []Arg{sess(), pin("oldPin"), pin("newPin")}},
 	{13, "C_OpenSession", Forwarded, 2, []Arg{u("slotID", "CK_SLOT_ID"), u("flags", "CK_FLAGS"),
 		{Name: "application", Kind: Ignored, CType: "CK_VOID_PTR"}, {Name: "notify", Kind: Ignored, CType: "CK_NOTIFY"},
 		outU("session", "CK_SESSION_HANDLE")}},
@@ -121,7 +126,7 @@ var Table = []Call{
 	{16, "C_GetSessionInfo", Forwarded, 2, []Arg{sess(), outS("info", "CK_SESSION_INFO")}},
 	{17, "C_GetOperationState", Forwarded, 2, []Arg{sess(), out("state")}},
 	{18, "C_SetOperationState", Forwarded, 2, []Arg{sess(), in("state"), key("encryptionKey"), key("authenticationKey")}},
-	{19, "C_Login", Forwarded, 2, []Arg{sess(), u("userType", "CK_USER_TYPE"), in("pin")}},
+	{19, "C_Login", Forwarded, 2, []Arg{sess(), u("userType", "CK_USER_TYPE"), pin("pin")}},
 	{20, "C_Logout", Forwarded, 2, []Arg{sess()}},
 	{21, "C_CreateObject", Forwarded, 2, []Arg{sess(), tmpl("template"), outU("object", "CK_OBJECT_HANDLE")}},
 	{22, "C_CopyObject", Forwarded, 2, []Arg{sess(), key("object"), tmpl("template"), outU("newObject", "CK_OBJECT_HANDLE")}},
@@ -176,7 +181,7 @@ var Table = []Call{
 	// PKCS#11 3.0 additions, in CK_FUNCTION_LIST_3_0 order.
 	{69, "C_GetInterfaceList", Local, 3, nil},
 	{70, "C_GetInterface", Local, 3, nil},
-	{71, "C_LoginUser", Forwarded, 3, []Arg{sess(), u("userType", "CK_USER_TYPE"), in("pin"), in("username")}},
+	{71, "C_LoginUser", Forwarded, 3, []Arg{sess(), u("userType", "CK_USER_TYPE"), pin("pin"), pin("username")}},
 	{72, "C_SessionCancel", Forwarded, 3, []Arg{sess(), u("flags", "CK_FLAGS")}},
 	{73, "C_MessageEncryptInit", Unsupported, 3, nil},
 	{74, "C_EncryptMessage", Unsupported, 3, nil},

@@ -57,25 +57,38 @@ func newDaemon() *daemon {
 	return d
 }
 
+// handle serves a frame as the daemon's connection loop does
+// (daemon/requests.go): the head, the call's bound, the body into the
+// connection's buffer, the arguments, the reply's bound, the reply.
 func (d *daemon) handle(tb testing.TB, frame []byte, serve func(*Args, *Results) uint64) []byte {
 	d.rd.Reset(frame)
 	d.br.Reset(d.rd)
-	req, in, err := ReadRequest(d.br, d.in)
-	d.in = in
+	h, err := ReadRequestHead(d.br)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	c, ok := calls.ByID(req.Call)
-	if !ok {
-		tb.Fatalf("call %d", req.Call)
+	c, ok := calls.ByID(h.Call)
+	if !ok || h.BodyLen > RequestBound(c, MaxFrame) || h.BodyLen > cap(d.in) {
+		tb.Fatalf("call %d, %d bytes", h.Call, h.BodyLen)
+	}
+	req, err := ReadRequestBody(d.br, h, d.in)
+	if err != nil {
+		tb.Fatal(err)
 	}
 	if err := d.args.Decode(c, req.Body); err != nil {
 		tb.Fatal(err)
 	}
+	if ResultsBound(&d.args) > cap(d.out) {
+		tb.Fatalf("%s: results over the reply buffer", c.Name)
+	}
 	d.res.Reset(c)
 	rv := serve(&d.args, &d.res)
-	d.out = d.res.AppendReply(d.out[:0], req.ID, rv)
-	return d.out
+	var results []byte
+	if HasResults(c, rv) {
+		results = d.res.Finish()
+	}
+	d.out, results = AppendReplyHead(d.out[:0], req.ID, rv, results, false)
+	return append(d.out, results...)
 }
 
 func BenchmarkHotPath(b *testing.B) {

@@ -94,6 +94,79 @@ func ReadRequest(r *bufio.Reader, buf []byte) (Request, []byte, error) {
 	}, buf, nil
 }
 
+// RequestHead is a request frame's header: what the daemon reads before
+// deciding whether, and into what, to read the rest.
+type RequestHead struct {
+	ID      uint32
+	Call    uint32
+	BodyLen int // the arguments' bytes that follow
+}
+
+// ReadRequestHead reads a request frame's length, request id and call, and
+// nothing of its arguments. A length of less than the header or over
+// MaxFrame is ErrFrame; io.EOF means the peer closed the connection
+// between frames. Every error means the connection must be closed.
+func ReadRequestHead(r *bufio.Reader) (RequestHead, error) {
+	// Peeked, not copied out: a header that escaped to the heap would
+	// cost an allocation per request.
+	b, err := r.Peek(4)
+	if err != nil {
+		if len(b) == 0 && errors.Is(err, io.EOF) {
+			return RequestHead{}, io.EOF // between frames
+		}
+		return RequestHead{}, truncated(err)
+	}
+	n := binary.BigEndian.Uint32(b)
+	if n < requestHeader || n > MaxFrame {
+		return RequestHead{}, fmt.Errorf("%w: frame length %d outside [%d, %d]", ErrFrame, n, requestHeader, MaxFrame)
+	}
+	if b, err = r.Peek(4 + requestHeader); err != nil {
+		return RequestHead{}, truncated(err)
+	}
+	h := RequestHead{
+		ID:      binary.BigEndian.Uint32(b[4:]),
+		Call:    binary.BigEndian.Uint32(b[8:]),
+		BodyLen: int(n) - requestHeader,
+	}
+	r.Discard(4 + requestHeader)
+	return h, nil
+}
+
+// ReadRequestBody reads the arguments of the frame whose head was just
+// read into buf, which must hold at least h.BodyLen bytes, and returns the
+// request; its Body aliases buf. An error means the connection must be
+// closed.
+func ReadRequestBody(r *bufio.Reader, h RequestHead, buf []byte) (Request, error) {
+	if cap(buf) < h.BodyLen {
+		panic(fmt.Sprintf("wire: internal error: a buffer of %d bytes for a body of %d", cap(buf), h.BodyLen))
+	}
+	body := buf[:h.BodyLen]
+	if _, err := io.ReadFull(r, body); err != nil {
+		return Request{}, truncated(err)
+	}
+	return Request{ID: h.ID, Call: h.Call, Body: body}, nil
+}
+
+// SkipRequestBody reads past the arguments of the frame whose head was
+// just read, keeping none of them (through r's own buffer), so that the
+// next frame can be read: the daemon answers a request it refuses to hold
+// without losing the stream. An error means the connection must be
+// closed.
+func SkipRequestBody(r *bufio.Reader, n int) error {
+	if _, err := r.Discard(n); err != nil {
+		return truncated(err)
+	}
+	return nil
+}
+
+// truncated turns an end of stream inside a frame into ErrFrame.
+func truncated(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: truncated frame: %w", ErrFrame, io.ErrUnexpectedEOF)
+	}
+	return err
+}
+
 // AppendRequest appends a request frame to dst (client side). The body must
 // be at most MaxFrame-8 bytes (AppendArgs makes sure of it); the daemon
 // closes the connection on a larger one.
@@ -115,6 +188,15 @@ func AppendReply(dst []byte, id uint32, rv uint64, results []byte) []byte {
 // AppendReplyIdle is AppendReply with the idle flag of protocol version 2:
 // the session the call named has no operation in progress after it.
 func AppendReplyIdle(dst []byte, id uint32, rv uint64, results []byte, idle bool) []byte {
+	dst, results = AppendReplyHead(dst, id, rv, results, idle)
+	return append(dst, results...)
+}
+
+// AppendReplyHead is AppendReplyIdle in two pieces, so that large results
+// go out without being copied: it appends the reply's header to dst and
+// returns it with the results to send after it (nil when the reply goes
+// without them, results over MaxFrame among them).
+func AppendReplyHead(dst []byte, id uint32, rv uint64, results []byte, idle bool) (head, rest []byte) {
 	if len(results) > MaxFrame-replyHeader {
 		rv, results = ck.CKR_DEVICE_MEMORY, nil
 	}
@@ -126,10 +208,9 @@ func AppendReplyIdle(dst []byte, id uint32, rv uint64, results []byte, idle bool
 		flags |= replyIdle
 	}
 	if results == nil {
-		return append(dst, flags)
+		return append(dst, flags), nil
 	}
-	dst = append(dst, flags|replyHasResults)
-	return append(dst, results...)
+	return append(dst, flags|replyHasResults), results
 }
 
 // ReadReply reads one reply frame (client side), as ReadRequest reads a

@@ -65,6 +65,15 @@ func (r *Results) Reset(c *calls.Call) {
 	r.buf = r.buf[:0]
 }
 
+// Shrink drops the buffer if it grew past keep bytes, so that a builder
+// kept between calls does not hold on to the largest results it ever made.
+// The results returned before are no longer valid.
+func (r *Results) Shrink(keep int) {
+	if cap(r.buf) > keep {
+		r.call, r.next, r.buf = nil, 0, nil
+	}
+}
+
 func (r *Results) expect(k calls.Kind) *calls.Arg {
 	if r.call == nil {
 		panic("wire: internal error: Results used without a call")
