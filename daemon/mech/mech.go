@@ -22,6 +22,15 @@ type OneShot interface {
 	One(in []byte) ([]byte, error)
 }
 
+// Buffering is implemented by cipher operations that keep their input
+// until the Final (AES-GCM, ChaCha20-Poly1305, key wrap used to encrypt):
+// Buffered returns the bytes of input they hold and the memory holding
+// them. The engine bounds the one and accounts for the other
+// (docs/mechanisms.md, "Operations in sessions").
+type Buffering interface {
+	Buffered() (input, memory int)
+}
+
 // SignOp is a signature, MAC or verification in progress.
 type SignOp interface {
 	Update(in []byte) error

@@ -152,6 +152,8 @@ func (c *oneShotCipher) One(in []byte) ([]byte, error) { return c.one(in) }
 
 func (c *oneShotCipher) Update(in []byte) ([]byte, error) { return nil, c.add(in) }
 
+func (c *oneShotCipher) Buffered() (input, memory int) { return len(c.buf), cap(c.buf) }
+
 func (c *oneShotCipher) Final() ([]byte, error) {
 	in := c.take()
 	defer wipe(in)

@@ -372,7 +372,7 @@ func crypt(kind opKind) handler {
 
 func cryptUpdate(kind opKind) handler {
 	return func(e *Engine, _ context.Context, app *App, a *wire.Args, r *wire.Results) error {
-		return app.cryptUpdate(a.Ulong(0), kind, in(a, 1), a.Out(2), r)
+		return app.cryptUpdate(a.Ulong(0), kind, in(a, 1), a.Out(2), r, e.cfg.MaxOpBuffer)
 	}
 }
 

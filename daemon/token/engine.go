@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
 	"hsmemu/daemon/mech"
+	"hsmemu/internal/budget"
 	"hsmemu/keystore"
 )
 
@@ -31,7 +33,31 @@ type Config struct {
 	// DES, DSA, RSA keys of 1024 bits, SHA-1 in new signatures) on tokens
 	// that are not premium: `hsmemu serve --legacy-algorithms`.
 	LegacyAlgorithms bool
+	// MaxOpBuffer bounds the input one operation may hold between calls
+	// for its Final: AES-GCM (and every cipher that must see all its
+	// input before it gives any output) fed by C_EncryptUpdate or
+	// C_DecryptUpdate. More is CKR_DATA_LEN_RANGE
+	// (CKR_ENCRYPTED_DATA_LEN_RANGE to decrypt). Zero means
+	// DefaultMaxOpBuffer.
+	MaxOpBuffer int
+	// OpBudget bounds the bytes all operations of all applications hold
+	// between calls: such input, and outputs kept after a size query.
+	// An operation that would take more gets CKR_DEVICE_MEMORY. Zero
+	// means DefaultOpBudget.
+	OpBudget int64
 }
+
+// Memory bounds of operations (docs/mechanisms.md, "Operations in
+// sessions"; docs/reliability.md, "Memory bounds").
+const (
+	// DefaultMaxOpBuffer, 16 MiB less 64 KiB, is what one reply can
+	// carry (wire.MaxOutBytes) with room to spare for a tag: a Final
+	// returns the whole output in one reply, so more input could never
+	// be delivered.
+	DefaultMaxOpBuffer = wire.MaxFrame - 64<<10
+	// DefaultOpBudget holds eight operations at DefaultMaxOpBuffer.
+	DefaultOpBudget = 128 << 20
+)
 
 // DefaultMaxSessions is how many sessions one application may have open
 // at once, unless configured otherwise. Pools such as crypto11's open up
@@ -60,6 +86,8 @@ type Engine struct {
 	// background work. A token's table is mechsFor(its tier).
 	mechs  *mech.Table
 	legacy *mech.Table
+	// opMem is what operations hold between calls (Config.OpBudget).
+	opMem *budget.Budget
 
 	mu     sync.Mutex
 	apps   map[AppID]*App
@@ -101,10 +129,16 @@ func New(store Store, log *slog.Logger, cfg Config) *Engine {
 	if cfg.MaxFailureDelay <= 0 {
 		cfg.MaxFailureDelay = 5 * time.Second
 	}
+	if cfg.MaxOpBuffer <= 0 || cfg.MaxOpBuffer > DefaultMaxOpBuffer {
+		cfg.MaxOpBuffer = DefaultMaxOpBuffer
+	}
+	if cfg.OpBudget <= 0 {
+		cfg.OpBudget = DefaultOpBudget
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{store: store, log: log, cfg: cfg, mechs: mech.New(),
+	e := &Engine{store: store, log: log, cfg: cfg, mechs: mech.New(), opMem: budget.New(cfg.OpBudget),
 		apps: map[AppID]*App{}, logins: map[keystore.UUID]*tokenLogin{}, quit: make(chan struct{})}
 	if cfg.LegacyAlgorithms {
 		e.legacy = e.mechs.WithLegacy()

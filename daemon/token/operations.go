@@ -6,6 +6,7 @@ import (
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	"hsmemu/daemon/mech"
+	"hsmemu/internal/budget"
 )
 
 // Operations in sessions. A session holds at most one operation of each
@@ -43,6 +44,10 @@ type operation struct {
 	needAuth bool
 	// private: the key is private; the operation ends at logout.
 	private bool
+	// mem is the engine's operation budget, and charged what this
+	// operation has taken of it (memory.go).
+	mem     *budget.Budget
+	charged int64
 }
 
 // endPrivateOps ends the session's operations on private keys.
@@ -51,7 +56,7 @@ func (s *session) endPrivateOps() {
 	defer s.mu.Unlock()
 	for i, op := range s.ops {
 		if op != nil && op.private {
-			s.ops[i] = nil
+			s.endOp(opKind(i))
 		}
 	}
 }
@@ -89,7 +94,7 @@ func (app *App) sessionCancel(h, flags uint64) error {
 	defer s.mu.Unlock()
 	for kind, f := range cancelFlag {
 		if flags&f != 0 {
-			s.ops[kind] = nil
+			s.endOp(opKind(kind))
 		}
 	}
 	if flags&ck.CKF_FIND_OBJECTS != 0 {
@@ -169,7 +174,7 @@ func (e *Engine) opInit(ctx context.Context, app *App, h uint64, kind opKind, wm
 	if !ok || !m.Does(funcOf[kind]) {
 		return ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
-	op := &operation{mech: wm.Type}
+	op := &operation{mech: wm.Type, mem: e.opMem}
 	if kind == opDigest {
 		if op.digest, err = m.Digest(wm); err != nil {
 			return err
@@ -219,12 +224,17 @@ func withOp(app *App, h uint64, kind opKind, f func(op *operation) (end bool, er
 	}
 	if op.needAuth {
 		// The key wants its PIN again, for this operation, first.
-		s.ops[kind] = nil
+		s.endOp(kind)
 		return ck.Error(ck.CKR_USER_NOT_LOGGED_IN)
 	}
 	end, err := f(op)
+	if !end && err == nil {
+		// What the operation keeps for its next call is charged to the
+		// operation budget; no room ends it, as any error does.
+		err = op.settle()
+	}
 	if end || err != nil {
-		s.ops[kind] = nil
+		s.endOp(kind)
 	}
 	return err
 }
@@ -352,9 +362,19 @@ func (app *App) crypt(h uint64, kind opKind, in []byte, out wire.OutSpec, r *wir
 	})
 }
 
-// cryptUpdate is C_EncryptUpdate or C_DecryptUpdate.
-func (app *App) cryptUpdate(h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results) error {
+// cryptUpdate is C_EncryptUpdate or C_DecryptUpdate. A cipher that
+// keeps its input for the Final (GCM) keeps at most maxBuffer bytes, and
+// takes them from the operation budget before it keeps them.
+func (app *App) cryptUpdate(h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results, maxBuffer int) error {
 	return produce(app, h, kind, callUpdate, out, r, func(op *operation) ([]byte, error) {
+		if b, ok := op.cipher.(mech.Buffering); ok {
+			if held, _ := b.Buffered(); len(in) > maxBuffer-held {
+				return nil, ck.Errorf(lenRange(kind), "%d bytes held for the Final, %d more, at most %d", held, len(in), maxBuffer)
+			}
+			if err := op.reserve(len(in)); err != nil {
+				return nil, err
+			}
+		}
 		return op.cipher.Update(in)
 	})
 }

@@ -104,6 +104,7 @@ func (e *Engine) closeSession(ctx context.Context, app *App, h uint64) error {
 		return ck.Error(ck.CKR_SESSION_HANDLE_INVALID)
 	}
 	delete(app.sessions, h)
+	s.endOps()
 	for oh, ref := range app.memHandles {
 		if ref.mem.owner == h {
 			app.dropHandle(oh)

@@ -1,0 +1,201 @@
+package token
+
+import (
+	"hsmemu/cryptoki/calls"
+	"hsmemu/cryptoki/ck"
+	"hsmemu/daemon/mech"
+)
+
+// What operations hold between calls, and the calls the daemon refuses
+// before they reach the engine (docs/reliability.md, "Memory bounds").
+//
+// An operation holds memory between calls in two cases: a cipher that
+// keeps its input for the Final (AES-GCM, ChaCha20-Poly1305, key wrap
+// used to encrypt: a decryption must not release any plaintext before
+// its tag is checked, and their output depends on the whole input), and
+// an output kept after a size query for the call that fetches it. Both
+// are charged to the engine's operation budget (Config.OpBudget) while
+// held, and the first is bounded per operation (Config.MaxOpBuffer). An
+// operation gives its charge back when it ends, however it ends: its
+// Final, an error, C_SessionCancel, a logout, its session's close.
+
+// holding returns the bytes op holds between calls now.
+func (op *operation) holding() int64 {
+	var n int64
+	if b, ok := op.cipher.(mech.Buffering); ok {
+		_, memory := b.Buffered()
+		n += int64(memory)
+	}
+	if op.hasPend {
+		n += int64(len(op.pending))
+	}
+	return n
+}
+
+// errNoMemory is the answer when the operation budget is spent.
+var errNoMemory = ck.Errorf(ck.CKR_DEVICE_MEMORY, "the operations' memory budget is spent")
+
+// reserve charges n bytes that op is about to keep, before it keeps them.
+func (op *operation) reserve(n int) error {
+	if !op.mem.TryAcquire(int64(n)) {
+		return errNoMemory
+	}
+	op.charged += int64(n)
+	return nil
+}
+
+// settle brings op's charge to what it holds: it gives back what it no
+// longer holds, and takes what it holds beyond its charge (an output
+// kept after a size query, the spare capacity of a growing buffer),
+// CKR_DEVICE_MEMORY when the budget has no room for it.
+func (op *operation) settle() error {
+	switch want := op.holding(); {
+	case want < op.charged:
+		op.mem.Release(op.charged - want)
+		op.charged = want
+	case want > op.charged:
+		if !op.mem.TryAcquire(want - op.charged) {
+			return errNoMemory
+		}
+		op.charged = want
+	}
+	return nil
+}
+
+// endOp ends the session's operation of this kind, if any, and gives its
+// charge back. The caller holds s.mu.
+func (s *session) endOp(kind opKind) {
+	if op := s.ops[kind]; op != nil {
+		op.mem.Release(op.charged)
+		op.charged = 0
+		s.ops[kind] = nil
+	}
+}
+
+// endOps ends every operation of a session that is closing.
+func (s *session) endOps() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for kind := range s.ops {
+		s.endOp(opKind(kind))
+	}
+	s.find = nil
+}
+
+// lenRange is the CK_RV for input of a length the operation cannot take:
+// the plaintext's on encryption, the ciphertext's on decryption.
+func lenRange(kind opKind) uint64 {
+	if kind == opDecrypt {
+		return ck.CKR_ENCRYPTED_DATA_LEN_RANGE
+	}
+	return ck.CKR_DATA_LEN_RANGE
+}
+
+// Refusal is why the daemon refused a request before decoding it.
+type Refusal int
+
+const (
+	// TooLarge: the request is longer than its call can need
+	// (wire.RequestBound with the daemon's data bound).
+	TooLarge Refusal = iota + 1
+	// NoMemory: the daemon had no memory for the request or its reply
+	// within the wait its budget allows.
+	NoMemory
+)
+
+// tooLarge is each call's answer to a request longer than it can need:
+// the specification's code for input of a bad length where the call has
+// one, CKR_MECHANISM_PARAM_INVALID for an Init (only a parameter can make
+// one long), CKR_DEVICE_MEMORY (the token cannot hold it) for calls with
+// data but no such code, CKR_FUNCTION_NOT_SUPPORTED for calls the engine
+// does not serve. Calls not listed, whose arguments all have a small fixed
+// bound, get CKR_ARGUMENTS_BAD: their request cannot be well formed.
+var tooLarge = map[string]uint64{
+	"C_Encrypt":       ck.CKR_DATA_LEN_RANGE,
+	"C_EncryptUpdate": ck.CKR_DATA_LEN_RANGE,
+	"C_Sign":          ck.CKR_DATA_LEN_RANGE,
+	"C_SignUpdate":    ck.CKR_DATA_LEN_RANGE,
+	"C_Verify":        ck.CKR_DATA_LEN_RANGE,
+	"C_VerifyUpdate":  ck.CKR_DATA_LEN_RANGE,
+	"C_Decrypt":       ck.CKR_ENCRYPTED_DATA_LEN_RANGE,
+	"C_DecryptUpdate": ck.CKR_ENCRYPTED_DATA_LEN_RANGE,
+	"C_VerifyFinal":   ck.CKR_SIGNATURE_LEN_RANGE,
+	"C_UnwrapKey":     ck.CKR_WRAPPED_KEY_LEN_RANGE,
+
+	"C_EncryptInit": ck.CKR_MECHANISM_PARAM_INVALID,
+	"C_DecryptInit": ck.CKR_MECHANISM_PARAM_INVALID,
+	"C_DigestInit":  ck.CKR_MECHANISM_PARAM_INVALID,
+	"C_SignInit":    ck.CKR_MECHANISM_PARAM_INVALID,
+	"C_VerifyInit":  ck.CKR_MECHANISM_PARAM_INVALID,
+
+	"C_InitToken": ck.CKR_PIN_LEN_RANGE,
+	"C_InitPIN":   ck.CKR_PIN_LEN_RANGE,
+	"C_SetPIN":    ck.CKR_PIN_LEN_RANGE,
+
+	"C_Digest":            ck.CKR_DEVICE_MEMORY,
+	"C_DigestUpdate":      ck.CKR_DEVICE_MEMORY,
+	"C_CreateObject":      ck.CKR_DEVICE_MEMORY,
+	"C_CopyObject":        ck.CKR_DEVICE_MEMORY,
+	"C_SetAttributeValue": ck.CKR_DEVICE_MEMORY,
+	"C_FindObjectsInit":   ck.CKR_DEVICE_MEMORY,
+	"C_GenerateKey":       ck.CKR_DEVICE_MEMORY,
+	"C_GenerateKeyPair":   ck.CKR_DEVICE_MEMORY,
+	"C_WrapKey":           ck.CKR_DEVICE_MEMORY,
+	"C_DeriveKey":         ck.CKR_DEVICE_MEMORY,
+	"C_SeedRandom":        ck.CKR_DEVICE_MEMORY,
+
+	"C_GetOperationState":   ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_SetOperationState":   ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_LoginUser":           ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_DigestEncryptUpdate": ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_DecryptDigestUpdate": ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_SignEncryptUpdate":   ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_DecryptVerifyUpdate": ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_SignRecoverInit":     ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_SignRecover":         ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_VerifyRecoverInit":   ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_VerifyRecover":       ck.CKR_FUNCTION_NOT_SUPPORTED,
+}
+
+// opOf maps the operations a call continues to the engine's kinds.
+var opOf = map[calls.OpKinds]opKind{
+	calls.OpEncrypt: opEncrypt,
+	calls.OpDecrypt: opDecrypt,
+	calls.OpDigest:  opDigest,
+	calls.OpSign:    opSign,
+	calls.OpVerify:  opVerify,
+}
+
+// Refuse answers a forwarded call that the daemon refused before decoding
+// its arguments, for the reason why, and returns the CK_RV: the
+// specification's answer to it for that call (tooLarge) or
+// CKR_DEVICE_MEMORY. As after any error, the operation the call would have
+// continued on session h ends (for a call on a session; h is ignored
+// otherwise).
+func (e *Engine) Refuse(app *App, c *calls.Call, h uint64, why Refusal) uint64 {
+	rv, known := tooLarge[c.Name]
+	switch {
+	case rv == ck.CKR_FUNCTION_NOT_SUPPORTED:
+		return rv
+	case why == NoMemory:
+		rv = ck.CKR_DEVICE_MEMORY
+	case !known:
+		rv = ck.CKR_ARGUMENTS_BAD
+	}
+	if cont := calls.RoleOf(c).Continues; cont != 0 && calls.OnSession(c) {
+		if s, err := app.session(h); err == nil {
+			s.mu.Lock()
+			for k, kind := range opOf {
+				if cont&k != 0 {
+					s.endOp(kind)
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+	return rv
+}
+
+// OpMemory returns the bytes operations hold between calls now, and the
+// budget's size.
+func (e *Engine) OpMemory() (used, size int64) { return e.opMem.Used(), e.opMem.Size() }
