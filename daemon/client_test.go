@@ -21,10 +21,19 @@ type testDaemon struct {
 	dir, sock string
 	st        *State
 	eng       *token.Engine
+	srv       *Server
+	limits    Limits
 	stop      func()
 }
 
 func startDaemon(t testing.TB, cfg token.Config) *testDaemon {
+	t.Helper()
+	return startDaemonLimits(t, cfg, Limits{})
+}
+
+// startDaemonLimits starts a daemon whose connections have the limits
+// given.
+func startDaemonLimits(t testing.TB, cfg token.Config, lim Limits) *testDaemon {
 	t.Helper()
 	// Unix socket paths are short: keep the directory short too.
 	dir, err := os.MkdirTemp("", "hsd")
@@ -32,7 +41,7 @@ func startDaemon(t testing.TB, cfg token.Config) *testDaemon {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	d := &testDaemon{dir: dir, sock: filepath.Join(dir, "s")}
+	d := &testDaemon{dir: dir, sock: filepath.Join(dir, "s"), limits: lim}
 	d.start(t, cfg)
 	return d
 }
@@ -56,8 +65,8 @@ func (d *testDaemon) start(t testing.TB, cfg token.Config) {
 		t.Fatal(err)
 	}
 	d.st = st
-	dm := New(st, nil, Config{Engine: cfg, Server: ServerConfig{Group: -1}})
-	d.eng = dm.Engine()
+	dm := New(st, nil, Config{Engine: cfg, Server: ServerConfig{Group: -1, Limits: d.limits}})
+	d.eng, d.srv = dm.Engine(), dm.srv
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

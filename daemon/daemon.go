@@ -44,6 +44,7 @@ type Daemon struct {
 	cfg   Config
 	eng   *token.Engine
 	admin *admin.Handler
+	srv   *Server
 }
 
 // New puts a daemon together over st. Serve runs it.
@@ -60,7 +61,7 @@ func New(st *State, log *slog.Logger, cfg Config) *Daemon {
 		info = st.TPM.Info()
 	}
 	adm := admin.New(eng, st.Store, log, admin.Config{Version: cfg.Version, TPM: info, Started: time.Now(), Rotator: st})
-	return &Daemon{st: st, log: log, cfg: cfg, eng: eng, admin: adm}
+	return &Daemon{st: st, log: log, cfg: cfg, eng: eng, admin: adm, srv: NewServer(eng, adm, log, cfg.Server)}
 }
 
 // Engine is the daemon's token engine.
@@ -81,5 +82,5 @@ func (d *Daemon) Serve(ctx context.Context, ln *net.UnixListener) error {
 		<-purger
 		d.eng.Close()
 	}()
-	return NewServer(d.eng, d.admin, d.log, d.cfg.Server).Serve(ctx, ln)
+	return d.srv.Serve(ctx, ln)
 }

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -9,27 +8,26 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"runtime"
 	"slices"
 	"sync"
 	"syscall"
 	"time"
 
-	"hsmemu/cryptoki/calls"
-	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/unixfd"
 	"hsmemu/cryptoki/wire"
 	"hsmemu/daemon/admin"
 	"hsmemu/daemon/token"
 )
 
-// ServerConfig says who may connect.
+// ServerConfig says who may connect, and how much memory they may hold.
 type ServerConfig struct {
 	// Group, when not negative, is the socket's group: the socket is then
 	// 0660 and members of the group may connect. Otherwise it is 0600.
 	Group int
 	// AllowUIDs are the users allowed besides the daemon's own and root.
 	AllowUIDs []uint32
+	// Limits bound the memory connections hold (requests.go).
+	Limits Limits
 }
 
 // Server accepts connections on a Unix socket: the module's, served by the
@@ -39,6 +37,7 @@ type Server struct {
 	admin *admin.Handler
 	log   *slog.Logger
 	cfg   ServerConfig
+	lim   *limits
 
 	mu       sync.Mutex
 	stopping bool
@@ -51,7 +50,7 @@ func NewServer(eng *token.Engine, adm *admin.Handler, log *slog.Logger, cfg Serv
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{eng: eng, admin: adm, log: log, cfg: cfg, conns: map[*net.UnixConn]*fdConn{}}
+	return &Server{eng: eng, admin: adm, log: log, cfg: cfg, lim: newLimits(cfg.Limits), conns: map[*net.UnixConn]*fdConn{}}
 }
 
 // Listen creates the socket at path, owner-only (or group-shared). A stale
@@ -231,8 +230,6 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 		return
 	}
 	defer s.eng.Detach(app)
-	// A version 1 module has no idle flag in its replies.
-	sayIdle := hello.Version >= 2
 	c.SetReadDeadline(time.Time{})
 	raw, err := newFdConn(c)
 	if err != nil {
@@ -254,47 +251,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 
 	connProcs.add(1)
 	defer connProcs.add(-1)
-	r := bufio.NewReaderSize(raw, 64<<10)
-	w := bufio.NewWriterSize(raw, 64<<10)
-	// A call in flight runs to its end when the daemon stops (the loop
-	// checks ctx between calls), and a context that cannot be cancelled
-	// spares database/sql a watcher goroutine per query.
-	callCtx := context.WithoutCancel(ctx)
-	var buf, out []byte
-	var args wire.Args
-	res := &wire.Results{}
-	for n := 1; ; n++ {
-		if n%yieldEvery == 0 {
-			// A goroutine that only ever blocks in system calls never
-			// passes through the scheduler, so after 10 ms the runtime
-			// treats it as hogging its P and takes the P at every
-			// syscall, moving the connection between threads on each
-			// request. Yielding now and then resets that clock.
-			runtime.Gosched()
-		}
-		req, b, err := wire.ReadRequest(r, buf)
-		buf = b
-		if err != nil {
-			if !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, net.ErrClosed) && !isEOF(err) && !errors.Is(err, syscall.EPIPE) {
-				s.log.Warn("closing connection: bad frame", "pid", cred.Pid, "err", err)
-			}
-			return
-		}
-		code, results, idle := s.call(callCtx, app, req, &args, res, sayIdle)
-		out = wire.AppendReplyIdle(out[:0], req.ID, code, results, idle)
-		if _, err := w.Write(out); err != nil {
-			return
-		}
-		if r.Buffered() == 0 {
-			if err := w.Flush(); err != nil {
-				return
-			}
-		}
-		if ctx.Err() != nil {
-			w.Flush()
-			return
-		}
-	}
+	s.serveRequests(ctx, raw, app, cred.Pid, hello.Version >= 2)
 }
 
 // fdConn does a connection's request and reply I/O with blocking system
@@ -365,40 +322,3 @@ func (c *fdConn) Close() error {
 func isEOF(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
 }
-
-// call decodes and serves one request, and with sayIdle says whether the
-// session it named is idle after it. A panic in serving it is a bug: it
-// is logged and answered CKR_GENERAL_ERROR, and the daemon goes on.
-func (s *Server) call(ctx context.Context, app *token.App, req wire.Request, args *wire.Args, res *wire.Results, sayIdle bool) (code uint64, results []byte, idle bool) {
-	c, ok := calls.ByID(req.Call)
-	if !ok || c.Mode != calls.Forwarded {
-		return ck.CKR_FUNCTION_NOT_SUPPORTED, nil, false
-	}
-	if err := args.Decode(c, req.Body); err != nil {
-		return ck.CKR_ARGUMENTS_BAD, nil, false
-	}
-	defer func() {
-		if p := recover(); p != nil {
-			s.log.Error("internal error serving a call", "call", c.Name, "panic", fmt.Sprint(p))
-			code, results, idle = ck.CKR_GENERAL_ERROR, nil, false
-		}
-	}()
-	res.Reset(c)
-	code = s.eng.Dispatch(ctx, app, args, res)
-	if wire.HasResults(c, code) {
-		results = res.Finish()
-	}
-	if sayIdle && onSession[c.ID] {
-		idle = app.SessionIdle(args.Ulong(0))
-	}
-	return code, results, idle
-}
-
-// onSession[id]: call id's first argument is a session.
-var onSession = func() []bool {
-	on := make([]bool, len(calls.Table)+1)
-	for i := range calls.Table {
-		on[calls.Table[i].ID] = calls.OnSession(&calls.Table[i])
-	}
-	return on
-}()
