@@ -43,6 +43,8 @@ Example:
 			&cli.UintFlag{Name: "pin-kdf-memory", Usage: "Argon2id memory in KiB for the PINs of new tokens", Value: uint(keystore.DefaultArgon2.MemoryKiB)},
 			&cli.DurationFlag{Name: "pin-failure-delay", Usage: "delay after a wrong PIN, doubling with each further one (0 disables)", Value: 200 * time.Millisecond},
 			&cli.IntFlag{Name: "pin-max-failures", Usage: "wrong PINs in a row that lock a role", Value: 10},
+			&cli.IntFlag{Name: "memory-budget", Usage: "MiB that requests and replies in flight may hold, all connections together (half each)", Value: daemon.DefaultBudget >> 20},
+			&cli.IntFlag{Name: "operation-budget", Usage: "MiB that operations may hold between calls, all applications together (multipart AEAD input, outputs kept after a length query)", Value: token.DefaultOpBudget >> 20},
 			&cli.IntFlag{Name: "max-sessions", Usage: "sessions one application may have open at once (CK_TOKEN_INFO's ulMaxSessionCount)", Value: token.DefaultMaxSessions},
 			&cli.BoolFlag{Name: "legacy-algorithms", Usage: "enable the legacy algorithms on tokens that are not premium: single and triple DES, DSA, RSA keys of 1024 bits, SHA-1 in new signatures (docs/mechanisms.md)"},
 			&cli.DurationFlag{Name: "pin-cache-ttl", Usage: "how long a PIN that opened its token is remembered after its last use, sparing later logins the Argon2id stretch (0 never)", Value: 15 * time.Minute},
@@ -91,7 +93,6 @@ Example:
 			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			tuneRuntime()
 			argon := keystore.Argon2Params{Time: uint32(c.Uint("pin-kdf-time")), MemoryKiB: uint32(c.Uint("pin-kdf-memory")), Threads: keystore.DefaultArgon2.Threads}
 			maxFail := c.Int("pin-max-failures")
 			if maxFail < 1 {
@@ -105,6 +106,11 @@ Example:
 			if delay <= 0 {
 				delay = -1
 			}
+			memBudget, opBudget := c.Int("memory-budget"), c.Int("operation-budget")
+			if memBudget < 1 || memBudget > 1<<20 || opBudget < 1 || opBudget > 1<<20 {
+				return cli.Exit("hsmemu serve: --memory-budget and --operation-budget are 1 to 1048576 MiB", 2)
+			}
+			tuneRuntime(int64(memBudget+opBudget) << 20)
 			st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c), Logger: log,
 				Store: keystore.Options{Argon2: argon, MaxPINFailures: maxFail, PINCacheTTL: pinCacheTTL(c.Duration("pin-cache-ttl"))}})
 			if err != nil {
@@ -124,7 +130,7 @@ Example:
 					return cli.Exit("hsmemu serve: --pprof: "+err.Error(), 2)
 				}
 			}
-			srvCfg := daemon.ServerConfig{Group: group}
+			srvCfg := daemon.ServerConfig{Group: group, Limits: daemon.Limits{Budget: int64(memBudget) << 20}}
 			for _, uid := range c.UintSlice("allow-uid") {
 				srvCfg.AllowUIDs = append(srvCfg.AllowUIDs, uint32(uid))
 			}
@@ -136,7 +142,7 @@ Example:
 			// start and then hourly.
 			d := daemon.New(st, log, daemon.Config{
 				Engine: token.Config{DefaultTier: tier, MaxPINFailures: maxFail, FailureDelay: delay, MaxSessions: maxSessions,
-					LegacyAlgorithms: c.Bool("legacy-algorithms")},
+					LegacyAlgorithms: c.Bool("legacy-algorithms"), OpBudget: int64(opBudget) << 20},
 				Server:  srvCfg,
 				Version: Version,
 			})
@@ -167,8 +173,16 @@ func pinCacheTTL(d time.Duration) time.Duration {
 // daemon collects several times a second, and each collection's pauses
 // and background marking land on calls in flight (measured: ECDSA
 // signatures through the module 20-23k/s at GOGC=100, 26-27k/s at 800).
-func tuneRuntime() {
+//
+// Nine times a live heap full of budgeted buffers would be far too much,
+// so a soft memory limit, unless GOMEMLIMIT says otherwise, makes the
+// collector work harder as the heap nears twice the budgets plus 256 MiB
+// for keys, objects and sessions (docs/reliability.md, "Memory bounds").
+func tuneRuntime(budgets int64) {
 	if _, set := os.LookupEnv("GOGC"); !set {
 		debug.SetGCPercent(800)
+	}
+	if _, set := os.LookupEnv("GOMEMLIMIT"); !set {
+		debug.SetMemoryLimit(2*budgets + 256<<20)
 	}
 }
