@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -267,9 +268,12 @@ func runWithCtrl(ctx context.Context, bin, ioctl, stateDir, work, keyFile string
 		cmd.Process.Kill()
 		<-done
 	}
+	// The socket's file appears when swtpm binds it, a moment before it
+	// listens: wait until a connection is taken.
 	deadline := time.Now().Add(defaultStartTimeout)
 	for {
-		if _, err := os.Stat(ctrl); err == nil {
+		if c, err := net.DialTimeout("unix", ctrl, time.Second); err == nil {
+			c.Close()
 			break
 		}
 		if time.Now().After(deadline) {
