@@ -1,6 +1,11 @@
 package tpmroot
 
-import "context"
+import (
+	"context"
+	"errors"
+
+	"github.com/google/go-tpm/tpm2"
+)
 
 // ProvisionWithSecret is Provision that also returns a copy of the master
 // secret, so tests can check the TPM's HMAC against software. Test builds
@@ -31,4 +36,44 @@ func (t *TPM) TransientHandles() ([]uint32, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return transientHandles(t.tpm)
+}
+
+// DictionaryAttackLockReset sends TPM2_DictionaryAttackLockReset with the
+// empty lockout authorisation, as anyone who can reach the TPM could.
+func (t *TPM) DictionaryAttackLockReset() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return passwordCommand(t, tpm2.TPMCCDictionaryAttackLockReset, tpm2.TPMRHLockout, nil)
+}
+
+// UnsealWithPassword loads a PIN seal under the SRK and unseals it with
+// auth as a plain password: what an attacker holding the database and
+// this TPM would do, with none of the daemon's checks.
+func (t *TPM) UnsealWithPassword(seal, auth []byte) ([]byte, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s, err := parsePINSeal(seal)
+	if err != nil {
+		return nil, err
+	}
+	rsp, err := tpm2.Load{
+		ParentHandle: tpm2.AuthHandle{Handle: t.srk.handle, Name: t.srk.name, Auth: tpm2.PasswordAuth(nil)},
+		InPrivate:    tpm2.TPM2BPrivate{Buffer: s.private},
+		InPublic:     tpm2.BytesAs2B[tpm2.TPMTPublic](s.public),
+	}.Execute(t.tpm)
+	if err != nil {
+		return nil, err
+	}
+	defer flush(t.tpm, rsp.ObjectHandle)
+	var out *tpm2.UnsealResponse
+	for try := 0; try < 3; try++ {
+		out, err = tpm2.Unseal{ItemHandle: tpm2.AuthHandle{Handle: rsp.ObjectHandle, Name: rsp.Name, Auth: tpm2.PasswordAuth(authValue(auth))}}.Execute(t.tpm)
+		if !errors.Is(err, tpm2.TPMRCRetry) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return out.OutData.Buffer, nil
 }

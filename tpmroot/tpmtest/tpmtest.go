@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 
 	"hsmemu/internal/testenv"
 	"hsmemu/tpmroot"
@@ -88,6 +89,23 @@ func StartSocket(t testing.TB, dir string) (socketPath string, stop func()) {
 	}
 	t.Cleanup(stop)
 	return p.SocketPath, stop
+}
+
+// Dial connects to a bare swtpm's data socket (StartSocket's) with the
+// transport tpmroot uses, for a test that talks to the TPM with go-tpm
+// directly, as someone bypassing hsmemu would. swtpm serves one connection
+// at a time: close every tpmroot.TPM on the socket first. The connection
+// is closed when the test ends, if not before.
+func Dial(t testing.TB, socketPath string) transport.TPMCloser {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	c, err := swtpm.Dial(ctx, socketPath)
+	if err != nil {
+		t.Fatalf("dialling swtpm at %s: %v", socketPath, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 // shutdown sends TPM2_Shutdown(CLEAR) on a fresh connection.
