@@ -8,8 +8,14 @@
 //	 └─ SRK: ECC P-256 storage key, standard template, recreated at every Open
 //	     └─ master key: keyedhash HMAC-SHA256, fixedTPM | fixedParent,
 //	        created from a 32-byte secret we supply, stored outside as Sealed
-//	         ├─ domain id = TPM2_HMAC(master key, "hsmemu/domain/v1")
-//	         └─ KEK(label) = TPM2_HMAC(master key, label)
+//	     │   ├─ domain id = TPM2_HMAC(master key, "hsmemu/domain/v1")
+//	     │   └─ KEK(label) = TPM2_HMAC(master key, label)
+//	     └─ PIN-bound secrets: sealed data objects, one per PIN record,
+//	        not noDA, authorised by a value derived from the PIN (pinseal.go)
+//
+// Beside the master key, Sealed (version 2) records its PIN recovery public
+// key, an X25519 key whose private half is derived from the master secret
+// in software, never by the TPM (pinrecovery.go).
 //
 // # Why each choice
 //
@@ -38,6 +44,12 @@
 // to a discrete TPM, or the socket to swtpm, sees ciphertext only. (The
 // salt is encrypted to the SRK as the TPM reports it; defeating an active
 // impostor TPM would need SRK attestation, which is not done here.)
+//
+// PINs counted by the TPM. The master key is noDA: it has no authorisation
+// value to guess. PIN checks are what an attacker guesses, so each one
+// goes through an object that is DA-protected: the TPM counts every wrong
+// authorisation and, past its maximum, refuses them all until the counter
+// drains (DAInfo, ConfigureDA).
 //
 // Derived keys only. The master key never leaves the TPM; the daemon holds
 // KEKs derived from it, each a TPM2_HMAC over a label. The domain id is the

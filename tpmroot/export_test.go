@@ -2,6 +2,7 @@ package tpmroot
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 
 	"github.com/google/go-tpm/tpm2"
@@ -76,4 +77,15 @@ func (t *TPM) UnsealWithPassword(seal, auth []byte) ([]byte, error) {
 		return nil, err
 	}
 	return out.OutData.Buffer, nil
+}
+
+// RecoveryKeyForTest returns a PIN recovery public key of a random secret.
+func RecoveryKeyForTest() ([]byte, error) {
+	secret := make([]byte, secretSize)
+	rand.Read(secret)
+	k, err := recoveryKey(secret)
+	if err != nil {
+		return nil, err
+	}
+	return k.PublicKey().Bytes(), nil
 }

@@ -170,9 +170,10 @@ func (t *TPM) Recover(shares []*escrow.Share) (*Sealed, error) {
 	return t.seal(secret)
 }
 
-// seal creates the master key from secret under the SRK, loads it once to
-// check through the TPM that it computes the domain id the secret has, and
-// returns the wrapped key. The caller wipes secret.
+// seal creates the master key from secret under the SRK, with the secret's
+// PIN recovery public key beside it, loads it once to check through the
+// TPM that it computes the domain id and the recovery key's MAC the secret
+// has, and returns the wrapped key. The caller wipes secret.
 func (t *TPM) seal(secret []byte) (*Sealed, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -184,12 +185,19 @@ func (t *TPM) seal(secret []byte) (*Sealed, error) {
 		return nil, err
 	}
 	domain := escrow.DomainID(secret)
+	rk, err := recoveryKey(secret)
+	if err != nil {
+		return nil, fmt.Errorf("tpmroot: deriving the PIN recovery key: %w", err)
+	}
+	rpub := rk.PublicKey().Bytes()
 	s := &Sealed{
-		Version:  SealedVersion,
-		SRKName:  append([]byte(nil), t.srk.name.Buffer...),
-		Public:   public,
-		Private:  private,
-		DomainID: domain,
+		Version:        SealedVersion,
+		SRKName:        append([]byte(nil), t.srk.name.Buffer...),
+		Public:         public,
+		Private:        private,
+		DomainID:       domain,
+		RecoveryPublic: rpub,
+		RecoveryMAC:    recoveryMAC(secret, rpub),
 	}
 	r, err := t.loadLocked(s)
 	if err != nil {

@@ -2,6 +2,7 @@ package tpmroot
 
 import (
 	"bytes"
+	"crypto/ecdh"
 	"crypto/hmac"
 	"errors"
 	"fmt"
@@ -34,7 +35,10 @@ type Root struct {
 	handle tpm2.TPMHandle
 	name   tpm2.TPM2BName
 	domain []byte
-	closed bool // guarded by t.mu
+	// recovery is the PIN recovery public key (Sealed version 2), nil
+	// for a master key sealed before.
+	recovery *ecdh.PublicKey
+	closed   bool // guarded by t.mu
 }
 
 // Load loads a sealed master key under this TPM's SRK and checks, through
@@ -103,6 +107,24 @@ func (t *TPM) loadLocked(s *Sealed) (*Root, error) {
 		return nil, fmt.Errorf("%w: recorded %x, the TPM computes %x", ErrDomainMismatch, s.DomainID, domain)
 	}
 	r.domain = domain
+	if s.Version >= 2 {
+		// The recovery public key is only as good as its MAC: whoever
+		// can write the database but not use this master key cannot put
+		// a key of their own in its place.
+		mac, err := r.hmacLocked(recoveryMACInput(s.RecoveryPublic))
+		if err != nil {
+			r.flushLocked()
+			return nil, fmt.Errorf("tpmroot: checking the PIN recovery key: %w", err)
+		}
+		if !hmac.Equal(mac, s.RecoveryMAC) {
+			r.flushLocked()
+			return nil, fmt.Errorf("%w: the PIN recovery key recorded with it is not the master key's", ErrDomainMismatch)
+		}
+		if r.recovery, err = ecdh.X25519().NewPublicKey(s.RecoveryPublic); err != nil {
+			r.flushLocked()
+			return nil, fmt.Errorf("tpmroot: the PIN recovery key: %w", err)
+		}
+	}
 	return r, nil
 }
 

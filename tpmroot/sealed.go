@@ -7,7 +7,8 @@ import (
 )
 
 // SealedVersion is the current version of Sealed and its encoding.
-const SealedVersion = 1
+// Version 1 (before PIN recovery keys) is still read and loaded.
+const SealedVersion = 2
 
 // Sealed is the master key wrapped by one TPM: what the keystore persists.
 // Nothing in it is secret in clear: the private area is encrypted and
@@ -19,15 +20,25 @@ type Sealed struct {
 	Public   []byte // TPMT_PUBLIC of the master key
 	Private  []byte // TPM2B_PRIVATE contents: the wrapped sensitive area
 	DomainID []byte // escrow.DomainID of the master secret, 32 bytes
+	// RecoveryPublic is the X25519 public key PIN records' recovery
+	// copies are encrypted to (version 2): its private key is derived from
+	// the master secret in software, never by the TPM (RecoveryKey).
+	// RecoveryMAC is TPM2_HMAC(master key, "hsmemu/pin-recovery-public/v1"
+	// ‖ RecoveryPublic), checked by Load, so that only someone who can use
+	// the master key can put another public key here. Both are nil in
+	// version 1.
+	RecoveryPublic []byte
+	RecoveryMAC    []byte
 }
 
 // The encoding:
 //
-//	"HSMK" | version u8 | srk name | public | private | domain id
+//	"HSMK" | version u8 | srk name | public | private | domain id [| recovery public | recovery mac]
 //
-// where each of the four fields is a big-endian u16 length and that many
-// bytes. Decoding accepts exactly what encoding produces: the current
-// version, every length within its bound, no trailing bytes.
+// where each field is a big-endian u16 length and that many bytes; the
+// last two are in version 2 only. Decoding accepts exactly what encoding
+// produces: version 1 or 2, every length within its bound, no trailing
+// bytes.
 const sealedMagic = "HSMK"
 
 // Bounds on the fields. A name is a 2-byte hash algorithm and a digest
@@ -37,13 +48,14 @@ const (
 	maxNameLen     = 2 + 64
 	maxAreaLen     = 2048
 	domainIDLength = 32
+	recoveryLength = 32
 )
 
 // check validates field lengths and the version.
 func (s *Sealed) check() error {
 	switch {
-	case s.Version != SealedVersion:
-		return fmt.Errorf("version %d, want %d", s.Version, SealedVersion)
+	case s.Version != 1 && s.Version != SealedVersion:
+		return fmt.Errorf("version %d, want 1 or %d", s.Version, SealedVersion)
 	case len(s.SRKName) < 3 || len(s.SRKName) > maxNameLen:
 		return fmt.Errorf("%d-byte SRK name", len(s.SRKName))
 	case len(s.Public) == 0 || len(s.Public) > maxAreaLen:
@@ -52,8 +64,21 @@ func (s *Sealed) check() error {
 		return fmt.Errorf("%d-byte private area", len(s.Private))
 	case len(s.DomainID) != domainIDLength:
 		return fmt.Errorf("%d-byte domain id, want %d", len(s.DomainID), domainIDLength)
+	case s.Version == 1 && (s.RecoveryPublic != nil || s.RecoveryMAC != nil):
+		return errors.New("a version 1 sealed master key has no recovery key")
+	case s.Version >= 2 && (len(s.RecoveryPublic) != recoveryLength || len(s.RecoveryMAC) != recoveryLength):
+		return fmt.Errorf("%d-byte recovery key, %d-byte MAC, want %d", len(s.RecoveryPublic), len(s.RecoveryMAC), recoveryLength)
 	}
 	return nil
+}
+
+// fields are the encoded fields of s's version.
+func (s *Sealed) fields() []*[]byte {
+	f := []*[]byte{&s.SRKName, &s.Public, &s.Private, &s.DomainID}
+	if s.Version >= 2 {
+		f = append(f, &s.RecoveryPublic, &s.RecoveryMAC)
+	}
+	return f
 }
 
 // MarshalBinary encodes s.
@@ -61,17 +86,17 @@ func (s *Sealed) MarshalBinary() ([]byte, error) {
 	if err := s.check(); err != nil {
 		return nil, fmt.Errorf("tpmroot: marshalling sealed master key: %w", err)
 	}
-	fields := [][]byte{s.SRKName, s.Public, s.Private, s.DomainID}
+	fields := s.fields()
 	n := len(sealedMagic) + 1
 	for _, f := range fields {
-		n += 2 + len(f)
+		n += 2 + len(*f)
 	}
 	b := make([]byte, 0, n)
 	b = append(b, sealedMagic...)
 	b = append(b, byte(s.Version))
 	for _, f := range fields {
-		b = binary.BigEndian.AppendUint16(b, uint16(len(f)))
-		b = append(b, f...)
+		b = binary.BigEndian.AppendUint16(b, uint16(len(*f)))
+		b = append(b, *f...)
 	}
 	return b, nil
 }
@@ -83,11 +108,11 @@ func (s *Sealed) UnmarshalBinary(data []byte) error {
 		return errors.New("tpmroot: not a sealed master key")
 	}
 	v := Sealed{Version: int(data[len(sealedMagic)])}
-	if v.Version != SealedVersion {
-		return fmt.Errorf("tpmroot: sealed master key of version %d; this hsmemu reads version %d", v.Version, SealedVersion)
+	if v.Version != 1 && v.Version != SealedVersion {
+		return fmt.Errorf("tpmroot: sealed master key of version %d; this hsmemu reads versions 1 to %d", v.Version, SealedVersion)
 	}
 	rest := data[len(sealedMagic)+1:]
-	for _, f := range []*[]byte{&v.SRKName, &v.Public, &v.Private, &v.DomainID} {
+	for _, f := range v.fields() {
 		if len(rest) < 2 {
 			return errors.New("tpmroot: sealed master key truncated")
 		}

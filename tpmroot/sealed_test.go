@@ -15,12 +15,27 @@ func sampleSealed() *tpmroot.Sealed {
 		Public:   bytes.Repeat([]byte{0x22}, 50),
 		Private:  bytes.Repeat([]byte{0x33}, 126),
 		DomainID: bytes.Repeat([]byte{0x44}, 32),
+
+		RecoveryPublic: bytes.Repeat([]byte{0x55}, 32),
+		RecoveryMAC:    bytes.Repeat([]byte{0x66}, 32),
 	}
+}
+
+// sampleSealedV1 is a master key sealed before PIN recovery keys.
+func sampleSealedV1() *tpmroot.Sealed {
+	s := sampleSealed()
+	s.Version, s.RecoveryPublic, s.RecoveryMAC = 1, nil, nil
+	return s
 }
 
 func TestSealedRoundTrip(t *testing.T) {
 	t.Parallel()
-	s := sampleSealed()
+	for _, s := range []*tpmroot.Sealed{sampleSealed(), sampleSealedV1()} {
+		sealedRoundTrip(t, s)
+	}
+}
+
+func sealedRoundTrip(t *testing.T, s *tpmroot.Sealed) {
 	b, err := s.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
@@ -46,12 +61,13 @@ func TestSealedRejects(t *testing.T) {
 		t.Fatal(err)
 	}
 	cases := map[string][]byte{
-		"empty":       nil,
-		"magic":       append([]byte("XSMK"), good[4:]...),
-		"version 2":   append(append([]byte("HSMK"), 2), good[5:]...),
-		"truncated":   good[:len(good)-1],
-		"trailing":    append(bytes.Clone(good), 0),
-		"header only": good[:5],
+		"empty":                         nil,
+		"magic":                         append([]byte("XSMK"), good[4:]...),
+		"version 3":                     append(append([]byte("HSMK"), 3), good[5:]...),
+		"version 1 with a recovery key": append(append([]byte("HSMK"), 1), good[5:]...),
+		"truncated":                     good[:len(good)-1],
+		"trailing":                      append(bytes.Clone(good), 0),
+		"header only":                   good[:5],
 	}
 	for name, b := range cases {
 		var s tpmroot.Sealed
@@ -60,12 +76,15 @@ func TestSealedRejects(t *testing.T) {
 		}
 	}
 	bad := map[string]func(*tpmroot.Sealed){
-		"version 0":       func(s *tpmroot.Sealed) { s.Version = 0 },
-		"short domain id": func(s *tpmroot.Sealed) { s.DomainID = s.DomainID[:31] },
-		"no private":      func(s *tpmroot.Sealed) { s.Private = nil },
-		"no public":       func(s *tpmroot.Sealed) { s.Public = nil },
-		"long name":       func(s *tpmroot.Sealed) { s.SRKName = make([]byte, 67) },
-		"huge public":     func(s *tpmroot.Sealed) { s.Public = make([]byte, 70000) },
+		"version 0":              func(s *tpmroot.Sealed) { s.Version = 0 },
+		"short domain id":        func(s *tpmroot.Sealed) { s.DomainID = s.DomainID[:31] },
+		"no private":             func(s *tpmroot.Sealed) { s.Private = nil },
+		"no public":              func(s *tpmroot.Sealed) { s.Public = nil },
+		"long name":              func(s *tpmroot.Sealed) { s.SRKName = make([]byte, 67) },
+		"huge public":            func(s *tpmroot.Sealed) { s.Public = make([]byte, 70000) },
+		"no recovery key":        func(s *tpmroot.Sealed) { s.RecoveryPublic = nil },
+		"short recovery MAC":     func(s *tpmroot.Sealed) { s.RecoveryMAC = s.RecoveryMAC[:31] },
+		"v1 with a recovery key": func(s *tpmroot.Sealed) { s.Version = 1 },
 	}
 	for name, edit := range bad {
 		s := sampleSealed()
@@ -84,6 +103,9 @@ func FuzzSealedUnmarshal(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(good)
+	if v1, err := sampleSealedV1().MarshalBinary(); err == nil {
+		f.Add(v1)
+	}
 	f.Add([]byte("HSMK\x01"))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
