@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
@@ -57,6 +58,11 @@ func testRoot(t testing.TB) (*tpmroot.Root, []byte) {
 		}
 		shared.tpm, shared.err = tpmroot.Open(context.Background(), tpmroot.Spec{Kind: tpmroot.KindManaged, StateDir: shared.dir})
 		if shared.err != nil {
+			return
+		}
+		// Tests give wrong PINs on purpose, many in parallel: the TPM's
+		// dictionary-attack lockout must not get in their way.
+		if shared.err = shared.tpm.ConfigureDA(tpmroot.DAParams{MaxTries: 1 << 20, Recovery: time.Second, LockoutRecovery: time.Second}); shared.err != nil {
 			return
 		}
 		p, err := shared.tpm.Provision(tpmroot.ProvisionOptions{})
