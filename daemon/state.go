@@ -30,6 +30,9 @@ type StateConfig struct {
 	// TPMStateKey is the file of the key a managed swtpm's state is
 	// encrypted under (tpmroot.Spec.StateKey); empty for none.
 	TPMStateKey string
+	// DA are the dictionary-attack parameters a managed swtpm gets the
+	// first time it is opened (tpmda.go); zero means tpmroot.ManagedDA.
+	DA tpmroot.DAParams
 }
 
 // tpmSpec is cfg's TPM, with its state key.
@@ -102,6 +105,9 @@ func OpenState(ctx context.Context, cfg StateConfig) (_ *State, err error) {
 	}
 	info := st.TPM.Info()
 	log.Info("TPM opened", "kind", info.Kind, "manufacturer", info.Manufacturer)
+	if err := configureManagedDA(st.TPM, spec, cfg.DA, log); err != nil {
+		return nil, err
+	}
 	if st.Store, err = keystore.Open(ctx, filepath.Join(cfg.Dir, DatabaseName), cfg.Store); err != nil {
 		return nil, err
 	}
@@ -303,6 +309,13 @@ func RecoverState(ctx context.Context, cfg StateConfig, from string, shares []*e
 		return nil, err
 	}
 	defer tpm.Close()
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := configureManagedDA(tpm, spec, cfg.DA, log); err != nil {
+		return nil, err
+	}
 	sealed, err := tpm.Recover(shares)
 	if err != nil {
 		return nil, err
