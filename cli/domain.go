@@ -29,8 +29,17 @@ func domainCommand() *cli.Command {
 uses it) into the new --state-dir and recreates its master key in that state
 directory's TPM from at least the threshold of custodians' shares, each
 given as SHARE:KEY, the share file and its custodian's private key (PEM,
-PKCS#8). The shares must belong to the keystore's domain. 'hsmemu serve'
-on the new state directory then opens every key the old keystore held.
+PKCS#8). The shares must belong to the keystore's domain, at least the
+threshold of its current master key's. 'hsmemu serve' on the new state
+directory then opens every key the old keystore held.
+
+PIN records are bound to the old TPM; each carries a copy of what the
+new TPM needs, encrypted to a key of the master key current when it was
+written, and is brought into the new TPM with the same PIN. A record not
+rewritten since a master key rotation (its role has not logged in since)
+needs the shares of that earlier master key: give them too, beside the
+current one's. Records that cannot be brought over are listed; their
+role cannot log in on the new TPM until its PIN is set anew.
 
 Exit codes: 0 done; 1 failed (the new state directory is left without a
 keystore); 2 bad usage; 3 the new state directory already holds a keystore.
@@ -84,7 +93,7 @@ func runRecover(c *cli.Context) error {
 		}
 		newKey = true
 	}
-	domain, err := daemon.RecoverState(ctx, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), TPMStateKey: key, Logger: slog.New(slog.DiscardHandler)},
+	res, err := daemon.RecoverState(ctx, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), TPMStateKey: key, Logger: slog.New(slog.DiscardHandler)},
 		c.String("from"), shares)
 	if err != nil && newKey {
 		tpmroot.RemoveStateKey(key)
@@ -97,10 +106,38 @@ func runRecover(c *cli.Context) error {
 	case err != nil:
 		return cli.Exit("hsmemu domain recover: "+err.Error(), 1)
 	}
-	if c.Bool("json") {
-		return printJSON(c.App.Writer, map[string]any{"domain": fmt.Sprintf("%x", domain), "state_dir": dir, "shares": len(shares)})
+	type unbound struct {
+		Token            string `json:"token"`
+		Role             string `json:"role"`
+		MasterGeneration uint32 `json:"master_generation,omitempty"`
+		Why              string `json:"why"`
 	}
-	fmt.Fprintf(c.App.Writer, "recovered security domain %x into %s from %d shares; 'hsmemu serve --state-dir %s' opens it\n", domain, dir, len(shares), dir)
+	var left []unbound
+	for _, u := range res.UnboundPINs {
+		left = append(left, unbound{Token: u.Label, Role: u.Role.String(), MasterGeneration: u.MasterGeneration, Why: u.Why})
+	}
+	var unused []string
+	for _, id := range res.UnusedShares {
+		unused = append(unused, fmt.Sprintf("%x", id[:8]))
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, map[string]any{"domain": fmt.Sprintf("%x", res.Domain), "state_dir": dir, "shares": len(shares),
+			"pins_rebound": res.ReboundPINs, "pins_unbound": left, "unused_shares": unused})
+	}
+	w := c.App.Writer
+	fmt.Fprintf(w, "recovered security domain %x into %s from %d shares; 'hsmemu serve --state-dir %s' opens it\n", res.Domain, dir, len(shares), dir)
+	fmt.Fprintf(w, "PIN records brought into the new TPM: %d\n", res.ReboundPINs)
+	for _, u := range left {
+		fmt.Fprintf(c.App.ErrWriter, "WARNING: token %q's %s PIN cannot log in on the new TPM: %s; ", u.Token, u.Role, u.Why)
+		if u.Role == "user" {
+			fmt.Fprintln(c.App.ErrWriter, "the SO can set a new user PIN (hsmemu pin reset), or recover again giving those shares too")
+		} else {
+			fmt.Fprintln(c.App.ErrWriter, "recover again giving those shares beside the current ones")
+		}
+	}
+	for _, id := range unused {
+		fmt.Fprintf(c.App.ErrWriter, "note: the shares of master key %s opened no PIN record\n", id)
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"crypto/ecdh"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -237,12 +238,33 @@ func (s *State) Close() error {
 	return errors.Join(errs...)
 }
 
+// RecoverResult is what RecoverState did.
+type RecoverResult struct {
+	Domain []byte // the security domain's id
+	// ReboundPINs counts the PIN records brought into the new TPM from
+	// their recovery copies: their PINs log in there as before.
+	ReboundPINs int
+	// UnboundPINs are the records that could not be: their role cannot
+	// log in on the new TPM until its PIN is set anew (the SO sets the
+	// user's; an SO record needs the shares of the master key its copy is
+	// under, given beside the current one's).
+	UnboundPINs []keystore.UnboundPIN
+	// UnusedShares names the master keys (by proof) whose shares were
+	// given beside the current one's and opened no PIN record.
+	UnusedShares [][]byte
+}
+
 // RecoverState makes cfg.Dir, which must hold no keystore, the home of the
-// security domain of the keystore at from: it copies that keystore in and
+// security domain of the keystore at from: it copies that keystore in,
 // recreates its master key in cfg.Dir's TPM from custodians' decrypted
-// shares. The shares must be of the keystore's own domain. After it,
-// OpenState on cfg.Dir opens every object the old keystore held.
-func RecoverState(ctx context.Context, cfg StateConfig, from string, shares []*escrow.Share) (domain []byte, err error) {
+// shares, and brings every PIN record bound to the old TPM into the new
+// one (keystore.RebindPINs) with the recovery keys the shares give. The
+// shares must include the threshold of the keystore's current master
+// key's; shares of earlier master keys (before a rotation) may be given
+// beside them, for PIN records whose role has not logged in since that
+// rotation. After it, OpenState on cfg.Dir opens every object the old
+// keystore held, and the same PINs log in.
+func RecoverState(ctx context.Context, cfg StateConfig, from string, shares []*escrow.Share) (res *RecoverResult, err error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("no state directory given")
 	}
@@ -290,15 +312,27 @@ func RecoverState(ctx context.Context, cfg StateConfig, from string, shares []*e
 		}
 	}
 	// A share splits one master key: the current one's proof must match
-	// (the domain id names the first master key of the domain).
+	// (the domain id names the first master key of the domain). Shares of
+	// earlier master keys only open PIN records' recovery copies.
+	var current []*escrow.Share
+	var olderIDs [][]byte
+	older := map[string][]*escrow.Share{}
 	for _, sh := range shares {
 		switch {
 		case bytes.Equal(sh.DomainID, rec.Proof):
-		case rec.MasterGeneration > 1:
-			return nil, fmt.Errorf("a share of master key %x is not of this keystore's current master key %x (generation %d): shares of a master key before a rotation are void", sh.DomainID[:8], rec.Proof[:8], rec.MasterGeneration)
-		default:
+			current = append(current, sh)
+		case rec.MasterGeneration == 1:
 			return nil, fmt.Errorf("a share of domain %x is not of this keystore's domain %x", sh.DomainID[:8], rec.DomainID[:8])
+		default:
+			if _, ok := older[string(sh.DomainID)]; !ok {
+				olderIDs = append(olderIDs, sh.DomainID)
+			}
+			older[string(sh.DomainID)] = append(older[string(sh.DomainID)], sh)
 		}
+	}
+	if len(current) == 0 {
+		return nil, fmt.Errorf("a share of master key %x is not of this keystore's current master key %x (generation %d): shares of a master key before a rotation are void for recovering it (given beside the current one's, they rebind PIN records not logged in to since)",
+			olderIDs[0][:8], rec.Proof[:8], rec.MasterGeneration)
 	}
 	spec, err := cfg.tpmSpec()
 	if err != nil {
@@ -316,7 +350,21 @@ func RecoverState(ctx context.Context, cfg StateConfig, from string, shares []*e
 	if err := configureManagedDA(tpm, spec, cfg.DA, log); err != nil {
 		return nil, err
 	}
-	sealed, err := tpm.Recover(shares)
+	// The recovery keys first: older shares that do not recombine fail
+	// the recovery before anything is written.
+	groups := [][]*escrow.Share{current}
+	for _, id := range olderIDs {
+		groups = append(groups, older[string(id)])
+	}
+	var keys []*ecdh.PrivateKey // the current master key's, then each older one's, in olderIDs' order
+	for _, group := range groups {
+		k, err := tpmroot.RecoveryKey(group)
+		if err != nil {
+			return nil, fmt.Errorf("the shares of master key %x: %w", group[0].DomainID[:8], err)
+		}
+		keys = append(keys, k)
+	}
+	sealed, err := tpm.Recover(current)
 	if err != nil {
 		return nil, err
 	}
@@ -330,5 +378,23 @@ func RecoverState(ctx context.Context, cfg StateConfig, from string, shares []*e
 	if err := store.SetRootRecord(ctx, &keystore.RootRecord{Sealed: b, DomainID: rec.DomainID, Proof: rec.Proof, Escrow: rec.Escrow}); err != nil {
 		return nil, err
 	}
-	return rec.DomainID, nil
+	root, err := tpm.Load(sealed)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	if err := store.Attach(ctx, root, root.DomainID()); err != nil {
+		return nil, err
+	}
+	res = &RecoverResult{Domain: rec.DomainID}
+	var used []int
+	if res.ReboundPINs, res.UnboundPINs, used, err = store.RebindPINs(ctx, keys); err != nil {
+		return nil, fmt.Errorf("bring the PIN records into the new TPM: %w", err)
+	}
+	for i := 1; i < len(keys); i++ {
+		if used[i] == 0 {
+			res.UnusedShares = append(res.UnusedShares, olderIDs[i-1])
+		}
+	}
+	return res, nil
 }

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // The hot-path benchmarks and their floors, measured the same way in the
@@ -118,4 +119,65 @@ func BenchmarkFloorSQLite(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkLogin measures a login (C_Login's PIN check and data key
+// unwrap), with the records version 2 (Argon2id alone) and bound to the
+// TPM (Argon2id, then TPM2_Load and TPM2_Unseal in a salted session), cold
+// (no PIN cache: every login stretches and, bound, asks the TPM) and warm
+// (the PIN cache holds what the first login found). With the tests' cheap
+// Argon2id the difference is the TPM's cost; with the default, a real
+// login's.
+//
+//	go test -run '^$' -bench Login ./keystore/
+func BenchmarkLogin(b *testing.B) {
+	root, _ := testRoot(b)
+	for _, argon := range []struct {
+		name string
+		p    Argon2Params
+	}{{"cheap", cheapArgon}, {"default", DefaultArgon2}} {
+		for _, rec := range []struct {
+			name string
+			root Root
+		}{{"v2", kekOnly{root}}, {"bound", root}} {
+			for _, cache := range []struct {
+				name string
+				ttl  time.Duration
+			}{{"cold", -1}, {"warm", time.Hour}} {
+				b.Run(argon.name+"/"+rec.name+"/"+cache.name, func(b *testing.B) {
+					s, _ := benchStore(b, rec.root, Options{Argon2: argon.p, PINCacheTTL: cache.ttl})
+					ti := newToken(b, s, "bench")
+					if err := s.Login(ctx, ti.UUID, RoleUser, userPIN); err != nil {
+						b.Fatal(err)
+					}
+					b.ResetTimer()
+					for b.Loop() {
+						s.Logout(ti.UUID)
+						if err := s.Login(ctx, ti.UUID, RoleUser, userPIN); err != nil {
+							b.Fatal(err)
+						}
+					}
+				})
+			}
+		}
+	}
+}
+
+// benchStore is a keystore attached to root, the shared TPM's master key
+// as a root of any kind.
+func benchStore(b *testing.B, root Root, opts Options) (*Store, string) {
+	r, sealed := testRoot(b)
+	path := filepath.Join(b.TempDir(), "keystore.db")
+	s, err := Open(ctx, path, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	if err := s.SetRootRecord(ctx, &RootRecord{Sealed: sealed, DomainID: r.DomainID()}); err != nil {
+		b.Fatal(err)
+	}
+	if err := s.Attach(ctx, root, r.DomainID()); err != nil {
+		b.Fatal(err)
+	}
+	return s, path
 }

@@ -260,13 +260,14 @@ func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)
 	// and back out if it does not: a carried key is never looked up under
 	// a generation whose rows the switch has deleted.
 	s.mu.Lock()
-	s.masterGen = nextGen
+	wasEscrowed := s.escrowed
+	s.masterGen, s.escrowed = nextGen, rec.Next.Escrow != nil
 	s.mu.Unlock()
 	committed := false
 	defer func() {
 		if !committed {
 			s.mu.Lock()
-			s.masterGen = oldGen
+			s.masterGen, s.escrowed = oldGen, wasEscrowed
 			s.mu.Unlock()
 		}
 	}()

@@ -80,6 +80,14 @@ var ErrPINNotInitialized = errors.New("keystore: user PIN not initialized")
 // generation, KEK generation and Argon2id parameters, so a record cannot be
 // moved or weakened. A record of version 1 (written before master key
 // rotation existed) has no KEK generation field: it is under generation 1.
+//
+// A record of version 3 is bound to the TPM (pinbind.go): the same fields,
+// then the seal of its TPM object and its recovery copy,
+//
+//	... v2 fields ... | seal length u16 | seal | copy length u16 | copy
+//
+// and its wrapping key mixes in the secret that only the TPM gives out, to
+// the right PIN.
 const (
 	pinRecordVersion = 2
 	pinSaltLen       = 16
@@ -88,34 +96,57 @@ const (
 )
 
 type pinRecord struct {
-	gen    uint32 // the KEK generation whose PIN key wraps it
-	params Argon2Params
-	salt   []byte
-	nonce  []byte
-	sealed []byte
-	header []byte // the bytes before the salt, as stored
+	version byte   // 1, 2 or 3 (pinRecordBound); marshal writes 2 for 0
+	gen     uint32 // the KEK generation whose PIN key wraps it
+	params  Argon2Params
+	salt    []byte
+	nonce   []byte
+	sealed  []byte
+	header  []byte // the bytes before the salt, as stored
+	// Version 3 only: the TPM object's seal, and the recovery copy of its
+	// secret and authorisation (empty without a recovery key).
+	seal, copy []byte
 }
 
 func (r *pinRecord) marshal() []byte {
-	b := make([]byte, 0, pinRecordLen)
-	b = append(b, pinRecordVersion)
-	b = binary.BigEndian.AppendUint32(b, r.gen)
+	v := r.version
+	if v == 0 {
+		v = pinRecordVersion
+	}
+	b := make([]byte, 0, pinRecordLen+4+len(r.seal)+len(r.copy))
+	b = append(b, v)
+	if v != 1 { // version 1 has no generation field
+		b = binary.BigEndian.AppendUint32(b, r.gen)
+	}
 	b = binary.BigEndian.AppendUint32(b, r.params.Time)
 	b = binary.BigEndian.AppendUint32(b, r.params.MemoryKiB)
 	b = append(b, r.params.Threads)
 	r.header = b[:len(b):len(b)]
 	b = append(b, r.salt...)
 	b = append(b, r.nonce...)
-	return append(b, r.sealed...)
+	b = append(b, r.sealed...)
+	if v == pinRecordBound {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(r.seal)))
+		b = append(b, r.seal...)
+		b = binary.BigEndian.AppendUint16(b, uint16(len(r.copy)))
+		b = append(b, r.copy...)
+	}
+	return b
 }
 
 func parsePINRecord(b []byte) (*pinRecord, error) {
 	r := &pinRecord{}
 	switch {
 	case len(b) == pinRecordLen && b[0] == pinRecordVersion:
-		r.gen, r.header, b = binary.BigEndian.Uint32(b[1:]), b[:14], b[5:]
+		r.version, r.gen, r.header, b = 2, binary.BigEndian.Uint32(b[1:]), b[:14], b[5:]
 	case len(b) == pinRecordLenV1 && b[0] == 1:
-		r.gen, r.header, b = 1, b[:10], b[1:]
+		r.version, r.gen, r.header, b = 1, 1, b[:10], b[1:]
+	case len(b) > pinRecordLen && b[0] == pinRecordBound:
+		var err error
+		if r.seal, r.copy, err = parseBoundTail(b[pinRecordLen:]); err != nil {
+			return nil, ErrTampered
+		}
+		r.version, r.gen, r.header, b = pinRecordBound, binary.BigEndian.Uint32(b[1:]), b[:14], b[5:pinRecordLen]
 	default:
 		return nil, ErrTampered
 	}
@@ -172,7 +203,9 @@ func stretchedAEAD(pinKey, stretched []byte) (cipher.AEAD, error) {
 	return newGCM(k)
 }
 
-// wrapDataKey makes a PIN record holding dataKey for role.
+// wrapDataKey makes a PIN record of version 2, holding dataKey for role:
+// one that only Argon2id stands in front of. The Store writes them only
+// when its root cannot bind PINs to the TPM (Store.wrapPIN).
 func wrapDataKey(keys *tokenKeys, token UUID, role Role, dgen uint32, pin, dataKey []byte, p Argon2Params) ([]byte, error) {
 	if err := p.validate(); err != nil {
 		return nil, err
@@ -199,7 +232,10 @@ func wrapDataKey(keys *tokenKeys, token UUID, role Role, dgen uint32, pin, dataK
 //
 // A PIN that opened this record before is found in cache (when not nil)
 // and its stretch skipped; the record must still open under it.
-func unwrapDataKey(keys *tokenKeys, token UUID, role Role, dgen uint32, pin, record []byte, cache *stretchCache) ([]byte, error) {
+//
+// A record bound to the TPM (version 3) is opened through ps, the TPM
+// counting every wrong PIN (unwrapBound).
+func unwrapDataKey(keys *tokenKeys, token UUID, role Role, dgen uint32, pin, record []byte, cache *stretchCache, ps PINSealer) ([]byte, error) {
 	r, err := parsePINRecord(record)
 	if err != nil {
 		return nil, err
@@ -210,6 +246,9 @@ func unwrapDataKey(keys *tokenKeys, token UUID, role Role, dgen uint32, pin, rec
 	pinKey, ok := keys.pinKeyFor(r.gen)
 	if !ok {
 		return nil, ErrTampered
+	}
+	if r.version == pinRecordBound {
+		return unwrapBound(ps, pinKey, r, token, role, dgen, pin, cache)
 	}
 	open := func(stretched []byte) ([]byte, error) {
 		aead, err := stretchedAEAD(pinKey, stretched)

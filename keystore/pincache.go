@@ -14,10 +14,13 @@ import (
 // which is the whole cost of a login (tens to hundreds of milliseconds,
 // by design). An entry is found by a keyed hash of the record's salt and
 // parameters and the PIN, under a key made at random for this process, so
-// the PIN itself is not kept. It holds the stretched key only; the record
-// still has to open under it, so a stale entry (the PIN was changed: a new
-// salt) is never found, and one that no longer opens is dropped and the
-// full check runs. Wrong PINs never enter.
+// the PIN itself is not kept. It holds the stretched key only (and, for a
+// record bound to the TPM, the secret the TPM gave out for it, so that a
+// login with a PIN seen before skips the TPM too); the record still has to
+// open under it, so a stale entry (the PIN was changed: a new salt) is
+// never found, and one that no longer opens is dropped and the full check
+// runs. Wrong PINs never enter: each one is stretched and, for a bound
+// record, presented to the TPM, which counts it.
 //
 // What it costs, for the TTL after a login (and up to a quarter of it
 // more, until the sweeper runs): anyone who reads the daemon's memory gets

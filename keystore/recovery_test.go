@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"bytes"
+	"crypto/ecdh"
 	"errors"
 	"path/filepath"
 	"testing"
@@ -114,7 +115,26 @@ func TestRecoveryIntoNewTPM(t *testing.T) {
 	if err := s.Attach(ctx, rootB, rootB.DomainID()); err != nil {
 		t.Fatal(err)
 	}
+	// The PIN records are bound to TPM A: they do not open on B until
+	// their recovery copies bring them there.
+	if err := s.Login(ctx, tokens[0], RoleUser, userPIN); !errors.Is(err, tpmroot.ErrWrongTPM) {
+		t.Fatalf("login on B before rebinding: %v, want ErrWrongTPM", err)
+	}
+	rk, err := tpmroot.RecoveryKey([]*escrow.Share{decrypt(1), decrypt(2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, left, used, err := s.RebindPINs(ctx, []*ecdh.PrivateKey{rk})
+	if err != nil || n != 4 || len(left) != 0 || used[0] != 4 {
+		t.Fatalf("RebindPINs: %d rebound, left %+v, %v; want 4, none", n, left, err)
+	}
 	for _, tok := range tokens {
+		if err := s.Login(ctx, tok, RoleSO, soPIN); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Login(ctx, tok, RoleUser, []byte("wrong")); !errors.Is(err, ErrPINIncorrect) {
+			t.Fatalf("a wrong PIN on B: %v", err)
+		}
 		if err := s.Login(ctx, tok, RoleUser, userPIN); err != nil {
 			t.Fatal(err)
 		}

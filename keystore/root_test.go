@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"hsmemu/internal/testenv"
 	"hsmemu/tpmroot"
@@ -64,6 +65,12 @@ func testRoot(t testing.TB) (*tpmroot.Root, []byte) {
 		spec := tpmroot.Spec{Kind: tpmroot.KindManaged, StateDir: shared.dir}
 		shared.tpm, shared.err = tpmroot.Open(context.Background(), spec)
 		if shared.err != nil {
+			return
+		}
+		// Many tests give wrong PINs, in parallel, on this one TPM: its
+		// dictionary-attack lockout must not get in their way. Tests of
+		// the lockout itself use a TPM of their own.
+		if shared.err = shared.tpm.ConfigureDA(tpmroot.DAParams{MaxTries: 1 << 20, Recovery: time.Second, LockoutRecovery: time.Second}); shared.err != nil {
 			return
 		}
 		p, err := shared.tpm.Provision(tpmroot.ProvisionOptions{})

@@ -69,13 +69,13 @@ func (s *Store) RotateDataKey(ctx context.Context, token UUID, soPIN, userPIN []
 	gen := ti.DataGeneration + 1
 	// The PIN records first: Argon2id is slow, and needs no lock on the
 	// database.
-	soRec, err := wrapDataKey(st.keys, token, RoleSO, gen, soPIN, fresh, s.opts.Argon2)
+	soRec, err := s.wrapPIN(st.keys, token, RoleSO, gen, soPIN, fresh)
 	if err != nil {
 		return 0, err
 	}
 	var userRec []byte
 	if ti.UserPINSet {
-		if userRec, err = wrapDataKey(st.keys, token, RoleUser, gen, userPIN, fresh, s.opts.Argon2); err != nil {
+		if userRec, err = s.wrapPIN(st.keys, token, RoleUser, gen, userPIN, fresh); err != nil {
 			return 0, err
 		}
 	}

@@ -212,6 +212,8 @@ func FuzzParseBackup(f *testing.F) {
 func FuzzParsePINRecord(f *testing.F) {
 	f.Add(make([]byte, pinRecordLen))
 	f.Add(append([]byte{1}, make([]byte, pinRecordLenV1-1)...))
+	f.Add((&pinRecord{version: 3, params: cheapArgon, salt: make([]byte, 16), nonce: make([]byte, 12), sealed: make([]byte, 48),
+		seal: []byte("seal"), copy: make([]byte, recoveryCopyLen)}).marshal())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := parsePINRecord(b)
 		if err != nil {
@@ -219,6 +221,10 @@ func FuzzParsePINRecord(f *testing.F) {
 		}
 		if len(r.salt) != pinSaltLen || len(r.nonce) != gcmNonceLen || len(r.sealed) != 32+gcmTagLen {
 			t.Fatalf("parsed %d/%d/%d", len(r.salt), len(r.nonce), len(r.sealed))
+		}
+		// Whatever parses re-encodes to the same bytes.
+		if again := r.marshal(); string(again) != string(b) {
+			t.Fatalf("re-encoding differs:\n in  %x\n out %x", b, again)
 		}
 	})
 }

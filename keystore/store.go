@@ -84,6 +84,7 @@ type Store struct {
 	closed    bool
 	roots     map[uint32]Root       // by master generation: the current one, and the next during a rotation
 	masterGen uint32                // the current master's generation
+	escrowed  bool                  // the current master is split to custodians (pinbind.go)
 	tokens    map[int64]*tokenState // by token row id
 
 	cache *cache
@@ -307,6 +308,7 @@ func (s *Store) Attach(ctx context.Context, root Root, proof []byte) error {
 	defer s.mu.Unlock()
 	s.roots[rec.MasterGeneration] = root
 	s.masterGen = rec.MasterGeneration
+	s.escrowed = rec.Escrow != nil
 	return nil
 }
 

@@ -314,11 +314,11 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 		return TokenInfo{}, err
 	}
 	ti := TokenInfo{UUID: uuid, Label: spec.Label, Tier: spec.Tier, KEKGeneration: kekGen, DataGeneration: dataGen, RetentionDays: DefaultRetentionDays, MasterGeneration: masterGen}
-	if ti.soPIN, err = wrapDataKey(keys, uuid, RoleSO, dataGen, spec.SOPIN, dataKey, s.opts.Argon2); err != nil {
+	if ti.soPIN, err = s.wrapPIN(keys, uuid, RoleSO, dataGen, spec.SOPIN, dataKey); err != nil {
 		return TokenInfo{}, err
 	}
 	if spec.UserPIN != nil {
-		if ti.userPIN, err = wrapDataKey(keys, uuid, RoleUser, dataGen, spec.UserPIN, dataKey, s.opts.Argon2); err != nil {
+		if ti.userPIN, err = s.wrapPIN(keys, uuid, RoleUser, dataGen, spec.UserPIN, dataKey); err != nil {
 			return TokenInfo{}, err
 		}
 	}
@@ -743,7 +743,7 @@ func (s *Store) checkPIN(ctx context.Context, token UUID, role Role, pin []byte)
 	if err != nil {
 		return ti, nil, nil, err
 	}
-	dk, err := unwrapDataKey(st.keys, token, role, ti.DataGeneration, pin, rec, s.pins)
+	dk, err := unwrapDataKey(st.keys, token, role, ti.DataGeneration, pin, rec, s.pins, s.sealerFor())
 	if errors.Is(err, ErrPINIncorrect) || errors.Is(err, ErrPINLenRange) {
 		if cerr := s.countFailure(ctx, token, role, true); cerr != nil {
 			return ti, nil, nil, cerr
@@ -753,10 +753,12 @@ func (s *Store) checkPIN(ctx context.Context, token UUID, role Role, pin []byte)
 	if err != nil {
 		return ti, nil, nil, err
 	}
-	if g, ok := recordGen(rec); ok && g != st.keys.generation {
+	if g, ok := recordGen(rec); (ok && g != st.keys.generation) || pinRecordStale(rec, s.binding()) {
 		// The record is still under the PIN key of a KEK a master key
-		// rotation replaced: now that the PIN is at hand, wrap the data
-		// key under the current one (which also clears the count).
+		// rotation replaced, or not bound to the TPM (written before
+		// PINs were), or its recovery copy is under an earlier master
+		// key's recovery key: now that the PIN is at hand, write it anew
+		// (which also clears the count).
 		if err := s.writePIN(ctx, st, ti, role, pin, dk); err != nil {
 			wipe(dk)
 			return ti, nil, nil, err
@@ -866,7 +868,7 @@ func (s *Store) InitPIN(ctx context.Context, token UUID, newUserPIN []byte) erro
 }
 
 func (s *Store) writePIN(ctx context.Context, st *tokenState, ti TokenInfo, role Role, pin, dk []byte) error {
-	rec, err := wrapDataKey(st.keys, ti.UUID, role, ti.DataGeneration, pin, dk, s.opts.Argon2)
+	rec, err := s.wrapPIN(st.keys, ti.UUID, role, ti.DataGeneration, pin, dk)
 	if err != nil {
 		return err
 	}
@@ -928,7 +930,7 @@ func (s *Store) Reinit(ctx context.Context, token UUID, soPIN []byte, label stri
 	if _, err := rand.Read(fresh); err != nil {
 		return err
 	}
-	rec, err := wrapDataKey(st.keys, token, RoleSO, ti.DataGeneration+1, soPIN, fresh, s.opts.Argon2)
+	rec, err := s.wrapPIN(st.keys, token, RoleSO, ti.DataGeneration+1, soPIN, fresh)
 	if err != nil {
 		return err
 	}
