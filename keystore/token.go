@@ -797,14 +797,19 @@ func (s *Store) Login(ctx context.Context, token UUID, role Role, pin []byte) er
 		return err
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
+		s.mu.Unlock()
 		wipe(dk)
 		return ErrClosed
 	}
 	st.logout()
 	st.dataKey, st.data, st.dgen = dk, aead, ti.DataGeneration
 	st.open.Store(true)
+	s.mu.Unlock()
+	if ti.Tier == TierPremium {
+		// Best effort: a key left public is resealed at the next login.
+		s.privatizeHSMKeys(ctx, st)
+	}
 	return nil
 }
 

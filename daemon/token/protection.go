@@ -11,9 +11,13 @@ import (
 // Key protection and tiers. A secret or private key is software-protected
 // or HSM-protected (CKA_HSMEMU_PROTECTION). An HSM-protected key is
 // CKA_SENSITIVE and not CKA_EXTRACTABLE for life: its value is never
-// returned and never wrapped. Only premium tokens hold them, and there keys
-// are HSM-protected unless the template asks otherwise: by asking for
-// software protection, or for a key that is not sensitive or extractable.
+// returned and never wrapped. It is also CKA_PRIVATE: usable only by the
+// token's logged-in user, and sealed under the token's data key, which
+// only a PIN opens; a public key's secret is sealed under the token's KEK,
+// which the TPM derives for anyone who can use it. Only premium tokens
+// hold them, and there keys are HSM-protected unless the template asks
+// otherwise: by asking for software protection, or for a key that is not
+// sensitive, extractable or not private.
 
 // protect decides a new key's protection from its template (before the
 // defaults fill it) and the token's tier.
@@ -21,7 +25,8 @@ func protect(m map[uint64][]byte, tier keystore.Tier) error {
 	p, given := m[ck.CKA_HSMEMU_PROTECTION]
 	sens, sensGiven := m[ck.CKA_SENSITIVE]
 	extr, extrGiven := m[ck.CKA_EXTRACTABLE]
-	looseAsked := (sensGiven && !isTrue(sens)) || (extrGiven && isTrue(extr))
+	priv, privGiven := m[ck.CKA_PRIVATE]
+	looseAsked := (sensGiven && !isTrue(sens)) || (extrGiven && isTrue(extr)) || (privGiven && !isTrue(priv))
 	level := uint64(ck.CKP_HSMEMU_SOFTWARE)
 	switch {
 	case given:
@@ -33,7 +38,7 @@ func protect(m map[uint64][]byte, tier keystore.Tier) error {
 			return ck.Errorf(ck.CKR_TEMPLATE_INCONSISTENT, "an HSM-protected key needs a premium token; this token is %s", tier)
 		}
 		if level == ck.CKP_HSMEMU_HSM && looseAsked {
-			return ck.Errorf(ck.CKR_TEMPLATE_INCONSISTENT, "an HSM-protected key is sensitive and not extractable; the template asks otherwise")
+			return ck.Errorf(ck.CKR_TEMPLATE_INCONSISTENT, "an HSM-protected key is sensitive, private and not extractable; the template asks otherwise")
 		}
 	case tier == keystore.TierPremium && !looseAsked:
 		level = ck.CKP_HSMEMU_HSM
@@ -42,6 +47,7 @@ func protect(m map[uint64][]byte, tier keystore.Tier) error {
 	if level == ck.CKP_HSMEMU_HSM {
 		m[ck.CKA_SENSITIVE] = vTrue
 		m[ck.CKA_EXTRACTABLE] = vFalse
+		m[ck.CKA_PRIVATE] = vTrue
 	}
 	return nil
 }
