@@ -220,6 +220,8 @@ func (h *Handler) adminErr(op string, err error) *adminapi.Error {
 		return adminapi.Errorf(adminapi.CodePINIncorrect, "the PIN is incorrect; the failure was counted")
 	case errors.Is(err, keystore.ErrPINLocked):
 		return adminapi.Errorf(adminapi.CodePINLocked, "the PIN is locked after too many failures: `hsmemu pin unlock` or `pin reset` clears it")
+	case errors.Is(err, keystore.ErrTPMLockout):
+		return adminapi.Errorf(adminapi.CodePINLocked, "%s", tpmLockoutMessage(err))
 	case errors.Is(err, keystore.ErrPINNotInitialized):
 		return adminapi.Errorf(adminapi.CodeNotFound, "the user PIN is not set: `hsmemu pin reset` sets it with the SO PIN")
 	case errors.Is(err, keystore.ErrRotationPending):
@@ -257,4 +259,15 @@ func (h *Handler) adminErr(op string, err error) *adminapi.Error {
 	}
 	h.log.Error("admin call failed", "op", op, "err", err)
 	return adminapi.Errorf(adminapi.CodeInternal, "internal error; the daemon's log says more")
+}
+
+// tpmLockoutMessage says, plainly, that the TPM refuses PIN checks and
+// until when.
+func tpmLockoutMessage(err error) string {
+	const msg = "the TPM's dictionary-attack lockout is active (too many wrong PINs, over every token): every PIN check waits"
+	var le *keystore.TPMLockoutError
+	if errors.As(err, &le) && !le.Until.IsZero() {
+		return fmt.Sprintf("%s until %s at the latest; the PIN was not tried and no failure was counted", msg, le.Until.Local().Format(time.DateTime))
+	}
+	return msg + " until the TPM's counter is reset; the PIN was not tried"
 }

@@ -21,6 +21,13 @@ func rvOf(err error) (uint64, bool) {
 		return ck.CKR_PIN_INCORRECT, true
 	case errors.Is(err, keystore.ErrPINLocked):
 		return ck.CKR_PIN_LOCKED, true
+	case errors.Is(err, keystore.ErrTPMLockout):
+		// The TPM counted too many wrong PINs (over every token) and
+		// refuses PIN checks until the count drains: PKCS#11's "the token
+		// is unwilling to permit further attempts at authentication",
+		// which may or may not last. The role's own counter is not
+		// touched, so its token flags do not say locked.
+		return ck.CKR_PIN_LOCKED, true
 	case errors.Is(err, keystore.ErrPINLenRange):
 		return ck.CKR_PIN_LEN_RANGE, true
 	case errors.Is(err, keystore.ErrPINNotInitialized):

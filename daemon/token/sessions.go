@@ -242,6 +242,11 @@ func (e *Engine) login(ctx context.Context, app *App, h, userType uint64, pin []
 		e.log.Warn("login refused: PIN locked", "token", s.token.String(), "role", role.String(), "pid", app.PID)
 		e.audit(ctx, who, s.token, "login.locked", nil)
 	}
+	if errors.Is(err, keystore.ErrTPMLockout) {
+		e.log.Warn("login refused: the TPM's dictionary-attack lockout is active (too many wrong PINs, over every token)",
+			"token", s.token.String(), "role", role.String(), "pid", app.PID, "err", err)
+		e.audit(ctx, who, s.token, "login.tpm-lockout", nil)
+	}
 	if err == nil {
 		e.audit(ctx, who, s.token, "login.success", nil)
 	}
