@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -71,6 +72,16 @@ type initResult struct {
 	Escrowed     bool         `json:"escrowed"`
 	Threshold    int          `json:"threshold,omitempty"`
 	Shares       []shareWrite `json:"shares,omitempty"`
+	// DA is the TPM's dictionary-attack protection, which counts every
+	// wrong PIN; Warnings say what a copy of the state directory gives.
+	DA       *initDA  `json:"dictionary_attack,omitempty"`
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+type initDA struct {
+	MaxTries       uint32 `json:"max_tries"`
+	RecoverySec    uint32 `json:"recovery_seconds"`
+	LockoutAuthSet bool   `json:"lockout_auth_set"`
 }
 
 type shareWrite struct {
@@ -155,6 +166,14 @@ func runInit(c *cli.Context) error {
 		}
 		res.Shares = append(res.Shares, shareWrite{Custodian: sh.Custodian, Fingerprint: sh.Fingerprint, Index: int(sh.Index), File: paths[i]})
 	}
+	if da, err := st.TPM.DAInfo(); err == nil {
+		res.DA = &initDA{MaxTries: da.MaxTries, RecoverySec: uint32(da.Recovery / time.Second), LockoutAuthSet: da.LockoutAuthSet}
+	}
+	for _, n := range st.Exposure(ctx) {
+		if n.Warn {
+			res.Warnings = append(res.Warnings, n.Msg)
+		}
+	}
 	if c.Bool("json") {
 		enc := json.NewEncoder(c.App.Writer)
 		enc.SetIndent("", "  ")
@@ -162,6 +181,17 @@ func runInit(c *cli.Context) error {
 	}
 	w := c.App.Writer
 	fmt.Fprintf(w, "provisioned security domain %s in %s (TPM %s, %s)\n", res.Domain, stateDir, info.Kind, info.Manufacturer)
+	if da := res.DA; da != nil {
+		lockout := "set"
+		if !da.LockoutAuthSet {
+			lockout = "NOT set"
+		}
+		fmt.Fprintf(w, "the TPM counts every wrong PIN: %d, over every token, lock it; one is forgiven every %s; its lockout authorisation is %s\n",
+			da.MaxTries, time.Duration(da.RecoverySec)*time.Second, lockout)
+	}
+	for _, m := range res.Warnings {
+		fmt.Fprintln(c.App.ErrWriter, "WARNING: "+m)
+	}
 	if !res.Escrowed {
 		fmt.Fprintln(c.App.ErrWriter, "WARNING: the master key is not escrowed to any custodian: if this TPM is lost, every key in this keystore is lost with it. Use --custodian and --threshold to escrow it.")
 		return nil

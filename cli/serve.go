@@ -17,7 +17,6 @@ import (
 	"hsmemu/daemon/token"
 	"hsmemu/internal/harden"
 	"hsmemu/keystore"
-	"hsmemu/tpmroot"
 )
 
 func serveCommand() *cli.Command {
@@ -117,12 +116,13 @@ Example:
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
 			}
 			defer st.Close()
-			if st.Spec.Kind == tpmroot.KindManaged {
-				if st.Spec.StateKey == "" {
-					log.Warn("the managed swtpm's state is not encrypted: a copy of the state directory is a copy of the TPM, " +
-						"with which PINs can be guessed offline and every key opened; `hsmemu tpm encrypt-state --tpm-state-key FILE` encrypts it")
+			// What a copy of the state directory gives away, with this
+			// TPM: one line per case.
+			for _, n := range st.Exposure(ctx) {
+				if n.Warn {
+					log.Warn(n.Msg)
 				} else {
-					log.Info("the managed swtpm's state is encrypted", "key", st.Spec.StateKey)
+					log.Info(n.Msg)
 				}
 			}
 			if addr := c.String("pprof"); addr != "" {

@@ -38,6 +38,31 @@ Exit codes: 0 done, 1 the daemon failed or is not running.`,
 				fmt.Fprintf(w, ", firmware %s", st.TPM.Firmware)
 			}
 			fmt.Fprintln(w)
+			if da := st.TPM.DA; da != nil {
+				fmt.Fprintf(w, "TPM DA:    %d of %d wrong PINs counted, one forgiven every %s", da.Counter, da.MaxTries, time.Duration(da.RecoverySec)*time.Second)
+				switch {
+				case da.RecoverySec == 0:
+					fmt.Fprint(w, "; dictionary-attack protection is OFF")
+				case da.InLockout:
+					fmt.Fprintf(w, "; IN LOCKOUT: every PIN check waits, up to %s", time.Duration(da.LockoutLeftSec)*time.Second)
+				}
+				if da.LockoutAuthSet {
+					fmt.Fprintln(w, "; lockout authorisation set")
+				} else {
+					fmt.Fprintln(w, "; lockout authorisation NOT set: anyone with root can reset the counter")
+				}
+			}
+			pins := fmt.Sprintf("counted by the TPM; %d records bound", st.PINs.BoundRecords)
+			if !st.PINs.Recoverable {
+				pins = fmt.Sprintf("counted by the TPM, without recovery copies; %d records bound", st.PINs.BoundRecords)
+			}
+			if st.PINs.UnboundRecords > 0 {
+				pins += fmt.Sprintf(", %d not yet (rewritten at their role's next login)", st.PINs.UnboundRecords)
+			}
+			if !st.PINs.Bound {
+				pins = "NOT counted by the TPM: " + st.PINs.Why
+			}
+			fmt.Fprintf(w, "PINs:      %s\n", pins)
 			fp := st.Domain
 			if len(fp) > 8 {
 				fp = fp[:8]

@@ -57,10 +57,12 @@ func New(st *State, log *slog.Logger, cfg Config) *Daemon {
 	}
 	eng := token.New(st.Store, log, cfg.Engine)
 	info := tpmroot.Info{}
+	var da func() (tpmroot.DAInfo, error)
 	if st.TPM != nil {
 		info = st.TPM.Info()
+		da = st.TPM.DAInfo
 	}
-	adm := admin.New(eng, st.Store, log, admin.Config{Version: cfg.Version, TPM: info, Started: time.Now(), Rotator: st})
+	adm := admin.New(eng, st.Store, log, admin.Config{Version: cfg.Version, TPM: info, Started: time.Now(), Rotator: st, DA: da})
 	return &Daemon{st: st, log: log, cfg: cfg, eng: eng, admin: adm, srv: NewServer(eng, adm, log, cfg.Server)}
 }
 

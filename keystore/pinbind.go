@@ -542,3 +542,29 @@ func (s *Store) RebindPINs(ctx context.Context, keys []*ecdh.PrivateKey) (reboun
 }
 
 var errNothingToRebind = errors.New("nothing to rebind")
+
+// PINRecords counts the PIN records of untampered tokens: bound to the
+// TPM, and not (version 1 or 2, each rewritten bound at its role's next
+// login when PINBinding says records are bound).
+func (s *Store) PINRecords(ctx context.Context) (bound, unbound int, err error) {
+	list, err := s.Tokens(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, ti := range list {
+		if ti.Tampered != nil {
+			continue
+		}
+		for _, rec := range [][]byte{ti.soPIN, ti.userPIN} {
+			if rec == nil {
+				continue
+			}
+			if rec[0] == pinRecordBound {
+				bound++
+			} else {
+				unbound++
+			}
+		}
+	}
+	return bound, unbound, nil
+}

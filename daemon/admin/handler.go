@@ -24,6 +24,8 @@ type Config struct {
 	Started time.Time
 	// Rotator rotates the master key; nil: `rotate master` is refused.
 	Rotator Rotator
+	// DA reads the TPM's dictionary-attack state; nil: status omits it.
+	DA func() (tpmroot.DAInfo, error)
 }
 
 // Rotator is the state directory's master key rotation (daemon.State):

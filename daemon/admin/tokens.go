@@ -22,6 +22,19 @@ func (a *call) status(ctx context.Context, _ noArgs) (*adminapi.Status, error) {
 		TPM: adminapi.TPMInfo{Kind: info.TPM.Kind, Path: info.TPM.Path, Manufacturer: info.TPM.Manufacturer,
 			Vendor: info.TPM.VendorString, Firmware: info.TPM.FirmwareVersion},
 	}
+	if a.h.cfg.DA != nil {
+		if da, err := a.h.cfg.DA(); err == nil {
+			st.TPM.DA = &adminapi.TPMDA{Counter: da.Counter, MaxTries: da.MaxTries,
+				RecoverySec: uint32(da.Recovery / time.Second), LockoutRecoverySec: uint32(da.LockoutRecovery / time.Second),
+				LockoutAuthSet: da.LockoutAuthSet, InLockout: da.InLockout, LockoutLeftSec: uint32(da.LockoutLeft() / time.Second)}
+		}
+	}
+	b := a.store.PINBinding()
+	st.PINs = adminapi.PINState{Bound: b.Bound, Recoverable: b.Recoverable, Why: b.Why}
+	var err error
+	if st.PINs.BoundRecords, st.PINs.UnboundRecords, err = a.store.PINRecords(ctx); err != nil {
+		return nil, err
+	}
 	rec, err := a.store.RootRecord(ctx)
 	if err != nil {
 		return nil, err

@@ -197,6 +197,35 @@ type Status struct {
 	// TamperDetected counts the audit log's tamper.detected records: the
 	// integrity failures the daemon met, each counted once.
 	TamperDetected int64 `json:"tamper_detected"`
+	// PINs says how PIN checks are guarded.
+	PINs PINState `json:"pins"`
+}
+
+// PINState says whether PIN checks are counted by the TPM.
+type PINState struct {
+	// Bound: PIN records are bound to the TPM, whose dictionary-attack
+	// protection counts every wrong PIN; Recoverable, with recovery
+	// copies for domain recovery. Why says why not, when not Bound.
+	Bound       bool   `json:"bound"`
+	Recoverable bool   `json:"recoverable,omitempty"`
+	Why         string `json:"why,omitempty"`
+	// BoundRecords and UnboundRecords count the records (two per token
+	// with a user PIN); an unbound one is rewritten bound at its role's
+	// next login.
+	BoundRecords   int `json:"bound_records"`
+	UnboundRecords int `json:"unbound_records"`
+}
+
+// TPMDA is the TPM's dictionary-attack state.
+type TPMDA struct {
+	Counter            uint32 `json:"counter"`   // wrong authorisations counted now
+	MaxTries           uint32 `json:"max_tries"` // the count that locks
+	RecoverySec        uint32 `json:"recovery_seconds"`
+	LockoutRecoverySec uint32 `json:"lockout_recovery_seconds"`
+	LockoutAuthSet     bool   `json:"lockout_auth_set"`
+	InLockout          bool   `json:"in_lockout"`
+	// LockoutLeftSec bounds how long the lockout lasts, when in one.
+	LockoutLeftSec uint32 `json:"lockout_left_seconds,omitempty"`
 }
 
 // TPMInfo says which TPM holds the master key.
@@ -206,6 +235,8 @@ type TPMInfo struct {
 	Manufacturer string `json:"manufacturer"`
 	Vendor       string `json:"vendor,omitempty"`
 	Firmware     string `json:"firmware,omitempty"`
+	// DA is the TPM's dictionary-attack state, when it could be read.
+	DA *TPMDA `json:"dictionary_attack,omitempty"`
 }
 
 // AuditHead is the newest record of the audit log.
