@@ -28,6 +28,14 @@
 // TPM (or to this one after TPM2_Clear) fails with ErrWrongTPM before
 // anything is sent to the TPM.
 //
+// One NV index: the anchor counter (counter.go). The keystore is a file,
+// and a file can be put back as it was; a TPM NV counter only goes up. Each
+// domain's keystore is anchored in one counter, at an owner-range handle
+// derived from the domain id, that only the daemon's authorisation
+// increments. It is the one thing hsmemu keeps in the TPM's NV memory, and
+// this package can define, read and increment it, never write, decrement
+// or delete it.
+//
 // A supplied secret, so escrow is possible. Provision generates the master
 // secret itself and creates the master key from it with TPM2_Create
 // (sensitiveDataOrigin clear). At that moment, and only then, the secret
