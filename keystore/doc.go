@@ -17,6 +17,13 @@
 // to another object or token, or truncating it, makes the open fail with
 // ErrTampered; it never yields the material.
 //
+// What a row cannot show by itself is its age: an older copy of a row, or
+// of the whole file, authenticates too. The anchor record (anchor.go)
+// accounts for every row, kept by triggers in the transaction of each
+// write, and is tied to a TPM counter that only goes up (AttachAnchor,
+// Anchor): a keystore older than its anchor is ErrRolledBack, and a row
+// that is not the one written is taken down like a row that fails its MAC.
+//
 // Opening a key is the hot path of the whole daemon: a bounded cache keeps
 // opened objects, so a second use costs a map lookup, and a miss costs one
 // indexed SQLite read and one AES-GCM open. Updates, deletes and logouts

@@ -343,6 +343,7 @@ func TestMigrateTokenChecks(t *testing.T) {
 	execSQL(t, db, `ALTER TABLE v3 RENAME TO tokens`)
 	execSQL(t, db, `UPDATE sqlite_sequence SET seq = 3 WHERE name = 'tokens'`)
 	execSQL(t, db, `UPDATE tokens SET user_failures = -4294967295 WHERE id = ?`, b.ID)
+	execSQL(t, db, `DROP TABLE anchor; DROP TABLE anchor_rows`) // schema 5's
 	execSQL(t, db, `PRAGMA user_version = 3`)
 
 	s2 := reopen(t, path, Options{})

@@ -259,6 +259,9 @@ func (s *Store) readObject(ctx context.Context, id ObjectID) (objectRow, error) 
 // openRow authenticates a row and opens its seal. The secret is decrypted
 // in place, so the returned object shares the row's one buffer.
 func (s *Store) openRow(ctx context.Context, r *objectRow) (*Object, error) {
+	if s.anc.objectBad(r.id) {
+		return nil, tampered("object", r.uuid, r.id, "rows") // not the row its anchor entry accounts for
+	}
 	attrs, ix, err := r.decode()
 	if err != nil {
 		return nil, err
@@ -424,6 +427,10 @@ func (s *Store) Find(ctx context.Context, token UUID, f Filter) ([]ObjectID, err
 		}
 		if !bytes.Equal(uuid, r.uuid[:]) {
 			s.noteTamper(tampered("object", r.uuid, c.id, "uuid column"))
+			continue
+		}
+		if s.anc.objectBad(c.id) {
+			s.noteTamper(tampered("object", r.uuid, c.id, "rows"))
 			continue
 		}
 		a, err := DecodeAttributes(r.attrs)

@@ -100,6 +100,10 @@ func (s *Store) DeletedObjects(ctx context.Context, token UUID) ([]Deleted, erro
 			s.noteTamper(tampered("object", r.uuid, id, "uuid column"))
 			continue
 		}
+		if s.anc.objectBad(id) {
+			s.noteTamper(tampered("object", r.uuid, id, "rows"))
+			continue
+		}
 		if d.Attrs, err = DecodeAttributes(r.attrs); err != nil {
 			s.noteTamper(tampered("object", r.uuid, id, "record"))
 			continue

@@ -105,6 +105,8 @@ type Store struct {
 	auditLost     string     // the first loss at the end of the log seen on an append; guarded by mu
 
 	tamper tamperLog // integrity failures met, to audit once each
+
+	anc *anchor // the anchor record's keys and counter (anchor.go)
 }
 
 // Open opens (creating if needed) the keystore at path and brings its schema
@@ -149,14 +151,16 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	q.Set("_secure_delete", "on")
 	q.Set("_txlock", "immediate")
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
-	w, err := sql.Open("sqlite3", dsn)
-	if err != nil {
-		return nil, fmt.Errorf("keystore: open %s: %w", path, err)
-	}
+	anc := newAnchor()
+	w := openWriter(dsn, anc)
 	w.SetMaxOpenConns(1)
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	if err := migrate(ctx, w); err != nil {
+		w.Close()
+		return nil, err
+	}
+	if err := reinstallAnchorTriggers(ctx, w, anc); err != nil {
 		w.Close()
 		return nil, err
 	}
@@ -170,7 +174,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	r.SetMaxOpenConns(opts.Readers)
 	r.SetMaxIdleConns(opts.Readers)
 	r.SetConnMaxLifetime(0)
-	s := &Store{w: w, r: r, opts: opts, tokens: map[int64]*tokenState{}, roots: map[uint32]Root{}, cache: newCache(opts.CacheEntries), pins: newStretchCache(opts.PINCacheTTL)}
+	s := &Store{w: w, r: r, anc: anc, opts: opts, tokens: map[int64]*tokenState{}, roots: map[uint32]Root{}, cache: newCache(opts.CacheEntries), pins: newStretchCache(opts.PINCacheTTL)}
 	s.openStmt, err = r.PrepareContext(ctx, selectObject)
 	if err != nil {
 		s.Close()
@@ -196,6 +200,7 @@ func (s *Store) Close() error {
 	wipe(s.auditK)
 	s.auditK = nil
 	s.mu.Unlock()
+	s.anc.wipe()
 	s.cache.purge(func(*Object) bool { return true })
 	s.pins.clear()
 	s.finds.Range(func(_, st any) bool {
@@ -305,11 +310,11 @@ func (s *Store) Attach(ctx context.Context, root Root, proof []byte) error {
 		return ErrWrongDomain
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.roots[rec.MasterGeneration] = root
 	s.masterGen = rec.MasterGeneration
 	s.escrowed = rec.Escrow != nil
-	return nil
+	s.mu.Unlock()
+	return s.attachAnchorKeys(ctx)
 }
 
 // dbErr wraps a database error, reporting ErrClosed for a closed Store.
@@ -322,6 +327,10 @@ func (s *Store) dbErr(what string, err error) error {
 	s.mu.RUnlock()
 	if closed {
 		return ErrClosed
+	}
+	if refused := s.anchorRefused(); refused != nil {
+		// The driver keeps only the text of the trigger's error.
+		return fmt.Errorf("keystore: %s: %w", what, refused)
 	}
 	return fmt.Errorf("keystore: %s: %w", what, err)
 }

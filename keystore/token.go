@@ -562,6 +562,9 @@ const staleRetries = 3
 // root the first time the token is seen. Only a row that passes makes the
 // token's state known to the Store.
 func (s *Store) verify(ti *TokenInfo) (*tokenState, error) {
+	if err := s.anc.tokenRows(ti); err != nil {
+		return nil, err // its rows are not the ones the anchor record accounts for
+	}
 	s.mu.RLock()
 	st, ok := s.tokens[ti.ID]
 	var keys *tokenKeys
