@@ -68,23 +68,23 @@ func TestAuditEvents(t *testing.T) {
 	cl.Must(ck.CKR_PIN_LOCKED, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
 
 	got := events(t, d, SOPIN, UserPIN, "wrong-pin")
-	want := []string{"token.create", "login.success", "pin.init",
+	want := []string{"anchor.create", "token.create", "login.success", "pin.init",
 		"login.failure", "login.success", "key.generate", "key.generate", "export.refused", "key.destroy",
 		"login.failure", "login.failure", "login.failure", "pin.lockout", "login.locked"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("events\n got %v\nwant %v", got, want)
 	}
 	recs, _ := d.st.Store.AuditRecords(ctx, 0, 0)
-	gen := recs[5]
+	gen := recs[6]
 	if gen.Actor.Token != "audited" || gen.Actor.Role != "user" || gen.Actor.PID != int32(os.Getpid()) ||
 		gen.Detail["label"] != "kek" || gen.Detail["class"] != "secret-key" || len(gen.Detail["object"]) != 32 {
 		t.Fatalf("key.generate record: %+v", gen)
 	}
-	if ref := recs[7]; ref.Detail["label"] != "locked" || ref.Detail["call"] != "C_WrapKey" {
+	if ref := recs[8]; ref.Detail["label"] != "locked" || ref.Detail["call"] != "C_WrapKey" {
 		t.Fatalf("export.refused record: %+v", ref)
 	}
-	if recs[8].Detail["object"] != recs[6].Detail["object"] {
-		t.Fatalf("destroyed %s, generated %s", recs[8].Detail["object"], recs[6].Detail["object"])
+	if recs[9].Detail["object"] != recs[7].Detail["object"] {
+		t.Fatalf("destroyed %s, generated %s", recs[9].Detail["object"], recs[7].Detail["object"])
 	}
 	if rep, err := d.st.Store.VerifyAudit(ctx); err != nil || !rep.OK || rep.Records != int64(len(want)) {
 		t.Fatalf("verify: %+v %v", rep, err)

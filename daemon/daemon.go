@@ -35,6 +35,9 @@ type Config struct {
 	// PurgeEvery is how often deleted objects whose retention ended are
 	// purged (and once at start); zero means hourly.
 	PurgeEvery time.Duration
+	// AnchorEvery is how often the keystore is anchored in the TPM's
+	// counter when it changed; zero means AnchorInterval of the TPM.
+	AnchorEvery time.Duration
 }
 
 // Daemon is one daemon over an opened state directory.
@@ -70,9 +73,22 @@ func New(st *State, log *slog.Logger, cfg Config) *Daemon {
 func (d *Daemon) Engine() *token.Engine { return d.eng }
 
 // Serve serves ln until ctx ends (Server.Serve says how it stops), with
-// the purger of expired deleted objects beside it, and closes the engine
-// once both are done. The state directory stays open: its owner closes it.
+// the purger of expired deleted objects and the anchoring of the keystore
+// beside it, and closes the engine once they are done. A keystore found
+// behind its anchor while serving stops the daemon: Serve returns that
+// *keystore.RollbackError. The state directory stays open: its owner
+// closes it.
 func (d *Daemon) Serve(ctx context.Context, ln *net.UnixListener) error {
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	anchorer := make(chan error, 1)
+	go func() {
+		err := d.st.RunAnchor(ctx, d.cfg.AnchorEvery)
+		if err != nil {
+			stop(err)
+		}
+		anchorer <- err
+	}()
 	purger := make(chan struct{})
 	go func() {
 		defer close(purger)
@@ -84,5 +100,10 @@ func (d *Daemon) Serve(ctx context.Context, ln *net.UnixListener) error {
 		<-purger
 		d.eng.Close()
 	}()
-	return d.srv.Serve(ctx, ln)
+	err := d.srv.Serve(ctx, ln)
+	stop(nil)
+	if aerr := <-anchorer; aerr != nil {
+		return aerr
+	}
+	return err
 }

@@ -34,6 +34,11 @@ type StateConfig struct {
 	// DA are the dictionary-attack parameters a managed swtpm gets the
 	// first time it is opened (tpmda.go); zero means tpmroot.ManagedDA.
 	DA tpmroot.DAParams
+	// Reanchor re-anchors the keystore in the TPM on purpose, whatever
+	// its anchor says, for that reason (`hsmemu restore`: a backup is
+	// older by design); audited as anchor.reset. Empty: a keystore older
+	// than its anchor is refused (keystore.ErrRolledBack).
+	Reanchor string
 }
 
 // tpmSpec is cfg's TPM, with its state key.
@@ -70,8 +75,13 @@ type State struct {
 	// Tampered are the tokens whose rows failed their integrity check at
 	// open: listed in their slots, unusable, each recorded in the audit log.
 	Tampered []keystore.TokenInfo
+	// Counter is the TPM counter the keystore is anchored in, and Anchor
+	// what opening found (anchor.go).
+	Counter *tpmroot.Counter
+	Anchor  keystore.AnchorReport
 
 	next *tpmroot.Root // the master key a rotation under way moves to
+	log  *slog.Logger
 }
 
 // DatabaseName is the keystore's file name inside the state directory.
@@ -95,7 +105,7 @@ func OpenState(ctx context.Context, cfg StateConfig) (_ *State, err error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &State{Spec: spec}
+	st := &State{Spec: spec, log: log}
 	defer func() {
 		if err != nil {
 			st.Close()
@@ -167,6 +177,9 @@ func OpenState(ctx context.Context, cfg StateConfig) (_ *State, err error) {
 	if err := st.Store.Attach(ctx, st.Root, st.Root.DomainID()); err != nil {
 		return nil, err
 	}
+	if err := st.openAnchor(ctx, cfg); err != nil {
+		return nil, err
+	}
 	started, err := st.Store.RotationStarted(ctx)
 	if err != nil {
 		return nil, err
@@ -223,6 +236,9 @@ func tamperedTokens(ctx context.Context, store *keystore.Store) ([]keystore.Toke
 // managed swtpm.
 func (s *State) Close() error {
 	var errs []error
+	if err := s.closeAnchor(); err != nil && !errors.Is(err, keystore.ErrRolledBack) {
+		errs = append(errs, err)
+	}
 	if s.Store != nil {
 		errs = append(errs, s.Store.Close())
 	}
@@ -290,6 +306,11 @@ func RecoverState(ctx context.Context, cfg StateConfig, from string, shares []*e
 		return nil, err
 	}
 	defer store.Close()
+	// The copy goes to another TPM: its anchor record is made anew there,
+	// once it is attached (below).
+	if err := store.DropAnchor(ctx); err != nil {
+		return nil, err
+	}
 	rec, err := store.RootRecord(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("the keystore to recover: %w", err)
@@ -395,6 +416,11 @@ func RecoverState(ctx context.Context, cfg StateConfig, from string, shares []*e
 		if used[i] == 0 {
 			res.UnusedShares = append(res.UnusedShares, olderIDs[i-1])
 		}
+	}
+	// The copy's anchor record was dropped: it is anchored anew, in a
+	// counter of the new TPM.
+	if _, _, err := anchor(ctx, tpm, store, root.DomainID(), "domain recover", log); err != nil {
+		return nil, fmt.Errorf("anchor the recovered keystore in the new TPM: %w", err)
 	}
 	return res, nil
 }

@@ -145,3 +145,26 @@ func Custodians(t testing.TB) ([]escrow.Custodian, map[string]crypto.PrivateKey)
 		},
 		map[string]crypto.PrivateKey{"alice": x25519, "bob": p256, "carol": rsaKey}
 }
+
+// UndefineNV deletes the NV index at handle from the swtpm serving
+// socketPath (StartSocket; no other client connected), with the owner's
+// authorisation, as anyone holding that could: tpmroot itself has no way
+// to delete its anchor counter.
+func UndefineNV(socketPath string, handle uint32) error {
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	c, err := swtpm.Dial(ctx, socketPath)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	pub, err := tpm2.NVReadPublic{NVIndex: tpm2.TPMHandle(handle)}.Execute(c)
+	if err != nil {
+		return err
+	}
+	_, err = tpm2.NVUndefineSpace{
+		AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+		NVIndex:    tpm2.NamedHandle{Handle: tpm2.TPMHandle(handle), Name: pub.NVName},
+	}.Execute(c)
+	return err
+}
