@@ -71,6 +71,11 @@ beside it as keystore.db.replaced-TIME. The restored keystore must open with
 the state directory's TPM, and every token row in it must pass its integrity
 check, or the old one is put back.
 
+A backup is older than the keystore it replaces, and the daemon refuses a
+keystore older than its anchor in the TPM: restore re-anchors the restored
+keystore in the TPM's counter on purpose, says how many anchors it was
+behind, and records it in the audit log (anchor.reset, reason restore).
+
 Exit codes: 0 done; 1 failed (the state directory is as it was); 2 bad usage;
 3 the daemon is running; 6 a token row in the backup failed its integrity
 check (the state directory is as it was).
@@ -130,20 +135,35 @@ func runRestore(c *cli.Context) error {
 			moved[aside+suffix] = db + suffix
 		}
 	}
+	// Once the restored keystore may have been anchored in the TPM's
+	// counter, the one put back is behind it: it is re-anchored too.
+	anchored := false
 	failWith := func(msg string, code int) error {
 		for _, suffix := range []string{"", "-wal", "-shm"} {
 			os.Remove(db + suffix)
 		}
 		putBack(moved)
+		if anchored && len(moved) > 0 {
+			st, err := daemon.OpenState(c.Context, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c),
+				Logger: slog.New(slog.DiscardHandler), Reanchor: "restore abandoned"})
+			if err != nil {
+				return cli.Exit("hsmemu restore: "+msg+"; the keystore it replaced is back, but does not open: "+err.Error(), code)
+			}
+			st.Close()
+		}
 		return cli.Exit("hsmemu restore: "+msg+"; the state directory is as it was", code)
 	}
 	fail := func(err error) error { return failWith(err.Error(), 1) }
 	if err := keystore.CopyFile(c.Context, src, db); err != nil {
 		return fail(err)
 	}
-	st, err := daemon.OpenState(c.Context, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c), Logger: slog.New(slog.DiscardHandler)})
+	st, err := daemon.OpenState(c.Context, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c), Logger: slog.New(slog.DiscardHandler),
+		Reanchor: "restore"})
+	// A keystore refused as edited was refused before anything was
+	// written; any other failure may come after the anchoring.
+	anchored = err == nil || stateExit(err) != exitTampered
 	if err != nil {
-		return fail(fmt.Errorf("the restored keystore does not open here: %w", err))
+		return failWith(fmt.Sprintf("the restored keystore does not open here: %v", err), stateExit(err))
 	}
 	if len(st.Tampered) > 0 {
 		// A backup is restored whole or not at all: one whose token rows
@@ -155,9 +175,11 @@ func runRestore(c *cli.Context) error {
 		st.Close()
 		return failWith(fmt.Sprintf("the backup's token rows failed their integrity check: %s", strings.Join(slots, ", ")), exitTampered)
 	}
+	anchor := st.Anchor
 	st.Close()
 	if c.Bool("json") {
-		res := map[string]any{"domain": fmt.Sprintf("%x", domain), "state_dir": dir}
+		res := map[string]any{"domain": fmt.Sprintf("%x", domain), "state_dir": dir,
+			"reanchored": map[string]any{"counter": fmt.Sprintf("0x%08x", anchor.Handle), "at": anchor.Anchored, "anchors_behind": anchor.Behind}}
 		if len(moved) > 0 {
 			res["replaced"] = aside
 		}
@@ -168,6 +190,8 @@ func runRestore(c *cli.Context) error {
 		fmt.Fprintf(c.App.Writer, "; the one it replaced is %s", aside)
 	}
 	fmt.Fprintln(c.App.Writer)
+	fmt.Fprintf(c.App.Writer, "re-anchored it in the TPM's counter 0x%08x at %d: it was %d anchor(s) behind (recorded in the audit log as anchor.reset)\n",
+		anchor.Handle, anchor.Anchored, anchor.Behind)
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -17,6 +18,7 @@ import (
 	"hsmemu/daemon/token"
 	"hsmemu/internal/harden"
 	"hsmemu/keystore"
+	"hsmemu/tpmroot"
 )
 
 func serveCommand() *cli.Command {
@@ -48,6 +50,7 @@ Example:
 			&cli.BoolFlag{Name: "legacy-algorithms", Usage: "enable the legacy algorithms on tokens that are not premium: single and triple DES, DSA, RSA keys of 1024 bits, SHA-1 in new signatures (docs/mechanisms.md)"},
 			&cli.DurationFlag{Name: "pin-cache-ttl", Usage: "how long a PIN that opened its token is remembered after its last use, sparing later logins the Argon2id stretch (0 never)", Value: 15 * time.Minute},
 			&cli.StringFlag{Name: "pprof", Usage: "serve Go's profiler (net/http/pprof) on a Unix socket at this path, created 0600 (curl --unix-socket PATH http://x/debug/pprof/)"},
+			&cli.DurationFlag{Name: "anchor-interval", Usage: "how often the keystore is anchored in the TPM's NV counter, when it changed: writes newer than the last anchor can be rolled back (default 10s; 15m with a TPM device, whose NV memory wears)"},
 			&cli.StringFlag{Name: "lock-memory", Usage: "lock the daemon's memory out of swap: auto (when RLIMIT_MEMLOCK is unlimited or the process has CAP_IPC_LOCK; otherwise say why not), require (refuse to start unlocked), off", Value: "auto"},
 		},
 		Action: func(c *cli.Context) error {
@@ -110,10 +113,13 @@ Example:
 				return cli.Exit("hsmemu serve: --memory-budget and --operation-budget are 1 to 1048576 MiB", 2)
 			}
 			tuneRuntime(int64(memBudget+opBudget) << 20)
+			if c.IsSet("anchor-interval") && c.Duration("anchor-interval") <= 0 {
+				return cli.Exit("hsmemu serve: --anchor-interval must be positive", 2)
+			}
 			st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c), Logger: log,
 				Store: keystore.Options{Argon2: argon, MaxPINFailures: maxFail, PINCacheTTL: pinCacheTTL(c.Duration("pin-cache-ttl"))}})
 			if err != nil {
-				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
+				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), stateExit(err))
 			}
 			defer st.Close()
 			// What a copy of the state directory gives away, with this
@@ -145,13 +151,16 @@ Example:
 					LegacyAlgorithms: c.Bool("legacy-algorithms"), OpBudget: int64(opBudget) << 20},
 				Server:  srvCfg,
 				Version: Version,
+
+				// Zero: the TPM's default (daemon.AnchorInterval).
+				AnchorEvery: c.Duration("anchor-interval"),
 			})
 			if c.Bool("legacy-algorithms") {
 				log.Warn("legacy algorithms enabled on tokens that are not premium: DES, triple DES, DSA, RSA-1024, SHA-1 signatures")
 			}
 			log.Info("serving", "socket", sock, "state_dir", dir)
 			if err := d.Serve(ctx, ln); err != nil {
-				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
+				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), stateExit(err))
 			}
 			log.Info("stopped")
 			return nil
@@ -185,4 +194,14 @@ func tuneRuntime(budgets int64) {
 	if _, set := os.LookupEnv("GOMEMLIMIT"); !set {
 		debug.SetMemoryLimit(2*budgets + 256<<20)
 	}
+}
+
+// stateExit is the exit code of a state directory that failed to open or
+// to serve: 6 for a keystore that failed verification (rolled back,
+// tampered, or anchored in a counter that is not its own), else 1.
+func stateExit(err error) int {
+	if errors.Is(err, keystore.ErrRolledBack) || errors.Is(err, keystore.ErrTampered) || errors.Is(err, tpmroot.ErrCounterAuth) {
+		return exitTampered
+	}
+	return exitError
 }
