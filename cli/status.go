@@ -79,6 +79,11 @@ Exit codes: 0 done, 1 the daemon failed or is not running.`,
 			fmt.Fprintf(w, "master:    generation %d%s\n", st.MasterGeneration, pending)
 			fmt.Fprintf(w, "clients:   %d applications, %d sessions\n", st.Apps, st.Sessions)
 			fmt.Fprintf(w, "audit log: %d records\n", st.Audit.Records)
+			if an := st.Anchor; an != nil {
+				fmt.Fprintf(w, "anchor:    TPM NV counter 0x%08x at %d, %d of %d row changes not anchored yet\n", an.NVIndex, an.Counter, an.Unanchored, an.Generation)
+			} else {
+				fmt.Fprintln(w, "anchor:    none yet: a rolled-back keystore would not be noticed")
+			}
 			if st.TamperDetected > 0 {
 				fmt.Fprintf(w, "integrity: %d failures detected; the audit log's tamper.detected records name them\n", st.TamperDetected)
 			} else {

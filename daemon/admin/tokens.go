@@ -35,6 +35,12 @@ func (a *call) status(ctx context.Context, _ noArgs) (*adminapi.Status, error) {
 	if st.PINs.BoundRecords, st.PINs.UnboundRecords, err = a.store.PINRecords(ctx); err != nil {
 		return nil, err
 	}
+	switch an, err := a.store.AnchorStatus(ctx); {
+	case err == nil:
+		st.Anchor = &adminapi.Anchor{NVIndex: an.Handle, Counter: an.Anchored, Generation: an.Generation, Unanchored: an.Generation - an.AnchoredGen}
+	case !errors.Is(err, keystore.ErrNotFound):
+		return nil, err
+	}
 	rec, err := a.store.RootRecord(ctx)
 	if err != nil {
 		return nil, err

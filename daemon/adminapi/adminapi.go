@@ -199,6 +199,20 @@ type Status struct {
 	TamperDetected int64 `json:"tamper_detected"`
 	// PINs says how PIN checks are guarded.
 	PINs PINState `json:"pins"`
+	// Anchor is the keystore's rollback anchor (docs/keychain.md), nil
+	// when the keystore has none yet.
+	Anchor *Anchor `json:"anchor"`
+}
+
+// Anchor is the keystore's rollback anchor: the TPM NV counter an older
+// copy of the keystore would be behind, and what is not anchored yet.
+type Anchor struct {
+	NVIndex    uint32 `json:"nv_index"`
+	Counter    uint64 `json:"counter"`    // the counter value at the last anchor
+	Generation uint64 `json:"generation"` // row changes since the record was made
+	// Unanchored are the row changes since the last anchor: a copy of the
+	// keystore from within them could be put back unnoticed.
+	Unanchored uint64 `json:"unanchored"`
 }
 
 // PINState says whether PIN checks are counted by the TPM.
