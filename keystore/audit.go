@@ -10,7 +10,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
+
+	"hsmemu/internal/reqid"
 )
 
 // The audit log is a hash chain in the keystore's audit_log table: each
@@ -213,6 +216,14 @@ func (s *Store) appendAudit(ctx context.Context, actor AuditActor, event string,
 	if err != nil {
 		return AuditRecord{}, err
 	}
+	if id := reqid.From(ctx); id != "" {
+		// The call's request id, which its log lines carry too.
+		detail = maps.Clone(detail)
+		if detail == nil {
+			detail = map[string]string{}
+		}
+		detail["request_id"] = id
+	}
 	d := []byte("{}")
 	if len(detail) > 0 {
 		if d, err = json.Marshal(detail); err != nil {
@@ -253,6 +264,7 @@ func (s *Store) appendAudit(ctx context.Context, actor AuditActor, event string,
 	s.mu.Lock()
 	s.auditHead, s.auditHeadHash = row.seq, row.hash
 	s.mu.Unlock()
+	s.stats.noteAudit(event)
 	return row.record()
 }
 

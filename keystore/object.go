@@ -178,8 +178,10 @@ func (s *Store) put(ctx context.Context, token, u UUID, attrs Attributes, secret
 // opens its seal. A private object needs its token logged in.
 func (s *Store) Open(ctx context.Context, id ObjectID) (*Object, error) {
 	if obj, ok := s.cache.get(id); ok && (!obj.Private || obj.st.open.Load()) {
+		s.stats.hits.Add(1)
 		return obj, nil
 	}
+	s.stats.misses.Add(1)
 	epoch := s.cache.currentEpoch()
 	r, err := s.readObject(ctx, id)
 	if err != nil {

@@ -89,6 +89,7 @@ type Store struct {
 
 	cache *cache
 	pins  *stretchCache
+	stats stats // Stats
 
 	// rot orders rotations (held: a token's data key, the master key)
 	// against everything that seals, writes a token row or installs a key
