@@ -48,9 +48,7 @@ Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage,
 					if c.Bool("json") {
 						return printJSON(c.App.Writer, recs)
 					}
-					for _, r := range recs {
-						printRecordLine(c.App.Writer, r)
-					}
+					printRecordTable(c.App.Writer, recs)
 					return nil
 				},
 			},
@@ -191,25 +189,13 @@ func actorString(a adminapi.AuditActor) string {
 
 func sortedKeys(m map[string]string) []string { return slices.Sorted(maps.Keys(m)) }
 
-func detailString(d map[string]string) string {
-	var parts []string
-	for _, k := range sortedKeys(d) {
-		parts = append(parts, k+"="+strconv.Quote(d[k]))
-	}
-	return strings.Join(parts, " ")
-}
-
-func printRecordLine(w io.Writer, r adminapi.AuditRecord) {
-	fmt.Fprintf(w, "%d  %s  %-20s %s  %s\n", r.Seq, r.Time.UTC().Format(time.RFC3339), r.Event, actorString(r.Actor), detailString(r.Detail))
-}
-
 func printRecord(w io.Writer, r adminapi.AuditRecord) {
 	fmt.Fprintf(w, "record:    %d\n", r.Seq)
 	fmt.Fprintf(w, "time:      %s\n", r.Time.UTC().Format(time.RFC3339Nano))
 	fmt.Fprintf(w, "event:     %s\n", r.Event)
 	fmt.Fprintf(w, "actor:     %s\n", actorString(r.Actor))
 	for _, k := range sortedKeys(r.Detail) {
-		fmt.Fprintf(w, "  %s: %s\n", k, r.Detail[k])
+		fmt.Fprintf(w, "  %s: %s\n", k, decodeDetail(k, r.Detail[k]))
 	}
 	fmt.Fprintf(w, "prev hash: %x\n", r.PrevHash)
 	fmt.Fprintf(w, "hash:      %x\n", r.Hash)

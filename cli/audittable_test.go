@@ -1,0 +1,37 @@
+package cli
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"hsmemu/daemon/adminapi"
+)
+
+func TestRecordTable(t *testing.T) {
+	t.Parallel()
+	var b bytes.Buffer
+	printRecordTable(&b, []adminapi.AuditRecord{
+		{Seq: 7, Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Event: "key.generate",
+			Actor:  adminapi.AuditActor{UID: 1000, PID: 42, Token: "signing", Role: "user"},
+			Detail: map[string]string{"key_type": "0x1f", "label": "my key", "request_id": "0123456789abcdef", "mechanism": "0x1041", "class": "secret-key"}},
+		{Seq: 8, Time: time.Date(2026, 1, 2, 3, 4, 6, 0, time.UTC), Event: "tamper.detected", Actor: adminapi.AuditActor{UID: 0, PID: 1, Role: "daemon"},
+			Detail: map[string]string{"key_type": "junk"}},
+	})
+	lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "SEQ  TIME") {
+		t.Fatalf("table:\n%s", b.String())
+	}
+	want := `7    2026-01-02T03:04:05Z  key.generate     signing  user    1000  42   0123456789abcdef  class=secret-key key_type=AES label="my key" mechanism=ECDSA`
+	if lines[1] != want {
+		t.Errorf("row\n got %q\nwant %q", lines[1], want)
+	}
+	if !strings.Contains(lines[2], " -  ") || !strings.HasSuffix(lines[2], "key_type=junk") {
+		t.Errorf("row %q", lines[2])
+	}
+	// Every column starts where its header does.
+	if strings.Index(lines[0], "DETAIL") != strings.Index(lines[1], "class=") {
+		t.Errorf("not aligned:\n%s", b.String())
+	}
+}
