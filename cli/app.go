@@ -3,6 +3,7 @@
 package cli
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -21,6 +22,7 @@ func New() *cli.App {
 		Version: Version,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"HSMEMU_LOG_LEVEL"}},
+			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json (one JSON object a line, slog's)", EnvVars: []string{"HSMEMU_LOG_FORMAT"}},
 		},
 		Commands: []*cli.Command{serveCommand(), initCommand(), statusCommand(), tokenCommand(), keyCommand(), secretCommand(), pinCommand(), rotateCommand(), auditCommand(),
 			domainCommand(), backupCommand(), restoreCommand(), tpmCommand(), benchCommand(), completionCommand()},
@@ -33,7 +35,19 @@ func logger(c *cli.Context) *slog.Logger {
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		level = slog.LevelInfo
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.String("log-format") == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// checkLogFormat refuses a --log-format other than text or json.
+func checkLogFormat(c *cli.Context) error {
+	if f := c.String("log-format"); f != "text" && f != "json" {
+		return fmt.Errorf("--log-format is text or json, not %q", f)
+	}
+	return nil
 }
 
 // stateDirFlag is --state-dir, as every command that works on a state

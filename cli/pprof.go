@@ -27,20 +27,10 @@ func serveProfiler(ctx context.Context, path string, log *slog.Logger) error {
 	if err := checkProfilerPath(path); err != nil {
 		return err
 	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("something is serving %s already", path)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale socket: %w", err)
-	}
-	old := syscall.Umask(0o177) // created 0600, never wider for a moment
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	syscall.Umask(old)
+	ln, err := listenPrivate(path)
 	if err != nil {
 		return err
 	}
-	ln.SetUnlinkOnClose(true)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -64,4 +54,24 @@ func checkProfilerPath(path string) error {
 		return fmt.Errorf("%q is not a socket path: the profiler listens on a Unix socket only (e.g. /run/hsmemu/pprof.sock or ./pprof.sock), never TCP", path)
 	}
 	return nil
+}
+
+// listenPrivate listens on a Unix socket at path created 0600, replacing
+// a stale one a dead daemon left; a live one is an error.
+func listenPrivate(path string) (*net.UnixListener, error) {
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("something is serving %s already", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket: %w", err)
+	}
+	old := syscall.Umask(0o177) // created 0600, never wider for a moment
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	syscall.Umask(old)
+	if err != nil {
+		return nil, err
+	}
+	ln.SetUnlinkOnClose(true)
+	return ln, nil
 }

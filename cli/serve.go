@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"hsmemu/daemon"
+	"hsmemu/daemon/metrics"
 	"hsmemu/daemon/token"
 	"hsmemu/internal/harden"
 	"hsmemu/keystore"
@@ -51,9 +52,13 @@ Example:
 			&cli.DurationFlag{Name: "pin-cache-ttl", Usage: "how long a PIN that opened its token is remembered after its last use, sparing later logins the Argon2id stretch (0 never)", Value: 15 * time.Minute},
 			&cli.StringFlag{Name: "pprof", Usage: "serve Go's profiler (net/http/pprof) on a Unix socket at this path, created 0600 (curl --unix-socket PATH http://x/debug/pprof/)"},
 			&cli.DurationFlag{Name: "anchor-interval", Usage: "how often the keystore is anchored in the TPM's NV counter, when it changed: writes newer than the last anchor can be rolled back (default 10s; 15m with a TPM device, whose NV memory wears)"},
+			&cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics at /metrics on a TCP host:port (e.g. 127.0.0.1:9464) or a Unix socket path, created 0600 (docs/metrics.md)"},
 			&cli.StringFlag{Name: "lock-memory", Usage: "lock the daemon's memory out of swap: auto (when RLIMIT_MEMLOCK is unlimited or the process has CAP_IPC_LOCK; otherwise say why not), require (refuse to start unlocked), off", Value: "auto"},
 		},
 		Action: func(c *cli.Context) error {
+			if err := checkLogFormat(c); err != nil {
+				return cli.Exit("hsmemu serve: "+err.Error(), 2)
+			}
 			log := logger(c)
 			lockMode, err := harden.ParseLockMode(c.String("lock-memory"))
 			if err != nil {
@@ -62,6 +67,11 @@ Example:
 			if p := c.String("pprof"); p != "" {
 				if err := checkProfilerPath(p); err != nil {
 					return cli.Exit("hsmemu serve: --pprof: "+err.Error(), 2)
+				}
+			}
+			if a := c.String("metrics"); a != "" {
+				if err := checkMetricsAddr(a); err != nil {
+					return cli.Exit("hsmemu serve: --metrics: want host:port or a socket path: "+err.Error(), 2)
 				}
 			}
 			// First of all, before any key is in memory: no core dumps,
@@ -136,6 +146,13 @@ Example:
 					return cli.Exit("hsmemu serve: --pprof: "+err.Error(), 2)
 				}
 			}
+			var m *metrics.Metrics
+			if addr := c.String("metrics"); addr != "" {
+				m = metrics.New()
+				if err := serveMetrics(ctx, addr, m, log); err != nil {
+					return cli.Exit("hsmemu serve: --metrics: "+err.Error(), 1)
+				}
+			}
 			srvCfg := daemon.ServerConfig{Group: group, Limits: daemon.Limits{Budget: int64(memBudget) << 20}}
 			for _, uid := range c.UintSlice("allow-uid") {
 				srvCfg.AllowUIDs = append(srvCfg.AllowUIDs, uint32(uid))
@@ -154,6 +171,8 @@ Example:
 
 				// Zero: the TPM's default (daemon.AnchorInterval).
 				AnchorEvery: c.Duration("anchor-interval"),
+				Metrics: m,
+				DBPath:  filepath.Join(dir, daemon.DatabaseName),
 			})
 			if c.Bool("legacy-algorithms") {
 				log.Warn("legacy algorithms enabled on tokens that are not premium: DES, triple DES, DSA, RSA-1024, SHA-1 signatures")

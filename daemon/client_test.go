@@ -2,12 +2,14 @@ package daemon
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"hsmemu/cryptoki/wire"
 	"hsmemu/cryptoki/wire/wiretest"
+	"hsmemu/daemon/metrics"
 	"hsmemu/daemon/token"
 	"hsmemu/keystore"
 	"hsmemu/tpmroot/tpmtest"
@@ -24,6 +26,9 @@ type testDaemon struct {
 	srv       *Server
 	limits    Limits
 	stop      func()
+	// Set before start: the daemon's metrics and logger (nil: none).
+	metrics *metrics.Metrics
+	log     *slog.Logger
 }
 
 func startDaemon(t testing.TB, cfg token.Config) *testDaemon {
@@ -65,7 +70,8 @@ func (d *testDaemon) start(t testing.TB, cfg token.Config) {
 		t.Fatal(err)
 	}
 	d.st = st
-	dm := New(st, nil, Config{Engine: cfg, Server: ServerConfig{Group: -1, Limits: d.limits}})
+	dm := New(st, d.log, Config{Engine: cfg, Server: ServerConfig{Group: -1, Limits: d.limits},
+		Metrics: d.metrics, DBPath: filepath.Join(d.dir, DatabaseName)})
 	d.eng, d.srv = dm.Engine(), dm.srv
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"hsmemu/daemon/admin"
+	"hsmemu/daemon/metrics"
 	"hsmemu/daemon/token"
 	"hsmemu/tpmroot"
 )
@@ -38,6 +39,11 @@ type Config struct {
 	// AnchorEvery is how often the keystore is anchored in the TPM's
 	// counter when it changed; zero means AnchorInterval of the TPM.
 	AnchorEvery time.Duration
+	// Metrics, when not nil, counts and times the calls and collects the
+	// daemon's state when scraped (daemon/metrics); DBPath is the
+	// keystore's file, whose size it reports.
+	Metrics *metrics.Metrics
+	DBPath  string
 }
 
 // Daemon is one daemon over an opened state directory.
@@ -66,7 +72,12 @@ func New(st *State, log *slog.Logger, cfg Config) *Daemon {
 		da = st.TPM.DAInfo
 	}
 	adm := admin.New(eng, st.Store, log, admin.Config{Version: cfg.Version, TPM: info, Started: time.Now(), Rotator: st, DA: da})
-	return &Daemon{st: st, log: log, cfg: cfg, eng: eng, admin: adm, srv: NewServer(eng, adm, log, cfg.Server)}
+	srv := NewServer(eng, adm, log, cfg.Server)
+	if m := cfg.Metrics; m != nil {
+		srv.metrics = m
+		m.Watch(metrics.Sources{Counts: eng.Counts, Conns: srv.connCount, Store: st.Store, DBPath: cfg.DBPath})
+	}
+	return &Daemon{st: st, log: log, cfg: cfg, eng: eng, admin: adm, srv: srv}
 }
 
 // Engine is the daemon's token engine.

@@ -17,6 +17,7 @@ import (
 	"hsmemu/cryptoki/wire"
 	"hsmemu/daemon/token"
 	"hsmemu/internal/budget"
+	"hsmemu/internal/reqid"
 )
 
 // Limits bound the memory the module's connections hold
@@ -144,6 +145,7 @@ type moduleConn struct {
 
 	// During a call: the request's and the reply's charges.
 	reqHeld, repHeld int
+	rid              *reqid.Slot // the call's request id, once it needs one
 }
 
 // serveRequests serves a module connection's requests until it closes or
@@ -156,7 +158,10 @@ func (s *Server) serveRequests(ctx context.Context, raw *fdConn, app *token.App,
 	// A call in flight runs to its end when the daemon stops (the loop
 	// checks ctx between calls), and a context that cannot be cancelled
 	// spares database/sql a watcher goroutine per query.
-	callCtx := context.WithoutCancel(ctx)
+	// Its request id slot is cleared before each call and filled only by
+	// a call that writes an audit record (internal/reqid).
+	callCtx, rid := reqid.WithSlot(context.WithoutCancel(ctx))
+	mc.rid = rid
 	for n := 1; ; n++ {
 		if n%yieldEvery == 0 {
 			// A goroutine that only ever blocks in system calls never
@@ -268,10 +273,12 @@ func (mc *moduleConn) serve(ctx, callCtx context.Context, head wire.RequestHead)
 		if !ok {
 			mc.s.log.Debug("request refused: no memory for its reply", "pid", mc.pid, "call", c.Name, "bytes", n)
 			code = mc.s.eng.Refuse(mc.app, c, mc.session(c), token.NoMemory)
+			mc.s.metrics.Refused(c.ID, code)
 			return code, nil, mc.idle(c), nil
 		}
 		mc.repHeld = n
 	}
+	mc.rid.Reset()
 	code, results, idle = mc.s.call(callCtx, mc.app, c, &mc.args, mc.res, mc.sayIdle)
 	return code, results, idle, nil
 }
@@ -296,6 +303,7 @@ func (mc *moduleConn) refuse(c *calls.Call, head wire.RequestHead, why token.Ref
 		return 0, nil, false, err
 	}
 	code := mc.s.eng.Refuse(mc.app, c, h, why)
+	mc.s.metrics.Refused(c.ID, code)
 	idle := false
 	if mc.sayIdle && calls.OnSession(c) {
 		idle = mc.app.SessionIdle(h)
@@ -327,7 +335,19 @@ func (s *Server) call(ctx context.Context, app *token.App, c *calls.Call, args *
 		}
 	}()
 	res.Reset(c)
-	code = s.eng.Dispatch(ctx, app, args, res)
+	if m := s.metrics; m != nil {
+		// Read before the call: the arguments alias the request buffer,
+		// which the call may not touch but the next request reuses.
+		var mech uint64
+		if i := m.MechanismArg(c.ID); i >= 0 {
+			mech = args.Mechanism(i).Type
+		}
+		start := time.Now()
+		code = s.eng.Dispatch(ctx, app, args, res)
+		m.Call(c.ID, code, mech, time.Since(start))
+	} else {
+		code = s.eng.Dispatch(ctx, app, args, res)
+	}
 	if wire.HasResults(c, code) {
 		results = res.Finish()
 	}

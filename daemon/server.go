@@ -16,6 +16,7 @@ import (
 	"hsmemu/cryptoki/unixfd"
 	"hsmemu/cryptoki/wire"
 	"hsmemu/daemon/admin"
+	"hsmemu/daemon/metrics"
 	"hsmemu/daemon/token"
 )
 
@@ -38,6 +39,8 @@ type Server struct {
 	log   *slog.Logger
 	cfg   ServerConfig
 	lim   *limits
+	// metrics, when not nil, counts and times the calls (daemon.New sets it).
+	metrics *metrics.Metrics
 
 	mu       sync.Mutex
 	stopping bool
@@ -51,6 +54,13 @@ func NewServer(eng *token.Engine, adm *admin.Handler, log *slog.Logger, cfg Serv
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Server{eng: eng, admin: adm, log: log, cfg: cfg, lim: newLimits(cfg.Limits), conns: map[*net.UnixConn]*fdConn{}}
+}
+
+// connCount is how many connections the server holds.
+func (s *Server) connCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
 }
 
 // Listen creates the socket at path, owner-only (or group-shared). A stale

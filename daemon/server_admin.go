@@ -10,7 +10,9 @@ import (
 	"syscall"
 	"time"
 
+	"hsmemu/daemon/admin"
 	"hsmemu/daemon/adminapi"
+	"hsmemu/internal/reqid"
 	"hsmemu/keystore"
 )
 
@@ -52,8 +54,13 @@ func (s *Server) serveAdmin(ctx context.Context, c *net.UnixConn, cred *syscall.
 				adminapi.WriteFrame(c, adminapi.Reply{Progress: &adminapi.Progress{Done: done, Total: total}})
 			}
 		}
-		result, aerr := s.admin.Call(context.WithoutCancel(ctx), who, req, progress)
+		// Every admin call has a request id, in its log lines and in the
+		// detail of the audit records it writes.
+		rid := reqid.New()
+		start := time.Now()
+		result, aerr := s.admin.Call(reqid.With(context.WithoutCancel(ctx), rid), who, req, progress)
 		clear(req.Args) // the arguments' JSON, PINs included
+		s.adminDone(req.Op, rid, cred, aerr, time.Since(start))
 		rep := adminapi.Reply{Error: aerr}
 		if aerr == nil && result != nil {
 			b, err := json.Marshal(result)
@@ -76,4 +83,18 @@ func (s *Server) serveAdmin(ctx context.Context, c *net.UnixConn, cred *syscall.
 			return
 		}
 	}
+}
+
+// adminDone logs an admin call (never its arguments, which may hold PINs
+// or secrets) and counts it.
+func (s *Server) adminDone(op, rid string, cred *syscall.Ucred, aerr *adminapi.Error, d time.Duration) {
+	if !admin.Serves(op) {
+		op = "unknown" // a label the client does not choose
+	}
+	outcome := "ok"
+	if aerr != nil {
+		outcome = aerr.Code
+	}
+	s.log.Info("admin call", "op", op, "request_id", rid, "uid", cred.Uid, "pid", cred.Pid, "outcome", outcome, "duration", d)
+	s.metrics.Admin(op, outcome, d)
 }

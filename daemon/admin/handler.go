@@ -12,6 +12,7 @@ import (
 	"hsmemu/cryptoki/ck"
 	"hsmemu/daemon/adminapi"
 	"hsmemu/daemon/token"
+	"hsmemu/internal/reqid"
 	"hsmemu/keystore"
 	"hsmemu/tpmroot"
 	"hsmemu/tpmroot/escrow"
@@ -76,9 +77,14 @@ type call struct {
 // Call decodes and serves one admin call. A panic is a bug: logged and
 // answered as internal, and the daemon goes on.
 func (h *Handler) Call(ctx context.Context, who keystore.AuditActor, req adminapi.Request, progress func(done, total int)) (result any, aerr *adminapi.Error) {
+	// The call's log lines carry its request id, as its audit records do.
+	log := h.log
+	if id := reqid.From(ctx); id != "" {
+		log = log.With("request_id", id)
+	}
 	defer func() {
 		if p := recover(); p != nil {
-			h.log.Error("internal error serving an admin call", "op", req.Op, "panic", fmt.Sprint(p))
+			log.Error("internal error serving an admin call", "op", req.Op, "panic", fmt.Sprint(p))
 			result, aerr = nil, adminapi.Errorf(adminapi.CodeInternal, "internal error; the daemon's log says more")
 		}
 	}()
@@ -86,14 +92,14 @@ func (h *Handler) Call(ctx context.Context, who keystore.AuditActor, req adminap
 	if !ok {
 		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "unknown admin call %q: this daemon may be older than the command", req.Op)
 	}
-	a := &call{h: h, eng: h.eng, store: h.store, log: h.log, who: who, progress: progress}
+	a := &call{h: h, eng: h.eng, store: h.store, log: log, who: who, progress: progress}
 	result, err := serve(ctx, a, req)
 	// Integrity failures the call met, once each (see keystore.AuditTamper).
 	if terr := h.store.AuditTamper(ctx); terr != nil {
-		h.log.Error("tamper record not written", "err", terr)
+		log.Error("tamper record not written", "err", terr)
 	}
 	if err != nil {
-		return nil, h.adminErr(req.Op, err)
+		return nil, adminErr(log, req.Op, err)
 	}
 	if result == nil {
 		result = struct{}{}
@@ -180,6 +186,12 @@ var ops = map[string]opFunc{
 	adminapi.OpRotateMasterAbort:  done((*call).rotateMasterAbort),
 }
 
+// Serves says whether op is an admin call this daemon serves.
+func Serves(op string) bool {
+	_, ok := ops[op]
+	return ok
+}
+
 // wipe clears every byte slice in the arguments, nested structures and
 // pointers to them included.
 func wipe(v any) { wipeValue(reflect.ValueOf(v)) }
@@ -207,7 +219,7 @@ func wipeValue(v reflect.Value) {
 
 // adminErr turns an error into the admin protocol's, logging what is the
 // daemon's fault.
-func (h *Handler) adminErr(op string, err error) *adminapi.Error {
+func adminErr(log *slog.Logger, op string, err error) *adminapi.Error {
 	var ae *adminapi.Error
 	var code ck.Error
 	why, reasoned := ck.Reason(err)
@@ -239,7 +251,7 @@ func (h *Handler) adminErr(op string, err error) *adminapi.Error {
 	case errors.Is(err, keystore.ErrPurgeProtected):
 		return adminapi.Errorf(adminapi.CodeRefused, "the token has purge protection: it holds objects, live or deleted, whose retention has not ended")
 	case errors.Is(err, keystore.ErrTampered):
-		h.log.Error("admin call: keystore integrity check failed", "op", op, "err", err)
+		log.Error("admin call: keystore integrity check failed", "op", op, "err", err)
 		return adminapi.Errorf(adminapi.CodeTampered, "the keystore failed an integrity check (see the daemon's log and `hsmemu audit verify`)")
 	case reasoned:
 		return adminapi.Errorf(adminapi.CodeRefused, "refused: %s", why)
@@ -259,7 +271,7 @@ func (h *Handler) adminErr(op string, err error) *adminapi.Error {
 		}
 		return adminapi.Errorf(adminapi.CodeRefused, "refused by the token (CK_RV 0x%x)", uint64(code))
 	}
-	h.log.Error("admin call failed", "op", op, "err", err)
+	log.Error("admin call failed", "op", op, "err", err)
 	return adminapi.Errorf(adminapi.CodeInternal, "internal error; the daemon's log says more")
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"hsmemu/cryptoki/ck"
+	"hsmemu/internal/reqid"
 	"hsmemu/keystore"
 )
 
@@ -50,9 +51,17 @@ func (e *Engine) audit(ctx context.Context, who keystore.AuditActor, token keyst
 			who.Token = token.String()
 		}
 	}
-	if _, err := e.store.Audit(ctx, who, event, detail); err != nil {
-		e.log.Error("audit record not written", "event", event, "err", err)
+	// The call's request id goes into the record's detail (the keystore
+	// adds it) and into this log line, which ties the two together.
+	id := reqid.Ensure(ctx)
+	if reqid.From(ctx) != id {
+		ctx = reqid.With(ctx, id)
 	}
+	if _, err := e.store.Audit(ctx, who, event, detail); err != nil {
+		e.log.Error("audit record not written", "event", event, "request_id", id, "err", err)
+		return
+	}
+	e.log.Info("audited", "event", event, "request_id", id, "pid", who.PID, "token", who.Token)
 }
 
 // auditPINFailure records a wrong PIN and, when it locked the role, the
