@@ -50,6 +50,7 @@ func TestScripts(t *testing.T) {
 			"exits":     cmdExits,
 			"sqlexec":   cmdSQLExec,
 			"signloop":  cmdSignloop,
+			"scrape":    cmdScrape,
 		},
 	})
 }
