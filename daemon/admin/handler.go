@@ -180,6 +180,12 @@ var ops = map[string]opFunc{
 	adminapi.OpSecretRecover:  op((*call).secretRecover),
 	adminapi.OpSecretPurge:    op((*call).secretPurge),
 
+	adminapi.OpCertImport:  op((*call).certImport),
+	adminapi.OpCertRequest: op((*call).certRequest),
+	adminapi.OpCertList:    op((*call).certList),
+	adminapi.OpCertShow:    op((*call).certShow),
+	adminapi.OpCertExport:  op((*call).certExport),
+
 	adminapi.OpRotateToken:        op((*call).rotateToken),
 	adminapi.OpRotateMasterBegin:  op((*call).rotateMasterBegin),
 	adminapi.OpRotateMasterFinish: op((*call).rotateMasterFinish),

@@ -321,34 +321,43 @@ func (a *call) keyImport(ctx context.Context, args adminapi.KeyImport) ([]admina
 			out, err = a.created(ctx, u, ph)
 			return err
 		}
-		vm, kt, err := mech.PrivateKeyAttrs(priv)
-		if err != nil {
-			return adminapi.Errorf(adminapi.CodeBadRequest, "the private key cannot be held (RSA with two primes, EC P-256/384/521, Ed25519)")
-		}
-		defer func() {
-			for _, v := range vm {
-				clear(v)
-			}
-		}()
-		pm, _, err := publicKeyAttrs(pub)
-		if err != nil {
-			return err
-		}
-		secret, public, err := keyTemplates(args.KeyOptions, []string{"sign", "verify"})
-		if err != nil {
-			return err
-		}
-		vh, err := u.CreateObject(ctx, withMaterial(pairPrivate(secret), ck.CKO_PRIVATE_KEY, kt, vm))
-		if err != nil {
-			return err
-		}
-		ph, err := u.CreateObject(ctx, withMaterial(public, ck.CKO_PUBLIC_KEY, kt, pm))
-		if err != nil {
-			u.DestroyObject(ctx, vh)
-			return err
-		}
-		out, err = a.created(ctx, u, vh, ph)
+		out, _, err = a.storePair(ctx, u, args.KeyOptions, priv, pub)
 		return err
 	})
 	return out, err
+}
+
+// storePair stores a private key and its public half, as `key import`
+// does (cert import too): through C_CreateObject, so the token's tier and
+// the protection asked for apply. It returns them, and the private key's
+// handle and CKA_ID.
+func (a *call) storePair(ctx context.Context, u *token.UserSession, opts adminapi.KeyOptions, priv, pub any) ([]adminapi.Key, uint64, error) {
+	vm, kt, err := mech.PrivateKeyAttrs(priv)
+	if err != nil {
+		return nil, 0, adminapi.Errorf(adminapi.CodeBadRequest, "the private key cannot be held (RSA with two primes, EC P-256/384/521, Ed25519)")
+	}
+	defer func() {
+		for _, v := range vm {
+			clear(v)
+		}
+	}()
+	pm, _, err := publicKeyAttrs(pub)
+	if err != nil {
+		return nil, 0, err
+	}
+	secret, public, err := keyTemplates(opts, []string{"sign", "verify"})
+	if err != nil {
+		return nil, 0, err
+	}
+	vh, err := u.CreateObject(ctx, withMaterial(pairPrivate(secret), ck.CKO_PRIVATE_KEY, kt, vm))
+	if err != nil {
+		return nil, 0, err
+	}
+	ph, err := u.CreateObject(ctx, withMaterial(public, ck.CKO_PUBLIC_KEY, kt, pm))
+	if err != nil {
+		u.DestroyObject(ctx, vh)
+		return nil, 0, err
+	}
+	out, err := a.created(ctx, u, vh, ph)
+	return out, vh, err
 }

@@ -131,3 +131,30 @@ func (e *Engine) Audit(ctx context.Context, who keystore.AuditActor, token keyst
 func (e *Engine) AuditPINFailure(ctx context.Context, who keystore.AuditActor, token keystore.UUID, role keystore.Role, event string) {
 	e.auditPINFailure(ctx, who, token, role, event)
 }
+
+// Handle returns the session's handle for a token object of its token, as
+// C_FindObjects would give it.
+func (u *UserSession) Handle(token keystore.UUID, id keystore.ObjectID) uint64 {
+	u.app.mu.Lock()
+	defer u.app.mu.Unlock()
+	return u.app.tokenHandle(token, id)
+}
+
+// Sign is C_SignInit and C_Sign with the key behind handle: the key is
+// used where it is, under every rule an application's signature meets
+// (CKA_SIGN, CKA_ALLOWED_MECHANISMS, the token's tier), and never leaves.
+func (u *UserSession) Sign(ctx context.Context, m *wire.Mechanism, key uint64, data []byte) ([]byte, error) {
+	if err := u.e.opInit(ctx, u.app, u.h, opSign, m, key); err != nil {
+		return nil, err
+	}
+	var sig []byte
+	err := withOp(u.app, u.h, opSign, func(op *operation) (bool, error) {
+		if err := op.signer.Update(data); err != nil {
+			return true, err
+		}
+		var err error
+		sig, err = op.signer.Sign()
+		return true, err
+	})
+	return sig, err
+}
