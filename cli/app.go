@@ -24,7 +24,7 @@ func New() *cli.App {
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"HSMEMU_LOG_LEVEL"}},
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json (one JSON object a line, slog's)", EnvVars: []string{"HSMEMU_LOG_FORMAT"}},
 		},
-		Commands: []*cli.Command{serveCommand(), initCommand(), statusCommand(), tokenCommand(), keyCommand(), secretCommand(), pinCommand(), rotateCommand(), auditCommand(),
+		Commands: []*cli.Command{serveCommand(), initCommand(), statusCommand(), tokenCommand(), keyCommand(), certCommand(), secretCommand(), pinCommand(), rotateCommand(), auditCommand(),
 			domainCommand(), backupCommand(), restoreCommand(), tpmCommand(), benchCommand(), completionCommand()},
 		EnableBashCompletion: true,
 	}
