@@ -171,8 +171,8 @@ Example:
 
 				// Zero: the TPM's default (daemon.AnchorInterval).
 				AnchorEvery: c.Duration("anchor-interval"),
-				Metrics: m,
-				DBPath:  filepath.Join(dir, daemon.DatabaseName),
+				Metrics:     m,
+				DBPath:      filepath.Join(dir, daemon.DatabaseName),
 			})
 			if c.Bool("legacy-algorithms") {
 				log.Warn("legacy algorithms enabled on tokens that are not premium: DES, triple DES, DSA, RSA-1024, SHA-1 signatures")
