@@ -202,46 +202,69 @@ func (s *Store) Audit(ctx context.Context, actor AuditActor, event string, detai
 	return s.appendAudit(ctx, actor, event, detail)
 }
 
-// appendAudit appends one record; auditMu is held.
+// appendAudit appends one record in a transaction of its own; auditMu is
+// held.
 func (s *Store) appendAudit(ctx context.Context, actor AuditActor, event string, detail map[string]string) (AuditRecord, error) {
-	s.mu.RLock()
-	epoch := s.masterGen
-	s.mu.RUnlock()
-	key, err := s.auditKey(ctx, epoch)
+	key, err := s.currentAuditKey(ctx)
 	if err != nil {
 		return AuditRecord{}, err
 	}
 	defer wipe(key)
-	a, err := json.Marshal(actor)
-	if err != nil {
-		return AuditRecord{}, err
-	}
-	if id := reqid.From(ctx); id != "" {
-		// The call's request id, which its log lines carry too.
-		detail = maps.Clone(detail)
-		if detail == nil {
-			detail = map[string]string{}
-		}
-		detail["request_id"] = id
-	}
-	d := []byte("{}")
-	if len(detail) > 0 {
-		if d, err = json.Marshal(detail); err != nil {
-			return AuditRecord{}, err
-		}
-	}
-	row := auditRow{time: time.Now().UnixNano(), actor: string(a), event: event, detail: string(d)}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return AuditRecord{}, s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
+	row, err := s.appendAuditTx(ctx, tx, key, AuditNote{Actor: actor, Event: event, Detail: detail})
+	if err != nil {
+		return AuditRecord{}, err
+	}
+	if err := tx.Commit(); err != nil {
+		return AuditRecord{}, s.dbErr("commit audit record", err)
+	}
+	s.auditAppended(row)
+	return row.record()
+}
+
+// currentAuditKey returns a copy of the current epoch's audit key, for the
+// caller to wipe; auditMu is held, so no rotation moves the epoch under
+// it.
+func (s *Store) currentAuditKey(ctx context.Context) ([]byte, error) {
+	s.mu.RLock()
+	epoch := s.masterGen
+	s.mu.RUnlock()
+	return s.auditKey(ctx, epoch)
+}
+
+// appendAuditTx appends one record inside tx, under key (the current
+// epoch's); auditMu is held until tx ends. Once tx commits, the caller
+// tells auditAppended.
+func (s *Store) appendAuditTx(ctx context.Context, tx *sql.Tx, key []byte, n AuditNote) (*auditRow, error) {
+	a, err := json.Marshal(n.Actor)
+	if err != nil {
+		return nil, err
+	}
+	if id := reqid.From(ctx); id != "" {
+		// The call's request id, which its log lines carry too.
+		n.Detail = maps.Clone(n.Detail)
+		if n.Detail == nil {
+			n.Detail = map[string]string{}
+		}
+		n.Detail["request_id"] = id
+	}
+	d := []byte("{}")
+	if len(n.Detail) > 0 {
+		if d, err = json.Marshal(n.Detail); err != nil {
+			return nil, err
+		}
+	}
+	row := &auditRow{time: time.Now().UnixNano(), actor: string(a), event: n.Event, detail: string(d)}
 	err = tx.QueryRowContext(ctx, "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").Scan(&row.seq, &row.prevHash)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		row.seq, row.prevHash = 0, genesis
 	case err != nil:
-		return AuditRecord{}, s.dbErr("read audit head", err)
+		return nil, s.dbErr("read audit head", err)
 	}
 	// The newest record must be the one this Store last wrote: anything
 	// else means records were removed or replaced at the end, which the
@@ -253,19 +276,76 @@ func (s *Store) appendAudit(ctx context.Context, actor AuditActor, event string,
 	}
 	s.mu.Unlock()
 	row.seq++
-	row.hash = auditHash(key, &row)
+	row.hash = auditHash(key, row)
 	if _, err := tx.ExecContext(ctx, "INSERT INTO audit_log (seq, time, actor, event, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
 		row.seq, row.time, row.actor, row.event, row.detail, row.prevHash, row.hash); err != nil {
-		return AuditRecord{}, s.dbErr("append audit record", err)
+		return nil, s.dbErr("append audit record", err)
 	}
-	if err := tx.Commit(); err != nil {
-		return AuditRecord{}, s.dbErr("commit audit record", err)
-	}
+	return row, nil
+}
+
+// auditAppended moves the Store's idea of the log's head to a record whose
+// transaction committed.
+func (s *Store) auditAppended(row *auditRow) {
 	s.mu.Lock()
 	s.auditHead, s.auditHeadHash = row.seq, row.hash
 	s.mu.Unlock()
-	s.stats.noteAudit(event)
-	return row.record()
+	s.stats.noteAudit(row.event)
+}
+
+// AuditNote is an audit record to append in the transaction of the write
+// it records (PutAudited, SoftDeleteAudited): the write and its record are
+// durable together or not at all, so neither a crash nor a full
+// filesystem between the two can leave a change without its record, or a
+// record of a change that was not made.
+type AuditNote struct {
+	Actor  AuditActor
+	Event  string
+	Detail map[string]string
+}
+
+// execer is a connection or a transaction, for a write that runs alone or
+// with its audit record.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// writeAudited runs write and appends note's record in one transaction,
+// committed before it returns; with no note, write runs alone on the
+// writer connection. An error from write rolls back both.
+func (s *Store) writeAudited(ctx context.Context, note *AuditNote, write func(q execer) error) error {
+	if note == nil {
+		return write(s.w)
+	}
+	// As Audit: one append at a time, integrity failures met since the
+	// last append first.
+	s.auditMu.Lock()
+	defer s.auditMu.Unlock()
+	if err := s.auditTamperLocked(ctx); err != nil {
+		return err
+	}
+	key, err := s.currentAuditKey(ctx)
+	if err != nil {
+		return err
+	}
+	defer wipe(key)
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return s.dbErr("begin", err)
+	}
+	defer tx.Rollback()
+	if err := write(tx); err != nil {
+		return err
+	}
+	row, err := s.appendAuditTx(ctx, tx, key, *note)
+	if err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return s.dbErr("commit", err)
+	}
+	s.auditAppended(row)
+	return nil
 }
 
 // AuditRecords returns up to limit records with seq > after, oldest first.

@@ -97,7 +97,18 @@ func (s *Store) Put(ctx context.Context, token UUID, attrs Attributes, secret []
 	if err != nil {
 		return nil, err
 	}
-	return s.put(ctx, token, u, attrs, secret)
+	return s.put(ctx, token, u, attrs, secret, nil)
+}
+
+// PutAudited is Put that appends the audit record note makes for the new
+// object's uuid in the same transaction (AuditNote says why).
+func (s *Store) PutAudited(ctx context.Context, token UUID, attrs Attributes, secret []byte, note func(object UUID) AuditNote) (*Object, error) {
+	u, err := newUUID()
+	if err != nil {
+		return nil, err
+	}
+	n := note(u)
+	return s.put(ctx, token, u, attrs, secret, &n)
 }
 
 // PutAs is Put for an object that keeps the identity it had: a key
@@ -111,7 +122,7 @@ func (s *Store) PutAs(ctx context.Context, token, object UUID, attrs Attributes,
 	if n > 0 {
 		return nil, ErrObjectExists
 	}
-	return s.put(ctx, token, object, attrs, secret)
+	return s.put(ctx, token, object, attrs, secret, nil)
 }
 
 // openRetries bounds how often Open takes a row or keys again after a
@@ -121,7 +132,7 @@ const openRetries = 100
 // ErrObjectExists is PutAs's error for a uuid in use.
 var ErrObjectExists = errors.New("keystore: an object with that uuid exists")
 
-func (s *Store) put(ctx context.Context, token, u UUID, attrs Attributes, secret []byte) (*Object, error) {
+func (s *Store) put(ctx context.Context, token, u UUID, attrs Attributes, secret []byte, note *AuditNote) (*Object, error) {
 	s.rot.RLock()
 	defer s.rot.RUnlock()
 	// Work from the canonical encoding: what is sealed is exactly what a
@@ -150,18 +161,22 @@ func (s *Store) put(ctx context.Context, token, u UUID, attrs Attributes, secret
 		return nil, err
 	}
 	now := time.Now().Unix()
-	res, err := s.w.ExecContext(ctx, `INSERT INTO objects
-		(uuid, token_id, class, key_type, label, ckaid, private, record, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		u[:], ti.ID, u2i(ix.class), ix.keyTypeColumn(), ix.label, ix.id, ix.private, record(u, enc, sealed), now, now)
-	var se sqlite3.Error
-	if errors.As(err, &se) && se.ExtendedCode == sqlite3.ErrConstraintUnique {
-		return nil, ErrObjectExists
-	}
-	if err != nil {
-		return nil, s.dbErr("insert object", err)
-	}
-	id, err := res.LastInsertId()
+	var id int64
+	err = s.writeAudited(ctx, note, func(q execer) error {
+		res, err := q.ExecContext(ctx, `INSERT INTO objects
+			(uuid, token_id, class, key_type, label, ckaid, private, record, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			u[:], ti.ID, u2i(ix.class), ix.keyTypeColumn(), ix.label, ix.id, ix.private, record(u, enc, sealed), now, now)
+		var se sqlite3.Error
+		if errors.As(err, &se) && se.ExtendedCode == sqlite3.ErrConstraintUnique {
+			return ErrObjectExists
+		}
+		if err != nil {
+			return s.dbErr("insert object", err)
+		}
+		id, err = res.LastInsertId()
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}

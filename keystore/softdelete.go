@@ -40,6 +40,17 @@ type Deleted struct {
 // SoftDelete hides an object, to be purged after the token's retention
 // (at once when it is 0). It reports whether the object was kept.
 func (s *Store) SoftDelete(ctx context.Context, id ObjectID) (kept bool, err error) {
+	return s.softDelete(ctx, id, nil)
+}
+
+// SoftDeleteAudited is SoftDelete that appends the audit record note makes
+// (told whether the object is kept) in the same transaction (AuditNote
+// says why).
+func (s *Store) SoftDeleteAudited(ctx context.Context, id ObjectID, note func(kept bool) AuditNote) (kept bool, err error) {
+	return s.softDelete(ctx, id, note)
+}
+
+func (s *Store) softDelete(ctx context.Context, id ObjectID, note func(kept bool) AuditNote) (kept bool, err error) {
 	var tokenID int64
 	err = s.r.QueryRowContext(ctx, `SELECT token_id FROM objects WHERE id = ? AND deleted_at IS NULL`, int64(id)).Scan(&tokenID)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -54,18 +65,33 @@ func (s *Store) SoftDelete(ctx context.Context, id ObjectID) (kept bool, err err
 	if err != nil {
 		return false, err
 	}
-	if ti.RetentionDays <= 0 {
-		return false, s.Delete(ctx, id)
+	kept = ti.RetentionDays > 0
+	var n *AuditNote
+	if note != nil {
+		nn := note(kept)
+		n = &nn
 	}
-	res, err := s.w.ExecContext(ctx, "UPDATE objects SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL", time.Now().Unix(), int64(id))
-	if err != nil {
-		return false, s.dbErr("delete object", err)
-	}
+	err = s.writeAudited(ctx, n, func(q execer) error {
+		var res sql.Result
+		var err error
+		if kept {
+			res, err = q.ExecContext(ctx, "UPDATE objects SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL", time.Now().Unix(), int64(id))
+		} else {
+			res, err = q.ExecContext(ctx, "DELETE FROM objects WHERE id = ?", int64(id))
+		}
+		if err != nil {
+			return s.dbErr("delete object", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ErrNotFound
+		}
+		return nil
+	})
 	s.cache.remove(id)
-	if n, _ := res.RowsAffected(); n == 0 {
-		return false, ErrNotFound
+	if err != nil {
+		return false, err
 	}
-	return true, nil
+	return kept, nil
 }
 
 // DeletedObjects lists a token's deleted objects, oldest deletion first.

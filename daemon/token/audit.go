@@ -44,6 +44,34 @@ func sessionRole(app *App, s *session) string {
 // audit appends a record. A record that cannot be written is logged as an
 // error; the call it records has already happened.
 func (e *Engine) audit(ctx context.Context, who keystore.AuditActor, token keystore.UUID, event string, detail map[string]string) {
+	who = e.tokenActor(ctx, who, token)
+	ctx, id := withRequestID(ctx)
+	if _, err := e.store.Audit(ctx, who, event, detail); err != nil {
+		e.log.Error("audit record not written", "event", event, "request_id", id, "err", err)
+		return
+	}
+	e.logAudited(event, id, who)
+}
+
+// withRequestID gives ctx the call's request id, which goes into the
+// record's detail (the keystore adds it) and into the log line that ties
+// the two together.
+func withRequestID(ctx context.Context) (context.Context, string) {
+	id := reqid.Ensure(ctx)
+	if reqid.From(ctx) != id {
+		ctx = reqid.With(ctx, id)
+	}
+	return ctx, id
+}
+
+// logAudited is the log line of a record written.
+func (e *Engine) logAudited(event, id string, who keystore.AuditActor) {
+	e.log.Info("audited", "event", event, "request_id", id, "pid", who.PID, "token", who.Token)
+}
+
+// tokenActor names the token in who, by its label, when the event
+// concerns one.
+func (e *Engine) tokenActor(ctx context.Context, who keystore.AuditActor, token keystore.UUID) keystore.AuditActor {
 	if token != (keystore.UUID{}) && who.Token == "" {
 		if ti, err := e.store.Token(ctx, token); err == nil {
 			who.Token = ti.Label
@@ -51,17 +79,7 @@ func (e *Engine) audit(ctx context.Context, who keystore.AuditActor, token keyst
 			who.Token = token.String()
 		}
 	}
-	// The call's request id goes into the record's detail (the keystore
-	// adds it) and into this log line, which ties the two together.
-	id := reqid.Ensure(ctx)
-	if reqid.From(ctx) != id {
-		ctx = reqid.With(ctx, id)
-	}
-	if _, err := e.store.Audit(ctx, who, event, detail); err != nil {
-		e.log.Error("audit record not written", "event", event, "request_id", id, "err", err)
-		return
-	}
-	e.log.Info("audited", "event", event, "request_id", id, "pid", who.PID, "token", who.Token)
+	return who
 }
 
 // auditPINFailure records a wrong PIN and, when it locked the role, the

@@ -142,14 +142,18 @@ func (e *Engine) keep(ctx context.Context, app *App, s *session, verb string, m 
 	if len(o.secret) > 0 {
 		secret = o.secret.Encode()
 	}
-	obj, err := e.store.Put(ctx, s.token, o.attrs, secret)
-	if err != nil {
-		return 0, err
-	}
 	if verb == "import" && class != ck.CKO_SECRET_KEY && class != ck.CKO_PRIVATE_KEY && class != ck.CKO_PUBLIC_KEY {
 		verb = "create"
 	}
-	e.audit(ctx, actor(app, sessionRole(app, s)), s.token, ObjectEvent(class, verb), ObjectDetail(obj.UUID, class, m))
+	who := e.tokenActor(ctx, actor(app, sessionRole(app, s)), s.token)
+	ctx, id := withRequestID(ctx)
+	obj, err := e.store.PutAudited(ctx, s.token, o.attrs, secret, func(u keystore.UUID) keystore.AuditNote {
+		return keystore.AuditNote{Actor: who, Event: ObjectEvent(class, verb), Detail: ObjectDetail(u, class, m)}
+	})
+	if err != nil {
+		return 0, err
+	}
+	e.logAudited(ObjectEvent(class, verb), id, who)
 	app.mu.Lock()
 	defer app.mu.Unlock()
 	return app.tokenHandle(s.token, obj.ID), nil
@@ -214,13 +218,21 @@ func (e *Engine) destroyObject(ctx context.Context, app *App, h, oh uint64) erro
 		}
 		// A token object is kept, recoverable by the administrator, for
 		// its token's retention period (docs/tokens.md, "Deleting").
-		kept, err := e.store.SoftDelete(ctx, ref.id)
+		who := e.tokenActor(ctx, actor(app, sessionRole(app, s)), s.token)
+		ctx, id := withRequestID(ctx)
+		_, err := e.store.SoftDeleteAudited(ctx, ref.id, func(kept bool) keystore.AuditNote {
+			detail := ObjectDetail(uuid, o.Class(), o.All())
+			detail["kept"] = fmt.Sprint(kept)
+			return keystore.AuditNote{Actor: who, Event: ObjectEvent(o.Class(), "destroy"), Detail: detail}
+		})
+		// Gone already (deleted by the administrator meanwhile): nothing
+		// was done, so nothing is recorded, and the handle goes.
 		if err != nil && !errors.Is(err, keystore.ErrNotFound) {
 			return err
 		}
-		detail := ObjectDetail(uuid, o.Class(), o.All())
-		detail["kept"] = fmt.Sprint(kept)
-		e.audit(ctx, actor(app, sessionRole(app, s)), s.token, ObjectEvent(o.Class(), "destroy"), detail)
+		if err == nil {
+			e.logAudited(ObjectEvent(o.Class(), "destroy"), id, who)
+		}
 	}
 	app.mu.Lock()
 	app.dropHandle(oh)

@@ -27,9 +27,11 @@ type Store interface {
 
 	Find(ctx context.Context, token keystore.UUID, f keystore.Filter) ([]keystore.ObjectID, error)
 	Open(ctx context.Context, id keystore.ObjectID) (*keystore.Object, error)
-	Put(ctx context.Context, token keystore.UUID, attrs keystore.Attributes, secret []byte) (*keystore.Object, error)
+	// PutAudited and SoftDeleteAudited write a token object's creation
+	// or deletion and its audit record in one transaction.
+	PutAudited(ctx context.Context, token keystore.UUID, attrs keystore.Attributes, secret []byte, note func(object keystore.UUID) keystore.AuditNote) (*keystore.Object, error)
 	Update(ctx context.Context, id keystore.ObjectID, attrs keystore.Attributes, secret []byte) error
-	SoftDelete(ctx context.Context, id keystore.ObjectID) (kept bool, err error)
+	SoftDeleteAudited(ctx context.Context, id keystore.ObjectID, note func(kept bool) keystore.AuditNote) (kept bool, err error)
 	PurgeExpired(ctx context.Context, now time.Time) ([]keystore.Deleted, error)
 
 	Audit(ctx context.Context, actor keystore.AuditActor, event string, detail map[string]string) (keystore.AuditRecord, error)
