@@ -12,9 +12,10 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
 
-	_ "github.com/mattn/go-sqlite3" // registers the "sqlite3" driver
+	"github.com/mattn/go-sqlite3" // also registers the "sqlite3" driver
 )
 
 // Root derives key-encryption keys from the master key. tpmroot.Root is the
@@ -33,6 +34,11 @@ var (
 	ErrTokenExists    = errors.New("keystore: a token with that label exists")
 	ErrPINLocked      = errors.New("keystore: PIN locked after too many failed attempts")
 	ErrClosed         = errors.New("keystore: closed")
+	// ErrFull is a write refused for want of space: the keystore's
+	// filesystem is full (SQLite's SQLITE_FULL; ENOSPC, EDQUOT or EFBIG
+	// under one of its writes). Nothing of the write was made. Reads go
+	// on, and writes succeed again once space is freed.
+	ErrFull = errors.New("keystore: no space left on the keystore's filesystem")
 )
 
 // UUID identifies a token or an object for as long as it exists, across
@@ -294,9 +300,9 @@ func (s *Store) SetRootRecord(ctx context.Context, rec *RootRecord) error {
 		_, err = tx.ExecContext(ctx, "UPDATE root SET sealed = ?, escrow = ?, updated_at = ? WHERE id = 1", rec.Sealed, rec.Escrow, now)
 	}
 	if err != nil {
-		return fmt.Errorf("keystore: write root: %w", err)
+		return s.dbErr("write root", err)
 	}
-	return tx.Commit()
+	return s.dbErr("commit root", tx.Commit())
 }
 
 // Attach makes the keys usable: root, the current master key, derives
@@ -333,7 +339,26 @@ func (s *Store) dbErr(what string, err error) error {
 		// The driver keeps only the text of the trigger's error.
 		return fmt.Errorf("keystore: %s: %w", what, refused)
 	}
+	if full(err) {
+		return fmt.Errorf("%w (%s: %w)", ErrFull, what, err)
+	}
 	return fmt.Errorf("keystore: %s: %w", what, err)
+}
+
+// full reports an SQLite error that means the filesystem has no room:
+// SQLITE_FULL (which SQLite returns for ENOSPC on a write), or an I/O
+// error whose errno is ENOSPC, EDQUOT (a quota: SQLite reports it as
+// SQLITE_IOERR_WRITE) or EFBIG (a file size limit).
+func full(err error) bool {
+	var se sqlite3.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.SystemErrno {
+	case syscall.ENOSPC, syscall.EDQUOT, syscall.EFBIG:
+		return true
+	}
+	return se.Code == sqlite3.ErrFull
 }
 
 // HasTokens reports whether any token exists: a keystore with tokens but no

@@ -337,7 +337,7 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 		if errors.As(err, &se) && se.ExtendedCode == sqlite3.ErrConstraintUnique {
 			return TokenInfo{}, ErrTokenExists
 		}
-		return TokenInfo{}, fmt.Errorf("keystore: insert token: %w", err)
+		return TokenInfo{}, s.dbErr("insert token", err)
 	}
 	if ti.ID, err = res.LastInsertId(); err != nil {
 		return TokenInfo{}, err

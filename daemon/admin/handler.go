@@ -256,6 +256,9 @@ func adminErr(log *slog.Logger, op string, err error) *adminapi.Error {
 		return adminapi.Errorf(adminapi.CodeBadRequest, "the token has a user PIN: give it too, the new data key is wrapped under it")
 	case errors.Is(err, keystore.ErrPurgeProtected):
 		return adminapi.Errorf(adminapi.CodeRefused, "the token has purge protection: it holds objects, live or deleted, whose retention has not ended")
+	case errors.Is(err, keystore.ErrFull):
+		log.Warn("admin call: write refused, the keystore's filesystem is full", "op", op, "err", err)
+		return adminapi.Errorf(adminapi.CodeInternal, "the keystore's filesystem is full: nothing was written; free space on it and try again")
 	case errors.Is(err, keystore.ErrTampered):
 		log.Error("admin call: keystore integrity check failed", "op", op, "err", err)
 		return adminapi.Errorf(adminapi.CodeTampered, "the keystore failed an integrity check (see the daemon's log and `hsmemu audit verify`)")

@@ -19,7 +19,9 @@ func (e *Engine) Dispatch(ctx context.Context, app *App, a *wire.Args, r *wire.R
 	if err := handlers[a.Call().ID](e, ctx, app, a, r); err != nil {
 		var known bool
 		code, known = rvOf(err)
-		if !known {
+		if errors.Is(err, keystore.ErrFull) {
+			e.noteFull(a.Call().Name, err)
+		} else if !known {
 			e.log.Error("call failed", "call", a.Call().Name, "pid", app.PID, "err", err)
 		} else if why, ok := ck.Reason(err); ok {
 			e.log.Info("call refused", "call", a.Call().Name, "pid", app.PID, "why", why)

@@ -97,6 +97,8 @@ type Engine struct {
 	// themselves run with contexts that are never cancelled.
 	quit     chan struct{}
 	quitOnce sync.Once
+
+	full fullLog // writes refused for want of space (errors.go)
 }
 
 // Interrupt ends every wait after a wrong PIN (the call returns

@@ -3,6 +3,8 @@ package token
 import (
 	"context"
 	"errors"
+	"sync/atomic"
+	"time"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/keystore"
@@ -39,6 +41,10 @@ func rvOf(err error) (uint64, bool) {
 	case errors.Is(err, keystore.ErrPurgeProtected):
 		// C_InitToken on a token whose objects purge protection keeps.
 		return ck.CKR_ACTION_PROHIBITED, true
+	case errors.Is(err, keystore.ErrFull):
+		// PKCS#11's "the token does not have sufficient memory to
+		// perform the requested function".
+		return ck.CKR_DEVICE_MEMORY, true
 	case errors.Is(err, context.Canceled):
 		return ck.CKR_FUNCTION_CANCELED, true
 	}
@@ -51,4 +57,27 @@ func asRV(err error, fallback uint64) error {
 		return err
 	}
 	return ck.Error(fallback)
+}
+
+// fullLog says in the daemon's log that writes are refused for want of
+// space: at once for the first refusal, then at most once every
+// fullLogEvery with the count in between, so a busy daemon on a full disk
+// does not fill its log (which may share the disk) with one line a call.
+type fullLog struct {
+	last    atomic.Int64 // unix nanoseconds of the last line; 0 before the first
+	pending atomic.Int64 // refusals since it
+}
+
+const fullLogEvery = time.Minute
+
+func (e *Engine) noteFull(call string, err error) {
+	f := &e.full
+	f.pending.Add(1)
+	now := time.Now().UnixNano()
+	last := f.last.Load()
+	if last != 0 && now-last < int64(fullLogEvery) || !f.last.CompareAndSwap(last, now) {
+		return
+	}
+	e.log.Warn("write refused: the keystore's filesystem is full; reads, signatures and session objects go on, and writes succeed again once space is freed",
+		"call", call, "refused", f.pending.Swap(0), "err", err)
 }
