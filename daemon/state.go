@@ -111,7 +111,7 @@ func OpenState(ctx context.Context, cfg StateConfig) (_ *State, err error) {
 			st.Close()
 		}
 	}()
-	if st.TPM, err = tpmroot.Open(ctx, spec); err != nil {
+	if st.TPM, err = tpmroot.OpenWith(ctx, spec, tpmroot.Options{Logger: log}); err != nil {
 		return nil, err
 	}
 	info := st.TPM.Info()

@@ -79,4 +79,9 @@
 //
 // One connection, one mutex: every command of a TPM and its Roots is
 // serialised, and all methods are safe for concurrent use.
+//
+// A TPM that goes away under a running daemon is reconnected to, a
+// managed swtpm started again, and the master keys reloaded from their
+// sealed forms (health.go says how); meanwhile commands fail with
+// ErrUnavailable, and TPM.Health says why.
 package tpmroot

@@ -89,3 +89,27 @@ func RecoveryKeyForTest() ([]byte, error) {
 	}
 	return k.PublicKey().Bytes(), nil
 }
+
+// KillSwtpm kills a managed swtpm with SIGKILL, as the OOM killer would,
+// and waits until it has exited. It returns the process id it killed.
+func (t *TPM) KillSwtpm() int {
+	t.mu.Lock()
+	p := t.proc
+	t.mu.Unlock()
+	pid := p.Pid()
+	p.Kill()
+	<-p.Exited()
+	return pid
+}
+
+// SwtpmPID is the managed swtpm's process id.
+func (t *TPM) SwtpmPID() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.proc.Pid()
+}
+
+// OpenWithOptions is OpenWith looking for swtpm in searchPath.
+func OpenWithOptions(ctx context.Context, spec Spec, opts Options, searchPath string) (*TPM, error) {
+	return open(ctx, spec, openOptions{Options: opts, swtpmSearchPath: searchPath})
+}

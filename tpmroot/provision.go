@@ -177,9 +177,16 @@ func (t *TPM) Recover(shares []*escrow.Share) (*Sealed, error) {
 func (t *TPM) seal(secret []byte) (*Sealed, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.closed {
-		return nil, ErrClosed
-	}
+	var sealed *Sealed
+	err := t.do(func() (err error) {
+		sealed, err = t.sealLocked(secret)
+		return err
+	})
+	return sealed, err
+}
+
+// sealLocked is seal with t.mu held.
+func (t *TPM) sealLocked(secret []byte) (*Sealed, error) {
 	public, private, err := t.createMaster(secret)
 	if err != nil {
 		return nil, err

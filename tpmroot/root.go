@@ -32,7 +32,8 @@ const MaxLabel = 1024
 // concurrent use; they share the TPM's lock.
 type Root struct {
 	t      *TPM
-	handle tpm2.TPMHandle
+	sealed *Sealed        // what it was loaded from, to load it again after the TPM was lost
+	handle tpm2.TPMHandle // guarded by t.mu: a reconnection changes it
 	name   tpm2.TPM2BName
 	domain []byte
 	// recovery is the PIN recovery public key (Sealed version 2), nil
@@ -54,10 +55,12 @@ func (t *TPM) Load(s *Sealed) (*Root, error) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.closed {
-		return nil, ErrClosed
-	}
-	return t.loadLocked(s)
+	var r *Root
+	err := t.do(func() (err error) {
+		r, err = t.loadLocked(s)
+		return err
+	})
+	return r, err
 }
 
 func (t *TPM) loadLocked(s *Sealed) (*Root, error) {
@@ -91,7 +94,7 @@ func (t *TPM) loadLocked(s *Sealed) (*Root, error) {
 		}
 		return nil, fmt.Errorf("tpmroot: loading the master key (TPM2_Load): %w", err)
 	}
-	r := &Root{t: t, handle: rsp.ObjectHandle, name: rsp.Name}
+	r := &Root{t: t, sealed: s.clone(), handle: rsp.ObjectHandle, name: rsp.Name}
 	t.roots[r] = struct{}{}
 	if err := checkName(pub, rsp.Name); err != nil {
 		r.flushLocked()
@@ -141,7 +144,12 @@ func (r *Root) DeriveKEK(label []byte) ([]byte, error) {
 	if r.closed || r.t.closed {
 		return nil, ErrClosed
 	}
-	return r.hmacLocked(label)
+	var kek []byte
+	err := r.t.do(func() (err error) {
+		kek, err = r.hmacLocked(label)
+		return err
+	})
+	return kek, err
 }
 
 func (r *Root) hmacLocked(label []byte) ([]byte, error) {

@@ -1,6 +1,7 @@
 package tpmroot
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -50,6 +51,12 @@ const (
 	domainIDLength = 32
 	recoveryLength = 32
 )
+
+// clone returns a copy of s that shares nothing with it.
+func (s *Sealed) clone() *Sealed {
+	return &Sealed{Version: s.Version, SRKName: bytes.Clone(s.SRKName), Public: bytes.Clone(s.Public),
+		Private: bytes.Clone(s.Private), DomainID: bytes.Clone(s.DomainID)}
+}
 
 // check validates field lengths and the version.
 func (s *Sealed) check() error {

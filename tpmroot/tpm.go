@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -37,8 +38,16 @@ const stopTimeout = 5 * time.Second
 
 // A TPM is an open connection to a TPM with the SRK loaded. All methods are
 // safe for concurrent use; commands are serialised on the one connection.
+//
+// A TPM that stops answering (a managed swtpm killed, an external swtpm
+// restarted, a device gone) is reconnected to, with the SRK recreated and
+// every loaded master key reloaded from its sealed form, and the command
+// that met the loss is sent again (health.go). Until that works, commands
+// fail with ErrUnavailable.
 type TPM struct {
 	spec Spec
+	opts openOptions
+	log  *slog.Logger
 
 	mu     sync.Mutex // guards everything below, and the TPM itself
 	tpm    transport.TPM
@@ -48,6 +57,7 @@ type TPM struct {
 	info   Info
 	srk    srk
 	roots  map[*Root]struct{} // loaded master keys, flushed on Close
+	health health
 }
 
 // Info describes the TPM.
@@ -59,8 +69,17 @@ type Info struct {
 	FirmwareVersion string // TPM_PT_FIRMWARE_VERSION_1 and _2 as four 16-bit numbers
 }
 
-// openOptions are knobs that only tests turn.
+// Options tune Open. The zero value is the default.
+type Options struct {
+	// Logger hears of the TPM lost and found again: a managed swtpm that
+	// exited and was restarted, an external TPM that stopped answering.
+	// Nil discards.
+	Logger *slog.Logger
+}
+
+// openOptions are Options and the knobs that only tests turn.
 type openOptions struct {
+	Options
 	swtpmSearchPath string // PATH-style; empty means $PATH
 }
 
@@ -71,65 +90,83 @@ func Open(ctx context.Context, spec Spec) (*TPM, error) {
 	return open(ctx, spec, openOptions{})
 }
 
+// OpenWith is Open with options.
+func OpenWith(ctx context.Context, spec Spec, opts Options) (*TPM, error) {
+	return open(ctx, spec, openOptions{Options: opts})
+}
+
 func open(ctx context.Context, spec Spec, opts openOptions) (_ *TPM, err error) {
-	t := &TPM{spec: spec, roots: make(map[*Root]struct{})}
-	switch spec.Kind {
+	t := &TPM{spec: spec, opts: opts, log: opts.Logger, roots: make(map[*Root]struct{})}
+	if t.log == nil {
+		t.log = slog.New(slog.DiscardHandler)
+	}
+	if spec.Kind == KindManaged && spec.StateDir == "" {
+		return nil, errors.New("tpmroot: managed TPM without a state directory")
+	}
+	if err := t.connect(ctx); err != nil {
+		return nil, err
+	}
+	t.watch(t.proc)
+	return t, nil
+}
+
+// connect reaches the TPM (starting a managed swtpm), reads its identity
+// and creates the SRK. t.mu is held, or t is not yet shared. On error
+// nothing is left open.
+func (t *TPM) connect(ctx context.Context) (err error) {
+	switch t.spec.Kind {
 	case KindDevice:
 		// A TPM device returns a whole response per read, which is what
 		// go-tpm's device transport relies on.
-		dev, err := linuxtpm.Open(spec.Path)
+		dev, err := linuxtpm.Open(t.spec.Path)
 		if err != nil {
-			return nil, fmt.Errorf("tpmroot: opening TPM device %s: %w", spec.Path, err)
+			return fmt.Errorf("tpmroot: opening TPM device %s: %w", t.spec.Path, err)
 		}
-		t.tpm, t.conn = dev, dev
+		t.tpm, t.conn, t.proc = dev, dev, nil
 	case KindSwtpmSocket:
-		c, err := swtpm.Dial(ctx, spec.Path)
+		c, err := swtpm.Dial(ctx, t.spec.Path)
 		if err != nil {
-			return nil, fmt.Errorf("tpmroot: %w", err)
+			return fmt.Errorf("tpmroot: %w", err)
 		}
-		t.tpm, t.conn = c, c
+		t.tpm, t.conn, t.proc = c, c, nil
 	case KindManaged:
-		if spec.StateDir == "" {
-			return nil, errors.New("tpmroot: managed TPM without a state directory")
-		}
 		p, c, err := swtpm.Start(ctx, swtpm.Config{
-			Dir:              spec.swtpmDir(),
-			SearchPath:       opts.swtpmSearchPath,
+			Dir:              t.spec.swtpmDir(),
+			SearchPath:       t.opts.swtpmSearchPath,
 			ExitOnDisconnect: true,
-			KeyFile:          spec.StateKey,
+			KeyFile:          t.spec.StateKey,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("tpmroot: managed swtpm: %w", err)
+			return fmt.Errorf("tpmroot: managed swtpm: %w", err)
 		}
 		t.tpm, t.conn, t.proc = c, c, p
 	default:
-		return nil, fmt.Errorf("tpmroot: unknown TPM kind %v", spec.Kind)
+		return fmt.Errorf("tpmroot: unknown TPM kind %v", t.spec.Kind)
 	}
 	defer func() {
 		if err != nil {
-			t.shutdown()
+			t.disconnect()
 		}
 	}()
-
 	if err := t.readInfo(); err != nil {
 		if t.proc != nil {
 			// swtpm listens before it reads its state: a state it could
 			// not read shows here, as its exit.
 			if why := t.proc.ExitReason(time.Second); why != nil {
-				return nil, fmt.Errorf("tpmroot: managed swtpm: %w", why)
+				return fmt.Errorf("tpmroot: managed swtpm: %w", why)
 			}
 		}
-		return nil, err
+		return err
 	}
-	if spec.Kind == KindSwtpmSocket {
+	if t.spec.Kind == KindSwtpmSocket {
 		if err := t.flushLeftovers(); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if t.srk, err = createSRK(t.tpm); err != nil {
-		return nil, err
+		return err
 	}
-	return t, nil
+	return nil
 }
 
 // Close flushes the SRK and any master key still loaded. For a managed TPM
@@ -140,6 +177,11 @@ func (t *TPM) Close() error {
 	defer t.mu.Unlock()
 	if t.closed {
 		return nil
+	}
+	if t.health.lost != nil {
+		// Nothing to flush in a TPM that is gone (or restarted, which
+		// flushed everything).
+		return t.shutdown()
 	}
 	var errs []error
 	for r := range t.roots {
@@ -159,10 +201,16 @@ func (t *TPM) Close() error {
 	return errors.Join(errs...)
 }
 
-// shutdown closes the connection and stops a managed swtpm. t.mu is held,
-// or t is not yet shared.
+// shutdown closes the connection and stops a managed swtpm for good. t.mu
+// is held.
 func (t *TPM) shutdown() error {
 	t.closed = true
+	return t.disconnect()
+}
+
+// disconnect closes the connection and stops a managed swtpm. t.mu is
+// held, or t is not yet shared.
+func (t *TPM) disconnect() error {
 	var errs []error
 	if err := t.conn.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("tpmroot: closing the TPM connection: %w", err))

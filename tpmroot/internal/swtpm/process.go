@@ -255,6 +255,27 @@ func (p *Process) ExitReason(wait time.Duration) error {
 // Exited is closed once swtpm has exited.
 func (p *Process) Exited() <-chan struct{} { return p.done }
 
+// Pid is swtpm's process id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// Kill kills swtpm with SIGKILL, as a crash would; nothing is saved.
+// Tests use it.
+func (p *Process) Kill() error { return p.cmd.Process.Kill() }
+
+// ExitStatus says how swtpm exited ("signal: killed", "exit status 1"),
+// once Exited is closed.
+func (p *Process) ExitStatus() string {
+	select {
+	case <-p.done:
+	default:
+		return "running"
+	}
+	if p.waitErr == nil {
+		return "exit status 0"
+	}
+	return p.waitErr.Error()
+}
+
 // Stop ends swtpm: SIGTERM, then SIGKILL if it has not exited within
 // timeout. swtpm saves nothing on SIGTERM that it has not already saved;
 // callers that want the TPM's state saved cleanly send TPM2_Shutdown first.

@@ -26,6 +26,12 @@ const (
 	headerSize = 10 // tag u16 | size u32 | response code u32
 )
 
+// ErrConnLost wraps every error of a Conn that leaves it unusable: an I/O
+// error (swtpm exited, the socket was closed, a command timed out), a
+// framing error, or a Conn already closed. A TPM that answers, even with
+// an error code, never gives it: it says a new connection is needed.
+var ErrConnLost = errors.New("swtpm connection lost")
+
 // Conn is a go-tpm transport.TPM over a stream socket to swtpm's data
 // channel, which carries bare TPM commands and responses (no simulator
 // framing). Unlike go-tpm's linuxudstpm and tcp transports, which take
@@ -76,8 +82,8 @@ func (c *Conn) Send(cmd []byte) ([]byte, error) {
 	}
 	rsp, err := c.roundTrip(cmd)
 	if err != nil {
-		c.broken = fmt.Errorf("swtpm transport: connection unusable after an earlier error: %w", err)
-		return nil, err
+		c.broken = fmt.Errorf("%w: unusable after an earlier error: %w", ErrConnLost, err)
+		return nil, fmt.Errorf("%w: %w", ErrConnLost, err)
 	}
 	return rsp, nil
 }
@@ -122,6 +128,6 @@ func (c *Conn) Close() error {
 		return nil
 	}
 	c.closed = true
-	c.broken = errors.New("swtpm transport: connection closed")
+	c.broken = fmt.Errorf("%w: closed", ErrConnLost)
 	return c.conn.Close()
 }
