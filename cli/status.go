@@ -37,7 +37,18 @@ Exit codes: 0 done, 1 the daemon failed or is not running.`,
 			if st.TPM.Firmware != "" {
 				fmt.Fprintf(w, ", firmware %s", st.TPM.Firmware)
 			}
+			if st.TPM.Reconnects > 0 {
+				fmt.Fprintf(w, ", lost and reconnected %d times", st.TPM.Reconnects)
+			}
 			fmt.Fprintln(w)
+			if !st.TPM.Available {
+				since := ""
+				if st.TPM.DownSince != nil {
+					since = " since " + st.TPM.DownSince.UTC().Format(time.RFC3339)
+				}
+				fmt.Fprintf(w, "           UNAVAILABLE%s: %s\n", since, st.TPM.Error)
+				fmt.Fprintln(w, "           keys in use go on; PIN checks not in the PIN cache, and new tokens, fail until it answers")
+			}
 			if da := st.TPM.DA; da != nil {
 				fmt.Fprintf(w, "TPM DA:    %d of %d wrong PINs counted, one forgiven every %s", da.Counter, da.MaxTries, time.Duration(da.RecoverySec)*time.Second)
 				switch {

@@ -24,7 +24,6 @@ import (
 	"hsmemu/daemon/admin"
 	"hsmemu/daemon/metrics"
 	"hsmemu/daemon/token"
-	"hsmemu/tpmroot"
 )
 
 // Config is how the daemon serves its state directory.
@@ -65,13 +64,11 @@ func New(st *State, log *slog.Logger, cfg Config) *Daemon {
 		cfg.PurgeEvery = time.Hour
 	}
 	eng := token.New(st.Store, log, cfg.Engine)
-	info := tpmroot.Info{}
-	var da func() (tpmroot.DAInfo, error)
+	acfg := admin.Config{Version: cfg.Version, Started: time.Now(), Rotator: st}
 	if st.TPM != nil {
-		info = st.TPM.Info()
-		da = st.TPM.DAInfo
+		acfg.TPM, acfg.TPMHealth, acfg.DA = st.TPM.Info(), st.TPM.Probe, st.TPM.DAInfo
 	}
-	adm := admin.New(eng, st.Store, log, admin.Config{Version: cfg.Version, TPM: info, Started: time.Now(), Rotator: st, DA: da})
+	adm := admin.New(eng, st.Store, log, acfg)
 	srv := NewServer(eng, adm, log, cfg.Server)
 	if m := cfg.Metrics; m != nil {
 		srv.metrics = m

@@ -22,7 +22,9 @@ import (
 type Config struct {
 	Version string
 	TPM     tpmroot.Info
-	Started time.Time
+	// TPMHealth probes the TPM for status; nil: it is not asked.
+	TPMHealth func() tpmroot.Health
+	Started   time.Time
 	// Rotator rotates the master key; nil: `rotate master` is refused.
 	Rotator Rotator
 	// DA reads the TPM's dictionary-attack state; nil: status omits it.

@@ -20,7 +20,14 @@ func (a *call) status(ctx context.Context, _ noArgs) (*adminapi.Status, error) {
 		Started:   a.h.cfg.Started,
 		UptimeSec: time.Since(a.h.cfg.Started).Seconds(),
 		TPM: adminapi.TPMInfo{Kind: info.TPM.Kind, Path: info.TPM.Path, Manufacturer: info.TPM.Manufacturer,
-			Vendor: info.TPM.VendorString, Firmware: info.TPM.FirmwareVersion},
+			Vendor: info.TPM.VendorString, Firmware: info.TPM.FirmwareVersion, Available: true},
+	}
+	if info.TPMHealth != nil {
+		h := info.TPMHealth()
+		st.TPM.Available, st.TPM.Reconnects = h.OK, h.Reconnects
+		if !h.OK {
+			st.TPM.Error, st.TPM.DownSince = h.Err, &h.Since
+		}
 	}
 	if a.h.cfg.DA != nil {
 		if da, err := a.h.cfg.DA(); err == nil {

@@ -251,6 +251,15 @@ type TPMInfo struct {
 	Firmware     string `json:"firmware,omitempty"`
 	// DA is the TPM's dictionary-attack state, when it could be read.
 	DA *TPMDA `json:"dictionary_attack,omitempty"`
+	// Available is false while the TPM does not answer and reconnecting
+	// to it fails (Error says why, DownSince since when): what needs it
+	// (a token's first use since the daemon started, a new token) fails,
+	// keys already in use go on. Reconnects counts the times it was lost
+	// and reconnected to (a managed swtpm restarted).
+	Available  bool       `json:"available"`
+	Error      string     `json:"error,omitempty"`
+	DownSince  *time.Time `json:"down_since,omitempty"`
+	Reconnects int        `json:"reconnects,omitempty"`
 }
 
 // AuditHead is the newest record of the audit log.
