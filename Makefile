@@ -6,7 +6,7 @@ BIN     := bin
 GOFLAGS ?=
 export CGO_ENABLED := 1
 
-.PHONY: all build deps test-deps test vet race fuzz fuzz-short bench run clean module test-module e2e-programs install
+.PHONY: all build deps test-deps test vet race fuzz fuzz-short bench run clean module test-module e2e-programs install test-chaos soak
 
 all: build
 
@@ -94,6 +94,23 @@ test: test-deps build vet test-module
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed on:"; gofmt -l .; exit 1; }
 	$(GO) test -race -timeout 15m ./...
 	@$(MAKE) --no-print-directory fuzz-short
+
+# The built daemon under failure and load (daemon/chaos): SIGKILLed every
+# few seconds while eight clients write, its filesystem full, its swtpm
+# killed, 10,000 sessions and 1,000 connections. CI runs it after `make
+# test` with 30 kills (about two minutes); CHAOS_KILLS=200 is the full
+# run (about ten). `go test ./...` skips these tests.
+CHAOS_KILLS ?= 30
+test-chaos: test-deps build
+	HSMEMU_CHAOS=1 HSMEMU_CHAOS_KILLS=$(CHAOS_KILLS) $(GO) test -count=1 -timeout 60m -v ./daemon/chaos/
+
+# Mixed load on the built daemon for SOAK (default 30m), its VmRSS read
+# every 10 s; not run in CI. The readings go to SOAK_OUT too.
+SOAK     ?= 30m
+SOAK_OUT ?= build/soak.txt
+soak: test-deps build
+	@mkdir -p $(dir $(SOAK_OUT))
+	HSMEMU_CHAOS=1 HSMEMU_SOAK=$(SOAK) HSMEMU_SOAK_OUT=$(abspath $(SOAK_OUT)) $(GO) test -count=1 -timeout 24h -v -run '^TestSoak$$' ./daemon/chaos/
 
 # The decoders and the attribute rules face the socket: fuzz them a little
 # on every run (longer: FUZZTIME=10m make fuzz). The budget is a count of
