@@ -401,24 +401,7 @@ func (f *Filter) match(ix index) bool {
 // edited column never gives a wrong answer: the row is left out and noted
 // as tampered. (Open checks the attributes themselves against the seal.)
 func (s *Store) Find(ctx context.Context, token UUID, f Filter) ([]ObjectID, error) {
-	var where []string
-	var shape int // which conditions the query has: one prepared statement per shape
-	args := []any{token[:]}
-	if f.Class != nil {
-		where, args, shape = append(where, "o.class = ?"), append(args, u2i(*f.Class)), shape|1
-	}
-	if f.KeyType != nil {
-		where, args, shape = append(where, "o.key_type = ?"), append(args, u2i(*f.KeyType)), shape|2
-	}
-	if f.Label != nil {
-		where, args, shape = append(where, "o.label = ?"), append(args, f.Label), shape|4
-	}
-	if f.ID != nil {
-		where, args, shape = append(where, "o.ckaid = ?"), append(args, f.ID), shape|8
-	}
-	if !f.IncludePrivate {
-		where, shape = append(where, "o.private = 0"), shape|16
-	}
+	shape, where, args := findConditions(token, f)
 	stmt, err := s.findStmt(ctx, shape, where)
 	if err != nil {
 		return nil, err
@@ -495,30 +478,59 @@ func (c *indexColumns) match(ix index) bool {
 		(c.private != 0) == ix.private
 }
 
-// findStmt returns the prepared find query of a shape (the conditions it
-// has), preparing it on first use: preparing the join costs more than
-// running it.
-func (s *Store) findStmt(ctx context.Context, shape int, where []string) (*sql.Stmt, error) {
-	if st, ok := s.finds.Load(shape); ok {
-		return st.(*sql.Stmt), nil
+// findConditions returns a find's shape (which conditions its query has:
+// one prepared statement per shape), its conditions and its arguments.
+func findConditions(token UUID, f Filter) (shape int, where []string, args []any) {
+	args = []any{token[:]}
+	if f.Class != nil {
+		where, args, shape = append(where, "o.class = ?"), append(args, u2i(*f.Class)), shape|1
 	}
+	if f.KeyType != nil {
+		where, args, shape = append(where, "o.key_type = ?"), append(args, u2i(*f.KeyType)), shape|2
+	}
+	if f.Label != nil {
+		where, args, shape = append(where, "o.label = ?"), append(args, f.Label), shape|4
+	}
+	if f.ID != nil {
+		where, args, shape = append(where, "o.ckaid = ?"), append(args, f.ID), shape|8
+	}
+	if !f.IncludePrivate {
+		where, shape = append(where, "o.private = 0"), shape|16
+	}
+	return shape, where, args
+}
+
+// findQuery is the find query of a shape. It walks an index of live
+// objects only (schema 5): a token keeps its deleted objects for its
+// retention, so there may be many more of them than of live ones, and a
+// find must not pay for them.
+func findQuery(shape int, where []string) string {
 	// A label or an id picks out a few objects; SQLite, with no statistics
 	// to go on, may instead walk the class index over every object of the
 	// class (a search by class and label among 10,000 data objects: 250 us
 	// against 5), so the index is named.
-	from := "objects o"
+	from := "objects o INDEXED BY objects_live_by_class"
 	switch {
 	case shape&4 != 0:
-		from = "objects o INDEXED BY objects_by_label"
+		from = "objects o INDEXED BY objects_live_by_label"
 	case shape&8 != 0:
-		from = "objects o INDEXED BY objects_by_ckaid"
+		from = "objects o INDEXED BY objects_live_by_ckaid"
 	}
 	q := `SELECT o.id, o.class, o.key_type, o.label, o.ckaid, o.private, o.uuid, o.record
 		FROM ` + from + ` JOIN tokens t ON t.id = o.token_id WHERE t.uuid = ? AND o.deleted_at IS NULL`
 	if len(where) > 0 {
 		q += " AND " + strings.Join(where, " AND ")
 	}
-	st, err := s.r.PrepareContext(ctx, q+" ORDER BY o.id")
+	return q + " ORDER BY o.id"
+}
+
+// findStmt returns the prepared find query of a shape, preparing it on
+// first use: preparing the join costs more than running it.
+func (s *Store) findStmt(ctx context.Context, shape int, where []string) (*sql.Stmt, error) {
+	if st, ok := s.finds.Load(shape); ok {
+		return st.(*sql.Stmt), nil
+	}
+	st, err := s.r.PrepareContext(ctx, findQuery(shape, where))
 	if err != nil {
 		return nil, s.dbErr("find", err)
 	}

@@ -159,6 +159,22 @@ CREATE TABLE anchor_rows (
 	PRIMARY KEY (tbl, key)
 ) STRICT, WITHOUT ROWID;
 `,
+	// 6: the find indexes hold live objects only. A token keeps its
+	// deleted objects for its retention (90 days by default), so a busy
+	// one holds far more deleted objects than live ones, and a find by
+	// class walked them all (10 live keys beside 10,000 deleted: 1.08 ms
+	// against 47 us). Token-wide work (listing deleted objects, purges,
+	// resealing, a token's deletion and its foreign key) keeps an index
+	// on the token of its own.
+	`
+DROP INDEX IF EXISTS objects_by_class;
+DROP INDEX IF EXISTS objects_by_label;
+DROP INDEX IF EXISTS objects_by_ckaid;
+CREATE INDEX IF NOT EXISTS objects_live_by_class ON objects (token_id, class, key_type, label) WHERE deleted_at IS NULL;
+CREATE INDEX IF NOT EXISTS objects_live_by_label ON objects (token_id, label) WHERE deleted_at IS NULL;
+CREATE INDEX IF NOT EXISTS objects_live_by_ckaid ON objects (token_id, ckaid) WHERE deleted_at IS NULL;
+CREATE INDEX IF NOT EXISTS objects_by_token ON objects (token_id, deleted_at);
+`,
 }
 
 // migrationsWithoutFKs are the migrations that rebuild a table other
