@@ -10,10 +10,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
 	"hsmemu/cryptoki/wire/wiretest"
 )
 
@@ -21,6 +23,7 @@ import (
 // profiler (--pprof) after a garbage collection.
 type memStats struct {
 	HeapAlloc, HeapInuse, Sys, StackInuse int64
+	NextGC                                int64 // the heap size at which the next collection starts
 }
 
 // profiled adds --pprof on a socket in the state directory.
@@ -59,6 +62,8 @@ func (d *daemon) mem(t *testing.T) (memStats, int64) {
 			m.Sys = v
 		case "Stack":
 			m.StackInuse = v
+		case "NextGC":
+			m.NextGC = v
 		}
 	}
 	io.Copy(io.Discard, rsp.Body)
@@ -143,18 +148,50 @@ func TestMemory(t *testing.T) {
 	rss3 = rss3b
 
 	// 3. And 10 sessions on each: 10,000 sessions, 1,000 connections.
-	for _, c := range conns {
+	first := make([]uint64, len(conns))
+	for i, c := range conns {
 		for range 10 {
-			open(c)
+			first[i] = open(c)
 		}
 	}
 	m4, rss4 := d.mem(t)
-	t.Logf("1,000 connections with 10 sessions each: VmRSS %d KiB (+%s a session), live heap %d KiB (+%s a session)",
-		rss4, per(rss3<<10, rss4<<10, 10000), m4.HeapAlloc>>10, per(m3.HeapAlloc, m4.HeapAlloc, 10000))
+	t.Logf("1,000 connections with 10 sessions each: VmRSS %d KiB (+%s a session), live heap %d KiB (+%s a session); the next collection at a heap of %d KiB",
+		rss4, per(rss3<<10, rss4<<10, 10000), m4.HeapAlloc>>10, per(m3.HeapAlloc, m4.HeapAlloc, 10000), m4.NextGC>>10)
 	st := d.status(t)
 	if st.Apps < 1000 || st.Sessions != 10000 {
 		t.Errorf("status counts %d applications, %d sessions; want 1,000 (and the status's own) and 10,000", st.Apps, st.Sessions)
 	}
+	// Load on eight of them for 10 s, the resident set read twice a
+	// second: between collections the heap grows to GOGC's multiple of
+	// the live heap (the daemon runs at 800 unless GOGC says otherwise).
+	var peak int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, c := range conns[:8] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := c.do("C_GenerateRandom", wiretest.U(first[i]), wire.Value{Ulong: 1024}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	for range 20 {
+		time.Sleep(500 * time.Millisecond)
+		peak = max(peak, d.rssKiB())
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("1,000 connections, 10,000 sessions, 8 of them busy for 10 s: VmRSS up to %d KiB", peak)
+
 	// Every connection answers.
 	for i, c := range conns {
 		if _, err := c.do("C_GetSessionInfo", wiretest.U(1), wiretest.None()); err != nil && !isRV(err, ck.CKR_SESSION_HANDLE_INVALID) {
