@@ -13,6 +13,8 @@
 //	HSMEMU_CHAOS=1            run the tests at all
 //	HSMEMU_CHAOS_KILLS=N      SIGKILLs in TestKill9 (default 30; make test-chaos CHAOS_KILLS=200)
 //	HSMEMU_SOAK=DURATION      run TestSoak for that long (make soak: 30m)
+//	HSMEMU_SOAK_OUT=FILE      and write its readings there
+//	HSMEMU_SOAK_ARGS="FLAGS"  with these flags added to the daemon's
 //
 // What each test shows, and the figures measured with them, are in
 // docs/reliability.md.

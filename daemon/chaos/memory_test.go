@@ -14,9 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	"hsmemu/cryptoki/wire/wiretest"
+	"hsmemu/internal/testenv"
 )
 
 // memStats are the daemon's runtime memory statistics, read from its
@@ -82,6 +85,14 @@ func (d *daemon) mem(t *testing.T) (memStats, int64) {
 // magnitude, not measures.
 func TestMemory(t *testing.T) {
 	chaosOnly(t)
+	// A thousand sockets on each side, and the daemon's own files.
+	var nofile unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &nofile); err != nil {
+		t.Fatal(err)
+	}
+	if nofile.Max < 2048 {
+		testenv.Missing(t, "1,000 connections need RLIMIT_NOFILE of 2048 or more (its hard limit is %d): raise it (ulimit -Hn)", nofile.Max)
+	}
 	d := newDaemon(t, "")
 	d.profiled()
 	d.start()
