@@ -501,7 +501,7 @@ func findConditions(token UUID, f Filter) (shape int, where []string, args []any
 }
 
 // findQuery is the find query of a shape. It walks an index of live
-// objects only (schema 5): a token keeps its deleted objects for its
+// objects only (schema 6): a token keeps its deleted objects for its
 // retention, so there may be many more of them than of live ones, and a
 // find must not pay for them.
 func findQuery(shape int, where []string) string {
