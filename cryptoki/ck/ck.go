@@ -34,6 +34,7 @@ const (
 	CKR_DEVICE_REMOVED                   = 0x32
 	CKR_ENCRYPTED_DATA_INVALID           = 0x40
 	CKR_ENCRYPTED_DATA_LEN_RANGE         = 0x41
+	CKR_AEAD_DECRYPT_FAILED              = 0x42 // 3.0
 	CKR_FUNCTION_CANCELED                = 0x50
 	CKR_FUNCTION_NOT_PARALLEL            = 0x51
 	CKR_FUNCTION_NOT_SUPPORTED           = 0x54
@@ -108,6 +109,7 @@ const (
 	CKR_FUNCTION_REJECTED                = 0x200
 	CKR_TOKEN_RESOURCE_EXCEEDED          = 0x201
 	CKR_OPERATION_CANCEL_FAILED          = 0x202
+	CKR_KEY_EXHAUSTED                    = 0x203 // 3.1: a key's usage count reached its end
 	CKR_VENDOR_DEFINED                   = 0x80000000
 )
 

@@ -158,6 +158,11 @@ const (
 	CKF_EXCLUDE_PIN                    = 0x10
 	CKF_USER_FRIENDLY_OTP              = 0x20
 	CKF_HW                             = 0x1
+	CKF_MESSAGE_ENCRYPT                = 0x2  // 3.0: mechanism information and C_SessionCancel
+	CKF_MESSAGE_DECRYPT                = 0x4  // 3.0
+	CKF_MESSAGE_SIGN                   = 0x8  // 3.0
+	CKF_MESSAGE_VERIFY                 = 0x10 // 3.0
+	CKF_MULTI_MESSAGE                  = 0x20 // 3.0: C_*MessageBegin and C_*MessageNext
 	CKF_FIND_OBJECTS                   = 0x40 // 3.0: C_SessionCancel only
 	CKF_ENCRYPT                        = 0x100
 	CKF_DECRYPT                        = 0x200
@@ -180,6 +185,16 @@ const (
 	CKF_LIBRARY_CANT_CREATE_OS_THREADS = 0x1
 	CKF_OS_LOCKING_OK                  = 0x2
 	CKF_INTERFACE_FORK_SAFE            = 0x1 // PKCS#11 3.0, not in this pkcs11.h
+	CKF_END_OF_MESSAGE                 = 0x1 // 3.0: C_EncryptMessageNext, C_DecryptMessageNext
+)
+
+// IV generators of the message-based encryption functions (PKCS#11 3.0,
+// CK_GENERATOR_FUNCTION): CK_GCM_MESSAGE_PARAMS.ivGenerator.
+const (
+	CKG_NO_GENERATE      = 0x0
+	CKG_GENERATE         = 0x1
+	CKG_GENERATE_COUNTER = 0x2
+	CKG_GENERATE_RANDOM  = 0x3
 )
 
 // Certificate attributes not in ck.go.

@@ -34,3 +34,11 @@ const (
 
 // SecretApplication is the CKA_APPLICATION of a secret's data objects.
 const SecretApplication = "hsmemu/secret"
+
+// CKA_HSMEMU_IV_COUNTER is an AES key's IV counter for the message-based
+// encryption functions (docs/mechanisms.md, "Message-based operations"):
+// 16 bytes, two big-endian 64-bit numbers, the counter's high-water mark
+// (every value below it may have been handed out) and its limit (the
+// first value that is not this key's). The token sets it, before it
+// hands out a value from a new block; a caller can read it, never set it.
+const CKA_HSMEMU_IV_COUNTER = CKA_VENDOR_DEFINED | 0x48530007
