@@ -61,7 +61,7 @@ func badVariants(a calls.Arg) int {
 	switch a.Kind {
 	case calls.Bytes, calls.Label, calls.Template, calls.AttrQuery, calls.Mechanism,
 		calls.OutUlong, calls.OutBytes, calls.OutUlongs, calls.OutStruct,
-		calls.Reserved, calls.OutFilled:
+		calls.Reserved, calls.OutFilled, calls.MsgParam, calls.MsgParamOut:
 		return 1
 	case calls.OutHandles:
 		return 2
@@ -168,6 +168,13 @@ func argValues(c *calls.Call, a calls.Arg, spoil bool, variant string, valid boo
 			return []string{"NULL", "16"}
 		}
 		return []string{"t_out", "16"}
+	case calls.MsgParam, calls.MsgParamOut:
+		if spoil {
+			return []string{"NULL", "4"}
+		}
+		return []string{"NULL", "0"}
+	case calls.OptOutBytes:
+		return []string{"t_out", "&t_out_len"}
 	}
 	panic(fmt.Sprintf("%s: kind %d", n, a.Kind))
 }

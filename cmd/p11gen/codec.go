@@ -21,6 +21,9 @@ func genCodec(e *emitter) error {
 	if err := genMechanisms(e); err != nil {
 		return err
 	}
+	if err := genMessageCodec(e); err != nil {
+		return err
+	}
 	for _, s := range usedStructs() {
 		if err := genStructDecoder(e, s, calls.Structs[s]); err != nil {
 			return fmt.Errorf("%s: %w", s, err)
@@ -69,7 +72,12 @@ func genAttrKinds(e *emitter) {
 // copy of the caller's structure (so an unaligned pParameter is harmless)
 // and writes its fields in C declaration order.
 func genParams(e *emitter) error {
-	names := sortedKeys(calls.Params)
+	var names []string
+	for _, s := range sortedKeys(calls.Params) {
+		if messageIndex(s) < 0 { // message parameters: message.go
+			names = append(names, s)
+		}
+	}
 	e.p("")
 	for _, s := range names {
 		e.p("static void enc_%s(hsm_wbuf *w, const %s *p);", s, s)

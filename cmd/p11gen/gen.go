@@ -62,6 +62,11 @@ func checkTable() error {
 					return fmt.Errorf("%s: unknown structure %q", c.Name, a.Struct)
 				}
 			}
+			for _, s := range a.Structs {
+				if messageIndex(s) < 0 {
+					return fmt.Errorf("%s: %s is not in calls.MessageParams", c.Name, s)
+				}
+			}
 		}
 		if _, err := offlineKind(&c); err != nil {
 			return err
@@ -72,6 +77,34 @@ func checkTable() error {
 			if _, ok := calls.Params[mp.Struct]; !ok {
 				return fmt.Errorf("mechanism %#x: unknown parameter %q", mech, mp.Struct)
 			}
+		}
+	}
+	if len(calls.MessageParams) > hsmMsgForms {
+		return fmt.Errorf("%d message parameter structures, the module's bit mask holds %d", len(calls.MessageParams), hsmMsgForms)
+	}
+	for _, s := range calls.MessageParams {
+		fields, ok := calls.Params[s]
+		if !ok {
+			return fmt.Errorf("message parameter %q is not in calls.Params", s)
+		}
+		outs := 0
+		for _, f := range fields {
+			switch {
+			case f.Kind == calls.FStruct:
+				return fmt.Errorf("%s.%s: a message parameter nests no structure", s, f.Name)
+			case f.Kind == calls.FBytes && f.LenOf == "" && f.Size <= 0:
+				return fmt.Errorf("%s.%s: no length", s, f.Name)
+			case f.Kind == calls.FBytes && f.Out != calls.FIn:
+				outs++
+			}
+		}
+		if outs > hsmMsgOuts {
+			return fmt.Errorf("%s: %d output fields, the module holds %d", s, outs, hsmMsgOuts)
+		}
+	}
+	for mech, s := range calls.MessageMechanisms {
+		if messageIndex(s) < 0 {
+			return fmt.Errorf("message mechanism %#x: %s is not in calls.MessageParams", mech, s)
 		}
 	}
 	for name, fields := range calls.Params {
@@ -121,6 +154,10 @@ func cParams(a calls.Arg) ([]cParam, error) {
 		return []cParam{{a.Struct + " *", n}}, nil
 	case calls.OutFilled:
 		return []cParam{{"CK_BYTE_PTR", n}, {"CK_ULONG", n + "_len"}}, nil
+	case calls.MsgParam, calls.MsgParamOut:
+		return []cParam{{"CK_VOID_PTR", n}, {"CK_ULONG", n + "_len"}}, nil
+	case calls.OptOutBytes:
+		return []cParam{{"CK_BYTE_PTR", n}, {"CK_ULONG_PTR", n + "_len"}}, nil
 	}
 	return nil, fmt.Errorf("%s: kind %d has no C form", n, a.Kind)
 }
@@ -151,10 +188,28 @@ func prototype(c *calls.Call) string {
 func isOutput(k calls.Kind) bool {
 	switch k {
 	case calls.OutUlong, calls.OutBytes, calls.OutUlongs, calls.OutHandles,
-		calls.AttrQuery, calls.OutStruct, calls.OutFilled:
+		calls.AttrQuery, calls.OutStruct, calls.OutFilled, calls.MsgParamOut, calls.OptOutBytes:
 		return true
 	}
 	return false
+}
+
+// The module's room for message parameters (hsm_msgparam in p11gen.h):
+// structures it tells apart (a bit mask of an unsigned), and output fields
+// of one structure.
+const (
+	hsmMsgForms = 16
+	hsmMsgOuts  = 4
+)
+
+// messageIndex is the index of a structure in calls.MessageParams, or -1.
+func messageIndex(s string) int {
+	for i, n := range calls.MessageParams {
+		if n == s {
+			return i
+		}
+	}
+	return -1
 }
 
 // Offline answers: what a stub says when no daemon answers its dial.
@@ -229,6 +284,8 @@ func genHeader(e *emitter) error {
 	for _, s := range usedStructs() {
 		e.p("void hsm_dec_%s(hsm_rbuf *r, %s *o);", s, s)
 	}
+	e.p("")
+	genMessageHeader(e)
 	e.p("")
 	e.p("#endif /* HSMEMU_P11GEN_H */")
 	return nil

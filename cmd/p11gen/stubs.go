@@ -37,6 +37,11 @@ func genStub(e *emitter, c *calls.Call) error {
 	e.p("CK_RV %s(%s)", c.Name, prototype(c))
 	e.p("{")
 	e.p("\thsm_call c;")
+	for _, a := range c.Args {
+		if a.Kind == calls.MsgParam || a.Kind == calls.MsgParamOut {
+			e.p("\thsm_msgparam %s;", msgVar(a))
+		}
+	}
 	e.p("\tCK_RV rv = hsm_entry();")
 	e.p("")
 	e.p("\tif (rv != CKR_OK)")
@@ -47,6 +52,11 @@ func genStub(e *emitter, c *calls.Call) error {
 	e.p("")
 	e.p("\thsm_call_init(&c, %d);", c.ID)
 	for _, a := range c.Args {
+		if c.Name == cancelCall().Name && a.Name == "flags" {
+			// The module's own flag is not an application's to pass.
+			e.p("\thsm_put_u64(&c.req, (uint64_t)%s & ~(uint64_t)%#xULL);", a.Name, uint64(calls.CancelCurrentMessage))
+			continue
+		}
 		genEncode(e, a)
 	}
 	genRole(e, c)
@@ -132,7 +142,8 @@ func genRole(e *emitter, c *calls.Call) {
 		e.p("\tc.on_session = 1;")
 		e.p("\tc.session = (uint64_t)session;")
 	}
-	if r.Starts != 0 {
+	// A message-based Init is never held back (calls.MessageKinds).
+	if r.Starts != 0 && r.Starts&calls.MessageKinds == 0 {
 		e.p("\tc.starts = %d;", r.Starts)
 		for _, a := range c.Args[1:] {
 			switch a.Kind {
@@ -146,7 +157,7 @@ func genRole(e *emitter, c *calls.Call) {
 	if r.Continues != 0 {
 		e.p("\tc.continues = %d;", r.Continues)
 		e.p("\tc.cancel_call = %d;", cancelCall().ID)
-		e.p("\tc.cancel_flags = %#x;", calls.CancelFlags(r.Continues))
+		e.p("\tc.cancel_flags = %#xULL;", calls.AbandonFlags(r.Continues))
 	}
 	if r.Mutates {
 		e.p("\tc.mutates = 1;")
@@ -166,14 +177,14 @@ func genCheck(e *emitter, c *calls.Call, a calls.Arg) {
 	r := calls.RoleOf(c)
 	fail := "CKR_ARGUMENTS_BAD"
 	if r.Continues != 0 {
-		fail = fmt.Sprintf("hsm_call_abandon(session, %d, %d, %#x, CKR_ARGUMENTS_BAD)", cancelCall().ID, r.Continues, calls.CancelFlags(r.Continues))
+		fail = fmt.Sprintf("hsm_call_abandon(session, %d, %d, %#xULL, CKR_ARGUMENTS_BAD)", cancelCall().ID, r.Continues, calls.AbandonFlags(r.Continues))
 	}
 	bad := func(cond string) {
 		e.p("\tif (%s)", cond)
 		e.p("\t\treturn %s;", fail)
 	}
 	switch a.Kind {
-	case calls.Bytes, calls.OutFilled:
+	case calls.Bytes, calls.OutFilled, calls.MsgParam, calls.MsgParamOut:
 		bad(fmt.Sprintf("%s == NULL && %s_len != 0", n, n))
 	case calls.Mechanism:
 		if r.Starts != 0 {
@@ -194,6 +205,8 @@ func genCheck(e *emitter, c *calls.Call, a calls.Arg) {
 		bad(fmt.Sprintf("%s_count == NULL || (%s == NULL && %s_max != 0)", n, n, n))
 	case calls.Reserved:
 		bad(fmt.Sprintf("%s != NULL", n))
+	case calls.OptOutBytes:
+		// A NULL length pointer is valid: the call has no output.
 	case calls.Ignored:
 		e.p("\t(void)%s;", n)
 	}
@@ -225,7 +238,21 @@ func genEncode(e *emitter, a calls.Arg) {
 	case calls.AttrQuery:
 		e.p("\thsm_put_query(&c.req, %s, %s_count);", n, n)
 	case calls.Mechanism:
-		e.p("\thsm_put_mechanism(&c.req, %s);", n)
+		if a.Message {
+			e.p("\thsm_put_msg_mechanism(&c.req, %s);", n)
+		} else {
+			e.p("\thsm_put_mechanism(&c.req, %s);", n)
+		}
+	case calls.MsgParam, calls.MsgParamOut:
+		out := 0
+		if a.Kind == calls.MsgParamOut {
+			out = 1
+		}
+		e.p("\thsm_put_msgparam(&c.req, &%s, %s, %s_len, %s, %d);", msgVar(a), n, n, structMask(a), out)
+	case calls.OptOutBytes:
+		e.p("\thsm_put_u8(&c.req, %s_len != NULL);", n)
+		e.p("\tif (%s_len != NULL)", n)
+		e.p("\t\thsm_put_outspec(&c.req, %s != NULL, *%s_len);", n, n)
 	case calls.OutBytes:
 		e.p("\thsm_put_outspec(&c.req, %s != NULL, *%s_len);", n, n)
 	case calls.OutUlongs:
@@ -260,6 +287,13 @@ func genDecode(e *emitter, a calls.Arg) {
 	case calls.OutStruct:
 		e.p("\t\t%s o_%s;", a.Struct, n)
 		e.p("\t\thsm_dec_%s(&c.res, &o_%s);", a.Struct, n)
+	case calls.MsgParamOut:
+		e.p("\t\tint o_%s_ok = hsm_get_msgout(&c.res, &%s);", n, msgVar(a))
+	case calls.OptOutBytes:
+		e.p("\t\thsm_outbytes o_%s = {0, NULL, 0};", n)
+		e.p("\t\tint o_%s_ok = hsm_get_u8(&c.res) == (%s_len != NULL);", n, n)
+		e.p("\t\tif (%s_len != NULL)", n)
+		e.p("\t\t\thsm_get_outbytes(&c.res, &o_%s);", n)
 	case calls.OutFilled:
 		e.p("\t\tuint32_t o_%s_n;", n)
 		e.p("\t\tint o_%s_null;", n)
@@ -279,6 +313,10 @@ func outCheck(a calls.Arg) string {
 		return fmt.Sprintf("hsm_outulongs_ok(&o_%s, %s, %s_max)", n, n, n)
 	case calls.OutFilled:
 		return fmt.Sprintf("!o_%s_null && o_%s_n == %s_len", n, n, n)
+	case calls.MsgParamOut:
+		return fmt.Sprintf("o_%s_ok", n)
+	case calls.OptOutBytes:
+		return fmt.Sprintf("o_%s_ok && (%s_len == NULL || hsm_outbytes_ok(&o_%s, %s, *%s_len))", n, n, n, n, n)
 	}
 	return ""
 }
@@ -300,5 +338,10 @@ func genCommit(e *emitter, a calls.Arg) {
 	case calls.OutFilled:
 		e.p("\t\tif (o_%s_n > 0)", n)
 		e.p("\t\t\tmemcpy(%s, o_%s, o_%s_n);", n, n, n)
+	case calls.MsgParamOut:
+		e.p("\t\thsm_msgparam_commit(&%s);", msgVar(a))
+	case calls.OptOutBytes:
+		e.p("\t\tif (%s_len != NULL)", n)
+		e.p("\t\t\thsm_outbytes_commit(&o_%s, %s, %s_len);", n, n, n)
 	}
 }

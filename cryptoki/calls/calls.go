@@ -8,7 +8,8 @@
 // listed, in function-list order. A call is one of:
 //   - forwarded: the module marshals its arguments, the daemon answers;
 //   - local: the module answers itself (C_Initialize, C_GetInfo, ...);
-//   - unsupported: the module answers CKR_FUNCTION_NOT_SUPPORTED.
+//   - unsupported: the module answers CKR_FUNCTION_NOT_SUPPORTED (none
+//     today: such a call needs a function of its own in the module).
 package calls
 
 // Kind is the shape of one argument: which C parameters it spans and how it
@@ -61,6 +62,22 @@ const (
 	// C_GenerateRandom. There is no size query. Request: u64 length;
 	// reply: bytes of exactly that length.
 	OutFilled
+	// MsgParam is a message-based call's parameter (PKCS#11 3.0):
+	// (CK_VOID_PTR pParameter, CK_ULONG ulParameterLen), an input. The
+	// module reads it as the structure of Arg.Structs whose size is
+	// ulParameterLen, or else as bytes. Request: msgparam.
+	MsgParam
+	// MsgParamOut is a MsgParam the call also writes back: the fields a
+	// structure marks FInOut or FOutOnly (a generated IV, an encryption's
+	// tag). Request: msgparam; reply: msgout.
+	MsgParamOut
+	// OptOutBytes is an output byte string whose length pointer may be
+	// NULL, which says the call produces no output (C_SignMessageNext
+	// before the last part): (CK_BYTE_PTR p, CK_ULONG_PTR len). With a
+	// length pointer, the size-query convention holds. Request: u8 wanted
+	// (0 for a NULL length pointer), then when wanted an outspec; reply:
+	// u8 wanted, then when wanted outbytes.
+	OptOutBytes
 )
 
 // Arg is one argument of a call, spanning one or more C parameters.
@@ -73,6 +90,14 @@ type Arg struct {
 	// name: the daemon bounds it far below the data arguments
 	// (wire.MaxShortBytes).
 	Short bool
+	// Structs: for MsgParam and MsgParamOut, the structures of
+	// MessageParams the parameter may be, told apart by their sizes.
+	Structs []string
+	// Message: a Mechanism of a message-based Init. For the mechanisms of
+	// MessageMechanisms the parameter, if any, is the message parameter
+	// structure named there, which does not travel (each message brings
+	// its own); every other mechanism's travels as for any Init.
+	Message bool
 }
 
 // Mode says who answers a call.
@@ -103,6 +128,24 @@ func outU(name, ctype string) Arg { return Arg{Name: name, Kind: OutUlong, CType
 func tmpl(name string) Arg        { return Arg{Name: name, Kind: Template} }
 func mech() Arg                   { return Arg{Name: "mechanism", Kind: Mechanism} }
 func outS(name, st string) Arg    { return Arg{Name: name, Kind: OutStruct, Struct: st} }
+func msgMech() Arg                { return Arg{Name: "mechanism", Kind: Mechanism, Message: true} }
+func optOut(name string) Arg      { return Arg{Name: name, Kind: OptOutBytes} }
+
+// aeadParam is the parameter of a message-based encryption or decryption
+// call: an AEAD's message parameter structure; out says the call writes it
+// back (encryption).
+func aeadParam(out bool) Arg {
+	a := Arg{Name: "parameter", Kind: MsgParam, Structs: MessageParams}
+	if out {
+		a.Kind = MsgParamOut
+	}
+	return a
+}
+
+// sigParam is the parameter of a message-based signature or verification
+// call. No signature mechanism has one (PKCS#11 3.0 defines none): it
+// travels as bytes, for the daemon to refuse.
+func sigParam() Arg { return Arg{Name: "parameter", Kind: MsgParam} }
 
 // Table lists every function, in CK_FUNCTION_LIST_3_0 order.
 var Table = []Call{
@@ -183,26 +226,26 @@ var Table = []Call{
 	{70, "C_GetInterface", Local, 3, nil},
 	{71, "C_LoginUser", Forwarded, 3, []Arg{sess(), u("userType", "CK_USER_TYPE"), pin("pin"), pin("username")}},
 	{72, "C_SessionCancel", Forwarded, 3, []Arg{sess(), u("flags", "CK_FLAGS")}},
-	{73, "C_MessageEncryptInit", Unsupported, 3, nil},
-	{74, "C_EncryptMessage", Unsupported, 3, nil},
-	{75, "C_EncryptMessageBegin", Unsupported, 3, nil},
-	{76, "C_EncryptMessageNext", Unsupported, 3, nil},
-	{77, "C_MessageEncryptFinal", Unsupported, 3, nil},
-	{78, "C_MessageDecryptInit", Unsupported, 3, nil},
-	{79, "C_DecryptMessage", Unsupported, 3, nil},
-	{80, "C_DecryptMessageBegin", Unsupported, 3, nil},
-	{81, "C_DecryptMessageNext", Unsupported, 3, nil},
-	{82, "C_MessageDecryptFinal", Unsupported, 3, nil},
-	{83, "C_MessageSignInit", Unsupported, 3, nil},
-	{84, "C_SignMessage", Unsupported, 3, nil},
-	{85, "C_SignMessageBegin", Unsupported, 3, nil},
-	{86, "C_SignMessageNext", Unsupported, 3, nil},
-	{87, "C_MessageSignFinal", Unsupported, 3, nil},
-	{88, "C_MessageVerifyInit", Unsupported, 3, nil},
-	{89, "C_VerifyMessage", Unsupported, 3, nil},
-	{90, "C_VerifyMessageBegin", Unsupported, 3, nil},
-	{91, "C_VerifyMessageNext", Unsupported, 3, nil},
-	{92, "C_MessageVerifyFinal", Unsupported, 3, nil},
+	{73, "C_MessageEncryptInit", Forwarded, 3, []Arg{sess(), msgMech(), key("key")}},
+	{74, "C_EncryptMessage", Forwarded, 3, []Arg{sess(), aeadParam(true), in("associatedData"), in("plaintext"), out("ciphertext")}},
+	{75, "C_EncryptMessageBegin", Forwarded, 3, []Arg{sess(), aeadParam(true), in("associatedData")}},
+	{76, "C_EncryptMessageNext", Forwarded, 3, []Arg{sess(), aeadParam(true), in("plaintextPart"), out("ciphertextPart"), u("flags", "CK_FLAGS")}},
+	{77, "C_MessageEncryptFinal", Forwarded, 3, []Arg{sess()}},
+	{78, "C_MessageDecryptInit", Forwarded, 3, []Arg{sess(), msgMech(), key("key")}},
+	{79, "C_DecryptMessage", Forwarded, 3, []Arg{sess(), aeadParam(false), in("associatedData"), in("ciphertext"), out("plaintext")}},
+	{80, "C_DecryptMessageBegin", Forwarded, 3, []Arg{sess(), aeadParam(false), in("associatedData")}},
+	{81, "C_DecryptMessageNext", Forwarded, 3, []Arg{sess(), aeadParam(false), in("ciphertextPart"), out("plaintextPart"), u("flags", "CK_FLAGS")}},
+	{82, "C_MessageDecryptFinal", Forwarded, 3, []Arg{sess()}},
+	{83, "C_MessageSignInit", Forwarded, 3, []Arg{sess(), msgMech(), key("key")}},
+	{84, "C_SignMessage", Forwarded, 3, []Arg{sess(), sigParam(), in("data"), out("signature")}},
+	{85, "C_SignMessageBegin", Forwarded, 3, []Arg{sess(), sigParam()}},
+	{86, "C_SignMessageNext", Forwarded, 3, []Arg{sess(), sigParam(), in("data"), optOut("signature")}},
+	{87, "C_MessageSignFinal", Forwarded, 3, []Arg{sess()}},
+	{88, "C_MessageVerifyInit", Forwarded, 3, []Arg{sess(), msgMech(), key("key")}},
+	{89, "C_VerifyMessage", Forwarded, 3, []Arg{sess(), sigParam(), in("data"), in("signature")}},
+	{90, "C_VerifyMessageBegin", Forwarded, 3, []Arg{sess(), sigParam()}},
+	{91, "C_VerifyMessageNext", Forwarded, 3, []Arg{sess(), sigParam(), in("data"), in("signature")}},
+	{92, "C_MessageVerifyFinal", Forwarded, 3, []Arg{sess()}},
 }
 
 // ByID returns the call with wire number id.

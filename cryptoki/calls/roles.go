@@ -4,7 +4,7 @@ import "hsmemu/cryptoki/ck"
 
 // OpKinds is a set of the cryptographic operations a session can have in
 // progress, one of each kind at a time.
-type OpKinds uint8
+type OpKinds uint16
 
 const (
 	OpEncrypt OpKinds = 1 << iota
@@ -14,7 +14,20 @@ const (
 	OpVerify
 	OpSignRecover
 	OpVerifyRecover
+	// The message-based processes of PKCS#11 3.0 (C_MessageEncryptInit
+	// to C_MessageEncryptFinal, ...), kinds of their own: one may run
+	// beside an operation of the single- and multi-part functions.
+	OpMessageEncrypt
+	OpMessageDecrypt
+	OpMessageSign
+	OpMessageVerify
 )
+
+// MessageKinds are the message-based kinds. Their Inits are never
+// deferred (docs/protocol.md, "Deferred Init"): a message-based process
+// lives across many calls, and gains nothing from saving its Init's round
+// trip.
+const MessageKinds = OpMessageEncrypt | OpMessageDecrypt | OpMessageSign | OpMessageVerify
 
 // CancelFlags are the C_SessionCancel flags (CK_MECHANISM_INFO's) that name
 // the operations of kinds k.
@@ -24,10 +37,33 @@ func CancelFlags(k OpKinds) uint64 {
 		OpEncrypt: ck.CKF_ENCRYPT, OpDecrypt: ck.CKF_DECRYPT, OpDigest: ck.CKF_DIGEST,
 		OpSign: ck.CKF_SIGN, OpVerify: ck.CKF_VERIFY,
 		OpSignRecover: ck.CKF_SIGN_RECOVER, OpVerifyRecover: ck.CKF_VERIFY_RECOVER,
+		OpMessageEncrypt: ck.CKF_MESSAGE_ENCRYPT, OpMessageDecrypt: ck.CKF_MESSAGE_DECRYPT,
+		OpMessageSign: ck.CKF_MESSAGE_SIGN, OpMessageVerify: ck.CKF_MESSAGE_VERIFY,
 	} {
 		if k&kind != 0 {
 			f |= flag
 		}
+	}
+	return f
+}
+
+// CancelCurrentMessage is a C_SessionCancel flag of the module's own, bit
+// 63 of the wire's u64 (no CK_MECHANISM_INFO flag uses it, and the module
+// clears it from an application's flags): with CKF_MESSAGE_ENCRYPT and
+// kin it ends only the message in progress, not the message-based
+// process. The module sends it when it refuses a message call's
+// arguments itself, since an error ends the current message (PKCS#11 3.0,
+// C_EncryptMessageNext) and the daemon must hear of it.
+const CancelCurrentMessage = 1 << 63
+
+// AbandonFlags are the C_SessionCancel flags that end what a call
+// continuing operations of kinds k was working on when the module refuses
+// its arguments: the operations, or for the message-based kinds their
+// current message.
+func AbandonFlags(k OpKinds) uint64 {
+	f := CancelFlags(k)
+	if k&MessageKinds != 0 {
+		f |= CancelCurrentMessage
 	}
 	return f
 }
@@ -80,6 +116,27 @@ var roles = map[string]Role{
 	"C_DecryptDigestUpdate": {Continues: OpDecrypt | OpDigest},
 	"C_SignEncryptUpdate":   {Continues: OpSign | OpEncrypt},
 	"C_DecryptVerifyUpdate": {Continues: OpDecrypt | OpVerify},
+
+	"C_MessageEncryptInit":  {Starts: OpMessageEncrypt},
+	"C_EncryptMessage":      {Continues: OpMessageEncrypt},
+	"C_EncryptMessageBegin": {Continues: OpMessageEncrypt},
+	"C_EncryptMessageNext":  {Continues: OpMessageEncrypt},
+	"C_MessageEncryptFinal": {Continues: OpMessageEncrypt},
+	"C_MessageDecryptInit":  {Starts: OpMessageDecrypt},
+	"C_DecryptMessage":      {Continues: OpMessageDecrypt},
+	"C_DecryptMessageBegin": {Continues: OpMessageDecrypt},
+	"C_DecryptMessageNext":  {Continues: OpMessageDecrypt},
+	"C_MessageDecryptFinal": {Continues: OpMessageDecrypt},
+	"C_MessageSignInit":     {Starts: OpMessageSign},
+	"C_SignMessage":         {Continues: OpMessageSign},
+	"C_SignMessageBegin":    {Continues: OpMessageSign},
+	"C_SignMessageNext":     {Continues: OpMessageSign},
+	"C_MessageSignFinal":    {Continues: OpMessageSign},
+	"C_MessageVerifyInit":   {Starts: OpMessageVerify},
+	"C_VerifyMessage":       {Continues: OpMessageVerify},
+	"C_VerifyMessageBegin":  {Continues: OpMessageVerify},
+	"C_VerifyMessageNext":   {Continues: OpMessageVerify},
+	"C_MessageVerifyFinal":  {Continues: OpMessageVerify},
 
 	"C_DestroyObject":     {Mutates: true},
 	"C_SetAttributeValue": {Mutates: true},

@@ -25,7 +25,21 @@ type Field struct {
 	// bytes either way.
 	LenBits bool
 	Struct  string // FStruct: the nested structure's name in Params
+	// Out is what a message parameter written back (MsgParamOut) does
+	// with an FBytes field; in every other parameter the field is an
+	// input.
+	Out FieldOut
 }
+
+// FieldOut is the direction of an FBytes field of a message parameter
+// structure in a call that writes it back (MsgParamOut).
+type FieldOut int
+
+const (
+	FIn      FieldOut = iota // travels to the daemon only
+	FInOut                   // travels both ways (GCM's pIv: the fixed part in, the IV out)
+	FOutOnly                 // comes back only: the request says whether the buffer is there and its size
+)
 
 // Structs are the fixed structures the daemon fills (OutStruct), encoded
 // field by field in this order.
@@ -190,6 +204,21 @@ var Params = map[string][]Field{
 		{Name: "pNonce", Kind: FBytes, LenOf: "ulNonceLen"},
 		{Name: "pAAD", Kind: FBytes, LenOf: "ulAADLen"},
 	},
+	// The message parameters of PKCS#11 3.0's message-based encryption
+	// (MessageParams). A NULL pointer member travels as NULL whatever its
+	// length says (a decryption's pTag before the last part).
+	"CK_GCM_MESSAGE_PARAMS": {
+		{Name: "pIv", Kind: FBytes, LenOf: "ulIvLen", Out: FInOut},
+		{Name: "ulIvFixedBits", Kind: FUlong},
+		{Name: "ivGenerator", Kind: FUlong},
+		{Name: "pTag", Kind: FBytes, LenOf: "ulTagBits", LenBits: true, Out: FOutOnly},
+	},
+	// ulNonceLen counts bytes, as for CK_SALSA20_CHACHA20_POLY1305_PARAMS;
+	// the tag is always 16 bytes.
+	"CK_SALSA20_CHACHA20_POLY1305_MSG_PARAMS": {
+		{Name: "pNonce", Kind: FBytes, LenOf: "ulNonceLen"},
+		{Name: "pTag", Kind: FBytes, Size: 16, Out: FOutOnly},
+	},
 	"CK_HKDF_PARAMS": {
 		{Name: "bExtract", Kind: FByte},
 		{Name: "bExpand", Kind: FByte},
@@ -250,4 +279,22 @@ var Mechanisms = map[uint64]MechParam{
 	0x00004021: {PStruct, "CK_SALSA20_CHACHA20_POLY1305_PARAMS"}, // CKM_CHACHA20_POLY1305
 	0x0000402A: {PStruct, "CK_HKDF_PARAMS"},                      // CKM_HKDF_DERIVE
 	0x0000402B: {PStruct, "CK_HKDF_PARAMS"},                      // CKM_HKDF_DATA
+}
+
+// MessageParams are the message parameter structures, in wire order: a
+// msgparam's form 2 is the first, 3 the second (docs/protocol.md,
+// "Message parameters"). Numbers are stable: append only.
+var MessageParams = []string{
+	"CK_GCM_MESSAGE_PARAMS",
+	"CK_SALSA20_CHACHA20_POLY1305_MSG_PARAMS",
+}
+
+// MessageMechanisms are the mechanisms whose message-based Init takes, if
+// anything, their message parameter structure rather than their usual
+// one (PKCS#11 3.0's own example passes CK_GCM_MESSAGE_PARAMS to
+// C_MessageEncryptInit): the module checks its size and sends no
+// parameter, since each message brings its own.
+var MessageMechanisms = map[uint64]string{
+	0x00001087: "CK_GCM_MESSAGE_PARAMS",                   // CKM_AES_GCM
+	0x00004021: "CK_SALSA20_CHACHA20_POLY1305_MSG_PARAMS", // CKM_CHACHA20_POLY1305
 }

@@ -100,6 +100,13 @@ void hsm_put_param_bytes(hsm_wbuf *w, const void *p, CK_ULONG n)
 	put_bytes(w, p, n, CKR_MECHANISM_PARAM_INVALID);
 }
 
+void hsm_put_msg_bytes(hsm_wbuf *w, const void *p, CK_ULONG n)
+{
+	/* A NULL member of a message parameter is NULL whatever its length
+	 * says: a decryption's pTag may be unset until the last part. */
+	put_bytes(w, p, p == NULL ? 0 : n, CKR_MECHANISM_PARAM_INVALID);
+}
+
 void hsm_put_outspec(hsm_wbuf *w, int present, CK_ULONG capacity)
 {
 	hsm_put_u8(w, present ? 1 : 0);

@@ -90,6 +90,8 @@ void hsm_put_u64(hsm_wbuf *w, uint64_t v);
 void hsm_put_bytes(hsm_wbuf *w, const void *p, CK_ULONG n);
 /* bytes inside a mechanism parameter: the same, but CKR_MECHANISM_PARAM_INVALID. */
 void hsm_put_param_bytes(hsm_wbuf *w, const void *p, CK_ULONG n);
+/* bytes inside a message parameter: a NULL pointer is NULL, whatever n. */
+void hsm_put_msg_bytes(hsm_wbuf *w, const void *p, CK_ULONG n);
 void hsm_put_outspec(hsm_wbuf *w, int present, CK_ULONG capacity);
 
 uint8_t hsm_get_u8(hsm_rbuf *r);

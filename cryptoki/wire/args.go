@@ -35,8 +35,9 @@ type argVal struct {
 	null  bool   // Bytes, Label
 	tmpl  []Attribute
 	mech  Mechanism
-	out   OutSpec // OutBytes, OutUlongs
+	out   OutSpec // OutBytes, OutUlongs, OptOutBytes (null: no length pointer)
 	query []Query
+	param Param // MsgParam, MsgParamOut
 }
 
 // DecodeArgs decodes the arguments of call c from a request body. It fails
@@ -92,6 +93,13 @@ func (a *Args) Decode(c *calls.Call, body []byte) error {
 			}
 		case calls.AttrQuery:
 			v.query = r.queries()
+		case calls.MsgParam, calls.MsgParamOut:
+			v.param = r.msgParam(arg)
+		case calls.OptOutBytes:
+			if v.null = !r.present(arg.Name); !v.null {
+				v.out.Present = r.present(arg.Name)
+				v.out.Capacity = r.u64(arg.Name)
+			}
 		case calls.OutUlong, calls.OutStruct, calls.Ignored, calls.Reserved:
 			// Nothing travels in the request.
 		default:
@@ -190,9 +198,13 @@ func (a *Args) Values() []Value {
 		v := &a.vals[i]
 		x := Value{Kind: v.kind, Ulong: v.ulong, Byte: v.byt, Bytes: v.bytes, Null: v.null,
 			Template: v.tmpl, Out: v.out, Query: v.query}
-		if v.kind == calls.Mechanism {
+		switch v.kind {
+		case calls.Mechanism:
 			m := v.mech
 			x.Mechanism = &m
+		case calls.MsgParam, calls.MsgParamOut:
+			p := v.param
+			x.Param = &p
 		}
 		vals[i] = x
 	}
@@ -277,6 +289,14 @@ func AppendArgs(dst []byte, c *calls.Call, vals []Value) ([]byte, error) {
 			b = appendU64(b, v.Out.Capacity)
 		case calls.AttrQuery:
 			b, err = appendQueries(b, v.Query)
+		case calls.MsgParam, calls.MsgParamOut:
+			b, err = appendMsgParam(b, arg, v.Param)
+		case calls.OptOutBytes:
+			b = appendBool(b, !v.Null)
+			if !v.Null {
+				b = appendBool(b, v.Out.Present)
+				b = appendU64(b, v.Out.Capacity)
+			}
 		}
 		if err != nil {
 			return dst, fmt.Errorf("%s argument %s: %w", c.Name, arg.Name, err)
@@ -292,7 +312,7 @@ func AppendArgs(dst []byte, c *calls.Call, vals []Value) ([]byte, error) {
 func kindName(k calls.Kind) string {
 	names := [...]string{"invalid", "Ulong", "Byte", "Bytes", "Label", "Template", "Mechanism",
 		"OutUlong", "OutBytes", "OutUlongs", "OutHandles", "AttrQuery", "OutStruct", "Ignored", "Reserved",
-		"OutFilled"}
+		"OutFilled", "MsgParam", "MsgParamOut", "OptOutBytes"}
 	if k < 0 || int(k) >= len(names) {
 		return fmt.Sprintf("Kind(%d)", int(k))
 	}

@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -136,7 +137,7 @@ func TestArgsRefused(t *testing.T) {
 
 func TestArgsNotForwarded(t *testing.T) {
 	t.Parallel()
-	for _, name := range []string{"C_Initialize", "C_GetInfo", "C_CancelFunction", "C_EncryptMessage"} {
+	for _, name := range []string{"C_Initialize", "C_GetInfo", "C_CancelFunction", "C_GetInterface"} {
 		c := mustCall(t, name)
 		if _, err := DecodeArgs(c, nil); !errors.Is(err, ErrUnsupported) || RV(err) != ck.CKR_FUNCTION_NOT_SUPPORTED {
 			t.Errorf("%s: DecodeArgs: %v", name, err)
@@ -284,6 +285,9 @@ func TestParamAccessors(t *testing.T) {
 		"CK_SALSA20_CHACHA20_POLY1305_PARAMS": func(p *Param) (any, error) { return p.ChaCha20Poly1305Params() },
 	}
 	for name := range calls.Params {
+		if slices.Contains(calls.MessageParams, name) {
+			continue // TestMessageParamAccessors
+		}
 		if structs[name] == nil {
 			t.Errorf("no typed accessor for %s", name)
 		}

@@ -45,6 +45,8 @@ func RequestBound(c *calls.Call, maxData int) int {
 			n += 4 + LabelSize
 		case calls.OutBytes, calls.OutUlongs:
 			n += 1 + 8
+		case calls.OptOutBytes:
+			n += 1 + 1 + 8
 		case calls.AttrQuery:
 			n += maxQuery
 		case calls.Bytes:
@@ -53,7 +55,7 @@ func RequestBound(c *calls.Call, maxData int) int {
 			} else {
 				variable = true
 			}
-		case calls.Template, calls.Mechanism:
+		case calls.Template, calls.Mechanism, calls.MsgParam, calls.MsgParamOut:
 			variable = true
 		}
 	}
@@ -96,6 +98,16 @@ func ResultsBound(a *Args) int {
 			n += 4 + capped(a.vals[i].ulong, MaxBytes)
 		case calls.OutStruct:
 			n += structSize(arg.Struct)
+		case calls.MsgParamOut:
+			n += msgOutBound(&a.vals[i].param)
+		case calls.OptOutBytes:
+			n++
+			if v := &a.vals[i]; !v.null {
+				n += 8 + 4
+				if v.out.Present {
+					n += capped(v.out.Capacity, MaxBytes)
+				}
+			}
 		case calls.AttrQuery:
 			n += 4
 			for _, q := range a.vals[i].query {
@@ -113,6 +125,25 @@ func ResultsBound(a *Args) int {
 		}
 		if n >= MaxFrame-replyHeader {
 			return MaxFrame - replyHeader
+		}
+	}
+	return n
+}
+
+// msgOutBound is the longest msgout for a request's message parameter:
+// each output as long as the caller's buffer for it.
+func msgOutBound(p *Param) int {
+	n := 1
+	switch p.Kind {
+	case calls.PBytes:
+		n += 4 + len(p.Bytes)
+	case calls.PStruct:
+		for _, f := range outFields(p.Struct) {
+			v := p.field(f.Name)
+			n += 4 + len(v.Bytes)
+			if f.Out == calls.FOutOnly {
+				n += capped(v.Cap, MaxBytes)
+			}
 		}
 	}
 	return n

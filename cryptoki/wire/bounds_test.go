@@ -34,6 +34,10 @@ func maximal(t *testing.T, c *calls.Call, variant int) (vals []Value, variable i
 			enc, err = appendTemplate(nil, v.Template, false)
 		case calls.Mechanism:
 			enc, err = appendMechanism(nil, v.Mechanism)
+		case calls.MsgParam, calls.MsgParamOut:
+			enc, err = appendMsgParam(nil, arg, v.Param)
+		case calls.OptOutBytes:
+			v.Null = false // a length pointer: its outspec travels
 		case calls.AttrQuery:
 			v.Query = make([]Query, MaxAttrs)
 		}
@@ -117,6 +121,34 @@ func fillOutputs(t *testing.T, c *calls.Call, a *Args, r *Results) {
 		case calls.OutStruct:
 			s, _ := newStruct(c.Args[i].Struct)
 			r.Struct(s)
+		case calls.MsgParamOut:
+			p := a.MsgParam(i)
+			outs := map[string][]byte{}
+			switch p.Kind {
+			case calls.PBytes:
+				outs[""] = make([]byte, len(p.Bytes))
+			case calls.PStruct:
+				for _, f := range outFields(p.Struct) {
+					if v := p.field(f.Name); !v.Null {
+						n := uint64(len(v.Bytes))
+						if f.Out == calls.FOutOnly {
+							n = v.Cap
+						}
+						outs[f.Name] = make([]byte, min(n, 1<<20))
+					}
+				}
+			}
+			if !MsgOutFits(p, outs) {
+				outs = nil // outputs past 1 MiB: none
+			}
+			r.MsgOut(p, outs)
+		case calls.OptOutBytes:
+			spec, wanted := a.OptOut(i)
+			n := spec.Capacity
+			if !spec.Present {
+				n = 1000
+			}
+			r.OptOutBytes(spec, wanted, make([]byte, min(n, 1<<20)))
 		case calls.AttrQuery:
 			var answers []Answer
 			for _, q := range a.Query(i) {

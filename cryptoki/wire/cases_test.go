@@ -112,6 +112,11 @@ func sampleArg(arg *calls.Arg, variant int) Value {
 		v.Ulong = [variants]uint64{16, 0, 1 << 40}[variant]
 	case calls.OutFilled:
 		v.Ulong = [variants]uint64{32, 0, MaxBytes}[variant]
+	case calls.MsgParam, calls.MsgParamOut:
+		v.Param = sampleMsgParam(arg, variant)
+	case calls.OptOutBytes:
+		v.Null = variant == 1
+		v.Out = [variants]OutSpec{{Present: true, Capacity: 256}, {}, {Present: false, Capacity: 7}}[variant]
 	case calls.AttrQuery:
 		v.Query = [variants][]Query{
 			{{Type: ck.CKA_VALUE, Present: true, Capacity: 32}, {Type: ck.CKA_CLASS, Present: false, Capacity: 0}, {Type: ck.CKA_LABEL, Present: true, Capacity: 0}},
@@ -267,8 +272,56 @@ func sampleOutput(arg *calls.Arg, variant int) Value {
 		}[variant]
 	case calls.OutStruct:
 		v.Struct = sampleStruct(arg.Struct, variant)
+	case calls.MsgParamOut:
+		v.Param = sampleMsgOut(arg, variant)
+	case calls.OptOutBytes:
+		switch variant {
+		case 0:
+			v.Bytes, v.Length = []byte("signature"), 9
+		case 1:
+			v.Null = true
+		case 2:
+			v.Length = 64 // a size query's answer
+		}
 	}
 	return v
+}
+
+// sampleMsgParam is a message parameter of each form arg takes.
+func sampleMsgParam(arg *calls.Arg, variant int) *Param {
+	out := arg.Kind == calls.MsgParamOut
+	switch {
+	case variant == 1:
+		return &Param{Kind: calls.PNone}
+	case len(arg.Structs) == 0 || variant == 2 && !out:
+		return &Param{Kind: calls.PBytes, Bytes: []byte("bytes of " + arg.Name)}
+	case variant == 0:
+		p := GCMMessageParams{IV: bytes.Repeat([]byte{1}, 12), IVFixedBits: 32, IVGenerator: ck.CKG_GENERATE_COUNTER,
+			Tag: bytes.Repeat([]byte{2}, 16), TagOut: out, TagCap: 16}
+		if out {
+			p.Tag = nil
+		}
+		q := p.Param()
+		return &q
+	}
+	q := ChaCha20Poly1305MsgParams{Nonce: []byte{}, TagOut: true, TagNull: true, TagCap: 16}.Param()
+	return &q
+}
+
+// sampleMsgOut is what a MsgParamOut reply writes back, in each form.
+func sampleMsgOut(arg *calls.Arg, variant int) *Param {
+	switch variant {
+	case 0:
+		return &Param{Kind: calls.PStruct, Struct: "CK_GCM_MESSAGE_PARAMS", Fields: []FieldValue{
+			{Name: "pIv", Kind: calls.FBytes, Bytes: bytes.Repeat([]byte{3}, 12)},
+			{Name: "pTag", Kind: calls.FBytes, Bytes: bytes.Repeat([]byte{4}, 16)},
+		}}
+	case 1:
+		return &Param{Kind: calls.PNone}
+	}
+	return &Param{Kind: calls.PStruct, Struct: "CK_SALSA20_CHACHA20_POLY1305_MSG_PARAMS", Fields: []FieldValue{
+		{Name: "pTag", Kind: calls.FBytes, Null: true},
+	}}
 }
 
 func resultCases() []resultCase {
@@ -312,7 +365,7 @@ func equalAttrs(a, b []Attribute) bool {
 func equalFields(a, b []FieldValue) bool {
 	return slices.EqualFunc(a, b, func(x, y FieldValue) bool {
 		return x.Name == y.Name && x.Kind == y.Kind && x.Ulong == y.Ulong && x.Byte == y.Byte &&
-			bytes.Equal(x.Bytes, y.Bytes) && x.Null == y.Null && equalFields(x.Fields, y.Fields)
+			bytes.Equal(x.Bytes, y.Bytes) && x.Null == y.Null && x.Cap == y.Cap && equalFields(x.Fields, y.Fields)
 	})
 }
 
@@ -323,6 +376,14 @@ func equalMech(a, b *Mechanism) bool {
 	return a.Type == b.Type && a.Present == b.Present && a.Param.Kind == b.Param.Kind &&
 		a.Param.Struct == b.Param.Struct && bytes.Equal(a.Param.Bytes, b.Param.Bytes) &&
 		a.Param.Ulong == b.Param.Ulong && equalFields(a.Param.Fields, b.Param.Fields)
+}
+
+func equalParam(a, b *Param) bool {
+	if a == nil || b == nil {
+		return a == b || a == nil && b.Kind == calls.PNone || b == nil && a.Kind == calls.PNone
+	}
+	return a.Kind == b.Kind && a.Struct == b.Struct && bytes.Equal(a.Bytes, b.Bytes) &&
+		(a.Bytes == nil) == (b.Bytes == nil) && equalFields(a.Fields, b.Fields)
 }
 
 func equalValue(a, b Value) bool {
@@ -338,7 +399,7 @@ func equalValue(a, b Value) bool {
 		slices.Equal(a.Query, b.Query) && a.Length == b.Length && slices.Equal(a.Ulongs, b.Ulongs) &&
 		slices.EqualFunc(a.Answers, b.Answers, func(x, y Answer) bool {
 			return x.Length == y.Length && bytes.Equal(x.Value, y.Value) && (x.Value == nil) == (y.Value == nil)
-		}) && sa == sb
+		}) && sa == sb && equalParam(a.Param, b.Param)
 }
 
 func checkValues(t *testing.T, want, got []Value) {

@@ -39,7 +39,9 @@ type Param struct {
 //   - FUlong: Ulong;
 //   - FByte: Byte;
 //   - FVersion, FChars: Bytes, exactly 2 or Size bytes;
-//   - FBytes: Bytes, or Null for a NULL pointer;
+//   - FBytes: Bytes, or Null for a NULL pointer; in a message parameter
+//     the call writes back, an FOutOnly field has no Bytes but Cap, the
+//     size of the caller's buffer (message.go);
 //   - FStruct: Fields of the nested structure, or Null for a NULL pointer.
 type FieldValue struct {
 	Name   string
@@ -49,6 +51,7 @@ type FieldValue struct {
 	Bytes  []byte
 	Null   bool
 	Fields []FieldValue
+	Cap    uint64
 }
 
 // maxStructDepth bounds nested structure pointers. The table nests one

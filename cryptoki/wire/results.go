@@ -29,7 +29,7 @@ func HasResults(c *calls.Call, rv uint64) bool {
 func isOutput(k calls.Kind) bool {
 	switch k {
 	case calls.OutUlong, calls.OutBytes, calls.OutUlongs, calls.OutHandles, calls.AttrQuery, calls.OutStruct,
-		calls.OutFilled:
+		calls.OutFilled, calls.MsgParamOut, calls.OptOutBytes:
 		return true
 	}
 	return false
@@ -254,6 +254,15 @@ func DecodeResults(c *calls.Call, rv uint64, body []byte) ([]Value, error) {
 			}
 			r.structure(s)
 			v.Struct = s
+		case calls.MsgParamOut:
+			v.Param = r.msgOut(arg)
+		case calls.OptOutBytes:
+			if v.Null = !r.present(arg.Name); !v.Null {
+				v.Length = r.u64(arg.Name)
+				var null bool
+				v.Bytes, null = r.bytes(arg.Name)
+				r.checkOut(v.Length, len(v.Bytes), null, rv, arg.Name)
+			}
 		}
 		if r.err != nil {
 			break
@@ -333,6 +342,16 @@ func EncodeResults(c *calls.Call, vals []Value) ([]byte, error) {
 				err = fmt.Errorf("wire: want a %s", arg.Struct)
 			} else {
 				b = appendStruct(b, v.Struct)
+			}
+		case calls.MsgParamOut:
+			b, err = appendMsgOut(b, arg, v.Param)
+		case calls.OptOutBytes:
+			b = appendBool(b, !v.Null)
+			if !v.Null {
+				if err = checkBytes(v.Bytes, v.Bytes == nil, arg.Name); err == nil {
+					b = appendU64(b, v.Length)
+					b = appendBytes(b, v.Bytes, v.Bytes == nil)
+				}
 			}
 		}
 		if err != nil {

@@ -89,6 +89,10 @@ func AnswerFor(q Query, value []byte) (Answer, uint64) {
 //	Ulongs     OutUlongs (with Null) and OutHandles results
 //	Answers    AttrQuery result
 //	Struct     OutStruct result
+//	Param      MsgParam, MsgParamOut requests; MsgParamOut result (the
+//	           output fields only, message.go)
+//	Out, Null  OptOutBytes request (Null: no length pointer); its result
+//	           sets Null likewise, Length, and Bytes (nil: no data)
 //
 // Kind, when set, must match the table's kind; DecodeResults sets it.
 type Value struct {
@@ -105,6 +109,7 @@ type Value struct {
 	Ulongs    []uint64
 	Answers   []Answer
 	Struct    Struct
+	Param     *Param
 }
 
 // decodeTemplate reads a template. A nested one may not contain template
@@ -329,6 +334,22 @@ func (v Value) String() string {
 		if v.Struct != nil {
 			return v.Struct.CType()
 		}
+	case calls.MsgParam, calls.MsgParamOut:
+		if v.Param == nil || v.Param.Kind == calls.PNone {
+			return "no parameter"
+		}
+		if v.Param.Kind == calls.PBytes {
+			return shape(v.Param.Bytes, v.Param.Bytes == nil)
+		}
+		return v.Param.Struct
+	case calls.OptOutBytes:
+		if v.Null {
+			return "no output"
+		}
+		if v.Length != 0 || v.Bytes != nil {
+			return fmt.Sprintf("length %d", v.Length)
+		}
+		return fmt.Sprintf("%+v", v.Out)
 	}
 	return shape(v.Bytes, v.Null)
 }

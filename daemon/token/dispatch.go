@@ -168,6 +168,27 @@ var handlerOf = map[string]handler{
 	"C_DeriveKey":           (*Engine).cDeriveKey,
 	"C_SeedRandom":          (*Engine).cSeedRandom,
 	"C_GenerateRandom":      (*Engine).cGenerateRandom,
+	// The message-based functions of PKCS#11 3.0: not yet.
+	"C_MessageEncryptInit":  notSupported,
+	"C_EncryptMessage":      notSupported,
+	"C_EncryptMessageBegin": notSupported,
+	"C_EncryptMessageNext":  notSupported,
+	"C_MessageEncryptFinal": notSupported,
+	"C_MessageDecryptInit":  notSupported,
+	"C_DecryptMessage":      notSupported,
+	"C_DecryptMessageBegin": notSupported,
+	"C_DecryptMessageNext":  notSupported,
+	"C_MessageDecryptFinal": notSupported,
+	"C_MessageSignInit":     notSupported,
+	"C_SignMessage":         notSupported,
+	"C_SignMessageBegin":    notSupported,
+	"C_SignMessageNext":     notSupported,
+	"C_MessageSignFinal":    notSupported,
+	"C_MessageVerifyInit":   notSupported,
+	"C_VerifyMessage":       notSupported,
+	"C_VerifyMessageBegin":  notSupported,
+	"C_VerifyMessageNext":   notSupported,
+	"C_MessageVerifyFinal":  notSupported,
 }
 
 // in is a byte-string argument; a NULL one reads as empty.

@@ -155,6 +155,22 @@ var tooLarge = map[string]uint64{
 	"C_SignRecover":         ck.CKR_FUNCTION_NOT_SUPPORTED,
 	"C_VerifyRecoverInit":   ck.CKR_FUNCTION_NOT_SUPPORTED,
 	"C_VerifyRecover":       ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_MessageEncryptInit":  ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_EncryptMessage":      ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_EncryptMessageBegin": ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_EncryptMessageNext":  ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_MessageDecryptInit":  ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_DecryptMessage":      ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_DecryptMessageBegin": ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_DecryptMessageNext":  ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_MessageSignInit":     ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_SignMessage":         ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_SignMessageBegin":    ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_SignMessageNext":     ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_MessageVerifyInit":   ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_VerifyMessage":       ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_VerifyMessageBegin":  ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_VerifyMessageNext":   ck.CKR_FUNCTION_NOT_SUPPORTED,
 }
 
 // opOf maps the operations a call continues to the engine's kinds.

@@ -13,6 +13,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <dlfcn.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -196,6 +197,29 @@ static void test_lists(void *lib)
 	check(itf->flags & CKF_INTERFACE_FORK_SAFE, "3.0 interface has CKF_INTERFACE_FORK_SAFE");
 	CHECK_RV(gi((CK_UTF8CHAR_PTR) "PKCS 11", NULL, &itf, CKF_INTERFACE_FORK_SAFE), CKR_OK,
 		 "C_GetInterface fork-safe");
+	/* The 2.40 list is the 3.0 list's first 68 functions, one for one
+	 * (C_GetInfo apart: each says its own version), and ends there. */
+	typedef void (*fn)(void);
+	const fn *l2 = (const fn *)(const void *)&f2->C_Initialize;
+	const fn *l3 = (const fn *)(const void *)&f3->C_Initialize;
+	size_t n2 = (sizeof *f2 - offsetof(CK_FUNCTION_LIST, C_Initialize)) / sizeof(fn);
+	check(n2 == 68 && offsetof(CK_FUNCTION_LIST, C_WaitForSlotEvent) == sizeof *f2 - sizeof(fn),
+	      "the 2.40 list holds 68 functions, to C_WaitForSlotEvent: %zu", n2);
+	for (size_t i = 0; i < n2; i++) {
+		check(l2[i] != NULL, "2.40 function %zu is there", i);
+		if (i != (offsetof(CK_FUNCTION_LIST, C_GetInfo) - offsetof(CK_FUNCTION_LIST, C_Initialize)) / sizeof(fn))
+			check(l2[i] == l3[i], "2.40 function %zu is the 3.0 list's", i);
+	}
+	check(f2->C_GetInfo != f3->C_GetInfo, "each list's C_GetInfo says its version");
+	/* The 3.0 additions are there, each its own function. */
+	const fn *add = (const fn *)(const void *)&f3->C_GetInterfaceList;
+	size_t n3 = (sizeof *f3 - offsetof(CK_FUNCTION_LIST_3_0, C_GetInterfaceList)) / sizeof(fn);
+	check(n3 == 24, "24 functions added in 3.0: %zu", n3);
+	for (size_t i = 0; i < n3; i++) {
+		check(add[i] != NULL, "3.0 function %zu is there", i);
+		for (size_t j = 0; j < i; j++)
+			check(add[i] != add[j], "3.0 functions %zu and %zu differ", j, i);
+	}
 	CK_VERSION v240 = {2, 40}, v30 = {3, 0}, v31 = {3, 1};
 	CHECK_RV(gi((CK_UTF8CHAR_PTR) "PKCS 11", &v240, &itf, 0), CKR_OK, "C_GetInterface 2.40");
 	check(itf->pFunctionList == (void *)f2, "2.40 interface is C_GetFunctionList's list");
@@ -285,10 +309,14 @@ static void test_info(void)
 	check(info.cryptokiVersion.major == 3 && info.cryptokiVersion.minor == 0, "3.0 list says 3.0");
 	CHECK_RV(f2->C_GetFunctionStatus(1), CKR_FUNCTION_NOT_PARALLEL, "C_GetFunctionStatus");
 	CHECK_RV(f2->C_CancelFunction(1), CKR_FUNCTION_NOT_PARALLEL, "C_CancelFunction");
-	CHECK_RV(f3->C_MessageEncryptInit(1, &t_mechanism, 1), CKR_FUNCTION_NOT_SUPPORTED,
+	/* The message-based functions go to the daemon: with none, no session
+	 * is valid. */
+	CHECK_RV(f3->C_MessageEncryptInit(1, &t_mechanism, 1), CKR_SESSION_HANDLE_INVALID,
 		 "C_MessageEncryptInit");
-	CHECK_RV(f3->C_VerifyMessage(1, NULL, 0, NULL, 0, NULL, 0), CKR_FUNCTION_NOT_SUPPORTED,
+	CHECK_RV(f3->C_VerifyMessage(1, NULL, 0, NULL, 0, NULL, 0), CKR_SESSION_HANDLE_INVALID,
 		 "C_VerifyMessage");
+	CHECK_RV(f3->C_SignMessageNext(1, NULL, 0, NULL, 0, NULL, NULL), CKR_SESSION_HANDLE_INVALID,
+		 "C_SignMessageNext, no length pointer");
 }
 
 static void test_offline(void)
