@@ -349,6 +349,13 @@ func TestModuleNewAlgorithms(t *testing.T) {
 	})
 }
 
+// The message-based flags (PKCS#11 3.0) of a hash-and-sign mechanism that
+// verifies, or signs too.
+const (
+	verifyMessages = uint(ck.CKF_MESSAGE_VERIFY | ck.CKF_MULTI_MESSAGE)
+	signMessages   = uint(ck.CKF_MESSAGE_SIGN)
+)
+
 func TestModuleLegacyAlgorithms(t *testing.T) {
 	msg := []byte("hsmemu: an old fixture")
 
@@ -364,7 +371,7 @@ func TestModuleLegacyAlgorithms(t *testing.T) {
 		if _, err := p.GetMechanismInfo(slot, mechOf(ck.CKM_DES3_KEY_GEN, nil)); !is(err, pkcs11.CKR_MECHANISM_INVALID) {
 			t.Errorf("C_GetMechanismInfo(CKM_DES3_KEY_GEN): %v", err)
 		}
-		if info, err := p.GetMechanismInfo(slot, mechOf(ck.CKM_SHA1_RSA_PKCS, nil)); err != nil || info.Flags != pkcs11.CKF_VERIFY || info.MinKeySize != 2048 {
+		if info, err := p.GetMechanismInfo(slot, mechOf(ck.CKM_SHA1_RSA_PKCS, nil)); err != nil || info.Flags != pkcs11.CKF_VERIFY|verifyMessages || info.MinKeySize != 2048 {
 			t.Errorf("CKM_SHA1_RSA_PKCS: %+v %v", info, err)
 		}
 		if _, err := p.GenerateKey(h, mechOf(ck.CKM_DES3_KEY_GEN, nil), []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)}); !is(err, pkcs11.CKR_MECHANISM_INVALID) {
@@ -392,7 +399,7 @@ func TestModuleLegacyAlgorithms(t *testing.T) {
 	t.Run("on", func(t *testing.T) {
 		p, _ := withModule(t, "--legacy-algorithms")
 		slot, h := algoSession(t, p, "legacy")
-		if info, err := p.GetMechanismInfo(slot, mechOf(ck.CKM_SHA1_RSA_PKCS, nil)); err != nil || info.Flags != pkcs11.CKF_SIGN|pkcs11.CKF_VERIFY || info.MinKeySize != 1024 {
+		if info, err := p.GetMechanismInfo(slot, mechOf(ck.CKM_SHA1_RSA_PKCS, nil)); err != nil || info.Flags != pkcs11.CKF_SIGN|pkcs11.CKF_VERIFY|signMessages|verifyMessages || info.MinKeySize != 1024 {
 			t.Errorf("CKM_SHA1_RSA_PKCS: %+v %v", info, err)
 		}
 
@@ -487,7 +494,7 @@ func TestModuleLegacyAlgorithms(t *testing.T) {
 			if _, err := p.GetMechanismInfo(s, mechOf(ck.CKM_DES3_CBC, nil)); !is(err, pkcs11.CKR_MECHANISM_INVALID) {
 				t.Errorf("slot %d: C_GetMechanismInfo(CKM_DES3_CBC): %v", s, err)
 			}
-			if info, err := p.GetMechanismInfo(s, mechOf(ck.CKM_SHA1_RSA_PKCS, nil)); err != nil || info.Flags != pkcs11.CKF_VERIFY {
+			if info, err := p.GetMechanismInfo(s, mechOf(ck.CKM_SHA1_RSA_PKCS, nil)); err != nil || info.Flags != pkcs11.CKF_VERIFY|verifyMessages {
 				t.Errorf("slot %d: CKM_SHA1_RSA_PKCS %+v %v", s, info, err)
 			}
 		}

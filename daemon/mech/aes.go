@@ -58,6 +58,7 @@ func aesMechanisms() map[uint64]*Mechanism {
 			info: aesInfo(ck.CKF_ENCRYPT | ck.CKF_DECRYPT), keyTypes: aesOnly,
 			encrypt: func(k Key, m *wire.Mechanism) (CipherOp, error) { return newGCMOp(k, m, false) },
 			decrypt: func(k Key, m *wire.Mechanism) (CipherOp, error) { return newGCMOp(k, m, true) },
+			message: newGCMMessage,
 		},
 	}
 }

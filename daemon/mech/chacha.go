@@ -50,6 +50,7 @@ func chachaMechanisms() map[uint64]*Mechanism {
 			info: bits, keyTypes: chachaOnly,
 			encrypt: func(k Key, m *wire.Mechanism) (CipherOp, error) { return newChaChaPolyOp(k, m, false) },
 			decrypt: func(k Key, m *wire.Mechanism) (CipherOp, error) { return newChaChaPolyOp(k, m, true) },
+			message: newChaChaMessage,
 		},
 	}
 }

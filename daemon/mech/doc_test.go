@@ -70,6 +70,9 @@ var flagNames = []struct {
 	{ck.CKF_GENERATE_KEY_PAIR, "generate key pair"}, {ck.CKF_WRAP, "wrap"}, {ck.CKF_UNWRAP, "unwrap"},
 	{ck.CKF_DERIVE, "derive"}, {ck.CKF_EC_F_P, "EC_F_P"}, {ck.CKF_EC_NAMEDCURVE, "EC_NAMEDCURVE"},
 	{ck.CKF_EC_UNCOMPRESS, "EC_UNCOMPRESS"},
+	{ck.CKF_MESSAGE_ENCRYPT, "message encrypt"}, {ck.CKF_MESSAGE_DECRYPT, "message decrypt"},
+	{ck.CKF_MESSAGE_SIGN, "message sign"}, {ck.CKF_MESSAGE_VERIFY, "message verify"},
+	{ck.CKF_MULTI_MESSAGE, "multi-message"},
 }
 
 func flagsText(f uint64) string {

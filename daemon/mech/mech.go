@@ -69,6 +69,13 @@ const (
 	Wrap
 	Unwrap
 	Derive
+	// The message-based functions of PKCS#11 3.0. Every signature and MAC
+	// mechanism signs and verifies messages; the AEADs encrypt and
+	// decrypt them.
+	MessageEncrypt
+	MessageDecrypt
+	MessageSign
+	MessageVerify
 )
 
 // Mechanism is one entry of the table. A nil constructor means the
@@ -83,6 +90,9 @@ type Mechanism struct {
 	sign    func(k Key, m *wire.Mechanism) (SignOp, error)
 	verify  func(k Key, m *wire.Mechanism) (SignOp, error)
 	digest  func(m *wire.Mechanism) (DigestOp, error)
+	// message is the message-based encryption and decryption of an AEAD
+	// (message.go).
+	message func(k Key, encrypt bool) (MsgCipher, error)
 
 	// genKeyType is the key type generate and generatePair make;
 	// genClass the class generate makes, a secret key unless set
@@ -145,6 +155,12 @@ func (m *Mechanism) Does(f Func) bool {
 		return m.unwrap != nil
 	case Derive:
 		return m.derive != nil
+	case MessageEncrypt, MessageDecrypt:
+		return m.message != nil
+	case MessageSign:
+		return m.sign != nil
+	case MessageVerify:
+		return m.verify != nil
 	}
 	return false
 }
@@ -286,12 +302,41 @@ func build(p policy) *Table {
 			if _, dup := t.byType[typ]; dup {
 				panic("mech: internal error: mechanism listed twice")
 			}
+			m.info.Flags |= messageFlags(typ, m)
 			t.byType[typ] = m
 			t.types = append(t.types, typ)
 		}
 	}
 	slices.Sort(t.types)
 	return t
+}
+
+// singlePartSigs are the signature mechanisms the specification makes
+// single-part (their SignOp is SinglePartOnly): their messages come whole,
+// never through C_SignMessageBegin (no CKF_MULTI_MESSAGE).
+var singlePartSigs = map[uint64]bool{
+	ck.CKM_RSA_PKCS: true, ck.CKM_RSA_PKCS_PSS: true, ck.CKM_ECDSA: true, ck.CKM_DSA: true, ck.CKM_EDDSA: true,
+}
+
+// messageFlags are the CK_MECHANISM_INFO flags of the message-based
+// functions a mechanism does: the AEADs' encryption and decryption,
+// every signature's and MAC's; CKF_MULTI_MESSAGE where a message may come
+// in parts.
+func messageFlags(typ uint64, m *Mechanism) uint64 {
+	var f uint64
+	if m.message != nil {
+		f |= ck.CKF_MESSAGE_ENCRYPT | ck.CKF_MESSAGE_DECRYPT | ck.CKF_MULTI_MESSAGE
+	}
+	if m.sign != nil {
+		f |= ck.CKF_MESSAGE_SIGN
+	}
+	if m.verify != nil {
+		f |= ck.CKF_MESSAGE_VERIFY
+	}
+	if (m.sign != nil || m.verify != nil) && !singlePartSigs[typ] {
+		f |= ck.CKF_MULTI_MESSAGE
+	}
+	return f
 }
 
 // Legacy reports whether the table holds the legacy algorithms.

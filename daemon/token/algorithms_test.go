@@ -49,7 +49,7 @@ func TestNewAlgorithms(t *testing.T) {
 	if info := s.mechInfo(freeSlot, ck.CKM_CHACHA20_KEY_GEN); info.MinKeySize != 32 || info.MaxKeySize != 32 || info.Flags != ck.CKF_GENERATE {
 		t.Errorf("CKM_CHACHA20_KEY_GEN: %+v", info)
 	}
-	if info := s.mechInfo(freeSlot, ck.CKM_CHACHA20_POLY1305); info.MinKeySize != 256 || info.Flags != ck.CKF_ENCRYPT|ck.CKF_DECRYPT {
+	if info := s.mechInfo(freeSlot, ck.CKM_CHACHA20_POLY1305); info.MinKeySize != 256 || info.Flags != ck.CKF_ENCRYPT|ck.CKF_DECRYPT|ck.CKF_MESSAGE_ENCRYPT|ck.CKF_MESSAGE_DECRYPT|ck.CKF_MULTI_MESSAGE {
 		t.Errorf("CKM_CHACHA20_POLY1305: %+v", info)
 	}
 	noToken := []wire.Attribute{AB(ck.CKA_TOKEN, false)}

@@ -251,26 +251,27 @@ func TestRSAMechanisms(t *testing.T) {
 	h := s.h
 
 	s.run(t, "info", func(t *testing.T) {
+		const msgSV = ck.CKF_MESSAGE_SIGN | ck.CKF_MESSAGE_VERIFY
 		for _, tc := range []struct {
 			mech     uint64
 			min, max uint64
 			flags    uint64
 		}{
 			{mech: ck.CKM_RSA_PKCS_KEY_PAIR_GEN, min: 2048, max: 8192, flags: ck.CKF_GENERATE_KEY_PAIR},
-			{mech: ck.CKM_RSA_PKCS, min: 2048, max: 16384, flags: ck.CKF_ENCRYPT | ck.CKF_DECRYPT | ck.CKF_SIGN | ck.CKF_VERIFY | ck.CKF_WRAP | ck.CKF_UNWRAP},
+			{mech: ck.CKM_RSA_PKCS, min: 2048, max: 16384, flags: ck.CKF_ENCRYPT | ck.CKF_DECRYPT | ck.CKF_SIGN | ck.CKF_VERIFY | ck.CKF_WRAP | ck.CKF_UNWRAP | msgSV},
 			{mech: ck.CKM_RSA_PKCS_OAEP, min: 2048, max: 16384, flags: ck.CKF_ENCRYPT | ck.CKF_DECRYPT | ck.CKF_WRAP | ck.CKF_UNWRAP},
-			{mech: ck.CKM_SHA256_RSA_PKCS_PSS, min: 2048, max: 16384, flags: ck.CKF_SIGN | ck.CKF_VERIFY},
-			{mech: ck.CKM_SHA3_256_RSA_PKCS_PSS, min: 2048, max: 16384, flags: ck.CKF_SIGN | ck.CKF_VERIFY},
-			{mech: ck.CKM_SHA1_RSA_PKCS, min: 2048, max: 16384, flags: ck.CKF_VERIFY},
-			{mech: ck.CKM_SHA1_RSA_PKCS_PSS, min: 2048, max: 16384, flags: ck.CKF_VERIFY},
+			{mech: ck.CKM_SHA256_RSA_PKCS_PSS, min: 2048, max: 16384, flags: ck.CKF_SIGN | ck.CKF_VERIFY | msgSV | ck.CKF_MULTI_MESSAGE},
+			{mech: ck.CKM_SHA3_256_RSA_PKCS_PSS, min: 2048, max: 16384, flags: ck.CKF_SIGN | ck.CKF_VERIFY | msgSV | ck.CKF_MULTI_MESSAGE},
+			{mech: ck.CKM_SHA1_RSA_PKCS, min: 2048, max: 16384, flags: ck.CKF_VERIFY | ck.CKF_MESSAGE_VERIFY | ck.CKF_MULTI_MESSAGE},
+			{mech: ck.CKM_SHA1_RSA_PKCS_PSS, min: 2048, max: 16384, flags: ck.CKF_VERIFY | ck.CKF_MESSAGE_VERIFY | ck.CKF_MULTI_MESSAGE},
 			{mech: ck.CKM_RSA_AES_KEY_WRAP, min: 2048, max: 16384, flags: ck.CKF_WRAP | ck.CKF_UNWRAP},
 			{mech: ck.CKM_EC_KEY_PAIR_GEN, min: 224, max: 521, flags: ck.CKF_GENERATE_KEY_PAIR | ecCurveFlags},
-			{mech: ck.CKM_ECDSA_SHA256, min: 224, max: 521, flags: ck.CKF_SIGN | ck.CKF_VERIFY | ecCurveFlags},
-			{mech: ck.CKM_ECDSA_SHA1, min: 224, max: 521, flags: ck.CKF_VERIFY | ecCurveFlags},
+			{mech: ck.CKM_ECDSA_SHA256, min: 224, max: 521, flags: ck.CKF_SIGN | ck.CKF_VERIFY | ecCurveFlags | msgSV | ck.CKF_MULTI_MESSAGE},
+			{mech: ck.CKM_ECDSA_SHA1, min: 224, max: 521, flags: ck.CKF_VERIFY | ecCurveFlags | ck.CKF_MESSAGE_VERIFY | ck.CKF_MULTI_MESSAGE},
 			{mech: ck.CKM_ECDH1_DERIVE, min: 224, max: 521, flags: ck.CKF_DERIVE | ecCurveFlags},
 			{mech: ck.CKM_EC_EDWARDS_KEY_PAIR_GEN, min: 255, max: 448, flags: ck.CKF_GENERATE_KEY_PAIR | ck.CKF_EC_NAMEDCURVE},
 			{mech: ck.CKM_EC_MONTGOMERY_KEY_PAIR_GEN, min: 255, max: 448, flags: ck.CKF_GENERATE_KEY_PAIR | ck.CKF_EC_NAMEDCURVE},
-			{mech: ck.CKM_EDDSA, min: 255, max: 448, flags: ck.CKF_SIGN | ck.CKF_VERIFY | ck.CKF_EC_NAMEDCURVE},
+			{mech: ck.CKM_EDDSA, min: 255, max: 448, flags: ck.CKF_SIGN | ck.CKF_VERIFY | ck.CKF_EC_NAMEDCURVE | msgSV},
 		} {
 			info := s.Must(ck.CKR_OK, "C_GetMechanismInfo", U(freeSlot), U(tc.mech), None())[2].Struct.(*wire.MechanismInfo)
 			if info.MinKeySize != tc.min || info.MaxKeySize != tc.max || info.Flags != tc.flags {

@@ -116,7 +116,7 @@ func TestSymMechanismInfo(t *testing.T) {
 	_, cl, slot, _ := symUser(t)
 	list := cl.Must(ck.CKR_OK, "C_GetMechanismList", U(slot), Out(256))[1].Ulongs
 	enc, wrap := uint64(ck.CKF_ENCRYPT|ck.CKF_DECRYPT), uint64(ck.CKF_WRAP|ck.CKF_UNWRAP)
-	mac := uint64(ck.CKF_SIGN | ck.CKF_VERIFY)
+	mac := uint64(ck.CKF_SIGN | ck.CKF_VERIFY | ck.CKF_MESSAGE_SIGN | ck.CKF_MESSAGE_VERIFY | ck.CKF_MULTI_MESSAGE)
 	for _, c := range []struct {
 		mech     uint64
 		min, max uint64
@@ -128,7 +128,7 @@ func TestSymMechanismInfo(t *testing.T) {
 		{mech: ck.CKM_AES_CBC, min: 16, max: 32, flags: enc},
 		{mech: ck.CKM_AES_CBC_PAD, min: 16, max: 32, flags: enc | wrap},
 		{mech: ck.CKM_AES_CTR, min: 16, max: 32, flags: enc},
-		{mech: ck.CKM_AES_GCM, min: 16, max: 32, flags: enc},
+		{mech: ck.CKM_AES_GCM, min: 16, max: 32, flags: enc | ck.CKF_MESSAGE_ENCRYPT | ck.CKF_MESSAGE_DECRYPT | ck.CKF_MULTI_MESSAGE},
 		{mech: ck.CKM_AES_KEY_WRAP, min: 16, max: 32, flags: enc | wrap},
 		{mech: ck.CKM_AES_KEY_WRAP_KWP, min: 16, max: 32, flags: enc | wrap},
 		{mech: ck.CKM_AES_KEY_WRAP_PAD, min: 16, max: 32, flags: enc | wrap},
