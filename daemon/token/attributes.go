@@ -179,6 +179,9 @@ var rules = map[uint64]rule{
 	ck.CKA_VALUE_LEN:           {kind: vUlong, classes: mSecret, keyTypes: withLen},
 	// The protection level: set when the key is made, never changed.
 	ck.CKA_HSMEMU_PROTECTION: {kind: vUlong, classes: mPriv | mSecret},
+	// An AES key's IV counter for message-based encryption: the token's
+	// alone (ivcounter.go), readable.
+	ck.CKA_HSMEMU_IV_COUNTER: {kind: vBytes, classes: mSecret, keyTypes: []uint64{ck.CKK_AES}, flags: fNever},
 
 	// RSA.
 	ck.CKA_MODULUS:          {kind: vBytes, classes: mPub | mPriv, keyTypes: rsaKeys, flags: fRequired},

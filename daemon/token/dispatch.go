@@ -168,27 +168,28 @@ var handlerOf = map[string]handler{
 	"C_DeriveKey":           (*Engine).cDeriveKey,
 	"C_SeedRandom":          (*Engine).cSeedRandom,
 	"C_GenerateRandom":      (*Engine).cGenerateRandom,
-	// The message-based functions of PKCS#11 3.0: not yet.
-	"C_MessageEncryptInit":  notSupported,
-	"C_EncryptMessage":      notSupported,
-	"C_EncryptMessageBegin": notSupported,
-	"C_EncryptMessageNext":  notSupported,
-	"C_MessageEncryptFinal": notSupported,
-	"C_MessageDecryptInit":  notSupported,
-	"C_DecryptMessage":      notSupported,
-	"C_DecryptMessageBegin": notSupported,
-	"C_DecryptMessageNext":  notSupported,
-	"C_MessageDecryptFinal": notSupported,
-	"C_MessageSignInit":     notSupported,
-	"C_SignMessage":         notSupported,
-	"C_SignMessageBegin":    notSupported,
-	"C_SignMessageNext":     notSupported,
-	"C_MessageSignFinal":    notSupported,
-	"C_MessageVerifyInit":   notSupported,
-	"C_VerifyMessage":       notSupported,
-	"C_VerifyMessageBegin":  notSupported,
-	"C_VerifyMessageNext":   notSupported,
-	"C_MessageVerifyFinal":  notSupported,
+
+	// The message-based functions of PKCS#11 3.0 (messages.go).
+	"C_MessageEncryptInit":  msgInit(msgEncrypt),
+	"C_EncryptMessage":      (*Engine).cEncryptMessage,
+	"C_EncryptMessageBegin": (*Engine).cEncryptMessageBegin,
+	"C_EncryptMessageNext":  (*Engine).cEncryptMessageNext,
+	"C_MessageEncryptFinal": msgFinal(msgEncrypt),
+	"C_MessageDecryptInit":  msgInit(msgDecrypt),
+	"C_DecryptMessage":      (*Engine).cDecryptMessage,
+	"C_DecryptMessageBegin": (*Engine).cDecryptMessageBegin,
+	"C_DecryptMessageNext":  (*Engine).cDecryptMessageNext,
+	"C_MessageDecryptFinal": msgFinal(msgDecrypt),
+	"C_MessageSignInit":     msgInit(msgSign),
+	"C_SignMessage":         (*Engine).cSignMessage,
+	"C_SignMessageBegin":    msgBegin(msgSign),
+	"C_SignMessageNext":     (*Engine).cSignMessageNext,
+	"C_MessageSignFinal":    msgFinal(msgSign),
+	"C_MessageVerifyInit":   msgInit(msgVerify),
+	"C_VerifyMessage":       (*Engine).cVerifyMessage,
+	"C_VerifyMessageBegin":  msgBegin(msgVerify),
+	"C_VerifyMessageNext":   (*Engine).cVerifyMessageNext,
+	"C_MessageVerifyFinal":  msgFinal(msgVerify),
 }
 
 // in is a byte-string argument; a NULL one reads as empty.
@@ -494,6 +495,67 @@ func (e *Engine) cGenerateRandom(ctx context.Context, app *App, a *wire.Args, r 
 		r.Filled(b)
 	}
 	return err
+}
+
+func msgInit(k msgKind) handler {
+	return func(e *Engine, ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+		return e.msgInit(ctx, app, a.Ulong(0), k, a.Mechanism(1), a.Ulong(2))
+	}
+}
+
+func msgFinal(k msgKind) handler {
+	return func(_ *Engine, _ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+		return messageFinal(app, a.Ulong(0), k)
+	}
+}
+
+func msgBegin(k msgKind) handler {
+	return func(e *Engine, _ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+		return e.signVerifyMessageBegin(app, a.Ulong(0), k, a.MsgParam(1))
+	}
+}
+
+func (e *Engine) cEncryptMessage(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	return e.encryptMessage(ctx, app, a.Ulong(0), a.MsgParam(1), in(a, 2), in(a, 3), a.Out(4), r)
+}
+
+func (e *Engine) cEncryptMessageBegin(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	return e.encryptMessageBegin(ctx, app, a.Ulong(0), a.MsgParam(1), in(a, 2), r)
+}
+
+func (e *Engine) cEncryptMessageNext(_ context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	return e.encryptMessageNext(app, a.Ulong(0), a.MsgParam(1), in(a, 2), a.Out(3), a.Ulong(4), r)
+}
+
+func (e *Engine) cDecryptMessage(_ context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	return e.decryptMessage(app, a.Ulong(0), a.MsgParam(1), in(a, 2), in(a, 3), a.Out(4), r)
+}
+
+func (e *Engine) cDecryptMessageBegin(_ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	return e.decryptMessageBegin(app, a.Ulong(0), a.MsgParam(1), in(a, 2))
+}
+
+func (e *Engine) cDecryptMessageNext(_ context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	return e.decryptMessageNext(app, a.Ulong(0), a.MsgParam(1), in(a, 2), a.Out(3), a.Ulong(4), r)
+}
+
+func (e *Engine) cSignMessage(_ context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	return e.signMessage(app, a.Ulong(0), a.MsgParam(1), in(a, 2), a.Out(3), r)
+}
+
+func (e *Engine) cSignMessageNext(_ context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	out, last := a.OptOut(3)
+	return e.signMessageNext(app, a.Ulong(0), a.MsgParam(1), in(a, 2), out, last, r)
+}
+
+func (e *Engine) cVerifyMessage(_ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	return e.verifyMessage(app, a.Ulong(0), a.MsgParam(1), in(a, 2), in(a, 3))
+}
+
+// cVerifyMessageNext: a NULL signature says more parts follow.
+func (e *Engine) cVerifyMessageNext(_ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	sig, null := a.Bytes(3)
+	return e.verifyMessageNext(app, a.Ulong(0), a.MsgParam(1), in(a, 2), sig, !null)
 }
 
 // notSupported answers the calls the token does not implement.

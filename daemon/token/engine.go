@@ -93,6 +93,8 @@ type Engine struct {
 	apps   map[AppID]*App
 	logins map[keystore.UUID]*tokenLogin // per token: who holds its data key open
 
+	ivs ivCounters // the IV counters of token keys (ivcounter.go)
+
 	// quit ends the waits after wrong PINs when the daemon stops; calls
 	// themselves run with contexts that are never cancelled.
 	quit     chan struct{}
@@ -188,6 +190,7 @@ type sessionObject struct {
 	obj     *Object
 	owner   uint64 // the session that created it
 	private bool
+	ivs     *ivCounter // an AES key's IV counter, from its first use (ivcounter.go)
 }
 
 // Attach registers a connection of application id from the given process.

@@ -79,6 +79,9 @@ func (s *session) endOps() {
 	for kind := range s.ops {
 		s.endOp(opKind(kind))
 	}
+	for k := range msgKinds {
+		s.endMsg(k)
+	}
 	s.find = nil
 }
 
@@ -122,6 +125,25 @@ var tooLarge = map[string]uint64{
 	"C_VerifyFinal":   ck.CKR_SIGNATURE_LEN_RANGE,
 	"C_UnwrapKey":     ck.CKR_WRAPPED_KEY_LEN_RANGE,
 
+	// The message-based calls, by their lists of return values: the
+	// Begins have no length code.
+	"C_EncryptMessage":      ck.CKR_DATA_LEN_RANGE,
+	"C_EncryptMessageNext":  ck.CKR_DATA_LEN_RANGE,
+	"C_SignMessage":         ck.CKR_DATA_LEN_RANGE,
+	"C_SignMessageNext":     ck.CKR_DATA_LEN_RANGE,
+	"C_VerifyMessage":       ck.CKR_DATA_LEN_RANGE,
+	"C_VerifyMessageNext":   ck.CKR_DATA_LEN_RANGE,
+	"C_DecryptMessage":      ck.CKR_ENCRYPTED_DATA_LEN_RANGE,
+	"C_DecryptMessageNext":  ck.CKR_ENCRYPTED_DATA_LEN_RANGE,
+	"C_EncryptMessageBegin": ck.CKR_DEVICE_MEMORY,
+	"C_DecryptMessageBegin": ck.CKR_DEVICE_MEMORY,
+	"C_SignMessageBegin":    ck.CKR_DEVICE_MEMORY,
+	"C_VerifyMessageBegin":  ck.CKR_DEVICE_MEMORY,
+	"C_MessageEncryptInit":  ck.CKR_MECHANISM_PARAM_INVALID,
+	"C_MessageDecryptInit":  ck.CKR_MECHANISM_PARAM_INVALID,
+	"C_MessageSignInit":     ck.CKR_MECHANISM_PARAM_INVALID,
+	"C_MessageVerifyInit":   ck.CKR_MECHANISM_PARAM_INVALID,
+
 	"C_EncryptInit": ck.CKR_MECHANISM_PARAM_INVALID,
 	"C_DecryptInit": ck.CKR_MECHANISM_PARAM_INVALID,
 	"C_DigestInit":  ck.CKR_MECHANISM_PARAM_INVALID,
@@ -155,22 +177,6 @@ var tooLarge = map[string]uint64{
 	"C_SignRecover":         ck.CKR_FUNCTION_NOT_SUPPORTED,
 	"C_VerifyRecoverInit":   ck.CKR_FUNCTION_NOT_SUPPORTED,
 	"C_VerifyRecover":       ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_MessageEncryptInit":  ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_EncryptMessage":      ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_EncryptMessageBegin": ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_EncryptMessageNext":  ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_MessageDecryptInit":  ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_DecryptMessage":      ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_DecryptMessageBegin": ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_DecryptMessageNext":  ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_MessageSignInit":     ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_SignMessage":         ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_SignMessageBegin":    ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_SignMessageNext":     ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_MessageVerifyInit":   ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_VerifyMessage":       ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_VerifyMessageBegin":  ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_VerifyMessageNext":   ck.CKR_FUNCTION_NOT_SUPPORTED,
 }
 
 // opOf maps the operations a call continues to the engine's kinds.
@@ -182,12 +188,21 @@ var opOf = map[calls.OpKinds]opKind{
 	calls.OpVerify:  opVerify,
 }
 
+// msgOf maps the message-based processes a call continues to the
+// engine's kinds.
+var msgOf = map[calls.OpKinds]msgKind{
+	calls.OpMessageEncrypt: msgEncrypt,
+	calls.OpMessageDecrypt: msgDecrypt,
+	calls.OpMessageSign:    msgSign,
+	calls.OpMessageVerify:  msgVerify,
+}
+
 // Refuse answers a forwarded call that the daemon refused before decoding
 // its arguments, for the reason why, and returns the CK_RV: the
 // specification's answer to it for that call (tooLarge) or
 // CKR_DEVICE_MEMORY. As after any error, the operation the call would have
 // continued on session h ends (for a call on a session; h is ignored
-// otherwise).
+// otherwise); for a message-based call, its current message.
 func (e *Engine) Refuse(app *App, c *calls.Call, h uint64, why Refusal) uint64 {
 	rv, known := tooLarge[c.Name]
 	switch {
@@ -204,6 +219,11 @@ func (e *Engine) Refuse(app *App, c *calls.Call, h uint64, why Refusal) uint64 {
 			for k, kind := range opOf {
 				if cont&k != 0 {
 					s.endOp(kind)
+				}
+			}
+			for k, kind := range msgOf {
+				if op := s.msgOf(kind); cont&k != 0 && op != nil {
+					op.endMessage()
 				}
 			}
 			s.mu.Unlock()

@@ -184,13 +184,32 @@ func (e *Engine) copyObject(ctx context.Context, app *App, h, oh uint64, tmpl []
 	if err != nil {
 		return 0, err
 	}
-	_, o, err := e.resolve(ctx, app, s, oh)
+	ref, o, err := e.resolve(ctx, app, s, oh)
 	if err != nil {
 		return 0, err
 	}
 	m, err := checkChange(o, tmpl, app.isSO(s), true)
 	if err != nil {
 		return 0, err
+	}
+	if hasIVCounter(o) {
+		// The copy takes half of what is left of the key's IV counter,
+		// so the two never make the same IV (ivcounter.go). keep's own
+		// checks first: a refused copy should not cost the key half its
+		// range.
+		if isTrue(m[ck.CKA_TOKEN]) && !s.rw {
+			return 0, ck.Error(ck.CKR_SESSION_READ_ONLY)
+		}
+		if isTrue(m[ck.CKA_PRIVATE]) && !app.userIn(s) {
+			return 0, ck.Error(ck.CKR_USER_NOT_LOGGED_IN)
+		}
+		c, err := e.ivCounterOf(ctx, app, ref, o)
+		if err != nil {
+			return 0, err
+		}
+		if m[ck.CKA_HSMEMU_IV_COUNTER], err = c.split(ctx); err != nil {
+			return 0, err
+		}
 	}
 	return e.keep(ctx, app, s, "copy", m, o.Class(), o.KeyType())
 }
@@ -350,6 +369,25 @@ func (e *Engine) setAttributes(ctx context.Context, app *App, h, oh uint64, tmpl
 	m, err := checkChange(o, tmpl, app.isSO(s), false)
 	if err != nil {
 		return err
+	}
+	if ref.mem == nil && hasIVCounter(o) {
+		// The IV counter's state is written apart (ivcounter.go): keep
+		// what is stored now, not what the object said when this call
+		// read it, under the counter's lock.
+		c, err := e.ivCounterOf(ctx, app, ref, o)
+		if err != nil {
+			return err
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		stored, err := e.store.Open(ctx, ref.id)
+		if err != nil {
+			return err
+		}
+		delete(m, ck.CKA_HSMEMU_IV_COUNTER)
+		if v, ok := stored.Attrs.Get(ck.CKA_HSMEMU_IV_COUNTER); ok {
+			m[ck.CKA_HSMEMU_IV_COUNTER] = v
+		}
 	}
 	n, err := split(m, o.Class(), o.KeyType())
 	if err != nil {

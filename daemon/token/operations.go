@@ -3,6 +3,7 @@ package token
 import (
 	"context"
 
+	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	"hsmemu/daemon/mech"
@@ -50,13 +51,21 @@ type operation struct {
 	charged int64
 }
 
-// endPrivateOps ends the session's operations on private keys.
+// endPrivateOps ends the session's operations on private keys, message-
+// based processes included.
 func (s *session) endPrivateOps() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, op := range s.ops {
 		if op != nil && op.private {
 			s.endOp(opKind(i))
+		}
+	}
+	if s.msgs != nil {
+		for i, op := range s.msgs {
+			if op != nil && op.private {
+				s.endMsg(msgKind(i))
+			}
 		}
 	}
 }
@@ -80,11 +89,13 @@ var cancelFlag = [opKinds]uint64{
 }
 
 // sessionCancel is C_SessionCancel: it ends the session's operations the
-// flags name (CKF_ENCRYPT, ..., CKF_FIND_OBJECTS). A flag for an operation
-// not in progress, or one no mechanism here has (recovery, messages), is
-// ignored, as the specification says; so nothing ever fails to cancel. The
-// module sends it too when it refuses a call's arguments itself (an error
-// ends the operation, 5.2) and for an Init given no mechanism (3.0).
+// flags name (CKF_ENCRYPT, ..., CKF_MESSAGE_ENCRYPT, ..., CKF_FIND_OBJECTS).
+// A flag for an operation not in progress, or one no mechanism here has
+// (recovery), is ignored, as the specification says; so nothing ever
+// fails to cancel. The module sends it too when it refuses a call's
+// arguments itself (an error ends the operation, 5.2; for a message call,
+// the current message: calls.CancelCurrentMessage) and for an Init given
+// no mechanism (3.0).
 func (app *App) sessionCancel(h, flags uint64) error {
 	s, err := app.session(h)
 	if err != nil {
@@ -95,6 +106,17 @@ func (app *App) sessionCancel(h, flags uint64) error {
 	for kind, f := range cancelFlag {
 		if flags&f != 0 {
 			s.endOp(opKind(kind))
+		}
+	}
+	if s.msgs != nil {
+		for kind, f := range msgCancelFlag {
+			switch op := s.msgs[kind]; {
+			case op == nil || flags&f == 0:
+			case flags&calls.CancelCurrentMessage != 0:
+				op.endMessage()
+			default:
+				s.endMsg(msgKind(kind))
+			}
 		}
 	}
 	if flags&ck.CKF_FIND_OBJECTS != 0 {
@@ -134,23 +156,29 @@ func (o *Object) allows(typ uint64) bool {
 // useKey resolves a key handle for an operation with mechanism m: the
 // object must be a key of a type m takes, permitted to do it.
 func (e *Engine) useKey(ctx context.Context, app *App, s *session, h uint64, m *mech.Mechanism, typ uint64, need uint64) (*Object, error) {
-	_, o, err := e.resolve(ctx, app, s, h)
+	_, o, err := e.useKeyRef(ctx, app, s, h, m, typ, need)
+	return o, err
+}
+
+// useKeyRef is useKey with the key's handle entry.
+func (e *Engine) useKeyRef(ctx context.Context, app *App, s *session, h uint64, m *mech.Mechanism, typ uint64, need uint64) (*handle, *Object, error) {
+	ref, o, err := e.resolve(ctx, app, s, h)
 	if err != nil {
 		if c, _ := rvOf(err); c == ck.CKR_OBJECT_HANDLE_INVALID {
-			return nil, ck.Error(ck.CKR_KEY_HANDLE_INVALID)
+			return nil, nil, ck.Error(ck.CKR_KEY_HANDLE_INVALID)
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	if classMask(o.Class())&mKeys == 0 || !m.Takes(o.KeyType()) {
-		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
+		return nil, nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
 	if need != 0 && !o.Bool(need) {
-		return nil, ck.Error(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
+		return nil, nil, ck.Error(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
 	}
 	if !o.allows(typ) {
-		return nil, ck.Error(ck.CKR_MECHANISM_INVALID)
+		return nil, nil, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
-	return o, nil
+	return ref, o, nil
 }
 
 // opInit starts an operation of the given kind with a mechanism and,
@@ -245,10 +273,17 @@ func withOp(app *App, h uint64, kind opKind, f func(op *operation) (end bool, er
 // login lock.
 func contextLogin(s *session, check func() error) error {
 	s.mu.Lock()
-	var waiting []*operation
+	var waiting []*bool
 	for _, op := range s.ops {
 		if op != nil && op.needAuth {
-			waiting = append(waiting, op)
+			waiting = append(waiting, &op.needAuth)
+		}
+	}
+	if s.msgs != nil {
+		for _, op := range s.msgs {
+			if op != nil && op.needAuth {
+				waiting = append(waiting, &op.needAuth)
+			}
 		}
 	}
 	s.mu.Unlock()
@@ -260,8 +295,8 @@ func contextLogin(s *session, check func() error) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, op := range waiting {
-		op.needAuth = false
+	for _, need := range waiting {
+		*need = false
 	}
 	return nil
 }

@@ -25,6 +25,7 @@ type session struct {
 	mu   sync.Mutex
 	find *findOp
 	ops  [opKinds]*operation
+	msgs *[msgKinds]*msgOp // message-based processes; nil until the first
 }
 
 // SessionIdle says whether session h of app exists and has no
