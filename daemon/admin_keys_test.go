@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -8,12 +9,14 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/pem"
 	"slices"
 	"testing"
 
 	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
 	. "hsmemu/cryptoki/wire/wiretest"
 	"hsmemu/daemon/adminapi"
 	"hsmemu/daemon/token"
@@ -309,5 +312,58 @@ func TestAdminKeyBackup(t *testing.T) {
 	}
 	if got := events(t, other); !slices.Contains(got, "key.restore.refused") {
 		t.Fatalf("refused restore not audited: %v", got)
+	}
+}
+
+// TestAdminKeyBackupIVCounter: a restored AES key's IV counter for
+// message-based encryption is not the backup's, which is as old as the
+// backup: the key starts again at a random point.
+func TestAdminKeyBackupIVCounter(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, token.Config{})
+	so, user := []byte("iv-so-123"), []byte("iv-user-123")
+	a := adminDial(t, d)
+	if err := a.Call(adminapi.OpTokenCreate, adminapi.TokenCreate{Label: "std", Tier: "standard", SOPIN: so, UserPIN: user}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Call(adminapi.OpKeyGenerate, adminapi.KeyGenerate{Token: "std", UserPIN: user, Type: "aes-256", KeyOptions: adminapi.KeyOptions{Label: "gcm"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var tok adminapi.Token
+	a.Call(adminapi.OpTokenShow, adminapi.TokenRef{Label: "std"}, &tok)
+	cl := d.dial(t)
+	h := cl.Open(uint64(tok.Slot), true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(string(user)))
+	encrypt := func() []byte {
+		t.Helper()
+		key := cl.Find(h, A(ck.CKA_LABEL, []byte("gcm")))[0]
+		cl.Must(ck.CKR_OK, "C_MessageEncryptInit", U(h), M(ck.CKM_AES_GCM), U(key))
+		defer cl.Must(ck.CKR_OK, "C_MessageEncryptFinal", U(h))
+		p := wire.GCMMessageParams{IV: make([]byte, 12), IVGenerator: ck.CKG_GENERATE, TagOut: true, TagCap: 16}.Param()
+		out := cl.Must(ck.CKR_OK, "C_EncryptMessage", U(h), wire.Value{Param: &p}, S(""), S("x"), Out(64))
+		return bytes.Clone(out[1].Param.Fields[0].Bytes) // the reply's buffer is reused
+	}
+	before := encrypt()
+	ref := adminapi.KeyRef{Token: "std", UserPIN: user, KeySelector: adminapi.KeySelector{Key: "gcm"}}
+	var bk adminapi.KeyBackup
+	if err := a.Call(adminapi.OpKeyBackup, ref, &bk); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Call(adminapi.OpKeyDelete, ref, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Call(adminapi.OpKeyPurge, adminapi.KeyPurge{Token: "std", SOPIN: so, KeySelector: ref.KeySelector}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Call(adminapi.OpKeyRestore, adminapi.KeyRestore{Token: "std", UserPIN: user, Blob: bk.Blob}, nil); err != nil {
+		t.Fatal(err)
+	}
+	key := cl.Find(h, A(ck.CKA_LABEL, []byte("gcm")))[0]
+	if rv, _ := cl.Get(h, key, ck.CKA_HSMEMU_IV_COUNTER); rv != ck.CKR_ATTRIBUTE_TYPE_INVALID {
+		t.Fatalf("the restored key kept the backup's counter: %v", ck.Error(rv))
+	}
+	// This daemon knows the key by its UUID: its counter goes on.
+	if after := encrypt(); bytes.Equal(after, before) || binary.BigEndian.Uint64(after[4:]) != binary.BigEndian.Uint64(before[4:])+1 {
+		t.Fatalf("IV %x after %x", after, before)
 	}
 }

@@ -515,7 +515,14 @@ func (a *call) keyRestore(ctx context.Context, args adminapi.KeyRestore) ([]admi
 			}
 		}()
 		for _, o := range objs {
-			stored, err := a.store.PutAs(ctx, ti.UUID, o.UUID, o.Attrs, o.Secret)
+			// An AES key's IV counter is as old as the backup, and the
+			// key may have handed out IVs since: it starts again at a
+			// random point, as a key first used does (token/ivcounter.go).
+			attrs := o.Attrs
+			if _, ok := attrs.Get(ck.CKA_HSMEMU_IV_COUNTER); ok {
+				attrs = slices.DeleteFunc(slices.Clone(attrs), func(at keystore.Attribute) bool { return at.Type == ck.CKA_HSMEMU_IV_COUNTER })
+			}
+			stored, err := a.store.PutAs(ctx, ti.UUID, o.UUID, attrs, o.Secret)
 			if errors.Is(err, keystore.ErrObjectExists) {
 				return adminapi.Errorf(adminapi.CodeExists, "key %s exists in this keystore (live or deleted): recover or purge it first", o.UUID)
 			}
