@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -78,6 +77,12 @@ func anchorRecord(t testing.TB, s *Store) anchorState {
 // with the state directory would, while no Store has it open.
 func putBack(t *testing.T, from, path string) {
 	t.Helper()
+	if testEngine == EnginePostgres {
+		if err := pgServer.Get(t).PutBack(ctx, from, path); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
 	b, err := os.ReadFile(from)
 	if err != nil {
 		t.Fatal(err)
@@ -149,6 +154,26 @@ func TestAnchorEveryWriteCounts(t *testing.T) {
 func TestAnchorTriggersCoverEveryTable(t *testing.T) {
 	t.Parallel()
 	s, _ := newStore(t, Options{})
+	if testEngine == EnginePostgres {
+		// One trigger per table, noting every change to the writer.
+		var missing []string
+		rows, err := s.w.QueryContext(ctx, `SELECT c.relname FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'
+			AND c.relname NOT IN ('anchor', 'anchor_rows', 'hsmemu_schema')
+			AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'hsmemu_anchor')`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var n string
+			rows.Scan(&n)
+			missing = append(missing, n)
+		}
+		rows.Close()
+		if len(missing) > 0 {
+			t.Fatalf("tables without the anchor's trigger: %v", missing)
+		}
+		return
+	}
 	conn, err := s.w.Conn(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -196,10 +221,7 @@ func TestAnchorRollbackRefused(t *testing.T) {
 	if _, err := s.Anchor(ctx); err != nil {
 		t.Fatal(err)
 	}
-	old := filepath.Join(t.TempDir(), "old.db")
-	if err := CopyFile(ctx, path, old); err != nil {
-		t.Fatal(err)
-	}
+	old := copyKeystore(t, path)
 	for i := range 2 {
 		if err := s.Login(ctx, ti.UUID, RoleUser, []byte("wrong-pin-0")); !errors.Is(err, ErrPINIncorrect) {
 			t.Fatal(err)
@@ -303,7 +325,7 @@ func TestAnchorRowReplay(t *testing.T) {
 		}, refused},
 		{"carried key row added", func(t *testing.T, s *Store, path string, victim TokenInfo, obj *Object) {
 			s.Close()
-			execSQL(t, rawDB(t, path), "INSERT INTO carried (label, master_generation, sealed) VALUES (x'00', 9, x'00')")
+			execSQL(t, rawDB(t, path), "INSERT INTO carried (label, master_generation, sealed) VALUES (?, 9, ?)", []byte{0}, []byte{0})
 		}, refused},
 		{"root row edited", func(t *testing.T, s *Store, path string, victim TokenInfo, obj *Object) {
 			s.Close()
@@ -452,10 +474,7 @@ func TestAnchorEntryEdited(t *testing.T) {
 func TestAnchorReset(t *testing.T) {
 	t.Parallel()
 	s, path, c, h := anchoredStore(t)
-	old := filepath.Join(t.TempDir(), "old.db")
-	if err := CopyFile(ctx, path, old); err != nil {
-		t.Fatal(err)
-	}
+	old := copyKeystore(t, path)
 	newToken(t, s, "later")
 	if _, err := s.Anchor(ctx); err != nil {
 		t.Fatal(err)
@@ -601,7 +620,7 @@ func TestAnchorRecordEdited(t *testing.T) {
 		}
 		blob[40] ^= 1
 		execSQL(t, db, "UPDATE anchor SET state = ?", blob)
-		s2, err := Open(ctx, path, Options{Argon2: cheapArgon})
+		s2, err := openAt(ctx, path, Options{Argon2: cheapArgon})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -652,10 +671,7 @@ func TestAnchorCopyRunning(t *testing.T) {
 	if _, err := s.Anchor(ctx); err != nil {
 		t.Fatal(err)
 	}
-	fork := filepath.Join(t.TempDir(), "fork.db")
-	if err := CopyFile(ctx, path, fork); err != nil {
-		t.Fatal(err)
-	}
+	fork := copyKeystore(t, path)
 	s2 := reopen(t, fork, Options{})
 	if _, err := s2.AttachAnchor(ctx, c, AnchorOptions{Handle: h}); err != nil {
 		t.Fatal(err)
@@ -714,7 +730,7 @@ func TestAnchorMasterRotation(t *testing.T) {
 		t.Fatalf("record sealed in epoch %d after the rotation, want 2", e)
 	}
 	s.Close()
-	s2, err := Open(ctx, path, Options{Argon2: cheapArgon})
+	s2, err := openAt(ctx, path, Options{Argon2: cheapArgon})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -195,7 +195,7 @@ func (s *Store) writeAnchor(ctx context.Context, tx *sql.Tx, st *anchorState) er
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, "INSERT OR REPLACE INTO anchor (id, state) VALUES (1, ?)", blob)
+	_, err = tx.ExecContext(ctx, "INSERT INTO anchor (id, state) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state", blob)
 	return s.dbErr("write anchor record", err)
 }
 
@@ -253,7 +253,7 @@ func (s *Store) checkRows(ctx context.Context, tx *sql.Tx, st *anchorState, fres
 	rewrite := fresh || failed > 0 || entrySum != st.digest
 	var all []anchoredRow // kept to write the entries again, when they are
 	var flagged []anchoredRow
-	err := scanRows(ctx, tx, func(r *anchoredRow) error {
+	err := s.eng.scanRows(ctx, tx, s.anc, func(r *anchoredRow) error {
 		addTerm(&rc.total, r.term)
 		rc.rows++
 		k := r.table + "\x00" + r.key

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 
 	sqlite3 "github.com/mattn/go-sqlite3"
@@ -254,56 +253,4 @@ type anchoredRow struct {
 	table, key string
 	term       []byte
 	token      sql.NullInt64 // the token it belongs to: its own id for a token row, its token_id
-}
-
-// scanRows calls f with every anchored row's key and term, in a
-// transaction on the writer connection (where the term function is).
-func scanRows(ctx context.Context, tx *sql.Tx, f func(r *anchoredRow) error) error {
-	tables, err := txStrings(ctx, tx, "SELECT name FROM main.sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
-	if err != nil {
-		return fmt.Errorf("keystore: list anchored tables: %w", err)
-	}
-	for _, t := range tables {
-		if unanchored[t] {
-			continue
-		}
-		cols, err := txStrings(ctx, tx, "SELECT name FROM pragma_table_info(?, 'main') ORDER BY cid", t)
-		if err != nil || len(cols) == 0 {
-			return fmt.Errorf("keystore: columns of %s: %v", t, err)
-		}
-		pk, err := txStrings(ctx, tx, "SELECT name FROM pragma_table_info(?, 'main') WHERE pk > 0 ORDER BY pk", t)
-		if err != nil {
-			return fmt.Errorf("keystore: primary key of %s: %w", t, err)
-		}
-		token := "NULL"
-		switch {
-		case t == "tokens":
-			token = "id"
-		case slices.Contains(cols, "token_id"):
-			token = "token_id"
-		}
-		// A column edited to another type is no token's.
-		token = fmt.Sprintf("CASE WHEN typeof(%[1]s) = 'integer' THEN %[1]s END", token)
-		rows, err := tx.QueryContext(ctx, "SELECT "+keyExpr(pk, "")+", "+termExpr(t, cols)+", "+token+" FROM main."+quoteIdent(t))
-		if err != nil {
-			return fmt.Errorf("keystore: terms of %s: %w", t, err)
-		}
-		for rows.Next() {
-			r := anchoredRow{table: t}
-			if err := rows.Scan(&r.key, &r.term, &r.token); err != nil || len(r.term) != 32 {
-				rows.Close()
-				return fmt.Errorf("keystore: terms of %s: a term of %d bytes: %v", t, len(r.term), err)
-			}
-			if err := f(&r); err != nil {
-				rows.Close()
-				return err
-			}
-		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return fmt.Errorf("keystore: terms of %s: %w", t, err)
-		}
-	}
-	return nil
 }

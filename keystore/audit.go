@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"time"
 
 	"hsmemu/internal/reqid"
@@ -308,6 +309,7 @@ type AuditNote struct {
 // with its audit record.
 type execer interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
 // writeAudited runs write and appends note's record in one transaction,
@@ -352,7 +354,7 @@ func (s *Store) writeAudited(ctx context.Context, note *AuditNote, write func(q 
 // A limit of zero or less means all of them.
 func (s *Store) AuditRecords(ctx context.Context, after int64, limit int) ([]AuditRecord, error) {
 	if limit <= 0 {
-		limit = -1
+		limit = math.MaxInt64 // PostgreSQL has no negative LIMIT for "all"
 	}
 	rows, err := s.r.QueryContext(ctx, "SELECT seq, time, actor, event, detail, prev_hash, hash FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", after, limit)
 	if err != nil {

@@ -1,5 +1,10 @@
-// Package keystore stores tokens and their objects in SQLite, every secret
-// sealed under a key chain that ends in the TPM.
+// Package keystore stores tokens and their objects in SQLite (embedded,
+// the default) or PostgreSQL (OpenDB), every secret sealed under a key
+// chain that ends in the TPM. The logic is written once; what differs
+// between the two databases is the engine (engine.go): each has its own
+// schema and migrations, errors, planner hints, and the part of the
+// anchor that runs inside the database (sqlite.go and anchorsql.go;
+// postgres.go, pgschema.go and pganchor.go).
 //
 // A token's KEK is TPM2_HMAC(master key, "hsmemu/kek/v1" ‖ token uuid ‖
 // generation), computed by the Root and never stored. From it come three
@@ -29,7 +34,9 @@
 // indexed SQLite read and one AES-GCM open. Updates, deletes and logouts
 // invalidate the cache.
 //
-// The database runs in WAL mode with synchronous=FULL: a write that returned
-// is on disk. There is one writer connection, so writes never contend for
-// SQLite's lock, and a pool of readers beside it.
+// SQLite runs in WAL mode with synchronous=FULL, PostgreSQL with
+// synchronous_commit=on (and a server with fsync off is refused): a write
+// that returned is on disk. There is one writer connection, so writes
+// never contend for a lock among themselves, and a pool of readers beside
+// it.
 package keystore

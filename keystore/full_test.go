@@ -41,6 +41,7 @@ func untilFull(t *testing.T, what string, write func(i int) error) error {
 // daemon's CKR_DEVICE_MEMORY), reads go on, and writes succeed once space
 // returns.
 func TestFull(t *testing.T) {
+	sqliteOnly(t, "fills the file with max_page_count; a PostgreSQL server's disk is the server's")
 	t.Parallel()
 	s, _ := newStore(t, Options{})
 	ti := newToken(t, s, "full")

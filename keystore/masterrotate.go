@@ -185,7 +185,8 @@ func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)
 			return err
 		}
 		sealed := carry.Seal(nonce, nonce, value, carryAAD(label, nextGen))
-		_, err := q.ExecContext(ctx, "INSERT OR REPLACE INTO carried (label, master_generation, sealed) VALUES (?, ?, ?)", label, nextGen, sealed)
+		_, err := q.ExecContext(ctx, `INSERT INTO carried (label, master_generation, sealed) VALUES (?, ?, ?)
+			ON CONFLICT (label, master_generation) DO UPDATE SET sealed = excluded.sealed`, label, nextGen, sealed)
 		return s.dbErr("carry a domain key", err)
 	}
 	// Every key of the domain so far, under the next master key.

@@ -126,7 +126,7 @@ func TestRotateMaster(t *testing.T) {
 	}
 
 	// A cold Store with the new master alone.
-	s2, err := Open(ctx, path, Options{Argon2: cheapArgon, CacheEntries: -1})
+	s2, err := openAt(ctx, path, Options{Argon2: cheapArgon, CacheEntries: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

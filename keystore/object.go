@@ -10,8 +10,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-
-	sqlite3 "github.com/mattn/go-sqlite3"
 )
 
 // ObjectID is an object's row id: stable for the life of the object in this
@@ -163,19 +161,14 @@ func (s *Store) put(ctx context.Context, token, u UUID, attrs Attributes, secret
 	now := time.Now().Unix()
 	var id int64
 	err = s.writeAudited(ctx, note, func(q execer) error {
-		res, err := q.ExecContext(ctx, `INSERT INTO objects
+		err := q.QueryRowContext(ctx, `INSERT INTO objects
 			(uuid, token_id, class, key_type, label, ckaid, private, record, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			u[:], ti.ID, u2i(ix.class), ix.keyTypeColumn(), ix.label, ix.id, ix.private, record(u, enc, sealed), now, now)
-		var se sqlite3.Error
-		if errors.As(err, &se) && se.ExtendedCode == sqlite3.ErrConstraintUnique {
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+			u[:], ti.ID, u2i(ix.class), ix.keyTypeColumn(), ix.label, ix.id, ix.private, record(u, enc, sealed), now, now).Scan(&id)
+		if s.eng.unique(err) {
 			return ErrObjectExists
 		}
-		if err != nil {
-			return s.dbErr("insert object", err)
-		}
-		id, err = res.LastInsertId()
-		return err
+		return s.dbErr("insert object", err)
 	})
 	if err != nil {
 		return nil, err
@@ -504,18 +497,8 @@ func findConditions(token UUID, f Filter) (shape int, where []string, args []any
 // objects only (schema 6): a token keeps its deleted objects for its
 // retention, so there may be many more of them than of live ones, and a
 // find must not pay for them.
-func findQuery(shape int, where []string) string {
-	// A label or an id picks out a few objects; SQLite, with no statistics
-	// to go on, may instead walk the class index over every object of the
-	// class (a search by class and label among 10,000 data objects: 250 us
-	// against 5), so the index is named.
-	from := "objects o INDEXED BY objects_live_by_class"
-	switch {
-	case shape&4 != 0:
-		from = "objects o INDEXED BY objects_live_by_label"
-	case shape&8 != 0:
-		from = "objects o INDEXED BY objects_live_by_ckaid"
-	}
+func (s *Store) findQuery(shape int, where []string) string {
+	from := "objects o" + s.eng.findIndex(shape)
 	q := `SELECT o.id, o.class, o.key_type, o.label, o.ckaid, o.private, o.uuid, o.record
 		FROM ` + from + ` JOIN tokens t ON t.id = o.token_id WHERE t.uuid = ? AND o.deleted_at IS NULL`
 	if len(where) > 0 {
@@ -530,7 +513,7 @@ func (s *Store) findStmt(ctx context.Context, shape int, where []string) (*sql.S
 	if st, ok := s.finds.Load(shape); ok {
 		return st.(*sql.Stmt), nil
 	}
-	st, err := s.r.PrepareContext(ctx, findQuery(shape, where))
+	st, err := s.r.PrepareContext(ctx, s.findQuery(shape, where))
 	if err != nil {
 		return nil, s.dbErr("find", err)
 	}

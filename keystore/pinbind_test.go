@@ -29,7 +29,7 @@ func ownTPM(t *testing.T, da tpmroot.DAParams, opts Options) (*tpmroot.TPM, *tpm
 		t.Fatal(err)
 	}
 	root, sealed := provisionOn(t, tpm)
-	s, path := storeOn(t, root, sealed, filepath.Join(t.TempDir(), "keystore.db"), opts)
+	s, path := storeOn(t, root, sealed, newLocation(t), opts)
 	return tpm, root, s, path
 }
 
@@ -55,7 +55,7 @@ func storeOn(t *testing.T, root Root, sealed []byte, path string, opts Options) 
 	if opts.Argon2 == (Argon2Params{}) {
 		opts.Argon2 = cheapArgon
 	}
-	s, err := Open(ctx, path, opts)
+	s, err := openAt(ctx, path, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestPINGuessesCountedByTPM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, "keystore.db")
+	path := newLocation(t)
 	s, _ := storeOn(t, root, sealed, path, Options{})
 	ti := newToken(t, s, "target")
 	if err := s.Login(ctx, ti.UUID, RoleUser, userPIN); err != nil {
@@ -242,7 +242,7 @@ func TestPINMigration(t *testing.T) {
 		t.Fatal(err)
 	}
 	root, sealed := provisionOn(t, tpm)
-	path := filepath.Join(t.TempDir(), "keystore.db")
+	path := newLocation(t)
 	old, _ := storeOn(t, kekOnly{root}, sealed, path, Options{})
 	if b := old.PINBinding(); b.Bound {
 		t.Fatalf("a root without TPM objects binds PINs: %+v", b)
@@ -352,7 +352,7 @@ func TestPINCacheAndTPM(t *testing.T) {
 	}{{"cache", time.Minute, true}, {"no cache", -1, false}} {
 		t.Run(tc.name, func(t *testing.T) {
 			cr := &countingRoot{Root: root}
-			s, _ := storeOn(t, cr, sealed, filepath.Join(t.TempDir(), "keystore.db"), Options{PINCacheTTL: tc.ttl})
+			s, _ := storeOn(t, cr, sealed, newLocation(t), Options{PINCacheTTL: tc.ttl})
 			ti := newToken(t, s, "tok")
 			n0, c0 := cr.unseals.Load(), counter(t, tpm)
 			for i := range 3 {
@@ -452,7 +452,7 @@ func TestEscrowedDomainWithoutRecoveryKey(t *testing.T) {
 	defer root.Close()
 	sealed, _ := v1.MarshalBinary()
 	meta, _ := p.Escrow.MarshalBinary()
-	s, err := Open(ctx, filepath.Join(t.TempDir(), "keystore.db"), Options{Argon2: cheapArgon})
+	s, err := openAt(ctx, newLocation(t), Options{Argon2: cheapArgon})
 	if err != nil {
 		t.Fatal(err)
 	}

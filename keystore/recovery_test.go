@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/ecdh"
 	"errors"
-	"path/filepath"
 	"testing"
 
 	"hsmemu/tpmroot"
@@ -36,8 +35,8 @@ func TestRecoveryIntoNewTPM(t *testing.T) {
 	sealedA, _ := prov.Sealed.MarshalBinary()
 	meta, _ := prov.Escrow.MarshalBinary()
 
-	path := filepath.Join(t.TempDir(), "keystore.db")
-	s, err := Open(ctx, path, Options{Argon2: cheapArgon})
+	path := newLocation(t)
+	s, err := openAt(ctx, path, Options{Argon2: cheapArgon})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +102,7 @@ func TestRecoveryIntoNewTPM(t *testing.T) {
 		t.Fatal("recovered domain differs")
 	}
 
-	s, err = Open(ctx, path, Options{Argon2: cheapArgon})
+	s, err = openAt(ctx, path, Options{Argon2: cheapArgon})
 	if err != nil {
 		t.Fatal(err)
 	}

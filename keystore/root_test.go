@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -38,6 +37,7 @@ func TestMain(m *testing.M) {
 	if shared.dir != "" {
 		os.RemoveAll(shared.dir)
 	}
+	pgServer.Stop()
 	os.Exit(code)
 }
 
@@ -91,16 +91,18 @@ func testRoot(t testing.TB) (*tpmroot.Root, []byte) {
 // exercised by TestDefaultArgon2.
 var cheapArgon = Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1}
 
-// newStore opens a fresh keystore attached to the shared TPM root.
+// newStore opens a fresh keystore attached to the shared TPM root, on the
+// engine the run tests (engine_test.go); the location it returns is the
+// file's path or the database's connection string.
 func newStore(t testing.TB, opts Options) (*Store, string) {
 	t.Helper()
 	root, sealed := testRoot(t)
 	if opts.Argon2 == (Argon2Params{}) {
 		opts.Argon2 = cheapArgon
 	}
-	path := filepath.Join(t.TempDir(), "keystore.db")
+	path := newLocation(t)
 	ctx := context.Background()
-	s, err := Open(ctx, path, opts)
+	s, err := openAt(ctx, path, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +116,7 @@ func newStore(t testing.TB, opts Options) (*Store, string) {
 	return s, path
 }
 
-// reopen opens a second Store on the same file, attached to the shared root:
+// reopen opens a second Store on the same keystore, attached to the shared root:
 // its cache is cold, so every open is a real unseal.
 func reopen(t testing.TB, path string, opts Options) *Store {
 	t.Helper()
@@ -122,7 +124,7 @@ func reopen(t testing.TB, path string, opts Options) *Store {
 	if opts.Argon2 == (Argon2Params{}) {
 		opts.Argon2 = cheapArgon
 	}
-	s, err := Open(context.Background(), path, opts)
+	s, err := openAt(context.Background(), path, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -261,6 +261,6 @@ func (e *PolicyError) Error() string { return "keystore: policy refused: " + e.R
 // holdsObjects reports whether a token holds any object, live or deleted.
 func holdsObjects(ctx context.Context, q querier, tokenID int64) (bool, error) {
 	var n int
-	err := q.QueryRowContext(ctx, "SELECT count(*) FROM (SELECT 1 FROM objects WHERE token_id = ? LIMIT 1)", tokenID).Scan(&n)
+	err := q.QueryRowContext(ctx, "SELECT count(*) FROM (SELECT 1 FROM objects WHERE token_id = ? LIMIT 1) AS held", tokenID).Scan(&n)
 	return n > 0, err
 }

@@ -8,14 +8,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/url"
-	"os"
 	"runtime"
 	"sync"
-	"syscall"
 	"time"
-
-	"github.com/mattn/go-sqlite3" // also registers the "sqlite3" driver
+	// also registers the "sqlite3" driver
 )
 
 // Root derives key-encryption keys from the master key. tpmroot.Root is the
@@ -75,11 +71,15 @@ type Options struct {
 	// after its last use, sparing the next login with it the Argon2id
 	// stretch (see stretchCache). Zero means 15 minutes; negative, never.
 	PINCacheTTL time.Duration
+	// PasswordFile, on PostgreSQL, is a file whose one line is the
+	// database password (PGPASSFILE is read too, as libpq does).
+	PasswordFile string
 }
 
-// Store is a keystore: one SQLite file with one writer connection and a pool
-// of readers. All methods are safe for concurrent use.
+// Store is a keystore: one database (an SQLite file, or PostgreSQL) with
+// one writer connection and a pool of readers. All methods are safe for concurrent use.
 type Store struct {
+	eng  engine // what differs between SQLite and PostgreSQL
 	w, r *sql.DB
 	opts Options
 
@@ -116,14 +116,20 @@ type Store struct {
 	anc *anchor // the anchor record's keys and counter (anchor.go)
 }
 
-// Open opens (creating if needed) the keystore at path and brings its schema
-// up to date. No key is usable until Attach is given the TPM root.
+// Open opens (creating if needed) the SQLite keystore at path and brings
+// its schema up to date. No key is usable until Attach is given the TPM
+// root. OpenDB opens a keystore on either engine.
 func Open(ctx context.Context, path string, opts Options) (*Store, error) {
+	return openSQLite(ctx, path, opts)
+}
+
+// defaults fills in the zero values of opts.
+func (opts *Options) defaults() error {
 	if opts.Argon2 == (Argon2Params{}) {
 		opts.Argon2 = DefaultArgon2
 	}
 	if err := opts.Argon2.validate(); err != nil {
-		return nil, err
+		return err
 	}
 	if opts.CacheEntries == 0 {
 		opts.CacheEntries = 4096
@@ -137,51 +143,13 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if opts.Readers <= 0 {
 		opts.Readers = runtime.GOMAXPROCS(0) + 2
 	}
-	// Create the file owner-only before SQLite does: its journal and WAL
-	// files take the database file's mode.
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("keystore: %w", err)
-	}
-	f.Close()
-	if err := os.Chmod(path, 0o600); err != nil {
-		return nil, fmt.Errorf("keystore: %w", err)
-	}
-	// WAL lets readers run beside the writer; synchronous=FULL makes a
-	// commit durable before it returns; secure_delete overwrites freed
-	// pages, so a deleted key's sealed blob does not linger in the file.
-	q := url.Values{}
-	q.Set("_journal_mode", "WAL")
-	q.Set("_synchronous", "FULL")
-	q.Set("_foreign_keys", "on")
-	q.Set("_busy_timeout", "10000")
-	q.Set("_secure_delete", "on")
-	q.Set("_txlock", "immediate")
-	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
-	anc := newAnchor()
-	w := openWriter(dsn, anc)
-	w.SetMaxOpenConns(1)
-	w.SetMaxIdleConns(1)
-	w.SetConnMaxLifetime(0)
-	if err := migrate(ctx, w); err != nil {
-		w.Close()
-		return nil, err
-	}
-	if err := reinstallAnchorTriggers(ctx, w, anc); err != nil {
-		w.Close()
-		return nil, err
-	}
-	q.Set("_query_only", "true")
-	q.Del("_txlock")
-	r, err := sql.Open("sqlite3", "file:"+(&url.URL{Path: path}).EscapedPath()+"?"+q.Encode())
-	if err != nil {
-		w.Close()
-		return nil, fmt.Errorf("keystore: open %s for reading: %w", path, err)
-	}
-	r.SetMaxOpenConns(opts.Readers)
-	r.SetMaxIdleConns(opts.Readers)
-	r.SetConnMaxLifetime(0)
-	s := &Store{w: w, r: r, anc: anc, opts: opts, tokens: map[int64]*tokenState{}, roots: map[uint32]Root{}, cache: newCache(opts.CacheEntries), pins: newStretchCache(opts.PINCacheTTL)}
+	return nil
+}
+
+// assemble is the Store over an engine's writer and reader pools.
+func assemble(ctx context.Context, eng engine, w, r *sql.DB, anc *anchor, opts Options) (*Store, error) {
+	s := &Store{eng: eng, w: w, r: r, anc: anc, opts: opts, tokens: map[int64]*tokenState{}, roots: map[uint32]Root{}, cache: newCache(opts.CacheEntries), pins: newStretchCache(opts.PINCacheTTL)}
+	var err error
 	s.openStmt, err = r.PrepareContext(ctx, selectObject)
 	if err != nil {
 		s.Close()
@@ -339,26 +307,10 @@ func (s *Store) dbErr(what string, err error) error {
 		// The driver keeps only the text of the trigger's error.
 		return fmt.Errorf("keystore: %s: %w", what, refused)
 	}
-	if full(err) {
+	if s.eng.full(err) {
 		return fmt.Errorf("%w (%s: %w)", ErrFull, what, err)
 	}
 	return fmt.Errorf("keystore: %s: %w", what, err)
-}
-
-// full reports an SQLite error that means the filesystem has no room:
-// SQLITE_FULL (which SQLite returns for ENOSPC on a write), or an I/O
-// error whose errno is ENOSPC, EDQUOT (a quota: SQLite reports it as
-// SQLITE_IOERR_WRITE) or EFBIG (a file size limit).
-func full(err error) bool {
-	var se sqlite3.Error
-	if !errors.As(err, &se) {
-		return false
-	}
-	switch se.SystemErrno {
-	case syscall.ENOSPC, syscall.EDQUOT, syscall.EFBIG:
-		return true
-	}
-	return se.Code == sqlite3.ErrFull
 }
 
 // HasTokens reports whether any token exists: a keystore with tokens but no
@@ -371,14 +323,7 @@ func (s *Store) HasTokens(ctx context.Context) (bool, error) {
 	return n > 0, nil
 }
 
-// Check runs SQLite's integrity check and returns its verdict.
+// Check runs the engine's own integrity check of the database.
 func (s *Store) Check(ctx context.Context) error {
-	var res string
-	if err := s.w.QueryRowContext(ctx, "PRAGMA integrity_check").Scan(&res); err != nil {
-		return fmt.Errorf("keystore: integrity check: %w", err)
-	}
-	if res != "ok" {
-		return fmt.Errorf("keystore: integrity check: %s", res)
-	}
-	return nil
+	return s.eng.check(ctx, s.w)
 }

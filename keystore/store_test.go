@@ -272,7 +272,7 @@ func TestReopenColdCache(t *testing.T) {
 	s.Close()
 
 	root, _ := testRoot(t)
-	s2, err := Open(ctx, path, Options{Argon2: cheapArgon})
+	s2, err := openAt(ctx, path, Options{Argon2: cheapArgon})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,6 +336,7 @@ func TestDefaultArgon2(t *testing.T) {
 }
 
 func TestFileModes(t *testing.T) {
+	sqliteOnly(t, "the keystore's files")
 	t.Parallel()
 	s, path := newStore(t, Options{})
 	newToken(t, s, "modes")

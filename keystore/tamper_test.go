@@ -8,23 +8,6 @@ import (
 	"testing"
 )
 
-// rawDB opens the keystore file behind the Store's back, as an attacker with
-// write access to the state directory would: the schema's CHECKs are no
-// obstacle to them, so they are not enforced.
-func rawDB(t *testing.T, path string) *sql.DB {
-	t.Helper()
-	db, err := sql.Open("sqlite3", "file:"+path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	db.SetMaxOpenConns(1) // the pragma is the connection's
-	if _, err := db.Exec("PRAGMA ignore_check_constraints = ON"); err != nil {
-		t.Fatal(err)
-	}
-	return db
-}
-
 func execSQL(t *testing.T, db *sql.DB, q string, args ...any) {
 	t.Helper()
 	if _, err := db.Exec(q, args...); err != nil {
@@ -173,7 +156,7 @@ func TestTamper(t *testing.T) {
 			f.db = rawDB(t, path)
 			tc.edit(t, f)
 
-			s2, err := Open(ctx, path, Options{Argon2: cheapArgon})
+			s2, err := openAt(ctx, path, Options{Argon2: cheapArgon})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -234,7 +217,7 @@ func TestTamperIndexColumns(t *testing.T) {
 			execSQL(t, db, "UPDATE objects SET "+tc.set+" WHERE id = ?", append(args, int64(obj.ID))...)
 
 			root, _ := testRoot(t)
-			s2, err := Open(ctx, path, Options{Argon2: cheapArgon})
+			s2, err := openAt(ctx, path, Options{Argon2: cheapArgon})
 			if err != nil {
 				t.Fatal(err)
 			}

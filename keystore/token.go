@@ -14,8 +14,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-
-	sqlite3 "github.com/mattn/go-sqlite3"
 )
 
 // Tier is a token's service level, as cloud key vaults have them.
@@ -328,19 +326,15 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 	now := time.Now()
 	ti.Created = time.Unix(now.Unix(), 0)
 	ti.mac = tokenMAC(keys, &ti)
-	res, err := s.w.ExecContext(ctx, `INSERT INTO tokens
+	err = s.w.QueryRowContext(ctx, `INSERT INTO tokens
 		(uuid, label, serial, tier, kek_generation, dk_generation, so_pin, user_pin, mac, created_at, retention_days, master_generation)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		uuid[:], ti.Label, ti.Serial, int(ti.Tier), kekGen, dataGen, ti.soPIN, ti.userPIN, ti.mac, now.Unix(), ti.RetentionDays, masterGen)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+		uuid[:], ti.Label, ti.Serial, int(ti.Tier), kekGen, dataGen, ti.soPIN, ti.userPIN, ti.mac, now.Unix(), ti.RetentionDays, masterGen).Scan(&ti.ID)
 	if err != nil {
-		var se sqlite3.Error
-		if errors.As(err, &se) && se.ExtendedCode == sqlite3.ErrConstraintUnique {
+		if s.eng.unique(err) {
 			return TokenInfo{}, ErrTokenExists
 		}
 		return TokenInfo{}, s.dbErr("insert token", err)
-	}
-	if ti.ID, err = res.LastInsertId(); err != nil {
-		return TokenInfo{}, err
 	}
 	return ti, nil
 }
@@ -969,8 +963,7 @@ func (s *Store) Reinit(ctx context.Context, token UUID, soPIN []byte, label stri
 	_, err = tx.ExecContext(ctx, `UPDATE tokens SET label = ?, dk_generation = ?, so_pin = ?, user_pin = NULL,
 		so_failures = 0, user_failures = 0, legacy_pin_keys = NULL, mac = ? WHERE id = ?`, cur.Label, cur.DataGeneration, cur.soPIN, cur.mac, cur.ID)
 	if err != nil {
-		var se sqlite3.Error
-		if errors.As(err, &se) && se.ExtendedCode == sqlite3.ErrConstraintUnique {
+		if s.eng.unique(err) {
 			return ErrTokenExists
 		}
 		return s.dbErr("reinit token", err)

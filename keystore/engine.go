@@ -1,0 +1,73 @@
+package keystore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+)
+
+// engine is what differs between the databases a keystore runs on. The
+// logic (sealing, MACs, the anchor's folds, the audit chain, soft
+// deletes, rotations) is written once, in SQL both understand (`?`
+// placeholders, ON CONFLICT upserts, RETURNING); each engine brings its
+// own schema and migrations, its driver's errors, its planner hints, and
+// the one part of the anchor that runs inside the database (sqlite.go,
+// postgres.go).
+type engine interface {
+	name() string
+	// unique reports a unique constraint violation.
+	unique(err error) bool
+	// full reports a write refused for want of space.
+	full(err error) bool
+	// findIndex is what follows "objects o" in a find of a shape: an
+	// index hint, or nothing where the planner needs none.
+	findIndex(shape int) string
+	// check runs the engine's own check of the database.
+	check(ctx context.Context, w *sql.DB) error
+	// scanRows calls f with every anchored row's key and term, in tx on
+	// the writer connection.
+	scanRows(ctx context.Context, tx *sql.Tx, a *anchor, f func(r *anchoredRow) error) error
+}
+
+// OpenDB opens the keystore a --db value names: "sqlite:PATH" (the file
+// at PATH), or a PostgreSQL connection string, as a URL
+// ("postgres://..." or "postgresql://...") or as libpq's keyword=value
+// pairs ("host=... dbname=..."). A connection string must not carry a
+// password, which would be visible in the daemon's command line:
+// PostgreSQL's own PGPASSFILE, or Options.PasswordFile, gives it.
+func OpenDB(ctx context.Context, db string, opts Options) (*Store, error) {
+	kind, target, err := ParseDB(db)
+	if err != nil {
+		return nil, err
+	}
+	if kind == EngineSQLite {
+		return openSQLite(ctx, target, opts)
+	}
+	return openPostgres(ctx, target, opts)
+}
+
+// The engines a --db value can name.
+const (
+	EngineSQLite   = "sqlite"
+	EnginePostgres = "postgres"
+)
+
+// ParseDB says which engine a --db value names and what it points at (a
+// file path, or a connection string). It reads nothing.
+func ParseDB(db string) (kind, target string, err error) {
+	switch {
+	case strings.HasPrefix(db, "sqlite:"):
+		target = strings.TrimPrefix(db, "sqlite:")
+		if target == "" {
+			return "", "", fmt.Errorf("keystore: --db sqlite: names no file")
+		}
+		return EngineSQLite, target, nil
+	case strings.HasPrefix(db, "postgres://"), strings.HasPrefix(db, "postgresql://"), strings.Contains(db, "="):
+		if err := noPassword(db); err != nil {
+			return "", "", err
+		}
+		return EnginePostgres, db, nil
+	}
+	return "", "", fmt.Errorf("keystore: --db %q is neither sqlite:PATH nor a PostgreSQL connection string (postgres://... or host=... dbname=...)", redactDB(db))
+}

@@ -1,0 +1,462 @@
+package keystore
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// The PostgreSQL engine. The keystore's SQL is written once, with `?`
+// placeholders; the connections of this engine are a database/sql driver
+// of their own over pgx's (pgConn), which numbers the placeholders,
+// stores booleans as the integers the schema holds on both engines, and,
+// on the writer, folds each transaction's row changes into the anchor
+// record before it commits (pganchor.go): the part of the anchor that
+// SQLite's temporary triggers do through Go functions, which PostgreSQL
+// cannot call.
+//
+// As on SQLite there is one writer connection and a pool of readers. The
+// writer sets synchronous_commit=on, so a write that returned is on the
+// server's disk (and on its synchronous standbys, if it has any); the
+// start refuses a server with fsync off. The readers are read-only
+// sessions. A connection string with several hosts and
+// target_session_attrs=read-write follows a failover: a connection lost
+// is dropped and the next one finds the new primary.
+
+// postgresEngine is the engine over a PostgreSQL server.
+type postgresEngine struct {
+	f *pgFolder
+}
+
+// openPostgres opens the keystore in the PostgreSQL database dsn names,
+// creating its tables on first use.
+func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error) {
+	if err := opts.defaults(); err != nil {
+		return nil, err
+	}
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("keystore: PostgreSQL connection string: %s", redactErr(err))
+	}
+	if opts.PasswordFile != "" {
+		pw, err := readPasswordFile(opts.PasswordFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Password = pw // whichever of the hosts answers
+	}
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = map[string]string{}
+	}
+	if cfg.RuntimeParams["application_name"] == "" {
+		cfg.RuntimeParams["application_name"] = "hsmemu"
+	}
+	wcfg := cfg.Copy()
+	wcfg.RuntimeParams["synchronous_commit"] = "on"
+	rcfg := cfg.Copy()
+	rcfg.RuntimeParams["default_transaction_read_only"] = "on"
+
+	anc := newAnchor()
+	f := &pgFolder{a: anc}
+	eng := &postgresEngine{f: f}
+	w := sql.OpenDB(&pgConnector{inner: stdlib.GetConnector(*wcfg, stdlib.OptionAfterConnect(createPending)), fold: f})
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	if err := pgServerDurable(ctx, w); err != nil {
+		w.Close()
+		return nil, err
+	}
+	if err := pgMigrate(ctx, w, f); err != nil {
+		w.Close()
+		return nil, err
+	}
+	if err := f.loadTables(ctx, w); err != nil {
+		w.Close()
+		return nil, err
+	}
+	r := sql.OpenDB(&pgConnector{inner: stdlib.GetConnector(*rcfg)})
+	r.SetMaxOpenConns(opts.Readers)
+	r.SetMaxIdleConns(opts.Readers)
+	r.SetConnMaxLifetime(0)
+	return assemble(ctx, eng, w, r, anc, opts)
+}
+
+// pgServerDurable refuses a server on which a commit is not durable.
+func pgServerDurable(ctx context.Context, w *sql.DB) error {
+	var fsync, sync, ro string
+	err := w.QueryRowContext(ctx, "SELECT current_setting('fsync'), current_setting('synchronous_commit'), current_setting('transaction_read_only')").Scan(&fsync, &sync, &ro)
+	if err != nil {
+		return fmt.Errorf("keystore: connect to PostgreSQL: %s", redactErr(err))
+	}
+	switch {
+	case fsync != "on":
+		return errors.New("keystore: the PostgreSQL server runs with fsync off: a committed write could be lost, so hsmemu refuses it")
+	case sync != "on":
+		return fmt.Errorf("keystore: synchronous_commit is %q on the PostgreSQL server, and hsmemu could not set it on", sync)
+	case ro != "off":
+		return errors.New("keystore: the PostgreSQL server is read-only (a standby?): give every host of the cluster with target_session_attrs=read-write")
+	}
+	return nil
+}
+
+func readPasswordFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("keystore: database password file: %w", err)
+	}
+	pw := strings.TrimRight(string(b), "\r\n")
+	if pw == "" || strings.ContainsAny(pw, "\r\n") {
+		return "", fmt.Errorf("keystore: database password file %s: one line, the password", path)
+	}
+	return pw, nil
+}
+
+var pgPasswordKeyword = regexp.MustCompile(`(^|\s)password\s*=`)
+
+// noPassword refuses a connection string that carries a password: it
+// would be in the daemon's command line, for every local user to read.
+func noPassword(db string) error {
+	if u, err := url.Parse(db); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		if _, has := u.User.Password(); has || u.Query().Has("password") {
+			return errors.New("keystore: the PostgreSQL connection string carries a password, which anyone can read in the command line: give it in PGPASSFILE or --db-password-file")
+		}
+		return nil
+	}
+	if pgPasswordKeyword.MatchString(db) {
+		return errors.New("keystore: the PostgreSQL connection string carries a password, which anyone can read in the command line: give it in PGPASSFILE or --db-password-file")
+	}
+	return nil
+}
+
+// redactDB is a --db value fit for an error message.
+func redactDB(db string) string {
+	if u, err := url.Parse(db); err == nil && u.User != nil {
+		u.User = url.User(u.User.Username())
+		return u.String()
+	}
+	if pgPasswordKeyword.MatchString(db) {
+		return "(a connection string)"
+	}
+	return db
+}
+
+// redactErr is a connection error's text without the connection string
+// pgx may quote in it.
+func redactErr(err error) string {
+	var pe *pgconn.ParseConfigError
+	if errors.As(err, &pe) {
+		return "cannot parse it: " + errors.Unwrap(pe).Error()
+	}
+	return err.Error()
+}
+
+func (*postgresEngine) name() string { return EnginePostgres }
+
+func pgCode(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return ""
+}
+
+func (*postgresEngine) unique(err error) bool { return pgCode(err) == "23505" }
+
+// full is PostgreSQL's disk_full: the server's filesystem, not ours.
+func (*postgresEngine) full(err error) bool { return pgCode(err) == "53100" }
+
+// findIndex: PostgreSQL's planner has statistics and picks the live
+// object indexes itself (docs/performance.md has the plans).
+func (*postgresEngine) findIndex(int) string { return "" }
+
+// check is what PostgreSQL lets a client check of its durability: the
+// server keeps its own pages (data checksums where the cluster has them).
+func (*postgresEngine) check(ctx context.Context, w *sql.DB) error {
+	if err := pgServerDurable(ctx, w); err != nil {
+		return err
+	}
+	var v int
+	if err := w.QueryRowContext(ctx, "SELECT version FROM hsmemu_schema").Scan(&v); err != nil {
+		return fmt.Errorf("keystore: integrity check: %w", err)
+	}
+	if v != len(pgMigrations) {
+		return fmt.Errorf("keystore: integrity check: schema version %d, this build's is %d", v, len(pgMigrations))
+	}
+	return nil
+}
+
+// The driver: pgx's stdlib connections, wrapped.
+
+type pgConnector struct {
+	inner driver.Connector
+	fold  *pgFolder // the writer's: nil on readers
+}
+
+func (c *pgConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	dc, err := c.inner.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sc, ok := dc.(*stdlib.Conn)
+	if !ok {
+		dc.Close()
+		return nil, fmt.Errorf("keystore: pgx connection of type %T", dc)
+	}
+	return &pgConn{c: sc, fold: c.fold}, nil
+}
+
+func (c *pgConnector) Driver() driver.Driver { return c.inner.Driver() }
+
+// pgConn is one connection. On the writer, every transaction folds its
+// row changes into the anchor record before it commits, and a statement
+// outside a transaction runs in one of its own for that.
+type pgConn struct {
+	c    *stdlib.Conn
+	fold *pgFolder
+	tx   driver.Tx // the transaction in progress
+}
+
+var (
+	_ driver.Conn               = (*pgConn)(nil)
+	_ driver.ConnBeginTx        = (*pgConn)(nil)
+	_ driver.ConnPrepareContext = (*pgConn)(nil)
+	_ driver.ExecerContext      = (*pgConn)(nil)
+	_ driver.QueryerContext     = (*pgConn)(nil)
+	_ driver.NamedValueChecker  = (*pgConn)(nil)
+	_ driver.Pinger             = (*pgConn)(nil)
+	_ driver.SessionResetter    = (*pgConn)(nil)
+)
+
+func (c *pgConn) Prepare(q string) (driver.Stmt, error) {
+	return c.PrepareContext(context.Background(), q)
+}
+
+// PrepareContext prepares nothing on the server: pgx caches a prepared
+// statement per connection for every query it runs.
+func (c *pgConn) PrepareContext(_ context.Context, q string) (driver.Stmt, error) {
+	return &pgStmt{c: c, q: q}, nil
+}
+
+func (c *pgConn) Close() error { return c.c.Close() }
+
+func (c *pgConn) Begin() (driver.Tx, error) {
+	return c.BeginTx(context.Background(), driver.TxOptions{})
+}
+
+func (c *pgConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	t, err := c.c.BeginTx(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	c.tx = t
+	return &pgTx{c: c, inner: t}, nil
+}
+
+func (c *pgConn) Ping(ctx context.Context) error              { return c.c.Ping(ctx) }
+func (c *pgConn) ResetSession(ctx context.Context) error      { return c.c.ResetSession(ctx) }
+func (c *pgConn) CheckNamedValue(nv *driver.NamedValue) error { return checkPGValue(nv) }
+
+// checkPGValue stores a bool as the integer the schema has (on SQLite
+// too), and passes everything else to pgx as it is.
+func checkPGValue(nv *driver.NamedValue) error {
+	if b, ok := nv.Value.(bool); ok {
+		nv.Value = int64(0)
+		if b {
+			nv.Value = int64(1)
+		}
+	}
+	return nil
+}
+
+func (c *pgConn) ExecContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Result, error) {
+	q = rebind(q)
+	if c.fold == nil || c.tx != nil {
+		return c.c.ExecContext(ctx, q, args)
+	}
+	t, err := c.c.BeginTx(ctx, driver.TxOptions{})
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.c.ExecContext(ctx, q, args)
+	if err == nil {
+		err = c.fold.fold(ctx, c.c.Conn())
+	}
+	if err != nil {
+		t.Rollback()
+		return nil, err
+	}
+	return res, t.Commit()
+}
+
+func (c *pgConn) QueryContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Rows, error) {
+	q = rebind(q)
+	if c.fold == nil || c.tx != nil {
+		return c.c.QueryContext(ctx, q, args)
+	}
+	// A statement of its own on the writer (UPDATE ... RETURNING): its
+	// rows are read before the fold and the commit.
+	t, err := c.c.BeginTx(ctx, driver.TxOptions{})
+	if err != nil {
+		return nil, err
+	}
+	rows, err := c.c.QueryContext(ctx, q, args)
+	var buf *bufRows
+	if err == nil {
+		buf, err = bufferRows(rows)
+	}
+	if err == nil {
+		err = c.fold.fold(ctx, c.c.Conn())
+	}
+	if err != nil {
+		t.Rollback()
+		return nil, err
+	}
+	return buf, t.Commit()
+}
+
+type pgTx struct {
+	c     *pgConn
+	inner driver.Tx
+}
+
+func (t *pgTx) Commit() error {
+	defer func() { t.c.tx = nil }()
+	if t.c.fold != nil {
+		if err := t.c.fold.fold(context.Background(), t.c.c.Conn()); err != nil {
+			t.inner.Rollback()
+			return err
+		}
+	}
+	return t.inner.Commit()
+}
+
+func (t *pgTx) Rollback() error {
+	defer func() { t.c.tx = nil }()
+	return t.inner.Rollback()
+}
+
+// pgStmt is a query to run on its connection.
+type pgStmt struct {
+	c *pgConn
+	q string
+}
+
+func (s *pgStmt) Close() error  { return nil }
+func (s *pgStmt) NumInput() int { return -1 }
+
+func (s *pgStmt) Exec(args []driver.Value) (driver.Result, error) {
+	return s.c.ExecContext(context.Background(), s.q, named(args))
+}
+
+func (s *pgStmt) Query(args []driver.Value) (driver.Rows, error) {
+	return s.c.QueryContext(context.Background(), s.q, named(args))
+}
+
+func (s *pgStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	return s.c.ExecContext(ctx, s.q, args)
+}
+
+func (s *pgStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	return s.c.QueryContext(ctx, s.q, args)
+}
+
+func named(args []driver.Value) []driver.NamedValue {
+	nv := make([]driver.NamedValue, len(args))
+	for i, a := range args {
+		nv[i] = driver.NamedValue{Ordinal: i + 1, Value: a}
+	}
+	return nv
+}
+
+// bufRows are rows read in full.
+type bufRows struct {
+	cols []string
+	rows [][]driver.Value
+}
+
+func bufferRows(r driver.Rows) (*bufRows, error) {
+	defer r.Close()
+	b := &bufRows{cols: r.Columns()}
+	for {
+		row := make([]driver.Value, len(b.cols))
+		err := r.Next(row)
+		if errors.Is(err, io.EOF) {
+			return b, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		for i, v := range row {
+			if p, ok := v.([]byte); ok {
+				row[i] = append([]byte(nil), p...)
+			}
+		}
+		b.rows = append(b.rows, row)
+	}
+}
+
+func (b *bufRows) Columns() []string { return b.cols }
+func (b *bufRows) Close() error      { b.rows = nil; return nil }
+
+func (b *bufRows) Next(dest []driver.Value) error {
+	if len(b.rows) == 0 {
+		return io.EOF
+	}
+	copy(dest, b.rows[0])
+	b.rows = b.rows[1:]
+	return nil
+}
+
+var rebound sync.Map // query -> its PostgreSQL form
+
+// rebind numbers a query's `?` placeholders as PostgreSQL's $1, $2...,
+// leaving those in string literals, quoted identifiers and comments.
+func rebind(q string) string {
+	if v, ok := rebound.Load(q); ok {
+		return v.(string)
+	}
+	var b strings.Builder
+	n := 0
+	for i := 0; i < len(q); i++ {
+		ch := q[i]
+		switch {
+		case ch == '\'' || ch == '"':
+			j := strings.IndexByte(q[i+1:], ch)
+			if j < 0 {
+				b.WriteString(q[i:])
+				i = len(q)
+				continue
+			}
+			b.WriteString(q[i : i+j+2])
+			i += j + 1
+		case ch == '-' && i+1 < len(q) && q[i+1] == '-':
+			j := strings.IndexByte(q[i:], '\n')
+			if j < 0 {
+				j = len(q) - i
+			}
+			b.WriteString(q[i : i+j])
+			i += j - 1
+		case ch == '?':
+			n++
+			fmt.Fprintf(&b, "$%d", n)
+		default:
+			b.WriteByte(ch)
+		}
+	}
+	out := b.String()
+	rebound.Store(q, out)
+	return out
+}
