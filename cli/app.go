@@ -56,6 +56,17 @@ func stateDirFlag(usage string) cli.Flag {
 	return &cli.StringFlag{Name: "state-dir", Usage: usage, EnvVars: []string{"HSMEMU_STATE_DIR"}, Value: defaultStateDir()}
 }
 
+// dbFlags are --db and --db-password-file, as the commands that open the
+// keystore where a daemon keeps it take them.
+func dbFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "db", EnvVars: []string{"HSMEMU_DB"}, Usage: "the keystore's database: sqlite:PATH, or a PostgreSQL connection string " +
+			"(postgres://host1,host2/db?target_session_attrs=read-write&sslmode=verify-full, or host=... dbname=...; never with a password in it) " +
+			"(default: sqlite in the state directory)"},
+		&cli.StringFlag{Name: "db-password-file", Usage: "a file whose one line is the PostgreSQL password (or PGPASSFILE, as libpq reads it)"},
+	}
+}
+
 // tpmFlag is --tpm, as every command that opens the TPM takes it.
 func tpmFlag() cli.Flag {
 	return &cli.StringFlag{Name: "tpm", Usage: "managed, a device path such as /dev/tpmrm0, or swtpm:unix:PATH", EnvVars: []string{"HSMEMU_TPM"}}

@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"hsmemu/daemon"
+	"hsmemu/keystore"
 	"hsmemu/tpmroot"
 	"hsmemu/tpmroot/escrow"
 )
@@ -52,6 +53,7 @@ Examples:
   hsmemu init --state-dir /tmp/try --tpm managed`,
 		Flags: []cli.Flag{
 			stateDirFlag("state directory"),
+			dbFlags()[0], dbFlags()[1],
 			tpmFlag(),
 			tpmStateKeyFlag(),
 			&cli.StringSliceFlag{Name: "custodian", Usage: "a custodian's public key, PEM (repeat for each)"},
@@ -142,7 +144,7 @@ func runInit(c *cli.Context) error {
 		}
 		newKey = true
 	}
-	st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: stateDir, TPM: c.String("tpm"), Logger: slog.New(slog.DiscardHandler), // init says what matters itself
+	st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: stateDir, DB: c.String("db"), Store: keystore.Options{PasswordFile: c.String("db-password-file")}, TPM: c.String("tpm"), Logger: slog.New(slog.DiscardHandler), // init says what matters itself
 		Escrow: tpmroot.ProvisionOptions{Custodians: custodians, Threshold: threshold}, ProvisionOnly: true, TPMStateKey: key})
 	if err != nil && newKey {
 		tpmroot.RemoveStateKey(key) // it encrypts nothing
@@ -180,7 +182,11 @@ func runInit(c *cli.Context) error {
 		return enc.Encode(res)
 	}
 	w := c.App.Writer
-	fmt.Fprintf(w, "provisioned security domain %s in %s (TPM %s, %s)\n", res.Domain, stateDir, info.Kind, info.Manufacturer)
+	where := stateDir
+	if kind, _, err := keystore.ParseDB(c.String("db")); err == nil && kind == keystore.EnginePostgres {
+		where = "PostgreSQL, with this machine's TPM state in " + stateDir
+	}
+	fmt.Fprintf(w, "provisioned security domain %s in %s (TPM %s, %s)\n", res.Domain, where, info.Kind, info.Manufacturer)
 	if da := res.DA; da != nil {
 		lockout := "set"
 		if !da.LockoutAuthSet {

@@ -19,6 +19,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"hsmemu/daemon"
+	"hsmemu/internal/pgtest"
 	"hsmemu/keystore"
 	"hsmemu/tpmroot/tpmtest"
 )
@@ -51,6 +52,32 @@ func TestScripts(t *testing.T) {
 			"sqlexec":   cmdSQLExec,
 			"signloop":  cmdSignloop,
 			"scrape":    cmdScrape,
+		},
+	})
+}
+
+// pgServer is the PostgreSQL server of TestPostgresScripts.
+var pgServer pgtest.Shared
+
+// TestPostgresScripts runs testdata/postgres/*.txtar, each with $PGDB a
+// fresh database on a PostgreSQL server the test starts.
+func TestPostgresScripts(t *testing.T) {
+	tpmtest.Require(t)
+	srv := pgServer.Get(t)
+	t.Cleanup(pgServer.Stop)
+	testscript.Run(t, testscript.Params{
+		Dir: "testdata/postgres",
+		Setup: func(env *testscript.Env) error {
+			dsn, err := srv.NewDatabase(context.Background())
+			if err != nil {
+				return err
+			}
+			env.Setenv("PGDB", dsn)
+			return nil
+		},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"waitsock": cmdWaitsock,
+			"exits":    cmdExits,
 		},
 	})
 }

@@ -35,6 +35,7 @@ Example:
    hsmemu serve --state-dir /var/lib/hsmemu --tpm managed`,
 		Flags: []cli.Flag{
 			stateDirFlag("state directory"),
+			dbFlags()[0], dbFlags()[1],
 			tpmFlag(),
 			tpmStateKeyFlag(),
 			&cli.StringFlag{Name: "socket", Usage: "the module's socket (default: STATE-DIR/hsmemu.sock)", EnvVars: []string{"HSMEMU_SOCKET"}},
@@ -126,8 +127,9 @@ Example:
 			if c.IsSet("anchor-interval") && c.Duration("anchor-interval") <= 0 {
 				return cli.Exit("hsmemu serve: --anchor-interval must be positive", 2)
 			}
-			st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c), Logger: log,
-				Store: keystore.Options{Argon2: argon, MaxPINFailures: maxFail, PINCacheTTL: pinCacheTTL(c.Duration("pin-cache-ttl"))}})
+			st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: dir, DB: c.String("db"), TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c), Logger: log,
+				Store: keystore.Options{Argon2: argon, MaxPINFailures: maxFail, PINCacheTTL: pinCacheTTL(c.Duration("pin-cache-ttl")),
+					PasswordFile: c.String("db-password-file")}})
 			if err != nil {
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), stateExit(err))
 			}
@@ -172,7 +174,7 @@ Example:
 				// Zero: the TPM's default (daemon.AnchorInterval).
 				AnchorEvery: c.Duration("anchor-interval"),
 				Metrics:     m,
-				DBPath:      filepath.Join(dir, daemon.DatabaseName),
+				DBPath:      st.DBPath,
 			})
 			if c.Bool("legacy-algorithms") {
 				log.Warn("legacy algorithms enabled on tokens that are not premium: DES, triple DES, DSA, RSA-1024, SHA-1 signatures")

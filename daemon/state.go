@@ -18,7 +18,11 @@ import (
 // StateConfig says where the daemon's state lives and which TPM holds its
 // master key.
 type StateConfig struct {
-	Dir    string // state directory; created 0700 if missing
+	Dir string // state directory; created 0700 if missing
+	// DB is the keystore's database as --db gives it (keystore.OpenDB):
+	// sqlite:PATH or a PostgreSQL connection string; empty means the
+	// SQLite file DatabaseName in Dir.
+	DB     string
 	TPM    string // "managed", a device path, "swtpm:unix:PATH", or "" for the default
 	Logger *slog.Logger
 	Store  keystore.Options
@@ -67,6 +71,8 @@ type State struct {
 	TPM   *tpmroot.TPM
 	Root  *tpmroot.Root
 	Store *keystore.Store
+	// DBPath is the keystore's file, on SQLite; empty on PostgreSQL.
+	DBPath string
 	// Provisioned is true when this open created the domain.
 	Provisioned bool
 	// Shares are the custodians' encrypted shares of a domain this open
@@ -119,7 +125,16 @@ func OpenState(ctx context.Context, cfg StateConfig) (_ *State, err error) {
 	if err := configureManagedDA(st.TPM, spec, cfg.DA, log); err != nil {
 		return nil, err
 	}
-	if st.Store, err = keystore.Open(ctx, filepath.Join(cfg.Dir, DatabaseName), cfg.Store); err != nil {
+	db := cfg.DB
+	if db == "" {
+		db = "sqlite:" + filepath.Join(cfg.Dir, DatabaseName)
+	}
+	if kind, target, err := keystore.ParseDB(db); err != nil {
+		return nil, err
+	} else if kind == keystore.EngineSQLite {
+		st.DBPath = target
+	}
+	if st.Store, err = keystore.OpenDB(ctx, db, cfg.Store); err != nil {
 		return nil, err
 	}
 	rec, err := st.Store.RootRecord(ctx)
