@@ -70,8 +70,13 @@ CREATE TABLE objects (
 );
 CREATE INDEX objects_deleted ON objects (deleted_at) WHERE deleted_at IS NOT NULL;
 CREATE INDEX objects_live_by_class ON objects (token_id, class, key_type, label) WHERE deleted_at IS NULL;
-CREATE INDEX objects_live_by_label ON objects (token_id, label) WHERE deleted_at IS NULL;
-CREATE INDEX objects_live_by_ckaid ON objects (token_id, ckaid) WHERE deleted_at IS NULL;
+-- SQLite names the index a find walks (INDEXED BY); PostgreSQL takes no
+-- hints and, before its statistics of a table that just grew exist, may
+-- walk the class index for a find by label (1.6 ms among 10,000 objects
+-- against 0.1). A find by label or CKA_ID implies the column is not
+-- NULL, so these two indexes are open to the finds that name them only.
+CREATE INDEX objects_live_by_label ON objects (token_id, label) WHERE deleted_at IS NULL AND label IS NOT NULL;
+CREATE INDEX objects_live_by_ckaid ON objects (token_id, ckaid) WHERE deleted_at IS NULL AND ckaid IS NOT NULL;
 CREATE INDEX objects_by_token ON objects (token_id, deleted_at);
 
 CREATE TABLE audit_log (

@@ -96,11 +96,16 @@ var cheapArgon = Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1}
 // file's path or the database's connection string.
 func newStore(t testing.TB, opts Options) (*Store, string) {
 	t.Helper()
+	return newStoreAt(t, newLocation(t), opts)
+}
+
+// newStoreAt is newStore at a location of any engine's.
+func newStoreAt(t testing.TB, path string, opts Options) (*Store, string) {
+	t.Helper()
 	root, sealed := testRoot(t)
 	if opts.Argon2 == (Argon2Params{}) {
 		opts.Argon2 = cheapArgon
 	}
-	path := newLocation(t)
 	ctx := context.Background()
 	s, err := openAt(ctx, path, opts)
 	if err != nil {
