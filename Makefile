@@ -6,7 +6,7 @@ BIN     := bin
 GOFLAGS ?=
 export CGO_ENABLED := 1
 
-.PHONY: all build deps test-deps test vet race fuzz fuzz-short bench run clean module test-module e2e-programs install test-chaos soak
+.PHONY: all build deps test-deps test test-postgres vet race fuzz fuzz-short bench run clean module test-module e2e-programs install test-chaos soak
 
 all: build
 
@@ -94,6 +94,14 @@ test: test-deps build vet test-module
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed on:"; gofmt -l .; exit 1; }
 	$(GO) test -race -timeout 15m ./...
 	@$(MAKE) --no-print-directory fuzz-short
+
+# The keystore's tests once more, against PostgreSQL: the same tests, on
+# a server they start (initdb in a temporary directory, as the postgres
+# user under root), one database per keystore. `make test` runs them on
+# SQLite, and the daemon's --db scripts on PostgreSQL; this is the rest of
+# the matrix (about three minutes).
+test-postgres: test-deps
+	HSMEMU_TEST_DB=postgres $(GO) test -race -count=1 -timeout 20m ./keystore/
 
 # The built daemon under failure and load (daemon/chaos): SIGKILLed every
 # few seconds while eight clients write, its filesystem full, its swtpm

@@ -134,7 +134,9 @@ func OpenState(ctx context.Context, cfg StateConfig) (_ *State, err error) {
 	} else if kind == keystore.EngineSQLite {
 		st.DBPath = target
 	}
-	if st.Store, err = keystore.OpenDB(ctx, db, cfg.Store); err != nil {
+	opts := cfg.Store
+	opts.Exclusive = true // one daemon per PostgreSQL database, for now
+	if st.Store, err = keystore.OpenDB(ctx, db, opts); err != nil {
 		return nil, err
 	}
 	rec, err := st.Store.RootRecord(ctx)

@@ -71,7 +71,30 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 	anc := newAnchor()
 	f := &pgFolder{a: anc}
 	eng := &postgresEngine{f: f}
-	w := sql.OpenDB(&pgConnector{inner: stdlib.GetConnector(*wcfg, stdlib.OptionAfterConnect(createPending)), fold: f})
+	afterConnect := createPending
+	if opts.Exclusive {
+		afterConnect = func(ctx context.Context, c *pgx.Conn) error {
+			// The writer's session holds the lock; a writer reconnecting
+			// after a failover takes it again, or fails.
+			// A daemon that just stopped may hold it a moment longer: its
+			// server process ends after its connection closes.
+			if _, err := c.Exec(ctx, "SET lock_timeout = '3s'"); err != nil {
+				return err
+			}
+			_, err := c.Exec(ctx, "SELECT pg_advisory_lock(hashtextextended('hsmemu/writer', 0))")
+			if pgCode(err) == "55P03" { // lock_not_available
+				return ErrDatabaseInUse
+			}
+			if err != nil {
+				return err
+			}
+			if _, err := c.Exec(ctx, "RESET lock_timeout"); err != nil {
+				return err
+			}
+			return createPending(ctx, c)
+		}
+	}
+	w := sql.OpenDB(&pgConnector{inner: stdlib.GetConnector(*wcfg, stdlib.OptionAfterConnect(afterConnect)), fold: f})
 	w.SetMaxOpenConns(1)
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
@@ -98,6 +121,9 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 func pgServerDurable(ctx context.Context, w *sql.DB) error {
 	var fsync, sync, ro string
 	err := w.QueryRowContext(ctx, "SELECT current_setting('fsync'), current_setting('synchronous_commit'), current_setting('transaction_read_only')").Scan(&fsync, &sync, &ro)
+	if errors.Is(err, ErrDatabaseInUse) {
+		return ErrDatabaseInUse
+	}
 	if err != nil {
 		return fmt.Errorf("keystore: connect to PostgreSQL: %s", redactErr(err))
 	}

@@ -35,6 +35,9 @@ var (
 	// under one of its writes). Nothing of the write was made. Reads go
 	// on, and writes succeed again once space is freed.
 	ErrFull = errors.New("keystore: no space left on the keystore's filesystem")
+	// ErrDatabaseInUse is an exclusive open (Options.Exclusive) of a
+	// PostgreSQL database that another Store holds.
+	ErrDatabaseInUse = errors.New("keystore: another hsmemu daemon serves this PostgreSQL database (one daemon per database, for now: docs/cluster.md)")
 )
 
 // UUID identifies a token or an object for as long as it exists, across
@@ -71,6 +74,13 @@ type Options struct {
 	// after its last use, sparing the next login with it the Argon2id
 	// stretch (see stretchCache). Zero means 15 minutes; negative, never.
 	PINCacheTTL time.Duration
+	// Exclusive, on PostgreSQL, holds the database for this Store alone
+	// while it is open (a session advisory lock of the writer
+	// connection): another daemon on the same database is refused with
+	// ErrDatabaseInUse. Several daemons on one database need the cache
+	// invalidation and shared counters docs/cluster.md says are not
+	// there yet; until then the daemon sets it.
+	Exclusive bool
 	// PasswordFile, on PostgreSQL, is a file whose one line is the
 	// database password (PGPASSFILE is read too, as libpq does).
 	PasswordFile string
