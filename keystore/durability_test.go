@@ -41,7 +41,9 @@ func durabilityChild() int {
 	if err != nil {
 		return fail(err)
 	}
-	s, err := Open(ctx, os.Getenv(childEnv), Options{Argon2: cheapArgon})
+	// Exclusive, as the daemon opens a PostgreSQL keystore: the killed
+	// writer's lock must not keep the next start out.
+	s, err := openAt(ctx, os.Getenv(childEnv), Options{Argon2: cheapArgon, Exclusive: true})
 	if err != nil {
 		return fail(err)
 	}
@@ -93,7 +95,7 @@ func TestDurabilityUnderSIGKILL(t *testing.T) {
 	dir := t.TempDir()
 	sock, stop := tpmtest.StartSocket(t, filepath.Join(dir, "tpm"))
 	defer stop()
-	path := filepath.Join(dir, "keystore.db")
+	path := newLocation(t)
 
 	// Provision, create the token, and let go of the TPM for the child.
 	tpm, err := tpmroot.Open(ctx, tpmroot.Spec{Kind: tpmroot.KindSwtpmSocket, Path: sock})
@@ -107,7 +109,7 @@ func TestDurabilityUnderSIGKILL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Open(ctx, path, Options{Argon2: cheapArgon})
+	s, err := openAt(ctx, path, Options{Argon2: cheapArgon})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +176,7 @@ func TestDurabilityUnderSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tpm.Close()
-	s, err = Open(ctx, path, Options{Argon2: cheapArgon})
+	s, err = openAt(ctx, path, Options{Argon2: cheapArgon, Exclusive: true})
 	if err != nil {
 		t.Fatal(err)
 	}
