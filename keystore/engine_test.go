@@ -43,7 +43,7 @@ func newLocation(t testing.TB) string {
 
 // openAt opens the keystore at a location newLocation gave.
 func openAt(ctx context.Context, loc string, opts Options) (*Store, error) {
-	if strings.HasPrefix(loc, "postgres://") {
+	if strings.HasPrefix(loc, "postgres://") || strings.Contains(loc, "=") {
 		return OpenDB(ctx, loc, opts)
 	}
 	return Open(ctx, loc, opts)

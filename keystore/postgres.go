@@ -66,7 +66,6 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 	wcfg := cfg.Copy()
 	wcfg.RuntimeParams["synchronous_commit"] = "on"
 	rcfg := cfg.Copy()
-	rcfg.RuntimeParams["default_transaction_read_only"] = "on"
 
 	anc := newAnchor()
 	f := &pgFolder{a: anc}
@@ -110,7 +109,13 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 		w.Close()
 		return nil, err
 	}
-	r := sql.OpenDB(&pgConnector{inner: stdlib.GetConnector(*rcfg)})
+	// Read-only once connected: as a startup parameter it would make
+	// target_session_attrs=read-write take the primary for a standby.
+	readOnly := func(ctx context.Context, c *pgx.Conn) error {
+		_, err := c.Exec(ctx, "SET default_transaction_read_only = on")
+		return err
+	}
+	r := sql.OpenDB(&pgConnector{inner: stdlib.GetConnector(*rcfg, stdlib.OptionAfterConnect(readOnly))})
 	r.SetMaxOpenConns(opts.Readers)
 	r.SetMaxIdleConns(opts.Readers)
 	r.SetConnMaxLifetime(0)

@@ -1,11 +1,18 @@
 package keystore
 
 import (
+	"bytes"
+	"context"
 	"errors"
+	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"hsmemu/internal/pgtest"
 )
 
 // TestPostgresExclusive: a daemon holds its PostgreSQL database alone
@@ -65,4 +72,93 @@ func TestPostgresPassword(t *testing.T) {
 	if _, err := OpenDB(ctx, keeper, Options{Argon2: cheapArgon, PasswordFile: filepath.Join(t.TempDir(), "none")}); err == nil {
 		t.Error("a missing password file was not an error")
 	}
+}
+
+// TestPostgresFailover: a keystore on a primary with a synchronous
+// streaming replica, the connection string naming both with
+// target_session_attrs=read-write. The primary is crashed and the
+// replica promoted while a writer stores keys: the writes during the
+// switch fail and come back (none hangs), the Store finds the new primary
+// by itself, and every write acknowledged before, during or after the
+// switch is on the new primary.
+func TestPostgresFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two PostgreSQL servers")
+	}
+	pgServer.Get(t) // skips, or fails in CI, without PostgreSQL
+	primary, err := pgtest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer primary.Stop()
+	replica, err := pgtest.StartReplica(primary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer replica.Stop()
+	if err := primary.Psql("postgres", "CREATE DATABASE keys"); err != nil {
+		t.Fatal(err)
+	}
+	both := fmt.Sprintf("host=%s,%s dbname=keys user=%s sslmode=disable target_session_attrs=read-write connect_timeout=5",
+		primary.Dir, replica.Dir, pgtest.Superuser)
+	s, _ := newStoreAt(t, both, Options{Exclusive: true})
+	ti := newToken(t, s, "failover")
+	if err := s.Login(ctx, ti.UUID, RoleUser, userPIN); err != nil {
+		t.Fatal(err)
+	}
+
+	acked := map[ObjectID][]byte{}
+	failed := 0
+	var slowest time.Duration
+	put := func(i int) {
+		c, cancel := context.WithTimeout(ctx, time.Minute) // a hang, not a slow call
+		defer cancel()
+		start := time.Now()
+		defer func() { slowest = max(slowest, time.Since(start)) }()
+		secret := []byte(fmt.Sprintf("secret of key %06d, 32 bytes...", i))
+		obj, err := s.Put(c, ti.UUID, keyAttrs(t, fmt.Sprintf("k%d", i), true), secret)
+		if errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("write %d hung", i)
+		}
+		if err != nil {
+			failed++
+			time.Sleep(20 * time.Millisecond)
+			return
+		}
+		acked[obj.ID] = secret
+	}
+	i := 0
+	for ; len(acked) < 40; i++ {
+		put(i)
+	}
+	if err := primary.Crash(); err != nil {
+		t.Fatal(err)
+	}
+	// Writes while no primary answers.
+	for range 5 {
+		put(i)
+		i++
+	}
+	if err := replica.Promote(); err != nil {
+		t.Fatal(err)
+	}
+	for before := len(acked); len(acked) < before+40 && i < 10000; i++ {
+		put(i)
+	}
+	if failed == 0 {
+		t.Fatal("no write failed while there was no primary: the switch was not seen")
+	}
+	s.Close()
+
+	s2 := reopen(t, fmt.Sprintf("postgres:///keys?host=%s&user=%s&sslmode=disable", url.QueryEscape(replica.Dir), pgtest.Superuser), Options{})
+	if err := s2.Login(ctx, ti.UUID, RoleUser, userPIN); err != nil {
+		t.Fatal(err)
+	}
+	for id, secret := range acked {
+		obj, err := s2.Open(ctx, id)
+		if err != nil || !bytes.Equal(obj.Secret, secret) {
+			t.Fatalf("acknowledged object %d after the failover: %v", id, err)
+		}
+	}
+	t.Logf("%d writes acknowledged across the failover, %d failed during it; the slowest call took %v", len(acked), failed, slowest)
 }

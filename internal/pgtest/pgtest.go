@@ -62,7 +62,25 @@ func binDir() (string, error) {
 }
 
 // Start makes a cluster in a new temporary directory and starts it.
-func Start() (*Server, error) {
+func Start() (*Server, error) { return start("") }
+
+// StartReplica starts a streaming replica of primary (pg_basebackup), in
+// a temporary directory of its own; primary then commits only once the
+// replica has the commit too (synchronous_standby_names), so that what a
+// client saw committed survives a failover to it.
+func StartReplica(primary *Server) (*Server, error) {
+	if err := primary.Psql("postgres", "ALTER SYSTEM SET synchronous_standby_names = '*'"); err != nil {
+		return nil, err
+	}
+	if err := primary.run("pg_ctl", "reload", "-D", primary.data()); err != nil {
+		return nil, err
+	}
+	return start(primary.Dir)
+}
+
+// start makes a cluster (initdb, or a base backup of the primary whose
+// directory is given) and starts it.
+func start(primary string) (*Server, error) {
 	bin, err := binDir()
 	if err != nil {
 		return nil, err
@@ -86,7 +104,19 @@ func Start() (*Server, error) {
 			return nil, err
 		}
 	}
-	if err := s.run("initdb", "-D", s.data(), "-U", Superuser, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"); err != nil {
+	if primary == "" {
+		err = s.run("initdb", "-D", s.data(), "-U", Superuser, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
+	} else {
+		// -R writes the replica's standby.signal and its primary_conninfo.
+		err = s.run("pg_basebackup", "-h", primary, "-U", Superuser, "-D", s.data(), "-R", "-X", "stream", "--no-sync")
+		if err == nil {
+			// The copy has the primary's synchronous_standby_names: once
+			// promoted, with no standby of its own, every commit would
+			// wait for one for ever.
+			err = s.runCmd(exec.Command("sh", "-c", "echo \"synchronous_standby_names = ''\" >> "+filepath.Join(s.data(), "postgresql.auto.conf")))
+		}
+	}
+	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
@@ -98,6 +128,17 @@ func Start() (*Server, error) {
 		return nil, fmt.Errorf("%w\nserver log:\n%s", err, log)
 	}
 	return s, nil
+}
+
+// Crash stops the server at once, as a power cut would (pg_ctl stop -m
+// immediate): no shutdown checkpoint, connections cut.
+func (s *Server) Crash() error {
+	return s.run("pg_ctl", "stop", "-w", "-m", "immediate", "-D", s.data())
+}
+
+// Promote makes a replica the primary, and waits until it is.
+func (s *Server) Promote() error {
+	return s.run("pg_ctl", "promote", "-w", "-D", s.data())
 }
 
 func (s *Server) data() string { return filepath.Join(s.Dir, "data") }
@@ -128,7 +169,10 @@ func (s *Server) Stop() error {
 		return nil
 	}
 	s.closed = true
-	err := s.run("pg_ctl", "stop", "-w", "-m", "fast", "-D", s.data())
+	var err error
+	if _, serr := os.Stat(filepath.Join(s.data(), "postmaster.pid")); serr == nil {
+		err = s.run("pg_ctl", "stop", "-w", "-m", "fast", "-D", s.data())
+	}
 	return errors.Join(err, os.RemoveAll(s.Dir))
 }
 
