@@ -89,6 +89,12 @@ Exit codes: 0 done, 1 the daemon failed or is not running.`,
 			}
 			fmt.Fprintf(w, "master:    generation %d%s\n", st.MasterGeneration, pending)
 			fmt.Fprintf(w, "clients:   %d applications, %d sessions\n", st.Apps, st.Sessions)
+			switch st.Keystore.Engine {
+			case "postgres":
+				fmt.Fprintf(w, "keystore:  PostgreSQL %s\n", st.Keystore.Location)
+			case "sqlite":
+				fmt.Fprintf(w, "keystore:  SQLite %s\n", st.Keystore.Location)
+			}
 			fmt.Fprintf(w, "audit log: %d records\n", st.Audit.Records)
 			if an := st.Anchor; an != nil {
 				fmt.Fprintf(w, "anchor:    TPM NV counter 0x%08x at %d, %d of %d row changes not anchored yet\n", an.NVIndex, an.Counter, an.Unanchored, an.Generation)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"regexp"
 	"strings"
 )
 
@@ -47,6 +48,9 @@ func OpenDB(ctx context.Context, db string, opts Options) (*Store, error) {
 	return openPostgres(ctx, target, opts)
 }
 
+// pgKeywordValue is the start of libpq's keyword=value form.
+var pgKeywordValue = regexp.MustCompile(`^\s*[a-z_]+\s*=`)
+
 // The engines a --db value can name.
 const (
 	EngineSQLite   = "sqlite"
@@ -63,7 +67,7 @@ func ParseDB(db string) (kind, target string, err error) {
 			return "", "", fmt.Errorf("keystore: --db sqlite: names no file")
 		}
 		return EngineSQLite, target, nil
-	case strings.HasPrefix(db, "postgres://"), strings.HasPrefix(db, "postgresql://"), strings.Contains(db, "="):
+	case strings.HasPrefix(db, "postgres://"), strings.HasPrefix(db, "postgresql://"), pgKeywordValue.MatchString(db):
 		if err := noPassword(db); err != nil {
 			return "", "", err
 		}
@@ -71,3 +75,14 @@ func ParseDB(db string) (kind, target string, err error) {
 	}
 	return "", "", fmt.Errorf("keystore: --db %q is neither sqlite:PATH nor a PostgreSQL connection string (postgres://... or host=... dbname=...)", redactDB(db))
 }
+
+// StorageInfo says where a Store keeps its keystore, fit to show: the
+// engine, and the file or the hosts, database and user (never a
+// password).
+type StorageInfo struct {
+	Engine   string // EngineSQLite or EnginePostgres
+	Location string
+}
+
+// Storage says where the Store keeps its keystore.
+func (s *Store) Storage() StorageInfo { return s.storage }

@@ -43,7 +43,7 @@ func newLocation(t testing.TB) string {
 
 // openAt opens the keystore at a location newLocation gave.
 func openAt(ctx context.Context, loc string, opts Options) (*Store, error) {
-	if strings.HasPrefix(loc, "postgres://") || strings.Contains(loc, "=") {
+	if kind, _, err := ParseDB(loc); err == nil && kind == EnginePostgres {
 		return OpenDB(ctx, loc, opts)
 	}
 	return Open(ctx, loc, opts)
@@ -108,4 +108,28 @@ func rawDB(t *testing.T, loc string) *sql.DB {
 		t.Fatal(err)
 	}
 	return db
+}
+
+func TestParseDB(t *testing.T) {
+	for _, tc := range []struct{ db, kind, target string }{
+		{"sqlite:/var/lib/hsmemu/keystore.db", EngineSQLite, "/var/lib/hsmemu/keystore.db"},
+		{"sqlite:/tmp/a=b/keystore.db", EngineSQLite, "/tmp/a=b/keystore.db"},
+		{"postgres://db1,db2/keys?target_session_attrs=read-write", EnginePostgres, "postgres://db1,db2/keys?target_session_attrs=read-write"},
+		{"postgresql:///keys?host=/run/postgresql", EnginePostgres, "postgresql:///keys?host=/run/postgresql"},
+		{"host=db1,db2 dbname=keys sslmode=verify-full", EnginePostgres, "host=db1,db2 dbname=keys sslmode=verify-full"},
+		{"/tmp/a=b/keystore.db", "", ""},
+		{"keystore.db", "", ""},
+		{"sqlite:", "", ""},
+		{"mysql://db/keys", "", ""},
+		{"postgres://u:pw@db/keys", "", ""},
+		{"host=db password=pw", "", ""},
+	} {
+		kind, target, err := ParseDB(tc.db)
+		if kind != tc.kind || target != tc.target || (err == nil) != (tc.kind != "") {
+			t.Errorf("%q: %q %q %v", tc.db, kind, target, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "pw") {
+			t.Errorf("%q: the error shows the password: %v", tc.db, err)
+		}
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 
@@ -119,7 +120,20 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 	r.SetMaxOpenConns(opts.Readers)
 	r.SetMaxIdleConns(opts.Readers)
 	r.SetConnMaxLifetime(0)
-	return assemble(ctx, eng, w, r, anc, opts)
+	return assemble(ctx, eng, StorageInfo{Engine: EnginePostgres, Location: pgLocation(cfg)}, w, r, anc, opts)
+}
+
+// pgLocation is where a connection string points: its hosts in the
+// order they are tried, the database and the user.
+func pgLocation(cfg *pgx.ConnConfig) string {
+	hosts := []string{fmt.Sprintf("%s:%d", cfg.Host, cfg.Port)}
+	for _, fb := range cfg.Fallbacks {
+		h := fmt.Sprintf("%s:%d", fb.Host, fb.Port)
+		if !slices.Contains(hosts, h) { // one per TLS attempt of the same host
+			hosts = append(hosts, h)
+		}
+	}
+	return fmt.Sprintf("%s/%s as %s", strings.Join(hosts, ","), cfg.Database, cfg.User)
 }
 
 // pgServerDurable refuses a server on which a commit is not durable.

@@ -102,6 +102,9 @@ func TestPostgresFailover(t *testing.T) {
 	both := fmt.Sprintf("host=%s,%s dbname=keys user=%s sslmode=disable target_session_attrs=read-write connect_timeout=5",
 		primary.Dir, replica.Dir, pgtest.Superuser)
 	s, _ := newStoreAt(t, both, Options{Exclusive: true})
+	if got, want := s.Storage().Location, primary.Dir+":5432,"+replica.Dir+":5432/keys as "+pgtest.Superuser; got != want {
+		t.Errorf("location %q, want %q", got, want)
+	}
 	ti := newToken(t, s, "failover")
 	if err := s.Login(ctx, ti.UUID, RoleUser, userPIN); err != nil {
 		t.Fatal(err)

@@ -89,9 +89,10 @@ type Options struct {
 // Store is a keystore: one database (an SQLite file, or PostgreSQL) with
 // one writer connection and a pool of readers. All methods are safe for concurrent use.
 type Store struct {
-	eng  engine // what differs between SQLite and PostgreSQL
-	w, r *sql.DB
-	opts Options
+	eng     engine // what differs between SQLite and PostgreSQL
+	storage StorageInfo
+	w, r    *sql.DB
+	opts    Options
 
 	openStmt *sql.Stmt // the hot path's point read, prepared once
 	finds    sync.Map  // find queries by shape (Find): int -> *sql.Stmt
@@ -157,8 +158,8 @@ func (opts *Options) defaults() error {
 }
 
 // assemble is the Store over an engine's writer and reader pools.
-func assemble(ctx context.Context, eng engine, w, r *sql.DB, anc *anchor, opts Options) (*Store, error) {
-	s := &Store{eng: eng, w: w, r: r, anc: anc, opts: opts, tokens: map[int64]*tokenState{}, roots: map[uint32]Root{}, cache: newCache(opts.CacheEntries), pins: newStretchCache(opts.PINCacheTTL)}
+func assemble(ctx context.Context, eng engine, where StorageInfo, w, r *sql.DB, anc *anchor, opts Options) (*Store, error) {
+	s := &Store{eng: eng, storage: where, w: w, r: r, anc: anc, opts: opts, tokens: map[int64]*tokenState{}, roots: map[uint32]Root{}, cache: newCache(opts.CacheEntries), pins: newStretchCache(opts.PINCacheTTL)}
 	var err error
 	s.openStmt, err = r.PrepareContext(ctx, selectObject)
 	if err != nil {

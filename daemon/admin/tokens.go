@@ -36,6 +36,8 @@ func (a *call) status(ctx context.Context, _ noArgs) (*adminapi.Status, error) {
 				LockoutAuthSet: da.LockoutAuthSet, InLockout: da.InLockout, LockoutLeftSec: uint32(da.LockoutLeft() / time.Second)}
 		}
 	}
+	where := a.store.Storage()
+	st.Keystore = adminapi.Keystore{Engine: where.Engine, Location: where.Location}
 	b := a.store.PINBinding()
 	st.PINs = adminapi.PINState{Bound: b.Bound, Recoverable: b.Recoverable, Why: b.Why}
 	var err error

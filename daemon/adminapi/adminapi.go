@@ -202,6 +202,15 @@ type Status struct {
 	// Anchor is the keystore's rollback anchor (docs/keychain.md), nil
 	// when the keystore has none yet.
 	Anchor *Anchor `json:"anchor"`
+	// Keystore is where the keystore is: its engine ("sqlite" or
+	// "postgres") and its file, or its hosts, database and user.
+	Keystore Keystore `json:"keystore"`
+}
+
+// Keystore says where the daemon keeps its keystore.
+type Keystore struct {
+	Engine   string `json:"engine"`
+	Location string `json:"location"`
 }
 
 // Anchor is the keystore's rollback anchor: the TPM NV counter an older
