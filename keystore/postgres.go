@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -36,6 +37,10 @@ import (
 // target_session_attrs=read-write follows a failover: a connection lost
 // is dropped and the next one finds the new primary.
 
+// defaultConnectTimeout bounds each attempt to reach a host when the
+// connection string gives no connect_timeout.
+const defaultConnectTimeout = 10 * time.Second
+
 // postgresEngine is the engine over a PostgreSQL server.
 type postgresEngine struct {
 	f *pgFolder
@@ -57,6 +62,12 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 			return nil, err
 		}
 		cfg.Password = pw // whichever of the hosts answers
+	}
+	if cfg.ConnectTimeout == 0 {
+		// libpq waits for ever for a host that does not answer (a dead
+		// primary behind a firewall that drops): a failover would hang
+		// every call. The connection string's connect_timeout overrides.
+		cfg.ConnectTimeout = defaultConnectTimeout
 	}
 	if cfg.RuntimeParams == nil {
 		cfg.RuntimeParams = map[string]string{}

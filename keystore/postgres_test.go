@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -164,4 +165,34 @@ func TestPostgresFailover(t *testing.T) {
 		}
 	}
 	t.Logf("%d writes acknowledged across the failover, %d failed during it; the slowest call took %v", len(acked), failed, slowest)
+}
+
+// TestPostgresUnansweringHost: a host that takes the connection and never
+// answers fails the open after the default connect timeout, instead of
+// hanging it (and, after a failover, every call) for ever.
+func TestPostgresUnansweringHost(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ln, err := net.Listen("unix", filepath.Join(dir, ".s.PGSQL.5432"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close() // listening, never accepting: the kernel's backlog takes the connection
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		_, err := OpenDB(context.Background(), "host="+dir+" dbname=keys user=nobody sslmode=disable", Options{Argon2: cheapArgon})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("opened a keystore on a host that never answered")
+		}
+		if took := time.Since(start); took < defaultConnectTimeout/2 {
+			t.Fatalf("failed after %v, before the connect timeout: %v", took, err)
+		}
+	case <-time.After(6 * defaultConnectTimeout):
+		t.Fatal("the open hangs on a host that never answers")
+	}
 }
