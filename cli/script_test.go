@@ -56,15 +56,11 @@ func TestScripts(t *testing.T) {
 	})
 }
 
-// pgServer is the PostgreSQL server of TestPostgresScripts.
-var pgServer pgtest.Shared
-
 // TestPostgresScripts runs testdata/postgres/*.txtar, each with $PGDB a
 // fresh database on a PostgreSQL server the test starts.
 func TestPostgresScripts(t *testing.T) {
 	tpmtest.Require(t)
-	srv := pgServer.Get(t)
-	t.Cleanup(pgServer.Stop)
+	srv := pgtest.StartT(t)
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata/postgres",
 		Setup: func(env *testscript.Env) error {

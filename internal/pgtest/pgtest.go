@@ -233,6 +233,21 @@ func (s *Server) Psql(db, sql string) error {
 	return s.run("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", s.Dir, "-U", Superuser, "-d", db, "-c", sql)
 }
 
+// StartT starts a server for one test, stopped when it ends; without
+// PostgreSQL the test skips (fails under CI=true).
+func StartT(t testing.TB) *Server {
+	t.Helper()
+	s, err := Start()
+	if errors.Is(err, ErrMissing) {
+		testenv.Missing(t, "%v", err)
+	}
+	if err != nil {
+		t.Fatalf("PostgreSQL: %v", err)
+	}
+	t.Cleanup(func() { s.Stop() })
+	return s
+}
+
 // Shared is a server for a whole test binary, started on first use:
 // call Shared.Stop from TestMain.
 type Shared struct {
