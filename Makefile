@@ -10,8 +10,15 @@ export CGO_ENABLED := 1
 
 all: build
 
+# The version (git describe) and the commit are stamped into the binary;
+# `hsmemu version` and `hsmemu status` report them. Override with
+# VERSION=... COMMIT=... where there is no git checkout (a source tarball).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell c=$$(git rev-parse HEAD 2>/dev/null) && { git diff --quiet HEAD 2>/dev/null && echo $$c || echo $$c-dirty; })
+LDFLAGS := -X hsmemu/daemon/adminapi.version=$(VERSION) -X hsmemu/daemon/adminapi.commit=$(COMMIT)
+
 build: deps module e2e-programs
-	$(GO) build $(GOFLAGS) -o $(BIN)/hsmemu ./cmd/hsmemu
+	$(GO) build $(GOFLAGS) -ldflags "$(LDFLAGS)" -o $(BIN)/hsmemu ./cmd/hsmemu
 
 # ---- The PKCS#11 module (cryptoki/module) ----
 # cmd/p11gen writes the stubs, function lists and codecs from the call table

@@ -9,10 +9,13 @@ import (
 	"path/filepath"
 
 	"github.com/urfave/cli/v2"
+
+	"hsmemu/daemon/adminapi"
 )
 
-// Version is set at build time with -ldflags "-X hsmemu/cli.Version=...".
-var Version = "dev"
+// Version and Commit are the build's, as the Makefile stamps them
+// (adminapi.Build).
+var Version, Commit = adminapi.Build()
 
 // New returns the hsmemu application.
 func New() *cli.App {
@@ -25,7 +28,7 @@ func New() *cli.App {
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json (one JSON object a line, slog's)", EnvVars: []string{"HSMEMU_LOG_FORMAT"}},
 		},
 		Commands: []*cli.Command{serveCommand(), initCommand(), statusCommand(), tokenCommand(), keyCommand(), certCommand(), secretCommand(), pinCommand(), rotateCommand(), auditCommand(),
-			domainCommand(), backupCommand(), restoreCommand(), tpmCommand(), benchCommand(), completionCommand()},
+			domainCommand(), backupCommand(), restoreCommand(), tpmCommand(), benchCommand(), completionCommand(), versionCommand()},
 		EnableBashCompletion: true,
 	}
 }

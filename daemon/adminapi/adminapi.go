@@ -178,7 +178,9 @@ const (
 
 // Status is the answer to OpStatus.
 type Status struct {
-	Version   string    `json:"version"`
+	Version string `json:"version"`
+	// Commit is the commit the daemon was built from ("" when unknown).
+	Commit    string    `json:"commit"`
 	Started   time.Time `json:"started"`
 	UptimeSec float64   `json:"uptime_seconds"`
 	TPM       TPMInfo   `json:"tpm"`
