@@ -43,3 +43,21 @@ func orUnknown(s string) string {
 	}
 	return s
 }
+
+// manCommand prints hsmemu's manual page, made from these very
+// definitions; the Makefile writes it at build time and installs it.
+func manCommand() *cli.Command {
+	return &cli.Command{
+		Name:   "man",
+		Usage:  "print the manual page (roff), made from the commands' own help",
+		Hidden: true,
+		Action: func(c *cli.Context) error {
+			page, err := c.App.ToManWithSection(1)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprint(c.App.Writer, page)
+			return err
+		},
+	}
+}

@@ -28,7 +28,10 @@ func TestMakeInstall(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cmd := exec.Command("make", "-C", a.root, "install", "PREFIX="+prefix, "SYSCONFDIR="+filepath.Join(prefix, "etc"), "USERROOT="+users)
+	// Where p11-kit looks, by default, whatever the PREFIX; here, told
+	// otherwise, so the test writes nothing outside its directories.
+	p11kit := filepath.Join(prefix, "p11-kit-modules")
+	cmd := exec.Command("make", "-C", a.root, "install", "PREFIX="+prefix, "SYSCONFDIR="+filepath.Join(prefix, "etc"), "USERROOT="+users, "P11KITDIR="+p11kit)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("make install: %v\n%s", err, out)
@@ -47,7 +50,29 @@ func TestMakeInstall(t *testing.T) {
 	if out, err := exec.Command(bin, "--version").CombinedOutput(); err != nil || !strings.Contains(string(out), "hsmemu") {
 		t.Fatalf("installed hsmemu --version: %v: %s", err, out)
 	}
-	mod, err := os.ReadFile(filepath.Join(prefix, "share", "p11-kit", "modules", "hsmemu.module"))
+	// The version and commit are stamped: the checkout's.
+	head, err := exec.Command("git", "-C", a.root, "rev-parse", "HEAD").Output()
+	if err != nil {
+		t.Fatalf("git rev-parse HEAD: %v", err)
+	}
+	if out, err := exec.Command(bin, "version").CombinedOutput(); err != nil || strings.Contains(string(out), "hsmemu dev\n") ||
+		!strings.Contains(string(out), "commit "+strings.TrimSpace(string(head))) {
+		t.Errorf("installed hsmemu version: %v: %s (HEAD %s)", err, out, head)
+	}
+	if man, err := os.ReadFile(filepath.Join(prefix, "share", "man", "man1", "hsmemu.1")); err != nil ||
+		!strings.Contains(string(man), ".TH hsmemu 1") || !strings.Contains(string(man), "generate") {
+		t.Errorf("the manual page: %v\n%.300s", err, man)
+	}
+	// Without P11KITDIR, the registration goes where pkg-config says
+	// p11-kit looks, not under the PREFIX.
+	if pc, err := exec.Command("pkg-config", "--variable", "p11_module_configs", "p11-kit-1").Output(); err == nil && len(bytes.TrimSpace(pc)) > 0 {
+		dry, err := exec.Command("make", "-C", a.root, "-n", "install", "PREFIX="+prefix).CombinedOutput()
+		want := "> " + filepath.Join(string(bytes.TrimSpace(pc)), "hsmemu.module")
+		if err != nil || !strings.Contains(string(dry), want) {
+			t.Errorf("make -n install does not write %q: %v\n%s", want, err, dry)
+		}
+	}
+	mod, err := os.ReadFile(filepath.Join(p11kit, "hsmemu.module"))
 	if err != nil {
 		t.Fatal(err)
 	}
