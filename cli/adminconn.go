@@ -15,16 +15,6 @@ import (
 	"hsmemu/daemon/adminapi"
 )
 
-// Exit codes of the commands that talk to the daemon (docs/admin.md).
-const (
-	exitError    = 1 // the daemon is not there, or failed
-	exitUsage    = 2 // bad flags or arguments
-	exitConflict = 3 // the name is taken or ambiguous, the token in use, or a policy refuses
-	exitNotFound = 4 // no such token or record
-	exitAuth     = 5 // a PIN was wrong, or is locked
-	exitTampered = 6 // the keystore or its audit log failed verification
-)
-
 // adminFlags are the flags every command on the running daemon takes.
 func adminFlags(extra ...cli.Flag) []cli.Flag {
 	return append([]cli.Flag{
@@ -46,8 +36,11 @@ func socketPath(c *cli.Context) string {
 // command's error.
 func dialAdmin(c *cli.Context) (*adminapi.Client, error) {
 	cl, err := adminapi.Dial(socketPath(c))
+	if errors.Is(err, adminapi.ErrNoDaemon) {
+		return nil, failf(c, exitError, "no_daemon", "%v", err)
+	}
 	if err != nil {
-		return nil, cli.Exit(commandName(c)+": "+err.Error(), exitError)
+		return nil, failf(c, exitError, "failed", "%v", err)
 	}
 	return cl, nil
 }
@@ -75,9 +68,10 @@ func adminCallProgress(c *cli.Context, op string, args, result any, progress fun
 
 // adminExit maps a daemon's refusal onto an exit code.
 func adminExit(c *cli.Context, err error) error {
-	code := exitError
+	code, name := exitError, "failed"
 	var ae *adminapi.Error
 	if errors.As(err, &ae) {
+		name = adminErrorCode(ae)
 		switch ae.Code {
 		case adminapi.CodeBadRequest, adminapi.CodePINInvalid:
 			code = exitUsage
@@ -91,7 +85,7 @@ func adminExit(c *cli.Context, err error) error {
 			code = exitTampered
 		}
 	}
-	return cli.Exit(commandName(c)+": "+err.Error(), code)
+	return failf(c, code, name, "%v", err)
 }
 
 // commandName is "hsmemu token create" and the like.

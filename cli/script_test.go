@@ -26,12 +26,7 @@ import (
 // TestMain lets the scripts run hsmemu as a command of this test binary.
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
-		"hsmemu": func() {
-			if err := New().Run(os.Args); err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				os.Exit(1)
-			}
-		},
+		"hsmemu": func() { os.Exit(Main(os.Args)) },
 	})
 }
 
