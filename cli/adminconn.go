@@ -220,3 +220,15 @@ func readIn(in string, limit int64) ([]byte, error) {
 	}
 	return os.ReadFile(in)
 }
+
+// tokenFlag names a token by its label, as every command does.
+func tokenFlag() cli.Flag {
+	return &cli.StringFlag{Name: "token", Usage: "the token's label", Required: true}
+}
+
+// deprecatedLabelFlag is --label, --token's old name in the token, pin and
+// rotate commands: hidden, and still taken, with a warning, so that
+// scripts written for it keep working.
+func deprecatedLabelFlag() cli.Flag {
+	return &cli.StringFlag{Name: "label", Usage: "deprecated: --token", Hidden: true}
+}

@@ -25,7 +25,7 @@ certificate (or no key for the certificate), 5 a PIN is wrong or locked.`
 // certSelectorFlags name a certificate: by label, uuid or CKA_ID.
 func certSelectorFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+		tokenFlag(),
 		&cli.StringFlag{Name: "cert", Usage: "the certificate's label (CKA_LABEL)"},
 		&cli.StringFlag{Name: "uuid", Usage: "the certificate's uuid, as `cert list` shows it"},
 		&cli.StringFlag{Name: "id", Usage: "the certificate's CKA_ID, in hex"},
@@ -87,7 +87,7 @@ Examples:
    HSMEMU_PFX_PASSWORD=... hsmemu cert import --token web --in site.pfx
    hsmemu cert import --token web --in site.pfx --password-file pfx.pass --key site
    hsmemu cert import --token web --in signed.pem`,
-				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+				Flags: adminFlags(tokenFlag(),
 					&cli.StringFlag{Name: "in", Usage: "the PKCS#12 or PEM file, or - for stdin", Required: true},
 					&cli.StringFlag{Name: "key", Usage: "the label of the key and certificate (default: the certificate's common name, or the key's label)"},
 					&cli.StringFlag{Name: "protection", Usage: "hsm or software, for the private key (default: hsm on a premium token)"},
@@ -174,7 +174,7 @@ Example:
 				Usage: "list the token's certificates, with their keys and expiry",
 				Description: `Example:
    hsmemu cert list --token web`,
-				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true}, userPIN.fileFlag()),
+				Flags: adminFlags(tokenFlag(), userPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					pin, err := readPIN(c, userPIN, false)
 					if err != nil {

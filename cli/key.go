@@ -18,7 +18,7 @@ import (
 // keySelectorFlags name a key: by label, uuid or CKA_ID.
 func keySelectorFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+		tokenFlag(),
 		&cli.StringFlag{Name: "key", Usage: "the key's label (CKA_LABEL)"},
 		&cli.StringFlag{Name: "uuid", Usage: "the key's uuid, as `key list` shows it"},
 		&cli.StringFlag{Name: "id", Usage: "the key's CKA_ID, in hex"},
@@ -150,7 +150,7 @@ Examples:
 				Description: `Examples:
    hsmemu key list --token signing
    hsmemu key list --token signing --deleted --json`,
-				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+				Flags: adminFlags(tokenFlag(),
 					&cli.BoolFlag{Name: "deleted", Usage: "list the deleted keys"}, userPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					pin, err := readPIN(c, userPIN, false)
@@ -295,7 +295,7 @@ still exists (live or deleted) must be recovered or purged first.
 
 Example:
    hsmemu key restore --token signing --in tls.hsmkey`,
-				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+				Flags: adminFlags(tokenFlag(),
 					&cli.StringFlag{Name: "in", Usage: "the backup file", Required: true}, userPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					blob, err := os.ReadFile(c.String("in"))
@@ -401,7 +401,7 @@ func printKey(w io.Writer, k adminapi.Key) {
 // newKeyFlags describe a key to make.
 func newKeyFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+		tokenFlag(),
 		&cli.StringFlag{Name: "key", Usage: "the new key's label (CKA_LABEL)", Required: true},
 		&cli.StringFlag{Name: "id", Usage: "its CKA_ID in hex (default: random, shared by a pair's halves)"},
 		&cli.StringFlag{Name: "usage", Usage: "comma-separated: encrypt, decrypt, sign, verify, wrap, unwrap, derive (default by type)"},

@@ -64,8 +64,8 @@ PIN changes wait for the rotation to end. A progress bar shows on a
 terminal.
 
 Example:
-   hsmemu rotate token --label signing --so-pin-file so.pin --user-pin-file user.pin`,
-				Flags: adminFlags(&cli.StringFlag{Name: "label", Usage: "the token's label", Required: true}, soPIN.fileFlag(), userPIN.fileFlag()),
+   hsmemu rotate token --token signing --so-pin-file so.pin --user-pin-file user.pin`,
+				Flags: adminFlags(tokenFlag(), deprecatedLabelFlag(), soPIN.fileFlag(), userPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					so, user, err := readTokenPINs(c, false)
 					if err != nil {
@@ -75,7 +75,7 @@ Example:
 					defer clear(user)
 					bar := newProgressBar(c)
 					var res adminapi.Rotated
-					err = adminCallProgress(c, adminapi.OpRotateToken, adminapi.RotateToken{Label: c.String("label"), SOPIN: so, UserPIN: user}, &res, bar.show)
+					err = adminCallProgress(c, adminapi.OpRotateToken, adminapi.RotateToken{Label: c.String("token"), SOPIN: so, UserPIN: user}, &res, bar.show)
 					bar.end()
 					if err != nil {
 						return err

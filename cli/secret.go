@@ -16,7 +16,7 @@ import (
 
 func secretFlags(extra ...cli.Flag) []cli.Flag {
 	return adminFlags(append([]cli.Flag{
-		&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+		tokenFlag(),
 		&cli.StringFlag{Name: "name", Usage: "the secret's name", Required: true},
 		userPIN.fileFlag(),
 	}, extra...)...)
@@ -170,7 +170,7 @@ Examples:
 				Usage: "list the token's secrets (--deleted: the deleted ones)",
 				Description: `Example:
    hsmemu secret list --token app --deleted`,
-				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+				Flags: adminFlags(tokenFlag(),
 					&cli.BoolFlag{Name: "deleted", Usage: "list the deleted secrets"}, userPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					pin, err := readPIN(c, userPIN, false)
@@ -251,7 +251,7 @@ Examples:
 				Usage: "remove a deleted secret for good, with the SO PIN (refused under purge protection)",
 				Description: `Example:
    hsmemu secret purge --token app --name old-password --so-pin-file so.pin`,
-				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+				Flags: adminFlags(tokenFlag(),
 					&cli.StringFlag{Name: "name", Usage: "the secret's name", Required: true}, soPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					so, err := readPIN(c, soPIN, false)
