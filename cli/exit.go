@@ -77,6 +77,8 @@ type runState struct {
 	json bool
 	// required are the flags prepare cleared the Required mark of.
 	required map[cli.Flag]bool
+	// uri is what the command's PKCS#11 URI said beyond its flags.
+	uri *uriState
 }
 
 // Main runs the command line with args (os.Args) and returns the exit
@@ -154,6 +156,7 @@ func newApp(st *runState) *cli.App {
 	app := New()
 	st.path = []string{app.Name}
 	st.required = map[cli.Flag]bool{}
+	app.Metadata = map[string]any{"state": st}
 	app.ExitErrHandler = func(*cli.Context, error) {} // run reports
 	app.OnUsageError = func(c *cli.Context, err error, _ bool) error {
 		st.path = []string{app.Name}
@@ -219,6 +222,14 @@ func prepare(st *runState, parent []string, cmd *cli.Command) {
 		}
 	}
 	required := takeRequired(st.required, cmd.Flags)
+	takesURI := hasFlag(cmd.Flags, "token") && hasFlag(cmd.Flags, "socket") && cmd.ArgsUsage == ""
+	noArgs := !takesURI && strings.TrimSpace(cmd.ArgsUsage) == ""
+	switch {
+	case takesURI:
+		cmd.ArgsUsage = uriArgs
+	case noArgs:
+		cmd.ArgsUsage = " " // not urfave/cli's "[arguments...]"
+	}
 	action := cmd.Action
 	if action == nil {
 		return
@@ -226,6 +237,14 @@ func prepare(st *runState, parent []string, cmd *cli.Command) {
 	cmd.Action = func(c *cli.Context) error {
 		st.path = path
 		st.json = hasFlag(cmd.Flags, "json") && c.Bool("json")
+		if takesURI {
+			if err := applyURI(c, st); err != nil {
+				return err
+			}
+			st.json = hasFlag(cmd.Flags, "json") && c.Bool("json")
+		} else if noArgs && c.NArg() > 0 {
+			return usagef(c, "unexpected argument %q: this command takes none (flags go before arguments)", c.Args().First())
+		}
 		for old, nw := range deprecatedFlags {
 			if hasFlag(cmd.Flags, old) && hasFlag(cmd.Flags, nw) && c.IsSet(old) {
 				if c.IsSet(nw) && c.String(nw) != c.String(old) {

@@ -26,9 +26,9 @@ func keySelectorFlags() []cli.Flag {
 }
 
 func keySelector(c *cli.Context) (adminapi.KeySelector, error) {
-	sel := adminapi.KeySelector{Key: c.String("key"), UUID: strings.ToLower(c.String("uuid")), ID: strings.ToLower(c.String("id"))}
+	sel := adminapi.KeySelector{Key: c.String("key"), UUID: strings.ToLower(c.String("uuid")), ID: strings.ToLower(c.String("id")), Class: uriClass(c)}
 	if sel == (adminapi.KeySelector{}) {
-		return sel, cli.Exit(commandName(c)+": name the key with --key LABEL, --uuid UUID or --id HEX", exitUsage)
+		return sel, usagef(c, "name the key with --key LABEL, --uuid UUID, --id HEX or a PKCS#11 URI (pkcs11:token=...;object=...)")
 	}
 	return sel, nil
 }
@@ -68,8 +68,11 @@ func keyCommand() *cli.Command {
 		Usage: "list, show, export, delete, recover and purge a token's keys",
 		Description: `Key commands act as the token's user, with the user PIN (--user-pin-file or
 HSMEMU_USER_PIN, else a prompt); purge takes the SO PIN. A key is named by
-its label (--key), uuid (--uuid) or CKA_ID (--id); a key pair, a private
-and a public key of one type and CKA_ID, counts as one key.
+its label (--key), uuid (--uuid) or CKA_ID (--id), or by a PKCS#11 URI
+(RFC 7512) as key list and key show print it, which OpenSSL, p11tool and
+ssh take too: pkcs11:token=signing;object=tls;type=private. A key pair, a
+private and a public key of one type and CKA_ID, counts as one key; a URI's
+type picks one half.
 
 A deleted key is kept, recoverable, for the token's retention period
 (default 90 days, ` + "`hsmemu token set --retention-days`" + `), then purged. Purge
@@ -172,8 +175,9 @@ Examples:
 			{
 				Name:  "show",
 				Usage: "show a key: attributes, protection level, public-key fingerprint",
-				Description: `Example:
-   hsmemu key show --token signing --key tls`,
+				Description: `Examples:
+   hsmemu key show --token signing --key tls
+   hsmemu key show 'pkcs11:token=signing;object=tls;type=private'`,
 				Flags: adminFlags(append(keySelectorFlags(), userPIN.fileFlag())...),
 				Action: func(c *cli.Context) error {
 					keys, err := callWithKeyRef[[]adminapi.Key](c, adminapi.OpKeyShow)
@@ -364,10 +368,10 @@ func printKeys(w io.Writer, keys []adminapi.Key, deleted bool) {
 				k.DeletedAt.UTC().Format(time.RFC3339), k.PurgeAfter.UTC().Format(time.RFC3339))
 		}
 	} else {
-		fmt.Fprintln(tw, "UUID\tCLASS\tTYPE\tBITS\tLABEL\tID\tPROTECTION\tUSAGE")
+		fmt.Fprintln(tw, "UUID\tCLASS\tTYPE\tBITS\tLABEL\tID\tPROTECTION\tUSAGE\tURI")
 		for _, k := range keys {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", k.UUID, k.Class, k.KeyType, k.Bits, k.Label, k.ID,
-				cmp.Or(k.Protection, "-"), cmp.Or(strings.Join(k.Usage, ","), "-"))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", k.UUID, k.Class, k.KeyType, k.Bits, k.Label, k.ID,
+				cmp.Or(k.Protection, "-"), cmp.Or(strings.Join(k.Usage, ","), "-"), k.URI)
 		}
 	}
 	tw.Flush()
@@ -383,6 +387,7 @@ func printKey(w io.Writer, k adminapi.Key) {
 	}
 	fmt.Fprintf(tw, "label:\t%s\n", k.Label)
 	fmt.Fprintf(tw, "id:\t%s\n", k.ID)
+	fmt.Fprintf(tw, "uri:\t%s\n", k.URI)
 	if k.Protection != "" {
 		fmt.Fprintf(tw, "protection:\t%s\n", k.Protection)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/daemon/adminapi"
+	"hsmemu/daemon/adminapi/p11uri"
 	"hsmemu/daemon/mech"
 	"hsmemu/daemon/token"
 	"hsmemu/keystore"
@@ -50,6 +51,10 @@ func isKeyClass(c uint64) bool {
 // liveKeys returns the token's key objects that ref names (all of them for
 // an empty ref). The token is open.
 func (a *call) liveKeys(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]found, error) {
+	class, hasClass, err := classOf(ref)
+	if err != nil {
+		return nil, err
+	}
 	f := keystore.Filter{IncludePrivate: true}
 	if ref.Key != "" {
 		f.Label = []byte(ref.Key)
@@ -84,7 +89,7 @@ func (a *call) liveKeys(ctx context.Context, ti keystore.TokenInfo, ref adminapi
 		if err != nil {
 			return nil, err
 		}
-		if !isKeyClass(o.Class()) || ref.UUID != "" && stored.UUID.String() != ref.UUID {
+		if !isKeyClass(o.Class()) || ref.UUID != "" && stored.UUID.String() != ref.UUID || hasClass && o.Class() != class {
 			continue
 		}
 		out = append(out, found{id: id, uuid: stored.UUID, obj: o})
@@ -175,9 +180,45 @@ var boolAttrs = []struct {
 // usageAttrs are the flags that say what a key may do.
 var usageAttrs = []uint64{ck.CKA_ENCRYPT, ck.CKA_DECRYPT, ck.CKA_SIGN, ck.CKA_VERIFY, ck.CKA_WRAP, ck.CKA_UNWRAP, ck.CKA_DERIVE}
 
-// describe is the admin's view of a live key object; full adds the
-// attributes and the public key.
-func describe(f found, full bool) adminapi.Key {
+// keyURI is the PKCS#11 URI (RFC 7512) that names a key object of the
+// token, as OpenSSL, p11tool and ssh take it.
+func keyURI(ti keystore.TokenInfo, class uint64, label string, id []byte) string {
+	u := &p11uri.URI{}
+	u.Set(p11uri.Token, ti.Label)
+	if len(id) > 0 {
+		u.Set(p11uri.ID, string(id))
+	}
+	if label != "" {
+		u.Set(p11uri.Object, label)
+	}
+	if t := uriTypes[class]; t != "" {
+		u.Set(p11uri.Type, t)
+	}
+	return u.String()
+}
+
+// uriTypes are the URI's names of the object classes.
+var uriTypes = map[uint64]string{ck.CKO_PRIVATE_KEY: "private", ck.CKO_PUBLIC_KEY: "public", ck.CKO_SECRET_KEY: "secret-key",
+	ck.CKO_CERTIFICATE: "cert", ck.CKO_DATA: "data"}
+
+// selectorClasses are the classes a KeySelector's Class names.
+var selectorClasses = map[string]uint64{"private-key": ck.CKO_PRIVATE_KEY, "public-key": ck.CKO_PUBLIC_KEY, "secret-key": ck.CKO_SECRET_KEY}
+
+// classOf is the class a selector names, or false for any key class.
+func classOf(ref adminapi.KeySelector) (uint64, bool, error) {
+	if ref.Class == "" {
+		return 0, false, nil
+	}
+	c, ok := selectorClasses[ref.Class]
+	if !ok {
+		return 0, false, adminapi.Errorf(adminapi.CodeBadRequest, "a key's class is private-key, public-key or secret-key, not %q", ref.Class)
+	}
+	return c, true, nil
+}
+
+// describe is the admin's view of a live key object of the token; full
+// adds the attributes and the public key.
+func describe(ti keystore.TokenInfo, f found, full bool) adminapi.Key {
 	o := f.obj
 	out := adminapi.Key{
 		UUID: f.uuid.String(), Class: token.ClassName(o.Class()), KeyType: keyTypeName(o.KeyType()),
@@ -186,9 +227,11 @@ func describe(f found, full bool) adminapi.Key {
 	if l, ok := o.Attr(ck.CKA_LABEL); ok {
 		out.Label = string(l)
 	}
-	if id, ok := o.Attr(ck.CKA_ID); ok {
+	id, _ := o.Attr(ck.CKA_ID)
+	if len(id) > 0 {
 		out.ID = hex.EncodeToString(id)
 	}
+	out.URI = keyURI(ti, o.Class(), out.Label, id)
 	if o.Class() != ck.CKO_PUBLIC_KEY {
 		out.Protection = "software"
 		if ulongOf(attrValue(o, ck.CKA_HSMEMU_PROTECTION)) == ck.CKP_HSMEMU_HSM {
@@ -233,8 +276,9 @@ func describe(f found, full bool) adminapi.Key {
 	return out
 }
 
-func describeDeleted(d keystore.Deleted) adminapi.Key {
-	out := adminapi.Key{UUID: d.UUID.String(), Class: token.ClassName(d.Class), Label: string(d.Label), ID: hex.EncodeToString(d.CKAID), Private: d.Private}
+func describeDeleted(ti keystore.TokenInfo, d keystore.Deleted) adminapi.Key {
+	out := adminapi.Key{UUID: d.UUID.String(), Class: token.ClassName(d.Class), Label: string(d.Label), ID: hex.EncodeToString(d.CKAID), Private: d.Private,
+		URI: keyURI(ti, d.Class, string(d.Label), d.CKAID)}
 	if d.KeyType != nil {
 		out.KeyType = keyTypeName(*d.KeyType)
 	}
@@ -250,14 +294,14 @@ func (a *call) keyList(ctx context.Context, args adminapi.KeyList) ([]adminapi.K
 			del, err := a.store.DeletedObjects(ctx, ti.UUID)
 			for _, d := range del {
 				if isKeyClass(d.Class) {
-					out = append(out, describeDeleted(d))
+					out = append(out, describeDeleted(ti, d))
 				}
 			}
 			return err
 		}
 		keys, err := a.liveKeys(ctx, ti, adminapi.KeySelector{})
 		for _, f := range keys {
-			out = append(out, describe(f, false))
+			out = append(out, describe(ti, f, false))
 		}
 		return err
 	})
@@ -269,7 +313,7 @@ func (a *call) keyShow(ctx context.Context, args adminapi.KeyRef) ([]adminapi.Ke
 	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *token.UserSession) error {
 		sel, err := a.liveKey(ctx, ti, args.KeySelector)
 		for _, f := range sel {
-			out = append(out, describe(f, true))
+			out = append(out, describe(ti, f, true))
 		}
 		return err
 	})
@@ -294,7 +338,7 @@ func (a *call) keyDelete(ctx context.Context, args adminapi.KeyRef) (*adminapi.K
 				return err
 			}
 			res.Kept = kept
-			res.Keys = append(res.Keys, describe(f, false))
+			res.Keys = append(res.Keys, describe(ti, f, false))
 			detail := token.ObjectDetail(f.uuid, f.obj.Class(), f.obj.All())
 			detail["kept"] = fmt.Sprint(kept)
 			a.eng.Audit(ctx, a.who, ti.UUID, "key.delete", detail)
@@ -309,6 +353,10 @@ func (a *call) keyDelete(ctx context.Context, args adminapi.KeyRef) (*adminapi.K
 
 // deletedKeys selects among a token's deleted keys.
 func (a *call) deletedKeys(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]keystore.Deleted, error) {
+	class, hasClass, err := classOf(ref)
+	if err != nil {
+		return nil, err
+	}
 	del, err := a.store.DeletedObjects(ctx, ti.UUID)
 	if err != nil {
 		return nil, err
@@ -316,7 +364,7 @@ func (a *call) deletedKeys(ctx context.Context, ti keystore.TokenInfo, ref admin
 	var sel []keystore.Deleted
 	for _, d := range del {
 		switch {
-		case !isKeyClass(d.Class),
+		case !isKeyClass(d.Class), hasClass && d.Class != class,
 			ref.Key != "" && string(d.Label) != ref.Key,
 			ref.ID != "" && hex.EncodeToString(d.CKAID) != ref.ID,
 			ref.UUID != "" && d.UUID.String() != ref.UUID:
@@ -338,7 +386,7 @@ func (a *call) keyRecover(ctx context.Context, args adminapi.KeyRef) ([]adminapi
 			if _, err := a.store.Recover(ctx, ti.UUID, d.UUID); err != nil {
 				return err
 			}
-			out = append(out, describeDeleted(d))
+			out = append(out, describeDeleted(ti, d))
 			a.eng.Audit(ctx, a.who, ti.UUID, "key.recover", token.DeletedDetail(d))
 		}
 		return nil
@@ -388,7 +436,7 @@ func (a *call) keyPurge(ctx context.Context, args adminapi.KeyPurge) ([]adminapi
 		if err := a.store.Purge(ctx, ti.UUID, d.UUID); err != nil {
 			return out, err
 		}
-		out = append(out, describeDeleted(d))
+		out = append(out, describeDeleted(ti, d))
 		a.eng.Audit(ctx, a.who, ti.UUID, "key.purge", token.DeletedDetail(d))
 	}
 	return out, nil
@@ -463,7 +511,7 @@ func (a *call) keyBackup(ctx context.Context, args adminapi.KeyRef) (*adminapi.K
 				return err
 			}
 			objs = append(objs, keystore.BackupObject{UUID: stored.UUID, Attrs: stored.Attrs, Secret: stored.Secret})
-			res.Keys = append(res.Keys, describe(f, false))
+			res.Keys = append(res.Keys, describe(ti, f, false))
 		}
 		if res.Blob, err = a.store.SealKeyBackup(ctx, objs); err != nil {
 			return err
@@ -536,7 +584,7 @@ func (a *call) keyRestore(ctx context.Context, args adminapi.KeyRestore) ([]admi
 			if err != nil {
 				return err
 			}
-			out = append(out, describe(found{id: stored.ID, uuid: stored.UUID, obj: v}, false))
+			out = append(out, describe(ti, found{id: stored.ID, uuid: stored.UUID, obj: v}, false))
 			a.eng.Audit(ctx, a.who, ti.UUID, "key.restore", token.ObjectDetail(stored.UUID, v.Class(), v.All()))
 		}
 		return nil

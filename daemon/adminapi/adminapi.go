@@ -311,6 +311,9 @@ type KeySelector struct {
 	Key  string `json:"key,omitempty"`
 	UUID string `json:"uuid,omitempty"`
 	ID   string `json:"id,omitempty"`
+	// Class narrows the selection to private-key, public-key or
+	// secret-key objects (a PKCS#11 URI's type), one half of a pair.
+	Class string `json:"class,omitempty"`
 }
 
 func (k KeySelector) String() string {
@@ -323,6 +326,9 @@ func (k KeySelector) String() string {
 	}
 	if k.ID != "" {
 		parts = append(parts, "id "+k.ID)
+	}
+	if k.Class != "" {
+		parts = append(parts, "class "+k.Class)
 	}
 	if len(parts) == 0 {
 		return "(no name)"
@@ -387,7 +393,10 @@ type KeyPurge struct {
 
 // Key describes a key object. Nothing in it is secret.
 type Key struct {
-	UUID        string   `json:"uuid"`
+	UUID string `json:"uuid"`
+	// URI is the PKCS#11 URI (RFC 7512) of the object, for OpenSSL,
+	// p11tool or ssh: pkcs11:token=...;id=...;object=...;type=....
+	URI         string   `json:"uri"`
 	Class       string   `json:"class"`
 	KeyType     string   `json:"key_type"`
 	Label       string   `json:"label,omitempty"`
