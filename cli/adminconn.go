@@ -75,7 +75,7 @@ func adminExit(c *cli.Context, err error) error {
 		switch ae.Code {
 		case adminapi.CodeBadRequest, adminapi.CodePINInvalid:
 			code = exitUsage
-		case adminapi.CodeExists, adminapi.CodeInUse, adminapi.CodeAmbiguous, adminapi.CodeRefused:
+		case adminapi.CodeExists, adminapi.CodeInUse, adminapi.CodeAmbiguous, adminapi.CodeRefused, adminapi.CodeDeleted:
 			code = exitConflict
 		case adminapi.CodeNotFound:
 			code = exitNotFound

@@ -91,7 +91,7 @@ Examples:
 					&cli.StringFlag{Name: "in", Usage: "the PKCS#12 or PEM file, or - for stdin", Required: true},
 					&cli.StringFlag{Name: "key", Usage: "the label of the key and certificate (default: the certificate's common name, or the key's label)"},
 					&cli.StringFlag{Name: "protection", Usage: "hsm or software, for the private key (default: hsm on a premium token)"},
-					pfxPassword.fileFlag(), userPIN.fileFlag()),
+					allowDuplicateLabelFlag(), pfxPassword.fileFlag(), userPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					material, err := readIn(c.String("in"), 1<<20)
 					if err != nil {
@@ -112,7 +112,7 @@ Examples:
 					defer clear(pin)
 					var res adminapi.CertImported
 					if err := adminCall(c, adminapi.OpCertImport, adminapi.CertImport{Token: c.String("token"), UserPIN: pin, Material: material,
-						Password: password, Label: c.String("key"), Protection: c.String("protection")}, &res); err != nil {
+						Password: password, Label: c.String("key"), Protection: c.String("protection"), AllowDuplicateLabel: c.Bool("allow-duplicate-label")}, &res); err != nil {
 						return err
 					}
 					if c.Bool("json") {

@@ -59,7 +59,8 @@ func callWithKeyRef[T any](c *cli.Context, op string) (T, error) {
 }
 
 const keyExitCodes = `Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage,
-3 the name matches several keys, or a policy refuses (purge protection,
+3 the name matches several keys, the key is deleted (recover it), a live key
+has the new key's label, or a policy refuses (purge protection,
 CKA_DESTROYABLE false), 4 no such token or key, 5 a PIN is wrong or locked.`
 
 func keyCommand() *cli.Command {
@@ -412,12 +413,19 @@ func newKeyFlags() []cli.Flag {
 		&cli.StringFlag{Name: "usage", Usage: "comma-separated: encrypt, decrypt, sign, verify, wrap, unwrap, derive (default by type)"},
 		&cli.StringFlag{Name: "protection", Usage: "hsm or software (default: hsm on a premium token, software on a standard one)"},
 		&cli.BoolFlag{Name: "extractable", Usage: "let the key be wrapped out (software protection only)"},
+		allowDuplicateLabelFlag(),
 		userPIN.fileFlag(),
 	}
 }
 
+// allowDuplicateLabelFlag lets a new key share a live key's label.
+func allowDuplicateLabelFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "allow-duplicate-label", Usage: "store the key even though a live key has its label (then name each by --uuid or --id)"}
+}
+
 func keyOptions(c *cli.Context) (adminapi.KeyOptions, error) {
-	opts := adminapi.KeyOptions{Label: c.String("key"), ID: strings.ToLower(c.String("id")), Protection: c.String("protection"), Extractable: c.Bool("extractable")}
+	opts := adminapi.KeyOptions{Label: c.String("key"), ID: strings.ToLower(c.String("id")), Protection: c.String("protection"), Extractable: c.Bool("extractable"),
+		AllowDuplicateLabel: c.Bool("allow-duplicate-label")}
 	if u := c.String("usage"); u != "" {
 		for _, p := range strings.Split(u, ",") {
 			opts.Usage = append(opts.Usage, strings.TrimSpace(p))

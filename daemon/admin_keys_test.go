@@ -144,7 +144,10 @@ func TestAdminKeys(t *testing.T) {
 	if err := a.Call(adminapi.OpKeyShow, adminapi.KeyRef{Token: "prem", UserPIN: user, KeySelector: adminapi.KeySelector{Key: "x"}}, nil); err != nil {
 		t.Fatalf("show one key: %v", err)
 	}
-	gen("prem", "aes-128", "x", adminapi.KeyOptions{})
+	if _, err := gen("prem", "aes-128", "x", adminapi.KeyOptions{}); code(t, err) != adminapi.CodeExists {
+		t.Fatalf("a second key labelled x: %v", err)
+	}
+	gen("prem", "aes-128", "x", adminapi.KeyOptions{AllowDuplicateLabel: true})
 	if err := a.Call(adminapi.OpKeyShow, adminapi.KeyRef{Token: "prem", UserPIN: user, KeySelector: adminapi.KeySelector{Key: "x"}}, nil); code(t, err) != adminapi.CodeAmbiguous {
 		t.Fatalf("show an ambiguous label: %v", err)
 	}
@@ -179,7 +182,7 @@ func TestAdminKeys(t *testing.T) {
 	if err := a.Call(adminapi.OpKeyDelete, ref, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Call(adminapi.OpKeyDelete, ref, nil); code(t, err) != adminapi.CodeNotFound {
+	if err := a.Call(adminapi.OpKeyDelete, ref, nil); code(t, err) != adminapi.CodeDeleted {
 		t.Fatalf("delete twice: %v", err)
 	}
 	purge := adminapi.KeyPurge{Token: "prem", SOPIN: so, KeySelector: adminapi.KeySelector{Key: "ec-p256"}}

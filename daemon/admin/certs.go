@@ -299,7 +299,11 @@ func (a *call) certImport(ctx context.Context, args adminapi.CertImport) (*admin
 			if label == "" {
 				label = nameOf(leaf)
 			}
-			keys, vh, err := a.storePair(ctx, ti, u, adminapi.KeyOptions{Label: label, Protection: args.Protection}, priv, pub)
+			opts := adminapi.KeyOptions{Label: label, Protection: args.Protection, AllowDuplicateLabel: args.AllowDuplicateLabel}
+			if err := a.labelFree(ctx, ti, opts); err != nil {
+				return err
+			}
+			keys, vh, err := a.storePair(ctx, ti, u, opts, priv, pub)
 			if err != nil {
 				return err
 			}

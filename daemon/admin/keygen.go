@@ -175,6 +175,9 @@ func (a *call) keyGenerate(ctx context.Context, args adminapi.KeyGenerate) ([]ad
 	}
 	var out []adminapi.Key
 	err = a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, u *token.UserSession) error {
+		if err := a.labelFree(ctx, ti, args.KeyOptions); err != nil {
+			return err
+		}
 		m := &wire.Mechanism{Type: spec.mech}
 		switch spec.keyType {
 		case ck.CKK_AES, ck.CKK_GENERIC_SECRET:
@@ -287,6 +290,9 @@ func (a *call) keyImport(ctx context.Context, args adminapi.KeyImport) ([]admina
 	}
 	var out []adminapi.Key
 	err = a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, u *token.UserSession) error {
+		if err := a.labelFree(ctx, ti, args.KeyOptions); err != nil {
+			return err
+		}
 		switch {
 		case raw != nil:
 			kt, usage := uint64(ck.CKK_AES), keyTypes["aes-256"].usage

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"hsmemu/cryptoki/ck"
@@ -98,26 +99,112 @@ func (a *call) liveKeys(ctx context.Context, ti keystore.TokenInfo, ref adminapi
 }
 
 // one narrows a selection to one key: one object, or the two halves of a
-// key pair (a private and a public key of one type with one CKA_ID).
-func one[T any](sel []T, ref adminapi.KeySelector, class func(T) uint64, pairOf func(a, b T) bool) ([]T, error) {
-	switch {
-	case len(sel) == 0:
+// key pair (a private and a public key of one type with one CKA_ID). A
+// selection of several keys is refused, listing them.
+func one[T any](sel []T, ref adminapi.KeySelector, class func(T) uint64, pairOf func(a, b T) bool, describe func(T) string, idOf func(T) string) ([]T, error) {
+	if len(sel) == 0 {
 		return nil, adminapi.Errorf(adminapi.CodeNotFound, "no key matches %s (`hsmemu key list` lists them)", ref.String())
-	case len(sel) == 1:
-		return sel, nil
-	case len(sel) == 2 && class(sel[0]) != class(sel[1]) && pairOf(sel[0], sel[1]):
-		return sel, nil
 	}
-	return nil, adminapi.Errorf(adminapi.CodeAmbiguous, "%d keys match %s: name one with --uuid (`hsmemu key list` shows them)", len(sel), ref.String())
+	keys := groupPairs(sel, class, pairOf)
+	if len(keys) == 1 {
+		return keys[0], nil
+	}
+	var cands []string
+	for _, k := range keys {
+		// The private half first, as people think of a pair.
+		slices.SortStableFunc(k, func(x, y T) int { return cmpClass(class(x), class(y)) })
+		var halves []string
+		for _, o := range k {
+			halves = append(halves, describe(o))
+		}
+		c := strings.Join(halves, " with ")
+		if id := idOf(k[0]); id != "" {
+			c += " (id " + id + ")"
+		}
+		cands = append(cands, c)
+	}
+	return nil, adminapi.Errorf(adminapi.CodeAmbiguous, "%d keys match %s: %s; name one with --uuid or --id (`hsmemu key list` shows them)",
+		len(keys), ref.String(), strings.Join(cands, "; "))
 }
 
-// liveKey is the one live key ref names (liveKeys narrowed by one).
+// cmpClass orders a private key before its public key.
+func cmpClass(x, y uint64) int {
+	rank := func(c uint64) int {
+		if c == ck.CKO_PUBLIC_KEY {
+			return 1
+		}
+		return 0
+	}
+	return rank(x) - rank(y)
+}
+
+// groupPairs groups objects into keys: a private key and the public key
+// of its pair are one key, any other object a key of its own.
+func groupPairs[T any](sel []T, class func(T) uint64, pairOf func(a, b T) bool) [][]T {
+	var keys [][]T
+next:
+	for _, o := range sel {
+		for i, k := range keys {
+			if len(k) == 1 && class(k[0]) != class(o) && pairOf(k[0], o) {
+				keys[i] = append(k, o)
+				continue next
+			}
+		}
+		keys = append(keys, []T{o})
+	}
+	return keys
+}
+
+// liveKey is the one live key ref names (liveKeys narrowed by one). When
+// none is live but a deleted one matches, that is the error: it can be
+// recovered.
 func (a *call) liveKey(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]found, error) {
 	sel, err := a.liveKeys(ctx, ti, ref)
 	if err != nil {
 		return nil, err
 	}
-	return one(sel, ref, func(f found) uint64 { return f.obj.Class() }, pairOfLive)
+	if len(sel) == 0 {
+		del, err := a.deletedMatches(ctx, ti, ref)
+		if err != nil {
+			return nil, err
+		}
+		if len(del) > 0 {
+			d := del[0]
+			return nil, adminapi.Errorf(adminapi.CodeDeleted, "key %s (%s) was deleted on %s: `hsmemu key recover --token %s --uuid %s` brings it back, until %s",
+				ref.String(), d.UUID, d.DeletedAt.UTC().Format(time.RFC3339), shellQuote(ti.Label), d.UUID, d.PurgeAfter.UTC().Format(time.RFC3339))
+		}
+	}
+	return one(sel, ref, func(f found) uint64 { return f.obj.Class() }, pairOfLive, func(f found) string {
+		return fmt.Sprintf("%s %s %s", f.uuid, keyTypeName(f.obj.KeyType()), token.ClassName(f.obj.Class()))
+	}, func(f found) string { return hex.EncodeToString(attrValue(f.obj, ck.CKA_ID)) })
+}
+
+// labelFree refuses a new key's label that a live key of the token has,
+// unless opts allow it.
+func (a *call) labelFree(ctx context.Context, ti keystore.TokenInfo, opts adminapi.KeyOptions) error {
+	if opts.AllowDuplicateLabel || opts.Label == "" {
+		return nil
+	}
+	have, err := a.liveKeys(ctx, ti, adminapi.KeySelector{Key: opts.Label})
+	if err != nil || len(have) == 0 {
+		return err
+	}
+	var uuids []string
+	for _, f := range have {
+		uuids = append(uuids, f.uuid.String())
+	}
+	return adminapi.Errorf(adminapi.CodeExists, "token %q has a key labelled %q already (%s): choose another label, or give --allow-duplicate-label",
+		ti.Label, opts.Label, strings.Join(uuids, ", "))
+}
+
+// shellQuote quotes a label for a command line people may paste.
+func shellQuote(s string) string {
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_.:/@%+=,", c)) {
+			return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+		}
+	}
+	return s
 }
 
 func pairOfLive(x, y found) bool {
@@ -351,8 +438,26 @@ func (a *call) keyDelete(ctx context.Context, args adminapi.KeyRef) (*adminapi.K
 	return res, err
 }
 
-// deletedKeys selects among a token's deleted keys.
+// deletedKeys selects one key among a token's deleted keys.
 func (a *call) deletedKeys(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]keystore.Deleted, error) {
+	sel, err := a.deletedMatches(ctx, ti, ref)
+	if err != nil {
+		return nil, err
+	}
+	if len(sel) == 0 {
+		return nil, adminapi.Errorf(adminapi.CodeNotFound, "no deleted key matches %s (`hsmemu key list --deleted` lists them)", ref.String())
+	}
+	return one(sel, ref, func(d keystore.Deleted) uint64 { return d.Class }, pairOfDeleted, func(d keystore.Deleted) string {
+		kt := "?"
+		if d.KeyType != nil {
+			kt = keyTypeName(*d.KeyType)
+		}
+		return fmt.Sprintf("%s %s %s", d.UUID, kt, token.ClassName(d.Class))
+	}, func(d keystore.Deleted) string { return hex.EncodeToString(d.CKAID) })
+}
+
+// deletedMatches are the token's deleted key objects ref names.
+func (a *call) deletedMatches(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]keystore.Deleted, error) {
 	class, hasClass, err := classOf(ref)
 	if err != nil {
 		return nil, err
@@ -372,7 +477,7 @@ func (a *call) deletedKeys(ctx context.Context, ti keystore.TokenInfo, ref admin
 		}
 		sel = append(sel, d)
 	}
-	return one(sel, ref, func(d keystore.Deleted) uint64 { return d.Class }, pairOfDeleted)
+	return sel, nil
 }
 
 func (a *call) keyRecover(ctx context.Context, args adminapi.KeyRef) ([]adminapi.Key, error) {

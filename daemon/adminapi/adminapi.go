@@ -69,6 +69,7 @@ const (
 	CodeTampered     = "tampered"      // the keystore failed an integrity check
 	CodeAmbiguous    = "ambiguous"     // a name matches several keys
 	CodeRefused      = "refused"       // a policy forbids it (purge protection, CKA_DESTROYABLE)
+	CodeDeleted      = "deleted"       // the key or secret named is deleted (recoverable)
 	CodeInternal     = "internal"      // the daemon's fault; its log says more
 )
 
@@ -353,6 +354,10 @@ type KeyOptions struct {
 	Usage       []string `json:"usage,omitempty"`
 	Protection  string   `json:"protection,omitempty"`
 	Extractable bool     `json:"extractable,omitempty"`
+	// AllowDuplicateLabel lets the new key share its label with a live
+	// key; without it that is refused (CodeExists), since a label that
+	// names two keys names neither.
+	AllowDuplicateLabel bool `json:"allow_duplicate_label,omitempty"`
 }
 
 // KeyGenerate makes a key in the token, as its user: Type is aes-128,
