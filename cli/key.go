@@ -76,7 +76,7 @@ private and a public key of one type and CKA_ID, counts as one key; a URI's
 type picks one half.
 
 A deleted key is kept, recoverable, for the token's retention period
-(default 90 days, ` + "`hsmemu token set --retention-days`" + `), then purged. Purge
+(default 90 days, ` + "`hsmemu token set --retention`" + `), then purged. Purge
 protection (` + "`hsmemu token set --purge-protection`" + `), once on, refuses every
 purge before the retention ends and cannot be turned off.
 

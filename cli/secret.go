@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -60,7 +61,8 @@ func readValue(c *cli.Context) ([]byte, error) {
 	return v, nil
 }
 
-// parseExpiry reads --expires: an RFC 3339 time, or a duration from now.
+// parseExpiry reads --expires: an RFC 3339 time, or a duration from now
+// (30d, 720h, 1d12h).
 func parseExpiry(s string) (int64, error) {
 	if s == "" {
 		return 0, nil
@@ -68,11 +70,33 @@ func parseExpiry(s string) (int64, error) {
 	if t, err := time.Parse(time.RFC3339, s); err == nil {
 		return t.Unix(), nil
 	}
-	d, err := time.ParseDuration(s)
+	d, err := parseDays(s)
 	if err != nil || d <= 0 {
-		return 0, fmt.Errorf("--expires takes a time (2027-01-31T00:00:00Z) or a duration from now (720h), not %q", s)
+		return 0, fmt.Errorf("--expires takes a time (2027-01-31T00:00:00Z) or a duration from now (30d, 720h), not %q", s)
 	}
 	return time.Now().Add(d).Unix(), nil
+}
+
+// parseDays reads a duration as Go writes one (720h, 90m) or in days
+// (30d), which may be followed by a Go duration (1d12h).
+func parseDays(s string) (time.Duration, error) {
+	days, rest, ok := strings.Cut(s, "d")
+	if !ok {
+		return time.ParseDuration(s)
+	}
+	n, err := strconv.ParseUint(days, 10, 16)
+	if err != nil || days == "" || days[0] == '+' {
+		return 0, fmt.Errorf("%q: days are a whole number before d (30d)", s)
+	}
+	d := time.Duration(n) * 24 * time.Hour
+	if rest != "" {
+		r, err := time.ParseDuration(rest)
+		if err != nil || r < 0 {
+			return 0, fmt.Errorf("%q: after the days, a duration such as 12h", s)
+		}
+		d += r
+	}
+	return d, nil
 }
 
 func secretCommand() *cli.Command {
@@ -95,11 +119,11 @@ protection), 4 no such token, secret or version, 5 a PIN is wrong or locked.`,
 				Usage: "add a version (the first makes the secret)",
 				Description: `Examples:
    hsmemu secret set --token app --name db-password --in password.txt
-   printf %s "$VALUE" | hsmemu secret set --token app --name api-key --content-type text/plain --expires 720h`,
+   printf %s "$VALUE" | hsmemu secret set --token app --name api-key --content-type text/plain --expires 30d`,
 				Flags: secretFlags(
 					&cli.StringFlag{Name: "in", Usage: "read the value from this file, or - for stdin (default: stdin)"},
 					&cli.StringFlag{Name: "content-type", Usage: "a media type for the value, e.g. text/plain"},
-					&cli.StringFlag{Name: "expires", Usage: "when the version stops being readable: a time (RFC 3339) or a duration from now"},
+					&cli.StringFlag{Name: "expires", Usage: "when the version stops being readable: a time (RFC 3339) or a duration from now (30d, 720h)"},
 					&cli.BoolFlag{Name: "disabled", Usage: "store the version disabled"}),
 				Action: func(c *cli.Context) error {
 					exp, err := parseExpiry(c.String("expires"))

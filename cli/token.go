@@ -94,22 +94,34 @@ Without a user PIN the token's user PIN awaits ` + "`hsmemu pin reset`" + ` or C
 			{
 				Name:  "set",
 				Usage: "set a token's deletion policy, with its SO PIN",
-				Description: `--retention-days is how long deleted keys and secrets are kept,
-recoverable, before they are purged (0 to 3650; 0 deletes at once).
+				Description: `--retention is how long deleted keys and secrets are kept,
+recoverable, before they are purged (0d to 3650d; 0d deletes at once).
 --purge-protection, once on, refuses every purge before the retention ends,
 and a token's deletion while it holds anything; it cannot be turned off,
 needs at least 7 days of retention, and from then on the retention can only
 grow.
 
 Example:
-   hsmemu token set --token signing --retention-days 30 --purge-protection`,
+   hsmemu token set --token signing --retention 30d --purge-protection`,
 				Flags: adminFlags(tokenFlag(), deprecatedLabelFlag(),
-					&cli.IntFlag{Name: "retention-days", Usage: "days deleted objects are kept"},
+					&cli.StringFlag{Name: "retention", Usage: "how long deleted objects are kept, in whole days: 30d (or 720h)"},
+					&cli.IntFlag{Name: "retention-days", Usage: "deprecated: --retention Nd", Hidden: true},
 					&cli.BoolFlag{Name: "purge-protection", Usage: "turn purge protection on, for good"},
 					soPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					args := adminapi.TokenSet{Label: c.String("token")}
-					if c.IsSet("retention-days") {
+					switch {
+					case c.IsSet("retention") && c.IsSet("retention-days"):
+						return usagef(c, "give --retention (--retention-days is its old form), not both")
+					case c.IsSet("retention"):
+						d, err := parseDays(c.String("retention"))
+						if err != nil || d < 0 || d%(24*time.Hour) != 0 {
+							return usagef(c, "--retention is whole days: 30d, 0d, or 720h; not %q", c.String("retention"))
+						}
+						days := int(d / (24 * time.Hour))
+						args.RetentionDays = &days
+					case c.IsSet("retention-days"):
+						fmt.Fprintf(c.App.ErrWriter, "%s: --retention-days is deprecated: use --retention %dd\n", commandName(c), c.Int("retention-days"))
 						d := c.Int("retention-days")
 						args.RetentionDays = &d
 					}
@@ -121,7 +133,7 @@ Example:
 						args.PurgeProtection = &on
 					}
 					if args.RetentionDays == nil && args.PurgeProtection == nil {
-						return cli.Exit("hsmemu token set: nothing to set: give --retention-days or --purge-protection", exitUsage)
+						return usagef(c, "nothing to set: give --retention or --purge-protection")
 					}
 					so, err := readPIN(c, soPIN, false)
 					if err != nil {
