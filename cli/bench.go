@@ -16,7 +16,7 @@ import (
 func benchCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "bench",
-		Usage: "measure PKCS#11 modules side by side, or the daemon's in-process hot path",
+		Usage: "measure PKCS#11 modules side by side; hotpath: the daemon's in-process hot path",
 		Description: `Every module named with --module is measured in the same run, interleaved,
 so the ratios hold on a noisy machine; the first module is the baseline of
 the ratio column. Operations a module lacks are reported as unsupported.
@@ -131,7 +131,7 @@ Examples:
   hsmemu bench hotpath --count 10 --json`,
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "count", Value: 5, Usage: "repetitions of each measurement; the median is reported"},
-			&cli.StringFlag{Name: "tpm", Value: "managed", Usage: "the TPM for the scratch keystore, as `hsmemu serve --tpm` takes it"},
+			&cli.StringFlag{Name: "tpm", Value: "managed", Usage: "the TPM for the scratch keystore, as hsmemu serve --tpm takes it"},
 			&cli.StringFlag{Name: "scratch-dir", Usage: "where to make the scratch state directory (default: the system's temporary directory)"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 			&cli.BoolFlag{Name: "quick", Usage: "a smoke test: a few hundred iterations of each, timed by hand; not a measurement"},

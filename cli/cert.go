@@ -17,17 +17,12 @@ import (
 // HSMEMU_PFX_PASSWORD, else a prompt; never the command line.
 var pfxPassword = pinSource{"password", "HSMEMU_PFX_PASSWORD", "PKCS#12 password"}
 
-const certExitCodes = `Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage
-(bad input, a wrong PKCS#12 password), 3 the certificate or key is in the
-token already, or a name matches several, 4 no such token, key or
-certificate (or no key for the certificate), 5 a PIN is wrong or locked.`
-
 // certSelectorFlags name a certificate: by label, uuid or CKA_ID.
 func certSelectorFlags() []cli.Flag {
 	return []cli.Flag{
 		tokenFlag(),
 		&cli.StringFlag{Name: "cert", Usage: "the certificate's label (CKA_LABEL)"},
-		&cli.StringFlag{Name: "uuid", Usage: "the certificate's uuid, as `cert list` shows it"},
+		&cli.StringFlag{Name: "uuid", Usage: "the certificate's uuid, as cert list shows it"},
 		&cli.StringFlag{Name: "id", Usage: "the certificate's CKA_ID, in hex"},
 		userPIN.fileFlag(),
 	}
@@ -61,7 +56,7 @@ func writeOut(c *cli.Context, data string) error {
 func certCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "cert",
-		Usage: "import, request, list, show and export a token's X.509 certificates",
+		Usage: "a token's X.509 certificates",
 		Description: `Certificates are stored as CKO_CERTIFICATE objects beside their private
 keys, the leaf's CKA_ID the key's, so PKCS#11 clients find the pair. The
 private key of an imported PKCS#12 file is stored as ` + "`hsmemu key import`" + `
@@ -69,9 +64,7 @@ stores one: HSM-protected on a premium token (used, never exported)
 unless --protection software. A certificate request is signed inside the
 token; the issued certificate is imported back and attached to its key.
 Commands act as the token's user, with the user PIN (--user-pin-file or
-HSMEMU_USER_PIN, else a prompt).
-
-` + certExitCodes,
+HSMEMU_USER_PIN, else a prompt).`,
 		Subcommands: []*cli.Command{
 			{
 				Name:  "import",

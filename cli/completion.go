@@ -26,16 +26,18 @@ autoload -U bashcompinit && bashcompinit
 func completionCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "completion",
-		Usage: "print a shell completion script",
+		Usage: "shell completion scripts",
 		Description: `Examples:
   eval "$(hsmemu completion bash)"     # in ~/.bashrc
   eval "$(hsmemu completion zsh)"      # in ~/.zshrc`,
 		Subcommands: []*cli.Command{
-			{Name: "bash", Usage: "bash completion", Action: func(c *cli.Context) error {
+			{Name: "bash", Usage: "bash completion", Description: `Example:
+   eval "$(hsmemu completion bash)"`, Action: func(c *cli.Context) error {
 				_, err := fmt.Fprint(c.App.Writer, bashCompletion)
 				return err
 			}},
-			{Name: "zsh", Usage: "zsh completion (through bashcompinit)", Action: func(c *cli.Context) error {
+			{Name: "zsh", Usage: "zsh completion (through bashcompinit)", Description: `Example:
+   eval "$(hsmemu completion zsh)"`, Action: func(c *cli.Context) error {
 				_, err := fmt.Fprint(c.App.Writer, zshCompletion)
 				return err
 			}},

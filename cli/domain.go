@@ -21,7 +21,7 @@ import (
 func domainCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "domain",
-		Usage: "the security domain: recover it into a new TPM",
+		Usage: "the security domain",
 		Subcommands: []*cli.Command{{
 			Name:  "recover",
 			Usage: "recreate a keystore's master key in the TPM of a new state directory from custodians' shares",
@@ -40,9 +40,6 @@ rewritten since a master key rotation (its role has not logged in since)
 needs the shares of that earlier master key: give them too, beside the
 current one's. Records that cannot be brought over are listed; their
 role cannot log in on the new TPM until its PIN is set anew.
-
-Exit codes: 0 done; 1 failed (the new state directory is left without a
-keystore); 2 bad usage; 3 the new state directory already holds a keystore.
 
 Example:
   hsmemu domain recover --state-dir /var/lib/hsmemu-new --from /backup/keystore.db \

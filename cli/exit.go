@@ -152,8 +152,10 @@ func jsonAsked(args []string) bool {
 // urfave/cli's own reports (a usage error followed by the whole help, a
 // missing flag's help, an unknown command's silence and exit 0) become
 // errors of one line with their documented codes, returned to run.
-func newApp(st *runState) *cli.App {
-	app := New()
+func newApp(st *runState) *cli.App { return prepareApp(New(), st) }
+
+// prepareApp readies an application as newApp does.
+func prepareApp(app *cli.App, st *runState) *cli.App {
 	st.path = []string{app.Name}
 	st.required = map[cli.Flag]bool{}
 	app.Metadata = map[string]any{"state": st}
@@ -187,15 +189,20 @@ func groupAction(st *runState, path []string, subs []*cli.Command) cli.ActionFun
 		if c.NArg() == 0 {
 			return cli.ShowSubcommandHelp(c)
 		}
-		var names []string
-		for _, s := range subs {
-			if !s.Hidden {
-				names = append(names, s.Name)
-			}
-		}
 		return &exitErr{exit: exitUsage, code: "usage",
-			msg: fmt.Sprintf("%s: unknown command %q: want %s", strings.Join(path, " "), c.Args().First(), strings.Join(names, ", "))}
+			msg: fmt.Sprintf("%s: unknown command %q: want %s", strings.Join(path, " "), c.Args().First(), strings.Join(visibleNames(subs), ", "))}
 	}
+}
+
+// visibleNames are the names of the commands that are not hidden.
+func visibleNames(cmds []*cli.Command) []string {
+	var names []string
+	for _, s := range cmds {
+		if !s.Hidden && s.Name != "help" {
+			names = append(names, s.Name)
+		}
+	}
+	return names
 }
 
 // deprecatedFlags are old names kept, hidden, for the scripts that use
@@ -212,11 +219,14 @@ func prepare(st *runState, parent []string, cmd *cli.Command) {
 		st.path = path
 		return &exitErr{exit: exitUsage, code: "usage", msg: strings.Join(path, " ") + ": " + flagError(err)}
 	}
+	withExitCodes(path, cmd)
 	if len(cmd.Subcommands) > 0 {
 		for _, sub := range cmd.Subcommands {
 			prepare(st, path, sub)
 		}
 		if cmd.Action == nil {
+			// What it holds, in the listing of its parent's help.
+			cmd.Usage += ": " + strings.Join(visibleNames(cmd.Subcommands), ", ")
 			cmd.Action = groupAction(st, path, cmd.Subcommands)
 			return
 		}
@@ -314,6 +324,9 @@ func takeRequired(cleared map[cli.Flag]bool, flags []cli.Flag) []string {
 		if rf.IsRequired() {
 			field.SetBool(false)
 			cleared[f] = true
+			if u := v.Elem().FieldByName("Usage"); u.IsValid() && u.Kind() == reflect.String {
+				u.SetString(u.String() + " (required)")
+			}
 		}
 		if cleared[f] {
 			names = append(names, f.Names()[0])

@@ -44,9 +44,6 @@ init creates if it does not exist (32 random bytes in hex, mode 0600). Keep
 FILE outside the state directory: a copy of the directory without it opens
 nothing. Every later command on the state directory needs the same FILE.
 
-Exit codes: 0 done; 1 failed (nothing provisioned unless it says so);
-2 bad usage; 3 the state directory already holds a domain.
-
 Examples:
   hsmemu init --state-dir /var/lib/hsmemu --custodian alice.pem --custodian bob.pem --custodian carol.pem --threshold 2
   hsmemu init --state-dir /tmp/try --tpm managed`,

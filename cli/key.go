@@ -20,7 +20,7 @@ func keySelectorFlags() []cli.Flag {
 	return []cli.Flag{
 		tokenFlag(),
 		&cli.StringFlag{Name: "key", Usage: "the key's label (CKA_LABEL)"},
-		&cli.StringFlag{Name: "uuid", Usage: "the key's uuid, as `key list` shows it"},
+		&cli.StringFlag{Name: "uuid", Usage: "the key's uuid, as key list shows it"},
 		&cli.StringFlag{Name: "id", Usage: "the key's CKA_ID, in hex"},
 	}
 }
@@ -58,15 +58,10 @@ func callWithKeyRef[T any](c *cli.Context, op string) (T, error) {
 	return res, adminCall(c, op, ref, &res)
 }
 
-const keyExitCodes = `Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage,
-3 the name matches several keys, the key is deleted (recover it), a live key
-has the new key's label, or a policy refuses (purge protection,
-CKA_DESTROYABLE false), 4 no such token or key, 5 a PIN is wrong or locked.`
-
 func keyCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "key",
-		Usage: "list, show, export, delete, recover and purge a token's keys",
+		Usage: "a token's keys",
 		Description: `Key commands act as the token's user, with the user PIN (--user-pin-file or
 HSMEMU_USER_PIN, else a prompt); purge takes the SO PIN. A key is named by
 its label (--key), uuid (--uuid) or CKA_ID (--id), or by a PKCS#11 URI
@@ -78,9 +73,7 @@ type picks one half.
 A deleted key is kept, recoverable, for the token's retention period
 (default 90 days, ` + "`hsmemu token set --retention`" + `), then purged. Purge
 protection (` + "`hsmemu token set --purge-protection`" + `), once on, refuses every
-purge before the retention ends and cannot be turned off.
-
-` + keyExitCodes,
+purge before the retention ends and cannot be turned off.`,
 		Subcommands: []*cli.Command{
 			{
 				Name:  "generate",

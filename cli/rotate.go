@@ -15,9 +15,7 @@ import (
 func rotateCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "rotate",
-		Usage: "rotate the master key or a token's data key while clients keep working",
-		Description: `Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage,
-4 no such token, 5 a PIN is wrong or locked.`,
+		Usage: "new master keys and token data keys, while clients keep working",
 		Subcommands: []*cli.Command{
 			{
 				Name:  "master",
@@ -40,10 +38,7 @@ moving it (say, its shares could not be written) is forgotten by --abort.
 Examples:
    hsmemu rotate master
    hsmemu rotate master --custodian alice.pem --custodian bob.pem --custodian carol.pem --threshold 2 --shares-dir shares
-   hsmemu rotate master --resume
-
-Exit codes: 0 done, 1 failed (see the message for what now), 2 usage, 3 a
-rotation is under way (finish it with --resume) or cannot be aborted.`,
+   hsmemu rotate master --resume`,
 				Flags: adminFlags(
 					&cli.StringSliceFlag{Name: "custodian", Usage: "a custodian's public key, PEM (repeat for each)"},
 					&cli.IntFlag{Name: "threshold", Usage: "how many custodians' shares recreate the new master key"},

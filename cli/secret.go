@@ -102,17 +102,13 @@ func parseDays(s string) (time.Duration, error) {
 func secretCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "secret",
-		Usage: "set, get, list and delete a token's secrets, with versions",
+		Usage: "a token's secrets, with versions",
 		Description: `A secret is a named value with versions, each a private data object of the
 token (so PKCS#11 clients logged in as the user read it too), with a content
 type, an enabled flag and an expiry. Secret commands act as the token's user
 (--user-pin-file or HSMEMU_USER_PIN, else a prompt); purge takes the SO PIN.
 Values come from a file or stdin, never from the command line. A deleted
-secret is kept, recoverable, for the token's retention period.
-
-Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage,
-3 refused (the version is disabled or expired, the secret is deleted, purge
-protection), 4 no such token, secret or version, 5 a PIN is wrong or locked.`,
+secret is kept, recoverable, for the token's retention period.`,
 		Subcommands: []*cli.Command{
 			{
 				Name:  "set",

@@ -15,9 +15,7 @@ func statusCommand() *cli.Command {
 		Usage: "what the running daemon holds: its TPM, its domain, its tokens",
 		Description: `Examples:
    hsmemu status
-   hsmemu status --json
-
-Exit codes: 0 done, 1 the daemon failed or is not running.`,
+   hsmemu status --json`,
 		Flags: adminFlags(),
 		Action: func(c *cli.Context) error {
 			var st adminapi.Status

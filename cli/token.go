@@ -14,15 +14,11 @@ import (
 func tokenCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "token",
-		Usage: "create, list, show and delete the running daemon's tokens",
+		Usage: "the running daemon's tokens",
 		Description: `Token commands act on the running daemon through its socket, as its own
 user or root. PINs come from a file (--so-pin-file ...), an environment
 variable (HSMEMU_SO_PIN, HSMEMU_USER_PIN) or a prompt, never from the
-command line.
-
-Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage,
-3 the label is taken or the token is in use, 4 no such token, 5 a PIN is
-wrong or locked.`,
+command line.`,
 		Subcommands: []*cli.Command{
 			{
 				Name:  "create",
@@ -246,10 +242,9 @@ func onOff(b bool) string {
 func pinCommand() *cli.Command {
 	roleFlag := &cli.StringFlag{Name: "role", Usage: "user or so", Value: "user"}
 	return &cli.Command{
-		Name:  "pin",
-		Usage: "change, reset and unlock a token's PINs",
-		Description: `Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage (a new
-PIN must be 4 to 255 bytes), 4 no such token, 5 a PIN is wrong or locked.`,
+		Name:        "pin",
+		Usage:       "a token's PINs",
+		Description: ``,
 		Subcommands: []*cli.Command{
 			{
 				Name:  "change",
