@@ -25,6 +25,9 @@ import (
 
 // TestMain lets the scripts run hsmemu as a command of this test binary.
 func TestMain(m *testing.M) {
+	if os.Getenv(mainEnv) == "1" {
+		os.Exit(Main(os.Args))
+	}
 	testscript.Main(m, map[string]func(){
 		"hsmemu": func() { os.Exit(Main(os.Args)) },
 	})
