@@ -73,6 +73,7 @@ type JSONErrorBody struct {
 // runState is what one run of the command line learns on the way to an
 // error: which command ran, and whether it was asked for JSON.
 type runState struct {
+	args []string // as run was given them
 	path []string // "hsmemu", "key", "show"
 	json bool
 	// required are the flags prepare cleared the Required mark of.
@@ -88,7 +89,7 @@ func Main(args []string) int {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	st := &runState{}
+	st := &runState{args: args}
 	app := newApp(st)
 	app.Writer, app.ErrWriter = stdout, stderr
 	err := app.RunContext(ctx, args)
@@ -175,6 +176,7 @@ func prepareApp(app *cli.App, st *runState) *cli.App {
 		return nil
 	}
 	app.Action = groupAction(st, []string{app.Name}, app.Commands)
+	app.BashComplete = completer(st, nil, app.Flags)
 	for _, cmd := range app.Commands {
 		prepare(st, []string{app.Name}, cmd)
 	}
@@ -220,6 +222,7 @@ func prepare(st *runState, parent []string, cmd *cli.Command) {
 		return &exitErr{exit: exitUsage, code: "usage", msg: strings.Join(path, " ") + ": " + flagError(err)}
 	}
 	withExitCodes(path, cmd)
+	cmd.BashComplete = completer(st, cmd, cmd.Flags)
 	if len(cmd.Subcommands) > 0 {
 		for _, sub := range cmd.Subcommands {
 			prepare(st, path, sub)

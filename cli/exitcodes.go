@@ -67,6 +67,7 @@ var exitCodes = map[string][]exitDoc{
 	"bench hotpath":     nil,
 	"completion bash":   nil,
 	"completion zsh":    nil,
+	"completion fish":   nil,
 }
 
 // exitCodesHelp is the paragraph a command's --help ends with.
