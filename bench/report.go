@@ -131,8 +131,8 @@ func tableCell(s string) string {
 var trailingSpace = regexp.MustCompile(` +\n`)
 
 // WriteTable writes rep as a table for people: a header saying what was
-// measured and on what, one row per op x concurrency x module, and the
-// setup notes.
+// measured and on what, what "x floor" means, and what was set up first;
+// then one row per op x concurrency x module.
 func WriteTable(w io.Writer, rep *Report) error {
 	base := baselineOf(rep)
 	var b bytes.Buffer
@@ -149,6 +149,15 @@ func WriteTable(w io.Writer, rep *Report) error {
 	if f := rep.Floor; f != nil && f.Status == "ok" {
 		fmt.Fprintf(&b, "floor: a bare Unix-socket round trip to another process, p50 %s, p99 %s (%s/s)\n",
 			fmtDuration(time.Duration(f.P50)), fmtDuration(time.Duration(f.P99)), fmtRate(f.OpsPerS))
+		fmt.Fprintln(&b, `"x floor": an op's p50 over the floor's times the PKCS#11 calls it makes (1.00x: each call costs a bare round trip)`)
+	}
+	// What was set up before measuring, before what was measured.
+	if len(rep.Setup) > 0 {
+		fmt.Fprintln(&b, "setup:")
+		for _, s := range rep.Setup {
+			fmt.Fprintf(&b, "  %s: %s took %s\n", tableCell(s.Module),
+				tableCell(s.What), fmtDuration(time.Duration(s.Took)))
+		}
 	}
 	fmt.Fprintln(&b)
 
@@ -176,13 +185,6 @@ func WriteTable(w io.Writer, rep *Report) error {
 	// tabwriter pads empty trailing cells; drop the padding so lines do
 	// not end in spaces.
 	b.Write(trailingSpace.ReplaceAll(tb.Bytes(), []byte("\n")))
-	if len(rep.Setup) > 0 {
-		fmt.Fprintln(&b, "\nsetup:")
-		for _, s := range rep.Setup {
-			fmt.Fprintf(&b, "  %s: %s took %s\n", tableCell(s.Module),
-				tableCell(s.What), fmtDuration(time.Duration(s.Took)))
-		}
-	}
 	_, err := w.Write(b.Bytes())
 	return err
 }

@@ -56,6 +56,7 @@ func sampleReport() *Report {
 
 func TestWriteTable(t *testing.T) {
 	rep := sampleReport()
+	rep.Floor = &Result{Op: "floor", Status: "ok", OpsPerS: 40000, P50: Micros(20 * time.Microsecond), P99: Micros(40 * time.Microsecond)}
 	var b bytes.Buffer
 	if err := WriteTable(&b, rep); err != nil {
 		t.Fatal(err)
@@ -73,6 +74,14 @@ func TestWriteTable(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q", want)
 		}
+	}
+	// The set-up summary, and what "x floor" means, come before the
+	// results.
+	if s, r := strings.Index(out, "setup:"), strings.Index(out, "op  "); s < 0 || r < 0 || s > r {
+		t.Errorf("the setup summary is not before the results")
+	}
+	if rep.Floor != nil && !strings.Contains(out, `"x floor": an op's p50 over the floor's times the PKCS#11 calls it makes`) {
+		t.Errorf("the table does not say what x floor means")
 	}
 	lines := strings.Split(out, "\n")
 	for _, l := range lines {

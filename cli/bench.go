@@ -21,6 +21,11 @@ func benchCommand() *cli.Command {
 so the ratios hold on a noisy machine; the first module is the baseline of
 the ratio column. Operations a module lacks are reported as unsupported.
 
+PINs come from --user-pin-file and --so-pin-file, or HSMEMU_USER_PIN and
+HSMEMU_SO_PIN (HSMEMU_BENCH_PIN and HSMEMU_BENCH_SO_PIN still work), never
+the command line; without them, 1234 and 12345678, which --setup gives the
+scratch token it makes.
+
 Operations (--op, default all):
 ` + opList() + `
 Examples:
@@ -32,8 +37,9 @@ Examples:
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "module", Usage: "a PKCS#11 module to measure, `PATH[@SOCKET]` (repeat for more; the first is the baseline; @SOCKET points an hsmemu module at its daemon)"},
 			&cli.StringFlag{Name: "token", Value: "hsmemu-bench", Usage: "label of the token to use"},
-			&cli.StringFlag{Name: "pin", Value: "1234", Usage: "the token's user PIN", EnvVars: []string{"HSMEMU_BENCH_PIN"}},
-			&cli.StringFlag{Name: "so-pin", Value: "12345678", Usage: "the token's SO PIN, for --setup", EnvVars: []string{"HSMEMU_BENCH_SO_PIN"}},
+			userPIN.fileFlag(), soPIN.fileFlag(),
+			// The old flags that took PINs on the command line: refused.
+			&cli.StringFlag{Name: "pin", Hidden: true}, &cli.StringFlag{Name: "so-pin", Hidden: true},
 			&cli.BoolFlag{Name: "setup", Usage: "create the token (C_InitToken, C_InitPIN) where it is missing"},
 			&cli.StringSliceFlag{Name: "op", Usage: "an operation to measure (repeat for more; default all)"},
 			&cli.StringFlag{Name: "concurrency", Value: "1", Usage: "comma-separated worker counts, each worker its own session"},
@@ -48,14 +54,25 @@ Examples:
 		Subcommands: []*cli.Command{hotpathCommand()},
 		Action: func(c *cli.Context) error {
 			if c.Bool("json") && c.Bool("csv") {
-				return cli.Exit("choose one of --json and --csv", 2)
+				return usagef(c, "choose one of --json and --csv")
 			}
 			conc, err := parseInts(c.String("concurrency"))
 			if err != nil {
-				return cli.Exit(fmt.Sprintf("--concurrency: %v", err), 2)
+				return usagef(c, "--concurrency: %v", err)
+			}
+			if c.IsSet("pin") || c.IsSet("so-pin") {
+				return usagef(c, "--pin and --so-pin are gone: a PIN never comes from the command line, where other users see it; give --user-pin-file and --so-pin-file, or set HSMEMU_USER_PIN and HSMEMU_SO_PIN")
+			}
+			pin, err := benchPIN(c, userPIN, "HSMEMU_BENCH_PIN", "1234")
+			if err != nil {
+				return err
+			}
+			so, err := benchPIN(c, soPIN, "HSMEMU_BENCH_SO_PIN", "12345678")
+			if err != nil {
+				return err
 			}
 			opt := bench.Options{
-				Modules: c.StringSlice("module"), Token: c.String("token"), PIN: c.String("pin"), SOPIN: c.String("so-pin"),
+				Modules: c.StringSlice("module"), Token: c.String("token"), PIN: pin, SOPIN: so,
 				Setup: c.Bool("setup"), Ops: c.StringSlice("op"), Concurrency: conc, Duration: c.Duration("duration"),
 				Warmup: c.Duration("warmup"), Runs: c.Int("runs"), Objects: c.Int("objects"),
 			}
@@ -66,7 +83,7 @@ Examples:
 			defer stop()
 			rep, err := bench.Run(ctx, opt)
 			if err != nil {
-				return cli.Exit("bench: "+err.Error(), 1)
+				return failf(c, exitError, "failed", "%v", err)
 			}
 			switch {
 			case c.Bool("json"):
@@ -82,7 +99,7 @@ Examples:
 			if path := c.String("chart"); path != "" {
 				f, err := os.Create(path)
 				if err != nil {
-					return cli.Exit("--chart: "+err.Error(), 1)
+					return failf(c, exitError, "failed", "--chart: %v", err)
 				}
 				if err := bench.WriteSVG(f, rep); err != nil {
 					f.Close()
@@ -93,6 +110,23 @@ Examples:
 			return nil
 		},
 	}
+}
+
+// benchPIN is a PIN for the benchmark's token: from its file or variable
+// as every command takes it, or the variable bench took before (env), or,
+// with neither, the default that --setup gives the scratch token it makes.
+func benchPIN(c *cli.Context, p pinSource, env, def string) (string, error) {
+	if c.String(p.flag+"-file") == "" && os.Getenv(p.env) == "" {
+		if v := os.Getenv(env); v != "" {
+			return v, nil
+		}
+		return def, nil
+	}
+	b, err := readPIN(c, p, false)
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
 }
 
 func opList() string {
@@ -145,7 +179,7 @@ Examples:
 			defer stop()
 			rs, err := bench.Hotpath(ctx, opt)
 			if err != nil {
-				return cli.Exit("bench hotpath: "+err.Error(), 1)
+				return failf(c, exitError, "failed", "%v", err)
 			}
 			if c.Bool("json") {
 				return bench.WriteHotpathJSON(os.Stdout, rs)

@@ -126,6 +126,8 @@ var exitCases = []exitCase{
 	{[]string{"backup", "--state-dir", "$ST", "@b.db"}, 0, ``},
 	{[]string{"restore", "--tpm", "managed", "@b.db"}, 3, `the daemon is running`},
 	{[]string{"tpm", "encrypt-state", "--tpm-state-key", "$DIR/tpm-state.key"}, 3, `the daemon is running`},
+	{[]string{"bench", "--pin", "1234", "--module", "x.so"}, 2, `a PIN never comes from the command line`},
+	{[]string{"bench", "--module", "x.so", "--concurrency", "0"}, 2, `--concurrency`},
 	{[]string{"rotate", "master", "--resume"}, 4, `no master key rotation is under way`},
 	// Last: a rotation begun and not finished (exitFixture's "rotation
 	// begun" step, below).
