@@ -388,8 +388,20 @@ func printKey(w io.Writer, k adminapi.Key) {
 	if k.Fingerprint != "" {
 		fmt.Fprintf(tw, "fingerprint:\t%s\n", k.Fingerprint)
 	}
-	for _, name := range sortedKeys(k.Attributes) {
-		fmt.Fprintf(tw, "%s:\t%s\n", name, k.Attributes[name])
+	if a := k.Attributes; a != nil {
+		for _, f := range a.Flags() {
+			fmt.Fprintf(tw, "%s:\t%t\n", strings.ReplaceAll(f.Name, "_", "-"), f.Value)
+		}
+		if a.KeyGenMechanism != nil {
+			fmt.Fprintf(tw, "key-gen-mechanism:\t%s\n", a.KeyGenMechanism.Name)
+		}
+		if len(a.AllowedMechanisms) > 0 {
+			var ms []string
+			for _, m := range a.AllowedMechanisms {
+				ms = append(ms, m.Name)
+			}
+			fmt.Fprintf(tw, "allowed-mechanisms:\t%s\n", strings.Join(ms, ","))
+		}
 	}
 	tw.Flush()
 	if k.PublicPEM != "" {

@@ -224,6 +224,16 @@ func pairOfDeleted(x, y keystore.Deleted) bool {
 	return x.KeyType != nil && y.KeyType != nil && *x.KeyType == *y.KeyType && string(x.CKAID) == string(y.CKAID)
 }
 
+// keyTypeConst is a key type by its name, with its number.
+func keyTypeConst(kt uint64) *adminapi.CKConst {
+	return &adminapi.CKConst{Name: ck.KeyTypeName(kt), Value: kt}
+}
+
+// mechanismConst is a mechanism by its name, with its number.
+func mechanismConst(m uint64) adminapi.CKConst {
+	return adminapi.CKConst{Name: ck.MechanismName(m), Value: m}
+}
+
 // keyTypeName names a key type for people.
 func keyTypeName(kt uint64) string {
 	switch kt {
@@ -257,9 +267,9 @@ var boolAttrs = []struct {
 	{ck.CKA_TOKEN, "token"}, {ck.CKA_PRIVATE, "private"}, {ck.CKA_MODIFIABLE, "modifiable"},
 	{ck.CKA_COPYABLE, "copyable"}, {ck.CKA_DESTROYABLE, "destroyable"},
 	{ck.CKA_SENSITIVE, "sensitive"}, {ck.CKA_EXTRACTABLE, "extractable"},
-	{ck.CKA_ALWAYS_SENSITIVE, "always-sensitive"}, {ck.CKA_NEVER_EXTRACTABLE, "never-extractable"},
-	{ck.CKA_LOCAL, "local"}, {ck.CKA_TRUSTED, "trusted"}, {ck.CKA_WRAP_WITH_TRUSTED, "wrap-with-trusted"},
-	{ck.CKA_ALWAYS_AUTHENTICATE, "always-authenticate"},
+	{ck.CKA_ALWAYS_SENSITIVE, "always_sensitive"}, {ck.CKA_NEVER_EXTRACTABLE, "never_extractable"},
+	{ck.CKA_LOCAL, "local"}, {ck.CKA_TRUSTED, "trusted"}, {ck.CKA_WRAP_WITH_TRUSTED, "wrap_with_trusted"},
+	{ck.CKA_ALWAYS_AUTHENTICATE, "always_authenticate"},
 	{ck.CKA_ENCRYPT, "encrypt"}, {ck.CKA_DECRYPT, "decrypt"}, {ck.CKA_SIGN, "sign"}, {ck.CKA_VERIFY, "verify"},
 	{ck.CKA_WRAP, "wrap"}, {ck.CKA_UNWRAP, "unwrap"}, {ck.CKA_DERIVE, "derive"},
 }
@@ -308,7 +318,7 @@ func classOf(ref adminapi.KeySelector) (uint64, bool, error) {
 func describe(ti keystore.TokenInfo, f found, full bool) adminapi.Key {
 	o := f.obj
 	out := adminapi.Key{
-		UUID: f.uuid.String(), Class: token.ClassName(o.Class()), KeyType: keyTypeName(o.KeyType()),
+		UUID: f.uuid.String(), Class: token.ClassName(o.Class()), KeyType: keyTypeConst(o.KeyType()),
 		Private: o.Bool(ck.CKA_PRIVATE), Bits: mech.KeyBits(o),
 	}
 	if l, ok := o.Attr(ck.CKA_LABEL); ok {
@@ -343,21 +353,20 @@ func describe(ti keystore.TokenInfo, f found, full bool) adminapi.Key {
 		}
 	}
 	if full {
-		out.Attributes = map[string]string{}
+		out.Attributes = &adminapi.KeyAttributes{}
 		for _, a := range boolAttrs {
 			if v, ok := o.Attr(a.t); ok && len(v) == 1 {
-				out.Attributes[a.name] = fmt.Sprint(v[0] != 0)
+				out.Attributes.SetFlag(a.name, v[0] != 0)
 			}
 		}
-		if v, ok := o.Attr(ck.CKA_KEY_GEN_MECHANISM); ok && len(v) == 8 {
-			out.Attributes["key-gen-mechanism"] = fmt.Sprintf("0x%x", ulongOf(v))
+		if v, ok := o.Attr(ck.CKA_KEY_GEN_MECHANISM); ok && len(v) == 8 && ulongOf(v) != ck.CK_UNAVAILABLE_INFORMATION {
+			m := mechanismConst(ulongOf(v))
+			out.Attributes.KeyGenMechanism = &m
 		}
 		if v, ok := o.Attr(ck.CKA_ALLOWED_MECHANISMS); ok && len(v) > 0 {
-			var ms []string
 			for i := 0; i+8 <= len(v); i += 8 {
-				ms = append(ms, fmt.Sprintf("0x%x", ulongOf(v[i:i+8])))
+				out.Attributes.AllowedMechanisms = append(out.Attributes.AllowedMechanisms, mechanismConst(ulongOf(v[i:i+8])))
 			}
-			out.Attributes["allowed-mechanisms"] = fmt.Sprint(ms)
 		}
 	}
 	return out
@@ -367,7 +376,7 @@ func describeDeleted(ti keystore.TokenInfo, d keystore.Deleted) adminapi.Key {
 	out := adminapi.Key{UUID: d.UUID.String(), Class: token.ClassName(d.Class), Label: string(d.Label), ID: hex.EncodeToString(d.CKAID), Private: d.Private,
 		URI: keyURI(ti, d.Class, string(d.Label), d.CKAID)}
 	if d.KeyType != nil {
-		out.KeyType = keyTypeName(*d.KeyType)
+		out.KeyType = keyTypeConst(*d.KeyType)
 	}
 	at, after := d.DeletedAt, d.PurgeAfter
 	out.DeletedAt, out.PurgeAfter = &at, &after

@@ -403,7 +403,7 @@ type Key struct {
 	// p11tool or ssh: pkcs11:token=...;id=...;object=...;type=....
 	URI         string   `json:"uri"`
 	Class       string   `json:"class"`
-	KeyType     string   `json:"key_type"`
+	KeyType     *CKConst `json:"key_type"` // nil when unknown
 	Label       string   `json:"label,omitempty"`
 	ID          string   `json:"id,omitempty"`
 	Private     bool     `json:"private"`
@@ -412,8 +412,8 @@ type Key struct {
 	Usage       []string `json:"usage,omitempty"`
 	Fingerprint string   `json:"fingerprint,omitempty"` // sha256 of the public key's SubjectPublicKeyInfo
 	// Attributes and PublicPEM come with show.
-	Attributes map[string]string `json:"attributes,omitempty"`
-	PublicPEM  string            `json:"public_pem,omitempty"`
+	Attributes *KeyAttributes `json:"attributes,omitempty"`
+	PublicPEM  string         `json:"public_pem,omitempty"`
 	// DeletedAt and PurgeAfter are set for a deleted key.
 	DeletedAt  *time.Time `json:"deleted_at,omitempty"`
 	PurgeAfter *time.Time `json:"purge_after,omitempty"`
@@ -634,7 +634,7 @@ type RotateToken struct {
 
 // Rotated is what a rotation did.
 type Rotated struct {
-	Label          string `json:"label"`
+	Label          string `json:"token"`
 	Resealed       int    `json:"resealed"`
 	DataGeneration uint32 `json:"data_generation"`
 }
