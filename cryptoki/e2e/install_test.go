@@ -113,3 +113,55 @@ func TestMakeInstall(t *testing.T) {
 		}
 	}
 }
+
+// TestMakeInstallDestdir stages an install with the default PREFIX into a
+// DESTDIR, as a package build does, and checks each path against where
+// this machine's p11-kit (pkg-config) looks: the registration lands there,
+// under DESTDIR, and names the module where it will be once unpacked.
+func TestMakeInstallDestdir(t *testing.T) {
+	a := need(t)
+	pc, err := exec.Command("pkg-config", "--variable", "p11_module_configs", "p11-kit-1").Output()
+	p11kit := string(bytes.TrimSpace(pc))
+	if err != nil || p11kit == "" {
+		t.Fatalf("pkg-config does not say where p11-kit looks for modules: %v", err)
+	}
+	dest := t.TempDir()
+	out, err := exec.Command("make", "-C", a.root, "install", "DESTDIR="+dest).CombinedOutput()
+	if err != nil {
+		t.Fatalf("make install DESTDIR=%s: %v\n%s", dest, err, out)
+	}
+	// A staged install creates no accounts; it says who should.
+	if !strings.Contains(string(out), "scripts/add-system-user.sh") {
+		t.Errorf("a staged install does not say how to create the daemon's user:\n%s", out)
+	}
+	const prefix = "/usr/local"
+	for path, mode := range map[string]os.FileMode{
+		prefix + "/bin/hsmemu":                        0o755,
+		prefix + "/lib/hsmemu/hsmemu-pkcs11.so":       0o644,
+		prefix + "/share/man/man1/hsmemu.1":           0o644,
+		prefix + "/lib/systemd/system/hsmemu.service": 0o644,
+		"/etc/hsmemu/module.conf":                     0o644,
+		filepath.Join(p11kit, "hsmemu.module"):        0o644,
+	} {
+		fi, err := os.Stat(filepath.Join(dest, path))
+		if err != nil || fi.Mode().Perm() != mode {
+			t.Errorf("%s in DESTDIR: %v (mode %v, want %v)", path, err, fi, mode)
+		}
+	}
+	// The registration and the unit name the unpacked paths, not DESTDIR's.
+	mod, err := os.ReadFile(filepath.Join(dest, p11kit, "hsmemu.module"))
+	if err != nil || !strings.Contains(string(mod), "module: "+prefix+"/lib/hsmemu/hsmemu-pkcs11.so\n") || strings.Contains(string(mod), dest) {
+		t.Errorf("the staged registration: %v\n%s", err, mod)
+	}
+	unit, err := os.ReadFile(filepath.Join(dest, prefix, "lib/systemd/system/hsmemu.service"))
+	if err != nil || !strings.Contains(string(unit), "ExecStart="+prefix+"/bin/hsmemu serve ") || strings.Contains(string(unit), dest) {
+		t.Errorf("the staged unit: %v\n%s", err, unit)
+	}
+	// Nothing lands under DESTDIR outside those trees.
+	entries, _ := os.ReadDir(dest)
+	for _, e := range entries {
+		if top := "/" + e.Name(); !strings.HasPrefix(prefix, top) && !strings.HasPrefix(p11kit, top) && top != "/etc" {
+			t.Errorf("the staged install wrote %s", top)
+		}
+	}
+}
