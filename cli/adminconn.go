@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -97,13 +96,6 @@ func commandName(c *cli.Context) string {
 		}
 	}
 	return strings.Join(append([]string{c.App.Name}, names...), " ")
-}
-
-// printJSON writes v indented, for --json.
-func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }
 
 // A PIN comes from a file (--NAME-file), an environment variable, or a

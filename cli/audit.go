@@ -2,7 +2,6 @@ package cli
 
 import (
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
@@ -101,7 +100,6 @@ Examples:
 						return err
 					}
 					defer cl.Close()
-					enc := json.NewEncoder(c.App.Writer)
 					after := c.Int64("after")
 					for {
 						var recs []adminapi.AuditRecord
@@ -112,7 +110,7 @@ Examples:
 							return nil
 						}
 						for _, r := range recs {
-							if err := enc.Encode(r); err != nil {
+							if err := writeJSONLine(c.App.Writer, r); err != nil {
 								return cli.Exit("hsmemu audit export: "+err.Error(), exitError)
 							}
 						}

@@ -49,7 +49,7 @@ Example:
 			}
 			fi, _ := os.Stat(dst)
 			if c.Bool("json") {
-				return printJSON(c.App.Writer, map[string]any{"domain": fmt.Sprintf("%x", domain), "file": dst, "bytes": fi.Size()})
+				return printJSON(c.App.Writer, storeBackedUp{Domain: fmt.Sprintf("%x", domain), File: dst, Bytes: fi.Size()})
 			}
 			fmt.Fprintf(c.App.Writer, "backed up the keystore of domain %x to %s (%d bytes)\n", domain, dst, fi.Size())
 			return nil
@@ -172,10 +172,10 @@ func runRestore(c *cli.Context) error {
 	anchor := st.Anchor
 	st.Close()
 	if c.Bool("json") {
-		res := map[string]any{"domain": fmt.Sprintf("%x", domain), "state_dir": dir,
-			"reanchored": map[string]any{"counter": fmt.Sprintf("0x%08x", anchor.Handle), "at": anchor.Anchored, "anchors_behind": anchor.Behind}}
+		res := storeRestored{Domain: fmt.Sprintf("%x", domain), StateDir: dir,
+			Reanchored: reanchored{Counter: fmt.Sprintf("0x%08x", anchor.Handle), Value: anchor.Anchored, AnchorsBehind: anchor.Behind}}
 		if len(moved) > 0 {
-			res["replaced"] = aside
+			res.Replaced = aside
 		}
 		return printJSON(c.App.Writer, res)
 	}

@@ -87,7 +87,7 @@ Examples:
 			}
 			switch {
 			case c.Bool("json"):
-				err = bench.WriteJSON(os.Stdout, rep)
+				err = printJSON(c.App.Writer, rep)
 			case c.Bool("csv"):
 				err = bench.WriteCSV(os.Stdout, rep)
 			default:
@@ -182,7 +182,10 @@ Examples:
 				return failf(c, exitError, "failed", "%v", err)
 			}
 			if c.Bool("json") {
-				return bench.WriteHotpathJSON(os.Stdout, rs)
+				if rs == nil {
+					rs = []bench.HotpathResult{}
+				}
+				return printJSON(c.App.Writer, rs)
 			}
 			return bench.WriteHotpathTable(os.Stdout, rs)
 		},

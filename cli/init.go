@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -172,9 +171,7 @@ func runInit(c *cli.Context) error {
 		}
 	}
 	if c.Bool("json") {
-		enc := json.NewEncoder(c.App.Writer)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return printJSON(c.App.Writer, res)
 	}
 	w := c.App.Writer
 	fmt.Fprintf(w, "provisioned security domain %s in %s (TPM %s, %s)\n", res.Domain, stateDir, info.Kind, info.Manufacturer)

@@ -202,14 +202,18 @@ Examples:
 					if err != nil {
 						return err
 					}
-					if out := c.String("out"); out != "" {
+					out := c.String("out")
+					if out != "" {
 						if err := os.WriteFile(out, []byte(pub.PEM), 0o644); err != nil {
 							return cli.Exit(commandName(c)+": "+err.Error(), exitError)
 						}
-						return done(c, fmt.Sprintf("wrote the public key (%s) to %s", pub.Fingerprint, out))
 					}
 					if c.Bool("json") {
-						return printJSON(c.App.Writer, pub)
+						return printJSON(c.App.Writer, publicKeyOut{PublicKey: pub, File: out})
+					}
+					if out != "" {
+						fmt.Fprintf(c.App.Writer, "wrote the public key (%s) to %s\n", pub.Fingerprint, out)
+						return nil
 					}
 					fmt.Fprint(c.App.Writer, pub.PEM)
 					return nil
@@ -227,7 +231,7 @@ Examples:
 						return err
 					}
 					if c.Bool("json") {
-						return printJSON(c.App.Writer, res)
+						return printJSON(c.App.Writer, keysDone{Keys: res.Keys, Kept: res.Kept, PurgeAfter: res.PurgeAfter})
 					}
 					for _, k := range res.Keys {
 						fmt.Fprintf(c.App.Writer, "deleted %s %s %q (%s)\n", k.KeyType, k.Class, k.Label, k.UUID)
@@ -250,6 +254,9 @@ Examples:
 					keys, err := callWithKeyRef[[]adminapi.Key](c, adminapi.OpKeyRecover)
 					if err != nil {
 						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, keysDone{Keys: keys})
 					}
 					return printMade(c, "recovered", keys)
 				},
@@ -276,7 +283,7 @@ Example:
 						return cli.Exit(commandName(c)+": "+err.Error(), exitError)
 					}
 					if c.Bool("json") {
-						return printJSON(c.App.Writer, map[string]any{"keys": res.Keys, "file": out})
+						return printJSON(c.App.Writer, keyBackedUp{Keys: res.Keys, File: out})
 					}
 					for _, k := range res.Keys {
 						fmt.Fprintf(c.App.Writer, "backed up %s %s %q (%s)\n", k.KeyType, k.Class, k.Label, k.UUID)
@@ -333,7 +340,7 @@ Example:
 						return err
 					}
 					if c.Bool("json") {
-						return printJSON(c.App.Writer, keys)
+						return printJSON(c.App.Writer, keysDone{Keys: keys})
 					}
 					for _, k := range keys {
 						fmt.Fprintf(c.App.Writer, "purged %s %s %q (%s)\n", k.KeyType, k.Class, k.Label, k.UUID)

@@ -127,7 +127,15 @@ func runRotateMaster(c *cli.Context) error {
 		if err := adminCall(c, adminapi.OpRotateMasterAbort, nil, nil); err != nil {
 			return err
 		}
-		return done(c, "the master key rotation is forgotten; the current master key stays")
+		if c.Bool("json") {
+			var st adminapi.Status
+			if err := adminCall(c, adminapi.OpStatus, nil, &st); err != nil {
+				return err
+			}
+			return printJSON(c.App.Writer, masterRotated{Generation: st.MasterGeneration, Aborted: true})
+		}
+		fmt.Fprintln(c.App.Writer, "the master key rotation is forgotten; the current master key stays")
+		return nil
 	}
 	if c.Bool("resume") && len(args.Custodians) > 0 {
 		return cli.Exit("hsmemu rotate master: --resume finishes a rotation whose shares were written when it began: give no custodians", exitUsage)
@@ -138,6 +146,7 @@ func runRotateMaster(c *cli.Context) error {
 	}
 	defer cl.Close()
 	var begun adminapi.MasterBegun
+	var written []shareWrite
 	if !c.Bool("resume") {
 		// Where the shares go is checked before the key is made.
 		var st adminapi.Status
@@ -161,6 +170,7 @@ func runRotateMaster(c *cli.Context) error {
 		}
 		for _, sh := range begun.Shares {
 			p := filepath.Join(dir, fmt.Sprintf("%s.g%d.share", sh.Custodian, begun.Generation))
+			written = append(written, shareWrite{Custodian: sh.Custodian, Fingerprint: sh.Fingerprint, Index: sh.Index, File: p})
 			if err := writeDurably(p, sh.File); err != nil {
 				// No key becomes the master before its shares exist.
 				msg := fmt.Sprintf("hsmemu rotate master: writing %s failed: %v; ", p, err)
@@ -184,7 +194,7 @@ func runRotateMaster(c *cli.Context) error {
 		return adminExit(c, err)
 	}
 	if c.Bool("json") {
-		return printJSON(c.App.Writer, map[string]any{"generation": done.Generation, "shares": begun.Shares})
+		return printJSON(c.App.Writer, masterRotated{Generation: done.Generation, Shares: written})
 	}
 	fmt.Fprintf(c.App.Writer, "the keystore is under master key generation %d; the old master key is flushed from the TPM\n", done.Generation)
 	if len(begun.Shares) > 0 {

@@ -263,7 +263,11 @@ Examples:
 					if err != nil {
 						return err
 					}
-					return done(c, fmt.Sprintf("recovered secret %q (%d versions)", res.Name, res.Versions))
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, res)
+					}
+					fmt.Fprintf(c.App.Writer, "recovered secret %q (%d versions)\n", res.Name, res.Versions)
+					return nil
 				},
 			},
 			{
@@ -283,7 +287,11 @@ Examples:
 					if err := adminCall(c, adminapi.OpSecretPurge, adminapi.SecretPurge{Token: c.String("token"), SOPIN: so, Name: c.String("name")}, &res); err != nil {
 						return err
 					}
-					return done(c, fmt.Sprintf("purged secret %q (%d versions)", res.Name, res.Versions))
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, res)
+					}
+					fmt.Fprintf(c.App.Writer, "purged secret %q (%d versions)\n", res.Name, res.Versions)
+					return nil
 				},
 			},
 		},
@@ -315,6 +323,9 @@ func printSecrets(w io.Writer, ss []adminapi.Secret, deleted bool) {
 	} else {
 		fmt.Fprintln(tw, "NAME\tVERSION\tVERSIONS\tENABLED\tEXPIRES\tCONTENT TYPE")
 		for _, s := range ss {
+			if s.Current == nil {
+				continue
+			}
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%v\t%s\t%s\n", s.Name, strconv.FormatInt(s.Current.Version, 10), s.Versions, s.Current.Enabled, expiry(s.Current.Expires), s.Current.ContentType)
 		}
 	}

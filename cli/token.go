@@ -167,7 +167,7 @@ Example:
 						return err
 					}
 					if c.Bool("json") {
-						return printJSON(c.App.Writer, map[string]string{"deleted": c.String("token")})
+						return printJSON(c.App.Writer, tokenDeleted{Token: c.String("token"), Deleted: true})
 					}
 					fmt.Fprintf(c.App.Writer, "deleted token %q\n", c.String("token"))
 					return nil
@@ -266,7 +266,7 @@ func pinCommand() *cli.Command {
 					if err := adminCall(c, adminapi.OpPINChange, adminapi.PINChange{Label: c.String("token"), Role: c.String("role"), Old: old, New: nw}, nil); err != nil {
 						return err
 					}
-					return done(c, fmt.Sprintf("changed the %s PIN of token %q", c.String("role"), c.String("token")))
+					return done(c, "change", fmt.Sprintf("changed the %s PIN of token %q", c.String("role"), c.String("token")))
 				},
 			},
 			{
@@ -289,7 +289,7 @@ func pinCommand() *cli.Command {
 					if err := adminCall(c, adminapi.OpPINReset, adminapi.PINReset{Label: c.String("token"), SOPIN: so, New: nw}, nil); err != nil {
 						return err
 					}
-					return done(c, fmt.Sprintf("set a new user PIN on token %q", c.String("token")))
+					return done(c, "reset", fmt.Sprintf("set a new user PIN on token %q", c.String("token")))
 				},
 			},
 			{
@@ -315,17 +315,21 @@ Examples:
 					if err := adminCall(c, adminapi.OpPINUnlock, adminapi.PINUnlock{Label: c.String("token"), Role: c.String("role"), SOPIN: so}, nil); err != nil {
 						return err
 					}
-					return done(c, fmt.Sprintf("unlocked the %s PIN of token %q", c.String("role"), c.String("token")))
+					return done(c, "unlock", fmt.Sprintf("unlocked the %s PIN of token %q", c.String("role"), c.String("token")))
 				},
 			},
 		},
 	}
 }
 
-// done reports a command that has no result but its success.
-func done(c *cli.Context, msg string) error {
+// done reports a PIN command, which has no result but its success.
+func done(c *cli.Context, action, msg string) error {
 	if c.Bool("json") {
-		return printJSON(c.App.Writer, map[string]string{"done": msg})
+		role := c.String("role")
+		if role == "" {
+			role = "user" // pin reset sets the user's
+		}
+		return printJSON(c.App.Writer, pinDone{Token: c.String("token"), Role: role, Action: action})
 	}
 	fmt.Fprintln(c.App.Writer, msg)
 	return nil

@@ -10,7 +10,7 @@ import (
 // versionInfo is what `hsmemu version --json` prints.
 type versionInfo struct {
 	Version   string `json:"version"`
-	Commit    string `json:"commit"`
+	Commit    string `json:"commit,omitempty"` // null when unknown
 	GoVersion string `json:"go_version"`
 	Platform  string `json:"platform"`
 }

@@ -281,7 +281,8 @@ func (a *call) secretList(ctx context.Context, args adminapi.SecretList) ([]admi
 					n++
 				}
 			}
-			out = append(out, adminapi.Secret{Name: name, Current: v.info(name), Versions: n})
+			cur := v.info(name)
+			out = append(out, adminapi.Secret{Name: name, Current: &cur, Versions: n})
 		}
 		return nil
 	})

@@ -181,7 +181,7 @@ const (
 type Status struct {
 	Version string `json:"version"`
 	// Commit is the commit the daemon was built from ("" when unknown).
-	Commit    string    `json:"commit"`
+	Commit    string    `json:"commit,omitempty"`
 	Started   time.Time `json:"started"`
 	UptimeSec float64   `json:"uptime_seconds"`
 	TPM       TPMInfo   `json:"tpm"`
@@ -242,7 +242,7 @@ type TPMDA struct {
 	LockoutAuthSet     bool   `json:"lockout_auth_set"`
 	InLockout          bool   `json:"in_lockout"`
 	// LockoutLeftSec bounds how long the lockout lasts, when in one.
-	LockoutLeftSec uint32 `json:"lockout_left_seconds,omitempty"`
+	LockoutLeftSec uint32 `json:"lockout_left_seconds"`
 }
 
 // TPMInfo says which TPM holds the master key.
@@ -262,7 +262,7 @@ type TPMInfo struct {
 	Available  bool       `json:"available"`
 	Error      string     `json:"error,omitempty"`
 	DownSince  *time.Time `json:"down_since,omitempty"`
-	Reconnects int        `json:"reconnects,omitempty"`
+	Reconnects int        `json:"reconnects"`
 }
 
 // AuditHead is the newest record of the audit log.
@@ -595,11 +595,12 @@ type SecretValue struct {
 // Secret describes a secret by its newest version; a deleted one by when
 // it was deleted and will be purged.
 type Secret struct {
-	Name       string        `json:"name"`
-	Current    SecretVersion `json:"current"`
-	Versions   int           `json:"versions"`
-	DeletedAt  *time.Time    `json:"deleted_at,omitempty"`
-	PurgeAfter *time.Time    `json:"purge_after,omitempty"`
+	Name string `json:"name"`
+	// Current is the newest version; nil for a deleted secret.
+	Current    *SecretVersion `json:"current"`
+	Versions   int            `json:"versions"`
+	DeletedAt  *time.Time     `json:"deleted_at,omitempty"`
+	PurgeAfter *time.Time     `json:"purge_after,omitempty"`
 }
 
 // SecretDeleted is what a secret's delete, recover or purge did.
