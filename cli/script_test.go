@@ -18,6 +18,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"hsmemu/bench"
 	"hsmemu/daemon"
 	"hsmemu/keystore"
 	"hsmemu/tpmroot/tpmtest"
@@ -25,6 +26,7 @@ import (
 
 // TestMain lets the scripts run hsmemu as a command of this test binary.
 func TestMain(m *testing.M) {
+	bench.MaybeServeEcho() // as cmd/hsmemu does, for bench hotpath's round trip
 	if os.Getenv(mainEnv) == "1" {
 		os.Exit(Main(os.Args))
 	}
@@ -37,18 +39,20 @@ func TestMain(m *testing.M) {
 // real managed swtpm included.
 func TestScripts(t *testing.T) {
 	tpmtest.Require(t)
+	t.Cleanup(func() { checkSchemasUsed(t) })
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata/script",
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"genkey":    cmdGenkey,
-			"openshare": cmdOpenshare,
-			"putkey":    cmdPutkey,
-			"getkey":    cmdGetkey,
-			"waitsock":  cmdWaitsock,
-			"exits":     cmdExits,
-			"sqlexec":   cmdSQLExec,
-			"signloop":  cmdSignloop,
-			"scrape":    cmdScrape,
+			"genkey":     cmdGenkey,
+			"openshare":  cmdOpenshare,
+			"putkey":     cmdPutkey,
+			"getkey":     cmdGetkey,
+			"waitsock":   cmdWaitsock,
+			"exits":      cmdExits,
+			"sqlexec":    cmdSQLExec,
+			"signloop":   cmdSignloop,
+			"scrape":     cmdScrape,
+			"jsonschema": cmdJSONSchema,
 		},
 	})
 }
