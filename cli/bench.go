@@ -2,11 +2,14 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -32,6 +35,7 @@ Examples:
   hsmemu bench --module bin/hsmemu-pkcs11.so --module /usr/lib/softhsm/libsofthsm2.so --setup
   hsmemu bench --module bin/hsmemu-pkcs11.so --op wrap --op unwrap --concurrency 1,2 --runs 5
   hsmemu bench --module bin/hsmemu-pkcs11.so --json > run.json
+  hsmemu bench --module bin/hsmemu-pkcs11.so --module /usr/lib/softhsm/libsofthsm2.so --setup --chart run.svg --html run.html
   hsmemu bench --module old/hsmemu-pkcs11.so@/tmp/old.sock --module bin/hsmemu-pkcs11.so@/tmp/new.sock --setup
   hsmemu bench hotpath`,
 		Flags: []cli.Flag{
@@ -49,7 +53,8 @@ Examples:
 			&cli.IntFlag{Name: "objects", Value: 10000, Usage: "token objects that find searches among (populated once)"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON, one object per operation, module and concurrency"},
 			&cli.BoolFlag{Name: "csv", Usage: "print CSV"},
-			&cli.StringFlag{Name: "chart", Usage: "also draw ops/s per operation for each module into this SVG file"},
+			&cli.StringFlag{Name: "chart", Usage: "also draw ops/s into this SVG file: a panel per operation on a linear axis, a bar per module with its ratio to the baseline"},
+			&cli.StringFlag{Name: "html", Usage: "also write a self-contained report to share into this HTML file: the machine and versions, the set-up, the table and the charts"},
 		},
 		Subcommands: []*cli.Command{hotpathCommand()},
 		Action: func(c *cli.Context) error {
@@ -87,7 +92,7 @@ Examples:
 			}
 			switch {
 			case c.Bool("json"):
-				err = printJSON(c.App.Writer, rep)
+				err = printJSON(c.App.Writer, benchJSON(rep))
 			case c.Bool("csv"):
 				err = bench.WriteCSV(os.Stdout, rep)
 			default:
@@ -97,15 +102,15 @@ Examples:
 				return err
 			}
 			if path := c.String("chart"); path != "" {
-				f, err := os.Create(path)
-				if err != nil {
+				if err := writeFile(path, func(w io.Writer) error { return bench.WriteSVG(w, rep) }); err != nil {
 					return failf(c, exitError, "failed", "--chart: %v", err)
 				}
-				if err := bench.WriteSVG(f, rep); err != nil {
-					f.Close()
-					return err
+			}
+			if path := c.String("html"); path != "" {
+				about := bench.About{Version: Version, Commit: Commit, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
+				if err := writeFile(path, func(w io.Writer) error { return bench.WriteHTML(w, rep, about) }); err != nil {
+					return failf(c, exitError, "failed", "--html: %v", err)
 				}
-				return f.Close()
 			}
 			return nil
 		},
@@ -190,4 +195,38 @@ Examples:
 			return bench.WriteHotpathTable(os.Stdout, rs)
 		},
 	}
+}
+
+// writeFile writes a file by write, reporting a failure to close it too.
+func writeFile(path string, write func(io.Writer) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := write(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// benchReport is bench's --json result: the report's fields, its duration
+// in seconds, in the form every --json output takes (bench.Report's own
+// encoding, which bench.ReadJSON reads, leaves empty fields out).
+type benchReport struct {
+	Started     time.Time         `json:"started"`
+	Host        string            `json:"host"`
+	CPUs        int               `json:"cpus"`
+	DurationS   float64           `json:"duration_s"`
+	Runs        int               `json:"runs"`
+	Modules     []string          `json:"modules"`
+	Concurrency []int             `json:"concurrency"`
+	Setup       []bench.SetupNote `json:"setup"`
+	Floor       *bench.Result     `json:"floor"`
+	Results     []bench.Result    `json:"results"`
+}
+
+func benchJSON(rep *bench.Report) benchReport {
+	return benchReport{Started: rep.Started, Host: rep.Host, CPUs: rep.CPUs, DurationS: rep.Duration.Seconds(), Runs: rep.Runs,
+		Modules: rep.Modules, Concurrency: rep.Concurrency, Setup: rep.Setup, Floor: rep.Floor, Results: rep.Results}
 }

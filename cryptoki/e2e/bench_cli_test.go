@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"hsmemu/bench"
+	"hsmemu/internal/jsondoc"
 	"hsmemu/internal/testenv"
 )
 
@@ -48,6 +49,7 @@ func TestBenchHarness(t *testing.T) {
 	soft, softEnv := softhsm(t)
 	env := append(d.env(), softEnv...)
 	chart := filepath.Join(t.TempDir(), "chart.svg")
+	report := filepath.Join(t.TempDir(), "report.html")
 	args := []string{"bench", "--module", a.module, "--module", soft, "--setup",
 		"--duration", "40ms", "--warmup", "5ms", "--runs", "2", "--objects", "30", "--concurrency", "1,2"}
 
@@ -64,10 +66,21 @@ func TestBenchHarness(t *testing.T) {
 		return out
 	}
 
-	out := run("--json", "--chart", chart)
+	out := run("--json", "--chart", chart, "--html", report)
 	rep, err := bench.ReadJSON(bytes.NewReader(out))
 	if err != nil {
 		t.Fatalf("JSON output does not parse: %v\n%s", err, out)
+	}
+	doc, err := jsondoc.Load(filepath.Join(a.root, "docs", "json.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := doc.Validate("bench", out); err != nil {
+		t.Errorf("%v\n%.2000s", err, out)
+	}
+	if page, err := os.ReadFile(report); err != nil || !bytes.Contains(page, []byte("libsofthsm2.so")) ||
+		bytes.Count(page, []byte(`<g class="panel"`)) != len(bench.OpNames()) || !bytes.Contains(page, []byte("<h2>Set-up</h2>")) {
+		t.Errorf("the HTML report: %v\n%.1000s", err, page)
 	}
 	if len(rep.Modules) != 2 || rep.Modules[0] != "hsmemu-pkcs11.so" || rep.Modules[1] != "libsofthsm2.so" {
 		t.Fatalf("modules %v", rep.Modules)
