@@ -59,9 +59,10 @@ func logger(c *cli.Context) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
-// checkLogFormat refuses a --log-format other than text or json.
+// checkLogFormat refuses a --log-format other than text or json (or
+// empty, the default).
 func checkLogFormat(c *cli.Context) error {
-	if f := c.String("log-format"); f != "text" && f != "json" {
+	if f := c.String("log-format"); f != "" && f != "text" && f != "json" {
 		return fmt.Errorf("--log-format is text or json, not %q", f)
 	}
 	return nil

@@ -166,8 +166,10 @@ func prepareApp(app *cli.App, st *runState) *cli.App {
 		return &exitErr{exit: exitUsage, code: "usage", msg: app.Name + ": " + flagError(err)}
 	}
 	app.Before = func(c *cli.Context) error {
+		// An empty value (HSMEMU_LOG_LEVEL= in an environment file) is the
+		// default; anything else must be a level.
 		var level slog.Level
-		if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		if l := c.String("log-level"); l != "" && level.UnmarshalText([]byte(l)) != nil {
 			return &exitErr{exit: exitUsage, code: "usage", msg: fmt.Sprintf("%s: --log-level (HSMEMU_LOG_LEVEL) is debug, info, warn or error, not %q", app.Name, c.String("log-level"))}
 		}
 		if err := checkLogFormat(c); err != nil {
