@@ -98,6 +98,19 @@ func (a *call) liveKeys(ctx context.Context, ti keystore.TokenInfo, ref adminapi
 	return out, nil
 }
 
+// openKey opens one live key object of an open token.
+func (a *call) openKey(ctx context.Context, id keystore.ObjectID) (found, error) {
+	stored, err := a.store.Open(ctx, id)
+	if err != nil {
+		return found{}, err
+	}
+	o, err := token.View(stored)
+	if err != nil {
+		return found{}, err
+	}
+	return found{id: id, uuid: stored.UUID, obj: o}, nil
+}
+
 // one narrows a selection to one key: one object, or the two halves of a
 // key pair (a private and a public key of one type with one CKA_ID). A
 // selection of several keys is refused, listing them.
@@ -497,10 +510,17 @@ func (a *call) keyRecover(ctx context.Context, args adminapi.KeyRef) ([]adminapi
 			return err
 		}
 		for _, d := range sel {
-			if _, err := a.store.Recover(ctx, ti.UUID, d.UUID); err != nil {
+			id, err := a.store.Recover(ctx, ti.UUID, d.UUID)
+			if err != nil {
 				return err
 			}
-			out = append(out, describeDeleted(ti, d))
+			// Described as it now lives (bits, usage, protection), which
+			// the deleted record does not hold.
+			if k, err := a.openKey(ctx, id); err == nil {
+				out = append(out, describe(ti, k, false))
+			} else {
+				out = append(out, describeDeleted(ti, d))
+			}
 			a.eng.Audit(ctx, a.who, ti.UUID, "key.recover", token.DeletedDetail(d))
 		}
 		return nil
