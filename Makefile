@@ -78,13 +78,21 @@ test-module: $(BIN)/hsmemu-pkcs11.so $(BIN)/hsmemu-pkcs11-asan.so build/module-t
 # built with the sanitizers itself.
 E2E_CFLAGS = -std=gnu11 -Wall -Wextra -Werror -pthread $(P11_CFLAGS)
 
-e2e-programs: build/e2e build/e2e-asan $(BIN)/hsmemu-pkcs11-asan.so
+e2e-programs: build/e2e build/e2e-asan build/e2e-held build/e2e-held-asan $(BIN)/hsmemu-pkcs11-asan.so
 
 build/e2e: cryptoki/e2e/c/e2e.c
 	@mkdir -p build
 	$(CC) $(E2E_CFLAGS) -O1 -g -o $@ $< -ldl
 
 build/e2e-asan: cryptoki/e2e/c/e2e.c
+	@mkdir -p build
+	$(CC) $(E2E_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ $< -ldl
+
+build/e2e-held: cryptoki/e2e/c/held.c
+	@mkdir -p build
+	$(CC) $(E2E_CFLAGS) -O1 -g -o $@ $< -ldl
+
+build/e2e-held-asan: cryptoki/e2e/c/held.c
 	@mkdir -p build
 	$(CC) $(E2E_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ $< -ldl
 

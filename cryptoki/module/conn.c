@@ -171,11 +171,11 @@ static enum hsm_io recv_all(int fd, uint8_t *p, size_t n, long long deadline, un
 	return recv_some(fd, p, n, n, &got, deadline, epoch);
 }
 
-/* hello opens the connection speaking version 2, or 1 for a daemon that
- * speaks no more (*version says which). *fresh: the daemon holds nothing
- * of this application from before (version 1 cannot say, so yes). A
- * daemon that wants version 1 closes the connection: HSM_IO_BROKEN then
- * asks for a new one. */
+/* hello opens the connection speaking version 3, or the older one a
+ * daemon that speaks no more names (*version says which). *fresh: the
+ * daemon holds nothing of this application from before (version 1 cannot
+ * say, so yes). A daemon that wants an older version closes the
+ * connection: HSM_IO_BROKEN then asks for a new one. */
 static enum hsm_io hello(int fd, int *version, int *fresh)
 {
 	uint8_t h[32], r[8];
@@ -194,8 +194,8 @@ static enum hsm_io hello(int fd, int *version, int *fresh)
 	if (memcmp(r, "HSMU", 4) != 0 || r[4] != 0 || r[6] != 0)
 		return HSM_IO_UNAVAILABLE; /* not our daemon */
 	/* Status 1, version not supported, names the daemon's highest. */
-	if (r[7] == 1 && *version == 2 && r[5] == 1) {
-		*version = 1;
+	if (r[7] == 1 && r[5] >= 1 && r[5] < *version) {
+		*version = r[5];
 		return HSM_IO_BROKEN;
 	}
 	/* Refused: this process's user may not use the daemon. */
@@ -204,7 +204,7 @@ static enum hsm_io hello(int fd, int *version, int *fresh)
 		return HSM_IO_UNAVAILABLE;
 	}
 	/* A version we did not ask for: as if no daemon ran. */
-	if (r[5] != *version || !(r[7] == 0 || (r[7] == 3 && *version == 2)))
+	if (r[5] != *version || !(r[7] == 0 || (r[7] == 3 && *version >= 2)))
 		return HSM_IO_UNAVAILABLE;
 	*fresh = r[7] == 0;
 	return HSM_IO_OK;
@@ -262,13 +262,14 @@ static enum hsm_io connect_fd(const struct sockaddr_un *sa, int *out)
 	return HSM_IO_OK;
 }
 
-/* The version to open with: 2, or 1 once a daemon asked for it; kept
- * until the next C_Initialize (hsm_conn_init), so each dial to a version 1
- * daemon costs one hello, and a re-initialised application tries the
- * newest version again. */
-static int dial_version = 2;
+/* The version to open with: 3, or an older one once a daemon asked for
+ * it; kept until the next C_Initialize (hsm_conn_init), so each dial to an
+ * older daemon costs one hello, and a re-initialised application tries
+ * the newest version again. */
+#define DIAL_NEWEST 3
+static int dial_version = DIAL_NEWEST;
 
-void hsm_conn_init(void) { __atomic_store_n(&dial_version, 2, __ATOMIC_RELAXED); }
+void hsm_conn_init(void) { __atomic_store_n(&dial_version, DIAL_NEWEST, __ATOMIC_RELAXED); }
 
 enum hsm_io hsm_conn_dial(int *out, int *fresh, int *version_out)
 {
@@ -295,7 +296,7 @@ enum hsm_io hsm_conn_dial(int *out, int *fresh, int *version_out)
 		close(fd);
 		if (io != HSM_IO_BROKEN)
 			return io;
-		/* A daemon of version 1: again, speaking it. */
+		/* An older daemon: again, speaking its version. */
 		__atomic_store_n(&dial_version, version, __ATOMIC_RELAXED);
 	}
 	*version_out = version;
