@@ -62,7 +62,7 @@ func tickLabel(x float64) string {
 func chartPanels(rs []Result) [][]Result {
 	var ps [][]Result
 	for _, r := range rs {
-		if n := len(ps); n > 0 && ps[n-1][0].Op == r.Op {
+		if n := len(ps); n > 0 && ps[n-1][0].id() == r.id() {
 			ps[n-1] = append(ps[n-1], r)
 			continue
 		}
@@ -140,8 +140,8 @@ func svgChart(rep *Report) string {
 		}
 		max, step := linearAxis(fastest)
 		xOf := func(v float64) float64 { return v / max * svgPlotW }
-		fmt.Fprintf(&b, `<g class="panel" data-op="%s">`+"\n", svgEscape(p[0].Op))
-		title := p[0].Op
+		fmt.Fprintf(&b, `<g class="panel" data-op="%s">`+"\n", svgEscape(p[0].id()))
+		title := p[0].id()
 		if p[0].Mechanism != "" {
 			title += " (" + p[0].Mechanism + ")"
 		}
@@ -167,7 +167,7 @@ func svgChart(rep *Report) string {
 			bw := math.Max(xOf(r.OpsPerS), 1) // a sliver for the slowest
 			fmt.Fprintf(&b, `<rect class="bar" x="%.1f" y="%d" width="%.2f" height="%d" fill="%s" data-ops="%g"><title>%s</title></rect>`+"\n",
 				x0, by, bw, svgBarH, color[r.Module], r.OpsPerS,
-				svgEscape(fmt.Sprintf("%s, %s c=%d: %s ops/s", r.Module, r.Op, r.Concurrency, fmtRate(r.OpsPerS))))
+				svgEscape(fmt.Sprintf("%s, %s c=%d: %s ops/s", r.Module, r.id(), r.Concurrency, fmtRate(r.OpsPerS))))
 			label := fmtRate(r.OpsPerS) + "/s"
 			if r.Module != base && r.Ratio != 0 {
 				label += fmt.Sprintf("  %.2fx", r.Ratio)

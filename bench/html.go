@@ -100,7 +100,7 @@ dd { margin-left: 10em; }
 			}
 		}
 		fmt.Fprintf(&b, "<tr><td>%s</td><td class=\"num\">%d</td><td>%s</td><td class=\"num\">%s</td><td class=\"num\">%s</td><td class=\"num\">%s</td><td class=\"num\">%s</td><td>%s</td></tr>\n",
-			e(r.Op), r.Concurrency, e(r.Module), e(rate), e(p50), e(p99), e(ratio), e(tableNote(r)))
+			e(r.id()), r.Concurrency, e(r.Module), e(rate), e(p50), e(p99), e(ratio), e(tableNote(r)))
 	}
 	b.WriteString("</table>\n<h2>Charts</h2>\n")
 	b.WriteString(svgChart(rep))

@@ -39,8 +39,8 @@ func orderedResults(rep *Report) []Result {
 		}
 	}
 	for _, r := range rep.Results {
-		if _, ok := opIdx[r.Op]; !ok {
-			opIdx[r.Op] = len(opIdx)
+		if _, ok := opIdx[r.id()]; !ok {
+			opIdx[r.id()] = len(opIdx)
 		}
 		if _, ok := modIdx[r.Module]; !ok {
 			modIdx[r.Module] = len(modIdx) + len(rep.Modules)
@@ -49,8 +49,8 @@ func orderedResults(rep *Report) []Result {
 	rs := append([]Result(nil), rep.Results...)
 	sort.SliceStable(rs, func(i, j int) bool {
 		a, b := rs[i], rs[j]
-		if a.Op != b.Op {
-			return opIdx[a.Op] < opIdx[b.Op]
+		if a.id() != b.id() {
+			return opIdx[a.id()] < opIdx[b.id()]
 		}
 		if a.Concurrency != b.Concurrency {
 			return a.Concurrency < b.Concurrency
@@ -146,6 +146,10 @@ func WriteTable(w io.Writer, rep *Report) error {
 		}
 	}
 	fmt.Fprintf(&b, "modules: %s\n", strings.Join(mods, ", "))
+	if len(rep.Conventions) > 0 {
+		fmt.Fprintf(&b, "keys: %s objects; output calls: %s (%s: a buffer large enough, one call; %s: a NULL buffer for the length first, then the call)\n",
+			rep.Keys, strings.Join(rep.Conventions, " and "), OneCall, TwoCall)
+	}
 	if f := rep.Floor; f != nil && f.Status == "ok" {
 		fmt.Fprintf(&b, "floor: a bare Unix-socket round trip to another process, p50 %s, p99 %s (%s/s)\n",
 			fmtDuration(time.Duration(f.P50)), fmtDuration(time.Duration(f.P99)), fmtRate(f.OpsPerS))
@@ -175,7 +179,7 @@ func WriteTable(w io.Writer, rep *Report) error {
 				ratio = fmt.Sprintf("%.2fx", r.Ratio)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", tableCell(r.Op),
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", tableCell(r.id()),
 			r.Concurrency, tableCell(r.Module), rate, p50, p99, ratio,
 			tableCell(tableNote(r)))
 	}
@@ -296,7 +300,7 @@ func WriteCSV(w io.Writer, rep *Report) error {
 	}
 	num := func(x float64) string { return strconv.FormatFloat(x, 'f', -1, 64) }
 	for _, r := range rep.Results {
-		row := []string{r.Op, r.Module, r.ModulePath,
+		row := []string{r.id(), r.Module, r.ModulePath,
 			strconv.Itoa(r.Concurrency), r.Status, r.Reason, r.Mechanism,
 			strconv.Itoa(r.Runs), num(r.OpsPerS), num(r.OpsPerSMin),
 			num(r.OpsPerSMax), r.P50.String(), r.P99.String(), num(r.Ratio), num(r.FloorRatio)}

@@ -34,6 +34,7 @@ Operations (--op, default all):
 Examples:
   hsmemu bench --module bin/hsmemu-pkcs11.so --module /usr/lib/softhsm/libsofthsm2.so --setup
   hsmemu bench --module bin/hsmemu-pkcs11.so --op wrap --op unwrap --concurrency 1,2 --runs 5
+  hsmemu bench --module /usr/lib/softhsm/libsofthsm2.so --module bin/hsmemu-pkcs11.so --convention two-call,one-call --objects session
   hsmemu bench --module bin/hsmemu-pkcs11.so --json > run.json
   hsmemu bench --module bin/hsmemu-pkcs11.so --module /usr/lib/softhsm/libsofthsm2.so --setup --chart run.svg --html run.html
   hsmemu bench --module old/hsmemu-pkcs11.so@/tmp/old.sock --module bin/hsmemu-pkcs11.so@/tmp/new.sock --setup
@@ -50,7 +51,9 @@ Examples:
 			&cli.DurationFlag{Name: "duration", Value: 2e9, Usage: "measuring window of each operation, module and concurrency in each run"},
 			&cli.DurationFlag{Name: "warmup", Value: 2e8, Usage: "unmeasured calls before each window"},
 			&cli.IntFlag{Name: "runs", Value: 3, Usage: "runs; the median is reported, with the min and max"},
-			&cli.IntFlag{Name: "objects", Value: 10000, Usage: "token objects that find searches among (populated once)"},
+			&cli.StringFlag{Name: "objects", Value: "token", Usage: "the ops' keys are `token` or `session` objects"},
+			&cli.StringFlag{Name: "convention", Value: bench.TwoCall, Usage: "how ops with an output buffer make that call: two-call (a NULL buffer for the length first, as most applications do), one-call, or both, comma-separated"},
+			&cli.IntFlag{Name: "find-among", Value: 10000, Usage: "token objects that find searches among (populated once)"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON, one object per operation, module and concurrency"},
 			&cli.BoolFlag{Name: "csv", Usage: "print CSV"},
 			&cli.StringFlag{Name: "chart", Usage: "also draw ops/s into this SVG file: a panel per operation on a linear axis, a bar per module with its ratio to the baseline"},
@@ -76,10 +79,23 @@ Examples:
 			if err != nil {
 				return err
 			}
+			var session bool
+			switch c.String("objects") {
+			case "token":
+			case "session":
+				session = true
+			default:
+				return cli.Exit(fmt.Sprintf("--objects %q: token or session (the objects find searches among are --find-among)", c.String("objects")), 2)
+			}
+			var convs []string
+			for _, v := range strings.Split(c.String("convention"), ",") {
+				convs = append(convs, strings.TrimSpace(v))
+			}
 			opt := bench.Options{
 				Modules: c.StringSlice("module"), Token: c.String("token"), PIN: pin, SOPIN: so,
 				Setup: c.Bool("setup"), Ops: c.StringSlice("op"), Concurrency: conc, Duration: c.Duration("duration"),
-				Warmup: c.Duration("warmup"), Runs: c.Int("runs"), Objects: c.Int("objects"),
+				Warmup: c.Duration("warmup"), Runs: c.Int("runs"), Objects: c.Int("find-among"),
+				Conventions: convs, SessionKeys: session,
 			}
 			if bench.IsTerminal(os.Stderr) {
 				opt.Progress = os.Stderr
@@ -221,6 +237,8 @@ type benchReport struct {
 	Runs        int               `json:"runs"`
 	Modules     []string          `json:"modules"`
 	Concurrency []int             `json:"concurrency"`
+	Conventions []string          `json:"conventions"`
+	Keys        string            `json:"keys"`
 	Setup       []bench.SetupNote `json:"setup"`
 	Floor       *bench.Result     `json:"floor"`
 	Results     []bench.Result    `json:"results"`
@@ -228,5 +246,5 @@ type benchReport struct {
 
 func benchJSON(rep *bench.Report) benchReport {
 	return benchReport{Started: rep.Started, Host: rep.Host, CPUs: rep.CPUs, DurationS: rep.Duration.Seconds(), Runs: rep.Runs,
-		Modules: rep.Modules, Concurrency: rep.Concurrency, Setup: rep.Setup, Floor: rep.Floor, Results: rep.Results}
+		Modules: rep.Modules, Concurrency: rep.Concurrency, Conventions: rep.Conventions, Keys: rep.Keys, Setup: rep.Setup, Floor: rep.Floor, Results: rep.Results}
 }
