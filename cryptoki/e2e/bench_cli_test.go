@@ -18,7 +18,7 @@ import (
 
 // softhsm returns SoftHSMv2's module and an environment with a fresh
 // token directory, or skips (fails under CI) without it.
-func softhsm(t *testing.T) (string, []string) {
+func softhsm(t testing.TB) (string, []string) {
 	t.Helper()
 	for _, p := range []string{"/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"} {
 		if _, err := os.Stat(p); err == nil {
