@@ -114,6 +114,9 @@ enum hsm_outcome hsm_call_run(hsm_call *c)
 		io = hsm_exchange(reqs, 1, rv, idle, replies, lens, c->timeout_ms, 0);
 	}
 	free(cancel.p);
+	/* The daemon's application the reply came from: held.c keeps a
+	 * result only for it (the call's own dial may have begun it). */
+	c->held_gen = hsm_exchange_app_gen();
 	int replied = io == HSM_IO_OK;
 	CK_RV init_rv = init_at >= 0 && replied ? rv[init_at] : CKR_OK;
 	for (int i = 0; i < n - 1; i++)

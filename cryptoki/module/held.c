@@ -172,7 +172,6 @@ void hsm_held_begin(hsm_call *c)
 	if (h.mu == NULL || (!c->on_session && !c->mutates))
 		return;
 	hsm_lock(h.mu);
-	c->held_gen = hsm_exchange_app_gen();
 	if (c->mutates)
 		for (int i = 0; i < HELD_MAX; i++)
 			wipe(&h.e[i]);

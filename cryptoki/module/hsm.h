@@ -319,7 +319,8 @@ typedef struct hsm_call {
 
 	/* A prefetch (held.c): the reply's idle flag, which then leaves out
 	 * the operation whose result came in full; the call's number on its
-	 * session in defer.c and in held.c; the application it went to. */
+	 * session in defer.c and in held.c; the daemon's application its
+	 * reply came from. */
 	int idle_but;
 	unsigned long defer_seq;
 	unsigned long held_seq;
