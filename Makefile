@@ -10,8 +10,17 @@ export CGO_ENABLED := 1
 
 all: build
 
+# The version (git describe) and the commit are stamped into the binary;
+# `hsmemu version` and `hsmemu status` report them. Override with
+# VERSION=... COMMIT=... where there is no git checkout (a source tarball).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell c=$$(git rev-parse HEAD 2>/dev/null) && { git diff --quiet HEAD 2>/dev/null && echo $$c || echo $$c-dirty; })
+LDFLAGS := -X hsmemu/daemon/adminapi.version=$(VERSION) -X hsmemu/daemon/adminapi.commit=$(COMMIT)
+
 build: deps module e2e-programs
-	$(GO) build $(GOFLAGS) -o $(BIN)/hsmemu ./cmd/hsmemu
+	$(GO) build $(GOFLAGS) -ldflags "$(LDFLAGS)" -o $(BIN)/hsmemu ./cmd/hsmemu
+	@mkdir -p build/man
+	$(BIN)/hsmemu man > build/man/hsmemu.1
 
 # ---- The PKCS#11 module (cryptoki/module) ----
 # cmd/p11gen writes the stubs, function lists and codecs from the call table
@@ -69,13 +78,21 @@ test-module: $(BIN)/hsmemu-pkcs11.so $(BIN)/hsmemu-pkcs11-asan.so build/module-t
 # built with the sanitizers itself.
 E2E_CFLAGS = -std=gnu11 -Wall -Wextra -Werror -pthread $(P11_CFLAGS)
 
-e2e-programs: build/e2e build/e2e-asan $(BIN)/hsmemu-pkcs11-asan.so
+e2e-programs: build/e2e build/e2e-asan build/e2e-held build/e2e-held-asan $(BIN)/hsmemu-pkcs11-asan.so
 
 build/e2e: cryptoki/e2e/c/e2e.c
 	@mkdir -p build
 	$(CC) $(E2E_CFLAGS) -O1 -g -o $@ $< -ldl
 
 build/e2e-asan: cryptoki/e2e/c/e2e.c
+	@mkdir -p build
+	$(CC) $(E2E_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ $< -ldl
+
+build/e2e-held: cryptoki/e2e/c/held.c
+	@mkdir -p build
+	$(CC) $(E2E_CFLAGS) -O1 -g -o $@ $< -ldl
+
+build/e2e-held-asan: cryptoki/e2e/c/held.c
 	@mkdir -p build
 	$(CC) $(E2E_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ $< -ldl
 
@@ -158,22 +175,35 @@ run: build test-deps
 
 # ---- Installing on a machine ----
 # make install [PREFIX=/usr/local] [DESTDIR=]: the binary, the module, its
-# p11-kit registration and a hardened systemd unit (packaging/).
+# p11-kit registration, the manual page and a hardened systemd unit
+# (packaging/).
+#
+# The p11-kit registration goes where this machine's p11-kit looks for
+# modules (pkg-config's p11_module_configs, /usr/share/p11-kit/modules on
+# Debian), whatever the PREFIX: under /usr/local it would register
+# nothing. P11KITDIR=... puts it elsewhere.
 PREFIX     ?= /usr/local
 BINDIR     := $(PREFIX)/bin
 MODULEDIR  := $(PREFIX)/lib/hsmemu
 DOCDIR     := $(PREFIX)/share/doc/hsmemu
+MANDIR     ?= $(PREFIX)/share/man
+ifeq ($(origin P11KITDIR),undefined)
+P11KITDIR  := $(shell pkg-config --variable p11_module_configs p11-kit-1 2>/dev/null)
+endif
+ifeq ($(P11KITDIR),)
 P11KITDIR  := $(PREFIX)/share/p11-kit/modules
+endif
 UNITDIR    := $(PREFIX)/lib/systemd/system
 SYSCONFDIR ?= /etc
 USERROOT   ?= /
 SUBST      := sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@MODULEDIR@|$(MODULEDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g'
 
 install: build
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MODULEDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(P11KITDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/hsmemu
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MODULEDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(P11KITDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/hsmemu $(DESTDIR)$(MANDIR)/man1
 	install -m 0755 $(BIN)/hsmemu $(DESTDIR)$(BINDIR)/hsmemu
 	install -m 0644 $(BIN)/hsmemu-pkcs11.so $(DESTDIR)$(MODULEDIR)/hsmemu-pkcs11.so
 	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	install -m 0644 build/man/hsmemu.1 $(DESTDIR)$(MANDIR)/man1/hsmemu.1
 	$(SUBST) packaging/hsmemu.module.in > $(DESTDIR)$(P11KITDIR)/hsmemu.module
 	$(SUBST) packaging/hsmemu.service.in > $(DESTDIR)$(UNITDIR)/hsmemu.service
 	chmod 0644 $(DESTDIR)$(P11KITDIR)/hsmemu.module $(DESTDIR)$(UNITDIR)/hsmemu.service

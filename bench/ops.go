@@ -26,7 +26,26 @@ type op struct {
 	// logsOut ops leave the application logged out; the runner logs in
 	// again after them (the keys are token objects, which outlive that).
 	logsOut bool
+	// output ops make a call with an output buffer, which applications
+	// make in one of two conventions (Options.Conventions); conv is the
+	// one this copy of the op measures ("" for the others).
+	output  bool
+	conv    string
 	prepare func(e *opEnv) (*prepared, error)
+}
+
+// The calling conventions of a call with an output buffer.
+const (
+	OneCall = "one-call" // a buffer large enough, one call
+	TwoCall = "two-call" // a NULL buffer for the length first, then the call
+)
+
+// id names the op with its convention, where it has one.
+func (o *op) id() string {
+	if o.conv == "" {
+		return o.name
+	}
+	return o.name + "/" + o.conv
 }
 
 type mechNeed struct {
@@ -41,6 +60,8 @@ type opEnv struct {
 	mech    uint    // the mechanism chosen from op.choose, if any
 	pin     string
 	objects int
+	twoCall bool // the op's output calls ask for the length first
+	session bool // its keys are session objects, not token objects
 }
 
 // prepared is an op ready to run on one module.
@@ -100,7 +121,7 @@ func aesKey(e *opEnv, extractable bool, uses ...uint) (object, error) {
 		ulongAttr(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		ulongAttr(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
 		ulongAttr(pkcs11.CKA_VALUE_LEN, 32),
-		boolAttr(pkcs11.CKA_TOKEN, true),
+		boolAttr(pkcs11.CKA_TOKEN, !e.session),
 		boolAttr(pkcs11.CKA_PRIVATE, true),
 		boolAttr(pkcs11.CKA_SENSITIVE, true),
 		boolAttr(pkcs11.CKA_EXTRACTABLE, extractable),
@@ -134,10 +155,10 @@ func wrapKeys(e *opEnv) (kek, key object, err error) {
 
 // keyPair makes a token key pair for signing.
 func keyPair(e *opEnv, mech uint, pub []attr) (object, object, error) {
-	pubT := newTemplate(append(pub, boolAttr(pkcs11.CKA_TOKEN, true), boolAttr(pkcs11.CKA_VERIFY, true),
+	pubT := newTemplate(append(pub, boolAttr(pkcs11.CKA_TOKEN, !e.session), boolAttr(pkcs11.CKA_VERIFY, true),
 		bytesAttr(pkcs11.CKA_LABEL, keyLabel))...)
 	defer pubT.free()
-	privT := newTemplate(boolAttr(pkcs11.CKA_TOKEN, true), boolAttr(pkcs11.CKA_PRIVATE, true),
+	privT := newTemplate(boolAttr(pkcs11.CKA_TOKEN, !e.session), boolAttr(pkcs11.CKA_PRIVATE, true),
 		boolAttr(pkcs11.CKA_SENSITIVE, true), boolAttr(pkcs11.CKA_SIGN, true), bytesAttr(pkcs11.CKA_LABEL, keyLabel))
 	defer privT.free()
 	m := newMech(mech, nil)
@@ -176,7 +197,7 @@ func signOp(gen func(e *opEnv) (object, object, error), mech uint, dataLen int) 
 			worker: func() (worker, error) {
 				data, sig := randomBytes(dataLen), make([]byte, 1024)
 				return worker{do: func(s session) (bool, error) {
-					_, err := e.m.sign(s, m, sk, data, sig)
+					_, err := e.m.sign(s, m, sk, data, sig, e.twoCall)
 					return false, err
 				}}, nil
 			},
@@ -210,6 +231,7 @@ func ed25519(e *opEnv) (object, object, error) {
 var ops = []op{
 	{
 		name:   "wrap",
+		output: true,
 		calls:  1,
 		what:   "C_WrapKey of an AES-256 key under an AES-256 key",
 		choose: []mechNeed{{ckmKWP, pkcs11.CKF_WRAP}, {ckmKWPad, pkcs11.CKF_WRAP}, {ckmKW, pkcs11.CKF_WRAP}},
@@ -224,7 +246,7 @@ var ops = []op{
 				worker: func() (worker, error) {
 					out := make([]byte, 256)
 					return worker{do: func(s session) (bool, error) {
-						_, err := e.m.wrap(s, m, kek, key, out)
+						_, err := e.m.wrap(s, m, kek, key, out, e.twoCall)
 						return false, err
 					}}, nil
 				},
@@ -245,7 +267,7 @@ var ops = []op{
 			}
 			m := newMech(e.mech, nil)
 			buf := make([]byte, 256)
-			n, err := e.m.wrap(e.s, m, kek, key, buf)
+			n, err := e.m.wrap(e.s, m, kek, key, buf, false)
 			e.m.destroy(e.s, key)
 			if err != nil {
 				m.free()
@@ -290,6 +312,7 @@ var ops = []op{
 	},
 	{
 		name:    "sign-ecdsa-p256",
+		output:  true,
 		calls:   2,
 		what:    "C_SignInit and C_Sign, CKM_ECDSA on a 32-byte hash, P-256",
 		needs:   []mechNeed{{pkcs11.CKM_EC_KEY_PAIR_GEN, pkcs11.CKF_GENERATE_KEY_PAIR}, {pkcs11.CKM_ECDSA, pkcs11.CKF_SIGN}},
@@ -297,6 +320,7 @@ var ops = []op{
 	},
 	{
 		name:    "sign-rsa-2048",
+		output:  true,
 		calls:   2,
 		what:    "C_SignInit and C_Sign, CKM_SHA256_RSA_PKCS on 32 bytes, RSA-2048",
 		needs:   []mechNeed{{pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, pkcs11.CKF_GENERATE_KEY_PAIR}, {pkcs11.CKM_SHA256_RSA_PKCS, pkcs11.CKF_SIGN}},
@@ -304,6 +328,7 @@ var ops = []op{
 	},
 	{
 		name:    "sign-ed25519",
+		output:  true,
 		calls:   2,
 		what:    "C_SignInit and C_Sign, CKM_EDDSA on 32 bytes, Ed25519",
 		needs:   []mechNeed{{ckmEdGen, pkcs11.CKF_GENERATE_KEY_PAIR}, {ckmEdDSA, pkcs11.CKF_SIGN}},
@@ -321,7 +346,7 @@ var ops = []op{
 			}
 			m := newMech(pkcs11.CKM_ECDSA, nil)
 			data, sig := randomBytes(32), make([]byte, 256)
-			n, err := e.m.sign(e.s, m, sk, data, sig)
+			n, err := e.m.sign(e.s, m, sk, data, sig, false)
 			if err != nil {
 				m.free()
 				destroyAll(e, pk, sk)()
@@ -340,10 +365,11 @@ var ops = []op{
 		},
 	},
 	{
-		name:  "encrypt-aes-gcm-1k",
-		calls: 2,
-		what:  "C_EncryptInit and C_Encrypt, CKM_AES_GCM (96-bit IV, 128-bit tag), 1 KiB, AES-256",
-		needs: []mechNeed{{pkcs11.CKM_AES_KEY_GEN, pkcs11.CKF_GENERATE}, {pkcs11.CKM_AES_GCM, pkcs11.CKF_ENCRYPT}},
+		name:   "encrypt-aes-gcm-1k",
+		output: true,
+		calls:  2,
+		what:   "C_EncryptInit and C_Encrypt, CKM_AES_GCM (96-bit IV, 128-bit tag), 1 KiB, AES-256",
+		needs:  []mechNeed{{pkcs11.CKM_AES_KEY_GEN, pkcs11.CKF_GENERATE}, {pkcs11.CKM_AES_GCM, pkcs11.CKF_ENCRYPT}},
 		prepare: func(e *opEnv) (*prepared, error) {
 			key, err := aesKey(e, false, pkcs11.CKA_ENCRYPT, pkcs11.CKA_DECRYPT)
 			if err != nil {
@@ -356,7 +382,7 @@ var ops = []op{
 					return worker{
 						do: func(s session) (bool, error) {
 							m.nextIV()
-							_, err := e.m.encrypt(s, m, key, data, out)
+							_, err := e.m.encrypt(s, m, key, data, out, e.twoCall)
 							return false, err
 						},
 						done: m.free,
@@ -367,16 +393,17 @@ var ops = []op{
 		},
 	},
 	{
-		name:  "hmac-sha256",
-		calls: 2,
-		what:  "C_SignInit and C_Sign, CKM_SHA256_HMAC on 1 KiB, 256-bit generic secret",
-		needs: []mechNeed{{pkcs11.CKM_GENERIC_SECRET_KEY_GEN, pkcs11.CKF_GENERATE}, {pkcs11.CKM_SHA256_HMAC, pkcs11.CKF_SIGN}},
+		name:   "hmac-sha256",
+		output: true,
+		calls:  2,
+		what:   "C_SignInit and C_Sign, CKM_SHA256_HMAC on 1 KiB, 256-bit generic secret",
+		needs:  []mechNeed{{pkcs11.CKM_GENERIC_SECRET_KEY_GEN, pkcs11.CKF_GENERATE}, {pkcs11.CKM_SHA256_HMAC, pkcs11.CKF_SIGN}},
 		prepare: func(e *opEnv) (*prepared, error) {
 			t := newTemplate(
 				ulongAttr(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 				ulongAttr(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
 				ulongAttr(pkcs11.CKA_VALUE_LEN, 32),
-				boolAttr(pkcs11.CKA_TOKEN, true),
+				boolAttr(pkcs11.CKA_TOKEN, !e.session),
 				boolAttr(pkcs11.CKA_PRIVATE, true),
 				boolAttr(pkcs11.CKA_SIGN, true),
 				boolAttr(pkcs11.CKA_VERIFY, true),
@@ -394,7 +421,7 @@ var ops = []op{
 				worker: func() (worker, error) {
 					data, mac := randomBytes(1024), make([]byte, 64)
 					return worker{do: func(s session) (bool, error) {
-						_, err := e.m.sign(s, m, key, data, mac)
+						_, err := e.m.sign(s, m, key, data, mac, e.twoCall)
 						return false, err
 					}}, nil
 				},
@@ -403,17 +430,18 @@ var ops = []op{
 		},
 	},
 	{
-		name:  "digest-sha256-1k",
-		calls: 2,
-		what:  "C_DigestInit and C_Digest, CKM_SHA256, 1 KiB",
-		needs: []mechNeed{{ckmSHA256, pkcs11.CKF_DIGEST}},
+		name:   "digest-sha256-1k",
+		output: true,
+		calls:  2,
+		what:   "C_DigestInit and C_Digest, CKM_SHA256, 1 KiB",
+		needs:  []mechNeed{{ckmSHA256, pkcs11.CKF_DIGEST}},
 		prepare: func(e *opEnv) (*prepared, error) {
 			m := newMech(ckmSHA256, nil)
 			return &prepared{
 				worker: func() (worker, error) {
 					data, out := randomBytes(1024), make([]byte, 64)
 					return worker{do: func(s session) (bool, error) {
-						_, err := e.m.digest(s, m, data, out)
+						_, err := e.m.digest(s, m, data, out, e.twoCall)
 						return false, err
 					}}, nil
 				},
@@ -494,7 +522,7 @@ func findLabel(i int) []byte { return []byte(fmt.Sprintf("hsmemu-bench-find-%06d
 // (populateFind does the slow part, timed, before any run).
 func prepareFind(e *opEnv) (*prepared, error) {
 	if e.objects <= 0 {
-		return nil, errUnsupported("no objects to search among (--objects 0)")
+		return nil, errUnsupported("no objects to search among (--find-among 0)")
 	}
 	return &prepared{
 		worker: func() (worker, error) {

@@ -130,10 +130,30 @@ CK_RV bm_find(bm_module *m, CK_SESSION_HANDLE h, CK_ATTRIBUTE *t, CK_ULONG n, CK
 	return rv != CKR_OK ? rv : rv2;
 }
 
+/* TWO_CALL makes an output call the way most applications do when twocall
+ * is set: first with a NULL buffer for the length, then with a buffer of
+ * that length (the caller's, which must hold it). */
+#define TWO_CALL(twocall, out, outlen, call)                    \
+	do {                                                    \
+		if (twocall) {                                  \
+			CK_ULONG cap_ = *(outlen);              \
+			unsigned char *buf_ = (out);            \
+			(out) = NULL;                           \
+			*(outlen) = 0;                          \
+			CK_RV rv_ = (call);                     \
+			(out) = buf_;                           \
+			if (rv_ != CKR_OK)                      \
+				return rv_;                     \
+			if (*(outlen) > cap_)                   \
+				return CKR_BUFFER_TOO_SMALL;    \
+		}                                               \
+		return (call);                                  \
+	} while (0)
+
 CK_RV bm_wrap(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_OBJECT_HANDLE wrapping, CK_OBJECT_HANDLE key,
-	      unsigned char *out, CK_ULONG *outlen)
+	      unsigned char *out, CK_ULONG *outlen, int twocall)
 {
-	return m->f->C_WrapKey(h, mech, wrapping, key, out, outlen);
+	TWO_CALL(twocall, out, outlen, m->f->C_WrapKey(h, mech, wrapping, key, out, outlen));
 }
 
 CK_RV bm_unwrap(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_OBJECT_HANDLE unwrapping,
@@ -143,12 +163,12 @@ CK_RV bm_unwrap(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_OBJECT
 }
 
 CK_RV bm_sign(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_OBJECT_HANDLE key,
-	      unsigned char *data, CK_ULONG len, unsigned char *sig, CK_ULONG *siglen)
+	      unsigned char *data, CK_ULONG len, unsigned char *sig, CK_ULONG *siglen, int twocall)
 {
 	CK_RV rv = m->f->C_SignInit(h, mech, key);
 	if (rv != CKR_OK)
 		return rv;
-	return m->f->C_Sign(h, data, len, sig, siglen);
+	TWO_CALL(twocall, sig, siglen, m->f->C_Sign(h, data, len, sig, siglen));
 }
 
 CK_RV bm_verify(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_OBJECT_HANDLE key,
@@ -161,21 +181,21 @@ CK_RV bm_verify(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_OBJECT
 }
 
 CK_RV bm_encrypt(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_OBJECT_HANDLE key,
-		 unsigned char *data, CK_ULONG len, unsigned char *out, CK_ULONG *outlen)
+		 unsigned char *data, CK_ULONG len, unsigned char *out, CK_ULONG *outlen, int twocall)
 {
 	CK_RV rv = m->f->C_EncryptInit(h, mech, key);
 	if (rv != CKR_OK)
 		return rv;
-	return m->f->C_Encrypt(h, data, len, out, outlen);
+	TWO_CALL(twocall, out, outlen, m->f->C_Encrypt(h, data, len, out, outlen));
 }
 
 CK_RV bm_digest(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech,
-		unsigned char *data, CK_ULONG len, unsigned char *out, CK_ULONG *outlen)
+		unsigned char *data, CK_ULONG len, unsigned char *out, CK_ULONG *outlen, int twocall)
 {
 	CK_RV rv = m->f->C_DigestInit(h, mech);
 	if (rv != CKR_OK)
 		return rv;
-	return m->f->C_Digest(h, data, len, out, outlen);
+	TWO_CALL(twocall, out, outlen, m->f->C_Digest(h, data, len, out, outlen));
 }
 
 CK_RV bm_random(bm_module *m, CK_SESSION_HANDLE h, unsigned char *out, CK_ULONG len)

@@ -329,9 +329,19 @@ func ptr(b []byte) *C.uchar {
 	return (*C.uchar)(unsafe.Pointer(&b[0]))
 }
 
-func (m *module) wrap(s session, mech mechanism, wrapping, key object, out []byte) (int, error) {
+// cBool is a C int for a Go bool.
+func cBool(b bool) C.int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// wrap, sign, encrypt and digest make their output call once with out
+// (one-call), or with twoCall first with a NULL buffer for the length.
+func (m *module) wrap(s session, mech mechanism, wrapping, key object, out []byte, twoCall bool) (int, error) {
 	n := C.CK_ULONG(len(out))
-	err := ok(C.bm_wrap(&m.m, C.CK_SESSION_HANDLE(s), mech.p, C.CK_OBJECT_HANDLE(wrapping), C.CK_OBJECT_HANDLE(key), ptr(out), &n))
+	err := ok(C.bm_wrap(&m.m, C.CK_SESSION_HANDLE(s), mech.p, C.CK_OBJECT_HANDLE(wrapping), C.CK_OBJECT_HANDLE(key), ptr(out), &n, cBool(twoCall)))
 	return int(n), err
 }
 
@@ -341,9 +351,9 @@ func (m *module) unwrap(s session, mech mechanism, unwrapping object, in []byte,
 	return object(k), err
 }
 
-func (m *module) sign(s session, mech mechanism, key object, data, sig []byte) (int, error) {
+func (m *module) sign(s session, mech mechanism, key object, data, sig []byte, twoCall bool) (int, error) {
 	n := C.CK_ULONG(len(sig))
-	err := ok(C.bm_sign(&m.m, C.CK_SESSION_HANDLE(s), mech.p, C.CK_OBJECT_HANDLE(key), ptr(data), C.CK_ULONG(len(data)), ptr(sig), &n))
+	err := ok(C.bm_sign(&m.m, C.CK_SESSION_HANDLE(s), mech.p, C.CK_OBJECT_HANDLE(key), ptr(data), C.CK_ULONG(len(data)), ptr(sig), &n, cBool(twoCall)))
 	return int(n), err
 }
 
@@ -351,15 +361,15 @@ func (m *module) verify(s session, mech mechanism, key object, data, sig []byte)
 	return ok(C.bm_verify(&m.m, C.CK_SESSION_HANDLE(s), mech.p, C.CK_OBJECT_HANDLE(key), ptr(data), C.CK_ULONG(len(data)), ptr(sig), C.CK_ULONG(len(sig))))
 }
 
-func (m *module) encrypt(s session, mech mechanism, key object, data, out []byte) (int, error) {
+func (m *module) encrypt(s session, mech mechanism, key object, data, out []byte, twoCall bool) (int, error) {
 	n := C.CK_ULONG(len(out))
-	err := ok(C.bm_encrypt(&m.m, C.CK_SESSION_HANDLE(s), mech.p, C.CK_OBJECT_HANDLE(key), ptr(data), C.CK_ULONG(len(data)), ptr(out), &n))
+	err := ok(C.bm_encrypt(&m.m, C.CK_SESSION_HANDLE(s), mech.p, C.CK_OBJECT_HANDLE(key), ptr(data), C.CK_ULONG(len(data)), ptr(out), &n, cBool(twoCall)))
 	return int(n), err
 }
 
-func (m *module) digest(s session, mech mechanism, data, out []byte) (int, error) {
+func (m *module) digest(s session, mech mechanism, data, out []byte, twoCall bool) (int, error) {
 	n := C.CK_ULONG(len(out))
-	err := ok(C.bm_digest(&m.m, C.CK_SESSION_HANDLE(s), mech.p, ptr(data), C.CK_ULONG(len(data)), ptr(out), &n))
+	err := ok(C.bm_digest(&m.m, C.CK_SESSION_HANDLE(s), mech.p, ptr(data), C.CK_ULONG(len(data)), ptr(out), &n, cBool(twoCall)))
 	return int(n), err
 }
 

@@ -38,19 +38,20 @@ CK_RV bm_find_next(bm_module *m, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE *objs, CK
 CK_RV bm_find_final(bm_module *m, CK_SESSION_HANDLE h);
 CK_RV bm_find(bm_module *m, CK_SESSION_HANDLE h, CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *objs, CK_ULONG max, CK_ULONG *count);
 
-/* The measured operations. */
+/* The measured operations. twocall: the output call is made the way most
+ * applications make it, a NULL buffer for the length first. */
 CK_RV bm_wrap(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_OBJECT_HANDLE wrapping, CK_OBJECT_HANDLE key,
-	      unsigned char *out, CK_ULONG *outlen);
+	      unsigned char *out, CK_ULONG *outlen, int twocall);
 CK_RV bm_unwrap(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_OBJECT_HANDLE unwrapping,
 		unsigned char *in, CK_ULONG inlen, CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *key);
 CK_RV bm_sign(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_OBJECT_HANDLE key,
-	      unsigned char *data, CK_ULONG len, unsigned char *sig, CK_ULONG *siglen);
+	      unsigned char *data, CK_ULONG len, unsigned char *sig, CK_ULONG *siglen, int twocall);
 CK_RV bm_verify(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_OBJECT_HANDLE key,
 		unsigned char *data, CK_ULONG len, unsigned char *sig, CK_ULONG siglen);
 CK_RV bm_encrypt(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_OBJECT_HANDLE key,
-		 unsigned char *data, CK_ULONG len, unsigned char *out, CK_ULONG *outlen);
+		 unsigned char *data, CK_ULONG len, unsigned char *out, CK_ULONG *outlen, int twocall);
 CK_RV bm_digest(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech,
-		unsigned char *data, CK_ULONG len, unsigned char *out, CK_ULONG *outlen);
+		unsigned char *data, CK_ULONG len, unsigned char *out, CK_ULONG *outlen, int twocall);
 CK_RV bm_random(bm_module *m, CK_SESSION_HANDLE h, unsigned char *out, CK_ULONG len);
 CK_RV bm_login_logout(bm_module *m, CK_SESSION_HANDLE h, const CK_UTF8CHAR *pin, CK_ULONG pinlen);
 CK_RV bm_generate_destroy(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_ATTRIBUTE *t, CK_ULONG n);

@@ -39,8 +39,8 @@ func orderedResults(rep *Report) []Result {
 		}
 	}
 	for _, r := range rep.Results {
-		if _, ok := opIdx[r.Op]; !ok {
-			opIdx[r.Op] = len(opIdx)
+		if _, ok := opIdx[r.id()]; !ok {
+			opIdx[r.id()] = len(opIdx)
 		}
 		if _, ok := modIdx[r.Module]; !ok {
 			modIdx[r.Module] = len(modIdx) + len(rep.Modules)
@@ -49,8 +49,8 @@ func orderedResults(rep *Report) []Result {
 	rs := append([]Result(nil), rep.Results...)
 	sort.SliceStable(rs, func(i, j int) bool {
 		a, b := rs[i], rs[j]
-		if a.Op != b.Op {
-			return opIdx[a.Op] < opIdx[b.Op]
+		if a.id() != b.id() {
+			return opIdx[a.id()] < opIdx[b.id()]
 		}
 		if a.Concurrency != b.Concurrency {
 			return a.Concurrency < b.Concurrency
@@ -131,8 +131,8 @@ func tableCell(s string) string {
 var trailingSpace = regexp.MustCompile(` +\n`)
 
 // WriteTable writes rep as a table for people: a header saying what was
-// measured and on what, one row per op x concurrency x module, and the
-// setup notes.
+// measured and on what, what "x floor" means, and what was set up first;
+// then one row per op x concurrency x module.
 func WriteTable(w io.Writer, rep *Report) error {
 	base := baselineOf(rep)
 	var b bytes.Buffer
@@ -146,9 +146,22 @@ func WriteTable(w io.Writer, rep *Report) error {
 		}
 	}
 	fmt.Fprintf(&b, "modules: %s\n", strings.Join(mods, ", "))
+	if len(rep.Conventions) > 0 {
+		fmt.Fprintf(&b, "keys: %s objects; output calls: %s (%s: a buffer large enough, one call; %s: a NULL buffer for the length first, then the call)\n",
+			rep.Keys, strings.Join(rep.Conventions, " and "), OneCall, TwoCall)
+	}
 	if f := rep.Floor; f != nil && f.Status == "ok" {
 		fmt.Fprintf(&b, "floor: a bare Unix-socket round trip to another process, p50 %s, p99 %s (%s/s)\n",
 			fmtDuration(time.Duration(f.P50)), fmtDuration(time.Duration(f.P99)), fmtRate(f.OpsPerS))
+		fmt.Fprintln(&b, `"x floor": an op's p50 over the floor's times the PKCS#11 calls it makes (1.00x: each call costs a bare round trip)`)
+	}
+	// What was set up before measuring, before what was measured.
+	if len(rep.Setup) > 0 {
+		fmt.Fprintln(&b, "setup:")
+		for _, s := range rep.Setup {
+			fmt.Fprintf(&b, "  %s: %s took %s\n", tableCell(s.Module),
+				tableCell(s.What), fmtDuration(time.Duration(s.Took)))
+		}
 	}
 	fmt.Fprintln(&b)
 
@@ -166,7 +179,7 @@ func WriteTable(w io.Writer, rep *Report) error {
 				ratio = fmt.Sprintf("%.2fx", r.Ratio)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", tableCell(r.Op),
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", tableCell(r.id()),
 			r.Concurrency, tableCell(r.Module), rate, p50, p99, ratio,
 			tableCell(tableNote(r)))
 	}
@@ -176,13 +189,6 @@ func WriteTable(w io.Writer, rep *Report) error {
 	// tabwriter pads empty trailing cells; drop the padding so lines do
 	// not end in spaces.
 	b.Write(trailingSpace.ReplaceAll(tb.Bytes(), []byte("\n")))
-	if len(rep.Setup) > 0 {
-		fmt.Fprintln(&b, "\nsetup:")
-		for _, s := range rep.Setup {
-			fmt.Fprintf(&b, "  %s: %s took %s\n", tableCell(s.Module),
-				tableCell(s.What), fmtDuration(time.Duration(s.Took)))
-		}
-	}
 	_, err := w.Write(b.Bytes())
 	return err
 }
@@ -294,7 +300,7 @@ func WriteCSV(w io.Writer, rep *Report) error {
 	}
 	num := func(x float64) string { return strconv.FormatFloat(x, 'f', -1, 64) }
 	for _, r := range rep.Results {
-		row := []string{r.Op, r.Module, r.ModulePath,
+		row := []string{r.id(), r.Module, r.ModulePath,
 			strconv.Itoa(r.Concurrency), r.Status, r.Reason, r.Mechanism,
 			strconv.Itoa(r.Runs), num(r.OpsPerS), num(r.OpsPerSMin),
 			num(r.OpsPerSMax), r.P50.String(), r.P99.String(), num(r.Ratio), num(r.FloorRatio)}
@@ -327,156 +333,4 @@ func svgEscape(s string) string {
 	var b strings.Builder
 	_ = xml.EscapeText(&b, []byte(s)) // a strings.Builder never fails
 	return b.String()
-}
-
-// Chart geometry, in SVG user units (px).
-const (
-	svgWidth     = 960
-	svgLabelW    = 170 // group labels left of the plot
-	svgPlotW     = 640
-	svgBarH      = 14
-	svgBarGap    = 3
-	svgGroupGap  = 14
-	svgTitleH    = 30
-	svgLegendRow = 20
-	svgAxisH     = 28
-)
-
-// decadeLabel names 10^k ops/s on the axis: 1, 10, 100, 1k, ... 1M.
-func decadeLabel(k int) string {
-	units := []string{"", "k", "M", "G", "T"}
-	u := k / 3
-	if u >= len(units) {
-		u = len(units) - 1
-	}
-	return strconv.FormatFloat(math.Pow(10, float64(k-3*u)), 'f', 0, 64) + units[u]
-}
-
-// WriteSVG writes rep as a self-contained SVG bar chart of ops/s: one
-// group of bars per op and concurrency, one bar per module. The x axis is
-// logarithmic because the modules compared can differ by orders of
-// magnitude (a software token against a network HSM).
-func WriteSVG(w io.Writer, rep *Report) error {
-	rs := orderedResults(rep)
-
-	// Every module gets a colour and a legend entry, including modules
-	// that only appear in results.
-	var mods []string
-	color := map[string]string{}
-	addMod := func(m string) {
-		if _, ok := color[m]; !ok {
-			color[m] = svgColors[len(mods)%len(svgColors)]
-			mods = append(mods, m)
-		}
-	}
-	for _, m := range rep.Modules {
-		addMod(m)
-	}
-	for _, r := range rs {
-		addMod(r.Module)
-	}
-
-	// The axis spans 1 to 1M ops/s, widened if a module is faster.
-	decades := 6
-	for _, r := range rs {
-		if r.Status == "ok" && r.OpsPerS > 0 {
-			if k := int(math.Ceil(math.Log10(r.OpsPerS))); k > decades {
-				decades = k
-			}
-		}
-	}
-	xOf := func(v float64) float64 {
-		if v <= 1 {
-			return 0
-		}
-		return math.Log10(v) / float64(decades) * svgPlotW
-	}
-
-	// Groups of consecutive results with the same op and concurrency.
-	type group struct {
-		label string
-		rows  []Result
-	}
-	var groups []group
-	for _, r := range rs {
-		label := fmt.Sprintf("%s  c=%d", r.Op, r.Concurrency)
-		if n := len(groups); n > 0 && groups[n-1].rows[0].Op == r.Op &&
-			groups[n-1].rows[0].Concurrency == r.Concurrency {
-			groups[n-1].rows = append(groups[n-1].rows, r)
-			continue
-		}
-		groups = append(groups, group{label, []Result{r}})
-	}
-
-	legendTop := svgTitleH
-	plotTop := legendTop + svgLegendRow*((len(mods)+3)/4) + 10
-	plotH := 0
-	for _, g := range groups {
-		plotH += len(g.rows)*(svgBarH+svgBarGap) + svgGroupGap
-	}
-	height := plotTop + plotH + svgAxisH
-	x0 := float64(svgLabelW)
-
-	var b strings.Builder
-	fmt.Fprintf(&b, `<?xml version="1.0" encoding="UTF-8"?>`+"\n")
-	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="11">`+"\n",
-		svgWidth, height, svgWidth, height)
-	fmt.Fprintf(&b, `<title>ops/s per op for each module</title>`+"\n")
-	fmt.Fprintf(&b, `<text x="10" y="20" font-size="14" font-weight="bold">%s</text>`+"\n",
-		svgEscape(fmt.Sprintf("ops/s per op for each module: %s, %d CPUs, %d runs of %s",
-			rep.Host, rep.CPUs, rep.Runs, rep.Duration)))
-
-	// Legend: four entries a row.
-	for i, m := range mods {
-		lx := 10 + (i%4)*230
-		ly := legendTop + (i/4)*svgLegendRow
-		name := m
-		if i == 0 && m == baselineOf(rep) {
-			name += " (baseline)"
-		}
-		fmt.Fprintf(&b, `<rect class="swatch" x="%d" y="%d" width="12" height="12" fill="%s"/>`+"\n",
-			lx, ly, color[m])
-		fmt.Fprintf(&b, `<text x="%d" y="%d">%s</text>`+"\n", lx+16, ly+10, svgEscape(name))
-	}
-
-	// Decade gridlines and labels.
-	axisY := plotTop + plotH
-	for k := 0; k <= decades; k++ {
-		x := x0 + float64(k)/float64(decades)*svgPlotW
-		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ddd"/>`+"\n",
-			x, plotTop, x, axisY)
-		fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle" fill="#555">%s</text>`+"\n",
-			x, axisY+14, decadeLabel(k))
-	}
-	fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle" fill="#555">ops/s (log scale)</text>`+"\n",
-		x0+svgPlotW/2, axisY+26)
-
-	y := plotTop
-	for _, g := range groups {
-		gh := len(g.rows) * (svgBarH + svgBarGap)
-		// xml:space keeps the two spaces of "wrap  c=1".
-		fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="end" xml:space="preserve">%s</text>`+"\n",
-			x0-8, y+gh/2+4, svgEscape(g.label))
-		for i, r := range g.rows {
-			by := y + i*(svgBarH+svgBarGap)
-			ty := by + svgBarH - 3
-			if r.Status != "ok" {
-				fmt.Fprintf(&b, `<text x="%.1f" y="%d" fill="#999" font-size="10">%s</text>`+"\n",
-					x0+4, ty, svgEscape(r.Status))
-				continue
-			}
-			bw := math.Max(xOf(r.OpsPerS), 1) // a sliver even below 1 op/s
-			fmt.Fprintf(&b, `<rect class="bar" x="%.1f" y="%d" width="%.1f" height="%d" fill="%s"><title>%s</title></rect>`+"\n",
-				x0, by, bw, svgBarH, color[r.Module],
-				svgEscape(fmt.Sprintf("%s: %s ops/s", r.Module, fmtRate(r.OpsPerS))))
-			fmt.Fprintf(&b, `<text x="%.1f" y="%d">%s</text>`+"\n",
-				x0+bw+4, ty, svgEscape(fmtRate(r.OpsPerS)))
-		}
-		y += gh + svgGroupGap
-	}
-	fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#333"/>`+"\n",
-		x0, axisY, x0+svgPlotW, axisY)
-	b.WriteString("</svg>\n")
-	_, err := io.WriteString(w, b.String())
-	return err
 }

@@ -7,10 +7,12 @@ import (
 	"encoding/xml"
 	"errors"
 	"io"
+	"math"
 	"os"
 	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -56,6 +58,7 @@ func sampleReport() *Report {
 
 func TestWriteTable(t *testing.T) {
 	rep := sampleReport()
+	rep.Floor = &Result{Op: "floor", Status: "ok", OpsPerS: 40000, P50: Micros(20 * time.Microsecond), P99: Micros(40 * time.Microsecond)}
 	var b bytes.Buffer
 	if err := WriteTable(&b, rep); err != nil {
 		t.Fatal(err)
@@ -73,6 +76,14 @@ func TestWriteTable(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q", want)
 		}
+	}
+	// The set-up summary, and what "x floor" means, come before the
+	// results.
+	if s, r := strings.Index(out, "setup:"), strings.Index(out, "op  "); s < 0 || r < 0 || s > r {
+		t.Errorf("the setup summary is not before the results")
+	}
+	if rep.Floor != nil && !strings.Contains(out, `"x floor": an op's p50 over the floor's times the PKCS#11 calls it makes`) {
+		t.Errorf("the table does not say what x floor means")
 	}
 	lines := strings.Split(out, "\n")
 	for _, l := range lines {
@@ -238,21 +249,17 @@ func TestWriteCSV(t *testing.T) {
 	}
 }
 
-func TestWriteSVG(t *testing.T) {
-	rep := sampleReport()
-	var b bytes.Buffer
-	if err := WriteSVG(&b, rep); err != nil {
-		t.Fatal(err)
-	}
-	doc := b.String()
-	if p := os.Getenv("BENCH_SVG_OUT"); p != "" {
-		_ = os.WriteFile(p, b.Bytes(), 0o644)
-	}
+// svgParts decodes a chart: its bars (by module and op, their width and
+// the ops/s they stand for), its panels and its texts.
+type svgBar struct {
+	op, title string
+	width     float64
+}
 
-	// The whole document must decode as XML; count the rectangles.
+func svgParts(t *testing.T, doc string) (bars []svgBar, panels, swatches int, texts []string) {
+	t.Helper()
 	dec := xml.NewDecoder(strings.NewReader(doc))
-	bars, swatches, other := 0, 0, 0
-	var texts []string
+	op := ""
 	for {
 		tok, err := dec.Token()
 		if errors.Is(err, io.EOF) {
@@ -263,36 +270,82 @@ func TestWriteSVG(t *testing.T) {
 		}
 		switch tok := tok.(type) {
 		case xml.StartElement:
-			if tok.Name.Local == "rect" {
-				switch xmlAttr(tok, "class") {
-				case "bar":
-					bars++
-				case "swatch":
-					swatches++
-				default:
-					other++
+			switch {
+			case tok.Name.Local == "g" && xmlAttr(tok, "class") == "panel":
+				panels++
+				op = xmlAttr(tok, "data-op")
+			case tok.Name.Local == "rect" && xmlAttr(tok, "class") == "bar":
+				w, err := strconv.ParseFloat(xmlAttr(tok, "width"), 64)
+				if err != nil {
+					t.Fatalf("bar width: %v", err)
 				}
+				bars = append(bars, svgBar{op: op, width: w})
+			case tok.Name.Local == "rect" && xmlAttr(tok, "class") == "swatch":
+				swatches++
+			case tok.Name.Local == "rect":
+				t.Errorf("a rect of no known class")
 			}
 		case xml.CharData:
 			if s := strings.TrimSpace(string(tok)); s != "" {
 				texts = append(texts, s)
+				if n := len(bars); n > 0 && bars[n-1].title == "" && strings.Contains(s, " ops/s") {
+					bars[n-1].title = s
+				}
 			}
 		}
 	}
+	return bars, panels, swatches, texts
+}
+
+func TestWriteSVG(t *testing.T) {
+	rep := sampleReport()
+	var b bytes.Buffer
+	if err := WriteSVG(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	doc := b.String()
+	if p := os.Getenv("BENCH_SVG_OUT"); p != "" {
+		_ = os.WriteFile(p, b.Bytes(), 0o644)
+	}
+	bars, panels, swatches, texts := svgParts(t, doc)
 	ok := 0
 	for _, r := range rep.Results {
 		if r.Status == "ok" {
 			ok++
 		}
 	}
-	if bars != ok || swatches != len(rep.Modules) || other != 0 {
-		t.Errorf("%d bars, %d legend swatches, %d other rects; want %d, %d, 0", bars, swatches, other, ok, len(rep.Modules))
+	// One panel per operation, one bar per result measured.
+	if len(bars) != ok || panels != 2 || swatches != len(rep.Modules) {
+		t.Errorf("%d bars, %d panels, %d legend swatches; want %d, 2, %d", len(bars), panels, swatches, ok, len(rep.Modules))
 	}
+	// Linear: within a panel, widths are in the ratio of the rates (the
+	// wrap panel's 1.52k, 1k and 3.9k ops/s).
+	var wrap []float64
+	for _, br := range bars {
+		if br.op == "wrap" {
+			wrap = append(wrap, br.width)
+		}
+	}
+	if len(wrap) != 3 {
+		t.Fatalf("wrap bars: %v", wrap)
+	}
+	var rates []float64
+	for _, r := range orderedResults(rep) {
+		if r.Op == "wrap" && r.Status == "ok" {
+			rates = append(rates, r.OpsPerS)
+		}
+	}
+	for j := 1; j < len(rates); j++ {
+		if got, want := wrap[j]/wrap[0], rates[j]/rates[0]; got < want*0.995 || got > want*1.005 {
+			t.Errorf("bar %d is %.3f times bar 0, its rate %.3f times: the axis is not linear", j, got, want)
+		}
+	}
+	// The axis starts at 0 and ends at the first tick above the fastest.
 	for _, want := range []string{
 		"unsupported", "failed", "hsm<&>emu", "softhsm (baseline)",
-		"wrap  c=1", "wrap  c=4", "sign  c=1",
-		"1", "10", "100", "1k", "10k", "100k", "1M",
-		"19.4k", "1.52k",
+		"c=1  softhsm", "c=4  softhsm", "c=1  hsm<&>emu",
+		"wrap", "sign (CKM_ECDSA)", "0", "1k", "4k", "20k",
+		"19.4k/s", "1.52k/s  1.52x",
 	} {
 		if !slices.Contains(texts, want) {
 			t.Errorf("SVG has no text %q", want)
@@ -305,8 +358,17 @@ func TestWriteSVG(t *testing.T) {
 	if strings.Contains(doc, "hsm<&>emu") || !strings.Contains(doc, "hsm&lt;&amp;&gt;emu") {
 		t.Error("module name not escaped")
 	}
-	if n := len(regexp.MustCompile(`<rect`).FindAllString(doc, -1)); n != ok+len(rep.Modules) {
-		t.Errorf("%d <rect in the source", n)
+}
+
+func TestLinearAxis(t *testing.T) {
+	for _, c := range []struct{ fastest, max, step float64 }{
+		{15000, 15000, 5000}, {27000, 30000, 10000}, {3900, 4000, 1000}, {19400, 20000, 5000},
+		{0.2, 0.2, 0.05}, {5e7, 6e7, 2e7}, {0, 1, 1},
+	} {
+		max, step := linearAxis(c.fastest)
+		if math.Abs(max-c.max) > 1e-9*c.max || math.Abs(step-c.step) > 1e-9*c.step || max < c.fastest {
+			t.Errorf("linearAxis(%g) = %g, %g; want %g, %g", c.fastest, max, step, c.max, c.step)
+		}
 	}
 }
 
@@ -315,29 +377,55 @@ func TestWriteSVGEmptyAndFast(t *testing.T) {
 		{},
 		{Modules: []string{"a"}, Results: []Result{{Op: "x", Module: "a", Concurrency: 1, Status: "ok", OpsPerS: 5e7}}},
 		{Modules: []string{"a"}, Results: []Result{{Op: "x", Module: "a", Concurrency: 1, Status: "ok", OpsPerS: 0.2}}},
+		{Modules: []string{"a"}, Results: []Result{{Op: "x", Module: "a", Concurrency: 1, Status: "failed"}}},
 	} {
 		var b bytes.Buffer
 		if err := WriteSVG(&b, rep); err != nil {
 			t.Fatal(err)
 		}
-		dec := xml.NewDecoder(&b)
-		for {
-			_, err := dec.Token()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				t.Fatalf("invalid XML: %v", err)
-			}
-		}
+		svgParts(t, b.String())
 	}
 	var b bytes.Buffer
 	rep := &Report{Modules: []string{"a"}, Results: []Result{{Op: "x", Module: "a", Concurrency: 1, Status: "ok", OpsPerS: 5e7}}}
 	if err := WriteSVG(&b, rep); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(b.String(), ">100M</text>") {
-		t.Error("axis not widened to 100M for 50M ops/s")
+	if !strings.Contains(b.String(), ">60M</text>") {
+		t.Error("axis not widened to 60M for 50M ops/s")
+	}
+}
+
+// TestWriteHTML: one page holding the machine, the versions, the set-up,
+// the table and the chart, and nothing it would fetch.
+func TestWriteHTML(t *testing.T) {
+	rep := sampleReport()
+	rep.Floor = &Result{Op: "floor", Status: "ok", OpsPerS: 40000, P50: Micros(20 * time.Microsecond), P99: Micros(40 * time.Microsecond)}
+	var b bytes.Buffer
+	if err := WriteHTML(&b, rep, About{Version: "v1.2.3", Commit: "abc123", GoVersion: "go1.26", Platform: "linux/amd64"}); err != nil {
+		t.Fatal(err)
+	}
+	doc := b.String()
+	for _, want := range []string{
+		"<!DOCTYPE html>", "bench-host, 8 CPUs", "v1.2.3 (commit abc123)", "go1.26", "linux/amd64",
+		"softhsm = /usr/lib/softhsm.so (baseline)", "hsm&lt;&amp;&gt;emu: populate 1000 objects for find took",
+		"&#34;x floor&#34; is an operation", "<td>CKR_DEVICE_ERROR</td>", `<g class="panel" data-op="wrap">`, "</svg>",
+	} {
+		if !strings.Contains(doc, want) && !strings.Contains(doc, strings.ReplaceAll(want, "<td>CKR", "<td>FAILED: CKR")) {
+			t.Errorf("the page lacks %q", want)
+		}
+	}
+	// Set-up before results, results before the chart.
+	if s, r, c := strings.Index(doc, "<h2>Set-up"), strings.Index(doc, "<h2>Results"), strings.Index(doc, "<svg"); !(s > 0 && s < r && r < c) {
+		t.Errorf("order: set-up at %d, results at %d, chart at %d", s, r, c)
+	}
+	if rows := strings.Count(doc, "<tr><td>"); rows != len(rep.Results) {
+		t.Errorf("%d table rows, want %d", rows, len(rep.Results))
+	}
+	// Self-contained: the SVG namespace is the only address.
+	for _, m := range regexp.MustCompile(`(src|href)=|https?://[^"]*|<link|<script`).FindAllString(doc, -1) {
+		if m != "http://www.w3.org/2000/svg" {
+			t.Errorf("the page refers outside itself: %q", m)
+		}
 	}
 }
 

@@ -14,7 +14,8 @@ type Cell struct {
 // Result is one operation x module x concurrency over all runs.
 type Result struct {
 	Op          string  `json:"op"`
-	Module      string  `json:"module"` // the name shown: the module's file name, made unique
+	Convention  string  `json:"convention,omitempty"` // OneCall or TwoCall, for an op with an output buffer
+	Module      string  `json:"module"`               // the name shown: the module's file name, made unique
 	ModulePath  string  `json:"module_path"`
 	Concurrency int     `json:"concurrency"`
 	Status      string  `json:"status"`              // "ok", "unsupported" or "failed"
@@ -35,6 +36,14 @@ type Result struct {
 	cells []Cell
 }
 
+// id names the result's op with its convention, as op.id does.
+func (r *Result) id() string {
+	if r.Convention == "" {
+		return r.Op
+	}
+	return r.Op + "/" + r.Convention
+}
+
 // Micros is a duration shown and encoded in microseconds.
 type Micros time.Duration
 
@@ -47,6 +56,8 @@ type Report struct {
 	Runs        int           `json:"runs"`
 	Modules     []string      `json:"modules"` // names, baseline first
 	Concurrency []int         `json:"concurrency"`
+	Conventions []string      `json:"conventions"`
+	Keys        string        `json:"keys"`            // "token" or "session" objects
 	Setup       []SetupNote   `json:"setup,omitempty"` // e.g. populate time of the find objects
 	// Floor is a bare request and reply of 28 and 53 bytes over a Unix
 	// socket to another process, measured in the same runs: the least any

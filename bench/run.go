@@ -28,7 +28,13 @@ type Options struct {
 	Duration    time.Duration // measuring window of each cell in each run
 	Warmup      time.Duration // unmeasured calls before each window
 	Runs        int
-	Objects     int       // token objects find searches among
+	Objects     int // token objects find searches among
+	// Conventions are the ways the ops with an output buffer make that
+	// call, each measured (OneCall, TwoCall; default TwoCall, the common
+	// case).
+	Conventions []string
+	// SessionKeys: the ops' keys are session objects, not token objects.
+	SessionKeys bool
 	Progress    io.Writer // a terminal, or nil
 }
 
@@ -37,6 +43,18 @@ func OpNames() []string {
 	var names []string
 	for _, o := range ops {
 		names = append(names, o.name)
+	}
+	return names
+}
+
+// OutputOps lists the operations with an output buffer, which are measured
+// in each calling convention asked (Options.Conventions).
+func OutputOps() []string {
+	var names []string
+	for _, o := range ops {
+		if o.output {
+			names = append(names, o.name)
+		}
 	}
 	return names
 }
@@ -78,7 +96,15 @@ func (o *Options) defaults() error {
 		o.Runs = 1
 	}
 	if o.Objects < 0 {
-		return errors.New("--objects must not be negative")
+		return errors.New("--find-among must not be negative")
+	}
+	if len(o.Conventions) == 0 {
+		o.Conventions = []string{TwoCall}
+	}
+	for _, c := range o.Conventions {
+		if c != OneCall && c != TwoCall {
+			return fmt.Errorf("convention %q: %s or %s", c, TwoCall, OneCall)
+		}
 	}
 	for _, name := range o.Ops {
 		if !slices.Contains(OpNames(), name) {
@@ -110,11 +136,27 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	}
 	host, _ := os.Hostname()
 	rep := &Report{Started: time.Now().UTC(), Host: host, CPUs: runtime.NumCPU(), Duration: opt.Duration,
-		Runs: opt.Runs, Concurrency: opt.Concurrency}
+		Runs: opt.Runs, Concurrency: opt.Concurrency, Conventions: opt.Conventions, Keys: "token"}
+	if opt.SessionKeys {
+		rep.Keys = "session"
+	}
+	// An op with an output buffer is measured in each convention asked.
 	var sel []*op
 	for i := range ops {
-		if len(opt.Ops) == 0 || slices.Contains(opt.Ops, ops[i].name) {
+		if len(opt.Ops) != 0 && !slices.Contains(opt.Ops, ops[i].name) {
+			continue
+		}
+		if !ops[i].output {
 			sel = append(sel, &ops[i])
+			continue
+		}
+		for _, c := range opt.Conventions {
+			o := ops[i]
+			o.conv = c
+			if c == TwoCall {
+				o.calls++
+			}
+			sel = append(sel, &o)
 		}
 	}
 	maxConc := slices.Max(opt.Concurrency)
@@ -146,14 +188,14 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 
 	calls := map[string]int{}
 	for _, o := range sel {
-		calls[o.name] = o.calls
+		calls[o.id()] = o.calls
 	}
 	results := map[string]*Result{}
 	key := func(op, mod string, c int) string { return fmt.Sprintf("%s\x00%s\x00%d", op, mod, c) }
 	for _, o := range sel {
 		for _, c := range opt.Concurrency {
 			for _, t := range targets {
-				r := &Result{Op: o.name, Module: t.name, ModulePath: t.m.path, Concurrency: c, Status: "ok"}
+				r := &Result{Op: o.name, Convention: o.conv, Module: t.name, ModulePath: t.m.path, Concurrency: c, Status: "ok"}
 				switch {
 				case o.single && c > 1:
 					r.Status, r.Reason = "unsupported", "login state belongs to the application, so login runs at concurrency 1 only"
@@ -165,7 +207,7 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 				if m, ok := t.mechs[o.name]; ok {
 					r.Mechanism = mechName(m)
 				}
-				results[key(o.name, t.name, c)] = r
+				results[key(o.id(), t.name, c)] = r
 			}
 		}
 	}
@@ -202,8 +244,8 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 				for _, c := range opt.Concurrency {
 					for _, i := range turn(len(targets), run) {
 						t := targets[i]
-						r := results[key(o.name, t.name, c)]
-						prog.step(fmt.Sprintf("run %d/%d  %s  c=%d  %s", run+1, opt.Runs, o.name, c, t.name))
+						r := results[key(o.id(), t.name, c)]
+						prog.step(fmt.Sprintf("run %d/%d  %s  c=%d  %s", run+1, opt.Runs, o.id(), c, t.name))
 						if err := ctx.Err(); err != nil {
 							return nil, err
 						}
@@ -234,7 +276,7 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	for _, o := range sel {
 		for _, c := range opt.Concurrency {
 			for _, t := range targets {
-				r := results[key(o.name, t.name, c)]
+				r := results[key(o.id(), t.name, c)]
 				summarize(r)
 				rep.Results = append(rep.Results, *r)
 			}
@@ -254,8 +296,8 @@ func setFloorRatios(results []Result, floor *Result, calls map[string]int) {
 	}
 	for i := range results {
 		r := &results[i]
-		if r.Status == "ok" && r.Concurrency == 1 && calls[r.Op] > 0 {
-			r.FloorRatio = float64(r.P50) / (float64(calls[r.Op]) * float64(floor.P50))
+		if r.Status == "ok" && r.Concurrency == 1 && calls[r.id()] > 0 {
+			r.FloorRatio = float64(r.P50) / (float64(calls[r.id()]) * float64(floor.P50))
 		}
 	}
 }
@@ -520,10 +562,11 @@ func refusal(err error) bool {
 
 // prepare makes an op ready on this module once.
 func (t *target) prepare(o *op, opt Options) (*prepared, error) {
-	if p, ok := t.prepared[o.name]; ok {
+	if p, ok := t.prepared[o.id()]; ok {
 		return p, nil
 	}
-	p, err := o.prepare(&opEnv{m: t.m, s: t.sessions[0], mech: t.mechs[o.name], pin: opt.PIN, objects: opt.Objects})
+	p, err := o.prepare(&opEnv{m: t.m, s: t.sessions[0], mech: t.mechs[o.name], pin: opt.PIN, objects: opt.Objects,
+		twoCall: o.conv == TwoCall, session: opt.SessionKeys})
 	if err != nil {
 		var unsup errUnsupported
 		if errors.As(err, &unsup) {
@@ -534,7 +577,7 @@ func (t *target) prepare(o *op, opt Options) (*prepared, error) {
 		}
 		return nil, fmt.Errorf("preparing: %w", err)
 	}
-	t.prepared[o.name] = p
+	t.prepared[o.id()] = p
 	return p, nil
 }
 

@@ -54,7 +54,7 @@ func setRatios(results []Result, baseline string) {
 	base := make(map[key]float64)
 	for _, r := range results {
 		if r.Module == baseline && r.Status == "ok" && r.OpsPerS > 0 {
-			base[key{r.Op, r.Concurrency}] = r.OpsPerS
+			base[key{r.id(), r.Concurrency}] = r.OpsPerS
 		}
 	}
 	for i := range results {
@@ -63,7 +63,7 @@ func setRatios(results []Result, baseline string) {
 		if r.Status != "ok" {
 			continue
 		}
-		if b, ok := base[key{r.Op, r.Concurrency}]; ok {
+		if b, ok := base[key{r.id(), r.Concurrency}]; ok {
 			r.Ratio = r.OpsPerS / b
 		}
 	}

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,16 +12,6 @@ import (
 	"golang.org/x/term"
 
 	"hsmemu/daemon/adminapi"
-)
-
-// Exit codes of the commands that talk to the daemon (docs/admin.md).
-const (
-	exitError    = 1 // the daemon is not there, or failed
-	exitUsage    = 2 // bad flags or arguments
-	exitConflict = 3 // the name is taken or ambiguous, the token in use, or a policy refuses
-	exitNotFound = 4 // no such token or record
-	exitAuth     = 5 // a PIN was wrong, or is locked
-	exitTampered = 6 // the keystore or its audit log failed verification
 )
 
 // adminFlags are the flags every command on the running daemon takes.
@@ -46,8 +35,11 @@ func socketPath(c *cli.Context) string {
 // command's error.
 func dialAdmin(c *cli.Context) (*adminapi.Client, error) {
 	cl, err := adminapi.Dial(socketPath(c))
+	if errors.Is(err, adminapi.ErrNoDaemon) {
+		return nil, failf(c, exitError, "no_daemon", "%v", err)
+	}
 	if err != nil {
-		return nil, cli.Exit(commandName(c)+": "+err.Error(), exitError)
+		return nil, failf(c, exitError, "failed", "%v", err)
 	}
 	return cl, nil
 }
@@ -75,13 +67,14 @@ func adminCallProgress(c *cli.Context, op string, args, result any, progress fun
 
 // adminExit maps a daemon's refusal onto an exit code.
 func adminExit(c *cli.Context, err error) error {
-	code := exitError
+	code, name := exitError, "failed"
 	var ae *adminapi.Error
 	if errors.As(err, &ae) {
+		name = adminErrorCode(ae)
 		switch ae.Code {
 		case adminapi.CodeBadRequest, adminapi.CodePINInvalid:
 			code = exitUsage
-		case adminapi.CodeExists, adminapi.CodeInUse, adminapi.CodeAmbiguous, adminapi.CodeRefused:
+		case adminapi.CodeExists, adminapi.CodeInUse, adminapi.CodeAmbiguous, adminapi.CodeRefused, adminapi.CodeDeleted:
 			code = exitConflict
 		case adminapi.CodeNotFound:
 			code = exitNotFound
@@ -91,7 +84,7 @@ func adminExit(c *cli.Context, err error) error {
 			code = exitTampered
 		}
 	}
-	return cli.Exit(commandName(c)+": "+err.Error(), code)
+	return failf(c, code, name, "%v", err)
 }
 
 // commandName is "hsmemu token create" and the like.
@@ -103,13 +96,6 @@ func commandName(c *cli.Context) string {
 		}
 	}
 	return strings.Join(append([]string{c.App.Name}, names...), " ")
-}
-
-// printJSON writes v indented, for --json.
-func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }
 
 // A PIN comes from a file (--NAME-file), an environment variable, or a
@@ -225,4 +211,16 @@ func readIn(in string, limit int64) ([]byte, error) {
 		return io.ReadAll(io.LimitReader(os.Stdin, limit))
 	}
 	return os.ReadFile(in)
+}
+
+// tokenFlag names a token by its label, as every command does.
+func tokenFlag() cli.Flag {
+	return &cli.StringFlag{Name: "token", Usage: "the token's label", Required: true}
+}
+
+// deprecatedLabelFlag is --label, --token's old name in the token, pin and
+// rotate commands: hidden, and still taken, with a warning, so that
+// scripts written for it keep working.
+func deprecatedLabelFlag() cli.Flag {
+	return &cli.StringFlag{Name: "label", Usage: "deprecated: --token", Hidden: true}
 }

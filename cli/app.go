@@ -9,10 +9,13 @@ import (
 	"path/filepath"
 
 	"github.com/urfave/cli/v2"
+
+	"hsmemu/daemon/adminapi"
 )
 
-// Version is set at build time with -ldflags "-X hsmemu/cli.Version=...".
-var Version = "dev"
+// Version and Commit are the build's, as the Makefile stamps them
+// (adminapi.Build).
+var Version, Commit = adminapi.Build()
 
 // New returns the hsmemu application.
 func New() *cli.App {
@@ -20,12 +23,26 @@ func New() *cli.App {
 		Name:    "hsmemu",
 		Usage:   "a PKCS#11 HSM emulator whose master key lives in a TPM",
 		Version: Version,
+		Description: `hsmemu serve runs the daemon; the other commands provision and administer
+it. PINs never come from the command line: each comes from a file
+(--so-pin-file, --user-pin-file, ...), an environment variable
+(HSMEMU_SO_PIN, HSMEMU_USER_PIN, ...) or a prompt. Every command that
+prints a result takes --json (docs/json.md describes each shape).
+
+Exit codes, for every command: 0 done, 1 failed (the daemon is not running,
+or failed: its log says why), 2 usage, 3 conflict (exists, ambiguous,
+deleted, in use, refused by a policy), 4 not found, 5 a PIN is wrong or
+locked, 6 verification failed (tampering). Each command's --help says which
+it can give.
+
+Environment: HSMEMU_STATE_DIR, HSMEMU_SOCKET, HSMEMU_TPM, HSMEMU_LOG_LEVEL,
+HSMEMU_LOG_FORMAT, and the PIN variables above.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"HSMEMU_LOG_LEVEL"}},
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json (one JSON object a line, slog's)", EnvVars: []string{"HSMEMU_LOG_FORMAT"}},
 		},
 		Commands: []*cli.Command{serveCommand(), initCommand(), statusCommand(), tokenCommand(), keyCommand(), certCommand(), secretCommand(), pinCommand(), rotateCommand(), auditCommand(),
-			domainCommand(), backupCommand(), restoreCommand(), tpmCommand(), benchCommand(), completionCommand()},
+			domainCommand(), backupCommand(), restoreCommand(), tpmCommand(), benchCommand(), completionCommand(), versionCommand(), manCommand()},
 		EnableBashCompletion: true,
 	}
 }
@@ -42,9 +59,10 @@ func logger(c *cli.Context) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
-// checkLogFormat refuses a --log-format other than text or json.
+// checkLogFormat refuses a --log-format other than text or json (or
+// empty, the default).
 func checkLogFormat(c *cli.Context) error {
-	if f := c.String("log-format"); f != "text" && f != "json" {
+	if f := c.String("log-format"); f != "" && f != "text" && f != "json" {
 		return fmt.Errorf("--log-format is text or json, not %q", f)
 	}
 	return nil

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
@@ -19,15 +18,12 @@ import (
 func auditCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "audit",
-		Usage: "read and verify the daemon's hash-chained audit log",
+		Usage: "the daemon's hash-chained audit log",
 		Description: `Every security-relevant event (logins and failed ones, lockouts, token and
 key creation and destruction, PIN changes, refused exports, tampering
 found, administrator commands) is a record in the keystore, chained to the
 one before by an HMAC under a key that only the TPM can derive. No record
-holds a secret.
-
-Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage,
-4 no such record, 6 the log failed verification.`,
+holds a secret.`,
 		Subcommands: []*cli.Command{
 			{
 				Name:  "tail",
@@ -104,7 +100,6 @@ Examples:
 						return err
 					}
 					defer cl.Close()
-					enc := json.NewEncoder(c.App.Writer)
 					after := c.Int64("after")
 					for {
 						var recs []adminapi.AuditRecord
@@ -115,7 +110,7 @@ Examples:
 							return nil
 						}
 						for _, r := range recs {
-							if err := enc.Encode(r); err != nil {
+							if err := writeJSONLine(c.App.Writer, r); err != nil {
 								return cli.Exit("hsmemu audit export: "+err.Error(), exitError)
 							}
 						}

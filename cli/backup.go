@@ -28,8 +28,6 @@ The copy is as protected as the keystore: every secret in it is sealed under
 the TPM's master key, so it opens only in this security domain, on this TPM
 or on one recovered from the custodians' shares.
 
-Exit codes: 0 done; 1 failed; 2 bad usage.
-
 Example:
   hsmemu backup --state-dir /var/lib/hsmemu /backup/keystore-$(date +%F).db`,
 		Flags: []cli.Flag{
@@ -51,7 +49,7 @@ Example:
 			}
 			fi, _ := os.Stat(dst)
 			if c.Bool("json") {
-				return printJSON(c.App.Writer, map[string]any{"domain": fmt.Sprintf("%x", domain), "file": dst, "bytes": fi.Size()})
+				return printJSON(c.App.Writer, storeBackedUp{Domain: fmt.Sprintf("%x", domain), File: dst, Bytes: fi.Size()})
 			}
 			fmt.Fprintf(c.App.Writer, "backed up the keystore of domain %x to %s (%d bytes)\n", domain, dst, fi.Size())
 			return nil
@@ -75,10 +73,6 @@ A backup is older than the keystore it replaces, and the daemon refuses a
 keystore older than its anchor in the TPM: restore re-anchors the restored
 keystore in the TPM's counter on purpose, says how many anchors it was
 behind, and records it in the audit log (anchor.reset, reason restore).
-
-Exit codes: 0 done; 1 failed (the state directory is as it was); 2 bad usage;
-3 the daemon is running; 6 a token row in the backup failed its integrity
-check (the state directory is as it was).
 
 Example:
   hsmemu restore --state-dir /var/lib/hsmemu /backup/keystore-2026-11-27.db`,
@@ -178,10 +172,10 @@ func runRestore(c *cli.Context) error {
 	anchor := st.Anchor
 	st.Close()
 	if c.Bool("json") {
-		res := map[string]any{"domain": fmt.Sprintf("%x", domain), "state_dir": dir,
-			"reanchored": map[string]any{"counter": fmt.Sprintf("0x%08x", anchor.Handle), "at": anchor.Anchored, "anchors_behind": anchor.Behind}}
+		res := storeRestored{Domain: fmt.Sprintf("%x", domain), StateDir: dir,
+			Reanchored: reanchored{Counter: fmt.Sprintf("0x%08x", anchor.Handle), Value: anchor.Anchored, AnchorsBehind: anchor.Behind}}
 		if len(moved) > 0 {
-			res["replaced"] = aside
+			res.Replaced = aside
 		}
 		return printJSON(c.App.Writer, res)
 	}

@@ -2,11 +2,14 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -16,48 +19,83 @@ import (
 func benchCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "bench",
-		Usage: "measure PKCS#11 modules side by side, or the daemon's in-process hot path",
+		Usage: "measure PKCS#11 modules side by side; hotpath: the daemon's in-process hot path",
 		Description: `Every module named with --module is measured in the same run, interleaved,
 so the ratios hold on a noisy machine; the first module is the baseline of
 the ratio column. Operations a module lacks are reported as unsupported.
+
+PINs come from --user-pin-file and --so-pin-file, or HSMEMU_USER_PIN and
+HSMEMU_SO_PIN (HSMEMU_BENCH_PIN and HSMEMU_BENCH_SO_PIN still work), never
+the command line; without them, 1234 and 12345678, which --setup gives the
+scratch token it makes.
 
 Operations (--op, default all):
 ` + opList() + `
 Examples:
   hsmemu bench --module bin/hsmemu-pkcs11.so --module /usr/lib/softhsm/libsofthsm2.so --setup
   hsmemu bench --module bin/hsmemu-pkcs11.so --op wrap --op unwrap --concurrency 1,2 --runs 5
+  hsmemu bench --module /usr/lib/softhsm/libsofthsm2.so --module bin/hsmemu-pkcs11.so --convention two-call,one-call --objects session
   hsmemu bench --module bin/hsmemu-pkcs11.so --json > run.json
+  hsmemu bench --module bin/hsmemu-pkcs11.so --module /usr/lib/softhsm/libsofthsm2.so --setup --chart run.svg --html run.html
   hsmemu bench --module old/hsmemu-pkcs11.so@/tmp/old.sock --module bin/hsmemu-pkcs11.so@/tmp/new.sock --setup
   hsmemu bench hotpath`,
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "module", Usage: "a PKCS#11 module to measure, `PATH[@SOCKET]` (repeat for more; the first is the baseline; @SOCKET points an hsmemu module at its daemon)"},
 			&cli.StringFlag{Name: "token", Value: "hsmemu-bench", Usage: "label of the token to use"},
-			&cli.StringFlag{Name: "pin", Value: "1234", Usage: "the token's user PIN", EnvVars: []string{"HSMEMU_BENCH_PIN"}},
-			&cli.StringFlag{Name: "so-pin", Value: "12345678", Usage: "the token's SO PIN, for --setup", EnvVars: []string{"HSMEMU_BENCH_SO_PIN"}},
+			userPIN.fileFlag(), soPIN.fileFlag(),
+			// The old flags that took PINs on the command line: refused.
+			&cli.StringFlag{Name: "pin", Hidden: true}, &cli.StringFlag{Name: "so-pin", Hidden: true},
 			&cli.BoolFlag{Name: "setup", Usage: "create the token (C_InitToken, C_InitPIN) where it is missing"},
 			&cli.StringSliceFlag{Name: "op", Usage: "an operation to measure (repeat for more; default all)"},
 			&cli.StringFlag{Name: "concurrency", Value: "1", Usage: "comma-separated worker counts, each worker its own session"},
 			&cli.DurationFlag{Name: "duration", Value: 2e9, Usage: "measuring window of each operation, module and concurrency in each run"},
 			&cli.DurationFlag{Name: "warmup", Value: 2e8, Usage: "unmeasured calls before each window"},
 			&cli.IntFlag{Name: "runs", Value: 3, Usage: "runs; the median is reported, with the min and max"},
-			&cli.IntFlag{Name: "objects", Value: 10000, Usage: "token objects that find searches among (populated once)"},
+			&cli.StringFlag{Name: "objects", Value: "token", Usage: "the ops' keys are `token` or `session` objects"},
+			&cli.StringFlag{Name: "convention", Value: bench.TwoCall, Usage: "how ops with an output buffer make that call: two-call (a NULL buffer for the length first, as most applications do), one-call, or both, comma-separated"},
+			&cli.IntFlag{Name: "find-among", Value: 10000, Usage: "token objects that find searches among (populated once)"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON, one object per operation, module and concurrency"},
 			&cli.BoolFlag{Name: "csv", Usage: "print CSV"},
-			&cli.StringFlag{Name: "chart", Usage: "also draw ops/s per operation for each module into this SVG file"},
+			&cli.StringFlag{Name: "chart", Usage: "also draw ops/s into this SVG file: a panel per operation on a linear axis, a bar per module with its ratio to the baseline"},
+			&cli.StringFlag{Name: "html", Usage: "also write a self-contained report to share into this HTML file: the machine and versions, the set-up, the table and the charts"},
 		},
 		Subcommands: []*cli.Command{hotpathCommand()},
 		Action: func(c *cli.Context) error {
 			if c.Bool("json") && c.Bool("csv") {
-				return cli.Exit("choose one of --json and --csv", 2)
+				return usagef(c, "choose one of --json and --csv")
 			}
 			conc, err := parseInts(c.String("concurrency"))
 			if err != nil {
-				return cli.Exit(fmt.Sprintf("--concurrency: %v", err), 2)
+				return usagef(c, "--concurrency: %v", err)
+			}
+			if c.IsSet("pin") || c.IsSet("so-pin") {
+				return usagef(c, "--pin and --so-pin are gone: a PIN never comes from the command line, where other users see it; give --user-pin-file and --so-pin-file, or set HSMEMU_USER_PIN and HSMEMU_SO_PIN")
+			}
+			pin, err := benchPIN(c, userPIN, "HSMEMU_BENCH_PIN", "1234")
+			if err != nil {
+				return err
+			}
+			so, err := benchPIN(c, soPIN, "HSMEMU_BENCH_SO_PIN", "12345678")
+			if err != nil {
+				return err
+			}
+			var session bool
+			switch c.String("objects") {
+			case "token":
+			case "session":
+				session = true
+			default:
+				return cli.Exit(fmt.Sprintf("--objects %q: token or session (the objects find searches among are --find-among)", c.String("objects")), 2)
+			}
+			var convs []string
+			for _, v := range strings.Split(c.String("convention"), ",") {
+				convs = append(convs, strings.TrimSpace(v))
 			}
 			opt := bench.Options{
-				Modules: c.StringSlice("module"), Token: c.String("token"), PIN: c.String("pin"), SOPIN: c.String("so-pin"),
+				Modules: c.StringSlice("module"), Token: c.String("token"), PIN: pin, SOPIN: so,
 				Setup: c.Bool("setup"), Ops: c.StringSlice("op"), Concurrency: conc, Duration: c.Duration("duration"),
-				Warmup: c.Duration("warmup"), Runs: c.Int("runs"), Objects: c.Int("objects"),
+				Warmup: c.Duration("warmup"), Runs: c.Int("runs"), Objects: c.Int("find-among"),
+				Conventions: convs, SessionKeys: session,
 			}
 			if bench.IsTerminal(os.Stderr) {
 				opt.Progress = os.Stderr
@@ -66,11 +104,11 @@ Examples:
 			defer stop()
 			rep, err := bench.Run(ctx, opt)
 			if err != nil {
-				return cli.Exit("bench: "+err.Error(), 1)
+				return failf(c, exitError, "failed", "%v", err)
 			}
 			switch {
 			case c.Bool("json"):
-				err = bench.WriteJSON(os.Stdout, rep)
+				err = printJSON(c.App.Writer, benchJSON(rep))
 			case c.Bool("csv"):
 				err = bench.WriteCSV(os.Stdout, rep)
 			default:
@@ -80,19 +118,36 @@ Examples:
 				return err
 			}
 			if path := c.String("chart"); path != "" {
-				f, err := os.Create(path)
-				if err != nil {
-					return cli.Exit("--chart: "+err.Error(), 1)
+				if err := writeFile(path, func(w io.Writer) error { return bench.WriteSVG(w, rep) }); err != nil {
+					return failf(c, exitError, "failed", "--chart: %v", err)
 				}
-				if err := bench.WriteSVG(f, rep); err != nil {
-					f.Close()
-					return err
+			}
+			if path := c.String("html"); path != "" {
+				about := bench.About{Version: Version, Commit: Commit, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
+				if err := writeFile(path, func(w io.Writer) error { return bench.WriteHTML(w, rep, about) }); err != nil {
+					return failf(c, exitError, "failed", "--html: %v", err)
 				}
-				return f.Close()
 			}
 			return nil
 		},
 	}
+}
+
+// benchPIN is a PIN for the benchmark's token: from its file or variable
+// as every command takes it, or the variable bench took before (env), or,
+// with neither, the default that --setup gives the scratch token it makes.
+func benchPIN(c *cli.Context, p pinSource, env, def string) (string, error) {
+	if c.String(p.flag+"-file") == "" && os.Getenv(p.env) == "" {
+		if v := os.Getenv(env); v != "" {
+			return v, nil
+		}
+		return def, nil
+	}
+	b, err := readPIN(c, p, false)
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
 }
 
 func opList() string {
@@ -131,7 +186,7 @@ Examples:
   hsmemu bench hotpath --count 10 --json`,
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "count", Value: 5, Usage: "repetitions of each measurement; the median is reported"},
-			&cli.StringFlag{Name: "tpm", Value: "managed", Usage: "the TPM for the scratch keystore, as `hsmemu serve --tpm` takes it"},
+			&cli.StringFlag{Name: "tpm", Value: "managed", Usage: "the TPM for the scratch keystore, as hsmemu serve --tpm takes it"},
 			&cli.StringFlag{Name: "scratch-dir", Usage: "where to make the scratch state directory (default: the system's temporary directory)"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 			&cli.BoolFlag{Name: "quick", Usage: "a smoke test: a few hundred iterations of each, timed by hand; not a measurement"},
@@ -145,12 +200,51 @@ Examples:
 			defer stop()
 			rs, err := bench.Hotpath(ctx, opt)
 			if err != nil {
-				return cli.Exit("bench hotpath: "+err.Error(), 1)
+				return failf(c, exitError, "failed", "%v", err)
 			}
 			if c.Bool("json") {
-				return bench.WriteHotpathJSON(os.Stdout, rs)
+				if rs == nil {
+					rs = []bench.HotpathResult{}
+				}
+				return printJSON(c.App.Writer, rs)
 			}
 			return bench.WriteHotpathTable(os.Stdout, rs)
 		},
 	}
+}
+
+// writeFile writes a file by write, reporting a failure to close it too.
+func writeFile(path string, write func(io.Writer) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := write(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// benchReport is bench's --json result: the report's fields, its duration
+// in seconds, in the form every --json output takes (bench.Report's own
+// encoding, which bench.ReadJSON reads, leaves empty fields out).
+type benchReport struct {
+	Started     time.Time         `json:"started"`
+	Host        string            `json:"host"`
+	CPUs        int               `json:"cpus"`
+	DurationS   float64           `json:"duration_s"`
+	Runs        int               `json:"runs"`
+	Modules     []string          `json:"modules"`
+	Concurrency []int             `json:"concurrency"`
+	Conventions []string          `json:"conventions"`
+	Keys        string            `json:"keys"`
+	Setup       []bench.SetupNote `json:"setup"`
+	Floor       *bench.Result     `json:"floor"`
+	Results     []bench.Result    `json:"results"`
+}
+
+func benchJSON(rep *bench.Report) benchReport {
+	return benchReport{Started: rep.Started, Host: rep.Host, CPUs: rep.CPUs, DurationS: rep.Duration.Seconds(), Runs: rep.Runs,
+		Modules: rep.Modules, Concurrency: rep.Concurrency, Conventions: rep.Conventions, Keys: rep.Keys, Setup: rep.Setup, Floor: rep.Floor, Results: rep.Results}
 }

@@ -17,17 +17,12 @@ import (
 // HSMEMU_PFX_PASSWORD, else a prompt; never the command line.
 var pfxPassword = pinSource{"password", "HSMEMU_PFX_PASSWORD", "PKCS#12 password"}
 
-const certExitCodes = `Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage
-(bad input, a wrong PKCS#12 password), 3 the certificate or key is in the
-token already, or a name matches several, 4 no such token, key or
-certificate (or no key for the certificate), 5 a PIN is wrong or locked.`
-
 // certSelectorFlags name a certificate: by label, uuid or CKA_ID.
 func certSelectorFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+		tokenFlag(),
 		&cli.StringFlag{Name: "cert", Usage: "the certificate's label (CKA_LABEL)"},
-		&cli.StringFlag{Name: "uuid", Usage: "the certificate's uuid, as `cert list` shows it"},
+		&cli.StringFlag{Name: "uuid", Usage: "the certificate's uuid, as cert list shows it"},
 		&cli.StringFlag{Name: "id", Usage: "the certificate's CKA_ID, in hex"},
 		userPIN.fileFlag(),
 	}
@@ -61,7 +56,7 @@ func writeOut(c *cli.Context, data string) error {
 func certCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "cert",
-		Usage: "import, request, list, show and export a token's X.509 certificates",
+		Usage: "a token's X.509 certificates",
 		Description: `Certificates are stored as CKO_CERTIFICATE objects beside their private
 keys, the leaf's CKA_ID the key's, so PKCS#11 clients find the pair. The
 private key of an imported PKCS#12 file is stored as ` + "`hsmemu key import`" + `
@@ -69,9 +64,7 @@ stores one: HSM-protected on a premium token (used, never exported)
 unless --protection software. A certificate request is signed inside the
 token; the issued certificate is imported back and attached to its key.
 Commands act as the token's user, with the user PIN (--user-pin-file or
-HSMEMU_USER_PIN, else a prompt).
-
-` + certExitCodes,
+HSMEMU_USER_PIN, else a prompt).`,
 		Subcommands: []*cli.Command{
 			{
 				Name:  "import",
@@ -87,11 +80,11 @@ Examples:
    HSMEMU_PFX_PASSWORD=... hsmemu cert import --token web --in site.pfx
    hsmemu cert import --token web --in site.pfx --password-file pfx.pass --key site
    hsmemu cert import --token web --in signed.pem`,
-				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+				Flags: adminFlags(tokenFlag(),
 					&cli.StringFlag{Name: "in", Usage: "the PKCS#12 or PEM file, or - for stdin", Required: true},
 					&cli.StringFlag{Name: "key", Usage: "the label of the key and certificate (default: the certificate's common name, or the key's label)"},
 					&cli.StringFlag{Name: "protection", Usage: "hsm or software, for the private key (default: hsm on a premium token)"},
-					pfxPassword.fileFlag(), userPIN.fileFlag()),
+					allowDuplicateLabelFlag(), pfxPassword.fileFlag(), userPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					material, err := readIn(c.String("in"), 1<<20)
 					if err != nil {
@@ -112,7 +105,7 @@ Examples:
 					defer clear(pin)
 					var res adminapi.CertImported
 					if err := adminCall(c, adminapi.OpCertImport, adminapi.CertImport{Token: c.String("token"), UserPIN: pin, Material: material,
-						Password: password, Label: c.String("key"), Protection: c.String("protection")}, &res); err != nil {
+						Password: password, Label: c.String("key"), Protection: c.String("protection"), AllowDuplicateLabel: c.Bool("allow-duplicate-label")}, &res); err != nil {
 						return err
 					}
 					if c.Bool("json") {
@@ -174,7 +167,7 @@ Example:
 				Usage: "list the token's certificates, with their keys and expiry",
 				Description: `Example:
    hsmemu cert list --token web`,
-				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true}, userPIN.fileFlag()),
+				Flags: adminFlags(tokenFlag(), userPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					pin, err := readPIN(c, userPIN, false)
 					if err != nil {

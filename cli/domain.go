@@ -21,7 +21,7 @@ import (
 func domainCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "domain",
-		Usage: "the security domain: recover it into a new TPM",
+		Usage: "the security domain",
 		Subcommands: []*cli.Command{{
 			Name:  "recover",
 			Usage: "recreate a keystore's master key in the TPM of a new state directory from custodians' shares",
@@ -40,9 +40,6 @@ rewritten since a master key rotation (its role has not logged in since)
 needs the shares of that earlier master key: give them too, beside the
 current one's. Records that cannot be brought over are listed; their
 role cannot log in on the new TPM until its PIN is set anew.
-
-Exit codes: 0 done; 1 failed (the new state directory is left without a
-keystore); 2 bad usage; 3 the new state directory already holds a keystore.
 
 Example:
   hsmemu domain recover --state-dir /var/lib/hsmemu-new --from /backup/keystore.db \
@@ -106,23 +103,17 @@ func runRecover(c *cli.Context) error {
 	case err != nil:
 		return cli.Exit("hsmemu domain recover: "+err.Error(), 1)
 	}
-	type unbound struct {
-		Token            string `json:"token"`
-		Role             string `json:"role"`
-		MasterGeneration uint32 `json:"master_generation,omitempty"`
-		Why              string `json:"why"`
-	}
 	var left []unbound
 	for _, u := range res.UnboundPINs {
-		left = append(left, unbound{Token: u.Label, Role: u.Role.String(), MasterGeneration: u.MasterGeneration, Why: u.Why})
+		left = append(left, unbound{Token: u.Label, Role: strings.ToLower(u.Role.String()), MasterGeneration: u.MasterGeneration, Why: u.Why})
 	}
 	var unused []string
 	for _, id := range res.UnusedShares {
 		unused = append(unused, fmt.Sprintf("%x", id[:8]))
 	}
 	if c.Bool("json") {
-		return printJSON(c.App.Writer, map[string]any{"domain": fmt.Sprintf("%x", res.Domain), "state_dir": dir, "shares": len(shares),
-			"pins_rebound": res.ReboundPINs, "pins_unbound": left, "unused_shares": unused})
+		return printJSON(c.App.Writer, domainRecovered{Domain: fmt.Sprintf("%x", res.Domain), StateDir: dir, Shares: len(shares),
+			PINsRebound: res.ReboundPINs, PINsUnbound: left, UnusedShares: unused})
 	}
 	w := c.App.Writer
 	fmt.Fprintf(w, "recovered security domain %x into %s from %d shares; 'hsmemu serve --state-dir %s' opens it\n", res.Domain, dir, len(shares), dir)

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,9 +43,6 @@ TPM's seeds, and so the master key) encrypted under the key in FILE, which
 init creates if it does not exist (32 random bytes in hex, mode 0600). Keep
 FILE outside the state directory: a copy of the directory without it opens
 nothing. Every later command on the state directory needs the same FILE.
-
-Exit codes: 0 done; 1 failed (nothing provisioned unless it says so);
-2 bad usage; 3 the state directory already holds a domain.
 
 Examples:
   hsmemu init --state-dir /var/lib/hsmemu --custodian alice.pem --custodian bob.pem --custodian carol.pem --threshold 2
@@ -177,9 +173,7 @@ func runInit(c *cli.Context) error {
 		}
 	}
 	if c.Bool("json") {
-		enc := json.NewEncoder(c.App.Writer)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return printJSON(c.App.Writer, res)
 	}
 	w := c.App.Writer
 	where := stateDir

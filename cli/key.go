@@ -18,17 +18,17 @@ import (
 // keySelectorFlags name a key: by label, uuid or CKA_ID.
 func keySelectorFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+		tokenFlag(),
 		&cli.StringFlag{Name: "key", Usage: "the key's label (CKA_LABEL)"},
-		&cli.StringFlag{Name: "uuid", Usage: "the key's uuid, as `key list` shows it"},
+		&cli.StringFlag{Name: "uuid", Usage: "the key's uuid, as key list shows it"},
 		&cli.StringFlag{Name: "id", Usage: "the key's CKA_ID, in hex"},
 	}
 }
 
 func keySelector(c *cli.Context) (adminapi.KeySelector, error) {
-	sel := adminapi.KeySelector{Key: c.String("key"), UUID: strings.ToLower(c.String("uuid")), ID: strings.ToLower(c.String("id"))}
+	sel := adminapi.KeySelector{Key: c.String("key"), UUID: strings.ToLower(c.String("uuid")), ID: strings.ToLower(c.String("id")), Class: uriClass(c)}
 	if sel == (adminapi.KeySelector{}) {
-		return sel, cli.Exit(commandName(c)+": name the key with --key LABEL, --uuid UUID or --id HEX", exitUsage)
+		return sel, usagef(c, "name the key with --key LABEL, --uuid UUID, --id HEX or a PKCS#11 URI (pkcs11:token=...;object=...)")
 	}
 	return sel, nil
 }
@@ -58,25 +58,22 @@ func callWithKeyRef[T any](c *cli.Context, op string) (T, error) {
 	return res, adminCall(c, op, ref, &res)
 }
 
-const keyExitCodes = `Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage,
-3 the name matches several keys, or a policy refuses (purge protection,
-CKA_DESTROYABLE false), 4 no such token or key, 5 a PIN is wrong or locked.`
-
 func keyCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "key",
-		Usage: "list, show, export, delete, recover and purge a token's keys",
+		Usage: "a token's keys",
 		Description: `Key commands act as the token's user, with the user PIN (--user-pin-file or
 HSMEMU_USER_PIN, else a prompt); purge takes the SO PIN. A key is named by
-its label (--key), uuid (--uuid) or CKA_ID (--id); a key pair, a private
-and a public key of one type and CKA_ID, counts as one key.
+its label (--key), uuid (--uuid) or CKA_ID (--id), or by a PKCS#11 URI
+(RFC 7512) as key list and key show print it, which OpenSSL, p11tool and
+ssh take too: pkcs11:token=signing;object=tls;type=private. A key pair, a
+private and a public key of one type and CKA_ID, counts as one key; a URI's
+type picks one half.
 
 A deleted key is kept, recoverable, for the token's retention period
-(default 90 days, ` + "`hsmemu token set --retention-days`" + `), then purged. Purge
+(default 90 days, ` + "`hsmemu token set --retention`" + `), then purged. Purge
 protection (` + "`hsmemu token set --purge-protection`" + `), once on, refuses every
-purge before the retention ends and cannot be turned off.
-
-` + keyExitCodes,
+purge before the retention ends and cannot be turned off.`,
 		Subcommands: []*cli.Command{
 			{
 				Name:  "generate",
@@ -150,7 +147,7 @@ Examples:
 				Description: `Examples:
    hsmemu key list --token signing
    hsmemu key list --token signing --deleted --json`,
-				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+				Flags: adminFlags(tokenFlag(),
 					&cli.BoolFlag{Name: "deleted", Usage: "list the deleted keys"}, userPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					pin, err := readPIN(c, userPIN, false)
@@ -172,8 +169,9 @@ Examples:
 			{
 				Name:  "show",
 				Usage: "show a key: attributes, protection level, public-key fingerprint",
-				Description: `Example:
-   hsmemu key show --token signing --key tls`,
+				Description: `Examples:
+   hsmemu key show --token signing --key tls
+   hsmemu key show 'pkcs11:token=signing;object=tls;type=private'`,
 				Flags: adminFlags(append(keySelectorFlags(), userPIN.fileFlag())...),
 				Action: func(c *cli.Context) error {
 					keys, err := callWithKeyRef[[]adminapi.Key](c, adminapi.OpKeyShow)
@@ -204,14 +202,18 @@ Examples:
 					if err != nil {
 						return err
 					}
-					if out := c.String("out"); out != "" {
+					out := c.String("out")
+					if out != "" {
 						if err := os.WriteFile(out, []byte(pub.PEM), 0o644); err != nil {
 							return cli.Exit(commandName(c)+": "+err.Error(), exitError)
 						}
-						return done(c, fmt.Sprintf("wrote the public key (%s) to %s", pub.Fingerprint, out))
 					}
 					if c.Bool("json") {
-						return printJSON(c.App.Writer, pub)
+						return printJSON(c.App.Writer, publicKeyOut{PublicKey: pub, File: out})
+					}
+					if out != "" {
+						fmt.Fprintf(c.App.Writer, "wrote the public key (%s) to %s\n", pub.Fingerprint, out)
+						return nil
 					}
 					fmt.Fprint(c.App.Writer, pub.PEM)
 					return nil
@@ -229,7 +231,7 @@ Examples:
 						return err
 					}
 					if c.Bool("json") {
-						return printJSON(c.App.Writer, res)
+						return printJSON(c.App.Writer, keysDone{Keys: res.Keys, Kept: res.Kept, PurgeAfter: res.PurgeAfter})
 					}
 					for _, k := range res.Keys {
 						fmt.Fprintf(c.App.Writer, "deleted %s %s %q (%s)\n", k.KeyType, k.Class, k.Label, k.UUID)
@@ -252,6 +254,9 @@ Examples:
 					keys, err := callWithKeyRef[[]adminapi.Key](c, adminapi.OpKeyRecover)
 					if err != nil {
 						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, keysDone{Keys: keys})
 					}
 					return printMade(c, "recovered", keys)
 				},
@@ -278,7 +283,7 @@ Example:
 						return cli.Exit(commandName(c)+": "+err.Error(), exitError)
 					}
 					if c.Bool("json") {
-						return printJSON(c.App.Writer, map[string]any{"keys": res.Keys, "file": out})
+						return printJSON(c.App.Writer, keyBackedUp{Keys: res.Keys, File: out})
 					}
 					for _, k := range res.Keys {
 						fmt.Fprintf(c.App.Writer, "backed up %s %s %q (%s)\n", k.KeyType, k.Class, k.Label, k.UUID)
@@ -295,7 +300,7 @@ still exists (live or deleted) must be recovered or purged first.
 
 Example:
    hsmemu key restore --token signing --in tls.hsmkey`,
-				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+				Flags: adminFlags(tokenFlag(),
 					&cli.StringFlag{Name: "in", Usage: "the backup file", Required: true}, userPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					blob, err := os.ReadFile(c.String("in"))
@@ -335,7 +340,7 @@ Example:
 						return err
 					}
 					if c.Bool("json") {
-						return printJSON(c.App.Writer, keys)
+						return printJSON(c.App.Writer, keysDone{Keys: keys})
 					}
 					for _, k := range keys {
 						fmt.Fprintf(c.App.Writer, "purged %s %s %q (%s)\n", k.KeyType, k.Class, k.Label, k.UUID)
@@ -364,10 +369,10 @@ func printKeys(w io.Writer, keys []adminapi.Key, deleted bool) {
 				k.DeletedAt.UTC().Format(time.RFC3339), k.PurgeAfter.UTC().Format(time.RFC3339))
 		}
 	} else {
-		fmt.Fprintln(tw, "UUID\tCLASS\tTYPE\tBITS\tLABEL\tID\tPROTECTION\tUSAGE")
+		fmt.Fprintln(tw, "UUID\tCLASS\tTYPE\tBITS\tLABEL\tID\tPROTECTION\tUSAGE\tURI")
 		for _, k := range keys {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", k.UUID, k.Class, k.KeyType, k.Bits, k.Label, k.ID,
-				cmp.Or(k.Protection, "-"), cmp.Or(strings.Join(k.Usage, ","), "-"))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", k.UUID, k.Class, k.KeyType, k.Bits, k.Label, k.ID,
+				cmp.Or(k.Protection, "-"), cmp.Or(strings.Join(k.Usage, ","), "-"), k.URI)
 		}
 	}
 	tw.Flush()
@@ -383,14 +388,27 @@ func printKey(w io.Writer, k adminapi.Key) {
 	}
 	fmt.Fprintf(tw, "label:\t%s\n", k.Label)
 	fmt.Fprintf(tw, "id:\t%s\n", k.ID)
+	fmt.Fprintf(tw, "uri:\t%s\n", k.URI)
 	if k.Protection != "" {
 		fmt.Fprintf(tw, "protection:\t%s\n", k.Protection)
 	}
 	if k.Fingerprint != "" {
 		fmt.Fprintf(tw, "fingerprint:\t%s\n", k.Fingerprint)
 	}
-	for _, name := range sortedKeys(k.Attributes) {
-		fmt.Fprintf(tw, "%s:\t%s\n", name, k.Attributes[name])
+	if a := k.Attributes; a != nil {
+		for _, f := range a.Flags() {
+			fmt.Fprintf(tw, "%s:\t%t\n", strings.ReplaceAll(f.Name, "_", "-"), f.Value)
+		}
+		if a.KeyGenMechanism != nil {
+			fmt.Fprintf(tw, "key-gen-mechanism:\t%s\n", a.KeyGenMechanism.Name)
+		}
+		if len(a.AllowedMechanisms) > 0 {
+			var ms []string
+			for _, m := range a.AllowedMechanisms {
+				ms = append(ms, m.Name)
+			}
+			fmt.Fprintf(tw, "allowed-mechanisms:\t%s\n", strings.Join(ms, ","))
+		}
 	}
 	tw.Flush()
 	if k.PublicPEM != "" {
@@ -401,18 +419,25 @@ func printKey(w io.Writer, k adminapi.Key) {
 // newKeyFlags describe a key to make.
 func newKeyFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+		tokenFlag(),
 		&cli.StringFlag{Name: "key", Usage: "the new key's label (CKA_LABEL)", Required: true},
 		&cli.StringFlag{Name: "id", Usage: "its CKA_ID in hex (default: random, shared by a pair's halves)"},
 		&cli.StringFlag{Name: "usage", Usage: "comma-separated: encrypt, decrypt, sign, verify, wrap, unwrap, derive (default by type)"},
 		&cli.StringFlag{Name: "protection", Usage: "hsm or software (default: hsm on a premium token, software on a standard one)"},
 		&cli.BoolFlag{Name: "extractable", Usage: "let the key be wrapped out (software protection only)"},
+		allowDuplicateLabelFlag(),
 		userPIN.fileFlag(),
 	}
 }
 
+// allowDuplicateLabelFlag lets a new key share a live key's label.
+func allowDuplicateLabelFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "allow-duplicate-label", Usage: "store the key even though a live key has its label (then name each by --uuid or --id)"}
+}
+
 func keyOptions(c *cli.Context) (adminapi.KeyOptions, error) {
-	opts := adminapi.KeyOptions{Label: c.String("key"), ID: strings.ToLower(c.String("id")), Protection: c.String("protection"), Extractable: c.Bool("extractable")}
+	opts := adminapi.KeyOptions{Label: c.String("key"), ID: strings.ToLower(c.String("id")), Protection: c.String("protection"), Extractable: c.Bool("extractable"),
+		AllowDuplicateLabel: c.Bool("allow-duplicate-label")}
 	if u := c.String("usage"); u != "" {
 		for _, p := range strings.Split(u, ",") {
 			opts.Usage = append(opts.Usage, strings.TrimSpace(p))

@@ -15,9 +15,7 @@ import (
 func rotateCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "rotate",
-		Usage: "rotate the master key or a token's data key while clients keep working",
-		Description: `Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage,
-4 no such token, 5 a PIN is wrong or locked.`,
+		Usage: "new master keys and token data keys, while clients keep working",
 		Subcommands: []*cli.Command{
 			{
 				Name:  "master",
@@ -40,10 +38,7 @@ moving it (say, its shares could not be written) is forgotten by --abort.
 Examples:
    hsmemu rotate master
    hsmemu rotate master --custodian alice.pem --custodian bob.pem --custodian carol.pem --threshold 2 --shares-dir shares
-   hsmemu rotate master --resume
-
-Exit codes: 0 done, 1 failed (see the message for what now), 2 usage, 3 a
-rotation is under way (finish it with --resume) or cannot be aborted.`,
+   hsmemu rotate master --resume`,
 				Flags: adminFlags(
 					&cli.StringSliceFlag{Name: "custodian", Usage: "a custodian's public key, PEM (repeat for each)"},
 					&cli.IntFlag{Name: "threshold", Usage: "how many custodians' shares recreate the new master key"},
@@ -64,8 +59,8 @@ PIN changes wait for the rotation to end. A progress bar shows on a
 terminal.
 
 Example:
-   hsmemu rotate token --label signing --so-pin-file so.pin --user-pin-file user.pin`,
-				Flags: adminFlags(&cli.StringFlag{Name: "label", Usage: "the token's label", Required: true}, soPIN.fileFlag(), userPIN.fileFlag()),
+   hsmemu rotate token --token signing --so-pin-file so.pin --user-pin-file user.pin`,
+				Flags: adminFlags(tokenFlag(), deprecatedLabelFlag(), soPIN.fileFlag(), userPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					so, user, err := readTokenPINs(c, false)
 					if err != nil {
@@ -75,7 +70,7 @@ Example:
 					defer clear(user)
 					bar := newProgressBar(c)
 					var res adminapi.Rotated
-					err = adminCallProgress(c, adminapi.OpRotateToken, adminapi.RotateToken{Label: c.String("label"), SOPIN: so, UserPIN: user}, &res, bar.show)
+					err = adminCallProgress(c, adminapi.OpRotateToken, adminapi.RotateToken{Label: c.String("token"), SOPIN: so, UserPIN: user}, &res, bar.show)
 					bar.end()
 					if err != nil {
 						return err
@@ -132,7 +127,15 @@ func runRotateMaster(c *cli.Context) error {
 		if err := adminCall(c, adminapi.OpRotateMasterAbort, nil, nil); err != nil {
 			return err
 		}
-		return done(c, "the master key rotation is forgotten; the current master key stays")
+		if c.Bool("json") {
+			var st adminapi.Status
+			if err := adminCall(c, adminapi.OpStatus, nil, &st); err != nil {
+				return err
+			}
+			return printJSON(c.App.Writer, masterRotated{Generation: st.MasterGeneration, Aborted: true})
+		}
+		fmt.Fprintln(c.App.Writer, "the master key rotation is forgotten; the current master key stays")
+		return nil
 	}
 	if c.Bool("resume") && len(args.Custodians) > 0 {
 		return cli.Exit("hsmemu rotate master: --resume finishes a rotation whose shares were written when it began: give no custodians", exitUsage)
@@ -143,6 +146,7 @@ func runRotateMaster(c *cli.Context) error {
 	}
 	defer cl.Close()
 	var begun adminapi.MasterBegun
+	var written []shareWrite
 	if !c.Bool("resume") {
 		// Where the shares go is checked before the key is made.
 		var st adminapi.Status
@@ -166,6 +170,7 @@ func runRotateMaster(c *cli.Context) error {
 		}
 		for _, sh := range begun.Shares {
 			p := filepath.Join(dir, fmt.Sprintf("%s.g%d.share", sh.Custodian, begun.Generation))
+			written = append(written, shareWrite{Custodian: sh.Custodian, Fingerprint: sh.Fingerprint, Index: sh.Index, File: p})
 			if err := writeDurably(p, sh.File); err != nil {
 				// No key becomes the master before its shares exist.
 				msg := fmt.Sprintf("hsmemu rotate master: writing %s failed: %v; ", p, err)
@@ -189,7 +194,7 @@ func runRotateMaster(c *cli.Context) error {
 		return adminExit(c, err)
 	}
 	if c.Bool("json") {
-		return printJSON(c.App.Writer, map[string]any{"generation": done.Generation, "shares": begun.Shares})
+		return printJSON(c.App.Writer, masterRotated{Generation: done.Generation, Shares: written})
 	}
 	fmt.Fprintf(c.App.Writer, "the keystore is under master key generation %d; the old master key is flushed from the TPM\n", done.Generation)
 	if len(begun.Shares) > 0 {

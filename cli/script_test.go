@@ -18,6 +18,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"hsmemu/bench"
 	"hsmemu/daemon"
 	"hsmemu/internal/pgtest"
 	"hsmemu/keystore"
@@ -26,13 +27,12 @@ import (
 
 // TestMain lets the scripts run hsmemu as a command of this test binary.
 func TestMain(m *testing.M) {
+	bench.MaybeServeEcho() // as cmd/hsmemu does, for bench hotpath's round trip
+	if os.Getenv(mainEnv) == "1" {
+		os.Exit(Main(os.Args))
+	}
 	testscript.Main(m, map[string]func(){
-		"hsmemu": func() {
-			if err := New().Run(os.Args); err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				os.Exit(1)
-			}
-		},
+		"hsmemu": func() { os.Exit(Main(os.Args)) },
 	})
 }
 
@@ -40,18 +40,20 @@ func TestMain(m *testing.M) {
 // real managed swtpm included.
 func TestScripts(t *testing.T) {
 	tpmtest.Require(t)
+	t.Cleanup(func() { checkSchemasUsed(t) })
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata/script",
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"genkey":    cmdGenkey,
-			"openshare": cmdOpenshare,
-			"putkey":    cmdPutkey,
-			"getkey":    cmdGetkey,
-			"waitsock":  cmdWaitsock,
-			"exits":     cmdExits,
-			"sqlexec":   cmdSQLExec,
-			"signloop":  cmdSignloop,
-			"scrape":    cmdScrape,
+			"genkey":     cmdGenkey,
+			"openshare":  cmdOpenshare,
+			"putkey":     cmdPutkey,
+			"getkey":     cmdGetkey,
+			"waitsock":   cmdWaitsock,
+			"exits":      cmdExits,
+			"sqlexec":    cmdSQLExec,
+			"signloop":   cmdSignloop,
+			"scrape":     cmdScrape,
+			"jsonschema": cmdJSONSchema,
 		},
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -16,7 +17,7 @@ import (
 
 func secretFlags(extra ...cli.Flag) []cli.Flag {
 	return adminFlags(append([]cli.Flag{
-		&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+		tokenFlag(),
 		&cli.StringFlag{Name: "name", Usage: "the secret's name", Required: true},
 		userPIN.fileFlag(),
 	}, extra...)...)
@@ -60,7 +61,8 @@ func readValue(c *cli.Context) ([]byte, error) {
 	return v, nil
 }
 
-// parseExpiry reads --expires: an RFC 3339 time, or a duration from now.
+// parseExpiry reads --expires: an RFC 3339 time, or a duration from now
+// (30d, 720h, 1d12h).
 func parseExpiry(s string) (int64, error) {
 	if s == "" {
 		return 0, nil
@@ -68,38 +70,56 @@ func parseExpiry(s string) (int64, error) {
 	if t, err := time.Parse(time.RFC3339, s); err == nil {
 		return t.Unix(), nil
 	}
-	d, err := time.ParseDuration(s)
+	d, err := parseDays(s)
 	if err != nil || d <= 0 {
-		return 0, fmt.Errorf("--expires takes a time (2027-01-31T00:00:00Z) or a duration from now (720h), not %q", s)
+		return 0, fmt.Errorf("--expires takes a time (2027-01-31T00:00:00Z) or a duration from now (30d, 720h), not %q", s)
 	}
 	return time.Now().Add(d).Unix(), nil
+}
+
+// parseDays reads a duration as Go writes one (720h, 90m) or in days
+// (30d), which may be followed by a Go duration (1d12h).
+func parseDays(s string) (time.Duration, error) {
+	days, rest, ok := strings.Cut(s, "d")
+	if !ok {
+		return time.ParseDuration(s)
+	}
+	n, err := strconv.ParseUint(days, 10, 16)
+	if err != nil || days == "" || days[0] == '+' {
+		return 0, fmt.Errorf("%q: days are a whole number before d (30d)", s)
+	}
+	d := time.Duration(n) * 24 * time.Hour
+	if rest != "" {
+		r, err := time.ParseDuration(rest)
+		if err != nil || r < 0 {
+			return 0, fmt.Errorf("%q: after the days, a duration such as 12h", s)
+		}
+		d += r
+	}
+	return d, nil
 }
 
 func secretCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "secret",
-		Usage: "set, get, list and delete a token's secrets, with versions",
+		Usage: "a token's secrets, with versions",
 		Description: `A secret is a named value with versions, each a private data object of the
 token (so PKCS#11 clients logged in as the user read it too), with a content
 type, an enabled flag and an expiry. Secret commands act as the token's user
 (--user-pin-file or HSMEMU_USER_PIN, else a prompt); purge takes the SO PIN.
 Values come from a file or stdin, never from the command line. A deleted
-secret is kept, recoverable, for the token's retention period.
-
-Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage,
-3 refused (the version is disabled or expired, the secret is deleted, purge
-protection), 4 no such token, secret or version, 5 a PIN is wrong or locked.`,
+secret is kept, recoverable, for the token's retention period.`,
 		Subcommands: []*cli.Command{
 			{
 				Name:  "set",
 				Usage: "add a version (the first makes the secret)",
 				Description: `Examples:
    hsmemu secret set --token app --name db-password --in password.txt
-   printf %s "$VALUE" | hsmemu secret set --token app --name api-key --content-type text/plain --expires 720h`,
+   printf %s "$VALUE" | hsmemu secret set --token app --name api-key --content-type text/plain --expires 30d`,
 				Flags: secretFlags(
 					&cli.StringFlag{Name: "in", Usage: "read the value from this file, or - for stdin (default: stdin)"},
 					&cli.StringFlag{Name: "content-type", Usage: "a media type for the value, e.g. text/plain"},
-					&cli.StringFlag{Name: "expires", Usage: "when the version stops being readable: a time (RFC 3339) or a duration from now"},
+					&cli.StringFlag{Name: "expires", Usage: "when the version stops being readable: a time (RFC 3339) or a duration from now (30d, 720h)"},
 					&cli.BoolFlag{Name: "disabled", Usage: "store the version disabled"}),
 				Action: func(c *cli.Context) error {
 					exp, err := parseExpiry(c.String("expires"))
@@ -170,7 +190,7 @@ Examples:
 				Usage: "list the token's secrets (--deleted: the deleted ones)",
 				Description: `Example:
    hsmemu secret list --token app --deleted`,
-				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+				Flags: adminFlags(tokenFlag(),
 					&cli.BoolFlag{Name: "deleted", Usage: "list the deleted secrets"}, userPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					pin, err := readPIN(c, userPIN, false)
@@ -243,7 +263,11 @@ Examples:
 					if err != nil {
 						return err
 					}
-					return done(c, fmt.Sprintf("recovered secret %q (%d versions)", res.Name, res.Versions))
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, res)
+					}
+					fmt.Fprintf(c.App.Writer, "recovered secret %q (%d versions)\n", res.Name, res.Versions)
+					return nil
 				},
 			},
 			{
@@ -251,7 +275,7 @@ Examples:
 				Usage: "remove a deleted secret for good, with the SO PIN (refused under purge protection)",
 				Description: `Example:
    hsmemu secret purge --token app --name old-password --so-pin-file so.pin`,
-				Flags: adminFlags(&cli.StringFlag{Name: "token", Usage: "the token's label", Required: true},
+				Flags: adminFlags(tokenFlag(),
 					&cli.StringFlag{Name: "name", Usage: "the secret's name", Required: true}, soPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					so, err := readPIN(c, soPIN, false)
@@ -263,7 +287,11 @@ Examples:
 					if err := adminCall(c, adminapi.OpSecretPurge, adminapi.SecretPurge{Token: c.String("token"), SOPIN: so, Name: c.String("name")}, &res); err != nil {
 						return err
 					}
-					return done(c, fmt.Sprintf("purged secret %q (%d versions)", res.Name, res.Versions))
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, res)
+					}
+					fmt.Fprintf(c.App.Writer, "purged secret %q (%d versions)\n", res.Name, res.Versions)
+					return nil
 				},
 			},
 		},
@@ -295,6 +323,9 @@ func printSecrets(w io.Writer, ss []adminapi.Secret, deleted bool) {
 	} else {
 		fmt.Fprintln(tw, "NAME\tVERSION\tVERSIONS\tENABLED\tEXPIRES\tCONTENT TYPE")
 		for _, s := range ss {
+			if s.Current == nil {
+				continue
+			}
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%v\t%s\t%s\n", s.Name, strconv.FormatInt(s.Current.Version, 10), s.Versions, s.Current.Enabled, expiry(s.Current.Expires), s.Current.ContentType)
 		}
 	}

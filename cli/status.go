@@ -15,9 +15,7 @@ func statusCommand() *cli.Command {
 		Usage: "what the running daemon holds: its TPM, its domain, its tokens",
 		Description: `Examples:
    hsmemu status
-   hsmemu status --json
-
-Exit codes: 0 done, 1 the daemon failed or is not running.`,
+   hsmemu status --json`,
 		Flags: adminFlags(),
 		Action: func(c *cli.Context) error {
 			var st adminapi.Status
@@ -28,7 +26,10 @@ Exit codes: 0 done, 1 the daemon failed or is not running.`,
 				return printJSON(c.App.Writer, st)
 			}
 			w := c.App.Writer
-			fmt.Fprintf(w, "hsmemu %s, up %s (since %s)\n", st.Version, (time.Duration(st.UptimeSec) * time.Second).String(), st.Started.UTC().Format(time.RFC3339))
+			fmt.Fprintf(w, "hsmemu %s (commit %s), up %s (since %s)\n", st.Version, orUnknown(st.Commit), (time.Duration(st.UptimeSec) * time.Second).String(), st.Started.UTC().Format(time.RFC3339))
+			if st.Version != Version || st.Commit != Commit {
+				fmt.Fprintf(w, "this command: hsmemu %s (commit %s)\n", Version, orUnknown(Commit))
+			}
 			tpm := st.TPM.Kind
 			if st.TPM.Path != "" {
 				tpm += " " + st.TPM.Path

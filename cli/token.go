@@ -12,27 +12,22 @@ import (
 )
 
 func tokenCommand() *cli.Command {
-	labelFlag := &cli.StringFlag{Name: "label", Usage: "the token's label", Required: true}
 	return &cli.Command{
 		Name:  "token",
-		Usage: "create, list, show and delete the running daemon's tokens",
+		Usage: "the running daemon's tokens",
 		Description: `Token commands act on the running daemon through its socket, as its own
 user or root. PINs come from a file (--so-pin-file ...), an environment
 variable (HSMEMU_SO_PIN, HSMEMU_USER_PIN) or a prompt, never from the
-command line.
-
-Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage,
-3 the label is taken or the token is in use, 4 no such token, 5 a PIN is
-wrong or locked.`,
+command line.`,
 		Subcommands: []*cli.Command{
 			{
 				Name:  "create",
 				Usage: "create a token",
 				Description: `Example:
-   HSMEMU_SO_PIN=... HSMEMU_USER_PIN=... hsmemu token create --label signing --tier premium
+   HSMEMU_SO_PIN=... HSMEMU_USER_PIN=... hsmemu token create --token signing --tier premium
 
 Without a user PIN the token's user PIN awaits ` + "`hsmemu pin reset`" + ` or C_InitPIN.`,
-				Flags: adminFlags(labelFlag,
+				Flags: adminFlags(tokenFlag(), deprecatedLabelFlag(),
 					&cli.StringFlag{Name: "tier", Usage: "standard (secrets, software-protected keys) or premium (also HSM-protected keys)", Value: "standard"},
 					soPIN.fileFlag(), userPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
@@ -43,7 +38,7 @@ Without a user PIN the token's user PIN awaits ` + "`hsmemu pin reset`" + ` or C
 					defer clear(so)
 					defer clear(user)
 					var t adminapi.Token
-					if err := adminCall(c, adminapi.OpTokenCreate, adminapi.TokenCreate{Label: c.String("label"), Tier: c.String("tier"), SOPIN: so, UserPIN: user}, &t); err != nil {
+					if err := adminCall(c, adminapi.OpTokenCreate, adminapi.TokenCreate{Label: c.String("token"), Tier: c.String("tier"), SOPIN: so, UserPIN: user}, &t); err != nil {
 						return err
 					}
 					if c.Bool("json") {
@@ -51,7 +46,7 @@ Without a user PIN the token's user PIN awaits ` + "`hsmemu pin reset`" + ` or C
 					}
 					fmt.Fprintf(c.App.Writer, "created %s token %q in slot %d (serial %s)\n", t.Tier, t.Label, t.Slot, t.Serial)
 					if !t.UserPINSet {
-						fmt.Fprintf(c.App.Writer, "its user PIN is not set: `hsmemu pin reset --label %s` sets it with the SO PIN\n", t.Label)
+						fmt.Fprintf(c.App.Writer, "its user PIN is not set: `hsmemu pin reset --token %s` sets it with the SO PIN\n", t.Label)
 					}
 					return nil
 				},
@@ -78,11 +73,11 @@ Without a user PIN the token's user PIN awaits ` + "`hsmemu pin reset`" + ` or C
 				Name:  "show",
 				Usage: "show one token",
 				Description: `Example:
-   hsmemu token show --label signing`,
-				Flags: adminFlags(labelFlag),
+   hsmemu token show --token signing`,
+				Flags: adminFlags(tokenFlag(), deprecatedLabelFlag()),
 				Action: func(c *cli.Context) error {
 					var t adminapi.Token
-					if err := adminCall(c, adminapi.OpTokenShow, adminapi.TokenRef{Label: c.String("label")}, &t); err != nil {
+					if err := adminCall(c, adminapi.OpTokenShow, adminapi.TokenRef{Label: c.String("token")}, &t); err != nil {
 						return err
 					}
 					if c.Bool("json") {
@@ -95,22 +90,34 @@ Without a user PIN the token's user PIN awaits ` + "`hsmemu pin reset`" + ` or C
 			{
 				Name:  "set",
 				Usage: "set a token's deletion policy, with its SO PIN",
-				Description: `--retention-days is how long deleted keys and secrets are kept,
-recoverable, before they are purged (0 to 3650; 0 deletes at once).
+				Description: `--retention is how long deleted keys and secrets are kept,
+recoverable, before they are purged (0d to 3650d; 0d deletes at once).
 --purge-protection, once on, refuses every purge before the retention ends,
 and a token's deletion while it holds anything; it cannot be turned off,
 needs at least 7 days of retention, and from then on the retention can only
 grow.
 
 Example:
-   hsmemu token set --label signing --retention-days 30 --purge-protection`,
-				Flags: adminFlags(labelFlag,
-					&cli.IntFlag{Name: "retention-days", Usage: "days deleted objects are kept"},
+   hsmemu token set --token signing --retention 30d --purge-protection`,
+				Flags: adminFlags(tokenFlag(), deprecatedLabelFlag(),
+					&cli.StringFlag{Name: "retention", Usage: "how long deleted objects are kept, in whole days: 30d (or 720h)"},
+					&cli.IntFlag{Name: "retention-days", Usage: "deprecated: --retention Nd", Hidden: true},
 					&cli.BoolFlag{Name: "purge-protection", Usage: "turn purge protection on, for good"},
 					soPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
-					args := adminapi.TokenSet{Label: c.String("label")}
-					if c.IsSet("retention-days") {
+					args := adminapi.TokenSet{Label: c.String("token")}
+					switch {
+					case c.IsSet("retention") && c.IsSet("retention-days"):
+						return usagef(c, "give --retention (--retention-days is its old form), not both")
+					case c.IsSet("retention"):
+						d, err := parseDays(c.String("retention"))
+						if err != nil || d < 0 || d%(24*time.Hour) != 0 {
+							return usagef(c, "--retention is whole days: 30d, 0d, or 720h; not %q", c.String("retention"))
+						}
+						days := int(d / (24 * time.Hour))
+						args.RetentionDays = &days
+					case c.IsSet("retention-days"):
+						fmt.Fprintf(c.App.ErrWriter, "%s: --retention-days is deprecated: use --retention %dd\n", commandName(c), c.Int("retention-days"))
 						d := c.Int("retention-days")
 						args.RetentionDays = &d
 					}
@@ -122,7 +129,7 @@ Example:
 						args.PurgeProtection = &on
 					}
 					if args.RetentionDays == nil && args.PurgeProtection == nil {
-						return cli.Exit("hsmemu token set: nothing to set: give --retention-days or --purge-protection", exitUsage)
+						return usagef(c, "nothing to set: give --retention or --purge-protection")
 					}
 					so, err := readPIN(c, soPIN, false)
 					if err != nil {
@@ -148,21 +155,21 @@ Example:
 deleted cannot be brought back except from a backup.
 
 Example:
-   hsmemu token delete --label old --so-pin-file so.pin`,
-				Flags: adminFlags(labelFlag, soPIN.fileFlag()),
+   hsmemu token delete --token old --so-pin-file so.pin`,
+				Flags: adminFlags(tokenFlag(), deprecatedLabelFlag(), soPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					so, err := readPIN(c, soPIN, false)
 					if err != nil {
 						return err
 					}
 					defer clear(so)
-					if err := adminCall(c, adminapi.OpTokenDelete, adminapi.TokenDelete{Label: c.String("label"), SOPIN: so}, nil); err != nil {
+					if err := adminCall(c, adminapi.OpTokenDelete, adminapi.TokenDelete{Label: c.String("token"), SOPIN: so}, nil); err != nil {
 						return err
 					}
 					if c.Bool("json") {
-						return printJSON(c.App.Writer, map[string]string{"deleted": c.String("label")})
+						return printJSON(c.App.Writer, tokenDeleted{Token: c.String("token"), Deleted: true})
 					}
-					fmt.Fprintf(c.App.Writer, "deleted token %q\n", c.String("label"))
+					fmt.Fprintf(c.App.Writer, "deleted token %q\n", c.String("token"))
 					return nil
 				},
 			},
@@ -233,20 +240,18 @@ func onOff(b bool) string {
 }
 
 func pinCommand() *cli.Command {
-	labelFlag := &cli.StringFlag{Name: "label", Usage: "the token's label", Required: true}
 	roleFlag := &cli.StringFlag{Name: "role", Usage: "user or so", Value: "user"}
 	return &cli.Command{
-		Name:  "pin",
-		Usage: "change, reset and unlock a token's PINs",
-		Description: `Exit codes: 0 done, 1 the daemon failed or is not running, 2 usage (a new
-PIN must be 4 to 255 bytes), 4 no such token, 5 a PIN is wrong or locked.`,
+		Name:        "pin",
+		Usage:       "a token's PINs",
+		Description: ``,
 		Subcommands: []*cli.Command{
 			{
 				Name:  "change",
 				Usage: "change the user's or the SO's PIN, giving the current one",
 				Description: `Example:
-   hsmemu pin change --label signing --role user --old-pin-file old --new-pin-file new`,
-				Flags: adminFlags(labelFlag, roleFlag, oldPIN.fileFlag(), newPIN.fileFlag()),
+   hsmemu pin change --token signing --role user --old-pin-file old --new-pin-file new`,
+				Flags: adminFlags(tokenFlag(), deprecatedLabelFlag(), roleFlag, oldPIN.fileFlag(), newPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					old, err := readPIN(c, oldPIN, false)
 					if err != nil {
@@ -258,18 +263,18 @@ PIN must be 4 to 255 bytes), 4 no such token, 5 a PIN is wrong or locked.`,
 						return err
 					}
 					defer clear(nw)
-					if err := adminCall(c, adminapi.OpPINChange, adminapi.PINChange{Label: c.String("label"), Role: c.String("role"), Old: old, New: nw}, nil); err != nil {
+					if err := adminCall(c, adminapi.OpPINChange, adminapi.PINChange{Label: c.String("token"), Role: c.String("role"), Old: old, New: nw}, nil); err != nil {
 						return err
 					}
-					return done(c, fmt.Sprintf("changed the %s PIN of token %q", c.String("role"), c.String("label")))
+					return done(c, "change", fmt.Sprintf("changed the %s PIN of token %q", c.String("role"), c.String("token")))
 				},
 			},
 			{
 				Name:  "reset",
 				Usage: "set a new user PIN with the SO PIN (also unlocks a locked user PIN)",
 				Description: `Example:
-   hsmemu pin reset --label signing --so-pin-file so.pin --new-pin-file user.pin`,
-				Flags: adminFlags(labelFlag, soPIN.fileFlag(), newUserPIN.fileFlag()),
+   hsmemu pin reset --token signing --so-pin-file so.pin --new-pin-file user.pin`,
+				Flags: adminFlags(tokenFlag(), deprecatedLabelFlag(), soPIN.fileFlag(), newUserPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					so, err := readPIN(c, soPIN, false)
 					if err != nil {
@@ -281,10 +286,10 @@ PIN must be 4 to 255 bytes), 4 no such token, 5 a PIN is wrong or locked.`,
 						return err
 					}
 					defer clear(nw)
-					if err := adminCall(c, adminapi.OpPINReset, adminapi.PINReset{Label: c.String("label"), SOPIN: so, New: nw}, nil); err != nil {
+					if err := adminCall(c, adminapi.OpPINReset, adminapi.PINReset{Label: c.String("token"), SOPIN: so, New: nw}, nil); err != nil {
 						return err
 					}
-					return done(c, fmt.Sprintf("set a new user PIN on token %q", c.String("label")))
+					return done(c, "reset", fmt.Sprintf("set a new user PIN on token %q", c.String("token")))
 				},
 			},
 			{
@@ -295,9 +300,9 @@ the administrator alone (the daemon's user or root, who hold the TPM the
 keys depend on).
 
 Examples:
-   hsmemu pin unlock --label signing --role user --so-pin-file so.pin
-   hsmemu pin unlock --label signing --role so`,
-				Flags: adminFlags(labelFlag, roleFlag, soPIN.fileFlag()),
+   hsmemu pin unlock --token signing --role user --so-pin-file so.pin
+   hsmemu pin unlock --token signing --role so`,
+				Flags: adminFlags(tokenFlag(), deprecatedLabelFlag(), roleFlag, soPIN.fileFlag()),
 				Action: func(c *cli.Context) error {
 					var so []byte
 					if c.String("role") == "user" {
@@ -307,20 +312,24 @@ Examples:
 						}
 						defer clear(so)
 					}
-					if err := adminCall(c, adminapi.OpPINUnlock, adminapi.PINUnlock{Label: c.String("label"), Role: c.String("role"), SOPIN: so}, nil); err != nil {
+					if err := adminCall(c, adminapi.OpPINUnlock, adminapi.PINUnlock{Label: c.String("token"), Role: c.String("role"), SOPIN: so}, nil); err != nil {
 						return err
 					}
-					return done(c, fmt.Sprintf("unlocked the %s PIN of token %q", c.String("role"), c.String("label")))
+					return done(c, "unlock", fmt.Sprintf("unlocked the %s PIN of token %q", c.String("role"), c.String("token")))
 				},
 			},
 		},
 	}
 }
 
-// done reports a command that has no result but its success.
-func done(c *cli.Context, msg string) error {
+// done reports a PIN command, which has no result but its success.
+func done(c *cli.Context, action, msg string) error {
 	if c.Bool("json") {
-		return printJSON(c.App.Writer, map[string]string{"done": msg})
+		role := c.String("role")
+		if role == "" {
+			role = "user" // pin reset sets the user's
+		}
+		return printJSON(c.App.Writer, pinDone{Token: c.String("token"), Role: role, Action: action})
 	}
 	fmt.Fprintln(c.App.Writer, msg)
 	return nil

@@ -36,9 +36,6 @@ unencrypted state.
 
 The daemon must be stopped (its socket must not answer).
 
-Exit codes: 0 done; 1 failed (the state is as it was); 2 bad usage;
-3 the daemon is running.
-
 Example:
   hsmemu tpm encrypt-state --state-dir /var/lib/hsmemu --tpm-state-key /etc/hsmemu/tpm-state.key`,
 			Flags: []cli.Flag{

@@ -129,8 +129,12 @@ func TestAdminKeys(t *testing.T) {
 	if err := a.Call(adminapi.OpKeyShow, adminapi.KeyRef{Token: "prem", UserPIN: user, KeySelector: adminapi.KeySelector{Key: "imp-ec"}}, &shown); err != nil || len(shown) != 2 {
 		t.Fatalf("show: %+v %v", shown, err)
 	}
-	if shown[0].Attributes["sensitive"] != "true" || shown[0].Attributes["extractable"] != "false" || shown[0].Attributes["local"] != "false" {
-		t.Fatalf("imported key's attributes: %v", shown[0].Attributes)
+	if at := shown[0].Attributes; at == nil || at.Sensitive == nil || !*at.Sensitive || at.Extractable == nil || *at.Extractable ||
+		at.Local == nil || *at.Local || at.KeyGenMechanism != nil {
+		t.Fatalf("imported key's attributes: %+v", shown[0].Attributes)
+	}
+	if kt := shown[0].KeyType; kt == nil || kt.Name != "CKK_EC" || kt.Value != 3 {
+		t.Fatalf("imported key's type: %+v", kt)
 	}
 	var pub adminapi.PublicKey
 	if err := a.Call(adminapi.OpKeyExportPublic, adminapi.KeyRef{Token: "prem", UserPIN: user, KeySelector: adminapi.KeySelector{Key: "imp-ec"}}, &pub); err != nil {
@@ -144,7 +148,10 @@ func TestAdminKeys(t *testing.T) {
 	if err := a.Call(adminapi.OpKeyShow, adminapi.KeyRef{Token: "prem", UserPIN: user, KeySelector: adminapi.KeySelector{Key: "x"}}, nil); err != nil {
 		t.Fatalf("show one key: %v", err)
 	}
-	gen("prem", "aes-128", "x", adminapi.KeyOptions{})
+	if _, err := gen("prem", "aes-128", "x", adminapi.KeyOptions{}); code(t, err) != adminapi.CodeExists {
+		t.Fatalf("a second key labelled x: %v", err)
+	}
+	gen("prem", "aes-128", "x", adminapi.KeyOptions{AllowDuplicateLabel: true})
 	if err := a.Call(adminapi.OpKeyShow, adminapi.KeyRef{Token: "prem", UserPIN: user, KeySelector: adminapi.KeySelector{Key: "x"}}, nil); code(t, err) != adminapi.CodeAmbiguous {
 		t.Fatalf("show an ambiguous label: %v", err)
 	}
@@ -179,7 +186,7 @@ func TestAdminKeys(t *testing.T) {
 	if err := a.Call(adminapi.OpKeyDelete, ref, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Call(adminapi.OpKeyDelete, ref, nil); code(t, err) != adminapi.CodeNotFound {
+	if err := a.Call(adminapi.OpKeyDelete, ref, nil); code(t, err) != adminapi.CodeDeleted {
 		t.Fatalf("delete twice: %v", err)
 	}
 	purge := adminapi.KeyPurge{Token: "prem", SOPIN: so, KeySelector: adminapi.KeySelector{Key: "ec-p256"}}

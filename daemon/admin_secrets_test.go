@@ -125,7 +125,7 @@ func TestAdminSecrets(t *testing.T) {
 	if n := len(cl.Find(h, A(ck.CKA_LABEL, []byte("db")))); n != 0 {
 		t.Fatalf("client finds %d versions of a deleted secret", n)
 	}
-	if _, err := set("db", "new", nil); code(t, err) != adminapi.CodeRefused {
+	if _, err := set("db", "new", nil); code(t, err) != adminapi.CodeDeleted {
 		t.Fatalf("set a deleted secret: %v", err)
 	}
 	if err := a.Call(adminapi.OpSecretRecover, ref, nil); err != nil {

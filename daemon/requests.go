@@ -352,9 +352,29 @@ func (s *Server) call(ctx context.Context, app *token.App, c *calls.Call, args *
 		results = res.Finish()
 	}
 	if sayIdle && onSession[c.ID] {
-		idle = app.SessionIdle(args.Ulong(0))
+		var but calls.OpKinds
+		if prefetched(c, args) {
+			// The module holds the output and ends the operation itself.
+			but = calls.RoleOf(c).Continues
+		}
+		idle = app.SessionIdleBut(args.Ulong(0), but)
 	}
 	return code, results, idle
+}
+
+// prefetched: the call asked for its whole result with a NULL buffer
+// (calls.Prefetches): the reply's idle flag then leaves out the operation
+// it continues.
+func prefetched(c *calls.Call, args *wire.Args) bool {
+	if !calls.Prefetches(c) {
+		return false
+	}
+	for i, a := range c.Args {
+		if a.Kind == calls.OutBytes {
+			return args.Out(i).Prefetch
+		}
+	}
+	return false
 }
 
 // onSession[id]: call id's first argument is a session.

@@ -5,7 +5,7 @@ set -euo pipefail
 
 build_pkgs=(gcc make libc6-dev pkg-config libp11-kit-dev libssl-dev)
 test_pkgs=(swtpm swtpm-tools opensc gnutls-bin openssl libengine-pkcs11-openssl p11-kit openssh-client softhsm2 python3-cryptography-vectors
-	openjdk-17-jdk-headless libnss3-tools p11-kit-modules postgresql)
+	openjdk-17-jdk-headless libnss3-tools p11-kit-modules zsh fish postgresql)
 
 want=("${build_pkgs[@]}")
 if [ "${1:-test}" = test ]; then

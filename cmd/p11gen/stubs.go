@@ -50,6 +50,7 @@ func genStub(e *emitter, c *calls.Call) error {
 		genCheck(e, c, a)
 	}
 	e.p("")
+	e.p("\thsm_stats_call();")
 	e.p("\thsm_call_init(&c, %d);", c.ID)
 	for _, a := range c.Args {
 		if c.Name == cancelCall().Name && a.Name == "flags" {
@@ -57,9 +58,18 @@ func genStub(e *emitter, c *calls.Call) error {
 			e.p("\thsm_put_u64(&c.req, (uint64_t)%s & ~(uint64_t)%#xULL);", a.Name, uint64(calls.CancelCurrentMessage))
 			continue
 		}
+		if a.Kind == calls.OutBytes && calls.Prefetches(c) {
+			e.p("\thsm_put_outspec_prefetch(&c.req, %s != NULL, *%s_len);", a.Name, a.Name)
+			continue
+		}
 		genEncode(e, a)
 	}
 	genRole(e, c)
+	if out, ok := prefetchOut(c); ok {
+		// A result the daemon gave with the size query (held.c).
+		e.p("\tif (hsm_held_serve(&c, %s, %s_len, &rv))", out.Name, out.Name)
+		e.p("\t\tgoto out;")
+	}
 	if c.Name == "C_WaitForSlotEvent" {
 		e.p("\tif (!(flags & CKF_DONT_BLOCK))")
 		e.p("\t\tc.timeout_ms = 0; /* blocks until an event, or C_Finalize */")
@@ -110,6 +120,9 @@ func genStub(e *emitter, c *calls.Call) error {
 		e.p("\t{")
 		for _, a := range outs {
 			genDecode(e, a)
+			if a.Kind == calls.OutBytes && calls.Prefetches(c) {
+				e.p("\t\thsm_held_keep(&c, &o_%s, %s);", a.Name, a.Name)
+			}
 		}
 		conds := []string{"!hsm_get_end(&c.res)"}
 		for _, a := range outs {
@@ -131,6 +144,20 @@ func genStub(e *emitter, c *calls.Call) error {
 	e.p("\treturn rv;")
 	e.p("}")
 	return nil
+}
+
+// prefetchOut is the output a prefetching call's size query may bring in
+// full (calls.Prefetches).
+func prefetchOut(c *calls.Call) (calls.Arg, bool) {
+	if !calls.Prefetches(c) {
+		return calls.Arg{}, false
+	}
+	for _, a := range c.Args {
+		if a.Kind == calls.OutBytes {
+			return a, true
+		}
+	}
+	panic("p11gen: " + c.Name + " prefetches but has no OutBytes output")
 }
 
 // genRole writes what the call is to deferred Inits (calls.RoleOf,

@@ -12,12 +12,13 @@ import (
 	"testing"
 
 	"hsmemu/bench"
+	"hsmemu/internal/jsondoc"
 	"hsmemu/internal/testenv"
 )
 
 // softhsm returns SoftHSMv2's module and an environment with a fresh
 // token directory, or skips (fails under CI) without it.
-func softhsm(t *testing.T) (string, []string) {
+func softhsm(t testing.TB) (string, []string) {
 	t.Helper()
 	for _, p := range []string{"/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"} {
 		if _, err := os.Stat(p); err == nil {
@@ -48,8 +49,9 @@ func TestBenchHarness(t *testing.T) {
 	soft, softEnv := softhsm(t)
 	env := append(d.env(), softEnv...)
 	chart := filepath.Join(t.TempDir(), "chart.svg")
+	report := filepath.Join(t.TempDir(), "report.html")
 	args := []string{"bench", "--module", a.module, "--module", soft, "--setup",
-		"--duration", "40ms", "--warmup", "5ms", "--runs", "2", "--objects", "30", "--concurrency", "1,2"}
+		"--duration", "40ms", "--warmup", "5ms", "--runs", "2", "--find-among", "30", "--concurrency", "1,2"}
 
 	run := func(extra ...string) []byte {
 		t.Helper()
@@ -64,16 +66,34 @@ func TestBenchHarness(t *testing.T) {
 		return out
 	}
 
-	out := run("--json", "--chart", chart)
+	out := run("--json", "--chart", chart, "--html", report, "--convention", "two-call,one-call")
 	rep, err := bench.ReadJSON(bytes.NewReader(out))
 	if err != nil {
 		t.Fatalf("JSON output does not parse: %v\n%s", err, out)
 	}
+	doc, err := jsondoc.Load(filepath.Join(a.root, "docs", "json.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := doc.Validate("bench", out); err != nil {
+		t.Errorf("%v\n%.2000s", err, out)
+	}
+	if page, err := os.ReadFile(report); err != nil || !bytes.Contains(page, []byte("libsofthsm2.so")) ||
+		bytes.Count(page, []byte(`<g class="panel"`)) != len(bench.OpNames())+len(bench.OutputOps()) || !bytes.Contains(page, []byte("<h2>Set-up</h2>")) {
+		t.Errorf("the HTML report: %v\n%.1000s", err, page)
+	}
 	if len(rep.Modules) != 2 || rep.Modules[0] != "hsmemu-pkcs11.so" || rep.Modules[1] != "libsofthsm2.so" {
 		t.Fatalf("modules %v", rep.Modules)
 	}
-	if want := len(bench.OpNames()) * 2 * 2; len(rep.Results) != want {
-		t.Fatalf("%d results, want %d (every op x module x concurrency)", len(rep.Results), want)
+	if want := (len(bench.OpNames()) + len(bench.OutputOps())) * 2 * 2; len(rep.Results) != want {
+		t.Fatalf("%d results, want %d (every op x module x concurrency, those with an output buffer in both conventions)", len(rep.Results), want)
+	}
+	convs := map[string]int{}
+	for _, r := range rep.Results {
+		convs[r.Convention]++
+	}
+	if n := len(bench.OutputOps()) * 2 * 2; convs["one-call"] != n || convs["two-call"] != n || rep.Keys != "token" {
+		t.Errorf("conventions %v, keys %q: want %d of each, token objects", convs, rep.Keys, n)
 	}
 	for _, r := range rep.Results {
 		switch r.Status {
@@ -131,10 +151,12 @@ func TestBenchHarness(t *testing.T) {
 		t.Fatalf("CSV has %d rows (header %v), want a header, 8 and the floor", len(rows), rows[0])
 	}
 
-	// And the table, for a person.
-	out = run("--op", "digest-sha256-1k")
-	if !bytes.Contains(out, []byte("digest-sha256-1k")) || !bytes.Contains(out, []byte("libsofthsm2.so")) {
-		t.Fatalf("table:\n%s", out)
+	// And the table, for a person: session-object keys, both conventions.
+	out = run("--op", "sign-ecdsa-p256", "--objects", "session", "--convention", "one-call,two-call")
+	for _, want := range []string{"sign-ecdsa-p256/one-call", "sign-ecdsa-p256/two-call", "libsofthsm2.so", "keys: session objects"} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Fatalf("table without %q:\n%s", want, out)
+		}
 	}
 }
 
@@ -167,6 +189,8 @@ func TestBenchHarnessErrors(t *testing.T) {
 		{args: []string{"bench"}, want: "no module"},
 		{args: []string{"bench", "--module", "/nonexistent.so"}, want: "nonexistent"},
 		{args: []string{"bench", "--module", a.module, "--concurrency", "1,x"}, want: "--concurrency"},
+		{args: []string{"bench", "--module", a.module, "--objects", "10000"}, want: "--find-among"},
+		{args: []string{"bench", "--module", a.module, "--convention", "three-call"}, want: "convention"},
 	} {
 		cmd := exec.Command(a.daemon, c.args...)
 		cmd.Env = d.env()

@@ -28,7 +28,10 @@ func TestMakeInstall(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cmd := exec.Command("make", "-C", a.root, "install", "PREFIX="+prefix, "SYSCONFDIR="+filepath.Join(prefix, "etc"), "USERROOT="+users)
+	// Where p11-kit looks, by default, whatever the PREFIX; here, told
+	// otherwise, so the test writes nothing outside its directories.
+	p11kit := filepath.Join(prefix, "p11-kit-modules")
+	cmd := exec.Command("make", "-C", a.root, "install", "PREFIX="+prefix, "SYSCONFDIR="+filepath.Join(prefix, "etc"), "USERROOT="+users, "P11KITDIR="+p11kit)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("make install: %v\n%s", err, out)
@@ -47,7 +50,29 @@ func TestMakeInstall(t *testing.T) {
 	if out, err := exec.Command(bin, "--version").CombinedOutput(); err != nil || !strings.Contains(string(out), "hsmemu") {
 		t.Fatalf("installed hsmemu --version: %v: %s", err, out)
 	}
-	mod, err := os.ReadFile(filepath.Join(prefix, "share", "p11-kit", "modules", "hsmemu.module"))
+	// The version and commit are stamped: the checkout's.
+	head, err := exec.Command("git", "-C", a.root, "rev-parse", "HEAD").Output()
+	if err != nil {
+		t.Fatalf("git rev-parse HEAD: %v", err)
+	}
+	if out, err := exec.Command(bin, "version").CombinedOutput(); err != nil || strings.Contains(string(out), "hsmemu dev\n") ||
+		!strings.Contains(string(out), "commit "+strings.TrimSpace(string(head))) {
+		t.Errorf("installed hsmemu version: %v: %s (HEAD %s)", err, out, head)
+	}
+	if man, err := os.ReadFile(filepath.Join(prefix, "share", "man", "man1", "hsmemu.1")); err != nil ||
+		!strings.Contains(string(man), ".TH hsmemu 1") || !strings.Contains(string(man), "generate") {
+		t.Errorf("the manual page: %v\n%.300s", err, man)
+	}
+	// Without P11KITDIR, the registration goes where pkg-config says
+	// p11-kit looks, not under the PREFIX.
+	if pc, err := exec.Command("pkg-config", "--variable", "p11_module_configs", "p11-kit-1").Output(); err == nil && len(bytes.TrimSpace(pc)) > 0 {
+		dry, err := exec.Command("make", "-C", a.root, "-n", "install", "PREFIX="+prefix).CombinedOutput()
+		want := "> " + filepath.Join(string(bytes.TrimSpace(pc)), "hsmemu.module")
+		if err != nil || !strings.Contains(string(dry), want) {
+			t.Errorf("make -n install does not write %q: %v\n%s", want, err, dry)
+		}
+	}
+	mod, err := os.ReadFile(filepath.Join(p11kit, "hsmemu.module"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,6 +110,58 @@ func TestMakeInstall(t *testing.T) {
 	if sa, err := exec.LookPath("systemd-analyze"); err == nil {
 		if out, err := exec.Command(sa, "verify", unitPath).CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
 			t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+		}
+	}
+}
+
+// TestMakeInstallDestdir stages an install with the default PREFIX into a
+// DESTDIR, as a package build does, and checks each path against where
+// this machine's p11-kit (pkg-config) looks: the registration lands there,
+// under DESTDIR, and names the module where it will be once unpacked.
+func TestMakeInstallDestdir(t *testing.T) {
+	a := need(t)
+	pc, err := exec.Command("pkg-config", "--variable", "p11_module_configs", "p11-kit-1").Output()
+	p11kit := string(bytes.TrimSpace(pc))
+	if err != nil || p11kit == "" {
+		t.Fatalf("pkg-config does not say where p11-kit looks for modules: %v", err)
+	}
+	dest := t.TempDir()
+	out, err := exec.Command("make", "-C", a.root, "install", "DESTDIR="+dest).CombinedOutput()
+	if err != nil {
+		t.Fatalf("make install DESTDIR=%s: %v\n%s", dest, err, out)
+	}
+	// A staged install creates no accounts; it says who should.
+	if !strings.Contains(string(out), "scripts/add-system-user.sh") {
+		t.Errorf("a staged install does not say how to create the daemon's user:\n%s", out)
+	}
+	const prefix = "/usr/local"
+	for path, mode := range map[string]os.FileMode{
+		prefix + "/bin/hsmemu":                        0o755,
+		prefix + "/lib/hsmemu/hsmemu-pkcs11.so":       0o644,
+		prefix + "/share/man/man1/hsmemu.1":           0o644,
+		prefix + "/lib/systemd/system/hsmemu.service": 0o644,
+		"/etc/hsmemu/module.conf":                     0o644,
+		filepath.Join(p11kit, "hsmemu.module"):        0o644,
+	} {
+		fi, err := os.Stat(filepath.Join(dest, path))
+		if err != nil || fi.Mode().Perm() != mode {
+			t.Errorf("%s in DESTDIR: %v (mode %v, want %v)", path, err, fi, mode)
+		}
+	}
+	// The registration and the unit name the unpacked paths, not DESTDIR's.
+	mod, err := os.ReadFile(filepath.Join(dest, p11kit, "hsmemu.module"))
+	if err != nil || !strings.Contains(string(mod), "module: "+prefix+"/lib/hsmemu/hsmemu-pkcs11.so\n") || strings.Contains(string(mod), dest) {
+		t.Errorf("the staged registration: %v\n%s", err, mod)
+	}
+	unit, err := os.ReadFile(filepath.Join(dest, prefix, "lib/systemd/system/hsmemu.service"))
+	if err != nil || !strings.Contains(string(unit), "ExecStart="+prefix+"/bin/hsmemu serve ") || strings.Contains(string(unit), dest) {
+		t.Errorf("the staged unit: %v\n%s", err, unit)
+	}
+	// Nothing lands under DESTDIR outside those trees.
+	entries, _ := os.ReadDir(dest)
+	for _, e := range entries {
+		if top := "/" + e.Name(); !strings.HasPrefix(prefix, top) && !strings.HasPrefix(p11kit, top) && top != "/etc" {
+			t.Errorf("the staged install wrote %s", top)
 		}
 	}
 }

@@ -113,6 +113,15 @@ void hsm_put_outspec(hsm_wbuf *w, int present, CK_ULONG capacity)
 	hsm_put_u64(w, capacity);
 }
 
+void hsm_put_outspec_prefetch(hsm_wbuf *w, int present, CK_ULONG capacity)
+{
+	w->out_at = w->len;
+	if (!present && w->err == CKR_OK)
+		w->prefetch_at = w->len;
+	hsm_put_u8(w, present ? 1 : 2);
+	hsm_put_u64(w, capacity);
+}
+
 const uint8_t *hsm_get_raw(hsm_rbuf *r, size_t n)
 {
 	if (r->bad || n > r->len - r->off) {

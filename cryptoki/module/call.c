@@ -8,7 +8,9 @@
  *
  * An Init may instead be held back to travel with its session's next call
  * (defer.c); then that call sends two requests in one write and reads two
- * replies.
+ * replies. A C_SessionCancel the module owes the daemon (held.c handed
+ * over a result of an operation the daemon still keeps) goes first, the
+ * same way.
  *
  * A call that continues an operation and fails here, before the daemon
  * saw it (a NULL length pointer, data too long for a frame), ends its
@@ -67,35 +69,58 @@ enum hsm_outcome hsm_call_run(hsm_call *c)
 		return HSM_REPLIED;
 	}
 
+	hsm_held_begin(c);
 	hsm_carry k;
 	CK_RV failed = hsm_defer_begin(c, &k);
 	if (failed != CKR_OK) {
 		hsm_defer_end(c, &k, 0, CKR_OK);
+		hsm_held_end(c);
 		c->rv = failed;
 		return HSM_FAILED;
 	}
+	c->defer_seq = k.seq;
 
-	/* The carried Init first, then the call. */
-	hsm_wbuf init = {.p = k.init, .len = k.init_len, .cap = k.init_len, .err = CKR_OK};
-	hsm_wbuf *reqs[2] = {&init, &c->req};
-	int n = k.init != NULL ? 2 : 1;
-	CK_RV rv[2] = {CKR_OK, CKR_OK};
-	int idle[2] = {0, 0};
-	uint8_t *replies[2] = {NULL, NULL};
-	uint32_t lens[2] = {0, 0};
-	hsm_wbuf **mine = n == 2 ? reqs : reqs + 1;
-	enum hsm_io io = hsm_exchange(mine, n, rv, idle, replies, lens, c->timeout_ms, n == 2 ? k.app_gen : 0);
-	if (io == HSM_IO_STALE) {
-		/* The held Init's session went with the daemon's application:
-		 * the Init is dropped, the call goes alone. */
-		n = 1;
-		mine = reqs + 1;
-		io = hsm_exchange(mine, 1, rv, idle, replies, lens, c->timeout_ms, 0);
+	/* An owed C_SessionCancel first, then the carried Init, then the
+	 * call: one write. */
+	hsm_wbuf cancel = {.err = CKR_OK};
+	if (k.cancel != 0) {
+		hsm_put_u32(&cancel, 0);
+		hsm_put_u32(&cancel, 0);
+		hsm_put_u32(&cancel, k.cancel_call);
+		hsm_put_u64(&cancel, c->session);
+		hsm_put_u64(&cancel, k.cancel);
 	}
+	hsm_wbuf init = {.p = k.init, .len = k.init_len, .cap = k.init_len, .err = CKR_OK};
+	hsm_wbuf *reqs[HSM_EXCHANGE_MAX];
+	int n = 0, init_at = -1;
+	if (k.cancel != 0 && cancel.err == CKR_OK)
+		reqs[n++] = &cancel;
+	if (k.init != NULL) {
+		init_at = n;
+		reqs[n++] = &init;
+	}
+	reqs[n++] = &c->req;
+	CK_RV rv[HSM_EXCHANGE_MAX] = {CKR_OK, CKR_OK, CKR_OK};
+	int idle[HSM_EXCHANGE_MAX] = {0, 0, 0};
+	uint8_t *replies[HSM_EXCHANGE_MAX] = {NULL, NULL, NULL};
+	uint32_t lens[HSM_EXCHANGE_MAX] = {0, 0, 0};
+	enum hsm_io io = hsm_exchange(reqs, n, rv, idle, replies, lens, c->timeout_ms, n > 1 ? k.app_gen : 0);
+	if (io == HSM_IO_STALE) {
+		/* The held Init's and the cancel's session went with the
+		 * daemon's application: they are dropped, the call goes alone. */
+		n = 1;
+		init_at = -1;
+		reqs[0] = &c->req;
+		io = hsm_exchange(reqs, 1, rv, idle, replies, lens, c->timeout_ms, 0);
+	}
+	free(cancel.p);
+	/* The daemon's application the reply came from: held.c keeps a
+	 * result only for it (the call's own dial may have begun it). */
+	c->held_gen = hsm_exchange_app_gen();
 	int replied = io == HSM_IO_OK;
-	CK_RV init_rv = n == 2 && replied ? rv[0] : CKR_OK;
-	if (n == 2)
-		free(replies[0]);
+	CK_RV init_rv = init_at >= 0 && replied ? rv[init_at] : CKR_OK;
+	for (int i = 0; i < n - 1; i++)
+		free(replies[i]);
 	if (replied) {
 		c->rv = rv[n - 1];
 		c->idle = idle[n - 1];
@@ -107,8 +132,16 @@ enum hsm_outcome hsm_call_run(hsm_call *c)
 			c->res.off = 0;
 			c->res.bad = 0;
 		}
+		/* A prefetch's idle flag leaves out the operation whose
+		 * result came: held.c keeps it, and defer.c hears of it only
+		 * when the result is handed over. */
+		if (c->req.prefetch_at != 0) {
+			c->idle_but = c->idle;
+			c->idle = 0;
+		}
 	}
 	hsm_defer_end(c, &k, replied, init_rv);
+	hsm_held_end(c);
 
 	if (io == HSM_IO_UNAVAILABLE)
 		return HSM_OFFLINE;

@@ -11,7 +11,9 @@
  *      ~/.local/share/hsmemu/hsmemu.sock.
  *
  * The file may also say "timeout = SECONDS": how long a call waits for its
- * reply before it fails with CKR_DEVICE_ERROR (default 60; 0 waits forever).
+ * reply before it fails with CKR_DEVICE_ERROR (default 60; 0 waits forever),
+ * and "log = stderr|syslog|none": where the module says, once, why it did
+ * not reach the daemon (hsm_log_note; default stderr).
  * Lines are "key = value"; blank lines and lines starting with '#' are
  * skipped; unknown keys are ignored. Environment variables are read with
  * secure_getenv, so a set-id program ignores them.
@@ -23,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include "hsm.h"
@@ -121,6 +124,26 @@ static char *read_file(const char *path)
 	return buf;
 }
 
+/* Where hsm_log_note writes: module.conf's "log". */
+enum { LOG_TO_STDERR, LOG_TO_SYSLOG, LOG_TO_NONE };
+static int log_dest = LOG_TO_STDERR;
+
+/* hsm_log_note writes one line, for people, where module.conf's "log" says:
+ * stderr (the default), syslog, or nowhere. (conn.c declares it; it belongs
+ * in hsm.h beside hsm_config_load.) */
+void hsm_log_note(const char *msg)
+{
+	switch (__atomic_load_n(&log_dest, __ATOMIC_RELAXED)) {
+	case LOG_TO_NONE:
+		return;
+	case LOG_TO_SYSLOG:
+		syslog(LOG_USER | LOG_WARNING, "%s", msg);
+		return;
+	default:
+		fprintf(stderr, "%s\n", msg);
+	}
+}
+
 /* parse_config reads "key = value" lines; returns whether a socket was set. */
 static int parse_config(hsm_config *cfg, char *text)
 {
@@ -140,6 +163,13 @@ static int parse_config(hsm_config *cfg, char *text)
 		if (strcmp(key, "socket") == 0 && val[0] != '\0') {
 			set_socket(cfg, val);
 			have_socket = 1;
+		} else if (strcmp(key, "log") == 0) {
+			if (strcmp(val, "syslog") == 0)
+				__atomic_store_n(&log_dest, LOG_TO_SYSLOG, __ATOMIC_RELAXED);
+			else if (strcmp(val, "none") == 0)
+				__atomic_store_n(&log_dest, LOG_TO_NONE, __ATOMIC_RELAXED);
+			else
+				__atomic_store_n(&log_dest, LOG_TO_STDERR, __ATOMIC_RELAXED);
 		} else if (strcmp(key, "timeout") == 0) {
 			char *end;
 			errno = 0;

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -21,6 +22,9 @@
 
 #include "hsm.h"
 
+/* config.c: a line for people, where module.conf's "log" says. */
+void hsm_log_note(const char *msg);
+
 #define HELLO_TIMEOUT_MS 5000
 #define POLL_SLICE_MS 250 /* how often a waiting call looks at the epoch */
 
@@ -29,6 +33,41 @@ static long long now_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Why a dial did not reach the daemon, said once per kind in a process:
+ * no daemon listens, the socket's permissions keep this user out, or the
+ * daemon refused this process's hello (its peer credentials). An
+ * application sees only an empty slot, so this line is how a user learns
+ * to start the daemon or to join its group. */
+enum { UNREACHABLE_NO_SOCKET, UNREACHABLE_NO_DAEMON, UNREACHABLE_DENIED, UNREACHABLE_REFUSED };
+static unsigned reported;
+
+static void report_unreachable(int kind, const char *socket, int err)
+{
+	unsigned bit = 1u << kind;
+	if (__atomic_fetch_or(&reported, bit, __ATOMIC_RELAXED) & bit)
+		return;
+	char msg[640];
+	switch (kind) {
+	case UNREACHABLE_NO_SOCKET:
+		snprintf(msg, sizeof msg, "hsmemu-pkcs11: no socket path: set HSMEMU_SOCKET or socket = in module.conf; "
+			 "the slot shows no token");
+		break;
+	case UNREACHABLE_NO_DAEMON:
+		snprintf(msg, sizeof msg, "hsmemu-pkcs11: no daemon at %s (%s): start it (systemctl start hsmemu, or "
+			 "hsmemu serve); until then the slot shows no token", socket, strerror(err));
+		break;
+	case UNREACHABLE_DENIED:
+		snprintf(msg, sizeof msg, "hsmemu-pkcs11: the daemon's socket %s refused this user (%s): add the user to "
+			 "the socket's group (usermod -aG hsmemu USER) and log in again", socket, strerror(err));
+		break;
+	default:
+		snprintf(msg, sizeof msg, "hsmemu-pkcs11: the daemon at %s refused this process (uid %u): it lets in its "
+			 "own user, root and its socket's group (usermod -aG hsmemu USER, then log in again)",
+			 socket, (unsigned)getuid());
+	}
+	hsm_log_note(msg);
 }
 
 /* wait_fd polls fd for events until the deadline (< 0: none), giving up
@@ -132,11 +171,11 @@ static enum hsm_io recv_all(int fd, uint8_t *p, size_t n, long long deadline, un
 	return recv_some(fd, p, n, n, &got, deadline, epoch);
 }
 
-/* hello opens the connection speaking version 2, or 1 for a daemon that
- * speaks no more (*version says which). *fresh: the daemon holds nothing
- * of this application from before (version 1 cannot say, so yes). A
- * daemon that wants version 1 closes the connection: HSM_IO_BROKEN then
- * asks for a new one. */
+/* hello opens the connection speaking version 3, or the older one a
+ * daemon that speaks no more names (*version says which). *fresh: the
+ * daemon holds nothing of this application from before (version 1 cannot
+ * say, so yes). A daemon that wants an older version closes the
+ * connection: HSM_IO_BROKEN then asks for a new one. */
 static enum hsm_io hello(int fd, int *version, int *fresh)
 {
 	uint8_t h[32], r[8];
@@ -155,15 +194,30 @@ static enum hsm_io hello(int fd, int *version, int *fresh)
 	if (memcmp(r, "HSMU", 4) != 0 || r[4] != 0 || r[6] != 0)
 		return HSM_IO_UNAVAILABLE; /* not our daemon */
 	/* Status 1, version not supported, names the daemon's highest. */
-	if (r[7] == 1 && *version == 2 && r[5] == 1) {
-		*version = 1;
+	if (r[7] == 1 && r[5] >= 1 && r[5] < *version) {
+		*version = r[5];
 		return HSM_IO_BROKEN;
 	}
-	/* A version we did not ask for, or refused: as if no daemon ran. */
-	if (r[5] != *version || !(r[7] == 0 || (r[7] == 3 && *version == 2)))
+	/* Refused: this process's user may not use the daemon. */
+	if (r[7] == 2) {
+		report_unreachable(UNREACHABLE_REFUSED, hsm_config_get()->socket, 0);
+		return HSM_IO_UNAVAILABLE;
+	}
+	/* A version we did not ask for: as if no daemon ran. */
+	if (r[5] != *version || !(r[7] == 0 || (r[7] == 3 && *version >= 2)))
 		return HSM_IO_UNAVAILABLE;
 	*fresh = r[7] == 0;
 	return HSM_IO_OK;
+}
+
+/* report_connect says why connect() failed, when it is no daemon or a
+ * permission; anything else is left to the call's CK_RV. */
+static void report_connect(const char *socket, int err)
+{
+	if (err == ENOENT || err == ECONNREFUSED || err == ENOTDIR)
+		report_unreachable(UNREACHABLE_NO_DAEMON, socket, err);
+	else if (err == EACCES || err == EPERM)
+		report_unreachable(UNREACHABLE_DENIED, socket, err);
 }
 
 /* connect_fd connects a new non-blocking socket to the daemon. */
@@ -188,6 +242,8 @@ static enum hsm_io connect_fd(const struct sockaddr_un *sa, int *out)
 			if (wait_fd(fd, POLLOUT, deadline, 0) != HSM_IO_OK ||
 			    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
 				close(fd);
+				if (err != 0)
+					report_connect(sa->sun_path, err);
 				return HSM_IO_UNAVAILABLE;
 			}
 			break;
@@ -197,28 +253,33 @@ static enum hsm_io connect_fd(const struct sockaddr_un *sa, int *out)
 			nanosleep(&ts, NULL);
 			continue;
 		}
+		int err = errno;
 		close(fd);
+		report_connect(sa->sun_path, err);
 		return HSM_IO_UNAVAILABLE;
 	}
 	*out = fd;
 	return HSM_IO_OK;
 }
 
-/* The version to open with: 2, or 1 once a daemon asked for it; kept
- * until the next C_Initialize (hsm_conn_init), so each dial to a version 1
- * daemon costs one hello, and a re-initialised application tries the
- * newest version again. */
-static int dial_version = 2;
+/* The version to open with: 3, or an older one once a daemon asked for
+ * it; kept until the next C_Initialize (hsm_conn_init), so each dial to an
+ * older daemon costs one hello, and a re-initialised application tries
+ * the newest version again. */
+#define DIAL_NEWEST 3
+static int dial_version = DIAL_NEWEST;
 
-void hsm_conn_init(void) { __atomic_store_n(&dial_version, 2, __ATOMIC_RELAXED); }
+void hsm_conn_init(void) { __atomic_store_n(&dial_version, DIAL_NEWEST, __ATOMIC_RELAXED); }
 
 enum hsm_io hsm_conn_dial(int *out, int *fresh, int *version_out)
 {
 	const hsm_config *cfg = hsm_config_get();
 	struct sockaddr_un sa;
 
-	if (cfg->socket[0] == '\0')
+	if (cfg->socket[0] == '\0') {
+		report_unreachable(UNREACHABLE_NO_SOCKET, "", 0);
 		return HSM_IO_UNAVAILABLE;
+	}
 	memset(&sa, 0, sizeof sa);
 	sa.sun_family = AF_UNIX;
 	memcpy(sa.sun_path, cfg->socket, sizeof sa.sun_path);
@@ -235,7 +296,7 @@ enum hsm_io hsm_conn_dial(int *out, int *fresh, int *version_out)
 		close(fd);
 		if (io != HSM_IO_BROKEN)
 			return io;
-		/* A daemon of version 1: again, speaking it. */
+		/* An older daemon: again, speaking its version. */
 		__atomic_store_n(&dial_version, version, __ATOMIC_RELAXED);
 	}
 	*version_out = version;

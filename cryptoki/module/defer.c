@@ -62,6 +62,11 @@ typedef struct {
 	unsigned init_kind;
 	CK_RV failed;        /* a deferred Init the daemon refused, not yet reported */
 	unsigned failed_kind;
+	/* An operation whose result held.c handed over, which the daemon
+	 * still keeps: C_SessionCancel(owe_call, owe) goes ahead of the
+	 * session's next frame. 0: none owed. */
+	uint64_t owe;
+	uint32_t owe_call;
 } sess;
 
 typedef struct {
@@ -162,7 +167,7 @@ static sess *add(uint64_t h)
 			spare = e;
 			break;
 		}
-		if (e->init != NULL || e->busy || e->calls != 0)
+		if (e->init != NULL || e->busy || e->calls != 0 || e->owe != 0)
 			continue;
 		if (e->failed == CKR_OK) {
 			if (spare == NULL)
@@ -231,6 +236,7 @@ static void app_fresh(void)
 		e->init = NULL;
 		e->failed = CKR_OK;
 		e->idle = 0;
+		e->owe = 0;
 		if (!e->busy && e->calls == 0)
 			memset(e, 0, sizeof *e);
 	}
@@ -268,6 +274,8 @@ static void flush(void)
 	hsm_wbuf reqs[SESS_MAX];
 	uint64_t handles[SESS_MAX];
 	unsigned kinds[SESS_MAX];
+	uint64_t owed[SESS_MAX];
+	uint32_t owed_call[SESS_MAX];
 	int n = 0;
 	long us = 0;
 
@@ -286,7 +294,10 @@ static void flush(void)
 		reqs[n] = (hsm_wbuf){.p = e->init, .len = e->init_len, .cap = e->init_len, .err = CKR_OK};
 		handles[n] = e->handle;
 		kinds[n] = e->init_kind;
+		owed[n] = e->owe;
+		owed_call[n] = e->owe_call;
 		n++;
+		e->owe = 0;
 		e->init = NULL;
 		e->busy = 1;
 		d.travelling++;
@@ -294,20 +305,38 @@ static void flush(void)
 	hsm_unlock(d.mu);
 
 	for (int i = 0; i < n; i++) {
-		hsm_wbuf *r = &reqs[i];
-		CK_RV rv = CKR_OK;
-		int idle = 0;
-		uint8_t *reply = NULL;
-		uint32_t len = 0;
-		enum hsm_io io = hsm_exchange(&r, 1, &rv, &idle, &reply, &len, hsm_config_get()->timeout_ms, app_gen);
-		free(reply);
-		free(r->p);
+		/* An owed cancel goes ahead of the Init, in the same write. */
+		hsm_wbuf cancel = {.err = CKR_OK};
+		hsm_wbuf *r[2];
+		int m = 0;
+		if (owed[i] != 0) {
+			hsm_put_u32(&cancel, 0);
+			hsm_put_u32(&cancel, 0);
+			hsm_put_u32(&cancel, owed_call[i]);
+			hsm_put_u64(&cancel, handles[i]);
+			hsm_put_u64(&cancel, owed[i]);
+			if (cancel.err == CKR_OK)
+				r[m++] = &cancel;
+		}
+		r[m++] = &reqs[i];
+		CK_RV rvs[2] = {CKR_OK, CKR_OK};
+		int idles[2] = {0, 0};
+		uint8_t *replies[2] = {NULL, NULL};
+		uint32_t lens[2] = {0, 0};
+		enum hsm_io io = hsm_exchange(r, m, rvs, idles, replies, lens, hsm_config_get()->timeout_ms, app_gen);
+		CK_RV rv = rvs[m - 1];
+		free(replies[0]);
+		free(replies[1]);
+		free(cancel.p);
+		free(reqs[i].p);
 		hsm_lock(d.mu);
 		d.travelling--;
 		sess *e = find(handles[i]);
 		if (e != NULL) {
 			e->busy = 0;
 			e->idle = 0;
+			if (io != HSM_IO_OK && io != HSM_IO_STALE)
+				e->owe |= owed[i]; /* it may not have run */
 			/* Refused: recorded. No answer: it may have run. */
 			if (io == HSM_IO_OK && rv != CKR_OK) {
 				e->failed = rv;
@@ -359,14 +388,24 @@ CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k)
 			e->calls++;
 			if (c->starts || c->continues)
 				e->idle = 0; /* the reply says again */
+			if (e->owe != 0) {
+				k->cancel = e->owe;
+				k->cancel_call = e->owe_call;
+				k->app_gen = hsm_exchange_app_gen();
+				e->owe = 0;
+				e->busy = 1;
+				d.travelling++;
+			}
 			if (e->init != NULL) {
 				k->init = e->init;
 				k->init_len = e->init_len;
 				k->kind = e->init_kind;
 				k->app_gen = hsm_exchange_app_gen();
 				e->init = NULL;
-				e->busy = 1;
-				d.travelling++;
+				if (!e->busy) {
+					e->busy = 1;
+					d.travelling++;
+				}
 			} else if (e->failed != CKR_OK && (e->failed_kind & (c->continues | c->starts))) {
 				/* Continued: report it. A new Init of its kind: the
 				 * daemon has no operation of it; let the Init speak. */
@@ -382,7 +421,7 @@ CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k)
 
 void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv)
 {
-	int carried = k->init != NULL;
+	int carried = k->init != NULL || k->cancel != 0;
 	free(k->init);
 	k->init = NULL;
 	/* A call that outlived C_Finalize belongs to a table that is gone. */
@@ -398,10 +437,12 @@ void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv)
 	if (c->mutates && !c->on_session && replied && c->rv == CKR_OK) {
 		/* C_CloseAllSessions, C_InitToken: the slot's sessions end.
 		 * The table does not know their slots: every idle state goes,
-		 * and refusals not yet reported stay. */
+		 * and refusals not yet reported and owed cancels stay (session
+		 * handles are never reused, so a cancel for a closed one ends
+		 * nothing). */
 		for (int i = 0; i < SESS_MAX; i++) {
 			sess *e = &d.s[i];
-			if (e->init == NULL && !e->busy && e->calls == 0 && e->failed == CKR_OK)
+			if (e->init == NULL && !e->busy && e->calls == 0 && e->failed == CKR_OK && e->owe == 0)
 				memset(e, 0, sizeof *e);
 			else
 				e->idle = 0;
@@ -412,7 +453,13 @@ void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv)
 		e->calls--;
 		if (carried)
 			e->busy = 0;
-		if (c->closes && replied && c->rv == CKR_OK && e->calls == 0 && e->init == NULL) {
+		/* A cancel that may not have reached the daemon is owed still,
+		 * unless the daemon's application is another one now. */
+		if (k->cancel != 0 && !replied && k->app_gen == hsm_exchange_app_gen()) {
+			e->owe |= k->cancel;
+			e->owe_call = k->cancel_call;
+		}
+		if (c->closes && replied && c->rv == CKR_OK && e->calls == 0 && e->init == NULL && !e->busy) {
 			memset(e, 0, sizeof *e);
 			e = NULL;
 		}
@@ -434,6 +481,26 @@ void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv)
 	if (c->starts && replied && c->rv == CKR_OK && k->gen == d.gen && shape_ok(c))
 		accept(c->starts, &c->shape);
 	hsm_unlock(d.mu);
+}
+
+int hsm_defer_collected(uint64_t session, uint32_t call, uint64_t flags, unsigned long seq, int idle_but)
+{
+	if (d.mu == NULL)
+		return 0;
+	hsm_lock(d.mu);
+	sess *e = find(session);
+	if (e == NULL)
+		e = add(session);
+	if (e != NULL) {
+		e->owe |= flags;
+		e->owe_call = call;
+		/* Idle when the prefetch's reply said so but for this
+		 * operation, and nothing began on the session since. */
+		if (idle_but && e->seq == seq && e->calls == 0 && !e->busy && e->init == NULL && e->failed == CKR_OK)
+			e->idle = 1;
+	}
+	hsm_unlock(d.mu);
+	return e != NULL;
 }
 
 void hsm_defer_forget_failed(uint64_t session, unsigned kinds)

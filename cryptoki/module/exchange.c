@@ -1,5 +1,5 @@
 /*
- * exchange.c: one or two request frames on one pooled connection, and
+ * exchange.c: up to three request frames on one pooled connection, and
  * their replies. The frames are numbered and sent in one write; nothing of
  * a reply is trusted: its length is capped (16 MiB, conn.c), its request id
  * must be ours, its flags those of the connection's version, and any
@@ -74,12 +74,19 @@ enum hsm_io hsm_exchange(hsm_wbuf **reqs, int n, CK_RV *rv, int *idle, uint8_t *
 		return HSM_IO_STALE;
 	}
 
-	uint32_t ids[2];
-	uint8_t *frames[2] = {NULL, NULL};
-	if (n < 1 || n > 2) {
+	uint32_t ids[HSM_EXCHANGE_MAX];
+	uint8_t *frames[HSM_EXCHANGE_MAX] = {NULL};
+	if (n < 1 || n > HSM_EXCHANGE_MAX) {
 		hsm_pool_put(conn, 1);
 		return HSM_IO_NOMEM;
 	}
+	/* A daemon before version 3 knows no prefetch: a plain NULL buffer. */
+	for (int i = 0; i < n; i++)
+		if (conn->version < 3 && reqs[i]->prefetch_at != 0) {
+			reqs[i]->p[reqs[i]->prefetch_at] = 0;
+			reqs[i]->prefetch_at = 0;
+		}
+	hsm_stats_trip();
 	io = send_frames(conn, reqs, n, ids);
 	if (io == HSM_IO_OK)
 		io = hsm_conn_recv_frames(conn->fd, n, frames, lens, timeout_ms, conn->epoch);

@@ -72,6 +72,8 @@ typedef struct hsm_wbuf {
 	size_t len, cap;
 	CK_RV err;          /* first error while encoding; CKR_OK otherwise */
 	int strip;          /* mechanism parameters' byte strings as their lengths only */
+	size_t prefetch_at; /* an outspec's presence byte asking for a prefetch (held.c); 0: none */
+	size_t out_at;      /* where a prefetching call's outspec starts, NULL buffer or not */
 } hsm_wbuf;
 
 typedef struct hsm_rbuf {
@@ -93,6 +95,10 @@ void hsm_put_param_bytes(hsm_wbuf *w, const void *p, CK_ULONG n);
 /* bytes inside a message parameter: a NULL pointer is NULL, whatever n. */
 void hsm_put_msg_bytes(hsm_wbuf *w, const void *p, CK_ULONG n);
 void hsm_put_outspec(hsm_wbuf *w, int present, CK_ULONG capacity);
+/* The same for a call of calls.Prefetches: a NULL buffer asks for the
+ * whole result (presence 2), which exchange.c turns back into a plain
+ * NULL for a daemon older than version 3. */
+void hsm_put_outspec_prefetch(hsm_wbuf *w, int present, CK_ULONG capacity);
 
 uint8_t hsm_get_u8(hsm_rbuf *r);
 uint32_t hsm_get_u32(hsm_rbuf *r);
@@ -185,6 +191,15 @@ CK_RV hsm_answers_commit(const hsm_answers *a, CK_ATTRIBUTE *t, CK_ULONG n, CK_R
 int hsm_attr_kind(CK_ATTRIBUTE_TYPE type);
 void hsm_put_mechanism(hsm_wbuf *w, const CK_MECHANISM *m);
 
+/* ---- stats.c: calls and round trips, per initialisation ---- */
+
+/* HSMEMU_MODULE_STATS at C_Initialize: "-" prints the counts to stderr at
+ * C_Finalize, a path appends them to that file. */
+void hsm_stats_init(void);
+void hsm_stats_call(void);
+void hsm_stats_trip(void);
+void hsm_stats_report(void);
+
 /* ---- offline.c: the answers while no daemon runs ---- */
 
 CK_RV hsm_offline_slot_list(CK_BBOOL token_present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count);
@@ -195,6 +210,7 @@ CK_RV hsm_offline_wait(CK_FLAGS flags);
 /* ---- the way to the daemon: five files in layers ----
  *
  *   call.c      one call: role, deferred Init ahead, rv of a failed exchange
+ *   held.c      results the daemon gave ahead of the follow-up call
  *   defer.c     deferred Inits: which to hold, which to carry, the flush
  *   exchange.c  one or two frames on a pooled connection, replies checked
  *   pool.c      the connections: take, give back, dial
@@ -259,6 +275,8 @@ void hsm_pool_on_fresh(void (*fn)(void));
 
 /* ---- exchange.c: frames and their replies on one pooled connection ---- */
 
+#define HSM_EXCHANGE_MAX 3 /* an owed C_SessionCancel, a deferred Init, the call */
+
 /* hsm_exchange sends n request frames (headers reserved, as hsm_call_init
  * makes them) in one write on one connection and reads their n replies.
  * For each: rv, idle and, when it has results, the reply frame (after its
@@ -298,6 +316,15 @@ typedef struct hsm_call {
 	 * flags. 0: the call continues none. */
 	uint32_t cancel_call;
 	uint64_t cancel_flags;
+
+	/* A prefetch (held.c): the reply's idle flag, which then leaves out
+	 * the operation whose result came in full; the call's number on its
+	 * session in defer.c and in held.c; the daemon's application its
+	 * reply came from. */
+	int idle_but;
+	unsigned long defer_seq;
+	unsigned long held_seq;
+	unsigned long held_gen;
 } hsm_call;
 
 enum hsm_outcome {
@@ -321,10 +348,34 @@ CK_RV hsm_call_cancel(CK_SESSION_HANDLE session, uint32_t call, unsigned kinds, 
  * CKR_BUFFER_TOO_SMALL ends the operation (5.2). Returns rv. */
 CK_RV hsm_call_abandon(CK_SESSION_HANDLE session, uint32_t call, unsigned kinds, uint64_t flags, CK_RV rv);
 
+/* ---- held.c: results ahead of the follow-up call ---- */
+
+CK_RV hsm_held_init(void);
+void hsm_held_finalize(void);
+void hsm_held_forget_inherited(void);
+/* In a forked child, at once: the parent's results are wiped. */
+void hsm_held_atfork_child(void);
+/* hsm_held_serve, before a prefetching call runs: when the module holds
+ * its result, answers it under the size-query convention (*rv) and
+ * returns 1; a result handed over is wiped, and the operation it ended is
+ * ended in the daemon with the session's next frame (defer.c). */
+int hsm_held_serve(hsm_call *c, CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV *rv);
+/* hsm_held_keep, after its reply decoded: a result that came in full for
+ * a NULL buffer is kept when the call was alone on its session, and is
+ * wiped from the reply either way (o then carries only the length). */
+void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out);
+/* hsm_held_begin and hsm_held_end, around every call that goes to the
+ * daemon: a call on a session forgets what is held for it (the daemon's
+ * state is the truth again), a mutating call forgets everything. */
+void hsm_held_begin(hsm_call *c);
+void hsm_held_end(hsm_call *c);
+
 /* ---- defer.c: Inits that travel with the next call ---- */
 
 /* The state of the deferred Inits of one call in flight. */
 typedef struct hsm_carry {
+	uint64_t cancel;        /* an owed C_SessionCancel's flags, sent ahead of the Init and the call; or 0 */
+	uint32_t cancel_call;   /* its call number */
 	uint8_t *init;          /* a deferred Init sent ahead of the call, or NULL */
 	size_t init_len;
 	unsigned kind;          /* its operation kind */
@@ -353,6 +404,13 @@ CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k);
 /* hsm_defer_end, after: replied says whether the replies came, init_rv is
  * the carried Init's. */
 void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv);
+/* hsm_defer_collected: the module handed over the held result of an
+ * operation the daemon still keeps; C_SessionCancel(call, flags) goes
+ * ahead of the session's next frame. When the prefetch's reply said the
+ * session idle but for it (idle_but) and no call has begun on the session
+ * since (seq, its defer_seq), the session is idle. 0 when the session
+ * cannot be tracked: the caller sends the cancel now. */
+int hsm_defer_collected(uint64_t session, uint32_t call, uint64_t flags, unsigned long seq, int idle_but);
 /* hsm_defer_forget_failed forgets a deferred Init of kinds the daemon
  * refused and no call has reported yet: its operation is being ended, and
  * there is none. */

@@ -51,6 +51,7 @@ static void atfork_child(void)
 	/* One thread exists here. */
 	__atomic_add_fetch(&fork_generation, 1, __ATOMIC_SEQ_CST);
 	hsm_pool_atfork_child();
+	hsm_held_atfork_child();
 	pthread_mutex_unlock(&init_mu);
 }
 
@@ -151,6 +152,7 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 		/* A forked child: the parent's connections are not ours. */
 		hsm_pool_forget_inherited();
 		hsm_defer_forget_inherited();
+		hsm_held_forget_inherited();
 		__atomic_store_n(&initialized, 0, __ATOMIC_RELEASE);
 	}
 
@@ -165,11 +167,19 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 		if (rv != CKR_OK)
 			hsm_pool_finalize(); /* its mutex, made above, is not leaked */
 	}
+	if (rv == CKR_OK) {
+		rv = hsm_held_init();
+		if (rv != CKR_OK) {
+			hsm_defer_finalize();
+			hsm_pool_finalize();
+		}
+	}
 	if (rv != CKR_OK) {
 		pthread_mutex_unlock(&init_mu);
 		return rv;
 	}
 	hsm_conn_init();
+	hsm_stats_init();
 	memcpy(app_id, id, sizeof app_id);
 	hsm_config_load(&config);
 	__atomic_add_fetch(&epoch, 1, __ATOMIC_SEQ_CST);
@@ -194,6 +204,7 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
 		/* A forked child that never initialised: drop what it inherited. */
 		hsm_pool_forget_inherited();
 		hsm_defer_forget_inherited();
+		hsm_held_forget_inherited();
 		__atomic_store_n(&initialized, 0, __ATOMIC_RELEASE);
 		pthread_mutex_unlock(&init_mu);
 		return CKR_CRYPTOKI_NOT_INITIALIZED;
@@ -203,7 +214,9 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
 	__atomic_store_n(&initialized, 0, __ATOMIC_RELEASE);
 	__atomic_add_fetch(&epoch, 1, __ATOMIC_SEQ_CST);
 	hsm_pool_finalize();
+	hsm_held_finalize();
 	hsm_defer_finalize();
+	hsm_stats_report();
 	memset(app_id, 0, sizeof app_id);
 	pthread_mutex_unlock(&init_mu);
 	return CKR_OK;

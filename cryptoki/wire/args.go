@@ -82,7 +82,14 @@ func (a *Args) Decode(c *calls.Call, body []byte) error {
 			v.tmpl = r.template(false)
 		case calls.Mechanism:
 			v.mech = r.mechanism()
-		case calls.OutBytes, calls.OutUlongs:
+		case calls.OutBytes:
+			if calls.Prefetches(c) {
+				v.out.Present, v.out.Prefetch = r.outPresence(arg.Name)
+			} else {
+				v.out.Present = r.present(arg.Name)
+			}
+			v.out.Capacity = r.u64(arg.Name)
+		case calls.OutUlongs:
 			v.out.Present = r.present(arg.Name)
 			v.out.Capacity = r.u64(arg.Name)
 		case calls.OutHandles:
@@ -285,7 +292,7 @@ func AppendArgs(dst []byte, c *calls.Call, vals []Value) ([]byte, error) {
 		case calls.Mechanism:
 			b, err = appendMechanism(b, v.Mechanism)
 		case calls.OutBytes, calls.OutUlongs:
-			b = appendBool(b, v.Out.Present)
+			b = appendOutPresence(b, v.Out)
 			b = appendU64(b, v.Out.Capacity)
 		case calls.AttrQuery:
 			b, err = appendQueries(b, v.Query)

@@ -123,6 +123,16 @@ func (r *reader) present(what string) bool {
 	return v == 1
 }
 
+// outPresence reads an outspec's presence byte where a prefetch may be
+// asked for: 0 NULL, 1 a buffer, 2 NULL asking for the whole result.
+func (r *reader) outPresence(what string) (present, prefetch bool) {
+	v := r.u8(what)
+	if v > 2 {
+		r.fail("%s: presence byte %d", what, v)
+	}
+	return v == 1, v == 2
+}
+
 // take returns the next n bytes, aliasing the input.
 func (r *reader) take(n int, what string) []byte {
 	if len(r.b) < n {
@@ -192,6 +202,14 @@ func appendBool(b []byte, v bool) []byte {
 		return append(b, 1)
 	}
 	return append(b, 0)
+}
+
+// appendOutPresence writes an outspec's presence byte (reader.outPresence).
+func appendOutPresence(b []byte, o OutSpec) []byte {
+	if o.Prefetch && !o.Present {
+		return append(b, 2)
+	}
+	return appendBool(b, o.Present)
 }
 
 // appendBytes writes a bytes value; null writes the NULL marker.

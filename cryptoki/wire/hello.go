@@ -10,8 +10,8 @@ import (
 const (
 	// Version is the protocol version this package speaks, MinVersion the
 	// oldest the daemon still serves. Version 2 added the reply's idle
-	// flag.
-	Version    = 2
+	// flag, version 3 the prefetch of an output (OutSpec.Prefetch).
+	Version    = 3
 	MinVersion = 1
 
 	// HelloSize and HelloReplySize are the sizes of the two messages.

@@ -102,15 +102,27 @@ func (r *Results) Ulong(v uint64) {
 // for a NULL buffer it writes the length and no data and returns ck.CKR_OK;
 // for a buffer shorter than data, the length and no data and returns
 // ck.CKR_BUFFER_TOO_SMALL; otherwise the length and the data, ck.CKR_OK. In the
-// first two cases an operation in progress stays alive.
+// first two cases an operation in progress stays alive. A prefetch (a NULL
+// buffer asking for the whole result) gets the length and the data, with
+// ck.CKR_OK, when the data is at most MaxPrefetch bytes; the operation
+// stays alive as for any NULL buffer, its output kept.
 func (r *Results) OutBytes(spec OutSpec, data []byte) uint64 {
 	r.expect(calls.OutBytes)
+	if spec.Prefetch && !spec.Present && len(data) <= MaxPrefetch {
+		r.buf = appendU64(r.buf, uint64(len(data)))
+		r.buf = appendBytes(r.buf, data, false)
+		return ck.CKR_OK
+	}
 	if rv, fits := r.outLength(spec, uint64(len(data))); !fits {
 		return rv
 	}
 	r.buf = appendBytes(r.buf, data, false)
 	return ck.CKR_OK
 }
+
+// MaxPrefetch is the longest result a prefetch carries: past it the
+// round trip saved is small beside the copy, and the module holds less.
+const MaxPrefetch = 1 << 20
 
 // outLength writes an output's length and, when the caller's buffer is
 // NULL or too short, the empty data that follows it with the code to

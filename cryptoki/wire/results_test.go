@@ -63,6 +63,8 @@ func TestSizeQuery(t *testing.T) {
 		{name: "short-by-one", spec: OutSpec{Present: true, Capacity: 2}, rv: ck.CKR_BUFFER_TOO_SMALL, withData: false},
 		{name: "exact", spec: OutSpec{Present: true, Capacity: 3}, rv: ck.CKR_OK, withData: true},
 		{name: "larger", spec: OutSpec{Present: true, Capacity: 1<<64 - 1}, rv: ck.CKR_OK, withData: true},
+		// A prefetch: a NULL buffer that gets the data with its length.
+		{name: "prefetch", spec: OutSpec{Prefetch: true}, rv: ck.CKR_OK, withData: true},
 	}
 	for _, tt := range tests {
 		t.Run("bytes/"+tt.name, func(t *testing.T) {
@@ -86,6 +88,9 @@ func TestSizeQuery(t *testing.T) {
 				t.Fatalf("got %s", dump(v))
 			}
 		})
+		if tt.spec.Prefetch {
+			continue // OutBytes only
+		}
 		t.Run("ulongs/"+tt.name, func(t *testing.T) {
 			t.Parallel()
 			c := mustCall(t, "C_GetMechanismList")
@@ -107,6 +112,27 @@ func TestSizeQuery(t *testing.T) {
 }
 
 // The builder writes what EncodeResults writes for the same outputs.
+// A prefetch of more than MaxPrefetch bytes gets the length only, as a
+// plain size query.
+func TestPrefetchBound(t *testing.T) {
+	t.Parallel()
+	c := mustCall(t, "C_Encrypt")
+	for _, n := range []int{MaxPrefetch, MaxPrefetch + 1} {
+		r := NewResults(c)
+		data := make([]byte, n)
+		if rv := r.OutBytes(OutSpec{Prefetch: true}, data); rv != ck.CKR_OK {
+			t.Fatalf("%d bytes: rv %#x", n, rv)
+		}
+		vals, err := DecodeResults(c, ck.CKR_OK, r.Finish())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v := vals[2]; v.Length != uint64(n) || v.Null != (n > MaxPrefetch) {
+			t.Fatalf("%d bytes: length %d, null %v", n, v.Length, v.Null)
+		}
+	}
+}
+
 func TestResultsBuilder(t *testing.T) {
 	t.Parallel()
 	token := &TokenInfo{Label: "tok", ManufacturerID: "hsmemu", Flags: 0x40D, MaxPinLen: 64,

@@ -299,7 +299,11 @@ func (a *call) certImport(ctx context.Context, args adminapi.CertImport) (*admin
 			if label == "" {
 				label = nameOf(leaf)
 			}
-			keys, vh, err := a.storePair(ctx, u, adminapi.KeyOptions{Label: label, Protection: args.Protection}, priv, pub)
+			opts := adminapi.KeyOptions{Label: label, Protection: args.Protection, AllowDuplicateLabel: args.AllowDuplicateLabel}
+			if err := a.labelFree(ctx, ti, opts); err != nil {
+				return err
+			}
+			keys, vh, err := a.storePair(ctx, ti, u, opts, priv, pub)
 			if err != nil {
 				return err
 			}
@@ -554,7 +558,7 @@ func (a *call) certRequest(ctx context.Context, args adminapi.CertRequest) (*adm
 		if err != nil {
 			return adminapi.Errorf(adminapi.CodeBadRequest, "the request cannot be made: %v", err)
 		}
-		out = &adminapi.CSR{PEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), Subject: subject.String(), Key: describe(*key, false)}
+		out = &adminapi.CSR{PEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), Subject: subject.String(), Key: describe(ti, *key, false)}
 		a.eng.Audit(ctx, a.who, ti.UUID, "cert.request", map[string]string{"subject": subject.String(), "key": key.uuid.String(),
 			"sans": strings.Join(args.SANs, ",")})
 		return nil

@@ -145,7 +145,7 @@ func pairPrivate(t []keystore.Attribute) []keystore.Attribute {
 }
 
 // created describes the objects behind new handles.
-func (a *call) created(ctx context.Context, u *token.UserSession, handles ...uint64) ([]adminapi.Key, error) {
+func (a *call) created(ctx context.Context, ti keystore.TokenInfo, u *token.UserSession, handles ...uint64) ([]adminapi.Key, error) {
 	var out []adminapi.Key
 	for _, h := range handles {
 		stored, err := u.Stored(ctx, h)
@@ -156,7 +156,7 @@ func (a *call) created(ctx context.Context, u *token.UserSession, handles ...uin
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, describe(found{id: stored.ID, uuid: stored.UUID, obj: o}, false))
+		out = append(out, describe(ti, found{id: stored.ID, uuid: stored.UUID, obj: o}, false))
 	}
 	return out, nil
 }
@@ -175,6 +175,9 @@ func (a *call) keyGenerate(ctx context.Context, args adminapi.KeyGenerate) ([]ad
 	}
 	var out []adminapi.Key
 	err = a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, u *token.UserSession) error {
+		if err := a.labelFree(ctx, ti, args.KeyOptions); err != nil {
+			return err
+		}
 		m := &wire.Mechanism{Type: spec.mech}
 		switch spec.keyType {
 		case ck.CKK_AES, ck.CKK_GENERIC_SECRET:
@@ -183,7 +186,7 @@ func (a *call) keyGenerate(ctx context.Context, args adminapi.KeyGenerate) ([]ad
 			if err != nil {
 				return err
 			}
-			out, err = a.created(ctx, u, kh)
+			out, err = a.created(ctx, ti, u, kh)
 			return err
 		case ck.CKK_RSA:
 			public = append(public, keystore.Attribute{Type: ck.CKA_MODULUS_BITS, Value: keystore.Ulong(uint64(spec.bits))},
@@ -195,7 +198,7 @@ func (a *call) keyGenerate(ctx context.Context, args adminapi.KeyGenerate) ([]ad
 		if err != nil {
 			return err
 		}
-		out, err = a.created(ctx, u, vh, ph)
+		out, err = a.created(ctx, ti, u, vh, ph)
 		return err
 	})
 	return out, err
@@ -287,6 +290,9 @@ func (a *call) keyImport(ctx context.Context, args adminapi.KeyImport) ([]admina
 	}
 	var out []adminapi.Key
 	err = a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, u *token.UserSession) error {
+		if err := a.labelFree(ctx, ti, args.KeyOptions); err != nil {
+			return err
+		}
 		switch {
 		case raw != nil:
 			kt, usage := uint64(ck.CKK_AES), keyTypes["aes-256"].usage
@@ -303,7 +309,7 @@ func (a *call) keyImport(ctx context.Context, args adminapi.KeyImport) ([]admina
 			if err != nil {
 				return err
 			}
-			out, err = a.created(ctx, u, kh)
+			out, err = a.created(ctx, ti, u, kh)
 			return err
 		case priv == nil:
 			pm, kt, err := publicKeyAttrs(pub)
@@ -318,10 +324,10 @@ func (a *call) keyImport(ctx context.Context, args adminapi.KeyImport) ([]admina
 			if err != nil {
 				return err
 			}
-			out, err = a.created(ctx, u, ph)
+			out, err = a.created(ctx, ti, u, ph)
 			return err
 		}
-		out, _, err = a.storePair(ctx, u, args.KeyOptions, priv, pub)
+		out, _, err = a.storePair(ctx, ti, u, args.KeyOptions, priv, pub)
 		return err
 	})
 	return out, err
@@ -331,7 +337,7 @@ func (a *call) keyImport(ctx context.Context, args adminapi.KeyImport) ([]admina
 // does (cert import too): through C_CreateObject, so the token's tier and
 // the protection asked for apply. It returns them, and the private key's
 // handle and CKA_ID.
-func (a *call) storePair(ctx context.Context, u *token.UserSession, opts adminapi.KeyOptions, priv, pub any) ([]adminapi.Key, uint64, error) {
+func (a *call) storePair(ctx context.Context, ti keystore.TokenInfo, u *token.UserSession, opts adminapi.KeyOptions, priv, pub any) ([]adminapi.Key, uint64, error) {
 	vm, kt, err := mech.PrivateKeyAttrs(priv)
 	if err != nil {
 		return nil, 0, adminapi.Errorf(adminapi.CodeBadRequest, "the private key cannot be held (RSA with two primes, EC P-256/384/521, Ed25519)")
@@ -358,6 +364,6 @@ func (a *call) storePair(ctx context.Context, u *token.UserSession, opts adminap
 		u.DestroyObject(ctx, vh)
 		return nil, 0, err
 	}
-	out, err := a.created(ctx, u, vh, ph)
+	out, err := a.created(ctx, ti, u, vh, ph)
 	return out, vh, err
 }

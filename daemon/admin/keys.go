@@ -11,10 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/daemon/adminapi"
+	"hsmemu/daemon/adminapi/p11uri"
 	"hsmemu/daemon/mech"
 	"hsmemu/daemon/token"
 	"hsmemu/keystore"
@@ -50,6 +52,10 @@ func isKeyClass(c uint64) bool {
 // liveKeys returns the token's key objects that ref names (all of them for
 // an empty ref). The token is open.
 func (a *call) liveKeys(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]found, error) {
+	class, hasClass, err := classOf(ref)
+	if err != nil {
+		return nil, err
+	}
 	f := keystore.Filter{IncludePrivate: true}
 	if ref.Key != "" {
 		f.Label = []byte(ref.Key)
@@ -84,7 +90,7 @@ func (a *call) liveKeys(ctx context.Context, ti keystore.TokenInfo, ref adminapi
 		if err != nil {
 			return nil, err
 		}
-		if !isKeyClass(o.Class()) || ref.UUID != "" && stored.UUID.String() != ref.UUID {
+		if !isKeyClass(o.Class()) || ref.UUID != "" && stored.UUID.String() != ref.UUID || hasClass && o.Class() != class {
 			continue
 		}
 		out = append(out, found{id: id, uuid: stored.UUID, obj: o})
@@ -92,27 +98,126 @@ func (a *call) liveKeys(ctx context.Context, ti keystore.TokenInfo, ref adminapi
 	return out, nil
 }
 
-// one narrows a selection to one key: one object, or the two halves of a
-// key pair (a private and a public key of one type with one CKA_ID).
-func one[T any](sel []T, ref adminapi.KeySelector, class func(T) uint64, pairOf func(a, b T) bool) ([]T, error) {
-	switch {
-	case len(sel) == 0:
-		return nil, adminapi.Errorf(adminapi.CodeNotFound, "no key matches %s (`hsmemu key list` lists them)", ref.String())
-	case len(sel) == 1:
-		return sel, nil
-	case len(sel) == 2 && class(sel[0]) != class(sel[1]) && pairOf(sel[0], sel[1]):
-		return sel, nil
+// openKey opens one live key object of an open token.
+func (a *call) openKey(ctx context.Context, id keystore.ObjectID) (found, error) {
+	stored, err := a.store.Open(ctx, id)
+	if err != nil {
+		return found{}, err
 	}
-	return nil, adminapi.Errorf(adminapi.CodeAmbiguous, "%d keys match %s: name one with --uuid (`hsmemu key list` shows them)", len(sel), ref.String())
+	o, err := token.View(stored)
+	if err != nil {
+		return found{}, err
+	}
+	return found{id: id, uuid: stored.UUID, obj: o}, nil
 }
 
-// liveKey is the one live key ref names (liveKeys narrowed by one).
+// one narrows a selection to one key: one object, or the two halves of a
+// key pair (a private and a public key of one type with one CKA_ID). A
+// selection of several keys is refused, listing them.
+func one[T any](sel []T, ref adminapi.KeySelector, class func(T) uint64, pairOf func(a, b T) bool, describe func(T) string, idOf func(T) string) ([]T, error) {
+	if len(sel) == 0 {
+		return nil, adminapi.Errorf(adminapi.CodeNotFound, "no key matches %s (`hsmemu key list` lists them)", ref.String())
+	}
+	keys := groupPairs(sel, class, pairOf)
+	if len(keys) == 1 {
+		return keys[0], nil
+	}
+	var cands []string
+	for _, k := range keys {
+		// The private half first, as people think of a pair.
+		slices.SortStableFunc(k, func(x, y T) int { return cmpClass(class(x), class(y)) })
+		var halves []string
+		for _, o := range k {
+			halves = append(halves, describe(o))
+		}
+		c := strings.Join(halves, " with ")
+		if id := idOf(k[0]); id != "" {
+			c += " (id " + id + ")"
+		}
+		cands = append(cands, c)
+	}
+	return nil, adminapi.Errorf(adminapi.CodeAmbiguous, "%d keys match %s: %s; name one with --uuid or --id (`hsmemu key list` shows them)",
+		len(keys), ref.String(), strings.Join(cands, "; "))
+}
+
+// cmpClass orders a private key before its public key.
+func cmpClass(x, y uint64) int {
+	rank := func(c uint64) int {
+		if c == ck.CKO_PUBLIC_KEY {
+			return 1
+		}
+		return 0
+	}
+	return rank(x) - rank(y)
+}
+
+// groupPairs groups objects into keys: a private key and the public key
+// of its pair are one key, any other object a key of its own.
+func groupPairs[T any](sel []T, class func(T) uint64, pairOf func(a, b T) bool) [][]T {
+	var keys [][]T
+next:
+	for _, o := range sel {
+		for i, k := range keys {
+			if len(k) == 1 && class(k[0]) != class(o) && pairOf(k[0], o) {
+				keys[i] = append(k, o)
+				continue next
+			}
+		}
+		keys = append(keys, []T{o})
+	}
+	return keys
+}
+
+// liveKey is the one live key ref names (liveKeys narrowed by one). When
+// none is live but a deleted one matches, that is the error: it can be
+// recovered.
 func (a *call) liveKey(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]found, error) {
 	sel, err := a.liveKeys(ctx, ti, ref)
 	if err != nil {
 		return nil, err
 	}
-	return one(sel, ref, func(f found) uint64 { return f.obj.Class() }, pairOfLive)
+	if len(sel) == 0 {
+		del, err := a.deletedMatches(ctx, ti, ref)
+		if err != nil {
+			return nil, err
+		}
+		if len(del) > 0 {
+			d := del[0]
+			return nil, adminapi.Errorf(adminapi.CodeDeleted, "key %s (%s) was deleted on %s: `hsmemu key recover --token %s --uuid %s` brings it back, until %s",
+				ref.String(), d.UUID, d.DeletedAt.UTC().Format(time.RFC3339), shellQuote(ti.Label), d.UUID, d.PurgeAfter.UTC().Format(time.RFC3339))
+		}
+	}
+	return one(sel, ref, func(f found) uint64 { return f.obj.Class() }, pairOfLive, func(f found) string {
+		return fmt.Sprintf("%s %s %s", f.uuid, keyTypeName(f.obj.KeyType()), token.ClassName(f.obj.Class()))
+	}, func(f found) string { return hex.EncodeToString(attrValue(f.obj, ck.CKA_ID)) })
+}
+
+// labelFree refuses a new key's label that a live key of the token has,
+// unless opts allow it.
+func (a *call) labelFree(ctx context.Context, ti keystore.TokenInfo, opts adminapi.KeyOptions) error {
+	if opts.AllowDuplicateLabel || opts.Label == "" {
+		return nil
+	}
+	have, err := a.liveKeys(ctx, ti, adminapi.KeySelector{Key: opts.Label})
+	if err != nil || len(have) == 0 {
+		return err
+	}
+	var uuids []string
+	for _, f := range have {
+		uuids = append(uuids, f.uuid.String())
+	}
+	return adminapi.Errorf(adminapi.CodeExists, "token %q has a key labelled %q already (%s): choose another label, or give --allow-duplicate-label",
+		ti.Label, opts.Label, strings.Join(uuids, ", "))
+}
+
+// shellQuote quotes a label for a command line people may paste.
+func shellQuote(s string) string {
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_.:/@%+=,", c)) {
+			return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+		}
+	}
+	return s
 }
 
 func pairOfLive(x, y found) bool {
@@ -130,6 +235,16 @@ func pairOfDeleted(x, y keystore.Deleted) bool {
 		return false
 	}
 	return x.KeyType != nil && y.KeyType != nil && *x.KeyType == *y.KeyType && string(x.CKAID) == string(y.CKAID)
+}
+
+// keyTypeConst is a key type by its name, with its number.
+func keyTypeConst(kt uint64) *adminapi.CKConst {
+	return &adminapi.CKConst{Name: ck.KeyTypeName(kt), Value: kt}
+}
+
+// mechanismConst is a mechanism by its name, with its number.
+func mechanismConst(m uint64) adminapi.CKConst {
+	return adminapi.CKConst{Name: ck.MechanismName(m), Value: m}
 }
 
 // keyTypeName names a key type for people.
@@ -165,9 +280,9 @@ var boolAttrs = []struct {
 	{ck.CKA_TOKEN, "token"}, {ck.CKA_PRIVATE, "private"}, {ck.CKA_MODIFIABLE, "modifiable"},
 	{ck.CKA_COPYABLE, "copyable"}, {ck.CKA_DESTROYABLE, "destroyable"},
 	{ck.CKA_SENSITIVE, "sensitive"}, {ck.CKA_EXTRACTABLE, "extractable"},
-	{ck.CKA_ALWAYS_SENSITIVE, "always-sensitive"}, {ck.CKA_NEVER_EXTRACTABLE, "never-extractable"},
-	{ck.CKA_LOCAL, "local"}, {ck.CKA_TRUSTED, "trusted"}, {ck.CKA_WRAP_WITH_TRUSTED, "wrap-with-trusted"},
-	{ck.CKA_ALWAYS_AUTHENTICATE, "always-authenticate"},
+	{ck.CKA_ALWAYS_SENSITIVE, "always_sensitive"}, {ck.CKA_NEVER_EXTRACTABLE, "never_extractable"},
+	{ck.CKA_LOCAL, "local"}, {ck.CKA_TRUSTED, "trusted"}, {ck.CKA_WRAP_WITH_TRUSTED, "wrap_with_trusted"},
+	{ck.CKA_ALWAYS_AUTHENTICATE, "always_authenticate"},
 	{ck.CKA_ENCRYPT, "encrypt"}, {ck.CKA_DECRYPT, "decrypt"}, {ck.CKA_SIGN, "sign"}, {ck.CKA_VERIFY, "verify"},
 	{ck.CKA_WRAP, "wrap"}, {ck.CKA_UNWRAP, "unwrap"}, {ck.CKA_DERIVE, "derive"},
 }
@@ -175,20 +290,58 @@ var boolAttrs = []struct {
 // usageAttrs are the flags that say what a key may do.
 var usageAttrs = []uint64{ck.CKA_ENCRYPT, ck.CKA_DECRYPT, ck.CKA_SIGN, ck.CKA_VERIFY, ck.CKA_WRAP, ck.CKA_UNWRAP, ck.CKA_DERIVE}
 
-// describe is the admin's view of a live key object; full adds the
-// attributes and the public key.
-func describe(f found, full bool) adminapi.Key {
+// keyURI is the PKCS#11 URI (RFC 7512) that names a key object of the
+// token, as OpenSSL, p11tool and ssh take it.
+func keyURI(ti keystore.TokenInfo, class uint64, label string, id []byte) string {
+	u := &p11uri.URI{}
+	u.Set(p11uri.Token, ti.Label)
+	if len(id) > 0 {
+		u.Set(p11uri.ID, string(id))
+	}
+	if label != "" {
+		u.Set(p11uri.Object, label)
+	}
+	if t := uriTypes[class]; t != "" {
+		u.Set(p11uri.Type, t)
+	}
+	return u.String()
+}
+
+// uriTypes are the URI's names of the object classes.
+var uriTypes = map[uint64]string{ck.CKO_PRIVATE_KEY: "private", ck.CKO_PUBLIC_KEY: "public", ck.CKO_SECRET_KEY: "secret-key",
+	ck.CKO_CERTIFICATE: "cert", ck.CKO_DATA: "data"}
+
+// selectorClasses are the classes a KeySelector's Class names.
+var selectorClasses = map[string]uint64{"private-key": ck.CKO_PRIVATE_KEY, "public-key": ck.CKO_PUBLIC_KEY, "secret-key": ck.CKO_SECRET_KEY}
+
+// classOf is the class a selector names, or false for any key class.
+func classOf(ref adminapi.KeySelector) (uint64, bool, error) {
+	if ref.Class == "" {
+		return 0, false, nil
+	}
+	c, ok := selectorClasses[ref.Class]
+	if !ok {
+		return 0, false, adminapi.Errorf(adminapi.CodeBadRequest, "a key's class is private-key, public-key or secret-key, not %q", ref.Class)
+	}
+	return c, true, nil
+}
+
+// describe is the admin's view of a live key object of the token; full
+// adds the attributes and the public key.
+func describe(ti keystore.TokenInfo, f found, full bool) adminapi.Key {
 	o := f.obj
 	out := adminapi.Key{
-		UUID: f.uuid.String(), Class: token.ClassName(o.Class()), KeyType: keyTypeName(o.KeyType()),
+		UUID: f.uuid.String(), Class: token.ClassName(o.Class()), KeyType: keyTypeConst(o.KeyType()),
 		Private: o.Bool(ck.CKA_PRIVATE), Bits: mech.KeyBits(o),
 	}
 	if l, ok := o.Attr(ck.CKA_LABEL); ok {
 		out.Label = string(l)
 	}
-	if id, ok := o.Attr(ck.CKA_ID); ok {
+	id, _ := o.Attr(ck.CKA_ID)
+	if len(id) > 0 {
 		out.ID = hex.EncodeToString(id)
 	}
+	out.URI = keyURI(ti, o.Class(), out.Label, id)
 	if o.Class() != ck.CKO_PUBLIC_KEY {
 		out.Protection = "software"
 		if ulongOf(attrValue(o, ck.CKA_HSMEMU_PROTECTION)) == ck.CKP_HSMEMU_HSM {
@@ -213,30 +366,30 @@ func describe(f found, full bool) adminapi.Key {
 		}
 	}
 	if full {
-		out.Attributes = map[string]string{}
+		out.Attributes = &adminapi.KeyAttributes{}
 		for _, a := range boolAttrs {
 			if v, ok := o.Attr(a.t); ok && len(v) == 1 {
-				out.Attributes[a.name] = fmt.Sprint(v[0] != 0)
+				out.Attributes.SetFlag(a.name, v[0] != 0)
 			}
 		}
-		if v, ok := o.Attr(ck.CKA_KEY_GEN_MECHANISM); ok && len(v) == 8 {
-			out.Attributes["key-gen-mechanism"] = fmt.Sprintf("0x%x", ulongOf(v))
+		if v, ok := o.Attr(ck.CKA_KEY_GEN_MECHANISM); ok && len(v) == 8 && ulongOf(v) != ck.CK_UNAVAILABLE_INFORMATION {
+			m := mechanismConst(ulongOf(v))
+			out.Attributes.KeyGenMechanism = &m
 		}
 		if v, ok := o.Attr(ck.CKA_ALLOWED_MECHANISMS); ok && len(v) > 0 {
-			var ms []string
 			for i := 0; i+8 <= len(v); i += 8 {
-				ms = append(ms, fmt.Sprintf("0x%x", ulongOf(v[i:i+8])))
+				out.Attributes.AllowedMechanisms = append(out.Attributes.AllowedMechanisms, mechanismConst(ulongOf(v[i:i+8])))
 			}
-			out.Attributes["allowed-mechanisms"] = fmt.Sprint(ms)
 		}
 	}
 	return out
 }
 
-func describeDeleted(d keystore.Deleted) adminapi.Key {
-	out := adminapi.Key{UUID: d.UUID.String(), Class: token.ClassName(d.Class), Label: string(d.Label), ID: hex.EncodeToString(d.CKAID), Private: d.Private}
+func describeDeleted(ti keystore.TokenInfo, d keystore.Deleted) adminapi.Key {
+	out := adminapi.Key{UUID: d.UUID.String(), Class: token.ClassName(d.Class), Label: string(d.Label), ID: hex.EncodeToString(d.CKAID), Private: d.Private,
+		URI: keyURI(ti, d.Class, string(d.Label), d.CKAID)}
 	if d.KeyType != nil {
-		out.KeyType = keyTypeName(*d.KeyType)
+		out.KeyType = keyTypeConst(*d.KeyType)
 	}
 	at, after := d.DeletedAt, d.PurgeAfter
 	out.DeletedAt, out.PurgeAfter = &at, &after
@@ -250,14 +403,14 @@ func (a *call) keyList(ctx context.Context, args adminapi.KeyList) ([]adminapi.K
 			del, err := a.store.DeletedObjects(ctx, ti.UUID)
 			for _, d := range del {
 				if isKeyClass(d.Class) {
-					out = append(out, describeDeleted(d))
+					out = append(out, describeDeleted(ti, d))
 				}
 			}
 			return err
 		}
 		keys, err := a.liveKeys(ctx, ti, adminapi.KeySelector{})
 		for _, f := range keys {
-			out = append(out, describe(f, false))
+			out = append(out, describe(ti, f, false))
 		}
 		return err
 	})
@@ -269,7 +422,7 @@ func (a *call) keyShow(ctx context.Context, args adminapi.KeyRef) ([]adminapi.Ke
 	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *token.UserSession) error {
 		sel, err := a.liveKey(ctx, ti, args.KeySelector)
 		for _, f := range sel {
-			out = append(out, describe(f, true))
+			out = append(out, describe(ti, f, true))
 		}
 		return err
 	})
@@ -294,7 +447,7 @@ func (a *call) keyDelete(ctx context.Context, args adminapi.KeyRef) (*adminapi.K
 				return err
 			}
 			res.Kept = kept
-			res.Keys = append(res.Keys, describe(f, false))
+			res.Keys = append(res.Keys, describe(ti, f, false))
 			detail := token.ObjectDetail(f.uuid, f.obj.Class(), f.obj.All())
 			detail["kept"] = fmt.Sprint(kept)
 			a.eng.Audit(ctx, a.who, ti.UUID, "key.delete", detail)
@@ -307,8 +460,30 @@ func (a *call) keyDelete(ctx context.Context, args adminapi.KeyRef) (*adminapi.K
 	return res, err
 }
 
-// deletedKeys selects among a token's deleted keys.
+// deletedKeys selects one key among a token's deleted keys.
 func (a *call) deletedKeys(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]keystore.Deleted, error) {
+	sel, err := a.deletedMatches(ctx, ti, ref)
+	if err != nil {
+		return nil, err
+	}
+	if len(sel) == 0 {
+		return nil, adminapi.Errorf(adminapi.CodeNotFound, "no deleted key matches %s (`hsmemu key list --deleted` lists them)", ref.String())
+	}
+	return one(sel, ref, func(d keystore.Deleted) uint64 { return d.Class }, pairOfDeleted, func(d keystore.Deleted) string {
+		kt := "?"
+		if d.KeyType != nil {
+			kt = keyTypeName(*d.KeyType)
+		}
+		return fmt.Sprintf("%s %s %s", d.UUID, kt, token.ClassName(d.Class))
+	}, func(d keystore.Deleted) string { return hex.EncodeToString(d.CKAID) })
+}
+
+// deletedMatches are the token's deleted key objects ref names.
+func (a *call) deletedMatches(ctx context.Context, ti keystore.TokenInfo, ref adminapi.KeySelector) ([]keystore.Deleted, error) {
+	class, hasClass, err := classOf(ref)
+	if err != nil {
+		return nil, err
+	}
 	del, err := a.store.DeletedObjects(ctx, ti.UUID)
 	if err != nil {
 		return nil, err
@@ -316,7 +491,7 @@ func (a *call) deletedKeys(ctx context.Context, ti keystore.TokenInfo, ref admin
 	var sel []keystore.Deleted
 	for _, d := range del {
 		switch {
-		case !isKeyClass(d.Class),
+		case !isKeyClass(d.Class), hasClass && d.Class != class,
 			ref.Key != "" && string(d.Label) != ref.Key,
 			ref.ID != "" && hex.EncodeToString(d.CKAID) != ref.ID,
 			ref.UUID != "" && d.UUID.String() != ref.UUID:
@@ -324,7 +499,7 @@ func (a *call) deletedKeys(ctx context.Context, ti keystore.TokenInfo, ref admin
 		}
 		sel = append(sel, d)
 	}
-	return one(sel, ref, func(d keystore.Deleted) uint64 { return d.Class }, pairOfDeleted)
+	return sel, nil
 }
 
 func (a *call) keyRecover(ctx context.Context, args adminapi.KeyRef) ([]adminapi.Key, error) {
@@ -335,10 +510,17 @@ func (a *call) keyRecover(ctx context.Context, args adminapi.KeyRef) ([]adminapi
 			return err
 		}
 		for _, d := range sel {
-			if _, err := a.store.Recover(ctx, ti.UUID, d.UUID); err != nil {
+			id, err := a.store.Recover(ctx, ti.UUID, d.UUID)
+			if err != nil {
 				return err
 			}
-			out = append(out, describeDeleted(d))
+			// Described as it now lives (bits, usage, protection), which
+			// the deleted record does not hold.
+			if k, err := a.openKey(ctx, id); err == nil {
+				out = append(out, describe(ti, k, false))
+			} else {
+				out = append(out, describeDeleted(ti, d))
+			}
 			a.eng.Audit(ctx, a.who, ti.UUID, "key.recover", token.DeletedDetail(d))
 		}
 		return nil
@@ -388,7 +570,7 @@ func (a *call) keyPurge(ctx context.Context, args adminapi.KeyPurge) ([]adminapi
 		if err := a.store.Purge(ctx, ti.UUID, d.UUID); err != nil {
 			return out, err
 		}
-		out = append(out, describeDeleted(d))
+		out = append(out, describeDeleted(ti, d))
 		a.eng.Audit(ctx, a.who, ti.UUID, "key.purge", token.DeletedDetail(d))
 	}
 	return out, nil
@@ -463,7 +645,7 @@ func (a *call) keyBackup(ctx context.Context, args adminapi.KeyRef) (*adminapi.K
 				return err
 			}
 			objs = append(objs, keystore.BackupObject{UUID: stored.UUID, Attrs: stored.Attrs, Secret: stored.Secret})
-			res.Keys = append(res.Keys, describe(f, false))
+			res.Keys = append(res.Keys, describe(ti, f, false))
 		}
 		if res.Blob, err = a.store.SealKeyBackup(ctx, objs); err != nil {
 			return err
@@ -536,7 +718,7 @@ func (a *call) keyRestore(ctx context.Context, args adminapi.KeyRestore) ([]admi
 			if err != nil {
 				return err
 			}
-			out = append(out, describe(found{id: stored.ID, uuid: stored.UUID, obj: v}, false))
+			out = append(out, describe(ti, found{id: stored.ID, uuid: stored.UUID, obj: v}, false))
 			a.eng.Audit(ctx, a.who, ti.UUID, "key.restore", token.ObjectDetail(stored.UUID, v.Class(), v.All()))
 		}
 		return nil

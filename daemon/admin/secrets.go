@@ -81,13 +81,33 @@ func noSecret(name string) error {
 	return adminapi.Errorf(adminapi.CodeNotFound, "no secret is named %q (`hsmemu secret list` lists them)", name)
 }
 
-// liveSecret returns the versions of a secret that exists.
+// liveSecret returns the versions of a secret that exists. A secret that
+// is deleted is not "not found": it can be recovered, and the error says
+// how.
 func (a *call) liveSecret(ctx context.Context, ti keystore.TokenInfo, name string) ([]secretVersion, error) {
 	vs, err := a.secretVersions(ctx, ti, name)
 	if err == nil && len(vs) == 0 {
-		err = noSecret(name)
+		if err = a.secretDeletedError(ctx, ti, name); err == nil {
+			err = noSecret(name)
+		}
 	}
 	return vs, err
+}
+
+// secretDeletedError is the error for a secret that is deleted, or nil
+// when it is not.
+func (a *call) secretDeletedError(ctx context.Context, ti keystore.TokenInfo, name string) error {
+	del, err := a.store.DeletedObjects(ctx, ti.UUID)
+	if err != nil {
+		return err
+	}
+	for _, d := range del {
+		if isDeletedSecret(d, name) {
+			return adminapi.Errorf(adminapi.CodeDeleted, "secret %q was deleted on %s: `hsmemu secret recover --token %s --name %s` brings it back, until %s",
+				name, d.DeletedAt.UTC().Format(time.RFC3339), shellQuote(ti.Label), shellQuote(name), d.PurgeAfter.UTC().Format(time.RFC3339))
+		}
+	}
+	return nil
 }
 
 func checkSecretName(name string) error {
@@ -129,7 +149,8 @@ func (a *call) secretSet(ctx context.Context, args adminapi.SecretSet) (*adminap
 		}
 		for _, d := range del {
 			if isDeletedSecret(d, args.Name) {
-				return adminapi.Errorf(adminapi.CodeRefused, "secret %q is deleted: recover it (`hsmemu secret recover`) or purge it before setting it again", args.Name)
+				return adminapi.Errorf(adminapi.CodeDeleted, "secret %q is deleted: recover it (`hsmemu secret recover --token %s --name %s`) or purge it before setting it again",
+					args.Name, shellQuote(ti.Label), shellQuote(args.Name))
 			}
 		}
 		enabled := keystore.Bool(true)
@@ -188,7 +209,7 @@ func pick(vs []secretVersion, name string, version int64) (secretVersion, error)
 func (a *call) secretGet(ctx context.Context, args adminapi.SecretGet) (*adminapi.SecretValue, error) {
 	var out *adminapi.SecretValue
 	err := a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, _ *token.UserSession) error {
-		vs, err := a.secretVersions(ctx, ti, args.Name)
+		vs, err := a.liveSecret(ctx, ti, args.Name)
 		if err != nil {
 			return err
 		}
@@ -260,7 +281,8 @@ func (a *call) secretList(ctx context.Context, args adminapi.SecretList) ([]admi
 					n++
 				}
 			}
-			out = append(out, adminapi.Secret{Name: name, Current: v.info(name), Versions: n})
+			cur := v.info(name)
+			out = append(out, adminapi.Secret{Name: name, Current: &cur, Versions: n})
 		}
 		return nil
 	})

@@ -15,8 +15,10 @@ import (
 
 func (a *call) status(ctx context.Context, _ noArgs) (*adminapi.Status, error) {
 	info := a.h.cfg
+	_, commit := adminapi.Build()
 	st := &adminapi.Status{
 		Version:   info.Version,
+		Commit:    commit,
 		Started:   a.h.cfg.Started,
 		UptimeSec: time.Since(a.h.cfg.Started).Seconds(),
 		TPM: adminapi.TPMInfo{Kind: info.TPM.Kind, Path: info.TPM.Path, Manufacturer: info.TPM.Manufacturer,

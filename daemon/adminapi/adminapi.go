@@ -69,6 +69,7 @@ const (
 	CodeTampered     = "tampered"      // the keystore failed an integrity check
 	CodeAmbiguous    = "ambiguous"     // a name matches several keys
 	CodeRefused      = "refused"       // a policy forbids it (purge protection, CKA_DESTROYABLE)
+	CodeDeleted      = "deleted"       // the key or secret named is deleted (recoverable)
 	CodeInternal     = "internal"      // the daemon's fault; its log says more
 )
 
@@ -178,7 +179,9 @@ const (
 
 // Status is the answer to OpStatus.
 type Status struct {
-	Version   string    `json:"version"`
+	Version string `json:"version"`
+	// Commit is the commit the daemon was built from ("" when unknown).
+	Commit    string    `json:"commit,omitempty"`
 	Started   time.Time `json:"started"`
 	UptimeSec float64   `json:"uptime_seconds"`
 	TPM       TPMInfo   `json:"tpm"`
@@ -248,7 +251,7 @@ type TPMDA struct {
 	LockoutAuthSet     bool   `json:"lockout_auth_set"`
 	InLockout          bool   `json:"in_lockout"`
 	// LockoutLeftSec bounds how long the lockout lasts, when in one.
-	LockoutLeftSec uint32 `json:"lockout_left_seconds,omitempty"`
+	LockoutLeftSec uint32 `json:"lockout_left_seconds"`
 }
 
 // TPMInfo says which TPM holds the master key.
@@ -268,7 +271,7 @@ type TPMInfo struct {
 	Available  bool       `json:"available"`
 	Error      string     `json:"error,omitempty"`
 	DownSince  *time.Time `json:"down_since,omitempty"`
-	Reconnects int        `json:"reconnects,omitempty"`
+	Reconnects int        `json:"reconnects"`
 }
 
 // AuditHead is the newest record of the audit log.
@@ -318,6 +321,9 @@ type KeySelector struct {
 	Key  string `json:"key,omitempty"`
 	UUID string `json:"uuid,omitempty"`
 	ID   string `json:"id,omitempty"`
+	// Class narrows the selection to private-key, public-key or
+	// secret-key objects (a PKCS#11 URI's type), one half of a pair.
+	Class string `json:"class,omitempty"`
 }
 
 func (k KeySelector) String() string {
@@ -330,6 +336,9 @@ func (k KeySelector) String() string {
 	}
 	if k.ID != "" {
 		parts = append(parts, "id "+k.ID)
+	}
+	if k.Class != "" {
+		parts = append(parts, "class "+k.Class)
 	}
 	if len(parts) == 0 {
 		return "(no name)"
@@ -354,6 +363,10 @@ type KeyOptions struct {
 	Usage       []string `json:"usage,omitempty"`
 	Protection  string   `json:"protection,omitempty"`
 	Extractable bool     `json:"extractable,omitempty"`
+	// AllowDuplicateLabel lets the new key share its label with a live
+	// key; without it that is refused (CodeExists), since a label that
+	// names two keys names neither.
+	AllowDuplicateLabel bool `json:"allow_duplicate_label,omitempty"`
 }
 
 // KeyGenerate makes a key in the token, as its user: Type is aes-128,
@@ -394,9 +407,12 @@ type KeyPurge struct {
 
 // Key describes a key object. Nothing in it is secret.
 type Key struct {
-	UUID        string   `json:"uuid"`
+	UUID string `json:"uuid"`
+	// URI is the PKCS#11 URI (RFC 7512) of the object, for OpenSSL,
+	// p11tool or ssh: pkcs11:token=...;id=...;object=...;type=....
+	URI         string   `json:"uri"`
 	Class       string   `json:"class"`
-	KeyType     string   `json:"key_type"`
+	KeyType     *CKConst `json:"key_type"` // nil when unknown
 	Label       string   `json:"label,omitempty"`
 	ID          string   `json:"id,omitempty"`
 	Private     bool     `json:"private"`
@@ -405,8 +421,8 @@ type Key struct {
 	Usage       []string `json:"usage,omitempty"`
 	Fingerprint string   `json:"fingerprint,omitempty"` // sha256 of the public key's SubjectPublicKeyInfo
 	// Attributes and PublicPEM come with show.
-	Attributes map[string]string `json:"attributes,omitempty"`
-	PublicPEM  string            `json:"public_pem,omitempty"`
+	Attributes *KeyAttributes `json:"attributes,omitempty"`
+	PublicPEM  string         `json:"public_pem,omitempty"`
 	// DeletedAt and PurgeAfter are set for a deleted key.
 	DeletedAt  *time.Time `json:"deleted_at,omitempty"`
 	PurgeAfter *time.Time `json:"purge_after,omitempty"`
@@ -588,11 +604,12 @@ type SecretValue struct {
 // Secret describes a secret by its newest version; a deleted one by when
 // it was deleted and will be purged.
 type Secret struct {
-	Name       string        `json:"name"`
-	Current    SecretVersion `json:"current"`
-	Versions   int           `json:"versions"`
-	DeletedAt  *time.Time    `json:"deleted_at,omitempty"`
-	PurgeAfter *time.Time    `json:"purge_after,omitempty"`
+	Name string `json:"name"`
+	// Current is the newest version; nil for a deleted secret.
+	Current    *SecretVersion `json:"current"`
+	Versions   int            `json:"versions"`
+	DeletedAt  *time.Time     `json:"deleted_at,omitempty"`
+	PurgeAfter *time.Time     `json:"purge_after,omitempty"`
 }
 
 // SecretDeleted is what a secret's delete, recover or purge did.
@@ -627,7 +644,7 @@ type RotateToken struct {
 
 // Rotated is what a rotation did.
 type Rotated struct {
-	Label          string `json:"label"`
+	Label          string `json:"token"`
 	Resealed       int    `json:"resealed"`
 	DataGeneration uint32 `json:"data_generation"`
 }

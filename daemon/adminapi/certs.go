@@ -25,6 +25,8 @@ type CertImport struct {
 	Password   []byte `json:"password,omitempty"`
 	Label      string `json:"label,omitempty"`
 	Protection string `json:"protection,omitempty"`
+	// AllowDuplicateLabel, as KeyOptions' (for the private key).
+	AllowDuplicateLabel bool `json:"allow_duplicate_label,omitempty"`
 }
 
 // CertImported is what cert.import stored: the key, when the material

@@ -30,6 +30,11 @@ const (
 	opKinds
 )
 
+// opKindsMatch: opKind i is bit i of calls.OpKinds, which SessionIdleBut
+// relies on.
+var _ = [1]int{}[int(calls.OpEncrypt>>opEncrypt)+int(calls.OpDecrypt>>opDecrypt)+int(calls.OpDigest>>opDigest)+
+	int(calls.OpSign>>opSign)+int(calls.OpVerify>>opVerify)-5]
+
 // operation is one operation in progress.
 type operation struct {
 	mech    uint64

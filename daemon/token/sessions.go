@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	"hsmemu/keystore"
@@ -30,15 +31,22 @@ type session struct {
 
 // SessionIdle says whether session h of app exists and has no
 // operation in progress (the reply's idle flag, docs/protocol.md).
-func (app *App) SessionIdle(h uint64) bool {
+func (app *App) SessionIdle(h uint64) bool { return app.SessionIdleBut(h, 0) }
+
+// SessionIdleBut is SessionIdle not counting the operations of kinds but,
+// whose output the reply hands to the module in full: the module holds it
+// and ends them itself (docs/protocol.md, "Results ahead of the follow-up
+// call").
+func (app *App) SessionIdleBut(h uint64, but calls.OpKinds) bool {
 	s, err := app.session(h)
 	if err != nil {
 		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, op := range s.ops {
-		if op != nil {
+	for i, op := range s.ops {
+		// opKind i is calls.OpKinds bit i (opKindsMatch checks it).
+		if op != nil && but&(1<<i) == 0 {
 			return false
 		}
 	}

@@ -116,7 +116,7 @@ func TestSlotListSizeQuery(t *testing.T) {
 	}
 }
 
-// A daemon of protocol version 1 refuses the module's version 2 hello; the
+// A daemon of protocol version 1 refuses the module's version 3 hello; the
 // module dials again speaking version 1, and is served.
 func TestVersion1Daemon(t *testing.T) {
 	m, p := session(t, func(q Req) Resp {
@@ -131,8 +131,33 @@ func TestVersion1Daemon(t *testing.T) {
 		t.Fatalf("slot list from a version 1 daemon: rv %v, %d %v", rv, n, list)
 	}
 	h := p.Hellos()
-	if len(h) != 2 || h[0].Version != 2 || h[1].Version != 1 {
-		t.Fatalf("hellos %+v: want version 2, then version 1", h)
+	if len(h) != 2 || h[0].Version != 3 || h[1].Version != 1 {
+		t.Fatalf("hellos %+v: want version 3, then version 1", h)
+	}
+}
+
+// A daemon of protocol version 2 knows no prefetch: the module dials again
+// speaking version 2, and its size queries go as plain NULL buffers.
+func TestVersion2DaemonNoPrefetch(t *testing.T) {
+	m, p := session(t, func(q Req) Resp {
+		if q.Call.Name != "C_Encrypt" {
+			return Resp{RV: ck.CKR_FUNCTION_NOT_SUPPORTED}
+		}
+		spec := q.Args.Out(2)
+		if spec.Prefetch {
+			return Resp{RV: ck.CKR_ARGUMENTS_BAD}
+		}
+		return Reply("C_Encrypt", func(r *wire.Results) uint64 { return r.OutBytes(spec, []byte("sig")) })
+	})
+	p.SpeakUpTo(2)
+	for i := 0; i < 2; i++ {
+		if rv, n, _ := m.Encrypt(1, []byte("data"), 0, true); rv != 0 || n != 3 {
+			t.Fatalf("size query to a version 2 daemon: rv %v, length %d", rv, n)
+		}
+	}
+	h := p.Hellos()
+	if len(h) != 2 || h[0].Version != 3 || h[1].Version != 2 {
+		t.Fatalf("hellos %+v: want version 3, then version 2", h)
 	}
 }
 

@@ -1,0 +1,28 @@
+package calls
+
+// prefetching are the calls whose output, once measured, does not depend
+// on a later call's input: the daemon keeps what a size query measured
+// and gives exactly that to the call that follows (the single-part calls
+// and the Finals), or the call has no state at all (C_WrapKey, whose
+// follow-up repeats its arguments). For these a module of protocol
+// version 3 may ask, with a NULL output buffer, for the whole result with
+// its length, keep it, and serve the follow-up call itself
+// (docs/protocol.md, "Results ahead of the follow-up call"). The Updates
+// are not here: their kept output goes to the next Update, which the
+// module cannot tell apart from one that brings more input.
+var prefetching = map[string]bool{
+	"C_Encrypt":       true,
+	"C_EncryptFinal":  true,
+	"C_Decrypt":       true,
+	"C_DecryptFinal":  true,
+	"C_Digest":        true,
+	"C_DigestFinal":   true,
+	"C_Sign":          true,
+	"C_SignFinal":     true,
+	"C_SignRecover":   true,
+	"C_VerifyRecover": true,
+	"C_WrapKey":       true,
+}
+
+// Prefetches says whether a size query of c may ask for the whole result.
+func Prefetches(c *Call) bool { return prefetching[c.Name] }

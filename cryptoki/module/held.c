@@ -1,0 +1,300 @@
+/*
+ * held.c: results the daemon gave ahead of the follow-up call
+ * (docs/protocol.md, "Results ahead of the follow-up call").
+ *
+ * Most applications call C_Sign, C_Encrypt, C_WrapKey and the like twice:
+ * first with a NULL buffer for the length, then with a buffer. Each call
+ * was a round trip. For the calls of calls.Prefetches the daemon keeps
+ * what a size query measured and gives exactly that to the call that
+ * follows, whatever input it brings (C_WrapKey keeps nothing, and its
+ * follow-up repeats its arguments), so the module asks, with the NULL
+ * buffer, for the whole result (a prefetch), keeps it here, answers the
+ * length, and serves the follow-up itself: the result, or
+ * CKR_BUFFER_TOO_SMALL for a short buffer, or the length again.
+ *
+ * The daemon stays the truth. It still holds the operation and its
+ * output, so whatever this file forgets, the next call asks the daemon and
+ * gets the same answer: a held result is only a copy. So it is forgotten
+ * (and wiped) whenever anything else may have moved the daemon's state:
+ * any call on its session that goes to the daemon, any mutating call
+ * (calls.Role.Mutates), a daemon that holds nothing of the application
+ * any more, C_Finalize, and in a forked child. It is kept only from a
+ * prefetch that was alone on its session from start to reply, so two
+ * threads sharing a session see what one call after the other would.
+ *
+ * When the follow-up takes the result, the operation is over for the
+ * application but not yet in the daemon: the C_SessionCancel that ends it
+ * travels ahead of the session's next frame (defer.c keeps it owed), in
+ * the same write, and the session counts as idle when the prefetch's
+ * reply said it was idle but for this operation. So a signature in the
+ * length-query-first convention is one round trip, as in one call, once
+ * its Init is deferred.
+ *
+ * Results are wiped (explicit_bzero) when handed over or forgotten, and
+ * so is their copy in the reply that brought them.
+ */
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <string.h>
+
+#include "hsm.h"
+
+#define HELD_MAX 128    /* sessions tracked */
+#define HELD_KEY_MAX 256 /* the longest call prefix a held result is matched by */
+
+typedef struct {
+	uint64_t session;
+	int used;
+	unsigned long seq; /* calls begun on the session */
+	int calls;         /* calls on the session in flight */
+
+	/* The held result, when has. */
+	int has;
+	uint8_t key[HELD_KEY_MAX]; /* the call number and the arguments it is matched by */
+	size_t key_len;
+	uint8_t *data;
+	size_t len;
+	unsigned long app_gen;   /* the daemon's application it came from */
+	uint32_t cancel_call;    /* C_SessionCancel, or 0 when the call ends no operation (C_WrapKey) */
+	uint64_t cancel_flags;
+	unsigned long defer_seq; /* the prefetch's number on its session in defer.c */
+	int idle_but;            /* its reply said: idle but for this operation */
+} entry;
+
+static struct {
+	hsm_mutex *mu;
+	entry e[HELD_MAX];
+} h;
+
+static void wipe(entry *e)
+{
+	if (e->data != NULL) {
+		explicit_bzero(e->data, e->len);
+		free(e->data);
+	}
+	e->data = NULL;
+	e->len = 0;
+	e->has = 0;
+	explicit_bzero(e->key, sizeof e->key);
+	e->key_len = 0;
+}
+
+static void wipe_all(void)
+{
+	for (int i = 0; i < HELD_MAX; i++) {
+		wipe(&h.e[i]);
+		memset(&h.e[i], 0, sizeof h.e[i]);
+	}
+}
+
+CK_RV hsm_held_init(void)
+{
+	hsm_mutex *mu;
+	CK_RV rv = hsm_mutex_new(&mu);
+	if (rv != CKR_OK)
+		return rv;
+	wipe_all();
+	h.mu = mu;
+	return CKR_OK;
+}
+
+void hsm_held_finalize(void)
+{
+	if (h.mu == NULL)
+		return;
+	hsm_lock(h.mu);
+	wipe_all();
+	hsm_unlock(h.mu);
+	hsm_mutex_free(h.mu);
+	h.mu = NULL;
+}
+
+void hsm_held_forget_inherited(void)
+{
+	/* As pool.c: a parent's thread may hold the mutex. The results are
+	 * the parent's, and its sessions are not the child's. */
+	wipe_all();
+	if (h.mu != NULL)
+		hsm_mutex_abandon(h.mu);
+	h.mu = NULL;
+}
+
+void hsm_held_atfork_child(void)
+{
+	/* One thread, and the mutex perhaps held: only wipe the bytes, the
+	 * child's C_Initialize frees them (hsm_held_forget_inherited). */
+	for (int i = 0; i < HELD_MAX; i++) {
+		entry *e = &h.e[i];
+		if (e->data != NULL)
+			explicit_bzero(e->data, e->len);
+		e->has = 0;
+	}
+}
+
+static entry *find(uint64_t session)
+{
+	for (int i = 0; i < HELD_MAX; i++)
+		if (h.e[i].used && h.e[i].session == session)
+			return &h.e[i];
+	return NULL;
+}
+
+static entry *add(uint64_t session)
+{
+	for (int i = 0; i < HELD_MAX; i++) {
+		entry *e = &h.e[i];
+		if (!e->used || (e->calls == 0 && !e->has)) {
+			memset(e, 0, sizeof *e);
+			e->used = 1;
+			e->session = session;
+			return e;
+		}
+	}
+	return NULL;
+}
+
+/* key is what a follow-up is matched by: the call number, and then the
+ * session for a call that continues an operation (the daemon gives the
+ * kept output whatever the input), every argument for one that does not
+ * (C_WrapKey: the mechanism and both keys). 0 when too long to keep. */
+static size_t key(const hsm_call *c, const uint8_t **p)
+{
+	*p = c->req.p + 8;
+	size_t n = c->continues ? 4 + 8 : c->req.out_at - 8;
+	if (c->req.out_at < 8 + n || n > HELD_KEY_MAX)
+		return 0;
+	return n;
+}
+
+void hsm_held_begin(hsm_call *c)
+{
+	c->held_seq = 0;
+	if (h.mu == NULL || (!c->on_session && !c->mutates))
+		return;
+	hsm_lock(h.mu);
+	if (c->mutates)
+		for (int i = 0; i < HELD_MAX; i++)
+			wipe(&h.e[i]);
+	if (c->on_session) {
+		entry *e = find(c->session);
+		if (e == NULL)
+			e = add(c->session);
+		if (e != NULL) {
+			wipe(e);
+			e->calls++;
+			c->held_seq = ++e->seq;
+		}
+	}
+	hsm_unlock(h.mu);
+}
+
+void hsm_held_end(hsm_call *c)
+{
+	if (h.mu == NULL || c->held_seq == 0)
+		return;
+	hsm_lock(h.mu);
+	entry *e = find(c->session);
+	if (e != NULL && e->calls > 0)
+		e->calls--;
+	hsm_unlock(h.mu);
+}
+
+void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out)
+{
+	/* Only a whole result; anything else is for the stub to refuse. */
+	if (c->req.prefetch_at == 0 || out != NULL || o->data == NULL || c->rv != CKR_OK || o->n != o->len)
+		return;
+	const uint8_t *k;
+	size_t kn = key(c, &k);
+	if (h.mu != NULL && kn != 0 && c->held_seq != 0) {
+		hsm_lock(h.mu);
+		entry *e = find(c->session);
+		/* Alone on its session from start to here, for the same
+		 * application of the daemon. */
+			if (e != NULL && e->seq == c->held_seq && e->calls == 0 && c->held_gen == hsm_exchange_app_gen()) {
+			uint8_t *copy = malloc(o->n > 0 ? o->n : 1);
+			if (copy != NULL) {
+				wipe(e);
+				memcpy(copy, o->data, o->n);
+				e->data = copy;
+				e->len = o->n;
+				memcpy(e->key, k, kn);
+				e->key_len = kn;
+				e->app_gen = c->held_gen;
+				e->cancel_call = c->continues ? c->cancel_call : 0;
+				e->cancel_flags = c->cancel_flags;
+				e->defer_seq = c->defer_seq;
+				e->idle_but = c->idle_but;
+				e->has = 1;
+			}
+		}
+		hsm_unlock(h.mu);
+	}
+	/* The reply's copy goes now; the caller gets only the length. */
+	explicit_bzero((void *)o->data, o->n);
+	o->data = NULL;
+	o->n = 0;
+}
+
+/* cancel_now ends the operation in the daemon at once, when defer.c
+ * cannot keep the cancel for the session's next frame. */
+static void cancel_now(uint64_t session, uint32_t call, uint64_t flags, unsigned long app_gen)
+{
+	hsm_wbuf w = {.err = CKR_OK};
+	hsm_put_u32(&w, 0);
+	hsm_put_u32(&w, 0);
+	hsm_put_u32(&w, call);
+	hsm_put_u64(&w, session);
+	hsm_put_u64(&w, flags);
+	if (w.err == CKR_OK) {
+		hsm_wbuf *reqs[1] = {&w};
+		CK_RV rv;
+		int idle;
+		uint8_t *reply = NULL;
+		uint32_t len;
+		(void)hsm_exchange(reqs, 1, &rv, &idle, &reply, &len, hsm_config_get()->timeout_ms, app_gen);
+		free(reply);
+	}
+	free(w.p);
+}
+
+int hsm_held_serve(hsm_call *c, CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV *rv)
+{
+	if (h.mu == NULL || c->req.err != CKR_OK || !c->on_session)
+		return 0;
+	const uint8_t *k;
+	size_t kn = key(c, &k);
+	if (kn == 0)
+		return 0;
+	int served = 0;
+	hsm_lock(h.mu);
+	entry *e = find(c->session);
+	if (e != NULL && e->has && e->app_gen != hsm_exchange_app_gen())
+		wipe(e); /* the daemon lost the application since */
+	if (e != NULL && e->has && e->calls == 0 && e->key_len == kn && memcmp(e->key, k, kn) == 0) {
+		served = 1;
+		CK_ULONG n = (CK_ULONG)e->len;
+		if (out == NULL) {
+			*rv = CKR_OK;
+		} else if (*out_len < n) {
+			*rv = CKR_BUFFER_TOO_SMALL;
+		} else {
+			if (n > 0)
+				memcpy(out, e->data, n);
+			*rv = CKR_OK;
+			uint32_t call = e->cancel_call;
+			uint64_t flags = e->cancel_flags;
+			unsigned long seq = e->defer_seq, app_gen = e->app_gen;
+			int idle_but = e->idle_but;
+			wipe(e);
+			/* The daemon ends the operation before anything else of
+			 * the session reaches it; under the lock, so no call on
+			 * the session leaves in between. */
+			if (call != 0 && !hsm_defer_collected(c->session, call, flags, seq, idle_but))
+				cancel_now(c->session, call, flags, app_gen);
+		}
+		*out_len = n;
+	}
+	hsm_unlock(h.mu);
+	return served;
+}

@@ -1,0 +1,88 @@
+package moduletest
+
+import (
+	"bytes"
+	"encoding/binary"
+	"sync"
+	"testing"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
+)
+
+// A size query of a prefetching call asks for the whole result; the
+// module keeps it and serves the follow-up itself, then sends the
+// C_SessionCancel it owes ahead of the session's next frame
+// (docs/protocol.md, "Results ahead of the follow-up call").
+func TestPrefetchHeld(t *testing.T) {
+	ct := []byte("sixteen byte ct.")
+	var mu sync.Mutex
+	var seen []string
+	var badLength bool
+	m, _ := session(t, func(q Req) Resp {
+		mu.Lock()
+		seen = append(seen, q.Call.Name)
+		bad := badLength
+		mu.Unlock()
+		switch q.Call.Name {
+		case "C_SessionCancel":
+			if q.Args.Ulong(0) != 1 || q.Args.Ulong(1) != ck.CKF_ENCRYPT {
+				t.Errorf("C_SessionCancel(%d, %#x), want (1, CKF_ENCRYPT)", q.Args.Ulong(0), q.Args.Ulong(1))
+			}
+			return Resp{RV: 0}
+		case "C_Encrypt":
+			spec := q.Args.Out(2)
+			if bad && spec.Prefetch {
+				// The length says 17, the data is 16 bytes.
+				res := binary.BigEndian.AppendUint64(nil, 17)
+				res = binary.BigEndian.AppendUint32(res, uint32(len(ct)))
+				return Resp{RV: 0, Results: append(res, ct...)}
+			}
+			return Reply("C_Encrypt", func(r *wire.Results) uint64 { return r.OutBytes(spec, ct) })
+		}
+		return Resp{RV: ck.CKR_FUNCTION_NOT_SUPPORTED}
+	})
+	calls := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), seen...)
+	}
+
+	if rv, n, _ := m.Encrypt(1, []byte("data"), 0, true); rv != 0 || n != 16 {
+		t.Fatalf("size query: rv %v, length %d", rv, n)
+	}
+	if rv, n, _ := m.Encrypt(1, []byte("data"), 0, true); rv != 0 || n != 16 {
+		t.Fatalf("size query again: rv %v, length %d", rv, n)
+	}
+	if rv, n, _ := m.Encrypt(1, []byte("data"), 4, false); rv != ck.CKR_BUFFER_TOO_SMALL || n != 16 {
+		t.Fatalf("short buffer: rv %v, length %d", rv, n)
+	}
+	if rv, n, out := m.Encrypt(1, []byte("data"), 64, false); rv != 0 || n != 16 || !bytes.Equal(out[:16], ct) {
+		t.Fatalf("follow-up: rv %v, length %d, %q", rv, n, out[:16])
+	}
+	if got := calls(); len(got) != 1 || got[0] != "C_Encrypt" {
+		t.Fatalf("the daemon saw %v, want one C_Encrypt", got)
+	}
+	// The next call on the session brings the cancel ahead of it.
+	if rv, n, _ := m.Encrypt(1, []byte("data"), 64, false); rv != 0 || n != 16 {
+		t.Fatalf("next call: rv %v, length %d", rv, n)
+	}
+	if got := calls(); len(got) != 3 || got[1] != "C_SessionCancel" || got[2] != "C_Encrypt" {
+		t.Fatalf("the daemon saw %v, want C_Encrypt, then C_SessionCancel ahead of C_Encrypt", got)
+	}
+
+	// A prefetch whose data is not its length is refused, and nothing is
+	// held: the follow-up goes to the daemon.
+	mu.Lock()
+	badLength, seen = true, nil
+	mu.Unlock()
+	if rv, n, _ := m.Encrypt(1, []byte("data"), 7, true); rv != ck.CKR_DEVICE_ERROR || n != 7 {
+		t.Fatalf("malformed prefetch: rv %v, length %d, want CKR_DEVICE_ERROR and the length untouched", rv, n)
+	}
+	if rv, _, _ := m.Encrypt(1, []byte("data"), 64, false); rv != 0 {
+		t.Fatalf("after a malformed prefetch: rv %v", rv)
+	}
+	if got := calls(); len(got) != 2 || got[1] != "C_Encrypt" {
+		t.Fatalf("the daemon saw %v, want two C_Encrypt", got)
+	}
+}
