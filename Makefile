@@ -135,11 +135,14 @@ soak: test-deps build
 # can report its own deadline as a failure of the target (go.dev/issue/75804,
 # fixed in Go 1.27), on a busy machine. 200,000 inputs take 3 to 15 s here.
 FUZZ_SHORT ?= 200000x
+# Through a TLS handshake and a live daemon an input costs about 1.5 ms.
+FUZZ_SHORT_NET ?= 5000x
 fuzz-short:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeArgs$$' -fuzztime $(FUZZ_SHORT) ./cryptoki/wire/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadRequest$$' -fuzztime $(FUZZ_SHORT) ./cryptoki/wire/
 	$(GO) test -run '^$$' -fuzz '^FuzzCreateTemplate$$' -fuzztime $(FUZZ_SHORT) ./daemon/token/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime $(FUZZ_SHORT) ./daemon/adminapi/
+	$(GO) test -run '^$$' -fuzz '^FuzzTLSListener$$' -fuzztime $(FUZZ_SHORT_NET) ./daemon/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseBackup$$' -fuzztime $(FUZZ_SHORT) ./keystore/
 
 # Short fuzzing runs of every fuzz target (longer: FUZZTIME=10m make fuzz).
