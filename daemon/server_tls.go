@@ -160,8 +160,10 @@ func (s *Server) serveTLSConn(ctx context.Context, tc *timedConn, rc RemoteConfi
 		s.log.Info("remote connection refused at the TLS handshake", "from", from, "err", err)
 		return
 	}
-	ids := remote.Identities(conn.ConnectionState().PeerCertificates[0])
+	cs := conn.ConnectionState()
+	ids := remote.Identities(cs.PeerCertificates[0])
 	grant := rc.Policy().Lookup(ids)
+	s.log.Debug("remote connection", "remote", grant.Identity, "from", from, "resumed", cs.DidResume)
 	id, release, ok := s.remote.join(grant)
 	if !ok {
 		s.log.Warn("remote connection refused: the identity holds its limit of connections", "remote", grant.Identity, "limit", grant.Entry.Limits.Connections)

@@ -224,3 +224,37 @@ func TestTLSOpenSSL(t *testing.T) {
 		t.Errorf("no client certificate was served:\n%s", out)
 	}
 }
+
+// TestTLSResume: a client's second connection resumes the first one's
+// session; after a reload it does not, since a resumed session skips the
+// client certificate, which the new CA bundle may not accept.
+func TestTLSResume(t *testing.T) {
+	t.Parallel()
+	pki := remotetest.New(t)
+	var certs *remote.Certs
+	d := startTLSDaemon(t, pki, testPolicy(t), func(rc *RemoteConfig) { rc.Idle = time.Second; certs = rc.Certs })
+	cfg := clientTLS(t, pki, pki.App)
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	resumed := func() bool {
+		// The ticket comes after the handshake: the hello's reply brings
+		// it in.
+		s, _, err := DialTLS(d.tlsAddr, cfg, NewApp(), wire.Version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		return s.Resumed()
+	}
+	if resumed() {
+		t.Fatal("the first connection resumed")
+	}
+	if !resumed() {
+		t.Fatal("the second connection did not resume")
+	}
+	if err := certs.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if resumed() {
+		t.Fatal("a connection after a reload resumed")
+	}
+}

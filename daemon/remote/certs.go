@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -17,6 +18,11 @@ import (
 type Certs struct {
 	certFile, keyFile, caFile string
 	cur                       atomic.Pointer[tls.Config]
+	// outer is the listener's configuration. Its session ticket keys
+	// are the ones every handshake uses (crypto/tls takes them from the
+	// configuration the connection was made with), so one configuration
+	// serves every connection, and resumption works.
+	outer *tls.Config
 }
 
 // LoadCerts loads the three files.
@@ -24,6 +30,13 @@ func LoadCerts(certFile, keyFile, caFile string) (*Certs, error) {
 	c := &Certs{certFile: certFile, keyFile: keyFile, caFile: caFile}
 	if err := c.Reload(); err != nil {
 		return nil, err
+	}
+	c.outer = &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		MaxVersion: tls.VersionTLS13,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			return c.cur.Load(), nil
+		},
 	}
 	return c, nil
 }
@@ -44,6 +57,15 @@ func (c *Certs) Reload() error {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
 		return fmt.Errorf("--client-ca %s: no PEM certificate in it", c.caFile)
+	}
+	// A session resumed skips the client's certificate: tickets issued
+	// under what was loaded before are void after a reload.
+	if c.outer != nil {
+		var k [32]byte
+		if _, err := rand.Read(k[:]); err != nil {
+			return err
+		}
+		c.outer.SetSessionTicketKeys([][32]byte{k})
 	}
 	c.cur.Store(&tls.Config{
 		MinVersion:   tls.VersionTLS13,
@@ -67,15 +89,7 @@ func (c *Certs) Reload() error {
 
 // Config is the configuration of the listener: each handshake gets the
 // certificates loaded last.
-func (c *Certs) Config() *tls.Config {
-	return &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		MaxVersion: tls.VersionTLS13,
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-			return c.cur.Load(), nil
-		},
-	}
-}
+func (c *Certs) Config() *tls.Config { return c.outer }
 
 // Leaf is the listener's certificate as loaded last (tests, logs).
 func (c *Certs) Leaf() *x509.Certificate {

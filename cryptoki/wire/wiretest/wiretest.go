@@ -101,6 +101,12 @@ func (s *Socket) Exchange(id, call uint32, body []byte) (wire.Reply, error) {
 // Close closes the connection.
 func (s *Socket) Close() error { return s.c.Close() }
 
+// Resumed says whether a TLS connection resumed an earlier session.
+func (s *Socket) Resumed() bool {
+	tc, ok := s.c.(*tls.Conn)
+	return ok && tc.ConnectionState().DidResume
+}
+
 // Conn makes calls over an Exchanger. It is not safe for concurrent use.
 type Conn struct {
 	x  Exchanger
