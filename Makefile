@@ -31,6 +31,8 @@ GEN     := build/p11
 P11_CFLAGS = $(shell pkg-config --cflags p11-kit-1)
 MODULE_CFLAGS = -std=gnu11 -Wall -Wextra -Werror -fPIC -shared -pthread -fvisibility=hidden \
 	$(P11_CFLAGS) -Icryptoki/module -I$(GEN)
+# Remote daemons are reached over TLS through the system's libssl (tls.c).
+MODULE_LIBS = $(shell pkg-config --libs libssl libcrypto)
 MODULE_SRC := $(wildcard cryptoki/module/*.c)
 MODULE_HDR := $(wildcard cryptoki/module/*.h)
 GEN_SRC    := $(GEN)/stubs.c $(GEN)/codec.c $(GEN)/lists.c
@@ -45,11 +47,11 @@ $(GEN)/.stamp: $(P11GEN_SRC)
 
 $(BIN)/hsmemu-pkcs11.so: $(MODULE_SRC) $(MODULE_HDR) $(GEN)/.stamp
 	@mkdir -p $(BIN)
-	$(CC) $(MODULE_CFLAGS) -O2 -o $@ $(MODULE_SRC) $(GEN_SRC)
+	$(CC) $(MODULE_CFLAGS) -O2 -o $@ $(MODULE_SRC) $(GEN_SRC) $(MODULE_LIBS)
 
 $(BIN)/hsmemu-pkcs11-asan.so: $(MODULE_SRC) $(MODULE_HDR) $(GEN)/.stamp
 	@mkdir -p $(BIN)
-	$(CC) $(MODULE_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ $(MODULE_SRC) $(GEN_SRC)
+	$(CC) $(MODULE_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ $(MODULE_SRC) $(GEN_SRC) $(MODULE_LIBS)
 
 # The C tests need no daemon. The ASan/UBSan test program is built with the
 # sanitizers too, so it loads the sanitized module without LD_PRELOAD.
@@ -78,9 +80,13 @@ test-module: $(BIN)/hsmemu-pkcs11.so $(BIN)/hsmemu-pkcs11-asan.so build/module-t
 # built with the sanitizers itself.
 E2E_CFLAGS = -std=gnu11 -Wall -Wextra -Werror -pthread $(P11_CFLAGS)
 
-e2e-programs: build/e2e build/e2e-asan build/e2e-held build/e2e-held-asan $(BIN)/hsmemu-pkcs11-asan.so
+e2e-programs: build/e2e build/e2e-asan build/e2e-held build/e2e-held-asan build/signloop $(BIN)/hsmemu-pkcs11-asan.so
 
 build/e2e: cryptoki/e2e/c/e2e.c
+	@mkdir -p build
+	$(CC) $(E2E_CFLAGS) -O1 -g -o $@ $< -ldl
+
+build/signloop: cryptoki/e2e/c/signloop.c
 	@mkdir -p build
 	$(CC) $(E2E_CFLAGS) -O1 -g -o $@ $< -ldl
 

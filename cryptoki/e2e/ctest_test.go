@@ -111,9 +111,18 @@ func runCProgram(t *testing.T, prog, module string, env []string, sections []str
 		}
 	})
 	d = startDaemon(t)
+	runCProgramOn(t, d, prog, module, append(d.env(), env...))
+}
 
+// runCProgramOn runs the program against d with the environment env.
+func runCProgramOn(t *testing.T, d *daemonProc, prog, module string, env []string) {
+	t.Cleanup(func() {
+		if t.Failed() && d.log != nil {
+			t.Logf("daemon log:\n%s", d.log)
+		}
+	})
 	cmd := exec.Command(prog, module)
-	cmd.Env = append(d.env(), env...)
+	cmd.Env = env
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
