@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"hsmemu/bench"
 	"hsmemu/daemon/remote/remotetest"
 )
 
@@ -324,5 +325,50 @@ func TestRemoteConfigFile(t *testing.T) {
 	t.Logf("listed through the second server in %v (the first silent, timeout 2 s)", el.Round(time.Millisecond))
 	if el < time.Second {
 		t.Errorf("the silent server was not tried first (%v)", el)
+	}
+}
+
+// TestRemoteBench runs `hsmemu bench` on one daemon through its socket and
+// through TLS in one run, with both floors, and reports how an operation
+// through TLS compares with its time through the socket plus the
+// difference of the floors (docs/remote.md). It asserts no speed.
+func TestRemoteBench(t *testing.T) {
+	a := need(t)
+	pki := remotetest.New(t)
+	n := startRemote(t, pki, pki.Daemon)
+	cmd := exec.Command(a.daemon, "bench", "--module", a.module+"@"+n.sock, "--module", a.module+"@tls://"+n.addr,
+		"--tls-cert", pki.Admin.Cert, "--tls-key", pki.Admin.Key, "--tls-ca", pki.CA, "--setup",
+		"--op", "sign-ecdsa-p256", "--op", "wrap", "--op", "random-32",
+		"--duration", "300ms", "--warmup", "50ms", "--runs", "3", "--json")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("hsmemu bench: %v\n%s", err, stderr.String())
+	}
+	rep, err := bench.ReadJSON(strings.NewReader(string(out)))
+	if err != nil {
+		t.Fatalf("JSON: %v\n%s", err, out)
+	}
+	if rep.Floor == nil || rep.Floor.Status != "ok" || rep.TLSFloor == nil || rep.TLSFloor.Status != "ok" {
+		t.Fatalf("floors: %+v %+v", rep.Floor, rep.TLSFloor)
+	}
+	t.Logf("floors: Unix socket p50 %v, TLS p50 %v", time.Duration(rep.Floor.P50), time.Duration(rep.TLSFloor.P50))
+	tls := 0
+	for _, r := range rep.Results {
+		if r.Status != "ok" {
+			t.Errorf("%s on %s: %s %s", r.Op, r.Module, r.Status, r.Reason)
+			continue
+		}
+		t.Logf("%-16s %-26s p50 %-8v %8.0f/s  floor ratio %.2f  tls ratio %.2f", r.Op, r.Module, time.Duration(r.P50), r.OpsPerS, r.FloorRatio, r.TLSRatio)
+		if r.Remote {
+			tls++
+			if r.TLSRatio <= 0 {
+				t.Errorf("%s through TLS has no ratio to the socket's", r.Op)
+			}
+		}
+	}
+	if tls != 3 {
+		t.Errorf("%d results through TLS, want 3", tls)
 	}
 }
