@@ -372,3 +372,40 @@ func TestRemoteBench(t *testing.T) {
 		t.Errorf("%d results through TLS, want 3", tls)
 	}
 }
+
+// TestRemoteAdminCLI: `hsmemu --server tls://...` administers a remote
+// daemon with an administrator's certificate, and not with an
+// application's; the audit log names the remote administrator.
+func TestRemoteAdminCLI(t *testing.T) {
+	a := need(t)
+	pki := remotetest.New(t)
+	n := startRemote(t, pki, pki.Daemon)
+	run := func(pair remotetest.Pair, args ...string) (string, int) {
+		t.Helper()
+		all := append([]string{"--server", "tls://" + n.addr, "--tls-cert", pair.Cert, "--tls-key", pair.Key, "--tls-ca", pki.CA}, args...)
+		cmd := exec.Command(a.daemon, all...)
+		cmd.Env = remoteEnv(pki, pair)
+		cmd.Env = append(cmd.Env, "HSMEMU_SO_PIN="+remoteSOPIN, "HSMEMU_USER_PIN="+remotePIN)
+		out, err := cmd.CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), code
+	}
+	if out, code := run(pki.Admin, "token", "create", "--label", "ops"); code != 0 {
+		t.Fatalf("token create: exit %d\n%s", code, out)
+	}
+	if out, code := run(pki.Admin, "token", "list"); code != 0 || !strings.Contains(out, "ops") {
+		t.Fatalf("token list: exit %d\n%s", code, out)
+	}
+	if out, code := run(pki.App, "token", "list"); code == 0 || !strings.Contains(out, "not an administrator") {
+		t.Fatalf("an application's certificate administers: exit %d\n%s", code, out)
+	}
+	out, code := run(pki.Admin, "audit", "tail")
+	if code != 0 || !strings.Contains(out, remotetest.AdminURI) {
+		t.Fatalf("audit tail does not name the remote administrator: exit %d\n%s", code, out)
+	}
+}
