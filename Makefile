@@ -208,6 +208,11 @@ install: build
 	$(SUBST) packaging/hsmemu.module.in > $(DESTDIR)$(P11KITDIR)/hsmemu.module
 	$(SUBST) packaging/hsmemu.service.in > $(DESTDIR)$(UNITDIR)/hsmemu.service
 	chmod 0644 $(DESTDIR)$(P11KITDIR)/hsmemu.module $(DESTDIR)$(UNITDIR)/hsmemu.service
+	@# The TLS listener for remote applications: a drop-in and a policy to copy (docs/remote.md).
+	install -d $(DESTDIR)$(DOCDIR)/examples
+	$(SUBST) packaging/remote.conf.in > $(DESTDIR)$(DOCDIR)/examples/remote.conf
+	install -m 0644 packaging/policy.json $(DESTDIR)$(DOCDIR)/examples/policy.json
+	chmod 0644 $(DESTDIR)$(DOCDIR)/examples/remote.conf
 	@# The module's system configuration (the module reads /etc/hsmemu/module.conf), kept if edited.
 	test -e $(DESTDIR)$(SYSCONFDIR)/hsmemu/module.conf || install -m 0644 packaging/module.conf.in $(DESTDIR)$(SYSCONFDIR)/hsmemu/module.conf
 	@# The unit runs the daemon as the hsmemu user; members of the hsmemu group

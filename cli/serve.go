@@ -191,9 +191,9 @@ Example:
 			if c.Bool("legacy-algorithms") {
 				log.Warn("legacy algorithms enabled on tokens that are not premium: DES, triple DES, DSA, RSA-1024, SHA-1 signatures")
 			}
+			go rl.reloadOnHUP(ctx, log)
 			if rl != nil {
 				d.ListenRemote(rl.ln, rl.config())
-				go rl.reloadOnHUP(ctx, log)
 				log.Info("serving remote clients", "listen", rl.ln.Addr().String(), "identities", len(rl.policy.Load().Identities))
 			}
 			log.Info("serving", "socket", sock, "state_dir", dir)

@@ -94,7 +94,9 @@ func (rs *remoteSetup) config() daemon.RemoteConfig {
 }
 
 // reloadOnHUP reloads the certificates and the policy on each SIGHUP; a
-// reload that fails keeps what was in force, and says why.
+// reload that fails keeps what was in force, and says why. Without a
+// listener (rs nil) SIGHUP has nothing to reload, and does not stop the
+// daemon (the unit's ExecReload sends it).
 func (rs *remoteSetup) reloadOnHUP(ctx context.Context, log *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -104,6 +106,10 @@ func (rs *remoteSetup) reloadOnHUP(ctx context.Context, log *slog.Logger) {
 		case <-ctx.Done():
 			return
 		case <-hup:
+		}
+		if rs == nil {
+			log.Info("SIGHUP: nothing to reload (no --listen)")
+			continue
 		}
 		p, perr := rs.load()
 		if perr == nil {

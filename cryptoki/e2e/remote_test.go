@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -407,5 +408,55 @@ func TestRemoteAdminCLI(t *testing.T) {
 	out, code := run(pki.Admin, "audit", "tail")
 	if code != 0 || !strings.Contains(out, remotetest.AdminURI) {
 		t.Fatalf("audit tail does not name the remote administrator: exit %d\n%s", code, out)
+	}
+}
+
+// TestRemoteSIGHUP: SIGHUP rereads the listener's certificates; a daemon
+// without a listener is not stopped by it.
+func TestRemoteSIGHUP(t *testing.T) {
+	need(t)
+	pki := remotetest.New(t)
+	// Certificates the daemon reads from files that the test replaces.
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "d.pem"), filepath.Join(dir, "d.key")
+	cp := func(from, to string) {
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(to, b, 0o600)
+	}
+	cp(pki.Daemon.Cert, cert)
+	cp(pki.Daemon.Key, key)
+	n := startRemote(t, pki, remotetest.Pair{Cert: cert, Key: key})
+	peer := func() string {
+		c, err := tls.Dial("tcp", n.addr, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].Subject.CommonName
+	}
+	if got := peer(); got != "node1" {
+		t.Fatalf("certificate %q", got)
+	}
+	cp(pki.Daemon2.Cert, cert)
+	cp(pki.Daemon2.Key, key)
+	n.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second)
+	for peer() != "node2" {
+		if time.Now().After(deadline) {
+			t.Fatalf("SIGHUP did not reload\n%s", n.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	local := startDaemon(t)
+	local.cmd.Process.Signal(syscall.SIGHUP)
+	time.Sleep(200 * time.Millisecond)
+	if c, err := net.Dial("unix", local.sock); err != nil {
+		t.Fatalf("SIGHUP stopped a daemon without a listener: %v\n%s", err, local.log)
+	} else {
+		c.Close()
 	}
 }

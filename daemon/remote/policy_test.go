@@ -79,3 +79,15 @@ func TestAllow(t *testing.T) {
 		}
 	}
 }
+
+// TestExamplePolicy: the policy `make install` ships as an example parses.
+func TestExamplePolicy(t *testing.T) {
+	t.Parallel()
+	p, err := LoadPolicy("../../packaging/policy.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := p.Lookup([]string{"cn:hsm-admin"}); !g.Entry.Admin {
+		t.Errorf("cn:hsm-admin: %+v", g)
+	}
+}
