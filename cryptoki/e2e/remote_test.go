@@ -117,6 +117,18 @@ func TestRemotePkcs11Tool(t *testing.T) {
 	if strings.Contains(out, "token label") {
 		t.Errorf("cn:app2, with no entry, lists tokens:\n%s", out)
 	}
+
+	// GnuTLS's p11tool, with the application's certificate.
+	p11tool := needTool(t, "p11tool", "gnutls-bin")
+	out, code = toolRun(t, remoteEnv(pki, pki.App, n.addr), p11tool, "--provider", a.module, "--list-tokens")
+	if code != 0 || !regexp.MustCompile(`(?m)^\s+Label: pay$`).MatchString(out) || strings.Contains(out, "Label: hr") {
+		t.Errorf("p11tool --list-tokens: exit %d\n%s", code, out)
+	}
+	out, code = toolRun(t, append(remoteEnv(pki, pki.App, n.addr), "GNUTLS_PIN="+remotePIN), p11tool, "--provider", a.module,
+		"--login", "--list-privkeys", "pkcs11:token=pay")
+	if code != 0 || !strings.Contains(out, "object=sig") {
+		t.Errorf("p11tool --list-privkeys: exit %d\n%s", code, out)
+	}
 }
 
 // TestRemoteErrors: what a user can fix is said once, and the slot has no
