@@ -90,7 +90,9 @@ func TestTLSStalls(t *testing.T) {
 	e.Limits = remote.Limits{BytesInFlight: 3 << 19} // 1.5 MiB
 	p.Identities["cn:app1"] = e
 	d := startTLSDaemonLimits(t, pki, p, func(rc *RemoteConfig) {
-		rc.Handshake, rc.Stall = 500*time.Millisecond, 500*time.Millisecond
+		// The stall must outlast the second request's wait for room
+		// (BudgetWait) on a slow machine (-race).
+		rc.Handshake, rc.Stall = 500*time.Millisecond, 3*time.Second
 	}, Limits{BudgetWait: 300 * time.Millisecond})
 
 	t.Run("handshake", func(t *testing.T) {

@@ -221,6 +221,7 @@ func TestRemoteCProgram(t *testing.T) {
 	// several times: most handshakes resume a session an earlier one got
 	// (a restarted daemon has new ticket keys, so the first after each
 	// start is a full one).
+	n.stop() // its log is complete, and no longer written
 	var full, resumed int
 	for _, l := range n.logs {
 		full += strings.Count(l.String(), "resumed=false")
