@@ -282,7 +282,11 @@ func TestRemoteFailover(t *testing.T) {
 	recover, _ := strconv.ParseFloat(m[4], 64)
 	errs := regexp.MustCompile(`(?m)^ERROR .*$`).FindAllString(out.String(), -1)
 	t.Logf("failover: %d signatures, %d lost, %d outage(s) %q, recovered in %.1f ms", ok, failed, outages, errs, recover)
-	fmt.Fprintf(os.Stderr, "failover: %d signatures, %d lost, recovered in %.1f ms\n", ok, failed, recover)
+	// The session of the failed node is gone on the next one, as after a
+	// daemon restart.
+	if stale := regexp.MustCompile(`(?m)^STALE rv=(0x[0-9a-f]+)$`).FindStringSubmatch(out.String()); stale == nil || stale[1] != "0xb3" {
+		t.Errorf("a call on the failed node's session: %v, want CKR_SESSION_HANDLE_INVALID (0xb3)", stale)
+	}
 	if outages != 1 || failed > 2 || ok < 400 {
 		t.Errorf("want one outage costing at most 2 signatures, and signing on after it:\n%s", out.String())
 	}

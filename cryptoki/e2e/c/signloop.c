@@ -7,7 +7,10 @@
  *
  * usage: signloop MODULE TOKEN-LABEL KEY-LABEL PIN SECONDS
  * Output: "READY" after the first 200 signatures; "ERROR <what> rv=0x.."
- * once per outage; "RECOVERED <ms>" when a signature succeeds after one;
+ * once per outage, then "STALE rv=0x.." for a call on the session the
+ * error left (once the module has moved to another daemon, that session
+ * is not there: CKR_SESSION_HANDLE_INVALID); "RECOVERED <ms>" when a
+ * signature succeeds after an outage;
  * at the end "signloop: ok=N failed=F outages=O max_recover_ms=M".
  */
 #define _GNU_SOURCE
@@ -120,6 +123,10 @@ int main(int argc, char **argv)
 			down = now_ms();
 			outages++;
 			printf("ERROR %s rv=0x%lx\n", what, (unsigned long)rv);
+			if (h != 0) {
+				CK_MECHANISM m = {CKM_ECDSA, NULL, 0};
+				printf("STALE rv=0x%lx\n", (unsigned long)p->C_SignInit(h, &m, k));
+			}
 		}
 		if (h != 0)
 			p->C_CloseSession(h);
