@@ -111,11 +111,12 @@ func runCProgram(t *testing.T, prog, module string, env []string, sections []str
 		}
 	})
 	d = startDaemon(t)
-	runCProgramOn(t, d, prog, module, append(d.env(), env...))
+	return runCProgramOn(t, d, prog, module, append(d.env(), env...), sections, minPassed)
 }
 
-// runCProgramOn runs the program against d with the environment env.
-func runCProgramOn(t *testing.T, d *daemonProc, prog, module string, env []string) {
+// runCProgramOn runs the program against d with the environment env, as
+// runCProgram does.
+func runCProgramOn(t *testing.T, d *daemonProc, prog, module string, env []string, sections []string, minPassed int) string {
 	t.Cleanup(func() {
 		if t.Failed() && d.log != nil {
 			t.Logf("daemon log:\n%s", d.log)

@@ -216,7 +216,7 @@ func TestRemoteCProgram(t *testing.T) {
 	prog := ctestNeedBuilt(t, "build/e2e")
 	pki := remotetest.New(t)
 	n := startRemote(t, pki, pki.Daemon)
-	runCProgramOn(t, n.daemonProc, prog, a.module, remoteEnv(pki, pki.Admin, n.addr))
+	runCProgramOn(t, n.daemonProc, prog, a.module, remoteEnv(pki, pki.Admin, n.addr), ctestSections, 250)
 	// Its threads dial several connections, and it restarts the daemon
 	// several times: most handshakes resume a session an earlier one got
 	// (a restarted daemon has new ticket keys, so the first after each
@@ -306,7 +306,7 @@ func TestRemoteCProgramASan(t *testing.T) {
 	pki := remotetest.New(t)
 	n := startRemote(t, pki, pki.Daemon)
 	runCProgramOn(t, n.daemonProc, prog, module, append(remoteEnv(pki, pki.Admin, n.addr),
-		"ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0", "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1"))
+		"ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0", "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1"), ctestSections, 250)
 }
 
 // TestRemoteConfigFile: the servers and certificates from module.conf; a
