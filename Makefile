@@ -31,6 +31,8 @@ GEN     := build/p11
 P11_CFLAGS = $(shell pkg-config --cflags p11-kit-1)
 MODULE_CFLAGS = -std=gnu11 -Wall -Wextra -Werror -fPIC -shared -pthread -fvisibility=hidden \
 	$(P11_CFLAGS) -Icryptoki/module -I$(GEN)
+# Remote daemons are reached over TLS through the system's libssl (tls.c).
+MODULE_LIBS = $(shell pkg-config --libs libssl libcrypto)
 MODULE_SRC := $(wildcard cryptoki/module/*.c)
 MODULE_HDR := $(wildcard cryptoki/module/*.h)
 GEN_SRC    := $(GEN)/stubs.c $(GEN)/codec.c $(GEN)/lists.c
@@ -45,11 +47,11 @@ $(GEN)/.stamp: $(P11GEN_SRC)
 
 $(BIN)/hsmemu-pkcs11.so: $(MODULE_SRC) $(MODULE_HDR) $(GEN)/.stamp
 	@mkdir -p $(BIN)
-	$(CC) $(MODULE_CFLAGS) -O2 -o $@ $(MODULE_SRC) $(GEN_SRC)
+	$(CC) $(MODULE_CFLAGS) -O2 -o $@ $(MODULE_SRC) $(GEN_SRC) $(MODULE_LIBS)
 
 $(BIN)/hsmemu-pkcs11-asan.so: $(MODULE_SRC) $(MODULE_HDR) $(GEN)/.stamp
 	@mkdir -p $(BIN)
-	$(CC) $(MODULE_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ $(MODULE_SRC) $(GEN_SRC)
+	$(CC) $(MODULE_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ $(MODULE_SRC) $(GEN_SRC) $(MODULE_LIBS)
 
 # The C tests need no daemon. The ASan/UBSan test program is built with the
 # sanitizers too, so it loads the sanitized module without LD_PRELOAD.
@@ -78,9 +80,13 @@ test-module: $(BIN)/hsmemu-pkcs11.so $(BIN)/hsmemu-pkcs11-asan.so build/module-t
 # built with the sanitizers itself.
 E2E_CFLAGS = -std=gnu11 -Wall -Wextra -Werror -pthread $(P11_CFLAGS)
 
-e2e-programs: build/e2e build/e2e-asan build/e2e-held build/e2e-held-asan $(BIN)/hsmemu-pkcs11-asan.so
+e2e-programs: build/e2e build/e2e-asan build/e2e-held build/e2e-held-asan build/signloop $(BIN)/hsmemu-pkcs11-asan.so
 
 build/e2e: cryptoki/e2e/c/e2e.c
+	@mkdir -p build
+	$(CC) $(E2E_CFLAGS) -O1 -g -o $@ $< -ldl
+
+build/signloop: cryptoki/e2e/c/signloop.c
 	@mkdir -p build
 	$(CC) $(E2E_CFLAGS) -O1 -g -o $@ $< -ldl
 
@@ -143,11 +149,14 @@ soak: test-deps build
 # can report its own deadline as a failure of the target (go.dev/issue/75804,
 # fixed in Go 1.27), on a busy machine. 200,000 inputs take 3 to 15 s here.
 FUZZ_SHORT ?= 200000x
+# Through a TLS handshake and a live daemon an input costs about 1.5 ms.
+FUZZ_SHORT_NET ?= 5000x
 fuzz-short:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeArgs$$' -fuzztime $(FUZZ_SHORT) ./cryptoki/wire/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadRequest$$' -fuzztime $(FUZZ_SHORT) ./cryptoki/wire/
 	$(GO) test -run '^$$' -fuzz '^FuzzCreateTemplate$$' -fuzztime $(FUZZ_SHORT) ./daemon/token/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime $(FUZZ_SHORT) ./daemon/adminapi/
+	$(GO) test -run '^$$' -fuzz '^FuzzTLSListener$$' -fuzztime $(FUZZ_SHORT_NET) ./daemon/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseBackup$$' -fuzztime $(FUZZ_SHORT) ./keystore/
 
 # Short fuzzing runs of every fuzz target (longer: FUZZTIME=10m make fuzz).
@@ -207,6 +216,11 @@ install: build
 	$(SUBST) packaging/hsmemu.module.in > $(DESTDIR)$(P11KITDIR)/hsmemu.module
 	$(SUBST) packaging/hsmemu.service.in > $(DESTDIR)$(UNITDIR)/hsmemu.service
 	chmod 0644 $(DESTDIR)$(P11KITDIR)/hsmemu.module $(DESTDIR)$(UNITDIR)/hsmemu.service
+	@# The TLS listener for remote applications: a drop-in and a policy to copy (docs/remote.md).
+	install -d $(DESTDIR)$(DOCDIR)/examples
+	$(SUBST) packaging/remote.conf.in > $(DESTDIR)$(DOCDIR)/examples/remote.conf
+	install -m 0644 packaging/policy.json $(DESTDIR)$(DOCDIR)/examples/policy.json
+	chmod 0644 $(DESTDIR)$(DOCDIR)/examples/remote.conf
 	@# The module's system configuration (the module reads /etc/hsmemu/module.conf), kept if edited.
 	test -e $(DESTDIR)$(SYSCONFDIR)/hsmemu/module.conf || install -m 0644 packaging/module.conf.in $(DESTDIR)$(SYSCONFDIR)/hsmemu/module.conf
 	@# The unit runs the daemon as the hsmemu user; members of the hsmemu group

@@ -63,7 +63,11 @@ func MaybeServeEcho() {
 	if !ok {
 		return
 	}
-	if err := serveEcho(sock); err != nil {
+	serve := serveEcho
+	if sock == echoTLS {
+		serve = serveEchoTLS
+	}
+	if err := serve(sock); err != nil {
 		fmt.Fprintf(os.Stderr, "hsmemu bench echo server: %v\n", err)
 		os.Exit(1)
 	}

@@ -22,9 +22,12 @@ import (
 // module is one PKCS#11 module loaded into this process.
 type module struct {
 	path string
-	name string
-	m    C.bm_module
-	slot C.CK_SLOT_ID
+	// remote: the module reaches its daemon over TLS (a PATH@tls://
+	// spec), so its floor is the TLS round trip.
+	remote bool
+	name   string
+	m      C.bm_module
+	slot   C.CK_SLOT_ID
 }
 
 // is reports whether err is the return code rv.
@@ -37,34 +40,95 @@ func ok(rv C.CK_RV) error { return ck.Err(uint64(rv)) }
 // optionally followed by "@SOCKET": the daemon socket an hsmemu module is
 // to use, set as HSMEMU_SOCKET while it initialises (where it reads it),
 // so two daemons can be measured side by side in one run.
+//
+// "@tls://HOST:PORT" (a list, comma-separated) points it at remote
+// daemons instead: it is set as HSMEMU_SERVER, and the client certificate
+// comes from HSMEMU_TLS_CERT, HSMEMU_TLS_KEY and HSMEMU_TLS_CA. A module
+// file loaded once already is loaded again from a copy, so that one
+// module can be measured through the socket and through TLS side by side:
+// the dynamic linker would hand back the first, initialised, instance.
 func loadModule(spec string) (*module, error) {
 	path, socket, err := parseModuleSpec(spec)
 	if err != nil {
 		return nil, err
 	}
+	remote := strings.HasPrefix(socket, "tls://")
 	if socket != "" {
-		old, had := os.LookupEnv("HSMEMU_SOCKET")
-		os.Setenv("HSMEMU_SOCKET", socket) // with cgo, the C environment too
-		defer func() {
-			if had {
-				os.Setenv("HSMEMU_SOCKET", old)
-			} else {
-				os.Unsetenv("HSMEMU_SOCKET")
-			}
-		}()
+		vars := map[string]string{"HSMEMU_SOCKET": socket, "HSMEMU_SERVER": ""}
+		if remote {
+			vars = map[string]string{"HSMEMU_SERVER": socket, "HSMEMU_SOCKET": ""}
+		}
+		defer setEnv(vars)()
 	}
-	cpath := C.CString(path)
+	load := path
+	if loaded[path] {
+		if load, err = copyModule(path); err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(filepath.Dir(load)) // mapped, it needs no file
+	}
+	cpath := C.CString(load)
 	defer C.free(unsafe.Pointer(cpath))
 	var buf [512]C.char
-	m := &module{path: path, name: filepath.Base(path)}
+	m := &module{path: path, name: filepath.Base(path), remote: remote}
 	if C.bm_load(cpath, &m.m, &buf[0], C.size_t(len(buf))) != 0 {
 		return nil, fmt.Errorf("load %s: %s", path, C.GoString(&buf[0]))
 	}
+	loaded[path] = true
 	if err := ok(C.bm_initialize(&m.m)); err != nil {
 		C.bm_unload(&m.m)
 		return nil, fmt.Errorf("%s: C_Initialize: %w", path, err)
 	}
 	return m, nil
+}
+
+// loaded are the module files loaded so far (Run loads them one by one).
+var loaded = map[string]bool{}
+
+// copyModule copies a module file into a new temporary directory.
+func copyModule(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	dir, err := os.MkdirTemp("", "hsb")
+	if err != nil {
+		return "", err
+	}
+	cp := filepath.Join(dir, filepath.Base(path))
+	if err := os.WriteFile(cp, b, 0o700); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	return cp, nil
+}
+
+// setEnv sets (or, for "", unsets) variables, with cgo in the C
+// environment too, and returns what puts them back.
+func setEnv(vars map[string]string) func() {
+	type was struct {
+		v   string
+		had bool
+	}
+	old := map[string]was{}
+	for k, v := range vars {
+		o, had := os.LookupEnv(k)
+		old[k] = was{o, had}
+		if v == "" {
+			os.Unsetenv(k)
+		} else {
+			os.Setenv(k, v)
+		}
+	}
+	return func() {
+		for k, w := range old {
+			if w.had {
+				os.Setenv(k, w.v)
+			} else {
+				os.Unsetenv(k)
+			}
+		}
+	}
 }
 
 // parseModuleSpec splits "PATH[@SOCKET]". A spec that names an existing

@@ -110,7 +110,14 @@ func tableNote(r Result) string {
 			parts = append(parts, r.Mechanism)
 		}
 		if r.FloorRatio > 0 {
-			parts = append(parts, fmt.Sprintf("p50 %.2fx floor", r.FloorRatio))
+			floor := "floor"
+			if r.Remote {
+				floor = "TLS floor"
+			}
+			parts = append(parts, fmt.Sprintf("p50 %.2fx %s", r.FloorRatio, floor))
+		}
+		if r.TLSRatio > 0 {
+			parts = append(parts, fmt.Sprintf("p50 %.2fx socket's + floor gap", r.TLSRatio))
 		}
 		return strings.Join(parts, ", ")
 	case "unsupported":
@@ -162,6 +169,10 @@ func WriteTable(w io.Writer, rep *Report) error {
 			fmt.Fprintf(&b, "  %s: %s took %s\n", tableCell(s.Module),
 				tableCell(s.What), fmtDuration(time.Duration(s.Took)))
 		}
+	}
+	if f := rep.TLSFloor; f != nil && f.Status == "ok" {
+		fmt.Fprintf(&b, "TLS floor: the same over TLS 1.3 on loopback TCP, p50 %s, p99 %s (%s/s)\n",
+			fmtDuration(time.Duration(f.P50)), fmtDuration(time.Duration(f.P99)), fmtRate(f.OpsPerS))
 	}
 	fmt.Fprintln(&b)
 
@@ -308,8 +319,11 @@ func WriteCSV(w io.Writer, rep *Report) error {
 			return err
 		}
 	}
-	// The floor is a row of its own, after the modules'.
-	if f := rep.Floor; f != nil {
+	// The floors are rows of their own, after the modules'.
+	for _, f := range []*Result{rep.Floor, rep.TLSFloor} {
+		if f == nil {
+			continue
+		}
 		row := []string{f.Op, f.Module, "", strconv.Itoa(f.Concurrency), f.Status, f.Reason, "",
 			strconv.Itoa(f.Runs), num(f.OpsPerS), num(f.OpsPerSMin), num(f.OpsPerSMax),
 			f.P50.String(), f.P99.String(), "", ""}

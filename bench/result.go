@@ -32,6 +32,12 @@ type Result struct {
 	// PKCS#11 calls the op makes: how close a module that crosses a
 	// process boundary comes to the cost of crossing it. Concurrency 1 only.
 	FloorRatio float64 `json:"floor_ratio,omitempty"`
+	// Remote: the module reached its daemon over TLS; its FloorRatio is
+	// then to the TLS floor, and TLSRatio is its P50 over what the same
+	// module's P50 through the socket predicts: that plus, for each call,
+	// the TLS floor's p50 less the socket floor's. Concurrency 1 only.
+	Remote   bool    `json:"remote,omitempty"`
+	TLSRatio float64 `json:"tls_ratio,omitempty"`
 
 	cells []Cell
 }
@@ -62,8 +68,11 @@ type Report struct {
 	// Floor is a bare request and reply of 28 and 53 bytes over a Unix
 	// socket to another process, measured in the same runs: the least any
 	// call to a module in another process can cost.
-	Floor   *Result  `json:"floor,omitempty"`
-	Results []Result `json:"results"`
+	Floor *Result `json:"floor,omitempty"`
+	// TLSFloor, when a module reaches its daemon over TLS, is the same
+	// request and reply over TLS 1.3 on loopback TCP to another process.
+	TLSFloor *Result  `json:"tls_floor,omitempty"`
+	Results  []Result `json:"results"`
 }
 
 // SetupNote records something the harness did before measuring, such as

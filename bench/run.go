@@ -173,10 +173,14 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 			return nil, err
 		}
 		// Two modules of the same file name are told apart by a number.
-		names[t.m.name]++
-		t.name = t.m.name
-		if names[t.m.name] > 1 {
-			t.name = fmt.Sprintf("%s#%d", t.m.name, names[t.m.name])
+		base := t.m.name
+		if t.m.remote {
+			base += " (tls)"
+		}
+		names[base]++
+		t.name = base
+		if names[base] > 1 {
+			t.name = fmt.Sprintf("%s#%d", base, names[base])
 		}
 		for i := range notes {
 			notes[i].Module = t.name
@@ -195,7 +199,7 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	for _, o := range sel {
 		for _, c := range opt.Concurrency {
 			for _, t := range targets {
-				r := &Result{Op: o.name, Convention: o.conv, Module: t.name, ModulePath: t.m.path, Concurrency: c, Status: "ok"}
+				r := &Result{Op: o.name, Convention: o.conv, Module: t.name, ModulePath: t.m.path, Concurrency: c, Status: "ok", Remote: t.m.remote}
 				switch {
 				case o.single && c > 1:
 					r.Status, r.Reason = "unsupported", "login state belongs to the application, so login runs at concurrency 1 only"
@@ -230,6 +234,17 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	}
 	defer floor.close()
 	rep.Floor = &Result{Op: "socket-roundtrip", Module: "(bare Unix socket)", Concurrency: 1, Status: "ok"}
+	// With a module that reaches its daemon over TLS, the TLS floor too.
+	var tlsFloor *floorProbe
+	for _, t := range targets {
+		if t.m.remote && tlsFloor == nil {
+			if tlsFloor, err = startTLSFloor(); err != nil {
+				return nil, err
+			}
+			defer tlsFloor.close()
+			rep.TLSFloor = &Result{Op: "tls-roundtrip", Module: "(bare TLS 1.3 over loopback TCP)", Concurrency: 1, Status: "ok"}
+		}
+	}
 	for g, group := range [][]*op{first, last} {
 		for run := 0; run < opt.Runs; run++ {
 			if g == 0 {
@@ -238,6 +253,14 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 					rep.Floor.Status, rep.Floor.Reason = "failed", err.Error()
 				} else {
 					rep.Floor.addCell(cell)
+				}
+				if tlsFloor != nil {
+					cell, err := tlsFloor.measure(opt)
+					if err != nil {
+						rep.TLSFloor.Status, rep.TLSFloor.Reason = "failed", err.Error()
+					} else {
+						rep.TLSFloor.addCell(cell)
+					}
 				}
 			}
 			for _, o := range group {
@@ -284,19 +307,49 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	}
 	setRatios(rep.Results, rep.Modules[0])
 	summarize(rep.Floor)
-	setFloorRatios(rep.Results, rep.Floor, calls)
+	setFloorRatios(rep.Results, rep.Floor, calls, false)
+	if rep.TLSFloor != nil {
+		summarize(rep.TLSFloor)
+		setFloorRatios(rep.Results, rep.TLSFloor, calls, true)
+		setTLSRatios(rep.Results, rep.Floor, rep.TLSFloor, calls)
+	}
 	return rep, nil
+}
+
+// setTLSRatios relates each op's p50 through TLS, at concurrency 1, to
+// what the same module's p50 through the socket predicts: that, plus the
+// difference of the two floors for each call the op makes.
+func setTLSRatios(results []Result, floor, tlsFloor *Result, calls map[string]int) {
+	if floor.Status != "ok" || tlsFloor.Status != "ok" {
+		return
+	}
+	gap := float64(tlsFloor.P50) - float64(floor.P50)
+	for i := range results {
+		r := &results[i]
+		if !r.Remote || r.Concurrency != 1 || r.Status != "ok" {
+			continue
+		}
+		for _, u := range results {
+			if u.id() == r.id() && u.ModulePath == r.ModulePath && !u.Remote && u.Concurrency == 1 && u.Status == "ok" && u.P50 > 0 {
+				if want := float64(u.P50) + float64(calls[r.id()])*gap; want > 0 {
+					r.TLSRatio = float64(r.P50) / want
+				}
+			}
+		}
+	}
 }
 
 // setFloorRatios relates each op's p50 at concurrency 1 to as many bare
 // round trips as the op makes calls.
-func setFloorRatios(results []Result, floor *Result, calls map[string]int) {
+// A module that reaches its daemon over TLS is related to the TLS floor
+// (remote true), the others to the socket's.
+func setFloorRatios(results []Result, floor *Result, calls map[string]int, remote bool) {
 	if floor == nil || floor.Status != "ok" || floor.P50 <= 0 {
 		return
 	}
 	for i := range results {
 		r := &results[i]
-		if r.Status == "ok" && r.Concurrency == 1 && calls[r.id()] > 0 {
+		if r.Status == "ok" && r.Concurrency == 1 && calls[r.id()] > 0 && r.Remote == remote {
 			r.FloorRatio = float64(r.P50) / (float64(calls[r.id()]) * float64(floor.P50))
 		}
 	}
@@ -306,7 +359,10 @@ func setFloorRatios(results []Result, floor *Result, calls map[string]int) {
 // server (echo.go).
 type floorProbe struct {
 	dir string
-	c   *echoClient
+	c   interface {
+		roundTrips(n int, req, rep []byte) error
+		Close() error
+	}
 }
 
 func startFloor() (*floorProbe, error) {
@@ -322,9 +378,20 @@ func startFloor() (*floorProbe, error) {
 	return &floorProbe{dir: dir, c: c}, nil
 }
 
+// startTLSFloor is the TLS floor (echotls.go).
+func startTLSFloor() (*floorProbe, error) {
+	c, err := startEchoTLS()
+	if err != nil {
+		return nil, fmt.Errorf("bare TLS round trip: %w", err)
+	}
+	return &floorProbe{c: c}, nil
+}
+
 func (f *floorProbe) close() {
 	f.c.Close()
-	os.RemoveAll(f.dir)
+	if f.dir != "" {
+		os.RemoveAll(f.dir)
+	}
 }
 
 // measure times single round trips for the warm-up and the window, the

@@ -34,6 +34,13 @@ func socketPath(c *cli.Context) string {
 // dialAdmin opens an admin connection; a failure comes back as the
 // command's error.
 func dialAdmin(c *cli.Context) (*adminapi.Client, error) {
+	if c.String("server") != "" {
+		cl, err := dialRemoteAdmin(c)
+		if err != nil {
+			return nil, cli.Exit(commandName(c)+": "+err.Error(), exitError)
+		}
+		return cl, nil
+	}
 	cl, err := adminapi.Dial(socketPath(c))
 	if errors.Is(err, adminapi.ErrNoDaemon) {
 		return nil, failf(c, exitError, "no_daemon", "%v", err)

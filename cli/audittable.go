@@ -24,8 +24,8 @@ func printRecordTable(w io.Writer, recs []adminapi.AuditRecord) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SEQ\tTIME\tEVENT\tTOKEN\tROLE\tUID\tPID\tREQUEST\tDETAIL")
 	for _, r := range recs {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", r.Seq, r.Time.UTC().Format(time.RFC3339), r.Event,
-			orDash(r.Actor.Token), orDash(r.Actor.Role), r.Actor.UID, r.Actor.PID, orDash(r.Detail["request_id"]), detailString(r.Detail))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.Seq, r.Time.UTC().Format(time.RFC3339), r.Event,
+			orDash(r.Actor.Token), orDash(r.Actor.Role), actorUser(r.Actor), r.Actor.PID, orDash(r.Detail["request_id"]), detailString(r.Detail))
 	}
 	tw.Flush()
 }
@@ -73,4 +73,13 @@ func decodeDetail(key, v string) string {
 		return v
 	}
 	return strings.TrimPrefix(name(n), prefix)
+}
+
+// actorUser is the UID column: a remote client's certificate identity,
+// else its uid.
+func actorUser(a adminapi.AuditActor) string {
+	if a.Remote != "" {
+		return a.Remote
+	}
+	return fmt.Sprint(a.UID)
 }

@@ -38,9 +38,14 @@ Examples:
   hsmemu bench --module bin/hsmemu-pkcs11.so --json > run.json
   hsmemu bench --module bin/hsmemu-pkcs11.so --module /usr/lib/softhsm/libsofthsm2.so --setup --chart run.svg --html run.html
   hsmemu bench --module old/hsmemu-pkcs11.so@/tmp/old.sock --module bin/hsmemu-pkcs11.so@/tmp/new.sock --setup
+  hsmemu bench --module bin/hsmemu-pkcs11.so@/run/hsmemu/hsmemu.sock --module bin/hsmemu-pkcs11.so@tls://127.0.0.1:5696 \
+      --tls-cert app.pem --tls-key app.key --tls-ca ca.pem --op sign-ecdsa-p256 --op wrap --op random-32 --setup
   hsmemu bench hotpath`,
 		Flags: []cli.Flag{
-			&cli.StringSliceFlag{Name: "module", Usage: "a PKCS#11 module to measure, `PATH[@SOCKET]` (repeat for more; the first is the baseline; @SOCKET points an hsmemu module at its daemon)"},
+			&cli.StringSliceFlag{Name: "module", Usage: "a PKCS#11 module to measure, `PATH[@SOCKET]` (repeat for more; the first is the baseline; @SOCKET points an hsmemu module at its daemon, @tls://HOST:PORT at a remote one)"},
+			&cli.StringFlag{Name: "tls-cert", Usage: "the client certificate of modules given @tls://", EnvVars: []string{"HSMEMU_TLS_CERT"}},
+			&cli.StringFlag{Name: "tls-key", Usage: "its key", EnvVars: []string{"HSMEMU_TLS_KEY"}},
+			&cli.StringFlag{Name: "tls-ca", Usage: "the CA bundle that verifies the remote daemons", EnvVars: []string{"HSMEMU_TLS_CA"}},
 			&cli.StringFlag{Name: "token", Value: "hsmemu-bench", Usage: "label of the token to use"},
 			userPIN.fileFlag(), soPIN.fileFlag(),
 			// The old flags that took PINs on the command line: refused.
@@ -99,6 +104,12 @@ Examples:
 			}
 			if bench.IsTerminal(os.Stderr) {
 				opt.Progress = os.Stderr
+			}
+			// Where the modules read them at C_Initialize.
+			for flag, env := range map[string]string{"tls-cert": "HSMEMU_TLS_CERT", "tls-key": "HSMEMU_TLS_KEY", "tls-ca": "HSMEMU_TLS_CA"} {
+				if v := c.String(flag); v != "" {
+					os.Setenv(env, v)
+				}
 			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -241,10 +252,11 @@ type benchReport struct {
 	Keys        string            `json:"keys"`
 	Setup       []bench.SetupNote `json:"setup"`
 	Floor       *bench.Result     `json:"floor"`
+	TLSFloor    *bench.Result     `json:"tls_floor"`
 	Results     []bench.Result    `json:"results"`
 }
 
 func benchJSON(rep *bench.Report) benchReport {
 	return benchReport{Started: rep.Started, Host: rep.Host, CPUs: rep.CPUs, DurationS: rep.Duration.Seconds(), Runs: rep.Runs,
-		Modules: rep.Modules, Concurrency: rep.Concurrency, Conventions: rep.Conventions, Keys: rep.Keys, Setup: rep.Setup, Floor: rep.Floor, Results: rep.Results}
+		Modules: rep.Modules, Concurrency: rep.Concurrency, Conventions: rep.Conventions, Keys: rep.Keys, Setup: rep.Setup, Floor: rep.Floor, TLSFloor: rep.TLSFloor, Results: rep.Results}
 }

@@ -54,6 +54,13 @@ Example:
 			&cli.StringFlag{Name: "pprof", Usage: "serve Go's profiler (net/http/pprof) on a Unix socket at this path, created 0600 (curl --unix-socket PATH http://x/debug/pprof/)"},
 			&cli.DurationFlag{Name: "anchor-interval", Usage: "how often the keystore is anchored in the TPM's NV counter, when it changed: writes newer than the last anchor can be rolled back (default 10s; 15m with a TPM device, whose NV memory wears)"},
 			&cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics at /metrics on a TCP host:port (e.g. 127.0.0.1:9464) or a Unix socket path, created 0600 (docs/metrics.md)"},
+			&cli.StringFlag{Name: "listen", Usage: "also serve remote modules over TCP with mutual TLS 1.3 at tls://HOST:PORT (docs/remote.md)"},
+			&cli.StringFlag{Name: "tls-cert", Usage: "the listener's certificate (PEM; reloaded on SIGHUP)"},
+			&cli.StringFlag{Name: "tls-key", Usage: "the listener's private key (PEM; reloaded on SIGHUP)"},
+			&cli.StringFlag{Name: "client-ca", Usage: "the CA bundle that verifies client certificates (PEM; reloaded on SIGHUP)"},
+			&cli.StringSliceFlag{Name: "tls-allow", Usage: "IDENTITY=LABEL[,LABEL...]: a client identity (cn:NAME or uri:URI) and the tokens it sees, * for all (repeatable)"},
+			&cli.StringSliceFlag{Name: "tls-admin", Usage: "a client identity (cn:NAME or uri:URI) that may make admin calls over TLS (repeatable)"},
+			&cli.StringFlag{Name: "policy", Usage: "a policy file mapping client identities to tokens, admin rights and limits (JSON, docs/remote.md; reloaded on SIGHUP)"},
 			&cli.StringFlag{Name: "lock-memory", Usage: "lock the daemon's memory out of swap: auto (when RLIMIT_MEMLOCK is unlimited or the process has CAP_IPC_LOCK; otherwise say why not), require (refuse to start unlocked), off", Value: "auto"},
 		},
 		Action: func(c *cli.Context) error {
@@ -159,8 +166,15 @@ Example:
 			for _, uid := range c.UintSlice("allow-uid") {
 				srvCfg.AllowUIDs = append(srvCfg.AllowUIDs, uint32(uid))
 			}
+			rl, err := remoteListener(c)
+			if err != nil {
+				return cli.Exit("hsmemu serve: "+err.Error(), 2)
+			}
 			ln, err := daemon.Listen(sock, srvCfg)
 			if err != nil {
+				if rl != nil {
+					rl.ln.Close()
+				}
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
 			}
 			// Deleted objects whose retention has ended are purged at
@@ -178,6 +192,11 @@ Example:
 			})
 			if c.Bool("legacy-algorithms") {
 				log.Warn("legacy algorithms enabled on tokens that are not premium: DES, triple DES, DSA, RSA-1024, SHA-1 signatures")
+			}
+			go rl.reloadOnHUP(ctx, log)
+			if rl != nil {
+				d.ListenRemote(rl.ln, rl.config())
+				log.Info("serving remote clients", "listen", rl.ln.Addr().String(), "identities", len(rl.policy.Load().Identities))
 			}
 			log.Info("serving", "socket", sock, "state_dir", dir)
 			if err := d.Serve(ctx, ln); err != nil {

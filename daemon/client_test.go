@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -29,6 +30,10 @@ type testDaemon struct {
 	// Set before start: the daemon's metrics and logger (nil: none).
 	metrics *metrics.Metrics
 	log     *slog.Logger
+	// remote, when set before start, serves a TLS listener on a loopback
+	// port, tlsAddr (server_tls_test.go).
+	remote  *RemoteConfig
+	tlsAddr string
 }
 
 func startDaemon(t testing.TB, cfg token.Config) *testDaemon {
@@ -73,6 +78,16 @@ func (d *testDaemon) start(t testing.TB, cfg token.Config) {
 	dm := New(st, d.log, Config{Engine: cfg, Server: ServerConfig{Group: -1, Limits: d.limits},
 		Metrics: d.metrics, DBPath: filepath.Join(d.dir, DatabaseName)})
 	d.eng, d.srv = dm.Engine(), dm.srv
+	if d.remote != nil {
+		tln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			ln.Close()
+			st.Close()
+			t.Fatal(err)
+		}
+		d.tlsAddr = tln.Addr().String()
+		dm.ListenRemote(tln, *d.remote)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

@@ -53,6 +53,15 @@ type Daemon struct {
 	eng   *token.Engine
 	admin *admin.Handler
 	srv   *Server
+
+	remote   net.Listener // the TLS listener, when there is one
+	remoteRC RemoteConfig
+}
+
+// ListenRemote has Serve serve ln, a TCP listener, to remote clients
+// with mutual TLS (server_tls.go) beside the Unix socket.
+func (d *Daemon) ListenRemote(ln net.Listener, rc RemoteConfig) {
+	d.remote, d.remoteRC = ln, rc
 }
 
 // New puts a daemon together over st. Serve runs it.
@@ -108,8 +117,23 @@ func (d *Daemon) Serve(ctx context.Context, ln *net.UnixListener) error {
 		<-purger
 		d.eng.Close()
 	}()
+	remoteDone := make(chan error, 1)
+	if d.remote != nil {
+		go func() {
+			err := d.srv.ServeTLS(ctx, d.remote, d.remoteRC)
+			if err != nil {
+				stop(err)
+			}
+			remoteDone <- err
+		}()
+	} else {
+		remoteDone <- nil
+	}
 	err := d.srv.Serve(ctx, ln)
 	stop(nil)
+	if rerr := <-remoteDone; rerr != nil && err == nil {
+		err = rerr
+	}
 	if aerr := <-anchorer; aerr != nil {
 		return aerr
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"runtime"
@@ -128,6 +129,26 @@ func (l *limits) reserve(ctx context.Context, b *budget.Budget, n int) (ok bool,
 	return false, nil
 }
 
+// reserve takes n bytes of b, and first of the connection's identity's
+// share when it has one; a call its identity's share could never hold is
+// refused at once.
+func (mc *moduleConn) reserve(ctx context.Context, b *budget.Budget, n int) (ok bool, err error) {
+	l := mc.s.lim
+	if mc.ident != nil {
+		if int64(n) > mc.ident.Size() {
+			return false, nil
+		}
+		if ok, err := l.reserve(ctx, mc.ident, n); !ok || err != nil {
+			return ok, err
+		}
+	}
+	ok, err = l.reserve(ctx, b, n)
+	if !ok && mc.ident != nil {
+		mc.ident.Release(int64(n))
+	}
+	return ok, err
+}
+
 // moduleConn is a module connection past its hello: the buffers it keeps
 // between calls, and what it holds of the budgets during one.
 type moduleConn struct {
@@ -146,14 +167,26 @@ type moduleConn struct {
 	// During a call: the request's and the reply's charges.
 	reqHeld, repHeld int
 	rid              *reqid.Slot // the call's request id, once it needs one
+
+	// A remote connection's: its identity's share of the budget (nil:
+	// none of its own), and the deadlines of its socket.
+	ident *budget.Budget
+	tc    *timedConn
 }
 
 // serveRequests serves a module connection's requests until it closes or
 // the daemon stops.
-func (s *Server) serveRequests(ctx context.Context, raw *fdConn, app *token.App, pid int32, sayIdle bool) {
-	mc := &moduleConn{s: s, app: app, pid: pid, sayIdle: sayIdle,
-		r: bufio.NewReaderSize(raw, connKeep), w: bufio.NewWriterSize(raw, connKeep),
-		res: &wire.Results{}}
+func (s *Server) serveRequests(ctx context.Context, raw io.ReadWriter, app *token.App, pid int32, sayIdle bool) {
+	s.serveModule(ctx, &moduleConn{s: s, app: app, pid: pid, sayIdle: sayIdle,
+		r: newReader(raw), w: newWriter(raw)})
+}
+
+func newReader(r io.Reader) *bufio.Reader { return bufio.NewReaderSize(r, connKeep) }
+func newWriter(w io.Writer) *bufio.Writer { return bufio.NewWriterSize(w, connKeep) }
+
+// serveModule is serveRequests for a connection made by its caller.
+func (s *Server) serveModule(ctx context.Context, mc *moduleConn) {
+	mc.res = &wire.Results{}
 	defer mc.release()
 	// A call in flight runs to its end when the daemon stops (the loop
 	// checks ctx between calls), and a context that cannot be cancelled
@@ -170,6 +203,16 @@ func (s *Server) serveRequests(ctx context.Context, raw *fdConn, app *token.App,
 			// syscall, moving the connection between threads on each
 			// request. Yielding now and then resets that clock.
 			runtime.Gosched()
+		}
+		if mc.tc != nil {
+			// Idle between requests; once one begins, it must keep
+			// coming (timedConn).
+			mc.tc.between()
+			if _, err := mc.r.Peek(1); err != nil {
+				mc.closing(err)
+				return
+			}
+			mc.tc.inFrame()
 		}
 		head, err := wire.ReadRequestHead(mc.r)
 		if err != nil {
@@ -219,6 +262,7 @@ func (mc *moduleConn) release() {
 	}
 	mc.s.lim.requests.Release(int64(mc.reqHeld))
 	mc.s.lim.replies.Release(int64(mc.repHeld))
+	mc.ident.Release(int64(mc.reqHeld + mc.repHeld))
 	mc.reqHeld, mc.repHeld = 0, 0
 }
 
@@ -237,7 +281,7 @@ func (mc *moduleConn) serve(ctx, callCtx context.Context, head wire.RequestHead)
 	body := mc.buf
 	switch {
 	case head.BodyLen > connKeep:
-		ok, err := lim.reserve(ctx, lim.requests, head.BodyLen)
+		ok, err := mc.reserve(ctx, lim.requests, head.BodyLen)
 		if err != nil {
 			return 0, nil, false, err
 		}
@@ -266,7 +310,7 @@ func (mc *moduleConn) serve(ctx, callCtx context.Context, head wire.RequestHead)
 	// copy in the reply.
 	if n := wire.ResultsBound(&mc.args); n > connKeep {
 		n = int(min(2*int64(n), lim.replies.Size()))
-		ok, err := lim.reserve(ctx, lim.replies, n)
+		ok, err := mc.reserve(ctx, lim.replies, n)
 		if err != nil {
 			return 0, nil, false, err
 		}

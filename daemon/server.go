@@ -18,6 +18,7 @@ import (
 	"hsmemu/daemon/admin"
 	"hsmemu/daemon/metrics"
 	"hsmemu/daemon/token"
+	"hsmemu/keystore"
 )
 
 // ServerConfig says who may connect, and how much memory they may hold.
@@ -46,6 +47,8 @@ type Server struct {
 	stopping bool
 	conns    map[*net.UnixConn]*fdConn // the raw side, once past the hello
 	wg       sync.WaitGroup
+
+	remote remoteConns // the TLS listener's (server_tls.go)
 }
 
 // NewServer returns a server for eng and adm.
@@ -216,7 +219,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 		if _, err := c.Write(reply.Marshal()); err != nil || !reply.Accepted() {
 			return
 		}
-		s.serveAdmin(ctx, c, cred)
+		s.serveAdmin(ctx, c, keystore.AuditActor{UID: cred.Uid, PID: cred.Pid})
 		return
 	case hello.Flags != 0:
 		reply.Status = wire.StatusRefused

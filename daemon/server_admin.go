@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"syscall"
 	"time"
 
 	"hsmemu/daemon/admin"
@@ -30,15 +29,15 @@ func adminAllowed(uid uint32) bool {
 
 // serveAdmin serves an admin connection (docs/protocol.md, "Admin
 // connections") until the client closes it or the daemon stops.
-func (s *Server) serveAdmin(ctx context.Context, c *net.UnixConn, cred *syscall.Ucred) {
-	who := keystore.AuditActor{UID: cred.Uid, PID: cred.Pid, Role: "admin"}
+func (s *Server) serveAdmin(ctx context.Context, c net.Conn, who keystore.AuditActor) {
+	who.Role = "admin"
 	for ctx.Err() == nil {
 		c.SetReadDeadline(time.Now().Add(adminIdle))
 		var req adminapi.Request
 		err := adminapi.ReadFrame(c, &req)
 		if err != nil {
 			if errors.Is(err, adminapi.ErrFrame) {
-				s.log.Warn("closing admin connection: bad frame", "pid", cred.Pid, "err", err)
+				s.log.Warn("closing admin connection: bad frame", "pid", who.PID, "remote", who.Remote, "err", err)
 				adminapi.WriteFrame(c, adminapi.Reply{Error: adminapi.Errorf(adminapi.CodeBadRequest, "malformed request: %v", err)})
 			}
 			return
@@ -60,7 +59,7 @@ func (s *Server) serveAdmin(ctx context.Context, c *net.UnixConn, cred *syscall.
 		start := time.Now()
 		result, aerr := s.admin.Call(reqid.With(context.WithoutCancel(ctx), rid), who, req, progress)
 		clear(req.Args) // the arguments' JSON, PINs included
-		s.adminDone(req.Op, rid, cred, aerr, time.Since(start))
+		s.adminDone(req.Op, rid, who, aerr, time.Since(start))
 		rep := adminapi.Reply{Error: aerr}
 		if aerr == nil && result != nil {
 			b, err := json.Marshal(result)
@@ -78,7 +77,7 @@ func (s *Server) serveAdmin(ctx context.Context, c *net.UnixConn, cred *syscall.
 		clear(rep.Result)
 		if err != nil {
 			if !errors.Is(err, io.EOF) {
-				s.log.Debug("admin connection: reply not sent", "pid", cred.Pid, "err", err)
+				s.log.Debug("admin connection: reply not sent", "pid", who.PID, "err", err)
 			}
 			return
 		}
@@ -87,7 +86,7 @@ func (s *Server) serveAdmin(ctx context.Context, c *net.UnixConn, cred *syscall.
 
 // adminDone logs an admin call (never its arguments, which may hold PINs
 // or secrets) and counts it.
-func (s *Server) adminDone(op, rid string, cred *syscall.Ucred, aerr *adminapi.Error, d time.Duration) {
+func (s *Server) adminDone(op, rid string, who keystore.AuditActor, aerr *adminapi.Error, d time.Duration) {
 	if !admin.Serves(op) {
 		op = "unknown" // a label the client does not choose
 	}
@@ -95,6 +94,10 @@ func (s *Server) adminDone(op, rid string, cred *syscall.Ucred, aerr *adminapi.E
 	if aerr != nil {
 		outcome = aerr.Code
 	}
-	s.log.Info("admin call", "op", op, "request_id", rid, "uid", cred.Uid, "pid", cred.Pid, "outcome", outcome, "duration", d)
+	if who.Remote != "" {
+		s.log.Info("admin call", "op", op, "request_id", rid, "remote", who.Remote, "outcome", outcome, "duration", d)
+	} else {
+		s.log.Info("admin call", "op", op, "request_id", rid, "uid", who.UID, "pid", who.PID, "outcome", outcome, "duration", d)
+	}
 	s.metrics.Admin(op, outcome, d)
 }

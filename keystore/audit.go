@@ -39,6 +39,9 @@ type AuditActor struct {
 	PID   int32  `json:"pid"`
 	Token string `json:"token,omitempty"` // the token's label
 	Role  string `json:"role,omitempty"`  // so, user, admin
+	// Remote is the certificate identity ("cn:NAME", "uri:URI") of a
+	// client that came over TLS; UID and PID are then what it claimed.
+	Remote string `json:"remote,omitempty"`
 }
 
 // AuditRecord is one entry of the audit log. Detail never holds a secret:

@@ -111,9 +111,19 @@ func runCProgram(t *testing.T, prog, module string, env []string, sections []str
 		}
 	})
 	d = startDaemon(t)
+	return runCProgramOn(t, d, prog, module, append(d.env(), env...), sections, minPassed)
+}
 
+// runCProgramOn runs the program against d with the environment env, as
+// runCProgram does.
+func runCProgramOn(t *testing.T, d *daemonProc, prog, module string, env []string, sections []string, minPassed int) string {
+	t.Cleanup(func() {
+		if t.Failed() && d.log != nil {
+			t.Logf("daemon log:\n%s", d.log)
+		}
+	})
 	cmd := exec.Command(prog, module)
-	cmd.Env = append(d.env(), env...)
+	cmd.Env = env
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

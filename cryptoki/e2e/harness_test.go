@@ -84,6 +84,8 @@ type daemonProc struct {
 	cmd  *exec.Cmd
 	log  *bytes.Buffer
 	done chan error
+	// logs are the logs of every start, the last one log.
+	logs []*bytes.Buffer
 }
 
 // startDaemon starts `hsmemu serve` on a fresh state directory with cheap
@@ -116,6 +118,7 @@ func (d *daemonProc) start() {
 // that exits first is an error carrying its log.
 func (d *daemonProc) tryStart() error {
 	d.log = &bytes.Buffer{}
+	d.logs = append(d.logs, d.log)
 	d.cmd = exec.Command(d.bin, d.args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {

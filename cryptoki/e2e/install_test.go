@@ -112,6 +112,30 @@ func TestMakeInstall(t *testing.T) {
 			t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 		}
 	}
+	// The TLS listener's drop-in, as an administrator enables it.
+	dropIn, err := os.ReadFile(filepath.Join(prefix, "share", "doc", "hsmemu", "examples", "remote.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"ExecStart=" + bin + " serve ", "--listen tls://", "--client-ca ", "--policy /etc/hsmemu/policy.json", "AF_INET6", "PrivateNetwork=no"} {
+		if !strings.Contains(string(dropIn), want) {
+			t.Errorf("the remote drop-in lacks %q", want)
+		}
+	}
+	if !strings.Contains(string(unit), "ExecReload=/bin/kill -HUP $MAINPID") {
+		t.Errorf("the unit does not reload with SIGHUP")
+	}
+	if _, err := os.Stat(filepath.Join(prefix, "share", "doc", "hsmemu", "examples", "policy.json")); err != nil {
+		t.Error(err)
+	}
+	if sa, err := exec.LookPath("systemd-analyze"); err == nil {
+		d := unitPath + ".d"
+		os.MkdirAll(d, 0o755)
+		os.WriteFile(filepath.Join(d, "remote.conf"), dropIn, 0o644)
+		if out, err := exec.Command(sa, "verify", unitPath).CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
+			t.Errorf("systemd-analyze verify with the remote drop-in: %v\n%s", err, out)
+		}
+	}
 }
 
 // TestMakeInstallDestdir stages an install with the default PREFIX into a

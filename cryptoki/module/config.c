@@ -11,9 +11,16 @@
  *      ~/.local/share/hsmemu/hsmemu.sock.
  *
  * The file may also say "timeout = SECONDS": how long a call waits for its
- * reply before it fails with CKR_DEVICE_ERROR (default 60; 0 waits forever),
- * and "log = stderr|syslog|none": where the module says, once, why it did
- * not reach the daemon (hsm_log_note; default stderr).
+ * reply before it fails with CKR_DEVICE_ERROR (default 60; 0 waits forever;
+ * 5 with remote daemons), and "log = stderr|syslog|none": where the module
+ * says, once, why it did not reach the daemon (hsm_log_note; default
+ * stderr).
+ *
+ * Remote daemons (docs/remote.md): "server = tls://HOST:PORT, ..." with
+ * "tls_cert", "tls_key" and "tls_ca" (PEM files), overridden by
+ * HSMEMU_SERVER, HSMEMU_TLS_CERT, HSMEMU_TLS_KEY and HSMEMU_TLS_CA. A
+ * server list, from HSMEMU_SERVER or the file, is used instead of the
+ * socket, unless HSMEMU_SOCKET is set and HSMEMU_SERVER is not.
  * Lines are "key = value"; blank lines and lines starting with '#' are
  * skipped; unknown keys are ignored. Environment variables are read with
  * secure_getenv, so a set-id program ignores them.
@@ -31,6 +38,7 @@
 #include "hsm.h"
 
 #define DEFAULT_TIMEOUT_MS 60000
+#define DEFAULT_REMOTE_TIMEOUT_MS 5000
 #define HSM_SYSTEM_CONFIG "/etc/hsmemu/module.conf"
 #define MAX_CONFIG 65536
 
@@ -129,8 +137,7 @@ enum { LOG_TO_STDERR, LOG_TO_SYSLOG, LOG_TO_NONE };
 static int log_dest = LOG_TO_STDERR;
 
 /* hsm_log_note writes one line, for people, where module.conf's "log" says:
- * stderr (the default), syslog, or nowhere. (conn.c declares it; it belongs
- * in hsm.h beside hsm_config_load.) */
+ * stderr (the default), syslog, or nowhere. */
 void hsm_log_note(const char *msg)
 {
 	switch (__atomic_load_n(&log_dest, __ATOMIC_RELAXED)) {
@@ -144,8 +151,16 @@ void hsm_log_note(const char *msg)
 	}
 }
 
-/* parse_config reads "key = value" lines; returns whether a socket was set. */
-static int parse_config(hsm_config *cfg, char *text)
+/* set_str copies a value that fits; one that does not is dropped. */
+static void set_str(char *dst, size_t n, const char *v)
+{
+	if (!join(dst, n, v, ""))
+		dst[0] = '\0';
+}
+
+/* parse_config reads "key = value" lines; returns whether a socket was set.
+ * *timeout_set says whether the file set the timeout. */
+static int parse_config(hsm_config *cfg, char *text, int *timeout_set)
 {
 	int have_socket = 0;
 	for (char *line = text, *next; line != NULL; line = next) {
@@ -174,8 +189,18 @@ static int parse_config(hsm_config *cfg, char *text)
 			char *end;
 			errno = 0;
 			long s = strtol(val, &end, 10);
-			if (errno == 0 && *end == '\0' && s >= 0 && s <= 86400)
+			if (errno == 0 && *end == '\0' && s >= 0 && s <= 86400) {
 				cfg->timeout_ms = (int)s * 1000;
+				*timeout_set = 1;
+			}
+		} else if (strcmp(key, "server") == 0) {
+			set_str(cfg->server, sizeof cfg->server, val);
+		} else if (strcmp(key, "tls_cert") == 0) {
+			set_str(cfg->tls_cert, sizeof cfg->tls_cert, val);
+		} else if (strcmp(key, "tls_key") == 0) {
+			set_str(cfg->tls_key, sizeof cfg->tls_key, val);
+		} else if (strcmp(key, "tls_ca") == 0) {
+			set_str(cfg->tls_ca, sizeof cfg->tls_ca, val);
 		}
 	}
 	return have_socket;
@@ -186,7 +211,8 @@ void hsm_config_load(hsm_config *cfg)
 	char path[4096];
 	int have_socket = 0;
 
-	cfg->socket[0] = '\0';
+	int timeout_set = 0;
+	memset(cfg, 0, sizeof *cfg);
 	cfg->timeout_ms = DEFAULT_TIMEOUT_MS;
 
 	const char *file = env("HSMEMU_CONFIG");
@@ -199,11 +225,25 @@ void hsm_config_load(hsm_config *cfg)
 		text = read_file(sys != NULL ? sys : HSM_SYSTEM_CONFIG);
 	}
 	if (text != NULL) {
-		have_socket = parse_config(cfg, text);
+		have_socket = parse_config(cfg, text, &timeout_set);
 		free(text);
 	}
+	const char *v;
+	if ((v = env("HSMEMU_TLS_CERT")) != NULL)
+		set_str(cfg->tls_cert, sizeof cfg->tls_cert, v);
+	if ((v = env("HSMEMU_TLS_KEY")) != NULL)
+		set_str(cfg->tls_key, sizeof cfg->tls_key, v);
+	if ((v = env("HSMEMU_TLS_CA")) != NULL)
+		set_str(cfg->tls_ca, sizeof cfg->tls_ca, v);
 
 	const char *sock = env("HSMEMU_SOCKET");
+	const char *server = env("HSMEMU_SERVER");
+	if (server != NULL)
+		set_str(cfg->server, sizeof cfg->server, server);
+	else if (sock != NULL)
+		cfg->server[0] = '\0';
+	if (cfg->server[0] != '\0' && !timeout_set)
+		cfg->timeout_ms = DEFAULT_REMOTE_TIMEOUT_MS;
 	if (sock != NULL) {
 		set_socket(cfg, sock);
 		return;

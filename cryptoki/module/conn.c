@@ -22,9 +22,6 @@
 
 #include "hsm.h"
 
-/* config.c: a line for people, where module.conf's "log" says. */
-void hsm_log_note(const char *msg);
-
 #define HELLO_TIMEOUT_MS 5000
 #define POLL_SLICE_MS 250 /* how often a waiting call looks at the epoch */
 
@@ -117,8 +114,9 @@ static enum hsm_io wait_more(int fd, short events, long long deadline, unsigned 
 
 static enum hsm_io send_all(int fd, const uint8_t *p, size_t n, long long deadline, unsigned long epoch)
 {
+	int tls = hsm_tls_is(fd);
 	while (n > 0) {
-		ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+		ssize_t k = tls ? hsm_tls_send(fd, p, n) : send(fd, p, n, MSG_NOSIGNAL);
 		if (k > 0) {
 			p += k;
 			n -= (size_t)k;
@@ -143,8 +141,9 @@ static enum hsm_io recv_some(int fd, uint8_t *p, size_t min, size_t cap, size_t 
 			     long long deadline, unsigned long epoch)
 {
 	size_t have = 0;
+	int tls = hsm_tls_is(fd);
 	while (have < min) {
-		ssize_t k = recv(fd, p + have, cap - have, 0);
+		ssize_t k = tls ? hsm_tls_recv(fd, p + have, cap - have) : recv(fd, p + have, cap - have, 0);
 		if (k > 0) {
 			have += (size_t)k;
 			continue;
@@ -175,8 +174,9 @@ static enum hsm_io recv_all(int fd, uint8_t *p, size_t n, long long deadline, un
  * daemon that speaks no more names (*version says which). *fresh: the
  * daemon holds nothing of this application from before (version 1 cannot
  * say, so yes). A daemon that wants an older version closes the
- * connection: HSM_IO_BROKEN then asks for a new one. */
-static enum hsm_io hello(int fd, int *version, int *fresh)
+ * connection: HSM_IO_BROKEN then asks for a new one. server: the remote
+ * daemon's index (tls.c), or -1 for the Unix socket. */
+static enum hsm_io hello(int fd, int *version, int *fresh, int server)
 {
 	uint8_t h[32], r[8];
 	memcpy(h, "HSMU", 4);
@@ -191,21 +191,30 @@ static enum hsm_io hello(int fd, int *version, int *fresh)
 		return HSM_IO_UNAVAILABLE;
 	if (recv_all(fd, r, sizeof r, deadline, 0) != HSM_IO_OK)
 		return HSM_IO_UNAVAILABLE;
-	if (memcmp(r, "HSMU", 4) != 0 || r[4] != 0 || r[6] != 0)
+	if (memcmp(r, "HSMU", 4) != 0 || r[4] != 0 || r[6] != 0) {
+		if (server >= 0)
+			hsm_tls_not_hsmemu(server);
 		return HSM_IO_UNAVAILABLE; /* not our daemon */
+	}
 	/* Status 1, version not supported, names the daemon's highest. */
 	if (r[7] == 1 && r[5] >= 1 && r[5] < *version) {
 		*version = r[5];
 		return HSM_IO_BROKEN;
 	}
-	/* Refused: this process's user may not use the daemon. */
+	/* Refused: this process's user (or certificate) may not use the daemon. */
 	if (r[7] == 2) {
-		report_unreachable(UNREACHABLE_REFUSED, hsm_config_get()->socket, 0);
+		if (server >= 0)
+			hsm_tls_refused(server);
+		else
+			report_unreachable(UNREACHABLE_REFUSED, hsm_config_get()->socket, 0);
 		return HSM_IO_UNAVAILABLE;
 	}
 	/* A version we did not ask for: as if no daemon ran. */
-	if (r[5] != *version || !(r[7] == 0 || (r[7] == 3 && *version >= 2)))
+	if (r[5] != *version || !(r[7] == 0 || (r[7] == 3 && *version >= 2))) {
+		if (server >= 0)
+			hsm_tls_refused(server);
 		return HSM_IO_UNAVAILABLE;
+	}
 	*fresh = r[7] == 0;
 	return HSM_IO_OK;
 }
@@ -271,10 +280,96 @@ static int dial_version = DIAL_NEWEST;
 
 void hsm_conn_init(void) { __atomic_store_n(&dial_version, DIAL_NEWEST, __ATOMIC_RELAXED); }
 
+/* dial_tls dials the remote daemons: the one that served last first,
+ * then each other in turn (failover), all within one call timeout. A
+ * server that does not answer gets its share of it, so that the next
+ * one still has time. */
+static enum hsm_io dial_tls(int n, int *out, int *fresh, int *version_out)
+{
+	const hsm_config *cfg = hsm_config_get();
+	int budget = cfg->timeout_ms > 0 ? cfg->timeout_ms : HELLO_TIMEOUT_MS;
+	long long end = now_ms() + budget;
+	int share = budget / n > 1000 ? budget / n : 1000;
+	int first = hsm_tls_current();
+	enum hsm_io io = HSM_IO_UNAVAILABLE;
+	for (int k = 0; k < n && now_ms() < end; k++) {
+		int i = (first + k) % n;
+		long long deadline = now_ms() + share;
+		if (deadline > end)
+			deadline = end;
+		int fd, version = __atomic_load_n(&dial_version, __ATOMIC_RELAXED);
+		io = hsm_tls_connect(i, deadline, &fd);
+		if (io != HSM_IO_OK)
+			continue;
+		io = hello(fd, &version, fresh, i);
+		if (io == HSM_IO_BROKEN) {
+			/* A daemon of version 1: again, speaking it. */
+			hsm_tls_close(fd);
+			__atomic_store_n(&dial_version, version, __ATOMIC_RELAXED);
+			if (hsm_tls_connect(i, deadline, &fd) != HSM_IO_OK)
+				continue;
+			io = hello(fd, &version, fresh, i);
+		}
+		if (io != HSM_IO_OK) {
+			hsm_tls_close(fd);
+			io = HSM_IO_UNAVAILABLE;
+			continue;
+		}
+		hsm_tls_set_current(i);
+		*out = fd;
+		*version_out = version;
+		return HSM_IO_OK;
+	}
+	return io == HSM_IO_NOMEM ? io : HSM_IO_UNAVAILABLE;
+}
+
+/* blocking turns a dialled socket blocking, with one slice of kernel
+ * timeout. */
+static int blocking(int fd)
+{
+	struct timeval slice = {0, POLL_SLICE_MS * 1000};
+	int fl = fcntl(fd, F_GETFL);
+	return fl >= 0 && fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) == 0 &&
+	       setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &slice, sizeof slice) == 0 &&
+	       setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &slice, sizeof slice) == 0;
+}
+
+void hsm_conn_close(int fd)
+{
+	if (hsm_tls_is(fd))
+		hsm_tls_close(fd);
+	else
+		close(fd);
+}
+
+void hsm_conn_forget(int fd)
+{
+	if (hsm_tls_is(fd))
+		hsm_tls_forget(fd);
+	else
+		close(fd);
+}
+
 enum hsm_io hsm_conn_dial(int *out, int *fresh, int *version_out)
 {
 	const hsm_config *cfg = hsm_config_get();
 	struct sockaddr_un sa;
+
+	int remote = hsm_tls_servers();
+	if (remote < 0)
+		return HSM_IO_UNAVAILABLE; /* a server list with no usable server */
+	if (remote > 0) {
+		int fd;
+		enum hsm_io io = dial_tls(remote, &fd, fresh, version_out);
+		if (io != HSM_IO_OK)
+			return io;
+		if (!blocking(fd)) {
+			hsm_tls_close(fd);
+			return HSM_IO_UNAVAILABLE;
+		}
+		*out = fd;
+		return HSM_IO_OK;
+	}
 
 	if (cfg->socket[0] == '\0') {
 		report_unreachable(UNREACHABLE_NO_SOCKET, "", 0);
@@ -290,7 +385,7 @@ enum hsm_io hsm_conn_dial(int *out, int *fresh, int *version_out)
 		io = connect_fd(&sa, &fd);
 		if (io != HSM_IO_OK)
 			return io;
-		io = hello(fd, &version, fresh);
+		io = hello(fd, &version, fresh, -1);
 		if (io == HSM_IO_OK)
 			break;
 		close(fd);
@@ -301,11 +396,7 @@ enum hsm_io hsm_conn_dial(int *out, int *fresh, int *version_out)
 	}
 	*version_out = version;
 	/* From here on, blocking with one slice of kernel timeout. */
-	struct timeval slice = {0, POLL_SLICE_MS * 1000};
-	int fl = fcntl(fd, F_GETFL);
-	if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &slice, sizeof slice) != 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &slice, sizeof slice) != 0) {
+	if (!blocking(fd)) {
 		close(fd);
 		return HSM_IO_UNAVAILABLE;
 	}
@@ -382,6 +473,9 @@ enum hsm_io hsm_conn_recv_frames(int fd, int n, uint8_t **frames, uint32_t *lens
  * (EOF, a reset, or bytes no request asked for): it cannot carry a call. */
 int hsm_conn_stale(int fd)
 {
+	/* Bytes libssl holds that no request asked for. */
+	if (hsm_tls_is(fd) && hsm_tls_pending(fd))
+		return 1;
 	struct pollfd p = {.fd = fd, .events = POLLIN};
 	int k;
 	do

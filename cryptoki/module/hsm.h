@@ -57,6 +57,11 @@ void hsm_unlock(hsm_mutex *m);
 typedef struct hsm_config {
 	char socket[108];   /* sun_path; empty when no usable path was found */
 	int timeout_ms;     /* how long a call waits for its reply; 0: forever */
+	/* Remote daemons (tls.c): "tls://HOST:PORT, ..." when set, instead
+	 * of the socket; the client certificate, its key and the CA bundle
+	 * that verifies the daemons; where errors go. */
+	char server[1024];
+	char tls_cert[1024], tls_key[1024], tls_ca[1024];
 } hsm_config;
 
 /* hsm_config_load resolves the socket path (HSMEMU_SOCKET, the
@@ -64,6 +69,9 @@ typedef struct hsm_config {
  * path leaves cfg->socket empty and the module acts as if no daemon ran. */
 void hsm_config_load(hsm_config *cfg);
 const hsm_config *hsm_config_get(void);
+/* hsm_log_note writes one line for people where module.conf's "log" says:
+ * stderr (the default), syslog, or nowhere. */
+void hsm_log_note(const char *msg);
 
 /* ---- buf.c: encoding and decoding ---- */
 
@@ -223,6 +231,25 @@ CK_RV hsm_offline_wait(CK_FLAGS flags);
  * test/check-layers.sh checks the object files' symbols.
  */
 
+/* ---- tls.c: TLS 1.3 to remote daemons, below conn.c ----
+ * A TLS connection is known by its socket's descriptor: conn.c asks
+ * whether a descriptor is one (hsm_tls_is) and then reads and writes
+ * through it. The I/O functions act like recv and send: -1 with errno
+ * EAGAIN when the socket must wait, 0 at the end of the stream. */
+int hsm_tls_servers(void);           /* servers configured; 0: the Unix socket */
+int hsm_tls_current(void);           /* the server dials try first */
+void hsm_tls_set_current(int i);
+enum hsm_io hsm_tls_connect(int i, long long deadline_ms, int *fd);
+int hsm_tls_is(int fd);
+long hsm_tls_send(int fd, const uint8_t *p, size_t n);
+long hsm_tls_recv(int fd, uint8_t *p, size_t n);
+int hsm_tls_pending(int fd);
+void hsm_tls_close(int fd);
+void hsm_tls_forget(int fd);         /* a forked child's: never touched again */
+void hsm_tls_not_hsmemu(int i);      /* a hello reply that is not the daemon's */
+void hsm_tls_refused(int i);         /* a hello refused */
+void hsm_tls_finalize(void);         /* C_Finalize: free what no connection holds */
+
 /* ---- conn.c and pool.c: connections to the daemon ---- */
 
 typedef struct hsm_conn hsm_conn;
@@ -249,6 +276,11 @@ enum hsm_io hsm_conn_send(int fd, const uint8_t *p, size_t n, unsigned long epoc
 enum hsm_io hsm_conn_recv_frames(int fd, int n, uint8_t **frames, uint32_t *lens, int timeout_ms,
 				 unsigned long epoch);
 int hsm_conn_stale(int fd);
+/* hsm_conn_close closes a connection (a TLS one without close_notify, so
+ * a forked child's copy never ends its parent's); hsm_conn_forget closes
+ * an inherited one without touching its TLS state. */
+void hsm_conn_close(int fd);
+void hsm_conn_forget(int fd);
 
 /* pool.c */
 struct hsm_conn {

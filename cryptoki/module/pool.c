@@ -88,7 +88,7 @@ void hsm_pool_finalize(void)
 	for (int i = 0; i < HSM_POOL_MAX; i++) {
 		hsm_conn *c = &pool.slot[i];
 		if (state(c) == SLOT_IDLE) {
-			close(c->fd);
+			hsm_conn_close(c->fd);
 			c->fd = -1;
 			set_state(c, SLOT_FREE);
 		}
@@ -106,7 +106,7 @@ void hsm_pool_forget_inherited(void)
 	 * only existed in the parent, so it is abandoned, not taken. */
 	for (int i = 0; i < HSM_POOL_MAX && pool.ready; i++) {
 		if (pool.slot[i].fd >= 0)
-			close(pool.slot[i].fd);
+			hsm_conn_forget(pool.slot[i].fd);
 		pool.slot[i].fd = -1;
 		set_state(&pool.slot[i], SLOT_FREE);
 	}
@@ -231,7 +231,7 @@ void hsm_pool_put(hsm_conn *c, int reusable)
 	int current = c->epoch == __atomic_load_n(&pool.epoch, __ATOMIC_ACQUIRE) && hsm_entry() == CKR_OK;
 	if (!reusable || !current) {
 		if (c->fd >= 0)
-			close(c->fd);
+			hsm_conn_close(c->fd);
 		c->fd = -1;
 		set_state(c, SLOT_FREE);
 		return;
@@ -247,7 +247,7 @@ void hsm_pool_put(hsm_conn *c, int reusable)
 		c->idle_since = mono_ns();
 		set_state(c, SLOT_IDLE);
 	} else {
-		close(c->fd);
+		hsm_conn_close(c->fd);
 		c->fd = -1;
 		set_state(c, SLOT_FREE);
 	}

@@ -205,6 +205,7 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
 		hsm_pool_forget_inherited();
 		hsm_defer_forget_inherited();
 		hsm_held_forget_inherited();
+		hsm_tls_finalize();
 		__atomic_store_n(&initialized, 0, __ATOMIC_RELEASE);
 		pthread_mutex_unlock(&init_mu);
 		return CKR_CRYPTOKI_NOT_INITIALIZED;
@@ -217,6 +218,7 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
 	hsm_held_finalize();
 	hsm_defer_finalize();
 	hsm_stats_report();
+	hsm_tls_finalize();
 	memset(app_id, 0, sizeof app_id);
 	pthread_mutex_unlock(&init_mu);
 	return CKR_OK;

@@ -13,7 +13,7 @@ func auditRecords(recs []keystore.AuditRecord) []adminapi.AuditRecord {
 	out := make([]adminapi.AuditRecord, len(recs))
 	for i, r := range recs {
 		out[i] = adminapi.AuditRecord{Seq: r.Seq, Time: r.Time, Event: r.Event, Detail: r.Detail, PrevHash: r.PrevHash, Hash: r.Hash,
-			Actor: adminapi.AuditActor{UID: r.Actor.UID, PID: r.Actor.PID, Token: r.Actor.Token, Role: r.Actor.Role}}
+			Actor: adminapi.AuditActor{UID: r.Actor.UID, PID: r.Actor.PID, Token: r.Actor.Token, Role: r.Actor.Role, Remote: r.Actor.Remote}}
 	}
 	return out
 }

@@ -515,6 +515,8 @@ type AuditActor struct {
 	PID   int32  `json:"pid"`
 	Token string `json:"token,omitempty"`
 	Role  string `json:"role,omitempty"`
+	// Remote is a TLS client's certificate identity (cn:NAME, uri:URI).
+	Remote string `json:"remote,omitempty"`
 }
 
 // AuditVerify is the outcome of walking the chain.

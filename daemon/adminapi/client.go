@@ -2,6 +2,7 @@ package adminapi
 
 import (
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -47,6 +48,31 @@ func Dial(path string) (*Client, error) {
 	return &Client{c: c, timeout: 5 * time.Minute}, nil
 }
 
+// DialTLS opens an admin connection to a daemon's TLS listener at addr
+// (host:port), with cfg's client certificate, which must be of an
+// identity the daemon lets administer it (docs/remote.md).
+func DialTLS(addr string, cfg *tls.Config) (*Client, error) {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to tls://%s: %w", addr, err)
+	}
+	r, err := hello(c, addr, wire.Version)
+	if err != nil {
+		return nil, err
+	}
+	switch r.Status {
+	case wire.StatusOK:
+	case wire.StatusRefused:
+		c.Close()
+		return nil, fmt.Errorf("the daemon at tls://%s refused an admin connection: its certificate's identity is not an administrator there (--tls-admin, or admin in the policy file)", addr)
+	default:
+		c.Close()
+		return nil, fmt.Errorf("the daemon at tls://%s speaks protocol version %d, this command %d: use the hsmemu that runs it", addr, r.Version, wire.Version)
+	}
+	c.SetDeadline(time.Time{})
+	return &Client{c: c, timeout: 5 * time.Minute}, nil
+}
+
 // dialVersion connects and sends an admin hello of version v.
 func dialVersion(path string, v uint16) (net.Conn, wire.HelloReply, error) {
 	c, err := net.DialTimeout("unix", path, 5*time.Second)
@@ -56,19 +82,26 @@ func dialVersion(path string, v uint16) (net.Conn, wire.HelloReply, error) {
 		}
 		return nil, wire.HelloReply{}, fmt.Errorf("connect to %s: %w", path, err)
 	}
+	r, err := hello(c, path, v)
+	return c, r, err
+}
+
+// hello sends an admin hello of version v on c and reads the reply; c
+// is closed on an error.
+func hello(c net.Conn, path string, v uint16) (wire.HelloReply, error) {
 	h := wire.Hello{Version: v, Flags: wire.FlagAdmin, PID: uint32(os.Getpid())}
 	rand.Read(h.AppID[:])
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := c.Write(h.Marshal()); err != nil {
 		c.Close()
-		return nil, wire.HelloReply{}, fmt.Errorf("connect to %s: %w", path, err)
+		return wire.HelloReply{}, fmt.Errorf("connect to %s: %w", path, err)
 	}
 	r, err := wire.ReadHelloReply(c)
 	if err != nil {
 		c.Close()
-		return nil, wire.HelloReply{}, fmt.Errorf("connect to %s: %w", path, err)
+		return wire.HelloReply{}, fmt.Errorf("connect to %s: %w", path, err)
 	}
-	return c, r, nil
+	return r, nil
 }
 
 // Close closes the connection.

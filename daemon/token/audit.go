@@ -21,8 +21,13 @@ import (
 
 // actor is an application's process acting in a role ("" when no one is
 // logged in).
+// A remote application is named by its certificate's identity.
 func actor(app *App, role string) keystore.AuditActor {
-	return keystore.AuditActor{UID: app.UID, PID: app.PID, Role: role}
+	who := keystore.AuditActor{UID: app.UID, PID: app.PID, Role: role}
+	if app.Scope != nil {
+		who.Remote = app.Scope.Identity
+	}
+	return who
 }
 
 // RoleName names a role as the audit log and the admin protocol do.

@@ -198,40 +198,40 @@ func in(a *wire.Args, i int) []byte {
 	return b
 }
 
-func (e *Engine) cGetSlotList(ctx context.Context, _ *App, a *wire.Args, r *wire.Results) error {
-	ids, err := e.slotList(ctx)
+func (e *Engine) cGetSlotList(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	ids, err := e.slotList(ctx, app)
 	if err != nil {
 		return err
 	}
 	return ck.Err(r.OutUlongs(a.Out(1), ids))
 }
 
-func (e *Engine) cGetSlotInfo(ctx context.Context, _ *App, a *wire.Args, r *wire.Results) error {
-	info, err := e.slotInfo(ctx, a.Ulong(0))
+func (e *Engine) cGetSlotInfo(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	info, err := e.slotInfo(ctx, app, a.Ulong(0))
 	if err == nil {
 		r.Struct(info)
 	}
 	return err
 }
 
-func (e *Engine) cGetTokenInfo(ctx context.Context, _ *App, a *wire.Args, r *wire.Results) error {
-	info, err := e.tokenInfo(ctx, a.Ulong(0))
+func (e *Engine) cGetTokenInfo(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	info, err := e.tokenInfo(ctx, app, a.Ulong(0))
 	if err == nil {
 		r.Struct(info)
 	}
 	return err
 }
 
-func (e *Engine) cGetMechanismList(ctx context.Context, _ *App, a *wire.Args, r *wire.Results) error {
-	list, err := e.mechanismList(ctx, a.Ulong(0))
+func (e *Engine) cGetMechanismList(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	list, err := e.mechanismList(ctx, app, a.Ulong(0))
 	if err != nil {
 		return err
 	}
 	return ck.Err(r.OutUlongs(a.Out(1), list))
 }
 
-func (e *Engine) cGetMechanismInfo(ctx context.Context, _ *App, a *wire.Args, r *wire.Results) error {
-	info, err := e.mechanismInfo(ctx, a.Ulong(0), a.Ulong(1))
+func (e *Engine) cGetMechanismInfo(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	info, err := e.mechanismInfo(ctx, app, a.Ulong(0), a.Ulong(1))
 	if err == nil {
 		r.Struct(info)
 	}

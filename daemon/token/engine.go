@@ -165,6 +165,9 @@ type App struct {
 	ID  AppID
 	PID int32
 	UID uint32
+	// Scope, for a remote client, is what its certificate's identity may
+	// see; nil for a local one, which sees everything.
+	Scope *Scope
 
 	conns int // guarded by Engine.mu
 
@@ -204,15 +207,22 @@ func (e *Engine) Attach(id AppID, pid int32, uid uint32) (*App, bool) {
 // no connection, so no sessions or logins (those of an earlier life of the
 // same id ended with its last connection).
 func (e *Engine) AttachConn(id AppID, pid int32, uid uint32) (app *App, fresh, ok bool) {
+	return e.AttachScoped(id, pid, uid, nil)
+}
+
+// AttachScoped is AttachConn for a client whose identity sees scope (nil:
+// everything). An id is bound to its first connection's scope as to its
+// process: a connection of another identity is refused it.
+func (e *Engine) AttachScoped(id AppID, pid int32, uid uint32, scope *Scope) (app *App, fresh, ok bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	app, found := e.apps[id]
 	if found {
-		if app.PID != pid || app.UID != uid {
+		if app.PID != pid || app.UID != uid || app.Scope != scope {
 			return nil, false, false
 		}
 	} else {
-		app = &App{ID: id, PID: pid, UID: uid,
+		app = &App{ID: id, PID: pid, UID: uid, Scope: scope,
 			sessions: map[uint64]*session{}, handles: map[uint64]*handle{}, memHandles: map[uint64]*handle{},
 			byObject: map[keystore.ObjectID]uint64{}, login: map[keystore.UUID]keystore.Role{}}
 		e.apps[id] = app

@@ -99,11 +99,14 @@ func (e *Engine) mechsOf(ctx context.Context, s *session) (*mech.Table, error) {
 
 // slotMechs is the mechanism table of a slot's token; the free slot's is
 // that of the tier C_InitToken gives new tokens.
-func (e *Engine) slotMechs(ctx context.Context, slot uint64) (*mech.Table, error) {
+func (e *Engine) slotMechs(ctx context.Context, app *App, slot uint64) (*mech.Table, error) {
 	if slot == freeSlot {
+		if !scopeOf(app).seesFree() {
+			return nil, ck.Error(ck.CKR_SLOT_ID_INVALID)
+		}
 		return e.mechsFor(e.cfg.DefaultTier), nil
 	}
-	ti, err := e.token(ctx, slot)
+	ti, err := e.token(ctx, app, slot)
 	if err != nil {
 		return nil, err
 	}

@@ -84,7 +84,7 @@ func (e *Engine) openSession(ctx context.Context, app *App, slot, flags uint64) 
 	if flags&ck.CKF_SERIAL_SESSION == 0 {
 		return 0, ck.Error(ck.CKR_SESSION_PARALLEL_NOT_SUPPORTED)
 	}
-	ti, err := e.token(ctx, slot)
+	ti, err := e.token(ctx, app, slot)
 	if err != nil {
 		return 0, err
 	}
@@ -96,6 +96,10 @@ func (e *Engine) openSession(ctx context.Context, app *App, slot, flags uint64) 
 	}
 	if len(app.sessions) >= e.cfg.MaxSessions {
 		return 0, ck.Error(ck.CKR_SESSION_COUNT)
+	}
+	// A remote identity's applications share its session limit.
+	if err := app.Scope.takeSession(); err != nil {
+		return 0, err
 	}
 	app.nextSession++
 	h := app.nextSession
@@ -113,6 +117,7 @@ func (e *Engine) closeSession(ctx context.Context, app *App, h uint64) error {
 		return ck.Error(ck.CKR_SESSION_HANDLE_INVALID)
 	}
 	delete(app.sessions, h)
+	app.Scope.dropSession()
 	s.endOps()
 	for oh, ref := range app.memHandles {
 		if ref.mem.owner == h {
@@ -134,7 +139,7 @@ func (e *Engine) closeSession(ctx context.Context, app *App, h uint64) error {
 
 // closeAllSessions closes every session of app on the token in slot.
 func (e *Engine) closeAllSessions(ctx context.Context, app *App, slot uint64) error {
-	ti, err := e.token(ctx, slot)
+	ti, err := e.token(ctx, app, slot)
 	if err != nil {
 		return err
 	}

@@ -26,21 +26,34 @@ const freeSlot = 0
 var version = wire.CKVersion{Major: 0, Minor: 1}
 
 // slotList returns the slot ids (every slot has a token present).
-func (e *Engine) slotList(ctx context.Context) ([]uint64, error) {
+// A scoped application (a remote identity) sees only the tokens its scope
+// shows, and the free slot only when it may create tokens.
+func (e *Engine) slotList(ctx context.Context, app *App) ([]uint64, error) {
 	toks, err := e.store.Tokens(ctx)
 	if err != nil {
 		return nil, err
 	}
+	sc := scopeOf(app)
 	ids := make([]uint64, 0, len(toks)+1)
 	for _, t := range toks {
-		ids = append(ids, uint64(t.ID))
+		if sc.visible(t, t.Tampered) {
+			ids = append(ids, uint64(t.ID))
+		}
 	}
-	return append(ids, freeSlot), nil
+	if sc.seesFree() {
+		ids = append(ids, freeSlot)
+	}
+	return ids, nil
 }
 
 // token returns the token in a slot; slot 0's is uninitialised.
-func (e *Engine) token(ctx context.Context, slot uint64) (keystore.TokenInfo, error) {
+// A token app's scope does not show is not there (CKR_SLOT_ID_INVALID).
+func (e *Engine) token(ctx context.Context, app *App, slot uint64) (keystore.TokenInfo, error) {
+	sc := scopeOf(app)
 	if slot == freeSlot {
+		if !sc.seesFree() {
+			return keystore.TokenInfo{}, ck.Error(ck.CKR_SLOT_ID_INVALID)
+		}
 		return keystore.TokenInfo{}, ck.Error(ck.CKR_TOKEN_NOT_RECOGNIZED)
 	}
 	if slot > 1<<62 {
@@ -50,16 +63,29 @@ func (e *Engine) token(ctx context.Context, slot uint64) (keystore.TokenInfo, er
 	if errors.Is(err, keystore.ErrNotFound) {
 		return ti, ck.Error(ck.CKR_SLOT_ID_INVALID)
 	}
+	if (err == nil || errors.Is(err, keystore.ErrTampered)) && !sc.visible(ti, err) {
+		return keystore.TokenInfo{}, ck.Error(ck.CKR_SLOT_ID_INVALID)
+	}
 	return ti, err
 }
 
+// scopeOf is app's scope; nil (everything) for no application.
+func scopeOf(app *App) *Scope {
+	if app == nil {
+		return nil
+	}
+	return app.Scope
+}
+
 // slotInfo describes a slot.
-func (e *Engine) slotInfo(ctx context.Context, slot uint64) (*wire.SlotInfo, error) {
+func (e *Engine) slotInfo(ctx context.Context, app *App, slot uint64) (*wire.SlotInfo, error) {
 	if slot != freeSlot {
 		// A tampered token is present, and says so in its token info.
-		if _, err := e.token(ctx, slot); err != nil && !errors.Is(err, keystore.ErrTampered) {
+		if _, err := e.token(ctx, app, slot); err != nil && !errors.Is(err, keystore.ErrTampered) {
 			return nil, err
 		}
+	} else if !scopeOf(app).seesFree() {
+		return nil, ck.Error(ck.CKR_SLOT_ID_INVALID)
 	}
 	return &wire.SlotInfo{
 		SlotDescription: fmt.Sprintf("hsmemu slot %d", slot),
@@ -71,7 +97,7 @@ func (e *Engine) slotInfo(ctx context.Context, slot uint64) (*wire.SlotInfo, err
 }
 
 // tokenInfo describes the token in a slot.
-func (e *Engine) tokenInfo(ctx context.Context, slot uint64) (*wire.TokenInfo, error) {
+func (e *Engine) tokenInfo(ctx context.Context, app *App, slot uint64) (*wire.TokenInfo, error) {
 	info := &wire.TokenInfo{
 		ManufacturerID:     "hsmemu",
 		Model:              "hsmemu",
@@ -88,9 +114,12 @@ func (e *Engine) tokenInfo(ctx context.Context, slot uint64) (*wire.TokenInfo, e
 		FirmwareVersion:    version,
 	}
 	if slot == freeSlot {
+		if !scopeOf(app).seesFree() {
+			return nil, ck.Error(ck.CKR_SLOT_ID_INVALID)
+		}
 		return info, nil
 	}
-	ti, err := e.token(ctx, slot)
+	ti, err := e.token(ctx, app, slot)
 	if errors.Is(err, keystore.ErrTampered) {
 		// Present but unusable: its row failed authentication, so none of
 		// it is believed. Every call on it but this and C_GetSlotInfo is
@@ -161,6 +190,11 @@ func (e *Engine) initToken(ctx context.Context, app *App, slot uint64, pin, labe
 		return ck.Error(ck.CKR_ARGUMENTS_BAD)
 	}
 	if slot == freeSlot {
+		// A remote identity that may create tokens creates only those
+		// it will see.
+		if sc := scopeOf(app); !sc.seesFree() || !sc.Sees(name) {
+			return ck.Error(ck.CKR_SLOT_ID_INVALID)
+		}
 		ti, err := e.store.CreateToken(ctx, keystore.TokenSpec{Label: name, Tier: e.cfg.DefaultTier, SOPIN: pin})
 		if errors.Is(err, keystore.ErrTokenExists) {
 			e.log.Info("C_InitToken refused: the label is already in use", "label", name)
@@ -173,7 +207,7 @@ func (e *Engine) initToken(ctx context.Context, app *App, slot uint64, pin, labe
 		e.audit(ctx, actor(app, ""), ti.UUID, "token.create", map[string]string{"tier": ti.Tier.String(), "slot": fmt.Sprint(ti.ID), "via": "C_InitToken"})
 		return nil
 	}
-	ti, err := e.token(ctx, slot)
+	ti, err := e.token(ctx, app, slot)
 	if err != nil {
 		return err
 	}
@@ -204,8 +238,8 @@ func (e *Engine) tokenLogin(token keystore.UUID) *tokenLogin {
 }
 
 // mechanismList returns the mechanisms a slot's token implements, sorted.
-func (e *Engine) mechanismList(ctx context.Context, slot uint64) ([]uint64, error) {
-	mechs, err := e.slotMechs(ctx, slot)
+func (e *Engine) mechanismList(ctx context.Context, app *App, slot uint64) ([]uint64, error) {
+	mechs, err := e.slotMechs(ctx, app, slot)
 	if err != nil {
 		return nil, err
 	}
@@ -213,8 +247,8 @@ func (e *Engine) mechanismList(ctx context.Context, slot uint64) ([]uint64, erro
 }
 
 // mechanismInfo describes one mechanism.
-func (e *Engine) mechanismInfo(ctx context.Context, slot, typ uint64) (*wire.MechanismInfo, error) {
-	mechs, err := e.slotMechs(ctx, slot)
+func (e *Engine) mechanismInfo(ctx context.Context, app *App, slot, typ uint64) (*wire.MechanismInfo, error) {
+	mechs, err := e.slotMechs(ctx, app, slot)
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ package wiretest
 import (
 	"bufio"
 	"crypto/rand"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -45,6 +46,22 @@ func Dial(path string, app [16]byte, v uint16) (*Socket, wire.HelloReply, error)
 	if err != nil {
 		return nil, wire.HelloReply{}, err
 	}
+	return Hello(c, app, v)
+}
+
+// DialTLS is Dial to a daemon's TLS listener at addr (host:port).
+func DialTLS(addr string, cfg *tls.Config, app [16]byte, v uint16) (*Socket, wire.HelloReply, error) {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		return nil, wire.HelloReply{}, err
+	}
+	return Hello(c, app, v)
+}
+
+// Hello opens the protocol on a connection c: the Socket, or an error
+// (c closed) that carries the daemon's reply.
+func Hello(c net.Conn, app [16]byte, v uint16) (*Socket, wire.HelloReply, error) {
+	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := c.Write(wire.Hello{Version: v, AppID: app, PID: uint32(os.Getpid())}.Marshal()); err != nil {
 		c.Close()
 		return nil, wire.HelloReply{}, err
@@ -83,6 +100,12 @@ func (s *Socket) Exchange(id, call uint32, body []byte) (wire.Reply, error) {
 
 // Close closes the connection.
 func (s *Socket) Close() error { return s.c.Close() }
+
+// Resumed says whether a TLS connection resumed an earlier session.
+func (s *Socket) Resumed() bool {
+	tc, ok := s.c.(*tls.Conn)
+	return ok && tc.ConnectionState().DidResume
+}
 
 // Conn makes calls over an Exchanger. It is not safe for concurrent use.
 type Conn struct {
