@@ -219,6 +219,18 @@ var Params = map[string][]Field{
 		{Name: "pNonce", Kind: FBytes, LenOf: "ulNonceLen"},
 		{Name: "pTag", Kind: FBytes, Size: 16, Out: FOutOnly},
 	},
+	// The post-quantum signatures' parameters (PKCS#11 3.2, "ML-DSA" and
+	// "SLH-DSA", Definitions): the hedging asked for and the FIPS 204/205
+	// context string; the pre-hash variant names its hash.
+	"CK_SIGN_ADDITIONAL_CONTEXT": {
+		{Name: "hedgeVariant", Kind: FUlong},
+		{Name: "pContext", Kind: FBytes, LenOf: "ulContextLen"},
+	},
+	"CK_HASH_SIGN_ADDITIONAL_CONTEXT": {
+		{Name: "hedgeVariant", Kind: FUlong},
+		{Name: "pContext", Kind: FBytes, LenOf: "ulContextLen"},
+		{Name: "hash", Kind: FUlong},
+	},
 	"CK_HKDF_PARAMS": {
 		{Name: "bExtract", Kind: FByte},
 		{Name: "bExpand", Kind: FByte},
@@ -261,6 +273,30 @@ var Mechanisms = map[uint64]MechParam{
 	0x00000064: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},              // CKM_SHA3_384_RSA_PKCS_PSS
 	0x00000065: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},              // CKM_SHA3_512_RSA_PKCS_PSS
 	0x00000067: {PStruct, "CK_RSA_PKCS_PSS_PARAMS"},              // CKM_SHA3_224_RSA_PKCS_PSS
+	0x0000001D: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_ML_DSA (3.2)
+	0x0000001F: {PStruct, "CK_HASH_SIGN_ADDITIONAL_CONTEXT"},     // CKM_HASH_ML_DSA (3.2)
+	0x00000023: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_ML_DSA_SHA224 (3.2)
+	0x00000024: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_ML_DSA_SHA256 (3.2)
+	0x00000025: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_ML_DSA_SHA384 (3.2)
+	0x00000026: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_ML_DSA_SHA512 (3.2)
+	0x00000027: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_ML_DSA_SHA3_224 (3.2)
+	0x00000028: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_ML_DSA_SHA3_256 (3.2)
+	0x00000029: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_ML_DSA_SHA3_384 (3.2)
+	0x0000002A: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_ML_DSA_SHA3_512 (3.2)
+	0x0000002B: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_ML_DSA_SHAKE128 (3.2)
+	0x0000002C: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_ML_DSA_SHAKE256 (3.2)
+	0x0000002E: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_SLH_DSA (3.2)
+	0x00000034: {PStruct, "CK_HASH_SIGN_ADDITIONAL_CONTEXT"},     // CKM_HASH_SLH_DSA (3.2)
+	0x00000036: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_SLH_DSA_SHA224 (3.2)
+	0x00000037: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_SLH_DSA_SHA256 (3.2)
+	0x00000038: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_SLH_DSA_SHA384 (3.2)
+	0x00000039: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_SLH_DSA_SHA512 (3.2)
+	0x0000003A: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_SLH_DSA_SHA3_224 (3.2)
+	0x0000003B: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_SLH_DSA_SHA3_256 (3.2)
+	0x0000003C: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_SLH_DSA_SHA3_384 (3.2)
+	0x0000003D: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_SLH_DSA_SHA3_512 (3.2)
+	0x0000003E: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_SLH_DSA_SHAKE128 (3.2)
+	0x0000003F: {PStruct, "CK_SIGN_ADDITIONAL_CONTEXT"},          // CKM_HASH_SLH_DSA_SHAKE256 (3.2)
 	0x00000122: {PBytes, ""},                                     // CKM_DES_CBC (IV)
 	0x00000125: {PBytes, ""},                                     // CKM_DES_CBC_PAD (IV)
 	0x00000133: {PBytes, ""},                                     // CKM_DES3_CBC (IV)

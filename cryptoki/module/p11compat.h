@@ -307,4 +307,7 @@ typedef struct CK_SALSA20_CHACHA20_POLY1305_MSG_PARAMS {
 
 #endif /* HSMEMU_P11_VERSION < 302 */
 
+/* The 3.2 declarations. */
+#include "p11compat32.h"
+
 #endif /* HSMEMU_P11COMPAT_H */

@@ -284,6 +284,8 @@ func TestParamAccessors(t *testing.T) {
 		"CK_HKDF_PARAMS":                      func(p *Param) (any, error) { return p.HKDFParams() },
 		"CK_CHACHA20_PARAMS":                  func(p *Param) (any, error) { return p.ChaCha20Params() },
 		"CK_SALSA20_CHACHA20_POLY1305_PARAMS": func(p *Param) (any, error) { return p.ChaCha20Poly1305Params() },
+		"CK_SIGN_ADDITIONAL_CONTEXT":          func(p *Param) (any, error) { return p.SignContext() },
+		"CK_HASH_SIGN_ADDITIONAL_CONTEXT":     func(p *Param) (any, error) { return p.HashSignContext() },
 	}
 	for name := range calls.Params {
 		if slices.Contains(calls.MessageParams, name) {

@@ -176,6 +176,10 @@ func sampleParam(ctype string) Param {
 		return ChaCha20Params{BlockCounter: []byte{1, 0, 0, 0}, Nonce: []byte("0123456789ab")}.Param()
 	case "CK_SALSA20_CHACHA20_POLY1305_PARAMS":
 		return ChaCha20Poly1305Params{Nonce: []byte("0123456789ab"), AAD: nil}.Param()
+	case "CK_SIGN_ADDITIONAL_CONTEXT":
+		return SignContext{HedgeVariant: ck.CKH_DETERMINISTIC_REQUIRED, Context: []byte("ctx")}.Param()
+	case "CK_HASH_SIGN_ADDITIONAL_CONTEXT":
+		return HashSignContext{SignContext{HedgeVariant: ck.CKH_HEDGE_REQUIRED, Context: nil}, ck.CKM_SHA3_256}.Param()
 	}
 	panic("no sample for " + ctype)
 }

@@ -271,6 +271,20 @@ type EdDSAParams struct {
 	ContextData []byte
 }
 
+// SignContext is CK_SIGN_ADDITIONAL_CONTEXT (PKCS#11 3.2, "ML-DSA",
+// Definitions): the hedging asked for and the context string.
+type SignContext struct {
+	HedgeVariant uint64
+	Context      []byte
+}
+
+// HashSignContext is CK_HASH_SIGN_ADDITIONAL_CONTEXT: a SignContext and
+// the pre-hash's hash.
+type HashSignContext struct {
+	SignContext
+	Hash uint64
+}
+
 // ChaCha20Params is CK_CHACHA20_PARAMS. The module carries the block
 // counter and the nonce as whole bytes: their lengths are
 // 8*len(BlockCounter) and 8*len(Nonce) bits.
@@ -403,6 +417,24 @@ func (p *Param) EdDSAParams() (EdDSAParams, error) {
 	return EdDSAParams{PHFlag: fs.bool("phFlag"), ContextData: fs.bytes("pContextData")}, nil
 }
 
+// SignContext returns the parameter as CK_SIGN_ADDITIONAL_CONTEXT.
+func (p *Param) SignContext() (SignContext, error) {
+	fs, err := p.structure("CK_SIGN_ADDITIONAL_CONTEXT")
+	if err != nil {
+		return SignContext{}, err
+	}
+	return SignContext{HedgeVariant: fs.ulong("hedgeVariant"), Context: fs.bytes("pContext")}, nil
+}
+
+// HashSignContext returns the parameter as CK_HASH_SIGN_ADDITIONAL_CONTEXT.
+func (p *Param) HashSignContext() (HashSignContext, error) {
+	fs, err := p.structure("CK_HASH_SIGN_ADDITIONAL_CONTEXT")
+	if err != nil {
+		return HashSignContext{}, err
+	}
+	return HashSignContext{SignContext{HedgeVariant: fs.ulong("hedgeVariant"), Context: fs.bytes("pContext")}, fs.ulong("hash")}, nil
+}
+
 // ChaCha20Params returns the parameter as CK_CHACHA20_PARAMS.
 func (p *Param) ChaCha20Params() (ChaCha20Params, error) {
 	fs, err := p.structure("CK_CHACHA20_PARAMS")
@@ -495,6 +527,16 @@ func (p RSAAESKeyWrapParams) Param() Param {
 // Param returns p in generic form.
 func (p EdDSAParams) Param() Param {
 	return structParam("CK_EDDSA_PARAMS", fbool("phFlag", p.PHFlag), fb("pContextData", p.ContextData))
+}
+
+// Param returns p in generic form.
+func (p SignContext) Param() Param {
+	return structParam("CK_SIGN_ADDITIONAL_CONTEXT", fu("hedgeVariant", p.HedgeVariant), fb("pContext", p.Context))
+}
+
+// Param returns p in generic form.
+func (p HashSignContext) Param() Param {
+	return structParam("CK_HASH_SIGN_ADDITIONAL_CONTEXT", fu("hedgeVariant", p.HedgeVariant), fb("pContext", p.Context), fu("hash", p.Hash))
 }
 
 // Param returns p in generic form.

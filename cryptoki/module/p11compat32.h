@@ -1,0 +1,242 @@
+/*
+ * p11compat32.h: the PKCS#11 3.2 declarations hsmemu needs that the
+ * system's <p11-kit/pkcs11.h> lacks: the post-quantum key types,
+ * mechanisms, attributes and parameters, the 3.2 functions and
+ * CK_FUNCTION_LIST_3_2. Every value is the OASIS 3.2 header's
+ * (pkcs11t.h, pkcs11f.h, pkcs11.h); the comments name the section of the
+ * 3.2 specification that defines it. Included by p11compat.h, after the
+ * 3.0 declarations; guarded like them, so a 3.2 system header wins.
+ */
+#ifndef HSMEMU_P11COMPAT32_H
+#define HSMEMU_P11COMPAT32_H
+
+
+/* 3.2 "ML-KEM", "ML-DSA", "SLH-DSA": key types */
+#ifndef CKK_ML_KEM
+#define CKK_ML_KEM 0x00000049UL
+#endif
+#ifndef CKK_ML_DSA
+#define CKK_ML_DSA 0x0000004aUL
+#endif
+#ifndef CKK_SLH_DSA
+#define CKK_SLH_DSA 0x0000004bUL
+#endif
+
+/* 3.2 ML-KEM/ML-DSA/SLH-DSA key objects; "Public key objects", "Private key objects" */
+#ifndef CKA_PARAMETER_SET
+#define CKA_PARAMETER_SET 0x0000061dUL
+#endif
+#ifndef CKA_ENCAPSULATE_TEMPLATE
+#define CKA_ENCAPSULATE_TEMPLATE 0x0000062aUL
+#endif
+#ifndef CKA_DECAPSULATE_TEMPLATE
+#define CKA_DECAPSULATE_TEMPLATE 0x0000062bUL
+#endif
+#ifndef CKA_ENCAPSULATE
+#define CKA_ENCAPSULATE 0x00000633UL
+#endif
+#ifndef CKA_DECAPSULATE
+#define CKA_DECAPSULATE 0x00000634UL
+#endif
+#ifndef CKA_SEED
+#define CKA_SEED 0x00000637UL
+#endif
+
+/* 3.2 "ML-KEM", "ML-DSA", "SLH-DSA": mechanisms */
+#ifndef CKM_ML_KEM_KEY_PAIR_GEN
+#define CKM_ML_KEM_KEY_PAIR_GEN 0x0000000fUL
+#endif
+#ifndef CKM_ML_KEM
+#define CKM_ML_KEM 0x00000017UL
+#endif
+#ifndef CKM_ML_DSA_KEY_PAIR_GEN
+#define CKM_ML_DSA_KEY_PAIR_GEN 0x0000001cUL
+#endif
+#ifndef CKM_ML_DSA
+#define CKM_ML_DSA 0x0000001dUL
+#endif
+#ifndef CKM_HASH_ML_DSA
+#define CKM_HASH_ML_DSA 0x0000001fUL
+#endif
+#ifndef CKM_HASH_ML_DSA_SHA224
+#define CKM_HASH_ML_DSA_SHA224 0x00000023UL
+#endif
+#ifndef CKM_HASH_ML_DSA_SHA256
+#define CKM_HASH_ML_DSA_SHA256 0x00000024UL
+#endif
+#ifndef CKM_HASH_ML_DSA_SHA384
+#define CKM_HASH_ML_DSA_SHA384 0x00000025UL
+#endif
+#ifndef CKM_HASH_ML_DSA_SHA512
+#define CKM_HASH_ML_DSA_SHA512 0x00000026UL
+#endif
+#ifndef CKM_HASH_ML_DSA_SHA3_224
+#define CKM_HASH_ML_DSA_SHA3_224 0x00000027UL
+#endif
+#ifndef CKM_HASH_ML_DSA_SHA3_256
+#define CKM_HASH_ML_DSA_SHA3_256 0x00000028UL
+#endif
+#ifndef CKM_HASH_ML_DSA_SHA3_384
+#define CKM_HASH_ML_DSA_SHA3_384 0x00000029UL
+#endif
+#ifndef CKM_HASH_ML_DSA_SHA3_512
+#define CKM_HASH_ML_DSA_SHA3_512 0x0000002aUL
+#endif
+#ifndef CKM_HASH_ML_DSA_SHAKE128
+#define CKM_HASH_ML_DSA_SHAKE128 0x0000002bUL
+#endif
+#ifndef CKM_HASH_ML_DSA_SHAKE256
+#define CKM_HASH_ML_DSA_SHAKE256 0x0000002cUL
+#endif
+#ifndef CKM_SLH_DSA_KEY_PAIR_GEN
+#define CKM_SLH_DSA_KEY_PAIR_GEN 0x0000002dUL
+#endif
+#ifndef CKM_SLH_DSA
+#define CKM_SLH_DSA 0x0000002eUL
+#endif
+#ifndef CKM_HASH_SLH_DSA
+#define CKM_HASH_SLH_DSA 0x00000034UL
+#endif
+#ifndef CKM_HASH_SLH_DSA_SHA224
+#define CKM_HASH_SLH_DSA_SHA224 0x00000036UL
+#endif
+#ifndef CKM_HASH_SLH_DSA_SHA256
+#define CKM_HASH_SLH_DSA_SHA256 0x00000037UL
+#endif
+#ifndef CKM_HASH_SLH_DSA_SHA384
+#define CKM_HASH_SLH_DSA_SHA384 0x00000038UL
+#endif
+#ifndef CKM_HASH_SLH_DSA_SHA512
+#define CKM_HASH_SLH_DSA_SHA512 0x00000039UL
+#endif
+#ifndef CKM_HASH_SLH_DSA_SHA3_224
+#define CKM_HASH_SLH_DSA_SHA3_224 0x0000003aUL
+#endif
+#ifndef CKM_HASH_SLH_DSA_SHA3_256
+#define CKM_HASH_SLH_DSA_SHA3_256 0x0000003bUL
+#endif
+#ifndef CKM_HASH_SLH_DSA_SHA3_384
+#define CKM_HASH_SLH_DSA_SHA3_384 0x0000003cUL
+#endif
+#ifndef CKM_HASH_SLH_DSA_SHA3_512
+#define CKM_HASH_SLH_DSA_SHA3_512 0x0000003dUL
+#endif
+#ifndef CKM_HASH_SLH_DSA_SHAKE128
+#define CKM_HASH_SLH_DSA_SHAKE128 0x0000003eUL
+#endif
+#ifndef CKM_HASH_SLH_DSA_SHAKE256
+#define CKM_HASH_SLH_DSA_SHAKE256 0x0000003fUL
+#endif
+
+/* 3.2 "CK_MECHANISM_INFO": flags */
+#ifndef CKF_ENCAPSULATE
+#define CKF_ENCAPSULATE 0x10000000UL
+#endif
+#ifndef CKF_DECAPSULATE
+#define CKF_DECAPSULATE 0x20000000UL
+#endif
+
+/* 3.2 "ML-DSA", Definitions: CK_HEDGE_TYPE */
+#ifndef CKH_HEDGE_PREFERRED
+#define CKH_HEDGE_PREFERRED 0x00000000UL
+#endif
+#ifndef CKH_HEDGE_REQUIRED
+#define CKH_HEDGE_REQUIRED 0x00000001UL
+#endif
+#ifndef CKH_DETERMINISTIC_REQUIRED
+#define CKH_DETERMINISTIC_REQUIRED 0x00000002UL
+#endif
+
+/* 3.2 "ML-DSA", "SLH-DSA", "ML-KEM", Definitions: parameter sets */
+#ifndef CKP_ML_DSA_44
+#define CKP_ML_DSA_44 0x00000001UL
+#endif
+#ifndef CKP_ML_DSA_65
+#define CKP_ML_DSA_65 0x00000002UL
+#endif
+#ifndef CKP_ML_DSA_87
+#define CKP_ML_DSA_87 0x00000003UL
+#endif
+#ifndef CKP_SLH_DSA_SHA2_128S
+#define CKP_SLH_DSA_SHA2_128S 0x00000001UL
+#endif
+#ifndef CKP_SLH_DSA_SHAKE_128S
+#define CKP_SLH_DSA_SHAKE_128S 0x00000002UL
+#endif
+#ifndef CKP_SLH_DSA_SHA2_128F
+#define CKP_SLH_DSA_SHA2_128F 0x00000003UL
+#endif
+#ifndef CKP_SLH_DSA_SHAKE_128F
+#define CKP_SLH_DSA_SHAKE_128F 0x00000004UL
+#endif
+#ifndef CKP_SLH_DSA_SHA2_192S
+#define CKP_SLH_DSA_SHA2_192S 0x00000005UL
+#endif
+#ifndef CKP_SLH_DSA_SHAKE_192S
+#define CKP_SLH_DSA_SHAKE_192S 0x00000006UL
+#endif
+#ifndef CKP_SLH_DSA_SHA2_192F
+#define CKP_SLH_DSA_SHA2_192F 0x00000007UL
+#endif
+#ifndef CKP_SLH_DSA_SHAKE_192F
+#define CKP_SLH_DSA_SHAKE_192F 0x00000008UL
+#endif
+#ifndef CKP_SLH_DSA_SHA2_256S
+#define CKP_SLH_DSA_SHA2_256S 0x00000009UL
+#endif
+#ifndef CKP_SLH_DSA_SHAKE_256S
+#define CKP_SLH_DSA_SHAKE_256S 0x0000000aUL
+#endif
+#ifndef CKP_SLH_DSA_SHA2_256F
+#define CKP_SLH_DSA_SHA2_256F 0x0000000bUL
+#endif
+#ifndef CKP_SLH_DSA_SHAKE_256F
+#define CKP_SLH_DSA_SHAKE_256F 0x0000000cUL
+#endif
+#ifndef CKP_ML_KEM_512
+#define CKP_ML_KEM_512 0x00000001UL
+#endif
+#ifndef CKP_ML_KEM_768
+#define CKP_ML_KEM_768 0x00000002UL
+#endif
+#ifndef CKP_ML_KEM_1024
+#define CKP_ML_KEM_1024 0x00000003UL
+#endif
+
+#if HSMEMU_P11_VERSION < 302
+
+/* "ML-DSA", Definitions. */
+typedef CK_ULONG CK_HEDGE_TYPE;
+typedef CK_ULONG CK_ML_DSA_PARAMETER_SET_TYPE;
+typedef CK_ULONG CK_SLH_DSA_PARAMETER_SET_TYPE;
+typedef CK_ULONG CK_ML_KEM_PARAMETER_SET_TYPE;
+
+typedef struct CK_SIGN_ADDITIONAL_CONTEXT {
+	CK_HEDGE_TYPE hedgeVariant;
+	CK_BYTE_PTR pContext;
+	CK_ULONG ulContextLen;
+} CK_SIGN_ADDITIONAL_CONTEXT;
+
+typedef struct CK_HASH_SIGN_ADDITIONAL_CONTEXT {
+	CK_HEDGE_TYPE hedgeVariant;
+	CK_BYTE_PTR pContext;
+	CK_ULONG ulContextLen;
+	CK_MECHANISM_TYPE hash;
+} CK_HASH_SIGN_ADDITIONAL_CONTEXT;
+
+/* "C_GetSessionValidationFlags" and the asynchronous functions. */
+typedef CK_ULONG CK_SESSION_VALIDATION_FLAGS_TYPE;
+typedef CK_FLAGS *CK_FLAGS_PTR;
+
+typedef struct CK_ASYNC_DATA {
+	CK_ULONG ulVersion;
+	CK_BYTE_PTR pValue;
+	CK_ULONG ulValue;
+	CK_OBJECT_HANDLE hObject;
+	CK_OBJECT_HANDLE hAdditionalObject;
+} CK_ASYNC_DATA;
+typedef CK_ASYNC_DATA *CK_ASYNC_DATA_PTR;
+
+#endif /* HSMEMU_P11_VERSION < 302 */
+
+#endif /* HSMEMU_P11COMPAT32_H */
