@@ -73,6 +73,7 @@ var flagNames = []struct {
 	{ck.CKF_MESSAGE_ENCRYPT, "message encrypt"}, {ck.CKF_MESSAGE_DECRYPT, "message decrypt"},
 	{ck.CKF_MESSAGE_SIGN, "message sign"}, {ck.CKF_MESSAGE_VERIFY, "message verify"},
 	{ck.CKF_MULTI_MESSAGE, "multi-message"},
+	{ck.CKF_ENCAPSULATE, "encapsulate"}, {ck.CKF_DECAPSULATE, "decapsulate"},
 }
 
 func flagsText(f uint64) string {
@@ -90,8 +91,9 @@ func flagsText(f uint64) string {
 }
 
 // sizeUnit is what a mechanism's key sizes count, as the specification
-// says for each: bytes for AES, DES and the HMAC and ChaCha20 key
-// generations; bits for the others.
+// says for each: bytes for AES, DES, the HMAC and ChaCha20 key
+// generations and the post-quantum keys (their public keys' sizes);
+// bits for the others.
 func sizeUnit(m *Mechanism) string {
 	kts := m.keyTypes
 	if m.genKeyType != 0 || m.generate != nil {
@@ -100,6 +102,8 @@ func sizeUnit(m *Mechanism) string {
 	for _, kt := range kts {
 		switch {
 		case kt == ck.CKK_AES, kt == ck.CKK_DES, kt == ck.CKK_DES2, kt == ck.CKK_DES3:
+			return "bytes"
+		case kt == ck.CKK_ML_KEM, kt == ck.CKK_ML_DSA, kt == ck.CKK_SLH_DSA:
 			return "bytes"
 		case m.generate != nil && kt != ck.CKK_GENERIC_SECRET && kt != ck.CKK_DSA:
 			return "bytes" // HMAC and ChaCha20 key generation

@@ -76,6 +76,10 @@ const (
 	MessageDecrypt
 	MessageSign
 	MessageVerify
+	// The key encapsulation of PKCS#11 3.2 (C_EncapsulateKey,
+	// C_DecapsulateKey).
+	Encapsulate
+	Decapsulate
 )
 
 // Mechanism is one entry of the table. A nil constructor means the
@@ -113,6 +117,13 @@ type Mechanism struct {
 	// derive returns the new key's value, of the length asked (0: the
 	// mechanism's natural length).
 	derive func(base Key, m *wire.Mechanism, length int) ([]byte, error)
+	// encapsulate returns a KEM's ciphertext and shared secret for a
+	// public key; decapsulate the shared secret a ciphertext carries;
+	// ciphertextLen the length of encapsulate's ciphertext, for a length
+	// query that makes no key.
+	encapsulate   func(pub Key, m *wire.Mechanism) (ct, secret []byte, err error)
+	decapsulate   func(priv Key, m *wire.Mechanism, ct []byte) ([]byte, error)
+	ciphertextLen func(pub Key) (int, error)
 }
 
 // Info is what C_GetMechanismInfo reports.
@@ -161,6 +172,10 @@ func (m *Mechanism) Does(f Func) bool {
 		return m.sign != nil
 	case MessageVerify:
 		return m.verify != nil
+	case Encapsulate:
+		return m.encapsulate != nil
+	case Decapsulate:
+		return m.decapsulate != nil
 	}
 	return false
 }
@@ -250,6 +265,32 @@ func (m *Mechanism) Derive(base Key, p *wire.Mechanism, length int) ([]byte, err
 	return m.derive(base, p, length)
 }
 
+// Encapsulate returns a new ciphertext and the shared secret it carries,
+// for the public key pub; the caller wipes the secret.
+func (m *Mechanism) Encapsulate(pub Key, p *wire.Mechanism) (ct, secret []byte, err error) {
+	if m.encapsulate == nil {
+		return nil, nil, errNotThis
+	}
+	return m.encapsulate(pub, p)
+}
+
+// CiphertextLen is the length of Encapsulate's ciphertext for pub.
+func (m *Mechanism) CiphertextLen(pub Key) (int, error) {
+	if m.ciphertextLen == nil {
+		return 0, errNotThis
+	}
+	return m.ciphertextLen(pub)
+}
+
+// Decapsulate returns the shared secret ct carries for the private key
+// priv; the caller wipes it.
+func (m *Mechanism) Decapsulate(priv Key, p *wire.Mechanism, ct []byte) ([]byte, error) {
+	if m.decapsulate == nil {
+		return nil, errNotThis
+	}
+	return m.decapsulate(priv, p, ct)
+}
+
 // Table is every mechanism, by type, with what they own: the ECDSA nonce
 // pools and their fillers. It is a value: an engine makes one and closes
 // it when it stops, and tests run as many as they like.
@@ -297,6 +338,7 @@ func build(p policy) *Table {
 		digestMechanisms,
 		symmetricMechanisms,
 		asymmetricMechanisms,
+		pqcMechanisms,
 	} {
 		for typ, m := range family(p) {
 			if _, dup := t.byType[typ]; dup {

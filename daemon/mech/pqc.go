@@ -1,0 +1,147 @@
+package mech
+
+import (
+	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
+)
+
+// The post-quantum algorithms of PKCS#11 3.2: ML-KEM (FIPS 203, mlkem.go),
+// ML-DSA (FIPS 204, mldsa.go) and SLH-DSA (FIPS 205, slhdsa.go). Their keys
+// name a parameter set in CKA_PARAMETER_SET; a public key's CKA_VALUE is
+// the FIPS encoding of the public key, a private key's CKA_VALUE the
+// FIPS encoding of the private key and, for ML-KEM and ML-DSA, CKA_SEED
+// the seed it expands from. The arithmetic is the libraries'
+// (crypto/mlkem, github.com/cloudflare/circl); this package only encodes,
+// checks and dispatches.
+
+// pqcMechanisms lists the post-quantum mechanisms.
+func pqcMechanisms(policy) map[uint64]*Mechanism {
+	return merge(mldsaMechanisms(), slhdsaMechanisms(), mlkemMechanisms())
+}
+
+// parameterSet reads a key's CKA_PARAMETER_SET.
+func parameterSet(k Key) (uint64, bool) {
+	v, ok := k.Attr(ck.CKA_PARAMETER_SET)
+	if !ok || len(v) != 8 {
+		return 0, false
+	}
+	return ulongOf(v), true
+}
+
+// templateSet returns the parameter set a key pair generation makes: the
+// public template's CKA_PARAMETER_SET, which a private template may repeat
+// but not contradict.
+func templateSet(pub, priv map[uint64][]byte) (uint64, error) {
+	v, ok := pub[ck.CKA_PARAMETER_SET]
+	if !ok {
+		return 0, ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
+	}
+	if len(v) != 8 {
+		return 0, ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+	}
+	if pv, ok := priv[ck.CKA_PARAMETER_SET]; ok && ulongOf(pv) != ulongOf(v) {
+		return 0, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
+	}
+	return ulongOf(v), nil
+}
+
+// sigContext is what CK_SIGN_ADDITIONAL_CONTEXT (or, for the pre-hash
+// mechanism that names its hash, CK_HASH_SIGN_ADDITIONAL_CONTEXT) asks of
+// a signature: a context string and whether it must be hedged or
+// deterministic. No parameter is hedging preferred with an empty context
+// (PKCS#11 3.2, "ML-DSA Signature").
+type sigContext struct {
+	ctx           []byte
+	deterministic bool
+	hash          uint64 // CK_HASH_SIGN_ADDITIONAL_CONTEXT's
+}
+
+// signContext reads the parameter of a pure or hash-specific mechanism
+// (CK_SIGN_ADDITIONAL_CONTEXT), or with hashed set a generic pre-hash
+// mechanism's (CK_HASH_SIGN_ADDITIONAL_CONTEXT, required since it names
+// the hash).
+func signContext(m *wire.Mechanism, hashed bool) (sigContext, error) {
+	if !m.Present {
+		if hashed {
+			return sigContext{}, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
+		}
+		return sigContext{}, nil
+	}
+	var p wire.SignContext
+	var out sigContext
+	if hashed {
+		hp, err := m.Param.HashSignContext()
+		if err != nil {
+			return sigContext{}, mechParamErr(err)
+		}
+		p, out.hash = hp.SignContext, hp.Hash
+	} else {
+		var err error
+		if p, err = m.Param.SignContext(); err != nil {
+			return sigContext{}, mechParamErr(err)
+		}
+	}
+	// FIPS 204 and 205 take contexts of at most 255 bytes.
+	if len(p.Context) > 255 {
+		return sigContext{}, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
+	}
+	switch p.HedgeVariant {
+	case ck.CKH_HEDGE_PREFERRED, ck.CKH_HEDGE_REQUIRED:
+		// Hedged: the libraries draw fresh randomness for each signature.
+	case ck.CKH_DETERMINISTIC_REQUIRED:
+		out.deterministic = true
+	default:
+		return sigContext{}, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
+	}
+	out.ctx = p.Context
+	return out, nil
+}
+
+// bufSigner is a signature over a whole message that may come in parts:
+// ML-DSA and SLH-DSA sign the message itself, not a hash the token could
+// keep instead, so the parts are kept, within maxBuffered.
+type bufSigner struct {
+	msg    []byte
+	sign   func(msg []byte) ([]byte, error)
+	verify func(msg, sig []byte) error
+}
+
+func (s *bufSigner) Update(in []byte) error {
+	if len(s.msg)+len(in) > maxBuffered {
+		return ck.Error(ck.CKR_DATA_LEN_RANGE)
+	}
+	s.msg = append(s.msg, in...)
+	return nil
+}
+
+func (s *bufSigner) Sign() ([]byte, error) {
+	if s.sign == nil {
+		return nil, ck.Error(ck.CKR_GENERAL_ERROR)
+	}
+	return s.sign(s.msg)
+}
+
+func (s *bufSigner) Verify(sig []byte) error {
+	if s.verify == nil {
+		return ck.Error(ck.CKR_GENERAL_ERROR)
+	}
+	return s.verify(s.msg, sig)
+}
+
+// pqcPrivate checks that k is a private key of key type kt.
+func pqcPrivate(k Key, kt uint64) error {
+	if k.KeyType() != kt || k.Class() != ck.CKO_PRIVATE_KEY {
+		return ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
+	}
+	return nil
+}
+
+// pqcPublic checks that k is a public key of key type kt. Verification
+// and encapsulation take the public key object only: a private key
+// object of these types holds no public key attribute to read.
+func pqcPublic(k Key, kt uint64) error {
+	if k.KeyType() != kt || k.Class() != ck.CKO_PUBLIC_KEY {
+		return ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
+	}
+	return nil
+}
