@@ -145,3 +145,112 @@ func pqcPublic(k Key, kt uint64) error {
 	}
 	return nil
 }
+
+// CompletePQCKey checks the material of a post-quantum key object being
+// created (C_CreateObject, C_UnwrapKey) and adds what the key type
+// derives from it: a private key given only its seed gets its FIPS
+// encoding (CKA_VALUE). A parameter set the token lacks is
+// CKR_PARAMETER_SET_NOT_SUPPORTED; material of the wrong size, or a seed
+// and value of different keys, CKR_ATTRIBUTE_VALUE_INVALID.
+func CompletePQCKey(class, kt uint64, m map[uint64][]byte) error {
+	set := ulongOf(m[ck.CKA_PARAMETER_SET])
+	seed, hasSeed := m[ck.CKA_SEED]
+	val := m[ck.CKA_VALUE]
+	bad := ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+	if hasSeed && class != ck.CKO_PRIVATE_KEY {
+		return ck.Error(ck.CKR_ATTRIBUTE_TYPE_INVALID)
+	}
+	if class == ck.CKO_PRIVATE_KEY && len(seed) == 0 && len(val) == 0 {
+		return ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
+	}
+	k := &mapKey{class: class, kt: kt, m: m}
+	var err error
+	switch kt {
+	case ck.CKK_ML_DSA:
+		p, ok := mldsaSets[set]
+		switch {
+		case !ok:
+			return ck.Error(ck.CKR_PARAMETER_SET_NOT_SUPPORTED)
+		case class == ck.CKO_PUBLIC_KEY:
+			_, err = mldsaPublic(k)
+		case hasSeed && len(seed) != mldsaSeedLen:
+			return bad
+		case hasSeed:
+			if _, err = mldsaPrivate(k); err == nil && len(val) == 0 {
+				_, sk := p.scheme.DeriveKey(seed)
+				m[ck.CKA_VALUE], _ = sk.MarshalBinary()
+			}
+		default:
+			_, err = mldsaPrivate(k)
+		}
+	case ck.CKK_ML_KEM:
+		p, ok := mlkemSets[set]
+		switch {
+		case !ok:
+			return ck.Error(ck.CKR_PARAMETER_SET_NOT_SUPPORTED)
+		case class == ck.CKO_PUBLIC_KEY:
+			_, err = mlkemPublic(k)
+		case hasSeed && len(seed) != mlkemSeedLen:
+			return bad
+		case hasSeed:
+			if _, err = mlkemPrivate(k); err == nil && len(val) == 0 {
+				_, sk := p.circl.DeriveKeyPair(seed)
+				m[ck.CKA_VALUE], _ = sk.MarshalBinary()
+			}
+		default:
+			_, err = mlkemPrivate(k)
+		}
+	case ck.CKK_SLH_DSA:
+		if _, ok := slhdsaID(set); !ok {
+			return ck.Error(ck.CKR_PARAMETER_SET_NOT_SUPPORTED)
+		}
+		if class == ck.CKO_PUBLIC_KEY {
+			_, err = slhdsaPublic(k)
+		} else {
+			_, err = slhdsaPrivate(k)
+		}
+	default:
+		return ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
+	}
+	if err != nil {
+		return bad
+	}
+	return nil
+}
+
+// PQCSizes reports a post-quantum key's parameter set name and the sizes
+// of its public key, private key (CKA_VALUE) and signature or
+// ciphertext, in bytes; ok is false for other keys.
+func PQCSizes(k Key) (name string, pub, priv, out int, ok bool) {
+	set, _ := parameterSet(k)
+	switch k.KeyType() {
+	case ck.CKK_ML_DSA:
+		if p, found := mldsaSets[set]; found {
+			return p.name, p.scheme.PublicKeySize(), p.scheme.PrivateKeySize(), p.sigLen, true
+		}
+	case ck.CKK_ML_KEM:
+		if p, found := mlkemSets[set]; found {
+			return p.name, p.circl.PublicKeySize(), p.circl.PrivateKeySize(), p.circl.CiphertextSize(), true
+		}
+	case ck.CKK_SLH_DSA:
+		if id, found := slhdsaID(set); found {
+			s := id.Scheme()
+			return id.String(), s.PublicKeySize(), s.PrivateKeySize(), s.SignatureSize(), true
+		}
+	}
+	return "", 0, 0, 0, false
+}
+
+// mapKey is a key being created, as a mechanism reads it: its template.
+type mapKey struct {
+	class, kt uint64
+	m         map[uint64][]byte
+}
+
+func (k *mapKey) Class() uint64   { return k.class }
+func (k *mapKey) KeyType() uint64 { return k.kt }
+func (k *mapKey) Attr(t uint64) ([]byte, bool) {
+	v, ok := k.m[t]
+	return v, ok
+}
+func (k *mapKey) Memo(_ string, parse func() (any, error)) (any, error) { return parse() }

@@ -468,3 +468,28 @@ func TestSLHDSA(t *testing.T) {
 		})
 	}
 }
+
+// TestPQCSizes: the sizes docs/mechanisms.md gives are the libraries'.
+func TestPQCSizes(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		kt, set             uint64
+		name                string
+		pub, priv, sigOrCT int
+	}{
+		{ck.CKK_ML_KEM, ck.CKP_ML_KEM_512, "ML-KEM-512", 800, 1632, 768},
+		{ck.CKK_ML_KEM, ck.CKP_ML_KEM_1024, "ML-KEM-1024", 1568, 3168, 1568},
+		{ck.CKK_ML_DSA, ck.CKP_ML_DSA_44, "ML-DSA-44", 1312, 2560, 2420},
+		{ck.CKK_ML_DSA, ck.CKP_ML_DSA_87, "ML-DSA-87", 2592, 4896, 4627},
+		{ck.CKK_SLH_DSA, ck.CKP_SLH_DSA_SHA2_128S, "SLH-DSA-SHA2-128s", 32, 64, 7856},
+		{ck.CKK_SLH_DSA, ck.CKP_SLH_DSA_SHAKE_256F, "SLH-DSA-SHAKE-256f", 64, 128, 49856},
+	} {
+		name, pub, priv, out, ok := PQCSizes(pqcKey(t, ck.CKO_PUBLIC_KEY, tc.kt, tc.set, nil))
+		if !ok || name != tc.name || pub != tc.pub || priv != tc.priv || out != tc.sigOrCT {
+			t.Errorf("%s: %q %d %d %d %v", tc.name, name, pub, priv, out, ok)
+		}
+	}
+	if _, _, _, _, ok := PQCSizes(pqcKey(t, ck.CKO_PUBLIC_KEY, ck.CKK_ML_DSA, 9, nil)); ok {
+		t.Error("an unknown set has sizes")
+	}
+}

@@ -104,6 +104,11 @@ var (
 	// DES keys, whose length their type says.
 	withLen = append([]uint64{ck.CKK_AES, ck.CKK_GENERIC_SECRET, ck.CKK_CHACHA20}, hmacKeys...)
 	desKeys = []uint64{ck.CKK_DES, ck.CKK_DES2, ck.CKK_DES3}
+	// pqcKeys are the post-quantum key types of PKCS#11 3.2; seeded the
+	// ones whose private keys may keep their seed (CKA_SEED).
+	pqcKeys    = []uint64{ck.CKK_ML_KEM, ck.CKK_ML_DSA, ck.CKK_SLH_DSA}
+	seededKeys = []uint64{ck.CKK_ML_KEM, ck.CKK_ML_DSA}
+	kemKeys    = []uint64{ck.CKK_ML_KEM}
 )
 
 // rules is the table. Defaults that depend on the class (CKA_PRIVATE) or on
@@ -207,6 +212,15 @@ var rules = map[uint64]rule{
 	// EC, Edwards and Montgomery curves.
 	ck.CKA_EC_PARAMS: {kind: vBytes, classes: mPub | mPriv, keyTypes: ecLike, flags: fRequired},
 	ck.CKA_EC_POINT:  {kind: vBytes, classes: mPub, keyTypes: ecLike, flags: fRequired},
+
+	// ML-KEM, ML-DSA and SLH-DSA (PKCS#11 3.2): the parameter set, and a
+	// private key's seed, which may stand in for its CKA_VALUE on
+	// create. CKA_ENCAPSULATE and CKA_DECAPSULATE are the usage flags of
+	// C_EncapsulateKey and C_DecapsulateKey.
+	ck.CKA_PARAMETER_SET: {kind: vUlong, classes: mPub | mPriv, keyTypes: pqcKeys, flags: fRequired},
+	ck.CKA_SEED:          {kind: vBytes, classes: mPriv, keyTypes: seededKeys, flags: fSecret | fSensitive},
+	ck.CKA_ENCAPSULATE:   {kind: vBool, classes: mPub, keyTypes: kemKeys, flags: fModify, def: vTrue},
+	ck.CKA_DECAPSULATE:   {kind: vBool, classes: mPriv, keyTypes: kemKeys, flags: fModify, def: vTrue},
 }
 
 // ruleFor returns the rule of attribute t on an object of the given class
@@ -280,15 +294,18 @@ func valueRule(class, keyType uint64, r rule) rule {
 	case ck.CKO_SECRET_KEY:
 		r.flags = fRequired | fSecret | fSensitive
 	case ck.CKO_PRIVATE_KEY:
+		r.flags = fRequired | fSecret | fSensitive
 		switch keyType {
-		case ck.CKK_EC, ck.CKK_EC_EDWARDS, ck.CKK_EC_MONTGOMERY, ck.CKK_DSA:
+		case ck.CKK_EC, ck.CKK_EC_EDWARDS, ck.CKK_EC_MONTGOMERY, ck.CKK_DSA, ck.CKK_SLH_DSA:
+		case ck.CKK_ML_KEM, ck.CKK_ML_DSA:
+			// The seed may stand in for it (checkMaterial).
+			r.flags = fSecret | fSensitive
 		default:
 			r.classes = 0
 		}
-		r.flags = fRequired | fSecret | fSensitive
 	case ck.CKO_PUBLIC_KEY:
-		// A DSA public key's y.
-		if keyType != ck.CKK_DSA {
+		// A DSA public key's y; a post-quantum public key.
+		if keyType != ck.CKK_DSA && !slices.Contains(pqcKeys, keyType) {
 			r.classes = 0
 		}
 		r.flags = fRequired

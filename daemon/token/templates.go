@@ -62,6 +62,8 @@ func keyTypeSupported(class, kt uint64, legacy bool) bool {
 			return true
 		case ck.CKK_DSA:
 			return legacy
+		case ck.CKK_ML_KEM, ck.CKK_ML_DSA, ck.CKK_SLH_DSA:
+			return true
 		}
 	case ck.CKO_DOMAIN_PARAMETERS:
 		return kt == ck.CKK_DSA && legacy
@@ -89,6 +91,8 @@ func isMaterial(t, class uint64) bool {
 		return true
 	case ck.CKA_VALUE:
 		return class == ck.CKO_SECRET_KEY || class == ck.CKO_PRIVATE_KEY || class == ck.CKO_PUBLIC_KEY
+	case ck.CKA_SEED:
+		return true
 	case ck.CKA_PUBLIC_EXPONENT:
 		return class == ck.CKO_PRIVATE_KEY
 	case ck.CKA_PRIME, ck.CKA_SUBPRIME, ck.CKA_BASE:
@@ -357,6 +361,9 @@ func checkMaterial(m map[uint64][]byte, class, kt uint64) error {
 			if class == ck.CKO_PRIVATE_KEY && len(m[ck.CKA_VALUE]) == 0 {
 				return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 			}
+		}
+		if slices.Contains(pqcKeys, kt) {
+			return mech.CompletePQCKey(class, kt, m)
 		}
 		if kt == ck.CKK_DSA {
 			for _, t := range []uint64{ck.CKA_PRIME, ck.CKA_SUBPRIME, ck.CKA_BASE, ck.CKA_VALUE} {
