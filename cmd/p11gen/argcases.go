@@ -19,7 +19,7 @@ import (
 func genArgCases(e *emitter) error {
 	e.p("#include \"test.h\"")
 	e.p("")
-	e.p("void hsm_argcases(CK_FUNCTION_LIST_3_0 *f, int phase)")
+	e.p("void hsm_argcases(CK_FUNCTION_LIST_3_2 *f, int phase)")
 	e.p("{")
 	e.p("\tCK_RV rv;")
 	for _, c := range forwarded() {

@@ -4,8 +4,8 @@
 // generated from it at build time (cmd/p11gen). Nothing else describes the
 // shape of a call, so the two sides cannot drift apart.
 //
-// Every function of the PKCS#11 2.40 function list and the 3.0 additions is
-// listed, in function-list order. A call is one of:
+// Every function of the PKCS#11 2.40 function list, the 3.0 additions and
+// the 3.2 additions is listed, in function-list order. A call is one of:
 //   - forwarded: the module marshals its arguments, the daemon answers;
 //   - local: the module answers itself (C_Initialize, C_GetInfo, ...);
 //   - unsupported: the module answers CKR_FUNCTION_NOT_SUPPORTED (none
@@ -114,7 +114,7 @@ type Call struct {
 	ID      uint32 // wire call number; stable forever
 	Name    string
 	Mode    Mode
-	Version int // 2 for the 2.40 list, 3 for the 3.0 additions
+	Version int // 2 for the 2.40 list, 3 for the 3.0 additions, 4 for the 3.2 ones
 	Args    []Arg
 }
 
@@ -147,7 +147,9 @@ func aeadParam(out bool) Arg {
 // travels as bytes, for the daemon to refuse.
 func sigParam() Arg { return Arg{Name: "parameter", Kind: MsgParam} }
 
-// Table lists every function, in CK_FUNCTION_LIST_3_0 order.
+// Table lists every function, in CK_FUNCTION_LIST_3_2 order (which
+// begins with CK_FUNCTION_LIST_3_0's, which begins with
+// CK_FUNCTION_LIST's).
 var Table = []Call{
 	{1, "C_Initialize", Local, 2, []Arg{{Name: "initArgs", Kind: Ignored, CType: "CK_VOID_PTR"}}},
 	{2, "C_Finalize", Local, 2, []Arg{{Name: "reserved", Kind: Ignored, CType: "CK_VOID_PTR"}}},
@@ -246,6 +248,25 @@ var Table = []Call{
 	{90, "C_VerifyMessageBegin", Forwarded, 3, []Arg{sess(), sigParam()}},
 	{91, "C_VerifyMessageNext", Forwarded, 3, []Arg{sess(), sigParam(), in("data"), in("signature")}},
 	{92, "C_MessageVerifyFinal", Forwarded, 3, []Arg{sess()}},
+
+	// PKCS#11 3.2 additions, in CK_FUNCTION_LIST_3_2 order (3.2 §5:
+	// "Key management functions", "Functions for verifying signatures and
+	// MACs", "Session management functions", "Asynchronous function
+	// management functions"). The asynchronous functions are the module's
+	// own: hsmemu runs every call synchronously, so they answer
+	// CKR_FUNCTION_NOT_SUPPORTED there.
+	{93, "C_EncapsulateKey", Forwarded, 4, []Arg{sess(), mech(), key("publicKey"), tmpl("template"), out("ciphertext"), outU("key", "CK_OBJECT_HANDLE")}},
+	{94, "C_DecapsulateKey", Forwarded, 4, []Arg{sess(), mech(), key("privateKey"), tmpl("template"), in("ciphertext"), outU("key", "CK_OBJECT_HANDLE")}},
+	{95, "C_VerifySignatureInit", Forwarded, 4, []Arg{sess(), mech(), key("key"), in("signature")}},
+	{96, "C_VerifySignature", Forwarded, 4, []Arg{sess(), in("data")}},
+	{97, "C_VerifySignatureUpdate", Forwarded, 4, []Arg{sess(), in("part")}},
+	{98, "C_VerifySignatureFinal", Forwarded, 4, []Arg{sess()}},
+	{99, "C_GetSessionValidationFlags", Forwarded, 4, []Arg{sess(), u("type", "CK_SESSION_VALIDATION_FLAGS_TYPE"), outU("flags", "CK_FLAGS")}},
+	{100, "C_AsyncComplete", Local, 4, nil},
+	{101, "C_AsyncGetID", Local, 4, nil},
+	{102, "C_AsyncJoin", Local, 4, nil},
+	{103, "C_WrapKeyAuthenticated", Forwarded, 4, []Arg{sess(), mech(), key("wrappingKey"), key("key"), in("associatedData"), out("wrappedKey")}},
+	{104, "C_UnwrapKeyAuthenticated", Forwarded, 4, []Arg{sess(), mech(), key("unwrappingKey"), in("wrappedKey"), tmpl("template"), in("associatedData"), outU("key", "CK_OBJECT_HANDLE")}},
 }
 
 // ByID returns the call with wire number id.

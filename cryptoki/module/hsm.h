@@ -452,6 +452,8 @@ void hsm_defer_forget_failed(uint64_t session, unsigned kinds);
 
 extern CK_FUNCTION_LIST hsm_function_list;
 extern CK_FUNCTION_LIST_3_0 hsm_function_list_3_0;
+extern CK_FUNCTION_LIST_3_2 hsm_function_list_3_2;
 CK_RV hsm_GetInfo30(CK_INFO_PTR pInfo);
+CK_RV hsm_GetInfo32(CK_INFO_PTR pInfo);
 
 #endif /* HSMEMU_HSM_H */

@@ -59,10 +59,13 @@ HSM_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
 	return CKR_OK;
 }
 
-/* Both interfaces are fork-safe: after fork() the child gets
- * CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize (state.c). */
+/* Every interface is fork-safe: after fork() the child gets
+ * CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize (state.c). The
+ * first is the default: 3.0, which every 3.x client knows; a client that
+ * wants the 3.2 functions asks for version 3.2 (local32.c). */
 static CK_INTERFACE interfaces[] = {
 	{(void *)"PKCS 11", &hsm_function_list_3_0, CKF_INTERFACE_FORK_SAFE},
+	{(void *)"PKCS 11", &hsm_function_list_3_2, CKF_INTERFACE_FORK_SAFE},
 	{(void *)"PKCS 11", &hsm_function_list, CKF_INTERFACE_FORK_SAFE},
 };
 #define N_INTERFACES (sizeof interfaces / sizeof interfaces[0])
@@ -85,8 +88,8 @@ HSM_EXPORT CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_P
 }
 
 /* C_GetInterface (PKCS#11 3.0 §5.4): a NULL name means the default, "PKCS 11";
- * a NULL version the newest; the interface found must carry every flag asked
- * for. No match is CKR_ARGUMENTS_BAD. */
+ * a NULL version the default one (3.0, the first); the interface found must
+ * carry every flag asked for. No match is CKR_ARGUMENTS_BAD. */
 HSM_EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
 				CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags)
 {

@@ -190,6 +190,17 @@ var handlerOf = map[string]handler{
 	"C_VerifyMessageBegin":  msgBegin(msgVerify),
 	"C_VerifyMessageNext":   (*Engine).cVerifyMessageNext,
 	"C_MessageVerifyFinal":  msgFinal(msgVerify),
+
+	// The PKCS#11 3.2 additions (calls32.go).
+	"C_EncapsulateKey":            (*Engine).cEncapsulateKey,
+	"C_DecapsulateKey":            (*Engine).cDecapsulateKey,
+	"C_VerifySignatureInit":       (*Engine).cVerifySignatureInit,
+	"C_VerifySignature":           (*Engine).cVerifySignature,
+	"C_VerifySignatureUpdate":     signVerifyUpdate(opVerifySignature),
+	"C_VerifySignatureFinal":      (*Engine).cVerifySignatureFinal,
+	"C_GetSessionValidationFlags": (*Engine).cGetSessionValidationFlags,
+	"C_WrapKeyAuthenticated":      notSupported,
+	"C_UnwrapKeyAuthenticated":    notSupported,
 }
 
 // in is a byte-string argument; a NULL one reads as empty.

@@ -125,6 +125,15 @@ var tooLarge = map[string]uint64{
 	"C_VerifyFinal":   ck.CKR_SIGNATURE_LEN_RANGE,
 	"C_UnwrapKey":     ck.CKR_WRAPPED_KEY_LEN_RANGE,
 
+	// PKCS#11 3.2.
+	"C_DecapsulateKey":         ck.CKR_WRAPPED_KEY_LEN_RANGE,
+	"C_EncapsulateKey":         ck.CKR_DEVICE_MEMORY,
+	"C_VerifySignatureInit":    ck.CKR_SIGNATURE_LEN_RANGE,
+	"C_VerifySignature":        ck.CKR_DATA_LEN_RANGE,
+	"C_VerifySignatureUpdate":  ck.CKR_DATA_LEN_RANGE,
+	"C_WrapKeyAuthenticated":   ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_UnwrapKeyAuthenticated": ck.CKR_FUNCTION_NOT_SUPPORTED,
+
 	// The message-based calls, by their lists of return values: the
 	// Begins have no length code.
 	"C_EncryptMessage":      ck.CKR_DATA_LEN_RANGE,

@@ -27,6 +27,10 @@ const (
 	opDigest
 	opSign
 	opVerify
+	// opVerifySignature is a verification begun by C_VerifySignatureInit
+	// (PKCS#11 3.2), which takes the signature first: a kind of its own,
+	// beside a C_VerifyInit one.
+	opVerifySignature
 	opKinds
 )
 
@@ -48,6 +52,8 @@ type operation struct {
 	// needAuth: the key has CKA_ALWAYS_AUTHENTICATE, and the user has not
 	// yet given the PIN for this operation (C_Login, CKU_CONTEXT_SPECIFIC).
 	needAuth bool
+	// sig is the signature C_VerifySignatureInit gave.
+	sig []byte
 	// private: the key is private; the operation ends at logout.
 	private bool
 	// mem is the engine's operation budget, and charged what this
@@ -82,6 +88,8 @@ var funcOf = [opKinds]mech.Func{
 	opDigest:  mech.Digest,
 	opSign:    mech.Sign,
 	opVerify:  mech.Verify,
+
+	opVerifySignature: mech.Verify,
 }
 
 // cancelFlag is the C_SessionCancel flag that names each kind of operation.
@@ -91,6 +99,8 @@ var cancelFlag = [opKinds]uint64{
 	opDigest:  ck.CKF_DIGEST,
 	opSign:    ck.CKF_SIGN,
 	opVerify:  ck.CKF_VERIFY,
+
+	opVerifySignature: ck.CKF_VERIFY,
 }
 
 // sessionCancel is C_SessionCancel: it ends the session's operations the
@@ -136,6 +146,8 @@ var usage = [opKinds]uint64{
 	opDecrypt: ck.CKA_DECRYPT,
 	opSign:    ck.CKA_SIGN,
 	opVerify:  ck.CKA_VERIFY,
+
+	opVerifySignature: ck.CKA_VERIFY,
 }
 
 // needsContextLogin reports a private key that wants the PIN again for
@@ -224,7 +236,7 @@ func (e *Engine) opInit(ctx context.Context, app *App, h uint64, kind opKind, wm
 			op.cipher, err = m.Decrypt(k, wm)
 		case opSign:
 			op.signer, err = m.Sign(k, wm)
-		case opVerify:
+		case opVerify, opVerifySignature:
 			op.signer, err = m.Verify(k, wm)
 		}
 		op.needAuth = k.needsContextLogin()

@@ -148,6 +148,7 @@ static CK_RV app_unlock(CK_VOID_PTR m)
 
 static CK_FUNCTION_LIST *f2;
 static CK_FUNCTION_LIST_3_0 *f3;
+static CK_FUNCTION_LIST_3_2 *f32;
 
 static void test_exports(void *lib)
 {
@@ -177,17 +178,18 @@ static void test_lists(void *lib)
 
 	CHECK_RV(gil(NULL, NULL), CKR_ARGUMENTS_BAD, "C_GetInterfaceList(NULL, NULL)");
 	CHECK_RV(gil(NULL, &n), CKR_OK, "C_GetInterfaceList size");
-	check(n == 2, "two interfaces, got %lu", n);
-	n = 1;
+	check(n == 3, "three interfaces, got %lu", n);
+	n = 2;
 	CHECK_RV(gil(list, &n), CKR_BUFFER_TOO_SMALL, "C_GetInterfaceList short");
-	check(n == 2, "short buffer reports 2, got %lu", n);
+	check(n == 3, "short buffer reports 3, got %lu", n);
 	n = 4;
 	CHECK_RV(gil(list, &n), CKR_OK, "C_GetInterfaceList");
-	for (CK_ULONG i = 0; i < 2 && n == 2; i++) {
+	static const CK_VERSION versions[] = {{3, 0}, {3, 2}, {2, 40}};
+	for (CK_ULONG i = 0; i < 3 && n == 3; i++) {
 		CK_VERSION *v = list[i].pFunctionList;
 		check(strcmp((char *)list[i].pInterfaceName, "PKCS 11") == 0, "interface %lu name", i);
 		check(list[i].flags & CKF_INTERFACE_FORK_SAFE, "interface %lu is fork-safe", i);
-		check(v->major == (i == 0 ? 3 : 2), "interface %lu version", i);
+		check(v->major == versions[i].major && v->minor == versions[i].minor, "interface %lu version", i);
 	}
 
 	CHECK_RV(gi(NULL, NULL, NULL, 0), CKR_ARGUMENTS_BAD, "C_GetInterface(ppInterface NULL)");
@@ -220,12 +222,34 @@ static void test_lists(void *lib)
 		for (size_t j = 0; j < i; j++)
 			check(add[i] != add[j], "3.0 functions %zu and %zu differ", j, i);
 	}
-	CK_VERSION v240 = {2, 40}, v30 = {3, 0}, v31 = {3, 1};
+	CK_VERSION v240 = {2, 40}, v30 = {3, 0}, v31 = {3, 1}, v32 = {3, 2};
 	CHECK_RV(gi((CK_UTF8CHAR_PTR) "PKCS 11", &v240, &itf, 0), CKR_OK, "C_GetInterface 2.40");
 	check(itf->pFunctionList == (void *)f2, "2.40 interface is C_GetFunctionList's list");
 	CHECK_RV(gi(NULL, &v30, &itf, 0), CKR_OK, "C_GetInterface 3.0");
 	check(itf->pFunctionList == (void *)f3, "3.0 interface");
 	CHECK_RV(gi(NULL, &v31, &itf, 0), CKR_ARGUMENTS_BAD, "C_GetInterface 3.1");
+	CHECK_RV(gi((CK_UTF8CHAR_PTR) "PKCS 11", &v32, &itf, CKF_INTERFACE_FORK_SAFE), CKR_OK, "C_GetInterface 3.2");
+	f32 = itf->pFunctionList;
+	check(f32->version.major == 3 && f32->version.minor == 2, "3.2 interface says 3.2");
+	/* The 3.2 list is the 3.0 list, one for one (C_GetInfo apart), and 12
+	 * functions more, each its own. */
+	const fn *l32 = (const fn *)(const void *)&f32->C_Initialize;
+	size_t n30 = (sizeof *f3 - offsetof(CK_FUNCTION_LIST_3_0, C_Initialize)) / sizeof(fn);
+	for (size_t i = 0; i < n30; i++) {
+		if (i != (offsetof(CK_FUNCTION_LIST, C_GetInfo) - offsetof(CK_FUNCTION_LIST, C_Initialize)) / sizeof(fn))
+			check(l32[i] == l3[i], "3.0 function %zu is the 3.2 list's", i);
+	}
+	check(f32->C_GetInfo != f3->C_GetInfo, "the 3.2 list's C_GetInfo says its version");
+	const fn *add32 = (const fn *)(const void *)&f32->C_EncapsulateKey;
+	size_t n32 = (sizeof *f32 - offsetof(CK_FUNCTION_LIST_3_2, C_EncapsulateKey)) / sizeof(fn);
+	check(n32 == 12, "12 functions added in 3.2: %zu", n32);
+	for (size_t i = 0; i < n32; i++) {
+		check(add32[i] != NULL, "3.2 function %zu is there", i);
+		for (size_t j = 0; j < n30; j++)
+			check(add32[i] != l32[j], "3.2 function %zu is new", i);
+		for (size_t j = 0; j < i; j++)
+			check(add32[i] != add32[j], "3.2 functions %zu and %zu differ", j, i);
+	}
 	CHECK_RV(gi((CK_UTF8CHAR_PTR) "Vendor", NULL, &itf, 0), CKR_ARGUMENTS_BAD, "C_GetInterface Vendor");
 	CHECK_RV(gi(NULL, NULL, &itf, 0x2), CKR_ARGUMENTS_BAD, "C_GetInterface unknown flag");
 	check(f3->C_GetInterface == gi && f3->C_GetInterfaceList == gil, "3.0 list has the exports");
@@ -239,7 +263,9 @@ static void test_not_initialized(void)
 	CHECK_RV(f2->C_GetFunctionStatus(1), CKR_CRYPTOKI_NOT_INITIALIZED, "C_GetFunctionStatus before init");
 	CHECK_RV(f3->C_SignMessageBegin(1, NULL, 0), CKR_CRYPTOKI_NOT_INITIALIZED,
 		 "C_SignMessageBegin before init");
-	hsm_argcases(f3, 0);
+	hsm_argcases(f32, 0);
+	CHECK_RV(f32->C_AsyncGetID(1, (CK_UTF8CHAR_PTR) "C_Sign", NULL), CKR_CRYPTOKI_NOT_INITIALIZED,
+		 "C_AsyncGetID before init");
 }
 
 static void test_initialize(void)
@@ -307,6 +333,21 @@ static void test_info(void)
 	      "libraryDescription");
 	CHECK_RV(f3->C_GetInfo(&info), CKR_OK, "C_GetInfo 3.0");
 	check(info.cryptokiVersion.major == 3 && info.cryptokiVersion.minor == 0, "3.0 list says 3.0");
+	CHECK_RV(f32->C_GetInfo(&info), CKR_OK, "C_GetInfo 3.2");
+	check(info.cryptokiVersion.major == 3 && info.cryptokiVersion.minor == 2, "3.2 list says 3.2");
+	CHECK_RV(f32->C_GetInfo(NULL), CKR_ARGUMENTS_BAD, "C_GetInfo 3.2 (NULL)");
+	/* hsmemu runs every call synchronously: no asynchronous operation. */
+	CK_ASYNC_DATA ad;
+	CK_ULONG id;
+	CHECK_RV(f32->C_AsyncComplete(1, (CK_UTF8CHAR_PTR) "C_Sign", &ad), CKR_FUNCTION_NOT_SUPPORTED, "C_AsyncComplete");
+	CHECK_RV(f32->C_AsyncGetID(1, (CK_UTF8CHAR_PTR) "C_Sign", &id), CKR_FUNCTION_NOT_SUPPORTED, "C_AsyncGetID");
+	CHECK_RV(f32->C_AsyncJoin(1, (CK_UTF8CHAR_PTR) "C_Sign", 1, NULL, 0), CKR_FUNCTION_NOT_SUPPORTED, "C_AsyncJoin");
+	/* The 3.2 functions the daemon serves go to it: with none, no session
+	 * is valid. */
+	CK_FLAGS fl;
+	CHECK_RV(f32->C_GetSessionValidationFlags(1, CKS_LAST_VALIDATION_OK, &fl), CKR_SESSION_HANDLE_INVALID,
+		 "C_GetSessionValidationFlags");
+	CHECK_RV(f32->C_VerifySignature(1, NULL, 0), CKR_SESSION_HANDLE_INVALID, "C_VerifySignature");
 	CHECK_RV(f2->C_GetFunctionStatus(1), CKR_FUNCTION_NOT_PARALLEL, "C_GetFunctionStatus");
 	CHECK_RV(f2->C_CancelFunction(1), CKR_FUNCTION_NOT_PARALLEL, "C_CancelFunction");
 	/* The message-based functions go to the daemon: with none, no session
@@ -351,7 +392,7 @@ static void test_offline(void)
 	CHECK_RV(f2->C_Login(1, CKU_USER, (CK_UTF8CHAR_PTR) "1234", 4), CKR_SESSION_HANDLE_INVALID, "login");
 	CHECK_RV(f2->C_WaitForSlotEvent(CKF_DONT_BLOCK, slots, NULL), CKR_NO_EVENT, "wait, not blocking");
 	CHECK_RV(f2->C_WaitForSlotEvent(0, slots, NULL), CKR_FUNCTION_NOT_SUPPORTED, "wait, blocking");
-	hsm_argcases(f3, 1);
+	hsm_argcases(f32, 1);
 }
 
 /* Arguments checked while encoding, below the generated NULL checks. */

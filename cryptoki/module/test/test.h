@@ -25,6 +25,6 @@ void t_reset(void);
 void argcase_expect(CK_RV got, CK_RV want, const char *what);
 
 /* hsm_argcases runs every forwarded call (generated). */
-void hsm_argcases(CK_FUNCTION_LIST_3_0 *f, int phase);
+void hsm_argcases(CK_FUNCTION_LIST_3_2 *f, int phase);
 
 #endif

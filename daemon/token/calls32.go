@@ -1,0 +1,192 @@
+package token
+
+import (
+	"bytes"
+	"context"
+	"errors"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
+	"hsmemu/daemon/mech"
+)
+
+// The calls PKCS#11 3.2 adds: key encapsulation (C_EncapsulateKey,
+// C_DecapsulateKey), verification with the signature first
+// (C_VerifySignatureInit and kin), and C_GetSessionValidationFlags. The
+// authenticated wrapping calls are not served yet
+// (CKR_FUNCTION_NOT_SUPPORTED); the asynchronous ones are the module's.
+
+func (e *Engine) cEncapsulateKey(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	t, err := templ(a.Template(3))
+	if err != nil {
+		return err
+	}
+	return e.encapsulateKey(ctx, app, a.Ulong(0), a.Mechanism(1), a.Ulong(2), t, a.Out(4), r)
+}
+
+func (e *Engine) cDecapsulateKey(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	return newObject(3, r, a, func(t []attr) (uint64, error) {
+		return e.decapsulateKey(ctx, app, a.Ulong(0), a.Mechanism(1), a.Ulong(2), t, in(a, 4))
+	})
+}
+
+// kemTemplate checks the template of the key a KEM makes: a secret key,
+// a generic secret unless it says otherwise, whose value is the shared
+// secret. Like an unwrapped key, it was never only the token's
+// (C_EncapsulateKey: CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE
+// false, CKA_LOCAL false).
+func kemTemplate(tmpl []attr, so bool, pol policy) (map[uint64][]byte, uint64, uint64, error) {
+	m, class, kt, err := checkTemplate(tmpl, so, pol.legacy(), originUnwrap, ck.CKO_SECRET_KEY, noKeyType)
+	if errors.Is(err, ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)) {
+		tmpl = append(tmpl, attr{Type: ck.CKA_KEY_TYPE, Value: ulong(ck.CKK_GENERIC_SECRET)})
+		m, class, kt, err = checkTemplate(tmpl, so, pol.legacy(), originUnwrap, ck.CKO_SECRET_KEY, noKeyType)
+	}
+	return m, class, kt, err
+}
+
+// kemKey completes the new key with the shared secret: a template's
+// CKA_VALUE_LEN must be the secret's length (ML-KEM's secrets are 32
+// bytes, an AES-256 key).
+func kemKey(m map[uint64][]byte, class, kt uint64, secret []byte, pol policy) error {
+	if v, ok := m[ck.CKA_VALUE_LEN]; ok && ulongOf(v) != uint64(len(secret)) {
+		return ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
+	}
+	delete(m, ck.CKA_VALUE_LEN)
+	m[ck.CKA_VALUE] = secret
+	return completeObject(m, class, kt, originUnwrap, 0, nil, pol)
+}
+
+// encapsulateKey is C_EncapsulateKey. A NULL or short ciphertext buffer
+// asks for the length only: no key is made (the handle returned is
+// CK_INVALID_HANDLE).
+func (e *Engine) encapsulateKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, pubHandle uint64, tmpl []attr, out wire.OutSpec, r *wire.Results) error {
+	s, err := app.session(h)
+	if err != nil {
+		return err
+	}
+	pol, err := e.tierOf(ctx, s)
+	if err != nil {
+		return err
+	}
+	mc, ok := pol.mechs.Get(wm.Type)
+	if !ok || !mc.Does(mech.Encapsulate) {
+		return ck.Error(ck.CKR_MECHANISM_INVALID)
+	}
+	pub, err := e.useKey(ctx, app, s, pubHandle, mc, wm.Type, ck.CKA_ENCAPSULATE)
+	if err != nil {
+		return err
+	}
+	m, class, kt, err := kemTemplate(tmpl, app.isSO(s), pol)
+	if err != nil {
+		return err
+	}
+	n, err := mc.CiphertextLen(pub)
+	if err != nil {
+		return err
+	}
+	if !out.Present || out.Capacity < uint64(n) {
+		rv := r.OutBytes(out, make([]byte, n))
+		r.Ulong(0) // CK_INVALID_HANDLE
+		return ck.Err(rv)
+	}
+	ct, secret, err := mc.Encapsulate(pub, wm)
+	if err != nil {
+		return err
+	}
+	if err := kemKey(m, class, kt, secret, pol); err != nil {
+		return err
+	}
+	k, err := e.keep(ctx, app, s, "encapsulate", m, class, kt)
+	if err != nil {
+		return err
+	}
+	r.OutBytes(out, ct)
+	r.Ulong(k)
+	return nil
+}
+
+// decapsulateKey is C_DecapsulateKey.
+func (e *Engine) decapsulateKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, privHandle uint64, tmpl []attr, ct []byte) (uint64, error) {
+	s, err := app.session(h)
+	if err != nil {
+		return 0, err
+	}
+	pol, err := e.tierOf(ctx, s)
+	if err != nil {
+		return 0, err
+	}
+	mc, ok := pol.mechs.Get(wm.Type)
+	if !ok || !mc.Does(mech.Decapsulate) {
+		return 0, ck.Error(ck.CKR_MECHANISM_INVALID)
+	}
+	priv, err := e.useKey(ctx, app, s, privHandle, mc, wm.Type, ck.CKA_DECAPSULATE)
+	if err != nil {
+		return 0, wrappingErr(err, ck.CKR_UNWRAPPING_KEY_HANDLE_INVALID, ck.CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT)
+	}
+	if priv.needsContextLogin() {
+		return 0, ck.Error(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
+	}
+	m, class, kt, err := kemTemplate(tmpl, app.isSO(s), pol)
+	if err != nil {
+		return 0, err
+	}
+	secret, err := mc.Decapsulate(priv, wm, ct)
+	if err != nil {
+		return 0, err
+	}
+	if err := kemKey(m, class, kt, secret, pol); err != nil {
+		return 0, err
+	}
+	return e.keep(ctx, app, s, "decapsulate", m, class, kt)
+}
+
+func (e *Engine) cVerifySignatureInit(ctx context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	h := a.Ulong(0)
+	if err := e.opInit(ctx, app, h, opVerifySignature, a.Mechanism(1), a.Ulong(2)); err != nil {
+		return err
+	}
+	sig := bytes.Clone(in(a, 3))
+	return withOp(app, h, opVerifySignature, func(op *operation) (bool, error) {
+		op.sig = sig
+		return false, nil
+	})
+}
+
+// cVerifySignature is C_VerifySignature: the data in one part, checked
+// against the signature C_VerifySignatureInit gave. It ends the
+// operation, whatever the outcome.
+func (e *Engine) cVerifySignature(_ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	data := in(a, 1)
+	return withOp(app, a.Ulong(0), opVerifySignature, func(op *operation) (bool, error) {
+		if op.parts {
+			return true, ck.Error(ck.CKR_OPERATION_ACTIVE)
+		}
+		if err := op.signer.Update(data); err != nil {
+			return true, err
+		}
+		return true, op.signer.Verify(op.sig)
+	})
+}
+
+func (e *Engine) cVerifySignatureFinal(_ context.Context, app *App, a *wire.Args, _ *wire.Results) error {
+	return withOp(app, a.Ulong(0), opVerifySignature, func(op *operation) (bool, error) {
+		if op.singlePart() {
+			return true, ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED)
+		}
+		return true, op.signer.Verify(op.sig)
+	})
+}
+
+// cGetSessionValidationFlags: hsmemu's operations are not validated
+// (no FIPS 140 or Common Criteria validation stands behind them), so
+// CKS_LAST_VALIDATION_OK is never set.
+func (e *Engine) cGetSessionValidationFlags(_ context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	if _, err := app.session(a.Ulong(0)); err != nil {
+		return err
+	}
+	if a.Ulong(1) != ck.CKS_LAST_VALIDATION_OK {
+		return ck.Error(ck.CKR_ARGUMENTS_BAD)
+	}
+	r.Ulong(0)
+	return nil
+}
