@@ -146,6 +146,9 @@ var Attrs = map[uint64]AttrKind{
 	0x302:      AttrBool,     // CKA_HAS_RESET
 	0x500:      AttrUlong,    // CKA_MECHANISM_TYPE
 	0x601:      AttrUlong,    // CKA_PROFILE_ID
+	0x61D:      AttrUlong,    // CKA_PARAMETER_SET (3.2)
+	0x633:      AttrBool,     // CKA_ENCAPSULATE (3.2)
+	0x634:      AttrBool,     // CKA_DECAPSULATE (3.2)
 	0x40000211: AttrTemplate, // CKA_WRAP_TEMPLATE
 	0x40000212: AttrTemplate, // CKA_UNWRAP_TEMPLATE
 	0x40000213: AttrTemplate, // CKA_DERIVE_TEMPLATE

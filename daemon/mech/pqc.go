@@ -1,6 +1,8 @@
 package mech
 
 import (
+	"bytes"
+
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 )
@@ -93,7 +95,9 @@ func signContext(m *wire.Mechanism, hashed bool) (sigContext, error) {
 	default:
 		return sigContext{}, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
-	out.ctx = p.Context
+	// A copy: the parameter points into the request's buffer, which the
+	// next request reuses, and the operation outlives it.
+	out.ctx = bytes.Clone(p.Context)
 	return out, nil
 }
 
