@@ -473,8 +473,8 @@ func TestSLHDSA(t *testing.T) {
 func TestPQCSizes(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		kt, set             uint64
-		name                string
+		kt, set            uint64
+		name               string
 		pub, priv, sigOrCT int
 	}{
 		{ck.CKK_ML_KEM, ck.CKP_ML_KEM_512, "ML-KEM-512", 800, 1632, 768},
