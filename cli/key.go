@@ -4,7 +4,9 @@ import (
 	"cmp"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -385,6 +387,12 @@ func printKey(w io.Writer, k adminapi.Key) {
 	fmt.Fprintf(tw, "type:\t%s\n", k.KeyType)
 	if k.Bits > 0 {
 		fmt.Fprintf(tw, "bits:\t%d\n", k.Bits)
+	}
+	if k.ParameterSet != "" {
+		fmt.Fprintf(tw, "parameter set:\t%s\n", k.ParameterSet)
+		for _, name := range slices.Sorted(maps.Keys(k.Sizes)) {
+			fmt.Fprintf(tw, "%s bytes:\t%d\n", name, k.Sizes[name])
+		}
 	}
 	fmt.Fprintf(tw, "label:\t%s\n", k.Label)
 	fmt.Fprintf(tw, "id:\t%s\n", k.ID)

@@ -34,6 +34,7 @@ type keySpec struct {
 	keyType uint64
 	bits    int    // AES, generic secret, RSA
 	params  []byte // EC, Edwards: CKA_EC_PARAMS
+	set     uint64 // ML-KEM, ML-DSA, SLH-DSA: CKA_PARAMETER_SET
 	usage   []string
 }
 
@@ -50,6 +51,23 @@ var keyTypes = map[string]keySpec{
 	"ec-p384":     {mech: ck.CKM_EC_KEY_PAIR_GEN, keyType: ck.CKK_EC, params: mech.ECParams("P-384"), usage: []string{"sign", "verify"}},
 	"ec-p521":     {mech: ck.CKM_EC_KEY_PAIR_GEN, keyType: ck.CKK_EC, params: mech.ECParams("P-521"), usage: []string{"sign", "verify"}},
 	"ed25519":     {mech: ck.CKM_EC_EDWARDS_KEY_PAIR_GEN, keyType: ck.CKK_EC_EDWARDS, params: mech.ECParams("Ed25519"), usage: []string{"sign", "verify"}},
+
+	// The post-quantum keys (PKCS#11 3.2). An ML-KEM pair encapsulates
+	// and decapsulates (CKA_ENCAPSULATE, CKA_DECAPSULATE), nothing else.
+	"ml-kem-512":  {mech: ck.CKM_ML_KEM_KEY_PAIR_GEN, keyType: ck.CKK_ML_KEM, set: ck.CKP_ML_KEM_512},
+	"ml-kem-768":  {mech: ck.CKM_ML_KEM_KEY_PAIR_GEN, keyType: ck.CKK_ML_KEM, set: ck.CKP_ML_KEM_768},
+	"ml-kem-1024": {mech: ck.CKM_ML_KEM_KEY_PAIR_GEN, keyType: ck.CKK_ML_KEM, set: ck.CKP_ML_KEM_1024},
+	"ml-dsa-44":   {mech: ck.CKM_ML_DSA_KEY_PAIR_GEN, keyType: ck.CKK_ML_DSA, set: ck.CKP_ML_DSA_44, usage: []string{"sign", "verify"}},
+	"ml-dsa-65":   {mech: ck.CKM_ML_DSA_KEY_PAIR_GEN, keyType: ck.CKK_ML_DSA, set: ck.CKP_ML_DSA_65, usage: []string{"sign", "verify"}},
+	"ml-dsa-87":   {mech: ck.CKM_ML_DSA_KEY_PAIR_GEN, keyType: ck.CKK_ML_DSA, set: ck.CKP_ML_DSA_87, usage: []string{"sign", "verify"}},
+}
+
+// The twelve SLH-DSA sets: slh-dsa-sha2-128s to slh-dsa-shake-256f.
+func init() {
+	for set := uint64(ck.CKP_SLH_DSA_SHA2_128S); set <= ck.CKP_SLH_DSA_SHAKE_256F; set++ {
+		name := strings.ToLower(mech.PQCSetName(ck.CKK_SLH_DSA, set))
+		keyTypes[name] = keySpec{mech: ck.CKM_SLH_DSA_KEY_PAIR_GEN, keyType: ck.CKK_SLH_DSA, set: set, usage: []string{"sign", "verify"}}
+	}
 }
 
 // KeyTypeNames lists the types `key generate` takes.
@@ -191,6 +209,8 @@ func (a *call) keyGenerate(ctx context.Context, args adminapi.KeyGenerate) ([]ad
 		case ck.CKK_RSA:
 			public = append(public, keystore.Attribute{Type: ck.CKA_MODULUS_BITS, Value: keystore.Ulong(uint64(spec.bits))},
 				keystore.Attribute{Type: ck.CKA_PUBLIC_EXPONENT, Value: []byte{1, 0, 1}})
+		case ck.CKK_ML_KEM, ck.CKK_ML_DSA, ck.CKK_SLH_DSA:
+			public = append(public, keystore.Attribute{Type: ck.CKA_PARAMETER_SET, Value: keystore.Ulong(spec.set)})
 		default:
 			public = append(public, keystore.Attribute{Type: ck.CKA_EC_PARAMS, Value: spec.params})
 		}

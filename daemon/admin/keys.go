@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/pem"
@@ -260,6 +259,12 @@ func keyTypeName(kt uint64) string {
 		return "EC"
 	case ck.CKK_EC_EDWARDS:
 		return "EC-Edwards"
+	case ck.CKK_ML_KEM:
+		return "ML-KEM"
+	case ck.CKK_ML_DSA:
+		return "ML-DSA"
+	case ck.CKK_SLH_DSA:
+		return "SLH-DSA"
 	}
 	return fmt.Sprintf("0x%x", kt)
 }
@@ -270,6 +275,15 @@ func publicKeyOf(o *token.Object) (crypto.PublicKey, error) {
 		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "a %s key has no public half", keyTypeName(o.KeyType()))
 	}
 	return mech.PublicKey(o)
+}
+
+// publicKeyInfo is a key's public half as a DER SubjectPublicKeyInfo, for
+// asymmetric keys (the post-quantum ones with the OIDs NIST assigned).
+func publicKeyInfo(o *token.Object) ([]byte, error) {
+	if o.Class() == ck.CKO_SECRET_KEY {
+		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "a %s key has no public half", keyTypeName(o.KeyType()))
+	}
+	return mech.PublicKeyInfo(o)
 }
 
 // boolAttrs are the flags `key show` prints, by name.
@@ -356,13 +370,20 @@ func describe(ti keystore.TokenInfo, f found, full bool) adminapi.Key {
 			out.Usage = append(out.Usage, a.name)
 		}
 	}
-	if pub, err := publicKeyOf(o); err == nil {
-		if der, err := x509.MarshalPKIXPublicKey(pub); err == nil {
-			sum := sha256.Sum256(der)
-			out.Fingerprint = "sha256:" + hex.EncodeToString(sum[:])
-			if full {
-				out.PublicPEM = string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
-			}
+	if name, pub, priv, sigOrCT, ok := mech.PQCSizes(o); ok {
+		out.ParameterSet = name
+		out.Sizes = map[string]int{"public-key": pub, "private-key": priv}
+		if o.KeyType() == ck.CKK_ML_KEM {
+			out.Sizes["ciphertext"] = sigOrCT
+		} else {
+			out.Sizes["signature"] = sigOrCT
+		}
+	}
+	if der, err := publicKeyInfo(o); err == nil {
+		sum := sha256.Sum256(der)
+		out.Fingerprint = "sha256:" + hex.EncodeToString(sum[:])
+		if full {
+			out.PublicPEM = string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
 		}
 	}
 	if full {
@@ -583,11 +604,7 @@ func (a *call) keyExportPublic(ctx context.Context, args adminapi.KeyRef) (*admi
 		if err != nil {
 			return err
 		}
-		pub, err := publicKeyOf(sel[0].obj)
-		if err != nil {
-			return err
-		}
-		der, err := x509.MarshalPKIXPublicKey(pub)
+		der, err := publicKeyInfo(sel[0].obj)
 		if err != nil {
 			return err
 		}

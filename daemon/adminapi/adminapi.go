@@ -420,6 +420,10 @@ type Key struct {
 	Protection  string   `json:"protection,omitempty"` // software or hsm; none for public keys
 	Usage       []string `json:"usage,omitempty"`
 	Fingerprint string   `json:"fingerprint,omitempty"` // sha256 of the public key's SubjectPublicKeyInfo
+	// ParameterSet and Sizes (in bytes: public-key, private-key, and
+	// signature or ciphertext) describe a post-quantum key.
+	ParameterSet string         `json:"parameter_set,omitempty"`
+	Sizes        map[string]int `json:"sizes,omitempty"`
 	// Attributes and PublicPEM come with show.
 	Attributes *KeyAttributes `json:"attributes,omitempty"`
 	PublicPEM  string         `json:"public_pem,omitempty"`

@@ -2,6 +2,13 @@ package mech
 
 import (
 	"bytes"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"slices"
+
+	"github.com/cloudflare/circl/kem"
+	"github.com/cloudflare/circl/sign"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
@@ -245,6 +252,13 @@ func PQCSizes(k Key) (name string, pub, priv, out int, ok bool) {
 	return "", 0, 0, 0, false
 }
 
+// PQCSetName names a post-quantum parameter set ("ML-DSA-65",
+// "SLH-DSA-SHA2-128s"); "" for one the token lacks.
+func PQCSetName(kt, set uint64) string {
+	name, _, _, _, _ := PQCSizes(&mapKey{kt: kt, m: map[uint64][]byte{ck.CKA_PARAMETER_SET: ulong(set)}})
+	return name
+}
+
 // mapKey is a key being created, as a mechanism reads it: its template.
 type mapKey struct {
 	class, kt uint64
@@ -258,3 +272,107 @@ func (k *mapKey) Attr(t uint64) ([]byte, bool) {
 	return v, ok
 }
 func (k *mapKey) Memo(_ string, parse func() (any, error)) (any, error) { return parse() }
+
+// The OIDs NIST assigned (Computer Security Objects Register): ML-DSA and
+// SLH-DSA under sigAlgs (2.16.840.1.101.3.4.3), ML-KEM under kems
+// (2.16.840.1.101.3.4.4). Their AlgorithmIdentifiers have no parameters,
+// as the IETF's X.509 profiles (RFC 9909 for SLH-DSA) give them.
+var (
+	nistSigAlgs = asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 3}
+	nistKEMs    = asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 4}
+)
+
+func nistOID(arc asn1.ObjectIdentifier, n int) asn1.ObjectIdentifier {
+	return append(slices.Clone(arc), n)
+}
+
+// slhdsaOIDs are the sigAlgs arcs of the SLH-DSA sets, by
+// CKA_PARAMETER_SET: SHA2-128s is 20, SHA2-128f 21, ..., SHAKE-256f 31.
+var slhdsaOIDs = map[uint64]int{
+	ck.CKP_SLH_DSA_SHA2_128S: 20, ck.CKP_SLH_DSA_SHA2_128F: 21,
+	ck.CKP_SLH_DSA_SHA2_192S: 22, ck.CKP_SLH_DSA_SHA2_192F: 23,
+	ck.CKP_SLH_DSA_SHA2_256S: 24, ck.CKP_SLH_DSA_SHA2_256F: 25,
+	ck.CKP_SLH_DSA_SHAKE_128S: 26, ck.CKP_SLH_DSA_SHAKE_128F: 27,
+	ck.CKP_SLH_DSA_SHAKE_192S: 28, ck.CKP_SLH_DSA_SHAKE_192F: 29,
+	ck.CKP_SLH_DSA_SHAKE_256S: 30, ck.CKP_SLH_DSA_SHAKE_256F: 31,
+}
+
+// pqcPublicBytes is a post-quantum key's public key, FIPS-encoded, and
+// the OID of its parameter set: a public key object's CKA_VALUE, or
+// computed from a private key object's material.
+func pqcPublicBytes(k Key) ([]byte, asn1.ObjectIdentifier, error) {
+	set, _ := parameterSet(k)
+	priv := k.Class() == ck.CKO_PRIVATE_KEY
+	switch k.KeyType() {
+	case ck.CKK_ML_DSA:
+		if _, ok := mldsaSets[set]; !ok {
+			return nil, nil, errKeyBroken
+		}
+		oid := nistOID(nistSigAlgs, 16+int(set)) // ML-DSA-44 is 17
+		if !priv {
+			return value(k), oid, nil
+		}
+		sk, err := mldsaPrivate(k)
+		if err != nil {
+			return nil, nil, err
+		}
+		pk, _ := sk.Public().(sign.PublicKey).MarshalBinary()
+		return pk, oid, nil
+	case ck.CKK_ML_KEM:
+		p, ok := mlkemSets[set]
+		if !ok {
+			return nil, nil, errKeyBroken
+		}
+		oid := nistOID(nistKEMs, int(set)) // ML-KEM-512 is 1
+		if !priv {
+			return value(k), oid, nil
+		}
+		var sk kem.PrivateKey
+		if seed, _ := k.Attr(ck.CKA_SEED); len(seed) == mlkemSeedLen {
+			_, sk = p.circl.DeriveKeyPair(seed)
+		} else if sk, _ = p.circl.UnmarshalBinaryPrivateKey(value(k)); sk == nil {
+			return nil, nil, errKeyBroken
+		}
+		pk, _ := sk.Public().MarshalBinary()
+		return pk, oid, nil
+	case ck.CKK_SLH_DSA:
+		arc, ok := slhdsaOIDs[set]
+		if !ok {
+			return nil, nil, errKeyBroken
+		}
+		oid := nistOID(nistSigAlgs, arc)
+		if !priv {
+			return value(k), oid, nil
+		}
+		sk, err := slhdsaPrivate(k)
+		if err != nil {
+			return nil, nil, err
+		}
+		pk, _ := sk.PublicKey().MarshalBinary()
+		return pk, oid, nil
+	}
+	return nil, nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
+}
+
+// PublicKeyInfo is an asymmetric key's public half as a DER
+// SubjectPublicKeyInfo: crypto/x509's encoding, and for the post-quantum
+// keys, which it lacks, the OID of the parameter set and the FIPS
+// encoding of the public key.
+func PublicKeyInfo(k Key) ([]byte, error) {
+	switch k.KeyType() {
+	case ck.CKK_ML_DSA, ck.CKK_ML_KEM, ck.CKK_SLH_DSA:
+		pk, oid, err := pqcPublicBytes(k)
+		if err != nil {
+			return nil, err
+		}
+		return asn1.Marshal(struct {
+			Algorithm pkix.AlgorithmIdentifier
+			PublicKey asn1.BitString
+		}{pkix.AlgorithmIdentifier{Algorithm: oid}, asn1.BitString{Bytes: pk, BitLength: 8 * len(pk)}})
+	}
+	pub, err := PublicKey(k)
+	if err != nil {
+		return nil, err
+	}
+	return x509.MarshalPKIXPublicKey(pub)
+}

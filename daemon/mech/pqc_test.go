@@ -3,6 +3,7 @@ package mech
 import (
 	"bytes"
 	"crypto/mlkem"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -491,5 +492,68 @@ func TestPQCSizes(t *testing.T) {
 	}
 	if _, _, _, _, ok := PQCSizes(pqcKey(t, ck.CKO_PUBLIC_KEY, ck.CKK_ML_DSA, 9, nil)); ok {
 		t.Error("an unknown set has sizes")
+	}
+}
+
+// TestPQCPublicKeyInfo: the SubjectPublicKeyInfo of an ML-DSA key is
+// Wycheproof's publicKeyDer byte for byte; a private key's is its public
+// key's; an ML-KEM one carries a key crypto/mlkem takes.
+func TestPQCPublicKeyInfo(t *testing.T) {
+	t.Parallel()
+	var v struct {
+		TestGroups []struct {
+			PublicKey    hexField `json:"publicKey"`
+			PublicKeyDer hexField `json:"publicKeyDer"`
+		} `json:"testGroups"`
+	}
+	for size, set := range mldsaFileSets {
+		if err := json.Unmarshal(mechtest.WycheproofFile(t, "mldsa_"+size+"_verify_test.json"), &v); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, g := range v.TestGroups {
+			pub := pqcKey(t, ck.CKO_PUBLIC_KEY, ck.CKK_ML_DSA, set, map[uint64][]byte{ck.CKA_VALUE: g.PublicKey})
+			if len(g.PublicKeyDer) == 0 || CompletePQCKey(ck.CKO_PUBLIC_KEY, ck.CKK_ML_DSA, pub.attrs) != nil {
+				continue
+			}
+			der, err := PublicKeyInfo(pub)
+			if err != nil || !bytes.Equal(der, g.PublicKeyDer) {
+				t.Errorf("ML-DSA-%s: %x, %v", size, der, err)
+			}
+			n++
+		}
+		if n == 0 {
+			t.Fatalf("ML-DSA-%s: no key", size)
+		}
+	}
+	for _, tc := range []struct{ gen, kt, set uint64 }{
+		{ck.CKM_ML_DSA_KEY_PAIR_GEN, ck.CKK_ML_DSA, ck.CKP_ML_DSA_87},
+		{ck.CKM_ML_KEM_KEY_PAIR_GEN, ck.CKK_ML_KEM, ck.CKP_ML_KEM_768},
+		{ck.CKM_SLH_DSA_KEY_PAIR_GEN, ck.CKK_SLH_DSA, ck.CKP_SLH_DSA_SHAKE_128F},
+	} {
+		pub, priv := genPQC(t, tc.gen, tc.kt, tc.set)
+		d1, err1 := PublicKeyInfo(pub)
+		d2, err2 := PublicKeyInfo(priv)
+		if err1 != nil || err2 != nil || !bytes.Equal(d1, d2) {
+			t.Errorf("%#x: the private key's public key differs: %v %v", tc.kt, err1, err2)
+		}
+		var spki struct {
+			Algorithm struct{ OID asn1.ObjectIdentifier }
+			PublicKey asn1.BitString
+		}
+		if rest, err := asn1.Unmarshal(d1, &spki); err != nil || len(rest) > 0 {
+			t.Fatal(err)
+		}
+		if tc.kt == ck.CKK_ML_KEM {
+			if !spki.Algorithm.OID.Equal(asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 4, 2}) {
+				t.Errorf("ML-KEM-768 OID %v", spki.Algorithm.OID)
+			}
+			if _, err := mlkem.NewEncapsulationKey768(spki.PublicKey.Bytes); err != nil {
+				t.Errorf("crypto/mlkem refuses the key: %v", err)
+			}
+		}
+		if tc.kt == ck.CKK_SLH_DSA && !spki.Algorithm.OID.Equal(asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 3, 27}) {
+			t.Errorf("SLH-DSA-SHAKE-128f OID %v", spki.Algorithm.OID)
+		}
 	}
 }
