@@ -32,6 +32,9 @@ type op struct {
 	output  bool
 	conv    string
 	prepare func(e *opEnv) (*prepared, error)
+	// bare, when set, makes the library call the op is compared with,
+	// measured in this process in the same runs (Report.Bare).
+	bare func() (func() error, error)
 }
 
 // The calling conventions of a call with an output buffer.
@@ -195,7 +198,7 @@ func signOp(gen func(e *opEnv) (object, object, error), mech uint, dataLen int) 
 		m := newMech(mech, nil)
 		return &prepared{
 			worker: func() (worker, error) {
-				data, sig := randomBytes(dataLen), make([]byte, 1024)
+				data, sig := randomBytes(dataLen), make([]byte, 8192)
 				return worker{do: func(s session) (bool, error) {
 					_, err := e.m.sign(s, m, sk, data, sig, e.twoCall)
 					return false, err

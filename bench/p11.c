@@ -27,6 +27,12 @@ int bm_load(const char *path, bm_module *m, char *err, size_t errlen)
 		dlclose(m->dl);
 		return -1;
 	}
+	m->f32 = NULL;
+	CK_C_GetInterface gi = (CK_C_GetInterface)dlsym(m->dl, "C_GetInterface");
+	CK_VERSION v32 = {3, 2};
+	CK_INTERFACE_PTR itf = NULL;
+	if (gi && gi((CK_UTF8CHAR_PTR) "PKCS 11", &v32, &itf, 0) == CKR_OK && itf)
+		m->f32 = itf->pFunctionList;
 	return 0;
 }
 
@@ -36,6 +42,23 @@ void bm_unload(bm_module *m)
 		dlclose(m->dl);
 	m->dl = NULL;
 	m->f = NULL;
+	m->f32 = NULL;
+}
+
+CK_RV bm_encapsulate(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_OBJECT_HANDLE pub, CK_ATTRIBUTE *t,
+		     CK_ULONG n, unsigned char *ct, CK_ULONG *ctlen, CK_OBJECT_HANDLE *key)
+{
+	if (!m->f32)
+		return CKR_FUNCTION_NOT_SUPPORTED;
+	return m->f32->C_EncapsulateKey(h, mech, pub, t, n, ct, ctlen, key);
+}
+
+CK_RV bm_decapsulate(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_OBJECT_HANDLE priv, CK_ATTRIBUTE *t,
+		     CK_ULONG n, unsigned char *ct, CK_ULONG ctlen, CK_OBJECT_HANDLE *key)
+{
+	if (!m->f32)
+		return CKR_FUNCTION_NOT_SUPPORTED;
+	return m->f32->C_DecapsulateKey(h, mech, priv, t, n, ct, ctlen, key);
 }
 
 CK_RV bm_initialize(bm_module *m)

@@ -1,6 +1,7 @@
 package bench
 
 /*
+#cgo CFLAGS: -I${SRCDIR}/../cryptoki/module
 #cgo pkg-config: p11-kit-1
 #cgo LDFLAGS: -ldl
 #include <stdlib.h>
@@ -448,6 +449,21 @@ func (m *module) loginLogout(s session, pin unsafe.Pointer, n int) error {
 
 func (m *module) generateDestroy(s session, mech mechanism, t *template) error {
 	return ok(C.bm_generate_destroy(&m.m, C.CK_SESSION_HANDLE(s), mech.p, t.p, t.n))
+}
+
+// encapsulate is C_EncapsulateKey (3.2) into a new key of template t.
+func (m *module) encapsulate(s session, mech mechanism, pub object, t *template, ct []byte) (int, object, error) {
+	n := C.CK_ULONG(len(ct))
+	var k C.CK_OBJECT_HANDLE
+	rv := C.bm_encapsulate(&m.m, C.CK_SESSION_HANDLE(s), mech.p, C.CK_OBJECT_HANDLE(pub), t.p, t.n, ptr(ct), &n, &k)
+	return int(n), object(k), ok(rv)
+}
+
+// decapsulate is C_DecapsulateKey (3.2).
+func (m *module) decapsulate(s session, mech mechanism, priv object, t *template, ct []byte) (object, error) {
+	var k C.CK_OBJECT_HANDLE
+	rv := C.bm_decapsulate(&m.m, C.CK_SESSION_HANDLE(s), mech.p, C.CK_OBJECT_HANDLE(priv), t.p, t.n, ptr(ct), C.CK_ULONG(len(ct)), &k)
+	return object(k), ok(rv)
 }
 
 func cBytes(b []byte) unsafe.Pointer { return C.CBytes(b) }

@@ -7,11 +7,15 @@
 #define HSMEMU_BENCH_P11_H
 
 #include <stddef.h>
-#include <p11-kit/pkcs11.h>
+/* p11-kit's header and the 3.0 and 3.2 declarations it lacks. */
+#include "p11compat.h"
 
+/* f32 is the module's 3.2 list (C_GetInterface, version 3.2), NULL when it
+ * has none: the key encapsulation ops need it. */
 typedef struct {
 	void *dl;
 	CK_FUNCTION_LIST_PTR f;
+	CK_FUNCTION_LIST_3_2 *f32;
 } bm_module;
 
 int bm_load(const char *path, bm_module *m, char *err, size_t errlen);
@@ -54,6 +58,11 @@ CK_RV bm_digest(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech,
 		unsigned char *data, CK_ULONG len, unsigned char *out, CK_ULONG *outlen, int twocall);
 CK_RV bm_random(bm_module *m, CK_SESSION_HANDLE h, unsigned char *out, CK_ULONG len);
 CK_RV bm_login_logout(bm_module *m, CK_SESSION_HANDLE h, const CK_UTF8CHAR *pin, CK_ULONG pinlen);
+/* PKCS#11 3.2: CKR_FUNCTION_NOT_SUPPORTED without a 3.2 list. */
+CK_RV bm_encapsulate(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_OBJECT_HANDLE pub, CK_ATTRIBUTE *t,
+		     CK_ULONG n, unsigned char *ct, CK_ULONG *ctlen, CK_OBJECT_HANDLE *key);
+CK_RV bm_decapsulate(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_OBJECT_HANDLE priv, CK_ATTRIBUTE *t,
+		     CK_ULONG n, unsigned char *ct, CK_ULONG ctlen, CK_OBJECT_HANDLE *key);
 CK_RV bm_generate_destroy(bm_module *m, CK_SESSION_HANDLE h, CK_MECHANISM *mech, CK_ATTRIBUTE *t, CK_ULONG n);
 
 /* A mechanism in C memory, its parameter copied; bm_mech_gcm makes

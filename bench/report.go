@@ -119,6 +119,9 @@ func tableNote(r Result) string {
 		if r.TLSRatio > 0 {
 			parts = append(parts, fmt.Sprintf("p50 %.2fx socket's + floor gap", r.TLSRatio))
 		}
+		if r.BareRatio > 0 {
+			parts = append(parts, fmt.Sprintf("p50 %.2fx bare call + round trip", r.BareRatio))
+		}
 		return strings.Join(parts, ", ")
 	case "unsupported":
 		return "unsupported: " + r.Reason
@@ -173,6 +176,14 @@ func WriteTable(w io.Writer, rep *Report) error {
 	if f := rep.TLSFloor; f != nil && f.Status == "ok" {
 		fmt.Fprintf(&b, "TLS floor: the same over TLS 1.3 on loopback TCP, p50 %s, p99 %s (%s/s)\n",
 			fmtDuration(time.Duration(f.P50)), fmtDuration(time.Duration(f.P99)), fmtRate(f.OpsPerS))
+	}
+	for _, r := range rep.Bare {
+		if r.Status == "ok" {
+			fmt.Fprintf(&b, "bare: %s's library call in this process, p50 %s, p99 %s (%s/s)\n", tableCell(r.Op),
+				fmtDuration(time.Duration(r.P50)), fmtDuration(time.Duration(r.P99)), fmtRate(r.OpsPerS))
+		} else {
+			fmt.Fprintf(&b, "bare: %s's library call %s: %s\n", tableCell(r.Op), r.Status, tableCell(r.Reason))
+		}
 	}
 	fmt.Fprintln(&b)
 

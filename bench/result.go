@@ -38,6 +38,10 @@ type Result struct {
 	// the TLS floor's p50 less the socket floor's. Concurrency 1 only.
 	Remote   bool    `json:"remote,omitempty"`
 	TLSRatio float64 `json:"tls_ratio,omitempty"`
+	// BareRatio is P50 over the bare library call's p50 plus one socket
+	// round trip's, for the ops that have a bare call (bench/pqc.go).
+	// Concurrency 1 only.
+	BareRatio float64 `json:"bare_ratio,omitempty"`
 
 	cells []Cell
 }
@@ -71,8 +75,11 @@ type Report struct {
 	Floor *Result `json:"floor,omitempty"`
 	// TLSFloor, when a module reaches its daemon over TLS, is the same
 	// request and reply over TLS 1.3 on loopback TCP to another process.
-	TLSFloor *Result  `json:"tls_floor,omitempty"`
-	Results  []Result `json:"results"`
+	TLSFloor *Result `json:"tls_floor,omitempty"`
+	// Bare are the library calls the post-quantum ops are compared with,
+	// measured in this process in the same runs.
+	Bare    []Result `json:"bare,omitempty"`
+	Results []Result `json:"results"`
 }
 
 // SetupNote records something the harness did before measuring, such as

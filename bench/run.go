@@ -245,6 +245,7 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 			rep.TLSFloor = &Result{Op: "tls-roundtrip", Module: "(bare TLS 1.3 over loopback TCP)", Concurrency: 1, Status: "ok"}
 		}
 	}
+	bare := startBare(sel)
 	for g, group := range [][]*op{first, last} {
 		for run := 0; run < opt.Runs; run++ {
 			if g == 0 {
@@ -261,6 +262,9 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 					} else {
 						rep.TLSFloor.addCell(cell)
 					}
+				}
+				for _, b := range bare {
+					b.measure(opt)
 				}
 			}
 			for _, o := range group {
@@ -313,6 +317,11 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 		setFloorRatios(rep.Results, rep.TLSFloor, calls, true)
 		setTLSRatios(rep.Results, rep.Floor, rep.TLSFloor, calls)
 	}
+	for _, b := range bare {
+		summarize(b.res)
+		rep.Bare = append(rep.Bare, *b.res)
+	}
+	setBareRatios(rep.Results, rep.Bare, rep.Floor)
 	return rep, nil
 }
 

@@ -128,8 +128,8 @@ func TestOpsTable(t *testing.T) {
 	if ops[len(ops)-1].name != "login" {
 		t.Fatal("login is not the last op")
 	}
-	if len(ops) != 13 {
-		t.Fatalf("%d ops, want the 13 the harness promises", len(ops))
+	if len(ops) != 18 {
+		t.Fatalf("%d ops, want the 18 the harness promises", len(ops))
 	}
 }
 

@@ -245,7 +245,7 @@ func completeObject(m map[uint64][]byte, class, kt uint64, org origin, mech uint
 			}
 		}
 	}
-	if err := checkMaterial(m, class, kt); err != nil {
+	if err := checkMaterial(m, class, kt, org); err != nil {
 		return err
 	}
 	fillDefaults(m, class, kt)
@@ -298,7 +298,7 @@ func fillDefaults(m map[uint64][]byte, class, kt uint64) {
 }
 
 // checkMaterial checks what the class and key type demand of the values.
-func checkMaterial(m map[uint64][]byte, class, kt uint64) error {
+func checkMaterial(m map[uint64][]byte, class, kt uint64, org origin) error {
 	switch class {
 	case ck.CKO_CERTIFICATE:
 		if ulongOf(m[ck.CKA_CERTIFICATE_TYPE]) != ck.CKC_X_509 {
@@ -363,6 +363,11 @@ func checkMaterial(m map[uint64][]byte, class, kt uint64) error {
 			}
 		}
 		if slices.Contains(pqcKeys, kt) {
+			if org == originGenerate {
+				// The mechanism made it whole: parsing it again would
+				// double a generation's cost.
+				return nil
+			}
 			return mech.CompletePQCKey(class, kt, m)
 		}
 		if kt == ck.CKK_DSA {
