@@ -177,7 +177,9 @@ func TestAdminPQCKeys(t *testing.T) {
 	}
 	var back []adminapi.Key
 	if err := a.Call(adminapi.OpKeyRestore, adminapi.KeyRestore{Token: "std", UserPIN: user, Blob: bk.Blob}, &back); err != nil || len(back) != 2 ||
-		!slices.ContainsFunc(back, func(k adminapi.Key) bool { return k.Fingerprint == soft[0].Fingerprint && k.ParameterSet == "ML-KEM-1024" }) {
+		!slices.ContainsFunc(back, func(k adminapi.Key) bool {
+			return k.Fingerprint == soft[0].Fingerprint && k.ParameterSet == "ML-KEM-1024"
+		}) {
 		t.Fatalf("restore: %+v %v", back, err)
 	}
 }
