@@ -433,6 +433,9 @@ func TestSLHDSA(t *testing.T) {
 	t.Parallel()
 	for set := uint64(ck.CKP_SLH_DSA_SHA2_128S); set <= ck.CKP_SLH_DSA_SHAKE_256F; set++ {
 		t.Run(fmt.Sprint(set), func(t *testing.T) {
+			if raceEnabled && set > ck.CKP_SLH_DSA_SHAKE_128F {
+				t.Skip("the 192- and 256-bit sets are too slow under the race detector; they run without it")
+			}
 			t.Parallel()
 			pub, priv := genPQC(t, ck.CKM_SLH_DSA_KEY_PAIR_GEN, ck.CKK_SLH_DSA, set)
 			other := uint64(ck.CKP_SLH_DSA_SHAKE_128F)
@@ -500,13 +503,13 @@ func TestPQCSizes(t *testing.T) {
 // key's; an ML-KEM one carries a key crypto/mlkem takes.
 func TestPQCPublicKeyInfo(t *testing.T) {
 	t.Parallel()
-	var v struct {
-		TestGroups []struct {
-			PublicKey    hexField `json:"publicKey"`
-			PublicKeyDer hexField `json:"publicKeyDer"`
-		} `json:"testGroups"`
-	}
 	for size, set := range mldsaFileSets {
+		var v struct {
+			TestGroups []struct {
+				PublicKey    hexField `json:"publicKey"`
+				PublicKeyDer hexField `json:"publicKeyDer"`
+			} `json:"testGroups"`
+		}
 		if err := json.Unmarshal(mechtest.WycheproofFile(t, "mldsa_"+size+"_verify_test.json"), &v); err != nil {
 			t.Fatal(err)
 		}
