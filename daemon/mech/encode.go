@@ -168,6 +168,8 @@ func EncodeKey(k Key) ([]byte, error) {
 				return nil, ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
 			}
 			priv, err = x25519Private(k)
+		case ck.CKK_ML_DSA, ck.CKK_ML_KEM, ck.CKK_SLH_DSA:
+			return encodePQCPrivate(k)
 		default:
 			return nil, ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
 		}
@@ -191,6 +193,15 @@ func DecodeKey(plain []byte, class, kt uint64, tmpl map[uint64][]byte) (map[uint
 		}
 		return map[uint64][]byte{ck.CKA_VALUE: v}, nil
 	case ck.CKO_PRIVATE_KEY:
+		if add, gotType, ok, err := decodePQCPrivate(plain); ok {
+			if err != nil {
+				return nil, err
+			}
+			if gotType != kt {
+				return nil, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
+			}
+			return add, nil
+		}
 		priv, err := x509.ParsePKCS8PrivateKey(plain)
 		if err != nil {
 			return nil, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)

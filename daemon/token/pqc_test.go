@@ -295,3 +295,28 @@ func TestPQCPremium(t *testing.T) {
 		t.Errorf("signature of %d bytes", len(sig))
 	}
 }
+
+// TestPQCWrap: on a standard token an extractable ML-DSA private key
+// wraps under AES-KWP and unwraps into a key that signs for the same
+// public key; unwrapped as another key type it is refused.
+func TestPQCWrap(t *testing.T) {
+	t.Parallel()
+	s := newAsymSession(t)
+	h := s.h
+	pub, priv := s.genPair(M(ck.CKM_ML_DSA_KEY_PAIR_GEN), []wire.Attribute{AU(ck.CKA_PARAMETER_SET, ck.CKP_ML_DSA_44)},
+		[]wire.Attribute{AB(ck.CKA_EXTRACTABLE, true), AB(ck.CKA_SENSITIVE, true)})
+	kek := s.Create(h, secretTmpl(ck.CKK_AES, bytes.Repeat([]byte{5}, 32), AB(ck.CKA_WRAP, true), AB(ck.CKA_UNWRAP, true))...)
+	wrapped := s.wrapKey(ck.CKR_OK, h, M(ck.CKM_AES_KEY_WRAP_KWP), kek, priv)
+	tmpl := func(kt uint64) wire.Value {
+		return T(AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY), AU(ck.CKA_KEY_TYPE, kt), AB(ck.CKA_SIGN, true))
+	}
+	back := s.Must(ck.CKR_OK, "C_UnwrapKey", U(h), M(ck.CKM_AES_KEY_WRAP_KWP), U(kek), B(wrapped), tmpl(ck.CKK_ML_DSA), None())[5].Ulong
+	if set := UlongOf(s.attr(back, ck.CKA_PARAMETER_SET)); set != ck.CKP_ML_DSA_44 {
+		t.Errorf("unwrapped parameter set %d", set)
+	}
+	sig := s.pqSign(back, M(ck.CKM_ML_DSA), []byte("m"))
+	if rv := s.verify(pub, M(ck.CKM_ML_DSA), []byte("m"), sig); rv != ck.CKR_OK {
+		t.Fatalf("the unwrapped key signs for another public key: %#x", rv)
+	}
+	s.Must(ck.CKR_TEMPLATE_INCONSISTENT, "C_UnwrapKey", U(h), M(ck.CKM_AES_KEY_WRAP_KWP), U(kek), B(wrapped), tmpl(ck.CKK_SLH_DSA), None())
+}
