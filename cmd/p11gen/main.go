@@ -1,6 +1,6 @@
 // Command p11gen writes the C side of hsmemu's PKCS#11 module from the one
 // call table, hsmemu/cryptoki/calls: a stub per forwarded call with its
-// exact PKCS#11 prototype, the 2.40 and 3.0 function lists, the mechanism
+// exact PKCS#11 prototype, the 2.40, 3.0 and 3.2 function lists, the mechanism
 // parameter serialisers, the structure decoders and the attribute kinds;
 // and, for the module's C tests, the argument checks of every stub.
 //
