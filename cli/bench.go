@@ -253,10 +253,11 @@ type benchReport struct {
 	Setup       []bench.SetupNote `json:"setup"`
 	Floor       *bench.Result     `json:"floor"`
 	TLSFloor    *bench.Result     `json:"tls_floor"`
+	Bare        []bench.Result    `json:"bare"`
 	Results     []bench.Result    `json:"results"`
 }
 
 func benchJSON(rep *bench.Report) benchReport {
 	return benchReport{Started: rep.Started, Host: rep.Host, CPUs: rep.CPUs, DurationS: rep.Duration.Seconds(), Runs: rep.Runs,
-		Modules: rep.Modules, Concurrency: rep.Concurrency, Conventions: rep.Conventions, Keys: rep.Keys, Setup: rep.Setup, Floor: rep.Floor, TLSFloor: rep.TLSFloor, Results: rep.Results}
+		Modules: rep.Modules, Concurrency: rep.Concurrency, Conventions: rep.Conventions, Keys: rep.Keys, Setup: rep.Setup, Floor: rep.Floor, TLSFloor: rep.TLSFloor, Bare: rep.Bare, Results: rep.Results}
 }

@@ -4,9 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"io"
-	"maps"
 	"os"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -390,8 +388,15 @@ func printKey(w io.Writer, k adminapi.Key) {
 	}
 	if k.ParameterSet != "" {
 		fmt.Fprintf(tw, "parameter set:\t%s\n", k.ParameterSet)
-		for _, name := range slices.Sorted(maps.Keys(k.Sizes)) {
-			fmt.Fprintf(tw, "%s bytes:\t%d\n", name, k.Sizes[name])
+		if z := k.Sizes; z != nil {
+			fmt.Fprintf(tw, "public key bytes:\t%d\n", z.PublicKey)
+			fmt.Fprintf(tw, "private key bytes:\t%d\n", z.PrivateKey)
+			if z.Signature > 0 {
+				fmt.Fprintf(tw, "signature bytes:\t%d\n", z.Signature)
+			}
+			if z.Ciphertext > 0 {
+				fmt.Fprintf(tw, "ciphertext bytes:\t%d\n", z.Ciphertext)
+			}
 		}
 	}
 	fmt.Fprintf(tw, "label:\t%s\n", k.Label)

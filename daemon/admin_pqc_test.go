@@ -79,7 +79,7 @@ func TestAdminPQCKeys(t *testing.T) {
 		{"slh-dsa-shake-256f", "SLH-DSA-SHAKE-256f", asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 3, 31}, 64},
 	} {
 		keys := gen("prem", tc.typ, tc.typ)
-		if keys[0].ParameterSet != tc.set || keys[0].Sizes["public-key"] != tc.pub || keys[0].Protection != "hsm" {
+		if keys[0].ParameterSet != tc.set || keys[0].Sizes == nil || keys[0].Sizes.PublicKey != tc.pub || keys[0].Protection != "hsm" {
 			t.Errorf("%s: %+v", tc.typ, keys[0])
 		}
 		var pub adminapi.PublicKey
@@ -96,7 +96,7 @@ func TestAdminPQCKeys(t *testing.T) {
 		for _, size := range []string{"128", "192", "256"} {
 			for _, v := range []string{"s", "f"} {
 				typ := "slh-dsa-" + alg + "-" + size + v
-				if k := gen("std", typ, typ); k[0].Sizes["signature"] == 0 {
+				if k := gen("std", typ, typ); k[0].Sizes == nil || k[0].Sizes.Signature == 0 {
 					t.Errorf("%s: %+v", typ, k[0])
 				}
 			}

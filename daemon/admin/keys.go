@@ -372,11 +372,11 @@ func describe(ti keystore.TokenInfo, f found, full bool) adminapi.Key {
 	}
 	if name, pub, priv, sigOrCT, ok := mech.PQCSizes(o); ok {
 		out.ParameterSet = name
-		out.Sizes = map[string]int{"public-key": pub, "private-key": priv}
+		out.Sizes = &adminapi.KeySizes{PublicKey: pub, PrivateKey: priv}
 		if o.KeyType() == ck.CKK_ML_KEM {
-			out.Sizes["ciphertext"] = sigOrCT
+			out.Sizes.Ciphertext = sigOrCT
 		} else {
-			out.Sizes["signature"] = sigOrCT
+			out.Sizes.Signature = sigOrCT
 		}
 	}
 	if der, err := publicKeyInfo(o); err == nil {

@@ -405,6 +405,15 @@ type KeyPurge struct {
 	KeySelector
 }
 
+// KeySizes are a post-quantum key's sizes in bytes; a KEM key has a
+// ciphertext, a signature key a signature.
+type KeySizes struct {
+	PublicKey  int `json:"public_key"`
+	PrivateKey int `json:"private_key"`
+	Signature  int `json:"signature,omitempty"`
+	Ciphertext int `json:"ciphertext,omitempty"`
+}
+
 // Key describes a key object. Nothing in it is secret.
 type Key struct {
 	UUID string `json:"uuid"`
@@ -422,8 +431,8 @@ type Key struct {
 	Fingerprint string   `json:"fingerprint,omitempty"` // sha256 of the public key's SubjectPublicKeyInfo
 	// ParameterSet and Sizes (in bytes: public-key, private-key, and
 	// signature or ciphertext) describe a post-quantum key.
-	ParameterSet string         `json:"parameter_set,omitempty"`
-	Sizes        map[string]int `json:"sizes,omitempty"`
+	ParameterSet string    `json:"parameter_set,omitempty"`
+	Sizes        *KeySizes `json:"sizes,omitempty"`
 	// Attributes and PublicPEM come with show.
 	Attributes *KeyAttributes `json:"attributes,omitempty"`
 	PublicPEM  string         `json:"public_pem,omitempty"`
