@@ -169,6 +169,12 @@ func argValues(c *calls.Call, a calls.Arg, spoil bool, variant string, valid boo
 		}
 		return []string{"t_out", "16"}
 	case calls.MsgParam, calls.MsgParamOut:
+		if a.Mech {
+			if spoil {
+				return []string{"NULL"}
+			}
+			return []string{"&t_mechanism"}
+		}
 		if spoil {
 			return []string{"NULL", "4"}
 		}

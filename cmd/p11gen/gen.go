@@ -155,6 +155,9 @@ func cParams(a calls.Arg) ([]cParam, error) {
 	case calls.OutFilled:
 		return []cParam{{"CK_BYTE_PTR", n}, {"CK_ULONG", n + "_len"}}, nil
 	case calls.MsgParam, calls.MsgParamOut:
+		if a.Mech {
+			return []cParam{{"CK_MECHANISM_PTR", n}}, nil
+		}
 		return []cParam{{"CK_VOID_PTR", n}, {"CK_ULONG", n + "_len"}}, nil
 	case calls.OptOutBytes:
 		return []cParam{{"CK_BYTE_PTR", n}, {"CK_ULONG_PTR", n + "_len"}}, nil

@@ -211,7 +211,13 @@ func genCheck(e *emitter, c *calls.Call, a calls.Arg) {
 		e.p("\t\treturn %s;", fail)
 	}
 	switch a.Kind {
-	case calls.Bytes, calls.OutFilled, calls.MsgParam, calls.MsgParamOut:
+	case calls.MsgParam, calls.MsgParamOut:
+		if a.Mech {
+			bad(fmt.Sprintf("%s == NULL || (%s->pParameter == NULL && %s->ulParameterLen != 0)", n, n, n))
+			return
+		}
+		bad(fmt.Sprintf("%s == NULL && %s_len != 0", n, n))
+	case calls.Bytes, calls.OutFilled:
 		bad(fmt.Sprintf("%s == NULL && %s_len != 0", n, n))
 	case calls.Mechanism:
 		if r.Starts != 0 {
@@ -274,6 +280,11 @@ func genEncode(e *emitter, a calls.Arg) {
 		out := 0
 		if a.Kind == calls.MsgParamOut {
 			out = 1
+		}
+		if a.Mech {
+			e.p("\thsm_put_u64(&c.req, (uint64_t)%s->mechanism);", n)
+			e.p("\thsm_put_msgparam(&c.req, &%s, %s->pParameter, %s->ulParameterLen, %s, %d);", msgVar(a), n, n, structMask(a), out)
+			return
 		}
 		e.p("\thsm_put_msgparam(&c.req, &%s, %s, %s_len, %s, %d);", msgVar(a), n, n, structMask(a), out)
 	case calls.OptOutBytes:

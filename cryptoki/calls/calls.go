@@ -98,6 +98,12 @@ type Arg struct {
 	// structure named there, which does not travel (each message brings
 	// its own); every other mechanism's travels as for any Init.
 	Message bool
+	// Mech: a MsgParam or MsgParamOut that is a whole CK_MECHANISM_PTR
+	// whose parameter is a message parameter structure (PKCS#11 3.2's
+	// C_WrapKeyAuthenticated and C_UnwrapKeyAuthenticated). The mechanism
+	// type travels first (u64), then its pParameter as a msgparam; the
+	// reply of a MsgParamOut writes back into that parameter.
+	Mech bool
 }
 
 // Mode says who answers a call.
@@ -139,6 +145,15 @@ func aeadParam(out bool) Arg {
 	if out {
 		a.Kind = MsgParamOut
 	}
+	return a
+}
+
+// wrapMech is the mechanism of an authenticated wrap (out) or unwrap:
+// its parameter is an AEAD's message parameter structure, which the wrap
+// writes back (the IV it made, the tag).
+func wrapMech(out bool) Arg {
+	a := aeadParam(out)
+	a.Name, a.Mech = "mechanism", true
 	return a
 }
 
@@ -265,8 +280,8 @@ var Table = []Call{
 	{100, "C_AsyncComplete", Local, 4, nil},
 	{101, "C_AsyncGetID", Local, 4, nil},
 	{102, "C_AsyncJoin", Local, 4, nil},
-	{103, "C_WrapKeyAuthenticated", Forwarded, 4, []Arg{sess(), mech(), key("wrappingKey"), key("key"), in("associatedData"), out("wrappedKey")}},
-	{104, "C_UnwrapKeyAuthenticated", Forwarded, 4, []Arg{sess(), mech(), key("unwrappingKey"), in("wrappedKey"), tmpl("template"), in("associatedData"), outU("key", "CK_OBJECT_HANDLE")}},
+	{103, "C_WrapKeyAuthenticated", Forwarded, 4, []Arg{sess(), wrapMech(true), key("wrappingKey"), key("key"), in("associatedData"), out("wrappedKey")}},
+	{104, "C_UnwrapKeyAuthenticated", Forwarded, 4, []Arg{sess(), wrapMech(false), key("unwrappingKey"), in("wrappedKey"), tmpl("template"), in("associatedData"), outU("key", "CK_OBJECT_HANDLE")}},
 }
 
 // ByID returns the call with wire number id.

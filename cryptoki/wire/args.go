@@ -101,7 +101,12 @@ func (a *Args) Decode(c *calls.Call, body []byte) error {
 		case calls.AttrQuery:
 			v.query = r.queries()
 		case calls.MsgParam, calls.MsgParamOut:
-			v.param = r.msgParam(arg)
+			if arg.Mech {
+				v.ulong = r.u64(arg.Name)
+			}
+			if r.err == nil {
+				v.param = r.msgParam(arg)
+			}
 		case calls.OptOutBytes:
 			if v.null = !r.present(arg.Name); !v.null {
 				v.out.Present = r.present(arg.Name)
@@ -297,6 +302,9 @@ func AppendArgs(dst []byte, c *calls.Call, vals []Value) ([]byte, error) {
 		case calls.AttrQuery:
 			b, err = appendQueries(b, v.Query)
 		case calls.MsgParam, calls.MsgParamOut:
+			if arg.Mech {
+				b = appendU64(b, v.Ulong)
+			}
 			b, err = appendMsgParam(b, arg, v.Param)
 		case calls.OptOutBytes:
 			b = appendBool(b, !v.Null)

@@ -56,6 +56,9 @@ func RequestBound(c *calls.Call, maxData int) int {
 				variable = true
 			}
 		case calls.Template, calls.Mechanism, calls.MsgParam, calls.MsgParamOut:
+			if a.Mech {
+				n += 8 // the mechanism type before its parameter
+			}
 			variable = true
 		}
 	}

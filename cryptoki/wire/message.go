@@ -254,6 +254,13 @@ func appendMsgOut(b []byte, arg *calls.Arg, p *Param) ([]byte, error) {
 // a, and its byte slices alias the request.
 func (a *Args) MsgParam(i int) *Param { return &a.at(i, calls.MsgParam, calls.MsgParamOut).param }
 
+// MsgMechanism returns a MsgParam or MsgParamOut argument i that is a
+// mechanism (calls.Arg.Mech): its type and its message parameter.
+func (a *Args) MsgMechanism(i int) (uint64, *Param) {
+	v := a.at(i, calls.MsgParam, calls.MsgParamOut)
+	return v.ulong, &v.param
+}
+
 // OptOut returns OptOutBytes argument i: the output specification, and
 // whether the caller passed a length pointer at all.
 func (a *Args) OptOut(i int) (spec OutSpec, wanted bool) {

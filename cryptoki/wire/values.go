@@ -96,7 +96,8 @@ func AnswerFor(q Query, value []byte) (Answer, uint64) {
 //	Answers    AttrQuery result
 //	Struct     OutStruct result
 //	Param      MsgParam, MsgParamOut requests; MsgParamOut result (the
-//	           output fields only, message.go)
+//	           output fields only, message.go); with calls.Arg.Mech, Ulong
+//	           is the request's mechanism type
 //	Out, Null  OptOutBytes request (Null: no length pointer); its result
 //	           sets Null likewise, Length, and Bytes (nil: no data)
 //

@@ -12,9 +12,9 @@ import (
 
 // The calls PKCS#11 3.2 adds: key encapsulation (C_EncapsulateKey,
 // C_DecapsulateKey), verification with the signature first
-// (C_VerifySignatureInit and kin), and C_GetSessionValidationFlags. The
-// authenticated wrapping calls are not served yet
-// (CKR_FUNCTION_NOT_SUPPORTED); the asynchronous ones are the module's.
+// (C_VerifySignatureInit and kin), C_GetSessionValidationFlags, and
+// authenticated wrapping with AES-GCM (C_WrapKeyAuthenticated,
+// C_UnwrapKeyAuthenticated). The asynchronous calls are the module's.
 
 func (e *Engine) cEncapsulateKey(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
 	t, err := templ(a.Template(3))
@@ -189,4 +189,139 @@ func (e *Engine) cGetSessionValidationFlags(_ context.Context, app *App, a *wire
 	}
 	r.Ulong(0)
 	return nil
+}
+
+func (e *Engine) cWrapKeyAuthenticated(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	typ, p := a.MsgMechanism(1)
+	return e.wrapKeyAuthenticated(ctx, app, a.Ulong(0), typ, p, a.Ulong(2), a.Ulong(3), in(a, 4), a.Out(5), r)
+}
+
+func (e *Engine) cUnwrapKeyAuthenticated(ctx context.Context, app *App, a *wire.Args, r *wire.Results) error {
+	typ, p := a.MsgMechanism(1)
+	return newObject(4, r, a, func(t []attr) (uint64, error) {
+		return e.unwrapKeyAuthenticated(ctx, app, a.Ulong(0), typ, p, a.Ulong(2), in(a, 3), t, in(a, 5))
+	})
+}
+
+// wrapKeyAuthenticated is C_WrapKeyAuthenticated (PKCS#11 3.2, "AES-GCM
+// authenticated wrap / unwrap"): the key's encoding, as C_WrapKey's, is
+// sealed with an AEAD's message mechanism under the wrapping key and the
+// associated data; the IV the token makes and the tag go back in the
+// mechanism's CK_GCM_MESSAGE_PARAMS, the ciphertext in pWrappedKey. The
+// IV rules are C_EncryptMessage's (the token makes every IV). A NULL or
+// short buffer asks for the length only: nothing is sealed, no IV is
+// used up and the parameter is not written.
+//
+// The module does not serve this call from a result held since the
+// size query (calls.Prefetches): half of the result is in the
+// parameter, which the held cache does not carry.
+func (e *Engine) wrapKeyAuthenticated(ctx context.Context, app *App, h, typ uint64, p *wire.Param, wrappingHandle, keyHandle uint64, aad []byte, out wire.OutSpec, r *wire.Results) error {
+	s, err := app.session(h)
+	if err != nil {
+		return err
+	}
+	mechs, err := e.mechsOf(ctx, s)
+	if err != nil {
+		return err
+	}
+	mc, ok := mechs.Get(typ)
+	if !ok || !mc.Does(mech.MessageEncrypt) {
+		return ck.Error(ck.CKR_MECHANISM_INVALID)
+	}
+	ref, wk, err := e.useKeyRef(ctx, app, s, wrappingHandle, mc, typ, ck.CKA_WRAP)
+	if err != nil {
+		return wrappingErr(err, ck.CKR_WRAPPING_KEY_HANDLE_INVALID, ck.CKR_WRAPPING_KEY_TYPE_INCONSISTENT)
+	}
+	ciph, err := mc.MessageCipher(wk, true)
+	if err != nil {
+		return wrappingErr(err, ck.CKR_WRAPPING_KEY_HANDLE_INVALID, ck.CKR_WRAPPING_KEY_TYPE_INCONSISTENT)
+	}
+	mp, err := ciph.Params(p, true)
+	if err != nil {
+		return err
+	}
+	enc, err := e.wrappable(ctx, app, s, wk, keyHandle, "C_WrapKeyAuthenticated")
+	if err != nil {
+		return err
+	}
+	defer wipe(enc)
+	if !fits(out, len(enc)) {
+		r.MsgOut(p, nil)
+		return ck.Err(r.OutBytes(out, make([]byte, len(enc))))
+	}
+	var iv []byte
+	switch mp.Gen {
+	case mech.IVCounter:
+		if !hasIVCounter(wk) {
+			return ck.Error(ck.CKR_WRAPPING_KEY_TYPE_INCONSISTENT)
+		}
+		ivs, err := e.ivCounterOf(ctx, app, ref, wk)
+		if err != nil {
+			return err
+		}
+		c, err := ivs.take(ctx)
+		if err != nil {
+			return err
+		}
+		iv = mech.CounterIV(mp, c)
+	case mech.IVRandom:
+		iv = mech.RandomIV(mp)
+	default:
+		return ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
+	}
+	ct, tag, err := ciph.Seal(mp, iv, aad, enc)
+	if err != nil {
+		return err
+	}
+	outs := map[string][]byte{"pIv": iv, "pTag": tag}
+	if !wire.MsgOutFits(p, outs) {
+		return ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
+	}
+	r.MsgOut(p, outs)
+	return ck.Err(r.OutBytes(out, ct))
+}
+
+// unwrapKeyAuthenticated is C_UnwrapKeyAuthenticated: the IV and the tag
+// come in the mechanism's parameter. A tag that does not match the
+// wrapped key and the associated data is CKR_WRAPPED_KEY_INVALID, the
+// call's code for it (CKR_AEAD_DECRYPT_FAILED is not among its return
+// values).
+func (e *Engine) unwrapKeyAuthenticated(ctx context.Context, app *App, h, typ uint64, p *wire.Param, unwrappingHandle uint64, wrapped []byte, tmpl []attr, aad []byte) (uint64, error) {
+	s, err := app.session(h)
+	if err != nil {
+		return 0, err
+	}
+	pol, err := e.tierOf(ctx, s)
+	if err != nil {
+		return 0, err
+	}
+	mc, ok := pol.mechs.Get(typ)
+	if !ok || !mc.Does(mech.MessageDecrypt) {
+		return 0, ck.Error(ck.CKR_MECHANISM_INVALID)
+	}
+	uk, err := e.useKey(ctx, app, s, unwrappingHandle, mc, typ, ck.CKA_UNWRAP)
+	if err != nil {
+		return 0, wrappingErr(err, ck.CKR_UNWRAPPING_KEY_HANDLE_INVALID, ck.CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT)
+	}
+	if uk.needsContextLogin() {
+		return 0, ck.Error(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
+	}
+	ciph, err := mc.MessageCipher(uk, false)
+	if err != nil {
+		return 0, wrappingErr(err, ck.CKR_UNWRAPPING_KEY_HANDLE_INVALID, ck.CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT)
+	}
+	mp, err := ciph.Params(p, false)
+	if err != nil {
+		return 0, err
+	}
+	if mp.Tag == nil {
+		return 0, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
+	}
+	return e.unwrapped(ctx, app, s, pol, uk, tmpl, func() ([]byte, error) {
+		plain, err := ciph.Open(mp, mp.IV, aad, wrapped, mp.Tag)
+		if c, _ := rvOf(err); c == ck.CKR_AEAD_DECRYPT_FAILED {
+			return nil, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
+		}
+		return plain, err
+	})
 }

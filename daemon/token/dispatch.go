@@ -199,8 +199,8 @@ var handlerOf = map[string]handler{
 	"C_VerifySignatureUpdate":     signVerifyUpdate(opVerifySignature),
 	"C_VerifySignatureFinal":      (*Engine).cVerifySignatureFinal,
 	"C_GetSessionValidationFlags": (*Engine).cGetSessionValidationFlags,
-	"C_WrapKeyAuthenticated":      notSupported,
-	"C_UnwrapKeyAuthenticated":    notSupported,
+	"C_WrapKeyAuthenticated":      (*Engine).cWrapKeyAuthenticated,
+	"C_UnwrapKeyAuthenticated":    (*Engine).cUnwrapKeyAuthenticated,
 }
 
 // in is a byte-string argument; a NULL one reads as empty.

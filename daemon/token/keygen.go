@@ -116,31 +116,7 @@ func (e *Engine) wrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mecha
 	if err != nil {
 		return wrappingErr(err, ck.CKR_WRAPPING_KEY_HANDLE_INVALID, ck.CKR_WRAPPING_KEY_TYPE_INCONSISTENT)
 	}
-	_, o, err := e.resolve(ctx, app, s, keyHandle)
-	if err != nil {
-		return wrappingErr(err, ck.CKR_KEY_HANDLE_INVALID, 0)
-	}
-	if classMask(o.Class())&(mSecret|mPriv) == 0 {
-		return ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
-	}
-	if !o.Bool(ck.CKA_EXTRACTABLE) {
-		e.log.Warn("wrap refused: the key is not extractable", "pid", app.PID)
-		detail := ObjectDetail(keystore.UUID{}, o.Class(), o.All())
-		delete(detail, "object")
-		detail["call"] = "C_WrapKey"
-		e.audit(ctx, actor(app, sessionRole(app, s)), s.token, "export.refused", detail)
-		return ck.Error(ck.CKR_KEY_UNEXTRACTABLE)
-	}
-	if o.Bool(ck.CKA_WRAP_WITH_TRUSTED) && !wk.Bool(ck.CKA_TRUSTED) {
-		return ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
-	}
-	if t, ok := wk.attrs.Get(ck.CKA_WRAP_TEMPLATE); ok && len(t) > 0 {
-		want, err := keystore.DecodeAttributes(t)
-		if err != nil || !o.matches(want) {
-			return ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
-		}
-	}
-	enc, err := mech.EncodeKey(o)
+	enc, err := e.wrappable(ctx, app, s, wk, keyHandle, "C_WrapKey")
 	if err != nil {
 		return err
 	}
@@ -150,6 +126,39 @@ func (e *Engine) wrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mecha
 		return err
 	}
 	return ck.Err(r.OutBytes(out, wrapped))
+}
+
+// wrappable checks that the key keyHandle may leave under wrapping key wk
+// (C_WrapKey, C_WrapKeyAuthenticated) and returns its encoding, for the
+// caller to wipe: the key must be a secret or private key and
+// extractable; one with CKA_WRAP_WITH_TRUSTED goes only under a trusted
+// key; and the wrapping key's CKA_WRAP_TEMPLATE, if any, must match it.
+func (e *Engine) wrappable(ctx context.Context, app *App, s *session, wk *Object, keyHandle uint64, call string) ([]byte, error) {
+	_, o, err := e.resolve(ctx, app, s, keyHandle)
+	if err != nil {
+		return nil, wrappingErr(err, ck.CKR_KEY_HANDLE_INVALID, 0)
+	}
+	if classMask(o.Class())&(mSecret|mPriv) == 0 {
+		return nil, ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
+	}
+	if !o.Bool(ck.CKA_EXTRACTABLE) {
+		e.log.Warn("wrap refused: the key is not extractable", "pid", app.PID)
+		detail := ObjectDetail(keystore.UUID{}, o.Class(), o.All())
+		delete(detail, "object")
+		detail["call"] = call
+		e.audit(ctx, actor(app, sessionRole(app, s)), s.token, "export.refused", detail)
+		return nil, ck.Error(ck.CKR_KEY_UNEXTRACTABLE)
+	}
+	if o.Bool(ck.CKA_WRAP_WITH_TRUSTED) && !wk.Bool(ck.CKA_TRUSTED) {
+		return nil, ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
+	}
+	if t, ok := wk.attrs.Get(ck.CKA_WRAP_TEMPLATE); ok && len(t) > 0 {
+		want, err := keystore.DecodeAttributes(t)
+		if err != nil || !o.matches(want) {
+			return nil, ck.Error(ck.CKR_KEY_NOT_WRAPPABLE)
+		}
+	}
+	return mech.EncodeKey(o)
 }
 
 // wrappingErr renames a key lookup's errors for the key's role in a wrap.
@@ -187,16 +196,26 @@ func (e *Engine) unwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mec
 	if uk.needsContextLogin() {
 		return 0, ck.Error(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
 	}
+	return e.unwrapped(ctx, app, s, pol, uk, tmpl, func() ([]byte, error) {
+		return mc.Unwrap(uk, wm, wrapped)
+	})
+}
+
+// unwrapped makes the key an unwrap (C_UnwrapKey,
+// C_UnwrapKeyAuthenticated) decrypts with open, under unwrapping key uk,
+// from the caller's template.
+func (e *Engine) unwrapped(ctx context.Context, app *App, s *session, pol policy, uk *Object, tmpl []attr, open func() ([]byte, error)) (uint64, error) {
 	// The unwrapping key's CKA_UNWRAP_TEMPLATE is imposed on the new key,
 	// before the template is checked, so every rule applies to it too.
-	if tmpl, err = impose(tmpl, uk, ck.CKA_UNWRAP_TEMPLATE); err != nil {
+	tmpl, err := impose(tmpl, uk, ck.CKA_UNWRAP_TEMPLATE)
+	if err != nil {
 		return 0, err
 	}
 	m, class, kt, err := checkTemplate(tmpl, app.isSO(s), pol.legacy(), originUnwrap, 0, noKeyType)
 	if err != nil {
 		return 0, err
 	}
-	plain, err := mc.Unwrap(uk, wm, wrapped)
+	plain, err := open()
 	if err != nil {
 		return 0, err
 	}

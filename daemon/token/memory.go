@@ -131,8 +131,8 @@ var tooLarge = map[string]uint64{
 	"C_VerifySignatureInit":    ck.CKR_SIGNATURE_LEN_RANGE,
 	"C_VerifySignature":        ck.CKR_DATA_LEN_RANGE,
 	"C_VerifySignatureUpdate":  ck.CKR_DATA_LEN_RANGE,
-	"C_WrapKeyAuthenticated":   ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_UnwrapKeyAuthenticated": ck.CKR_FUNCTION_NOT_SUPPORTED,
+	"C_WrapKeyAuthenticated":   ck.CKR_DEVICE_MEMORY,
+	"C_UnwrapKeyAuthenticated": ck.CKR_WRAPPED_KEY_LEN_RANGE,
 
 	// The message-based calls, by their lists of return values: the
 	// Begins have no length code.

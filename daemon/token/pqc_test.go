@@ -289,6 +289,7 @@ func TestPQCPremium(t *testing.T) {
 	kek := cl.Create(h, AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES),
 		A(ck.CKA_VALUE, bytes.Repeat([]byte{0x33}, 32)), AU(ck.CKA_HSMEMU_PROTECTION, ck.CKP_HSMEMU_SOFTWARE), AB(ck.CKA_WRAP, true))
 	cl.Must(ck.CKR_KEY_UNEXTRACTABLE, "C_WrapKey", U(h), M(ck.CKM_AES_KEY_WRAP_KWP), U(kek), U(priv), SizeQuery())
+	cl.Must(ck.CKR_KEY_UNEXTRACTABLE, "C_WrapKeyAuthenticated", U(h), gcmWrapMech(make([]byte, 12), 0, ck.CKG_GENERATE, 16), U(kek), U(priv), S("aad"), SizeQuery())
 	// It signs all the same.
 	cl.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_ML_DSA), U(priv))
 	if sig := cl.Must(ck.CKR_OK, "C_Sign", U(h), S("m"), Out(8192))[2].Bytes; len(sig) != mldsa65.SignatureSize {
@@ -319,4 +320,13 @@ func TestPQCWrap(t *testing.T) {
 		t.Fatalf("the unwrapped key signs for another public key: %#x", rv)
 	}
 	s.Must(ck.CKR_TEMPLATE_INCONSISTENT, "C_UnwrapKey", U(h), M(ck.CKM_AES_KEY_WRAP_KWP), U(kek), B(wrapped), tmpl(ck.CKK_SLH_DSA), None())
+
+	// The same under AES-GCM, authenticated with associated data.
+	out := s.Must(ck.CKR_OK, "C_WrapKeyAuthenticated", U(h), gcmWrapMech(make([]byte, 12), 0, ck.CKG_GENERATE, 16), U(kek), U(priv), S("ml-dsa-44"), Out(8192))
+	iv, tag := written(out[1], "pIv"), written(out[1], "pTag")
+	back = s.Must(ck.CKR_OK, "C_UnwrapKeyAuthenticated", U(h), gcmUnwrapMech(iv, tag), U(kek), B(out[5].Bytes), tmpl(ck.CKK_ML_DSA), S("ml-dsa-44"), None())[6].Ulong
+	sig = s.pqSign(back, M(ck.CKM_ML_DSA), []byte("m"))
+	if rv := s.verify(pub, M(ck.CKM_ML_DSA), []byte("m"), sig); rv != ck.CKR_OK {
+		t.Fatalf("the key unwrapped from GCM signs for another public key: %#x", rv)
+	}
 }
