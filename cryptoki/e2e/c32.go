@@ -116,6 +116,45 @@ static CK_RV e2e_async(CK_FUNCTION_LIST_3_2 *f, CK_SESSION_HANDLE s)
 	CK_ULONG id;
 	return f->C_AsyncGetID(s, (CK_UTF8CHAR_PTR) "C_Sign", &id);
 }
+
+// e2e_gcm_mech fills CKM_AES_GCM with a CK_GCM_MESSAGE_PARAMS of a 12-byte
+// IV and a 16-byte tag; nomech passes no mechanism at all.
+static CK_MECHANISM *e2e_gcm_mech(CK_MECHANISM *m, CK_GCM_MESSAGE_PARAMS *p, CK_ULONG gen, CK_BYTE *iv, CK_BYTE *tag,
+				  int nomech)
+{
+	p->pIv = iv;
+	p->ulIvLen = 12;
+	p->ulIvFixedBits = 0;
+	p->ivGenerator = gen;
+	p->pTag = tag;
+	p->ulTagBits = 128;
+	m->mechanism = CKM_AES_GCM;
+	m->pParameter = p;
+	m->ulParameterLen = sizeof *p;
+	return nomech ? NULL : m;
+}
+
+static CK_RV e2e_wrap_auth(CK_FUNCTION_LIST_3_2 *f, CK_SESSION_HANDLE s, int nomech, CK_ULONG gen, CK_BYTE *iv,
+			   CK_BYTE *tag, CK_OBJECT_HANDLE kek, CK_OBJECT_HANDLE key, CK_BYTE *aad, CK_ULONG aadlen,
+			   CK_BYTE *out, CK_ULONG *outlen)
+{
+	CK_MECHANISM m;
+	CK_GCM_MESSAGE_PARAMS p;
+	return f->C_WrapKeyAuthenticated(s, e2e_gcm_mech(&m, &p, gen, iv, tag, nomech), kek, key, aad, aadlen, out,
+					 outlen);
+}
+
+static CK_RV e2e_unwrap_auth(CK_FUNCTION_LIST_3_2 *f, CK_SESSION_HANDLE s, CK_BYTE *iv, CK_BYTE *tag,
+			     CK_OBJECT_HANDLE kek, CK_BYTE *wrapped, CK_ULONG n, CK_BYTE *aad, CK_ULONG aadlen,
+			     CK_OBJECT_HANDLE *key)
+{
+	CK_MECHANISM m;
+	CK_GCM_MESSAGE_PARAMS p;
+	CK_ATTRIBUTE t[8];
+	CK_ULONG tn = e2e_aes_template(t);
+	return f->C_UnwrapKeyAuthenticated(s, e2e_gcm_mech(&m, &p, CKG_NO_GENERATE, iv, tag, 0), kek, wrapped, n, t, tn,
+					   aad, aadlen, key);
+}
 */
 import "C"
 
@@ -226,4 +265,50 @@ func (l *funcs32) validationFlags(h pkcs11.SessionHandle) (uint64, error) {
 
 func (l *funcs32) asyncGetID(h pkcs11.SessionHandle) error {
 	return rvErr(C.e2e_async(l.f, C.CK_SESSION_HANDLE(h)))
+}
+
+// authWrap is one C_WrapKeyAuthenticated call with CKM_AES_GCM.
+type authWrap struct {
+	noMech   bool   // pass a NULL mechanism
+	gen      uint   // the IV generator
+	aad      []byte // nil passes NULL
+	out      bool   // pass a buffer (else NULL, a size query)
+	capacity int    // *pulWrappedKeyLen on entry
+}
+
+// wrapAuth runs w and returns what the call wrote: the wrapped key (when
+// a buffer was passed), the length, and the parameter's IV and tag
+// buffers as they are after the call (zero when nothing was written).
+func (l *funcs32) wrapAuth(h pkcs11.SessionHandle, kek, key pkcs11.ObjectHandle, w authWrap) (wrapped []byte, n uint64, iv, tag []byte, err error) {
+	var m cmem
+	defer m.free()
+	ivb, tagb := m.bytes(make([]byte, 12)), m.bytes(make([]byte, 16))
+	buf := C.calloc(C.size_t(w.capacity+1), 1)
+	defer C.free(buf)
+	out := (*C.CK_BYTE)(buf)
+	if !w.out {
+		out = nil
+	}
+	noMech := C.int(0)
+	if w.noMech {
+		noMech = 1
+	}
+	cn := C.CK_ULONG(w.capacity)
+	err = rvErr(C.e2e_wrap_auth(l.f, C.CK_SESSION_HANDLE(h), noMech, C.CK_ULONG(w.gen), ivb, tagb,
+		C.CK_OBJECT_HANDLE(kek), C.CK_OBJECT_HANDLE(key), m.bytes(w.aad), C.CK_ULONG(len(w.aad)), out, &cn))
+	iv, tag = C.GoBytes(unsafe.Pointer(ivb), 12), C.GoBytes(unsafe.Pointer(tagb), 16)
+	if err == nil && out != nil {
+		wrapped = C.GoBytes(buf, C.int(cn))
+	}
+	return wrapped, uint64(cn), iv, tag, err
+}
+
+// unwrapAuth unwraps into a new session AES key, readable.
+func (l *funcs32) unwrapAuth(h pkcs11.SessionHandle, kek pkcs11.ObjectHandle, iv, tag, wrapped, aad []byte) (pkcs11.ObjectHandle, error) {
+	var m cmem
+	defer m.free()
+	var key C.CK_OBJECT_HANDLE
+	err := rvErr(C.e2e_unwrap_auth(l.f, C.CK_SESSION_HANDLE(h), m.bytes(iv), m.bytes(tag), C.CK_OBJECT_HANDLE(kek),
+		m.bytes(nonNil(wrapped)), C.CK_ULONG(len(wrapped)), m.bytes(aad), C.CK_ULONG(len(aad)), &key))
+	return pkcs11.ObjectHandle(key), err
 }
