@@ -155,10 +155,19 @@ static CK_RV e2e_unwrap_auth(CK_FUNCTION_LIST_3_2 *f, CK_SESSION_HANDLE s, CK_BY
 	return f->C_UnwrapKeyAuthenticated(s, e2e_gcm_mech(&m, &p, CKG_NO_GENERATE, iv, tag, 0), kek, wrapped, n, t, tn,
 					   aad, aadlen, key);
 }
+
+// e2e_sigctx_raw writes a CK_SIGN_ADDITIONAL_CONTEXT into out (of its
+// size), for a message-based Init that takes it as raw bytes.
+static void e2e_sigctx_raw(CK_ULONG hedge, CK_BYTE *ctx, CK_ULONG n, void *out)
+{
+	CK_SIGN_ADDITIONAL_CONTEXT p = {hedge, ctx, n};
+	memcpy(out, &p, sizeof p);
+}
 */
 import "C"
 
 import (
+	"bytes"
 	"errors"
 	"unsafe"
 
@@ -311,4 +320,14 @@ func (l *funcs32) unwrapAuth(h pkcs11.SessionHandle, kek pkcs11.ObjectHandle, iv
 	err := rvErr(C.e2e_unwrap_auth(l.f, C.CK_SESSION_HANDLE(h), m.bytes(iv), m.bytes(tag), C.CK_OBJECT_HANDLE(kek),
 		m.bytes(nonNil(wrapped)), C.CK_ULONG(len(wrapped)), m.bytes(aad), C.CK_ULONG(len(aad)), &key))
 	return pkcs11.ObjectHandle(key), err
+}
+
+// sigCtxRaw is a CK_SIGN_ADDITIONAL_CONTEXT as bytes, whose context is
+// in C memory until free.
+func sigCtxRaw(hedge uint, ctx []byte) (raw []byte, free func()) {
+	c := C.CBytes(append(bytes.Clone(ctx), 0))
+	buf := C.malloc(C.sizeof_CK_SIGN_ADDITIONAL_CONTEXT)
+	defer C.free(buf)
+	C.e2e_sigctx_raw(C.CK_ULONG(hedge), (*C.CK_BYTE)(c), C.CK_ULONG(len(ctx)), buf)
+	return C.GoBytes(buf, C.sizeof_CK_SIGN_ADDITIONAL_CONTEXT), func() { C.free(c) }
 }
