@@ -203,6 +203,14 @@ func (e *Engine) cUnwrapKeyAuthenticated(ctx context.Context, app *App, a *wire.
 	})
 }
 
+// authWrapping says whether mechanism typ wraps authenticated: AES-GCM,
+// the one of PKCS#11 3.2's two (AES-CCM the other) the token has.
+// ChaCha20-Poly1305 is a message cipher too, but 3.2 defines no
+// authenticated wrap with it.
+func authWrapping(typ uint64, mc *mech.Mechanism, f mech.Func) bool {
+	return typ == ck.CKM_AES_GCM && mc.Does(f)
+}
+
 // wrapKeyAuthenticated is C_WrapKeyAuthenticated (PKCS#11 3.2, "AES-GCM
 // authenticated wrap / unwrap"): the key's encoding, as C_WrapKey's, is
 // sealed with an AEAD's message mechanism under the wrapping key and the
@@ -225,7 +233,7 @@ func (e *Engine) wrapKeyAuthenticated(ctx context.Context, app *App, h, typ uint
 		return err
 	}
 	mc, ok := mechs.Get(typ)
-	if !ok || !mc.Does(mech.MessageEncrypt) {
+	if !ok || !authWrapping(typ, mc, mech.MessageEncrypt) {
 		return ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
 	ref, wk, err := e.useKeyRef(ctx, app, s, wrappingHandle, mc, typ, ck.CKA_WRAP)
@@ -296,7 +304,7 @@ func (e *Engine) unwrapKeyAuthenticated(ctx context.Context, app *App, h, typ ui
 		return 0, err
 	}
 	mc, ok := pol.mechs.Get(typ)
-	if !ok || !mc.Does(mech.MessageDecrypt) {
+	if !ok || !authWrapping(typ, mc, mech.MessageDecrypt) {
 		return 0, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
 	uk, err := e.useKey(ctx, app, s, unwrappingHandle, mc, typ, ck.CKA_UNWRAP)

@@ -118,12 +118,18 @@ func TestWrapKeyAuthenticated(t *testing.T) {
 		{name: "the caller's IV", m: gcmWrapMech(ivBuf, 0, ck.CKG_NO_GENERATE, 16), kek: kek, key: k, want: ck.CKR_MECHANISM_PARAM_INVALID},
 		{name: "tag of 4 bytes", m: gcmWrapMech(ivBuf, 0, ck.CKG_GENERATE, 4), kek: kek, key: k, want: ck.CKR_MECHANISM_PARAM_INVALID},
 		{name: "not an AEAD", m: wire.Value{Ulong: ck.CKM_AES_KEY_WRAP_KWP, Param: &wire.Param{}}, kek: kek, key: k, want: ck.CKR_MECHANISM_INVALID},
+		{name: "ChaCha20-Poly1305", m: wire.Value{Ulong: ck.CKM_CHACHA20_POLY1305, Param: &wire.Param{}}, kek: kek, key: k, want: ck.CKR_MECHANISM_INVALID},
 		{name: "no such key", m: gcmWrapMech(ivBuf, 0, ck.CKG_GENERATE, 16), kek: kek, key: 9999, want: ck.CKR_KEY_HANDLE_INVALID},
 		{name: "no such KEK", m: gcmWrapMech(ivBuf, 0, ck.CKG_GENERATE, 16), kek: 9999, key: k, want: ck.CKR_WRAPPING_KEY_HANDLE_INVALID},
 	} {
 		if rv, _ := cl.Call("C_WrapKeyAuthenticated", U(h), c.m, U(c.kek), U(c.key), B(aad), Out(64)); rv != c.want {
 			t.Errorf("%s: %#x, want %#x", c.name, rv, c.want)
 		}
+	}
+	chacha := gcmUnwrapMech(iv, tag)
+	chacha.Ulong = ck.CKM_CHACHA20_POLY1305
+	if rv, _ := cl.Call("C_UnwrapKeyAuthenticated", U(h), chacha, U(kek), B(ct), T(readable(ck.CKK_AES)...), B(aad), None()); rv != ck.CKR_MECHANISM_INVALID {
+		t.Errorf("unwrap with ChaCha20-Poly1305: %#x", rv)
 	}
 	if rv, _ := cl.Call("C_UnwrapKeyAuthenticated", U(h), gcmUnwrapMech(iv, tag), U(noWrap), B(ct), T(readable(ck.CKK_AES)...), B(aad), None()); rv != ck.CKR_KEY_FUNCTION_NOT_PERMITTED {
 		t.Errorf("unwrap under a key without CKA_UNWRAP: %#x", rv)
