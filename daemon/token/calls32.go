@@ -107,24 +107,10 @@ func (e *Engine) encapsulateKey(ctx context.Context, app *App, h uint64, wm *wir
 
 // decapsulateKey is C_DecapsulateKey.
 func (e *Engine) decapsulateKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, privHandle uint64, tmpl []attr, ct []byte) (uint64, error) {
-	s, err := app.session(h)
+	s, pol, mc, priv, err := e.unwrappingKey(ctx, app, h, wm.Type, privHandle, ck.CKA_DECAPSULATE,
+		func(mc *mech.Mechanism) bool { return mc.Does(mech.Decapsulate) })
 	if err != nil {
 		return 0, err
-	}
-	pol, err := e.tierOf(ctx, s)
-	if err != nil {
-		return 0, err
-	}
-	mc, ok := pol.mechs.Get(wm.Type)
-	if !ok || !mc.Does(mech.Decapsulate) {
-		return 0, ck.Error(ck.CKR_MECHANISM_INVALID)
-	}
-	priv, err := e.useKey(ctx, app, s, privHandle, mc, wm.Type, ck.CKA_DECAPSULATE)
-	if err != nil {
-		return 0, wrappingErr(err, ck.CKR_UNWRAPPING_KEY_HANDLE_INVALID, ck.CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT)
-	}
-	if priv.needsContextLogin() {
-		return 0, ck.Error(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
 	}
 	m, class, kt, err := kemTemplate(tmpl, app.isSO(s), pol)
 	if err != nil {
@@ -295,24 +281,10 @@ func (e *Engine) wrapKeyAuthenticated(ctx context.Context, app *App, h, typ uint
 // call's code for it (CKR_AEAD_DECRYPT_FAILED is not among its return
 // values).
 func (e *Engine) unwrapKeyAuthenticated(ctx context.Context, app *App, h, typ uint64, p *wire.Param, unwrappingHandle uint64, wrapped []byte, tmpl []attr, aad []byte) (uint64, error) {
-	s, err := app.session(h)
+	s, pol, mc, uk, err := e.unwrappingKey(ctx, app, h, typ, unwrappingHandle, ck.CKA_UNWRAP,
+		func(mc *mech.Mechanism) bool { return authWrapping(typ, mc, mech.MessageDecrypt) })
 	if err != nil {
 		return 0, err
-	}
-	pol, err := e.tierOf(ctx, s)
-	if err != nil {
-		return 0, err
-	}
-	mc, ok := pol.mechs.Get(typ)
-	if !ok || !authWrapping(typ, mc, mech.MessageDecrypt) {
-		return 0, ck.Error(ck.CKR_MECHANISM_INVALID)
-	}
-	uk, err := e.useKey(ctx, app, s, unwrappingHandle, mc, typ, ck.CKA_UNWRAP)
-	if err != nil {
-		return 0, wrappingErr(err, ck.CKR_UNWRAPPING_KEY_HANDLE_INVALID, ck.CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT)
-	}
-	if uk.needsContextLogin() {
-		return 0, ck.Error(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
 	}
 	ciph, err := mc.MessageCipher(uk, false)
 	if err != nil {

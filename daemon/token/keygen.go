@@ -175,26 +175,40 @@ func wrappingErr(err error, handle, keyType uint64) error {
 
 func wipe(b []byte) { clear(b) }
 
-// unwrapKey unwraps a key into a new object described by the template.
-func (e *Engine) unwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, unwrappingHandle uint64, wrapped []byte, tmpl []attr) (uint64, error) {
+// unwrappingKey is what C_UnwrapKey, C_DecapsulateKey and
+// C_UnwrapKeyAuthenticated check first: the session, its tier's
+// mechanism (allowed by does), and the key that opens the input, usable
+// for need (CKA_UNWRAP or CKA_DECAPSULATE) without a context-specific
+// login. A bad key handle or type is reported as the unwrapping key's.
+func (e *Engine) unwrappingKey(ctx context.Context, app *App, h, typ, keyHandle, need uint64, does func(*mech.Mechanism) bool) (*session, policy, *mech.Mechanism, *Object, error) {
 	s, err := app.session(h)
 	if err != nil {
-		return 0, err
+		return nil, policy{}, nil, nil, err
 	}
 	pol, err := e.tierOf(ctx, s)
 	if err != nil {
-		return 0, err
+		return nil, policy{}, nil, nil, err
 	}
-	mc, ok := pol.mechs.Get(wm.Type)
-	if !ok || !mc.Does(mech.Unwrap) {
-		return 0, ck.Error(ck.CKR_MECHANISM_INVALID)
+	mc, ok := pol.mechs.Get(typ)
+	if !ok || !does(mc) {
+		return nil, policy{}, nil, nil, ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
-	uk, err := e.useKey(ctx, app, s, unwrappingHandle, mc, wm.Type, ck.CKA_UNWRAP)
+	k, err := e.useKey(ctx, app, s, keyHandle, mc, typ, need)
 	if err != nil {
-		return 0, wrappingErr(err, ck.CKR_UNWRAPPING_KEY_HANDLE_INVALID, ck.CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT)
+		return nil, policy{}, nil, nil, wrappingErr(err, ck.CKR_UNWRAPPING_KEY_HANDLE_INVALID, ck.CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT)
 	}
-	if uk.needsContextLogin() {
-		return 0, ck.Error(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
+	if k.needsContextLogin() {
+		return nil, policy{}, nil, nil, ck.Error(ck.CKR_KEY_FUNCTION_NOT_PERMITTED)
+	}
+	return s, pol, mc, k, nil
+}
+
+// unwrapKey unwraps a key into a new object described by the template.
+func (e *Engine) unwrapKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, unwrappingHandle uint64, wrapped []byte, tmpl []attr) (uint64, error) {
+	s, pol, mc, uk, err := e.unwrappingKey(ctx, app, h, wm.Type, unwrappingHandle, ck.CKA_UNWRAP,
+		func(mc *mech.Mechanism) bool { return mc.Does(mech.Unwrap) })
+	if err != nil {
+		return 0, err
 	}
 	return e.unwrapped(ctx, app, s, pol, uk, tmpl, func() ([]byte, error) {
 		return mc.Unwrap(uk, wm, wrapped)
