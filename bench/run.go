@@ -739,10 +739,15 @@ func (t *target) measure(o *op, c int, opt Options) (Cell, error) {
 
 // timeOp runs w's op in session s until d has passed, recording each
 // latency in h (nil: none), and returns the ops done and the time they
-// took. Time spent yielding or tidying is not the op's: it is left out of
-// the latencies and the active time, and the window is extended by it.
+// took. Time spent tidying is not the op's: it is left out of the
+// latencies and the active time, and the window is extended by it.
 // Tidying pauses every worker of the phase at once, so that none measures
-// unwraps against another's burst of destroys.
+// unwraps against another's burst of destroys. Time spent yielding is left
+// out of the latencies only: with more workers than the process has Ps, a
+// worker that yields waits for the others' turns, and leaving that wait
+// out of its active time would count the same seconds of the machine
+// once for each worker, so that the summed rate grew with the worker
+// count on the same cores.
 func timeOp(ph *phase, w worker, s session, d time.Duration, h *Histogram) (uint64, time.Duration, error) {
 	defer ph.leave()
 	var n uint64
@@ -764,7 +769,8 @@ func timeOp(ph *phase, w worker, s session, d time.Duration, h *Histogram) (uint
 			// calls never passes through the scheduler; after 10 ms the
 			// runtime starts taking its P at every call, which costs a
 			// thread hand-off per call.
-			pause(func() error { runtime.Gosched(); return nil })
+			runtime.Gosched()
+			now = time.Now()
 		}
 		if ph.tidyAsked() {
 			if err := pause(func() error { return ph.tidyTogether(func() error { return w.tidy(s) }) }); err != nil {

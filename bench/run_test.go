@@ -3,6 +3,7 @@ package bench
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -169,5 +170,50 @@ func TestParseModuleSpec(t *testing.T) {
 		if (err != nil) != c.bad || path != c.path || socket != c.socket {
 			t.Errorf("parseModuleSpec(%q) = %q, %q, %v", c.spec, path, socket, err)
 		}
+	}
+}
+
+// TestTimeOpYieldsInTheWindow: workers' rates, summed as a cell sums
+// them, match their ops over the wall time they took together. With the
+// time spent yielding left out of each worker's active time, eight
+// CPU-bound workers on two Ps reported about four times what they did.
+func TestTimeOpYieldsInTheWindow(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	const workers, d = 8, 100 * time.Millisecond
+	ph := newPhase(workers)
+	spin := worker{do: func(session) (bool, error) {
+		for end := time.Now().Add(20 * time.Microsecond); time.Now().Before(end); {
+		}
+		return false, nil
+	}}
+	type res struct {
+		n      uint64
+		active time.Duration
+		err    error
+	}
+	out := make(chan res, workers)
+	begin := time.Now()
+	for range workers {
+		go func() {
+			n, active, err := timeOp(ph, spin, 0, d, nil)
+			out <- res{n, active, err}
+		}()
+	}
+	var total uint64
+	var summed float64
+	for range workers {
+		r := <-out
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if r.n < 64 {
+			t.Skipf("%d ops in the window: too few to yield", r.n)
+		}
+		total += r.n
+		summed += float64(r.n) / r.active.Seconds()
+	}
+	wall := float64(total) / time.Since(begin).Seconds()
+	if summed > 1.5*wall {
+		t.Errorf("summed rates %.0f/s, against %.0f/s over the wall time: yields left out of the windows", summed, wall)
 	}
 }
