@@ -342,18 +342,25 @@ func newGCMOp(k Key, m *wire.Mechanism, decrypt bool) (*oneShotCipher, error) {
 	if err != nil {
 		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
-	iv := append([]byte(nil), p.IV...)
-	aad := append([]byte(nil), p.AAD...)
+	return aeadOneShot(aead, p.IV, p.AAD, decrypt), nil
+}
+
+// aeadOneShot is a single-part AEAD operation (GCM, ChaCha20-Poly1305)
+// over copies of the nonce and associated data: encryption seals,
+// decryption opens and refuses input shorter than the tag.
+func aeadOneShot(aead cipher.AEAD, nonce, aad []byte, decrypt bool) *oneShotCipher {
+	nonce = append([]byte(nil), nonce...)
+	aad = append([]byte(nil), aad...)
 	op := &oneShotCipher{buffer: buffer{decrypt: decrypt}}
 	if !decrypt {
-		op.one = func(in []byte) ([]byte, error) { return aead.Seal(nil, iv, in, aad), nil }
-		return op, nil
+		op.one = func(in []byte) ([]byte, error) { return aead.Seal(nil, nonce, in, aad), nil }
+		return op
 	}
 	op.one = func(in []byte) ([]byte, error) {
 		if len(in) < aead.Overhead() {
 			return nil, ck.Error(ck.CKR_ENCRYPTED_DATA_LEN_RANGE)
 		}
-		out, err := aead.Open(nil, iv, in, aad)
+		out, err := aead.Open(nil, nonce, in, aad)
 		if err != nil {
 			return nil, ck.Error(ck.CKR_ENCRYPTED_DATA_INVALID)
 		}
@@ -362,7 +369,7 @@ func newGCMOp(k Key, m *wire.Mechanism, decrypt bool) (*oneShotCipher, error) {
 		}
 		return out, nil
 	}
-	return op, nil
+	return op
 }
 
 // newGCM returns GCM with any IV length and a tag of 12 to 16 bytes. The

@@ -183,25 +183,5 @@ func newChaChaPolyOp(k Key, m *wire.Mechanism, decrypt bool) (*oneShotCipher, er
 	if err != nil {
 		return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 	}
-	nonce := append([]byte(nil), p.Nonce...)
-	aad := append([]byte(nil), p.AAD...)
-	op := &oneShotCipher{buffer: buffer{decrypt: decrypt}}
-	if !decrypt {
-		op.one = func(in []byte) ([]byte, error) { return aead.Seal(nil, nonce, in, aad), nil }
-		return op, nil
-	}
-	op.one = func(in []byte) ([]byte, error) {
-		if len(in) < aead.Overhead() {
-			return nil, ck.Error(ck.CKR_ENCRYPTED_DATA_LEN_RANGE)
-		}
-		out, err := aead.Open(nil, nonce, in, aad)
-		if err != nil {
-			return nil, ck.Error(ck.CKR_ENCRYPTED_DATA_INVALID)
-		}
-		if out == nil {
-			out = []byte{}
-		}
-		return out, nil
-	}
-	return op, nil
+	return aeadOneShot(aead, p.Nonce, p.AAD, decrypt), nil
 }
