@@ -229,7 +229,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 		s.log.Warn("connection refused: user not allowed", "uid", cred.Uid, "pid", cred.Pid)
 	default:
 		var fresh, ok bool
-		if app, fresh, ok = s.eng.AttachConn(token.AppID(hello.AppID), cred.Pid, cred.Uid); !ok {
+		if app, fresh, ok = s.eng.AttachScoped(token.AppID(hello.AppID), cred.Pid, cred.Uid, nil, hello.Epoch); !ok {
 			reply.Status = wire.StatusRefused
 			s.log.Warn("connection refused: application id of another process", "pid", cred.Pid)
 		} else if !fresh && hello.Version >= 2 {

@@ -205,7 +205,7 @@ func (s *Server) serveTLSConn(ctx context.Context, tc *timedConn, rc RemoteConfi
 		s.log.Warn("remote connection refused: unknown hello flags", "flags", hello.Flags, "remote", grant.Identity)
 	default:
 		var fresh bool
-		if app, fresh, ok = s.eng.AttachScoped(token.AppID(hello.AppID), pid, RemoteUID, id.scope); !ok {
+		if app, fresh, ok = s.eng.AttachScoped(token.AppID(hello.AppID), pid, RemoteUID, id.scope, hello.Epoch); !ok {
 			reply.Status = wire.StatusRefused
 			s.log.Warn("remote connection refused: application id of another process or identity", "remote", grant.Identity)
 		} else if !fresh && hello.Version >= 2 {

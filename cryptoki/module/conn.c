@@ -170,6 +170,17 @@ static enum hsm_io recv_all(int fd, uint8_t *p, size_t n, long long deadline, un
 	return recv_some(fd, p, n, n, &got, deadline, epoch);
 }
 
+/* handle_epoch goes in every hello: the daemon numbers the handles of an
+ * application it starts afresh from it (epoch << 32 | n), so the handles
+ * of an application it no longer holds (it restarted, every connection
+ * broke, another node took over) never come back naming new sessions or
+ * objects: they stay invalid. Moved on by every hello that found the
+ * application fresh (dials are serialised, pool.c); never reset, so a
+ * re-initialised or forked application's handles differ from its earlier
+ * ones too. The first application of a process has epoch 0, the handles
+ * a daemon always gave. */
+static uint32_t handle_epoch;
+
 /* hello opens the connection speaking version 3, or the older one a
  * daemon that speaks no more names (*version says which). *fresh: the
  * daemon holds nothing of this application from before (version 1 cannot
@@ -184,7 +195,7 @@ static enum hsm_io hello(int fd, int *version, int *fresh, int server)
 	h[6] = 0, h[7] = 0; /* flags */
 	memcpy(h + 8, hsm_app_id(), 16);
 	hsm_put_be32(h + 24, (uint32_t)getpid());
-	hsm_put_be32(h + 28, 0);
+	hsm_put_be32(h + 28, __atomic_load_n(&handle_epoch, __ATOMIC_ACQUIRE));
 
 	long long deadline = now_ms() + HELLO_TIMEOUT_MS;
 	if (send_all(fd, h, sizeof h, deadline, 0) != HSM_IO_OK)
@@ -216,6 +227,8 @@ static enum hsm_io hello(int fd, int *version, int *fresh, int server)
 		return HSM_IO_UNAVAILABLE;
 	}
 	*fresh = r[7] == 0;
+	if (*fresh)
+		__atomic_add_fetch(&handle_epoch, 1, __ATOMIC_RELEASE);
 	return HSM_IO_OK;
 }
 

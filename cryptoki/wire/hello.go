@@ -38,16 +38,21 @@ const magic = "HSMU"
 
 // Hello is the client's first message on a connection:
 //
-//	"HSMU" | version u16 | flags u16 | application id [16] | pid u32 | reserved u32
+//	"HSMU" | version u16 | flags u16 | application id [16] | pid u32 | epoch u32
 //
-// ReadHello checks only the magic; the daemon judges the version, flags
-// (FlagAdmin or 0) and reserved (0) and answers with a status.
+// ReadHello checks only the magic; the daemon judges the version and the
+// flags (FlagAdmin or 0) and answers with a status.
 type Hello struct {
-	Version  uint16
-	Flags    uint16
-	AppID    [16]byte
-	PID      uint32
-	Reserved uint32
+	Version uint16
+	Flags   uint16
+	AppID   [16]byte
+	PID     uint32
+	// Epoch numbers the application's handles when the daemon starts it
+	// afresh: they are Epoch<<32 | n, so that handles of an earlier life
+	// of the application (before a daemon restart, a failover) never name
+	// new sessions or objects. The module moves it on at every fresh
+	// start; 0 (all an older module sends) gives the handles from 1.
+	Epoch uint32
 }
 
 // Marshal returns the hello's 32 bytes.
@@ -58,7 +63,7 @@ func (h Hello) Marshal() []byte {
 	b = binary.BigEndian.AppendUint16(b, h.Flags)
 	b = append(b, h.AppID[:]...)
 	b = binary.BigEndian.AppendUint32(b, h.PID)
-	return binary.BigEndian.AppendUint32(b, h.Reserved)
+	return binary.BigEndian.AppendUint32(b, h.Epoch)
 }
 
 // ReadHello reads a hello. A wrong magic is ErrFrame; a short read is
@@ -72,10 +77,10 @@ func ReadHello(r io.Reader) (Hello, error) {
 		return Hello{}, fmt.Errorf("%w: hello magic %q", ErrFrame, b[:4])
 	}
 	h := Hello{
-		Version:  binary.BigEndian.Uint16(b[4:]),
-		Flags:    binary.BigEndian.Uint16(b[6:]),
-		PID:      binary.BigEndian.Uint32(b[24:]),
-		Reserved: binary.BigEndian.Uint32(b[28:]),
+		Version: binary.BigEndian.Uint16(b[4:]),
+		Flags:   binary.BigEndian.Uint16(b[6:]),
+		PID:     binary.BigEndian.Uint32(b[24:]),
+		Epoch:   binary.BigEndian.Uint32(b[28:]),
 	}
 	copy(h.AppID[:], b[8:24])
 	return h, nil

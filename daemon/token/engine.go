@@ -207,13 +207,15 @@ func (e *Engine) Attach(id AppID, pid int32, uid uint32) (*App, bool) {
 // no connection, so no sessions or logins (those of an earlier life of the
 // same id ended with its last connection).
 func (e *Engine) AttachConn(id AppID, pid int32, uid uint32) (app *App, fresh, ok bool) {
-	return e.AttachScoped(id, pid, uid, nil)
+	return e.AttachScoped(id, pid, uid, nil, 0)
 }
 
 // AttachScoped is AttachConn for a client whose identity sees scope (nil:
 // everything). An id is bound to its first connection's scope as to its
-// process: a connection of another identity is refused it.
-func (e *Engine) AttachScoped(id AppID, pid int32, uid uint32, scope *Scope) (app *App, fresh, ok bool) {
+// process: a connection of another identity is refused it. An application
+// started afresh numbers its session and object handles from epoch<<32
+// (the hello's, wire.Hello.Epoch); one that goes on keeps its own.
+func (e *Engine) AttachScoped(id AppID, pid int32, uid uint32, scope *Scope, epoch uint32) (app *App, fresh, ok bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	app, found := e.apps[id]
@@ -222,7 +224,8 @@ func (e *Engine) AttachScoped(id AppID, pid int32, uid uint32, scope *Scope) (ap
 			return nil, false, false
 		}
 	} else {
-		app = &App{ID: id, PID: pid, UID: uid, Scope: scope,
+		base := uint64(epoch) << 32
+		app = &App{ID: id, PID: pid, UID: uid, Scope: scope, nextSession: base, nextHandle: base,
 			sessions: map[uint64]*session{}, handles: map[uint64]*handle{}, memHandles: map[uint64]*handle{},
 			byObject: map[keystore.ObjectID]uint64{}, login: map[keystore.UUID]keystore.Role{}}
 		e.apps[id] = app

@@ -1015,6 +1015,13 @@ static void test_restart(void)
 	OK(find_label(s, "tok-priv", 1, found, 16, &n));
 	if (CHECK(n == 1, "tok-priv found %lu times", n))
 		VALUE_IS(s, found[0], priv_value);
+	/* The old handles stay invalid now that new sessions and objects have
+	 * handles: the application's new life has a new handle epoch. */
+	CHECK(s != main_s && s != ro && found[0] != priv, "handles of before the restart came back: %#lx %#lx",
+	      (unsigned long)s, (unsigned long)found[0]);
+	EXPECT(f->C_GetSessionInfo(main_s, &si), CKR_SESSION_HANDLE_INVALID);
+	EXPECT(f->C_GetSessionInfo(ro, &si), CKR_SESSION_HANDLE_INVALID);
+	EXPECT(f->C_GetAttributeValue(s, priv, &a, 1), CKR_OBJECT_HANDLE_INVALID);
 	for (int i = 0; i < NPUB; i++) {
 		char label[24];
 		snprintf(label, sizeof label, "tok-pub-%d", i);
