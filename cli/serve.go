@@ -45,6 +45,7 @@ Example:
 			&cli.UintFlag{Name: "pin-kdf-time", Usage: "Argon2id passes for the PINs of new tokens", Value: uint(keystore.DefaultArgon2.Time)},
 			&cli.UintFlag{Name: "pin-kdf-memory", Usage: "Argon2id memory in KiB for the PINs of new tokens", Value: uint(keystore.DefaultArgon2.MemoryKiB)},
 			&cli.DurationFlag{Name: "pin-failure-delay", Usage: "delay after a wrong PIN, doubling with each further one (0 disables)", Value: 200 * time.Millisecond},
+			&cli.BoolFlag{Name: "no-rings", Usage: "decline the module's shared-memory rings: every frame goes over the socket (docs/protocol.md, \"Rings\")"},
 			&cli.IntFlag{Name: "pin-max-failures", Usage: "wrong PINs in a row that lock a role", Value: 10},
 			&cli.IntFlag{Name: "memory-budget", Usage: "MiB that requests and replies in flight may hold, all connections together (half each)", Value: daemon.DefaultBudget >> 20},
 			&cli.IntFlag{Name: "operation-budget", Usage: "MiB that operations may hold between calls, all applications together (multipart AEAD input, outputs kept after a length query)", Value: token.DefaultOpBudget >> 20},
@@ -162,7 +163,8 @@ Example:
 					return cli.Exit("hsmemu serve: --metrics: "+err.Error(), 1)
 				}
 			}
-			srvCfg := daemon.ServerConfig{Group: group, Limits: daemon.Limits{Budget: int64(memBudget) << 20}}
+			srvCfg := daemon.ServerConfig{Group: group, Limits: daemon.Limits{Budget: int64(memBudget) << 20},
+				NoRings: c.Bool("no-rings")}
 			for _, uid := range c.UintSlice("allow-uid") {
 				srvCfg.AllowUIDs = append(srvCfg.AllowUIDs, uint32(uid))
 			}

@@ -34,6 +34,8 @@ type testDaemon struct {
 	// port, tlsAddr (server_tls_test.go).
 	remote  *RemoteConfig
 	tlsAddr string
+	// noRings declines every ring offer (ServerConfig.NoRings).
+	noRings bool
 }
 
 func startDaemon(t testing.TB, cfg token.Config) *testDaemon {
@@ -45,13 +47,20 @@ func startDaemon(t testing.TB, cfg token.Config) *testDaemon {
 // given.
 func startDaemonLimits(t testing.TB, cfg token.Config, lim Limits) *testDaemon {
 	t.Helper()
+	return startDaemonWith(t, cfg, func(d *testDaemon) { d.limits = lim })
+}
+
+// startDaemonWith starts a daemon that set has configured.
+func startDaemonWith(t testing.TB, cfg token.Config, set func(*testDaemon)) *testDaemon {
+	t.Helper()
 	// Unix socket paths are short: keep the directory short too.
 	dir, err := os.MkdirTemp("", "hsd")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	d := &testDaemon{dir: dir, sock: filepath.Join(dir, "s"), limits: lim}
+	d := &testDaemon{dir: dir, sock: filepath.Join(dir, "s")}
+	set(d)
 	d.start(t, cfg)
 	return d
 }
@@ -75,7 +84,7 @@ func (d *testDaemon) start(t testing.TB, cfg token.Config) {
 		t.Fatal(err)
 	}
 	d.st = st
-	dm := New(st, d.log, Config{Engine: cfg, Server: ServerConfig{Group: -1, Limits: d.limits},
+	dm := New(st, d.log, Config{Engine: cfg, Server: ServerConfig{Group: -1, Limits: d.limits, NoRings: d.noRings},
 		Metrics: d.metrics, DBPath: filepath.Join(d.dir, DatabaseName)})
 	d.eng, d.srv = dm.Engine(), dm.srv
 	if d.remote != nil {

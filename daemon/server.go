@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"syscall"
 	"time"
 
+	"hsmemu/cryptoki/shmring"
 	"hsmemu/cryptoki/unixfd"
 	"hsmemu/cryptoki/wire"
 	"hsmemu/daemon/admin"
@@ -30,6 +32,9 @@ type ServerConfig struct {
 	AllowUIDs []uint32
 	// Limits bound the memory connections hold (requests.go).
 	Limits Limits
+	// NoRings declines every module's ring offer (ring.go): the socket
+	// carries all frames.
+	NoRings bool
 }
 
 // Server accepts connections on a Unix socket: the module's, served by the
@@ -243,11 +248,36 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 		return
 	}
 	defer s.eng.Detach(app)
+	var ring *shmring.Ring
+	var release func()
+	if hello.Ring {
+		if ring, release, err = s.takeRing(c, cred.Pid); err != nil {
+			s.log.Debug("connection closed in its ring offer", "pid", cred.Pid, "err", err)
+			return
+		}
+	}
 	c.SetReadDeadline(time.Time{})
 	raw, err := newFdConn(c)
 	if err != nil {
+		if ring != nil {
+			ring.Close()
+			release()
+		}
 		s.log.Warn("connection dropped", "pid", cred.Pid, "err", err)
 		return
+	}
+	if ring != nil {
+		ring.Watch(raw.fd)
+		raw.ring, raw.release = ring, release
+		// A page of the ring that faults (the module cannot shrink it,
+		// but the kernel may still refuse a page) ends this connection,
+		// not the daemon.
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+		defer func() {
+			if p := recover(); p != nil {
+				s.log.Warn("closing connection: fault in its ring", "pid", cred.Pid, "err", fmt.Sprint(p))
+			}
+		}()
 	}
 	defer raw.Close()
 	// Close the poller's descriptor: its epoll registration follows the
@@ -279,6 +309,10 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 // (unixfd.DupBlocking says why that matters).
 type fdConn struct {
 	fd int
+	// ring, when not nil, carries the frames (ring.go); release gives
+	// its memory back to the budgets.
+	ring    *shmring.Ring
+	release func()
 
 	mu     sync.Mutex // orders Close against shutdowns from the stopper
 	closed bool
@@ -292,8 +326,19 @@ func newFdConn(c *net.UnixConn) (*fdConn, error) {
 	return &fdConn{fd: fd}, nil
 }
 
-func (c *fdConn) Read(p []byte) (int, error)  { return unixfd.FD(c.fd).Read(p) }
-func (c *fdConn) Write(p []byte) (int, error) { return unixfd.FD(c.fd).Write(p) }
+func (c *fdConn) Read(p []byte) (int, error) {
+	if c.ring != nil {
+		return c.ring.Read(p)
+	}
+	return unixfd.FD(c.fd).Read(p)
+}
+
+func (c *fdConn) Write(p []byte) (int, error) {
+	if c.ring != nil {
+		return c.ring.Write(p)
+	}
+	return unixfd.FD(c.fd).Write(p)
+}
 
 // stopReading ends a blocked read with EOF; replies still go out.
 func (c *fdConn) stopReading() { c.shutdown(syscall.SHUT_RD) }
@@ -302,12 +347,20 @@ func (c *fdConn) stopReading() { c.shutdown(syscall.SHUT_RD) }
 func (c *fdConn) cut() { c.shutdown(syscall.SHUT_RDWR) }
 
 // shutdown never touches a closed descriptor, whose number may already
-// belong to another file.
+// belong to another file, nor a ring already unmapped.
 func (c *fdConn) shutdown(how int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.closed {
-		syscall.Shutdown(c.fd, how)
+	if c.closed {
+		return
+	}
+	syscall.Shutdown(c.fd, how)
+	if c.ring != nil {
+		if how == syscall.SHUT_RD {
+			c.ring.StopReading()
+		} else {
+			c.ring.Cut()
+		}
 	}
 }
 
@@ -328,6 +381,10 @@ func (c *fdConn) Close() error {
 		return nil
 	}
 	c.closed = true
+	if c.ring != nil {
+		c.ring.Close()
+		c.release()
+	}
 	return syscall.Close(c.fd)
 }
 

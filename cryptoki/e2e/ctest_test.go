@@ -54,8 +54,17 @@ func TestCProgram(t *testing.T) {
 		name, prog, module string
 		env                []string
 	}{
-		{name: "normal", prog: "build/e2e", module: a.module, env: nil},
+		{name: "normal", prog: "build/e2e", module: a.module, env: []string{"HSMEMU_TRANSPORT=socket"}},
 		{name: "asan", prog: "build/e2e-asan", module: a.asanModule, env: []string{
+			"HSMEMU_TRANSPORT=socket",
+			"ASAN_OPTIONS=detect_leaks=1:abort_on_error=1",
+			"UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1",
+		}},
+		// The same through the shared-memory rings (docs/protocol.md,
+		// "Rings"): fork, threads, restart.
+		{name: "ring", prog: "build/e2e", module: a.module, env: []string{"HSMEMU_TRANSPORT=ring"}},
+		{name: "ring-asan", prog: "build/e2e-asan", module: a.asanModule, env: []string{
+			"HSMEMU_TRANSPORT=ring",
 			"ASAN_OPTIONS=detect_leaks=1:abort_on_error=1",
 			"UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1",
 		}},
@@ -64,8 +73,42 @@ func TestCProgram(t *testing.T) {
 		t.Run(r.name, func(t *testing.T) {
 			prog := ctestNeedBuilt(t, r.prog)
 			module := ctestNeedBuilt(t, strings.TrimPrefix(r.module, a.root+string(filepath.Separator)))
-			runCProgram(t, prog, module, r.env, ctestSections, 250)
+			stats := filepath.Join(t.TempDir(), "stats")
+			runCProgram(t, prog, module, append(r.env, "HSMEMU_MODULE_STATS="+stats), ctestSections, 250)
+			checkTransport(t, stats, strings.HasPrefix(r.name, "ring"))
 		})
+	}
+}
+
+// moduleStats is the line stats.c writes at C_Finalize.
+var moduleStats = regexp.MustCompile(`(?m)^hsmemu-pkcs11: pid \d+: (\d+) calls, (\d+) round trips, (\d+) through rings$`)
+
+// checkTransport reads the module's counts of every process that
+// finalized: with rings, the round trips went through them; without,
+// none did.
+func checkTransport(t *testing.T, stats string, ring bool) {
+	t.Helper()
+	b, err := os.ReadFile(stats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var trips, rings int
+	for _, m := range moduleStats.FindAllStringSubmatch(string(b), -1) {
+		n, _ := strconv.Atoi(m[2])
+		k, _ := strconv.Atoi(m[3])
+		trips += n
+		rings += k
+	}
+	t.Logf("%d round trips, %d through rings", trips, rings)
+	switch {
+	case trips == 0:
+		t.Fatalf("no round trips counted:\n%s", b)
+	case ring && rings < trips*9/10:
+		// A few go through the socket: calls in the restart section while
+		// the daemon is down fail before any ring exists, but count.
+		t.Errorf("%d of %d round trips through rings, want nearly all", rings, trips)
+	case !ring && rings != 0:
+		t.Errorf("%d round trips through rings with the socket transport", rings)
 	}
 }
 
@@ -79,11 +122,13 @@ func TestCHeldResults(t *testing.T) {
 		name, prog, module string
 		env                []string
 	}{
-		{name: "normal", prog: "build/e2e-held", module: a.module},
+		{name: "normal", prog: "build/e2e-held", module: a.module, env: []string{"HSMEMU_TRANSPORT=socket"}},
 		{name: "asan", prog: "build/e2e-held-asan", module: a.asanModule, env: []string{
+			"HSMEMU_TRANSPORT=socket",
 			"ASAN_OPTIONS=detect_leaks=1:abort_on_error=1",
 			"UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1",
 		}},
+		{name: "ring", prog: "build/e2e-held", module: a.module, env: []string{"HSMEMU_TRANSPORT=ring"}},
 	}
 	for _, r := range runs {
 		t.Run(r.name, func(t *testing.T) {

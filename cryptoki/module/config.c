@@ -14,7 +14,8 @@
  * reply before it fails with CKR_DEVICE_ERROR (default 60; 0 waits forever;
  * 5 with remote daemons), and "log = stderr|syslog|none": where the module
  * says, once, why it did not reach the daemon (hsm_log_note; default
- * stderr).
+ * stderr), and "transport = socket|ring" (HSMEMU_TRANSPORT wins): ring
+ * offers the daemon shared-memory rings for the frames (ring.c).
  *
  * Remote daemons (docs/remote.md): "server = tls://HOST:PORT, ..." with
  * "tls_cert", "tls_key" and "tls_ca" (PEM files), overridden by
@@ -193,6 +194,8 @@ static int parse_config(hsm_config *cfg, char *text, int *timeout_set)
 				cfg->timeout_ms = (int)s * 1000;
 				*timeout_set = 1;
 			}
+		} else if (strcmp(key, "transport") == 0) {
+			cfg->ring = strcmp(val, "ring") == 0;
 		} else if (strcmp(key, "server") == 0) {
 			set_str(cfg->server, sizeof cfg->server, val);
 		} else if (strcmp(key, "tls_cert") == 0) {
@@ -235,6 +238,9 @@ void hsm_config_load(hsm_config *cfg)
 		set_str(cfg->tls_key, sizeof cfg->tls_key, v);
 	if ((v = env("HSMEMU_TLS_CA")) != NULL)
 		set_str(cfg->tls_ca, sizeof cfg->tls_ca, v);
+
+	if ((v = env("HSMEMU_TRANSPORT")) != NULL)
+		cfg->ring = strcmp(v, "ring") == 0;
 
 	const char *sock = env("HSMEMU_SOCKET");
 	const char *server = env("HSMEMU_SERVER");

@@ -114,6 +114,8 @@ static enum hsm_io wait_more(int fd, short events, long long deadline, unsigned 
 
 static enum hsm_io send_all(int fd, const uint8_t *p, size_t n, long long deadline, unsigned long epoch)
 {
+	if (hsm_ring_is(fd))
+		return hsm_ring_send(fd, p, n, deadline, epoch);
 	int tls = hsm_tls_is(fd);
 	while (n > 0) {
 		ssize_t k = tls ? hsm_tls_send(fd, p, n) : send(fd, p, n, MSG_NOSIGNAL);
@@ -140,6 +142,8 @@ static enum hsm_io send_all(int fd, const uint8_t *p, size_t n, long long deadli
 static enum hsm_io recv_some(int fd, uint8_t *p, size_t min, size_t cap, size_t *got,
 			     long long deadline, unsigned long epoch)
 {
+	if (hsm_ring_is(fd))
+		return hsm_ring_recv(fd, p, min, cap, got, deadline, epoch);
 	size_t have = 0;
 	int tls = hsm_tls_is(fd);
 	while (have < min) {
@@ -170,8 +174,9 @@ static enum hsm_io recv_all(int fd, uint8_t *p, size_t n, long long deadline, un
 	return recv_some(fd, p, n, n, &got, deadline, epoch);
 }
 
-/* handle_epoch goes in every hello: the daemon numbers the handles of an
- * application it starts afresh from it (epoch << 32 | n), so the handles
+/* handle_epoch goes in every hello (31 bits of it, above the ring bit):
+ * the daemon numbers the handles of an application it starts afresh from
+ * it (epoch << 32 | n), so the handles
  * of an application it no longer holds (it restarted, every connection
  * broke, another node took over) never come back naming new sessions or
  * objects: they stay invalid. Moved on by every hello that found the
@@ -186,8 +191,11 @@ static uint32_t handle_epoch;
  * daemon holds nothing of this application from before (version 1 cannot
  * say, so yes). A daemon that wants an older version closes the
  * connection: HSM_IO_BROKEN then asks for a new one. server: the remote
- * daemon's index (tls.c), or -1 for the Unix socket. */
-static enum hsm_io hello(int fd, int *version, int *fresh, int server)
+ * daemon's index (tls.c), or -1 for the Unix socket. ring: a ring offer
+ * follows an accepted hello (ring.c), which the last word's bit 0 tells
+ * the daemon; a daemon that does not know the bit ignores it and
+ * declines the offer as an unknown call. */
+static enum hsm_io hello(int fd, int *version, int *fresh, int server, int ring)
 {
 	uint8_t h[32], r[8];
 	memcpy(h, "HSMU", 4);
@@ -195,7 +203,9 @@ static enum hsm_io hello(int fd, int *version, int *fresh, int server)
 	h[6] = 0, h[7] = 0; /* flags */
 	memcpy(h + 8, hsm_app_id(), 16);
 	hsm_put_be32(h + 24, (uint32_t)getpid());
-	hsm_put_be32(h + 28, __atomic_load_n(&handle_epoch, __ATOMIC_ACQUIRE));
+	/* The last word: the handle epoch above its bit 0, the ring offer. */
+	uint32_t epoch = __atomic_load_n(&handle_epoch, __ATOMIC_ACQUIRE) & 0x7fffffff;
+	hsm_put_be32(h + 28, epoch << 1 | (ring ? 1 : 0));
 
 	long long deadline = now_ms() + HELLO_TIMEOUT_MS;
 	if (send_all(fd, h, sizeof h, deadline, 0) != HSM_IO_OK)
@@ -314,14 +324,14 @@ static enum hsm_io dial_tls(int n, int *out, int *fresh, int *version_out)
 		io = hsm_tls_connect(i, deadline, &fd);
 		if (io != HSM_IO_OK)
 			continue;
-		io = hello(fd, &version, fresh, i);
+		io = hello(fd, &version, fresh, i, 0);
 		if (io == HSM_IO_BROKEN) {
 			/* A daemon of version 1: again, speaking it. */
 			hsm_tls_close(fd);
 			__atomic_store_n(&dial_version, version, __ATOMIC_RELAXED);
 			if (hsm_tls_connect(i, deadline, &fd) != HSM_IO_OK)
 				continue;
-			io = hello(fd, &version, fresh, i);
+			io = hello(fd, &version, fresh, i, 0);
 		}
 		if (io != HSM_IO_OK) {
 			hsm_tls_close(fd);
@@ -349,6 +359,7 @@ static int blocking(int fd)
 
 void hsm_conn_close(int fd)
 {
+	hsm_ring_close(fd);
 	if (hsm_tls_is(fd))
 		hsm_tls_close(fd);
 	else
@@ -357,6 +368,7 @@ void hsm_conn_close(int fd)
 
 void hsm_conn_forget(int fd)
 {
+	hsm_ring_forget(fd);
 	if (hsm_tls_is(fd))
 		hsm_tls_forget(fd);
 	else
@@ -398,7 +410,7 @@ enum hsm_io hsm_conn_dial(int *out, int *fresh, int *version_out)
 		io = connect_fd(&sa, &fd);
 		if (io != HSM_IO_OK)
 			return io;
-		io = hello(fd, &version, fresh, -1);
+		io = hello(fd, &version, fresh, -1, cfg->ring);
 		if (io == HSM_IO_OK)
 			break;
 		close(fd);
@@ -410,6 +422,11 @@ enum hsm_io hsm_conn_dial(int *out, int *fresh, int *version_out)
 	*version_out = version;
 	/* From here on, blocking with one slice of kernel timeout. */
 	if (!blocking(fd)) {
+		close(fd);
+		return HSM_IO_UNAVAILABLE;
+	}
+	/* Declined, the socket carries the frames; broken, no connection. */
+	if (cfg->ring && hsm_ring_offer(fd, now_ms() + HELLO_TIMEOUT_MS) != HSM_IO_OK) {
 		close(fd);
 		return HSM_IO_UNAVAILABLE;
 	}
@@ -488,6 +505,10 @@ int hsm_conn_stale(int fd)
 {
 	/* Bytes libssl holds that no request asked for. */
 	if (hsm_tls_is(fd) && hsm_tls_pending(fd))
+		return 1;
+	/* Reply bytes no request asked for; the socket then says whether
+	 * the daemon is still there. */
+	if (hsm_ring_pending(fd))
 		return 1;
 	struct pollfd p = {.fd = fd, .events = POLLIN};
 	int k;

@@ -86,7 +86,7 @@ enum hsm_io hsm_exchange(hsm_wbuf **reqs, int n, CK_RV *rv, int *idle, uint8_t *
 			reqs[i]->p[reqs[i]->prefetch_at] = 0;
 			reqs[i]->prefetch_at = 0;
 		}
-	hsm_stats_trip();
+	hsm_stats_trip(hsm_ring_is(conn->fd));
 	io = send_frames(conn, reqs, n, ids);
 	if (io == HSM_IO_OK)
 		io = hsm_conn_recv_frames(conn->fd, n, frames, lens, timeout_ms, conn->epoch);

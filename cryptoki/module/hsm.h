@@ -62,6 +62,7 @@ typedef struct hsm_config {
 	 * that verifies the daemons; where errors go. */
 	char server[1024];
 	char tls_cert[1024], tls_key[1024], tls_ca[1024];
+	int ring;           /* offer the daemon shared-memory rings (ring.c) */
 } hsm_config;
 
 /* hsm_config_load resolves the socket path (HSMEMU_SOCKET, the
@@ -205,7 +206,7 @@ void hsm_put_mechanism(hsm_wbuf *w, const CK_MECHANISM *m);
  * C_Finalize, a path appends them to that file. */
 void hsm_stats_init(void);
 void hsm_stats_call(void);
-void hsm_stats_trip(void);
+void hsm_stats_trip(int ring); /* ring: it went through shared-memory rings */
 void hsm_stats_report(void);
 
 /* ---- offline.c: the answers while no daemon runs ---- */
@@ -281,6 +282,18 @@ int hsm_conn_stale(int fd);
  * an inherited one without touching its TLS state. */
 void hsm_conn_close(int fd);
 void hsm_conn_forget(int fd);
+
+/* ring.c: the shared-memory transport, below conn.c. A ring is known by
+ * its connection's socket descriptor, as a TLS connection is. */
+enum hsm_io hsm_ring_offer(int fd, long long deadline_ms); /* OK: taken or declined */
+int hsm_ring_is(int fd);
+enum hsm_io hsm_ring_send(int fd, const uint8_t *p, size_t n, long long deadline_ms, unsigned long epoch);
+enum hsm_io hsm_ring_recv(int fd, uint8_t *p, size_t min, size_t cap, size_t *got, long long deadline_ms,
+			  unsigned long epoch);
+int hsm_ring_pending(int fd);       /* reply bytes no request asked for */
+void hsm_ring_close(int fd);        /* unmap; before the socket is closed */
+void hsm_ring_forget(int fd);       /* an inherited one: never touched */
+void hsm_ring_atfork_child(void);   /* a forked child has no rings */
 
 /* pool.c */
 struct hsm_conn {

@@ -52,6 +52,7 @@ static void atfork_child(void)
 	__atomic_add_fetch(&fork_generation, 1, __ATOMIC_SEQ_CST);
 	hsm_pool_atfork_child();
 	hsm_held_atfork_child();
+	hsm_ring_atfork_child();
 	pthread_mutex_unlock(&init_mu);
 }
 

@@ -3,7 +3,8 @@
  * stub, and how many round trips to the daemon they cost, from
  * C_Initialize to C_Finalize. A round trip is one write of frames and the
  * read of their replies (exchange.c), however many frames travel
- * together. With HSMEMU_MODULE_STATS set at C_Initialize, C_Finalize
+ * together; those that went through shared-memory rings (ring.c) are
+ * counted again apart. With HSMEMU_MODULE_STATS set at C_Initialize, C_Finalize
  * reports them: "-" on stderr, anything else appended to the file it
  * names. Two relaxed atomic adds per call; nothing else is kept.
  */
@@ -16,13 +17,14 @@
 
 #include "hsm.h"
 
-static unsigned long calls, trips;
+static unsigned long calls, trips, ring_trips;
 static char where[256]; /* empty: no report */
 
 void hsm_stats_init(void)
 {
 	__atomic_store_n(&calls, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&trips, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&ring_trips, 0, __ATOMIC_RELAXED);
 	const char *v = getenv("HSMEMU_MODULE_STATS");
 	where[0] = '\0';
 	if (v != NULL && strlen(v) < sizeof where)
@@ -31,15 +33,21 @@ void hsm_stats_init(void)
 
 void hsm_stats_call(void) { __atomic_add_fetch(&calls, 1, __ATOMIC_RELAXED); }
 
-void hsm_stats_trip(void) { __atomic_add_fetch(&trips, 1, __ATOMIC_RELAXED); }
+void hsm_stats_trip(int ring)
+{
+	__atomic_add_fetch(&trips, 1, __ATOMIC_RELAXED);
+	if (ring)
+		__atomic_add_fetch(&ring_trips, 1, __ATOMIC_RELAXED);
+}
 
 void hsm_stats_report(void)
 {
 	if (where[0] == '\0')
 		return;
 	char line[128];
-	int n = snprintf(line, sizeof line, "hsmemu-pkcs11: pid %ld: %lu calls, %lu round trips\n", (long)getpid(),
-			 __atomic_load_n(&calls, __ATOMIC_RELAXED), __atomic_load_n(&trips, __ATOMIC_RELAXED));
+	int n = snprintf(line, sizeof line, "hsmemu-pkcs11: pid %ld: %lu calls, %lu round trips, %lu through rings\n",
+			 (long)getpid(), __atomic_load_n(&calls, __ATOMIC_RELAXED), __atomic_load_n(&trips, __ATOMIC_RELAXED),
+			 __atomic_load_n(&ring_trips, __ATOMIC_RELAXED));
 	if (n <= 0 || (size_t)n >= sizeof line)
 		return;
 	int fd = strcmp(where, "-") == 0 ? dup(2) : open(where, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);

@@ -38,22 +38,39 @@ const magic = "HSMU"
 
 // Hello is the client's first message on a connection:
 //
-//	"HSMU" | version u16 | flags u16 | application id [16] | pid u32 | epoch u32
+//	"HSMU" | version u16 | flags u16 | application id [16] | pid u32 | epoch u31 ring u1
 //
 // ReadHello checks only the magic; the daemon judges the version and the
-// flags (FlagAdmin or 0) and answers with a status.
+// flags (FlagAdmin or 0) and answers with a status. The last word was
+// reserved (0) before the epoch and the ring bit: a daemon that knows
+// neither ignores both.
 type Hello struct {
 	Version uint16
 	Flags   uint16
 	AppID   [16]byte
 	PID     uint32
-	// Epoch numbers the application's handles when the daemon starts it
-	// afresh: they are Epoch<<32 | n, so that handles of an earlier life
-	// of the application (before a daemon restart, a failover) never name
-	// new sessions or objects. The module moves it on at every fresh
-	// start; 0 (all an older module sends) gives the handles from 1.
+	// Epoch (31 bits) numbers the application's handles when the daemon
+	// starts it afresh: they are Epoch<<32 | n, so that handles of an
+	// earlier life of the application (before a daemon restart, a
+	// failover) never name new sessions or objects. The module moves it
+	// on at every fresh start; 0 (all an older module sends) gives the
+	// handles from 1.
 	Epoch uint32
+	// Ring says that a ring offer follows the accepted hello
+	// (docs/protocol.md, "Rings"): one frame of call RingCall whose body
+	// is the ring size u32 and a reserved u32 (0), with the memfd attached
+	// (SCM_RIGHTS). The daemon answers it with a reply frame of request id
+	// 0 and no results: rv CKR_OK when the rings carry the connection's
+	// frames from then on, any other rv when the socket does. A daemon
+	// that does not know the bit declines the offer as an unknown call.
+	Ring bool
 }
+
+// MaxEpoch is the largest Hello.Epoch: the word keeps a bit for Ring.
+const MaxEpoch = 1<<31 - 1
+
+// RingCall is the ring offer's call number, outside every call table.
+const RingCall = 0xFFFFFF01
 
 // Marshal returns the hello's 32 bytes.
 func (h Hello) Marshal() []byte {
@@ -63,7 +80,11 @@ func (h Hello) Marshal() []byte {
 	b = binary.BigEndian.AppendUint16(b, h.Flags)
 	b = append(b, h.AppID[:]...)
 	b = binary.BigEndian.AppendUint32(b, h.PID)
-	return binary.BigEndian.AppendUint32(b, h.Epoch)
+	last := (h.Epoch & MaxEpoch) << 1
+	if h.Ring {
+		last |= 1
+	}
+	return binary.BigEndian.AppendUint32(b, last)
 }
 
 // ReadHello reads a hello. A wrong magic is ErrFrame; a short read is
@@ -80,7 +101,8 @@ func ReadHello(r io.Reader) (Hello, error) {
 		Version: binary.BigEndian.Uint16(b[4:]),
 		Flags:   binary.BigEndian.Uint16(b[6:]),
 		PID:     binary.BigEndian.Uint32(b[24:]),
-		Epoch:   binary.BigEndian.Uint32(b[28:]),
+		Epoch:   binary.BigEndian.Uint32(b[28:]) >> 1,
+		Ring:    b[31]&1 != 0,
 	}
 	copy(h.AppID[:], b[8:24])
 	return h, nil

@@ -1,11 +1,11 @@
 #!/bin/sh
 # check-layers.sh [MODULE_DIR]: the files on the way to the daemon call only
-# down, tls.c < conn.c < pool.c < exchange.c < defer.c < held.c < call.c (hsm.h). Each is
+# down, tls.c < ring.c < conn.c < pool.c < exchange.c < defer.c < held.c < call.c (hsm.h). Each is
 # compiled alone; no file may name a symbol that a file above it defines.
 # The pool's fresh hook is a pointer to a static function, so it names none.
 set -eu
 dir=${1:-$(dirname "$0")/..}
-layers="tls conn pool exchange defer held call"
+layers="tls ring conn pool exchange defer held call"
 cc=${CC:-cc}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
