@@ -26,9 +26,12 @@ type module struct {
 	// remote: the module reaches its daemon over TLS (a PATH@tls://
 	// spec), so its floor is the TLS round trip.
 	remote bool
-	name   string
-	m      C.bm_module
-	slot   C.CK_SLOT_ID
+	// transport: "ring" or "socket" when the spec chose one
+	// (PATH@ring:SOCKET, PATH@socket:SOCKET), else "".
+	transport string
+	name      string
+	m         C.bm_module
+	slot      C.CK_SLOT_ID
 }
 
 // is reports whether err is the return code rv.
@@ -48,12 +51,25 @@ func ok(rv C.CK_RV) error { return ck.Err(uint64(rv)) }
 // file loaded once already is loaded again from a copy, so that one
 // module can be measured through the socket and through TLS side by side:
 // the dynamic linker would hand back the first, initialised, instance.
+//
+// "@ring:SOCKET" and "@socket:SOCKET" choose the module's transport to
+// the daemon at SOCKET too (HSMEMU_TRANSPORT, docs/protocol.md, "Rings"),
+// so the two can be measured side by side.
 func loadModule(spec string) (*module, error) {
 	path, socket, err := parseModuleSpec(spec)
 	if err != nil {
 		return nil, err
 	}
 	remote := strings.HasPrefix(socket, "tls://")
+	transport := ""
+	for _, t := range []string{"ring", "socket"} {
+		if rest, ok := strings.CutPrefix(socket, t+":"); ok && rest != "" {
+			transport, socket = t, rest
+		}
+	}
+	if transport != "" {
+		defer setEnv(map[string]string{"HSMEMU_TRANSPORT": transport})()
+	}
 	if socket != "" {
 		vars := map[string]string{"HSMEMU_SOCKET": socket, "HSMEMU_SERVER": ""}
 		if remote {
@@ -71,7 +87,7 @@ func loadModule(spec string) (*module, error) {
 	cpath := C.CString(load)
 	defer C.free(unsafe.Pointer(cpath))
 	var buf [512]C.char
-	m := &module{path: path, name: filepath.Base(path), remote: remote}
+	m := &module{path: path, name: filepath.Base(path), remote: remote, transport: transport}
 	if C.bm_load(cpath, &m.m, &buf[0], C.size_t(len(buf))) != 0 {
 		return nil, fmt.Errorf("load %s: %s", path, C.GoString(&buf[0]))
 	}

@@ -177,6 +177,9 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 		if t.m.remote {
 			base += " (tls)"
 		}
+		if t.m.transport != "" {
+			base += " (" + t.m.transport + ")"
+		}
 		names[base]++
 		t.name = base
 		if names[base] > 1 {

@@ -42,7 +42,7 @@ Examples:
       --tls-cert app.pem --tls-key app.key --tls-ca ca.pem --op sign-ecdsa-p256 --op wrap --op random-32 --setup
   hsmemu bench hotpath`,
 		Flags: []cli.Flag{
-			&cli.StringSliceFlag{Name: "module", Usage: "a PKCS#11 module to measure, `PATH[@SOCKET]` (repeat for more; the first is the baseline; @SOCKET points an hsmemu module at its daemon, @tls://HOST:PORT at a remote one)"},
+			&cli.StringSliceFlag{Name: "module", Usage: "a PKCS#11 module to measure, `PATH[@SOCKET]` (repeat for more; the first is the baseline; @SOCKET points an hsmemu module at its daemon, @ring:SOCKET or @socket:SOCKET also chooses its transport, @tls://HOST:PORT at a remote one)"},
 			&cli.StringFlag{Name: "tls-cert", Usage: "the client certificate of modules given @tls://", EnvVars: []string{"HSMEMU_TLS_CERT"}},
 			&cli.StringFlag{Name: "tls-key", Usage: "its key", EnvVars: []string{"HSMEMU_TLS_KEY"}},
 			&cli.StringFlag{Name: "tls-ca", Usage: "the CA bundle that verifies the remote daemons", EnvVars: []string{"HSMEMU_TLS_CA"}},

@@ -14,7 +14,7 @@ import (
 	"hsmemu/cryptoki/wire"
 )
 
-// A module that set wire.HelloRing offers its rings next
+// A module that set wire.Hello.Ring offers its rings next
 // (docs/protocol.md, "Rings"). The offer arrives on the connection whose
 // peer the hello checked, so it is that process's (or one it gave its
 // socket to, which could as well make its calls). The rings are charged
