@@ -14,8 +14,9 @@
  * reply before it fails with CKR_DEVICE_ERROR (default 60; 0 waits forever;
  * 5 with remote daemons), and "log = stderr|syslog|none": where the module
  * says, once, why it did not reach the daemon (hsm_log_note; default
- * stderr), and "transport = socket|ring" (HSMEMU_TRANSPORT wins): ring
- * offers the daemon shared-memory rings for the frames (ring.c).
+ * stderr), and "transport = ring|socket" (HSMEMU_TRANSPORT wins): ring,
+ * the default, offers the daemon shared-memory rings for the frames
+ * (ring.c); socket keeps them all on the socket.
  *
  * Remote daemons (docs/remote.md): "server = tls://HOST:PORT, ..." with
  * "tls_cert", "tls_key" and "tls_ca" (PEM files), overridden by
@@ -195,7 +196,7 @@ static int parse_config(hsm_config *cfg, char *text, int *timeout_set)
 				*timeout_set = 1;
 			}
 		} else if (strcmp(key, "transport") == 0) {
-			cfg->ring = strcmp(val, "ring") == 0;
+			cfg->ring = strcmp(val, "socket") != 0;
 		} else if (strcmp(key, "server") == 0) {
 			set_str(cfg->server, sizeof cfg->server, val);
 		} else if (strcmp(key, "tls_cert") == 0) {
@@ -217,6 +218,7 @@ void hsm_config_load(hsm_config *cfg)
 	int timeout_set = 0;
 	memset(cfg, 0, sizeof *cfg);
 	cfg->timeout_ms = DEFAULT_TIMEOUT_MS;
+	cfg->ring = 1;
 
 	const char *file = env("HSMEMU_CONFIG");
 	if (file == NULL && xdg_path(path, sizeof path, "XDG_CONFIG_HOME", ".config", "hsmemu/module.conf"))
@@ -240,7 +242,7 @@ void hsm_config_load(hsm_config *cfg)
 		set_str(cfg->tls_ca, sizeof cfg->tls_ca, v);
 
 	if ((v = env("HSMEMU_TRANSPORT")) != NULL)
-		cfg->ring = strcmp(v, "ring") == 0;
+		cfg->ring = strcmp(v, "socket") != 0;
 
 	const char *sock = env("HSMEMU_SOCKET");
 	const char *server = env("HSMEMU_SERVER");

@@ -266,7 +266,8 @@ static int make_ring(uint8_t **base, size_t *len)
 	return m;
 }
 
-/* send_offer sends the offer frame with the memfd attached. */
+/* send_offer sends the offer frame with the memfd attached, or with
+ * none when m < 0 (which the daemon declines). */
 static int send_offer(int fd, int m)
 {
 	uint8_t f[20];
@@ -282,11 +283,16 @@ static int send_offer(int fd, int m)
 	} c;
 	memset(&c, 0, sizeof c);
 	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = c.b, .msg_controllen = sizeof c.b};
-	struct cmsghdr *h = CMSG_FIRSTHDR(&msg);
-	h->cmsg_level = SOL_SOCKET;
-	h->cmsg_type = SCM_RIGHTS;
-	h->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(h), &m, sizeof m);
+	if (m >= 0) {
+		struct cmsghdr *h = CMSG_FIRSTHDR(&msg);
+		h->cmsg_level = SOL_SOCKET;
+		h->cmsg_type = SCM_RIGHTS;
+		h->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(h), &m, sizeof m);
+	} else {
+		msg.msg_control = NULL;
+		msg.msg_controllen = 0;
+	}
 	ssize_t k;
 	do
 		k = sendmsg(fd, &msg, MSG_NOSIGNAL);
@@ -324,17 +330,22 @@ static enum hsm_io read_answer(int fd, long long deadline, int *taken)
 
 enum hsm_io hsm_ring_offer(int fd, long long deadline)
 {
-	uint8_t *base;
-	size_t len;
+	uint8_t *base = NULL;
+	size_t len = 0;
+	/* The hello announced an offer, so one goes even when no memfd
+	 * could be made (a sandbox without memfd_create): an offer without
+	 * a descriptor, which the daemon declines. */
 	int m = make_ring(&base, &len);
-	if (m < 0)
-		return HSM_IO_NOMEM;
 	int ok = send_offer(fd, m);
-	close(m); /* the daemon has its own descriptor now, and we the mapping */
+	if (m >= 0)
+		close(m); /* the daemon has its own descriptor now, and we the mapping */
 	int taken = 0;
 	enum hsm_io io = ok == 0 ? read_answer(fd, deadline, &taken) : HSM_IO_BROKEN;
-	if (io != HSM_IO_OK || !taken) {
-		munmap(base, len);
+	if (io != HSM_IO_OK || !taken || m < 0) {
+		if (base != NULL)
+			munmap(base, len);
+		if (io == HSM_IO_OK && taken)
+			return HSM_IO_BROKEN; /* taken, but there is nothing to take */
 		return io; /* declined: the socket carries the frames */
 	}
 	pthread_mutex_lock(&mu);
