@@ -168,6 +168,12 @@ Example:
 			for _, uid := range c.UintSlice("allow-uid") {
 				srvCfg.AllowUIDs = append(srvCfg.AllowUIDs, uint32(uid))
 			}
+			// SIGHUP is caught before any listener answers: a reload sent
+			// as soon as the daemon is reachable must not meet the
+			// default action, which ends the process.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
 			rl, err := remoteListener(c)
 			if err != nil {
 				return cli.Exit("hsmemu serve: "+err.Error(), 2)
@@ -195,7 +201,7 @@ Example:
 			if c.Bool("legacy-algorithms") {
 				log.Warn("legacy algorithms enabled on tokens that are not premium: DES, triple DES, DSA, RSA-1024, SHA-1 signatures")
 			}
-			go rl.reloadOnHUP(ctx, log)
+			go rl.reloadOnHUP(ctx, log, hup)
 			if rl != nil {
 				d.ListenRemote(rl.ln, rl.config())
 				log.Info("serving remote clients", "listen", rl.ln.Addr().String(), "identities", len(rl.policy.Load().Identities))

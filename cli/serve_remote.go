@@ -7,10 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
 	"strings"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -93,14 +91,11 @@ func (rs *remoteSetup) config() daemon.RemoteConfig {
 	return daemon.RemoteConfig{Certs: rs.certs, Policy: rs.policy.Load}
 }
 
-// reloadOnHUP reloads the certificates and the policy on each SIGHUP; a
-// reload that fails keeps what was in force, and says why. Without a
-// listener (rs nil) SIGHUP has nothing to reload, and does not stop the
-// daemon (the unit's ExecReload sends it).
-func (rs *remoteSetup) reloadOnHUP(ctx context.Context, log *slog.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+// reloadOnHUP reloads the certificates and the policy on each SIGHUP
+// that hup delivers; a reload that fails keeps what was in force, and says
+// why. Without a listener (rs nil) SIGHUP has nothing to reload, and does
+// not stop the daemon (the unit's ExecReload sends it).
+func (rs *remoteSetup) reloadOnHUP(ctx context.Context, log *slog.Logger, hup <-chan os.Signal) {
 	for {
 		select {
 		case <-ctx.Done():
