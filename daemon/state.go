@@ -134,9 +134,7 @@ func OpenState(ctx context.Context, cfg StateConfig) (_ *State, err error) {
 	} else if kind == keystore.EngineSQLite {
 		st.DBPath = target
 	}
-	opts := cfg.Store
-	opts.Exclusive = true // one daemon per PostgreSQL database, for now
-	if st.Store, err = keystore.OpenDB(ctx, db, opts); err != nil {
+	if st.Store, err = keystore.OpenDB(ctx, db, cfg.Store); err != nil {
 		return nil, err
 	}
 	rec, err := st.Store.RootRecord(ctx)

@@ -159,7 +159,14 @@ func (s *Store) attachAnchorKeys(ctx context.Context) error {
 // A record that fails authentication is a TamperError.
 func (s *Store) readAnchor(ctx context.Context, q querier) (anchorState, uint32, bool, error) {
 	var blob []byte
-	err := q.QueryRowContext(ctx, "SELECT state FROM anchor WHERE id = 1").Scan(&blob)
+	lock := ""
+	if _, ok := q.(*sql.Tx); ok {
+		// A writer's transaction writes the record back: with other
+		// writers (PostgreSQL), it holds the record until it commits, as
+		// the fold of every write does (pganchor.go).
+		lock = s.eng.forUpdate()
+	}
+	err := q.QueryRowContext(ctx, "SELECT state FROM anchor WHERE id = 1"+lock).Scan(&blob)
 	if errors.Is(err, sql.ErrNoRows) {
 		return anchorState{}, 0, false, nil
 	}
@@ -332,6 +339,13 @@ func (s *Store) AttachAnchor(ctx context.Context, c Counter, opts AnchorOptions)
 	s.anc.op.Lock()
 	defer s.anc.op.Unlock()
 	rep := AnchorReport{Handle: opts.Handle}
+	// One Store anchors at a time in the domain, from reading the counter
+	// to incrementing it (Anchor).
+	release, _, err := s.eng.job(ctx, "anchor", true)
+	if err != nil {
+		return rep, err
+	}
+	defer release()
 	if err := s.loadAnchorKeys(ctx); err != nil {
 		return rep, err
 	}
@@ -559,6 +573,15 @@ func (s *Store) Anchor(ctx context.Context) (bool, error) {
 	if err := s.anchorRefused(); err != nil {
 		return false, err
 	}
+	// One Store anchors at a time in the domain (several daemons on one
+	// PostgreSQL database), from reading the counter to incrementing it:
+	// the record and the counter are the domain's. When another Store is
+	// anchoring, its anchor covers this Store's writes committed so far.
+	release, ok, err := s.eng.job(ctx, "anchor", false)
+	if err != nil || !ok {
+		return false, err
+	}
+	defer release()
 	// After a master key rotation the record moves to the new epoch's
 	// key, loaded here, outside any transaction.
 	s.mu.RLock()

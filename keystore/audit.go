@@ -262,6 +262,11 @@ func (s *Store) appendAuditTx(ctx context.Context, tx *sql.Tx, key []byte, n Aud
 			return nil, err
 		}
 	}
+	// The head is read under the domain's append lock (PostgreSQL: other
+	// daemons append to the same chain), never taken from memory.
+	if err := s.eng.lockAudit(ctx, tx); err != nil {
+		return nil, s.dbErr("lock audit log", err)
+	}
 	row := &auditRow{time: time.Now().UnixNano(), actor: string(a), event: n.Event, detail: string(d)}
 	err = tx.QueryRowContext(ctx, "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").Scan(&row.seq, &row.prevHash)
 	switch {
@@ -270,15 +275,9 @@ func (s *Store) appendAuditTx(ctx context.Context, tx *sql.Tx, key []byte, n Aud
 	case err != nil:
 		return nil, s.dbErr("read audit head", err)
 	}
-	// The newest record must be the one this Store last wrote: anything
-	// else means records were removed or replaced at the end, which the
-	// chain alone cannot show. The new record is written all the same; the
-	// loss is reported by VerifyAudit.
-	s.mu.Lock()
-	if s.auditHead > 0 && s.auditLost == "" && (row.seq != s.auditHead || !bytes.Equal(row.prevHash, s.auditHeadHash)) {
-		s.auditLost = fmt.Sprintf("the log ended at record %d when this daemon had written up to record %d: records were removed or replaced at the end", row.seq, s.auditHead)
+	if err := s.checkAuditHead(ctx, tx, row.seq, row.prevHash); err != nil {
+		return nil, err
 	}
-	s.mu.Unlock()
 	row.seq++
 	row.hash = auditHash(key, row)
 	if _, err := tx.ExecContext(ctx, "INSERT INTO audit_log (seq, time, actor, event, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -286,6 +285,42 @@ func (s *Store) appendAuditTx(ctx context.Context, tx *sql.Tx, key []byte, n Aud
 		return nil, s.dbErr("append audit record", err)
 	}
 	return row, nil
+}
+
+// checkAuditHead compares the log's head with the newest record this
+// Store wrote. Alone on its database (SQLite), that record must be the
+// head; with other Stores appending (PostgreSQL), it must still be in
+// the log, unchanged, at or before the head. Anything else means records
+// were removed or replaced at the end, which the chain alone cannot
+// show. The new record is written all the same; the loss is reported by
+// VerifyAudit.
+func (s *Store) checkAuditHead(ctx context.Context, tx *sql.Tx, seq int64, hash []byte) error {
+	s.mu.RLock()
+	mine, mineHash, lost := s.auditHead, s.auditHeadHash, s.auditLost
+	s.mu.RUnlock()
+	if mine == 0 || lost != "" {
+		return nil
+	}
+	ok := seq == mine && bytes.Equal(hash, mineHash)
+	if !ok && s.sync != nil && seq > mine {
+		var h []byte
+		err := tx.QueryRowContext(ctx, "SELECT hash FROM audit_log WHERE seq = ?", mine).Scan(&h)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return s.dbErr("read audit log", err)
+		}
+		ok = bytes.Equal(h, mineHash)
+	}
+	if !ok {
+		s.mu.Lock()
+		if s.auditLost == "" {
+			s.auditLost = fmt.Sprintf("the log ended at record %d when this daemon had written up to record %d: records were removed or replaced at the end", seq, mine)
+			if seq > mine {
+				s.auditLost = fmt.Sprintf("record %d, written by this daemon, was removed or replaced", mine)
+			}
+		}
+		s.mu.Unlock()
+	}
+	return nil
 }
 
 // auditAppended moves the Store's idea of the log's head to a record whose

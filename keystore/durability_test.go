@@ -41,9 +41,7 @@ func durabilityChild() int {
 	if err != nil {
 		return fail(err)
 	}
-	// Exclusive, as the daemon opens a PostgreSQL keystore: the killed
-	// writer's lock must not keep the next start out.
-	s, err := openAt(ctx, os.Getenv(childEnv), Options{Argon2: cheapArgon, Exclusive: true})
+	s, err := openAt(ctx, os.Getenv(childEnv), Options{Argon2: cheapArgon})
 	if err != nil {
 		return fail(err)
 	}
@@ -176,7 +174,7 @@ func TestDurabilityUnderSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tpm.Close()
-	s, err = openAt(ctx, path, Options{Argon2: cheapArgon, Exclusive: true})
+	s, err = openAt(ctx, path, Options{Argon2: cheapArgon})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,6 +29,19 @@ type engine interface {
 	// scanRows calls f with every anchored row's key and term, in tx on
 	// the writer connection.
 	scanRows(ctx context.Context, tx *sql.Tx, a *anchor, f func(r *anchoredRow) error) error
+	// forUpdate is what follows a read, in a transaction of the writer,
+	// of a row the transaction then writes: a row lock where other
+	// writers may run at once (PostgreSQL, several daemons), nothing
+	// where the one writer connection is the only writer (SQLite).
+	forUpdate() string
+	// lockAudit, in a transaction of the writer, takes the audit log's
+	// append lock, held until the transaction ends: the head read next
+	// is the newest, whichever writer moved it.
+	lockAudit(ctx context.Context, tx *sql.Tx) error
+	// job holds the singleton job name for this Store: ok is false when
+	// another Store holds it (wait false), and release gives it up. A
+	// Store that dies gives it up with its connection (jobs.go).
+	job(ctx context.Context, name string, wait bool) (release func(), ok bool, err error)
 }
 
 // OpenDB opens the keystore a --db value names: "sqlite:PATH" (the file

@@ -159,6 +159,13 @@ func (s *Store) AttachNext(ctx context.Context, root Root, proof []byte) error {
 func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)) (uint32, error) {
 	s.rot.Lock()
 	defer s.rot.Unlock()
+	// One Store moves the domain at a time; one that finds the rotation
+	// finished by another meanwhile has nothing to do (ErrNoRotation).
+	release, _, err := s.eng.job(ctx, "rotate-master", true)
+	if err != nil {
+		return 0, err
+	}
+	defer release()
 	rec, err := s.RootRecord(ctx)
 	if err != nil {
 		return 0, err
@@ -327,7 +334,7 @@ func (s *Store) rekeyToken(ctx context.Context, ti TokenInfo, next Root, nextGen
 	if _, err := s.reseal(ctx, tx, ti.ID, func(kind byte) bool { return kind != kindData }, from, to, nil); err != nil {
 		return err
 	}
-	cur, _, err := s.token(ctx, tx, "id = ?", ti.ID)
+	cur, _, err := s.token(ctx, tx, "id = ?"+s.eng.forUpdate(), ti.ID)
 	if err != nil {
 		return err
 	}

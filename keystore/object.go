@@ -185,7 +185,7 @@ func (s *Store) put(ctx context.Context, token, u UUID, attrs Attributes, secret
 // path: a cache hit costs a map lookup; a miss reads one row, checks it and
 // opens its seal. A private object needs its token logged in.
 func (s *Store) Open(ctx context.Context, id ObjectID) (*Object, error) {
-	if obj, ok := s.cache.get(id); ok && (!obj.Private || obj.st.open.Load()) {
+	if obj, ok := s.cache.get(id); ok && (!obj.Private || obj.st.open.Load()) && s.cacheFresh() {
 		s.stats.hits.Add(1)
 		return obj, nil
 	}
@@ -205,6 +205,11 @@ func (s *Store) Open(ctx context.Context, id ObjectID) (*Object, error) {
 		// generation check left the seal intact either way.
 		if try > 0 {
 			time.Sleep(time.Millisecond)
+		}
+		if errors.Is(err, errNewerKeys) && s.sync != nil && try == 0 {
+			// Another Store may have replaced the token's data key: a
+			// token whose generation moved is logged out here.
+			s.revalidateToken(ctx, r.tokenID) //nolint:errcheck // read again below
 		}
 		if errors.Is(err, errStaleRow) {
 			if r, err = s.readObject(ctx, id); err != nil {

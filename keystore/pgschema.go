@@ -124,6 +124,42 @@ BEGIN
 	RETURN NULL;
 END $$;
 `,
+	// 2: several daemons on one database (pgcluster.go). Every change to
+	// a row another Store may hold something of (an object, a token, the
+	// master key's row, the carried keys) bumps the domain's change
+	// generation and notifies it, with the changed row, on channel
+	// hsmemu_changes: PostgreSQL delivers the notification at commit, to
+	// every session listening. The generation lets a Store that missed a
+	// notification know it did. Triggers in the server, so a change from
+	// any session (psql included) is told.
+	`
+CREATE TABLE hsmemu_changes (
+	id         integer PRIMARY KEY CHECK (id = 1),
+	generation bigint NOT NULL
+);
+INSERT INTO hsmemu_changes (id, generation) VALUES (1, 0);
+
+CREATE FUNCTION hsmemu_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+	g    bigint;
+	what text := '*';
+BEGIN
+	-- IF, not CASE: a branch's OLD.id is planned only when it runs, and
+	-- the carried keys have no id.
+	IF TG_TABLE_NAME = 'objects' THEN
+		what := 'o' || OLD.id::text;
+	ELSIF TG_TABLE_NAME = 'tokens' THEN
+		what := 't' || OLD.id::text;
+	END IF;
+	UPDATE hsmemu_changes SET generation = generation + 1 WHERE id = 1 RETURNING generation INTO g;
+	PERFORM pg_notify('hsmemu_changes', g::text || ' ' || what);
+	RETURN NULL;
+END $$;
+CREATE TRIGGER hsmemu_changed AFTER UPDATE OR DELETE ON objects FOR EACH ROW EXECUTE FUNCTION hsmemu_changed();
+CREATE TRIGGER hsmemu_changed AFTER UPDATE OR DELETE ON tokens FOR EACH ROW EXECUTE FUNCTION hsmemu_changed();
+CREATE TRIGGER hsmemu_changed AFTER INSERT OR UPDATE OR DELETE ON root FOR EACH ROW EXECUTE FUNCTION hsmemu_changed();
+CREATE TRIGGER hsmemu_changed AFTER INSERT OR UPDATE OR DELETE ON carried FOR EACH ROW EXECUTE FUNCTION hsmemu_changed();
+`,
 }
 
 // pgMigrate brings the schema up to date in one transaction (PostgreSQL's

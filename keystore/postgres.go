@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -43,7 +44,11 @@ const defaultConnectTimeout = 10 * time.Second
 
 // postgresEngine is the engine over a PostgreSQL server.
 type postgresEngine struct {
-	f *pgFolder
+	f   *pgFolder
+	cfg *pgx.ConnConfig // for the connections of the listener and of jobs (pgcluster.go)
+	// writerPID is the writer connection's server process: a change
+	// notified by it is this Store's own.
+	writerPID atomic.Uint32
 }
 
 // openPostgres opens the keystore in the PostgreSQL database dsn names,
@@ -81,29 +86,12 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 
 	anc := newAnchor()
 	f := &pgFolder{a: anc}
-	eng := &postgresEngine{f: f}
-	afterConnect := createPending
-	if opts.Exclusive {
-		afterConnect = func(ctx context.Context, c *pgx.Conn) error {
-			// The writer's session holds the lock; a writer reconnecting
-			// after a failover takes it again, or fails.
-			// A daemon that just stopped may hold it a moment longer: its
-			// server process ends after its connection closes.
-			if _, err := c.Exec(ctx, "SET lock_timeout = '3s'"); err != nil {
-				return err
-			}
-			_, err := c.Exec(ctx, "SELECT pg_advisory_lock(hashtextextended('hsmemu/writer', 0))")
-			if pgCode(err) == "55P03" { // lock_not_available
-				return ErrDatabaseInUse
-			}
-			if err != nil {
-				return err
-			}
-			if _, err := c.Exec(ctx, "RESET lock_timeout"); err != nil {
-				return err
-			}
-			return createPending(ctx, c)
-		}
+	eng := &postgresEngine{f: f, cfg: cfg.Copy()}
+	afterConnect := func(ctx context.Context, c *pgx.Conn) error {
+		// The listener (pgcluster.go) knows the writer's own changes by
+		// its server process.
+		eng.writerPID.Store(c.PgConn().PID())
+		return createPending(ctx, c)
 	}
 	w := sql.OpenDB(&pgConnector{inner: stdlib.GetConnector(*wcfg, stdlib.OptionAfterConnect(afterConnect)), fold: f})
 	w.SetMaxOpenConns(1)
@@ -131,7 +119,15 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 	r.SetMaxOpenConns(opts.Readers)
 	r.SetMaxIdleConns(opts.Readers)
 	r.SetConnMaxLifetime(0)
-	return assemble(ctx, eng, StorageInfo{Engine: EnginePostgres, Location: pgLocation(cfg)}, w, r, anc, opts)
+	s, err := assemble(ctx, eng, StorageInfo{Engine: EnginePostgres, Location: pgLocation(cfg)}, w, r, anc, opts)
+	if err != nil {
+		return nil, err
+	}
+	if s.sync, err = newSyncer(ctx, s, eng, opts.Invalidation); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
 }
 
 // pgLocation is where a connection string points: its hosts in the
@@ -151,9 +147,6 @@ func pgLocation(cfg *pgx.ConnConfig) string {
 func pgServerDurable(ctx context.Context, w *sql.DB) error {
 	var fsync, sync, ro string
 	err := w.QueryRowContext(ctx, "SELECT current_setting('fsync'), current_setting('synchronous_commit'), current_setting('transaction_read_only')").Scan(&fsync, &sync, &ro)
-	if errors.Is(err, ErrDatabaseInUse) {
-		return ErrDatabaseInUse
-	}
 	if err != nil {
 		return fmt.Errorf("keystore: connect to PostgreSQL: %s", redactErr(err))
 	}

@@ -16,26 +16,6 @@ import (
 	"hsmemu/internal/pgtest"
 )
 
-// TestPostgresExclusive: a daemon holds its PostgreSQL database alone
-// (Options.Exclusive); a second one is refused with ErrDatabaseInUse
-// until the first closes.
-func TestPostgresExclusive(t *testing.T) {
-	loc := pgServer.NewDatabase(t)
-	a, err := OpenDB(ctx, loc, Options{Argon2: cheapArgon, Exclusive: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := OpenDB(ctx, loc, Options{Argon2: cheapArgon, Exclusive: true}); !errors.Is(err, ErrDatabaseInUse) {
-		t.Fatalf("second exclusive open: %v", err)
-	}
-	a.Close()
-	b, err := OpenDB(ctx, loc, Options{Argon2: cheapArgon, Exclusive: true})
-	if err != nil {
-		t.Fatalf("after the first closed: %v", err)
-	}
-	b.Close()
-}
-
 // TestPostgresPassword: the password comes from a file or PGPASSFILE,
 // never from the connection string; a wrong one fails without echoing
 // it.
@@ -102,7 +82,7 @@ func TestPostgresFailover(t *testing.T) {
 	}
 	both := fmt.Sprintf("host=%s,%s dbname=keys user=%s sslmode=disable target_session_attrs=read-write connect_timeout=5",
 		primary.Dir, replica.Dir, pgtest.Superuser)
-	s, _ := newStoreAt(t, both, Options{Exclusive: true})
+	s, _ := newStoreAt(t, both, Options{})
 	if got, want := s.Storage().Location, primary.Dir+":5432,"+replica.Dir+":5432/keys as "+pgtest.Superuser; got != want {
 		t.Errorf("location %q, want %q", got, want)
 	}

@@ -29,6 +29,13 @@ var ErrUserPINNeeded = errors.New("keystore: the token's user PIN is needed to r
 func (s *Store) RotateDataKey(ctx context.Context, token UUID, soPIN, userPIN []byte, progress func(done, total int)) (resealed int, err error) {
 	s.rot.Lock()
 	defer s.rot.Unlock()
+	// One rotation of a token at a time in the domain: a second one,
+	// begun on another daemon, starts from the key the first installed.
+	release, _, err := s.eng.job(ctx, "rotate-data/"+token.String(), true)
+	if err != nil {
+		return 0, err
+	}
+	defer release()
 	ti, st, dk, err := s.checkPIN(ctx, token, RoleSO, soPIN)
 	if err != nil {
 		return 0, err
@@ -91,7 +98,7 @@ func (s *Store) RotateDataKey(ctx context.Context, token UUID, soPIN, userPIN []
 	if err != nil {
 		return 0, err
 	}
-	cur, _, err := s.token(ctx, tx, "uuid = ?", token[:])
+	cur, _, err := s.token(ctx, tx, "uuid = ?"+s.eng.forUpdate(), token[:])
 	if err != nil {
 		return 0, err
 	}

@@ -183,8 +183,17 @@ func (s *Store) Purge(ctx context.Context, token UUID, object UUID) error {
 }
 
 // PurgeExpired removes every deleted object whose retention ended before
-// now, and returns what it removed.
+// now, and returns what it removed. It is a job of the domain's: with
+// several daemons on one PostgreSQL database one purges at a time, and
+// while another does, this one returns nothing. Each object goes in a
+// commit of its own, so a purger that dies leaves the rest for the next
+// run, on whichever daemon.
 func (s *Store) PurgeExpired(ctx context.Context, now time.Time) ([]Deleted, error) {
+	release, ok, err := s.eng.job(ctx, "purge", false)
+	if err != nil || !ok {
+		return nil, err
+	}
+	defer release()
 	tokens, err := s.Tokens(ctx)
 	if err != nil {
 		return nil, err
@@ -211,6 +220,9 @@ func (s *Store) PurgeExpired(ctx context.Context, now time.Time) ([]Deleted, err
 			}
 			if n, _ := res.RowsAffected(); n == 1 {
 				purged = append(purged, d)
+				if s.purgeStep != nil {
+					s.purgeStep()
+				}
 			}
 		}
 	}

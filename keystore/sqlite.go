@@ -70,6 +70,20 @@ func openSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 
 func (sqliteEngine) name() string { return "sqlite" }
 
+// forUpdate: SQLite has one writer, the Store's one writer connection,
+// whose transactions run one at a time.
+func (sqliteEngine) forUpdate() string { return "" }
+
+// lockAudit: the one writer connection orders the appends itself.
+func (sqliteEngine) lockAudit(context.Context, *sql.Tx) error { return nil }
+
+// job: one daemon per SQLite file, so every job is this Store's; the
+// Store's own callers order theirs (Anchor's op lock, the purger's one
+// goroutine).
+func (sqliteEngine) job(context.Context, string, bool) (func(), bool, error) {
+	return func() {}, true, nil
+}
+
 func (sqliteEngine) unique(err error) bool {
 	var se sqlite3.Error
 	return errors.As(err, &se) && se.ExtendedCode == sqlite3.ErrConstraintUnique

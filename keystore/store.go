@@ -35,9 +35,6 @@ var (
 	// under one of its writes). Nothing of the write was made. Reads go
 	// on, and writes succeed again once space is freed.
 	ErrFull = errors.New("keystore: no space left on the keystore's filesystem")
-	// ErrDatabaseInUse is an exclusive open (Options.Exclusive) of a
-	// PostgreSQL database that another Store holds.
-	ErrDatabaseInUse = errors.New("keystore: another hsmemu daemon serves this PostgreSQL database (one daemon per database, for now: docs/cluster.md)")
 )
 
 // UUID identifies a token or an object for as long as it exists, across
@@ -74,13 +71,12 @@ type Options struct {
 	// after its last use, sparing the next login with it the Argon2id
 	// stretch (see stretchCache). Zero means 15 minutes; negative, never.
 	PINCacheTTL time.Duration
-	// Exclusive, on PostgreSQL, holds the database for this Store alone
-	// while it is open (a session advisory lock of the writer
-	// connection): another daemon on the same database is refused with
-	// ErrDatabaseInUse. Several daemons on one database need the cache
-	// invalidation and shared counters docs/cluster.md says are not
-	// there yet; until then the daemon sets it.
-	Exclusive bool
+	// Invalidation, on PostgreSQL, is the bound on how long after a
+	// change committed by another Store (another daemon on the same
+	// database) this Store may still use what it cached before it: a
+	// destroyed key, a token's data key replaced (pgcluster.go). Zero
+	// means DefaultInvalidation.
+	Invalidation time.Duration
 	// PasswordFile, on PostgreSQL, is a file whose one line is the
 	// database password (PGPASSFILE is read too, as libpq does).
 	PasswordFile string
@@ -125,6 +121,14 @@ type Store struct {
 	tamper tamperLog // integrity failures met, to audit once each
 
 	anc *anchor // the anchor record's keys and counter (anchor.go)
+
+	// sync, on PostgreSQL, follows the changes other Stores commit to the
+	// same database and drops what they make stale (pgcluster.go); nil
+	// on SQLite, which has one Store per file.
+	sync *syncer
+	// purgeStep, in tests, is called after each object PurgeExpired
+	// removes.
+	purgeStep func()
 }
 
 // Open opens (creating if needed) the SQLite keystore at path and brings
@@ -154,6 +158,9 @@ func (opts *Options) defaults() error {
 	if opts.Readers <= 0 {
 		opts.Readers = runtime.GOMAXPROCS(0) + 2
 	}
+	if opts.Invalidation <= 0 {
+		opts.Invalidation = DefaultInvalidation
+	}
 	return nil
 }
 
@@ -178,6 +185,11 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.mu.Unlock()
+	if s.sync != nil {
+		s.sync.close()
+	}
+	s.mu.Lock()
 	for id, t := range s.tokens {
 		t.wipe()
 		delete(s.tokens, id)

@@ -636,7 +636,7 @@ func (s *Store) updateToken(ctx context.Context, token UUID, change func(ti *Tok
 		return s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
-	ti, st, err := s.token(ctx, tx, "uuid = ?", token[:])
+	ti, st, err := s.token(ctx, tx, "uuid = ?"+s.eng.forUpdate(), token[:])
 	if err != nil {
 		return err
 	}
@@ -950,7 +950,7 @@ func (s *Store) Reinit(ctx context.Context, token UUID, soPIN []byte, label stri
 	if _, err := tx.ExecContext(ctx, "DELETE FROM objects WHERE token_id = ?", ti.ID); err != nil {
 		return s.dbErr("delete objects", err)
 	}
-	cur, _, err := s.token(ctx, tx, "uuid = ?", token[:])
+	cur, _, err := s.token(ctx, tx, "uuid = ?"+s.eng.forUpdate(), token[:])
 	if err != nil {
 		return err
 	}
@@ -988,7 +988,7 @@ func (s *Store) DeleteToken(ctx context.Context, token UUID) error {
 		return s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
-	ti, _, err := s.token(ctx, tx, "uuid = ?", token[:])
+	ti, _, err := s.token(ctx, tx, "uuid = ?"+s.eng.forUpdate(), token[:])
 	if err != nil {
 		return err
 	}
