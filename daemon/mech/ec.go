@@ -275,6 +275,12 @@ func ecdsaVerifier(k Key, m *wire.Mechanism, h crypto.Hash) (SignOp, error) {
 	if err != nil {
 		return nil, err
 	}
+	if v, err := ecVerifyKeyOf(k, pub.Curve); err != nil || v != nil {
+		if err != nil {
+			return nil, err
+		}
+		return newSigner(h, nil, v.verify), nil
+	}
 	size := ecSize(pub.Curve)
 	return newSigner(h, nil, func(in, sig []byte) error {
 		if len(sig) != 2*size {
