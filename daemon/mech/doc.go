@@ -31,9 +31,11 @@
 //     with and without padding), hkdf.go (HKDF);
 //   - asym.go (what they share), rsa.go and rsasign.go (RSA key pairs,
 //     PKCS#1 v1.5, PSS, OAEP, RSA-AES key wrap; the private operation in
-//     OpenSSL through internal/rsaraw), ec.go and nonces.go (the short
-//     Weierstrass curves, Ed25519 and Ed448: ECDSA with precomputed
-//     nonces on the curves crypto/ecdh has, EdDSA, ECDH), secp256k1.go,
+//     OpenSSL through internal/rsaraw), ec.go, nonces.go and ecverify.go
+//     (the short Weierstrass curves, Ed25519 and Ed448: ECDSA with
+//     precomputed nonces on the curves crypto/ecdh has and verification
+//     through OpenSSL's internal/ecverify on P-256 and P-521, EdDSA,
+//     ECDH), secp256k1.go,
 //     montgomery.go (X25519, X448), dsa.go (DSA, legacy);
 //   - key.go (the Key interface and the parsing of key material) and
 //     encode.go (keys to and from their encodings: PKCS#8 for wrapping,
