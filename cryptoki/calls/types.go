@@ -147,6 +147,8 @@ var Attrs = map[uint64]AttrKind{
 	0x500:      AttrUlong,    // CKA_MECHANISM_TYPE
 	0x601:      AttrUlong,    // CKA_PROFILE_ID
 	0x61D:      AttrUlong,    // CKA_PARAMETER_SET (3.2)
+	0x62A:      AttrTemplate, // CKA_ENCAPSULATE_TEMPLATE (3.2)
+	0x62B:      AttrTemplate, // CKA_DECAPSULATE_TEMPLATE (3.2)
 	0x633:      AttrBool,     // CKA_ENCAPSULATE (3.2)
 	0x634:      AttrBool,     // CKA_DECAPSULATE (3.2)
 	0x40000211: AttrTemplate, // CKA_WRAP_TEMPLATE

@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/mlkem"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -323,4 +325,59 @@ func TestPQCWycheproofThroughModule(t *testing.T) {
 		t.Fatalf("ran %d vectors", ran)
 	}
 	t.Logf("%d Wycheproof vectors through the module", ran)
+}
+
+// TestKEMTemplatesThroughModule: CKA_ENCAPSULATE_TEMPLATE and
+// CKA_DECAPSULATE_TEMPLATE travel through the module as templates, are
+// read back as one, and hold what C_EncapsulateKey and C_DecapsulateKey
+// make.
+func TestKEMTemplatesThroughModule(t *testing.T) {
+	p, f, slot := pqcModule(t)
+	h := rwSession(t, p, slot, true)
+	pub, priv, err := f.kemPair(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, types, values, err := f.encTemplate(h, pub)
+	if err != nil || n != 2 || types != [2]uint64{pkcs11.CKA_KEY_TYPE, pkcs11.CKA_EXTRACTABLE} || values != [2]uint64{pkcs11.CKK_AES, 1} {
+		t.Fatalf("CKA_ENCAPSULATE_TEMPLATE read back: %d %#x %#x, %v", n, types, values, err)
+	}
+	// A generic secret does not match the public key's template.
+	if _, _, err := f.encapsulatePlain(h, pub); rvOf(err) != ck.CKR_KEY_HANDLE_INVALID {
+		t.Errorf("encapsulating a generic secret: %v", err)
+	}
+	// An extractable AES key does.
+	ct, _, k1, err := f.encapsulate(h, pub, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The private key's template makes the decapsulated key sensitive,
+	// and refuses a template that says otherwise.
+	if _, err := f.decapsulate(h, priv, ct); rvOf(err) != ck.CKR_TEMPLATE_INCONSISTENT {
+		t.Errorf("decapsulating to a non-sensitive key: %v", err)
+	}
+	k2, err := f.decapsulatePlain(h, priv, ct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := attrOf(t, p, h, k2, pkcs11.CKA_SENSITIVE); len(v) != 1 || v[0] != 1 {
+		t.Errorf("the decapsulated key's CKA_SENSITIVE: %x", v)
+	}
+	if _, err := p.GetAttributeValue(h, k2, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)}); rvOf(err) != ck.CKR_ATTRIBUTE_SENSITIVE {
+		t.Errorf("the decapsulated key's CKA_VALUE: %v", err)
+	}
+	// Still the same secret: an HMAC with the sensitive generic secret is
+	// the HMAC with the encapsulated key's value.
+	if err := p.SignInit(h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, k2); err != nil {
+		t.Fatal(err)
+	}
+	mac, err := p.Sign(h, []byte("kem templates"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := hmac.New(sha256.New, attrOf(t, p, h, k1, pkcs11.CKA_VALUE))
+	want.Write([]byte("kem templates"))
+	if !hmac.Equal(mac, want.Sum(nil)) {
+		t.Error("the two keys hold different secrets")
+	}
 }

@@ -221,6 +221,12 @@ var rules = map[uint64]rule{
 	ck.CKA_SEED:          {kind: vBytes, classes: mPriv, keyTypes: seededKeys, flags: fSecret | fSensitive},
 	ck.CKA_ENCAPSULATE:   {kind: vBool, classes: mPub, keyTypes: kemKeys, flags: fModify, def: vTrue},
 	ck.CKA_DECAPSULATE:   {kind: vBool, classes: mPriv, keyTypes: kemKeys, flags: fModify, def: vTrue},
+	// CKA_ENCAPSULATE_TEMPLATE is what a key encapsulated with the public
+	// key must match, CKA_DECAPSULATE_TEMPLATE what a key decapsulated
+	// with the private key is given (C_EncapsulateKey, C_DecapsulateKey),
+	// as CKA_WRAP_TEMPLATE and CKA_UNWRAP_TEMPLATE are for wrapping.
+	ck.CKA_ENCAPSULATE_TEMPLATE: {kind: vAttrs, classes: mPub, keyTypes: kemKeys},
+	ck.CKA_DECAPSULATE_TEMPLATE: {kind: vAttrs, classes: mPriv, keyTypes: kemKeys},
 }
 
 // ruleFor returns the rule of attribute t on an object of the given class

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	"hsmemu/daemon/mech"
+	"hsmemu/keystore"
 )
 
 // The calls PKCS#11 3.2 adds: key encapsulation (C_EncapsulateKey,
@@ -56,6 +58,36 @@ func kemKey(m map[uint64][]byte, class, kt uint64, secret []byte, pol policy) er
 	return completeObject(m, class, kt, originUnwrap, 0, nil, pol)
 }
 
+// encapsulable holds the key C_EncapsulateKey would make to the public
+// key's CKA_ENCAPSULATE_TEMPLATE, as CKA_WRAP_TEMPLATE holds a key to be
+// wrapped: every attribute of it must match the new key, complete with
+// its defaults, which is checked before anything is encapsulated (a
+// placeholder stands for the secret; no template can name CKA_VALUE). A
+// key that does not match is CKR_KEY_HANDLE_INVALID (PKCS#11 3.2,
+// C_EncapsulateKey).
+func encapsulable(pub *Object, m map[uint64][]byte, class, kt uint64, pol policy) error {
+	t, ok := pub.attrs.Get(ck.CKA_ENCAPSULATE_TEMPLATE)
+	if !ok || len(t) == 0 {
+		return nil
+	}
+	want, err := keystore.DecodeAttributes(t)
+	if err != nil {
+		return ck.Error(ck.CKR_KEY_HANDLE_INVALID)
+	}
+	trial := maps.Clone(m)
+	if err := kemKey(trial, class, kt, make([]byte, 32), pol); err != nil {
+		return err
+	}
+	o, err := split(trial, class, kt)
+	if err != nil {
+		return err
+	}
+	if !o.matches(want) {
+		return ck.Error(ck.CKR_KEY_HANDLE_INVALID)
+	}
+	return nil
+}
+
 // encapsulateKey is C_EncapsulateKey. A NULL or short ciphertext buffer
 // asks for the length only: no key is made (the handle returned is
 // CK_INVALID_HANDLE).
@@ -78,6 +110,9 @@ func (e *Engine) encapsulateKey(ctx context.Context, app *App, h uint64, wm *wir
 	}
 	m, class, kt, err := kemTemplate(tmpl, app.isSO(s), pol)
 	if err != nil {
+		return err
+	}
+	if err := encapsulable(pub, m, class, kt, pol); err != nil {
 		return err
 	}
 	n, err := mc.CiphertextLen(pub)
@@ -109,6 +144,12 @@ func (e *Engine) encapsulateKey(ctx context.Context, app *App, h uint64, wm *wir
 func (e *Engine) decapsulateKey(ctx context.Context, app *App, h uint64, wm *wire.Mechanism, privHandle uint64, tmpl []attr, ct []byte) (uint64, error) {
 	s, pol, mc, priv, err := e.unwrappingKey(ctx, app, h, wm.Type, privHandle, ck.CKA_DECAPSULATE,
 		func(mc *mech.Mechanism) bool { return mc.Does(mech.Decapsulate) })
+	if err != nil {
+		return 0, err
+	}
+	// The private key's CKA_DECAPSULATE_TEMPLATE is imposed on the new
+	// key as an unwrapping key's CKA_UNWRAP_TEMPLATE is.
+	tmpl, err = impose(tmpl, priv, ck.CKA_DECAPSULATE_TEMPLATE)
 	if err != nil {
 		return 0, err
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
 
+	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	. "hsmemu/cryptoki/wire/wiretest"
@@ -329,4 +330,68 @@ func TestPQCWrap(t *testing.T) {
 	if rv := s.verify(pub, M(ck.CKM_ML_DSA), []byte("m"), sig); rv != ck.CKR_OK {
 		t.Fatalf("the key unwrapped from GCM signs for another public key: %#x", rv)
 	}
+}
+
+// TestKEMTemplates: a public key's CKA_ENCAPSULATE_TEMPLATE is what every
+// key it encapsulates must match (CKR_KEY_HANDLE_INVALID otherwise, and
+// no key made), a private key's CKA_DECAPSULATE_TEMPLATE is imposed on
+// every key it decapsulates (CKR_TEMPLATE_INCONSISTENT when the caller's
+// template says otherwise), both read back as templates.
+func TestKEMTemplates(t *testing.T) {
+	t.Parallel()
+	s := newAsymSession(t)
+	h := s.h
+	encT := wire.Attribute{Type: ck.CKA_ENCAPSULATE_TEMPLATE, Nested: []wire.Attribute{AU(ck.CKA_KEY_TYPE, ck.CKK_AES), AB(ck.CKA_EXTRACTABLE, false)}}
+	decT := wire.Attribute{Type: ck.CKA_DECAPSULATE_TEMPLATE, Nested: []wire.Attribute{AB(ck.CKA_SENSITIVE, true), AB(ck.CKA_WRAP, false)}}
+	pub, priv := s.genPair(M(ck.CKM_ML_KEM_KEY_PAIR_GEN), []wire.Attribute{AU(ck.CKA_PARAMETER_SET, ck.CKP_ML_KEM_768), encT}, []wire.Attribute{decT})
+	// Read back: its length is its number of attributes.
+	out := s.Must(ck.CKR_OK, "C_GetAttributeValue", U(h), U(pub), Q(wire.Query{Type: ck.CKA_ENCAPSULATE_TEMPLATE}))
+	if n := out[2].Answers[0].Length; n != 2 {
+		t.Errorf("CKA_ENCAPSULATE_TEMPLATE has %d attributes", n)
+	}
+	// Not on the other half, nor on another key type.
+	s.Must(ck.CKR_ATTRIBUTE_TYPE_INVALID, "C_GetAttributeValue", U(h), U(priv), Q(wire.Query{Type: ck.CKA_ENCAPSULATE_TEMPLATE}))
+	s.Must(ck.CKR_ATTRIBUTE_TYPE_INVALID, "C_GenerateKeyPair", U(h), M(ck.CKM_ML_DSA_KEY_PAIR_GEN),
+		T(AU(ck.CKA_PARAMETER_SET, ck.CKP_ML_DSA_44), encT), T(), None(), None())
+
+	secrets := func() int { return len(s.Find(h, AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY))) }
+	before := secrets()
+	// A generic secret, or an extractable AES key, does not match.
+	s.Must(ck.CKR_KEY_HANDLE_INVALID, "C_EncapsulateKey", U(h), M(ck.CKM_ML_KEM), U(pub), T(), Out(4096), None())
+	s.Must(ck.CKR_KEY_HANDLE_INVALID, "C_EncapsulateKey", U(h), M(ck.CKM_ML_KEM), U(pub),
+		T(AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES)), Out(4096), None())
+	if n := secrets() - before; n != 0 {
+		t.Fatalf("refused encapsulations made %d keys", n)
+	}
+	aesFixed := []wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES), AB(ck.CKA_EXTRACTABLE, false)}
+	out = s.Must(ck.CKR_OK, "C_EncapsulateKey", U(h), M(ck.CKM_ML_KEM), U(pub), T(aesFixed...), Out(4096), None())
+	ct, k1 := bytes.Clone(out[4].Bytes), out[5].Ulong
+	if isTrue(s.attr(k1, ck.CKA_EXTRACTABLE)) {
+		t.Error("the encapsulated key is extractable")
+	}
+
+	// Decapsulated: sensitive and unable to wrap though the caller did
+	// not ask it; asking the opposite is refused.
+	aes := []wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES), AB(ck.CKA_ENCRYPT, true)}
+	k2 := s.Must(ck.CKR_OK, "C_DecapsulateKey", U(h), M(ck.CKM_ML_KEM), U(priv), T(aes...), B(ct), None())[5].Ulong
+	if !isTrue(s.attr(k2, ck.CKA_SENSITIVE)) || isTrue(s.attr(k2, ck.CKA_WRAP)) {
+		t.Error("CKA_DECAPSULATE_TEMPLATE was not imposed")
+	}
+	s.Must(ck.CKR_ATTRIBUTE_SENSITIVE, "C_GetAttributeValue", U(h), U(k2), Q(wire.Query{Type: ck.CKA_VALUE}))
+	s.Must(ck.CKR_TEMPLATE_INCONSISTENT, "C_DecapsulateKey", U(h), M(ck.CKM_ML_KEM), U(priv),
+		T(append(aes, AB(ck.CKA_SENSITIVE, false))...), B(ct), None())
+	// The same secret all the same: what one encrypts the other decrypts.
+	iv := wire.Param{Kind: calls.PBytes, Bytes: bytes.Repeat([]byte{7}, 16)}
+	s.Must(ck.CKR_OK, "C_EncryptInit", U(h), MP(ck.CKM_AES_CBC_PAD, iv), U(k1))
+	enc := bytes.Clone(s.Must(ck.CKR_OK, "C_Encrypt", U(h), B([]byte("kem template")), Out(64))[2].Bytes)
+	s.Must(ck.CKR_OK, "C_DecryptInit", U(h), MP(ck.CKM_AES_CBC_PAD, iv), U(k2))
+	if dec := s.Must(ck.CKR_OK, "C_Decrypt", U(h), B(enc), Out(64))[2].Bytes; string(dec) != "kem template" {
+		t.Errorf("decrypted %q", dec)
+	}
+
+	// A template that carries what only the token sets is refused on the
+	// key, as a wrap template would be.
+	s.Must(ck.CKR_TEMPLATE_INCONSISTENT, "C_GenerateKeyPair", U(h), M(ck.CKM_ML_KEM_KEY_PAIR_GEN),
+		T(AU(ck.CKA_PARAMETER_SET, ck.CKP_ML_KEM_512)),
+		T(wire.Attribute{Type: ck.CKA_DECAPSULATE_TEMPLATE, Nested: []wire.Attribute{AB(ck.CKA_LOCAL, true)}}), None(), None())
 }
