@@ -28,6 +28,9 @@ type mldsaSet struct {
 	name   string
 	scheme sign.Scheme
 	sigLen int
+	// eta bounds the coefficients of s1 (l polynomials) and s2 (k), as
+	// FIPS 204's Table 1 gives them: mldsaCheckS reads them.
+	eta, k, l int
 	// signTo signs msg with context ctx, hedged when randomized.
 	signTo func(sk sign.PrivateKey, msg, ctx []byte, randomized bool, sig []byte) error
 	verify func(pk sign.PublicKey, msg, ctx, sig []byte) bool
@@ -37,7 +40,7 @@ const mldsaSeedLen = 32
 
 var mldsaSets = map[uint64]*mldsaSet{
 	ck.CKP_ML_DSA_44: {
-		name: "ML-DSA-44", scheme: mldsa44.Scheme(), sigLen: mldsa44.SignatureSize,
+		name: "ML-DSA-44", scheme: mldsa44.Scheme(), sigLen: mldsa44.SignatureSize, eta: 2, k: 4, l: 4,
 		signTo: func(sk sign.PrivateKey, msg, ctx []byte, r bool, sig []byte) error {
 			return mldsa44.SignTo(sk.(*mldsa44.PrivateKey), msg, ctx, r, sig)
 		},
@@ -46,7 +49,7 @@ var mldsaSets = map[uint64]*mldsaSet{
 		},
 	},
 	ck.CKP_ML_DSA_65: {
-		name: "ML-DSA-65", scheme: mldsa65.Scheme(), sigLen: mldsa65.SignatureSize,
+		name: "ML-DSA-65", scheme: mldsa65.Scheme(), sigLen: mldsa65.SignatureSize, eta: 4, k: 6, l: 5,
 		signTo: func(sk sign.PrivateKey, msg, ctx []byte, r bool, sig []byte) error {
 			return mldsa65.SignTo(sk.(*mldsa65.PrivateKey), msg, ctx, r, sig)
 		},
@@ -55,7 +58,7 @@ var mldsaSets = map[uint64]*mldsaSet{
 		},
 	},
 	ck.CKP_ML_DSA_87: {
-		name: "ML-DSA-87", scheme: mldsa87.Scheme(), sigLen: mldsa87.SignatureSize,
+		name: "ML-DSA-87", scheme: mldsa87.Scheme(), sigLen: mldsa87.SignatureSize, eta: 2, k: 8, l: 7,
 		signTo: func(sk sign.PrivateKey, msg, ctx []byte, r bool, sig []byte) error {
 			return mldsa87.SignTo(sk.(*mldsa87.PrivateKey), msg, ctx, r, sig)
 		},
@@ -144,12 +147,51 @@ func mldsaPrivate(k Key) (sign.PrivateKey, error) {
 			}
 			return sk, nil
 		}
+		if !mldsaCheckS(p, val) {
+			return nil, errKeyBroken
+		}
 		sk, err := p.scheme.UnmarshalBinaryPrivateKey(val)
 		if err != nil {
 			return nil, errKeyBroken
 		}
 		return sk, nil
 	})
+}
+
+// mldsaCheckS says whether an encoded private key's s1 and s2 are in
+// range. FIPS 204's skEncode packs each coefficient c of s1 and s2 as
+// η − c in bitlen(2η) bits (3 for η = 2, 4 for η = 4), which can hold
+// values above 2η that no key has; skDecode does not catch them (FIPS
+// 204 §7.2 leaves a malformed key to the caller) and neither does circl,
+// which would sign with such a key. The vectors start after ρ, K and tr
+// (128 bytes), each polynomial taking 32·bitlen(2η) bytes. Only a key
+// given without its seed is read this way: one from a seed is right by
+// construction.
+func mldsaCheckS(p *mldsaSet, sk []byte) bool {
+	bits := 3
+	if p.eta == 4 {
+		bits = 4
+	}
+	start := 128
+	end := start + (p.k+p.l)*32*bits
+	if len(sk) < end {
+		return false
+	}
+	packed := sk[start:end]
+	// 256 coefficients per polynomial; bits·8 coefficients fill bits
+	// bytes, read little-endian as FIPS 204's BitsToInteger does.
+	for i := 0; i+bits <= len(packed); i += bits {
+		var w uint32
+		for j := 0; j < bits; j++ {
+			w |= uint32(packed[i+j]) << (8 * j)
+		}
+		for c := 0; c < 8; c++ {
+			if int(w>>(c*bits)&(1<<bits-1)) > 2*p.eta {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // mldsaPublic parses an ML-DSA public key object's CKA_VALUE.

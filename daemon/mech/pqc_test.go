@@ -36,6 +36,7 @@ type pqcVectors struct {
 	TestGroups    []struct {
 		PublicKey   hexField `json:"publicKey"`
 		PrivateSeed hexField `json:"privateSeed"`
+		PrivateKey  hexField `json:"privateKey"`
 		Tests       []struct {
 			TcID   int       `json:"tcId"`
 			Result string    `json:"result"`
