@@ -5,8 +5,6 @@ import (
 	"crypto/hmac"
 	"crypto/mlkem"
 	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"testing"
 
@@ -16,7 +14,6 @@ import (
 	"github.com/miekg/pkcs11"
 
 	"hsmemu/cryptoki/ck"
-	"hsmemu/daemon/mech/mechtest"
 )
 
 // The post-quantum keys and the 3.2 interface through the built module
@@ -228,103 +225,6 @@ func TestMLKEMThroughModule(t *testing.T) {
 	if err != nil || !bytes.Equal(attrOf(t, p, h1, k, pkcs11.CKA_VALUE), secret) {
 		t.Fatalf("crypto/mlkem's secret: %v", err)
 	}
-}
-
-// wpPQC is the part of a Wycheproof ML-DSA or ML-KEM file this test reads.
-type wpPQC struct {
-	TestGroups []struct {
-		PublicKey string `json:"publicKey"`
-		Tests     []struct {
-			TcID   int    `json:"tcId"`
-			Result string `json:"result"`
-			Msg    string `json:"msg"`
-			Ctx    string `json:"ctx"`
-			Sig    string `json:"sig"`
-			Seed   string `json:"seed"`
-			C      string `json:"c"`
-			K      string `json:"K"`
-		} `json:"tests"`
-	} `json:"testGroups"`
-}
-
-func unhex(t *testing.T, s string) []byte {
-	b, err := hex.DecodeString(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// TestPQCWycheproofThroughModule runs every fifth vector of Wycheproof's
-// ML-DSA-65 verification and ML-KEM-768 decapsulation files through the
-// C module.
-func TestPQCWycheproofThroughModule(t *testing.T) {
-	p, f, slot := pqcModule(t)
-	h := rwSession(t, p, slot, true)
-	var v wpPQC
-	if err := json.Unmarshal(mechtest.WycheproofFile(t, "mldsa_65_verify_test.json"), &v); err != nil {
-		t.Fatal(err)
-	}
-	i, ran := 0, 0
-	for _, g := range v.TestGroups {
-		pub, err := p.CreateObject(h, []*pkcs11.Attribute{
-			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, ck.CKK_ML_DSA),
-			pkcs11.NewAttribute(ck.CKA_PARAMETER_SET, ck.CKP_ML_DSA_65),
-			pkcs11.NewAttribute(pkcs11.CKA_VALUE, unhex(t, g.PublicKey)),
-		})
-		for _, tc := range g.Tests {
-			if i++; i%5 != 0 {
-				continue
-			}
-			ran++
-			if err != nil {
-				// A key the token refuses: every vector on it is invalid.
-				if tc.Result == "valid" {
-					t.Errorf("tc %d: key refused: %v", tc.TcID, err)
-				}
-				continue
-			}
-			_, verr := f.sig(callVerify, h, ck.CKM_ML_DSA, &sigCtx{ctx: unhex(t, tc.Ctx)}, pub, unhex(t, tc.Msg), unhex(t, tc.Sig))
-			if (verr == nil) != (tc.Result == "valid") {
-				t.Errorf("ML-DSA tc %d: %s, got %v", tc.TcID, tc.Result, verr)
-			}
-		}
-	}
-	v = wpPQC{}
-	if err := json.Unmarshal(mechtest.WycheproofFile(t, "mlkem_768_test.json"), &v); err != nil {
-		t.Fatal(err)
-	}
-	for _, g := range v.TestGroups {
-		for _, tc := range g.Tests {
-			if i++; i%5 != 0 {
-				continue
-			}
-			ran++
-			priv, err := p.CreateObject(h, []*pkcs11.Attribute{
-				pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-				pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, ck.CKK_ML_KEM),
-				pkcs11.NewAttribute(ck.CKA_PARAMETER_SET, ck.CKP_ML_KEM_768),
-				pkcs11.NewAttribute(ck.CKA_SEED, unhex(t, tc.Seed)),
-				pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, false),
-			})
-			var got []byte
-			if err == nil {
-				var k pkcs11.ObjectHandle
-				if k, err = f.decapsulate(h, priv, unhex(t, tc.C)); err == nil {
-					got = attrOf(t, p, h, k, pkcs11.CKA_VALUE)
-				}
-			}
-			ok := err == nil && bytes.Equal(got, unhex(t, tc.K))
-			if ok != (tc.Result == "valid") {
-				t.Errorf("ML-KEM tc %d: %s, got %x, %v", tc.TcID, tc.Result, got, err)
-			}
-		}
-	}
-	if ran < 60 {
-		t.Fatalf("ran %d vectors", ran)
-	}
-	t.Logf("%d Wycheproof vectors through the module", ran)
 }
 
 // TestKEMTemplatesThroughModule: CKA_ENCAPSULATE_TEMPLATE and

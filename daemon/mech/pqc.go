@@ -171,7 +171,8 @@ func CompletePQCKey(class, kt uint64, m map[uint64][]byte) error {
 	if hasSeed && class != ck.CKO_PRIVATE_KEY {
 		return ck.Error(ck.CKR_ATTRIBUTE_TYPE_INVALID)
 	}
-	if class == ck.CKO_PRIVATE_KEY && len(seed) == 0 && len(val) == 0 {
+	// An empty CKA_SEED is a seed of the wrong size, not a missing one.
+	if class == ck.CKO_PRIVATE_KEY && !hasSeed && len(val) == 0 {
 		return ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
 	}
 	k := &mapKey{class: class, kt: kt, m: m}
