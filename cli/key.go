@@ -108,7 +108,10 @@ Examples:
 				Usage: "store an existing key in the token",
 				Description: `The key is read from --in (a file, or - for stdin): PEM (PKCS#8, PKCS#1,
 SEC1, or a public key) or PKCS#8 DER; raw bytes with --type aes (16, 24 or
-32 bytes) or --type generic. A private key is stored with its public half.
+32 bytes) or --type generic. ML-KEM, ML-DSA and SLH-DSA keys come as a
+SubjectPublicKeyInfo or PKCS#8 with NIST's OIDs (an ML-KEM or ML-DSA
+private key as its seed, its expanded key, or both). A private key is
+stored with its public half.
 On a premium token it becomes HSM-protected unless --protection software
 says otherwise; either way the token holds it from now on, so destroy the
 file if it was the only other copy.

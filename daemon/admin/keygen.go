@@ -250,7 +250,7 @@ func parseImport(material []byte, typ string) (priv, pub any, raw []byte, err er
 	case "PUBLIC KEY":
 		pub, err = x509.ParsePKIXPublicKey(der)
 		if err != nil {
-			return nil, nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "the public key does not parse: %v", err)
+			return nil, nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "the public key does not parse: %v (hsmemu reads RSA, EC, Ed25519, or %s)", err, pqcTypeHint(blockType))
 		}
 		return nil, pub, nil, nil
 	case "RSA PUBLIC KEY":
@@ -264,7 +264,7 @@ func parseImport(material []byte, typ string) (priv, pub any, raw []byte, err er
 	}
 	if err != nil {
 		// Never echo the parser's view of secret material beyond its kind.
-		return nil, nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "the private key does not parse as %s (give PEM, PKCS#8 DER, or raw bytes with --type aes)", blockType)
+		return nil, nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "the private key does not parse as %s (give PEM, PKCS#8 DER, or raw bytes with --type aes; post-quantum keys as %s)", blockType, pqcTypeHint(blockType))
 	}
 	switch k := priv.(type) {
 	case *rsa.PrivateKey:
@@ -304,9 +304,18 @@ func (a *call) keyImport(ctx context.Context, args adminapi.KeyImport) ([]admina
 	if args.Label == "" {
 		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "an imported key needs a label")
 	}
-	priv, pub, raw, err := parseImport(args.Material, args.Type)
+	pq, err := parsePQCImport(args.Material, args.Type)
 	if err != nil {
 		return nil, err
+	}
+	var priv, pub any
+	var raw []byte
+	if pq == nil {
+		if priv, pub, raw, err = parseImport(args.Material, args.Type); err != nil {
+			return nil, err
+		}
+	} else {
+		defer pq.Wipe()
 	}
 	var out []adminapi.Key
 	err = a.asUser(ctx, args.Token, args.UserPIN, func(ti keystore.TokenInfo, u *token.UserSession) error {
@@ -314,6 +323,9 @@ func (a *call) keyImport(ctx context.Context, args adminapi.KeyImport) ([]admina
 			return err
 		}
 		switch {
+		case pq != nil:
+			out, err = a.importPQC(ctx, ti, u, args.KeyOptions, pq)
+			return err
 		case raw != nil:
 			kt, usage := uint64(ck.CKK_AES), keyTypes["aes-256"].usage
 			if strings.EqualFold(args.Type, "generic") {
