@@ -28,10 +28,17 @@ The copy is as protected as the keystore: every secret in it is sealed under
 the TPM's master key, so it opens only in this security domain, on this TPM
 or on one recovered from the custodians' shares.
 
-Example:
-  hsmemu backup --state-dir /var/lib/hsmemu /backup/keystore-$(date +%F).db`,
+With --db postgres://..., the keystore in PostgreSQL is read in one
+REPEATABLE READ, read-only transaction (one committed state, while the
+daemon writes) and written to FILE in hsmemu's own backup format: every
+row as stored, sealed and MACed as in the database (docs/cluster.md).
+
+Examples:
+  hsmemu backup --state-dir /var/lib/hsmemu /backup/keystore-$(date +%F).db
+  hsmemu backup --db 'postgres://hsm@db1,db2/keys?target_session_attrs=read-write' /backup/keystore-$(date +%F).hsmdump`,
 		Flags: []cli.Flag{
 			stateDirFlag("state directory"),
+			dbFlags()[0], dbFlags()[1],
 			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
 		},
 		Action: func(c *cli.Context) error {
@@ -40,6 +47,16 @@ Example:
 			}
 			dst := c.Args().First()
 			src := filepath.Join(c.String("state-dir"), daemon.DatabaseName)
+			if db := c.String("db"); db != "" {
+				kind, target, err := keystore.ParseDB(db)
+				if err != nil {
+					return cli.Exit("hsmemu backup: "+err.Error(), 2)
+				}
+				if kind == keystore.EnginePostgres {
+					return runBackupPostgres(c, db, dst)
+				}
+				src = target
+			}
 			domain, err := keystore.DomainOf(c.Context, src)
 			if err != nil {
 				return cli.Exit("hsmemu backup: "+err.Error(), 1)
@@ -74,10 +91,20 @@ keystore older than its anchor in the TPM: restore re-anchors the restored
 keystore in the TPM's counter on purpose, says how many anchors it was
 behind, and records it in the audit log (anchor.reset, reason restore).
 
-Example:
-  hsmemu restore --state-dir /var/lib/hsmemu /backup/keystore-2026-11-27.db`,
+With --db postgres://..., a backup hsmemu backup made of a keystore in
+PostgreSQL goes back into that database: no daemon may hold it (exit 3),
+the keystore there is moved whole into a schema hsmemu_replaced_TIME (drop
+it when the restored one serves: DROP SCHEMA ... CASCADE), this build's
+schema is made afresh and the backup's rows copied in, in one transaction;
+then the same checks as above, and on failure the replaced keystore is
+moved back. The state directory holds the TPM's state, as for serve.
+
+Examples:
+  hsmemu restore --state-dir /var/lib/hsmemu /backup/keystore-2026-11-27.db
+  hsmemu restore --state-dir /var/lib/hsmemu --db 'postgres://hsm@db1/keys' /backup/keystore-2026-11-27.hsmdump`,
 		Flags: []cli.Flag{
 			stateDirFlag("state directory"),
+			dbFlags()[0], dbFlags()[1],
 			tpmFlag(),
 			tpmStateKeyFlag(),
 			&cli.StringFlag{Name: "socket", Usage: "the daemon's socket (default: STATE-DIR/hsmemu.sock)", EnvVars: []string{"HSMEMU_SOCKET"}},
@@ -101,11 +128,24 @@ func runRestore(c *cli.Context) error {
 		conn.Close()
 		return cli.Exit("hsmemu restore: the daemon is running on "+sock+"; stop it first", 3)
 	}
+	db := filepath.Join(dir, daemon.DatabaseName)
+	if v := c.String("db"); v != "" {
+		kind, target, err := keystore.ParseDB(v)
+		if err != nil {
+			return cli.Exit("hsmemu restore: "+err.Error(), 2)
+		}
+		if kind == keystore.EnginePostgres {
+			return runRestorePostgres(c, v, src)
+		}
+		db = target
+	}
+	if head, err := readHead(src); err == nil && keystore.IsDump(head) {
+		return cli.Exit("hsmemu restore: "+src+" is a backup of a keystore in PostgreSQL: restore it with --db and the database's connection string", 2)
+	}
 	domain, err := keystore.DomainOf(c.Context, src)
 	if err != nil {
 		return cli.Exit("hsmemu restore: the backup: "+err.Error(), 1)
 	}
-	db := filepath.Join(dir, daemon.DatabaseName)
 	current, err := keystore.DomainOf(c.Context, db)
 	switch {
 	case err == nil && !bytes.Equal(current, domain):
@@ -138,7 +178,7 @@ func runRestore(c *cli.Context) error {
 		}
 		putBack(moved)
 		if anchored && len(moved) > 0 {
-			st, err := daemon.OpenState(c.Context, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c),
+			st, err := daemon.OpenState(c.Context, daemon.StateConfig{Dir: dir, DB: "sqlite:" + db, TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c),
 				Logger: slog.New(slog.DiscardHandler), Reanchor: "restore abandoned"})
 			if err != nil {
 				return cli.Exit("hsmemu restore: "+msg+"; the keystore it replaced is back, but does not open: "+err.Error(), code)
@@ -151,7 +191,7 @@ func runRestore(c *cli.Context) error {
 	if err := keystore.CopyFile(c.Context, src, db); err != nil {
 		return fail(err)
 	}
-	st, err := daemon.OpenState(c.Context, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c), Logger: slog.New(slog.DiscardHandler),
+	st, err := daemon.OpenState(c.Context, daemon.StateConfig{Dir: dir, DB: "sqlite:" + db, TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c), Logger: slog.New(slog.DiscardHandler),
 		Reanchor: "restore"})
 	// A keystore refused as edited was refused before anything was
 	// written; any other failure may come after the anchoring.

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -71,13 +72,65 @@ func TestPostgresScripts(t *testing.T) {
 				return err
 			}
 			env.Setenv("PGDB", dsn)
+			// Two more, for what needs another database (another domain,
+			// a restore into an empty one).
+			for _, name := range []string{"PGDB2", "PGDB3"} {
+				dsn, err := srv.NewDatabase(context.Background())
+				if err != nil {
+					return err
+				}
+				env.Setenv(name, dsn)
+			}
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"waitsock": cmdWaitsock,
 			"exits":    cmdExits,
+			"dumpedit": cmdDumpEdit,
+			"flipbyte": cmdFlipByte,
 		},
 	})
+}
+
+// dumpedit IN TABLE COLUMN INTEGER OUT writes a copy of the keystore
+// backup IN with COLUMN of every row of TABLE set to INTEGER, and a
+// checksum that matches, as someone editing the file would.
+func cmdDumpEdit(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 5 {
+		ts.Fatalf("usage: dumpedit IN TABLE COLUMN INTEGER OUT")
+	}
+	d, err := keystore.ReadDumpFile(ts.MkAbs(args[0]))
+	ts.Check(err)
+	v, err := strconv.ParseInt(args[3], 10, 64)
+	ts.Check(err)
+	t := d.Table(args[1])
+	if t == nil {
+		ts.Fatalf("no table %s in %s", args[1], args[0])
+	}
+	col := slices.Index(t.Columns, args[2])
+	if col < 0 || len(t.Rows) == 0 {
+		ts.Fatalf("no column %s or no rows in %s", args[2], args[1])
+	}
+	for _, row := range t.Rows {
+		row[col] = v
+	}
+	f, err := os.Create(ts.MkAbs(args[4]))
+	ts.Check(err)
+	_, err = d.WriteTo(f)
+	ts.Check(err)
+	ts.Check(f.Close())
+}
+
+// flipbyte IN OUT writes a copy of IN with its middle byte's bits
+// flipped, as a damaged disk or transfer would.
+func cmdFlipByte(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: flipbyte IN OUT")
+	}
+	b, err := os.ReadFile(ts.MkAbs(args[0]))
+	ts.Check(err)
+	b[len(b)/2] ^= 0xff
+	ts.Check(os.WriteFile(ts.MkAbs(args[1]), b, 0o600))
 }
 
 // genkey NAME writes a custodian's X25519 key pair: NAME.key (PKCS#8) and

@@ -180,32 +180,7 @@ func pgMigrate(ctx context.Context, w *sql.DB, f *pgFolder) error {
 			return fmt.Errorf("keystore: begin migration: %w", err)
 		}
 		defer tx.Rollback(ctx)
-		// The lock's key is this project's: "hsmemu/schema".
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('hsmemu/schema', 0))"); err != nil {
-			return fmt.Errorf("keystore: lock for migration: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS hsmemu_schema (
-			id integer PRIMARY KEY CHECK (id = 1), version integer NOT NULL)`); err != nil {
-			return fmt.Errorf("keystore: schema version table: %w", err)
-		}
-		var v int
-		err = tx.QueryRow(ctx, "SELECT version FROM hsmemu_schema WHERE id = 1").Scan(&v)
-		if err != nil && err != pgx.ErrNoRows {
-			return fmt.Errorf("keystore: read schema version: %w", err)
-		}
-		if v > len(pgMigrations) {
-			return fmt.Errorf("keystore: database schema version %d is newer than this build's %d; upgrade hsmemu", v, len(pgMigrations))
-		}
-		for i := v; i < len(pgMigrations); i++ {
-			if _, err := tx.Exec(ctx, pgMigrations[i]); err != nil {
-				return fmt.Errorf("keystore: migration %d: %w", i+1, err)
-			}
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO hsmemu_schema (id, version) VALUES (1, $1)
-			ON CONFLICT (id) DO UPDATE SET version = excluded.version`, len(pgMigrations)); err != nil {
-			return fmt.Errorf("keystore: set schema version: %w", err)
-		}
-		if err := ensureAnchorTriggers(ctx, tx); err != nil {
+		if err := pgMigrateTx(ctx, tx); err != nil {
 			return err
 		}
 		// A migration that rewrote rows is folded like any write.
@@ -214,6 +189,37 @@ func pgMigrate(ctx context.Context, w *sql.DB, f *pgFolder) error {
 		}
 		return tx.Commit(ctx)
 	})
+}
+
+// pgMigrateTx brings the schema of tx's session up to date and gives
+// every anchored table its trigger, under the migration lock.
+func pgMigrateTx(ctx context.Context, tx pgx.Tx) error {
+	// The lock's key is this project's: "hsmemu/schema".
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('hsmemu/schema', 0))"); err != nil {
+		return fmt.Errorf("keystore: lock for migration: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS hsmemu_schema (
+		id integer PRIMARY KEY CHECK (id = 1), version integer NOT NULL)`); err != nil {
+		return fmt.Errorf("keystore: schema version table: %w", err)
+	}
+	var v int
+	err := tx.QueryRow(ctx, "SELECT version FROM hsmemu_schema WHERE id = 1").Scan(&v)
+	if err != nil && err != pgx.ErrNoRows {
+		return fmt.Errorf("keystore: read schema version: %w", err)
+	}
+	if v > len(pgMigrations) {
+		return fmt.Errorf("keystore: database schema version %d is newer than this build's %d; upgrade hsmemu", v, len(pgMigrations))
+	}
+	for i := v; i < len(pgMigrations); i++ {
+		if _, err := tx.Exec(ctx, pgMigrations[i]); err != nil {
+			return fmt.Errorf("keystore: migration %d: %w", i+1, err)
+		}
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO hsmemu_schema (id, version) VALUES (1, $1)
+		ON CONFLICT (id) DO UPDATE SET version = excluded.version`, len(pgMigrations)); err != nil {
+		return fmt.Errorf("keystore: set schema version: %w", err)
+	}
+	return ensureAnchorTriggers(ctx, tx)
 }
 
 // ensureAnchorTriggers gives every anchored table, and the audit log, the

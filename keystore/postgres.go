@@ -57,28 +57,9 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 	if err := opts.defaults(); err != nil {
 		return nil, err
 	}
-	cfg, err := pgx.ParseConfig(dsn)
+	cfg, err := pgConnConfig(dsn, opts)
 	if err != nil {
-		return nil, fmt.Errorf("keystore: PostgreSQL connection string: %s", redactErr(err))
-	}
-	if opts.PasswordFile != "" {
-		pw, err := readPasswordFile(opts.PasswordFile)
-		if err != nil {
-			return nil, err
-		}
-		cfg.Password = pw // whichever of the hosts answers
-	}
-	if cfg.ConnectTimeout == 0 {
-		// libpq waits for ever for a host that does not answer (a dead
-		// primary behind a firewall that drops): a failover would hang
-		// every call. The connection string's connect_timeout overrides.
-		cfg.ConnectTimeout = defaultConnectTimeout
-	}
-	if cfg.RuntimeParams == nil {
-		cfg.RuntimeParams = map[string]string{}
-	}
-	if cfg.RuntimeParams["application_name"] == "" {
-		cfg.RuntimeParams["application_name"] = "hsmemu"
+		return nil, err
 	}
 	wcfg := cfg.Copy()
 	wcfg.RuntimeParams["synchronous_commit"] = "on"
@@ -128,6 +109,35 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 		return nil, err
 	}
 	return s, nil
+}
+
+// pgConnConfig is the connection configuration of dsn, with the
+// password from opts.PasswordFile and hsmemu's defaults.
+func pgConnConfig(dsn string, opts Options) (*pgx.ConnConfig, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("keystore: PostgreSQL connection string: %s", redactErr(err))
+	}
+	if opts.PasswordFile != "" {
+		pw, err := readPasswordFile(opts.PasswordFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Password = pw // whichever of the hosts answers
+	}
+	if cfg.ConnectTimeout == 0 {
+		// libpq waits for ever for a host that does not answer (a dead
+		// primary behind a firewall that drops): a failover would hang
+		// every call. The connection string's connect_timeout overrides.
+		cfg.ConnectTimeout = defaultConnectTimeout
+	}
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = map[string]string{}
+	}
+	if cfg.RuntimeParams["application_name"] == "" {
+		cfg.RuntimeParams["application_name"] = "hsmemu"
+	}
+	return cfg, nil
 }
 
 // pgLocation is where a connection string points: its hosts in the

@@ -1,0 +1,143 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"hsmemu/daemon"
+	"hsmemu/keystore"
+)
+
+// runBackupPostgres writes a backup of the keystore in the PostgreSQL
+// database db to dst, which must not exist.
+func runBackupPostgres(c *cli.Context, db, dst string) error {
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return cli.Exit("hsmemu backup: "+err.Error(), 1)
+	}
+	domain, n, err := keystore.BackupPostgres(c.Context, db, keystore.Options{PasswordFile: c.String("db-password-file")}, f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(dst)
+		return cli.Exit("hsmemu backup: "+err.Error(), 1)
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, storeBackedUp{Domain: fmt.Sprintf("%x", domain), File: dst, Bytes: n})
+	}
+	fmt.Fprintf(c.App.Writer, "backed up the keystore of domain %x to %s (%d bytes)\n", domain, dst, n)
+	return nil
+}
+
+// readHead reads the first bytes of a file, to tell what it is.
+func readHead(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, 64)
+	n, err := io.ReadFull(f, b)
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return b[:n], err
+}
+
+// runRestorePostgres puts the backup src in place of the keystore in the
+// PostgreSQL database db, with the guarantees restore gives on SQLite:
+// refused while a daemon holds the database or for another domain, the
+// replaced keystore kept (in a schema of its own) and moved back if the
+// restored one does not open with this TPM or a token row fails its
+// integrity check, and the restored one re-anchored on purpose.
+func runRestorePostgres(c *cli.Context, db, src string) error {
+	dir := c.String("state-dir")
+	opts := keystore.Options{PasswordFile: c.String("db-password-file")}
+	d, err := keystore.ReadDumpFile(src)
+	if errors.Is(err, keystore.ErrNotDump) {
+		if head, herr := readHead(src); herr == nil && strings.HasPrefix(string(head), "SQLite format 3\x00") {
+			return cli.Exit("hsmemu restore: "+src+" is a backup of a keystore in SQLite, which restores into a state directory, not with --db postgres://...", 2)
+		}
+		return cli.Exit("hsmemu restore: the backup: "+src+" is not a keystore backup", 1)
+	}
+	if err != nil {
+		return cli.Exit("hsmemu restore: the backup: "+err.Error(), 1)
+	}
+	aside := "hsmemu_replaced_" + time.Now().UTC().Format("20060102t150405z")
+	replaced, err := keystore.RestorePostgres(c.Context, db, opts, d, aside)
+	var dm *keystore.DomainMismatchError
+	switch {
+	case errors.Is(err, keystore.ErrDatabaseInUse):
+		return cli.Exit("hsmemu restore: a daemon serves this database; stop it first (nothing was changed)", 3)
+	case errors.As(err, &dm):
+		return cli.Exit("hsmemu restore: "+strings.TrimPrefix(dm.Error(), "keystore: ")+"; nothing was changed", 1)
+	case err != nil:
+		return cli.Exit("hsmemu restore: "+err.Error()+"; nothing was changed", 1)
+	}
+	cfg := daemon.StateConfig{Dir: dir, DB: db, Store: opts, TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c),
+		Logger: slog.New(slog.DiscardHandler)}
+	anchored := false
+	failWith := func(msg string, code int) error {
+		// Past a failed open the context may be done: the undo must run.
+		ctx := context.WithoutCancel(c.Context)
+		if err := keystore.UndoRestorePostgres(ctx, db, opts, replaced); err != nil {
+			return cli.Exit(fmt.Sprintf("hsmemu restore: %s; moving the replaced keystore back failed too: %v (it is in schema %s)", msg, err, replaced), code)
+		}
+		if anchored && replaced != "" {
+			// The counter moved on with the restored keystore's anchor.
+			cfg := cfg
+			cfg.Reanchor = "restore abandoned"
+			st, err := daemon.OpenState(ctx, cfg)
+			if err != nil {
+				return cli.Exit("hsmemu restore: "+msg+"; the keystore it replaced is back, but does not open: "+err.Error(), code)
+			}
+			st.Close()
+		}
+		return cli.Exit("hsmemu restore: "+msg+"; the database is as it was", code)
+	}
+	rcfg := cfg
+	rcfg.Reanchor = "restore"
+	st, err := daemon.OpenState(c.Context, rcfg)
+	// A keystore refused as edited was refused before anything was
+	// written; any other failure may come after the anchoring.
+	anchored = err == nil || stateExit(err) != exitTampered
+	if err != nil {
+		return failWith(fmt.Sprintf("the restored keystore does not open here: %v", err), stateExit(err))
+	}
+	if len(st.Tampered) > 0 {
+		slots := make([]string, len(st.Tampered))
+		for i, ti := range st.Tampered {
+			slots[i] = fmt.Sprintf("slot %d (%s)", ti.ID, keystore.TamperWhat(ti.Tampered))
+		}
+		st.Close()
+		return failWith(fmt.Sprintf("the backup's token rows failed their integrity check: %s", strings.Join(slots, ", ")), exitTampered)
+	}
+	anchor := st.Anchor
+	where := st.Store.Storage().Location
+	st.Close()
+	if c.Bool("json") {
+		res := storeRestored{Domain: fmt.Sprintf("%x", d.DomainID), StateDir: dir, Replaced: replaced,
+			Reanchored: reanchored{Counter: fmt.Sprintf("0x%08x", anchor.Handle), Value: anchor.Anchored, AnchorsBehind: anchor.Behind}}
+		return printJSON(c.App.Writer, res)
+	}
+	fmt.Fprintf(c.App.Writer, "restored the keystore of domain %x into PostgreSQL %s", d.DomainID, where)
+	if replaced != "" {
+		fmt.Fprintf(c.App.Writer, "; the one it replaced is in schema %s", replaced)
+	}
+	fmt.Fprintln(c.App.Writer)
+	fmt.Fprintf(c.App.Writer, "re-anchored it in the TPM's counter 0x%08x at %d: it was %d anchor(s) behind (recorded in the audit log as anchor.reset)\n",
+		anchor.Handle, anchor.Anchored, anchor.Behind)
+	return nil
+}
