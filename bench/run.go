@@ -19,8 +19,11 @@ import (
 
 // Options is what `hsmemu bench` was asked.
 type Options struct {
-	Modules     []string // module paths; the first is the ratio's baseline
-	Token       string   // token label
+	Modules []string // module paths; the first is the ratio's baseline
+	// Labels, where one is given, follow the module of the same index in
+	// the report: "hsmemu-pkcs11.so (postgres)".
+	Labels      []string
+	Token       string // token label
 	PIN, SOPIN  string
 	Setup       bool // create the token where it is missing and the module can
 	Ops         []string
@@ -167,7 +170,7 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 		}
 	}()
 	names := map[string]int{}
-	for _, path := range opt.Modules {
+	for i, path := range opt.Modules {
 		t, notes, err := openTarget(path, opt, maxConc, sel)
 		if err != nil {
 			return nil, err
@@ -179,6 +182,9 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 		}
 		if t.m.transport != "" {
 			base += " (" + t.m.transport + ")"
+		}
+		if i < len(opt.Labels) && opt.Labels[i] != "" {
+			base += " (" + opt.Labels[i] + ")"
 		}
 		names[base]++
 		t.name = base

@@ -40,6 +40,8 @@ Examples:
   hsmemu bench --module old/hsmemu-pkcs11.so@/tmp/old.sock --module bin/hsmemu-pkcs11.so@/tmp/new.sock --setup
   hsmemu bench --module bin/hsmemu-pkcs11.so@/run/hsmemu/hsmemu.sock --module bin/hsmemu-pkcs11.so@tls://127.0.0.1:5696 \
       --tls-cert app.pem --tls-key app.key --tls-ca ca.pem --op sign-ecdsa-p256 --op wrap --op random-32 --setup
+  hsmemu bench --module bin/hsmemu-pkcs11.so --serve sqlite --serve 'postgres:///bench?host=/run/postgresql' --setup \
+      --op sign-ecdsa-p256 --op wrap --op unwrap --op generate-aes-256 --op find
   hsmemu bench hotpath`,
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "module", Usage: "a PKCS#11 module to measure, `PATH[@SOCKET]` (repeat for more; the first is the baseline; @SOCKET points an hsmemu module at its daemon, @ring:SOCKET or @socket:SOCKET also chooses its transport, @tls://HOST:PORT at a remote one)"},
@@ -63,6 +65,8 @@ Examples:
 			&cli.BoolFlag{Name: "csv", Usage: "print CSV"},
 			&cli.StringFlag{Name: "chart", Usage: "also draw ops/s into this SVG file: a panel per operation on a linear axis, a bar per module with its ratio to the baseline"},
 			&cli.StringFlag{Name: "html", Usage: "also write a self-contained report to share into this HTML file: the machine and versions, the set-up, the table and the charts"},
+			&cli.StringSliceFlag{Name: "serve", Usage: "start a daemon for the run with its keystore in `DB` (sqlite, or an empty PostgreSQL database's connection string; repeat for more), each on a scratch state directory and managed swtpm, measured through the first --module, the hsmemu module"},
+			dbFlags()[1],
 		},
 		Subcommands: []*cli.Command{hotpathCommand()},
 		Action: func(c *cli.Context) error {
@@ -113,6 +117,22 @@ Examples:
 			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			if dbs := c.StringSlice("serve"); len(dbs) > 0 {
+				if len(opt.Modules) == 0 || strings.Contains(opt.Modules[0], "@") {
+					return usagef(c, "--serve measures its daemons through the first --module, hsmemu's module, given as a PATH alone")
+				}
+				specs, engines, stopDaemons, err := startBenchDaemons(ctx, opt.Modules[0], dbs, c.String("db-password-file"))
+				if err != nil {
+					return failf(c, exitError, "failed", "%v", err)
+				}
+				defer func() {
+					if err := stopDaemons(); err != nil {
+						fmt.Fprintf(c.App.ErrWriter, "hsmemu bench: stopping the daemons it started: %v\n", err)
+					}
+				}()
+				opt.Modules = append(specs, opt.Modules[1:]...)
+				opt.Labels = engines
+			}
 			rep, err := bench.Run(ctx, opt)
 			if err != nil {
 				return failf(c, exitError, "failed", "%v", err)
