@@ -36,6 +36,8 @@ Example:
 		Flags: []cli.Flag{
 			stateDirFlag("state directory"),
 			dbFlags()[0], dbFlags()[1],
+			&cli.DurationFlag{Name: "db-statement-timeout", Value: keystore.DefaultStatementTimeout,
+				Usage: "on PostgreSQL, how long a statement, commit or rollback may wait for the server before its call fails (CKR_DEVICE_ERROR) and the connection is dropped"},
 			tpmFlag(),
 			tpmStateKeyFlag(),
 			&cli.StringFlag{Name: "socket", Usage: "the module's socket (default: STATE-DIR/hsmemu.sock)", EnvVars: []string{"HSMEMU_SOCKET"}},
@@ -132,12 +134,15 @@ Example:
 				return cli.Exit("hsmemu serve: --memory-budget and --operation-budget are 1 to 1048576 MiB", 2)
 			}
 			tuneRuntime(int64(memBudget+opBudget) << 20)
+			if c.Duration("db-statement-timeout") <= 0 {
+				return cli.Exit("hsmemu serve: --db-statement-timeout must be positive", 2)
+			}
 			if c.IsSet("anchor-interval") && c.Duration("anchor-interval") <= 0 {
 				return cli.Exit("hsmemu serve: --anchor-interval must be positive", 2)
 			}
 			st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: dir, DB: c.String("db"), TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c), Logger: log,
 				Store: keystore.Options{Argon2: argon, MaxPINFailures: maxFail, PINCacheTTL: pinCacheTTL(c.Duration("pin-cache-ttl")),
-					PasswordFile: c.String("db-password-file")}})
+					PasswordFile: c.String("db-password-file"), StatementTimeout: c.Duration("db-statement-timeout")}})
 			if err != nil {
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), stateExit(err))
 			}

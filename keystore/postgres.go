@@ -42,6 +42,17 @@ import (
 // connection string gives no connect_timeout.
 const defaultConnectTimeout = 10 * time.Second
 
+// DefaultStatementTimeout bounds each statement, commit and rollback on
+// PostgreSQL when Options.StatementTimeout is zero. A server that stops
+// answering in the middle of a call (a network partition, a host frozen)
+// would otherwise hold the call until the kernel gives the TCP connection
+// up, a quarter of an hour on Linux's defaults, and over a Unix socket
+// for ever. Past the bound the connection is closed under the call,
+// which fails (CKR_DEVICE_ERROR to a PKCS#11 client); the next call
+// connects anew. The keystore's statements are point reads and small
+// writes: far below it on a server that answers.
+const DefaultStatementTimeout = 10 * time.Second
+
 // postgresEngine is the engine over a PostgreSQL server.
 type postgresEngine struct {
 	f   *pgFolder
@@ -74,7 +85,11 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 		eng.writerPID.Store(c.PgConn().PID())
 		return createPending(ctx, c)
 	}
-	w := sql.OpenDB(&pgConnector{inner: stdlib.GetConnector(*wcfg, stdlib.OptionAfterConnect(afterConnect)), fold: f})
+	timeout := opts.StatementTimeout
+	if timeout == 0 {
+		timeout = DefaultStatementTimeout
+	}
+	w := sql.OpenDB(&pgConnector{inner: stdlib.GetConnector(*wcfg, stdlib.OptionAfterConnect(afterConnect)), fold: f, timeout: timeout})
 	w.SetMaxOpenConns(1)
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
@@ -96,7 +111,7 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 		_, err := c.Exec(ctx, "SET default_transaction_read_only = on")
 		return err
 	}
-	r := sql.OpenDB(&pgConnector{inner: stdlib.GetConnector(*rcfg, stdlib.OptionAfterConnect(readOnly))})
+	r := sql.OpenDB(&pgConnector{inner: stdlib.GetConnector(*rcfg, stdlib.OptionAfterConnect(readOnly)), timeout: timeout})
 	r.SetMaxOpenConns(opts.Readers)
 	r.SetMaxIdleConns(opts.Readers)
 	r.SetConnMaxLifetime(0)
@@ -260,8 +275,9 @@ func (*postgresEngine) check(ctx context.Context, w *sql.DB) error {
 // The driver: pgx's stdlib connections, wrapped.
 
 type pgConnector struct {
-	inner driver.Connector
-	fold  *pgFolder // the writer's: nil on readers
+	inner   driver.Connector
+	fold    *pgFolder     // the writer's: nil on readers
+	timeout time.Duration // each statement's bound; zero or negative: none
 }
 
 func (c *pgConnector) Connect(ctx context.Context) (driver.Conn, error) {
@@ -274,7 +290,7 @@ func (c *pgConnector) Connect(ctx context.Context) (driver.Conn, error) {
 		dc.Close()
 		return nil, fmt.Errorf("keystore: pgx connection of type %T", dc)
 	}
-	return &pgConn{c: sc, fold: c.fold}, nil
+	return &pgConn{c: sc, fold: c.fold, timeout: c.timeout}, nil
 }
 
 func (c *pgConnector) Driver() driver.Driver { return c.inner.Driver() }
@@ -282,10 +298,25 @@ func (c *pgConnector) Driver() driver.Driver { return c.inner.Driver() }
 // pgConn is one connection. On the writer, every transaction folds its
 // row changes into the anchor record before it commits, and a statement
 // outside a transaction runs in one of its own for that.
+//
+// Every exchange with the server is bounded by timeout: a statement and
+// the reading of its rows, a BEGIN, a transaction's fold and its COMMIT
+// or ROLLBACK. pgx closes the connection under a call whose context ends
+// (its deadline handler), so a server that stops answering fails the
+// call at the bound rather than holding it.
 type pgConn struct {
-	c    *stdlib.Conn
-	fold *pgFolder
-	tx   driver.Tx // the transaction in progress
+	c       *stdlib.Conn
+	fold    *pgFolder
+	tx      driver.Tx // the transaction in progress
+	timeout time.Duration
+}
+
+// bound is ctx with the statement deadline.
+func (c *pgConn) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if c.timeout <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, c.timeout)
 }
 
 var (
@@ -316,12 +347,14 @@ func (c *pgConn) Begin() (driver.Tx, error) {
 }
 
 func (c *pgConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	t, err := c.c.BeginTx(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
 	c.tx = t
-	return &pgTx{c: c, inner: t}, nil
+	return &pgTx{c: c}, nil
 }
 
 func (c *pgConn) Ping(ctx context.Context) error              { return c.c.Ping(ctx) }
@@ -342,6 +375,8 @@ func checkPGValue(nv *driver.NamedValue) error {
 
 func (c *pgConn) ExecContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Result, error) {
 	q = rebind(q)
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	if c.fold == nil || c.tx != nil {
 		return c.c.ExecContext(ctx, q, args)
 	}
@@ -363,8 +398,23 @@ func (c *pgConn) ExecContext(ctx context.Context, q string, args []driver.NamedV
 func (c *pgConn) QueryContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Rows, error) {
 	q = rebind(q)
 	if c.fold == nil || c.tx != nil {
-		return c.c.QueryContext(ctx, q, args)
+		// The bound runs again at each row: a long scan (the anchor's
+		// check at start reads every row) goes on while rows come.
+		qctx, cancel := context.WithCancel(ctx)
+		r := &boundRows{cancel: cancel, d: c.timeout}
+		if c.timeout > 0 {
+			r.timer = time.AfterFunc(c.timeout, func() { r.fired.Store(true); cancel() })
+		}
+		rows, err := c.c.QueryContext(qctx, q, args)
+		if err != nil {
+			r.stop()
+			return nil, r.why(err)
+		}
+		r.Rows = rows
+		return r, nil
 	}
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	// A statement of its own on the writer (UPDATE ... RETURNING): its
 	// rows are read before the fold and the commit.
 	t, err := c.c.BeginTx(ctx, driver.TxOptions{})
@@ -386,25 +436,95 @@ func (c *pgConn) QueryContext(ctx context.Context, q string, args []driver.Named
 	return buf, t.Commit()
 }
 
+// pgTx ends its transaction itself, as pgx's does (pgx.dbTx): pgx's
+// keeps the context of the BEGIN for its COMMIT, where each exchange
+// needs a bound of its own.
 type pgTx struct {
-	c     *pgConn
-	inner driver.Tx
+	c *pgConn
 }
 
 func (t *pgTx) Commit() error {
 	defer func() { t.c.tx = nil }()
 	if t.c.fold != nil {
-		if err := t.c.fold.fold(context.Background(), t.c.c.Conn()); err != nil {
-			t.inner.Rollback()
+		ctx, cancel := t.c.bound(context.Background())
+		err := t.c.fold.fold(ctx, t.c.c.Conn())
+		cancel()
+		if err != nil {
+			t.rollback()
 			return err
 		}
 	}
-	return t.inner.Commit()
+	ctx, cancel := t.c.bound(context.Background())
+	defer cancel()
+	conn := t.c.c.Conn()
+	tag, err := conn.Exec(ctx, "commit")
+	if err != nil {
+		if conn.PgConn().TxStatus() != 'I' {
+			conn.Close(ctx)
+		}
+		return err
+	}
+	if tag.String() == "ROLLBACK" {
+		return pgx.ErrTxCommitRollback
+	}
+	return nil
 }
 
 func (t *pgTx) Rollback() error {
 	defer func() { t.c.tx = nil }()
-	return t.inner.Rollback()
+	return t.rollback()
+}
+
+func (t *pgTx) rollback() error {
+	ctx, cancel := t.c.bound(context.Background())
+	defer cancel()
+	conn := t.c.c.Conn()
+	if _, err := conn.Exec(ctx, "rollback"); err != nil {
+		// The connection's state is unknown: it is not used again.
+		conn.Close(ctx)
+		return err
+	}
+	return nil
+}
+
+// boundRows are a query's rows, each read within the statement bound
+// of the one before, released when they are closed.
+type boundRows struct {
+	driver.Rows
+	cancel context.CancelFunc
+	timer  *time.Timer // nil: no bound
+	d      time.Duration
+	fired  atomic.Bool
+}
+
+func (r *boundRows) Next(dest []driver.Value) error {
+	if r.timer != nil {
+		r.timer.Reset(r.d)
+	}
+	return r.why(r.Rows.Next(dest))
+}
+
+// why is a failure past the bound as the deadline it is, not as the
+// cancellation that enforced it (which a PKCS#11 client would be told
+// is its own: CKR_FUNCTION_CANCELED).
+func (r *boundRows) why(err error) error {
+	if err != nil && err != io.EOF && r.fired.Load() {
+		return fmt.Errorf("keystore: PostgreSQL did not answer within %v: %w", r.d, context.DeadlineExceeded)
+	}
+	return err
+}
+
+func (r *boundRows) stop() {
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	r.cancel()
+}
+
+func (r *boundRows) Close() error {
+	err := r.Rows.Close()
+	r.stop()
+	return err
 }
 
 // pgStmt is a query to run on its connection.

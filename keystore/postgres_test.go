@@ -176,3 +176,76 @@ func TestPostgresUnansweringHost(t *testing.T) {
 		t.Fatal("the open hangs on a host that never answers")
 	}
 }
+
+// TestPostgresStatementDeadline: a server that stops answering while the
+// keystore is open (every process of it stopped: the connections stay
+// open, the kernel takes the bytes, nothing answers, as across a network
+// partition) fails a write, a cold read and a find at the statement
+// bound, with a deadline and not a cancellation (CKR_DEVICE_ERROR, not
+// CKR_FUNCTION_CANCELED, to a client); once it answers again the same
+// Store works, on connections made anew.
+func TestPostgresStatementDeadline(t *testing.T) {
+	srv := pgtest.StartT(t)
+	loc, err := srv.NewDatabase(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const bound = 500 * time.Millisecond
+	s, _ := newStoreAt(t, loc+"&connect_timeout=2", Options{StatementTimeout: bound, CacheEntries: -1})
+	ti := newToken(t, s, "deadline")
+	if err := s.Login(ctx, ti.UUID, RoleUser, userPIN); err != nil {
+		t.Fatal(err)
+	}
+	obj, err := s.Put(ctx, ti.UUID, keyAttrs(t, "k", true), []byte("0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := []struct {
+		name string
+		call func() error
+	}{
+		{"write", func() error {
+			_, err := s.Put(ctx, ti.UUID, keyAttrs(t, "k2", true), []byte("0123456789abcdef"))
+			return err
+		}},
+		{"cold open", func() error { _, err := s.Open(ctx, obj.ID); return err }},
+		{"find", func() error {
+			_, err := s.Find(ctx, ti.UUID, Filter{Label: []byte("k"), IncludePrivate: true})
+			return err
+		}},
+	}
+
+	if err := srv.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	frozen := true
+	t.Cleanup(func() { // before the server's stop, which a frozen server would hold
+		if frozen {
+			srv.Thaw()
+		}
+	})
+	for _, c := range calls {
+		done := make(chan error, 1)
+		go func() { done <- c.call() }()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Fatalf("%s: succeeded on a server that does not answer", c.name)
+			}
+			if errors.Is(err, context.Canceled) || !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("%s: %v, want a deadline", c.name, err)
+			}
+		case <-time.After(60 * bound): // far past the bound: hanging, not slow
+			t.Fatalf("%s: still waiting on a server that does not answer", c.name)
+		}
+	}
+	if err := srv.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	frozen = false
+	for _, c := range calls {
+		if err := c.call(); err != nil {
+			t.Fatalf("%s, once the server answers again: %v", c.name, err)
+		}
+	}
+}

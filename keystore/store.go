@@ -80,6 +80,10 @@ type Options struct {
 	// PasswordFile, on PostgreSQL, is a file whose one line is the
 	// database password (PGPASSFILE is read too, as libpq does).
 	PasswordFile string
+	// StatementTimeout, on PostgreSQL, bounds each statement, commit and
+	// rollback: a server that stops answering fails the call then. Zero
+	// means DefaultStatementTimeout; negative, no bound.
+	StatementTimeout time.Duration
 }
 
 // Store is a keystore: one database (an SQLite file, or PostgreSQL) with

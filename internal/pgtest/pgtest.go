@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -134,6 +135,50 @@ func start(primary string) (*Server, error) {
 // immediate): no shutdown checkpoint, connections cut.
 func (s *Server) Crash() error {
 	return s.run("pg_ctl", "stop", "-w", "-m", "immediate", "-D", s.data())
+}
+
+// Freeze stops every process of the server with SIGSTOP, the postmaster
+// first (so it starts no other): connections stay open and the kernel
+// keeps accepting bytes, but nothing answers, as across a network
+// partition. Thaw undoes it.
+func (s *Server) Freeze() error { return s.signalAll(syscall.SIGSTOP) }
+
+// Thaw lets a frozen server run again.
+func (s *Server) Thaw() error { return s.signalAll(syscall.SIGCONT) }
+
+func (s *Server) signalAll(sig syscall.Signal) error {
+	b, err := os.ReadFile(filepath.Join(s.data(), "postmaster.pid"))
+	if err != nil {
+		return err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	if err != nil {
+		return fmt.Errorf("pgtest: postmaster.pid: %w", err)
+	}
+	pids := []int{pid}
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, st := range stats {
+		b, err := os.ReadFile(st)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so after ')'.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			child, _ := strconv.Atoi(filepath.Base(filepath.Dir(st)))
+			pids = append(pids, child)
+		}
+	}
+	if sig == syscall.SIGCONT {
+		slices.Reverse(pids) // the children first, the postmaster last
+	}
+	var errs []error
+	for _, p := range pids {
+		if err := syscall.Kill(p, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Promote makes a replica the primary, and waits until it is.
