@@ -23,8 +23,10 @@ import (
 // connection string as the daemon's (several hosts, TLS, the password
 // file) reaches the server.
 
-// pgWriterLock is the daemon's hold on its database (postgres.go); a
-// restore takes it too, so neither runs beside the other.
+// pgWriterLock is a restore's hold on the database: the exclusive form of
+// the lock every serving Store's writer holds shared (pgServing), so that
+// a restore never runs beside a daemon on any machine, and no daemon
+// starts while one runs.
 const pgWriterLock = "SELECT pg_try_advisory_lock(hashtextextended('hsmemu/writer', 0))"
 
 // DomainMismatchError is RestorePostgres's refusal of a backup of another
@@ -123,7 +125,7 @@ func BackupPostgres(ctx context.Context, db string, opts Options, w io.Writer) (
 	if err := tx.QueryRow(ctx, "SELECT version FROM hsmemu_schema WHERE id = 1").Scan(&d.SchemaVersion); err != nil {
 		return nil, 0, fmt.Errorf("keystore: read the schema version: %w", err)
 	}
-	tables = slices.DeleteFunc(tables, func(t string) bool { return t == "hsmemu_schema" })
+	tables = slices.DeleteFunc(tables, pgNotBackedUp)
 	cw := &countWriter{w: w}
 	dw := newDumpWriter(cw)
 	dw.header(d)
@@ -276,9 +278,9 @@ func RestorePostgres(ctx context.Context, db string, opts Options, d *Dump, asid
 			return "", err
 		}
 		replaced = aside
-	} else if _, err := tx.Exec(ctx, "DROP FUNCTION IF EXISTS "+quoteIdent(pgCurrentSchema(ctx, tx))+".hsmemu_anchor_note()"); err != nil {
-		// Tables gone, their function left: nothing depends on it.
-		return "", fmt.Errorf("keystore: drop a stale trigger function: %w", err)
+	} else if err := pgDropFunctions(ctx, tx, pgCurrentSchema(ctx, tx)); err != nil {
+		// Tables gone, their functions left: nothing depends on them.
+		return "", err
 	}
 	if err := pgMigrateTx(ctx, tx); err != nil {
 		return "", err
@@ -326,8 +328,8 @@ func UndoRestorePostgres(ctx context.Context, db string, opts Options, replaced 
 			return fmt.Errorf("keystore: drop the restored %s: %w", t, err)
 		}
 	}
-	if _, err := tx.Exec(ctx, "DROP FUNCTION IF EXISTS "+quoteIdent(cur)+".hsmemu_anchor_note()"); err != nil {
-		return fmt.Errorf("keystore: drop the restored trigger function: %w", err)
+	if err := pgDropFunctions(ctx, tx, cur); err != nil {
+		return err
 	}
 	if replaced != "" {
 		rows, err := tx.Query(ctx, `SELECT relname FROM pg_class WHERE relnamespace = $1::regnamespace AND relkind = 'r'`, quoteIdent(replaced))
@@ -368,18 +370,41 @@ func pgMoveKeystore(ctx context.Context, tx pgx.Tx, from, to string, tables []st
 			return fmt.Errorf("keystore: move table %s to schema %s: %w", t, to, err)
 		}
 	}
-	var has bool
-	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'hsmemu_anchor_note' AND pronamespace = $1::regnamespace)`,
-		quoteIdent(from)).Scan(&has); err != nil {
-		return err
-	}
-	if has {
-		if _, err := tx.Exec(ctx, "ALTER FUNCTION "+quoteIdent(from)+".hsmemu_anchor_note() SET SCHEMA "+quoteIdent(to)); err != nil {
-			return fmt.Errorf("keystore: move the anchor's trigger function to schema %s: %w", to, err)
+	for _, f := range pgTriggerFunctions {
+		var has bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = $1 AND pronamespace = $2::regnamespace)`,
+			f, quoteIdent(from)).Scan(&has); err != nil {
+			return err
+		}
+		if has {
+			if _, err := tx.Exec(ctx, "ALTER FUNCTION "+quoteIdent(from)+"."+f+"() SET SCHEMA "+quoteIdent(to)); err != nil {
+				return fmt.Errorf("keystore: move the trigger function %s to schema %s: %w", f, to, err)
+			}
 		}
 	}
 	return nil
 }
+
+// pgTriggerFunctions are the functions the schema's triggers call (the
+// anchor's notes, pgschema.go migration 1; the change notifications,
+// migration 2): they move and go with the tables.
+var pgTriggerFunctions = []string{"hsmemu_anchor_note", "hsmemu_changed"}
+
+// pgDropFunctions drops the trigger functions of schema.
+func pgDropFunctions(ctx context.Context, tx pgx.Tx, schema string) error {
+	for _, f := range pgTriggerFunctions {
+		if _, err := tx.Exec(ctx, "DROP FUNCTION IF EXISTS "+quoteIdent(schema)+"."+f+"()"); err != nil {
+			return fmt.Errorf("keystore: drop the trigger function %s: %w", f, err)
+		}
+	}
+	return nil
+}
+
+// pgNotBackedUp says which tables a backup leaves out: the schema's own
+// bookkeeping, which every restore makes afresh (the schema version; the
+// change generation other daemons follow, which means nothing to a
+// keystore restored with no daemon serving it).
+func pgNotBackedUp(table string) bool { return table == "hsmemu_schema" || table == "hsmemu_changes" }
 
 // pgLoad copies the backup's rows into the fresh schema, tables referred
 // to before those that refer to them, and sets each identity past every
@@ -431,7 +456,10 @@ func pgLoad(ctx context.Context, tx pgx.Tx, d *Dump) error {
 		return nil
 	}
 	for _, t := range d.Tables {
-		if t.Name == "hsmemu_schema" || !slices.Contains(tables, t.Name) {
+		if pgNotBackedUp(t.Name) {
+			continue
+		}
+		if !slices.Contains(tables, t.Name) {
 			return fmt.Errorf("keystore: the backup has a table %q, which this build's keystore does not", t.Name)
 		}
 		if err := visit(t.Name); err != nil {
@@ -440,7 +468,7 @@ func pgLoad(ctx context.Context, tx pgx.Tx, d *Dump) error {
 	}
 	for _, name := range order {
 		t := d.Table(name)
-		if t == nil { // a table the backup's keystore did not have yet
+		if t == nil || pgNotBackedUp(name) { // a table the backup's keystore did not have yet, or the schema's own
 			continue
 		}
 		if len(t.Rows) > 0 {

@@ -116,7 +116,7 @@ func TestPostgresBackupRestore(t *testing.T) {
 		t.Fatalf("backup header: %s, version %d, domain %x", d.Engine, d.SchemaVersion, d.DomainID)
 	}
 
-	// Every table of the schema but its version is in it.
+	// Every table of the schema but its own bookkeeping is in it.
 	c, err := pgConnect(ctx, loc, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -130,6 +130,7 @@ func TestPostgresBackupRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	want = slices.DeleteFunc(want, pgNotBackedUp)
 	var got []string
 	for _, tb := range d.Tables {
 		got = append(got, tb.Name)
@@ -159,7 +160,7 @@ func TestPostgresBackupRestore(t *testing.T) {
 	}
 
 	// A daemon holds the database: refused.
-	held, err := OpenDB(ctx, dst, Options{Argon2: cheapArgon, Exclusive: true})
+	held, err := OpenDB(ctx, dst, Options{Argon2: cheapArgon})
 	if err != nil {
 		t.Fatal(err)
 	}

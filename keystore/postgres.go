@@ -83,6 +83,9 @@ func openPostgres(ctx context.Context, dsn string, opts Options) (*Store, error)
 		// The listener (pgcluster.go) knows the writer's own changes by
 		// its server process.
 		eng.writerPID.Store(c.PgConn().PID())
+		if err := pgServing(ctx, c); err != nil {
+			return err
+		}
 		return createPending(ctx, c)
 	}
 	timeout := opts.StatementTimeout
@@ -638,4 +641,19 @@ func rebind(q string) string {
 	out := b.String()
 	rebound.Store(q, out)
 	return out
+}
+
+// pgServing takes, on a writer connection, the shared form of the lock a
+// restore takes exclusively (pgWriterLock): any number of daemons serve
+// one database together, none beside a restore. Session-scoped, it goes
+// with the connection, and is taken again on each reconnect.
+func pgServing(ctx context.Context, c *pgx.Conn) error {
+	var ok bool
+	if err := c.QueryRow(ctx, "SELECT pg_try_advisory_lock_shared(hashtextextended('hsmemu/writer', 0))").Scan(&ok); err != nil {
+		return fmt.Errorf("keystore: lock the database: %s", redactErr(err))
+	}
+	if !ok {
+		return ErrDatabaseInUse
+	}
+	return nil
 }

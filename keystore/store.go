@@ -35,6 +35,10 @@ var (
 	// under one of its writes). Nothing of the write was made. Reads go
 	// on, and writes succeed again once space is freed.
 	ErrFull = errors.New("keystore: no space left on the keystore's filesystem")
+	// ErrDatabaseInUse is a restore into a PostgreSQL database that a
+	// daemon serves, or a daemon's start on a database a restore is
+	// rewriting (pgServing).
+	ErrDatabaseInUse = errors.New("keystore: the PostgreSQL database is in use (a daemon serves it, or a restore rewrites it)")
 )
 
 // UUID identifies a token or an object for as long as it exists, across
