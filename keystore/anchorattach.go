@@ -123,6 +123,9 @@ type AnchorStatus struct {
 // and false for a keystore with no record.
 func (s *Store) AnchorHandle(ctx context.Context) (uint32, bool, error) {
 	st, _, ok, err := s.readAnchor(ctx, s.r)
+	if err == nil && ok {
+		err = s.overlayNodePoint(ctx, s.r, &st, 0)
+	}
 	return st.handle, ok, err
 }
 
@@ -138,6 +141,9 @@ func (s *Store) AnchorStatus(ctx context.Context) (AnchorStatus, error) {
 	st, _, ok, err := s.readAnchor(ctx, s.r)
 	if err == nil && !ok {
 		err = ErrNotFound
+	}
+	if err == nil {
+		err = s.overlayNodePoint(ctx, s.r, &st, 0)
 	}
 	return AnchorStatus{Generation: st.generation, Anchored: st.anchored, AnchoredGen: st.anchoredGen, Handle: st.handle, AuditSeq: int64(st.auditSeq)}, err
 }
@@ -203,7 +209,10 @@ func (s *Store) writeAnchor(ctx context.Context, tx *sql.Tx, st *anchorState) er
 		return err
 	}
 	_, err = tx.ExecContext(ctx, "INSERT INTO anchor (id, state) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state", blob)
-	return s.dbErr("write anchor record", err)
+	if err != nil {
+		return s.dbErr("write anchor record", err)
+	}
+	return s.saveNodePoint(ctx, tx, st)
 }
 
 // rowCheck is what the check of the rows against their entries found.
@@ -359,6 +368,9 @@ func (s *Store) AttachAnchor(ctx context.Context, c Counter, opts AnchorOptions)
 	}
 	defer tx.Rollback()
 	st, epoch, has, err := s.readAnchor(ctx, tx)
+	if err == nil && has {
+		err = s.overlayNodePoint(ctx, tx, &st, opts.Handle)
+	}
 	if err != nil {
 		return rep, err
 	}
@@ -539,6 +551,9 @@ func (s *Store) setAnchored(ctx context.Context, v uint64) error {
 	}
 	defer tx.Rollback()
 	st, _, ok, err := s.readAnchor(ctx, tx)
+	if err == nil && ok {
+		err = s.overlayNodePoint(ctx, tx, &st, 0)
+	}
 	if err != nil {
 		return err
 	}
@@ -605,6 +620,9 @@ func (s *Store) Anchor(ctx context.Context) (bool, error) {
 	}
 	defer tx.Rollback()
 	st, epoch, ok, err := s.readAnchor(ctx, tx)
+	if err == nil && ok {
+		err = s.overlayNodePoint(ctx, tx, &st, 0)
+	}
 	if err != nil {
 		return false, err
 	}

@@ -16,9 +16,12 @@ import (
 // triggers, and the sums of the rows' terms that the start checks the
 // anchor record against.
 
-// unanchored are the tables the digest leaves out: the anchor's own, and
-// the audit log, a hash chain whose head the record holds instead.
-var unanchored = map[string]bool{"anchor": true, "anchor_rows": true, "audit_log": true}
+// unanchored are the tables the digest leaves out: the anchor's own, the
+// audit log, a hash chain whose head the record holds instead, and the
+// nodes, each row under a MAC of its own and holding its node's anchor
+// point (nodes.go): a node's heartbeat is no change to anchor, and a node
+// rolled back is caught by that node's own counter.
+var unanchored = map[string]bool{"anchor": true, "anchor_rows": true, "audit_log": true, "nodes": true}
 
 // keyExpr is the SQL expression of a row's key among its table's rows:
 // its primary key's columns, each as an SQL literal (quote()), or its

@@ -29,10 +29,11 @@ import (
 // implementation. Nothing in the write paths knows about it here either:
 // the driver (pgConn) folds on every commit of the writer.
 
-// pgUnanchored are the tables the digest leaves out: SQLite's, the
-// schema version, which SQLite keeps outside any table, and the change
-// generation (pgcluster.go), which only says when to look again.
-var pgUnanchored = map[string]bool{"anchor": true, "anchor_rows": true, "audit_log": true, "hsmemu_schema": true, "hsmemu_changes": true}
+// pgUnanchored are the tables the digest leaves out: SQLite's (the nodes
+// among them), the schema version, which SQLite keeps outside any table,
+// and the change generation (pgcluster.go), which only says when to look
+// again.
+var pgUnanchored = map[string]bool{"anchor": true, "anchor_rows": true, "audit_log": true, "hsmemu_schema": true, "hsmemu_changes": true, "nodes": true}
 
 // createPending makes a writer session's table of notes.
 func createPending(ctx context.Context, c *pgx.Conn) error {

@@ -175,6 +175,34 @@ CREATE INDEX IF NOT EXISTS objects_live_by_label ON objects (token_id, label) WH
 CREATE INDEX IF NOT EXISTS objects_live_by_ckaid ON objects (token_id, ckaid) WHERE deleted_at IS NULL;
 CREATE INDEX IF NOT EXISTS objects_by_token ON objects (token_id, deleted_at);
 `,
+	// 7: the nodes of the domain (nodes.go): one row per TPM that holds
+	// the master key, found by its SRK's name, with its TPM-sealed
+	// master key, its TPM-resident import key, its rollback anchor and
+	// its times, under a MAC of the domain's. A keystore from before
+	// gets its one row at its next open (AdoptNode). The per-node
+	// bindings of PIN records (pin_bindings): the same PIN-bound secret,
+	// sealed in another node's TPM behind the same authorisation, for
+	// the record with that salt.
+	`
+CREATE TABLE nodes (
+	id          INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused: a node that left is not another's
+	tpm_id      BLOB NOT NULL UNIQUE CHECK (length(tpm_id) BETWEEN 3 AND 66),
+	sealed      BLOB NOT NULL CHECK (length(sealed) BETWEEN 1 AND 8192),
+	import_key  BLOB CHECK (length(import_key) BETWEEN 1 AND 8192),
+	anchor      BLOB CHECK (length(anchor) = 20),
+	joined_at   INTEGER NOT NULL CHECK (joined_at BETWEEN 0 AND 1099511627775),
+	last_seen   INTEGER NOT NULL CHECK (last_seen BETWEEN 0 AND 1099511627775),
+	mac         BLOB NOT NULL CHECK (length(mac) = 32)
+) STRICT;
+CREATE TABLE pin_bindings (
+	token_id INTEGER NOT NULL REFERENCES tokens(id) ON DELETE CASCADE,
+	role     INTEGER NOT NULL CHECK (role IN (0, 1)),
+	node_id  INTEGER NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+	salt     BLOB NOT NULL CHECK (length(salt) = 16),
+	seal     BLOB NOT NULL CHECK (length(seal) BETWEEN 1 AND 8192),
+	PRIMARY KEY (token_id, role, node_id)
+) STRICT;
+`,
 }
 
 // migrationsWithoutFKs are the migrations that rebuild a table other

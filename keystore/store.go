@@ -137,6 +137,8 @@ type Store struct {
 	// purgeStep, in tests, is called after each object PurgeExpired
 	// removes.
 	purgeStep func()
+
+	nodes nodeState // this Store's node and the nodes' MAC key (nodes.go)
 }
 
 // Open opens (creating if needed) the SQLite keystore at path and brings
@@ -203,6 +205,10 @@ func (s *Store) Close() error {
 		delete(s.tokens, id)
 	}
 	clear(s.roots)
+	s.nodes.mu.Lock()
+	wipe(s.nodes.key)
+	s.nodes.key = nil
+	s.nodes.mu.Unlock()
 	wipe(s.auditK)
 	s.auditK = nil
 	s.mu.Unlock()

@@ -740,7 +740,15 @@ func (s *Store) checkPIN(ctx context.Context, token UUID, role Role, pin []byte)
 	if err != nil {
 		return ti, nil, nil, err
 	}
+	// On a node that did not write the record, its own binding's seal.
+	rec, bound, foreign, err := s.nodeRecord(ctx, &ti, role, rec)
+	if err != nil {
+		return ti, nil, nil, err
+	}
 	dk, err := unwrapDataKey(st.keys, token, role, ti.DataGeneration, pin, rec, s.pins, s.sealerFor())
+	if err != nil && foreign && !errors.Is(err, ErrPINIncorrect) && !errors.Is(err, ErrPINLenRange) && !errors.Is(err, ErrTPMLockout) {
+		err = fmt.Errorf("keystore: token %q's %s PIN record is bound to another node's TPM and this node holds no binding of it (written after this node joined: docs/cluster.md, \"PINs across nodes\"): %w", ti.Label, role, err)
+	}
 	if errors.Is(err, ErrPINIncorrect) || errors.Is(err, ErrPINLenRange) {
 		if cerr := s.countFailure(ctx, token, role, true); cerr != nil {
 			return ti, nil, nil, cerr
@@ -750,7 +758,9 @@ func (s *Store) checkPIN(ctx context.Context, token UUID, role Role, pin []byte)
 	if err != nil {
 		return ti, nil, nil, err
 	}
-	if g, ok := recordGen(rec); (ok && g != st.keys.generation) || pinRecordStale(rec, s.binding()) {
+	// A record checked through this node's binding is not rewritten here:
+	// a new record would be bound to this node alone.
+	if g, ok := recordGen(rec); !bound && ((ok && g != st.keys.generation) || pinRecordStale(rec, s.binding())) {
 		// The record is still under the PIN key of a KEK a master key
 		// rotation replaced, or not bound to the TPM (written before
 		// PINs were), or its recovery copy is under an earlier master

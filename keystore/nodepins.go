@@ -1,0 +1,164 @@
+package keystore
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdh"
+	"database/sql"
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// PIN records across nodes. A bound PIN record (pinbind.go) holds one
+// seal: the PIN-bound secret s sealed in the TPM of the node that wrote
+// it, behind the PIN's authorisation. Another node's TPM cannot load that
+// object (fixedTPM), so each other node keeps a binding of its own: the
+// same s, sealed in its TPM behind the same authorisation, in
+// pin_bindings by (token, role, node), for the record with that salt (a
+// record written anew has a new salt, and a binding of the old one is
+// never used for it). A PIN check on a node uses its binding when it has
+// one, the record's seal otherwise. Nothing here lets a TPM recover s
+// without the PIN: each binding is a sealed data object of that node's
+// TPM, not noDA, opened by TPM2_Unseal to the PIN's authorisation alone,
+// so guesses on any node meet that node's dictionary-attack lockout.
+//
+// A node makes its bindings when it joins (BindNodePINs), from the
+// records' recovery copies, opened with the recovery key the custodians'
+// shares give, as domain recovery does. What is not built yet: a node
+// that writes a new PIN record (a PIN change, a record rewritten at
+// login) does not make the other nodes' bindings of it (that takes a
+// duplication blob of the new object to each node's import key, imported
+// there on use), so until then the new record's PIN is checked on the
+// node that wrote it, and on the others once they join again.
+
+// bindingSeal returns this node's seal for the record of token's role
+// with that salt, if it has one.
+func (s *Store) bindingSeal(ctx context.Context, tokenID int64, role Role, salt []byte) ([]byte, bool, error) {
+	node := s.LocalNode()
+	if node == 0 {
+		return nil, false, nil
+	}
+	var seal []byte
+	err := s.r.QueryRowContext(ctx, "SELECT seal FROM pin_bindings WHERE token_id = ? AND role = ? AND node_id = ? AND salt = ?",
+		tokenID, int64(role), node, salt).Scan(&seal)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return nil, false, nil
+	case err != nil:
+		return nil, false, s.dbErr("read PIN binding", err)
+	case len(seal) == 0 || len(seal) > maxPINSealLen:
+		return nil, false, &TamperError{Kind: "token", ID: fmt.Sprintf("row %d", tokenID), What: "PIN binding"}
+	}
+	return seal, true, nil
+}
+
+// nodeRecord is the PIN record as this node checks it: with its own
+// binding's seal in place of the record's, when it has one (bound).
+// foreign says the record's own seal names another TPM than this node's
+// and this node has no binding of it: only to say so when the check fails.
+func (s *Store) nodeRecord(ctx context.Context, ti *TokenInfo, role Role, rec []byte) (_ []byte, bound, foreign bool, _ error) {
+	if len(rec) == 0 || rec[0] != pinRecordBound || s.LocalNode() == 0 {
+		return rec, false, false, nil
+	}
+	r, err := parsePINRecord(rec)
+	if err != nil {
+		return nil, false, false, err
+	}
+	seal, ok, err := s.bindingSeal(ctx, ti.ID, role, r.salt)
+	if err != nil {
+		return nil, false, false, err
+	}
+	if !ok {
+		s.nodes.mu.Lock()
+		tpmID := s.nodes.tpmID
+		s.nodes.mu.Unlock()
+		// A seal names the SRK it was made under (tpmroot's encoding).
+		return rec, false, len(tpmID) > 0 && !bytes.Contains(r.seal, tpmID), nil
+	}
+	r.seal = seal
+	return r.marshal(), true, false, nil
+}
+
+// BindNodePINs makes this node's binding of every bound PIN record of
+// the keystore, from the records' recovery copies: it opens each with the
+// recovery private key of the master key it was made under (keys, from
+// that master key's shares), seals the same secret behind the same
+// authorisation in this node's TPM, and stores it for this node. The
+// records themselves are not touched: the nodes that wrote them still
+// use their seals. Records it cannot bind are listed, as RebindPINs
+// lists them; used[i] counts the records keys[i] opened.
+func (s *Store) BindNodePINs(ctx context.Context, keys []*ecdh.PrivateKey) (bound int, left []UnboundPIN, used []int, err error) {
+	node := s.LocalNode()
+	if node == 0 {
+		return 0, nil, nil, errors.New("keystore: no node attached")
+	}
+	ps := s.sealerFor()
+	if ps == nil {
+		return 0, nil, nil, errNoPINSealer
+	}
+	byPub := map[string]int{}
+	for i, k := range keys {
+		byPub[string(k.PublicKey().Bytes())] = i
+	}
+	used = make([]int, len(keys))
+	tokens, err := s.Tokens(ctx)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	for _, ti := range tokens {
+		if ti.Tampered != nil {
+			left = append(left, UnboundPIN{Token: ti.UUID, Label: ti.Label, Role: RoleSO, Why: ti.Tampered.Error()})
+			continue
+		}
+		for _, f := range []struct {
+			role Role
+			rec  []byte
+		}{{RoleSO, ti.soPIN}, {RoleUser, ti.userPIN}} {
+			if f.rec == nil {
+				continue
+			}
+			r, err := parsePINRecord(f.rec)
+			if err != nil {
+				return bound, left, used, err
+			}
+			if r.version != pinRecordBound {
+				continue // behind Argon2id alone: every node checks it as it is
+			}
+			u := UnboundPIN{Token: ti.UUID, Label: ti.Label, Role: f.role}
+			if len(r.copy) == 0 {
+				u.Why = "no recovery copy (written while the domain had no recovery key)"
+				left = append(left, u)
+				continue
+			}
+			u.MasterGeneration = binary.BigEndian.Uint32(r.copy)
+			ki, ok := byPub[string(r.copy[4:36])]
+			if !ok {
+				u.Why = fmt.Sprintf("its recovery copy is under master key generation %d, whose shares were not given", u.MasterGeneration)
+				left = append(left, u)
+				continue
+			}
+			secret, auth, err := openRecoveryCopy(keys[ki], r.copy, ti.UUID, f.role, ti.DataGeneration, r.salt)
+			if err != nil {
+				u.Why = "its recovery copy does not open"
+				left = append(left, u)
+				continue
+			}
+			seal, err := ps.ResealPINSecret(auth, secret)
+			wipe(secret)
+			wipe(auth)
+			if err != nil {
+				return bound, left, used, fmt.Errorf("keystore: sealing token %q's %s PIN in this TPM: %w", ti.Label, f.role, err)
+			}
+			_, err = s.w.ExecContext(ctx, `INSERT INTO pin_bindings (token_id, role, node_id, salt, seal) VALUES (?, ?, ?, ?, ?)
+				ON CONFLICT (token_id, role, node_id) DO UPDATE SET salt = excluded.salt, seal = excluded.seal`,
+				ti.ID, int64(f.role), node, r.salt, seal)
+			if err != nil {
+				return bound, left, used, s.dbErr("write PIN binding", err)
+			}
+			bound++
+			used[ki]++
+		}
+	}
+	return bound, left, used, nil
+}

@@ -1,0 +1,206 @@
+package keystore
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+)
+
+// fakeTPMID is an SRK name for a node of the tests: the keystore only
+// stores and compares it.
+func fakeTPMID(b byte) []byte { return append([]byte{0, 0x0b}, bytes.Repeat([]byte{b}, 32)...) }
+
+// TestNodesAnchorPerNode: node 1 adopts the root record's key; node 2
+// is added and anchors in a counter of its own, with a reset. Each node
+// checks only its own counter: writes and anchors on node 2 do not make
+// node 1 look rolled back, and a copy of the keystore put back after
+// node 2 anchored again is refused by node 2 and accepted by node 1,
+// whose counter did not move since. A heartbeat keeps the row's MAC.
+func TestNodesAnchorPerNode(t *testing.T) {
+	t.Parallel()
+	s1, loc := newStore(t, Options{})
+	id1, adopted, err := s1.AdoptNode(ctx, fakeTPMID(1), []byte("import key 1"))
+	if err != nil || !adopted || id1 != 1 {
+		t.Fatalf("adopt: %d %v %v", id1, adopted, err)
+	}
+	if _, again, err := s1.AdoptNode(ctx, fakeTPMID(1), nil); err != nil || again {
+		t.Fatalf("adopting twice: %v %v", again, err)
+	}
+	if err := s1.AttachNode(ctx, id1); err != nil {
+		t.Fatal(err)
+	}
+	c1, h1 := newCounter(t, s1)
+	if _, err := s1.AttachAnchor(ctx, c1, AnchorOptions{Handle: h1}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := s1.RootRecord(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id2, err := s1.AddNode(ctx, NodeSpec{TPMID: fakeTPMID(2), Sealed: rec.Sealed, ImportKey: []byte("import key 2")})
+	if err != nil || id2 != 2 {
+		t.Fatalf("add node: %d %v", id2, err)
+	}
+	if _, err := s1.AddNode(ctx, NodeSpec{TPMID: fakeTPMID(2), Sealed: rec.Sealed}); err == nil {
+		t.Fatal("a TPM added twice")
+	}
+	ti := newToken(t, s1, "n")
+	if _, err := s1.Anchor(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.Heartbeat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s1.Close()
+
+	// Node 2: its first anchor, in its own counter, then writes.
+	s2 := reopen(t, loc, Options{})
+	if id, sealed, err := s2.NodeSealed(ctx, fakeTPMID(2)); err != nil || id != id2 || !bytes.Equal(sealed, rec.Sealed) {
+		t.Fatalf("node 2's row: %d %v", id, err)
+	}
+	if _, _, err := s2.NodeSealed(ctx, fakeTPMID(3)); !errors.Is(err, ErrNotANode) {
+		t.Fatalf("a TPM with no row: %v", err)
+	}
+	if err := s2.AttachNode(ctx, id2); err != nil {
+		t.Fatal(err)
+	}
+	c2, h2 := newCounter(t, s2)
+	rep, err := s2.AttachAnchor(ctx, c2, AnchorOptions{Handle: h2, Reset: "domain join"})
+	if err != nil || !rep.Reset {
+		t.Fatalf("node 2's first anchor: %+v %v", rep, err)
+	}
+	if v, _, _ := c2.Value(); rep.Anchored != v {
+		t.Fatalf("node 2 anchored at %d, its counter is at %d", rep.Anchored, v)
+	}
+	if err := s2.Login(ctx, ti.UUID, RoleUser, []byte("wrong-pin-0")); !errors.Is(err, ErrPINIncorrect) {
+		t.Fatal(err)
+	}
+	if did, err := s2.Anchor(ctx); err != nil || !did {
+		t.Fatalf("node 2 anchors: %v %v", did, err)
+	}
+	nodes, err := s2.Nodes(ctx)
+	if err != nil || len(nodes) != 2 || nodes[0].Tampered != nil || nodes[1].Tampered != nil || !bytes.Equal(nodes[1].ImportKey, []byte("import key 2")) {
+		t.Fatalf("nodes: %+v %v", nodes, err)
+	}
+	s2.Close()
+
+	// Node 1 after node 2's writes: its own counter, not behind.
+	s1 = reopen(t, loc, Options{})
+	if err := s1.AttachNode(ctx, id1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s1.AttachAnchor(ctx, c1, AnchorOptions{Handle: h1}); err != nil {
+		t.Fatalf("node 1 after node 2 wrote: %v", err)
+	}
+	s1.Close()
+
+	// A copy; then node 2 writes and anchors again; the copy put back:
+	// node 2 finds it behind its counter, node 1, whose counter did not
+	// move since, takes it.
+	old := copyKeystore(t, loc)
+	s2 = reopen(t, loc, Options{})
+	if err := s2.AttachNode(ctx, id2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s2.AttachAnchor(ctx, c2, AnchorOptions{Handle: h2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Login(ctx, ti.UUID, RoleUser, []byte("wrong-pin-0")); !errors.Is(err, ErrPINIncorrect) {
+		t.Fatal(err)
+	}
+	if did, err := s2.Anchor(ctx); err != nil || !did {
+		t.Fatalf("node 2 anchors again: %v %v", did, err)
+	}
+	s2.Close()
+	putBack(t, old, loc)
+	s2 = reopen(t, loc, Options{})
+	if err := s2.AttachNode(ctx, id2); err != nil {
+		t.Fatal(err)
+	}
+	var re *RollbackError
+	if _, err := s2.AttachAnchor(ctx, c2, AnchorOptions{Handle: h2}); !errors.As(err, &re) || re.What != "behind" || re.Behind != 1 {
+		t.Fatalf("node 2 on the older copy: %v", err)
+	}
+	s2.Close()
+	s1 = reopen(t, loc, Options{})
+	if err := s1.AttachNode(ctx, id1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s1.AttachAnchor(ctx, c1, AnchorOptions{Handle: h1}); err != nil {
+		t.Fatalf("node 1 on a copy as new as its own last anchor: %v", err)
+	}
+	s1.Close()
+}
+
+// TestNodeRowTampered: a node row edited in any column fails its MAC, or
+// its range check, and takes down that node alone: AttachNode refuses
+// it, the listing marks it and records it once, the other node attaches.
+func TestNodeRowTampered(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ name, sql, what string }{
+		{"joined", "UPDATE nodes SET joined_at = joined_at + 1 WHERE id = 2", "mac"},
+		{"last seen", "UPDATE nodes SET last_seen = last_seen - 4294967296 WHERE id = 2", "range"},
+		{"sealed", "UPDATE nodes SET sealed = substr(sealed, 1, length(sealed) - 1) WHERE id = 2", "mac"},
+		{"import key", "UPDATE nodes SET import_key = NULL WHERE id = 2", "mac"},
+		{"anchor", "UPDATE nodes SET anchor = (SELECT anchor FROM nodes WHERE id = 1) WHERE id = 2", "mac"},
+		{"tpm", "UPDATE nodes SET tpm_id = substr(tpm_id, 1, 33) WHERE id = 2", "mac"},
+		{"swapped", "UPDATE nodes SET id = 3 WHERE id = 2", "mac"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			s, loc := newStore(t, Options{})
+			id1, _, err := s.AdoptNode(ctx, fakeTPMID(1), []byte("ik1"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.AttachNode(ctx, id1); err != nil {
+				t.Fatal(err)
+			}
+			ch, h := newCounter(t, s)
+			if _, err := s.AttachAnchor(ctx, ch, AnchorOptions{Handle: h}); err != nil {
+				t.Fatal(err)
+			}
+			rec, _ := s.RootRecord(ctx)
+			if _, err := s.AddNode(ctx, NodeSpec{TPMID: fakeTPMID(2), Sealed: rec.Sealed, ImportKey: []byte("ik2")}); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			execSQL(t, rawDB(t, loc), c.sql)
+			s = reopen(t, loc, Options{})
+			bad := int64(2)
+			if c.name == "swapped" {
+				bad = 3
+			}
+			if err := s.AttachNode(ctx, bad); !errors.Is(err, ErrTampered) {
+				t.Fatalf("attach the tampered node: %v", err)
+			}
+			if err := s.AttachNode(ctx, id1); err != nil {
+				t.Fatalf("attach the other node: %v", err)
+			}
+			nodes, err := s.Nodes(ctx)
+			if err != nil || len(nodes) != 2 || nodes[0].Tampered != nil || nodes[1].ID != bad {
+				t.Fatalf("nodes: %+v %v", nodes, err)
+			}
+			var te *TamperError
+			if !errors.As(nodes[1].Tampered, &te) || te.Kind != "node" || te.What != c.what {
+				t.Fatalf("node %d: %v, want %s", bad, nodes[1].Tampered, c.what)
+			}
+			if err := s.AuditTamper(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := s.TamperCount(ctx); err != nil || n == 0 {
+				t.Fatalf("tamper.detected records: %d %v", n, err)
+			}
+			// The other node works on, and removes the bad one.
+			if err := s.Heartbeat(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.RemoveNode(ctx, AuditActor{Role: "admin"}, bad); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.RemoveNode(ctx, AuditActor{Role: "admin"}, id1); !errors.Is(err, ErrLastNode) {
+				t.Fatalf("the last node: %v", err)
+			}
+		})
+	}
+}
