@@ -8,12 +8,15 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
 
 	"hsmemu/daemon"
+	"hsmemu/daemon/adminapi"
+	"hsmemu/keystore"
 	"hsmemu/tpmroot"
 	"hsmemu/tpmroot/escrow"
 )
@@ -53,31 +56,162 @@ Example:
 				&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
 			},
 			Action: runRecover,
+		}, {
+			Name:  "join",
+			Usage: "add this machine's TPM to a domain in PostgreSQL, from custodians' shares",
+			Description: `Makes this machine's TPM (--tpm, its state under --state-dir) a node of the
+security domain in the PostgreSQL keystore --db: the master key is
+recreated in this TPM from at least the threshold of custodians' shares of
+the current master key, each given as SHARE:KEY (the share file and its
+custodian's private key, PEM, PKCS#8), and sealed there; the node's row
+records it with the node's TPM-resident import key. Every PIN record gets
+a binding in this TPM, from its recovery copy, so the same PINs log in
+here, each wrong one counted by this TPM. A record not rewritten since a
+master key rotation needs the shares of that earlier master key, beside
+the current one's. 'hsmemu serve --db ...' on this machine then serves
+the domain's tokens. The daemon serving the database is stopped
+meanwhile (one daemon per database, for now: docs/cluster.md).
+
+Example:
+  hsmemu domain join --state-dir /var/lib/hsmemu --db 'postgres://hsm@db1/keys' \
+    --share alice.share:alice.key --share bob.share:bob.key`,
+			Flags: append([]cli.Flag{
+				stateDirFlag("this machine's state directory (its TPM's state)"),
+				tpmFlag(),
+				tpmStateKeyFlag(),
+				&cli.StringSliceFlag{Name: "share", Usage: "SHARE:KEY, a custodian's share file and private key (repeat for each)"},
+				&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
+			}, dbFlags()...),
+			Action: runJoin,
+		}, {
+			Name:      "leave",
+			Usage:     "remove a node from the domain (through a daemon serving it on another node)",
+			ArgsUsage: "NODE",
+			Description: `Removes node NODE (its id, as 'hsmemu status' lists them) from the domain:
+its row, with its sealed master key, and its PIN bindings. The daemon
+asked must run on another node; the last node cannot leave. Audited
+(node.leave). The node's TPM still holds the master key it loaded until
+the TPM is cleared: a master key rotation is what retires the key itself.
+
+Example:
+  hsmemu domain leave 2`,
+			Flags:  adminFlags(),
+			Action: runLeave,
 		}},
 	}
 }
 
-func runRecover(c *cli.Context) error {
+// openShares opens each --share SHARE:KEY; the caller wipes them.
+func openShares(c *cli.Context, cmd string) ([]*escrow.Share, error) {
 	var shares []*escrow.Share
-	defer func() {
-		for _, s := range shares {
-			s.Wipe()
-		}
-	}()
 	for _, arg := range c.StringSlice("share") {
 		file, key, ok := strings.Cut(arg, ":")
 		if !ok {
-			return cli.Exit(fmt.Sprintf("hsmemu domain recover: --share %s: give SHARE:KEY, the share file and its custodian's private key", arg), 2)
+			wipeShares(shares)
+			return nil, cli.Exit(fmt.Sprintf("hsmemu %s: --share %s: give SHARE:KEY, the share file and its custodian's private key", cmd, arg), 2)
 		}
 		sh, err := openShare(file, key)
 		if err != nil {
-			return cli.Exit(fmt.Sprintf("hsmemu domain recover: --share %s: %v", file, err), 2)
+			wipeShares(shares)
+			return nil, cli.Exit(fmt.Sprintf("hsmemu %s: --share %s: %v", cmd, file, err), 2)
 		}
 		shares = append(shares, sh)
 	}
 	if len(shares) == 0 {
-		return cli.Exit("hsmemu domain recover: no --share: give the threshold of custodians' shares as SHARE:KEY", 2)
+		return nil, cli.Exit(fmt.Sprintf("hsmemu %s: no --share: give the threshold of custodians' shares as SHARE:KEY", cmd), 2)
 	}
+	return shares, nil
+}
+
+func wipeShares(shares []*escrow.Share) {
+	for _, s := range shares {
+		s.Wipe()
+	}
+}
+
+func runJoin(c *cli.Context) error {
+	if c.String("db") == "" {
+		return cli.Exit("hsmemu domain join: no --db: give the PostgreSQL keystore of the domain to join", 2)
+	}
+	shares, err := openShares(c, "domain join")
+	if err != nil {
+		return err
+	}
+	defer wipeShares(shares)
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	dir := c.String("state-dir")
+	key := tpmStateKey(c)
+	newKey := false
+	if key != "" && !fileExists(key) {
+		if err := tpmroot.NewStateKey(key, dir); err != nil {
+			return cli.Exit("hsmemu domain join: --tpm-state-key: "+err.Error(), 2)
+		}
+		newKey = true
+	}
+	res, err := daemon.JoinState(ctx, daemon.StateConfig{Dir: dir, DB: c.String("db"), TPM: c.String("tpm"), TPMStateKey: key,
+		Store: keystore.Options{PasswordFile: c.String("db-password-file")}, Logger: slog.New(slog.DiscardHandler)}, shares)
+	if err != nil && newKey {
+		tpmroot.RemoveStateKey(key)
+	}
+	switch {
+	case errors.Is(err, escrow.ErrNotEnoughShares):
+		return cli.Exit(fmt.Sprintf("hsmemu domain join: %v: give more custodians' shares", err), 1)
+	case err != nil:
+		return cli.Exit("hsmemu domain join: "+err.Error(), 1)
+	}
+	var left []unbound
+	for _, u := range res.UnboundPINs {
+		left = append(left, unbound{Token: u.Label, Role: strings.ToLower(u.Role.String()), MasterGeneration: u.MasterGeneration, Why: u.Why})
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, domainJoined{Domain: fmt.Sprintf("%x", res.Domain), Node: res.Node, TPM: keystore.ShortTPMID(res.TPM),
+			StateDir: dir, Shares: len(shares), PINsBound: res.BoundPINs, PINsUnbound: left})
+	}
+	w := c.App.Writer
+	fmt.Fprintf(w, "joined security domain %x as node %d (TPM %s) from %d shares; 'hsmemu serve --db ...' serves it here\n", res.Domain, res.Node, keystore.ShortTPMID(res.TPM), len(shares))
+	fmt.Fprintf(w, "PIN records bound in this TPM: %d\n", res.BoundPINs)
+	for _, u := range left {
+		fmt.Fprintf(c.App.ErrWriter, "WARNING: token %q's %s PIN cannot log in on this node: %s\n", u.Token, u.Role, u.Why)
+	}
+	return nil
+}
+
+// domainJoined is `domain join --json`.
+type domainJoined struct {
+	Domain      string    `json:"domain"`
+	Node        int64     `json:"node"`
+	TPM         string    `json:"tpm"`
+	StateDir    string    `json:"state_dir"`
+	Shares      int       `json:"shares"`
+	PINsBound   int       `json:"pins_bound"`
+	PINsUnbound []unbound `json:"pins_unbound,omitempty"`
+}
+
+func runLeave(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return cli.Exit("hsmemu domain leave: give the node's id (as 'hsmemu status' lists them)", 2)
+	}
+	id, err := strconv.ParseInt(c.Args().First(), 10, 64)
+	if err != nil || id < 1 {
+		return cli.Exit(fmt.Sprintf("hsmemu domain leave: %q is not a node id (1, 2, ...)", c.Args().First()), 2)
+	}
+	if err := adminCall(c, adminapi.OpNodeLeave, adminapi.NodeLeave{Node: id}, nil); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, map[string]int64{"removed": id})
+	}
+	fmt.Fprintf(c.App.Writer, "node %d removed from the domain\n", id)
+	return nil
+}
+
+func runRecover(c *cli.Context) error {
+	shares, err := openShares(c, "domain recover")
+	if err != nil {
+		return err
+	}
+	defer wipeShares(shares)
 	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	dir := c.String("state-dir")

@@ -60,6 +60,8 @@ var exitCodes = map[string][]exitDoc{
 	"audit verify":      {{6, "the log failed verification"}},
 	"audit export":      nil,
 	"domain recover":    {{3, "the new state directory already holds a keystore"}},
+	"domain join":       nil,
+	"domain leave":      {{3, "refused: the node the daemon runs on, or the domain's last"}, {4, "no such node"}},
 	"backup":            nil,
 	"restore":           {{3, "the daemon is running"}, {6, "a token row in the backup failed its integrity check (the state directory is as it was)"}},
 	"tpm encrypt-state": {{3, "the daemon is running"}},

@@ -28,6 +28,8 @@ type exitCase struct {
 // daemon set up by exitFixture; every command's usage error (an unknown
 // flag) is added to them.
 var exitCases = []exitCase{
+	{[]string{"domain", "leave", "1"}, 3, `the node this daemon runs on`},
+	{[]string{"domain", "leave", "9"}, 4, `not found`},
 	{[]string{"token", "create", "--token", "t", "--so-pin-file", "@so.pin", "--user-pin-file", "@user.pin"}, 3, `a token labelled "t" exists`},
 	{[]string{"token", "create", "--token", "x", "--tier", "gold", "--so-pin-file", "@so.pin", "--user-pin-file", "@user.pin"}, 2, `unknown tier`},
 	{[]string{"token", "show", "--token", "nope"}, 4, `no token is labelled "nope"`},

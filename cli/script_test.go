@@ -84,10 +84,13 @@ func TestPostgresScripts(t *testing.T) {
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"waitsock": cmdWaitsock,
-			"exits":    cmdExits,
-			"dumpedit": cmdDumpEdit,
-			"flipbyte": cmdFlipByte,
+			"waitsock":   cmdWaitsock,
+			"exits":      cmdExits,
+			"dumpedit":   cmdDumpEdit,
+			"flipbyte":   cmdFlipByte,
+			"genkey":     cmdGenkey,
+			"jsonschema": cmdJSONSchema,
+			"pgexec":     func(ts *testscript.TestScript, neg bool, args []string) { cmdPGExec(ts, srv, neg, args) },
 		},
 	})
 }
@@ -131,6 +134,15 @@ func cmdFlipByte(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(err)
 	b[len(b)/2] ^= 0xff
 	ts.Check(os.WriteFile(ts.MkAbs(args[1]), b, 0o600))
+}
+
+// pgexec STATEMENT runs SQL on the script's database ($PGDB) behind the
+// daemons' backs, as someone editing it would.
+func cmdPGExec(ts *testscript.TestScript, srv *pgtest.Server, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: pgexec STATEMENT")
+	}
+	ts.Check(srv.Psql(pgtest.DBName(ts.Getenv("PGDB")), args[0]))
 }
 
 // genkey NAME writes a custodian's X25519 key pair: NAME.key (PKCS#8) and

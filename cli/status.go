@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -102,6 +103,7 @@ func statusCommand() *cli.Command {
 			} else {
 				fmt.Fprintln(w, "anchor:    none yet: a rolled-back keystore would not be noticed")
 			}
+			printNodes(w, st.Nodes)
 			if st.TamperDetected > 0 {
 				fmt.Fprintf(w, "integrity: %d failures detected; the audit log's tamper.detected records name them\n", st.TamperDetected)
 			} else {
@@ -111,5 +113,25 @@ func statusCommand() *cli.Command {
 			printTokens(w, st.Tokens)
 			return nil
 		},
+	}
+}
+
+// printNodes lists the domain's nodes, this one marked.
+func printNodes(w io.Writer, nodes []adminapi.Node) {
+	for i, n := range nodes {
+		head := "nodes:    "
+		if i > 0 {
+			head = "          "
+		}
+		this := ""
+		if n.This {
+			this = " (this node)"
+		}
+		if n.Tampered != "" {
+			fmt.Fprintf(w, "%s %d TAMPERED (%s): down%s\n", head, n.ID, n.Tampered, this)
+			continue
+		}
+		fmt.Fprintf(w, "%s %d TPM %s, joined %s, last seen %s%s\n", head, n.ID, n.TPM,
+			n.Joined.UTC().Format(time.RFC3339), n.LastSeen.UTC().Format(time.RFC3339), this)
 	}
 }

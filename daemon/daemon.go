@@ -111,6 +111,12 @@ func (d *Daemon) Serve(ctx context.Context, ln *net.UnixListener) error {
 		defer close(purger)
 		d.eng.RunPurger(ctx, d.cfg.PurgeEvery)
 	}()
+	heartbeat := make(chan struct{})
+	go func() {
+		defer close(heartbeat)
+		d.st.RunHeartbeat(ctx, 0)
+	}()
+	defer func() { <-heartbeat }()
 	// The purger writes audit records: it ends before the engine closes
 	// and the caller closes the keystore.
 	defer func() {

@@ -107,6 +107,14 @@ func (s *State) FinishMasterRotation(ctx context.Context, progress func(done, to
 	if old != nil {
 		old.Close()
 	}
+	if s.Node != 0 {
+		// This node's row holds the new master key now; should this
+		// write fail, the next start takes it from the root record,
+		// which the rotation switched (loadNodeMaster).
+		if err := s.Store.SetNodeSealed(ctx, rec.Next.Sealed); err != nil {
+			s.logger().Warn("recording the new master key in this node's row failed; the next start does it", "err", err)
+		}
+	}
 	return rec.MasterGeneration + 1, nil
 }
 

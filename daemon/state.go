@@ -3,7 +3,6 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"crypto/ecdh"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -86,8 +85,12 @@ type State struct {
 	Counter *tpmroot.Counter
 	Anchor  keystore.AnchorReport
 
-	next *tpmroot.Root // the master key a rotation under way moves to
-	log  *slog.Logger
+	// Node is this machine's node of the domain (nodes.go).
+	Node int64
+
+	next      *tpmroot.Root // the master key a rotation under way moves to
+	log       *slog.Logger
+	nodeFresh []byte // a sealed master key to write into this node's row once attached (nodes.go)
 }
 
 // DatabaseName is the keystore's file name inside the state directory.
@@ -181,15 +184,14 @@ func OpenState(ctx context.Context, cfg StateConfig) (_ *State, err error) {
 	case cfg.ProvisionOnly:
 		return nil, ErrAlreadyProvisioned
 	default:
-		var sealed tpmroot.Sealed
-		if err := sealed.UnmarshalBinary(rec.Sealed); err != nil {
-			return nil, fmt.Errorf("read stored master key: %w", err)
-		}
-		if st.Root, err = st.TPM.Load(&sealed); err != nil {
+		if st.Root, err = st.loadNodeMaster(ctx, rec); err != nil {
 			return nil, err
 		}
 	}
 	if err := st.Store.Attach(ctx, st.Root, st.Root.DomainID()); err != nil {
+		return nil, err
+	}
+	if err := st.attachNode(ctx); err != nil {
 		return nil, err
 	}
 	if err := st.openAnchor(ctx, cfg); err != nil {
@@ -350,25 +352,9 @@ func RecoverState(ctx context.Context, cfg StateConfig, from string, shares []*e
 	// A share splits one master key: the current one's proof must match
 	// (the domain id names the first master key of the domain). Shares of
 	// earlier master keys only open PIN records' recovery copies.
-	var current []*escrow.Share
-	var olderIDs [][]byte
-	older := map[string][]*escrow.Share{}
-	for _, sh := range shares {
-		switch {
-		case bytes.Equal(sh.DomainID, rec.Proof):
-			current = append(current, sh)
-		case rec.MasterGeneration == 1:
-			return nil, fmt.Errorf("a share of domain %x is not of this keystore's domain %x", sh.DomainID[:8], rec.DomainID[:8])
-		default:
-			if _, ok := older[string(sh.DomainID)]; !ok {
-				olderIDs = append(olderIDs, sh.DomainID)
-			}
-			older[string(sh.DomainID)] = append(older[string(sh.DomainID)], sh)
-		}
-	}
-	if len(current) == 0 {
-		return nil, fmt.Errorf("a share of master key %x is not of this keystore's current master key %x (generation %d): shares of a master key before a rotation are void for recovering it (given beside the current one's, they rebind PIN records not logged in to since)",
-			olderIDs[0][:8], rec.Proof[:8], rec.MasterGeneration)
+	current, olderIDs, older, err := sortShares(rec, shares)
+	if err != nil {
+		return nil, err
 	}
 	spec, err := cfg.tpmSpec()
 	if err != nil {
@@ -386,19 +372,9 @@ func RecoverState(ctx context.Context, cfg StateConfig, from string, shares []*e
 	if err := configureManagedDA(tpm, spec, cfg.DA, log); err != nil {
 		return nil, err
 	}
-	// The recovery keys first: older shares that do not recombine fail
-	// the recovery before anything is written.
-	groups := [][]*escrow.Share{current}
-	for _, id := range olderIDs {
-		groups = append(groups, older[string(id)])
-	}
-	var keys []*ecdh.PrivateKey // the current master key's, then each older one's, in olderIDs' order
-	for _, group := range groups {
-		k, err := tpmroot.RecoveryKey(group)
-		if err != nil {
-			return nil, fmt.Errorf("the shares of master key %x: %w", group[0].DomainID[:8], err)
-		}
-		keys = append(keys, k)
+	keys, err := recoveryKeys(current, olderIDs, older)
+	if err != nil {
+		return nil, err
 	}
 	sealed, err := tpm.Recover(current)
 	if err != nil {
@@ -420,6 +396,25 @@ func RecoverState(ctx context.Context, cfg StateConfig, from string, shares []*e
 	}
 	defer root.Close()
 	if err := store.Attach(ctx, root, root.DomainID()); err != nil {
+		return nil, err
+	}
+	// The copy's nodes were the old TPMs: the new one is its only node.
+	if err := store.DropNodes(ctx); err != nil {
+		return nil, err
+	}
+	ik, err := tpm.CreateImportKey()
+	if err != nil {
+		return nil, err
+	}
+	ikb, err := ik.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	node, _, err := store.AdoptNode(ctx, tpm.SRKName(), ikb)
+	if err != nil {
+		return nil, err
+	}
+	if err := store.AttachNode(ctx, node); err != nil {
 		return nil, err
 	}
 	res = &RecoverResult{Domain: rec.DomainID}

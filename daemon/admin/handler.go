@@ -192,6 +192,8 @@ var ops = map[string]opFunc{
 	adminapi.OpRotateMasterBegin:  op((*call).rotateMasterBegin),
 	adminapi.OpRotateMasterFinish: op((*call).rotateMasterFinish),
 	adminapi.OpRotateMasterAbort:  done((*call).rotateMasterAbort),
+
+	adminapi.OpNodeLeave: done((*call).nodeLeave),
 }
 
 // Serves says whether op is an admin call this daemon serves.
@@ -256,6 +258,8 @@ func adminErr(log *slog.Logger, op string, err error) *adminapi.Error {
 		return adminapi.Errorf(adminapi.CodeBadRequest, "%v", err)
 	case errors.Is(err, keystore.ErrUserPINNeeded):
 		return adminapi.Errorf(adminapi.CodeBadRequest, "the token has a user PIN: give it too, the new data key is wrapped under it")
+	case errors.Is(err, keystore.ErrLastNode):
+		return adminapi.Errorf(adminapi.CodeRefused, "the domain's last node cannot leave it: its keys would have no TPM left to open them")
 	case errors.Is(err, keystore.ErrPurgeProtected):
 		return adminapi.Errorf(adminapi.CodeRefused, "the token has purge protection: it holds objects, live or deleted, whose retention has not ended")
 	case errors.Is(err, keystore.ErrFull):

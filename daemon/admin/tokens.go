@@ -52,6 +52,9 @@ func (a *call) status(ctx context.Context, _ noArgs) (*adminapi.Status, error) {
 	case !errors.Is(err, keystore.ErrNotFound):
 		return nil, err
 	}
+	if st.Nodes, err = a.nodes(ctx); err != nil {
+		return nil, err
+	}
 	rec, err := a.store.RootRecord(ctx)
 	if err != nil {
 		return nil, err

@@ -175,6 +175,8 @@ const (
 	OpRotateMasterBegin  = "rotate.master.begin"
 	OpRotateMasterFinish = "rotate.master.finish"
 	OpRotateMasterAbort  = "rotate.master.abort"
+
+	OpNodeLeave = "node.leave"
 )
 
 // Status is the answer to OpStatus.
@@ -205,9 +207,32 @@ type Status struct {
 	// Anchor is the keystore's rollback anchor (docs/keychain.md), nil
 	// when the keystore has none yet.
 	Anchor *Anchor `json:"anchor"`
+	// Nodes are the domain's nodes: the TPMs that hold its master key.
+	Nodes []Node `json:"nodes"`
 	// Keystore is where the keystore is: its engine ("sqlite" or
 	// "postgres") and its file, or its hosts, database and user.
 	Keystore Keystore `json:"keystore"`
+}
+
+// Node is one node of the domain.
+type Node struct {
+	ID int64 `json:"id"`
+	// TPM is the node's TPM identity, short: the first 8 bytes of its SRK
+	// name's digest; TPMName the whole name.
+	TPM      string     `json:"tpm,omitempty"`
+	TPMName  Hex        `json:"tpm_name,omitempty"`
+	Joined   *time.Time `json:"joined,omitempty"`
+	LastSeen *time.Time `json:"last_seen,omitempty"`
+	// This marks the node the answering daemon runs on.
+	This bool `json:"this,omitempty"`
+	// Tampered says what failed when the node's row failed its integrity
+	// check; the node is down, every other field empty.
+	Tampered string `json:"tampered,omitempty"`
+}
+
+// NodeLeave removes a node from the domain (OpNodeLeave).
+type NodeLeave struct {
+	Node int64 `json:"node"`
 }
 
 // Keystore says where the daemon keeps its keystore.

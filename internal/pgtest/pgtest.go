@@ -259,6 +259,10 @@ func (s *Server) PutBack(ctx context.Context, src, dst string) error {
 	return s.copy(ctx, dbName(src), dbName(dst))
 }
 
+// DBName is the name of the database a connection string of this
+// package names, for Psql.
+func DBName(dsn string) string { return dbName(dsn) }
+
 func dbName(dsn string) string {
 	u, err := url.Parse(dsn)
 	if err != nil {

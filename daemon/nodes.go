@@ -1,0 +1,315 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdh"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"hsmemu/keystore"
+	"hsmemu/tpmroot"
+	"hsmemu/tpmroot/escrow"
+)
+
+// The nodes of the domain (keystore/nodes.go): each TPM that holds the
+// master key has a row, found by its SRK's name, with its own sealed copy
+// of the master key. `hsmemu init` makes node 1; `hsmemu domain join`
+// (JoinState) adds another machine's TPM from custodians' shares; a
+// keystore from before nodes gets its one row at its next open.
+
+// ErrNotANode is OpenState's error for a TPM that is not a node of the
+// domain in the keystore. It wraps keystore.ErrNotANode and
+// tpmroot.ErrWrongTPM: the keystore's master key is sealed to other TPMs.
+var ErrNotANode = fmt.Errorf("%w (%w)", keystore.ErrNotANode, tpmroot.ErrWrongTPM)
+
+// HeartbeatInterval is how often a serving node records it is alive.
+const HeartbeatInterval = 30 * time.Second
+
+// shortTPM is a TPM identity fit to show (keystore.ShortTPMID).
+func shortTPM(name []byte) string { return keystore.ShortTPMID(name) }
+
+// loadNodeMaster loads this TPM's master key: from its node row, or, in a
+// keystore from before nodes, from the root record. A TPM with no row is
+// refused (ErrNotANode), writing nothing. A row whose sealed key is of a
+// master key a rotation replaced is brought up to date from the root
+// record when the rotation was made on this TPM; otherwise the node
+// missed it and must join again.
+func (s *State) loadNodeMaster(ctx context.Context, rec *keystore.RootRecord) (*tpmroot.Root, error) {
+	sealedBytes := rec.Sealed
+	n, err := s.Store.NodeCount(ctx)
+	if err != nil {
+		return nil, err
+	}
+	srk := s.TPM.SRKName()
+	if n > 0 {
+		var id int64
+		id, sealedBytes, err = s.Store.NodeSealed(ctx, srk)
+		if errors.Is(err, keystore.ErrNotANode) {
+			hint := "`hsmemu domain join --db ... --share FILE:KEY ...` adds it from the custodians' shares"
+			if s.DBPath != "" {
+				hint = "a domain in SQLite has one node: `hsmemu domain recover` moves it to a new TPM"
+			}
+			return nil, fmt.Errorf("%w: this machine's TPM (SRK %s) is not one of the domain's %d node(s); %s", ErrNotANode, shortTPM(srk), n, hint)
+		}
+		if err != nil {
+			return nil, err
+		}
+		s.Node = id
+	}
+	var sealed tpmroot.Sealed
+	if err := sealed.UnmarshalBinary(sealedBytes); err != nil {
+		return nil, fmt.Errorf("read this node's sealed master key: %w", err)
+	}
+	if n > 0 && !bytes.Equal(sealed.DomainID, rec.Proof) {
+		// Not the current master key: a rotation replaced it.
+		var cur tpmroot.Sealed
+		if err := cur.UnmarshalBinary(rec.Sealed); err != nil {
+			return nil, fmt.Errorf("read stored master key: %w", err)
+		}
+		if !bytes.Equal(cur.SRKName, srk) {
+			return nil, fmt.Errorf("%w: node %d's sealed master key is of a master key a rotation replaced (generation %d is current), and the rotation was made on another node: join again with the current master key's shares (`hsmemu domain leave %d`, then `hsmemu domain join`)",
+				tpmroot.ErrWrongTPM, s.Node, rec.MasterGeneration, s.Node)
+		}
+		sealed, s.nodeFresh = cur, rec.Sealed
+	}
+	return s.TPM.Load(&sealed)
+}
+
+// attachNode makes the keystore's node this TPM's row, adopting the
+// root record's sealed key as node 1 in a keystore from before nodes.
+func (s *State) attachNode(ctx context.Context) error {
+	if s.Node == 0 {
+		ik, err := s.importKey()
+		if err != nil {
+			return err
+		}
+		id, adopted, err := s.Store.AdoptNode(ctx, s.TPM.SRKName(), ik)
+		if err != nil {
+			return fmt.Errorf("record this TPM as the domain's node: %w", err)
+		}
+		if !adopted {
+			// Provisioned by this open, or raced: find the row again.
+			if id, _, err = s.Store.NodeSealed(ctx, s.TPM.SRKName()); err != nil {
+				return err
+			}
+		} else {
+			s.logger().Info("recorded this TPM as the domain's node", "node", id, "tpm", shortTPM(s.TPM.SRKName()))
+		}
+		s.Node = id
+	}
+	if err := s.Store.AttachNode(ctx, s.Node); err != nil {
+		return err
+	}
+	if s.nodeFresh != nil {
+		if err := s.Store.SetNodeSealed(ctx, s.nodeFresh); err != nil {
+			return err
+		}
+		s.nodeFresh = nil
+	}
+	return s.Store.Heartbeat(ctx)
+}
+
+// importKey creates this TPM's import key, encoded for the node row.
+func (s *State) importKey() ([]byte, error) {
+	ik, err := s.TPM.CreateImportKey()
+	if err != nil {
+		return nil, err
+	}
+	return ik.MarshalBinary()
+}
+
+// RunHeartbeat records every interval that this node is alive, until
+// ctx ends. Failures are logged and tried again at the next tick.
+func (s *State) RunHeartbeat(ctx context.Context, every time.Duration) {
+	if s.Store == nil || s.Node == 0 {
+		return
+	}
+	if every <= 0 {
+		every = HeartbeatInterval
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := s.Store.Heartbeat(ctx); err != nil && ctx.Err() == nil {
+			s.logger().Warn("recording this node's heartbeat failed", "err", err)
+		}
+	}
+}
+
+// JoinResult is what JoinState did.
+type JoinResult struct {
+	Domain []byte
+	Node   int64  // the new node's id
+	TPM    []byte // its TPM's identity (SRK name)
+	// BoundPINs counts the PIN records this node can now check, each
+	// through a binding of its own made from the record's recovery copy;
+	// UnboundPINs are those it could not (as RecoverResult's).
+	BoundPINs    int
+	UnboundPINs  []keystore.UnboundPIN
+	UnusedShares [][]byte
+}
+
+// JoinState adds this machine's TPM (cfg.TPM, its state under cfg.Dir)
+// to the domain whose keystore is cfg.DB, a PostgreSQL database: from
+// custodians' decrypted shares of the current master key (at least its
+// threshold) it recreates the master key in this TPM, creates the node's
+// import key, adds the node's row, makes this node's binding of every PIN
+// record from its recovery copy (shares of earlier master keys, given
+// beside, open copies made before a rotation), and anchors the keystore
+// in a counter of this TPM. The daemon that serves the database must be
+// stopped meanwhile (one daemon per database, for now).
+func JoinState(ctx context.Context, cfg StateConfig, shares []*escrow.Share) (res *JoinResult, err error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("no state directory given")
+	}
+	if kind, _, err := keystore.ParseDB(cfg.DB); err != nil {
+		return nil, err
+	} else if kind != keystore.EnginePostgres {
+		return nil, errors.New("a domain joins nodes in a PostgreSQL keystore (--db postgres://...); a keystore in SQLite has one node, and `hsmemu domain recover` moves it to a new TPM")
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	spec, err := cfg.tpmSpec()
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	st := &State{Spec: spec, log: log}
+	defer st.Close()
+	if st.TPM, err = tpmroot.OpenWith(ctx, spec, tpmroot.Options{Logger: log}); err != nil {
+		return nil, err
+	}
+	if err := configureManagedDA(st.TPM, spec, cfg.DA, log); err != nil {
+		return nil, err
+	}
+	if st.Store, err = keystore.OpenDB(ctx, cfg.DB, cfg.Store); err != nil {
+		return nil, err
+	}
+	rec, err := st.Store.RootRecord(ctx)
+	if errors.Is(err, keystore.ErrNotProvisioned) {
+		return nil, errors.New("the database holds no security domain: `hsmemu init --db ...` creates one")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if rec.Next != nil {
+		return nil, errors.New("a master key rotation is under way in the domain: finish it (`hsmemu rotate master --resume`) before joining")
+	}
+	srk := st.TPM.SRKName()
+	if _, _, err := st.Store.NodeSealed(ctx, srk); err == nil {
+		return nil, fmt.Errorf("%w: this machine's TPM (SRK %s) is a node of the domain already", ErrAlreadyProvisioned, shortTPM(srk))
+	} else if !errors.Is(err, keystore.ErrNotANode) {
+		return nil, err
+	}
+	current, olderIDs, older, err := sortShares(rec, shares)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := recoveryKeys(current, olderIDs, older)
+	if err != nil {
+		return nil, err
+	}
+	sealed, err := st.TPM.Recover(current)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(sealed.DomainID, rec.Proof) {
+		return nil, errors.New("the shares recreate another master key than the domain's")
+	}
+	b, err := sealed.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	if st.Root, err = st.TPM.Load(sealed); err != nil {
+		return nil, err
+	}
+	if err := st.Store.Attach(ctx, st.Root, st.Root.DomainID()); err != nil {
+		return nil, err
+	}
+	ik, err := st.importKey()
+	if err != nil {
+		return nil, err
+	}
+	if st.Node, err = st.Store.AddNode(ctx, keystore.NodeSpec{TPMID: srk, Sealed: b, ImportKey: ik}); err != nil {
+		return nil, err
+	}
+	if err := st.Store.AttachNode(ctx, st.Node); err != nil {
+		return nil, err
+	}
+	res = &JoinResult{Domain: rec.DomainID, Node: st.Node, TPM: srk}
+	var used []int
+	if res.BoundPINs, res.UnboundPINs, used, err = st.Store.BindNodePINs(ctx, keys); err != nil {
+		return nil, fmt.Errorf("bind the PIN records in this TPM: %w", err)
+	}
+	for i := 1; i < len(keys); i++ {
+		if used[i] == 0 {
+			res.UnusedShares = append(res.UnusedShares, olderIDs[i-1])
+		}
+	}
+	if _, err := st.Store.Audit(ctx, adminActor(), "node.join", map[string]string{
+		"node": fmt.Sprint(st.Node), "tpm": shortTPM(srk), "pins_bound": fmt.Sprint(res.BoundPINs)}); err != nil {
+		return nil, err
+	}
+	// This node anchors the keystore in a counter of its own TPM, from now.
+	if _, _, err := anchor(ctx, st.TPM, st.Store, st.Root.DomainID(), "domain join", log); err != nil {
+		return nil, fmt.Errorf("anchor the keystore in this TPM: %w", err)
+	}
+	return res, nil
+}
+
+// sortShares splits shares into the current master key's and earlier
+// master keys' (by master key, in the order first given), as domain
+// recovery and join take them.
+func sortShares(rec *keystore.RootRecord, shares []*escrow.Share) (current []*escrow.Share, olderIDs [][]byte, older map[string][]*escrow.Share, err error) {
+	older = map[string][]*escrow.Share{}
+	for _, sh := range shares {
+		switch {
+		case bytes.Equal(sh.DomainID, rec.Proof):
+			current = append(current, sh)
+		case rec.MasterGeneration == 1:
+			return nil, nil, nil, fmt.Errorf("a share of domain %x is not of this keystore's domain %x", sh.DomainID[:8], rec.DomainID[:8])
+		default:
+			if _, ok := older[string(sh.DomainID)]; !ok {
+				olderIDs = append(olderIDs, sh.DomainID)
+			}
+			older[string(sh.DomainID)] = append(older[string(sh.DomainID)], sh)
+		}
+	}
+	if len(current) == 0 {
+		return nil, nil, nil, fmt.Errorf("a share of master key %x is not of this keystore's current master key %x (generation %d): shares of a master key before a rotation are void for recovering it (given beside the current one's, they rebind PIN records not logged in to since)",
+			olderIDs[0][:8], rec.Proof[:8], rec.MasterGeneration)
+	}
+	return current, olderIDs, older, nil
+}
+
+// recoveryKeys derives the PIN recovery key of the current master key,
+// then of each earlier one, from their shares: older shares that do not
+// recombine fail before anything is written.
+func recoveryKeys(current []*escrow.Share, olderIDs [][]byte, older map[string][]*escrow.Share) ([]*ecdh.PrivateKey, error) {
+	groups := [][]*escrow.Share{current}
+	for _, id := range olderIDs {
+		groups = append(groups, older[string(id)])
+	}
+	var keys []*ecdh.PrivateKey
+	for _, group := range groups {
+		k, err := tpmroot.RecoveryKey(group)
+		if err != nil {
+			return nil, fmt.Errorf("the shares of master key %x: %w", group[0].DomainID[:8], err)
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
