@@ -246,6 +246,14 @@ func JoinState(ctx context.Context, cfg StateConfig, shares []*escrow.Share) (re
 	if st.Node, err = st.Store.AddNode(ctx, keystore.NodeSpec{TPMID: srk, Sealed: b, ImportKey: ik}); err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			// Not joined: the row goes, and the join can be made again.
+			if ferr := st.Store.ForgetNode(context.Background(), st.Node); ferr != nil {
+				err = errors.Join(err, ferr)
+			}
+		}
+	}()
 	if err := st.Store.AttachNode(ctx, st.Node); err != nil {
 		return nil, err
 	}

@@ -490,6 +490,22 @@ func (s *Store) RemoveNode(ctx context.Context, actor AuditActor, id int64) erro
 	return err
 }
 
+// ForgetNode removes node id and its PIN bindings without a record: a
+// join that failed half way takes back the row it added.
+func (s *Store) ForgetNode(ctx context.Context, id int64) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return s.dbErr("begin", err)
+	}
+	defer tx.Rollback()
+	for _, q := range []string{"DELETE FROM pin_bindings WHERE node_id = ?", "DELETE FROM nodes WHERE id = ?"} {
+		if _, err := tx.ExecContext(ctx, q, id); err != nil {
+			return s.dbErr("forget node", err)
+		}
+	}
+	return s.dbErr("commit", tx.Commit())
+}
+
 // DropNodes removes every node and PIN binding, for a keystore copied
 // into a new TPM (`hsmemu domain recover`), whose one node is added then.
 func (s *Store) DropNodes(ctx context.Context) error {

@@ -44,6 +44,17 @@ func TestNodesAnchorPerNode(t *testing.T) {
 	if _, err := s1.AddNode(ctx, NodeSpec{TPMID: fakeTPMID(2), Sealed: rec.Sealed}); err == nil {
 		t.Fatal("a TPM added twice")
 	}
+	// A join that fails half way takes its row back.
+	id3, err := s1.AddNode(ctx, NodeSpec{TPMID: fakeTPMID(3), Sealed: rec.Sealed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.ForgetNode(ctx, id3); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s1.NodeSealed(ctx, fakeTPMID(3)); !errors.Is(err, ErrNotANode) {
+		t.Fatalf("a node forgotten: %v", err)
+	}
 	ti := newToken(t, s1, "n")
 	if _, err := s1.Anchor(ctx); err != nil {
 		t.Fatal(err)
