@@ -301,17 +301,21 @@ func (s *Store) openRow(ctx context.Context, r *objectRow) (*Object, error) {
 // daemon decides which changes PKCS#11 allows; the keystore only makes them
 // atomic and authenticated.
 func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes, secret []byte) error {
+	return s.UpdateLocked(ctx, id, func(*Object) (Attributes, []byte, error) { return attrs, secret, nil })
+}
+
+// UpdateLocked is a read-modify-write of an object: change gets the
+// object as stored now, read in the writing transaction with its row
+// locked (FOR UPDATE on PostgreSQL; SQLite's one writer serialises), and
+// returns the attributes to store and the secret (nil keeps it). Two
+// calls on one object, from this Store or any other on the database,
+// never both see the same state: what a counter among the attributes
+// hands out is handed out once (the IV counters of docs/mechanisms.md).
+// An error from change rolls back and is returned as is. change runs
+// with the write transaction open: it must not call the Store.
+func (s *Store) UpdateLocked(ctx context.Context, id ObjectID, change func(cur *Object) (Attributes, []byte, error)) error {
 	s.rot.RLock()
 	defer s.rot.RUnlock()
-	enc := attrs.Encode()
-	stored, err := DecodeAttributes(enc)
-	if err != nil {
-		return fmt.Errorf("keystore: attributes not canonical (sorted, unique, bounded): %w", err)
-	}
-	ix, err := stored.index()
-	if err != nil {
-		return err
-	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return s.dbErr("begin", err)
@@ -319,7 +323,7 @@ func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes, secre
 	defer tx.Rollback()
 	r := objectRow{id: int64(id)}
 	var uuid, rec []byte
-	if err := tx.QueryRowContext(ctx, selectObject, int64(id)).Scan(&r.tokenID, &uuid, &rec); err != nil {
+	if err := tx.QueryRowContext(ctx, selectObject+s.eng.forUpdate(), int64(id)).Scan(&r.tokenID, &uuid, &rec); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return ErrNotFound
 		}
@@ -332,6 +336,19 @@ func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes, secre
 		return tampered("object", r.uuid, r.id, "uuid column")
 	}
 	old, err := s.openRow(ctx, &r)
+	if err != nil {
+		return err
+	}
+	attrs, secret, err := change(old)
+	if err != nil {
+		return err
+	}
+	enc := attrs.Encode()
+	stored, err := DecodeAttributes(enc)
+	if err != nil {
+		return fmt.Errorf("keystore: attributes not canonical (sorted, unique, bounded): %w", err)
+	}
+	ix, err := stored.index()
 	if err != nil {
 		return err
 	}
