@@ -94,6 +94,9 @@ type Engine struct {
 	logins map[keystore.UUID]*tokenLogin // per token: who holds its data key open
 
 	ivs ivCounters // the IV counters of token keys (ivcounter.go)
+	// ivBlock is how many IVs a counter reserves at a time: ivBlock but
+	// in tests, which make it small to reserve many blocks.
+	ivBlock uint64
 
 	// quit ends the waits after wrong PINs when the daemon stops; calls
 	// themselves run with contexts that are never cancelled.
@@ -143,7 +146,7 @@ func New(store Store, log *slog.Logger, cfg Config) *Engine {
 		log = slog.New(slog.DiscardHandler)
 	}
 	e := &Engine{store: store, log: log, cfg: cfg, mechs: mech.New(), opMem: budget.New(cfg.OpBudget),
-		apps: map[AppID]*App{}, logins: map[keystore.UUID]*tokenLogin{}, quit: make(chan struct{})}
+		apps: map[AppID]*App{}, logins: map[keystore.UUID]*tokenLogin{}, quit: make(chan struct{}), ivBlock: ivBlock}
 	if cfg.LegacyAlgorithms {
 		e.legacy = e.mechs.WithLegacy()
 	}

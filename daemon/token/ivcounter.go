@@ -25,14 +25,18 @@ import (
 //
 // The daemon hands values out from a block it reserved by writing a
 // higher mark first (ivBlock values at a time), so a crash skips at most
-// the rest of a block and never reuses one. The first use of a key
-// without the attribute starts at a random point below 2^62: material
-// that exists in several objects the token cannot connect (imported,
-// unwrapped or derived twice, a key restored from a backup) then
-// collides only by chance, a chance of about one in 2^62 per value used.
-// C_CopyObject, which the token does see, splits the key's range: the
-// copy takes the upper half of what is left, the original keeps the
-// lower, both written before the copy exists.
+// the rest of a block and never reuses one. A token key's reservation
+// reads the stored mark and writes the advanced one in one transaction
+// with the key's row locked (keystore.Store.UpdateLocked): daemons that
+// share a database, and use one key, each get blocks no other got. The
+// first use of a key without the attribute starts at a random point below
+// 2^62: material that exists in several objects the token cannot connect
+// (imported, unwrapped or derived twice, a key restored from a backup)
+// then collides only by chance, a chance of about one in 2^62 per value
+// used. C_CopyObject, which the token does see, splits the key's range:
+// the copy takes the upper half of what is left, the original keeps the
+// lower, both written before the copy exists. A change of the key's
+// other attributes keeps the stored state as the locked row has it.
 //
 // Session objects keep the same state in memory, with the object: it
 // ends with them.
@@ -44,21 +48,27 @@ const (
 	ivStartBound = 1 << 62
 )
 
+// ivState is a counter's stored state; ok is false when there is none.
+type ivState struct {
+	mark, limit uint64
+	ok          bool
+}
+
 // ivCounter is one key's counter.
 type ivCounter struct {
-	mu     sync.Mutex
-	loaded bool
-	next   uint64 // the next value to hand out
-	mark   uint64 // values below it may have been handed out: next <= mark <= limit
-	limit  uint64
-	// persist writes the mark and the limit before they are relied on;
-	// nil for a session object.
-	persist func(ctx context.Context, mark, limit uint64) error
-	// load reads the stored state; ok is false when there is none.
-	load func(ctx context.Context) (mark, limit uint64, ok bool, err error)
-	// id is a token key's row, where persist and load go: the key's
-	// latest, since a key restored from a backup comes back, with its
-	// UUID, in a new row.
+	mu   sync.Mutex
+	next uint64 // the next value to hand out
+	mark uint64 // the end of this daemon's block: next <= mark; next == mark asks for a block
+	// block is how many values a reservation takes (ivBlock but in tests).
+	block uint64
+	// change applies f to the stored state, atomically with respect to
+	// every other change of it (every daemon's); nil for a session
+	// object, whose state is mem.
+	change func(ctx context.Context, f func(ivState) (ivState, error)) error
+	mem    ivState
+	// id is a token key's row, where change goes: the key's latest,
+	// since a key restored from a backup comes back, with its UUID, in
+	// a new row.
 	id keystore.ObjectID
 }
 
@@ -81,6 +91,16 @@ func decodeIVCounter(v []byte) (mark, limit uint64, err error) {
 	return mark, limit, nil
 }
 
+// ivStateOf reads a key's state from its attributes.
+func ivStateOf(attrs keystore.Attributes) (ivState, error) {
+	v, ok := attrs.Get(ck.CKA_HSMEMU_IV_COUNTER)
+	if !ok {
+		return ivState{}, nil
+	}
+	mark, limit, err := decodeIVCounter(v)
+	return ivState{mark: mark, limit: limit, ok: err == nil}, err
+}
+
 // randomStart is a first use's starting point.
 func randomStart() uint64 {
 	n, err := rand.Int(rand.Reader, big.NewInt(ivStartBound))
@@ -90,46 +110,55 @@ func randomStart() uint64 {
 	return n.Uint64()
 }
 
-// ready loads the state once. c.mu is held.
-func (c *ivCounter) ready(ctx context.Context) error {
-	if c.loaded {
-		return nil
+// apply changes the state: the stored one for a token key, mem for a
+// session object. c.mu is held.
+func (c *ivCounter) apply(ctx context.Context, f func(ivState) (ivState, error)) error {
+	if c.change != nil {
+		return c.change(ctx, f)
 	}
-	mark, limit, ok, err := c.load(ctx)
-	if err != nil {
-		return err
+	n, err := f(c.mem)
+	if err == nil {
+		c.mem = n
 	}
-	if !ok {
-		// Nothing was ever handed out, or written: any start will do.
-		mark, limit = randomStart(), math.MaxUint64
-	}
-	c.next, c.mark, c.limit, c.loaded = mark, mark, limit, true
-	return nil
+	return err
 }
 
-// take hands out the next value, writing a new mark first when the block
-// is used up. At the limit it is CKR_KEY_EXHAUSTED (PKCS#11 3.1's code for
-// a key whose uses are counted and spent): the counter never wraps.
+// started is s, or a fresh random start when nothing was ever handed out
+// or written: any start will do.
+func started(s ivState) ivState {
+	if !s.ok {
+		return ivState{mark: randomStart(), limit: math.MaxUint64, ok: true}
+	}
+	return s
+}
+
+// take hands out the next value, reserving a new block first when this
+// one is used up. At the limit it is CKR_KEY_EXHAUSTED (PKCS#11 3.1's
+// code for a key whose uses are counted and spent): the counter never
+// wraps.
 func (c *ivCounter) take(ctx context.Context) (uint64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err := c.ready(ctx); err != nil {
-		return 0, err
-	}
-	if c.next >= c.limit {
-		return 0, ck.Errorf(ck.CKR_KEY_EXHAUSTED, "the key's IV counter reached its limit")
-	}
 	if c.next == c.mark {
-		mark := c.limit
-		if c.limit-c.mark > ivBlock {
-			mark = c.mark + ivBlock
-		}
-		if c.persist != nil {
-			if err := c.persist(ctx, mark, c.limit); err != nil {
-				return 0, err
+		var next, mark uint64
+		err := c.apply(ctx, func(s ivState) (ivState, error) {
+			s = started(s)
+			if s.mark >= s.limit {
+				return s, ck.Errorf(ck.CKR_KEY_EXHAUSTED, "the key's IV counter reached its limit")
 			}
+			// The block starts at the stored mark, not at this daemon's:
+			// another may have reserved since.
+			next, mark = s.mark, s.limit
+			if s.limit-s.mark > c.block {
+				mark = s.mark + c.block
+			}
+			return ivState{mark: mark, limit: s.limit, ok: true}, nil
+		})
+		if err != nil {
+			return 0, err
 		}
-		c.mark = mark
+		// Only once the new mark is written.
+		c.next, c.mark = next, mark
 	}
 	v := c.next
 	c.next++
@@ -141,19 +170,16 @@ func (c *ivCounter) take(ctx context.Context) (uint64, error) {
 func (c *ivCounter) split(ctx context.Context) ([]byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err := c.ready(ctx); err != nil {
-		return nil, err
-	}
-	// Values below the mark stay the original's: they may be in use.
-	mid := c.mark + (c.limit-c.mark)/2
-	if c.persist != nil {
-		if err := c.persist(ctx, c.mark, mid); err != nil {
-			return nil, err
-		}
-	}
-	copyLimit := c.limit
-	c.limit = mid
-	return encodeIVCounter(mid, copyLimit), nil
+	var out []byte
+	err := c.apply(ctx, func(s ivState) (ivState, error) {
+		s = started(s)
+		// Values below the stored mark stay the original's: they may be
+		// in use, here or by another daemon.
+		mid := s.mark + (s.limit-s.mark)/2
+		out = encodeIVCounter(mid, s.limit)
+		return ivState{mark: s.mark, limit: mid, ok: true}, nil
+	})
+	return out, err
 }
 
 // ivCounters are the counters of the token keys in use, by the object's
@@ -181,14 +207,11 @@ func (e *Engine) ivCounterOf(ctx context.Context, app *App, ref *handle, o *Obje
 		defer app.mu.Unlock()
 		if ref.mem.ivs == nil {
 			// The state the object was made with (a copy's range), if any.
-			v, ok := o.attrs.Get(ck.CKA_HSMEMU_IV_COUNTER)
-			ref.mem.ivs = &ivCounter{load: func(context.Context) (uint64, uint64, bool, error) {
-				if !ok {
-					return 0, 0, false, nil
-				}
-				mark, limit, err := decodeIVCounter(v)
-				return mark, limit, err == nil, err
-			}}
+			st, err := ivStateOf(o.attrs)
+			if err != nil {
+				return nil, err
+			}
+			ref.mem.ivs = &ivCounter{mem: st, block: e.ivBlock}
 		}
 		return ref.mem.ivs, nil
 	}
@@ -210,41 +233,24 @@ func (e *Engine) ivCounterOf(ctx context.Context, app *App, ref *handle, o *Obje
 			c.mu.Unlock()
 		}()
 	} else {
-		c = &ivCounter{id: ref.id}
-		c.load = func(ctx context.Context) (uint64, uint64, bool, error) {
-			obj, err := e.store.Open(ctx, c.id)
-			if err != nil {
-				return 0, 0, false, err
-			}
-			v, ok := obj.Attrs.Get(ck.CKA_HSMEMU_IV_COUNTER)
-			if !ok {
-				return 0, 0, false, nil
-			}
-			mark, limit, err := decodeIVCounter(v)
-			return mark, limit, err == nil, err
-		}
-		c.persist = func(ctx context.Context, mark, limit uint64) error {
-			return e.writeIVCounter(ctx, c.id, encodeIVCounter(mark, limit))
+		c = &ivCounter{id: ref.id, block: e.ivBlock}
+		c.change = func(ctx context.Context, f func(ivState) (ivState, error)) error {
+			return e.store.UpdateLocked(ctx, c.id, func(cur *keystore.Object) (keystore.Attributes, []byte, error) {
+				st, err := ivStateOf(cur.Attrs)
+				if err != nil {
+					return nil, nil, err
+				}
+				n, err := f(st)
+				if err != nil {
+					return nil, nil, err
+				}
+				attrs, err := withAttr(cur.Attrs, ck.CKA_HSMEMU_IV_COUNTER, encodeIVCounter(n.mark, n.limit))
+				return attrs, nil, err
+			})
 		}
 		e.ivs.m[stored.UUID] = c
 	}
 	return c, nil
-}
-
-// writeIVCounter stores a token key's counter state, its other
-// attributes as they are now. The counter's lock is held, so no other
-// write of the state races it; setAttributes takes the same lock and
-// carries the stored state over.
-func (e *Engine) writeIVCounter(ctx context.Context, id keystore.ObjectID, v []byte) error {
-	obj, err := e.store.Open(ctx, id)
-	if err != nil {
-		return err
-	}
-	attrs, err := withAttr(obj.Attrs, ck.CKA_HSMEMU_IV_COUNTER, v)
-	if err != nil {
-		return err
-	}
-	return e.store.Update(ctx, id, attrs, nil)
 }
 
 // withAttr is attrs with attribute t set to v (removed for nil).

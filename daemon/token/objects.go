@@ -370,25 +370,6 @@ func (e *Engine) setAttributes(ctx context.Context, app *App, h, oh uint64, tmpl
 	if err != nil {
 		return err
 	}
-	if ref.mem == nil && hasIVCounter(o) {
-		// The IV counter's state is written apart (ivcounter.go): keep
-		// what is stored now, not what the object said when this call
-		// read it, under the counter's lock.
-		c, err := e.ivCounterOf(ctx, app, ref, o)
-		if err != nil {
-			return err
-		}
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		stored, err := e.store.Open(ctx, ref.id)
-		if err != nil {
-			return err
-		}
-		delete(m, ck.CKA_HSMEMU_IV_COUNTER)
-		if v, ok := stored.Attrs.Get(ck.CKA_HSMEMU_IV_COUNTER); ok {
-			m[ck.CKA_HSMEMU_IV_COUNTER] = v
-		}
-	}
 	n, err := split(m, o.Class(), o.KeyType())
 	if err != nil {
 		return err
@@ -403,7 +384,17 @@ func (e *Engine) setAttributes(ctx context.Context, app *App, h, oh uint64, tmpl
 	if len(n.secret) > 0 {
 		secret = n.secret.Encode()
 	}
-	return e.store.Update(ctx, ref.id, n.attrs, secret)
+	if !hasIVCounter(o) {
+		return e.store.Update(ctx, ref.id, n.attrs, secret)
+	}
+	// The IV counter's state is written apart (ivcounter.go), by this
+	// daemon and others: keep what the row holds under its lock, not
+	// what the object said when this call read it.
+	return e.store.UpdateLocked(ctx, ref.id, func(cur *keystore.Object) (keystore.Attributes, []byte, error) {
+		v, _ := cur.Attrs.Get(ck.CKA_HSMEMU_IV_COUNTER)
+		attrs, err := withAttr(n.attrs, ck.CKA_HSMEMU_IV_COUNTER, v)
+		return attrs, secret, err
+	})
 }
 
 // findOp is a search in progress: its results are fixed when it starts.

@@ -31,6 +31,7 @@ type Store interface {
 	// or deletion and its audit record in one transaction.
 	PutAudited(ctx context.Context, token keystore.UUID, attrs keystore.Attributes, secret []byte, note func(object keystore.UUID) keystore.AuditNote) (*keystore.Object, error)
 	Update(ctx context.Context, id keystore.ObjectID, attrs keystore.Attributes, secret []byte) error
+	UpdateLocked(ctx context.Context, id keystore.ObjectID, change func(cur *keystore.Object) (keystore.Attributes, []byte, error)) error
 	SoftDeleteAudited(ctx context.Context, id keystore.ObjectID, note func(kept bool) keystore.AuditNote) (kept bool, err error)
 	PurgeExpired(ctx context.Context, now time.Time) ([]keystore.Deleted, error)
 
