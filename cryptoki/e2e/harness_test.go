@@ -82,10 +82,29 @@ type daemonProc struct {
 	sock string
 	args []string
 	cmd  *exec.Cmd
-	log  *bytes.Buffer
+	log  *lockedBuffer
 	done chan error
 	// logs are the logs of every start, the last one log.
-	logs []*bytes.Buffer
+	logs []*lockedBuffer
+}
+
+// lockedBuffer is a daemon's output: written by the copy of its stdout and
+// stderr while a failed test reads it to log it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // startDaemon starts `hsmemu serve` on a fresh state directory with cheap
@@ -117,7 +136,7 @@ func (d *daemonProc) start() {
 // tryStart starts the daemon and waits until its socket answers; a daemon
 // that exits first is an error carrying its log.
 func (d *daemonProc) tryStart() error {
-	d.log = &bytes.Buffer{}
+	d.log = &lockedBuffer{}
 	d.logs = append(d.logs, d.log)
 	d.cmd = exec.Command(d.bin, d.args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
