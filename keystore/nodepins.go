@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/ecdh"
 	"database/sql"
-	"encoding/binary"
 	"errors"
 	"fmt"
 )
@@ -97,10 +96,7 @@ func (s *Store) BindNodePINs(ctx context.Context, keys []*ecdh.PrivateKey) (boun
 	if ps == nil {
 		return 0, nil, nil, errNoPINSealer
 	}
-	byPub := map[string]int{}
-	for i, k := range keys {
-		byPub[string(k.PublicKey().Bytes())] = i
-	}
+	rk := newRecoveryKeys(keys)
 	used = make([]int, len(keys))
 	tokens, err := s.Tokens(ctx)
 	if err != nil {
@@ -125,30 +121,13 @@ func (s *Store) BindNodePINs(ctx context.Context, keys []*ecdh.PrivateKey) (boun
 			if r.version != pinRecordBound {
 				continue // behind Argon2id alone: every node checks it as it is
 			}
-			u := UnboundPIN{Token: ti.UUID, Label: ti.Label, Role: f.role}
-			if len(r.copy) == 0 {
-				u.Why = "no recovery copy (written while the domain had no recovery key)"
-				left = append(left, u)
-				continue
-			}
-			u.MasterGeneration = binary.BigEndian.Uint32(r.copy)
-			ki, ok := byPub[string(r.copy[4:36])]
-			if !ok {
-				u.Why = fmt.Sprintf("its recovery copy is under master key generation %d, whose shares were not given", u.MasterGeneration)
-				left = append(left, u)
-				continue
-			}
-			secret, auth, err := openRecoveryCopy(keys[ki], r.copy, ti.UUID, f.role, ti.DataGeneration, r.salt)
+			seal, ki, why, err := rk.reseal(ps, r, ti.UUID, ti.Label, f.role, ti.DataGeneration)
 			if err != nil {
-				u.Why = "its recovery copy does not open"
-				left = append(left, u)
-				continue
+				return bound, left, used, err
 			}
-			seal, err := ps.ResealPINSecret(auth, secret)
-			wipe(secret)
-			wipe(auth)
-			if err != nil {
-				return bound, left, used, fmt.Errorf("keystore: sealing token %q's %s PIN in this TPM: %w", ti.Label, f.role, err)
+			if why != nil {
+				left = append(left, *why)
+				continue
 			}
 			_, err = s.w.ExecContext(ctx, `INSERT INTO pin_bindings (token_id, role, node_id, salt, seal) VALUES (?, ?, ?, ?, ?)
 				ON CONFLICT (token_id, role, node_id) DO UPDATE SET salt = excluded.salt, seal = excluded.seal`,

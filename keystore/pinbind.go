@@ -458,10 +458,7 @@ func (s *Store) RebindPINs(ctx context.Context, keys []*ecdh.PrivateKey) (reboun
 	if ps == nil {
 		return 0, nil, nil, errNoPINSealer
 	}
-	byPub := map[string]int{}
-	for i, k := range keys {
-		byPub[string(k.PublicKey().Bytes())] = i
-	}
+	rk := newRecoveryKeys(keys)
 	used = make([]int, len(keys))
 	tokens, err := s.Tokens(ctx)
 	if err != nil {
@@ -491,30 +488,13 @@ func (s *Store) RebindPINs(ctx context.Context, keys []*ecdh.PrivateKey) (reboun
 				if r.version != pinRecordBound {
 					continue
 				}
-				u := UnboundPIN{Token: cur.UUID, Label: cur.Label, Role: f.role}
-				if len(r.copy) == 0 {
-					u.Why = "no recovery copy (written while the domain had no recovery key)"
-					miss = append(miss, u)
-					continue
-				}
-				u.MasterGeneration = binary.BigEndian.Uint32(r.copy)
-				ki, ok := byPub[string(r.copy[4:36])]
-				if !ok {
-					u.Why = fmt.Sprintf("its recovery copy is under master key generation %d, whose shares were not given", u.MasterGeneration)
-					miss = append(miss, u)
-					continue
-				}
-				secret, auth, err := openRecoveryCopy(keys[ki], r.copy, cur.UUID, f.role, cur.DataGeneration, r.salt)
+				seal, ki, why, err := rk.reseal(ps, r, cur.UUID, cur.Label, f.role, cur.DataGeneration)
 				if err != nil {
-					u.Why = "its recovery copy does not open"
-					miss = append(miss, u)
-					continue
+					return err
 				}
-				seal, err := ps.ResealPINSecret(auth, secret)
-				wipe(secret)
-				wipe(auth)
-				if err != nil {
-					return fmt.Errorf("keystore: sealing token %q's %s PIN in this TPM: %w", cur.Label, f.role, err)
+				if why != nil {
+					miss = append(miss, *why)
+					continue
 				}
 				r.seal = seal
 				*f.rec = r.marshal()
@@ -542,6 +522,52 @@ func (s *Store) RebindPINs(ctx context.Context, keys []*ecdh.PrivateKey) (reboun
 }
 
 var errNothingToRebind = errors.New("nothing to rebind")
+
+// recoveryKeys are the PIN recovery private keys of the master keys whose
+// shares were given, found by their public keys (a copy names its
+// recipient).
+type recoveryKeys struct {
+	keys  []*ecdh.PrivateKey
+	byPub map[string]int
+}
+
+func newRecoveryKeys(keys []*ecdh.PrivateKey) recoveryKeys {
+	byPub := map[string]int{}
+	for i, k := range keys {
+		byPub[string(k.PublicKey().Bytes())] = i
+	}
+	return recoveryKeys{keys: keys, byPub: byPub}
+}
+
+// reseal seals the secret of bound record r, opened from its recovery
+// copy, behind the same authorisation in ps's TPM, for domain recovery
+// (RebindPINs) and a node's join (BindNodePINs). A record it cannot bring
+// over comes back as why (u.Why set); ki is the key that opened it.
+func (rk recoveryKeys) reseal(ps PINSealer, r *pinRecord, token UUID, label string, role Role, dataGen uint32) (seal []byte, ki int, why *UnboundPIN, err error) {
+	u := &UnboundPIN{Token: token, Label: label, Role: role}
+	if len(r.copy) == 0 {
+		u.Why = "no recovery copy (written while the domain had no recovery key)"
+		return nil, 0, u, nil
+	}
+	u.MasterGeneration = binary.BigEndian.Uint32(r.copy)
+	ki, ok := rk.byPub[string(r.copy[4:36])]
+	if !ok {
+		u.Why = fmt.Sprintf("its recovery copy is under master key generation %d, whose shares were not given", u.MasterGeneration)
+		return nil, 0, u, nil
+	}
+	secret, auth, err := openRecoveryCopy(rk.keys[ki], r.copy, token, role, dataGen, r.salt)
+	if err != nil {
+		u.Why = "its recovery copy does not open"
+		return nil, 0, u, nil
+	}
+	seal, err = ps.ResealPINSecret(auth, secret)
+	wipe(secret)
+	wipe(auth)
+	if err != nil {
+		return nil, 0, nil, fmt.Errorf("keystore: sealing token %q's %s PIN in this TPM: %w", label, role, err)
+	}
+	return seal, ki, nil, nil
+}
 
 // PINRecords counts the PIN records of untampered tokens: bound to the
 // TPM, and not (version 1 or 2, each rewritten bound at its role's next
