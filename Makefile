@@ -158,7 +158,6 @@ fuzz-short:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime $(FUZZ_SHORT) ./daemon/adminapi/
 	$(GO) test -run '^$$' -fuzz '^FuzzTLSListener$$' -fuzztime $(FUZZ_SHORT_NET) ./daemon/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseBackup$$' -fuzztime $(FUZZ_SHORT) ./keystore/
-	$(GO) test -run '^$$' -fuzz '^FuzzHostileModule$$' -fuzztime $(FUZZ_SHORT) ./cryptoki/shmring/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseDump$$' -fuzztime $(FUZZ_SHORT) ./keystore/
 
 # Short fuzzing runs of every fuzz target (longer: FUZZTIME=10m make fuzz).
