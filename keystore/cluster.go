@@ -36,7 +36,9 @@ func (s *Store) revalidateToken(ctx context.Context, rowID int64) error {
 	var keep, keepData bool
 	if ok {
 		keep = err == nil && int64(st.keys.generation) == kgen
-		keepData = keep && int64(st.dgen) == dgen
+		// This Store's own rotation, between its commit and installing
+		// the new key, is no other's change.
+		keepData = keep && (int64(st.dgen) == dgen || (st.installing != 0 && int64(st.installing) == dgen))
 	}
 	s.mu.RUnlock()
 	if !ok || keepData {

@@ -118,7 +118,13 @@ func (s *Store) RotateDataKey(ctx context.Context, token UUID, soPIN, userPIN []
 		cur.DataGeneration, cur.soPIN, cur.userPIN, cur.legacyPINKeys, cur.mac, cur.ID); err != nil {
 		return 0, s.dbErr("update token", err)
 	}
+	s.mu.Lock()
+	st.installing = gen
+	s.mu.Unlock()
 	if err := tx.Commit(); err != nil {
+		s.mu.Lock()
+		st.installing = 0
+		s.mu.Unlock()
 		return 0, s.dbErr("commit", err)
 	}
 	// The new key takes over where the old one was open. A reader that
@@ -130,7 +136,7 @@ func (s *Store) RotateDataKey(ctx context.Context, token UUID, soPIN, userPIN []
 		st.open.Store(true)
 		installed = true
 	}
-	st.dgen = gen
+	st.dgen, st.installing = gen, 0
 	s.mu.Unlock()
 	return n, nil
 }

@@ -98,6 +98,9 @@ type tokenState struct {
 	dataKey []byte      // guarded by Store.mu
 	data    cipher.AEAD // guarded by Store.mu
 	dgen    uint32      // guarded by Store.mu
+	// installing is the data key generation this Store's own rotation
+	// is committing (0: none): its notification is not another's change.
+	installing uint32 // guarded by Store.mu
 	// open mirrors data != nil for the cache's lock-free check that a
 	// cached private object's token is still logged in.
 	open atomic.Bool
