@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -133,48 +134,76 @@ func runJoin(c *cli.Context) error {
 	if c.String("db") == "" {
 		return cli.Exit("hsmemu domain join: no --db: give the PostgreSQL keystore of the domain to join", 2)
 	}
-	shares, err := openShares(c, "domain join")
+	dir := c.String("state-dir")
+	var res *daemon.JoinResult
+	shares, err := withShares(c, "domain join", func(ctx context.Context, shares []*escrow.Share, key string) (err error) {
+		res, err = daemon.JoinState(ctx, daemon.StateConfig{Dir: dir, DB: c.String("db"), TPM: c.String("tpm"), TPMStateKey: key,
+			Store: keystore.Options{PasswordFile: c.String("db-password-file")}, Logger: slog.New(slog.DiscardHandler)}, shares)
+		return err
+	})
 	if err != nil {
 		return err
 	}
-	defer wipeShares(shares)
-	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	dir := c.String("state-dir")
-	key := tpmStateKey(c)
-	newKey := false
-	if key != "" && !fileExists(key) {
-		if err := tpmroot.NewStateKey(key, dir); err != nil {
-			return cli.Exit("hsmemu domain join: --tpm-state-key: "+err.Error(), 2)
-		}
-		newKey = true
-	}
-	res, err := daemon.JoinState(ctx, daemon.StateConfig{Dir: dir, DB: c.String("db"), TPM: c.String("tpm"), TPMStateKey: key,
-		Store: keystore.Options{PasswordFile: c.String("db-password-file")}, Logger: slog.New(slog.DiscardHandler)}, shares)
-	if err != nil && newKey {
-		tpmroot.RemoveStateKey(key)
-	}
-	switch {
-	case errors.Is(err, escrow.ErrNotEnoughShares):
-		return cli.Exit(fmt.Sprintf("hsmemu domain join: %v: give more custodians' shares", err), 1)
-	case err != nil:
-		return cli.Exit("hsmemu domain join: "+err.Error(), 1)
-	}
-	var left []unbound
-	for _, u := range res.UnboundPINs {
-		left = append(left, unbound{Token: u.Label, Role: strings.ToLower(u.Role.String()), MasterGeneration: u.MasterGeneration, Why: u.Why})
-	}
+	left := unboundPINs(res.UnboundPINs)
 	if c.Bool("json") {
 		return printJSON(c.App.Writer, domainJoined{Domain: fmt.Sprintf("%x", res.Domain), Node: res.Node, TPM: keystore.ShortTPMID(res.TPM),
-			StateDir: dir, Shares: len(shares), PINsBound: res.BoundPINs, PINsUnbound: left})
+			StateDir: dir, Shares: shares, PINsBound: res.BoundPINs, PINsUnbound: left})
 	}
 	w := c.App.Writer
-	fmt.Fprintf(w, "joined security domain %x as node %d (TPM %s) from %d shares; 'hsmemu serve --db ...' serves it here\n", res.Domain, res.Node, keystore.ShortTPMID(res.TPM), len(shares))
+	fmt.Fprintf(w, "joined security domain %x as node %d (TPM %s) from %d shares; 'hsmemu serve --db ...' serves it here\n", res.Domain, res.Node, keystore.ShortTPMID(res.TPM), shares)
 	fmt.Fprintf(w, "PIN records bound in this TPM: %d\n", res.BoundPINs)
 	for _, u := range left {
 		fmt.Fprintf(c.App.ErrWriter, "WARNING: token %q's %s PIN cannot log in on this node: %s\n", u.Token, u.Role, u.Why)
 	}
 	return nil
+}
+
+// withShares is the prologue and epilogue domain join and recover share:
+// the custodians' shares opened (and wiped after), a context that SIGINT
+// and SIGTERM cancel, and --tpm-state-key made for a new state directory
+// (and removed again if the command fails). It returns how many shares
+// were given, or the command's error as its exit (run's own exit, if it
+// chose one).
+func withShares(c *cli.Context, cmd string, run func(ctx context.Context, shares []*escrow.Share, tpmStateKey string) error) (int, error) {
+	shares, err := openShares(c, cmd)
+	if err != nil {
+		return 0, err
+	}
+	defer wipeShares(shares)
+	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	key := tpmStateKey(c)
+	newKey := false
+	if key != "" && !fileExists(key) {
+		// A new state directory's swtpm, encrypted from its first write.
+		if err := tpmroot.NewStateKey(key, c.String("state-dir")); err != nil {
+			return 0, cli.Exit("hsmemu "+cmd+": --tpm-state-key: "+err.Error(), 2)
+		}
+		newKey = true
+	}
+	err = run(ctx, shares, key)
+	if err != nil && newKey {
+		tpmroot.RemoveStateKey(key)
+	}
+	var exit cli.ExitCoder
+	switch {
+	case errors.As(err, &exit):
+		return 0, err
+	case errors.Is(err, escrow.ErrNotEnoughShares):
+		return 0, cli.Exit(fmt.Sprintf("hsmemu %s: %v: give more custodians' shares", cmd, err), 1)
+	case err != nil:
+		return 0, cli.Exit("hsmemu "+cmd+": "+err.Error(), 1)
+	}
+	return len(shares), nil
+}
+
+// unboundPINs is the PIN records a new TPM could not take, as reported.
+func unboundPINs(pins []keystore.UnboundPIN) []unbound {
+	var left []unbound
+	for _, u := range pins {
+		left = append(left, unbound{Token: u.Label, Role: strings.ToLower(u.Role.String()), MasterGeneration: u.MasterGeneration, Why: u.Why})
+	}
+	return left
 }
 
 // domainJoined is `domain join --json`.
@@ -207,50 +236,30 @@ func runLeave(c *cli.Context) error {
 }
 
 func runRecover(c *cli.Context) error {
-	shares, err := openShares(c, "domain recover")
+	dir := c.String("state-dir")
+	var res *daemon.RecoverResult
+	shares, err := withShares(c, "domain recover", func(ctx context.Context, shares []*escrow.Share, key string) (err error) {
+		res, err = daemon.RecoverState(ctx, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), TPMStateKey: key, Logger: slog.New(slog.DiscardHandler)},
+			c.String("from"), shares)
+		if errors.Is(err, daemon.ErrAlreadyProvisioned) {
+			return cli.Exit(fmt.Sprintf("hsmemu domain recover: %s already holds a keystore; recover into a new state directory", dir), 3)
+		}
+		return err
+	})
 	if err != nil {
 		return err
 	}
-	defer wipeShares(shares)
-	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	dir := c.String("state-dir")
-	key := tpmStateKey(c)
-	newKey := false
-	if key != "" && !fileExists(key) {
-		// A new state directory's swtpm, encrypted from its first write.
-		if err := tpmroot.NewStateKey(key, dir); err != nil {
-			return cli.Exit("hsmemu domain recover: --tpm-state-key: "+err.Error(), 2)
-		}
-		newKey = true
-	}
-	res, err := daemon.RecoverState(ctx, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), TPMStateKey: key, Logger: slog.New(slog.DiscardHandler)},
-		c.String("from"), shares)
-	if err != nil && newKey {
-		tpmroot.RemoveStateKey(key)
-	}
-	switch {
-	case errors.Is(err, daemon.ErrAlreadyProvisioned):
-		return cli.Exit(fmt.Sprintf("hsmemu domain recover: %s already holds a keystore; recover into a new state directory", dir), 3)
-	case errors.Is(err, escrow.ErrNotEnoughShares):
-		return cli.Exit(fmt.Sprintf("hsmemu domain recover: %v: give more custodians' shares", err), 1)
-	case err != nil:
-		return cli.Exit("hsmemu domain recover: "+err.Error(), 1)
-	}
-	var left []unbound
-	for _, u := range res.UnboundPINs {
-		left = append(left, unbound{Token: u.Label, Role: strings.ToLower(u.Role.String()), MasterGeneration: u.MasterGeneration, Why: u.Why})
-	}
+	left := unboundPINs(res.UnboundPINs)
 	var unused []string
 	for _, id := range res.UnusedShares {
 		unused = append(unused, fmt.Sprintf("%x", id[:8]))
 	}
 	if c.Bool("json") {
-		return printJSON(c.App.Writer, domainRecovered{Domain: fmt.Sprintf("%x", res.Domain), StateDir: dir, Shares: len(shares),
+		return printJSON(c.App.Writer, domainRecovered{Domain: fmt.Sprintf("%x", res.Domain), StateDir: dir, Shares: shares,
 			PINsRebound: res.ReboundPINs, PINsUnbound: left, UnusedShares: unused})
 	}
 	w := c.App.Writer
-	fmt.Fprintf(w, "recovered security domain %x into %s from %d shares; 'hsmemu serve --state-dir %s' opens it\n", res.Domain, dir, len(shares), dir)
+	fmt.Fprintf(w, "recovered security domain %x into %s from %d shares; 'hsmemu serve --state-dir %s' opens it\n", res.Domain, dir, shares, dir)
 	fmt.Fprintf(w, "PIN records brought into the new TPM: %d\n", res.ReboundPINs)
 	for _, u := range left {
 		fmt.Fprintf(c.App.ErrWriter, "WARNING: token %q's %s PIN cannot log in on the new TPM: %s; ", u.Token, u.Role, u.Why)
