@@ -9,11 +9,13 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"hsmemu/cryptoki/shmring"
 	"hsmemu/cryptoki/unixfd"
 )
 
@@ -66,6 +68,9 @@ func MaybeServeEcho() {
 	serve := serveEcho
 	if sock == echoTLS {
 		serve = serveEchoTLS
+	} else if rest, ok := strings.CutPrefix(sock, echoRing); ok {
+		serve = serveEchoRing
+		sock = rest
 	}
 	if err := serve(sock); err != nil {
 		fmt.Fprintf(os.Stderr, "hsmemu bench echo server: %v\n", err)
@@ -76,31 +81,11 @@ func MaybeServeEcho() {
 
 // serveEcho serves one connection on sock until it closes.
 func serveEcho(sock string) error {
-	// The parent asked for SIGKILL at its death (Pdeathsig), but a parent
-	// that died before the request took effect is not signalled: then
-	// this process has been re-parented already.
-	if want, err := strconv.Atoi(os.Getenv(echoParentEnv)); err != nil || os.Getppid() != want {
-		return fmt.Errorf("started by process %q, now the child of %d: not serving", os.Getenv(echoParentEnv), os.Getppid())
-	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
-	if err != nil {
-		return err
-	}
-	defer ln.Close() // removes the socket file
-	if err := ln.SetDeadline(time.Now().Add(echoAcceptTimeout)); err != nil {
-		return err
-	}
-	c, err := ln.AcceptUnix()
-	if err != nil {
-		return err
-	}
-	fd, err := echoBlockingFd(c)
-	c.Close()
+	fd, err := acceptEcho(sock)
 	if err != nil {
 		return err
 	}
 	defer fd.Close()
-	ln.Close()
 	req, rep := make([]byte, echoRequest), make([]byte, echoReply)
 	for n := 1; ; n++ {
 		if n%echoYieldEvery == 0 {
@@ -113,6 +98,32 @@ func serveEcho(sock string) error {
 			return nil
 		}
 	}
+}
+
+// acceptEcho listens on sock for the one connection of the process that
+// started this one, and returns it as a blocking descriptor.
+func acceptEcho(sock string) (*echoFd, error) {
+	// The parent asked for SIGKILL at its death (Pdeathsig), but a parent
+	// that died before the request took effect is not signalled: then
+	// this process has been re-parented already.
+	if want, err := strconv.Atoi(os.Getenv(echoParentEnv)); err != nil || os.Getppid() != want {
+		return nil, fmt.Errorf("started by process %q, now the child of %d: not serving", os.Getenv(echoParentEnv), os.Getppid())
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close() // removes the socket file
+	if err := ln.SetDeadline(time.Now().Add(echoAcceptTimeout)); err != nil {
+		return nil, err
+	}
+	c, err := ln.AcceptUnix()
+	if err != nil {
+		return nil, err
+	}
+	fd, err := echoBlockingFd(c)
+	c.Close()
+	return fd, err
 }
 
 // echoFd is a blocking socket descriptor that the runtime's poller never
@@ -153,6 +164,7 @@ func (f *echoFd) Close() error {
 // echoClient is a connection to an echo server in a child process.
 type echoClient struct {
 	fd   *echoFd
+	ring *shmring.Ring // the rings, once offered (echoring.go)
 	cmd  *exec.Cmd
 	done chan struct{} // closed when cmd has been waited for
 	errs *echoStderr
@@ -161,7 +173,11 @@ type echoClient struct {
 
 // startEcho starts this binary as an echo server listening on sock and
 // connects to it. On error nothing is left running.
-func startEcho(sock string) (_ *echoClient, err error) {
+func startEcho(sock string) (*echoClient, error) { return startEchoAs(sock, sock) }
+
+// startEchoAs starts the echo server with mode as echoEnv's value (the
+// socket, or echoRing and the socket) and connects to it at sock.
+func startEchoAs(mode, sock string) (_ *echoClient, err error) {
 	if _, ok := os.LookupEnv(echoEnv); ok {
 		// This process was started as a server but did not call
 		// MaybeServeEcho; starting another would recurse.
@@ -178,7 +194,7 @@ func startEcho(sock string) (_ *echoClient, err error) {
 		args = []string{"-test.run=^$", "-test.bench=^$"}
 	}
 	cmd := exec.Command(exe, args...)
-	cmd.Env = append(os.Environ(), echoEnv+"="+sock, echoParentEnv+"="+strconv.Itoa(os.Getpid()))
+	cmd.Env = append(os.Environ(), echoEnv+"="+mode, echoParentEnv+"="+strconv.Itoa(os.Getpid()))
 	errs := &echoStderr{}
 	cmd.Stderr = errs
 	// The server exits when the connection closes, which the kernel does
@@ -224,6 +240,9 @@ func startEcho(sock string) (_ *echoClient, err error) {
 
 // roundTrips makes n request and reply round trips.
 func (e *echoClient) roundTrips(n int, req, rep []byte) error {
+	if e.ring != nil {
+		return e.ringTrips(n, req, rep)
+	}
 	for i := 1; i <= n; i++ {
 		if i%echoYieldEvery == 0 {
 			runtime.Gosched()
@@ -251,6 +270,11 @@ func (e *echoClient) Close() error {
 			return
 		}
 		e.fd.Close()
+		if e.ring != nil {
+			// The server, waiting on the ring, sees the socket's end
+			// within one wait slice.
+			defer e.ring.Close()
+		}
 		t := time.NewTimer(echoStopTimeout)
 		defer t.Stop()
 		select {

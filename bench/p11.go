@@ -20,6 +20,15 @@ import (
 	"hsmemu/cryptoki/ck"
 )
 
+// overSocket says the module was told to reach its daemon over the
+// socket rather than the rings: by its spec, or by HSMEMU_TRANSPORT.
+func (m *module) overSocket() bool {
+	if m.transport != "" {
+		return m.transport == "socket"
+	}
+	return os.Getenv("HSMEMU_TRANSPORT") == "socket"
+}
+
 // module is one PKCS#11 module loaded into this process.
 type module struct {
 	path string

@@ -110,10 +110,7 @@ func tableNote(r Result) string {
 			parts = append(parts, r.Mechanism)
 		}
 		if r.FloorRatio > 0 {
-			floor := "floor"
-			if r.Remote {
-				floor = "TLS floor"
-			}
+			floor := [...]string{floorSocket: "socket floor", floorRing: "ring floor", floorTLS: "TLS floor"}[floorOf(&r)]
 			parts = append(parts, fmt.Sprintf("p50 %.2fx %s", r.FloorRatio, floor))
 		}
 		if r.TLSRatio > 0 {
@@ -161,9 +158,15 @@ func WriteTable(w io.Writer, rep *Report) error {
 			rep.Keys, strings.Join(rep.Conventions, " and "), OneCall, TwoCall)
 	}
 	if f := rep.Floor; f != nil && f.Status == "ok" {
-		fmt.Fprintf(&b, "floor: a bare Unix-socket round trip to another process, p50 %s, p99 %s (%s/s)\n",
+		fmt.Fprintf(&b, "socket floor: a bare Unix-socket round trip to another process, p50 %s, p99 %s (%s/s)\n",
 			fmtDuration(time.Duration(f.P50)), fmtDuration(time.Duration(f.P99)), fmtRate(f.OpsPerS))
-		fmt.Fprintln(&b, `"x floor": an op's p50 over the floor's times the PKCS#11 calls it makes (1.00x: each call costs a bare round trip)`)
+	}
+	if f := rep.RingFloor; f != nil && f.Status == "ok" {
+		fmt.Fprintf(&b, "ring floor: the same through shared-memory rings (the module's default transport), p50 %s, p99 %s (%s/s)\n",
+			fmtDuration(time.Duration(f.P50)), fmtDuration(time.Duration(f.P99)), fmtRate(f.OpsPerS))
+	}
+	if rep.Floor != nil && rep.Floor.Status == "ok" {
+		fmt.Fprintln(&b, `"x floor": an op's p50 over its transport's floor times the PKCS#11 calls it makes (1.00x: each call costs a bare round trip)`)
 	}
 	// What was set up before measuring, before what was measured.
 	if len(rep.Setup) > 0 {
@@ -331,7 +334,7 @@ func WriteCSV(w io.Writer, rep *Report) error {
 		}
 	}
 	// The floors are rows of their own, after the modules'.
-	for _, f := range []*Result{rep.Floor, rep.TLSFloor} {
+	for _, f := range []*Result{rep.Floor, rep.RingFloor, rep.TLSFloor} {
 		if f == nil {
 			continue
 		}

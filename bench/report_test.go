@@ -82,7 +82,7 @@ func TestWriteTable(t *testing.T) {
 	if s, r := strings.Index(out, "setup:"), strings.Index(out, "op  "); s < 0 || r < 0 || s > r {
 		t.Errorf("the setup summary is not before the results")
 	}
-	if rep.Floor != nil && !strings.Contains(out, `"x floor": an op's p50 over the floor's times the PKCS#11 calls it makes`) {
+	if rep.Floor != nil && !strings.Contains(out, `"x floor": an op's p50 over its transport's floor times the PKCS#11 calls it makes`) {
 		t.Errorf("the table does not say what x floor means")
 	}
 	lines := strings.Split(out, "\n")

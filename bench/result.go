@@ -28,9 +28,11 @@ type Result struct {
 	P50         Micros  `json:"p50_us"` // median over runs of each run's p50
 	P99         Micros  `json:"p99_us"`
 	Ratio       float64 `json:"ratio,omitempty"` // OpsPerS / the baseline module's, same op and concurrency; 0 when either is missing
-	// FloorRatio is P50 over the bare socket round trip's p50 times the
-	// PKCS#11 calls the op makes: how close a module that crosses a
-	// process boundary comes to the cost of crossing it. Concurrency 1 only.
+	// FloorRatio is P50 over the bare round trip's p50 times the PKCS#11
+	// calls the op makes: how close a module that crosses a process
+	// boundary comes to the cost of crossing it. The round trip is over
+	// the module's transport: the rings (RingFloor), unless the spec or
+	// HSMEMU_TRANSPORT chose the socket (Floor). Concurrency 1 only.
 	FloorRatio float64 `json:"floor_ratio,omitempty"`
 	// Remote: the module reached its daemon over TLS; its FloorRatio is
 	// then to the TLS floor, and TLSRatio is its P50 over what the same
@@ -42,6 +44,9 @@ type Result struct {
 	// round trip's, for the ops that have a bare call (bench/pqc.go).
 	// Concurrency 1 only.
 	BareRatio float64 `json:"bare_ratio,omitempty"`
+
+	// overSocket: the module was told to use the socket, not the rings.
+	overSocket bool
 
 	cells []Cell
 }
@@ -73,6 +78,9 @@ type Report struct {
 	// socket to another process, measured in the same runs: the least any
 	// call to a module in another process can cost.
 	Floor *Result `json:"floor,omitempty"`
+	// RingFloor is the same request and reply through the shared-memory
+	// rings the module uses by default, also to another process.
+	RingFloor *Result `json:"ring_floor,omitempty"`
 	// TLSFloor, when a module reaches its daemon over TLS, is the same
 	// request and reply over TLS 1.3 on loopback TCP to another process.
 	TLSFloor *Result `json:"tls_floor,omitempty"`

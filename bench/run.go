@@ -208,7 +208,8 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	for _, o := range sel {
 		for _, c := range opt.Concurrency {
 			for _, t := range targets {
-				r := &Result{Op: o.name, Convention: o.conv, Module: t.name, ModulePath: t.m.path, Concurrency: c, Status: "ok", Remote: t.m.remote}
+				r := &Result{Op: o.name, Convention: o.conv, Module: t.name, ModulePath: t.m.path, Concurrency: c, Status: "ok", Remote: t.m.remote,
+					overSocket: t.m.overSocket()}
 				switch {
 				case o.single && c > 1:
 					r.Status, r.Reason = "unsupported", "login state belongs to the application, so login runs at concurrency 1 only"
@@ -243,6 +244,12 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	}
 	defer floor.close()
 	rep.Floor = &Result{Op: "socket-roundtrip", Module: "(bare Unix socket)", Concurrency: 1, Status: "ok"}
+	ringFloor, err := startRingFloor()
+	if err != nil {
+		return nil, err
+	}
+	defer ringFloor.close()
+	rep.RingFloor = &Result{Op: "ring-roundtrip", Module: "(bare shared-memory rings)", Concurrency: 1, Status: "ok"}
 	// With a module that reaches its daemon over TLS, the TLS floor too.
 	var tlsFloor *floorProbe
 	for _, t := range targets {
@@ -263,6 +270,11 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 					rep.Floor.Status, rep.Floor.Reason = "failed", err.Error()
 				} else {
 					rep.Floor.addCell(cell)
+				}
+				if cell, err := ringFloor.measure(opt); err != nil {
+					rep.RingFloor.Status, rep.RingFloor.Reason = "failed", err.Error()
+				} else {
+					rep.RingFloor.addCell(cell)
 				}
 				if tlsFloor != nil {
 					cell, err := tlsFloor.measure(opt)
@@ -320,10 +332,12 @@ func Run(ctx context.Context, opt Options) (*Report, error) {
 	}
 	setRatios(rep.Results, rep.Modules[0])
 	summarize(rep.Floor)
-	setFloorRatios(rep.Results, rep.Floor, calls, false)
+	summarize(rep.RingFloor)
+	setFloorRatios(rep.Results, rep.Floor, calls, floorSocket)
+	setFloorRatios(rep.Results, rep.RingFloor, calls, floorRing)
 	if rep.TLSFloor != nil {
 		summarize(rep.TLSFloor)
-		setFloorRatios(rep.Results, rep.TLSFloor, calls, true)
+		setFloorRatios(rep.Results, rep.TLSFloor, calls, floorTLS)
 		setTLSRatios(rep.Results, rep.Floor, rep.TLSFloor, calls)
 	}
 	for _, b := range bare {
@@ -357,17 +371,34 @@ func setTLSRatios(results []Result, floor, tlsFloor *Result, calls map[string]in
 	}
 }
 
+// The floors a module's calls are related to.
+const (
+	floorSocket = iota // the module's transport is the socket
+	floorRing          // the rings, the module's default
+	floorTLS           // a daemon over TLS
+)
+
+// floorOf is the floor of r's module's transport.
+func floorOf(r *Result) int {
+	switch {
+	case r.Remote:
+		return floorTLS
+	case r.overSocket:
+		return floorSocket
+	}
+	return floorRing
+}
+
 // setFloorRatios relates each op's p50 at concurrency 1 to as many bare
-// round trips as the op makes calls.
-// A module that reaches its daemon over TLS is related to the TLS floor
-// (remote true), the others to the socket's.
-func setFloorRatios(results []Result, floor *Result, calls map[string]int, remote bool) {
+// round trips as the op makes calls, over the transport of the floor
+// given: a module is related to its own transport's floor (floorOf).
+func setFloorRatios(results []Result, floor *Result, calls map[string]int, which int) {
 	if floor == nil || floor.Status != "ok" || floor.P50 <= 0 {
 		return
 	}
 	for i := range results {
 		r := &results[i]
-		if r.Status == "ok" && r.Concurrency == 1 && calls[r.id()] > 0 && r.Remote == remote {
+		if r.Status == "ok" && r.Concurrency == 1 && calls[r.id()] > 0 && floorOf(r) == which {
 			r.FloorRatio = float64(r.P50) / (float64(calls[r.id()]) * float64(floor.P50))
 		}
 	}
@@ -392,6 +423,20 @@ func startFloor() (*floorProbe, error) {
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("bare socket round trip: %w", err)
+	}
+	return &floorProbe{dir: dir, c: c}, nil
+}
+
+// startRingFloor is the ring floor (echoring.go).
+func startRingFloor() (*floorProbe, error) {
+	dir, err := os.MkdirTemp("", "hsb")
+	if err != nil {
+		return nil, err
+	}
+	c, err := startEchoRing(filepath.Join(dir, "s"))
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("bare ring round trip: %w", err)
 	}
 	return &floorProbe{dir: dir, c: c}, nil
 }

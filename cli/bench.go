@@ -272,6 +272,7 @@ type benchReport struct {
 	Keys        string            `json:"keys"`
 	Setup       []bench.SetupNote `json:"setup"`
 	Floor       *bench.Result     `json:"floor"`
+	RingFloor   *bench.Result     `json:"ring_floor"`
 	TLSFloor    *bench.Result     `json:"tls_floor"`
 	Bare        []bench.Result    `json:"bare"`
 	Results     []bench.Result    `json:"results"`
@@ -279,5 +280,5 @@ type benchReport struct {
 
 func benchJSON(rep *bench.Report) benchReport {
 	return benchReport{Started: rep.Started, Host: rep.Host, CPUs: rep.CPUs, DurationS: rep.Duration.Seconds(), Runs: rep.Runs,
-		Modules: rep.Modules, Concurrency: rep.Concurrency, Conventions: rep.Conventions, Keys: rep.Keys, Setup: rep.Setup, Floor: rep.Floor, TLSFloor: rep.TLSFloor, Bare: rep.Bare, Results: rep.Results}
+		Modules: rep.Modules, Concurrency: rep.Concurrency, Conventions: rep.Conventions, Keys: rep.Keys, Setup: rep.Setup, Floor: rep.Floor, RingFloor: rep.RingFloor, TLSFloor: rep.TLSFloor, Bare: rep.Bare, Results: rep.Results}
 }

@@ -147,8 +147,11 @@ func TestBenchHarness(t *testing.T) {
 	if err != nil {
 		t.Fatalf("CSV output does not parse: %v\n%s", err, out)
 	}
-	if len(rows) != 1+2*2*2+1 || rows[0][0] != "op" {
-		t.Fatalf("CSV has %d rows (header %v), want a header, 8 and the floor", len(rows), rows[0])
+	if len(rows) != 1+2*2*2+2 || rows[0][0] != "op" {
+		t.Fatalf("CSV has %d rows (header %v), want a header, 8 and the two floors", len(rows), rows[0])
+	}
+	if floors := rows[len(rows)-2:]; floors[0][0] != "socket-roundtrip" || floors[1][0] != "ring-roundtrip" || floors[1][4] != "ok" {
+		t.Fatalf("the CSV's floors: %v", floors)
 	}
 
 	// And the table, for a person: session-object keys, both conventions.
