@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -191,39 +192,55 @@ func runRestore(c *cli.Context) error {
 	if err := keystore.CopyFile(c.Context, src, db); err != nil {
 		return fail(err)
 	}
-	st, err := daemon.OpenState(c.Context, daemon.StateConfig{Dir: dir, DB: "sqlite:" + db, TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c), Logger: slog.New(slog.DiscardHandler),
-		Reanchor: "restore"})
+	cfg := daemon.StateConfig{Dir: dir, DB: "sqlite:" + db, TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c), Logger: slog.New(slog.DiscardHandler)}
+	anchor, _, err := openRestored(c.Context, cfg, &anchored, failWith)
+	if err != nil {
+		return err
+	}
+	replaced, note := "", ""
+	if len(moved) > 0 {
+		replaced, note = aside, "; the one it replaced is "+aside
+	}
+	return reportRestored(c, domain, dir, dir, replaced, note, anchor)
+}
+
+// openRestored opens a restored keystore as the daemon will, re-anchoring
+// it on purpose (anchor.reset, reason restore), and refuses it whole when
+// it does not open or a token row fails its integrity check: a backup
+// whose rows were edited (a failure counter, a retention) is not one to
+// trust. *anchored says, before failWith runs, whether the TPM's counter
+// may have moved with it. It returns the anchoring and where the keystore
+// is, as the store reports it.
+func openRestored(ctx context.Context, cfg daemon.StateConfig, anchored *bool, failWith func(msg string, code int) error) (keystore.AnchorReport, string, error) {
+	cfg.Reanchor = "restore"
+	st, err := daemon.OpenState(ctx, cfg)
 	// A keystore refused as edited was refused before anything was
 	// written; any other failure may come after the anchoring.
-	anchored = err == nil || stateExit(err) != exitTampered
+	*anchored = err == nil || stateExit(err) != exitTampered
 	if err != nil {
-		return failWith(fmt.Sprintf("the restored keystore does not open here: %v", err), stateExit(err))
+		return keystore.AnchorReport{}, "", failWith(fmt.Sprintf("the restored keystore does not open here: %v", err), stateExit(err))
 	}
-	if len(st.Tampered) > 0 {
-		// A backup is restored whole or not at all: one whose token rows
-		// were edited (a failure counter, a retention) is not one to trust.
-		slots := make([]string, len(st.Tampered))
-		for i, ti := range st.Tampered {
+	anchor, where := st.Anchor, st.Store.Storage().Location
+	tampered := st.Tampered
+	st.Close() // before failWith, which moves the keystore it replaced back
+	if len(tampered) > 0 {
+		slots := make([]string, len(tampered))
+		for i, ti := range tampered {
 			slots[i] = fmt.Sprintf("slot %d (%s)", ti.ID, keystore.TamperWhat(ti.Tampered))
 		}
-		st.Close()
-		return failWith(fmt.Sprintf("the backup's token rows failed their integrity check: %s", strings.Join(slots, ", ")), exitTampered)
+		return keystore.AnchorReport{}, "", failWith(fmt.Sprintf("the backup's token rows failed their integrity check: %s", strings.Join(slots, ", ")), exitTampered)
 	}
-	anchor := st.Anchor
-	st.Close()
+	return anchor, where, nil
+}
+
+// reportRestored prints what restore did: the domain restored into where,
+// what it replaced (note says so in words) and its new anchor.
+func reportRestored(c *cli.Context, domain []byte, dir, where, replaced, note string, anchor keystore.AnchorReport) error {
 	if c.Bool("json") {
-		res := storeRestored{Domain: fmt.Sprintf("%x", domain), StateDir: dir,
-			Reanchored: reanchored{Counter: fmt.Sprintf("0x%08x", anchor.Handle), Value: anchor.Anchored, AnchorsBehind: anchor.Behind}}
-		if len(moved) > 0 {
-			res.Replaced = aside
-		}
-		return printJSON(c.App.Writer, res)
+		return printJSON(c.App.Writer, storeRestored{Domain: fmt.Sprintf("%x", domain), StateDir: dir, Replaced: replaced,
+			Reanchored: reanchored{Counter: fmt.Sprintf("0x%08x", anchor.Handle), Value: anchor.Anchored, AnchorsBehind: anchor.Behind}})
 	}
-	fmt.Fprintf(c.App.Writer, "restored the keystore of domain %x into %s", domain, dir)
-	if len(moved) > 0 {
-		fmt.Fprintf(c.App.Writer, "; the one it replaced is %s", aside)
-	}
-	fmt.Fprintln(c.App.Writer)
+	fmt.Fprintf(c.App.Writer, "restored the keystore of domain %x into %s%s\n", domain, where, note)
 	fmt.Fprintf(c.App.Writer, "re-anchored it in the TPM's counter 0x%08x at %d: it was %d anchor(s) behind (recorded in the audit log as anchor.reset)\n",
 		anchor.Handle, anchor.Anchored, anchor.Behind)
 	return nil

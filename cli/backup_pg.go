@@ -107,37 +107,13 @@ func runRestorePostgres(c *cli.Context, db, src string) error {
 		}
 		return cli.Exit("hsmemu restore: "+msg+"; the database is as it was", code)
 	}
-	rcfg := cfg
-	rcfg.Reanchor = "restore"
-	st, err := daemon.OpenState(c.Context, rcfg)
-	// A keystore refused as edited was refused before anything was
-	// written; any other failure may come after the anchoring.
-	anchored = err == nil || stateExit(err) != exitTampered
+	anchor, where, err := openRestored(c.Context, cfg, &anchored, failWith)
 	if err != nil {
-		return failWith(fmt.Sprintf("the restored keystore does not open here: %v", err), stateExit(err))
+		return err
 	}
-	if len(st.Tampered) > 0 {
-		slots := make([]string, len(st.Tampered))
-		for i, ti := range st.Tampered {
-			slots[i] = fmt.Sprintf("slot %d (%s)", ti.ID, keystore.TamperWhat(ti.Tampered))
-		}
-		st.Close()
-		return failWith(fmt.Sprintf("the backup's token rows failed their integrity check: %s", strings.Join(slots, ", ")), exitTampered)
-	}
-	anchor := st.Anchor
-	where := st.Store.Storage().Location
-	st.Close()
-	if c.Bool("json") {
-		res := storeRestored{Domain: fmt.Sprintf("%x", d.DomainID), StateDir: dir, Replaced: replaced,
-			Reanchored: reanchored{Counter: fmt.Sprintf("0x%08x", anchor.Handle), Value: anchor.Anchored, AnchorsBehind: anchor.Behind}}
-		return printJSON(c.App.Writer, res)
-	}
-	fmt.Fprintf(c.App.Writer, "restored the keystore of domain %x into PostgreSQL %s", d.DomainID, where)
+	note := ""
 	if replaced != "" {
-		fmt.Fprintf(c.App.Writer, "; the one it replaced is in schema %s", replaced)
+		note = "; the one it replaced is in schema " + replaced
 	}
-	fmt.Fprintln(c.App.Writer)
-	fmt.Fprintf(c.App.Writer, "re-anchored it in the TPM's counter 0x%08x at %d: it was %d anchor(s) behind (recorded in the audit log as anchor.reset)\n",
-		anchor.Handle, anchor.Anchored, anchor.Behind)
-	return nil
+	return reportRestored(c, d.DomainID, dir, "PostgreSQL "+where, replaced, note, anchor)
 }
