@@ -250,12 +250,8 @@ func RestorePostgres(ctx context.Context, db string, opts Options, d *Dump, asid
 	}
 	// The session's lock goes with the connection.
 	defer c.Close(context.Background())
-	var got bool
-	if err := c.QueryRow(ctx, pgWriterLock).Scan(&got); err != nil {
-		return "", fmt.Errorf("keystore: lock the database: %w", err)
-	}
-	if !got {
-		return "", ErrDatabaseInUse
+	if err := pgTryLock(ctx, c, pgWriterLock); err != nil {
+		return "", err
 	}
 	tx, err := c.Begin(ctx)
 	if err != nil {
@@ -303,12 +299,8 @@ func UndoRestorePostgres(ctx context.Context, db string, opts Options, replaced 
 		return err
 	}
 	defer c.Close(context.Background())
-	var got bool
-	if err := c.QueryRow(ctx, pgWriterLock).Scan(&got); err != nil {
-		return fmt.Errorf("keystore: lock the database: %w", err)
-	}
-	if !got {
-		return ErrDatabaseInUse
+	if err := pgTryLock(ctx, c, pgWriterLock); err != nil {
+		return err
 	}
 	tx, err := c.Begin(ctx)
 	if err != nil {

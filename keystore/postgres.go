@@ -648,12 +648,34 @@ func rebind(q string) string {
 // one database together, none beside a restore. Session-scoped, it goes
 // with the connection, and is taken again on each reconnect.
 func pgServing(ctx context.Context, c *pgx.Conn) error {
-	var ok bool
-	if err := c.QueryRow(ctx, "SELECT pg_try_advisory_lock_shared(hashtextextended('hsmemu/writer', 0))").Scan(&ok); err != nil {
-		return fmt.Errorf("keystore: lock the database: %s", redactErr(err))
+	return pgTryLock(ctx, c, "SELECT pg_try_advisory_lock_shared(hashtextextended('hsmemu/writer', 0))")
+}
+
+// pgLockGrace is how long pgTryLock tries again. A session's advisory
+// locks go when its server process ends, which is after the client has
+// closed the connection: a daemon stopped or a restore finished a moment
+// ago may still hold the lock for a few milliseconds.
+const pgLockGrace = 2 * time.Second
+
+// pgTryLock takes the advisory lock of query (a pg_try_advisory_lock
+// form), trying again for pgLockGrace before it answers ErrDatabaseInUse.
+func pgTryLock(ctx context.Context, c *pgx.Conn, query string) error {
+	deadline := time.Now().Add(pgLockGrace)
+	for {
+		var ok bool
+		if err := c.QueryRow(ctx, query).Scan(&ok); err != nil {
+			return fmt.Errorf("keystore: lock the database: %s", redactErr(err))
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return ErrDatabaseInUse
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
-	if !ok {
-		return ErrDatabaseInUse
-	}
-	return nil
 }
