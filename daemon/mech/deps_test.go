@@ -29,10 +29,12 @@ func TestDependencies(t *testing.T) {
 		"golang.org/x/sys/cpu":                 true,
 	}
 	// The crypto libraries, whole: x/crypto (ChaCha20 and its AEAD),
-	// circl (Ed448, X448), decred's secp256k1.
+	// circl (Ed448, X448, the post-quantum signatures), filippo.io/mldsa
+	// (HashML-DSA), decred's secp256k1.
 	libraries := []string{
 		"golang.org/x/crypto/",
 		"github.com/cloudflare/circl/",
+		"filippo.io/mldsa",
 		"github.com/decred/dcrd/dcrec/secp256k1/v4",
 	}
 	for _, test := range []bool{false, true} {

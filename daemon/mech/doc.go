@@ -14,8 +14,8 @@
 //
 // That is why this package imports only the constants (cryptoki/ck), the
 // codec's types (cryptoki/wire), the standard library and crypto
-// libraries (golang.org/x/crypto, cloudflare/circl, decred's secp256k1:
-// TestDependencies holds it to that), and why its tests need no TPM, no
+// libraries (golang.org/x/crypto, cloudflare/circl, filippo.io/mldsa,
+// decred's secp256k1: TestDependencies holds it to that), and why its tests need no TPM, no
 // database and no socket: Wycheproof's vectors, NIST's CAVP files and the
 // RFCs' known answers run here, in process, against the same
 // constructors the engine calls.

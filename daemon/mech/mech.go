@@ -358,6 +358,7 @@ func build(p policy) *Table {
 // never through C_SignMessageBegin (no CKF_MULTI_MESSAGE).
 var singlePartSigs = map[uint64]bool{
 	ck.CKM_RSA_PKCS: true, ck.CKM_RSA_PKCS_PSS: true, ck.CKM_ECDSA: true, ck.CKM_DSA: true, ck.CKM_EDDSA: true,
+	ck.CKM_HASH_ML_DSA: true,
 }
 
 // messageFlags are the CK_MECHANISM_INFO flags of the message-based

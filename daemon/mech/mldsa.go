@@ -19,9 +19,9 @@ import (
 // 32-byte seed ξ (CKA_SEED) and the encoded private key (CKA_VALUE).
 //
 // CKM_HASH_ML_DSA and its hash-specific variants (HashML-DSA, FIPS 204
-// §5.4) are not offered: circl signs only the pure form (its domain
-// separator is fixed at 0), and the token does not assemble FIPS 204's
-// internal signing itself.
+// §5.4) are hashmldsa.go's: circl signs only the pure form (its domain
+// separator is fixed at 0), so they sign through filippo.io/mldsa, and do
+// not verify.
 
 // mldsaSet is one parameter set.
 type mldsaSet struct {

@@ -20,12 +20,13 @@ import (
 // the FIPS encoding of the public key, a private key's CKA_VALUE the
 // FIPS encoding of the private key and, for ML-KEM and ML-DSA, CKA_SEED
 // the seed it expands from. The arithmetic is the libraries'
-// (crypto/mlkem, github.com/cloudflare/circl); this package only encodes,
-// checks and dispatches.
+// (crypto/mlkem, github.com/cloudflare/circl, and filippo.io/mldsa for
+// HashML-DSA, hashmldsa.go); this package only encodes, hashes, checks
+// and dispatches.
 
 // pqcMechanisms lists the post-quantum mechanisms.
 func pqcMechanisms(policy) map[uint64]*Mechanism {
-	return merge(mldsaMechanisms(), slhdsaMechanisms(), mlkemMechanisms())
+	return merge(mldsaMechanisms(), hashMLDSAMechanisms(), slhdsaMechanisms(), mlkemMechanisms())
 }
 
 // parameterSet reads a key's CKA_PARAMETER_SET.

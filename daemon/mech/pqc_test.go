@@ -45,6 +45,7 @@ type pqcVectors struct {
 			Ctx    *hexField `json:"ctx"`
 			Sig    hexField  `json:"sig"`
 			Rnd    *hexField `json:"rnd"`
+			Mu     *hexField `json:"mu"`
 			Seed   hexField  `json:"seed"`
 			EK     hexField  `json:"ek"`
 			DK     hexField  `json:"dk"`
