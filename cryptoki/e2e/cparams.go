@@ -9,7 +9,7 @@ import (
 )
 
 // Mechanism parameters miekg/pkcs11 has no type for (the ChaCha20
-// structures of PKCS#11 3.0) travel as the bytes of the C structure; the
+// structures of PKCS#11 3.0, 3.2's CK_HASH_SIGN_ADDITIONAL_CONTEXT) travel as the bytes of the C structure; the
 // byte strings they point to must be C memory, which cParams holds until
 // free. The structures are laid out for LP64 (64-bit CK_ULONG and
 // pointers), which lp64 says.
@@ -53,4 +53,21 @@ func (c *cParams) chachaParams(counter []byte, counterBits uint64, nonce []byte,
 	b = binary.NativeEndian.AppendUint64(b, counterBits)
 	b = binary.NativeEndian.AppendUint64(b, c.ptr(nonce))
 	return binary.NativeEndian.AppendUint64(b, nonceBits)
+}
+
+// hashSignContext is CK_HASH_SIGN_ADDITIONAL_CONTEXT (PKCS#11 3.2):
+// hedgeVariant, pContext, ulContextLen, hash.
+func (c *cParams) hashSignContext(hedge uint64, ctx []byte, hash uint64) []byte {
+	b := binary.NativeEndian.AppendUint64(nil, hedge)
+	b = binary.NativeEndian.AppendUint64(b, c.ptr(ctx))
+	b = binary.NativeEndian.AppendUint64(b, uint64(len(ctx)))
+	return binary.NativeEndian.AppendUint64(b, hash)
+}
+
+// signContext is CK_SIGN_ADDITIONAL_CONTEXT (PKCS#11 3.2): hedgeVariant,
+// pContext, ulContextLen.
+func (c *cParams) signContext(hedge uint64, ctx []byte) []byte {
+	b := binary.NativeEndian.AppendUint64(nil, hedge)
+	b = binary.NativeEndian.AppendUint64(b, c.ptr(ctx))
+	return binary.NativeEndian.AppendUint64(b, uint64(len(ctx)))
 }
