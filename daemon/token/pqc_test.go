@@ -296,6 +296,13 @@ func TestPQCPremium(t *testing.T) {
 	if sig := cl.Must(ck.CKR_OK, "C_Sign", U(h), S("m"), Out(8192))[2].Bytes; len(sig) != mldsa65.SignatureSize {
 		t.Errorf("signature of %d bytes", len(sig))
 	}
+	// HashML-DSA too, from the sealed seed, in parts; it only signs.
+	cl.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_HASH_ML_DSA_SHA512), U(priv))
+	cl.Must(ck.CKR_OK, "C_SignUpdate", U(h), S("m"))
+	if sig := cl.Must(ck.CKR_OK, "C_SignFinal", U(h), Out(8192))[1].Bytes; len(sig) != mldsa65.SignatureSize {
+		t.Errorf("HashML-DSA signature of %d bytes", len(sig))
+	}
+	cl.Must(ck.CKR_MECHANISM_INVALID, "C_VerifyInit", U(h), M(ck.CKM_HASH_ML_DSA_SHA512), U(out[4].Ulong))
 }
 
 // TestPQCWrap: on a standard token an extractable ML-DSA private key
