@@ -173,10 +173,12 @@ func TestParseModuleSpec(t *testing.T) {
 	}
 }
 
-// TestTimeOpYieldsInTheWindow: workers' rates, summed as a cell sums
-// them, match their ops over the wall time they took together. With the
-// time spent yielding left out of each worker's active time, eight
-// CPU-bound workers on two Ps reported about four times what they did.
+// TestTimeOpYieldsInTheWindow: a worker's active time is its whole
+// window, the time it spent yielding included. With the yields left out,
+// eight CPU-bound workers on two Ps each reported a fraction of the
+// window, and the cell, summing their rates, about four times what they
+// did. (Comparing the summed rates with the wall time instead failed on
+// a loaded machine, where the workers start their windows apart.)
 func TestTimeOpYieldsInTheWindow(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
 	const workers, d = 8, 100 * time.Millisecond
@@ -192,15 +194,12 @@ func TestTimeOpYieldsInTheWindow(t *testing.T) {
 		err    error
 	}
 	out := make(chan res, workers)
-	begin := time.Now()
 	for range workers {
 		go func() {
 			n, active, err := timeOp(ph, spin, 0, d, nil)
 			out <- res{n, active, err}
 		}()
 	}
-	var total uint64
-	var summed float64
 	for range workers {
 		r := <-out
 		if r.err != nil {
@@ -209,11 +208,8 @@ func TestTimeOpYieldsInTheWindow(t *testing.T) {
 		if r.n < 64 {
 			t.Skipf("%d ops in the window: too few to yield", r.n)
 		}
-		total += r.n
-		summed += float64(r.n) / r.active.Seconds()
-	}
-	wall := float64(total) / time.Since(begin).Seconds()
-	if summed > 1.5*wall {
-		t.Errorf("summed rates %.0f/s, against %.0f/s over the wall time: yields left out of the windows", summed, wall)
+		if r.active < d {
+			t.Errorf("a worker's active time %v is shorter than its window %v: yields left out of the window", r.active, d)
+		}
 	}
 }
