@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -200,6 +201,10 @@ func TestOpenRefuses(t *testing.T) {
 // or data byte to set to what. The daemon's end must never fault, never
 // return more than it was asked for or a count out of range, and must end
 // (with an error, or EOF when the module goes) rather than hang.
+//
+// Only the daemon's end may wait: every step of the played module is one
+// that returns at once, so the one wait in an input is the daemon's end
+// noticing that the module went, within a slice.
 func FuzzHostileModule(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 0, 16})
 	f.Add([]byte{1, 0xff, 0xff, 0xff, 0xff, 5, 1, 2, 3, 4})
@@ -207,61 +212,99 @@ func FuzzHostileModule(f *testing.F) {
 	f.Fuzz(fuzzBody)
 }
 
+// maxSteps bounds a script. The fuzzing engine minimizes every input that
+// finds new coverage by trying to remove each byte and each run of bytes
+// (quadratic in the input's length), and this target's coverage varies
+// with how the two ends interleave, so a long input's candidates seldom
+// keep it: minimizing one took the engine's whole minimizing time, during
+// which the run counted no inputs, and the engine then killed the worker
+// and dropped the count. Steps past these few add nothing a shorter
+// script cannot reach.
+const maxSteps = 32
+
 func fuzzBody(t *testing.T, script []byte) {
-	{
-		client, daemon, gone := pair(t, MinSize)
-		daemon.slice = time.Millisecond
-		mem := client.Shared()
-		words := []int{offReqHead, offReqTail, offReqSleep, offReqWSleep, offRepHead, offRepTail, offRepSleep, offRepWSleep}
-		done := make(chan struct{})
-		var bad error
-		go func() { // the daemon's end: read frames, answer each
-			defer close(done)
-			buf := make([]byte, 1000)
-			for {
-				n, err := daemon.Read(buf)
-				if err != nil {
-					return
-				}
-				if n <= 0 || n > len(buf) {
-					bad = errors.New("read returned a count out of range")
-					return
-				}
-				if _, err := daemon.Write(buf[:n]); err != nil {
-					return
-				}
+	if len(script) > 5*maxSteps {
+		script = script[:5*maxSteps]
+	}
+	client, daemon, gone := pair(t, MinSize)
+	// Short: the daemon's end notices that the module went only when a
+	// slice ends, which is most of an input's time.
+	daemon.slice = 100 * time.Microsecond
+	mem := client.Shared()
+	words := []int{offReqHead, offReqTail, offReqSleep, offReqWSleep, offRepHead, offRepTail, offRepSleep, offRepWSleep}
+	done := make(chan struct{})
+	var bad error
+	go func() { // the daemon's end: read frames, answer each
+		defer close(done)
+		buf := make([]byte, 1000)
+		for {
+			n, err := daemon.Read(buf)
+			if err != nil {
+				return
 			}
-		}()
-		for len(script) >= 5 {
-			op, v := script[0], binary.LittleEndian.Uint32(script[1:5])
-			script = script[5:]
-			switch op % 4 {
-			case 0: // a few bytes into the request ring, room or not (a
-				// module that waited for room could wait for a daemon
-				// that waits for it to read: its own hang)
-				for range 1 + v%64 {
-					mem[Ctrl+int(client.outHead%MinSize)] = byte(v >> 8)
-					client.outHead++
-				}
-				client.store(offReqHead, client.outHead)
-				wake(client.word(offReqHead))
-			case 1: // a control word set to anything
-				off := words[int(v>>24)%len(words)]
-				binary.NativeEndian.PutUint32(mem[off:], v)
-				wake(client.word(off))
-			case 2: // a data byte set to anything
-				mem[Ctrl+int(v%(2*MinSize))] = byte(v >> 16)
-			case 3: // the replies read, when the counters make sense
-				if avail := client.load(offRepHead) - client.inTail; avail > 0 && avail <= MinSize {
-					client.Read(make([]byte, avail))
-				}
+			if n <= 0 || n > len(buf) {
+				bad = errors.New("read returned a count out of range")
+				return
+			}
+			if _, err := daemon.Write(buf[:n]); err != nil {
+				return
 			}
 		}
-		// The module goes: the daemon's end must end.
-		gone()
-		<-done
-		if bad != nil {
-			t.Fatal(bad)
+	}()
+	for len(script) >= 5 {
+		op, v := script[0], binary.LittleEndian.Uint32(script[1:5])
+		script = script[5:]
+		switch op % 4 {
+		case 0: // a few bytes into the request ring, room or not (a
+			// module that waited for room could wait for a daemon
+			// that waits for it to read: its own hang)
+			for range 1 + v%64 {
+				mem[Ctrl+int(client.outHead%MinSize)] = byte(v >> 8)
+				client.outHead++
+			}
+			client.store(offReqHead, client.outHead)
+			wake(client.word(offReqHead))
+		case 1: // a control word set to anything
+			off := words[int(v>>24)%len(words)]
+			binary.NativeEndian.PutUint32(mem[off:], v)
+			wake(client.word(off))
+		case 2: // a data byte set to anything
+			mem[Ctrl+int(v%(2*MinSize))] = byte(v >> 16)
+		case 3:
+			takeReplies(client)
 		}
+	}
+	// The module goes: the daemon's end must end.
+	gone()
+	select {
+	case <-done:
+	case <-time.After(hangAfter):
+		buf := make([]byte, 1<<20)
+		t.Fatalf("the daemon's end still runs %v after the module went:\n%s", hangAfter, buf[:runtime.Stack(buf, true)])
+	}
+	if bad != nil {
+		t.Fatal(bad)
+	}
+}
+
+// hangAfter is far past the slice in which the daemon's end notices that
+// the module went, and short of the fuzzing engine's own limit for an
+// input (10 s), which kills the worker without a word.
+const hangAfter = 5 * time.Second
+
+// takeReplies is the module taking what its reply ring holds, when the
+// counters make sense, without waiting: the head is read once. The daemon's
+// end may store its own head over one the script set, so a module that
+// read with Read could wait for replies that head had promised while the
+// daemon's end, alive, waited for its next request.
+func takeReplies(c *Ring) {
+	avail := c.load(c.in.head) - c.inTail
+	if avail == 0 || avail > c.size {
+		return
+	}
+	c.inTail += avail
+	c.store(c.in.tail, c.inTail)
+	if c.load(c.in.wsleep) != 0 {
+		wake(c.word(c.in.tail))
 	}
 }
