@@ -8,8 +8,10 @@ package calls
 // version 3 may ask, with a NULL output buffer, for the whole result with
 // its length, keep it, and serve the follow-up call itself
 // (docs/protocol.md, "Results ahead of the follow-up call"). The Updates
-// are not here: their kept output goes to the next Update, which the
-// module cannot tell apart from one that brings more input.
+// are not here: the daemon measures an Update by running it, so a
+// follow-up that brings other input cannot get that input's output
+// (docs/performance.md, "One round trip per operation in either
+// convention").
 var prefetching = map[string]bool{
 	"C_Encrypt":       true,
 	"C_EncryptFinal":  true,
