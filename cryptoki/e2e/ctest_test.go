@@ -159,12 +159,21 @@ func runCProgram(t *testing.T, prog, module string, env []string, sections []str
 	return runCProgramOn(t, d, prog, module, append(d.env(), env...), sections, minPassed)
 }
 
+// programDaemons are the daemons the C program's restart section asks the
+// driver to restart, kill and start again: one daemon, or a cluster's.
+type programDaemons interface {
+	restart()
+	kill()
+	startAgain()
+	lastLog() string
+}
+
 // runCProgramOn runs the program against d with the environment env, as
 // runCProgram does.
-func runCProgramOn(t *testing.T, d *daemonProc, prog, module string, env []string, sections []string, minPassed int) string {
+func runCProgramOn(t *testing.T, d programDaemons, prog, module string, env []string, sections []string, minPassed int) string {
 	t.Cleanup(func() {
-		if t.Failed() && d.log != nil {
-			t.Logf("daemon log:\n%s", d.log)
+		if l := d.lastLog(); t.Failed() && l != "" {
+			t.Logf("daemon log:\n%s", l)
 		}
 	})
 	cmd := exec.Command(prog, module)

@@ -111,6 +111,16 @@ func (l *lockedBuffer) String() string {
 // PIN hashing and no failure delay, and waits until it answers.
 func startDaemon(t testing.TB, extra ...string) *daemonProc {
 	t.Helper()
+	d := newDaemon(t, extra...)
+	d.start()
+	return d
+}
+
+// newDaemon is startDaemon without the start: the state directory is
+// there, for a command (init, domain join) to prepare it first. The
+// daemon is stopped when the test ends, once started.
+func newDaemon(t testing.TB, extra ...string) *daemonProc {
+	t.Helper()
 	a := need(t)
 	// Unix socket paths are short: keep the directory short too.
 	dir, err := os.MkdirTemp("", "hse")
@@ -121,7 +131,6 @@ func startDaemon(t testing.TB, extra ...string) *daemonProc {
 	d := &daemonProc{t: t, bin: a.daemon, dir: dir, sock: filepath.Join(dir, "s")}
 	d.args = append([]string{"serve", "--state-dir", dir, "--tpm", "managed", "--socket", d.sock,
 		"--pin-kdf-time", "1", "--pin-kdf-memory", "64", "--pin-failure-delay", "0"}, extra...)
-	d.start()
 	t.Cleanup(d.stop)
 	return d
 }
@@ -211,6 +220,14 @@ func (d *daemonProc) startAgain() {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// lastLog is the log of the daemon's last start.
+func (d *daemonProc) lastLog() string {
+	if d.log == nil {
+		return ""
+	}
+	return d.log.String()
 }
 
 // env is the environment a client of this daemon runs with.
