@@ -1,6 +1,7 @@
 // Package e2e holds the end-to-end tests: the built module
 // (bin/hsmemu-pkcs11.so) loaded by real clients, talking to the built daemon
-// (bin/hsmemu serve) on a managed swtpm and SQLite on disk. `make test`
+// (bin/hsmemu serve) on a managed swtpm and SQLite on disk, or, for the
+// cluster tests, PostgreSQL (cluster_test.go). `make test`
 // builds both first. Without them, or without swtpm, the tests skip on a
 // developer's machine and fail under CI=true.
 package e2e
