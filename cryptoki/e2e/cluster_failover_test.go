@@ -2,15 +2,18 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/hex"
 	"fmt"
 	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/miekg/pkcs11"
 )
 
@@ -142,11 +145,19 @@ const clusterBound = time.Second
 
 // TestClusterDestroy: a key destroyed (C_DestroyObject, by pkcs11-tool)
 // through node 2 stops signing through node 1, in a session that was
-// signing with it there, within the bound; and stays refused.
+// signing with it there, within the bound, and stays refused: once with
+// node 1 notified, once with node 1's listening connection frozen (its
+// server process stopped, so that neither notifications nor reads of
+// the generation reach node 1: its cache lease must run out).
 func TestClusterDestroy(t *testing.T) {
 	a := need(t)
 	tool := needTool(t, "pkcs11-tool", "opensc")
 	c := startCluster(t)
+	// The key the second case destroys, made through node 1.
+	if out, code := toolRun(t, c.env(c.pki.App, 1), tool, "--module", a.module, "--token-label", "pay", "--login", "--pin", remotePIN,
+		"--keypairgen", "--key-type", "EC:prime256v1", "--label", "held", "--id", "52"); code != 0 {
+		t.Fatalf("keypairgen through node 1: exit %d\n%s", code, out)
+	}
 	// This process's module reaches node 1 alone.
 	for _, e := range c.env(c.pki.App, 1) {
 		if k, v, _ := strings.Cut(e, "="); strings.HasPrefix(k, "HSMEMU_") {
@@ -164,71 +175,118 @@ func TestClusterDestroy(t *testing.T) {
 		p.Finalize()
 		p.Destroy()
 	})
-	slot := slotOf(t, p, "pay")
-	s, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
+	s, err := p.OpenSession(slotOf(t, p, "pay"), pkcs11.CKF_SERIAL_SESSION)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Login(s, pkcs11.CKU_USER, remotePIN); err != nil {
 		t.Fatal(err)
 	}
-	find := func() []pkcs11.ObjectHandle {
-		t.Helper()
-		if err := p.FindObjectsInit(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-			pkcs11.NewAttribute(pkcs11.CKA_LABEL, "sig")}); err != nil {
-			t.Fatal(err)
-		}
-		defer p.FindObjectsFinal(s)
-		found, _, err := p.FindObjects(s, 4)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return found
-	}
-	keys := find()
-	if len(keys) != 1 {
-		t.Fatalf("%d keys labelled sig", len(keys))
-	}
-	sign := func() error {
-		if err := p.SignInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, keys[0]); err != nil {
-			return err
-		}
-		_, err := p.Sign(s, signloopDigest[:])
-		return err
-	}
-	if err := sign(); err != nil {
-		t.Fatalf("sign through node 1: %v", err)
-	}
 
-	if out, code := toolRun(t, c.env(c.pki.App, 2), tool, "--module", a.module, "--token-label", "pay", "--login", "--pin", remotePIN,
-		"--delete-object", "--type", "privkey", "--id", "51"); code != 0 {
-		t.Fatalf("destroy through node 2: exit %d\n%s", code, out)
+	for _, tc := range []struct {
+		name, id string
+		before   func(t *testing.T)
+	}{
+		{"notified", "51", func(*testing.T) {}},
+		{"listener frozen", "52", func(t *testing.T) { c.freezeListener(t, 1) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id, _ := hex.DecodeString(tc.id)
+			find := func() []pkcs11.ObjectHandle {
+				t.Helper()
+				if err := p.FindObjectsInit(s, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+					pkcs11.NewAttribute(pkcs11.CKA_ID, id)}); err != nil {
+					t.Fatal(err)
+				}
+				defer p.FindObjectsFinal(s)
+				found, _, err := p.FindObjects(s, 4)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return found
+			}
+			keys := find()
+			if len(keys) != 1 {
+				t.Fatalf("%d keys of CKA_ID %s", len(keys), tc.id)
+			}
+			sign := func() error {
+				if err := p.SignInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, keys[0]); err != nil {
+					return err
+				}
+				_, err := p.Sign(s, signloopDigest[:])
+				return err
+			}
+			if err := sign(); err != nil {
+				t.Fatalf("sign through node 1: %v", err)
+			}
+			tc.before(t)
+
+			if out, code := toolRun(t, c.env(c.pki.App, 2), tool, "--module", a.module, "--token-label", "pay", "--login", "--pin", remotePIN,
+				"--delete-object", "--type", "privkey", "--id", tc.id); code != 0 {
+				t.Fatalf("destroy through node 2: exit %d\n%s", code, out)
+			}
+			acked := time.Now()
+			// Polled: the bound is the daemons' promise; the margin is
+			// for a loaded machine's scheduling, not a measure of the
+			// fast path.
+			deadline := acked.Add(clusterBound + 4*time.Second)
+			signed := 0
+			var err error
+			for err = sign(); err == nil; err = sign() {
+				signed++
+				if time.Now().After(deadline) {
+					t.Fatalf("node 1 still signs with the key %v after node 2 destroyed it (%d signatures)", time.Since(acked), signed)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+			took := time.Since(acked)
+			if !is(err, pkcs11.CKR_KEY_HANDLE_INVALID) {
+				t.Errorf("node 1 refuses the destroyed key with %v, want CKR_KEY_HANDLE_INVALID", err)
+			}
+			t.Logf("node 1 refused the key %v after node 2 acknowledged its destroy (bound %v; %d signatures meanwhile)",
+				took.Round(100*time.Microsecond), clusterBound, signed)
+			// And goes on refusing it; a search there finds it no more.
+			for i := 0; i < 5; i++ {
+				time.Sleep(20 * time.Millisecond)
+				if err := sign(); !is(err, pkcs11.CKR_KEY_HANDLE_INVALID) {
+					t.Errorf("sign %d after the refusal: %v", i, err)
+				}
+			}
+			if found := find(); len(found) != 0 {
+				t.Errorf("node 1 still finds the destroyed key: %v", found)
+			}
+		})
 	}
-	acked := time.Now()
-	// Polled: the bound is the daemons' promise; the margin is for a
-	// loaded machine's scheduling, not a measure of the fast path.
-	deadline := acked.Add(clusterBound + 4*time.Second)
-	signed := 0
-	for err = sign(); err == nil; err = sign() {
-		signed++
-		if time.Now().After(deadline) {
-			t.Fatalf("node 1 still signs with the key %v after node 2 destroyed it (%d signatures)", time.Since(acked), signed)
-		}
-		time.Sleep(2 * time.Millisecond)
+}
+
+// freezeListener stops, until the test ends, the server process of the
+// connection on which node n listens for other nodes' changes
+// (application_name hsmemu-listen, docs/cluster.md): the connection
+// stays open and nothing on it answers, as across a network partition.
+// The nodes' listeners are told apart by when they connected: node 1
+// starts first.
+func (c *cluster) freezeListener(t *testing.T, n int) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, c.db)
+	if err != nil {
+		t.Fatal(err)
 	}
-	took := time.Since(acked)
-	if !is(err, pkcs11.CKR_KEY_HANDLE_INVALID) {
-		t.Errorf("node 1 refuses the destroyed key with %v, want CKR_KEY_HANDLE_INVALID", err)
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, "SELECT pid FROM pg_stat_activity WHERE application_name = 'hsmemu-listen' AND datname = current_database() ORDER BY backend_start")
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("node 1 refused the key %v after node 2 acknowledged its destroy (bound %v; %d signatures meanwhile)", took.Round(100*time.Microsecond), clusterBound, signed)
-	// And goes on refusing it; a search there finds it no more.
-	for i := 0; i < 5; i++ {
-		time.Sleep(20 * time.Millisecond)
-		if err := sign(); !is(err, pkcs11.CKR_KEY_HANDLE_INVALID) {
-			t.Errorf("sign %d after the refusal: %v", i, err)
-		}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		t.Fatal(err)
 	}
-	if found := find(); len(found) != 0 {
-		t.Errorf("node 1 still finds the destroyed key: %v", found)
+	if len(pids) != len(c.nodes) {
+		t.Fatalf("%d listening connections (%v), want one per node", len(pids), pids)
 	}
+	pid := int(pids[n-1])
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
 }

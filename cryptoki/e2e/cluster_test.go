@@ -32,6 +32,7 @@ import (
 
 type cluster struct {
 	pki   *remotetest.PKI
+	db    string // the keystore's connection string
 	nodes [2]*remoteNode
 }
 
@@ -50,7 +51,7 @@ func startCluster(t *testing.T) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{pki: remotetest.New(t)}
+	c := &cluster{pki: remotetest.New(t), db: db}
 	// Registered before the nodes' own cleanups, so it runs after they
 	// have stopped and their logs are complete.
 	t.Cleanup(func() {

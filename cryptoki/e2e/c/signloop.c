@@ -3,7 +3,7 @@
  * carries on when the daemon it talks to goes away, as a service would:
  * on an error it says so once, drops its session, opens a new one (on
  * whichever daemon the module reaches), logs in, finds its key again and
- * goes on. cryptoki/e2e/remote_test.go kills a daemon under it.
+ * goes on. cryptoki/e2e/cluster_failover_test.go kills a daemon under it.
  *
  * usage: signloop MODULE TOKEN-LABEL KEY-LABEL PIN SECONDS
  * Output: "KEY id=<hex> pub=<hex>" for each session set up: the key's
