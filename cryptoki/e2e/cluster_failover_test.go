@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -115,8 +116,8 @@ func TestClusterFailover(t *testing.T) {
 		}
 		// The same key on node 2: its CKA_ID and public key, and every
 		// signature, those made on node 1 and on node 2, verifies with it.
-		if len(r.keys) != 2 || r.keys[0] != r.keys[1] || len(r.sigs) != 2 {
-			t.Fatalf("run %d: want the key found once on each node, the same:\n%s", run, r.out)
+		if len(r.keys) < 2 || len(r.sigs) < 2 || slices.ContainsFunc(r.keys, func(k string) bool { return k != r.keys[0] }) {
+			t.Fatalf("run %d: want the key found on each node, the same:\n%s", run, r.out)
 		}
 		m := regexp.MustCompile(`^KEY id=51 pub=([0-9a-f]+)$`).FindStringSubmatch(r.keys[0])
 		if m == nil {
@@ -126,7 +127,7 @@ func TestClusterFailover(t *testing.T) {
 		pub := ecPublicKey(t, point)
 		for i, sig := range r.sigs {
 			if !verifyRaw(pub, signloopDigest[:], sig) {
-				t.Errorf("run %d: signature %d (%x), on node %d, does not verify with the key", run, i+1, sig, i+1)
+				t.Errorf("run %d: the first signature of session %d (%x) does not verify with the key", run, i+1, sig)
 			}
 		}
 		if run < runs {
