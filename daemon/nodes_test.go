@@ -19,8 +19,9 @@ import (
 // not joined is refused, naming `domain join`; after the join, a key
 // made through A opens on B, the user's PIN logs in on B (a wrong one
 // counted by B's TPM), each node anchors in its own TPM's counter, both
-// nodes are listed; a tampered node row takes down that node alone and
-// is audited; a node leaves, the last one cannot.
+// nodes are listed; a PIN changed on A after the join logs in on B; a
+// tampered node row takes down that node alone and is audited; a node
+// leaves, the last one cannot.
 func TestJoinNodes(t *testing.T) {
 	t.Parallel()
 	tpmtest.Require(t)
@@ -148,9 +149,8 @@ func TestJoinNodes(t *testing.T) {
 	if err := st.Store.Login(ctx, ti.UUID, keystore.RoleUser, user); err != nil {
 		t.Fatalf("the user's PIN on A: %v", err)
 	}
-	// A PIN changed on A after B joined is bound to A's TPM alone (the
-	// duplication to the other nodes' import keys is not built): B
-	// refuses it, saying why, and counts no failure.
+	// A PIN changed on A after B joined reaches B as a duplication blob
+	// to B's import key (TestNodePINDuplicates has the rest).
 	newUser := []byte("user-pin-nodes-2")
 	if err := st.Store.SetPIN(ctx, ti.UUID, keystore.RoleUser, user, newUser); err != nil {
 		t.Fatal(err)
@@ -162,12 +162,8 @@ func TestJoinNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = st.Store.Login(ctx, ti.UUID, keystore.RoleUser, newUser)
-	if err == nil || errors.Is(err, keystore.ErrPINIncorrect) || !strings.Contains(err.Error(), "bound to another node's TPM") {
+	if err := st.Store.Login(ctx, ti.UUID, keystore.RoleUser, newUser); err != nil {
 		t.Fatalf("a PIN changed on A, on B: %v", err)
-	}
-	if info, err := st.Store.TokenByID(ctx, ti.ID); err != nil || info.UserFailures != 0 {
-		t.Fatalf("B counted a failure: %+v %v", info, err)
 	}
 	if err := st.Close(); err != nil {
 		t.Fatal(err)

@@ -24,12 +24,9 @@ import (
 //
 // A node makes its bindings when it joins (BindNodePINs), from the
 // records' recovery copies, opened with the recovery key the custodians'
-// shares give, as domain recovery does. What is not built yet: a node
-// that writes a new PIN record (a PIN change, a record rewritten at
-// login) does not make the other nodes' bindings of it (that takes a
-// duplication blob of the new object to each node's import key, imported
-// there on use), so until then the new record's PIN is checked on the
-// node that wrote it, and on the others once they join again.
+// shares give, as domain recovery does. A record written later gets the
+// other nodes' bindings from the node that writes it, as duplication
+// blobs to their import keys (pindup.go).
 
 // bindingSeal returns this node's seal for the record of token's role
 // with that salt, if it has one.
@@ -52,31 +49,50 @@ func (s *Store) bindingSeal(ctx context.Context, tokenID int64, role Role, salt 
 	return seal, true, nil
 }
 
+// nodeCheck is a PIN record as this node checks it.
+type nodeCheck struct {
+	rec []byte // the record, with this node's binding's seal in place of its own
+	// bound: checked through this node's binding (its seal or its
+	// duplication blob), not the record's own seal.
+	bound bool
+	// foreign: the record's own seal names another TPM than this node's
+	// and this node has no binding of it.
+	foreign bool
+	dup     *dupSealer // the binding is a duplication blob
+	salt    []byte
+}
+
 // nodeRecord is the PIN record as this node checks it: with its own
-// binding's seal in place of the record's, when it has one (bound).
-// foreign says the record's own seal names another TPM than this node's
-// and this node has no binding of it: only to say so when the check fails.
-func (s *Store) nodeRecord(ctx context.Context, ti *TokenInfo, role Role, rec []byte) (_ []byte, bound, foreign bool, _ error) {
+// binding's seal, or its duplication blob, in place of the record's seal
+// when it has one.
+func (s *Store) nodeRecord(ctx context.Context, ti *TokenInfo, role Role, rec []byte) (nodeCheck, error) {
 	if len(rec) == 0 || rec[0] != pinRecordBound || s.LocalNode() == 0 {
-		return rec, false, false, nil
+		return nodeCheck{rec: rec}, nil
 	}
 	r, err := parsePINRecord(rec)
 	if err != nil {
-		return nil, false, false, err
+		return nodeCheck{}, err
 	}
 	seal, ok, err := s.bindingSeal(ctx, ti.ID, role, r.salt)
 	if err != nil {
-		return nil, false, false, err
+		return nodeCheck{}, err
 	}
 	if !ok {
 		s.nodes.mu.Lock()
 		tpmID := s.nodes.tpmID
 		s.nodes.mu.Unlock()
 		// A seal names the SRK it was made under (tpmroot's encoding).
-		return rec, false, len(tpmID) > 0 && !bytes.Contains(r.seal, tpmID), nil
+		return nodeCheck{rec: rec, foreign: len(tpmID) > 0 && !bytes.Contains(r.seal, tpmID), salt: r.salt}, nil
+	}
+	nc := nodeCheck{bound: true, salt: r.salt}
+	if isPINDupEnvelope(seal) {
+		if seal, nc.dup, err = s.openPINDup(ctx, ti, role, r.salt, seal); err != nil {
+			return nodeCheck{}, err
+		}
 	}
 	r.seal = seal
-	return r.marshal(), true, false, nil
+	nc.rec = r.marshal()
+	return nc, nil
 }
 
 // BindNodePINs makes this node's binding of every bound PIN record of

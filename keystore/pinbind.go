@@ -185,13 +185,32 @@ func (s *Store) PINBinding() PINBinding {
 }
 
 // wrapPIN makes role's PIN record holding dataKey, bound to the TPM when
-// the keystore's root can.
-func (s *Store) wrapPIN(keys *tokenKeys, token UUID, role Role, dgen uint32, pin, dataKey []byte) ([]byte, error) {
+// the keystore's root can, and the other nodes' bindings of it
+// (pindup.go), which the caller stores with putPINDups in the transaction
+// that writes the record.
+func (s *Store) wrapPIN(ctx context.Context, keys *tokenKeys, token UUID, role Role, dgen uint32, pin, dataKey []byte) ([]byte, []pinDupRow, error) {
 	b := s.binding()
 	if b.sealer == nil {
-		return wrapDataKey(keys, token, role, dgen, pin, dataKey, s.opts.Argon2)
+		rec, err := wrapDataKey(keys, token, role, dgen, pin, dataKey, s.opts.Argon2)
+		return rec, nil, err
 	}
-	return wrapBound(b, keys, token, role, dgen, pin, dataKey, s.opts.Argon2)
+	dupper, err := s.pinDupper(ctx, b.sealer, token, role)
+	if err != nil {
+		return nil, nil, err
+	}
+	var dups []pinDupRow
+	var others func(salt, auth, secret []byte) error
+	if dupper != nil {
+		others = func(salt, auth, secret []byte) (err error) {
+			dups, err = dupper(salt, auth, secret)
+			return err
+		}
+	}
+	rec, err := wrapBound(b, keys, token, role, dgen, pin, dataKey, s.opts.Argon2, others)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rec, dups, nil
 }
 
 // pinAuth is the TPM object's authorisation value of a stretched PIN.
@@ -213,7 +232,9 @@ func boundAEAD(pinKey, stretched, secret []byte) (cipher.AEAD, error) {
 }
 
 // wrapBound makes a version 3 record: a fresh TPM object per record.
-func wrapBound(b pinBinding, keys *tokenKeys, token UUID, role Role, dgen uint32, pin, dataKey []byte, p Argon2Params) ([]byte, error) {
+// others, when not nil, is given the record's salt, authorisation and
+// secret, to make the other nodes' bindings.
+func wrapBound(b pinBinding, keys *tokenKeys, token UUID, role Role, dgen uint32, pin, dataKey []byte, p Argon2Params, others func(salt, auth, secret []byte) error) ([]byte, error) {
 	if err := p.validate(); err != nil {
 		return nil, err
 	}
@@ -243,6 +264,11 @@ func wrapBound(b pinBinding, keys *tokenKeys, token UUID, role Role, dgen uint32
 		return nil, fmt.Errorf("keystore: the TPM gave a %d-byte seal and a %d-byte secret", len(seal), len(secret))
 	}
 	r.seal = seal
+	if others != nil {
+		if err := others(r.salt, auth, secret); err != nil {
+			return nil, err
+		}
+	}
 	if b.recovery != nil {
 		if r.copy, err = sealRecoveryCopy(b.recovery, b.masterGen, token, role, dgen, r.salt, secret, auth); err != nil {
 			return nil, err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 )
@@ -51,7 +52,8 @@ type tamperLog struct {
 	mu      sync.Mutex
 	seen    map[string]bool
 	pending []*TamperError
-	any     atomic.Bool // pending is not empty: AuditTamper's fast path
+	events  []AuditNote // other failures to record (noteEvent)
+	any     atomic.Bool // pending or events is not empty: AuditTamper's fast path
 }
 
 // noteTamper records err if it is a TamperError met for the first time.
@@ -75,6 +77,33 @@ func (s *Store) noteTamper(err error) {
 	s.tamper.any.Store(true)
 }
 
+// noteEvent queues an audit record of a failure that is no tampering
+// (a PIN record this node holds no binding of), once per key per
+// process, for AuditTamper to write. Like noteTamper it takes only its
+// own lock.
+func (s *Store) noteEvent(key, event string, detail map[string]string) {
+	s.tamper.mu.Lock()
+	defer s.tamper.mu.Unlock()
+	if s.tamper.seen == nil {
+		s.tamper.seen = map[string]bool{}
+	}
+	if s.tamper.seen[key] {
+		return
+	}
+	s.tamper.seen[key] = true
+	who := AuditActor{UID: uint32(os.Getuid()), PID: int32(os.Getpid()), Role: "daemon"}
+	s.tamper.events = append(s.tamper.events, AuditNote{Actor: who, Event: event, Detail: detail})
+	s.tamper.any.Store(true)
+}
+
+// noteUnbound records that this node met a PIN record it holds no
+// binding of (pin.unbound), once per record.
+func (s *Store) noteUnbound(ti *TokenInfo, role Role, salt []byte) {
+	node := strconv.FormatInt(s.LocalNode(), 10)
+	s.noteEvent(fmt.Sprintf("unbound/%s/%d/%x", ti.UUID, role, salt), "pin.unbound",
+		map[string]string{"token": ti.UUID.String(), "role": role.String(), "node": node})
+}
+
 // AuditTamper writes the tamper.detected records of failures noted since
 // the last call. The caller holds no keystore lock and no transaction.
 // With nothing noted it costs one atomic load: the daemon calls it at the
@@ -94,8 +123,8 @@ func (s *Store) auditTamperLocked(ctx context.Context) error {
 		return nil
 	}
 	s.tamper.mu.Lock()
-	pending := s.tamper.pending
-	s.tamper.pending = nil
+	pending, events := s.tamper.pending, s.tamper.events
+	s.tamper.pending, s.tamper.events = nil, nil
 	s.tamper.any.Store(false)
 	s.tamper.mu.Unlock()
 	who := AuditActor{UID: uint32(os.Getuid()), PID: int32(os.Getpid()), Role: "daemon"}
@@ -105,6 +134,16 @@ func (s *Store) auditTamperLocked(ctx context.Context) error {
 			// Not written: noted again for the next try.
 			s.tamper.mu.Lock()
 			s.tamper.pending = append(pending[i:], s.tamper.pending...)
+			s.tamper.events = append(events, s.tamper.events...)
+			s.tamper.any.Store(true)
+			s.tamper.mu.Unlock()
+			return err
+		}
+	}
+	for i, n := range events {
+		if _, err := s.appendAudit(ctx, n.Actor, n.Event, n.Detail); err != nil {
+			s.tamper.mu.Lock()
+			s.tamper.events = append(events[i:], s.tamper.events...)
 			s.tamper.any.Store(true)
 			s.tamper.mu.Unlock()
 			return err

@@ -315,11 +315,12 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 		return TokenInfo{}, err
 	}
 	ti := TokenInfo{UUID: uuid, Label: spec.Label, Tier: spec.Tier, KEKGeneration: kekGen, DataGeneration: dataGen, RetentionDays: DefaultRetentionDays, MasterGeneration: masterGen}
-	if ti.soPIN, err = s.wrapPIN(keys, uuid, RoleSO, dataGen, spec.SOPIN, dataKey); err != nil {
+	var soDups, userDups []pinDupRow
+	if ti.soPIN, soDups, err = s.wrapPIN(ctx, keys, uuid, RoleSO, dataGen, spec.SOPIN, dataKey); err != nil {
 		return TokenInfo{}, err
 	}
 	if spec.UserPIN != nil {
-		if ti.userPIN, err = s.wrapPIN(keys, uuid, RoleUser, dataGen, spec.UserPIN, dataKey); err != nil {
+		if ti.userPIN, userDups, err = s.wrapPIN(ctx, keys, uuid, RoleUser, dataGen, spec.UserPIN, dataKey); err != nil {
 			return TokenInfo{}, err
 		}
 	}
@@ -329,7 +330,12 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 	now := time.Now()
 	ti.Created = time.Unix(now.Unix(), 0)
 	ti.mac = tokenMAC(keys, &ti)
-	err = s.w.QueryRowContext(ctx, `INSERT INTO tokens
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return TokenInfo{}, s.dbErr("begin", err)
+	}
+	defer tx.Rollback()
+	err = tx.QueryRowContext(ctx, `INSERT INTO tokens
 		(uuid, label, serial, tier, kek_generation, dk_generation, so_pin, user_pin, mac, created_at, retention_days, master_generation)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
 		uuid[:], ti.Label, ti.Serial, int(ti.Tier), kekGen, dataGen, ti.soPIN, ti.userPIN, ti.mac, now.Unix(), ti.RetentionDays, masterGen).Scan(&ti.ID)
@@ -338,6 +344,15 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 			return TokenInfo{}, ErrTokenExists
 		}
 		return TokenInfo{}, s.dbErr("insert token", err)
+	}
+	if err := s.putPINDups(ctx, tx, ti.ID, RoleSO, ti.soPIN, soDups); err != nil {
+		return TokenInfo{}, err
+	}
+	if err := s.putPINDups(ctx, tx, ti.ID, RoleUser, ti.userPIN, userDups); err != nil {
+		return TokenInfo{}, err
+	}
+	if err := tx.Commit(); err != nil {
+		return TokenInfo{}, s.dbErr("commit", err)
 	}
 	return ti, nil
 }
@@ -634,6 +649,12 @@ func (s *Store) state(ctx context.Context, rowID int64) (*tokenState, error) {
 // updateToken changes a token row in one transaction: it reads the row,
 // authenticates it, lets change edit it, and writes it back with a new MAC.
 func (s *Store) updateToken(ctx context.Context, token UUID, change func(ti *TokenInfo) error) error {
+	return s.updateTokenThen(ctx, token, change, nil)
+}
+
+// updateTokenThen is updateToken with then, when not nil, run in the same
+// transaction after the row is written.
+func (s *Store) updateTokenThen(ctx context.Context, token UUID, change func(ti *TokenInfo) error, then func(tx *sql.Tx, ti *TokenInfo) error) error {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return s.dbErr("begin", err)
@@ -654,6 +675,11 @@ func (s *Store) updateToken(ctx context.Context, token UUID, change func(ti *Tok
 		ti.RetentionDays, ti.PurgeProtection, ti.legacyPINKeys, ti.ID)
 	if err != nil {
 		return s.dbErr("update token", err)
+	}
+	if then != nil {
+		if err := then(tx, &ti); err != nil {
+			return err
+		}
 	}
 	return s.dbErr("commit", tx.Commit())
 }
@@ -744,13 +770,24 @@ func (s *Store) checkPIN(ctx context.Context, token UUID, role Role, pin []byte)
 		return ti, nil, nil, err
 	}
 	// On a node that did not write the record, its own binding's seal.
-	rec, bound, foreign, err := s.nodeRecord(ctx, &ti, role, rec)
+	nc, err := s.nodeRecord(ctx, &ti, role, rec)
 	if err != nil {
 		return ti, nil, nil, err
 	}
-	dk, err := unwrapDataKey(st.keys, token, role, ti.DataGeneration, pin, rec, s.pins, s.sealerFor())
-	if err != nil && foreign && !errors.Is(err, ErrPINIncorrect) && !errors.Is(err, ErrPINLenRange) && !errors.Is(err, ErrTPMLockout) {
-		err = fmt.Errorf("keystore: token %q's %s PIN record is bound to another node's TPM and this node holds no binding of it (written after this node joined: docs/cluster.md, \"PINs across nodes\"): %w", ti.Label, role, err)
+	rec, bound := nc.rec, nc.bound
+	ps := s.sealerFor()
+	if nc.dup != nil {
+		ps = nc.dup
+	}
+	dk, err := unwrapDataKey(st.keys, token, role, ti.DataGeneration, pin, rec, s.pins, ps)
+	switch {
+	case err == nil, errors.Is(err, ErrPINIncorrect), errors.Is(err, ErrPINLenRange), errors.Is(err, ErrTPMLockout):
+	case nc.dup != nil && nc.dup.refused != nil:
+		// No PIN was presented: the TPM refused the blob itself.
+		return ti, nil, nil, s.refusedDup(&ti, role, err)
+	case nc.foreign:
+		s.noteUnbound(&ti, role, nc.salt)
+		return ti, nil, nil, fmt.Errorf("%w: token %q's %s PIN record (docs/cluster.md, \"PINs across nodes\"): %w", ErrPINNotOnNode, ti.Label, role, err)
 	}
 	if errors.Is(err, ErrPINIncorrect) || errors.Is(err, ErrPINLenRange) {
 		if cerr := s.countFailure(ctx, token, role, true); cerr != nil {
@@ -761,8 +798,11 @@ func (s *Store) checkPIN(ctx context.Context, token UUID, role Role, pin []byte)
 	if err != nil {
 		return ti, nil, nil, err
 	}
+	if nc.dup != nil && nc.dup.resealed != nil {
+		s.keepPINDup(ctx, ti.ID, role, nc.salt, nc.dup.resealed)
+	}
 	// A record checked through this node's binding is not rewritten here:
-	// a new record would be bound to this node alone.
+	// the record's own seal is another node's.
 	if g, ok := recordGen(rec); !bound && ((ok && g != st.keys.generation) || pinRecordStale(rec, s.binding())) {
 		// The record is still under the PIN key of a KEK a master key
 		// rotation replaced, or not bound to the TPM (written before
@@ -883,12 +923,12 @@ func (s *Store) InitPIN(ctx context.Context, token UUID, newUserPIN []byte) erro
 }
 
 func (s *Store) writePIN(ctx context.Context, st *tokenState, ti TokenInfo, role Role, pin, dk []byte) error {
-	rec, err := s.wrapPIN(st.keys, ti.UUID, role, ti.DataGeneration, pin, dk)
+	rec, dups, err := s.wrapPIN(ctx, st.keys, ti.UUID, role, ti.DataGeneration, pin, dk)
 	if err != nil {
 		return err
 	}
 	pruned := false
-	err = s.updateToken(ctx, ti.UUID, func(cur *TokenInfo) error {
+	err = s.updateTokenThen(ctx, ti.UUID, func(cur *TokenInfo) error {
 		if cur.DataGeneration != ti.DataGeneration {
 			return ErrTampered
 		}
@@ -901,6 +941,8 @@ func (s *Store) writePIN(ctx context.Context, st *tokenState, ti TokenInfo, role
 		pruneLegacy(cur, st.keys.generation)
 		pruned = had && cur.legacyPINKeys == nil
 		return nil
+	}, func(tx *sql.Tx, cur *TokenInfo) error {
+		return s.putPINDups(ctx, tx, cur.ID, role, rec, dups)
 	})
 	if err == nil && pruned {
 		// The keys stop serving: keys without them take their place (a
@@ -945,7 +987,7 @@ func (s *Store) Reinit(ctx context.Context, token UUID, soPIN []byte, label stri
 	if _, err := rand.Read(fresh); err != nil {
 		return err
 	}
-	rec, err := s.wrapPIN(st.keys, token, RoleSO, ti.DataGeneration+1, soPIN, fresh)
+	rec, dups, err := s.wrapPIN(ctx, st.keys, token, RoleSO, ti.DataGeneration+1, soPIN, fresh)
 	if err != nil {
 		return err
 	}
@@ -980,6 +1022,9 @@ func (s *Store) Reinit(ctx context.Context, token UUID, soPIN []byte, label stri
 			return ErrTokenExists
 		}
 		return s.dbErr("reinit token", err)
+	}
+	if err := s.putPINDups(ctx, tx, cur.ID, RoleSO, rec, dups); err != nil {
+		return err
 	}
 	if err := tx.Commit(); err != nil {
 		return s.dbErr("commit", err)

@@ -1,0 +1,247 @@
+package daemon
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"testing"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"hsmemu/internal/pgtest"
+	"hsmemu/keystore"
+	"hsmemu/tpmroot"
+	"hsmemu/tpmroot/escrow"
+	"hsmemu/tpmroot/tpmtest"
+)
+
+// TestNodePINDuplicates: PIN records written on node A after node B
+// joined (a user PIN change, the SO setting the user PIN) log in on B
+// through the duplication blobs A made for B's import key, and the old
+// PIN does not; a wrong PIN tried on B through a blob is counted by B's
+// TPM and in the token's shared count, which A sees. B's blob altered in
+// the database, or removed, fails B's check closed (ErrTampered,
+// ErrPINNotOnNode; CKR_DEVICE_ERROR through the daemon), recorded in the
+// audit log, with no failure counted, while the token's other role on B
+// and the PIN on A keep working.
+func TestNodePINDuplicates(t *testing.T) {
+	t.Parallel()
+	tpmtest.Require(t)
+	srv := pgtest.StartT(t)
+	ctx := context.Background()
+	dsn, err := srv.NewDatabase(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	custodians, privs := tpmtest.Custodians(t)
+	cheap := keystore.Options{Argon2: keystore.Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1}}
+	cfgA := StateConfig{Dir: t.TempDir(), DB: dsn, TPM: "managed", Store: cheap}
+	cfgB := StateConfig{Dir: t.TempDir(), DB: dsn, TPM: "managed", Store: cheap}
+
+	a := cfgA
+	a.Escrow = tpmroot.ProvisionOptions{Custodians: custodians, Threshold: 2}
+	stA, err := OpenState(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var shares []*escrow.Share
+	for _, i := range []int{0, 1} {
+		sh, err := escrow.DecryptShare(stA.Shares[i].File, privs[stA.Shares[i].Custodian])
+		if err != nil {
+			t.Fatal(err)
+		}
+		shares = append(shares, sh)
+	}
+	so, user := []byte("so-pin-dup"), []byte("user-pin-dup")
+	ti, err := stA.Store.CreateToken(ctx, keystore.TokenSpec{Label: "dup", Tier: keystore.TierStandard, SOPIN: so, UserPIN: user})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stA.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := JoinState(ctx, cfgB, shares); err != nil || res.Node != 2 {
+		t.Fatalf("join: %+v %v", res, err)
+	}
+	stA, err = OpenState(ctx, cfgA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stA.Close()
+	stB, err := OpenState(ctx, cfgB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stB.Close()
+	A, B := stA.Store, stB.Store
+
+	// What pin_bindings holds for B's binding of the user PIN.
+	bSeal := func() []byte {
+		t.Helper()
+		var seal []byte
+		if err := db.QueryRowContext(ctx, "SELECT seal FROM pin_bindings WHERE token_id = $1 AND role = 1 AND node_id = 2", ti.ID).Scan(&seal); err != nil {
+			t.Fatalf("B's binding of the user PIN: %v", err)
+		}
+		return seal
+	}
+	failures := func(s *keystore.Store) int {
+		t.Helper()
+		info, err := s.TokenByID(ctx, ti.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return int(info.UserFailures)
+	}
+	daB := func() uint32 {
+		t.Helper()
+		info, err := stB.TPM.DAInfo()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Counter
+	}
+	audited := func(s *keystore.Store, event string, match func(map[string]string) bool) bool {
+		t.Helper()
+		if err := s.AuditTamper(ctx); err != nil {
+			t.Fatal(err)
+		}
+		recs, err := s.AuditTail(ctx, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			if r.Event == event && match(r.Detail) {
+				return true
+			}
+		}
+		return false
+	}
+
+	// A changes the user PIN after B joined: B logs in with the new PIN
+	// through A's blob, the old one is wrong there, counted by B's TPM and
+	// in the token's count, which A reads.
+	pin2 := []byte("user-pin-dup-2")
+	if err := A.SetPIN(ctx, ti.UUID, keystore.RoleUser, user, pin2); err != nil {
+		t.Fatal(err)
+	}
+	if s := bSeal(); string(s[:4]) != "HSPB" {
+		t.Fatalf("B's binding after A's change is %q..., not a duplication blob", s[:4])
+	}
+	da := daB()
+	if err := B.Login(ctx, ti.UUID, keystore.RoleUser, user); !errors.Is(err, keystore.ErrPINIncorrect) {
+		t.Fatalf("the old PIN on B: %v, want ErrPINIncorrect", err)
+	}
+	if got := daB(); got != da+1 {
+		t.Fatalf("B's TPM counted %d, want %d", got, da+1)
+	}
+	if n := failures(A); n != 1 {
+		t.Fatalf("A reads %d user failures after one on B", n)
+	}
+	if err := A.Login(ctx, ti.UUID, keystore.RoleUser, []byte("wrong on A")); !errors.Is(err, keystore.ErrPINIncorrect) {
+		t.Fatalf("a wrong PIN on A: %v", err)
+	}
+	if n := failures(B); n != 2 {
+		t.Fatalf("B reads %d user failures after one on each node, want 2", n)
+	}
+	if err := B.Login(ctx, ti.UUID, keystore.RoleUser, pin2); err != nil {
+		t.Fatalf("the new PIN on B: %v", err)
+	}
+	if n := failures(A); n != 0 {
+		t.Fatalf("a login on B left %d failures", n)
+	}
+	// B kept its own seal of the record in place of the blob.
+	if s := bSeal(); string(s[:4]) != "HSPN" {
+		t.Fatalf("B's binding after its first login is %q..., not its own seal", s[:4])
+	}
+	B.Logout(ti.UUID)
+	if err := B.Login(ctx, ti.UUID, keystore.RoleUser, pin2); err != nil {
+		t.Fatalf("the new PIN on B through its own seal: %v", err)
+	}
+	if err := A.Login(ctx, ti.UUID, keystore.RoleUser, user); !errors.Is(err, keystore.ErrPINIncorrect) {
+		t.Fatalf("the old PIN on A: %v", err)
+	}
+
+	// The SO sets the user PIN on A: it logs in on B.
+	pin3 := []byte("user-pin-dup-3")
+	if err := A.Login(ctx, ti.UUID, keystore.RoleSO, so); err != nil {
+		t.Fatal(err)
+	}
+	if err := A.InitPIN(ctx, ti.UUID, pin3); err != nil {
+		t.Fatal(err)
+	}
+	A.Logout(ti.UUID)
+	if err := B.Login(ctx, ti.UUID, keystore.RoleUser, pin3); err != nil {
+		t.Fatalf("the PIN the SO set on A, on B: %v", err)
+	}
+	if err := B.Login(ctx, ti.UUID, keystore.RoleUser, pin2); !errors.Is(err, keystore.ErrPINIncorrect) {
+		t.Fatalf("the PIN the SO replaced, on B: %v", err)
+	}
+	if err := B.Login(ctx, ti.UUID, keystore.RoleUser, pin3); err != nil {
+		t.Fatal(err)
+	}
+
+	// B's blob altered (one bit of its body): B refuses it before any PIN
+	// is tried, and records it; A and B's SO are unaffected.
+	pin4 := []byte("user-pin-dup-4")
+	if err := A.SetPIN(ctx, ti.UUID, keystore.RoleUser, pin3, pin4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, "UPDATE pin_bindings SET seal = set_byte(seal, 100, get_byte(seal, 100) # 1) WHERE token_id = $1 AND role = 1 AND node_id = 2", ti.ID); err != nil {
+		t.Fatal(err)
+	}
+	da = daB()
+	err = B.Login(ctx, ti.UUID, keystore.RoleUser, pin4)
+	if !errors.Is(err, keystore.ErrTampered) || errors.Is(err, keystore.ErrPINIncorrect) || keystore.TamperWhat(err) == "" {
+		t.Fatalf("an altered blob on B: %v, want ErrTampered", err)
+	}
+	if err := B.Login(ctx, ti.UUID, keystore.RoleUser, []byte("wrong and altered")); !errors.Is(err, keystore.ErrTampered) {
+		t.Fatalf("a wrong PIN against an altered blob: %v, want ErrTampered", err)
+	}
+	if n := failures(A); n != 0 || daB() != da {
+		t.Fatalf("an altered blob counted: %d failures, B's TPM %d (was %d)", n, daB(), da)
+	}
+	if !audited(B, "tamper.detected", func(d map[string]string) bool { return d["kind"] == "pin binding" && d["uuid"] == ti.UUID.String() }) {
+		t.Fatal("no tamper.detected record of B's altered blob")
+	}
+	if err := B.Login(ctx, ti.UUID, keystore.RoleSO, so); err != nil {
+		t.Fatalf("the SO on B beside an altered user blob: %v", err)
+	}
+	B.Logout(ti.UUID)
+	if err := A.Login(ctx, ti.UUID, keystore.RoleUser, pin4); err != nil {
+		t.Fatalf("the user's PIN on A beside B's altered blob: %v", err)
+	}
+	if info, err := B.TokenByID(ctx, ti.ID); err != nil || info.Tampered != nil {
+		t.Fatalf("the token on B: %+v %v", info, err)
+	}
+
+	// B's blob removed: B says it holds no binding, records it, counts
+	// nothing.
+	pin5 := []byte("user-pin-dup-5")
+	if err := A.SetPIN(ctx, ti.UUID, keystore.RoleUser, pin4, pin5); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, "DELETE FROM pin_bindings WHERE token_id = $1 AND role = 1 AND node_id = 2", ti.ID); err != nil {
+		t.Fatal(err)
+	}
+	da = daB()
+	err = B.Login(ctx, ti.UUID, keystore.RoleUser, pin5)
+	if !errors.Is(err, keystore.ErrPINNotOnNode) || errors.Is(err, keystore.ErrPINIncorrect) {
+		t.Fatalf("a missing blob on B: %v, want ErrPINNotOnNode", err)
+	}
+	if n := failures(A); n != 0 || daB() != da {
+		t.Fatalf("a missing blob counted: %d failures, B's TPM %d (was %d)", n, daB(), da)
+	}
+	if !audited(B, "pin.unbound", func(d map[string]string) bool {
+		return d["token"] == ti.UUID.String() && d["role"] == keystore.RoleUser.String() && d["node"] == "2"
+	}) {
+		t.Fatal("no pin.unbound record of B's missing binding")
+	}
+	if err := A.Login(ctx, ti.UUID, keystore.RoleUser, pin5); err != nil {
+		t.Fatalf("the user's PIN on A: %v", err)
+	}
+}
