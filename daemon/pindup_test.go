@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"testing"
 
 	_ "github.com/jackc/pgx/v5/stdlib"
@@ -243,5 +244,83 @@ func TestNodePINDuplicates(t *testing.T) {
 	}
 	if err := A.Login(ctx, ti.UUID, keystore.RoleUser, pin5); err != nil {
 		t.Fatalf("the user's PIN on A: %v", err)
+	}
+}
+
+// TestNodePINJoinWhileWriting: node A changes the user PIN over and over
+// while node B joins; every change is committed either before B's row
+// (B binds it from its recovery copy) or after (A makes B's blob), so the
+// last PIN logs in on B whatever the interleaving.
+func TestNodePINJoinWhileWriting(t *testing.T) {
+	t.Parallel()
+	tpmtest.Require(t)
+	srv := pgtest.StartT(t)
+	ctx := context.Background()
+	dsn, err := srv.NewDatabase(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	custodians, privs := tpmtest.Custodians(t)
+	cheap := keystore.Options{Argon2: keystore.Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1}}
+	cfgA := StateConfig{Dir: t.TempDir(), DB: dsn, TPM: "managed", Store: cheap}
+	cfgB := StateConfig{Dir: t.TempDir(), DB: dsn, TPM: "managed", Store: cheap}
+	a := cfgA
+	a.Escrow = tpmroot.ProvisionOptions{Custodians: custodians, Threshold: 2}
+	stA, err := OpenState(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stA.Close()
+	var shares []*escrow.Share
+	for _, i := range []int{1, 2} {
+		sh, err := escrow.DecryptShare(stA.Shares[i].File, privs[stA.Shares[i].Custodian])
+		if err != nil {
+			t.Fatal(err)
+		}
+		shares = append(shares, sh)
+	}
+	pin := []byte("user-pin-0")
+	ti, err := stA.Store.CreateToken(ctx, keystore.TokenSpec{Label: "race", Tier: keystore.TierStandard, SOPIN: []byte("so-pin-race"), UserPIN: pin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	changes := 0
+	go func() {
+		for i := 1; ; i++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			next := []byte(fmt.Sprintf("user-pin-%d", i))
+			if err := stA.Store.SetPIN(ctx, ti.UUID, keystore.RoleUser, pin, next); err != nil {
+				done <- fmt.Errorf("change %d: %w", i, err)
+				return
+			}
+			pin, changes = next, i
+		}
+	}()
+	res, err := JoinState(ctx, cfgB, shares)
+	close(stop)
+	if werr := <-done; werr != nil {
+		t.Fatal(werr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changes == 0 {
+		t.Fatal("no PIN change ran while B joined")
+	}
+	t.Logf("%d PIN changes on A while B joined (%d records bound at the join)", changes, res.BoundPINs)
+	stB, err := OpenState(ctx, cfgB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stB.Close()
+	if err := stB.Store.Login(ctx, ti.UUID, keystore.RoleUser, pin); err != nil {
+		t.Fatalf("the last of %d PINs set on A during the join, on B: %v", changes, err)
 	}
 }

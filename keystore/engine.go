@@ -38,6 +38,12 @@ type engine interface {
 	// append lock, held until the transaction ends: the head read next
 	// is the newest, whichever writer moved it.
 	lockAudit(ctx context.Context, tx *sql.Tx) error
+	// lockNodes, in a transaction of the writer, takes the nodes' lock
+	// until the transaction ends: shared by the writes of PIN records,
+	// which make the other nodes' bindings from the nodes they read,
+	// exclusive by the addition of a node, which then binds the records
+	// it reads (pindup.go). Nothing where one writer is the only one.
+	lockNodes(ctx context.Context, tx *sql.Tx, exclusive bool) error
 	// job holds the singleton job name for this Store: ok is false when
 	// another Store holds it (wait false), and release gives it up. A
 	// Store that dies gives it up with its connection (jobs.go).

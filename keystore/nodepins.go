@@ -145,8 +145,11 @@ func (s *Store) BindNodePINs(ctx context.Context, keys []*ecdh.PrivateKey) (boun
 				left = append(left, *why)
 				continue
 			}
+			// A binding this node already holds is of a record written
+			// since this one was read (another node's duplication blob,
+			// pindup.go): newer, and kept.
 			_, err = s.w.ExecContext(ctx, `INSERT INTO pin_bindings (token_id, role, node_id, salt, seal) VALUES (?, ?, ?, ?, ?)
-				ON CONFLICT (token_id, role, node_id) DO UPDATE SET salt = excluded.salt, seal = excluded.seal`,
+				ON CONFLICT (token_id, role, node_id) DO NOTHING`,
 				ti.ID, int64(f.role), node, r.salt, seal)
 			if err != nil {
 				return bound, left, used, s.dbErr("write PIN binding", err)

@@ -329,6 +329,12 @@ func (s *Store) AddNode(ctx context.Context, spec NodeSpec) (int64, error) {
 		return 0, s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
+	// Exclusive: a PIN record written at the same time either saw this
+	// node (and made its binding) or commits before the node exists,
+	// and so before it binds the records it reads (pindup.go).
+	if err := s.eng.lockNodes(ctx, tx, true); err != nil {
+		return 0, s.dbErr("lock nodes", err)
+	}
 	id, err := s.writeNode(ctx, tx, n)
 	if err != nil {
 		return 0, err

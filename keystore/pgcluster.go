@@ -317,6 +317,17 @@ func (*postgresEngine) lockAudit(ctx context.Context, tx *sql.Tx) error {
 	return err
 }
 
+// lockNodes takes the nodes' advisory lock for the transaction, shared
+// or exclusive.
+func (*postgresEngine) lockNodes(ctx context.Context, tx *sql.Tx, exclusive bool) error {
+	q := "SELECT pg_advisory_xact_lock_shared(hashtextextended('hsmemu/nodes', 0))"
+	if exclusive {
+		q = "SELECT pg_advisory_xact_lock(hashtextextended('hsmemu/nodes', 0))"
+	}
+	_, err := tx.ExecContext(ctx, q)
+	return err
+}
+
 // job holds an advisory lock on a connection of its own: a job's lock
 // is released when the job ends, or when its Store's process or
 // connection dies, for another Store to take the job up (its progress

@@ -185,32 +185,22 @@ func (s *Store) PINBinding() PINBinding {
 }
 
 // wrapPIN makes role's PIN record holding dataKey, bound to the TPM when
-// the keystore's root can, and the other nodes' bindings of it
-// (pindup.go), which the caller stores with putPINDups in the transaction
-// that writes the record.
-func (s *Store) wrapPIN(ctx context.Context, keys *tokenKeys, token UUID, role Role, dgen uint32, pin, dataKey []byte) ([]byte, []pinDupRow, error) {
+// the keystore's root can, and what the other nodes' bindings of it are
+// made from (pindup.go): the caller gives the job to putPINDups in the
+// transaction that writes the record, and wipes it after.
+func (s *Store) wrapPIN(keys *tokenKeys, token UUID, role Role, dgen uint32, pin, dataKey []byte) ([]byte, *pinDupJob, error) {
 	b := s.binding()
 	if b.sealer == nil {
 		rec, err := wrapDataKey(keys, token, role, dgen, pin, dataKey, s.opts.Argon2)
 		return rec, nil, err
 	}
-	dupper, err := s.pinDupper(ctx, b.sealer, token, role)
-	if err != nil {
-		return nil, nil, err
-	}
-	var dups []pinDupRow
-	var others func(salt, auth, secret []byte) error
-	if dupper != nil {
-		others = func(salt, auth, secret []byte) (err error) {
-			dups, err = dupper(salt, auth, secret)
-			return err
-		}
-	}
+	others, job := s.pinDupper(b.sealer, token, role)
 	rec, err := wrapBound(b, keys, token, role, dgen, pin, dataKey, s.opts.Argon2, others)
 	if err != nil {
+		job.wipe()
 		return nil, nil, err
 	}
-	return rec, dups, nil
+	return rec, job, nil
 }
 
 // pinAuth is the TPM object's authorisation value of a stretched PIN.

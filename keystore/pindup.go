@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"bytes"
 	"context"
 	"crypto/hkdf"
 	"crypto/hmac"
@@ -65,10 +66,22 @@ const (
 	pinDupHead    = len(pinDupMagic) + 1 + sha256.Size
 )
 
-// pinDupRow is another node's binding of a record being written.
-type pinDupRow struct {
-	node int64
-	seal []byte // the envelope
+// pinDupJob is what the other nodes' bindings of a record being written
+// are made from, in the transaction that writes it: copies of the
+// record's salt, secret and authorisation, wiped by the caller once the
+// transaction is over.
+type pinDupJob struct {
+	dup                PINDuplicator
+	token              UUID
+	role               Role
+	salt, auth, secret []byte
+}
+
+func (j *pinDupJob) wipe() {
+	if j != nil {
+		wipe(j.auth)
+		wipe(j.secret)
+	}
 }
 
 // isPINDupEnvelope says whether a binding's seal is a duplication blob.
@@ -96,74 +109,70 @@ func pinDupMAC(key []byte, token UUID, role Role, node int64, salt, blob []byte)
 	return m.Sum(nil)
 }
 
-// pinDupper returns how to make the other nodes' bindings of a record
-// about to be written: nil when there is nobody to make them for (no
-// node attached, a root that cannot duplicate, no other node with an
-// import key). It reads the nodes table, before any transaction.
-func (s *Store) pinDupper(ctx context.Context, ps PINSealer, token UUID, role Role) (func(salt, auth, secret []byte) ([]pinDupRow, error), error) {
-	local := s.LocalNode()
+// pinDupper returns, for a record about to be written, the function
+// wrapBound gives its salt, authorisation and secret to, and the job it
+// fills: nil when no other node can be given a binding (no node
+// attached, a root that cannot duplicate).
+func (s *Store) pinDupper(ps PINSealer, token UUID, role Role) (func(salt, auth, secret []byte) error, *pinDupJob) {
 	dup, ok := ps.(PINDuplicator)
-	if local == 0 || !ok {
+	if s.LocalNode() == 0 || !ok {
 		return nil, nil
+	}
+	job := &pinDupJob{dup: dup, token: token, role: role}
+	return func(salt, auth, secret []byte) error {
+		job.salt, job.auth, job.secret = bytes.Clone(salt), bytes.Clone(auth), bytes.Clone(secret)
+		return nil
+	}, job
+}
+
+// putPINDups makes and stores the other nodes' bindings of role's record,
+// in tx, the transaction that writes it. The nodes are read under the
+// nodes' shared lock, which a node being added takes exclusively before
+// it binds the records it reads: so every node gets the record, either
+// from this write (added before the read) or from its own binding
+// (added after this transaction). A tampered node row, or one without an
+// import key, gets nothing, and says so at its PIN check (pin.unbound).
+func (s *Store) putPINDups(ctx context.Context, tx *sql.Tx, tokenID int64, job *pinDupJob) error {
+	if job == nil || job.secret == nil {
+		return nil
+	}
+	if err := s.eng.lockNodes(ctx, tx, false); err != nil {
+		return s.dbErr("lock nodes", err)
 	}
 	nodes, err := s.Nodes(ctx)
 	if err != nil {
-		return nil, err
-	}
-	var to []Node
-	for _, n := range nodes {
-		// A tampered row's import key is not to be believed: that node
-		// gets no binding, and says so when its PIN check fails.
-		if n.ID != local && n.Tampered == nil && len(n.ImportKey) != 0 {
-			to = append(to, n)
-		}
-	}
-	if len(to) == 0 {
-		return nil, nil
-	}
-	key, err := s.pinDupKey(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return func(salt, auth, secret []byte) ([]pinDupRow, error) {
-		rows := make([]pinDupRow, 0, len(to))
-		for _, n := range to {
-			blob, err := dup.DuplicatePINSecret(n.ImportKey, auth, secret)
-			if err != nil {
-				// An import key that is no key (its row is MACed, so
-				// only a node's own fault): that node goes without, and
-				// says so at its check (pin.unbound), rather than every
-				// PIN write of the domain failing for it.
-				continue
-			}
-			env := append([]byte(pinDupMagic), pinDupVersion)
-			env = append(env, pinDupMAC(key, token, role, n.ID, salt, blob)...)
-			env = append(env, blob...)
-			if len(env) > maxPINSealLen {
-				return nil, fmt.Errorf("keystore: a %d-byte PIN duplication blob", len(env))
-			}
-			rows = append(rows, pinDupRow{node: n.ID, seal: env})
-		}
-		return rows, nil
-	}, nil
-}
-
-// putPINDups stores the other nodes' bindings of role's record rec, in
-// the transaction that writes it. A node that left meanwhile gets none
-// (the SELECT finds no row): its leaving does not fail the write.
-func (s *Store) putPINDups(ctx context.Context, tx *sql.Tx, tokenID int64, role Role, rec []byte, rows []pinDupRow) error {
-	if len(rows) == 0 {
-		return nil
-	}
-	r, err := parsePINRecord(rec)
-	if err != nil {
 		return err
 	}
-	for _, d := range rows {
-		_, err := tx.ExecContext(ctx, `INSERT INTO pin_bindings (token_id, role, node_id, salt, seal)
+	local := s.LocalNode()
+	var key []byte
+	for _, n := range nodes {
+		if n.ID == local || n.Tampered != nil || len(n.ImportKey) == 0 {
+			continue
+		}
+		if key == nil {
+			if key, err = s.pinDupKey(ctx); err != nil {
+				return err
+			}
+		}
+		blob, err := job.dup.DuplicatePINSecret(n.ImportKey, job.auth, job.secret)
+		if err != nil {
+			// An import key that is no key (its row is MACed, so only a
+			// node's own fault): that node goes without, rather than
+			// every PIN write of the domain failing for it.
+			continue
+		}
+		env := append([]byte(pinDupMagic), pinDupVersion)
+		env = append(env, pinDupMAC(key, job.token, job.role, n.ID, job.salt, blob)...)
+		env = append(env, blob...)
+		if len(env) > maxPINSealLen {
+			return fmt.Errorf("keystore: a %d-byte PIN duplication blob", len(env))
+		}
+		// A node that left since the read gets none (the SELECT finds
+		// no row): its leaving does not fail the write.
+		_, err = tx.ExecContext(ctx, `INSERT INTO pin_bindings (token_id, role, node_id, salt, seal)
 			SELECT ?, ?, id, ?, ? FROM nodes WHERE id = ?
 			ON CONFLICT (token_id, role, node_id) DO UPDATE SET salt = excluded.salt, seal = excluded.seal`,
-			tokenID, int64(role), r.salt, d.seal, d.node)
+			tokenID, int64(job.role), job.salt, env, n.ID)
 		if err != nil {
 			return s.dbErr("write PIN binding", err)
 		}

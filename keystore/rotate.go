@@ -76,14 +76,16 @@ func (s *Store) RotateDataKey(ctx context.Context, token UUID, soPIN, userPIN []
 	gen := ti.DataGeneration + 1
 	// The PIN records first: Argon2id is slow, and needs no lock on the
 	// database.
-	soRec, soDups, err := s.wrapPIN(ctx, st.keys, token, RoleSO, gen, soPIN, fresh)
+	soRec, soDups, err := s.wrapPIN(st.keys, token, RoleSO, gen, soPIN, fresh)
 	if err != nil {
 		return 0, err
 	}
+	defer soDups.wipe()
 	var userRec []byte
-	var userDups []pinDupRow
+	var userDups *pinDupJob
+	defer func() { userDups.wipe() }()
 	if ti.UserPINSet {
-		if userRec, userDups, err = s.wrapPIN(ctx, st.keys, token, RoleUser, gen, userPIN, fresh); err != nil {
+		if userRec, userDups, err = s.wrapPIN(st.keys, token, RoleUser, gen, userPIN, fresh); err != nil {
 			return 0, err
 		}
 	}
@@ -119,10 +121,10 @@ func (s *Store) RotateDataKey(ctx context.Context, token UUID, soPIN, userPIN []
 		cur.DataGeneration, cur.soPIN, cur.userPIN, cur.legacyPINKeys, cur.mac, cur.ID); err != nil {
 		return 0, s.dbErr("update token", err)
 	}
-	if err := s.putPINDups(ctx, tx, cur.ID, RoleSO, soRec, soDups); err != nil {
+	if err := s.putPINDups(ctx, tx, cur.ID, soDups); err != nil {
 		return 0, err
 	}
-	if err := s.putPINDups(ctx, tx, cur.ID, RoleUser, userRec, userDups); err != nil {
+	if err := s.putPINDups(ctx, tx, cur.ID, userDups); err != nil {
 		return 0, err
 	}
 	s.mu.Lock()

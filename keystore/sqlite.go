@@ -77,6 +77,9 @@ func (sqliteEngine) forUpdate() string { return "" }
 // lockAudit: the one writer connection orders the appends itself.
 func (sqliteEngine) lockAudit(context.Context, *sql.Tx) error { return nil }
 
+// lockNodes: the one writer connection orders the writes itself.
+func (sqliteEngine) lockNodes(context.Context, *sql.Tx, bool) error { return nil }
+
 // job: one daemon per SQLite file, so every job is this Store's; the
 // Store's own callers order theirs (Anchor's op lock, the purger's one
 // goroutine).

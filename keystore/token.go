@@ -315,12 +315,13 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 		return TokenInfo{}, err
 	}
 	ti := TokenInfo{UUID: uuid, Label: spec.Label, Tier: spec.Tier, KEKGeneration: kekGen, DataGeneration: dataGen, RetentionDays: DefaultRetentionDays, MasterGeneration: masterGen}
-	var soDups, userDups []pinDupRow
-	if ti.soPIN, soDups, err = s.wrapPIN(ctx, keys, uuid, RoleSO, dataGen, spec.SOPIN, dataKey); err != nil {
+	var soDups, userDups *pinDupJob
+	defer func() { soDups.wipe(); userDups.wipe() }()
+	if ti.soPIN, soDups, err = s.wrapPIN(keys, uuid, RoleSO, dataGen, spec.SOPIN, dataKey); err != nil {
 		return TokenInfo{}, err
 	}
 	if spec.UserPIN != nil {
-		if ti.userPIN, userDups, err = s.wrapPIN(ctx, keys, uuid, RoleUser, dataGen, spec.UserPIN, dataKey); err != nil {
+		if ti.userPIN, userDups, err = s.wrapPIN(keys, uuid, RoleUser, dataGen, spec.UserPIN, dataKey); err != nil {
 			return TokenInfo{}, err
 		}
 	}
@@ -345,10 +346,10 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 		}
 		return TokenInfo{}, s.dbErr("insert token", err)
 	}
-	if err := s.putPINDups(ctx, tx, ti.ID, RoleSO, ti.soPIN, soDups); err != nil {
+	if err := s.putPINDups(ctx, tx, ti.ID, soDups); err != nil {
 		return TokenInfo{}, err
 	}
-	if err := s.putPINDups(ctx, tx, ti.ID, RoleUser, ti.userPIN, userDups); err != nil {
+	if err := s.putPINDups(ctx, tx, ti.ID, userDups); err != nil {
 		return TokenInfo{}, err
 	}
 	if err := tx.Commit(); err != nil {
@@ -923,10 +924,11 @@ func (s *Store) InitPIN(ctx context.Context, token UUID, newUserPIN []byte) erro
 }
 
 func (s *Store) writePIN(ctx context.Context, st *tokenState, ti TokenInfo, role Role, pin, dk []byte) error {
-	rec, dups, err := s.wrapPIN(ctx, st.keys, ti.UUID, role, ti.DataGeneration, pin, dk)
+	rec, dups, err := s.wrapPIN(st.keys, ti.UUID, role, ti.DataGeneration, pin, dk)
 	if err != nil {
 		return err
 	}
+	defer dups.wipe()
 	pruned := false
 	err = s.updateTokenThen(ctx, ti.UUID, func(cur *TokenInfo) error {
 		if cur.DataGeneration != ti.DataGeneration {
@@ -942,7 +944,7 @@ func (s *Store) writePIN(ctx context.Context, st *tokenState, ti TokenInfo, role
 		pruned = had && cur.legacyPINKeys == nil
 		return nil
 	}, func(tx *sql.Tx, cur *TokenInfo) error {
-		return s.putPINDups(ctx, tx, cur.ID, role, rec, dups)
+		return s.putPINDups(ctx, tx, cur.ID, dups)
 	})
 	if err == nil && pruned {
 		// The keys stop serving: keys without them take their place (a
@@ -987,10 +989,11 @@ func (s *Store) Reinit(ctx context.Context, token UUID, soPIN []byte, label stri
 	if _, err := rand.Read(fresh); err != nil {
 		return err
 	}
-	rec, dups, err := s.wrapPIN(ctx, st.keys, token, RoleSO, ti.DataGeneration+1, soPIN, fresh)
+	rec, dups, err := s.wrapPIN(st.keys, token, RoleSO, ti.DataGeneration+1, soPIN, fresh)
 	if err != nil {
 		return err
 	}
+	defer dups.wipe()
 	s.Logout(token)
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
@@ -1023,7 +1026,7 @@ func (s *Store) Reinit(ctx context.Context, token UUID, soPIN []byte, label stri
 		}
 		return s.dbErr("reinit token", err)
 	}
-	if err := s.putPINDups(ctx, tx, cur.ID, RoleSO, rec, dups); err != nil {
+	if err := s.putPINDups(ctx, tx, cur.ID, dups); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
