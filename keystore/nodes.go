@@ -481,6 +481,10 @@ func (s *Store) RemoveNode(ctx context.Context, actor AuditActor, id int64) erro
 		return s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
+	// Exclusive: no PIN record is being written with a binding for it.
+	if err := s.eng.lockNodes(ctx, tx, true); err != nil {
+		return s.dbErr("lock nodes", err)
+	}
 	// The bindings first: a database without foreign keys on still drops
 	// them with the node.
 	if _, err := tx.ExecContext(ctx, "DELETE FROM pin_bindings WHERE node_id = ?", id); err != nil {
@@ -504,6 +508,9 @@ func (s *Store) ForgetNode(ctx context.Context, id int64) error {
 		return s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
+	if err := s.eng.lockNodes(ctx, tx, true); err != nil {
+		return s.dbErr("lock nodes", err)
+	}
 	for _, q := range []string{"DELETE FROM pin_bindings WHERE node_id = ?", "DELETE FROM nodes WHERE id = ?"} {
 		if _, err := tx.ExecContext(ctx, q, id); err != nil {
 			return s.dbErr("forget node", err)

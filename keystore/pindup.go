@@ -167,8 +167,9 @@ func (s *Store) putPINDups(ctx context.Context, tx *sql.Tx, tokenID int64, job *
 		if len(env) > maxPINSealLen {
 			return fmt.Errorf("keystore: a %d-byte PIN duplication blob", len(env))
 		}
-		// A node that left since the read gets none (the SELECT finds
-		// no row): its leaving does not fail the write.
+		// Under the lock no node leaves (RemoveNode, ForgetNode take it
+		// exclusively); the SELECT is one more guard against a write
+		// failing for a node that is gone.
 		_, err = tx.ExecContext(ctx, `INSERT INTO pin_bindings (token_id, role, node_id, salt, seal)
 			SELECT ?, ?, id, ?, ? FROM nodes WHERE id = ?
 			ON CONFLICT (token_id, role, node_id) DO UPDATE SET salt = excluded.salt, seal = excluded.seal`,
