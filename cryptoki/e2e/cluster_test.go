@@ -39,9 +39,9 @@ type cluster struct {
 // startCluster starts a PostgreSQL server and the two nodes on a database
 // of it, with the token "pay" (its SO and user PINs, and the EC key
 // "sig") made through node 1 before node 2 joins: the join binds the PIN
-// records there are in node 2's TPM, and a PIN record written after it
-// logs in only on the node that wrote it (docs/cluster.md, "What does not
-// exist yet").
+// records there are in node 2's TPM; a PIN record written after it
+// reaches node 2 as a duplication blob to its import key (docs/cluster.md,
+// "PINs across nodes").
 func startCluster(t *testing.T) *cluster {
 	t.Helper()
 	a := need(t)
@@ -292,6 +292,23 @@ func TestClusterPkcs11Tool(t *testing.T) {
 			t.Errorf("cn:app2 lists tokens through node %d:\n%s", n, out)
 		}
 	}
+
+	// A PIN changed through node 1 after node 2 joined logs in through
+	// node 2 (node 1 wrote a duplication blob to node 2's import key);
+	// the old PIN no longer does, there or through node 1.
+	const newPIN = "user-pin-5678"
+	run(c.env(pki.App, 1), "--login", "--pin", remotePIN, "--change-pin", "--new-pin", newPIN)
+	run(c.env(pki.App, 2), "--login", "--pin", newPIN, "--sign", "--mechanism", "ECDSA", "--label", "sig",
+		"--input-file", "/dev/null", "--output-file", "/dev/null")
+	for _, n := range []int{2, 1} {
+		if out, code := toolRun(t, c.env(pki.App, n), tool, "--module", a.module, "--token-label", "pay", "--login", "--pin", remotePIN,
+			"--list-objects"); code == 0 || !strings.Contains(out, "CKR_PIN_INCORRECT") {
+			t.Errorf("the old PIN through node %d after the change: exit %d\n%s", n, code, out)
+		}
+	}
+	run(c.env(pki.App, 2), "--login", "--pin", newPIN, "--change-pin", "--new-pin", remotePIN)
+	run(c.env(pki.App, 1), "--login", "--pin", remotePIN, "--sign", "--mechanism", "ECDSA", "--label", "sig",
+		"--input-file", "/dev/null", "--output-file", "/dev/null")
 }
 
 // TestClusterCProgram runs the C end-to-end program (setup, fork, threads,
