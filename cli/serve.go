@@ -56,6 +56,7 @@ Example:
 			&cli.DurationFlag{Name: "pin-cache-ttl", Usage: "how long a PIN that opened its token is remembered after its last use, sparing later logins the Argon2id stretch (0 never)", Value: 15 * time.Minute},
 			&cli.StringFlag{Name: "pprof", Usage: "serve Go's profiler (net/http/pprof) on a Unix socket at this path, created 0600 (curl --unix-socket PATH http://x/debug/pprof/)"},
 			&cli.DurationFlag{Name: "anchor-interval", Usage: "how often the keystore is anchored in the TPM's NV counter, when it changed: writes newer than the last anchor can be rolled back (default 10s; 15m with a TPM device, whose NV memory wears)"},
+			&cli.DurationFlag{Name: "purge-interval", Usage: "how often deleted objects whose retention has ended are purged (and once at start); with several daemons on one database, one purges at a time (docs/cluster.md)", Value: time.Hour},
 			&cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics at /metrics on a TCP host:port (e.g. 127.0.0.1:9464) or a Unix socket path, created 0600 (docs/metrics.md)"},
 			&cli.StringFlag{Name: "listen", Usage: "also serve remote modules over TCP with mutual TLS 1.3 at tls://HOST:PORT (docs/remote.md)"},
 			&cli.StringFlag{Name: "tls-cert", Usage: "the listener's certificate (PEM; reloaded on SIGHUP)"},
@@ -140,6 +141,9 @@ Example:
 			if c.IsSet("anchor-interval") && c.Duration("anchor-interval") <= 0 {
 				return cli.Exit("hsmemu serve: --anchor-interval must be positive", 2)
 			}
+			if c.Duration("purge-interval") <= 0 {
+				return cli.Exit("hsmemu serve: --purge-interval must be positive", 2)
+			}
 			st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: dir, DB: c.String("db"), TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c), Logger: log,
 				Store: keystore.Options{Argon2: argon, MaxPINFailures: maxFail, PINCacheTTL: pinCacheTTL(c.Duration("pin-cache-ttl")),
 					PasswordFile: c.String("db-password-file"), StatementTimeout: c.Duration("db-statement-timeout")}})
@@ -191,12 +195,13 @@ Example:
 				return cli.Exit(fmt.Sprintf("hsmemu serve: %v", err), 1)
 			}
 			// Deleted objects whose retention has ended are purged at
-			// start and then hourly.
+			// start and then every --purge-interval (an hour).
 			d := daemon.New(st, log, daemon.Config{
 				Engine: token.Config{DefaultTier: tier, MaxPINFailures: maxFail, FailureDelay: delay, MaxSessions: maxSessions,
 					LegacyAlgorithms: c.Bool("legacy-algorithms"), OpBudget: int64(opBudget) << 20},
-				Server:  srvCfg,
-				Version: Version,
+				Server:     srvCfg,
+				Version:    Version,
+				PurgeEvery: c.Duration("purge-interval"),
 
 				// Zero: the TPM's default (daemon.AnchorInterval).
 				AnchorEvery: c.Duration("anchor-interval"),
