@@ -189,6 +189,18 @@ func (s *Store) Purge(ctx context.Context, token UUID, object UUID) error {
 // commit of its own, so a purger that dies leaves the rest for the next
 // run, on whichever daemon.
 func (s *Store) PurgeExpired(ctx context.Context, now time.Time) ([]Deleted, error) {
+	return s.purgeExpired(ctx, now, nil)
+}
+
+// PurgeExpiredAudited is PurgeExpired that appends the audit record note
+// makes for each object in the transaction that removes it: a purger
+// killed half way leaves every object it removed recorded, and no record
+// of one it did not.
+func (s *Store) PurgeExpiredAudited(ctx context.Context, now time.Time, note func(Deleted) AuditNote) ([]Deleted, error) {
+	return s.purgeExpired(ctx, now, note)
+}
+
+func (s *Store) purgeExpired(ctx context.Context, now time.Time, note func(Deleted) AuditNote) ([]Deleted, error) {
 	release, ok, err := s.eng.job(ctx, "purge", false)
 	if err != nil || !ok {
 		return nil, err
@@ -214,15 +226,32 @@ func (s *Store) PurgeExpired(ctx context.Context, now time.Time) ([]Deleted, err
 			if d.PurgeAfter.After(now) {
 				break // oldest first: the rest are younger
 			}
-			res, err := s.w.ExecContext(ctx, "DELETE FROM objects WHERE id = ? AND deleted_at IS NOT NULL", int64(d.ID))
-			if err != nil {
-				return purged, s.dbErr("purge object", err)
+			var n *AuditNote
+			if note != nil {
+				nn := note(d)
+				n = &nn
 			}
-			if n, _ := res.RowsAffected(); n == 1 {
-				purged = append(purged, d)
-				if s.purgeStep != nil {
-					s.purgeStep()
+			// Gone already (purged by the administrator, or recovered,
+			// meanwhile): nothing done, nothing recorded.
+			err := s.writeAudited(ctx, n, func(q execer) error {
+				res, err := q.ExecContext(ctx, "DELETE FROM objects WHERE id = ? AND deleted_at IS NOT NULL", int64(d.ID))
+				if err != nil {
+					return s.dbErr("purge object", err)
 				}
+				if n, _ := res.RowsAffected(); n == 0 {
+					return ErrNotFound
+				}
+				return nil
+			})
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return purged, err
+			}
+			purged = append(purged, d)
+			if s.purgeStep != nil {
+				s.purgeStep()
 			}
 		}
 	}

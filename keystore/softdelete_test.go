@@ -228,3 +228,88 @@ func FuzzParsePINRecord(f *testing.F) {
 		}
 	})
 }
+
+// TestPurgeExpiredAudited: each object the purge removes is recorded in
+// the transaction that removes it, so that, seen from the database at any
+// moment of the purge (as another daemon sees it when the purger is
+// killed), every object gone has its record and no object left has one;
+// an object recovered after the purge listed it is neither purged nor
+// recorded.
+func TestPurgeExpiredAudited(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, Options{})
+	ti := newToken(t, s, "audited")
+	const n = 6
+	var objs []*Object
+	for i := range n {
+		obj, err := s.Put(ctx, ti.UUID, keyAttrs(t, string(rune('a'+i)), false), []byte("sixteen byte key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if kept, err := s.SoftDelete(ctx, obj.ID); err != nil || !kept {
+			t.Fatalf("soft delete: %v %v", kept, err)
+		}
+		objs = append(objs, obj)
+	}
+	records := func() map[string]int {
+		t.Helper()
+		recs, err := s.AuditRecords(ctx, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]int{}
+		for _, r := range recs {
+			if r.Event == "key.purge" {
+				out[r.Detail["object"]]++
+			}
+		}
+		return out
+	}
+	steps := 0
+	s.purgeStep = func() {
+		steps++
+		if steps == 1 {
+			// Recovered after the purge listed it: the purge leaves it.
+			if _, err := s.Recover(ctx, ti.UUID, objs[n-1].UUID); err != nil {
+				t.Errorf("recover: %v", err)
+			}
+		}
+		left, err := s.DeletedObjects(ctx, ti.UUID)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		rec := records()
+		if len(rec) != steps || len(left) != n-1-steps {
+			t.Errorf("after %d objects purged: %d recorded, %d left", steps, len(rec), len(left))
+		}
+		for _, d := range left {
+			if rec[d.UUID.String()] != 0 {
+				t.Errorf("object %s, not purged yet, is recorded purged", d.UUID)
+			}
+		}
+	}
+	later := time.Now().Add(time.Duration(DefaultRetentionDays+1) * 24 * time.Hour)
+	purged, err := s.PurgeExpiredAudited(ctx, later, func(d Deleted) AuditNote {
+		return AuditNote{Actor: AuditActor{Role: "daemon"}, Event: "key.purge", Detail: map[string]string{"object": d.UUID.String()}}
+	})
+	if err != nil || len(purged) != n-1 || steps != n-1 {
+		t.Fatalf("purged %d (%d steps), want %d: %v", len(purged), steps, n-1, err)
+	}
+	rec := records()
+	for i, obj := range objs {
+		want := 1
+		if i == n-1 {
+			want = 0
+		}
+		if rec[obj.UUID.String()] != want {
+			t.Errorf("object %d: %d purge records, want %d", i, rec[obj.UUID.String()], want)
+		}
+	}
+	if _, err := s.Open(ctx, objs[n-1].ID); err != nil {
+		t.Errorf("the recovered object: %v", err)
+	}
+	if rep, err := s.VerifyAudit(ctx); err != nil || !rep.OK {
+		t.Errorf("audit verify: %+v %v", rep, err)
+	}
+}

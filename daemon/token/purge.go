@@ -12,20 +12,33 @@ import (
 // (docs/tokens.md, "Deleting"); the purger removes them once it ends.
 
 // PurgeExpired purges the deleted objects whose retention has ended, and
-// audits each. The daemon runs it at start and then every interval.
+// audits each in the transaction that purges it: a daemon killed half
+// way leaves no object purged unrecorded (the rest are purged, and
+// recorded, by the next run, on whichever daemon). The daemon runs it at
+// start and then every interval.
 func (e *Engine) PurgeExpired(ctx context.Context) {
-	purged, err := e.store.PurgeExpired(ctx, time.Now())
-	if err != nil {
-		e.log.Error("purging expired deleted objects", "err", err)
-	}
 	who := keystore.AuditActor{UID: uint32(os.Getuid()), PID: int32(os.Getpid()), Role: "daemon"}
-	for _, d := range purged {
+	// One request id for the run: its records and log lines tie together.
+	ctx, id := withRequestID(ctx)
+	actors := map[keystore.UUID]keystore.AuditActor{}
+	purged, err := e.store.PurgeExpiredAudited(ctx, time.Now(), func(d keystore.Deleted) keystore.AuditNote {
+		a, ok := actors[d.Token]
+		if !ok {
+			a = e.tokenActor(ctx, who, d.Token)
+			actors[d.Token] = a
+		}
 		detail := DeletedDetail(d)
 		detail["why"] = "retention ended"
-		e.audit(ctx, who, d.Token, ObjectEvent(d.Class, "purge"), detail)
+		return keystore.AuditNote{Actor: a, Event: ObjectEvent(d.Class, "purge"), Detail: detail}
+	})
+	if err != nil {
+		e.log.Error("purging expired deleted objects", "err", err, "purged", len(purged), "request_id", id)
+	}
+	for _, d := range purged {
+		e.logAudited(ObjectEvent(d.Class, "purge"), id, actors[d.Token])
 	}
 	if len(purged) > 0 {
-		e.log.Info("purged deleted objects whose retention ended", "count", len(purged))
+		e.log.Info("purged deleted objects whose retention ended", "count", len(purged), "request_id", id)
 	}
 }
 

@@ -27,13 +27,14 @@ type Store interface {
 
 	Find(ctx context.Context, token keystore.UUID, f keystore.Filter) ([]keystore.ObjectID, error)
 	Open(ctx context.Context, id keystore.ObjectID) (*keystore.Object, error)
-	// PutAudited and SoftDeleteAudited write a token object's creation
-	// or deletion and its audit record in one transaction.
+	// PutAudited, SoftDeleteAudited and PurgeExpiredAudited write a
+	// token object's creation, deletion or purge and its audit record in
+	// one transaction.
 	PutAudited(ctx context.Context, token keystore.UUID, attrs keystore.Attributes, secret []byte, note func(object keystore.UUID) keystore.AuditNote) (*keystore.Object, error)
 	Update(ctx context.Context, id keystore.ObjectID, attrs keystore.Attributes, secret []byte) error
 	UpdateLocked(ctx context.Context, id keystore.ObjectID, change func(cur *keystore.Object) (keystore.Attributes, []byte, error)) error
 	SoftDeleteAudited(ctx context.Context, id keystore.ObjectID, note func(kept bool) keystore.AuditNote) (kept bool, err error)
-	PurgeExpired(ctx context.Context, now time.Time) ([]keystore.Deleted, error)
+	PurgeExpiredAudited(ctx context.Context, now time.Time, note func(keystore.Deleted) keystore.AuditNote) ([]keystore.Deleted, error)
 
 	Audit(ctx context.Context, actor keystore.AuditActor, event string, detail map[string]string) (keystore.AuditRecord, error)
 	// AuditTamper records the integrity failures the reads above met and
