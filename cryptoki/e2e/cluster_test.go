@@ -41,8 +41,9 @@ type cluster struct {
 // "sig") made through node 1 before node 2 joins: the join binds the PIN
 // records there are in node 2's TPM; a PIN record written after it
 // reaches node 2 as a duplication blob to its import key (docs/cluster.md,
-// "PINs across nodes").
-func startCluster(t *testing.T) *cluster {
+// "PINs across nodes"). serve are more flags for both nodes' `hsmemu
+// serve`.
+func startCluster(t *testing.T, serve ...string) *cluster {
 	t.Helper()
 	a := need(t)
 	tool := needTool(t, "pkcs11-tool", "opensc")
@@ -70,13 +71,13 @@ func startCluster(t *testing.T) *cluster {
 		shares[name] = filepath.Join(keys, name+".share") + ":" + keyFile
 	}
 
-	c.nodes[0] = newRemote(t, c.pki, c.pki.Daemon, "--db", db)
+	c.nodes[0] = newRemote(t, c.pki, c.pki.Daemon, append([]string{"--db", db}, serve...)...)
 	hsmemuCLI(t, append([]string{"init", "--state-dir", c.nodes[0].dir, "--tpm", "managed", "--db", db,
 		"--threshold", "2", "--shares-dir", keys}, custodians...)...)
 	c.nodes[0].start()
 	provision(t, tool, a.module, remoteEnv(c.pki, c.pki.Admin, c.nodes[0].addr))
 
-	c.nodes[1] = newRemote(t, c.pki, c.pki.Daemon2, "--db", db)
+	c.nodes[1] = newRemote(t, c.pki, c.pki.Daemon2, append([]string{"--db", db}, serve...)...)
 	out := hsmemuCLI(t, "domain", "join", "--state-dir", c.nodes[1].dir, "--tpm", "managed", "--db", db,
 		"--share", shares["alice"], "--share", shares["carol"], "--json")
 	var joined struct {
