@@ -141,19 +141,29 @@ func TestECMechanisms(t *testing.T) {
 		}
 
 		// The size query: the signature is made once, and the call that
-		// takes it gets the one measured. ECDSA signatures are random, so
-		// only the kept one verifies against the first call's input; the
-		// second call's input is not signed again.
+		// takes it with the same input gets the one measured (a prefetch
+		// shows it: ECDSA signatures are random, so a second signing
+		// would differ). A call that brings other input gets a signature
+		// of that input, as a size query only returns a length.
 		s.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_ECDSA_SHA256), U(p256.priv))
-		if n := s.Must(ck.CKR_OK, "C_Sign", U(h), B(asymMsg), SizeQuery())[2].Length; n != 64 {
-			t.Fatalf("size query: %d", n)
+		measured := s.Must(ck.CKR_OK, "C_Sign", U(h), B(asymMsg), wire.Value{Out: wire.OutSpec{Prefetch: true}})[2]
+		if measured.Length != 64 || len(measured.Bytes) != 64 {
+			t.Fatalf("prefetch: %+v", measured)
 		}
+		first := bytes.Clone(measured.Bytes)
 		if n := s.Must(ck.CKR_BUFFER_TOO_SMALL, "C_Sign", U(h), B(asymMsg), Out(63))[2].Length; n != 64 {
 			t.Fatalf("short buffer: %d", n)
 		}
-		kept := bytes.Clone(s.Must(ck.CKR_OK, "C_Sign", U(h), B([]byte("other data")), Out(64))[2].Bytes)
-		if r, ss := rawECDSA(kept); !ecdsa.Verify(p256.goPub, d[:], r, ss) {
+		if kept := s.Must(ck.CKR_OK, "C_Sign", U(h), B(asymMsg), Out(64))[2].Bytes; !bytes.Equal(kept, first) {
 			t.Error("the signature delivered after the size query is not the one measured")
+		}
+		s.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_ECDSA_SHA256), U(p256.priv))
+		s.Must(ck.CKR_OK, "C_Sign", U(h), B(asymMsg), SizeQuery())
+		other := []byte("other data")
+		sig = bytes.Clone(s.Must(ck.CKR_OK, "C_Sign", U(h), B(other), Out(64))[2].Bytes)
+		do := sha256.Sum256(other)
+		if r, ss := rawECDSA(sig); !ecdsa.Verify(p256.goPub, do[:], r, ss) {
+			t.Error("the signature after a size query over other input is not of the call's input")
 		}
 
 		// Single-part only, and no parameter.

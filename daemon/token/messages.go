@@ -27,7 +27,12 @@ import (
 //     private key) the login;
 //   - the size-query convention holds per message: a NULL output buffer or
 //     a short one keeps the message, its output computed once and kept for
-//     the same call to fetch;
+//     the same call to fetch with the same input; a one-call message
+//     (C_EncryptMessage, C_DecryptMessage, C_SignMessage) whose follow-up
+//     brings other input is made anew over it (an encryption with an IV
+//     of the token's takes a new IV: an IV never sees two inputs), and a
+//     Next whose follow-up brings other input is refused with
+//     CKR_ARGUMENTS_BAD, since its part is in the message already;
 //   - the forms do not mix: C_EncryptMessage or Begin while a message is in
 //     progress, a Next without a Begin's message, or a Final while a
 //     message is in progress, are CKR_OPERATION_ACTIVE (or
@@ -84,6 +89,7 @@ type message struct {
 	pendOuts map[string][]byte
 	hasPend  bool
 	pendFor  callKind
+	pendIn   inputID // what the kept output was measured over
 }
 
 // msgOf returns the session's process of kind k, or nil. s.mu is held.
@@ -215,9 +221,59 @@ func (op *msgOp) kept(call callKind) (*message, bool, error) {
 	return m, true, nil
 }
 
-// keep records a measured output, not delivered.
-func (m *message) keep(call callKind, out []byte, outs map[string][]byte) {
-	m.pending, m.pendOuts, m.hasPend, m.pendFor = out, outs, true, call
+// keep records a measured output, not delivered, and the input it was
+// measured over.
+func (m *message) keep(call callKind, out []byte, outs map[string][]byte, in inputID) {
+	m.pending, m.pendOuts, m.hasPend, m.pendFor, m.pendIn = out, outs, true, call, in
+}
+
+// keptOne is kept for a one-call message: m is the message a size query
+// kept, kept says its output goes to this call; m without kept is that
+// message to make anew, its follow-up having brought other input (id
+// reads this call's input; it runs only when an output is kept).
+func (op *msgOp) keptOne(id func() (inputID, error)) (m *message, kept bool, err error) {
+	m, kept, err = op.kept(callOne)
+	if err != nil || !kept {
+		return nil, false, err
+	}
+	in, err := id()
+	if err != nil {
+		return nil, false, err
+	}
+	if m.pendIn.is(in) {
+		return m, true, nil
+	}
+	m.pending, m.pendOuts, m.hasPend = nil, nil, false
+	return m, false, nil
+}
+
+// keptNext is nextMessage for a Next that brings input: a kept output
+// measured over other input is refused, the part it took being in the
+// message already.
+func (op *msgOp) keptNext(call callKind, in inputID) (*message, bool, error) {
+	m, kept, err := op.nextMessage(call)
+	if err == nil && kept && !m.pendIn.is(in) {
+		return nil, false, ck.Errorf(ck.CKR_ARGUMENTS_BAD, "a part's output was measured over other input")
+	}
+	return m, kept, err
+}
+
+// tagOf is a decryption part's tag, or nil: what, beside its data, its
+// output depends on.
+func tagOf(op *msgOp, p *wire.Param) []byte {
+	if mp, err := op.cipher.Params(p, false); err == nil {
+		return mp.Tag
+	}
+	return nil
+}
+
+// sealID identifies what an encryption's output depends on: the data,
+// the associated data, and the caller's IV when the caller gives it.
+func sealID(mp *mech.MsgParams, aad, in []byte) inputID {
+	if mp.Gen == mech.IVCaller {
+		return inputOf(aad, in, mp.IV)
+	}
+	return inputOf(aad, in)
 }
 
 // fits says whether an output of n bytes goes into the caller's buffer.
@@ -254,18 +310,27 @@ func ivOut(mp *mech.MsgParams, iv []byte, outs map[string][]byte) {
 func (e *Engine) encryptMessage(ctx context.Context, app *App, h uint64, p *wire.Param, aad, in []byte, out wire.OutSpec, r *wire.Results) error {
 	var code uint64
 	err := withMsg(app, h, msgEncrypt, func(op *msgOp) (bool, error) {
-		m, kept, err := op.kept(callOne)
+		m, kept, err := op.keptOne(func() (inputID, error) {
+			mp, err := op.cipher.Params(p, true)
+			if err != nil {
+				return inputID{}, err
+			}
+			return sealID(mp, aad, in), nil
+		})
 		if err != nil {
 			return true, err
 		}
 		if !kept {
-			if m, err = op.start(false); err != nil {
-				return true, err
+			if m == nil {
+				if m, err = op.start(false); err != nil {
+					return true, err
+				}
 			}
 			mp, err := op.cipher.Params(p, true)
 			if err != nil {
 				return true, err
 			}
+			// A message made anew takes a new IV of the token's too.
 			iv, err := op.messageIV(ctx, mp)
 			if err != nil {
 				return true, err
@@ -276,7 +341,7 @@ func (e *Engine) encryptMessage(ctx context.Context, app *App, h uint64, p *wire
 			}
 			outs := map[string][]byte{"pTag": tag}
 			ivOut(mp, iv, outs)
-			m.keep(callOne, ct, outs)
+			m.keep(callOne, ct, outs, sealID(mp, aad, in))
 		}
 		return deliverMsg(m, p, out, r, &code)
 	})
@@ -391,7 +456,7 @@ func (e *Engine) encryptMessageNext(app *App, h uint64, p *wire.Param, in []byte
 		if err != nil {
 			return true, err
 		}
-		m, kept, err := op.nextMessage(call)
+		m, kept, err := op.keptNext(call, inputOf(in))
 		if err != nil {
 			return true, err
 		}
@@ -407,7 +472,7 @@ func (e *Engine) encryptMessageNext(app *App, h uint64, p *wire.Param, in []byte
 				return true, err
 			}
 			if call == callUpdate {
-				m.keep(callUpdate, []byte{}, nil)
+				m.keep(callUpdate, []byte{}, nil, inputOf(in))
 			} else {
 				m.mp.TagLen = mp.TagLen // the last part's buffer takes the tag
 				ct, tag, err := op.cipher.Seal(m.mp, m.iv, m.aad, m.in)
@@ -416,7 +481,7 @@ func (e *Engine) encryptMessageNext(app *App, h uint64, p *wire.Param, in []byte
 				if err != nil {
 					return true, err
 				}
-				m.keep(callFinal, ct, map[string][]byte{"pTag": tag})
+				m.keep(callFinal, ct, map[string][]byte{"pTag": tag}, inputOf(in))
 			}
 		}
 		delivered, err := deliverMsg(m, p, out, r, &code)
@@ -458,13 +523,21 @@ func messageFinal(app *App, h uint64, k msgKind) error {
 func (e *Engine) decryptMessage(app *App, h uint64, p *wire.Param, aad, in []byte, out wire.OutSpec, r *wire.Results) error {
 	var code uint64
 	err := withMsg(app, h, msgDecrypt, func(op *msgOp) (bool, error) {
-		m, kept, err := op.kept(callOne)
+		m, kept, err := op.keptOne(func() (inputID, error) {
+			mp, err := op.cipher.Params(p, false)
+			if err != nil {
+				return inputID{}, err
+			}
+			return inputOf(aad, in, mp.IV, mp.Tag), nil
+		})
 		if err != nil {
 			return true, err
 		}
 		if !kept {
-			if m, err = op.start(false); err != nil {
-				return true, err
+			if m == nil {
+				if m, err = op.start(false); err != nil {
+					return true, err
+				}
 			}
 			mp, err := op.cipher.Params(p, false)
 			if err != nil {
@@ -477,7 +550,7 @@ func (e *Engine) decryptMessage(app *App, h uint64, p *wire.Param, aad, in []byt
 			if err != nil {
 				return true, err
 			}
-			m.keep(callOne, plain, nil)
+			m.keep(callOne, plain, nil, inputOf(aad, in, mp.IV, mp.Tag))
 		}
 		code = r.OutBytes(out, m.pending)
 		return fits(out, len(m.pending)), nil
@@ -514,7 +587,7 @@ func (e *Engine) decryptMessageNext(app *App, h uint64, p *wire.Param, in []byte
 		if err != nil {
 			return true, err
 		}
-		m, kept, err := op.nextMessage(call)
+		m, kept, err := op.keptNext(call, inputOf(in, tagOf(op, p)))
 		if err != nil {
 			return true, err
 		}
@@ -530,7 +603,7 @@ func (e *Engine) decryptMessageNext(app *App, h uint64, p *wire.Param, in []byte
 				return true, err
 			}
 			if call == callUpdate {
-				m.keep(callUpdate, []byte{}, nil)
+				m.keep(callUpdate, []byte{}, nil, inputOf(in, mp.Tag))
 			} else {
 				if mp.Tag == nil {
 					return true, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
@@ -541,7 +614,7 @@ func (e *Engine) decryptMessageNext(app *App, h uint64, p *wire.Param, in []byte
 				if err != nil {
 					return true, err
 				}
-				m.keep(callFinal, plain, nil)
+				m.keep(callFinal, plain, nil, inputOf(in, mp.Tag))
 			}
 		}
 		code = r.OutBytes(out, m.pending)
@@ -571,7 +644,7 @@ func noSigParam(p *wire.Param) error {
 func (e *Engine) signMessage(app *App, h uint64, p *wire.Param, in []byte, out wire.OutSpec, r *wire.Results) error {
 	var code uint64
 	err := withMsg(app, h, msgSign, func(op *msgOp) (bool, error) {
-		m, kept, err := op.kept(callOne)
+		m, kept, err := op.keptOne(func() (inputID, error) { return inputOf(in), nil })
 		if err != nil {
 			return true, err
 		}
@@ -579,14 +652,16 @@ func (e *Engine) signMessage(app *App, h uint64, p *wire.Param, in []byte, out w
 			if err := noSigParam(p); err != nil {
 				return true, err
 			}
-			if m, err = op.start(false); err != nil {
-				return true, err
+			if m == nil {
+				if m, err = op.start(false); err != nil {
+					return true, err
+				}
 			}
 			sig, err := op.signature(in)
 			if err != nil {
 				return true, err
 			}
-			m.keep(callOne, sig, nil)
+			m.keep(callOne, sig, nil, inputOf(in))
 		}
 		code = r.OutBytes(out, m.pending)
 		return fits(out, len(m.pending)), nil
@@ -640,7 +715,7 @@ func (e *Engine) signMessageNext(app *App, h uint64, p *wire.Param, in []byte, o
 		if last {
 			call = callFinal
 		}
-		m, kept, err := op.nextMessage(call)
+		m, kept, err := op.keptNext(call, inputOf(in))
 		if err != nil {
 			return true, err
 		}
@@ -659,7 +734,7 @@ func (e *Engine) signMessageNext(app *App, h uint64, p *wire.Param, in []byte, o
 			if err != nil {
 				return true, err
 			}
-			m.keep(callFinal, sig, nil)
+			m.keep(callFinal, sig, nil, inputOf(in))
 		}
 		code = r.OptOutBytes(out, true, m.pending)
 		return fits(out, len(m.pending)), nil

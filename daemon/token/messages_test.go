@@ -219,9 +219,10 @@ func TestMessageRules(t *testing.T) {
 	}
 	cl.Must(ck.CKR_OPERATION_ACTIVE, "C_EncryptMessageBegin", U(h), p, S(""))
 	cl.Must(ck.CKR_BUFFER_TOO_SMALL, "C_EncryptMessage", U(h), p, S(""), S("xyz"), Out(1))
+	// Other input is another message's: made over it, not the measured one.
 	small := cl.Must(ck.CKR_OK, "C_EncryptMessage", U(h), p, S(""), S("other"), Out(64))
-	if len(small[4].Bytes) != 3 || written(small[1], "pIv") == nil {
-		t.Fatalf("the measured message: %+v", small[4])
+	if len(small[4].Bytes) != 5 || written(small[1], "pIv") == nil {
+		t.Fatalf("the message over the follow-up's input: %+v", small[4])
 	}
 	// The module's own C_SessionCancel flag ends the message alone.
 	cl.Must(ck.CKR_OK, "C_EncryptMessageBegin", U(h), p, S(""))

@@ -2,6 +2,9 @@ package token
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/binary"
 
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
@@ -16,7 +19,13 @@ import (
 //   - an Init while one is active is CKR_OPERATION_ACTIVE;
 //   - an error ends the operation, except CKR_BUFFER_TOO_SMALL and a
 //     size query (NULL output), which keep it alive with its output kept,
-//     so the second call returns exactly what the first one measured;
+//     so the second call returns exactly what the first one measured when
+//     it brings the same input; a single-part call that brings other
+//     input is performed on that input from the state after the Init (a
+//     size query only returns a length, 5.2), and an Update that brings
+//     other input is refused (CKR_ARGUMENTS_BAD, which ends it): its
+//     measurement took the first input into the state, and nothing gives
+//     that back;
 //   - the single-part call and the Final end it.
 
 type opKind int
@@ -48,7 +57,12 @@ type operation struct {
 	pending []byte // output measured by a size query, not yet delivered
 	hasPend bool
 	pendFor callKind // which call measured the kept output
-	parts   bool     // Update was called: the single-part call is refused
+	pendIn  inputID  // the input the kept output was measured over
+	// restart makes the state anew as after the Init, from what the Init
+	// took (the mechanism, its parameter, the key): a single-part call
+	// that brings other input than its size query is performed on it.
+	restart func() error
+	parts   bool // Update was called: the single-part call is refused
 	// needAuth: the key has CKA_ALWAYS_AUTHENTICATE, and the user has not
 	// yet given the PIN for this operation (C_Login, CKU_CONTEXT_SPECIFIC).
 	needAuth bool
@@ -221,7 +235,8 @@ func (e *Engine) opInit(ctx context.Context, app *App, h uint64, kind opKind, wm
 	}
 	op := &operation{mech: wm.Type, mem: e.opMem}
 	if kind == opDigest {
-		if op.digest, err = m.Digest(wm); err != nil {
+		op.restart = func() (err error) {
+			op.digest, err = m.Digest(wm)
 			return err
 		}
 	} else {
@@ -229,21 +244,30 @@ func (e *Engine) opInit(ctx context.Context, app *App, h uint64, kind opKind, wm
 		if err != nil {
 			return err
 		}
-		switch kind {
-		case opEncrypt:
-			op.cipher, err = m.Encrypt(k, wm)
-		case opDecrypt:
-			op.cipher, err = m.Decrypt(k, wm)
-		case opSign:
-			op.signer, err = m.Sign(k, wm)
-		case opVerify, opVerifySignature:
-			op.signer, err = m.Verify(k, wm)
+		// The operation keeps the key it took, as its state does: a key
+		// destroyed meanwhile changes neither.
+		op.restart = func() (err error) {
+			switch kind {
+			case opEncrypt:
+				op.cipher, err = m.Encrypt(k, wm)
+			case opDecrypt:
+				op.cipher, err = m.Decrypt(k, wm)
+			case opSign:
+				op.signer, err = m.Sign(k, wm)
+			case opVerify, opVerifySignature:
+				op.signer, err = m.Verify(k, wm)
+			}
+			return err
 		}
 		op.needAuth = k.needsContextLogin()
 		op.private = k.Bool(ck.CKA_PRIVATE)
-		if err != nil {
-			return err
-		}
+	}
+	// The request's parameter is not the daemon's to keep: the restart
+	// takes a copy.
+	wmc := cloneMechanism(wm)
+	wm = &wmc
+	if err := op.restart(); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -341,18 +365,63 @@ const (
 	callFinal
 )
 
+// inputID identifies the input a kept output was measured over.
+type inputID struct {
+	n   int
+	sum [sha256.Size]byte
+}
+
+// inputOf identifies an input of one or more parts (a message's
+// associated data and data, say), each length-prefixed so that no two
+// splits of the same bytes are the same input.
+func inputOf(parts ...[]byte) inputID {
+	if len(parts) == 1 {
+		return inputID{len(parts[0]), sha256.Sum256(parts[0])}
+	}
+	h := sha256.New()
+	id := inputID{}
+	for _, p := range parts {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(p)))
+		h.Write(n[:])
+		h.Write(p)
+		id.n += len(p)
+	}
+	h.Sum(id.sum[:0])
+	return id
+}
+
+func (id inputID) is(other inputID) bool {
+	return id.n == other.n && subtle.ConstantTimeCompare(id.sum[:], other.sum[:]) == 1
+}
+
 // output computes an operation's output once: a repeated call after a size
-// query gets the kept output. Another call in between mixes the
-// single-part and multi-part forms, which the specification forbids
-// (C_Encrypt "cannot be used to terminate a multi-part operation", nor the
-// Final a single-part one): CKR_OPERATION_ACTIVE, which ends the
-// operation.
-func (op *operation) output(call callKind, compute func() ([]byte, error)) ([]byte, error) {
+// query that brings the same input gets the kept output. A single-part
+// call that brings other input is performed on it from the state after
+// the Init, since a size query only returns a length (PKCS#11 5.2); the
+// IV or nonce is then the Init's parameter's, as a new Init with that
+// parameter would use, and no kept output of the first input is ever
+// delivered by the daemon after it. An Update that brings other input
+// is refused: its measurement took the first input into the state.
+// Another call in between mixes the single-part and multi-part forms,
+// which the specification forbids (C_Encrypt "cannot be used to terminate
+// a multi-part operation", nor the Final a single-part one):
+// CKR_OPERATION_ACTIVE. Every error ends the operation.
+func (op *operation) output(call callKind, in []byte, compute func() ([]byte, error)) ([]byte, error) {
 	if op.hasPend {
 		if op.pendFor != call {
 			return nil, ck.Error(ck.CKR_OPERATION_ACTIVE)
 		}
-		return op.pending, nil
+		if op.pendIn.is(inputOf(in)) {
+			return op.pending, nil
+		}
+		op.pending, op.hasPend = nil, false
+		if call != callOne {
+			return nil, ck.Errorf(ck.CKR_ARGUMENTS_BAD, "an update's output was measured over other input")
+		}
+		if err := op.restart(); err != nil {
+			return nil, err
+		}
 	}
 	op.pendFor = call
 	return compute()
@@ -364,7 +433,7 @@ func (op *operation) output(call callKind, compute func() ([]byte, error)) ([]by
 // refuses every other call; an update feeds the operation and never ends
 // it, while a single-part call or a Final ends it once its output is
 // delivered.
-func produce(app *App, h uint64, kind opKind, call callKind, out wire.OutSpec, r *wire.Results, compute func(op *operation) ([]byte, error)) error {
+func produce(app *App, h uint64, kind opKind, call callKind, in []byte, out wire.OutSpec, r *wire.Results, compute func(op *operation) ([]byte, error)) error {
 	var code uint64
 	err := withOp(app, h, kind, func(op *operation) (bool, error) {
 		switch {
@@ -373,12 +442,15 @@ func produce(app *App, h uint64, kind opKind, call callKind, out wire.OutSpec, r
 		case call != callOne && op.singlePart():
 			return true, ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED)
 		}
-		data, err := op.output(call, func() ([]byte, error) { return compute(op) })
+		data, err := op.output(call, in, func() ([]byte, error) { return compute(op) })
 		if err != nil {
 			return true, err
 		}
 		var delivered bool
 		delivered, code = deliver(op, out, data, r)
+		if !delivered {
+			op.pendIn = inputOf(in)
+		}
 		if call == callUpdate {
 			op.parts = true
 			return false, nil
@@ -401,7 +473,7 @@ func (op *operation) singlePart() bool {
 
 // crypt is C_Encrypt or C_Decrypt: the whole input in one call.
 func (app *App) crypt(h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results) error {
-	return produce(app, h, kind, callOne, out, r, func(op *operation) ([]byte, error) {
+	return produce(app, h, kind, callOne, in, out, r, func(op *operation) ([]byte, error) {
 		if one, ok := op.cipher.(mech.OneShot); ok {
 			return one.One(in)
 		}
@@ -418,7 +490,7 @@ func (app *App) crypt(h uint64, kind opKind, in []byte, out wire.OutSpec, r *wir
 // keeps its input for the Final (GCM) keeps at most maxBuffer bytes, and
 // takes them from the operation budget before it keeps them.
 func (app *App) cryptUpdate(h uint64, kind opKind, in []byte, out wire.OutSpec, r *wire.Results, maxBuffer int) error {
-	return produce(app, h, kind, callUpdate, out, r, func(op *operation) ([]byte, error) {
+	return produce(app, h, kind, callUpdate, in, out, r, func(op *operation) ([]byte, error) {
 		if b, ok := op.cipher.(mech.Buffering); ok {
 			if held, _ := b.Buffered(); len(in) > maxBuffer-held {
 				return nil, ck.Errorf(lenRange(kind), "%d bytes held for the Final, %d more, at most %d", held, len(in), maxBuffer)
@@ -433,14 +505,14 @@ func (app *App) cryptUpdate(h uint64, kind opKind, in []byte, out wire.OutSpec, 
 
 // cryptFinal is C_EncryptFinal or C_DecryptFinal.
 func (app *App) cryptFinal(h uint64, kind opKind, out wire.OutSpec, r *wire.Results) error {
-	return produce(app, h, kind, callFinal, out, r, func(op *operation) ([]byte, error) {
+	return produce(app, h, kind, callFinal, nil, out, r, func(op *operation) ([]byte, error) {
 		return op.cipher.Final()
 	})
 }
 
 // digest is C_Digest.
 func (app *App) digest(h uint64, in []byte, out wire.OutSpec, r *wire.Results) error {
-	return produce(app, h, opDigest, callOne, out, r, func(op *operation) ([]byte, error) {
+	return produce(app, h, opDigest, callOne, in, out, r, func(op *operation) ([]byte, error) {
 		op.digest.Update(in)
 		return op.digest.Sum(), nil
 	})
@@ -486,14 +558,14 @@ func (e *Engine) digestKey(ctx context.Context, app *App, h, keyHandle uint64) e
 
 // digestFinal is C_DigestFinal.
 func (app *App) digestFinal(h uint64, out wire.OutSpec, r *wire.Results) error {
-	return produce(app, h, opDigest, callFinal, out, r, func(op *operation) ([]byte, error) {
+	return produce(app, h, opDigest, callFinal, nil, out, r, func(op *operation) ([]byte, error) {
 		return op.digest.Sum(), nil
 	})
 }
 
 // sign is C_Sign.
 func (app *App) sign(h uint64, in []byte, out wire.OutSpec, r *wire.Results) error {
-	return produce(app, h, opSign, callOne, out, r, func(op *operation) ([]byte, error) {
+	return produce(app, h, opSign, callOne, in, out, r, func(op *operation) ([]byte, error) {
 		if err := op.signer.Update(in); err != nil {
 			return nil, err
 		}
@@ -517,7 +589,7 @@ func (app *App) signVerifyUpdate(h uint64, kind opKind, in []byte) error {
 
 // signFinal is C_SignFinal.
 func (app *App) signFinal(h uint64, out wire.OutSpec, r *wire.Results) error {
-	return produce(app, h, opSign, callFinal, out, r, func(op *operation) ([]byte, error) {
+	return produce(app, h, opSign, callFinal, nil, out, r, func(op *operation) ([]byte, error) {
 		return op.signer.Sign()
 	})
 }
