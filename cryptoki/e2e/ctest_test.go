@@ -114,8 +114,9 @@ func checkTransport(t *testing.T, stats string, ring bool) {
 
 // TestCHeldResults runs cryptoki/e2e/c/held.c (build/e2e-held): results
 // held by the module ahead of the follow-up call, their round trips
-// counted in both calling conventions, PKCS#11's operation state while
-// they are held, and threads; normal and ASan/UBSan.
+// counted in both calling conventions, a follow-up that brings other
+// input than its length query, PKCS#11's operation state while they are
+// held, and threads; normal and ASan/UBSan, socket and rings.
 func TestCHeldResults(t *testing.T) {
 	a := need(t)
 	runs := []struct {
@@ -135,7 +136,7 @@ func TestCHeldResults(t *testing.T) {
 			prog := ctestNeedBuilt(t, r.prog)
 			module := ctestNeedBuilt(t, strings.TrimPrefix(r.module, a.root+string(filepath.Separator)))
 			out := runCProgram(t, prog, module, append(r.env, "TMPDIR="+t.TempDir()),
-				[]string{"setup", "trips", "rules", "threads"}, 150)
+				[]string{"setup", "trips", "input", "rules", "threads"}, 150)
 			for _, l := range regexp.MustCompile(`(?m)^trips: .*$`).FindAllString(out, -1) {
 				t.Log(l)
 			}

@@ -6,11 +6,19 @@
  * first with a NULL buffer for the length, then with a buffer. Each call
  * was a round trip. For the calls of calls.Prefetches the daemon keeps
  * what a size query measured and gives exactly that to the call that
- * follows, whatever input it brings (C_WrapKey keeps nothing, and its
+ * follows with the same input (C_WrapKey keeps nothing, and its
  * follow-up repeats its arguments), so the module asks, with the NULL
  * buffer, for the whole result (a prefetch), keeps it here, answers the
  * length, and serves the follow-up itself: the result, or
  * CKR_BUFFER_TOO_SMALL for a short buffer, or the length again.
+ *
+ * Only a follow-up that brings the same arguments, the input included,
+ * is served: a size query returns a length and nothing else (PKCS#11
+ * 5.2), so a follow-up with other input must get the output of that
+ * input. The held result is matched by the call, the session, and the
+ * length and SHA-256 of every other argument before the output; a
+ * follow-up that does not match drops it, and goes to the daemon, which
+ * performs the operation on the new input from its Init's state.
  *
  * The daemon stays the truth. It still holds the operation and its
  * output, so whatever this file forgets, the next call asks the daemon and
@@ -37,10 +45,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+
 #include "hsm.h"
 
-#define HELD_MAX 128    /* sessions tracked */
-#define HELD_KEY_MAX 256 /* the longest call prefix a held result is matched by */
+#define HELD_MAX 128 /* sessions tracked */
+/* What a held result is matched by: the call number and the session,
+ * then the length and SHA-256 of the other arguments before the output. */
+#define HELD_KEY_LEN (4 + 8 + 8 + 32)
 
 typedef struct {
 	uint64_t session;
@@ -50,8 +62,7 @@ typedef struct {
 
 	/* The held result, when has. */
 	int has;
-	uint8_t key[HELD_KEY_MAX]; /* the call number and the arguments it is matched by */
-	size_t key_len;
+	uint8_t key[HELD_KEY_LEN]; /* the call and the arguments it is matched by */
 	uint8_t *data;
 	size_t len;
 	unsigned long app_gen;   /* the daemon's application it came from */
@@ -76,7 +87,6 @@ static void wipe(entry *e)
 	e->len = 0;
 	e->has = 0;
 	explicit_bzero(e->key, sizeof e->key);
-	e->key_len = 0;
 }
 
 static void wipe_all(void)
@@ -153,17 +163,34 @@ static entry *add(uint64_t session)
 	return NULL;
 }
 
-/* key is what a follow-up is matched by: the call number, and then the
- * session for a call that continues an operation (the daemon gives the
- * kept output whatever the input), every argument for one that does not
- * (C_WrapKey: the mechanism and both keys). 0 when too long to keep. */
-static size_t key(const hsm_call *c, const uint8_t **p)
+/* key makes what a follow-up is matched by: the call number and the
+ * session as they are, then every other argument before the output by its
+ * length and SHA-256: the input of a call that continues an operation (the
+ * daemon gives its kept output only to the same input), the mechanism and
+ * both keys of C_WrapKey. 0 when it cannot be made. */
+static int key(const hsm_call *c, uint8_t k[HELD_KEY_LEN])
 {
-	*p = c->req.p + 8;
-	size_t n = c->continues ? 4 + 8 : c->req.out_at - 8;
-	if (c->req.out_at < 8 + n || n > HELD_KEY_MAX)
+	if (c->req.p == NULL || c->req.out_at < 8 + 4 + 8 || c->req.out_at > c->req.len)
 		return 0;
-	return n;
+	const uint8_t *p = c->req.p + 8;
+	size_t rest = c->req.out_at - (8 + 4 + 8);
+	memcpy(k, p, 4 + 8);
+	for (int i = 0; i < 8; i++)
+		k[12 + i] = (uint8_t)((uint64_t)rest >> (56 - 8 * i));
+	unsigned int n = 0;
+	if (EVP_Digest(p + 12, rest, k + 20, &n, EVP_sha256(), NULL) != 1 || n != 32)
+		return 0;
+	return 1;
+}
+
+/* same compares two keys; they name the caller's own data, so no secret
+ * is timed, but a constant-time compare costs nothing here. */
+static int same(const uint8_t a[HELD_KEY_LEN], const uint8_t b[HELD_KEY_LEN])
+{
+	uint8_t d = 0;
+	for (int i = 0; i < HELD_KEY_LEN; i++)
+		d |= a[i] ^ b[i];
+	return d == 0;
 }
 
 void hsm_held_begin(hsm_call *c)
@@ -204,9 +231,8 @@ void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out)
 	/* Only a whole result; anything else is for the stub to refuse. */
 	if (c->req.prefetch_at == 0 || out != NULL || o->data == NULL || c->rv != CKR_OK || o->n != o->len)
 		return;
-	const uint8_t *k;
-	size_t kn = key(c, &k);
-	if (h.mu != NULL && kn != 0 && c->held_seq != 0) {
+	uint8_t k[HELD_KEY_LEN];
+	if (h.mu != NULL && c->held_seq != 0 && key(c, k)) {
 		hsm_lock(h.mu);
 		entry *e = find(c->session);
 		/* Alone on its session from start to here, for the same
@@ -218,8 +244,7 @@ void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out)
 				memcpy(copy, o->data, o->n);
 				e->data = copy;
 				e->len = o->n;
-				memcpy(e->key, k, kn);
-				e->key_len = kn;
+				memcpy(e->key, k, sizeof e->key);
 				e->app_gen = c->held_gen;
 				e->cancel_call = c->continues ? c->cancel_call : 0;
 				e->cancel_flags = c->cancel_flags;
@@ -230,6 +255,7 @@ void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out)
 		}
 		hsm_unlock(h.mu);
 	}
+	explicit_bzero(k, sizeof k);
 	/* The reply's copy goes now; the caller gets only the length. */
 	explicit_bzero((void *)o->data, o->n);
 	o->data = NULL;
@@ -262,16 +288,26 @@ int hsm_held_serve(hsm_call *c, CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV *rv
 {
 	if (h.mu == NULL || c->req.err != CKR_OK || !c->on_session)
 		return 0;
-	const uint8_t *k;
-	size_t kn = key(c, &k);
-	if (kn == 0)
+	/* Most calls find nothing held: they pay no hash. */
+	hsm_lock(h.mu);
+	entry *e = find(c->session);
+	int held = e != NULL && e->has;
+	hsm_unlock(h.mu);
+	if (!held)
+		return 0;
+	uint8_t k[HELD_KEY_LEN];
+	if (!key(c, k))
 		return 0;
 	int served = 0;
 	hsm_lock(h.mu);
-	entry *e = find(c->session);
+	e = find(c->session);
 	if (e != NULL && e->has && e->app_gen != hsm_exchange_app_gen())
 		wipe(e); /* the daemon lost the application since */
-	if (e != NULL && e->has && e->calls == 0 && e->key_len == kn && memcmp(e->key, k, kn) == 0) {
+	if (e != NULL && e->has && e->calls == 0 && !same(e->key, k)) {
+		/* Other arguments: not the held result's call. It goes to the
+		 * daemon, which answers for its own input. */
+		wipe(e);
+	} else if (e != NULL && e->has && e->calls == 0) {
 		served = 1;
 		CK_ULONG n = (CK_ULONG)e->len;
 		if (out == NULL) {
@@ -296,5 +332,6 @@ int hsm_held_serve(hsm_call *c, CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV *rv
 		*out_len = n;
 	}
 	hsm_unlock(h.mu);
+	explicit_bzero(k, sizeof k);
 	return served;
 }

@@ -401,9 +401,11 @@ void hsm_held_forget_inherited(void);
 /* In a forked child, at once: the parent's results are wiped. */
 void hsm_held_atfork_child(void);
 /* hsm_held_serve, before a prefetching call runs: when the module holds
- * its result, answers it under the size-query convention (*rv) and
- * returns 1; a result handed over is wiped, and the operation it ended is
- * ended in the daemon with the session's next frame (defer.c). */
+ * its result for the same arguments (the input included), answers it
+ * under the size-query convention (*rv) and returns 1; a result handed
+ * over is wiped, and the operation it ended is ended in the daemon with
+ * the session's next frame (defer.c). A held result for other arguments
+ * is wiped, and the call goes to the daemon (0). */
 int hsm_held_serve(hsm_call *c, CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV *rv);
 /* hsm_held_keep, after its reply decoded: a result that came in full for
  * a NULL buffer is kept when the call was alone on its session, and is

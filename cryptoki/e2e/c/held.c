@@ -14,6 +14,10 @@
  *            module's own counts (HSMEMU_MODULE_STATS) say how many round
  *            trips an operation costs, and both conventions cost the same,
  *            one for a single-part operation.
+ *   input    a follow-up that brings other input than its length query
+ *            gets the output of its own input (PKCS#11 5.2: a size query
+ *            only returns a length), whether the length query's result
+ *            is held or not, and a short buffer or another query between.
  *   rules    PKCS#11's operation state while a result is held: a new Init
  *            is CKR_OPERATION_ACTIVE, CKR_BUFFER_TOO_SMALL and a repeated
  *            query keep it, the follow-up ends it, an error (the daemon's
@@ -379,6 +383,114 @@ static void test_trips(void)
 	end();
 }
 
+/* ---- input ---- */
+
+enum ifam { I_DIGEST, I_HMAC, I_CBC, I_ECB, I_DECRYPT, I_COUNT };
+static const char *ifam_name[I_COUNT] = {"digest", "hmac", "cbc-pad", "ecb", "decrypt"};
+
+static CK_RV in_init(const keys *k, CK_OBJECT_HANDLE mac, int fam)
+{
+	CK_MECHANISM sha = {CKM_SHA256, NULL, 0}, hm = {CKM_SHA256_HMAC, NULL, 0};
+	CK_MECHANISM cbc = {CKM_AES_CBC_PAD, iv, sizeof iv}, ecb = {CKM_AES_ECB, NULL, 0};
+	switch (fam) {
+	case I_DIGEST:
+		return f->C_DigestInit(k->s, &sha);
+	case I_HMAC:
+		return f->C_SignInit(k->s, &hm, mac);
+	case I_CBC:
+		return f->C_EncryptInit(k->s, &cbc, k->aes);
+	case I_ECB:
+		return f->C_EncryptInit(k->s, &ecb, k->aes);
+	default:
+		return f->C_DecryptInit(k->s, &cbc, k->aes);
+	}
+}
+
+static CK_RV in_call(const keys *k, int fam, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR len)
+{
+	switch (fam) {
+	case I_DIGEST:
+		return f->C_Digest(k->s, in, n, out, len);
+	case I_HMAC:
+		return f->C_Sign(k->s, in, n, out, len);
+	case I_CBC:
+	case I_ECB:
+		return f->C_Encrypt(k->s, in, n, out, len);
+	default:
+		return f->C_Decrypt(k->s, in, n, out, len);
+	}
+}
+
+static void test_input(void)
+{
+	begin("input");
+	CK_C_INITIALIZE_ARGS ia = {.flags = CKF_OS_LOCKING_OK};
+	OK(f->C_Initialize(&ia));
+	keys k;
+	static CK_BYTE mac_value[32] = "a generic secret for the HMACs..";
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_KEY_TYPE gen = CKK_GENERIC_SECRET;
+	CK_ATTRIBUTE mt[] = {{CKA_CLASS, &cls, sizeof cls},   {CKA_KEY_TYPE, &gen, sizeof gen},
+			     {CKA_TOKEN, &no, sizeof no},     {CKA_SIGN, &yes, sizeof yes},
+			     {CKA_VALUE, mac_value, sizeof mac_value}};
+	CK_OBJECT_HANDLE mac;
+	if (!open_keys(&k) || !OK(f->C_CreateObject(k.s, mt, 5, &mac))) {
+		OK(f->C_Finalize(NULL));
+		end();
+		return;
+	}
+	/* Input a, then b: b is msg (sixteen bytes of it for ECB), or for
+	 * the decryption ct, msg's ciphertext; a's ciphertext is made here. */
+	static CK_BYTE a[32] = "the first input, 32 bytes long..";
+	CK_BYTE ct_a[64];
+	CK_ULONG ct_a_len = sizeof ct_a;
+	OK(in_init(&k, mac, I_CBC));
+	OK(in_call(&k, I_CBC, a, 20, ct_a, &ct_a_len));
+
+	for (int fam = 0; fam < I_COUNT; fam++) {
+		CK_BYTE_PTR in_a = fam == I_DECRYPT ? ct_a : a, in_b = fam == I_DECRYPT ? ct : msg;
+		CK_ULONG na = fam == I_DECRYPT ? ct_a_len : fam == I_ECB ? 32 : 20;
+		CK_ULONG nb = fam == I_DECRYPT ? ct_len : fam == I_ECB ? 16 : sizeof msg;
+		/* What b gives alone: one call with a buffer. */
+		CK_BYTE want[256], out[256];
+		CK_ULONG want_len = sizeof want, len;
+		if (!OK(in_init(&k, mac, fam)) || !OK(in_call(&k, fam, in_b, nb, want, &want_len)))
+			continue;
+		for (int between = 0; between < 3; between++) {
+			/* a's length query; then nothing, b's length query, or b
+			 * with a short buffer; then b with a buffer. */
+			OK(in_init(&k, mac, fam));
+			len = 0;
+			OK(in_call(&k, fam, in_a, na, NULL, &len));
+			if (between == 1) {
+				len = 0;
+				OK(in_call(&k, fam, in_b, nb, NULL, &len));
+				CHECK(len >= want_len, "%s: b's length %lu < %lu", ifam_name[fam], (unsigned long)len,
+				      (unsigned long)want_len);
+			} else if (between == 2) {
+				len = 1;
+				EXPECT(in_call(&k, fam, in_b, nb, out, &len), CKR_BUFFER_TOO_SMALL);
+			}
+			len = sizeof out;
+			if (OK(in_call(&k, fam, in_b, nb, out, &len)))
+				CHECK(len == want_len && memcmp(out, want, want_len) == 0,
+				      "%s, a's length query then b (%d): not b's output (%lu bytes, want %lu)", ifam_name[fam],
+				      between, (unsigned long)len, (unsigned long)want_len);
+			len = sizeof out;
+			EXPECT(in_call(&k, fam, in_b, nb, out, &len), CKR_OPERATION_NOT_INITIALIZED);
+		}
+		/* The same input twice: the held result. */
+		OK(in_init(&k, mac, fam));
+		len = 0;
+		OK(in_call(&k, fam, in_b, nb, NULL, &len));
+		len = sizeof out;
+		if (OK(in_call(&k, fam, in_b, nb, out, &len)))
+			CHECK(len == want_len && memcmp(out, want, want_len) == 0, "%s, b twice: not b's output", ifam_name[fam]);
+	}
+	OK(f->C_Finalize(NULL));
+	end();
+}
+
 /* ---- rules ---- */
 
 static CK_RV sign_query(const keys *k, CK_ULONG *len)
@@ -391,12 +503,15 @@ static CK_RV sign_query(const keys *k, CK_ULONG *len)
 	return f->C_Sign(k->s, msg, 32, NULL, len);
 }
 
-static int verifies(const keys *k, const CK_BYTE *sig, CK_ULONG n)
+/* verifies_over checks an ECDSA signature of 32 bytes of data. */
+static int verifies_over(const keys *k, const CK_BYTE *data, const CK_BYTE *sig, CK_ULONG n)
 {
 	CK_MECHANISM m = {CKM_ECDSA, NULL, 0};
 	return f->C_VerifyInit(k->s, &m, k->ec_pub) == CKR_OK &&
-	       f->C_Verify(k->s, msg, 32, (CK_BYTE_PTR)sig, n) == CKR_OK;
+	       f->C_Verify(k->s, (CK_BYTE_PTR)data, 32, (CK_BYTE_PTR)sig, n) == CKR_OK;
 }
+
+static int verifies(const keys *k, const CK_BYTE *sig, CK_ULONG n) { return verifies_over(k, msg, sig, n); }
 
 static void test_rules(void)
 {
@@ -430,12 +545,13 @@ static void test_rules(void)
 		len = sizeof sig;
 		EXPECT(f->C_Sign(k.s, msg, 32, sig, &len), CKR_OPERATION_NOT_INITIALIZED);
 	}
-	/* The result is what the query measured, whatever the follow-up's data,
-	 * as the daemon answers without a held result. */
+	/* A follow-up with other data gets a signature of its own data, not
+	 * the held one (ECDSA: random, so only which data verifies tells). */
 	OK(sign_query(&k, &len));
 	len = sizeof sig;
 	OK(f->C_Sign(k.s, msg + 32, 32, sig, &len));
-	CHECK(verifies(&k, sig, len), "the follow-up gets the signature the query measured");
+	CHECK(verifies_over(&k, msg + 32, sig, len) && !verifies(&k, sig, len),
+	      "the follow-up gets a signature of its own data");
 
 	/* Discarded: C_SessionCancel, an Init with no mechanism. */
 	OK(sign_query(&k, &len));
@@ -693,6 +809,7 @@ int main(int argc, char **argv)
 	end();
 	if (made) {
 		test_trips();
+		test_input();
 		test_rules();
 		test_threads();
 	}

@@ -86,3 +86,62 @@ func TestPrefetchHeld(t *testing.T) {
 		t.Fatalf("the daemon saw %v, want two C_Encrypt", got)
 	}
 }
+
+// A held result answers only a follow-up with the same input: a size
+// query returns a length, so a follow-up with other input goes to the
+// daemon, which performs the operation on it, and the held result is
+// dropped (PKCS#11 5.2).
+func TestPrefetchHeldOtherInput(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	m, _ := session(t, func(q Req) Resp {
+		mu.Lock()
+		defer mu.Unlock()
+		switch q.Call.Name {
+		case "C_SessionCancel":
+			seen = append(seen, "C_SessionCancel")
+			return Resp{RV: 0}
+		case "C_Encrypt":
+			in, _ := q.Args.Bytes(1)
+			spec := q.Args.Out(2)
+			seen = append(seen, "C_Encrypt "+string(in))
+			// An output of 16 bytes that names its input.
+			out := append([]byte("out:"), in...)
+			out = append(out, bytes.Repeat([]byte{'.'}, 16-len(out))...)
+			return Reply("C_Encrypt", func(r *wire.Results) uint64 { return r.OutBytes(spec, out) })
+		}
+		return Resp{RV: ck.CKR_FUNCTION_NOT_SUPPORTED}
+	})
+	calls := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), seen...)
+	}
+
+	if rv, n, _ := m.Encrypt(1, []byte("aaaa"), 0, true); rv != 0 || n != 16 {
+		t.Fatalf("size query: rv %v, length %d", rv, n)
+	}
+	if rv, n, out := m.Encrypt(1, []byte("bbbb"), 64, false); rv != 0 || n != 16 || string(out[:16]) != "out:bbbb........" {
+		t.Fatalf("follow-up with other input: rv %v, length %d, %q", rv, n, out[:n])
+	}
+	if got := calls(); len(got) != 2 || got[0] != "C_Encrypt aaaa" || got[1] != "C_Encrypt bbbb" {
+		t.Fatalf("the daemon saw %q, want the query's C_Encrypt and the follow-up's, no cancel", got)
+	}
+	// A short buffer with other input goes to the daemon too; so does a
+	// size query with other input, whose own result is then held.
+	if rv, _, _ := m.Encrypt(1, []byte("cccc"), 0, true); rv != 0 {
+		t.Fatalf("size query: rv %v", rv)
+	}
+	if rv, n, _ := m.Encrypt(1, []byte("dddd"), 4, false); rv != ck.CKR_BUFFER_TOO_SMALL || n != 16 {
+		t.Fatalf("short buffer with other input: rv %v, length %d", rv, n)
+	}
+	if rv, n, _ := m.Encrypt(1, []byte("eeee"), 0, true); rv != 0 || n != 16 {
+		t.Fatalf("size query with other input: rv %v, length %d", rv, n)
+	}
+	if rv, n, out := m.Encrypt(1, []byte("eeee"), 64, false); rv != 0 || n != 16 || string(out[:16]) != "out:eeee........" {
+		t.Fatalf("follow-up: rv %v, length %d, %q", rv, n, out[:n])
+	}
+	if got := calls(); len(got) != 5 || got[2] != "C_Encrypt cccc" || got[3] != "C_Encrypt dddd" || got[4] != "C_Encrypt eeee" {
+		t.Fatalf("the daemon saw %q, want cccc, dddd and eeee's C_Encrypt, the last follow-up served", got)
+	}
+}
