@@ -2,6 +2,7 @@ package token
 
 import (
 	"context"
+	"encoding/binary"
 
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
@@ -268,12 +269,13 @@ func tagOf(op *msgOp, p *wire.Param) []byte {
 }
 
 // sealID identifies what an encryption's output depends on: the data,
-// the associated data, and the caller's IV when the caller gives it.
+// the associated data, and the parameter's IV buffer (the caller's IV, or
+// the fixed part of the token's), its generator and fixed bits.
 func sealID(mp *mech.MsgParams, aad, in []byte) inputID {
-	if mp.Gen == mech.IVCaller {
-		return inputOf(aad, in, mp.IV)
-	}
-	return inputOf(aad, in)
+	var how [16]byte
+	binary.BigEndian.PutUint64(how[:8], uint64(mp.Gen))
+	binary.BigEndian.PutUint64(how[8:], uint64(mp.FixedBits))
+	return inputOf(aad, in, mp.IV, how[:])
 }
 
 // fits says whether an output of n bytes goes into the caller's buffer.
