@@ -3,6 +3,7 @@ package moduletest
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"sync"
 	"testing"
 
@@ -143,5 +144,48 @@ func TestPrefetchHeldOtherInput(t *testing.T) {
 	}
 	if got := calls(); len(got) != 5 || got[2] != "C_Encrypt cccc" || got[3] != "C_Encrypt dddd" || got[4] != "C_Encrypt eeee" {
 		t.Fatalf("the daemon saw %q, want cccc, dddd and eeee's C_Encrypt, the last follow-up served", got)
+	}
+}
+
+// TestPrefetchHeldOtherLongInput: past the size up to which the module
+// keeps a follow-up's arguments as they are, it matches them by their
+// SHA-256: an input that differs in its last byte still goes to the
+// daemon, the same input is served from the held result.
+func TestPrefetchHeldOtherLongInput(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	m, _ := session(t, func(q Req) Resp {
+		mu.Lock()
+		defer mu.Unlock()
+		switch q.Call.Name {
+		case "C_SessionCancel":
+			return Resp{RV: 0}
+		case "C_Encrypt":
+			in, _ := q.Args.Bytes(1)
+			spec := q.Args.Out(2)
+			seen = append(seen, fmt.Sprintf("%d:%c", len(in), in[len(in)-1]))
+			out := append([]byte("out:"), in[len(in)-1])
+			out = append(out, bytes.Repeat([]byte{'.'}, 16-len(out))...)
+			return Reply("C_Encrypt", func(r *wire.Results) uint64 { return r.OutBytes(spec, out) })
+		}
+		return Resp{RV: ck.CKR_FUNCTION_NOT_SUPPORTED}
+	})
+	long := func(last byte) []byte { return append(bytes.Repeat([]byte{'x'}, 5000), last) }
+	if rv, n, _ := m.Encrypt(1, long('a'), 0, true); rv != 0 || n != 16 {
+		t.Fatalf("size query: rv %v, length %d", rv, n)
+	}
+	if rv, n, out := m.Encrypt(1, long('b'), 64, false); rv != 0 || n != 16 || string(out[:5]) != "out:b" {
+		t.Fatalf("follow-up with other input: rv %v, length %d, %q", rv, n, out[:n])
+	}
+	if rv, _, _ := m.Encrypt(1, long('c'), 0, true); rv != 0 {
+		t.Fatalf("size query: rv %v", rv)
+	}
+	if rv, n, out := m.Encrypt(1, long('c'), 64, false); rv != 0 || n != 16 || string(out[:5]) != "out:c" {
+		t.Fatalf("follow-up: rv %v, length %d, %q", rv, n, out[:n])
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 3 || seen[0] != "5001:a" || seen[1] != "5001:b" || seen[2] != "5001:c" {
+		t.Fatalf("the daemon saw %q, want a, b and c's C_Encrypt, the last follow-up served", seen)
 	}
 }
