@@ -10,8 +10,11 @@
 //	        created from a 32-byte secret we supply, stored outside as Sealed
 //	     │   ├─ domain id = TPM2_HMAC(master key, "hsmemu/domain/v1")
 //	     │   └─ KEK(label) = TPM2_HMAC(master key, label)
-//	     └─ PIN-bound secrets: sealed data objects, one per PIN record,
-//	        not noDA, authorised by a value derived from the PIN (pinseal.go)
+//	     ├─ PIN-bound secrets: sealed data objects, one per PIN record,
+//	     │  not noDA, authorised by a value derived from the PIN (pinseal.go)
+//	     └─ import key (importkey.go)
+//	         └─ a master key imported from another node's duplication
+//	            blob, fixedTPM | fixedParent clear (masterdup.go)
 //
 // Beside the master key, Sealed (version 2) records its PIN recovery public
 // key, an X25519 key whose private half is derived from the master secret

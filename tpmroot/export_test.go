@@ -113,3 +113,12 @@ func (t *TPM) SwtpmPID() int {
 func OpenWithOptions(ctx context.Context, spec Spec, opts Options, searchPath string) (*TPM, error) {
 	return open(ctx, spec, openOptions{Options: opts, swtpmSearchPath: searchPath})
 }
+
+// Unseal sends TPM2_Unseal for the loaded master key, which the TPM must
+// refuse (a signing key's sensitive data does not come out).
+func (r *Root) Unseal() error {
+	r.t.mu.Lock()
+	defer r.t.mu.Unlock()
+	_, err := tpm2.Unseal{ItemHandle: tpm2.AuthHandle{Handle: r.handle, Name: r.name, Auth: tpm2.PasswordAuth(nil)}}.Execute(r.t.tpm)
+	return err
+}

@@ -175,15 +175,21 @@ const reconnectTimeout = 15 * time.Second
 // under the SRK just created; the SRK must be the one it was sealed
 // under (the same TPM, not cleared). t.mu is held.
 func (t *TPM) reload() error {
+	// Imported master keys first: each needs a slot for its import key
+	// while it loads, which the others would fill.
+	var order []*Root
 	for r := range t.roots {
+		if r.sealed.Parent != nil {
+			order = append([]*Root{r}, order...)
+		} else {
+			order = append(order, r)
+		}
+	}
+	for _, r := range order {
 		if !bytes.Equal(r.sealed.SRKName, t.srk.name.Buffer) {
 			return fmt.Errorf("%w: the TPM came back with another SRK (%x, the master key's is %x): it was cleared or replaced", ErrWrongTPM, t.srk.name.Buffer, r.sealed.SRKName)
 		}
-		rsp, err := tpm2.Load{
-			ParentHandle: tpm2.AuthHandle{Handle: t.srk.handle, Name: t.srk.name, Auth: tpm2.PasswordAuth(nil)},
-			InPrivate:    tpm2.TPM2BPrivate{Buffer: r.sealed.Private},
-			InPublic:     tpm2.BytesAs2B[tpm2.TPMTPublic](r.sealed.Public),
-		}.Execute(t.tpm)
+		rsp, err := t.loadMasterObject(r.sealed, false)
 		if err != nil {
 			return fmt.Errorf("tpmroot: reloading the master key (TPM2_Load): %w", err)
 		}

@@ -86,12 +86,16 @@ func checkPINDupPublic(pub *tpm2.TPMTPublic) error {
 	return nil
 }
 
-type pinDup struct {
+// dupBlob is a TPM2_Import blob for a node's import key: a PIN-bound
+// secret's (magic "HSPD") or a master key's (masterdup.go, "HSMD"), the
+// same encoding under each magic.
+type dupBlob struct {
+	magic                           string
 	parent, public, duplicate, seed []byte
 }
 
-func (d *pinDup) marshal() []byte {
-	b := append([]byte(pinDupMagic), pinDupVersion)
+func (d *dupBlob) marshal() []byte {
+	b := append([]byte(d.magic), pinDupVersion)
 	for _, f := range [][]byte{d.parent, d.public, d.duplicate, d.seed} {
 		b = binary.BigEndian.AppendUint16(b, uint16(len(f)))
 		b = append(b, f...)
@@ -99,27 +103,30 @@ func (d *pinDup) marshal() []byte {
 	return b
 }
 
-func parsePINDup(b []byte) (*pinDup, error) {
-	if len(b) < len(pinDupMagic)+1 || string(b[:len(pinDupMagic)]) != pinDupMagic || b[len(pinDupMagic)] != pinDupVersion {
-		return nil, fmt.Errorf("%w: not a PIN duplication blob", ErrPINDupRefused)
+// parseDup decodes a blob encoded under magic; errors wrap refused.
+func parseDup(magic string, refused error, b []byte) (*dupBlob, error) {
+	if len(b) < len(magic)+1 || string(b[:len(magic)]) != magic || b[len(magic)] != pinDupVersion {
+		return nil, fmt.Errorf("%w: not a duplication blob of its kind", refused)
 	}
-	rest := b[len(pinDupMagic)+1:]
-	d := &pinDup{}
+	rest := b[len(magic)+1:]
+	d := &dupBlob{magic: magic}
 	for _, f := range []*[]byte{&d.parent, &d.public, &d.duplicate, &d.seed} {
 		if len(rest) < 2 {
-			return nil, fmt.Errorf("%w: truncated", ErrPINDupRefused)
+			return nil, fmt.Errorf("%w: truncated", refused)
 		}
 		n := int(binary.BigEndian.Uint16(rest))
 		if len(rest)-2 < n || n == 0 || n > maxAreaLen {
-			return nil, fmt.Errorf("%w: truncated or out of range", ErrPINDupRefused)
+			return nil, fmt.Errorf("%w: truncated or out of range", refused)
 		}
 		*f, rest = rest[2:2+n:2+n], rest[2+n:]
 	}
 	if len(rest) != 0 || len(d.parent) > maxNameLen {
-		return nil, fmt.Errorf("%w: trailing bytes or a field out of range", ErrPINDupRefused)
+		return nil, fmt.Errorf("%w: trailing bytes or a field out of range", refused)
 	}
 	return d, nil
 }
+
+func parsePINDup(b []byte) (*dupBlob, error) { return parseDup(pinDupMagic, ErrPINDupRefused, b) }
 
 // IsPINDup reports whether b is encoded as a duplication blob (not
 // whether it is a good one).
@@ -135,6 +142,17 @@ func DuplicatePINSecret(importKey, auth, secret []byte) ([]byte, error) {
 	if len(auth) != pinSecretSize || len(secret) != pinSecretSize {
 		return nil, fmt.Errorf("tpmroot: a PIN-bound secret and its authorisation are %d bytes, not %d and %d", pinSecretSize, len(secret), len(auth))
 	}
+	av := authValue(auth)
+	defer clear(av)
+	return duplicateKeyedHash(pinDupMagic, importKey, pinDupTemplate(), av, secret)
+}
+
+// duplicateKeyedHash makes, in software, a duplication blob under magic
+// of the keyed-hash object with public area pub (its unique field filled
+// here), authorisation value av and sensitive data secret, for the
+// node whose import key is importKey (its ImportKey encoding; only the
+// public area is used).
+func duplicateKeyedHash(magic string, importKey []byte, pub tpm2.TPMTPublic, av, secret []byte) ([]byte, error) {
 	var ik ImportKey
 	if err := ik.UnmarshalBinary(importKey); err != nil {
 		return nil, err
@@ -160,14 +178,11 @@ func DuplicatePINSecret(importKey, auth, secret []byte) ([]byte, error) {
 	unique := sha256.New()
 	unique.Write(seed)
 	unique.Write(secret)
-	pub := pinDupTemplate()
 	pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgKeyedHash, &tpm2.TPM2BDigest{Buffer: unique.Sum(nil)})
 	name, err := tpm2.ObjectName(&pub)
 	if err != nil {
 		return nil, err
 	}
-	av := authValue(auth)
-	defer clear(av)
 	sens := tpm2.Marshal(tpm2.TPMTSensitive{
 		SensitiveType: tpm2.TPMAlgKeyedHash,
 		AuthValue:     tpm2.TPM2BAuth{Buffer: av},
@@ -177,11 +192,11 @@ func DuplicatePINSecret(importKey, auth, secret []byte) ([]byte, error) {
 	defer clear(sens)
 	dup, encSeed, err := tpm2.CreateDuplicate(rand.Reader, ek, name.Buffer, sens)
 	if err != nil {
-		return nil, fmt.Errorf("tpmroot: making a PIN duplication blob: %w", err)
+		return nil, fmt.Errorf("tpmroot: making a duplication blob: %w", err)
 	}
-	d := pinDup{parent: ikName.Buffer, public: tpm2.Marshal(pub), duplicate: dup, seed: encSeed}
+	d := dupBlob{magic: magic, parent: ikName.Buffer, public: tpm2.Marshal(pub), duplicate: dup, seed: encSeed}
 	if len(d.public) > maxAreaLen || len(d.duplicate) > maxAreaLen || len(d.seed) > maxAreaLen {
-		return nil, errors.New("tpmroot: a PIN duplication blob out of range")
+		return nil, errors.New("tpmroot: a duplication blob out of range")
 	}
 	return d.marshal(), nil
 }
@@ -226,77 +241,19 @@ func (t *TPM) UnsealPINDup(importKey, blob, auth []byte) ([]byte, error) {
 	if t.closed {
 		return nil, ErrClosed
 	}
-	// The import key, the import and the imported object's load, each
-	// done once: makingRoom runs op again after each master key it moves
-	// out, and op goes on from where it stopped.
-	var ikRsp, objRsp *tpm2.LoadResponse
-	var imported *tpm2.ImportResponse
-	var refused error
-	stage := "loading this node's import key (TPM2_Load)"
-	op := func() (err error) {
-		if ikRsp == nil {
-			rsp, err := tpm2.Load{
-				ParentHandle: tpm2.AuthHandle{Handle: t.srk.handle, Name: t.srk.name, Auth: tpm2.PasswordAuth(nil)},
-				InPrivate:    tpm2.TPM2BPrivate{Buffer: ik.Private},
-				InPublic:     tpm2.BytesAs2B[tpm2.TPMTPublic](ik.Public),
-			}.Execute(t.tpm)
-			if err != nil {
-				return err
-			}
-			ikRsp = rsp
-		}
-		if imported == nil {
-			rsp, err := tpm2.Import{
-				ParentHandle: tpm2.AuthHandle{Handle: ikRsp.ObjectHandle, Name: ikRsp.Name, Auth: tpm2.PasswordAuth(nil)},
-				ObjectPublic: tpm2.BytesAs2B[tpm2.TPMTPublic](d.public),
-				Duplicate:    tpm2.TPM2BPrivate{Buffer: d.duplicate},
-				InSymSeed:    tpm2.TPM2BEncryptedSecret{Buffer: d.seed},
-				Symmetric:    tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull},
-			}.Execute(t.tpm)
-			var fmt1 tpm2.TPMFmt1Error
-			if errors.As(err, &fmt1) {
-				// A parameter the TPM refuses: the blob (its
-				// integrity, its seed, its public area).
-				refused = err
-				return nil
-			}
-			if err != nil {
-				stage = "importing a PIN duplication blob (TPM2_Import)"
-				return err
-			}
-			imported = rsp
-		}
-		stage = "loading an imported PIN-bound secret (TPM2_Load)"
-		rsp, err := tpm2.Load{
-			ParentHandle: tpm2.AuthHandle{Handle: ikRsp.ObjectHandle, Name: ikRsp.Name, Auth: tpm2.PasswordAuth(nil)},
-			InPrivate:    imported.OutPrivate,
-			InPublic:     tpm2.BytesAs2B[tpm2.TPMTPublic](d.public),
-		}.Execute(t.tpm)
-		if err != nil {
-			return err
-		}
-		objRsp = rsp
-		return nil
-	}
-	restore, err := t.makingRoom(op)
+	run := &importRun{t: t, ik: &ik, d: d, load: true, what: "a PIN duplication blob"}
+	restore, err := t.makingRoom(run.op)
 	var secret []byte
 	loadErr := err
-	if err == nil && refused == nil {
-		secret, err = t.unsealLoaded(pub, objRsp, authValue(auth))
+	if err == nil && run.refused == nil {
+		secret, err = t.unsealLoaded(pub, run.obj, authValue(auth))
 	}
-	var cleanup []error
-	if objRsp != nil {
-		cleanup = append(cleanup, flush(t.tpm, objRsp.ObjectHandle))
-	}
-	if ikRsp != nil {
-		cleanup = append(cleanup, flush(t.tpm, ikRsp.ObjectHandle))
-	}
-	cerr := errors.Join(append(cleanup, restore())...)
+	cerr := errors.Join(append(run.flush(), restore())...)
 	switch {
 	case loadErr != nil:
-		return nil, errors.Join(fmt.Errorf("tpmroot: %s: %w", stage, loadErr), cerr)
-	case refused != nil:
-		return nil, errors.Join(refuse(fmt.Errorf("%w: TPM2_Import: %w", ErrPINDupRefused, refused)), cerr)
+		return nil, errors.Join(fmt.Errorf("tpmroot: %s: %w", run.stage, loadErr), cerr)
+	case run.refused != nil:
+		return nil, errors.Join(refuse(fmt.Errorf("%w: TPM2_Import: %w", ErrPINDupRefused, run.refused)), cerr)
 	case err != nil:
 		// The unseal's own error (a wrong PIN, a lockout) keeps its type.
 		return nil, errors.Join(err, cerr)
@@ -305,6 +262,87 @@ func (t *TPM) UnsealPINDup(importKey, blob, auth []byte) ([]byte, error) {
 		return nil, cerr
 	}
 	return secret, nil
+}
+
+// importRun imports a duplication blob under this node's import key: the
+// import key's load under the SRK, TPM2_Import, and, with load, the
+// imported object's load under the import key. Each is done once: op is
+// makingRoom's, run again after each master key it moves out, and goes
+// on from where it stopped. t.mu is held.
+type importRun struct {
+	t        *TPM
+	ik       *ImportKey
+	d        *dupBlob
+	load     bool
+	what     string
+	ikRsp    *tpm2.LoadResponse
+	imported *tpm2.ImportResponse
+	obj      *tpm2.LoadResponse
+	refused  error // the TPM's refusal of the blob (a parameter it rejects)
+	stage    string
+}
+
+func (r *importRun) op() error {
+	t := r.t
+	if r.ikRsp == nil {
+		r.stage = "loading this node's import key (TPM2_Load)"
+		rsp, err := tpm2.Load{
+			ParentHandle: tpm2.AuthHandle{Handle: t.srk.handle, Name: t.srk.name, Auth: tpm2.PasswordAuth(nil)},
+			InPrivate:    tpm2.TPM2BPrivate{Buffer: r.ik.Private},
+			InPublic:     tpm2.BytesAs2B[tpm2.TPMTPublic](r.ik.Public),
+		}.Execute(t.tpm)
+		if err != nil {
+			return err
+		}
+		r.ikRsp = rsp
+	}
+	if r.imported == nil {
+		r.stage = "importing " + r.what + " (TPM2_Import)"
+		rsp, err := tpm2.Import{
+			ParentHandle: tpm2.AuthHandle{Handle: r.ikRsp.ObjectHandle, Name: r.ikRsp.Name, Auth: tpm2.PasswordAuth(nil)},
+			ObjectPublic: tpm2.BytesAs2B[tpm2.TPMTPublic](r.d.public),
+			Duplicate:    tpm2.TPM2BPrivate{Buffer: r.d.duplicate},
+			InSymSeed:    tpm2.TPM2BEncryptedSecret{Buffer: r.d.seed},
+			Symmetric:    tpm2.TPMTSymDef{Algorithm: tpm2.TPMAlgNull},
+		}.Execute(t.tpm)
+		var fmt1 tpm2.TPMFmt1Error
+		if errors.As(err, &fmt1) {
+			// A parameter the TPM refuses: the blob (its integrity, its
+			// seed, its public area).
+			r.refused = err
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		r.imported = rsp
+	}
+	if !r.load {
+		return nil
+	}
+	r.stage = "loading " + r.what + " once imported (TPM2_Load)"
+	rsp, err := tpm2.Load{
+		ParentHandle: tpm2.AuthHandle{Handle: r.ikRsp.ObjectHandle, Name: r.ikRsp.Name, Auth: tpm2.PasswordAuth(nil)},
+		InPrivate:    r.imported.OutPrivate,
+		InPublic:     tpm2.BytesAs2B[tpm2.TPMTPublic](r.d.public),
+	}.Execute(t.tpm)
+	if err != nil {
+		return err
+	}
+	r.obj = rsp
+	return nil
+}
+
+// flush flushes what op loaded.
+func (r *importRun) flush() []error {
+	var errs []error
+	if r.obj != nil {
+		errs = append(errs, flush(r.t.tpm, r.obj.ObjectHandle))
+	}
+	if r.ikRsp != nil {
+		errs = append(errs, flush(r.t.tpm, r.ikRsp.ObjectHandle))
+	}
+	return errs
 }
 
 // UnsealPINDup is TPM.UnsealPINDup on the root's TPM.

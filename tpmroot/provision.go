@@ -22,6 +22,10 @@ type ProvisionOptions struct {
 	// Threshold is how many custodians' shares recreate the master secret
 	// (1 to len(Custodians)). Zero without custodians.
 	Threshold int
+	// ImportKeys are other nodes' import keys (ImportKey encodings): a
+	// duplication blob of the new master key is made for each
+	// (masterdup.go), in Provisioned.Duplicates.
+	ImportKeys [][]byte
 }
 
 // Provisioned is what Provision returns for the caller to persist and hand
@@ -33,6 +37,11 @@ type Provisioned struct {
 	Shares []escrow.EncryptedShare
 	// Escrow describes the split; nil without custodians.
 	Escrow *escrow.Metadata
+	// Duplicates are the master key's duplication blobs for
+	// ProvisionOptions.ImportKeys, in their order; nil for an import key
+	// that is none (DuplicateErr says why).
+	Duplicates   [][]byte
+	DuplicateErr []error
 }
 
 // Escrowed reports whether the master secret was split to custodians. When
@@ -144,6 +153,10 @@ func (t *TPM) provision(opts ProvisionOptions, inspect func(secret []byte)) (*Pr
 	sealed, err := t.seal(secret)
 	if err != nil {
 		return nil, err
+	}
+	for _, ik := range opts.ImportKeys {
+		b, err := duplicateMaster(ik, secret)
+		p.Duplicates, p.DuplicateErr = append(p.Duplicates, b), append(p.DuplicateErr, err)
 	}
 	if inspect != nil {
 		inspect(secret)

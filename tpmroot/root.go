@@ -75,18 +75,18 @@ func (t *TPM) loadLocked(s *Sealed) (*Root, error) {
 	if !bytes.Equal(tpm2.Marshal(pub), s.Public) {
 		return nil, errors.New("tpmroot: sealed master key: corrupt public area (trailing or non-canonical bytes)")
 	}
-	if err := checkMasterPublic(pub); err != nil {
+	check := checkMasterPublic
+	if s.Parent != nil {
+		check = checkImportedMasterPublic
+	}
+	if err := check(pub); err != nil {
 		return nil, fmt.Errorf("tpmroot: sealed master key: not a master key: %w", err)
 	}
 
 	// The wrapped private area is encrypted and integrity-protected under
-	// the SRK, so TPM2_Load carries nothing secret in clear and needs no
-	// salted session.
-	rsp, err := tpm2.Load{
-		ParentHandle: tpm2.AuthHandle{Handle: t.srk.handle, Name: t.srk.name, Auth: tpm2.PasswordAuth(nil)},
-		InPrivate:    tpm2.TPM2BPrivate{Buffer: s.Private},
-		InPublic:     tpm2.BytesAs2B[tpm2.TPMTPublic](s.Public),
-	}.Execute(t.tpm)
+	// the SRK (or the import key under it), so TPM2_Load carries nothing
+	// secret in clear and needs no salted session.
+	rsp, err := t.loadMasterObject(s, true)
 	if err != nil {
 		var fmt1 tpm2.TPMFmt1Error
 		if errors.As(err, &fmt1) || errors.Is(err, tpm2.TPMRCSensitive) {

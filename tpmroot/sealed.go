@@ -7,9 +7,15 @@ import (
 	"fmt"
 )
 
-// SealedVersion is the current version of Sealed and its encoding.
-// Version 1 (before PIN recovery keys) is still read and loaded.
-const SealedVersion = 2
+// SealedVersion is the current version of Sealed and its encoding for a
+// master key made in this TPM under its SRK. Version 1 (before PIN
+// recovery keys) is still read and loaded. SealedImportedVersion is one
+// imported from another node's duplication blob (masterdup.go): version
+// 2's fields and the import key it is loaded under.
+const (
+	SealedVersion         = 2
+	SealedImportedVersion = 3
+)
 
 // Sealed is the master key wrapped by one TPM: what the keystore persists.
 // Nothing in it is secret in clear: the private area is encrypted and
@@ -30,16 +36,21 @@ type Sealed struct {
 	// version 1.
 	RecoveryPublic []byte
 	RecoveryMAC    []byte
+	// Parent is, in version 3, the node's import key (ImportKey's
+	// encoding, TPM-wrapped under SRKName) that Private is wrapped
+	// under: the master key was imported from a duplication blob a
+	// rotation made for this node. Nil in versions 1 and 2.
+	Parent []byte
 }
 
 // The encoding:
 //
-//	"HSMK" | version u8 | srk name | public | private | domain id [| recovery public | recovery mac]
+//	"HSMK" | version u8 | srk name | public | private | domain id [| recovery public | recovery mac [| parent]]
 //
 // where each field is a big-endian u16 length and that many bytes; the
-// last two are in version 2 only. Decoding accepts exactly what encoding
-// produces: version 1 or 2, every length within its bound, no trailing
-// bytes.
+// recovery key and its MAC are in versions 2 and 3, the parent in 3 only.
+// Decoding accepts exactly what encoding produces: version 1 to 3, every
+// length within its bound, no trailing bytes.
 const sealedMagic = "HSMK"
 
 // Bounds on the fields. A name is a 2-byte hash algorithm and a digest
@@ -50,19 +61,22 @@ const (
 	maxAreaLen     = 2048
 	domainIDLength = 32
 	recoveryLength = 32
+	// An import key's encoding: magic, version, two areas.
+	maxImportKeyLen = len(importKeyMagic) + 1 + 2*(2+maxAreaLen)
 )
 
 // clone returns a copy of s that shares nothing with it.
 func (s *Sealed) clone() *Sealed {
 	return &Sealed{Version: s.Version, SRKName: bytes.Clone(s.SRKName), Public: bytes.Clone(s.Public),
-		Private: bytes.Clone(s.Private), DomainID: bytes.Clone(s.DomainID)}
+		Private: bytes.Clone(s.Private), DomainID: bytes.Clone(s.DomainID), RecoveryPublic: bytes.Clone(s.RecoveryPublic),
+		RecoveryMAC: bytes.Clone(s.RecoveryMAC), Parent: bytes.Clone(s.Parent)}
 }
 
 // check validates field lengths and the version.
 func (s *Sealed) check() error {
 	switch {
-	case s.Version != 1 && s.Version != SealedVersion:
-		return fmt.Errorf("version %d, want 1 or %d", s.Version, SealedVersion)
+	case s.Version < 1 || s.Version > SealedImportedVersion:
+		return fmt.Errorf("version %d, want 1 to %d", s.Version, SealedImportedVersion)
 	case len(s.SRKName) < 3 || len(s.SRKName) > maxNameLen:
 		return fmt.Errorf("%d-byte SRK name", len(s.SRKName))
 	case len(s.Public) == 0 || len(s.Public) > maxAreaLen:
@@ -75,6 +89,10 @@ func (s *Sealed) check() error {
 		return errors.New("a version 1 sealed master key has no recovery key")
 	case s.Version >= 2 && (len(s.RecoveryPublic) != recoveryLength || len(s.RecoveryMAC) != recoveryLength):
 		return fmt.Errorf("%d-byte recovery key, %d-byte MAC, want %d", len(s.RecoveryPublic), len(s.RecoveryMAC), recoveryLength)
+	case s.Version < SealedImportedVersion && s.Parent != nil:
+		return errors.New("only a version 3 sealed master key has a parent import key")
+	case s.Version == SealedImportedVersion && (len(s.Parent) == 0 || len(s.Parent) > maxImportKeyLen):
+		return fmt.Errorf("%d-byte parent import key", len(s.Parent))
 	}
 	return nil
 }
@@ -84,6 +102,9 @@ func (s *Sealed) fields() []*[]byte {
 	f := []*[]byte{&s.SRKName, &s.Public, &s.Private, &s.DomainID}
 	if s.Version >= 2 {
 		f = append(f, &s.RecoveryPublic, &s.RecoveryMAC)
+	}
+	if s.Version >= SealedImportedVersion {
+		f = append(f, &s.Parent)
 	}
 	return f
 }
@@ -115,8 +136,8 @@ func (s *Sealed) UnmarshalBinary(data []byte) error {
 		return errors.New("tpmroot: not a sealed master key")
 	}
 	v := Sealed{Version: int(data[len(sealedMagic)])}
-	if v.Version != 1 && v.Version != SealedVersion {
-		return fmt.Errorf("tpmroot: sealed master key of version %d; this hsmemu reads versions 1 to %d", v.Version, SealedVersion)
+	if v.Version < 1 || v.Version > SealedImportedVersion {
+		return fmt.Errorf("tpmroot: sealed master key of version %d; this hsmemu reads versions 1 to %d", v.Version, SealedImportedVersion)
 	}
 	rest := data[len(sealedMagic)+1:]
 	for _, f := range v.fields() {
