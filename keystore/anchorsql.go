@@ -20,8 +20,11 @@ import (
 // audit log, a hash chain whose head the record holds instead, and the
 // nodes, each row under a MAC of its own and holding its node's anchor
 // point (nodes.go): a node's heartbeat is no change to anchor, and a node
-// rolled back is caught by that node's own counter.
-var unanchored = map[string]bool{"anchor": true, "anchor_rows": true, "audit_log": true, "nodes": true}
+// rolled back is caught by that node's own counter; and the nodes' copies
+// of a rotation's master key (nodemasters.go), each MACed with its node
+// and generation, so that one rolled back is an older generation's, which
+// no node takes.
+var unanchored = map[string]bool{"anchor": true, "anchor_rows": true, "audit_log": true, "nodes": true, "node_masters": true}
 
 // keyExpr is the SQL expression of a row's key among its table's rows:
 // its primary key's columns, each as an SQL literal (quote()), or its

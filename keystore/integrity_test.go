@@ -346,6 +346,7 @@ func TestMigrateTokenChecks(t *testing.T) {
 	execSQL(t, db, `UPDATE sqlite_sequence SET seq = 3 WHERE name = 'tokens'`)
 	execSQL(t, db, `UPDATE tokens SET user_failures = -4294967295 WHERE id = ?`, b.ID)
 	execSQL(t, db, `DROP TABLE anchor; DROP TABLE anchor_rows`) // schema 5's
+	execSQL(t, db, `DROP TABLE node_masters`)                   // schema 8's
 	execSQL(t, db, `DROP TABLE pin_bindings; DROP TABLE nodes`) // schema 7's
 	execSQL(t, db, `PRAGMA user_version = 3`)
 

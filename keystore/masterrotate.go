@@ -121,7 +121,12 @@ func (s *Store) BeginMasterRotation(ctx context.Context, next *NextMaster) error
 	if next == nil || len(next.Sealed) == 0 || len(next.Proof) == 0 {
 		return errors.New("keystore: a next master key needs its sealed blob and its proof")
 	}
-	res, err := s.w.ExecContext(ctx, "UPDATE root SET next_sealed = ?, next_proof = ?, next_escrow = ?, updated_at = ? WHERE id = 1 AND next_sealed IS NULL",
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return s.dbErr("begin", err)
+	}
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, "UPDATE root SET next_sealed = ?, next_proof = ?, next_escrow = ?, updated_at = ? WHERE id = 1 AND next_sealed IS NULL",
 		next.Sealed, next.Proof, next.Escrow, time.Now().Unix())
 	if err != nil {
 		return s.dbErr("begin master rotation", err)
@@ -129,7 +134,12 @@ func (s *Store) BeginMasterRotation(ctx context.Context, next *NextMaster) error
 	if n, _ := res.RowsAffected(); n == 0 {
 		return ErrRotationPending
 	}
-	return nil
+	// The other nodes' copies of the next master key, with it: a
+	// rotation that is recorded has them all.
+	if err := s.putNodeMasters(ctx, tx, next.NodeMasters); err != nil {
+		return err
+	}
+	return s.dbErr("commit", tx.Commit())
 }
 
 // AttachNext makes the master key of a rotation under way usable; proof is
@@ -286,6 +296,9 @@ func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)
 	if _, err := tx.ExecContext(ctx, "DELETE FROM carried WHERE master_generation < ?", nextGen); err != nil {
 		return 0, s.dbErr("drop old carried keys", err)
 	}
+	if _, err := tx.ExecContext(ctx, "DELETE FROM node_masters WHERE master_generation < ?", nextGen); err != nil {
+		return 0, s.dbErr("drop old nodes' master keys", err)
+	}
 	if err := tx.Commit(); err != nil {
 		return 0, s.dbErr("commit", err)
 	}
@@ -412,8 +425,19 @@ func (s *Store) AbortMasterRotation(ctx context.Context) error {
 	if rec.Next == nil {
 		return ErrNoRotation
 	}
-	if _, err := s.w.ExecContext(ctx, "UPDATE root SET next_sealed = NULL, next_proof = NULL, next_escrow = NULL, updated_at = ? WHERE id = 1", time.Now().Unix()); err != nil {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return s.dbErr("begin", err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, "UPDATE root SET next_sealed = NULL, next_proof = NULL, next_escrow = NULL, updated_at = ? WHERE id = 1", time.Now().Unix()); err != nil {
 		return s.dbErr("abort master rotation", err)
+	}
+	if _, err := tx.ExecContext(ctx, "DELETE FROM node_masters WHERE master_generation > ?", rec.MasterGeneration); err != nil {
+		return s.dbErr("abort master rotation", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return s.dbErr("commit", err)
 	}
 	s.mu.Lock()
 	delete(s.roots, rec.MasterGeneration+1)

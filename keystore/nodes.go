@@ -485,10 +485,12 @@ func (s *Store) RemoveNode(ctx context.Context, actor AuditActor, id int64) erro
 	if err := s.eng.lockNodes(ctx, tx, true); err != nil {
 		return s.dbErr("lock nodes", err)
 	}
-	// The bindings first: a database without foreign keys on still drops
-	// them with the node.
-	if _, err := tx.ExecContext(ctx, "DELETE FROM pin_bindings WHERE node_id = ?", id); err != nil {
-		return s.dbErr("remove node", err)
+	// The bindings and master key copies first: a database without
+	// foreign keys on still drops them with the node.
+	for _, q := range []string{"DELETE FROM pin_bindings WHERE node_id = ?", "DELETE FROM node_masters WHERE node_id = ?"} {
+		if _, err := tx.ExecContext(ctx, q, id); err != nil {
+			return s.dbErr("remove node", err)
+		}
 	}
 	if _, err := tx.ExecContext(ctx, "DELETE FROM nodes WHERE id = ?", id); err != nil {
 		return s.dbErr("remove node", err)
@@ -511,7 +513,7 @@ func (s *Store) ForgetNode(ctx context.Context, id int64) error {
 	if err := s.eng.lockNodes(ctx, tx, true); err != nil {
 		return s.dbErr("lock nodes", err)
 	}
-	for _, q := range []string{"DELETE FROM pin_bindings WHERE node_id = ?", "DELETE FROM nodes WHERE id = ?"} {
+	for _, q := range []string{"DELETE FROM pin_bindings WHERE node_id = ?", "DELETE FROM node_masters WHERE node_id = ?", "DELETE FROM nodes WHERE id = ?"} {
 		if _, err := tx.ExecContext(ctx, q, id); err != nil {
 			return s.dbErr("forget node", err)
 		}
@@ -522,7 +524,7 @@ func (s *Store) ForgetNode(ctx context.Context, id int64) error {
 // DropNodes removes every node and PIN binding, for a keystore copied
 // into a new TPM (`hsmemu domain recover`), whose one node is added then.
 func (s *Store) DropNodes(ctx context.Context) error {
-	_, err := s.w.ExecContext(ctx, "DELETE FROM pin_bindings; DELETE FROM nodes")
+	_, err := s.w.ExecContext(ctx, "DELETE FROM pin_bindings; DELETE FROM node_masters; DELETE FROM nodes")
 	return s.dbErr("drop nodes", err)
 }
 

@@ -33,7 +33,7 @@ import (
 // among them), the schema version, which SQLite keeps outside any table,
 // and the change generation (pgcluster.go), which only says when to look
 // again.
-var pgUnanchored = map[string]bool{"anchor": true, "anchor_rows": true, "audit_log": true, "hsmemu_schema": true, "hsmemu_changes": true, "nodes": true}
+var pgUnanchored = map[string]bool{"anchor": true, "anchor_rows": true, "audit_log": true, "hsmemu_schema": true, "hsmemu_changes": true, "nodes": true, "node_masters": true}
 
 // createPending makes a writer session's table of notes.
 func createPending(ctx context.Context, c *pgx.Conn) error {

@@ -181,6 +181,16 @@ CREATE TABLE pin_bindings (
 	PRIMARY KEY (token_id, role, node_id)
 );
 `,
+	// 4: SQLite's migration 8, the nodes' copies of a rotation's master key.
+	`
+CREATE TABLE node_masters (
+	node_id           bigint NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+	master_generation bigint NOT NULL CHECK (master_generation BETWEEN 2 AND 4294967295),
+	blob              bytea NOT NULL CHECK (length(blob) BETWEEN 1 AND 8192),
+	mac               bytea NOT NULL CHECK (length(mac) = 32),
+	PRIMARY KEY (node_id, master_generation)
+);
+`,
 }
 
 // pgMigrate brings the schema up to date in one transaction (PostgreSQL's

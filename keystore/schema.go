@@ -203,6 +203,19 @@ CREATE TABLE pin_bindings (
 	PRIMARY KEY (token_id, role, node_id)
 ) STRICT;
 `,
+	// 8: the master key of a rotation, for the nodes that did not make
+	// it (nodemasters.go): per node and master generation, a
+	// TPM2_Import duplication blob for the node's import key, under a MAC
+	// of the domain's.
+	`
+CREATE TABLE node_masters (
+	node_id           INTEGER NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+	master_generation INTEGER NOT NULL CHECK (master_generation BETWEEN 2 AND 4294967295),
+	blob              BLOB NOT NULL CHECK (length(blob) BETWEEN 1 AND 8192),
+	mac               BLOB NOT NULL CHECK (length(mac) = 32),
+	PRIMARY KEY (node_id, master_generation)
+) STRICT;
+`,
 }
 
 // migrationsWithoutFKs are the migrations that rebuild a table other

@@ -249,6 +249,10 @@ type NextMaster struct {
 	Sealed []byte
 	Proof  []byte
 	Escrow []byte // nil when not escrowed
+	// NodeMasters are, by node id, the other nodes' duplication blobs
+	// of the next master key (nodemasters.go), written with it; not read
+	// back by RootRecord.
+	NodeMasters map[int64][]byte
 }
 
 // RootRecord returns the stored root, or ErrNotProvisioned.
