@@ -36,8 +36,9 @@ func shortTPM(name []byte) string { return keystore.ShortTPMID(name) }
 // keystore from before nodes, from the root record. A TPM with no row is
 // refused (ErrNotANode), writing nothing. A row whose sealed key is of a
 // master key a rotation replaced is brought up to date from the root
-// record when the rotation was made on this TPM; otherwise the node
-// missed it and must join again.
+// record when the rotation was made on this TPM; otherwise from the copy
+// the rotation left for this node (catchUp), and failing that the node
+// must join again.
 func (s *State) loadNodeMaster(ctx context.Context, rec *keystore.RootRecord) (*tpmroot.Root, error) {
 	sealedBytes := rec.Sealed
 	n, err := s.Store.NodeCount(ctx)
@@ -71,12 +72,87 @@ func (s *State) loadNodeMaster(ctx context.Context, rec *keystore.RootRecord) (*
 			return nil, fmt.Errorf("read stored master key: %w", err)
 		}
 		if !bytes.Equal(cur.SRKName, srk) {
-			return nil, fmt.Errorf("%w: node %d's sealed master key is of a master key a rotation replaced (generation %d is current), and the rotation was made on another node: join again with the current master key's shares (`hsmemu domain leave %d`, then `hsmemu domain join`)",
-				tpmroot.ErrWrongTPM, s.Node, rec.MasterGeneration, s.Node)
+			imported, err := s.catchUp(ctx, rec, &cur)
+			if err != nil {
+				return nil, err
+			}
+			sealed = *imported
+		} else {
+			sealed, s.nodeFresh = cur, rec.Sealed
 		}
-		sealed, s.nodeFresh = cur, rec.Sealed
 	}
 	return s.TPM.Load(&sealed)
+}
+
+// nodeCatchUp is a master key this node imported at its start from the
+// blob a rotation on another node left for it, to check and keep once
+// the keystore is attached (attachNode).
+type nodeCatchUp struct {
+	gen       uint32
+	blob, mac []byte
+	sealed    []byte
+}
+
+// catchUp brings this node up to a master key rotation made on another
+// node while it was away: it imports, under its import key, the blob the
+// rotation left for it (keystore/nodemasters.go), and returns the
+// imported key, which Load then checks computes the domain's proof. The
+// blob's MAC is checked, and the node's row rewritten, once the key is
+// attached. No blob (a node without an import key, or one the rotation
+// did not know), or one the TPM refuses, leaves the node to join again
+// with the current master key's shares; nothing is written.
+func (s *State) catchUp(ctx context.Context, rec *keystore.RootRecord, cur *tpmroot.Sealed) (*tpmroot.Sealed, error) {
+	rejoin := fmt.Sprintf("join again with the current master key's shares (`hsmemu domain leave %d`, then `hsmemu domain join`)", s.Node)
+	ik, err := s.Store.NodeImportKey(ctx, s.Node)
+	if err != nil {
+		return nil, err
+	}
+	blob, mac, err := s.Store.NodeMaster(ctx, s.Node, rec.MasterGeneration)
+	if errors.Is(err, keystore.ErrNotFound) || (err == nil && len(ik) == 0) {
+		return nil, fmt.Errorf("%w: node %d's sealed master key is of a master key a rotation replaced (generation %d is current), and the rotation, made on another node, left no copy of the new one for this node: %s",
+			tpmroot.ErrWrongTPM, s.Node, rec.MasterGeneration, rejoin)
+	}
+	if err != nil {
+		return nil, err
+	}
+	imported, err := s.TPM.ImportMaster(ik, blob, cur)
+	if errors.Is(err, tpmroot.ErrMasterDupRefused) {
+		return nil, fmt.Errorf("%w: node %d's copy of the current master key (generation %d) is refused by its TPM (altered, or not made for this node's import key): %s: %w",
+			tpmroot.ErrWrongTPM, s.Node, rec.MasterGeneration, rejoin, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("import this node's copy of the current master key: %w", err)
+	}
+	b, err := imported.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	s.nodeCatchUp = &nodeCatchUp{gen: rec.MasterGeneration, blob: blob, mac: mac, sealed: b}
+	return imported, nil
+}
+
+// keepCatchUp checks the MAC of the blob catchUp imported, now that the
+// domain's keys are attached, and makes the imported key this node's:
+// its row rewritten, the blob dropped, node.master recorded. A blob that
+// fails is recorded (tamper.detected, kind "node master") and this node
+// does not start.
+func (s *State) keepCatchUp(ctx context.Context) error {
+	c := s.nodeCatchUp
+	if err := s.Store.CheckNodeMaster(ctx, s.Node, c.gen, c.blob, c.mac); err != nil {
+		if errors.Is(err, keystore.ErrTampered) {
+			aerr := s.Store.AuditTamper(ctx)
+			return errors.Join(fmt.Errorf("node %d's copy of the current master key (generation %d) failed its integrity check; this node does not start on it: join again with the current master key's shares (`hsmemu domain leave %d`, then `hsmemu domain join`): %w",
+				s.Node, c.gen, s.Node, err), aerr)
+		}
+		return err
+	}
+	if err := s.Store.AdoptNodeMaster(ctx, c.gen, c.sealed); err != nil {
+		return fmt.Errorf("record the imported master key in this node's row: %w", err)
+	}
+	s.nodeCatchUp = nil
+	s.logger().Info("took the master key a rotation on another node left for this node", "node", s.Node, "generation", c.gen)
+	_, err := s.Store.Audit(ctx, adminActor(), "node.master", map[string]string{"node": fmt.Sprint(s.Node), "generation": fmt.Sprint(c.gen)})
+	return err
 }
 
 // attachNode makes the keystore's node this TPM's row, adopting the
@@ -109,6 +185,11 @@ func (s *State) attachNode(ctx context.Context) error {
 			return err
 		}
 		s.nodeFresh = nil
+	}
+	if s.nodeCatchUp != nil {
+		if err := s.keepCatchUp(ctx); err != nil {
+			return err
+		}
 	}
 	return s.Store.Heartbeat(ctx)
 }

@@ -39,11 +39,36 @@ func (s *State) BeginMasterRotation(ctx context.Context, esc tpmroot.ProvisionOp
 	if rec.Escrow != nil && len(esc.Custodians) == 0 {
 		return 0, nil, admin.ErrEscrowNeeded
 	}
+	// Every other node that published an import key gets the new master
+	// key too, as a duplication blob for that key (nodes.go, catchUp).
+	var others []int64
+	esc.ImportKeys = nil
+	if s.Node != 0 {
+		nodes, err := s.Store.Nodes(ctx)
+		if err != nil {
+			return 0, nil, err
+		}
+		for _, n := range nodes {
+			if n.ID != s.Node && n.Tampered == nil && len(n.ImportKey) > 0 {
+				others = append(others, n.ID)
+				esc.ImportKeys = append(esc.ImportKeys, n.ImportKey)
+			}
+		}
+	}
 	p, err := s.TPM.Provision(esc)
 	if err != nil {
 		return 0, nil, fmt.Errorf("make the new master key: %w", err)
 	}
-	nm := &keystore.NextMaster{Proof: p.Sealed.DomainID}
+	nm := &keystore.NextMaster{Proof: p.Sealed.DomainID, NodeMasters: map[int64][]byte{}}
+	for i, id := range others {
+		if p.Duplicates[i] == nil {
+			// Its import key is no key (its row is MACed: that node's
+			// own fault): it joins again with shares, as before.
+			s.logger().Warn("no copy of the new master key for a node whose import key is unusable", "node", id, "err", p.DuplicateErr[i])
+			continue
+		}
+		nm.NodeMasters[id] = p.Duplicates[i]
+	}
 	if nm.Sealed, err = p.Sealed.MarshalBinary(); err != nil {
 		return 0, nil, err
 	}

@@ -91,6 +91,9 @@ type State struct {
 	next      *tpmroot.Root // the master key a rotation under way moves to
 	log       *slog.Logger
 	nodeFresh []byte // a sealed master key to write into this node's row once attached (nodes.go)
+	// nodeCatchUp is a master key imported at the start, to check and
+	// keep once attached (nodes.go, catchUp).
+	nodeCatchUp *nodeCatchUp
 }
 
 // DatabaseName is the keystore's file name inside the state directory.
