@@ -24,7 +24,9 @@ import (
 // from it again), and the copy is gone. A second rotation: B's copy with
 // its MAC altered refuses B's start, recorded as tamper; with its body
 // altered, B's TPM refuses it; put back, B starts. A node that published
-// no import key gets no copy and is told to join again.
+// no import key gets no copy and is told to join again. A third
+// rotation, begun on A and left unfinished, is finished by B from its
+// copy of the next master key; both nodes start on the result.
 func TestNodeMasterRotation(t *testing.T) {
 	t.Parallel()
 	tpmtest.Require(t)
@@ -259,5 +261,44 @@ func TestNodeMasterRotation(t *testing.T) {
 	serves(stB)
 	if err := stB.Close(); err != nil {
 		t.Fatal(err)
+	}
+
+	// A rotation begun on A and left there: B finishes it from its copy
+	// of the next master key, which A's TPM alone would load otherwise.
+	stA, err = OpenState(ctx, cfgA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gen, _, err := stA.BeginMasterRotation(ctx, esc); err != nil || gen != 4 {
+		t.Fatalf("begin on A: %d %v", gen, err)
+	}
+	if err := stA.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if stB, err = OpenState(ctx, cfgB); err != nil {
+		t.Fatalf("B while a rotation begun on A is under way: %v", err)
+	}
+	if gen, err := stB.FinishMasterRotation(ctx, nil); err != nil || gen != 4 {
+		t.Fatalf("B finishing A's rotation: %d %v", gen, err)
+	}
+	serves(stB)
+	if n := copies(2); n != 0 {
+		t.Fatalf("B's copy still there after B finished the rotation with it: %d", n)
+	}
+	if err := stB.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, cfg := range []StateConfig{cfgB, cfgA} {
+		st, err := OpenState(ctx, cfg)
+		if err != nil {
+			t.Fatalf("%s after the rotation B finished: %v", cfg.Dir, err)
+		}
+		if rec, err := st.Store.RootRecord(ctx); err != nil || rec.MasterGeneration != 4 || rec.Next != nil {
+			t.Fatalf("root record: %+v %v", rec, err)
+		}
+		serves(st)
+		if err := st.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -1,7 +1,9 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -107,10 +109,17 @@ func (s *State) FinishMasterRotation(ctx context.Context, progress func(done, to
 		return 0, keystore.ErrNoRotation
 	}
 	if s.next == nil {
-		// Begun by another run of the daemon.
+		// Begun by another run of the daemon, or on another node.
 		var sealed tpmroot.Sealed
 		if err := sealed.UnmarshalBinary(rec.Next.Sealed); err != nil {
 			return 0, fmt.Errorf("read the next master key: %w", err)
+		}
+		if s.Node != 0 && !bytes.Equal(sealed.SRKName, s.TPM.SRKName()) {
+			imported, err := s.importNext(ctx, rec, &sealed)
+			if err != nil {
+				return 0, err
+			}
+			sealed = *imported
 		}
 		next, err := s.TPM.Load(&sealed)
 		if err != nil {
@@ -132,7 +141,16 @@ func (s *State) FinishMasterRotation(ctx context.Context, progress func(done, to
 	if old != nil {
 		old.Close()
 	}
-	if s.Node != 0 {
+	switch {
+	case s.nextOwn != nil:
+		// Imported from this node's copy: its row holds it now, and
+		// the copy goes. Should this fail, the next start imports the
+		// copy again (loadNodeMaster).
+		if err := s.Store.AdoptNodeMaster(ctx, rec.MasterGeneration+1, s.nextOwn); err != nil {
+			s.logger().Warn("recording the new master key in this node's row failed; the next start does it", "err", err)
+		}
+		s.nextOwn = nil
+	case s.Node != 0:
 		// This node's row holds the new master key now; should this
 		// write fail, the next start takes it from the root record,
 		// which the rotation switched (loadNodeMaster).
@@ -141,6 +159,40 @@ func (s *State) FinishMasterRotation(ctx context.Context, progress func(done, to
 		}
 	}
 	return rec.MasterGeneration + 1, nil
+}
+
+// importNext takes this node's copy of the next master key of a rotation
+// begun on another node (whose TPM alone loads the key it recorded), so
+// that this node can finish it: the copy's MAC is checked first (the
+// current master key is attached), then its TPM imports it; the imported
+// key's sealed form is kept for this node's row once the rotation is
+// done. No copy, or one refused, leaves the rotation to the node that
+// began it.
+func (s *State) importNext(ctx context.Context, rec *keystore.RootRecord, next *tpmroot.Sealed) (*tpmroot.Sealed, error) {
+	gen := rec.MasterGeneration + 1
+	there := "finish it on the node that began it (`hsmemu rotate master --resume` there, or its next start)"
+	blob, mac, err := s.Store.NodeMaster(ctx, s.Node, gen)
+	if errors.Is(err, keystore.ErrNotFound) {
+		return nil, fmt.Errorf("%w: the master key rotation under way was begun on another node and left no copy of the next master key for this node: %s", tpmroot.ErrWrongTPM, there)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Store.CheckNodeMaster(ctx, s.Node, gen, blob, mac); err != nil {
+		return nil, errors.Join(fmt.Errorf("node %d's copy of the next master key (generation %d) failed its integrity check: %s: %w", s.Node, gen, there, err), s.Store.AuditTamper(ctx))
+	}
+	ik, err := s.Store.NodeImportKey(ctx, s.Node)
+	if err != nil {
+		return nil, err
+	}
+	imported, err := s.TPM.ImportMaster(ik, blob, next)
+	if err != nil {
+		return nil, fmt.Errorf("import this node's copy of the next master key: %s: %w", there, err)
+	}
+	if s.nextOwn, err = imported.MarshalBinary(); err != nil {
+		return nil, err
+	}
+	return imported, nil
 }
 
 // AbortMasterRotation forgets a rotation begun and not yet moving the
@@ -155,5 +207,6 @@ func (s *State) AbortMasterRotation(ctx context.Context) error {
 		s.next.Close()
 		s.next = nil
 	}
+	s.nextOwn = nil
 	return nil
 }

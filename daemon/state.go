@@ -88,7 +88,10 @@ type State struct {
 	// Node is this machine's node of the domain (nodes.go).
 	Node int64
 
-	next      *tpmroot.Root // the master key a rotation under way moves to
+	next *tpmroot.Root // the master key a rotation under way moves to
+	// nextOwn is next's sealed form for this node's row, when it was
+	// imported from this node's copy (rotation.go, importNext).
+	nextOwn   []byte
 	log       *slog.Logger
 	nodeFresh []byte // a sealed master key to write into this node's row once attached (nodes.go)
 	// nodeCatchUp is a master key imported at the start, to check and
