@@ -169,7 +169,7 @@ var handlerOf = map[string]handler{
 	"C_SeedRandom":          (*Engine).cSeedRandom,
 	"C_GenerateRandom":      (*Engine).cGenerateRandom,
 
-	// The message-based functions of PKCS#11 3.0 (messages.go).
+	// The message-based functions of PKCS#11 3.0 (messages.go, msg*.go).
 	"C_MessageEncryptInit":  msgInit(msgEncrypt),
 	"C_EncryptMessage":      (*Engine).cEncryptMessage,
 	"C_EncryptMessageBegin": (*Engine).cEncryptMessageBegin,
