@@ -35,7 +35,7 @@ func (s *Store) revalidateToken(ctx context.Context, rowID int64) error {
 	st, ok := s.tokens[rowID]
 	var keep, keepData bool
 	if ok {
-		keep = err == nil && int64(st.keys.generation) == kgen
+		keep = err == nil && (int64(st.keys.generation) == kgen || (st.installingKEK != 0 && int64(st.installingKEK) == kgen))
 		// This Store's own rotation, between its commit and installing
 		// the new key, is no other's change.
 		keepData = keep && (int64(st.dgen) == dgen || (st.installing != 0 && int64(st.installing) == dgen))

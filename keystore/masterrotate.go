@@ -377,13 +377,22 @@ func (s *Store) rekeyToken(ctx context.Context, ti TokenInfo, next Root, nextGen
 		cur.KEKGeneration, cur.MasterGeneration, cur.legacyPINKeys, cur.mac, cur.ID); err != nil {
 		return s.dbErr("rekey token", err)
 	}
+	// This Store's own change: the notification of it, which may come
+	// before the new keys are installed below, must not drop the token
+	// (revalidateToken) and log it out under the readers' feet.
+	s.mu.Lock()
+	st.installingKEK = gen
+	s.mu.Unlock()
 	if err := tx.Commit(); err != nil {
+		s.mu.Lock()
+		st.installingKEK = 0
+		s.mu.Unlock()
 		return s.dbErr("commit", err)
 	}
 	// The old keys are dropped, not wiped: a reader may still hold them,
 	// and will read its row again when they no longer match it.
 	s.mu.Lock()
-	st.keys = keys
+	st.keys, st.installingKEK = keys, 0
 	s.mu.Unlock()
 	installed = true
 	return nil

@@ -24,6 +24,9 @@ type tokenState struct {
 	// installing is the data key generation this Store's own rotation
 	// is committing (0: none): its notification is not another's change.
 	installing uint32 // guarded by Store.mu
+	// installingKEK is the KEK generation this Store's own master key
+	// rotation is committing for the token (0: none), likewise.
+	installingKEK uint32 // guarded by Store.mu
 	// open mirrors data != nil for the cache's lock-free check that a
 	// cached private object's token is still logged in.
 	open atomic.Bool
