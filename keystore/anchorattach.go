@@ -194,6 +194,18 @@ func (s *Store) readAnchor(ctx context.Context, q querier) (anchorState, uint32,
 	return st, epoch, true, nil
 }
 
+// anchorJob names the singleton job of anchoring. A node anchors in a
+// counter of its own and writes its own point (nodeanchor.go), the
+// record under its row lock (readAnchor), so nodes anchor side by side:
+// the job is the node's. Stores that are no nodes share one counter, and
+// one job.
+func (s *Store) anchorJob() string {
+	if id := s.LocalNode(); id != 0 {
+		return fmt.Sprintf("anchor/node-%d", id)
+	}
+	return "anchor"
+}
+
 // writeAnchor seals st under the current epoch's key and writes it.
 func (s *Store) writeAnchor(ctx context.Context, tx *sql.Tx, st *anchorState) error {
 	s.mu.RLock()
@@ -348,9 +360,9 @@ func (s *Store) AttachAnchor(ctx context.Context, c Counter, opts AnchorOptions)
 	s.anc.op.Lock()
 	defer s.anc.op.Unlock()
 	rep := AnchorReport{Handle: opts.Handle}
-	// One Store anchors at a time in the domain, from reading the counter
-	// to incrementing it (Anchor).
-	release, _, err := s.eng.job(ctx, "anchor", true)
+	// One Store anchors at a time in a counter, from reading it to
+	// incrementing it (Anchor).
+	release, _, err := s.eng.job(ctx, s.anchorJob(), true)
 	if err != nil {
 		return rep, err
 	}
@@ -588,11 +600,11 @@ func (s *Store) Anchor(ctx context.Context) (bool, error) {
 	if err := s.anchorRefused(); err != nil {
 		return false, err
 	}
-	// One Store anchors at a time in the domain (several daemons on one
-	// PostgreSQL database), from reading the counter to incrementing it:
-	// the record and the counter are the domain's. When another Store is
-	// anchoring, its anchor covers this Store's writes committed so far.
-	release, ok, err := s.eng.job(ctx, "anchor", false)
+	// One Store anchors at a time in a counter (anchorJob: each node's
+	// own, or the one that Stores that are no nodes share), from reading
+	// it to incrementing it. When another Store is anchoring in the same
+	// counter, its anchor covers this Store's writes committed so far.
+	release, ok, err := s.eng.job(ctx, s.anchorJob(), false)
 	if err != nil || !ok {
 		return false, err
 	}

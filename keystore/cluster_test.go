@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"hsmemu/tpmroot"
 )
 
 // Several Stores on one PostgreSQL database, as several daemons of one
@@ -393,4 +395,80 @@ func TestClusterInvalidationLatency(t *testing.T) {
 	slices.Sort(lat)
 	t.Logf("invalidation after acknowledgement, %d changes: p50 %v, p99 %v, max %v", n,
 		lat[n/2].Round(time.Microsecond), lat[n*99/100].Round(time.Microsecond), lat[n-1].Round(time.Microsecond))
+}
+
+// TestClusterAnchorPerNode: two nodes on one database anchor side by
+// side, each in its own counter: node 1 holding its anchoring job does
+// not make node 2 skip an anchor, though it does make node 1's own
+// skip. (Anchoring was one job for the domain, and a node whose anchor
+// met another's waited an interval.)
+func TestClusterAnchorPerNode(t *testing.T) {
+	t.Parallel()
+	loc := pgServer.NewDatabase(t)
+	s1, _ := newStoreAt(t, loc, Options{Invalidation: testBound})
+	id1, _, err := s1.AdoptNode(ctx, fakeTPMID(1), []byte("import key 1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.AttachNode(ctx, id1); err != nil {
+		t.Fatal(err)
+	}
+	c1, h1 := newCounter(t, s1)
+	if _, err := s1.AttachAnchor(ctx, c1, AnchorOptions{Handle: h1}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := s1.RootRecord(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id2, err := s1.AddNode(ctx, NodeSpec{TPMID: fakeTPMID(2), Sealed: rec.Sealed, ImportKey: []byte("import key 2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2 := reopen(t, loc, Options{Invalidation: testBound})
+	if err := s2.AttachNode(ctx, id2); err != nil {
+		t.Fatal(err)
+	}
+	c2, h2 := newCounter(t, s2)
+	if _, err := s2.AttachAnchor(ctx, c2, AnchorOptions{Handle: h2, Reset: "domain join"}); err != nil {
+		t.Fatal(err)
+	}
+
+	release, ok, err := s1.eng.job(ctx, s1.anchorJob(), false)
+	if err != nil || !ok {
+		t.Fatalf("node 1's anchoring job: %v %v", ok, err)
+	}
+	newToken(t, s2, "written on node 2")
+	before, _, _ := c2.Value()
+	if did, err := s2.Anchor(ctx); err != nil || !did {
+		t.Fatalf("node 2 anchors while node 1 holds its job: %v %v", did, err)
+	}
+	if after, _, _ := c2.Value(); after != before+1 {
+		t.Fatalf("node 2's counter %d, then %d: not anchored", before, after)
+	}
+	newToken(t, s1, "written on node 1")
+	if did, err := s1.Anchor(ctx); err != nil || did {
+		t.Fatalf("node 1 anchors while its job is held: %v %v", did, err)
+	}
+	release()
+	if did, err := s1.Anchor(ctx); err != nil || !did {
+		t.Fatalf("node 1 anchors once its job is free: %v %v", did, err)
+	}
+	// Each node's own counter checks out at its next start.
+	for _, n := range []struct {
+		s  *Store
+		id int64
+		c  *tpmroot.Counter
+		h  uint32
+	}{{s1, id1, c1, h1}, {s2, id2, c2, h2}} {
+		n.s.Close()
+		r := reopen(t, loc, Options{})
+		if err := r.AttachNode(ctx, n.id); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.AttachAnchor(ctx, n.c, AnchorOptions{Handle: n.h}); err != nil {
+			t.Fatalf("node %d at its next start: %v", n.id, err)
+		}
+		r.Close()
+	}
 }
