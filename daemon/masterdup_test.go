@@ -13,8 +13,6 @@ import (
 	"hsmemu/internal/pgtest"
 	"hsmemu/keystore"
 	"hsmemu/tpmroot"
-	"hsmemu/tpmroot/escrow"
-	"hsmemu/tpmroot/tpmtest"
 )
 
 // TestNodeMasterRotation: node A rotates the master key while node B is
@@ -29,13 +27,9 @@ import (
 // copy of the next master key; both nodes start on the result.
 func TestNodeMasterRotation(t *testing.T) {
 	t.Parallel()
-	tpmtest.Require(t)
-	srv := pgtest.StartT(t)
+	d, shares := newNodeDomain(t, 0, 1)
+	srv, dsn, stA := d.srv, d.dsn, d.stA
 	ctx := context.Background()
-	dsn, err := srv.NewDatabase(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	db, err := sql.Open("pgx", dsn)
 	if err != nil {
 		t.Fatal(err)
@@ -55,27 +49,9 @@ func TestNodeMasterRotation(t *testing.T) {
 		}
 		return n
 	}
-	custodians, privs := tpmtest.Custodians(t)
-	esc := tpmroot.ProvisionOptions{Custodians: custodians, Threshold: 2}
-	cheap := keystore.Options{Argon2: keystore.Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1}}
-	cfgA := StateConfig{Dir: t.TempDir(), DB: dsn, TPM: "managed", Store: cheap}
-	cfgB := StateConfig{Dir: t.TempDir(), DB: dsn, TPM: "managed", Store: cheap}
-	cfgC := StateConfig{Dir: t.TempDir(), DB: dsn, TPM: "managed", Store: cheap}
+	cfgA, cfgB, cfgC := d.a, d.node(t), d.node(t)
+	esc := d.esc
 
-	a := cfgA
-	a.Escrow = esc
-	stA, err := OpenState(ctx, a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var shares []*escrow.Share
-	for _, i := range []int{0, 1} {
-		sh, err := escrow.DecryptShare(stA.Shares[i].File, privs[stA.Shares[i].Custodian])
-		if err != nil {
-			t.Fatal(err)
-		}
-		shares = append(shares, sh)
-	}
 	so, user := []byte("so-pin-mdup"), []byte("user-pin-mdup")
 	ti, err := stA.Store.CreateToken(ctx, keystore.TokenSpec{Label: "mdup", Tier: keystore.TierPremium, SOPIN: so, UserPIN: user})
 	if err != nil {

@@ -11,7 +11,6 @@ import (
 	"hsmemu/keystore"
 	"hsmemu/tpmroot"
 	"hsmemu/tpmroot/escrow"
-	"hsmemu/tpmroot/tpmtest"
 )
 
 // TestJoinNodes: a domain made in PostgreSQL on node A (its own swtpm),
@@ -24,36 +23,13 @@ import (
 // leaves, the last one cannot.
 func TestJoinNodes(t *testing.T) {
 	t.Parallel()
-	tpmtest.Require(t)
-	srv := pgtest.StartT(t)
+	d, shares := newNodeDomain(t, 0, 2)
 	ctx := context.Background()
-	dsn, err := srv.NewDatabase(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	custodians, privs := tpmtest.Custodians(t)
-	cheap := keystore.Options{Argon2: keystore.Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1}}
-	dirA, dirB := t.TempDir(), t.TempDir()
-	cfgA := StateConfig{Dir: dirA, DB: dsn, TPM: "managed", Store: cheap}
-	cfgB := StateConfig{Dir: dirB, DB: dsn, TPM: "managed", Store: cheap}
-
-	a := cfgA
-	a.Escrow = tpmroot.ProvisionOptions{Custodians: custodians, Threshold: 2}
-	st, err := OpenState(ctx, a)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := d.stA
 	if st.Node != 1 {
 		t.Fatalf("the node that provisioned is node %d, want 1", st.Node)
 	}
-	var shares []*escrow.Share
-	for _, i := range []int{0, 2} {
-		sh, err := escrow.DecryptShare(st.Shares[i].File, privs[st.Shares[i].Custodian])
-		if err != nil {
-			t.Fatal(err)
-		}
-		shares = append(shares, sh)
-	}
+	srv, dsn, cfgA, cfgB := d.srv, d.dsn, d.a, d.node(t)
 	so, user := []byte("so-pin-nodes"), []byte("user-pin-nodes")
 	ti, err := st.Store.CreateToken(ctx, keystore.TokenSpec{Label: "vault", Tier: keystore.TierPremium, SOPIN: so, UserPIN: user})
 	if err != nil {

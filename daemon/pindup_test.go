@@ -9,11 +9,7 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib"
 
-	"hsmemu/internal/pgtest"
 	"hsmemu/keystore"
-	"hsmemu/tpmroot"
-	"hsmemu/tpmroot/escrow"
-	"hsmemu/tpmroot/tpmtest"
 )
 
 // TestNodePINDuplicates: PIN records written on node A after node B
@@ -27,37 +23,16 @@ import (
 // and the PIN on A keep working.
 func TestNodePINDuplicates(t *testing.T) {
 	t.Parallel()
-	tpmtest.Require(t)
-	srv := pgtest.StartT(t)
+	d, shares := newNodeDomain(t, 0, 1)
 	ctx := context.Background()
-	dsn, err := srv.NewDatabase(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dsn, stA := d.dsn, d.stA
 	db, err := sql.Open("pgx", dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	custodians, privs := tpmtest.Custodians(t)
-	cheap := keystore.Options{Argon2: keystore.Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1}}
-	cfgA := StateConfig{Dir: t.TempDir(), DB: dsn, TPM: "managed", Store: cheap}
-	cfgB := StateConfig{Dir: t.TempDir(), DB: dsn, TPM: "managed", Store: cheap}
+	cfgA, cfgB := d.a, d.node(t)
 
-	a := cfgA
-	a.Escrow = tpmroot.ProvisionOptions{Custodians: custodians, Threshold: 2}
-	stA, err := OpenState(ctx, a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var shares []*escrow.Share
-	for _, i := range []int{0, 1} {
-		sh, err := escrow.DecryptShare(stA.Shares[i].File, privs[stA.Shares[i].Custodian])
-		if err != nil {
-			t.Fatal(err)
-		}
-		shares = append(shares, sh)
-	}
 	so, user := []byte("so-pin-dup"), []byte("user-pin-dup")
 	ti, err := stA.Store.CreateToken(ctx, keystore.TokenSpec{Label: "dup", Tier: keystore.TierStandard, SOPIN: so, UserPIN: user})
 	if err != nil {
@@ -253,32 +228,11 @@ func TestNodePINDuplicates(t *testing.T) {
 // last PIN logs in on B whatever the interleaving.
 func TestNodePINJoinWhileWriting(t *testing.T) {
 	t.Parallel()
-	tpmtest.Require(t)
-	srv := pgtest.StartT(t)
+	d, shares := newNodeDomain(t, 1, 2)
 	ctx := context.Background()
-	dsn, err := srv.NewDatabase(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	custodians, privs := tpmtest.Custodians(t)
-	cheap := keystore.Options{Argon2: keystore.Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1}}
-	cfgA := StateConfig{Dir: t.TempDir(), DB: dsn, TPM: "managed", Store: cheap}
-	cfgB := StateConfig{Dir: t.TempDir(), DB: dsn, TPM: "managed", Store: cheap}
-	a := cfgA
-	a.Escrow = tpmroot.ProvisionOptions{Custodians: custodians, Threshold: 2}
-	stA, err := OpenState(ctx, a)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stA := d.stA
 	defer stA.Close()
-	var shares []*escrow.Share
-	for _, i := range []int{1, 2} {
-		sh, err := escrow.DecryptShare(stA.Shares[i].File, privs[stA.Shares[i].Custodian])
-		if err != nil {
-			t.Fatal(err)
-		}
-		shares = append(shares, sh)
-	}
+	cfgB := d.node(t)
 	pin := []byte("user-pin-0")
 	ti, err := stA.Store.CreateToken(ctx, keystore.TokenSpec{Label: "race", Tier: keystore.TierStandard, SOPIN: []byte("so-pin-race"), UserPIN: pin})
 	if err != nil {
