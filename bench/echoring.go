@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"hsmemu/cryptoki/shmring"
+	"hsmemu/cryptoki/unixfd"
 )
 
 // The ring floor: the socket floor's request and reply, carried by the
@@ -42,7 +43,7 @@ func serveEchoRing(sock string) error {
 	if err != nil {
 		return fmt.Errorf("ring offer: %w", err)
 	}
-	fds := receivedRingFDs(oob[:oobn])
+	fds := unixfd.ReceivedFDs(oob[:oobn])
 	defer func() {
 		for _, f := range fds {
 			unix.Close(f)
@@ -69,20 +70,6 @@ func serveEchoRing(sock string) error {
 			return nil
 		}
 	}
-}
-
-func receivedRingFDs(oob []byte) []int {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil
-	}
-	var fds []int
-	for _, m := range msgs {
-		if got, err := unix.ParseUnixRights(&m); err == nil {
-			fds = append(fds, got...)
-		}
-	}
-	return fds
 }
 
 // startEchoRing starts a ring echo server listening on sock, connects and

@@ -11,6 +11,7 @@ import (
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/shmring"
+	"hsmemu/cryptoki/unixfd"
 	"hsmemu/cryptoki/wire"
 )
 
@@ -37,7 +38,7 @@ func (s *Server) takeRing(c *net.UnixConn, pid int32) (*shmring.Ring, func(), er
 	if err != nil {
 		return nil, nil, err
 	}
-	fds := receivedFDs(oob[:oobn])
+	fds := unixfd.ReceivedFDs(oob[:oobn])
 	defer func() {
 		for _, fd := range fds {
 			unix.Close(fd)
@@ -102,20 +103,4 @@ func (s *Server) openRing(fds []int, size uint32) (*shmring.Ring, func(), string
 		return nil, nil, err.Error()
 	}
 	return ring, release, ""
-}
-
-// receivedFDs returns the descriptors SCM_RIGHTS brought, all of them, for
-// the caller to close.
-func receivedFDs(oob []byte) []int {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil
-	}
-	var fds []int
-	for _, m := range msgs {
-		if got, err := unix.ParseUnixRights(&m); err == nil {
-			fds = append(fds, got...)
-		}
-	}
-	return fds
 }

@@ -1,6 +1,7 @@
 // Package unixfd turns a Unix socket connection into a plain blocking
 // descriptor, for request and reply loops that want one read and one write
-// per call and nothing of the runtime's network poller.
+// per call and nothing of the runtime's network poller, and reads the
+// descriptors a message brought.
 package unixfd
 
 import (
@@ -8,7 +9,25 @@ import (
 	"io"
 	"net"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
+
+// ReceivedFDs returns the descriptors SCM_RIGHTS brought in oob, all of
+// them, for the caller to close.
+func ReceivedFDs(oob []byte) []int {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	var fds []int
+	for _, m := range msgs {
+		if got, err := unix.ParseUnixRights(&m); err == nil {
+			fds = append(fds, got...)
+		}
+	}
+	return fds
+}
 
 // DupBlocking duplicates c's descriptor (close-on-exec) and puts it in
 // blocking mode; the caller closes c next and owns the duplicate.
