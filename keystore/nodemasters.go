@@ -1,7 +1,6 @@
 package keystore
 
 import (
-	"bytes"
 	"context"
 	"crypto/hkdf"
 	"crypto/hmac"
@@ -138,19 +137,8 @@ func (s *Store) CheckNodeMaster(ctx context.Context, node int64, gen uint32, blo
 // node imported from its blob, its row's sealed key, and drops its blobs
 // up to that generation, in one transaction.
 func (s *Store) AdoptNodeMaster(ctx context.Context, gen uint32, sealed []byte) error {
-	if len(sealed) == 0 || len(sealed) > maxNodeBlob {
-		return errors.New("keystore: a sealed master key out of range")
-	}
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return s.dbErr("begin", err)
-	}
-	defer tx.Rollback()
-	if err := s.updateLocalNode(ctx, tx, func(n *Node) { n.Sealed = bytes.Clone(sealed) }); err != nil {
-		return err
-	}
-	if _, err := tx.ExecContext(ctx, "DELETE FROM node_masters WHERE node_id = ? AND master_generation <= ?", s.LocalNode(), int64(gen)); err != nil {
+	return s.setNodeSealed(ctx, sealed, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "DELETE FROM node_masters WHERE node_id = ? AND master_generation <= ?", s.LocalNode(), int64(gen))
 		return s.dbErr("drop this node's master key blob", err)
-	}
-	return s.dbErr("commit node", tx.Commit())
+	})
 }

@@ -437,6 +437,12 @@ func (s *Store) Heartbeat(ctx context.Context) error {
 // SetNodeSealed replaces this node's sealed master key: after a master
 // key rotation made on this node, its TPM holds the new one.
 func (s *Store) SetNodeSealed(ctx context.Context, sealed []byte) error {
+	return s.setNodeSealed(ctx, sealed, nil)
+}
+
+// setNodeSealed replaces this node's sealed master key and runs also, if
+// given, in the same transaction.
+func (s *Store) setNodeSealed(ctx context.Context, sealed []byte, also func(*sql.Tx) error) error {
 	if len(sealed) == 0 || len(sealed) > maxNodeBlob {
 		return errors.New("keystore: a sealed master key out of range")
 	}
@@ -447,6 +453,11 @@ func (s *Store) SetNodeSealed(ctx context.Context, sealed []byte) error {
 	defer tx.Rollback()
 	if err := s.updateLocalNode(ctx, tx, func(n *Node) { n.Sealed = bytes.Clone(sealed) }); err != nil {
 		return err
+	}
+	if also != nil {
+		if err := also(tx); err != nil {
+			return err
+		}
 	}
 	return s.dbErr("commit node", tx.Commit())
 }
