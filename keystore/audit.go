@@ -195,21 +195,42 @@ func keyFor(eps []auditEpoch, seq int64) []byte {
 
 // Audit appends a record to the audit log, durably, before it returns.
 func (s *Store) Audit(ctx context.Context, actor AuditActor, event string, detail map[string]string) (AuditRecord, error) {
-	// One append at a time, and none while a master key rotation moves the
-	// chain to its next epoch: a record's key and its place go together.
-	s.auditMu.Lock()
-	defer s.auditMu.Unlock()
-	// Integrity failures met since the last append are recorded first.
-	if err := s.auditTamperLocked(ctx); err != nil {
-		return AuditRecord{}, err
+	var rec AuditRecord
+	err := s.afterFollow(ctx, func() (err error) {
+		// One append at a time, and none while a master key rotation
+		// moves the chain to its next epoch: a record's key and its place
+		// go together.
+		s.auditMu.Lock()
+		defer s.auditMu.Unlock()
+		// Integrity failures met since the last append are recorded
+		// first.
+		if err := s.auditTamperLocked(ctx); err != nil {
+			return err
+		}
+		rec, err = s.appendAudit(ctx, actor, event, detail)
+		return err
+	})
+	return rec, err
+}
+
+// afterFollow runs append, and once more, after following the master key
+// rotation another node finished (follow.go), when it found the audit
+// chain moved to a new epoch under it.
+func (s *Store) afterFollow(ctx context.Context, append func() error) error {
+	err := append()
+	if !errors.Is(err, errMasterMoved) {
+		return err
 	}
-	return s.appendAudit(ctx, actor, event, detail)
+	if ferr := s.follow(ctx); ferr != nil && !errors.Is(ferr, ErrNoRoot) {
+		return errors.Join(err, ferr)
+	}
+	return append()
 }
 
 // appendAudit appends one record in a transaction of its own; auditMu is
 // held.
 func (s *Store) appendAudit(ctx context.Context, actor AuditActor, event string, detail map[string]string) (AuditRecord, error) {
-	key, err := s.currentAuditKey(ctx)
+	key, epoch, err := s.currentAuditKey(ctx)
 	if err != nil {
 		return AuditRecord{}, err
 	}
@@ -219,7 +240,7 @@ func (s *Store) appendAudit(ctx context.Context, actor AuditActor, event string,
 		return AuditRecord{}, s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
-	row, err := s.appendAuditTx(ctx, tx, key, AuditNote{Actor: actor, Event: event, Detail: detail})
+	row, err := s.appendAuditTx(ctx, tx, key, epoch, AuditNote{Actor: actor, Event: event, Detail: detail})
 	if err != nil {
 		return AuditRecord{}, err
 	}
@@ -233,17 +254,19 @@ func (s *Store) appendAudit(ctx context.Context, actor AuditActor, event string,
 // currentAuditKey returns a copy of the current epoch's audit key, for the
 // caller to wipe; auditMu is held, so no rotation moves the epoch under
 // it.
-func (s *Store) currentAuditKey(ctx context.Context) ([]byte, error) {
+func (s *Store) currentAuditKey(ctx context.Context) ([]byte, uint32, error) {
 	s.mu.RLock()
 	epoch := s.masterGen
 	s.mu.RUnlock()
-	return s.auditKey(ctx, epoch)
+	k, err := s.auditKey(ctx, epoch)
+	return k, epoch, err
 }
 
 // appendAuditTx appends one record inside tx, under key (the current
 // epoch's); auditMu is held until tx ends. Once tx commits, the caller
-// tells auditAppended.
-func (s *Store) appendAuditTx(ctx context.Context, tx *sql.Tx, key []byte, n AuditNote) (*auditRow, error) {
+// tells auditAppended. errMasterMoved: another node moved the chain to a
+// new epoch since key was taken.
+func (s *Store) appendAuditTx(ctx context.Context, tx *sql.Tx, key []byte, epoch uint32, n AuditNote) (*auditRow, error) {
 	a, err := json.Marshal(n.Actor)
 	if err != nil {
 		return nil, err
@@ -266,6 +289,9 @@ func (s *Store) appendAuditTx(ctx context.Context, tx *sql.Tx, key []byte, n Aud
 	// daemons append to the same chain), never taken from memory.
 	if err := s.eng.lockAudit(ctx, tx); err != nil {
 		return nil, s.dbErr("lock audit log", err)
+	}
+	if err := s.checkEpoch(ctx, tx, epoch); err != nil {
+		return nil, err
 	}
 	row := &auditRow{time: time.Now().UnixNano(), actor: string(a), event: n.Event, detail: string(d)}
 	err = tx.QueryRowContext(ctx, "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").Scan(&row.seq, &row.prevHash)
@@ -357,6 +383,12 @@ func (s *Store) writeAudited(ctx context.Context, note *AuditNote, write func(q 
 	if note == nil {
 		return write(s.w)
 	}
+	// The write is made again, in a new transaction, should the chain
+	// have moved to a new epoch under the first.
+	return s.afterFollow(ctx, func() error { return s.writeAuditedOnce(ctx, note, write) })
+}
+
+func (s *Store) writeAuditedOnce(ctx context.Context, note *AuditNote, write func(q execer) error) error {
 	// As Audit: one append at a time, integrity failures met since the
 	// last append first.
 	s.auditMu.Lock()
@@ -364,7 +396,7 @@ func (s *Store) writeAudited(ctx context.Context, note *AuditNote, write func(q 
 	if err := s.auditTamperLocked(ctx); err != nil {
 		return err
 	}
-	key, err := s.currentAuditKey(ctx)
+	key, epoch, err := s.currentAuditKey(ctx)
 	if err != nil {
 		return err
 	}
@@ -377,7 +409,7 @@ func (s *Store) writeAudited(ctx context.Context, note *AuditNote, write func(q 
 	if err := write(tx); err != nil {
 		return err
 	}
-	row, err := s.appendAuditTx(ctx, tx, key, *note)
+	row, err := s.appendAuditTx(ctx, tx, key, epoch, *note)
 	if err != nil {
 		return err
 	}

@@ -18,11 +18,15 @@ import (
 func (s *Store) cacheFresh() bool { return s.sync == nil || s.sync.fresh() }
 
 // revalidateToken drops what the Store holds of a token whose row
-// changed: everything, when the row is gone; its keys, when its KEK
-// generation moved (a master key rotation); its data key, when its data
-// key generation moved (a data key rotation, a re-initialisation). The
-// row's columns are read without their MAC: an edited one can only make
-// the Store drop more, never keep anything.
+// changed: everything, when the row is gone; its data key (a logout),
+// when its data key generation moved (a data key rotation, a
+// re-initialisation). A KEK generation moved forward (a master key
+// rotation, which leaves the data key as it was) drops nothing: the next
+// read of the row installs the keys it names once its MAC checks under
+// them (installNewer); one moved back is no rotation's, and drops it all.
+// The row's columns are read without their MAC: an edited one can only
+// make the Store drop more, or read the row again, never keep a key the
+// row does not authenticate.
 func (s *Store) revalidateToken(ctx context.Context, rowID int64) error {
 	var dgen, kgen int64
 	err := s.r.QueryRowContext(ctx, "SELECT dk_generation, kek_generation FROM tokens WHERE id = ?", rowID).Scan(&dgen, &kgen)
@@ -35,7 +39,7 @@ func (s *Store) revalidateToken(ctx context.Context, rowID int64) error {
 	st, ok := s.tokens[rowID]
 	var keep, keepData bool
 	if ok {
-		keep = err == nil && (int64(st.keys.generation) == kgen || (st.installingKEK != 0 && int64(st.installingKEK) == kgen))
+		keep = err == nil && int64(st.keys.generation) <= kgen
 		// This Store's own rotation, between its commit and installing
 		// the new key, is no other's change.
 		keepData = keep && (int64(st.dgen) == dgen || (st.installing != 0 && int64(st.installing) == dgen))

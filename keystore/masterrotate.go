@@ -87,6 +87,15 @@ func (s *Store) domainKey(ctx context.Context, label []byte) ([]byte, error) {
 	}
 	var sealed []byte
 	err = s.r.QueryRowContext(ctx, "SELECT sealed FROM carried WHERE label = ? AND master_generation = ?", label, gen).Scan(&sealed)
+	if errors.Is(err, sql.ErrNoRows) && s.rootMoved(ctx, gen) {
+		// Another node's rotation switched the domain: its keys are
+		// carried under the new master key, which the follower brings
+		// (not here: the caller may hold the audit lock, and following
+		// appends to the audit log). An audit append follows, then tries
+		// again (afterFollow).
+		s.signalMaster()
+		return nil, fmt.Errorf("keystore: domain key %q: %w", label, errMasterMoved)
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		if gen > 1 {
 			// Every rotation carries the key: one missing was deleted.
@@ -267,6 +276,12 @@ func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)
 		return 0, s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
+	// Under the domain's audit lock: another node's append either
+	// commits before the first record of the new epoch is fixed, or
+	// finds the switch made (checkEpoch) and appends under the new key.
+	if err := s.eng.lockAudit(ctx, tx); err != nil {
+		return 0, s.dbErr("lock audit log", err)
+	}
 	var from int64
 	if err := tx.QueryRowContext(ctx, "SELECT coalesce(max(seq), 0) + 1 FROM audit_log").Scan(&from); err != nil {
 		return 0, s.dbErr("read audit head", err)
@@ -306,6 +321,9 @@ func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)
 	s.mu.Lock()
 	delete(s.roots, oldGen)
 	s.mu.Unlock()
+	// The new epoch's anchor key, before other nodes, following, seal
+	// entries under it. Should it fail, the anchor job loads it.
+	s.attachAnchorKeys(ctx) //nolint:errcheck // see above
 	return oldGen, nil
 }
 
@@ -377,22 +395,21 @@ func (s *Store) rekeyToken(ctx context.Context, ti TokenInfo, next Root, nextGen
 		cur.KEKGeneration, cur.MasterGeneration, cur.legacyPINKeys, cur.mac, cur.ID); err != nil {
 		return s.dbErr("rekey token", err)
 	}
-	// This Store's own change: the notification of it, which may come
-	// before the new keys are installed below, must not drop the token
-	// (revalidateToken) and log it out under the readers' feet.
-	s.mu.Lock()
-	st.installingKEK = gen
-	s.mu.Unlock()
+	// The notification of this commit, which may come before the keys
+	// are installed below, keeps the token (a KEK generation moved
+	// forward: revalidateToken), and a reader in between installs them
+	// itself (installNewer).
 	if err := tx.Commit(); err != nil {
-		s.mu.Lock()
-		st.installingKEK = 0
-		s.mu.Unlock()
 		return s.dbErr("commit", err)
 	}
 	// The old keys are dropped, not wiped: a reader may still hold them,
 	// and will read its row again when they no longer match it.
 	s.mu.Lock()
-	st.keys, st.installingKEK = keys, 0
+	if st.keys.generation < keys.generation {
+		st.keys = keys
+	} else {
+		keys.wipe()
+	}
 	s.mu.Unlock()
 	installed = true
 	return nil

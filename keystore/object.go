@@ -206,10 +206,15 @@ func (s *Store) Open(ctx context.Context, id ObjectID) (*Object, error) {
 		if try > 0 {
 			time.Sleep(time.Millisecond)
 		}
-		if errors.Is(err, errNewerKeys) && s.sync != nil && try == 0 {
-			// Another Store may have replaced the token's data key: a
-			// token whose generation moved is logged out here.
-			s.revalidateToken(ctx, r.tokenID) //nolint:errcheck // read again below
+		if errors.Is(err, errNewerKeys) && s.sync != nil {
+			if try == 0 {
+				// Another Store may have replaced the token's data key: a
+				// token whose generation moved is logged out here.
+				s.revalidateToken(ctx, r.tokenID) //nolint:errcheck // read again below
+			}
+			// Or rekeyed it under its master key rotation: the token's
+			// row names the keys, installed once it checks.
+			s.refreshKeys(ctx, r.tokenID)
 		}
 		if errors.Is(err, errStaleRow) {
 			if r, err = s.readObject(ctx, id); err != nil {

@@ -285,6 +285,7 @@ func (y *syncer) resync(ctx context.Context, conn *pgx.Conn) (uint64, error) {
 	if err := y.s.changedAll(ctx); err != nil {
 		return 0, err
 	}
+	y.s.signalMaster()
 	y.renew(read)
 	if f := y.observe.Load(); f != nil {
 		(*f)(g, "*", false)
@@ -369,5 +370,6 @@ func (s *Store) changed(ctx context.Context, what string) {
 		s.revalidateToken(ctx, id)
 	default:
 		s.changedAll(ctx) //nolint:errcheck // the lease runs out if it fails
+		s.signalMaster()
 	}
 }

@@ -139,6 +139,13 @@ type Store struct {
 	purgeStep func()
 
 	nodes nodeState // this Store's node and the nodes' MAC key (nodes.go)
+
+	// follower and masterCh follow master key rotations made by other
+	// Stores on the database (follow.go).
+	follower     MasterFollower // guarded by mu
+	followFailed time.Time      // when it last failed; guarded by mu
+	followErr    error          // and how; guarded by mu
+	masterCh     chan struct{}
 }
 
 // Open opens (creating if needed) the SQLite keystore at path and brings
@@ -176,7 +183,7 @@ func (opts *Options) defaults() error {
 
 // assemble is the Store over an engine's writer and reader pools.
 func assemble(ctx context.Context, eng engine, where StorageInfo, w, r *sql.DB, anc *anchor, opts Options) (*Store, error) {
-	s := &Store{eng: eng, storage: where, w: w, r: r, anc: anc, opts: opts, tokens: map[int64]*tokenState{}, roots: map[uint32]Root{}, cache: newCache(opts.CacheEntries), pins: newStretchCache(opts.PINCacheTTL)}
+	s := &Store{eng: eng, storage: where, w: w, r: r, anc: anc, opts: opts, tokens: map[int64]*tokenState{}, roots: map[uint32]Root{}, masterCh: make(chan struct{}, 1), cache: newCache(opts.CacheEntries), pins: newStretchCache(opts.PINCacheTTL)}
 	var err error
 	s.openStmt, err = r.PrepareContext(ctx, selectObject)
 	if err != nil {

@@ -102,7 +102,7 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 	s.mu.RLock()
 	masterGen := s.masterGen
 	s.mu.RUnlock()
-	keys, err := s.deriveKeys(uuid, kekGen, masterGen)
+	keys, err := s.deriveKeys(ctx, uuid, kekGen, masterGen)
 	if err != nil {
 		return TokenInfo{}, err
 	}

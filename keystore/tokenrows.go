@@ -141,7 +141,7 @@ func (s *Store) tokens1(ctx context.Context, try int) (out []TokenInfo, raced bo
 			s.noteTamper(out[i].Tampered)
 			continue
 		}
-		_, err := s.verify(&out[i])
+		_, err := s.verify(ctx, &out[i])
 		switch {
 		case err == nil:
 			continue
@@ -200,7 +200,7 @@ func (s *Store) token(ctx context.Context, q querier, where string, arg any) (To
 		if err != nil {
 			return ti, nil, s.dbErr("read token", err)
 		}
-		st, err := s.verify(&ti)
+		st, err := s.verify(ctx, &ti)
 		if errors.Is(err, errStaleRow) && try >= staleRetries {
 			err = tampered("token", ti.UUID, ti.ID, "generation")
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/cipher"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync/atomic"
 )
@@ -24,9 +25,6 @@ type tokenState struct {
 	// installing is the data key generation this Store's own rotation
 	// is committing (0: none): its notification is not another's change.
 	installing uint32 // guarded by Store.mu
-	// installingKEK is the KEK generation this Store's own master key
-	// rotation is committing for the token (0: none), likewise.
-	installingKEK uint32 // guarded by Store.mu
 	// open mirrors data != nil for the cache's lock-free check that a
 	// cached private object's token is still logged in.
 	open atomic.Bool
@@ -73,11 +71,22 @@ func (s *Store) rootLocked(gen uint32) (Root, error) {
 }
 
 // deriveKeys derives a token's keys from its KEK of generation gen, which
-// the master key of generation masterGen derives.
-func (s *Store) deriveKeys(uuid UUID, gen, masterGen uint32) (*tokenKeys, error) {
+// the master key of generation masterGen derives. A master key newer than
+// the Store's is one a rotation made elsewhere: the follower is asked for
+// it (follow.go).
+func (s *Store) deriveKeys(ctx context.Context, uuid UUID, gen, masterGen uint32) (*tokenKeys, error) {
 	s.mu.RLock()
 	root, err := s.rootLocked(masterGen)
+	cur := s.masterGen
 	s.mu.RUnlock()
+	if errors.Is(err, ErrNoRoot) && masterGen > cur {
+		if ferr := s.follow(ctx); ferr != nil && !errors.Is(ferr, ErrNoRoot) {
+			return nil, ferr
+		}
+		s.mu.RLock()
+		root, err = s.rootLocked(masterGen)
+		s.mu.RUnlock()
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +101,7 @@ func (s *Store) deriveKeys(uuid UUID, gen, masterGen uint32) (*tokenKeys, error)
 // verify checks a token row's MAC, deriving the token's keys through the
 // root the first time the token is seen. Only a row that passes makes the
 // token's state known to the Store.
-func (s *Store) verify(ti *TokenInfo) (*tokenState, error) {
+func (s *Store) verify(ctx context.Context, ti *TokenInfo) (*tokenState, error) {
 	if err := s.anc.tokenRows(ti); err != nil {
 		return nil, err // its rows are not the ones the anchor record accounts for
 	}
@@ -110,22 +119,18 @@ func (s *Store) verify(ti *TokenInfo) (*tokenState, error) {
 		case ti.KEKGeneration < keys.generation:
 			return nil, errStaleRow // read before a master key rotation rekeyed it
 		case ti.KEKGeneration > keys.generation:
-			// Rekeyed, the new keys not yet installed; or a generation
-			// edited by hand, which its MAC under the keys it names tells.
-			if k, err := s.deriveKeys(ti.UUID, ti.KEKGeneration, ti.MasterGeneration); err == nil {
-				ok := tokenMACOK(k, ti)
-				k.wipe()
-				if !ok {
-					return nil, tampered("token", ti.UUID, ti.ID, "mac")
-				}
-			}
-			return nil, errNewerKeys
+			// Rekeyed by a master key rotation: by this Store, whose new
+			// keys are about to be installed, or by another, whose are
+			// installed here (a login stays: the data key is the same);
+			// or a generation edited by hand, which its MAC under the
+			// keys it names tells.
+			return s.installNewer(ctx, st, ti)
 		case !tokenMACOK(keys, ti):
 			return nil, tampered("token", ti.UUID, ti.ID, "mac")
 		}
 		return st, nil
 	}
-	keys, err := s.deriveKeys(ti.UUID, ti.KEKGeneration, ti.MasterGeneration)
+	keys, err := s.deriveKeys(ctx, ti.UUID, ti.KEKGeneration, ti.MasterGeneration)
 	if err != nil {
 		return nil, err
 	}
@@ -150,6 +155,48 @@ func (s *Store) verify(ti *TokenInfo) (*tokenState, error) {
 	st = &tokenState{rowID: ti.ID, uuid: ti.UUID, keys: keys, dgen: ti.DataGeneration}
 	s.tokens[ti.ID] = st
 	return st, nil
+}
+
+// installNewer installs in st the keys of the newer KEK generation ti's
+// row names, once the row's MAC checks under them. A master key the
+// Store cannot get (no copy for this node, say) leaves the keys as they
+// are: errNewerKeys, read again a little later. The old keys are dropped,
+// not wiped: a reader may hold them.
+func (s *Store) installNewer(ctx context.Context, st *tokenState, ti *TokenInfo) (*tokenState, error) {
+	k, err := s.deriveKeys(ctx, ti.UUID, ti.KEKGeneration, ti.MasterGeneration)
+	if err != nil {
+		return nil, errNewerKeys
+	}
+	if !tokenMACOK(k, ti) {
+		k.wipe()
+		return nil, tampered("token", ti.UUID, ti.ID, "mac")
+	}
+	if err := k.openLegacy(ti.UUID, ti.legacyPINKeys); err != nil {
+		k.wipe()
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		k.wipe()
+		return nil, ErrClosed
+	}
+	if st.keys.generation < k.generation {
+		st.keys = k
+	} else {
+		k.wipe()
+	}
+	return st, nil
+}
+
+// refreshKeys reads a token's row once and installs the newer keys it
+// names, if it checks under them (installNewer); anything else is left
+// for the caller's own read to meet.
+func (s *Store) refreshKeys(ctx context.Context, rowID int64) {
+	ti, err := scanToken(s.r.QueryRowContext(ctx, selectToken+" WHERE id = ?", rowID))
+	if err == nil {
+		s.verify(ctx, &ti) //nolint:errcheck // see above
+	}
 }
 
 // state returns the in-memory state of the token with the given row id,
