@@ -117,6 +117,12 @@ func (d *Daemon) Serve(ctx context.Context, ln *net.UnixListener) error {
 		d.st.RunHeartbeat(ctx, 0)
 	}()
 	defer func() { <-heartbeat }()
+	follower := make(chan struct{})
+	go func() {
+		defer close(follower)
+		d.st.RunMasterFollow(ctx, 0)
+	}()
+	defer func() { <-follower }()
 	// The purger writes audit records: it ends before the engine closes
 	// and the caller closes the keystore.
 	defer func() {

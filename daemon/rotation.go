@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 
 	"hsmemu/daemon/admin"
 	"hsmemu/keystore"
@@ -22,15 +21,12 @@ import (
 // becomes the only one before its shares exist. An unfinished rotation is
 // finished by the next FinishMasterRotation or the daemon's next start.
 
-// rotateMu keeps one master key rotation step at a time per process.
-var rotateMu sync.Mutex
-
 // BeginMasterRotation makes and records the next master key and returns
 // its generation and, with custodians, their shares of it.
 // keystore.ErrRotationPending means one is under way: finish it.
 func (s *State) BeginMasterRotation(ctx context.Context, esc tpmroot.ProvisionOptions) (uint32, []escrow.EncryptedShare, error) {
-	rotateMu.Lock()
-	defer rotateMu.Unlock()
+	s.rotateMu.Lock()
+	defer s.rotateMu.Unlock()
 	rec, err := s.Store.RootRecord(ctx)
 	if err != nil {
 		return 0, nil, err
@@ -99,8 +95,8 @@ func (s *State) BeginMasterRotation(ctx context.Context, esc tpmroot.ProvisionOp
 // recorded, and flushes the old one. progress, when not nil, is told how
 // many tokens are done. keystore.ErrNoRotation means none is under way.
 func (s *State) FinishMasterRotation(ctx context.Context, progress func(done, total int)) (uint32, error) {
-	rotateMu.Lock()
-	defer rotateMu.Unlock()
+	s.rotateMu.Lock()
+	defer s.rotateMu.Unlock()
 	rec, err := s.Store.RootRecord(ctx)
 	if err != nil {
 		return 0, err
@@ -110,32 +106,53 @@ func (s *State) FinishMasterRotation(ctx context.Context, progress func(done, to
 	}
 	if s.next == nil {
 		// Begun by another run of the daemon, or on another node.
-		var sealed tpmroot.Sealed
-		if err := sealed.UnmarshalBinary(rec.Next.Sealed); err != nil {
-			return 0, fmt.Errorf("read the next master key: %w", err)
-		}
-		if s.Node != 0 && !bytes.Equal(sealed.SRKName, s.TPM.SRKName()) {
-			imported, err := s.importNext(ctx, rec, &sealed)
-			if err != nil {
-				return 0, err
-			}
-			sealed = *imported
-		}
-		next, err := s.TPM.Load(&sealed)
-		if err != nil {
-			return 0, fmt.Errorf("load the next master key: %w", err)
-		}
-		if err := s.Store.AttachNext(ctx, next, next.DomainID()); err != nil {
-			next.Close()
+		if err := s.loadNext(ctx, rec); err != nil {
 			return 0, err
 		}
-		s.next = next
 	}
 	if _, err := s.Store.RotateMaster(ctx, progress); err != nil {
 		// The next master key stays loaded and attached: the rotation is
 		// finished by the next call, or the daemon's next start.
 		return 0, err
 	}
+	s.installNext(ctx, rec.MasterGeneration+1, rec.Next.Sealed)
+	return rec.MasterGeneration + 1, nil
+}
+
+// loadNext loads the next master key of the rotation rec records, begun
+// by another run of the daemon or on another node (whose TPM alone loads
+// the key it recorded: this node imports its own copy), and attaches it
+// to the keystore.
+func (s *State) loadNext(ctx context.Context, rec *keystore.RootRecord) error {
+	var sealed tpmroot.Sealed
+	if err := sealed.UnmarshalBinary(rec.Next.Sealed); err != nil {
+		return fmt.Errorf("read the next master key: %w", err)
+	}
+	if s.Node != 0 && !bytes.Equal(sealed.SRKName, s.TPM.SRKName()) {
+		imported, err := s.importNext(ctx, rec, &sealed)
+		if err != nil {
+			return err
+		}
+		sealed = *imported
+	}
+	next, err := s.TPM.Load(&sealed)
+	if err != nil {
+		return fmt.Errorf("load the next master key: %w", err)
+	}
+	if err := s.Store.AttachNext(ctx, next, next.DomainID()); err != nil {
+		next.Close()
+		return err
+	}
+	s.next = next
+	return nil
+}
+
+// installNext makes the next master key the daemon's, the keystore having
+// switched to it (generation gen), flushes the old one, and records the
+// new one in this node's row: its own copy when it imported one, else
+// sealed (the key this node's TPM made, as the root record holds it);
+// nil sealed leaves the row to the caller.
+func (s *State) installNext(ctx context.Context, gen uint32, sealed []byte) {
 	old := s.Root
 	s.Root, s.next = s.next, nil
 	if old != nil {
@@ -146,19 +163,18 @@ func (s *State) FinishMasterRotation(ctx context.Context, progress func(done, to
 		// Imported from this node's copy: its row holds it now, and
 		// the copy goes. Should this fail, the next start imports the
 		// copy again (loadNodeMaster).
-		if err := s.Store.AdoptNodeMaster(ctx, rec.MasterGeneration+1, s.nextOwn); err != nil {
+		if err := s.Store.AdoptNodeMaster(ctx, gen, s.nextOwn); err != nil {
 			s.logger().Warn("recording the new master key in this node's row failed; the next start does it", "err", err)
 		}
 		s.nextOwn = nil
-	case s.Node != 0:
+	case s.Node != 0 && sealed != nil:
 		// This node's row holds the new master key now; should this
 		// write fail, the next start takes it from the root record,
 		// which the rotation switched (loadNodeMaster).
-		if err := s.Store.SetNodeSealed(ctx, rec.Next.Sealed); err != nil {
+		if err := s.Store.SetNodeSealed(ctx, sealed); err != nil {
 			s.logger().Warn("recording the new master key in this node's row failed; the next start does it", "err", err)
 		}
 	}
-	return rec.MasterGeneration + 1, nil
 }
 
 // importNext takes this node's copy of the next master key of a rotation
@@ -198,8 +214,8 @@ func (s *State) importNext(ctx context.Context, rec *keystore.RootRecord, next *
 // AbortMasterRotation forgets a rotation begun and not yet moving the
 // keystore (keystore.ErrRotationStarted otherwise), and flushes its key.
 func (s *State) AbortMasterRotation(ctx context.Context) error {
-	rotateMu.Lock()
-	defer rotateMu.Unlock()
+	s.rotateMu.Lock()
+	defer s.rotateMu.Unlock()
 	if err := s.Store.AbortMasterRotation(ctx); err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"hsmemu/keystore"
 	"hsmemu/tpmroot"
@@ -97,6 +98,10 @@ type State struct {
 	// nodeCatchUp is a master key imported at the start, to check and
 	// keep once attached (nodes.go, catchUp).
 	nodeCatchUp *nodeCatchUp
+	// rotateMu keeps one master key rotation step at a time
+	// (rotation.go); followMu orders following other nodes' rotations
+	// (follow.go).
+	rotateMu, followMu sync.Mutex
 }
 
 // DatabaseName is the keystore's file name inside the state directory.
@@ -199,6 +204,11 @@ func OpenState(ctx context.Context, cfg StateConfig) (_ *State, err error) {
 	}
 	if err := st.attachNode(ctx); err != nil {
 		return nil, err
+	}
+	if st.DBPath == "" && st.Node != 0 {
+		// Other nodes may rotate the master key under this one
+		// (follow.go).
+		st.Store.SetMasterFollower(st.follower)
 	}
 	if err := st.openAnchor(ctx, cfg); err != nil {
 		return nil, err
