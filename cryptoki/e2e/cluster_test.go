@@ -23,36 +23,58 @@ import (
 	"hsmemu/tpmroot/tpmtest"
 )
 
-// A cluster: two daemons serving one security domain from one PostgreSQL
+// A cluster: daemons serving one security domain from one PostgreSQL
 // database (docs/cluster.md), each on a managed swtpm of its own, each
 // with a TLS listener (docs/remote.md). Node 1's TPM makes the domain
-// (`hsmemu init --db ... --custodian ... --threshold 2`); node 2's joins
-// it from two of the three custodians' shares (`hsmemu domain join`).
-// Applications reach them through `server = tls://node1, tls://node2`.
+// (`hsmemu init --db ... --custodian ... --threshold 2`); each other
+// node's joins it from two of the three custodians' shares (`hsmemu
+// domain join`). Applications reach them through `server = tls://node1,
+// tls://node2, ...`.
 
 type cluster struct {
 	pki   *remotetest.PKI
 	db    string // the keystore's connection string
-	nodes [2]*remoteNode
+	nodes []*remoteNode
+	// keys holds the custodians' keys and shares: NAME.pem (public, for
+	// init and rotate master), NAME.key (PKCS#8) and NAME.share, for
+	// alice, bob and carol; custodians are init's --custodian flags.
+	keys       string
+	custodians []string
 }
 
-// startCluster starts a PostgreSQL server and the two nodes on a database
-// of it, with the token "pay" (its SO and user PINs, and the EC key
-// "sig") made through node 1 before node 2 joins: the join binds the PIN
-// records there are in node 2's TPM; a PIN record written after it
-// reaches node 2 as a duplication blob to its import key (docs/cluster.md,
-// "PINs across nodes"). serve are more flags for both nodes' `hsmemu
-// serve`.
+// clusterShares are the two custodians whose shares join node n (from 2):
+// each pair of the three in turn, so that every share is used.
+var clusterShares = [][2]string{{"alice", "carol"}, {"bob", "carol"}, {"alice", "bob"}}
+
+// startCluster starts a two-node cluster: startClusterN(t, 2, serve...).
 func startCluster(t *testing.T, serve ...string) *cluster {
+	t.Helper()
+	return startClusterN(t, 2, serve...)
+}
+
+// startClusterN starts a PostgreSQL server and n nodes (2 or 3: one
+// server certificate each in remotetest) on a database of it, with the
+// token "pay" (its SO and user PINs, and the EC key "sig") made through
+// node 1 before the others join: each join binds the PIN records there
+// are in the joining node's TPM; a PIN record written after it reaches
+// the node as a duplication blob to its import key (docs/cluster.md,
+// "PINs across nodes"). serve are more flags for every node's `hsmemu
+// serve`. The nodes join one after the other and serve once joined.
+func startClusterN(t *testing.T, n int, serve ...string) *cluster {
 	t.Helper()
 	a := need(t)
 	tool := needTool(t, "pkcs11-tool", "opensc")
+	pki := remotetest.New(t)
+	certs := []remotetest.Pair{pki.Daemon, pki.Daemon2, pki.Daemon3}
+	if n < 2 || n > len(certs) {
+		t.Fatalf("a cluster of %d nodes: remotetest has server certificates for 2 to %d", n, len(certs))
+	}
 	srv := pgtest.StartT(t)
 	db, err := srv.NewDatabase(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{pki: remotetest.New(t), db: db}
+	c := &cluster{pki: pki, db: db, nodes: make([]*remoteNode, n), keys: t.TempDir()}
 	// Registered before the nodes' own cleanups, so it runs after they
 	// have stopped and their logs are complete.
 	t.Cleanup(func() {
@@ -61,34 +83,41 @@ func startCluster(t *testing.T, serve ...string) *cluster {
 		}
 	})
 
-	keys := t.TempDir()
-	var custodians []string
-	shares := map[string]string{}
 	_, private := tpmtest.Custodians(t) // X25519, P-256 and RSA: each kind a custodian may hold
 	for _, name := range []string{"alice", "bob", "carol"} {
-		pubFile, keyFile := writeCustodian(t, keys, name, private[name])
-		custodians = append(custodians, "--custodian", pubFile)
-		shares[name] = filepath.Join(keys, name+".share") + ":" + keyFile
+		pubFile, _ := writeCustodian(t, c.keys, name, private[name])
+		c.custodians = append(c.custodians, "--custodian", pubFile)
 	}
 
-	c.nodes[0] = newRemote(t, c.pki, c.pki.Daemon, append([]string{"--db", db}, serve...)...)
+	c.nodes[0] = newRemote(t, c.pki, certs[0], append([]string{"--db", db}, serve...)...)
 	hsmemuCLI(t, append([]string{"init", "--state-dir", c.nodes[0].dir, "--tpm", "managed", "--db", db,
-		"--threshold", "2", "--shares-dir", keys}, custodians...)...)
+		"--threshold", "2", "--shares-dir", c.keys}, c.custodians...)...)
 	c.nodes[0].start()
 	provision(t, tool, a.module, remoteEnv(c.pki, c.pki.Admin, c.nodes[0].addr))
 
-	c.nodes[1] = newRemote(t, c.pki, c.pki.Daemon2, append([]string{"--db", db}, serve...)...)
-	out := hsmemuCLI(t, "domain", "join", "--state-dir", c.nodes[1].dir, "--tpm", "managed", "--db", db,
-		"--share", shares["alice"], "--share", shares["carol"], "--json")
-	var joined struct {
-		Node      int64 `json:"node"`
-		PINsBound int   `json:"pins_bound"`
+	for i := 1; i < n; i++ {
+		c.nodes[i] = newRemote(t, c.pki, certs[i], append([]string{"--db", db}, serve...)...)
+		args := []string{"domain", "join", "--state-dir", c.nodes[i].dir, "--tpm", "managed", "--db", db, "--json"}
+		for _, name := range clusterShares[i-1] {
+			args = append(args, "--share", c.share(name))
+		}
+		out := hsmemuCLI(t, args...)
+		var joined struct {
+			Node      int64 `json:"node"`
+			PINsBound int   `json:"pins_bound"`
+		}
+		if err := json.Unmarshal([]byte(out), &joined); err != nil || joined.Node != int64(i+1) || joined.PINsBound != 2 {
+			t.Fatalf("domain join: node %d, %d PINs bound (want node %d, the SO's and the user's): %v\n%s", joined.Node, joined.PINsBound, i+1, err, out)
+		}
+		c.nodes[i].start()
 	}
-	if err := json.Unmarshal([]byte(out), &joined); err != nil || joined.Node != 2 || joined.PINsBound != 2 {
-		t.Fatalf("domain join: node %d, %d PINs bound (want node 2, the SO's and the user's): %v\n%s", joined.Node, joined.PINsBound, err, out)
-	}
-	c.nodes[1].start()
 	return c
+}
+
+// share is the --share argument (FILE:KEY) of a custodian's share of the
+// domain's first master key.
+func (c *cluster) share(name string) string {
+	return filepath.Join(c.keys, name+".share") + ":" + filepath.Join(c.keys, name+".key")
 }
 
 // writeCustodian writes a custodian's public key (NAME.pem, for init) and
@@ -128,7 +157,7 @@ func hsmemuCLI(t *testing.T, args ...string) string {
 }
 
 // env is the environment of a client with the pair's certificate that
-// reaches the nodes numbered (1, 2), in that order.
+// reaches the nodes numbered (from 1), in that order.
 func (c *cluster) env(pair remotetest.Pair, nodes ...int) []string {
 	addrs := make([]string, len(nodes))
 	for i, n := range nodes {
@@ -139,8 +168,8 @@ func (c *cluster) env(pair remotetest.Pair, nodes ...int) []string {
 
 // programOn is the cluster as the C program's restart section sees it
 // when its module's first server is node first: that node is restarted
-// while the other serves on, and a kill takes both down, so that no
-// daemon answers until both start again.
+// while the others serve on, and a kill takes them all down, so that no
+// daemon answers until they all start again.
 type programOn struct {
 	*cluster
 	first int
@@ -164,7 +193,7 @@ func (c *cluster) lastLog() string {
 	var b strings.Builder
 	for i, n := range c.nodes {
 		if n != nil {
-			b.WriteString("--- node " + string(rune('1'+i)) + " ---\n" + n.lastLog())
+			fmt.Fprintf(&b, "--- node %d ---\n%s", i+1, n.lastLog())
 		}
 	}
 	return b.String()

@@ -20,7 +20,7 @@ import (
 
 // Remote daemons: the module reaches `hsmemu serve --listen tls://...`
 // over TCP with mutual TLS 1.3 (docs/remote.md). The daemons here have a
-// keystore each; cluster_test.go runs two on one PostgreSQL keystore.
+// keystore each; cluster_test.go runs several on one PostgreSQL keystore.
 
 // remoteNode is a daemon serving a TLS listener on a loopback port.
 type remoteNode struct {

@@ -30,8 +30,9 @@ type PKI struct {
 	CA  string // the CA's certificate: --client-ca and the module's tls_ca
 	// OtherCA is a CA nobody trusts.
 	OtherCA  string
-	Daemon   Pair
-	Daemon2  Pair
+	Daemon   Pair // cn:node1
+	Daemon2  Pair // cn:node2
+	Daemon3  Pair // cn:node3
 	App      Pair // cn:app1
 	App2     Pair // cn:app2
 	Admin    Pair // uri:spiffe://hsmemu.test/admin, cn:admin
@@ -71,6 +72,9 @@ func New(t testing.TB) *PKI {
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, now)
 	p.Daemon2 = leaf(t, dir, "daemon2", ca, &x509.Certificate{Subject: pkix.Name{CommonName: "node2"},
 		DNSNames: []string{"localhost", "node2"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, now)
+	p.Daemon3 = leaf(t, dir, "daemon3", ca, &x509.Certificate{Subject: pkix.Name{CommonName: "node3"},
+		DNSNames: []string{"localhost", "node3"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, now)
 	client := func(name, cn string, uri string, iss issuer, at time.Time) Pair {
 		tmpl := &x509.Certificate{Subject: pkix.Name{CommonName: cn}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
