@@ -352,12 +352,26 @@ func (c *pgConn) Begin() (driver.Tx, error) {
 func (c *pgConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	t, err := c.c.BeginTx(ctx, opts)
+	t, err := c.begin(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
 	c.tx = t
 	return &pgTx{c: c}, nil
+}
+
+// begin sends a BEGIN. One that never reached the server is
+// driver.ErrBadConn, so database/sql takes another connection for the
+// call: a connection the server ended while it lay idle in the pool (its
+// host stopped, a failover) is found dead only when it is next written
+// to, and the call that finds it would fail although nothing of it was
+// sent. pgx's stdlib does this for statements, not for BEGIN.
+func (c *pgConn) begin(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	t, err := c.c.BeginTx(ctx, opts)
+	if err != nil && pgconn.SafeToRetry(err) {
+		return nil, driver.ErrBadConn
+	}
+	return t, err
 }
 
 func (c *pgConn) Ping(ctx context.Context) error              { return c.c.Ping(ctx) }
@@ -383,7 +397,7 @@ func (c *pgConn) ExecContext(ctx context.Context, q string, args []driver.NamedV
 	if c.fold == nil || c.tx != nil {
 		return c.c.ExecContext(ctx, q, args)
 	}
-	t, err := c.c.BeginTx(ctx, driver.TxOptions{})
+	t, err := c.begin(ctx, driver.TxOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -420,7 +434,7 @@ func (c *pgConn) QueryContext(ctx context.Context, q string, args []driver.Named
 	defer cancel()
 	// A statement of its own on the writer (UPDATE ... RETURNING): its
 	// rows are read before the fold and the commit.
-	t, err := c.c.BeginTx(ctx, driver.TxOptions{})
+	t, err := c.begin(ctx, driver.TxOptions{})
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"hsmemu/internal/pgtest"
 )
 
@@ -145,6 +147,47 @@ func TestPostgresFailover(t *testing.T) {
 		}
 	}
 	t.Logf("%d writes acknowledged across the failover, %d failed during it; the slowest call took %v", len(acked), failed, slowest)
+}
+
+// TestPostgresWriterConnectionLost: the writer's connection, ended by
+// the server while it lay idle (its server process terminated, as a
+// primary that goes leaves it), is found dead by the next write, which
+// goes on a new connection instead of failing: the BEGIN that found it
+// dead never reached a server. Through the daemons, it was the first
+// write after a failover that failed.
+func TestPostgresWriterConnectionLost(t *testing.T) {
+	loc := pgServer.NewDatabase(t)
+	s, _ := newStoreAt(t, loc, Options{})
+	ti := newToken(t, s, "lost")
+	if err := s.Login(ctx, ti.UUID, RoleUser, userPIN); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := pgx.Connect(ctx, loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	eng := s.eng.(*postgresEngine)
+	for i := range 3 {
+		if _, err := s.Put(ctx, ti.UUID, keyAttrs(t, fmt.Sprintf("before-%d", i), true), []byte("0123456789abcdef")); err != nil {
+			t.Fatal(err)
+		}
+		pid := eng.writerPID.Load()
+		// Terminated, and waited for: its socket is closed before the
+		// next write. The next write comes well within a second of the
+		// last (database/sql pings a connection idle for longer before
+		// it hands it out, and would find it dead that way).
+		var gone bool
+		if err := admin.QueryRow(ctx, "SELECT pg_terminate_backend($1, 5000)", int32(pid)).Scan(&gone); err != nil || !gone {
+			t.Fatalf("terminate the writer's server process %d: %v %v", pid, gone, err)
+		}
+		if _, err := s.Put(ctx, ti.UUID, keyAttrs(t, fmt.Sprintf("after-%d", i), true), []byte("0123456789abcdef")); err != nil {
+			t.Fatalf("the write after the writer's connection was lost: %v", err)
+		}
+		if now := eng.writerPID.Load(); now == pid {
+			t.Fatalf("the write went on the terminated connection (server process %d)", pid)
+		}
+	}
 }
 
 // TestPostgresUnansweringHost: a host that takes the connection and never
