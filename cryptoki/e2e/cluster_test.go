@@ -52,15 +52,34 @@ func startCluster(t *testing.T, serve ...string) *cluster {
 	return startClusterN(t, 2, serve...)
 }
 
-// startClusterN starts a PostgreSQL server and n nodes (2 or 3: one
-// server certificate each in remotetest) on a database of it, with the
-// token "pay" (its SO and user PINs, and the EC key "sig") made through
-// node 1 before the others join: each join binds the PIN records there
-// are in the joining node's TPM; a PIN record written after it reaches
-// the node as a duplication blob to its import key (docs/cluster.md,
-// "PINs across nodes"). serve are more flags for every node's `hsmemu
-// serve`. The nodes join one after the other and serve once joined.
+// startClusterOn is startCluster on the empty database db names, on a
+// server (or servers) the caller started.
+func startClusterOn(t *testing.T, db string, serve ...string) *cluster {
+	t.Helper()
+	return startClusterOnN(t, 2, db, serve...)
+}
+
+// startClusterN starts a PostgreSQL server and n nodes on a database of
+// it (startClusterOnN).
 func startClusterN(t *testing.T, n int, serve ...string) *cluster {
+	t.Helper()
+	need(t)
+	db, err := pgtest.StartT(t).NewDatabase(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startClusterOnN(t, n, db, serve...)
+}
+
+// startClusterOnN starts n nodes (2 or 3: one server certificate each in
+// remotetest) on the empty database db names, with the token "pay" (its
+// SO and user PINs, and the EC key "sig") made through node 1 before the
+// others join: each join binds the PIN records there are in the joining
+// node's TPM; a PIN record written after it reaches the node as a
+// duplication blob to its import key (docs/cluster.md, "PINs across
+// nodes"). serve are more flags for every node's `hsmemu serve`. The
+// nodes join one after the other and serve once joined.
+func startClusterOnN(t *testing.T, n int, db string, serve ...string) *cluster {
 	t.Helper()
 	a := need(t)
 	tool := needTool(t, "pkcs11-tool", "opensc")
@@ -68,11 +87,6 @@ func startClusterN(t *testing.T, n int, serve ...string) *cluster {
 	certs := []remotetest.Pair{pki.Daemon, pki.Daemon2, pki.Daemon3}
 	if n < 2 || n > len(certs) {
 		t.Fatalf("a cluster of %d nodes: remotetest has server certificates for 2 to %d", n, len(certs))
-	}
-	srv := pgtest.StartT(t)
-	db, err := srv.NewDatabase(context.Background())
-	if err != nil {
-		t.Fatal(err)
 	}
 	c := &cluster{pki: pki, db: db, nodes: make([]*remoteNode, n), keys: t.TempDir()}
 	// Registered before the nodes' own cleanups, so it runs after they
