@@ -383,12 +383,19 @@ func (s *Store) writeAudited(ctx context.Context, note *AuditNote, write func(q 
 	if note == nil {
 		return write(s.w)
 	}
-	// The write is made again, in a new transaction, should the chain
-	// have moved to a new epoch under the first.
+	return s.writeAuditedTx(ctx, note, func(tx *sql.Tx) error { return write(tx) })
+}
+
+// writeAuditedTx runs write in a transaction and appends note's record
+// in it, committed before it returns; write may fill in note's detail
+// (what it learnt writing, an id it made). An error from write rolls
+// back both. The write is made again, in a new transaction, should the
+// chain have moved to a new epoch under the first.
+func (s *Store) writeAuditedTx(ctx context.Context, note *AuditNote, write func(tx *sql.Tx) error) error {
 	return s.afterFollow(ctx, func() error { return s.writeAuditedOnce(ctx, note, write) })
 }
 
-func (s *Store) writeAuditedOnce(ctx context.Context, note *AuditNote, write func(q execer) error) error {
+func (s *Store) writeAuditedOnce(ctx context.Context, note *AuditNote, write func(tx *sql.Tx) error) error {
 	// As Audit: one append at a time, integrity failures met since the
 	// last append first.
 	s.auditMu.Lock()

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -316,13 +317,9 @@ func (s *Store) writeNode(ctx context.Context, tx *sql.Tx, n *Node) (int64, erro
 // AddNode adds a node to the domain and returns its id. The root must be
 // attached (the row's MAC is the domain's).
 func (s *Store) AddNode(ctx context.Context, spec NodeSpec) (int64, error) {
-	now := time.Now().Truncate(time.Second)
-	n := &Node{TPMID: spec.TPMID, Sealed: spec.Sealed, ImportKey: spec.ImportKey, Joined: now, LastSeen: now}
-	if len(n.TPMID) < 3 || len(n.TPMID) > 66 || len(n.Sealed) == 0 || len(n.Sealed) > maxNodeBlob || len(n.ImportKey) > maxNodeBlob {
-		return 0, errors.New("keystore: a node's TPM identity, sealed key or import key out of range")
-	}
-	if len(n.ImportKey) == 0 {
-		n.ImportKey = nil
+	n, err := newNodeRow(spec)
+	if err != nil {
+		return 0, err
 	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
@@ -340,6 +337,19 @@ func (s *Store) AddNode(ctx context.Context, spec NodeSpec) (int64, error) {
 		return 0, err
 	}
 	return id, s.dbErr("commit node", tx.Commit())
+}
+
+// newNodeRow is the row of a node joining now, range-checked.
+func newNodeRow(spec NodeSpec) (*Node, error) {
+	now := time.Now().Truncate(time.Second)
+	n := &Node{TPMID: spec.TPMID, Sealed: spec.Sealed, ImportKey: spec.ImportKey, Joined: now, LastSeen: now}
+	if len(n.TPMID) < 3 || len(n.TPMID) > 66 || len(n.Sealed) == 0 || len(n.Sealed) > maxNodeBlob || len(n.ImportKey) > maxNodeBlob {
+		return nil, errors.New("keystore: a node's TPM identity, sealed key or import key out of range")
+	}
+	if len(n.ImportKey) == 0 {
+		n.ImportKey = nil
+	}
+	return n, nil
 }
 
 // AdoptNode gives a keystore with no node its first: this TPM, with the
@@ -530,6 +540,69 @@ func (s *Store) ForgetNode(ctx context.Context, id int64) error {
 		}
 	}
 	return s.dbErr("commit", tx.Commit())
+}
+
+// ReplaceNodes makes spec the domain's one node, for `hsmemu domain
+// recover` on a keystore in PostgreSQL whose nodes' TPMs are lost: in one
+// transaction, every node row (tampered ones too) is removed with its PIN
+// bindings and master key copies, the new row added, and the change
+// recorded (node.recover: the new node, its TPM, the nodes replaced,
+// beside detail). It returns the new node's id and the ids removed. The
+// root must be attached.
+func (s *Store) ReplaceNodes(ctx context.Context, actor AuditActor, spec NodeSpec, detail map[string]string) (int64, []int64, error) {
+	n, err := newNodeRow(spec)
+	if err != nil {
+		return 0, nil, err
+	}
+	var removed []int64
+	note := &AuditNote{Actor: actor, Event: "node.recover"}
+	err = s.writeAuditedTx(ctx, note, func(tx *sql.Tx) error {
+		// Exclusive, as adding and removing a node take it: no PIN record
+		// is being written with a binding for a node going away.
+		if err := s.eng.lockNodes(ctx, tx, true); err != nil {
+			return s.dbErr("lock nodes", err)
+		}
+		rows, err := tx.QueryContext(ctx, "SELECT id FROM nodes ORDER BY id")
+		if err != nil {
+			return s.dbErr("list nodes", err)
+		}
+		for rows.Next() {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return s.dbErr("list nodes", err)
+			}
+			removed = append(removed, id)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return s.dbErr("list nodes", err)
+		}
+		// The bindings and master key copies first: a database without
+		// foreign keys on still drops them with the nodes.
+		for _, q := range []string{"DELETE FROM pin_bindings", "DELETE FROM node_masters", "DELETE FROM nodes"} {
+			if _, err := tx.ExecContext(ctx, q); err != nil {
+				return s.dbErr("replace nodes", err)
+			}
+		}
+		id, err := s.writeNode(ctx, tx, n)
+		if err != nil {
+			return err
+		}
+		ids := make([]string, len(removed))
+		for i, r := range removed {
+			ids[i] = strconv.FormatInt(r, 10)
+		}
+		note.Detail = map[string]string{"node": strconv.FormatInt(id, 10), "tpm": ShortTPMID(n.TPMID), "replaced": strings.Join(ids, ",")}
+		for k, v := range detail {
+			note.Detail[k] = v
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, nil, err
+	}
+	return n.ID, removed, nil
 }
 
 // DropNodes removes every node and PIN binding, for a keystore copied

@@ -215,3 +215,97 @@ func TestNodeRowTampered(t *testing.T) {
 		})
 	}
 }
+
+// TestReplaceNodes: the domain's nodes (one of them with a tampered row,
+// one with a PIN binding and a master key copy) replaced by one new
+// node, as `domain recover` on PostgreSQL does: every old row goes with
+// its bindings and copies, the new row authenticates and takes the next
+// id, and node.recover records it in a chain that verifies. A new row
+// out of range changes nothing.
+func TestReplaceNodes(t *testing.T) {
+	t.Parallel()
+	s, loc := newStore(t, Options{})
+	id1, _, err := s.AdoptNode(ctx, fakeTPMID(1), []byte("ik1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AttachNode(ctx, id1); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := s.RootRecord(ctx)
+	id2, err := s.AddNode(ctx, NodeSpec{TPMID: fakeTPMID(2), Sealed: rec.Sealed, ImportKey: []byte("ik2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ti := newToken(t, s, "r")
+	if _, err := s.w.ExecContext(ctx, "INSERT INTO pin_bindings (token_id, role, node_id, salt, seal) VALUES (?, ?, ?, ?, ?)",
+		ti.ID, int64(RoleUser), id2, bytes.Repeat([]byte{1}, 16), []byte("seal")); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.putNodeMasters(ctx, tx, map[int64][]byte{id2: []byte("blob")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	execSQL(t, rawDB(t, loc), "UPDATE nodes SET joined_at = joined_at + 1 WHERE id = 2")
+	s = reopen(t, loc, Options{})
+	defer s.Close()
+	count := func(table string) int {
+		t.Helper()
+		var n int
+		if err := s.r.QueryRowContext(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if count("pin_bindings") != 1 || count("node_masters") != 1 {
+		t.Fatal("no binding or master key copy to replace")
+	}
+
+	id, removed, err := s.ReplaceNodes(ctx, AuditActor{Role: "admin"}, NodeSpec{TPMID: fakeTPMID(3), Sealed: rec.Sealed, ImportKey: []byte("ik3")},
+		map[string]string{"rotation_aborted": "true"})
+	if err != nil || id != 3 || len(removed) != 2 || removed[0] != 1 || removed[1] != 2 {
+		t.Fatalf("replace: %d %v %v", id, removed, err)
+	}
+	if count("pin_bindings") != 0 || count("node_masters") != 0 {
+		t.Fatal("the old nodes' bindings or master key copies are left")
+	}
+	if err := s.AttachNode(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := s.Nodes(ctx)
+	if err != nil || len(nodes) != 1 || nodes[0].ID != 3 || nodes[0].Tampered != nil || !bytes.Equal(nodes[0].TPMID, fakeTPMID(3)) {
+		t.Fatalf("nodes: %+v %v", nodes, err)
+	}
+	for _, b := range []byte{1, 2} {
+		if _, _, err := s.NodeSealed(ctx, fakeTPMID(b)); !errors.Is(err, ErrNotANode) {
+			t.Fatalf("TPM %d after the replacement: %v", b, err)
+		}
+	}
+	tail, err := s.AuditTail(ctx, 1)
+	if err != nil || len(tail) != 1 {
+		t.Fatal(tail, err)
+	}
+	if r := tail[0]; r.Event != "node.recover" || r.Detail["node"] != "3" || r.Detail["replaced"] != "1,2" || r.Detail["tpm"] != ShortTPMID(fakeTPMID(3)) || r.Detail["rotation_aborted"] != "true" {
+		t.Fatalf("the record: %+v", r)
+	}
+	if rep, err := s.VerifyAudit(ctx); err != nil || !rep.OK {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+
+	if _, _, err := s.ReplaceNodes(ctx, AuditActor{Role: "admin"}, NodeSpec{TPMID: []byte{1}, Sealed: rec.Sealed}, nil); err == nil {
+		t.Fatal("a node row out of range replaced the nodes")
+	}
+	if nodes, err := s.Nodes(ctx); err != nil || len(nodes) != 1 || nodes[0].ID != 3 {
+		t.Fatalf("nodes after a refused replacement: %+v %v", nodes, err)
+	}
+	if after, err := s.AuditTail(ctx, 1); err != nil || after[0].Seq != tail[0].Seq {
+		t.Fatalf("a refused replacement recorded: %+v %v", after, err)
+	}
+}

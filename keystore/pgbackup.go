@@ -29,6 +29,25 @@ import (
 // starts while one runs.
 const pgWriterLock = "SELECT pg_try_advisory_lock(hashtextextended('hsmemu/writer', 0))"
 
+// PostgresServed answers ErrDatabaseInUse when a Store serves the
+// PostgreSQL database db: a daemon, on any machine, or a command with the
+// keystore open, holds the writer's lock (pgServing). It takes the lock a
+// restore takes, and lets it go at once: nothing waits on it after.
+func PostgresServed(ctx context.Context, db string, opts Options) error {
+	c, err := pgConnect(ctx, db, opts)
+	if err != nil {
+		return err
+	}
+	defer c.Close(context.Background())
+	if err := pgTryLock(ctx, c, pgWriterLock); err != nil {
+		return err
+	}
+	if _, err := c.Exec(ctx, "SELECT pg_advisory_unlock(hashtextextended('hsmemu/writer', 0))"); err != nil {
+		return fmt.Errorf("keystore: unlock the database: %s", redactErr(err))
+	}
+	return nil
+}
+
 // DomainMismatchError is RestorePostgres's refusal of a backup of another
 // domain than the keystore it would replace.
 type DomainMismatchError struct{ Backup, Current []byte }
