@@ -28,14 +28,27 @@ func domainCommand() *cli.Command {
 		Usage: "the security domain",
 		Subcommands: []*cli.Command{{
 			Name:  "recover",
-			Usage: "recreate a keystore's master key in the TPM of a new state directory from custodians' shares",
-			Description: `Copies the keystore --from (a keystore.db, consistently, even while a daemon
-uses it) into the new --state-dir and recreates its master key in that state
-directory's TPM from at least the threshold of custodians' shares, each
-given as SHARE:KEY, the share file and its custodian's private key (PEM,
-PKCS#8). The shares must belong to the keystore's domain, at least the
-threshold of its current master key's. 'hsmemu serve' on the new state
-directory then opens every key the old keystore held.
+			Usage: "recreate the domain's master key in a new TPM from custodians' shares (a keystore file, or one in PostgreSQL whose nodes are lost)",
+			Description: `From a keystore file: copies the keystore --from (a keystore.db,
+consistently, even while a daemon uses it) into the new --state-dir and
+recreates its master key in that state directory's TPM from at least the
+threshold of custodians' shares, each given as SHARE:KEY, the share file
+and its custodian's private key (PEM, PKCS#8). The shares must belong to
+the keystore's domain, at least the threshold of its current master
+key's. 'hsmemu serve' on the new state directory then opens every key the
+old keystore held.
+
+In PostgreSQL (--db): the keystore is not copied; this machine's TPM
+(--tpm, its state under --state-dir) takes the domain over in place and
+becomes its only node. Where 'domain join' adds a node beside live ones,
+recovery is for when every node's TPM is lost: it removes every node's
+row (with its PIN bindings), adds this TPM's, records node.recover, and
+anchors the keystore in a counter of this TPM. It is refused, nothing
+written, while a daemon holds the database or while a node has recorded
+its heartbeat within the last 90 seconds (three heartbeats), unless
+--replace-live-nodes says those nodes are lost anyway: a node still
+serving is cut off, and does not start again. 'hsmemu serve --db ...'
+then serves the domain here; other machines join it again with shares.
 
 PIN records are bound to the old TPM; each carries a copy of what the
 new TPM needs, encrypted to a key of the master key current when it was
@@ -45,17 +58,20 @@ needs the shares of that earlier master key: give them too, beside the
 current one's. Records that cannot be brought over are listed; their
 role cannot log in on the new TPM until its PIN is set anew.
 
-Example:
+Examples:
   hsmemu domain recover --state-dir /var/lib/hsmemu-new --from /backup/keystore.db \
+    --share alice.share:alice.key --share bob.share:bob.key
+  hsmemu domain recover --state-dir /var/lib/hsmemu --db 'postgres://hsm@db1/keys' \
     --share alice.share:alice.key --share bob.share:bob.key`,
-			Flags: []cli.Flag{
-				stateDirFlag("the new state directory"),
+			Flags: append([]cli.Flag{
+				stateDirFlag("the new state directory (with --db: this machine's, its TPM's state)"),
 				tpmFlag(),
 				tpmStateKeyFlag(),
-				&cli.StringFlag{Name: "from", Usage: "the keystore to recover (a keystore.db)", Required: true},
+				&cli.StringFlag{Name: "from", Usage: "the keystore to recover (a keystore.db); or --db"},
 				&cli.StringSliceFlag{Name: "share", Usage: "SHARE:KEY, a custodian's share file and private key (repeat for each)"},
+				&cli.BoolFlag{Name: "replace-live-nodes", Usage: "with --db: replace the domain's nodes even if a daemon holds the database or a node's heartbeat is recent (their TPMs are lost)"},
 				&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
-			},
+			}, dbFlags()...),
 			Action: runRecover,
 		}, {
 			Name:  "join",
@@ -237,12 +253,38 @@ func runLeave(c *cli.Context) error {
 
 func runRecover(c *cli.Context) error {
 	dir := c.String("state-dir")
+	from, db := c.String("from"), c.String("db")
+	switch {
+	case from != "" && db != "":
+		return cli.Exit("hsmemu domain recover: give --from (a keystore file) or --db (a keystore in PostgreSQL), not both", 2)
+	case from == "" && db == "":
+		return cli.Exit("hsmemu domain recover: give --from (a keystore file) or --db (a keystore in PostgreSQL)", 2)
+	case from != "" && c.Bool("replace-live-nodes"):
+		return cli.Exit("hsmemu domain recover: --replace-live-nodes is for a keystore in PostgreSQL (--db); a keystore file is copied, and its nodes left as they are", 2)
+	case db != "":
+		if kind, _, err := keystore.ParseDB(db); err != nil {
+			return cli.Exit("hsmemu domain recover: --db: "+err.Error(), 2)
+		} else if kind != keystore.EnginePostgres {
+			return cli.Exit("hsmemu domain recover: --db takes a keystore in PostgreSQL; a keystore in SQLite is recovered from its file (--from PATH)", 2)
+		}
+	}
 	var res *daemon.RecoverResult
 	shares, err := withShares(c, "domain recover", func(ctx context.Context, shares []*escrow.Share, key string) (err error) {
-		res, err = daemon.RecoverState(ctx, daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), TPMStateKey: key, Logger: slog.New(slog.DiscardHandler)},
-			c.String("from"), shares)
-		if errors.Is(err, daemon.ErrAlreadyProvisioned) {
-			return cli.Exit(fmt.Sprintf("hsmemu domain recover: %s already holds a keystore; recover into a new state directory", dir), 3)
+		cfg := daemon.StateConfig{Dir: dir, TPM: c.String("tpm"), TPMStateKey: key, Logger: slog.New(slog.DiscardHandler)}
+		if db == "" {
+			res, err = daemon.RecoverState(ctx, cfg, from, shares)
+			if errors.Is(err, daemon.ErrAlreadyProvisioned) {
+				return cli.Exit(fmt.Sprintf("hsmemu domain recover: %s already holds a keystore; recover into a new state directory", dir), 3)
+			}
+			return err
+		}
+		cfg.DB, cfg.Store = db, keystore.Options{PasswordFile: c.String("db-password-file")}
+		res, err = daemon.RecoverPostgres(ctx, cfg, shares, daemon.RecoverOptions{ReplaceLive: c.Bool("replace-live-nodes")})
+		switch {
+		case errors.Is(err, daemon.ErrNodesAlive):
+			return cli.Exit("hsmemu domain recover: "+err.Error()+" (--replace-live-nodes); nothing was changed", 3)
+		case errors.Is(err, daemon.ErrAlreadyProvisioned):
+			return cli.Exit("hsmemu domain recover: "+err.Error()+": 'hsmemu serve --db ...' opens the domain on it", 3)
 		}
 		return err
 	})
@@ -255,11 +297,30 @@ func runRecover(c *cli.Context) error {
 		unused = append(unused, fmt.Sprintf("%x", id[:8]))
 	}
 	if c.Bool("json") {
-		return printJSON(c.App.Writer, domainRecovered{Domain: fmt.Sprintf("%x", res.Domain), StateDir: dir, Shares: shares,
-			PINsRebound: res.ReboundPINs, PINsUnbound: left, UnusedShares: unused})
+		// Lists, even empty, as the schema has them (docs/json.md).
+		if left == nil {
+			left = []unbound{}
+		}
+		if unused == nil {
+			unused = []string{}
+		}
+		return printJSON(c.App.Writer, domainRecovered{Domain: fmt.Sprintf("%x", res.Domain), Node: res.Node, TPM: keystore.ShortTPMID(res.TPM),
+			StateDir: dir, Shares: shares, Replaced: res.Replaced, PINsRebound: res.ReboundPINs, PINsUnbound: left, UnusedShares: unused})
 	}
 	w := c.App.Writer
-	fmt.Fprintf(w, "recovered security domain %x into %s from %d shares; 'hsmemu serve --state-dir %s' opens it\n", res.Domain, dir, shares, dir)
+	if db == "" {
+		fmt.Fprintf(w, "recovered security domain %x into %s from %d shares; 'hsmemu serve --state-dir %s' opens it\n", res.Domain, dir, shares, dir)
+	} else {
+		var ids []string
+		for _, id := range res.Replaced {
+			ids = append(ids, strconv.FormatInt(id, 10))
+		}
+		if len(ids) == 0 {
+			ids = []string{"none"}
+		}
+		fmt.Fprintf(w, "recovered security domain %x in PostgreSQL from %d shares: this machine's TPM %s is its only node, node %d (replaced: %s); 'hsmemu serve --db ...' serves it here\n",
+			res.Domain, shares, keystore.ShortTPMID(res.TPM), res.Node, strings.Join(ids, ", "))
+	}
 	fmt.Fprintf(w, "PIN records brought into the new TPM: %d\n", res.ReboundPINs)
 	for _, u := range left {
 		fmt.Fprintf(c.App.ErrWriter, "WARNING: token %q's %s PIN cannot log in on the new TPM: %s; ", u.Token, u.Role, u.Why)

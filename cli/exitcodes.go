@@ -59,7 +59,7 @@ var exitCodes = map[string][]exitDoc{
 	"audit show":        {{4, "no such record"}},
 	"audit verify":      {{6, "the log failed verification"}},
 	"audit export":      nil,
-	"domain recover":    {{3, "the new state directory already holds a keystore"}},
+	"domain recover":    {{3, "the new state directory already holds a keystore; with --db, this TPM is a node already, or the domain's nodes look alive (without --replace-live-nodes)"}},
 	"domain join":       nil,
 	"domain leave":      {{3, "refused: the node the daemon runs on, or the domain's last"}, {4, "no such node"}},
 	"backup":            nil,

@@ -60,8 +60,11 @@ type reanchored struct {
 // domainRecovered is domain recover's result.
 type domainRecovered struct {
 	Domain       string    `json:"domain"`
+	Node         int64     `json:"node"`
+	TPM          string    `json:"tpm"`
 	StateDir     string    `json:"state_dir"`
 	Shares       int       `json:"shares"`
+	Replaced     []int64   `json:"replaced_nodes"`
 	PINsRebound  int       `json:"pins_rebound"`
 	PINsUnbound  []unbound `json:"pins_unbound"`
 	UnusedShares []string  `json:"unused_shares"`

@@ -18,8 +18,10 @@ import (
 // The nodes of the domain (keystore/nodes.go): each TPM that holds the
 // master key has a row, found by its SRK's name, with its own sealed copy
 // of the master key. `hsmemu init` makes node 1; `hsmemu domain join`
-// (JoinState) adds another machine's TPM from custodians' shares; a
-// keystore from before nodes gets its one row at its next open.
+// (JoinState) adds another machine's TPM from custodians' shares, and
+// `hsmemu domain recover --db` (RecoverPostgres, recoverpg.go) makes one
+// the only node when every node's TPM is lost; a keystore from before
+// nodes gets its one row at its next open.
 
 // ErrNotANode is OpenState's error for a TPM that is not a node of the
 // domain in the keystore. It wraps keystore.ErrNotANode and
@@ -50,7 +52,7 @@ func (s *State) loadNodeMaster(ctx context.Context, rec *keystore.RootRecord) (*
 		var id int64
 		id, sealedBytes, err = s.Store.NodeSealed(ctx, srk)
 		if errors.Is(err, keystore.ErrNotANode) {
-			hint := "`hsmemu domain join --db ... --share FILE:KEY ...` adds it from the custodians' shares"
+			hint := "`hsmemu domain join --db ... --share FILE:KEY ...` adds it from the custodians' shares (`hsmemu domain recover --db ...` instead, if every node's TPM is lost)"
 			if s.DBPath != "" {
 				hint = "a domain in SQLite has one node: `hsmemu domain recover` moves it to a new TPM"
 			}
@@ -249,52 +251,116 @@ type JoinResult struct {
 // in a counter of this TPM. The daemon that serves the database must be
 // stopped meanwhile (one daemon per database, for now).
 func JoinState(ctx context.Context, cfg StateConfig, shares []*escrow.Share) (res *JoinResult, err error) {
-	if cfg.Dir == "" {
-		return nil, errors.New("no state directory given")
-	}
 	if kind, _, err := keystore.ParseDB(cfg.DB); err != nil {
 		return nil, err
 	} else if kind != keystore.EnginePostgres {
 		return nil, errors.New("a domain joins nodes in a PostgreSQL keystore (--db postgres://...); a keystore in SQLite has one node, and `hsmemu domain recover` moves it to a new TPM")
 	}
+	st, rec, err := openNewNode(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	if rec.Next != nil {
+		return nil, errors.New("a master key rotation is under way in the domain: finish it (`hsmemu rotate master --resume`) before joining")
+	}
+	nm, err := st.loadFromShares(ctx, rec, shares)
+	if err != nil {
+		return nil, err
+	}
+	srk := st.TPM.SRKName()
+	if st.Node, err = st.Store.AddNode(ctx, keystore.NodeSpec{TPMID: srk, Sealed: nm.sealed, ImportKey: nm.importKey}); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			// Not joined: the row goes, and the join can be made again.
+			if ferr := st.Store.ForgetNode(context.Background(), st.Node); ferr != nil {
+				err = errors.Join(err, ferr)
+			}
+		}
+	}()
+	res = &JoinResult{Domain: rec.DomainID, Node: st.Node, TPM: srk}
+	if res.BoundPINs, res.UnboundPINs, res.UnusedShares, err = st.bindNode(ctx, nm); err != nil {
+		return nil, err
+	}
+	if _, err := st.Store.Audit(ctx, adminActor(), "node.join", map[string]string{
+		"node": fmt.Sprint(st.Node), "tpm": shortTPM(srk), "pins_bound": fmt.Sprint(res.BoundPINs)}); err != nil {
+		return nil, err
+	}
+	// This node anchors the keystore in a counter of its own TPM, from now.
+	if _, _, err := anchor(ctx, st.TPM, st.Store, st.Root.DomainID(), "domain join", st.logger()); err != nil {
+		return nil, fmt.Errorf("anchor the keystore in this TPM: %w", err)
+	}
+	return res, nil
+}
+
+// openNewNode opens cfg's TPM (its state under cfg.Dir) and the domain's
+// keystore cfg.DB, for the TPM to become a node of it (JoinState,
+// RecoverPostgres): the keystore must hold a domain, and the TPM must not
+// be one of its nodes yet. The caller closes the State.
+func openNewNode(ctx context.Context, cfg StateConfig) (_ *State, _ *keystore.RootRecord, err error) {
+	if cfg.Dir == "" {
+		return nil, nil, errors.New("no state directory given")
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create state directory: %w", err)
+		return nil, nil, fmt.Errorf("create state directory: %w", err)
 	}
 	spec, err := cfg.tpmSpec()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	st := &State{Spec: spec, log: log}
-	defer st.Close()
+	defer func() {
+		if err != nil {
+			st.Close()
+		}
+	}()
 	if st.TPM, err = tpmroot.OpenWith(ctx, spec, tpmroot.Options{Logger: log}); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := configureManagedDA(st.TPM, spec, cfg.DA, log); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if st.Store, err = keystore.OpenDB(ctx, cfg.DB, cfg.Store); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rec, err := st.Store.RootRecord(ctx)
 	if errors.Is(err, keystore.ErrNotProvisioned) {
-		return nil, errors.New("the database holds no security domain: `hsmemu init --db ...` creates one")
+		return nil, nil, errors.New("the database holds no security domain: `hsmemu init --db ...` creates one")
 	}
 	if err != nil {
-		return nil, err
-	}
-	if rec.Next != nil {
-		return nil, errors.New("a master key rotation is under way in the domain: finish it (`hsmemu rotate master --resume`) before joining")
+		return nil, nil, err
 	}
 	srk := st.TPM.SRKName()
 	if _, _, err := st.Store.NodeSealed(ctx, srk); err == nil {
-		return nil, fmt.Errorf("%w: this machine's TPM (SRK %s) is a node of the domain already", ErrAlreadyProvisioned, shortTPM(srk))
+		return nil, nil, fmt.Errorf("%w: this machine's TPM (SRK %s) is a node of the domain already", ErrAlreadyProvisioned, shortTPM(srk))
 	} else if !errors.Is(err, keystore.ErrNotANode) {
-		return nil, err
+		return nil, nil, err
 	}
+	return st, rec, nil
+}
+
+// newNodeMaster is the master key a new node recreated from custodians'
+// shares: its sealed form for the node's row, the node's import key, and
+// the PIN recovery keys the shares gave (the current master key's first,
+// then those of earlier ones, olderIDs).
+type newNodeMaster struct {
+	sealed, importKey []byte
+	keys              []*ecdh.PrivateKey
+	olderIDs          [][]byte
+}
+
+// loadFromShares recreates the keystore's current master key in this
+// TPM from custodians' decrypted shares (at least its threshold; shares
+// of earlier master keys beside them open older PIN records' recovery
+// copies), checks it computes the domain's proof, loads it and attaches
+// the keystore, and creates this TPM's import key. Nothing is written.
+func (st *State) loadFromShares(ctx context.Context, rec *keystore.RootRecord, shares []*escrow.Share) (*newNodeMaster, error) {
 	current, olderIDs, older, err := sortShares(rec, shares)
 	if err != nil {
 		return nil, err
@@ -324,39 +390,28 @@ func JoinState(ctx context.Context, cfg StateConfig, shares []*escrow.Share) (re
 	if err != nil {
 		return nil, err
 	}
-	if st.Node, err = st.Store.AddNode(ctx, keystore.NodeSpec{TPMID: srk, Sealed: b, ImportKey: ik}); err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			// Not joined: the row goes, and the join can be made again.
-			if ferr := st.Store.ForgetNode(context.Background(), st.Node); ferr != nil {
-				err = errors.Join(err, ferr)
-			}
-		}
-	}()
+	return &newNodeMaster{sealed: b, importKey: ik, keys: keys, olderIDs: olderIDs}, nil
+}
+
+// bindNode attaches the keystore to st.Node, the row just written for
+// this TPM, and makes this node's binding of every PIN record from its
+// recovery copy (keystore.BindNodePINs). It returns how many it bound,
+// those it could not, and the earlier master keys whose shares opened
+// none.
+func (st *State) bindNode(ctx context.Context, nm *newNodeMaster) (bound int, left []keystore.UnboundPIN, unused [][]byte, err error) {
 	if err := st.Store.AttachNode(ctx, st.Node); err != nil {
-		return nil, err
+		return 0, nil, nil, err
 	}
-	res = &JoinResult{Domain: rec.DomainID, Node: st.Node, TPM: srk}
 	var used []int
-	if res.BoundPINs, res.UnboundPINs, used, err = st.Store.BindNodePINs(ctx, keys); err != nil {
-		return nil, fmt.Errorf("bind the PIN records in this TPM: %w", err)
+	if bound, left, used, err = st.Store.BindNodePINs(ctx, nm.keys); err != nil {
+		return 0, nil, nil, fmt.Errorf("bind the PIN records in this TPM: %w", err)
 	}
-	for i := 1; i < len(keys); i++ {
+	for i := 1; i < len(nm.keys); i++ {
 		if used[i] == 0 {
-			res.UnusedShares = append(res.UnusedShares, olderIDs[i-1])
+			unused = append(unused, nm.olderIDs[i-1])
 		}
 	}
-	if _, err := st.Store.Audit(ctx, adminActor(), "node.join", map[string]string{
-		"node": fmt.Sprint(st.Node), "tpm": shortTPM(srk), "pins_bound": fmt.Sprint(res.BoundPINs)}); err != nil {
-		return nil, err
-	}
-	// This node anchors the keystore in a counter of its own TPM, from now.
-	if _, _, err := anchor(ctx, st.TPM, st.Store, st.Root.DomainID(), "domain join", log); err != nil {
-		return nil, fmt.Errorf("anchor the keystore in this TPM: %w", err)
-	}
-	return res, nil
+	return bound, left, unused, nil
 }
 
 // sortShares splits shares into the current master key's and earlier

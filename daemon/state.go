@@ -290,8 +290,14 @@ func (s *State) Close() error {
 // RecoverResult is what RecoverState did.
 type RecoverResult struct {
 	Domain []byte // the security domain's id
+	Node   int64  // the new TPM's node
+	TPM    []byte // its identity (SRK name)
+	// Replaced are the nodes a recovery in PostgreSQL removed
+	// (RecoverPostgres); nil from a keystore file.
+	Replaced []int64
 	// ReboundPINs counts the PIN records brought into the new TPM from
-	// their recovery copies: their PINs log in there as before.
+	// their recovery copies: their PINs log in there as before (on
+	// PostgreSQL, through bindings of this node's, as a join makes).
 	ReboundPINs int
 	// UnboundPINs are the records that could not be: their role cannot
 	// log in on the new TPM until its PIN is set anew (the SO sets the
@@ -304,7 +310,8 @@ type RecoverResult struct {
 }
 
 // RecoverState makes cfg.Dir, which must hold no keystore, the home of the
-// security domain of the keystore at from: it copies that keystore in,
+// security domain of the keystore at from, an SQLite file (RecoverPostgres
+// takes a keystore in PostgreSQL over in place): it copies that keystore in,
 // recreates its master key in cfg.Dir's TPM from custodians' decrypted
 // shares, and brings every PIN record bound to the old TPM into the new
 // one (keystore.RebindPINs) with the recovery keys the shares give. The
@@ -433,7 +440,7 @@ func RecoverState(ctx context.Context, cfg StateConfig, from string, shares []*e
 	if err := store.AttachNode(ctx, node); err != nil {
 		return nil, err
 	}
-	res = &RecoverResult{Domain: rec.DomainID}
+	res = &RecoverResult{Domain: rec.DomainID, Node: node, TPM: tpm.SRKName()}
 	var used []int
 	if res.ReboundPINs, res.UnboundPINs, used, err = store.RebindPINs(ctx, keys); err != nil {
 		return nil, fmt.Errorf("bring the PIN records into the new TPM: %w", err)
