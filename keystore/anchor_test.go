@@ -275,7 +275,7 @@ func TestAnchorRowReplay(t *testing.T) {
 	}{
 		{"token row replayed", func(t *testing.T, s *Store, path string, victim TokenInfo, obj *Object) {
 			db := rawDB(t, path)
-			before := make([]any, 17)
+			before := make([]any, 18)
 			ptrs := make([]any, len(before))
 			for i := range before {
 				ptrs[i] = &before[i]
@@ -288,7 +288,7 @@ func TestAnchorRowReplay(t *testing.T) {
 			}
 			s.Close()
 			execSQL(t, db, "DELETE FROM tokens WHERE id = ?", victim.ID)
-			execSQL(t, db, "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", before...)
+			execSQL(t, db, "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", before...)
 		}, tokenDown},
 		{"object row replayed", func(t *testing.T, s *Store, path string, victim TokenInfo, obj *Object) {
 			db := rawDB(t, path)

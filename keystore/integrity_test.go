@@ -167,7 +167,7 @@ func TestObjectRowClone(t *testing.T) {
 // Every column but the row id (see tokenMAC) is authenticated.
 var tokenColumns = []string{"uuid", "label", "serial", "tier", "kek_generation", "dk_generation",
 	"so_pin", "user_pin", "so_failures", "user_failures", "mac", "created_at", "retention_days",
-	"purge_protection", "master_generation", "legacy_pin_keys"}
+	"purge_protection", "master_generation", "legacy_pin_keys", "login_epoch"}
 
 // tokenEdit is an edit of one column, as SQL over its current value.
 type tokenEdit struct {
@@ -191,7 +191,7 @@ func tokenEditSeeds() []tokenEdit {
 		edits := blobEdits
 		switch c {
 		case "tier", "kek_generation", "dk_generation", "so_failures", "user_failures", "created_at",
-			"retention_days", "purge_protection", "master_generation":
+			"retention_days", "purge_protection", "master_generation", "login_epoch":
 			edits = intEdits
 		case "label", "serial":
 			edits = append([]string{"%s || 'x'", "substr(%s, 2)", "upper(%s)", "lower(%s)", "''"}, blobEdits...)
@@ -221,6 +221,11 @@ func FuzzTokenRow(f *testing.F) {
 	ti := newToken(f, s, "tok")
 	other := newToken(f, s, "other")
 	if err := s.Login(ctx, ti.UUID, RoleUser, []byte("wrong")); !errors.Is(err, ErrPINIncorrect) {
+		f.Fatal(err)
+	}
+	// An epoch set (a logout of every daemon), so that every edit of it
+	// changes a value the MAC covers.
+	if _, err := s.LogoutAll(ctx, ti.UUID); err != nil {
 		f.Fatal(err)
 	}
 	db, err := sql.Open("sqlite3", "file:"+path)
@@ -340,7 +345,7 @@ func TestMigrateTokenChecks(t *testing.T) {
 		created_at INTEGER NOT NULL, retention_days INTEGER NOT NULL DEFAULT 90,
 		purge_protection INTEGER NOT NULL DEFAULT 0, master_generation INTEGER NOT NULL DEFAULT 1,
 		legacy_pin_keys BLOB) STRICT`)
-	execSQL(t, db, `INSERT INTO v3 SELECT * FROM tokens`)
+	execSQL(t, db, `INSERT INTO v3 SELECT id, `+strings.Join(tokenColumns[:len(tokenColumns)-1], ", ")+` FROM tokens`)
 	execSQL(t, db, `DROP TABLE tokens`)
 	execSQL(t, db, `ALTER TABLE v3 RENAME TO tokens`)
 	execSQL(t, db, `UPDATE sqlite_sequence SET seq = 3 WHERE name = 'tokens'`)

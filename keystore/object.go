@@ -151,6 +151,11 @@ func (s *Store) put(ctx context.Context, token, u UUID, attrs Attributes, secret
 	// The epoch is read before the data key: a logout between the two
 	// then keeps this object out of the cache.
 	epoch := s.cache.currentEpoch()
+	if ix.private && len(secret) > 0 {
+		// The row was read just now: a login it says was ended
+		// everywhere seals nothing more.
+		s.endLogin(st.rowID, ti.LoginEpoch, true)
+	}
 	s.mu.RLock()
 	sl := st.sealer()
 	s.mu.RUnlock()
@@ -289,6 +294,13 @@ func (s *Store) openRow(ctx context.Context, r *objectRow) (*Object, error) {
 	st, err := s.state(ctx, r.tokenID)
 	if err != nil {
 		return nil, err
+	}
+	if ix.private && s.sync != nil {
+		// Past the lease, a logout of every daemon may not have been
+		// heard: the row says.
+		if err := s.loginCurrent(ctx, st); err != nil {
+			return nil, err
+		}
 	}
 	s.mu.RLock()
 	sl := st.sealer()

@@ -191,6 +191,11 @@ CREATE TABLE node_masters (
 	PRIMARY KEY (node_id, master_generation)
 );
 `,
+	// 5: SQLite's migration 9, the token's login epoch. A change of it is
+	// a change of the token row, notified as any (migration 2).
+	`
+ALTER TABLE tokens ADD COLUMN login_epoch bigint CHECK (login_epoch BETWEEN 1 AND 4294967295);
+`,
 }
 
 // pgMigrate brings the schema up to date in one transaction (PostgreSQL's

@@ -216,6 +216,14 @@ CREATE TABLE node_masters (
 	PRIMARY KEY (node_id, master_generation)
 ) STRICT;
 `,
+	// 9: the token's login epoch (logoutall.go): a logout of every
+	// daemon moves it, and a Store holding a login made under an older
+	// one ends it. NULL until the first such logout, and without a
+	// default, so a row's anchor term stays what it was; the token
+	// row's MAC covers it once set.
+	`
+ALTER TABLE tokens ADD COLUMN login_epoch INTEGER CHECK (login_epoch BETWEEN 1 AND 4294967295);
+`,
 }
 
 // migrationsWithoutFKs are the migrations that rebuild a table other

@@ -107,6 +107,7 @@ type Store struct {
 	masterGen uint32                // the current master's generation
 	escrowed  bool                  // the current master is split to custodians (pinbind.go)
 	tokens    map[int64]*tokenState // by token row id
+	ended     []func(token UUID)    // told of logins the Store ended on its own (OnLoginsEnded)
 
 	cache *cache
 	pins  *stretchCache

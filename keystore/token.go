@@ -68,6 +68,10 @@ type TokenInfo struct {
 	PurgeProtection bool
 	// MasterGeneration says which master key derives the token's KEK.
 	MasterGeneration uint32
+	// LoginEpoch counts the logouts of every daemon (LogoutAll): a login
+	// made under an earlier epoch is ended wherever it is held. 0 until
+	// the first.
+	LoginEpoch uint32
 	// Tampered is set, by Tokens alone, on a row that failed its MAC or
 	// its range checks (a TamperError). The token is unusable; of the
 	// fields above, only ID is to be believed.

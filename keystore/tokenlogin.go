@@ -126,25 +126,44 @@ func (s *Store) checkPIN(ctx context.Context, token UUID, role Role, pin []byte)
 func (s *Store) Login(ctx context.Context, token UUID, role Role, pin []byte) error {
 	s.rot.RLock()
 	defer s.rot.RUnlock()
-	ti, st, dk, err := s.checkPIN(ctx, token, role, pin)
-	if err != nil {
-		return err
-	}
-	aead, err := newGCM(dk)
-	if err != nil {
-		wipe(dk)
-		return err
-	}
-	s.mu.Lock()
-	if s.closed {
+	var ti TokenInfo
+	var st *tokenState
+	for try := 0; ; try++ {
+		var dk []byte
+		var err error
+		ti, st, dk, err = s.checkPIN(ctx, token, role, pin)
+		if err != nil {
+			return err
+		}
+		aead, err := newGCM(dk)
+		if err != nil {
+			wipe(dk)
+			return err
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			wipe(dk)
+			return ErrClosed
+		}
+		if st.epoch > ti.LoginEpoch || s.tokens[st.rowID] != st {
+			// The row was read before a logout of every daemon this Store
+			// has heard of since, or the token's state was dropped under
+			// the check: the login would be ended as soon as made. The
+			// PIN is at hand: log in again, after it.
+			s.mu.Unlock()
+			wipe(dk)
+			if try < loginRetries && ctx.Err() == nil {
+				continue
+			}
+			return fmt.Errorf("%w: the token's logins were ended on every daemon while logging in", ErrNotLoggedIn)
+		}
+		st.logout()
+		st.dataKey, st.data, st.dgen, st.lepoch = dk, aead, ti.DataGeneration, ti.LoginEpoch
+		st.open.Store(true)
 		s.mu.Unlock()
-		wipe(dk)
-		return ErrClosed
+		break
 	}
-	st.logout()
-	st.dataKey, st.data, st.dgen = dk, aead, ti.DataGeneration
-	st.open.Store(true)
-	s.mu.Unlock()
 	if ti.Tier == TierPremium {
 		// Best effort: a key left public is resealed at the next login.
 		s.privatizeHSMKeys(ctx, st)

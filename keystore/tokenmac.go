@@ -14,7 +14,7 @@ import (
 // tokenMAC authenticates every column of a token row but its row id: the
 // uuid, tier, generations (data key, KEK, master key), label, serial, the
 // failure counters, both PIN records, the legacy PIN keys, the deletion
-// policy and the creation time. Editing any of them alone is detected;
+// policy, the creation time and the login epoch. Editing any of them alone is detected;
 // replaying a whole earlier row is not (see docs/keychain.md). The row id
 // is the key objects refer to their token by: changing it hides the
 // token's objects, which whoever holds the file can do by deleting them,
@@ -28,9 +28,12 @@ func tokenMAC(keys *tokenKeys, ti *TokenInfo) []byte {
 
 // tokenMACInput is what a token row's MAC covers: every field that carries
 // policy or keys, each at its column's full width (64 bits, signed where
-// the column is), byte strings with their 64-bit length, nothing optional.
-// A row written by an earlier version, under tokenMACv2, still verifies
-// (tokenMACOK); every write uses this form.
+// the column is), byte strings with their 64-bit length. The one optional
+// field is the login epoch, which comes last, tagged, once a logout of
+// every daemon set it: the fields before it delimit themselves, so no row
+// with an epoch shares its input with one without, and a row that never
+// had one keeps the MAC it had. A row written by an earlier version, under
+// tokenMACv2, still verifies (tokenMACOK); every write uses this form.
 func tokenMACInput(ti *TokenInfo) []byte {
 	b := []byte("hsmemu/token/v3")
 	b = append(b, ti.UUID[:]...)
@@ -57,15 +60,21 @@ func tokenMACInput(ti *TokenInfo) []byte {
 		b = binary.BigEndian.AppendUint64(b, uint64(len(f)))
 		b = append(b, f...)
 	}
+	if ti.LoginEpoch != 0 {
+		b = append(b, "login-epoch"...)
+		b = binary.BigEndian.AppendUint64(b, uint64(ti.LoginEpoch))
+	}
 	return b
 }
 
 // tokenMACOK checks a row's MAC: the current form, or the form rows had
 // before it. The earlier form covered the counters and the retention as 32
 // bits, so values 2^32 apart shared a MAC; it is accepted only for rows
-// whose values scanToken found in range, where no two such values exist.
+// whose values scanToken found in range, where no two such values exist,
+// and without a login epoch, which came after it and which it does not
+// cover.
 func tokenMACOK(keys *tokenKeys, ti *TokenInfo) bool {
-	return hmac.Equal(tokenMAC(keys, ti), ti.mac) || hmac.Equal(tokenMACv2(keys, ti), ti.mac)
+	return hmac.Equal(tokenMAC(keys, ti), ti.mac) || (ti.LoginEpoch == 0 && hmac.Equal(tokenMACv2(keys, ti), ti.mac))
 }
 
 // tokenMACv2 is the MAC rows had before tokenMACInput's form.

@@ -12,7 +12,7 @@ import (
 
 const selectToken = `SELECT id, uuid, label, serial, tier, kek_generation, dk_generation,
 	so_pin, user_pin, so_failures, user_failures, mac, created_at, retention_days, purge_protection,
-	master_generation, legacy_pin_keys FROM tokens`
+	master_generation, legacy_pin_keys, login_epoch FROM tokens`
 
 // scanToken reads a token row. Every column is read as whatever SQLite
 // holds (a file edited by hand need not keep the schema's types), at its
@@ -21,7 +21,7 @@ const selectToken = `SELECT id, uuid, label, serial, tier, kek_generation, dk_ge
 // and label when they are well formed) for the listing that reports it.
 func scanToken(row interface{ Scan(...any) error }) (TokenInfo, error) {
 	var ti TokenInfo
-	var c [17]any
+	var c [18]any
 	ptrs := make([]any, len(c))
 	for i := range c {
 		ptrs[i] = &c[i]
@@ -65,6 +65,13 @@ func scanToken(row interface{ Scan(...any) error }) (TokenInfo, error) {
 	created, retention, purge := num(12, "created_at"), num(13, "retention_days"), num(14, "purge_protection")
 	masterGen := num(15, "master_generation")
 	ti.legacyPINKeys = blob(16, "legacy_pin_keys", true)
+	// NULL until the first logout of every daemon (LogoutAll).
+	var epoch int64
+	if c[17] != nil {
+		if epoch = num(17, "login_epoch"); epoch < 1 {
+			epoch = -1 // stored only from 1 on: out of range
+		}
+	}
 	if bad != "" {
 		return ti, tampered("token", ti.UUID, ti.ID, "type of "+bad)
 	}
@@ -83,6 +90,11 @@ func scanToken(row interface{ Scan(...any) error }) (TokenInfo, error) {
 		return int(v)
 	}
 	ti.KEKGeneration, ti.DataGeneration, ti.MasterGeneration = gen(kekGen), gen(dataGen), gen(masterGen)
+	if epoch != 0 {
+		if ti.LoginEpoch = gen(epoch); ti.LoginEpoch == 0 {
+			return ti, tampered("token", ti.UUID, ti.ID, "range")
+		}
+	}
 	ti.SOFailures, ti.UserFailures = count(soFail), count(userFail)
 	ti.RetentionDays = -1
 	if retention >= 0 && retention <= MaxRetentionDays {
@@ -246,10 +258,12 @@ func (s *Store) updateTokenThen(ctx context.Context, token UUID, change func(ti 
 	}
 	ti.UserPINSet = ti.userPIN != nil
 	ti.mac = tokenMAC(st.keys, &ti)
+	// A login epoch never set stays NULL (schema.go, migration 9).
+	epoch := sql.NullInt64{Int64: int64(ti.LoginEpoch), Valid: ti.LoginEpoch != 0}
 	_, err = tx.ExecContext(ctx, `UPDATE tokens SET label = ?, tier = ?, dk_generation = ?, so_pin = ?, user_pin = ?,
-		so_failures = ?, user_failures = ?, mac = ?, retention_days = ?, purge_protection = ?, legacy_pin_keys = ? WHERE id = ?`,
+		so_failures = ?, user_failures = ?, mac = ?, retention_days = ?, purge_protection = ?, legacy_pin_keys = ?, login_epoch = ? WHERE id = ?`,
 		ti.Label, int(ti.Tier), ti.DataGeneration, ti.soPIN, ti.userPIN, ti.SOFailures, ti.UserFailures, ti.mac,
-		ti.RetentionDays, ti.PurgeProtection, ti.legacyPINKeys, ti.ID)
+		ti.RetentionDays, ti.PurgeProtection, ti.legacyPINKeys, epoch, ti.ID)
 	if err != nil {
 		return s.dbErr("update token", err)
 	}

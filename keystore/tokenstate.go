@@ -25,6 +25,10 @@ type tokenState struct {
 	// installing is the data key generation this Store's own rotation
 	// is committing (0: none): its notification is not another's change.
 	installing uint32 // guarded by Store.mu
+	// epoch is the newest login epoch the Store knows the token's row to
+	// have (logoutall.go); lepoch is the one the current login was made
+	// under. A login under an older epoch than the row's is ended.
+	epoch, lepoch uint32 // guarded by Store.mu
 	// open mirrors data != nil for the cache's lock-free check that a
 	// cached private object's token is still logged in.
 	open atomic.Bool
@@ -152,7 +156,7 @@ func (s *Store) verify(ctx context.Context, ti *TokenInfo) (*tokenState, error) 
 		keys.wipe()
 		return st, nil
 	}
-	st = &tokenState{rowID: ti.ID, uuid: ti.UUID, keys: keys, dgen: ti.DataGeneration}
+	st = &tokenState{rowID: ti.ID, uuid: ti.UUID, keys: keys, dgen: ti.DataGeneration, epoch: ti.LoginEpoch}
 	s.tokens[ti.ID] = st
 	return st, nil
 }
