@@ -154,6 +154,7 @@ var ops = map[string]opFunc{
 	adminapi.OpTokenCreate: op((*call).tokenCreate),
 	adminapi.OpTokenSet:    op((*call).tokenSet),
 	adminapi.OpTokenDelete: done((*call).tokenDelete),
+	adminapi.OpTokenLogout: op((*call).tokenLogout),
 
 	adminapi.OpPINChange: done((*call).pinChange),
 	adminapi.OpPINReset:  done((*call).pinReset),

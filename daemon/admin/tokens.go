@@ -208,6 +208,32 @@ func (a *call) tokenDelete(ctx context.Context, args adminapi.TokenDelete) error
 	return nil
 }
 
+// tokenLogout ends every login of the token on every daemon of the
+// domain, with the SO PIN: this daemon's sessions are in the public state
+// before the reply, the other daemons' within the invalidation bound
+// (docs/cluster.md).
+func (a *call) tokenLogout(ctx context.Context, args adminapi.TokenLogout) (*adminapi.TokenLoggedOut, error) {
+	ti, err := a.lookup(ctx, args.Label)
+	if err != nil {
+		return nil, err
+	}
+	var epoch uint32
+	var apps int
+	err = a.soCheck(ctx, ti, "token.logout", func() error {
+		if err := a.store.CheckPIN(ctx, ti.UUID, keystore.RoleSO, args.SOPIN); err != nil {
+			return err
+		}
+		epoch, apps, err = a.eng.LogoutAll(ctx, ti.UUID)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.log.Info("token logged out on every daemon", "label", ti.Label, "slot", ti.ID, "login_epoch", epoch, "applications", apps, "by_uid", a.who.UID)
+	a.eng.Audit(ctx, a.who, ti.UUID, "token.logout", map[string]string{"login_epoch": fmt.Sprint(epoch), "applications": fmt.Sprint(apps)})
+	return &adminapi.TokenLoggedOut{Token: ti.Label, LoginEpoch: epoch, Applications: apps}, nil
+}
+
 func parseRole(s string) (keystore.Role, error) {
 	switch s {
 	case "user", "":

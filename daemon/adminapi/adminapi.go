@@ -151,6 +151,7 @@ const (
 	OpAuditRange  = "audit.range"
 	OpAuditVerify = "audit.verify"
 	OpTokenSet    = "token.set"
+	OpTokenLogout = "token.logout"
 
 	OpKeyList         = "key.list"
 	OpKeyShow         = "key.show"
@@ -497,6 +498,23 @@ type TokenRef struct {
 type TokenDelete struct {
 	Label string `json:"label"`
 	SOPIN []byte `json:"so_pin"`
+}
+
+// TokenLogout ends every login of a token on every daemon of the domain,
+// with its SO PIN.
+type TokenLogout struct {
+	Label string `json:"label"`
+	SOPIN []byte `json:"so_pin"`
+}
+
+// TokenLoggedOut is token.logout's result: the token's new login epoch
+// (logins made under an earlier one end on every daemon) and how many
+// applications were logged in on this daemon, logged out before the
+// reply.
+type TokenLoggedOut struct {
+	Token        string `json:"token"`
+	LoginEpoch   uint32 `json:"login_epoch"`
+	Applications int    `json:"applications"`
 }
 
 // PINChange changes Role's PIN ("user" or "so") from Old to New.

@@ -117,6 +117,10 @@ type tokenLogin struct {
 	attempt  sync.Mutex // held across a PIN check and its delay
 	apps     int        // guarded by Engine.mu
 	lastFail [2]time.Time
+	// ended counts the times every login on the token was ended
+	// (countEnded, endLogins): a login whose PIN check began before one
+	// is made again. Guarded by Engine.mu.
+	ended uint64
 }
 
 // NewEngine returns an engine over store.
@@ -150,6 +154,17 @@ func New(store Store, log *slog.Logger, cfg Config) *Engine {
 	if cfg.LegacyAlgorithms {
 		e.legacy = e.mechs.WithLegacy()
 	}
+	// A login the keystore ended on its own (another daemon's logout of
+	// every daemon, a data key replaced elsewhere) ends the sessions'
+	// logins on the token, as C_Logout would. The keystore may tell it
+	// from inside a call the engine is making, with an application's
+	// lock held: the end is counted at once, so that the logins begun
+	// from then on are left alone, and the sessions are logged out on a
+	// goroutine of their own.
+	store.OnLoginsEnded(func(token keystore.UUID) {
+		n := e.countEnded(token)
+		go e.endLogins(token, n)
+	})
 	return e
 }
 
@@ -182,6 +197,10 @@ type App struct {
 	byObject    map[keystore.ObjectID]uint64
 	nextHandle  uint64
 	login       map[keystore.UUID]keystore.Role // the role logged in, per token
+	// loginAfter is, per token logged in, the count of the token's ended
+	// logins (tokenLogin.ended) when the login began: a later end of
+	// every login does not spare it, an earlier one does not touch it.
+	loginAfter map[keystore.UUID]uint64
 }
 
 // handle is what an object handle refers to: a token object in the
@@ -230,7 +249,8 @@ func (e *Engine) AttachScoped(id AppID, pid int32, uid uint32, scope *Scope, epo
 		base := uint64(epoch) << 32
 		app = &App{ID: id, PID: pid, UID: uid, Scope: scope, nextSession: base, nextHandle: base,
 			sessions: map[uint64]*session{}, handles: map[uint64]*handle{}, memHandles: map[uint64]*handle{},
-			byObject: map[keystore.ObjectID]uint64{}, login: map[keystore.UUID]keystore.Role{}}
+			byObject: map[keystore.ObjectID]uint64{}, login: map[keystore.UUID]keystore.Role{},
+			loginAfter: map[keystore.UUID]uint64{}}
 		e.apps[id] = app
 	}
 	app.conns++
@@ -263,11 +283,21 @@ func (e *Engine) Detach(app *App) {
 
 // reserveLogin counts an application in on a token before its PIN is
 // checked: a logout racing with the check then cannot close the data key
-// the check is about to open.
-func (e *Engine) reserveLogin(token keystore.UUID) {
+// the check is about to open. It returns the count of the token's ended
+// logins (endLogins) as the check begins.
+func (e *Engine) reserveLogin(token keystore.UUID) uint64 {
 	e.mu.Lock()
-	e.loginOf(token).apps++
-	e.mu.Unlock()
+	defer e.mu.Unlock()
+	tl := e.loginOf(token)
+	tl.apps++
+	return tl.ended
+}
+
+// loginsEnded returns the count of the token's ended logins.
+func (e *Engine) loginsEnded(token keystore.UUID) uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.loginOf(token).ended
 }
 
 // releaseLogin undoes reserveLogin, or ends a login; the last one out
@@ -289,6 +319,7 @@ func (e *Engine) noteLogout(app *App, token keystore.UUID) {
 		return
 	}
 	delete(app.login, token)
+	delete(app.loginAfter, token)
 	// Operations on private keys and private session objects end with the
 	// login that made them usable.
 	for _, s := range app.sessions {

@@ -245,7 +245,32 @@ func (e *Engine) login(ctx context.Context, app *App, h, userType uint64, pin []
 	if err := e.waitAfterFailures(ctx, tl, role, s.token); err != nil {
 		return err
 	}
-	e.reserveLogin(s.token)
+	for try := 0; ; try++ {
+		ended := e.reserveLogin(s.token)
+		again, err := e.login1(ctx, app, s, h, role, pin, tl, ended)
+		if !again {
+			return err
+		}
+		// Every login on the token was ended (a logout of every daemon)
+		// between the PIN check and this login's taking effect, which it
+		// would not survive: made again, it comes after the logout.
+		e.releaseLogin(s.token)
+		if try >= loginRetries {
+			e.log.Warn("login refused: every login on the token was ended while it was made, again and again", "token", s.token.String(), "pid", app.PID)
+			return ck.Error(ck.CKR_FUNCTION_FAILED)
+		}
+	}
+}
+
+// loginRetries bounds how often a login is made again because every
+// login on its token was ended while it was made.
+const loginRetries = 3
+
+// login1 checks the PIN and, when it is right, records app's login on
+// the session's token: once, unless every login on the token was ended
+// meanwhile (again: the caller releases the login and makes it again).
+// reserveLogin was called; on an error, the reservation is released.
+func (e *Engine) login1(ctx context.Context, app *App, s *session, h uint64, role keystore.Role, pin []byte, tl *tokenLogin, ended uint64) (again bool, err error) {
 	err = e.store.Login(ctx, s.token, role, pin)
 	who := actor(app, RoleName(role))
 	if errors.Is(err, keystore.ErrPINIncorrect) {
@@ -261,26 +286,36 @@ func (e *Engine) login(ctx context.Context, app *App, h, userType uint64, pin []
 			"token", s.token.String(), "role", role.String(), "pid", app.PID, "err", err)
 		e.audit(ctx, who, s.token, "login.tpm-lockout", nil)
 	}
-	if err == nil {
-		e.audit(ctx, who, s.token, "login.success", nil)
+	if errors.Is(err, keystore.ErrNotLoggedIn) {
+		// The keystore's own retries ran out the same way.
+		e.log.Warn("login refused: every login on the token was ended while it was made, again and again", "token", s.token.String(), "pid", app.PID)
+		err = ck.Error(ck.CKR_FUNCTION_FAILED)
 	}
 	if err != nil {
 		e.releaseLogin(s.token)
-		return err
+		return false, err
 	}
 	app.mu.Lock()
-	defer app.mu.Unlock()
 	if _, ok := app.sessions[h]; !ok {
 		// The session closed while the PIN was checked.
+		app.mu.Unlock()
 		e.releaseLogin(s.token)
-		return ck.Error(ck.CKR_SESSION_CLOSED)
+		return false, ck.Error(ck.CKR_SESSION_CLOSED)
 	}
 	if _, in := app.login[s.token]; in {
+		app.mu.Unlock()
 		e.releaseLogin(s.token)
-		return ck.Error(ck.CKR_USER_ALREADY_LOGGED_IN)
+		return false, ck.Error(ck.CKR_USER_ALREADY_LOGGED_IN)
+	}
+	if e.loginsEnded(s.token) != ended {
+		app.mu.Unlock()
+		return true, nil
 	}
 	app.login[s.token] = role
-	return nil
+	app.loginAfter[s.token] = ended
+	app.mu.Unlock()
+	e.audit(ctx, who, s.token, "login.success", nil)
+	return false, nil
 }
 
 // waitAfterFailures holds a PIN check back until the delay that the role's

@@ -22,6 +22,11 @@ type Store interface {
 	Login(ctx context.Context, token keystore.UUID, role keystore.Role, pin []byte) error
 	Logout(token keystore.UUID)
 	Locked(ti keystore.TokenInfo, role keystore.Role) bool
+	// LogoutAll ends every login of the token on every daemon of the
+	// keystore; OnLoginsEnded tells the engine of a login the keystore
+	// ended on its own.
+	LogoutAll(ctx context.Context, token keystore.UUID) (uint32, error)
+	OnLoginsEnded(f func(token keystore.UUID))
 	InitPIN(ctx context.Context, token keystore.UUID, newUserPIN []byte) error
 	SetPIN(ctx context.Context, token keystore.UUID, role keystore.Role, oldPIN, newPIN []byte) error
 
