@@ -28,6 +28,7 @@ var exitCodes = map[string][]exitDoc{
 	"token show":        {{4, "no such token"}},
 	"token set":         {{3, "refused by the policy rules"}, {4, "no such token"}, {5, "the SO PIN is wrong or locked"}},
 	"token delete":      {{3, "the token is in use, or under purge protection"}, {4, "no such token"}, {5, "the SO PIN is wrong or locked"}},
+	"token logout":      {{4, "no such token"}, {5, "the SO PIN is wrong or locked"}},
 	"key generate":      {{3, "a live key has the label"}, {4, "no such token"}, {5, "the user PIN is wrong or locked"}},
 	"key import":        {{3, "a live key has the label"}, {4, "no such token"}, {5, "the user PIN is wrong or locked"}},
 	"key list":          {{4, "no such token"}, {5, "the user PIN is wrong or locked"}},

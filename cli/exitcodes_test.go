@@ -41,6 +41,8 @@ var exitCases = []exitCase{
 	{[]string{"token", "delete", "--token", "pp", "--so-pin-file", "@so.pin"}, 3, `purge protection`},
 	{[]string{"token", "delete", "--token", "nope", "--so-pin-file", "@so.pin"}, 4, ``},
 	{[]string{"token", "delete", "--token", "locked", "--so-pin-file", "@wrong.pin"}, 5, ``},
+	{[]string{"token", "logout", "--token", "nope", "--so-pin-file", "@so.pin"}, 4, `no token is labelled "nope"`},
+	{[]string{"token", "logout", "--token", "locked", "--so-pin-file", "@wrong.pin"}, 5, ``},
 
 	{[]string{"key", "generate", "--token", "t", "--type", "ec-p256", "--key", "k", "--user-pin-file", "@user.pin"}, 3, `has a key labelled "k" already`},
 	{[]string{"key", "generate", "--token", "t", "--type", "ec-p999", "--key", "k2", "--user-pin-file", "@user.pin"}, 2, `unknown key type`},

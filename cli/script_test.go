@@ -53,6 +53,7 @@ func TestScripts(t *testing.T) {
 			"exits":      cmdExits,
 			"sqlexec":    cmdSQLExec,
 			"signloop":   cmdSignloop,
+			"p11hold":    cmdP11hold,
 			"scrape":     cmdScrape,
 			"jsonschema": cmdJSONSchema,
 		},
@@ -90,6 +91,7 @@ func TestPostgresScripts(t *testing.T) {
 			"flipbyte":   cmdFlipByte,
 			"genkey":     cmdGenkey,
 			"jsonschema": cmdJSONSchema,
+			"p11hold":    cmdP11hold,
 			"pgexec":     func(ts *testscript.TestScript, neg bool, args []string) { cmdPGExec(ts, srv, neg, args) },
 		},
 	})

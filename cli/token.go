@@ -149,6 +149,37 @@ Example:
 				},
 			},
 			{
+				Name:  "logout",
+				Usage: "end every login of a token on every daemon, with its SO PIN",
+				Description: `Every application logged in to the token, on this daemon and on every
+other daemon serving the same keystore (docs/cluster.md), is logged out,
+as C_Logout would: its sessions stay open, in the public state, and its
+private keys answer CKR_USER_NOT_LOGGED_IN until it logs in again. This
+daemon's sessions are logged out before the command returns, the other
+daemons' within the invalidation bound (1 second by default). A login
+made afterwards is not affected.
+
+Example:
+   hsmemu token logout --token signing --so-pin-file so.pin`,
+				Flags: adminFlags(tokenFlag(), deprecatedLabelFlag(), soPIN.fileFlag()),
+				Action: func(c *cli.Context) error {
+					so, err := readPIN(c, soPIN, false)
+					if err != nil {
+						return err
+					}
+					defer clear(so)
+					var r adminapi.TokenLoggedOut
+					if err := adminCall(c, adminapi.OpTokenLogout, adminapi.TokenLogout{Label: c.String("token"), SOPIN: so}, &r); err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, r)
+					}
+					fmt.Fprintf(c.App.Writer, "logged out token %q on every daemon (login epoch %d; %d applications logged in here)\n", r.Token, r.LoginEpoch, r.Applications)
+					return nil
+				},
+			},
+			{
 				Name:  "delete",
 				Usage: "delete a token and every object on it, with its SO PIN",
 				Description: `Refused while any application has a session on the token. What is
