@@ -182,6 +182,9 @@ func (s *State) attachNode(ctx context.Context) error {
 	if err := s.Store.AttachNode(ctx, s.Node); err != nil {
 		return err
 	}
+	if err := s.publishImportKey(ctx); err != nil {
+		return err
+	}
 	if s.nodeFresh != nil {
 		if err := s.Store.SetNodeSealed(ctx, s.nodeFresh); err != nil {
 			return err
@@ -194,6 +197,28 @@ func (s *State) attachNode(ctx context.Context) error {
 		}
 	}
 	return s.Store.Heartbeat(ctx)
+}
+
+// publishImportKey gives this node's row an import key if it has none
+// (it joined before import keys existed): the other nodes then send it
+// what they make for it (master keys, PIN records written from then on).
+func (s *State) publishImportKey(ctx context.Context) error {
+	have, err := s.Store.NodeImportKey(ctx, s.Node)
+	if err != nil || len(have) > 0 {
+		return err
+	}
+	ik, err := s.importKey()
+	if err != nil {
+		return err
+	}
+	wrote, err := s.Store.PublishImportKey(ctx, ik)
+	if err != nil {
+		return fmt.Errorf("publish this node's import key: %w", err)
+	}
+	if wrote {
+		s.logger().Info("published this node's import key: PIN records written from now on log in here", "node", s.Node)
+	}
+	return nil
 }
 
 // importKey creates this TPM's import key, encoded for the node row.
@@ -261,8 +286,12 @@ func JoinState(ctx context.Context, cfg StateConfig, shares []*escrow.Share) (re
 		return nil, err
 	}
 	defer st.Close()
+	// The copies of a rotation's next master key are made for the nodes
+	// there are when it begins: a node joining during one would get
+	// none. AddNode checks again, under the nodes' lock.
+	rotating := fmt.Errorf("%w: finish it (`hsmemu rotate master --resume`) before joining", keystore.ErrRotationPending)
 	if rec.Next != nil {
-		return nil, errors.New("a master key rotation is under way in the domain: finish it (`hsmemu rotate master --resume`) before joining")
+		return nil, rotating
 	}
 	nm, err := st.loadFromShares(ctx, rec, shares)
 	if err != nil {
@@ -270,6 +299,9 @@ func JoinState(ctx context.Context, cfg StateConfig, shares []*escrow.Share) (re
 	}
 	srk := st.TPM.SRKName()
 	if st.Node, err = st.Store.AddNode(ctx, keystore.NodeSpec{TPMID: srk, Sealed: nm.sealed, ImportKey: nm.importKey}); err != nil {
+		if errors.Is(err, keystore.ErrRotationPending) {
+			return nil, rotating
+		}
 		return nil, err
 	}
 	defer func() {

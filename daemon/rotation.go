@@ -37,16 +37,41 @@ func (s *State) BeginMasterRotation(ctx context.Context, esc tpmroot.ProvisionOp
 	if rec.Escrow != nil && len(esc.Custodians) == 0 {
 		return 0, nil, admin.ErrEscrowNeeded
 	}
-	// Every other node that published an import key gets the new master
-	// key too, as a duplication blob for that key (nodes.go, catchUp).
+	// A node joining meanwhile makes the keystore refuse the rotation
+	// (its copy missing): made again, with one for it.
+	var next *tpmroot.Root
+	var shares []escrow.EncryptedShare
+	for try := 0; ; try++ {
+		next, shares, err = s.beginMaster(ctx, esc)
+		if !errors.Is(err, keystore.ErrNodesChanged) || try == 2 {
+			break
+		}
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := s.Store.AttachNext(ctx, next, next.DomainID()); err != nil {
+		next.Close()
+		return 0, nil, err
+	}
+	s.next = next
+	return rec.MasterGeneration + 1, shares, nil
+}
+
+// beginMaster makes a new master key in this TPM, with a copy for every
+// other node that published an import key (a duplication blob for that
+// key: nodes.go, catchUp), and records it as the next one, loaded.
+func (s *State) beginMaster(ctx context.Context, esc tpmroot.ProvisionOptions) (*tpmroot.Root, []escrow.EncryptedShare, error) {
 	var others []int64
+	var newest int64
 	esc.ImportKeys = nil
 	if s.Node != 0 {
 		nodes, err := s.Store.Nodes(ctx)
 		if err != nil {
-			return 0, nil, err
+			return nil, nil, err
 		}
 		for _, n := range nodes {
+			newest = max(newest, n.ID)
 			if n.ID != s.Node && n.Tampered == nil && len(n.ImportKey) > 0 {
 				others = append(others, n.ID)
 				esc.ImportKeys = append(esc.ImportKeys, n.ImportKey)
@@ -55,9 +80,9 @@ func (s *State) BeginMasterRotation(ctx context.Context, esc tpmroot.ProvisionOp
 	}
 	p, err := s.TPM.Provision(esc)
 	if err != nil {
-		return 0, nil, fmt.Errorf("make the new master key: %w", err)
+		return nil, nil, fmt.Errorf("make the new master key: %w", err)
 	}
-	nm := &keystore.NextMaster{Proof: p.Sealed.DomainID, NodeMasters: map[int64][]byte{}}
+	nm := &keystore.NextMaster{Proof: p.Sealed.DomainID, NodeMasters: map[int64][]byte{}, NodesUpTo: newest}
 	for i, id := range others {
 		if p.Duplicates[i] == nil {
 			// Its import key is no key (its row is MACed: that node's
@@ -68,27 +93,22 @@ func (s *State) BeginMasterRotation(ctx context.Context, esc tpmroot.ProvisionOp
 		nm.NodeMasters[id] = p.Duplicates[i]
 	}
 	if nm.Sealed, err = p.Sealed.MarshalBinary(); err != nil {
-		return 0, nil, err
+		return nil, nil, err
 	}
 	if p.Escrowed() {
 		if nm.Escrow, err = p.Escrow.MarshalBinary(); err != nil {
-			return 0, nil, err
+			return nil, nil, err
 		}
 	}
 	next, err := s.TPM.Load(p.Sealed)
 	if err != nil {
-		return 0, nil, err
+		return nil, nil, err
 	}
 	if err := s.Store.BeginMasterRotation(ctx, nm); err != nil {
 		next.Close()
-		return 0, nil, err
+		return nil, nil, err
 	}
-	if err := s.Store.AttachNext(ctx, next, next.DomainID()); err != nil {
-		next.Close()
-		return 0, nil, err
-	}
-	s.next = next
-	return rec.MasterGeneration + 1, p.Shares, nil
+	return next, p.Shares, nil
 }
 
 // FinishMasterRotation moves the keystore to the master key a rotation

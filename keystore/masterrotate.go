@@ -33,6 +33,11 @@ var ErrRotationPending = errors.New("keystore: a master key rotation is already 
 // ErrNoRotation is RotateMaster's error when no rotation was begun.
 var ErrNoRotation = errors.New("keystore: no master key rotation under way")
 
+// ErrNodesChanged is BeginMasterRotation's error when a node joined after
+// the caller made the other nodes' copies of the next master key: begin
+// again, with a copy for it too.
+var ErrNodesChanged = errors.New("keystore: a node joined while the master key rotation began; begin it again")
+
 var carryLabel = []byte("hsmemu/carry/v1")
 
 // The domain's keys come in epochs, one per master key: epoch 1's are
@@ -142,6 +147,21 @@ func (s *Store) BeginMasterRotation(ctx context.Context, next *NextMaster) error
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return ErrRotationPending
+	}
+	if next.NodesUpTo > 0 {
+		// Under the nodes' shared lock, which a join takes exclusively
+		// and then refuses a rotation under way (AddNode): a node is
+		// either seen here, with its copy, or joins after the rotation.
+		if err := s.eng.lockNodes(ctx, tx, false); err != nil {
+			return s.dbErr("lock nodes", err)
+		}
+		var newest int64
+		if err := tx.QueryRowContext(ctx, "SELECT coalesce(max(id), 0) FROM nodes").Scan(&newest); err != nil {
+			return s.dbErr("read nodes", err)
+		}
+		if newest > next.NodesUpTo {
+			return ErrNodesChanged
+		}
 	}
 	// The other nodes' copies of the next master key, with it: a
 	// rotation that is recorded has them all.

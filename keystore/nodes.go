@@ -317,6 +317,13 @@ func (s *Store) writeNode(ctx context.Context, tx *sql.Tx, n *Node) (int64, erro
 // AddNode adds a node to the domain and returns its id. The root must be
 // attached (the row's MAC is the domain's).
 func (s *Store) AddNode(ctx context.Context, spec NodeSpec) (int64, error) {
+	return s.addNode(ctx, spec, true)
+}
+
+// addNode adds a node's row; joining refuses a master key rotation under
+// way (ErrRotationPending), whose copies of the next master key were
+// made for the nodes there were when it began.
+func (s *Store) addNode(ctx context.Context, spec NodeSpec, joining bool) (int64, error) {
 	n, err := newNodeRow(spec)
 	if err != nil {
 		return 0, err
@@ -331,6 +338,15 @@ func (s *Store) AddNode(ctx context.Context, spec NodeSpec) (int64, error) {
 	// and so before it binds the records it reads (pindup.go).
 	if err := s.eng.lockNodes(ctx, tx, true); err != nil {
 		return 0, s.dbErr("lock nodes", err)
+	}
+	if joining {
+		var pending bool
+		if err := tx.QueryRowContext(ctx, "SELECT next_sealed IS NOT NULL FROM root WHERE id = 1").Scan(&pending); err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return 0, s.dbErr("read root", err)
+		}
+		if pending {
+			return 0, ErrRotationPending
+		}
 	}
 	id, err := s.writeNode(ctx, tx, n)
 	if err != nil {
@@ -363,7 +379,7 @@ func (s *Store) AdoptNode(ctx context.Context, tpmID, importKey []byte) (int64, 
 	if err != nil {
 		return 0, false, err
 	}
-	id, err := s.AddNode(ctx, NodeSpec{TPMID: tpmID, Sealed: rec.Sealed, ImportKey: importKey})
+	id, err := s.addNode(ctx, NodeSpec{TPMID: tpmID, Sealed: rec.Sealed, ImportKey: importKey}, false)
 	if err != nil {
 		return 0, false, err
 	}
@@ -442,6 +458,38 @@ func (s *Store) Heartbeat(ctx context.Context) error {
 		return err
 	}
 	return s.dbErr("commit node", tx.Commit())
+}
+
+// PublishImportKey gives this node's row the import key ik, when it has
+// none (a node that joined before import keys existed): from then on the
+// other nodes make it copies of the master key a rotation moves to, and
+// duplication blobs of the PIN records they write. Under the nodes' lock,
+// exclusive as for a join: a PIN record written meanwhile either saw the
+// key or was committed before it. It reports whether it wrote.
+func (s *Store) PublishImportKey(ctx context.Context, ik []byte) (bool, error) {
+	if len(ik) == 0 || len(ik) > maxNodeBlob {
+		return false, errors.New("keystore: an import key out of range")
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return false, s.dbErr("begin", err)
+	}
+	defer tx.Rollback()
+	if err := s.eng.lockNodes(ctx, tx, true); err != nil {
+		return false, s.dbErr("lock nodes", err)
+	}
+	wrote := false
+	if err := s.updateLocalNode(ctx, tx, func(n *Node) {
+		if len(n.ImportKey) == 0 {
+			n.ImportKey, wrote = bytes.Clone(ik), true
+		}
+	}); err != nil {
+		return false, err
+	}
+	if !wrote {
+		return false, nil
+	}
+	return true, s.dbErr("commit node", tx.Commit())
 }
 
 // SetNodeSealed replaces this node's sealed master key: after a master

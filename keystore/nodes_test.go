@@ -309,3 +309,77 @@ func TestReplaceNodes(t *testing.T) {
 		t.Fatalf("a refused replacement recorded: %+v %v", after, err)
 	}
 }
+
+// TestJoinDuringRotationBegin: a rotation's copies of the next master key
+// are made for the nodes there are when it begins. One begun with copies
+// made before a node joined is refused (ErrNodesChanged, nothing
+// recorded); a join while a rotation is under way is refused
+// (ErrRotationPending) until it ends.
+func TestJoinDuringRotationBegin(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, Options{})
+	id1, _, err := s.AdoptNode(ctx, fakeTPMID(1), []byte("ik1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AttachNode(ctx, id1); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := s.RootRecord(ctx)
+	id2, err := s.AddNode(ctx, NodeSpec{TPMID: fakeTPMID(2), Sealed: rec.Sealed, ImportKey: []byte("ik2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func(upTo int64) *NextMaster {
+		return &NextMaster{Sealed: []byte("next sealed"), Proof: []byte("next proof"), NodesUpTo: upTo}
+	}
+	if err := s.BeginMasterRotation(ctx, next(id1)); !errors.Is(err, ErrNodesChanged) {
+		t.Fatalf("a rotation that saw node %d only, node %d there: %v", id1, id2, err)
+	}
+	if rec, err := s.RootRecord(ctx); err != nil || rec.Next != nil {
+		t.Fatalf("the refused rotation was recorded: %+v %v", rec.Next, err)
+	}
+	if err := s.BeginMasterRotation(ctx, next(id2)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AddNode(ctx, NodeSpec{TPMID: fakeTPMID(3), Sealed: rec.Sealed, ImportKey: []byte("ik3")}); !errors.Is(err, ErrRotationPending) {
+		t.Fatalf("a join during a rotation: %v", err)
+	}
+	if err := s.AbortMasterRotation(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AddNode(ctx, NodeSpec{TPMID: fakeTPMID(3), Sealed: rec.Sealed, ImportKey: []byte("ik3")}); err != nil {
+		t.Fatalf("a join once the rotation was abandoned: %v", err)
+	}
+}
+
+// TestPublishImportKey: a node with no import key (one that joined before
+// import keys existed) publishes one, once, under its row's MAC; one it
+// has is never replaced.
+func TestPublishImportKey(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, Options{})
+	id1, _, err := s.AdoptNode(ctx, fakeTPMID(1), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AttachNode(ctx, id1); err != nil {
+		t.Fatal(err)
+	}
+	if ik, err := s.NodeImportKey(ctx, id1); err != nil || len(ik) != 0 {
+		t.Fatalf("import key before: %q %v", ik, err)
+	}
+	if wrote, err := s.PublishImportKey(ctx, []byte("ik1")); err != nil || !wrote {
+		t.Fatalf("publish: %v %v", wrote, err)
+	}
+	if wrote, err := s.PublishImportKey(ctx, []byte("another")); err != nil || wrote {
+		t.Fatalf("publish again: %v %v", wrote, err)
+	}
+	nodes, err := s.Nodes(ctx)
+	if err != nil || len(nodes) != 1 || nodes[0].Tampered != nil || string(nodes[0].ImportKey) != "ik1" {
+		t.Fatalf("nodes: %+v %v", nodes, err)
+	}
+	if _, err := s.PublishImportKey(ctx, nil); err == nil {
+		t.Fatal("an empty import key published")
+	}
+}

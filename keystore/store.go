@@ -261,6 +261,10 @@ type NextMaster struct {
 	// of the next master key (nodemasters.go), written with it; not read
 	// back by RootRecord.
 	NodeMasters map[int64][]byte
+	// NodesUpTo is the newest node the caller made blobs for (or found
+	// it could not): a node added after it, which would get none, makes
+	// BeginMasterRotation fail with ErrNodesChanged. 0 checks nothing.
+	NodesUpTo int64
 }
 
 // RootRecord returns the stored root, or ErrNotProvisioned.
