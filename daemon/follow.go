@@ -45,7 +45,14 @@ func (s *State) followMaster(ctx context.Context) error {
 	switch {
 	case rec.MasterGeneration > cur:
 		return s.followSwitch(ctx, rec, cur)
-	case rec.MasterGeneration == cur && rec.Next != nil && s.next == nil:
+	case rec.MasterGeneration == cur && rec.Next != nil && (s.next == nil || !bytes.Equal(s.next.DomainID(), rec.Next.Proof)):
+		if s.next != nil {
+			// Of a rotation abandoned since, and another begun: its
+			// key would derive wrong keys for the tokens this one moves.
+			s.Store.DetachNext()
+			s.next.Close()
+			s.next, s.nextOwn = nil, nil
+		}
 		if err := s.loadNext(ctx, rec); err != nil {
 			return fmt.Errorf("take the next master key of the rotation under way: %w", err)
 		}
