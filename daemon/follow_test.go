@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -153,6 +154,10 @@ func TestFollowMasterRotation(t *testing.T) {
 	if copies(2) != 0 {
 		t.Fatal("B's copy of the new master key still there after B took it")
 	}
+	// Taking its copy while serving is recorded as a start's is.
+	if !nodeMasterRecorded(t, stA, 2, 2) {
+		t.Fatal("no node.master record of B taking its copy while it served")
+	}
 	if err := stB.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -188,15 +193,7 @@ func TestFollowMasterRotation(t *testing.T) {
 	if err := reads(stB); err != nil {
 		t.Fatalf("B after taking the key at its append (its login kept): %v", err)
 	}
-	recs, err := stB.Store.AuditTail(ctx, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	found := false
-	for _, r := range recs {
-		found = found || (r.Event == "node.master" && r.Detail["node"] == "2" && r.Detail["generation"] == "3")
-	}
-	if !found {
+	if !nodeMasterRecorded(t, stB, 2, 3) {
 		t.Fatal("no node.master record of B taking its copy")
 	}
 	for name, st := range map[string]*State{"A": stA, "B": stB} {
@@ -205,4 +202,20 @@ func TestFollowMasterRotation(t *testing.T) {
 			t.Fatalf("audit verify from %s: %+v %v", name, rep, err)
 		}
 	}
+}
+
+// nodeMasterRecorded reports whether the last records of the audit log,
+// read through st, hold node's node.master record of generation gen.
+func nodeMasterRecorded(t *testing.T, st *State, node, gen int) bool {
+	t.Helper()
+	recs, err := st.Store.AuditTail(context.Background(), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if r.Event == "node.master" && r.Detail["node"] == strconv.Itoa(node) && r.Detail["generation"] == strconv.Itoa(gen) {
+			return true
+		}
+	}
+	return false
 }

@@ -182,9 +182,12 @@ func (s *State) installNext(ctx context.Context, gen uint32, sealed []byte) {
 	case s.nextOwn != nil:
 		// Imported from this node's copy: its row holds it now, and
 		// the copy goes. Should this fail, the next start imports the
-		// copy again (loadNodeMaster).
+		// copy again (loadNodeMaster), and records it then.
 		if err := s.Store.AdoptNodeMaster(ctx, gen, s.nextOwn); err != nil {
 			s.logger().Warn("recording the new master key in this node's row failed; the next start does it", "err", err)
+		} else if _, err := s.Store.Audit(ctx, adminActor(), "node.master", map[string]string{"node": fmt.Sprint(s.Node), "generation": fmt.Sprint(gen)}); err != nil {
+			// As a start that takes its copy records it (keepCatchUp).
+			s.logger().Warn("recording node.master in the audit log failed", "err", err)
 		}
 		s.nextOwn = nil
 	case s.Node != 0 && sealed != nil:
