@@ -89,6 +89,9 @@ func statusCommand() *cli.Command {
 			if st.RotationPending {
 				pending = ", a rotation under way (`hsmemu rotate master --resume` finishes it)"
 			}
+			if st.NodeMasterGeneration != 0 && st.NodeMasterGeneration != st.MasterGeneration {
+				pending += fmt.Sprintf("; this node still holds generation %d", st.NodeMasterGeneration)
+			}
 			fmt.Fprintf(w, "master:    generation %d%s\n", st.MasterGeneration, pending)
 			fmt.Fprintf(w, "clients:   %d applications, %d sessions\n", st.Apps, st.Sessions)
 			switch st.Keystore.Engine {

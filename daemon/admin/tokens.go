@@ -60,6 +60,7 @@ func (a *call) status(ctx context.Context, _ noArgs) (*adminapi.Status, error) {
 		return nil, err
 	}
 	st.Domain, st.Escrowed, st.MasterGeneration, st.RotationPending = rec.DomainID, rec.Escrow != nil, rec.MasterGeneration, rec.Next != nil
+	st.NodeMasterGeneration = a.store.MasterGeneration()
 	if st.Tokens, err = a.tokenList(ctx, noArgs{}); err != nil {
 		return nil, err
 	}

@@ -194,12 +194,17 @@ type Status struct {
 	Escrowed bool `json:"escrowed"`
 	// MasterGeneration counts the domain's master keys: 1 until the first
 	// rotation. RotationPending is true while one is under way.
-	MasterGeneration uint32    `json:"master_generation"`
-	RotationPending  bool      `json:"rotation_pending,omitempty"`
-	Tokens           []Token   `json:"tokens"`
-	Apps             int       `json:"applications"`
-	Sessions         int       `json:"sessions"`
-	Audit            AuditHead `json:"audit"`
+	MasterGeneration uint32 `json:"master_generation"`
+	// NodeMasterGeneration is the generation of the master key the
+	// answering daemon holds: master_generation's, or below it while
+	// this node has not yet taken a rotation made on another node
+	// (docs/cluster.md).
+	NodeMasterGeneration uint32    `json:"node_master_generation"`
+	RotationPending      bool      `json:"rotation_pending,omitempty"`
+	Tokens               []Token   `json:"tokens"`
+	Apps                 int       `json:"applications"`
+	Sessions             int       `json:"sessions"`
+	Audit                AuditHead `json:"audit"`
 	// TamperDetected counts the audit log's tamper.detected records: the
 	// integrity failures the daemon met, each counted once.
 	TamperDetected int64 `json:"tamper_detected"`
