@@ -24,12 +24,14 @@ func (s *Store) CheckPIN(ctx context.Context, token UUID, role Role, pin []byte)
 func (s *Store) ResetUserPIN(ctx context.Context, token UUID, soPIN, newUserPIN []byte) error {
 	s.rot.RLock()
 	defer s.rot.RUnlock()
-	ti, st, dk, err := s.checkPIN(ctx, token, RoleSO, soPIN)
-	if err != nil {
-		return err
-	}
-	defer wipe(dk)
-	return s.writePIN(ctx, st, ti, RoleUser, newUserPIN, dk)
+	return s.retryPINWrite(ctx, func() (TokenInfo, error) {
+		ti, st, dk, err := s.checkPIN(ctx, token, RoleSO, soPIN)
+		if err != nil {
+			return ti, err
+		}
+		defer wipe(dk)
+		return ti, s.writePIN(ctx, st, ti, RoleUser, newUserPIN, dk)
+	})
 }
 
 // ClearFailures sets role's count of failed PIN checks to zero, unlocking

@@ -34,6 +34,14 @@ type engine interface {
 	// writers may run at once (PostgreSQL, several daemons), nothing
 	// where the one writer connection is the only writer (SQLite).
 	forUpdate() string
+	// forShare is what follows a read, in a transaction of the writer,
+	// of a token row whose key generations a seal written in the
+	// transaction was made under: a shared row lock where another Store
+	// may rotate the token's keys at once (PostgreSQL), which takes the
+	// row FOR UPDATE before it reads what it reseals (sealgate.go);
+	// nothing where the Store's rot lock orders every seal against every
+	// rotation (SQLite, one Store per file).
+	forShare() string
 	// lockAudit, in a transaction of the writer, takes the audit log's
 	// append lock, held until the transaction ends: the head read next
 	// is the newest, whichever writer moved it.

@@ -76,9 +76,15 @@ func (s *Store) privatize(ctx context.Context, st *tokenState, id int64) (bool, 
 		return false, s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
+	// The token's row first, as a rotation locks it (sealgate.go); then
+	// the object's, which an update on another Store may hold.
+	kekGen, dataGen, gated, err := s.lockObjectToken(ctx, tx, ObjectID(id))
+	if err != nil {
+		return false, err
+	}
 	r := objectRow{id: id}
 	var rec []byte
-	if err := tx.QueryRowContext(ctx, "SELECT token_id, record FROM objects WHERE id = ?", id).Scan(&r.tokenID, &rec); err != nil {
+	if err := tx.QueryRowContext(ctx, "SELECT token_id, record FROM objects WHERE id = ?"+s.eng.forUpdate(), id).Scan(&r.tokenID, &rec); err != nil {
 		return false, s.dbErr("read object", err)
 	}
 	if r.tokenID != st.rowID {
@@ -93,6 +99,9 @@ func (s *Store) privatize(ctx context.Context, st *tokenState, id int64) (bool, 
 	}
 	if p, ok, _ := attrs.Ulong(AttrHSMProtection); ix.private || !ok || p != protectionHSM {
 		return false, nil
+	}
+	if gated {
+		s.catchUp(ctx, st, kekGen, dataGen)
 	}
 	s.mu.RLock()
 	sl := st.sealer()
@@ -112,6 +121,11 @@ func (s *Store) privatize(ctx context.Context, st *tokenState, id int64) (bool, 
 	sealed, err := sl.seal(r.uuid, true, enc, secret)
 	if err != nil {
 		return false, err
+	}
+	if gated && !sealCurrent(sealed, kekGen, dataGen) {
+		// Keys a rotation on another Store replaced: left for the next
+		// login.
+		return false, nil
 	}
 	if _, err := tx.ExecContext(ctx, "UPDATE objects SET private = 1, record = ?, updated_at = ? WHERE id = ?",
 		record(r.uuid, enc, sealed), time.Now().Unix(), id); err != nil {

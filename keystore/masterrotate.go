@@ -378,19 +378,27 @@ func (s *Store) rekeyToken(ctx context.Context, ti TokenInfo, next Root, nextGen
 		return s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
+	// The token's row first, before the objects are read: a write that
+	// seals on another Store holds it FOR SHARE until it commits, so
+	// every object sealed under the old KEK is read below, and none is
+	// written under it after (sealgate.go).
+	cur, _, err := s.token(ctx, tx, "id = ?"+s.eng.forUpdate(), ti.ID)
+	if err != nil {
+		return err
+	}
+	if cur.KEKGeneration != ti.KEKGeneration {
+		// One master key rotation at a time in the domain (its job):
+		// no other moved the KEK. (The data key may have been replaced
+		// on another Store since the listing: no concern of a rekey,
+		// which takes the PIN records from the locked row.)
+		return ErrTampered
+	}
 	// Public objects' secrets are under the KEK's seal key and secret-less
 	// objects under its MAC key; private objects' are under the data key,
 	// which stays.
 	from, to := sealer{token: ti.UUID, keys: old}, sealer{token: ti.UUID, keys: keys}
 	if _, err := s.reseal(ctx, tx, ti.ID, func(kind byte) bool { return kind != kindData }, from, to, nil); err != nil {
 		return err
-	}
-	cur, _, err := s.token(ctx, tx, "id = ?"+s.eng.forUpdate(), ti.ID)
-	if err != nil {
-		return err
-	}
-	if cur.KEKGeneration != ti.KEKGeneration || cur.DataGeneration != ti.DataGeneration {
-		return ErrTampered
 	}
 	// The PIN keys the records are under stay, sealed under the new KEK.
 	keys.legacy = map[uint32][]byte{}

@@ -144,6 +144,18 @@ func (s *Store) put(ctx context.Context, token, u UUID, attrs Attributes, secret
 	if err != nil {
 		return nil, err
 	}
+	for try := 0; ; try++ {
+		// Sealed under keys a rotation on another Store retired before
+		// the insert: sealed again under the ones it installed.
+		obj, err := s.putOnce(ctx, token, u, enc, stored, ix, secret, note)
+		if !errors.Is(err, errTokenMoved) || try >= sealRetries || ctx.Err() != nil {
+			return obj, err
+		}
+	}
+}
+
+// putOnce reads the token, seals and inserts: put's one try.
+func (s *Store) putOnce(ctx context.Context, token, u UUID, enc []byte, stored Attributes, ix index, secret []byte, note *AuditNote) (*Object, error) {
 	ti, st, err := s.token(ctx, s.r, "uuid = ?", token[:])
 	if err != nil {
 		return nil, err
@@ -164,17 +176,33 @@ func (s *Store) put(ctx context.Context, token, u UUID, attrs Attributes, secret
 		return nil, err
 	}
 	now := time.Now().Unix()
+	rec := record(u, enc, sealed)
+	// On PostgreSQL the insert is gated on the token row (sealgate.go).
+	gated := s.gated()
 	var id int64
 	err = s.writeAudited(ctx, note, func(q execer) error {
-		err := q.QueryRowContext(ctx, `INSERT INTO objects
+		var err error
+		if gated {
+			gen, data := sealGen(sealed)
+			err = q.QueryRowContext(ctx, insertObjectGated(data),
+				u[:], u2i(ix.class), ix.keyTypeColumn(), ix.label, ix.id, ix.private, rec, now, now, ti.ID, gen).Scan(&id)
+			if errors.Is(err, sql.ErrNoRows) {
+				return errTokenMoved
+			}
+		} else {
+			err = q.QueryRowContext(ctx, `INSERT INTO objects
 			(uuid, token_id, class, key_type, label, ckaid, private, record, created_at, updated_at)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
-			u[:], ti.ID, u2i(ix.class), ix.keyTypeColumn(), ix.label, ix.id, ix.private, record(u, enc, sealed), now, now).Scan(&id)
+				u[:], ti.ID, u2i(ix.class), ix.keyTypeColumn(), ix.label, ix.id, ix.private, rec, now, now).Scan(&id)
+		}
 		if s.eng.unique(err) {
 			return ErrObjectExists
 		}
 		return s.dbErr("insert object", err)
 	})
+	if errors.Is(err, errTokenMoved) {
+		s.tokenMoved(ctx, ti.ID)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -329,15 +357,33 @@ func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes, secre
 // never both see the same state: what a counter among the attributes
 // hands out is handed out once (the IV counters of docs/mechanisms.md).
 // An error from change rolls back and is returned as is. change runs
-// with the write transaction open: it must not call the Store.
+// with the write transaction open: it must not call the Store. It may be
+// called again, on the object as it is then, when a rotation on another
+// Store moved the token's keys under the first call (sealgate.go): only
+// the call whose write commits counts.
 func (s *Store) UpdateLocked(ctx context.Context, id ObjectID, change func(cur *Object) (Attributes, []byte, error)) error {
 	s.rot.RLock()
 	defer s.rot.RUnlock()
+	for try := 0; ; try++ {
+		err := s.updateLockedOnce(ctx, id, change)
+		if !errors.Is(err, errTokenMoved) || try >= sealRetries || ctx.Err() != nil {
+			return err
+		}
+	}
+}
+
+// updateLockedOnce is UpdateLocked's one try.
+func (s *Store) updateLockedOnce(ctx context.Context, id ObjectID, change func(cur *Object) (Attributes, []byte, error)) error {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
+	// The token's row first, as a rotation locks it (sealgate.go).
+	kekGen, dataGen, gated, err := s.lockObjectToken(ctx, tx, id)
+	if err != nil {
+		return err
+	}
 	r := objectRow{id: int64(id)}
 	var uuid, rec []byte
 	if err := tx.QueryRowContext(ctx, selectObject+s.eng.forUpdate(), int64(id)).Scan(&r.tokenID, &uuid, &rec); err != nil {
@@ -351,6 +397,15 @@ func (s *Store) UpdateLocked(ctx context.Context, id ObjectID, change func(cur *
 	}
 	if !bytes.Equal(uuid, r.uuid[:]) {
 		return tampered("object", r.uuid, r.id, "uuid column")
+	}
+	st, err := s.state(ctx, r.tokenID)
+	if err != nil {
+		return err
+	}
+	if gated {
+		// The row is as the token's locked row says: the keys it
+		// names open it, and seal what replaces it.
+		s.catchUp(ctx, st, kekGen, dataGen)
 	}
 	old, err := s.openRow(ctx, &r)
 	if err != nil {
@@ -369,10 +424,6 @@ func (s *Store) UpdateLocked(ctx context.Context, id ObjectID, change func(cur *
 	if err != nil {
 		return err
 	}
-	st, err := s.state(ctx, r.tokenID)
-	if err != nil {
-		return err
-	}
 	s.mu.RLock()
 	sl := st.sealer()
 	s.mu.RUnlock()
@@ -382,6 +433,10 @@ func (s *Store) UpdateLocked(ctx context.Context, id ObjectID, change func(cur *
 	sealed, err := sl.seal(old.UUID, ix.private, enc, secret)
 	if err != nil {
 		return err
+	}
+	if gated && !sealCurrent(sealed, kekGen, dataGen) {
+		s.tokenMoved(ctx, r.tokenID)
+		return errTokenMoved
 	}
 	_, err = tx.ExecContext(ctx, `UPDATE objects SET class = ?, key_type = ?, label = ?, ckaid = ?, private = ?,
 		record = ?, updated_at = ? WHERE id = ?`,

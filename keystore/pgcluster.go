@@ -311,6 +311,11 @@ func parseChange(p string) (uint64, string, error) {
 // forUpdate: PostgreSQL's row lock, held until the transaction ends.
 func (*postgresEngine) forUpdate() string { return " FOR UPDATE" }
 
+// forShare: PostgreSQL's shared row lock, held until the transaction
+// ends; it waits for a rotation holding the row FOR UPDATE, and keeps
+// one from starting.
+func (*postgresEngine) forShare() string { return " FOR SHARE" }
+
 // lockAudit takes the audit chain's lock for the transaction: one append
 // at a time in the whole domain, so two never chain to the same head.
 func (*postgresEngine) lockAudit(ctx context.Context, tx *sql.Tx) error {

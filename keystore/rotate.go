@@ -36,6 +36,19 @@ func (s *Store) RotateDataKey(ctx context.Context, token UUID, soPIN, userPIN []
 		return 0, err
 	}
 	defer release()
+	for try := 0; ; try++ {
+		// The KEK moved under the rotation (a master key rotation on
+		// another Store): the PIN records are wrapped again under it.
+		resealed, err = s.rotateDataKeyOnce(ctx, token, soPIN, userPIN, progress)
+		if !errors.Is(err, errTokenMoved) || try >= sealRetries || ctx.Err() != nil {
+			return resealed, err
+		}
+	}
+}
+
+// rotateDataKeyOnce is RotateDataKey's one try; s.rot and the job are
+// held.
+func (s *Store) rotateDataKeyOnce(ctx context.Context, token UUID, soPIN, userPIN []byte, progress func(done, total int)) (int, error) {
 	ti, st, dk, err := s.checkPIN(ctx, token, RoleSO, soPIN)
 	if err != nil {
 		return 0, err
@@ -95,18 +108,25 @@ func (s *Store) RotateDataKey(ctx context.Context, token UUID, soPIN, userPIN []
 		return 0, s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
+	// The token's row first, before the objects are read: a write that
+	// seals on another Store holds it FOR SHARE until it commits, so
+	// every object sealed under the old data key is read below, and none
+	// is written under it after (sealgate.go).
+	cur, _, err := s.token(ctx, tx, "uuid = ?"+s.eng.forUpdate(), token[:])
+	if err != nil {
+		return 0, err
+	}
+	if cur.DataGeneration != ti.DataGeneration || cur.KEKGeneration != ti.KEKGeneration {
+		// Re-initialised, or rekeyed, on another Store since the PIN
+		// check: the key opened, or the PIN records wrapped, are not
+		// the row's.
+		return 0, errTokenMoved
+	}
 	from := sealer{token: token, keys: st.keys, data: oldData, dgen: ti.DataGeneration}
 	to := sealer{token: token, keys: st.keys, data: newData, dgen: gen}
 	n, err := s.reseal(ctx, tx, ti.ID, func(kind byte) bool { return kind == kindData }, from, to, progress)
 	if err != nil {
 		return 0, err
-	}
-	cur, _, err := s.token(ctx, tx, "uuid = ?"+s.eng.forUpdate(), token[:])
-	if err != nil {
-		return 0, err
-	}
-	if cur.DataGeneration != ti.DataGeneration {
-		return 0, ErrTampered
 	}
 	cur.DataGeneration, cur.soPIN = gen, soRec
 	if ti.UserPINSet {

@@ -138,6 +138,9 @@ type Store struct {
 	// purgeStep, in tests, is called after each object PurgeExpired
 	// removes.
 	purgeStep func()
+	// ungated, in benchmarks, makes writes as they were before the seal
+	// gate (sealgate.go), to measure what it costs them.
+	ungated bool
 
 	nodes nodeState // this Store's node and the nodes' MAC key (nodes.go)
 

@@ -170,41 +170,49 @@ func (s *Store) Reinit(ctx context.Context, token UUID, soPIN []byte, label stri
 	if label == "" || len(label) > 32 {
 		return fmt.Errorf("keystore: token label must be 1..32 bytes, got %d", len(label))
 	}
+	return s.retryPINWrite(ctx, func() (TokenInfo, error) { return s.reinitOnce(ctx, token, soPIN, label) })
+}
+
+// reinitOnce is Reinit's one try.
+func (s *Store) reinitOnce(ctx context.Context, token UUID, soPIN []byte, label string) (TokenInfo, error) {
 	ti, st, dk, err := s.checkPIN(ctx, token, RoleSO, soPIN)
 	if err != nil {
-		return err
+		return ti, err
 	}
 	wipe(dk)
 	fresh := make([]byte, 32)
 	defer wipe(fresh)
 	if _, err := rand.Read(fresh); err != nil {
-		return err
+		return ti, err
 	}
 	rec, dups, err := s.wrapPIN(st.keys, token, RoleSO, ti.DataGeneration+1, soPIN, fresh)
 	if err != nil {
-		return err
+		return ti, err
 	}
 	defer dups.wipe()
 	s.Logout(token)
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return s.dbErr("begin", err)
+		return ti, s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
+	// The token's row first, as a rotation locks it (sealgate.go).
+	cur, _, err := s.token(ctx, tx, "uuid = ?"+s.eng.forUpdate(), token[:])
+	if err != nil {
+		return ti, err
+	}
+	if cur.DataGeneration != ti.DataGeneration || cur.KEKGeneration != ti.KEKGeneration {
+		// Rotated on another Store since the PIN check: the SO PIN's
+		// new record is made again, under the row's KEK.
+		return ti, errTokenMoved
+	}
 	if ti.PurgeProtection {
 		if held, err := holdsObjects(ctx, tx, ti.ID); err != nil || held {
-			return cmp.Or(s.dbErr("count objects", err), ErrPurgeProtected)
+			return ti, cmp.Or(s.dbErr("count objects", err), ErrPurgeProtected)
 		}
 	}
 	if _, err := tx.ExecContext(ctx, "DELETE FROM objects WHERE token_id = ?", ti.ID); err != nil {
-		return s.dbErr("delete objects", err)
-	}
-	cur, _, err := s.token(ctx, tx, "uuid = ?"+s.eng.forUpdate(), token[:])
-	if err != nil {
-		return err
-	}
-	if cur.DataGeneration != ti.DataGeneration {
-		return ErrTampered
+		return ti, s.dbErr("delete objects", err)
 	}
 	cur.Label, cur.DataGeneration = label, ti.DataGeneration+1
 	cur.soPIN, cur.userPIN, cur.SOFailures, cur.UserFailures, cur.legacyPINKeys = rec, nil, 0, 0, nil
@@ -213,21 +221,21 @@ func (s *Store) Reinit(ctx context.Context, token UUID, soPIN []byte, label stri
 		so_failures = 0, user_failures = 0, legacy_pin_keys = NULL, mac = ? WHERE id = ?`, cur.Label, cur.DataGeneration, cur.soPIN, cur.mac, cur.ID)
 	if err != nil {
 		if s.eng.unique(err) {
-			return ErrTokenExists
+			return ti, ErrTokenExists
 		}
-		return s.dbErr("reinit token", err)
+		return ti, s.dbErr("reinit token", err)
 	}
 	if err := s.putPINDups(ctx, tx, cur.ID, dups); err != nil {
-		return err
+		return ti, err
 	}
 	if err := tx.Commit(); err != nil {
-		return s.dbErr("commit", err)
+		return ti, s.dbErr("commit", err)
 	}
 	s.mu.Lock()
 	st.dgen = cur.DataGeneration
 	s.mu.Unlock()
 	s.cache.purge(func(o *Object) bool { return o.Token == token })
-	return nil
+	return ti, nil
 }
 
 // DeleteToken removes a token and every object on it. A token with purge

@@ -50,6 +50,20 @@ func (s *Store) countFailure(ctx context.Context, token UUID, role Role, failed 
 
 // checkPIN opens the data key with pin for role, counting the outcome.
 func (s *Store) checkPIN(ctx context.Context, token UUID, role Role, pin []byte) (TokenInfo, *tokenState, []byte, error) {
+	for try := 0; ; try++ {
+		ti, st, dk, err := s.checkPINOnce(ctx, token, role, pin)
+		if !errors.Is(err, errTokenMoved) || try >= sealRetries || ctx.Err() != nil {
+			return ti, st, dk, err
+		}
+		// The record's rewrite met a rotation on another Store: the
+		// record it replaced may be gone, and the data key with it.
+		// The check is made again on the row as it is now.
+		s.tokenMoved(ctx, ti.ID)
+	}
+}
+
+// checkPINOnce is checkPIN's one try.
+func (s *Store) checkPINOnce(ctx context.Context, token UUID, role Role, pin []byte) (TokenInfo, *tokenState, []byte, error) {
 	ti, st, err := s.token(ctx, s.r, "uuid = ?", token[:])
 	if err != nil {
 		return ti, nil, nil, err
@@ -201,12 +215,28 @@ func (s *Store) LoggedIn(token UUID) bool {
 func (s *Store) SetPIN(ctx context.Context, token UUID, role Role, oldPIN, newPIN []byte) error {
 	s.rot.RLock()
 	defer s.rot.RUnlock()
-	ti, st, dk, err := s.checkPIN(ctx, token, role, oldPIN)
-	if err != nil {
-		return err
+	return s.retryPINWrite(ctx, func() (TokenInfo, error) {
+		ti, st, dk, err := s.checkPIN(ctx, token, role, oldPIN)
+		if err != nil {
+			return ti, err
+		}
+		defer wipe(dk)
+		return ti, s.writePIN(ctx, st, ti, role, newPIN, dk)
+	})
+}
+
+// retryPINWrite makes a PIN record's write (write: check, wrap, write)
+// again while it meets a rotation on another Store (errTokenMoved): the
+// data key it wrapped, or the KEK it wrapped under, was replaced. A data
+// key replaced under a login makes the next try ErrNotLoggedIn.
+func (s *Store) retryPINWrite(ctx context.Context, write func() (TokenInfo, error)) error {
+	for try := 0; ; try++ {
+		ti, err := write()
+		if !errors.Is(err, errTokenMoved) || try >= sealRetries || ctx.Err() != nil {
+			return err
+		}
+		s.tokenMoved(ctx, ti.ID)
 	}
-	defer wipe(dk)
-	return s.writePIN(ctx, st, ti, role, newPIN, dk)
 }
 
 // InitPIN sets a new user PIN (C_InitPIN), which also unlocks a locked user
@@ -215,19 +245,26 @@ func (s *Store) SetPIN(ctx context.Context, token UUID, role Role, oldPIN, newPI
 func (s *Store) InitPIN(ctx context.Context, token UUID, newUserPIN []byte) error {
 	s.rot.RLock()
 	defer s.rot.RUnlock()
-	ti, st, err := s.token(ctx, s.r, "uuid = ?", token[:])
-	if err != nil {
-		return err
-	}
-	s.mu.RLock()
-	dk := append([]byte(nil), st.dataKey...)
-	ok := st.loggedIn()
-	s.mu.RUnlock()
-	defer wipe(dk)
-	if !ok {
-		return ErrNotLoggedIn
-	}
-	return s.writePIN(ctx, st, ti, RoleUser, newUserPIN, dk)
+	return s.retryPINWrite(ctx, func() (TokenInfo, error) {
+		ti, st, err := s.token(ctx, s.r, "uuid = ?", token[:])
+		if err != nil {
+			return ti, err
+		}
+		s.mu.RLock()
+		dk := append([]byte(nil), st.dataKey...)
+		ok := st.loggedIn() && st.dgen == ti.DataGeneration
+		s.mu.RUnlock()
+		defer wipe(dk)
+		if !ok {
+			if st.loggedIn() {
+				// Logged in under a data key replaced on another
+				// Store: out, here too.
+				return ti, errTokenMoved
+			}
+			return ti, ErrNotLoggedIn
+		}
+		return ti, s.writePIN(ctx, st, ti, RoleUser, newUserPIN, dk)
+	})
 }
 
 func (s *Store) writePIN(ctx context.Context, st *tokenState, ti TokenInfo, role Role, pin, dk []byte) error {
@@ -237,9 +274,14 @@ func (s *Store) writePIN(ctx context.Context, st *tokenState, ti TokenInfo, role
 	}
 	defer dups.wipe()
 	pruned := false
+	g, _ := recordGen(rec)
 	err = s.updateTokenThen(ctx, ti.UUID, func(cur *TokenInfo) error {
-		if cur.DataGeneration != ti.DataGeneration {
-			return ErrTampered
+		if cur.DataGeneration != ti.DataGeneration || cur.KEKGeneration != g {
+			// The row, locked, is past a rotation on another Store
+			// since it was read: the data key wrapped is not its, or
+			// the PIN key wrapped under is one its legacy keys may not
+			// keep. The write is made again (retryPINWrite).
+			return errTokenMoved
 		}
 		if role == RoleSO {
 			cur.soPIN, cur.SOFailures = rec, 0
