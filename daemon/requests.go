@@ -408,9 +408,10 @@ func (s *Server) call(ctx context.Context, app *token.App, c *calls.Call, args *
 
 // prefetched: the call asked for its whole result with a NULL buffer
 // (calls.Prefetches): the reply's idle flag then leaves out the operation
-// it continues.
+// it continues, which the module ends itself, unless that operation goes
+// on after the follow-up (an Update, calls.PrefetchGoesOn).
 func prefetched(c *calls.Call, args *wire.Args) bool {
-	if !calls.Prefetches(c) {
+	if !calls.Prefetches(c) || calls.PrefetchGoesOn(c) {
 		return false
 	}
 	for i, a := range c.Args {

@@ -55,11 +55,18 @@ func genStub(e *emitter, c *calls.Call) error {
 	for _, a := range c.Args {
 		if c.Name == cancelCall().Name && a.Name == "flags" {
 			// The module's own flag is not an application's to pass.
-			e.p("\thsm_put_u64(&c.req, (uint64_t)%s & ~(uint64_t)%#xULL);", a.Name, uint64(calls.CancelCurrentMessage))
+			e.p("\thsm_put_u64(&c.req, (uint64_t)%s & ~(uint64_t)%#xULL);", a.Name, uint64(calls.CancelCurrentMessage|calls.CollectUpdate))
 			continue
 		}
 		if a.Kind == calls.OutBytes && calls.Prefetches(c) {
 			e.p("\thsm_put_outspec_prefetch(&c.req, %s != NULL, *%s_len);", a.Name, a.Name)
+			if v := calls.PrefetchVersion(c); v > 3 {
+				e.p("\tc.req.prefetch_version = %d;", v)
+			}
+			if calls.PrefetchGoesOn(c) {
+				// The operation goes on after the follow-up (held.c).
+				e.p("\tc.goes_on = 1;")
+			}
 			continue
 		}
 		genEncode(e, a)

@@ -1,31 +1,43 @@
 package calls
 
 // prefetching are the calls whose output, once measured, the follow-up
-// with the same input gets: the daemon keeps what a size query measured
-// and gives exactly that to the call that follows with the same input,
-// and makes the operation anew from its Init for other input (the
-// single-part calls; the Finals take none), or the call has no state at
-// all (C_WrapKey, whose follow-up repeats its arguments). For these a
-// module of protocol version 3 may ask, with a NULL output buffer, for the
-// whole result with its length, keep it, and serve the follow-up call
-// itself when its arguments match (docs/protocol.md, "Results ahead of the
-// follow-up call"). The Updates are not here: the daemon measures an
-// Update by running it, so a follow-up that brings other input cannot get
-// that input's output, and is refused (docs/performance.md, "One round
-// trip per operation in either convention").
-var prefetching = map[string]bool{
-	"C_Encrypt":       true,
-	"C_EncryptFinal":  true,
-	"C_Decrypt":       true,
-	"C_DecryptFinal":  true,
-	"C_Digest":        true,
-	"C_DigestFinal":   true,
-	"C_Sign":          true,
-	"C_SignFinal":     true,
-	"C_SignRecover":   true,
-	"C_VerifyRecover": true,
-	"C_WrapKey":       true,
+// with the same input gets, and the protocol version from which a
+// module asks for it with the size query. The daemon keeps what a size
+// query measured and gives exactly that to the call that follows with the
+// same input; for other input it makes the operation anew from its Init
+// (the single-part calls; the Finals take none), or the call has no state
+// at all (C_WrapKey, whose follow-up repeats its arguments), or, for the
+// Updates (from version 4), it rewinds the state to before the measured
+// update (mech.Rewinder). For these a module may ask, with a NULL output
+// buffer, for the whole result with its length, keep it, and serve the
+// follow-up call itself when its arguments match (docs/protocol.md,
+// "Results ahead of the follow-up call").
+var prefetching = map[string]int{
+	"C_Encrypt":       3,
+	"C_EncryptFinal":  3,
+	"C_Decrypt":       3,
+	"C_DecryptFinal":  3,
+	"C_Digest":        3,
+	"C_DigestFinal":   3,
+	"C_Sign":          3,
+	"C_SignFinal":     3,
+	"C_SignRecover":   3,
+	"C_VerifyRecover": 3,
+	"C_WrapKey":       3,
+	"C_EncryptUpdate": 4,
+	"C_DecryptUpdate": 4,
 }
 
 // Prefetches says whether a size query of c may ask for the whole result.
-func Prefetches(c *Call) bool { return prefetching[c.Name] }
+func Prefetches(c *Call) bool { return prefetching[c.Name] != 0 }
+
+// PrefetchVersion is the protocol version from which c prefetches; 0 for
+// a call that never does. A module speaking an older version sends the
+// size query as a plain NULL buffer.
+func PrefetchVersion(c *Call) int { return prefetching[c.Name] }
+
+// PrefetchGoesOn says that c's operation goes on after the follow-up
+// took the prefetched output (an Update): the module then owes the daemon
+// a C_SessionCancel with CollectUpdate, not one that ends the operation,
+// and the reply's idle flag counts the operation as it is.
+func PrefetchGoesOn(c *Call) bool { return prefetching[c.Name] == 4 }

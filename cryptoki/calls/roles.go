@@ -56,6 +56,20 @@ func CancelFlags(k OpKinds) uint64 {
 // C_EncryptMessageNext) and the daemon must hear of it.
 const CancelCurrentMessage = 1 << 63
 
+// CollectUpdate is a C_SessionCancel flag of the module's own, bit 62
+// (cleared from an application's flags as CancelCurrentMessage is): the
+// module handed over the output that an Update's size query measured
+// (docs/protocol.md, "Results ahead of the follow-up call"), so the
+// daemon's kept output is delivered and the update done; the operation
+// goes on. The operations it names are the cancel flags of their kinds
+// shifted into bits 32 to 61 (CollectKinds), so that one frame may also
+// end other operations with the low bits.
+const CollectUpdate = 1 << 62
+
+// CollectKinds are the bits of a C_SessionCancel flags word that, with
+// CollectUpdate, name the operations whose Update output was collected.
+const CollectKinds = 0x3fffffff << 32
+
 // AbandonFlags are the C_SessionCancel flags that end what a call
 // continuing operations of kinds k was working on when the module refuses
 // its arguments: the operations, or for the message-based kinds their

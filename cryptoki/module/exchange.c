@@ -80,9 +80,11 @@ enum hsm_io hsm_exchange(hsm_wbuf **reqs, int n, CK_RV *rv, int *idle, uint8_t *
 		hsm_pool_put(conn, 1);
 		return HSM_IO_NOMEM;
 	}
-	/* A daemon before version 3 knows no prefetch: a plain NULL buffer. */
+	/* A daemon before version 3 knows no prefetch, one before version 4
+	 * no prefetch of an Update: a plain NULL buffer. */
 	for (int i = 0; i < n; i++)
-		if (conn->version < 3 && reqs[i]->prefetch_at != 0) {
+		if (reqs[i]->prefetch_at != 0 &&
+		    conn->version < (reqs[i]->prefetch_version != 0 ? reqs[i]->prefetch_version : 3)) {
 			reqs[i]->p[reqs[i]->prefetch_at] = 0;
 			reqs[i]->prefetch_at = 0;
 		}

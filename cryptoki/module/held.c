@@ -38,6 +38,15 @@
  * length-query-first convention is one round trip, as in one call, once
  * its Init is deferred.
  *
+ * An Update (C_EncryptUpdate, C_DecryptUpdate, from protocol version 4,
+ * hsm_call.goes_on) is held the same way, but its operation goes on: the
+ * daemon ran the update at the query and keeps its output, with the state
+ * before it to go back to for a follow-up with other input. What the
+ * module owes once the follow-up took the output is the word that it was
+ * collected (C_SessionCancel with HSM_COLLECT_UPDATE, which ends nothing),
+ * so that the daemon's next Update goes on from there; a follow-up with
+ * other input goes to the daemon without it, and the daemon goes back.
+ *
  * Results are wiped (explicit_bzero) when handed over or forgotten, and
  * so is their copy in the reply that brought them.
  */
@@ -298,6 +307,12 @@ void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out)
 				e->cancel_flags = c->cancel_flags;
 				e->defer_seq = c->defer_seq;
 				e->idle_but = c->idle_but;
+				if (c->goes_on) {
+					/* An Update: the daemon delivers its kept
+					 * output and the operation goes on. */
+					e->cancel_flags = HSM_COLLECT_UPDATE | (c->cancel_flags << 32 & HSM_COLLECT_KINDS);
+					e->idle_but = 0;
+				}
 				e->has = 1;
 			} else {
 				free(copy);

@@ -83,6 +83,7 @@ typedef struct hsm_wbuf {
 	int strip;          /* mechanism parameters' byte strings as their lengths only */
 	size_t prefetch_at; /* an outspec's presence byte asking for a prefetch (held.c); 0: none */
 	size_t out_at;      /* where a prefetching call's outspec starts, NULL buffer or not */
+	int prefetch_version; /* the protocol version from which the daemon knows that prefetch; 0: 3 */
 } hsm_wbuf;
 
 typedef struct hsm_rbuf {
@@ -106,7 +107,7 @@ void hsm_put_msg_bytes(hsm_wbuf *w, const void *p, CK_ULONG n);
 void hsm_put_outspec(hsm_wbuf *w, int present, CK_ULONG capacity);
 /* The same for a call of calls.Prefetches: a NULL buffer asks for the
  * whole result (presence 2), which exchange.c turns back into a plain
- * NULL for a daemon older than version 3. */
+ * NULL for a daemon older than version 3 (or prefetch_version). */
 void hsm_put_outspec_prefetch(hsm_wbuf *w, int present, CK_ULONG capacity);
 
 uint8_t hsm_get_u8(hsm_rbuf *r);
@@ -367,6 +368,10 @@ typedef struct hsm_call {
 	 * session in defer.c and in held.c; the daemon's application its
 	 * reply came from. */
 	int idle_but;
+	/* The prefetching call's operation goes on after the follow-up (an
+	 * Update): handing the result over owes the daemon a C_SessionCancel
+	 * with calls.CollectUpdate instead of one that ends the operation. */
+	int goes_on;
 	unsigned long defer_seq;
 	unsigned long held_seq;
 	unsigned long held_gen;
@@ -395,6 +400,11 @@ CK_RV hsm_call_abandon(CK_SESSION_HANDLE session, uint32_t call, unsigned kinds,
 
 /* ---- held.c: results ahead of the follow-up call ---- */
 
+/* calls.CollectUpdate and calls.CollectKinds: C_SessionCancel's flags
+ * for an Update's output handed over, the operations in bits 32 to 61. */
+#define HSM_COLLECT_UPDATE (1ULL << 62)
+#define HSM_COLLECT_KINDS (0x3fffffffULL << 32)
+
 CK_RV hsm_held_init(void);
 void hsm_held_finalize(void);
 void hsm_held_forget_inherited(void);
@@ -404,7 +414,8 @@ void hsm_held_atfork_child(void);
  * its result for the same arguments (the input included), answers it
  * under the size-query convention (*rv) and returns 1; a result handed
  * over is wiped, and the operation it ended is ended in the daemon with
- * the session's next frame (defer.c). A held result for other arguments
+ * the session's next frame (defer.c), or for an Update (goes_on) the
+ * daemon hears there that its kept output was collected. A held result for other arguments
  * is wiped, and the call goes to the daemon (0). */
 int hsm_held_serve(hsm_call *c, CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV *rv);
 /* hsm_held_keep, after its reply decoded: a result that came in full for

@@ -10,8 +10,9 @@ import (
 const (
 	// Version is the protocol version this package speaks, MinVersion the
 	// oldest the daemon still serves. Version 2 added the reply's idle
-	// flag, version 3 the prefetch of an output (OutSpec.Prefetch).
-	Version    = 3
+	// flag, version 3 the prefetch of an output (OutSpec.Prefetch),
+	// version 4 the prefetch of an Update's (calls.PrefetchVersion).
+	Version    = 4
 	MinVersion = 1
 
 	// HelloSize and HelloReplySize are the sizes of the two messages.

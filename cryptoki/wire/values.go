@@ -30,7 +30,7 @@ type Attribute struct {
 // the caller passed a buffer, and its capacity (bytes, or items for arrays).
 //
 // Prefetch (presence byte 2, only for the calls of calls.Prefetches, from a
-// module of version 3) is a NULL buffer whose caller asks for the whole
+// module of version 3, for an Update of version 4) is a NULL buffer whose caller asks for the whole
 // result with its length: the module keeps it and serves the follow-up
 // call itself (docs/protocol.md, "Results ahead of the follow-up call").
 type OutSpec struct {

@@ -134,6 +134,12 @@ type blockOp struct {
 	pad     bool
 	decrypt bool
 	buf     []byte // input not yet processed: less than a block (a block for CBC_PAD decryption)
+	// CBC's chaining value and its block cipher, so that Rewind can make
+	// the mode anew from the state at Mark (rewind.go); nil for ECB.
+	blk cipher.Block
+	iv  []byte
+	// The state at Mark.
+	markBuf, markIV []byte
 }
 
 func newBlockOp(blk blockOf, k Key, m *wire.Mechanism, mode blockMode, decrypt bool) (*blockOp, error) {
@@ -153,6 +159,7 @@ func newBlockOp(blk blockOf, k Key, m *wire.Mechanism, mode blockMode, decrypt b
 	if err != nil {
 		return nil, err
 	}
+	op.blk, op.iv = b, append([]byte(nil), iv...)
 	if decrypt {
 		op.mode = cipher.NewCBCDecrypter(b, iv)
 	} else {
@@ -174,7 +181,15 @@ func (op *blockOp) Update(in []byte) ([]byte, error) {
 		// Complete the buffered block with the head of in, then the rest.
 		head := copy(out, op.buf)
 		copy(out[head:], in[:n-head])
+		// CBC chains on the last ciphertext block: the input's when
+		// decrypting, the output's when encrypting.
+		if op.iv != nil && op.decrypt {
+			copy(op.iv, out[n-bs:])
+		}
 		op.mode.CryptBlocks(out, out)
+		if op.iv != nil && !op.decrypt {
+			copy(op.iv, out[n-bs:])
+		}
 		in = in[n-head:]
 		wipe(op.buf)
 		op.buf = op.buf[:0]
@@ -185,7 +200,7 @@ func (op *blockOp) Update(in []byte) ([]byte, error) {
 
 func (op *blockOp) Final() ([]byte, error) {
 	bs := op.mode.BlockSize()
-	defer func() { wipe(op.buf); op.buf = nil }()
+	defer func() { wipe(op.buf); op.buf = nil; wipe(op.markBuf); op.markBuf = nil }()
 	switch {
 	case !op.pad:
 		if len(op.buf) != 0 {
@@ -269,6 +284,12 @@ type ctrOp struct {
 	blocks  uint64 // blocks the counter has left, at most 1<<62
 	done    uint64 // bytes processed
 	decrypt bool
+	// The block cipher and the first counter block, so that Rewind can
+	// make the key stream anew at any offset (rewind.go); the bytes
+	// processed at Mark.
+	blk      cipher.Block
+	cb       [16]byte
+	markDone uint64
 }
 
 func newCTROp(k Key, m *wire.Mechanism, decrypt bool) (*ctrOp, error) {
@@ -297,7 +318,7 @@ func newCTROp(k Key, m *wire.Mechanism, decrypt bool) (*ctrOp, error) {
 	}
 	// Within those blocks no carry leaves the counter's bits, so the
 	// standard library's 128-bit increment computes the same key stream.
-	return &ctrOp{stream: cipher.NewCTR(b, p.CB[:]), blocks: blocks, decrypt: decrypt}, nil
+	return &ctrOp{stream: cipher.NewCTR(b, p.CB[:]), blocks: blocks, decrypt: decrypt, blk: b, cb: p.CB}, nil
 }
 
 func (op *ctrOp) Update(in []byte) ([]byte, error) {

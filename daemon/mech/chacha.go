@@ -92,6 +92,9 @@ type chachaOp struct {
 	blocks  uint64 // blocks the counter has left
 	done    uint64 // bytes processed
 	decrypt bool
+	// The state at Mark (rewind.go).
+	mark     chacha20.Cipher
+	markDone uint64
 }
 
 func newChaChaOp(k Key, m *wire.Mechanism, decrypt bool) (CipherOp, error) {

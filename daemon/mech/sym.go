@@ -145,7 +145,8 @@ func (b *buffer) take() []byte {
 // release any plaintext before it is authenticated.
 type oneShotCipher struct {
 	buffer
-	one func(in []byte) ([]byte, error)
+	one  func(in []byte) ([]byte, error)
+	mark int // the input held at Mark (rewind.go)
 }
 
 func (c *oneShotCipher) One(in []byte) ([]byte, error) { return c.one(in) }

@@ -23,9 +23,9 @@ import (
 //     it brings the same input; a single-part call that brings other
 //     input is performed on that input from the state after the Init (a
 //     size query only returns a length, 5.2), and an Update that brings
-//     other input is refused (CKR_ARGUMENTS_BAD, which ends it): its
-//     measurement took the first input into the state, and nothing gives
-//     that back;
+//     other input is performed on it from the state before the Update
+//     that measured (mech.Rewinder), or, for a cipher that cannot go
+//     back, refused (CKR_ARGUMENTS_BAD, which ends it);
 //   - the single-part call and the Final end it.
 
 type opKind int
@@ -132,6 +132,14 @@ func (app *App) sessionCancel(h, flags uint64) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if flags&calls.CollectUpdate != 0 {
+		for kind, f := range cancelFlag {
+			if (flags&calls.CollectKinds)>>32&f != 0 {
+				s.collect(opKind(kind))
+			}
+		}
+		flags &^= calls.CollectUpdate | calls.CollectKinds
+	}
 	for kind, f := range cancelFlag {
 		if flags&f != 0 {
 			s.endOp(opKind(kind))
@@ -402,7 +410,8 @@ func (id inputID) is(other inputID) bool {
 // IV or nonce is then the Init's parameter's, as a new Init with that
 // parameter would use, and no kept output of the first input is ever
 // delivered by the daemon after it. An Update that brings other input
-// is refused: its measurement took the first input into the state.
+// goes back to the state marked before the Update that measured, which
+// took the first input in; a cipher that cannot go back refuses it.
 // Another call in between mixes the single-part and multi-part forms,
 // which the specification forbids (C_Encrypt "cannot be used to terminate
 // a multi-part operation", nor the Final a single-part one):
@@ -416,15 +425,37 @@ func (op *operation) output(call callKind, in []byte, compute func() ([]byte, er
 			return op.pending, nil
 		}
 		op.pending, op.hasPend = nil, false
-		if call != callOne {
+		switch r, ok := op.cipher.(mech.Rewinder); {
+		case call == callOne:
+			if err := op.restart(); err != nil {
+				return nil, err
+			}
+		case call == callUpdate && ok:
+			// The state goes back to where it was before the update
+			// measured, as if it had only been measured.
+			r.Rewind()
+		default:
 			return nil, ck.Errorf(ck.CKR_ARGUMENTS_BAD, "an update's output was measured over other input")
-		}
-		if err := op.restart(); err != nil {
-			return nil, err
 		}
 	}
 	op.pendFor = call
+	if r, ok := op.cipher.(mech.Rewinder); ok && call == callUpdate {
+		r.Mark()
+	}
 	return compute()
+}
+
+// collect is the module's word that it handed over the output an
+// Update's size query measured (calls.CollectUpdate): the update is done,
+// and the next Update brings the next input, whatever it is. An Update
+// with no kept output, or another kind of call's, is left alone.
+func (s *session) collect(kind opKind) {
+	op := s.ops[kind]
+	if op == nil || !op.hasPend || op.pendFor != callUpdate {
+		return
+	}
+	wipe(op.pending)
+	op.pending, op.hasPend = nil, false
 }
 
 // produce runs a call that returns output on the session's operation of

@@ -251,11 +251,13 @@ static CK_BYTE msg[100] = "the message";
 			return r_;                                    \
 	} while (0)
 
-enum family { F_SIGN, F_SIGN_FINAL, F_ENCRYPT, F_DECRYPT, F_DIGEST, F_DIGEST_FINAL, F_WRAP, F_COUNT };
-static const char *family_name[F_COUNT] = {"sign", "sign-final", "encrypt", "decrypt", "digest", "digest-final", "wrap"};
+enum family { F_SIGN, F_SIGN_FINAL, F_ENCRYPT, F_DECRYPT, F_DIGEST, F_DIGEST_FINAL, F_WRAP, F_ENCRYPT_UPDATE,
+	      F_DECRYPT_UPDATE, F_COUNT };
+static const char *family_name[F_COUNT] = {"sign",         "sign-final", "encrypt",        "decrypt",       "digest",
+					   "digest-final", "wrap",       "encrypt-update", "decrypt-update"};
 /* Round trips an operation costs once its Init is deferred: the Updates
- * of the multi-part forms cost one each. */
-static const int family_trips[F_COUNT] = {1, 2, 1, 1, 1, 2, 1};
+ * of the multi-part forms cost one each, with an output or without. */
+static const int family_trips[F_COUNT] = {1, 2, 1, 1, 1, 2, 1, 3, 2};
 
 static CK_BYTE ct[128];
 static CK_ULONG ct_len;
@@ -316,6 +318,32 @@ static CK_RV run_op(const keys *k, enum family fam, int twocall)
 		len = sizeof out_;
 		OUT(twocall, out, len, f->C_WrapKey(k->s, &kwp, k->kek, k->target, out, &len));
 		return len == 40 ? CKR_OK : CKR_GENERAL_ERROR;
+	case F_ENCRYPT_UPDATE: {
+		/* Two parts of 100 bytes, then the padded last block. */
+		CK_ULONG total = 0;
+		if ((rv = f->C_EncryptInit(k->s, &cbc, k->aes)) != CKR_OK)
+			return rv;
+		for (int i = 0; i < 2; i++) {
+			len = sizeof out_;
+			OUT(twocall, out, len, f->C_EncryptUpdate(k->s, msg, sizeof msg, out, &len));
+			total += len;
+		}
+		len = sizeof out_;
+		OUT(twocall, out, len, f->C_EncryptFinal(k->s, out, &len));
+		return total + len == 208 ? CKR_OK : CKR_GENERAL_ERROR;
+	}
+	case F_DECRYPT_UPDATE: {
+		CK_ULONG got;
+		if ((rv = f->C_DecryptInit(k->s, &cbc, k->aes)) != CKR_OK)
+			return rv;
+		len = sizeof out_;
+		OUT(twocall, out, len, f->C_DecryptUpdate(k->s, ct, ct_len, out, &len));
+		got = len;
+		len = sizeof out_ - got;
+		CK_BYTE_PTR rest = out + got;
+		OUT(twocall, rest, len, f->C_DecryptFinal(k->s, rest, &len));
+		return got + len == sizeof msg && memcmp(out, msg, sizeof msg) == 0 ? CKR_OK : CKR_GENERAL_ERROR;
+	}
 	default:
 		return CKR_GENERAL_ERROR;
 	}

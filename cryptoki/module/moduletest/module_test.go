@@ -131,8 +131,8 @@ func TestVersion1Daemon(t *testing.T) {
 		t.Fatalf("slot list from a version 1 daemon: rv %v, %d %v", rv, n, list)
 	}
 	h := p.Hellos()
-	if len(h) != 2 || h[0].Version != 3 || h[1].Version != 1 {
-		t.Fatalf("hellos %+v: want version 3, then version 1", h)
+	if len(h) != 2 || h[0].Version != wire.Version || h[1].Version != 1 {
+		t.Fatalf("hellos %+v: want the current version, then version 1", h)
 	}
 }
 
@@ -156,8 +156,8 @@ func TestVersion2DaemonNoPrefetch(t *testing.T) {
 		}
 	}
 	h := p.Hellos()
-	if len(h) != 2 || h[0].Version != 3 || h[1].Version != 2 {
-		t.Fatalf("hellos %+v: want version 3, then version 2", h)
+	if len(h) != 2 || h[0].Version != wire.Version || h[1].Version != 2 {
+		t.Fatalf("hellos %+v: want the current version, then version 2", h)
 	}
 }
 

@@ -1,0 +1,148 @@
+package token
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"encoding/binary"
+	"testing"
+
+	"golang.org/x/crypto/chacha20"
+
+	"hsmemu/cryptoki/calls"
+	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
+	. "hsmemu/cryptoki/wire/wiretest"
+)
+
+// An Update's size query runs the update and keeps its output; the
+// follow-up with the same input gets it, one with other input gets that
+// input's output from the state before the query (mech.Rewinder), and the
+// module's C_SessionCancel with calls.CollectUpdate says it handed the
+// kept output over, so that the next Update, whatever its input, goes on
+// from there. Each stream is compared with the standard library's over
+// the inputs the follow-ups brought.
+func TestUpdateQueryRewinds(t *testing.T) {
+	t.Parallel()
+	d := startEngine(t, Config{})
+	cl := d.dial(t)
+	h := cl.Open(cl.NewToken("updq"), true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
+
+	key := aesKey(cl, h, false)
+	chachaValue := bytes.Repeat([]byte{0x42}, 32)
+	chachaKey := cl.Create(h, secretTmpl(ck.CKK_CHACHA20, chachaValue, AB(ck.CKA_ENCRYPT, true), AB(ck.CKA_DECRYPT, true))...)
+	block, _ := aes.NewCipher(aesValue)
+	iv := bytes.Repeat([]byte{5}, 16)
+	cb := [16]byte{15: 0xfe} // the 32-bit counter carries within its bits after two blocks
+	nonce := bytes.Repeat([]byte{9}, 12)
+
+	// Parts of odd sizes, so that the block modes keep partial blocks
+	// across the rewinds.
+	parts := []string{"seventeen bytes..", "a", "thirty-three bytes of input here.", "", "the last part, 21 b."}
+	var all []byte
+	for _, p := range parts {
+		all = append(all, p...)
+	}
+	gcm, _ := cipher.NewGCM(block)
+	cbcPadded := func() []byte {
+		n := 16 - len(all)%16
+		p := append(bytes.Clone(all), bytes.Repeat([]byte{byte(n)}, n)...)
+		out := make([]byte, len(p))
+		cipher.NewCBCEncrypter(block, iv).CryptBlocks(out, p)
+		return out
+	}()
+	ctr := make([]byte, len(all))
+	cipher.NewCTR(block, cb[:]).XORKeyStream(ctr, all)
+	chachaOut := make([]byte, len(all))
+	cc, _ := chacha20.NewUnauthenticatedCipher(chachaValue, nonce)
+	cc.SetCounter(7)
+	cc.XORKeyStream(chachaOut, all)
+
+	collect := func(flag uint64) {
+		cl.Must(ck.CKR_OK, "C_SessionCancel", U(h), U(calls.CollectUpdate|flag<<32))
+	}
+	mechs := []struct {
+		name string
+		m    wire.Value
+		key  uint64
+		want []byte
+	}{
+		{"cbc-pad", MP(ck.CKM_AES_CBC_PAD, wire.Param{Kind: calls.PBytes, Bytes: iv}), key, cbcPadded},
+		{"ctr", MP(ck.CKM_AES_CTR, wire.CTRParams{CounterBits: 32, CB: cb}.Param()), key, ctr},
+		{"gcm", MP(ck.CKM_AES_GCM, wire.GCMParams{IV: nonce, TagBits: 128}.Param()), key, gcm.Seal(nil, nonce, all, nil)},
+		{"chacha20", MP(ck.CKM_CHACHA20, wire.ChaCha20Params{BlockCounter: binary.LittleEndian.AppendUint32(nil, 7), Nonce: nonce}.Param()), chachaKey, chachaOut},
+	}
+	// The ways a follow-up may come after its query: other input first,
+	// then the same input; or the module's word that it handed the
+	// output over.
+	ways := []string{"other input", "other input, short buffer", "same input", "collected", "query again over other input"}
+	for _, m := range mechs {
+		for _, way := range ways {
+			cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), m.m, U(m.key))
+			var got []byte
+			for _, p := range parts {
+				decoy := p + "decoy input, longer"
+				switch way {
+				case "other input":
+					cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), S(decoy), prefetch())
+				case "other input, short buffer":
+					cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), S(decoy), prefetch())
+					// An empty output fits, and is delivered.
+					if rv, out := cl.Call("C_EncryptUpdate", U(h), S(p), Out(0)); rv == ck.CKR_OK {
+						got = append(got, out[2].Bytes...)
+						continue
+					} else if rv != ck.CKR_BUFFER_TOO_SMALL {
+						t.Fatalf("%s, %s: short buffer: %#x", m.name, way, rv)
+					}
+				case "same input", "collected":
+					q := cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), S(p), prefetch())
+					if way == "collected" {
+						// What the module served from the prefetch.
+						got = append(got, q[2].Bytes...)
+						collect(ck.CKF_ENCRYPT)
+						continue
+					}
+				case "query again over other input":
+					cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), S(p), SizeQuery())
+					cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), S(decoy), SizeQuery())
+				}
+				out := cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), S(p), Out(256))
+				got = append(got, out[2].Bytes...)
+			}
+			got = append(got, cl.Must(ck.CKR_OK, "C_EncryptFinal", U(h), Out(256))[1].Bytes...)
+			if !bytes.Equal(got, m.want) {
+				t.Errorf("%s, %s: %x, want %x", m.name, way, got, m.want)
+			}
+		}
+	}
+
+	// Decryption, CBC with padding: the plaintext of the parts the
+	// follow-ups brought, a block held back each time.
+	cbc := MP(ck.CKM_AES_CBC_PAD, wire.Param{Kind: calls.PBytes, Bytes: iv})
+	cl.Must(ck.CKR_OK, "C_DecryptInit", U(h), cbc, U(key))
+	var plain []byte
+	for _, n := range []int{17, 16, 0, 31} {
+		part := cbcPadded[:n]
+		cbcPadded = cbcPadded[n:]
+		cl.Must(ck.CKR_OK, "C_DecryptUpdate", U(h), S(string(bytes.Repeat([]byte{1}, 48))), prefetch())
+		plain = append(plain, cl.Must(ck.CKR_OK, "C_DecryptUpdate", U(h), S(string(part)), Out(256))[2].Bytes...)
+	}
+	plain = append(plain, cl.Must(ck.CKR_OK, "C_DecryptUpdate", U(h), S(string(cbcPadded)), Out(256))[2].Bytes...)
+	plain = append(plain, cl.Must(ck.CKR_OK, "C_DecryptFinal", U(h), Out(256))[1].Bytes...)
+	if !bytes.Equal(plain, all) {
+		t.Errorf("cbc-pad decryption: %q, want %q", plain, all)
+	}
+
+	// The collect word for an operation with no kept output changes
+	// nothing, and a C_SessionCancel without it still ends the operation.
+	cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), mechs[1].m, U(key))
+	collect(ck.CKF_ENCRYPT)
+	first := cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), S(string(all)), Out(256))[2].Bytes
+	if !bytes.Equal(first, ctr) {
+		t.Errorf("ctr after a collect word with nothing kept: %x, want %x", first, ctr)
+	}
+	cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), S("x"), prefetch())
+	cl.Must(ck.CKR_OK, "C_SessionCancel", U(h), U(ck.CKF_ENCRYPT))
+	cl.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_EncryptUpdate", U(h), S("x"), Out(256))
+}
