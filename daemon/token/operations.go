@@ -411,16 +411,26 @@ func (id inputID) is(other inputID) bool {
 // parameter would use, and no kept output of the first input is ever
 // delivered by the daemon after it. An Update that brings other input
 // goes back to the state marked before the Update that measured, which
-// took the first input in; a cipher that cannot go back refuses it.
+// took the first input in; a cipher that cannot go back refuses it. So
+// does a Final after an Update that was only measured.
 // Another call in between mixes the single-part and multi-part forms,
 // which the specification forbids (C_Encrypt "cannot be used to terminate
 // a multi-part operation", nor the Final a single-part one):
 // CKR_OPERATION_ACTIVE. Every error ends the operation.
 func (op *operation) output(call callKind, in []byte, compute func() ([]byte, error)) ([]byte, error) {
 	if op.hasPend {
-		if op.pendFor != call {
+		if r, ok := op.cipher.(mech.Rewinder); ok && op.pendFor == callUpdate && call == callFinal {
+			// The Final after an Update that was only measured: the
+			// update did not happen (5.2), so the Final is over the
+			// state before it.
+			wipe(op.pending)
+			op.pending, op.hasPend = nil, false
+			r.Rewind()
+		} else if op.pendFor != call {
 			return nil, ck.Error(ck.CKR_OPERATION_ACTIVE)
 		}
+	}
+	if op.hasPend {
 		if op.pendIn.is(inputOf(in)) {
 			return op.pending, nil
 		}

@@ -134,13 +134,26 @@ func TestUpdateQueryRewinds(t *testing.T) {
 		t.Errorf("cbc-pad decryption: %q, want %q", plain, all)
 	}
 
+	// A Final after an Update that was only measured is over the state
+	// before that Update.
+	cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), mechs[0].m, U(key))
+	firstOut := bytes.Clone(cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), S(parts[0]), Out(256))[2].Bytes)
+	cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), S(parts[2]), prefetch())
+	firstOut = append(firstOut, cl.Must(ck.CKR_OK, "C_EncryptFinal", U(h), Out(256))[1].Bytes...)
+	first := []byte(parts[0])
+	first = append(first, bytes.Repeat([]byte{byte(32 - len(first))}, 32-len(first))...)
+	cipher.NewCBCEncrypter(block, iv).CryptBlocks(first, first)
+	if !bytes.Equal(firstOut, first) {
+		t.Errorf("final after a measured update: %x, want %x", firstOut, first)
+	}
+
 	// The collect word for an operation with no kept output changes
 	// nothing, and a C_SessionCancel without it still ends the operation.
 	cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), mechs[1].m, U(key))
 	collect(ck.CKF_ENCRYPT)
-	first := cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), S(string(all)), Out(256))[2].Bytes
-	if !bytes.Equal(first, ctr) {
-		t.Errorf("ctr after a collect word with nothing kept: %x, want %x", first, ctr)
+	whole := cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), S(string(all)), Out(256))[2].Bytes
+	if !bytes.Equal(whole, ctr) {
+		t.Errorf("ctr after a collect word with nothing kept: %x, want %x", whole, ctr)
 	}
 	cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), S("x"), prefetch())
 	cl.Must(ck.CKR_OK, "C_SessionCancel", U(h), U(ck.CKF_ENCRYPT))
