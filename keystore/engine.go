@@ -52,6 +52,15 @@ type engine interface {
 	// exclusive by the addition of a node, which then binds the records
 	// it reads (pindup.go). Nothing where one writer is the only one.
 	lockNodes(ctx context.Context, tx *sql.Tx, exclusive bool) error
+	// lockTokens, likewise, takes the tokens' lock shared: the creation
+	// of a token, which holdTokens orders against a master key
+	// rotation's last steps. Nothing where one writer is the only one.
+	lockTokens(ctx context.Context, tx *sql.Tx) error
+	// holdTokens holds the tokens' lock exclusively, on a connection of
+	// its own, until release: a master key rotation rekeys the tokens
+	// created meanwhile and switches with no new one created under the
+	// old master key. Nothing where the Store's rot lock orders it.
+	holdTokens(ctx context.Context) (release func(), err error)
 	// job holds the singleton job name for this Store: ok is false when
 	// another Store holds it (wait false), and release gives it up. A
 	// Store that dies gives it up with its connection (jobs.go).

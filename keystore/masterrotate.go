@@ -266,26 +266,64 @@ func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)
 			return 0, err
 		}
 	}
-	tokens, err := s.Tokens(ctx)
+	if err := s.rekeyAll(ctx, next, nextGen, progress); err != nil {
+		return 0, err
+	}
+	// Tokens another Store created meanwhile, under the current master
+	// key, are rekeyed with no new one created until the switch commits
+	// (CreateToken takes the tokens' lock shared, and is then made again
+	// under the new master key).
+	unhold, err := s.eng.holdTokens(ctx)
 	if err != nil {
 		return 0, err
+	}
+	defer unhold()
+	if err := s.rekeyAll(ctx, next, nextGen, nil); err != nil {
+		return 0, err
+	}
+	switched, err := s.switchMaster(ctx, rec, put)
+	if err != nil {
+		return 0, err
+	}
+	if !switched {
+		return 0, errors.New("keystore: a token was created under the old master key while the rotation held the tokens' lock; finish the rotation again")
+	}
+	return oldGen, nil
+}
+
+// rekeyAll rekeys every token not yet under the next master key. s.rot is
+// held.
+func (s *Store) rekeyAll(ctx context.Context, next Root, nextGen uint32, progress func(done, total int)) error {
+	tokens, err := s.Tokens(ctx)
+	if err != nil {
+		return err
 	}
 	for i, ti := range tokens {
 		if ti.Tampered != nil {
 			// Moving on without it would leave it under a master key
 			// about to be flushed: the rotation waits for it to be dealt
 			// with (restored from a backup, or deleted).
-			return 0, fmt.Errorf("keystore: the token in row %d cannot be rekeyed: %w", ti.ID, ti.Tampered)
+			return fmt.Errorf("keystore: the token in row %d cannot be rekeyed: %w", ti.ID, ti.Tampered)
 		}
 		if ti.MasterGeneration != nextGen {
 			if err := s.rekeyToken(ctx, ti, next, nextGen); err != nil {
-				return 0, fmt.Errorf("keystore: rekey token %q: %w", ti.Label, err)
+				return fmt.Errorf("keystore: rekey token %q: %w", ti.Label, err)
 			}
 		}
 		if progress != nil {
 			progress(i+1, len(tokens))
 		}
 	}
+	return nil
+}
+
+// switchMaster switches the root record to the next master key once no
+// token is left under the current one (false, with nothing written,
+// should one be). s.rot and the tokens' lock are held.
+func (s *Store) switchMaster(ctx context.Context, rec *RootRecord, put func(q interface {
+	ExecContext(context.Context, string, ...any) (sql.Result, error)
+}, label, value []byte) error) (bool, error) {
+	oldGen, nextGen := rec.MasterGeneration, rec.MasterGeneration+1
 	// The audit chain moves to the next epoch with the switch: no record
 	// is appended between them, and the first one after is under the new
 	// key.
@@ -293,21 +331,28 @@ func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)
 	defer s.auditMu.Unlock()
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return 0, s.dbErr("begin", err)
+		return false, s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
 	// Under the domain's audit lock: another node's append either
 	// commits before the first record of the new epoch is fixed, or
 	// finds the switch made (checkEpoch) and appends under the new key.
 	if err := s.eng.lockAudit(ctx, tx); err != nil {
-		return 0, s.dbErr("lock audit log", err)
+		return false, s.dbErr("lock audit log", err)
+	}
+	var behind int64
+	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM tokens WHERE master_generation <> ?", int64(nextGen)).Scan(&behind); err != nil {
+		return false, s.dbErr("count tokens", err)
+	}
+	if behind > 0 {
+		return false, nil
 	}
 	var from int64
 	if err := tx.QueryRowContext(ctx, "SELECT coalesce(max(seq), 0) + 1 FROM audit_log").Scan(&from); err != nil {
-		return 0, s.dbErr("read audit head", err)
+		return false, s.dbErr("read audit head", err)
 	}
 	if err := put(tx, auditFromLabel(nextGen), binary.BigEndian.AppendUint64(nil, uint64(from))); err != nil {
-		return 0, err
+		return false, err
 	}
 	// The new generation is in force in memory before the switch commits,
 	// and back out if it does not: a carried key is never looked up under
@@ -326,16 +371,16 @@ func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)
 	}()
 	if _, err := tx.ExecContext(ctx, `UPDATE root SET sealed = next_sealed, master_proof = next_proof, escrow = next_escrow,
 		master_generation = ?, next_sealed = NULL, next_proof = NULL, next_escrow = NULL, updated_at = ? WHERE id = 1`, nextGen, time.Now().Unix()); err != nil {
-		return 0, s.dbErr("switch master key", err)
+		return false, s.dbErr("switch master key", err)
 	}
 	if _, err := tx.ExecContext(ctx, "DELETE FROM carried WHERE master_generation < ?", nextGen); err != nil {
-		return 0, s.dbErr("drop old carried keys", err)
+		return false, s.dbErr("drop old carried keys", err)
 	}
 	if _, err := tx.ExecContext(ctx, "DELETE FROM node_masters WHERE master_generation < ?", nextGen); err != nil {
-		return 0, s.dbErr("drop old nodes' master keys", err)
+		return false, s.dbErr("drop old nodes' master keys", err)
 	}
 	if err := tx.Commit(); err != nil {
-		return 0, s.dbErr("commit", err)
+		return false, s.dbErr("commit", err)
 	}
 	committed = true
 	s.mu.Lock()
@@ -344,7 +389,7 @@ func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)
 	// The new epoch's anchor key, before other nodes, following, seal
 	// entries under it. Should it fail, the anchor job loads it.
 	s.attachAnchorKeys(ctx) //nolint:errcheck // see above
-	return oldGen, nil
+	return true, nil
 }
 
 // rekeyToken moves a token to a new KEK derived from the next master key.

@@ -334,6 +334,32 @@ func (*postgresEngine) lockNodes(ctx context.Context, tx *sql.Tx, exclusive bool
 	return err
 }
 
+// tokensLock is the tokens' advisory lock (lockTokens, holdTokens).
+const tokensLock = "hashtextextended('hsmemu/tokens', 0)"
+
+// lockTokens takes the tokens' advisory lock, shared, for the
+// transaction.
+func (*postgresEngine) lockTokens(ctx context.Context, tx *sql.Tx) error {
+	_, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock_shared("+tokensLock+")")
+	return err
+}
+
+// holdTokens holds the tokens' advisory lock exclusively on a connection
+// of its own: released with it, or when the process dies.
+func (e *postgresEngine) holdTokens(ctx context.Context) (func(), error) {
+	cfg := e.cfg.Copy()
+	cfg.RuntimeParams["application_name"] = "hsmemu-job"
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("keystore: lock tokens: %s", redactErr(err))
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock("+tokensLock+")"); err != nil {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("keystore: lock tokens: %w", err)
+	}
+	return func() { conn.Close(context.Background()) }, nil
+}
+
 // job holds an advisory lock on a connection of its own: a job's lock
 // is released when the job ends, or when its Store's process or
 // connection dies, for another Store to take the job up (its progress

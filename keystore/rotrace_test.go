@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // Seals racing rotations. A write that seals (a new object, an update)
@@ -329,6 +330,60 @@ func TestClusterPINWriteDuringDataKeyRotation(t *testing.T) {
 		}
 		if s.tamper.any.Load() {
 			t.Errorf("store %d: integrity failures noted", i)
+		}
+	}
+}
+
+// TestClusterCreateDuringMasterRotation: tokens created on one Store
+// while another rotates the master key all open, as acknowledged, on
+// both, under the new master key: one created after the rotation listed
+// the tokens is rekeyed before the switch, or made again after it.
+//
+// Not parallel: it rotates the master key (TestClusterSealDuringMasterRotation).
+func TestClusterCreateDuringMasterRotation(t *testing.T) {
+	st := clusterStores(t, 2, Options{CacheEntries: -1})
+	a, b := st[0], st[1]
+	for i := range 12 {
+		newToken(t, a, fmt.Sprintf("before-%d", i)) // a rotation that takes a moment
+	}
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	var made []UUID
+	var werr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; !stop.Load(); i++ {
+			ti, err := b.CreateToken(ctx, TokenSpec{Label: fmt.Sprintf("during-%d", i), Tier: TierStandard, SOPIN: soPIN, UserPIN: userPIN})
+			if err != nil {
+				werr = fmt.Errorf("create %d: %w", i, err)
+				return
+			}
+			made = append(made, ti.UUID)
+		}
+	}()
+	err := rotateMasterOnce(t, a, a, b)
+	// A few more after the switch, then stop.
+	for n := len(made); len(made) < n+3 && werr == nil; time.Sleep(time.Millisecond) {
+	}
+	stop.Store(true)
+	wg.Wait()
+	if err != nil {
+		t.Fatalf("rotation: %v", err)
+	}
+	if werr != nil {
+		t.Fatal(werr)
+	}
+	t.Logf("%d tokens created during the rotation and after", len(made))
+	for i, s := range st {
+		for _, u := range made {
+			ti, err := s.Token(ctx, u)
+			if err != nil || ti.MasterGeneration != 2 {
+				t.Fatalf("store %d: token %x: master generation %d, %v", i, u, ti.MasterGeneration, err)
+			}
+		}
+		if err := s.Login(ctx, made[0], RoleUser, userPIN); err != nil {
+			t.Fatalf("store %d: login on the first token made during the rotation: %v", i, err)
 		}
 	}
 }

@@ -84,6 +84,11 @@ func (sqliteEngine) lockAudit(context.Context, *sql.Tx) error { return nil }
 // lockNodes: the one writer connection orders the writes itself.
 func (sqliteEngine) lockNodes(context.Context, *sql.Tx, bool) error { return nil }
 
+// lockTokens and holdTokens: the Store's rot lock, one Store per file.
+func (sqliteEngine) lockTokens(context.Context, *sql.Tx) error { return nil }
+
+func (sqliteEngine) holdTokens(context.Context) (func(), error) { return func() {}, nil }
+
 // job: one daemon per SQLite file, so every job is this Store's; the
 // Store's own callers order theirs (Anchor's op lock, the purger's one
 // goroutine).

@@ -90,6 +90,17 @@ const DefaultRetentionDays = 90
 
 // CreateToken creates a token with a fresh data key wrapped under its PINs.
 func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, error) {
+	var ti TokenInfo
+	// Made again under the new master key should another Store's
+	// rotation have switched to it meanwhile.
+	err := s.afterFollow(ctx, func() (err error) {
+		ti, err = s.createToken(ctx, spec)
+		return err
+	})
+	return ti, err
+}
+
+func (s *Store) createToken(ctx context.Context, spec TokenSpec) (TokenInfo, error) {
 	s.rot.RLock()
 	defer s.rot.RUnlock()
 	if spec.Label == "" || len(spec.Label) > 32 {
@@ -138,6 +149,15 @@ func (s *Store) CreateToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 		return TokenInfo{}, s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
+	// Another Store's master key rotation either sees this token before
+	// its switch (and rekeys it), or has switched already: then the
+	// token is made again, under the new master key (holdTokens).
+	if err := s.eng.lockTokens(ctx, tx); err != nil {
+		return TokenInfo{}, s.dbErr("lock tokens", err)
+	}
+	if err := s.checkEpoch(ctx, tx, masterGen); err != nil {
+		return TokenInfo{}, err
+	}
 	err = tx.QueryRowContext(ctx, `INSERT INTO tokens
 		(uuid, label, serial, tier, kek_generation, dk_generation, so_pin, user_pin, mac, created_at, retention_days, master_generation)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
