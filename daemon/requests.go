@@ -214,27 +214,10 @@ func (s *Server) serveModule(ctx context.Context, mc *moduleConn) {
 			}
 			mc.tc.inFrame()
 		}
-		head, err := wire.ReadRequestHead(mc.r)
-		if err != nil {
-			mc.closing(err)
-			return
-		}
-		code, results, idle, err := mc.serve(ctx, callCtx, head)
-		if err != nil {
-			mc.closing(err)
-			return
-		}
-		var rest []byte
-		mc.out, rest = wire.AppendReplyHead(mc.out[:0], head.ID, code, results, idle)
-		_, err = mc.w.Write(mc.out)
-		if err == nil && rest != nil {
-			_, err = mc.w.Write(rest)
-		}
-		if err == nil && mc.r.Buffered() == 0 {
-			err = mc.w.Flush()
-		}
-		mc.release()
-		if err != nil {
+		if err := mc.serveNext(ctx, callCtx); err != nil {
+			if !errors.Is(err, errReplyWrite) {
+				mc.closing(err)
+			}
 			return
 		}
 		if ctx.Err() != nil {
@@ -242,6 +225,39 @@ func (s *Server) serveModule(ctx context.Context, mc *moduleConn) {
 			return
 		}
 	}
+}
+
+// errReplyWrite wraps a failure to write a reply: the connection ends
+// without a word, as the peer that stopped reading knows.
+var errReplyWrite = errors.New("reply not written")
+
+// serveNext reads one request, serves it and writes its reply, flushed
+// when no other request is already buffered behind it (a deferred Init
+// and its call come in one write, and their replies go out in one). An
+// error ends the connection.
+func (mc *moduleConn) serveNext(ctx, callCtx context.Context) error {
+	head, err := wire.ReadRequestHead(mc.r)
+	if err != nil {
+		return err
+	}
+	code, results, idle, err := mc.serve(ctx, callCtx, head)
+	if err != nil {
+		return err
+	}
+	var rest []byte
+	mc.out, rest = wire.AppendReplyHead(mc.out[:0], head.ID, code, results, idle)
+	_, err = mc.w.Write(mc.out)
+	if err == nil && rest != nil {
+		_, err = mc.w.Write(rest)
+	}
+	if err == nil && mc.r.Buffered() == 0 {
+		err = mc.w.Flush()
+	}
+	mc.release()
+	if err != nil {
+		return fmt.Errorf("%w: %w", errReplyWrite, err)
+	}
+	return nil
 }
 
 // closing logs why a connection closes, unless it is the usual end.
