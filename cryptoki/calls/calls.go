@@ -293,6 +293,22 @@ func ByID(id uint32) (*Call, bool) {
 	return c, c.ID == id
 }
 
+// inTable says whether c is the Table's own entry for its number, whose
+// properties byID tables hold.
+func inTable(c *Call) bool {
+	return c.ID != 0 && int(c.ID) <= len(Table) && &Table[c.ID-1] == c
+}
+
+// byID tabulates a property of the Table's calls by call number, for
+// the look-ups made on every request.
+func byID[T any](of func(*Call) T) []T {
+	t := make([]T, len(Table)+1)
+	for i := range Table {
+		t[Table[i].ID] = of(&Table[i])
+	}
+	return t
+}
+
 // ByName returns the call named name.
 func ByName(name string) (*Call, bool) {
 	for i := range Table {

@@ -29,15 +29,25 @@ var prefetching = map[string]int{
 }
 
 // Prefetches says whether a size query of c may ask for the whole result.
-func Prefetches(c *Call) bool { return prefetching[c.Name] != 0 }
+// The daemon asks for every request: a table's own calls are answered by
+// their number, without hashing a name.
+func Prefetches(c *Call) bool { return PrefetchVersion(c) != 0 }
 
 // PrefetchVersion is the protocol version from which c prefetches; 0 for
 // a call that never does. A module speaking an older version sends the
 // size query as a plain NULL buffer.
-func PrefetchVersion(c *Call) int { return prefetching[c.Name] }
+func PrefetchVersion(c *Call) int {
+	if inTable(c) {
+		return prefetchByID[c.ID]
+	}
+	return prefetching[c.Name]
+}
+
+// prefetchByID is prefetching by call number.
+var prefetchByID = byID(func(c *Call) int { return prefetching[c.Name] })
 
 // PrefetchGoesOn says that c's operation goes on after the follow-up
 // took the prefetched output (an Update): the module then owes the daemon
 // a C_SessionCancel with CollectUpdate, not one that ends the operation,
 // and the reply's idle flag counts the operation as it is.
-func PrefetchGoesOn(c *Call) bool { return prefetching[c.Name] == 4 }
+func PrefetchGoesOn(c *Call) bool { return PrefetchVersion(c) == 4 }

@@ -162,7 +162,15 @@ var roles = map[string]Role{
 }
 
 // RoleOf returns c's role; most calls have none.
-func RoleOf(c *Call) Role { return roles[c.Name] }
+func RoleOf(c *Call) Role {
+	if inTable(c) {
+		return roleByID[c.ID]
+	}
+	return roles[c.Name]
+}
+
+// roleByID is roles by call number.
+var roleByID = byID(func(c *Call) Role { return roles[c.Name] })
 
 // OnSession says whether c's first argument is a session handle.
 func OnSession(c *Call) bool {
