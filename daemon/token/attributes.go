@@ -360,6 +360,16 @@ type Object struct {
 	attrs  keystore.Attributes
 	secret keystore.Attributes
 
+	// What every call that uses the object asks first, read once when
+	// the view is made (viewOf): its class, its key type, and which
+	// of the standard CK_BBOOL attributes (types below boolTypes) are
+	// true. An operation's Init asks a key a dozen such questions, each
+	// a search of its attributes otherwise.
+	indexed  bool
+	class    uint64
+	keyType  uint64
+	truthful [boolTypes / 64]uint64
+
 	// parsed keeps the key material parsed for mechanisms (an RSA private
 	// key with its CRT values, an EC scalar and its public point), so an
 	// operation's Init does not parse it again. Objects never change: an
@@ -397,8 +407,32 @@ func (o *Object) Memo(kind string, parse func() (any, error)) (any, error) {
 	return k, err
 }
 
+// boolTypes bounds the attribute types whose truth an Object indexes:
+// every CK_BBOOL attribute of the specification is below it.
+const boolTypes = 1024
+
+// viewOf is the engine's view of an object's two parts, indexed.
+func viewOf(attrs, secret keystore.Attributes) *Object {
+	o := &Object{attrs: attrs, secret: secret, indexed: true}
+	o.class = o.readClass()
+	o.keyType = o.readKeyType()
+	for _, a := range attrs {
+		if a.Type < boolTypes && isTrue(a.Value) {
+			o.truthful[a.Type/64] |= 1 << (a.Type % 64)
+		}
+	}
+	return o
+}
+
 // Class is the object's CKA_CLASS.
 func (o *Object) Class() uint64 {
+	if o.indexed {
+		return o.class
+	}
+	return o.readClass()
+}
+
+func (o *Object) readClass() uint64 {
 	v, _, _ := o.attrs.Ulong(ck.CKA_CLASS)
 	return v
 }
@@ -406,6 +440,13 @@ func (o *Object) Class() uint64 {
 // KeyType is a key's CKA_KEY_TYPE, all ones for an object that is not a
 // key.
 func (o *Object) KeyType() uint64 {
+	if o.indexed {
+		return o.keyType
+	}
+	return o.readKeyType()
+}
+
+func (o *Object) readKeyType() uint64 {
 	v, ok, _ := o.attrs.Ulong(ck.CKA_KEY_TYPE)
 	if !ok {
 		return ^uint64(0)
@@ -415,6 +456,9 @@ func (o *Object) KeyType() uint64 {
 
 // Bool reads a CK_BBOOL attribute: true only when it is there and true.
 func (o *Object) Bool(t uint64) bool {
+	if o.indexed && t < boolTypes {
+		return o.truthful[t/64]&(1<<(t%64)) != 0
+	}
 	v, _ := o.attrs.Get(t)
 	return isTrue(v)
 }
@@ -499,7 +543,7 @@ func split(all map[uint64][]byte, class, keyType uint64) (*Object, error) {
 	if err != nil {
 		return nil, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 	}
-	return &Object{attrs: a, secret: s}, nil
+	return viewOf(a, s), nil
 }
 
 // All returns every attribute of the object in one map, for edits.

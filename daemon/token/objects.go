@@ -68,14 +68,14 @@ func View(obj *keystore.Object) (*Object, error) {
 	if v, ok := obj.Memo.Load().(*Object); ok {
 		return v, nil
 	}
-	o := &Object{attrs: obj.Attrs}
+	var sec keystore.Attributes
 	if len(obj.Secret) > 0 {
-		sec, err := keystore.DecodeAttributes(obj.Secret)
-		if err != nil {
+		var err error
+		if sec, err = keystore.DecodeAttributes(obj.Secret); err != nil {
 			return nil, keystore.ErrTampered
 		}
-		o.secret = sec
 	}
+	o := viewOf(obj.Attrs, sec)
 	obj.Memo.Store(o)
 	return o, nil
 }
