@@ -359,11 +359,27 @@ func newGCMOp(k Key, m *wire.Mechanism, decrypt bool) (*oneShotCipher, error) {
 		p.TagBits < gcmMinTagBits || p.TagBits > 128 || p.TagBits%8 != 0 {
 		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
-	aead, err := newGCM(b, len(p.IV), int(p.TagBits/8))
+	var aead cipher.AEAD
+	if len(p.IV) == 12 && p.TagBits == 128 {
+		// The common form's GCM (its hash key and tables) is kept with
+		// the key: a GCM is safe for concurrent use.
+		aead, err = memoKey(k, "gcm-96-128", parseGCM96)
+	} else {
+		aead, err = newGCM(b, len(p.IV), int(p.TagBits/8))
+	}
 	if err != nil {
 		return nil, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
 	}
 	return aeadOneShot(aead, p.IV, p.AAD, decrypt), nil
+}
+
+// parseGCM96 is a key's GCM with a 96-bit IV and a 128-bit tag.
+func parseGCM96(k Key) (cipher.AEAD, error) {
+	b, err := aesBlock(k)
+	if err != nil {
+		return nil, err
+	}
+	return newGCM(b, 12, 16)
 }
 
 // aeadOneShot is a single-part AEAD operation (GCM, ChaCha20-Poly1305)

@@ -33,9 +33,27 @@ type Key interface {
 	Memo(kind string, parse func() (any, error)) (any, error)
 }
 
+// memoized is a Key's optional look-up of what Memo kept for a kind,
+// which memoKey asks first: Memo's parse function captures the key, and
+// making it costs an allocation on every Init, found or not.
+type memoized interface {
+	// Memoized returns what the kind's parse returned, and false when
+	// it has not run yet.
+	Memoized(kind string) (v any, err error, ok bool)
+}
+
 // memoKey parses a key's material once per key and kind (Key.Memo), typed.
 func memoKey[T any](k Key, kind string, parse func(Key) (T, error)) (T, error) {
-	v, err := k.Memo(kind, func() (any, error) { return parse(k) })
+	var v any
+	var err error
+	if m, ok := k.(memoized); ok {
+		var found bool
+		if v, err, found = m.Memoized(kind); !found {
+			v, err = k.Memo(kind, func() (any, error) { return parse(k) })
+		}
+	} else {
+		v, err = k.Memo(kind, func() (any, error) { return parse(k) })
+	}
 	if err != nil {
 		var zero T
 		return zero, err
@@ -172,8 +190,25 @@ func isSecp256k1(oid asn1.ObjectIdentifier, name string) bool {
 }
 
 // weierstrass says which curve a CKK_EC key is on: one of crypto/ecdsa's
-// (P-224, P-256, P-384, P-521), or secp256k1 (secp256k1.go).
+// (P-224, P-256, P-384, P-521), or secp256k1 (secp256k1.go). The answer
+// is kept with the key: every signature's Init asks, and parsing the
+// DER of CKA_EC_PARAMS costs allocations.
 func weierstrass(k Key) (c elliptic.Curve, k256 bool, err error) {
+	w, err := memoKey(k, "weierstrass", parseWeierstrass)
+	return w.c, w.k256, err
+}
+
+type weierstrassCurve struct {
+	c    elliptic.Curve
+	k256 bool
+}
+
+func parseWeierstrass(k Key) (weierstrassCurve, error) {
+	c, k256, err := readWeierstrass(k)
+	return weierstrassCurve{c, k256}, err
+}
+
+func readWeierstrass(k Key) (c elliptic.Curve, k256 bool, err error) {
 	oid, name, err := ecParams(k)
 	if err != nil {
 		return nil, false, err

@@ -4,6 +4,7 @@ import (
 	"crypto/cipher"
 	"crypto/hmac"
 	"crypto/subtle"
+	"fmt"
 	"hash"
 
 	"hsmemu/cryptoki/ck"
@@ -37,7 +38,15 @@ func macMechanisms() map[uint64]*Mechanism {
 	t := map[uint64]*Mechanism{}
 	for typ, hm := range hmacs {
 		newHash := hashes[hm.hash]
-		ctor := func(k Key, m *wire.Mechanism) (SignOp, error) { return newHMAC(k, m, newHash) }
+		kind := fmt.Sprintf("hmac-%#x", hm.hash)
+		keyed := func(k Key) (hash.Hash, error) {
+			mac := hmac.New(newHash, value(k))
+			// Reset keeps the states after each pad, which Sum and
+			// the clones then restore instead of hashing the pads.
+			mac.Reset()
+			return mac, nil
+		}
+		ctor := func(k Key, m *wire.Mechanism) (SignOp, error) { return newHMAC(k, m, kind, keyed, newHash) }
 		t[typ] = &Mechanism{
 			// Generic secret key sizes, in bits. A key is a generic
 			// secret or of the HMAC's own key type (PKCS#11 3.0,
@@ -72,13 +81,26 @@ func macMechanisms() map[uint64]*Mechanism {
 	return t
 }
 
-func newHMAC(k Key, m *wire.Mechanism, h func() hash.Hash) (SignOp, error) {
+// newHMAC starts an HMAC with the key's pads already hashed: the key
+// keeps an HMAC keyed once (keyed makes it; kind names its hash), whose
+// state each operation clones, sparing it two blocks of the hash and the
+// allocations of the pads.
+func newHMAC(k Key, m *wire.Mechanism, kind string, keyed func(Key) (hash.Hash, error), h func() hash.Hash) (SignOp, error) {
 	if err := noParam(m); err != nil {
 		return nil, err
 	}
 	v := value(k)
 	if len(v) == 0 || len(v) > maxGenericBytes {
 		return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
+	}
+	proto, err := memoKey(k, kind, keyed)
+	if err != nil {
+		return nil, err
+	}
+	if c, ok := proto.(hash.Cloner); ok {
+		if mac, err := c.Clone(); err == nil {
+			return &macOp{h: mac}, nil
+		}
 	}
 	return &macOp{h: hmac.New(h, v)}, nil
 }

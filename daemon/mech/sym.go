@@ -71,17 +71,15 @@ func aesBlock(k Key) (cipher.Block, error) {
 	if k.KeyType() != ck.CKK_AES {
 		return nil, ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
 	}
-	b, err := k.Memo("aes", func() (any, error) {
-		b, err := aes.NewCipher(value(k))
-		if err != nil {
-			return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
-		}
-		return b, nil
-	})
+	return memoKey(k, "aes", parseAES)
+}
+
+func parseAES(k Key) (cipher.Block, error) {
+	b, err := aes.NewCipher(value(k))
 	if err != nil {
-		return nil, err
+		return nil, ck.Error(ck.CKR_KEY_SIZE_RANGE)
 	}
-	return b.(cipher.Block), nil
+	return b, nil
 }
 
 // bytesParam returns a byte-string parameter of exactly size bytes.

@@ -383,6 +383,15 @@ type parsedKey struct {
 	err error
 }
 
+// Memoized returns what Memo kept for kind, if it has (mech's look-up
+// ahead of Memo, which spares making the parse function).
+func (o *Object) Memoized(kind string) (any, error, bool) {
+	o.mu.Lock()
+	p, ok := o.parsed[kind]
+	o.mu.Unlock()
+	return p.key, p.err, ok
+}
+
 // Memo returns what parse returns, parsing once per object and kind
 // (mech.Key). The lock is not held while parsing: one parse may need
 // another (an RSA private key its public half), and two racing parses
