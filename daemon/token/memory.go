@@ -27,7 +27,7 @@ func (op *operation) holding() int64 {
 		n += int64(memory)
 	}
 	if op.hasPend {
-		n += int64(len(op.pending))
+		n += int64(len(op.pending) + len(op.pendIn.short))
 	}
 	return n
 }
@@ -68,6 +68,7 @@ func (s *session) endOp(kind opKind) {
 	if op := s.ops[kind]; op != nil {
 		op.mem.Release(op.charged)
 		op.charged = 0
+		op.pendIn.drop()
 		s.ops[kind] = nil
 	}
 }

@@ -56,13 +56,15 @@ type operation struct {
 	digest  mech.DigestOp
 	pending []byte // output measured by a size query, not yet delivered
 	hasPend bool
-	pendFor callKind // which call measured the kept output
-	pendIn  inputID  // the input the kept output was measured over
-	// restart makes the state anew as after the Init, from what the Init
-	// took (the mechanism, its parameter, the key): a single-part call
-	// that brings other input than its size query is performed on it.
-	restart func() error
-	parts   bool // Update was called: the single-part call is refused
+	pendFor callKind  // which call measured the kept output
+	pendIn  keptInput // the input the kept output was measured over
+	// What the Init took (restart): the operation's kind, the
+	// mechanism, its parameter (a copy) and the key (nil for a digest).
+	kind  opKind
+	m     *mech.Mechanism
+	wm    wire.Mechanism
+	key   *Object
+	parts bool // Update was called: the single-part call is refused
 	// needAuth: the key has CKA_ALWAYS_AUTHENTICATE, and the user has not
 	// yet given the PIN for this operation (C_Login, CKU_CONTEXT_SPECIFIC).
 	needAuth bool
@@ -241,39 +243,21 @@ func (e *Engine) opInit(ctx context.Context, app *App, h uint64, kind opKind, wm
 	if !ok || !m.Does(funcOf[kind]) {
 		return ck.Error(ck.CKR_MECHANISM_INVALID)
 	}
-	op := &operation{mech: wm.Type, mem: e.opMem}
-	if kind == opDigest {
-		op.restart = func() (err error) {
-			op.digest, err = m.Digest(wm)
-			return err
-		}
-	} else {
+	op := &operation{mech: wm.Type, mem: e.opMem, kind: kind, m: m}
+	if kind != opDigest {
 		k, err := e.useKey(ctx, app, s, keyHandle, m, wm.Type, usage[kind])
 		if err != nil {
 			return err
 		}
 		// The operation keeps the key it took, as its state does: a key
 		// destroyed meanwhile changes neither.
-		op.restart = func() (err error) {
-			switch kind {
-			case opEncrypt:
-				op.cipher, err = m.Encrypt(k, wm)
-			case opDecrypt:
-				op.cipher, err = m.Decrypt(k, wm)
-			case opSign:
-				op.signer, err = m.Sign(k, wm)
-			case opVerify, opVerifySignature:
-				op.signer, err = m.Verify(k, wm)
-			}
-			return err
-		}
+		op.key = k
 		op.needAuth = k.needsContextLogin()
 		op.private = k.Bool(ck.CKA_PRIVATE)
 	}
 	// The request's parameter is not the daemon's to keep: the restart
 	// takes a copy.
-	wmc := cloneMechanism(wm)
-	wm = &wmc
+	op.wm = cloneMechanism(wm)
 	if err := op.restart(); err != nil {
 		return err
 	}
@@ -284,6 +268,25 @@ func (e *Engine) opInit(ctx context.Context, app *App, h uint64, kind opKind, wm
 	}
 	s.ops[kind] = op
 	return nil
+}
+
+// restart makes the operation's state anew as after the Init, from what
+// the Init took: a single-part call that brings other input than its
+// size query is performed on it.
+func (op *operation) restart() (err error) {
+	switch op.kind {
+	case opDigest:
+		op.digest, err = op.m.Digest(&op.wm)
+	case opEncrypt:
+		op.cipher, err = op.m.Encrypt(op.key, &op.wm)
+	case opDecrypt:
+		op.cipher, err = op.m.Decrypt(op.key, &op.wm)
+	case opSign:
+		op.signer, err = op.m.Sign(op.key, &op.wm)
+	case opVerify, opVerifySignature:
+		op.signer, err = op.m.Verify(op.key, &op.wm)
+	}
+	return err
 }
 
 // withOp runs f on the session's operation of the given kind, ending the
@@ -357,6 +360,7 @@ func deliver(op *operation, out wire.OutSpec, data []byte, r *wire.Results) (del
 	code = r.OutBytes(out, data)
 	if code == ck.CKR_OK && out.Present {
 		op.pending, op.hasPend = nil, false
+		op.pendIn.drop()
 		return true, code
 	}
 	op.pending, op.hasPend = data, true
@@ -403,6 +407,40 @@ func (id inputID) is(other inputID) bool {
 	return id.n == other.n && subtle.ConstantTimeCompare(id.sum[:], other.sum[:]) == 1
 }
 
+// keptInput is the input a single- or multi-part operation's kept output
+// was measured over: a copy of it when it is short, its inputID past
+// that. Every size query and prefetch records one, and copying a
+// kilobyte costs a fraction of hashing it.
+type keptInput struct {
+	short []byte // the input, when at most keepInputMax bytes (never nil then)
+	long  inputID
+}
+
+// keepInputMax is the longest input kept as a copy, what the module
+// keeps of the arguments of a result it holds.
+const keepInputMax = 4096
+
+func keepInput(in []byte) keptInput {
+	if len(in) <= keepInputMax {
+		return keptInput{short: append(make([]byte, 0, len(in)), in...)}
+	}
+	return keptInput{long: inputOf(in)}
+}
+
+// is says whether in is the kept input.
+func (k keptInput) is(in []byte) bool {
+	if k.short != nil {
+		return len(in) == len(k.short) && subtle.ConstantTimeCompare(k.short, in) == 1
+	}
+	return len(in) > keepInputMax && k.long.is(inputOf(in))
+}
+
+// drop wipes a kept copy: an encryption's input is plaintext.
+func (k *keptInput) drop() {
+	clear(k.short)
+	*k = keptInput{}
+}
+
 // output computes an operation's output once: a repeated call after a size
 // query that brings the same input gets the kept output. A single-part
 // call that brings other input is performed on it from the state after
@@ -425,16 +463,18 @@ func (op *operation) output(call callKind, in []byte, compute func() ([]byte, er
 			// state before it.
 			wipe(op.pending)
 			op.pending, op.hasPend = nil, false
+			op.pendIn.drop()
 			r.Rewind()
 		} else if op.pendFor != call {
 			return nil, ck.Error(ck.CKR_OPERATION_ACTIVE)
 		}
 	}
 	if op.hasPend {
-		if op.pendIn.is(inputOf(in)) {
+		if op.pendIn.is(in) {
 			return op.pending, nil
 		}
 		op.pending, op.hasPend = nil, false
+		op.pendIn.drop()
 		switch r, ok := op.cipher.(mech.Rewinder); {
 		case call == callOne:
 			if err := op.restart(); err != nil {
@@ -490,7 +530,8 @@ func produce(app *App, h uint64, kind opKind, call callKind, in []byte, out wire
 		var delivered bool
 		delivered, code = deliver(op, out, data, r)
 		if !delivered {
-			op.pendIn = inputOf(in)
+			op.pendIn.drop()
+			op.pendIn = keepInput(in)
 		}
 		if call == callUpdate {
 			op.parts = true
