@@ -32,6 +32,14 @@ func (k *testKey) Attr(t uint64) ([]byte, bool) {
 	return v, ok
 }
 
+// Memoized is the engine's look-up ahead of Memo (memoized).
+func (k *testKey) Memoized(kind string) (any, error, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	m, ok := k.memo[kind]
+	return m.v, m.err, ok
+}
+
 func (k *testKey) Memo(kind string, parse func() (any, error)) (any, error) {
 	k.mu.Lock()
 	m, ok := k.memo[kind]

@@ -12,6 +12,7 @@ import (
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	. "hsmemu/cryptoki/wire/wiretest"
+	"hsmemu/daemon/mech"
 )
 
 // A size query returns a length and nothing else (PKCS#11 5.2): the call
@@ -238,4 +239,54 @@ func TestSizeQueryThenOtherInputMessages(t *testing.T) {
 	if string(out[4].Bytes) != "decrypted second" {
 		t.Errorf("C_DecryptMessage over first, then second: %q", out[4].Bytes)
 	}
+}
+
+// The input a kept output was measured over is kept whole up to 4 KiB
+// and as its hash past that: on both sides of the bound, a follow-up
+// with the same input gets the kept signature (ECDSA's are randomized,
+// so a new one would differ), and one whose input differs in its last
+// byte gets a signature of its own input.
+func TestKeptInputBound(t *testing.T) {
+	t.Parallel()
+	d := startEngine(t, Config{})
+	cl := d.dial(t)
+	h := cl.Open(cl.NewToken("kept"), true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
+	r := cl.Must(ck.CKR_OK, "C_GenerateKeyPair", U(h), M(ck.CKM_EC_KEY_PAIR_GEN),
+		T(A(ck.CKA_EC_PARAMS, mech.ECParams("P-256")), AB(ck.CKA_TOKEN, false), AB(ck.CKA_VERIFY, true)),
+		T(AB(ck.CKA_TOKEN, false), AB(ck.CKA_SIGN, true)), None(), None())
+	pub, priv := r[4].Ulong, r[5].Ulong
+	for _, n := range []int{0, 1, 4095, 4096, 4097, 9000} {
+		in := bytes.Repeat([]byte{0x61}, n)
+		other := bytes.Clone(in)
+		if n > 0 {
+			other[n-1] ^= 1
+		} else {
+			other = []byte{0}
+		}
+		for _, q := range sizeQueryFollowUps {
+			cl.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_ECDSA_SHA256), U(priv))
+			first := cl.Must(wantRV(q.name), "C_Sign", append([]wire.Value{U(h)}, q.first(string(in))...)...)
+			same := cl.Must(ck.CKR_OK, "C_Sign", U(h), B(in), Out(128))[2].Bytes
+			if q.name == "prefetch" && !bytes.Equal(first[2].Bytes, same) {
+				t.Errorf("%d bytes, %s: the follow-up with the same input got another signature", n, q.name)
+			}
+			cl.Must(ck.CKR_OK, "C_VerifyInit", U(h), M(ck.CKM_ECDSA_SHA256), U(pub))
+			cl.Must(ck.CKR_OK, "C_Verify", U(h), B(in), B(same))
+
+			cl.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_ECDSA_SHA256), U(priv))
+			cl.Must(wantRV(q.name), "C_Sign", append([]wire.Value{U(h)}, q.first(string(in))...)...)
+			sig := cl.Must(ck.CKR_OK, "C_Sign", U(h), B(other), Out(128))[2].Bytes
+			cl.Must(ck.CKR_OK, "C_VerifyInit", U(h), M(ck.CKM_ECDSA_SHA256), U(pub))
+			cl.Must(ck.CKR_OK, "C_Verify", U(h), B(other), B(sig))
+		}
+	}
+}
+
+// wantRV is the answer to each form of sizeQueryFollowUps.
+func wantRV(form string) uint64 {
+	if form == "short buffer" {
+		return ck.CKR_BUFFER_TOO_SMALL
+	}
+	return ck.CKR_OK
 }
