@@ -24,6 +24,12 @@ const LabelSize = 32
 type Args struct {
 	call *calls.Call
 	vals []argVal
+	// A call has at most one mechanism or message parameter (no call
+	// of the table has two, nor one of each): kept here rather than in
+	// every argVal, whose storage Decode and Reset clear for every
+	// request.
+	mech  Mechanism
+	param Param // MsgParam, MsgParamOut
 }
 
 // argVal is one decoded argument; only the fields of its kind are set.
@@ -31,13 +37,11 @@ type argVal struct {
 	kind  calls.Kind
 	ulong uint64 // Ulong; OutHandles' max; OutFilled's length
 	byt   byte   // Byte
-	bytes []byte // Bytes, Label
 	null  bool   // Bytes, Label
+	bytes []byte // Bytes, Label
 	tmpl  []Attribute
-	mech  Mechanism
 	out   OutSpec // OutBytes, OutUlongs, OptOutBytes (null: no length pointer)
 	query []Query
-	param Param // MsgParam, MsgParamOut
 }
 
 // DecodeArgs decodes the arguments of call c from a request body. It fails
@@ -81,7 +85,7 @@ func (a *Args) Decode(c *calls.Call, body []byte) error {
 		case calls.Template:
 			v.tmpl = r.template(false)
 		case calls.Mechanism:
-			v.mech = r.mechanism()
+			a.mech = r.mechanism()
 		case calls.OutBytes:
 			if calls.Prefetches(c) {
 				v.out.Present, v.out.Prefetch = r.outPresence(arg.Name)
@@ -105,7 +109,7 @@ func (a *Args) Decode(c *calls.Call, body []byte) error {
 				v.ulong = r.u64(arg.Name)
 			}
 			if r.err == nil {
-				v.param = r.msgParam(arg)
+				a.param = r.msgParam(arg)
 			}
 		case calls.OptOutBytes:
 			if v.null = !r.present(arg.Name); !v.null {
@@ -134,6 +138,7 @@ func (a *Args) Reset() {
 	clear(a.vals) // drop references to the old body
 	a.vals = a.vals[:0]
 	a.call = nil
+	a.mech, a.param = Mechanism{}, Param{}
 }
 
 // Call returns the call a was decoded for (nil before a successful Decode).
@@ -186,7 +191,10 @@ func (a *Args) Label(i int) (b []byte, null bool) {
 func (a *Args) Template(i int) []Attribute { return a.at(i, calls.Template).tmpl }
 
 // Mechanism returns Mechanism argument i. The pointer is into a.
-func (a *Args) Mechanism(i int) *Mechanism { return &a.at(i, calls.Mechanism).mech }
+func (a *Args) Mechanism(i int) *Mechanism {
+	a.at(i, calls.Mechanism)
+	return &a.mech
+}
 
 // Out returns the output specification of OutBytes or OutUlongs argument i.
 func (a *Args) Out(i int) OutSpec { return a.at(i, calls.OutBytes, calls.OutUlongs).out }
@@ -212,10 +220,10 @@ func (a *Args) Values() []Value {
 			Template: v.tmpl, Out: v.out, Query: v.query}
 		switch v.kind {
 		case calls.Mechanism:
-			m := v.mech
+			m := a.mech
 			x.Mechanism = &m
 		case calls.MsgParam, calls.MsgParamOut:
-			p := v.param
+			p := a.param
 			x.Param = &p
 		}
 		vals[i] = x

@@ -386,3 +386,21 @@ func TestParamUlong(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Args keeps one mechanism and one message parameter per call, outside
+// its per-argument storage: no call of the table may take two, or one of
+// each, or the second would overwrite the first.
+func TestOneMechanismPerCall(t *testing.T) {
+	for _, c := range calls.Table {
+		n := 0
+		for _, a := range c.Args {
+			switch a.Kind {
+			case calls.Mechanism, calls.MsgParam, calls.MsgParamOut:
+				n++
+			}
+		}
+		if n > 1 {
+			t.Errorf("%s takes %d mechanisms and message parameters; Args keeps one", c.Name, n)
+		}
+	}
+}

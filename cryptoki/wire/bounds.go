@@ -102,7 +102,7 @@ func ResultsBound(a *Args) int {
 		case calls.OutStruct:
 			n += structSize(arg.Struct)
 		case calls.MsgParamOut:
-			n += msgOutBound(&a.vals[i].param)
+			n += msgOutBound(&a.param)
 		case calls.OptOutBytes:
 			n++
 			if v := &a.vals[i]; !v.null {

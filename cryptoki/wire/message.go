@@ -252,13 +252,16 @@ func appendMsgOut(b []byte, arg *calls.Arg, p *Param) ([]byte, error) {
 
 // MsgParam returns MsgParam or MsgParamOut argument i. The pointer is into
 // a, and its byte slices alias the request.
-func (a *Args) MsgParam(i int) *Param { return &a.at(i, calls.MsgParam, calls.MsgParamOut).param }
+func (a *Args) MsgParam(i int) *Param {
+	a.at(i, calls.MsgParam, calls.MsgParamOut)
+	return &a.param
+}
 
 // MsgMechanism returns a MsgParam or MsgParamOut argument i that is a
 // mechanism (calls.Arg.Mech): its type and its message parameter.
 func (a *Args) MsgMechanism(i int) (uint64, *Param) {
 	v := a.at(i, calls.MsgParam, calls.MsgParamOut)
-	return v.ulong, &v.param
+	return v.ulong, &a.param
 }
 
 // OptOut returns OptOutBytes argument i: the output specification, and
