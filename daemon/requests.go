@@ -195,14 +195,18 @@ func (s *Server) serveModule(ctx context.Context, mc *moduleConn) {
 	// a call that writes an audit record (internal/reqid).
 	callCtx, rid := reqid.WithSlot(context.WithoutCancel(ctx))
 	mc.rid = rid
+	yielded := time.Now()
 	for n := 1; ; n++ {
-		if n%yieldEvery == 0 {
+		if n%yieldCheck == 0 {
 			// A goroutine that only ever blocks in system calls never
 			// passes through the scheduler, so after 10 ms the runtime
 			// treats it as hogging its P and takes the P at every
 			// syscall, moving the connection between threads on each
 			// request. Yielding now and then resets that clock.
-			runtime.Gosched()
+			if now := time.Now(); now.Sub(yielded) >= yieldAfter {
+				runtime.Gosched()
+				yielded = now
+			}
 		}
 		if mc.tc != nil {
 			// Idle between requests; once one begins, it must keep
