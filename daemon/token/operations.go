@@ -506,6 +506,7 @@ func (s *session) collect(kind opKind) {
 	}
 	wipe(op.pending)
 	op.pending, op.hasPend = nil, false
+	op.pendIn.drop()
 }
 
 // produce runs a call that returns output on the session's operation of
