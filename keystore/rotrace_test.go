@@ -346,9 +346,10 @@ func TestClusterCreateDuringMasterRotation(t *testing.T) {
 	for i := range 12 {
 		newToken(t, a, fmt.Sprintf("before-%d", i)) // a rotation that takes a moment
 	}
-	var stop atomic.Bool
+	var stop, failed atomic.Bool
+	var count atomic.Int64
 	var wg sync.WaitGroup
-	var made []UUID
+	var made []UUID // read once the creator is done
 	var werr error
 	wg.Add(1)
 	go func() {
@@ -357,14 +358,16 @@ func TestClusterCreateDuringMasterRotation(t *testing.T) {
 			ti, err := b.CreateToken(ctx, TokenSpec{Label: fmt.Sprintf("during-%d", i), Tier: TierStandard, SOPIN: soPIN, UserPIN: userPIN})
 			if err != nil {
 				werr = fmt.Errorf("create %d: %w", i, err)
+				failed.Store(true)
 				return
 			}
 			made = append(made, ti.UUID)
+			count.Add(1)
 		}
 	}()
 	err := rotateMasterOnce(t, a, a, b)
 	// A few more after the switch, then stop.
-	for n := len(made); len(made) < n+3 && werr == nil; time.Sleep(time.Millisecond) {
+	for n := count.Load(); count.Load() < n+3 && !failed.Load(); time.Sleep(time.Millisecond) {
 	}
 	stop.Store(true)
 	wg.Wait()
