@@ -12,8 +12,7 @@ import (
 // CheckPIN checks role's PIN without logging in, counting the outcome as
 // a login would.
 func (s *Store) CheckPIN(ctx context.Context, token UUID, role Role, pin []byte) error {
-	s.rot.RLock()
-	defer s.rot.RUnlock()
+	defer s.writing(token)()
 	_, _, dk, err := s.checkPIN(ctx, token, role, pin)
 	wipe(dk)
 	return err
@@ -22,8 +21,7 @@ func (s *Store) CheckPIN(ctx context.Context, token UUID, role Role, pin []byte)
 // ResetUserPIN sets a new user PIN with the SO PIN, which also unlocks a
 // locked user PIN. A wrong SO PIN counts as an SO failure.
 func (s *Store) ResetUserPIN(ctx context.Context, token UUID, soPIN, newUserPIN []byte) error {
-	s.rot.RLock()
-	defer s.rot.RUnlock()
+	defer s.writing(token)()
 	return s.retryPINWrite(ctx, func() (TokenInfo, error) {
 		ti, st, dk, err := s.checkPIN(ctx, token, RoleSO, soPIN)
 		if err != nil {
@@ -37,8 +35,7 @@ func (s *Store) ResetUserPIN(ctx context.Context, token UUID, soPIN, newUserPIN 
 // ClearFailures sets role's count of failed PIN checks to zero, unlocking
 // a locked role without changing its PIN.
 func (s *Store) ClearFailures(ctx context.Context, token UUID, role Role) error {
-	s.rot.RLock()
-	defer s.rot.RUnlock()
+	defer s.writing(token)()
 	return s.updateToken(ctx, token, func(ti *TokenInfo) error {
 		if role == RoleSO {
 			ti.SOFailures = 0

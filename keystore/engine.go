@@ -39,8 +39,8 @@ type engine interface {
 	// transaction was made under: a shared row lock where another Store
 	// may rotate the token's keys at once (PostgreSQL), which takes the
 	// row FOR UPDATE before it reads what it reseals (sealgate.go);
-	// nothing where the Store's rot lock orders every seal against every
-	// rotation (SQLite, one Store per file).
+	// nothing where the Store's rotation locks order every seal against
+	// every rotation (SQLite, one Store per file; tokenrot.go).
 	forShare() string
 	// lockAudit, in a transaction of the writer, takes the audit log's
 	// append lock, held until the transaction ends: the head read next
@@ -59,7 +59,8 @@ type engine interface {
 	// holdTokens holds the tokens' lock exclusively, on a connection of
 	// its own, until release: a master key rotation rekeys the tokens
 	// created meanwhile and switches with no new one created under the
-	// old master key. Nothing where the Store's rot lock orders it.
+	// old master key. Nothing where the Store's rot lock, held
+	// exclusively for those steps, orders it.
 	holdTokens(ctx context.Context) (release func(), err error)
 	// job holds the singleton job name for this Store: ok is false when
 	// another Store holds it (wait false), and release gives it up. A

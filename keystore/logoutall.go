@@ -33,8 +33,7 @@ var ErrEpochExhausted = errors.New("keystore: the token's login epoch is exhaust
 // Store's OnLoginsEnded functions are not called for this Store's own
 // logins: the caller, which asked, ends what it built on them.
 func (s *Store) LogoutAll(ctx context.Context, token UUID) (uint32, error) {
-	s.rot.RLock()
-	defer s.rot.RUnlock()
+	defer s.writing(token)()
 	var epoch uint32
 	var rowID int64
 	err := s.updateToken(ctx, token, func(ti *TokenInfo) error {

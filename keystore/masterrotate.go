@@ -196,8 +196,8 @@ func (s *Store) AttachNext(ctx context.Context, root Root, proof []byte) error {
 // replaced, which the caller may now flush from the TPM. progress, when
 // not nil, is told how many tokens are done.
 func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)) (uint32, error) {
-	s.rot.Lock()
-	defer s.rot.Unlock()
+	s.masterMu.Lock()
+	defer s.masterMu.Unlock()
 	// One Store moves the domain at a time; one that finds the rotation
 	// finished by another meanwhile has nothing to do (ErrNoRotation).
 	release, _, err := s.eng.job(ctx, "rotate-master", true)
@@ -223,7 +223,7 @@ func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)
 	if err != nil {
 		return 0, err
 	}
-	put := func(q interface {
+	var put putCarried = func(q interface {
 		ExecContext(context.Context, string, ...any) (sql.Result, error)
 	}, label, value []byte) error {
 		nonce := make([]byte, gcmNonceLen)
@@ -235,44 +235,21 @@ func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)
 			ON CONFLICT (label, master_generation) DO UPDATE SET sealed = excluded.sealed`, label, nextGen, sealed)
 		return s.dbErr("carry a domain key", err)
 	}
-	// Every key of the domain so far, under the next master key.
-	labels := firstEpochLabels
-	if oldGen > 1 {
-		if labels, err = s.carriedLabels(ctx, oldGen); err != nil {
-			return 0, err
-		}
-	}
-	for _, label := range labels {
-		k, err := s.domainKey(ctx, label)
-		if err != nil {
-			return 0, err
-		}
-		err = put(s.w, label, k)
-		wipe(k)
-		if err != nil {
-			return 0, err
-		}
-	}
-	// And the next epoch's, fresh. (A resumed rotation makes them again:
-	// nothing uses them before the switch.)
-	for _, base := range firstEpochLabels {
-		k := make([]byte, 32)
-		if _, err := rand.Read(k); err != nil {
-			return 0, err
-		}
-		err := put(s.w, epochLabel(base, nextGen), k)
-		wipe(k)
-		if err != nil {
-			return 0, err
-		}
-	}
-	if err := s.rekeyAll(ctx, next, nextGen, progress); err != nil {
+	// Up to the last pass, the Store's rot lock is read-held, and each
+	// token's held exclusively while it is rekeyed: writes to the others
+	// go on (tokenrot.go).
+	if err := s.carryAndRekey(ctx, oldGen, next, nextGen, put, progress); err != nil {
 		return 0, err
 	}
-	// Tokens another Store created meanwhile, under the current master
-	// key, are rekeyed with no new one created until the switch commits
-	// (CreateToken takes the tokens' lock shared, and is then made again
-	// under the new master key).
+	// The last pass and the switch hold the Store's rot lock
+	// exclusively: a token this Store created meanwhile, under the
+	// current master key, has committed and is seen by the last pass, and
+	// the next is made under the new master key. Tokens another Store
+	// created meanwhile are rekeyed with no new one created until the
+	// switch commits (CreateToken takes the tokens' lock shared, and is
+	// then made again under the new master key).
+	s.rot.Lock()
+	defer s.rot.Unlock()
 	unhold, err := s.eng.holdTokens(ctx)
 	if err != nil {
 		return 0, err
@@ -291,8 +268,55 @@ func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)
 	return oldGen, nil
 }
 
-// rekeyAll rekeys every token not yet under the next master key. s.rot is
-// held.
+// putCarried seals a domain key under the next master key, in the
+// carried keys.
+type putCarried func(q interface {
+	ExecContext(context.Context, string, ...any) (sql.Result, error)
+}, label, value []byte) error
+
+// carryAndRekey carries the domain's keys under the next master key, and
+// rekeys every token, with the Store's rot lock read-held.
+func (s *Store) carryAndRekey(ctx context.Context, oldGen uint32, next Root, nextGen uint32, put putCarried, progress func(done, total int)) error {
+	s.rot.RLock()
+	defer s.rot.RUnlock()
+	// Every key of the domain so far, under the next master key.
+	labels := firstEpochLabels
+	if oldGen > 1 {
+		var err error
+		if labels, err = s.carriedLabels(ctx, oldGen); err != nil {
+			return err
+		}
+	}
+	for _, label := range labels {
+		k, err := s.domainKey(ctx, label)
+		if err != nil {
+			return err
+		}
+		err = put(s.w, label, k)
+		wipe(k)
+		if err != nil {
+			return err
+		}
+	}
+	// And the next epoch's, fresh. (A resumed rotation makes them again:
+	// nothing uses them before the switch.)
+	for _, base := range firstEpochLabels {
+		k := make([]byte, 32)
+		if _, err := rand.Read(k); err != nil {
+			return err
+		}
+		err := put(s.w, epochLabel(base, nextGen), k)
+		wipe(k)
+		if err != nil {
+			return err
+		}
+	}
+	return s.rekeyAll(ctx, next, nextGen, progress)
+}
+
+// rekeyAll rekeys every token not yet under the next master key, each
+// with its rotation lock held exclusively. s.rot is held (read-held up to
+// the last pass).
 func (s *Store) rekeyAll(ctx context.Context, next Root, nextGen uint32, progress func(done, total int)) error {
 	tokens, err := s.Tokens(ctx)
 	if err != nil {
@@ -306,7 +330,16 @@ func (s *Store) rekeyAll(ctx context.Context, next Root, nextGen uint32, progres
 			return fmt.Errorf("keystore: the token in row %d cannot be rekeyed: %w", ti.ID, ti.Tampered)
 		}
 		if ti.MasterGeneration != nextGen {
-			if err := s.rekeyToken(ctx, ti, next, nextGen); err != nil {
+			l := s.tokenRot(ti.UUID)
+			l.Lock()
+			err := s.rekeyToken(ctx, ti, next, nextGen)
+			l.Unlock()
+			if errors.Is(err, ErrNotFound) {
+				// Deleted since the listing (writes to it go on
+				// while the others are rekeyed): nothing to move.
+				err = nil
+			}
+			if err != nil {
 				return fmt.Errorf("keystore: rekey token %q: %w", ti.Label, err)
 			}
 		}
@@ -319,10 +352,8 @@ func (s *Store) rekeyAll(ctx context.Context, next Root, nextGen uint32, progres
 
 // switchMaster switches the root record to the next master key once no
 // token is left under the current one (false, with nothing written,
-// should one be). s.rot and the tokens' lock are held.
-func (s *Store) switchMaster(ctx context.Context, rec *RootRecord, put func(q interface {
-	ExecContext(context.Context, string, ...any) (sql.Result, error)
-}, label, value []byte) error) (bool, error) {
+// should one be). s.rot (exclusively) and the tokens' lock are held.
+func (s *Store) switchMaster(ctx context.Context, rec *RootRecord, put putCarried) (bool, error) {
 	oldGen, nextGen := rec.MasterGeneration, rec.MasterGeneration+1
 	// The audit chain moves to the next epoch with the switch: no record
 	// is appended between them, and the first one after is under the new
@@ -393,8 +424,11 @@ func (s *Store) switchMaster(ctx context.Context, rec *RootRecord, put func(q in
 }
 
 // rekeyToken moves a token to a new KEK derived from the next master key.
-// s.rot is held.
+// s.rot is held, and the token's rotation lock exclusively.
 func (s *Store) rekeyToken(ctx context.Context, ti TokenInfo, next Root, nextGen uint32) error {
+	if s.rekeyHold != nil {
+		s.rekeyHold(ti.UUID)
+	}
 	st, err := s.state(ctx, ti.ID)
 	if err != nil {
 		return err
@@ -508,6 +542,10 @@ func (s *Store) RotationStarted(ctx context.Context) (bool, error) {
 // AbortMasterRotation forgets a rotation that has not begun moving the
 // keystore, and detaches its master key, which the caller may flush.
 func (s *Store) AbortMasterRotation(ctx context.Context) error {
+	// Not while this Store's rotation runs, which holds the rot lock
+	// only read-held up to its last pass.
+	s.masterMu.Lock()
+	defer s.masterMu.Unlock()
 	s.rot.Lock()
 	defer s.rot.Unlock()
 	started, err := s.RotationStarted(ctx)

@@ -131,8 +131,7 @@ const openRetries = 100
 var ErrObjectExists = errors.New("keystore: an object with that uuid exists")
 
 func (s *Store) put(ctx context.Context, token, u UUID, attrs Attributes, secret []byte, note *AuditNote) (*Object, error) {
-	s.rot.RLock()
-	defer s.rot.RUnlock()
+	defer s.writing(token)()
 	// Work from the canonical encoding: what is sealed is exactly what a
 	// later open decodes, whatever order or aliasing the caller's slice had.
 	enc := attrs.Encode()
@@ -362,8 +361,11 @@ func (s *Store) Update(ctx context.Context, id ObjectID, attrs Attributes, secre
 // Store moved the token's keys under the first call (sealgate.go): only
 // the call whose write commits counts.
 func (s *Store) UpdateLocked(ctx context.Context, id ObjectID, change func(cur *Object) (Attributes, []byte, error)) error {
-	s.rot.RLock()
-	defer s.rot.RUnlock()
+	token, err := s.objectToken(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer s.writing(token)()
 	for try := 0; ; try++ {
 		err := s.updateLockedOnce(ctx, id, change)
 		if !errors.Is(err, errTokenMoved) || try >= sealRetries || ctx.Err() != nil {

@@ -488,6 +488,9 @@ func (s *Store) RebindPINs(ctx context.Context, keys []*ecdh.PrivateKey) (reboun
 		var miss []UnboundPIN
 		var opened []int
 		n := 0
+		// The token's lock, as a write to it takes (tokenrot.go).
+		l := s.tokenRot(ti.UUID)
+		l.RLock()
 		err := s.updateToken(ctx, ti.UUID, func(cur *TokenInfo) error {
 			miss, opened, n = nil, nil, 0
 			for _, f := range []struct {
@@ -522,6 +525,7 @@ func (s *Store) RebindPINs(ctx context.Context, keys []*ecdh.PrivateKey) (reboun
 			}
 			return nil
 		})
+		l.RUnlock()
 		if errors.Is(err, errNothingToRebind) {
 			err = nil
 		}

@@ -24,11 +24,12 @@ var ErrUserPINNeeded = errors.New("keystore: the token's user PIN is needed to r
 //
 // Applications keep working: reads go on during the rotation (a row read
 // before the commit is read again);
-// writes under the data key, logins and PIN changes wait for it. progress,
+// writes to the token (under its data key or not), its logins and PIN
+// changes wait for it; writes to the other tokens do not. progress,
 // when not nil, is told how many of the objects are done.
 func (s *Store) RotateDataKey(ctx context.Context, token UUID, soPIN, userPIN []byte, progress func(done, total int)) (resealed int, err error) {
-	s.rot.Lock()
-	defer s.rot.Unlock()
+	// The token's lock exclusively: writes to the other tokens go on.
+	defer s.rotating(token)()
 	// One rotation of a token at a time in the domain: a second one,
 	// begun on another daemon, starts from the key the first installed.
 	release, _, err := s.eng.job(ctx, "rotate-data/"+token.String(), true)
@@ -46,8 +47,8 @@ func (s *Store) RotateDataKey(ctx context.Context, token UUID, soPIN, userPIN []
 	}
 }
 
-// rotateDataKeyOnce is RotateDataKey's one try; s.rot and the job are
-// held.
+// rotateDataKeyOnce is RotateDataKey's one try; the token's rotation
+// lock and the job are held.
 func (s *Store) rotateDataKeyOnce(ctx context.Context, token UUID, soPIN, userPIN []byte, progress func(done, total int)) (int, error) {
 	ti, st, dk, err := s.checkPIN(ctx, token, RoleSO, soPIN)
 	if err != nil {

@@ -16,7 +16,7 @@ import (
 // the rotation, which then reseals it too, or after it, under the new
 // keys: never under the old keys once the rotation has read the objects
 // it reseals, where it would stay, unreadable, after the rotation's
-// commit. Within one Store the rot lock orders them; across Stores on
+// commit. Within one Store its rotation locks order them; across Stores on
 // one PostgreSQL database the token row's lock does (docs/cluster.md,
 // "Rotations across nodes").
 
@@ -248,7 +248,7 @@ func TestClusterSealDuringDataKeyRotation(t *testing.T) {
 }
 
 // TestSealDuringRotation: the same on one Store, on the engine under
-// test: its rot lock orders its writes against its own rotations. Not
+// test: its rotation locks order its writes against its own rotations. Not
 // parallel: it rotates the master key.
 func TestSealDuringRotation(t *testing.T) {
 	s, _ := newStore(t, Options{CacheEntries: -1})

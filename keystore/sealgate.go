@@ -12,17 +12,17 @@ import (
 // seal made under the keys it replaces must not be written once the
 // rotation has read the objects it reseals: it would stay under keys the
 // rotation's commit retires, an acknowledged write that no longer opens.
-// Within a Store the rot lock orders them. Across Stores on PostgreSQL
-// the token row does: a rotation takes it FOR UPDATE first, before it
-// reads anything it reseals, and a write that seals takes it FOR SHARE
-// in its own transaction, first, and writes only while the row still
-// names the generation its seal was made under. Either the write commits
-// first, and the rotation, waiting for the row, then reads and reseals
-// it; or the rotation commits first, and the write finds the generation
-// moved and is made again under the keys the row now names (a data key
-// replaced elsewhere logs the token out here: the write is then refused
-// as not logged in). SQLite has one Store per file: its statements are
-// unchanged.
+// Within a Store its rotation locks order them (tokenrot.go). Across
+// Stores on PostgreSQL the token row does: a rotation takes it FOR
+// UPDATE first, before it reads anything it reseals, and a write that
+// seals takes it FOR SHARE in its own transaction, first, and writes
+// only while the row still names the generation its seal was made
+// under. Either the write commits first, and the rotation, waiting for
+// the row, then reads and reseals it; or the rotation commits first,
+// and the write finds the generation moved and is made again under the
+// keys the row now names (a data key replaced elsewhere logs the token
+// out here: the write is then refused as not logged in). SQLite has one
+// Store per file: its statements are unchanged.
 
 // errTokenMoved is a sealing write's finding that the token's key
 // generations moved since it sealed: another Store's rotation committed

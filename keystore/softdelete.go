@@ -265,8 +265,7 @@ const MaxRetentionDays = 3650
 // protection cannot be turned off, nor the retention shortened while it
 // is on; it needs a retention of at least MinProtectedRetentionDays.
 func (s *Store) SetPolicy(ctx context.Context, token UUID, retentionDays *int, purgeProtection *bool) error {
-	s.rot.RLock()
-	defer s.rot.RUnlock()
+	defer s.writing(token)()
 	return s.updateToken(ctx, token, func(ti *TokenInfo) error {
 		days, protect := ti.RetentionDays, ti.PurgeProtection
 		if retentionDays != nil {

@@ -74,8 +74,8 @@ func (sqliteEngine) name() string { return "sqlite" }
 // whose transactions run one at a time.
 func (sqliteEngine) forUpdate() string { return "" }
 
-// forShare: the rot lock orders seals against rotations within the one
-// Store on the file.
+// forShare: the Store's rotation locks (tokenrot.go) order seals against
+// rotations within the one Store on the file.
 func (sqliteEngine) forShare() string { return "" }
 
 // lockAudit: the one writer connection orders the appends itself.

@@ -113,12 +113,20 @@ type Store struct {
 	pins  *stretchCache
 	stats stats // Stats
 
-	// rot orders rotations (held: a token's data key, the master key)
-	// against everything that seals, writes a token row or installs a key
-	// (read-held): a seal made with an old key must not land after the
-	// rotation resealed the rest. Reads do not take it: they retry a row
-	// that raced with a rotation.
-	rot sync.RWMutex
+	// rot and tokRot order rotations against everything that seals,
+	// writes a token row or installs a key: a seal made with an old key
+	// must not land after the rotation resealed the rest. A rotation holds
+	// the token it moves exclusively (its tokRot entry) and rot read-held;
+	// a write to a token holds both read-held (tokenrot.go). rot is held
+	// exclusively only by a master key rotation's last pass and switch,
+	// and an abort: no token is created under the old master key after
+	// the last pass listed the tokens. Reads take neither: they retry a
+	// row that raced with a rotation.
+	rot    sync.RWMutex
+	tokRot sync.Map // by token uuid: *sync.RWMutex
+	// masterMu orders this Store's master key rotations and aborts (the
+	// domain's job orders those of Stores on one database).
+	masterMu sync.Mutex
 
 	auditMu       sync.Mutex // orders appends to the audit log against a master key rotation's switch
 	auditK        []byte     // the current epoch's audit key, once used; guarded by mu
@@ -138,6 +146,9 @@ type Store struct {
 	// purgeStep, in tests, is called after each object PurgeExpired
 	// removes.
 	purgeStep func()
+	// rekeyHold, in tests, is called by a master key rotation with the
+	// token's lock held, before it rekeys the token.
+	rekeyHold func(token UUID)
 	// ungated, in benchmarks, makes writes as they were before the seal
 	// gate (sealgate.go), to measure what it costs them.
 	ungated bool

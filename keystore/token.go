@@ -185,8 +185,7 @@ func (s *Store) createToken(ctx context.Context, spec TokenSpec) (TokenInfo, err
 // the label replaced, and a new data key, wrapped under the same SO PIN,
 // replaces the old one, so nothing sealed before can be opened again.
 func (s *Store) Reinit(ctx context.Context, token UUID, soPIN []byte, label string) error {
-	s.rot.RLock()
-	defer s.rot.RUnlock()
+	defer s.writing(token)()
 	if label == "" || len(label) > 32 {
 		return fmt.Errorf("keystore: token label must be 1..32 bytes, got %d", len(label))
 	}
@@ -261,8 +260,7 @@ func (s *Store) reinitOnce(ctx context.Context, token UUID, soPIN []byte, label 
 // DeleteToken removes a token and every object on it. A token with purge
 // protection is removed only once it holds no object, live or deleted.
 func (s *Store) DeleteToken(ctx context.Context, token UUID) error {
-	s.rot.RLock()
-	defer s.rot.RUnlock()
+	defer s.writing(token)()
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return s.dbErr("begin", err)

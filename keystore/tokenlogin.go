@@ -138,8 +138,7 @@ func (s *Store) checkPINOnce(ctx context.Context, token UUID, role Role, pin []b
 // recovers the token. Which roles may log in together is the daemon's rule:
 // the keystore only holds the data key, the same for both.
 func (s *Store) Login(ctx context.Context, token UUID, role Role, pin []byte) error {
-	s.rot.RLock()
-	defer s.rot.RUnlock()
+	defer s.writing(token)()
 	var ti TokenInfo
 	var st *tokenState
 	for try := 0; ; try++ {
@@ -213,8 +212,7 @@ func (s *Store) LoggedIn(token UUID) bool {
 // SetPIN changes role's PIN from oldPIN to newPIN (C_SetPIN). A wrong old
 // PIN counts as a failed login.
 func (s *Store) SetPIN(ctx context.Context, token UUID, role Role, oldPIN, newPIN []byte) error {
-	s.rot.RLock()
-	defer s.rot.RUnlock()
+	defer s.writing(token)()
 	return s.retryPINWrite(ctx, func() (TokenInfo, error) {
 		ti, st, dk, err := s.checkPIN(ctx, token, role, oldPIN)
 		if err != nil {
@@ -243,8 +241,7 @@ func (s *Store) retryPINWrite(ctx context.Context, write func() (TokenInfo, erro
 // PIN. The token must be logged in, so that its data key can be wrapped
 // under the new PIN; that it is the SO who is logged in is the daemon's rule.
 func (s *Store) InitPIN(ctx context.Context, token UUID, newUserPIN []byte) error {
-	s.rot.RLock()
-	defer s.rot.RUnlock()
+	defer s.writing(token)()
 	return s.retryPINWrite(ctx, func() (TokenInfo, error) {
 		ti, st, err := s.token(ctx, s.r, "uuid = ?", token[:])
 		if err != nil {

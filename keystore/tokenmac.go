@@ -158,14 +158,18 @@ func (s *Store) UpgradeMACs(ctx context.Context) (int, error) {
 		if ti.Tampered != nil {
 			continue
 		}
-		st, err := s.state(ctx, ti.ID)
-		if err != nil {
-			return n, err
-		}
-		if hmac.Equal(tokenMAC(st.keys, &ti), ti.mac) {
+		// The token's lock, as a write to it takes (tokenrot.go): a
+		// master key rotation may be rekeying another.
+		l := s.tokenRot(ti.UUID)
+		l.RLock()
+		rewrote, err := s.upgradeMAC(ctx, ti)
+		l.RUnlock()
+		if !rewrote {
+			if err != nil {
+				return n, err
+			}
 			continue
 		}
-		err = s.updateToken(ctx, ti.UUID, func(cur *TokenInfo) error { return nil })
 		if errors.Is(err, ErrTampered) {
 			continue // edited since the listing: noted by the read
 		}
@@ -175,4 +179,21 @@ func (s *Store) UpgradeMACs(ctx context.Context) (int, error) {
 		n++
 	}
 	return n, nil
+}
+
+// upgradeMAC rewrites the token row's MAC when it is not under the
+// current form, and reports whether it tried; the token's lock is
+// read-held.
+func (s *Store) upgradeMAC(ctx context.Context, ti TokenInfo) (bool, error) {
+	st, err := s.state(ctx, ti.ID)
+	if err != nil {
+		return false, err
+	}
+	s.mu.RLock()
+	keys := st.keys
+	s.mu.RUnlock()
+	if hmac.Equal(tokenMAC(keys, &ti), ti.mac) {
+		return false, nil
+	}
+	return true, s.updateToken(ctx, ti.UUID, func(cur *TokenInfo) error { return nil })
 }
