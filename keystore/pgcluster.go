@@ -334,6 +334,17 @@ func (*postgresEngine) lockNodes(ctx context.Context, tx *sql.Tx, exclusive bool
 	return err
 }
 
+// releaseLocks gives up the advisory locks a connection of its own holds,
+// then closes it. Closing alone would release them too, but the server
+// lets go of them a moment after the client has gone: another try of
+// the same lock right after (the next anchor, say) would find it held.
+func releaseLocks(conn *pgx.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	conn.Exec(ctx, "SELECT pg_advisory_unlock_all()") //nolint:errcheck // closing releases them anyway
+	conn.Close(ctx)
+}
+
 // tokensLock is the tokens' advisory lock (lockTokens, holdTokens).
 const tokensLock = "hashtextextended('hsmemu/tokens', 0)"
 
@@ -357,7 +368,7 @@ func (e *postgresEngine) holdTokens(ctx context.Context) (func(), error) {
 		conn.Close(context.Background())
 		return nil, fmt.Errorf("keystore: lock tokens: %w", err)
 	}
-	return func() { conn.Close(context.Background()) }, nil
+	return func() { releaseLocks(conn) }, nil
 }
 
 // job holds an advisory lock on a connection of its own: a job's lock
@@ -385,7 +396,7 @@ func (e *postgresEngine) job(ctx context.Context, name string, wait bool) (func(
 		return nil, false, nil
 	}
 	// The lock ends with the connection.
-	return func() { conn.Close(context.Background()) }, true, nil
+	return func() { releaseLocks(conn) }, true, nil
 }
 
 // changed drops what a change another Store made leaves stale.
