@@ -158,3 +158,57 @@ func TestNoncePoolsClose(t *testing.T) {
 		t.Fatal("a signature after close does not verify")
 	}
 }
+
+// Eight signers at once on one pool, its filler running, hand out no
+// nonce twice: every signature verifies and no two share an r.
+func TestNoncePoolConcurrentSigners(t *testing.T) {
+	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	d, _ := priv.Bytes()
+	sc, err := newECScalar(elliptic.P256(), d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pools := newNoncePools()
+	defer pools.close()
+	p := pools.of(sc.curve)
+	const signers, each = 8, 150
+	sigs := make([][][]byte, signers)
+	errs := make(chan error, signers)
+	for i := range signers {
+		go func() {
+			digest := make([]byte, 32)
+			for range each {
+				rand.Read(digest)
+				sig, err := p.sign(sc.d, digest)
+				if err != nil {
+					errs <- err
+					return
+				}
+				r, s := new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])
+				if !ecdsa.Verify(&priv.PublicKey, digest, r, s) {
+					errs <- fmt.Errorf("signer %d: a signature does not verify", i)
+					return
+				}
+				sigs[i] = append(sigs[i], sig)
+			}
+			errs <- nil
+		}()
+	}
+	for range signers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]bool{}
+	for _, own := range sigs {
+		for _, sig := range own {
+			if seen[string(sig[:32])] {
+				t.Fatal("two signatures share r: a nonce was used twice")
+			}
+			seen[string(sig[:32])] = true
+		}
+	}
+	if len(seen) != signers*each {
+		t.Fatalf("%d signatures, want %d", len(seen), signers*each)
+	}
+}
