@@ -153,9 +153,17 @@ type holder struct {
 // until it has signed once.
 func (x cluster3) startHolder(t *testing.T, n int, id string) *holder {
 	t.Helper()
+	return startChild(t, n, "^TestCluster3Holder$", append(x.env(x.pki.App, n), holderEnv+"="+id), "holder")
+}
+
+// startChild runs the test binary as the child test run (a holder, a
+// signer) that signs through node n, with env, and waits until it has
+// signed once (its line READY); what names it in a failure.
+func startChild(t *testing.T, n int, run string, env []string, what string) *holder {
+	t.Helper()
 	h := &holder{node: n, lines: make(chan string, 64)}
-	h.cmd = exec.Command(os.Args[0], "-test.run=^TestCluster3Holder$", "-test.count=1", "-test.v")
-	h.cmd.Env = append(x.env(x.pki.App, n), holderEnv+"="+id)
+	h.cmd = exec.Command(os.Args[0], "-test.run="+run, "-test.count=1", "-test.v")
+	h.cmd.Env = env
 	stdout, err := h.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -183,7 +191,7 @@ func (x cluster3) startHolder(t *testing.T, n int, id string) *holder {
 	if !h.waitFor(t, "READY", time.Minute) {
 		h.cmd.Process.Kill()
 		h.cmd.Wait()
-		t.Fatalf("the holder through node %d did not sign:\n%s", n, h.out.String())
+		t.Fatalf("the %s through node %d did not sign:\n%s", what, n, h.out.String())
 	}
 	return h
 }

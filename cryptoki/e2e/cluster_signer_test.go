@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -34,37 +33,7 @@ func (c *cluster) startRotSigner(t *testing.T, n int, id string, pub *ecdsa.Publ
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &holder{node: n, lines: make(chan string, 64)}
-	h.cmd = exec.Command(os.Args[0], "-test.run=^TestClusterRotSigner$", "-test.count=1", "-test.v")
-	h.cmd.Env = append(c.env(c.pki.App, n), rotSignerEnv+"="+id+":"+hex.EncodeToString(der))
-	stdout, err := h.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.cmd.Stderr = h.cmd.Stdout
-	if h.stdin, err = h.cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if h.cmd.ProcessState == nil {
-			h.cmd.Process.Kill()
-			h.cmd.Wait()
-		}
-	})
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			h.lines <- sc.Text()
-		}
-		close(h.lines)
-	}()
-	if !h.waitFor(t, "READY", time.Minute) {
-		t.Fatalf("the signer through node %d did not sign:\n%s", n, h.out.String())
-	}
-	return h
+	return startChild(t, n, "^TestClusterRotSigner$", append(c.env(c.pki.App, n), rotSignerEnv+"="+id+":"+hex.EncodeToString(der)), "signer")
 }
 
 // signerResult is what a signer counted.
