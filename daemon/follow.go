@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"hsmemu/keystore"
-	"hsmemu/tpmroot"
 )
 
 // A master key rotation made on another node, followed while this one
@@ -46,22 +45,16 @@ func (s *State) followMaster(ctx context.Context) error {
 	case rec.MasterGeneration > cur:
 		return s.followSwitch(ctx, rec, cur)
 	case rec.MasterGeneration == cur && rec.Next != nil && (s.next == nil || !bytes.Equal(s.next.DomainID(), rec.Next.Proof)):
-		if s.next != nil {
-			// Of a rotation abandoned since, and another begun: its
-			// key would derive wrong keys for the tokens this one moves.
-			s.Store.DetachNext()
-			s.next.Close()
-			s.next, s.nextOwn = nil, nil
-		}
+		// One held is of a rotation abandoned since, and another begun:
+		// its key would derive wrong keys for the tokens this one moves.
+		s.dropNext()
 		if err := s.loadNext(ctx, rec); err != nil {
 			return fmt.Errorf("take the next master key of the rotation under way: %w", err)
 		}
 		s.logger().Info("took the next master key of a rotation begun on another node", "node", s.Node, "generation", cur+1)
 	case rec.MasterGeneration == cur && rec.Next == nil && s.next != nil:
 		// Abandoned on another node.
-		s.Store.DetachNext()
-		s.next.Close()
-		s.next, s.nextOwn = nil, nil
+		s.dropNext()
 		s.logger().Info("dropped the next master key of a rotation abandoned on another node", "node", s.Node)
 	}
 	return nil
@@ -73,23 +66,12 @@ func (s *State) followSwitch(ctx context.Context, rec *keystore.RootRecord, cur 
 	if s.next == nil || rec.MasterGeneration != cur+1 || !bytes.Equal(s.next.DomainID(), rec.Proof) {
 		// The rotation's beginning went by unseen: this node's copy of
 		// the key it switched to, as at a start.
-		if s.next != nil {
-			s.Store.DetachNext()
-			s.next.Close()
-			s.next, s.nextOwn = nil, nil
+		s.dropNext()
+		sealed, _, err := s.currentMaster(ctx, rec)
+		if err != nil {
+			return err
 		}
-		var sealed tpmroot.Sealed
-		if err := sealed.UnmarshalBinary(rec.Sealed); err != nil {
-			return fmt.Errorf("read stored master key: %w", err)
-		}
-		if !bytes.Equal(sealed.SRKName, s.TPM.SRKName()) {
-			imported, err := s.catchUp(ctx, rec, &sealed)
-			if err != nil {
-				return err
-			}
-			sealed = *imported
-		}
-		next, err := s.TPM.Load(&sealed)
+		next, err := s.TPM.Load(sealed)
 		if err != nil {
 			s.nodeCatchUp = nil
 			return fmt.Errorf("load the domain's new master key: %w", err)
@@ -97,8 +79,8 @@ func (s *State) followSwitch(ctx context.Context, rec *keystore.RootRecord, cur 
 		s.next = next
 	}
 	if _, err := s.Store.FollowMaster(ctx, s.next, s.next.DomainID()); err != nil {
-		s.next.Close()
-		s.next, s.nextOwn, s.nodeCatchUp = nil, nil, nil
+		s.dropNext()
+		s.nodeCatchUp = nil
 		return fmt.Errorf("take the domain's new master key: %w", err)
 	}
 	row := rec.Sealed
@@ -117,6 +99,16 @@ func (s *State) followSwitch(ctx context.Context, rec *keystore.RootRecord, cur 
 		}
 	}
 	return nil
+}
+
+// dropNext forgets the next master key this node holds, if any:
+// detached from the keystore and flushed from the TPM.
+func (s *State) dropNext() {
+	if s.next != nil {
+		s.Store.DetachNext()
+		s.next.Close()
+	}
+	s.next, s.nextOwn = nil, nil
 }
 
 // RunMasterFollow follows master key rotations made on other nodes until

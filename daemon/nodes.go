@@ -69,21 +69,32 @@ func (s *State) loadNodeMaster(ctx context.Context, rec *keystore.RootRecord) (*
 	}
 	if n > 0 && !bytes.Equal(sealed.DomainID, rec.Proof) {
 		// Not the current master key: a rotation replaced it.
-		var cur tpmroot.Sealed
-		if err := cur.UnmarshalBinary(rec.Sealed); err != nil {
-			return nil, fmt.Errorf("read stored master key: %w", err)
+		cur, imported, err := s.currentMaster(ctx, rec)
+		if err != nil {
+			return nil, err
 		}
-		if !bytes.Equal(cur.SRKName, srk) {
-			imported, err := s.catchUp(ctx, rec, &cur)
-			if err != nil {
-				return nil, err
-			}
-			sealed = *imported
-		} else {
-			sealed, s.nodeFresh = cur, rec.Sealed
+		sealed = *cur
+		if !imported {
+			s.nodeFresh = rec.Sealed
 		}
 	}
 	return s.TPM.Load(&sealed)
+}
+
+// currentMaster is the current master key's sealed form for this node's
+// TPM: the root record's, when this TPM made it (a rotation made on this
+// node); otherwise this node's copy of it, imported (catchUp: imported
+// true, its MAC checked once attached).
+func (s *State) currentMaster(ctx context.Context, rec *keystore.RootRecord) (_ *tpmroot.Sealed, imported bool, _ error) {
+	var cur tpmroot.Sealed
+	if err := cur.UnmarshalBinary(rec.Sealed); err != nil {
+		return nil, false, fmt.Errorf("read stored master key: %w", err)
+	}
+	if bytes.Equal(cur.SRKName, s.TPM.SRKName()) {
+		return &cur, false, nil
+	}
+	c, err := s.catchUp(ctx, rec, &cur)
+	return c, true, err
 }
 
 // nodeCatchUp is a master key this node imported at its start from the

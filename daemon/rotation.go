@@ -242,10 +242,6 @@ func (s *State) AbortMasterRotation(ctx context.Context) error {
 	if err := s.Store.AbortMasterRotation(ctx); err != nil {
 		return err
 	}
-	if s.next != nil {
-		s.next.Close()
-		s.next = nil
-	}
-	s.nextOwn = nil
+	s.dropNext()
 	return nil
 }
