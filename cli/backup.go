@@ -159,7 +159,7 @@ func runRestore(c *cli.Context) error {
 	}
 	// The replaced keystore is moved aside whole (its WAL too) and put back
 	// if the restored one does not open.
-	aside := fmt.Sprintf("%s.replaced-%s", db, time.Now().UTC().Format("20060102T150405Z"))
+	aside := fmt.Sprintf("%s.replaced-%s", db, strings.ToUpper(replacedStamp(time.Now())))
 	moved := map[string]string{}
 	for _, suffix := range []string{"", "-wal", "-shm"} {
 		if _, err := os.Stat(db + suffix); err == nil {
@@ -250,4 +250,13 @@ func putBack(moved map[string]string) {
 	for from, to := range moved {
 		os.Rename(from, to)
 	}
+}
+
+// replacedStamp names a replaced keystore by the time of its restore, to
+// the microsecond: two restores in one second must not meet (a schema
+// that exists refuses the second; a file renamed over would lose the
+// first's replaced keystore).
+func replacedStamp(t time.Time) string {
+	t = t.UTC()
+	return fmt.Sprintf("%s_%06dz", t.Format("20060102t150405"), t.Nanosecond()/1000)
 }

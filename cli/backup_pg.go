@@ -75,7 +75,7 @@ func runRestorePostgres(c *cli.Context, db, src string) error {
 	if err != nil {
 		return cli.Exit("hsmemu restore: the backup: "+err.Error(), 1)
 	}
-	aside := "hsmemu_replaced_" + time.Now().UTC().Format("20060102t150405z")
+	aside := "hsmemu_replaced_" + replacedStamp(time.Now())
 	replaced, err := keystore.RestorePostgres(c.Context, db, opts, d, aside)
 	var dm *keystore.DomainMismatchError
 	switch {
