@@ -20,6 +20,7 @@ func TestDependencies(t *testing.T) {
 		"hsmemu/daemon/mech":                   true,
 		"hsmemu/daemon/mech/internal/rsaraw":   true,
 		"hsmemu/daemon/mech/internal/ecverify": true,
+		"hsmemu/daemon/mech/internal/ecnonce":  true,
 		"hsmemu/daemon/mech/mechtest":          true, // tests only
 		"hsmemu/internal/testenv":              true, // tests only
 		"hsmemu/cryptoki/wire":                 true,

@@ -33,7 +33,8 @@
 //     PKCS#1 v1.5, PSS, OAEP, RSA-AES key wrap; the private operation in
 //     OpenSSL through internal/rsaraw), ec.go, nonces.go and ecverify.go
 //     (the short Weierstrass curves, Ed25519 and Ed448: ECDSA with
-//     precomputed nonces on the curves crypto/ecdh has and verification
+//     precomputed nonces on the curves crypto/ecdh has, made on P-256
+//     and P-521 by internal/ecnonce's idle-priority thread, and verification
 //     through OpenSSL's internal/ecverify on P-256 and P-521, EdDSA,
 //     ECDH), secp256k1.go,
 //     montgomery.go (X25519, X448), dsa.go (DSA, legacy);

@@ -12,18 +12,28 @@ import (
 	"time"
 
 	"filippo.io/bigmod"
+
+	"hsmemu/daemon/mech/internal/ecnonce"
 )
 
 // ECDSA signing with precomputed nonces. Of an ECDSA signature's cost,
 // nearly all is the nonce's part, which does not depend on the key or the
-// message: R = k·G, r = R.x mod n and k⁻¹ mod n. A background goroutine
-// per curve keeps a pool of those, so a signature is then two modular
+// message: R = k·G, r = R.x mod n and k⁻¹ mod n. A background filler per
+// curve keeps a pool of those, so a signature is then two modular
 // multiplications and an addition: s = k⁻¹·(e + r·d) mod n. Each nonce is
 // taken from the pool once and wiped after use; when the pool is empty the
 // signer makes one inline, the same way. The pools belong to a Table,
-// whose Close stops their goroutines.
+// whose Close stops their fillers.
 //
-// The nonces are random (crypto/rand), not hedged with the key and the
+// On P-256 and P-521 the filler is a thread at idle priority making the
+// nonces with OpenSSL (internal/ecnonce says why a goroutine would not
+// do): it fills the pool only with time no other thread wants, so under
+// load the pool runs dry and costs nothing. On P-384, where OpenSSL's base
+// multiplication is four times slower than Go's, the filler is a
+// goroutine, which stands aside as noncePoolSize describes.
+//
+// The nonces are random (crypto/rand; OpenSSL's private DRBG in the
+// thread), not hedged with the key and the
 // message as crypto/ecdsa's are: they are made before either is known. So
 // a copy of a running daemon's memory (a VM snapshot restored twice, a
 // cloned machine) would sign with the same pooled nonces twice, and two
@@ -44,6 +54,9 @@ type nonceCurve struct {
 	nBig  *big.Int
 	size  int // bytes of a scalar
 	coord int // bytes of a coordinate
+	// idle is the curve of the idle-priority filler (internal/ecnonce),
+	// 0 where a goroutine fills the pool.
+	idle ecnonce.Curve
 }
 
 // noncePool is one curve's precomputed nonces and the goroutine that
@@ -53,6 +66,9 @@ type noncePool struct {
 	done <-chan struct{} // closed when the Table closes
 
 	start sync.Once
+	// ext is the idle-priority filler's pool, set once by start (nil
+	// where a goroutine fills ready).
+	ext   *ecnonce.Pool
 	mu    sync.Mutex
 	ready []*nonce
 	kick  chan struct{} // wakes the filler; it then fills the pool up
@@ -90,18 +106,18 @@ const (
 
 // The NIST curves' parameters.
 var (
-	curveP256 = newNonceCurve(ecdh.P256(), elliptic.P256())
-	curveP384 = newNonceCurve(ecdh.P384(), elliptic.P384())
-	curveP521 = newNonceCurve(ecdh.P521(), elliptic.P521())
+	curveP256 = newNonceCurve(ecdh.P256(), elliptic.P256(), ecnonce.P256)
+	curveP384 = newNonceCurve(ecdh.P384(), elliptic.P384(), 0)
+	curveP521 = newNonceCurve(ecdh.P521(), elliptic.P521(), ecnonce.P521)
 )
 
-func newNonceCurve(e ecdh.Curve, c elliptic.Curve) *nonceCurve {
+func newNonceCurve(e ecdh.Curve, c elliptic.Curve, idle ecnonce.Curve) *nonceCurve {
 	p := c.Params()
 	n, err := bigmod.NewModulus(p.N.Bytes())
 	if err != nil {
 		panic(err)
 	}
-	return &nonceCurve{ecdh: e, n: n, nBig: p.N, size: (p.N.BitLen() + 7) / 8, coord: (p.BitSize + 7) / 8}
+	return &nonceCurve{ecdh: e, n: n, nBig: p.N, size: (p.N.BitLen() + 7) / 8, coord: (p.BitSize + 7) / 8, idle: idle}
 }
 
 // nonceCurveOf returns the parameters of a NIST curve.
@@ -136,7 +152,35 @@ func newNoncePools() *noncePools {
 func (ps *noncePools) of(c *nonceCurve) *noncePool { return ps.byCurve[c] }
 
 // close stops the fillers; signatures go on, each making its own nonce.
-func (ps *noncePools) close() { ps.once.Do(func() { close(ps.done) }) }
+func (ps *noncePools) close() {
+	ps.once.Do(func() {
+		close(ps.done)
+		for _, p := range ps.byCurve {
+			p.start.Do(func() {}) // none starts after this
+			if p.ext != nil {
+				p.ext.Stop()
+			}
+		}
+	})
+}
+
+// startFiller starts the pool's filler, unless its Table closed: the
+// idle-priority thread where the curve has one and it starts, else the
+// goroutine.
+func (c *noncePool) startFiller() {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	if c.idle != 0 {
+		if p, err := ecnonce.Start(c.idle, noncePoolSize, noncePoolLow); err == nil {
+			c.ext = p
+			return
+		}
+	}
+	go c.fill()
+}
 
 // randomScalar returns a uniform scalar in [1, n-1].
 func (c *nonceCurve) randomScalar() (*bigmod.Nat, []byte, error) {
@@ -219,7 +263,12 @@ func (c *nonceCurve) makeOnce() (_ *nonce, retry bool, err error) {
 // take returns a nonce from the pool, or a fresh one if it is empty, and
 // starts the curve's filler on first use.
 func (c *noncePool) take() (*nonce, error) {
-	c.start.Do(func() { go c.fill() })
+	c.start.Do(c.startFiller)
+	if c.ext != nil {
+		if nc := c.takeIdle(); nc != nil {
+			return nc, nil
+		}
+	}
 	c.mu.Lock()
 	var nc *nonce
 	if n := len(c.ready); n > 0 {
@@ -227,9 +276,9 @@ func (c *noncePool) take() (*nonce, error) {
 		c.ready[n-1] = nil
 		c.ready = c.ready[:n-1]
 	}
-	low := len(c.ready) < noncePoolLow
+	low := len(c.ready) < noncePoolLow && c.ext == nil
 	c.mu.Unlock()
-	if nc == nil {
+	if nc == nil && c.ext == nil {
 		// Dry: the signers outpace the filler. Wake it now and then.
 		now := time.Now().UnixNano()
 		if last := c.lastDry.Load(); now-last < int64(nonceDryPause) || !c.lastDry.CompareAndSwap(last, now) {
@@ -246,6 +295,26 @@ func (c *noncePool) take() (*nonce, error) {
 		return nc, nil
 	}
 	return c.make()
+}
+
+// takeIdle takes a nonce from the idle-priority filler's pool, or nil.
+func (c *noncePool) takeIdle() *nonce {
+	buf := make([]byte, 2*c.size)
+	defer clear(buf)
+	kb, rb := buf[:c.size], buf[c.size:]
+	if !c.ext.Take(kb, rb) {
+		return nil
+	}
+	kinv, err := bigmod.NewNat().SetBytes(kb, c.n)
+	if err != nil {
+		return nil
+	}
+	r, err := bigmod.NewNat().SetBytes(rb, c.n)
+	if err != nil || r.IsZero() == 1 {
+		wipeNat(kinv)
+		return nil
+	}
+	return &nonce{kinv: kinv, r: r}
 }
 
 // put adds a nonce to the pool unless it is full, and says how many

@@ -114,48 +114,80 @@ func BenchmarkMechECDSANonceSign(b *testing.B) {
 	}
 }
 
-// TestNoncePoolsClose: closing a table's pools ends their fillers, and
-// signing goes on with inline nonces.
+// TestNoncePoolsClose: closing a table's pools ends their fillers (the
+// idle-priority thread of P-256, the goroutine of P-384), and signing
+// goes on with inline nonces.
 func TestNoncePoolsClose(t *testing.T) {
-	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	d, _ := priv.Bytes()
-	sc, err := newECScalar(elliptic.P256(), d)
-	if err != nil {
-		t.Fatal(err)
-	}
 	pool := newNoncePools()
-	p := pool.of(sc.curve)
-	digest := make([]byte, 32)
-	if _, err := p.sign(sc.d, digest); err != nil { // starts the filler
-		t.Fatal(err)
+	type signer struct {
+		priv *ecdsa.PrivateKey
+		sc   *ecScalar
+		p    *noncePool
 	}
-	// fillers counts the goroutines running this pool's filler.
+	var signers []signer
+	for _, c := range []elliptic.Curve{elliptic.P256(), elliptic.P384()} {
+		priv, _ := ecdsa.GenerateKey(c, rand.Reader)
+		d, _ := priv.Bytes()
+		sc, err := newECScalar(c, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		signers = append(signers, signer{priv, sc, pool.of(sc.curve)})
+	}
+	digest := make([]byte, 32)
+	for _, s := range signers {
+		if _, err := s.p.sign(s.sc.d, digest); err != nil { // starts the filler
+			t.Fatal(err)
+		}
+	}
+	p384 := signers[1].p
+	// fillers counts the goroutines running P-384's filler.
 	fillers := func() int {
 		buf := make([]byte, 1<<20)
 		n := runtime.Stack(buf, true)
-		return strings.Count(string(buf[:n]), fmt.Sprintf("(*noncePool).fill(%p", p))
+		return strings.Count(string(buf[:n]), fmt.Sprintf("(*noncePool).fill(%p", p384))
 	}
-	// waitFor polls until n fillers run.
-	waitFor := func(n int, what string) {
+	// waitFor polls until cond holds.
+	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for fillers() != n {
+		deadline := time.Now().Add(30 * time.Second)
+		for !cond() {
 			if time.Now().After(deadline) {
-				t.Fatalf("%d fillers %s, want %d", fillers(), what, n)
+				t.Fatalf("%s: %d goroutines", what, fillers())
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	waitFor(1, "after the first signature")
+	if signers[0].p.ext == nil || p384.ext != nil {
+		t.Fatal("P-256 should fill from its thread, P-384 from its goroutine")
+	}
+	waitFor("after the first signatures", func() bool { return fillers() == 1 })
 	pool.close()
 	pool.close() // twice is fine
-	waitFor(0, "after close")
-	sig, err := p.sign(sc.d, digest)
-	if err != nil {
+	waitFor("after close", func() bool { return fillers() == 0 })
+	// The thread's pool hands out nothing more (ecnonce's tests see the
+	// thread end).
+	if ext := signers[0].p.ext; ext.Len() != 0 || ext.Take(make([]byte, 32), make([]byte, 32)) {
+		t.Fatal("P-256's pool hands out nonces after close")
+	}
+	for _, s := range signers {
+		sig, err := s.p.sign(s.sc.d, digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		size := s.sc.curve.size
+		if !ecdsa.Verify(&s.priv.PublicKey, digest, new(big.Int).SetBytes(sig[:size]), new(big.Int).SetBytes(sig[size:])) {
+			t.Fatal("a signature after close does not verify")
+		}
+	}
+	// A pool whose table closed before its first signature starts none.
+	late := newNoncePools()
+	late.close()
+	if _, err := late.of(curveP256).sign(signers[0].sc.d, digest); err != nil {
 		t.Fatal(err)
 	}
-	if !ecdsa.Verify(&priv.PublicKey, digest, new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])) {
-		t.Fatal("a signature after close does not verify")
+	if late.of(curveP256).ext != nil {
+		t.Fatal("a closed table's pool started a filler")
 	}
 }
 
