@@ -94,13 +94,17 @@ build/e2e-asan: cryptoki/e2e/c/e2e.c
 	@mkdir -p build
 	$(CC) $(E2E_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ $< -ldl
 
-build/e2e-held: cryptoki/e2e/c/held.c
-	@mkdir -p build
-	$(CC) $(E2E_CFLAGS) -O1 -g -o $@ $< -ldl
+# held.c's message sections are in heldmsg.c; both take the PKCS#11 3.0
+# declarations from the module's p11compat.h.
+HELD_SRC := cryptoki/e2e/c/held.c cryptoki/e2e/c/heldmsg.c
 
-build/e2e-held-asan: cryptoki/e2e/c/held.c
+build/e2e-held: $(HELD_SRC) cryptoki/e2e/c/held.h cryptoki/module/p11compat.h
 	@mkdir -p build
-	$(CC) $(E2E_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ $< -ldl
+	$(CC) $(E2E_CFLAGS) -Icryptoki/module -O1 -g -o $@ $(HELD_SRC) -ldl
+
+build/e2e-held-asan: $(HELD_SRC) cryptoki/e2e/c/held.h cryptoki/module/p11compat.h
+	@mkdir -p build
+	$(CC) $(E2E_CFLAGS) -Icryptoki/module -O1 -g $(ASAN_FLAGS) -o $@ $(HELD_SRC) -ldl
 
 deps:
 	@scripts/install-deps.sh build

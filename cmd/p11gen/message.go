@@ -30,10 +30,9 @@ func genMessageHeader(e *emitter) {
 		e.p("\t\t%s s%d;", s, i)
 	}
 	e.p("\t} u;                               /* form 2+i: a copy of the caller's structure */")
-	e.p("\tconst uint8_t *out[HSM_MSG_OUTS];  /* the checked outputs, aliasing the reply */")
-	e.p("\tuint32_t out_n[HSM_MSG_OUTS];")
-	e.p("\tint out_set[HSM_MSG_OUTS];         /* 0: the field is not written back */")
+	e.p("\thsm_held_side out;                 /* the checked outputs, aliasing the reply (or a held copy) */")
 	e.p("} hsm_msgparam;")
+	e.p("_Static_assert(HSM_MSG_OUTS <= HSM_HELD_SIDES, \"a held result keeps every output of a parameter\");")
 	e.p("")
 	e.p("/* hsm_put_msgparam encodes a message parameter: structs is a bit mask of")
 	e.p(" * the calls.MessageParams the argument takes, out says the call writes it")
@@ -146,9 +145,9 @@ func genMessageCodec(e *emitter) error {
 	e.p("\t\treturn 1;")
 	e.p("\tif (buf == NULL || (CK_ULONG)got != n)")
 	e.p("\t\treturn 0;")
-	e.p("\tm->out[k] = d;")
-	e.p("\tm->out_n[k] = got;")
-	e.p("\tm->out_set[k] = 1;")
+	e.p("\tm->out.p[k] = d;")
+	e.p("\tm->out.n[k] = got;")
+	e.p("\tm->out.set[k] = 1;")
 	e.p("\treturn 1;")
 	e.p("}")
 	e.p("")
@@ -189,8 +188,8 @@ func genMessageCodec(e *emitter) error {
 	e.p("{")
 	e.p("\tswitch (m->form) {")
 	e.p("\tcase 1:")
-	e.p("\t\tif (m->out_set[0] && m->out_n[0] > 0)")
-	e.p("\t\t\tmemcpy(m->raw, m->out[0], m->out_n[0]);")
+	e.p("\t\tif (m->out.set[0] && m->out.n[0] > 0)")
+	e.p("\t\t\tmemcpy(m->raw, m->out.p[0], m->out.n[0]);")
 	e.p("\t\tbreak;")
 	for i, s := range ms {
 		e.p("\tcase %d:", 2+i)
@@ -199,8 +198,8 @@ func genMessageCodec(e *emitter) error {
 			if f.Kind != calls.FBytes || f.Out == calls.FIn {
 				continue
 			}
-			e.p("\t\tif (m->out_set[%d] && m->out_n[%d] > 0)", k, k)
-			e.p("\t\t\tmemcpy(m->u.s%d.%s, m->out[%d], m->out_n[%d]);", i, f.Name, k, k)
+			e.p("\t\tif (m->out.set[%d] && m->out.n[%d] > 0)", k, k)
+			e.p("\t\t\tmemcpy(m->u.s%d.%s, m->out.p[%d], m->out.n[%d]);", i, f.Name, k, k)
 			k++
 		}
 		e.p("\t\tbreak;")

@@ -73,9 +73,18 @@ func genStub(e *emitter, c *calls.Call) error {
 	}
 	genRole(e, c)
 	if out, ok := prefetchOut(c); ok {
-		// A result the daemon gave with the size query (held.c).
-		e.p("\tif (hsm_held_serve(&c, %s, %s_len, &rv))", out.Name, out.Name)
-		e.p("\t\tgoto out;")
+		// A result the daemon gave with the size query (held.c), and
+		// what a message's parameter gets back with it.
+		if mp, ok := msgOutArg(c); ok {
+			e.p("\tif (hsm_held_serve(&c, %s, %s_len, &rv, &%s.out)) {", out.Name, out.Name, msgVar(mp))
+			e.p("\t\thsm_msgparam_commit(&%s);", msgVar(mp))
+			e.p("\t\thsm_held_side_release(&%s.out);", msgVar(mp))
+			e.p("\t\tgoto out;")
+			e.p("\t}")
+		} else {
+			e.p("\tif (hsm_held_serve(&c, %s, %s_len, &rv, NULL))", out.Name, out.Name)
+			e.p("\t\tgoto out;")
+		}
 	}
 	if c.Name == "C_WaitForSlotEvent" {
 		e.p("\tif (!(flags & CKF_DONT_BLOCK))")
@@ -128,7 +137,11 @@ func genStub(e *emitter, c *calls.Call) error {
 		for _, a := range outs {
 			genDecode(e, a)
 			if a.Kind == calls.OutBytes && calls.Prefetches(c) {
-				e.p("\t\thsm_held_keep(&c, &o_%s, %s);", a.Name, a.Name)
+				if mp, ok := msgOutArg(c); ok {
+					e.p("\t\thsm_held_keep(&c, &o_%s, %s, &%s.out, o_%s_ok);", a.Name, a.Name, msgVar(mp), mp.Name)
+				} else {
+					e.p("\t\thsm_held_keep(&c, &o_%s, %s, NULL, 1);", a.Name, a.Name)
+				}
 			}
 		}
 		conds := []string{"!hsm_get_end(&c.res)"}
@@ -165,6 +178,17 @@ func prefetchOut(c *calls.Call) (calls.Arg, bool) {
 		}
 	}
 	panic("p11gen: " + c.Name + " prefetches but has no OutBytes output")
+}
+
+// msgOutArg is a call's message parameter that it writes back
+// (calls.MsgParamOut), if it has one.
+func msgOutArg(c *calls.Call) (calls.Arg, bool) {
+	for _, a := range c.Args {
+		if a.Kind == calls.MsgParamOut {
+			return a, true
+		}
+	}
+	return calls.Arg{}, false
 }
 
 // genRole writes what the call is to deferred Inits (calls.RoleOf,

@@ -8,10 +8,12 @@ package calls
 // (the single-part calls; the Finals take none), or the call has no state
 // at all (C_WrapKey, whose follow-up repeats its arguments), or, for the
 // Updates (from version 4), it rewinds the state to before the measured
-// update (mech.Rewinder). For these a module may ask, with a NULL output
-// buffer, for the whole result with its length, keep it, and serve the
-// follow-up call itself when its arguments match (docs/protocol.md,
-// "Results ahead of the follow-up call").
+// update (mech.Rewinder), or, for the one-call messages (from version 5),
+// it makes the message anew, with a new IV of the token's. For these a
+// module may ask, with a NULL output buffer, for the whole result with its
+// length (a message's with what its parameter gets back), keep it, and
+// serve the follow-up call itself when its arguments match
+// (docs/protocol.md, "Results ahead of the follow-up call").
 var prefetching = map[string]int{
 	"C_Encrypt":       3,
 	"C_EncryptFinal":  3,
@@ -26,7 +28,16 @@ var prefetching = map[string]int{
 	"C_WrapKey":       3,
 	"C_EncryptUpdate": 4,
 	"C_DecryptUpdate": 4,
+	// A message's follow-up owes the daemon the end of that message
+	// (CancelCurrentMessage), not of its process.
+	"C_EncryptMessage": 5,
+	"C_DecryptMessage": 5,
+	"C_SignMessage":    5,
 }
+
+// goesOn are the prefetching calls whose operation goes on after the
+// follow-up took the output.
+var goesOn = map[string]bool{"C_EncryptUpdate": true, "C_DecryptUpdate": true}
 
 // Prefetches says whether a size query of c may ask for the whole result.
 // The daemon asks for every request: a table's own calls are answered by
@@ -50,4 +61,12 @@ var prefetchByID = byID(func(c *Call) int { return prefetching[c.Name] })
 // took the prefetched output (an Update): the module then owes the daemon
 // a C_SessionCancel with CollectUpdate, not one that ends the operation,
 // and the reply's idle flag counts the operation as it is.
-func PrefetchGoesOn(c *Call) bool { return PrefetchVersion(c) == 4 }
+func PrefetchGoesOn(c *Call) bool {
+	if inTable(c) {
+		return goesOnByID[c.ID]
+	}
+	return goesOn[c.Name]
+}
+
+// goesOnByID is goesOn by call number.
+var goesOnByID = byID(func(c *Call) bool { return goesOn[c.Name] })

@@ -83,6 +83,12 @@ typedef struct {
 	size_t args_len;
 	uint8_t *data;
 	size_t len;
+	/* A message's: what its parameter gets back with the output, the
+	 * strings one after another. */
+	uint8_t *side;
+	size_t side_len;
+	uint32_t side_n[HSM_HELD_SIDES];
+	int side_set[HSM_HELD_SIDES];
 	unsigned long app_gen;   /* the daemon's application it came from */
 	uint32_t cancel_call;    /* C_SessionCancel, or 0 when the call ends no operation (C_WrapKey) */
 	uint64_t cancel_flags;
@@ -105,10 +111,18 @@ static void wipe(entry *e)
 		explicit_bzero(e->args, e->args_len);
 		free(e->args);
 	}
+	if (e->side != NULL) {
+		explicit_bzero(e->side, e->side_len);
+		free(e->side);
+	}
 	e->data = NULL;
 	e->len = 0;
 	e->args = NULL;
 	e->args_len = 0;
+	e->side = NULL;
+	e->side_len = 0;
+	memset(e->side_n, 0, sizeof e->side_n);
+	memset(e->side_set, 0, sizeof e->side_set);
 	e->has = 0;
 	explicit_bzero(e->key, sizeof e->key);
 }
@@ -163,6 +177,8 @@ void hsm_held_atfork_child(void)
 			explicit_bzero(e->data, e->len);
 		if (e->args != NULL)
 			explicit_bzero(e->args, e->args_len);
+		if (e->side != NULL)
+			explicit_bzero(e->side, e->side_len);
 		e->has = 0;
 	}
 }
@@ -275,13 +291,37 @@ void hsm_held_end(hsm_call *c)
 	hsm_unlock(h.mu);
 }
 
-void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out)
+/* side_copy copies what a message's parameter gets back, the strings
+ * one after another; 0 when there is no room. */
+static int side_copy(entry *e, const hsm_held_side *side)
+{
+	size_t total = 0;
+	for (int i = 0; i < HSM_HELD_SIDES; i++)
+		if (side->set[i])
+			total += side->n[i];
+	uint8_t *p = malloc(total > 0 ? total : 1);
+	if (p == NULL)
+		return 0;
+	size_t at = 0;
+	for (int i = 0; i < HSM_HELD_SIDES; i++) {
+		e->side_set[i] = side->set[i];
+		e->side_n[i] = side->set[i] ? side->n[i] : 0;
+		if (e->side_n[i] > 0)
+			memcpy(p + at, side->p[i], e->side_n[i]);
+		at += e->side_n[i];
+	}
+	e->side = p;
+	e->side_len = total;
+	return 1;
+}
+
+void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out, hsm_held_side *side, int side_ok)
 {
 	/* Only a whole result; anything else is for the stub to refuse. */
 	if (c->req.prefetch_at == 0 || out != NULL || o->data == NULL || c->rv != CKR_OK || o->n != o->len)
 		return;
 	uint8_t k[HELD_KEY_LEN];
-	if (h.mu != NULL && c->held_seq != 0 && key(c, k)) {
+	if (h.mu != NULL && c->held_seq != 0 && side_ok && key(c, k)) {
 		hsm_lock(h.mu);
 		entry *e = find(c->session);
 		/* Alone on its session from start to here, for the same
@@ -302,6 +342,11 @@ void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out)
 					e->args_len = an;
 				}
 				memcpy(e->key, k, sizeof e->key);
+				if (side != NULL && !side_copy(e, side)) {
+					wipe(e);
+					hsm_unlock(h.mu);
+					goto done;
+				}
 				e->app_gen = c->held_gen;
 				e->cancel_call = c->continues ? c->cancel_call : 0;
 				e->cancel_flags = c->cancel_flags;
@@ -321,11 +366,30 @@ void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out)
 		}
 		hsm_unlock(h.mu);
 	}
+done:
 	explicit_bzero(k, sizeof k);
-	/* The reply's copy goes now; the caller gets only the length. */
+	/* The reply's copy goes now; the caller gets only the length, and
+	 * its parameter nothing (a size query writes nothing back). */
 	explicit_bzero((void *)o->data, o->n);
 	o->data = NULL;
 	o->n = 0;
+	if (side != NULL)
+		for (int i = 0; i < HSM_HELD_SIDES; i++) {
+			if (side->set[i] && side->n[i] > 0)
+				explicit_bzero((void *)side->p[i], side->n[i]);
+			side->set[i] = 0;
+			side->p[i] = NULL;
+			side->n[i] = 0;
+		}
+}
+
+void hsm_held_side_release(hsm_held_side *side)
+{
+	if (side->own != NULL) {
+		explicit_bzero(side->own, side->own_len);
+		free(side->own);
+	}
+	memset(side, 0, sizeof *side);
 }
 
 /* cancel_now ends the operation in the daemon at once, when defer.c
@@ -350,7 +414,7 @@ static void cancel_now(uint64_t session, uint32_t call, uint64_t flags, unsigned
 	free(w.p);
 }
 
-int hsm_held_serve(hsm_call *c, CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV *rv)
+int hsm_held_serve(hsm_call *c, CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV *rv, hsm_held_side *side)
 {
 	if (h.mu == NULL || c->req.err != CKR_OK || !c->on_session)
 		return 0;
@@ -387,6 +451,22 @@ int hsm_held_serve(hsm_call *c, CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV *rv
 			if (n > 0)
 				memcpy(out, e->data, n);
 			*rv = CKR_OK;
+			if (side != NULL) {
+				/* What the parameter gets back goes to the
+				 * caller with the output, and only with it. */
+				size_t at = 0;
+				memset(side, 0, sizeof *side);
+				for (int i = 0; e->side != NULL && i < HSM_HELD_SIDES; i++) {
+					side->set[i] = e->side_set[i];
+					side->n[i] = e->side_n[i];
+					side->p[i] = e->side + at;
+					at += e->side_n[i];
+				}
+				side->own = e->side;
+				side->own_len = e->side_len;
+				e->side = NULL;
+				e->side_len = 0;
+			}
 			uint32_t call = e->cancel_call;
 			uint64_t flags = e->cancel_flags;
 			unsigned long seq = e->defer_seq, app_gen = e->app_gen;

@@ -405,6 +405,21 @@ CK_RV hsm_call_abandon(CK_SESSION_HANDLE session, uint32_t call, unsigned kinds,
 #define HSM_COLLECT_UPDATE (1ULL << 62)
 #define HSM_COLLECT_KINDS (0x3fffffffULL << 32)
 
+/* hsm_held_side: what a message call's parameter gets back with its
+ * output (calls.MsgParamOut: the IV the token made, the tag), which a
+ * held result keeps beside the output: up to HSM_HELD_SIDES byte
+ * strings, each written back (set) or not. In a stub's hsm_msgparam they
+ * alias the reply; from hsm_held_serve they are a copy (own), which
+ * hsm_held_side_release wipes and frees. */
+#define HSM_HELD_SIDES 4
+typedef struct hsm_held_side {
+	const uint8_t *p[HSM_HELD_SIDES];
+	uint32_t n[HSM_HELD_SIDES];
+	int set[HSM_HELD_SIDES];
+	uint8_t *own;
+	size_t own_len;
+} hsm_held_side;
+
 CK_RV hsm_held_init(void);
 void hsm_held_finalize(void);
 void hsm_held_forget_inherited(void);
@@ -416,12 +431,18 @@ void hsm_held_atfork_child(void);
  * over is wiped, and the operation it ended is ended in the daemon with
  * the session's next frame (defer.c), or for an Update (goes_on) the
  * daemon hears there that its kept output was collected. A held result for other arguments
- * is wiped, and the call goes to the daemon (0). */
-int hsm_held_serve(hsm_call *c, CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV *rv);
+ * is wiped, and the call goes to the daemon (0). For a message call, side
+ * (else NULL) gets what the parameter gets back when the output is handed
+ * over: the caller writes it back, then releases it. */
+int hsm_held_serve(hsm_call *c, CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV *rv, hsm_held_side *side);
 /* hsm_held_keep, after its reply decoded: a result that came in full for
  * a NULL buffer is kept when the call was alone on its session, and is
- * wiped from the reply either way (o then carries only the length). */
-void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out);
+ * wiped from the reply either way (o then carries only the length). A
+ * message call's side (else NULL), when side_ok (it fits the caller's
+ * parameter), is kept with it; either way none of it is left set, so the
+ * size query writes nothing back. */
+void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out, hsm_held_side *side, int side_ok);
+void hsm_held_side_release(hsm_held_side *side);
 /* hsm_held_begin and hsm_held_end, around every call that goes to the
  * daemon: a call on a session forgets what is held for it (the daemon's
  * state is the truth again), a mutating call forgets everything. */

@@ -11,8 +11,9 @@ const (
 	// Version is the protocol version this package speaks, MinVersion the
 	// oldest the daemon still serves. Version 2 added the reply's idle
 	// flag, version 3 the prefetch of an output (OutSpec.Prefetch),
-	// version 4 the prefetch of an Update's (calls.PrefetchVersion).
-	Version    = 4
+	// version 4 the prefetch of an Update's, version 5 that of a one-call
+	// message's with its parameter's outputs (calls.PrefetchVersion).
+	Version    = 5
 	MinVersion = 1
 
 	// HelloSize and HelloReplySize are the sizes of the two messages.

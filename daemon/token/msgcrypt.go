@@ -106,7 +106,22 @@ func (e *Engine) encryptMessage(ctx context.Context, app *App, h uint64, p *wire
 // deliverMsg applies the size-query convention to a kept encryption's
 // output and what its parameter gets back: both when the output fits,
 // neither otherwise. It reports whether the message ended.
+//
+// A prefetch (a NULL buffer asking for the whole result, from protocol
+// version 5) gets both too, and the message stays with its output kept,
+// as after any size query: the module holds them and hands them over to
+// the follow-up that brings the same input and parameter. Outputs that do
+// not fit the parameter leave it a plain size query, so the follow-up
+// comes here and gets the error.
 func deliverMsg(m *message, p *wire.Param, out wire.OutSpec, r *wire.Results, code *uint64) (bool, error) {
+	if out.Prefetch && !out.Present {
+		if len(m.pending) <= wire.MaxPrefetch && wire.MsgOutFits(p, m.pendOuts) {
+			r.MsgOut(p, m.pendOuts)
+			*code = r.OutBytes(out, m.pending)
+			return false, nil
+		}
+		out.Prefetch = false
+	}
 	give := fits(out, len(m.pending))
 	if give && !wire.MsgOutFits(p, m.pendOuts) {
 		// The parameter is not the one the output was measured with.

@@ -28,6 +28,9 @@
  *   threads  threads with a session each in the length-query-first
  *            convention, and threads taking turns on one shared session
  *            (the query on one thread, the follow-up on another).
+ *   messages the message-based calls (heldmsg.c): their round trips in
+ *            both conventions, what the parameter gets back, other input
+ *            at the follow-up, a short buffer, discarding.
  *
  * Output as e2e.c's: "FAIL [section] held.c:LINE: ...", "SECTION name: N
  * passed, M failed in Ts", and last "e2e: N passed, M failed".
@@ -44,7 +47,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <p11-kit/pkcs11.h>
+#include "held.h"
 
 #ifndef CKM_AES_KEY_WRAP_KWP
 #define CKM_AES_KEY_WRAP_KWP 0x0000210bUL
@@ -56,8 +59,7 @@ static long passed, failed;
 static const char *section = "init";
 static pthread_mutex_t count_mu = PTHREAD_MUTEX_INITIALIZER;
 
-static void failf(int line, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void failf(int line, const char *fmt, ...)
+void failf(const char *file, int line, const char *fmt, ...)
 {
 	char msg[512];
 	va_list ap;
@@ -67,34 +69,31 @@ static void failf(int line, const char *fmt, ...)
 	pthread_mutex_lock(&count_mu);
 	failed++;
 	pthread_mutex_unlock(&count_mu);
-	printf("FAIL [%s] held.c:%d: %s\n", section, line, msg);
+	const char *base = strrchr(file, '/');
+	printf("FAIL [%s] %s:%d: %s\n", section, base != NULL ? base + 1 : file, line, msg);
 }
 
-static void pass(void)
+void pass(void)
 {
 	pthread_mutex_lock(&count_mu);
 	passed++;
 	pthread_mutex_unlock(&count_mu);
 }
 
-static int expect_rv(CK_RV got, CK_RV want, const char *call, int line)
+int expect_rv(CK_RV got, CK_RV want, const char *call, const char *file, int line)
 {
 	if (got == want) {
 		pass();
 		return 1;
 	}
-	failf(line, "%s: rv 0x%lx, want 0x%lx", call, (unsigned long)got, (unsigned long)want);
+	failf(file, line, "%s: rv 0x%lx, want 0x%lx", call, (unsigned long)got, (unsigned long)want);
 	return 0;
 }
-
-#define EXPECT(call, want) expect_rv((call), (want), #call, __LINE__)
-#define OK(call) EXPECT(call, CKR_OK)
-#define CHECK(cond, ...) ((cond) ? (pass(), 1) : (failf(__LINE__, __VA_ARGS__), 0))
 
 static long sec_passed, sec_failed;
 static struct timespec sec_start;
 
-static void begin(const char *name)
+void begin(const char *name)
 {
 	section = name;
 	sec_passed = passed;
@@ -104,7 +103,7 @@ static void begin(const char *name)
 	alarm(SECTION_ALARM);
 }
 
-static void end(void)
+void end(void)
 {
 	struct timespec t;
 	clock_gettime(CLOCK_MONOTONIC, &t);
@@ -124,32 +123,14 @@ static void on_alarm(int sig)
 
 /* ---- the token and the keys ---- */
 
-static CK_FUNCTION_LIST *f;
-
-/* PKCS#11 3.0's list, which the system's header may not declare: the 2.40
- * list, then the 3.0 functions in order, of which C_SessionCancel is used. */
-typedef struct {
-	CK_FUNCTION_LIST l;
-	void *get_interface_list, *get_interface, *login_user;
-	CK_RV (*C_SessionCancel)(CK_SESSION_HANDLE, CK_FLAGS);
-} list30;
-typedef struct {
-	CK_CHAR *name;
-	void *list;
-	CK_FLAGS flags;
-} iface;
-static list30 *f3;
+CK_FUNCTION_LIST *f;
+CK_FUNCTION_LIST_3_0 *f3;
 static CK_SLOT_ID slot;
 static const char so_pin[] = "so-secret-held";
 static const char user_pin[] = "user-secret-held";
 #define PIN(p) (CK_UTF8CHAR_PTR)(p), (CK_ULONG)strlen(p)
 
 static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-
-typedef struct {
-	CK_SESSION_HANDLE s;
-	CK_OBJECT_HANDLE aes, kek, target, ec_priv, ec_pub;
-} keys;
 
 static int make_token(void)
 {
@@ -216,7 +197,7 @@ static CK_RV fixed_aes(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *h)
 }
 
 /* open_keys: a logged-in session and its session-object keys. */
-static int open_keys(keys *k)
+int open_keys(keys *k)
 {
 	memset(k, 0, sizeof *k);
 	if (!OK(f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &k->s)))
@@ -231,7 +212,7 @@ static int open_keys(keys *k)
 /* ---- operations, in either convention ---- */
 
 static CK_BYTE iv[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
-static CK_BYTE msg[100] = "the message";
+CK_BYTE msg[100] = "the message";
 
 /* out calls fn for its output: with twocall, a size query first. */
 #define OUT(twocall, buf, len, expr)                                  \
@@ -262,7 +243,7 @@ static const int family_trips[F_COUNT] = {1, 2, 1, 1, 1, 2, 1, 3, 2};
 static CK_BYTE ct[128];
 static CK_ULONG ct_len;
 
-static CK_RV run_op(const keys *k, enum family fam, int twocall)
+static CK_RV run_op(const keys *k, int fam, int twocall)
 {
 	CK_BYTE out_[256];
 	CK_BYTE_PTR out = out_;
@@ -371,9 +352,7 @@ static int last_stats(unsigned long *calls, unsigned long *trips)
 	return got;
 }
 
-/* measure runs n operations in a fresh initialisation and returns the
- * module's counts for the whole of it. */
-static int measure(enum family fam, int twocall, int n, unsigned long *calls, unsigned long *trips)
+int measure_op(op_fn op, int fam, int twocall, int n, unsigned long *calls, unsigned long *trips)
 {
 	CK_C_INITIALIZE_ARGS ia = {.flags = CKF_OS_LOCKING_OK};
 	if (!OK(f->C_Initialize(&ia)))
@@ -381,9 +360,16 @@ static int measure(enum family fam, int twocall, int n, unsigned long *calls, un
 	keys k;
 	int ok = open_keys(&k);
 	for (int i = 0; ok && i < n; i++)
-		ok = EXPECT(run_op(&k, fam, twocall), CKR_OK);
+		ok = EXPECT(op(&k, fam, twocall), CKR_OK);
 	OK(f->C_Finalize(NULL));
 	return ok && CHECK(last_stats(calls, trips), "no counts in %s", stats_path);
+}
+
+/* measure runs n operations in a fresh initialisation and returns the
+ * module's counts for the whole of it. */
+static int measure(enum family fam, int twocall, int n, unsigned long *calls, unsigned long *trips)
+{
+	return measure_op(run_op, fam, twocall, n, calls, trips);
 }
 
 static void test_trips(void)
@@ -532,7 +518,7 @@ static CK_RV sign_query(const keys *k, CK_ULONG *len)
 }
 
 /* verifies_over checks an ECDSA signature of 32 bytes of data. */
-static int verifies_over(const keys *k, const CK_BYTE *data, const CK_BYTE *sig, CK_ULONG n)
+int verifies_over(const keys *k, const CK_BYTE *data, const CK_BYTE *sig, CK_ULONG n)
 {
 	CK_MECHANISM m = {CKM_ECDSA, NULL, 0};
 	return f->C_VerifyInit(k->s, &m, k->ec_pub) == CKR_OK &&
@@ -722,7 +708,7 @@ static void *own_session(void *arg)
 	for (int i = 0; i < ROUNDS; i++) {
 		CK_RV rv = run_op(&k, (enum family)(i % F_COUNT == F_DECRYPT ? F_ENCRYPT : i % F_COUNT), 1);
 		if (rv != CKR_OK) {
-			failf(__LINE__, "own session, round %d: rv 0x%lx", i, (unsigned long)rv);
+			failf(__FILE__, __LINE__, "own session, round %d: rv 0x%lx", i, (unsigned long)rv);
 			return NULL;
 		}
 	}
@@ -757,7 +743,7 @@ static void *taking_turns(void *arg)
 		phase = !phase;
 		pthread_mutex_unlock(&turn);
 		if (rv != CKR_OK) {
-			failf(__LINE__, "taking turns, round %d: rv 0x%lx", i, (unsigned long)rv);
+			failf(__FILE__, __LINE__, "taking turns, round %d: rv 0x%lx", i, (unsigned long)rv);
 			__atomic_add_fetch(&bad_threads, 1, __ATOMIC_SEQ_CST);
 			return NULL;
 		}
@@ -811,15 +797,14 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s: cannot load: %s\n", argv[1], dlerror());
 		return 2;
 	}
-	CK_RV (*gi)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, iface **, CK_FLAGS) =
-		(CK_RV(*)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, iface **, CK_FLAGS))dlsym(lib, "C_GetInterface");
+	CK_C_GetInterface gi = (CK_C_GetInterface)dlsym(lib, "C_GetInterface");
 	CK_VERSION v3 = {3, 0};
-	iface *ifc = NULL;
+	CK_INTERFACE_PTR ifc = NULL;
 	if (gi == NULL || gi((CK_UTF8CHAR_PTR) "PKCS 11", &v3, &ifc, 0) != CKR_OK || ifc == NULL) {
 		fprintf(stderr, "%s: no PKCS 11 3.0 interface\n", argv[1]);
 		return 2;
 	}
-	f3 = (list30 *)ifc->list;
+	f3 = ifc->pFunctionList;
 
 	begin("setup");
 	CK_C_INITIALIZE_ARGS ia = {.flags = CKF_OS_LOCKING_OK};
@@ -840,6 +825,7 @@ int main(int argc, char **argv)
 		test_input();
 		test_rules();
 		test_threads();
+		test_messages();
 	}
 	unlink(stats_path);
 	dlclose(lib);

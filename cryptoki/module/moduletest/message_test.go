@@ -56,10 +56,13 @@ func msgSession(t *testing.T, h Handler) (*Module, *recorder) {
 // The module reads C_EncryptMessage's parameter as the structure its size
 // says, sends the IV and generator, and for the tag only the size of the
 // caller's buffer; it writes back the IV and the tag the reply carries
-// when the ciphertext comes, and nothing when it does not.
+// when the ciphertext comes, and nothing when it does not. A size query
+// asks for the whole result (a prefetch): nothing of it is written back
+// then, and the follow-up with the same arguments gets it from the module.
 func TestEncryptMessageParams(t *testing.T) {
 	newIV, tag := bytes.Repeat([]byte{0x1F}, 12), bytes.Repeat([]byte{0x7A}, 16)
 	var withOuts atomic.Bool
+	withOuts.Store(true)
 	m, rec := msgSession(t, func(q Req) Resp {
 		if q.Call.Name != "C_EncryptMessage" {
 			return Resp{RV: ck.CKR_FUNCTION_NOT_SUPPORTED}
@@ -67,7 +70,7 @@ func TestEncryptMessageParams(t *testing.T) {
 		p, spec := q.Args.MsgParam(1), q.Args.Out(4)
 		return Reply(q.Call.Name, func(r *wire.Results) uint64 {
 			outs := map[string][]byte{}
-			if withOuts.Load() && spec.Present && spec.Capacity >= 4 && p.Kind == calls.PStruct {
+			if withOuts.Load() && (spec.Present && spec.Capacity >= 4 || spec.Prefetch) && p.Kind == calls.PStruct {
 				if p.Struct == "CK_GCM_MESSAGE_PARAMS" {
 					outs["pIv"] = newIV
 				}
@@ -85,7 +88,11 @@ func TestEncryptMessageParams(t *testing.T) {
 	if o.RV != 0 || o.Len != 4 || !bytes.Equal(p.IV, bytes.Repeat([]byte{0xAA}, 12)) || !bytes.Equal(p.Tag, make([]byte, 16)) {
 		t.Fatalf("size query: %+v, IV %x, tag %x", o, p.IV, p.Tag)
 	}
-	q := rec.take()[0]
+	reqs := rec.take()
+	if len(reqs) != 1 || !reqs[0].Args.Out(4).Prefetch {
+		t.Fatalf("size query: the daemon saw %v, want one prefetch", reqs)
+	}
+	q := reqs[0]
 	gp, err := q.Args.MsgParam(1).GCMMessageParams(true)
 	if err != nil {
 		t.Fatal(err)
@@ -98,13 +105,23 @@ func TestEncryptMessageParams(t *testing.T) {
 		t.Fatalf("AAD %q", aad)
 	}
 
-	// The real call: the ciphertext, the IV and the tag.
-	withOuts.Store(true)
-	o = m.EncryptMessage(1, p, []byte("aad"), []byte("plain"), Buf{Cap: 16})
-	if o.RV != 0 || string(o.Data) != "ciph" || !bytes.Equal(p.IV, newIV) || !bytes.Equal(p.Tag, tag) {
-		t.Fatalf("encrypt: %+v, IV %x, tag %x", o, p.IV, p.Tag)
+	// The real call: the ciphertext, the IV and the tag, from the
+	// module; then from the daemon, with the end of the message the
+	// module handed over ahead of it.
+	for _, from := range []string{"the module", "the daemon"} {
+		p.IV = bytes.Repeat([]byte{0xAA}, 12)
+		p.Tag = make([]byte, 16)
+		o = m.EncryptMessage(1, p, []byte("aad"), []byte("plain"), Buf{Cap: 16})
+		if o.RV != 0 || string(o.Data) != "ciph" || !bytes.Equal(p.IV, newIV) || !bytes.Equal(p.Tag, tag) {
+			t.Fatalf("encrypt from %s: %+v, IV %x, tag %x", from, o, p.IV, p.Tag)
+		}
+		reqs = rec.take()
+		if from == "the module" && len(reqs) != 0 || from == "the daemon" && (len(reqs) != 2 ||
+			reqs[0].Call.Name != "C_SessionCancel" || reqs[0].Args.Ulong(1) != ck.CKF_MESSAGE_ENCRYPT|calls.CancelCurrentMessage ||
+			reqs[1].Call.Name != "C_EncryptMessage") {
+			t.Fatalf("encrypt from %s: the daemon saw %v", from, reqs)
+		}
 	}
-	rec.take()
 
 	// ChaCha20-Poly1305's structure, told apart by its size: the nonce
 	// goes, the tag comes back.

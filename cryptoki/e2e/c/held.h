@@ -1,0 +1,58 @@
+/*
+ * held.h: what held.c's checks, token and counts give its other sections
+ * (heldmsg.c). The PKCS#11 3.0 declarations the system's header may lack
+ * come from the module's own p11compat.h.
+ */
+#ifndef HSMEMU_E2E_HELD_H
+#define HSMEMU_E2E_HELD_H
+
+#include <p11-kit/pkcs11.h>
+
+#include "p11compat.h"
+
+/* ---- checks: each counts as passed or failed, in the current section ---- */
+
+void failf(const char *file, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void pass(void);
+int expect_rv(CK_RV got, CK_RV want, const char *call, const char *file, int line);
+
+#define EXPECT(call, want) expect_rv((call), (want), #call, __FILE__, __LINE__)
+#define OK(call) EXPECT(call, CKR_OK)
+#define CHECK(cond, ...) ((cond) ? (pass(), 1) : (failf(__FILE__, __LINE__, __VA_ARGS__), 0))
+
+/* begin and end a section; a section that hangs ends the program. */
+void begin(const char *name);
+void end(void);
+
+/* ---- the module, the token and the keys ---- */
+
+extern CK_FUNCTION_LIST *f;
+extern CK_FUNCTION_LIST_3_0 *f3;
+
+/* A logged-in session and its session-object keys: aes has a fixed value
+ * (CKA_ENCRYPT, CKA_DECRYPT), ec_priv and ec_pub are a P-256 pair. */
+typedef struct {
+	CK_SESSION_HANDLE s;
+	CK_OBJECT_HANDLE aes, kek, target, ec_priv, ec_pub;
+} keys;
+
+int open_keys(keys *k);
+/* verifies_over checks an ECDSA signature of 32 bytes of data. */
+int verifies_over(const keys *k, const CK_BYTE *data, const CK_BYTE *sig, CK_ULONG n);
+
+extern CK_BYTE msg[100];
+
+/* ---- counts ---- */
+
+/* op runs one operation of family fam; with twocall, each output's
+ * length is asked for first. */
+typedef CK_RV (*op_fn)(const keys *k, int fam, int twocall);
+/* measure_op runs n operations in a fresh initialisation and returns the
+ * module's counts for the whole of it (HSMEMU_MODULE_STATS). */
+int measure_op(op_fn op, int fam, int twocall, int n, unsigned long *calls, unsigned long *trips);
+
+/* ---- heldmsg.c ---- */
+
+void test_messages(void);
+
+#endif

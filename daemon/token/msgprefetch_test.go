@@ -1,0 +1,109 @@
+package token
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"encoding/binary"
+	"testing"
+
+	"hsmemu/cryptoki/calls"
+	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
+	. "hsmemu/cryptoki/wire/wiretest"
+)
+
+// A one-call message's size query may ask for the whole result (protocol
+// version 5, calls.Prefetches): the output and, for an encryption, what
+// the parameter gets back (the token's IV, the tag) come with the length,
+// and the message stays, its output kept, as after any size query. The
+// module holds them and ends the message when it hands them over
+// (C_SessionCancel with calls.CancelCurrentMessage); a follow-up with
+// other input comes to the daemon, which makes the message anew.
+func TestMessagePrefetch(t *testing.T) {
+	t.Parallel()
+	_, cl, h := msgSession(t)
+	key := aesKey(cl, h, false)
+	cl.Must(ck.CKR_OK, "C_MessageEncryptInit", U(h), M(ck.CKM_AES_GCM), U(key))
+	b, _ := aes.NewCipher(aesValue)
+	g, _ := cipher.NewGCM(b)
+	fixed := []byte{0xCA, 0xFE, 0xF0, 0x0D, 9, 9, 9, 9, 9, 9, 9, 9}
+	param := gcmMsg(fixed, 32, ck.CKG_GENERATE_COUNTER, 16)
+	counter := func(iv []byte) uint64 { return binary.BigEndian.Uint64(iv[4:]) }
+	sealed := func(what string, iv, ct, tag []byte, aad, plain string) {
+		t.Helper()
+		if len(iv) != 12 || !bytes.Equal(iv[:4], fixed[:4]) {
+			t.Fatalf("%s: IV %x", what, iv)
+		}
+		if want := g.Seal(nil, iv, []byte(plain), []byte(aad)); !bytes.Equal(append(append([]byte(nil), ct...), tag...), want) {
+			t.Fatalf("%s: differs from crypto/cipher", what)
+		}
+	}
+
+	// The prefetch: everything, and the message kept for the follow-up.
+	q := cl.Must(ck.CKR_OK, "C_EncryptMessage", U(h), param, S("aad"), S("plain"), prefetch())
+	iv1 := append([]byte(nil), written(q[1], "pIv")...)
+	if q[4].Length != 5 || len(q[4].Bytes) != 5 {
+		t.Fatalf("prefetch: %d bytes of %d", len(q[4].Bytes), q[4].Length)
+	}
+	sealed("prefetch", iv1, q[4].Bytes, written(q[1], "pTag"), "aad", "plain")
+	out := cl.Must(ck.CKR_OK, "C_EncryptMessage", U(h), param, S("aad"), S("plain"), Out(64))
+	if !bytes.Equal(written(out[1], "pIv"), iv1) || !bytes.Equal(out[4].Bytes, q[4].Bytes) {
+		t.Fatal("the follow-up did not get the prefetched message")
+	}
+
+	// Handed over by the module: it ends the message, and the process
+	// goes on with the next IV.
+	q = cl.Must(ck.CKR_OK, "C_EncryptMessage", U(h), param, S("aad"), S("plain"), prefetch())
+	iv2 := append([]byte(nil), written(q[1], "pIv")...)
+	if counter(iv2) != counter(iv1)+1 {
+		t.Fatalf("IV %x after %x", iv2, iv1)
+	}
+	cl.Must(ck.CKR_OK, "C_SessionCancel", U(h), U(ck.CKF_MESSAGE_ENCRYPT|calls.CancelCurrentMessage))
+	iv, ct, tag := encryptOne(cl, h, fixed, "aad", "next")
+	if counter(iv) != counter(iv2)+1 {
+		t.Fatalf("IV %x after the collected %x", iv, iv2)
+	}
+	sealed("after the collected message", iv, ct, tag, "aad", "next")
+
+	// A follow-up with other input, or with the same input and other
+	// associated data, never gets the prefetched IV: the message is made
+	// anew with the next one.
+	for _, other := range []struct{ aad, plain string }{{"aad", "other"}, {"AAD", "plain"}} {
+		q = cl.Must(ck.CKR_OK, "C_EncryptMessage", U(h), param, S("aad"), S("plain"), prefetch())
+		ivq := append([]byte(nil), written(q[1], "pIv")...)
+		out = cl.Must(ck.CKR_OK, "C_EncryptMessage", U(h), param, S(other.aad), S(other.plain), Out(64))
+		ivo := written(out[1], "pIv")
+		if bytes.Equal(ivo, ivq) || counter(ivo) != counter(ivq)+1 {
+			t.Fatalf("%q/%q: IV %x after the prefetch's %x", other.aad, other.plain, ivo, ivq)
+		}
+		sealed("other input", ivo, out[4].Bytes, written(out[1], "pTag"), other.aad, other.plain)
+	}
+
+	cl.Must(ck.CKR_OK, "C_MessageEncryptFinal", U(h))
+
+	// Decryption: the plaintext comes, and the message stays.
+	cl.Must(ck.CKR_OK, "C_MessageDecryptInit", U(h), M(ck.CKM_AES_GCM), U(key))
+	q = cl.Must(ck.CKR_OK, "C_DecryptMessage", U(h), gcmMsgIn(iv, tag), S("aad"), B(ct), prefetch())
+	if string(q[4].Bytes) != "next" {
+		t.Fatalf("prefetched plaintext %q", q[4].Bytes)
+	}
+	cl.Must(ck.CKR_OPERATION_ACTIVE, "C_MessageDecryptFinal", U(h))
+	q = cl.Must(ck.CKR_OK, "C_DecryptMessage", U(h), gcmMsgIn(iv, tag), S("aad"), B(ct), prefetch())
+	cl.Must(ck.CKR_OK, "C_SessionCancel", U(h), U(ck.CKF_MESSAGE_DECRYPT|calls.CancelCurrentMessage))
+	cl.Must(ck.CKR_OK, "C_MessageDecryptFinal", U(h))
+
+	// Signing: the signature comes, the follow-up gets the same.
+	mac := cl.Create(h, AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_GENERIC_SECRET),
+		AB(ck.CKA_TOKEN, false), AB(ck.CKA_SIGN, true), A(ck.CKA_VALUE, bytes.Repeat([]byte{7}, 32)))
+	none := wire.Value{Param: &wire.Param{}}
+	cl.Must(ck.CKR_OK, "C_MessageSignInit", U(h), M(ck.CKM_SHA256_HMAC), U(mac))
+	q = cl.Must(ck.CKR_OK, "C_SignMessage", U(h), none, S("data"), prefetch())
+	if len(q[3].Bytes) != 32 {
+		t.Fatalf("prefetched signature: %d bytes", len(q[3].Bytes))
+	}
+	if out := cl.Must(ck.CKR_OK, "C_SignMessage", U(h), none, S("data"), Out(64)); !bytes.Equal(out[3].Bytes, q[3].Bytes) {
+		t.Fatal("the follow-up did not get the prefetched signature")
+	}
+	cl.Must(ck.CKR_OK, "C_MessageSignFinal", U(h))
+}
