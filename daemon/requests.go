@@ -435,8 +435,12 @@ func prefetched(c *calls.Call, args *wire.Args) bool {
 		return false
 	}
 	for i, a := range c.Args {
-		if a.Kind == calls.OutBytes {
+		switch a.Kind {
+		case calls.OutBytes:
 			return args.Out(i).Prefetch
+		case calls.OptOutBytes:
+			spec, wanted := args.OptOut(i)
+			return wanted && spec.Prefetch
 		}
 	}
 	return false

@@ -58,6 +58,14 @@ func genStub(e *emitter, c *calls.Call) error {
 			e.p("\thsm_put_u64(&c.req, (uint64_t)%s & ~(uint64_t)%#xULL);", a.Name, uint64(calls.CancelCurrentMessage|calls.CollectUpdate))
 			continue
 		}
+		if a.Kind == calls.OptOutBytes && calls.Prefetches(c) {
+			// Only the last part, with a length pointer, has an output.
+			e.p("\thsm_put_u8(&c.req, %s_len != NULL);", a.Name)
+			e.p("\tif (%s_len != NULL)", a.Name)
+			e.p("\t\thsm_put_outspec_prefetch(&c.req, %s != NULL, *%s_len);", a.Name, a.Name)
+			e.p("\tc.req.prefetch_version = %d;", calls.PrefetchVersion(c))
+			continue
+		}
 		if a.Kind == calls.OutBytes && calls.Prefetches(c) {
 			e.p("\thsm_put_outspec_prefetch(&c.req, %s != NULL, *%s_len);", a.Name, a.Name)
 			if v := calls.PrefetchVersion(c); v > 3 {
@@ -81,6 +89,9 @@ func genStub(e *emitter, c *calls.Call) error {
 			e.p("\t\thsm_held_side_release(&%s.out);", msgVar(mp))
 			e.p("\t\tgoto out;")
 			e.p("\t}")
+		} else if out.Kind == calls.OptOutBytes {
+			e.p("\tif (%s_len != NULL && hsm_held_serve(&c, %s, %s_len, &rv, NULL))", out.Name, out.Name, out.Name)
+			e.p("\t\tgoto out;")
 		} else {
 			e.p("\tif (hsm_held_serve(&c, %s, %s_len, &rv, NULL))", out.Name, out.Name)
 			e.p("\t\tgoto out;")
@@ -136,9 +147,11 @@ func genStub(e *emitter, c *calls.Call) error {
 		e.p("\t{")
 		for _, a := range outs {
 			genDecode(e, a)
-			if a.Kind == calls.OutBytes && calls.Prefetches(c) {
+			if (a.Kind == calls.OutBytes || a.Kind == calls.OptOutBytes) && calls.Prefetches(c) {
 				if mp, ok := msgOutArg(c); ok {
 					e.p("\t\thsm_held_keep(&c, &o_%s, %s, &%s.out, o_%s_ok);", a.Name, a.Name, msgVar(mp), mp.Name)
+				} else if a.Kind == calls.OptOutBytes {
+					e.p("\t\thsm_held_keep(&c, &o_%s, %s, NULL, o_%s_ok);", a.Name, a.Name, a.Name)
 				} else {
 					e.p("\t\thsm_held_keep(&c, &o_%s, %s, NULL, 1);", a.Name, a.Name)
 				}
@@ -173,7 +186,7 @@ func prefetchOut(c *calls.Call) (calls.Arg, bool) {
 		return calls.Arg{}, false
 	}
 	for _, a := range c.Args {
-		if a.Kind == calls.OutBytes {
+		if a.Kind == calls.OutBytes || a.Kind == calls.OptOutBytes {
 			return a, true
 		}
 	}

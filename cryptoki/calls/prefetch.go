@@ -9,7 +9,9 @@ package calls
 // at all (C_WrapKey, whose follow-up repeats its arguments), or, for the
 // Updates (from version 4), it rewinds the state to before the measured
 // update (mech.Rewinder), or, for the one-call messages (from version 5),
-// it makes the message anew, with a new IV of the token's. For these a
+// it makes the message anew, with a new IV of the token's (the last part
+// of a message signed in parts it refuses, as after any part's size
+// query: no output goes to other input). For these a
 // module may ask, with a NULL output buffer, for the whole result with its
 // length (a message's with what its parameter gets back), keep it, and
 // serve the follow-up call itself when its arguments match
@@ -33,6 +35,9 @@ var prefetching = map[string]int{
 	"C_EncryptMessage": 5,
 	"C_DecryptMessage": 5,
 	"C_SignMessage":    5,
+	// Its last part's (a length pointer, OptOutBytes): the daemon refuses
+	// a follow-up with other input, as without a prefetch.
+	"C_SignMessageNext": 5,
 }
 
 // goesOn are the prefetching calls whose operation goes on after the

@@ -48,14 +48,16 @@
  * other input goes to the daemon without it, and the daemon goes back.
  *
  * A one-call message (C_EncryptMessage, C_DecryptMessage, C_SignMessage,
- * from protocol version 5) is held with what its parameter gets back (an
- * encryption's IV of the token's and its tag: hsm_held_side), which goes
- * to the caller with the output and only with it; the parameter is among
- * the arguments the follow-up is matched by. What the module owes once
- * it is handed over is the end of that message (C_SessionCancel with the
- * process's flag and calls.CancelCurrentMessage); the process goes on. A
- * follow-up with other input goes to the daemon, which makes the message
- * anew, under a new IV of the token's.
+ * and the last part of C_SignMessageNext, from protocol version 5) is
+ * held with what its parameter gets back (an encryption's IV of the
+ * token's and its tag: hsm_held_side), which goes to the caller with the
+ * output and only with it; the parameter is among the arguments the
+ * follow-up is matched by. What the module owes once it is handed over is
+ * the end of that message (C_SessionCancel with the process's flag and
+ * calls.CancelCurrentMessage); the process goes on. A follow-up with
+ * other input goes to the daemon, which makes the message anew, under a
+ * new IV of the token's (a last part's it refuses: the part is in the
+ * message already).
  *
  * Results are wiped (explicit_bzero) when handed over or forgotten, and
  * so is their copy in the reply that brought them.

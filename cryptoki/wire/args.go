@@ -113,7 +113,11 @@ func (a *Args) Decode(c *calls.Call, body []byte) error {
 			}
 		case calls.OptOutBytes:
 			if v.null = !r.present(arg.Name); !v.null {
-				v.out.Present = r.present(arg.Name)
+				if calls.Prefetches(c) {
+					v.out.Present, v.out.Prefetch = r.outPresence(arg.Name)
+				} else {
+					v.out.Present = r.present(arg.Name)
+				}
 				v.out.Capacity = r.u64(arg.Name)
 			}
 		case calls.OutUlong, calls.OutStruct, calls.Ignored, calls.Reserved:
@@ -317,7 +321,7 @@ func AppendArgs(dst []byte, c *calls.Call, vals []Value) ([]byte, error) {
 		case calls.OptOutBytes:
 			b = appendBool(b, !v.Null)
 			if !v.Null {
-				b = appendBool(b, v.Out.Present)
+				b = appendOutPresence(b, v.Out)
 				b = appendU64(b, v.Out.Capacity)
 			}
 		}

@@ -332,11 +332,17 @@ func MsgOutFits(p *Param, outs map[string][]byte) bool {
 }
 
 // OptOutBytes supplies an OptOutBytes output: nothing but the wanted byte
-// when the caller passed no length pointer, else as OutBytes does.
+// when the caller passed no length pointer, else as OutBytes does, a
+// prefetch's included.
 func (r *Results) OptOutBytes(spec OutSpec, wanted bool, data []byte) uint64 {
 	r.expect(calls.OptOutBytes)
 	r.buf = appendBool(r.buf, wanted)
 	if !wanted {
+		return ck.CKR_OK
+	}
+	if spec.Prefetch && !spec.Present && len(data) <= MaxPrefetch {
+		r.buf = appendU64(r.buf, uint64(len(data)))
+		r.buf = appendBytes(r.buf, data, false)
 		return ck.CKR_OK
 	}
 	if rv, fits := r.outLength(spec, uint64(len(data))); !fits {

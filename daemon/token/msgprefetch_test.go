@@ -107,3 +107,38 @@ func TestMessagePrefetch(t *testing.T) {
 	}
 	cl.Must(ck.CKR_OK, "C_MessageSignFinal", U(h))
 }
+
+// The last part of a message signed in parts prefetches too: the
+// signature comes with the length, and the message stays for the
+// follow-up; one with other input is refused, as after any size query of
+// a part (its measurement is in the message already).
+func TestMessageNextPrefetch(t *testing.T) {
+	t.Parallel()
+	_, cl, h := msgSession(t)
+	mac := cl.Create(h, AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_GENERIC_SECRET),
+		AB(ck.CKA_TOKEN, false), AB(ck.CKA_SIGN, true), A(ck.CKA_VALUE, bytes.Repeat([]byte{7}, 32)))
+	none := wire.Value{Param: &wire.Param{}}
+	last := func(spec wire.OutSpec) wire.Value { return wire.Value{Out: spec} }
+	cl.Must(ck.CKR_OK, "C_MessageSignInit", U(h), M(ck.CKM_SHA256_HMAC), U(mac))
+
+	cl.Must(ck.CKR_OK, "C_SignMessageBegin", U(h), none)
+	cl.Must(ck.CKR_OK, "C_SignMessageNext", U(h), none, S("in "), wire.Value{Null: true})
+	q := cl.Must(ck.CKR_OK, "C_SignMessageNext", U(h), none, S("parts"), last(wire.OutSpec{Prefetch: true}))
+	if q[3].Length != 32 || len(q[3].Bytes) != 32 {
+		t.Fatalf("prefetch: %d bytes of %d", len(q[3].Bytes), q[3].Length)
+	}
+	out := cl.Must(ck.CKR_OK, "C_SignMessageNext", U(h), none, S("parts"), last(wire.OutSpec{Present: true, Capacity: 64}))
+	if !bytes.Equal(out[3].Bytes, q[3].Bytes) {
+		t.Fatal("the follow-up did not get the prefetched signature")
+	}
+	// Handed over by the module: the message ends.
+	cl.Must(ck.CKR_OK, "C_SignMessageBegin", U(h), none)
+	cl.Must(ck.CKR_OK, "C_SignMessageNext", U(h), none, S("x"), last(wire.OutSpec{Prefetch: true}))
+	cl.Must(ck.CKR_OK, "C_SessionCancel", U(h), U(ck.CKF_MESSAGE_SIGN|calls.CancelCurrentMessage))
+	cl.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_SignMessageNext", U(h), none, S("x"), last(wire.OutSpec{Present: true, Capacity: 64}))
+	// Other input at the follow-up.
+	cl.Must(ck.CKR_OK, "C_SignMessageBegin", U(h), none)
+	cl.Must(ck.CKR_OK, "C_SignMessageNext", U(h), none, S("x"), last(wire.OutSpec{Prefetch: true}))
+	cl.Must(ck.CKR_ARGUMENTS_BAD, "C_SignMessageNext", U(h), none, S("y"), last(wire.OutSpec{Present: true, Capacity: 64}))
+	cl.Must(ck.CKR_OK, "C_MessageSignFinal", U(h))
+}

@@ -3,16 +3,19 @@
  * (docs/protocol.md, "Results ahead of the follow-up call"):
  *
  *   msgtrips  C_EncryptMessage (AES-GCM, an IV of the token's counter),
- *             C_DecryptMessage and C_SignMessage in both calling
- *             conventions: a process of three messages costs the same
- *             round trips either way, one a message.
+ *             C_DecryptMessage, C_SignMessage, and messages signed in
+ *             parts (C_SignMessageBegin, a part, the last part), in both
+ *             calling conventions: a process of three messages costs the
+ *             same round trips either way, one a call that carries data.
  *   msgrules  what the parameter gets back (the token's IV, the tag) comes
  *             with the output and only with it, and decrypts; a follow-up
  *             with other input gets its own output under a new IV (the
  *             query's IV is never given a second input); a short buffer
  *             and another query keep the held result; C_MessageEncryptFinal,
  *             C_SessionCancel and C_CloseSession discard it; a new Init is
- *             CKR_OPERATION_ACTIVE and the follow-up still gets its result.
+ *             CKR_OPERATION_ACTIVE and the follow-up still gets its result;
+ *             the last part signed in parts, the same, and other input
+ *             there is CKR_ARGUMENTS_BAD, as after any part's size query.
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -94,18 +97,50 @@ static int opens(const keys *k, CK_BYTE *iv, CK_BYTE *tag, const CK_BYTE *ct, CK
 
 /* ---- msgtrips ---- */
 
-enum mfam { M_ENCRYPT, M_DECRYPT, M_SIGN, M_COUNT };
-static const char *mfam_name[M_COUNT] = {"encrypt-message", "decrypt-message", "sign-message"};
+enum mfam { M_ENCRYPT, M_DECRYPT, M_SIGN, M_SIGN_PARTS, M_COUNT };
+static const char *mfam_name[M_COUNT] = {"encrypt-message", "decrypt-message", "sign-message", "sign-message-parts"};
+/* Round trips a process costs: its Init and Final, and each call that
+ * carries data (a message signed in parts: Begin, a part, the last). */
+static const int mfam_trips[M_COUNT] = {MSGS + 2, MSGS + 2, MSGS + 2, 3 * MSGS + 2};
+
+/* sign_parts signs msg in two parts, asking the last part's length
+ * first with twocall. */
+static CK_RV sign_parts(const keys *k, int twocall, CK_BYTE_PTR sig, CK_ULONG_PTR len)
+{
+	CK_RV rv = f3->C_SignMessageBegin(k->s, NULL, 0);
+	if (rv == CKR_OK)
+		rv = f3->C_SignMessageNext(k->s, NULL, 0, msg, 50, NULL, NULL);
+	if (rv == CKR_OK && twocall) {
+		CK_ULONG n = 0;
+		rv = f3->C_SignMessageNext(k->s, NULL, 0, msg + 50, 50, NULL, &n);
+	}
+	if (rv == CKR_OK)
+		rv = f3->C_SignMessageNext(k->s, NULL, 0, msg + 50, 50, sig, len);
+	return rv;
+}
 
 /* msg_op: a process of MSGS messages, from its Init to its Final. */
 static CK_RV msg_op(const keys *k, int fam, int twocall)
 {
 	CK_MECHANISM gcm = {CKM_AES_GCM, NULL, 0}, ecdsa = {CKM_ECDSA, NULL, 0};
+	CK_MECHANISM ecdsa_sha = {CKM_ECDSA_SHA256, NULL, 0};
 	CK_RV rv = fam == M_ENCRYPT   ? f3->C_MessageEncryptInit(k->s, &gcm, k->aes)
 		   : fam == M_DECRYPT ? f3->C_MessageDecryptInit(k->s, &gcm, k->aes)
-				      : f3->C_MessageSignInit(k->s, &ecdsa, k->ec_priv);
+		   : fam == M_SIGN    ? f3->C_MessageSignInit(k->s, &ecdsa, k->ec_priv)
+				      : f3->C_MessageSignInit(k->s, &ecdsa_sha, k->ec_priv);
 	if (rv != CKR_OK)
 		return rv;
+	if (fam == M_SIGN_PARTS) {
+		for (int i = 0; i < MSGS; i++) {
+			CK_BYTE sig[128];
+			CK_ULONG len = sizeof sig;
+			if ((rv = sign_parts(k, twocall, sig, &len)) != CKR_OK)
+				return rv;
+			if (len != 64)
+				return CKR_GENERAL_ERROR;
+		}
+		return f3->C_MessageSignFinal(k->s);
+	}
 	uint64_t last = 0;
 	for (int i = 0; i < MSGS; i++) {
 		CK_GCM_MESSAGE_PARAMS p;
@@ -164,8 +199,8 @@ static void test_msgtrips(void)
 			per[twocall] = trips;
 			printf("trips: %-15s %-8s %4.1f calls, %4.1f round trips a process of %d messages\n", mfam_name[fam],
 			       twocall ? "two-call" : "one-call", calls / 10.0, trips / 10.0, MSGS);
-			CHECK(trips == 10ul * (MSGS + 2), "%s %s: %lu round trips for 10 processes, want %d", mfam_name[fam],
-			      twocall ? "two-call" : "one-call", trips, 10 * (MSGS + 2));
+			CHECK(trips == 10ul * (unsigned long)mfam_trips[fam], "%s %s: %lu round trips for 10 processes, want %d",
+			      mfam_name[fam], twocall ? "two-call" : "one-call", trips, 10 * mfam_trips[fam]);
 		}
 		CHECK(per[0] == per[1], "%s: one call %lu round trips, length query first %lu", mfam_name[fam], per[0],
 		      per[1]);
@@ -314,6 +349,42 @@ static void decrypt_sign_rules(const keys *k)
 	OK(f3->C_SignMessage(k->s, NULL, 0, msg, 32, sig, &len));
 	CHECK(len == 64 && verifies_over(k, msg, sig, len), "the held signature does not verify");
 	OK(f3->C_MessageSignFinal(k->s));
+
+	/* In parts: the last part's query, a short buffer, the follow-up. */
+	CK_MECHANISM ecdsa_sha = {CKM_ECDSA_SHA256, NULL, 0};
+	OK(f3->C_MessageSignInit(k->s, &ecdsa_sha, k->ec_priv));
+	OK(f3->C_SignMessageBegin(k->s, NULL, 0));
+	OK(f3->C_SignMessageNext(k->s, NULL, 0, msg, 50, NULL, NULL));
+	len = 0;
+	OK(f3->C_SignMessageNext(k->s, NULL, 0, msg + 50, 50, NULL, &len));
+	CHECK(len == 64, "last part's length %lu", len);
+	len = 10;
+	EXPECT(f3->C_SignMessageNext(k->s, NULL, 0, msg + 50, 50, sig, &len), CKR_BUFFER_TOO_SMALL);
+	CHECK(len == 64, "short buffer: %lu", len);
+	len = sizeof sig;
+	OK(f3->C_SignMessageNext(k->s, NULL, 0, msg + 50, 50, sig, &len));
+	CK_BYTE sig_parts[64];
+	CK_ULONG parts_len = len < sizeof sig_parts ? len : sizeof sig_parts;
+	memcpy(sig_parts, sig, parts_len);
+	/* Other input at the last part's follow-up: refused, the message
+	 * ends, the process goes on. */
+	OK(f3->C_SignMessageBegin(k->s, NULL, 0));
+	len = 0;
+	OK(f3->C_SignMessageNext(k->s, NULL, 0, msg, 50, NULL, &len));
+	len = sizeof sig;
+	EXPECT(f3->C_SignMessageNext(k->s, NULL, 0, msg + 50, 50, sig, &len), CKR_ARGUMENTS_BAD);
+	EXPECT(f3->C_SignMessageNext(k->s, NULL, 0, msg, 50, sig, &len), CKR_OPERATION_NOT_INITIALIZED);
+	/* C_SessionCancel discards it. */
+	OK(f3->C_SignMessageBegin(k->s, NULL, 0));
+	len = 0;
+	OK(f3->C_SignMessageNext(k->s, NULL, 0, msg, 50, NULL, &len));
+	OK(f3->C_SessionCancel(k->s, CKF_MESSAGE_SIGN));
+	len = sizeof sig;
+	EXPECT(f3->C_SignMessageNext(k->s, NULL, 0, msg, 50, sig, &len), CKR_OPERATION_NOT_INITIALIZED);
+	/* The parts' signature verifies over the whole message. */
+	CHECK(parts_len == 64 && f->C_VerifyInit(k->s, &ecdsa_sha, k->ec_pub) == CKR_OK &&
+		      f->C_Verify(k->s, msg, sizeof msg, sig_parts, parts_len) == CKR_OK,
+	      "the held last part's signature does not verify");
 }
 
 static void test_msgrules(void)

@@ -257,7 +257,8 @@ func TestMessageInitParameter(t *testing.T) {
 }
 
 // C_SignMessageNext without a length pointer is a part; C_VerifyMessageNext
-// with a NULL signature likewise.
+// with a NULL signature likewise. The last part's size query prefetches
+// (protocol version 5).
 func TestMessageNextParts(t *testing.T) {
 	m, rec := msgSession(t, func(q Req) Resp {
 		switch q.Call.Name {
@@ -281,10 +282,15 @@ func TestMessageNextParts(t *testing.T) {
 	if o := m.SignMessageNext(1, []byte("last"), Buf{Cap: 64}); o.RV != 0 || string(o.Data) != "signature" {
 		t.Fatalf("the signature: %+v", o)
 	}
+	// The last part's size query asked for the whole signature (a
+	// prefetch), and the module answered the rest itself.
 	reqs := rec.take()
-	for i, want := range []bool{false, true, true, true} {
-		if _, wanted := reqs[i].Args.OptOut(3); wanted != want {
-			t.Errorf("call %d: length pointer %v", i, wanted)
+	if len(reqs) != 2 {
+		t.Fatalf("the daemon saw %d calls, want a part and a prefetch", len(reqs))
+	}
+	for i, want := range []bool{false, true} {
+		if spec, wanted := reqs[i].Args.OptOut(3); wanted != want || spec.Prefetch != want {
+			t.Errorf("call %d: length pointer %v, %+v", i, wanted, spec)
 		}
 	}
 	if rv := m.VerifyMessageNext(1, []byte("part"), In{Null: true}); rv != 0 {
@@ -293,7 +299,12 @@ func TestMessageNextParts(t *testing.T) {
 	if rv := m.VerifyMessageNext(1, []byte("last"), In{Data: []byte("sig")}); rv != 0 {
 		t.Fatal(rv)
 	}
+	// Ahead of them, the end of the signed message the module handed over.
 	reqs = rec.take()
+	if len(reqs) != 3 || reqs[0].Call.Name != "C_SessionCancel" || reqs[0].Args.Ulong(1) != ck.CKF_MESSAGE_SIGN|calls.CancelCurrentMessage {
+		t.Fatalf("the daemon saw %v", reqs)
+	}
+	reqs = reqs[1:]
 	if _, null := reqs[0].Args.Bytes(3); !null {
 		t.Error("a part's signature is not NULL")
 	}
