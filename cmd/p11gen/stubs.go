@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"hsmemu/cryptoki/calls"
+	"hsmemu/cryptoki/ck"
 )
 
 // genStubs writes one C function per forwarded call. Each one:
@@ -78,6 +79,11 @@ func genStub(e *emitter, c *calls.Call) error {
 			continue
 		}
 		genEncode(e, a)
+	}
+	if f := calls.PrefetchLastPartFlags(c); f != "" {
+		// The message goes on after the follow-up of any part but the
+		// last (held.c).
+		e.p("\tc.goes_on = %s != %#xUL;", f, uint64(ck.CKF_END_OF_MESSAGE))
 	}
 	genRole(e, c)
 	if out, ok := prefetchOut(c); ok {

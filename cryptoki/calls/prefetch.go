@@ -35,10 +35,24 @@ var prefetching = map[string]int{
 	"C_EncryptMessage": 5,
 	"C_DecryptMessage": 5,
 	"C_SignMessage":    5,
-	// Its last part's (a length pointer, OptOutBytes): the daemon refuses
-	// a follow-up with other input, as without a prefetch.
-	"C_SignMessageNext": 5,
+	// A part's: the daemon refuses a follow-up with other input, as
+	// without a prefetch (the part is in the message already). The
+	// signature's is its last part's (a length pointer, OptOutBytes).
+	"C_SignMessageNext":    5,
+	"C_EncryptMessageNext": 5,
+	"C_DecryptMessageNext": 5,
 }
+
+// lastPartFlags are the prefetching calls whose operation goes on after
+// the follow-up unless the flags argument named here says the part is the
+// last (CKF_END_OF_MESSAGE): for a part before it the module owes the
+// daemon CollectUpdate, for the last the end of the message.
+var lastPartFlags = map[string]string{"C_EncryptMessageNext": "flags", "C_DecryptMessageNext": "flags"}
+
+// PrefetchLastPartFlags is the argument of c that says whether its part
+// is the last, for a call whose operation goes on after any other part's
+// follow-up; "" for the others.
+func PrefetchLastPartFlags(c *Call) string { return lastPartFlags[c.Name] }
 
 // goesOn are the prefetching calls whose operation goes on after the
 // follow-up took the output.

@@ -47,17 +47,19 @@
  * so that the daemon's next Update goes on from there; a follow-up with
  * other input goes to the daemon without it, and the daemon goes back.
  *
- * A one-call message (C_EncryptMessage, C_DecryptMessage, C_SignMessage,
- * and the last part of C_SignMessageNext, from protocol version 5) is
- * held with what its parameter gets back (an encryption's IV of the
- * token's and its tag: hsm_held_side), which goes to the caller with the
- * output and only with it; the parameter is among the arguments the
- * follow-up is matched by. What the module owes once it is handed over is
- * the end of that message (C_SessionCancel with the process's flag and
- * calls.CancelCurrentMessage); the process goes on. A follow-up with
- * other input goes to the daemon, which makes the message anew, under a
- * new IV of the token's (a last part's it refuses: the part is in the
- * message already).
+ * A message (C_EncryptMessage, C_DecryptMessage, C_SignMessage, and the
+ * parts of C_EncryptMessageNext, C_DecryptMessageNext and
+ * C_SignMessageNext, from protocol version 5) is held with what its
+ * parameter gets back (an encryption's IV of the token's and its tag:
+ * hsm_held_side), which goes to the caller with the output and only with
+ * it; the parameter is among the arguments the follow-up is matched by,
+ * and so are a Next's flags after the output (tail). What the module owes
+ * once it is handed over is the end of that message (C_SessionCancel
+ * with the process's flag and calls.CancelCurrentMessage; the process
+ * goes on), or for a part before the last the word that it was collected
+ * (goes_on, as for an Update). A follow-up with other input goes to the
+ * daemon, which makes a one-call message anew, under a new IV of the
+ * token's, and refuses a part's (the part is in the message already).
  *
  * Results are wiped (explicit_bzero) when handed over or forgotten, and
  * so is their copy in the reply that brought them.
@@ -235,29 +237,55 @@ static const uint8_t *args(const hsm_call *c, size_t *n)
 	return c->req.p + 8 + 4 + 8;
 }
 
+/* tail returns the arguments after the output's outspec (u8, u64): a
+ * message Next's flags, which say whether the part is the last. */
+static const uint8_t *tail(const hsm_call *c, size_t *n)
+{
+	size_t at = c->req.out_at + 1 + 8;
+	*n = at <= c->req.len ? c->req.len - at : 0;
+	return c->req.p + (at <= c->req.len ? at : c->req.len);
+}
+
+/* HELD_TAIL_MAX: the arguments after the output a key takes as they are. */
+#define HELD_TAIL_MAX 32
+
 /* key makes what a follow-up is matched by: the call number and the
  * session as they are, then the other arguments' length and, when they
  * are longer than HELD_COPY_MAX (shorter ones are compared as they are),
  * their SHA-256: the input of a call that continues an operation (the
  * daemon gives its kept output only to the same input), the mechanism and
- * both keys of C_WrapKey. 0 when it cannot be made. */
+ * both keys of C_WrapKey, a message's parameter. The arguments after the
+ * output (a message Next's flags) are in the SHA-256 too, or else in the
+ * key as they are. 0 when it cannot be made. */
 static int key(const hsm_call *c, uint8_t k[HELD_KEY_LEN])
 {
-	size_t rest;
+	size_t rest, tn;
 	const uint8_t *a = args(c, &rest);
 	if (a == NULL)
+		return 0;
+	const uint8_t *t = tail(c, &tn);
+	if (tn > HELD_TAIL_MAX)
 		return 0;
 	memset(k, 0, HELD_KEY_LEN);
 	memcpy(k, c->req.p + 8, 4 + 8);
 	for (int i = 0; i < 8; i++)
 		k[12 + i] = (uint8_t)((uint64_t)rest >> (56 - 8 * i));
-	if (rest <= HELD_COPY_MAX)
+	if (rest <= HELD_COPY_MAX) {
+		if (tn > 0)
+			memcpy(k + 20, t, tn);
 		return 1;
+	}
 	unsigned int n = 0;
 	pthread_once(&sha256_once, sha256_fetch);
-	if (sha256_md == NULL || EVP_Digest(a, rest, k + 20, &n, sha256_md, NULL) != 1 || n != 32)
+	if (sha256_md == NULL)
 		return 0;
-	return 1;
+	if (tn == 0)
+		return EVP_Digest(a, rest, k + 20, &n, sha256_md, NULL) == 1 && n == 32;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	int ok = ctx != NULL && EVP_DigestInit_ex(ctx, sha256_md, NULL) == 1 && EVP_DigestUpdate(ctx, a, rest) == 1 &&
+		 EVP_DigestUpdate(ctx, t, tn) == 1 && EVP_DigestFinal_ex(ctx, k + 20, &n) == 1 && n == 32;
+	EVP_MD_CTX_free(ctx);
+	return ok;
 }
 
 /* same compares two keys; they name the caller's own data, so no secret
@@ -365,8 +393,9 @@ void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out, hsm_held_side 
 				e->defer_seq = c->defer_seq;
 				e->idle_but = c->idle_but;
 				if (c->goes_on) {
-					/* An Update: the daemon delivers its kept
-					 * output and the operation goes on. */
+					/* An Update, a message part before the
+					 * last: the daemon delivers its kept output
+					 * and the operation goes on. */
 					e->cancel_flags = HSM_COLLECT_UPDATE | (c->cancel_flags << 32 & HSM_COLLECT_KINDS);
 					e->idle_but = 0;
 				}

@@ -369,8 +369,9 @@ typedef struct hsm_call {
 	 * reply came from. */
 	int idle_but;
 	/* The prefetching call's operation goes on after the follow-up (an
-	 * Update): handing the result over owes the daemon a C_SessionCancel
-	 * with calls.CollectUpdate instead of one that ends the operation. */
+	 * Update, a message part before the last): handing the result over
+	 * owes the daemon a C_SessionCancel with calls.CollectUpdate instead
+	 * of one that ends the operation (or the message). */
 	int goes_on;
 	unsigned long defer_seq;
 	unsigned long held_seq;

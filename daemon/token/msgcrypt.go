@@ -110,9 +110,10 @@ func (e *Engine) encryptMessage(ctx context.Context, app *App, h uint64, p *wire
 // A prefetch (a NULL buffer asking for the whole result, from protocol
 // version 5) gets both too, and the message stays with its output kept,
 // as after any size query: the module holds them and hands them over to
-// the follow-up that brings the same input and parameter. Outputs that do
-// not fit the parameter leave it a plain size query, so the follow-up
-// comes here and gets the error.
+// the follow-up that brings the same input and parameter (then ends the
+// message, or for a part that is not the last says it collected it:
+// collectPart). Outputs that do not fit the parameter leave it a plain
+// size query, so the follow-up comes here and gets the error.
 func deliverMsg(m *message, p *wire.Param, out wire.OutSpec, r *wire.Results, code *uint64) (bool, error) {
 	if out.Prefetch && !out.Present {
 		if len(m.pending) <= wire.MaxPrefetch && wire.MsgOutFits(p, m.pendOuts) {

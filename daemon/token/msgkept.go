@@ -59,6 +59,21 @@ func (op *msgOp) keptNext(call callKind, in inputID) (*message, bool, error) {
 	return m, kept, err
 }
 
+// collectPart is a C_SessionCancel with calls.CollectUpdate for a message
+// process: the module handed over the output a part's size query (not
+// the last part's) measured, so the part is delivered and the message
+// goes on. s.mu is held.
+func (s *session) collectPart(k msgKind) {
+	op := s.msgOf(k)
+	if op == nil || op.cur == nil || !op.cur.hasPend || op.cur.pendFor != callUpdate {
+		return
+	}
+	m := op.cur
+	wipe(m.pending)
+	m.pending, m.pendOuts, m.hasPend = nil, nil, false
+	_ = op.settle() // it only gives back: never fails
+}
+
 // fits says whether an output of n bytes goes into the caller's buffer.
 func fits(out wire.OutSpec, n int) bool { return out.Present && out.Capacity >= uint64(n) }
 

@@ -141,4 +141,36 @@ func TestMessageNextPrefetch(t *testing.T) {
 	cl.Must(ck.CKR_OK, "C_SignMessageNext", U(h), none, S("x"), last(wire.OutSpec{Prefetch: true}))
 	cl.Must(ck.CKR_ARGUMENTS_BAD, "C_SignMessageNext", U(h), none, S("y"), last(wire.OutSpec{Present: true, Capacity: 64}))
 	cl.Must(ck.CKR_OK, "C_MessageSignFinal", U(h))
+
+	// An AEAD message in parts: a part before the last prefetches its
+	// (empty) output, and the module's word that it collected it
+	// (calls.CollectUpdate with the process's flag) lets the message go
+	// on; the last part prefetches the ciphertext and the tag.
+	key := aesKey(cl, h, false)
+	b, _ := aes.NewCipher(aesValue)
+	g, _ := cipher.NewGCM(b)
+	param := gcmMsg(make([]byte, 12), 0, ck.CKG_GENERATE, 16)
+	collect := U(calls.CollectUpdate | ck.CKF_MESSAGE_ENCRYPT<<32)
+	cl.Must(ck.CKR_OK, "C_MessageEncryptInit", U(h), M(ck.CKM_AES_GCM), U(key))
+	iv := append([]byte(nil), written(cl.Must(ck.CKR_OK, "C_EncryptMessageBegin", U(h), param, S("head"))[1], "pIv")...)
+	if q := cl.Must(ck.CKR_OK, "C_EncryptMessageNext", U(h), param, S("part one, "), prefetch(), U(0)); q[3].Length != 0 || q[3].Bytes == nil {
+		t.Fatalf("a part's prefetch: %+v", q[3])
+	}
+	cl.Must(ck.CKR_OK, "C_SessionCancel", U(h), collect)
+	q = cl.Must(ck.CKR_OK, "C_EncryptMessageNext", U(h), param, S("part two"), prefetch(), U(ck.CKF_END_OF_MESSAGE))
+	if want := g.Seal(nil, iv, []byte("part one, part two"), []byte("head")); !bytes.Equal(append(append([]byte(nil), q[3].Bytes...), written(q[1], "pTag")...), want) {
+		t.Fatal("the last part's prefetch differs from crypto/cipher")
+	}
+	out = cl.Must(ck.CKR_OK, "C_EncryptMessageNext", U(h), param, S("part two"), Out(64), U(ck.CKF_END_OF_MESSAGE))
+	if !bytes.Equal(out[3].Bytes, q[3].Bytes) || !bytes.Equal(written(out[1], "pTag"), written(q[1], "pTag")) {
+		t.Fatal("the follow-up did not get the prefetched last part")
+	}
+	// Without the word, the follow-up of a part gets its output from the
+	// daemon; a collect word with nothing kept changes nothing.
+	cl.Must(ck.CKR_OK, "C_EncryptMessageBegin", U(h), param, S(""))
+	cl.Must(ck.CKR_OK, "C_EncryptMessageNext", U(h), param, S("a"), prefetch(), U(0))
+	cl.Must(ck.CKR_OK, "C_EncryptMessageNext", U(h), param, S("a"), Out(64), U(0))
+	cl.Must(ck.CKR_OK, "C_SessionCancel", U(h), collect)
+	cl.Must(ck.CKR_OK, "C_EncryptMessageNext", U(h), param, S("b"), Out(64), U(ck.CKF_END_OF_MESSAGE))
+	cl.Must(ck.CKR_OK, "C_MessageEncryptFinal", U(h))
 }

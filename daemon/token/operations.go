@@ -140,6 +140,11 @@ func (app *App) sessionCancel(h, flags uint64) error {
 				s.collect(opKind(kind))
 			}
 		}
+		for kind, f := range msgCancelFlag {
+			if (flags&calls.CollectKinds)>>32&f != 0 {
+				s.collectPart(msgKind(kind))
+			}
+		}
 		flags &^= calls.CollectUpdate | calls.CollectKinds
 	}
 	for kind, f := range cancelFlag {

@@ -3,10 +3,11 @@
  * (docs/protocol.md, "Results ahead of the follow-up call"):
  *
  *   msgtrips  C_EncryptMessage (AES-GCM, an IV of the token's counter),
- *             C_DecryptMessage, C_SignMessage, and messages signed in
- *             parts (C_SignMessageBegin, a part, the last part), in both
- *             calling conventions: a process of three messages costs the
- *             same round trips either way, one a call that carries data.
+ *             C_DecryptMessage, C_SignMessage, and messages in parts
+ *             (Begin, a part, the last part: encrypted, decrypted,
+ *             signed), in both calling conventions: a process of three
+ *             messages costs the same round trips either way, one a call
+ *             that carries data.
  *   msgrules  what the parameter gets back (the token's IV, the tag) comes
  *             with the output and only with it, and decrypts; a follow-up
  *             with other input gets its own output under a new IV (the
@@ -14,8 +15,9 @@
  *             and another query keep the held result; C_MessageEncryptFinal,
  *             C_SessionCancel and C_CloseSession discard it; a new Init is
  *             CKR_OPERATION_ACTIVE and the follow-up still gets its result;
- *             the last part signed in parts, the same, and other input
- *             there is CKR_ARGUMENTS_BAD, as after any part's size query.
+ *             a message in parts, the same for each part, and other
+ *             input at a part's follow-up is CKR_ARGUMENTS_BAD, as after
+ *             any part's size query.
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -97,11 +99,54 @@ static int opens(const keys *k, CK_BYTE *iv, CK_BYTE *tag, const CK_BYTE *ct, CK
 
 /* ---- msgtrips ---- */
 
-enum mfam { M_ENCRYPT, M_DECRYPT, M_SIGN, M_SIGN_PARTS, M_COUNT };
-static const char *mfam_name[M_COUNT] = {"encrypt-message", "decrypt-message", "sign-message", "sign-message-parts"};
+enum mfam { M_ENCRYPT, M_DECRYPT, M_SIGN, M_SIGN_PARTS, M_ENCRYPT_PARTS, M_DECRYPT_PARTS, M_COUNT };
+static const char *mfam_name[M_COUNT] = {"encrypt-message", "decrypt-message",       "sign-message",
+					 "sign-message-parts", "encrypt-message-parts", "decrypt-message-parts"};
 /* Round trips a process costs: its Init and Final, and each call that
- * carries data (a message signed in parts: Begin, a part, the last). */
-static const int mfam_trips[M_COUNT] = {MSGS + 2, MSGS + 2, MSGS + 2, 3 * MSGS + 2};
+ * carries data (a message in parts: Begin, a part, the last). */
+static const int mfam_trips[M_COUNT] = {MSGS + 2, MSGS + 2, MSGS + 2, 3 * MSGS + 2, 3 * MSGS + 2, 3 * MSGS + 2};
+
+/* next is C_EncryptMessageNext or C_DecryptMessageNext, asking the
+ * output's length first with twocall; *got adds what came out. */
+static CK_RV next(const keys *k, int decrypt, CK_GCM_MESSAGE_PARAMS *p, const CK_BYTE *in, CK_ULONG n, CK_BYTE_PTR out,
+		  CK_ULONG cap, CK_ULONG *got, CK_FLAGS flags, int twocall)
+{
+	CK_RV (*fn)(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR, CK_FLAGS) =
+		decrypt ? f3->C_DecryptMessageNext : f3->C_EncryptMessageNext;
+	CK_ULONG len = 0;
+	CK_RV rv = CKR_OK;
+	if (twocall)
+		rv = fn(k->s, p, sizeof *p, (CK_BYTE_PTR)in, n, NULL, &len, flags);
+	if (rv != CKR_OK)
+		return rv;
+	len = cap;
+	if ((rv = fn(k->s, p, sizeof *p, (CK_BYTE_PTR)in, n, out, &len, flags)) == CKR_OK)
+		*got += len;
+	return rv;
+}
+
+/* aead_parts encrypts msg (or decrypts d_ct) in two parts; iv and tag
+ * get what the encryption writes back. */
+static CK_RV aead_parts(const keys *k, int decrypt, int twocall, CK_BYTE iv[12], CK_BYTE tag[16], CK_BYTE_PTR out,
+			CK_ULONG cap, CK_ULONG *got)
+{
+	CK_GCM_MESSAGE_PARAMS p;
+	const CK_BYTE *in = decrypt ? d_ct : msg;
+	CK_RV rv;
+	*got = 0;
+	if (decrypt) {
+		gcm_in(&p, d_iv, d_tag);
+		rv = f3->C_DecryptMessageBegin(k->s, &p, sizeof p, aad, sizeof aad - 1);
+	} else {
+		gcm_out(&p, iv, tag);
+		rv = f3->C_EncryptMessageBegin(k->s, &p, sizeof p, aad, sizeof aad - 1);
+	}
+	if (rv == CKR_OK)
+		rv = next(k, decrypt, &p, in, 50, out, cap, got, 0, twocall);
+	if (rv == CKR_OK)
+		rv = next(k, decrypt, &p, in + 50, sizeof msg - 50, out + *got, cap - *got, got, CKF_END_OF_MESSAGE, twocall);
+	return rv;
+}
 
 /* sign_parts signs msg in two parts, asking the last part's length
  * first with twocall. */
@@ -124,12 +169,24 @@ static CK_RV msg_op(const keys *k, int fam, int twocall)
 {
 	CK_MECHANISM gcm = {CKM_AES_GCM, NULL, 0}, ecdsa = {CKM_ECDSA, NULL, 0};
 	CK_MECHANISM ecdsa_sha = {CKM_ECDSA_SHA256, NULL, 0};
-	CK_RV rv = fam == M_ENCRYPT   ? f3->C_MessageEncryptInit(k->s, &gcm, k->aes)
-		   : fam == M_DECRYPT ? f3->C_MessageDecryptInit(k->s, &gcm, k->aes)
-		   : fam == M_SIGN    ? f3->C_MessageSignInit(k->s, &ecdsa, k->ec_priv)
-				      : f3->C_MessageSignInit(k->s, &ecdsa_sha, k->ec_priv);
+	CK_RV rv = fam == M_ENCRYPT || fam == M_ENCRYPT_PARTS   ? f3->C_MessageEncryptInit(k->s, &gcm, k->aes)
+		   : fam == M_DECRYPT || fam == M_DECRYPT_PARTS ? f3->C_MessageDecryptInit(k->s, &gcm, k->aes)
+		   : fam == M_SIGN				? f3->C_MessageSignInit(k->s, &ecdsa, k->ec_priv)
+								: f3->C_MessageSignInit(k->s, &ecdsa_sha, k->ec_priv);
 	if (rv != CKR_OK)
 		return rv;
+	if (fam == M_ENCRYPT_PARTS || fam == M_DECRYPT_PARTS) {
+		int decrypt = fam == M_DECRYPT_PARTS;
+		for (int i = 0; i < MSGS; i++) {
+			CK_BYTE iv[12], tag[16], out[256];
+			CK_ULONG got;
+			if ((rv = aead_parts(k, decrypt, twocall, iv, tag, out, sizeof out, &got)) != CKR_OK)
+				return rv;
+			if (got != sizeof msg || (decrypt && memcmp(out, msg, sizeof msg) != 0) || (!decrypt && untouched(iv, tag)))
+				return CKR_GENERAL_ERROR;
+		}
+		return decrypt ? f3->C_MessageDecryptFinal(k->s) : f3->C_MessageEncryptFinal(k->s);
+	}
 	if (fam == M_SIGN_PARTS) {
 		for (int i = 0; i < MSGS; i++) {
 			CK_BYTE sig[128];
@@ -302,6 +359,75 @@ static void encrypt_rules(const keys *k)
 	CHECK(untouched(iv, tag), "after C_SessionCancel: something written back");
 }
 
+/* enext is C_EncryptMessageNext with the parameter p. */
+static CK_RV enext(const keys *k, CK_GCM_MESSAGE_PARAMS *p, const CK_BYTE *in, CK_ULONG n, CK_BYTE_PTR out,
+		   CK_ULONG_PTR len, CK_FLAGS flags)
+{
+	return f3->C_EncryptMessageNext(k->s, p, sizeof *p, (CK_BYTE_PTR)in, n, out, len, flags);
+}
+
+static void parts_rules(const keys *k)
+{
+	CK_MECHANISM gcm = {CKM_AES_GCM, NULL, 0};
+	CK_GCM_MESSAGE_PARAMS p;
+	CK_BYTE iv[12], tag[16], ct[256];
+	static const CK_BYTE zero[16];
+	CK_ULONG len, got;
+	const CK_FLAGS last = CKF_END_OF_MESSAGE;
+
+	if (!OK(f3->C_MessageEncryptInit(k->s, &gcm, k->aes)))
+		return;
+	/* Both parts held: the message decrypts. */
+	if (OK(aead_parts(k, 0, 1, iv, tag, ct, sizeof ct, &got)))
+		CHECK(got == sizeof msg && opens(k, iv, tag, ct, got, msg, sizeof msg), "in parts: does not decrypt");
+
+	/* A short buffer at the last part keeps it, and writes no tag. */
+	gcm_out(&p, iv, tag);
+	OK(f3->C_EncryptMessageBegin(k->s, &p, sizeof p, aad, sizeof aad - 1));
+	len = 0;
+	OK(enext(k, &p, msg, 50, NULL, &len, 0));
+	len = sizeof ct;
+	OK(enext(k, &p, msg, 50, ct, &len, 0));
+	CHECK(len == 0, "a part's output: %lu bytes", len);
+	len = 0;
+	OK(enext(k, &p, msg + 50, 50, NULL, &len, last));
+	CHECK(len == sizeof msg, "the last part's length %lu", len);
+	len = 10;
+	EXPECT(enext(k, &p, msg + 50, 50, ct, &len, last), CKR_BUFFER_TOO_SMALL);
+	CHECK(len == sizeof msg && memcmp(tag, zero, 16) == 0, "short buffer: %lu, or a tag written", len);
+	len = sizeof ct;
+	OK(enext(k, &p, msg + 50, 50, ct, &len, last));
+	CHECK(opens(k, iv, tag, ct, len, msg, sizeof msg), "after a short buffer: does not decrypt");
+
+	/* Other input at a part's follow-up, or at the last part's: refused,
+	 * and the message ends. */
+	gcm_out(&p, iv, tag);
+	OK(f3->C_EncryptMessageBegin(k->s, &p, sizeof p, aad, sizeof aad - 1));
+	len = 0;
+	OK(enext(k, &p, msg, 50, NULL, &len, 0));
+	len = sizeof ct;
+	EXPECT(enext(k, &p, msg + 50, 50, ct, &len, 0), CKR_ARGUMENTS_BAD);
+	EXPECT(enext(k, &p, msg, 50, ct, &len, 0), CKR_OPERATION_NOT_INITIALIZED);
+	gcm_out(&p, iv, tag);
+	OK(f3->C_EncryptMessageBegin(k->s, &p, sizeof p, aad, sizeof aad - 1));
+	len = sizeof ct;
+	OK(enext(k, &p, msg, 50, ct, &len, 0));
+	len = 0;
+	OK(enext(k, &p, msg + 50, 50, NULL, &len, last));
+	len = sizeof ct;
+	EXPECT(enext(k, &p, msg, 50, ct, &len, last), CKR_ARGUMENTS_BAD);
+	CHECK(memcmp(tag, zero, 16) == 0, "other input: a tag written");
+	/* A part's query, then the same input as the last part: another call
+	 * (the flags are matched too), which mixes the forms. */
+	gcm_out(&p, iv, tag);
+	OK(f3->C_EncryptMessageBegin(k->s, &p, sizeof p, aad, sizeof aad - 1));
+	len = 0;
+	OK(enext(k, &p, msg, 50, NULL, &len, 0));
+	len = sizeof ct;
+	EXPECT(enext(k, &p, msg, 50, ct, &len, last), CKR_OPERATION_ACTIVE);
+	OK(f3->C_MessageEncryptFinal(k->s));
+}
+
 static void decrypt_sign_rules(const keys *k)
 {
 	CK_MECHANISM gcm = {CKM_AES_GCM, NULL, 0}, ecdsa = {CKM_ECDSA, NULL, 0};
@@ -395,6 +521,7 @@ static void test_msgrules(void)
 	keys k;
 	if (open_keys(&k)) {
 		encrypt_rules(&k);
+		parts_rules(&k);
 		decrypt_sign_rules(&k);
 		/* C_CloseSession discards it. */
 		keys k2;

@@ -31,6 +31,26 @@ func msgPrefetchDaemon(t *testing.T) (*Module, *Peer, func() []string) {
 		case "C_MessageEncryptFinal":
 			seen = append(seen, "final")
 			return Resp{RV: 0}
+		case "C_EncryptMessageNext":
+			par, spec, last := q.Args.MsgParam(1), q.Args.Out(3), q.Args.Ulong(4) == ck.CKF_END_OF_MESSAGE
+			in, _ := q.Args.Bytes(2)
+			what := "call"
+			if spec.Prefetch {
+				what = "prefetch"
+			}
+			n++
+			seen = append(seen, fmt.Sprintf("next %s %s last=%v", what, in, last))
+			outs, out := map[string][]byte{}, []byte{}
+			if last {
+				out = append([]byte("out:"), in...)
+				if spec.Prefetch || spec.Present && spec.Capacity >= uint64(len(out)) {
+					outs["pTag"] = bytes.Repeat([]byte{byte(n)}, 16)
+				}
+			}
+			return Reply(q.Call.Name, func(r *wire.Results) uint64 {
+				r.MsgOut(par, outs)
+				return r.OutBytes(spec, out)
+			})
 		case "C_EncryptMessage":
 			par, spec := q.Args.MsgParam(1), q.Args.Out(4)
 			in, _ := q.Args.Bytes(3)
@@ -171,5 +191,43 @@ func TestVersion4DaemonNoMessagePrefetch(t *testing.T) {
 	}
 	if h := p.Hellos(); len(h) != 2 || h[0].Version != wire.Version || h[1].Version != 4 {
 		t.Fatalf("hellos %+v: want the current version, then version 4", h)
+	}
+}
+
+// A part of a message in parts prefetches too: the module holds its
+// (empty) output and, once handed over, owes the daemon the word that it
+// collected it (calls.CollectUpdate with the process's flag in bits 32 to
+// 61), which ends nothing; after the last part, the end of the message.
+// The flags are matched: a part's result is not the last part's.
+func TestPrefetchMessagePartsHeld(t *testing.T) {
+	m, _, seen := msgPrefetchDaemon(t)
+	collect := fmt.Sprintf("cancel %#x", uint64(calls.CollectUpdate|ck.CKF_MESSAGE_ENCRYPT<<32))
+	endMessage := fmt.Sprintf("cancel %#x", uint64(ck.CKF_MESSAGE_ENCRYPT|calls.CancelCurrentMessage))
+	p := gcmParam()
+	next := func(in string, b Buf, flags uint64) Out { return m.EncryptMessageNext(1, p, []byte(in), b, flags) }
+
+	if o := next("one", Buf{Null: true}, 0); o.RV != 0 || o.Len != 0 {
+		t.Fatalf("a part's length: %+v", o)
+	}
+	if o := next("one", Buf{Cap: 16}, 0); o.RV != 0 || o.Len != 0 {
+		t.Fatalf("a part: %+v", o)
+	}
+	if o := next("two", Buf{Null: true}, ck.CKF_END_OF_MESSAGE); o.RV != 0 || o.Len != 7 {
+		t.Fatalf("the last part's length: %+v", o)
+	}
+	if o := next("two", Buf{Cap: 3}, ck.CKF_END_OF_MESSAGE); o.RV != ck.CKR_BUFFER_TOO_SMALL || !bytes.Equal(p.Tag, make([]byte, 16)) {
+		t.Fatalf("short buffer: %+v, tag %x", o, p.Tag)
+	}
+	if o := next("two", Buf{Cap: 16}, ck.CKF_END_OF_MESSAGE); o.RV != 0 || string(o.Data) != "out:two" || !bytes.Equal(p.Tag, bytes.Repeat([]byte{2}, 16)) {
+		t.Fatalf("the last part: %+v, tag %x", o, p.Tag)
+	}
+	// A part's query, then the same input with the last part's flag.
+	next("three", Buf{Null: true}, 0)
+	if o := next("three", Buf{Cap: 16}, ck.CKF_END_OF_MESSAGE); o.RV != 0 || string(o.Data) != "out:three" {
+		t.Fatalf("the last part after a part's query: %+v", o)
+	}
+	if got := seen(); !sameCalls(got, "next prefetch one last=false", collect, "next prefetch two last=true", endMessage,
+		"next prefetch three last=false", "next call three last=true") {
+		t.Fatalf("the daemon saw %q", got)
 	}
 }

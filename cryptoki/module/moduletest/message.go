@@ -28,6 +28,12 @@ static CK_RV mt_decrypt_message(CK_FUNCTION_LIST_3_0 *f, CK_SESSION_HANDLE s, vo
 	return f->C_DecryptMessage(s, param, plen, NULL, 0, in, n, out, outlen);
 }
 
+static CK_RV mt_encrypt_message_next(CK_FUNCTION_LIST_3_0 *f, CK_SESSION_HANDLE s, void *param, CK_ULONG plen,
+				     CK_BYTE *in, CK_ULONG n, CK_BYTE *out, CK_ULONG *outlen, CK_FLAGS flags)
+{
+	return f->C_EncryptMessageNext(s, param, plen, in, n, out, outlen, flags);
+}
+
 static CK_RV mt_sign_message_next(CK_FUNCTION_LIST_3_0 *f, CK_SESSION_HANDLE s, CK_BYTE *in, CK_ULONG n,
 				  CK_BYTE *out, CK_ULONG *outlen)
 {
@@ -177,6 +183,18 @@ func (m *Module) DecryptMessage(session uint64, p *MsgParam, in []byte, b Buf) O
 	defer ifree()
 	return call(b, func(out *C.CK_BYTE, outlen *C.CK_ULONG) C.CK_RV {
 		return C.mt_decrypt_message(m.f, C.CK_SESSION_HANDLE(session), param, n, ip, inn, out, outlen)
+	})
+}
+
+// EncryptMessageNext is C_EncryptMessageNext; p gets what the module
+// wrote back.
+func (m *Module) EncryptMessageNext(session uint64, p *MsgParam, in []byte, b Buf, flags uint64) Out {
+	param, n, done := p.c()
+	defer done()
+	ip, inn, ifree := cbytes(In{Data: in})
+	defer ifree()
+	return call(b, func(out *C.CK_BYTE, outlen *C.CK_ULONG) C.CK_RV {
+		return C.mt_encrypt_message_next(m.f, C.CK_SESSION_HANDLE(session), param, n, ip, inn, out, outlen, C.CK_FLAGS(flags))
 	})
 }
 
