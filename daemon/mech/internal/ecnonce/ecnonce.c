@@ -63,9 +63,12 @@ static long futex(atomic_uint *w, int op, unsigned val)
 	return syscall(SYS_futex, (unsigned *)w, op, val, NULL, NULL, 0);
 }
 
+/* wake_filler wakes the filler if it sleeps, once: the signer that
+ * clears sleeping makes the one system call, and the others, while an
+ * idle-priority filler waits for a core, make none. */
 static void wake_filler(en_pool *p)
 {
-	if (atomic_load(&p->sleeping)) {
+	if (atomic_load(&p->sleeping) && atomic_exchange(&p->sleeping, 0)) {
 		atomic_fetch_add(&p->wake, 1);
 		futex(&p->wake, FUTEX_WAKE_PRIVATE, 1);
 	}
