@@ -13,9 +13,9 @@
 // priority: the runtime stops every thread for its garbage collector, and
 // would wait for one the kernel keeps off the cores. The C thread is
 // unknown to the runtime, so nothing waits for it, and it shares no lock
-// with the signers (ecnonce.c). One it may hold for a moment is
-// OpenSSL's: its per-thread DRBG reseeds from the shared one now and then
-// (every 2^16 requests, or minutes), under that one's lock.
+// with the signers, nor with the daemon's other users of OpenSSL: each
+// pool has an OpenSSL library context, and so a random generator, of its
+// own (ecnonce.c says why).
 package ecnonce
 
 /*
@@ -43,9 +43,10 @@ var (
 
 // Pool is one curve's nonces and the thread that makes them.
 type Pool struct {
-	mu   sync.Mutex // one taker at a time: the ring has one consumer
-	p    *C.en_pool
-	size int
+	mu    sync.Mutex // one taker at a time: the ring has one consumer
+	p     *C.en_pool
+	size  int
+	taken uint64 // nonces handed out
 }
 
 // Start makes a pool of capacity nonces on curve c, which its filler
@@ -77,7 +78,18 @@ func (p *Pool) Take(kinv, r []byte) bool {
 	if p.p == nil {
 		return false
 	}
-	return C.en_take(p.p, (*C.uchar)(unsafe.Pointer(&kinv[0])), (*C.uchar)(unsafe.Pointer(&r[0]))) == 1
+	if C.en_take(p.p, (*C.uchar)(unsafe.Pointer(&kinv[0])), (*C.uchar)(unsafe.Pointer(&r[0]))) != 1 {
+		return false
+	}
+	p.taken++
+	return true
+}
+
+// Taken counts the nonces Take handed out.
+func (p *Pool) Taken() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.taken
 }
 
 // Len is how many nonces the pool holds (0 once stopped).
@@ -101,8 +113,9 @@ func (p *Pool) Made() uint64 {
 }
 
 // Policy is the scheduling the filler runs under: "idle" (SCHED_IDLE),
-// "nice" (nice 19, where SCHED_IDLE was refused), or "" before the
-// thread set it.
+// "nice" (nice 19, where SCHED_IDLE was refused), "" before the thread
+// set it, or "failed" once OpenSSL failed it and it ended (signers then
+// make every nonce).
 func (p *Pool) Policy() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -114,6 +127,8 @@ func (p *Pool) Policy() string {
 		return "idle"
 	case 2:
 		return "nice"
+	case -1:
+		return "failed"
 	}
 	return ""
 }

@@ -23,14 +23,15 @@ int en_take(en_pool *p, unsigned char *kinv, unsigned char *r);
 /* en_len is how many nonces the pool holds. */
 unsigned en_len(en_pool *p);
 /* en_policy is the scheduling the filler got: 1 SCHED_IDLE, 2 nice 19,
- * 0 neither (yet). */
+ * 0 neither (yet); -1 once OpenSSL failed it and it ended. */
 int en_policy(en_pool *p);
 /* en_made counts the nonces the filler made. */
 unsigned long en_made(en_pool *p);
 /* en_stop ends the filler; the pool is wiped and freed once the filler
  * has let go of it. The caller must not use p again. */
 void en_stop(en_pool *p);
-/* en_fillers counts the filler threads alive, every pool together. */
+/* en_fillers counts the filler threads alive, every pool together: a
+ * thread is counted out as it ends, before its last frees. */
 int en_fillers(void);
 
 #endif
