@@ -94,9 +94,10 @@ build/e2e-asan: cryptoki/e2e/c/e2e.c
 	@mkdir -p build
 	$(CC) $(E2E_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ $< -ldl
 
-# held.c's message sections are in heldmsg.c; both take the PKCS#11 3.0
-# declarations from the module's p11compat.h.
-HELD_SRC := cryptoki/e2e/c/held.c cryptoki/e2e/c/heldmsg.c
+# held.c's message sections are in heldmsg.c, its authenticated wrap's in
+# heldwrap.c; all take the PKCS#11 3.0 and 3.2 declarations from the
+# module's p11compat.h.
+HELD_SRC := cryptoki/e2e/c/held.c cryptoki/e2e/c/heldmsg.c cryptoki/e2e/c/heldwrap.c
 
 build/e2e-held: $(HELD_SRC) cryptoki/e2e/c/held.h cryptoki/module/p11compat.h
 	@mkdir -p build

@@ -11,7 +11,9 @@ package calls
 // update (mech.Rewinder), or, for the one-call messages (from version 5),
 // it makes the message anew, with a new IV of the token's (the last part
 // of a message signed in parts it refuses, as after any part's size
-// query: no output goes to other input). For these a
+// query: no output goes to other input), or, for C_WrapKeyAuthenticated
+// (from version 6), it has no state, as C_WrapKey, and seals under a new
+// IV of the token's for other arguments. For these a
 // module may ask, with a NULL output buffer, for the whole result with its
 // length (a message's with what its parameter gets back), keep it, and
 // serve the follow-up call itself when its arguments match
@@ -41,6 +43,10 @@ var prefetching = map[string]int{
 	"C_SignMessageNext":    5,
 	"C_EncryptMessageNext": 5,
 	"C_DecryptMessageNext": 5,
+	// Sealed at the query under an IV of the token's, as C_WrapKey's
+	// wrap with what the parameter gets back (the IV, the tag); no
+	// operation, so nothing is owed after the follow-up.
+	"C_WrapKeyAuthenticated": 6,
 }
 
 // lastPartFlags are the prefetching calls whose operation goes on after

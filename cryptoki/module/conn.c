@@ -186,7 +186,7 @@ static enum hsm_io recv_all(int fd, uint8_t *p, size_t n, long long deadline, un
  * a daemon always gave. */
 static uint32_t handle_epoch;
 
-/* hello opens the connection speaking version 5, or the older one a
+/* hello opens the connection speaking version 6, or the older one a
  * daemon that speaks no more names (*version says which). *fresh: the
  * daemon holds nothing of this application from before (version 1 cannot
  * say, so yes). A daemon that wants an older version closes the
@@ -294,11 +294,11 @@ static enum hsm_io connect_fd(const struct sockaddr_un *sa, int *out)
 	return HSM_IO_OK;
 }
 
-/* The version to open with: 5, or an older one once a daemon asked for
+/* The version to open with: 6, or an older one once a daemon asked for
  * it; kept until the next C_Initialize (hsm_conn_init), so each dial to an
  * older daemon costs one hello, and a re-initialised application tries
  * the newest version again. */
-#define DIAL_NEWEST 5
+#define DIAL_NEWEST 6
 static int dial_version = DIAL_NEWEST;
 
 void hsm_conn_init(void) { __atomic_store_n(&dial_version, DIAL_NEWEST, __ATOMIC_RELAXED); }

@@ -81,8 +81,9 @@ enum hsm_io hsm_exchange(hsm_wbuf **reqs, int n, CK_RV *rv, int *idle, uint8_t *
 		return HSM_IO_NOMEM;
 	}
 	/* A daemon before version 3 knows no prefetch, one before version 4
-	 * no prefetch of an Update, one before version 5 none of a message:
-	 * a plain NULL buffer. */
+	 * no prefetch of an Update, one before version 5 none of a message,
+	 * one before version 6 none of C_WrapKeyAuthenticated: a plain NULL
+	 * buffer. */
 	for (int i = 0; i < n; i++)
 		if (reqs[i]->prefetch_at != 0 &&
 		    conn->version < (reqs[i]->prefetch_version != 0 ? reqs[i]->prefetch_version : 3)) {

@@ -61,6 +61,15 @@
  * daemon, which makes a one-call message anew, under a new IV of the
  * token's, and refuses a part's (the part is in the message already).
  *
+ * C_WrapKeyAuthenticated (from protocol version 6) is C_WrapKey's case
+ * with a message's parameter: the daemon seals at the query, under an IV
+ * of the token's, and the module holds the ciphertext with the IV and
+ * the tag (hsm_held_side) for the follow-up that brings the same
+ * mechanism, parameter, keys and associated data. It has no operation,
+ * so nothing is owed once it is handed over (cancel_call 0); a follow-up
+ * with other arguments goes to the daemon, which seals anew under a new
+ * IV.
+ *
  * Results are wiped (explicit_bzero) when handed over or forgotten, and
  * so is their copy in the reply that brought them.
  */
@@ -104,7 +113,7 @@ typedef struct {
 	uint32_t side_n[HSM_HELD_SIDES];
 	int side_set[HSM_HELD_SIDES];
 	unsigned long app_gen;   /* the daemon's application it came from */
-	uint32_t cancel_call;    /* C_SessionCancel, or 0 when the call ends no operation (C_WrapKey) */
+	uint32_t cancel_call;    /* C_SessionCancel, or 0 when the call ends no operation (the wraps) */
 	uint64_t cancel_flags;
 	unsigned long defer_seq; /* the prefetch's number on its session in defer.c */
 	int idle_but;            /* its reply said: idle but for this operation */

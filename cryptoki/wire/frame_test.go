@@ -208,7 +208,7 @@ func TestHello(t *testing.T) {
 	h := Hello{Version: Version, Flags: 0, PID: 0x01020304}
 	copy(h.AppID[:], "0123456789abcdef")
 	b := h.Marshal()
-	want := append([]byte("HSMU\x00\x05\x00\x000123456789abcdef"), 1, 2, 3, 4, 0, 0, 0, 0)
+	want := append([]byte("HSMU\x00\x06\x00\x000123456789abcdef"), 1, 2, 3, 4, 0, 0, 0, 0)
 	if !bytes.Equal(b, want) || len(b) != HelloSize {
 		t.Fatalf("hello %q", b)
 	}
@@ -227,7 +227,7 @@ func TestHello(t *testing.T) {
 
 	hr := HelloReply{Version: Version, Status: StatusVersion}
 	b = hr.Marshal()
-	if !bytes.Equal(b, []byte("HSMU\x00\x05\x00\x01")) || len(b) != HelloReplySize {
+	if !bytes.Equal(b, []byte("HSMU\x00\x06\x00\x01")) || len(b) != HelloReplySize {
 		t.Fatalf("reply %q", b)
 	}
 	if got, err := ReadHelloReply(bytes.NewReader(b)); err != nil || got != hr {

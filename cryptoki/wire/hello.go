@@ -12,8 +12,9 @@ const (
 	// oldest the daemon still serves. Version 2 added the reply's idle
 	// flag, version 3 the prefetch of an output (OutSpec.Prefetch),
 	// version 4 the prefetch of an Update's, version 5 that of a one-call
-	// message's with its parameter's outputs (calls.PrefetchVersion).
-	Version    = 5
+	// message's with its parameter's outputs, version 6 that of
+	// C_WrapKeyAuthenticated's (calls.PrefetchVersion).
+	Version    = 6
 	MinVersion = 1
 
 	// HelloSize and HelloReplySize are the sizes of the two messages.

@@ -247,9 +247,16 @@ func authWrapping(typ uint64, mc *mech.Mechanism, f mech.Func) bool {
 // short buffer asks for the length only: nothing is sealed, no IV is
 // used up and the parameter is not written.
 //
-// The module does not serve this call from a result held since the
-// size query (calls.Prefetches): half of the result is in the
-// parameter, which the held cache does not carry.
+// A prefetch (a NULL buffer asking for the whole result, from protocol
+// version 6, calls.Prefetches) is sealed as the real call is, using up
+// one IV of the token's, and gets the ciphertext with the IV and the tag:
+// the module holds them and hands them over to the follow-up that brings
+// the same mechanism, parameter, keys and associated data. There is no
+// operation to keep, as for C_WrapKey: a follow-up with any other
+// argument comes here and is sealed anew, under a new IV, so an IV never
+// seals two inputs. One whose IV and tag would not fit the caller's
+// parameter, or whose ciphertext is past wire.MaxPrefetch, is a plain
+// size query (no IV used up), and its follow-up comes here.
 func (e *Engine) wrapKeyAuthenticated(ctx context.Context, app *App, h, typ uint64, p *wire.Param, wrappingHandle, keyHandle uint64, aad []byte, out wire.OutSpec, r *wire.Results) error {
 	s, err := app.session(h)
 	if err != nil {
@@ -280,7 +287,11 @@ func (e *Engine) wrapKeyAuthenticated(ctx context.Context, app *App, h, typ uint
 		return err
 	}
 	defer wipe(enc)
-	if !fits(out, len(enc)) {
+	if out.Prefetch && !out.Present && (len(enc) > wire.MaxPrefetch ||
+		!wire.MsgOutFits(p, map[string][]byte{"pIv": make([]byte, len(mp.IV)), "pTag": make([]byte, mp.TagLen)})) {
+		out.Prefetch = false
+	}
+	if !fits(out, len(enc)) && !out.Prefetch {
 		r.MsgOut(p, nil)
 		return ck.Err(r.OutBytes(out, make([]byte, len(enc))))
 	}

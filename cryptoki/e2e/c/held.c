@@ -31,6 +31,9 @@
  *   messages the message-based calls (heldmsg.c): their round trips in
  *            both conventions, what the parameter gets back, other input
  *            at the follow-up, a short buffer, discarding.
+ *   wrap...  C_WrapKeyAuthenticated (heldwrap.c): its round trips in both
+ *            conventions, the IV and the tag written back, unwrapping,
+ *            other associated data at the follow-up, a short buffer.
  *
  * Output as e2e.c's: "FAIL [section] held.c:LINE: ...", "SECTION name: N
  * passed, M failed in Ts", and last "e2e: N passed, M failed".
@@ -805,6 +808,12 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	f3 = ifc->pFunctionList;
+	CK_VERSION v32 = {3, 2};
+	if (gi((CK_UTF8CHAR_PTR) "PKCS 11", &v32, &ifc, 0) != CKR_OK || ifc == NULL) {
+		fprintf(stderr, "%s: no PKCS 11 3.2 interface\n", argv[1]);
+		return 2;
+	}
+	f32 = ifc->pFunctionList;
 
 	begin("setup");
 	CK_C_INITIALIZE_ARGS ia = {.flags = CKF_OS_LOCKING_OK};
@@ -826,6 +835,7 @@ int main(int argc, char **argv)
 		test_rules();
 		test_threads();
 		test_messages();
+		test_wrapauth();
 	}
 	unlink(stats_path);
 	dlclose(lib);

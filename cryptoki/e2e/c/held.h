@@ -1,6 +1,6 @@
 /*
  * held.h: what held.c's checks, token and counts give its other sections
- * (heldmsg.c). The PKCS#11 3.0 declarations the system's header may lack
+ * (heldmsg.c, heldwrap.c). The PKCS#11 3.0 declarations the system's header may lack
  * come from the module's own p11compat.h.
  */
 #ifndef HSMEMU_E2E_HELD_H
@@ -54,5 +54,10 @@ int measure_op(op_fn op, int fam, int twocall, int n, unsigned long *calls, unsi
 /* ---- heldmsg.c ---- */
 
 void test_messages(void);
+
+/* ---- heldwrap.c ---- */
+
+extern CK_FUNCTION_LIST_3_2 *f32;
+void test_wrapauth(void);
 
 #endif

@@ -110,7 +110,8 @@ import (
 
 // Module is the dlopened C module.
 type Module struct {
-	f *C.CK_FUNCTION_LIST_3_0
+	f   *C.CK_FUNCTION_LIST_3_0
+	lib unsafe.Pointer // for the 3.2 function list (wrapauth.go)
 }
 
 // Load dlopens the module at path.
@@ -125,7 +126,7 @@ func Load(path string) (*Module, error) {
 	if f == nil {
 		return nil, errors.New("C_GetInterface failed")
 	}
-	return &Module{f: f}, nil
+	return &Module{f: f, lib: lib}, nil
 }
 
 // RV is a CK_RV: ck.Error, which names it in test messages.
