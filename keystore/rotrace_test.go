@@ -18,7 +18,7 @@ import (
 // it reseals, where it would stay, unreadable, after the rotation's
 // commit. Within one Store its rotation locks order them; across Stores on
 // one PostgreSQL database the token row's lock does (docs/cluster.md,
-// "Rotations across nodes").
+// "Rotations against writes on other daemons").
 
 // ackedState is what an object was acknowledged to hold last.
 type ackedState struct {
