@@ -5,7 +5,6 @@ package moduletest
 import (
 	"bytes"
 	"fmt"
-	"sync"
 	"testing"
 
 	"hsmemu/cryptoki/calls"
@@ -18,18 +17,14 @@ import (
 // new IV for each message it makes); it records each call with its input
 // and whether it was a prefetch, and each other call.
 func msgPrefetchDaemon(t *testing.T) (*Module, *Peer, func() []string) {
-	var mu sync.Mutex
-	var seen []string
 	n := 0
-	m, p := session(t, func(q Req) Resp {
-		mu.Lock()
-		defer mu.Unlock()
+	return recordingSession(t, func(q Req, note func(string)) Resp {
 		switch q.Call.Name {
 		case "C_SessionCancel":
-			seen = append(seen, fmt.Sprintf("cancel %#x", q.Args.Ulong(1)))
+			note(fmt.Sprintf("cancel %#x", q.Args.Ulong(1)))
 			return Resp{RV: 0}
 		case "C_MessageEncryptFinal":
-			seen = append(seen, "final")
+			note("final")
 			return Resp{RV: 0}
 		case "C_EncryptMessageNext":
 			par, spec, last := q.Args.MsgParam(1), q.Args.Out(3), q.Args.Ulong(4) == ck.CKF_END_OF_MESSAGE
@@ -39,7 +34,7 @@ func msgPrefetchDaemon(t *testing.T) (*Module, *Peer, func() []string) {
 				what = "prefetch"
 			}
 			n++
-			seen = append(seen, fmt.Sprintf("next %s %s last=%v", what, in, last))
+			note(fmt.Sprintf("next %s %s last=%v", what, in, last))
 			outs, out := map[string][]byte{}, []byte{}
 			if last {
 				out = append([]byte("out:"), in...)
@@ -54,14 +49,8 @@ func msgPrefetchDaemon(t *testing.T) (*Module, *Peer, func() []string) {
 		case "C_EncryptMessage":
 			par, spec := q.Args.MsgParam(1), q.Args.Out(4)
 			in, _ := q.Args.Bytes(3)
-			what := "call"
-			if spec.Prefetch {
-				what = "prefetch"
-			} else if !spec.Present {
-				what = "query"
-			}
 			n++
-			seen = append(seen, "encrypt "+what+" "+string(in))
+			note("encrypt " + asked(spec) + " " + string(in))
 			out := append([]byte("out:"), in...)
 			outs := map[string][]byte{}
 			if spec.Prefetch || spec.Present && spec.Capacity >= uint64(len(out)) {
@@ -75,13 +64,6 @@ func msgPrefetchDaemon(t *testing.T) (*Module, *Peer, func() []string) {
 		}
 		return Resp{RV: ck.CKR_FUNCTION_NOT_SUPPORTED}
 	})
-	return m, p, func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		s := append([]string(nil), seen...)
-		seen = nil
-		return s
-	}
 }
 
 // gcmParam is a GCM message parameter whose IV the token makes.

@@ -15,37 +15,52 @@ import (
 // input, and records what it saw: each call with its input and whether
 // it was a prefetch, each C_SessionCancel with its flags.
 func updateDaemon(t *testing.T) (*Module, *Peer, func() []string) {
-	var mu sync.Mutex
-	var seen []string
-	m, p := session(t, func(q Req) Resp {
-		mu.Lock()
-		defer mu.Unlock()
+	return recordingSession(t, func(q Req, note func(string)) Resp {
 		switch q.Call.Name {
 		case "C_SessionCancel":
-			seen = append(seen, fmt.Sprintf("cancel %#x", q.Args.Ulong(1)))
+			note(fmt.Sprintf("cancel %#x", q.Args.Ulong(1)))
 			return Resp{RV: 0}
 		case "C_EncryptUpdate", "C_Encrypt":
 			in, _ := q.Args.Bytes(1)
 			spec := q.Args.Out(2)
-			what := "call"
-			if spec.Prefetch {
-				what = "prefetch"
-			} else if !spec.Present {
-				what = "query"
-			}
-			seen = append(seen, q.Call.Name+" "+what+" "+string(in))
+			note(q.Call.Name + " " + asked(spec) + " " + string(in))
 			out := append([]byte("out:"), in...)
 			return Reply(q.Call.Name, func(r *wire.Results) uint64 { return r.OutBytes(spec, out) })
 		}
 		return Resp{RV: ck.CKR_FUNCTION_NOT_SUPPORTED}
 	})
+}
+
+// recordingSession is session with a daemon that notes what it saw:
+// answer runs under the recorder's lock and records a line with note;
+// the function returned hands over the lines noted since its last call.
+func recordingSession(t *testing.T, answer func(q Req, note func(string)) Resp) (*Module, *Peer, func() []string) {
+	var mu sync.Mutex
+	var seen []string
+	m, p := session(t, func(q Req) Resp {
+		mu.Lock()
+		defer mu.Unlock()
+		return answer(q, func(line string) { seen = append(seen, line) })
+	})
 	return m, p, func() []string {
 		mu.Lock()
 		defer mu.Unlock()
-		s := append([]string(nil), seen...)
+		s := seen
 		seen = nil
 		return s
 	}
+}
+
+// asked says how a call asked for its output: "prefetch" (the whole
+// result with the length), "query" (the length only) or "call".
+func asked(spec wire.OutSpec) string {
+	switch {
+	case spec.Prefetch:
+		return "prefetch"
+	case !spec.Present:
+		return "query"
+	}
+	return "call"
 }
 
 func update(t *testing.T, m *Module, in string, b Buf) Out {

@@ -5,7 +5,6 @@ package moduletest
 import (
 	"bytes"
 	"fmt"
-	"sync"
 	"testing"
 
 	"hsmemu/cryptoki/ck"
@@ -17,25 +16,15 @@ import (
 // the call (a daemon seals each call under a new IV); it records each
 // call with whether it was a prefetch, a plain query or a call.
 func wrapAuthDaemon(t *testing.T) (*Module, *Peer, func() []string) {
-	var mu sync.Mutex
-	var seen []string
 	n := 0
-	m, p := session(t, func(q Req) Resp {
-		mu.Lock()
-		defer mu.Unlock()
+	return recordingSession(t, func(q Req, note func(string)) Resp {
 		if q.Call.Name != "C_WrapKeyAuthenticated" {
-			seen = append(seen, q.Call.Name)
+			note(q.Call.Name)
 			return Resp{RV: ck.CKR_FUNCTION_NOT_SUPPORTED}
 		}
 		typ, par := q.Args.MsgMechanism(1)
 		spec := q.Args.Out(5)
 		aad, _ := q.Args.Bytes(4)
-		what := "call"
-		if spec.Prefetch {
-			what = "prefetch"
-		} else if !spec.Present {
-			what = "query"
-		}
 		if typ != ck.CKM_AES_GCM {
 			return Resp{RV: ck.CKR_MECHANISM_INVALID}
 		}
@@ -46,19 +35,12 @@ func wrapAuthDaemon(t *testing.T) (*Module, *Peer, func() []string) {
 			outs["pIv"] = bytes.Repeat([]byte{byte(n)}, 12)
 			outs["pTag"] = bytes.Repeat([]byte{byte(n)}, 16)
 		}
-		seen = append(seen, fmt.Sprintf("wrap %s %s", what, out))
+		note(fmt.Sprintf("wrap %s %s", asked(spec), out))
 		return Reply(q.Call.Name, func(r *wire.Results) uint64 {
 			r.MsgOut(par, outs)
 			return r.OutBytes(spec, out)
 		})
 	})
-	return m, p, func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		s := append([]string(nil), seen...)
-		seen = nil
-		return s
-	}
 }
 
 // C_WrapKeyAuthenticated's length query asks for the whole result
