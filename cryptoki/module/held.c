@@ -25,10 +25,13 @@
  * gets the same answer: a held result is only a copy. So it is forgotten
  * (and wiped) whenever anything else may have moved the daemon's state:
  * any call on its session that goes to the daemon, any mutating call
- * (calls.Role.Mutates), a daemon that holds nothing of the application
- * any more, C_Finalize, and in a forked child. It is kept only from a
- * prefetch that was alone on its session from start to reply, so two
- * threads sharing a session see what one call after the other would.
+ * (calls.Role.Mutates) at its start and its end, a daemon that holds
+ * nothing of the application any more, C_Finalize, and in a forked
+ * child. It is kept only from a prefetch that was alone on its session
+ * from start to reply, so two threads sharing a session see what one
+ * call after the other would, and that no mutating call overlapped (the
+ * daemon may have answered it before the change, which the follow-up,
+ * after the mutating call returned, must see).
  *
  * When the follow-up takes the result, the operation is over for the
  * application but not yet in the daemon: the C_SessionCancel that ends it
@@ -96,7 +99,7 @@
 typedef struct {
 	uint64_t session;
 	int used;
-	unsigned long seq; /* calls begun on the session */
+	unsigned long seq; /* the number of the last call begun on the session (h.seq) */
 	int calls;         /* calls on the session in flight */
 
 	/* The held result, when has. */
@@ -122,6 +125,14 @@ typedef struct {
 static struct {
 	hsm_mutex *mu;
 	entry e[HELD_MAX];
+	/* Calls begun on any session: a call's number is unique, so an
+	 * entry given to another session and back never matches a number
+	 * of its former life. */
+	unsigned long seq;
+	/* Mutating calls in flight, and the count of their starts and ends:
+	 * a prefetch that overlapped one is not kept. */
+	int mutating;
+	unsigned long mgen;
 } h;
 
 static void wipe(entry *e)
@@ -165,6 +176,7 @@ CK_RV hsm_held_init(void)
 	if (rv != CKR_OK)
 		return rv;
 	wipe_all();
+	h.mutating = 0;
 	h.mu = mu;
 	return CKR_OK;
 }
@@ -185,6 +197,7 @@ void hsm_held_forget_inherited(void)
 	/* As pool.c: a parent's thread may hold the mutex. The results are
 	 * the parent's, and its sessions are not the child's. */
 	wipe_all();
+	h.mutating = 0;
 	if (h.mu != NULL)
 		hsm_mutex_abandon(h.mu);
 	h.mu = NULL;
@@ -310,12 +323,22 @@ static int same(const uint8_t a[HELD_KEY_LEN], const uint8_t b[HELD_KEY_LEN])
 void hsm_held_begin(hsm_call *c)
 {
 	c->held_seq = 0;
+	c->held_mut = 0;
 	if (h.mu == NULL || (!c->on_session && !c->mutates))
 		return;
 	hsm_lock(h.mu);
-	if (c->mutates)
+	if (c->mutates) {
+		/* Dropped now, and no prefetch is kept until it ends (as
+		 * defer.c holds no Init back): one that runs beside it may
+		 * have been answered before its change. */
 		for (int i = 0; i < HELD_MAX; i++)
 			wipe(&h.e[i]);
+		h.mutating++;
+		h.mgen++;
+		c->held_mut = 1;
+		c->held_epoch = hsm_epoch();
+	}
+	c->held_mgen = h.mgen;
 	if (c->on_session) {
 		entry *e = find(c->session);
 		if (e == NULL)
@@ -323,7 +346,7 @@ void hsm_held_begin(hsm_call *c)
 		if (e != NULL) {
 			wipe(e);
 			e->calls++;
-			c->held_seq = ++e->seq;
+			c->held_seq = e->seq = ++h.seq;
 		}
 	}
 	hsm_unlock(h.mu);
@@ -331,12 +354,24 @@ void hsm_held_begin(hsm_call *c)
 
 void hsm_held_end(hsm_call *c)
 {
-	if (h.mu == NULL || c->held_seq == 0)
+	if (h.mu == NULL || (c->held_seq == 0 && !c->held_mut))
 		return;
 	hsm_lock(h.mu);
-	entry *e = find(c->session);
-	if (e != NULL && e->calls > 0)
-		e->calls--;
+	if (c->held_seq != 0) {
+		entry *e = find(c->session);
+		if (e != NULL && e->calls > 0)
+			e->calls--;
+	}
+	/* A call that outlived C_Finalize was counted in a table that is
+	 * gone. */
+	if (c->held_mut && c->held_epoch == hsm_epoch()) {
+		for (int i = 0; i < HELD_MAX; i++)
+			wipe(&h.e[i]);
+		if (h.mutating > 0)
+			h.mutating--;
+		h.mgen++;
+	}
+	c->held_mut = 0;
 	hsm_unlock(h.mu);
 }
 
@@ -374,8 +409,10 @@ void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out, hsm_held_side 
 		hsm_lock(h.mu);
 		entry *e = find(c->session);
 		/* Alone on its session from start to here, for the same
-		 * application of the daemon. */
-		if (e != NULL && e->seq == c->held_seq && e->calls == 0 && c->held_gen == hsm_exchange_app_gen()) {
+		 * application of the daemon, and no mutating call ran
+		 * meanwhile. */
+		if (e != NULL && e->seq == c->held_seq && e->calls == 0 && c->held_gen == hsm_exchange_app_gen() &&
+		    h.mutating == 0 && h.mgen == c->held_mgen) {
 			size_t an = 0;
 			const uint8_t *a = args(c, &an);
 			uint8_t *copy = malloc(o->n > 0 ? o->n : 1);

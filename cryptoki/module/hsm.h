@@ -376,6 +376,12 @@ typedef struct hsm_call {
 	unsigned long defer_seq;
 	unsigned long held_seq;
 	unsigned long held_gen;
+	/* held.c's count of mutating calls begun and ended when the call
+	 * began; a mutating call counted there, and the hsm_epoch() it was
+	 * counted in. */
+	unsigned long held_mgen;
+	int held_mut;
+	unsigned long held_epoch;
 } hsm_call;
 
 enum hsm_outcome {

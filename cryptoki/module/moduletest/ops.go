@@ -62,6 +62,11 @@ static CK_RV mt_session_cancel(CK_FUNCTION_LIST_3_0 *f, CK_SESSION_HANDLE s, CK_
 {
 	return f->C_SessionCancel(s, flags);
 }
+
+static CK_RV mt_destroy_object(CK_FUNCTION_LIST_3_0 *f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
+{
+	return f->C_DestroyObject(s, o);
+}
 */
 import "C"
 
@@ -189,4 +194,9 @@ func (m *Module) OpFinal(k Kind, session uint64, b Buf) Out {
 // SessionCancel is C_SessionCancel.
 func (m *Module) SessionCancel(session, flags uint64) RV {
 	return RV(C.mt_session_cancel(m.f, C.CK_SESSION_HANDLE(session), C.CK_FLAGS(flags)))
+}
+
+// DestroyObject is C_DestroyObject.
+func (m *Module) DestroyObject(session, object uint64) RV {
+	return RV(C.mt_destroy_object(m.f, C.CK_SESSION_HANDLE(session), C.CK_OBJECT_HANDLE(object)))
 }
