@@ -23,11 +23,14 @@ func tagOf(op *msgOp, p *wire.Param) []byte {
 
 // sealID identifies what an encryption's output depends on: the data,
 // the associated data, and the parameter's IV buffer (the caller's IV, or
-// the fixed part of the token's), its generator and fixed bits.
+// the fixed part of the token's), its generator and fixed bits, and the
+// tag's length (a follow-up that asks for another tag is another
+// message, not one whose tag does not fit).
 func sealID(mp *mech.MsgParams, aad, in []byte) inputID {
-	var how [16]byte
+	var how [24]byte
 	binary.BigEndian.PutUint64(how[:8], uint64(mp.Gen))
-	binary.BigEndian.PutUint64(how[8:], uint64(mp.FixedBits))
+	binary.BigEndian.PutUint64(how[8:16], uint64(mp.FixedBits))
+	binary.BigEndian.PutUint64(how[16:], uint64(mp.TagLen))
 	return inputOf(aad, in, mp.IV, how[:])
 }
 

@@ -23,14 +23,16 @@ func noSigParam(p *wire.Param) error {
 func (e *Engine) signMessage(app *App, h uint64, p *wire.Param, in []byte, out wire.OutSpec, r *wire.Results) error {
 	var code uint64
 	err := withMsg(app, h, msgSign, func(op *msgOp) (bool, error) {
+		// Checked before a kept output is given: a size query measured
+		// the call with its own parameter, not this one.
+		if err := noSigParam(p); err != nil {
+			return true, err
+		}
 		m, kept, err := op.keptOne(func() (inputID, error) { return inputOf(in), nil })
 		if err != nil {
 			return true, err
 		}
 		if !kept {
-			if err := noSigParam(p); err != nil {
-				return true, err
-			}
 			if m == nil {
 				if m, err = op.start(false); err != nil {
 					return true, err
@@ -94,14 +96,14 @@ func (e *Engine) signMessageNext(app *App, h uint64, p *wire.Param, in []byte, o
 		if last {
 			call = callFinal
 		}
+		if err := noSigParam(p); err != nil {
+			return true, err
+		}
 		m, kept, err := op.keptNext(call, inputOf(in))
 		if err != nil {
 			return true, err
 		}
 		if !kept {
-			if err := noSigParam(p); err != nil {
-				return true, err
-			}
 			if err := m.signer.Update(in); err != nil {
 				return true, err
 			}
