@@ -68,9 +68,23 @@ func RequestBound(c *calls.Call, maxData int) int {
 	return min(n, MaxFrame-requestHeader)
 }
 
+// outBound is the longest data an output buffer's spec lets its reply
+// carry: its capacity, nothing for a size query, MaxPrefetch for a
+// prefetch.
+func outBound(out OutSpec) int {
+	switch {
+	case out.Present:
+		return capped(out.Capacity, MaxBytes)
+	case out.Prefetch:
+		return MaxPrefetch
+	}
+	return 0
+}
+
 // ResultsBound returns the longest results the reply to the call a was
 // decoded for can carry, from what the request declared: the capacity of
-// each output buffer (none for a size query), the length C_GenerateRandom
+// each output buffer (none for a size query, MaxPrefetch for a
+// prefetch), the length C_GenerateRandom
 // asked for, the most handles C_FindObjects may return, each queried
 // attribute's capacity. The daemon's results are never longer, or, when
 // longer than one reply can carry, are not sent (AppendReplyHead). The
@@ -86,10 +100,7 @@ func ResultsBound(a *Args) int {
 		case calls.OutUlong:
 			n += 8
 		case calls.OutBytes:
-			n += 8 + 4
-			if out := a.vals[i].out; out.Present {
-				n += capped(out.Capacity, MaxBytes)
-			}
+			n += 8 + 4 + outBound(a.vals[i].out)
 		case calls.OutUlongs:
 			n += 8 + 4
 			if out := a.vals[i].out; out.Present {
@@ -106,10 +117,7 @@ func ResultsBound(a *Args) int {
 		case calls.OptOutBytes:
 			n++
 			if v := &a.vals[i]; !v.null {
-				n += 8 + 4
-				if v.out.Present {
-					n += capped(v.out.Capacity, MaxBytes)
-				}
+				n += 8 + 4 + outBound(v.out)
 			}
 		case calls.AttrQuery:
 			n += 4

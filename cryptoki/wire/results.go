@@ -120,9 +120,14 @@ func (r *Results) OutBytes(spec OutSpec, data []byte) uint64 {
 	return ck.CKR_OK
 }
 
-// MaxPrefetch is the longest result a prefetch carries: past it the
-// round trip saved is small beside the copy, and the module holds less.
-const MaxPrefetch = 1 << 20
+// MaxPrefetch is the longest result a prefetch carries. A prefetch's
+// buffer is NULL, so the request declares no room for it; ResultsBound
+// counts this much for it instead, which keeps a prefetch's reply within
+// the 64 KiB a daemon's connection holds between calls, outside its
+// replies' budget, unless the call's other results are large. Past it
+// the round trip saved is small beside the copy, and the module holds
+// less.
+const MaxPrefetch = 32 << 10
 
 // outLength writes an output's length and, when the caller's buffer is
 // NULL or too short, the empty data that follows it with the code to
