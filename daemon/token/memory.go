@@ -68,6 +68,10 @@ func (s *session) endOp(kind opKind) {
 	if op := s.ops[kind]; op != nil {
 		op.mem.Release(op.charged)
 		op.charged = 0
+		// An output kept and never delivered here (the module took it
+		// from a prefetch and ends the operation) may be plaintext.
+		wipe(op.pending)
+		op.pending, op.hasPend = nil, false
 		op.pendIn.drop()
 		s.ops[kind] = nil
 	}

@@ -300,6 +300,13 @@ func (op *msgOp) settle() error {
 
 // endMessage ends op's current message and gives back its charge.
 func (op *msgOp) endMessage() {
+	if m := op.cur; m != nil {
+		// What it kept (a prefetched output the module took, a
+		// decryption's plaintext) and the parts it buffered.
+		wipe(m.pending)
+		wipe(m.in)
+		m.pending, m.in, m.hasPend = nil, nil, false
+	}
 	op.cur = nil
 	op.mem.Release(op.charged)
 	op.charged = 0

@@ -44,6 +44,7 @@ func (op *msgOp) keptOne(id func() (inputID, error)) (m *message, kept bool, err
 	if m.pendIn.is(in) {
 		return m, true, nil
 	}
+	wipe(m.pending)
 	m.pending, m.pendOuts, m.hasPend = nil, nil, false
 	return m, false, nil
 }

@@ -478,6 +478,7 @@ func (op *operation) output(call callKind, in []byte, compute func() ([]byte, er
 		if op.pendIn.is(in) {
 			return op.pending, nil
 		}
+		wipe(op.pending) // a decryption's is plaintext
 		op.pending, op.hasPend = nil, false
 		op.pendIn.drop()
 		switch r, ok := op.cipher.(mech.Rewinder); {
