@@ -189,3 +189,29 @@ func TestPrefetchHeldOtherLongInput(t *testing.T) {
 		t.Fatalf("the daemon saw %q, want a, b and c's C_Encrypt, the last follow-up served", seen)
 	}
 }
+
+// A daemon that holds nothing of the application any more (it
+// restarted, or every connection broke) holds none of its operations:
+// once a new connection's hello has said so, a result held from before
+// is dropped, and the follow-up goes to the daemon, owing it nothing.
+func TestPrefetchHeldDaemonLost(t *testing.T) {
+	m, p, seen := updateDaemon(t)
+	if o := m.OpOne(KindEncrypt, 1, In{Data: []byte("one")}, Buf{Null: true}); o.RV != 0 || o.Len != 7 {
+		t.Fatalf("length query: %+v", o)
+	}
+	p.DropAll()
+	// Another session's call finds the connection broken, the next dials
+	// anew: the daemon's application is a new one.
+	if rv := m.SessionCancel(2, 0); rv != ck.CKR_DEVICE_REMOVED {
+		t.Fatalf("C_SessionCancel on the broken connection: %v", rv)
+	}
+	if rv := m.SessionCancel(2, 0); rv != 0 {
+		t.Fatalf("C_SessionCancel on a new connection: %v", rv)
+	}
+	if o := m.OpOne(KindEncrypt, 1, In{Data: []byte("one")}, Buf{Cap: 64}); o.RV != 0 || string(o.Data) != "out:one" {
+		t.Fatalf("follow-up: %+v", o)
+	}
+	if got := seen(); !sameCalls(got, "C_Encrypt prefetch one", "cancel 0x0", "C_Encrypt call one") {
+		t.Fatalf("the daemon saw %q, want the follow-up to reach it", got)
+	}
+}
