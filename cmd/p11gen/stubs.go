@@ -153,13 +153,19 @@ func genStub(e *emitter, c *calls.Call) error {
 		e.p("\t{")
 		for _, a := range outs {
 			genDecode(e, a)
+		}
+		// A prefetched result is held only from a reply that decoded
+		// exactly: a malformed one is CKR_DEVICE_ERROR below, and
+		// nothing of it may answer a later call. Held or not, the
+		// result leaves the reply here (the caller gets the length).
+		for _, a := range outs {
 			if (a.Kind == calls.OutBytes || a.Kind == calls.OptOutBytes) && calls.Prefetches(c) {
 				if mp, ok := msgOutArg(c); ok {
-					e.p("\t\thsm_held_keep(&c, &o_%s, %s, &%s.out, o_%s_ok);", a.Name, a.Name, msgVar(mp), mp.Name)
+					e.p("\t\thsm_held_keep(&c, &o_%s, %s, &%s.out, o_%s_ok && hsm_get_end(&c.res));", a.Name, a.Name, msgVar(mp), mp.Name)
 				} else if a.Kind == calls.OptOutBytes {
-					e.p("\t\thsm_held_keep(&c, &o_%s, %s, NULL, o_%s_ok);", a.Name, a.Name, a.Name)
+					e.p("\t\thsm_held_keep(&c, &o_%s, %s, NULL, o_%s_ok && hsm_get_end(&c.res));", a.Name, a.Name, a.Name)
 				} else {
-					e.p("\t\thsm_held_keep(&c, &o_%s, %s, NULL, 1);", a.Name, a.Name)
+					e.p("\t\thsm_held_keep(&c, &o_%s, %s, NULL, hsm_get_end(&c.res));", a.Name, a.Name)
 				}
 			}
 		}

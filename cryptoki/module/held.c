@@ -399,13 +399,13 @@ static int side_copy(entry *e, const hsm_held_side *side)
 	return 1;
 }
 
-void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out, hsm_held_side *side, int side_ok)
+void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out, hsm_held_side *side, int ok)
 {
 	/* Only a whole result; anything else is for the stub to refuse. */
 	if (c->req.prefetch_at == 0 || out != NULL || o->data == NULL || c->rv != CKR_OK || o->n != o->len)
 		return;
 	uint8_t k[HELD_KEY_LEN];
-	if (h.mu != NULL && c->held_seq != 0 && side_ok && key(c, k)) {
+	if (h.mu != NULL && c->held_seq != 0 && ok && key(c, k)) {
 		hsm_lock(h.mu);
 		entry *e = find(c->session);
 		/* Alone on its session from start to here, for the same

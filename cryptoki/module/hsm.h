@@ -443,12 +443,13 @@ void hsm_held_atfork_child(void);
  * over: the caller writes it back, then releases it. */
 int hsm_held_serve(hsm_call *c, CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV *rv, hsm_held_side *side);
 /* hsm_held_keep, after its reply decoded: a result that came in full for
- * a NULL buffer is kept when the call was alone on its session, and is
- * wiped from the reply either way (o then carries only the length). A
- * message call's side (else NULL), when side_ok (it fits the caller's
- * parameter), is kept with it; either way none of it is left set, so the
- * size query writes nothing back. */
-void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out, hsm_held_side *side, int side_ok);
+ * a NULL buffer is kept when ok (the reply decoded exactly and, for a
+ * message call, its side fits the caller's parameter) and the call was
+ * alone on its session, and is wiped from the reply either way (o then
+ * carries only the length). A message call's side (else NULL) is kept
+ * with it; either way none of it is left set, so the size query writes
+ * nothing back. */
+void hsm_held_keep(hsm_call *c, hsm_outbytes *o, const void *out, hsm_held_side *side, int ok);
 void hsm_held_side_release(hsm_held_side *side);
 /* hsm_held_begin and hsm_held_end, around every call that goes to the
  * daemon: a call on a session forgets what is held for it (the daemon's

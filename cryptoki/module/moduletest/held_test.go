@@ -215,3 +215,37 @@ func TestPrefetchHeldDaemonLost(t *testing.T) {
 		t.Fatalf("the daemon saw %q, want the follow-up to reach it", got)
 	}
 }
+
+// A prefetch's reply that does not decode exactly (a byte after its
+// results) is malformed, CKR_DEVICE_ERROR, and nothing of it is held:
+// another length query and the follow-up go to the daemon.
+func TestPrefetchMalformedNotHeld(t *testing.T) {
+	trailing := true
+	m, _, seen := recordingSession(t, func(q Req, note func(string)) Resp {
+		if q.Call.Name != "C_Encrypt" {
+			note(q.Call.Name)
+			return Resp{RV: 0}
+		}
+		in, _ := q.Args.Bytes(1)
+		spec := q.Args.Out(2)
+		note("C_Encrypt " + asked(spec) + " " + string(in))
+		resp := Reply(q.Call.Name, func(r *wire.Results) uint64 { return r.OutBytes(spec, append([]byte("out:"), in...)) })
+		if trailing && spec.Prefetch {
+			trailing = false
+			resp.Results = append(resp.Results, 0)
+		}
+		return resp
+	})
+	if o := m.OpOne(KindEncrypt, 1, In{Data: []byte("one")}, Buf{Null: true}); o.RV != ck.CKR_DEVICE_ERROR {
+		t.Fatalf("a prefetch with a byte after its results: %+v", o)
+	}
+	if o := m.OpOne(KindEncrypt, 1, In{Data: []byte("one")}, Buf{Null: true}); o.RV != 0 || o.Len != 7 {
+		t.Fatalf("length query: %+v", o)
+	}
+	if o := m.OpOne(KindEncrypt, 1, In{Data: []byte("one")}, Buf{Cap: 64}); o.RV != 0 || string(o.Data) != "out:one" {
+		t.Fatalf("follow-up: %+v", o)
+	}
+	if got := seen(); !sameCalls(got, "C_Encrypt prefetch one", "C_Encrypt prefetch one") {
+		t.Fatalf("the daemon saw %q, want the length query after the malformed reply to reach it", got)
+	}
+}
