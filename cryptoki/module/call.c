@@ -134,8 +134,10 @@ enum hsm_outcome hsm_call_run(hsm_call *c)
 		}
 		/* A prefetch's idle flag leaves out the operation whose
 		 * result came: held.c keeps it, and defer.c hears of it only
-		 * when the result is handed over. */
-		if (c->req.prefetch_at != 0) {
+		 * when the result is handed over. A wrap continues no
+		 * operation and the daemon keeps nothing of it, so its flag
+		 * is the session's as it is. */
+		if (c->req.prefetch_at != 0 && c->continues) {
 			c->idle_but = c->idle;
 			c->idle = 0;
 		}

@@ -236,12 +236,14 @@ CK_BYTE msg[100] = "the message";
 	} while (0)
 
 enum family { F_SIGN, F_SIGN_FINAL, F_ENCRYPT, F_DECRYPT, F_DIGEST, F_DIGEST_FINAL, F_WRAP, F_ENCRYPT_UPDATE,
-	      F_DECRYPT_UPDATE, F_COUNT };
-static const char *family_name[F_COUNT] = {"sign",         "sign-final", "encrypt",        "decrypt",       "digest",
-					   "digest-final", "wrap",       "encrypt-update", "decrypt-update"};
+	      F_DECRYPT_UPDATE, F_WRAP_SIGN, F_COUNT };
+static const char *family_name[F_COUNT] = {"sign",         "sign-final", "encrypt",        "decrypt",
+					   "digest",       "digest-final", "wrap",       "encrypt-update",
+					   "decrypt-update", "wrap-sign"};
 /* Round trips an operation costs once its Init is deferred: the Updates
- * of the multi-part forms cost one each, with an output or without. */
-static const int family_trips[F_COUNT] = {1, 2, 1, 1, 1, 2, 1, 3, 2};
+ * of the multi-part forms cost one each, with an output or without; a
+ * wrap, which leaves no operation, lets the Init after it wait too. */
+static const int family_trips[F_COUNT] = {1, 2, 1, 1, 1, 2, 1, 3, 2, 2};
 
 static CK_BYTE ct[128];
 static CK_ULONG ct_len;
@@ -302,6 +304,16 @@ static CK_RV run_op(const keys *k, int fam, int twocall)
 		len = sizeof out_;
 		OUT(twocall, out, len, f->C_WrapKey(k->s, &kwp, k->kek, k->target, out, &len));
 		return len == 40 ? CKR_OK : CKR_GENERAL_ERROR;
+	case F_WRAP_SIGN:
+		len = sizeof out_;
+		OUT(twocall, out, len, f->C_WrapKey(k->s, &kwp, k->kek, k->target, out, &len));
+		if (len != 40)
+			return CKR_GENERAL_ERROR;
+		if ((rv = f->C_SignInit(k->s, &ecdsa, k->ec_priv)) != CKR_OK)
+			return rv;
+		len = sizeof out_;
+		OUT(twocall, out, len, f->C_Sign(k->s, msg, 32, out, &len));
+		return len == 64 ? CKR_OK : CKR_GENERAL_ERROR;
 	case F_ENCRYPT_UPDATE: {
 		/* Two parts of 100 bytes, then the padded last block. */
 		CK_ULONG total = 0;
