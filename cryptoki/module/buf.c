@@ -3,11 +3,34 @@
  * growing request buffer and decoded from a reply with a bound on every
  * length. Encoding errors are sticky in hsm_wbuf.err and decoding errors in
  * hsm_rbuf.bad, so a stub encodes or decodes everything and checks once.
+ *
+ * Request and reply bytes carry PINs, key values and plaintext, and the
+ * module runs in the application's process: a buffer that held them is
+ * wiped before it is freed (hsm_free_wipe), so neither a core dump of the
+ * application nor a later malloc finds them in freed memory. A request
+ * buffer grows by a new allocation, never realloc, which would free the
+ * old copy unwiped.
  */
+#define _DEFAULT_SOURCE /* explicit_bzero */
 #include <stdlib.h>
 #include <string.h>
 
 #include "hsm.h"
+
+void hsm_free_wipe(void *p, size_t n)
+{
+	if (p == NULL)
+		return;
+	explicit_bzero(p, n);
+	free(p);
+}
+
+void hsm_wbuf_free(hsm_wbuf *w)
+{
+	hsm_free_wipe(w->p, w->cap);
+	w->p = NULL;
+	w->len = w->cap = 0;
+}
 
 void hsm_fail(hsm_wbuf *w, CK_RV rv)
 {
@@ -30,11 +53,14 @@ static int grow(hsm_wbuf *w, size_t n)
 	size_t cap = w->cap ? w->cap : 256;
 	while (cap < w->len + n)
 		cap *= 2;
-	uint8_t *p = realloc(w->p, cap);
+	uint8_t *p = malloc(cap);
 	if (p == NULL) {
 		hsm_fail(w, CKR_HOST_MEMORY);
 		return 0;
 	}
+	if (w->len > 0)
+		memcpy(p, w->p, w->len);
+	hsm_free_wipe(w->p, w->cap);
 	w->p = p;
 	w->cap = cap;
 	return 1;

@@ -90,7 +90,7 @@ enum hsm_outcome hsm_call_run(hsm_call *c)
 		hsm_put_u64(&cancel, c->session);
 		hsm_put_u64(&cancel, k.cancel);
 	}
-	hsm_wbuf init = {.p = k.init, .len = k.init_len, .cap = k.init_len, .err = CKR_OK};
+	hsm_wbuf init = {.p = k.init, .len = k.init_len, .cap = k.init_cap, .err = CKR_OK};
 	hsm_wbuf *reqs[HSM_EXCHANGE_MAX];
 	int n = 0, init_at = -1;
 	if (k.cancel != 0 && cancel.err == CKR_OK)
@@ -113,18 +113,19 @@ enum hsm_outcome hsm_call_run(hsm_call *c)
 		reqs[0] = &c->req;
 		io = hsm_exchange(reqs, 1, rv, idle, replies, lens, c->timeout_ms, 0);
 	}
-	free(cancel.p);
+	hsm_wbuf_free(&cancel);
 	/* The daemon's application the reply came from: held.c keeps a
 	 * result only for it (the call's own dial may have begun it). */
 	c->held_gen = hsm_exchange_app_gen();
 	int replied = io == HSM_IO_OK;
 	CK_RV init_rv = init_at >= 0 && replied ? rv[init_at] : CKR_OK;
 	for (int i = 0; i < n - 1; i++)
-		free(replies[i]);
+		hsm_free_wipe(replies[i], lens[i]);
 	if (replied) {
 		c->rv = rv[n - 1];
 		c->idle = idle[n - 1];
 		c->reply = replies[n - 1];
+		c->reply_len = lens[n - 1];
 		c->has_results = c->reply != NULL;
 		if (c->has_results) {
 			c->res.p = c->reply + 13;
@@ -163,12 +164,13 @@ enum hsm_outcome hsm_call_run(hsm_call *c)
 
 void hsm_call_end(hsm_call *c)
 {
-	free(c->req.p);
-	free(c->reply);
-	free(c->shape.p);
-	c->req.p = NULL;
+	/* The request may hold a PIN, a key's value, plaintext; the reply
+	 * a key's value, plaintext: wiped, as everything that carried them. */
+	hsm_wbuf_free(&c->req);
+	hsm_free_wipe(c->reply, c->reply_len);
+	hsm_wbuf_free(&c->shape);
 	c->reply = NULL;
-	c->shape.p = NULL;
+	c->reply_len = 0;
 }
 
 CK_RV hsm_call_cancel(CK_SESSION_HANDLE session, uint32_t call, unsigned kinds, uint64_t flags)

@@ -442,7 +442,8 @@ enum hsm_io hsm_conn_send(int fd, const uint8_t *p, size_t n, unsigned long epoc
 }
 
 /* A reply that fits here arrives with one recv(); a larger one takes a
- * second for the rest. */
+ * second for the rest. The buffer is on the caller's stack, which a core
+ * dump holds too: what came through it is wiped before it returns. */
 #define FIRST_READ 4096
 
 enum hsm_io hsm_conn_recv_frames(int fd, int n, uint8_t **frames, uint32_t *lens, int timeout_ms,
@@ -451,6 +452,7 @@ enum hsm_io hsm_conn_recv_frames(int fd, int n, uint8_t **frames, uint32_t *lens
 	long long deadline = timeout_ms > 0 ? now_ms() + timeout_ms : -1;
 	uint8_t buf[FIRST_READ];
 	size_t have = 0, off = 0; /* buf[off:have] came and is not yet used */
+	size_t top = 0;           /* buf[:top] has held reply bytes */
 	enum hsm_io io = HSM_IO_OK;
 	int i;
 
@@ -467,6 +469,8 @@ enum hsm_io hsm_conn_recv_frames(int fd, int n, uint8_t **frames, uint32_t *lens
 			if (io != HSM_IO_OK)
 				break;
 			have += got;
+			if (have > top)
+				top = have;
 		}
 		uint32_t len = hsm_be32(buf + off);
 		off += 4;
@@ -493,9 +497,10 @@ enum hsm_io hsm_conn_recv_frames(int fd, int n, uint8_t **frames, uint32_t *lens
 		io = HSM_IO_MALFORMED; /* bytes past the replies: nothing asked for them */
 	if (io != HSM_IO_OK)
 		for (i = 0; i < n; i++) {
-			free(frames[i]);
+			hsm_free_wipe(frames[i], frames[i] != NULL ? lens[i] : 0);
 			frames[i] = NULL;
 		}
+	explicit_bzero(buf, top);
 	return io;
 }
 

@@ -59,6 +59,7 @@ typedef struct {
 	int busy;            /* its deferred Init is on its way: other calls wait */
 	uint8_t *init;       /* the deferred Init's request frame, or NULL */
 	size_t init_len;
+	size_t init_cap;     /* its allocation, wiped when it is freed */
 	unsigned init_kind;
 	CK_RV failed;        /* a deferred Init the daemon refused, not yet reported */
 	unsigned failed_kind;
@@ -102,7 +103,7 @@ static void nap(long *us)
 static void drop_all(void)
 {
 	for (int i = 0; i < SESS_MAX; i++) {
-		free(d.s[i].init);
+		hsm_free_wipe(d.s[i].init, d.s[i].init_cap);
 		memset(&d.s[i], 0, sizeof d.s[i]);
 	}
 	d.na = d.next = 0;
@@ -232,7 +233,7 @@ static void app_fresh(void)
 	hsm_lock(d.mu);
 	for (int i = 0; i < SESS_MAX; i++) {
 		sess *e = &d.s[i];
-		free(e->init);
+		hsm_free_wipe(e->init, e->init_cap);
 		e->init = NULL;
 		e->failed = CKR_OK;
 		e->idle = 0;
@@ -257,6 +258,7 @@ int hsm_defer_hold(hsm_call *c)
 		hsm_put_be32(c->req.p, (uint32_t)(c->req.len - 4));
 		e->init = c->req.p;
 		e->init_len = c->req.len;
+		e->init_cap = c->req.cap;
 		e->init_kind = c->starts;
 		e->idle = 0;
 		c->req.p = NULL;
@@ -291,7 +293,7 @@ static void flush(void)
 		sess *e = &d.s[i];
 		if (!e->used || e->init == NULL)
 			continue;
-		reqs[n] = (hsm_wbuf){.p = e->init, .len = e->init_len, .cap = e->init_len, .err = CKR_OK};
+		reqs[n] = (hsm_wbuf){.p = e->init, .len = e->init_len, .cap = e->init_cap, .err = CKR_OK};
 		handles[n] = e->handle;
 		kinds[n] = e->init_kind;
 		owed[n] = e->owe;
@@ -325,10 +327,10 @@ static void flush(void)
 		uint32_t lens[2] = {0, 0};
 		enum hsm_io io = hsm_exchange(r, m, rvs, idles, replies, lens, hsm_config_get()->timeout_ms, app_gen);
 		CK_RV rv = rvs[m - 1];
-		free(replies[0]);
-		free(replies[1]);
-		free(cancel.p);
-		free(reqs[i].p);
+		for (int j = 0; j < 2; j++)
+			hsm_free_wipe(replies[j], lens[j]);
+		hsm_wbuf_free(&cancel);
+		hsm_wbuf_free(&reqs[i]);
 		hsm_lock(d.mu);
 		d.travelling--;
 		sess *e = find(handles[i]);
@@ -399,6 +401,7 @@ CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k)
 			if (e->init != NULL) {
 				k->init = e->init;
 				k->init_len = e->init_len;
+				k->init_cap = e->init_cap;
 				k->kind = e->init_kind;
 				k->app_gen = hsm_exchange_app_gen();
 				e->init = NULL;
@@ -422,7 +425,7 @@ CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k)
 void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv)
 {
 	int carried = k->init != NULL || k->cancel != 0;
-	free(k->init);
+	hsm_free_wipe(k->init, k->init_cap);
 	k->init = NULL;
 	/* A call that outlived C_Finalize belongs to a table that is gone. */
 	if (k->skip || d.mu == NULL || hsm_epoch() != k->epoch)

@@ -57,7 +57,7 @@ static enum hsm_io send_frames(hsm_conn *conn, hsm_wbuf **reqs, int n, uint32_t 
 		off += reqs[i]->len;
 	}
 	enum hsm_io io = hsm_conn_send(conn->fd, all, total, conn->epoch);
-	free(all);
+	hsm_free_wipe(all, total);
 	return io;
 }
 
@@ -113,11 +113,11 @@ enum hsm_io hsm_exchange(hsm_wbuf **reqs, int n, CK_RV *rv, int *idle, uint8_t *
 		}
 	}
 	for (int i = 0; i < n; i++)
-		free(frames[i]);
+		hsm_free_wipe(frames[i], lens[i]);
 	hsm_pool_put(conn, io == HSM_IO_OK);
 	if (io != HSM_IO_OK)
 		for (int i = 0; i < n; i++) {
-			free(replies[i]);
+			hsm_free_wipe(replies[i], lens[i]);
 			replies[i] = NULL;
 		}
 	return io;

@@ -494,11 +494,11 @@ static void cancel_now(uint64_t session, uint32_t call, uint64_t flags, unsigned
 		CK_RV rv;
 		int idle;
 		uint8_t *reply = NULL;
-		uint32_t len;
+		uint32_t len = 0;
 		(void)hsm_exchange(reqs, 1, &rv, &idle, &reply, &len, hsm_config_get()->timeout_ms, app_gen);
-		free(reply);
+		hsm_free_wipe(reply, len);
 	}
-	free(w.p);
+	hsm_wbuf_free(&w);
 }
 
 int hsm_held_serve(hsm_call *c, CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV *rv, hsm_held_side *side)

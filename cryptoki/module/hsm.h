@@ -92,6 +92,13 @@ typedef struct hsm_rbuf {
 	int bad;            /* the reply did not decode */
 } hsm_rbuf;
 
+/* hsm_free_wipe wipes n bytes at p (explicit_bzero), then frees p; NULL
+ * is nothing. Every buffer that held request or reply bytes (PINs, key
+ * values, plaintext) is freed through it, over its whole allocation, so
+ * that freed heap and a core dump of the application keep none of them.
+ * hsm_wbuf_free is the same for a request buffer, over its capacity. */
+void hsm_free_wipe(void *p, size_t n);
+void hsm_wbuf_free(hsm_wbuf *w);
 void hsm_fail(hsm_wbuf *w, CK_RV rv);
 void hsm_put_raw(hsm_wbuf *w, const void *p, size_t n);
 void hsm_put_u8(hsm_wbuf *w, uint8_t v);
@@ -274,7 +281,8 @@ void hsm_conn_init(void);
  * application from before (no sessions, no logins). */
 enum hsm_io hsm_conn_dial(int *fd, int *fresh, int *version);
 enum hsm_io hsm_conn_send(int fd, const uint8_t *p, size_t n, unsigned long epoch);
-/* hsm_conn_recv_frames reads n reply frames (each after its length). */
+/* hsm_conn_recv_frames reads n reply frames (each after its length),
+ * frames[i] an allocation of exactly lens[i] bytes. */
 enum hsm_io hsm_conn_recv_frames(int fd, int n, uint8_t **frames, uint32_t *lens, int timeout_ms,
 				 unsigned long epoch);
 int hsm_conn_stale(int fd);
@@ -326,7 +334,8 @@ void hsm_pool_on_fresh(void (*fn)(void));
 /* hsm_exchange sends n request frames (headers reserved, as hsm_call_init
  * makes them) in one write on one connection and reads their n replies.
  * For each: rv, idle and, when it has results, the reply frame (after its
- * length) in replies[i], which the caller frees; NULL otherwise. A request
+ * length) in replies[i], lens[i] bytes, which the caller frees with
+ * hsm_free_wipe; NULL otherwise. A request
  * held for the daemon's application app_gen (0: any) is not sent to a
  * later one: HSM_IO_STALE. */
 enum hsm_io hsm_exchange(hsm_wbuf **reqs, int n, CK_RV *rv, int *idle, uint8_t **replies,
@@ -342,6 +351,7 @@ void hsm_exchange_app_next(void);
 typedef struct hsm_call {
 	hsm_wbuf req;           /* the request frame, header first */
 	uint8_t *reply;         /* the reply frame (after its length) */
+	uint32_t reply_len;     /* its length, all of its allocation */
 	hsm_rbuf res;           /* the results, when has_results */
 	CK_RV rv;               /* the daemon's rv, or the local failure */
 	int has_results;
@@ -465,6 +475,7 @@ typedef struct hsm_carry {
 	uint32_t cancel_call;   /* its call number */
 	uint8_t *init;          /* a deferred Init sent ahead of the call, or NULL */
 	size_t init_len;
+	size_t init_cap;        /* its allocation, wiped when it is freed */
 	unsigned kind;          /* its operation kind */
 	unsigned long app_gen;  /* the daemon's application it was held for */
 	unsigned long gen;      /* the accepted Inits' generation when the call left */
