@@ -13,7 +13,9 @@
  * connection is (tls.c): conn.c asks hsm_ring_is and reads and writes
  * through here. The mapping is MADV_DONTFORK, so a forked child never
  * has the parent's rings at all, and forgets their entries
- * (hsm_ring_forget) without touching memory.
+ * (hsm_ring_forget) without touching memory; and MADV_DONTDUMP, so that
+ * the frames it still holds (PINs, key values, plaintext, until the next
+ * frames overwrite them) stay out of the application's core dumps.
  *
  * Nothing the daemon writes is trusted: the module keeps its own copies
  * of the counters it owns and checks the daemon's against the ring size.
@@ -261,6 +263,12 @@ static int make_ring(uint8_t **base, size_t *len)
 		close(m);
 		return -1;
 	}
+	/* The rings keep the last frames that went through them (PINs, key
+	 * values, plaintext), and a shared mapping is in a core dump by
+	 * default (coredump_filter bit 1): leave it out. Linux has had
+	 * MADV_DONTDUMP since 3.4; a kernel that refused it would cost only
+	 * that, not the rings. */
+	(void)madvise(p, n, MADV_DONTDUMP);
 	*base = p;
 	*len = n;
 	return m;
