@@ -321,6 +321,11 @@ static SSL_CTX *make_ctx(void)
 	SSL_CTX_set_max_proto_version(c, TLS1_3_VERSION);
 	SSL_CTX_set_verify(c, SSL_VERIFY_PEER, NULL);
 	SSL_CTX_set_mode(c, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_AUTO_RETRY);
+	/* libssl decrypts a record in place in its read buffer and keeps the
+	 * plaintext there (a reply: key values, plaintext) until the next
+	 * record overwrites it: wipe it once it is read, and at SSL_free. A
+	 * write is encrypted in place, so no plaintext stays there. */
+	SSL_CTX_set_options(c, SSL_OP_CLEANSE_PLAINTEXT);
 	SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
 	SSL_CTX_sess_set_new_cb(c, new_session);
 	const char *what = NULL, *file = NULL;
