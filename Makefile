@@ -80,7 +80,8 @@ test-module: $(BIN)/hsmemu-pkcs11.so $(BIN)/hsmemu-pkcs11-asan.so build/module-t
 # built with the sanitizers itself.
 E2E_CFLAGS = -std=gnu11 -Wall -Wextra -Werror -pthread $(P11_CFLAGS)
 
-e2e-programs: build/e2e build/e2e-asan build/e2e-held build/e2e-held-asan build/signloop $(BIN)/hsmemu-pkcs11-asan.so
+e2e-programs: build/e2e build/e2e-asan build/e2e-held build/e2e-held-asan build/e2e-wipe build/e2e-wipe-asan \
+	build/signloop $(BIN)/hsmemu-pkcs11-asan.so
 
 build/e2e: cryptoki/e2e/c/e2e.c
 	@mkdir -p build
@@ -106,6 +107,16 @@ build/e2e-held: $(HELD_SRC) cryptoki/e2e/c/held.h cryptoki/module/p11compat.h
 build/e2e-held-asan: $(HELD_SRC) cryptoki/e2e/c/held.h cryptoki/module/p11compat.h
 	@mkdir -p build
 	$(CC) $(E2E_CFLAGS) -Icryptoki/module -O1 -g $(ASAN_FLAGS) -o $@ $(HELD_SRC) -ldl
+
+# wipe.c: no secret that went through the module left in the memory a
+# core dump holds (cryptoki/e2e/wipe_test.go).
+build/e2e-wipe: cryptoki/e2e/c/wipe.c
+	@mkdir -p build
+	$(CC) $(E2E_CFLAGS) -O1 -g -o $@ $< -ldl
+
+build/e2e-wipe-asan: cryptoki/e2e/c/wipe.c
+	@mkdir -p build
+	$(CC) $(E2E_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ $< -ldl
 
 deps:
 	@scripts/install-deps.sh build
