@@ -9,6 +9,7 @@ import (
 
 	"github.com/cloudflare/circl/kem"
 	"github.com/cloudflare/circl/sign"
+	"github.com/cloudflare/circl/sign/slhdsa"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
@@ -162,8 +163,10 @@ func pqcPublic(k Key, kt uint64) error {
 // created (C_CreateObject, C_UnwrapKey) and adds what the key type
 // derives from it: a private key given only its seed gets its FIPS
 // encoding (CKA_VALUE). A parameter set the token lacks is
-// CKR_PARAMETER_SET_NOT_SUPPORTED; material of the wrong size, or a seed
-// and value of different keys, CKR_ATTRIBUTE_VALUE_INVALID.
+// CKR_PARAMETER_SET_NOT_SUPPORTED; material of the wrong size, a seed
+// and value of different keys, or an expanded key whose parts belong to
+// different keys (mldsaTRMatches, slhdsaRootMatches),
+// CKR_ATTRIBUTE_VALUE_INVALID.
 func CompletePQCKey(class, kt uint64, m map[uint64][]byte) error {
 	set := ulongOf(m[ck.CKA_PARAMETER_SET])
 	seed, hasSeed := m[ck.CKA_SEED]
@@ -194,7 +197,10 @@ func CompletePQCKey(class, kt uint64, m map[uint64][]byte) error {
 				m[ck.CKA_VALUE], _ = sk.MarshalBinary()
 			}
 		default:
-			_, err = mldsaPrivate(k)
+			var sk sign.PrivateKey
+			if sk, err = mldsaPrivate(k); err == nil && !mldsaTRMatches(sk, val) {
+				return bad
+			}
 		}
 	case ck.CKK_ML_KEM:
 		p, ok := mlkemSets[set]
@@ -219,8 +225,8 @@ func CompletePQCKey(class, kt uint64, m map[uint64][]byte) error {
 		}
 		if class == ck.CKO_PUBLIC_KEY {
 			_, err = slhdsaPublic(k)
-		} else {
-			_, err = slhdsaPrivate(k)
+		} else if _, err = slhdsaPrivate(k); err == nil && !slhdsaRootMatches(k, val) {
+			return bad
 		}
 	default:
 		return ck.Error(ck.CKR_KEY_TYPE_INCONSISTENT)
@@ -229,6 +235,46 @@ func CompletePQCKey(class, kt uint64, m map[uint64][]byte) error {
 		return bad
 	}
 	return nil
+}
+
+// mldsaTRMatches says whether an expanded ML-DSA private key's tr (the
+// 64 bytes after ρ and K) is the hash of the public key its s1 and s2
+// give. Neither circl nor FIPS 204's skDecode checks it, and a key given
+// without its seed whose tr is another's would sign with it: signatures
+// no verifier holding its public key accepts. t0, the other part not
+// derived on use, takes the lattice arithmetic to recompute that no
+// library here exposes, so it is not checked.
+func mldsaTRMatches(sk sign.PrivateKey, val []byte) bool {
+	pk, err := sk.Public().(sign.PublicKey).MarshalBinary()
+	if err != nil || len(val) < 128 {
+		return false
+	}
+	return bytes.Equal(mldsaTR(pk), val[64:128])
+}
+
+// slhdsaRootMatches says whether an SLH-DSA private key's PK.root is the
+// root of the hypertree its SK.seed and PK.seed make (FIPS 205's
+// slh_keygen_internal, Algorithm 18, run again from the key's own seeds).
+// circl reads PK.root as given, and a key with another root signs
+// signatures that its public key (PK.seed ‖ PK.root, computed from it)
+// never verifies. It costs one key generation, paid when a key is
+// created or unwrapped, not when it is used.
+func slhdsaRootMatches(k Key, val []byte) bool {
+	id, err := slhdsaIDOf(k)
+	if err != nil {
+		return false
+	}
+	n := id.Scheme().PublicKeySize() / 2
+	if len(val) != 4*n {
+		return false
+	}
+	_, sk, err := slhdsa.GenerateKey(bytes.NewReader(val[:3*n]), id)
+	if err != nil {
+		return false
+	}
+	again, _ := sk.MarshalBinary()
+	defer wipe(again)
+	return bytes.Equal(again, val)
 }
 
 // PQCSizes reports a post-quantum key's parameter set name and the sizes

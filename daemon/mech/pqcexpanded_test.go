@@ -1,0 +1,71 @@
+package mech
+
+import (
+	"bytes"
+	"fmt"
+	"testing"
+
+	"hsmemu/cryptoki/ck"
+)
+
+// TestPQCExpandedKeyConsistency: a private key given without its seed is
+// refused (CKR_ATTRIBUTE_VALUE_INVALID) when a part the token reads as
+// given belongs to another key: an ML-DSA key's tr, which is the hash of
+// its public key, or an SLH-DSA key's PK.root, which its seeds make. Such
+// keys signed signatures their own public key refuses. The same keys
+// whole are taken, and sign for the public key computed from them.
+func TestPQCExpandedKeyConsistency(t *testing.T) {
+	t.Parallel()
+	type tc struct {
+		kt, gen, sig, set uint64
+		at                func(n int) int // the byte to flip, in a key of n bytes
+	}
+	cases := []tc{}
+	for set := range mldsaSets {
+		// tr is bytes 64 to 127, after ρ and K.
+		cases = append(cases, tc{ck.CKK_ML_DSA, ck.CKM_ML_DSA_KEY_PAIR_GEN, ck.CKM_ML_DSA, set, func(int) int { return 100 }})
+	}
+	for _, set := range []uint64{ck.CKP_SLH_DSA_SHA2_128F, ck.CKP_SLH_DSA_SHAKE_128F, ck.CKP_SLH_DSA_SHA2_192F} {
+		// PK.root is the key's last quarter.
+		cases = append(cases, tc{ck.CKK_SLH_DSA, ck.CKM_SLH_DSA_KEY_PAIR_GEN, ck.CKM_SLH_DSA, set, func(n int) int { return n - 1 }})
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("%s", PQCSetName(c.kt, c.set)), func(t *testing.T) {
+			t.Parallel()
+			_, gen := genPQC(t, c.gen, c.kt, c.set)
+			good := bytes.Clone(value(gen))
+			whole := map[uint64][]byte{ck.CKA_PARAMETER_SET: ulong(c.set), ck.CKA_VALUE: bytes.Clone(good)}
+			if err := CompletePQCKey(ck.CKO_PRIVATE_KEY, c.kt, whole); err != nil {
+				t.Fatalf("the whole key: %v", err)
+			}
+			priv := testKeyObject(t, ck.CKO_PRIVATE_KEY, c.kt, whole)
+			pkb, _, err := pqcPublicBytes(priv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pub := pqcKey(t, ck.CKO_PUBLIC_KEY, c.kt, c.set, map[uint64][]byte{ck.CKA_VALUE: pkb})
+			sig, err := pqcSign(mechanisms[c.sig], priv, sigMech(c.sig, nil, 0), []byte("m"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := pqcVerify(mechanisms[c.sig], pub, sigMech(c.sig, nil, 0), []byte("m"), sig); err != nil {
+				t.Fatalf("the whole key's signature: %v", err)
+			}
+
+			bad := bytes.Clone(good)
+			bad[c.at(len(bad))] ^= 1
+			m := map[uint64][]byte{ck.CKA_PARAMETER_SET: ulong(c.set), ck.CKA_VALUE: bad}
+			if err := CompletePQCKey(ck.CKO_PRIVATE_KEY, c.kt, m); codeOf(err) != ck.CKR_ATTRIBUTE_VALUE_INVALID {
+				t.Fatalf("a key with another's part: %v, want CKR_ATTRIBUTE_VALUE_INVALID", err)
+			}
+			// And through the file import, which says what is wrong.
+			der, err := encodePQCPrivate(testKeyObject(t, ck.CKO_PRIVATE_KEY, c.kt, map[uint64][]byte{ck.CKA_PARAMETER_SET: ulong(c.set), ck.CKA_VALUE: bad}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok, err := ParsePQCPrivateKey(der); !ok || err == nil {
+				t.Fatalf("imported from PKCS#8: ok %v, err %v", ok, err)
+			}
+		})
+	}
+}
