@@ -1,6 +1,7 @@
 package token
 
 import (
+	"errors"
 	"math/big"
 	"slices"
 
@@ -368,7 +369,16 @@ func checkMaterial(m map[uint64][]byte, class, kt uint64, org origin) error {
 				// double a generation's cost.
 				return nil
 			}
-			return mech.CompletePQCKey(class, kt, m)
+			err := mech.CompletePQCKey(class, kt, m)
+			if org == originUnwrap && errors.Is(err, ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)) {
+				// An unwrapped key's material is the wrapped key's (its
+				// template may name no material): a seed of the wrong
+				// size, or a seed and value of different keys, is a
+				// wrapped key that is not valid, as a malformed RSA or EC
+				// key in the same PKCS#8 is.
+				return ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
+			}
+			return err
 		}
 		if kt == ck.CKK_DSA {
 			for _, t := range []uint64{ck.CKA_PRIME, ck.CKA_SUBPRIME, ck.CKA_BASE, ck.CKA_VALUE} {
