@@ -165,7 +165,8 @@ func pqcPublic(k Key, kt uint64) error {
 // encoding (CKA_VALUE). A parameter set the token lacks is
 // CKR_PARAMETER_SET_NOT_SUPPORTED; material of the wrong size, a seed
 // and value of different keys, or an expanded key whose parts belong to
-// different keys (mldsaTRMatches, slhdsaRootMatches),
+// different keys (mldsaTRMatches, slhdsaRootMatches, and an ML-KEM dk
+// whose ek fails the modulus check: mlkemDKHoldsValidEK),
 // CKR_ATTRIBUTE_VALUE_INVALID.
 func CompletePQCKey(class, kt uint64, m map[uint64][]byte) error {
 	set := ulongOf(m[ck.CKA_PARAMETER_SET])
@@ -217,7 +218,9 @@ func CompletePQCKey(class, kt uint64, m map[uint64][]byte) error {
 				m[ck.CKA_VALUE], _ = sk.MarshalBinary()
 			}
 		default:
-			_, err = mlkemPrivate(k)
+			if _, err = mlkemPrivate(k); err == nil && !mlkemDKHoldsValidEK(set, p, val) {
+				return bad
+			}
 		}
 	case ck.CKK_SLH_DSA:
 		if _, ok := slhdsaID(set); !ok {
@@ -250,6 +253,25 @@ func mldsaTRMatches(sk sign.PrivateKey, val []byte) bool {
 		return false
 	}
 	return bytes.Equal(mldsaTR(pk), val[64:128])
+}
+
+// mlkemDKHoldsValidEK says whether the encapsulation key inside an ML-KEM
+// decapsulation key (dk = dk_PKE ‖ ek ‖ H(ek) ‖ z, FIPS 203 Algorithm
+// 16) passes the modulus check a public key object's does. circl checks
+// only H(ek), which whoever wrote a bad ek can compute as well; a key
+// holding one would give, as its public half, an encapsulation key that
+// the token itself, and every FIPS 203 encapsulator, refuses. A dk from a
+// seed is compared with the seed's own, so only one given alone is read.
+func mlkemDKHoldsValidEK(set uint64, p *mlkemSet, dk []byte) bool {
+	n := p.circl.PublicKeySize()
+	if len(dk) != p.circl.PrivateKeySize() {
+		return false
+	}
+	ek := dk[n-32 : 2*n-32] // dk_PKE is 384·k bytes, ek 384·k + 32
+	_, err := mlkemPublic(&mapKey{class: ck.CKO_PUBLIC_KEY, kt: ck.CKK_ML_KEM, m: map[uint64][]byte{
+		ck.CKA_PARAMETER_SET: ulong(set), ck.CKA_VALUE: ek,
+	}})
+	return err == nil
 }
 
 // slhdsaRootMatches says whether an SLH-DSA private key's PK.root is the

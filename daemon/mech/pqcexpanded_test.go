@@ -2,6 +2,7 @@ package mech
 
 import (
 	"bytes"
+	"crypto/sha3"
 	"fmt"
 	"testing"
 
@@ -65,6 +66,36 @@ func TestPQCExpandedKeyConsistency(t *testing.T) {
 			}
 			if _, ok, err := ParsePQCPrivateKey(der); !ok || err == nil {
 				t.Fatalf("imported from PKCS#8: ok %v, err %v", ok, err)
+			}
+		})
+	}
+}
+
+// TestMLKEMDKWithBadEK: an ML-KEM decapsulation key given alone whose
+// encapsulation key fails FIPS 203's modulus check, its H(ek) computed
+// over the bad ek so that the hash check passes, is refused
+// (CKR_ATTRIBUTE_VALUE_INVALID): its public half would be a key no
+// encapsulator takes.
+func TestMLKEMDKWithBadEK(t *testing.T) {
+	t.Parallel()
+	for set, p := range mlkemSets {
+		t.Run(p.name, func(t *testing.T) {
+			t.Parallel()
+			_, gen := genPQC(t, ck.CKM_ML_KEM_KEY_PAIR_GEN, ck.CKK_ML_KEM, set)
+			dk := bytes.Clone(value(gen))
+			whole := map[uint64][]byte{ck.CKA_PARAMETER_SET: ulong(set), ck.CKA_VALUE: bytes.Clone(dk)}
+			if err := CompletePQCKey(ck.CKO_PRIVATE_KEY, ck.CKK_ML_KEM, whole); err != nil {
+				t.Fatalf("the whole dk: %v", err)
+			}
+			n := p.circl.PublicKeySize()
+			ek := dk[n-32 : 2*n-32]
+			// The first coefficient, 12 bits little-endian, made 0xfff (q is 3329).
+			ek[0], ek[1] = 0xff, ek[1]|0x0f
+			h := sha3.Sum256(ek)
+			copy(dk[2*n-32:], h[:])
+			m := map[uint64][]byte{ck.CKA_PARAMETER_SET: ulong(set), ck.CKA_VALUE: dk}
+			if err := CompletePQCKey(ck.CKO_PRIVATE_KEY, ck.CKK_ML_KEM, m); codeOf(err) != ck.CKR_ATTRIBUTE_VALUE_INVALID {
+				t.Fatalf("a dk holding an ek out of range: %v, want CKR_ATTRIBUTE_VALUE_INVALID", err)
 			}
 		})
 	}
