@@ -95,28 +95,32 @@ build/e2e-asan: cryptoki/e2e/c/e2e.c
 	@mkdir -p build
 	$(CC) $(E2E_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ $< -ldl
 
+# held.c and wipe.c count their checks and sections with ctest.c.
+CTEST_SRC := cryptoki/e2e/c/ctest.c
+CTEST_DEPS := $(CTEST_SRC) cryptoki/e2e/c/ctest.h
+
 # held.c's message sections are in heldmsg.c, its authenticated wrap's in
 # heldwrap.c; all take the PKCS#11 3.0 and 3.2 declarations from the
 # module's p11compat.h.
-HELD_SRC := cryptoki/e2e/c/held.c cryptoki/e2e/c/heldmsg.c cryptoki/e2e/c/heldwrap.c
+HELD_SRC := cryptoki/e2e/c/held.c cryptoki/e2e/c/heldmsg.c cryptoki/e2e/c/heldwrap.c $(CTEST_SRC)
 
-build/e2e-held: $(HELD_SRC) cryptoki/e2e/c/held.h cryptoki/module/p11compat.h
+build/e2e-held: $(HELD_SRC) $(CTEST_DEPS) cryptoki/e2e/c/held.h cryptoki/module/p11compat.h
 	@mkdir -p build
 	$(CC) $(E2E_CFLAGS) -Icryptoki/module -O1 -g -o $@ $(HELD_SRC) -ldl
 
-build/e2e-held-asan: $(HELD_SRC) cryptoki/e2e/c/held.h cryptoki/module/p11compat.h
+build/e2e-held-asan: $(HELD_SRC) $(CTEST_DEPS) cryptoki/e2e/c/held.h cryptoki/module/p11compat.h
 	@mkdir -p build
 	$(CC) $(E2E_CFLAGS) -Icryptoki/module -O1 -g $(ASAN_FLAGS) -o $@ $(HELD_SRC) -ldl
 
 # wipe.c: no secret that went through the module left in the memory a
 # core dump holds (cryptoki/e2e/wipe_test.go).
-build/e2e-wipe: cryptoki/e2e/c/wipe.c
+build/e2e-wipe: cryptoki/e2e/c/wipe.c $(CTEST_DEPS)
 	@mkdir -p build
-	$(CC) $(E2E_CFLAGS) -O1 -g -o $@ $< -ldl
+	$(CC) $(E2E_CFLAGS) -O1 -g -o $@ cryptoki/e2e/c/wipe.c $(CTEST_SRC) -ldl
 
-build/e2e-wipe-asan: cryptoki/e2e/c/wipe.c
+build/e2e-wipe-asan: cryptoki/e2e/c/wipe.c $(CTEST_DEPS)
 	@mkdir -p build
-	$(CC) $(E2E_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ $< -ldl
+	$(CC) $(E2E_CFLAGS) -O1 -g $(ASAN_FLAGS) -o $@ cryptoki/e2e/c/wipe.c $(CTEST_SRC) -ldl
 
 deps:
 	@scripts/install-deps.sh build

@@ -1,28 +1,16 @@
 /*
- * held.h: what held.c's checks, token and counts give its other sections
- * (heldmsg.c, heldwrap.c). The PKCS#11 3.0 declarations the system's header may lack
- * come from the module's own p11compat.h.
+ * held.h: what held.c's token and counts give its other sections
+ * (heldmsg.c, heldwrap.c); the checks and sections are ctest.h's. The
+ * PKCS#11 3.0 declarations the system's header may lack come from the
+ * module's own p11compat.h.
  */
 #ifndef HSMEMU_E2E_HELD_H
 #define HSMEMU_E2E_HELD_H
 
 #include <p11-kit/pkcs11.h>
 
+#include "ctest.h"
 #include "p11compat.h"
-
-/* ---- checks: each counts as passed or failed, in the current section ---- */
-
-void failf(const char *file, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-void pass(void);
-int expect_rv(CK_RV got, CK_RV want, const char *call, const char *file, int line);
-
-#define EXPECT(call, want) expect_rv((call), (want), #call, __FILE__, __LINE__)
-#define OK(call) EXPECT(call, CKR_OK)
-#define CHECK(cond, ...) ((cond) ? (pass(), 1) : (failf(__FILE__, __LINE__, __VA_ARGS__), 0))
-
-/* begin and end a section; a section that hangs ends the program. */
-void begin(const char *name);
-void end(void);
 
 /* ---- the module, the token and the keys ---- */
 

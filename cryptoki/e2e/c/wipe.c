@@ -34,15 +34,12 @@
  *
  * Memory is read through /proc/self/mem, into a buffer marked dd itself:
  * a page that cannot be read is skipped, and the sanitizers see only a
- * read into the program's own buffer. Output as e2e.c's: "FAIL [section]
- * wipe.c:LINE: ...", never a secret's bytes; "SECTION name: N passed, M
- * failed in Ts"; last "e2e: N passed, M failed".
+ * read into the program's own buffer. Output as held.c's (ctest.h), never
+ * a secret's bytes.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <fcntl.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,7 +51,8 @@
 
 #include <p11-kit/pkcs11.h>
 
-#define SECTION_ALARM 60
+#include "ctest.h"
+
 #define MASK 0xA5         /* a secret's byte, as the program keeps it */
 #define PIECE 16          /* secrets are looked for in pieces this long */
 #define PIN_LEN 32
@@ -63,65 +61,6 @@
 #define CHUNK (1u << 20)  /* memory is read this much at a time */
 
 _Static_assert(PIN_LEN % PIECE == 0 && KEY_LEN % PIECE == 0 && TEXT_LEN % PIECE == 0, "whole pieces");
-
-static long passed, failed;
-static const char *section = "init";
-
-static void failf(int line, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void failf(int line, const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof msg, fmt, ap);
-	va_end(ap);
-	failed++;
-	printf("FAIL [%s] wipe.c:%d: %s\n", section, line, msg);
-}
-
-static int expect_rv(CK_RV got, CK_RV want, const char *call, int line)
-{
-	if (got == want) {
-		passed++;
-		return 1;
-	}
-	failf(line, "%s: rv 0x%lx, want 0x%lx", call, (unsigned long)got, (unsigned long)want);
-	return 0;
-}
-
-#define OK(call) expect_rv((call), CKR_OK, #call, __LINE__)
-#define CHECK(cond, ...) ((cond) ? (passed++, 1) : (failf(__LINE__, __VA_ARGS__), 0))
-
-static struct timespec sec_start;
-static long sec_passed, sec_failed;
-
-static void begin(const char *name)
-{
-	section = name;
-	sec_passed = passed;
-	sec_failed = failed;
-	clock_gettime(CLOCK_MONOTONIC, &sec_start);
-	printf("SECTION %s\n", name);
-	alarm(SECTION_ALARM);
-}
-
-static void end(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	alarm(0);
-	printf("SECTION %s: %ld passed, %ld failed in %.2fs\n", section, passed - sec_passed, failed - sec_failed,
-	       (double)(t.tv_sec - sec_start.tv_sec) + (double)(t.tv_nsec - sec_start.tv_nsec) / 1e9);
-}
-
-static void on_alarm(int sig)
-{
-	(void)sig;
-	static const char msg[] = "FAIL: TIMEOUT: a section hangs\n";
-	ssize_t n = write(STDOUT_FILENO, msg, sizeof msg - 1);
-	(void)n;
-	_exit(3);
-}
 
 /* ---- the secrets, kept masked ---- */
 
@@ -310,7 +249,7 @@ static int scan(scan_result *r, int report)
 		r->scanned += (long)(end - start);
 		for (int i = 0; i < S_COUNT; i++) {
 			if (found[i] != 0 && report)
-				failf(__LINE__, "%s: %ld piece(s) in %lx-%lx %s %s", secret_name[i], found[i],
+				failf(__FILE__, __LINE__, "%s: %ld piece(s) in %lx-%lx %s %s", secret_name[i], found[i],
 				      (unsigned long)start, (unsigned long)end, perms, path[0] ? path : "[anon]");
 			r->found[i] += found[i];
 		}
@@ -462,8 +401,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: %s MODULE.so\n", argv[0]);
 		return 2;
 	}
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	signal(SIGALRM, on_alarm);
+	ctest_start();
 	const char *transport = getenv("HSMEMU_TRANSPORT");
 	int want_rings = transport != NULL && strcmp(transport, "ring") == 0;
 
@@ -499,7 +437,7 @@ int main(int argc, char **argv)
 	free(held);
 	end();
 	if (!ready) {
-		printf("e2e: %ld passed, %ld failed\n", passed, failed);
+		ctest_done();
 		return 1;
 	}
 
@@ -530,6 +468,5 @@ int main(int argc, char **argv)
 	close(mem);
 	munmap(chunk, CHUNK);
 	dlclose(lib);
-	printf("e2e: %ld passed, %ld failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return ctest_done();
 }
