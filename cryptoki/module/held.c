@@ -137,18 +137,9 @@ static struct {
 
 static void wipe(entry *e)
 {
-	if (e->data != NULL) {
-		explicit_bzero(e->data, e->len);
-		free(e->data);
-	}
-	if (e->args != NULL) {
-		explicit_bzero(e->args, e->args_len);
-		free(e->args);
-	}
-	if (e->side != NULL) {
-		explicit_bzero(e->side, e->side_len);
-		free(e->side);
-	}
+	hsm_free_wipe(e->data, e->len);
+	hsm_free_wipe(e->args, e->args_len);
+	hsm_free_wipe(e->side, e->side_len);
 	e->data = NULL;
 	e->len = 0;
 	e->args = NULL;
@@ -472,10 +463,7 @@ done:
 
 void hsm_held_side_release(hsm_held_side *side)
 {
-	if (side->own != NULL) {
-		explicit_bzero(side->own, side->own_len);
-		free(side->own);
-	}
+	hsm_free_wipe(side->own, side->own_len);
 	memset(side, 0, sizeof *side);
 }
 
