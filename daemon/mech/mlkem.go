@@ -166,30 +166,35 @@ func mlkemPublic(k Key) (mlkemEncapsulator, error) {
 		if err != nil {
 			return nil, err
 		}
-		ek := value(k)
-		switch {
-		case p.std == 768:
-			e, err := mlkem.NewEncapsulationKey768(ek)
-			if err != nil {
-				return nil, errKeyBroken
-			}
-			return e, nil
-		case p.std == 1024:
-			e, err := mlkem.NewEncapsulationKey1024(ek)
-			if err != nil {
-				return nil, errKeyBroken
-			}
-			return e, nil
-		}
-		if err := mlkemCheckEK(p, ek); err != nil {
-			return nil, err
-		}
-		pk, err := p.circl.UnmarshalBinaryPublicKey(ek)
+		return mlkemParseEK(p, value(k))
+	})
+}
+
+// mlkemParseEK parses an encapsulation key of the set p, checked as FIPS
+// 203 §7.2 asks: a public key object's value, or the ek inside a dk.
+func mlkemParseEK(p *mlkemSet, ek []byte) (mlkemEncapsulator, error) {
+	switch {
+	case p.std == 768:
+		e, err := mlkem.NewEncapsulationKey768(ek)
 		if err != nil {
 			return nil, errKeyBroken
 		}
-		return circlEncaps{p.circl, pk}, nil
-	})
+		return e, nil
+	case p.std == 1024:
+		e, err := mlkem.NewEncapsulationKey1024(ek)
+		if err != nil {
+			return nil, errKeyBroken
+		}
+		return e, nil
+	}
+	if err := mlkemCheckEK(p, ek); err != nil {
+		return nil, err
+	}
+	pk, err := p.circl.UnmarshalBinaryPublicKey(ek)
+	if err != nil {
+		return nil, errKeyBroken
+	}
+	return circlEncaps{p.circl, pk}, nil
 }
 
 // mlkemCheckEK is FIPS 203 §7.2's modulus check of an encapsulation key

@@ -218,7 +218,7 @@ func CompletePQCKey(class, kt uint64, m map[uint64][]byte) error {
 				m[ck.CKA_VALUE], _ = sk.MarshalBinary()
 			}
 		default:
-			if _, err = mlkemPrivate(k); err == nil && !mlkemDKHoldsValidEK(set, p, val) {
+			if _, err = mlkemPrivate(k); err == nil && !mlkemDKHoldsValidEK(p, val) {
 				return bad
 			}
 		}
@@ -262,15 +262,12 @@ func mldsaTRMatches(sk sign.PrivateKey, val []byte) bool {
 // holding one would give, as its public half, an encapsulation key that
 // the token itself, and every FIPS 203 encapsulator, refuses. A dk from a
 // seed is compared with the seed's own, so only one given alone is read.
-func mlkemDKHoldsValidEK(set uint64, p *mlkemSet, dk []byte) bool {
+func mlkemDKHoldsValidEK(p *mlkemSet, dk []byte) bool {
 	n := p.circl.PublicKeySize()
 	if len(dk) != p.circl.PrivateKeySize() {
 		return false
 	}
-	ek := dk[n-32 : 2*n-32] // dk_PKE is 384·k bytes, ek 384·k + 32
-	_, err := mlkemPublic(&mapKey{class: ck.CKO_PUBLIC_KEY, kt: ck.CKK_ML_KEM, m: map[uint64][]byte{
-		ck.CKA_PARAMETER_SET: ulong(set), ck.CKA_VALUE: ek,
-	}})
+	_, err := mlkemParseEK(p, dk[n-32:2*n-32]) // dk_PKE is 384·k bytes, ek 384·k + 32
 	return err == nil
 }
 
