@@ -70,9 +70,7 @@ func (s *session) endOp(kind opKind) {
 		op.charged = 0
 		// An output kept and never delivered here (the module took it
 		// from a prefetch and ends the operation) may be plaintext.
-		wipe(op.pending)
-		op.pending, op.hasPend = nil, false
-		op.pendIn.drop()
+		op.dropKept()
 		s.ops[kind] = nil
 	}
 }

@@ -303,9 +303,9 @@ func (op *msgOp) endMessage() {
 	if m := op.cur; m != nil {
 		// What it kept (a prefetched output the module took, a
 		// decryption's plaintext) and the parts it buffered.
-		wipe(m.pending)
+		m.dropKept()
 		wipe(m.in)
-		m.pending, m.in, m.hasPend = nil, nil, false
+		m.in = nil
 	}
 	op.cur = nil
 	op.mem.Release(op.charged)

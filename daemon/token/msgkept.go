@@ -44,8 +44,7 @@ func (op *msgOp) keptOne(id func() (inputID, error)) (m *message, kept bool, err
 	if m.pendIn.is(in) {
 		return m, true, nil
 	}
-	wipe(m.pending)
-	m.pending, m.pendOuts, m.hasPend = nil, nil, false
+	m.dropKept()
 	return m, false, nil
 }
 
@@ -70,8 +69,7 @@ func (s *session) collectPart(k msgKind) {
 		return
 	}
 	m := op.cur
-	wipe(m.pending)
-	m.pending, m.pendOuts, m.hasPend = nil, nil, false
+	m.dropKept()
 	_ = op.settle() // it only gives back: never fails
 }
 
@@ -102,4 +100,11 @@ func (op *msgOp) nextMessage(call callKind) (*message, bool, error) {
 		return nil, false, ck.Error(ck.CKR_OPERATION_ACTIVE)
 	}
 	return m, kept, nil
+}
+
+// dropKept wipes and forgets the output a message kept for a size query
+// (a decryption's is plaintext) and what its parameter was to get back.
+func (m *message) dropKept() {
+	wipe(m.pending)
+	m.pending, m.pendOuts, m.hasPend = nil, nil, false
 }

@@ -446,6 +446,14 @@ func (k *keptInput) drop() {
 	*k = keptInput{}
 }
 
+// dropKept wipes and forgets the output kept for a size query (a
+// decryption's is plaintext) and the input it was measured over.
+func (op *operation) dropKept() {
+	wipe(op.pending)
+	op.pending, op.hasPend = nil, false
+	op.pendIn.drop()
+}
+
 // output computes an operation's output once: a repeated call after a size
 // query that brings the same input gets the kept output. A single-part
 // call that brings other input is performed on it from the state after
@@ -466,9 +474,7 @@ func (op *operation) output(call callKind, in []byte, compute func() ([]byte, er
 			// The Final after an Update that was only measured: the
 			// update did not happen (5.2), so the Final is over the
 			// state before it.
-			wipe(op.pending)
-			op.pending, op.hasPend = nil, false
-			op.pendIn.drop()
+			op.dropKept()
 			r.Rewind()
 		} else if op.pendFor != call {
 			return nil, ck.Error(ck.CKR_OPERATION_ACTIVE)
@@ -478,9 +484,7 @@ func (op *operation) output(call callKind, in []byte, compute func() ([]byte, er
 		if op.pendIn.is(in) {
 			return op.pending, nil
 		}
-		wipe(op.pending) // a decryption's is plaintext
-		op.pending, op.hasPend = nil, false
-		op.pendIn.drop()
+		op.dropKept()
 		switch r, ok := op.cipher.(mech.Rewinder); {
 		case call == callOne:
 			if err := op.restart(); err != nil {
@@ -510,9 +514,7 @@ func (s *session) collect(kind opKind) {
 	if op == nil || !op.hasPend || op.pendFor != callUpdate {
 		return
 	}
-	wipe(op.pending)
-	op.pending, op.hasPend = nil, false
-	op.pendIn.drop()
+	op.dropKept()
 }
 
 // produce runs a call that returns output on the session's operation of
