@@ -86,6 +86,27 @@ void end(void)
 	       (double)(t.tv_sec - sec_start.tv_sec) + (double)(t.tv_nsec - sec_start.tv_nsec) / 1e9);
 }
 
+void ctest_label(CK_UTF8CHAR label[32], const char *prefix)
+{
+	char str[33];
+	snprintf(str, sizeof str, "%s-%d-%ld", prefix, (int)getpid(), (long)time(NULL));
+	memset(label, ' ', 32);
+	memcpy(label, str, strlen(str));
+}
+
+CK_SLOT_ID ctest_slot_of(CK_FUNCTION_LIST *f, const CK_UTF8CHAR label[32])
+{
+	CK_SLOT_ID list[64], slot = 0;
+	CK_ULONG n = 64;
+	CK_TOKEN_INFO ti;
+	OK(f->C_GetSlotList(CK_TRUE, list, &n));
+	for (CK_ULONG i = 0; i < n; i++)
+		if (list[i] != 0 && f->C_GetTokenInfo(list[i], &ti) == CKR_OK && memcmp(ti.label, label, 32) == 0)
+			slot = list[i];
+	CHECK(slot != 0, "no slot holds the new token");
+	return slot;
+}
+
 int ctest_done(void)
 {
 	printf("e2e: %ld passed, %ld failed\n", passed, failed);

@@ -33,6 +33,15 @@ void ctest_start(void);
 /* begin and end a section. */
 void begin(const char *name);
 void end(void);
+/* ---- the token ---- */
+
+/* ctest_label writes a token label no other run has: prefix, the
+ * process id and the time, padded with spaces. */
+void ctest_label(CK_UTF8CHAR label[32], const char *prefix);
+/* ctest_slot_of returns the slot whose token has the label (the one a
+ * C_InitToken on slot 0 made), or 0, a failed check, when none has. */
+CK_SLOT_ID ctest_slot_of(CK_FUNCTION_LIST *f, const CK_UTF8CHAR label[32]);
+
 /* ctest_done prints the totals and returns the program's exit status: 1
  * when a check failed. */
 int ctest_done(void);

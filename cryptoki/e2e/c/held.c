@@ -45,7 +45,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "held.h"
@@ -68,20 +67,10 @@ static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
 static int make_token(void)
 {
 	CK_UTF8CHAR label[32];
-	char str[33];
-	snprintf(str, sizeof str, "held-%d-%ld", (int)getpid(), (long)time(NULL));
-	memset(label, ' ', sizeof label);
-	memcpy(label, str, strlen(str));
+	ctest_label(label, "held");
 	if (!OK(f->C_InitToken(0, PIN(so_pin), label)))
 		return 0;
-	CK_SLOT_ID list[64];
-	CK_ULONG n = 64;
-	CK_TOKEN_INFO ti;
-	OK(f->C_GetSlotList(CK_TRUE, list, &n));
-	for (CK_ULONG i = 0; i < n; i++)
-		if (list[i] != 0 && f->C_GetTokenInfo(list[i], &ti) == CKR_OK && memcmp(ti.label, label, 32) == 0)
-			slot = list[i];
-	if (!CHECK(slot != 0, "no slot holds the new token"))
+	if ((slot = ctest_slot_of(f, label)) == 0)
 		return 0;
 	CK_SESSION_HANDLE s;
 	OK(f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s));

@@ -46,7 +46,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <p11-kit/pkcs11.h>
@@ -292,23 +291,14 @@ static CK_RV login(CK_SESSION_HANDLE s, CK_USER_TYPE who, int secret)
 static int make_token(CK_SESSION_HANDLE *s)
 {
 	CK_UTF8CHAR label[32], pin[PIN_LEN], pin2[PIN_LEN];
-	char str[33];
-	snprintf(str, sizeof str, "wipe-%d-%ld", (int)getpid(), (long)time(NULL));
-	memset(label, ' ', sizeof label);
-	memcpy(label, str, strlen(str));
+	ctest_label(label, "wipe");
 	reveal(S_SO_PIN, pin);
 	CK_RV rv = f->C_InitToken(0, pin, PIN_LEN, label);
 	explicit_bzero(pin, sizeof pin);
 	if (!OK(rv))
 		return 0;
-	CK_SLOT_ID list[64], slot = 0;
-	CK_ULONG n = 64;
-	CK_TOKEN_INFO ti;
-	OK(f->C_GetSlotList(CK_TRUE, list, &n));
-	for (CK_ULONG i = 0; i < n; i++)
-		if (list[i] != 0 && f->C_GetTokenInfo(list[i], &ti) == CKR_OK && memcmp(ti.label, label, 32) == 0)
-			slot = list[i];
-	if (!CHECK(slot != 0, "no slot holds the new token"))
+	CK_SLOT_ID slot = ctest_slot_of(f, label);
+	if (slot == 0)
 		return 0;
 	if (!OK(f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, s)) ||
 	    !OK(login(*s, CKU_SO, S_SO_PIN)))
