@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strconv"
 	"sync"
 	"sync/atomic"
 )
@@ -293,6 +294,9 @@ func (a *anchor) entry(table, key string, oldEntry any, cols ...any) ([]byte, er
 	if a.refused != nil {
 		return nil, a.refused
 	}
+	if err := a.rewriteLocked(table, key); err != nil {
+		return nil, err
+	}
 	a.pendIn, a.pendOut = [32]byte{}, [32]byte{}
 	if err := a.dropLocked(table, key, oldEntry); err != nil {
 		return nil, err
@@ -369,6 +373,29 @@ func (a *anchor) tokenRows(ti *TokenInfo) error {
 	a.mu.Unlock()
 	if bad {
 		return tampered("token", ti.UUID, ti.ID, "rows")
+	}
+	return nil
+}
+
+// rewriteLocked refuses a write to a token or object row the check at
+// start found not to match its entry: the write would give the row a
+// fresh entry, and the next start would take the row put back (an older
+// version, another token's) as good. Such a row stays down until it is
+// deleted, which drops its entry. The write paths check first and say
+// which row (a TamperError); this is the guard for any path that does
+// not, whatever the engine. a.mu is held.
+func (a *anchor) rewriteLocked(table, key string) error {
+	if !a.anyBad.Load() || (table != "objects" && table != "tokens") {
+		return nil
+	}
+	id, err := strconv.ParseInt(key, 10, 64)
+	switch {
+	case err != nil:
+		return nil
+	case table == "objects" && a.badObjects[id]:
+		return tampered("object", UUID{}, id, "rows")
+	case table == "tokens" && a.badTokens[id]:
+		return tampered("token", UUID{}, id, "rows")
 	}
 	return nil
 }

@@ -93,6 +93,9 @@ func (s *Store) privatize(ctx context.Context, st *tokenState, id int64) (bool, 
 	if err := r.parseRecord(rec); err != nil {
 		return false, tampered("object", UUID{}, id, "record")
 	}
+	if s.anc.objectBad(id) {
+		return false, tampered("object", r.uuid, id, "rows") // resealed, it would pass the next start
+	}
 	attrs, ix, err := r.decode()
 	if err != nil {
 		return false, tampered("object", r.uuid, id, "record")

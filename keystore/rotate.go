@@ -202,6 +202,14 @@ func (s *Store) reseal(ctx context.Context, tx *sql.Tx, tokenID int64, kinds fun
 	now := time.Now().Unix()
 	for i := range todo {
 		r := &todo[i]
+		if s.anc.objectBad(r.id) {
+			// Resealed, the row put back would get a fresh anchor entry
+			// and pass the next start: the rotation waits for it to be
+			// deleted, as for a seal that fails.
+			err := tampered("object", r.uuid, r.id, "rows")
+			s.noteTamper(err)
+			return 0, err
+		}
 		_, ix, err := r.decode()
 		if err != nil {
 			return 0, err

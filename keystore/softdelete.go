@@ -66,6 +66,13 @@ func (s *Store) softDelete(ctx context.Context, id ObjectID, note func(kept bool
 		return false, err
 	}
 	kept = ti.RetentionDays > 0
+	if kept && s.anc.objectBad(int64(id)) {
+		// Kept, the row would get a fresh anchor entry, and the version
+		// put back would pass the next start: only deleting it ends it.
+		err := tampered("object", UUID{}, int64(id), "rows")
+		s.noteTamper(err)
+		return false, err
+	}
 	var n *AuditNote
 	if note != nil {
 		nn := note(kept)
@@ -150,7 +157,15 @@ func (s *Store) DeletedObjects(ctx context.Context, token UUID) ([]Deleted, erro
 // Recover brings a deleted object back.
 func (s *Store) Recover(ctx context.Context, token UUID, object UUID) (ObjectID, error) {
 	var id int64
-	err := s.w.QueryRowContext(ctx, `UPDATE objects SET deleted_at = NULL
+	// A row that failed the check at start stays as it is (anchor.go,
+	// rewriteLocked): say which.
+	err := s.r.QueryRowContext(ctx, "SELECT id FROM objects WHERE uuid = ?", object[:]).Scan(&id)
+	if err == nil && s.anc.objectBad(id) {
+		err := tampered("object", object, id, "rows")
+		s.noteTamper(err)
+		return 0, err
+	}
+	err = s.w.QueryRowContext(ctx, `UPDATE objects SET deleted_at = NULL
 		WHERE uuid = ? AND deleted_at IS NOT NULL AND token_id = (SELECT id FROM tokens WHERE uuid = ?) RETURNING id`,
 		object[:], token[:]).Scan(&id)
 	if errors.Is(err, sql.ErrNoRows) {
