@@ -292,9 +292,16 @@ func (s *Store) readObject(ctx context.Context, id ObjectID) (objectRow, error) 
 		}
 		return r, ErrNotFound
 	}
+	var tokenID any
 	var uuid, rec sql.RawBytes
-	if err := rows.Scan(&r.tokenID, &uuid, &rec); err != nil {
+	if err := rows.Scan(&tokenID, &uuid, &rec); err != nil {
 		return r, s.dbErr("read object", err)
+	}
+	// Read as whatever the database holds: a row edited to another type
+	// fails alone, as tampering, and is recorded.
+	var ok bool
+	if r.tokenID, ok = tokenID.(int64); !ok {
+		return r, tampered("object", UUID{}, r.id, "type of token_id")
 	}
 	if err := r.parseRecord(bytes.Clone(rec)); err != nil {
 		return r, tampered("object", UUID{}, r.id, "record")
@@ -503,12 +510,17 @@ func (s *Store) Find(ctx context.Context, token UUID, f Filter) ([]ObjectID, err
 	var ids []ObjectID
 	for rows.Next() {
 		var c indexColumns
+		var class, keyType, label, ckaid, private any
 		var uuid, rec sql.RawBytes
-		if err := rows.Scan(&c.id, &c.class, &c.keyType, &c.label, &c.ckaid, &c.private, &uuid, &rec); err != nil {
+		if err := rows.Scan(&c.id, &class, &keyType, &label, &ckaid, &private, &uuid, &rec); err != nil {
 			return nil, s.dbErr("find", err)
 		}
 		// A row that fails is left out, and noted: it takes down itself
 		// alone, not the search.
+		if bad := c.set(class, keyType, label, ckaid, private); bad != "" {
+			s.noteTamper(tampered("object", UUID{}, c.id, "type of "+bad))
+			continue
+		}
 		var r objectRow
 		if err := r.parseRecord(rec); err != nil {
 			s.noteTamper(tampered("object", UUID{}, c.id, "record"))
@@ -555,6 +567,34 @@ type indexColumns struct {
 	label   []byte
 	ckaid   []byte
 	private int64
+}
+
+// set fills the index columns from the values the database holds, which
+// a file edited by hand need not keep at the schema's types (the find
+// reads them as they are, so that such a row fails alone). It returns the
+// first column of another type, or "".
+func (c *indexColumns) set(class, keyType, label, ckaid, private any) string {
+	var ok bool
+	if c.class, ok = class.(int64); !ok {
+		return "class"
+	}
+	switch v := keyType.(type) {
+	case nil:
+	case int64:
+		c.keyType = sql.NullInt64{Int64: v, Valid: true}
+	default:
+		return "key_type"
+	}
+	if c.label, ok = label.([]byte); !ok && label != nil {
+		return "label"
+	}
+	if c.ckaid, ok = ckaid.([]byte); !ok && ckaid != nil {
+		return "ckaid"
+	}
+	if c.private, ok = private.(int64); !ok {
+		return "private"
+	}
+	return ""
 }
 
 // match reports whether the columns are a faithful copy of ix.

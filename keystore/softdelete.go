@@ -116,14 +116,24 @@ func (s *Store) DeletedObjects(ctx context.Context, token UUID) ([]Deleted, erro
 	var out []Deleted
 	for rows.Next() {
 		var d Deleted
-		var id, class, at int64
-		var kt sql.NullInt64
+		var c indexColumns
+		var class, keyType, label, ckaid, private, deletedAt any
 		var uuid []byte
 		var rec []byte
-		if err := rows.Scan(&id, &uuid, &class, &kt, &d.Label, &d.CKAID, &d.Private, &at, &rec); err != nil {
+		if err := rows.Scan(&c.id, &uuid, &class, &keyType, &label, &ckaid, &private, &deletedAt, &rec); err != nil {
 			return nil, s.dbErr("list deleted objects", err)
 		}
 		// A row that fails is left out, and noted, as Find does.
+		id := c.id
+		at, ok := deletedAt.(int64)
+		bad := c.set(class, keyType, label, ckaid, private)
+		if bad == "" && !ok {
+			bad = "deleted_at"
+		}
+		if bad != "" {
+			s.noteTamper(tampered("object", UUID{}, id, "type of "+bad))
+			continue
+		}
 		var r objectRow
 		if err := r.parseRecord(rec); err != nil {
 			s.noteTamper(tampered("object", UUID{}, id, "record"))
@@ -141,10 +151,11 @@ func (s *Store) DeletedObjects(ctx context.Context, token UUID) ([]Deleted, erro
 			s.noteTamper(tampered("object", r.uuid, id, "record"))
 			continue
 		}
-		d.ID, d.Token, d.Class = ObjectID(id), token, uint64(class)
+		d.ID, d.Token, d.Class = ObjectID(id), token, uint64(c.class)
+		d.Label, d.CKAID, d.Private = c.label, c.ckaid, c.private != 0
 		copy(d.UUID[:], uuid)
-		if kt.Valid {
-			v := uint64(kt.Int64)
+		if c.keyType.Valid {
+			v := uint64(c.keyType.Int64)
 			d.KeyType = &v
 		}
 		d.DeletedAt = time.Unix(at, 0)
