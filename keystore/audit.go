@@ -64,6 +64,70 @@ type auditRow struct {
 	actor, event   string
 	detail         string
 	prevHash, hash []byte
+	// bad names a column read with a value of another type than the
+	// schema's (a log edited by hand), "" for none. Not stored.
+	bad string
+}
+
+// scanAuditRow reads a record as whatever the database holds: a log
+// edited by hand need not keep the schema's types, and a record of
+// another shape is that record's failure (bad), never the whole log's.
+// Text columns are taken as their bytes, as the hash covers them.
+func scanAuditRow(sc interface{ Scan(...any) error }) (auditRow, error) {
+	var r auditRow
+	var c [7]any
+	if err := sc.Scan(&c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6]); err != nil {
+		return r, err
+	}
+	note := func(name string) {
+		if r.bad == "" {
+			r.bad = name
+		}
+	}
+	num := func(v any, name string) int64 {
+		n, ok := v.(int64)
+		if !ok {
+			note(name)
+		}
+		return n
+	}
+	text := func(v any, name string) []byte {
+		switch v := v.(type) {
+		case []byte:
+			return v
+		case string:
+			return []byte(v)
+		}
+		note(name)
+		return nil
+	}
+	r.seq, r.time = num(c[0], "seq"), num(c[1], "time")
+	r.actor, r.event, r.detail = string(text(c[2], "actor")), string(text(c[3], "event")), string(text(c[4], "detail"))
+	r.prevHash, r.hash = text(c[5], "prev_hash"), text(c[6], "hash")
+	return r, nil
+}
+
+// listed is a record for a listing. One whose columns are of another
+// type, or whose actor or detail is not the JSON the daemon writes, was
+// not written so: it is listed as stored, its actor empty and its detail
+// saying what does not read ("unreadable"), and noted as tampering;
+// `audit verify` says how it fails its chain. The listing goes on past it.
+func (s *Store) listed(r *auditRow) AuditRecord {
+	what := r.bad
+	if what == "" {
+		rec, err := r.record()
+		if err == nil {
+			return rec
+		}
+		var a AuditActor
+		what = "detail"
+		if json.Unmarshal([]byte(r.actor), &a) != nil {
+			what = "actor"
+		}
+	}
+	s.noteTamper(&TamperError{Kind: "audit record", ID: fmt.Sprintf("record %d", r.seq), What: what})
+	return AuditRecord{Seq: r.seq, Time: time.Unix(0, r.time), Event: r.event, PrevHash: r.prevHash, Hash: r.hash,
+		Detail: map[string]string{"unreadable": what}}
 }
 
 func (r *auditRow) record() (AuditRecord, error) {
@@ -440,15 +504,11 @@ func (s *Store) AuditRecords(ctx context.Context, after int64, limit int) ([]Aud
 	defer rows.Close()
 	var out []AuditRecord
 	for rows.Next() {
-		var r auditRow
-		if err := rows.Scan(&r.seq, &r.time, &r.actor, &r.event, &r.detail, &r.prevHash, &r.hash); err != nil {
+		r, err := scanAuditRow(rows)
+		if err != nil {
 			return nil, s.dbErr("read audit log", err)
 		}
-		rec, err := r.record()
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, rec)
+		out = append(out, s.listed(&r))
 	}
 	return out, s.dbErr("read audit log", rows.Err())
 }
@@ -494,8 +554,8 @@ func (s *Store) VerifyAudit(ctx context.Context) (AuditReport, error) {
 	// predecessor appears nowhere follows a deletion.
 	var all []auditRow
 	for rows.Next() {
-		var r auditRow
-		if err := rows.Scan(&r.seq, &r.time, &r.actor, &r.event, &r.detail, &r.prevHash, &r.hash); err != nil {
+		r, err := scanAuditRow(rows)
+		if err != nil {
 			return AuditReport{}, s.dbErr("read audit log", err)
 		}
 		all = append(all, r)
@@ -511,6 +571,9 @@ func (s *Store) VerifyAudit(ctx context.Context) (AuditReport, error) {
 	// First pass: each record against its own hash.
 	for i := range all {
 		r := &all[i]
+		if r.bad != "" {
+			return bad(r.seq, fmt.Sprintf("record %d was edited: its %s is not of the type the log stores", r.seq, r.bad))
+		}
 		if !hmac.Equal(auditHash(keyFor(eps, r.seq), r), r.hash) {
 			return bad(r.seq, fmt.Sprintf("record %d was edited: its content does not match its hash", r.seq))
 		}

@@ -144,3 +144,62 @@ func TestAuditTailReplaced(t *testing.T) {
 		t.Fatalf("head replaced: %+v %v", rep, err)
 	}
 }
+
+// TestAuditRecordUnreadable: one record edited into something the daemon
+// never writes (an actor that is not JSON; in a log rebuilt without its
+// types, a time that is not a number) takes down itself alone: a listing
+// (audit tail, show, export) goes on past it, marking it unreadable and
+// noting it as tampering, and verification names it instead of failing.
+func TestAuditRecordUnreadable(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, what string
+		loose      bool
+		edit       string
+	}{
+		{"actor", "actor", false, "UPDATE audit_log SET actor = 'x' WHERE seq = 3"},
+		{"detail", "detail", false, "UPDATE audit_log SET detail = '[1]' WHERE seq = 3"},
+		{"time of another type", "time", true, "UPDATE audit_log SET time = 'x' WHERE seq = 3"},
+		{"event of another type", "event", true, "UPDATE audit_log SET event = NULL WHERE seq = 3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if tc.loose {
+				sqliteOnly(t, "rebuilds the table without types, as only a hand edit of SQLite's file can")
+			}
+			s, path := newStore(t, Options{})
+			auditN(t, s, 5)
+			db := rawDB(t, path)
+			if tc.loose {
+				execSQL(t, db, "CREATE TABLE loose AS SELECT * FROM audit_log; DROP TABLE audit_log; ALTER TABLE loose RENAME TO audit_log")
+			}
+			execSQL(t, db, tc.edit)
+			recs, err := s.AuditRecords(ctx, 0, 0)
+			if err != nil || len(recs) != 5 {
+				t.Fatalf("listing: %d records, %v; want all 5", len(recs), err)
+			}
+			for i, r := range recs {
+				switch {
+				case r.Seq != int64(i+1):
+					t.Fatalf("record %d listed as %d", i+1, r.Seq)
+				case i == 2 && r.Detail["unreadable"] != tc.what:
+					t.Fatalf("the edited record: %+v, want it marked unreadable (%s)", r, tc.what)
+				case i != 2 && (r.Detail["n"] != fmt.Sprint(i+1) || r.Actor.UID != 1000):
+					t.Fatalf("record %d: %+v", i+1, r)
+				}
+			}
+			rep, err := s.VerifyAudit(ctx)
+			if err != nil || rep.OK || rep.BadSeq != 3 || !strings.Contains(rep.Problem, "record 3 was edited") {
+				t.Fatalf("verify: %+v %v; want record 3 named", rep, err)
+			}
+			if !tc.loose {
+				if err := s.AuditTamper(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if n, err := s.TamperCount(ctx); err != nil || n != 1 {
+					t.Fatalf("tamper records: %d %v, want the edited record noted once", n, err)
+				}
+			}
+		})
+	}
+}
