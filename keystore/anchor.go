@@ -288,6 +288,14 @@ func (a *anchor) sealEntryLocked(table, key string, term []byte) ([]byte, error)
 // entry is a row's new entry (SQL: hsmemu_anchor_entry(table, key,
 // entry as it was or NULL, columns...)): the term of the row's columns,
 // sealed. It starts a fold: the old entry's term out, the new one in.
+//
+// An update passes the row's columns as they were after its new ones
+// (twice as many columns): the row it replaces must be the one its entry
+// accounts for. A row changed behind the daemon's back while it serves
+// (another session on PostgreSQL, the file written under it) is found by
+// the next start, unless a write of the daemon's first gave it a fresh
+// entry over the version put back: that write is refused, and the row
+// taken down now, as the start would.
 func (a *anchor) entry(table, key string, oldEntry any, cols ...any) ([]byte, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -297,9 +305,29 @@ func (a *anchor) entry(table, key string, oldEntry any, cols ...any) ([]byte, er
 	if err := a.rewriteLocked(table, key); err != nil {
 		return nil, err
 	}
+	var was []any
+	if n := len(a.cols[table]); n > 0 && len(cols) == 2*n {
+		cols, was = cols[:n], cols[n:]
+	}
 	a.pendIn, a.pendOut = [32]byte{}, [32]byte{}
 	if err := a.dropLocked(table, key, oldEntry); err != nil {
 		return nil, err
+	}
+	// Token and object rows only: their writes carry the row's content
+	// over (a read-modify-write, a soft delete, a reseal), where another
+	// table's rows are written whole (a PIN binding replaced by a newer
+	// one), which launders nothing, or are the domain's, which the start
+	// refuses the keystore over.
+	if e, ok := oldEntry.([]byte); ok && len(e) > 0 && was != nil && (table == "objects" || table == "tokens") {
+		t, err := a.termLocked(table, was)
+		if err != nil {
+			return nil, err
+		}
+		var one [32]byte
+		addTerm(&one, t)
+		if !hmac.Equal(one[:], a.pendOut[:]) {
+			return nil, a.changedLocked(table, key)
+		}
 	}
 	t, err := a.termLocked(table, cols)
 	if err != nil {
@@ -398,6 +426,24 @@ func (a *anchor) rewriteLocked(table, key string) error {
 		return tampered("token", UUID{}, id, "rows")
 	}
 	return nil
+}
+
+// changedLocked takes down a token or object row found, as it was being
+// written, not to match its entry, and returns the write's error. a.mu
+// is held.
+func (a *anchor) changedLocked(table, key string) error {
+	id, err := strconv.ParseInt(key, 10, 64)
+	switch {
+	case err == nil && table == "objects":
+		a.badObjects[id] = true
+		a.anyBad.Store(true)
+		return tampered("object", UUID{}, id, "rows")
+	case err == nil && table == "tokens":
+		a.badTokens[id] = true
+		a.anyBad.Store(true)
+		return tampered("token", UUID{}, id, "rows")
+	}
+	return &TamperError{Kind: "row of " + table, ID: key, What: "rows"}
 }
 
 // objectBad reports whether an object's row was found not to match its

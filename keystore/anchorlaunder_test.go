@@ -103,3 +103,58 @@ func TestAnchorBadRowNotLaundered(t *testing.T) {
 		})
 	}
 }
+
+// TestAnchorRowReplacedWhileServing: an object row put back from an older
+// copy while the Store serves (another session on PostgreSQL, the file
+// written under it) is not in the start's findings; a write of the
+// Store's over it would give it a fresh entry, and no start would ever
+// find it. The write is refused, the row taken down at once, and the
+// next start finds it too.
+func TestAnchorRowReplacedWhileServing(t *testing.T) {
+	t.Parallel()
+	s, path, c, h := anchoredStore(t)
+	tok := newToken(t, s, "victim")
+	obj, err := s.Put(ctx, tok.UUID, keyAttrs(t, "k", false), []byte("secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := s.Put(ctx, tok.UUID, keyAttrs(t, "other", false), []byte("other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := rawDB(t, path)
+	u, attrs, sealed := getRecord(t, db, obj.ID)
+	later := slices.Clone(obj.Attrs)
+	for i := range later {
+		if later[i].Type == 0x162 {
+			later[i] = Attribute{Type: 0x162, Value: Bool(false)}
+		}
+	}
+	if err := s.Update(ctx, obj.ID, later, nil); err != nil {
+		t.Fatal(err)
+	}
+	setRecord(t, db, obj.ID, u, attrs, sealed) // behind the Store's back
+
+	if _, err := s.SoftDelete(ctx, obj.ID); err == nil {
+		t.Fatal("soft delete over the row put back succeeded")
+	}
+	if _, err := s.Open(ctx, obj.ID); TamperWhat(err) != "rows" {
+		t.Fatalf("open after the refused write: %v, want tampered (rows)", err)
+	}
+	// Writes to every other row go on.
+	if err := s.Update(ctx, other.ID, keyAttrs(t, "other2", false), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Anchor(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s2 := reopen(t, path, Options{})
+	rep, err := s2.AttachAnchor(ctx, c, AnchorOptions{Handle: h})
+	if err != nil || !slices.Equal(rep.BadObjects, []int64{int64(obj.ID)}) {
+		t.Fatalf("next start: %+v %v; want the row put back found", rep, err)
+	}
+	if got, err := s2.Open(ctx, other.ID); err != nil || string(got.Secret) != "other" {
+		t.Fatalf("the other object: %v", err)
+	}
+}

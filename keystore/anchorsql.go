@@ -143,14 +143,20 @@ END`)
 func tableTriggers(table string, cols, pk []string) []string {
 	t := quoteString(table)
 	kn, ko := keyExpr(pk, "NEW."), keyExpr(pk, "OLD.")
-	newCols := make([]string, len(cols))
+	newCols, oldCols := make([]string, len(cols)), make([]string, len(cols))
 	for i, c := range cols {
-		newCols[i] = "NEW." + quoteIdent(c)
+		newCols[i], oldCols[i] = "NEW."+quoteIdent(c), "OLD."+quoteIdent(c)
 	}
-	in := fmt.Sprintf(`
+	// An update also passes the row as it was, which entry checks against
+	// the entry it replaces.
+	entry := func(cols string) string {
+		return fmt.Sprintf(`
 	INSERT OR REPLACE INTO anchor_rows (tbl, key, term) SELECT %[1]s, %[2]s,
 		hsmemu_anchor_entry(%[1]s, %[2]s, (SELECT term FROM anchor_rows WHERE tbl = %[1]s AND key = %[2]s), %[3]s)
-		WHERE EXISTS (SELECT 1 FROM anchor);`, t, kn, strings.Join(newCols, ", "))
+		WHERE EXISTS (SELECT 1 FROM anchor);`, t, kn, cols)
+	}
+	in := entry(strings.Join(newCols, ", "))
+	upd := entry(strings.Join(newCols, ", ") + ", " + strings.Join(oldCols, ", "))
 	out := fmt.Sprintf(`
 	SELECT hsmemu_anchor_drop(%[1]s, %[2]s, term) FROM anchor_rows WHERE tbl = %[1]s AND key = %[2]s;
 	DELETE FROM anchor_rows WHERE tbl = %[1]s AND key = %[2]s;`, t, ko)
@@ -158,7 +164,7 @@ func tableTriggers(table string, cols, pk []string) []string {
 	var trig []string
 	for _, ev := range []struct{ event, body string }{
 		{"INSERT", in + apply},
-		{"UPDATE", in + apply},
+		{"UPDATE", upd + apply},
 		{"DELETE", out + apply},
 	} {
 		trig = append(trig, fmt.Sprintf("CREATE TEMP TRIGGER %s AFTER %s ON main.%s BEGIN%s\nEND",

@@ -285,6 +285,15 @@ func (f *pgFolder) fold(ctx context.Context, c *pgx.Conn) error {
 			old = entry
 		}
 		if n.new != nil {
+			if n.old != nil {
+				// An update: the row as it was, for entry to check
+				// against the entry it replaces.
+				was, err := t.decode(*n.old)
+				if err != nil {
+					return err
+				}
+				vals = append(vals, was...)
+			}
 			e, err := f.a.entry(t.name, key, old, vals...)
 			if err != nil {
 				return err
