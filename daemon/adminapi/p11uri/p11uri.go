@@ -177,6 +177,10 @@ func parseAttr(part string, allowed func(byte) bool) (Attr, error) {
 	}
 	v, err := decode(raw, allowed)
 	if err != nil {
+		if strings.EqualFold(name, PINValue) {
+			// The error quotes the value: a PIN, which errors never show.
+			return Attr{}, fmt.Errorf("%s: not percent-encoded as RFC 7512 asks (the value is not shown)", name)
+		}
 		return Attr{}, fmt.Errorf("%s: %w", name, err)
 	}
 	return Attr{Name: name, Value: v}, nil

@@ -64,6 +64,17 @@ func TestParseRefuses(t *testing.T) {
 	}
 }
 
+// TestParseHidesPIN: a malformed pin-value is refused without the PIN in
+// the error, which the command line prints.
+func TestParseHidesPIN(t *testing.T) {
+	for _, s := range []string{"pkcs11:token=t?pin-value=hunter2 x", "pkcs11:token=t?pin-value=hunter2%zz", "pkcs11:token=t;pin-value=hunter2/x"} {
+		_, err := Parse(s)
+		if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "pin-value") {
+			t.Errorf("%q: %v; want an error naming pin-value without its value", s, err)
+		}
+	}
+}
+
 func TestString(t *testing.T) {
 	u := &URI{}
 	u.Set(Type, "private")
