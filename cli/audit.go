@@ -95,6 +95,9 @@ Examples:
    hsmemu audit export --json --after 1000 > audit.jsonl`,
 				Flags: adminFlags(&cli.Int64Flag{Name: "after", Usage: "only records after this sequence number"}),
 				Action: func(c *cli.Context) error {
+					if c.Int64("after") < 0 {
+						return usagef(c, "--after is a record number (0: from the first), not %d", c.Int64("after"))
+					}
 					cl, err := dialAdmin(c)
 					if err != nil {
 						return err
@@ -163,7 +166,11 @@ func runAuditVerify(c *cli.Context) error {
 		fmt.Fprintf(c.App.Writer, "audit log BROKEN at record %d: %s\n", rep.BadSeq, rep.Problem)
 	}
 	if !rep.OK {
-		return cli.Exit("", exitTampered)
+		if c.Bool("json") {
+			// The JSON error's message is a sentence too, not empty.
+			return failf(c, exitTampered, "integrity", "the audit log is BROKEN at record %d: %s", rep.BadSeq, rep.Problem)
+		}
+		return cli.Exit("", exitTampered) // stdout said why
 	}
 	return nil
 }

@@ -41,12 +41,16 @@ func certRef(c *cli.Context) (adminapi.CertRef, error) {
 	return adminapi.CertRef{Token: c.String("token"), UserPIN: pin, CertSelector: sel}, nil
 }
 
-// writeOut writes to --out, or to stdout.
+// writeOut writes to --out, or to stdout unless --json prints the result
+// there instead.
 func writeOut(c *cli.Context, data string) error {
 	if out := c.String("out"); out != "" {
 		if err := os.WriteFile(out, []byte(data), 0o644); err != nil {
 			return cli.Exit(commandName(c)+": "+err.Error(), exitError)
 		}
+		return nil
+	}
+	if c.Bool("json") {
 		return nil
 	}
 	_, err := io.WriteString(c.App.Writer, data)
@@ -150,11 +154,13 @@ Example:
 						Subject: c.String("subject"), SANs: c.StringSlice("san")}, &csr); err != nil {
 						return err
 					}
-					if c.Bool("json") {
-						return printJSON(c.App.Writer, csr)
-					}
+					// The file first: --json says how the result is printed,
+					// not whether --out is written.
 					if err := writeOut(c, csr.PEM); err != nil {
 						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, csr)
 					}
 					if out := c.String("out"); out != "" {
 						fmt.Fprintf(c.App.Writer, "wrote a request for %s, signed by key %q (%s), to %s\n", csr.Subject, csr.Key.Label, csr.Key.UUID, out)
@@ -225,11 +231,11 @@ Example:
 					if err := adminCall(c, adminapi.OpCertExport, ref, &ex); err != nil {
 						return err
 					}
-					if c.Bool("json") {
-						return printJSON(c.App.Writer, ex)
-					}
 					if err := writeOut(c, ex.PEM); err != nil {
 						return err
+					}
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, ex)
 					}
 					if out := c.String("out"); out != "" {
 						fmt.Fprintf(c.App.Writer, "wrote %d certificates to %s\n", len(ex.Certs), out)

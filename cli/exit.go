@@ -80,6 +80,9 @@ type runState struct {
 	required map[cli.Flag]bool
 	// uri is what the command's PKCS#11 URI said beyond its flags.
 	uri *uriState
+	// helpNotFound is `hsmemu help NAME`'s error for a NAME that is no
+	// command: urfave/cli would exit 3, the code of a conflict.
+	helpNotFound error
 }
 
 // Main runs the command line with args (os.Args) and returns the exit
@@ -93,6 +96,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	app := newApp(st)
 	app.Writer, app.ErrWriter = stdout, stderr
 	err := app.RunContext(ctx, args)
+	if err == nil && st.helpNotFound != nil {
+		err = st.helpNotFound
+	}
 	if err == nil {
 		return 0
 	}
@@ -161,6 +167,13 @@ func prepareApp(app *cli.App, st *runState) *cli.App {
 	st.required = map[cli.Flag]bool{}
 	app.Metadata = map[string]any{"state": st}
 	app.ExitErrHandler = func(*cli.Context, error) {} // run reports
+	// Without this, `hsmemu help frob` exits 3 (conflict), urfave/cli's
+	// code for a help topic it does not know; it is a usage error.
+	app.CommandNotFound = func(c *cli.Context, name string) {
+		where := commandName(c)
+		st.path = strings.Fields(where)
+		st.helpNotFound = &exitErr{exit: exitUsage, code: "usage", msg: fmt.Sprintf("%s help: unknown command %q", where, name)}
+	}
 	app.OnUsageError = func(c *cli.Context, err error, _ bool) error {
 		st.path = []string{app.Name}
 		return &exitErr{exit: exitUsage, code: "usage", msg: app.Name + ": " + flagError(err)}

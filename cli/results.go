@@ -93,3 +93,10 @@ type publicKeyOut struct {
 	adminapi.PublicKey
 	File string `json:"file,omitempty"`
 }
+
+// secretGot is secret get's result; Value is null and File the file
+// written when --out took the value.
+type secretGot struct {
+	adminapi.SecretValue
+	File string `json:"file,omitempty"`
+}

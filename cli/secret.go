@@ -54,6 +54,12 @@ func readValue(c *cli.Context) ([]byte, error) {
 	if err != nil {
 		return nil, cli.Exit(commandName(c)+": --in: "+err.Error(), exitUsage)
 	}
+	if len(v) == 0 && c.String("in") == "" {
+		// Nothing on a stdin that was not named (/dev/null under cron or
+		// systemd, a forgotten pipe) would store an empty version over
+		// the value: an empty value must be asked for.
+		return nil, cli.Exit(commandName(c)+": stdin is empty: give the value with --in FILE or on stdin (an empty value with --in /dev/null)", exitUsage)
+	}
 	if len(v) > adminapi.MaxSecretSize {
 		clear(v)
 		return nil, cli.Exit(fmt.Sprintf("%s: a secret's value is at most %d bytes", commandName(c), adminapi.MaxSecretSize), exitUsage)
@@ -153,7 +159,8 @@ secret is kept, recoverable, for the token's retention period.`,
 				Name:  "get",
 				Usage: "write a version's value (the newest unless --version)",
 				Description: `The value goes to stdout (or --out) as it was stored; --json wraps it,
-base64-encoded, with the version's details.
+base64-encoded, with the version's details (with --out, the details and
+the file, never the value).
 
 Examples:
    hsmemu secret get --token app --name db-password
@@ -162,6 +169,9 @@ Examples:
 					&cli.Int64Flag{Name: "version", Usage: "the version to read (default: the newest)"},
 					&cli.StringFlag{Name: "out", Usage: "write the value to this file (mode 0600) instead of stdout"}),
 				Action: func(c *cli.Context) error {
+					if c.IsSet("version") && c.Int64("version") < 1 {
+						return usagef(c, "--version is a version number, from 1 (`hsmemu secret versions` lists them), not %d", c.Int64("version"))
+					}
 					ref, err := secretRef(c)
 					if err != nil {
 						return err
@@ -176,10 +186,15 @@ Examples:
 						if err := os.WriteFile(out, v.Value, 0o600); err != nil {
 							return cli.Exit(commandName(c)+": "+err.Error(), exitError)
 						}
+						if c.Bool("json") {
+							// The details, and not the value: --out keeps it
+							// off stdout.
+							return printJSON(c.App.Writer, secretGot{SecretValue: adminapi.SecretValue{SecretVersion: v.SecretVersion}, File: out})
+						}
 						return nil
 					}
 					if c.Bool("json") {
-						return printJSON(c.App.Writer, v)
+						return printJSON(c.App.Writer, secretGot{SecretValue: v})
 					}
 					_, err = c.App.Writer.Write(v.Value)
 					return err

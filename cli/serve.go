@@ -71,6 +71,9 @@ Example:
 			if err := checkLogFormat(c); err != nil {
 				return cli.Exit("hsmemu serve: "+err.Error(), 2)
 			}
+			if err := checkServeDurations(c); err != nil {
+				return err
+			}
 			log := logger(c)
 			lockMode, err := harden.ParseLockMode(c.String("lock-memory"))
 			if err != nil {
@@ -135,15 +138,6 @@ Example:
 				return cli.Exit("hsmemu serve: --memory-budget and --operation-budget are 1 to 1048576 MiB", 2)
 			}
 			tuneRuntime(int64(memBudget+opBudget) << 20)
-			if c.Duration("db-statement-timeout") <= 0 {
-				return cli.Exit("hsmemu serve: --db-statement-timeout must be positive", 2)
-			}
-			if c.IsSet("anchor-interval") && c.Duration("anchor-interval") <= 0 {
-				return cli.Exit("hsmemu serve: --anchor-interval must be positive", 2)
-			}
-			if c.Duration("purge-interval") <= 0 {
-				return cli.Exit("hsmemu serve: --purge-interval must be positive", 2)
-			}
 			st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: dir, DB: c.String("db"), TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c), Logger: log,
 				Store: keystore.Options{Argon2: argon, MaxPINFailures: maxFail, PINCacheTTL: pinCacheTTL(c.Duration("pin-cache-ttl")),
 					PasswordFile: c.String("db-password-file"), StatementTimeout: c.Duration("db-statement-timeout")}})
@@ -227,6 +221,28 @@ Example:
 }
 
 // pinCacheTTL maps the flag's 0 (never) to the keystore's negative.
+// checkServeDurations refuses durations out of range, before the daemon
+// hardens its process or opens anything. A negative --pin-failure-delay
+// or --pin-cache-ttl would otherwise turn the delay or the cache off as 0
+// does, silently.
+func checkServeDurations(c *cli.Context) error {
+	for _, name := range []string{"pin-failure-delay", "pin-cache-ttl"} {
+		if c.Duration(name) < 0 {
+			return cli.Exit(fmt.Sprintf("hsmemu serve: --%s must not be negative (0 turns it off), not %s", name, c.Duration(name)), 2)
+		}
+	}
+	if c.Duration("db-statement-timeout") <= 0 {
+		return cli.Exit("hsmemu serve: --db-statement-timeout must be positive", 2)
+	}
+	if c.IsSet("anchor-interval") && c.Duration("anchor-interval") <= 0 {
+		return cli.Exit("hsmemu serve: --anchor-interval must be positive", 2)
+	}
+	if c.Duration("purge-interval") <= 0 {
+		return cli.Exit("hsmemu serve: --purge-interval must be positive", 2)
+	}
+	return nil
+}
+
 func pinCacheTTL(d time.Duration) time.Duration {
 	if d <= 0 {
 		return -1

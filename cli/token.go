@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"hsmemu/daemon/adminapi"
+	"hsmemu/keystore"
 )
 
 func tokenCommand() *cli.Command {
@@ -115,10 +116,19 @@ Example:
 							return usagef(c, "--retention is whole days: 30d, 0d, or 720h; not %q", c.String("retention"))
 						}
 						days := int(d / (24 * time.Hour))
+						if days > keystore.MaxRetentionDays {
+							return usagef(c, "--retention is 0d to %dd, not %q", keystore.MaxRetentionDays, c.String("retention"))
+						}
 						args.RetentionDays = &days
 					case c.IsSet("retention-days"):
-						fmt.Fprintf(c.App.ErrWriter, "%s: --retention-days is deprecated: use --retention %dd\n", commandName(c), c.Int("retention-days"))
+						// Out of range is a usage error here, as for --retention,
+						// not the daemon's policy refusal (exit 3) after the
+						// SO PIN was checked.
 						d := c.Int("retention-days")
+						if d < 0 || d > keystore.MaxRetentionDays {
+							return usagef(c, "--retention-days is 0 to %d, not %d", keystore.MaxRetentionDays, d)
+						}
+						fmt.Fprintf(c.App.ErrWriter, "%s: --retention-days is deprecated: use --retention %dd\n", commandName(c), d)
 						args.RetentionDays = &d
 					}
 					if c.IsSet("purge-protection") {

@@ -1,0 +1,205 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The command line as a script uses it: exit codes, JSON on stdout, no
+// reading of a stdin nobody filled.
+
+// TestHelpUnknownTopic: `hsmemu help NAME` for a NAME that is no command
+// is a usage error (exit 2), not urfave/cli's exit 3, which scripts read
+// as a conflict.
+func TestHelpUnknownTopic(t *testing.T) {
+	for _, args := range [][]string{{"help", "frob"}, {"key", "help", "frob"}} {
+		code, stdout, stderr := runCLI(t, args...)
+		if code != exitUsage || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, `unknown command "frob"`) {
+			t.Errorf("hsmemu %s: exit %d, stdout %q, stderr %q; want exit 2 and one line", strings.Join(args, " "), code, stdout, stderr)
+		}
+		code, _, stderr = runCLI(t, append(args, "--json")...)
+		var e JSONError
+		if err := json.Unmarshal([]byte(stderr), &e); err != nil || code != exitUsage || e.Error.Exit != exitUsage || e.Error.Code != "usage" {
+			t.Errorf("hsmemu %s --json: exit %d, stderr %q; want a JSON usage error", strings.Join(args, " "), code, stderr)
+		}
+	}
+	if code, stdout, _ := runCLI(t, "help", "key"); code != 0 || !strings.Contains(stdout, "generate") {
+		t.Errorf("hsmemu help key: exit %d\n%s", code, stdout)
+	}
+}
+
+// TestServeNegativeDurations: a negative duration given to serve is a
+// usage error, before anything is opened, rather than taken as 0 (which
+// turns the PIN failure delay or the PIN cache off). serve runs in a
+// process of its own: one that took the value would serve, and is
+// stopped.
+func TestServeNegativeDurations(t *testing.T) {
+	for _, flag := range []string{"pin-failure-delay", "pin-cache-ttl", "anchor-interval", "purge-interval", "db-statement-timeout"} {
+		dir := t.TempDir()
+		st := filepath.Join(dir, "st")
+		cmd := exec.Command(os.Args[0], "serve", "--state-dir", st, "--socket", filepath.Join(dir, "s"), "--tpm", "managed", "--lock-memory", "off", "--"+flag, "-1s")
+		cmd.Env = append(os.Environ(), mainEnv+"=1")
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(time.Minute):
+			// Not a timed assertion: a serve still running took the value.
+			cmd.Process.Signal(syscall.SIGINT)
+			<-done
+			t.Errorf("serve --%s -1s served instead of refusing it:\n%s", flag, stderr.String())
+			continue
+		}
+		code := cmd.ProcessState.ExitCode()
+		if code != exitUsage || stdout.Len() != 0 || strings.Count(stderr.String(), "\n") != 1 || !strings.Contains(stderr.String(), "--"+flag) {
+			t.Errorf("serve --%s -1s: exit %d, stdout %q, stderr %q; want exit 2 naming the flag", flag, code, stdout.String(), stderr.String())
+		}
+		if _, err := os.Stat(st); err == nil {
+			t.Errorf("serve --%s -1s made the state directory", flag)
+		}
+	}
+}
+
+// TestURIPINNotEchoed: a PKCS#11 URI whose pin-value is malformed is a
+// usage error that does not repeat the PIN, in words or in JSON.
+func TestURIPINNotEchoed(t *testing.T) {
+	for _, uri := range []string{"pkcs11:token=t;object=k?pin-value=hunter2 x", "pkcs11:token=t;object=k?pin-value=hunter2%zz"} {
+		for _, asJSON := range []bool{false, true} {
+			args := []string{"key", "show", "--socket", "/nonexistent/s"}
+			if asJSON {
+				args = append(args, "--json")
+			}
+			code, stdout, stderr := runCLI(t, append(args, uri)...)
+			if code != exitUsage || strings.Contains(stdout+stderr, "hunter2") || !strings.Contains(stderr, "pin-value") {
+				t.Errorf("key show %q (json %v): exit %d, stdout %q, stderr %q; want exit 2 without the PIN", uri, asJSON, code, stdout, stderr)
+			}
+		}
+	}
+}
+
+// TestBadValues: a value out of range is a usage error (exit 2) found
+// before the daemon is asked (so the socket need not answer), not the
+// daemon's refusal or a "not found".
+func TestBadValues(t *testing.T) {
+	sock := []string{"--socket", "/nonexistent/s"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"token", "set", "--token", "t", "--retention", "4000d"}, "--retention is 0d to 3650d"},
+		{[]string{"token", "set", "--token", "t", "--retention-days", "-5"}, "--retention-days is 0 to 3650, not -5"},
+		{[]string{"token", "set", "--token", "t", "--retention-days", "4000"}, "--retention-days is 0 to 3650, not 4000"},
+		{[]string{"secret", "get", "--token", "t", "--name", "s", "--version", "-1"}, "--version is a version number"},
+		{[]string{"secret", "get", "--token", "t", "--name", "s", "--version", "0"}, "--version is a version number"},
+		{[]string{"audit", "export", "--after", "-3"}, "--after is a record number"},
+	} {
+		code, stdout, stderr := runCLI(t, append(tc.args, sock...)...)
+		if code != exitUsage || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("hsmemu %s: exit %d, stdout %q, stderr %q; want exit 2 with %q", strings.Join(tc.args, " "), code, stdout, stderr, tc.want)
+		}
+	}
+}
+
+// withStdin runs f with os.Stdin reading the file at path.
+func withStdin(t *testing.T, path string, f func()) {
+	t.Helper()
+	in, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	old := os.Stdin
+	os.Stdin = in
+	defer func() { os.Stdin = old }()
+	f()
+}
+
+// TestOperatorScripting: --out is written under --json as without it,
+// and the JSON printed is the documented one; secret get --out --json
+// prints the details, never the value; secret set refuses an empty stdin
+// it was not told to read.
+func TestOperatorScripting(t *testing.T) {
+	d := startDaemon(t)
+	u := "--user-pin-file"
+	d.must("token", "create", "--token", "t", "--tier", "premium", "--so-pin-file", "@so.pin", u, "@user.pin")
+	d.must("key", "generate", "--token", "t", "--type", "ec-p256", "--key", "k", u, "@user.pin")
+	d.pemKeyAndCert("c.pem", "web", true)
+	d.must("cert", "import", "--token", "t", "--in", "@c.pem", u, "@user.pin")
+	doc, err := loadSchemas()
+	if err != nil {
+		t.Fatal(err)
+	}
+	valid := func(name, out string) {
+		t.Helper()
+		if err := doc.Validate(name, []byte(out)); err != nil {
+			t.Errorf("%s --json: %v\n%s", name, err, out)
+		}
+	}
+	fileHas := func(name, want string) {
+		t.Helper()
+		b, err := os.ReadFile(d.path(name))
+		if err != nil || !strings.Contains(string(b), want) {
+			t.Errorf("%s: %v, %q; want it to hold %q", name, err, b, want)
+		}
+	}
+
+	out := d.must("cert", "request", "--token", "t", "--key", "k", "--subject", "CN=x", "--out", "@req.csr", "--json", u, "@user.pin")
+	valid("cert request", out)
+	fileHas("req.csr", "-----BEGIN CERTIFICATE REQUEST-----")
+	out = d.must("cert", "export", "--token", "t", "--cert", "web", "--out", "@chain.pem", "--json", u, "@user.pin")
+	valid("cert export", out)
+	fileHas("chain.pem", "-----BEGIN CERTIFICATE-----")
+	// Without --out, the JSON alone on stdout.
+	out = d.must("cert", "export", "--token", "t", "--cert", "web", "--json", u, "@user.pin")
+	valid("cert export", out)
+
+	d.write("v.txt", "the-value")
+	d.must("secret", "set", "--token", "t", "--name", "s", "--in", "@v.txt", u, "@user.pin")
+	var got struct {
+		Value *string `json:"value"`
+		File  *string `json:"file"`
+	}
+	out = d.must("secret", "get", "--token", "t", "--name", "s", "--out", "@got.txt", "--json", u, "@user.pin")
+	valid("secret get", out)
+	fileHas("got.txt", "the-value")
+	if err := json.Unmarshal([]byte(out), &got); err != nil || got.Value != nil || got.File == nil || *got.File != d.path("got.txt") || strings.Contains(out, base64.StdEncoding.EncodeToString([]byte("the-value"))) {
+		t.Errorf("secret get --out --json: %v\n%s\nwant value null and file %s", err, out, d.path("got.txt"))
+	}
+	out = d.must("secret", "get", "--token", "t", "--name", "s", "--json", u, "@user.pin")
+	valid("secret get", out)
+	got.Value, got.File = nil, nil
+	if err := json.Unmarshal([]byte(out), &got); err != nil || got.Value == nil || *got.Value != base64.StdEncoding.EncodeToString([]byte("the-value")) || got.File != nil {
+		t.Errorf("secret get --json: %v\n%s", err, out)
+	}
+
+	// stdin /dev/null, as under cron: refused, nothing stored.
+	withStdin(t, os.DevNull, func() {
+		code, stdout, stderr := d.run("secret", "set", "--token", "t", "--name", "s", u, "@user.pin")
+		if code != exitUsage || stdout != "" || !strings.Contains(stderr, "stdin is empty") {
+			t.Errorf("secret set < /dev/null: exit %d, stdout %q, stderr %q; want exit 2", code, stdout, stderr)
+		}
+		// Asked for, an empty value is stored.
+		d.must("secret", "set", "--token", "t", "--name", "empty", "--in", os.DevNull, u, "@user.pin")
+	})
+	var vs []json.RawMessage
+	if err := json.Unmarshal([]byte(d.must("secret", "versions", "--token", "t", "--name", "s", "--json", u, "@user.pin")), &vs); err != nil || len(vs) != 1 {
+		t.Errorf("secret s has %d versions (%v), want 1", len(vs), err)
+	}
+	// A pipe with the value in it still works.
+	withStdin(t, d.path("v.txt"), func() {
+		d.must("secret", "set", "--token", "t", "--name", "s", u, "@user.pin")
+	})
+}
