@@ -51,13 +51,7 @@ func TestAnchorBadRowNotLaundered(t *testing.T) {
 			db := rawDB(t, path)
 			u, attrs, sealed := getRecord(t, db, obj.ID)
 			// CKA_EXTRACTABLE turned off, as C_SetAttributeValue may.
-			later := slices.Clone(obj.Attrs)
-			for i := range later {
-				if later[i].Type == 0x162 {
-					later[i] = Attribute{Type: 0x162, Value: Bool(false)}
-				}
-			}
-			if err := s.Update(ctx, obj.ID, later, nil); err != nil {
+			if err := s.Update(ctx, obj.ID, notExtractable(obj.Attrs), nil); err != nil {
 				t.Fatal(err)
 			}
 			s.Close()
@@ -124,13 +118,7 @@ func TestAnchorRowReplacedWhileServing(t *testing.T) {
 	}
 	db := rawDB(t, path)
 	u, attrs, sealed := getRecord(t, db, obj.ID)
-	later := slices.Clone(obj.Attrs)
-	for i := range later {
-		if later[i].Type == 0x162 {
-			later[i] = Attribute{Type: 0x162, Value: Bool(false)}
-		}
-	}
-	if err := s.Update(ctx, obj.ID, later, nil); err != nil {
+	if err := s.Update(ctx, obj.ID, notExtractable(obj.Attrs), nil); err != nil {
 		t.Fatal(err)
 	}
 	setRecord(t, db, obj.ID, u, attrs, sealed) // behind the Store's back
@@ -157,4 +145,16 @@ func TestAnchorRowReplacedWhileServing(t *testing.T) {
 	if got, err := s2.Open(ctx, other.ID); err != nil || string(got.Secret) != "other" {
 		t.Fatalf("the other object: %v", err)
 	}
+}
+
+// notExtractable is attrs with CKA_EXTRACTABLE turned off, as
+// C_SetAttributeValue may.
+func notExtractable(attrs []Attribute) []Attribute {
+	later := slices.Clone(attrs)
+	for i := range later {
+		if later[i].Type == 0x162 { // CKA_EXTRACTABLE
+			later[i] = Attribute{Type: 0x162, Value: Bool(false)}
+		}
+	}
+	return later
 }
