@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"hsmemu/tpmroot"
 )
 
 // TestAnchorBadRowNotLaundered: an object row put back from an older
@@ -57,11 +59,7 @@ func TestAnchorBadRowNotLaundered(t *testing.T) {
 			s.Close()
 			setRecord(t, db, obj.ID, u, attrs, sealed) // the row as it was, extractable
 
-			s2 := reopen(t, path, Options{})
-			rep, err := s2.AttachAnchor(ctx, c, AnchorOptions{Handle: h})
-			if err != nil || !slices.Equal(rep.BadObjects, []int64{int64(obj.ID)}) {
-				t.Fatalf("start: %+v %v", rep, err)
-			}
+			s2 := startFindsBad(t, path, c, h, obj.ID, "start")
 			if err := s2.Login(ctx, tok.UUID, RoleUser, userPIN); err != nil {
 				t.Fatal(err)
 			}
@@ -79,11 +77,7 @@ func TestAnchorBadRowNotLaundered(t *testing.T) {
 			}
 			s2.Close()
 
-			s3 := reopen(t, path, Options{})
-			rep3, err := s3.AttachAnchor(ctx, c, AnchorOptions{Handle: h})
-			if err != nil || !slices.Equal(rep3.BadObjects, []int64{int64(obj.ID)}) {
-				t.Fatalf("next start: %+v %v; the row put back was laundered", rep3, err)
-			}
+			s3 := startFindsBad(t, path, c, h, obj.ID, "next start (the row put back laundered?)")
 			if err := s3.Login(ctx, tok.UUID, RoleUser, userPIN); err != nil {
 				t.Fatal(err)
 			}
@@ -137,11 +131,7 @@ func TestAnchorRowReplacedWhileServing(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	s2 := reopen(t, path, Options{})
-	rep, err := s2.AttachAnchor(ctx, c, AnchorOptions{Handle: h})
-	if err != nil || !slices.Equal(rep.BadObjects, []int64{int64(obj.ID)}) {
-		t.Fatalf("next start: %+v %v; want the row put back found", rep, err)
-	}
+	s2 := startFindsBad(t, path, c, h, obj.ID, "next start (want the row put back found)")
 	if got, err := s2.Open(ctx, other.ID); err != nil || string(got.Secret) != "other" {
 		t.Fatalf("the other object: %v", err)
 	}
@@ -157,4 +147,16 @@ func notExtractable(attrs []Attribute) []Attribute {
 		}
 	}
 	return later
+}
+
+// startFindsBad reopens the keystore at path and attaches its anchor,
+// which must find exactly the object id bad.
+func startFindsBad(t *testing.T, path string, c *tpmroot.Counter, h uint32, id ObjectID, what string) *Store {
+	t.Helper()
+	s := reopen(t, path, Options{})
+	rep, err := s.AttachAnchor(ctx, c, AnchorOptions{Handle: h})
+	if err != nil || !slices.Equal(rep.BadObjects, []int64{int64(id)}) {
+		t.Fatalf("%s: %+v %v", what, rep, err)
+	}
+	return s
 }
