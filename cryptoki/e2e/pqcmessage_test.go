@@ -96,14 +96,24 @@ func TestPQCMessageSignaturesThroughModule(t *testing.T) {
 		if err != nil || !c.check("in parts", sig) {
 			t.Fatalf("%s: in parts: %v", c.name, err)
 		}
-		if err := f.Begin(msgVerify, h, nil, nil); err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := f.Next(msgVerify, h, nil, []byte("in "), output{}, 0, nil); err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := f.Next(msgVerify, h, nil, []byte("parts"), output{}, 0, sig); err != nil {
-			t.Fatalf("%s: verify in parts: %v", c.name, err)
+		if c.mech == ck.CKM_SLH_DSA {
+			// Pure SLH-DSA's digest of the message starts from the
+			// signature's R, which a verification in parts gets last:
+			// PKCS#11 3.2 makes it single-part (C_VerifySignatureInit,
+			// which takes the signature first, verifies in parts).
+			if err := f.Begin(msgVerify, h, nil, nil); rvOf(err) != ck.CKR_FUNCTION_NOT_SUPPORTED {
+				t.Fatalf("%s: verify Begin: %v", c.name, err)
+			}
+		} else {
+			if err := f.Begin(msgVerify, h, nil, nil); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := f.Next(msgVerify, h, nil, []byte("in "), output{}, 0, nil); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := f.Next(msgVerify, h, nil, []byte("parts"), output{}, 0, sig); err != nil {
+				t.Fatalf("%s: verify in parts: %v", c.name, err)
+			}
 		}
 		// A message parameter: signatures take none.
 		if _, _, err := f.One(msgSign, h, &msgParam{Raw: []byte{1, 2}}, nil, []byte("x"), want(int(c.sigLen)), nil); rvOf(err) != ck.CKR_MECHANISM_PARAM_INVALID {

@@ -49,6 +49,18 @@ type SinglePartOnly interface {
 	singlePart()
 }
 
+// SignatureFirst is implemented by verify operations that take their
+// input in parts only when the signature came first
+// (C_VerifySignatureInit): pure SLH-DSA, whose message digest begins with
+// the randomizer R the signature carries (FIPS 205, H_msg). PKCS#11 3.2
+// makes CKM_SLH_DSA's C_Verify single-part ("SLH-DSA Signature", and its
+// mechanism table's footnote): C_VerifyUpdate, C_VerifyFinal and
+// C_VerifyMessageBegin on them are CKR_FUNCTION_NOT_SUPPORTED, as for
+// SinglePartOnly.
+type SignatureFirst interface {
+	signatureFirst()
+}
+
 // DigestOp is a digest in progress.
 type DigestOp interface {
 	Update(in []byte)

@@ -256,5 +256,15 @@ func slhdsaVerify(k Key, m *wire.Mechanism, ph func() (*slhdsa.PreHash, error)) 
 	if err != nil {
 		return nil, err
 	}
-	return &slhdsaSigner{slhdsaInput: in, pk: pk, ctx: c}, nil
+	v := &slhdsaSigner{slhdsaInput: in, pk: pk, ctx: c}
+	if ph == nil {
+		return slhdsaPureVerifier{v}, nil
+	}
+	return v, nil
 }
+
+// slhdsaPureVerifier verifies pure SLH-DSA: its message is needed whole,
+// after the signature (SignatureFirst).
+type slhdsaPureVerifier struct{ *slhdsaSigner }
+
+func (slhdsaPureVerifier) signatureFirst() {}

@@ -83,6 +83,11 @@ func (e *Engine) signVerifyMessageBegin(app *App, h uint64, k msgKind, p *wire.P
 		if _, single := m.signer.(mech.SinglePartOnly); single {
 			return true, ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED)
 		}
+		// A verification in parts gets its signature only with the last
+		// part.
+		if _, first := m.signer.(mech.SignatureFirst); first && k == msgVerify {
+			return true, ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED)
+		}
 		return false, nil
 	})
 }

@@ -556,10 +556,14 @@ func produce(app *App, h uint64, kind opKind, call callKind, in []byte, out wire
 }
 
 // singlePart reports whether the operation's mechanism takes its input in
-// one call only.
+// one call only: always, or, for a verification that needs the signature
+// before the message, when C_VerifyInit began it.
 func (op *operation) singlePart() bool {
-	_, single := op.signer.(mech.SinglePartOnly)
-	return single
+	if _, single := op.signer.(mech.SinglePartOnly); single {
+		return true
+	}
+	_, first := op.signer.(mech.SignatureFirst)
+	return first && op.kind == opVerify
 }
 
 // crypt is C_Encrypt or C_Decrypt: the whole input in one call.

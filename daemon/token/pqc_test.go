@@ -262,8 +262,42 @@ func TestSLHDSAKeys(t *testing.T) {
 			if rv := s.verify(pub, ctxMech(typ, []byte("d"), 0), []byte("slh-dsa message"), sig); rv != ck.CKR_SIGNATURE_INVALID {
 				t.Errorf("set %d mechanism %#x, other context: %#x", set, typ, rv)
 			}
+			slhVerifyInParts(s, pub, typ, sig)
 		}
 	}
+}
+
+// slhVerifyInParts: pure SLH-DSA verifies in parts only with the signature
+// first (PKCS#11 3.2, "SLH-DSA Signature": C_Verify single-part; its
+// message digest starts from the signature's R); the pre-hash mechanisms
+// hash the parts as they come, and verify in parts either way.
+func slhVerifyInParts(s *asymSession, pub, typ uint64, sig []byte) {
+	s.T.Helper()
+	msg := []byte("slh-dsa message")
+	m := ctxMech(typ, []byte("c"), 0)
+	h := s.h
+	if typ != ck.CKM_SLH_DSA {
+		if rv := s.verifyParts(pub, m, msg, sig); rv != ck.CKR_OK {
+			s.T.Errorf("mechanism %#x: verify in parts %#x", typ, rv)
+		}
+	} else {
+		// C_VerifyUpdate refuses, and ends the operation.
+		s.Must(ck.CKR_OK, "C_VerifyInit", U(h), m, U(pub))
+		s.Must(ck.CKR_FUNCTION_NOT_SUPPORTED, "C_VerifyUpdate", U(h), B(msg))
+		s.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Verify", U(h), B(msg), B(sig))
+		s.Must(ck.CKR_OK, "C_VerifyInit", U(h), m, U(pub))
+		s.Must(ck.CKR_FUNCTION_NOT_SUPPORTED, "C_VerifyFinal", U(h), B(sig))
+		s.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Verify", U(h), B(msg), B(sig))
+	}
+	s.Must(ck.CKR_OK, "C_VerifySignatureInit", U(h), m, U(pub), B(sig))
+	s.Must(ck.CKR_OK, "C_VerifySignatureUpdate", U(h), B(msg[:4]))
+	s.Must(ck.CKR_OK, "C_VerifySignatureUpdate", U(h), B(msg[4:]))
+	s.Must(ck.CKR_OK, "C_VerifySignatureFinal", U(h))
+	bad := bytes.Clone(sig)
+	bad[len(bad)/2] ^= 1
+	s.Must(ck.CKR_OK, "C_VerifySignatureInit", U(h), m, U(pub), B(bad))
+	s.Must(ck.CKR_OK, "C_VerifySignatureUpdate", U(h), B(msg))
+	s.Must(ck.CKR_SIGNATURE_INVALID, "C_VerifySignatureFinal", U(h))
 }
 
 // TestPQCPremium: on a premium token an ML-DSA private key is
