@@ -35,7 +35,9 @@
  *    recorded, and the next call asks the daemon.
  *
  * The state is one table under one mutex, never held across I/O. Sessions
- * past the table's size, or Inits past the memory's, are simply sent. The
+ * past the table's size, or Inits past the memory's, are simply sent; a
+ * held result whose cancel the table has no room for is not handed over
+ * (held.c), and its follow-up goes to the daemon. The
  * Inits go out through exchange.c, below this file; nothing below calls
  * into it but through the pool's hook.
  */
@@ -486,14 +488,20 @@ void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv)
 	hsm_unlock(d.mu);
 }
 
-int hsm_defer_collected(uint64_t session, uint32_t call, uint64_t flags, unsigned long seq, int idle_but)
+int hsm_defer_collected(uint64_t session, uint32_t call, uint64_t flags, unsigned long seq, int idle_but,
+			unsigned long app_gen)
 {
 	if (d.mu == NULL)
 		return 0;
 	hsm_lock(d.mu);
-	sess *e = find(session);
-	if (e == NULL)
-		e = add(session);
+	/* app_fresh moves the generation under d.mu: a cancel recorded after
+	 * it would name a session of an application the daemon dropped. */
+	sess *e = NULL;
+	if (app_gen == hsm_exchange_app_gen()) {
+		e = find(session);
+		if (e == NULL)
+			e = add(session);
+	}
 	if (e != NULL) {
 		e->owe |= flags;
 		e->owe_call = call;

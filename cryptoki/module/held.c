@@ -39,7 +39,10 @@
  * the same write, and the session counts as idle when the prefetch's
  * reply said it was idle but for this operation. So a signature in the
  * length-query-first convention is one round trip, as in one call, once
- * its Init is deferred.
+ * its Init is deferred. When defer.c has no room left to keep the cancel
+ * owed, the result is not handed over but forgotten, and the follow-up
+ * goes to the daemon: the cancel is never sent from here, under h.mu,
+ * which every call takes.
  *
  * An Update (C_EncryptUpdate, C_DecryptUpdate, from protocol version 4,
  * hsm_call.goes_on) is held the same way, but its operation goes on: the
@@ -467,28 +470,6 @@ void hsm_held_side_release(hsm_held_side *side)
 	memset(side, 0, sizeof *side);
 }
 
-/* cancel_now ends the operation in the daemon at once, when defer.c
- * cannot keep the cancel for the session's next frame. */
-static void cancel_now(uint64_t session, uint32_t call, uint64_t flags, unsigned long app_gen)
-{
-	hsm_wbuf w = {.err = CKR_OK};
-	hsm_put_u32(&w, 0);
-	hsm_put_u32(&w, 0);
-	hsm_put_u32(&w, call);
-	hsm_put_u64(&w, session);
-	hsm_put_u64(&w, flags);
-	if (w.err == CKR_OK) {
-		hsm_wbuf *reqs[1] = {&w};
-		CK_RV rv;
-		int idle;
-		uint8_t *reply = NULL;
-		uint32_t len = 0;
-		(void)hsm_exchange(reqs, 1, &rv, &idle, &reply, &len, hsm_config_get()->timeout_ms, app_gen);
-		hsm_free_wipe(reply, len);
-	}
-	hsm_wbuf_free(&w);
-}
-
 int hsm_held_serve(hsm_call *c, CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV *rv, hsm_held_side *side)
 {
 	if (h.mu == NULL || c->req.err != CKR_OK || !c->on_session)
@@ -514,6 +495,18 @@ int hsm_held_serve(hsm_call *c, CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV *rv
 	    (!same(e->key, k) || (e->args != NULL && (e->args_len != an || memcmp(e->args, a, an) != 0)))) {
 		/* Other arguments: not the held result's call. It goes to the
 		 * daemon, which answers for its own input. */
+		wipe(e);
+	} else if (e != NULL && e->has && e->calls == 0 && out != NULL && *out_len >= e->len && e->cancel_call != 0 &&
+		   !hsm_defer_collected(c->session, e->cancel_call, e->cancel_flags, e->defer_seq, e->idle_but,
+				      e->app_gen)) {
+		/* The hand-over would owe the daemon a C_SessionCancel that
+		 * defer.c has no room to carry (every entry holds a session's
+		 * state), or the daemon lost the application meanwhile.
+		 * Sending the cancel now would be a round trip under h.mu,
+		 * which every call takes: one slow daemon would stall every
+		 * thread. The result is forgotten instead, and the follow-up
+		 * goes to the daemon, which gives the same input its kept
+		 * output and ends the operation itself, owing nothing. */
 		wipe(e);
 	} else if (e != NULL && e->has && e->calls == 0) {
 		served = 1;
@@ -542,16 +535,11 @@ int hsm_held_serve(hsm_call *c, CK_BYTE_PTR out, CK_ULONG_PTR out_len, CK_RV *rv
 				e->side = NULL;
 				e->side_len = 0;
 			}
-			uint32_t call = e->cancel_call;
-			uint64_t flags = e->cancel_flags;
-			unsigned long seq = e->defer_seq, app_gen = e->app_gen;
-			int idle_but = e->idle_but;
+			/* What it owes the daemon, if anything, defer.c took
+			 * above, under the lock, so no call on the session left
+			 * in between: the daemon ends the operation before
+			 * anything else of the session reaches it. */
 			wipe(e);
-			/* The daemon ends the operation before anything else of
-			 * the session reaches it; under the lock, so no call on
-			 * the session leaves in between. */
-			if (call != 0 && !hsm_defer_collected(c->session, call, flags, seq, idle_but))
-				cancel_now(c->session, call, flags, app_gen);
 		}
 		*out_len = n;
 	}

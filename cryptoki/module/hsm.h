@@ -502,13 +502,17 @@ CK_RV hsm_defer_begin(hsm_call *c, hsm_carry *k);
 /* hsm_defer_end, after: replied says whether the replies came, init_rv is
  * the carried Init's. */
 void hsm_defer_end(hsm_call *c, hsm_carry *k, int replied, CK_RV init_rv);
-/* hsm_defer_collected: the module handed over the held result of an
+/* hsm_defer_collected: the module is handing over the held result of an
  * operation the daemon still keeps; C_SessionCancel(call, flags) goes
  * ahead of the session's next frame. When the prefetch's reply said the
  * session idle but for it (idle_but) and no call has begun on the session
- * since (seq, its defer_seq), the session is idle. 0 when the session
- * cannot be tracked: the caller sends the cancel now. */
-int hsm_defer_collected(uint64_t session, uint32_t call, uint64_t flags, unsigned long seq, int idle_but);
+ * since (seq, its defer_seq), the session is idle. 0, and nothing
+ * recorded, when the session cannot be tracked (every entry holds a
+ * session's state) or the daemon's application is no longer app_gen, the
+ * result's: the caller then keeps the result back and lets the call go to
+ * the daemon. */
+int hsm_defer_collected(uint64_t session, uint32_t call, uint64_t flags, unsigned long seq, int idle_but,
+			unsigned long app_gen);
 /* hsm_defer_forget_failed forgets a deferred Init of kinds the daemon
  * refused and no call has reported yet: its operation is being ended, and
  * there is none. */

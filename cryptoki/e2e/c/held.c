@@ -28,6 +28,9 @@
  *   threads  threads with a session each in the length-query-first
  *            convention, and threads taking turns on one shared session
  *            (the query on one thread, the follow-up on another).
+ *   fulltable (heldlock.c) with the module's table of owed cancels full,
+ *            a follow-up that waits for a stopped daemon holds none of
+ *            the module's locks, and another thread's call goes on.
  *   messages the message-based calls (heldmsg.c): their round trips in
  *            both conventions, what the parameter gets back, other input
  *            at the follow-up, a short buffer, discarding.
@@ -57,7 +60,7 @@
 
 CK_FUNCTION_LIST *f;
 CK_FUNCTION_LIST_3_0 *f3;
-static CK_SLOT_ID slot;
+CK_SLOT_ID slot;
 static const char so_pin[] = "so-secret-held";
 static const char user_pin[] = "user-secret-held";
 #define PIN(p) (CK_UTF8CHAR_PTR)(p), (CK_ULONG)strlen(p)
@@ -764,6 +767,7 @@ int main(int argc, char **argv)
 		test_input();
 		test_rules();
 		test_threads();
+		test_fulltable();
 		test_messages();
 		test_wrapauth();
 	}

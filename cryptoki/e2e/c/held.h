@@ -16,6 +16,8 @@
 
 extern CK_FUNCTION_LIST *f;
 extern CK_FUNCTION_LIST_3_0 *f3;
+/* The slot of the token setup made. */
+extern CK_SLOT_ID slot;
 
 /* A logged-in session and its session-object keys: aes has a fixed value
  * (CKA_ENCRYPT, CKA_DECRYPT), ec_priv and ec_pub are a P-256 pair. */
@@ -42,6 +44,10 @@ int measure_op(op_fn op, int fam, int twocall, int n, unsigned long *calls, unsi
 /* ---- heldmsg.c ---- */
 
 void test_messages(void);
+
+/* ---- heldlock.c ---- */
+
+void test_fulltable(void);
 
 /* ---- heldwrap.c ---- */
 
