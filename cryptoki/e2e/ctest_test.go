@@ -136,7 +136,7 @@ func TestCHeldResults(t *testing.T) {
 			prog := ctestNeedBuilt(t, r.prog)
 			module := ctestNeedBuilt(t, strings.TrimPrefix(r.module, a.root+string(filepath.Separator)))
 			out := runCProgram(t, prog, module, append(r.env, "TMPDIR="+t.TempDir()),
-				[]string{"setup", "trips", "input", "rules", "threads", "fulltable", "msgsetup", "msgtrips", "msgrules",
+				[]string{"setup", "trips", "input", "rules", "threads", "fulltable", "forklock", "msgsetup", "msgtrips", "msgrules",
 					"wraptrips", "wraprules"}, 220)
 			for _, l := range regexp.MustCompile(`(?m)^trips: .*$`).FindAllString(out, -1) {
 				t.Log(l)

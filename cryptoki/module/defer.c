@@ -150,6 +150,18 @@ void hsm_defer_forget_inherited(void)
 	d.mu = NULL;
 }
 
+void hsm_defer_atfork_prepare(void)
+{
+	if (d.mu != NULL)
+		hsm_lock(d.mu);
+}
+
+void hsm_defer_atfork_parent(void)
+{
+	if (d.mu != NULL)
+		hsm_unlock(d.mu);
+}
+
 static sess *find(uint64_t h)
 {
 	for (int i = 0; i < SESS_MAX; i++)

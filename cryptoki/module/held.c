@@ -197,10 +197,23 @@ void hsm_held_forget_inherited(void)
 	h.mu = NULL;
 }
 
+void hsm_held_atfork_prepare(void)
+{
+	if (h.mu != NULL)
+		hsm_lock(h.mu);
+}
+
+void hsm_held_atfork_parent(void)
+{
+	if (h.mu != NULL)
+		hsm_unlock(h.mu);
+}
+
 void hsm_held_atfork_child(void)
 {
-	/* One thread, and the mutex perhaps held: only wipe the bytes, the
-	 * child's C_Initialize frees them (hsm_held_forget_inherited). */
+	/* One thread, and the mutex held (hsm_held_atfork_prepare took it,
+	 * so the table is whole): only wipe the bytes, the child's
+	 * C_Initialize frees them (hsm_held_forget_inherited). */
 	for (int i = 0; i < HELD_MAX; i++) {
 		entry *e = &h.e[i];
 		if (e->data != NULL)

@@ -318,6 +318,13 @@ CK_RV hsm_pool_init(void);
 void hsm_pool_finalize(void);
 void hsm_pool_forget_inherited(void);
 void hsm_pool_atfork_child(void);
+/* Around fork(), from state.c's handlers: each table's mutex is taken
+ * before the fork, so the child inherits its table whole, never half
+ * changed by a thread that does not exist there (its C_Initialize frees
+ * what the table holds). The parent lets go after; the child's copies
+ * stay locked and are abandoned. */
+void hsm_pool_atfork_prepare(void);
+void hsm_pool_atfork_parent(void);
 enum hsm_io hsm_pool_get(hsm_conn **c);
 void hsm_pool_put(hsm_conn *c, int reusable);
 /* hsm_pool_on_fresh registers what to run when a dial's hello says the
@@ -442,6 +449,8 @@ void hsm_held_finalize(void);
 void hsm_held_forget_inherited(void);
 /* In a forked child, at once: the parent's results are wiped. */
 void hsm_held_atfork_child(void);
+void hsm_held_atfork_prepare(void); /* as hsm_pool_atfork_prepare */
+void hsm_held_atfork_parent(void);
 /* hsm_held_serve, before a prefetching call runs: when the module holds
  * its result for the same arguments (the input included), answers it
  * under the size-query convention (*rv) and returns 1; a result handed
@@ -490,6 +499,8 @@ typedef struct hsm_carry {
 CK_RV hsm_defer_init(void);
 void hsm_defer_finalize(void);
 void hsm_defer_forget_inherited(void);
+void hsm_defer_atfork_prepare(void); /* as hsm_pool_atfork_prepare */
+void hsm_defer_atfork_parent(void);
 /* hsm_defer_hold: c is an Init the daemon accepted before, on an idle
  * session; it is kept (c->req taken) to go with the session's next call.
  * 1 when held. */

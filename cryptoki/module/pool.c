@@ -137,6 +137,18 @@ void hsm_pool_on_fresh(void (*fn)(void))
 	__atomic_store_n(&on_fresh, fn, __ATOMIC_RELEASE);
 }
 
+void hsm_pool_atfork_prepare(void)
+{
+	if (pool.mu != NULL)
+		hsm_lock(pool.mu);
+}
+
+void hsm_pool_atfork_parent(void)
+{
+	if (pool.mu != NULL)
+		hsm_unlock(pool.mu);
+}
+
 void hsm_pool_atfork_child(void)
 {
 	pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;

@@ -6,12 +6,14 @@
  * the daemon is, and returns; it never connects. The first call that needs
  * the daemon dials it (pool.c).
  *
- * Fork: a pthread_atfork child handler, registered once at the first
- * C_Initialize, bumps fork_generation. Every entry point compares it with
- * the generation it was initialised in, so a child answers
- * CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize, which closes the
- * sockets the child inherited (close, never shutdown: the parent still uses
- * them) and starts afresh with a new application id. The parent is unaffected.
+ * Fork: pthread_atfork handlers, registered once at the first
+ * C_Initialize: the prepare handler takes init_mu and the tables' mutexes
+ * (atfork_prepare), the child handler bumps fork_generation. Every entry
+ * point compares it with the generation it was initialised in, so a child
+ * answers CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize, which
+ * closes the sockets the child inherited (close, never shutdown: the
+ * parent still uses them) and starts afresh with a new application id. The
+ * parent is unaffected.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,6 +29,9 @@
  * I/O, so the atfork prepare handler may take it to hand the child a mutex
  * in a known state. */
 static pthread_mutex_t init_mu = PTHREAD_MUTEX_INITIALIZER;
+/* Whether atfork_prepare took the tables' mutexes: only those of the
+ * initialisation of this process (a child's inherited ones stay locked). */
+static int fork_locked;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static unsigned long fork_generation; /* bumped in each child */
@@ -36,13 +41,30 @@ static unsigned long epoch; /* bumped at C_Initialize and C_Finalize */
 static uint8_t app_id[16];
 static hsm_config config;
 
+/* atfork_prepare takes init_mu, then the tables' mutexes in the order the
+ * calls take them (held.c's before defer.c's; the pool's alone), none of
+ * them ever held across I/O or while waiting for init_mu: the child
+ * inherits the tables whole. A thread in the middle of changing one (a
+ * result freed and its pointer not yet cleared) would leave the child's
+ * C_Initialize freeing it again. */
 static void atfork_prepare(void)
 {
 	pthread_mutex_lock(&init_mu);
+	fork_locked = initialized && init_generation == __atomic_load_n(&fork_generation, __ATOMIC_SEQ_CST);
+	if (fork_locked) {
+		hsm_held_atfork_prepare();
+		hsm_defer_atfork_prepare();
+		hsm_pool_atfork_prepare();
+	}
 }
 
 static void atfork_parent(void)
 {
+	if (fork_locked) {
+		hsm_pool_atfork_parent();
+		hsm_defer_atfork_parent();
+		hsm_held_atfork_parent();
+	}
 	pthread_mutex_unlock(&init_mu);
 }
 

@@ -31,6 +31,8 @@
  *   fulltable (heldlock.c) with the module's table of owed cancels full,
  *            a follow-up that waits for a stopped daemon holds none of
  *            the module's locks, and another thread's call goes on.
+ *   forklock (heldlock.c) fork() waits for a thread inside the module's
+ *            lock, so the child inherits its tables whole.
  *   messages the message-based calls (heldmsg.c): their round trips in
  *            both conventions, what the parameter gets back, other input
  *            at the follow-up, a short buffer, discarding.
@@ -768,6 +770,7 @@ int main(int argc, char **argv)
 		test_rules();
 		test_threads();
 		test_fulltable();
+		test_forklock();
 		test_messages();
 		test_wrapauth();
 	}

@@ -48,6 +48,7 @@ void test_messages(void);
 /* ---- heldlock.c ---- */
 
 void test_fulltable(void);
+void test_forklock(void);
 
 /* ---- heldwrap.c ---- */
 

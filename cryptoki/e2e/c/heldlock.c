@@ -37,6 +37,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "held.h"
@@ -48,6 +49,10 @@
 /* The count of the thread watched (A); NULL on the others. */
 static __thread int *my_locks;
 static int a_locks;
+/* forklock: the thread that pauses inside the first lock its call takes,
+ * and the one that notes a lock it has to wait for. */
+static __thread int pause_inside, note_wait;
+static int paused, released, waited;
 
 static CK_RV create_mutex(void **m)
 {
@@ -66,11 +71,25 @@ static CK_RV destroy_mutex(void *m)
 	return CKR_OK;
 }
 
+static void pause_briefly(void);
+
 static CK_RV lock_mutex(void *m)
 {
-	pthread_mutex_lock(m);
+	if (note_wait && pthread_mutex_trylock(m) == 0) {
+		/* free: taken */
+	} else {
+		if (note_wait)
+			__atomic_store_n(&waited, 1, __ATOMIC_SEQ_CST);
+		pthread_mutex_lock(m);
+	}
 	if (my_locks != NULL)
 		__atomic_add_fetch(my_locks, 1, __ATOMIC_SEQ_CST);
+	if (pause_inside) {
+		pause_inside = 0;
+		__atomic_store_n(&paused, 1, __ATOMIC_SEQ_CST);
+		while (!__atomic_load_n(&released, __ATOMIC_SEQ_CST))
+			pause_briefly();
+	}
 	return CKR_OK;
 }
 
@@ -324,5 +343,76 @@ out:
 	else
 		unsetenv("HSMEMU_TRANSPORT");
 	free(transport);
+	end();
+}
+
+/* ---- forklock: fork() waits for a thread inside the module's lock ---- */
+
+static CK_SESSION_HANDLE fs;
+static CK_RV inside_rv;
+static CK_C_INITIALIZE_ARGS fork_ia = {.CreateMutex = create_mutex,
+				       .DestroyMutex = destroy_mutex,
+				       .LockMutex = lock_mutex,
+				       .UnlockMutex = unlock_mutex};
+
+static void *inside(void *arg)
+{
+	(void)arg;
+	CK_ULONG len = 0;
+	pause_inside = 1;
+	inside_rv = f->C_Digest(fs, msg, sizeof msg, NULL, &len);
+	return NULL;
+}
+
+static pid_t child;
+static int forked;
+
+static void *forker(void *arg)
+{
+	(void)arg;
+	note_wait = 1;
+	child = fork();
+	if (child == 0) {
+		/* The child's own initialisation frees what it inherited. */
+		int ok = f->C_Initialize(&fork_ia) == CKR_OK && f->C_Finalize(NULL) == CKR_OK;
+		_exit(ok ? 0 : 1);
+	}
+	note_wait = 0;
+	__atomic_store_n(&forked, 1, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+/* test_forklock: a thread pauses inside the first of the module's locks
+ * its call takes (the application's LockMutex callback holds it there);
+ * another forks meanwhile. The fork must wait for it (the prepare
+ * handler takes the module's locks): a child that inherits a table in
+ * the middle of a change frees what the parent had freed already. */
+void test_forklock(void)
+{
+	begin("forklock");
+	CK_MECHANISM sha = {CKM_SHA256, NULL, 0};
+	if (!OK(f->C_Initialize(&fork_ia)))
+		goto out;
+	if (!OK(f->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &fs)) || !OK(f->C_DigestInit(fs, &sha)))
+		goto fin;
+	pthread_t a, b;
+	pthread_create(&a, NULL, inside, NULL);
+	while (!__atomic_load_n(&paused, __ATOMIC_SEQ_CST))
+		pause_briefly();
+	pthread_create(&b, NULL, forker, NULL);
+	while (!__atomic_load_n(&waited, __ATOMIC_SEQ_CST) && !__atomic_load_n(&forked, __ATOMIC_SEQ_CST))
+		pause_briefly();
+	CHECK(!__atomic_load_n(&forked, __ATOMIC_SEQ_CST), "fork() went on while a thread was inside the module's lock");
+	__atomic_store_n(&released, 1, __ATOMIC_SEQ_CST);
+	pthread_join(a, NULL);
+	pthread_join(b, NULL);
+	EXPECT(inside_rv, CKR_OK);
+	int status = 0;
+	if (CHECK(child > 0, "fork failed") && CHECK(waitpid(child, &status, 0) == child, "waitpid"))
+		CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child's C_Initialize and C_Finalize: status %d",
+		      status);
+fin:
+	OK(f->C_Finalize(NULL));
+out:
 	end();
 }
