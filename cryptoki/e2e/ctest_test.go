@@ -116,7 +116,10 @@ func checkTransport(t *testing.T, stats string, ring bool) {
 // held by the module ahead of the follow-up call, their round trips
 // counted in both calling conventions, a follow-up that brings other
 // input than its length query, PKCS#11's operation state while they are
-// held, and threads; normal and ASan/UBSan, socket and rings.
+// held, threads, no lock held while a follow-up waits for a stopped
+// daemon with the table of owed cancels full, and fork() waiting for a
+// thread inside the module's locks; normal and ASan/UBSan, socket and
+// rings.
 func TestCHeldResults(t *testing.T) {
 	a := need(t)
 	runs := []struct {

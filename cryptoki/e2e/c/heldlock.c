@@ -1,17 +1,20 @@
 /*
- * heldlock.c: the "fulltable" section of e2e-held (held.c): a result
- * handed over owes the daemon a C_SessionCancel, which the module keeps
- * for the session's next frame in a table of 128 sessions (defer.c). Once
- * every entry holds one, a follow-up must still send nothing under the
- * lock that every call takes (held.c's): a slow daemon would stall every
- * thread of the application.
+ * heldlock.c: the "fulltable" and "forklock" sections of e2e-held
+ * (held.c), on the module's locks.
+ *
+ * fulltable: a result handed over owes the daemon a C_SessionCancel,
+ * which the module keeps for the session's next frame in a table of 128
+ * sessions (defer.c). Once every entry holds one, a follow-up must still
+ * send nothing under the lock that every call takes (held.c's): a slow
+ * daemon would stall every thread of the application.
  *
  * The section fills the table (FILL sessions, more than it holds, each
  * with a cancel owed), leaves a length query's result held on two more
  * sessions, X and Y, and stops the daemon (SIGSTOP: its process is the
- * socket's peer; every thread of it, in /proc, before going on). Thread A then makes X's follow-up. Once A waits in a
- * read for the stopped daemon, it must hold none of the module's locks:
- * the module is initialised with the application's mutex callbacks (no
+ * socket's peer; every thread of it stopped, in /proc, before going on).
+ * Thread A then makes X's follow-up. Once A waits in a read for the
+ * stopped daemon, it must hold none of the module's locks: the module is
+ * initialised with the application's mutex callbacks (no
  * CKF_OS_LOCKING_OK), which count the locks A holds. And thread B's
  * length query on Y, which the module answers from the held result
  * without the daemon, completes while A still waits. Nothing is timed:
@@ -25,6 +28,9 @@
  * The section speaks the socket transport: with rings, a call waits on a
  * futex, as a thread that waits for a lock does, so "waits for the
  * daemon" could not be told from "waits for a lock" by its system call.
+ *
+ * forklock: fork() waits for a thread inside one of the module's locks,
+ * so that the child never inherits a table half changed (test_forklock).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
