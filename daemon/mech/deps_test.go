@@ -17,17 +17,18 @@ func TestDependencies(t *testing.T) {
 	t.Parallel()
 	goTool := testenv.Command(t, "go", "golang")
 	allowed := map[string]bool{
-		"hsmemu/daemon/mech":                   true,
-		"hsmemu/daemon/mech/internal/rsaraw":   true,
-		"hsmemu/daemon/mech/internal/ecverify": true,
-		"hsmemu/daemon/mech/internal/ecnonce":  true,
-		"hsmemu/daemon/mech/mechtest":          true, // tests only
-		"hsmemu/internal/testenv":              true, // tests only
-		"hsmemu/cryptoki/wire":                 true,
-		"hsmemu/cryptoki/calls":                true,
-		"hsmemu/cryptoki/ck":                   true,
-		"filippo.io/bigmod":                    true,
-		"golang.org/x/sys/cpu":                 true,
+		"hsmemu/daemon/mech":                    true,
+		"hsmemu/daemon/mech/internal/rsaraw":    true,
+		"hsmemu/daemon/mech/internal/ecverify":  true,
+		"hsmemu/daemon/mech/internal/ecnonce":   true,
+		"hsmemu/daemon/mech/internal/nistcurve": true,
+		"hsmemu/daemon/mech/mechtest":           true, // tests only
+		"hsmemu/internal/testenv":               true, // tests only
+		"hsmemu/cryptoki/wire":                  true,
+		"hsmemu/cryptoki/calls":                 true,
+		"hsmemu/cryptoki/ck":                    true,
+		"filippo.io/bigmod":                     true,
+		"golang.org/x/sys/cpu":                  true,
 	}
 	// The crypto libraries, whole: x/crypto (ChaCha20 and its AEAD),
 	// circl (Ed448, X448, the post-quantum signatures), filippo.io/mldsa

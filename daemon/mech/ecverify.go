@@ -6,6 +6,7 @@ import (
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/daemon/mech/internal/ecverify"
+	"hsmemu/daemon/mech/internal/nistcurve"
 )
 
 // ECDSA verification on P-256 and P-521 is OpenSSL's (internal/ecverify).
@@ -54,9 +55,9 @@ func ecVerifyKeyOf(k Key, c elliptic.Curve) (*ecVerifyKey, error) {
 			return nil, errKeyBroken
 		}
 		nc, _ := nonceCurveOf(c)
-		oc := ecverify.P521
+		oc := nistcurve.P521
 		if c == elliptic.P256() {
-			oc = ecverify.P256
+			oc = nistcurve.P256
 		}
 		key, err := ecverify.New(oc, point, nc.size)
 		if err != nil {

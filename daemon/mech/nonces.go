@@ -14,6 +14,7 @@ import (
 	"filippo.io/bigmod"
 
 	"hsmemu/daemon/mech/internal/ecnonce"
+	"hsmemu/daemon/mech/internal/nistcurve"
 )
 
 // ECDSA signing with precomputed nonces. Of an ECDSA signature's cost,
@@ -56,7 +57,7 @@ type nonceCurve struct {
 	coord int // bytes of a coordinate
 	// idle is the curve of the idle-priority filler (internal/ecnonce),
 	// 0 where a goroutine fills the pool.
-	idle ecnonce.Curve
+	idle nistcurve.Curve
 }
 
 // noncePool is one curve's precomputed nonces and the goroutine that
@@ -106,12 +107,12 @@ const (
 
 // The NIST curves' parameters.
 var (
-	curveP256 = newNonceCurve(ecdh.P256(), elliptic.P256(), ecnonce.P256)
+	curveP256 = newNonceCurve(ecdh.P256(), elliptic.P256(), nistcurve.P256)
 	curveP384 = newNonceCurve(ecdh.P384(), elliptic.P384(), 0)
-	curveP521 = newNonceCurve(ecdh.P521(), elliptic.P521(), ecnonce.P521)
+	curveP521 = newNonceCurve(ecdh.P521(), elliptic.P521(), nistcurve.P521)
 )
 
-func newNonceCurve(e ecdh.Curve, c elliptic.Curve, idle ecnonce.Curve) *nonceCurve {
+func newNonceCurve(e ecdh.Curve, c elliptic.Curve, idle nistcurve.Curve) *nonceCurve {
 	p := c.Params()
 	n, err := bigmod.NewModulus(p.N.Bytes())
 	if err != nil {

@@ -20,7 +20,6 @@ package ecnonce
 
 /*
 #cgo pkg-config: libcrypto
-#include <openssl/obj_mac.h>
 #include "ecnonce.h"
 */
 import "C"
@@ -29,16 +28,8 @@ import (
 	"errors"
 	"sync"
 	"unsafe"
-)
 
-// Curve names a NIST curve by OpenSSL's NID.
-type Curve C.int
-
-// The curves.
-var (
-	P256 = Curve(C.NID_X9_62_prime256v1)
-	P384 = Curve(C.NID_secp384r1)
-	P521 = Curve(C.NID_secp521r1)
+	"hsmemu/daemon/mech/internal/nistcurve"
 )
 
 // Pool is one curve's nonces and the thread that makes them.
@@ -49,9 +40,9 @@ type Pool struct {
 	taken uint64 // nonces handed out
 }
 
-// Start makes a pool of capacity nonces on curve c, which its filler
+// Start makes a pool of capacity nonces on curve c (nistcurve), which its filler
 // refills whenever it holds fewer than low.
-func Start(c Curve, capacity, low int) (*Pool, error) {
+func Start(c nistcurve.Curve, capacity, low int) (*Pool, error) {
 	if capacity <= 0 || low < 0 || low > capacity {
 		return nil, errors.New("ecnonce: bad capacity")
 	}

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"hsmemu/daemon/mech/internal/nistcurve"
 )
 
 // waitFor polls cond until it holds or a minute has passed: the filler
@@ -40,10 +42,10 @@ func signWith(c elliptic.Curve, kinv, r []byte, d *big.Int, e *big.Int) (*big.In
 // and the key; no r comes twice; and the filler runs at idle priority.
 func TestNoncesSign(t *testing.T) {
 	for _, tc := range []struct {
-		curve Curve
+		curve nistcurve.Curve
 		ec    elliptic.Curve
 		n     int
-	}{{P256, elliptic.P256(), 64}, {P384, elliptic.P384(), 6}, {P521, elliptic.P521(), 12}} {
+	}{{nistcurve.P256, elliptic.P256(), 64}, {nistcurve.P384, elliptic.P384(), 6}, {nistcurve.P521, elliptic.P521(), 12}} {
 		t.Run(tc.ec.Params().Name, func(t *testing.T) {
 			priv, err := ecdsa.GenerateKey(tc.ec, rand.Reader)
 			if err != nil {
@@ -84,7 +86,7 @@ func TestNoncesSign(t *testing.T) {
 // The filler stops at the capacity, sleeps, and refills only when the
 // pool falls below its low mark.
 func TestNoncesRefill(t *testing.T) {
-	p, err := Start(P256, 4, 2)
+	p, err := Start(nistcurve.P256, 4, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +121,7 @@ func TestNoncesStop(t *testing.T) {
 	// The other tests' pools are stopped; their threads end in their time.
 	waitFor(t, "end of the other tests' fillers", func() bool { return Fillers() == 0 })
 	before := 0
-	p, err := Start(P256, 8, 4)
+	p, err := Start(nistcurve.P256, 8, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,17 +136,17 @@ func TestNoncesStop(t *testing.T) {
 		t.Fatal("a stopped pool handed out a nonce")
 	}
 	waitFor(t, "filler's end", func() bool { return Fillers() == before })
-	if _, err := Start(P256, 0, 0); err == nil {
+	if _, err := Start(nistcurve.P256, 0, 0); err == nil {
 		t.Fatal("a pool of capacity 0 started")
 	}
-	if _, err := Start(Curve(1), 4, 2); err == nil {
+	if _, err := Start(nistcurve.Curve(1), 4, 2); err == nil {
 		t.Fatal("a pool on no curve started")
 	}
 }
 
 // Eight takers at once never get the same nonce.
 func TestNoncesConcurrentTakers(t *testing.T) {
-	p, err := Start(P256, 64, 32)
+	p, err := Start(nistcurve.P256, 64, 32)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,8 +184,8 @@ func TestNoncesConcurrentTakers(t *testing.T) {
 func BenchmarkFill(b *testing.B) {
 	for _, c := range []struct {
 		name  string
-		curve Curve
-	}{{"P256", P256}, {"P384", P384}, {"P521", P521}} {
+		curve nistcurve.Curve
+	}{{"P256", nistcurve.P256}, {"P384", nistcurve.P384}, {"P521", nistcurve.P521}} {
 		b.Run(c.name, func(b *testing.B) {
 			p, err := Start(c.curve, b.N, 0)
 			if err != nil {

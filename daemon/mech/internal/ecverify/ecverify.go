@@ -10,7 +10,6 @@ package ecverify
 
 /*
 #cgo pkg-config: libcrypto
-#include <openssl/obj_mac.h>
 #include "ecverify.h"
 */
 import "C"
@@ -20,16 +19,8 @@ import (
 	"runtime"
 	"sync/atomic"
 	"unsafe"
-)
 
-// Curve names a NIST curve by OpenSSL's NID.
-type Curve C.int
-
-// The curves.
-var (
-	P256 = Curve(C.NID_X9_62_prime256v1)
-	P384 = Curve(C.NID_secp384r1)
-	P521 = Curve(C.NID_secp521r1)
+	"hsmemu/daemon/mech/internal/nistcurve"
 )
 
 // Key is a public key held by OpenSSL, freed when it is no longer
@@ -44,9 +35,9 @@ type Key struct {
 type pointHandle struct{ p *C.EC_POINT }
 type tableHandle struct{ t *C.EC_GROUP }
 
-// New parses an uncompressed point (04 || X || Y) of curve c; it must be
+// New parses an uncompressed point (04 || X || Y) of curve c (nistcurve); it must be
 // on the curve. size is the byte length of the curve's order.
-func New(c Curve, point []byte, size int) (*Key, error) {
+func New(c nistcurve.Curve, point []byte, size int) (*Key, error) {
 	g := C.ev_group(C.int(c))
 	if g == nil {
 		return nil, errors.New("ecverify: curve unknown to OpenSSL")

@@ -10,16 +10,18 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"hsmemu/daemon/mech/internal/nistcurve"
 )
 
 var curves = []struct {
 	name string
-	c    Curve
+	c    nistcurve.Curve
 	ec   elliptic.Curve
-}{{"P-256", P256, elliptic.P256()}, {"P-384", P384, elliptic.P384()}, {"P-521", P521, elliptic.P521()}}
+}{{"P-256", nistcurve.P256, elliptic.P256()}, {"P-384", nistcurve.P384, elliptic.P384()}, {"P-521", nistcurve.P521, elliptic.P521()}}
 
 // testKey makes a key pair and its OpenSSL public key.
-func testKey(t testing.TB, c Curve, ec elliptic.Curve) (*ecdsa.PrivateKey, *Key, int) {
+func testKey(t testing.TB, c nistcurve.Curve, ec elliptic.Curve) (*ecdsa.PrivateKey, *Key, int) {
 	t.Helper()
 	priv, err := ecdsa.GenerateKey(ec, rand.Reader)
 	if err != nil {
@@ -99,7 +101,7 @@ func TestVerify(t *testing.T) {
 
 // A point off the curve, the wrong size or compressed is refused.
 func TestNewRefusesBadPoints(t *testing.T) {
-	_, _, size := testKey(t, P256, elliptic.P256())
+	_, _, size := testKey(t, nistcurve.P256, elliptic.P256())
 	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	p, _ := priv.PublicKey.Bytes()
 	off := append([]byte(nil), p...)
@@ -109,11 +111,11 @@ func TestNewRefusesBadPoints(t *testing.T) {
 		"off the curve": off, "short": p[:40], "empty": nil, "infinity": {0}, "compressed": compressed,
 		"other curve's size": append(p, 0),
 	} {
-		if _, err := New(P256, b, size); err == nil {
+		if _, err := New(nistcurve.P256, b, size); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	if _, err := New(Curve(-1), p, size); err == nil {
+	if _, err := New(nistcurve.Curve(-1), p, size); err == nil {
 		t.Error("unknown curve accepted")
 	}
 }
