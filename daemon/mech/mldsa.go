@@ -260,3 +260,34 @@ func mldsaVerify(k Key, m *wire.Mechanism) (SignOp, error) {
 		return nil
 	}}, nil
 }
+
+// mldsaPCTMessage is the message of the pairwise-consistency test.
+var mldsaPCTMessage = []byte("hsmemu ML-DSA pairwise consistency")
+
+// mldsaSignsForItsPublicKey is a pairwise-consistency test of a private
+// key given without its seed: one deterministic signature of a fixed
+// message, verified with the public key its ρ, s1 and s2 give (read back
+// from its encoding, so tr is recomputed and not the key's). It is what
+// catches a wrong t0: the signer uses t0 only to compute the hint that
+// lets a verifier recover w1 from t1, and neither circl nor
+// filippo.io/mldsa recomputes t0 from an expanded key to compare. A
+// single signature is a test, not a proof: t0 from another key, or a
+// coefficient far off, fails it, but a coefficient off by a little moves
+// c·t0 across a rounding boundary only with a probability that small
+// (docs/mechanisms.md gives the figures). Deterministic, so a key is
+// refused or taken the same way every time.
+func mldsaSignsForItsPublicKey(p *mldsaSet, sk sign.PrivateKey) bool {
+	pkb, err := sk.Public().(sign.PublicKey).MarshalBinary()
+	if err != nil {
+		return false
+	}
+	pk, err := p.scheme.UnmarshalBinaryPublicKey(pkb)
+	if err != nil {
+		return false
+	}
+	sig := make([]byte, p.sigLen)
+	if err := p.signTo(sk, mldsaPCTMessage, nil, false, sig); err != nil {
+		return false
+	}
+	return p.verify(pk, mldsaPCTMessage, nil, sig)
+}

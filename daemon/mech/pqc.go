@@ -165,7 +165,8 @@ func pqcPublic(k Key, kt uint64) error {
 // encoding (CKA_VALUE). A parameter set the token lacks is
 // CKR_PARAMETER_SET_NOT_SUPPORTED; material of the wrong size, a seed
 // and value of different keys, or an expanded key whose parts belong to
-// different keys (mldsaTRMatches, slhdsaRootMatches, and an ML-KEM dk
+// different keys (mldsaTRMatches, mldsaSignsForItsPublicKey,
+// slhdsaRootMatches, and an ML-KEM dk
 // whose ek fails the modulus check: mlkemDKHoldsValidEK),
 // CKR_ATTRIBUTE_VALUE_INVALID.
 func CompletePQCKey(class, kt uint64, m map[uint64][]byte) error {
@@ -199,7 +200,7 @@ func CompletePQCKey(class, kt uint64, m map[uint64][]byte) error {
 			}
 		default:
 			var sk sign.PrivateKey
-			if sk, err = mldsaPrivate(k); err == nil && !mldsaTRMatches(sk, val) {
+			if sk, err = mldsaPrivate(k); err == nil && (!mldsaTRMatches(sk, val) || !mldsaSignsForItsPublicKey(p, sk)) {
 				return bad
 			}
 		}
@@ -246,7 +247,7 @@ func CompletePQCKey(class, kt uint64, m map[uint64][]byte) error {
 // without its seed whose tr is another's would sign with it: signatures
 // no verifier holding its public key accepts. t0, the other part not
 // derived on use, takes the lattice arithmetic to recompute that no
-// library here exposes, so it is not checked.
+// library here exposes: mldsaSignsForItsPublicKey tests it by its effect.
 func mldsaTRMatches(sk sign.PrivateKey, val []byte) bool {
 	pk, err := sk.Public().(sign.PublicKey).MarshalBinary()
 	if err != nil || len(val) < 128 {

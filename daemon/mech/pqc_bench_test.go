@@ -1,9 +1,14 @@
 package mech
 
 import (
+	"bytes"
 	"crypto/mlkem"
+	"runtime"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/cloudflare/circl/sign"
 	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
 
 	"hsmemu/cryptoki/ck"
@@ -106,4 +111,68 @@ func BenchmarkMechMLKEM768(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkMLDSAImportExpanded is what C_CreateObject and C_UnwrapKey
+// check of an ML-DSA private key given without its seed ("expanded": the
+// range check, tr, and the pairwise-consistency test), the test's share
+// of it ("pct"), and, beside them, the same key given by its seed
+// ("seed": one key derivation). The test signs deterministically, so its
+// cost is one key's number of rejection rounds: the keys cycle through 16
+// to average them. cpu-ns/op is the thread's CPU time, which on a shared
+// machine counts the other processes' turns much less than ns/op does.
+func BenchmarkMLDSAImportExpanded(b *testing.B) {
+	for _, set := range []uint64{ck.CKP_ML_DSA_44, ck.CKP_ML_DSA_65, ck.CKP_ML_DSA_87} {
+		p := mldsaSets[set]
+		var vals, seeds [][]byte
+		var sks []sign.PrivateKey
+		for i := range 16 {
+			seed := bytes.Repeat([]byte{byte(i)}, mldsaSeedLen)
+			_, sk := p.scheme.DeriveKey(seed)
+			v, _ := sk.MarshalBinary()
+			vals, seeds, sks = append(vals, v), append(seeds, seed), append(sks, sk)
+		}
+		b.Run(p.name+"/expanded", func(b *testing.B) {
+			cpuLoop(b, func(i int) {
+				m := map[uint64][]byte{ck.CKA_PARAMETER_SET: ulong(set), ck.CKA_VALUE: vals[i%16]}
+				if err := CompletePQCKey(ck.CKO_PRIVATE_KEY, ck.CKK_ML_DSA, m); err != nil {
+					b.Fatal(err)
+				}
+			})
+		})
+		b.Run(p.name+"/pct", func(b *testing.B) {
+			cpuLoop(b, func(i int) {
+				if !mldsaSignsForItsPublicKey(p, sks[i%16]) {
+					b.Fatal("refused")
+				}
+			})
+		})
+		b.Run(p.name+"/seed", func(b *testing.B) {
+			cpuLoop(b, func(i int) {
+				m := map[uint64][]byte{ck.CKA_PARAMETER_SET: ulong(set), ck.CKA_SEED: seeds[i%16]}
+				if err := CompletePQCKey(ck.CKO_PRIVATE_KEY, ck.CKK_ML_DSA, m); err != nil {
+					b.Fatal(err)
+				}
+			})
+		})
+	}
+}
+
+// cpuLoop runs f(0), f(1), ... b.N times on one thread and reports the
+// thread's CPU time per call beside the wall time.
+func cpuLoop(b *testing.B, f func(i int)) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		_ = syscall.Getrusage(1, &ru) // RUSAGE_THREAD
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	start := cpu()
+	i := 0
+	for b.Loop() {
+		f(i)
+		i++
+	}
+	b.ReportMetric(float64(cpu()-start)/float64(b.N), "cpu-ns/op")
 }

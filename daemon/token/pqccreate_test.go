@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
 	"github.com/cloudflare/circl/sign/slhdsa"
 
 	"hsmemu/cryptoki/ck"
@@ -18,7 +19,8 @@ import (
 // the wrong size, not a missing one), public keys one byte short or
 // labelled with a set of another size, and an SLH-DSA private key
 // labelled with another set of the same size (its PK.root is not that
-// set's).
+// set's), and an ML-DSA expanded key whose t0 is another key's (the
+// pairwise-consistency test).
 func TestPQCCreateRefusals(t *testing.T) {
 	t.Parallel()
 	s := newAsymSession(t)
@@ -48,6 +50,13 @@ func TestPQCCreateRefusals(t *testing.T) {
 	}
 	skb, _ := sk.MarshalBinary()
 	pkb, _ := sk.PublicKey().MarshalBinary()
+	// An ML-DSA-65 expanded key with another key's t0 (after ρ, K, tr, s1
+	// and s2), its tr right.
+	_, mlKey := mldsa65.NewKeyFromSeed(&[32]byte{1})
+	_, mlOther := mldsa65.NewKeyFromSeed(&[32]byte{2})
+	mlOtherT0, _ := mlKey.MarshalBinary()
+	otherb, _ := mlOther.MarshalBinary()
+	copy(mlOtherT0[128+(6+5)*128:], otherb[128+(6+5)*128:])
 	cases = append(cases,
 		refusal{"ML-KEM-768 public key a byte short", key(ck.CKO_PUBLIC_KEY, ck.CKK_ML_KEM, ck.CKP_ML_KEM_768, A(ck.CKA_VALUE, ek[1:])), ck.CKR_ATTRIBUTE_VALUE_INVALID},
 		refusal{"ML-KEM-768 public key as ML-KEM-1024", key(ck.CKO_PUBLIC_KEY, ck.CKK_ML_KEM, ck.CKP_ML_KEM_1024, A(ck.CKA_VALUE, ek)), ck.CKR_ATTRIBUTE_VALUE_INVALID},
@@ -56,6 +65,7 @@ func TestPQCCreateRefusals(t *testing.T) {
 		refusal{"SLH-DSA private key a byte short", key(ck.CKO_PRIVATE_KEY, ck.CKK_SLH_DSA, ck.CKP_SLH_DSA_SHA2_128S, A(ck.CKA_VALUE, skb[1:])), ck.CKR_ATTRIBUTE_VALUE_INVALID},
 		refusal{"SLH-DSA-SHA2-128s private key as SHAKE-128s", key(ck.CKO_PRIVATE_KEY, ck.CKK_SLH_DSA, ck.CKP_SLH_DSA_SHAKE_128S, A(ck.CKA_VALUE, skb)), ck.CKR_ATTRIBUTE_VALUE_INVALID},
 		refusal{"SLH-DSA private key with a seed", key(ck.CKO_PRIVATE_KEY, ck.CKK_SLH_DSA, ck.CKP_SLH_DSA_SHA2_128S, A(ck.CKA_VALUE, skb), A(ck.CKA_SEED, make([]byte, 48))), ck.CKR_ATTRIBUTE_TYPE_INVALID},
+		refusal{"ML-DSA-65 expanded key with another's t0", key(ck.CKO_PRIVATE_KEY, ck.CKK_ML_DSA, ck.CKP_ML_DSA_65, A(ck.CKA_VALUE, mlOtherT0)), ck.CKR_ATTRIBUTE_VALUE_INVALID},
 		refusal{"parameter set of 4 bytes", []wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_PUBLIC_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_ML_KEM), A(ck.CKA_PARAMETER_SET, []byte{0, 0, 0, 2}), A(ck.CKA_VALUE, ek)}, ck.CKR_ATTRIBUTE_VALUE_INVALID},
 		refusal{"parameter set 0", key(ck.CKO_PUBLIC_KEY, ck.CKK_ML_KEM, 0, A(ck.CKA_VALUE, ek)), ck.CKR_PARAMETER_SET_NOT_SUPPORTED},
 		refusal{"SLH-DSA parameter set 13", key(ck.CKO_PUBLIC_KEY, ck.CKK_SLH_DSA, 13, A(ck.CKA_VALUE, pkb)), ck.CKR_PARAMETER_SET_NOT_SUPPORTED},

@@ -16,7 +16,8 @@ import (
 
 // TestPQCUnwrapInvalid: a wrapped post-quantum private key whose PKCS#8
 // decodes but whose material is no key (a seed of the wrong length, a
-// seed and an expanded key of different keys, an SLH-DSA key of the wrong
+// seed and an expanded key of different keys, an ML-DSA expanded key whose
+// t0 is another's, an SLH-DSA key of the wrong
 // length or whose PK.root its seeds do not make) is CKR_WRAPPED_KEY_INVALID,
 // as a malformed RSA or EC key in PKCS#8 is: the caller's template gave no
 // value to be invalid. No key is made.
@@ -60,6 +61,13 @@ func TestPQCUnwrapInvalid(t *testing.T) {
 	slhBytes := must(slhKey.MarshalBinary())
 	slhBadRoot := bytes.Clone(slhBytes)
 	slhBadRoot[len(slhBadRoot)-1] ^= 1
+	// An ML-DSA-44 expanded key with the t0 of another: its tr is right,
+	// only the pairwise-consistency test finds it.
+	mldsaT0 := 128 + (4+4)*96 // after ρ, K, tr, s1 and s2
+	_, mlKey := mldsa44.NewKeyFromSeed(&[32]byte{1})
+	_, mlOther := mldsa44.NewKeyFromSeed(&[32]byte{2})
+	mlOtherT0 := must(mlKey.MarshalBinary())
+	copy(mlOtherT0[mldsaT0:], must(mlOther.MarshalBinary())[mldsaT0:])
 
 	tmpl := func(kt uint64) wire.Value {
 		return T(AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY), AU(ck.CKA_KEY_TYPE, kt), AB(ck.CKA_SIGN, true))
@@ -76,6 +84,7 @@ func TestPQCUnwrapInvalid(t *testing.T) {
 		{"ML-DSA seed and another key", ck.CKK_ML_DSA, pkcs8(mldsa44OID, must(asn1.Marshal(struct{ Seed, Expanded []byte }{
 			bytes.Repeat([]byte{1}, 32), make([]byte, mldsa44.PrivateKeySize)})))},
 		{"ML-DSA expanded key of the wrong length", ck.CKK_ML_DSA, pkcs8(mldsa44OID, must(asn1.Marshal(make([]byte, 100))))},
+		{"ML-DSA expanded key with another's t0", ck.CKK_ML_DSA, pkcs8(mldsa44OID, must(asn1.Marshal(mlOtherT0)))},
 		{"SLH-DSA of the wrong length", ck.CKK_SLH_DSA, pkcs8(slh128fOID, slhBytes[1:])},
 		{"SLH-DSA with another root", ck.CKK_SLH_DSA, pkcs8(slh128fOID, slhBadRoot)},
 	} {
@@ -86,6 +95,7 @@ func TestPQCUnwrapInvalid(t *testing.T) {
 	if n := privs() - before; n != 0 {
 		t.Fatalf("refused unwraps made %d keys", n)
 	}
-	// The same SLH-DSA key whole unwraps.
+	// The same SLH-DSA and ML-DSA keys whole unwrap.
 	s.Must(ck.CKR_OK, "C_UnwrapKey", U(h), M(ck.CKM_AES_KEY_WRAP_KWP), U(kek), B(wrap(pkcs8(slh128fOID, slhBytes))), tmpl(ck.CKK_SLH_DSA), None())
+	s.Must(ck.CKR_OK, "C_UnwrapKey", U(h), M(ck.CKM_AES_KEY_WRAP_KWP), U(kek), B(wrap(pkcs8(mldsa44OID, must(asn1.Marshal(must(mlKey.MarshalBinary())))))), tmpl(ck.CKK_ML_DSA), None())
 }
