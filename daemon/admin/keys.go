@@ -703,6 +703,10 @@ func (a *call) keyRestore(ctx context.Context, args adminapi.KeyRestore) ([]admi
 			if ok && ulongOf(p) == ck.CKP_HSMEMU_HSM && ti.Tier != keystore.TierPremium {
 				return adminapi.Errorf(adminapi.CodeRefused, "the backup holds an HSM-protected key, which only a premium token keeps; token %q is %s", ti.Label, ti.Tier)
 			}
+			if err := checkRestored(o); err != nil {
+				a.eng.Audit(ctx, a.who, ti.UUID, "key.restore.refused", map[string]string{"why": "key material fails its checks", "object": o.UUID.String()})
+				return err
+			}
 		}
 		// All of the key or none of it: a pair is never left half restored.
 		var made []*keystore.Object
