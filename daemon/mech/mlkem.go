@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/mlkem"
 	"crypto/rand"
+	"crypto/subtle"
 
 	"github.com/cloudflare/circl/kem"
 	"github.com/cloudflare/circl/kem/mlkem/mlkem1024"
@@ -269,4 +270,37 @@ func mlkemDecapsulate(k Key, m *wire.Mechanism, ct []byte) ([]byte, error) {
 		return nil, ck.Error(ck.CKR_WRAPPED_KEY_INVALID)
 	}
 	return secret, nil
+}
+
+// mlkemPCTSeed is the encapsulation randomness m of the
+// pairwise-consistency test: fixed, so a key is refused or taken the
+// same way every time.
+var mlkemPCTSeed = bytes.Repeat([]byte{0x5a}, 32)
+
+// mlkemDKConsistent says whether a decapsulation key given without its
+// seed is one key: its dk_PKE (ŝ, 384·k bytes) encoded as FIPS 203's
+// ByteEncode12 encodes it, every coefficient below q (circl reduces on
+// decoding, so the round trip through its key is the check, as for an
+// ek), and the secret of one encapsulation to the ek inside it the
+// secret it decapsulates (a pairwise-consistency test). Neither circl's
+// hash check nor the ek's modulus check reads dk_PKE: one of another key
+// was taken, and decapsulated every ciphertext made to its ek to the
+// implicit rejection's key, silently. A wrong ŝ turns v − ŝᵀu into noise
+// over all 256 message bits, so one encapsulation finds it; z, which
+// only the implicit rejection uses, any 32 bytes are right.
+func mlkemDKConsistent(p *mlkemSet, dk []byte) bool {
+	sk, err := p.circl.UnmarshalBinaryPrivateKey(dk)
+	if err != nil {
+		return false
+	}
+	back, err := sk.MarshalBinary()
+	if err != nil || !bytes.Equal(back, dk) {
+		return false
+	}
+	ct, ss, err := p.circl.EncapsulateDeterministically(sk.Public(), mlkemPCTSeed)
+	if err != nil {
+		return false
+	}
+	got, err := p.circl.Decapsulate(sk, ct)
+	return err == nil && subtle.ConstantTimeCompare(got, ss) == 1
 }

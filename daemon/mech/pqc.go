@@ -166,9 +166,9 @@ func pqcPublic(k Key, kt uint64) error {
 // CKR_PARAMETER_SET_NOT_SUPPORTED; material of the wrong size, a seed
 // and value of different keys, or an expanded key whose parts belong to
 // different keys (mldsaTRMatches, mldsaSignsForItsPublicKey,
-// slhdsaRootMatches, and an ML-KEM dk
-// whose ek fails the modulus check: mlkemDKHoldsValidEK),
-// CKR_ATTRIBUTE_VALUE_INVALID.
+// slhdsaRootMatches, and an ML-KEM dk whose ek fails the modulus check
+// or whose dk_PKE is not its ek's: mlkemDKHoldsValidEK,
+// mlkemDKConsistent), CKR_ATTRIBUTE_VALUE_INVALID.
 func CompletePQCKey(class, kt uint64, m map[uint64][]byte) error {
 	set := ulongOf(m[ck.CKA_PARAMETER_SET])
 	seed, hasSeed := m[ck.CKA_SEED]
@@ -219,7 +219,7 @@ func CompletePQCKey(class, kt uint64, m map[uint64][]byte) error {
 				m[ck.CKA_VALUE], _ = sk.MarshalBinary()
 			}
 		default:
-			if _, err = mlkemPrivate(k); err == nil && !mlkemDKHoldsValidEK(p, val) {
+			if _, err = mlkemPrivate(k); err == nil && (!mlkemDKHoldsValidEK(p, val) || !mlkemDKConsistent(p, val)) {
 				return bad
 			}
 		}

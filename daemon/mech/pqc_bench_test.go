@@ -158,6 +158,43 @@ func BenchmarkMLDSAImportExpanded(b *testing.B) {
 	}
 }
 
+// BenchmarkMLKEMImportExpanded is what C_CreateObject and C_UnwrapKey
+// check of an ML-KEM decapsulation key given without its seed
+// ("expanded": H(ek), the ek's modulus check, dk_PKE's encoding and the
+// pairwise-consistency test), the last two's share of it ("pct"), and the
+// same key given by its seed ("seed").
+func BenchmarkMLKEMImportExpanded(b *testing.B) {
+	for _, set := range []uint64{ck.CKP_ML_KEM_512, ck.CKP_ML_KEM_768, ck.CKP_ML_KEM_1024} {
+		p := mlkemSets[set]
+		seed := bytes.Repeat([]byte{1}, mlkemSeedLen)
+		_, sk := p.circl.DeriveKeyPair(seed)
+		dk, _ := sk.MarshalBinary()
+		b.Run(p.name+"/expanded", func(b *testing.B) {
+			cpuLoop(b, func(int) {
+				m := map[uint64][]byte{ck.CKA_PARAMETER_SET: ulong(set), ck.CKA_VALUE: dk}
+				if err := CompletePQCKey(ck.CKO_PRIVATE_KEY, ck.CKK_ML_KEM, m); err != nil {
+					b.Fatal(err)
+				}
+			})
+		})
+		b.Run(p.name+"/pct", func(b *testing.B) {
+			cpuLoop(b, func(int) {
+				if !mlkemDKConsistent(p, dk) {
+					b.Fatal("refused")
+				}
+			})
+		})
+		b.Run(p.name+"/seed", func(b *testing.B) {
+			cpuLoop(b, func(int) {
+				m := map[uint64][]byte{ck.CKA_PARAMETER_SET: ulong(set), ck.CKA_SEED: seed}
+				if err := CompletePQCKey(ck.CKO_PRIVATE_KEY, ck.CKK_ML_KEM, m); err != nil {
+					b.Fatal(err)
+				}
+			})
+		})
+	}
+}
+
 // cpuLoop runs f(0), f(1), ... b.N times on one thread and reports the
 // thread's CPU time per call beside the wall time.
 func cpuLoop(b *testing.B, f func(i int)) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/cloudflare/circl/kem/mlkem/mlkem768"
 	"github.com/cloudflare/circl/sign/mldsa/mldsa65"
 	"github.com/cloudflare/circl/sign/slhdsa"
 
@@ -19,8 +20,8 @@ import (
 // the wrong size, not a missing one), public keys one byte short or
 // labelled with a set of another size, and an SLH-DSA private key
 // labelled with another set of the same size (its PK.root is not that
-// set's), and an ML-DSA expanded key whose t0 is another key's (the
-// pairwise-consistency test).
+// set's), and an ML-DSA expanded key whose t0 is another key's and an
+// ML-KEM dk whose dk_PKE is another's (the pairwise-consistency tests).
 func TestPQCCreateRefusals(t *testing.T) {
 	t.Parallel()
 	s := newAsymSession(t)
@@ -57,6 +58,13 @@ func TestPQCCreateRefusals(t *testing.T) {
 	mlOtherT0, _ := mlKey.MarshalBinary()
 	otherb, _ := mlOther.MarshalBinary()
 	copy(mlOtherT0[128+(6+5)*128:], otherb[128+(6+5)*128:])
+	// An ML-KEM-768 dk with another key's dk_PKE (its first 3·384 bytes),
+	// its ek and H(ek) its own.
+	_, kemKey := mlkem768.Scheme().DeriveKeyPair(bytes.Repeat([]byte{1}, 64))
+	_, kemOther := mlkem768.Scheme().DeriveKeyPair(bytes.Repeat([]byte{2}, 64))
+	kemOtherPKE, _ := kemKey.MarshalBinary()
+	kemOtherb, _ := kemOther.MarshalBinary()
+	copy(kemOtherPKE[:3*384], kemOtherb[:3*384])
 	cases = append(cases,
 		refusal{"ML-KEM-768 public key a byte short", key(ck.CKO_PUBLIC_KEY, ck.CKK_ML_KEM, ck.CKP_ML_KEM_768, A(ck.CKA_VALUE, ek[1:])), ck.CKR_ATTRIBUTE_VALUE_INVALID},
 		refusal{"ML-KEM-768 public key as ML-KEM-1024", key(ck.CKO_PUBLIC_KEY, ck.CKK_ML_KEM, ck.CKP_ML_KEM_1024, A(ck.CKA_VALUE, ek)), ck.CKR_ATTRIBUTE_VALUE_INVALID},
@@ -66,6 +74,7 @@ func TestPQCCreateRefusals(t *testing.T) {
 		refusal{"SLH-DSA-SHA2-128s private key as SHAKE-128s", key(ck.CKO_PRIVATE_KEY, ck.CKK_SLH_DSA, ck.CKP_SLH_DSA_SHAKE_128S, A(ck.CKA_VALUE, skb)), ck.CKR_ATTRIBUTE_VALUE_INVALID},
 		refusal{"SLH-DSA private key with a seed", key(ck.CKO_PRIVATE_KEY, ck.CKK_SLH_DSA, ck.CKP_SLH_DSA_SHA2_128S, A(ck.CKA_VALUE, skb), A(ck.CKA_SEED, make([]byte, 48))), ck.CKR_ATTRIBUTE_TYPE_INVALID},
 		refusal{"ML-DSA-65 expanded key with another's t0", key(ck.CKO_PRIVATE_KEY, ck.CKK_ML_DSA, ck.CKP_ML_DSA_65, A(ck.CKA_VALUE, mlOtherT0)), ck.CKR_ATTRIBUTE_VALUE_INVALID},
+		refusal{"ML-KEM-768 dk with another's dk_PKE", key(ck.CKO_PRIVATE_KEY, ck.CKK_ML_KEM, ck.CKP_ML_KEM_768, A(ck.CKA_VALUE, kemOtherPKE)), ck.CKR_ATTRIBUTE_VALUE_INVALID},
 		refusal{"parameter set of 4 bytes", []wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_PUBLIC_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_ML_KEM), A(ck.CKA_PARAMETER_SET, []byte{0, 0, 0, 2}), A(ck.CKA_VALUE, ek)}, ck.CKR_ATTRIBUTE_VALUE_INVALID},
 		refusal{"parameter set 0", key(ck.CKO_PUBLIC_KEY, ck.CKK_ML_KEM, 0, A(ck.CKA_VALUE, ek)), ck.CKR_PARAMETER_SET_NOT_SUPPORTED},
 		refusal{"SLH-DSA parameter set 13", key(ck.CKO_PUBLIC_KEY, ck.CKK_SLH_DSA, 13, A(ck.CKA_VALUE, pkb)), ck.CKR_PARAMETER_SET_NOT_SUPPORTED},

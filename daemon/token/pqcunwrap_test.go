@@ -6,6 +6,7 @@ import (
 	"encoding/asn1"
 	"testing"
 
+	"github.com/cloudflare/circl/kem/mlkem/mlkem512"
 	"github.com/cloudflare/circl/sign/mldsa/mldsa44"
 	"github.com/cloudflare/circl/sign/slhdsa"
 
@@ -17,8 +18,9 @@ import (
 // TestPQCUnwrapInvalid: a wrapped post-quantum private key whose PKCS#8
 // decodes but whose material is no key (a seed of the wrong length, a
 // seed and an expanded key of different keys, an ML-DSA expanded key whose
-// t0 is another's, an SLH-DSA key of the wrong
-// length or whose PK.root its seeds do not make) is CKR_WRAPPED_KEY_INVALID,
+// t0 is another's, an ML-KEM dk whose dk_PKE is another's, an SLH-DSA key
+// of the wrong length or whose PK.root its seeds do not make) is
+// CKR_WRAPPED_KEY_INVALID,
 // as a malformed RSA or EC key in PKCS#8 is: the caller's template gave no
 // value to be invalid. No key is made.
 func TestPQCUnwrapInvalid(t *testing.T) {
@@ -68,9 +70,20 @@ func TestPQCUnwrapInvalid(t *testing.T) {
 	_, mlOther := mldsa44.NewKeyFromSeed(&[32]byte{2})
 	mlOtherT0 := must(mlKey.MarshalBinary())
 	copy(mlOtherT0[mldsaT0:], must(mlOther.MarshalBinary())[mldsaT0:])
+	// An ML-KEM-512 dk with another key's dk_PKE (2·384 bytes): its ek and
+	// H(ek) are its own.
+	_, kemKey := mlkem512.Scheme().DeriveKeyPair(bytes.Repeat([]byte{1}, 64))
+	_, kemOther := mlkem512.Scheme().DeriveKeyPair(bytes.Repeat([]byte{2}, 64))
+	kemOtherPKE := must(kemKey.MarshalBinary())
+	copy(kemOtherPKE[:2*384], must(kemOther.MarshalBinary())[:2*384])
+	mlkem512OID := asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 4, 1}
 
 	tmpl := func(kt uint64) wire.Value {
-		return T(AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY), AU(ck.CKA_KEY_TYPE, kt), AB(ck.CKA_SIGN, true))
+		use := AB(ck.CKA_SIGN, true)
+		if kt == ck.CKK_ML_KEM {
+			use = AB(ck.CKA_DECAPSULATE, true)
+		}
+		return T(AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY), AU(ck.CKA_KEY_TYPE, kt), use)
 	}
 	privs := func() int { return len(s.Find(h, AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY))) }
 	before := privs()
@@ -85,6 +98,7 @@ func TestPQCUnwrapInvalid(t *testing.T) {
 			bytes.Repeat([]byte{1}, 32), make([]byte, mldsa44.PrivateKeySize)})))},
 		{"ML-DSA expanded key of the wrong length", ck.CKK_ML_DSA, pkcs8(mldsa44OID, must(asn1.Marshal(make([]byte, 100))))},
 		{"ML-DSA expanded key with another's t0", ck.CKK_ML_DSA, pkcs8(mldsa44OID, must(asn1.Marshal(mlOtherT0)))},
+		{"ML-KEM dk with another's dk_PKE", ck.CKK_ML_KEM, pkcs8(mlkem512OID, must(asn1.Marshal(kemOtherPKE)))},
 		{"SLH-DSA of the wrong length", ck.CKK_SLH_DSA, pkcs8(slh128fOID, slhBytes[1:])},
 		{"SLH-DSA with another root", ck.CKK_SLH_DSA, pkcs8(slh128fOID, slhBadRoot)},
 	} {
@@ -95,7 +109,8 @@ func TestPQCUnwrapInvalid(t *testing.T) {
 	if n := privs() - before; n != 0 {
 		t.Fatalf("refused unwraps made %d keys", n)
 	}
-	// The same SLH-DSA and ML-DSA keys whole unwrap.
+	// The same SLH-DSA, ML-DSA and ML-KEM keys whole unwrap.
 	s.Must(ck.CKR_OK, "C_UnwrapKey", U(h), M(ck.CKM_AES_KEY_WRAP_KWP), U(kek), B(wrap(pkcs8(slh128fOID, slhBytes))), tmpl(ck.CKK_SLH_DSA), None())
 	s.Must(ck.CKR_OK, "C_UnwrapKey", U(h), M(ck.CKM_AES_KEY_WRAP_KWP), U(kek), B(wrap(pkcs8(mldsa44OID, must(asn1.Marshal(must(mlKey.MarshalBinary())))))), tmpl(ck.CKK_ML_DSA), None())
+	s.Must(ck.CKR_OK, "C_UnwrapKey", U(h), M(ck.CKM_AES_KEY_WRAP_KWP), U(kek), B(wrap(pkcs8(mlkem512OID, must(asn1.Marshal(must(kemKey.MarshalBinary())))))), tmpl(ck.CKK_ML_KEM), None())
 }
