@@ -211,6 +211,13 @@ func (e *Engine) initToken(ctx context.Context, app *App, slot uint64, pin, labe
 	if err != nil {
 		return err
 	}
+	if !scopeOf(app).Sees(name) {
+		// A remote identity's new label must be one it sees: another
+		// would hand the token, with whatever its SO set up in it, to
+		// the identities that see that label.
+		e.log.Info("C_InitToken refused: the new label is outside the client's tokens", "remote", scopeOf(app).Identity)
+		return ck.Error(ck.CKR_ARGUMENTS_BAD)
+	}
 	if all, _ := e.sessionCounts(ti.UUID); all > 0 {
 		return ck.Error(ck.CKR_SESSION_EXISTS)
 	}
