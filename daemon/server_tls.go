@@ -100,6 +100,7 @@ func (s *Server) ServeTLS(ctx context.Context, ln net.Listener, rc RemoteConfig)
 		rs.mu.Unlock()
 	}()
 	var open atomic.Int64
+	shaking := handshakes{byHost: map[string]int{}}
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -114,6 +115,13 @@ func (s *Server) ServeTLS(ctx context.Context, ln net.Listener, rc RemoteConfig)
 		}
 		if open.Load() >= maxConns {
 			s.log.Warn("remote connection refused: too many connections", "limit", maxConns, "from", c.RemoteAddr().String())
+			c.Close()
+			continue
+		}
+		host := hostOf(c.RemoteAddr())
+		if !shaking.enter(host) {
+			// Not logged at Warn: a flood would flood the log too.
+			s.log.Debug("remote connection refused: too many handshakes under way", "from", c.RemoteAddr().String())
 			c.Close()
 			continue
 		}
@@ -136,7 +144,10 @@ func (s *Server) ServeTLS(ctx context.Context, ln net.Listener, rc RemoteConfig)
 		go func() {
 			defer wg.Done()
 			defer open.Add(-1)
-			s.serveTLSConn(ctx, tc, rc)
+			var once sync.Once
+			shaken := func() { once.Do(func() { shaking.leave(host) }) }
+			defer shaken()
+			s.serveTLSConn(ctx, tc, rc, shaken)
 			tc.Close()
 			rs.mu.Lock()
 			delete(rs.conns, tc)
@@ -145,8 +156,9 @@ func (s *Server) ServeTLS(ctx context.Context, ln net.Listener, rc RemoteConfig)
 	}
 }
 
-// serveTLSConn runs a connection's handshake and hello, then serves it.
-func (s *Server) serveTLSConn(ctx context.Context, tc *timedConn, rc RemoteConfig) {
+// serveTLSConn runs a connection's handshake and hello, then serves it;
+// shaken is called once the handshake is over.
+func (s *Server) serveTLSConn(ctx context.Context, tc *timedConn, rc RemoteConfig, shaken func()) {
 	conn := tc.Conn.(*tls.Conn)
 	from := conn.RemoteAddr().String()
 	deadline := time.Now().Add(rc.Handshake)
@@ -154,6 +166,7 @@ func (s *Server) serveTLSConn(ctx context.Context, tc *timedConn, rc RemoteConfi
 	hctx, cancel := context.WithDeadline(ctx, deadline)
 	err := conn.HandshakeContext(hctx)
 	cancel()
+	shaken()
 	if err != nil {
 		// A refused certificate is the client's to fix: the module logs
 		// the alert it got; the daemon says why at Info.
@@ -300,4 +313,57 @@ func (c *timedConn) stop() {
 	if !c.framing.Load() {
 		c.SetReadDeadline(time.Now())
 	}
+}
+
+// Connections in their TLS handshake have shown no certificate yet, so
+// nothing but their address tells them apart: a host (an IPv4 address,
+// or an IPv6 /64, which one machine usually holds whole) may have
+// maxHandshakesPerHost under way, and all hosts together maxHandshakes,
+// so that one that opens connections and never finishes them (each may
+// take the handshake timeout) neither holds every slot of the listener
+// nor keeps other hosts' clients out; past its share its connections are
+// closed at once. A client's module dials one connection per thread that
+// needs one, far below the share.
+const (
+	maxHandshakesPerHost = 64
+	maxHandshakes        = maxConns / 2
+)
+
+// handshakes counts the connections in their handshake, by host.
+type handshakes struct {
+	mu     sync.Mutex
+	all    int
+	byHost map[string]int
+}
+
+func (h *handshakes) enter(host string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.all >= maxHandshakes || h.byHost[host] >= maxHandshakesPerHost {
+		return false
+	}
+	h.all++
+	h.byHost[host]++
+	return true
+}
+
+func (h *handshakes) leave(host string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.all--
+	if h.byHost[host]--; h.byHost[host] <= 0 {
+		delete(h.byHost, host)
+	}
+}
+
+// hostOf is the host a connection's handshake is counted against.
+func hostOf(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a.String()
+	}
+	if ip4 := ta.IP.To4(); ip4 != nil {
+		return ip4.String()
+	}
+	return ta.IP.Mask(net.CIDRMask(64, 128)).String()
 }

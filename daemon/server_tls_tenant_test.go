@@ -1,8 +1,11 @@
 package daemon
 
 import (
+	"io"
+	"net"
 	"slices"
 	"testing"
+	"time"
 
 	"hsmemu/cryptoki/ck"
 	. "hsmemu/cryptoki/wire/wiretest"
@@ -35,5 +38,42 @@ func TestTLSReinitStaysInScope(t *testing.T) {
 	app1.Must(ck.CKR_OK, "C_InitToken", U(pay), S(SOPIN), Label32("ops"))
 	if got := app1.Slots(); !slices.Equal(got, []uint64{pay}) {
 		t.Fatalf("cn:app1 sees slots %v after relabelling its token", got)
+	}
+}
+
+// TestTLSHandshakeFlood: a host with no certificate that opens
+// connections and never finishes their handshakes holds only its own
+// share of the listener's slots; a client of another host still gets
+// through (before the share, the flood held every slot until the
+// handshake timeout, and every new client was refused).
+func TestTLSHandshakeFlood(t *testing.T) {
+	t.Parallel()
+	pki := remotetest.New(t)
+	d := startTLSDaemon(t, pki, testPolicy(t), func(rc *RemoteConfig) {
+		rc.Handshake = time.Minute // the flood outlasts the test
+	})
+	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	var flood []net.Conn
+	t.Cleanup(func() {
+		for _, c := range flood {
+			c.Close()
+		}
+	})
+	for range maxConns + 8 {
+		c, err := dialer.Dial("tcp", d.tlsAddr)
+		if err != nil {
+			t.Fatalf("flood connection %d: %v", len(flood), err)
+		}
+		flood = append(flood, c)
+	}
+	// The listener takes connections in their order, so by the time it
+	// takes this one it has taken (or turned away) the whole flood.
+	cl := d.dialTLS(t, pki, pki.App)
+	cl.Slots()
+	// The flood's connections past its share were closed at once.
+	last := flood[len(flood)-1]
+	last.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if n, err := last.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("a flood connection past the host's share: read %d, %v; want EOF", n, err)
 	}
 }
