@@ -51,7 +51,9 @@ Example:
 			&cli.IntFlag{Name: "pin-max-failures", Usage: "wrong PINs in a row that lock a role", Value: 10},
 			&cli.IntFlag{Name: "memory-budget", Usage: "MiB that requests and replies in flight may hold, all connections together (half each)", Value: daemon.DefaultBudget >> 20},
 			&cli.IntFlag{Name: "operation-budget", Usage: "MiB that operations may hold between calls, all applications together (multipart AEAD input, outputs kept after a length query)", Value: token.DefaultOpBudget >> 20},
+			&cli.IntFlag{Name: "session-budget", Usage: "MiB that session objects and searches' results may hold, all applications together", Value: token.DefaultSessionBudget >> 20},
 			&cli.IntFlag{Name: "max-sessions", Usage: "sessions one application may have open at once (CK_TOKEN_INFO's ulMaxSessionCount)", Value: token.DefaultMaxSessions},
+			&cli.IntFlag{Name: "max-sessions-total", Usage: "sessions all applications together may have open at once", Value: token.DefaultMaxAllSessions},
 			&cli.BoolFlag{Name: "legacy-algorithms", Usage: "enable the legacy algorithms on tokens that are not premium: single and triple DES, DSA, RSA keys of 1024 bits, SHA-1 in new signatures (docs/mechanisms.md)"},
 			&cli.DurationFlag{Name: "pin-cache-ttl", Usage: "how long a PIN that opened its token is remembered after its last use, sparing later logins the Argon2id stretch (0 never)", Value: 15 * time.Minute},
 			&cli.StringFlag{Name: "pprof", Usage: "serve Go's profiler (net/http/pprof) on a Unix socket at this path, created 0600 (curl --unix-socket PATH http://x/debug/pprof/)"},
@@ -129,15 +131,19 @@ Example:
 			if maxSessions < 1 || maxSessions > 1<<24 {
 				return cli.Exit("hsmemu serve: --max-sessions must be 1 to 16777216", 2)
 			}
+			allSessions := c.Int("max-sessions-total")
+			if allSessions < 1 || allSessions > 1<<30 {
+				return cli.Exit("hsmemu serve: --max-sessions-total must be 1 to 1073741824", 2)
+			}
 			delay := c.Duration("pin-failure-delay")
 			if delay <= 0 {
 				delay = -1
 			}
-			memBudget, opBudget := c.Int("memory-budget"), c.Int("operation-budget")
-			if memBudget < 1 || memBudget > 1<<20 || opBudget < 1 || opBudget > 1<<20 {
-				return cli.Exit("hsmemu serve: --memory-budget and --operation-budget are 1 to 1048576 MiB", 2)
+			memBudget, opBudget, sessBudget := c.Int("memory-budget"), c.Int("operation-budget"), c.Int("session-budget")
+			if memBudget < 1 || memBudget > 1<<20 || opBudget < 1 || opBudget > 1<<20 || sessBudget < 1 || sessBudget > 1<<20 {
+				return cli.Exit("hsmemu serve: --memory-budget, --operation-budget and --session-budget are 1 to 1048576 MiB", 2)
 			}
-			tuneRuntime(int64(memBudget+opBudget) << 20)
+			tuneRuntime(int64(memBudget+opBudget+sessBudget) << 20)
 			st, err := daemon.OpenState(ctx, daemon.StateConfig{Dir: dir, DB: c.String("db"), TPM: c.String("tpm"), TPMStateKey: tpmStateKey(c), Logger: log,
 				Store: keystore.Options{Argon2: argon, MaxPINFailures: maxFail, PINCacheTTL: pinCacheTTL(c.Duration("pin-cache-ttl")),
 					PasswordFile: c.String("db-password-file"), StatementTimeout: c.Duration("db-statement-timeout")}})
@@ -192,7 +198,8 @@ Example:
 			// start and then every --purge-interval (an hour).
 			d := daemon.New(st, log, daemon.Config{
 				Engine: token.Config{DefaultTier: tier, MaxPINFailures: maxFail, FailureDelay: delay, MaxSessions: maxSessions,
-					LegacyAlgorithms: c.Bool("legacy-algorithms"), OpBudget: int64(opBudget) << 20},
+					LegacyAlgorithms: c.Bool("legacy-algorithms"), OpBudget: int64(opBudget) << 20,
+					SessionBudget: int64(sessBudget) << 20, MaxAllSessions: allSessions},
 				Server:     srvCfg,
 				Version:    Version,
 				PurgeEvery: c.Duration("purge-interval"),

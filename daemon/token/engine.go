@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"hsmemu/cryptoki/ck"
@@ -45,6 +46,14 @@ type Config struct {
 	// An operation that would take more gets CKR_DEVICE_MEMORY. Zero
 	// means DefaultOpBudget.
 	OpBudget int64
+	// MaxAllSessions bounds the sessions of all applications together;
+	// one more is CKR_SESSION_COUNT. Zero means DefaultMaxAllSessions.
+	MaxAllSessions int
+	// SessionBudget bounds the memory all applications' sessions hold
+	// together besides themselves (sessmem.go): their session objects
+	// and their searches' results. Past it an object or a search is
+	// CKR_DEVICE_MEMORY. Zero means DefaultSessionBudget.
+	SessionBudget int64
 }
 
 // Memory bounds of operations (docs/mechanisms.md, "Operations in
@@ -88,6 +97,10 @@ type Engine struct {
 	legacy *mech.Table
 	// opMem is what operations hold between calls (Config.OpBudget).
 	opMem *budget.Budget
+	// sessMem is what sessions hold (Config.SessionBudget), allSessions
+	// how many there are (Config.MaxAllSessions).
+	sessMem     *budget.Budget
+	allSessions atomic.Int64
 
 	mu     sync.Mutex
 	apps   map[AppID]*App
@@ -146,10 +159,16 @@ func New(store Store, log *slog.Logger, cfg Config) *Engine {
 	if cfg.OpBudget <= 0 {
 		cfg.OpBudget = DefaultOpBudget
 	}
+	if cfg.MaxAllSessions <= 0 {
+		cfg.MaxAllSessions = DefaultMaxAllSessions
+	}
+	if cfg.SessionBudget <= 0 {
+		cfg.SessionBudget = DefaultSessionBudget
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{store: store, log: log, cfg: cfg, mechs: mech.New(), opMem: budget.New(cfg.OpBudget),
+	e := &Engine{store: store, log: log, cfg: cfg, mechs: mech.New(), opMem: budget.New(cfg.OpBudget), sessMem: budget.New(cfg.SessionBudget),
 		apps: map[AppID]*App{}, logins: map[keystore.UUID]*tokenLogin{}, quit: make(chan struct{}), ivBlock: ivBlock}
 	if cfg.LegacyAlgorithms {
 		e.legacy = e.mechs.WithLegacy()
@@ -216,6 +235,10 @@ type sessionObject struct {
 	owner   uint64 // the session that created it
 	private bool
 	ivs     *ivCounter // an AES key's IV counter, from its first use (ivcounter.go)
+	// mem is the session budget it is charged to, charged its charge
+	// (sessmem.go); both guarded by App.mu.
+	mem     *budget.Budget
+	charged int64
 }
 
 // Attach registers a connection of application id from the given process.

@@ -85,7 +85,7 @@ func (s *session) endOps() {
 	for k := range msgKinds {
 		s.endMsg(k)
 	}
-	s.find = nil
+	s.endFind()
 }
 
 // lenRange is the CK_RV for input of a length the operation cannot take:

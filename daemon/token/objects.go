@@ -57,6 +57,7 @@ func (app *App) dropHandle(h uint64) {
 			delete(app.byObject, ref.id)
 		} else {
 			delete(app.memHandles, h)
+			ref.mem.uncharge()
 		}
 	}
 }
@@ -136,7 +137,11 @@ func (e *Engine) keep(ctx context.Context, app *App, s *session, verb string, m 
 		if _, ok := app.sessions[s.handle]; !ok {
 			return 0, ck.Error(ck.CKR_SESSION_CLOSED)
 		}
-		return app.memHandle(s.token, &sessionObject{obj: o, owner: s.handle, private: private}), nil
+		so := &sessionObject{obj: o, owner: s.handle, private: private}
+		if err := so.charge(e.sessMem, objectCost(o)); err != nil {
+			return 0, err
+		}
+		return app.memHandle(s.token, so), nil
 	}
 	var secret []byte
 	if len(o.secret) > 0 {
@@ -376,8 +381,15 @@ func (e *Engine) setAttributes(ctx context.Context, app *App, h, oh uint64, tmpl
 	}
 	if ref.mem != nil {
 		app.mu.Lock()
+		defer app.mu.Unlock()
+		if _, ok := app.handles[oh]; !ok {
+			// Destroyed meanwhile, and its charge given back.
+			return ck.Error(ck.CKR_OBJECT_HANDLE_INVALID)
+		}
+		if err := ref.mem.recharge(n); err != nil {
+			return err
+		}
 		ref.mem.obj = n
-		app.mu.Unlock()
 		return nil
 	}
 	var secret []byte
@@ -400,6 +412,7 @@ func (e *Engine) setAttributes(ctx context.Context, app *App, h, oh uint64, tmpl
 // findOp is a search in progress: its results are fixed when it starts.
 type findOp struct {
 	handles []uint64
+	charged int64 // to the session budget (sessmem.go)
 }
 
 // findObjectsInit starts a search: the keystore narrows it on its indexed
@@ -486,8 +499,7 @@ func (s *session) startFind(op *findOp) error {
 	if s.find != nil {
 		return ck.Error(ck.CKR_OPERATION_ACTIVE)
 	}
-	s.find = op
-	return nil
+	return s.setFind(op)
 }
 
 func nonNil(b []byte) []byte {
@@ -525,7 +537,7 @@ func (e *Engine) findObjectsFinal(ctx context.Context, app *App, h uint64) error
 	if s.find == nil {
 		return ck.Error(ck.CKR_OPERATION_NOT_INITIALIZED)
 	}
-	s.find = nil
+	s.endFind()
 	return nil
 }
 

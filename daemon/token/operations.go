@@ -164,7 +164,7 @@ func (app *App) sessionCancel(h, flags uint64) error {
 		}
 	}
 	if flags&ck.CKF_FIND_OBJECTS != 0 {
-		s.find = nil
+		s.endFind()
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	"hsmemu/internal/budget"
 	"hsmemu/keystore"
 )
 
@@ -21,7 +22,8 @@ type session struct {
 	token  keystore.UUID
 	rw     bool
 
-	tier atomic.Uint32 // the token's keystore.Tier once read; 0 before
+	tier atomic.Uint32  // the token's keystore.Tier once read; 0 before
+	mem  *budget.Budget // the session budget, which its search is charged to
 
 	mu   sync.Mutex
 	find *findOp
@@ -101,9 +103,16 @@ func (e *Engine) openSession(ctx context.Context, app *App, slot, flags uint64) 
 	if err := app.Scope.takeSession(); err != nil {
 		return 0, err
 	}
+	// All applications together: each may open MaxSessions, and a
+	// local account may run a thousand of them.
+	if n := e.allSessions.Add(1); n > int64(e.cfg.MaxAllSessions) {
+		e.allSessions.Add(-1)
+		app.Scope.dropSession()
+		return 0, ck.Error(ck.CKR_SESSION_COUNT)
+	}
 	app.nextSession++
 	h := app.nextSession
-	app.sessions[h] = &session{handle: h, slot: slot, token: ti.UUID, rw: rw}
+	app.sessions[h] = &session{handle: h, slot: slot, token: ti.UUID, rw: rw, mem: e.sessMem}
 	return h, nil
 }
 
@@ -118,6 +127,7 @@ func (e *Engine) closeSession(ctx context.Context, app *App, h uint64) error {
 	}
 	delete(app.sessions, h)
 	app.Scope.dropSession()
+	e.allSessions.Add(-1)
 	s.endOps()
 	for oh, ref := range app.memHandles {
 		if ref.mem.owner == h {
