@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -58,9 +59,32 @@ type identState struct {
 
 // remoteConns are the TLS connections being served, for Serve's stop.
 type remoteConns struct {
-	mu     sync.Mutex
-	conns  map[*timedConn]struct{}
-	idents map[string]*identState
+	mu       sync.Mutex
+	conns    map[*timedConn]struct{}
+	idents   map[string]*identState
+	refusals refusalLog
+}
+
+// refusalLog says in the daemon's log that handshakes were refused: at
+// once for the first, then at most once every refusalLogEvery with the
+// count in between. Anyone who can reach the port can fail a handshake,
+// a few thousand a second, and a line each would flood the log (and
+// journald, past its rate limit, would drop the daemon's other lines).
+type refusalLog struct {
+	last    atomic.Int64 // unix nanoseconds of the last line; 0 before the first
+	pending atomic.Int64 // refusals since it
+}
+
+const refusalLogEvery = time.Minute
+
+func (r *refusalLog) note(log *slog.Logger, from string, err error) {
+	r.pending.Add(1)
+	now := time.Now().UnixNano()
+	last := r.last.Load()
+	if last != 0 && now-last < int64(refusalLogEvery) || !r.last.CompareAndSwap(last, now) {
+		return
+	}
+	log.Info("remote connection refused at the TLS handshake", "from", from, "err", err, "refused", r.pending.Swap(0))
 }
 
 // ServeTLS serves the TLS listener ln until ctx ends, as Serve serves the
@@ -170,7 +194,7 @@ func (s *Server) serveTLSConn(ctx context.Context, tc *timedConn, rc RemoteConfi
 	if err != nil {
 		// A refused certificate is the client's to fix: the module logs
 		// the alert it got; the daemon says why at Info.
-		s.log.Info("remote connection refused at the TLS handshake", "from", from, "err", err)
+		s.remote.refusals.note(s.log, from, err)
 		return
 	}
 	cs := conn.ConnectionState()

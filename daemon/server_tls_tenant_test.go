@@ -2,14 +2,18 @@ package daemon
 
 import (
 	"io"
+	"log/slog"
 	"net"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
 	"hsmemu/cryptoki/ck"
 	. "hsmemu/cryptoki/wire/wiretest"
+	"hsmemu/daemon/remote"
 	"hsmemu/daemon/remote/remotetest"
+	"hsmemu/daemon/token"
 )
 
 // TestTLSReinitStaysInScope: a tenant that holds its token's SO PIN
@@ -76,4 +80,41 @@ func TestTLSHandshakeFlood(t *testing.T) {
 	if n, err := last.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("a flood connection past the host's share: read %d, %v; want EOF", n, err)
 	}
+}
+
+// TestTLSRefusalsLogged: handshakes that fail, which anyone who reaches
+// the port can make by the thousand, are logged at once and then counted
+// into one line a minute (before, each was a line of the daemon's log).
+func TestTLSRefusalsLogged(t *testing.T) {
+	t.Parallel()
+	pki := remotetest.New(t)
+	certs, err := remote.LoadCerts(pki.Daemon.Cert, pki.Daemon.Key, pki.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := testPolicy(t)
+	dir := t.TempDir()
+	logs := &syncBuf{}
+	d := &testDaemon{dir: dir, sock: filepath.Join(dir, "s"), log: slog.New(slog.NewJSONHandler(logs, nil)),
+		remote: &RemoteConfig{Certs: certs, Policy: func() *remote.Policy { return policy }}}
+	d.start(t, token.Config{})
+	const n = 20
+	for range n {
+		c, err := net.Dial("tcp", d.tlsAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		io.ReadAll(c) // the daemon closes it
+		c.Close()
+	}
+	// The listener logs a refusal before it closes the connection.
+	lines := logs.lines(t, "remote connection refused at the TLS handshake")
+	// One line, or two should the loop have straddled a minute.
+	if len(lines) == 0 || len(lines) > 2 {
+		t.Fatalf("%d refused handshakes logged in %d lines", n, len(lines))
+	}
+	// A client with a certificate is still served.
+	d.dialTLS(t, pki, pki.App).Slots()
 }
