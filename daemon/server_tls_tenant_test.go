@@ -118,3 +118,37 @@ func TestTLSRefusalsLogged(t *testing.T) {
 	// A client with a certificate is still served.
 	d.dialTLS(t, pki, pki.App).Slots()
 }
+
+// TestTLSWrongPINsPerIdentity: every wrong PIN counts in the TPM's one
+// dictionary-attack counter, which locks every token's PIN checks past
+// its maximum. A tenant that holds its token's SO PIN could unlock its
+// user again and again and spend that count alone; its identity may now
+// have only 10 wrong PINs checked (one more a minute), reconnecting or
+// not, while other identities and local clients go on.
+func TestTLSWrongPINsPerIdentity(t *testing.T) {
+	t.Parallel()
+	pki := remotetest.New(t)
+	d := startTLSDaemon(t, pki, testPolicy(t), nil)
+	local := d.dial(t)
+	pay, ops := local.NewToken("pay"), local.NewToken("ops")
+
+	tenant := d.dialTLS(t, pki, pki.App)
+	h := tenant.Open(pay, true)
+	for i := range 10 {
+		if rv, _ := tenant.Call("C_Login", U(h), U(ck.CKU_USER), S("wrong-pin")); rv != ck.CKR_PIN_INCORRECT && rv != ck.CKR_PIN_LOCKED {
+			t.Fatalf("wrong PIN %d: %#x", i, rv)
+		}
+	}
+	// The user is locked; its SO would unlock it and spend 10 more. Not
+	// now, on any connection of the identity.
+	tenant.Must(ck.CKR_PIN_LOCKED, "C_Login", U(h), U(ck.CKU_SO), S(SOPIN))
+	again := d.dialTLS(t, pki, pki.App)
+	h2 := again.Open(ops, true)
+	again.Must(ck.CKR_PIN_LOCKED, "C_Login", U(h2), U(ck.CKU_USER), S(UserPIN))
+	again.Must(ck.CKR_PIN_LOCKED, "C_SetPIN", U(h2), S(UserPIN), S("another-pin"))
+
+	// Another identity, and a local client, are not held to it.
+	admin := d.dialTLS(t, pki, pki.Admin)
+	admin.Must(ck.CKR_OK, "C_Login", U(admin.Open(ops, false)), U(ck.CKU_USER), S(UserPIN))
+	local.Must(ck.CKR_OK, "C_Login", U(local.Open(pay, true)), U(ck.CKU_SO), S(SOPIN))
+}

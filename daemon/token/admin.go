@@ -83,7 +83,7 @@ func (u *UserSession) Stored(ctx context.Context, h uint64) (*keystore.Object, e
 // check runs: one at a time per token, after the delay earlier failures
 // earned, starting the next delay when the PIN was wrong.
 func (e *Engine) PINAttempt(ctx context.Context, token keystore.UUID, role keystore.Role, check func() error) error {
-	return e.pinAttempt(ctx, token, role, check)
+	return e.pinAttempt(ctx, nil, token, role, check)
 }
 
 // ClearDelay forgets the delay a role's failures earned, once its count

@@ -105,6 +105,8 @@ type Engine struct {
 	mu     sync.Mutex
 	apps   map[AppID]*App
 	logins map[keystore.UUID]*tokenLogin // per token: who holds its data key open
+	// pinSpent is, per remote identity, its wrong PINs (pinspend.go).
+	pinSpent map[string]*pinSpend
 
 	ivs ivCounters // the IV counters of token keys (ivcounter.go)
 	// ivBlock is how many IVs a counter reserves at a time: ivBlock but
@@ -169,7 +171,7 @@ func New(store Store, log *slog.Logger, cfg Config) *Engine {
 		log = slog.New(slog.DiscardHandler)
 	}
 	e := &Engine{store: store, log: log, cfg: cfg, mechs: mech.New(), opMem: budget.New(cfg.OpBudget), sessMem: budget.New(cfg.SessionBudget),
-		apps: map[AppID]*App{}, logins: map[keystore.UUID]*tokenLogin{}, quit: make(chan struct{}), ivBlock: ivBlock}
+		apps: map[AppID]*App{}, logins: map[keystore.UUID]*tokenLogin{}, pinSpent: map[string]*pinSpend{}, quit: make(chan struct{}), ivBlock: ivBlock}
 	if cfg.LegacyAlgorithms {
 		e.legacy = e.mechs.WithLegacy()
 	}

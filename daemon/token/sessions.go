@@ -216,7 +216,7 @@ func (e *Engine) login(ctx context.Context, app *App, h, userType uint64, pin []
 			return ck.Error(ck.CKR_ARGUMENTS_BAD)
 		}
 		return contextLogin(s, func() error {
-			err := e.pinAttempt(ctx, s.token, keystore.RoleUser, func() error {
+			err := e.pinAttempt(ctx, app.Scope, s.token, keystore.RoleUser, func() error {
 				return e.store.Login(ctx, s.token, keystore.RoleUser, pin)
 			})
 			if errors.Is(err, keystore.ErrPINIncorrect) {
@@ -255,6 +255,9 @@ func (e *Engine) login(ctx context.Context, app *App, h, userType uint64, pin []
 	if err := e.waitAfterFailures(ctx, tl, role, s.token); err != nil {
 		return err
 	}
+	if err := e.mayTryPIN(app.Scope); err != nil {
+		return err
+	}
 	for try := 0; ; try++ {
 		ended := e.reserveLogin(s.token)
 		again, err := e.login1(ctx, app, s, h, role, pin, tl, ended)
@@ -285,6 +288,7 @@ func (e *Engine) login1(ctx context.Context, app *App, s *session, h uint64, rol
 	who := actor(app, RoleName(role))
 	if errors.Is(err, keystore.ErrPINIncorrect) {
 		e.afterFailure(tl, role, s.token)
+		e.spentPIN(app.Scope)
 		e.auditPINFailure(ctx, who, s.token, role, "login.failure")
 	}
 	if errors.Is(err, keystore.ErrPINLocked) {
@@ -357,17 +361,22 @@ func (e *Engine) waitAfterFailures(ctx context.Context, tl *tokenLogin, role key
 
 // pinAttempt runs check, a check of role's PIN on the token, under the
 // token's attempt lock and after the delay earned by earlier failures, and
-// starts the next delay when the PIN was wrong.
-func (e *Engine) pinAttempt(ctx context.Context, token keystore.UUID, role keystore.Role, check func() error) error {
+// starts the next delay when the PIN was wrong. sc is the scope of the
+// client whose PIN it is (nil for a local one, or the administrator).
+func (e *Engine) pinAttempt(ctx context.Context, sc *Scope, token keystore.UUID, role keystore.Role, check func() error) error {
 	tl := e.tokenLogin(token)
 	tl.attempt.Lock()
 	defer tl.attempt.Unlock()
 	if err := e.waitAfterFailures(ctx, tl, role, token); err != nil {
 		return err
 	}
+	if err := e.mayTryPIN(sc); err != nil {
+		return err
+	}
 	err := check()
 	if errors.Is(err, keystore.ErrPINIncorrect) {
 		e.afterFailure(tl, role, token)
+		e.spentPIN(sc)
 	}
 	return err
 }
@@ -430,7 +439,7 @@ func (e *Engine) setPIN(ctx context.Context, app *App, h uint64, oldPIN, newPIN 
 	if r, in := app.role(s); in {
 		role = r
 	}
-	err = e.pinAttempt(ctx, s.token, role, func() error {
+	err = e.pinAttempt(ctx, app.Scope, s.token, role, func() error {
 		return e.store.SetPIN(ctx, s.token, role, oldPIN, newPIN)
 	})
 	who := actor(app, sessionRole(app, s))

@@ -222,7 +222,7 @@ func (e *Engine) initToken(ctx context.Context, app *App, slot uint64, pin, labe
 		return ck.Error(ck.CKR_SESSION_EXISTS)
 	}
 	// The SO PIN is checked here as at login: the same delays apply.
-	err = e.pinAttempt(ctx, ti.UUID, keystore.RoleSO, func() error {
+	err = e.pinAttempt(ctx, scopeOf(app), ti.UUID, keystore.RoleSO, func() error {
 		return e.store.Reinit(ctx, ti.UUID, pin, name)
 	})
 	if errors.Is(err, keystore.ErrPINIncorrect) {
