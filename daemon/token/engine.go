@@ -237,9 +237,9 @@ type sessionObject struct {
 	owner   uint64 // the session that created it
 	private bool
 	ivs     *ivCounter // an AES key's IV counter, from its first use (ivcounter.go)
-	// mem is the session budget it is charged to, charged its charge
-	// (sessmem.go); both guarded by App.mu.
-	mem     *budget.Budget
+	// mem is where it is charged, charged its charge (sessmem.go);
+	// both guarded by App.mu.
+	mem     sessCharge
 	charged int64
 }
 

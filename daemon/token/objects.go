@@ -138,7 +138,7 @@ func (e *Engine) keep(ctx context.Context, app *App, s *session, verb string, m 
 			return 0, ck.Error(ck.CKR_SESSION_CLOSED)
 		}
 		so := &sessionObject{obj: o, owner: s.handle, private: private}
-		if err := so.charge(e.sessMem, objectCost(o)); err != nil {
+		if err := so.charge(e.sessCharge(app), objectCost(o)); err != nil {
 			return 0, err
 		}
 		return app.memHandle(s.token, so), nil

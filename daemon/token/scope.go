@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 
 	"hsmemu/cryptoki/ck"
+	"hsmemu/internal/budget"
 	"hsmemu/keystore"
 )
 
@@ -28,6 +29,9 @@ type Scope struct {
 	limit  int // sessions of all its applications together; 0: no limit
 
 	sessions atomic.Int64
+	// mem is its applications' share of the session budget, made at
+	// their first session (sessionShare).
+	mem *budget.Budget
 }
 
 // NewScope returns a scope for identity; Grant says what it sees.
@@ -110,4 +114,18 @@ func (s *Scope) visible(ti keystore.TokenInfo, err error) bool {
 		return s.all
 	}
 	return s.Sees(ti.Label)
+}
+
+// sessionShare is the scope's share of the session budget, of size
+// bytes (sessmem.go); nil, no share of its own, for no scope.
+func (s *Scope) sessionShare(size int64) *budget.Budget {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mem == nil {
+		s.mem = budget.New(size)
+	}
+	return s.mem
 }

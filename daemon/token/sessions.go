@@ -10,7 +10,6 @@ import (
 	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
-	"hsmemu/internal/budget"
 	"hsmemu/keystore"
 )
 
@@ -22,8 +21,8 @@ type session struct {
 	token  keystore.UUID
 	rw     bool
 
-	tier atomic.Uint32  // the token's keystore.Tier once read; 0 before
-	mem  *budget.Budget // the session budget, which its search is charged to
+	tier atomic.Uint32 // the token's keystore.Tier once read; 0 before
+	mem  sessCharge    // where its search is charged (sessmem.go)
 
 	mu   sync.Mutex
 	find *findOp
@@ -112,7 +111,7 @@ func (e *Engine) openSession(ctx context.Context, app *App, slot, flags uint64) 
 	}
 	app.nextSession++
 	h := app.nextSession
-	app.sessions[h] = &session{handle: h, slot: slot, token: ti.UUID, rw: rw, mem: e.sessMem}
+	app.sessions[h] = &session{handle: h, slot: slot, token: ti.UUID, rw: rw, mem: e.sessCharge(app)}
 	return h, nil
 }
 

@@ -49,10 +49,40 @@ func objectCost(o *Object) int64 {
 	return n
 }
 
+// remoteShare: a remote identity's applications together may hold at
+// most this part of the session budget, so that one tenant that spends
+// its share leaves the others room for their searches and objects.
+const remoteShare = 8
+
+// sessCharge is where what a session holds is charged: the session
+// budget, and first, for a remote client, its identity's share of it.
+type sessCharge struct{ all, share *budget.Budget }
+
+// sessCharge is where app's sessions are charged.
+func (e *Engine) sessCharge(app *App) sessCharge {
+	return sessCharge{all: e.sessMem, share: app.Scope.sessionShare(e.cfg.SessionBudget / remoteShare)}
+}
+
+func (c sessCharge) take(n int64) bool {
+	if !c.share.TryAcquire(n) {
+		return false
+	}
+	if !c.all.TryAcquire(n) {
+		c.share.Release(n)
+		return false
+	}
+	return true
+}
+
+func (c sessCharge) give(n int64) {
+	c.share.Release(n)
+	c.all.Release(n)
+}
+
 // charge takes n bytes of mem for a session object that is about to
 // hold them.
-func (so *sessionObject) charge(mem *budget.Budget, n int64) error {
-	if !mem.TryAcquire(n) {
+func (so *sessionObject) charge(mem sessCharge, n int64) error {
+	if !mem.take(n) {
 		return errSessionMemory
 	}
 	so.mem, so.charged = mem, n
@@ -65,11 +95,11 @@ func (so *sessionObject) recharge(o *Object) error {
 	n := objectCost(o)
 	switch {
 	case n > so.charged:
-		if !so.mem.TryAcquire(n - so.charged) {
+		if !so.mem.take(n - so.charged) {
 			return errSessionMemory
 		}
 	case n < so.charged:
-		so.mem.Release(so.charged - n)
+		so.mem.give(so.charged - n)
 	}
 	so.charged = n
 	return nil
@@ -77,17 +107,15 @@ func (so *sessionObject) recharge(o *Object) error {
 
 // uncharge gives a dropped session object's charge back.
 func (so *sessionObject) uncharge() {
-	if so.mem != nil {
-		so.mem.Release(so.charged)
-		so.charged = 0
-	}
+	so.mem.give(so.charged)
+	so.charged = 0
 }
 
 // setFind makes op the session's search, charged for its results.
 // s.mu is held.
 func (s *session) setFind(op *findOp) error {
 	n := int64(len(op.handles)) * handleCost
-	if !s.mem.TryAcquire(n) {
+	if !s.mem.take(n) {
 		return errSessionMemory
 	}
 	op.charged = n
@@ -99,7 +127,7 @@ func (s *session) setFind(op *findOp) error {
 // s.mu is held.
 func (s *session) endFind() {
 	if s.find != nil {
-		s.mem.Release(s.find.charged)
+		s.mem.give(s.find.charged)
 		s.find = nil
 	}
 }
