@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -24,6 +23,9 @@ const peerEnv = "HSMEMU_TEST_PEER_CHILD"
 func TestMain(m *testing.M) {
 	if sock := os.Getenv(peerEnv); sock != "" {
 		os.Exit(peerChild(sock))
+	}
+	if sock := os.Getenv(floodEnv); sock != "" {
+		os.Exit(floodChild(sock))
 	}
 	os.Exit(m.Run())
 }
@@ -64,23 +66,7 @@ func TestAdminPeerCredentials(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o755)
-	// The client is this test binary, copied where that user can run it.
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "client")
-	src, err := os.Open(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst, err := os.OpenFile(bin, os.O_CREATE|os.O_WRONLY, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(dst, src)
-	src.Close()
-	dst.Close()
+	bin := copySelf(t, dir)
 
 	run := func(allow []uint32) string {
 		t.Helper()

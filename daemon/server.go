@@ -51,6 +51,7 @@ type Server struct {
 	mu       sync.Mutex
 	stopping bool
 	conns    map[*net.UnixConn]*fdConn // the raw side, once past the hello
+	refused  map[uint32]int            // by uid, connections of users not allowed
 	wg       sync.WaitGroup
 
 	remote remoteConns // the TLS listener's (server_tls.go)
@@ -61,7 +62,8 @@ func NewServer(eng *token.Engine, adm *admin.Handler, log *slog.Logger, cfg Serv
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{eng: eng, admin: adm, log: log, cfg: cfg, lim: newLimits(cfg.Limits), conns: map[*net.UnixConn]*fdConn{}}
+	return &Server{eng: eng, admin: adm, log: log, cfg: cfg, lim: newLimits(cfg.Limits), conns: map[*net.UnixConn]*fdConn{},
+		refused: map[uint32]int{}}
 }
 
 // connCount is how many connections the server holds.
@@ -148,6 +150,15 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 			}
 			return fmt.Errorf("accept: %w", err)
 		}
+		// A user the daemon does not allow, who can reach the socket
+		// all the same (a member of its group not in --allow-uid), is
+		// refused at its hello, which it may take 10 seconds to send:
+		// it may hold maxRefusedConns connections meanwhile, not every
+		// connection the daemon takes.
+		stranger, uid := false, uint32(0)
+		if cred, err := peer(c); err == nil && !s.allowed(cred.Uid) {
+			stranger, uid = true, cred.Uid
+		}
 		s.mu.Lock()
 		if ctx.Err() != nil {
 			s.mu.Unlock()
@@ -162,6 +173,14 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 			c.Close()
 			continue
 		}
+		if stranger && s.refused[uid] >= maxRefusedConns {
+			s.mu.Unlock()
+			c.Close()
+			continue
+		}
+		if stranger {
+			s.refused[uid]++
+		}
 		s.conns[c] = nil
 		s.wg.Add(1)
 		s.mu.Unlock()
@@ -170,6 +189,11 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 			s.serveConn(ctx, c)
 			s.mu.Lock()
 			delete(s.conns, c)
+			if stranger {
+				if s.refused[uid]--; s.refused[uid] == 0 {
+					delete(s.refused, uid)
+				}
+			}
 			s.mu.Unlock()
 			c.Close()
 		}()
@@ -376,6 +400,9 @@ const (
 	yieldCheck = 16
 	// maxConns bounds the connections the daemon serves at once.
 	maxConns = 1024
+	// maxRefusedConns bounds the connections of one user not allowed,
+	// each on its way to be refused.
+	maxRefusedConns = 16
 	// stopGrace is how long a stopping daemon waits for replies to be read.
 	stopGrace = 5 * time.Second
 )
