@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -19,11 +20,28 @@ import (
 	"hsmemu/daemon/token"
 )
 
-// floodEnv makes the test binary a client run as another user that opens
-// connections to the socket it names and sends nothing on them.
+// floodEnv makes the test binary a client run as another user that has
+// hellos refused by the socket it names, then opens connections to it and
+// sends nothing on them.
 const floodEnv = "HSMEMU_TEST_PEER_FLOOD"
 
+// floodHellos is how many hellos the flooding client has refused.
+const floodHellos = 20
+
 func floodChild(sock string) int {
+	for range floodHellos {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			fmt.Printf("dial: %v\n", err)
+			return 1
+		}
+		c.Write(wire.Hello{Version: wire.Version, AppID: [16]byte{7}, PID: uint32(os.Getpid())}.Marshal())
+		if r, err := wire.ReadHelloReply(c); err != nil || r.Status != wire.StatusRefused {
+			fmt.Printf("hello: %+v %v\n", r, err)
+			return 1
+		}
+		c.Close()
+	}
 	var conns []net.Conn
 	for range maxConns + 16 {
 		c, err := net.Dial("unix", sock)
@@ -43,7 +61,9 @@ func floodChild(sock string) int {
 // allowed (a member of its group not in --allow-uid) holds at most a few
 // connections on their way to be refused, so the users allowed still
 // get in (before, it held every connection the daemon takes, each for
-// the hello's 10 seconds, and every other connection was refused).
+// the hello's 10 seconds, and every other connection was refused); and
+// its refusals are counted into a line a minute of the daemon's log
+// (before, a line each).
 func TestRefusedUserFlood(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("needs root, to run a client as another user")
@@ -65,10 +85,11 @@ func TestRefusedUserFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Chmod(sock, 0o666) // as if the user were in the socket's group
+	logs := &syncBuf{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- NewServer(d.eng, admin.New(d.eng, d.st.Store, nil, admin.Config{}), nil, cfg).Serve(ctx, ln)
+		done <- NewServer(d.eng, admin.New(d.eng, d.st.Store, nil, admin.Config{}), slog.New(slog.NewJSONHandler(logs, nil)), cfg).Serve(ctx, ln)
 	}()
 	defer func() {
 		cancel()
@@ -99,6 +120,10 @@ func TestRefusedUserFlood(t *testing.T) {
 	// The server takes connections in their order: by this one it has
 	// taken (or turned away) the whole flood.
 	wiretest.DialClient(t, sock).Must(ck.CKR_OK, "C_GetSlotList", wire.Value{Byte: 1}, wiretest.Out(64))
+	// One line, or two should the hellos have straddled a minute.
+	if n := len(logs.lines(t, "connection refused: user not allowed")); n == 0 || n > 2 {
+		t.Fatalf("%d refused hellos logged in %d lines", floodHellos, n)
+	}
 }
 
 // copySelf copies the test binary into dir, where another user can run

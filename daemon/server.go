@@ -52,7 +52,9 @@ type Server struct {
 	stopping bool
 	conns    map[*net.UnixConn]*fdConn // the raw side, once past the hello
 	refused  map[uint32]int            // by uid, connections of users not allowed
-	wg       sync.WaitGroup
+	// strangers logs their refusals (refusalLog, server_tls.go).
+	strangers refusalLog
+	wg        sync.WaitGroup
 
 	remote remoteConns // the TLS listener's (server_tls.go)
 }
@@ -255,7 +257,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 		s.log.Warn("connection refused: unknown hello flags", "flags", hello.Flags, "pid", cred.Pid)
 	case !s.allowed(cred.Uid):
 		reply.Status = wire.StatusRefused
-		s.log.Warn("connection refused: user not allowed", "uid", cred.Uid, "pid", cred.Pid)
+		s.strangers.note(s.log, slog.LevelWarn, "connection refused: user not allowed", "uid", cred.Uid, "pid", cred.Pid)
 	default:
 		var fresh, ok bool
 		if app, fresh, ok = s.eng.AttachScoped(token.AppID(hello.AppID), cred.Pid, cred.Uid, nil, hello.Epoch); !ok {

@@ -65,11 +65,13 @@ type remoteConns struct {
 	refusals refusalLog
 }
 
-// refusalLog says in the daemon's log that handshakes were refused: at
-// once for the first, then at most once every refusalLogEvery with the
-// count in between. Anyone who can reach the port can fail a handshake,
-// a few thousand a second, and a line each would flood the log (and
-// journald, past its rate limit, would drop the daemon's other lines).
+// refusalLog says in the daemon's log that connections of a kind were
+// refused: at once for the first, then at most once every
+// refusalLogEvery with the count in between ("refused"). Anyone who can
+// reach the port can fail a handshake, a few thousand a second (and a
+// user not allowed who reaches the socket, a hello), and a line each
+// would flood the log (and journald, past its rate limit, would drop the
+// daemon's other lines).
 type refusalLog struct {
 	last    atomic.Int64 // unix nanoseconds of the last line; 0 before the first
 	pending atomic.Int64 // refusals since it
@@ -77,14 +79,15 @@ type refusalLog struct {
 
 const refusalLogEvery = time.Minute
 
-func (r *refusalLog) note(log *slog.Logger, from string, err error) {
+// note counts a refusal, and logs it with args when a line is due.
+func (r *refusalLog) note(log *slog.Logger, level slog.Level, msg string, args ...any) {
 	r.pending.Add(1)
 	now := time.Now().UnixNano()
 	last := r.last.Load()
 	if last != 0 && now-last < int64(refusalLogEvery) || !r.last.CompareAndSwap(last, now) {
 		return
 	}
-	log.Info("remote connection refused at the TLS handshake", "from", from, "err", err, "refused", r.pending.Swap(0))
+	log.Log(context.Background(), level, msg, append(args, "refused", r.pending.Swap(0))...)
 }
 
 // ServeTLS serves the TLS listener ln until ctx ends, as Serve serves the
@@ -194,7 +197,7 @@ func (s *Server) serveTLSConn(ctx context.Context, tc *timedConn, rc RemoteConfi
 	if err != nil {
 		// A refused certificate is the client's to fix: the module logs
 		// the alert it got; the daemon says why at Info.
-		s.remote.refusals.note(s.log, from, err)
+		s.remote.refusals.note(s.log, slog.LevelInfo, "remote connection refused at the TLS handshake", "from", from, "err", err)
 		return
 	}
 	cs := conn.ConnectionState()
