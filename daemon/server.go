@@ -13,6 +13,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"hsmemu/cryptoki/shmring"
 	"hsmemu/cryptoki/unixfd"
@@ -153,12 +156,12 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 			return fmt.Errorf("accept: %w", err)
 		}
 		// A user the daemon does not allow, who can reach the socket
-		// all the same (a member of its group not in --allow-uid), is
+		// all the same (its mode widened by hand), is
 		// refused at its hello, which it may take 10 seconds to send:
 		// it may hold maxRefusedConns connections meanwhile, not every
 		// connection the daemon takes.
 		stranger, uid := false, uint32(0)
-		if cred, err := peer(c); err == nil && !s.allowed(cred.Uid) {
+		if cred, err := peer(c); err == nil && !s.allowed(c, cred) {
 			stranger, uid = true, cred.Uid
 		}
 		s.mu.Lock()
@@ -218,9 +221,58 @@ func peer(c *net.UnixConn) (*syscall.Ucred, error) {
 	return cred, cerr
 }
 
-func (s *Server) allowed(uid uint32) bool {
-	return uid == 0 || uid == uint32(os.Getuid()) || slices.Contains(s.cfg.AllowUIDs, uid)
+// allowed says whether the peer may use the tokens: root, the daemon's
+// own user, the users --allow-uid names, and the members of the socket's
+// group (--socket-group), by the primary group SO_PEERCRED gives or a
+// supplementary one, as they were when the peer connected.
+func (s *Server) allowed(c *net.UnixConn, cred *syscall.Ucred) bool {
+	if uid := cred.Uid; uid == 0 || uid == uint32(os.Getuid()) || slices.Contains(s.cfg.AllowUIDs, uid) {
+		return true
+	}
+	if s.cfg.Group < 0 {
+		return false
+	}
+	if cred.Gid == uint32(s.cfg.Group) {
+		return true
+	}
+	groups, err := peerGroups(c)
+	return err == nil && slices.Contains(groups, uint32(s.cfg.Group))
 }
+
+// peerGroups returns the connecting process's supplementary groups
+// (SO_PEERGROUPS).
+func peerGroups(c *net.UnixConn) ([]uint32, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var groups []uint32
+	var gerr error
+	if err := raw.Control(func(fd uintptr) {
+		buf := make([]uint32, 32)
+		for {
+			n := uint32(len(buf) * 4)
+			_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_PEERGROUPS,
+				uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&n)), 0)
+			switch {
+			case e == unix.ERANGE && n/4 > uint32(len(buf)) && n/4 <= maxPeerGroups:
+				buf = make([]uint32, n/4) // n is the length needed
+			case e != 0:
+				gerr = e
+				return
+			default:
+				groups = buf[:n/4]
+				return
+			}
+		}
+	}); err != nil {
+		return nil, err
+	}
+	return groups, gerr
+}
+
+// maxPeerGroups is the kernel's NGROUPS_MAX.
+const maxPeerGroups = 65536
 
 func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 	cred, err := peer(c)
@@ -255,7 +307,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 	case hello.Flags != 0:
 		reply.Status = wire.StatusRefused
 		s.log.Warn("connection refused: unknown hello flags", "flags", hello.Flags, "pid", cred.Pid)
-	case !s.allowed(cred.Uid):
+	case !s.allowed(c, cred):
 		reply.Status = wire.StatusRefused
 		s.strangers.note(s.log, slog.LevelWarn, "connection refused: user not allowed", "uid", cred.Uid, "pid", cred.Pid)
 	default:
