@@ -127,7 +127,7 @@ Examples:
 				}
 				defer func() {
 					if err := stopDaemons(); err != nil {
-						fmt.Fprintf(c.App.ErrWriter, "hsmemu bench: stopping the daemons it started: %v\n", err)
+						warn(c, fmt.Sprintf("hsmemu bench: stopping the daemons it started: %v", err))
 					}
 				}()
 				opt.Modules = append(specs, opt.Modules[1:]...)

@@ -57,9 +57,19 @@ func usagef(c *cli.Context, format string, args ...any) error {
 	return failf(c, exitUsage, "usage", format, args...)
 }
 
-// JSONError is what a command given --json writes on stderr when it fails.
+// JSONError is what a command given --json writes on stderr when it fails:
+// the error, and the warnings the command gave on the way (a deprecated
+// flag, an ignored URI attribute), which under --json are never lines of
+// text, so that stderr parses as one JSON value (docs/json.md).
 type JSONError struct {
-	Error JSONErrorBody `json:"error"`
+	Error    JSONErrorBody `json:"error"`
+	Warnings []string      `json:"warnings"`
+}
+
+// JSONWarnings is what a command given --json writes on stderr when it
+// succeeds with warnings: stdout holds its result alone.
+type JSONWarnings struct {
+	Warnings []string `json:"warnings"`
 }
 
 // JSONErrorBody says what failed: Code is one of the documented codes
@@ -83,6 +93,19 @@ type runState struct {
 	// helpNotFound is `hsmemu help NAME`'s error for a NAME that is no
 	// command: urfave/cli would exit 3, the code of a conflict.
 	helpNotFound error
+	// warnings are those given under --json, held for the one JSON value
+	// run writes on stderr.
+	warnings []string
+}
+
+// warn gives a warning of the running command: a line on stderr, or
+// under --json one of the warnings of the JSON value run writes there.
+func warn(c *cli.Context, msg string) {
+	if st, _ := c.App.Metadata["state"].(*runState); st != nil && st.json {
+		st.warnings = append(st.warnings, msg)
+		return
+	}
+	fmt.Fprintln(c.App.ErrWriter, msg)
 }
 
 // Main runs the command line with args (os.Args) and returns the exit
@@ -99,7 +122,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err == nil && st.helpNotFound != nil {
 		err = st.helpNotFound
 	}
+	warnings := st.warnings
+	if warnings == nil {
+		warnings = []string{}
+	}
 	if err == nil {
+		if len(st.warnings) > 0 {
+			json.NewEncoder(stderr).Encode(JSONWarnings{Warnings: warnings})
+		}
 		return 0
 	}
 	if !st.json {
@@ -108,7 +138,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	e := asExitErr(err, st)
 	if st.json {
 		enc := json.NewEncoder(stderr)
-		enc.Encode(JSONError{Error: JSONErrorBody{Code: e.code, Exit: e.exit, Message: e.msg}})
+		enc.Encode(JSONError{Error: JSONErrorBody{Code: e.code, Exit: e.exit, Message: e.msg}, Warnings: warnings})
 	} else if e.msg != "" {
 		fmt.Fprintln(stderr, e.msg)
 	}
@@ -278,7 +308,7 @@ func prepare(st *runState, parent []string, cmd *cli.Command) {
 				if c.IsSet(nw) && c.String(nw) != c.String(old) {
 					return usagef(c, "--%s and --%s (its old name) differ", nw, old)
 				}
-				fmt.Fprintf(c.App.ErrWriter, "%s: --%s is deprecated: use --%s\n", commandName(c), old, nw)
+				warn(c, fmt.Sprintf("%s: --%s is deprecated: use --%s", commandName(c), old, nw))
 				if err := c.Set(nw, c.String(old)); err != nil {
 					return usagef(c, "--%s: %v", old, err)
 				}

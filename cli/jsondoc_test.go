@@ -31,7 +31,8 @@ func loadSchemas() (*jsondoc.Doc, error) {
 }
 
 // jsonschema NAME checks the last command's stdout against the schema of
-// command NAME; jsonschema error checks its stderr against the error's.
+// command NAME; jsonschema error and jsonschema warnings check its stderr
+// against theirs.
 // audit export's output is checked line by line (JSON Lines).
 func cmdJSONSchema(ts *testscript.TestScript, neg bool, args []string) {
 	if neg || len(args) != 1 {
@@ -41,7 +42,7 @@ func cmdJSONSchema(ts *testscript.TestScript, neg bool, args []string) {
 	doc, err := loadSchemas()
 	ts.Check(err)
 	out := ts.ReadFile("stdout")
-	if name == "error" {
+	if name == "error" || name == "warnings" {
 		out = ts.ReadFile("stderr")
 	}
 	docs := []string{out}
@@ -89,7 +90,7 @@ func TestJSONDoc(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]bool{"error": true}
+	want := map[string]bool{"error": true, "warnings": true}
 	var walk func(prefix string, cs []*cli.Command)
 	walk = func(prefix string, cs []*cli.Command) {
 		for _, c := range cs {

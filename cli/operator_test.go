@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -202,4 +204,53 @@ func TestOperatorScripting(t *testing.T) {
 	withStdin(t, d.path("v.txt"), func() {
 		d.must("secret", "set", "--token", "t", "--name", "s", u, "@user.pin")
 	})
+}
+
+// TestJSONWarnings: under --json a warning (a deprecated flag, an ignored
+// URI attribute) is never a line of text before the JSON error: stderr is
+// one JSON value, the error with the warnings in it; without --json, the
+// warning is a line of its own before the error's.
+func TestJSONWarnings(t *testing.T) {
+	dir := t.TempDir()
+	pin := filepath.Join(dir, "pin")
+	if err := os.WriteFile(pin, []byte("so-pin-1234\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "nothing.sock") // no daemon: exit 1
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"token", "show", "--label", "t"}, "hsmemu token show: --label is deprecated: use --token"},
+		{[]string{"token", "set", "--token", "t", "--retention-days", "5", "--so-pin-file", pin}, "hsmemu token set: --retention-days is deprecated: use --retention 5d"},
+		{[]string{"pin", "unlock", "--label", "t", "--role", "user", "--so-pin-file", pin}, "hsmemu pin unlock: --label is deprecated: use --token"},
+		{[]string{"key", "show", "--user-pin-file", pin, "pkcs11:token=t;object=k?module-path=/x.so"}, "hsmemu key show: warning: the PKCS#11 URI's module-path is ignored"},
+	} {
+		args := append(slices.Clone(tc.args), "--socket", sock)
+		if strings.HasPrefix(tc.args[len(tc.args)-1], "pkcs11:") {
+			// Flags before the URI, as a script writes them.
+			args = append(slices.Clone(tc.args[:len(tc.args)-1]), "--socket", sock, tc.args[len(tc.args)-1])
+		}
+		code, stdout, stderr := runCLI(t, append(args, "--json")...)
+		dec := json.NewDecoder(strings.NewReader(stderr))
+		dec.DisallowUnknownFields()
+		var e JSONError
+		err := dec.Decode(&e)
+		if err == nil && dec.More() {
+			err = errors.New("more than one JSON value")
+		}
+		if err != nil || code != exitError || stdout != "" || e.Error.Exit != exitError || e.Error.Code != "no_daemon" || !slices.Equal(e.Warnings, []string{tc.want}) {
+			t.Errorf("hsmemu %s --json: exit %d, stdout %q, stderr %q (%v); want one JSON error, exit 1, warnings [%q]", strings.Join(args, " "), code, stdout, stderr, err, tc.want)
+		}
+		code, _, stderr = runCLI(t, args...)
+		lines := strings.Split(strings.TrimSuffix(stderr, "\n"), "\n")
+		if code != exitError || len(lines) != 2 || lines[0] != tc.want || !strings.Contains(lines[1], "no daemon answers") {
+			t.Errorf("hsmemu %s: exit %d, stderr %q; want the warning, then the error", strings.Join(args, " "), code, stderr)
+		}
+	}
+	// An error without warnings has them empty, not left out.
+	_, _, stderr := runCLI(t, "token", "show", "--token", "t", "--socket", sock, "--json")
+	if !strings.Contains(stderr, `"warnings":[]`) {
+		t.Errorf("token show --json without warnings: stderr %q; want \"warnings\":[]", stderr)
+	}
 }

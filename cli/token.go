@@ -128,7 +128,7 @@ Example:
 						if d < 0 || d > keystore.MaxRetentionDays {
 							return usagef(c, "--retention-days is 0 to %d, not %d", keystore.MaxRetentionDays, d)
 						}
-						fmt.Fprintf(c.App.ErrWriter, "%s: --retention-days is deprecated: use --retention %dd\n", commandName(c), d)
+						warn(c, fmt.Sprintf("%s: --retention-days is deprecated: use --retention %dd", commandName(c), d))
 						args.RetentionDays = &d
 					}
 					if c.IsSet("purge-protection") {

@@ -46,6 +46,8 @@ func applyURI(c *cli.Context, st *runState) error {
 	if err := trailingFlags(c, c.Args().Tail()); err != nil {
 		return err
 	}
+	// A --json after the URI holds for the warnings below too.
+	st.json = hasFlag(c.Command.Flags, "json") && c.Bool("json")
 	if !p11uri.IsURI(arg) {
 		return usagef(c, "%q is not a PKCS#11 URI (pkcs11:token=...;object=...); flags go before it", arg)
 	}
@@ -188,7 +190,7 @@ func setFromURI(c *cli.Context, flag, value, attr string) error {
 }
 
 func warnf(c *cli.Context, format string, args ...any) {
-	fmt.Fprintf(c.App.ErrWriter, "%s: warning: %s\n", commandName(c), fmt.Sprintf(format, args...))
+	warn(c, fmt.Sprintf("%s: warning: %s", commandName(c), fmt.Sprintf(format, args...)))
 }
 
 // What the module reports of its tokens, slots and itself
