@@ -150,7 +150,9 @@ func runRestore(c *cli.Context) error {
 	current, err := keystore.DomainOf(c.Context, db)
 	switch {
 	case err == nil && !bytes.Equal(current, domain):
-		return cli.Exit(fmt.Sprintf("hsmemu restore: the backup is of domain %x, the state directory's keystore of %x; nothing was changed", domain[:8], current[:8]), 1)
+		// Exit 3 and "refused", as key restore gives for a key backup of
+		// another domain: the same refusal, one code for scripts.
+		return &exitErr{exit: exitConflict, code: "refused", msg: fmt.Sprintf("hsmemu restore: the backup is of domain %x, the state directory's keystore of %x; nothing was changed", domain[:8], current[:8])}
 	case err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, keystore.ErrNotProvisioned):
 		return cli.Exit("hsmemu restore: the current keystore: "+err.Error(), 1)
 	}

@@ -82,7 +82,7 @@ func runRestorePostgres(c *cli.Context, db, src string) error {
 	case errors.Is(err, keystore.ErrDatabaseInUse):
 		return cli.Exit("hsmemu restore: a daemon serves this database; stop it first (nothing was changed)", 3)
 	case errors.As(err, &dm):
-		return cli.Exit("hsmemu restore: "+strings.TrimPrefix(dm.Error(), "keystore: ")+"; nothing was changed", 1)
+		return &exitErr{exit: exitConflict, code: "refused", msg: "hsmemu restore: " + strings.TrimPrefix(dm.Error(), "keystore: ") + "; nothing was changed"}
 	case err != nil:
 		return cli.Exit("hsmemu restore: "+err.Error()+"; nothing was changed", 1)
 	}

@@ -64,7 +64,7 @@ var exitCodes = map[string][]exitDoc{
 	"domain join":       nil,
 	"domain leave":      {{3, "refused: the node the daemon runs on, or the domain's last"}, {4, "no such node"}},
 	"backup":            nil,
-	"restore":           {{3, "the daemon is running"}, {6, "a token row in the backup failed its integrity check (the state directory is as it was)"}},
+	"restore":           {{3, "the daemon is running (with --db, any daemon holds the database), or the backup is of another domain"}, {6, "a token row in the backup failed its integrity check (the state directory is as it was)"}},
 	"tpm encrypt-state": {{3, "the daemon is running"}},
 	"bench":             nil,
 	"bench hotpath":     nil,
