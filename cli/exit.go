@@ -16,6 +16,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"hsmemu/daemon/adminapi"
+	"hsmemu/keystore"
 )
 
 // Exit codes, the same for every command (docs/admin.md).
@@ -101,6 +102,7 @@ type runState struct {
 // warn gives a warning of the running command: a line on stderr, or
 // under --json one of the warnings of the JSON value run writes there.
 func warn(c *cli.Context, msg string) {
+	msg = keystore.RedactDB(msg)
 	if st, _ := c.App.Metadata["state"].(*runState); st != nil && st.json {
 		st.warnings = append(st.warnings, msg)
 		return
@@ -165,6 +167,10 @@ func asExitErr(err error, st *runState) *exitErr {
 	}
 	// One line: a message that spans more keeps its first.
 	e.msg = strings.TrimSpace(e.msg)
+	// Wherever an error quotes a --db value or a --server address (a
+	// SQLite path, a URL, a pgx error), a password in it is not echoed:
+	// every message passes here, whichever package wrote it.
+	e.msg = keystore.RedactDB(e.msg)
 	if e.exit == exitUsage && !strings.Contains(e.msg, "--help") {
 		e.msg += fmt.Sprintf(" (see `%s --help`)", strings.Join(st.path, " "))
 	}

@@ -42,8 +42,8 @@ type daemonT struct {
 // startDaemon starts `hsmemu serve` on a managed swtpm in a temporary
 // state directory, with quick PIN stretching, 3 failures to a lock, and
 // the PIN files so.pin, user.pin and wrong.pin; it stops at the test's
-// end.
-func startDaemon(t *testing.T) *daemonT {
+// end. extra are more flags of serve.
+func startDaemon(t *testing.T, extra ...string) *daemonT {
 	t.Helper()
 	tpmtest.Require(t)
 	dir := t.TempDir()
@@ -53,6 +53,7 @@ func startDaemon(t *testing.T) *daemonT {
 	}
 	cmd := exec.Command(os.Args[0], "serve", "--state-dir", d.st, "--socket", d.sock, "--tpm", "managed", "--lock-memory", "off",
 		"--pin-kdf-time", "1", "--pin-kdf-memory", "64", "--pin-failure-delay", "0", "--pin-max-failures", "3", "--anchor-interval", "1h")
+	cmd.Args = append(cmd.Args, extra...)
 	cmd.Env = append(os.Environ(), mainEnv+"=1")
 	var log bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &log, &log

@@ -254,3 +254,53 @@ func TestJSONWarnings(t *testing.T) {
 		t.Errorf("token show --json without warnings: stderr %q; want \"warnings\":[]", stderr)
 	}
 }
+
+// TestDBPasswordNotEchoed: a password in a --db value or a --server
+// address, whatever its kind (a URL hsmemu does not take, a SQLite path
+// or URI, a remote address), is never printed, in words or in JSON: the
+// rest of the value is, redacted as a PostgreSQL one is.
+func TestDBPasswordNotEchoed(t *testing.T) {
+	dir := t.TempDir()
+	d := &daemonT{t: t, dir: dir}
+	d.pemKeyAndCert("both.pem", "admin", true) // a key (0600) and its certificate: all --server needs to get as far as the address
+	tlsFlags := []string{"--tls-cert", d.path("both.pem"), "--tls-key", d.path("both.pem"), "--tls-ca", d.path("both.pem")}
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"backup", "--db", "mysql://u@h/db?password=s3cret"}, exitUsage, "mysql://u@h/db?password=xxxxx"},
+		{[]string{"backup", "--db", "mysql://u:s3cret@h/db"}, exitUsage, "mysql://u:xxxxx@h/db"},
+		{[]string{"backup", "--db", "sqlite://u:s3cret@host/x.db"}, exitError, "//u:xxxxx@host/x.db"},
+		{[]string{"restore", "--state-dir", dir, "--db", "sqlite:file:" + dir + "/k.db?_auth_user=u&_auth_pass=s3cret"}, exitUsage, "_auth_pass=xxxxx"},
+		{append([]string{"--server", "tls://admin:s3cret@127.0.0.1:1"}, append(tlsFlags, "status")...), exitError, "tls://admin:xxxxx@127.0.0.1:1"},
+	} {
+		for _, asJSON := range []bool{false, true} {
+			args := slices.Clone(tc.args)
+			if asJSON {
+				args = append(args, "--json")
+			}
+			if args[0] != "--server" {
+				args = append(args, dir+"/b.db")
+			}
+			code, stdout, stderr := runCLI(t, args...)
+			if code != tc.code || strings.Contains(stdout+stderr, "s3cret") || !strings.Contains(stderr, tc.want) {
+				t.Errorf("hsmemu %s: exit %d, stdout %q, stderr %q; want exit %d naming %q without the password", strings.Join(args, " "), code, stdout, stderr, tc.code, tc.want)
+			}
+		}
+	}
+}
+
+// TestStatusKeystoreRedacted: status, in words and JSON, shows where the
+// keystore is without a password its --db held, a SQLite one's too.
+func TestStatusKeystoreRedacted(t *testing.T) {
+	dir := t.TempDir()
+	db := filepath.Join(dir, "k.db?_auth_pass=s3cret") // a file's name, as sqlite:PATH takes it
+	d := startDaemon(t, "--db", "sqlite:"+db)
+	for _, args := range [][]string{{"status"}, {"status", "--json"}} {
+		out := d.must(args...)
+		if strings.Contains(out, "s3cret") || !strings.Contains(out, filepath.Join(dir, "k.db?_auth_pass=xxxxx")) {
+			t.Errorf("hsmemu %s:\n%s\nwant the keystore's file without its password", strings.Join(args, " "), out)
+		}
+	}
+}

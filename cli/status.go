@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"hsmemu/daemon/adminapi"
+	"hsmemu/keystore"
 )
 
 func statusCommand() *cli.Command {
@@ -23,6 +24,8 @@ func statusCommand() *cli.Command {
 			if err := adminCall(c, adminapi.OpStatus, nil, &st); err != nil {
 				return err
 			}
+			// The daemon redacts it; one older than that may not have.
+			st.Keystore.Location = keystore.RedactDB(st.Keystore.Location)
 			if c.Bool("json") {
 				return printJSON(c.App.Writer, st)
 			}

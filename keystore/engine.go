@@ -103,6 +103,12 @@ func ParseDB(db string) (kind, target string, err error) {
 		if target == "" {
 			return "", "", fmt.Errorf("keystore: --db sqlite: names no file")
 		}
+		if strings.HasPrefix(target, "file:") {
+			// Taken as a path, a URI would name a file "file:...?..." and
+			// its parameters (an _auth_pass among them) would be ignored:
+			// hsmemu sets SQLite's parameters itself.
+			return "", "", fmt.Errorf("keystore: --db sqlite:PATH takes a file's path, not a file: URI (%s): hsmemu sets SQLite's parameters itself", RedactDB(target))
+		}
 		return EngineSQLite, target, nil
 	case strings.HasPrefix(db, "postgres://"), strings.HasPrefix(db, "postgresql://"), pgKeywordValue.MatchString(db):
 		if err := noPassword(db); err != nil {
@@ -110,7 +116,7 @@ func ParseDB(db string) (kind, target string, err error) {
 		}
 		return EnginePostgres, db, nil
 	}
-	return "", "", fmt.Errorf("keystore: --db %q is neither sqlite:PATH nor a PostgreSQL connection string (postgres://... or host=... dbname=...)", redactDB(db))
+	return "", "", fmt.Errorf("keystore: --db %q is neither sqlite:PATH nor a PostgreSQL connection string (postgres://... or host=... dbname=...)", RedactDB(db))
 }
 
 // StorageInfo says where a Store keeps its keystore, fit to show: the

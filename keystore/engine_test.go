@@ -123,6 +123,9 @@ func TestParseDB(t *testing.T) {
 		{"mysql://db/keys", "", ""},
 		{"postgres://u:pw@db/keys", "", ""},
 		{"host=db password=pw", "", ""},
+		{"mysql://u@db/keys?password=pw", "", ""},
+		{"mysql://u:pw@db/keys", "", ""},
+		{"sqlite:file:/var/lib/hsmemu/keystore.db?_auth_user=u&_auth_pass=pw", "", ""},
 	} {
 		kind, target, err := ParseDB(tc.db)
 		if kind != tc.kind || target != tc.target || (err == nil) != (tc.kind != "") {

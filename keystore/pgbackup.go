@@ -63,7 +63,7 @@ func pgConnect(ctx context.Context, db string, opts Options) (*pgx.Conn, error) 
 		return nil, err
 	}
 	if kind != EnginePostgres {
-		return nil, fmt.Errorf("keystore: %s is not a PostgreSQL database", redactDB(db))
+		return nil, fmt.Errorf("keystore: %s is not a PostgreSQL database", RedactDB(db))
 	}
 	cfg, err := pgConnConfig(target, opts)
 	if err != nil {

@@ -218,18 +218,6 @@ func noPassword(db string) error {
 	return nil
 }
 
-// redactDB is a --db value fit for an error message.
-func redactDB(db string) string {
-	if u, err := url.Parse(db); err == nil && u.User != nil {
-		u.User = url.User(u.User.Username())
-		return u.String()
-	}
-	if pgPasswordKeyword.MatchString(db) {
-		return "(a connection string)"
-	}
-	return db
-}
-
 // redactErr is a connection error's text without the connection string
 // pgx may quote in it.
 func redactErr(err error) string {

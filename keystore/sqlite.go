@@ -65,7 +65,7 @@ func openSQLite(ctx context.Context, path string, opts Options) (*Store, error) 
 	r.SetMaxOpenConns(opts.Readers)
 	r.SetMaxIdleConns(opts.Readers)
 	r.SetConnMaxLifetime(0)
-	return assemble(ctx, sqliteEngine{}, StorageInfo{Engine: EngineSQLite, Location: path}, w, r, anc, opts)
+	return assemble(ctx, sqliteEngine{}, StorageInfo{Engine: EngineSQLite, Location: RedactDB(path)}, w, r, anc, opts)
 }
 
 func (sqliteEngine) name() string { return "sqlite" }
