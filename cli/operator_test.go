@@ -304,3 +304,27 @@ func TestStatusKeystoreRedacted(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusStarted: status --json's started, unlike uptime_seconds, is
+// the same from one call to the next (docs/json.md): what a script that
+// compares outputs keeps.
+func TestStatusStarted(t *testing.T) {
+	d := startDaemon(t)
+	var a, b struct {
+		Started *string  `json:"started"`
+		Uptime  *float64 `json:"uptime_seconds"`
+	}
+	if err := json.Unmarshal([]byte(d.must("status", "--json")), &a); err != nil {
+		t.Fatal(err)
+	}
+	d.must("token", "create", "--token", "t", "--so-pin-file", "@so.pin", "--user-pin-file", "@user.pin")
+	if err := json.Unmarshal([]byte(d.must("status", "--json")), &b); err != nil {
+		t.Fatal(err)
+	}
+	if a.Started == nil || b.Started == nil || *a.Started != *b.Started || a.Uptime == nil || b.Uptime == nil || *b.Uptime < *a.Uptime {
+		t.Fatalf("status --json twice: started %v then %v, uptime %v then %v; want one started, uptime not going back", a.Started, b.Started, a.Uptime, b.Uptime)
+	}
+	if _, err := time.Parse(time.RFC3339, *a.Started); err != nil || !strings.HasSuffix(*a.Started, "Z") {
+		t.Errorf("started %q: want RFC 3339 in UTC (%v)", *a.Started, err)
+	}
+}
