@@ -57,7 +57,7 @@ holds a secret.`,
 				Flags: adminFlags(),
 				Action: func(c *cli.Context) error {
 					seq, err := strconv.ParseInt(c.Args().First(), 10, 64)
-					if c.NArg() != 1 || err != nil || seq < 1 {
+					if c.NArg() < 1 || err != nil || seq < 1 { // more are flags (prepare)
 						return cli.Exit("hsmemu audit show: give one record number (SEQ, from 1)", exitUsage)
 					}
 					var recs []adminapi.AuditRecord

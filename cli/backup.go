@@ -43,7 +43,7 @@ Examples:
 			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
+			if c.NArg() < 1 { // more are flags (prepare)
 				return cli.Exit("hsmemu backup: give the FILE to write", 2)
 			}
 			dst := c.Args().First()
@@ -116,7 +116,7 @@ Examples:
 }
 
 func runRestore(c *cli.Context) error {
-	if c.NArg() != 1 {
+	if c.NArg() < 1 { // more are flags (prepare)
 		return cli.Exit("hsmemu restore: give the backup FILE to restore", 2)
 	}
 	src := c.Args().First()

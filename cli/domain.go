@@ -234,7 +234,7 @@ type domainJoined struct {
 }
 
 func runLeave(c *cli.Context) error {
-	if c.NArg() != 1 {
+	if c.NArg() < 1 { // more are flags (prepare)
 		return cli.Exit("hsmemu domain leave: give the node's id (as 'hsmemu status' lists them)", 2)
 	}
 	id, err := strconv.ParseInt(c.Args().First(), 10, 64)

@@ -288,6 +288,12 @@ func prepare(st *runState, parent []string, cmd *cli.Command) {
 	required := takeRequired(st.required, cmd.Flags)
 	takesURI := hasFlag(cmd.Flags, "token") && hasFlag(cmd.Flags, "socket") && cmd.ArgsUsage == ""
 	noArgs := !takesURI && strings.TrimSpace(cmd.ArgsUsage) == ""
+	// backup FILE, restore FILE, audit show SEQ, domain leave NODE: flags
+	// may follow the argument, as they may follow a URI, rather than be
+	// taken by urfave/cli for more arguments ("give the FILE", of a
+	// command given one).
+	oneArg := !takesURI && !noArgs && !strings.ContainsAny(strings.TrimSpace(cmd.ArgsUsage), " .[")
+	argName := strings.TrimSpace(cmd.ArgsUsage)
 	switch {
 	case takesURI:
 		cmd.ArgsUsage = uriArgs
@@ -308,6 +314,11 @@ func prepare(st *runState, parent []string, cmd *cli.Command) {
 			st.json = hasFlag(cmd.Flags, "json") && c.Bool("json")
 		} else if noArgs && c.NArg() > 0 {
 			return usagef(c, "unexpected argument %q: this command takes none (flags go before arguments)", c.Args().First())
+		} else if oneArg && c.NArg() > 1 {
+			if err := trailingFlags(c, c.Args().Tail(), "one "+argName+" at most"); err != nil {
+				return err
+			}
+			st.json = hasFlag(cmd.Flags, "json") && c.Bool("json")
 		}
 		for old, nw := range deprecatedFlags {
 			if hasFlag(cmd.Flags, old) && hasFlag(cmd.Flags, nw) && c.IsSet(old) {

@@ -118,6 +118,16 @@ func shellWords(s string) ([]string, error) {
 			w.WriteByte(ch)
 		case ch == '\'' || ch == '"':
 			q, in = ch, true
+		case ch == '$' && strings.HasPrefix(s[i:], "$("):
+			// A command substitution is part of its word, spaces and all:
+			// backup /backup/keystore-$(date +%F).db is one FILE.
+			j := strings.IndexByte(s[i:], ')')
+			if j < 0 {
+				return nil, errUnterminated
+			}
+			w.WriteString(s[i : i+j+1])
+			i += j
+			in = true
 		case ch == ' ' || ch == '\t':
 			if in {
 				words = append(words, w.String())

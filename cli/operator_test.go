@@ -328,3 +328,35 @@ func TestStatusStarted(t *testing.T) {
 		t.Errorf("started %q: want RFC 3339 in UTC (%v)", *a.Started, err)
 	}
 }
+
+// TestFlagsAfterArgument: the flags of backup, restore, audit show and
+// domain leave may follow their one argument, as they may follow a URI:
+// `hsmemu backup FILE --json` is not told to give the FILE; a second
+// argument is a usage error that names it.
+func TestFlagsAfterArgument(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "nothing.sock")
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"audit", "show", "1", "--socket", sock}, exitError, "no daemon answers on " + sock},
+		{[]string{"domain", "leave", "2", "--socket=" + sock}, exitError, "no daemon answers on " + sock},
+		{[]string{"backup", filepath.Join(dir, "b.db"), "--state-dir", filepath.Join(dir, "none")}, exitError, filepath.Join(dir, "none")},
+		{[]string{"restore", filepath.Join(dir, "b.db"), "--db", "mysql://h/db"}, exitUsage, `--db "mysql://h/db" is neither`},
+		{[]string{"backup", filepath.Join(dir, "b.db"), "extra"}, exitUsage, `one FILE at most: "extra" is another argument`},
+		{[]string{"audit", "show", "1", "--frob"}, exitUsage, "unknown flag --frob"},
+	} {
+		code, stdout, stderr := runCLI(t, tc.args...)
+		if code != tc.code || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("hsmemu %s: exit %d, stdout %q, stderr %q; want exit %d with %q", strings.Join(tc.args, " "), code, stdout, stderr, tc.code, tc.want)
+		}
+	}
+	// --json after the argument: the error is JSON, from the command.
+	code, _, stderr := runCLI(t, "audit", "show", "1", "--socket", sock, "--json")
+	var e JSONError
+	if err := json.Unmarshal([]byte(stderr), &e); err != nil || code != exitError || e.Error.Code != "no_daemon" {
+		t.Errorf("audit show 1 --socket S --json: exit %d, stderr %q; want the JSON no_daemon error", code, stderr)
+	}
+}

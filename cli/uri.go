@@ -43,7 +43,7 @@ func applyURI(c *cli.Context, st *runState) error {
 		return nil
 	}
 	arg := c.Args().First()
-	if err := trailingFlags(c, c.Args().Tail()); err != nil {
+	if err := trailingFlags(c, c.Args().Tail(), "one PKCS#11 URI at most"); err != nil {
 		return err
 	}
 	// A --json after the URI holds for the warnings below too.
@@ -130,11 +130,11 @@ func applyURI(c *cli.Context, st *runState) error {
 // trailingFlags sets the flags written after the URI, which urfave/cli
 // (like Go's flag package) leaves as arguments: a URI pasted first and
 // --json added after it is the natural order.
-func trailingFlags(c *cli.Context, rest []string) error {
+func trailingFlags(c *cli.Context, rest []string, only string) error {
 	for i := 0; i < len(rest); i++ {
 		a := rest[i]
 		if !strings.HasPrefix(a, "-") || a == "-" || a == "--" {
-			return usagef(c, "one PKCS#11 URI at most: %q is another argument", a)
+			return usagef(c, "%s: %q is another argument", only, a)
 		}
 		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
 		var f cli.Flag
