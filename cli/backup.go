@@ -16,6 +16,7 @@ import (
 
 	"hsmemu/daemon"
 	"hsmemu/keystore"
+	"hsmemu/tpmroot"
 )
 
 func backupCommand() *cli.Command {
@@ -139,6 +140,14 @@ func runRestore(c *cli.Context) error {
 			return runRestorePostgres(c, v, src)
 		}
 		db = target
+	}
+	// A daemon on another socket than the one asked still holds the
+	// state directory's managed TPM: found before the keystore it serves
+	// is moved aside, not after, when the restored one fails to open.
+	// (Into PostgreSQL, the database's writer lock finds any daemon, on
+	// any machine, before anything moves.)
+	if spec, err := tpmroot.ParseSpec(c.String("tpm"), dir); err == nil && tpmroot.ManagedInUse(spec) {
+		return cli.Exit("hsmemu restore: the state directory's TPM is in use: a daemon runs on it (on another socket than "+sock+"?); stop it first; nothing was changed", 3)
 	}
 	if head, err := readHead(src); err == nil && keystore.IsDump(head) {
 		return cli.Exit("hsmemu restore: "+src+" is a backup of a keystore in PostgreSQL: restore it with --db and the database's connection string", 2)

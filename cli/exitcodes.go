@@ -20,7 +20,7 @@ type exitDoc struct {
 // TestExitCodes asserts, one case at least for each.
 var exitCodes = map[string][]exitDoc{
 	"serve":             {{6, "the keystore is older than its anchor, or failed verification"}},
-	"init":              {{3, "the state directory already holds a domain"}},
+	"init":              {{3, "the state directory already holds a domain, or a daemon runs on it"}},
 	"status":            nil,
 	"version":           nil,
 	"token create":      {{3, "a token has the label"}},

@@ -145,6 +145,11 @@ func runInit(c *cli.Context) error {
 	if err != nil && newKey {
 		tpmroot.RemoveStateKey(key) // it encrypts nothing
 	}
+	if errors.Is(err, tpmroot.ErrTPMInUse) {
+		// A daemon (or another command) holds the state directory: a
+		// conflict, as a running daemon is for restore.
+		return cli.Exit(fmt.Sprintf("hsmemu init: %s is in use: %v; nothing was changed", stateDir, err), 3)
+	}
 	if errors.Is(err, daemon.ErrAlreadyProvisioned) {
 		return cli.Exit(fmt.Sprintf("hsmemu init: %s already holds a security domain; nothing was changed ('hsmemu serve' opens it)", stateDir), 3)
 	}

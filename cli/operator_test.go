@@ -360,3 +360,29 @@ func TestFlagsAfterArgument(t *testing.T) {
 		t.Errorf("audit show 1 --socket S --json: exit %d, stderr %q; want the JSON no_daemon error", code, stderr)
 	}
 }
+
+// TestDaemonOnOtherSocket: restore and init on the state directory of a
+// daemon that listens on another socket than the one they look at are
+// refused as a running daemon is (exit 3), by the managed TPM it holds,
+// before anything is moved: the daemon's keystore stays where it is.
+func TestDaemonOnOtherSocket(t *testing.T) {
+	d := startDaemon(t)
+	d.must("token", "create", "--token", "t", "--so-pin-file", "@so.pin", "--user-pin-file", "@user.pin")
+	d.must("backup", "--state-dir", d.st, "@b.db")
+	other := d.path("other.sock") // nothing listens there
+	for _, args := range [][]string{
+		{"restore", "--state-dir", d.st, "--tpm", "managed", "--socket", other, d.path("b.db")},
+		{"init", "--state-dir", d.st, "--tpm", "managed"},
+	} {
+		code, stdout, stderr := runCLI(t, args...)
+		if code != exitConflict || stdout != "" || !strings.Contains(stderr, "in use") || !strings.Contains(stderr, "nothing was changed") {
+			t.Errorf("hsmemu %s: exit %d, stdout %q, stderr %q; want exit 3, the TPM in use", strings.Join(args, " "), code, stdout, stderr)
+		}
+	}
+	if left, _ := filepath.Glob(filepath.Join(d.st, "keystore.db.replaced-*")); len(left) != 0 {
+		t.Errorf("restore moved the daemon's keystore aside: %v", left)
+	}
+	if out := d.must("token", "list"); !strings.Contains(out, "t") {
+		t.Errorf("the daemon lost its token:\n%s", out)
+	}
+}

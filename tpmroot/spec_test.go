@@ -103,3 +103,34 @@ func TestManagedInUse(t *testing.T) {
 		t.Errorf("the first TPM stopped working: %v", err)
 	}
 }
+
+// TestManagedInUseReported: ManagedInUse says whether a managed swtpm's
+// state directory is served, without taking it: false before and after,
+// true while a TPM is open on it; false for a TPM hsmemu does not start.
+func TestManagedInUseReported(t *testing.T) {
+	t.Parallel()
+	tpmtest.Require(t)
+	spec := tpmroot.Spec{Kind: tpmroot.KindManaged, StateDir: t.TempDir()}
+	if tpmroot.ManagedInUse(spec) {
+		t.Fatal("in use before anything opened it")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tpm, err := tpmroot.Open(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inUse := tpmroot.ManagedInUse(spec)
+	// Asking took nothing: the open TPM still answers.
+	_, perr := tpm.Provision(tpmroot.ProvisionOptions{})
+	tpm.Close()
+	if !inUse || perr != nil {
+		t.Errorf("while open: in use %v, the TPM after asking: %v; want true, working", inUse, perr)
+	}
+	if tpmroot.ManagedInUse(spec) {
+		t.Error("in use after Close")
+	}
+	if tpmroot.ManagedInUse(tpmroot.Spec{Kind: tpmroot.KindSwtpmSocket, Path: "/nonexistent"}) {
+		t.Error("a swtpm socket reported in use")
+	}
+}

@@ -29,6 +29,15 @@ var ErrSwtpmMissing = swtpm.ErrMissing
 // changed.
 var ErrTPMInUse = swtpm.ErrInUse
 
+// ManagedInUse reports whether spec is a managed swtpm that something
+// serves already: a daemon on the state directory, or a command that
+// opened it. A command that replaces the keystore asks first, whatever
+// socket the daemon listens on. For a TPM hsmemu does not start it says
+// false: nothing shows who else uses a device or a swtpm socket.
+func ManagedInUse(spec Spec) bool {
+	return spec.Kind == KindManaged && swtpm.InUse(spec.swtpmDir())
+}
+
 // ErrClosed is returned by operations on a TPM or Root after Close.
 var ErrClosed = errors.New("tpmroot: TPM closed")
 

@@ -374,6 +374,26 @@ func lockDir(dir string) (*os.File, error) {
 	}
 }
 
+// InUse reports whether a swtpm serves dir: hsmemu's lock on it is held
+// (by the process that started one, and the swtpm itself) or swtpm's own
+// lock is. It takes nothing for longer than the test of the lock.
+func InUse(dir string) bool {
+	if _, held := swtpmLockHolder(dir); held {
+		return true
+	}
+	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	if err == nil {
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		return false
+	}
+	return errors.Is(err, syscall.EWOULDBLOCK)
+}
+
 // lockGrace is how long lockDir waits for a lock held by a swtpm that is
 // on its way out.
 const lockGrace = 2 * time.Second
