@@ -36,6 +36,9 @@ func socketPath(c *cli.Context) string {
 func dialAdmin(c *cli.Context) (*adminapi.Client, error) {
 	if c.String("server") != "" {
 		cl, err := dialRemoteAdmin(c)
+		if errors.Is(err, adminapi.ErrNoDaemon) {
+			return nil, failf(c, exitError, "no_daemon", "%v", err)
+		}
 		if err != nil {
 			return nil, cli.Exit(commandName(c)+": "+err.Error(), exitError)
 		}

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -38,7 +40,20 @@ func dialRemoteAdmin(c *cli.Context) (*adminapi.Client, error) {
 		}
 		errs = append(errs, err)
 	}
-	return nil, errors.Join(errs...)
+	err = errors.Join(errs...)
+	if !slices.ContainsFunc(errs, func(e error) bool { return !unanswered(e) }) {
+		// As on a socket: scripts tell "nothing runs there" by its code.
+		return nil, fmt.Errorf("%w: %w", adminapi.ErrNoDaemon, err)
+	}
+	return nil, err
+}
+
+// unanswered says whether a dial failed for want of anything listening:
+// refused, unreachable, or no answer in time.
+func unanswered(err error) bool {
+	var ne net.Error
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) ||
+		(errors.As(err, &ne) && ne.Timeout())
 }
 
 func adminTLS(c *cli.Context) (*tls.Config, error) {

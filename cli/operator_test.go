@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -384,5 +385,30 @@ func TestDaemonOnOtherSocket(t *testing.T) {
 	}
 	if out := d.must("token", "list"); !strings.Contains(out, "t") {
 		t.Errorf("the daemon lost its token:\n%s", out)
+	}
+}
+
+// TestRemoteNoDaemon: nothing listening at any --server address is the
+// same failure, to a script, as nothing on the socket: exit 1, code
+// no_daemon.
+func TestRemoteNoDaemon(t *testing.T) {
+	d := &daemonT{t: t, dir: t.TempDir()}
+	d.pemKeyAndCert("both.pem", "admin", true)
+	l, err := net.Listen("tcp", "127.0.0.1:0") // a port known free: taken, then let go
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	for _, args := range [][]string{
+		{"--server", "tls://" + addr, "status", "--json"},
+		{"--server", "tls://" + addr + ",tls://" + addr, "token", "list", "--json"},
+	} {
+		args = append([]string{"--tls-cert", d.path("both.pem"), "--tls-key", d.path("both.pem"), "--tls-ca", d.path("both.pem")}, args...)
+		code, _, stderr := runCLI(t, args...)
+		var e JSONError
+		if err := json.Unmarshal([]byte(stderr), &e); err != nil || code != exitError || e.Error.Code != "no_daemon" || !strings.Contains(e.Error.Message, "no daemon answers") {
+			t.Errorf("hsmemu %s: exit %d, stderr %q; want exit 1, code no_daemon", strings.Join(args, " "), code, stderr)
+		}
 	}
 }
