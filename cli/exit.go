@@ -355,7 +355,9 @@ func flagError(err error) string {
 
 var (
 	undefinedFlag = regexp.MustCompile(`^flag provided but not defined: -+(.*)$`)
-	invalidValue  = regexp.MustCompile(`^invalid value (".*") for flag -+([^:]+)(.*)$`)
+	// Go's flag package says "invalid boolean value "x" for -json" of a
+	// boolean flag, "invalid value "x" for flag -n" of the others.
+	invalidValue = regexp.MustCompile(`^invalid (?:boolean )?value (".*") for (?:flag )?-+([^:]+)(.*)$`)
 )
 
 func hasFlag(flags []cli.Flag, name string) bool {

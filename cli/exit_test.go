@@ -31,6 +31,7 @@ func TestUsageErrors(t *testing.T) {
 		{"missing flag", []string{"key", "show", "--key", "x"}, "hsmemu key show: --token is required (see `hsmemu key show --help`)"},
 		{"missing value", []string{"secret", "get", "--token"}, "hsmemu secret get: flag needs a value: --token"},
 		{"bad value", []string{"audit", "tail", "-n", "many"}, `hsmemu audit tail: invalid value "many" for --n`},
+		{"bad boolean", []string{"key", "list", "--json=maybe"}, "hsmemu key list: invalid value \"maybe\" for --json (see `hsmemu key list --help`)"},
 		{"bad log level", []string{"--log-level", "loud", "status"}, `--log-level (HSMEMU_LOG_LEVEL) is debug, info, warn or error, not "loud"`},
 		{"bad log format", []string{"--log-format", "xml", "status"}, `--log-format is text or json, not "xml"`},
 	} {
