@@ -142,7 +142,9 @@ func (p pinSource) read(c *cli.Context, confirm bool) ([]byte, error) {
 		clear(b)
 		return []byte(strings.TrimSuffix(line, "\r")), nil
 	}
-	if v, ok := os.LookupEnv(p.env); ok {
+	// Empty is unset, as for every HSMEMU_ variable (and as
+	// readOptionalPIN has it): PIN=$UNSET in a script is no PIN.
+	if v := os.Getenv(p.env); v != "" {
 		return []byte(v), nil
 	}
 	fd := int(os.Stdin.Fd())
@@ -176,10 +178,16 @@ func (p pinSource) read(c *cli.Context, confirm bool) ([]byte, error) {
 }
 
 // readPIN is read with the command's name on its error, as a usage error.
+// An empty PIN (an empty first line, an empty entry at the prompt) is one
+// too: no PIN is empty, and sent it would count as a wrong one, three of
+// which lock the token.
 func readPIN(c *cli.Context, p pinSource, confirm bool) ([]byte, error) {
 	pin, err := p.read(c, confirm)
 	if err != nil {
 		return nil, cli.Exit(commandName(c)+": "+err.Error(), exitUsage)
+	}
+	if len(pin) == 0 {
+		return nil, usagef(c, "the %s is empty (--%s-file's first line, or the entry at the prompt); nothing was sent", p.prompt, p.flag)
 	}
 	return pin, nil
 }
@@ -194,11 +202,14 @@ func readOptionalPIN(c *cli.Context, p pinSource) ([]byte, error) {
 	if c.String(p.flag+"-file") == "" && os.Getenv(p.env) == "" {
 		p.prompt += " (empty: set it later)"
 	}
-	pin, err := readPIN(c, p, true)
-	if len(pin) == 0 {
-		return nil, err
+	pin, err := p.read(c, true)
+	if err != nil {
+		return nil, cli.Exit(commandName(c)+": "+err.Error(), exitUsage)
 	}
-	return pin, err
+	if len(pin) == 0 {
+		return nil, nil
+	}
+	return pin, nil
 }
 
 // readTokenPINs reads a token's SO PIN (confirmed at a prompt when

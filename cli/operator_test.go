@@ -412,3 +412,40 @@ func TestRemoteNoDaemon(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptyPINNotSent: an empty PIN (a PIN file's empty first line, an
+// empty HSMEMU_USER_PIN) is a usage error found before the daemon is
+// asked, not a wrong PIN counted: three runs of a script whose variable
+// was empty would have locked the token.
+func TestEmptyPINNotSent(t *testing.T) {
+	d := startDaemon(t)
+	d.must("token", "create", "--token", "t", "--so-pin-file", "@so.pin", "--user-pin-file", "@user.pin")
+	d.write("empty.pin", "\n")
+	withStdin(t, os.DevNull, func() {
+		for range 4 {
+			code, _, stderr := d.run("key", "list", "--token", "t", "--user-pin-file", "@empty.pin")
+			if code != exitUsage || !strings.Contains(stderr, "the user PIN is empty") {
+				t.Errorf("key list --user-pin-file empty.pin: exit %d, stderr %q; want exit 2, the PIN empty", code, stderr)
+			}
+			code, _, stderr = d.run("token", "delete", "--token", "t", "--so-pin-file", "@empty.pin")
+			if code != exitUsage || !strings.Contains(stderr, "the SO PIN is empty") {
+				t.Errorf("token delete --so-pin-file empty.pin: exit %d, stderr %q; want exit 2, the PIN empty", code, stderr)
+			}
+		}
+		t.Setenv("HSMEMU_USER_PIN", "")
+		for range 4 {
+			code, _, stderr := d.run("key", "list", "--token", "t")
+			if code != exitUsage || !strings.Contains(stderr, "no user PIN") {
+				t.Errorf("HSMEMU_USER_PIN= key list: exit %d, stderr %q; want exit 2, no user PIN", code, stderr)
+			}
+		}
+	})
+	var tok struct {
+		SOFailures   int `json:"so_failures"`
+		UserFailures int `json:"user_failures"`
+	}
+	if err := json.Unmarshal([]byte(d.must("token", "show", "--token", "t", "--json")), &tok); err != nil || tok.SOFailures != 0 || tok.UserFailures != 0 {
+		t.Errorf("after empty PINs: %+v (%v); want no failure counted", tok, err)
+	}
+	d.must("key", "list", "--token", "t", "--user-pin-file", "@user.pin")
+}
