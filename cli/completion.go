@@ -286,7 +286,10 @@ func completionPIN(c *cli.Context, words []string) []byte {
 		}
 		line, _, _ := strings.Cut(string(b), "\n")
 		clear(b)
-		return []byte(strings.TrimSuffix(line, "\r"))
+		if line = strings.TrimSuffix(line, "\r"); line == "" {
+			return nil // sent, an empty PIN would count as a wrong one at every Tab
+		}
+		return []byte(line)
 	}
 	if v := os.Getenv("HSMEMU_USER_PIN"); v != "" {
 		return []byte(v)

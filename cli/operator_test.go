@@ -449,3 +449,21 @@ func TestEmptyPINNotSent(t *testing.T) {
 	}
 	d.must("key", "list", "--token", "t", "--user-pin-file", "@user.pin")
 }
+
+// TestCompletionEmptyPIN: completing a key label with a --user-pin-file
+// whose first line is empty sends no PIN: a Tab never counts a wrong one.
+func TestCompletionEmptyPIN(t *testing.T) {
+	d := startDaemon(t)
+	d.must("token", "create", "--token", "t", "--so-pin-file", "@so.pin", "--user-pin-file", "@user.pin")
+	d.write("empty.pin", "\n")
+	t.Setenv("HSMEMU_USER_PIN", "")
+	for range 4 {
+		d.run("key", "show", "--token", "t", "--user-pin-file", "@empty.pin", "--key", "--generate-bash-completion")
+	}
+	var tok struct {
+		UserFailures int `json:"user_failures"`
+	}
+	if err := json.Unmarshal([]byte(d.must("token", "show", "--token", "t", "--json")), &tok); err != nil || tok.UserFailures != 0 {
+		t.Errorf("after completions with an empty PIN file: %+v (%v); want no failure counted", tok, err)
+	}
+}
