@@ -188,6 +188,18 @@ func newWriter(w io.Writer) *bufio.Writer { return bufio.NewWriterSize(w, connKe
 func (s *Server) serveModule(ctx context.Context, mc *moduleConn) {
 	mc.res = &wire.Results{}
 	defer mc.release()
+	// A panic outside a call (in reading, decoding or answering a frame;
+	// Server.call recovers its own) is a bug: it ends this connection,
+	// not the daemon and every other client with it. A fault in a ring's
+	// page goes on to serveConn, which says so.
+	defer func() {
+		if p := recover(); p != nil {
+			if _, fault := p.(interface{ Addr() uintptr }); fault {
+				panic(p)
+			}
+			s.log.Error("closing connection: internal error outside a call", "pid", mc.pid, "panic", fmt.Sprint(p))
+		}
+	}()
 	// A call in flight runs to its end when the daemon stops (the loop
 	// checks ctx between calls), and a context that cannot be cancelled
 	// spares database/sql a watcher goroutine per query.
