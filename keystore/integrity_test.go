@@ -353,6 +353,7 @@ func TestMigrateTokenChecks(t *testing.T) {
 	execSQL(t, db, `DROP TABLE anchor; DROP TABLE anchor_rows`) // schema 5's
 	execSQL(t, db, `DROP TABLE node_masters`)                   // schema 8's
 	execSQL(t, db, `DROP TABLE pin_bindings; DROP TABLE nodes`) // schema 7's
+	execSQL(t, db, `ALTER TABLE root DROP COLUMN nodes_left`)   // schema 10's
 	execSQL(t, db, `PRAGMA user_version = 3`)
 
 	s2 := reopen(t, path, Options{})

@@ -140,6 +140,14 @@ func (s *Store) BeginMasterRotation(ctx context.Context, next *NextMaster) error
 		return s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
+	// Under the nodes' shared lock, which a join takes exclusively and
+	// then refuses a rotation under way (AddNode): a node is either seen
+	// here, with its copy, or joins after the rotation. Taken before the
+	// root row, as a node's removal takes them (it writes the list of the
+	// nodes that left in the root row, nodeleft.go).
+	if err := s.eng.lockNodes(ctx, tx, false); err != nil {
+		return s.dbErr("lock nodes", err)
+	}
 	res, err := tx.ExecContext(ctx, "UPDATE root SET next_sealed = ?, next_proof = ?, next_escrow = ?, updated_at = ? WHERE id = 1 AND next_sealed IS NULL",
 		next.Sealed, next.Proof, next.Escrow, time.Now().Unix())
 	if err != nil {
@@ -149,12 +157,6 @@ func (s *Store) BeginMasterRotation(ctx context.Context, next *NextMaster) error
 		return ErrRotationPending
 	}
 	if next.NodesUpTo > 0 {
-		// Under the nodes' shared lock, which a join takes exclusively
-		// and then refuses a rotation under way (AddNode): a node is
-		// either seen here, with its copy, or joins after the rotation.
-		if err := s.eng.lockNodes(ctx, tx, false); err != nil {
-			return s.dbErr("lock nodes", err)
-		}
 		var newest int64
 		if err := tx.QueryRowContext(ctx, "SELECT coalesce(max(id), 0) FROM nodes").Scan(&newest); err != nil {
 			return s.dbErr("read nodes", err)

@@ -89,6 +89,9 @@ type nodeState struct {
 	local int64  // this Store's node id; 0 before AttachNode
 	tpmID []byte // its TPM's identity
 	key   []byte // the MAC key, once derived
+	// left is every id this Store has seen in the list of the nodes
+	// that left (nodeleft.go): never forgotten while it runs.
+	left map[int64]bool
 }
 
 const selectNode = "SELECT id, tpm_id, sealed, import_key, anchor, joined_at, last_seen, mac FROM nodes"
@@ -207,6 +210,10 @@ func (s *Store) Nodes(ctx context.Context) ([]Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	left, err := s.nodesLeft(ctx, s.r)
+	if err != nil {
+		return nil, err
+	}
 	rows, err := s.r.QueryContext(ctx, selectNode+" ORDER BY id")
 	if err != nil {
 		return nil, s.dbErr("list nodes", err)
@@ -217,6 +224,8 @@ func (s *Store) Nodes(ctx context.Context) ([]Node, error) {
 		n, err := scanNode(rows)
 		var te *TamperError
 		switch {
+		case err == nil && left[n.ID]:
+			n = Node{ID: n.ID, Tampered: s.leftErr(n.ID)}
 		case errors.As(err, &te):
 			s.noteTamper(err)
 			n = Node{ID: n.ID, Tampered: err}
@@ -270,9 +279,16 @@ func (s *Store) readNode(ctx context.Context, q querier, id int64) (Node, error)
 	if err != nil {
 		return Node{}, err
 	}
+	left, err := s.nodesLeft(ctx, q)
+	if err != nil {
+		return Node{}, err
+	}
 	n, err := scanNode(q.QueryRowContext(ctx, selectNode+" WHERE id = ?", id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return n, ErrNotFound
+	}
+	if err == nil && left[n.ID] {
+		return Node{ID: n.ID}, s.leftErr(n.ID)
 	}
 	if err != nil {
 		s.noteTamper(err)
@@ -300,6 +316,14 @@ func (s *Store) writeNode(ctx context.Context, tx *sql.Tx, n *Node) (int64, erro
 				return 0, errors.New("keystore: this TPM is a node of the domain already")
 			}
 			return 0, s.dbErr("add node", err)
+		}
+		left, err := s.nodesLeft(ctx, tx)
+		if err != nil {
+			return 0, err
+		}
+		if left[n.ID] {
+			// Ids are never reused: the sequence was set back.
+			return 0, s.leftErr(n.ID)
 		}
 	}
 	n.mac = n.sum(key)
@@ -564,6 +588,9 @@ func (s *Store) RemoveNode(ctx context.Context, actor AuditActor, id int64) erro
 	if _, err := tx.ExecContext(ctx, "DELETE FROM nodes WHERE id = ?", id); err != nil {
 		return s.dbErr("remove node", err)
 	}
+	if err := s.recordNodesLeft(ctx, tx, id); err != nil {
+		return err
+	}
 	if err := s.dbErr("commit", tx.Commit()); err != nil {
 		return err
 	}
@@ -586,6 +613,11 @@ func (s *Store) ForgetNode(ctx context.Context, id int64) error {
 		if _, err := tx.ExecContext(ctx, q, id); err != nil {
 			return s.dbErr("forget node", err)
 		}
+	}
+	// Its TPM may hold the master key (a join taken back after loading
+	// it): its row put back is refused as any node's that left.
+	if err := s.recordNodesLeft(ctx, tx, id); err != nil {
+		return err
 	}
 	return s.dbErr("commit", tx.Commit())
 }
@@ -610,21 +642,9 @@ func (s *Store) ReplaceNodes(ctx context.Context, actor AuditActor, spec NodeSpe
 		if err := s.eng.lockNodes(ctx, tx, true); err != nil {
 			return s.dbErr("lock nodes", err)
 		}
-		rows, err := tx.QueryContext(ctx, "SELECT id FROM nodes ORDER BY id")
-		if err != nil {
-			return s.dbErr("list nodes", err)
-		}
-		for rows.Next() {
-			var id int64
-			if err := rows.Scan(&id); err != nil {
-				rows.Close()
-				return s.dbErr("list nodes", err)
-			}
-			removed = append(removed, id)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return s.dbErr("list nodes", err)
+		var err error
+		if removed, err = s.nodeIDs(ctx, tx); err != nil {
+			return err
 		}
 		// The bindings and master key copies first: a database without
 		// foreign keys on still drops them with the nodes.
@@ -632,6 +652,9 @@ func (s *Store) ReplaceNodes(ctx context.Context, actor AuditActor, spec NodeSpe
 			if _, err := tx.ExecContext(ctx, q); err != nil {
 				return s.dbErr("replace nodes", err)
 			}
+		}
+		if err := s.recordNodesLeft(ctx, tx, removed...); err != nil {
+			return err
 		}
 		id, err := s.writeNode(ctx, tx, n)
 		if err != nil {
@@ -656,8 +679,24 @@ func (s *Store) ReplaceNodes(ctx context.Context, actor AuditActor, spec NodeSpe
 // DropNodes removes every node and PIN binding, for a keystore copied
 // into a new TPM (`hsmemu domain recover`), whose one node is added then.
 func (s *Store) DropNodes(ctx context.Context) error {
-	_, err := s.w.ExecContext(ctx, "DELETE FROM pin_bindings; DELETE FROM node_masters; DELETE FROM nodes")
-	return s.dbErr("drop nodes", err)
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return s.dbErr("begin", err)
+	}
+	defer tx.Rollback()
+	ids, err := s.nodeIDs(ctx, tx)
+	if err != nil {
+		return err
+	}
+	for _, q := range []string{"DELETE FROM pin_bindings", "DELETE FROM node_masters", "DELETE FROM nodes"} {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			return s.dbErr("drop nodes", err)
+		}
+	}
+	if err := s.recordNodesLeft(ctx, tx, ids...); err != nil {
+		return err
+	}
+	return s.dbErr("commit", tx.Commit())
 }
 
 func encodeNodeAnchor(handle uint32, anchored, gen uint64) []byte {

@@ -196,6 +196,11 @@ CREATE TABLE node_masters (
 	`
 ALTER TABLE tokens ADD COLUMN login_epoch bigint CHECK (login_epoch BETWEEN 1 AND 4294967295);
 `,
+	// 6: SQLite's migration 10, the ids of the nodes that left. A change
+	// of it is a change of the root row, notified as any (migration 2).
+	`
+ALTER TABLE root ADD COLUMN nodes_left bytea CHECK (length(nodes_left) BETWEEN 8 AND 524288 AND length(nodes_left) % 8 = 0);
+`,
 }
 
 // pgMigrate brings the schema up to date in one transaction (PostgreSQL's

@@ -224,6 +224,15 @@ CREATE TABLE node_masters (
 	`
 ALTER TABLE tokens ADD COLUMN login_epoch INTEGER CHECK (login_epoch BETWEEN 1 AND 4294967295);
 `,
+	// 10: the ids of the nodes that left the domain (nodeleft.go), each
+	// a big-endian u64, in increasing order: a node row put back after
+	// its node left authenticates by its own MAC, and this list, which
+	// the anchor accounts for, is what refuses it. NULL until a node
+	// first leaves, and without a default, so the root row's anchor term
+	// stays what it was.
+	`
+ALTER TABLE root ADD COLUMN nodes_left BLOB CHECK (length(nodes_left) BETWEEN 8 AND 524288 AND length(nodes_left) % 8 = 0);
+`,
 }
 
 // migrationsWithoutFKs are the migrations that rebuild a table other
