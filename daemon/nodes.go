@@ -196,6 +196,19 @@ func (s *State) attachNode(ctx context.Context) error {
 	if err := s.publishImportKey(ctx); err != nil {
 		return err
 	}
+	if s.nodeFresh != nil || s.nodeCatchUp != nil {
+		// This node's row is about to take the root record's master key
+		// in place of the one it holds: only if a rotation did switch
+		// the domain to it (not a root record edited to say so).
+		if err := s.Store.CheckSwitched(ctx); err != nil {
+			if errors.Is(err, keystore.ErrTampered) {
+				aerr := s.Store.AuditTamper(ctx)
+				return errors.Join(fmt.Errorf("the root record names a master key (generation %d) no rotation switched the domain to; node %d keeps its row as it is and does not start: %w",
+					s.Store.MasterGeneration(), s.Node, err), aerr)
+			}
+			return err
+		}
+	}
 	if s.nodeFresh != nil {
 		if err := s.Store.SetNodeSealed(ctx, s.nodeFresh); err != nil {
 			return err

@@ -3,6 +3,8 @@ package keystore
 import (
 	"context"
 	"crypto/subtle"
+	"database/sql"
+	"encoding/binary"
 	"errors"
 	"time"
 )
@@ -107,6 +109,11 @@ func (s *Store) FollowMaster(ctx context.Context, root Root, proof []byte) (uint
 	if subtle.ConstantTimeCompare(rec.Proof, proof) != 1 {
 		return 0, ErrWrongDomain
 	}
+	if rec.MasterGeneration > s.MasterGeneration() {
+		if err := s.checkSwitched(ctx, root, rec.MasterGeneration); err != nil {
+			return 0, err
+		}
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -158,4 +165,61 @@ func (s *Store) rootMoved(ctx context.Context, gen uint32) bool {
 	var cur int64
 	err := s.r.QueryRowContext(ctx, "SELECT master_generation FROM root WHERE id = 1").Scan(&cur)
 	return err == nil && cur > int64(gen)
+}
+
+// CheckSwitched makes sure that the root record's master key, the one
+// the Store is attached to, is in force because a rotation switched the
+// domain to it (checkSwitched): the daemon checks it at start before it
+// rewrites its node row with that key.
+func (s *Store) CheckSwitched(ctx context.Context) error {
+	s.mu.RLock()
+	gen := s.masterGen
+	root, err := s.rootLocked(gen)
+	s.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	return s.checkSwitched(ctx, root, gen)
+}
+
+// checkSwitched makes sure the domain was switched to generation gen by
+// a rotation, not by whoever writes the root record: the switch writes,
+// in its transaction, the first audit record of the new epoch, sealed
+// under root's carry key (switchMaster), which nobody without the new
+// master key can make. The root record alone names a next master key's
+// proof from the rotation's beginning on, so without this a root record
+// edited to say "switched" in the middle of a rotation had a following
+// node flush the master key every unmoved token is still under, and
+// write the next one into its row. A switch without its record is a
+// TamperError (kind "keystore", what "switch"), noted.
+func (s *Store) checkSwitched(ctx context.Context, root Root, gen uint32) error {
+	if gen < 2 {
+		return nil
+	}
+	bad := func() error {
+		te := &TamperError{Kind: "keystore", ID: "root", What: "switch"}
+		s.noteTamper(te)
+		return te
+	}
+	label := auditFromLabel(gen)
+	var sealed []byte
+	err := s.r.QueryRowContext(ctx, "SELECT sealed FROM carried WHERE label = ? AND master_generation = ?", label, int64(gen)).Scan(&sealed)
+	if errors.Is(err, sql.ErrNoRows) {
+		return bad()
+	}
+	if err != nil {
+		return s.dbErr("read carried key", err)
+	}
+	a, err := carryAEAD(root)
+	if err != nil {
+		return err
+	}
+	if len(sealed) < gcmNonceLen+gcmTagLen {
+		return bad()
+	}
+	from, err := a.Open(nil, sealed[:gcmNonceLen], sealed[gcmNonceLen:], carryAAD(label, gen))
+	if err != nil || len(from) != 8 || binary.BigEndian.Uint64(from) < 1 {
+		return bad()
+	}
+	return nil
 }
