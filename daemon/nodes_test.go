@@ -147,6 +147,11 @@ func TestJoinNodes(t *testing.T) {
 
 	// B's row edited (one bit of its joined time): B does not start; A
 	// does, lists B as tampered and records it.
+	// B's row as it is, kept outside the keystore's schema, to be put
+	// back once B has left.
+	if err := srv.Psql(pgtest.DBName(dsn), "CREATE SCHEMA kept; CREATE TABLE kept.node AS SELECT * FROM nodes WHERE id = 2"); err != nil {
+		t.Fatal(err)
+	}
 	if err := srv.Psql(pgtest.DBName(dsn), "UPDATE nodes SET joined_at = joined_at # 1 WHERE id = 2"); err != nil {
 		t.Fatal(err)
 	}
@@ -193,5 +198,21 @@ func TestJoinNodes(t *testing.T) {
 	}
 	if _, err := OpenState(ctx, cfgB); !errors.Is(err, keystore.ErrNotANode) {
 		t.Fatalf("B after it left: %v", err)
+	}
+	// B's row put back, its MAC whole: B stays out, A serves on.
+	if err := srv.Psql(pgtest.DBName(dsn), "INSERT INTO nodes SELECT * FROM kept.node"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenState(ctx, cfgB); !errors.Is(err, keystore.ErrTampered) || !strings.Contains(err.Error(), "this node's row") {
+		t.Fatalf("B on its row put back after it left: %v", err)
+	}
+	st, err = OpenState(ctx, cfgA)
+	if err != nil {
+		t.Fatalf("A beside B's row put back: %v", err)
+	}
+	defer st.Close()
+	nodes, err = st.Store.Nodes(ctx)
+	if err != nil || len(nodes) != 2 || nodes[0].Tampered != nil || keystore.TamperWhat(nodes[1].Tampered) != "left" {
+		t.Fatalf("nodes on A with B's row put back: %+v %v", nodes, err)
 	}
 }
