@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 )
 
 // A rotation's master key for the nodes that did not make it. The node
@@ -102,6 +103,13 @@ func (s *Store) NodeMaster(ctx context.Context, node int64, gen uint32) (blob, m
 	if err != nil {
 		return nil, nil, s.dbErr("read a node's master key", err)
 	}
+	// Range-checked before anything parses it (the schema's CHECKs can be
+	// dropped by whoever owns the database).
+	if len(blob) == 0 || len(blob) > maxNodeBlob || len(mac) != 32 {
+		te := &TamperError{Kind: "node master", ID: fmt.Sprintf("node %d generation %d", node, gen), What: "range"}
+		s.noteTamper(te)
+		return nil, nil, te
+	}
 	return blob, mac, nil
 }
 
@@ -114,7 +122,15 @@ func (s *Store) NodeImportKey(ctx context.Context, node int64) ([]byte, error) {
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotANode
 	}
-	return ik, s.dbErr("read node", err)
+	if err != nil {
+		return nil, s.dbErr("read node", err)
+	}
+	if len(ik) > maxNodeBlob {
+		te := &TamperError{Kind: "node", ID: "row " + strconv.FormatInt(node, 10), What: "range"}
+		s.noteTamper(te)
+		return nil, te
+	}
+	return ik, nil
 }
 
 // CheckNodeMaster checks the MAC of node's blob of the master key of

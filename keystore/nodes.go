@@ -270,6 +270,13 @@ func (s *Store) NodeSealed(ctx context.Context, tpmID []byte) (int64, []byte, er
 	if err != nil {
 		return 0, nil, s.dbErr("read node", err)
 	}
+	// Range-checked before the TPM parses it: the schema's CHECKs can be
+	// dropped by whoever owns the database.
+	if id < 1 || len(sealed) == 0 || len(sealed) > maxNodeBlob {
+		te := &TamperError{Kind: "node", ID: "row " + strconv.FormatInt(id, 10), What: "range"}
+		s.noteTamper(te)
+		return 0, nil, te
+	}
 	return id, sealed, nil
 }
 

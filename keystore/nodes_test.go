@@ -383,3 +383,60 @@ func TestPublishImportKey(t *testing.T) {
 		t.Fatal("an empty import key published")
 	}
 }
+
+// TestNodeReadsRange: what a node reads of its row and its master key
+// copy before anything can authenticate them (its sealed key, its import
+// key, its copy of a rotation's master key, all handed to its TPM) is
+// range-checked first, whatever the schema's CHECKs say: a value out of
+// range is a TamperError ("range"), noted, and the other node reads its
+// own as before.
+func TestNodeReadsRange(t *testing.T) {
+	t.Parallel()
+	s, loc := newStore(t, Options{})
+	id1, _, err := s.AdoptNode(ctx, fakeTPMID(1), []byte("ik1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AttachNode(ctx, id1); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := s.RootRecord(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AddNode(ctx, NodeSpec{TPMID: fakeTPMID(2), Sealed: rec.Sealed, ImportKey: []byte("ik2")}); err != nil {
+		t.Fatal(err)
+	}
+	raw := rawDB(t, loc)
+	huge := make([]byte, maxNodeBlob+1)
+	execSQL(t, raw, "UPDATE nodes SET import_key = ?, sealed = ? WHERE id = 2", huge, huge)
+	execSQL(t, raw, "INSERT INTO node_masters (node_id, master_generation, blob, mac) VALUES (2, 2, ?, ?), (2, 3, ?, ?)",
+		huge, make([]byte, 32), []byte("blob"), make([]byte, 31))
+	isRange := func(what string, err error) {
+		t.Helper()
+		var te *TamperError
+		if !errors.As(err, &te) || te.What != "range" {
+			t.Errorf("%s: %v, want a TamperError (range)", what, err)
+		}
+	}
+	ik, err := s.NodeImportKey(ctx, 2)
+	isRange("import key", err)
+	if ik != nil {
+		t.Errorf("import key out of range returned (%d bytes)", len(ik))
+	}
+	_, sealed, err := s.NodeSealed(ctx, fakeTPMID(2))
+	isRange("sealed key", err)
+	if sealed != nil {
+		t.Errorf("sealed key out of range returned (%d bytes)", len(sealed))
+	}
+	_, _, err = s.NodeMaster(ctx, 2, 2)
+	isRange("master key copy", err)
+	_, _, err = s.NodeMaster(ctx, 2, 3)
+	isRange("master key copy's MAC", err)
+	if id, sealed, err := s.NodeSealed(ctx, fakeTPMID(1)); err != nil || id != id1 || len(sealed) == 0 {
+		t.Fatalf("node 1's sealed key: %d %v", id, err)
+	}
+	if ik, err := s.NodeImportKey(ctx, id1); err != nil || string(ik) != "ik1" {
+		t.Fatalf("node 1's import key: %q %v", ik, err)
+	}
+}
