@@ -32,6 +32,9 @@ func TestNodePINDuplicates(t *testing.T) {
 	}
 	defer db.Close()
 	cfgA, cfgB := d.a, d.node(t)
+	// Every login on B presents its PIN to B's binding: none is answered
+	// from the PIN cache.
+	cfgB.Store.PINCacheTTL = -1
 
 	so, user := []byte("so-pin-dup"), []byte("user-pin-dup")
 	ti, err := stA.Store.CreateToken(ctx, keystore.TokenSpec{Label: "dup", Tier: keystore.TierStandard, SOPIN: so, UserPIN: user})
@@ -140,6 +143,33 @@ func TestNodePINDuplicates(t *testing.T) {
 	}
 	if err := A.Login(ctx, ti.UUID, keystore.RoleUser, user); !errors.Is(err, keystore.ErrPINIncorrect) {
 		t.Fatalf("the old PIN on A: %v", err)
+	}
+
+	// B's own seal of the SO's record (made at its join) moved into its
+	// binding of the user's: the object loads in B's TPM, so the right
+	// user PIN, meeting the SO's authorisation, would count as wrong, in
+	// the count every node shares and by B's TPM. B finds the row is not
+	// the one it wrote, before the PIN is presented, and records it.
+	kept := bSeal()
+	B.Logout(ti.UUID)
+	if _, err := db.ExecContext(ctx, "UPDATE pin_bindings SET seal = (SELECT seal FROM pin_bindings WHERE token_id = $1 AND role = 0 AND node_id = 2) WHERE token_id = $1 AND role = 1 AND node_id = 2", ti.ID); err != nil {
+		t.Fatal(err)
+	}
+	da, f := daB(), failures(A)
+	if err := B.Login(ctx, ti.UUID, keystore.RoleUser, pin2); !errors.Is(err, keystore.ErrTampered) || keystore.TamperWhat(err) != "rows" {
+		t.Fatalf("the user PIN on B against the SO's seal: %v, want ErrTampered (rows)", err)
+	}
+	if n := failures(A); n != f || daB() != da {
+		t.Fatalf("a moved seal counted: %d failures, B's TPM %d (was %d)", n, daB(), da)
+	}
+	if !audited(B, "tamper.detected", func(d map[string]string) bool { return d["kind"] == "pin binding" && d["what"] == "rows" }) {
+		t.Fatal("no tamper.detected record of B's moved seal")
+	}
+	if _, err := db.ExecContext(ctx, "UPDATE pin_bindings SET seal = $2 WHERE token_id = $1 AND role = 1 AND node_id = 2", ti.ID, kept); err != nil {
+		t.Fatal(err)
+	}
+	if err := B.Login(ctx, ti.UUID, keystore.RoleUser, pin2); err != nil {
+		t.Fatalf("the user PIN on B, its seal put back: %v", err)
 	}
 
 	// The SO sets the user PIN on A: it logs in on B.

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdh"
+	"crypto/hmac"
 	"database/sql"
+	"encoding/binary"
 	"errors"
 	"fmt"
 )
@@ -49,6 +51,78 @@ func (s *Store) bindingSeal(ctx context.Context, tokenID int64, role Role, salt 
 	return seal, true, nil
 }
 
+// checkBindingRow checks this node's binding row of token's role, as
+// read, against its anchor entry, before its seal is given to the TPM.
+// A duplication blob has a MAC of its own; a binding this node sealed
+// itself (at its join, or kept after a duplication blob checked) is a
+// TPM object behind the PIN's authorisation, under no MAC of its own:
+// another record's object of the same TPM moved into this row (another
+// token's, the other role's) loads, and the right PIN, meeting the wrong
+// object's authorisation, was counted as a wrong one, by the token's
+// count shared by every node and by the TPM, until the role locked. The
+// row's entry is bound to its table and key (token, role, node) and
+// sealed under the anchor's key, so a row moved, or written by anyone
+// else, does not match it: a TamperError (kind "pin binding", what
+// "rows"), noted, before the PIN is presented, so nothing is counted. An
+// older version of the row put back with its own entry is of this record
+// (the same salt) or not used. Without the anchor attached (a tool's
+// Store) there is nothing to check.
+func (s *Store) checkBindingRow(ctx context.Context, ti *TokenInfo, role Role, salt, seal []byte) error {
+	s.anc.mu.Lock()
+	active := s.anc.termKey != nil
+	s.anc.mu.Unlock()
+	if !active {
+		return nil
+	}
+	node := s.LocalNode()
+	key := fmt.Sprintf("%d,%d,%d", ti.ID, int64(role), node) // as quote() writes the primary key
+	bad := func() error {
+		te := &TamperError{Kind: "pin binding", ID: fmt.Sprintf("token %s %s node %d", ti.UUID, role, node), What: "rows"}
+		s.noteTamper(te)
+		return te
+	}
+	var entry []byte
+	err := s.r.QueryRowContext(ctx, "SELECT term FROM anchor_rows WHERE tbl = ? AND key = ?", "pin_bindings", key).Scan(&entry)
+	if errors.Is(err, sql.ErrNoRows) {
+		return bad()
+	}
+	if err != nil {
+		return s.dbErr("read anchor entry", err)
+	}
+	if len(entry) == anchorEntryLen && binary.BigEndian.Uint32(entry[1:5]) > s.anchorEpoch() {
+		// Sealed under an epoch a rotation made elsewhere: this node
+		// takes its key first, and is no judge of the entry before.
+		if ferr := s.follow(ctx); ferr != nil && !errors.Is(ferr, ErrNoRoot) {
+			return ferr
+		}
+		if e := binary.BigEndian.Uint32(entry[1:5]); e > s.anchorEpoch() {
+			var gen int64
+			if err := s.r.QueryRowContext(ctx, "SELECT master_generation FROM root WHERE id = 1").Scan(&gen); err != nil {
+				return s.dbErr("read master generation", err)
+			}
+			if int64(e) > gen {
+				return bad() // an epoch the domain never had
+			}
+			s.signalMaster()
+			return errMasterMoved
+		}
+	}
+	s.anc.mu.Lock()
+	defer s.anc.mu.Unlock()
+	term, err := s.anc.openEntryLocked("pin_bindings", key, entry)
+	if err != nil {
+		return bad()
+	}
+	want, err := s.anc.termLocked("pin_bindings", []any{ti.ID, int64(role), node, salt, seal})
+	if err != nil {
+		return err
+	}
+	if !hmac.Equal(term, want) {
+		return bad()
+	}
+	return nil
+}
+
 // nodeCheck is a PIN record as this node checks it.
 type nodeCheck struct {
 	rec []byte // the record, with this node's binding's seal in place of its own
@@ -83,6 +157,11 @@ func (s *Store) nodeRecord(ctx context.Context, ti *TokenInfo, role Role, rec []
 		s.nodes.mu.Unlock()
 		// A seal names the SRK it was made under (tpmroot's encoding).
 		return nodeCheck{rec: rec, foreign: len(tpmID) > 0 && !bytes.Contains(r.seal, tpmID), salt: r.salt}, nil
+	}
+	if !isPINDupEnvelope(seal) { // a blob has a MAC of its own (openPINDup)
+		if err := s.checkBindingRow(ctx, ti, role, r.salt, seal); err != nil {
+			return nodeCheck{}, err
+		}
 	}
 	nc := nodeCheck{bound: true, salt: r.salt}
 	if isPINDupEnvelope(seal) {
@@ -159,4 +238,11 @@ func (s *Store) BindNodePINs(ctx context.Context, keys []*ecdh.PrivateKey) (boun
 		}
 	}
 	return bound, left, used, nil
+}
+
+// anchorEpoch is the newest epoch whose anchor keys the Store holds.
+func (s *Store) anchorEpoch() uint32 {
+	s.anc.mu.Lock()
+	defer s.anc.mu.Unlock()
+	return s.anc.epoch
 }
