@@ -313,12 +313,14 @@ func (a *anchor) entry(table, key string, oldEntry any, cols ...any) ([]byte, er
 	if err := a.dropLocked(table, key, oldEntry); err != nil {
 		return nil, err
 	}
-	// Token and object rows only: their writes carry the row's content
-	// over (a read-modify-write, a soft delete, a reseal), where another
-	// table's rows are written whole (a PIN binding replaced by a newer
-	// one), which launders nothing, or are the domain's, which the start
-	// refuses the keystore over.
-	if e, ok := oldEntry.([]byte); ok && len(e) > 0 && was != nil && (table == "objects" || table == "tokens") {
+	// Token and object rows, and the root row: their writes carry the
+	// row's content over (a read-modify-write, a soft delete, a reseal;
+	// the root row's rotation state and list of the nodes that left,
+	// which an update of its other columns would otherwise make good),
+	// where another table's rows are written whole (a PIN binding
+	// replaced by a newer one), which launders nothing, or are the
+	// domain's, which the start refuses the keystore over.
+	if e, ok := oldEntry.([]byte); ok && len(e) > 0 && was != nil && (table == "objects" || table == "tokens" || table == "root") {
 		t, err := a.termLocked(table, was)
 		if err != nil {
 			return nil, err
@@ -442,6 +444,9 @@ func (a *anchor) changedLocked(table, key string) error {
 		a.badTokens[id] = true
 		a.anyBad.Store(true)
 		return tampered("token", UUID{}, id, "rows")
+	}
+	if table == "root" {
+		return &TamperError{Kind: "keystore", ID: "root", What: "rows"}
 	}
 	return &TamperError{Kind: "row of " + table, ID: key, What: "rows"}
 }

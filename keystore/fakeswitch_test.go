@@ -3,6 +3,7 @@ package keystore
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -93,6 +94,76 @@ func TestFollowFakeSwitch(t *testing.T) {
 		t.Fatal(err)
 	}
 	if n, err := b.TamperCount(ctx); err != nil || n == 0 {
+		t.Fatalf("tamper.detected records: %d %v", n, err)
+	}
+}
+
+// TestRotationStatePutBack: a master key rotation begun, then abandoned;
+// its state in the root record (the next key, sealed by this TPM, which
+// loads it still, and its proof) put back by whoever writes the database.
+// RotateMaster, as `rotate master --resume` runs it, refuses the root row
+// (a TamperError, kind "keystore", what "rows") before it moves any token,
+// and a write of the daemon's over the row is refused too, so that none
+// makes it good; put back as the daemon left it, the root row is written
+// again.
+func TestRotationStatePutBack(t *testing.T) {
+	s, loc := newStore(t, Options{})
+	c, h := newCounter(t, s)
+	if _, err := s.AttachAnchor(ctx, c, AnchorOptions{Handle: h}); err != nil {
+		t.Fatal(err)
+	}
+	ti := newToken(t, s, "put-back")
+	obj, err := s.Put(ctx, ti.UUID, keyAttrs(t, "k", false), []byte("abandoned-rotation"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := shared.tpm.Provision(tpmrootOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := shared.tpm.Load(p.Sealed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Close()
+	sealed, _ := p.Sealed.MarshalBinary()
+	if err := s.BeginMasterRotation(ctx, &NextMaster{Sealed: sealed, Proof: next.DomainID()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AbortMasterRotation(ctx); err != nil {
+		t.Fatal(err)
+	}
+	raw := rawDB(t, loc)
+	execSQL(t, raw, "UPDATE root SET next_sealed = ?, next_proof = ? WHERE id = 1", sealed, next.DomainID())
+	if err := s.AttachNext(ctx, next, next.DomainID()); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.RotateMaster(ctx, nil)
+	var te *TamperError
+	if !errors.As(err, &te) || te.Kind != "keystore" || te.What != "rows" {
+		t.Fatalf("resuming an abandoned rotation put back: %v, want refused (rows)", err)
+	}
+	if g := s.MasterGeneration(); g != 1 {
+		t.Fatalf("on generation %d after the refusal, want 1", g)
+	}
+	if got, err := s.TokenByID(ctx, ti.ID); err != nil || got.MasterGeneration != 1 {
+		t.Fatalf("the token after the refusal: master generation %d, %v", got.MasterGeneration, err)
+	}
+	// (SQLite's driver keeps only the text of the anchor function's error.)
+	if err := s.AbortMasterRotation(ctx); err == nil || !strings.Contains(err.Error(), "root failed authentication (rows)") {
+		t.Fatalf("a write over the root row put back: %v, want refused (rows)", err)
+	}
+	execSQL(t, raw, "UPDATE root SET next_sealed = NULL, next_proof = NULL WHERE id = 1")
+	if got, err := s.Open(ctx, obj.ID); err != nil || !bytes.Equal(got.Secret, obj.Secret) {
+		t.Fatalf("the key: %v", err)
+	}
+	if err := s.BeginMasterRotation(ctx, &NextMaster{Sealed: sealed, Proof: next.DomainID()}); err != nil {
+		t.Fatalf("a rotation begun again once the row is as the daemon left it: %v", err)
+	}
+	if err := s.AuditTamper(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.TamperCount(ctx); err != nil || n == 0 {
 		t.Fatalf("tamper.detected records: %d %v", n, err)
 	}
 }

@@ -214,6 +214,11 @@ func (s *Store) RotateMaster(ctx context.Context, progress func(done, total int)
 	if rec.Next == nil {
 		return 0, ErrNoRotation
 	}
+	// The rotation recorded is the one that was begun, not an abandoned
+	// one's state put back (rootcheck.go), before anything moves.
+	if err := s.checkRootRow(ctx); err != nil {
+		return 0, err
+	}
 	oldGen, nextGen := rec.MasterGeneration, rec.MasterGeneration+1
 	s.mu.RLock()
 	next, err := s.rootLocked(nextGen)

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdh"
-	"crypto/hmac"
 	"database/sql"
-	"encoding/binary"
 	"errors"
 	"fmt"
 )
@@ -31,24 +29,31 @@ import (
 // blobs to their import keys (pindup.go).
 
 // bindingSeal returns this node's seal for the record of token's role
-// with that salt, if it has one.
-func (s *Store) bindingSeal(ctx context.Context, tokenID int64, role Role, salt []byte) ([]byte, bool, error) {
+// with that salt, if it has one, with the row's anchor entry, read in the
+// same statement (the row and its entry are committed together).
+func (s *Store) bindingSeal(ctx context.Context, tokenID int64, role Role, salt []byte) (seal, entry []byte, ok bool, err error) {
 	node := s.LocalNode()
 	if node == 0 {
-		return nil, false, nil
+		return nil, nil, false, nil
 	}
-	var seal []byte
-	err := s.r.QueryRowContext(ctx, "SELECT seal FROM pin_bindings WHERE token_id = ? AND role = ? AND node_id = ? AND salt = ?",
-		tokenID, int64(role), node, salt).Scan(&seal)
+	err = s.r.QueryRowContext(ctx, `SELECT seal, (SELECT term FROM anchor_rows WHERE tbl = 'pin_bindings' AND key = ?)
+		FROM pin_bindings WHERE token_id = ? AND role = ? AND node_id = ? AND salt = ?`,
+		bindingKey(tokenID, role, node), tokenID, int64(role), node, salt).Scan(&seal, &entry)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
-		return nil, false, nil
+		return nil, nil, false, nil
 	case err != nil:
-		return nil, false, s.dbErr("read PIN binding", err)
+		return nil, nil, false, s.dbErr("read PIN binding", err)
 	case len(seal) == 0 || len(seal) > maxPINSealLen:
-		return nil, false, &TamperError{Kind: "token", ID: fmt.Sprintf("row %d", tokenID), What: "PIN binding"}
+		return nil, nil, false, &TamperError{Kind: "token", ID: fmt.Sprintf("row %d", tokenID), What: "PIN binding"}
 	}
-	return seal, true, nil
+	return seal, entry, true, nil
+}
+
+// bindingKey is a binding row's key among its table's rows, as quote()
+// writes its primary key (the anchor's entries are found by it).
+func bindingKey(tokenID int64, role Role, node int64) string {
+	return fmt.Sprintf("%d,%d,%d", tokenID, int64(role), node)
 }
 
 // checkBindingRow checks this node's binding row of token's role, as
@@ -67,60 +72,13 @@ func (s *Store) bindingSeal(ctx context.Context, tokenID int64, role Role, salt 
 // older version of the row put back with its own entry is of this record
 // (the same salt) or not used. Without the anchor attached (a tool's
 // Store) there is nothing to check.
-func (s *Store) checkBindingRow(ctx context.Context, ti *TokenInfo, role Role, salt, seal []byte) error {
-	s.anc.mu.Lock()
-	active := s.anc.termKey != nil
-	s.anc.mu.Unlock()
-	if !active {
-		return nil
-	}
+func (s *Store) checkBindingRow(ctx context.Context, ti *TokenInfo, role Role, salt, seal, entry []byte) error {
 	node := s.LocalNode()
-	key := fmt.Sprintf("%d,%d,%d", ti.ID, int64(role), node) // as quote() writes the primary key
-	bad := func() error {
+	return s.checkAnchoredRow(ctx, "pin_bindings", bindingKey(ti.ID, role, node), []any{ti.ID, int64(role), node, salt, seal}, entry, func() error {
 		te := &TamperError{Kind: "pin binding", ID: fmt.Sprintf("token %s %s node %d", ti.UUID, role, node), What: "rows"}
 		s.noteTamper(te)
 		return te
-	}
-	var entry []byte
-	err := s.r.QueryRowContext(ctx, "SELECT term FROM anchor_rows WHERE tbl = ? AND key = ?", "pin_bindings", key).Scan(&entry)
-	if errors.Is(err, sql.ErrNoRows) {
-		return bad()
-	}
-	if err != nil {
-		return s.dbErr("read anchor entry", err)
-	}
-	if len(entry) == anchorEntryLen && binary.BigEndian.Uint32(entry[1:5]) > s.anchorEpoch() {
-		// Sealed under an epoch a rotation made elsewhere: this node
-		// takes its key first, and is no judge of the entry before.
-		if ferr := s.follow(ctx); ferr != nil && !errors.Is(ferr, ErrNoRoot) {
-			return ferr
-		}
-		if e := binary.BigEndian.Uint32(entry[1:5]); e > s.anchorEpoch() {
-			var gen int64
-			if err := s.r.QueryRowContext(ctx, "SELECT master_generation FROM root WHERE id = 1").Scan(&gen); err != nil {
-				return s.dbErr("read master generation", err)
-			}
-			if int64(e) > gen {
-				return bad() // an epoch the domain never had
-			}
-			s.signalMaster()
-			return errMasterMoved
-		}
-	}
-	s.anc.mu.Lock()
-	defer s.anc.mu.Unlock()
-	term, err := s.anc.openEntryLocked("pin_bindings", key, entry)
-	if err != nil {
-		return bad()
-	}
-	want, err := s.anc.termLocked("pin_bindings", []any{ti.ID, int64(role), node, salt, seal})
-	if err != nil {
-		return err
-	}
-	if !hmac.Equal(term, want) {
-		return bad()
-	}
-	return nil
+	})
 }
 
 // nodeCheck is a PIN record as this node checks it.
@@ -147,7 +105,7 @@ func (s *Store) nodeRecord(ctx context.Context, ti *TokenInfo, role Role, rec []
 	if err != nil {
 		return nodeCheck{}, err
 	}
-	seal, ok, err := s.bindingSeal(ctx, ti.ID, role, r.salt)
+	seal, entry, ok, err := s.bindingSeal(ctx, ti.ID, role, r.salt)
 	if err != nil {
 		return nodeCheck{}, err
 	}
@@ -159,7 +117,7 @@ func (s *Store) nodeRecord(ctx context.Context, ti *TokenInfo, role Role, rec []
 		return nodeCheck{rec: rec, foreign: len(tpmID) > 0 && !bytes.Contains(r.seal, tpmID), salt: r.salt}, nil
 	}
 	if !isPINDupEnvelope(seal) { // a blob has a MAC of its own (openPINDup)
-		if err := s.checkBindingRow(ctx, ti, role, r.salt, seal); err != nil {
+		if err := s.checkBindingRow(ctx, ti, role, r.salt, seal, entry); err != nil {
 			return nodeCheck{}, err
 		}
 	}
@@ -238,11 +196,4 @@ func (s *Store) BindNodePINs(ctx context.Context, keys []*ecdh.PrivateKey) (boun
 		}
 	}
 	return bound, left, used, nil
-}
-
-// anchorEpoch is the newest epoch whose anchor keys the Store holds.
-func (s *Store) anchorEpoch() uint32 {
-	s.anc.mu.Lock()
-	defer s.anc.mu.Unlock()
-	return s.anc.epoch
 }
