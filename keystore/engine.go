@@ -29,6 +29,10 @@ type engine interface {
 	// scanRows calls f with every anchored row's key and term, in tx on
 	// the writer connection.
 	scanRows(ctx context.Context, tx *sql.Tx, a *anchor, f func(r *anchoredRow) error) error
+	// objectTerm is one object row's term, read in tx on the writer as
+	// scanRows reads every row, the row locked until tx ends where other
+	// writers may run at once; sql.ErrNoRows without the row.
+	objectTerm(ctx context.Context, tx *sql.Tx, a *anchor, id int64) ([]byte, error)
 	// forUpdate is what follows a read, in a transaction of the writer,
 	// of a row the transaction then writes: a row lock where other
 	// writers may run at once (PostgreSQL, several daemons), nothing

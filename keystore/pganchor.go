@@ -392,3 +392,22 @@ func (e *postgresEngine) scanRows(ctx context.Context, tx *sql.Tx, a *anchor, f 
 	}
 	return nil
 }
+
+// objectTerm is one object row's term, as scanRows computes it, the row
+// locked: another daemon's write of it, and of its entry, commits before
+// or after the caller's transaction, never in between.
+func (e *postgresEngine) objectTerm(ctx context.Context, tx *sql.Tx, a *anchor, id int64) ([]byte, error) {
+	t, err := e.f.table("objects")
+	if err != nil {
+		return nil, err
+	}
+	var js string
+	if err := tx.QueryRowContext(ctx, "SELECT to_jsonb(t)::text FROM objects t WHERE id = ? FOR UPDATE", id).Scan(&js); err != nil {
+		return nil, err
+	}
+	vals, err := t.decode(js)
+	if err != nil {
+		return nil, err
+	}
+	return a.term("objects", vals...)
+}

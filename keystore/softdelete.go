@@ -102,11 +102,30 @@ func (s *Store) softDelete(ctx context.Context, id ObjectID, note func(kept bool
 }
 
 // DeletedObjects lists a token's deleted objects, oldest deletion first.
+// Only rows whose deletion is authenticated are listed (deletion.go):
+// one marked deleted behind the daemon's back is left out, recorded as
+// tampering, and offered neither for recovery nor for purge.
 func (s *Store) DeletedObjects(ctx context.Context, token UUID) ([]Deleted, error) {
 	ti, err := s.Token(ctx, token) // its retention, authenticated
 	if err != nil {
 		return nil, err
 	}
+	del, err := s.listDeleted(ctx, ti)
+	if err != nil {
+		return nil, err
+	}
+	return s.deletedAsWritten(ctx, del)
+}
+
+// maxDeletedAt bounds a deletion time: the last second of year 9999,
+// far from where a time's arithmetic (the retention added) overflows.
+const maxDeletedAt = 253402300799
+
+// listDeleted lists token ti's deleted objects, oldest deletion first,
+// leaving out the rows that fail a check of their own; whether each
+// deletion is authenticated is the caller's to check.
+func (s *Store) listDeleted(ctx context.Context, ti TokenInfo) ([]Deleted, error) {
+	token := ti.UUID
 	rows, err := s.r.QueryContext(ctx, `SELECT o.id, o.uuid, o.class, o.key_type, o.label, o.ckaid, o.private, o.deleted_at, o.record
 		FROM objects o WHERE o.token_id = ? AND o.deleted_at IS NOT NULL ORDER BY o.deleted_at, o.id`, ti.ID)
 	if err != nil {
@@ -143,6 +162,12 @@ func (s *Store) DeletedObjects(ctx context.Context, token UUID) ([]Deleted, erro
 			s.noteTamper(tampered("object", r.uuid, id, "uuid column"))
 			continue
 		}
+		if at < 1 || at > maxDeletedAt {
+			// No soft delete wrote it; and added to, it would overflow
+			// into a purge time already past.
+			s.noteTamper(tampered("object", r.uuid, id, "range"))
+			continue
+		}
 		if s.anc.objectBad(id) {
 			s.noteTamper(tampered("object", r.uuid, id, "rows"))
 			continue
@@ -165,7 +190,9 @@ func (s *Store) DeletedObjects(ctx context.Context, token UUID) ([]Deleted, erro
 	return out, s.dbErr("list deleted objects", rows.Err())
 }
 
-// Recover brings a deleted object back.
+// Recover brings a deleted object back, once its deletion is
+// authenticated (deletion.go): a live row marked deleted behind the
+// daemon's back is tampering, and stays as it is.
 func (s *Store) Recover(ctx context.Context, token UUID, object UUID) (ObjectID, error) {
 	var id int64
 	// A row that failed the check at start stays as it is (anchor.go,
@@ -176,14 +203,35 @@ func (s *Store) Recover(ctx context.Context, token UUID, object UUID) (ObjectID,
 		s.noteTamper(err)
 		return 0, err
 	}
-	err = s.w.QueryRowContext(ctx, `UPDATE objects SET deleted_at = NULL
-		WHERE uuid = ? AND deleted_at IS NOT NULL AND token_id = (SELECT id FROM tokens WHERE uuid = ?) RETURNING id`,
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, s.dbErr("begin", err)
+	}
+	defer tx.Rollback()
+	err = tx.QueryRowContext(ctx, `SELECT id FROM objects
+		WHERE uuid = ? AND deleted_at IS NOT NULL AND token_id = (SELECT id FROM tokens WHERE uuid = ?)`,
 		object[:], token[:]).Scan(&id)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, ErrNotFound
 	}
 	if err != nil {
 		return 0, s.dbErr("recover object", err)
+	}
+	switch err := s.objectAsWritten(ctx, tx, id, object); {
+	case errors.Is(err, ErrNotAnchored):
+		// Nothing to check against; nothing is removed either.
+	case err != nil:
+		return 0, err
+	}
+	res, err := tx.ExecContext(ctx, "UPDATE objects SET deleted_at = NULL WHERE id = ? AND deleted_at IS NOT NULL", id)
+	if err != nil {
+		return 0, s.dbErr("recover object", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return 0, ErrNotFound
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, s.dbErr("commit", err)
 	}
 	return ObjectID(id), nil
 }
@@ -198,14 +246,15 @@ func (s *Store) Purge(ctx context.Context, token UUID, object UUID) error {
 	if ti.PurgeProtection {
 		return ErrPurgeProtected
 	}
-	res, err := s.w.ExecContext(ctx, "DELETE FROM objects WHERE uuid = ? AND token_id = ? AND deleted_at IS NOT NULL", object[:], ti.ID)
+	var id int64
+	err = s.r.QueryRowContext(ctx, "SELECT id FROM objects WHERE uuid = ? AND token_id = ? AND deleted_at IS NOT NULL", object[:], ti.ID).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrNotFound
+	}
 	if err != nil {
 		return s.dbErr("purge object", err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return ErrNotFound
-	}
-	return nil
+	return s.purgeObject(ctx, id, object, nil)
 }
 
 // PurgeExpired removes every deleted object whose retention ended before
@@ -232,6 +281,9 @@ func (s *Store) purgeExpired(ctx context.Context, now time.Time, note func(Delet
 		return nil, err
 	}
 	defer release()
+	// The rows it met tampered with are recorded before it returns: the
+	// purger is no call whose end records them.
+	defer s.AuditTamper(ctx) //nolint:errcheck // noted again for the next try
 	tokens, err := s.Tokens(ctx)
 	if err != nil {
 		return nil, err
@@ -241,10 +293,10 @@ func (s *Store) purgeExpired(ctx context.Context, now time.Time, note func(Delet
 		if ti.Tampered != nil {
 			continue // its retention cannot be trusted: nothing of it is purged
 		}
-		del, err := s.DeletedObjects(ctx, ti.UUID)
-		if errors.Is(err, ErrTampered) {
-			continue
-		}
+		// Each row's deletion is checked as it is purged (purgeObject),
+		// in the transaction that removes it: checked any earlier, the
+		// row could be edited in between.
+		del, err := s.listDeleted(ctx, ti)
 		if err != nil {
 			return purged, err
 		}
@@ -258,18 +310,11 @@ func (s *Store) purgeExpired(ctx context.Context, now time.Time, note func(Delet
 				n = &nn
 			}
 			// Gone already (purged by the administrator, or recovered,
-			// meanwhile): nothing done, nothing recorded.
-			err := s.writeAudited(ctx, n, func(q execer) error {
-				res, err := q.ExecContext(ctx, "DELETE FROM objects WHERE id = ? AND deleted_at IS NOT NULL", int64(d.ID))
-				if err != nil {
-					return s.dbErr("purge object", err)
-				}
-				if n, _ := res.RowsAffected(); n == 0 {
-					return ErrNotFound
-				}
-				return nil
-			})
-			if errors.Is(err, ErrNotFound) {
+			// meanwhile): nothing done, nothing recorded. A deletion
+			// not authenticated: the row stays, recorded as tampering,
+			// and the purge goes on with the others.
+			err := s.purgeObject(ctx, int64(d.ID), d.UUID, n)
+			if errors.Is(err, ErrNotFound) || errors.Is(err, ErrTampered) {
 				continue
 			}
 			if err != nil {

@@ -9,7 +9,7 @@ import (
 
 func TestSoftDelete(t *testing.T) {
 	t.Parallel()
-	s, _ := newStore(t, Options{})
+	s, _, _, _ := anchoredStore(t) // a purge needs the deletion authenticated (deletion.go)
 	ti := newToken(t, s, "soft")
 	if ti.RetentionDays != DefaultRetentionDays || ti.PurgeProtection {
 		t.Fatalf("new token's policy: %d days, protection %v", ti.RetentionDays, ti.PurgeProtection)
@@ -87,7 +87,7 @@ func TestSoftDelete(t *testing.T) {
 
 func TestPurgeProtection(t *testing.T) {
 	t.Parallel()
-	s, path := newStore(t, Options{})
+	s, path, _, _ := anchoredStore(t)
 	ti := newToken(t, s, "protected")
 	on, off := true, false
 	three, thirty, sixty := 3, 30, 60
@@ -145,7 +145,7 @@ func isPolicy(err error) bool {
 
 func TestKeyBackup(t *testing.T) {
 	t.Parallel()
-	s, _ := newStore(t, Options{})
+	s, _, _, _ := anchoredStore(t)
 	ti := newToken(t, s, "kb")
 	if err := s.Login(ctx, ti.UUID, RoleUser, userPIN); err != nil {
 		t.Fatal(err)
@@ -237,7 +237,7 @@ func FuzzParsePINRecord(f *testing.F) {
 // recorded.
 func TestPurgeExpiredAudited(t *testing.T) {
 	t.Parallel()
-	s, _ := newStore(t, Options{})
+	s, _, _, _ := anchoredStore(t)
 	ti := newToken(t, s, "audited")
 	const n = 6
 	var objs []*Object

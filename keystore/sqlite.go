@@ -194,3 +194,23 @@ func (sqliteEngine) scanRows(ctx context.Context, tx *sql.Tx, _ *anchor, f func(
 	}
 	return nil
 }
+
+// objectTerm is one object row's term, as scanRows computes it, over the
+// columns the triggers were made from (the term function takes no other).
+func (sqliteEngine) objectTerm(ctx context.Context, tx *sql.Tx, a *anchor, id int64) ([]byte, error) {
+	a.mu.Lock()
+	cols := a.cols["objects"]
+	a.mu.Unlock()
+	if len(cols) == 0 {
+		return nil, errors.New("keystore: the anchor's triggers are not installed")
+	}
+	var term []byte
+	err := tx.QueryRowContext(ctx, "SELECT "+termExpr("objects", cols)+" FROM main.objects WHERE id = ?", id).Scan(&term)
+	if err != nil {
+		return nil, err
+	}
+	if len(term) != 32 {
+		return nil, fmt.Errorf("keystore: term of object row %d: %d bytes", id, len(term))
+	}
+	return term, nil
+}

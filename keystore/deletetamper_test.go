@@ -1,0 +1,217 @@
+package keystore
+
+import (
+	"database/sql"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestDeletionNotAuthenticated: deleted_at edited behind the Store's back
+// (a live row marked deleted, a deletion moved back in time, out of range,
+// swapped with a live row's), while it serves or before it starts, never
+// makes a purge remove the row: the row stays, the failure is recorded
+// as tampering naming it, a recovery or an administrator's purge of it is
+// refused, and the purge goes on with every other row. A live row marked
+// deleted and purged would be a key lost with no trace: the purge drops
+// its anchor entry, so no start finds it missing.
+func TestDeletionNotAuthenticated(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name       string
+		restart    bool // edit with the Store closed, then start
+		early      bool // the purge runs now, not after the retention
+		what       string
+		edit       func(t *testing.T, db *sql.DB, victim, gone *Object)
+		resurrects bool // the edit also cleared gone's deleted_at
+	}{
+		{name: "live row marked deleted", what: "rows", edit: func(t *testing.T, db *sql.DB, victim, _ *Object) {
+			execSQL(t, db, "UPDATE objects SET deleted_at = ? WHERE id = ?", time.Now().Add(-365*24*time.Hour).Unix(), int64(victim.ID))
+		}},
+		{name: "live row marked deleted before start", restart: true, what: "rows", edit: func(t *testing.T, db *sql.DB, victim, _ *Object) {
+			execSQL(t, db, "UPDATE objects SET deleted_at = 1 WHERE id = ?", int64(victim.ID))
+		}},
+		{name: "live row given another's deletion", what: "rows", edit: func(t *testing.T, db *sql.DB, victim, gone *Object) {
+			execSQL(t, db, "UPDATE objects SET deleted_at = (SELECT deleted_at FROM objects WHERE id = ?) WHERE id = ?", int64(gone.ID), int64(victim.ID))
+		}},
+		{name: "deletion swapped with a live row", what: "rows", resurrects: true, edit: func(t *testing.T, db *sql.DB, victim, gone *Object) {
+			execSQL(t, db, "UPDATE objects SET deleted_at = (SELECT deleted_at FROM objects WHERE id = ?) WHERE id = ?", int64(gone.ID), int64(victim.ID))
+			execSQL(t, db, "UPDATE objects SET deleted_at = NULL WHERE id = ?", int64(gone.ID))
+		}},
+		{name: "deletion moved back", early: true, what: "rows", edit: func(t *testing.T, db *sql.DB, _, gone *Object) {
+			execSQL(t, db, "UPDATE objects SET deleted_at = 1 WHERE id = ?", int64(gone.ID))
+		}},
+		{name: "deletion negative", early: true, what: "range", edit: func(t *testing.T, db *sql.DB, _, gone *Object) {
+			execSQL(t, db, "UPDATE objects SET deleted_at = -86400 WHERE id = ?", int64(gone.ID))
+		}},
+		{name: "deletion far in the future", early: true, what: "range", edit: func(t *testing.T, db *sql.DB, _, gone *Object) {
+			// Added to, it overflows into a purge time long past.
+			execSQL(t, db, "UPDATE objects SET deleted_at = 9223372036854775807 WHERE id = ?", int64(gone.ID))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s, path, c, h := anchoredStore(t)
+			tok := newToken(t, s, "victim")
+			put := func(label string) *Object {
+				obj, err := s.Put(ctx, tok.UUID, keyAttrs(t, label, false), []byte(label))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return obj
+			}
+			victim, good, gone, goneGood := put("victim"), put("good"), put("gone"), put("gone-good")
+			for _, o := range []*Object{gone, goneGood} {
+				if kept, err := s.SoftDelete(ctx, o.ID); err != nil || !kept {
+					t.Fatalf("soft delete: %v %v", kept, err)
+				}
+			}
+			// The row whose deletion is not authenticated.
+			bad := victim
+			if tc.early {
+				bad = gone
+			}
+			db := rawDB(t, path)
+			if tc.restart {
+				s.Close()
+				tc.edit(t, db, victim, gone)
+				s = startFindsBad(t, path, c, h, bad.ID, "start")
+			} else {
+				tc.edit(t, db, victim, gone)
+			}
+
+			when := time.Now().Add(time.Duration(DefaultRetentionDays+1) * 24 * time.Hour)
+			if tc.early {
+				when = time.Now()
+			}
+			purged, err := s.PurgeExpired(ctx, when)
+			if err != nil {
+				t.Fatalf("purge: %v", err)
+			}
+			var ids []ObjectID
+			for _, d := range purged {
+				ids = append(ids, d.ID)
+			}
+			want := []ObjectID{}
+			if !tc.early {
+				want = append(want, goneGood.ID)
+				if !tc.resurrects {
+					want = []ObjectID{gone.ID, goneGood.ID}
+				}
+			}
+			if !slices.Equal(ids, want) && !(len(ids) == 0 && len(want) == 0) {
+				t.Fatalf("purged %v, want %v (the row edited is %d)", ids, want, bad.ID)
+			}
+			var n int
+			if err := db.QueryRow("SELECT count(*) FROM objects WHERE id = ?", int64(bad.ID)).Scan(&n); err != nil || n != 1 {
+				t.Fatalf("the row edited: %d rows, %v; want it left in place", n, err)
+			}
+			if !tamperRecorded(t, s, bad.UUID, tc.what) {
+				t.Fatalf("no tamper.detected record of %s (%s)", bad.UUID, tc.what)
+			}
+			// Offered neither for recovery nor for purge.
+			del, err := s.DeletedObjects(ctx, tok.UUID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range del {
+				if d.ID == bad.ID {
+					t.Fatalf("the row edited is listed deleted: %+v", d)
+				}
+			}
+			if err := s.Purge(ctx, tok.UUID, bad.UUID); !errors.Is(err, ErrTampered) {
+				t.Fatalf("administrator's purge of the row edited: %v, want ErrTampered", err)
+			}
+			if _, err := s.Recover(ctx, tok.UUID, bad.UUID); !errors.Is(err, ErrTampered) {
+				t.Fatalf("recovery of the row edited: %v, want ErrTampered", err)
+			}
+			if err := db.QueryRow("SELECT count(*) FROM objects WHERE id = ?", int64(bad.ID)).Scan(&n); err != nil || n != 1 {
+				t.Fatalf("the row edited, after the refusals: %d rows, %v", n, err)
+			}
+			// Every other row goes on.
+			if got, err := s.Open(ctx, good.ID); err != nil || string(got.Secret) != "good" {
+				t.Fatalf("the good object: %v", err)
+			}
+			if _, err := s.Anchor(ctx); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			// The next start finds the row edited too (and a deleted row
+			// brought back by the swap).
+			s2 := reopen(t, path, Options{})
+			rep, err := s2.AttachAnchor(ctx, c, AnchorOptions{Handle: h})
+			if err != nil || !slices.Contains(rep.BadObjects, int64(bad.ID)) || (tc.resurrects && !slices.Contains(rep.BadObjects, int64(gone.ID))) {
+				t.Fatalf("next start: %+v %v", rep, err)
+			}
+		})
+	}
+}
+
+// TestDeletionPutBackRecovers: a live row marked deleted behind the
+// Store's back, refused by the purge, is whole again once deleted_at is
+// put back: nothing of it was lost, and the next start takes it back.
+func TestDeletionPutBackRecovers(t *testing.T) {
+	t.Parallel()
+	s, path, c, h := anchoredStore(t)
+	tok := newToken(t, s, "tok")
+	obj, err := s.Put(ctx, tok.UUID, keyAttrs(t, "k", false), []byte("secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := rawDB(t, path)
+	execSQL(t, db, "UPDATE objects SET deleted_at = 1 WHERE id = ?", int64(obj.ID))
+	if purged, err := s.PurgeExpired(ctx, time.Now()); err != nil || len(purged) != 0 {
+		t.Fatalf("purge: %v %v", purged, err)
+	}
+	execSQL(t, db, "UPDATE objects SET deleted_at = NULL WHERE id = ?", int64(obj.ID))
+	s.Close()
+	s2 := reopen(t, path, Options{})
+	if rep, err := s2.AttachAnchor(ctx, c, AnchorOptions{Handle: h}); err != nil || len(rep.BadObjects) != 0 {
+		t.Fatalf("start: %+v %v", rep, err)
+	}
+	if got, err := s2.Open(ctx, obj.ID); err != nil || string(got.Secret) != "secret" {
+		t.Fatalf("open: %v", err)
+	}
+}
+
+// TestPurgeNeedsAnchor: on a keystore with no anchor record nothing
+// authenticates a deletion, and the purges refuse.
+func TestPurgeNeedsAnchor(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, Options{})
+	tok := newToken(t, s, "tok")
+	obj, err := s.Put(ctx, tok.UUID, keyAttrs(t, "k", false), []byte("secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kept, err := s.SoftDelete(ctx, obj.ID); err != nil || !kept {
+		t.Fatalf("soft delete: %v %v", kept, err)
+	}
+	later := time.Now().Add(time.Duration(DefaultRetentionDays+1) * 24 * time.Hour)
+	if _, err := s.PurgeExpired(ctx, later); !errors.Is(err, ErrNotAnchored) {
+		t.Fatalf("expiry purge: %v, want ErrNotAnchored", err)
+	}
+	if err := s.Purge(ctx, tok.UUID, obj.UUID); !errors.Is(err, ErrNotAnchored) {
+		t.Fatalf("purge: %v, want ErrNotAnchored", err)
+	}
+}
+
+// tamperRecorded reports whether the audit log holds a tamper.detected
+// record of object u with what.
+func tamperRecorded(t *testing.T, s *Store, u UUID, what string) bool {
+	t.Helper()
+	if err := s.AuditTamper(ctx); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := s.AuditRecords(ctx, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if r.Event == "tamper.detected" && r.Detail["uuid"] == u.String() && r.Detail["what"] == what {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,150 @@
+package keystore
+
+import (
+	"context"
+	"crypto/hmac"
+	"database/sql"
+	"errors"
+	"strconv"
+)
+
+// A deleted object's row says so in its deleted_at column, which neither
+// its seal nor any MAC of its own covers: the seal is made once, under
+// keys a soft delete of a private object may not hold (its token logged
+// out), and a MAC of the row alone would pass the row put back as it was
+// at an earlier deletion, after a recovery. What authenticates a row's
+// deleted state is its anchor entry (anchor.go): every write of the
+// daemon's, the soft delete's and the recovery's included, gives the row
+// an entry accounting for all its columns, deleted_at among them, and the
+// entry is replaced at each write, so an earlier version of the row no
+// longer matches it. Whoever sets deleted_at on a live row, moves it,
+// swaps it between rows or clears it writes no entry.
+//
+// So the paths that act on a row's deletion (the purges, which remove
+// it; a recovery, which brings it back; the listing of deleted objects,
+// which offers it for either) first check the row against its entry. A
+// row that does not match is tampering: recorded (tamper.detected, what
+// "rows"), left in place and taken down as the check at start takes such
+// a row down; every other row goes on. Putting deleted_at back as it was
+// makes the row match again, and the next start takes it back.
+
+// ErrNotAnchored refuses a purge on a keystore with no anchor record:
+// nothing authenticates a deletion there. The daemon anchors every
+// keystore at start (AttachAnchor).
+var ErrNotAnchored = errors.New("keystore: the keystore has no anchor record: no deletion can be authenticated")
+
+// objectAsWritten checks, in tx on the writer, that object row id is the
+// row its anchor entry accounts for: as the daemon last wrote it,
+// deleted_at included. A row that is not is a TamperError (noted, and the
+// row taken down); a row gone is ErrNotFound. u names the row in the
+// error (the zero UUID when unknown).
+func (s *Store) objectAsWritten(ctx context.Context, tx *sql.Tx, id int64, u UUID) error {
+	var n int
+	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM anchor").Scan(&n); err != nil {
+		return s.dbErr("read anchor record", err)
+	}
+	if n == 0 {
+		return ErrNotAnchored
+	}
+	term, err := s.eng.objectTerm(ctx, tx, s.anc, id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrNotFound
+	}
+	if errors.Is(err, errAnchorKeys) {
+		return err
+	}
+	if err != nil {
+		return s.dbErr("read object", err)
+	}
+	key := strconv.FormatInt(id, 10)
+	var blob []byte
+	err = tx.QueryRowContext(ctx, "SELECT term FROM anchor_rows WHERE tbl = 'objects' AND key = ?", key).Scan(&blob)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return s.dbErr("read anchor entry", err)
+	}
+	s.anc.mu.Lock()
+	var entry []byte
+	if blob != nil {
+		entry, err = s.anc.openEntryLocked("objects", key, blob)
+	}
+	s.anc.mu.Unlock()
+	if errors.Is(err, errAnchorKeys) {
+		return err
+	}
+	if entry == nil || !hmac.Equal(entry, term) {
+		return s.objectNotAsWritten(id, u)
+	}
+	return nil
+}
+
+// objectNotAsWritten takes down an object row found not to match its
+// entry, notes it and returns its TamperError.
+func (s *Store) objectNotAsWritten(id int64, u UUID) error {
+	s.anc.mu.Lock()
+	s.anc.changedLocked("objects", strconv.FormatInt(id, 10)) //nolint:errcheck // its error is the one made below, with the uuid
+	s.anc.mu.Unlock()
+	err := tampered("object", u, id, "rows")
+	s.noteTamper(err)
+	return err
+}
+
+// purgeObject removes deleted object row id for good, with note's audit
+// record when note is not nil, once the row's deletion is authenticated
+// (objectAsWritten). A row gone, or recovered, meanwhile is ErrNotFound.
+func (s *Store) purgeObject(ctx context.Context, id int64, u UUID, note *AuditNote) error {
+	write := func(tx *sql.Tx) error {
+		if err := s.objectAsWritten(ctx, tx, id, u); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, "DELETE FROM objects WHERE id = ? AND deleted_at IS NOT NULL", id)
+		if err != nil {
+			return s.dbErr("purge object", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ErrNotFound
+		}
+		return nil
+	}
+	if note != nil {
+		return s.writeAuditedTx(ctx, note, write)
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return s.dbErr("begin", err)
+	}
+	defer tx.Rollback()
+	if err := write(tx); err != nil {
+		return err
+	}
+	return s.dbErr("commit", tx.Commit())
+}
+
+// deletedAsWritten keeps of a listing of deleted objects those whose rows
+// match their entries, in one transaction of the writer (where SQLite's
+// term function is), noting the others. On a keystore with no anchor
+// record nothing is checked: nothing can be, and the listing removes
+// nothing (the purges refuse such a keystore).
+func (s *Store) deletedAsWritten(ctx context.Context, del []Deleted) ([]Deleted, error) {
+	if len(del) == 0 {
+		return del, nil
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, s.dbErr("begin", err)
+	}
+	defer tx.Rollback()
+	out := make([]Deleted, 0, len(del))
+	for _, d := range del {
+		err := s.objectAsWritten(ctx, tx, int64(d.ID), d.UUID)
+		switch {
+		case errors.Is(err, ErrNotAnchored):
+			return del, nil
+		case errors.Is(err, ErrNotFound), errors.Is(err, ErrTampered):
+			continue
+		case err != nil:
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
