@@ -3,6 +3,7 @@ package keystore
 import (
 	"database/sql"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -210,6 +211,82 @@ func tamperRecorded(t *testing.T, s *Store, u UUID, what string) bool {
 	}
 	for _, r := range recs {
 		if r.Event == "tamper.detected" && r.Detail["uuid"] == u.String() && r.Detail["what"] == what {
+			return true
+		}
+	}
+	return false
+}
+
+// TestSoftDeleteTokenMoved: an object's token_id moved behind the
+// Store's back, to a token that keeps nothing (retention 0), would have
+// the next C_DestroyObject of it destroy it at once, under its own
+// token's purge protection, with no trace (the delete drops its anchor
+// entry); moved to a token that keeps, soft-deleted under that token's
+// policy. The soft delete checks the row is as written first: refused as
+// tampering, recorded, the row left in place.
+func TestSoftDeleteTokenMoved(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		days int
+	}{{"to a token that keeps nothing", 0}, {"to a token that keeps", 30}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s, path, c, h := anchoredStore(t)
+			tok, other := newToken(t, s, "victim"), newToken(t, s, "other")
+			on, days := true, DefaultRetentionDays
+			if err := s.SetPolicy(ctx, tok.UUID, &days, &on); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.SetPolicy(ctx, other.UUID, &tc.days, nil); err != nil {
+				t.Fatal(err)
+			}
+			obj, err := s.Put(ctx, tok.UUID, keyAttrs(t, "k", false), []byte("secret"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			good, err := s.Put(ctx, tok.UUID, keyAttrs(t, "good", false), []byte("good"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			db := rawDB(t, path)
+			execSQL(t, db, "UPDATE objects SET token_id = ? WHERE id = ?", other.ID, int64(obj.ID))
+			if kept, err := s.SoftDelete(ctx, obj.ID); !errors.Is(err, ErrTampered) {
+				t.Fatalf("soft delete of the row moved: kept %v, %v; want ErrTampered", kept, err)
+			}
+			var n int
+			if err := db.QueryRow("SELECT count(*) FROM objects WHERE id = ? AND deleted_at IS NULL", int64(obj.ID)).Scan(&n); err != nil || n != 1 {
+				t.Fatalf("the row moved: %d live rows, %v; want it left in place", n, err)
+			}
+			if !tamperRecordedRow(t, s, obj.ID) {
+				t.Fatal("no tamper.detected record of the row moved")
+			}
+			// Every other object goes on, deletes included.
+			if kept, err := s.SoftDelete(ctx, good.ID); err != nil || !kept {
+				t.Fatalf("soft delete of the good object: %v %v", kept, err)
+			}
+			if _, err := s.Anchor(ctx); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			startFindsBad(t, path, c, h, obj.ID, "next start")
+		})
+	}
+}
+
+// tamperRecordedRow reports whether the audit log holds a tamper.detected
+// record of object row id, named by its row id.
+func tamperRecordedRow(t *testing.T, s *Store, id ObjectID) bool {
+	t.Helper()
+	if err := s.AuditTamper(ctx); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := s.AuditRecords(ctx, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if r.Event == "tamper.detected" && r.Detail["kind"] == "object" && r.Detail["uuid"] == fmt.Sprintf("row %d", id) {
 			return true
 		}
 	}

@@ -105,6 +105,12 @@ func (s *Store) purgeObject(ctx context.Context, id int64, u UUID, note *AuditNo
 		}
 		return nil
 	}
+	return s.writeTx(ctx, note, write)
+}
+
+// writeTx runs write in a transaction of the writer, with note's audit
+// record when note is not nil, and commits.
+func (s *Store) writeTx(ctx context.Context, note *AuditNote, write func(tx *sql.Tx) error) error {
 	if note != nil {
 		return s.writeAuditedTx(ctx, note, write)
 	}

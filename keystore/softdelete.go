@@ -50,7 +50,27 @@ func (s *Store) SoftDeleteAudited(ctx context.Context, id ObjectID, note func(ke
 	return s.softDelete(ctx, id, note)
 }
 
+// errTokenChanged is a soft delete's one try finding the row's token_id
+// changed since it read the token's retention (edited, then put back):
+// tried again.
+var errTokenChanged = errors.New("keystore: the object's token changed under its delete")
+
 func (s *Store) softDelete(ctx context.Context, id ObjectID, note func(kept bool) AuditNote) (kept bool, err error) {
+	for try := 0; ; try++ {
+		kept, err = s.softDeleteOnce(ctx, id, note)
+		if !errors.Is(err, errTokenChanged) {
+			return kept, err
+		}
+		if try >= 3 {
+			err := tampered("object", UUID{}, int64(id), "token_id")
+			s.noteTamper(err)
+			return false, err
+		}
+	}
+}
+
+// softDeleteOnce is softDelete's one try.
+func (s *Store) softDeleteOnce(ctx context.Context, id ObjectID, note func(kept bool) AuditNote) (kept bool, err error) {
 	var tokenID int64
 	err = s.r.QueryRowContext(ctx, `SELECT token_id FROM objects WHERE id = ? AND deleted_at IS NULL`, int64(id)).Scan(&tokenID)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -78,9 +98,33 @@ func (s *Store) softDelete(ctx context.Context, id ObjectID, note func(kept bool
 		nn := note(kept)
 		n = &nn
 	}
-	err = s.writeAudited(ctx, n, func(q execer) error {
+	err = s.writeTx(ctx, n, func(q *sql.Tx) error {
+		// The token the row names decides whether it is kept: a token_id
+		// moved behind the daemon's back, to a token that keeps nothing,
+		// would destroy an object its token keeps (under purge
+		// protection, too) with no trace, the delete dropping its anchor
+		// entry. The row must be as written (deletion.go), and name the
+		// token its retention was read from. (An update checks the row
+		// against its entry anyway, in the anchor's trigger.) A row the
+		// start took down is deleted as it is: that ends it, and it is
+		// recorded already.
+		if !s.anc.objectBad(int64(id)) {
+			if err := s.objectAsWritten(ctx, q, int64(id), UUID{}); err != nil && !errors.Is(err, ErrNotAnchored) {
+				return err
+			}
+		}
+		var now int64
+		err := q.QueryRowContext(ctx, "SELECT token_id FROM objects WHERE id = ? AND deleted_at IS NULL", int64(id)).Scan(&now)
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return s.dbErr("read object", err)
+		}
+		if now != tokenID {
+			return errTokenChanged
+		}
 		var res sql.Result
-		var err error
 		if kept {
 			res, err = q.ExecContext(ctx, "UPDATE objects SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL", time.Now().Unix(), int64(id))
 		} else {
