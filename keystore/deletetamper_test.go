@@ -292,3 +292,40 @@ func tamperRecordedRow(t *testing.T, s *Store, id ObjectID) bool {
 	}
 	return false
 }
+
+// TestOpenLiveRowMarkedDeleted: an open of a live object whose row was
+// marked deleted behind the Store's back is refused as tampering, and
+// recorded, while the daemon serves, not taken for an object deleted
+// (which would go unrecorded until the next start). An object deleted by
+// the Store is still just not found.
+func TestOpenLiveRowMarkedDeleted(t *testing.T) {
+	t.Parallel()
+	s, path, _, _ := anchoredStore(t)
+	tok := newToken(t, s, "tok")
+	put := func(label string) *Object {
+		obj, err := s.Put(ctx, tok.UUID, keyAttrs(t, label, false), []byte(label))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return obj
+	}
+	victim, good, gone := put("victim"), put("good"), put("gone")
+	if kept, err := s.SoftDelete(ctx, gone.ID); err != nil || !kept {
+		t.Fatalf("soft delete: %v %v", kept, err)
+	}
+	db := rawDB(t, path)
+	execSQL(t, db, "UPDATE objects SET deleted_at = ? WHERE id = ?", time.Now().Unix(), int64(victim.ID))
+	cold := reopen(t, path, Options{}) // its cache holds nothing: every open reads the row
+	if _, err := cold.Open(ctx, victim.ID); TamperWhat(err) != "rows" {
+		t.Fatalf("open of the live row marked deleted: %v, want tampered (rows)", err)
+	}
+	if !tamperRecorded(t, cold, victim.UUID, "rows") {
+		t.Fatal("no tamper.detected record of the live row marked deleted")
+	}
+	if _, err := cold.Open(ctx, gone.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("open of the object deleted: %v, want ErrNotFound", err)
+	}
+	if got, err := cold.Open(ctx, good.ID); err != nil || string(got.Secret) != "good" {
+		t.Fatalf("the good object: %v", err)
+	}
+}

@@ -154,3 +154,37 @@ func (s *Store) deletedAsWritten(ctx context.Context, del []Deleted) ([]Deleted,
 	}
 	return out, nil
 }
+
+// notLive is an open's answer for object row id, which no live row is:
+// ErrNotFound, unless the row is there, marked deleted, and not as
+// written (a live row marked deleted behind the daemon's back): that is
+// tampering, and an open that met it says so rather than that the object
+// is gone. Only opens that find nothing pay for it.
+func (s *Store) notLive(ctx context.Context, id ObjectID) error {
+	var rec []byte
+	err := s.r.QueryRowContext(ctx, "SELECT record FROM objects WHERE id = ? AND deleted_at IS NOT NULL", int64(id)).Scan(&rec)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrNotFound
+	}
+	if err != nil {
+		return s.dbErr("read object", err)
+	}
+	var r objectRow
+	if r.parseRecord(rec) != nil {
+		r.uuid = UUID{}
+	}
+	if s.anc.objectBad(int64(id)) {
+		return tampered("object", r.uuid, int64(id), "rows")
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return s.dbErr("begin", err)
+	}
+	defer tx.Rollback()
+	switch err := s.objectAsWritten(ctx, tx, int64(id), r.uuid); {
+	case err == nil, errors.Is(err, ErrNotAnchored), errors.Is(err, ErrNotFound):
+		return ErrNotFound
+	default:
+		return err
+	}
+}

@@ -224,6 +224,9 @@ func (s *Store) Open(ctx context.Context, id ObjectID) (*Object, error) {
 	s.stats.misses.Add(1)
 	epoch := s.cache.currentEpoch()
 	r, err := s.readObject(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		err = s.notLive(ctx, id) // deleted, or marked so behind the daemon's back
+	}
 	if err != nil {
 		s.noteTamper(err)
 		return nil, err
