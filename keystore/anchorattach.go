@@ -533,6 +533,9 @@ func (s *Store) AttachAnchor(ctx context.Context, c Counter, opts AnchorOptions)
 		s.noteTamper(&TamperError{Kind: "audit log", ID: "record " + strconv.FormatInt(logSeq, 10), What: "tail"})
 	}
 
+	if err := s.loadTombstones(ctx); err != nil {
+		return rep, err
+	}
 	who := opts.Actor
 	if who == (AuditActor{}) {
 		who = AuditActor{UID: uint32(os.Getuid()), PID: int32(os.Getpid()), Role: "daemon"}

@@ -329,3 +329,66 @@ func TestOpenLiveRowMarkedDeleted(t *testing.T) {
 		t.Fatalf("the good object: %v", err)
 	}
 }
+
+// TestResurrectedWhileServing: a deleted object whose deleted_at is
+// cleared behind the Store's back while it serves, so that its key is in
+// use again, is refused as tampering on open, left out of finds and
+// recorded, whether the Store deleted it itself or found it deleted at
+// start; one recovered by another Store on the keystore opens.
+func TestResurrectedWhileServing(t *testing.T) {
+	t.Parallel()
+	for _, restart := range []bool{false, true} {
+		name := "deleted by this store"
+		if restart {
+			name = "deleted at start"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			s, path, c, h := anchoredStore(t)
+			tok := newToken(t, s, "tok")
+			put := func(label string) *Object {
+				obj, err := s.Put(ctx, tok.UUID, keyAttrs(t, label, false), []byte(label))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return obj
+			}
+			gone, recovered, good := put("gone"), put("recovered"), put("good")
+			for _, o := range []*Object{gone, recovered} {
+				if kept, err := s.SoftDelete(ctx, o.ID); err != nil || !kept {
+					t.Fatalf("soft delete: %v %v", kept, err)
+				}
+			}
+			if restart {
+				s.Close()
+				s = reopen(t, path, Options{})
+				if rep, err := s.AttachAnchor(ctx, c, AnchorOptions{Handle: h}); err != nil || len(rep.BadObjects) != 0 {
+					t.Fatalf("start: %+v %v", rep, err)
+				}
+			}
+			other := reopen(t, path, Options{}) // another Store on the keystore
+			if _, err := other.Recover(ctx, tok.UUID, recovered.UUID); err != nil {
+				t.Fatal(err)
+			}
+			db := rawDB(t, path)
+			execSQL(t, db, "UPDATE objects SET deleted_at = NULL WHERE id = ?", int64(gone.ID))
+
+			ids, err := s.Find(ctx, tok.UUID, Filter{IncludePrivate: true})
+			if err != nil || slices.Contains(ids, gone.ID) || !slices.Contains(ids, recovered.ID) || !slices.Contains(ids, good.ID) {
+				t.Fatalf("find: %v %v; want the recovered and the good object, not the one brought back", ids, err)
+			}
+			if _, err := s.Open(ctx, gone.ID); TamperWhat(err) != "rows" {
+				t.Fatalf("open of the row brought back: %v, want tampered (rows)", err)
+			}
+			if !tamperRecorded(t, s, gone.UUID, "rows") {
+				t.Fatal("no tamper.detected record of the row brought back")
+			}
+			if got, err := s.Open(ctx, recovered.ID); err != nil || string(got.Secret) != "recovered" {
+				t.Fatalf("the object recovered by another store: %v", err)
+			}
+			if got, err := s.Open(ctx, good.ID); err != nil || string(got.Secret) != "good" {
+				t.Fatalf("the good object: %v", err)
+			}
+		})
+	}
+}

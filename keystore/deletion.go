@@ -92,6 +92,7 @@ func (s *Store) objectNotAsWritten(id int64, u UUID) error {
 // record when note is not nil, once the row's deletion is authenticated
 // (objectAsWritten). A row gone, or recovered, meanwhile is ErrNotFound.
 func (s *Store) purgeObject(ctx context.Context, id int64, u UUID, note *AuditNote) error {
+	defer s.tomb.remove(id) // gone, or not to be purged: either way no more this Store's to watch
 	write := func(tx *sql.Tx) error {
 		if err := s.objectAsWritten(ctx, tx, id, u); err != nil {
 			return err

@@ -227,6 +227,9 @@ func (s *Store) Open(ctx context.Context, id ObjectID) (*Object, error) {
 	if errors.Is(err, ErrNotFound) {
 		err = s.notLive(ctx, id) // deleted, or marked so behind the daemon's back
 	}
+	if err == nil {
+		err = s.resurrected(ctx, r.id, r.uuid) // deleted when last known
+	}
 	if err != nil {
 		s.noteTamper(err)
 		return nil, err
@@ -536,6 +539,11 @@ func (s *Store) Find(ctx context.Context, token UUID, f Filter) ([]ObjectID, err
 		if s.anc.objectBad(c.id) {
 			s.noteTamper(tampered("object", r.uuid, c.id, "rows"))
 			continue
+		}
+		if err := s.resurrected(ctx, c.id, r.uuid); errors.Is(err, ErrTampered) || errors.Is(err, ErrNotFound) {
+			continue
+		} else if err != nil {
+			return nil, err
 		}
 		a, err := DecodeAttributes(r.attrs)
 		if err != nil {

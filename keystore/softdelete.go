@@ -142,6 +142,9 @@ func (s *Store) softDeleteOnce(ctx context.Context, id ObjectID, note func(kept 
 	if err != nil {
 		return false, err
 	}
+	if kept {
+		s.tomb.add(int64(id))
+	}
 	return kept, nil
 }
 
@@ -277,6 +280,7 @@ func (s *Store) Recover(ctx context.Context, token UUID, object UUID) (ObjectID,
 	if err := tx.Commit(); err != nil {
 		return 0, s.dbErr("commit", err)
 	}
+	s.tomb.remove(id)
 	return ObjectID(id), nil
 }
 

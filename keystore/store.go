@@ -146,6 +146,8 @@ type Store struct {
 	// purgeStep, in tests, is called after each object PurgeExpired
 	// removes.
 	purgeStep func()
+
+	tomb tombstones // objects known deleted (tombstone.go)
 	// rekeyHold, in tests, is called by a master key rotation with the
 	// token's lock held, before it rekeys the token.
 	rekeyHold func(token UUID)
