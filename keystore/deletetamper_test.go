@@ -392,3 +392,28 @@ func TestResurrectedWhileServing(t *testing.T) {
 		})
 	}
 }
+
+// TestRecoveredElsewhereUnanchored: on a keystore with no anchor record
+// an object recovered by another Store opens and is found, as before
+// (nothing can be checked there, and nothing is refused for it).
+func TestRecoveredElsewhereUnanchored(t *testing.T) {
+	t.Parallel()
+	s, path := newStore(t, Options{})
+	tok := newToken(t, s, "tok")
+	obj, err := s.Put(ctx, tok.UUID, keyAttrs(t, "k", false), []byte("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kept, err := s.SoftDelete(ctx, obj.ID); err != nil || !kept {
+		t.Fatalf("soft delete: %v %v", kept, err)
+	}
+	if _, err := reopen(t, path, Options{}).Recover(ctx, tok.UUID, obj.UUID); err != nil {
+		t.Fatal(err)
+	}
+	if ids, err := s.Find(ctx, tok.UUID, Filter{IncludePrivate: true}); err != nil || !slices.Equal(ids, []ObjectID{obj.ID}) {
+		t.Fatalf("find: %v %v", ids, err)
+	}
+	if got, err := s.Open(ctx, obj.ID); err != nil || string(got.Secret) != "k" {
+		t.Fatalf("open: %v", err)
+	}
+}

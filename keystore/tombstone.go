@@ -89,7 +89,7 @@ func (s *Store) resurrected(ctx context.Context, id int64, u UUID) error {
 	}
 	defer tx.Rollback()
 	switch err := s.objectAsWritten(ctx, tx, id, u); {
-	case err == nil:
+	case err == nil, errors.Is(err, ErrNotAnchored): // as written, or nothing to check it against
 		s.tomb.remove(id)
 		return nil
 	case errors.Is(err, ErrNotFound):
