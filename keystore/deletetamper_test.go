@@ -417,3 +417,36 @@ func TestRecoveredElsewhereUnanchored(t *testing.T) {
 		t.Fatalf("open: %v", err)
 	}
 }
+
+// TestDeletedListBatches: the listing checks its rows in batches; a row
+// edited in a later batch is left out, and only it.
+func TestDeletedListBatches(t *testing.T) {
+	t.Parallel()
+	s, path, _, _ := anchoredStore(t)
+	tok := newToken(t, s, "tok")
+	var objs []*Object
+	for i := range deletedBatch + 6 {
+		obj, err := s.Put(ctx, tok.UUID, keyAttrs(t, fmt.Sprint(i), false), []byte("k"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if kept, err := s.SoftDelete(ctx, obj.ID); err != nil || !kept {
+			t.Fatalf("soft delete: %v %v", kept, err)
+		}
+		objs = append(objs, obj)
+	}
+	bad := objs[deletedBatch+3]
+	execSQL(t, rawDB(t, path), "UPDATE objects SET label = ? WHERE id = ?", []byte("edited"), int64(bad.ID))
+	del, err := s.DeletedObjects(ctx, tok.UUID)
+	if err != nil || len(del) != len(objs)-1 {
+		t.Fatalf("listed %d, %v; want %d", len(del), err, len(objs)-1)
+	}
+	for _, d := range del {
+		if d.ID == bad.ID {
+			t.Fatal("the row edited is listed")
+		}
+	}
+	if !tamperRecorded(t, s, bad.UUID, "rows") {
+		t.Fatal("no tamper.detected record of the row edited")
+	}
+}

@@ -39,6 +39,14 @@ var ErrNotAnchored = errors.New("keystore: the keystore has no anchor record: no
 // row taken down); a row gone is ErrNotFound. u names the row in the
 // error (the zero UUID when unknown).
 func (s *Store) objectAsWritten(ctx context.Context, tx *sql.Tx, id int64, u UUID) error {
+	if err := s.anchoredTx(ctx, tx); err != nil {
+		return err
+	}
+	return s.rowAsWritten(ctx, tx, id, u)
+}
+
+// anchoredTx is ErrNotAnchored on a keystore with no anchor record.
+func (s *Store) anchoredTx(ctx context.Context, tx *sql.Tx) error {
 	var n int
 	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM anchor").Scan(&n); err != nil {
 		return s.dbErr("read anchor record", err)
@@ -46,6 +54,11 @@ func (s *Store) objectAsWritten(ctx context.Context, tx *sql.Tx, id int64, u UUI
 	if n == 0 {
 		return ErrNotAnchored
 	}
+	return nil
+}
+
+// rowAsWritten is objectAsWritten on a keystore known to have a record.
+func (s *Store) rowAsWritten(ctx context.Context, tx *sql.Tx, id int64, u UUID) error {
 	term, err := s.eng.objectTerm(ctx, tx, s.anc, id)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ErrNotFound
@@ -127,33 +140,55 @@ func (s *Store) writeTx(ctx context.Context, note *AuditNote, write func(tx *sql
 }
 
 // deletedAsWritten keeps of a listing of deleted objects those whose rows
-// match their entries, in one transaction of the writer (where SQLite's
-// term function is), noting the others. On a keystore with no anchor
-// record nothing is checked: nothing can be, and the listing removes
-// nothing (the purges refuse such a keystore).
+// match their entries, noting the others. The rows are checked in short
+// transactions of the writer (where SQLite's term function is), a batch
+// each, so a long listing holds up no write for long. On a keystore with
+// no anchor record nothing is checked: nothing can be, and the listing
+// removes nothing (the purges refuse such a keystore).
 func (s *Store) deletedAsWritten(ctx context.Context, del []Deleted) ([]Deleted, error) {
-	if len(del) == 0 {
-		return del, nil
+	all := del
+	out := make([]Deleted, 0, len(del))
+	for len(del) > 0 {
+		batch := del[:min(len(del), deletedBatch)]
+		del = del[len(batch):]
+		ok, err := s.checkDeleted(ctx, batch)
+		if errors.Is(err, ErrNotAnchored) {
+			return all, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ok...)
 	}
+	return out, nil
+}
+
+// deletedBatch is how many listed rows one transaction checks.
+const deletedBatch = 64
+
+// checkDeleted returns those of batch whose rows are as written, checked
+// in one transaction, rolled back.
+func (s *Store) checkDeleted(ctx context.Context, batch []Deleted) ([]Deleted, error) {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, s.dbErr("begin", err)
 	}
 	defer tx.Rollback()
-	out := make([]Deleted, 0, len(del))
-	for _, d := range del {
-		err := s.objectAsWritten(ctx, tx, int64(d.ID), d.UUID)
+	if err := s.anchoredTx(ctx, tx); err != nil {
+		return nil, err
+	}
+	var ok []Deleted
+	for _, d := range batch {
+		err := s.rowAsWritten(ctx, tx, int64(d.ID), d.UUID)
 		switch {
-		case errors.Is(err, ErrNotAnchored):
-			return del, nil
 		case errors.Is(err, ErrNotFound), errors.Is(err, ErrTampered):
 			continue
 		case err != nil:
 			return nil, err
 		}
-		out = append(out, d)
+		ok = append(ok, d)
 	}
-	return out, nil
+	return ok, nil
 }
 
 // notLive is an open's answer for object row id, which no live row is:
