@@ -450,3 +450,62 @@ func TestDeletedListBatches(t *testing.T) {
 		t.Fatal("no tamper.detected record of the row edited")
 	}
 }
+
+// TestTokenGoneKeepsMovedRow: a key moved behind the Store's back onto
+// another token, by its token_id, would go with that token when it is
+// deleted or re-initialised, and its anchor entry with it: a key lost
+// with no trace. The row is checked first: the deletion is refused as
+// tampering, recorded, and the key stays; the token's own objects do not
+// go either, the whole deletion undone.
+func TestTokenGoneKeepsMovedRow(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		gone func(s *Store, tok TokenInfo) error
+	}{
+		{"delete", func(s *Store, tok TokenInfo) error { return s.DeleteToken(ctx, tok.UUID) }},
+		{"reinit", func(s *Store, tok TokenInfo) error { return s.Reinit(ctx, tok.UUID, soPIN, "again") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s, path, c, h := anchoredStore(t)
+			tok, scratch := newToken(t, s, "victim"), newToken(t, s, "scratch")
+			obj, err := s.Put(ctx, tok.UUID, keyAttrs(t, "k", false), []byte("secret"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			own, err := s.Put(ctx, scratch.UUID, keyAttrs(t, "own", false), []byte("own"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			db := rawDB(t, path)
+			execSQL(t, db, "UPDATE objects SET token_id = ? WHERE id = ?", scratch.ID, int64(obj.ID))
+			if err := tc.gone(s, scratch); !errors.Is(err, ErrTampered) {
+				t.Fatalf("%s of the token the row was moved to: %v, want ErrTampered", tc.name, err)
+			}
+			var n int
+			if err := db.QueryRow("SELECT count(*) FROM objects WHERE id IN (?, ?)", int64(obj.ID), int64(own.ID)).Scan(&n); err != nil || n != 2 {
+				t.Fatalf("%d of the two rows left, %v; want both", n, err)
+			}
+			if !tamperRecordedRow(t, s, obj.ID) {
+				t.Fatal("no tamper.detected record of the row moved")
+			}
+			// Put back, the key is whole.
+			execSQL(t, db, "UPDATE objects SET token_id = ? WHERE id = ?", tok.ID, int64(obj.ID))
+			if _, err := s.Anchor(ctx); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			s2 := reopen(t, path, Options{})
+			if rep, err := s2.AttachAnchor(ctx, c, AnchorOptions{Handle: h}); err != nil || len(rep.BadObjects) != 0 {
+				t.Fatalf("start: %+v %v", rep, err)
+			}
+			if got, err := s2.Open(ctx, obj.ID); err != nil || string(got.Secret) != "secret" {
+				t.Fatalf("the key put back: %v", err)
+			}
+			if err := tc.gone(s2, scratch); err != nil {
+				t.Fatalf("%s once the row is put back: %v", tc.name, err)
+			}
+		})
+	}
+}

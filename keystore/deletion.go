@@ -224,3 +224,47 @@ func (s *Store) notLive(ctx context.Context, id ObjectID) error {
 		return err
 	}
 }
+
+// tokenObjectsAsWritten checks, before a token's objects go with it
+// (DeleteToken, Reinit), that each row naming the token is as written: a
+// row whose token_id was moved to it behind the daemon's back (another
+// token's key, under purge protection or not) would go too, its anchor
+// entry with it, and no start would find it missing. Such a row refuses
+// the token's deletion, recorded, and stays. Rows the start took down
+// are recorded already, and go. Nothing is checked on a keystore with no
+// anchor record.
+func (s *Store) tokenObjectsAsWritten(ctx context.Context, tx *sql.Tx, tokenID int64) error {
+	switch err := s.anchoredTx(ctx, tx); {
+	case errors.Is(err, ErrNotAnchored):
+		return nil
+	case err != nil:
+		return err
+	}
+	rows, err := tx.QueryContext(ctx, "SELECT id FROM objects WHERE token_id = ?", tokenID)
+	if err != nil {
+		return s.dbErr("list objects", err)
+	}
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return s.dbErr("list objects", err)
+		}
+		ids = append(ids, id)
+	}
+	err = rows.Err()
+	rows.Close() // before the checks: a transaction's connection runs one query at a time
+	if err != nil {
+		return s.dbErr("list objects", err)
+	}
+	for _, id := range ids {
+		if s.anc.objectBad(id) {
+			continue
+		}
+		if err := s.rowAsWritten(ctx, tx, id, UUID{}); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+	}
+	return nil
+}

@@ -230,6 +230,9 @@ func (s *Store) reinitOnce(ctx context.Context, token UUID, soPIN []byte, label 
 			return ti, cmp.Or(s.dbErr("count objects", err), ErrPurgeProtected)
 		}
 	}
+	if err := s.tokenObjectsAsWritten(ctx, tx, ti.ID); err != nil {
+		return ti, err
+	}
 	if _, err := tx.ExecContext(ctx, "DELETE FROM objects WHERE token_id = ?", ti.ID); err != nil {
 		return ti, s.dbErr("delete objects", err)
 	}
@@ -274,6 +277,9 @@ func (s *Store) DeleteToken(ctx context.Context, token UUID) error {
 		if held, err := holdsObjects(ctx, tx, ti.ID); err != nil || held {
 			return cmp.Or(s.dbErr("count objects", err), ErrPurgeProtected)
 		}
+	}
+	if err := s.tokenObjectsAsWritten(ctx, tx, ti.ID); err != nil {
+		return err
 	}
 	if _, err := tx.ExecContext(ctx, "DELETE FROM tokens WHERE id = ?", ti.ID); err != nil {
 		return s.dbErr("delete token", err)
