@@ -57,6 +57,19 @@ func benchWrites(b *testing.B, s *Store) {
 			}
 		}
 	})
+	b.Run("object and soft delete", func(b *testing.B) {
+		b.ReportAllocs()
+		defer reportCPU(b)()
+		for b.Loop() {
+			obj, err := s.Put(ctx, ti.UUID, attrs, secret)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if kept, err := s.SoftDelete(ctx, obj.ID); err != nil || !kept {
+				b.Fatal(kept, err)
+			}
+		}
+	})
 	b.Run("token", func(b *testing.B) {
 		b.ReportAllocs()
 		defer reportCPU(b)()
