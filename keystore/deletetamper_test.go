@@ -509,3 +509,42 @@ func TestTokenGoneKeepsMovedRow(t *testing.T) {
 		})
 	}
 }
+
+// TestPurgeRereadsDeletionTime: a deletion time edited to one long past
+// for the purge's listing, and put back before the purge's transaction,
+// must not have the row, as written again, purged before its retention
+// ends: the purge decides on the row as its transaction reads it.
+func TestPurgeRereadsDeletionTime(t *testing.T) {
+	t.Parallel()
+	s, path, _, _ := anchoredStore(t)
+	tok := newToken(t, s, "tok")
+	obj, err := s.Put(ctx, tok.UUID, keyAttrs(t, "k", false), []byte("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kept, err := s.SoftDelete(ctx, obj.ID); err != nil || !kept {
+		t.Fatalf("soft delete: %v %v", kept, err)
+	}
+	db := rawDB(t, path)
+	var at int64
+	if err := db.QueryRow("SELECT deleted_at FROM objects WHERE id = ?", int64(obj.ID)).Scan(&at); err != nil {
+		t.Fatal(err)
+	}
+	execSQL(t, db, "UPDATE objects SET deleted_at = 1 WHERE id = ?", int64(obj.ID))
+	// The listing is taken: the deletion time is put back before the
+	// purge's transaction (its audit record is made in between).
+	purged, err := s.PurgeExpiredAudited(ctx, time.Now(), func(d Deleted) AuditNote {
+		execSQL(t, db, "UPDATE objects SET deleted_at = ? WHERE id = ?", at, int64(obj.ID))
+		return AuditNote{Actor: AuditActor{Role: "daemon"}, Event: "key.purge", Detail: map[string]string{"object": d.UUID.String()}}
+	})
+	if err != nil || len(purged) != 0 {
+		t.Fatalf("purged %+v, %v; want nothing: the retention has not ended", purged, err)
+	}
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM objects WHERE id = ?", int64(obj.ID)).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("the object: %d rows, %v; want it kept", n, err)
+	}
+	if del, err := s.DeletedObjects(ctx, tok.UUID); err != nil || len(del) != 1 || del[0].ID != obj.ID {
+		t.Fatalf("deleted objects: %+v %v; want it, as written", del, err)
+	}
+}

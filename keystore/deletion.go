@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"database/sql"
@@ -104,11 +105,19 @@ func (s *Store) objectNotAsWritten(id int64, u UUID) error {
 // purgeObject removes deleted object row id for good, with note's audit
 // record when note is not nil, once the row's deletion is authenticated
 // (objectAsWritten). A row gone, or recovered, meanwhile is ErrNotFound.
-func (s *Store) purgeObject(ctx context.Context, id int64, u UUID, note *AuditNote) error {
+// listed, when not nil, is the row as a listing read it, before this
+// transaction: the row must still be as listed, or the purge is left to
+// the next run (errListingStale).
+func (s *Store) purgeObject(ctx context.Context, id int64, u UUID, note *AuditNote, listed *Deleted) error {
 	defer s.tomb.remove(id) // gone, or not to be purged: either way no more this Store's to watch
 	write := func(tx *sql.Tx) error {
 		if err := s.objectAsWritten(ctx, tx, id, u); err != nil {
 			return err
+		}
+		if listed != nil {
+			if err := s.stillAsListed(ctx, tx, listed); err != nil {
+				return err
+			}
 		}
 		res, err := tx.ExecContext(ctx, "DELETE FROM objects WHERE id = ? AND deleted_at IS NOT NULL", id)
 		if err != nil {
@@ -120,6 +129,41 @@ func (s *Store) purgeObject(ctx context.Context, id int64, u UUID, note *AuditNo
 		return nil
 	}
 	return s.writeTx(ctx, note, write)
+}
+
+// errListingStale is a purge's row no longer as its listing read it.
+var errListingStale = errors.New("keystore: the deleted object changed since it was listed")
+
+// stillAsListed checks, after objectAsWritten, that the row is as the
+// listing read it: the expiry purge chose it by a deletion time read
+// before its transaction, and its audit record names what the listing
+// read. A deletion time edited for the listing (to a time long past)
+// and put back before the purge's transaction would otherwise have an
+// authentic row purged before its retention ended. A row rewritten since
+// by the daemon (a rotation reseals deleted objects too) is left for the
+// next run, as one edited is.
+func (s *Store) stillAsListed(ctx context.Context, tx *sql.Tx, d *Deleted) error {
+	var class, keyType, label, ckaid, private, at any
+	err := tx.QueryRowContext(ctx, "SELECT class, key_type, label, ckaid, private, deleted_at FROM objects WHERE id = ?", int64(d.ID)).
+		Scan(&class, &keyType, &label, &ckaid, &private, &at)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrNotFound
+	}
+	if err != nil {
+		return s.dbErr("read object", err)
+	}
+	var c indexColumns
+	if c.set(class, keyType, label, ckaid, private) != "" {
+		return errListingStale
+	}
+	v, ok := at.(int64)
+	same := ok && v == d.DeletedAt.Unix() && uint64(c.class) == d.Class &&
+		c.keyType.Valid == (d.KeyType != nil) && (d.KeyType == nil || uint64(c.keyType.Int64) == *d.KeyType) &&
+		bytes.Equal(c.label, d.Label) && bytes.Equal(c.ckaid, d.CKAID) && (c.private != 0) == d.Private
+	if !same {
+		return errListingStale
+	}
+	return nil
 }
 
 // writeTx runs write in a transaction of the writer, with note's audit

@@ -302,7 +302,7 @@ func (s *Store) Purge(ctx context.Context, token UUID, object UUID) error {
 	if err != nil {
 		return s.dbErr("purge object", err)
 	}
-	return s.purgeObject(ctx, id, object, nil)
+	return s.purgeObject(ctx, id, object, nil, nil)
 }
 
 // PurgeExpired removes every deleted object whose retention ended before
@@ -361,9 +361,9 @@ func (s *Store) purgeExpired(ctx context.Context, now time.Time, note func(Delet
 			// meanwhile): nothing done, nothing recorded. A deletion
 			// not authenticated: the row stays, recorded as tampering,
 			// and the purge goes on with the others.
-			err := s.purgeObject(ctx, int64(d.ID), d.UUID, n)
-			if errors.Is(err, ErrNotFound) || errors.Is(err, ErrTampered) {
-				continue
+			err := s.purgeObject(ctx, int64(d.ID), d.UUID, n, &d)
+			if errors.Is(err, ErrNotFound) || errors.Is(err, ErrTampered) || errors.Is(err, errListingStale) {
+				continue // a row changed since listed: the next run decides again
 			}
 			if err != nil {
 				return purged, err
