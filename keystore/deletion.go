@@ -21,13 +21,17 @@ import (
 // longer matches it. Whoever sets deleted_at on a live row, moves it,
 // swaps it between rows or clears it writes no entry.
 //
-// So the paths that act on a row's deletion (the purges, which remove
-// it; a recovery, which brings it back; the listing of deleted objects,
-// which offers it for either) first check the row against its entry. A
-// row that does not match is tampering: recorded (tamper.detected, what
-// "rows"), left in place and taken down as the check at start takes such
-// a row down; every other row goes on. Putting deleted_at back as it was
-// makes the row match again, and the next start takes it back.
+// So the paths that act on a row's deletion first check the row against
+// its entry: the purges, which remove it; a recovery, which brings it
+// back; the listing of deleted objects, which offers it for either; the
+// soft delete, whose row's token decides whether it is kept; a token's
+// deletion, which takes its rows with it; an open that finds no live row
+// (notLive), and an open or a find that finds live a row it knows deleted
+// (tombstone.go). A row that does not match is tampering: recorded
+// (tamper.detected, what "rows"), left in place and taken down as the
+// check at start takes such a row down; every other row goes on. Putting
+// deleted_at back as it was makes the row match again, and the next start
+// takes it back.
 
 // ErrNotAnchored refuses a purge on a keystore with no anchor record:
 // nothing authenticates a deletion there. The daemon anchors every
