@@ -100,10 +100,11 @@ CTEST_SRC := cryptoki/e2e/c/ctest.c
 CTEST_DEPS := $(CTEST_SRC) cryptoki/e2e/c/ctest.h
 
 # held.c's message sections are in heldmsg.c, its authenticated wrap's in
-# heldwrap.c, its full table of owed cancels' in heldlock.c; all take the
+# heldwrap.c, its full table of owed cancels' in heldlock.c, its
+# C_WaitForSlotEvent overtaken by C_Finalize in heldfin.c; all take the
 # PKCS#11 3.0 and 3.2 declarations from the module's p11compat.h.
 HELD_SRC := cryptoki/e2e/c/held.c cryptoki/e2e/c/heldmsg.c cryptoki/e2e/c/heldwrap.c cryptoki/e2e/c/heldlock.c \
-	$(CTEST_SRC)
+	cryptoki/e2e/c/heldfin.c $(CTEST_SRC)
 
 build/e2e-held: $(HELD_SRC) $(CTEST_DEPS) cryptoki/e2e/c/held.h cryptoki/module/p11compat.h
 	@mkdir -p build

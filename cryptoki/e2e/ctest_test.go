@@ -117,9 +117,9 @@ func checkTransport(t *testing.T, stats string, ring bool) {
 // counted in both calling conventions, a follow-up that brings other
 // input than its length query, PKCS#11's operation state while they are
 // held, threads, no lock held while a follow-up waits for a stopped
-// daemon with the table of owed cancels full, and fork() waiting for a
-// thread inside the module's locks; normal and ASan/UBSan, socket and
-// rings.
+// daemon with the table of owed cancels full, fork() waiting for a
+// thread inside the module's locks, and a C_WaitForSlotEvent that
+// C_Finalize overtakes; normal and ASan/UBSan, socket and rings.
 func TestCHeldResults(t *testing.T) {
 	a := need(t)
 	runs := []struct {
@@ -139,7 +139,7 @@ func TestCHeldResults(t *testing.T) {
 			prog := ctestNeedBuilt(t, r.prog)
 			module := ctestNeedBuilt(t, strings.TrimPrefix(r.module, a.root+string(filepath.Separator)))
 			out := runCProgram(t, prog, module, append(r.env, "TMPDIR="+t.TempDir()),
-				[]string{"setup", "trips", "input", "rules", "threads", "fulltable", "forklock", "msgsetup", "msgtrips", "msgrules",
+				[]string{"setup", "trips", "input", "rules", "threads", "fulltable", "forklock", "finrace", "msgsetup", "msgtrips", "msgrules",
 					"wraptrips", "wraprules"}, 220)
 			for _, l := range regexp.MustCompile(`(?m)^trips: .*$`).FindAllString(out, -1) {
 				t.Log(l)

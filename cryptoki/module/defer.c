@@ -114,7 +114,7 @@ static void drop_all(void)
 	d.travelling = d.mutating = 0;
 }
 
-static void app_fresh(void);
+static void app_fresh(unsigned long epoch);
 
 CK_RV hsm_defer_init(void)
 {
@@ -124,7 +124,7 @@ CK_RV hsm_defer_init(void)
 		return rv;
 	drop_all();
 	d.mu = mu;
-	/* Stays registered: with d.mu NULL (finalized) it does nothing. */
+	/* Stays registered: once finalized, its gate keeps it out. */
 	hsm_pool_on_fresh(app_fresh);
 	return CKR_OK;
 }
@@ -239,10 +239,12 @@ static int shape_ok(const hsm_call *c)
 /* app_fresh is the pool's fresh hook: a new connection's hello said the
  * daemon holds nothing of this application, so held Inits name sessions
  * that are gone. The pool runs it under its dial lock, before the
- * connection is used, so no connection joins the new application first. */
-static void app_fresh(void)
+ * connection is used, so no connection joins the new application first.
+ * The dial may be a C_WaitForSlotEvent's that C_Finalize overtook: the
+ * gate keeps d.mu from being freed under it, or keeps it out. */
+static void app_fresh(unsigned long epoch)
 {
-	if (d.mu == NULL)
+	if (!hsm_gate_enter(epoch))
 		return;
 	hsm_lock(d.mu);
 	for (int i = 0; i < SESS_MAX; i++) {
@@ -258,6 +260,7 @@ static void app_fresh(void)
 	forget_accepted();
 	hsm_exchange_app_next();
 	hsm_unlock(d.mu);
+	hsm_gate_leave();
 }
 
 int hsm_defer_hold(hsm_call *c)

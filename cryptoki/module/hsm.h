@@ -39,6 +39,14 @@ CK_RV hsm_entry(void);
  * gives up with CKR_CRYPTOKI_NOT_INITIALIZED. */
 unsigned long hsm_epoch(void);
 
+/* hsm_gate_enter says whether the library is still initialised in epoch e
+ * and, when it is (1), counts the caller in until hsm_gate_leave: C_Finalize
+ * frees the tables' mutexes only once no thread is inside, so a call that
+ * races it (a C_WaitForSlotEvent) may lock one between the two. Never held
+ * across I/O. */
+int hsm_gate_enter(unsigned long e);
+void hsm_gate_leave(void);
+
 /* The application id of this initialisation (16 bytes). */
 const uint8_t *hsm_app_id(void);
 
@@ -332,7 +340,7 @@ void hsm_pool_put(hsm_conn *c, int reusable);
  * way to tell the layers above (defer.c registers at C_Initialize). It
  * runs under the pool's dial lock, before the new connection carries a
  * call and before any other dial. */
-void hsm_pool_on_fresh(void (*fn)(void));
+void hsm_pool_on_fresh(void (*fn)(unsigned long epoch));
 
 /* ---- exchange.c: frames and their replies on one pooled connection ---- */
 

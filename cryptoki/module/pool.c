@@ -94,8 +94,8 @@ void hsm_pool_finalize(void)
 		}
 	}
 	hsm_unlock(pool.mu);
-	/* Calls still in flight (a C_WaitForSlotEvent) free their slots
-	 * without it. */
+	/* No thread is inside the gate (state.c waited): calls still in
+	 * flight (a C_WaitForSlotEvent) free their slots without it. */
 	hsm_mutex_free(pool.mu);
 	pool.mu = NULL;
 }
@@ -129,10 +129,12 @@ static pthread_mutex_t dial_mu = PTHREAD_MUTEX_INITIALIZER;
 static unsigned long dial_failures;
 
 /* on_fresh is run under dial_mu by the dial whose hello found the
- * application fresh. Set at C_Initialize (hsm_defer_init) and kept. */
-static void (*on_fresh)(void);
+ * application fresh, with the epoch the dial began in (the hook does
+ * nothing once C_Finalize has ended it). Set at C_Initialize
+ * (hsm_defer_init) and kept. */
+static void (*on_fresh)(unsigned long epoch);
 
-void hsm_pool_on_fresh(void (*fn)(void))
+void hsm_pool_on_fresh(void (*fn)(unsigned long epoch))
 {
 	__atomic_store_n(&on_fresh, fn, __ATOMIC_RELEASE);
 }
@@ -170,11 +172,15 @@ enum hsm_io hsm_pool_get(hsm_conn **out)
 
 	for (;;) {
 		hsm_conn *idle = NULL, *fresh = NULL;
-		hsm_mutex *mu = pool.mu;
-		if (mu == NULL || hsm_entry() != CKR_OK || hsm_epoch() != epoch)
+		/* Inside the gate, C_Finalize does not free the mutex. */
+		if (!hsm_gate_enter(epoch))
 			return HSM_IO_FINALIZED;
+		hsm_mutex *mu = pool.mu;
 		hsm_lock(mu);
-		for (int i = 0; i < HSM_POOL_MAX && idle == NULL; i++) {
+		/* C_Finalize may have begun since the gate: then it closes
+		 * the idle connections, and no slot is taken. */
+		int gone = hsm_epoch() != epoch;
+		for (int i = 0; i < HSM_POOL_MAX && idle == NULL && !gone; i++) {
 			int s = state(&pool.slot[i]);
 			if (s == SLOT_IDLE)
 				idle = &pool.slot[i];
@@ -187,7 +193,10 @@ enum hsm_io hsm_pool_get(hsm_conn **out)
 			set_state(c, SLOT_BUSY);
 		}
 		hsm_unlock(mu);
+		hsm_gate_leave();
 
+		if (gone)
+			return HSM_IO_FINALIZED;
 		if (c == NULL) {
 			nap(&us); /* every slot busy */
 			continue;
@@ -219,10 +228,11 @@ enum hsm_io hsm_pool_get(hsm_conn **out)
 		enum hsm_io io = hsm_conn_dial(&fd, &app_fresh, &version);
 		if (io == HSM_IO_UNAVAILABLE)
 			__atomic_add_fetch(&dial_failures, 1, __ATOMIC_RELEASE);
-		/* Not for a C_WaitForSlotEvent that C_Finalize overtook. */
-		void (*hook)(void) = __atomic_load_n(&on_fresh, __ATOMIC_ACQUIRE);
-		if (io == HSM_IO_OK && app_fresh && hsm_entry() == CKR_OK && hsm_epoch() == epoch && hook != NULL)
-			hook();
+		/* Not for a C_WaitForSlotEvent that C_Finalize overtook: the
+		 * hook passes its own gate with epoch. */
+		void (*hook)(unsigned long) = __atomic_load_n(&on_fresh, __ATOMIC_ACQUIRE);
+		if (io == HSM_IO_OK && app_fresh && hook != NULL)
+			hook(epoch);
 		pthread_mutex_unlock(&dial_mu);
 		if (io != HSM_IO_OK) {
 			hsm_pool_put(c, 0);
@@ -239,9 +249,8 @@ enum hsm_io hsm_pool_get(hsm_conn **out)
 void hsm_pool_put(hsm_conn *c, int reusable)
 {
 	/* A slot of an earlier epoch (C_Finalize ran meanwhile) is freed
-	 * without the mutex, which may be gone. */
-	int current = c->epoch == __atomic_load_n(&pool.epoch, __ATOMIC_ACQUIRE) && hsm_entry() == CKR_OK;
-	if (!reusable || !current) {
+	 * without the mutex, which may be gone; inside the gate it stays. */
+	if (!reusable || !hsm_gate_enter(c->epoch)) {
 		if (c->fd >= 0)
 			hsm_conn_close(c->fd);
 		c->fd = -1;
@@ -249,10 +258,8 @@ void hsm_pool_put(hsm_conn *c, int reusable)
 		return;
 	}
 	/* Becoming idle is done under the mutex, so that C_Finalize, which
-	 * closes idle connections under it, cannot miss this one. (C_Finalize
-	 * may not run concurrently with calls other than C_WaitForSlotEvent,
-	 * and that one never comes back reusable once it sees the epoch
-	 * change, so the mutex is there.) */
+	 * closes idle connections under it, cannot miss this one: under it,
+	 * the pool's epoch says whether C_Finalize has been. */
 	hsm_mutex *mu = pool.mu;
 	hsm_lock(mu);
 	if (c->epoch == __atomic_load_n(&pool.epoch, __ATOMIC_ACQUIRE)) {
@@ -264,4 +271,5 @@ void hsm_pool_put(hsm_conn *c, int reusable)
 		set_state(c, SLOT_FREE);
 	}
 	hsm_unlock(mu);
+	hsm_gate_leave();
 }

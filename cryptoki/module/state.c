@@ -21,6 +21,7 @@
 #include <pthread.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "hsm.h"
@@ -38,6 +39,9 @@ static unsigned long fork_generation; /* bumped in each child */
 static unsigned long init_generation; /* fork_generation at C_Initialize */
 static int initialized;
 static unsigned long epoch; /* bumped at C_Initialize and C_Finalize */
+/* Threads inside hsm_gate_enter .. hsm_gate_leave: about to lock, or
+ * holding, a table's mutex outside C_Initialize and C_Finalize. */
+static unsigned long gate;
 static uint8_t app_id[16];
 static hsm_config config;
 
@@ -70,8 +74,9 @@ static void atfork_parent(void)
 
 static void atfork_child(void)
 {
-	/* One thread exists here. */
+	/* One thread exists here: none is inside the gate. */
 	__atomic_add_fetch(&fork_generation, 1, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&gate, 0, __ATOMIC_SEQ_CST);
 	hsm_pool_atfork_child();
 	hsm_held_atfork_child();
 	hsm_ring_atfork_child();
@@ -96,6 +101,38 @@ CK_RV hsm_entry(void)
 unsigned long hsm_epoch(void)
 {
 	return __atomic_load_n(&epoch, __ATOMIC_ACQUIRE);
+}
+
+/* The gate pairs with C_Finalize's wait: the caller counts itself in
+ * before it looks at the epoch, and C_Finalize looks at the count after
+ * it moved the epoch on (both sequentially consistent), so either the
+ * caller sees the new epoch and stays out, or C_Finalize sees the caller
+ * and waits for it to leave before freeing the mutexes. */
+int hsm_gate_enter(unsigned long e)
+{
+	__atomic_add_fetch(&gate, 1, __ATOMIC_SEQ_CST);
+	if (hsm_entry() == CKR_OK && __atomic_load_n(&epoch, __ATOMIC_SEQ_CST) == e)
+		return 1;
+	__atomic_sub_fetch(&gate, 1, __ATOMIC_SEQ_CST);
+	return 0;
+}
+
+void hsm_gate_leave(void)
+{
+	__atomic_sub_fetch(&gate, 1, __ATOMIC_SEQ_CST);
+}
+
+/* gate_drain waits until no thread is inside the gate. Those inside hold
+ * a table's mutex or wait for one, never across I/O: a short wait. */
+static void gate_drain(void)
+{
+	long us = 20;
+	while (__atomic_load_n(&gate, __ATOMIC_SEQ_CST) != 0) {
+		struct timespec ts = {0, us * 1000};
+		nanosleep(&ts, NULL);
+		if (us < 1000)
+			us *= 2;
+	}
 }
 
 const uint8_t *hsm_app_id(void)
@@ -234,9 +271,12 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
 		return CKR_CRYPTOKI_NOT_INITIALIZED;
 	}
 	/* New calls fail from here; calls in flight see the epoch change and
-	 * give up (a blocked C_WaitForSlotEvent among them). */
+	 * give up (a blocked C_WaitForSlotEvent among them). One that got
+	 * past the gate before may be about to lock a table's mutex: the
+	 * mutexes are freed only once it has let go. */
 	__atomic_store_n(&initialized, 0, __ATOMIC_RELEASE);
 	__atomic_add_fetch(&epoch, 1, __ATOMIC_SEQ_CST);
+	gate_drain();
 	hsm_pool_finalize();
 	hsm_held_finalize();
 	hsm_defer_finalize();

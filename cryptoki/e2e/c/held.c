@@ -33,6 +33,8 @@
  *            the module's locks, and another thread's call goes on.
  *   forklock (heldlock.c) fork() waits for a thread inside the module's
  *            lock, so the child inherits its tables whole.
+ *   finrace  (heldfin.c) a C_WaitForSlotEvent that C_Finalize overtakes
+ *            while it is about to lock the module's mutexes.
  *   messages the message-based calls (heldmsg.c): their round trips in
  *            both conventions, what the parameter gets back, other input
  *            at the follow-up, a short buffer, discarding.
@@ -771,6 +773,7 @@ int main(int argc, char **argv)
 		test_threads();
 		test_fulltable();
 		test_forklock();
+		test_finrace();
 		test_messages();
 		test_wrapauth();
 	}

@@ -50,6 +50,10 @@ void test_messages(void);
 void test_fulltable(void);
 void test_forklock(void);
 
+/* ---- heldfin.c ---- */
+
+void test_finrace(void);
+
 /* ---- heldwrap.c ---- */
 
 extern CK_FUNCTION_LIST_3_2 *f32;
