@@ -266,6 +266,11 @@ void hsm_tls_forget(int fd);         /* a forked child's: never touched again */
 void hsm_tls_not_hsmemu(int i);      /* a hello reply that is not the daemon's */
 void hsm_tls_refused(int i);         /* a hello refused */
 void hsm_tls_finalize(void);         /* C_Finalize: free what no connection holds */
+/* Around fork(), from state.c's handlers, after the tables' mutexes: the
+ * child inherits the table of connections whole, and sets it aside. */
+void hsm_tls_atfork_prepare(void);
+void hsm_tls_atfork_parent(void);
+void hsm_tls_atfork_child(void);
 
 /* ---- conn.c and pool.c: connections to the daemon ---- */
 

@@ -7,8 +7,8 @@
  * the daemon dials it (pool.c).
  *
  * Fork: pthread_atfork handlers, registered once at the first
- * C_Initialize: the prepare handler takes init_mu and the tables' mutexes
- * (atfork_prepare), the child handler bumps fork_generation. Every entry
+ * C_Initialize: the prepare handler takes init_mu, the tables' mutexes
+ * and tls.c's (atfork_prepare), the child handler bumps fork_generation. Every entry
  * point compares it with the generation it was initialised in, so a child
  * answers CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize, which
  * closes the sockets the child inherited (close, never shutdown: the
@@ -46,9 +46,11 @@ static uint8_t app_id[16];
 static hsm_config config;
 
 /* atfork_prepare takes init_mu, then the tables' mutexes in the order the
- * calls take them (held.c's before defer.c's; the pool's alone), none of
- * them ever held across I/O or while waiting for init_mu: the child
- * inherits the tables whole. A thread in the middle of changing one (a
+ * calls take them (held.c's before defer.c's; the pool's alone), then
+ * tls.c's (taken under the pool's, when an idle connection is closed),
+ * none of them ever held across I/O or while waiting for init_mu: the
+ * child inherits the tables whole. tls.c's is a pthread mutex of the
+ * process, taken whether or not this process initialised. A thread in the middle of changing one (a
  * result freed and its pointer not yet cleared) would leave the child's
  * C_Initialize freeing it again. */
 static void atfork_prepare(void)
@@ -60,10 +62,12 @@ static void atfork_prepare(void)
 		hsm_defer_atfork_prepare();
 		hsm_pool_atfork_prepare();
 	}
+	hsm_tls_atfork_prepare();
 }
 
 static void atfork_parent(void)
 {
+	hsm_tls_atfork_parent();
 	if (fork_locked) {
 		hsm_pool_atfork_parent();
 		hsm_defer_atfork_parent();
@@ -77,6 +81,7 @@ static void atfork_child(void)
 	/* One thread exists here: none is inside the gate. */
 	__atomic_add_fetch(&fork_generation, 1, __ATOMIC_SEQ_CST);
 	__atomic_store_n(&gate, 0, __ATOMIC_SEQ_CST);
+	hsm_tls_atfork_child();
 	hsm_pool_atfork_child();
 	hsm_held_atfork_child();
 	hsm_ring_atfork_child();

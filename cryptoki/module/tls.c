@@ -13,10 +13,15 @@
  * small table. Writes go through a BIO of our own that sends with
  * MSG_NOSIGNAL: a daemon gone away is EPIPE, never SIGPIPE.
  *
- * Fork: a child handler forgets the SSL_CTX, the sessions kept for
- * resumption and the table, without freeing them (the parent may be
- * using them, and a lock held in the parent stays held in the child); the
- * child's next dial makes its own, and its first handshake is a full one.
+ * Fork: state.c's prepare handler takes mu, last of the module's locks,
+ * so the child inherits the table whole; mu is never held across I/O (the
+ * context's files are read, and the handshake made, outside it). The
+ * child handler sets aside the SSL_CTX, the sessions kept for resumption
+ * and the table's SSL objects, without touching them; the child's next
+ * dial makes its own, and its first handshake is a full one. An SSL that
+ * a thread was reading or writing at the fork (outside mu: busy) may be
+ * half changed in the child's copy, and is never freed there; the others
+ * the child's C_Finalize frees, which sends nothing.
  *
  * Errors a user can act on (a certificate the daemon refused, one expired,
  * an unknown CA, a server that is not hsmemu, a key file others may read)
@@ -57,7 +62,6 @@ struct server {
 };
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 /* All guarded by mu. */
 static char parsed_from[sizeof ((hsm_config *)0)->server];
@@ -69,6 +73,7 @@ static struct {
 	int fd;
 	SSL *ssl;
 	int server;
+	int busy; /* threads reading or writing it (ssl_use .. ssl_done) */
 } conns[MAX_TLS_CONNS];
 static int nconns;
 
@@ -250,6 +255,9 @@ static SSL *inherited_ssl[MAX_INHERITED];
 static SSL_SESSION *inherited_sess[MAX_INHERITED];
 static SSL_CTX *inherited_ctx[MAX_INHERITED];
 static int ninherited_ssl, ninherited_sess, ninherited_ctx;
+/* Those busy at the fork: never freed (their copy may be half changed). */
+static SSL *inherited_busy[MAX_INHERITED];
+static int ninherited_busy;
 
 #define INHERIT(list, n, p)                                                                                            \
 	do {                                                                                                           \
@@ -257,8 +265,14 @@ static int ninherited_ssl, ninherited_sess, ninherited_ctx;
 			(list)[(n)++] = (p);                                                                           \
 	} while (0)
 
-static void atfork_child(void)
+void hsm_tls_atfork_prepare(void) { pthread_mutex_lock(&mu); }
+
+void hsm_tls_atfork_parent(void) { pthread_mutex_unlock(&mu); }
+
+void hsm_tls_atfork_child(void)
 {
+	/* One thread, and mu held by it (hsm_tls_atfork_prepare): the table
+	 * is whole. */
 	pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
 	mu = fresh;
 	INHERIT(inherited_ctx, ninherited_ctx, ctx);
@@ -266,15 +280,17 @@ static void atfork_child(void)
 	for (int i = 0; i < MAX_SERVERS; i++)
 		INHERIT(inherited_sess, ninherited_sess, sessions[i]);
 	memset(sessions, 0, sizeof sessions);
-	for (int i = 0; i < nconns; i++)
-		INHERIT(inherited_ssl, ninherited_ssl, conns[i].ssl);
+	for (int i = 0; i < nconns; i++) {
+		if (conns[i].busy)
+			INHERIT(inherited_busy, ninherited_busy, conns[i].ssl);
+		else
+			INHERIT(inherited_ssl, ninherited_ssl, conns[i].ssl);
+	}
 	/* The pool closes the descriptors when the child initialises, as
 	 * plain sockets: nothing is ever written to them. */
 	memset(conns, 0, sizeof conns);
 	nconns = 0;
 }
-
-static void register_atfork(void) { pthread_atfork(NULL, NULL, atfork_child); }
 
 /* check_key refuses a key file others may read, as ssh does. */
 static int check_key(const char *path)
@@ -292,7 +308,24 @@ static int check_key(const char *path)
 	return 1;
 }
 
-/* make_ctx makes the context from the configured files, under mu. */
+/* make_bio_method makes the BIO method once, under mu. */
+static int make_bio_method(void)
+{
+	if (bio_method != NULL)
+		return 1;
+	BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR, "hsmemu socket");
+	if (m == NULL)
+		return 0;
+	BIO_meth_set_write(m, bio_write);
+	BIO_meth_set_read(m, bio_read);
+	BIO_meth_set_puts(m, bio_puts);
+	BIO_meth_set_ctrl(m, bio_ctrl);
+	bio_method = m;
+	return 1;
+}
+
+/* make_ctx makes the context from the configured files, outside mu: the
+ * files may be slow to read, and a fork waits for mu. */
 static SSL_CTX *make_ctx(void)
 {
 	const hsm_config *cfg = hsm_config_get();
@@ -303,17 +336,6 @@ static SSL_CTX *make_ctx(void)
 	}
 	if (!check_key(cfg->tls_key))
 		return NULL;
-	if (bio_method == NULL) {
-		BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR,
-					     "hsmemu socket");
-		if (m == NULL)
-			return NULL;
-		BIO_meth_set_write(m, bio_write);
-		BIO_meth_set_read(m, bio_read);
-		BIO_meth_set_puts(m, bio_puts);
-		BIO_meth_set_ctrl(m, bio_ctrl);
-		bio_method = m;
-	}
 	SSL_CTX *c = SSL_CTX_new(TLS_client_method());
 	if (c == NULL)
 		return NULL;
@@ -363,22 +385,38 @@ static int slot_of(int fd)
 	return -1;
 }
 
-static SSL *ssl_of(int fd, int *server)
+/* ssl_use returns fd's SSL, marked busy until ssl_done: a fork
+ * meanwhile leaves the child's copy alone. */
+static SSL *ssl_use(int fd, int *server)
 {
 	pthread_mutex_lock(&mu);
 	int i = slot_of(fd);
 	SSL *s = i >= 0 ? conns[i].ssl : NULL;
+	if (i >= 0)
+		conns[i].busy++;
 	if (server != NULL)
 		*server = i >= 0 ? conns[i].server : 0;
 	pthread_mutex_unlock(&mu);
 	return s;
 }
 
+static void ssl_done(int fd)
+{
+	pthread_mutex_lock(&mu);
+	int i = slot_of(fd);
+	if (i >= 0)
+		conns[i].busy--;
+	pthread_mutex_unlock(&mu);
+}
+
 int hsm_tls_is(int fd)
 {
 	if (hsm_config_get()->server[0] == '\0')
 		return 0;
-	return ssl_of(fd, NULL) != NULL;
+	pthread_mutex_lock(&mu);
+	int is = slot_of(fd) >= 0;
+	pthread_mutex_unlock(&mu);
+	return is;
 }
 
 /* poll_for waits until fd is ready for events or the deadline passes. */
@@ -476,21 +514,30 @@ static void diagnose(SSL *ssl, const struct server *s)
 
 enum hsm_io hsm_tls_connect(int i, long long deadline, int *out)
 {
-	pthread_once(&atfork_once, register_atfork);
 	pthread_mutex_lock(&mu);
 	parse_servers(hsm_config_get()->server);
-	if (nservers == 0 || nconns == MAX_TLS_CONNS) {
+	if (nservers == 0 || nconns == MAX_TLS_CONNS || !make_bio_method()) {
 		pthread_mutex_unlock(&mu);
 		return HSM_IO_UNAVAILABLE;
 	}
 	i %= nservers;
 	struct server s = servers[i];
-	if (ctx == NULL)
-		ctx = make_ctx();
-	SSL_CTX *c = ctx;
+	SSL_CTX *c = ctx, *made = NULL;
+	if (c == NULL) {
+		/* Made outside mu; a dial that made one meanwhile wins. */
+		pthread_mutex_unlock(&mu);
+		made = make_ctx();
+		pthread_mutex_lock(&mu);
+		if (ctx == NULL) {
+			ctx = made;
+			made = NULL;
+		}
+		c = ctx;
+	}
 	if (c != NULL)
 		SSL_CTX_up_ref(c);
 	pthread_mutex_unlock(&mu);
+	SSL_CTX_free(made);
 	if (c == NULL)
 		return HSM_IO_UNAVAILABLE;
 
@@ -540,20 +587,15 @@ enum hsm_io hsm_tls_connect(int i, long long deadline, int *out)
 	conns[nconns].fd = fd;
 	conns[nconns].ssl = ssl;
 	conns[nconns].server = i;
+	conns[nconns].busy = 0;
 	nconns++;
 	pthread_mutex_unlock(&mu);
 	*out = fd;
 	return HSM_IO_OK;
 }
 
-long hsm_tls_send(int fd, const uint8_t *p, size_t n)
+static long send_on(SSL *ssl, int server, const uint8_t *p, size_t n)
 {
-	int server;
-	SSL *ssl = ssl_of(fd, &server);
-	if (ssl == NULL) {
-		errno = EBADF;
-		return -1;
-	}
 	ERR_clear_error();
 	int k = SSL_write(ssl, p, n > 1 << 30 ? 1 << 30 : (int)n);
 	if (k > 0)
@@ -572,14 +614,23 @@ long hsm_tls_send(int fd, const uint8_t *p, size_t n)
 	return -1;
 }
 
-long hsm_tls_recv(int fd, uint8_t *p, size_t n)
+long hsm_tls_send(int fd, const uint8_t *p, size_t n)
 {
 	int server;
-	SSL *ssl = ssl_of(fd, &server);
+	SSL *ssl = ssl_use(fd, &server);
 	if (ssl == NULL) {
 		errno = EBADF;
 		return -1;
 	}
+	long k = send_on(ssl, server, p, n);
+	int e = errno;
+	ssl_done(fd);
+	errno = e;
+	return k;
+}
+
+static long recv_on(SSL *ssl, int server, uint8_t *p, size_t n)
+{
 	ERR_clear_error();
 	int k = SSL_read(ssl, p, n > 1 << 30 ? 1 << 30 : (int)n);
 	if (k > 0)
@@ -607,10 +658,28 @@ long hsm_tls_recv(int fd, uint8_t *p, size_t n)
 	return -1;
 }
 
+long hsm_tls_recv(int fd, uint8_t *p, size_t n)
+{
+	int server;
+	SSL *ssl = ssl_use(fd, &server);
+	if (ssl == NULL) {
+		errno = EBADF;
+		return -1;
+	}
+	long k = recv_on(ssl, server, p, n);
+	int e = errno;
+	ssl_done(fd);
+	errno = e;
+	return k;
+}
+
 int hsm_tls_pending(int fd)
 {
-	SSL *ssl = ssl_of(fd, NULL);
-	return ssl != NULL && SSL_pending(ssl) > 0;
+	SSL *ssl = ssl_use(fd, NULL);
+	int pending = ssl != NULL && SSL_pending(ssl) > 0;
+	if (ssl != NULL)
+		ssl_done(fd);
+	return pending;
 }
 
 /* drop removes fd's entry and returns its SSL. */

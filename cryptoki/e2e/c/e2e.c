@@ -18,6 +18,10 @@
  *            handles, each with its precise CK_RV.
  *   restart  the driver kills and restarts the daemon under held sessions,
  *            then kills it and starts it again.
+ *   forkfiles with remote daemons: a fork while another thread's first
+ *            dial reads tls_ca (a FIFO nothing is written to yet) goes on
+ *            at once, and the child initialises and finalises: the module
+ *            reads its certificate files outside the lock a fork waits for.
  *
  * The restart section talks to the driver over stdin and stdout: it prints
  * "RESTART", "KILL" or "START" on a line of its own and waits for a line
@@ -35,7 +39,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1078,6 +1085,106 @@ static void test_restart(void)
 	end();
 }
 
+/* ---- forkfiles ---- */
+
+static pid_t reader_tid;
+static CK_RV reader_rv;
+static CK_ULONG reader_n;
+
+static void *first_dial(void *arg)
+{
+	(void)arg;
+	__atomic_store_n(&reader_tid, (pid_t)syscall(SYS_gettid), __ATOMIC_SEQ_CST);
+	reader_rv = f->C_GetSlotList(CK_TRUE, NULL, &reader_n);
+	return NULL;
+}
+
+/* in_open says whether thread tid waits in open(2) (its /proc syscall
+ * file): a FIFO's open waits for a writer. */
+static int in_open(pid_t tid)
+{
+	char path[64], buf[128];
+	snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)tid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t k = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (k <= 0)
+		return 0;
+	buf[k] = 0;
+	if (buf[0] < '0' || buf[0] > '9')
+		return 0;
+	long nr = strtol(buf, NULL, 10);
+	return nr == SYS_openat
+#ifdef SYS_open
+	       || nr == SYS_open
+#endif
+		;
+}
+
+static void test_forkfiles(void)
+{
+	begin("forkfiles");
+	const char *ca = getenv("HSMEMU_TLS_CA");
+	if (ca == NULL || getenv("HSMEMU_SERVER") == NULL) {
+		pass(); /* the Unix socket: no certificate files */
+		end();
+		return;
+	}
+	/* The CA's PEM, to write into the FIFO. */
+	char pem[16384];
+	int fd = open(ca, O_RDONLY | O_CLOEXEC);
+	ssize_t npem = fd >= 0 ? read(fd, pem, sizeof pem) : -1;
+	if (fd >= 0)
+		close(fd);
+	char dir[] = "/tmp/e2e-fifo-XXXXXX", fifo[64];
+	if (!CHECK(npem > 0, "read %s", ca) || !CHECK(mkdtemp(dir) != NULL, "mkdtemp")) {
+		end();
+		return;
+	}
+	snprintf(fifo, sizeof fifo, "%s/ca.pem", dir);
+	CHECK(mkfifo(fifo, 0600) == 0, "mkfifo");
+	char *saved = strdup(ca);
+	OK(f->C_Finalize(NULL));
+	setenv("HSMEMU_TLS_CA", fifo, 1); /* read at C_Initialize */
+	OK(f->C_Initialize(NULL));
+	setenv("HSMEMU_TLS_CA", saved, 1);
+
+	pthread_t a;
+	pthread_create(&a, NULL, first_dial, NULL);
+	pid_t tid;
+	while ((tid = __atomic_load_n(&reader_tid, __ATOMIC_SEQ_CST)) == 0 || !in_open(tid))
+		usleep(1000);
+	/* A fork that waited for the reader would wait for ever: the
+	 * section's alarm says so. */
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid == 0) {
+		/* No dial: a thread of the parent is inside libcrypto. */
+		int bad = f->C_Initialize(NULL) != CKR_OK;
+		bad |= (f->C_Finalize(NULL) != CKR_OK) << 1;
+		_exit(bad);
+	}
+	int status = 0;
+	CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	      "child forked while tls_ca is read: status 0x%x", status);
+	/* Now the reader gets its CA. */
+	int w = open(fifo, O_WRONLY | O_CLOEXEC);
+	CHECK(w >= 0 && write(w, pem, (size_t)npem) == npem, "write the FIFO");
+	if (w >= 0)
+		close(w);
+	pthread_join(a, NULL);
+	EXPECT(reader_rv, CKR_OK);
+	CHECK(reader_n >= 2, "the first dial, once tls_ca was read: %lu slots", reader_n);
+	OK(f->C_Finalize(NULL));
+	OK(f->C_Initialize(NULL));
+	unlink(fifo);
+	rmdir(dir);
+	free(saved);
+	end();
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 2) {
@@ -1110,6 +1217,7 @@ int main(int argc, char **argv)
 		test_threads();
 		test_badargs();
 		test_restart();
+		test_forkfiles();
 	}
 	section = "finalize";
 	OK(f->C_Finalize(NULL));
