@@ -26,7 +26,7 @@ import (
 const ctestTimeout = 3 * time.Minute
 
 // ctestSections are the sections every run must report, in order.
-var ctestSections = []string{"setup", "fork", "threads", "badargs", "restart", "forkfiles"}
+var ctestSections = []string{"setup", "fork", "threads", "badargs", "restart", "tlsfiles"}
 
 var (
 	ctestSummary = regexp.MustCompile(`(?m)^e2e: (\d+) passed, (\d+) failed$`)

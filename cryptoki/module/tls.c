@@ -13,6 +13,10 @@
  * small table. Writes go through a BIO of our own that sends with
  * MSG_NOSIGNAL: a daemon gone away is EPIPE, never SIGPIPE.
  *
+ * C_Finalize (hsm_tls_finalize) may overtake a dial (a
+ * C_WaitForSlotEvent's): the BIO method stays while a dial is under way,
+ * and a context the dial made from the files of before is not kept.
+ *
  * Fork: state.c's prepare handler takes mu, last of the module's locks,
  * so the child inherits the table whole; mu is never held across I/O (the
  * context's files are read, and the handshake made, outside it). The
@@ -76,6 +80,11 @@ static struct {
 	int busy; /* threads reading or writing it (ssl_use .. ssl_done) */
 } conns[MAX_TLS_CONNS];
 static int nconns;
+/* Dials under way: the BIO method stays while one is. */
+static int dialing;
+/* Bumped by hsm_tls_finalize: a context a dial made from an earlier
+ * initialisation's files is not kept. */
+static unsigned long finalizations;
 
 static int current; /* atomic */
 
@@ -290,6 +299,7 @@ void hsm_tls_atfork_child(void)
 	 * plain sockets: nothing is ever written to them. */
 	memset(conns, 0, sizeof conns);
 	nconns = 0;
+	dialing = 0; /* the parent's threads' */
 }
 
 /* check_key refuses a key file others may read, as ssh does. */
@@ -512,7 +522,10 @@ static void diagnose(SSL *ssl, const struct server *s)
 		log_once(L_PROTOCOL, "TLS with the daemon at %s:%s failed: %s", s->host, s->port, err);
 }
 
-enum hsm_io hsm_tls_connect(int i, long long deadline, int *out)
+/* dial is hsm_tls_connect's, counted in dialing: a C_WaitForSlotEvent's
+ * dial may outlive C_Finalize, whose hsm_tls_finalize then leaves the BIO
+ * method alone. */
+static enum hsm_io dial(int i, long long deadline, int *out)
 {
 	pthread_mutex_lock(&mu);
 	parse_servers(hsm_config_get()->server);
@@ -524,15 +537,21 @@ enum hsm_io hsm_tls_connect(int i, long long deadline, int *out)
 	struct server s = servers[i];
 	SSL_CTX *c = ctx, *made = NULL;
 	if (c == NULL) {
-		/* Made outside mu; a dial that made one meanwhile wins. */
+		/* Made outside mu; a dial that made one meanwhile wins, and
+		 * one made before a C_Finalize serves only this dial. */
+		unsigned long fin = finalizations;
 		pthread_mutex_unlock(&mu);
 		made = make_ctx();
 		pthread_mutex_lock(&mu);
-		if (ctx == NULL) {
-			ctx = made;
-			made = NULL;
+		if (fin != finalizations) {
+			c = made;
+		} else {
+			if (ctx == NULL) {
+				ctx = made;
+				made = NULL;
+			}
+			c = ctx;
 		}
-		c = ctx;
 	}
 	if (c != NULL)
 		SSL_CTX_up_ref(c);
@@ -584,6 +603,12 @@ enum hsm_io hsm_tls_connect(int i, long long deadline, int *out)
 		return HSM_IO_UNAVAILABLE;
 	}
 	pthread_mutex_lock(&mu);
+	if (nconns == MAX_TLS_CONNS) {
+		pthread_mutex_unlock(&mu);
+		SSL_free(ssl);
+		close(fd);
+		return HSM_IO_UNAVAILABLE;
+	}
 	conns[nconns].fd = fd;
 	conns[nconns].ssl = ssl;
 	conns[nconns].server = i;
@@ -592,6 +617,18 @@ enum hsm_io hsm_tls_connect(int i, long long deadline, int *out)
 	pthread_mutex_unlock(&mu);
 	*out = fd;
 	return HSM_IO_OK;
+}
+
+enum hsm_io hsm_tls_connect(int i, long long deadline, int *out)
+{
+	pthread_mutex_lock(&mu);
+	dialing++;
+	pthread_mutex_unlock(&mu);
+	enum hsm_io io = dial(i, deadline, out);
+	pthread_mutex_lock(&mu);
+	dialing--;
+	pthread_mutex_unlock(&mu);
+	return io;
 }
 
 static long send_on(SSL *ssl, int server, const uint8_t *p, size_t n)
@@ -744,7 +781,13 @@ void hsm_tls_finalize(void)
 	memset(sessions, 0, sizeof sessions);
 	parsed_from[0] = '\0';
 	nservers = 0;
-	int idle = nconns == 0;
+	finalizations++;
+	/* The BIO method, once no connection and no dial uses it. */
+	BIO_METHOD *bm = NULL;
+	if (nconns == 0 && dialing == 0) {
+		bm = bio_method;
+		bio_method = NULL;
+	}
 	pthread_mutex_unlock(&mu);
 	for (int i = 0; i < MAX_SERVERS; i++)
 		SSL_SESSION_free(sess[i]);
@@ -756,9 +799,5 @@ void hsm_tls_finalize(void)
 	for (int i = 0; i < ninherited_ctx; i++)
 		SSL_CTX_free(inherited_ctx[i]);
 	ninherited_ssl = ninherited_sess = ninherited_ctx = 0;
-	/* The BIO method, once no connection uses it. */
-	if (idle && bio_method != NULL) {
-		BIO_meth_free(bio_method);
-		bio_method = NULL;
-	}
+	BIO_meth_free(bm);
 }

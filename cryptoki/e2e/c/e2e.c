@@ -18,10 +18,12 @@
  *            handles, each with its precise CK_RV.
  *   restart  the driver kills and restarts the daemon under held sessions,
  *            then kills it and starts it again.
- *   forkfiles with remote daemons: a fork while another thread's first
- *            dial reads tls_ca (a FIFO nothing is written to yet) goes on
- *            at once, and the child initialises and finalises: the module
- *            reads its certificate files outside the lock a fork waits for.
+ *   tlsfiles with remote daemons, while another thread's first dial
+ *            reads tls_ca (a FIFO nothing is written to yet): a fork goes
+ *            on at once, and the child initialises and finalises (the
+ *            module reads its certificate files outside the lock a fork
+ *            waits for); C_Finalize overtakes a C_WaitForSlotEvent there,
+ *            which then returns CKR_CRYPTOKI_NOT_INITIALIZED or its result.
  *
  * The restart section talks to the driver over stdin and stdout: it prints
  * "RESTART", "KILL" or "START" on a line of its own and waits for a line
@@ -1085,7 +1087,7 @@ static void test_restart(void)
 	end();
 }
 
-/* ---- forkfiles ---- */
+/* ---- tlsfiles ---- */
 
 static pid_t reader_tid;
 static CK_RV reader_rv;
@@ -1096,6 +1098,15 @@ static void *first_dial(void *arg)
 	(void)arg;
 	__atomic_store_n(&reader_tid, (pid_t)syscall(SYS_gettid), __ATOMIC_SEQ_CST);
 	reader_rv = f->C_GetSlotList(CK_TRUE, NULL, &reader_n);
+	return NULL;
+}
+
+static void *first_wait(void *arg)
+{
+	(void)arg;
+	CK_SLOT_ID s;
+	__atomic_store_n(&reader_tid, (pid_t)syscall(SYS_gettid), __ATOMIC_SEQ_CST);
+	reader_rv = f->C_WaitForSlotEvent(CKF_DONT_BLOCK, &s, NULL);
 	return NULL;
 }
 
@@ -1123,9 +1134,32 @@ static int in_open(pid_t tid)
 		;
 }
 
-static void test_forkfiles(void)
+/* feed writes the CA into the FIFO a dial waits to read. */
+static void feed(const char *fifo, const char *pem, ssize_t npem)
 {
-	begin("forkfiles");
+	int w = open(fifo, O_WRONLY | O_CLOEXEC);
+	CHECK(w >= 0 && write(w, pem, (size_t)npem) == npem, "write the FIFO");
+	if (w >= 0)
+		close(w);
+}
+
+/* start_reader initialises with tls_ca the FIFO and starts fn, whose
+ * first dial waits in open(2) for it. */
+static void start_reader(pthread_t *t, void *(*fn)(void *), const char *fifo, const char *ca)
+{
+	setenv("HSMEMU_TLS_CA", fifo, 1); /* read at C_Initialize */
+	OK(f->C_Initialize(NULL));
+	setenv("HSMEMU_TLS_CA", ca, 1);
+	__atomic_store_n(&reader_tid, 0, __ATOMIC_SEQ_CST);
+	pthread_create(t, NULL, fn, NULL);
+	pid_t tid;
+	while ((tid = __atomic_load_n(&reader_tid, __ATOMIC_SEQ_CST)) == 0 || !in_open(tid))
+		usleep(1000);
+}
+
+static void test_tlsfiles(void)
+{
+	begin("tlsfiles");
 	const char *ca = getenv("HSMEMU_TLS_CA");
 	if (ca == NULL || getenv("HSMEMU_SERVER") == NULL) {
 		pass(); /* the Unix socket: no certificate files */
@@ -1147,15 +1181,8 @@ static void test_forkfiles(void)
 	CHECK(mkfifo(fifo, 0600) == 0, "mkfifo");
 	char *saved = strdup(ca);
 	OK(f->C_Finalize(NULL));
-	setenv("HSMEMU_TLS_CA", fifo, 1); /* read at C_Initialize */
-	OK(f->C_Initialize(NULL));
-	setenv("HSMEMU_TLS_CA", saved, 1);
-
 	pthread_t a;
-	pthread_create(&a, NULL, first_dial, NULL);
-	pid_t tid;
-	while ((tid = __atomic_load_n(&reader_tid, __ATOMIC_SEQ_CST)) == 0 || !in_open(tid))
-		usleep(1000);
+	start_reader(&a, first_dial, fifo, saved);
 	/* A fork that waited for the reader would wait for ever: the
 	 * section's alarm says so. */
 	fflush(NULL);
@@ -1170,15 +1197,22 @@ static void test_forkfiles(void)
 	CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
 	      "child forked while tls_ca is read: status 0x%x", status);
 	/* Now the reader gets its CA. */
-	int w = open(fifo, O_WRONLY | O_CLOEXEC);
-	CHECK(w >= 0 && write(w, pem, (size_t)npem) == npem, "write the FIFO");
-	if (w >= 0)
-		close(w);
+	feed(fifo, pem, npem);
 	pthread_join(a, NULL);
 	EXPECT(reader_rv, CKR_OK);
 	CHECK(reader_n >= 2, "the first dial, once tls_ca was read: %lu slots", reader_n);
 	OK(f->C_Finalize(NULL));
+
+	/* C_Finalize overtakes the dial of a C_WaitForSlotEvent, which
+	 * goes on once it returned: the TLS layer's state must outlast it. */
+	start_reader(&a, first_wait, fifo, saved);
+	OK(f->C_Finalize(NULL));
+	feed(fifo, pem, npem);
+	pthread_join(a, NULL);
+	CHECK(reader_rv == CKR_CRYPTOKI_NOT_INITIALIZED || reader_rv == CKR_NO_EVENT,
+	      "C_WaitForSlotEvent overtaken by C_Finalize in its first dial: rv 0x%lx", (unsigned long)reader_rv);
 	OK(f->C_Initialize(NULL));
+	OK(f->C_GetSlotList(CK_TRUE, NULL, &reader_n));
 	unlink(fifo);
 	rmdir(dir);
 	free(saved);
@@ -1217,7 +1251,7 @@ int main(int argc, char **argv)
 		test_threads();
 		test_badargs();
 		test_restart();
-		test_forkfiles();
+		test_tlsfiles();
 	}
 	section = "finalize";
 	OK(f->C_Finalize(NULL));
