@@ -356,7 +356,8 @@ func TestClusterPkcs11Tool(t *testing.T) {
 }
 
 // TestClusterCProgram runs the C end-to-end program (setup, fork, threads,
-// bad arguments, daemon restarts) through `server = tls://node1,
+// bad arguments, daemon restarts, a fork and a C_Finalize during the
+// first dial's reading of tls_ca) through `server = tls://node1,
 // tls://node2`, then through `server = tls://node2, tls://node1`; the
 // token each run made through its first node is the other node's too,
 // with its public objects.

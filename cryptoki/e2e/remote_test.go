@@ -215,7 +215,8 @@ func fakeServer(t *testing.T, pki *remotetest.PKI, withTLS bool) string {
 }
 
 // TestRemoteCProgram runs the C end-to-end program (setup, fork, threads,
-// bad arguments, daemon restarts) through tls://.
+// bad arguments, daemon restarts, a fork and a C_Finalize during the
+// first dial's reading of tls_ca) through tls://.
 func TestRemoteCProgram(t *testing.T) {
 	a := need(t)
 	prog := ctestNeedBuilt(t, "build/e2e")
