@@ -226,6 +226,10 @@ func TestNewAlgorithms(t *testing.T) {
 		// Only its own HMAC, and generic secret generation refuses the type.
 		s.Must(ck.CKR_KEY_TYPE_INCONSISTENT, "C_SignInit", U(h), M(ck.CKM_SHA256_HMAC), U(k))
 		s.Must(ck.CKR_TEMPLATE_INCONSISTENT, "C_GenerateKey", U(h), M(ck.CKM_GENERIC_SECRET_KEY_GEN), T(AU(ck.CKA_KEY_TYPE, ck.CKK_SHA256_HMAC), AU(ck.CKA_VALUE_LEN, 32)), None())
+		// So is a key type a secret key never has: the template disagrees
+		// with the mechanism (PKCS#11 v3.0, C_GenerateKey), not a bad value.
+		s.Must(ck.CKR_TEMPLATE_INCONSISTENT, "C_GenerateKey", U(h), M(ck.CKM_AES_KEY_GEN), T(AU(ck.CKA_KEY_TYPE, ck.CKK_RSA), AU(ck.CKA_VALUE_LEN, 32)), None())
+		s.Must(ck.CKR_ATTRIBUTE_VALUE_INVALID, "C_GenerateKey", U(h), M(ck.CKM_AES_KEY_GEN), T(A(ck.CKA_KEY_TYPE, []byte{1}), AU(ck.CKA_VALUE_LEN, 32)), None())
 		s.Must(ck.CKR_TEMPLATE_INCOMPLETE, "C_GenerateKey", U(h), M(ck.CKM_SHA256_KEY_GEN), T(), None())
 		// Created HMAC keys of every type.
 		k512 := s.secret(h, ck.CKK_SHA512_224_HMAC, []byte("key"))

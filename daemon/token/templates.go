@@ -170,11 +170,16 @@ func checkTemplate(tmpl []attr, so, legacy bool, org origin, defClass, defKeyTyp
 		if !ok {
 			return nil, 0, 0, ck.Error(ck.CKR_TEMPLATE_INCOMPLETE)
 		}
-		if kt = ulongOf(v); !keyTypeSupported(class, kt, legacy) {
-			return nil, 0, 0, ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
-		}
-		if defKeyType != noKeyType && kt != defKeyType {
+		kt = ulongOf(v)
+		// A well-formed key type other than the one the mechanism makes
+		// is CKR_TEMPLATE_INCONSISTENT (PKCS#11 v3.0, C_GenerateKey
+		// and C_GenerateKeyPair), even one this class never has: the
+		// template disagrees with the mechanism before it names a bad value.
+		if len(v) == 8 && defKeyType != noKeyType && kt != defKeyType {
 			return nil, 0, 0, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
+		}
+		if !keyTypeSupported(class, kt, legacy) {
+			return nil, 0, 0, ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 		}
 	}
 	for t, v := range m {
