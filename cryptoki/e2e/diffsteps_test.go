@@ -1,0 +1,436 @@
+package e2e
+
+import (
+	"fmt"
+
+	"github.com/miekg/pkcs11"
+)
+
+// The steps of TestDiffSoftHSM, in order: later ones log out, open
+// read-only sessions and close all sessions.
+
+const badHandle = 0x7fff1234
+
+// sized runs an output call three times on one active operation, as a C
+// application sizing its buffer does: NULL buffer, a buffer one byte
+// short, the exact one; then once more (the operation is over).
+func sized(m *diffMod, init func() error, call func(o output) ([]byte, uint64, error)) string {
+	if err := init(); err != nil {
+		return "init " + rv(err)
+	}
+	_, n, err := call(output{null: true})
+	q := rvn(nil, n, err)
+	if err != nil || n == 0 {
+		return q
+	}
+	short := rvn(call(want(int(n) - 1)))
+	exact := rvn(call(want(int(n))))
+	after := rv(func() error { _, _, err := call(want(int(n))); return err }())
+	return q + "; " + short + "; " + exact + "; " + after
+}
+
+func diffSteps() []diffStep {
+	iv := make([]byte, 16)
+	data32 := make([]byte, 32)
+	return []diffStep{
+		// Length queries, short buffers, exact buffers (5.2 "Conventions
+		// for functions returning output in a variable-length buffer").
+		{name: "C_Sign ECDSA sized", want: "CKR_OK n=64; CKR_BUFFER_TOO_SMALL n=64; CKR_OK n=64; CKR_OPERATION_NOT_INITIALIZED",
+			run: func(m *diffMod) string {
+				return sized(m, func() error { return m.p.SignInit(m.s, mech(pkcs11.CKM_ECDSA, nil), m.priv) },
+					func(o output) ([]byte, uint64, error) { return m.raw.Out(rawSign, m.s, data32, o) })
+			}},
+		{name: "C_Encrypt AES-CBC-PAD 20 bytes sized", want: "CKR_OK n=32; CKR_BUFFER_TOO_SMALL n=32; CKR_OK n=32; CKR_OPERATION_NOT_INITIALIZED",
+			run: func(m *diffMod) string {
+				return sized(m, func() error { return m.p.EncryptInit(m.s, mech(pkcs11.CKM_AES_CBC_PAD, iv), m.aes) },
+					func(o output) ([]byte, uint64, error) { return m.raw.Out(rawEncrypt, m.s, make([]byte, 20), o) })
+			}},
+		{name: "C_Encrypt AES-ECB 32 bytes sized", want: "CKR_OK n=32; CKR_BUFFER_TOO_SMALL n=32; CKR_OK n=32; CKR_OPERATION_NOT_INITIALIZED",
+			run: func(m *diffMod) string {
+				return sized(m, func() error { return m.p.EncryptInit(m.s, mech(pkcs11.CKM_AES_ECB, nil), m.aes) },
+					func(o output) ([]byte, uint64, error) { return m.raw.Out(rawEncrypt, m.s, data32, o) })
+			}},
+		{name: "C_Decrypt AES-CBC-PAD of 20 bytes sized", want: "CKR_OK n=20; CKR_BUFFER_TOO_SMALL n=20; CKR_OK n=20; CKR_OPERATION_NOT_INITIALIZED", soft: "CKR_OK n=32; CKR_BUFFER_TOO_SMALL n=32; CKR_OK n=20; CKR_OPERATION_NOT_INITIALIZED",
+			run: func(m *diffMod) string {
+				if err := m.p.EncryptInit(m.s, mech(pkcs11.CKM_AES_CBC_PAD, iv), m.aes); err != nil {
+					return "EncryptInit " + rv(err)
+				}
+				ct, err := m.p.Encrypt(m.s, make([]byte, 20))
+				if err != nil {
+					return "Encrypt " + rv(err)
+				}
+				return sized(m, func() error { return m.p.DecryptInit(m.s, mech(pkcs11.CKM_AES_CBC_PAD, iv), m.aes) },
+					func(o output) ([]byte, uint64, error) { return m.raw.Out(rawDecrypt, m.s, ct, o) })
+			}},
+		{name: "C_Digest SHA-256 sized", want: "CKR_OK n=32; CKR_BUFFER_TOO_SMALL n=32; CKR_OK n=32; CKR_OPERATION_NOT_INITIALIZED",
+			run: func(m *diffMod) string {
+				return sized(m, func() error { return m.p.DigestInit(m.s, mech(pkcs11.CKM_SHA256, nil)) },
+					func(o output) ([]byte, uint64, error) { return m.raw.Out(rawDigest, m.s, data32, o) })
+			}},
+		{name: "C_WrapKey AES-KW sized", want: "CKR_OK n=40; CKR_BUFFER_TOO_SMALL n=40; CKR_OK n=40; CKR_OK",
+			run: func(m *diffMod) string {
+				return sized(m, func() error { return nil },
+					func(o output) ([]byte, uint64, error) {
+						return m.raw.Wrap(m.s, pkcs11.CKM_AES_KEY_WRAP, m.kek, m.aes, o)
+					})
+			}},
+
+		// C_GetAttributeValue (5.7): each attribute's own case.
+		{name: "GetAttributeValue NULL, short, exact", want: "CKR_BUFFER_TOO_SMALL 8 -1 8",
+			run: func(m *diffMod) string {
+				t := []rawAttr{{Type: pkcs11.CKA_LABEL, Null: true}, {Type: pkcs11.CKA_ID, Cap: 1}, {Type: pkcs11.CKA_CLASS, Cap: 8}}
+				return lens(t, m.raw.GetAttrs(m.s, m.aes, t))
+			}},
+		{name: "GetAttributeValue valid+sensitive", want: "CKR_ATTRIBUTE_SENSITIVE 8 -1 7",
+			run: func(m *diffMod) string {
+				t := []rawAttr{{Type: pkcs11.CKA_CLASS, Cap: 8}, {Type: pkcs11.CKA_VALUE, Cap: 64}, {Type: pkcs11.CKA_LABEL, Null: true}}
+				return lens(t, m.raw.GetAttrs(m.s, m.priv, t))
+			}},
+		{name: "GetAttributeValue valid+invalid type", want: "CKR_ATTRIBUTE_TYPE_INVALID 8 -1 7",
+			run: func(m *diffMod) string {
+				t := []rawAttr{{Type: pkcs11.CKA_CLASS, Cap: 8}, {Type: pkcs11.CKA_MODULUS, Cap: 64}, {Type: pkcs11.CKA_LABEL, Null: true}}
+				return lens(t, m.raw.GetAttrs(m.s, m.priv, t))
+			}},
+		{name: "GetAttributeValue valid+vendor type", want: "CKR_ATTRIBUTE_TYPE_INVALID 8 -1",
+			run: func(m *diffMod) string {
+				t := []rawAttr{{Type: pkcs11.CKA_CLASS, Cap: 8}, {Type: pkcs11.CKA_VENDOR_DEFINED | 0x4242, Cap: 64}}
+				return lens(t, m.raw.GetAttrs(m.s, m.aes, t))
+			}},
+		{name: "GetAttributeValue sensitive+invalid+short", want: "CKR_ATTRIBUTE_SENSITIVE -1 -1 -1 8",
+			run: func(m *diffMod) string {
+				t := []rawAttr{{Type: pkcs11.CKA_VALUE, Cap: 64}, {Type: pkcs11.CKA_MODULUS, Cap: 64},
+					{Type: pkcs11.CKA_LABEL, Cap: 1}, {Type: pkcs11.CKA_CLASS, Cap: 8}}
+				return lens(t, m.raw.GetAttrs(m.s, m.priv, t))
+			}},
+		{name: "GetAttributeValue sensitive NULL", want: "CKR_ATTRIBUTE_SENSITIVE -1",
+			run: func(m *diffMod) string {
+				t := []rawAttr{{Type: pkcs11.CKA_VALUE, Null: true}}
+				return lens(t, m.raw.GetAttrs(m.s, m.priv, t))
+			}},
+		{name: "GetAttributeValue bad object", want: "CKR_OBJECT_HANDLE_INVALID",
+			run: func(m *diffMod) string {
+				t := []rawAttr{{Type: pkcs11.CKA_CLASS, Cap: 8}}
+				return rv(m.raw.GetAttrs(m.s, badHandle, t))
+			}},
+
+		// C_FindObjects (5.7).
+		{name: "FindObjects empty template", want: "CKR_OK 4; CKR_OK",
+			run: func(m *diffMod) string { return diffFind(m, nil) }},
+		{name: "FindObjects by class", want: "CKR_OK 1; CKR_OK",
+			run: func(m *diffMod) string {
+				return diffFind(m, []*pkcs11.Attribute{attr(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY)})
+			}},
+		{name: "FindObjects by CKA_ID", want: "CKR_OK 2; CKR_OK",
+			run: func(m *diffMod) string {
+				return diffFind(m, []*pkcs11.Attribute{attr(pkcs11.CKA_ID, []byte("ec"))})
+			}},
+		{name: "FindObjects label not there", want: "CKR_OK 0; CKR_OK",
+			run: func(m *diffMod) string {
+				return diffFind(m, []*pkcs11.Attribute{attr(pkcs11.CKA_LABEL, "no-such-label")})
+			}},
+		{name: "FindObjects without Init", want: "CKR_OPERATION_NOT_INITIALIZED; CKR_OPERATION_NOT_INITIALIZED",
+			run: func(m *diffMod) string {
+				_, _, err := m.p.FindObjects(m.s, 10)
+				return rv(err) + "; " + rv(m.p.FindObjectsFinal(m.s))
+			}},
+		{name: "FindObjectsInit twice", want: "CKR_OK; CKR_OPERATION_ACTIVE; CKR_OK",
+			run: func(m *diffMod) string {
+				a := rv(m.p.FindObjectsInit(m.s, nil))
+				b := rv(m.p.FindObjectsInit(m.s, nil))
+				return a + "; " + b + "; " + rv(m.p.FindObjectsFinal(m.s))
+			}},
+
+		// Bad handles.
+		{name: "GetSessionInfo bad session", want: "CKR_SESSION_HANDLE_INVALID",
+			run: func(m *diffMod) string {
+				_, err := m.p.GetSessionInfo(badHandle)
+				return rv(err)
+			}},
+		{name: "SignInit bad key", want: "CKR_KEY_HANDLE_INVALID", soft: "CKR_OBJECT_HANDLE_INVALID",
+			run: func(m *diffMod) string {
+				return rv(m.p.SignInit(m.s, mech(pkcs11.CKM_ECDSA, nil), badHandle))
+			}},
+		{name: "DestroyObject bad object", want: "CKR_OBJECT_HANDLE_INVALID",
+			run: func(m *diffMod) string { return rv(m.p.DestroyObject(m.s, badHandle)) }},
+		{name: "GetObjectSize bad object", want: "CKR_OBJECT_HANDLE_INVALID",
+			run: func(m *diffMod) string {
+				_, err := m.raw.ObjectSize(m.s, badHandle)
+				return rv(err)
+			}},
+		{name: "SignInit with the public key", want: "CKR_KEY_FUNCTION_NOT_PERMITTED",
+			run: func(m *diffMod) string {
+				return rv(m.p.SignInit(m.s, mech(pkcs11.CKM_ECDSA, nil), m.pub))
+			}},
+
+		// Operations without Init, a second Init while active.
+		{name: "Sign/Encrypt/Decrypt/Digest/Verify without Init", want: "[CKR_OPERATION_NOT_INITIALIZED CKR_OPERATION_NOT_INITIALIZED CKR_OPERATION_NOT_INITIALIZED CKR_OPERATION_NOT_INITIALIZED CKR_OPERATION_NOT_INITIALIZED]",
+			run: func(m *diffMod) string {
+				s := make([]string, 0, 5)
+				for _, k := range []rawOp{rawSign, rawEncrypt, rawDecrypt, rawDigest} {
+					_, _, err := m.raw.Out(k, m.s, data32, want(64))
+					s = append(s, rv(err))
+				}
+				s = append(s, rv(m.p.Verify(m.s, data32, make([]byte, 64))))
+				return fmt.Sprint(s)
+			}},
+		{name: "SignInit twice", want: "CKR_OK; CKR_OPERATION_ACTIVE; CKR_OK",
+			run: func(m *diffMod) string {
+				a := rv(m.p.SignInit(m.s, mech(pkcs11.CKM_ECDSA, nil), m.priv))
+				b := rv(m.p.SignInit(m.s, mech(pkcs11.CKM_ECDSA, nil), m.priv))
+				_, err := m.p.Sign(m.s, data32)
+				return a + "; " + b + "; " + rv(err)
+			}},
+		{name: "DigestInit twice", want: "CKR_OK; CKR_OPERATION_ACTIVE; CKR_OK",
+			run: func(m *diffMod) string {
+				a := rv(m.p.DigestInit(m.s, mech(pkcs11.CKM_SHA256, nil)))
+				b := rv(m.p.DigestInit(m.s, mech(pkcs11.CKM_SHA256, nil)))
+				_, err := m.p.Digest(m.s, data32)
+				return a + "; " + b + "; " + rv(err)
+			}},
+		{name: "EncryptInit twice", want: "CKR_OK; CKR_OPERATION_ACTIVE; CKR_OK",
+			run: func(m *diffMod) string {
+				a := rv(m.p.EncryptInit(m.s, mech(pkcs11.CKM_AES_ECB, nil), m.aes))
+				b := rv(m.p.EncryptInit(m.s, mech(pkcs11.CKM_AES_ECB, nil), m.aes))
+				_, err := m.p.Encrypt(m.s, data32)
+				return a + "; " + b + "; " + rv(err)
+			}},
+
+		// Mechanisms.
+		{name: "GetMechanismInfo invalid", want: "CKR_MECHANISM_INVALID",
+			run: func(m *diffMod) string {
+				_, err := m.p.GetMechanismInfo(m.slot, mech(0x7fff0001, nil))
+				return rv(err)
+			}},
+
+		// Templates (4.1.2, 5.7 C_CreateObject, 5.14 C_GenerateKey).
+		{name: "CreateObject AES without CKA_VALUE", want: "CKR_TEMPLATE_INCOMPLETE",
+			run: func(m *diffMod) string {
+				return diffCreate(m, attr(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), attr(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES))
+			}},
+		{name: "CreateObject without CKA_CLASS", want: "CKR_TEMPLATE_INCOMPLETE",
+			run: func(m *diffMod) string {
+				return diffCreate(m, attr(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES), attr(pkcs11.CKA_VALUE, data32))
+			}},
+		{name: "CreateObject AES with CKA_VALUE_LEN", want: "CKR_ATTRIBUTE_READ_ONLY",
+			run: func(m *diffMod) string {
+				return diffCreate(m, attr(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), attr(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+					attr(pkcs11.CKA_VALUE, data32), attr(pkcs11.CKA_VALUE_LEN, 32))
+			}},
+		{name: "CreateObject AES with a 7-byte value", want: "CKR_ATTRIBUTE_VALUE_INVALID", soft: "CKR_OK",
+			run: func(m *diffMod) string {
+				return diffCreate(m, attr(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), attr(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+					attr(pkcs11.CKA_VALUE, make([]byte, 7)))
+			}},
+		{name: "CreateObject CKA_PRIVATE of 4 bytes", want: "CKR_ATTRIBUTE_VALUE_INVALID",
+			run: func(m *diffMod) string {
+				return diffCreate(m, attr(pkcs11.CKA_CLASS, pkcs11.CKO_DATA), attr(pkcs11.CKA_PRIVATE, []byte{0, 0, 0, 0}))
+			}},
+		{name: "CreateObject CKA_PRIVATE twice, differing", want: "CKR_TEMPLATE_INCONSISTENT", soft: "CKR_OK",
+			run: func(m *diffMod) string {
+				return diffCreate(m, attr(pkcs11.CKA_CLASS, pkcs11.CKO_DATA), attr(pkcs11.CKA_PRIVATE, false), attr(pkcs11.CKA_PRIVATE, true))
+			}},
+		{name: "CreateObject unknown class", want: "CKR_ATTRIBUTE_VALUE_INVALID",
+			run: func(m *diffMod) string {
+				return diffCreate(m, attr(pkcs11.CKA_CLASS, 0x7fff0001), attr(pkcs11.CKA_VALUE, data32))
+			}},
+		{name: "CreateObject secret key with CKA_MODULUS", want: "CKR_ATTRIBUTE_TYPE_INVALID",
+			run: func(m *diffMod) string {
+				return diffCreate(m, attr(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), attr(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+					attr(pkcs11.CKA_VALUE, data32), attr(pkcs11.CKA_MODULUS, data32))
+			}},
+		{name: "GenerateKey AES without CKA_VALUE_LEN", want: "CKR_TEMPLATE_INCOMPLETE",
+			run: func(m *diffMod) string {
+				return genKey(m)
+			}},
+		{name: "GenerateKey AES CKA_VALUE_LEN 7", want: "CKR_ATTRIBUTE_VALUE_INVALID",
+			run: func(m *diffMod) string {
+				return genKey(m, attr(pkcs11.CKA_VALUE_LEN, 7))
+			}},
+		{name: "GenerateKey AES class public key", want: "CKR_TEMPLATE_INCONSISTENT", soft: "CKR_ATTRIBUTE_VALUE_INVALID",
+			run: func(m *diffMod) string {
+				return genKey(m, attr(pkcs11.CKA_VALUE_LEN, 32), attr(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY))
+			}},
+		{name: "GenerateKey AES key type RSA", want: "CKR_TEMPLATE_INCONSISTENT",
+			run: func(m *diffMod) string {
+				return genKey(m, attr(pkcs11.CKA_VALUE_LEN, 32), attr(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA))
+			}},
+		{name: "GenerateKey AES with CKA_VALUE", want: "CKR_TEMPLATE_INCONSISTENT", soft: "CKR_ATTRIBUTE_READ_ONLY",
+			run: func(m *diffMod) string {
+				return genKey(m, attr(pkcs11.CKA_VALUE_LEN, 32), attr(pkcs11.CKA_VALUE, data32))
+			}},
+		{name: "GenerateKeyPair EC without CKA_EC_PARAMS", want: "CKR_TEMPLATE_INCOMPLETE",
+			run: func(m *diffMod) string {
+				_, _, err := m.p.GenerateKeyPair(m.s, mech(pkcs11.CKM_EC_KEY_PAIR_GEN, nil),
+					[]*pkcs11.Attribute{attr(pkcs11.CKA_TOKEN, false)}, []*pkcs11.Attribute{attr(pkcs11.CKA_TOKEN, false)})
+				return rv(err)
+			}},
+		{name: "GenerateKeyPair EC key type RSA", want: "CKR_TEMPLATE_INCONSISTENT",
+			run: func(m *diffMod) string {
+				_, _, err := m.p.GenerateKeyPair(m.s, mech(pkcs11.CKM_EC_KEY_PAIR_GEN, nil),
+					[]*pkcs11.Attribute{attr(pkcs11.CKA_TOKEN, false), attr(pkcs11.CKA_EC_PARAMS, p256), attr(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA)},
+					[]*pkcs11.Attribute{attr(pkcs11.CKA_TOKEN, false)})
+				return rv(err)
+			}},
+		{name: "GenerateKeyPair EC bad CKA_EC_PARAMS", want: "CKR_DOMAIN_PARAMS_INVALID", soft: "CKR_GENERAL_ERROR",
+			run: func(m *diffMod) string {
+				_, _, err := m.p.GenerateKeyPair(m.s, mech(pkcs11.CKM_EC_KEY_PAIR_GEN, nil),
+					[]*pkcs11.Attribute{attr(pkcs11.CKA_TOKEN, false), attr(pkcs11.CKA_EC_PARAMS, []byte{1, 2, 3})},
+					[]*pkcs11.Attribute{attr(pkcs11.CKA_TOKEN, false)})
+				return rv(err)
+			}},
+
+		// C_SetAttributeValue (4.1.2, 5.7), C_CopyObject, C_GetObjectSize.
+		{name: "SetAttributeValue CKA_CLASS", want: "CKR_ATTRIBUTE_READ_ONLY",
+			run: func(m *diffMod) string {
+				return rv(m.p.SetAttributeValue(m.s, m.aes, []*pkcs11.Attribute{attr(pkcs11.CKA_CLASS, pkcs11.CKO_DATA)}))
+			}},
+		{name: "SetAttributeValue CKA_KEY_TYPE", want: "CKR_ATTRIBUTE_READ_ONLY",
+			run: func(m *diffMod) string {
+				return rv(m.p.SetAttributeValue(m.s, m.aes, []*pkcs11.Attribute{attr(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_DES3)}))
+			}},
+		{name: "SetAttributeValue CKA_SENSITIVE off", want: "CKR_ATTRIBUTE_READ_ONLY",
+			run: func(m *diffMod) string {
+				return rv(m.p.SetAttributeValue(m.s, m.priv, []*pkcs11.Attribute{attr(pkcs11.CKA_SENSITIVE, false)}))
+			}},
+		{name: "SetAttributeValue CKA_LABEL", want: "CKR_OK",
+			run: func(m *diffMod) string {
+				return rv(m.p.SetAttributeValue(m.s, m.aes, []*pkcs11.Attribute{attr(pkcs11.CKA_LABEL, "diff-aes")}))
+			}},
+		{name: "CopyObject with a new label", want: "CKR_OK diff-copy 32",
+			run: func(m *diffMod) string {
+				o, err := m.p.CopyObject(m.s, m.aes, []*pkcs11.Attribute{attr(pkcs11.CKA_LABEL, "diff-copy")})
+				if err != nil {
+					return rv(err)
+				}
+				a, err := m.p.GetAttributeValue(m.s, o, []*pkcs11.Attribute{attr(pkcs11.CKA_LABEL, nil), attr(pkcs11.CKA_VALUE, nil)})
+				m.p.DestroyObject(m.s, o)
+				if err != nil {
+					return "copy's attributes " + rv(err)
+				}
+				return fmt.Sprintf("CKR_OK %s %d", a[0].Value, len(a[1].Value))
+			}},
+		{name: "CopyObject changing CKA_CLASS", want: "CKR_ATTRIBUTE_READ_ONLY",
+			run: func(m *diffMod) string {
+				return copyObj(m, m.aes, attr(pkcs11.CKA_CLASS, pkcs11.CKO_DATA))
+			}},
+		{name: "CopyObject sensitive off", want: "CKR_ATTRIBUTE_READ_ONLY",
+			run: func(m *diffMod) string {
+				return copyObj(m, m.priv, attr(pkcs11.CKA_SENSITIVE, false))
+			}},
+		{name: "CopyObject bad object", want: "CKR_OBJECT_HANDLE_INVALID", soft: "CKR_ARGUMENTS_BAD",
+			run: func(m *diffMod) string { return copyObj(m, badHandle) }},
+		{name: "GetObjectSize", want: "CKR_OK a size", soft: "CKR_OK unavailable",
+			run: func(m *diffMod) string {
+				n, err := m.raw.ObjectSize(m.s, m.aes)
+				switch {
+				case n == ckUnavailable:
+					return rv(err) + " unavailable"
+				case n > 0:
+					return rv(err) + " a size"
+				}
+				return fmt.Sprintf("%s %d", rv(err), n)
+			}},
+
+		// Login and sessions (5.6).
+		{name: "Login twice", want: "CKR_USER_ALREADY_LOGGED_IN",
+			run: func(m *diffMod) string { return rv(m.p.Login(m.s, pkcs11.CKU_USER, userPIN)) }},
+		{name: "Login SO while user is", want: "CKR_USER_ANOTHER_ALREADY_LOGGED_IN",
+			run: func(m *diffMod) string { return rv(m.p.Login(m.s, pkcs11.CKU_SO, soPIN)) }},
+		{name: "Logout, Logout again", want: "CKR_OK; CKR_USER_NOT_LOGGED_IN", soft: "CKR_OK; CKR_OK",
+			run: func(m *diffMod) string {
+				return rv(m.p.Logout(m.s)) + "; " + rv(m.p.Logout(m.s))
+			}},
+		{name: "Login wrong PIN, then right", want: "CKR_PIN_INCORRECT; CKR_OK",
+			run: func(m *diffMod) string {
+				return rv(m.p.Login(m.s, pkcs11.CKU_USER, "wrong-pin-9")) + "; " + rv(m.p.Login(m.s, pkcs11.CKU_USER, userPIN))
+			}},
+		{name: "OpenSession without SERIAL", want: "CKR_SESSION_PARALLEL_NOT_SUPPORTED",
+			run: func(m *diffMod) string {
+				_, err := m.p.OpenSession(m.slot, pkcs11.CKF_RW_SESSION)
+				return rv(err)
+			}},
+		{name: "RO session writes", want: "CKR_SESSION_READ_ONLY; CKR_OK; CKR_SESSION_READ_ONLY; state 1",
+			run: func(m *diffMod) string {
+				ro, err := m.p.OpenSession(m.slot, pkcs11.CKF_SERIAL_SESSION)
+				if err != nil {
+					return "OpenSession " + rv(err)
+				}
+				defer m.p.CloseSession(ro)
+				tok := []*pkcs11.Attribute{attr(pkcs11.CKA_CLASS, pkcs11.CKO_DATA), attr(pkcs11.CKA_TOKEN, true)}
+				_, e1 := m.p.CreateObject(ro, tok)
+				sess, e2 := m.p.CreateObject(ro, []*pkcs11.Attribute{attr(pkcs11.CKA_CLASS, pkcs11.CKO_DATA), attr(pkcs11.CKA_TOKEN, false)})
+				if e2 == nil {
+					m.p.DestroyObject(ro, sess)
+				}
+				_, e3 := m.p.GenerateKey(ro, mech(pkcs11.CKM_AES_KEY_GEN, nil),
+					[]*pkcs11.Attribute{attr(pkcs11.CKA_TOKEN, true), attr(pkcs11.CKA_VALUE_LEN, 32)})
+				info, _ := m.p.GetSessionInfo(ro)
+				return fmt.Sprintf("%s; %s; %s; state %d", rv(e1), rv(e2), rv(e3), info.State)
+			}},
+		{name: "Login SO with an RO session open", want: "CKR_OK; CKR_SESSION_READ_ONLY_EXISTS",
+			run: func(m *diffMod) string {
+				ro, err := m.p.OpenSession(m.slot, pkcs11.CKF_SERIAL_SESSION)
+				if err != nil {
+					return "OpenSession " + rv(err)
+				}
+				defer m.p.CloseSession(ro)
+				a := rv(m.p.Logout(m.s))
+				return a + "; " + rv(m.p.Login(m.s, pkcs11.CKU_SO, soPIN))
+			}},
+		{name: "CloseAllSessions", want: "CKR_OK; CKR_SESSION_HANDLE_INVALID; state 2; CKR_OK 0; CKR_OK",
+			run: func(m *diffMod) string {
+				a := rv(m.p.CloseAllSessions(m.slot))
+				_, err := m.p.GetSessionInfo(m.s)
+				s, err2 := m.p.OpenSession(m.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+				if err2 != nil {
+					return a + "; " + rv(err) + "; OpenSession " + rv(err2)
+				}
+				info, _ := m.p.GetSessionInfo(s)
+				m.p.Login(s, pkcs11.CKU_USER, userPIN)
+				n := diffFind(&diffMod{p: m.p, s: s}, nil)
+				m.s = s
+				return fmt.Sprintf("%s; %s; state %d; %s", a, rv(err), info.State, n)
+			}},
+	}
+}
+
+// diffFind is a search's answer: the CK_RV of each call and the count.
+func diffFind(m *diffMod, t []*pkcs11.Attribute) string {
+	if err := m.p.FindObjectsInit(m.s, t); err != nil {
+		return "FindObjectsInit " + rv(err)
+	}
+	var all []pkcs11.ObjectHandle
+	var err error
+	for {
+		var got []pkcs11.ObjectHandle
+		if got, _, err = m.p.FindObjects(m.s, 3); err != nil || len(got) == 0 {
+			break
+		}
+		all = append(all, got...)
+	}
+	return fmt.Sprintf("%s %d; %s", rv(err), len(all), rv(m.p.FindObjectsFinal(m.s)))
+}
+
+func diffCreate(m *diffMod, t ...*pkcs11.Attribute) string {
+	o, err := m.p.CreateObject(m.s, append([]*pkcs11.Attribute{attr(pkcs11.CKA_TOKEN, false)}, t...))
+	if err == nil {
+		m.p.DestroyObject(m.s, o)
+	}
+	return rv(err)
+}
+
+func genKey(m *diffMod, t ...*pkcs11.Attribute) string {
+	o, err := m.p.GenerateKey(m.s, mech(pkcs11.CKM_AES_KEY_GEN, nil), append([]*pkcs11.Attribute{attr(pkcs11.CKA_TOKEN, false)}, t...))
+	if err == nil {
+		m.p.DestroyObject(m.s, o)
+	}
+	return rv(err)
+}
+
+func copyObj(m *diffMod, o pkcs11.ObjectHandle, t ...*pkcs11.Attribute) string {
+	c, err := m.p.CopyObject(m.s, o, t)
+	if err == nil {
+		m.p.DestroyObject(m.s, c)
+	}
+	return rv(err)
+}
