@@ -195,6 +195,28 @@ func diffSteps() []diffStep {
 				return a + "; " + b + "; " + rv(err)
 			}},
 
+		{name: "C_Encrypt bad session", want: "CKR_SESSION_HANDLE_INVALID n=32",
+			run: func(m *diffMod) string {
+				return rvn(m.raw.Out(rawEncrypt, badHandle, data32, want(32)))
+			}},
+		{name: "OpenSession bad slot", want: "CKR_SLOT_ID_INVALID",
+			run: func(m *diffMod) string {
+				_, err := m.p.OpenSession(0x7fff0001, pkcs11.CKF_SERIAL_SESSION)
+				return rv(err)
+			}},
+		{name: "GetMechanismInfo bad slot", want: "CKR_SLOT_ID_INVALID",
+			run: func(m *diffMod) string {
+				_, err := m.p.GetMechanismInfo(0x7fff0001, mech(pkcs11.CKM_SHA256, nil))
+				return rv(err)
+			}},
+		{name: "DigestUpdate then C_Digest", want: "CKR_OK; CKR_OK; CKR_OPERATION_ACTIVE n=32; CKR_OPERATION_NOT_INITIALIZED", soft: "CKR_OK; CKR_OK; CKR_OK n=32; CKR_OPERATION_NOT_INITIALIZED",
+			run: func(m *diffMod) string {
+				a := rv(m.p.DigestInit(m.s, mech(pkcs11.CKM_SHA256, nil)))
+				b := rv(m.p.DigestUpdate(m.s, data32))
+				c := rvn(m.raw.Out(rawDigest, m.s, data32, want(32)))
+				_, err := m.p.DigestFinal(m.s)
+				return a + "; " + b + "; " + c + "; " + rv(err)
+			}},
 		// Mechanisms.
 		{name: "GetMechanismInfo invalid", want: "CKR_MECHANISM_INVALID",
 			run: func(m *diffMod) string {
@@ -340,6 +362,16 @@ func diffSteps() []diffStep {
 			run: func(m *diffMod) string {
 				return rv(m.p.Logout(m.s)) + "; " + rv(m.p.Logout(m.s))
 			}},
+		{name: "private key while logged out", want: "CKR_KEY_HANDLE_INVALID; CKR_OBJECT_HANDLE_INVALID; CKR_OK 0; CKR_OK", soft: "CKR_OBJECT_HANDLE_INVALID; CKR_OBJECT_HANDLE_INVALID; CKR_OK 0; CKR_OK",
+			run: func(m *diffMod) string {
+				a := rv(m.p.SignInit(m.s, mech(pkcs11.CKM_ECDSA, nil), m.priv))
+				if a == "CKR_OK" {
+					m.p.Sign(m.s, data32)
+				}
+				t := []rawAttr{{Type: pkcs11.CKA_CLASS, Cap: 8}}
+				b := rv(m.raw.GetAttrs(m.s, m.priv, t))
+				return a + "; " + b + "; " + diffFind(m, []*pkcs11.Attribute{attr(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY)})
+			}},
 		{name: "Login wrong PIN, then right", want: "CKR_PIN_INCORRECT; CKR_OK",
 			run: func(m *diffMod) string {
 				return rv(m.p.Login(m.s, pkcs11.CKU_USER, "wrong-pin-9")) + "; " + rv(m.p.Login(m.s, pkcs11.CKU_USER, userPIN))
@@ -366,6 +398,32 @@ func diffSteps() []diffStep {
 					[]*pkcs11.Attribute{attr(pkcs11.CKA_TOKEN, true), attr(pkcs11.CKA_VALUE_LEN, 32)})
 				info, _ := m.p.GetSessionInfo(ro)
 				return fmt.Sprintf("%s; %s; %s; state %d", rv(e1), rv(e2), rv(e3), info.State)
+			}},
+		{name: "RO session SetPIN, copies", want: "CKR_SESSION_READ_ONLY; CKR_SESSION_READ_ONLY; CKR_OK",
+			run: func(m *diffMod) string {
+				ro, err := m.p.OpenSession(m.slot, pkcs11.CKF_SERIAL_SESSION)
+				if err != nil {
+					return "OpenSession " + rv(err)
+				}
+				defer m.p.CloseSession(ro)
+				a := rv(m.p.SetPIN(ro, userPIN, userPIN))
+				// The keys went with the logout (private session objects);
+				// a public data object made here has not.
+				o, err := m.p.CreateObject(m.s, []*pkcs11.Attribute{attr(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+					attr(pkcs11.CKA_TOKEN, false), attr(pkcs11.CKA_PRIVATE, false)})
+				if err != nil {
+					return a + "; CreateObject " + rv(err)
+				}
+				defer m.p.DestroyObject(m.s, o)
+				c, err := m.p.CopyObject(ro, o, []*pkcs11.Attribute{attr(pkcs11.CKA_TOKEN, true)})
+				if err == nil {
+					m.p.DestroyObject(m.s, c)
+				}
+				c2, err2 := m.p.CopyObject(ro, o, []*pkcs11.Attribute{attr(pkcs11.CKA_LABEL, "copy")})
+				if err2 == nil {
+					m.p.DestroyObject(m.s, c2)
+				}
+				return a + "; " + rv(err) + "; " + rv(err2)
 			}},
 		{name: "Login SO with an RO session open", want: "CKR_OK; CKR_SESSION_READ_ONLY_EXISTS",
 			run: func(m *diffMod) string {
