@@ -48,6 +48,9 @@ Examples:
 				return cli.Exit("hsmemu backup: give the FILE to write", 2)
 			}
 			dst := c.Args().First()
+			if err := checkOut(c, dst); err != nil {
+				return err
+			}
 			src := filepath.Join(c.String("state-dir"), daemon.DatabaseName)
 			if db := c.String("db"); db != "" {
 				kind, target, err := keystore.ParseDB(db)
@@ -64,7 +67,7 @@ Examples:
 				return cli.Exit("hsmemu backup: "+err.Error(), 1)
 			}
 			if err := keystore.CopyFile(c.Context, src, dst); err != nil {
-				return cli.Exit("hsmemu backup: "+err.Error(), 1)
+				return outFileErr(c, dst, err)
 			}
 			fi, _ := os.Stat(dst)
 			if c.Bool("json") {

@@ -13,26 +13,21 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"hsmemu/daemon"
+	"hsmemu/internal/newfile"
 	"hsmemu/keystore"
 )
 
 // runBackupPostgres writes a backup of the keystore in the PostgreSQL
 // database db to dst, which must not exist.
 func runBackupPostgres(c *cli.Context, db, dst string) error {
-	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	var domain []byte
+	var n int64
+	err := newfile.Write(dst, 0o600, func(f *os.File) (err error) {
+		domain, n, err = keystore.BackupPostgres(c.Context, db, keystore.Options{PasswordFile: c.String("db-password-file")}, f)
+		return err
+	})
 	if err != nil {
-		return cli.Exit("hsmemu backup: "+err.Error(), 1)
-	}
-	domain, n, err := keystore.BackupPostgres(c.Context, db, keystore.Options{PasswordFile: c.String("db-password-file")}, f)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(dst)
-		return cli.Exit("hsmemu backup: "+err.Error(), 1)
+		return outFileErr(c, dst, err)
 	}
 	if c.Bool("json") {
 		return printJSON(c.App.Writer, storeBackedUp{Domain: fmt.Sprintf("%x", domain), File: dst, Bytes: n})

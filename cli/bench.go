@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"hsmemu/bench"
+	"hsmemu/internal/newfile"
 )
 
 func benchCommand() *cli.Command {
@@ -70,6 +71,13 @@ Examples:
 		},
 		Subcommands: []*cli.Command{hotpathCommand()},
 		Action: func(c *cli.Context) error {
+			// A run takes minutes: a chart or report that would be
+			// refused at the end is refused first.
+			for _, f := range []string{"chart", "html"} {
+				if err := checkOut(c, c.String(f)); err != nil {
+					return err
+				}
+			}
 			if c.Bool("json") && c.Bool("csv") {
 				return usagef(c, "choose one of --json and --csv")
 			}
@@ -149,14 +157,14 @@ Examples:
 				return err
 			}
 			if path := c.String("chart"); path != "" {
-				if err := writeFile(path, func(w io.Writer) error { return bench.WriteSVG(w, rep) }); err != nil {
-					return failf(c, exitError, "failed", "--chart: %v", err)
+				if err := writeFile(c, path, func(w io.Writer) error { return bench.WriteSVG(w, rep) }); err != nil {
+					return err
 				}
 			}
 			if path := c.String("html"); path != "" {
 				about := bench.About{Version: Version, Commit: Commit, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
-				if err := writeFile(path, func(w io.Writer) error { return bench.WriteHTML(w, rep, about) }); err != nil {
-					return failf(c, exitError, "failed", "--html: %v", err)
+				if err := writeFile(c, path, func(w io.Writer) error { return bench.WriteHTML(w, rep, about) }); err != nil {
+					return err
 				}
 			}
 			return nil
@@ -244,17 +252,9 @@ Examples:
 	}
 }
 
-// writeFile writes a file by write, reporting a failure to close it too.
-func writeFile(path string, write func(io.Writer) error) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := write(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+// writeFile writes a new file (0644) by write, whole or not at all.
+func writeFile(c *cli.Context, path string, write func(io.Writer) error) error {
+	return outFileErr(c, path, newfile.Write(path, 0o644, func(f *os.File) error { return write(f) }))
 }
 
 // benchReport is bench's --json result: the report's fields, its duration

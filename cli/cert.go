@@ -3,7 +3,6 @@ package cli
 import (
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -45,10 +44,7 @@ func certRef(c *cli.Context) (adminapi.CertRef, error) {
 // there instead.
 func writeOut(c *cli.Context, data string) error {
 	if out := c.String("out"); out != "" {
-		if err := os.WriteFile(out, []byte(data), 0o644); err != nil {
-			return cli.Exit(commandName(c)+": "+err.Error(), exitError)
-		}
-		return nil
+		return writeOutFile(c, out, 0o644, []byte(data))
 	}
 	if c.Bool("json") {
 		return nil
@@ -142,8 +138,11 @@ Example:
 				Flags: adminFlags(append(keySelectorFlags(), userPIN.fileFlag(),
 					&cli.StringFlag{Name: "subject", Usage: "the subject, CN=...,O=...", Required: true},
 					&cli.StringSliceFlag{Name: "san", Usage: "a subject alternative name: DNS:x, IP:x, EMAIL:x or URI:x (repeatable)"},
-					&cli.StringFlag{Name: "out", Usage: "write the request (PEM) to this file instead of stdout"})...),
+					&cli.StringFlag{Name: "out", Usage: "write the request (PEM) to this file (it must not exist) instead of stdout"})...),
 				Action: func(c *cli.Context) error {
+					if err := checkOut(c, c.String("out")); err != nil {
+						return err
+					}
 					ref, err := keyRef(c)
 					if err != nil {
 						return err
@@ -220,8 +219,11 @@ Example:
 				Description: `Example:
    hsmemu cert export --token web --cert site --out site-chain.pem`,
 				Flags: adminFlags(append(certSelectorFlags(),
-					&cli.StringFlag{Name: "out", Usage: "write to this file instead of stdout"})...),
+					&cli.StringFlag{Name: "out", Usage: "write to this file (it must not exist) instead of stdout"})...),
 				Action: func(c *cli.Context) error {
+					if err := checkOut(c, c.String("out")); err != nil {
+						return err
+					}
 					ref, err := certRef(c)
 					if err != nil {
 						return err

@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"hsmemu/daemon"
+	"hsmemu/internal/newfile"
 	"hsmemu/keystore"
 	"hsmemu/tpmroot"
 	"hsmemu/tpmroot/escrow"
@@ -220,28 +221,12 @@ func checkWritable(dir string) error {
 	return os.Remove(name)
 }
 
-// writeDurably writes a file and makes it and its directory entry durable
-// before returning: a share is the custodians' only copy of a master key.
+// writeDurably writes a new file (0600), whole and durable before it
+// returns, or not at all: a share is the custodians' only copy of a
+// master key.
 func writeDurably(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
+	return newfile.Write(path, 0o600, func(f *os.File) error {
+		_, err := f.Write(data)
 		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	})
 }

@@ -199,16 +199,19 @@ Examples:
 				Description: `Example:
    hsmemu key export-public --token signing --key tls --out tls.pub.pem`,
 				Flags: adminFlags(append(keySelectorFlags(), userPIN.fileFlag(),
-					&cli.StringFlag{Name: "out", Usage: "write to this file instead of stdout"})...),
+					&cli.StringFlag{Name: "out", Usage: "write to this file (it must not exist) instead of stdout"})...),
 				Action: func(c *cli.Context) error {
+					out := c.String("out")
+					if err := checkOut(c, out); err != nil {
+						return err
+					}
 					pub, err := callWithKeyRef[adminapi.PublicKey](c, adminapi.OpKeyExportPublic)
 					if err != nil {
 						return err
 					}
-					out := c.String("out")
 					if out != "" {
-						if err := os.WriteFile(out, []byte(pub.PEM), 0o644); err != nil {
-							return cli.Exit(commandName(c)+": "+err.Error(), exitError)
+						if err := writeOutFile(c, out, 0o644, []byte(pub.PEM)); err != nil {
+							return err
 						}
 					}
 					if c.Bool("json") {
@@ -275,15 +278,18 @@ key stays HSM-protected.
 Example:
    hsmemu key backup --token signing --key tls --out tls.hsmkey`,
 				Flags: adminFlags(append(keySelectorFlags(), userPIN.fileFlag(),
-					&cli.StringFlag{Name: "out", Usage: "the backup file to write (mode 0600)", Required: true})...),
+					&cli.StringFlag{Name: "out", Usage: "the backup file to write (mode 0600; it must not exist)", Required: true})...),
 				Action: func(c *cli.Context) error {
+					out := c.String("out")
+					if err := checkOut(c, out); err != nil {
+						return err
+					}
 					res, err := callWithKeyRef[adminapi.KeyBackup](c, adminapi.OpKeyBackup)
 					if err != nil {
 						return err
 					}
-					out := c.String("out")
-					if err := os.WriteFile(out, res.Blob, 0o600); err != nil {
-						return cli.Exit(commandName(c)+": "+err.Error(), exitError)
+					if err := writeOutFile(c, out, 0o600, res.Blob); err != nil {
+						return err
 					}
 					if c.Bool("json") {
 						return printJSON(c.App.Writer, keyBackedUp{Keys: res.Keys, File: out})

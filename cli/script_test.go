@@ -56,8 +56,23 @@ func TestScripts(t *testing.T) {
 			"p11hold":    cmdP11hold,
 			"scrape":     cmdScrape,
 			"jsonschema": cmdJSONSchema,
+			"mode":       cmdMode,
 		},
 	})
+}
+
+// mode FILE PERM checks a file's permission bits (octal).
+func cmdMode(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: mode FILE PERM")
+	}
+	want, err := strconv.ParseUint(args[1], 8, 32)
+	ts.Check(err)
+	fi, err := os.Stat(ts.MkAbs(args[0]))
+	ts.Check(err)
+	if got := fi.Mode().Perm(); got != os.FileMode(want) {
+		ts.Fatalf("%s has mode %#o, want %#o", args[0], got, want)
+	}
 }
 
 // TestPostgresScripts runs testdata/postgres/*.txtar, each with $PGDB a
@@ -93,6 +108,7 @@ func TestPostgresScripts(t *testing.T) {
 			"jsonschema": cmdJSONSchema,
 			"p11hold":    cmdP11hold,
 			"pgexec":     func(ts *testscript.TestScript, neg bool, args []string) { cmdPGExec(ts, srv, neg, args) },
+			"mode":       cmdMode,
 		},
 	})
 }

@@ -167,10 +167,13 @@ Examples:
    hsmemu secret get --token app --name db-password --version 2 --out old.txt`,
 				Flags: secretFlags(
 					&cli.Int64Flag{Name: "version", Usage: "the version to read (default: the newest)"},
-					&cli.StringFlag{Name: "out", Usage: "write the value to this file (mode 0600) instead of stdout"}),
+					&cli.StringFlag{Name: "out", Usage: "write the value to this file (mode 0600; it must not exist) instead of stdout"}),
 				Action: func(c *cli.Context) error {
 					if c.IsSet("version") && c.Int64("version") < 1 {
 						return usagef(c, "--version is a version number, from 1 (`hsmemu secret versions` lists them), not %d", c.Int64("version"))
+					}
+					if err := checkOut(c, c.String("out")); err != nil {
+						return err
 					}
 					ref, err := secretRef(c)
 					if err != nil {
@@ -183,8 +186,8 @@ Examples:
 					}
 					defer clear(v.Value)
 					if out := c.String("out"); out != "" {
-						if err := os.WriteFile(out, v.Value, 0o600); err != nil {
-							return cli.Exit(commandName(c)+": "+err.Error(), exitError)
+						if err := writeOutFile(c, out, 0o600, v.Value); err != nil {
+							return err
 						}
 						if c.Bool("json") {
 							// The details, and not the value: --out keeps it

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+
+	"hsmemu/internal/newfile"
 )
 
 // CopyFile writes a consistent copy of the keystore at src to dst, which
@@ -13,21 +15,27 @@ import (
 // the copy is one committed state of src even while a daemon writes to it.
 // What it copies is as protected as src: sealed objects and PIN records.
 func CopyFile(ctx context.Context, src, dst string) error {
-	if _, err := os.Stat(dst); err == nil {
-		return fmt.Errorf("keystore: %s exists", dst)
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return err
+	if err := newfile.Exists(dst); err != nil {
+		return fmt.Errorf("keystore: %w", err)
 	}
 	db, err := openReadOnly(src)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	if _, err := db.ExecContext(ctx, "VACUUM INTO ?", dst); err != nil {
-		os.Remove(dst)
-		return fmt.Errorf("keystore: copy %s: %w", src, err)
+	// VACUUM INTO takes an empty file: the temporary one newfile makes
+	// beside dst, so that dst appears whole, synced and 0600, or not at
+	// all, and never replaces a file.
+	err = newfile.Write(dst, 0o600, func(f *os.File) error {
+		if _, err := db.ExecContext(ctx, "VACUUM INTO ?", f.Name()); err != nil {
+			return fmt.Errorf("copy %s: %w", src, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("keystore: %w", err)
 	}
-	return os.Chmod(dst, 0o600)
+	return nil
 }
 
 // DomainOf reads the domain id a keystore file's root record names,

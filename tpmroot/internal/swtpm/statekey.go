@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"hsmemu/internal/newfile"
 )
 
 // The state key. swtpm encrypts its state files (AES-256-CBC, with an
@@ -120,18 +122,16 @@ func NewKeyFile(path string, random io.Reader) error {
 	if _, err := io.ReadFull(random, k); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("swtpm state key: %w", err)
-	}
 	h := []byte(hex.EncodeToString(k) + "\n")
 	defer clear(h)
-	_, err = f.Write(h)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	// Whole and durable before the state is encrypted under it, or not
+	// there at all: a truncated key file would encrypt the state under a
+	// key no one has.
+	err := newfile.Write(path, 0o600, func(f *os.File) error {
+		_, err := f.Write(h)
+		return err
+	})
 	if err != nil {
-		os.Remove(path)
 		return fmt.Errorf("swtpm state key: %w", err)
 	}
 	return nil
