@@ -157,7 +157,10 @@ func runRestore(c *cli.Context) error {
 	}
 	domain, err := keystore.DomainOf(c.Context, src)
 	if err != nil {
-		return cli.Exit("hsmemu restore: the backup: "+err.Error(), 1)
+		// The operator's FILE is no backup (or none to read): an input
+		// error, exit 2, as key restore gives for a file that is no key
+		// backup.
+		return failf(c, exitUsage, "bad_request", "the backup: %v", err)
 	}
 	current, err := keystore.DomainOf(c.Context, db)
 	switch {

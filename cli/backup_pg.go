@@ -65,10 +65,12 @@ func runRestorePostgres(c *cli.Context, db, src string) error {
 		if head, herr := readHead(src); herr == nil && strings.HasPrefix(string(head), "SQLite format 3\x00") {
 			return cli.Exit("hsmemu restore: "+src+" is a backup of a keystore in SQLite, which restores into a state directory, not with --db postgres://...", 2)
 		}
-		return cli.Exit("hsmemu restore: the backup: "+src+" is not a keystore backup", 1)
+		return failf(c, exitUsage, "bad_request", "the backup: %s is not a keystore backup", src)
 	}
 	if err != nil {
-		return cli.Exit("hsmemu restore: the backup: "+err.Error(), 1)
+		// Damaged, cut short or unreadable: the operator's FILE is no
+		// backup to restore, exit 2 as for key restore's altered blob.
+		return failf(c, exitUsage, "bad_request", "the backup: %v", err)
 	}
 	aside := "hsmemu_replaced_" + replacedStamp(time.Now())
 	replaced, err := keystore.RestorePostgres(c.Context, db, opts, d, aside)
