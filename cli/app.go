@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"hsmemu/daemon/adminapi"
+	"hsmemu/keystore"
 )
 
 // Version and Commit are the build's, as the Makefile stamps them
@@ -56,11 +57,24 @@ func logger(c *cli.Context) *slog.Logger {
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		level = slog.LevelInfo
 	}
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: redactErrAttr}
 	if c.String("log-format") == "json" {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// redactErrAttr logs an error as its text without a password a --db
+// value in it held. The keystore redacts where it reads the connection
+// string; this is the last line for an error from anywhere else (a
+// driver's, a path's), at the cost of a look at errors, which are rare.
+func redactErrAttr(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindAny {
+		if err, ok := a.Value.Any().(error); ok && err != nil {
+			return slog.String(a.Key, keystore.RedactDB(err.Error()))
+		}
+	}
+	return a
 }
 
 // checkLogFormat refuses a --log-format other than text or json (or

@@ -205,27 +205,56 @@ var pgPasswordKeyword = regexp.MustCompile(`(^|\s)password\s*=`)
 
 // noPassword refuses a connection string that carries a password: it
 // would be in the daemon's command line, for every local user to read.
+// A URL is read as pgx reads it, not as net/url does: a password that
+// net/url refuses (a ^ or a { in it, several hosts with their ports)
+// is still one pgx takes and connects with.
 func noPassword(db string) error {
-	if u, err := url.Parse(db); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
-		if _, has := u.User.Password(); has || u.Query().Has("password") {
-			return errors.New("keystore: the PostgreSQL connection string carries a password, which anyone can read in the command line: give it in PGPASSFILE or --db-password-file")
+	refused := errors.New("keystore: the PostgreSQL connection string carries a password, which anyone can read in the command line: give it in PGPASSFILE or --db-password-file")
+	for _, prefix := range []string{"postgres://", "postgresql://"} {
+		rest, ok := strings.CutPrefix(db, prefix)
+		if !ok {
+			continue
+		}
+		// The userinfo ends at the first @ before any /, as pgx finds it.
+		if i := strings.IndexAny(rest, "@/"); i >= 0 && rest[i] == '@' && strings.Contains(rest[:i], ":") {
+			return refused
+		}
+		if _, query, ok := strings.Cut(rest, "?"); ok {
+			for _, kv := range strings.Split(query, "&") {
+				k, _, _ := strings.Cut(kv, "=")
+				if uk, err := url.QueryUnescape(k); err == nil {
+					k = uk
+				}
+				if k == "password" {
+					return refused
+				}
+			}
 		}
 		return nil
 	}
 	if pgPasswordKeyword.MatchString(db) {
-		return errors.New("keystore: the PostgreSQL connection string carries a password, which anyone can read in the command line: give it in PGPASSFILE or --db-password-file")
+		return refused
 	}
 	return nil
 }
 
-// redactErr is a connection error's text without the connection string
-// pgx may quote in it.
+// redactErr is a connection error's text fit for a log or an error
+// message. pgx quotes the connection string in a ParseConfigError,
+// redacted only as best it can (an unterminated quote leaves the end of
+// a password in it): it is left out, and what pgx says is wrong is kept
+// (its wrapped error is nil for some, an invalid port among them). Any
+// other text passes RedactDB, wherever it came from.
 func redactErr(err error) string {
 	var pe *pgconn.ParseConfigError
 	if errors.As(err, &pe) {
-		return "cannot parse it: " + errors.Unwrap(pe).Error()
+		msg := pe.Error()
+		// "cannot parse `CONNSTRING`: WHAT (WRAPPED)"
+		if i := strings.LastIndex(msg, "`: "); strings.HasPrefix(msg, "cannot parse `") && i > 0 {
+			return "cannot parse it: " + RedactDB(msg[i+len("`: "):])
+		}
+		return "cannot parse it"
 	}
-	return err.Error()
+	return RedactDB(err.Error())
 }
 
 func (*postgresEngine) name() string { return EnginePostgres }

@@ -12,8 +12,9 @@ var (
 	userinfoPassword = regexp.MustCompile(`((?:[A-Za-z][A-Za-z0-9+.\-]*:)?//[^/:@\s"'` + "`" + `]*:)[^@\s/"'` + "`" + `]*@`)
 	// secretParam is the value of a parameter that holds a password: a
 	// URL's query (?password=, &sslpassword=, _auth_pass=) or a libpq
-	// keyword string's (password=..., quoted or not).
-	secretParam = regexp.MustCompile(`(?i)((?:^|[?&;\s"'(])[a-z0-9_]*(?:pass|pwd|secret)[a-z0-9_]*\s*=\s*)('(?:[^'\\]|\\.)*'|[^&;\s"'` + "`" + `)]*)`)
+	// keyword string's (password=..., quoted or not; a quote never closed
+	// runs to the end, as libpq would read it, spaces and all).
+	secretParam = regexp.MustCompile(`(?i)((?:^|[?&;\s"'(])[a-z0-9_]*(?:pass|pwd|secret)[a-z0-9_]*\s*=\s*)('(?:[^'\\]|\\.)*(?:'|$)|[^&;\s"'` + "`" + `)]*)`)
 )
 
 // RedactDB is a --db value, a --server address, or any text that may

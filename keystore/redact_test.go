@@ -15,6 +15,8 @@ func TestRedactDB(t *testing.T) {
 		{"postgres://hsm@db1/keys?sslpassword=s3cret", "postgres://hsm@db1/keys?sslpassword=xxxxx"},
 		{"host=db1 user=hsm password=s3cret dbname=keys", "host=db1 user=hsm password=xxxxx dbname=keys"},
 		{"host=db1 password = 'se cret\\'s' dbname=keys", "host=db1 password = xxxxx dbname=keys"},
+		// A quote never closed: the whole rest is the password.
+		{"host=db1 dbname=keys password='se cret", "host=db1 dbname=keys password=xxxxx"},
 		{"mysql://u@h/db?password=s3cret", "mysql://u@h/db?password=xxxxx"},
 		{"sqlite://u:s3cret@host/x.db", "sqlite://u:xxxxx@host/x.db"},
 		{"sqlite:file:/var/lib/k.db?_auth_user=u&_auth_pass=s3cret", "sqlite:file:/var/lib/k.db?_auth_user=u&_auth_pass=xxxxx"},
