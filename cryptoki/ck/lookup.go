@@ -6,6 +6,12 @@ import "fmt"
 // for one this package does not define.
 func MechanismName(m uint64) string { return nameOr(mechNames, m) }
 
+// IsMechanism says whether PKCS#11 names mechanism m (a CKM_ constant).
+func IsMechanism(m uint64) bool {
+	_, ok := mechNames[m]
+	return ok
+}
+
 // KeyTypeName is a key type's C name ("CKK_AES"), or its value in hex.
 func KeyTypeName(k uint64) string { return nameOr(keyTypeNames, k) }
 

@@ -105,7 +105,11 @@ func (c callCollector) Collect(ch chan<- prometheus.Metric) {
 		})
 		cs.mechs.Range(func(mech, h any) bool {
 			n, sum, buckets := h.(*histogram).snapshot()
-			ch <- prometheus.MustNewConstHistogram(descMech, n, sum, buckets, cs.name, ck.MechanismName(mech.(uint64)))
+			name := "other"
+			if mech != otherMechanism {
+				name = ck.MechanismName(mech.(uint64))
+			}
+			ch <- prometheus.MustNewConstHistogram(descMech, n, sum, buckets, cs.name, name)
 			return true
 		})
 	}

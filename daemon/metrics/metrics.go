@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"hsmemu/cryptoki/calls"
+	"hsmemu/cryptoki/ck"
 )
 
 // bucketBounds are the latency histograms' bucket bounds in seconds: from a
@@ -116,11 +117,21 @@ func (m *Metrics) Call(id uint32, rv uint64, mech uint64, d time.Duration) {
 	if cs.mechArg >= 0 {
 		h, ok := cs.mechs.Load(mech)
 		if !ok {
+			// The number is the client's, refused or not: one it makes
+			// up in every call must not grow the map, and the scrape,
+			// without bound. Only a warm, known mechanism skips this.
+			if !ck.IsMechanism(mech) {
+				mech = otherMechanism
+			}
 			h, _ = cs.mechs.LoadOrStore(mech, &histogram{})
 		}
 		h.(*histogram).observe(d)
 	}
 }
+
+// otherMechanism is the key, and "other" the label, of every mechanism
+// number PKCS#11 does not name. CK_UNAVAILABLE_INFORMATION names none.
+const otherMechanism = ^uint64(0)
 
 // Refused counts a PKCS#11 call answered unserved (too large, or no
 // memory for it: daemon/requests.go): its return value, no latency.

@@ -51,3 +51,46 @@ func TestHistogram(t *testing.T) {
 		t.Fatalf("sum %v, want %v", sum, want)
 	}
 }
+
+// TestMechanismLabelsBounded: the mechanism label comes from the client's
+// request, refused or not, so a client naming a new number in every
+// C_SignInit must not make a series (and a histogram in memory) of each:
+// numbers PKCS#11 does not name share one label.
+func TestMechanismLabelsBounded(t *testing.T) {
+	t.Parallel()
+	m := New()
+	signInit, _ := calls.ByName("C_SignInit")
+	m.Call(signInit.ID, ck.CKR_OK, ck.CKM_ECDSA, time.Microsecond)
+	for i := range uint64(5000) {
+		m.Call(signInit.ID, ck.CKR_MECHANISM_INVALID, 0x7000_0000+i, time.Microsecond)
+		m.Call(signInit.ID, ck.CKR_MECHANISM_INVALID, ck.CKM_VENDOR_DEFINED+i, time.Microsecond)
+	}
+	fams, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	labels := map[string]uint64{}
+	for _, f := range fams {
+		if f.GetName() != "hsmemu_pkcs11_mechanism_call_duration_seconds" {
+			continue
+		}
+		for _, mt := range f.GetMetric() {
+			for _, l := range mt.GetLabel() {
+				if l.GetName() == "mechanism" {
+					labels[l.GetValue()] = mt.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+	}
+	if len(labels) != 2 || labels["CKM_ECDSA"] != 1 || labels["other"] != 10000 {
+		t.Fatalf("%d mechanism labels, want CKM_ECDSA and other: %v", len(labels), func() []string {
+			var s []string
+			for l := range labels {
+				if len(s) < 5 {
+					s = append(s, l)
+				}
+			}
+			return s
+		}())
+	}
+}
