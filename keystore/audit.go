@@ -13,6 +13,7 @@ import (
 	"maps"
 	"math"
 	"time"
+	"unicode/utf8"
 
 	"hsmemu/internal/reqid"
 )
@@ -331,6 +332,7 @@ func (s *Store) currentAuditKey(ctx context.Context) ([]byte, uint32, error) {
 // tells auditAppended. errMasterMoved: another node moved the chain to a
 // new epoch since key was taken.
 func (s *Store) appendAuditTx(ctx context.Context, tx *sql.Tx, key []byte, epoch uint32, n AuditNote) (*auditRow, error) {
+	n = boundNote(n)
 	a, err := json.Marshal(n.Actor)
 	if err != nil {
 		return nil, err
@@ -615,4 +617,44 @@ func (s *Store) VerifyAudit(ctx context.Context) (AuditReport, error) {
 		return bad(head, fmt.Sprintf("record %d is not the one this daemon wrote: records were replaced at the end", head))
 	}
 	return rep, nil
+}
+
+// maxAuditField bounds each field of a record (a detail's value, the
+// actor's token label and identity). Some are the application's to
+// choose (an object's label may be an attribute's 1 MiB), and the log
+// keeps every record for good: without a bound, a loop creating and
+// destroying one object would grow it by megabytes a turn, after the
+// object itself is purged. A label longer than this is no name an
+// administrator reads; its first part and its length are kept.
+const maxAuditField = 1024
+
+// boundField cuts v to maxAuditField bytes, at a character's boundary,
+// and says how long it was.
+func boundField(v string) string {
+	if len(v) <= maxAuditField {
+		return v
+	}
+	cut := maxAuditField
+	for cut > 0 && !utf8.RuneStart(v[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s… (%d bytes)", v[:cut], len(v))
+}
+
+// boundNote is n with each field bounded, its detail copied when one is
+// cut (the caller's map is left as it was).
+func boundNote(n AuditNote) AuditNote {
+	n.Actor.Token, n.Actor.Remote, n.Actor.Role = boundField(n.Actor.Token), boundField(n.Actor.Remote), boundField(n.Actor.Role)
+	n.Event = boundField(n.Event)
+	for k, v := range n.Detail {
+		if len(v) > maxAuditField || len(k) > maxAuditField {
+			d := make(map[string]string, len(n.Detail))
+			for k, v := range n.Detail {
+				d[boundField(k)] = boundField(v)
+			}
+			n.Detail = d
+			break
+		}
+	}
+	return n
 }

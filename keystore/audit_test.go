@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // auditN appends n records.
@@ -201,5 +202,31 @@ func TestAuditRecordUnreadable(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestAuditFieldsBounded: a label is the application's to choose, up to
+// an attribute's 1 MiB, and goes into the record of every write of its
+// object, which the log keeps for ever: each field of a record is cut to
+// maxAuditField bytes (at a character's boundary), saying how long it
+// was, and the record still verifies.
+func TestAuditFieldsBounded(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, Options{})
+	long := strings.Repeat("é", 32<<10) // 64 KiB, two bytes a character
+	rec, err := s.Audit(ctx, AuditActor{UID: 1, PID: 2, Token: long, Role: "user"}, "key.generate", map[string]string{"label": long, "class": "secret-key"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, v := range map[string]string{"label": rec.Detail["label"], "token": rec.Actor.Token} {
+		if len(v) > maxAuditField+64 || !strings.HasPrefix(v, long[:maxAuditField]) || !strings.HasSuffix(v, "… (65536 bytes)") || !utf8.ValidString(v) {
+			t.Fatalf("%s: %d bytes, ending %q", name, len(v), v[max(0, len(v)-40):])
+		}
+	}
+	if rec.Detail["class"] != "secret-key" {
+		t.Fatalf("a short field changed: %q", rec.Detail["class"])
+	}
+	if rep, err := s.VerifyAudit(ctx); err != nil || !rep.OK {
+		t.Fatalf("verify: %+v %v", rep, err)
 	}
 }
