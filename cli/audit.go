@@ -194,10 +194,10 @@ func sortedKeys(m map[string]string) []string { return slices.Sorted(maps.Keys(m
 func printRecord(w io.Writer, r adminapi.AuditRecord) {
 	fmt.Fprintf(w, "record:    %d\n", r.Seq)
 	fmt.Fprintf(w, "time:      %s\n", r.Time.UTC().Format(time.RFC3339Nano))
-	fmt.Fprintf(w, "event:     %s\n", r.Event)
-	fmt.Fprintf(w, "actor:     %s\n", actorString(r.Actor))
+	fmt.Fprintf(w, "event:     %s\n", printable(r.Event))
+	fmt.Fprintf(w, "actor:     %s\n", printable(actorString(r.Actor)))
 	for _, k := range sortedKeys(r.Detail) {
-		fmt.Fprintf(w, "  %s: %s\n", k, decodeDetail(k, r.Detail[k]))
+		fmt.Fprintf(w, "  %s: %s\n", printable(k), printable(decodeDetail(k, r.Detail[k])))
 	}
 	fmt.Fprintf(w, "prev hash: %x\n", r.PrevHash)
 	fmt.Fprintf(w, "hash:      %x\n", r.Hash)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/daemon/adminapi"
@@ -24,10 +25,24 @@ func printRecordTable(w io.Writer, recs []adminapi.AuditRecord) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SEQ\tTIME\tEVENT\tTOKEN\tROLE\tUID\tPID\tREQUEST\tDETAIL")
 	for _, r := range recs {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.Seq, r.Time.UTC().Format(time.RFC3339), r.Event,
-			orDash(r.Actor.Token), orDash(r.Actor.Role), actorUser(r.Actor), r.Actor.PID, orDash(r.Detail["request_id"]), detailString(r.Detail))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.Seq, r.Time.UTC().Format(time.RFC3339), printable(r.Event),
+			printable(orDash(r.Actor.Token)), printable(orDash(r.Actor.Role)), printable(actorUser(r.Actor)), r.Actor.PID,
+			printable(orDash(r.Detail["request_id"])), detailString(r.Detail))
 	}
 	tw.Flush()
+}
+
+// printable is s, quoted when it holds a character that does not print
+// (a newline, a tab, an escape sequence): a record's labels and names are
+// the applications' to choose, and printed raw they could forge lines of
+// the listing or drive the administrator's terminal.
+func printable(s string) string {
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }
 
 func orDash(s string) string {

@@ -35,3 +35,36 @@ func TestRecordTable(t *testing.T) {
 		t.Errorf("not aligned:\n%s", b.String())
 	}
 }
+
+// TestRecordControlCharacters: a label, a token's label and a client
+// certificate's name are the applications' to choose; printed raw, a
+// newline in one would forge lines of `audit show` or `audit tail`
+// ("hash: ..."), and an escape sequence would reach the administrator's
+// terminal. Each is quoted when it holds a character that does not
+// print.
+func TestRecordControlCharacters(t *testing.T) {
+	t.Parallel()
+	evil := "x\nhash:      00\x1b[2J\tz"
+	rec := adminapi.AuditRecord{Seq: 9, Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Event: "key.generate",
+		Actor:  adminapi.AuditActor{UID: 1000, PID: 42, Token: evil, Role: "user", Remote: evil},
+		Detail: map[string]string{"label": evil, "class": "secret-key"}}
+	var show, tail bytes.Buffer
+	printRecord(&show, rec)
+	printRecordTable(&tail, []adminapi.AuditRecord{rec})
+	rec.Actor.Remote = ""
+	printRecordTable(&tail, []adminapi.AuditRecord{rec})
+	for name, out := range map[string]string{"show": show.String(), "tail": tail.String()} {
+		if strings.ContainsAny(out, "\x1b\t") {
+			t.Errorf("%s prints a control character:\n%q", name, out)
+		}
+		if strings.Contains(out, "\nhash:      00") {
+			t.Errorf("%s has a forged line:\n%s", name, out)
+		}
+	}
+	if n := strings.Count(show.String(), "\n"); n != 8 {
+		t.Errorf("show: %d lines, want 8:\n%s", n, show.String())
+	}
+	if n := strings.Count(tail.String(), "\n"); n != 4 {
+		t.Errorf("tail: %d lines, want 4:\n%s", n, tail.String())
+	}
+}
