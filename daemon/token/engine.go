@@ -54,6 +54,11 @@ type Config struct {
 	// and their searches' results. Past it an object or a search is
 	// CKR_DEVICE_MEMORY. Zero means DefaultSessionBudget.
 	SessionBudget int64
+	// RefusalAuditEvery is how often a refused login that needs no PIN
+	// (a locked role, the TPM in lockout) is recorded per token, role
+	// and event, the first at once (refusals.go). Zero means
+	// DefaultRefusalAuditEvery.
+	RefusalAuditEvery time.Duration
 }
 
 // Memory bounds of operations (docs/mechanisms.md, "Operations in
@@ -119,6 +124,8 @@ type Engine struct {
 	quitOnce sync.Once
 
 	full fullLog // writes refused for want of space (errors.go)
+
+	refused refusals // refused logins recorded lately (refusals.go)
 }
 
 // Interrupt ends every wait after a wrong PIN (the call returns
@@ -151,6 +158,9 @@ func New(store Store, log *slog.Logger, cfg Config) *Engine {
 	}
 	if cfg.FailureDelay == 0 {
 		cfg.FailureDelay = 200 * time.Millisecond
+	}
+	if cfg.RefusalAuditEvery <= 0 {
+		cfg.RefusalAuditEvery = DefaultRefusalAuditEvery
 	}
 	if cfg.MaxFailureDelay <= 0 {
 		cfg.MaxFailureDelay = 5 * time.Second

@@ -290,14 +290,14 @@ func (e *Engine) login1(ctx context.Context, app *App, s *session, h uint64, rol
 		e.spentPIN(app.Scope)
 		e.auditPINFailure(ctx, who, s.token, role, "login.failure")
 	}
-	if errors.Is(err, keystore.ErrPINLocked) {
+	// Refusals that need no PIN are recorded, and logged, at most once
+	// a while (refusals.go).
+	if errors.Is(err, keystore.ErrPINLocked) && e.auditRefusal(ctx, who, s.token, "login.locked") {
 		e.log.Warn("login refused: PIN locked", "token", s.token.String(), "role", role.String(), "pid", app.PID)
-		e.audit(ctx, who, s.token, "login.locked", nil)
 	}
-	if errors.Is(err, keystore.ErrTPMLockout) {
+	if errors.Is(err, keystore.ErrTPMLockout) && e.auditRefusal(ctx, who, s.token, "login.tpm-lockout") {
 		e.log.Warn("login refused: the TPM's dictionary-attack lockout is active (too many wrong PINs, over every token)",
 			"token", s.token.String(), "role", role.String(), "pid", app.PID, "err", err)
-		e.audit(ctx, who, s.token, "login.tpm-lockout", nil)
 	}
 	if errors.Is(err, keystore.ErrNotLoggedIn) {
 		// The keystore's own retries ran out the same way.
