@@ -113,22 +113,55 @@ func scanAuditRow(sc interface{ Scan(...any) error }) (auditRow, error) {
 // not written so: it is listed as stored, its actor empty and its detail
 // saying what does not read ("unreadable"), and noted as tampering;
 // `audit verify` says how it fails its chain. The listing goes on past it.
+//
+// A listing's reply holds up to a thousand records under the admin
+// protocol's frame, so a record is also listed with each field cut as
+// appendAuditTx cuts new ones (a log written before fields were bounded
+// may hold a label of a MiB), and one the daemon cannot have written for
+// its size (more detail than it writes, an event or a hash longer than
+// any) is unreadable: one record never takes the listing down.
 func (s *Store) listed(r *auditRow) AuditRecord {
 	what := r.bad
 	if what == "" {
+		what = oversized(r)
+	}
+	if what == "" {
 		rec, err := r.record()
-		if err == nil {
+		if err == nil && len(rec.Detail) <= maxAuditDetails {
+			n := boundNote(AuditNote{Actor: rec.Actor, Detail: rec.Detail})
+			rec.Actor, rec.Detail = n.Actor, n.Detail
 			return rec
 		}
 		var a AuditActor
 		what = "detail"
-		if json.Unmarshal([]byte(r.actor), &a) != nil {
+		if err != nil && json.Unmarshal([]byte(r.actor), &a) != nil {
 			what = "actor"
 		}
 	}
 	s.noteTamper(&TamperError{Kind: "audit record", ID: fmt.Sprintf("record %d", r.seq), What: what})
-	return AuditRecord{Seq: r.seq, Time: time.Unix(0, r.time), Event: r.event, PrevHash: r.prevHash, Hash: r.hash,
+	rec := AuditRecord{Seq: r.seq, Time: time.Unix(0, r.time), Event: boundField(r.event), PrevHash: r.prevHash, Hash: r.hash,
 		Detail: map[string]string{"unreadable": what}}
+	if len(rec.PrevHash) > sha256.Size || len(rec.Hash) > sha256.Size {
+		rec.PrevHash, rec.Hash = nil, nil
+	}
+	return rec
+}
+
+// maxAuditDetails is more detail fields than any record the daemon
+// writes holds (a dozen at most).
+const maxAuditDetails = 64
+
+// oversized names a column longer than the daemon writes it, or "".
+func oversized(r *auditRow) string {
+	switch {
+	case len(r.event) > maxAuditField:
+		return "event"
+	case len(r.prevHash) > sha256.Size:
+		return "prev_hash"
+	case len(r.hash) > sha256.Size:
+		return "hash"
+	}
+	return ""
 }
 
 func (r *auditRow) record() (AuditRecord, error) {

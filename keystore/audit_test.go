@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -228,5 +229,58 @@ func TestAuditFieldsBounded(t *testing.T) {
 	}
 	if rep, err := s.VerifyAudit(ctx); err != nil || !rep.OK {
 		t.Fatalf("verify: %+v %v", rep, err)
+	}
+}
+
+// TestAuditRecordOversized: a record edited in with a field far larger
+// than the daemon writes (or one written before fields were bounded)
+// is listed with its fields cut as new records are, and one with more
+// detail than the daemon writes, or a hash that is no hash, as
+// unreadable: a listing's reply (1000 records under the admin
+// protocol's 16 MiB) is never lost to one record.
+func TestAuditRecordOversized(t *testing.T) {
+	t.Parallel()
+	huge := strings.Repeat("a", 2<<20)
+	many := map[string]string{}
+	for i := range 5000 {
+		many[fmt.Sprint("k", i)] = strings.Repeat("b", 1000)
+	}
+	manyJSON, _ := json.Marshal(many)
+	for _, tc := range []struct {
+		name, what string // what: "" for listed with its fields cut
+		edit       string
+		args       []any
+	}{
+		{"long label", "", `UPDATE audit_log SET detail = ? WHERE seq = 3`, []any{`{"label":"` + huge + `"}`}},
+		{"long token", "", `UPDATE audit_log SET actor = ? WHERE seq = 3`, []any{`{"uid":1,"pid":2,"token":"` + huge + `"}`}},
+		{"many details", "detail", `UPDATE audit_log SET detail = ? WHERE seq = 3`, []any{string(manyJSON)}},
+		{"long event", "event", `UPDATE audit_log SET event = ? WHERE seq = 3`, []any{huge}},
+		{"long hash", "hash", `UPDATE audit_log SET hash = ? WHERE seq = 3`, []any{[]byte(huge)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s, path := newStore(t, Options{})
+			auditN(t, s, 5)
+			execSQL(t, rawDB(t, path), tc.edit, tc.args...)
+			recs, err := s.AuditRecords(ctx, 0, 0)
+			if err != nil || len(recs) != 5 {
+				t.Fatalf("listing: %d records, %v; want all 5", len(recs), err)
+			}
+			for i, r := range recs {
+				b, _ := json.Marshal(r)
+				if len(b) > 16<<10 {
+					t.Fatalf("record %d listed in %d bytes", r.Seq, len(b))
+				}
+				if i != 2 && r.Detail["n"] != fmt.Sprint(i+1) {
+					t.Fatalf("record %d: %+v", i+1, r)
+				}
+			}
+			if got := recs[2].Detail["unreadable"]; got != tc.what {
+				t.Fatalf("the edited record: unreadable %q, want %q", got, tc.what)
+			}
+			if rep, err := s.VerifyAudit(ctx); err != nil || rep.OK || rep.BadSeq != 3 {
+				t.Fatalf("verify: %+v %v; want record 3 named", rep, err)
+			}
+		})
 	}
 }
