@@ -38,3 +38,35 @@ func TestLockedLoginsRecordedOnce(t *testing.T) {
 		t.Fatalf("verify: %+v %v", rep, err)
 	}
 }
+
+// TestSetAttributeAudited: a token object's attributes changed by
+// C_SetAttributeValue (a key's usage widened, its label or id changed)
+// leave a record naming the object and the attributes changed, never
+// their values; a session object's change leaves none.
+func TestSetAttributeAudited(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, token.Config{})
+	cl := d.dial(t)
+	slot := cl.NewToken("modified")
+	h := cl.Open(slot, true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
+	key := cl.Must(ck.CKR_OK, "C_GenerateKey", U(h), M(ck.CKM_AES_KEY_GEN),
+		T(AU(ck.CKA_VALUE_LEN, 32), AB(ck.CKA_TOKEN, true), A(ck.CKA_LABEL, []byte("signing")), AB(ck.CKA_DECRYPT, false)), None())[3].Ulong
+	sess := cl.Must(ck.CKR_OK, "C_GenerateKey", U(h), M(ck.CKM_AES_KEY_GEN), T(AU(ck.CKA_VALUE_LEN, 16)), None())[3].Ulong
+	before := len(events(t, d))
+	cl.Must(ck.CKR_OK, "C_SetAttributeValue", U(h), U(key), T(AB(ck.CKA_DECRYPT, true), A(ck.CKA_ID, []byte{0xfe, 0xed})))
+	cl.Must(ck.CKR_OK, "C_SetAttributeValue", U(h), U(sess), T(A(ck.CKA_LABEL, []byte("session"))))
+	got := events(t, d, SOPIN, UserPIN)
+	if !slices.Equal(got[before:], []string{"key.modify"}) {
+		t.Fatalf("records after the changes: %v, want one key.modify", got[before:])
+	}
+	recs, err := d.st.Store.AuditRecords(ctx, int64(before), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := recs[0]
+	if r.Detail["attributes"] != "0x102,0x105" || r.Detail["label"] != "signing" || r.Detail["id"] != "feed" ||
+		len(r.Detail["object"]) != 32 || r.Actor.Token != "modified" || r.Actor.Role != "user" {
+		t.Fatalf("key.modify record: %+v", r)
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
@@ -397,16 +399,45 @@ func (e *Engine) setAttributes(ctx context.Context, app *App, h, oh uint64, tmpl
 		secret = n.secret.Encode()
 	}
 	if !hasIVCounter(o) {
-		return e.store.Update(ctx, ref.id, n.attrs, secret)
+		err = e.store.Update(ctx, ref.id, n.attrs, secret)
+	} else {
+		// The IV counter's state is written apart (ivcounter.go), by
+		// this daemon and others: keep what the row holds under its
+		// lock, not what the object said when this call read it.
+		err = e.store.UpdateLocked(ctx, ref.id, func(cur *keystore.Object) (keystore.Attributes, []byte, error) {
+			v, _ := cur.Attrs.Get(ck.CKA_HSMEMU_IV_COUNTER)
+			attrs, err := withAttr(n.attrs, ck.CKA_HSMEMU_IV_COUNTER, v)
+			return attrs, secret, err
+		})
 	}
-	// The IV counter's state is written apart (ivcounter.go), by this
-	// daemon and others: keep what the row holds under its lock, not
-	// what the object said when this call read it.
-	return e.store.UpdateLocked(ctx, ref.id, func(cur *keystore.Object) (keystore.Attributes, []byte, error) {
-		v, _ := cur.Attrs.Get(ck.CKA_HSMEMU_IV_COUNTER)
-		attrs, err := withAttr(n.attrs, ck.CKA_HSMEMU_IV_COUNTER, v)
-		return attrs, secret, err
-	})
+	if err != nil {
+		return err
+	}
+	// A token object's change is recorded (a key's usage widened, its
+	// label or id changed): the attributes by type, never a value.
+	var uuid keystore.UUID
+	if stored, err := e.store.Open(ctx, ref.id); err == nil {
+		uuid = stored.UUID
+	}
+	detail := ObjectDetail(uuid, o.Class(), m)
+	detail["attributes"] = attrTypes(tmpl)
+	e.audit(ctx, actor(app, sessionRole(app, s)), s.token, ObjectEvent(o.Class(), "modify"), detail)
+	return nil
+}
+
+// attrTypes lists a template's attribute types, in hex, sorted, once each.
+func attrTypes(tmpl []attr) string {
+	types := make([]uint64, 0, len(tmpl))
+	for _, a := range tmpl {
+		types = append(types, a.Type)
+	}
+	slices.Sort(types)
+	types = slices.Compact(types)
+	out := make([]string, len(types))
+	for i, t := range types {
+		out[i] = fmt.Sprintf("0x%x", t)
+	}
+	return strings.Join(out, ",")
 }
 
 // findOp is a search in progress: its results are fixed when it starts.
