@@ -572,81 +572,106 @@ type AuditReport struct {
 
 // VerifyAudit walks the whole chain and reports the first record that was
 // edited, deleted or moved, and records lost at the end that this Store
-// wrote itself.
+// wrote itself. It reads the log once, as a stream, keeping no record but
+// the one it reads (the log is kept for good, and may hold millions), and
+// looks up a broken link's predecessor only when there is one.
 func (s *Store) VerifyAudit(ctx context.Context) (AuditReport, error) {
 	eps, err := s.auditEpochs(ctx)
 	if err != nil {
 		return AuditReport{}, err
 	}
 	defer wipeEpochs(eps)
+	// The newest record this Store wrote, read before the log: a record
+	// appended while the log is read is then never taken for one lost.
+	s.mu.RLock()
+	head, headHash := s.auditHead, s.auditHeadHash
+	s.mu.RUnlock()
 	rows, err := s.r.QueryContext(ctx, "SELECT seq, time, actor, event, detail, prev_hash, hash FROM audit_log ORDER BY seq")
 	if err != nil {
 		return AuditReport{}, s.dbErr("read audit log", err)
 	}
 	defer rows.Close()
-	// Every record's link is kept, so that a break can be told apart: a
-	// record whose predecessor appears elsewhere was moved; one whose
-	// predecessor appears nowhere follows a deletion.
-	var all []auditRow
+	rep := AuditReport{OK: true}
+	bad := func(seq int64, problem string) (AuditReport, error) {
+		rep.OK, rep.BadSeq, rep.Problem = false, seq, problem
+		return rep, nil
+	}
+	// An edit (a record against its own hash) anywhere is reported
+	// before a broken link: the first of each is kept.
+	var edited, unlinked string
+	var editedSeq, unlinkedSeq int64
+	var lostPrev []byte // the predecessor a record names, where the chain breaks
+	prev, prevSeq := genesis, int64(0)
+	var headAt []byte // the hash of record head, as the log holds it
 	for rows.Next() {
 		r, err := scanAuditRow(rows)
 		if err != nil {
 			return AuditReport{}, s.dbErr("read audit log", err)
 		}
-		all = append(all, r)
+		rep.Records++
+		if edited == "" {
+			switch {
+			case r.bad != "":
+				edited, editedSeq = fmt.Sprintf("record %d was edited: its %s is not of the type the log stores", r.seq, r.bad), r.seq
+			case !hmac.Equal(auditHash(keyFor(eps, r.seq), &r), r.hash):
+				edited, editedSeq = fmt.Sprintf("record %d was edited: its content does not match its hash", r.seq), r.seq
+			}
+		}
+		if unlinked != "" {
+			continue
+		}
+		switch {
+		case !bytes.Equal(r.prevHash, prev):
+			unlinkedSeq, lostPrev = r.seq, r.prevHash
+			if r.seq != prevSeq+1 {
+				unlinked = fmt.Sprintf("records deleted: %d to %d are missing before record %d", prevSeq+1, r.seq-1, r.seq)
+			} else {
+				unlinked = fmt.Sprintf("a record was deleted before record %d (the rest were renumbered)", r.seq)
+			}
+		case r.seq != prevSeq+1:
+			unlinked, unlinkedSeq = fmt.Sprintf("record %d follows record %d: the sequence was edited", r.seq, prevSeq), r.seq
+		default:
+			prev, prevSeq = r.hash, r.seq
+			if r.seq == head {
+				headAt = r.hash
+			}
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return AuditReport{}, s.dbErr("read audit log", err)
 	}
-	rep := AuditReport{Records: int64(len(all)), OK: true}
-	bad := func(seq int64, problem string) (AuditReport, error) {
-		rep.OK, rep.BadSeq, rep.Problem = false, seq, problem
-		return rep, nil
+	rows.Close()
+	if edited != "" {
+		return bad(editedSeq, edited)
 	}
-	// First pass: each record against its own hash.
-	for i := range all {
-		r := &all[i]
-		if r.bad != "" {
-			return bad(r.seq, fmt.Sprintf("record %d was edited: its %s is not of the type the log stores", r.seq, r.bad))
-		}
-		if !hmac.Equal(auditHash(keyFor(eps, r.seq), r), r.hash) {
-			return bad(r.seq, fmt.Sprintf("record %d was edited: its content does not match its hash", r.seq))
-		}
-	}
-	// Second pass: each record linked to the one before it.
-	prev, prevSeq := genesis, int64(0)
-	for i := range all {
-		r := &all[i]
-		if !bytes.Equal(r.prevHash, prev) {
-			for j := range all {
-				if bytes.Equal(all[j].hash, r.prevHash) {
-					return bad(r.seq, fmt.Sprintf("records were reordered: record %d belongs after record %d", r.seq, all[j].seq))
-				}
+	if unlinked != "" {
+		if lostPrev != nil {
+			// A record whose predecessor is elsewhere in the log was
+			// moved; one whose predecessor is nowhere follows a deletion.
+			var at int64
+			err := s.r.QueryRowContext(ctx, "SELECT seq FROM audit_log WHERE hash = ? ORDER BY seq LIMIT 1", lostPrev).Scan(&at)
+			switch {
+			case err == nil:
+				unlinked = fmt.Sprintf("records were reordered: record %d belongs after record %d", unlinkedSeq, at)
+			case !errors.Is(err, sql.ErrNoRows):
+				return AuditReport{}, s.dbErr("read audit log", err)
 			}
-			if r.seq != prevSeq+1 {
-				return bad(r.seq, fmt.Sprintf("records deleted: %d to %d are missing before record %d", prevSeq+1, r.seq-1, r.seq))
-			}
-			return bad(r.seq, fmt.Sprintf("a record was deleted before record %d (the rest were renumbered)", r.seq))
 		}
-		if r.seq != prevSeq+1 {
-			return bad(r.seq, fmt.Sprintf("record %d follows record %d: the sequence was edited", r.seq, prevSeq))
-		}
-		prev, prevSeq = r.hash, r.seq
+		return bad(unlinkedSeq, unlinked)
 	}
 	rep.HeadSeq = prevSeq
 	if prevSeq > 0 {
 		rep.Head = prev
 	}
 	s.mu.RLock()
-	head, headHash, lost := s.auditHead, s.auditHeadHash, s.auditLost
+	lost := s.auditLost
 	s.mu.RUnlock()
 	switch {
 	case lost != "":
 		return bad(prevSeq, lost)
 	case prevSeq < head:
 		return bad(prevSeq, fmt.Sprintf("records %d to %d, written by this daemon, are missing from the end", prevSeq+1, head))
-	case head > 0 && !bytes.Equal(all[head-1].hash, headHash):
-		// all is in sequence here: record head is all[head-1].
+	case head > 0 && !bytes.Equal(headAt, headHash):
 		return bad(head, fmt.Sprintf("record %d is not the one this daemon wrote: records were replaced at the end", head))
 	}
 	return rep, nil
