@@ -57,11 +57,16 @@ func checkProfilerPath(path string) error {
 }
 
 // listenPrivate listens on a Unix socket at path created 0600, replacing
-// a stale one a dead daemon left; a live one is an error.
+// a stale one a dead daemon left; a live one is an error, and so is
+// anything there that is not a socket: a path slipped onto the keystore
+// or a config file must not remove it.
 func listenPrivate(path string) (*net.UnixListener, error) {
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("something is serving %s already", path)
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket == 0 {
+		return nil, fmt.Errorf("%s is there and is not a socket: give a path where a socket may be created", path)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove stale socket: %w", err)

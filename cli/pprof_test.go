@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"hsmemu/daemon/metrics"
 )
 
 // TestProfilerOnUnixSocket: the profiler is served on a 0600 Unix socket,
@@ -49,4 +51,44 @@ func TestProfilerOnUnixSocket(t *testing.T) {
 		t.Fatalf("GET goroutine profile: %d %.200s", resp.StatusCode, body)
 	}
 	cancel()
+}
+
+// TestSocketPathNotAFile: --pprof and --metrics take a socket's path and
+// replace a stale socket a dead daemon left there, but never a file that
+// is not a socket: a slip of the path (the keystore's, a config file's)
+// is refused, and the file is left as it was.
+func TestSocketPathNotAFile(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := t.TempDir()
+	for _, name := range []string{"pprof", "metrics"} {
+		path := filepath.Join(dir, "keystore-"+name+".db")
+		if err := os.WriteFile(path, []byte("not a socket"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		if name == "pprof" {
+			err = serveProfiler(ctx, path, slog.New(slog.DiscardHandler))
+		} else {
+			err = serveMetrics(ctx, path, metrics.New(), slog.New(slog.DiscardHandler))
+		}
+		if err == nil || !strings.Contains(err.Error(), "not a socket") {
+			t.Errorf("--%s on a regular file: %v, want refused", name, err)
+		}
+		if b, rerr := os.ReadFile(path); rerr != nil || string(b) != "not a socket" {
+			t.Fatalf("--%s: the file at its path: %q %v, want it left as it was", name, b, rerr)
+		}
+	}
+	// A stale socket is still replaced.
+	path := filepath.Join(dir, "stale.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	if err := serveProfiler(ctx, path, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatalf("a stale socket: %v", err)
+	}
 }
