@@ -1,6 +1,9 @@
 package daemon
 
 import (
+	"bytes"
+	"encoding/base64"
+	"encoding/hex"
 	"slices"
 	"testing"
 	"time"
@@ -68,5 +71,35 @@ func TestSetAttributeAudited(t *testing.T) {
 	if r.Detail["attributes"] != "0x102,0x105" || r.Detail["label"] != "signing" || r.Detail["id"] != "feed" ||
 		len(r.Detail["object"]) != 32 || r.Actor.Token != "modified" || r.Actor.Role != "user" {
 		t.Fatalf("key.modify record: %+v", r)
+	}
+}
+
+// TestAuditHoldsNoValue: the values an application gives in templates
+// (a key's CKA_VALUE, a data object's), changed by C_SetAttributeValue
+// and copied, never reach a record, in any encoding; PINs, wrong ones
+// included, neither.
+func TestAuditHoldsNoValue(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, token.Config{})
+	cl := d.dial(t)
+	slot := cl.NewToken("values")
+	h := cl.Open(slot, true)
+	cl.Must(ck.CKR_PIN_INCORRECT, "C_Login", U(h), U(ck.CKU_USER), S("wrong-pin-value"))
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
+	keyValue := bytes.Repeat([]byte{0xa5, 0x5a, 0xc3, 0x3c}, 8)
+	key := cl.Must(ck.CKR_OK, "C_CreateObject", U(h), T(AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_AES),
+		AB(ck.CKA_TOKEN, true), A(ck.CKA_LABEL, []byte("imported")), A(ck.CKA_VALUE, keyValue), AB(ck.CKA_EXTRACTABLE, false)), None())[2].Ulong
+	data := cl.Must(ck.CKR_OK, "C_CreateObject", U(h), T(DataObject("note", true, true, "data-object-value")...), None())[2].Ulong
+	cl.Must(ck.CKR_OK, "C_SetAttributeValue", U(h), U(data), T(A(ck.CKA_VALUE, []byte("changed-data-value"))))
+	cl.Must(ck.CKR_OK, "C_CopyObject", U(h), U(key), T(A(ck.CKA_LABEL, []byte("copied"))), None())
+	cl.Must(ck.CKR_KEY_UNEXTRACTABLE, "C_WrapKey", U(h), M(ck.CKM_AES_KEY_WRAP_KWP), U(key), U(key), Out(1024))
+	cl.Must(ck.CKR_OK, "C_DestroyObject", U(h), U(key))
+	secrets := []string{SOPIN, UserPIN, "wrong-pin-value", "data-object-value", "changed-data-value",
+		string(keyValue), hex.EncodeToString(keyValue), base64.StdEncoding.EncodeToString(keyValue)}
+	got := events(t, d, secrets...)
+	for _, want := range []string{"key.import", "object.create", "object.modify", "key.copy", "export.refused", "key.destroy"} {
+		if !slices.Contains(got, want) {
+			t.Fatalf("no %s record: %v", want, got)
+		}
 	}
 }
