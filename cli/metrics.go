@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"time"
 
 	"hsmemu/daemon/metrics"
 )
@@ -32,8 +31,8 @@ func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, log *slo
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", m.Handler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
+	srv := obsServer(mux, obsIdleTimeout)
+	go srv.Serve(capConns(ln, obsMaxConns))
 	go func() {
 		<-ctx.Done()
 		srv.Close()

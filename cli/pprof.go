@@ -37,8 +37,8 @@ func serveProfiler(ctx context.Context, path string, log *slog.Logger) error {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
+	srv := obsServer(mux, obsIdleTimeout)
+	go srv.Serve(capConns(ln, obsMaxConns))
 	go func() {
 		<-ctx.Done()
 		srv.Close()

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"hsmemu/daemon/metrics"
 )
@@ -90,5 +92,78 @@ func TestSocketPathNotAFile(t *testing.T) {
 	ln.Close()
 	if err := serveProfiler(ctx, path, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatalf("a stale socket: %v", err)
+	}
+}
+
+// TestObsConnectionsBounded: a connection to --metrics (which may be on
+// TCP, open to any host that reaches it) or --pprof is a descriptor of
+// the daemon's: past obsMaxConns at once, a new one is closed when it
+// is accepted, and the ones held go on.
+func TestObsConnectionsBounded(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	path := filepath.Join(t.TempDir(), "metrics.sock")
+	if err := serveMetrics(ctx, path, metrics.New(), slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for range obsMaxConns {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	extra, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	extra.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := extra.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("connection %d: %v, want it closed", obsMaxConns+1, err)
+	}
+	// A held connection is served.
+	if _, err := io.WriteString(held[0], "GET /metrics HTTP/1.1\r\nHost: hsmemu\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	held[0].SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(held[0]).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
+		t.Fatalf("a held connection: %q %v", line, err)
+	}
+}
+
+// TestObsIdleClosed: a connection left idle after a request is closed
+// by the server rather than held for good.
+func TestObsIdleClosed(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "obs.sock")
+	ln, err := listenPrivate(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := obsServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }), 50*time.Millisecond)
+	go srv.Serve(capConns(ln, obsMaxConns))
+	defer srv.Close()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: hsmemu\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(c)
+	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
+		t.Fatalf("%q %v", line, err)
+	}
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		t.Fatalf("the idle connection: %v, want it closed by the server", err)
 	}
 }
