@@ -19,8 +19,9 @@ import (
 // one every refusalAuditEvery for each token, role and event, its
 // detail's "repeats" saying how many more were refused since the record
 // before it (the metrics count every one: hsmemu_pkcs11_calls_total with
-// rv CKR_PIN_LOCKED). Refusals counted but not yet recorded when the
-// daemon stops are in no record.
+// rv CKR_PIN_LOCKED). Refusals counted after the last record are in no
+// record until a later refusal writes one, and in none if the daemon
+// stops first.
 
 // DefaultRefusalAuditEvery is Config.RefusalAuditEvery's default.
 const DefaultRefusalAuditEvery = time.Minute
