@@ -3,10 +3,12 @@
  * (ctest.h).
  */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -111,4 +113,21 @@ int ctest_done(void)
 {
 	printf("e2e: %ld passed, %ld failed\n", passed, failed);
 	return failed ? 1 : 0;
+}
+
+long ctest_sleeping_in(int tid)
+{
+	char path[64], buf[128];
+	snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t k = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (k <= 0)
+		return -1;
+	buf[k] = '\0';
+	if (buf[0] < '0' || buf[0] > '9')
+		return -1; /* "running" */
+	return strtol(buf, NULL, 10);
 }

@@ -42,6 +42,14 @@ void ctest_label(CK_UTF8CHAR label[32], const char *prefix);
  * C_InitToken on slot 0 made), or 0, a failed check, when none has. */
 CK_SLOT_ID ctest_slot_of(CK_FUNCTION_LIST *f, const CK_UTF8CHAR label[32]);
 
+/* ---- threads ---- */
+
+/* ctest_sleeping_in returns the number of the system call thread tid of
+ * this process sleeps in (its /proc syscall file), or -1 while it runs or
+ * the file cannot be read. Open and read only, no allocation: the watcher
+ * shares no allocator lock with the thread it watches. */
+long ctest_sleeping_in(int tid);
+
 /* ctest_done prints the totals and returns the program's exit status: 1
  * when a check failed. */
 int ctest_done(void);

@@ -121,23 +121,10 @@ static CK_C_INITIALIZE_ARGS fin_ia = {.CreateMutex = create_mutex,
 				      .LockMutex = lock_mutex,
 				      .UnlockMutex = unlock_mutex};
 
-/* in_sleep says whether thread tid sleeps in nanosleep (its /proc syscall
- * file); open and read only, no allocation. */
+/* in_sleep says whether thread tid sleeps in nanosleep. */
 static int in_sleep(pid_t tid)
 {
-	char path[64], buf[128];
-	snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)tid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	ssize_t k = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	if (k <= 0)
-		return 0;
-	buf[k] = '\0';
-	if (buf[0] < '0' || buf[0] > '9')
-		return 0; /* "running" */
-	long nr = strtol(buf, NULL, 10);
+	long nr = ctest_sleeping_in((int)tid);
 	return nr == SYS_clock_nanosleep
 #ifdef SYS_nanosleep
 	       || nr == SYS_nanosleep

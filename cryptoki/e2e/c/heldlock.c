@@ -132,24 +132,10 @@ static pid_t daemon_pid(void)
 }
 
 /* in_read says whether thread tid is blocked in a system call that
- * waits for a socket (its /proc syscall file names the call it sleeps
- * in). Read with open and read only: no allocation, so the watcher
- * shares no allocator lock with the thread it watches. */
+ * waits for a socket. */
 static int in_read(pid_t tid)
 {
-	char path[64], buf[128];
-	snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)tid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	ssize_t k = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	if (k <= 0)
-		return 0;
-	buf[k] = '\0';
-	if (buf[0] < '0' || buf[0] > '9')
-		return 0; /* "running" */
-	long nr = strtol(buf, NULL, 10);
+	long nr = ctest_sleeping_in((int)tid);
 	return nr == SYS_read || nr == SYS_recvfrom || nr == SYS_recvmsg || nr == SYS_ppoll ||
 #ifdef SYS_poll
 	       nr == SYS_poll ||
