@@ -1,6 +1,6 @@
 /*
  * ctest.h: the checks, sections and counts of the C test programs held.c
- * (with heldmsg.c and heldwrap.c) and wipe.c. Their output is what
+ * (with heldmsg.c, heldwrap.c, heldlock.c and heldfin.c) and wipe.c. Their output is what
  * cryptoki/e2e/ctest_test.go reads: "FAIL [section] FILE:LINE: ...",
  * "SECTION name" and "SECTION name: N passed, M failed in Ts" around
  * each section, "FAIL: TIMEOUT: a section hangs" from a section that
