@@ -33,9 +33,9 @@ func printRecordTable(w io.Writer, recs []adminapi.AuditRecord) {
 }
 
 // printable is s, quoted when it holds a character that does not print
-// (a newline, a tab, an escape sequence): a record's labels and names are
-// the applications' to choose, and printed raw they could forge lines of
-// the listing or drive the administrator's terminal.
+// (a newline, a tab, an escape sequence): labels and names in records and
+// listings are the applications' to choose, and printed raw they could
+// forge lines of the listing or drive the administrator's terminal.
 func printable(s string) string {
 	for _, r := range s {
 		if !unicode.IsPrint(r) {

@@ -68,3 +68,38 @@ func TestRecordControlCharacters(t *testing.T) {
 		t.Errorf("tail: %d lines, want 4:\n%s", n, tail.String())
 	}
 }
+
+// TestListingsControlCharacters: the labels key, certificate and token
+// listings print are the applications' to choose (C_SetAttributeValue,
+// C_InitToken), as the audit records' are: quoted when they hold a
+// character that does not print, so they neither forge a line nor drive
+// the administrator's terminal.
+func TestListingsControlCharacters(t *testing.T) {
+	t.Parallel()
+	evil := "x\nUUID  forged\x1b[2J\tz"
+	k := adminapi.Key{UUID: "u1", Class: "secret-key", KeyType: &adminapi.CKConst{Name: "CKK_AES", Value: 0x1f}, Bits: 256, Label: evil, ID: "01"}
+	when := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	k.DeletedAt, k.PurgeAfter = &when, &when
+	ct := adminapi.Cert{UUID: "u2", Label: evil, Subject: "CN=" + evil, Issuer: "CN=" + evil, SANs: []string{evil}, KeyLabel: evil}
+	tok := adminapi.Token{Slot: 1, Label: evil, Tier: "standard"}
+	outs := map[string]func(w *bytes.Buffer){
+		"key list":    func(w *bytes.Buffer) { printKeys(w, []adminapi.Key{k}, false) },
+		"key deleted": func(w *bytes.Buffer) { printKeys(w, []adminapi.Key{k}, true) },
+		"key show":    func(w *bytes.Buffer) { printKey(w, k) },
+		"cert list":   func(w *bytes.Buffer) { printCerts(w, []adminapi.Cert{ct}) },
+		"cert show":   func(w *bytes.Buffer) { printCert(w, ct) },
+		"token list":  func(w *bytes.Buffer) { printTokens(w, []adminapi.Token{tok}) },
+		"token show":  func(w *bytes.Buffer) { printToken(w, tok) },
+	}
+	for name, print := range outs {
+		var b bytes.Buffer
+		print(&b)
+		out := b.String()
+		if strings.ContainsAny(out, "\x1b\t") {
+			t.Errorf("%s prints a control character:\n%q", name, out)
+		}
+		if strings.Contains(out, "\nUUID  forged") {
+			t.Errorf("%s has a forged line:\n%s", name, out)
+		}
+	}
+}

@@ -268,8 +268,8 @@ func printCerts(w io.Writer, certs []adminapi.Cert) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "UUID\tLABEL\tCATEGORY\tSUBJECT\tNOT AFTER\tSTATUS\tKEY")
 	for _, ct := range certs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ct.UUID, orDash(ct.Label), ct.Category, ct.Subject,
-			ct.NotAfter.Format(time.RFC3339), certStatus(ct), orDash(ct.KeyLabel))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ct.UUID, printable(orDash(ct.Label)), ct.Category, printable(ct.Subject),
+			ct.NotAfter.Format(time.RFC3339), certStatus(ct), printable(orDash(ct.KeyLabel)))
 	}
 	tw.Flush()
 }
@@ -277,16 +277,16 @@ func printCerts(w io.Writer, certs []adminapi.Cert) {
 func printCert(w io.Writer, ct adminapi.Cert) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "uuid:\t%s\n", ct.UUID)
-	fmt.Fprintf(tw, "label:\t%s\n", ct.Label)
+	fmt.Fprintf(tw, "label:\t%s\n", printable(ct.Label))
 	fmt.Fprintf(tw, "id:\t%s\n", ct.ID)
 	fmt.Fprintf(tw, "category:\t%s\n", ct.Category)
-	fmt.Fprintf(tw, "subject:\t%s\n", ct.Subject)
-	fmt.Fprintf(tw, "issuer:\t%s\n", ct.Issuer)
+	fmt.Fprintf(tw, "subject:\t%s\n", printable(ct.Subject))
+	fmt.Fprintf(tw, "issuer:\t%s\n", printable(ct.Issuer))
 	fmt.Fprintf(tw, "serial:\t%s\n", ct.Serial)
 	fmt.Fprintf(tw, "not before:\t%s\n", ct.NotBefore.Format(time.RFC3339))
 	fmt.Fprintf(tw, "not after:\t%s\n", ct.NotAfter.Format(time.RFC3339))
 	if len(ct.SANs) > 0 {
-		fmt.Fprintf(tw, "names:\t%s\n", strings.Join(ct.SANs, ", "))
+		fmt.Fprintf(tw, "names:\t%s\n", printable(strings.Join(ct.SANs, ", ")))
 	}
 	fmt.Fprintf(tw, "sha256:\t%s\n", ct.SHA256)
 	fmt.Fprintf(tw, "sha1:\t%s\n", ct.SHA1)

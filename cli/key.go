@@ -374,13 +374,13 @@ func printKeys(w io.Writer, keys []adminapi.Key, deleted bool) {
 	if deleted {
 		fmt.Fprintln(tw, "UUID\tCLASS\tTYPE\tLABEL\tID\tDELETED\tPURGED AFTER")
 		for _, k := range keys {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.UUID, k.Class, k.KeyType, k.Label, k.ID,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.UUID, k.Class, k.KeyType, printable(k.Label), k.ID,
 				k.DeletedAt.UTC().Format(time.RFC3339), k.PurgeAfter.UTC().Format(time.RFC3339))
 		}
 	} else {
 		fmt.Fprintln(tw, "UUID\tCLASS\tTYPE\tBITS\tLABEL\tID\tPROTECTION\tUSAGE\tURI")
 		for _, k := range keys {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", k.UUID, k.Class, k.KeyType, k.Bits, k.Label, k.ID,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", k.UUID, k.Class, k.KeyType, k.Bits, printable(k.Label), k.ID,
 				cmp.Or(k.Protection, "-"), cmp.Or(strings.Join(k.Usage, ","), "-"), k.URI)
 		}
 	}
@@ -408,7 +408,7 @@ func printKey(w io.Writer, k adminapi.Key) {
 			}
 		}
 	}
-	fmt.Fprintf(tw, "label:\t%s\n", k.Label)
+	fmt.Fprintf(tw, "label:\t%s\n", printable(k.Label))
 	fmt.Fprintf(tw, "id:\t%s\n", k.ID)
 	fmt.Fprintf(tw, "uri:\t%s\n", k.URI)
 	if k.Protection != "" {

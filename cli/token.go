@@ -246,7 +246,7 @@ func printTokens(w io.Writer, ts []adminapi.Token) {
 		if !t.UserPINSet {
 			user = "not set"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", t.Slot, t.Label, t.Tier, t.Serial, t.Objects, t.Sessions, lockState(t.SOFailures, t.SOLocked), user)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", t.Slot, printable(t.Label), t.Tier, t.Serial, t.Objects, t.Sessions, lockState(t.SOFailures, t.SOLocked), user)
 	}
 	tw.Flush()
 }
@@ -257,7 +257,7 @@ func printToken(w io.Writer, t adminapi.Token) {
 		user = "not set"
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "label:\t%s\n", t.Label)
+	fmt.Fprintf(tw, "label:\t%s\n", printable(t.Label))
 	fmt.Fprintf(tw, "slot:\t%d\n", t.Slot)
 	fmt.Fprintf(tw, "tier:\t%s\n", t.Tier)
 	fmt.Fprintf(tw, "serial:\t%s\n", t.Serial)
