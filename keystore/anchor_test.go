@@ -699,19 +699,7 @@ func TestAnchorMasterRotation(t *testing.T) {
 	if _, err := s.Put(ctx, ti.UUID, keyAttrs(t, "k", false), []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	p, err := shared.tpm.Provision(tpmrootOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	next, err := shared.tpm.Load(p.Sealed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer next.Close()
-	sealed, _ := p.Sealed.MarshalBinary()
-	if err := s.BeginMasterRotation(ctx, &NextMaster{Sealed: sealed, Proof: next.DomainID()}); err != nil {
-		t.Fatal(err)
-	}
+	next, _ := beginMasterRotation(t, s)
 	if err := s.AttachNext(ctx, next, next.DomainID()); err != nil {
 		t.Fatal(err)
 	}

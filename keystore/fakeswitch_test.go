@@ -24,19 +24,7 @@ func TestFollowFakeSwitch(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := reopen(t, loc, Options{CacheEntries: -1})
-	p, err := shared.tpm.Provision(tpmrootOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	next, err := shared.tpm.Load(p.Sealed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer next.Close()
-	sealed, _ := p.Sealed.MarshalBinary()
-	if err := a.BeginMasterRotation(ctx, &NextMaster{Sealed: sealed, Proof: next.DomainID()}); err != nil {
-		t.Fatal(err)
-	}
+	next, _ := beginMasterRotation(t, a)
 	for _, s := range []*Store{a, b} {
 		if err := s.AttachNext(ctx, next, next.DomainID()); err != nil {
 			t.Fatal(err)
@@ -117,19 +105,7 @@ func TestRotationStatePutBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := shared.tpm.Provision(tpmrootOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	next, err := shared.tpm.Load(p.Sealed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer next.Close()
-	sealed, _ := p.Sealed.MarshalBinary()
-	if err := s.BeginMasterRotation(ctx, &NextMaster{Sealed: sealed, Proof: next.DomainID()}); err != nil {
-		t.Fatal(err)
-	}
+	next, sealed := beginMasterRotation(t, s)
 	if err := s.AbortMasterRotation(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -43,19 +43,7 @@ func TestRotateMaster(t *testing.T) {
 	if _, err := s.RotateMaster(ctx, nil); !errors.Is(err, ErrNoRotation) {
 		t.Fatalf("rotate without a next master: %v", err)
 	}
-	p, err := shared.tpm.Provision(tpmrootOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	next, err := shared.tpm.Load(p.Sealed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer next.Close()
-	sealed, _ := p.Sealed.MarshalBinary()
-	if err := s.BeginMasterRotation(ctx, &NextMaster{Sealed: sealed, Proof: next.DomainID()}); err != nil {
-		t.Fatal(err)
-	}
+	next, sealed := beginMasterRotation(t, s)
 	if err := s.BeginMasterRotation(ctx, &NextMaster{Sealed: sealed, Proof: next.DomainID()}); !errors.Is(err, ErrRotationPending) {
 		t.Fatalf("a second rotation: %v", err)
 	}

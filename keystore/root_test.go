@@ -142,3 +142,24 @@ func reopen(t testing.TB, path string, opts Options) *Store {
 
 // tpmrootOptions provisions without escrow.
 func tpmrootOptions() tpmroot.ProvisionOptions { return tpmroot.ProvisionOptions{} }
+
+// beginMasterRotation provisions a new master key in the shared TPM and
+// begins a rotation of s to it; the key, loaded, is closed when the test
+// ends. It returns the key and its sealed form.
+func beginMasterRotation(t *testing.T, s *Store) (*tpmroot.Root, []byte) {
+	t.Helper()
+	p, err := shared.tpm.Provision(tpmrootOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := shared.tpm.Load(p.Sealed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { next.Close() })
+	sealed, _ := p.Sealed.MarshalBinary()
+	if err := s.BeginMasterRotation(ctx, &NextMaster{Sealed: sealed, Proof: next.DomainID()}); err != nil {
+		t.Fatal(err)
+	}
+	return next, sealed
+}
