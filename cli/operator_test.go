@@ -1,17 +1,14 @@
 package cli
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -42,33 +39,15 @@ func TestHelpUnknownTopic(t *testing.T) {
 // TestServeNegativeDurations: a negative duration given to serve is a
 // usage error, before anything is opened, rather than taken as 0 (which
 // turns the PIN failure delay or the PIN cache off). serve runs in a
-// process of its own: one that took the value would serve, and is
-// stopped.
+// process of its own (runSubprocess): one that took the value would
+// serve, and is stopped.
 func TestServeNegativeDurations(t *testing.T) {
 	for _, flag := range []string{"pin-failure-delay", "pin-cache-ttl", "anchor-interval", "purge-interval", "db-statement-timeout"} {
 		dir := t.TempDir()
 		st := filepath.Join(dir, "st")
-		cmd := exec.Command(os.Args[0], "serve", "--state-dir", st, "--socket", filepath.Join(dir, "s"), "--tpm", "managed", "--lock-memory", "off", "--"+flag, "-1s")
-		cmd.Env = append(os.Environ(), mainEnv+"=1")
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(time.Minute):
-			// Not a timed assertion: a serve still running took the value.
-			cmd.Process.Signal(syscall.SIGINT)
-			<-done
-			t.Errorf("serve --%s -1s served instead of refusing it:\n%s", flag, stderr.String())
-			continue
-		}
-		code := cmd.ProcessState.ExitCode()
-		if code != exitUsage || stdout.Len() != 0 || strings.Count(stderr.String(), "\n") != 1 || !strings.Contains(stderr.String(), "--"+flag) {
-			t.Errorf("serve --%s -1s: exit %d, stdout %q, stderr %q; want exit 2 naming the flag", flag, code, stdout.String(), stderr.String())
+		code, stdout, stderr := runSubprocess(t, "serve", "--state-dir", st, "--socket", filepath.Join(dir, "s"), "--tpm", "managed", "--lock-memory", "off", "--"+flag, "-1s")
+		if code != exitUsage || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "--"+flag) {
+			t.Errorf("serve --%s -1s: exit %d, stdout %q, stderr %q; want exit 2 naming the flag", flag, code, stdout, stderr)
 		}
 		if _, err := os.Stat(st); err == nil {
 			t.Errorf("serve --%s -1s made the state directory", flag)
