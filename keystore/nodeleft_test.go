@@ -19,13 +19,7 @@ import (
 func TestNodeLeftReplayed(t *testing.T) {
 	t.Parallel()
 	s, loc := newStore(t, Options{})
-	id1, _, err := s.AdoptNode(ctx, fakeTPMID(1), []byte("ik1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.AttachNode(ctx, id1); err != nil {
-		t.Fatal(err)
-	}
+	id1 := firstNode(t, s)
 	c, h := newCounter(t, s)
 	if _, err := s.AttachAnchor(ctx, c, AnchorOptions{Handle: h}); err != nil {
 		t.Fatal(err)

@@ -160,13 +160,7 @@ func TestNodeRowTampered(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			s, loc := newStore(t, Options{})
-			id1, _, err := s.AdoptNode(ctx, fakeTPMID(1), []byte("ik1"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := s.AttachNode(ctx, id1); err != nil {
-				t.Fatal(err)
-			}
+			id1 := firstNode(t, s)
 			ch, h := newCounter(t, s)
 			if _, err := s.AttachAnchor(ctx, ch, AnchorOptions{Handle: h}); err != nil {
 				t.Fatal(err)
@@ -225,13 +219,7 @@ func TestNodeRowTampered(t *testing.T) {
 func TestReplaceNodes(t *testing.T) {
 	t.Parallel()
 	s, loc := newStore(t, Options{})
-	id1, _, err := s.AdoptNode(ctx, fakeTPMID(1), []byte("ik1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.AttachNode(ctx, id1); err != nil {
-		t.Fatal(err)
-	}
+	firstNode(t, s)
 	rec, _ := s.RootRecord(ctx)
 	id2, err := s.AddNode(ctx, NodeSpec{TPMID: fakeTPMID(2), Sealed: rec.Sealed, ImportKey: []byte("ik2")})
 	if err != nil {
@@ -318,13 +306,7 @@ func TestReplaceNodes(t *testing.T) {
 func TestJoinDuringRotationBegin(t *testing.T) {
 	t.Parallel()
 	s, _ := newStore(t, Options{})
-	id1, _, err := s.AdoptNode(ctx, fakeTPMID(1), []byte("ik1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.AttachNode(ctx, id1); err != nil {
-		t.Fatal(err)
-	}
+	id1 := firstNode(t, s)
 	rec, _ := s.RootRecord(ctx)
 	id2, err := s.AddNode(ctx, NodeSpec{TPMID: fakeTPMID(2), Sealed: rec.Sealed, ImportKey: []byte("ik2")})
 	if err != nil {
@@ -393,13 +375,7 @@ func TestPublishImportKey(t *testing.T) {
 func TestNodeReadsRange(t *testing.T) {
 	t.Parallel()
 	s, loc := newStore(t, Options{})
-	id1, _, err := s.AdoptNode(ctx, fakeTPMID(1), []byte("ik1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.AttachNode(ctx, id1); err != nil {
-		t.Fatal(err)
-	}
+	id1 := firstNode(t, s)
 	rec, err := s.RootRecord(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -439,4 +415,18 @@ func TestNodeReadsRange(t *testing.T) {
 	if ik, err := s.NodeImportKey(ctx, id1); err != nil || string(ik) != "ik1" {
 		t.Fatalf("node 1's import key: %q %v", ik, err)
 	}
+}
+
+// firstNode makes s's database a domain of one node, fakeTPMID(1), and
+// s that node; it returns the node's id.
+func firstNode(t *testing.T, s *Store) int64 {
+	t.Helper()
+	id, _, err := s.AdoptNode(ctx, fakeTPMID(1), []byte("ik1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AttachNode(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
