@@ -18,16 +18,21 @@ import (
 // refused as any other, and one pgx cannot parse is an error, not a
 // crash. serve, backup and init read --db each their way.
 func TestDBConnectErrorsNoPassword(t *testing.T) {
-	for _, tc := range []struct{ db, want string }{
+	for _, tc := range []struct {
+		db, want string
+		usage    bool // a --db written wrong: exit 2 from every command
+	}{
 		// pgx's parse error without a wrapped error: it crashed hsmemu.
-		{"postgres://hsm@127.0.0.1:bad/keys?sslpassword=s3cretpw", "invalid port"},
+		{"postgres://hsm@127.0.0.1:bad/keys?sslpassword=s3cretpw", "invalid port", false},
 		// Passwords net/url does not see.
-		{"postgres://hsm:s3cr^etpw@127.0.0.1:1/keys", "carries a password"},
-		{"postgres://hsm:s3cretpw@127.0.0.1:1,127.0.0.1/keys", "carries a password"},
+		{"postgres://hsm:s3cr^etpw@127.0.0.1:1/keys", "carries a password", true},
+		{"postgres://hsm:s3cretpw@127.0.0.1:1,127.0.0.1/keys", "carries a password", true},
 		// A quote never closed: pgx's own redaction leaves "pw" in sight.
-		{"host=127.0.0.1 port=1 dbname=keys sslpassword='s3cret pw", "unterminated quoted string"},
+		{"host=127.0.0.1 port=1 dbname=keys sslpassword='s3cret pw", "unterminated quoted string", false},
 		// Nothing listens: pgx's connect error.
-		{"postgres://hsm@127.0.0.1:1/keys?sslmode=disable&sslpassword=s3cretpw", "connection refused"},
+		{"postgres://hsm@127.0.0.1:1/keys?sslmode=disable&sslpassword=s3cretpw", "connection refused", false},
+		// Neither engine.
+		{"mysql://hsm:s3cretpw@127.0.0.1/keys", "neither sqlite:PATH", true},
 	} {
 		for _, format := range []string{"text", "json"} {
 			dir := t.TempDir()
@@ -43,6 +48,9 @@ func TestDBConnectErrorsNoPassword(t *testing.T) {
 				if code == 0 || strings.Contains(stdout+stderr, "s3c") || strings.Contains(stderr, "panic") ||
 					!strings.HasPrefix(last, "hsmemu "+args[4]+": ") || !strings.Contains(last, tc.want) {
 					t.Errorf("hsmemu %s: exit %d, stdout %q, stderr:\n%s\nwant a failure naming %q, and no password in any line", strings.Join(args, " "), code, stdout, stderr, tc.want)
+				}
+				if tc.usage && code != 2 {
+					t.Errorf("hsmemu %s: exit %d, want 2 (usage: the --db is written wrong)", strings.Join(args, " "), code)
 				}
 			}
 		}

@@ -155,7 +155,11 @@ func runInit(c *cli.Context) error {
 		return cli.Exit(fmt.Sprintf("hsmemu init: %s already holds a security domain; nothing was changed ('hsmemu serve' opens it)", stateDir), 3)
 	}
 	if err != nil {
-		return cli.Exit("hsmemu init: "+err.Error(), 1)
+		code := 1
+		if bad := (*keystore.BadDBError)(nil); errors.As(err, &bad) {
+			code = 2 // the --db is written wrong
+		}
+		return cli.Exit("hsmemu init: "+err.Error(), code)
 	}
 	defer st.Close()
 	info := st.TPM.Info()

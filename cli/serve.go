@@ -278,9 +278,14 @@ func tuneRuntime(budgets int64) {
 }
 
 // stateExit is the exit code of a state directory that failed to open or
-// to serve: 6 for a keystore that failed verification (rolled back,
-// tampered, or anchored in a counter that is not its own), else 1.
+// to serve: 2 for a --db written wrong, 6 for a keystore that failed
+// verification (rolled back, tampered, or anchored in a counter that is
+// not its own), else 1.
 func stateExit(err error) int {
+	var bad *keystore.BadDBError
+	if errors.As(err, &bad) {
+		return exitUsage // the --db is written wrong
+	}
 	if errors.Is(err, keystore.ErrRolledBack) || errors.Is(err, keystore.ErrTampered) || errors.Is(err, tpmroot.ErrCounterAuth) {
 		return exitTampered
 	}

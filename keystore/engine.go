@@ -98,20 +98,30 @@ const (
 	EnginePostgres = "postgres"
 )
 
+// BadDBError is a --db value ParseDB refuses: a mistake in how it is
+// written (no engine named, a password in a connection string), not a
+// failure to reach what it names. Commands report it as a usage error.
+type BadDBError struct{ msg string }
+
+func (e *BadDBError) Error() string { return e.msg }
+
+func badDB(format string, args ...any) error { return &BadDBError{fmt.Sprintf(format, args...)} }
+
 // ParseDB says which engine a --db value names and what it points at (a
-// file path, or a connection string). It reads nothing.
+// file path, or a connection string). It reads nothing; what it refuses
+// is a *BadDBError.
 func ParseDB(db string) (kind, target string, err error) {
 	switch {
 	case strings.HasPrefix(db, "sqlite:"):
 		target = strings.TrimPrefix(db, "sqlite:")
 		if target == "" {
-			return "", "", fmt.Errorf("keystore: --db sqlite: names no file")
+			return "", "", badDB("keystore: --db sqlite: names no file")
 		}
 		if strings.HasPrefix(target, "file:") {
 			// Taken as a path, a URI would name a file "file:...?..." and
 			// its parameters (an _auth_pass among them) would be ignored:
 			// hsmemu sets SQLite's parameters itself.
-			return "", "", fmt.Errorf("keystore: --db sqlite:PATH takes a file's path, not a file: URI (%s): hsmemu sets SQLite's parameters itself", RedactDB(target))
+			return "", "", badDB("keystore: --db sqlite:PATH takes a file's path, not a file: URI (%s): hsmemu sets SQLite's parameters itself", RedactDB(target))
 		}
 		return EngineSQLite, target, nil
 	case strings.HasPrefix(db, "postgres://"), strings.HasPrefix(db, "postgresql://"), pgKeywordValue.MatchString(db):
@@ -120,7 +130,7 @@ func ParseDB(db string) (kind, target string, err error) {
 		}
 		return EnginePostgres, db, nil
 	}
-	return "", "", fmt.Errorf("keystore: --db %q is neither sqlite:PATH nor a PostgreSQL connection string (postgres://... or host=... dbname=...)", RedactDB(db))
+	return "", "", badDB("keystore: --db %q is neither sqlite:PATH nor a PostgreSQL connection string (postgres://... or host=... dbname=...)", RedactDB(db))
 }
 
 // StorageInfo says where a Store keeps its keystore, fit to show: the

@@ -209,7 +209,7 @@ var pgPasswordKeyword = regexp.MustCompile(`(^|\s)password\s*=`)
 // net/url refuses (a ^ or a { in it, several hosts with their ports)
 // is still one pgx takes and connects with.
 func noPassword(db string) error {
-	refused := errors.New("keystore: the PostgreSQL connection string carries a password, which anyone can read in the command line: give it in PGPASSFILE or --db-password-file")
+	refused := badDB("keystore: the PostgreSQL connection string carries a password, which anyone can read in the command line: give it in PGPASSFILE or --db-password-file")
 	for _, prefix := range []string{"postgres://", "postgresql://"} {
 		rest, ok := strings.CutPrefix(db, prefix)
 		if !ok {
