@@ -7,7 +7,7 @@ import (
 // Bounds on what one call can need, so that the daemon can refuse a frame
 // longer than its call could ever be before reading it, and know how long
 // the reply can be before serving the call (docs/protocol.md, "What a
-// call may carry").
+// request may carry").
 
 const (
 	// MaxShortBytes bounds a short bytes argument (calls.Arg.Short: a PIN,
