@@ -50,7 +50,7 @@ Examples:
 			&cli.StringFlag{Name: "tls-key", Usage: "its key", EnvVars: []string{"HSMEMU_TLS_KEY"}},
 			&cli.StringFlag{Name: "tls-ca", Usage: "the CA bundle that verifies the remote daemons", EnvVars: []string{"HSMEMU_TLS_CA"}},
 			&cli.StringFlag{Name: "token", Value: "hsmemu-bench", Usage: "label of the token to use"},
-			userPIN.fileFlag(), soPIN.fileFlag(),
+			benchPINFlag(userPIN, "1234"), benchPINFlag(soPIN, "12345678"),
 			// The old flags that took PINs on the command line: refused.
 			&cli.StringFlag{Name: "pin", Hidden: true}, &cli.StringFlag{Name: "so-pin", Hidden: true},
 			&cli.BoolFlag{Name: "setup", Usage: "create the token (C_InitToken, C_InitPIN) where it is missing"},
@@ -175,6 +175,13 @@ Examples:
 // benchPIN is a PIN for the benchmark's token: from its file or variable
 // as every command takes it, or the variable bench took before (env), or,
 // with neither, the default that --setup gives the scratch token it makes.
+// benchPINFlag is p's file flag as bench takes it: a run is unattended,
+// so without a file or a variable it uses def, the scratch token's PIN,
+// and never asks.
+func benchPINFlag(p pinSource, def string) cli.Flag {
+	return &cli.StringFlag{Name: p.flag + "-file", Usage: "read the " + p.prompt + " from this file (first line), or set " + p.env + "; without either, " + def}
+}
+
 func benchPIN(c *cli.Context, p pinSource, env, def string) (string, error) {
 	if c.String(p.flag+"-file") == "" && os.Getenv(p.env) == "" {
 		if v := os.Getenv(env); v != "" {

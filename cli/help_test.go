@@ -181,3 +181,24 @@ func TestExamplesParse(t *testing.T) {
 		t.Errorf("only %d examples found", n)
 	}
 }
+
+// TestBenchHelpPINDefaults: hsmemu bench never prompts for a PIN (a run is
+// unattended; without a file or a variable it uses the scratch token's
+// PINs), so its PIN flags' help must say so rather than promise a prompt.
+func TestBenchHelpPINDefaults(t *testing.T) {
+	help := helpOf(t, []string{"bench"})
+	for flag, def := range map[string]string{"--user-pin-file": "1234", "--so-pin-file": "12345678"} {
+		line := ""
+		for _, l := range strings.Split(help, "\n") {
+			if f := strings.Fields(l); len(f) > 0 && f[0] == flag {
+				line = l
+			}
+		}
+		if line == "" {
+			t.Fatalf("hsmemu bench --help lists no %s:\n%s", flag, help)
+		}
+		if strings.Contains(line, "asked for") || !strings.Contains(line, def) {
+			t.Errorf("hsmemu bench --help says of %s %q; bench asks for no PIN and uses %s without one", flag, strings.TrimSpace(line), def)
+		}
+	}
+}
