@@ -36,8 +36,9 @@ deleted, in use, refused by a policy), 4 not found, 5 a PIN is wrong or
 locked, 6 verification failed (tampering). Each command's --help says which
 it can give.
 
-Environment: HSMEMU_STATE_DIR, HSMEMU_SOCKET, HSMEMU_TPM, HSMEMU_LOG_LEVEL,
-HSMEMU_LOG_FORMAT, and the PIN variables above.`,
+Environment: HSMEMU_STATE_DIR, HSMEMU_SOCKET, HSMEMU_DB, HSMEMU_TPM,
+HSMEMU_TPM_STATE_KEY, HSMEMU_LOG_LEVEL, HSMEMU_LOG_FORMAT, and the PIN
+variables above.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"HSMEMU_LOG_LEVEL"}},
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json (one JSON object a line, slog's)", EnvVars: []string{"HSMEMU_LOG_FORMAT"}},

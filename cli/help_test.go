@@ -202,3 +202,27 @@ func TestBenchHelpPINDefaults(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpNamesEveryEnvVar: the top-level help's list of environment
+// variables names every one a flag of any command reads.
+func TestHelpNamesEveryEnvVar(t *testing.T) {
+	app := newApp(&runState{})
+	top := helpOf(t, nil)
+	check := func(where string, flags []cli.Flag) {
+		for _, f := range flags {
+			ev, ok := f.(interface{ GetEnvVars() []string })
+			if !ok {
+				continue
+			}
+			for _, v := range ev.GetEnvVars() {
+				if !strings.Contains(top, v) {
+					t.Errorf("%s reads %s, which `hsmemu --help` does not name", where, v)
+				}
+			}
+		}
+	}
+	check("hsmemu", app.Flags)
+	walk(app.Commands, nil, func(path []string, c *cli.Command) {
+		check("hsmemu "+strings.Join(path, " "), c.Flags)
+	})
+}
