@@ -36,6 +36,17 @@ static CK_RV e2e_raw_out(CK_FUNCTION_LIST *f, int k, CK_SESSION_HANDLE s, CK_BYT
 	}
 }
 
+// The Finals, by kind: 0 sign, 1 encrypt, 2 decrypt, 3 digest.
+static CK_RV e2e_raw_final(CK_FUNCTION_LIST *f, int k, CK_SESSION_HANDLE s, CK_BYTE *out, CK_ULONG *outlen)
+{
+	switch (k) {
+	case 0: return f->C_SignFinal(s, out, outlen);
+	case 1: return f->C_EncryptFinal(s, out, outlen);
+	case 2: return f->C_DecryptFinal(s, out, outlen);
+	default: return f->C_DigestFinal(s, out, outlen);
+	}
+}
+
 static CK_RV e2e_raw_wrap(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE mech, CK_OBJECT_HANDLE wrapping,
 			  CK_OBJECT_HANDLE key, CK_BYTE *out, CK_ULONG *outlen)
 {
@@ -97,6 +108,16 @@ func (r *rawFuncs) Out(k rawOp, h pkcs11.SessionHandle, in []byte, o output) ([]
 	d := m.bytes(append([]byte{}, in...))
 	return m.run(o, func(out *C.CK_BYTE, outlen *C.CK_ULONG) C.CK_RV {
 		return C.e2e_raw_out(r.f, C.int(k), C.CK_SESSION_HANDLE(h), d, C.CK_ULONG(len(in)), out, outlen)
+	})
+}
+
+// Final is C_SignFinal, C_EncryptFinal, C_DecryptFinal or C_DigestFinal
+// with the output buffer o.
+func (r *rawFuncs) Final(k rawOp, h pkcs11.SessionHandle, o output) ([]byte, uint64, error) {
+	var m cmem
+	defer m.free()
+	return m.run(o, func(out *C.CK_BYTE, outlen *C.CK_ULONG) C.CK_RV {
+		return C.e2e_raw_final(r.f, C.int(k), C.CK_SESSION_HANDLE(h), out, outlen)
 	})
 }
 

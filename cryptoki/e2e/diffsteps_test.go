@@ -217,6 +217,32 @@ func diffSteps() []diffStep {
 				_, err := m.p.DigestFinal(m.s)
 				return a + "; " + b + "; " + c + "; " + rv(err)
 			}},
+		// A Final or a single-part call that was only measured leaves
+		// the operation active (5.2, and each Final's text): more
+		// Updates may follow, and the Final covers them all. The query
+		// goes through the module's prefetch and the short buffer is
+		// served from the result it holds.
+		{name: "DigestFinal sized, then DigestUpdate", want: "CKR_OK n=32; CKR_BUFFER_TOO_SMALL n=32; CKR_OK; CKR_OK n=32 of a+b; CKR_OPERATION_NOT_INITIALIZED",
+			run: func(m *diffMod) string {
+				return finalThenUpdate(m, rawDigest, func() error { return m.p.DigestInit(m.s, mech(pkcs11.CKM_SHA256, nil)) },
+					func(in []byte) ([]byte, error) { return nil, m.p.DigestUpdate(m.s, in) })
+			}},
+		{name: "EncryptFinal CBC-PAD sized, then EncryptUpdate", want: "CKR_OK n=16; CKR_BUFFER_TOO_SMALL n=16; CKR_OK; CKR_OK n=16 of a+b; CKR_OPERATION_NOT_INITIALIZED",
+			run: func(m *diffMod) string {
+				return finalThenUpdate(m, rawEncrypt, func() error { return m.p.EncryptInit(m.s, mech(pkcs11.CKM_AES_CBC_PAD, iv), m.aes) },
+					func(in []byte) ([]byte, error) { return m.p.EncryptUpdate(m.s, in) })
+			}},
+		{name: "C_Digest sized, then DigestUpdate", want: "CKR_OK n=32; CKR_OK; CKR_OK n=32 of a+b",
+			run: func(m *diffMod) string {
+				if err := m.p.DigestInit(m.s, mech(pkcs11.CKM_SHA256, nil)); err != nil {
+					return "DigestInit " + rv(err)
+				}
+				q := rvn(m.raw.Out(rawDigest, m.s, data32, output{null: true}))
+				u := rv(m.p.DigestUpdate(m.s, []byte("a+b")))
+				got, n, err := m.raw.Final(rawDigest, m.s, want(64))
+				return q + "; " + u + "; " + rvn(got, n, err) + overAB(m, rawDigest, func() error { return m.p.DigestInit(m.s, mech(pkcs11.CKM_SHA256, nil)) }, got, "a+b")
+			}},
+
 		// Mechanisms.
 		{name: "GetMechanismInfo invalid", want: "CKR_MECHANISM_INVALID",
 			run: func(m *diffMod) string {
@@ -450,6 +476,46 @@ func diffSteps() []diffStep {
 				return fmt.Sprintf("%s; %s; state %d; %s", a, rv(err), info.State, n)
 			}},
 	}
+}
+
+// finalThenUpdate measures a Final after an Update (a NULL buffer, then
+// one byte short), brings one more Update, and takes the Final: it must
+// be what the single-part call gives over both Updates' input.
+func finalThenUpdate(m *diffMod, k rawOp, init func() error, update func(in []byte) ([]byte, error)) string {
+	if err := init(); err != nil {
+		return "init " + rv(err)
+	}
+	a, b := []byte("the first part, 22 b.."), []byte("and the second")
+	out, err := update(a)
+	if err != nil {
+		return "update " + rv(err)
+	}
+	_, n, err := m.raw.Final(k, m.s, output{null: true})
+	s := rvn(nil, n, err)
+	if err != nil || n == 0 {
+		return s
+	}
+	s += "; " + rvn(m.raw.Final(k, m.s, want(int(n)-1)))
+	more, err := update(b)
+	s += "; " + rv(err)
+	last, n, err := m.raw.Final(k, m.s, want(64))
+	s += "; " + rvn(last, n, err)
+	s += overAB(m, k, init, append(append(out, more...), last...), string(a)+string(b))
+	_, _, err = m.raw.Final(k, m.s, want(64))
+	return s + "; " + rv(err)
+}
+
+// overAB says whether got is what the single-part call gives over in,
+// after init.
+func overAB(m *diffMod, k rawOp, init func() error, got []byte, in string) string {
+	if err := init(); err != nil {
+		return " (init " + rv(err) + ")"
+	}
+	one, _, err := m.raw.Out(k, m.s, []byte(in), want(64))
+	if err != nil || string(one) != string(got) {
+		return fmt.Sprintf(" not of a+b (%s)", rv(err))
+	}
+	return " of a+b"
 }
 
 // diffFind is a search's answer: the CK_RV of each call and the count.

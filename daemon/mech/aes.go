@@ -198,9 +198,12 @@ func (op *blockOp) Update(in []byte) ([]byte, error) {
 	return out, nil
 }
 
+// Final takes the partial block and leaves the mark (rewind.go): the
+// engine marks before a Final, so that a Final that was only measured
+// can be taken back. Wipe clears the mark when the operation ends.
 func (op *blockOp) Final() ([]byte, error) {
 	bs := op.mode.BlockSize()
-	defer func() { wipe(op.buf); op.buf = nil; wipe(op.markBuf); op.markBuf = nil }()
+	defer func() { wipe(op.buf); op.buf = nil }()
 	switch {
 	case !op.pad:
 		if len(op.buf) != 0 {
@@ -221,6 +224,14 @@ func (op *blockOp) Final() ([]byte, error) {
 		return nil, ck.Error(ck.CKR_ENCRYPTED_DATA_INVALID)
 	}
 	return last[:n], nil
+}
+
+// Wipe clears the partial block and the mark.
+func (op *blockOp) Wipe() {
+	wipe(op.buf)
+	op.buf = nil
+	wipe(op.markBuf)
+	op.markBuf = nil
 }
 
 // padEncrypt encrypts the last, partial block with its PKCS#7 padding.

@@ -106,6 +106,10 @@ func (s *signer) Verify(sig []byte) error {
 	return s.verify(s.input(), sig)
 }
 
+// Sign hashes a copy of the state (hash.Hash's Sum) or reads the input
+// kept: it takes nothing away.
+func (*signer) keepsState() {}
+
 // singleSigner is a signer for a mechanism the specification allows only
 // single-part (raw RSA, PSS on a given hash, ECDSA without a hash, EdDSA).
 type singleSigner struct{ signer }

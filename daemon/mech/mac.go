@@ -113,6 +113,10 @@ func (op *macOp) Update(in []byte) error { op.h.Write(in); return nil }
 
 func (op *macOp) Sign() ([]byte, error) { return op.h.Sum(nil), nil }
 
+// Sum leaves an HMAC's state and a CMAC's (cmac.Sum works on a copy of
+// the last block) as they were.
+func (*macOp) keepsState() {}
+
 func (op *macOp) Verify(sig []byte) error {
 	if len(sig) != op.h.Size() {
 		return ck.Error(ck.CKR_SIGNATURE_LEN_RANGE)

@@ -41,6 +41,24 @@ type SignOp interface {
 	Verify(sig []byte) error
 }
 
+// KeepsState is implemented by sign operations whose Sign leaves the
+// operation as it was (a hash's Sum, a MAC's): a C_SignFinal that was
+// only measured (a size query, PKCS#11 5.2) may be followed by more
+// C_SignUpdate calls. Without it, an Update after a measured Final is
+// refused (CKR_OPERATION_ACTIVE), since the signature may have consumed
+// the input (SLH-DSA's pre-hash, a SHAKE read).
+type KeepsState interface {
+	keepsState()
+}
+
+// Wiper is implemented by cipher operations that keep input (plaintext,
+// on encryption) past their Final, so that a Final that was only
+// measured can be taken back (Rewinder) and more input follow: Wipe
+// clears it when the operation ends.
+type Wiper interface {
+	Wipe()
+}
+
 // SinglePartOnly is implemented by sign operations that take their input
 // in one call only, as the specification lists them (raw RSA, ECDSA
 // without a hash, EdDSA): C_SignUpdate and C_VerifyUpdate on them are

@@ -153,8 +153,14 @@ func (c *oneShotCipher) Update(in []byte) ([]byte, error) { return nil, c.add(in
 
 func (c *oneShotCipher) Buffered() (input, memory int) { return len(c.buf), cap(c.buf) }
 
+// Final computes over the input held, and keeps it until the operation
+// ends (Wipe): a Final that was only measured may be followed by more
+// input (Rewind, to the mark the engine sets before a Final).
 func (c *oneShotCipher) Final() ([]byte, error) {
-	in := c.take()
-	defer wipe(in)
-	return c.one(in)
+	return c.one(c.buf)
+}
+
+// Wipe clears the input held.
+func (c *oneShotCipher) Wipe() {
+	wipe(c.take())
 }

@@ -71,6 +71,7 @@ func (s *session) endOp(kind opKind) {
 		// An output kept and never delivered here (the module took it
 		// from a prefetch and ends the operation) may be plaintext.
 		op.dropKept()
+		op.wipeCipher()
 		s.ops[kind] = nil
 	}
 }

@@ -26,6 +26,9 @@ import (
 //     other input is performed on it from the state before the Update
 //     that measured (mech.Rewinder), or, for a cipher that cannot go
 //     back, refused (CKR_ARGUMENTS_BAD, which ends it);
+//   - an Update after a Final or a single-part call that was only
+//     measured goes on from the state before that call (resume): the
+//     operation is still in progress, and the query took nothing in;
 //   - the single-part call and the Final end it.
 
 type opKind int
@@ -283,8 +286,10 @@ func (op *operation) restart() (err error) {
 	case opDigest:
 		op.digest, err = op.m.Digest(&op.wm)
 	case opEncrypt:
+		op.wipeCipher()
 		op.cipher, err = op.m.Encrypt(op.key, &op.wm)
 	case opDecrypt:
+		op.wipeCipher()
 		op.cipher, err = op.m.Decrypt(op.key, &op.wm)
 	case opSign:
 		op.signer, err = op.m.Sign(op.key, &op.wm)
@@ -292,6 +297,14 @@ func (op *operation) restart() (err error) {
 		op.signer, err = op.m.Verify(op.key, &op.wm)
 	}
 	return err
+}
+
+// wipeCipher clears what the cipher keeps of its input (mech.Wiper):
+// the operation is over, or made anew.
+func (op *operation) wipeCipher() {
+	if w, ok := op.cipher.(mech.Wiper); ok {
+		w.Wipe()
+	}
 }
 
 // withOp runs f on the session's operation of the given kind, ending the
@@ -464,19 +477,27 @@ func (op *operation) dropKept() {
 // goes back to the state marked before the Update that measured, which
 // took the first input in; a cipher that cannot go back refuses it. So
 // does a Final after an Update that was only measured.
+// An Update after a Final or a single-part call that was only measured
+// goes on from the state before it (resume).
 // Another call in between mixes the single-part and multi-part forms,
 // which the specification forbids (C_Encrypt "cannot be used to terminate
 // a multi-part operation", nor the Final a single-part one):
 // CKR_OPERATION_ACTIVE. Every error ends the operation.
 func (op *operation) output(call callKind, in []byte, compute func() ([]byte, error)) ([]byte, error) {
-	if op.hasPend {
-		if r, ok := op.cipher.(mech.Rewinder); ok && op.pendFor == callUpdate && call == callFinal {
+	if op.hasPend && op.pendFor != call {
+		r, ok := op.cipher.(mech.Rewinder)
+		switch {
+		case call == callUpdate:
+			if err := op.resume(); err != nil {
+				return nil, err
+			}
+		case ok && op.pendFor == callUpdate && call == callFinal:
 			// The Final after an Update that was only measured: the
 			// update did not happen (5.2), so the Final is over the
 			// state before it.
 			op.dropKept()
 			r.Rewind()
-		} else if op.pendFor != call {
+		default:
 			return nil, ck.Error(ck.CKR_OPERATION_ACTIVE)
 		}
 	}
@@ -499,10 +520,52 @@ func (op *operation) output(call callKind, in []byte, compute func() ([]byte, er
 		}
 	}
 	op.pendFor = call
-	if r, ok := op.cipher.(mech.Rewinder); ok && call == callUpdate {
+	if r, ok := op.cipher.(mech.Rewinder); ok && call != callOne {
+		// The state before an Update or a Final, to go back to when
+		// it is only measured.
 		r.Mark()
 	}
 	return compute()
+}
+
+// resume takes back, before an Update, a Final or a single-part call
+// that was only measured: a size query (or CKR_BUFFER_TOO_SMALL) returns
+// a length and nothing else, and leaves the operation active (PKCS#11
+// 5.2; C_DigestFinal "always terminates the active digest operation
+// unless it returns CKR_BUFFER_TOO_SMALL or is a successful call ... to
+// determine the length"), so the Update goes on from the state before
+// it. A single-part call's state is made anew from the Init; a Final's
+// is the state it left (a digest's Sum, a mech.KeepsState signature) or
+// the one marked before it (mech.Rewinder). A signature whose Final may
+// have consumed its input refuses the Update (CKR_OPERATION_ACTIVE,
+// which ends it). The kept output goes, wiped.
+func (op *operation) resume() error {
+	if !op.hasPend {
+		return nil
+	}
+	switch op.pendFor {
+	case callOne:
+		op.dropKept()
+		return op.restart()
+	case callFinal:
+		switch op.kind {
+		case opDigest:
+			op.dropKept()
+			return nil
+		case opSign:
+			if _, ok := op.signer.(mech.KeepsState); ok {
+				op.dropKept()
+				return nil
+			}
+		case opEncrypt, opDecrypt:
+			if r, ok := op.cipher.(mech.Rewinder); ok {
+				op.dropKept()
+				r.Rewind()
+				return nil
+			}
+		}
+	}
+	return ck.Error(ck.CKR_OPERATION_ACTIVE)
 }
 
 // collect is the module's word that it handed over the output an
@@ -616,8 +679,8 @@ func (app *App) digest(h uint64, in []byte, out wire.OutSpec, r *wire.Results) e
 // digestUpdate is C_DigestUpdate.
 func (app *App) digestUpdate(h uint64, in []byte) error {
 	return withOp(app, h, opDigest, func(op *operation) (bool, error) {
-		if op.hasPend {
-			return true, ck.Error(ck.CKR_OPERATION_ACTIVE)
+		if err := op.resume(); err != nil {
+			return true, err
 		}
 		op.parts = true
 		op.digest.Update(in)
@@ -645,6 +708,9 @@ func (e *Engine) digestKey(ctx context.Context, app *App, h, keyHandle uint64) e
 	}
 	v, _ := o.Attr(ck.CKA_VALUE)
 	return withOp(app, h, opDigest, func(op *operation) (bool, error) {
+		if err := op.resume(); err != nil {
+			return true, err
+		}
 		op.parts = true
 		op.digest.Update(v)
 		return false, nil
@@ -674,8 +740,8 @@ func (app *App) signVerifyUpdate(h uint64, kind opKind, in []byte) error {
 		if op.singlePart() {
 			return true, ck.Error(ck.CKR_FUNCTION_NOT_SUPPORTED)
 		}
-		if op.hasPend {
-			return true, ck.Error(ck.CKR_OPERATION_ACTIVE)
+		if err := op.resume(); err != nil {
+			return true, err
 		}
 		op.parts = true
 		return false, op.signer.Update(in)

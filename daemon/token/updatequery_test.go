@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/binary"
 	"testing"
 
@@ -158,4 +160,100 @@ func TestUpdateQueryRewinds(t *testing.T) {
 	cl.Must(ck.CKR_OK, "C_EncryptUpdate", U(h), S("x"), prefetch())
 	cl.Must(ck.CKR_OK, "C_SessionCancel", U(h), U(ck.CKF_ENCRYPT))
 	cl.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_EncryptUpdate", U(h), S("x"), Out(256))
+}
+
+// A Final or a single-part call that was only measured (a size query, a
+// prefetch, or CKR_BUFFER_TOO_SMALL) leaves the operation active and
+// takes nothing in (PKCS#11 5.2; C_DigestFinal "always terminates the
+// active digest operation unless it returns CKR_BUFFER_TOO_SMALL or is a
+// successful call ... to determine the length"): more Updates may
+// follow, and the Final is over everything they brought.
+func TestUpdateAfterMeasuredFinal(t *testing.T) {
+	t.Parallel()
+	d := startEngine(t, Config{})
+	cl := d.dial(t)
+	h := cl.Open(cl.NewToken("updfin"), true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
+
+	key := aesKey(cl, h, false)
+	hmacValue := bytes.Repeat([]byte{7}, 32)
+	hmacKey := cl.Create(h, AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_GENERIC_SECRET),
+		AB(ck.CKA_TOKEN, false), AB(ck.CKA_SIGN, true), A(ck.CKA_VALUE, hmacValue))
+	block, _ := aes.NewCipher(aesValue)
+	iv := bytes.Repeat([]byte{5}, 16)
+	cb := [16]byte{15: 0xfe}
+	a, b := "the first part, 22 b..", "and the second, of 27 bytes"
+	ab := []byte(a + b)
+
+	padded := append(bytes.Clone(ab), bytes.Repeat([]byte{byte(16 - len(ab)%16)}, 16-len(ab)%16)...)
+	cbcPad := make([]byte, len(padded))
+	cipher.NewCBCEncrypter(block, iv).CryptBlocks(cbcPad, padded)
+	ctr := make([]byte, len(ab))
+	cipher.NewCTR(block, cb[:]).XORKeyStream(ctr, ab)
+	gcm, _ := cipher.NewGCM(block)
+	digest := sha256.Sum256(ab)
+	mac := hmac.New(sha256.New, hmacValue)
+	mac.Write(ab)
+
+	cases := []struct {
+		name                string
+		init, one, upd, fin string
+		m                   wire.Value
+		key                 uint64
+		in                  [2][]byte // the two Updates' inputs
+		want                []byte
+	}{
+		{"digest", "C_DigestInit", "C_Digest", "C_DigestUpdate", "C_DigestFinal", M(ck.CKM_SHA256), 0, [2][]byte{[]byte(a), []byte(b)}, digest[:]},
+		{"hmac", "C_SignInit", "C_Sign", "C_SignUpdate", "C_SignFinal", M(ck.CKM_SHA256_HMAC), hmacKey, [2][]byte{[]byte(a), []byte(b)}, mac.Sum(nil)},
+		{"cbc-pad encrypt", "C_EncryptInit", "C_Encrypt", "C_EncryptUpdate", "C_EncryptFinal", mechIV(ck.CKM_AES_CBC_PAD, iv), key, [2][]byte{[]byte(a), []byte(b)}, cbcPad},
+		// A measured Final must succeed: whole blocks, no padding.
+		{"cbc decrypt", "C_DecryptInit", "C_Decrypt", "C_DecryptUpdate", "C_DecryptFinal", mechIV(ck.CKM_AES_CBC, iv), key, [2][]byte{cbcPad[:32], cbcPad[32:]}, padded},
+		{"ctr", "C_EncryptInit", "C_Encrypt", "C_EncryptUpdate", "C_EncryptFinal", ctrMech(32, cb[:]), key, [2][]byte{[]byte(a), []byte(b)}, ctr},
+		{"gcm", "C_EncryptInit", "C_Encrypt", "C_EncryptUpdate", "C_EncryptFinal", gcmMech(iv[:12], nil, 128), key, [2][]byte{[]byte(a), []byte(b)}, gcm.Seal(nil, iv[:12], ab, nil)},
+	}
+	// The ways the first measurement comes: a Final's size query, its
+	// prefetch, a short buffer for it, or the single-part call's size
+	// query before any Update.
+	ways := []string{"final size query", "final prefetch", "final short buffer", "single-part size query"}
+	for _, c := range cases {
+		for _, way := range ways {
+			if way == "final short buffer" && (c.name == "cbc decrypt" || c.name == "ctr") {
+				continue // their Final's output is empty: any buffer fits
+			}
+			args := func(v ...wire.Value) []wire.Value {
+				if c.key == 0 {
+					return append([]wire.Value{U(h), c.m}, v...)
+				}
+				return append([]wire.Value{U(h), c.m, U(c.key)}, v...)
+			}
+			cl.Must(ck.CKR_OK, c.init, args()...)
+			// update runs an Update; the digest and MAC ones return nothing.
+			var got []byte
+			update := func(in []byte) {
+				if c.upd == "C_DigestUpdate" || c.upd == "C_SignUpdate" {
+					cl.Must(ck.CKR_OK, c.upd, U(h), S(string(in)))
+					return
+				}
+				got = append(got, cl.Must(ck.CKR_OK, c.upd, U(h), S(string(in)), Out(256))[2].Bytes...)
+			}
+			if way == "single-part size query" {
+				cl.Must(ck.CKR_OK, c.one, U(h), S(string(c.in[0])), SizeQuery())
+			}
+			update(c.in[0])
+			switch way {
+			case "final size query":
+				cl.Must(ck.CKR_OK, c.fin, U(h), SizeQuery())
+			case "final prefetch":
+				cl.Must(ck.CKR_OK, c.fin, U(h), prefetch())
+			case "final short buffer":
+				cl.Must(ck.CKR_BUFFER_TOO_SMALL, c.fin, U(h), Out(1))
+			}
+			update(c.in[1])
+			got = append(got, cl.Must(ck.CKR_OK, c.fin, U(h), Out(256))[1].Bytes...)
+			if !bytes.Equal(got, c.want) {
+				t.Errorf("%s, %s: %x, want %x", c.name, way, got, c.want)
+			}
+			cl.Must(ck.CKR_OPERATION_NOT_INITIALIZED, c.fin, U(h), Out(256))
+		}
+	}
 }
