@@ -53,6 +53,9 @@ func genStub(e *emitter, c *calls.Call) error {
 	e.p("")
 	e.p("\thsm_stats_call();")
 	e.p("\thsm_call_init(&c, %d);", c.ID)
+	if rv := calls.TooLarge(c); rv != ck.CKR_ARGUMENTS_BAD {
+		e.p("\tc.req.too_large = %#xUL;", rv)
+	}
 	for _, a := range c.Args {
 		if c.Name == cancelCall().Name && a.Name == "flags" {
 			// The module's own flag is not an application's to pass.

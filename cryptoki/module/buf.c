@@ -38,14 +38,21 @@ void hsm_fail(hsm_wbuf *w, CK_RV rv)
 		w->err = rv;
 }
 
+/* too_large is the call's answer to arguments too long to carry. */
+static CK_RV too_large(const hsm_wbuf *w)
+{
+	return w->too_large != CKR_OK ? w->too_large : CKR_ARGUMENTS_BAD;
+}
+
 static int grow(hsm_wbuf *w, size_t n)
 {
 	if (w->err != CKR_OK)
 		return 0;
-	/* A request longer than a frame may be is refused here, as the daemon
-	 * would refuse it: the caller's arguments are too big to carry. */
+	/* A request longer than a frame may be is refused here with the rv
+	 * the daemon gives a request over its bound: the caller's arguments
+	 * are too big to carry. */
 	if (n > HSM_MAX_FRAME || w->len > HSM_MAX_FRAME + 4 - n) {
-		hsm_fail(w, CKR_ARGUMENTS_BAD);
+		hsm_fail(w, too_large(w));
 		return 0;
 	}
 	if (w->len + n <= w->cap)
@@ -108,7 +115,7 @@ static void put_bytes(hsm_wbuf *w, const void *p, CK_ULONG n, CK_RV bad)
 		return;
 	}
 	if (n > HSM_MAX_BYTES) {
-		hsm_fail(w, CKR_ARGUMENTS_BAD);
+		hsm_fail(w, too_large(w));
 		return;
 	}
 	hsm_put_u32(w, (uint32_t)n);

@@ -88,6 +88,9 @@ typedef struct hsm_wbuf {
 	uint8_t *p;
 	size_t len, cap;
 	CK_RV err;          /* first error while encoding; CKR_OK otherwise */
+	/* The call's answer to arguments too long to carry (calls.TooLarge,
+	 * as the daemon's to a request over its bound); 0: CKR_ARGUMENTS_BAD. */
+	CK_RV too_large;
 	int strip;          /* mechanism parameters' byte strings as their lengths only */
 	size_t prefetch_at; /* an outspec's presence byte asking for a prefetch (held.c); 0: none */
 	size_t out_at;      /* where a prefetching call's outspec starts, NULL buffer or not */

@@ -110,88 +110,6 @@ const (
 	NoMemory
 )
 
-// tooLarge is each call's answer to a request longer than it can need:
-// the specification's code for input of a bad length where the call has
-// one, CKR_MECHANISM_PARAM_INVALID for an Init (only a parameter can make
-// one long), CKR_DEVICE_MEMORY (the token cannot hold it) for calls with
-// data but no such code, CKR_FUNCTION_NOT_SUPPORTED for calls the engine
-// does not serve. Calls not listed, whose arguments all have a small fixed
-// bound, get CKR_ARGUMENTS_BAD: their request cannot be well formed.
-var tooLarge = map[string]uint64{
-	"C_Encrypt":       ck.CKR_DATA_LEN_RANGE,
-	"C_EncryptUpdate": ck.CKR_DATA_LEN_RANGE,
-	"C_Sign":          ck.CKR_DATA_LEN_RANGE,
-	"C_SignUpdate":    ck.CKR_DATA_LEN_RANGE,
-	"C_Verify":        ck.CKR_DATA_LEN_RANGE,
-	"C_VerifyUpdate":  ck.CKR_DATA_LEN_RANGE,
-	"C_Decrypt":       ck.CKR_ENCRYPTED_DATA_LEN_RANGE,
-	"C_DecryptUpdate": ck.CKR_ENCRYPTED_DATA_LEN_RANGE,
-	"C_VerifyFinal":   ck.CKR_SIGNATURE_LEN_RANGE,
-	"C_UnwrapKey":     ck.CKR_WRAPPED_KEY_LEN_RANGE,
-
-	// PKCS#11 3.2.
-	"C_DecapsulateKey":         ck.CKR_WRAPPED_KEY_LEN_RANGE,
-	"C_EncapsulateKey":         ck.CKR_DEVICE_MEMORY,
-	"C_VerifySignatureInit":    ck.CKR_SIGNATURE_LEN_RANGE,
-	"C_VerifySignature":        ck.CKR_DATA_LEN_RANGE,
-	"C_VerifySignatureUpdate":  ck.CKR_DATA_LEN_RANGE,
-	"C_WrapKeyAuthenticated":   ck.CKR_DEVICE_MEMORY,
-	"C_UnwrapKeyAuthenticated": ck.CKR_WRAPPED_KEY_LEN_RANGE,
-
-	// The message-based calls, by their lists of return values: the
-	// Begins have no length code.
-	"C_EncryptMessage":      ck.CKR_DATA_LEN_RANGE,
-	"C_EncryptMessageNext":  ck.CKR_DATA_LEN_RANGE,
-	"C_SignMessage":         ck.CKR_DATA_LEN_RANGE,
-	"C_SignMessageNext":     ck.CKR_DATA_LEN_RANGE,
-	"C_VerifyMessage":       ck.CKR_DATA_LEN_RANGE,
-	"C_VerifyMessageNext":   ck.CKR_DATA_LEN_RANGE,
-	"C_DecryptMessage":      ck.CKR_ENCRYPTED_DATA_LEN_RANGE,
-	"C_DecryptMessageNext":  ck.CKR_ENCRYPTED_DATA_LEN_RANGE,
-	"C_EncryptMessageBegin": ck.CKR_DEVICE_MEMORY,
-	"C_DecryptMessageBegin": ck.CKR_DEVICE_MEMORY,
-	"C_SignMessageBegin":    ck.CKR_DEVICE_MEMORY,
-	"C_VerifyMessageBegin":  ck.CKR_DEVICE_MEMORY,
-	"C_MessageEncryptInit":  ck.CKR_MECHANISM_PARAM_INVALID,
-	"C_MessageDecryptInit":  ck.CKR_MECHANISM_PARAM_INVALID,
-	"C_MessageSignInit":     ck.CKR_MECHANISM_PARAM_INVALID,
-	"C_MessageVerifyInit":   ck.CKR_MECHANISM_PARAM_INVALID,
-
-	"C_EncryptInit": ck.CKR_MECHANISM_PARAM_INVALID,
-	"C_DecryptInit": ck.CKR_MECHANISM_PARAM_INVALID,
-	"C_DigestInit":  ck.CKR_MECHANISM_PARAM_INVALID,
-	"C_SignInit":    ck.CKR_MECHANISM_PARAM_INVALID,
-	"C_VerifyInit":  ck.CKR_MECHANISM_PARAM_INVALID,
-
-	"C_InitToken": ck.CKR_PIN_LEN_RANGE,
-	"C_InitPIN":   ck.CKR_PIN_LEN_RANGE,
-	"C_SetPIN":    ck.CKR_PIN_LEN_RANGE,
-
-	"C_Digest":            ck.CKR_DEVICE_MEMORY,
-	"C_DigestUpdate":      ck.CKR_DEVICE_MEMORY,
-	"C_CreateObject":      ck.CKR_DEVICE_MEMORY,
-	"C_CopyObject":        ck.CKR_DEVICE_MEMORY,
-	"C_SetAttributeValue": ck.CKR_DEVICE_MEMORY,
-	"C_FindObjectsInit":   ck.CKR_DEVICE_MEMORY,
-	"C_GenerateKey":       ck.CKR_DEVICE_MEMORY,
-	"C_GenerateKeyPair":   ck.CKR_DEVICE_MEMORY,
-	"C_WrapKey":           ck.CKR_DEVICE_MEMORY,
-	"C_DeriveKey":         ck.CKR_DEVICE_MEMORY,
-	"C_SeedRandom":        ck.CKR_DEVICE_MEMORY,
-
-	"C_GetOperationState":   ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_SetOperationState":   ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_LoginUser":           ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_DigestEncryptUpdate": ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_DecryptDigestUpdate": ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_SignEncryptUpdate":   ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_DecryptVerifyUpdate": ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_SignRecoverInit":     ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_SignRecover":         ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_VerifyRecoverInit":   ck.CKR_FUNCTION_NOT_SUPPORTED,
-	"C_VerifyRecover":       ck.CKR_FUNCTION_NOT_SUPPORTED,
-}
-
 // opOf maps the operations a call continues to the engine's kinds.
 var opOf = map[calls.OpKinds]opKind{
 	calls.OpEncrypt: opEncrypt,
@@ -212,19 +130,17 @@ var msgOf = map[calls.OpKinds]msgKind{
 
 // Refuse answers a forwarded call that the daemon refused before decoding
 // its arguments, for the reason why, and returns the CK_RV: the
-// specification's answer to it for that call (tooLarge) or
+// specification's answer to it for that call (calls.TooLarge) or
 // CKR_DEVICE_MEMORY. As after any error, the operation the call would have
 // continued on session h ends (for a call on a session; h is ignored
 // otherwise); for a message-based call, its current message.
 func (e *Engine) Refuse(app *App, c *calls.Call, h uint64, why Refusal) uint64 {
-	rv, known := tooLarge[c.Name]
+	rv := calls.TooLarge(c)
 	switch {
 	case rv == ck.CKR_FUNCTION_NOT_SUPPORTED:
 		return rv
 	case why == NoMemory:
 		rv = ck.CKR_DEVICE_MEMORY
-	case !known:
-		rv = ck.CKR_ARGUMENTS_BAD
 	}
 	if cont := calls.RoleOf(c).Continues; cont != 0 && calls.OnSession(c) {
 		if s, err := app.session(h); err == nil {

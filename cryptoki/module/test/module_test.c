@@ -423,9 +423,27 @@ static void test_deep_arguments(void)
 	CK_ULONG len = sizeof t_out;
 	CHECK_RV(f2->C_WrapKey(1, &wrap, 1, 2, t_out, &len), CKR_MECHANISM_PARAM_INVALID,
 		 "nested OAEP NULL source, length 3");
+	/* Arguments too long to carry get the call's own code, the one the
+	 * daemon gives a request over its bound (calls.TooLarge), never
+	 * CKR_ARGUMENTS_BAD: they are well formed. None is read. */
 	CK_BYTE big;
-	CHECK_RV(f2->C_Encrypt(1, &big, (CK_ULONG)17 << 20, t_out, &len), CKR_ARGUMENTS_BAD,
-		 "17 MiB input");
+	CHECK_RV(f2->C_Encrypt(1, &big, (CK_ULONG)17 << 20, t_out, &len), CKR_DATA_LEN_RANGE, "17 MiB input");
+	CHECK_RV(f2->C_Encrypt(1, &big, (CK_ULONG)16 << 20, t_out, &len), CKR_DATA_LEN_RANGE,
+		 "16 MiB input, over a frame");
+	CHECK_RV(f2->C_Decrypt(1, &big, (CK_ULONG)17 << 20, t_out, &len), CKR_ENCRYPTED_DATA_LEN_RANGE,
+		 "17 MiB ciphertext");
+	CHECK_RV(f2->C_SignUpdate(1, &big, (CK_ULONG)17 << 20), CKR_DATA_LEN_RANGE, "17 MiB part to sign");
+	CHECK_RV(f2->C_DigestUpdate(1, &big, (CK_ULONG)17 << 20), CKR_DEVICE_MEMORY, "17 MiB part to digest");
+	CHECK_RV(f2->C_UnwrapKey(1, &m, 1, &big, (CK_ULONG)17 << 20, NULL, 0, &h), CKR_WRAPPED_KEY_LEN_RANGE,
+		 "17 MiB wrapped key");
+	gcm.pAAD = &big;
+	gcm.ulAADLen = (CK_ULONG)17 << 20;
+	CHECK_RV(f2->C_EncryptInit(1, &m, 1), CKR_MECHANISM_PARAM_INVALID, "GCM 17 MiB AAD");
+	gcm.pAAD = NULL;
+	gcm.ulAADLen = 0;
+	gcm.pIv = &big;
+	gcm.ulIvLen = (CK_ULONG)17 << 20;
+	CHECK_RV(f2->C_DecryptInit(1, &m, 1), CKR_MECHANISM_PARAM_INVALID, "GCM 17 MiB IV");
 }
 
 struct worker {
