@@ -65,8 +65,12 @@ type msgOp struct {
 	// wants the user's PIN first (C_Login, CKU_CONTEXT_SPECIFIC);
 	// needAuth: the next message is still waiting for it.
 	wantsAuth, needAuth bool
-	private             bool // the key is private: the process ends at logout
-	cur                 *message
+	// authAt is when the wait for the PIN began (contextLogin), on the
+	// session's clock.
+	authAt  uint64
+	clock   *authClock
+	private bool // the key is private: the process ends at logout
+	cur     *message
 	// mem is the engine's operation budget, and charged what this
 	// process's message holds of it between calls (memory.go).
 	mem     *budget.Budget
@@ -154,6 +158,10 @@ func (e *Engine) msgInit(ctx context.Context, app *App, h uint64, k msgKind, wm 
 	if s.msgs == nil {
 		s.msgs = new([msgKinds]*msgOp)
 	}
+	op.clock = &s.auth
+	if op.needAuth {
+		op.authAt = s.auth.tick()
+	}
 	s.msgs[k] = op
 	return nil
 }
@@ -203,6 +211,9 @@ func (op *msgOp) start(parts bool) (*message, error) {
 		return nil, ck.Error(ck.CKR_USER_NOT_LOGGED_IN)
 	}
 	op.needAuth = op.wantsAuth // this message takes the login given
+	if op.needAuth {
+		op.authAt = op.clock.tick()
+	}
 	op.cur = &message{parts: parts}
 	return op.cur, nil
 }

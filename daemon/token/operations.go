@@ -69,8 +69,10 @@ type operation struct {
 	key   *Object
 	parts bool // Update was called: the single-part call is refused
 	// needAuth: the key has CKA_ALWAYS_AUTHENTICATE, and the user has not
-	// yet given the PIN for this operation (C_Login, CKU_CONTEXT_SPECIFIC).
+	// yet given the PIN for this operation (C_Login, CKU_CONTEXT_SPECIFIC);
+	// authAt: when it began to wait, on the session's clock.
 	needAuth bool
+	authAt   uint64
 	// sig is the signature C_VerifySignatureInit gave.
 	sig []byte
 	// private: the key is private; the operation ends at logout.
@@ -274,6 +276,9 @@ func (e *Engine) opInit(ctx context.Context, app *App, h uint64, kind opKind, wm
 	if s.ops[kind] != nil {
 		return ck.Error(ck.CKR_OPERATION_ACTIVE)
 	}
+	if op.needAuth {
+		op.authAt = s.auth.tick()
+	}
 	s.ops[kind] = op
 	return nil
 }
@@ -337,27 +342,45 @@ func withOp(app *App, h uint64, kind opKind, f func(op *operation) (end bool, er
 	return err
 }
 
-// contextLogin clears the need for the PIN of the session's operations on
-// a CKA_ALWAYS_AUTHENTICATE key, once check has accepted the PIN. The
-// session's lock is not held during the check, which waits on the token's
-// login lock.
+// authClock orders, in a session, the waits for a context-specific
+// login; it is read and moved under the session's lock.
+type authClock struct{ now uint64 }
+
+func (c *authClock) tick() uint64 {
+	c.now++
+	return c.now
+}
+
+// contextLogin clears the need for the PIN of the session's operation on
+// a CKA_ALWAYS_AUTHENTICATE key that began to wait last (its Init, or a
+// message process's last message), once check has accepted the PIN. One
+// PIN is one use: the key's owner gives it "for each use (sign or
+// decrypt)" (PKCS#11 v3.0, 4.9, CKA_ALWAYS_AUTHENTICATE), so another
+// operation waiting beside it still wants its own. The session's lock is
+// not held during the check, which waits on the token's login lock.
 func contextLogin(s *session, check func() error) error {
 	s.mu.Lock()
-	var waiting []*bool
+	var need *bool
+	var last uint64
+	wait := func(waiting *bool, at uint64) {
+		if *waiting && (need == nil || at > last) {
+			need, last = waiting, at
+		}
+	}
 	for _, op := range s.ops {
-		if op != nil && op.needAuth {
-			waiting = append(waiting, &op.needAuth)
+		if op != nil {
+			wait(&op.needAuth, op.authAt)
 		}
 	}
 	if s.msgs != nil {
 		for _, op := range s.msgs {
-			if op != nil && op.needAuth {
-				waiting = append(waiting, &op.needAuth)
+			if op != nil {
+				wait(&op.needAuth, op.authAt)
 			}
 		}
 	}
 	s.mu.Unlock()
-	if len(waiting) == 0 {
+	if need == nil {
 		return ck.Error(ck.CKR_OPERATION_NOT_INITIALIZED)
 	}
 	if err := check(); err != nil {
@@ -365,9 +388,7 @@ func contextLogin(s *session, check func() error) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, need := range waiting {
-		*need = false
-	}
+	*need = false
 	return nil
 }
 

@@ -211,6 +211,42 @@ func TestAlwaysAuthenticate(t *testing.T) {
 	if rv := sign(); rv != ck.CKR_USER_NOT_LOGGED_IN {
 		t.Fatalf("second operation without context login: %#x", rv)
 	}
+
+	// Two uses waiting, a signature and a message-based one: one PIN is
+	// for the one that began to wait last, and the other still wants its
+	// own, whichever order they began in.
+	none := wire.Value{Param: &wire.Param{}}
+	for _, msgFirst := range []bool{false, true} {
+		if msgFirst {
+			cl.Must(ck.CKR_OK, "C_MessageSignInit", U(h), M(ck.CKM_EDDSA), U(priv))
+		}
+		cl.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_EDDSA), U(priv))
+		if !msgFirst {
+			cl.Must(ck.CKR_OK, "C_MessageSignInit", U(h), M(ck.CKM_EDDSA), U(priv))
+		}
+		cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_CONTEXT_SPECIFIC), S(UserPIN))
+		first, second := func() uint64 {
+			rv, _ := cl.Call("C_Sign", U(h), S("message"), Out(64))
+			return rv
+		}, func() uint64 {
+			rv, _ := cl.Call("C_SignMessage", U(h), none, S("message"), Out(64))
+			return rv
+		}
+		if msgFirst {
+			first, second = second, first
+		}
+		// The one that began to wait first did not get the PIN.
+		if rv := first(); rv != ck.CKR_USER_NOT_LOGGED_IN {
+			t.Fatalf("message first %v: the earlier use with one PIN for two: %#x", msgFirst, rv)
+		}
+		if rv := second(); rv != ck.CKR_OK {
+			t.Fatalf("message first %v: the later use: %#x", msgFirst, rv)
+		}
+		// A message process wants the PIN again for its next message.
+		cl.Must(ck.CKR_USER_NOT_LOGGED_IN, "C_SignMessage", U(h), none, S("message"), Out(64))
+		cl.Must(ck.CKR_OK, "C_MessageSignFinal", U(h))
+		cl.Call("C_SignFinal", U(h), Out(64))
+	}
 }
 
 // TestWrapTemplates: a wrapping key's CKA_WRAP_TEMPLATE limits what it

@@ -28,6 +28,7 @@ type session struct {
 	find *findOp
 	ops  [opKinds]*operation
 	msgs *[msgKinds]*msgOp // message-based processes; nil until the first
+	auth authClock         // orders the waits for a context-specific login
 }
 
 // SessionIdle says whether session h of app exists and has no
