@@ -8,8 +8,10 @@
 // the 3.2 additions is listed, in function-list order. A call is one of:
 //   - forwarded: the module marshals its arguments, the daemon answers;
 //   - local: the module answers itself (C_Initialize, C_GetInfo, ...);
-//   - unsupported: the module answers CKR_FUNCTION_NOT_SUPPORTED (none
-//     today: such a call needs a function of its own in the module).
+//   - unsupported: the module answers CKR_FUNCTION_NOT_SUPPORTED itself,
+//     whatever the arguments, as the specification asks of a function
+//     the library does not support (C_Get/SetOperationState and the
+//     dual-function calls: their functions are in the module's local.c).
 package calls
 
 // Kind is the shape of one argument: which C parameters it spans and how it
@@ -184,8 +186,8 @@ var Table = []Call{
 	{14, "C_CloseSession", Forwarded, 2, []Arg{sess()}},
 	{15, "C_CloseAllSessions", Forwarded, 2, []Arg{u("slotID", "CK_SLOT_ID")}},
 	{16, "C_GetSessionInfo", Forwarded, 2, []Arg{sess(), outS("info", "CK_SESSION_INFO")}},
-	{17, "C_GetOperationState", Forwarded, 2, []Arg{sess(), out("state")}},
-	{18, "C_SetOperationState", Forwarded, 2, []Arg{sess(), in("state"), key("encryptionKey"), key("authenticationKey")}},
+	{17, "C_GetOperationState", Unsupported, 2, []Arg{sess(), out("state")}},
+	{18, "C_SetOperationState", Unsupported, 2, []Arg{sess(), in("state"), key("encryptionKey"), key("authenticationKey")}},
 	{19, "C_Login", Forwarded, 2, []Arg{sess(), u("userType", "CK_USER_TYPE"), pin("pin")}},
 	{20, "C_Logout", Forwarded, 2, []Arg{sess()}},
 	{21, "C_CreateObject", Forwarded, 2, []Arg{sess(), tmpl("template"), outU("object", "CK_OBJECT_HANDLE")}},
@@ -222,10 +224,10 @@ var Table = []Call{
 	{52, "C_VerifyFinal", Forwarded, 2, []Arg{sess(), in("signature")}},
 	{53, "C_VerifyRecoverInit", Forwarded, 2, []Arg{sess(), mech(), key("key")}},
 	{54, "C_VerifyRecover", Forwarded, 2, []Arg{sess(), in("signature"), out("data")}},
-	{55, "C_DigestEncryptUpdate", Forwarded, 2, []Arg{sess(), in("part"), out("encryptedPart")}},
-	{56, "C_DecryptDigestUpdate", Forwarded, 2, []Arg{sess(), in("encryptedPart"), out("part")}},
-	{57, "C_SignEncryptUpdate", Forwarded, 2, []Arg{sess(), in("part"), out("encryptedPart")}},
-	{58, "C_DecryptVerifyUpdate", Forwarded, 2, []Arg{sess(), in("encryptedPart"), out("part")}},
+	{55, "C_DigestEncryptUpdate", Unsupported, 2, []Arg{sess(), in("part"), out("encryptedPart")}},
+	{56, "C_DecryptDigestUpdate", Unsupported, 2, []Arg{sess(), in("encryptedPart"), out("part")}},
+	{57, "C_SignEncryptUpdate", Unsupported, 2, []Arg{sess(), in("part"), out("encryptedPart")}},
+	{58, "C_DecryptVerifyUpdate", Unsupported, 2, []Arg{sess(), in("encryptedPart"), out("part")}},
 	{59, "C_GenerateKey", Forwarded, 2, []Arg{sess(), mech(), tmpl("template"), outU("key", "CK_OBJECT_HANDLE")}},
 	{60, "C_GenerateKeyPair", Forwarded, 2, []Arg{sess(), mech(), tmpl("publicKeyTemplate"), tmpl("privateKeyTemplate"),
 		outU("publicKey", "CK_OBJECT_HANDLE"), outU("privateKey", "CK_OBJECT_HANDLE")}},

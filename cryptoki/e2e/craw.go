@@ -47,6 +47,12 @@ static CK_RV e2e_raw_final(CK_FUNCTION_LIST *f, int k, CK_SESSION_HANDLE s, CK_B
 	}
 }
 
+static CK_RV e2e_raw_digest_encrypt(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE s, CK_BYTE *in, CK_ULONG n, CK_BYTE *out,
+				     CK_ULONG *outlen)
+{
+	return f->C_DigestEncryptUpdate(s, in, n, out, outlen);
+}
+
 static CK_RV e2e_raw_wrap(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE mech, CK_OBJECT_HANDLE wrapping,
 			  CK_OBJECT_HANDLE key, CK_BYTE *out, CK_ULONG *outlen)
 {
@@ -118,6 +124,17 @@ func (r *rawFuncs) Final(k rawOp, h pkcs11.SessionHandle, o output) ([]byte, uin
 	defer m.free()
 	return m.run(o, func(out *C.CK_BYTE, outlen *C.CK_ULONG) C.CK_RV {
 		return C.e2e_raw_final(r.f, C.int(k), C.CK_SESSION_HANDLE(h), out, outlen)
+	})
+}
+
+// DigestEncrypt is C_DigestEncryptUpdate with the output buffer o (noLen:
+// a NULL length pointer).
+func (r *rawFuncs) DigestEncrypt(h pkcs11.SessionHandle, in []byte, o output) ([]byte, uint64, error) {
+	var m cmem
+	defer m.free()
+	d := m.bytes(append([]byte{}, in...))
+	return m.run(o, func(out *C.CK_BYTE, outlen *C.CK_ULONG) C.CK_RV {
+		return C.e2e_raw_digest_encrypt(r.f, C.CK_SESSION_HANDLE(h), d, C.CK_ULONG(len(in)), out, outlen)
 	})
 }
 

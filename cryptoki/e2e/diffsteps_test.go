@@ -243,6 +243,19 @@ func diffSteps() []diffStep {
 				return q + "; " + u + "; " + rvn(got, n, err) + overAB(m, rawDigest, func() error { return m.p.DigestInit(m.s, mech(pkcs11.CKM_SHA256, nil)) }, got, "a+b")
 			}},
 
+		// An unsupported function "should simply return the value
+		// CKR_FUNCTION_NOT_SUPPORTED", whatever its arguments: the
+		// operations it would have continued go on.
+		{name: "DigestEncryptUpdate, NULL length, in a digest", want: "CKR_FUNCTION_NOT_SUPPORTED n=0; CKR_FUNCTION_NOT_SUPPORTED n=64; CKR_OK n=32",
+			run: func(m *diffMod) string {
+				if err := m.p.DigestInit(m.s, mech(pkcs11.CKM_SHA256, nil)); err != nil {
+					return "DigestInit " + rv(err)
+				}
+				a := rvn(m.raw.DigestEncrypt(m.s, data32, output{noLen: true}))
+				b := rvn(m.raw.DigestEncrypt(m.s, data32, want(64)))
+				return a + "; " + b + "; " + rvn(m.raw.Out(rawDigest, m.s, data32, want(32)))
+			}},
+
 		// Mechanisms.
 		{name: "GetMechanismInfo invalid", want: "CKR_MECHANISM_INVALID",
 			run: func(m *diffMod) string {

@@ -1,7 +1,8 @@
 /*
  * local.c: the calls the module answers itself (docs/protocol.md, "Calls
  * the module answers itself"): information about the library, its function
- * lists and interfaces, and the legacy parallel-function calls.
+ * lists and interfaces, the legacy parallel-function calls, and the
+ * functions the token does not support (calls.Unsupported).
  *
  * The exported symbols are exactly C_GetFunctionList, C_GetInterfaceList
  * and C_GetInterface; everything else is reached through the lists they
@@ -122,3 +123,51 @@ CK_RV C_CancelFunction(CK_SESSION_HANDLE hSession)
 	CK_RV rv = hsm_entry();
 	return rv != CKR_OK ? rv : CKR_FUNCTION_NOT_PARALLEL;
 }
+
+/* The functions the token does not support (calls.Unsupported): "this
+ * stub should simply return the value CKR_FUNCTION_NOT_SUPPORTED"
+ * (PKCS#11 v3.0, "Function return values", CKR_FUNCTION_NOT_SUPPORTED),
+ * whatever the arguments, and leave the session's operations alone. */
+static CK_RV unsupported(void)
+{
+	CK_RV rv = hsm_entry();
+	return rv != CKR_OK ? rv : CKR_FUNCTION_NOT_SUPPORTED;
+}
+
+CK_RV C_GetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationState,
+			  CK_ULONG_PTR pulOperationStateLen)
+{
+	(void)hSession;
+	(void)pOperationState;
+	(void)pulOperationStateLen;
+	return unsupported();
+}
+
+CK_RV C_SetOperationState(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOperationState, CK_ULONG ulOperationStateLen,
+			  CK_OBJECT_HANDLE hEncryptionKey, CK_OBJECT_HANDLE hAuthenticationKey)
+{
+	(void)hSession;
+	(void)pOperationState;
+	(void)ulOperationStateLen;
+	(void)hEncryptionKey;
+	(void)hAuthenticationKey;
+	return unsupported();
+}
+
+/* DUAL is the dual-function calls' shape: a part in, a part out. */
+#define DUAL(name)                                                                                                   \
+	CK_RV name(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pIn, CK_ULONG ulInLen, CK_BYTE_PTR pOut,                    \
+		   CK_ULONG_PTR pulOutLen)                                                                             \
+	{                                                                                                              \
+		(void)hSession;                                                                                        \
+		(void)pIn;                                                                                             \
+		(void)ulInLen;                                                                                         \
+		(void)pOut;                                                                                            \
+		(void)pulOutLen;                                                                                       \
+		return unsupported();                                                                                  \
+	}
+
+DUAL(C_DigestEncryptUpdate)
+DUAL(C_DecryptDigestUpdate)
+DUAL(C_SignEncryptUpdate)
+DUAL(C_DecryptVerifyUpdate)

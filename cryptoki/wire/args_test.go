@@ -103,7 +103,7 @@ func TestArgsRefused(t *testing.T) {
 		{name: "label short", call: "C_InitToken", body: cat(u64(0), u32(nullLen), u32(3), []byte("abc"))},
 		{name: "label long", call: "C_InitToken", body: cat(u64(0), u32(nullLen), u32(33), bytes.Repeat([]byte{' '}, 33))},
 		{name: "outspec presence 3", call: "C_Sign", body: cat(session, u32(0), []byte{3}, u64(32))},
-		{name: "prefetch where none is", call: "C_DigestEncryptUpdate", body: cat(session, u32(0), []byte{2}, u64(32))},
+		{name: "prefetch where none is", call: "C_EncapsulateKey", body: cat(session, u64(ck.CKM_ML_KEM), []byte{0}, u64(2), u32(0), []byte{2}, u64(32))},
 		{name: "filled over cap", call: "C_GenerateRandom", body: cat(session, u64(MaxBytes+1))},
 		{name: "template over cap", call: "C_FindObjectsInit", body: cat(session, u32(MaxAttrs+1))},
 		{name: "template count over input", call: "C_FindObjectsInit", body: cat(session, u32(MaxAttrs))},

@@ -322,7 +322,6 @@ func TestRandomAndUnsupported(t *testing.T) {
 	cl.Must(ck.CKR_SESSION_HANDLE_INVALID, "C_GenerateRandom", U(h+99), wire.Value{Ulong: 32})
 	cl.Must(ck.CKR_MECHANISM_INVALID, "C_DigestInit", U(h), wire.Value{Mechanism: &wire.Mechanism{Type: ck.CKM_MD5}})
 	cl.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_DigestUpdate", U(h), S("data"))
-	cl.Must(ck.CKR_FUNCTION_NOT_SUPPORTED, "C_GetOperationState", U(h), SizeQuery())
 	cl.Must(ck.CKR_NO_EVENT, "C_WaitForSlotEvent", U(ck.CKF_DONT_BLOCK), None(), None())
 }
 

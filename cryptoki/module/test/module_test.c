@@ -423,6 +423,20 @@ static void test_deep_arguments(void)
 	CK_ULONG len = sizeof t_out;
 	CHECK_RV(f2->C_WrapKey(1, &wrap, 1, 2, t_out, &len), CKR_MECHANISM_PARAM_INVALID,
 		 "nested OAEP NULL source, length 3");
+	/* The functions the token does not support answer so whatever their
+	 * arguments, before anything else. */
+	CHECK_RV(f2->C_GetOperationState(1, NULL, NULL), CKR_FUNCTION_NOT_SUPPORTED, "C_GetOperationState, NULL length");
+	CHECK_RV(f2->C_SetOperationState(1, NULL, 8, 0, 0), CKR_FUNCTION_NOT_SUPPORTED,
+		 "C_SetOperationState, NULL state of 8 bytes");
+	CHECK_RV(f2->C_DigestEncryptUpdate(1, NULL, 8, NULL, NULL), CKR_FUNCTION_NOT_SUPPORTED,
+		 "C_DigestEncryptUpdate, NULL part and length");
+	CHECK_RV(f2->C_DecryptDigestUpdate(1, t_bytes, 8, t_out, NULL), CKR_FUNCTION_NOT_SUPPORTED,
+		 "C_DecryptDigestUpdate, NULL length");
+	CHECK_RV(f2->C_SignEncryptUpdate(1, t_bytes, 8, NULL, NULL), CKR_FUNCTION_NOT_SUPPORTED,
+		 "C_SignEncryptUpdate, NULL length");
+	CHECK_RV(f2->C_DecryptVerifyUpdate(1, t_bytes, 8, t_out, &len), CKR_FUNCTION_NOT_SUPPORTED,
+		 "C_DecryptVerifyUpdate");
+
 	/* Arguments too long to carry get the call's own code, the one the
 	 * daemon gives a request over its bound (calls.TooLarge), never
 	 * CKR_ARGUMENTS_BAD: they are well formed. None is read. */
