@@ -33,10 +33,16 @@ func (e *Engine) signMessage(app *App, h uint64, p *wire.Param, in []byte, out w
 			return true, err
 		}
 		if !kept {
-			if m == nil {
+			switch {
+			case m == nil:
 				if m, err = op.start(false); err != nil {
 					return true, err
 				}
+			case op.wantsAuth:
+				// The message's signature over the input its size
+				// query measured took the PIN given for it
+				// (operation.again).
+				return true, ck.Errorf(ck.CKR_USER_NOT_LOGGED_IN, "a signature of a key that wants its PIN for each use was measured over other input")
 			}
 			sig, err := op.signature(in)
 			if err != nil {

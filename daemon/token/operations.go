@@ -529,6 +529,9 @@ func (op *operation) output(call callKind, in []byte, compute func() ([]byte, er
 		op.dropKept()
 		switch r, ok := op.cipher.(mech.Rewinder); {
 		case call == callOne:
+			if err := op.again(); err != nil {
+				return nil, err
+			}
 			if err := op.restart(); err != nil {
 				return nil, err
 			}
@@ -549,6 +552,19 @@ func (op *operation) output(call callKind, in []byte, compute func() ([]byte, er
 	return compute()
 }
 
+// again says whether the operation may compute its output once more,
+// over other input than the output a size query measured: a key with
+// CKA_ALWAYS_AUTHENTICATE had its PIN for one use ("for each use (sign or
+// decrypt)", PKCS#11 v3.0, 4.9), which the measured output took (and a
+// prefetch handed it to the module already), so it wants the PIN again:
+// CKR_USER_NOT_LOGGED_IN, which ends the operation.
+func (op *operation) again() error {
+	if op.key != nil && op.key.needsContextLogin() {
+		return ck.Errorf(ck.CKR_USER_NOT_LOGGED_IN, "an output of a key that wants its PIN for each use was measured over other input")
+	}
+	return nil
+}
+
 // resume takes back, before an Update, a Final or a single-part call
 // that was only measured: a size query (or CKR_BUFFER_TOO_SMALL) returns
 // a length and nothing else, and leaves the operation active (PKCS#11
@@ -563,6 +579,9 @@ func (op *operation) output(call callKind, in []byte, compute func() ([]byte, er
 func (op *operation) resume() error {
 	if !op.hasPend {
 		return nil
+	}
+	if err := op.again(); err != nil {
+		return err
 	}
 	switch op.pendFor {
 	case callOne:

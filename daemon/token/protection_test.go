@@ -247,6 +247,26 @@ func TestAlwaysAuthenticate(t *testing.T) {
 		cl.Must(ck.CKR_OK, "C_MessageSignFinal", U(h))
 		cl.Call("C_SignFinal", U(h), Out(64))
 	}
+
+	// A use is a use: a signature measured over one input (a prefetch
+	// hands it to the module) and then asked for over another wants the
+	// PIN again; the same input gets what was measured.
+	cl.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_EDDSA), U(priv))
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_CONTEXT_SPECIFIC), S(UserPIN))
+	cl.Must(ck.CKR_OK, "C_Sign", U(h), S("one"), prefetch())
+	cl.Must(ck.CKR_USER_NOT_LOGGED_IN, "C_Sign", U(h), S("two"), Out(64))
+	cl.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_Sign", U(h), S("one"), Out(64))
+	cl.Must(ck.CKR_OK, "C_SignInit", U(h), M(ck.CKM_EDDSA), U(priv))
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_CONTEXT_SPECIFIC), S(UserPIN))
+	cl.Must(ck.CKR_OK, "C_Sign", U(h), S("one"), SizeQuery())
+	cl.Must(ck.CKR_OK, "C_Sign", U(h), S("one"), Out(64))
+	cl.Must(ck.CKR_OK, "C_MessageSignInit", U(h), M(ck.CKM_EDDSA), U(priv))
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_CONTEXT_SPECIFIC), S(UserPIN))
+	cl.Must(ck.CKR_OK, "C_SignMessage", U(h), none, S("one"), prefetch())
+	cl.Must(ck.CKR_USER_NOT_LOGGED_IN, "C_SignMessage", U(h), none, S("two"), Out(64))
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_CONTEXT_SPECIFIC), S(UserPIN))
+	cl.Must(ck.CKR_OK, "C_SignMessage", U(h), none, S("two"), Out(64))
+	cl.Must(ck.CKR_OK, "C_MessageSignFinal", U(h))
 }
 
 // TestWrapTemplates: a wrapping key's CKA_WRAP_TEMPLATE limits what it
