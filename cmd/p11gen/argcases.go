@@ -42,7 +42,7 @@ func genArgCases(e *emitter) error {
 		}
 		for i, a := range c.Args {
 			bad := "phase ? CKR_ARGUMENTS_BAD : CKR_CRYPTOKI_NOT_INITIALIZED"
-			if a.Kind == calls.Mechanism && calls.RoleOf(c).Starts != 0 {
+			if r := calls.RoleOf(c); a.Kind == calls.Mechanism && (r.Starts != 0 || r.VerifySignature == calls.SignatureStarts) {
 				// An Init with no mechanism ends its operation, through
 				// C_SessionCancel: with no daemon, no session is valid.
 				bad = "phase ? CKR_SESSION_HANDLE_INVALID : CKR_CRYPTOKI_NOT_INITIALIZED"

@@ -59,7 +59,7 @@ func genStub(e *emitter, c *calls.Call) error {
 	for _, a := range c.Args {
 		if c.Name == cancelCall().Name && a.Name == "flags" {
 			// The module's own flag is not an application's to pass.
-			e.p("\thsm_put_u64(&c.req, (uint64_t)%s & ~(uint64_t)%#xULL);", a.Name, uint64(calls.CancelCurrentMessage|calls.CollectUpdate))
+			e.p("\thsm_put_u64(&c.req, (uint64_t)%s & ~(uint64_t)%#xULL);", a.Name, uint64(calls.ModuleCancelFlags))
 			continue
 		}
 		if a.Kind == calls.OptOutBytes && calls.Prefetches(c) {
@@ -245,6 +245,11 @@ func genRole(e *emitter, c *calls.Call) {
 		e.p("\tc.cancel_call = %d;", cancelCall().ID)
 		e.p("\tc.cancel_flags = %#xULL;", calls.AbandonFlags(r.Continues))
 	}
+	if r.VerifySignature == calls.SignatureContinues {
+		// An argument the encoding refuses ends the operation too.
+		e.p("\tc.cancel_call = %d;", cancelCall().ID)
+		e.p("\tc.cancel_flags = %#xULL;", uint64(calls.CancelVerifySignature))
+	}
 	if r.Mutates {
 		e.p("\tc.mutates = 1;")
 	}
@@ -257,13 +262,17 @@ func genRole(e *emitter, c *calls.Call) {
 // that continues an operation ends it when it refuses its arguments
 // (5.2: every error but CKR_BUFFER_TOO_SMALL ends the operation); an Init
 // given a NULL mechanism ends its kind of operation (3.0), through
-// C_SessionCancel.
+// C_SessionCancel. The verification C_VerifySignatureInit begins is
+// ended likewise (3.2), with calls.CancelVerifySignature.
 func genCheck(e *emitter, c *calls.Call, a calls.Arg) {
 	n := a.Name
 	r := calls.RoleOf(c)
 	fail := "CKR_ARGUMENTS_BAD"
-	if r.Continues != 0 {
+	switch {
+	case r.Continues != 0:
 		fail = fmt.Sprintf("hsm_call_abandon(session, %d, %d, %#xULL, CKR_ARGUMENTS_BAD)", cancelCall().ID, r.Continues, calls.AbandonFlags(r.Continues))
+	case r.VerifySignature == calls.SignatureContinues:
+		fail = fmt.Sprintf("hsm_call_abandon(session, %d, 0, %#xULL, CKR_ARGUMENTS_BAD)", cancelCall().ID, uint64(calls.CancelVerifySignature))
 	}
 	bad := func(cond string) {
 		e.p("\tif (%s)", cond)
@@ -282,6 +291,11 @@ func genCheck(e *emitter, c *calls.Call, a calls.Arg) {
 		if r.Starts != 0 {
 			e.p("\tif (%s == NULL) /* ends an operation of its kind */", n)
 			e.p("\t\treturn hsm_call_cancel(session, %d, %d, %#x);", cancelCall().ID, r.Starts, calls.CancelFlags(r.Starts))
+			return
+		}
+		if r.VerifySignature == calls.SignatureStarts {
+			e.p("\tif (%s == NULL) /* ends the verification (3.2) */", n)
+			e.p("\t\treturn hsm_call_cancel(session, %d, 0, %#xULL);", cancelCall().ID, uint64(calls.CancelVerifySignature))
 			return
 		}
 		bad(fmt.Sprintf("%s == NULL", n))

@@ -62,13 +62,27 @@ const CancelCurrentMessage = 1 << 63
 // (docs/protocol.md, "Results ahead of the follow-up call"), so the
 // daemon's kept output is delivered and the update done; the operation
 // goes on. The operations it names are the cancel flags of their kinds
-// shifted into bits 32 to 61 (CollectKinds), so that one frame may also
+// shifted into bits 32 to 60 (CollectKinds), so that one frame may also
 // end other operations with the low bits.
 const CollectUpdate = 1 << 62
 
 // CollectKinds are the bits of a C_SessionCancel flags word that, with
 // CollectUpdate, name the operations whose Update output was collected.
-const CollectKinds = 0x3fffffff << 32
+const CollectKinds = 0x1fffffff << 32
+
+// CancelVerifySignature is a C_SessionCancel flag of the module's own, bit
+// 61 (cleared from an application's flags as CancelCurrentMessage is): it
+// ends the verification C_VerifySignatureInit began (PKCS#11 3.2), an
+// operation beside C_VerifyInit's that no CK_MECHANISM_INFO flag names
+// apart (an application's CKF_VERIFY ends both). The module sends it for
+// C_VerifySignatureInit given a NULL mechanism, which ends the operation
+// (3.2), and when it refuses the arguments of a call that carries the
+// operation on, which an error ends (VerifySignature).
+const CancelVerifySignature = 1 << 61
+
+// ModuleCancelFlags are the C_SessionCancel flags of the module's own,
+// never an application's to pass.
+const ModuleCancelFlags = CancelCurrentMessage | CollectUpdate | CancelVerifySignature
 
 // AbandonFlags are the C_SessionCancel flags that end what a call
 // continuing operations of kinds k was working on when the module refuses
@@ -95,7 +109,23 @@ type Role struct {
 	Mutates bool
 	// Closes: the session named by the call ends.
 	Closes bool
+	// VerifySignature is the part the call plays in a verification with
+	// the signature first, whose Init is never held back and which the
+	// module ends with CancelVerifySignature.
+	VerifySignature SignatureRole
 }
+
+// SignatureRole is a call's part in C_VerifySignatureInit's operation.
+type SignatureRole uint8
+
+const (
+	// SignatureStarts: C_VerifySignatureInit (a NULL mechanism ends the
+	// operation).
+	SignatureStarts SignatureRole = iota + 1
+	// SignatureContinues: C_VerifySignature, C_VerifySignatureUpdate and
+	// C_VerifySignatureFinal (refused arguments end the operation).
+	SignatureContinues
+)
 
 var roles = map[string]Role{
 	"C_EncryptInit": {Starts: OpEncrypt},
@@ -149,6 +179,11 @@ var roles = map[string]Role{
 	"C_VerifyMessageBegin":  {Continues: OpMessageVerify},
 	"C_VerifyMessageNext":   {Continues: OpMessageVerify},
 	"C_MessageVerifyFinal":  {Continues: OpMessageVerify},
+
+	"C_VerifySignatureInit":   {VerifySignature: SignatureStarts},
+	"C_VerifySignature":       {VerifySignature: SignatureContinues},
+	"C_VerifySignatureUpdate": {VerifySignature: SignatureContinues},
+	"C_VerifySignatureFinal":  {VerifySignature: SignatureContinues},
 
 	"C_DestroyObject":     {Mutates: true},
 	"C_SetAttributeValue": {Mutates: true},

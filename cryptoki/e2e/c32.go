@@ -74,6 +74,36 @@ static CK_RV e2e_sig(CK_FUNCTION_LIST_3_2 *f, int k, CK_SESSION_HANDLE s, CK_ULO
 	}
 }
 
+// e2e_verify_sig_end begins a C_VerifySignatureInit verification of sig
+// with CKM_ML_DSA beside a C_VerifyInit one, ends it one way (how: 0
+// C_VerifySignatureInit with a NULL mechanism, 1 C_VerifySignatureUpdate
+// with a NULL part of 4 bytes, 2 C_VerifySignature with NULL data of 4
+// bytes) and returns that call's answer in rv[0], C_VerifySignatureFinal's
+// after it in rv[1] and the C_VerifyInit verification's C_Verify in rv[2].
+static CK_RV e2e_verify_sig_end(CK_FUNCTION_LIST_3_2 *f, CK_SESSION_HANDLE s, int how, CK_OBJECT_HANDLE key,
+				CK_BYTE *data, CK_ULONG n, CK_BYTE *sig, CK_ULONG siglen, CK_RV rv[3])
+{
+	CK_MECHANISM m = {CKM_ML_DSA, NULL, 0};
+	CK_RV r;
+	if ((r = f->C_VerifyInit(s, &m, key)) != CKR_OK)
+		return r;
+	if ((r = f->C_VerifySignatureInit(s, &m, key, sig, siglen)) != CKR_OK)
+		return r;
+	switch (how) {
+	case 0:
+		rv[0] = f->C_VerifySignatureInit(s, NULL, key, sig, siglen);
+		break;
+	case 1:
+		rv[0] = f->C_VerifySignatureUpdate(s, NULL, 4);
+		break;
+	default:
+		rv[0] = f->C_VerifySignature(s, NULL, 4);
+	}
+	rv[1] = f->C_VerifySignatureFinal(s);
+	rv[2] = f->C_Verify(s, data, n, sig, siglen);
+	return CKR_OK;
+}
+
 // e2e_secret_template is a template for a session AES key, readable.
 static CK_ULONG e2e_aes_template(CK_ATTRIBUTE *t)
 {
@@ -230,6 +260,17 @@ func (l *funcs32) sig(k sigCall, h pkcs11.SessionHandle, mech uint, p *sigCtx, k
 		return nil, err
 	}
 	return C.GoBytes(unsafe.Pointer(buf), C.int(n)), nil
+}
+
+// verifySignatureEnd runs e2e_verify_sig_end: the ending call's CK_RV,
+// C_VerifySignatureFinal's after it, and the C_Verify beside it.
+func (l *funcs32) verifySignatureEnd(h pkcs11.SessionHandle, how int, key pkcs11.ObjectHandle, data, sig []byte) ([3]uint, error) {
+	var m cmem
+	defer m.free()
+	var rv [3]C.CK_RV
+	err := rvErr(C.e2e_verify_sig_end(l.f, C.CK_SESSION_HANDLE(h), C.int(how), C.CK_OBJECT_HANDLE(key),
+		m.bytes(nonNil(data)), C.CK_ULONG(len(data)), m.bytes(nonNil(sig)), C.CK_ULONG(len(sig)), &rv[0]))
+	return [3]uint{uint(rv[0]), uint(rv[1]), uint(rv[2])}, err
 }
 
 // encapsulate returns the ciphertext and the handle of a new session AES

@@ -174,6 +174,32 @@ func TestPQCSignaturesThroughModule(t *testing.T) {
 	}
 }
 
+// TestVerifySignatureEndsThroughModule: the verification
+// C_VerifySignatureInit begins ends, as PKCS#11 3.2 says, on
+// C_VerifySignatureInit with a NULL mechanism (CKR_OK) and on a
+// C_VerifySignatureUpdate or C_VerifySignature the module refuses
+// (CKR_ARGUMENTS_BAD), so that C_VerifySignatureFinal then finds none;
+// a C_VerifyInit verification beside it goes on.
+func TestVerifySignatureEndsThroughModule(t *testing.T) {
+	p, f, slot := pqcModule(t)
+	h := rwSession(t, p, slot, true)
+	pub, priv := pqPair(t, p, h, ck.CKM_ML_DSA_KEY_PAIR_GEN, ck.CKP_ML_DSA_44)
+	msg := []byte("ended")
+	sig, err := f.sig(callSign, h, ck.CKM_ML_DSA, nil, priv, msg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for how, want := range []uint{ck.CKR_OK, ck.CKR_ARGUMENTS_BAD, ck.CKR_ARGUMENTS_BAD} {
+		rv, err := f.verifySignatureEnd(h, how, pub, msg, sig)
+		if err != nil {
+			t.Fatalf("way %d: %v", how, err)
+		}
+		if rv != [3]uint{want, ck.CKR_OPERATION_NOT_INITIALIZED, ck.CKR_OK} {
+			t.Errorf("way %d: the ending call %#x, C_VerifySignatureFinal %#x, C_Verify %#x", how, rv[0], rv[1], rv[2])
+		}
+	}
+}
+
 func TestMLKEMThroughModule(t *testing.T) {
 	p, f, slot := pqcModule(t)
 	h1 := rwSession(t, p, slot, true)

@@ -131,7 +131,9 @@ var cancelFlag = [opKinds]uint64{
 // fails to cancel. The module sends it too when it refuses a call's
 // arguments itself (an error ends the operation, 5.2; for a message call,
 // the current message: calls.CancelCurrentMessage) and for an Init given
-// no mechanism (3.0).
+// no mechanism (3.0); calls.CancelVerifySignature ends only the
+// verification C_VerifySignatureInit began, which CKF_VERIFY ends with
+// C_VerifyInit's.
 func (app *App) sessionCancel(h, flags uint64) error {
 	s, err := app.session(h)
 	if err != nil {
@@ -170,6 +172,9 @@ func (app *App) sessionCancel(h, flags uint64) error {
 	}
 	if flags&ck.CKF_FIND_OBJECTS != 0 {
 		s.endFind()
+	}
+	if flags&calls.CancelVerifySignature != 0 {
+		s.endOp(opVerifySignature)
 	}
 	return nil
 }
