@@ -235,7 +235,7 @@ func mldsaSign(k Key, m *wire.Mechanism) (SignOp, error) {
 }
 
 func mldsaVerify(k Key, m *wire.Mechanism) (SignOp, error) {
-	c, err := signContext(m, false)
+	c, err := verifyContext(m)
 	if err != nil {
 		return nil, err
 	}

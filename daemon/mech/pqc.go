@@ -70,8 +70,20 @@ type sigContext struct {
 // signContext reads the parameter of a pure or hash-specific mechanism
 // (CK_SIGN_ADDITIONAL_CONTEXT), or with hashed set a generic pre-hash
 // mechanism's (CK_HASH_SIGN_ADDITIONAL_CONTEXT, required since it names
-// the hash).
+// the hash), for a signature.
 func signContext(m *wire.Mechanism, hashed bool) (sigContext, error) {
+	return readSignContext(m, hashed, true)
+}
+
+// verifyContext reads a pure or hash-specific mechanism's parameter for a
+// verification, which ignores the hedging, whatever its value (PKCS#11
+// 3.2, "ML-DSA Signature", "SLH-DSA Signature"): a verifier has no
+// randomness to choose, and a parameter shared with the signer verifies.
+func verifyContext(m *wire.Mechanism) (sigContext, error) {
+	return readSignContext(m, false, false)
+}
+
+func readSignContext(m *wire.Mechanism, hashed, signing bool) (sigContext, error) {
 	if !m.Present {
 		if hashed {
 			return sigContext{}, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
@@ -102,7 +114,9 @@ func signContext(m *wire.Mechanism, hashed bool) (sigContext, error) {
 	case ck.CKH_DETERMINISTIC_REQUIRED:
 		out.deterministic = true
 	default:
-		return sigContext{}, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
+		if signing {
+			return sigContext{}, ck.Error(ck.CKR_MECHANISM_PARAM_INVALID)
+		}
 	}
 	// A copy: the parameter points into the request's buffer, which the
 	// next request reuses, and the operation outlives it.

@@ -326,6 +326,16 @@ func checkSignatures(t *testing.T, typ uint64, pub, priv, other Key) {
 	if _, err := m.Sign(priv, sigMech(typ, nil, 3)); codeOf(err) != ck.CKR_MECHANISM_PARAM_INVALID {
 		t.Errorf("unknown hedge: %v", err)
 	}
+	// Verification ignores the hedging (PKCS#11 3.2, "ML-DSA Signature",
+	// "SLH-DSA Signature"), whatever its value; not the context's length.
+	for _, hedge := range []uint64{ck.CKH_DETERMINISTIC_REQUIRED, ck.CKH_HEDGE_REQUIRED, 3} {
+		if err := pqcVerify(m, pub, sigMech(typ, ctx, hedge), msg, sig); err != nil {
+			t.Errorf("verify with hedge %d: %v", hedge, err)
+		}
+	}
+	if _, err := m.Verify(pub, sigMech(typ, make([]byte, 256), 0)); codeOf(err) != ck.CKR_MECHANISM_PARAM_INVALID {
+		t.Errorf("verify with a 256-byte context: %v", err)
+	}
 	if _, err := m.Sign(pub, sigMech(typ, nil, 0)); codeOf(err) != ck.CKR_KEY_TYPE_INCONSISTENT {
 		t.Errorf("sign with the public key: %v", err)
 	}

@@ -241,7 +241,7 @@ func slhdsaSign(k Key, m *wire.Mechanism, ph func() (*slhdsa.PreHash, error)) (S
 }
 
 func slhdsaVerify(k Key, m *wire.Mechanism, ph func() (*slhdsa.PreHash, error)) (SignOp, error) {
-	c, err := signContext(m, false)
+	c, err := verifyContext(m)
 	if err != nil {
 		return nil, err
 	}
