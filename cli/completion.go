@@ -179,7 +179,7 @@ func flagValues(c *cli.Context, st *runState, cmd *cli.Command, flag string, wor
 	case "protection":
 		return []string{"hsm", "software"}
 	case "usage":
-		return []string{"encrypt", "decrypt", "sign", "verify", "wrap", "unwrap", "derive"}
+		return []string{"encrypt", "decrypt", "sign", "verify", "wrap", "unwrap", "derive", "encapsulate", "decapsulate"}
 	case "log-level":
 		return []string{"debug", "info", "warn", "error"}
 	case "log-format":

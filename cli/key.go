@@ -444,7 +444,7 @@ func newKeyFlags() []cli.Flag {
 		tokenFlag(),
 		&cli.StringFlag{Name: "key", Usage: "the new key's label (CKA_LABEL)", Required: true},
 		&cli.StringFlag{Name: "id", Usage: "its CKA_ID in hex (default: random, shared by a pair's halves)"},
-		&cli.StringFlag{Name: "usage", Usage: "comma-separated: encrypt, decrypt, sign, verify, wrap, unwrap, derive (default by type)"},
+		&cli.StringFlag{Name: "usage", Usage: "comma-separated: encrypt, decrypt, sign, verify, wrap, unwrap, derive; an ML-KEM key's: encapsulate, decapsulate (default by type)"},
 		&cli.StringFlag{Name: "protection", Usage: "hsm or software (default: hsm on a premium token, software on a standard one)"},
 		&cli.BoolFlag{Name: "extractable", Usage: "let the key be wrapped out (software protection only)"},
 		allowDuplicateLabelFlag(),

@@ -91,6 +91,26 @@ func TestAdminPQCKeys(t *testing.T) {
 			t.Errorf("%s: exported %v, %d bytes, %s", tc.typ, s.Algorithm.OID, len(s.PublicKey.Bytes), pub.Fingerprint)
 		}
 	}
+	// An ML-KEM pair's usage is encapsulate (the public key) and
+	// decapsulate (the private key), which --usage sets like any other;
+	// a usage of another kind of key is refused, either way.
+	if kem := gen("std", "ml-kem-512", "kem-usage"); !slices.Equal(kem[0].Usage, []string{"decapsulate"}) || !slices.Equal(kem[1].Usage, []string{"encapsulate"}) {
+		t.Errorf("ML-KEM usage: private %v, public %v", kem[0].Usage, kem[1].Usage)
+	}
+	var decOnly []adminapi.Key
+	if err := a.Call(adminapi.OpKeyGenerate, adminapi.KeyGenerate{Token: "std", UserPIN: user, Type: "ml-kem-768",
+		KeyOptions: adminapi.KeyOptions{Label: "dec-only", Usage: []string{"decapsulate"}}}, &decOnly); err != nil || len(decOnly) != 2 ||
+		!slices.Equal(decOnly[0].Usage, []string{"decapsulate"}) || len(decOnly[1].Usage) != 0 {
+		t.Errorf("ML-KEM --usage decapsulate: %+v %v", decOnly, err)
+	}
+	for _, tc := range []struct{ typ, usage string }{{"ml-kem-768", "sign"}, {"ml-kem-768", "encrypt"}, {"ml-dsa-44", "encapsulate"}, {"aes-256", "decapsulate"}} {
+		err := a.Call(adminapi.OpKeyGenerate, adminapi.KeyGenerate{Token: "std", UserPIN: user, Type: tc.typ,
+			KeyOptions: adminapi.KeyOptions{Label: "bad-usage", Usage: []string{tc.usage}}}, nil)
+		if code(t, err) != adminapi.CodeBadRequest {
+			t.Errorf("%s --usage %s: %v", tc.typ, tc.usage, err)
+		}
+	}
+
 	// Every SLH-DSA set, by its name.
 	for _, alg := range []string{"sha2", "shake"} {
 		for _, size := range []string{"128", "192", "256"} {

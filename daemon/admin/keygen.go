@@ -54,9 +54,9 @@ var keyTypes = map[string]keySpec{
 
 	// The post-quantum keys (PKCS#11 3.2). An ML-KEM pair encapsulates
 	// and decapsulates (CKA_ENCAPSULATE, CKA_DECAPSULATE), nothing else.
-	"ml-kem-512":  {mech: ck.CKM_ML_KEM_KEY_PAIR_GEN, keyType: ck.CKK_ML_KEM, set: ck.CKP_ML_KEM_512},
-	"ml-kem-768":  {mech: ck.CKM_ML_KEM_KEY_PAIR_GEN, keyType: ck.CKK_ML_KEM, set: ck.CKP_ML_KEM_768},
-	"ml-kem-1024": {mech: ck.CKM_ML_KEM_KEY_PAIR_GEN, keyType: ck.CKK_ML_KEM, set: ck.CKP_ML_KEM_1024},
+	"ml-kem-512":  {mech: ck.CKM_ML_KEM_KEY_PAIR_GEN, keyType: ck.CKK_ML_KEM, set: ck.CKP_ML_KEM_512, usage: kemUsage},
+	"ml-kem-768":  {mech: ck.CKM_ML_KEM_KEY_PAIR_GEN, keyType: ck.CKK_ML_KEM, set: ck.CKP_ML_KEM_768, usage: kemUsage},
+	"ml-kem-1024": {mech: ck.CKM_ML_KEM_KEY_PAIR_GEN, keyType: ck.CKK_ML_KEM, set: ck.CKP_ML_KEM_1024, usage: kemUsage},
 	"ml-dsa-44":   {mech: ck.CKM_ML_DSA_KEY_PAIR_GEN, keyType: ck.CKK_ML_DSA, set: ck.CKP_ML_DSA_44, usage: []string{"sign", "verify"}},
 	"ml-dsa-65":   {mech: ck.CKM_ML_DSA_KEY_PAIR_GEN, keyType: ck.CKK_ML_DSA, set: ck.CKP_ML_DSA_65, usage: []string{"sign", "verify"}},
 	"ml-dsa-87":   {mech: ck.CKM_ML_DSA_KEY_PAIR_GEN, keyType: ck.CKK_ML_DSA, set: ck.CKP_ML_DSA_87, usage: []string{"sign", "verify"}},
@@ -80,24 +80,33 @@ func KeyTypeNames() []string {
 	return out
 }
 
-// usageFlags maps a usage name to its attribute, and which half of a pair
-// carries it.
+// kemUsage is what an ML-KEM pair does by default: all it can.
+var kemUsage = []string{"encapsulate", "decapsulate"}
+
+// usageFlags maps a usage name to its attribute, which half of a pair
+// carries it, and whether it is a KEM's (PKCS#11 3.2, C_EncapsulateKey
+// and C_DecapsulateKey): an ML-KEM key has those usages and only those,
+// any other key none of them.
 var usageFlags = map[string]struct {
 	t   uint64
 	pub bool // a public key has it; the rest belong to private keys
+	kem bool
 }{
-	"encrypt": {t: ck.CKA_ENCRYPT, pub: true},
-	"decrypt": {t: ck.CKA_DECRYPT},
-	"sign":    {t: ck.CKA_SIGN},
-	"verify":  {t: ck.CKA_VERIFY, pub: true},
-	"wrap":    {t: ck.CKA_WRAP, pub: true},
-	"unwrap":  {t: ck.CKA_UNWRAP},
-	"derive":  {t: ck.CKA_DERIVE},
+	"encrypt":     {t: ck.CKA_ENCRYPT, pub: true},
+	"decrypt":     {t: ck.CKA_DECRYPT},
+	"sign":        {t: ck.CKA_SIGN},
+	"verify":      {t: ck.CKA_VERIFY, pub: true},
+	"wrap":        {t: ck.CKA_WRAP, pub: true},
+	"unwrap":      {t: ck.CKA_UNWRAP},
+	"derive":      {t: ck.CKA_DERIVE},
+	"encapsulate": {t: ck.CKA_ENCAPSULATE, pub: true, kem: true},
+	"decapsulate": {t: ck.CKA_DECAPSULATE, kem: true},
 }
 
 // keyTemplates builds the templates of a new key from the admin's
 // options: the secret key's (or the private half's) and the public half's.
-func keyTemplates(opts adminapi.KeyOptions, usage []string) (secret, public []keystore.Attribute, err error) {
+// kem says the key is an ML-KEM key.
+func keyTemplates(opts adminapi.KeyOptions, usage []string, kem bool) (secret, public []keystore.Attribute, err error) {
 	if len(opts.Usage) > 0 {
 		usage = opts.Usage
 	}
@@ -120,14 +129,24 @@ func keyTemplates(opts adminapi.KeyOptions, usage []string) (secret, public []ke
 	secret = append(slices.Clone(common), keystore.Attribute{Type: ck.CKA_PRIVATE, Value: keystore.Bool(true)})
 	public = append(slices.Clone(common), keystore.Attribute{Type: ck.CKA_PRIVATE, Value: keystore.Bool(false)})
 	for _, u := range usage {
-		if _, ok := usageFlags[u]; !ok {
-			return nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "unknown usage %q: want encrypt, decrypt, sign, verify, wrap, unwrap or derive", u)
+		f, ok := usageFlags[u]
+		switch {
+		case !ok:
+			return nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "unknown usage %q: want encrypt, decrypt, sign, verify, wrap, unwrap, derive, encapsulate or decapsulate", u)
+		case kem && !f.kem:
+			return nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "an ML-KEM key does not %s: its usages are encapsulate and decapsulate", u)
+		case !kem && f.kem:
+			return nil, nil, adminapi.Errorf(adminapi.CodeBadRequest, "only an ML-KEM key may %s", u)
 		}
 	}
 	// Every usage flag is set, true or false, so that what the key may do
-	// is what was asked, not the token's defaults.
+	// is what was asked, not the token's defaults; a KEM's only on an
+	// ML-KEM key, the only kind that has them.
 	for _, name := range slices.Sorted(maps.Keys(usageFlags)) {
 		f := usageFlags[name]
+		if f.kem && !kem {
+			continue
+		}
 		v := keystore.Bool(false)
 		if slices.Contains(usage, name) {
 			v = keystore.Bool(true)
@@ -155,10 +174,10 @@ func keyTemplates(opts adminapi.KeyOptions, usage []string) (secret, public []ke
 }
 
 // pairPrivate reduces a secret-key template to a private key's: a private
-// key has no encrypt, verify or wrap.
+// key has no encrypt, verify, wrap or encapsulate.
 func pairPrivate(t []keystore.Attribute) []keystore.Attribute {
 	return slices.DeleteFunc(slices.Clone(t), func(a keystore.Attribute) bool {
-		return a.Type == ck.CKA_ENCRYPT || a.Type == ck.CKA_VERIFY || a.Type == ck.CKA_WRAP
+		return a.Type == ck.CKA_ENCRYPT || a.Type == ck.CKA_VERIFY || a.Type == ck.CKA_WRAP || a.Type == ck.CKA_ENCAPSULATE
 	})
 }
 
@@ -187,7 +206,7 @@ func (a *call) keyGenerate(ctx context.Context, args adminapi.KeyGenerate) ([]ad
 	if args.Label == "" {
 		return nil, adminapi.Errorf(adminapi.CodeBadRequest, "a new key needs a label")
 	}
-	secret, public, err := keyTemplates(args.KeyOptions, spec.usage)
+	secret, public, err := keyTemplates(args.KeyOptions, spec.usage, spec.keyType == ck.CKK_ML_KEM)
 	if err != nil {
 		return nil, err
 	}
@@ -333,7 +352,7 @@ func (a *call) keyImport(ctx context.Context, args adminapi.KeyImport) ([]admina
 			} else if n := len(raw); n != 16 && n != 24 && n != 32 {
 				return adminapi.Errorf(adminapi.CodeBadRequest, "a raw AES key is 16, 24 or 32 bytes, not %d", n)
 			}
-			secret, _, err := keyTemplates(args.KeyOptions, usage)
+			secret, _, err := keyTemplates(args.KeyOptions, usage, false)
 			if err != nil {
 				return err
 			}
@@ -348,7 +367,7 @@ func (a *call) keyImport(ctx context.Context, args adminapi.KeyImport) ([]admina
 			if err != nil {
 				return err
 			}
-			_, public, err := keyTemplates(args.KeyOptions, []string{"verify"})
+			_, public, err := keyTemplates(args.KeyOptions, []string{"verify"}, false)
 			if err != nil {
 				return err
 			}
@@ -383,7 +402,7 @@ func (a *call) storePair(ctx context.Context, ti keystore.TokenInfo, u *token.Us
 	if err != nil {
 		return nil, 0, err
 	}
-	secret, public, err := keyTemplates(opts, []string{"sign", "verify"})
+	secret, public, err := keyTemplates(opts, []string{"sign", "verify"}, false)
 	if err != nil {
 		return nil, 0, err
 	}

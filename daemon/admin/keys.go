@@ -299,10 +299,12 @@ var boolAttrs = []struct {
 	{ck.CKA_ALWAYS_AUTHENTICATE, "always_authenticate"},
 	{ck.CKA_ENCRYPT, "encrypt"}, {ck.CKA_DECRYPT, "decrypt"}, {ck.CKA_SIGN, "sign"}, {ck.CKA_VERIFY, "verify"},
 	{ck.CKA_WRAP, "wrap"}, {ck.CKA_UNWRAP, "unwrap"}, {ck.CKA_DERIVE, "derive"},
+	{ck.CKA_ENCAPSULATE, "encapsulate"}, {ck.CKA_DECAPSULATE, "decapsulate"},
 }
 
 // usageAttrs are the flags that say what a key may do.
-var usageAttrs = []uint64{ck.CKA_ENCRYPT, ck.CKA_DECRYPT, ck.CKA_SIGN, ck.CKA_VERIFY, ck.CKA_WRAP, ck.CKA_UNWRAP, ck.CKA_DERIVE}
+var usageAttrs = []uint64{ck.CKA_ENCRYPT, ck.CKA_DECRYPT, ck.CKA_SIGN, ck.CKA_VERIFY, ck.CKA_WRAP, ck.CKA_UNWRAP, ck.CKA_DERIVE,
+	ck.CKA_ENCAPSULATE, ck.CKA_DECAPSULATE}
 
 // keyURI is the PKCS#11 URI (RFC 7512) that names a key object of the
 // token, as OpenSSL, p11tool and ssh take it.

@@ -54,13 +54,12 @@ func parsePQCImport(material []byte, typ string) (*mech.PQCImport, error) {
 // importPQC stores a post-quantum key read by parsePQCImport: a public
 // key alone, or a private key and its public half.
 func (a *call) importPQC(ctx context.Context, ti keystore.TokenInfo, u *token.UserSession, opts adminapi.KeyOptions, p *mech.PQCImport) ([]adminapi.Key, error) {
-	// An ML-KEM key encapsulates and decapsulates (CKA_ENCAPSULATE and
-	// CKA_DECAPSULATE, true by default), nothing else.
+	// An ML-KEM key encapsulates and decapsulates, nothing else.
 	usage := []string{"sign", "verify"}
 	if p.KeyType == ck.CKK_ML_KEM {
-		usage = nil
+		usage = kemUsage
 	}
-	secret, public, err := keyTemplates(opts, usage)
+	secret, public, err := keyTemplates(opts, usage, p.KeyType == ck.CKK_ML_KEM)
 	if err != nil {
 		return nil, err
 	}

@@ -54,6 +54,8 @@ type KeyAttributes struct {
 	Wrap               *bool `json:"wrap"`
 	Unwrap             *bool `json:"unwrap"`
 	Derive             *bool `json:"derive"`
+	Encapsulate        *bool `json:"encapsulate"`
+	Decapsulate        *bool `json:"decapsulate"`
 	// KeyGenMechanism made the key (CKA_KEY_GEN_MECHANISM), when known.
 	KeyGenMechanism *CKConst `json:"key_gen_mechanism"`
 	// AllowedMechanisms are CKA_ALLOWED_MECHANISMS: none for any.
