@@ -38,6 +38,23 @@ type mldsaSet struct {
 
 const mldsaSeedLen = 32
 
+// sign is signTo, never a panic. circl's signer gives up on a key whose
+// every attempt its rejection sampling refuses, after 576 of them, with a
+// panic, which a genuine key never meets (the odds are below 2^-128) but
+// an expanded key given without its seed can bring about: its t0 is read
+// as given, and one whose coefficients sit at the ends of their range
+// makes c·t0 too large for every attempt. Such a key fails the
+// pairwise-consistency test, and a signature with it is
+// CKR_FUNCTION_FAILED.
+func (p *mldsaSet) sign(sk sign.PrivateKey, msg, ctx []byte, randomized bool, sig []byte) (err error) {
+	defer func() {
+		if recover() != nil {
+			err = ck.Error(ck.CKR_FUNCTION_FAILED)
+		}
+	}()
+	return p.signTo(sk, msg, ctx, randomized, sig)
+}
+
 var mldsaSets = map[uint64]*mldsaSet{
 	ck.CKP_ML_DSA_44: {
 		name: "ML-DSA-44", scheme: mldsa44.Scheme(), sigLen: mldsa44.SignatureSize, eta: 2, k: 4, l: 4,
@@ -227,7 +244,7 @@ func mldsaSign(k Key, m *wire.Mechanism) (SignOp, error) {
 	}
 	return &bufSigner{sign: func(msg []byte) ([]byte, error) {
 		sig := make([]byte, p.sigLen)
-		if err := p.signTo(sk, msg, c.ctx, !c.deterministic, sig); err != nil {
+		if err := p.sign(sk, msg, c.ctx, !c.deterministic, sig); err != nil {
 			return nil, ck.Error(ck.CKR_FUNCTION_FAILED)
 		}
 		return sig, nil
@@ -286,7 +303,7 @@ func mldsaSignsForItsPublicKey(p *mldsaSet, sk sign.PrivateKey) bool {
 		return false
 	}
 	sig := make([]byte, p.sigLen)
-	if err := p.signTo(sk, mldsaPCTMessage, nil, false, sig); err != nil {
+	if err := p.sign(sk, mldsaPCTMessage, nil, false, sig); err != nil {
 		return false
 	}
 	return p.verify(pk, mldsaPCTMessage, nil, sig)

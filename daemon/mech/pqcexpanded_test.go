@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha3"
 	"fmt"
+	mrand "math/rand/v2"
 	"testing"
 
 	"hsmemu/cryptoki/ck"
@@ -96,6 +97,53 @@ func TestMLKEMDKWithBadEK(t *testing.T) {
 			m := map[uint64][]byte{ck.CKA_PARAMETER_SET: ulong(set), ck.CKA_VALUE: dk}
 			if err := CompletePQCKey(ck.CKO_PRIVATE_KEY, ck.CKK_ML_KEM, m); codeOf(err) != ck.CKR_ATTRIBUTE_VALUE_INVALID {
 				t.Fatalf("a dk holding an ek out of range: %v, want CKR_ATTRIBUTE_VALUE_INVALID", err)
+			}
+		})
+	}
+}
+
+// TestMLDSAExpandedKeyExtremeT0: an ML-DSA expanded key whose t0 has
+// every coefficient at ±2^12 (its range's ends, so every s1, s2 and tr
+// check passes) makes c·t0 so large that circl's signer refuses every
+// attempt of its rejection sampling, and after 576 of them panics. The key
+// is refused all the same (CKR_ATTRIBUTE_VALUE_INVALID, and from a PKCS#8
+// file an error), and a signature with such a key, had one been stored, is
+// CKR_FUNCTION_FAILED: never a panic.
+func TestMLDSAExpandedKeyExtremeT0(t *testing.T) {
+	t.Parallel()
+	for set, p := range mldsaSets {
+		t.Run(p.name, func(t *testing.T) {
+			t.Parallel()
+			_, gen := genPQC(t, ck.CKM_ML_DSA_KEY_PAIR_GEN, ck.CKK_ML_DSA, set)
+			bad := bytes.Clone(value(gen))
+			// t0 is the last k polynomials of 256 13-bit coefficients,
+			// each packed as 2^12 - t0: 0 is 2^12, 8191 is -(2^12 - 1).
+			rng := mrand.New(mrand.NewPCG(1, uint64(set)))
+			t0 := bad[len(bad)-p.k*416:]
+			clear(t0)
+			for i := range p.k * 256 {
+				if rng.IntN(2) == 1 {
+					for b := i * 13; b < i*13+13; b++ {
+						t0[b/8] |= 1 << (b % 8)
+					}
+				}
+			}
+			m := map[uint64][]byte{ck.CKA_PARAMETER_SET: ulong(set), ck.CKA_VALUE: bytes.Clone(bad)}
+			if err := CompletePQCKey(ck.CKO_PRIVATE_KEY, ck.CKK_ML_DSA, m); codeOf(err) != ck.CKR_ATTRIBUTE_VALUE_INVALID {
+				t.Errorf("created: %v, want CKR_ATTRIBUTE_VALUE_INVALID", err)
+			}
+			k := testKeyObject(t, ck.CKO_PRIVATE_KEY, ck.CKK_ML_DSA, map[uint64][]byte{ck.CKA_PARAMETER_SET: ulong(set), ck.CKA_VALUE: bad})
+			der, err := encodePQCPrivate(k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok, err := ParsePQCPrivateKey(der); !ok || err == nil {
+				t.Errorf("imported from PKCS#8: ok %v, err %v", ok, err)
+			}
+			for _, hedge := range []uint64{ck.CKH_DETERMINISTIC_REQUIRED, ck.CKH_HEDGE_REQUIRED} {
+				if _, err := pqcSign(mechanisms[ck.CKM_ML_DSA], k, sigMech(ck.CKM_ML_DSA, nil, hedge), []byte("m")); err != nil && codeOf(err) != ck.CKR_FUNCTION_FAILED {
+					t.Errorf("signed with hedge %d: %v, want a signature or CKR_FUNCTION_FAILED", hedge, err)
+				}
 			}
 		})
 	}
