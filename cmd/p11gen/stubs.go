@@ -290,7 +290,7 @@ func genCheck(e *emitter, c *calls.Call, a calls.Arg) {
 	case calls.Mechanism:
 		if r.Starts != 0 {
 			e.p("\tif (%s == NULL) /* ends an operation of its kind */", n)
-			e.p("\t\treturn hsm_call_cancel(session, %d, %d, %#x);", cancelCall().ID, r.Starts, calls.CancelFlags(r.Starts))
+			e.p("\t\treturn hsm_call_cancel(session, %d, %d, %#xULL);", cancelCall().ID, r.Starts, calls.CancelFlags(r.Starts))
 			return
 		}
 		if r.VerifySignature == calls.SignatureStarts {

@@ -30,7 +30,9 @@ const (
 const MessageKinds = OpMessageEncrypt | OpMessageDecrypt | OpMessageSign | OpMessageVerify
 
 // CancelFlags are the C_SessionCancel flags (CK_MECHANISM_INFO's) that name
-// the operations of kinds k.
+// the operations of kinds k, for the module's own cancels: OpVerify's
+// CKF_VERIFY with VerifyInitOnly, since an application's CKF_VERIFY names
+// C_VerifySignatureInit's verification too.
 func CancelFlags(k OpKinds) uint64 {
 	var f uint64
 	for kind, flag := range map[OpKinds]uint64{
@@ -43,6 +45,9 @@ func CancelFlags(k OpKinds) uint64 {
 		if k&kind != 0 {
 			f |= flag
 		}
+	}
+	if k&OpVerify != 0 {
+		f |= VerifyInitOnly
 	}
 	return f
 }
@@ -62,13 +67,13 @@ const CancelCurrentMessage = 1 << 63
 // (docs/protocol.md, "Results ahead of the follow-up call"), so the
 // daemon's kept output is delivered and the update done; the operation
 // goes on. The operations it names are the cancel flags of their kinds
-// shifted into bits 32 to 60 (CollectKinds), so that one frame may also
+// shifted into bits 32 to 59 (CollectKinds), so that one frame may also
 // end other operations with the low bits.
 const CollectUpdate = 1 << 62
 
 // CollectKinds are the bits of a C_SessionCancel flags word that, with
 // CollectUpdate, name the operations whose Update output was collected.
-const CollectKinds = 0x1fffffff << 32
+const CollectKinds = 0x0fffffff << 32
 
 // CancelVerifySignature is a C_SessionCancel flag of the module's own, bit
 // 61 (cleared from an application's flags as CancelCurrentMessage is): it
@@ -80,9 +85,16 @@ const CollectKinds = 0x1fffffff << 32
 // operation on, which an error ends (VerifySignature).
 const CancelVerifySignature = 1 << 61
 
+// VerifyInitOnly is a C_SessionCancel flag of the module's own, bit 60
+// (cleared from an application's flags as the others are): with
+// CKF_VERIFY it ends only the verification C_VerifyInit began, not
+// C_VerifySignatureInit's beside it. The module's own cancels of
+// C_VerifyInit's (a NULL mechanism, refused arguments) carry it.
+const VerifyInitOnly = 1 << 60
+
 // ModuleCancelFlags are the C_SessionCancel flags of the module's own,
 // never an application's to pass.
-const ModuleCancelFlags = CancelCurrentMessage | CollectUpdate | CancelVerifySignature
+const ModuleCancelFlags = CancelCurrentMessage | CollectUpdate | CancelVerifySignature | VerifyInitOnly
 
 // AbandonFlags are the C_SessionCancel flags that end what a call
 // continuing operations of kinds k was working on when the module refuses

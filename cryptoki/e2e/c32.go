@@ -75,11 +75,14 @@ static CK_RV e2e_sig(CK_FUNCTION_LIST_3_2 *f, int k, CK_SESSION_HANDLE s, CK_ULO
 }
 
 // e2e_verify_sig_end begins a C_VerifySignatureInit verification of sig
-// with CKM_ML_DSA beside a C_VerifyInit one, ends it one way (how: 0
+// with CKM_ML_DSA beside a C_VerifyInit one and ends one of them (how: 0
 // C_VerifySignatureInit with a NULL mechanism, 1 C_VerifySignatureUpdate
 // with a NULL part of 4 bytes, 2 C_VerifySignature with NULL data of 4
-// bytes) and returns that call's answer in rv[0], C_VerifySignatureFinal's
-// after it in rv[1] and the C_VerifyInit verification's C_Verify in rv[2].
+// bytes; 3 C_VerifyInit with a NULL mechanism, 4 C_VerifyUpdate with a
+// NULL part of 4 bytes). It returns that call's answer in rv[0]; then
+// for the first three C_VerifySignatureFinal's in rv[1], for the others
+// C_VerifySignature's of data; and the C_VerifyInit verification's
+// C_Verify in rv[2].
 static CK_RV e2e_verify_sig_end(CK_FUNCTION_LIST_3_2 *f, CK_SESSION_HANDLE s, int how, CK_OBJECT_HANDLE key,
 				CK_BYTE *data, CK_ULONG n, CK_BYTE *sig, CK_ULONG siglen, CK_RV rv[3])
 {
@@ -96,10 +99,16 @@ static CK_RV e2e_verify_sig_end(CK_FUNCTION_LIST_3_2 *f, CK_SESSION_HANDLE s, in
 	case 1:
 		rv[0] = f->C_VerifySignatureUpdate(s, NULL, 4);
 		break;
-	default:
+	case 2:
 		rv[0] = f->C_VerifySignature(s, NULL, 4);
+		break;
+	case 3:
+		rv[0] = f->C_VerifyInit(s, NULL, key);
+		break;
+	default:
+		rv[0] = f->C_VerifyUpdate(s, NULL, 4);
 	}
-	rv[1] = f->C_VerifySignatureFinal(s);
+	rv[1] = how < 3 ? f->C_VerifySignatureFinal(s) : f->C_VerifySignature(s, data, n);
 	rv[2] = f->C_Verify(s, data, n, sig, siglen);
 	return CKR_OK;
 }
@@ -263,7 +272,8 @@ func (l *funcs32) sig(k sigCall, h pkcs11.SessionHandle, mech uint, p *sigCtx, k
 }
 
 // verifySignatureEnd runs e2e_verify_sig_end: the ending call's CK_RV,
-// C_VerifySignatureFinal's after it, and the C_Verify beside it.
+// C_VerifySignatureFinal's (or C_VerifySignature's) after it, and the
+// C_Verify beside it.
 func (l *funcs32) verifySignatureEnd(h pkcs11.SessionHandle, how int, key pkcs11.ObjectHandle, data, sig []byte) ([3]uint, error) {
 	var m cmem
 	defer m.free()

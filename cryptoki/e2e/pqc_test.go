@@ -179,7 +179,9 @@ func TestPQCSignaturesThroughModule(t *testing.T) {
 // C_VerifySignatureInit with a NULL mechanism (CKR_OK) and on a
 // C_VerifySignatureUpdate or C_VerifySignature the module refuses
 // (CKR_ARGUMENTS_BAD), so that C_VerifySignatureFinal then finds none;
-// a C_VerifyInit verification beside it goes on.
+// a C_VerifyInit verification beside it goes on. And the other way: a
+// C_VerifyInit with a NULL mechanism, or a C_VerifyUpdate refused, ends
+// the C_VerifyInit verification alone.
 func TestVerifySignatureEndsThroughModule(t *testing.T) {
 	p, f, slot := pqcModule(t)
 	h := rwSession(t, p, slot, true)
@@ -189,13 +191,19 @@ func TestVerifySignatureEndsThroughModule(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for how, want := range []uint{ck.CKR_OK, ck.CKR_ARGUMENTS_BAD, ck.CKR_ARGUMENTS_BAD} {
+	for how, want := range [][3]uint{
+		{ck.CKR_OK, ck.CKR_OPERATION_NOT_INITIALIZED, ck.CKR_OK},
+		{ck.CKR_ARGUMENTS_BAD, ck.CKR_OPERATION_NOT_INITIALIZED, ck.CKR_OK},
+		{ck.CKR_ARGUMENTS_BAD, ck.CKR_OPERATION_NOT_INITIALIZED, ck.CKR_OK},
+		{ck.CKR_OK, ck.CKR_OK, ck.CKR_OPERATION_NOT_INITIALIZED},
+		{ck.CKR_ARGUMENTS_BAD, ck.CKR_OK, ck.CKR_OPERATION_NOT_INITIALIZED},
+	} {
 		rv, err := f.verifySignatureEnd(h, how, pub, msg, sig)
 		if err != nil {
 			t.Fatalf("way %d: %v", how, err)
 		}
-		if rv != [3]uint{want, ck.CKR_OPERATION_NOT_INITIALIZED, ck.CKR_OK} {
-			t.Errorf("way %d: the ending call %#x, C_VerifySignatureFinal %#x, C_Verify %#x", how, rv[0], rv[1], rv[2])
+		if rv != want {
+			t.Errorf("way %d: the ending call %#x, then the C_VerifySignatureInit verification %#x, C_Verify %#x; want %#x", how, rv[0], rv[1], rv[2], want)
 		}
 	}
 }

@@ -441,9 +441,9 @@ CK_RV hsm_call_abandon(CK_SESSION_HANDLE session, uint32_t call, unsigned kinds,
 /* ---- held.c: results ahead of the follow-up call ---- */
 
 /* calls.CollectUpdate and calls.CollectKinds: C_SessionCancel's flags
- * for an Update's output handed over, the operations in bits 32 to 60. */
+ * for an Update's output handed over, the operations in bits 32 to 59. */
 #define HSM_COLLECT_UPDATE (1ULL << 62)
-#define HSM_COLLECT_KINDS (0x1fffffffULL << 32)
+#define HSM_COLLECT_KINDS (0x0fffffffULL << 32)
 
 /* hsm_held_side: what a message call's parameter gets back with its
  * output (calls.MsgParamOut: the IV the token made, the tag), which a

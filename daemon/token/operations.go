@@ -133,7 +133,7 @@ var cancelFlag = [opKinds]uint64{
 // the current message: calls.CancelCurrentMessage) and for an Init given
 // no mechanism (3.0); calls.CancelVerifySignature ends only the
 // verification C_VerifySignatureInit began, which CKF_VERIFY ends with
-// C_VerifyInit's.
+// C_VerifyInit's unless calls.VerifyInitOnly says otherwise.
 func (app *App) sessionCancel(h, flags uint64) error {
 	s, err := app.session(h)
 	if err != nil {
@@ -155,7 +155,7 @@ func (app *App) sessionCancel(h, flags uint64) error {
 		flags &^= calls.CollectUpdate | calls.CollectKinds
 	}
 	for kind, f := range cancelFlag {
-		if flags&f != 0 {
+		if flags&f != 0 && (opKind(kind) != opVerifySignature || flags&calls.VerifyInitOnly == 0) {
 			s.endOp(opKind(kind))
 		}
 	}
