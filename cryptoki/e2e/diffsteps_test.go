@@ -415,6 +415,32 @@ func diffSteps() []diffStep {
 			run: func(m *diffMod) string {
 				return rv(m.p.Login(m.s, pkcs11.CKU_USER, "wrong-pin-9")) + "; " + rv(m.p.Login(m.s, pkcs11.CKU_USER, userPIN))
 			}},
+		// A handle to a private object stays invalid after the next login
+		// (C_Logout); a search finds the object again, under a new handle.
+		{name: "private token object after logging in again", want: "CKR_OBJECT_HANDLE_INVALID; CKR_OK 1; CKR_OK",
+			run: func(m *diffMod) string {
+				label := attr(pkcs11.CKA_LABEL, "diff-relogin")
+				o, err := m.p.CreateObject(m.s, []*pkcs11.Attribute{attr(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+					attr(pkcs11.CKA_TOKEN, true), attr(pkcs11.CKA_PRIVATE, true), label})
+				if err != nil {
+					return "CreateObject " + rv(err)
+				}
+				if err := m.p.Logout(m.s); err != nil {
+					return "Logout " + rv(err)
+				}
+				if err := m.p.Login(m.s, pkcs11.CKU_USER, userPIN); err != nil {
+					return "Login " + rv(err)
+				}
+				a := rv(m.raw.GetAttrs(m.s, o, []rawAttr{{Type: pkcs11.CKA_CLASS, Cap: 8}}))
+				n := diffFind(m, []*pkcs11.Attribute{label})
+				if err := m.p.FindObjectsInit(m.s, []*pkcs11.Attribute{label}); err == nil {
+					if found, _, _ := m.p.FindObjects(m.s, 1); len(found) == 1 {
+						m.p.DestroyObject(m.s, found[0])
+					}
+					m.p.FindObjectsFinal(m.s)
+				}
+				return a + "; " + n
+			}},
 		{name: "OpenSession without SERIAL", want: "CKR_SESSION_PARALLEL_NOT_SUPPORTED",
 			run: func(m *diffMod) string {
 				_, err := m.p.OpenSession(m.slot, pkcs11.CKF_RW_SESSION)

@@ -133,11 +133,12 @@ func (e *Engine) AuditPINFailure(ctx context.Context, who keystore.AuditActor, t
 }
 
 // Handle returns the session's handle for a token object of its token, as
-// C_FindObjects would give it.
+// C_FindObjects would give it. It is taken as a private object's: it ends
+// with the login, which outlasts the administrator's call.
 func (u *UserSession) Handle(token keystore.UUID, id keystore.ObjectID) uint64 {
 	u.app.mu.Lock()
 	defer u.app.mu.Unlock()
-	return u.app.tokenHandle(token, id)
+	return u.app.tokenHandle(token, id, true)
 }
 
 // Sign is C_SignInit and C_Sign with the key behind handle: the key is

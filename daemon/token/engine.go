@@ -240,6 +240,9 @@ type handle struct {
 	token keystore.UUID
 	id    keystore.ObjectID // token objects
 	mem   *sessionObject    // session objects
+	// private says a token object is private: its handle ends with the
+	// login (noteLogout). A token object's CKA_PRIVATE never changes.
+	private bool
 }
 
 type sessionObject struct {
@@ -364,6 +367,14 @@ func (e *Engine) noteLogout(app *App, token keystore.UUID) {
 	}
 	for h, ref := range app.memHandles {
 		if ref.token == token && ref.mem.private {
+			app.dropHandle(h)
+		}
+	}
+	// The application's handles to private token objects end too, and
+	// stay invalid after a new login (PKCS#11 v3.0, C_Logout): a find
+	// then gives new ones.
+	for h, ref := range app.handles {
+		if ref.token == token && ref.mem == nil && ref.private {
 			app.dropHandle(h)
 		}
 	}

@@ -16,7 +16,8 @@ import (
 // state public, an operation on a private key ended, the private key's
 // and the private session object's handles refused, C_Logout answering
 // CKR_USER_NOT_LOGGED_IN), counts those applications, leaves a login on
-// another token alone, and lets each log in again.
+// another token alone, and lets each log in again (the private key under
+// a new handle).
 func TestLogoutAllEndsSessions(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -65,7 +66,13 @@ func TestLogoutAllEndsSessions(t *testing.T) {
 	cl2.Must(ck.CKR_OK, "C_EncryptInit", U(hk), MP(ck.CKM_AES_CBC_PAD, iv), U(kept))
 
 	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
-	cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), MP(ck.CKM_AES_CBC_PAD, iv), U(key))
+	// The old handle stays invalid (C_Logout); the key is found anew.
+	cl.Must(ck.CKR_KEY_HANDLE_INVALID, "C_EncryptInit", U(h), MP(ck.CKM_AES_CBC_PAD, iv), U(key))
+	found := cl.Find(h, AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY))
+	if len(found) != 1 || found[0] == key {
+		t.Fatalf("the key after a new login: %v (old handle %d)", found, key)
+	}
+	cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), MP(ck.CKM_AES_CBC_PAD, iv), U(found[0]))
 
 	// No one logged in any more but the first application: one ended.
 	if _, apps, err := d.eng.LogoutAll(ctx, tokens[0].UUID); err != nil || apps != 1 {

@@ -28,15 +28,15 @@ func (app *App) userIn(s *session) bool {
 	return in && r == keystore.RoleUser
 }
 
-// newHandle returns app's handle for a token object, the same one each time.
-// App.mu is held.
-func (app *App) tokenHandle(token keystore.UUID, id keystore.ObjectID) uint64 {
+// tokenHandle returns app's handle for a token object, the same one each
+// time until the login ends if the object is private. App.mu is held.
+func (app *App) tokenHandle(token keystore.UUID, id keystore.ObjectID, private bool) uint64 {
 	if h, ok := app.byObject[id]; ok {
 		return h
 	}
 	app.nextHandle++
 	h := app.nextHandle
-	app.handles[h] = &handle{token: token, id: id}
+	app.handles[h] = &handle{token: token, id: id, private: private}
 	app.byObject[id] = h
 	return h
 }
@@ -163,7 +163,7 @@ func (e *Engine) keep(ctx context.Context, app *App, s *session, verb string, m 
 	e.logAudited(ObjectEvent(class, verb), id, who)
 	app.mu.Lock()
 	defer app.mu.Unlock()
-	return app.tokenHandle(s.token, obj.ID), nil
+	return app.tokenHandle(s.token, obj.ID, private), nil
 }
 
 // createObject creates an object from a template.
@@ -509,7 +509,7 @@ func (e *Engine) findObjectsInit(ctx context.Context, app *App, h uint64, tmpl [
 		}
 		if o.matches(tmpl) {
 			app.mu.Lock()
-			op.handles = append(op.handles, app.tokenHandle(s.token, id))
+			op.handles = append(op.handles, app.tokenHandle(s.token, id, obj.Private))
 			app.mu.Unlock()
 		}
 	}
