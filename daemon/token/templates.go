@@ -406,11 +406,18 @@ func checkChange(o *Object, tmpl []attr, so, copy bool) (map[uint64][]byte, erro
 	if !copy && !o.Bool(ck.CKA_MODIFIABLE) {
 		return nil, ck.Error(ck.CKR_ACTION_PROHIBITED)
 	}
+	class, kt := o.Class(), o.KeyType()
+	// "Trusted certificates cannot be modified" (PKCS#11 v3.0,
+	// certificate objects), not even by the SO who made them trusted; a
+	// copy may change only what says where it lives and who sees it.
+	trustedCert := class == ck.CKO_CERTIFICATE && o.Bool(ck.CKA_TRUSTED)
+	if trustedCert && !copy {
+		return nil, ck.Error(ck.CKR_ACTION_PROHIBITED)
+	}
 	changes, err := toMap(tmpl)
 	if err != nil {
 		return nil, err
 	}
-	class, kt := o.Class(), o.KeyType()
 	m := o.All()
 	for t, v := range changes {
 		r, ok := ruleFor(t, class, kt)
@@ -419,6 +426,9 @@ func checkChange(o *Object, tmpl []attr, so, copy bool) (map[uint64][]byte, erro
 		}
 		if err := checkValue(r, v); err != nil {
 			return nil, err
+		}
+		if trustedCert && t != ck.CKA_TOKEN && t != ck.CKA_PRIVATE && t != ck.CKA_MODIFIABLE {
+			return nil, ck.Error(ck.CKR_ATTRIBUTE_READ_ONLY)
 		}
 		old := m[t]
 		allowed := r.flags&fModify != 0

@@ -1,0 +1,66 @@
+package token
+
+import (
+	"testing"
+
+	"hsmemu/cryptoki/ck"
+	"hsmemu/cryptoki/wire"
+	. "hsmemu/cryptoki/wire/wiretest"
+)
+
+// certTmpl is an X.509 certificate's template: a public token object.
+func certTmpl(label string, extra ...wire.Attribute) []wire.Attribute {
+	return append([]wire.Attribute{
+		AU(ck.CKA_CLASS, ck.CKO_CERTIFICATE), AU(ck.CKA_CERTIFICATE_TYPE, ck.CKC_X_509),
+		AB(ck.CKA_TOKEN, true), AB(ck.CKA_PRIVATE, false), A(ck.CKA_LABEL, []byte(label)),
+		A(ck.CKA_SUBJECT, []byte("subject")), A(ck.CKA_VALUE, []byte("der")),
+	}, extra...)
+}
+
+// TestTrustedCertificate: "Trusted certificates cannot be modified"
+// (PKCS#11 v3.0, certificate objects), by the user or by the SO; a copy
+// of one may change what a copy always may (CKA_TOKEN, CKA_PRIVATE,
+// CKA_MODIFIABLE) and nothing of the certificate. An untrusted
+// certificate stays modifiable.
+func TestTrustedCertificate(t *testing.T) {
+	t.Parallel()
+	d := startEngine(t, Config{})
+	so := d.dial(t)
+	slot := so.NewToken("trust")
+	sh := so.Open(slot, true)
+	so.Must(ck.CKR_OK, "C_Login", U(sh), U(ck.CKU_SO), S(SOPIN))
+	trusted := so.Create(sh, certTmpl("anchor", AB(ck.CKA_TRUSTED, true))...)
+	so.Must(ck.CKR_ACTION_PROHIBITED, "C_SetAttributeValue", U(sh), U(trusted), T(A(ck.CKA_LABEL, []byte("renamed"))))
+	so.Must(ck.CKR_OK, "C_Logout", U(sh))
+
+	cl := d.dial(t)
+	h := cl.Open(slot, true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
+	found := cl.Find(h, A(ck.CKA_LABEL, []byte("anchor")))
+	if len(found) != 1 {
+		t.Fatalf("trusted certificate: %v", found)
+	}
+	trusted = found[0]
+	for _, set := range []wire.Attribute{
+		A(ck.CKA_LABEL, []byte("renamed")), A(ck.CKA_ID, []byte("mine")), A(ck.CKA_SUBJECT, []byte("another")),
+		AB(ck.CKA_TRUSTED, false),
+	} {
+		if rv, _ := cl.Call("C_SetAttributeValue", U(h), U(trusted), T(set)); rv != ck.CKR_ACTION_PROHIBITED {
+			t.Errorf("setting %#x on a trusted certificate: %#x, want CKR_ACTION_PROHIBITED", set.Type, rv)
+		}
+	}
+	for _, set := range []wire.Attribute{A(ck.CKA_ID, []byte("mine")), A(ck.CKA_SUBJECT, []byte("another"))} {
+		if rv, _ := cl.Call("C_CopyObject", U(h), U(trusted), T(set), None()); rv != ck.CKR_ATTRIBUTE_READ_ONLY {
+			t.Errorf("copying a trusted certificate with %#x changed: %#x, want CKR_ATTRIBUTE_READ_ONLY", set.Type, rv)
+		}
+	}
+	cp := cl.Must(ck.CKR_OK, "C_CopyObject", U(h), U(trusted), T(AB(ck.CKA_TOKEN, false)), None())[3].Ulong
+	if rv, ans := cl.Get(h, cp, ck.CKA_TRUSTED, ck.CKA_LABEL); rv != ck.CKR_OK || !isTrue(ans[0].Value) || string(ans[1].Value) != "anchor" {
+		t.Fatalf("the copy: %#x %+v", rv, ans)
+	}
+	cl.Must(ck.CKR_ACTION_PROHIBITED, "C_SetAttributeValue", U(h), U(cp), T(A(ck.CKA_LABEL, []byte("renamed"))))
+
+	plain := cl.Create(h, certTmpl("plain")...)
+	cl.Must(ck.CKR_OK, "C_SetAttributeValue", U(h), U(plain), T(A(ck.CKA_LABEL, []byte("renamed"))))
+	cl.Must(ck.CKR_ATTRIBUTE_READ_ONLY, "C_SetAttributeValue", U(h), U(plain), T(AB(ck.CKA_TRUSTED, true)))
+}
