@@ -116,7 +116,10 @@ var (
 // operations, not here.
 var rules = map[uint64]rule{
 	// Common to all objects.
-	ck.CKA_CLASS:       {kind: vUlong, classes: mAll, flags: fRequired},
+	ck.CKA_CLASS: {kind: vUlong, classes: mAll, flags: fRequired},
+	// Made by the token for every object (objects.go, uniqueID): a token
+	// object's keystore uuid, a session object's own random one.
+	ck.CKA_UNIQUE_ID:   {kind: vBytes, classes: mAll, flags: fNever},
 	ck.CKA_TOKEN:       {kind: vBool, classes: mAll, def: vFalse},
 	ck.CKA_PRIVATE:     {kind: vBool, classes: mAll},
 	ck.CKA_MODIFIABLE:  {kind: vBool, classes: mAll, def: vTrue},

@@ -78,9 +78,29 @@ func View(obj *keystore.Object) (*Object, error) {
 			return nil, keystore.ErrTampered
 		}
 	}
-	o := viewOf(obj.Attrs, sec)
+	// A token object's CKA_UNIQUE_ID is its uuid in the keystore, the one
+	// the audit log names it by: shown, never stored (keep and
+	// setAttributes leave it out).
+	attrs, err := withAttr(obj.Attrs, ck.CKA_UNIQUE_ID, []byte(obj.UUID.String()))
+	if err != nil {
+		return nil, keystore.ErrTampered
+	}
+	o := viewOf(attrs, sec)
 	obj.Memo.Store(o)
 	return o, nil
+}
+
+// sessionUniqueID makes a session object's CKA_UNIQUE_ID: random, as a
+// keystore uuid is, in the same form, so that it is unique among all the
+// objects a session sees (PKCS#11 v3.0, "The CKA_UNIQUE_ID attribute").
+func sessionUniqueID() ([]byte, error) {
+	var u keystore.UUID
+	if _, err := rand.Read(u[:]); err != nil {
+		return nil, err
+	}
+	u[6] = u[6]&0x0f | 0x40 // version 4
+	u[8] = u[8]&0x3f | 0x80 // RFC 4122 variant
+	return []byte(u.String()), nil
 }
 
 // resolve finds the object behind handle oh for a call on session s: it
@@ -128,6 +148,16 @@ func (e *Engine) keep(ctx context.Context, app *App, s *session, verb string, m 
 	}
 	if private && !app.userIn(s) {
 		return 0, ck.Error(ck.CKR_USER_NOT_LOGGED_IN)
+	}
+	// Every new object gets a CKA_UNIQUE_ID of its own, a copy too: a
+	// token object its uuid (View), a session object a random one.
+	delete(m, ck.CKA_UNIQUE_ID)
+	if !token {
+		u, err := sessionUniqueID()
+		if err != nil {
+			return 0, err
+		}
+		m[ck.CKA_UNIQUE_ID] = u
 	}
 	o, err := split(m, class, kt)
 	if err != nil {
@@ -376,6 +406,10 @@ func (e *Engine) setAttributes(ctx context.Context, app *App, h, oh uint64, tmpl
 	m, err := checkChange(o, tmpl, app.isSO(s), false)
 	if err != nil {
 		return err
+	}
+	if ref.mem == nil {
+		// Shown from the keystore's uuid, not stored (View).
+		delete(m, ck.CKA_UNIQUE_ID)
 	}
 	n, err := split(m, o.Class(), o.KeyType())
 	if err != nil {

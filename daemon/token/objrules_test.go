@@ -64,3 +64,65 @@ func TestTrustedCertificate(t *testing.T) {
 	cl.Must(ck.CKR_OK, "C_SetAttributeValue", U(h), U(plain), T(A(ck.CKA_LABEL, []byte("renamed"))))
 	cl.Must(ck.CKR_ATTRIBUTE_READ_ONLY, "C_SetAttributeValue", U(h), U(plain), T(AB(ck.CKA_TRUSTED, true)))
 }
+
+// TestUniqueID: every object has a CKA_UNIQUE_ID the token makes
+// (PKCS#11 v3.0, "The CKA_UNIQUE_ID attribute"): its own, the same
+// across changes and restarts, a new one for a copy; a template naming
+// it, on any call that makes or changes an object, is
+// CKR_ATTRIBUTE_READ_ONLY; a search by it finds that one object.
+func TestUniqueID(t *testing.T) {
+	t.Parallel()
+	d, cl, _, h := symUser(t)
+	uid := func(obj uint64) string {
+		t.Helper()
+		rv, ans := cl.Get(h, obj, ck.CKA_UNIQUE_ID)
+		if rv != ck.CKR_OK || len(ans[0].Value) == 0 {
+			t.Fatalf("CKA_UNIQUE_ID of %d: %#x %+v", obj, rv, ans)
+		}
+		return string(ans[0].Value)
+	}
+	tokKey := cl.Create(h, AESKey("unique", true, false)...)
+	sessData := cl.Create(h, DataObject("unique data", false, false, "v")...)
+	gen := cl.Must(ck.CKR_OK, "C_GenerateKey", U(h), M(ck.CKM_AES_KEY_GEN), T(AU(ck.CKA_VALUE_LEN, 16)), None())[3].Ulong
+	tokCopy := cl.Must(ck.CKR_OK, "C_CopyObject", U(h), U(tokKey), T(), None())[3].Ulong
+	sessCopy := cl.Must(ck.CKR_OK, "C_CopyObject", U(h), U(tokKey), T(AB(ck.CKA_TOKEN, false)), None())[3].Ulong
+	dataCopy := cl.Must(ck.CKR_OK, "C_CopyObject", U(h), U(sessData), T(AB(ck.CKA_TOKEN, true)), None())[3].Ulong
+	seen := map[string]uint64{}
+	for _, obj := range []uint64{tokKey, sessData, gen, tokCopy, sessCopy, dataCopy} {
+		u := uid(obj)
+		if other, dup := seen[u]; dup {
+			t.Fatalf("objects %d and %d share CKA_UNIQUE_ID %q", other, obj, u)
+		}
+		seen[u] = obj
+	}
+	for _, obj := range []uint64{tokKey, sessData} {
+		before := uid(obj)
+		cl.Must(ck.CKR_OK, "C_SetAttributeValue", U(h), U(obj), T(A(ck.CKA_LABEL, []byte("relabelled"))))
+		if got := uid(obj); got != before {
+			t.Fatalf("CKA_UNIQUE_ID changed with the label: %q, then %q", before, got)
+		}
+		if got := cl.Find(h, A(ck.CKA_UNIQUE_ID, []byte(before))); len(got) != 1 || got[0] != obj {
+			t.Fatalf("search by CKA_UNIQUE_ID %q: %v, want [%d]", before, got, obj)
+		}
+	}
+
+	bad := A(ck.CKA_UNIQUE_ID, []byte("mine"))
+	cl.Must(ck.CKR_ATTRIBUTE_READ_ONLY, "C_CreateObject", U(h), T(append(DataObject("x", false, false, "v"), bad)...), None())
+	cl.Must(ck.CKR_ATTRIBUTE_READ_ONLY, "C_GenerateKey", U(h), M(ck.CKM_AES_KEY_GEN), T(AU(ck.CKA_VALUE_LEN, 16), bad), None())
+	cl.Must(ck.CKR_ATTRIBUTE_READ_ONLY, "C_SetAttributeValue", U(h), U(sessData), T(bad))
+	cl.Must(ck.CKR_ATTRIBUTE_READ_ONLY, "C_CopyObject", U(h), U(sessData), T(bad), None())
+	kek := cl.secret(h, ck.CKK_AES, make([]byte, 32))
+	wrapped := cl.wrapKey(ck.CKR_OK, h, M(ck.CKM_AES_KEY_WRAP), kek, cl.secret(h, ck.CKK_AES, make([]byte, 16)))
+	cl.unwrapKey(ck.CKR_ATTRIBUTE_READ_ONLY, h, M(ck.CKM_AES_KEY_WRAP), kek, wrapped, readable(ck.CKK_AES, bad)...)
+
+	// A token object keeps its CKA_UNIQUE_ID across a restart.
+	want := uid(tokKey)
+	d.stop()
+	d.start(t, Config{})
+	cl = d.dial(t)
+	h = cl.Open(cl.Slots()[0], true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
+	if got := cl.Find(h, A(ck.CKA_UNIQUE_ID, []byte(want))); len(got) != 1 || uid(got[0]) != want {
+		t.Fatalf("after a restart, search by CKA_UNIQUE_ID %q: %v", want, got)
+	}
+}
