@@ -268,6 +268,33 @@ func diffSteps() []diffStep {
 			run: func(m *diffMod) string {
 				return diffCreate(m, attr(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), attr(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES))
 			}},
+		// CKA_CHECK_VALUE (secret key objects): computed by the token for
+		// every secret key, checked when a template gives it, kept
+		// empty when a template asks for none.
+		{name: "CreateObject AES, CKA_CHECK_VALUE", want: "CKR_OK 3 66e94b; CKR_ATTRIBUTE_VALUE_INVALID; CKR_OK 0 ",
+			run: func(m *diffMod) string {
+				aes := func(kcv []byte) (string, int, []byte) {
+					t := []*pkcs11.Attribute{attr(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), attr(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+						attr(pkcs11.CKA_TOKEN, false), attr(pkcs11.CKA_VALUE, make([]byte, 16))}
+					if kcv != nil {
+						t = append(t, attr(pkcs11.CKA_CHECK_VALUE, kcv))
+					}
+					o, err := m.p.CreateObject(m.s, t)
+					if err != nil {
+						return rv(err), 0, nil
+					}
+					defer m.p.DestroyObject(m.s, o)
+					got, err := m.p.GetAttributeValue(m.s, o, []*pkcs11.Attribute{attr(pkcs11.CKA_CHECK_VALUE, nil)})
+					if err != nil {
+						return rv(err), 0, nil
+					}
+					return "CKR_OK", len(got[0].Value), got[0].Value
+				}
+				a, n, v := aes(nil)
+				b, _, _ := aes([]byte{1, 2, 3})
+				c, cn, cv := aes([]byte{})
+				return fmt.Sprintf("%s %d %x; %s; %s %d %x", a, n, v, b, c, cn, cv)
+			}},
 		{name: "CreateObject without CKA_CLASS", want: "CKR_TEMPLATE_INCOMPLETE",
 			run: func(m *diffMod) string {
 				return diffCreate(m, attr(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES), attr(pkcs11.CKA_VALUE, data32))

@@ -500,9 +500,15 @@ func (o *Object) readAttr(t uint64) ([]byte, uint64) {
 		return nil, ck.CKR_ATTRIBUTE_SENSITIVE
 	}
 	v, ok := o.Attr(t)
+	if !ok && t == ck.CKA_CHECK_VALUE {
+		// Computed when read, unless the template that made the
+		// object asked for none (checkvalue.go).
+		if value, has := o.Attr(ck.CKA_VALUE); has {
+			v, ok = checkValueOf(o.Class(), o.KeyType(), value)
+		}
+	}
 	if !ok {
-		// The object may have this attribute but holds no value for it
-		// (e.g. CKA_CHECK_VALUE never computed).
+		// The object may have this attribute but holds no value for it.
 		return nil, ck.CKR_ATTRIBUTE_TYPE_INVALID
 	}
 	return v, ck.CKR_OK

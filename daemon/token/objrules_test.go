@@ -1,6 +1,8 @@
 package token
 
 import (
+	"bytes"
+	"fmt"
 	"testing"
 
 	"hsmemu/cryptoki/ck"
@@ -124,5 +126,74 @@ func TestUniqueID(t *testing.T) {
 	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
 	if got := cl.Find(h, A(ck.CKA_UNIQUE_ID, []byte(want))); len(got) != 1 || uid(got[0]) != want {
 		t.Fatalf("after a restart, search by CKA_UNIQUE_ID %q: %v", want, got)
+	}
+}
+
+// TestCheckValue: CKA_CHECK_VALUE (PKCS#11 v3.0, secret key and
+// certificate objects) is the token's for every secret key and
+// certificate, however made, readable while the key is sensitive; a
+// template may give the right one or an empty one (the object then has
+// none), and a wrong one is CKR_ATTRIBUTE_VALUE_INVALID on every call
+// that makes an object; it never changes.
+func TestCheckValue(t *testing.T) {
+	t.Parallel()
+	_, cl, _, h := symUser(t)
+	kcv := func(obj uint64) string {
+		t.Helper()
+		rv, ans := cl.Get(h, obj, ck.CKA_CHECK_VALUE)
+		if rv != ck.CKR_OK {
+			t.Fatalf("CKA_CHECK_VALUE of %d: %#x", obj, rv)
+		}
+		return fmt.Sprintf("%x", ans[0].Value)
+	}
+	zero32 := make([]byte, 32)
+	aes := cl.secret(h, ck.CKK_AES, zero32, AB(ck.CKA_SENSITIVE, true), AB(ck.CKA_EXTRACTABLE, false))
+	generic := cl.secret(h, ck.CKK_GENERIC_SECRET, zero32)
+	cert := cl.Create(h, certTmpl("kcv")...)
+	for _, c := range []struct {
+		name string
+		obj  uint64
+		want string
+	}{
+		{"AES-256 zero key: its ECB encryption of a zero block", aes, "dc95c0"},
+		{"generic secret of 32 zero bytes: its SHA-1", generic, "de8a84"},
+		{"certificate: the SHA-1 of its CKA_VALUE", cert, "7d44c3"},
+	} {
+		if got := kcv(c.obj); got != c.want {
+			t.Errorf("%s: %s, want %s", c.name, got, c.want)
+		}
+	}
+	cp := cl.Must(ck.CKR_OK, "C_CopyObject", U(h), U(aes), T(AB(ck.CKA_TOKEN, true)), None())[3].Ulong
+	if got := kcv(cp); got != "dc95c0" {
+		t.Errorf("copy: %s", got)
+	}
+	if got := cl.Find(h, A(ck.CKA_CHECK_VALUE, []byte{0xde, 0x8a, 0x84})); len(got) != 1 || got[0] != generic {
+		t.Errorf("search by the check value: %v, want [%d]", got, generic)
+	}
+	cl.Must(ck.CKR_ATTRIBUTE_READ_ONLY, "C_SetAttributeValue", U(h), U(aes), T(A(ck.CKA_CHECK_VALUE, []byte{0xdc, 0x95, 0xc0})))
+
+	// Given: the right one, an empty one, a wrong one.
+	right := cl.secret(h, ck.CKK_AES, zero32, A(ck.CKA_CHECK_VALUE, []byte{0xdc, 0x95, 0xc0}))
+	if got := kcv(right); got != "dc95c0" {
+		t.Errorf("given right: %s", got)
+	}
+	none := cl.secret(h, ck.CKK_AES, zero32, A(ck.CKA_CHECK_VALUE, nil))
+	if got := kcv(none); got != "" {
+		t.Errorf("given empty: %s, want none", got)
+	}
+	wrong := A(ck.CKA_CHECK_VALUE, []byte{1, 2, 3})
+	cl.Must(ck.CKR_ATTRIBUTE_VALUE_INVALID, "C_CreateObject", U(h), T(secretTmpl(ck.CKK_AES, zero32, wrong)...), None())
+	cl.Must(ck.CKR_ATTRIBUTE_VALUE_INVALID, "C_CreateObject", U(h), T(certTmpl("wrong", wrong)...), None())
+	cl.Must(ck.CKR_ATTRIBUTE_VALUE_INVALID, "C_GenerateKey", U(h), M(ck.CKM_AES_KEY_GEN), T(AU(ck.CKA_VALUE_LEN, 16), wrong), None())
+	kek := cl.secret(h, ck.CKK_AES, bytes.Repeat([]byte{7}, 32))
+	wrapped := cl.wrapKey(ck.CKR_OK, h, M(ck.CKM_AES_KEY_WRAP), kek, generic)
+	cl.unwrapKey(ck.CKR_ATTRIBUTE_VALUE_INVALID, h, M(ck.CKM_AES_KEY_WRAP), kek, wrapped, readable(ck.CKK_GENERIC_SECRET, wrong)...)
+	u := cl.unwrapKey(ck.CKR_OK, h, M(ck.CKM_AES_KEY_WRAP), kek, wrapped, readable(ck.CKK_GENERIC_SECRET, A(ck.CKA_CHECK_VALUE, []byte{0xde, 0x8a, 0x84}))...)
+	if got := kcv(u); got != "de8a84" {
+		t.Errorf("unwrapped: %s", got)
+	}
+	gen := cl.Must(ck.CKR_OK, "C_GenerateKey", U(h), M(ck.CKM_AES_KEY_GEN), T(AU(ck.CKA_VALUE_LEN, 16)), None())[3].Ulong
+	if got := kcv(gen); len(got) != 6 {
+		t.Errorf("generated: %q", got)
 	}
 }

@@ -254,6 +254,9 @@ func completeObject(m map[uint64][]byte, class, kt uint64, org origin, mech uint
 	if err := checkMaterial(m, class, kt, org); err != nil {
 		return err
 	}
+	if err := settleCheckValue(m, class, kt); err != nil {
+		return err
+	}
 	fillDefaults(m, class, kt)
 	cm := classMask(class)
 	if cm&(mKeys|mDomain) == 0 {
