@@ -346,6 +346,21 @@ func diffSteps() []diffStep {
 			run: func(m *diffMod) string {
 				return genKey(m, attr(pkcs11.CKA_VALUE_LEN, 32), attr(pkcs11.CKA_VALUE, data32))
 			}},
+		// C_UnwrapKey's template names the class of the key it makes:
+		// without one it lacks a necessary attribute (5.1).
+		{name: "UnwrapKey without CKA_CLASS", want: "CKR_TEMPLATE_INCOMPLETE",
+			run: func(m *diffMod) string {
+				w, err := m.p.WrapKey(m.s, mech(pkcs11.CKM_AES_KEY_WRAP, nil), m.kek, m.aes)
+				if err != nil {
+					return "WrapKey " + rv(err)
+				}
+				o, err := m.p.UnwrapKey(m.s, mech(pkcs11.CKM_AES_KEY_WRAP, nil), m.kek, w,
+					[]*pkcs11.Attribute{attr(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES), attr(pkcs11.CKA_TOKEN, false)})
+				if err == nil {
+					m.p.DestroyObject(m.s, o)
+				}
+				return rv(err)
+			}},
 		{name: "GenerateKeyPair EC without CKA_EC_PARAMS", want: "CKR_TEMPLATE_INCOMPLETE",
 			run: func(m *diffMod) string {
 				_, _, err := m.p.GenerateKeyPair(m.s, mech(pkcs11.CKM_EC_KEY_PAIR_GEN, nil),

@@ -143,7 +143,7 @@ func checkTemplate(tmpl []attr, so, legacy bool, org origin, defClass, defKeyTyp
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	if _, ok := m[ck.CKA_CLASS]; !ok && org != originCreate {
+	if _, ok := m[ck.CKA_CLASS]; !ok && defClass != 0 {
 		m[ck.CKA_CLASS] = ulong(defClass)
 	}
 	cv, ok := m[ck.CKA_CLASS]
