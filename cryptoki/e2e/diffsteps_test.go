@@ -107,6 +107,14 @@ func diffSteps() []diffStep {
 				t := []rawAttr{{Type: pkcs11.CKA_VALUE, Null: true}}
 				return lens(t, m.raw.GetAttrs(m.s, m.priv, t))
 			}},
+		// A key's template attributes, none given: the empty template,
+		// as CKA_ALLOWED_MECHANISMS none given is the empty list.
+		{name: "GetAttributeValue templates a key lacks", want: "CKR_OK 0 0 0",
+			run: func(m *diffMod) string {
+				t := []rawAttr{{Type: pkcs11.CKA_WRAP_TEMPLATE, Null: true}, {Type: pkcs11.CKA_UNWRAP_TEMPLATE, Null: true},
+					{Type: pkcs11.CKA_ALLOWED_MECHANISMS, Null: true}}
+				return lens(t, m.raw.GetAttrs(m.s, m.aes, t))
+			}},
 		{name: "GetAttributeValue bad object", want: "CKR_OBJECT_HANDLE_INVALID",
 			run: func(m *diffMod) string {
 				t := []rawAttr{{Type: pkcs11.CKA_CLASS, Cap: 8}}

@@ -507,6 +507,11 @@ func (o *Object) readAttr(t uint64) ([]byte, uint64) {
 			v, ok = checkValueOf(o.Class(), o.KeyType(), value)
 		}
 	}
+	if !ok && r.kind == vAttrs {
+		// A key without a CKA_WRAP_TEMPLATE (or kin) has the empty
+		// one: it imposes nothing (wrappable, impose).
+		v, ok = vEmpty, true
+	}
 	if !ok {
 		// The object may have this attribute but holds no value for it.
 		return nil, ck.CKR_ATTRIBUTE_TYPE_INVALID
