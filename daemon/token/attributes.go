@@ -117,8 +117,8 @@ var (
 var rules = map[uint64]rule{
 	// Common to all objects.
 	ck.CKA_CLASS: {kind: vUlong, classes: mAll, flags: fRequired},
-	// Made by the token for every object (objects.go, uniqueID): a token
-	// object's keystore uuid, a session object's own random one.
+	// Made by the token for every object: a token object's keystore uuid
+	// (View), a session object's own random one (keep).
 	ck.CKA_UNIQUE_ID:   {kind: vBytes, classes: mAll, flags: fNever},
 	ck.CKA_TOKEN:       {kind: vBool, classes: mAll, def: vFalse},
 	ck.CKA_PRIVATE:     {kind: vBool, classes: mAll},
@@ -373,6 +373,10 @@ type Object struct {
 	keyType  uint64
 	truthful [boolTypes / 64]uint64
 
+	// uniqueID is a token object's CKA_UNIQUE_ID, its uuid in the
+	// keystore (View): not one of its stored attributes.
+	uniqueID []byte
+
 	// parsed keeps the key material parsed for mechanisms (an RSA private
 	// key with its CRT values, an EC scalar and its public point), so an
 	// operation's Init does not parse it again. Objects never change: an
@@ -500,6 +504,9 @@ func (o *Object) readAttr(t uint64) ([]byte, uint64) {
 		return nil, ck.CKR_ATTRIBUTE_SENSITIVE
 	}
 	v, ok := o.Attr(t)
+	if t == ck.CKA_UNIQUE_ID && o.uniqueID != nil {
+		v, ok = o.uniqueID, true
+	}
 	if !ok && t == ck.CKA_CHECK_VALUE {
 		// Computed when read, unless the template that made the
 		// object asked for none (checkvalue.go).

@@ -78,14 +78,10 @@ func View(obj *keystore.Object) (*Object, error) {
 			return nil, keystore.ErrTampered
 		}
 	}
+	o := viewOf(obj.Attrs, sec)
 	// A token object's CKA_UNIQUE_ID is its uuid in the keystore, the one
-	// the audit log names it by: shown, never stored (keep and
-	// setAttributes leave it out).
-	attrs, err := withAttr(obj.Attrs, ck.CKA_UNIQUE_ID, []byte(obj.UUID.String()))
-	if err != nil {
-		return nil, keystore.ErrTampered
-	}
-	o := viewOf(attrs, sec)
+	// the audit log names it by: shown, never stored.
+	o.uniqueID = []byte(obj.UUID.String())
 	obj.Memo.Store(o)
 	return o, nil
 }
@@ -150,7 +146,8 @@ func (e *Engine) keep(ctx context.Context, app *App, s *session, verb string, m 
 		return 0, ck.Error(ck.CKR_USER_NOT_LOGGED_IN)
 	}
 	// Every new object gets a CKA_UNIQUE_ID of its own, a copy too: a
-	// token object its uuid (View), a session object a random one.
+	// token object its uuid (View), a session object a random one, kept
+	// with its attributes.
 	delete(m, ck.CKA_UNIQUE_ID)
 	if !token {
 		u, err := sessionUniqueID()
@@ -406,10 +403,6 @@ func (e *Engine) setAttributes(ctx context.Context, app *App, h, oh uint64, tmpl
 	m, err := checkChange(o, tmpl, app.isSO(s), false)
 	if err != nil {
 		return err
-	}
-	if ref.mem == nil {
-		// Shown from the keystore's uuid, not stored (View).
-		delete(m, ck.CKA_UNIQUE_ID)
 	}
 	n, err := split(m, o.Class(), o.KeyType())
 	if err != nil {
