@@ -24,10 +24,18 @@ const (
 // needs and low enough that a hostile database row cannot make the daemon
 // allocate without limit.
 const (
-	maxAttributes     = 512
-	maxAttributeValue = 1 << 20
+	maxAttributes = 512
+	// MaxAttributeValue bounds one attribute's value.
+	MaxAttributeValue = 1 << 20
 	maxAttributesSize = 4 << 20
 )
+
+// ErrTooLarge is NewAttributes' error for attributes over the bounds
+// DecodeAttributes reads back: a value over MaxAttributeValue, too many
+// attributes, or an encoding over 4 MiB. An object's attributes, and its
+// secret attributes apart, must each stay within them, or the object
+// would be stored and never open.
+var ErrTooLarge = errors.New("keystore: attributes too large")
 
 // Attribute is one attribute of a stored object. CK_ULONG values are encoded
 // as 8 bytes big-endian and CK_BBOOL values as one byte (0 or 1), whatever the
@@ -59,12 +67,17 @@ func NewAttributes(attrs ...Attribute) (Attributes, error) {
 		}
 	}
 	if len(a) > maxAttributes {
-		return nil, fmt.Errorf("keystore: %d attributes, at most %d", len(a), maxAttributes)
+		return nil, fmt.Errorf("%w: %d attributes, at most %d", ErrTooLarge, len(a), maxAttributes)
 	}
+	size := 4
 	for _, at := range a {
-		if len(at.Value) > maxAttributeValue {
-			return nil, fmt.Errorf("keystore: attribute 0x%x is %d bytes, at most %d", at.Type, len(at.Value), maxAttributeValue)
+		if len(at.Value) > MaxAttributeValue {
+			return nil, fmt.Errorf("%w: attribute 0x%x is %d bytes, at most %d", ErrTooLarge, at.Type, len(at.Value), MaxAttributeValue)
 		}
+		size += 12 + len(at.Value)
+	}
+	if size > maxAttributesSize {
+		return nil, fmt.Errorf("%w: %d bytes encoded, at most %d", ErrTooLarge, size, maxAttributesSize)
 	}
 	return a, nil
 }
@@ -163,7 +176,7 @@ func DecodeAttributes(b []byte) (Attributes, error) {
 		t := binary.BigEndian.Uint64(b)
 		l := binary.BigEndian.Uint32(b[8:])
 		b = b[12:]
-		if l > maxAttributeValue || uint64(l) > uint64(len(b)) {
+		if l > MaxAttributeValue || uint64(l) > uint64(len(b)) {
 			return nil, errAttrEncoding
 		}
 		if i > 0 && t <= a[i-1].Type {

@@ -3,6 +3,7 @@ package token
 import (
 	"bytes"
 	"cmp"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -567,13 +568,32 @@ func split(all map[uint64][]byte, class, keyType uint64) (*Object, error) {
 	}
 	a, err := keystore.NewAttributes(attrs...)
 	if err != nil {
-		return nil, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
+		return nil, oversized(err, attrs)
 	}
 	s, err := keystore.NewAttributes(secret...)
 	if err != nil {
-		return nil, ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
+		return nil, oversized(err, secret)
 	}
 	return viewOf(a, s), nil
+}
+
+// oversized names split's refusal of an object's attributes: the keystore
+// keeps no value over keystore.MaxAttributeValue
+// (CKR_ATTRIBUTE_VALUE_INVALID), and no object whose attributes, or
+// whose secret attributes, are together more than it reads back
+// (CKR_DEVICE_MEMORY: the token has no room for it). Session objects are
+// held to the same bounds, so that CKA_TOKEN decides only where an
+// object lives.
+func oversized(err error, attrs []keystore.Attribute) error {
+	if !errors.Is(err, keystore.ErrTooLarge) {
+		return ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
+	}
+	for _, a := range attrs {
+		if len(a.Value) > keystore.MaxAttributeValue {
+			return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+		}
+	}
+	return ck.Error(ck.CKR_DEVICE_MEMORY)
 }
 
 // All returns every attribute of the object in one map, for edits.

@@ -532,7 +532,10 @@ func (e *Engine) findObjectsInit(ctx context.Context, app *App, h uint64, tmpl [
 		}
 		o, err := View(obj)
 		if err != nil {
-			return err
+			// Its sealed part does not decode (ErrTampered): left out
+			// as an edited row is, the token's other objects found.
+			e.log.Error("a stored object does not decode and is left out", "token", s.token.String(), "object", int64(id))
+			continue
 		}
 		if o.matches(tmpl) {
 			app.mu.Lock()

@@ -2,12 +2,15 @@ package token
 
 import (
 	"bytes"
+	"context"
+	"encoding/binary"
 	"fmt"
 	"testing"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	. "hsmemu/cryptoki/wire/wiretest"
+	"hsmemu/keystore"
 )
 
 // certTmpl is an X.509 certificate's template: a public token object.
@@ -195,5 +198,73 @@ func TestCheckValue(t *testing.T) {
 	gen := cl.Must(ck.CKR_OK, "C_GenerateKey", U(h), M(ck.CKM_AES_KEY_GEN), T(AU(ck.CKA_VALUE_LEN, 16)), None())[3].Ulong
 	if got := kcv(gen); len(got) != 6 {
 		t.Errorf("generated: %q", got)
+	}
+}
+
+// TestObjectSizeBounds: an object the keystore could not open again is
+// never made. A value over keystore.MaxAttributeValue is
+// CKR_ATTRIBUTE_VALUE_INVALID, on create and on change, for token and
+// session objects alike; a key whose parts together are over what the
+// keystore decodes is CKR_DEVICE_MEMORY, and nothing is stored. A stored
+// object that does not open (made by an earlier version) is left out of
+// a search, which goes on.
+func TestObjectSizeBounds(t *testing.T) {
+	t.Parallel()
+	d, cl, slot, h := symUser(t)
+	ctx := context.Background()
+	limit := make([]byte, keystore.MaxAttributeValue)
+	over := make([]byte, keystore.MaxAttributeValue+1)
+	for _, token := range []bool{true, false} {
+		cl.Must(ck.CKR_ATTRIBUTE_VALUE_INVALID, "C_CreateObject", U(h), T(AU(ck.CKA_CLASS, ck.CKO_DATA), AB(ck.CKA_TOKEN, token), A(ck.CKA_VALUE, over)), None())
+		cl.Must(ck.CKR_ATTRIBUTE_VALUE_INVALID, "C_CreateObject", U(h), T(AU(ck.CKA_CLASS, ck.CKO_DATA), AB(ck.CKA_TOKEN, token), A(ck.CKA_LABEL, over)), None())
+		o := cl.Create(h, AU(ck.CKA_CLASS, ck.CKO_DATA), AB(ck.CKA_TOKEN, token), A(ck.CKA_VALUE, limit))
+		cl.Must(ck.CKR_ATTRIBUTE_VALUE_INVALID, "C_SetAttributeValue", U(h), U(o), T(A(ck.CKA_VALUE, over)))
+		cl.Must(ck.CKR_OK, "C_DestroyObject", U(h), U(o))
+	}
+	// Seven parts of 1 MiB: more than the sealed part of one object holds.
+	n := append([]byte{0xc1}, limit[1:]...)
+	rsa := []wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_RSA), AB(ck.CKA_TOKEN, true),
+		A(ck.CKA_MODULUS, n), A(ck.CKA_PRIVATE_EXPONENT, n), A(ck.CKA_PRIME_1, n), A(ck.CKA_PRIME_2, n),
+		A(ck.CKA_EXPONENT_1, n), A(ck.CKA_EXPONENT_2, n), A(ck.CKA_COEFFICIENT, n)}
+	cl.Must(ck.CKR_DEVICE_MEMORY, "C_CreateObject", U(h), T(rsa...), None())
+	// Five of 1 MiB in the attributes that are not sealed apart.
+	cert := certTmpl("big", A(ck.CKA_ID, limit), A(ck.CKA_ISSUER, limit), A(ck.CKA_SERIAL_NUMBER, limit), A(ck.CKA_URL, limit))
+	for i := range cert {
+		if cert[i].Type == ck.CKA_VALUE || cert[i].Type == ck.CKA_SUBJECT {
+			cert[i].Value = limit
+		}
+	}
+	cl.Must(ck.CKR_DEVICE_MEMORY, "C_CreateObject", U(h), T(cert...), None())
+
+	// An object stored whole whose sealed part does not decode: as an
+	// earlier version could store.
+	tokens, err := d.store.Tokens(ctx)
+	if err != nil || len(tokens) != 1 {
+		t.Fatalf("tokens: %v %v", tokens, err)
+	}
+	secret := make([]byte, 0, 5<<20)
+	secret = binary.BigEndian.AppendUint32(secret, 5)
+	for i := range 5 {
+		secret = binary.BigEndian.AppendUint64(secret, ck.CKA_PRIME_1+uint64(i))
+		secret = binary.BigEndian.AppendUint32(secret, uint32(len(n)))
+		secret = append(secret, n...)
+	}
+	attrs, err := keystore.NewAttributes(keystore.Attribute{Type: ck.CKA_CLASS, Value: keystore.Ulong(ck.CKO_PRIVATE_KEY)},
+		keystore.Attribute{Type: ck.CKA_KEY_TYPE, Value: keystore.Ulong(ck.CKK_RSA)}, keystore.Attribute{Type: ck.CKA_TOKEN, Value: []byte{1}},
+		keystore.Attribute{Type: ck.CKA_PRIVATE, Value: []byte{1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.store.Put(ctx, tokens[0].UUID, attrs, secret); err != nil {
+		t.Fatalf("planting the object: %v", err)
+	}
+	kept := cl.Create(h, DataObject("kept", true, true, "v")...)
+	d.stop()
+	d.start(t, Config{})
+	cl = d.dial(t)
+	h = cl.Open(slot, true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
+	if got := cl.Find(h); len(got) != 1 {
+		t.Fatalf("search after a restart: %v, want the data object alone (handle %d before)", got, kept)
 	}
 }
