@@ -400,14 +400,11 @@ func (e *Engine) setAttributes(ctx context.Context, app *App, h, oh uint64, tmpl
 	if ref.mem == nil && !s.rw {
 		return ck.Error(ck.CKR_SESSION_READ_ONLY)
 	}
-	m, err := checkChange(o, tmpl, app.isSO(s), false)
-	if err != nil {
-		return err
-	}
-	n, err := split(m, o.Class(), o.KeyType())
-	if err != nil {
-		return err
-	}
+	// The template applies to the object as it is when the change is
+	// written, not as resolve read it: a change made meanwhile, by
+	// another thread or another application (a key made sensitive, say),
+	// stays, and the one-way rules hold against it.
+	so := app.isSO(s)
 	if ref.mem != nil {
 		app.mu.Lock()
 		defer app.mu.Unlock()
@@ -415,28 +412,44 @@ func (e *Engine) setAttributes(ctx context.Context, app *App, h, oh uint64, tmpl
 			// Destroyed meanwhile, and its charge given back.
 			return ck.Error(ck.CKR_OBJECT_HANDLE_INVALID)
 		}
+		cur := ref.mem.obj
+		m, err := checkChange(cur, tmpl, so, false)
+		if err != nil {
+			return err
+		}
+		n, err := split(m, cur.Class(), cur.KeyType())
+		if err != nil {
+			return err
+		}
 		if err := ref.mem.recharge(n); err != nil {
 			return err
 		}
 		ref.mem.obj = n
 		return nil
 	}
-	var secret []byte
-	if len(n.secret) > 0 {
-		secret = n.secret.Encode()
-	}
-	if !hasIVCounter(o) {
-		err = e.store.Update(ctx, ref.id, n.attrs, secret)
-	} else {
-		// The IV counter's state is written apart (ivcounter.go), by
-		// this daemon and others: keep what the row holds under its
-		// lock, not what the object said when this call read it.
-		err = e.store.UpdateLocked(ctx, ref.id, func(cur *keystore.Object) (keystore.Attributes, []byte, error) {
-			v, _ := cur.Attrs.Get(ck.CKA_HSMEMU_IV_COUNTER)
-			attrs, err := withAttr(n.attrs, ck.CKA_HSMEMU_IV_COUNTER, v)
-			return attrs, secret, err
-		})
-	}
+	// A token object's row is read and written in one transaction, under
+	// its lock (UpdateLocked): the IV counter's state, written apart
+	// (ivcounter.go) by this daemon and others, is kept as the row holds
+	// it too.
+	var m map[uint64][]byte
+	err = e.store.UpdateLocked(ctx, ref.id, func(stored *keystore.Object) (keystore.Attributes, []byte, error) {
+		cur, err := View(stored)
+		if err != nil {
+			return nil, nil, err
+		}
+		if m, err = checkChange(cur, tmpl, so, false); err != nil {
+			return nil, nil, err
+		}
+		n, err := split(m, cur.Class(), cur.KeyType())
+		if err != nil {
+			return nil, nil, err
+		}
+		var secret []byte
+		if len(n.secret) > 0 {
+			secret = n.secret.Encode()
+		}
+		return n.attrs, secret, nil
+	})
 	if err != nil {
 		return err
 	}

@@ -268,3 +268,76 @@ func TestObjectSizeBounds(t *testing.T) {
 		t.Fatalf("search after a restart: %v, want the data object alone (handle %d before)", got, kept)
 	}
 }
+
+// interleaved is a Store that runs another call just before the next
+// write of an object: the write of a call that read the object before
+// that other call changed it.
+type interleaved struct {
+	*keystore.Store
+	before func()
+}
+
+func (s *interleaved) run() {
+	if f := s.before; f != nil {
+		s.before = nil
+		f()
+	}
+}
+
+func (s *interleaved) Update(ctx context.Context, id keystore.ObjectID, attrs keystore.Attributes, secret []byte) error {
+	s.run()
+	return s.Store.Update(ctx, id, attrs, secret)
+}
+
+func (s *interleaved) UpdateLocked(ctx context.Context, id keystore.ObjectID, change func(*keystore.Object) (keystore.Attributes, []byte, error)) error {
+	s.run()
+	return s.Store.UpdateLocked(ctx, id, change)
+}
+
+// TestSetAttributesOnCurrent: C_SetAttributeValue applies its template to
+// the object as stored when it writes, not as it was when the call
+// began: a change another application made meanwhile (the key made
+// sensitive and unextractable) stays, and the one-way rules hold against
+// it.
+func TestSetAttributesOnCurrent(t *testing.T) {
+	t.Parallel()
+	d := startEngine(t, Config{})
+	d.eng.Interrupt()
+	d.eng.Close()
+	st := &interleaved{Store: d.store}
+	d.eng = New(st, nil, Config{FailureDelay: -1})
+	a, b := d.dial(t), d.dial(t)
+	slot := a.NewToken("race")
+	ha, hb := a.Open(slot, true), b.Open(slot, true)
+	a.Must(ck.CKR_OK, "C_Login", U(ha), U(ck.CKU_USER), S(UserPIN))
+	b.Must(ck.CKR_OK, "C_Login", U(hb), U(ck.CKU_USER), S(UserPIN))
+	ka := a.Create(ha, AESKey("key", false, true)...)
+	found := b.Find(hb, A(ck.CKA_LABEL, []byte("key")))
+	if len(found) != 1 {
+		t.Fatalf("b finds %v", found)
+	}
+	kb := found[0]
+	b.Get(hb, kb, ck.CKA_LABEL) // b's view of the key, before a's change
+
+	st.before = func() {
+		a.Must(ck.CKR_OK, "C_SetAttributeValue", U(ha), U(ka), T(AB(ck.CKA_SENSITIVE, true), AB(ck.CKA_EXTRACTABLE, false)))
+	}
+	b.Must(ck.CKR_OK, "C_SetAttributeValue", U(hb), U(kb), T(A(ck.CKA_LABEL, []byte("relabelled"))))
+	rv, ans := a.Get(ha, ka, ck.CKA_SENSITIVE, ck.CKA_EXTRACTABLE, ck.CKA_LABEL, ck.CKA_VALUE)
+	if !isTrue(ans[0].Value) || isTrue(ans[1].Value) || string(ans[2].Value) != "relabelled" || rv != ck.CKR_ATTRIBUTE_SENSITIVE {
+		t.Fatalf("after both changes: %#x sensitive %x extractable %x label %q value %d bytes", rv, ans[0].Value, ans[1].Value, ans[2].Value, len(ans[3].Value))
+	}
+
+	// A one-way rule against the current state: b's template turns
+	// CKA_EXTRACTABLE back on, which its stale view still allows.
+	k2 := a.Create(ha, AESKey("key2", false, true)...)
+	kb2 := b.Find(hb, A(ck.CKA_LABEL, []byte("key2")))[0]
+	b.Get(hb, kb2, ck.CKA_LABEL)
+	st.before = func() {
+		a.Must(ck.CKR_OK, "C_SetAttributeValue", U(ha), U(k2), T(AB(ck.CKA_EXTRACTABLE, false)))
+	}
+	b.Must(ck.CKR_ATTRIBUTE_READ_ONLY, "C_SetAttributeValue", U(hb), U(kb2), T(AB(ck.CKA_EXTRACTABLE, true)))
+	if _, ans := a.Get(ha, k2, ck.CKA_EXTRACTABLE); isTrue(ans[0].Value) {
+		t.Fatal("CKA_EXTRACTABLE TRUE again")
+	}
+}
