@@ -87,6 +87,9 @@ var (
 	vTrue  = []byte{1}
 	vFalse = []byte{0}
 	vEmpty = []byte{}
+	// emptyTemplate is a template attribute's value holding no
+	// attributes.
+	emptyTemplate = keystore.Attributes(nil).Encode()
 )
 
 func ulong(v uint64) []byte { return keystore.Ulong(v) }
@@ -517,8 +520,9 @@ func (o *Object) readAttr(t uint64) ([]byte, uint64) {
 	}
 	if !ok && r.kind == vAttrs {
 		// A key without a CKA_WRAP_TEMPLATE (or kin) has the empty
-		// one: it imposes nothing (wrappable, impose).
-		v, ok = vEmpty, true
+		// one: it imposes nothing (wrappable, impose). Encoded as a
+		// template given empty is, so a search for one finds both.
+		v, ok = emptyTemplate, true
 	}
 	if !ok {
 		// The object may have this attribute but holds no value for it.

@@ -341,3 +341,22 @@ func TestSetAttributesOnCurrent(t *testing.T) {
 		t.Fatal("CKA_EXTRACTABLE TRUE again")
 	}
 }
+
+// TestEmptyTemplateAttribute: a key given no CKA_WRAP_TEMPLATE has the
+// empty one, as one given an empty template does: both read with length
+// 0, and a search for the empty template finds both.
+func TestEmptyTemplateAttribute(t *testing.T) {
+	t.Parallel()
+	_, cl, _, h := symUser(t)
+	none := cl.secret(h, ck.CKK_AES, make([]byte, 16))
+	empty := cl.secret(h, ck.CKK_AES, make([]byte, 16), wire.Attribute{Type: ck.CKA_WRAP_TEMPLATE, Nested: []wire.Attribute{}})
+	for _, k := range []uint64{none, empty} {
+		if rv, ans := cl.Get(h, k, ck.CKA_WRAP_TEMPLATE, ck.CKA_UNWRAP_TEMPLATE, ck.CKA_DERIVE_TEMPLATE); rv != ck.CKR_OK || ans[0].Length != 0 || ans[1].Length != 0 || ans[2].Length != 0 {
+			t.Fatalf("key %d: %#x %+v", k, rv, ans)
+		}
+	}
+	got := cl.Find(h, AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), wire.Attribute{Type: ck.CKA_WRAP_TEMPLATE, Nested: []wire.Attribute{}})
+	if len(got) != 2 {
+		t.Fatalf("search for the empty wrap template: %v, want [%d %d]", got, none, empty)
+	}
+}
