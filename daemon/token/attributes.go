@@ -518,6 +518,13 @@ func (o *Object) readAttr(t uint64) ([]byte, uint64) {
 			v, ok = checkValueOf(o.Class(), o.KeyType(), value)
 		}
 	}
+	if t == ck.CKA_PUBLIC_KEY_INFO && len(v) == 0 && classMask(o.Class())&(mPub|mPriv) != 0 {
+		// Computed when read (pubinfo.go); empty for a key type it
+		// is not computed for.
+		if der, has := publicKeyInfoOf(o); has {
+			v, ok = der, true
+		}
+	}
 	if !ok && r.kind == vAttrs {
 		// A key without a CKA_WRAP_TEMPLATE (or kin) has the empty
 		// one: it imposes nothing (wrappable, impose). Encoded as a

@@ -3,6 +3,10 @@ package token
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/binary"
 	"fmt"
 	"testing"
@@ -358,5 +362,75 @@ func TestEmptyTemplateAttribute(t *testing.T) {
 	got := cl.Find(h, AU(ck.CKA_CLASS, ck.CKO_SECRET_KEY), wire.Attribute{Type: ck.CKA_WRAP_TEMPLATE, Nested: []wire.Attribute{}})
 	if len(got) != 2 {
 		t.Fatalf("search for the empty wrap template: %v, want [%d %d]", got, none, empty)
+	}
+}
+
+// TestPublicKeyInfo: a public or private key's CKA_PUBLIC_KEY_INFO is the
+// SubjectPublicKeyInfo of its own public half, derived when the template
+// gives none (PKCS#11 v3.0, public and private key objects); one a
+// template gives must be that key's (CKR_ATTRIBUTE_VALUE_INVALID
+// otherwise), so no key claims another's public half.
+func TestPublicKeyInfo(t *testing.T) {
+	t.Parallel()
+	_, cl, _, h := symUser(t)
+	p256 := []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}
+	pair := func() (uint64, uint64) {
+		out := cl.Must(ck.CKR_OK, "C_GenerateKeyPair", U(h), M(ck.CKM_EC_KEY_PAIR_GEN),
+			T(A(ck.CKA_EC_PARAMS, p256), AB(ck.CKA_TOKEN, false)), T(AB(ck.CKA_TOKEN, false), AB(ck.CKA_SENSITIVE, true)), None(), None())
+		return out[4].Ulong, out[5].Ulong
+	}
+	info := func(obj uint64) []byte {
+		t.Helper()
+		rv, ans := cl.Get(h, obj, ck.CKA_PUBLIC_KEY_INFO)
+		if rv != ck.CKR_OK {
+			t.Fatalf("CKA_PUBLIC_KEY_INFO of %d: %#x", obj, rv)
+		}
+		return bytes.Clone(ans[0].Value)
+	}
+	pub, priv := pair()
+	spki := info(pub)
+	parsed, err := x509.ParsePKIXPublicKey(spki)
+	if err != nil {
+		t.Fatalf("the public key's CKA_PUBLIC_KEY_INFO does not parse: %v (%x)", err, spki)
+	}
+	_, ans := cl.Get(h, pub, ck.CKA_EC_POINT)
+	point := ans[0].Value
+	if ec, ok := parsed.(*ecdsa.PublicKey); !ok || !bytes.HasSuffix(point, elliptic.Marshal(ec.Curve, ec.X, ec.Y)) {
+		t.Fatalf("CKA_PUBLIC_KEY_INFO %T is not the key's point %x", parsed, point)
+	}
+	if got := info(priv); !bytes.Equal(got, spki) {
+		t.Fatalf("the private key's CKA_PUBLIC_KEY_INFO %x, its public key's %x", got, spki)
+	}
+
+	// Given: the key's own is taken; another key's is not.
+	otherPub, _ := pair()
+	other := info(otherPub)
+	pubTmpl := func(v []byte) []wire.Attribute {
+		return []wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_PUBLIC_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_EC), AB(ck.CKA_TOKEN, false),
+			A(ck.CKA_EC_PARAMS, p256), A(ck.CKA_EC_POINT, point), A(ck.CKA_PUBLIC_KEY_INFO, v)}
+	}
+	cl.Must(ck.CKR_ATTRIBUTE_VALUE_INVALID, "C_CreateObject", U(h), T(pubTmpl(other)...), None())
+	if got := info(cl.Create(h, pubTmpl(spki)...)); !bytes.Equal(got, spki) {
+		t.Fatalf("given its own: %x", got)
+	}
+	// A private key from clear material, claiming another's public half.
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	privTmpl := func(extra ...wire.Attribute) []wire.Attribute {
+		return append([]wire.Attribute{AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_EC), AB(ck.CKA_TOKEN, false),
+			A(ck.CKA_EC_PARAMS, p256), A(ck.CKA_VALUE, k.D.FillBytes(make([]byte, 32)))}, extra...)
+	}
+	cl.Must(ck.CKR_ATTRIBUTE_VALUE_INVALID, "C_CreateObject", U(h), T(privTmpl(A(ck.CKA_PUBLIC_KEY_INFO, other))...), None())
+	if got := info(cl.Create(h, privTmpl(A(ck.CKA_PUBLIC_KEY_INFO, own))...)); !bytes.Equal(got, own) {
+		t.Fatalf("private key given its own: %x", got)
+	}
+	if got := info(cl.Create(h, privTmpl()...)); !bytes.Equal(got, own) {
+		t.Fatalf("private key given none: %x, want %x", got, own)
 	}
 }

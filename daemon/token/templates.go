@@ -257,6 +257,9 @@ func completeObject(m map[uint64][]byte, class, kt uint64, org origin, mech uint
 	if err := settleCheckValue(m, class, kt); err != nil {
 		return err
 	}
+	if err := settlePublicKeyInfo(m, class, kt); err != nil {
+		return err
+	}
 	fillDefaults(m, class, kt)
 	cm := classMask(class)
 	if cm&(mKeys|mDomain) == 0 {
