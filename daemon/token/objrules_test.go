@@ -434,3 +434,21 @@ func TestPublicKeyInfo(t *testing.T) {
 		t.Fatalf("private key given none: %x, want %x", got, own)
 	}
 }
+
+// TestWrapTemplateOfTokenAttributes: a CKA_WRAP_TEMPLATE is matched, not
+// imposed, so it may name attributes only the token sets: a wrapping key
+// whose template asks for CKA_LOCAL TRUE wraps keys generated on the
+// token and refuses keys imported in clear (CKR_KEY_NOT_WRAPPABLE). An
+// unwrap template, imposed on the keys it makes, still may not.
+func TestWrapTemplateOfTokenAttributes(t *testing.T) {
+	t.Parallel()
+	_, cl, _, h := symUser(t)
+	local := wire.Attribute{Type: ck.CKA_WRAP_TEMPLATE, Nested: []wire.Attribute{AB(ck.CKA_LOCAL, true)}}
+	kek := cl.secret(h, ck.CKK_AES, bytes.Repeat([]byte{9}, 32), local)
+	generated := cl.Must(ck.CKR_OK, "C_GenerateKey", U(h), M(ck.CKM_AES_KEY_GEN), T(AU(ck.CKA_VALUE_LEN, 16), AB(ck.CKA_TOKEN, false)), None())[3].Ulong
+	imported := cl.secret(h, ck.CKK_AES, make([]byte, 16))
+	cl.wrapKey(ck.CKR_OK, h, M(ck.CKM_AES_KEY_WRAP), kek, generated)
+	cl.wrapKey(ck.CKR_KEY_NOT_WRAPPABLE, h, M(ck.CKM_AES_KEY_WRAP), kek, imported)
+	cl.Must(ck.CKR_TEMPLATE_INCONSISTENT, "C_CreateObject", U(h),
+		T(secretTmpl(ck.CKK_AES, make([]byte, 32), wire.Attribute{Type: ck.CKA_UNWRAP_TEMPLATE, Nested: []wire.Attribute{AB(ck.CKA_LOCAL, true)}})...), None())
+}

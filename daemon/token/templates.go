@@ -203,7 +203,7 @@ func checkTemplate(tmpl []attr, so, legacy bool, org origin, defClass, defKeyTyp
 			return nil, 0, 0, ck.Error(ck.CKR_ATTRIBUTE_READ_ONLY)
 		}
 		if r.kind == vAttrs {
-			if err := checkNested(v, so); err != nil {
+			if err := checkNested(v, so, t == ck.CKA_WRAP_TEMPLATE); err != nil {
 				return nil, 0, 0, err
 			}
 		}
@@ -211,17 +211,20 @@ func checkTemplate(tmpl []attr, so, legacy bool, org origin, defClass, defKeyTyp
 	return m, class, kt, nil
 }
 
-// checkNested holds a template attribute (CKA_WRAP_TEMPLATE and kin) to
-// what its owner could set: it will be imposed on keys unwrapped or derived
-// later, so it may not carry what only the token, or only the SO, sets.
-func checkNested(v []byte, so bool) error {
+// checkNested holds a template attribute (CKA_UNWRAP_TEMPLATE and kin)
+// to what its owner could set: it will be imposed on keys unwrapped or
+// derived later, so it may not carry what only the token, or only the SO,
+// sets. A CKA_WRAP_TEMPLATE (match) is only matched against the keys it
+// lets be wrapped, and may name what the token sets: CKA_LOCAL TRUE, for
+// a wrapping key that wraps only keys made on the token.
+func checkNested(v []byte, so, match bool) error {
 	nested, err := keystore.DecodeAttributes(v)
 	if err != nil {
 		return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 	}
 	for _, a := range nested {
 		r, ok := rules[a.Type]
-		if !ok || r.flags&fNever != 0 || r.kind == vAttrs {
+		if !ok || (r.flags&fNever != 0 && !match) || r.kind == vAttrs {
 			return ck.Error(ck.CKR_TEMPLATE_INCONSISTENT)
 		}
 		if err := checkValue(r, a.Value); err != nil {
