@@ -11,6 +11,9 @@ import (
 
 const badHandle = 0x7fff1234
 
+// ckaUniqueID is PKCS#11 3.0's CKA_UNIQUE_ID, which miekg/pkcs11 lacks.
+const ckaUniqueID = 0x004
+
 // sized runs an output call three times on one active operation, as a C
 // application sizing its buffer does: NULL buffer, a buffer one byte
 // short, the exact one; then once more (the operation is over).
@@ -490,6 +493,41 @@ func diffSteps() []diffStep {
 					m.p.FindObjectsFinal(m.s)
 				}
 				return a + "; " + n
+			}},
+		// "Trusted certificates cannot be modified" (certificate objects).
+		{name: "SO-trusted certificate changed by the user", want: "CKR_ACTION_PROHIBITED", soft: "CKR_ATTRIBUTE_READ_ONLY",
+			run: func(m *diffMod) string {
+				if err := m.p.Logout(m.s); err != nil {
+					return "Logout " + rv(err)
+				}
+				if err := m.p.Login(m.s, pkcs11.CKU_SO, soPIN); err != nil {
+					return "Login SO " + rv(err)
+				}
+				cert, err := m.p.CreateObject(m.s, []*pkcs11.Attribute{attr(pkcs11.CKA_CLASS, pkcs11.CKO_CERTIFICATE),
+					attr(pkcs11.CKA_CERTIFICATE_TYPE, pkcs11.CKC_X_509), attr(pkcs11.CKA_TOKEN, true), attr(pkcs11.CKA_PRIVATE, false),
+					attr(pkcs11.CKA_LABEL, "diff-trusted"), attr(pkcs11.CKA_SUBJECT, []byte("subject")), attr(pkcs11.CKA_VALUE, []byte("der")),
+					attr(pkcs11.CKA_TRUSTED, true)})
+				m.p.Logout(m.s)
+				if err := m.p.Login(m.s, pkcs11.CKU_USER, userPIN); err != nil {
+					return "Login " + rv(err)
+				}
+				if err != nil {
+					return "CreateObject " + rv(err)
+				}
+				defer m.p.DestroyObject(m.s, cert)
+				err = m.p.SetAttributeValue(m.s, cert, []*pkcs11.Attribute{attr(pkcs11.CKA_LABEL, "changed")})
+				if is(err, pkcs11.CKR_ACTION_PROHIBITED) {
+					return "CKR_ACTION_PROHIBITED" // a code miekg/pkcs11 does not name
+				}
+				return rv(err)
+			}},
+		// CKA_UNIQUE_ID (common attributes) and a public key's
+		// CKA_PUBLIC_KEY_INFO, "DEFAULT derived from the underlying
+		// public key data" (public key objects): lengths.
+		{name: "CKA_UNIQUE_ID, CKA_PUBLIC_KEY_INFO of a generated key", want: "CKR_OK 32 91", soft: "CKR_ATTRIBUTE_TYPE_INVALID -1 0",
+			run: func(m *diffMod) string {
+				t := []rawAttr{{Type: ckaUniqueID, Null: true}, {Type: pkcs11.CKA_PUBLIC_KEY_INFO, Null: true}}
+				return lens(t, m.raw.GetAttrs(m.s, m.pub, t))
 			}},
 		{name: "OpenSession without SERIAL", want: "CKR_SESSION_PARALLEL_NOT_SUPPORTED",
 			run: func(m *diffMod) string {
