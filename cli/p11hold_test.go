@@ -9,6 +9,7 @@ import (
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
+	"hsmemu/keystore"
 )
 
 // held are the PKCS#11 applications the scripts hold open between
@@ -21,18 +22,22 @@ var held struct {
 type heldApp struct {
 	p      *p11
 	h, key uint64
+	label  string // the key's
 }
 
 // p11hold NAME open SOCKET TOKEN PIN KEY opens application NAME, logged in
 // as the token's user with a session and its private ECDSA key KEY.
 // p11hold NAME sign|state|logout|login PIN print "sign: RV", "state:
-// STATE", "logout: RV", "login: RV" to stdout. p11hold NAME waitstate
+// STATE", "logout: RV", "login: RV" to stdout. p11hold NAME find finds
+// the key again, by its label, as an application does after a new login
+// (the handles to private objects end with the last one), and prints
+// "find: N", the number found. p11hold NAME waitstate
 // STATE waits, up to a minute, for the session to be in STATE (another
 // daemon's change reaching this one) and fails if it never is. p11hold
 // NAME close ends the application.
 func cmdP11hold(ts *testscript.TestScript, neg bool, args []string) {
 	if neg || len(args) < 2 {
-		ts.Fatalf("usage: p11hold NAME open SOCKET TOKEN PIN KEY | sign | state | waitstate STATE | login PIN | logout | close")
+		ts.Fatalf("usage: p11hold NAME open SOCKET TOKEN PIN KEY | sign | state | waitstate STATE | login PIN | find | logout | close")
 	}
 	held.Lock()
 	defer held.Unlock()
@@ -50,7 +55,7 @@ func cmdP11hold(ts *testscript.TestScript, neg bool, args []string) {
 		}
 		p, h, key, err := signer(ts.MkAbs(args[2]), args[3], args[4], args[5])
 		ts.Check(err)
-		held.apps[name] = &heldApp{p: p, h: h, key: key}
+		held.apps[name] = &heldApp{p: p, h: h, key: key, label: args[5]}
 		ts.Defer(func() {
 			p.sock.Close()
 			held.Lock()
@@ -93,6 +98,18 @@ func cmdP11hold(ts *testscript.TestScript, neg bool, args []string) {
 		rv, _, err := a.p.Call("C_Login", wire.Value{Ulong: a.h}, wire.Value{Ulong: ck.CKU_USER}, wire.Value{Bytes: []byte(args[2])})
 		ts.Check(err)
 		fmt.Fprintf(ts.Stdout(), "login: %s\n", rvName(rv))
+	case verb == "find" && len(args) == 2:
+		tmpl := []wire.Attribute{{Type: ck.CKA_CLASS, Value: keystore.Ulong(ck.CKO_PRIVATE_KEY)}, {Type: ck.CKA_LABEL, Value: []byte(a.label)}}
+		_, err := a.p.Must("C_FindObjectsInit", wire.Value{Ulong: a.h}, wire.Value{Template: tmpl})
+		ts.Check(err)
+		out, err := a.p.Must("C_FindObjects", wire.Value{Ulong: a.h}, wire.Value{Ulong: 2})
+		ts.Check(err)
+		_, err = a.p.Must("C_FindObjectsFinal", wire.Value{Ulong: a.h})
+		ts.Check(err)
+		if found := out[1].Ulongs; len(found) == 1 {
+			a.key = found[0]
+		}
+		fmt.Fprintf(ts.Stdout(), "find: %d\n", len(out[1].Ulongs))
 	case verb == "logout" && len(args) == 2:
 		rv, _, err := a.p.Call("C_Logout", wire.Value{Ulong: a.h})
 		ts.Check(err)
