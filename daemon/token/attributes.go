@@ -511,16 +511,18 @@ func (o *Object) readAttr(t uint64) ([]byte, uint64) {
 	if t == ck.CKA_UNIQUE_ID && o.uniqueID != nil {
 		v, ok = o.uniqueID, true
 	}
-	if !ok && t == ck.CKA_CHECK_VALUE {
+	if t == ck.CKA_CHECK_VALUE && (!ok || len(v) > 0) {
 		// Computed when read, unless the template that made the
-		// object asked for none (checkvalue.go).
+		// object asked for none, stored empty (checkvalue.go). A
+		// value an earlier version stored unchecked is not believed.
 		if value, has := o.Attr(ck.CKA_VALUE); has {
 			v, ok = checkValueOf(o.Class(), o.KeyType(), value)
 		}
 	}
-	if t == ck.CKA_PUBLIC_KEY_INFO && len(v) == 0 && classMask(o.Class())&(mPub|mPriv) != 0 {
-		// Computed when read (pubinfo.go); empty for a key type it
-		// is not computed for.
+	if t == ck.CKA_PUBLIC_KEY_INFO && classMask(o.Class())&(mPub|mPriv) != 0 {
+		// Computed when read (pubinfo.go), whatever an earlier
+		// version stored unchecked; as stored for a key type it is
+		// not computed for.
 		if der, has := publicKeyInfoOf(o); has {
 			v, ok = der, true
 		}

@@ -452,3 +452,62 @@ func TestWrapTemplateOfTokenAttributes(t *testing.T) {
 	cl.Must(ck.CKR_TEMPLATE_INCONSISTENT, "C_CreateObject", U(h),
 		T(secretTmpl(ck.CKK_AES, make([]byte, 32), wire.Attribute{Type: ck.CKA_UNWRAP_TEMPLATE, Nested: []wire.Attribute{AB(ck.CKA_LOCAL, true)}})...), None())
 }
+
+// TestStoredClaimsNotBelieved: a secret key's CKA_CHECK_VALUE and a key's
+// CKA_PUBLIC_KEY_INFO that an earlier version stored from a template
+// unchecked read as the token computes them, not as stored.
+func TestStoredClaimsNotBelieved(t *testing.T) {
+	t.Parallel()
+	d, cl, slot, h := symUser(t)
+	ctx := context.Background()
+	tokens, err := d.store.Tokens(ctx)
+	if err != nil || len(tokens) != 1 {
+		t.Fatalf("tokens: %v %v", tokens, err)
+	}
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	a := func(t uint64, v []byte) keystore.Attribute { return keystore.Attribute{Type: t, Value: v} }
+	put := func(attrs, secret []keystore.Attribute) {
+		t.Helper()
+		as, err := keystore.NewAttributes(attrs...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ss, err := keystore.NewAttributes(secret...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.store.Put(ctx, tokens[0].UUID, as, ss.Encode()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bogus := []byte("not this key's")
+	put([]keystore.Attribute{a(ck.CKA_CLASS, keystore.Ulong(ck.CKO_SECRET_KEY)), a(ck.CKA_KEY_TYPE, keystore.Ulong(ck.CKK_AES)),
+		a(ck.CKA_TOKEN, []byte{1}), a(ck.CKA_PRIVATE, []byte{1}), a(ck.CKA_LABEL, []byte("old aes")), a(ck.CKA_CHECK_VALUE, []byte{1, 2, 3}),
+		a(ck.CKA_SENSITIVE, []byte{1}), a(ck.CKA_EXTRACTABLE, []byte{0})},
+		[]keystore.Attribute{a(ck.CKA_VALUE, make([]byte, 32))})
+	put([]keystore.Attribute{a(ck.CKA_CLASS, keystore.Ulong(ck.CKO_PRIVATE_KEY)), a(ck.CKA_KEY_TYPE, keystore.Ulong(ck.CKK_EC)),
+		a(ck.CKA_TOKEN, []byte{1}), a(ck.CKA_PRIVATE, []byte{1}), a(ck.CKA_LABEL, []byte("old ec")), a(ck.CKA_PUBLIC_KEY_INFO, bogus),
+		a(ck.CKA_EC_PARAMS, []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}),
+		a(ck.CKA_SENSITIVE, []byte{1}), a(ck.CKA_EXTRACTABLE, []byte{0})},
+		[]keystore.Attribute{a(ck.CKA_VALUE, k.D.FillBytes(make([]byte, 32)))})
+	d.stop()
+	d.start(t, Config{})
+	cl = d.dial(t)
+	h = cl.Open(slot, true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
+	aes := cl.Find(h, A(ck.CKA_LABEL, []byte("old aes")))
+	ec := cl.Find(h, A(ck.CKA_LABEL, []byte("old ec")))
+	if len(aes) != 1 || len(ec) != 1 {
+		t.Fatalf("found %v, %v", aes, ec)
+	}
+	if _, ans := cl.Get(h, aes[0], ck.CKA_CHECK_VALUE); fmt.Sprintf("%x", ans[0].Value) != "dc95c0" {
+		t.Errorf("stored check value 010203 read as %x, want dc95c0", ans[0].Value)
+	}
+	if _, ans := cl.Get(h, ec[0], ck.CKA_PUBLIC_KEY_INFO); !bytes.Equal(ans[0].Value, own) {
+		t.Errorf("stored CKA_PUBLIC_KEY_INFO %q read as %x, want the key's own %x", bogus, ans[0].Value, own)
+	}
+}
