@@ -48,3 +48,50 @@ func TestKeptOutputWiped(t *testing.T) {
 	zero("the message ended", p)
 	zero("the message's parts", parts)
 }
+
+// The input a size query was measured over is kept as a copy, past
+// keepInputPooled bytes in a buffer reused from one operation to the
+// next: dropping it wipes the buffer before another may take it, two
+// inputs kept at once never share one, and each is charged its buffer.
+func TestKeptInputPooled(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{0, 1, keepInputPooled - 1, keepInputPooled, 512, 513, 1024, 1400, keepInputMax} {
+		in := bytes.Repeat([]byte{0xa5}, n)
+		a, b := keepInput(in), keepInput(in)
+		if !a.is(in) || !b.is(in) || a.short == nil {
+			t.Fatalf("%d bytes: the kept copies do not match their input", n)
+		}
+		if n > 0 && &a.short[0] == &b.short[0] {
+			t.Fatalf("%d bytes: two kept inputs share their storage", n)
+		}
+		if n > 0 {
+			in[0] ^= 1
+			if a.is(in) {
+				t.Fatalf("%d bytes: a kept input changed with the caller's", n)
+			}
+		}
+		want := n
+		if n >= keepInputPooled {
+			want = 512
+			for want < n {
+				want *= 2
+			}
+		}
+		if a.held() != want {
+			t.Errorf("%d bytes: charged %d, want %d", n, a.held(), want)
+		}
+		storage := a.short
+		if a.buf != nil {
+			storage = (*a.buf)[:cap(*a.buf)]
+		}
+		a.drop()
+		if !bytes.Equal(storage, make([]byte, len(storage))) {
+			t.Errorf("%d bytes: a dropped input left its bytes", n)
+		}
+		b.drop()
+	}
+	long := keepInput(make([]byte, keepInputMax+1))
+	if long.short != nil || long.buf != nil || long.held() != 0 {
+		t.Errorf("an input past keepInputMax is kept as a copy (%d bytes)", long.held())
+	}
+}

@@ -27,7 +27,7 @@ func (op *operation) holding() int64 {
 		n += int64(memory)
 	}
 	if op.hasPend {
-		n += int64(len(op.pending) + len(op.pendIn.short))
+		n += int64(len(op.pending) + op.pendIn.held())
 	}
 	return n
 }
