@@ -25,9 +25,12 @@ void hsm_free_wipe(void *p, size_t n)
 	free(p);
 }
 
+/* Only the first len bytes were ever written: a buffer grows by a fresh
+ * allocation that takes just those (grow), and len never shrinks but here.
+ * So they are what is wiped, not the whole capacity. */
 void hsm_wbuf_free(hsm_wbuf *w)
 {
-	hsm_free_wipe(w->p, w->cap);
+	hsm_free_wipe(w->p, w->len);
 	w->p = NULL;
 	w->len = w->cap = 0;
 }
@@ -67,7 +70,7 @@ static int grow(hsm_wbuf *w, size_t n)
 	}
 	if (w->len > 0)
 		memcpy(p, w->p, w->len);
-	hsm_free_wipe(w->p, w->cap);
+	hsm_free_wipe(w->p, w->len);
 	w->p = p;
 	w->cap = cap;
 	return 1;
@@ -81,19 +84,43 @@ void hsm_put_raw(hsm_wbuf *w, const void *p, size_t n)
 	w->len += n;
 }
 
+/* fits says whether n more bytes (a few: a number) go in without growing:
+ * the buffer has room and the frame stays within what grow allows. The
+ * numbers of a request are most of its puts; they take this path, and
+ * grow (through hsm_put_raw) the rest. */
+static inline int fits(const hsm_wbuf *w, size_t n)
+{
+	return w->err == CKR_OK && w->len + n <= w->cap && w->len + n <= HSM_MAX_FRAME + 4;
+}
+
 void hsm_put_u8(hsm_wbuf *w, uint8_t v)
 {
+	if (fits(w, 1)) {
+		w->p[w->len++] = v;
+		return;
+	}
 	hsm_put_raw(w, &v, 1);
 }
 
 void hsm_put_u16(hsm_wbuf *w, uint16_t v)
 {
 	uint8_t b[2] = {(uint8_t)(v >> 8), (uint8_t)v};
+	if (fits(w, 2)) {
+		w->p[w->len] = b[0];
+		w->p[w->len + 1] = b[1];
+		w->len += 2;
+		return;
+	}
 	hsm_put_raw(w, b, 2);
 }
 
 void hsm_put_u32(hsm_wbuf *w, uint32_t v)
 {
+	if (fits(w, 4)) {
+		hsm_put_be32(w->p + w->len, v);
+		w->len += 4;
+		return;
+	}
 	uint8_t b[4];
 	hsm_put_be32(b, v);
 	hsm_put_raw(w, b, 4);
@@ -101,6 +128,11 @@ void hsm_put_u32(hsm_wbuf *w, uint32_t v)
 
 void hsm_put_u64(hsm_wbuf *w, uint64_t v)
 {
+	if (fits(w, 8)) {
+		hsm_put_be64(w->p + w->len, v);
+		w->len += 8;
+		return;
+	}
 	uint8_t b[8];
 	hsm_put_be64(b, v);
 	hsm_put_raw(w, b, 8);
