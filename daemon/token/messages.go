@@ -191,6 +191,8 @@ func withMsg(app *App, h uint64, k msgKind, f func(op *msgOp) (end bool, err err
 	if op == nil {
 		return ck.Error(ck.CKR_OPERATION_NOT_INITIALIZED)
 	}
+	// A panic in f ends the message, as an error would (withOp).
+	defer endOnPanic(op.endMessage)
 	end, err := f(op)
 	if end || err != nil {
 		op.endMessage()

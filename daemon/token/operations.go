@@ -331,6 +331,11 @@ func withOp(app *App, h uint64, kind opKind, f func(op *operation) (end bool, er
 	if op == nil {
 		return ck.Error(ck.CKR_OPERATION_NOT_INITIALIZED)
 	}
+	// A panic in f (a bug, or a library's on hostile input) is answered
+	// CKR_GENERAL_ERROR (daemon/requests.go, Server.call), which ends the
+	// operation as any other error does: its state is whatever the panic
+	// left of it, and its charge goes back.
+	defer endOnPanic(func() { s.endOp(kind) })
 	if op.needAuth {
 		// The key wants its PIN again, for this operation, first.
 		s.endOp(kind)
@@ -346,6 +351,15 @@ func withOp(app *App, h uint64, kind opKind, f func(op *operation) (end bool, er
 		s.endOp(kind)
 	}
 	return err
+}
+
+// endOnPanic, deferred, calls end while a panic passes, and lets it go
+// on.
+func endOnPanic(end func()) {
+	if p := recover(); p != nil {
+		end()
+		panic(p)
+	}
 }
 
 // authClock orders, in a session, the waits for a context-specific
