@@ -284,6 +284,19 @@ const loginRetries = 3
 // meanwhile (again: the caller releases the login and makes it again).
 // reserveLogin was called; on an error, the reservation is released.
 func (e *Engine) login1(ctx context.Context, app *App, s *session, h uint64, role keystore.Role, pin []byte, tl *tokenLogin, ended uint64) (again bool, err error) {
+	// A panic before the login is recorded (in the PIN check, a library's
+	// on what the keystore holds) releases the reservation, as an error
+	// does: kept, it would count an application in on the token for
+	// ever, and the last logout would never close the data key.
+	reserved := true
+	defer func() {
+		if p := recover(); p != nil {
+			if reserved {
+				e.releaseLogin(s.token)
+			}
+			panic(p)
+		}
+	}()
 	err = e.store.Login(ctx, s.token, role, pin)
 	who := actor(app, RoleName(role))
 	if errors.Is(err, keystore.ErrPINIncorrect) {
@@ -327,6 +340,7 @@ func (e *Engine) login1(ctx context.Context, app *App, s *session, h uint64, rol
 	}
 	app.login[s.token] = role
 	app.loginAfter[s.token] = ended
+	reserved = false // the login's now
 	app.mu.Unlock()
 	e.audit(ctx, who, s.token, "login.success", nil)
 	return false, nil
