@@ -337,10 +337,7 @@ func (s *Store) rekeyAll(ctx context.Context, next Root, nextGen uint32, progres
 			return fmt.Errorf("keystore: the token in row %d cannot be rekeyed: %w", ti.ID, ti.Tampered)
 		}
 		if ti.MasterGeneration != nextGen {
-			l := s.tokenRot(ti.UUID)
-			l.Lock()
-			err := s.rekeyToken(ctx, ti, next, nextGen)
-			l.Unlock()
+			err := s.rekeyLocked(ctx, ti, next, nextGen)
 			if errors.Is(err, ErrNotFound) {
 				// Deleted since the listing (writes to it go on
 				// while the others are rekeyed): nothing to move.
@@ -355,6 +352,17 @@ func (s *Store) rekeyAll(ctx context.Context, next Root, nextGen uint32, progres
 		}
 	}
 	return nil
+}
+
+// rekeyLocked is rekeyToken with the token's rotation lock held
+// exclusively, released however it ends: a panic left in it (answered
+// by the administrator's handler, which serves on) would stop every
+// later write to the token.
+func (s *Store) rekeyLocked(ctx context.Context, ti TokenInfo, next Root, nextGen uint32) error {
+	l := s.tokenRot(ti.UUID)
+	l.Lock()
+	defer l.Unlock()
+	return s.rekeyToken(ctx, ti, next, nextGen)
 }
 
 // switchMaster switches the root record to the next master key once no

@@ -124,6 +124,18 @@ func parseBoundTail(b []byte) (seal, rc []byte, err error) {
 	return seal, rc, nil
 }
 
+// updateTokenHeld is updateToken with the token's rotation lock
+// read-held, as a write to the token takes it (the Store's rot lock is
+// the caller's), and released however the update ends: a panic left in
+// it (in the TPM's library, answered by the administrator's handler,
+// which serves on) would stop every later write to the token.
+func (s *Store) updateTokenHeld(ctx context.Context, token UUID, f func(cur *TokenInfo) error) error {
+	l := s.tokenRot(token)
+	l.RLock()
+	defer l.RUnlock()
+	return s.updateToken(ctx, token, f)
+}
+
 // pinBinding is how the Store writes PIN records now.
 type pinBinding struct {
 	sealer    PINSealer       // nil: version 2 records
@@ -489,9 +501,7 @@ func (s *Store) RebindPINs(ctx context.Context, keys []*ecdh.PrivateKey) (reboun
 		var opened []int
 		n := 0
 		// The token's lock, as a write to it takes (tokenrot.go).
-		l := s.tokenRot(ti.UUID)
-		l.RLock()
-		err := s.updateToken(ctx, ti.UUID, func(cur *TokenInfo) error {
+		err := s.updateTokenHeld(ctx, ti.UUID, func(cur *TokenInfo) error {
 			miss, opened, n = nil, nil, 0
 			for _, f := range []struct {
 				role Role
@@ -525,7 +535,6 @@ func (s *Store) RebindPINs(ctx context.Context, keys []*ecdh.PrivateKey) (reboun
 			}
 			return nil
 		})
-		l.RUnlock()
 		if errors.Is(err, errNothingToRebind) {
 			err = nil
 		}

@@ -160,10 +160,13 @@ func (s *Store) UpgradeMACs(ctx context.Context) (int, error) {
 		}
 		// The token's lock, as a write to it takes (tokenrot.go): a
 		// master key rotation may be rekeying another.
-		l := s.tokenRot(ti.UUID)
-		l.RLock()
-		rewrote, err := s.upgradeMAC(ctx, ti)
-		l.RUnlock()
+		// Released however the upgrade ends (a panic too).
+		rewrote, err := func() (bool, error) {
+			l := s.tokenRot(ti.UUID)
+			l.RLock()
+			defer l.RUnlock()
+			return s.upgradeMAC(ctx, ti)
+		}()
 		if !rewrote {
 			if err != nil {
 				return n, err
