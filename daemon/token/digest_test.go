@@ -92,3 +92,36 @@ func TestKeptOutputGoesToItsCall(t *testing.T) {
 	cl.Must(ck.CKR_OPERATION_ACTIVE, "C_Digest", U(h), S("abc"), Out(64))
 	cl.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_DigestFinal", U(h), Out(64))
 }
+
+// TestDigestKeyErrors: C_DigestKey without a digest operation is
+// CKR_OPERATION_NOT_INITIALIZED, whatever the key, and a key it cannot
+// take ends the operation, as every other error does.
+func TestDigestKeyErrors(t *testing.T) {
+	t.Parallel()
+	d := startEngine(t, Config{})
+	cl := d.dial(t)
+	h := cl.Open(cl.NewToken("digestkey"), true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
+	key := cl.Create(h, AESKey("k", true, false)...)
+	data := cl.Create(h, DataObject("d", false, false, "v")...)
+
+	cl.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_DigestKey", U(h), U(0x7fffffff))
+	cl.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_DigestKey", U(h), U(data))
+	cl.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_DigestKey", U(h), U(key))
+
+	for _, c := range []struct {
+		name string
+		key  uint64
+		code uint64
+	}{
+		{"no such key", 0x7fffffff, ck.CKR_KEY_HANDLE_INVALID},
+		{"not a secret key", data, ck.CKR_KEY_INDIGESTIBLE},
+	} {
+		cl.Must(ck.CKR_OK, "C_DigestInit", U(h), M(ck.CKM_SHA256))
+		cl.Must(ck.CKR_OK, "C_DigestUpdate", U(h), S("a"))
+		cl.Must(c.code, "C_DigestKey", U(h), U(c.key))
+		if rv, _ := cl.Call("C_DigestFinal", U(h), Out(64)); rv != ck.CKR_OPERATION_NOT_INITIALIZED {
+			t.Errorf("%s: C_DigestFinal after C_DigestKey's %v = %v, want the operation ended", c.name, ck.Error(c.code), ck.Error(rv))
+		}
+	}
+}

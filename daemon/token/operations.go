@@ -795,25 +795,28 @@ func (app *App) digestUpdate(h uint64, in []byte) error {
 }
 
 // digestKey is C_DigestKey: a secret key's value goes into the digest,
-// never out of the token.
+// never out of the token. Without a digest operation the call is
+// CKR_OPERATION_NOT_INITIALIZED, whatever the key; with one, a key it
+// cannot take (CKR_KEY_HANDLE_INVALID, CKR_KEY_INDIGESTIBLE) ends the
+// operation, as every other error ends one (PKCS#11 v3.0: a call to
+// C_DigestUpdate, which C_DigestKey is interspersed with, "which results
+// in an error terminates the current digest operation").
 func (e *Engine) digestKey(ctx context.Context, app *App, h, keyHandle uint64) error {
 	s, err := app.session(h)
 	if err != nil {
 		return err
 	}
-	_, o, err := e.resolve(ctx, app, s, keyHandle)
-	if err != nil {
-		if c, _ := rvOf(err); c == ck.CKR_OBJECT_HANDLE_INVALID {
-			return ck.Error(ck.CKR_KEY_HANDLE_INVALID)
-		}
-		return err
+	s.mu.Lock()
+	active := s.ops[opDigest] != nil
+	s.mu.Unlock()
+	if !active {
+		return ck.Error(ck.CKR_OPERATION_NOT_INITIALIZED)
 	}
-	// An HSM-protected key gives nothing of itself, not even a digest.
-	if o.Class() != ck.CKO_SECRET_KEY || ulongOf(o.attrsGet(ck.CKA_HSMEMU_PROTECTION)) == ck.CKP_HSMEMU_HSM {
-		return ck.Error(ck.CKR_KEY_INDIGESTIBLE)
-	}
-	v, _ := o.Attr(ck.CKA_VALUE)
+	v, kerr := e.digestible(ctx, app, s, keyHandle)
 	return withOp(app, h, opDigest, func(op *operation) (bool, error) {
+		if kerr != nil {
+			return true, kerr
+		}
 		if err := op.resume(); err != nil {
 			return true, err
 		}
@@ -821,6 +824,24 @@ func (e *Engine) digestKey(ctx context.Context, app *App, h, keyHandle uint64) e
 		op.digest.Update(v)
 		return false, nil
 	})
+}
+
+// digestible returns the value of the key C_DigestKey names: a secret
+// key's, not an HSM-protected one's, which gives nothing of itself, not
+// even a digest.
+func (e *Engine) digestible(ctx context.Context, app *App, s *session, keyHandle uint64) ([]byte, error) {
+	_, o, err := e.resolve(ctx, app, s, keyHandle)
+	if err != nil {
+		if c, _ := rvOf(err); c == ck.CKR_OBJECT_HANDLE_INVALID {
+			return nil, ck.Error(ck.CKR_KEY_HANDLE_INVALID)
+		}
+		return nil, err
+	}
+	if o.Class() != ck.CKO_SECRET_KEY || ulongOf(o.attrsGet(ck.CKA_HSMEMU_PROTECTION)) == ck.CKP_HSMEMU_HSM {
+		return nil, ck.Error(ck.CKR_KEY_INDIGESTIBLE)
+	}
+	v, _ := o.Attr(ck.CKA_VALUE)
+	return v, nil
 }
 
 // digestFinal is C_DigestFinal.
