@@ -230,8 +230,15 @@ func certTemplate(c *x509.Certificate, label string, id []byte, category uint64)
 	}
 }
 
-// ckDate is a CK_DATE: YYYYMMDD.
-func ckDate(t time.Time) []byte { return []byte(t.UTC().Format("20060102")) }
+// ckDate is a time as a CK_DATE, YYYYMMDD: empty (no date) for one a CK_DATE
+// cannot hold, before 1900 or after 9999, which the token refuses.
+func ckDate(t time.Time) []byte {
+	t = t.UTC()
+	if t.Year() < 1900 || t.Year() > 9999 {
+		return []byte{}
+	}
+	return []byte(t.Format("20060102"))
+}
 
 // nameOf is a certificate's label when none is given: its subject's
 // common name, else the whole subject.

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"hsmemu/cryptoki/ck"
 	"hsmemu/keystore"
@@ -25,7 +26,7 @@ const (
 	vBytes vkind = iota
 	vBool
 	vUlong
-	vDate   // CK_DATE: 8 ASCII digits, or empty
+	vDate   // CK_DATE: a calendar date in 8 ASCII digits, or empty
 	vUlongs // CK_ULONG array
 	vAttrs  // CK_ATTRIBUTE array
 )
@@ -326,6 +327,23 @@ func valueRule(class, keyType uint64, r rule) rule {
 	return r
 }
 
+// isDate says whether v is a CK_DATE: a day of the calendar, its year
+// ("1900" - "9999"), month ("01" - "12") and day ("01" - "31") each in
+// ASCII digits (PKCS#11 v3.0, CK_DATE). A day the month does not have
+// (February 30th) is no date either.
+func isDate(v []byte) bool {
+	if len(v) != 8 {
+		return false
+	}
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	d, err := time.Parse("20060102", string(v))
+	return err == nil && d.Year() >= 1900
+}
+
 // checkValue validates one attribute value against its kind.
 func checkValue(r rule, v []byte) error {
 	switch r.kind {
@@ -342,13 +360,8 @@ func checkValue(r rule, v []byte) error {
 			return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
 		}
 	case vDate:
-		if len(v) != 0 && len(v) != 8 {
+		if len(v) != 0 && !isDate(v) {
 			return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
-		}
-		for _, c := range v {
-			if c < '0' || c > '9' {
-				return ck.Error(ck.CKR_ATTRIBUTE_VALUE_INVALID)
-			}
 		}
 	case vAttrs:
 		if _, err := keystore.DecodeAttributes(v); err != nil {

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"hsmemu/cryptoki/ck"
+	. "hsmemu/cryptoki/wire/wiretest"
 	"hsmemu/keystore"
 )
 
@@ -40,4 +41,49 @@ func FuzzCreateTemplate(f *testing.F) {
 			t.Fatalf("class %#x stored as %#x", class, o.Class())
 		}
 	})
+}
+
+// TestDateValues: CKA_START_DATE and CKA_END_DATE take a CK_DATE, a day
+// of the calendar (year "1900" - "9999", month "01" - "12", day "01" -
+// "31"), or nothing.
+func TestDateValues(t *testing.T) {
+	t.Parallel()
+	d := startEngine(t, Config{})
+	cl := d.dial(t)
+	h := cl.Open(cl.NewToken("dates"), true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
+	key := cl.Create(h, AESKey("k", true, false)...)
+	for _, c := range []struct {
+		date string
+		ok   bool
+	}{
+		{"", true},
+		{"20240229", true}, // a leap year's
+		{"19000101", true},
+		{"99991231", true},
+		{"20241301", false}, // month 13
+		{"20240001", false}, // month 0
+		{"20240132", false}, // day 32
+		{"20240100", false}, // day 0
+		{"20230229", false}, // not a leap year
+		{"20240431", false}, // April has 30 days
+		{"18991231", false}, // before 1900
+		{"2024010", false},
+		{"2024-1-1", false},
+	} {
+		want := uint64(ck.CKR_ATTRIBUTE_VALUE_INVALID)
+		if c.ok {
+			want = ck.CKR_OK
+		}
+		for _, typ := range []uint64{ck.CKA_START_DATE, ck.CKA_END_DATE} {
+			attrs := append(AESKey("d", true, false), A(typ, []byte(c.date)))
+			attrs[2] = AB(ck.CKA_TOKEN, false)
+			if rv, _ := cl.Call("C_CreateObject", U(h), T(attrs...), None()); rv != want {
+				t.Errorf("C_CreateObject with attribute %#x = %q: %v, want %v", typ, c.date, ck.Error(rv), ck.Error(want))
+			}
+			if rv, _ := cl.Call("C_SetAttributeValue", U(h), U(key), T(A(typ, []byte(c.date)))); rv != want {
+				t.Errorf("C_SetAttributeValue of attribute %#x = %q: %v, want %v", typ, c.date, ck.Error(rv), ck.Error(want))
+			}
+		}
+	}
 }
