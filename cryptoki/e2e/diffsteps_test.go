@@ -392,6 +392,20 @@ func diffSteps() []diffStep {
 					[]*pkcs11.Attribute{attr(pkcs11.CKA_TOKEN, false)})
 				return rv(err)
 			}},
+		// The private key's CKA_EC_PARAMS "MUST not be specified" when
+		// generated (elliptic curve private key objects, footnote 4),
+		// even the public template's.
+		{name: "GenerateKeyPair EC, CKA_EC_PARAMS in the private template", want: "CKR_TEMPLATE_INCONSISTENT", soft: "CKR_ATTRIBUTE_READ_ONLY",
+			run: func(m *diffMod) string {
+				pub, priv, err := m.p.GenerateKeyPair(m.s, mech(pkcs11.CKM_EC_KEY_PAIR_GEN, nil),
+					[]*pkcs11.Attribute{attr(pkcs11.CKA_TOKEN, false), attr(pkcs11.CKA_EC_PARAMS, p256)},
+					[]*pkcs11.Attribute{attr(pkcs11.CKA_TOKEN, false), attr(pkcs11.CKA_EC_PARAMS, p256)})
+				if err == nil {
+					m.p.DestroyObject(m.s, pub)
+					m.p.DestroyObject(m.s, priv)
+				}
+				return rv(err)
+			}},
 
 		// C_SetAttributeValue (4.1.2, 5.7), C_CopyObject, C_GetObjectSize.
 		{name: "SetAttributeValue CKA_CLASS", want: "CKR_ATTRIBUTE_READ_ONLY",

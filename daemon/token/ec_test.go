@@ -17,6 +17,7 @@ import (
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	. "hsmemu/cryptoki/wire/wiretest"
+	"hsmemu/daemon/mech"
 	"hsmemu/keystore"
 )
 
@@ -73,6 +74,20 @@ func TestECMechanisms(t *testing.T) {
 		s.Must(ck.CKR_TEMPLATE_INCOMPLETE, "C_GenerateKeyPair", U(h), M(ck.CKM_EC_KEY_PAIR_GEN), T(), T(), None(), None())
 		s.Must(ck.CKR_TEMPLATE_INCONSISTENT, "C_GenerateKeyPair", U(h), M(ck.CKM_EC_KEY_PAIR_GEN),
 			T(A(ck.CKA_EC_PARAMS, ecP256Params)), T(A(ck.CKA_EC_PARAMS, ecP384Params)), None(), None())
+		// The private key's template names no domain parameters, even
+		// the public one's (elliptic curve private key objects, footnote
+		// 4: "MUST not be specified" when generated).
+		for _, c := range []struct {
+			gen    uint64
+			params []byte
+		}{
+			{ck.CKM_EC_KEY_PAIR_GEN, ecP256Params},
+			{ck.CKM_EC_EDWARDS_KEY_PAIR_GEN, mech.ECParams("Ed25519")},
+			{ck.CKM_EC_MONTGOMERY_KEY_PAIR_GEN, mech.ECParams("X25519")},
+		} {
+			s.Must(ck.CKR_TEMPLATE_INCONSISTENT, "C_GenerateKeyPair", U(h), M(c.gen),
+				T(A(ck.CKA_EC_PARAMS, c.params)), T(A(ck.CKA_EC_PARAMS, c.params)), None(), None())
+		}
 	})
 	if goP256 == nil {
 		t.Fatal("no EC keys")

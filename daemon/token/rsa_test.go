@@ -577,6 +577,10 @@ func TestRSAMechanisms(t *testing.T) {
 			t.Fatalf("the wrapped private key: %v", err)
 		}
 		ecT := T(AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_EC), AB(ck.CKA_SIGN, true), A(ck.CKA_LABEL, []byte("unwrapped")))
+		// Its domain parameters are the wrapped key's, never the
+		// template's (elliptic curve private key objects, footnote 6).
+		s.Must(ck.CKR_TEMPLATE_INCONSISTENT, "C_UnwrapKey", U(h), rsaAES, U(rsaPriv), B(wrapped),
+			T(AU(ck.CKA_CLASS, ck.CKO_PRIVATE_KEY), AU(ck.CKA_KEY_TYPE, ck.CKK_EC), A(ck.CKA_EC_PARAMS, ecP256Params)), None())
 		k := s.Must(ck.CKR_OK, "C_UnwrapKey", U(h), rsaAES, U(rsaPriv), B(wrapped), ecT, None())[5].Ulong
 		if v := s.attr(k, ck.CKA_LOCAL); isTrue(v) {
 			t.Error("an unwrapped key is not local")

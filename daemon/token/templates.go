@@ -96,6 +96,14 @@ func isMaterial(t, class uint64) bool {
 		return true
 	case ck.CKA_PUBLIC_EXPONENT:
 		return class == ck.CKO_PRIVATE_KEY
+	case ck.CKA_EC_PARAMS:
+		// An EC, Edwards or Montgomery private key's domain parameters
+		// are the public key template's at generation, the wrapped
+		// key's at unwrap: "MUST not be specified" in its own template
+		// (PKCS#11 v3.0, elliptic curve private key objects, footnotes
+		// 4 and 6; "the EC domain parameters are not specified in the
+		// key's template").
+		return class == ck.CKO_PRIVATE_KEY
 	case ck.CKA_PRIME, ck.CKA_SUBPRIME, ck.CKA_BASE:
 		// A DSA public key's template gives the domain parameters a
 		// key pair is generated on; the private key and domain
