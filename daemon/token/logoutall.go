@@ -35,6 +35,20 @@ func (e *Engine) countEnded(token keystore.UUID) uint64 {
 	return tl.ended
 }
 
+// endLogin ends app's login on the token if it began before the end of
+// every login numbered n. app.mu is released however it ends: the logout
+// reaches the keystore, and a panic there left with the lock held would
+// stop every later call of the application.
+func (e *Engine) endLogin(app *App, token keystore.UUID, n uint64) bool {
+	app.mu.Lock()
+	defer app.mu.Unlock()
+	if _, in := app.login[token]; in && app.loginAfter[token] < n {
+		e.noteLogout(app, token)
+		return true
+	}
+	return false
+}
+
 // endLogins ends every application's login on the token begun before the
 // end of every login numbered n (countEnded), as C_Logout would: their
 // operations on private objects end, their private session objects go.
@@ -42,12 +56,9 @@ func (e *Engine) countEnded(token keystore.UUID) uint64 {
 func (e *Engine) endLogins(token keystore.UUID, n uint64) int {
 	ended := 0
 	for _, app := range e.appList() {
-		app.mu.Lock()
-		if _, in := app.login[token]; in && app.loginAfter[token] < n {
-			e.noteLogout(app, token)
+		if e.endLogin(app, token, n) {
 			ended++
 		}
-		app.mu.Unlock()
 	}
 	if ended > 0 {
 		e.log.Info("sessions logged out: the token's logins were ended", "token", token.String(), "applications", ended)

@@ -131,10 +131,10 @@ func TestPanicEndsOperation(t *testing.T) {
 	cl.Must(ck.CKR_OK, "C_MessageEncryptFinal", U(h))
 }
 
-// panicLogin is a Store whose PIN check panics while armed.
+// panicLogin is a Store whose PIN check, or logout, panics while armed.
 type panicLogin struct {
 	Store
-	armed atomic.Bool
+	armed, armedLogout atomic.Bool
 }
 
 func (p *panicLogin) Login(ctx context.Context, token keystore.UUID, role keystore.Role, pin []byte) error {
@@ -142,6 +142,61 @@ func (p *panicLogin) Login(ctx context.Context, token keystore.UUID, role keysto
 		panic("injected")
 	}
 	return p.Store.Login(ctx, token, role, pin)
+}
+
+func (p *panicLogin) Logout(token keystore.UUID) {
+	if p.armedLogout.Load() {
+		panic("injected")
+	}
+	p.Store.Logout(token)
+}
+
+// TestPanicInLogoutUnlocks: a panic in the keystore's logout, which the
+// last session's C_CloseSession and the end of every login on the token
+// reach, leaves the application's lock free. Held, every later call of
+// the application waited for ever.
+func TestPanicInLogoutUnlocks(t *testing.T) {
+	t.Parallel()
+	d := startEngine(t, Config{})
+	ps := &panicLogin{Store: d.store}
+	eng := New(ps, nil, Config{FailureDelay: -1})
+	t.Cleanup(func() { eng.Interrupt(); eng.Close() })
+	cl, app := dialRecovering(t, eng)
+	slot := cl.NewToken("logout")
+	unlocked := func(when string) {
+		t.Helper()
+		if !app.mu.TryLock() {
+			app.mu.Unlock() // for the cleanup's Detach
+			t.Fatalf("the application's lock is held after a panic in %s", when)
+		}
+		app.mu.Unlock()
+	}
+
+	h := cl.Open(slot, false)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
+	ps.armedLogout.Store(true)
+	cl.Must(ck.CKR_GENERAL_ERROR, "C_CloseSession", U(h))
+	ps.armedLogout.Store(false)
+	unlocked("C_CloseSession")
+	h = cl.Open(slot, false)
+
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
+	tok, err := app.session(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps.armedLogout.Store(true)
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("ending the logins did not panic")
+			}
+		}()
+		eng.endLogins(tok.token, eng.countEnded(tok.token))
+	}()
+	ps.armedLogout.Store(false)
+	unlocked("ending every login on the token")
+	cl.Must(ck.CKR_OK, "C_CloseSession", U(h))
 }
 
 // TestPanicInLoginReleases: a panic in the PIN check gives back the

@@ -119,10 +119,13 @@ func (e *Engine) openSession(ctx context.Context, app *App, slot, flags uint64) 
 // closeSession closes a session: its session objects go with it, and the
 // application's login on the token ends with its last session there.
 func (e *Engine) closeSession(ctx context.Context, app *App, h uint64) error {
+	// Unlocked however it ends: the logout below reaches the keystore,
+	// and a panic there left with the lock held would stop every later
+	// call of the application.
 	app.mu.Lock()
+	defer app.mu.Unlock()
 	s, ok := app.sessions[h]
 	if !ok {
-		app.mu.Unlock()
 		return ck.Error(ck.CKR_SESSION_HANDLE_INVALID)
 	}
 	delete(app.sessions, h)
@@ -143,7 +146,6 @@ func (e *Engine) closeSession(ctx context.Context, app *App, h uint64) error {
 	if last {
 		e.noteLogout(app, s.token)
 	}
-	app.mu.Unlock()
 	return nil
 }
 
