@@ -66,13 +66,15 @@ func (op *operation) settle() error {
 // charge back. The caller holds s.mu.
 func (s *session) endOp(kind opKind) {
 	if op := s.ops[kind]; op != nil {
+		// Gone first, its charge given back, then wiped: a panic in the
+		// cipher's Wipe leaves it ended all the same.
+		s.ops[kind] = nil
 		op.mem.Release(op.charged)
 		op.charged = 0
 		// An output kept and never delivered here (the module took it
 		// from a prefetch and ends the operation) may be plaintext.
 		op.dropKept()
 		op.wipeCipher()
-		s.ops[kind] = nil
 	}
 }
 
@@ -144,21 +146,29 @@ func (e *Engine) Refuse(app *App, c *calls.Call, h uint64, why Refusal) uint64 {
 	}
 	if cont := calls.RoleOf(c).Continues; cont != 0 && calls.OnSession(c) {
 		if s, err := app.session(h); err == nil {
-			s.mu.Lock()
-			for k, kind := range opOf {
-				if cont&k != 0 {
-					s.endOp(kind)
-				}
-			}
-			for k, kind := range msgOf {
-				if op := s.msgOf(kind); cont&k != 0 && op != nil {
-					op.endMessage()
-				}
-			}
-			s.mu.Unlock()
+			s.endRefused(cont)
 		}
 	}
 	return rv
+}
+
+// endRefused ends the operations and messages of the kinds in cont
+// (calls.RoleOf's Continues). s.mu is released however it ends: the
+// session's lock held after a panic (in a cipher's Wipe, say; the daemon
+// serves on) would stop every later call on the session.
+func (s *session) endRefused(cont calls.OpKinds) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, kind := range opOf {
+		if cont&k != 0 {
+			s.endOp(kind)
+		}
+	}
+	for k, kind := range msgOf {
+		if op := s.msgOf(kind); cont&k != 0 && op != nil {
+			op.endMessage()
+		}
+	}
 }
 
 // OpMemory returns the bytes operations hold between calls now, and the

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"hsmemu/cryptoki/calls"
 	"hsmemu/cryptoki/ck"
 	"hsmemu/cryptoki/wire"
 	. "hsmemu/cryptoki/wire/wiretest"
@@ -237,4 +238,47 @@ func TestPanicInLoginReleases(t *testing.T) {
 	}
 	// The application whose login panicked logs in as any other.
 	b.Must(ck.CKR_OK, "C_Login", U(hb), U(ck.CKU_USER), S(UserPIN))
+}
+
+// panicWipe is a cipher whose Wipe panics.
+type panicWipe struct{ mech.CipherOp }
+
+func (panicWipe) Wipe() { panic("injected") }
+
+// TestPanicInRefuseUnlocks: a panic while a refused call ends the
+// session's operation (outside any call: it ends the connection) leaves
+// the session's lock free. Held, every later call on the session, from
+// the application's other connections too, waited for ever.
+func TestPanicInRefuseUnlocks(t *testing.T) {
+	t.Parallel()
+	d := startEngine(t, Config{})
+	cl, app := dialRecovering(t, d.eng)
+	h := cl.Open(cl.NewToken("refuse"), true)
+	cl.Must(ck.CKR_OK, "C_Login", U(h), U(ck.CKU_USER), S(UserPIN))
+	key := aesKey(cl, h, false)
+	gcm := MP(ck.CKM_AES_GCM, wire.GCMParams{IV: bytes.Repeat([]byte{7}, 12), TagBits: 128}.Param())
+	cl.Must(ck.CKR_OK, "C_EncryptInit", U(h), gcm, U(key))
+	withSession(t, app, h, func(s *session) { s.ops[opEncrypt].cipher = panicWipe{s.ops[opEncrypt].cipher} })
+	c, ok := calls.ByName("C_EncryptUpdate")
+	if !ok {
+		t.Fatal("no C_EncryptUpdate")
+	}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("the refusal did not panic")
+			}
+		}()
+		d.eng.Refuse(app, c, h, TooLarge)
+	}()
+	s, err := app.session(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.mu.TryLock() {
+		s.mu.Unlock() // for the cleanup's session close
+		t.Fatal("the session's lock is held after a panic in a refusal")
+	}
+	s.mu.Unlock()
+	cl.Must(ck.CKR_OPERATION_NOT_INITIALIZED, "C_EncryptFinal", U(h), Out(64))
 }
