@@ -417,17 +417,17 @@ func outCheck(a calls.Arg) string {
 	n := a.Name
 	switch a.Kind {
 	case calls.OutBytes:
-		return fmt.Sprintf("hsm_outbytes_ok(&o_%s, %s, *%s_len)", n, n, n)
+		return fmt.Sprintf("hsm_outbytes_ok(&o_%s, %s, *%s_len, rv)", n, n, n)
 	case calls.OutUlongs:
-		return fmt.Sprintf("hsm_outulongs_ok(&o_%s, %s, *%s_count)", n, n, n)
+		return fmt.Sprintf("hsm_outulongs_ok(&o_%s, %s, *%s_count, rv)", n, n, n)
 	case calls.OutHandles:
-		return fmt.Sprintf("hsm_outulongs_ok(&o_%s, %s, %s_max)", n, n, n)
+		return fmt.Sprintf("hsm_outulongs_ok(&o_%s, %s, %s_max, rv)", n, n, n)
 	case calls.OutFilled:
 		return fmt.Sprintf("!o_%s_null && o_%s_n == %s_len", n, n, n)
 	case calls.MsgParamOut:
 		return fmt.Sprintf("o_%s_ok", n)
 	case calls.OptOutBytes:
-		return fmt.Sprintf("o_%s_ok && (%s_len == NULL || hsm_outbytes_ok(&o_%s, %s, *%s_len))", n, n, n, n, n)
+		return fmt.Sprintf("o_%s_ok && (%s_len == NULL || hsm_outbytes_ok(&o_%s, %s, *%s_len, rv))", n, n, n, n, n)
 	}
 	return ""
 }

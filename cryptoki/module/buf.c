@@ -272,12 +272,14 @@ void hsm_get_outbytes(hsm_rbuf *r, hsm_outbytes *o)
 		o->data = r->p + r->off; /* an empty, non-NULL value */
 }
 
-int hsm_outbytes_ok(const hsm_outbytes *o, const void *buf, CK_ULONG cap)
+int hsm_outbytes_ok(const hsm_outbytes *o, const void *buf, CK_ULONG cap, CK_RV rv)
 {
 	if (!hsm_fits_ulong(o->len) || o->len == HSM_UNAVAILABLE64)
 		return 0;
+	/* Only the length came: an answer to a size query, or to a buffer too
+	 * short. CKR_OK to a buffer promises the data in it. */
 	if (o->data == NULL)
-		return 1;
+		return buf == NULL || rv != CKR_OK;
 	/* Data came: the caller had a buffer, and it holds all of it. */
 	return buf != NULL && o->n == o->len && o->len <= cap;
 }
@@ -319,12 +321,13 @@ void hsm_get_ulongs(hsm_rbuf *r, hsm_outulongs *o)
 		r->bad = 1; /* a list is required here */
 }
 
-int hsm_outulongs_ok(const hsm_outulongs *o, const void *list, CK_ULONG cap)
+int hsm_outulongs_ok(const hsm_outulongs *o, const void *list, CK_ULONG cap, CK_RV rv)
 {
 	if (!hsm_fits_ulong(o->count) || o->count == HSM_UNAVAILABLE64)
 		return 0;
+	/* Only the count came: CKR_OK to a list promises the items in it. */
 	if (o->items == NULL)
-		return 1;
+		return list == NULL || rv != CKR_OK;
 	/* Items came: the caller has room for all of them. An empty list
 	 * needs none: C_FindObjects(s, NULL, 0, &n) is valid. */
 	if ((list == NULL && o->n != 0) || o->n != o->count || o->count > cap)

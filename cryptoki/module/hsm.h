@@ -184,8 +184,9 @@ typedef struct hsm_outbytes {
 } hsm_outbytes;
 
 void hsm_get_outbytes(hsm_rbuf *r, hsm_outbytes *o);
-/* The reply fits what the caller asked: buf and cap are the caller's. */
-int hsm_outbytes_ok(const hsm_outbytes *o, const void *buf, CK_ULONG cap);
+/* The reply fits what the caller asked: buf and cap are the caller's, rv
+ * the reply's (CKR_OK to a buffer needs the data). */
+int hsm_outbytes_ok(const hsm_outbytes *o, const void *buf, CK_ULONG cap, CK_RV rv);
 void hsm_outbytes_commit(const hsm_outbytes *o, void *buf, CK_ULONG_PTR len);
 
 typedef struct hsm_outulongs {
@@ -197,7 +198,7 @@ typedef struct hsm_outulongs {
 void hsm_get_outulongs(hsm_rbuf *r, hsm_outulongs *o);
 /* ulongs (no leading count), as C_FindObjects' reply. */
 void hsm_get_ulongs(hsm_rbuf *r, hsm_outulongs *o);
-int hsm_outulongs_ok(const hsm_outulongs *o, const void *list, CK_ULONG cap);
+int hsm_outulongs_ok(const hsm_outulongs *o, const void *list, CK_ULONG cap, CK_RV rv);
 void hsm_outulongs_commit(const hsm_outulongs *o, CK_ULONG *list, CK_ULONG_PTR count);
 
 /* ---- attrs.c: templates, queries, answers ---- */

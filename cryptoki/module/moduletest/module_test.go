@@ -321,11 +321,16 @@ func TestMalformedReplies(t *testing.T) {
 			return r
 		case 2: // CKR_OK without results
 			return Resp{RV: 0}
+		case 3: // CKR_OK, a count over capacity and no items
+			return Resp{RV: 0, Results: append(be64(5), 0xff, 0xff, 0xff, 0xff)}
+		case 4: // CKR_OK, a count that fits and no items
+			return Resp{RV: 0, Results: append(be64(1), 0xff, 0xff, 0xff, 0xff)}
 		default: // a frame over 16 MiB
 			return Resp{Raw: []byte{0x01, 0x00, 0x00, 0x01}}
 		}
 	})
-	for i, name := range []string{"count over capacity", "trailing bytes", "no results", "huge frame"} {
+	for i, name := range []string{"count over capacity", "trailing bytes", "no results", "count over capacity without items",
+		"count without items", "huge frame"} {
 		mode.Store(int32(i))
 		rv, n, items := m.SlotList(2, false)
 		if rv != ck.CKR_DEVICE_ERROR {
@@ -506,6 +511,24 @@ func TestEncryptSizeQueryAndRandom(t *testing.T) {
 	}
 	if rv, h := m.FindObjects(1, 4); rv != 0 || len(h) != 2 || h[0] != 5 || h[1] != 6 {
 		t.Fatalf("C_FindObjects: %v %v", rv, h)
+	}
+}
+
+// TestMalformedOutBytes: CKR_OK to a caller's buffer promises the data in
+// it; a reply with only a length (as to a size query) is malformed, however
+// the length compares with the buffer, and leaves the buffer and its length
+// alone.
+func TestMalformedOutBytes(t *testing.T) {
+	var length atomic.Uint64
+	m, _ := session(t, func(q Req) Resp {
+		return Resp{RV: 0, Results: append(be64(length.Load()), 0xff, 0xff, 0xff, 0xff)}
+	})
+	for _, n := range []uint64{3, 16, 100} {
+		length.Store(n)
+		rv, got, out := m.Encrypt(1, []byte("hello"), 16, false)
+		if rv != ck.CKR_DEVICE_ERROR || got != 16 || !bytes.Equal(out, make([]byte, 16)) {
+			t.Errorf("length %d without data: rv %v, length %d, out %x; want CKR_DEVICE_ERROR, 16, untouched", n, rv, got, out)
+		}
 	}
 }
 
