@@ -6,7 +6,7 @@ BIN     := bin
 GOFLAGS ?=
 export CGO_ENABLED := 1
 
-.PHONY: all build deps test-deps test test-postgres vet race fuzz fuzz-short bench run clean module test-module e2e-programs install test-chaos soak
+.PHONY: all build deps test-deps test test-postgres vet race fuzz fuzz-short fuzz-module-short bench run clean module test-module e2e-programs install test-chaos soak
 
 all: build
 
@@ -72,6 +72,32 @@ test-module: $(BIN)/hsmemu-pkcs11.so $(BIN)/hsmemu-pkcs11-asan.so build/module-t
 	build/module-test $(BIN)/hsmemu-pkcs11.so
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		build/module-test-asan $(BIN)/hsmemu-pkcs11-asan.so
+
+# The module against a hostile daemon (test/fuzz_module.c): the module's
+# sources linked into the harness with ASan/UBSan, under libFuzzer where
+# clang is installed (Debian: clang-14 libclang-rt-14-dev), else built by
+# $(CC) with the harness's own deterministic mutation loop. The short run
+# is a count of inputs (about 1,000 a second); the corpus stays in build/.
+FUZZ_MODULE_CLANG := $(shell command -v clang-14 2>/dev/null || command -v clang 2>/dev/null)
+FUZZ_MODULE_RUNS ?= 10000
+FUZZ_MODULE_CORPUS := build/fuzz-module-corpus
+FUZZ_MODULE_FLAGS := -std=gnu11 -Wall -Wextra -Werror -pthread -g -O1 -fno-omit-frame-pointer \
+	-fno-sanitize-recover=undefined $(P11_CFLAGS) -Icryptoki/module -I$(GEN)
+FUZZ_MODULE_SRC := cryptoki/module/test/fuzz_module.c $(MODULE_SRC) $(GEN_SRC)
+
+build/fuzz-module: cryptoki/module/test/fuzz_module.c $(MODULE_SRC) $(MODULE_HDR) $(GEN)/.stamp
+	@mkdir -p build
+ifneq ($(FUZZ_MODULE_CLANG),)
+	$(FUZZ_MODULE_CLANG) $(FUZZ_MODULE_FLAGS) -fsanitize=fuzzer,address,undefined -o $@ $(FUZZ_MODULE_SRC) $(MODULE_LIBS)
+else
+	$(CC) $(FUZZ_MODULE_FLAGS) -DFUZZ_DRIVER -fsanitize=address,undefined -o $@ $(FUZZ_MODULE_SRC) $(MODULE_LIBS)
+endif
+
+fuzz-module-short: build/fuzz-module
+	@mkdir -p $(FUZZ_MODULE_CORPUS)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		build/fuzz-module -runs=$(FUZZ_MODULE_RUNS) -seed=1 -timeout=10 -rss_limit_mb=1024 -malloc_limit_mb=256 \
+		-use_value_profile=1 -max_len=2048 -artifact_prefix=build/fuzz-module- $(FUZZ_MODULE_CORPUS)
 
 # ---- The end-to-end C program (cryptoki/e2e/c) ----
 # It loads the module and talks to a real daemon that cryptoki/e2e's Go
@@ -189,6 +215,7 @@ fuzz-short:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseBackup$$' -fuzztime $(FUZZ_SHORT) ./keystore/
 	$(GO) test -run '^$$' -fuzz '^FuzzHostileModule$$' -fuzztime $(FUZZ_SHORT) -fuzzminimizetime $(FUZZ_MINIMIZE_RACY) ./cryptoki/shmring/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseDump$$' -fuzztime $(FUZZ_SHORT) ./keystore/
+	@$(MAKE) --no-print-directory fuzz-module-short
 
 # Short fuzzing runs of every fuzz target (longer: FUZZTIME=10m make fuzz).
 FUZZTIME ?= 20s
