@@ -77,7 +77,9 @@ test-module: $(BIN)/hsmemu-pkcs11.so $(BIN)/hsmemu-pkcs11-asan.so build/module-t
 # sources linked into the harness with ASan/UBSan, under libFuzzer where
 # clang is installed (Debian: clang-14 libclang-rt-14-dev), else built by
 # $(CC) with the harness's own deterministic mutation loop. The short run
-# is a count of inputs (about 1,000 a second); the corpus stays in build/.
+# is a count of inputs (about 1,000 a second); the corpus it grows stays in
+# build/, from the seeds in test/fuzz-seeds (replies that take the calls
+# through to their results).
 FUZZ_MODULE_CLANG := $(shell command -v clang-14 2>/dev/null || command -v clang 2>/dev/null)
 FUZZ_MODULE_RUNS ?= 10000
 FUZZ_MODULE_CORPUS := build/fuzz-module-corpus
@@ -97,7 +99,8 @@ fuzz-module-short: build/fuzz-module
 	@mkdir -p $(FUZZ_MODULE_CORPUS)
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		build/fuzz-module -runs=$(FUZZ_MODULE_RUNS) -seed=1 -timeout=10 -rss_limit_mb=1024 -malloc_limit_mb=256 \
-		-use_value_profile=1 -max_len=2048 -artifact_prefix=build/fuzz-module- $(FUZZ_MODULE_CORPUS)
+		-use_value_profile=1 -max_len=4096 -artifact_prefix=build/fuzz-module- $(FUZZ_MODULE_CORPUS) \
+		cryptoki/module/test/fuzz-seeds
 
 # ---- The end-to-end C program (cryptoki/e2e/c) ----
 # It loads the module and talks to a real daemon that cryptoki/e2e's Go

@@ -21,7 +21,9 @@
  * ctl bit 0 flips the has-results flag from what rv implies, bit 1 sets
  * the idle flag, bit 2 answers with another request id, bit 3 sends half
  * the reply and closes, bit 4 closes without answering, bit 5 sends a
- * frame length one more than the reply and closes. rv indexes a table of
+ * frame length one more than the reply and closes, bit 6 reads the
+ * results as tokens (tokens(); length counts tokens), so that the
+ * lengths in them agree with what follows. rv indexes a table of
  * return values (the table's length and up: that byte as the rv). Past
  * the last record every request gets CKR_GENERAL_ERROR.
  *
@@ -124,6 +126,105 @@ static int take(void *p, size_t n)
 
 /* answer answers one request frame; it returns -1 when the connection
  * is to close. */
+/* Token mode: results built from the record's bytes as tokens, so that
+ * every length the reply carries agrees with what follows it. */
+struct tbuf {
+	uint8_t *p;
+	size_t n, cap;
+};
+
+static void tput(struct tbuf *b, const void *p, size_t n)
+{
+	if (n == 0)
+		return;
+	if (b->n + n > b->cap) {
+		size_t cap = (b->n + n) * 2;
+		b->p = realloc(b->p, cap);
+		b->cap = cap;
+	}
+	memcpy(b->p + b->n, p, n);
+	b->n += n;
+}
+
+static void tput32(struct tbuf *b, uint32_t v)
+{
+	uint8_t x[4];
+	put32(x, v);
+	tput(b, x, 4);
+}
+
+static void tput64(struct tbuf *b, uint64_t v)
+{
+	uint8_t x[8];
+	put64(x, v);
+	tput(b, x, 8);
+}
+
+/* tokens reads up to max tokens from src[*at..end] into b:
+ *   0 x: u8 x          1 x: u32 x            2 x: u64 x
+ *   3 x8: u64 x8       4 n d(n): bytes d     5: NULL bytes
+ *   6: u64 all ones    7 k: bytes made of the next k tokens
+ *   8 n: bytes of n x 0x41 (n in units of 16) */
+static void tokens(struct tbuf *b, const uint8_t *src, size_t *at, size_t end, size_t max, int depth)
+{
+	for (size_t t = 0; t < max && *at < end; t++) {
+		uint8_t op = src[(*at)++] % 9;
+		uint8_t x = *at < end ? src[*at] : 0;
+		switch (op) {
+		case 0:
+			tput(b, &x, 1), (*at)++;
+			break;
+		case 1:
+			tput32(b, x), (*at)++;
+			break;
+		case 2:
+			tput64(b, x), (*at)++;
+			break;
+		case 3: {
+			uint8_t v[8] = {0};
+			size_t k = end - *at < 8 ? end - *at : 8;
+			memcpy(v, src + *at, k);
+			*at += k;
+			tput(b, v, 8);
+			break;
+		}
+		case 4: {
+			(*at)++;
+			size_t k = end - *at < x ? end - *at : x;
+			tput32(b, (uint32_t)k);
+			tput(b, src + *at, k);
+			*at += k;
+			break;
+		}
+		case 5:
+			tput32(b, 0xFFFFFFFFu);
+			break;
+		case 6:
+			tput64(b, ~0ull);
+			break;
+		case 7: {
+			(*at)++;
+			struct tbuf sub = {0};
+			if (depth < 3)
+				tokens(&sub, src, at, end, x, depth + 1);
+			tput32(b, (uint32_t)sub.n);
+			if (sub.n > 0)
+				tput(b, sub.p, sub.n);
+			free(sub.p);
+			break;
+		}
+		default: {
+			(*at)++;
+			uint8_t fill[16];
+			memset(fill, 0x41, sizeof fill);
+			tput32(b, (uint32_t)x * 16);
+			for (int i = 0; i < x; i++)
+				tput(b, fill, sizeof fill);
+		}
+		}
+	}
+}
+
 static int answer(int fd, uint32_t id)
 {
 	uint8_t rec[4];
@@ -132,14 +233,26 @@ static int answer(int fd, uint32_t id)
 	size_t n = ((size_t)rec[2] << 8) | rec[3];
 	if (!have || n > in_len - in_off)
 		n = have ? in_len - in_off : 0;
-	uint8_t *frame = malloc(17 + n);
 	uint8_t ctl = rec[0];
 	uint64_t rv = rec[1] < sizeof rvs / sizeof rvs[0] ? rvs[rec[1]] : rec[1];
 	if (!have)
 		ctl = 0, rv = CKR_GENERAL_ERROR;
-	memcpy(frame + 17, in_data + in_off, n);
-	in_off += n;
+	struct tbuf res = {0};
+	if (ctl & 0x40) {
+		/* n counts tokens here. */
+		size_t at = in_off;
+		tokens(&res, in_data, &at, in_len, n, 0);
+		in_off = at;
+	} else {
+		tput(&res, in_data + in_off, n);
+		in_off += n;
+	}
 	pthread_mutex_unlock(&in_mu);
+	n = res.n;
+	uint8_t *frame = malloc(17 + n);
+	if (n > 0)
+		memcpy(frame + 17, res.p, n);
+	free(res.p);
 
 	int results = rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL || rv == CKR_ATTRIBUTE_SENSITIVE ||
 		      rv == CKR_ATTRIBUTE_TYPE_INVALID;
@@ -596,12 +709,15 @@ int main(int argc, char **argv)
 			FILE *fp = fopen(path, "rb");
 			if (fp == NULL)
 				continue;
-			if (nseeds < 64) {
-				seed_len[nseeds] = fread(seeds[nseeds], 1, MAX, fp);
-				LLVMFuzzerTestOneInput(seeds[nseeds], seed_len[nseeds]);
-				nseeds++;
-			}
+			/* Each runs; the first 64 are kept to mutate. */
+			static uint8_t one[MAX];
+			size_t n = fread(one, 1, MAX, fp);
 			fclose(fp);
+			LLVMFuzzerTestOneInput(one, n);
+			if (nseeds < 64) {
+				memcpy(seeds[nseeds], one, n);
+				seed_len[nseeds++] = n;
+			}
 		} while (d != NULL);
 		if (d != NULL)
 			closedir(d);
