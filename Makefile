@@ -77,11 +77,13 @@ test-module: $(BIN)/hsmemu-pkcs11.so $(BIN)/hsmemu-pkcs11-asan.so build/module-t
 # sources linked into the harness with ASan/UBSan, under libFuzzer where
 # clang is installed (Debian: clang-14 libclang-rt-14-dev), else built by
 # $(CC) with the harness's own deterministic mutation loop. The short run
-# is a count of inputs (about 1,000 a second); the corpus it grows stays in
-# build/, from the seeds in test/fuzz-seeds (replies that take the calls
-# through to their results).
+# ends at a count of inputs or after some seconds, whichever comes first
+# (an input whose ring a reply left short waits out the module's timeout,
+# a second here). The corpus it grows stays in build/, from the seeds in
+# test/fuzz-seeds (replies that take the calls through to their results).
 FUZZ_MODULE_CLANG := $(shell command -v clang-14 2>/dev/null || command -v clang 2>/dev/null)
 FUZZ_MODULE_RUNS ?= 10000
+FUZZ_MODULE_TIME ?= 30
 FUZZ_MODULE_CORPUS := build/fuzz-module-corpus
 FUZZ_MODULE_FLAGS := -std=gnu11 -Wall -Wextra -Werror -pthread -g -O1 -fno-omit-frame-pointer \
 	-fno-sanitize-recover=undefined $(P11_CFLAGS) -Icryptoki/module -I$(GEN)
@@ -98,7 +100,7 @@ endif
 fuzz-module-short: build/fuzz-module
 	@mkdir -p $(FUZZ_MODULE_CORPUS)
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-		build/fuzz-module -runs=$(FUZZ_MODULE_RUNS) -seed=1 -timeout=10 -rss_limit_mb=1024 -malloc_limit_mb=256 \
+		build/fuzz-module -runs=$(FUZZ_MODULE_RUNS) -max_total_time=$(FUZZ_MODULE_TIME) -seed=1 -timeout=10 -rss_limit_mb=1024 -malloc_limit_mb=256 \
 		-use_value_profile=1 -max_len=4096 -artifact_prefix=build/fuzz-module- $(FUZZ_MODULE_CORPUS) \
 		cryptoki/module/test/fuzz-seeds
 

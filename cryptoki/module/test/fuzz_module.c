@@ -10,11 +10,13 @@
  * Whatever the replies, the module must not touch memory outside the
  * caller's buffers (each is allocated to its exact size), report more
  * than the caller's count or buffer holds with CKR_OK, hang or leave a
- * lock held (the next input's C_Initialize would wait).
+ * lock held (the next input's C_Initialize would wait). A call waits
+ * for a reply no longer than the configured timeout, one second here.
  *
  * The input: one byte for the hello (bits 0-2: the version answered, 6
- * less that; bit 3: status 3, the application known), then one record per
- * request frame, in the order they come:
+ * less that; bit 3: status 3, the application known; bit 4: the module
+ * offers rings and they are taken, so the frames go through shared
+ * memory), then one record per request frame, in the order they come:
  *
  *   ctl u8 | rv u8 | length u16 (big-endian) | results (length bytes)
  *
@@ -23,12 +25,16 @@
  * the reply and closes, bit 4 closes without answering, bit 5 sends a
  * frame length one more than the reply and closes, bit 6 reads the
  * results as tokens (tokens(); length counts tokens), so that the
- * lengths in them agree with what follows. rv indexes a table of
+ * lengths in them agree with what follows, bit 7 (rings) rewrites a word
+ * of the control page once the reply is in the ring: 5 bytes after the
+ * record's header, the word (mod 8) and its value (u32), as a daemon
+ * may at any time. rv indexes a table of
  * return values (the table's length and up: that byte as the rv). Past
  * the last record every request gets CKR_GENERAL_ERROR.
  *
  * Built with libFuzzer (clang -fsanitize=fuzzer), or with FUZZ_DRIVER, a
- * main of its own: "fuzz-module -runs=N [-seed=S] [FILE...]" runs each
+ * main of its own: "fuzz-module -runs=N [-max_total_time=SECONDS]
+ * [-seed=S] [FILE...]" runs each
  * FILE (or the files of a directory), then N inputs mutated from them,
  * deterministically. With FUZZ_TRACE set in the environment the daemon
  * prints each request and the reply it gets.
@@ -41,7 +47,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -58,6 +68,30 @@ static size_t in_len, in_off;
 static int listen_fd = -1;
 
 #define MAX_CONNS 16
+#define RING_CALL 0xFFFFFF01u
+#define RING_CTRL 4096
+
+static int trace; /* FUZZ_TRACE, read once: the application thread sets the environment */
+static int in_ring; /* this input's hello byte asked for rings */
+
+/* One connection: its socket, and once the offer is taken its rings,
+ * with the counters the daemon owns kept apart from the shared page. */
+struct conn {
+	int fd;
+	int hello_done;
+	uint8_t *base;
+	size_t len;
+	uint32_t size, req_tail, rep_head;
+};
+
+static uint32_t *ring_word(struct conn *c, int off) { return (uint32_t *)(c->base + off); }
+static uint32_t ring_load(struct conn *c, int off) { return __atomic_load_n(ring_word(c, off), __ATOMIC_SEQ_CST); }
+static void ring_store(struct conn *c, int off, uint32_t v) { __atomic_store_n(ring_word(c, off), v, __ATOMIC_SEQ_CST); }
+
+static void ring_wake(struct conn *c, int off)
+{
+	syscall(SYS_futex, ring_word(c, off), FUTEX_WAKE, 1, NULL, NULL, 0);
+}
 
 static int read_full(int fd, void *p, size_t n)
 {
@@ -122,6 +156,27 @@ static int take(void *p, size_t n)
 	memcpy(p, in_data + in_off, k);
 	in_off += k;
 	return 1;
+}
+
+/* out sends reply bytes: on the socket, or into the reply ring (when
+ * there is no room, -1: the connection closes). */
+static int out(struct conn *c, const uint8_t *p, size_t n)
+{
+	if (c->base == NULL) {
+		write_full(c->fd, p, n);
+		return 0;
+	}
+	uint32_t used = c->rep_head - ring_load(c, 320);
+	if (used > c->size || n > c->size - used)
+		return -1;
+	uint8_t *data = c->base + RING_CTRL + c->size;
+	for (size_t i = 0; i < n; i++)
+		data[(c->rep_head + i) & (c->size - 1)] = p[i];
+	c->rep_head += (uint32_t)n;
+	ring_store(c, 256, c->rep_head);
+	if (ring_load(c, 384))
+		ring_wake(c, 256);
+	return 0;
 }
 
 /* answer answers one request frame; it returns -1 when the connection
@@ -225,18 +280,23 @@ static void tokens(struct tbuf *b, const uint8_t *src, size_t *at, size_t end, s
 	}
 }
 
-static int answer(int fd, uint32_t id)
+static int answer(struct conn *c, uint32_t id)
 {
 	uint8_t rec[4];
 	pthread_mutex_lock(&in_mu);
 	int have = take(rec, sizeof rec);
-	size_t n = ((size_t)rec[2] << 8) | rec[3];
-	if (!have || n > in_len - in_off)
-		n = have ? in_len - in_off : 0;
 	uint8_t ctl = rec[0];
 	uint64_t rv = rec[1] < sizeof rvs / sizeof rvs[0] ? rvs[rec[1]] : rec[1];
 	if (!have)
 		ctl = 0, rv = CKR_GENERAL_ERROR;
+	uint8_t cor[5] = {0};
+	if (ctl & 0x80)
+		take(cor, sizeof cor);
+	size_t n = ((size_t)rec[2] << 8) | rec[3];
+	if (!have || in_off >= in_len)
+		n = 0;
+	else if (n > in_len - in_off)
+		n = in_len - in_off;
 	struct tbuf res = {0};
 	if (ctl & 0x40) {
 		/* n counts tokens here. */
@@ -264,28 +324,93 @@ static int answer(int fd, uint32_t id)
 	put64(frame + 8, rv);
 	frame[16] = (uint8_t)(results | (ctl & 2));
 	int ret = 0;
-	if (getenv("FUZZ_TRACE"))
+	if (trace)
 		fprintf(stderr, "  reply ctl 0x%x rv 0x%lx, %zu bytes of results\n", ctl, (unsigned long)rv, n);
 	if (ctl & 0x10) {
 		ret = -1;
 	} else if (ctl & 8) {
-		write_full(fd, frame, (17 + n) / 2);
+		out(c, frame, (17 + n) / 2);
 		ret = -1;
 	} else {
-		write_full(fd, frame, 17 + n);
-		ret = ctl & 0x20 ? -1 : 0;
+		ret = out(c, frame, 17 + n);
+		if (ctl & 0x20)
+			ret = -1;
+	}
+	if ((ctl & 0x80) && c->base != NULL) {
+		/* A counter of the control page rewritten, and both ends woken. */
+		int off = (cor[0] % 8) * 64;
+		ring_store(c, off, (uint32_t)cor[1] << 24 | (uint32_t)cor[2] << 16 | (uint32_t)cor[3] << 8 | cor[4]);
+		ring_wake(c, 0), ring_wake(c, 64), ring_wake(c, 256), ring_wake(c, 320);
 	}
 	free(frame);
 	return ret;
 }
 
-/* serve_one reads one frame (or the hello) from a connection and answers
- * it; -1 closes the connection. */
-static int serve_one(int fd, int *hello_done)
+/* recv_head reads a frame's first 4 bytes from the socket, taking the
+ * memfd an offer carries. */
+static int recv_head(struct conn *c, uint8_t head[4], int *memfd)
 {
-	if (!*hello_done) {
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int))];
+	} cb;
+	struct iovec iov = {head, 4};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.b, .msg_controllen = sizeof cb.b};
+	ssize_t k;
+	do
+		k = recvmsg(c->fd, &msg, MSG_CMSG_CLOEXEC);
+	while (k < 0 && errno == EINTR);
+	if (k <= 0)
+		return -1;
+	for (struct cmsghdr *h = CMSG_FIRSTHDR(&msg); h != NULL; h = CMSG_NXTHDR(&msg, h))
+		if (h->cmsg_level == SOL_SOCKET && h->cmsg_type == SCM_RIGHTS)
+			memcpy(memfd, CMSG_DATA(h), sizeof(int));
+	return read_full(c->fd, head + k, 4 - (size_t)k);
+}
+
+static uint32_t be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* request handles one request frame's body; -1 closes the connection. */
+static int request(struct conn *c, const uint8_t *body, uint32_t len)
+{
+	uint32_t id = be32(body), call = be32(body + 4);
+	if (trace)
+		fprintf(stderr, "request %u call 0x%x, %u bytes%s\n", id, call, len, c->base ? " (ring)" : "");
+	return answer(c, id);
+}
+
+/* take_offer answers the ring offer: taken when the input asked for
+ * rings and the memfd maps, else declined. */
+static int take_offer(struct conn *c, const uint8_t *body, uint32_t len, int memfd)
+{
+	uint8_t a[17] = {0};
+	put32(a, 13);
+	put64(a + 8, CKR_FUNCTION_NOT_SUPPORTED);
+	uint32_t size = len >= 12 ? be32(body + 8) : 0;
+	if (in_ring && memfd >= 0 && size >= 4096 && size <= (1u << 20) && (size & (size - 1)) == 0) {
+		size_t n = RING_CTRL + 2 * (size_t)size;
+		void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+		if (p != MAP_FAILED) {
+			c->base = p, c->len = n, c->size = size, c->req_tail = 0, c->rep_head = 0;
+			put64(a + 8, CKR_OK);
+		}
+	}
+	if (memfd >= 0)
+		close(memfd);
+	write_full(c->fd, a, sizeof a);
+	return 0;
+}
+
+/* serve_socket reads the hello or one frame from the socket and answers
+ * it; -1 closes the connection. */
+static int serve_socket(struct conn *c)
+{
+	if (!c->hello_done) {
 		uint8_t hello[32], reply[8];
-		if (read_full(fd, hello, sizeof hello) < 0)
+		if (read_full(c->fd, hello, sizeof hello) < 0)
 			return -1;
 		uint8_t h = 0;
 		pthread_mutex_lock(&in_mu);
@@ -300,47 +425,123 @@ static int serve_one(int fd, int *hello_done)
 			v = want, status = 1;
 		reply[4] = (uint8_t)(v >> 8), reply[5] = (uint8_t)v;
 		reply[6] = 0, reply[7] = (uint8_t)status;
-		write_full(fd, reply, sizeof reply);
-		*hello_done = 1;
+		write_full(c->fd, reply, sizeof reply);
+		c->hello_done = 1;
 		return status == 1 ? -1 : 0;
 	}
+	if (c->base != NULL) {
+		/* Once the rings carry the frames the socket says only that
+		 * the module closed it. */
+		uint8_t b;
+		return read(c->fd, &b, 1) <= 0 ? -1 : 0;
+	}
 	uint8_t head[4];
-	if (read_full(fd, head, 4) < 0)
-		return -1;
-	uint32_t len = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 | (uint32_t)head[2] << 8 | head[3];
-	if (len < 8 || len > (16u << 20))
-		return -1;
-	uint8_t *body = malloc(len);
-	if (read_full(fd, body, len) < 0) {
-		free(body);
+	int memfd = -1;
+	if (recv_head(c, head, &memfd) < 0) {
+		if (memfd >= 0)
+			close(memfd);
 		return -1;
 	}
-	uint32_t id = (uint32_t)body[0] << 24 | (uint32_t)body[1] << 16 | (uint32_t)body[2] << 8 | body[3];
-	if (getenv("FUZZ_TRACE"))
-		fprintf(stderr, "request %u call 0x%x, %u bytes\n", id,
-			(unsigned)body[4] << 24 | (unsigned)body[5] << 16 | (unsigned)body[6] << 8 | body[7], len);
+	uint32_t len = be32(head);
+	if (len < 8 || len > (16u << 20)) {
+		if (memfd >= 0)
+			close(memfd);
+		return -1;
+	}
+	uint8_t *body = malloc(len);
+	int ret = read_full(c->fd, body, len);
+	if (ret == 0)
+		ret = be32(body + 4) == RING_CALL ? take_offer(c, body, len, memfd) : request(c, body, len);
+	else if (memfd >= 0)
+		close(memfd);
 	free(body);
-	return answer(fd, id);
+	return ret;
+}
+
+/* serve_ring answers every whole frame in the request ring; -1 closes
+ * the connection. */
+static int serve_ring(struct conn *c)
+{
+	uint8_t *data = c->base + RING_CTRL;
+	uint32_t mask = c->size - 1;
+	for (;;) {
+		uint32_t avail = ring_load(c, 0) - c->req_tail;
+		if (avail > c->size)
+			return -1;
+		if (avail < 4)
+			return 0;
+		uint8_t head[4];
+		for (int i = 0; i < 4; i++)
+			head[i] = data[(c->req_tail + i) & mask];
+		uint32_t len = be32(head);
+		if (len < 8 || len > c->size - 4)
+			return -1;
+		if (avail < 4 + len)
+			return 0;
+		uint8_t *body = malloc(len);
+		for (uint32_t i = 0; i < len; i++)
+			body[i] = data[(c->req_tail + 4 + i) & mask];
+		c->req_tail += 4 + len;
+		ring_store(c, 64, c->req_tail);
+		if (ring_load(c, 192))
+			ring_wake(c, 64);
+		int ret = request(c, body, len);
+		free(body);
+		if (ret < 0)
+			return -1;
+	}
+}
+
+static void drop_conn(struct conn *c)
+{
+	close(c->fd);
+	if (c->base != NULL) {
+		/* A module asleep on a ring looks at the socket when woken. */
+		ring_wake(c, 64), ring_wake(c, 256);
+		munmap(c->base, c->len);
+	}
+	memset(c, 0, sizeof *c);
 }
 
 static void *daemon_main(void *arg)
 {
 	(void)arg;
 	struct pollfd p[MAX_CONNS + 1];
-	int hello[MAX_CONNS + 1];
+	struct conn conns[MAX_CONNS + 1];
 	int n = 1;
 	p[0].fd = listen_fd;
 	p[0].events = POLLIN;
 	for (;;) {
-		if (poll(p, (nfds_t)n, -1) < 0)
+		struct conn *ring = NULL;
+		for (int i = 1; i < n && ring == NULL; i++)
+			if (conns[i].base != NULL)
+				ring = &conns[i];
+		int k = poll(p, (nfds_t)n, ring ? 0 : -1);
+		if (k < 0)
 			continue;
+		if (k == 0 && ring != NULL) {
+			/* Nothing on the sockets: sleep on the first ring's
+			 * request head, which the module wakes when it sees the
+			 * flag, for a millisecond at most (other rings, other
+			 * sockets). */
+			uint32_t head = ring_load(ring, 0);
+			ring_store(ring, 128, 1);
+			if (head == ring->req_tail) {
+				struct timespec ts = {0, 1000000};
+				syscall(SYS_futex, ring_word(ring, 0), FUTEX_WAIT, head, &ts, NULL, 0);
+			}
+			ring_store(ring, 128, 0);
+		}
 		for (int i = n - 1; i >= 1; i--) {
-			if (p[i].revents == 0)
-				continue;
-			if (serve_one(p[i].fd, &hello[i]) < 0) {
-				close(p[i].fd);
+			int ret = 0;
+			if (p[i].revents != 0)
+				ret = serve_socket(&conns[i]);
+			if (ret == 0 && conns[i].base != NULL)
+				ret = serve_ring(&conns[i]);
+			if (ret < 0) {
+				drop_conn(&conns[i]);
 				p[i] = p[n - 1];
-				hello[i] = hello[n - 1];
+				conns[i] = conns[n - 1];
 				n--;
 			}
 		}
@@ -350,7 +551,8 @@ static void *daemon_main(void *arg)
 				p[n].fd = c;
 				p[n].events = POLLIN;
 				p[n].revents = 0;
-				hello[n] = 0;
+				memset(&conns[n], 0, sizeof conns[n]);
+				conns[n].fd = c;
 				n++;
 			}
 		}
@@ -588,8 +790,17 @@ static void setup(void)
 	if (bind(listen_fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(listen_fd, 64) < 0)
 		abort();
 	setenv("HSMEMU_SOCKET", path, 1);
-	setenv("HSMEMU_TRANSPORT", "socket", 1);
-	setenv("HSMEMU_CONFIG", "/dev/null", 1);
+	/* A reply the ring's rewritten counters cut short is waited for
+	 * until the call's timeout: one second, not the default. */
+	static char conf[sizeof dir + 16];
+	snprintf(conf, sizeof conf, "%s/conf", dir);
+	FILE *fp = fopen(conf, "w");
+	if (fp == NULL)
+		abort();
+	fputs("timeout = 1\n", fp);
+	fclose(fp);
+	setenv("HSMEMU_CONFIG", conf, 1);
+	trace = getenv("FUZZ_TRACE") != NULL;
 	pthread_t t;
 	pthread_create(&t, NULL, daemon_main, NULL);
 	pthread_detach(t);
@@ -604,8 +815,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (f == NULL)
 		setup();
+	/* Hello byte bit 4: the module offers rings, and they are taken. */
+	int ring = size > 0 && (data[0] & 0x10);
+	setenv("HSMEMU_TRANSPORT", ring ? "ring" : "socket", 1);
 	pthread_mutex_lock(&in_mu);
-	in_data = data, in_len = size, in_off = 0;
+	in_data = data, in_len = size, in_off = 0, in_ring = ring;
 	pthread_mutex_unlock(&in_mu);
 	run();
 	pthread_mutex_lock(&in_mu);
@@ -676,7 +890,8 @@ static size_t mutate(uint8_t *b, size_t n, size_t max)
 
 int main(int argc, char **argv)
 {
-	long runs = 0;
+	long runs = 0, max_time = 0;
+	time_t start = time(NULL);
 	enum { MAX = 4096 };
 	static uint8_t seeds[64][MAX];
 	static size_t seed_len[64];
@@ -684,6 +899,10 @@ int main(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		if (strncmp(argv[i], "-runs=", 6) == 0) {
 			runs = atol(argv[i] + 6);
+			continue;
+		}
+		if (strncmp(argv[i], "-max_total_time=", 16) == 0) {
+			max_time = atol(argv[i] + 16);
 			continue;
 		}
 		if (strncmp(argv[i], "-seed=", 6) == 0) {
@@ -725,13 +944,14 @@ int main(int argc, char **argv)
 	if (nseeds == 0)
 		seed_len[nseeds++] = 1; /* one zero byte: every reply CKR_GENERAL_ERROR */
 	static uint8_t b[MAX];
-	for (long r = 0; r < runs; r++) {
+	long r;
+	for (r = 0; r < runs && (max_time <= 0 || time(NULL) - start < max_time); r++) {
 		int s = (int)(next() % (uint64_t)nseeds);
 		memcpy(b, seeds[s], seed_len[s]);
 		size_t n = mutate(b, seed_len[s], MAX);
 		LLVMFuzzerTestOneInput(b, n);
 	}
-	printf("fuzz-module: %d seeds, %ld mutated inputs\n", nseeds, runs);
+	printf("fuzz-module: %d seeds, %ld mutated inputs\n", nseeds, r);
 	return 0;
 }
 #endif
