@@ -263,6 +263,11 @@ static int walk_answers(hsm_rbuf *r, CK_ATTRIBUTE *t, CK_ULONG n, int commit, in
 		if (!host_len(kind, wire, &hl))
 			return 0;
 		if (isnull) {
+			/* Only the length: the answer to a NULL pValue. A
+			 * buffer gets its value, or CK_UNAVAILABLE_INFORMATION
+			 * when too short. */
+			if (t[i].pValue != NULL)
+				return 0;
 			if (commit)
 				t[i].ulValueLen = hl;
 			continue;

@@ -269,6 +269,29 @@ func TestGetAttributeValueSensitive(t *testing.T) {
 	}
 }
 
+// TestAttributeLengthOnlyToBuffer: an attribute whose caller gave a buffer
+// is answered with its value, or with CK_UNAVAILABLE_INFORMATION when the
+// buffer is too short; a length alone, as to a NULL pValue, would leave
+// the caller with a length over its buffer, or bytes never written, under
+// CKR_OK. It is malformed, and the template is left alone.
+func TestAttributeLengthOnlyToBuffer(t *testing.T) {
+	var length atomic.Uint64
+	m, _ := session(t, func(q Req) Resp {
+		res := binary.BigEndian.AppendUint32(nil, 1)
+		res = append(res, be64(length.Load())...)
+		res = append(res, 0xff, 0xff, 0xff, 0xff) // no value
+		return Resp{RV: 0, Results: res}
+	})
+	for _, n := range []uint64{3, 100} {
+		length.Store(n)
+		rv, lens, vals := m.GetAttributes(1, 2, []Attr{{Type: ckaLabel, Len: 5}})
+		if rv != ck.CKR_DEVICE_ERROR || lens[0] != 5 || !bytes.Equal(vals[0], make([]byte, 5)) {
+			t.Errorf("length %d without a value: rv %v, ulValueLen %d, value %x; want CKR_DEVICE_ERROR, 5, untouched",
+				n, rv, lens[0], vals[0])
+		}
+	}
+}
+
 // TestTemplateAttributeAnswer reads CKA_WRAP_TEMPLATE back: the answer's
 // length counts attributes and its value holds a template (docs/protocol.md,
 // "Attribute values"). package wire's Answers insists that a value be as
