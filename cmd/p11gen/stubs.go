@@ -394,7 +394,7 @@ func genDecode(e *emitter, a calls.Arg) {
 		e.p("\t\thsm_get_ulongs(&c.res, &o_%s);", n)
 	case calls.AttrQuery:
 		e.p("\t\thsm_answers o_%s;", n)
-		e.p("\t\thsm_get_answers(&c.res, &o_%s, %s, %s_count);", n, n, n)
+		e.p("\t\thsm_get_answers(&c.res, &o_%s, %s, %s_count, rv);", n, n, n)
 	case calls.OutStruct:
 		e.p("\t\t%s o_%s;", a.Struct, n)
 		e.p("\t\thsm_dec_%s(&c.res, &o_%s);", a.Struct, n)

@@ -239,7 +239,7 @@ static int walk_nested(hsm_rbuf *r, CK_ATTRIBUTE *dst, CK_ULONG n, int commit, i
 	return 1;
 }
 
-static int walk_answers(hsm_rbuf *r, CK_ATTRIBUTE *t, CK_ULONG n, int commit, int *short_buf)
+static int walk_answers(hsm_rbuf *r, CK_ATTRIBUTE *t, CK_ULONG n, CK_RV rv, int commit, int *short_buf)
 {
 	uint32_t count = hsm_get_u32(r);
 	if (r->bad || count != n)
@@ -253,7 +253,9 @@ static int walk_answers(hsm_rbuf *r, CK_ATTRIBUTE *t, CK_ULONG n, int commit, in
 		if (r->bad)
 			return 0;
 		if (wire == HSM_UNAVAILABLE64) {
-			if (!isnull)
+			/* Sensitive, invalid or too short: never under CKR_OK,
+			 * which says every attribute was answered. */
+			if (!isnull || rv == CKR_OK)
 				return 0;
 			if (commit)
 				t[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
@@ -296,12 +298,12 @@ static int walk_answers(hsm_rbuf *r, CK_ATTRIBUTE *t, CK_ULONG n, int commit, in
 	return 1;
 }
 
-void hsm_get_answers(hsm_rbuf *r, hsm_answers *a, const CK_ATTRIBUTE *t, CK_ULONG n)
+void hsm_get_answers(hsm_rbuf *r, hsm_answers *a, const CK_ATTRIBUTE *t, CK_ULONG n, CK_RV rv)
 {
 	int short_buf = 0;
 	a->at = *r;
 	/* The check pass never writes through t. */
-	if (!walk_answers(r, (CK_ATTRIBUTE *)t, n, 0, &short_buf))
+	if (!walk_answers(r, (CK_ATTRIBUTE *)t, n, rv, 0, &short_buf))
 		r->bad = 1;
 }
 
@@ -309,7 +311,7 @@ CK_RV hsm_answers_commit(const hsm_answers *a, CK_ATTRIBUTE *t, CK_ULONG n, CK_R
 {
 	hsm_rbuf r = a->at;
 	int short_buf = 0;
-	walk_answers(&r, t, n, 1, &short_buf);
+	walk_answers(&r, t, n, rv, 1, &short_buf);
 	if (short_buf && rv == CKR_OK)
 		rv = CKR_BUFFER_TOO_SMALL;
 	return rv;

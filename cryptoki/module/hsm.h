@@ -209,13 +209,14 @@ void hsm_put_template(hsm_wbuf *w, const CK_ATTRIBUTE *t, CK_ULONG n);
 void hsm_put_query(hsm_wbuf *w, const CK_ATTRIBUTE *t, CK_ULONG n);
 
 /* hsm_answers: C_GetAttributeValue's reply. hsm_get_answers checks it
- * against the caller's template without writing anything; commit then
+ * against the caller's template and the reply's rv without writing
+ * anything; commit then
  * writes every attribute's length and value. */
 typedef struct hsm_answers {
 	hsm_rbuf at;            /* the reader positioned at the answers */
 } hsm_answers;
 
-void hsm_get_answers(hsm_rbuf *r, hsm_answers *a, const CK_ATTRIBUTE *t, CK_ULONG n);
+void hsm_get_answers(hsm_rbuf *r, hsm_answers *a, const CK_ATTRIBUTE *t, CK_ULONG n, CK_RV rv);
 /* commit returns the rv to report: rv, or CKR_BUFFER_TOO_SMALL when a value
  * nested in a template did not fit the caller's buffer. */
 CK_RV hsm_answers_commit(const hsm_answers *a, CK_ATTRIBUTE *t, CK_ULONG n, CK_RV rv);

@@ -292,6 +292,23 @@ func TestAttributeLengthOnlyToBuffer(t *testing.T) {
 	}
 }
 
+// TestAttributeUnavailableUnderOK: CKR_OK says every attribute was
+// answered; one answered CK_UNAVAILABLE_INFORMATION under it would hand
+// the caller a length of ~0 for its buffer. It is malformed.
+func TestAttributeUnavailableUnderOK(t *testing.T) {
+	m, _ := session(t, func(q Req) Resp {
+		res := binary.BigEndian.AppendUint32(nil, 1)
+		res = append(res, be64(unavailable)...)
+		res = append(res, 0xff, 0xff, 0xff, 0xff)
+		return Resp{RV: 0, Results: res}
+	})
+	rv, lens, vals := m.GetAttributes(1, 2, []Attr{{Type: ckaLabel, Len: 5}})
+	if rv != ck.CKR_DEVICE_ERROR || lens[0] != 5 || !bytes.Equal(vals[0], make([]byte, 5)) {
+		t.Errorf("CK_UNAVAILABLE_INFORMATION under CKR_OK: rv %v, ulValueLen %#x, value %x; want CKR_DEVICE_ERROR, 5, untouched",
+			rv, lens[0], vals[0])
+	}
+}
+
 // TestTemplateAttributeAnswer reads CKA_WRAP_TEMPLATE back: the answer's
 // length counts attributes and its value holds a template (docs/protocol.md,
 // "Attribute values"). package wire's Answers insists that a value be as
