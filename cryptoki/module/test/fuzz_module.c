@@ -606,9 +606,12 @@ static void get_attrs(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
 	CK_RV rv = f->C_GetAttributeValue(s, o, t, 6);
 	if (rv == CKR_OK || rv == CKR_ATTRIBUTE_SENSITIVE || rv == CKR_ATTRIBUTE_TYPE_INVALID ||
 	    rv == CKR_BUFFER_TOO_SMALL) {
-		for (int i = 0; i < 6; i++)
+		for (int i = 0; i < 6; i++) {
 			must(t[i].pValue == NULL || t[i].ulValueLen == CK_UNAVAILABLE_INFORMATION ||
 			     t[i].ulValueLen <= caps[i]);
+			/* CKR_OK: every attribute answered. */
+			must(rv != CKR_OK || t[i].ulValueLen != CK_UNAVAILABLE_INFORMATION);
+		}
 		for (int i = 0; i < 3; i++)
 			must(inner[i].ulValueLen == CK_UNAVAILABLE_INFORMATION || inner[i].ulValueLen <= icaps[i]);
 	}
