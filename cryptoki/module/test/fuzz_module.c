@@ -499,13 +499,50 @@ static int serve_ring(struct conn *c)
 	}
 }
 
+/* The rings of closed connections, kept mapped a while: a module asleep
+ * on one looks at the socket only when woken or after its slice (250
+ * ms), so each is woken whenever its sleep flags say so. */
+#define MAX_CLOSED 16
+static struct closed {
+	struct conn c;
+	long long until;
+} closed[MAX_CLOSED];
+static int nclosed;
+
+static long long mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void wake_closed(void)
+{
+	long long now = mono_ms();
+	for (int i = nclosed - 1; i >= 0; i--) {
+		struct conn *c = &closed[i].c;
+		if (ring_load(c, 384))
+			ring_wake(c, 256);
+		if (ring_load(c, 192))
+			ring_wake(c, 64);
+		if (now >= closed[i].until) {
+			munmap(c->base, c->len);
+			closed[i] = closed[--nclosed];
+		}
+	}
+}
+
 static void drop_conn(struct conn *c)
 {
 	close(c->fd);
 	if (c->base != NULL) {
-		/* A module asleep on a ring looks at the socket when woken. */
 		ring_wake(c, 64), ring_wake(c, 256);
-		munmap(c->base, c->len);
+		if (nclosed < MAX_CLOSED) {
+			closed[nclosed].c = *c;
+			closed[nclosed++].until = mono_ms() + 1000;
+		} else {
+			munmap(c->base, c->len);
+		}
 	}
 	memset(c, 0, sizeof *c);
 }
@@ -523,7 +560,8 @@ static void *daemon_main(void *arg)
 		for (int i = 1; i < n && ring == NULL; i++)
 			if (conns[i].base != NULL)
 				ring = &conns[i];
-		int k = poll(p, (nfds_t)n, ring ? 0 : -1);
+		wake_closed();
+		int k = poll(p, (nfds_t)n, ring ? 0 : nclosed > 0 ? 1 : -1);
 		if (k < 0)
 			continue;
 		if (k == 0 && ring != NULL) {
