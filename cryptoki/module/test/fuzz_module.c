@@ -825,10 +825,18 @@ static void run(void)
 	must(rv == CKR_OK);
 }
 
+static char dir[] = "/tmp/hsmemu-fuzz-XXXXXX";
+static char path[sizeof dir + 16], conf[sizeof dir + 16];
+
+static void cleanup(void)
+{
+	unlink(path);
+	unlink(conf);
+	rmdir(dir);
+}
+
 static void setup(void)
 {
-	static char dir[] = "/tmp/hsmemu-fuzz-XXXXXX";
-	static char path[sizeof dir + 16];
 	if (mkdtemp(dir) == NULL)
 		abort();
 	snprintf(path, sizeof path, "%s/s", dir);
@@ -840,7 +848,6 @@ static void setup(void)
 	setenv("HSMEMU_SOCKET", path, 1);
 	/* A reply the ring's rewritten counters cut short is waited for
 	 * until the call's timeout: one second, not the default. */
-	static char conf[sizeof dir + 16];
 	snprintf(conf, sizeof conf, "%s/conf", dir);
 	FILE *fp = fopen(conf, "w");
 	if (fp == NULL)
@@ -848,6 +855,7 @@ static void setup(void)
 	fputs("timeout = 1\n", fp);
 	fclose(fp);
 	setenv("HSMEMU_CONFIG", conf, 1);
+	atexit(cleanup);
 	trace = getenv("FUZZ_TRACE") != NULL;
 	pthread_t t;
 	pthread_create(&t, NULL, daemon_main, NULL);
