@@ -84,58 +84,43 @@ void hsm_put_raw(hsm_wbuf *w, const void *p, size_t n)
 	w->len += n;
 }
 
-/* fits says whether n more bytes (a few: a number) go in without growing:
- * the buffer has room and the frame stays within what grow allows. The
- * numbers of a request are most of its puts; they take this path, and
- * grow (through hsm_put_raw) the rest. */
-static inline int fits(const hsm_wbuf *w, size_t n)
+/* put_small appends a number's few bytes: in place when the buffer has
+ * room and the frame stays within what grow allows (the numbers of a
+ * request are most of its puts, and n is a constant the compiler turns
+ * into one store), else through hsm_put_raw. */
+static inline void put_small(hsm_wbuf *w, const uint8_t *b, size_t n)
 {
-	return w->err == CKR_OK && w->len + n <= w->cap && w->len + n <= HSM_MAX_FRAME + 4;
+	if (w->err == CKR_OK && w->len + n <= w->cap && w->len + n <= HSM_MAX_FRAME + 4) {
+		memcpy(w->p + w->len, b, n);
+		w->len += n;
+		return;
+	}
+	hsm_put_raw(w, b, n);
 }
 
 void hsm_put_u8(hsm_wbuf *w, uint8_t v)
 {
-	if (fits(w, 1)) {
-		w->p[w->len++] = v;
-		return;
-	}
-	hsm_put_raw(w, &v, 1);
+	put_small(w, &v, 1);
 }
 
 void hsm_put_u16(hsm_wbuf *w, uint16_t v)
 {
 	uint8_t b[2] = {(uint8_t)(v >> 8), (uint8_t)v};
-	if (fits(w, 2)) {
-		w->p[w->len] = b[0];
-		w->p[w->len + 1] = b[1];
-		w->len += 2;
-		return;
-	}
-	hsm_put_raw(w, b, 2);
+	put_small(w, b, 2);
 }
 
 void hsm_put_u32(hsm_wbuf *w, uint32_t v)
 {
-	if (fits(w, 4)) {
-		hsm_put_be32(w->p + w->len, v);
-		w->len += 4;
-		return;
-	}
 	uint8_t b[4];
 	hsm_put_be32(b, v);
-	hsm_put_raw(w, b, 4);
+	put_small(w, b, 4);
 }
 
 void hsm_put_u64(hsm_wbuf *w, uint64_t v)
 {
-	if (fits(w, 8)) {
-		hsm_put_be64(w->p + w->len, v);
-		w->len += 8;
-		return;
-	}
 	uint8_t b[8];
 	hsm_put_be64(b, v);
-	hsm_put_raw(w, b, 8);
+	put_small(w, b, 8);
 }
 
 static void put_bytes(hsm_wbuf *w, const void *p, CK_ULONG n, CK_RV bad)
